@@ -1,0 +1,55 @@
+//! Command-line surface. Each subcommand's arguments and entry point live in
+//! the module of the layer it drives; this file only wires them together.
+
+pub mod check;
+pub mod control_plane;
+pub mod internal;
+pub mod logging;
+pub mod worker;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "oz-agent-worker",
+    version,
+    about = "Self-hosted worker for Oz cloud agents: runs tasks in containers on your machines",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// With no subcommand, the worker runs.
+    #[command(flatten)]
+    pub worker: worker::WorkerArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Resolve, negotiate with and ping the Docker daemon the worker would use.
+    Check(check::CheckArgs),
+    /// Run the local control plane (the orchestrator side of the protocol).
+    Serve(control_plane::ServeArgs),
+    /// Create a run on a control plane, optionally following it to its end.
+    Run(control_plane::RunArgs),
+    /// List, inspect and cancel runs on a control plane.
+    Runs(control_plane::RunsArgs),
+    /// Manage a control plane's team API keys.
+    ApiKeys(control_plane::ApiKeysArgs),
+    /// Project-internal commands used by `cargo xtask`.
+    #[command(hide = true)]
+    Internal(internal::InternalArgs),
+}
+
+pub async fn dispatch(cli: Cli) -> ExitCode {
+    match cli.command {
+        None => worker::run(cli.worker).await,
+        Some(Command::Check(args)) => check::run(args).await,
+        Some(Command::Serve(args)) => control_plane::serve(args).await,
+        Some(Command::Run(args)) => control_plane::run(args).await,
+        Some(Command::Runs(args)) => control_plane::runs(args).await,
+        Some(Command::ApiKeys(args)) => control_plane::api_keys(args).await,
+        Some(Command::Internal(args)) => internal::run(args),
+    }
+}

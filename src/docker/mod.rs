@@ -1,0 +1,13 @@
+//! The Docker Engine API: generated bindings plus the hand-written surface
+//! (client, errors, streams) they call into. Sockets and TLS live in
+//! `crate::transport`; this module only speaks HTTP requests and Docker types.
+
+pub mod client;
+pub mod error;
+pub mod generated;
+pub mod request;
+pub mod stream;
+
+pub use client::Docker;
+pub use error::DockerError;
+pub use generated::models;

@@ -1,0 +1,11 @@
+//! oz-agent-worker: a self-hosted worker for Oz cloud coding agents.
+//! See ARCHITECTURE.md for the map.
+
+pub mod cli;
+pub mod control_plane;
+pub mod docker;
+pub mod protocol;
+pub mod runtime;
+pub mod schemas;
+pub mod transport;
+pub mod worker;

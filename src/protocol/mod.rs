@@ -1,0 +1,11 @@
+//! The worker wire protocol (see PROTOCOL.md): the one definition of every
+//! message, shared by the worker and the control plane. Wire types are serde
+//! types; nothing here does I/O.
+
+mod codec;
+mod failure;
+mod messages;
+
+pub use codec::{decode_server_frame, decode_worker_frame, encode, DecodeError};
+pub use failure::FailureReason;
+pub use messages::*;
