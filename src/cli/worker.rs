@@ -1,15 +1,63 @@
 //! The worker's own flags (no subcommand), as the reference worker has them.
+//! Every flag is an `Option` so "given on the command line" is visible even
+//! when the value is 0 or empty: an explicit flag always beats the file.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-#[derive(Debug, Default, clap::Args)]
+#[derive(Debug, Default, Clone, clap::Args)]
 pub struct WorkerArgs {
     /// Worker id that tasks are routed to (ids starting with `warp` are reserved).
     #[arg(long)]
     pub worker_id: Option<String>,
+    /// API key for the orchestrator.
+    #[arg(long, env = "WARP_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// debug, info, warn or error.
+    #[arg(long, default_value = "info", value_parser = ["debug", "info", "warn", "error"])]
+    pub log_level: String,
+    /// Keep task containers after they exit (for debugging).
+    #[arg(long)]
+    pub no_cleanup: bool,
+    /// Extra bind mount for every task: HOST:CONTAINER[:ro|rw]. Repeatable.
+    #[arg(short = 'v', long = "volumes", value_name = "HOST:CONTAINER[:ro|rw]")]
+    pub volumes: Vec<String>,
+    /// Environment for every task: KEY=VALUE, or KEY to pass the worker's own value through. Repeatable.
+    #[arg(short = 'e', long = "env", value_name = "KEY[=VALUE]")]
+    pub env: Vec<String>,
+    /// Most tasks run at once; more are rejected (0 = unlimited).
+    #[arg(long)]
+    pub max_concurrent_tasks: Option<u32>,
+    /// Keep the agent idle after it completes, for this long (e.g. 10m), unless the task sets its own.
+    #[arg(long, num_args = 0..=1, default_missing_value = "")]
+    pub idle_on_complete: Option<String>,
+    /// YAML configuration file (flags override it).
+    #[arg(long)]
+    pub config_file: Option<PathBuf>,
+    /// When to pull task and sidecar images: always, if-not-present or never.
+    #[arg(long, value_name = "POLICY")]
+    pub pull_policy: Option<String>,
+    /// How long a cancelled task's container gets between SIGTERM and SIGKILL (e.g. 10s).
+    #[arg(long, value_name = "DURATION")]
+    pub stop_grace_period: Option<String>,
+    /// On SIGINT/SIGTERM, how long to wait for running tasks to clean up and report (e.g. 30s).
+    #[arg(long, value_name = "DURATION")]
+    pub shutdown_timeout: Option<String>,
+    /// Orchestrator WebSocket URL.
+    #[arg(long, hide = true)]
+    pub web_socket_url: Option<String>,
+    /// Server root URL handed to the agent.
+    #[arg(long, hide = true)]
+    pub server_root_url: Option<String>,
 }
 
-pub async fn run(_args: WorkerArgs) -> ExitCode {
-    eprintln!("worker: not implemented yet");
-    ExitCode::from(2)
+pub async fn run(args: WorkerArgs) -> ExitCode {
+    super::logging::init(&args.log_level);
+    match crate::worker::config::WorkerConfig::resolve(&args, &crate::worker::config::ProcessEnv) {
+        Ok(config) => crate::worker::run(config).await,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
 }

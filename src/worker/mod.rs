@@ -1,1 +1,121 @@
-//! See ARCHITECTURE.md.
+//! The worker core: configuration, the orchestrator session, the terminal
+//! outbox and the task lifecycle. It drives a [`crate::runtime::TaskRuntime`]
+//! and knows no Docker type.
+
+pub mod backoff;
+pub mod config;
+pub mod connection;
+pub mod duration;
+pub mod outbox;
+pub mod session;
+pub mod task_spec;
+pub mod tasks;
+
+use crate::runtime::TaskRuntime;
+use config::WorkerConfig;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+/// Runs the worker with the Docker runtime until SIGINT/SIGTERM.
+pub async fn run(config: WorkerConfig) -> ExitCode {
+    let runtime = match crate::runtime::docker::DockerRuntime::from_environment(&config).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    run_with(
+        config,
+        Arc::new(runtime),
+        connection::Timing::default(),
+        shutdown_signal(),
+    )
+    .await
+}
+
+/// The worker loop over any runtime; `shutdown` resolves when the worker
+/// should stop taking tasks and wind down.
+pub async fn run_with<R: TaskRuntime>(
+    config: WorkerConfig,
+    runtime: Arc<R>,
+    timing: connection::Timing,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> ExitCode {
+    tracing::info!(worker_id = %config.worker_id, backend = runtime.backend_name(), "starting: {}", runtime.describe());
+    match runtime.remove_orphans().await {
+        Ok(0) => {}
+        Ok(n) => {
+            tracing::info!("removed {n} container(s) left by a crashed earlier run of this worker")
+        }
+        Err(e) => tracing::warn!("could not look for containers left by an earlier run: {e}"),
+    }
+    let config = Arc::new(config);
+    let outbox = Arc::new(outbox::TerminalOutbox::default());
+    let manager = tasks::TaskManager::new(runtime, config.clone(), outbox.clone());
+    let dispatch = tasks::Dispatch(manager.clone());
+    let close = tokio_util::sync::CancellationToken::new();
+    let on_state = |_connected: bool| {};
+    let session = session::Session {
+        config: &config,
+        timing,
+        outbox: &outbox,
+        inbound: &dispatch,
+        close: close.clone(),
+        on_state: &on_state,
+    };
+
+    let session_run = session.run();
+    tokio::pin!(session_run);
+    tokio::select! {
+        _ = &mut session_run => return ExitCode::SUCCESS,
+        _ = shutdown => {}
+    }
+    tracing::info!(
+        "shutting down: stopping {} running task(s)",
+        manager.active()
+    );
+    let wind_down = async {
+        let left = manager.shutdown(config.shutdown_timeout).await;
+        if left > 0 {
+            tracing::warn!(
+                "{left} task(s) did not finish cleaning up within {:?}",
+                config.shutdown_timeout
+            );
+        }
+        // Give the terminal messages a bounded chance to go out.
+        if tokio::time::timeout(std::time::Duration::from_secs(10), outbox.drained())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "{} terminal message(s) could not be delivered before exit",
+                outbox.len()
+            );
+        }
+        close.cancel();
+    };
+    // The session keeps running (delivering the outbox) while we wind down.
+    tokio::join!(wind_down, &mut session_run);
+    tracing::info!("worker stopped");
+    ExitCode::SUCCESS
+}
+
+/// Resolves on the first SIGINT or SIGTERM; a second one exits at once.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("received SIGTERM"),
+        _ = int.recv() => tracing::info!("received SIGINT"),
+    }
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
+        }
+        eprintln!("second signal: exiting immediately");
+        std::process::exit(130);
+    });
+}

@@ -1,0 +1,144 @@
+//! The outbound session: connect, drive the connection, and when it ends
+//! reconnect with jittered exponential backoff, forever, until asked to close.
+
+use crate::worker::backoff::ExponentialBackoff;
+use crate::worker::config::WorkerConfig;
+use crate::worker::connection::{drive, Ended, Inbound, Socket, Timing};
+use crate::worker::outbox::TerminalOutbox;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
+use tokio_util::sync::CancellationToken;
+
+pub struct Session<'a> {
+    pub config: &'a WorkerConfig,
+    pub timing: Timing,
+    pub outbox: &'a TerminalOutbox,
+    pub inbound: &'a dyn Inbound,
+    /// Fires when the worker has finished its work and wants a normal close.
+    pub close: CancellationToken,
+    /// Reports connection state changes (true = connected) for metrics/tests.
+    pub on_state: &'a (dyn Fn(bool) + Send + Sync),
+}
+
+enum ConnectError {
+    Unauthorized(StatusCode),
+    Other(String),
+}
+
+impl Session<'_> {
+    pub async fn run(&self) {
+        let mut backoff = ExponentialBackoff::protocol_default();
+        loop {
+            let delay = match self.connect().await {
+                Ok(ws) => {
+                    tracing::info!(worker_id = %self.config.worker_id, url = %self.config.web_socket_url, "connected to the orchestrator");
+                    (self.on_state)(true);
+                    backoff.reset();
+                    let ended =
+                        drive(ws, self.timing, self.outbox, self.inbound, &self.close).await;
+                    (self.on_state)(false);
+                    match ended {
+                        Ended::Closed => {
+                            tracing::info!("connection closed normally");
+                            return;
+                        }
+                        Ended::Dropped(why) => {
+                            let d = backoff.next_delay();
+                            tracing::warn!(
+                                "connection lost: {why}; reconnecting in {:.1}s",
+                                d.as_secs_f64()
+                            );
+                            d
+                        }
+                    }
+                }
+                Err(ConnectError::Unauthorized(status)) => {
+                    let d = backoff.slowest();
+                    tracing::error!(
+                        "the orchestrator refused the API key ({status}): it is invalid, expired or revoked. \
+                         Create a new key and restart with --api-key or WARP_API_KEY; retrying in {:.0}s",
+                        d.as_secs_f64()
+                    );
+                    d
+                }
+                Err(ConnectError::Other(why)) => {
+                    let d = backoff.next_delay();
+                    tracing::warn!(
+                        "cannot connect to {}: {why}; retrying in {:.1}s",
+                        self.config.web_socket_url,
+                        d.as_secs_f64()
+                    );
+                    d
+                }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = self.close.cancelled() => return,
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<Socket, ConnectError> {
+        let url = with_worker_id(&self.config.web_socket_url, &self.config.worker_id);
+        let mut request = url
+            .as_str()
+            .into_client_request()
+            .map_err(|e| ConnectError::Other(e.to_string()))?;
+        let bearer = HeaderValue::from_str(&format!("Bearer {}", self.config.api_key.expose()))
+            .map_err(|_| {
+                ConnectError::Other(
+                    "the API key contains characters not allowed in an HTTP header".into(),
+                )
+            })?;
+        request.headers_mut().insert("Authorization", bearer);
+        let connect = tokio_tungstenite::connect_async(request);
+        match tokio::time::timeout(self.timing.write_timeout * 3, connect).await {
+            Err(_) => Err(ConnectError::Other("the handshake timed out".into())),
+            Ok(Ok((ws, _))) => Ok(ws),
+            Ok(Err(tokio_tungstenite::tungstenite::Error::Http(resp)))
+                if matches!(
+                    resp.status(),
+                    StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
+                ) =>
+            {
+                Err(ConnectError::Unauthorized(resp.status()))
+            }
+            Ok(Err(tokio_tungstenite::tungstenite::Error::Http(resp))) => {
+                let body = resp
+                    .body()
+                    .as_deref()
+                    .map(String::from_utf8_lossy)
+                    .unwrap_or_default();
+                Err(ConnectError::Other(format!(
+                    "HTTP {} {}",
+                    resp.status(),
+                    body.trim()
+                )))
+            }
+            Ok(Err(e)) => Err(ConnectError::Other(e.to_string())),
+        }
+    }
+}
+
+fn with_worker_id(base: &str, worker_id: &str) -> String {
+    let encoded: String =
+        percent_encoding::utf8_percent_encode(worker_id, percent_encoding::NON_ALPHANUMERIC)
+            .to_string();
+    let sep = if base.contains('?') { '&' } else { '?' };
+    format!("{base}{sep}worker_id={encoded}")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn worker_id_is_a_query_parameter() {
+        assert_eq!(
+            super::with_worker_id("ws://h/ws", "a b"),
+            "ws://h/ws?worker_id=a%20b"
+        );
+        assert_eq!(
+            super::with_worker_id("ws://h/ws?x=1", "w"),
+            "ws://h/ws?x=1&worker_id=w"
+        );
+    }
+}
