@@ -66,6 +66,15 @@ SERVICE_TIMEOUT=${OZ_TEST_SERVICE_TIMEOUT:-30}
 # ---------------------------------------------------------------------------
 # helpers
 
+# Temporary files and dirs removed on exit, whatever happens (the policy-rc.d
+# guard, the temporary DOCKER_CONFIG holding registry credentials).
+CLEANUP=()
+cleanup() {
+  local f
+  for f in ${CLEANUP[@]+"${CLEANUP[@]}"}; do rm -rf "$f"; done
+}
+trap cleanup EXIT
+
 log() { printf '[test-env] %s\n' "$*" >&2; }
 die() {
   printf '[test-env] ERROR: %s\n' "$*" >&2
@@ -165,7 +174,7 @@ ensure_packages() {
   fi
   [ ${#missing[@]} -eq 0 ] && [ ${#optional[@]} -eq 0 ] && return 0
 
-  export DEBIAN_FRONTEND=noninteractive
+  export DEBIAN_FRONTEND=noninteractive NEEDRESTART_SUSPEND=1
   # Keep maintainer scripts from starting a dockerd/registry of their own
   # (it would hold the socket without the TLS port).
   local policy=/usr/sbin/policy-rc.d created_policy=0
@@ -173,19 +182,33 @@ ensure_packages() {
     printf '#!/bin/sh\nexit 101\n' >"$policy"
     chmod 755 "$policy"
     created_policy=1
+    CLEANUP+=("$policy")
   fi
-  local rc=0
+  local rc=0 updated=0
+  # Update the package lists first only if the mirror's lists do not know a package.
+  for p in ${missing[@]+"${missing[@]}"}; do
+    if ! apt-cache show --no-all-versions "$p" >/dev/null 2>&1; then
+      log "package lists do not know $p; running apt-get update"
+      apt-get update -q >&2 || die "apt-get update failed"
+      updated=1
+      break
+    fi
+  done
   if [ ${#missing[@]} -gt 0 ]; then
     log "installing: ${missing[*]}"
     if ! apt-get install -y -q "${missing[@]}" >&2; then
-      log "install failed; running apt-get update and retrying"
+      [ $updated -eq 0 ] || die "could not install: ${missing[*]}"
+      log "install failed (stale package lists?); running apt-get update and retrying"
       apt-get update -q >&2 && apt-get install -y -q "${missing[@]}" >&2 || rc=1
     fi
   fi
-  if [ $rc -eq 0 ] && [ ${#optional[@]} -gt 0 ]; then
-    log "installing optional: ${optional[*]}"
-    apt-get install -y -q "${optional[@]}" >&2 ||
-      log "optional packages ${optional[*]} not installed (continuing without them)"
+  if [ $rc -eq 0 ]; then
+    for p in ${optional[@]+"${optional[@]}"}; do
+      if apt-cache show --no-all-versions "$p" >/dev/null 2>&1; then
+        log "installing optional: $p"
+        apt-get install -y -q "$p" >&2 || log "optional package $p not installed (continuing without it)"
+      fi
+    done
   fi
   [ $created_policy -eq 1 ] && rm -f "$policy"
   [ $rc -eq 0 ] || die "could not install: ${missing[*]}"
@@ -557,8 +580,7 @@ ensure_registry_images() {
   [ ${#todo[@]} -eq 0 ] && return 0
   local cfg
   cfg=$(mktemp -d)
-  # shellcheck disable=SC2064
-  trap "rm -rf '$cfg'" EXIT
+  CLEANUP+=("$cfg")
   local -a dk=(env -u DOCKER_CONTEXT -u DOCKER_TLS_VERIFY -u DOCKER_CERT_PATH DOCKER_CONFIG="$cfg"
     DOCKER_HOST="$DOCKER_HOST_URL" DOCKER_API_VERSION=1.41 docker)
   registry_password | "${dk[@]}" login -u "$REGISTRY_USER" --password-stdin "$REGISTRY" >/dev/null 2>&1 ||
@@ -576,7 +598,6 @@ ensure_registry_images() {
   done
   "${dk[@]}" logout "$REGISTRY" >/dev/null 2>&1 || true
   rm -rf "$cfg"
-  trap - EXIT
 }
 
 # ---------------------------------------------------------------------------
