@@ -114,21 +114,27 @@ pid_runs() { # pid_runs PIDFILE NAME
   local pid
   [ -s "$1" ] || return 1
   pid=$(cat "$1")
-  [ -d "/proc/$pid" ] || return 1
+  alive "$pid" || return 1
   tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "$2"
 }
 
+# alive PID: running (not gone, not a zombie waiting to be reaped)
+alive() {
+  [ -r "/proc/$1/stat" ] || return 1
+  [ "$(sed -E 's/^.*\) ([A-Za-z]).*$/\1/' "/proc/$1/stat" 2>/dev/null)" != Z ]
+}
+
 stop_pidfile() { # stop_pidfile PIDFILE NAME
-  local pid i
+  local pid
   if pid_runs "$1" "$2"; then
     pid=$(cat "$1")
     log "stopping $2 (pid $pid)"
     kill -TERM "$pid" 2>/dev/null || true
-    for i in $(seq 1 100); do
-      [ -d "/proc/$pid" ] || break
+    for _ in $(seq 1 100); do
+      alive "$pid" || break
       sleep 0.2
     done
-    if [ -d "/proc/$pid" ]; then
+    if alive "$pid"; then
       log "$2 (pid $pid) did not stop in 20 s; sending KILL"
       kill -KILL "$pid" 2>/dev/null || true
       sleep 0.5
@@ -316,7 +322,7 @@ ensure_dockerd() {
   Not touching it. Stop it yourself (kill $pid) and rerun, so that this script can start
   dockerd -H $DOCKER_HOST_URL -H $TLS_HOST_URL --tlsverify ..."
     fi
-  elif [ -e /var/run/docker.pid ] && [ -d "/proc/$(cat /var/run/docker.pid)" ]; then
+  elif [ -s /var/run/docker.pid ] && alive "$(cat /var/run/docker.pid)"; then
     die "a dockerd (pid $(cat /var/run/docker.pid)) is running but does not answer on $DOCKER_SOCK; not touching it"
   fi
   start_dockerd
@@ -423,6 +429,8 @@ auth:
   echo "$changed"
 }
 
+registry_answers() { [ "$(registry_code /v2/)" != 000 ]; }
+
 registry_ok() {
   [ "$(registry_code /v2/)" = 401 ] &&
     [ "$(registry_code /v2/ -u "$REGISTRY_USER:$(registry_password)")" = 200 ]
@@ -443,8 +451,7 @@ ensure_registry() {
   fi
   log "starting registry on $REGISTRY"
   start_bg "$LOGS/registry.log" "$RUN/registry.pid" docker-registry serve "$REG_DIR/config.yml"
-  wait_for "$SERVICE_TIMEOUT" "$LOGS/registry.log" registry \
-    eval '[ "$(registry_code /v2/)" != 000 ]'
+  wait_for "$SERVICE_TIMEOUT" "$LOGS/registry.log" registry registry_answers
   code=$(registry_code /v2/)
   [ "$code" = 401 ] || die "registry: unauthenticated GET /v2/ gave $code, expected 401"
   registry_ok || die "registry: authenticated GET /v2/ failed"
