@@ -556,11 +556,15 @@ ensure_image() { # ensure_image KIND IMAGE PATHVALUE
   build_rootfs "$kind" "$root"
   tar -C "$root" --numeric-owner --owner=0 --group=0 -cf "$tarfile" .
   for sock in "${need[@]}"; do
+    [ "$sock" = "$DOCKER_SOCK" ] && REIMPORTED+=("$image")
     log "importing $image into $sock"
     import_image "$sock" "$image" "$tarfile" "$path" "$fp"
   done
   rm -rf "$root" "$tarfile"
 }
+
+# Images (re)imported into dockerd by this run: their registry copies are pushed again.
+REIMPORTED=()
 
 ensure_images() {
   mkdir -p "$BUILD"
@@ -582,7 +586,10 @@ ensure_registry_images() {
   for pair in "${pairs[@]}"; do
     local ref=${pair#*=}
     local path=${ref#"$REGISTRY"/}
-    registry_has "${path%:*}" "${path##*:}" || todo+=("$pair")
+    if ! registry_has "${path%:*}" "${path##*:}" ||
+      printf '%s\n' ${REIMPORTED[@]+"${REIMPORTED[@]}"} | grep -qxF "${pair%%=*}"; then
+      todo+=("$pair")
+    fi
   done
   [ ${#todo[@]} -eq 0 ] && return 0
   local cfg
