@@ -1,0 +1,746 @@
+#!/usr/bin/env bash
+# Idempotent test environment for oz-agent-worker.
+#
+#   scripts/test-env.sh [up]    install, generate, start and import whatever is missing
+#   scripts/test-env.sh status  report what is up; exit non-zero if anything is missing
+#   scripts/test-env.sh down    stop the daemons this script started (state is kept)
+#
+# Brings up, on a Debian 12 machine as root without systemd:
+#   - dockerd (20.10, API 1.41) on unix:///var/run/docker.sock and, with
+#     --tlsverify, on tcp://127.0.0.1:2376
+#   - podman's Docker-compatible service on unix:///run/podman/podman.sock
+#   - a CNCF distribution registry with htpasswd auth on 127.0.0.1:5000
+#   - test images (busybox, glibc, musl, agent sidecar) in both engines, and two
+#     of them pushed to the registry
+# and writes $OZ_TEST_ROOT/env, a sourceable file of `export VAR=value` lines.
+# Every step checks before it acts, so a second `up` changes nothing.
+set -euo pipefail
+
+OZ_TEST_ROOT=${OZ_TEST_ROOT:-/var/lib/oz-worker-test}
+REPO_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+
+CERTS=$OZ_TEST_ROOT/certs
+SERVER_CERTS=$CERTS/server
+OTHER_CA_DIR=$CERTS/other-ca
+CA_PRIVATE=$OZ_TEST_ROOT/ca-private
+LOGS=$OZ_TEST_ROOT/logs
+RUN=$OZ_TEST_ROOT/run
+BUILD=$OZ_TEST_ROOT/build
+REG_DIR=$OZ_TEST_ROOT/registry
+ENV_FILE=$OZ_TEST_ROOT/env
+
+DOCKER_SOCK=/var/run/docker.sock
+DOCKER_HOST_URL=unix://$DOCKER_SOCK
+TLS_ADDR=127.0.0.1:2376
+TLS_HOST_URL=tcp://$TLS_ADDR
+PODMAN_SOCK=/run/podman/podman.sock
+PODMAN_HOST_URL=unix://$PODMAN_SOCK
+REGISTRY=127.0.0.1:5000
+REGISTRY_USER=oztest
+REGISTRY_PASSWORD_FILE=$REG_DIR/password
+CONTAINERS_CONF=/etc/containers/containers.conf
+PODMAN_REGISTRIES_CONF=/etc/containers/registries.conf.d/50-oz-test.conf
+ULIMITS_LINE='default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]'
+
+IMG_BUSYBOX=oz-test/busybox:latest
+IMG_GLIBC=oz-test/glibc:latest
+IMG_MUSL=oz-test/musl:latest
+IMG_SIDECAR=oz-test/agent-sidecar:latest
+REG_IMG_BUSYBOX=$REGISTRY/oz/busybox:1
+REG_IMG_SIDECAR=$REGISTRY/oz/agent-sidecar:1
+SIDECAR_ENTRYPOINT=$REPO_DIR/tests/fixtures/agent-sidecar/entrypoint.sh
+GLIBC_BINARY=/usr/bin/glibc-true
+MUSL_BINARY=/usr/bin/musl-true
+
+# Bump when the way an image is built changes, so `up` rebuilds it.
+IMAGE_RECIPE_VERSION=1
+
+PACKAGES=(curl ca-certificates openssl iptables docker.io podman busybox-static musl
+  docker-registry apache2-utils)
+# Installed if the mirror has them and a C compiler is present (for a musl-linked binary).
+OPTIONAL_PACKAGES=(musl-tools)
+
+DOCKERD_TIMEOUT=${OZ_TEST_DOCKERD_TIMEOUT:-60}
+SERVICE_TIMEOUT=${OZ_TEST_SERVICE_TIMEOUT:-30}
+
+# ---------------------------------------------------------------------------
+# helpers
+
+# Temporary files and dirs removed on exit, whatever happens (the policy-rc.d
+# guard, the temporary DOCKER_CONFIG holding registry credentials).
+CLEANUP=()
+cleanup() {
+  local f
+  for f in ${CLEANUP[@]+"${CLEANUP[@]}"}; do rm -rf "$f"; done
+}
+trap cleanup EXIT
+
+log() { printf '[test-env] %s\n' "$*" >&2; }
+die() {
+  printf '[test-env] ERROR: %s\n' "$*" >&2
+  exit 1
+}
+
+need_root() {
+  [ "$(id -u)" -eq 0 ] || die "must run as root (it installs packages and starts daemons)"
+}
+
+pkg_installed() {
+  [ "$(dpkg-query -W -f='${db:Status-Abbrev}' "$1" 2>/dev/null || true)" = "ii " ]
+}
+
+# ping SOCKET -> 0 if a Docker-compatible API answers OK on /_ping
+ping_unix() {
+  [ -S "$1" ] || return 1
+  [ "$(curl -s --max-time 3 --unix-socket "$1" http://localhost/_ping 2>/dev/null || true)" = OK ]
+}
+
+ping_tls() {
+  [ -s "$CERTS/ca.pem" ] && [ -s "$CERTS/cert.pem" ] && [ -s "$CERTS/key.pem" ] || return 1
+  [ "$(curl -s --max-time 3 --cacert "$CERTS/ca.pem" --cert "$CERTS/cert.pem" \
+    --key "$CERTS/key.pem" "https://$TLS_ADDR/_ping" 2>/dev/null || true)" = OK ]
+}
+
+registry_code() { # registry_code PATH [curl args...] -> HTTP status
+  local path=$1
+  shift
+  curl -s --max-time 3 -o /dev/null -w '%{http_code}' "$@" "http://$REGISTRY$path" 2>/dev/null || true
+}
+
+registry_password() { cat "$REGISTRY_PASSWORD_FILE"; }
+
+# is a pid alive and running the given program?
+pid_runs() { # pid_runs PIDFILE NAME
+  local pid
+  [ -s "$1" ] || return 1
+  pid=$(cat "$1")
+  alive "$pid" || return 1
+  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "$2"
+}
+
+# alive PID: running (not gone, not a zombie waiting to be reaped)
+alive() {
+  [ -r "/proc/$1/stat" ] || return 1
+  [ "$(sed -E 's/^.*\) ([A-Za-z]).*$/\1/' "/proc/$1/stat" 2>/dev/null)" != Z ]
+}
+
+stop_pidfile() { # stop_pidfile PIDFILE NAME
+  local pid
+  if pid_runs "$1" "$2"; then
+    pid=$(cat "$1")
+    log "stopping $2 (pid $pid)"
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 100); do
+      alive "$pid" || break
+      sleep 0.2
+    done
+    if alive "$pid"; then
+      log "$2 (pid $pid) did not stop in 20 s; sending KILL"
+      kill -KILL "$pid" 2>/dev/null || true
+      sleep 0.5
+    fi
+  fi
+  rm -f "$1"
+}
+
+wait_for() { # wait_for SECONDS LOGFILE WHAT CMD...
+  local timeout=$1 logfile=$2 what=$3
+  shift 3
+  local deadline=$((SECONDS + timeout))
+  while ! "$@"; do
+    if [ "$SECONDS" -ge "$deadline" ]; then
+      log "$what did not become ready within ${timeout}s; last lines of $logfile:"
+      tail -n 30 "$logfile" >&2 || true
+      die "$what failed to start (see $logfile)"
+    fi
+    sleep 0.2
+  done
+}
+
+start_bg() { # start_bg LOGFILE PIDFILE CMD... (detached from this shell's session)
+  local logfile=$1 pidfile=$2
+  shift 2
+  printf '\n==== %s: %s\n' "$(date -Is)" "$*" >>"$logfile"
+  setsid nohup "$@" </dev/null >>"$logfile" 2>&1 &
+  echo $! >"$pidfile"
+}
+
+# ---------------------------------------------------------------------------
+# 1. packages
+
+ensure_packages() {
+  local missing=() optional=() p
+  for p in "${PACKAGES[@]}"; do
+    pkg_installed "$p" || missing+=("$p")
+  done
+  if command -v gcc >/dev/null 2>&1; then
+    for p in "${OPTIONAL_PACKAGES[@]}"; do
+      pkg_installed "$p" || optional+=("$p")
+    done
+  fi
+  [ ${#missing[@]} -eq 0 ] && [ ${#optional[@]} -eq 0 ] && return 0
+
+  export DEBIAN_FRONTEND=noninteractive NEEDRESTART_SUSPEND=1
+  # Keep maintainer scripts from starting a dockerd/registry of their own
+  # (it would hold the socket without the TLS port).
+  local policy=/usr/sbin/policy-rc.d created_policy=0
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy"
+    chmod 755 "$policy"
+    created_policy=1
+    CLEANUP+=("$policy")
+  fi
+  local rc=0 updated=0
+  # Update the package lists first only if the mirror's lists do not know a package.
+  for p in ${missing[@]+"${missing[@]}"}; do
+    if ! apt-cache show --no-all-versions "$p" >/dev/null 2>&1; then
+      log "package lists do not know $p; running apt-get update"
+      apt-get update -q >&2 || die "apt-get update failed"
+      updated=1
+      break
+    fi
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    log "installing: ${missing[*]}"
+    if ! apt-get install -y -q "${missing[@]}" >&2; then
+      [ $updated -eq 0 ] || die "could not install: ${missing[*]}"
+      log "install failed (stale package lists?); running apt-get update and retrying"
+      apt-get update -q >&2 && apt-get install -y -q "${missing[@]}" >&2 || rc=1
+    fi
+  fi
+  if [ $rc -eq 0 ]; then
+    for p in ${optional[@]+"${optional[@]}"}; do
+      if apt-cache show --no-all-versions "$p" >/dev/null 2>&1; then
+        log "installing optional: $p"
+        apt-get install -y -q "$p" >&2 || log "optional package $p not installed (continuing without it)"
+      fi
+    done
+  fi
+  [ $created_policy -eq 1 ] && rm -f "$policy"
+  [ $rc -eq 0 ] || die "could not install: ${missing[*]}"
+}
+
+# ---------------------------------------------------------------------------
+# 2. certificates
+
+certs_valid() {
+  local f
+  for f in "$CERTS/ca.pem" "$CERTS/cert.pem" "$CERTS/key.pem" "$SERVER_CERTS/server-cert.pem" \
+    "$SERVER_CERTS/server-key.pem" "$OTHER_CA_DIR/ca.pem" "$OTHER_CA_DIR/cert.pem" \
+    "$OTHER_CA_DIR/key.pem"; do
+    [ -s "$f" ] || return 1
+  done
+  openssl verify -CAfile "$CERTS/ca.pem" "$CERTS/cert.pem" "$SERVER_CERTS/server-cert.pem" \
+    >/dev/null 2>&1 || return 1
+  openssl verify -CAfile "$OTHER_CA_DIR/ca.pem" "$OTHER_CA_DIR/cert.pem" >/dev/null 2>&1 || return 1
+  # still valid for at least a day
+  openssl x509 -checkend 86400 -noout -in "$SERVER_CERTS/server-cert.pem" >/dev/null 2>&1
+}
+
+# make_ca KEYFILE CERTFILE CN
+make_ca() {
+  openssl req -x509 -new -newkey rsa:2048 -nodes -sha256 -days 3650 \
+    -keyout "$1" -out "$2" -subj "/CN=$3" \
+    -addext "basicConstraints=critical,CA:TRUE" \
+    -addext "keyUsage=critical,keyCertSign,cRLSign" \
+    -addext "subjectKeyIdentifier=hash" 2>/dev/null
+  chmod 600 "$1"
+  chmod 644 "$2"
+}
+
+# make_leaf CAKEY CACERT KEYFILE CERTFILE CN EXTENSIONS
+make_leaf() {
+  local tmp
+  tmp=$(mktemp -d)
+  openssl req -new -newkey rsa:2048 -nodes -sha256 -keyout "$3" -out "$tmp/req.csr" \
+    -subj "/CN=$5" 2>/dev/null
+  printf '%s\n' "$6" >"$tmp/ext.cnf"
+  openssl x509 -req -in "$tmp/req.csr" -CA "$2" -CAkey "$1" -CAcreateserial \
+    -CAserial "$tmp/ca.srl" -out "$4" -days 3650 -sha256 -extfile "$tmp/ext.cnf" 2>/dev/null
+  rm -rf "$tmp"
+  chmod 600 "$3"
+  chmod 644 "$4"
+}
+
+ensure_certs() {
+  if certs_valid; then return 0; fi
+  log "generating test certificates in $CERTS"
+  mkdir -p "$CERTS" "$SERVER_CERTS" "$OTHER_CA_DIR" "$CA_PRIVATE"
+  chmod 755 "$CERTS" "$SERVER_CERTS" "$OTHER_CA_DIR"
+  chmod 700 "$CA_PRIVATE"
+  rm -f "$CERTS"/{ca,cert,key}.pem "$SERVER_CERTS"/server-{cert,key}.pem \
+    "$OTHER_CA_DIR"/{ca,ca-key,cert,key}.pem "$CA_PRIVATE/ca-key.pem"
+  local server_ext client_ext
+  server_ext='basicConstraints=critical,CA:FALSE
+keyUsage=critical,digitalSignature,keyEncipherment
+extendedKeyUsage=serverAuth
+subjectAltName=DNS:localhost,IP:127.0.0.1'
+  client_ext='basicConstraints=critical,CA:FALSE
+keyUsage=critical,digitalSignature,keyEncipherment
+extendedKeyUsage=clientAuth'
+  make_ca "$CA_PRIVATE/ca-key.pem" "$CERTS/ca.pem" "oz-worker-test CA"
+  make_leaf "$CA_PRIVATE/ca-key.pem" "$CERTS/ca.pem" "$SERVER_CERTS/server-key.pem" \
+    "$SERVER_CERTS/server-cert.pem" localhost "$server_ext"
+  make_leaf "$CA_PRIVATE/ca-key.pem" "$CERTS/ca.pem" "$CERTS/key.pem" "$CERTS/cert.pem" \
+    oz-worker-test-client "$client_ext"
+  # An unrelated CA (for "wrong CA" tests), with a client cert of its own so the
+  # directory is also a complete DOCKER_CERT_PATH that the daemon must refuse.
+  make_ca "$OTHER_CA_DIR/ca-key.pem" "$OTHER_CA_DIR/ca.pem" "oz-worker-test OTHER CA"
+  make_leaf "$OTHER_CA_DIR/ca-key.pem" "$OTHER_CA_DIR/ca.pem" "$OTHER_CA_DIR/key.pem" \
+    "$OTHER_CA_DIR/cert.pem" oz-worker-test-other-client "$client_ext"
+  certs_valid || die "generated certificates do not verify"
+}
+
+# ---------------------------------------------------------------------------
+# 3. dockerd
+
+dockerd_ours() { pid_runs "$RUN/dockerd.pid" dockerd; }
+
+start_dockerd() {
+  log "starting dockerd (unix socket + TLS on $TLS_ADDR)"
+  start_bg "$LOGS/dockerd.log" "$RUN/dockerd.pid" dockerd \
+    -H "$DOCKER_HOST_URL" -H "$TLS_HOST_URL" --tlsverify \
+    --tlscacert "$CERTS/ca.pem" --tlscert "$SERVER_CERTS/server-cert.pem" \
+    --tlskey "$SERVER_CERTS/server-key.pem"
+  wait_for "$DOCKERD_TIMEOUT" "$LOGS/dockerd.log" dockerd ping_unix "$DOCKER_SOCK"
+  wait_for "$DOCKERD_TIMEOUT" "$LOGS/dockerd.log" "dockerd TLS endpoint" ping_tls
+  # the pid of the daemon itself (setsid may or may not have forked)
+  [ -s /var/run/docker.pid ] && cp /var/run/docker.pid "$RUN/dockerd.pid"
+  return 0
+}
+
+ensure_dockerd() {
+  if ping_unix "$DOCKER_SOCK"; then
+    ping_tls && return 0
+    if dockerd_ours; then
+      log "our dockerd answers on the unix socket but not on TLS $TLS_ADDR (certificates changed?); restarting it"
+      stop_pidfile "$RUN/dockerd.pid" dockerd
+    else
+      local pid
+      pid=$(cat /var/run/docker.pid 2>/dev/null || echo '?')
+      die "a dockerd (pid $pid) not started by this script is running on $DOCKER_SOCK but does not serve TLS on $TLS_ADDR with the certificates in $CERTS.
+  Not touching it. Stop it yourself (kill $pid) and rerun, so that this script can start
+  dockerd -H $DOCKER_HOST_URL -H $TLS_HOST_URL --tlsverify ..."
+    fi
+  elif [ -s /var/run/docker.pid ] && alive "$(cat /var/run/docker.pid)"; then
+    die "a dockerd (pid $(cat /var/run/docker.pid)) is running but does not answer on $DOCKER_SOCK; not touching it"
+  fi
+  start_dockerd
+}
+
+# ---------------------------------------------------------------------------
+# 4. podman
+
+# Prints "changed" if it wrote the file.
+ensure_containers_conf() {
+  mkdir -p /etc/containers
+  if [ ! -e "$CONTAINERS_CONF" ]; then
+    printf '# Written by oz-agent-worker scripts/test-env.sh: the VM lacks CAP_SYS_RESOURCE,\n# so podman must not raise nofile/nproc above these limits.\n[containers]\n%s\n' \
+      "$ULIMITS_LINE" >"$CONTAINERS_CONF"
+    echo changed
+    return 0
+  fi
+  if grep -qxF "$ULIMITS_LINE" "$CONTAINERS_CONF"; then return 0; fi
+  local tmp
+  tmp=$(mktemp)
+  if grep -qE '^[[:space:]]*default_ulimits[[:space:]]*=' "$CONTAINERS_CONF"; then
+    # replace the existing setting (single-line form)
+    sed -E "s|^[[:space:]]*default_ulimits[[:space:]]*=.*$|$ULIMITS_LINE|" "$CONTAINERS_CONF" >"$tmp"
+  elif grep -qE '^[[:space:]]*\[containers\][[:space:]]*$' "$CONTAINERS_CONF"; then
+    awk -v line="$ULIMITS_LINE" '{ print } /^[[:space:]]*\[containers\][[:space:]]*$/ && !done { print line; done = 1 }' \
+      "$CONTAINERS_CONF" >"$tmp"
+  else
+    { cat "$CONTAINERS_CONF"; printf '\n[containers]\n%s\n' "$ULIMITS_LINE"; } >"$tmp"
+  fi
+  cp "$CONTAINERS_CONF" "$CONTAINERS_CONF.bak-oz-test"
+  cat "$tmp" >"$CONTAINERS_CONF"
+  rm -f "$tmp"
+  log "updated $CONTAINERS_CONF (backup: $CONTAINERS_CONF.bak-oz-test)"
+  echo changed
+}
+
+# Lets podman pull from the plain-HTTP test registry.
+ensure_podman_registries_conf() {
+  local want
+  want=$(printf '# Written by oz-agent-worker scripts/test-env.sh: the local test registry speaks plain HTTP.\n[[registry]]\nlocation = "%s"\ninsecure = true\n' "$REGISTRY")
+  if [ -f "$PODMAN_REGISTRIES_CONF" ] && [ "$(cat "$PODMAN_REGISTRIES_CONF")" = "$want" ]; then return 0; fi
+  mkdir -p "$(dirname "$PODMAN_REGISTRIES_CONF")"
+  printf '%s\n' "$want" >"$PODMAN_REGISTRIES_CONF"
+  echo changed
+}
+
+ensure_podman() {
+  local changed
+  changed=$(ensure_containers_conf)$(ensure_podman_registries_conf)
+  if ping_unix "$PODMAN_SOCK"; then
+    [ -z "$changed" ] && return 0
+    if pid_runs "$RUN/podman.pid" podman; then
+      log "podman configuration changed; restarting our podman service"
+      stop_pidfile "$RUN/podman.pid" podman
+    else
+      log "WARNING: podman configuration changed but the podman service on $PODMAN_SOCK was not started by this script; restart it yourself to apply it"
+      return 0
+    fi
+  fi
+  log "starting podman system service on $PODMAN_SOCK"
+  mkdir -p "$(dirname "$PODMAN_SOCK")"
+  rm -f "$PODMAN_SOCK"
+  start_bg "$LOGS/podman.log" "$RUN/podman.pid" podman system service --time=0 "$PODMAN_HOST_URL"
+  wait_for "$SERVICE_TIMEOUT" "$LOGS/podman.log" "podman service" ping_unix "$PODMAN_SOCK"
+}
+
+# ---------------------------------------------------------------------------
+# 5. registry
+
+ensure_registry_files() {
+  mkdir -p "$REG_DIR/data"
+  chmod 700 "$REG_DIR"
+  local changed=
+  if [ ! -s "$REGISTRY_PASSWORD_FILE" ]; then
+    (umask 077 && openssl rand -hex 16 >"$REGISTRY_PASSWORD_FILE")
+    changed=1
+  fi
+  chmod 600 "$REGISTRY_PASSWORD_FILE"
+  if [ ! -s "$REG_DIR/htpasswd" ] ||
+    ! htpasswd -vb "$REG_DIR/htpasswd" "$REGISTRY_USER" "$(registry_password)" >/dev/null 2>&1; then
+    (umask 077 && htpasswd -Bbn "$REGISTRY_USER" "$(registry_password)" >"$REG_DIR/htpasswd")
+    changed=1
+  fi
+  local want
+  want="# Written by oz-agent-worker scripts/test-env.sh
+version: 0.1
+log:
+  level: info
+storage:
+  filesystem:
+    rootdirectory: $REG_DIR/data
+  delete:
+    enabled: true
+http:
+  addr: $REGISTRY
+auth:
+  htpasswd:
+    realm: oz-test-registry
+    path: $REG_DIR/htpasswd"
+  if [ ! -f "$REG_DIR/config.yml" ] || [ "$(cat "$REG_DIR/config.yml")" != "$want" ]; then
+    printf '%s\n' "$want" >"$REG_DIR/config.yml"
+    changed=1
+  fi
+  echo "$changed"
+}
+
+registry_answers() { [ "$(registry_code /v2/)" != 000 ]; }
+
+registry_ok() {
+  [ "$(registry_code /v2/)" = 401 ] &&
+    [ "$(registry_code /v2/ -u "$REGISTRY_USER:$(registry_password)")" = 200 ]
+}
+
+ensure_registry() {
+  local changed code
+  changed=$(ensure_registry_files)
+  code=$(registry_code /v2/)
+  if [ "$code" != 000 ]; then
+    if [ -z "$changed" ] && registry_ok; then return 0; fi
+    if pid_runs "$RUN/registry.pid" docker-registry; then
+      log "registry configuration changed; restarting our registry"
+      stop_pidfile "$RUN/registry.pid" docker-registry
+    else
+      die "something not started by this script answers on $REGISTRY (GET /v2/ -> $code) but does not accept $REGISTRY_USER's password / demand auth; not touching it"
+    fi
+  fi
+  log "starting registry on $REGISTRY"
+  start_bg "$LOGS/registry.log" "$RUN/registry.pid" docker-registry serve "$REG_DIR/config.yml"
+  wait_for "$SERVICE_TIMEOUT" "$LOGS/registry.log" registry registry_answers
+  code=$(registry_code /v2/)
+  [ "$code" = 401 ] || die "registry: unauthenticated GET /v2/ gave $code, expected 401"
+  registry_ok || die "registry: authenticated GET /v2/ failed"
+}
+
+# ---------------------------------------------------------------------------
+# 6. images
+
+# fingerprint NAME -> a string that changes whenever the image's recipe or inputs change
+fingerprint() {
+  case $1 in
+  sidecar) printf 'v%s-%s' "$IMAGE_RECIPE_VERSION" "$(sha256sum <"$SIDECAR_ENTRYPOINT" | cut -c1-16)" ;;
+  musl) printf 'v%s-%s' "$IMAGE_RECIPE_VERSION" "$(command -v musl-gcc >/dev/null 2>&1 && echo bin || echo loader)" ;;
+  *) printf 'v%s' "$IMAGE_RECIPE_VERSION" ;;
+  esac
+}
+
+# image_present SOCKET IMAGE FINGERPRINT
+image_present() {
+  local json
+  json=$(curl -sf --max-time 10 --unix-socket "$1" "http://localhost/images/$2/json" 2>/dev/null) || return 1
+  grep -qF "\"oz-test.fingerprint\":\"$3\"" <<<"$json"
+}
+
+add_busybox() { # add_busybox ROOTFS
+  local root=$1 applet
+  mkdir -p "$root/bin" "$root/tmp" "$root/etc" "$root/root"
+  chmod 1777 "$root/tmp"
+  cp /bin/busybox "$root/bin/busybox"
+  for applet in $(/bin/busybox --list); do
+    [ "$applet" = busybox ] && continue
+    [ -e "$root/bin/$applet" ] || ln -s busybox "$root/bin/$applet"
+  done
+  printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n' >"$root/etc/passwd"
+  printf 'root:x:0:\nnogroup:x:65534:\n' >"$root/etc/group"
+}
+
+build_rootfs() { # build_rootfs KIND ROOTFS
+  local kind=$1 root=$2
+  case $kind in
+  busybox) add_busybox "$root" ;;
+  glibc)
+    add_busybox "$root"
+    mkdir -p "$root/usr/bin"
+    cp /usr/bin/true "$root$GLIBC_BINARY"
+    local lib
+    for lib in $(ldd /usr/bin/true | grep -oE '/[^ ]+'); do
+      mkdir -p "$root$(dirname "$lib")"
+      cp -L "$lib" "$root$lib"
+    done
+    [ -e "$root/lib64/ld-linux-x86-64.so.2" ] || die "glibc image: no /lib64/ld-linux-x86-64.so.2"
+    ;;
+  musl)
+    add_busybox "$root"
+    mkdir -p "$root/lib"
+    cp -L /lib/ld-musl-x86_64.so.1 "$root/lib/ld-musl-x86_64.so.1"
+    if command -v musl-gcc >/dev/null 2>&1; then
+      mkdir -p "$root/usr/bin"
+      printf 'int main(void){return 0;}\n' >"$BUILD/musl-true.c"
+      musl-gcc -O2 -o "$root$MUSL_BINARY" "$BUILD/musl-true.c" ||
+        die "musl-gcc failed"
+    fi
+    ;;
+  sidecar)
+    cp "$SIDECAR_ENTRYPOINT" "$root/entrypoint.sh"
+    chmod 755 "$root/entrypoint.sh"
+    ;;
+  esac
+}
+
+urlencode() { # minimal: what Dockerfile change lines need
+  local s=$1
+  s=${s//%/%25}; s=${s// /%20}; s=${s//=/%3D}; s=${s//\//%2F}; s=${s//:/%3A}
+  s=${s//\"/%22}; s=${s//,/%2C}; s=${s//[/%5B}; s=${s//]/%5D}
+  printf '%s' "$s"
+}
+
+# import SOCKET IMAGE TARFILE PATHVALUE FINGERPRINT
+import_image() {
+  local sock=$1 image=$2 tarfile=$3 path=$4 fp=$5
+  local repo=${image%:*} tag=${image##*:} q out
+  q="fromSrc=-&repo=$repo&tag=$tag&changes=$(urlencode "LABEL oz-test.fingerprint=$fp")"
+  [ -n "$path" ] && q="$q&changes=$(urlencode "ENV PATH=$path")"
+  out=$(curl -sS --max-time 300 --unix-socket "$sock" -X POST -H 'Content-Type: application/x-tar' \
+    --data-binary "@$tarfile" "http://localhost/images/create?$q" 2>&1) ||
+    die "importing $image into $sock failed: $out"
+  if grep -q '"error' <<<"$out"; then die "importing $image into $sock failed: $out"; fi
+  image_present "$sock" "$image" "$fp" || die "imported $image into $sock but it is not there: $out"
+}
+
+ensure_image() { # ensure_image KIND IMAGE PATHVALUE
+  local kind=$1 image=$2 path=$3 fp sock need=() tarfile root
+  fp=$(fingerprint "$kind")
+  for sock in "$DOCKER_SOCK" "$PODMAN_SOCK"; do
+    image_present "$sock" "$image" "$fp" || need+=("$sock")
+  done
+  [ ${#need[@]} -eq 0 ] && return 0
+  root=$BUILD/$kind
+  tarfile=$BUILD/$kind.tar
+  rm -rf "$root" "$tarfile"
+  mkdir -p "$root"
+  build_rootfs "$kind" "$root"
+  tar -C "$root" --numeric-owner --owner=0 --group=0 -cf "$tarfile" .
+  for sock in "${need[@]}"; do
+    [ "$sock" = "$DOCKER_SOCK" ] && REIMPORTED+=("$image")
+    log "importing $image into $sock"
+    import_image "$sock" "$image" "$tarfile" "$path" "$fp"
+  done
+  rm -rf "$root" "$tarfile"
+}
+
+# Images (re)imported into dockerd by this run: their registry copies are pushed again.
+REIMPORTED=()
+
+ensure_images() {
+  mkdir -p "$BUILD"
+  [ -f "$SIDECAR_ENTRYPOINT" ] || die "missing $SIDECAR_ENTRYPOINT"
+  ensure_image busybox "$IMG_BUSYBOX" /bin
+  ensure_image glibc "$IMG_GLIBC" /bin:/usr/bin
+  ensure_image musl "$IMG_MUSL" /bin
+  ensure_image sidecar "$IMG_SIDECAR" ""
+}
+
+# registry_has REPO TAG
+registry_has() {
+  [ "$(registry_code "/v2/$1/manifests/$2" -u "$REGISTRY_USER:$(registry_password)" \
+    -H 'Accept: application/vnd.docker.distribution.manifest.v2+json')" = 200 ]
+}
+
+ensure_registry_images() {
+  local pairs=("$IMG_BUSYBOX=$REG_IMG_BUSYBOX" "$IMG_SIDECAR=$REG_IMG_SIDECAR") pair todo=()
+  for pair in "${pairs[@]}"; do
+    local ref=${pair#*=}
+    local path=${ref#"$REGISTRY"/}
+    if ! registry_has "${path%:*}" "${path##*:}" ||
+      printf '%s\n' ${REIMPORTED[@]+"${REIMPORTED[@]}"} | grep -qxF "${pair%%=*}"; then
+      todo+=("$pair")
+    fi
+  done
+  [ ${#todo[@]} -eq 0 ] && return 0
+  local cfg
+  cfg=$(mktemp -d)
+  CLEANUP+=("$cfg")
+  local -a dk=(env -u DOCKER_CONTEXT -u DOCKER_TLS_VERIFY -u DOCKER_CERT_PATH DOCKER_CONFIG="$cfg"
+    DOCKER_HOST="$DOCKER_HOST_URL" DOCKER_API_VERSION=1.41 docker)
+  registry_password | "${dk[@]}" login -u "$REGISTRY_USER" --password-stdin "$REGISTRY" >/dev/null 2>&1 ||
+    die "docker login to $REGISTRY failed"
+  for pair in "${todo[@]}"; do
+    local src=${pair%%=*} dst=${pair#*=}
+    log "pushing $src to $dst"
+    "${dk[@]}" tag "$src" "$dst"
+    "${dk[@]}" push "$dst" >"$LOGS/push.log" 2>&1 || {
+      cat "$LOGS/push.log" >&2
+      die "push of $dst failed"
+    }
+    # untag locally so that tests pulling it really pull
+    "${dk[@]}" rmi "$dst" >/dev/null
+  done
+  "${dk[@]}" logout "$REGISTRY" >/dev/null 2>&1 || true
+  rm -rf "$cfg"
+}
+
+# ---------------------------------------------------------------------------
+# 7. env file
+
+env_contents() {
+  cat <<EOF
+# Written by oz-agent-worker scripts/test-env.sh; source it. Contains no secrets:
+# the registry password is in the file \$OZ_TEST_REGISTRY_PASSWORD_FILE.
+export OZ_TEST_ROOT=$OZ_TEST_ROOT
+export OZ_TEST_DOCKER_HOST=$DOCKER_HOST_URL
+export OZ_TEST_DOCKER_API_VERSION=1.41
+export OZ_TEST_TLS_HOST=$TLS_HOST_URL
+export OZ_TEST_CERT_DIR=$CERTS
+export OZ_TEST_CA=$CERTS/ca.pem
+export OZ_TEST_CLIENT_CERT=$CERTS/cert.pem
+export OZ_TEST_CLIENT_KEY=$CERTS/key.pem
+export OZ_TEST_SERVER_CERT_DIR=$SERVER_CERTS
+export OZ_TEST_OTHER_CA=$OTHER_CA_DIR/ca.pem
+export OZ_TEST_OTHER_CA_DIR=$OTHER_CA_DIR
+export OZ_TEST_PODMAN_HOST=$PODMAN_HOST_URL
+export OZ_TEST_REGISTRY=$REGISTRY
+export OZ_TEST_REGISTRY_USER=$REGISTRY_USER
+export OZ_TEST_REGISTRY_PASSWORD_FILE=$REGISTRY_PASSWORD_FILE
+export OZ_TEST_IMAGE_BUSYBOX=$IMG_BUSYBOX
+export OZ_TEST_IMAGE_GLIBC=$IMG_GLIBC
+export OZ_TEST_IMAGE_MUSL=$IMG_MUSL
+export OZ_TEST_IMAGE_SIDECAR=$IMG_SIDECAR
+export OZ_TEST_REGISTRY_IMAGE_BUSYBOX=$REG_IMG_BUSYBOX
+export OZ_TEST_REGISTRY_IMAGE_SIDECAR=$REG_IMG_SIDECAR
+export OZ_TEST_GLIBC_BINARY=$GLIBC_BINARY
+export OZ_TEST_MUSL_BINARY=$(command -v musl-gcc >/dev/null 2>&1 && echo "$MUSL_BINARY")
+EOF
+}
+
+ensure_env_file() {
+  local want
+  want=$(env_contents)
+  if [ -f "$ENV_FILE" ] && [ "$(cat "$ENV_FILE")" = "$want" ]; then return 0; fi
+  printf '%s\n' "$want" >"$ENV_FILE.tmp"
+  chmod 644 "$ENV_FILE.tmp"
+  mv "$ENV_FILE.tmp" "$ENV_FILE"
+}
+
+# ---------------------------------------------------------------------------
+# commands
+
+cmd_up() {
+  need_root
+  local start=$SECONDS
+  ensure_packages
+  mkdir -p "$OZ_TEST_ROOT" "$LOGS" "$RUN"
+  chmod 755 "$OZ_TEST_ROOT"
+  ensure_certs
+  ensure_dockerd
+  ensure_podman
+  ensure_registry
+  ensure_images
+  ensure_registry_images
+  ensure_env_file
+  cat >&2 <<EOF
+[test-env] up in $((SECONDS - start))s
+  dockerd   $DOCKER_HOST_URL  and  $TLS_HOST_URL (--tlsverify, DOCKER_CERT_PATH=$CERTS)
+  podman    $PODMAN_HOST_URL
+  registry  http://$REGISTRY (user $REGISTRY_USER, password in $REGISTRY_PASSWORD_FILE)
+  images    $IMG_BUSYBOX $IMG_GLIBC $IMG_MUSL $IMG_SIDECAR (both engines)
+            $REG_IMG_BUSYBOX $REG_IMG_SIDECAR (registry)
+  logs      $LOGS
+  env       source $ENV_FILE
+EOF
+}
+
+cmd_status() {
+  local bad=0
+  check() { # check LABEL CMD...
+    local label=$1
+    shift
+    if "$@" >/dev/null 2>&1; then
+      printf '  ok       %s\n' "$label"
+    else
+      printf '  MISSING  %s\n' "$label"
+      bad=1
+    fi
+  }
+  local p
+  echo "oz-worker test environment ($OZ_TEST_ROOT):"
+  for p in "${PACKAGES[@]}"; do check "package $p" pkg_installed "$p"; done
+  check "certificates in $CERTS" certs_valid
+  check "dockerd on $DOCKER_HOST_URL" ping_unix "$DOCKER_SOCK"
+  check "dockerd TLS on $TLS_HOST_URL" ping_tls
+  check "podman ulimits in $CONTAINERS_CONF" grep -qxF "$ULIMITS_LINE" "$CONTAINERS_CONF"
+  check "podman on $PODMAN_HOST_URL" ping_unix "$PODMAN_SOCK"
+  if [ -s "$REGISTRY_PASSWORD_FILE" ]; then
+    check "registry on $REGISTRY (401 anonymous, 200 as $REGISTRY_USER)" registry_ok
+  else
+    check "registry password file $REGISTRY_PASSWORD_FILE" false
+  fi
+  local kind image sock
+  for kind in busybox:$IMG_BUSYBOX glibc:$IMG_GLIBC musl:$IMG_MUSL sidecar:$IMG_SIDECAR; do
+    image=${kind#*:}
+    kind=${kind%%:*}
+    for sock in "$DOCKER_SOCK" "$PODMAN_SOCK"; do
+      check "image $image in $sock" image_present "$sock" "$image" "$(fingerprint "$kind")"
+    done
+  done
+  for image in "$REG_IMG_BUSYBOX" "$REG_IMG_SIDECAR"; do
+    local path=${image#"$REGISTRY"/}
+    if [ -s "$REGISTRY_PASSWORD_FILE" ]; then
+      check "registry image $image" registry_has "${path%:*}" "${path##*:}"
+    else
+      check "registry image $image" false
+    fi
+  done
+  check "env file $ENV_FILE" test -s "$ENV_FILE"
+  return $bad
+}
+
+cmd_down() {
+  need_root
+  stop_pidfile "$RUN/registry.pid" docker-registry
+  stop_pidfile "$RUN/podman.pid" podman
+  stop_pidfile "$RUN/dockerd.pid" dockerd
+  log "stopped the daemons this script started (state in $OZ_TEST_ROOT is kept)"
+}
+
+case "${1:-up}" in
+up) cmd_up ;;
+status) cmd_status ;;
+down) cmd_down ;;
+-h | --help | help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//' ;;
+*) die "unknown command '$1' (expected up, status or down)" ;;
+esac
