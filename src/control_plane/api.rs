@@ -8,6 +8,9 @@
 //! Errors are `ApiError` bodies. A team only ever sees its own runs: another
 //! team's run id answers 404, like an unknown one.
 
+// Handlers return the error response itself; it is built once per request.
+#![allow(clippy::result_large_err)]
+
 use crate::control_plane::dispatcher::CancelError;
 use crate::control_plane::model::{CreateRunRequest, Run, RunList, RunState};
 use crate::control_plane::server::{authenticate, error_response, json_response, Body, Shared};
@@ -27,10 +30,16 @@ pub async fn handle(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
         Err(resp) => return resp,
     };
     let path = req.uri().path().to_string();
-    let rest: Vec<&str> = path[RUNS_PATH.len()..]
+    let segments: Vec<String> = path[RUNS_PATH.len()..]
         .split('/')
         .filter(|s| !s.is_empty())
+        .map(|s| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
         .collect();
+    let rest: Vec<&str> = segments.iter().map(String::as_str).collect();
     let result = match (req.method().clone(), rest.as_slice()) {
         (Method::POST, []) => create(req, shared, team.id).await,
         (Method::GET, []) => list(&req, shared, team.id),
