@@ -11,6 +11,7 @@ pub mod client;
 pub mod dispatcher;
 pub mod keys;
 pub mod model;
+pub mod openapi;
 pub mod server;
 pub mod store;
 pub mod time;
