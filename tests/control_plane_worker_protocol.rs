@@ -366,3 +366,36 @@ async fn a_silent_worker_is_dropped_and_its_claimed_run_fails_as_worker_lost() {
     let r = client.create_run(&run_for("chatty")).await.unwrap();
     assert_eq!(chatty.expect_assignment().await.task_id, r.id);
 }
+
+#[tokio::test]
+async fn a_cancel_before_the_claim_ends_the_run_when_the_worker_rejects_it() {
+    let t = TestPlane::start(test_config()).await;
+    let client = t.client();
+    let mut w = t.worker("w1").await;
+    let run = client.create_run(&run_for("w1")).await.unwrap();
+    w.expect_assignment().await;
+    let requested = client.cancel_run(&run.id).await.unwrap();
+    assert_eq!(requested.state, RunState::Assigned);
+    assert_eq!(w.expect_cancellation().await, run.id);
+    w.reject(&run.id, "at capacity").await;
+    wait_for_state(&client, &run.id, RunState::Cancelled).await;
+    w.expect_nothing(QUIET).await;
+}
+
+#[tokio::test]
+async fn a_cancel_for_a_disconnected_holder_is_delivered_when_it_reconnects() {
+    let t = TestPlane::start(test_config()).await;
+    let client = t.client();
+    let mut w = t.worker("w1").await;
+    let run = client.create_run(&run_for("w1")).await.unwrap();
+    w.expect_assignment().await;
+    w.claim(&run.id).await;
+    wait_for_state(&client, &run.id, RunState::Claimed).await;
+    w.close().await;
+    tokio::time::sleep(QUIET).await;
+    assert!(client.cancel_run(&run.id).await.unwrap().cancel_requested);
+    let mut back = t.worker("w1").await;
+    assert_eq!(back.expect_cancellation().await, run.id);
+    back.complete(&run.id, Some("CANCELLED")).await;
+    wait_for_state(&client, &run.id, RunState::Cancelled).await;
+}
