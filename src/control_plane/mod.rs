@@ -5,6 +5,33 @@
 //! Layers: `model` (API types, state machine) and `store` (all SQL) know
 //! nothing of sockets; `dispatcher` routes runs to live connections; `ws`,
 //! `api` and `server` are the HTTP edge; `client` is the CLI's side of the API.
+//!
+//! # Run lifecycle
+//! `queued → assigned → claimed → succeeded | failed | cancelled`
+//! (`RunState::can_become` is the whole table; `Store::transition` enforces
+//! it and records every move with its time and a note).
+//! - A run is offered only to connections of its team whose `worker_id`
+//!   equals its `worker_host` exactly; connections sharing an id take turns.
+//!   With none connected it stays queued and `waiting_reason` says so.
+//! - `task_rejected`, or the connection closing before `task_claimed`, puts it
+//!   back in the queue; the rejecting connection is skipped for
+//!   `reoffer_delay` (default 2 s) so another connection can take it.
+//! - After the claim, a closed connection leaves the run claimed: any
+//!   connection of the same team and worker id may deliver its terminal
+//!   message. Once no such connection has been live for `worker_lost_timeout`
+//!   (default 10 min, `--worker-lost-timeout`) it fails with `worker_lost`.
+//! - A terminal message for a finished run is ignored (logged at debug).
+//! - Cancel: queued → cancelled at once. Assigned or claimed → marked
+//!   `cancel_requested` and `task_cancellation` is sent to the holding
+//!   connection; the run ends when the worker reports (`task_completed` with
+//!   `task_state: CANCELLED` → cancelled). If the holder is gone, every live
+//!   connection of its id is told, and any that connects later; a rejection
+//!   or disconnect before the claim of a cancel-requested run cancels it. A
+//!   finished run cannot be cancelled (HTTP 409).
+//! - A worker connection that sends nothing, not even a ping, for
+//!   `worker_read_timeout` (default 60 s) is dropped.
+//! - On start, runs left `assigned` are queued again (their connection is
+//!   gone) and `claimed` runs wait for their workers as above.
 
 pub mod api;
 pub mod client;
