@@ -12,10 +12,16 @@ pub fn all() -> Vec<(&'static str, String)> {
         s.push('\n');
         s
     }
-    vec![(
-        "worker-protocol.schema.json",
-        pretty::<crate::protocol::ProtocolMessages>(),
-    )]
+    let mut openapi = serde_json::to_string_pretty(&crate::control_plane::openapi::document())
+        .expect("the OpenAPI document serializes");
+    openapi.push('\n');
+    vec![
+        (
+            "worker-protocol.schema.json",
+            pretty::<crate::protocol::ProtocolMessages>(),
+        ),
+        ("control-plane-runs.openapi.json", openapi),
+    ]
 }
 
 pub fn write_all(dir: &Path, check: bool) -> Result<(), String> {

@@ -1,25 +1,500 @@
-//! `serve`, `run`, `runs`, `api-keys`.
+//! `serve`, `run`, `runs`, `api-keys`: the control plane and its clients.
+//!
+//! Exit codes: 0 success; 1 a run followed with `--wait` failed or was
+//! cancelled; 2 the command itself failed (bad input, unreachable server).
 
+use crate::control_plane::client::Client;
+use crate::control_plane::model::{CreateRunRequest, Run, RunState};
+use crate::control_plane::store::Store;
+use crate::control_plane::{self as cp, Config, ControlPlane, Storage};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
+
+/// Where the control plane's SQLite file lives.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StoreArgs {
+    /// Directory for the control plane's state
+    /// [default: $XDG_DATA_HOME/oz-agent-worker or ~/.local/share/oz-agent-worker].
+    #[arg(long, env = "OZ_DATA_DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+    /// The SQLite database file itself (overrides --data-dir).
+    #[arg(long, global = true)]
+    pub db: Option<PathBuf>,
+}
+
+impl StoreArgs {
+    pub fn db_path(&self) -> PathBuf {
+        self.db.clone().unwrap_or_else(|| {
+            self.data_dir
+                .clone()
+                .unwrap_or_else(cp::default_data_dir)
+                .join(cp::DB_FILE_NAME)
+        })
+    }
+}
 
 #[derive(Debug, clap::Args)]
-pub struct ServeArgs {}
-#[derive(Debug, clap::Args)]
-pub struct RunArgs {}
-#[derive(Debug, clap::Args)]
-pub struct RunsArgs {}
-#[derive(Debug, clap::Args)]
-pub struct ApiKeysArgs {}
+pub struct ServeArgs {
+    /// Address for the worker endpoint and the runs API (plain HTTP).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Drop a worker connection that sends nothing (not even a ping) for this long.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub worker_read_timeout: Duration,
+    /// Fail a claimed run with `worker_lost` once no worker with its id has
+    /// been connected for this long.
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    pub worker_lost_timeout: Duration,
+    /// Wait this long before offering a run again to a connection that rejected it.
+    #[arg(long, default_value = "2s", value_parser = parse_duration, hide = true)]
+    pub reoffer_delay: Duration,
+    #[arg(long, default_value = "info", value_parser = ["debug", "info", "warn", "error"])]
+    pub log_level: String,
+}
 
-pub async fn serve(_a: ServeArgs) -> ExitCode {
+/// The control plane a client command talks to.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServerArgs {
+    /// Control plane URL (plain http).
+    #[arg(
+        long,
+        env = "OZ_SERVER_URL",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
+    pub server: String,
+    /// A team API key of that control plane.
+    #[arg(long, env = "WARP_API_KEY", hide_env_values = true, global = true)]
+    pub api_key: Option<String>,
+}
+
+impl ServerArgs {
+    fn client(&self) -> Result<Client, String> {
+        Client::new(&self.server, self.api_key.as_deref().unwrap_or("")).map_err(|e| e.message)
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Id of the worker that runs it (exact, case-sensitive).
+    #[arg(long)]
+    pub host: String,
+    /// Task container image (default: the worker's).
+    #[arg(long)]
+    pub image: Option<String>,
+    /// Agent sidecar image.
+    #[arg(long)]
+    pub sidecar: Option<String>,
+    /// KEY=VALUE for the task's environment, or KEY to pass this shell's value (repeatable).
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    #[arg(long)]
+    pub prompt: Option<String>,
+    #[arg(long)]
+    pub title: Option<String>,
+    /// Follow the run to its end; exit 1 when it fails or is cancelled.
+    #[arg(long)]
+    pub wait: bool,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunsArgs {
+    #[command(subcommand)]
+    pub command: RunsCommand,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum RunsCommand {
+    /// List this team's runs, oldest first.
+    List {
+        /// Only runs in this state (queued, assigned, claimed, succeeded, failed, cancelled).
+        #[arg(long)]
+        state: Option<RunState>,
+        /// Only runs for this worker id.
+        #[arg(long)]
+        host: Option<String>,
+    },
+    /// Show one run with its state history.
+    Get { id: String },
+    /// Cancel a run (at once when queued; otherwise the worker is told to stop).
+    Cancel { id: String },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ApiKeysArgs {
+    #[command(subcommand)]
+    pub command: ApiKeysCommand,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum ApiKeysCommand {
+    /// Create a key for a team (creating the team); the secret is printed once.
+    Create {
+        #[arg(long)]
+        team: String,
+    },
+    /// List keys (never their secrets).
+    List,
+}
+
+/// `500ms`, `30s`, `10m`, `1h`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 500ms, 30s, 10m, 1h"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "" | "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("invalid duration unit in {s:?}: use ms, s, m or h")),
+    };
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn fail(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("error: {msg}");
     ExitCode::from(2)
 }
-pub async fn run(_a: RunArgs) -> ExitCode {
-    ExitCode::from(2)
+
+pub async fn serve(a: ServeArgs) -> ExitCode {
+    super::logging::init(&a.log_level);
+    let db = a.store.db_path();
+    let mut config = Config::new(a.listen, Storage::File(db.clone()));
+    config.worker_read_timeout = a.worker_read_timeout;
+    config.worker_lost_timeout = a.worker_lost_timeout;
+    config.reoffer_delay = a.reoffer_delay;
+    let plane = match ControlPlane::start(config).await {
+        Ok(p) => p,
+        Err(e) => return fail(e),
+    };
+    eprintln!(
+        "control plane on {} (workers: {}, state: {})",
+        plane.url(),
+        plane.ws_url(),
+        db.display()
+    );
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    plane.shutdown().await;
+    ExitCode::SUCCESS
 }
-pub async fn runs(_a: RunsArgs) -> ExitCode {
-    ExitCode::from(2)
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
-pub async fn api_keys(_a: ApiKeysArgs) -> ExitCode {
-    ExitCode::from(2)
+
+pub async fn api_keys(a: ApiKeysArgs) -> ExitCode {
+    let path = a.store.db_path();
+    let store = match Store::open(&path) {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    match a.command {
+        ApiKeysCommand::Create { team } => match store.create_api_key(&team) {
+            Ok(k) => {
+                eprintln!(
+                    "Created API key {} for team {:?} (team id {}) in {}. Save it now: it is not shown again.",
+                    k.key_id,
+                    k.team.name,
+                    k.team.id,
+                    path.display()
+                );
+                println!("{}", k.secret);
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
+        },
+        ApiKeysCommand::List => match store.list_api_keys() {
+            Ok(keys) => {
+                println!(
+                    "{:<6} {:<20} {:<8} {:<14} CREATED",
+                    "KEY", "TEAM", "TEAM_ID", "PREFIX"
+                );
+                for k in keys {
+                    println!(
+                        "{:<6} {:<20} {:<8} {:<14} {}",
+                        k.key_id,
+                        k.team.name,
+                        k.team.id,
+                        format!("{}…", k.prefix),
+                        k.created_at
+                    );
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
+        },
+    }
+}
+
+fn parse_env(entries: &[String]) -> Result<BTreeMap<String, String>, String> {
+    let mut env = BTreeMap::new();
+    for e in entries {
+        let (k, v) = match e.split_once('=') {
+            Some((k, v)) => (k.to_string(), v.to_string()),
+            None => {
+                let v = std::env::var(e).map_err(|_| {
+                    format!("-e {e}: {e} is not set in this environment; pass -e {e}=VALUE")
+                })?;
+                (e.clone(), v)
+            }
+        };
+        if k.is_empty() {
+            return Err(format!("-e {e:?}: the variable name is empty"));
+        }
+        env.insert(k, v);
+    }
+    Ok(env)
+}
+
+pub async fn run(a: RunArgs) -> ExitCode {
+    let client = match a.server.client() {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    let env_vars = match parse_env(&a.env) {
+        Ok(e) => e,
+        Err(e) => return fail(e),
+    };
+    let req = CreateRunRequest {
+        worker_host: a.host,
+        title: a.title,
+        prompt: a.prompt,
+        docker_image: a.image,
+        sidecar_image: a.sidecar,
+        env_vars,
+        ..Default::default()
+    };
+    let run = match client.create_run(&req).await {
+        Ok(r) => r,
+        Err(e) => return fail(e),
+    };
+    if !a.wait {
+        if a.json {
+            print_json(&run);
+        } else {
+            println!("{}", run.id);
+            if let Some(w) = &run.waiting_reason {
+                eprintln!("{}: {w}", run.state);
+            }
+        }
+        return ExitCode::SUCCESS;
+    }
+    if !a.json {
+        eprintln!("run {} created", run.id);
+    }
+    follow(&client, run, a.json).await
+}
+
+/// Polls the run until it ends, printing each history entry once.
+async fn follow(client: &Client, mut run: Run, json: bool) -> ExitCode {
+    let mut shown = 0;
+    let mut last_waiting: Option<String> = None;
+    loop {
+        if !json {
+            for h in run.history.iter().skip(shown) {
+                match &h.note {
+                    Some(n) => eprintln!("{}  {:<9} {n}", h.at, h.state),
+                    None => eprintln!("{}  {}", h.at, h.state),
+                }
+            }
+            if run.waiting_reason != last_waiting {
+                if let Some(w) = &run.waiting_reason {
+                    eprintln!("waiting: {w}");
+                }
+                last_waiting = run.waiting_reason.clone();
+            }
+        }
+        shown = run.history.len();
+        if run.state.is_terminal() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        run = match client.get_run(&run.id).await {
+            Ok(r) => r,
+            Err(e) => return fail(format!("lost track of run {}: {e}", run.id)),
+        };
+    }
+    if json {
+        print_json(&run);
+    } else {
+        print_outcome(&run);
+    }
+    if run.state == RunState::Succeeded {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+fn print_outcome(run: &Run) {
+    let mut line = format!("run {} {}", run.id, run.state);
+    if let Some(r) = &run.failure_reason {
+        line.push_str(&format!(" ({r})"));
+    }
+    if let Some(c) = run.exit_code {
+        line.push_str(&format!(", exit code {c}"));
+    }
+    if let Some(m) = run.message.as_deref().filter(|m| !m.is_empty()) {
+        line.push_str(&format!(": {m}"));
+    }
+    println!("{line}");
+}
+
+fn print_json<T: serde::Serialize>(v: &T) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(v).expect("API types serialize")
+    );
+}
+
+pub async fn runs(a: RunsArgs) -> ExitCode {
+    let client = match a.server.client() {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    match a.command {
+        RunsCommand::List { state, host } => match client.list_runs(state, host.as_deref()).await {
+            Ok(runs) if a.json => {
+                print_json(&runs);
+                ExitCode::SUCCESS
+            }
+            Ok(runs) => {
+                println!(
+                    "{:<22} {:<10} {:<20} {:<25} TITLE",
+                    "ID", "STATE", "HOST", "CREATED"
+                );
+                for r in runs {
+                    println!(
+                        "{:<22} {:<10} {:<20} {:<25} {}",
+                        r.id, r.state, r.worker_host, r.created_at, r.title
+                    );
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
+        },
+        RunsCommand::Get { id } => match client.get_run(&id).await {
+            Ok(r) if a.json => {
+                print_json(&r);
+                ExitCode::SUCCESS
+            }
+            Ok(r) => {
+                print_run(&r);
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
+        },
+        RunsCommand::Cancel { id } => match client.cancel_run(&id).await {
+            Ok(r) if a.json => {
+                print_json(&r);
+                ExitCode::SUCCESS
+            }
+            Ok(r) if r.state == RunState::Cancelled => {
+                println!("run {} cancelled", r.id);
+                ExitCode::SUCCESS
+            }
+            Ok(r) => {
+                println!(
+                    "run {} is {}: cancellation requested; the worker stops it and reports back",
+                    r.id, r.state
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
+        },
+    }
+}
+
+fn print_run(r: &Run) {
+    println!("id:          {}", r.id);
+    println!("state:       {}", r.state);
+    println!("worker_host: {}", r.worker_host);
+    if !r.title.is_empty() {
+        println!("title:       {}", r.title);
+    }
+    if let Some(i) = &r.docker_image {
+        println!("image:       {i}");
+    }
+    if let Some(e) = &r.execution_id {
+        println!("execution:   {e}");
+    }
+    if let Some(f) = &r.failure_reason {
+        println!("failure:     {f}");
+    }
+    if let Some(c) = r.exit_code {
+        println!("exit code:   {c}");
+    }
+    if let Some(m) = &r.message {
+        println!("message:     {m}");
+    }
+    if r.cancel_requested && !r.state.is_terminal() {
+        println!("cancel:      requested");
+    }
+    if let Some(w) = &r.waiting_reason {
+        println!("waiting:     {w}");
+    }
+    println!("history:");
+    for h in &r.history {
+        println!(
+            "  {}  {:<9} {}",
+            h.at,
+            h.state,
+            h.note.as_deref().unwrap_or("")
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("30").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
+        assert!(parse_duration("10 parsecs").is_err());
+    }
 }

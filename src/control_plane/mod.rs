@@ -1,1 +1,247 @@
-//! See ARCHITECTURE.md.
+//! The local control plane: the orchestrator side of the worker protocol
+//! (PROTOCOL.md), a runs API, and durable state in SQLite. It runs as
+//! `oz-agent-worker serve` or embedded in-process through [`ControlPlane`].
+//!
+//! Layers: `model` (API types, state machine) and `store` (all SQL) know
+//! nothing of sockets; `dispatcher` routes runs to live connections; `ws`,
+//! `api` and `server` are the HTTP edge; `client` is the CLI's side of the API.
+//!
+//! # Run lifecycle
+//! `queued → assigned → claimed → succeeded | failed | cancelled`
+//! (`RunState::can_become` is the whole table; `Store::transition` enforces
+//! it and records every move with its time and a note).
+//! - A run is offered only to connections of its team whose `worker_id`
+//!   equals its `worker_host` exactly; connections sharing an id take turns.
+//!   With none connected it stays queued and `waiting_reason` says so.
+//! - `task_rejected`, or the connection closing before `task_claimed`, puts it
+//!   back in the queue; the rejecting connection is skipped for
+//!   `reoffer_delay` (default 2 s) so another connection can take it.
+//! - After the claim, a closed connection leaves the run claimed: any
+//!   connection of the same team and worker id may deliver its terminal
+//!   message. Once no such connection has been live for `worker_lost_timeout`
+//!   (default 10 min, `--worker-lost-timeout`) it fails with `worker_lost`.
+//! - A terminal message for a finished run is ignored (logged at debug).
+//! - Cancel: queued → cancelled at once. Assigned or claimed → marked
+//!   `cancel_requested` and `task_cancellation` is sent to the holding
+//!   connection; the run ends when the worker reports (`task_completed` with
+//!   `task_state: CANCELLED` → cancelled). If the holder is gone, every live
+//!   connection of its id is told, and any that connects later; a rejection
+//!   or disconnect before the claim of a cancel-requested run cancels it. A
+//!   finished run cannot be cancelled (HTTP 409).
+//! - A worker connection that sends nothing, not even a ping, for
+//!   `worker_read_timeout` (default 60 s) is dropped.
+//! - On start, runs left `assigned` are queued again (their connection is
+//!   gone) and `claimed` runs wait for their workers as above.
+
+pub mod api;
+pub mod client;
+pub mod dispatcher;
+pub mod keys;
+pub mod model;
+pub mod openapi;
+pub mod server;
+pub mod store;
+pub mod time;
+pub mod ws;
+
+use dispatcher::{DispatchTimeouts, Dispatcher};
+use server::Shared;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use store::{NewApiKey, Store, StoreError};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use ws::WS_PATH;
+
+/// Where the control plane keeps its state.
+#[derive(Debug, Clone)]
+pub enum Storage {
+    /// An SQLite file (created with its directory when missing).
+    File(PathBuf),
+    /// Nothing survives the process: for tests and demos.
+    InMemory,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub storage: Storage,
+    /// A worker connection that sends nothing (not even a ping) for this long
+    /// is dropped. PROTOCOL.md: 60 s.
+    pub worker_read_timeout: Duration,
+    /// A claimed run fails with `worker_lost` once no worker with its id has
+    /// been connected for this long.
+    pub worker_lost_timeout: Duration,
+    /// How long before a connection that rejected a run is offered it again.
+    pub reoffer_delay: Duration,
+    /// How often the re-offer and worker-lost checks run.
+    pub sweep_interval: Duration,
+}
+
+pub const DEFAULT_WORKER_READ_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_WORKER_LOST_TIMEOUT: Duration = Duration::from_secs(600);
+pub const DEFAULT_REOFFER_DELAY: Duration = Duration::from_secs(2);
+
+impl Config {
+    pub fn new(listen: SocketAddr, storage: Storage) -> Config {
+        Config {
+            listen,
+            storage,
+            worker_read_timeout: DEFAULT_WORKER_READ_TIMEOUT,
+            worker_lost_timeout: DEFAULT_WORKER_LOST_TIMEOUT,
+            reoffer_delay: DEFAULT_REOFFER_DELAY,
+            sweep_interval: Duration::from_secs(1),
+        }
+    }
+
+    /// In memory, on an ephemeral localhost port.
+    pub fn ephemeral() -> Config {
+        Config::new(SocketAddr::from(([127, 0, 0, 1], 0)), Storage::InMemory)
+    }
+}
+
+/// `$XDG_DATA_HOME/oz-agent-worker`, else `~/.local/share/oz-agent-worker`,
+/// else `./oz-agent-worker-data`.
+pub fn default_data_dir() -> PathBuf {
+    let non_empty = |v: &str| {
+        std::env::var_os(v)
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from)
+    };
+    if let Some(x) = non_empty("XDG_DATA_HOME") {
+        return x.join("oz-agent-worker");
+    }
+    if let Some(h) = non_empty("HOME") {
+        return h.join(".local/share/oz-agent-worker");
+    }
+    PathBuf::from("oz-agent-worker-data")
+}
+
+pub const DB_FILE_NAME: &str = "control-plane.sqlite3";
+
+#[derive(Debug)]
+pub enum StartError {
+    Store(StoreError),
+    Bind(SocketAddr, std::io::Error),
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::Store(e) => write!(f, "{e}"),
+            StartError::Bind(addr, e) => write!(
+                f,
+                "cannot listen on {addr}: {e}; pick another address with --listen"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// A running control plane. Dropping it stops it too; `shutdown` also waits.
+pub struct ControlPlane {
+    addr: SocketAddr,
+    dispatcher: Arc<Dispatcher>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl ControlPlane {
+    /// Opens the store, recovers runs, binds the listener and starts serving.
+    pub async fn start(config: Config) -> Result<ControlPlane, StartError> {
+        let store = match &config.storage {
+            Storage::File(path) => Store::open(path),
+            Storage::InMemory => Store::open_in_memory(),
+        }
+        .map_err(StartError::Store)?;
+        let dispatcher = Arc::new(
+            Dispatcher::recover(
+                Arc::new(store),
+                DispatchTimeouts {
+                    worker_lost: config.worker_lost_timeout,
+                    reoffer_delay: config.reoffer_delay,
+                },
+            )
+            .map_err(StartError::Store)?,
+        );
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| StartError::Bind(config.listen, e))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| StartError::Bind(config.listen, e))?;
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            dispatcher: dispatcher.clone(),
+            worker_read_timeout: config.worker_read_timeout,
+            shutdown: shutdown_rx.clone(),
+        });
+        let server = tokio::spawn(server::accept_loop(listener, shared));
+        let sweeper = {
+            let dispatcher = dispatcher.clone();
+            let mut stop = shutdown_rx;
+            let period = config.sweep_interval;
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(period);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => dispatcher.sweep(),
+                        _ = stop.changed() => break,
+                    }
+                }
+            })
+        };
+        tracing::info!(%addr, "control plane listening (worker endpoint {WS_PATH})");
+        Ok(ControlPlane {
+            addr,
+            dispatcher,
+            shutdown,
+            tasks: vec![server, sweeper],
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://ADDR`, for the runs API and `--server`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The worker WebSocket endpoint, without the `worker_id` query.
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}{WS_PATH}", self.addr)
+    }
+
+    /// Creates a key for `team` (creating the team). The secret is in the
+    /// returned value only.
+    pub fn create_api_key(&self, team: &str) -> Result<NewApiKey, StoreError> {
+        self.dispatcher.store().create_api_key(team)
+    }
+
+    /// Live worker connections.
+    pub fn connection_count(&self) -> usize {
+        self.dispatcher.connection_count()
+    }
+
+    /// Stops accepting, closes worker connections (with a close frame) and
+    /// waits for the listener and background tasks to end.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        for t in std::mem::take(&mut self.tasks) {
+            let _ = t.await;
+        }
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
+    }
+}

@@ -1,3 +1,5 @@
 //! Shared test helpers, one per boundary. Each integration test file does
 //! `mod support;` and uses the helpers it needs.
 #![allow(dead_code)]
+
+pub mod control_plane;

@@ -1,0 +1,42 @@
+//! Team API keys: `ozk_` followed by 32 bytes from the kernel's CSPRNG,
+//! base64url-encoded. Only the SHA-256 of a key is ever stored.
+
+use base64::Engine;
+use sha2::{Digest, Sha256};
+use std::io::Read;
+
+pub const KEY_PREFIX: &str = "ozk_";
+
+/// A fresh secret. Reads `/dev/urandom` (Linux and macOS): `fastrand` is not
+/// a cryptographic generator, and the standard library exposes none.
+pub fn generate() -> std::io::Result<String> {
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(format!(
+        "{KEY_PREFIX}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    ))
+}
+
+/// The stored form of a key.
+pub fn hash(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+/// What `api-keys list` may show of a key: enough to tell keys apart.
+pub fn display_prefix(secret: &str) -> String {
+    secret.chars().take(KEY_PREFIX.len() + 6).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn keys_are_unique_prefixed_and_hash_stably() {
+        let a = super::generate().unwrap();
+        let b = super::generate().unwrap();
+        assert_ne!(a, b);
+        assert!(a.starts_with("ozk_") && a.len() == 4 + 43, "{a}");
+        assert_eq!(super::hash(&a), super::hash(&a));
+        assert_eq!(super::hash(&a).len(), 64);
+    }
+}

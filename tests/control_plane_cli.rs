@@ -1,0 +1,123 @@
+//! The CLI client commands against an embedded control plane.
+
+mod support;
+
+use oz_agent_worker::protocol::FailureReason;
+use std::process::Output;
+use support::control_plane::{test_config, TestPlane};
+use tokio::process::Command;
+
+fn cli(server: &str, key: &str) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_oz-agent-worker"));
+    c.env("OZ_SERVER_URL", server)
+        .env("WARP_API_KEY", key)
+        .kill_on_drop(true);
+    c
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[tokio::test]
+async fn run_wait_follows_a_failed_run_and_exits_non_zero() {
+    let t = TestPlane::start(test_config()).await;
+    let mut w = t.worker("w1").await;
+    let child = cli(&t.plane.url(), &t.key)
+        .args([
+            "run", "--host", "w1", "--prompt", "hi", "-e", "A=1", "--wait",
+        ])
+        .output();
+    let worker = async {
+        let a = w.expect_assignment().await;
+        assert_eq!(a.env_vars["A"], "1");
+        w.claim(&a.task_id).await;
+        w.fail(&a.task_id, FailureReason::ContainerExit, Some(3))
+            .await;
+    };
+    let (out, ()) = tokio::join!(child, worker);
+    let out = out.unwrap();
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(
+        all.contains("failed (container_exit), exit code 3: it broke"),
+        "{all}"
+    );
+    assert!(all.contains("claimed"), "{all}");
+}
+
+#[tokio::test]
+async fn run_wait_exits_zero_on_success() {
+    let t = TestPlane::start(test_config()).await;
+    let mut w = t.worker("w1").await;
+    let child = cli(&t.plane.url(), &t.key)
+        .args(["run", "--host", "w1", "--wait"])
+        .output();
+    let worker = async {
+        let a = w.expect_assignment().await;
+        w.claim(&a.task_id).await;
+        w.complete(&a.task_id, None).await;
+    };
+    let (out, ()) = tokio::join!(child, worker);
+    let out = out.unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}
+
+#[tokio::test]
+async fn client_errors_are_actionable() {
+    let t = TestPlane::start(test_config()).await;
+    let out = cli(&t.plane.url(), "ozk_wrong")
+        .args(["runs", "list"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).contains("refused the API key"), "{}", text(&out));
+
+    let out = cli("http://127.0.0.1:9", &t.key)
+        .args(["runs", "get", "run_x"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out).contains("cannot reach the control plane"),
+        "{}",
+        text(&out)
+    );
+
+    let out = cli(&t.plane.url(), &t.key)
+        .args(["runs", "cancel", "run_x"])
+        .output()
+        .await
+        .unwrap();
+    assert!(text(&out).contains("no run \"run_x\""), "{}", text(&out));
+}
+
+#[tokio::test]
+async fn api_keys_show_the_secret_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = env!("CARGO_BIN_EXE_oz-agent-worker");
+    let out = Command::new(bin)
+        .args(["api-keys", "create", "--team", "alpha", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let secret = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(secret.starts_with("ozk_"), "{secret}");
+    let list = Command::new(bin)
+        .args(["api-keys", "list", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .await
+        .unwrap();
+    let listed = text(&list);
+    assert!(listed.contains("alpha"), "{listed}");
+    assert!(!listed.contains(&secret), "{listed}");
+}
