@@ -14,6 +14,11 @@ pub const EXTRA_ENUM_VALUES: &[(&str, &[&str], &str)] = &[
         "Podman's compatibility API reports its own container states",
     ),
     (
+        "ContainerSummaryState",
+        &["configured", "initialized", "stopping", "stopped"],
+        "the same Podman states, in container lists",
+    ),
+    (
         "HealthStatus",
         &[""],
         "Podman sends an empty health status for containers without a healthcheck",

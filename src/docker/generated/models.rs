@@ -5698,6 +5698,14 @@ pub enum ContainerSummaryState {
     Removing,
     /// `"dead"`
     Dead,
+    /// `"configured"`
+    Configured,
+    /// `"initialized"`
+    Initialized,
+    /// `"stopping"`
+    Stopping,
+    /// `"stopped"`
+    Stopped,
     /// A value these bindings do not know, kept as sent.
     Other(String),
 }
@@ -5713,6 +5721,10 @@ impl ContainerSummaryState {
             Self::Exited => "exited",
             Self::Removing => "removing",
             Self::Dead => "dead",
+            Self::Configured => "configured",
+            Self::Initialized => "initialized",
+            Self::Stopping => "stopping",
+            Self::Stopped => "stopped",
             Self::Other(s) => s,
         }
     }
@@ -5728,6 +5740,10 @@ impl From<&str> for ContainerSummaryState {
             "exited" => Self::Exited,
             "removing" => Self::Removing,
             "dead" => Self::Dead,
+            "configured" => Self::Configured,
+            "initialized" => Self::Initialized,
+            "stopping" => Self::Stopping,
+            "stopped" => Self::Stopped,
             other => Self::Other(other.to_owned()),
         }
     }

@@ -733,7 +733,7 @@ impl Docker {
             req.headers.push(("X-Registry-Auth", v.clone()));
         }
         for v in params.changes.iter().flatten() {
-            req.query.push(("changes", v.to_string()));
+            req.query.push(("changes", v.clone()));
         }
         if let Some(v) = &params.platform {
             req.query.push(("platform", v.clone()));
@@ -852,7 +852,7 @@ impl Docker {
             req.query.push(("noprune", v.to_string()));
         }
         for v in params.platforms.iter().flatten() {
-            req.query.push(("platforms", v.to_string()));
+            req.query.push(("platforms", v.clone()));
         }
         self.send_json(req).await
     }
@@ -1089,7 +1089,7 @@ impl Docker {
             CallKind::Streaming,
         );
         for v in params.names.iter().flatten() {
-            req.query.push(("names", v.to_string()));
+            req.query.push(("names", v.clone()));
         }
         if let Some(v) = &params.platform {
             req.query.push(("platform", v.clone()));

@@ -198,7 +198,7 @@ fn operation(
         let value = |v: &str| {
             if p.is_enum {
                 format!("{v}.as_str().to_owned()")
-            } else if p.ty.ends_with("String") {
+            } else if p.ty == "String" || p.ty == "Vec<String>" {
                 format!("{v}.clone()")
             } else {
                 format!("{v}.to_string()")
