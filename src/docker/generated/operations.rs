@@ -25,6 +25,8 @@ fn json_body<T: serde::Serialize>(body: &T) -> RequestBody {
 impl Docker {
     /// List containers
     ///
+    /// Returns a list of containers. For details on the format, see the \[inspect endpoint\](#operation/ContainerInspect).
+    ///
     /// `GET /containers/json` (`ContainerList`).
     pub async fn container_list(
         &self,
@@ -77,6 +79,8 @@ impl Docker {
 
     /// Inspect a container
     ///
+    /// Return low-level information about a container.
+    ///
     /// `GET /containers/{id}/json` (`ContainerInspect`).
     pub async fn container_inspect(
         &self,
@@ -97,6 +101,8 @@ impl Docker {
 
     /// List processes running inside a container
     ///
+    /// On Unix systems, this is done by running the `ps` command. This endpoint is not supported on Windows.
+    ///
     /// `GET /containers/{id}/top` (`ContainerTop`).
     pub async fn container_top(
         &self,
@@ -116,6 +122,8 @@ impl Docker {
     }
 
     /// Get container logs
+    ///
+    /// Get `stdout` and `stderr` logs from a container.
     ///
     /// `GET /containers/{id}/logs` (`ContainerLogs`).
     pub async fn container_logs(
@@ -155,6 +163,8 @@ impl Docker {
 
     /// Get changes on a container’s filesystem
     ///
+    /// Returns which files in a container's filesystem have been added, deleted, or modified. The `Kind` of modification can be one of:
+    ///
     /// `GET /containers/{id}/changes` (`ContainerChanges`).
     pub async fn container_changes(&self, id: &str) -> Result<Vec<FilesystemChange>, DockerError> {
         let req = ApiRequest::new(
@@ -168,6 +178,8 @@ impl Docker {
 
     /// Export a container
     ///
+    /// Export the contents of a container as a tarball.
+    ///
     /// `GET /containers/{id}/export` (`ContainerExport`).
     pub async fn container_export(&self, id: &str) -> Result<ByteStream, DockerError> {
         let req = ApiRequest::new(
@@ -180,6 +192,8 @@ impl Docker {
     }
 
     /// Get container stats based on resource usage
+    ///
+    /// This endpoint returns a live stream of a container’s resource usage statistics.
     ///
     /// `GET /containers/{id}/stats` (`ContainerStats`).
     pub async fn container_stats(
@@ -203,6 +217,8 @@ impl Docker {
     }
 
     /// Resize a container TTY
+    ///
+    /// Resize the TTY for a container.
     ///
     /// `POST /containers/{id}/resize` (`ContainerResize`).
     pub async fn container_resize(
@@ -289,6 +305,8 @@ impl Docker {
 
     /// Kill a container
     ///
+    /// Send a POSIX signal to a container, defaulting to killing to the container.
+    ///
     /// `POST /containers/{id}/kill` (`ContainerKill`).
     pub async fn container_kill(
         &self,
@@ -308,6 +326,8 @@ impl Docker {
     }
 
     /// Update a container
+    ///
+    /// Change various configuration options of a container without having to recreate it.
     ///
     /// `POST /containers/{id}/update` (`ContainerUpdate`).
     pub async fn container_update(
@@ -345,6 +365,8 @@ impl Docker {
 
     /// Pause a container
     ///
+    /// Use the freezer cgroup to suspend all processes in a container.
+    ///
     /// `POST /containers/{id}/pause` (`ContainerPause`).
     pub async fn container_pause(&self, id: &str) -> Result<(), DockerError> {
         let req = ApiRequest::new(
@@ -358,6 +380,8 @@ impl Docker {
 
     /// Unpause a container
     ///
+    /// Resume a container which has been paused.
+    ///
     /// `POST /containers/{id}/unpause` (`ContainerUnpause`).
     pub async fn container_unpause(&self, id: &str) -> Result<(), DockerError> {
         let req = ApiRequest::new(
@@ -370,6 +394,8 @@ impl Docker {
     }
 
     /// Attach to a container
+    ///
+    /// Attach to a container to read its output or send it input. You can attach to the same container multiple times and you can reattach to containers that have been detached.
     ///
     /// `POST /containers/{id}/attach` (`ContainerAttach`).
     pub async fn container_attach(
@@ -405,6 +431,8 @@ impl Docker {
     }
 
     /// Wait for a container
+    ///
+    /// Block until a container stops, then returns the exit code.
     ///
     /// `POST /containers/{id}/wait` (`ContainerWait`).
     pub async fn container_wait(
@@ -452,6 +480,8 @@ impl Docker {
 
     /// Get information about files in a container
     ///
+    /// A response header `X-Docker-Container-Path-Stat` is returned, containing a base64 - encoded JSON object with some filesystem header information about the path.
+    ///
     /// `HEAD /containers/{id}/archive` (`ContainerArchiveInfo`).
     pub async fn container_archive_info(
         &self,
@@ -470,6 +500,8 @@ impl Docker {
 
     /// Get an archive of a filesystem resource in a container
     ///
+    /// Get a tar archive of a resource in the filesystem of container id.
+    ///
     /// `GET /containers/{id}/archive` (`ContainerArchive`).
     pub async fn container_archive(
         &self,
@@ -487,6 +519,8 @@ impl Docker {
     }
 
     /// Extract an archive of files or folders to a directory in a container
+    ///
+    /// Upload a tar archive to be extracted to a path in the filesystem of container id. `path` parameter is asserted to be a directory. If it exists as a file, 400 error will be returned with message "not a directory".
     ///
     /// `PUT /containers/{id}/archive` (`PutContainerArchive`).
     pub async fn put_container_archive(
@@ -536,6 +570,8 @@ impl Docker {
 
     /// List Images
     ///
+    /// Returns a list of images on the server. Note that it uses a different, smaller representation of an image than inspecting a single image.
+    ///
     /// `GET /images/json` (`ImageList`).
     pub async fn image_list(
         &self,
@@ -566,6 +602,8 @@ impl Docker {
     }
 
     /// Build an image
+    ///
+    /// Build an image from a tar archive with a `Dockerfile` in it.
     ///
     /// `POST /build` (`ImageBuild`).
     pub async fn image_build(
@@ -659,7 +697,7 @@ impl Docker {
         }
         if let Some(stream) = body {
             req.body = RequestBody::Stream {
-                content_type: "application/octet-stream",
+                content_type: "application/x-tar",
                 stream,
             };
         }
@@ -701,6 +739,8 @@ impl Docker {
     }
 
     /// Create an image
+    ///
+    /// Pull or import an image.
     ///
     /// `POST /images/create` (`ImageCreate`).
     pub async fn image_create(
@@ -749,6 +789,8 @@ impl Docker {
 
     /// Inspect an image
     ///
+    /// Return low-level information about an image.
+    ///
     /// `GET /images/{name}/json` (`ImageInspect`).
     pub async fn image_inspect(
         &self,
@@ -769,6 +811,8 @@ impl Docker {
 
     /// Get the history of an image
     ///
+    /// Return parent layers of an image.
+    ///
     /// `GET /images/{name}/history` (`ImageHistory`).
     pub async fn image_history(
         &self,
@@ -788,6 +832,8 @@ impl Docker {
     }
 
     /// Push an image
+    ///
+    /// Push an image to a registry.
     ///
     /// `POST /images/{name}/push` (`ImagePush`).
     pub async fn image_push(
@@ -814,6 +860,8 @@ impl Docker {
 
     /// Tag an image
     ///
+    /// Tag an image so that it becomes part of a repository.
+    ///
     /// `POST /images/{name}/tag` (`ImageTag`).
     pub async fn image_tag(&self, name: &str, params: &ImageTagParams) -> Result<(), DockerError> {
         let mut req = ApiRequest::new(
@@ -832,6 +880,8 @@ impl Docker {
     }
 
     /// Remove an image
+    ///
+    /// Remove an image, along with any untagged parent images that were referenced by that image.
     ///
     /// `DELETE /images/{name}` (`ImageDelete`).
     pub async fn image_delete(
@@ -858,6 +908,8 @@ impl Docker {
     }
 
     /// Search images
+    ///
+    /// Search for an image on Docker Hub.
     ///
     /// `GET /images/search` (`ImageSearch`).
     pub async fn image_search(
@@ -901,6 +953,8 @@ impl Docker {
 
     /// Check auth configuration
     ///
+    /// Validate credentials for a registry and, if available, get an identity token for accessing the registry without password.
+    ///
     /// `POST /auth` (`SystemAuth`).
     pub async fn system_auth(
         &self,
@@ -933,6 +987,8 @@ impl Docker {
 
     /// Get version
     ///
+    /// Returns the version of Docker that is running and various information about the system that Docker is running on.
+    ///
     /// `GET /version` (`SystemVersion`).
     pub async fn system_version(&self) -> Result<SystemVersion, DockerError> {
         let req = ApiRequest::new(
@@ -946,6 +1002,8 @@ impl Docker {
 
     /// Ping
     ///
+    /// This is a dummy endpoint you can use to test if the server is accessible.
+    ///
     /// `GET /_ping` (`SystemPing`).
     pub async fn system_ping(&self) -> Result<String, DockerError> {
         let req = ApiRequest::new(
@@ -958,6 +1016,8 @@ impl Docker {
     }
 
     /// Ping
+    ///
+    /// This is a dummy endpoint you can use to test if the server is accessible.
     ///
     /// `HEAD /_ping` (`SystemPingHead`).
     pub async fn system_ping_head(&self) -> Result<http::HeaderMap, DockerError> {
@@ -1013,6 +1073,8 @@ impl Docker {
 
     /// Monitor events
     ///
+    /// Stream real-time events from the server.
+    ///
     /// `GET /events` (`SystemEvents`).
     pub async fn system_events(
         &self,
@@ -1057,6 +1119,8 @@ impl Docker {
 
     /// Export an image
     ///
+    /// Get a tarball containing all images and metadata for a repository.
+    ///
     /// `GET /images/{name}/get` (`ImageGet`).
     pub async fn image_get(
         &self,
@@ -1076,6 +1140,8 @@ impl Docker {
     }
 
     /// Export several images
+    ///
+    /// Get a tarball containing all images and metadata for several image repositories.
     ///
     /// `GET /images/get` (`ImageGetAll`).
     pub async fn image_get_all(
@@ -1098,6 +1164,8 @@ impl Docker {
     }
 
     /// Import images
+    ///
+    /// Load a set of images and tags into a repository.
     ///
     /// `POST /images/load` (`ImageLoad`).
     pub async fn image_load(
@@ -1128,6 +1196,8 @@ impl Docker {
 
     /// Create an exec instance
     ///
+    /// Run a command inside a running container.
+    ///
     /// `POST /containers/{id}/exec` (`ContainerExec`).
     pub async fn container_exec(
         &self,
@@ -1145,6 +1215,8 @@ impl Docker {
     }
 
     /// Start an exec instance
+    ///
+    /// Starts a previously set up exec instance. If detach is true, this endpoint returns immediately after starting the command. Otherwise, it sets up an interactive session with the command.
     ///
     /// `POST /exec/{id}/start` (`ExecStart`).
     pub async fn exec_start(
@@ -1166,6 +1238,8 @@ impl Docker {
 
     /// Resize an exec instance
     ///
+    /// Resize the TTY session used by an exec instance. This endpoint only works if `tty` was specified as part of creating and starting the exec instance.
+    ///
     /// `POST /exec/{id}/resize` (`ExecResize`).
     pub async fn exec_resize(
         &self,
@@ -1184,6 +1258,8 @@ impl Docker {
     }
 
     /// Inspect an exec instance
+    ///
+    /// Return low-level information about an exec instance.
     ///
     /// `GET /exec/{id}/json` (`ExecInspect`).
     pub async fn exec_inspect(&self, id: &str) -> Result<ExecInspectResponse, DockerError> {
@@ -1266,6 +1342,8 @@ impl Docker {
 
     /// Remove a volume
     ///
+    /// Instruct the driver to remove the volume.
+    ///
     /// `DELETE /volumes/{name}` (`VolumeDelete`).
     pub async fn volume_delete(
         &self,
@@ -1304,6 +1382,8 @@ impl Docker {
     }
 
     /// List networks
+    ///
+    /// Returns a list of networks. For details on the format, see the \[network inspect endpoint\](#operation/NetworkInspect).
     ///
     /// `GET /networks` (`NetworkList`).
     pub async fn network_list(
@@ -1377,6 +1457,8 @@ impl Docker {
 
     /// Connect a container to a network
     ///
+    /// The network must be either a local-scoped network or a swarm-scoped network with the `attachable` option set. A network cannot be re-attached to a running container
+    ///
     /// `POST /networks/{id}/connect` (`NetworkConnect`).
     pub async fn network_connect(
         &self,
@@ -1432,6 +1514,8 @@ impl Docker {
 
     /// List plugins
     ///
+    /// Returns information about installed plugins.
+    ///
     /// `GET /plugins` (`PluginList`).
     pub async fn plugin_list(&self, params: &PluginListParams) -> Result<Vec<Plugin>, DockerError> {
         let mut req = ApiRequest::new(
@@ -1464,6 +1548,8 @@ impl Docker {
     }
 
     /// Install a plugin
+    ///
+    /// Pulls and installs a plugin. After the plugin is installed, it can be enabled using the \[`POST /plugins/{name}/enable` endpoint\](#operation/PostPluginsEnable).
     ///
     /// `POST /plugins/pull` (`PluginPull`).
     pub async fn plugin_pull(
@@ -1613,6 +1699,8 @@ impl Docker {
     }
 
     /// Push a plugin
+    ///
+    /// Push a plugin to the registry.
     ///
     /// `POST /plugins/{name}/push` (`PluginPush`).
     pub async fn plugin_push(&self, name: &str) -> Result<JsonStream<PushImageInfo>, DockerError> {
@@ -1935,6 +2023,8 @@ impl Docker {
 
     /// Get service logs
     ///
+    /// Get `stdout` and `stderr` logs from a service. See also \[`/containers/{id}/logs`\](#operation/ContainerLogs).
+    ///
     /// `GET /services/{id}/logs` (`ServiceLogs`).
     pub async fn service_logs(
         &self,
@@ -2001,6 +2091,8 @@ impl Docker {
     }
 
     /// Get task logs
+    ///
+    /// Get `stdout` and `stderr` logs from a task. See also \[`/containers/{id}/logs`\](#operation/ContainerLogs).
     ///
     /// `GET /tasks/{id}/logs` (`TaskLogs`).
     pub async fn task_logs(
@@ -2206,6 +2298,8 @@ impl Docker {
 
     /// Get image information from the registry
     ///
+    /// Return image digest and platform information by contacting the registry.
+    ///
     /// `GET /distribution/{name}/json` (`DistributionInspect`).
     pub async fn distribution_inspect(
         &self,
@@ -2221,6 +2315,8 @@ impl Docker {
     }
 
     /// Initialize interactive session
+    ///
+    /// Start a new interactive session with a server. Session allows server to call back to the client for advanced capabilities.
     ///
     /// `POST /session` (`Session`).
     pub async fn session(&self) -> Result<TokioIo<Upgraded>, DockerError> {

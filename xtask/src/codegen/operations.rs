@@ -46,6 +46,10 @@ struct Param {
     is_enum: bool,
 }
 
+/// Answers that come only when something happens in the container, however
+/// long that takes: no request timeout, like the streams.
+const LONG_POLLS: &[&str] = &["ContainerWait"];
+
 const METHODS: &[&str] = &["get", "put", "post", "delete", "options", "head", "patch"];
 
 pub fn generate(spec: &Value, models: &mut Models<'_>) -> Operations {
@@ -101,26 +105,43 @@ fn operation(
     let mut path_args = Vec::new();
     let mut params = Vec::new();
     let mut body = Body::None;
+    let mut content_type = None;
     for p in spec_params {
         let name = p["name"].as_str().unwrap_or_default();
         let required = p["required"].as_bool() == Some(true);
         match p["in"].as_str() {
             Some("path") => path_args.push((name.to_owned(), snake_case(name))),
             Some("body") => body = body_of(models, id, op, &p["schema"], required),
-            // The body's own content type says this; sending it twice would conflict.
-            Some("header") if name.eq_ignore_ascii_case("content-type") => {}
+            // Not a parameter: the streamed body carries its content type
+            // (sending the header twice would conflict).
+            Some("header") if name.eq_ignore_ascii_case("content-type") => {
+                content_type = p["enum"][0].as_str().or(p["default"].as_str());
+            }
             Some(location @ ("query" | "header")) => {
                 params.push(param(models, id, p, required, location == "header"))
             }
             _ => {}
         }
     }
+    if let (
+        Body::Stream {
+            content_type: ct, ..
+        },
+        Some(declared),
+    ) = (&mut body, content_type)
+    {
+        *ct = if declared == "application/x-tar" {
+            "application/x-tar"
+        } else {
+            "application/octet-stream"
+        };
+    }
     let response = response_of(models, id, method, op);
     let streaming = matches!(
         response,
         Response::ByteStream | Response::JsonStream(_) | Response::Upgrade
     ) || matches!(body, Body::Stream { .. })
-        || id == "ContainerWait";
+        || LONG_POLLS.contains(&id);
 
     // The parameter struct.
     let params_ty = format!("{id}Params");
@@ -130,7 +151,12 @@ fn operation(
 
     // The method.
     let m = &mut ops.methods;
-    let doc = doc_comment(op["summary"].as_str().or_else(|| description(op)));
+    let mut doc = doc_comment(op["summary"].as_str().or_else(|| description(op)));
+    let details = doc_comment(description(op));
+    if !details.is_empty() && details != doc {
+        doc.push_str("///\n");
+        doc.push_str(&details);
+    }
     let _ = write!(
         m,
         "{doc}///\n/// `{} {path}` (`{id}`).\npub async fn {fn_name}(&self",
