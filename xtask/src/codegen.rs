@@ -120,6 +120,12 @@ fn rustfmt(source: &str) -> Result<String, String> {
 }
 
 /// YAML into JSON values; YAML's integer keys (response codes) become strings.
+///
+/// Objects come out sorted by key, so types, fields and operations are
+/// generated in alphabetical order. Deliberately: serde_json's
+/// `preserve_order` would keep spec order, but cargo unifies features across
+/// the workspace, so enabling it here changes the main crate's JSON (and its
+/// committed schemas) under `cargo test --workspace` only.
 fn parse_yaml(text: &str) -> Result<serde_json::Value, String> {
     let yaml: serde_norway::Value =
         serde_norway::from_str(text).map_err(|e| format!("cannot parse {SPEC}: {e}"))?;

@@ -9,1902 +9,6 @@
 
 use serde::{Deserialize, Serialize};
 
-/// An open port on a container
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Port {
-    /// Host IP address that the container's port is mapped to
-    #[serde(rename = "IP", default, skip_serializing_if = "Option::is_none")]
-    pub ip: Option<String>,
-    /// Port on the container
-    #[serde(
-        rename = "PrivatePort",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub private_port: Option<i64>,
-    /// Port exposed on the host
-    #[serde(
-        rename = "PublicPort",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub public_port: Option<i64>,
-    #[serde(rename = "Type", default, skip_serializing_if = "Option::is_none")]
-    pub r#type: Option<PortType>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum PortType {
-    /// `"tcp"`
-    Tcp,
-    /// `"udp"`
-    Udp,
-    /// `"sctp"`
-    Sctp,
-    /// A value these bindings do not know, kept as sent.
-    Other(String),
-}
-
-impl PortType {
-    /// The value on the wire.
-    pub fn as_str(&self) -> &str {
-        match self {
-            Self::Tcp => "tcp",
-            Self::Udp => "udp",
-            Self::Sctp => "sctp",
-            Self::Other(s) => s,
-        }
-    }
-}
-
-impl From<&str> for PortType {
-    fn from(s: &str) -> Self {
-        match s {
-            "tcp" => Self::Tcp,
-            "udp" => Self::Udp,
-            "sctp" => Self::Sctp,
-            other => Self::Other(other.to_owned()),
-        }
-    }
-}
-
-impl std::fmt::Display for PortType {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl Serialize for PortType {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(self.as_str())
-    }
-}
-
-impl<'de> Deserialize<'de> for PortType {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(deserializer)?;
-        Ok(Self::from(s.as_str()))
-    }
-}
-
-/// MountPoint represents a mount point configuration inside the container. This is used for reporting the mountpoints in use by a container.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct MountPoint {
-    /// The mount type:
-    #[serde(rename = "Type", default, skip_serializing_if = "Option::is_none")]
-    pub r#type: Option<MountPointType>,
-    /// Name is the name reference to the underlying data defined by `Source` e.g., the volume name.
-    #[serde(rename = "Name", default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    /// Source location of the mount.
-    #[serde(rename = "Source", default, skip_serializing_if = "Option::is_none")]
-    pub source: Option<String>,
-    /// Destination is the path relative to the container root (`/`) where the `Source` is mounted inside the container.
-    #[serde(
-        rename = "Destination",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub destination: Option<String>,
-    /// Driver is the volume driver used to create the volume (if it is a volume).
-    #[serde(rename = "Driver", default, skip_serializing_if = "Option::is_none")]
-    pub driver: Option<String>,
-    /// Mode is a comma separated list of options supplied by the user when creating the bind/volume mount.
-    #[serde(rename = "Mode", default, skip_serializing_if = "Option::is_none")]
-    pub mode: Option<String>,
-    /// Whether the mount is mounted writable (read-write).
-    #[serde(rename = "RW", default, skip_serializing_if = "Option::is_none")]
-    pub rw: Option<bool>,
-    /// Propagation describes how mounts are propagated from the host into the mount point, and vice-versa. Refer to the \[Linux kernel documentation\](<https://www.kernel.org/doc/Documentation/filesystems/sharedsubtree.txt>) for details. This field is not used on Windows.
-    #[serde(
-        rename = "Propagation",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub propagation: Option<String>,
-}
-
-/// The mount type:
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum MountPointType {
-    /// `"bind"`
-    Bind,
-    /// `"volume"`
-    Volume,
-    /// `"image"`
-    Image,
-    /// `"tmpfs"`
-    Tmpfs,
-    /// `"npipe"`
-    Npipe,
-    /// `"cluster"`
-    Cluster,
-    /// A value these bindings do not know, kept as sent.
-    Other(String),
-}
-
-impl MountPointType {
-    /// The value on the wire.
-    pub fn as_str(&self) -> &str {
-        match self {
-            Self::Bind => "bind",
-            Self::Volume => "volume",
-            Self::Image => "image",
-            Self::Tmpfs => "tmpfs",
-            Self::Npipe => "npipe",
-            Self::Cluster => "cluster",
-            Self::Other(s) => s,
-        }
-    }
-}
-
-impl From<&str> for MountPointType {
-    fn from(s: &str) -> Self {
-        match s {
-            "bind" => Self::Bind,
-            "volume" => Self::Volume,
-            "image" => Self::Image,
-            "tmpfs" => Self::Tmpfs,
-            "npipe" => Self::Npipe,
-            "cluster" => Self::Cluster,
-            other => Self::Other(other.to_owned()),
-        }
-    }
-}
-
-impl std::fmt::Display for MountPointType {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl Serialize for MountPointType {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(self.as_str())
-    }
-}
-
-impl<'de> Deserialize<'de> for MountPointType {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(deserializer)?;
-        Ok(Self::from(s.as_str()))
-    }
-}
-
-/// A device mapping between the host and container
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct DeviceMapping {
-    #[serde(
-        rename = "PathOnHost",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub path_on_host: Option<String>,
-    #[serde(
-        rename = "PathInContainer",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub path_in_container: Option<String>,
-    #[serde(
-        rename = "CgroupPermissions",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub cgroup_permissions: Option<String>,
-}
-
-/// A request for devices to be sent to device drivers
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct DeviceRequest {
-    #[serde(rename = "Driver", default, skip_serializing_if = "Option::is_none")]
-    pub driver: Option<String>,
-    #[serde(rename = "Count", default, skip_serializing_if = "Option::is_none")]
-    pub count: Option<i64>,
-    #[serde(rename = "DeviceIDs", default, skip_serializing_if = "Option::is_none")]
-    pub device_ids: Option<Vec<String>>,
-    /// A list of capabilities; an OR list of AND lists of capabilities.
-    #[serde(
-        rename = "Capabilities",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub capabilities: Option<Vec<Vec<String>>>,
-    /// Driver-specific options, specified as a key/value pairs. These options are passed directly to the driver.
-    #[serde(rename = "Options", default, skip_serializing_if = "Option::is_none")]
-    pub options: Option<std::collections::HashMap<String, String>>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ThrottleDevice {
-    /// Device path
-    #[serde(rename = "Path", default, skip_serializing_if = "Option::is_none")]
-    pub path: Option<String>,
-    /// Rate
-    #[serde(rename = "Rate", default, skip_serializing_if = "Option::is_none")]
-    pub rate: Option<i64>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Mount {
-    /// Container path.
-    #[serde(rename = "Target", default, skip_serializing_if = "Option::is_none")]
-    pub target: Option<String>,
-    /// Mount source (e.g. a volume name, a host path).
-    #[serde(rename = "Source", default, skip_serializing_if = "Option::is_none")]
-    pub source: Option<String>,
-    /// The mount type. Available types:
-    #[serde(rename = "Type", default, skip_serializing_if = "Option::is_none")]
-    pub r#type: Option<MountType>,
-    /// Whether the mount should be read-only.
-    #[serde(rename = "ReadOnly", default, skip_serializing_if = "Option::is_none")]
-    pub read_only: Option<bool>,
-    /// The consistency requirement for the mount: `default`, `consistent`, `cached`, or `delegated`.
-    #[serde(
-        rename = "Consistency",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub consistency: Option<String>,
-    /// Optional configuration for the `bind` type.
-    #[serde(
-        rename = "BindOptions",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub bind_options: Option<MountBindOptions>,
-    /// Optional configuration for the `volume` type.
-    #[serde(
-        rename = "VolumeOptions",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub volume_options: Option<MountVolumeOptions>,
-    /// Optional configuration for the `image` type.
-    #[serde(
-        rename = "ImageOptions",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub image_options: Option<MountImageOptions>,
-    /// Optional configuration for the `tmpfs` type.
-    #[serde(
-        rename = "TmpfsOptions",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub tmpfs_options: Option<MountTmpfsOptions>,
-}
-
-/// The mount type. Available types:
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum MountType {
-    /// `"bind"`
-    Bind,
-    /// `"volume"`
-    Volume,
-    /// `"image"`
-    Image,
-    /// `"tmpfs"`
-    Tmpfs,
-    /// `"npipe"`
-    Npipe,
-    /// `"cluster"`
-    Cluster,
-    /// A value these bindings do not know, kept as sent.
-    Other(String),
-}
-
-impl MountType {
-    /// The value on the wire.
-    pub fn as_str(&self) -> &str {
-        match self {
-            Self::Bind => "bind",
-            Self::Volume => "volume",
-            Self::Image => "image",
-            Self::Tmpfs => "tmpfs",
-            Self::Npipe => "npipe",
-            Self::Cluster => "cluster",
-            Self::Other(s) => s,
-        }
-    }
-}
-
-impl From<&str> for MountType {
-    fn from(s: &str) -> Self {
-        match s {
-            "bind" => Self::Bind,
-            "volume" => Self::Volume,
-            "image" => Self::Image,
-            "tmpfs" => Self::Tmpfs,
-            "npipe" => Self::Npipe,
-            "cluster" => Self::Cluster,
-            other => Self::Other(other.to_owned()),
-        }
-    }
-}
-
-impl std::fmt::Display for MountType {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl Serialize for MountType {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(self.as_str())
-    }
-}
-
-impl<'de> Deserialize<'de> for MountType {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(deserializer)?;
-        Ok(Self::from(s.as_str()))
-    }
-}
-
-/// Optional configuration for the `bind` type.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct MountBindOptions {
-    /// A propagation mode with the value `[r]private`, `[r]shared`, or `[r]slave`.
-    #[serde(
-        rename = "Propagation",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub propagation: Option<MountBindOptionsPropagation>,
-    /// Disable recursive bind mount.
-    #[serde(
-        rename = "NonRecursive",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub non_recursive: Option<bool>,
-    /// Create mount point on host if missing
-    #[serde(
-        rename = "CreateMountpoint",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub create_mountpoint: Option<bool>,
-    /// Make the mount non-recursively read-only, but still leave the mount recursive (unless NonRecursive is set to `true` in conjunction).
-    #[serde(
-        rename = "ReadOnlyNonRecursive",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub read_only_non_recursive: Option<bool>,
-    /// Raise an error if the mount cannot be made recursively read-only.
-    #[serde(
-        rename = "ReadOnlyForceRecursive",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub read_only_force_recursive: Option<bool>,
-}
-
-/// A propagation mode with the value `[r]private`, `[r]shared`, or `[r]slave`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum MountBindOptionsPropagation {
-    /// `"private"`
-    Private,
-    /// `"rprivate"`
-    Rprivate,
-    /// `"shared"`
-    Shared,
-    /// `"rshared"`
-    Rshared,
-    /// `"slave"`
-    Slave,
-    /// `"rslave"`
-    Rslave,
-    /// A value these bindings do not know, kept as sent.
-    Other(String),
-}
-
-impl MountBindOptionsPropagation {
-    /// The value on the wire.
-    pub fn as_str(&self) -> &str {
-        match self {
-            Self::Private => "private",
-            Self::Rprivate => "rprivate",
-            Self::Shared => "shared",
-            Self::Rshared => "rshared",
-            Self::Slave => "slave",
-            Self::Rslave => "rslave",
-            Self::Other(s) => s,
-        }
-    }
-}
-
-impl From<&str> for MountBindOptionsPropagation {
-    fn from(s: &str) -> Self {
-        match s {
-            "private" => Self::Private,
-            "rprivate" => Self::Rprivate,
-            "shared" => Self::Shared,
-            "rshared" => Self::Rshared,
-            "slave" => Self::Slave,
-            "rslave" => Self::Rslave,
-            other => Self::Other(other.to_owned()),
-        }
-    }
-}
-
-impl std::fmt::Display for MountBindOptionsPropagation {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl Serialize for MountBindOptionsPropagation {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(self.as_str())
-    }
-}
-
-impl<'de> Deserialize<'de> for MountBindOptionsPropagation {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(deserializer)?;
-        Ok(Self::from(s.as_str()))
-    }
-}
-
-/// Optional configuration for the `volume` type.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct MountVolumeOptions {
-    /// Populate volume with data from the target.
-    #[serde(rename = "NoCopy", default, skip_serializing_if = "Option::is_none")]
-    pub no_copy: Option<bool>,
-    /// User-defined key/value metadata.
-    #[serde(rename = "Labels", default, skip_serializing_if = "Option::is_none")]
-    pub labels: Option<std::collections::HashMap<String, String>>,
-    /// Map of driver specific options
-    #[serde(
-        rename = "DriverConfig",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub driver_config: Option<MountVolumeOptionsDriverConfig>,
-    /// Source path inside the volume. Must be relative without any back traversals.
-    #[serde(rename = "Subpath", default, skip_serializing_if = "Option::is_none")]
-    pub subpath: Option<String>,
-}
-
-/// Map of driver specific options
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct MountVolumeOptionsDriverConfig {
-    /// Name of the driver to use to create the volume.
-    #[serde(rename = "Name", default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    /// key/value map of driver specific options.
-    #[serde(rename = "Options", default, skip_serializing_if = "Option::is_none")]
-    pub options: Option<std::collections::HashMap<String, String>>,
-}
-
-/// Optional configuration for the `image` type.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct MountImageOptions {
-    /// Source path inside the image. Must be relative without any back traversals.
-    #[serde(rename = "Subpath", default, skip_serializing_if = "Option::is_none")]
-    pub subpath: Option<String>,
-}
-
-/// Optional configuration for the `tmpfs` type.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct MountTmpfsOptions {
-    /// The size for the tmpfs mount in bytes.
-    #[serde(rename = "SizeBytes", default, skip_serializing_if = "Option::is_none")]
-    pub size_bytes: Option<i64>,
-    /// The permission mode for the tmpfs mount in an integer.
-    #[serde(rename = "Mode", default, skip_serializing_if = "Option::is_none")]
-    pub mode: Option<i64>,
-    /// The options to be passed to the tmpfs mount. An array of arrays. Flag options should be provided as 1-length arrays. Other types should be provided as as 2-length arrays, where the first item is the key and the second the value.
-    #[serde(rename = "Options", default, skip_serializing_if = "Option::is_none")]
-    pub options: Option<Vec<Vec<String>>>,
-}
-
-/// The behavior to apply when the container exits. The default is not to restart.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct RestartPolicy {
-    /// Empty string means not to restart - `no` Do not automatically restart - `always` Always restart - `unless-stopped` Restart always except when the user has manually stopped the container - `on-failure` Restart only when the container exit code is non-zero
-    #[serde(rename = "Name", default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<RestartPolicyName>,
-    /// If `on-failure` is used, the number of times to retry before giving up.
-    #[serde(
-        rename = "MaximumRetryCount",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub maximum_retry_count: Option<i64>,
-}
-
-/// Empty string means not to restart - `no` Do not automatically restart - `always` Always restart - `unless-stopped` Restart always except when the user has manually stopped the container - `on-failure` Restart only when the container exit code is non-zero
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum RestartPolicyName {
-    /// `""`
-    Empty,
-    /// `"no"`
-    No,
-    /// `"always"`
-    Always,
-    /// `"unless-stopped"`
-    UnlessStopped,
-    /// `"on-failure"`
-    OnFailure,
-    /// A value these bindings do not know, kept as sent.
-    Other(String),
-}
-
-impl RestartPolicyName {
-    /// The value on the wire.
-    pub fn as_str(&self) -> &str {
-        match self {
-            Self::Empty => "",
-            Self::No => "no",
-            Self::Always => "always",
-            Self::UnlessStopped => "unless-stopped",
-            Self::OnFailure => "on-failure",
-            Self::Other(s) => s,
-        }
-    }
-}
-
-impl From<&str> for RestartPolicyName {
-    fn from(s: &str) -> Self {
-        match s {
-            "" => Self::Empty,
-            "no" => Self::No,
-            "always" => Self::Always,
-            "unless-stopped" => Self::UnlessStopped,
-            "on-failure" => Self::OnFailure,
-            other => Self::Other(other.to_owned()),
-        }
-    }
-}
-
-impl std::fmt::Display for RestartPolicyName {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl Serialize for RestartPolicyName {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(self.as_str())
-    }
-}
-
-impl<'de> Deserialize<'de> for RestartPolicyName {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(deserializer)?;
-        Ok(Self::from(s.as_str()))
-    }
-}
-
-/// A container's resources (cgroups config, ulimits, etc)
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Resources {
-    /// An integer value representing this container's relative CPU weight versus other containers.
-    #[serde(rename = "CpuShares", default, skip_serializing_if = "Option::is_none")]
-    pub cpu_shares: Option<i64>,
-    /// Memory limit in bytes.
-    #[serde(rename = "Memory", default, skip_serializing_if = "Option::is_none")]
-    pub memory: Option<i64>,
-    /// Path to `cgroups` under which the container's `cgroup` is created. If the path is not absolute, the path is considered to be relative to the `cgroups` path of the init process. Cgroups are created if they do not already exist.
-    #[serde(
-        rename = "CgroupParent",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub cgroup_parent: Option<String>,
-    /// Block IO weight (relative weight).
-    #[serde(
-        rename = "BlkioWeight",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub blkio_weight: Option<i64>,
-    /// Block IO weight (relative device weight) in the form:
-    #[serde(
-        rename = "BlkioWeightDevice",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub blkio_weight_device: Option<Vec<ResourcesBlkioWeightDeviceItem>>,
-    /// Limit read rate (bytes per second) from a device, in the form:
-    #[serde(
-        rename = "BlkioDeviceReadBps",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub blkio_device_read_bps: Option<Vec<ThrottleDevice>>,
-    /// Limit write rate (bytes per second) to a device, in the form:
-    #[serde(
-        rename = "BlkioDeviceWriteBps",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub blkio_device_write_bps: Option<Vec<ThrottleDevice>>,
-    /// Limit read rate (IO per second) from a device, in the form:
-    #[serde(
-        rename = "BlkioDeviceReadIOps",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub blkio_device_read_i_ops: Option<Vec<ThrottleDevice>>,
-    /// Limit write rate (IO per second) to a device, in the form:
-    #[serde(
-        rename = "BlkioDeviceWriteIOps",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub blkio_device_write_i_ops: Option<Vec<ThrottleDevice>>,
-    /// The length of a CPU period in microseconds.
-    #[serde(rename = "CpuPeriod", default, skip_serializing_if = "Option::is_none")]
-    pub cpu_period: Option<i64>,
-    /// Microseconds of CPU time that the container can get in a CPU period.
-    #[serde(rename = "CpuQuota", default, skip_serializing_if = "Option::is_none")]
-    pub cpu_quota: Option<i64>,
-    /// The length of a CPU real-time period in microseconds. Set to 0 to allocate no time allocated to real-time tasks.
-    #[serde(
-        rename = "CpuRealtimePeriod",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub cpu_realtime_period: Option<i64>,
-    /// The length of a CPU real-time runtime in microseconds. Set to 0 to allocate no time allocated to real-time tasks.
-    #[serde(
-        rename = "CpuRealtimeRuntime",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub cpu_realtime_runtime: Option<i64>,
-    /// CPUs in which to allow execution (e.g., `0-3`, `0,1`).
-    #[serde(
-        rename = "CpusetCpus",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub cpuset_cpus: Option<String>,
-    /// Memory nodes (MEMs) in which to allow execution (0-3, 0,1). Only effective on NUMA systems.
-    #[serde(
-        rename = "CpusetMems",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub cpuset_mems: Option<String>,
-    /// A list of devices to add to the container.
-    #[serde(rename = "Devices", default, skip_serializing_if = "Option::is_none")]
-    pub devices: Option<Vec<DeviceMapping>>,
-    /// a list of cgroup rules to apply to the container
-    #[serde(
-        rename = "DeviceCgroupRules",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub device_cgroup_rules: Option<Vec<String>>,
-    /// A list of requests for devices to be sent to device drivers.
-    #[serde(
-        rename = "DeviceRequests",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub device_requests: Option<Vec<DeviceRequest>>,
-    /// Hard limit for kernel TCP buffer memory (in bytes). Depending on the OCI runtime in use, this option may be ignored. It is no longer supported by the default (runc) runtime.
-    #[serde(
-        rename = "KernelMemoryTCP",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub kernel_memory_tcp: Option<i64>,
-    /// Memory soft limit in bytes.
-    #[serde(
-        rename = "MemoryReservation",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub memory_reservation: Option<i64>,
-    /// Total memory limit (memory + swap). Set as `-1` to enable unlimited swap.
-    #[serde(
-        rename = "MemorySwap",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub memory_swap: Option<i64>,
-    /// Tune a container's memory swappiness behavior. Accepts an integer between 0 and 100.
-    #[serde(
-        rename = "MemorySwappiness",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub memory_swappiness: Option<i64>,
-    /// CPU quota in units of 10\<sup>-9\</sup> CPUs.
-    #[serde(rename = "NanoCpus", default, skip_serializing_if = "Option::is_none")]
-    pub nano_cpus: Option<i64>,
-    /// Disable OOM Killer for the container.
-    #[serde(
-        rename = "OomKillDisable",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub oom_kill_disable: Option<bool>,
-    /// Run an init inside the container that forwards signals and reaps processes. This field is omitted if empty, and the default (as configured on the daemon) is used.
-    #[serde(rename = "Init", default, skip_serializing_if = "Option::is_none")]
-    pub init: Option<bool>,
-    /// Tune a container's PIDs limit. Set `0` or `-1` for unlimited, or `null` to not change.
-    #[serde(rename = "PidsLimit", default, skip_serializing_if = "Option::is_none")]
-    pub pids_limit: Option<i64>,
-    /// A list of resource limits to set in the container. For example:
-    #[serde(rename = "Ulimits", default, skip_serializing_if = "Option::is_none")]
-    pub ulimits: Option<Vec<ResourcesUlimitsItem>>,
-    /// The number of usable CPUs (Windows only).
-    #[serde(rename = "CpuCount", default, skip_serializing_if = "Option::is_none")]
-    pub cpu_count: Option<i64>,
-    /// The usable percentage of the available CPUs (Windows only).
-    #[serde(
-        rename = "CpuPercent",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub cpu_percent: Option<i64>,
-    /// Maximum IOps for the container system drive (Windows only)
-    #[serde(
-        rename = "IOMaximumIOps",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub io_maximum_i_ops: Option<i64>,
-    /// Maximum IO in bytes per second for the container system drive (Windows only).
-    #[serde(
-        rename = "IOMaximumBandwidth",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub io_maximum_bandwidth: Option<i64>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ResourcesBlkioWeightDeviceItem {
-    #[serde(rename = "Path", default, skip_serializing_if = "Option::is_none")]
-    pub path: Option<String>,
-    #[serde(rename = "Weight", default, skip_serializing_if = "Option::is_none")]
-    pub weight: Option<i64>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ResourcesUlimitsItem {
-    /// Name of ulimit
-    #[serde(rename = "Name", default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    /// Soft limit
-    #[serde(rename = "Soft", default, skip_serializing_if = "Option::is_none")]
-    pub soft: Option<i64>,
-    /// Hard limit
-    #[serde(rename = "Hard", default, skip_serializing_if = "Option::is_none")]
-    pub hard: Option<i64>,
-}
-
-/// An object describing a limit on resources which can be requested by a task.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Limit {
-    #[serde(rename = "NanoCPUs", default, skip_serializing_if = "Option::is_none")]
-    pub nano_cpus: Option<i64>,
-    #[serde(
-        rename = "MemoryBytes",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub memory_bytes: Option<i64>,
-    /// Limits the maximum number of PIDs in the container. Set `0` for unlimited.
-    #[serde(rename = "Pids", default, skip_serializing_if = "Option::is_none")]
-    pub pids: Option<i64>,
-}
-
-/// An object describing the resources which can be advertised by a node and requested by a task.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ResourceObject {
-    #[serde(rename = "NanoCPUs", default, skip_serializing_if = "Option::is_none")]
-    pub nano_cpus: Option<i64>,
-    #[serde(
-        rename = "MemoryBytes",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub memory_bytes: Option<i64>,
-    #[serde(
-        rename = "GenericResources",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub generic_resources: Option<GenericResources>,
-}
-
-/// User-defined resources can be either Integer resources (e.g, `SSD=3`) or String resources (e.g, `GPU=UUID1`).
-pub type GenericResources = Vec<GenericResourcesItem>;
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct GenericResourcesItem {
-    #[serde(
-        rename = "NamedResourceSpec",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub named_resource_spec: Option<GenericResourcesItemNamedResourceSpec>,
-    #[serde(
-        rename = "DiscreteResourceSpec",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub discrete_resource_spec: Option<GenericResourcesItemDiscreteResourceSpec>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct GenericResourcesItemNamedResourceSpec {
-    #[serde(rename = "Kind", default, skip_serializing_if = "Option::is_none")]
-    pub kind: Option<String>,
-    #[serde(rename = "Value", default, skip_serializing_if = "Option::is_none")]
-    pub value: Option<String>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct GenericResourcesItemDiscreteResourceSpec {
-    #[serde(rename = "Kind", default, skip_serializing_if = "Option::is_none")]
-    pub kind: Option<String>,
-    #[serde(rename = "Value", default, skip_serializing_if = "Option::is_none")]
-    pub value: Option<i64>,
-}
-
-/// A test to perform to check that the container is healthy.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct HealthConfig {
-    /// The test to perform. Possible values are:
-    #[serde(rename = "Test", default, skip_serializing_if = "Option::is_none")]
-    pub test: Option<Vec<String>>,
-    /// The time to wait between checks in nanoseconds. It should be 0 or at least 1000000 (1 ms). 0 means inherit.
-    #[serde(rename = "Interval", default, skip_serializing_if = "Option::is_none")]
-    pub interval: Option<i64>,
-    /// The time to wait before considering the check to have hung. It should be 0 or at least 1000000 (1 ms). 0 means inherit.
-    #[serde(rename = "Timeout", default, skip_serializing_if = "Option::is_none")]
-    pub timeout: Option<i64>,
-    /// The number of consecutive failures needed to consider a container as unhealthy. 0 means inherit.
-    #[serde(rename = "Retries", default, skip_serializing_if = "Option::is_none")]
-    pub retries: Option<i64>,
-    /// Start period for the container to initialize before starting health-retries countdown in nanoseconds. It should be 0 or at least 1000000 (1 ms). 0 means inherit.
-    #[serde(
-        rename = "StartPeriod",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub start_period: Option<i64>,
-    /// The time to wait between checks in nanoseconds during the start period. It should be 0 or at least 1000000 (1 ms). 0 means inherit.
-    #[serde(
-        rename = "StartInterval",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub start_interval: Option<i64>,
-}
-
-/// Health stores information about the container's healthcheck results.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Health {
-    /// Status is one of `none`, `starting`, `healthy` or `unhealthy`
-    #[serde(rename = "Status", default, skip_serializing_if = "Option::is_none")]
-    pub status: Option<HealthStatus>,
-    /// FailingStreak is the number of consecutive failures
-    #[serde(
-        rename = "FailingStreak",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub failing_streak: Option<i64>,
-    /// Log contains the last few results (oldest first)
-    #[serde(rename = "Log", default, skip_serializing_if = "Option::is_none")]
-    pub log: Option<Vec<Option<HealthcheckResult>>>,
-}
-
-/// Status is one of `none`, `starting`, `healthy` or `unhealthy`
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum HealthStatus {
-    /// `"none"`
-    None,
-    /// `"starting"`
-    Starting,
-    /// `"healthy"`
-    Healthy,
-    /// `"unhealthy"`
-    Unhealthy,
-    /// `""`
-    Empty,
-    /// A value these bindings do not know, kept as sent.
-    Other(String),
-}
-
-impl HealthStatus {
-    /// The value on the wire.
-    pub fn as_str(&self) -> &str {
-        match self {
-            Self::None => "none",
-            Self::Starting => "starting",
-            Self::Healthy => "healthy",
-            Self::Unhealthy => "unhealthy",
-            Self::Empty => "",
-            Self::Other(s) => s,
-        }
-    }
-}
-
-impl From<&str> for HealthStatus {
-    fn from(s: &str) -> Self {
-        match s {
-            "none" => Self::None,
-            "starting" => Self::Starting,
-            "healthy" => Self::Healthy,
-            "unhealthy" => Self::Unhealthy,
-            "" => Self::Empty,
-            other => Self::Other(other.to_owned()),
-        }
-    }
-}
-
-impl std::fmt::Display for HealthStatus {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl Serialize for HealthStatus {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(self.as_str())
-    }
-}
-
-impl<'de> Deserialize<'de> for HealthStatus {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(deserializer)?;
-        Ok(Self::from(s.as_str()))
-    }
-}
-
-/// HealthcheckResult stores information about a single run of a healthcheck probe
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct HealthcheckResult {
-    /// Date and time at which this check started in \[RFC 3339\](<https://www.ietf.org/rfc/rfc3339.txt>) format with nano-seconds.
-    #[serde(rename = "Start", default, skip_serializing_if = "Option::is_none")]
-    pub start: Option<String>,
-    /// Date and time at which this check ended in \[RFC 3339\](<https://www.ietf.org/rfc/rfc3339.txt>) format with nano-seconds.
-    #[serde(rename = "End", default, skip_serializing_if = "Option::is_none")]
-    pub end: Option<String>,
-    /// ExitCode meanings:
-    #[serde(rename = "ExitCode", default, skip_serializing_if = "Option::is_none")]
-    pub exit_code: Option<i64>,
-    /// Output from last check
-    #[serde(rename = "Output", default, skip_serializing_if = "Option::is_none")]
-    pub output: Option<String>,
-}
-
-/// Container configuration that depends on the host we are running on
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct HostConfig {
-    /// An integer value representing this container's relative CPU weight versus other containers.
-    #[serde(rename = "CpuShares", default, skip_serializing_if = "Option::is_none")]
-    pub cpu_shares: Option<i64>,
-    /// Memory limit in bytes.
-    #[serde(rename = "Memory", default, skip_serializing_if = "Option::is_none")]
-    pub memory: Option<i64>,
-    /// Path to `cgroups` under which the container's `cgroup` is created. If the path is not absolute, the path is considered to be relative to the `cgroups` path of the init process. Cgroups are created if they do not already exist.
-    #[serde(
-        rename = "CgroupParent",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub cgroup_parent: Option<String>,
-    /// Block IO weight (relative weight).
-    #[serde(
-        rename = "BlkioWeight",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub blkio_weight: Option<i64>,
-    /// Block IO weight (relative device weight) in the form:
-    #[serde(
-        rename = "BlkioWeightDevice",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub blkio_weight_device: Option<Vec<ResourcesBlkioWeightDeviceItem>>,
-    /// Limit read rate (bytes per second) from a device, in the form:
-    #[serde(
-        rename = "BlkioDeviceReadBps",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub blkio_device_read_bps: Option<Vec<ThrottleDevice>>,
-    /// Limit write rate (bytes per second) to a device, in the form:
-    #[serde(
-        rename = "BlkioDeviceWriteBps",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub blkio_device_write_bps: Option<Vec<ThrottleDevice>>,
-    /// Limit read rate (IO per second) from a device, in the form:
-    #[serde(
-        rename = "BlkioDeviceReadIOps",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub blkio_device_read_i_ops: Option<Vec<ThrottleDevice>>,
-    /// Limit write rate (IO per second) to a device, in the form:
-    #[serde(
-        rename = "BlkioDeviceWriteIOps",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub blkio_device_write_i_ops: Option<Vec<ThrottleDevice>>,
-    /// The length of a CPU period in microseconds.
-    #[serde(rename = "CpuPeriod", default, skip_serializing_if = "Option::is_none")]
-    pub cpu_period: Option<i64>,
-    /// Microseconds of CPU time that the container can get in a CPU period.
-    #[serde(rename = "CpuQuota", default, skip_serializing_if = "Option::is_none")]
-    pub cpu_quota: Option<i64>,
-    /// The length of a CPU real-time period in microseconds. Set to 0 to allocate no time allocated to real-time tasks.
-    #[serde(
-        rename = "CpuRealtimePeriod",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub cpu_realtime_period: Option<i64>,
-    /// The length of a CPU real-time runtime in microseconds. Set to 0 to allocate no time allocated to real-time tasks.
-    #[serde(
-        rename = "CpuRealtimeRuntime",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub cpu_realtime_runtime: Option<i64>,
-    /// CPUs in which to allow execution (e.g., `0-3`, `0,1`).
-    #[serde(
-        rename = "CpusetCpus",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub cpuset_cpus: Option<String>,
-    /// Memory nodes (MEMs) in which to allow execution (0-3, 0,1). Only effective on NUMA systems.
-    #[serde(
-        rename = "CpusetMems",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub cpuset_mems: Option<String>,
-    /// A list of devices to add to the container.
-    #[serde(rename = "Devices", default, skip_serializing_if = "Option::is_none")]
-    pub devices: Option<Vec<DeviceMapping>>,
-    /// a list of cgroup rules to apply to the container
-    #[serde(
-        rename = "DeviceCgroupRules",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub device_cgroup_rules: Option<Vec<String>>,
-    /// A list of requests for devices to be sent to device drivers.
-    #[serde(
-        rename = "DeviceRequests",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub device_requests: Option<Vec<DeviceRequest>>,
-    /// Hard limit for kernel TCP buffer memory (in bytes). Depending on the OCI runtime in use, this option may be ignored. It is no longer supported by the default (runc) runtime.
-    #[serde(
-        rename = "KernelMemoryTCP",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub kernel_memory_tcp: Option<i64>,
-    /// Memory soft limit in bytes.
-    #[serde(
-        rename = "MemoryReservation",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub memory_reservation: Option<i64>,
-    /// Total memory limit (memory + swap). Set as `-1` to enable unlimited swap.
-    #[serde(
-        rename = "MemorySwap",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub memory_swap: Option<i64>,
-    /// Tune a container's memory swappiness behavior. Accepts an integer between 0 and 100.
-    #[serde(
-        rename = "MemorySwappiness",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub memory_swappiness: Option<i64>,
-    /// CPU quota in units of 10\<sup>-9\</sup> CPUs.
-    #[serde(rename = "NanoCpus", default, skip_serializing_if = "Option::is_none")]
-    pub nano_cpus: Option<i64>,
-    /// Disable OOM Killer for the container.
-    #[serde(
-        rename = "OomKillDisable",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub oom_kill_disable: Option<bool>,
-    /// Run an init inside the container that forwards signals and reaps processes. This field is omitted if empty, and the default (as configured on the daemon) is used.
-    #[serde(rename = "Init", default, skip_serializing_if = "Option::is_none")]
-    pub init: Option<bool>,
-    /// Tune a container's PIDs limit. Set `0` or `-1` for unlimited, or `null` to not change.
-    #[serde(rename = "PidsLimit", default, skip_serializing_if = "Option::is_none")]
-    pub pids_limit: Option<i64>,
-    /// A list of resource limits to set in the container. For example:
-    #[serde(rename = "Ulimits", default, skip_serializing_if = "Option::is_none")]
-    pub ulimits: Option<Vec<ResourcesUlimitsItem>>,
-    /// The number of usable CPUs (Windows only).
-    #[serde(rename = "CpuCount", default, skip_serializing_if = "Option::is_none")]
-    pub cpu_count: Option<i64>,
-    /// The usable percentage of the available CPUs (Windows only).
-    #[serde(
-        rename = "CpuPercent",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub cpu_percent: Option<i64>,
-    /// Maximum IOps for the container system drive (Windows only)
-    #[serde(
-        rename = "IOMaximumIOps",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub io_maximum_i_ops: Option<i64>,
-    /// Maximum IO in bytes per second for the container system drive (Windows only).
-    #[serde(
-        rename = "IOMaximumBandwidth",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub io_maximum_bandwidth: Option<i64>,
-    /// A list of volume bindings for this container. Each volume binding is a string in one of these forms:
-    #[serde(rename = "Binds", default, skip_serializing_if = "Option::is_none")]
-    pub binds: Option<Vec<String>>,
-    /// Path to a file where the container ID is written
-    #[serde(
-        rename = "ContainerIDFile",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub container_id_file: Option<String>,
-    /// The logging configuration for this container
-    #[serde(rename = "LogConfig", default, skip_serializing_if = "Option::is_none")]
-    pub log_config: Option<HostConfigLogConfig>,
-    /// Network mode to use for this container. Supported standard values are: `bridge`, `host`, `none`, and `container:<name|id>`. Any other value is taken as a custom network's name to which this container should connect to.
-    #[serde(
-        rename = "NetworkMode",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub network_mode: Option<String>,
-    #[serde(
-        rename = "PortBindings",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub port_bindings: Option<PortMap>,
-    #[serde(
-        rename = "RestartPolicy",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub restart_policy: Option<RestartPolicy>,
-    /// Automatically remove the container when the container's process exits. This has no effect if `RestartPolicy` is set.
-    #[serde(
-        rename = "AutoRemove",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub auto_remove: Option<bool>,
-    /// Driver that this container uses to mount volumes.
-    #[serde(
-        rename = "VolumeDriver",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub volume_driver: Option<String>,
-    /// A list of volumes to inherit from another container, specified in the form `<container name>[:<ro|rw>]`.
-    #[serde(
-        rename = "VolumesFrom",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub volumes_from: Option<Vec<String>>,
-    /// Specification for mounts to be added to the container.
-    #[serde(rename = "Mounts", default, skip_serializing_if = "Option::is_none")]
-    pub mounts: Option<Vec<Mount>>,
-    /// Initial console size, as an `[height, width]` array.
-    #[serde(
-        rename = "ConsoleSize",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub console_size: Option<Vec<i64>>,
-    /// Arbitrary non-identifying metadata attached to container and provided to the runtime when the container is started.
-    #[serde(
-        rename = "Annotations",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub annotations: Option<std::collections::HashMap<String, String>>,
-    /// A list of kernel capabilities to add to the container. Conflicts with option 'Capabilities'.
-    #[serde(rename = "CapAdd", default, skip_serializing_if = "Option::is_none")]
-    pub cap_add: Option<Vec<String>>,
-    /// A list of kernel capabilities to drop from the container. Conflicts with option 'Capabilities'.
-    #[serde(rename = "CapDrop", default, skip_serializing_if = "Option::is_none")]
-    pub cap_drop: Option<Vec<String>>,
-    /// cgroup namespace mode for the container. Possible values are:
-    #[serde(
-        rename = "CgroupnsMode",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub cgroupns_mode: Option<HostConfigCgroupnsMode>,
-    /// A list of DNS servers for the container to use.
-    #[serde(rename = "Dns", default, skip_serializing_if = "Option::is_none")]
-    pub dns: Option<Vec<String>>,
-    /// A list of DNS options.
-    #[serde(
-        rename = "DnsOptions",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub dns_options: Option<Vec<String>>,
-    /// A list of DNS search domains.
-    #[serde(rename = "DnsSearch", default, skip_serializing_if = "Option::is_none")]
-    pub dns_search: Option<Vec<String>>,
-    /// A list of hostnames/IP mappings to add to the container's `/etc/hosts` file. Specified in the form `["hostname:IP"]`.
-    #[serde(
-        rename = "ExtraHosts",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub extra_hosts: Option<Vec<String>>,
-    /// A list of additional groups that the container process will run as.
-    #[serde(rename = "GroupAdd", default, skip_serializing_if = "Option::is_none")]
-    pub group_add: Option<Vec<String>>,
-    /// IPC sharing mode for the container. Possible values are:
-    #[serde(rename = "IpcMode", default, skip_serializing_if = "Option::is_none")]
-    pub ipc_mode: Option<String>,
-    /// Cgroup to use for the container.
-    #[serde(rename = "Cgroup", default, skip_serializing_if = "Option::is_none")]
-    pub cgroup: Option<String>,
-    /// A list of links for the container in the form `container_name:alias`.
-    #[serde(rename = "Links", default, skip_serializing_if = "Option::is_none")]
-    pub links: Option<Vec<String>>,
-    /// An integer value containing the score given to the container in order to tune OOM killer preferences.
-    #[serde(
-        rename = "OomScoreAdj",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub oom_score_adj: Option<i64>,
-    /// Set the PID (Process) Namespace mode for the container. It can be either:
-    #[serde(rename = "PidMode", default, skip_serializing_if = "Option::is_none")]
-    pub pid_mode: Option<String>,
-    /// Gives the container full access to the host.
-    #[serde(
-        rename = "Privileged",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub privileged: Option<bool>,
-    /// Allocates an ephemeral host port for all of a container's exposed ports.
-    #[serde(
-        rename = "PublishAllPorts",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub publish_all_ports: Option<bool>,
-    /// Mount the container's root filesystem as read only.
-    #[serde(
-        rename = "ReadonlyRootfs",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub readonly_rootfs: Option<bool>,
-    /// A list of string values to customize labels for MLS systems, such as SELinux.
-    #[serde(
-        rename = "SecurityOpt",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub security_opt: Option<Vec<String>>,
-    /// Storage driver options for this container, in the form `{"size": "120G"}`.
-    #[serde(
-        rename = "StorageOpt",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub storage_opt: Option<std::collections::HashMap<String, String>>,
-    /// A map of container directories which should be replaced by tmpfs mounts, and their corresponding mount options. For example:
-    #[serde(rename = "Tmpfs", default, skip_serializing_if = "Option::is_none")]
-    pub tmpfs: Option<std::collections::HashMap<String, String>>,
-    /// UTS namespace to use for the container.
-    #[serde(rename = "UTSMode", default, skip_serializing_if = "Option::is_none")]
-    pub uts_mode: Option<String>,
-    /// Sets the usernamespace mode for the container when usernamespace remapping option is enabled.
-    #[serde(
-        rename = "UsernsMode",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub userns_mode: Option<String>,
-    /// Size of `/dev/shm` in bytes. If omitted, the system uses 64MB.
-    #[serde(rename = "ShmSize", default, skip_serializing_if = "Option::is_none")]
-    pub shm_size: Option<i64>,
-    /// A list of kernel parameters (sysctls) to set in the container.
-    #[serde(rename = "Sysctls", default, skip_serializing_if = "Option::is_none")]
-    pub sysctls: Option<std::collections::HashMap<String, String>>,
-    /// Runtime to use with this container.
-    #[serde(rename = "Runtime", default, skip_serializing_if = "Option::is_none")]
-    pub runtime: Option<String>,
-    /// Isolation technology of the container. (Windows only)
-    #[serde(rename = "Isolation", default, skip_serializing_if = "Option::is_none")]
-    pub isolation: Option<HostConfigIsolation>,
-    /// The list of paths to be masked inside the container (this overrides the default set of paths).
-    #[serde(
-        rename = "MaskedPaths",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub masked_paths: Option<Vec<String>>,
-    /// The list of paths to be set as read-only inside the container (this overrides the default set of paths).
-    #[serde(
-        rename = "ReadonlyPaths",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub readonly_paths: Option<Vec<String>>,
-}
-
-/// The logging configuration for this container
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct HostConfigLogConfig {
-    /// Name of the logging driver used for the container or "none" if logging is disabled.
-    #[serde(rename = "Type", default, skip_serializing_if = "Option::is_none")]
-    pub r#type: Option<HostConfigLogConfigType>,
-    /// Driver-specific configuration options for the logging driver.
-    #[serde(rename = "Config", default, skip_serializing_if = "Option::is_none")]
-    pub config: Option<std::collections::HashMap<String, String>>,
-}
-
-/// Name of the logging driver used for the container or "none" if logging is disabled.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum HostConfigLogConfigType {
-    /// `"local"`
-    Local,
-    /// `"json-file"`
-    JsonFile,
-    /// `"syslog"`
-    Syslog,
-    /// `"journald"`
-    Journald,
-    /// `"gelf"`
-    Gelf,
-    /// `"fluentd"`
-    Fluentd,
-    /// `"awslogs"`
-    Awslogs,
-    /// `"splunk"`
-    Splunk,
-    /// `"etwlogs"`
-    Etwlogs,
-    /// `"none"`
-    None,
-    /// A value these bindings do not know, kept as sent.
-    Other(String),
-}
-
-impl HostConfigLogConfigType {
-    /// The value on the wire.
-    pub fn as_str(&self) -> &str {
-        match self {
-            Self::Local => "local",
-            Self::JsonFile => "json-file",
-            Self::Syslog => "syslog",
-            Self::Journald => "journald",
-            Self::Gelf => "gelf",
-            Self::Fluentd => "fluentd",
-            Self::Awslogs => "awslogs",
-            Self::Splunk => "splunk",
-            Self::Etwlogs => "etwlogs",
-            Self::None => "none",
-            Self::Other(s) => s,
-        }
-    }
-}
-
-impl From<&str> for HostConfigLogConfigType {
-    fn from(s: &str) -> Self {
-        match s {
-            "local" => Self::Local,
-            "json-file" => Self::JsonFile,
-            "syslog" => Self::Syslog,
-            "journald" => Self::Journald,
-            "gelf" => Self::Gelf,
-            "fluentd" => Self::Fluentd,
-            "awslogs" => Self::Awslogs,
-            "splunk" => Self::Splunk,
-            "etwlogs" => Self::Etwlogs,
-            "none" => Self::None,
-            other => Self::Other(other.to_owned()),
-        }
-    }
-}
-
-impl std::fmt::Display for HostConfigLogConfigType {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl Serialize for HostConfigLogConfigType {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(self.as_str())
-    }
-}
-
-impl<'de> Deserialize<'de> for HostConfigLogConfigType {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(deserializer)?;
-        Ok(Self::from(s.as_str()))
-    }
-}
-
-/// cgroup namespace mode for the container. Possible values are:
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum HostConfigCgroupnsMode {
-    /// `"private"`
-    Private,
-    /// `"host"`
-    Host,
-    /// A value these bindings do not know, kept as sent.
-    Other(String),
-}
-
-impl HostConfigCgroupnsMode {
-    /// The value on the wire.
-    pub fn as_str(&self) -> &str {
-        match self {
-            Self::Private => "private",
-            Self::Host => "host",
-            Self::Other(s) => s,
-        }
-    }
-}
-
-impl From<&str> for HostConfigCgroupnsMode {
-    fn from(s: &str) -> Self {
-        match s {
-            "private" => Self::Private,
-            "host" => Self::Host,
-            other => Self::Other(other.to_owned()),
-        }
-    }
-}
-
-impl std::fmt::Display for HostConfigCgroupnsMode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl Serialize for HostConfigCgroupnsMode {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(self.as_str())
-    }
-}
-
-impl<'de> Deserialize<'de> for HostConfigCgroupnsMode {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(deserializer)?;
-        Ok(Self::from(s.as_str()))
-    }
-}
-
-/// Isolation technology of the container. (Windows only)
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum HostConfigIsolation {
-    /// `"default"`
-    Default,
-    /// `"process"`
-    Process,
-    /// `"hyperv"`
-    Hyperv,
-    /// `""`
-    Empty,
-    /// A value these bindings do not know, kept as sent.
-    Other(String),
-}
-
-impl HostConfigIsolation {
-    /// The value on the wire.
-    pub fn as_str(&self) -> &str {
-        match self {
-            Self::Default => "default",
-            Self::Process => "process",
-            Self::Hyperv => "hyperv",
-            Self::Empty => "",
-            Self::Other(s) => s,
-        }
-    }
-}
-
-impl From<&str> for HostConfigIsolation {
-    fn from(s: &str) -> Self {
-        match s {
-            "default" => Self::Default,
-            "process" => Self::Process,
-            "hyperv" => Self::Hyperv,
-            "" => Self::Empty,
-            other => Self::Other(other.to_owned()),
-        }
-    }
-}
-
-impl std::fmt::Display for HostConfigIsolation {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl Serialize for HostConfigIsolation {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(self.as_str())
-    }
-}
-
-impl<'de> Deserialize<'de> for HostConfigIsolation {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(deserializer)?;
-        Ok(Self::from(s.as_str()))
-    }
-}
-
-/// Configuration for a container that is portable between hosts.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ContainerConfig {
-    /// The hostname to use for the container, as a valid RFC 1123 hostname.
-    #[serde(rename = "Hostname", default, skip_serializing_if = "Option::is_none")]
-    pub hostname: Option<String>,
-    /// The domain name to use for the container.
-    #[serde(
-        rename = "Domainname",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub domainname: Option<String>,
-    /// Commands run as this user inside the container. If omitted, commands run as the user specified in the image the container was started from.
-    #[serde(rename = "User", default, skip_serializing_if = "Option::is_none")]
-    pub user: Option<String>,
-    /// Whether to attach to `stdin`.
-    #[serde(
-        rename = "AttachStdin",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub attach_stdin: Option<bool>,
-    /// Whether to attach to `stdout`.
-    #[serde(
-        rename = "AttachStdout",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub attach_stdout: Option<bool>,
-    /// Whether to attach to `stderr`.
-    #[serde(
-        rename = "AttachStderr",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub attach_stderr: Option<bool>,
-    /// An object mapping ports to an empty object in the form:
-    #[serde(
-        rename = "ExposedPorts",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub exposed_ports: Option<std::collections::HashMap<String, serde_json::Value>>,
-    /// Attach standard streams to a TTY, including `stdin` if it is not closed.
-    #[serde(rename = "Tty", default, skip_serializing_if = "Option::is_none")]
-    pub tty: Option<bool>,
-    /// Open `stdin`
-    #[serde(rename = "OpenStdin", default, skip_serializing_if = "Option::is_none")]
-    pub open_stdin: Option<bool>,
-    /// Close `stdin` after one attached client disconnects
-    #[serde(rename = "StdinOnce", default, skip_serializing_if = "Option::is_none")]
-    pub stdin_once: Option<bool>,
-    /// A list of environment variables to set inside the container in the form `["VAR=value", ...]`. A variable without `=` is removed from the environment, rather than to have an empty value.
-    #[serde(rename = "Env", default, skip_serializing_if = "Option::is_none")]
-    pub env: Option<Vec<String>>,
-    /// Command to run specified as a string or an array of strings.
-    #[serde(rename = "Cmd", default, skip_serializing_if = "Option::is_none")]
-    pub cmd: Option<Vec<String>>,
-    #[serde(
-        rename = "Healthcheck",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub healthcheck: Option<HealthConfig>,
-    /// Command is already escaped (Windows only)
-    #[serde(
-        rename = "ArgsEscaped",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub args_escaped: Option<bool>,
-    /// The name (or reference) of the image to use when creating the container, or which was used when the container was created.
-    #[serde(rename = "Image", default, skip_serializing_if = "Option::is_none")]
-    pub image: Option<String>,
-    /// An object mapping mount point paths inside the container to empty objects.
-    #[serde(rename = "Volumes", default, skip_serializing_if = "Option::is_none")]
-    pub volumes: Option<std::collections::HashMap<String, serde_json::Value>>,
-    /// The working directory for commands to run in.
-    #[serde(
-        rename = "WorkingDir",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub working_dir: Option<String>,
-    /// The entry point for the container as a string or an array of strings.
-    #[serde(
-        rename = "Entrypoint",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub entrypoint: Option<Vec<String>>,
-    /// Disable networking for the container.
-    #[serde(
-        rename = "NetworkDisabled",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub network_disabled: Option<bool>,
-    /// MAC address of the container.
-    #[serde(
-        rename = "MacAddress",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub mac_address: Option<String>,
-    /// `ONBUILD` metadata that were defined in the image's `Dockerfile`.
-    #[serde(rename = "OnBuild", default, skip_serializing_if = "Option::is_none")]
-    pub on_build: Option<Vec<String>>,
-    /// User-defined key/value metadata.
-    #[serde(rename = "Labels", default, skip_serializing_if = "Option::is_none")]
-    pub labels: Option<std::collections::HashMap<String, String>>,
-    /// Signal to stop a container as a string or unsigned integer.
-    #[serde(
-        rename = "StopSignal",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub stop_signal: Option<String>,
-    /// Timeout to stop a container in seconds.
-    #[serde(
-        rename = "StopTimeout",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub stop_timeout: Option<i64>,
-    /// Shell for when `RUN`, `CMD`, and `ENTRYPOINT` uses a shell.
-    #[serde(rename = "Shell", default, skip_serializing_if = "Option::is_none")]
-    pub shell: Option<Vec<String>>,
-}
-
-/// Configuration of the image. These fields are used as defaults when starting a container from the image.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ImageConfig {
-    /// The user that commands are run as inside the container.
-    #[serde(rename = "User", default, skip_serializing_if = "Option::is_none")]
-    pub user: Option<String>,
-    /// An object mapping ports to an empty object in the form:
-    #[serde(
-        rename = "ExposedPorts",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub exposed_ports: Option<std::collections::HashMap<String, serde_json::Value>>,
-    /// A list of environment variables to set inside the container in the form `["VAR=value", ...]`. A variable without `=` is removed from the environment, rather than to have an empty value.
-    #[serde(rename = "Env", default, skip_serializing_if = "Option::is_none")]
-    pub env: Option<Vec<String>>,
-    /// Command to run specified as a string or an array of strings.
-    #[serde(rename = "Cmd", default, skip_serializing_if = "Option::is_none")]
-    pub cmd: Option<Vec<String>>,
-    #[serde(
-        rename = "Healthcheck",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub healthcheck: Option<HealthConfig>,
-    /// Command is already escaped (Windows only)
-    #[serde(
-        rename = "ArgsEscaped",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub args_escaped: Option<bool>,
-    /// An object mapping mount point paths inside the container to empty objects.
-    #[serde(rename = "Volumes", default, skip_serializing_if = "Option::is_none")]
-    pub volumes: Option<std::collections::HashMap<String, serde_json::Value>>,
-    /// The working directory for commands to run in.
-    #[serde(
-        rename = "WorkingDir",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub working_dir: Option<String>,
-    /// The entry point for the container as a string or an array of strings.
-    #[serde(
-        rename = "Entrypoint",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub entrypoint: Option<Vec<String>>,
-    /// `ONBUILD` metadata that were defined in the image's `Dockerfile`.
-    #[serde(rename = "OnBuild", default, skip_serializing_if = "Option::is_none")]
-    pub on_build: Option<Vec<String>>,
-    /// User-defined key/value metadata.
-    #[serde(rename = "Labels", default, skip_serializing_if = "Option::is_none")]
-    pub labels: Option<std::collections::HashMap<String, String>>,
-    /// Signal to stop a container as a string or unsigned integer.
-    #[serde(
-        rename = "StopSignal",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub stop_signal: Option<String>,
-    /// Shell for when `RUN`, `CMD`, and `ENTRYPOINT` uses a shell.
-    #[serde(rename = "Shell", default, skip_serializing_if = "Option::is_none")]
-    pub shell: Option<Vec<String>>,
-}
-
-/// NetworkingConfig represents the container's networking configuration for each of its interfaces. It is used for the networking configs specified in the `docker create` and `docker network connect` commands.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct NetworkingConfig {
-    /// A mapping of network name to endpoint configuration for that network. The endpoint configuration can be left empty to connect to that network with no particular endpoint configuration.
-    #[serde(
-        rename = "EndpointsConfig",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub endpoints_config: Option<std::collections::HashMap<String, EndpointSettings>>,
-}
-
-/// NetworkSettings exposes the network settings in the API
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct NetworkSettings {
-    /// Name of the default bridge interface when dockerd's --bridge flag is set.
-    #[serde(rename = "Bridge", default, skip_serializing_if = "Option::is_none")]
-    pub bridge: Option<String>,
-    /// SandboxID uniquely represents a container's network stack.
-    #[serde(rename = "SandboxID", default, skip_serializing_if = "Option::is_none")]
-    pub sandbox_id: Option<String>,
-    /// Indicates if hairpin NAT should be enabled on the virtual interface.
-    #[serde(
-        rename = "HairpinMode",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub hairpin_mode: Option<bool>,
-    /// IPv6 unicast address using the link-local prefix.
-    #[serde(
-        rename = "LinkLocalIPv6Address",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub link_local_ipv6_address: Option<String>,
-    /// Prefix length of the IPv6 unicast address.
-    #[serde(
-        rename = "LinkLocalIPv6PrefixLen",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub link_local_ipv6_prefix_len: Option<i64>,
-    #[serde(rename = "Ports", default, skip_serializing_if = "Option::is_none")]
-    pub ports: Option<PortMap>,
-    /// SandboxKey is the full path of the netns handle
-    #[serde(
-        rename = "SandboxKey",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub sandbox_key: Option<String>,
-    /// Deprecated: This field is never set and will be removed in a future release.
-    #[serde(
-        rename = "SecondaryIPAddresses",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub secondary_ip_addresses: Option<Vec<Address>>,
-    /// Deprecated: This field is never set and will be removed in a future release.
-    #[serde(
-        rename = "SecondaryIPv6Addresses",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub secondary_ipv6_addresses: Option<Vec<Address>>,
-    /// EndpointID uniquely represents a service endpoint in a Sandbox.
-    #[serde(
-        rename = "EndpointID",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub endpoint_id: Option<String>,
-    /// Gateway address for the default "bridge" network.
-    #[serde(rename = "Gateway", default, skip_serializing_if = "Option::is_none")]
-    pub gateway: Option<String>,
-    /// Global IPv6 address for the default "bridge" network.
-    #[serde(
-        rename = "GlobalIPv6Address",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub global_ipv6_address: Option<String>,
-    /// Mask length of the global IPv6 address.
-    #[serde(
-        rename = "GlobalIPv6PrefixLen",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub global_ipv6_prefix_len: Option<i64>,
-    /// IPv4 address for the default "bridge" network.
-    #[serde(rename = "IPAddress", default, skip_serializing_if = "Option::is_none")]
-    pub ip_address: Option<String>,
-    /// Mask length of the IPv4 address.
-    #[serde(
-        rename = "IPPrefixLen",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub ip_prefix_len: Option<i64>,
-    /// IPv6 gateway address for this network.
-    #[serde(
-        rename = "IPv6Gateway",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub ipv6_gateway: Option<String>,
-    /// MAC address for the container on the default "bridge" network.
-    #[serde(
-        rename = "MacAddress",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub mac_address: Option<String>,
-    /// Information about all networks that the container is connected to.
-    #[serde(rename = "Networks", default, skip_serializing_if = "Option::is_none")]
-    pub networks: Option<std::collections::HashMap<String, EndpointSettings>>,
-}
-
 /// Address represents an IPv4 or IPv6 IP address.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Address {
@@ -1916,574 +20,25 @@ pub struct Address {
     pub prefix_len: Option<i64>,
 }
 
-/// PortMap describes the mapping of container ports to host ports, using the container's port-number and protocol as key in the format `<port>/<protocol>`, for example, `80/udp`.
-pub type PortMap = std::collections::HashMap<String, Option<Vec<PortBinding>>>;
-
-/// PortBinding represents a binding between a host IP address and a host port.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct PortBinding {
-    /// Host IP address that the container's port is mapped to.
-    #[serde(rename = "HostIp", default, skip_serializing_if = "Option::is_none")]
-    pub host_ip: Option<String>,
-    /// Host port number that the container's port is mapped to.
-    #[serde(rename = "HostPort", default, skip_serializing_if = "Option::is_none")]
-    pub host_port: Option<String>,
-}
-
-/// Information about the storage driver used to store the container's and image's filesystem.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct DriverData {
-    /// Name of the storage driver.
-    #[serde(rename = "Name", default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    /// Low-level storage metadata, provided as key/value pairs.
-    #[serde(rename = "Data", default, skip_serializing_if = "Option::is_none")]
-    pub data: Option<std::collections::HashMap<String, String>>,
-}
-
-/// Change in the container's filesystem.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct FilesystemChange {
-    /// Path to file or directory that has changed.
-    #[serde(rename = "Path", default, skip_serializing_if = "Option::is_none")]
-    pub path: Option<String>,
-    #[serde(rename = "Kind", default, skip_serializing_if = "Option::is_none")]
-    pub kind: Option<ChangeType>,
-}
-
-/// Kind of change
-pub type ChangeType = i64;
-
-/// Information about an image in the local image cache.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ImageInspect {
-    /// ID is the content-addressable ID of an image.
-    #[serde(rename = "Id", default, skip_serializing_if = "Option::is_none")]
-    pub id: Option<String>,
-    /// Descriptor is an OCI descriptor of the image target. In case of a multi-platform image, this descriptor points to the OCI index or a manifest list.
-    #[serde(
-        rename = "Descriptor",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub descriptor: Option<OCIDescriptor>,
-    /// Manifests is a list of image manifests available in this image. It provides a more detailed view of the platform-specific image manifests or other image-attached data like build attestations.
-    #[serde(rename = "Manifests", default, skip_serializing_if = "Option::is_none")]
-    pub manifests: Option<Vec<ImageManifestSummary>>,
-    /// List of image names/tags in the local image cache that reference this image.
-    #[serde(rename = "RepoTags", default, skip_serializing_if = "Option::is_none")]
-    pub repo_tags: Option<Vec<String>>,
-    /// List of content-addressable digests of locally available image manifests that the image is referenced from. Multiple manifests can refer to the same image.
-    #[serde(
-        rename = "RepoDigests",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub repo_digests: Option<Vec<String>>,
-    /// ID of the parent image.
-    #[serde(rename = "Parent", default, skip_serializing_if = "Option::is_none")]
-    pub parent: Option<String>,
-    /// Optional message that was set when committing or importing the image.
-    #[serde(rename = "Comment", default, skip_serializing_if = "Option::is_none")]
-    pub comment: Option<String>,
-    /// Date and time at which the image was created, formatted in \[RFC 3339\](<https://www.ietf.org/rfc/rfc3339.txt>) format with nano-seconds.
-    #[serde(rename = "Created", default, skip_serializing_if = "Option::is_none")]
-    pub created: Option<String>,
-    /// The version of Docker that was used to build the image.
-    #[serde(
-        rename = "DockerVersion",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub docker_version: Option<String>,
-    /// Name of the author that was specified when committing the image, or as specified through MAINTAINER (deprecated) in the Dockerfile.
-    #[serde(rename = "Author", default, skip_serializing_if = "Option::is_none")]
-    pub author: Option<String>,
-    #[serde(rename = "Config", default, skip_serializing_if = "Option::is_none")]
-    pub config: Option<ImageConfig>,
-    /// Hardware CPU architecture that the image runs on.
-    #[serde(
-        rename = "Architecture",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub architecture: Option<String>,
-    /// CPU architecture variant (presently ARM-only).
-    #[serde(rename = "Variant", default, skip_serializing_if = "Option::is_none")]
-    pub variant: Option<String>,
-    /// Operating System the image is built to run on.
-    #[serde(rename = "Os", default, skip_serializing_if = "Option::is_none")]
-    pub os: Option<String>,
-    /// Operating System version the image is built to run on (especially for Windows).
-    #[serde(rename = "OsVersion", default, skip_serializing_if = "Option::is_none")]
-    pub os_version: Option<String>,
-    /// Total size of the image including all layers it is composed of.
-    #[serde(rename = "Size", default, skip_serializing_if = "Option::is_none")]
-    pub size: Option<i64>,
-    #[serde(
-        rename = "GraphDriver",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub graph_driver: Option<DriverData>,
-    /// Information about the image's RootFS, including the layer IDs.
-    #[serde(rename = "RootFS", default, skip_serializing_if = "Option::is_none")]
-    pub root_fs: Option<ImageInspectRootFS>,
-    /// Additional metadata of the image in the local cache. This information is local to the daemon, and not part of the image itself.
-    #[serde(rename = "Metadata", default, skip_serializing_if = "Option::is_none")]
-    pub metadata: Option<ImageInspectMetadata>,
-}
-
-/// Information about the image's RootFS, including the layer IDs.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ImageInspectRootFS {
-    #[serde(rename = "Type", default, skip_serializing_if = "Option::is_none")]
-    pub r#type: Option<String>,
-    #[serde(rename = "Layers", default, skip_serializing_if = "Option::is_none")]
-    pub layers: Option<Vec<String>>,
-}
-
-/// Additional metadata of the image in the local cache. This information is local to the daemon, and not part of the image itself.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ImageInspectMetadata {
-    /// Date and time at which the image was last tagged in \[RFC 3339\](<https://www.ietf.org/rfc/rfc3339.txt>) format with nano-seconds.
-    #[serde(
-        rename = "LastTagTime",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub last_tag_time: Option<String>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ImageSummary {
-    /// ID is the content-addressable ID of an image.
-    #[serde(rename = "Id", default, skip_serializing_if = "Option::is_none")]
-    pub id: Option<String>,
-    /// ID of the parent image.
-    #[serde(rename = "ParentId", default, skip_serializing_if = "Option::is_none")]
-    pub parent_id: Option<String>,
-    /// List of image names/tags in the local image cache that reference this image.
-    #[serde(rename = "RepoTags", default, skip_serializing_if = "Option::is_none")]
-    pub repo_tags: Option<Vec<String>>,
-    /// List of content-addressable digests of locally available image manifests that the image is referenced from. Multiple manifests can refer to the same image.
-    #[serde(
-        rename = "RepoDigests",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub repo_digests: Option<Vec<String>>,
-    /// Date and time at which the image was created as a Unix timestamp (number of seconds since EPOCH).
-    #[serde(rename = "Created", default, skip_serializing_if = "Option::is_none")]
-    pub created: Option<i64>,
-    /// Total size of the image including all layers it is composed of.
-    #[serde(rename = "Size", default, skip_serializing_if = "Option::is_none")]
-    pub size: Option<i64>,
-    /// Total size of image layers that are shared between this image and other images.
-    #[serde(
-        rename = "SharedSize",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub shared_size: Option<i64>,
-    /// User-defined key/value metadata.
-    #[serde(rename = "Labels", default, skip_serializing_if = "Option::is_none")]
-    pub labels: Option<std::collections::HashMap<String, String>>,
-    /// Number of containers using this image. Includes both stopped and running containers.
-    #[serde(
-        rename = "Containers",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub containers: Option<i64>,
-    /// Manifests is a list of manifests available in this image. It provides a more detailed view of the platform-specific image manifests or other image-attached data like build attestations.
-    #[serde(rename = "Manifests", default, skip_serializing_if = "Option::is_none")]
-    pub manifests: Option<Vec<ImageManifestSummary>>,
-    /// Descriptor is an OCI descriptor of the image target. In case of a multi-platform image, this descriptor points to the OCI index or a manifest list.
-    #[serde(
-        rename = "Descriptor",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub descriptor: Option<OCIDescriptor>,
-}
-
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct AuthConfig {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub username: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub password: Option<String>,
     /// Email is an optional value associated with the username.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub email: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serveraddress: Option<String>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ProcessConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub privileged: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub user: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tty: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub entrypoint: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub arguments: Option<Vec<String>>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Volume {
-    /// Name of the volume.
-    #[serde(rename = "Name", default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    /// Name of the volume driver used by the volume.
-    #[serde(rename = "Driver", default, skip_serializing_if = "Option::is_none")]
-    pub driver: Option<String>,
-    /// Mount path of the volume on the host.
-    #[serde(
-        rename = "Mountpoint",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub mountpoint: Option<String>,
-    /// Date/Time the volume was created.
-    #[serde(rename = "CreatedAt", default, skip_serializing_if = "Option::is_none")]
-    pub created_at: Option<String>,
-    /// Low-level details about the volume, provided by the volume driver. Details are returned as a map with key/value pairs: `{"key":"value","key2":"value2"}`.
-    #[serde(rename = "Status", default, skip_serializing_if = "Option::is_none")]
-    pub status: Option<std::collections::HashMap<String, serde_json::Value>>,
-    /// User-defined key/value metadata.
-    #[serde(rename = "Labels", default, skip_serializing_if = "Option::is_none")]
-    pub labels: Option<std::collections::HashMap<String, String>>,
-    /// The level at which the volume exists. Either `global` for cluster-wide, or `local` for machine level.
-    #[serde(rename = "Scope", default, skip_serializing_if = "Option::is_none")]
-    pub scope: Option<VolumeScope>,
-    #[serde(
-        rename = "ClusterVolume",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub cluster_volume: Option<ClusterVolume>,
-    /// The driver specific options used when creating the volume.
-    #[serde(rename = "Options", default, skip_serializing_if = "Option::is_none")]
-    pub options: Option<std::collections::HashMap<String, String>>,
-    /// Usage details about the volume. This information is used by the `GET /system/df` endpoint, and omitted in other endpoints.
-    #[serde(rename = "UsageData", default, skip_serializing_if = "Option::is_none")]
-    pub usage_data: Option<VolumeUsageData>,
-}
-
-/// The level at which the volume exists. Either `global` for cluster-wide, or `local` for machine level.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum VolumeScope {
-    /// `"local"`
-    Local,
-    /// `"global"`
-    Global,
-    /// A value these bindings do not know, kept as sent.
-    Other(String),
-}
-
-impl VolumeScope {
-    /// The value on the wire.
-    pub fn as_str(&self) -> &str {
-        match self {
-            Self::Local => "local",
-            Self::Global => "global",
-            Self::Other(s) => s,
-        }
-    }
-}
-
-impl From<&str> for VolumeScope {
-    fn from(s: &str) -> Self {
-        match s {
-            "local" => Self::Local,
-            "global" => Self::Global,
-            other => Self::Other(other.to_owned()),
-        }
-    }
-}
-
-impl std::fmt::Display for VolumeScope {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl Serialize for VolumeScope {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(self.as_str())
-    }
-}
-
-impl<'de> Deserialize<'de> for VolumeScope {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(deserializer)?;
-        Ok(Self::from(s.as_str()))
-    }
-}
-
-/// Usage details about the volume. This information is used by the `GET /system/df` endpoint, and omitted in other endpoints.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct VolumeUsageData {
-    /// Amount of disk space used by the volume (in bytes). This information is only available for volumes created with the `"local"` volume driver. For volumes created with other volume drivers, this field is set to `-1` ("not available")
-    #[serde(rename = "Size", default, skip_serializing_if = "Option::is_none")]
-    pub size: Option<i64>,
-    /// The number of containers referencing this volume. This field is set to `-1` if the reference-count is not available.
-    #[serde(rename = "RefCount", default, skip_serializing_if = "Option::is_none")]
-    pub ref_count: Option<i64>,
-}
-
-/// Volume configuration
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct VolumeCreateOptions {
-    /// The new volume's name. If not specified, Docker generates a name.
-    #[serde(rename = "Name", default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    /// Name of the volume driver to use.
-    #[serde(rename = "Driver", default, skip_serializing_if = "Option::is_none")]
-    pub driver: Option<String>,
-    /// A mapping of driver options and values. These options are passed directly to the driver and are driver specific.
-    #[serde(
-        rename = "DriverOpts",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub driver_opts: Option<std::collections::HashMap<String, String>>,
-    /// User-defined key/value metadata.
-    #[serde(rename = "Labels", default, skip_serializing_if = "Option::is_none")]
-    pub labels: Option<std::collections::HashMap<String, String>>,
-    #[serde(
-        rename = "ClusterVolumeSpec",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub cluster_volume_spec: Option<ClusterVolumeSpec>,
-}
-
-/// Volume list response
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct VolumeListResponse {
-    /// List of volumes
-    #[serde(rename = "Volumes", default, skip_serializing_if = "Option::is_none")]
-    pub volumes: Option<Vec<Volume>>,
-    /// Warnings that occurred when fetching the list of volumes.
-    #[serde(rename = "Warnings", default, skip_serializing_if = "Option::is_none")]
-    pub warnings: Option<Vec<String>>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Network {
-    /// Name of the network.
-    #[serde(rename = "Name", default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    /// ID that uniquely identifies a network on a single machine.
-    #[serde(rename = "Id", default, skip_serializing_if = "Option::is_none")]
-    pub id: Option<String>,
-    /// Date and time at which the network was created in \[RFC 3339\](<https://www.ietf.org/rfc/rfc3339.txt>) format with nano-seconds.
-    #[serde(rename = "Created", default, skip_serializing_if = "Option::is_none")]
-    pub created: Option<String>,
-    /// The level at which the network exists (e.g. `swarm` for cluster-wide or `local` for machine level)
-    #[serde(rename = "Scope", default, skip_serializing_if = "Option::is_none")]
-    pub scope: Option<String>,
-    /// The name of the driver used to create the network (e.g. `bridge`, `overlay`).
-    #[serde(rename = "Driver", default, skip_serializing_if = "Option::is_none")]
-    pub driver: Option<String>,
-    /// Whether the network was created with IPv4 enabled.
-    #[serde(
-        rename = "EnableIPv4",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub enable_ipv4: Option<bool>,
-    /// Whether the network was created with IPv6 enabled.
-    #[serde(
-        rename = "EnableIPv6",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub enable_ipv6: Option<bool>,
-    #[serde(rename = "IPAM", default, skip_serializing_if = "Option::is_none")]
-    pub ipam: Option<IPAM>,
-    /// Whether the network is created to only allow internal networking connectivity.
-    #[serde(rename = "Internal", default, skip_serializing_if = "Option::is_none")]
-    pub internal: Option<bool>,
-    /// Whether a global / swarm scope network is manually attachable by regular containers from workers in swarm mode.
-    #[serde(
-        rename = "Attachable",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub attachable: Option<bool>,
-    /// Whether the network is providing the routing-mesh for the swarm cluster.
-    #[serde(rename = "Ingress", default, skip_serializing_if = "Option::is_none")]
-    pub ingress: Option<bool>,
-    #[serde(
-        rename = "ConfigFrom",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub config_from: Option<ConfigReference>,
-    /// Whether the network is a config-only network. Config-only networks are placeholder networks for network configurations to be used by other networks. Config-only networks cannot be used directly to run containers or services.
-    #[serde(
-        rename = "ConfigOnly",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub config_only: Option<bool>,
-    /// Contains endpoints attached to the network.
-    #[serde(
-        rename = "Containers",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub containers: Option<std::collections::HashMap<String, NetworkContainer>>,
-    /// Network-specific options uses when creating the network.
-    #[serde(rename = "Options", default, skip_serializing_if = "Option::is_none")]
-    pub options: Option<std::collections::HashMap<String, String>>,
-    /// User-defined key/value metadata.
-    #[serde(rename = "Labels", default, skip_serializing_if = "Option::is_none")]
-    pub labels: Option<std::collections::HashMap<String, String>>,
-    /// List of peer nodes for an overlay network. This field is only present for overlay networks, and omitted for other network types.
-    #[serde(rename = "Peers", default, skip_serializing_if = "Option::is_none")]
-    pub peers: Option<Vec<PeerInfo>>,
-}
-
-/// The config-only network source to provide the configuration for this network.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ConfigReference {
-    /// The name of the config-only network that provides the network's configuration. The specified network must be an existing config-only network. Only network names are allowed, not network IDs.
-    #[serde(rename = "Network", default, skip_serializing_if = "Option::is_none")]
-    pub network: Option<String>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct IPAM {
-    /// Name of the IPAM driver to use.
-    #[serde(rename = "Driver", default, skip_serializing_if = "Option::is_none")]
-    pub driver: Option<String>,
-    /// List of IPAM configuration options, specified as a map:
-    #[serde(rename = "Config", default, skip_serializing_if = "Option::is_none")]
-    pub config: Option<Vec<IPAMConfig>>,
-    /// Driver-specific options, specified as a map.
-    #[serde(rename = "Options", default, skip_serializing_if = "Option::is_none")]
-    pub options: Option<std::collections::HashMap<String, String>>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct IPAMConfig {
-    #[serde(rename = "Subnet", default, skip_serializing_if = "Option::is_none")]
-    pub subnet: Option<String>,
-    #[serde(rename = "IPRange", default, skip_serializing_if = "Option::is_none")]
-    pub ip_range: Option<String>,
-    #[serde(rename = "Gateway", default, skip_serializing_if = "Option::is_none")]
-    pub gateway: Option<String>,
-    #[serde(
-        rename = "AuxiliaryAddresses",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub auxiliary_addresses: Option<std::collections::HashMap<String, String>>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct NetworkContainer {
-    #[serde(rename = "Name", default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    #[serde(
-        rename = "EndpointID",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub endpoint_id: Option<String>,
-    #[serde(
-        rename = "MacAddress",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub mac_address: Option<String>,
-    #[serde(
-        rename = "IPv4Address",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub ipv4_address: Option<String>,
-    #[serde(
-        rename = "IPv6Address",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub ipv6_address: Option<String>,
-}
-
-/// PeerInfo represents one peer of an overlay network.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct PeerInfo {
-    /// ID of the peer-node in the Swarm cluster.
-    #[serde(rename = "Name", default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    /// IP-address of the peer-node in the Swarm cluster.
-    #[serde(rename = "IP", default, skip_serializing_if = "Option::is_none")]
-    pub ip: Option<String>,
-}
-
-/// OK response to NetworkCreate operation
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct NetworkCreateResponse {
-    /// The ID of the created network.
-    #[serde(rename = "Id", default, skip_serializing_if = "Option::is_none")]
-    pub id: Option<String>,
-    /// Warnings encountered when creating the container
-    #[serde(rename = "Warning", default, skip_serializing_if = "Option::is_none")]
-    pub warning: Option<String>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct BuildInfo {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stream: Option<String>,
-    /// errors encountered during the operation.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    #[serde(
-        rename = "errorDetail",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub error_detail: Option<ErrorDetail>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub status: Option<String>,
-    /// Progress is a pre-formatted presentation of progressDetail.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub progress: Option<String>,
-    #[serde(
-        rename = "progressDetail",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub progress_detail: Option<ProgressDetail>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub aux: Option<ImageID>,
+    pub username: Option<String>,
 }
 
 /// BuildCache contains information about a build cache record.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct BuildCache {
-    /// Unique ID of the build cache record.
-    #[serde(rename = "ID", default, skip_serializing_if = "Option::is_none")]
-    pub id: Option<String>,
-    /// List of parent build cache record IDs.
-    #[serde(rename = "Parents", default, skip_serializing_if = "Option::is_none")]
-    pub parents: Option<Vec<String>>,
-    /// Cache record type.
-    #[serde(rename = "Type", default, skip_serializing_if = "Option::is_none")]
-    pub r#type: Option<BuildCacheType>,
+    /// Date and time at which the build cache was created in \[RFC 3339\](<https://www.ietf.org/rfc/rfc3339.txt>) format with nano-seconds.
+    #[serde(rename = "CreatedAt", default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<String>,
     /// Description of the build-step that produced the build cache.
     #[serde(
         rename = "Description",
@@ -2491,18 +46,12 @@ pub struct BuildCache {
         skip_serializing_if = "Option::is_none"
     )]
     pub description: Option<String>,
+    /// Unique ID of the build cache record.
+    #[serde(rename = "ID", default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
     /// Indicates if the build cache is in use.
     #[serde(rename = "InUse", default, skip_serializing_if = "Option::is_none")]
     pub in_use: Option<bool>,
-    /// Indicates if the build cache is shared.
-    #[serde(rename = "Shared", default, skip_serializing_if = "Option::is_none")]
-    pub shared: Option<bool>,
-    /// Amount of disk space used by the build cache (in bytes).
-    #[serde(rename = "Size", default, skip_serializing_if = "Option::is_none")]
-    pub size: Option<i64>,
-    /// Date and time at which the build cache was created in \[RFC 3339\](<https://www.ietf.org/rfc/rfc3339.txt>) format with nano-seconds.
-    #[serde(rename = "CreatedAt", default, skip_serializing_if = "Option::is_none")]
-    pub created_at: Option<String>,
     /// Date and time at which the build cache was last used in \[RFC 3339\](<https://www.ietf.org/rfc/rfc3339.txt>) format with nano-seconds.
     #[serde(
         rename = "LastUsedAt",
@@ -2510,6 +59,18 @@ pub struct BuildCache {
         skip_serializing_if = "Option::is_none"
     )]
     pub last_used_at: Option<String>,
+    /// List of parent build cache record IDs.
+    #[serde(rename = "Parents", default, skip_serializing_if = "Option::is_none")]
+    pub parents: Option<Vec<String>>,
+    /// Indicates if the build cache is shared.
+    #[serde(rename = "Shared", default, skip_serializing_if = "Option::is_none")]
+    pub shared: Option<bool>,
+    /// Amount of disk space used by the build cache (in bytes).
+    #[serde(rename = "Size", default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<i64>,
+    /// Cache record type.
+    #[serde(rename = "Type", default, skip_serializing_if = "Option::is_none")]
+    pub r#type: Option<BuildCacheType>,
     #[serde(
         rename = "UsageCount",
         default,
@@ -2585,17 +146,10 @@ impl<'de> Deserialize<'de> for BuildCacheType {
     }
 }
 
-/// Image ID or Digest
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ImageID {
-    #[serde(rename = "ID", default, skip_serializing_if = "Option::is_none")]
-    pub id: Option<String>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct CreateImageInfo {
+pub struct BuildInfo {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub id: Option<String>,
+    pub aux: Option<ImageID>,
     /// errors encountered during the operation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -2606,7 +160,7 @@ pub struct CreateImageInfo {
     )]
     pub error_detail: Option<ErrorDetail>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub status: Option<String>,
+    pub id: Option<String>,
     /// Progress is a pre-formatted presentation of progressDetail.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<String>,
@@ -2616,156 +170,1497 @@ pub struct CreateImageInfo {
         skip_serializing_if = "Option::is_none"
     )]
     pub progress_detail: Option<ProgressDetail>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct PushImageInfo {
-    /// errors encountered during the operation.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    #[serde(
-        rename = "errorDetail",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub error_detail: Option<ErrorDetail>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<String>,
-    /// Progress is a pre-formatted presentation of progressDetail.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub progress: Option<String>,
+    pub stream: Option<String>,
+}
+
+/// Kind of change
+pub type ChangeType = i64;
+
+/// ClusterInfo represents information about the swarm as is returned by the "/info" endpoint. Join-tokens are not included.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClusterInfo {
+    /// Date and time at which the swarm was initialised in \[RFC 3339\](<https://www.ietf.org/rfc/rfc3339.txt>) format with nano-seconds.
+    #[serde(rename = "CreatedAt", default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<String>,
+    /// DataPathPort specifies the data path port number for data traffic. Acceptable port range is 1024 to 49151. If no port is set or is set to 0, the default port (4789) is used.
     #[serde(
-        rename = "progressDetail",
+        rename = "DataPathPort",
         default,
         skip_serializing_if = "Option::is_none"
     )]
-    pub progress_detail: Option<ProgressDetail>,
+    pub data_path_port: Option<i64>,
+    /// Default Address Pool specifies default subnet pools for global scope networks.
+    #[serde(
+        rename = "DefaultAddrPool",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub default_addr_pool: Option<Vec<String>>,
+    /// The ID of the swarm.
+    #[serde(rename = "ID", default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Whether there is currently a root CA rotation in progress for the swarm
+    #[serde(
+        rename = "RootRotationInProgress",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub root_rotation_in_progress: Option<bool>,
+    #[serde(rename = "Spec", default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<SwarmSpec>,
+    /// SubnetSize specifies the subnet size of the networks created from the default subnet pool.
+    #[serde(
+        rename = "SubnetSize",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub subnet_size: Option<i64>,
+    #[serde(rename = "TLSInfo", default, skip_serializing_if = "Option::is_none")]
+    pub tls_info: Option<TLSInfo>,
+    /// Date and time at which the swarm was last updated in \[RFC 3339\](<https://www.ietf.org/rfc/rfc3339.txt>) format with nano-seconds.
+    #[serde(rename = "UpdatedAt", default, skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<String>,
+    #[serde(rename = "Version", default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<ObjectVersion>,
 }
 
-/// DeviceInfo represents a device that can be used by a container.
+/// Options and information specific to, and only present on, Swarm CSI cluster volumes.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct DeviceInfo {
-    /// The origin device driver.
-    #[serde(rename = "Source", default, skip_serializing_if = "Option::is_none")]
-    pub source: Option<String>,
-    /// The unique identifier for the device within its source driver. For CDI devices, this would be an FQDN like "vendor.com/gpu=0".
+pub struct ClusterVolume {
+    #[serde(rename = "CreatedAt", default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<String>,
+    /// The Swarm ID of this volume. Because cluster volumes are Swarm objects, they have an ID, unlike non-cluster volumes. This ID can be used to refer to the Volume instead of the name.
+    #[serde(rename = "ID", default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Information about the global status of the volume.
+    #[serde(rename = "Info", default, skip_serializing_if = "Option::is_none")]
+    pub info: Option<ClusterVolumeInfo>,
+    /// The status of the volume as it pertains to its publishing and use on specific nodes
+    #[serde(
+        rename = "PublishStatus",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub publish_status: Option<Vec<ClusterVolumePublishStatusItem>>,
+    #[serde(rename = "Spec", default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<ClusterVolumeSpec>,
+    #[serde(rename = "UpdatedAt", default, skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<String>,
+    #[serde(rename = "Version", default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<ObjectVersion>,
+}
+
+/// Information about the global status of the volume.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClusterVolumeInfo {
+    /// The topology this volume is actually accessible from.
+    #[serde(
+        rename = "AccessibleTopology",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub accessible_topology: Option<Vec<Topology>>,
+    /// The capacity of the volume in bytes. A value of 0 indicates that the capacity is unknown.
+    #[serde(
+        rename = "CapacityBytes",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub capacity_bytes: Option<i64>,
+    /// A map of strings to strings returned from the storage plugin when the volume is created.
+    #[serde(
+        rename = "VolumeContext",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub volume_context: Option<std::collections::HashMap<String, String>>,
+    /// The ID of the volume as returned by the CSI storage plugin. This is distinct from the volume's ID as provided by Docker. This ID is never used by the user when communicating with Docker to refer to this volume. If the ID is blank, then the Volume has not been successfully created in the plugin yet.
+    #[serde(rename = "VolumeID", default, skip_serializing_if = "Option::is_none")]
+    pub volume_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClusterVolumePublishStatusItem {
+    /// The ID of the Swarm node the volume is published on.
+    #[serde(rename = "NodeID", default, skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<String>,
+    /// A map of strings to strings returned by the CSI controller plugin when a volume is published.
+    #[serde(
+        rename = "PublishContext",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub publish_context: Option<std::collections::HashMap<String, String>>,
+    /// The published state of the volume. * `pending-publish` The volume should be published to this node, but the call to the controller plugin to do so has not yet been successfully completed. * `published` The volume is published successfully to the node. * `pending-node-unpublish` The volume should be unpublished from the node, and the manager is awaiting confirmation from the worker that it has done so. * `pending-controller-unpublish` The volume is successfully unpublished from the node, but has not yet been successfully unpublished on the controller.
+    #[serde(rename = "State", default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<ClusterVolumePublishStatusItemState>,
+}
+
+/// The published state of the volume. * `pending-publish` The volume should be published to this node, but the call to the controller plugin to do so has not yet been successfully completed. * `published` The volume is published successfully to the node. * `pending-node-unpublish` The volume should be unpublished from the node, and the manager is awaiting confirmation from the worker that it has done so. * `pending-controller-unpublish` The volume is successfully unpublished from the node, but has not yet been successfully unpublished on the controller.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ClusterVolumePublishStatusItemState {
+    /// `"pending-publish"`
+    PendingPublish,
+    /// `"published"`
+    Published,
+    /// `"pending-node-unpublish"`
+    PendingNodeUnpublish,
+    /// `"pending-controller-unpublish"`
+    PendingControllerUnpublish,
+    /// A value these bindings do not know, kept as sent.
+    Other(String),
+}
+
+impl ClusterVolumePublishStatusItemState {
+    /// The value on the wire.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::PendingPublish => "pending-publish",
+            Self::Published => "published",
+            Self::PendingNodeUnpublish => "pending-node-unpublish",
+            Self::PendingControllerUnpublish => "pending-controller-unpublish",
+            Self::Other(s) => s,
+        }
+    }
+}
+
+impl From<&str> for ClusterVolumePublishStatusItemState {
+    fn from(s: &str) -> Self {
+        match s {
+            "pending-publish" => Self::PendingPublish,
+            "published" => Self::Published,
+            "pending-node-unpublish" => Self::PendingNodeUnpublish,
+            "pending-controller-unpublish" => Self::PendingControllerUnpublish,
+            other => Self::Other(other.to_owned()),
+        }
+    }
+}
+
+impl std::fmt::Display for ClusterVolumePublishStatusItemState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for ClusterVolumePublishStatusItemState {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for ClusterVolumePublishStatusItemState {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(deserializer)?;
+        Ok(Self::from(s.as_str()))
+    }
+}
+
+/// Cluster-specific options used to create the volume.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClusterVolumeSpec {
+    /// Defines how the volume is used by tasks.
+    #[serde(
+        rename = "AccessMode",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub access_mode: Option<ClusterVolumeSpecAccessMode>,
+    /// Group defines the volume group of this volume. Volumes belonging to the same group can be referred to by group name when creating Services.  Referring to a volume by group instructs Swarm to treat volumes in that group interchangeably for the purpose of scheduling. Volumes with an empty string for a group technically all belong to the same, emptystring group.
+    #[serde(rename = "Group", default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+}
+
+/// Defines how the volume is used by tasks.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClusterVolumeSpecAccessMode {
+    /// Requirements for the accessible topology of the volume. These fields are optional. For an in-depth description of what these fields mean, see the CSI specification.
+    #[serde(
+        rename = "AccessibilityRequirements",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub accessibility_requirements: Option<ClusterVolumeSpecAccessModeAccessibilityRequirements>,
+    /// The availability of the volume for use in tasks. - `active` The volume is fully available for scheduling on the cluster - `pause` No new workloads should use the volume, but existing workloads are not stopped. - `drain` All workloads using this volume should be stopped and rescheduled, and no new ones should be started.
+    #[serde(
+        rename = "Availability",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub availability: Option<ClusterVolumeSpecAccessModeAvailability>,
+    /// The desired capacity that the volume should be created with. If empty, the plugin will decide the capacity.
+    #[serde(
+        rename = "CapacityRange",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub capacity_range: Option<ClusterVolumeSpecAccessModeCapacityRange>,
+    /// Options for using this volume as a Mount-type volume.
+    #[serde(
+        rename = "MountVolume",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub mount_volume: Option<serde_json::Value>,
+    /// The set of nodes this volume can be used on at one time. - `single` The volume may only be scheduled to one node at a time. - `multi` the volume may be scheduled to any supported number of nodes at a time.
+    #[serde(rename = "Scope", default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<ClusterVolumeSpecAccessModeScope>,
+    /// Swarm Secrets that are passed to the CSI storage plugin when operating on this volume.
+    #[serde(rename = "Secrets", default, skip_serializing_if = "Option::is_none")]
+    pub secrets: Option<Vec<ClusterVolumeSpecAccessModeSecretsItem>>,
+    /// The number and way that different tasks can use this volume at one time. - `none` The volume may only be used by one task at a time. - `readonly` The volume may be used by any number of tasks, but they all must mount the volume as readonly - `onewriter` The volume may be used by any number of tasks, but only one may mount it as read/write. - `all` The volume may have any number of readers and writers.
+    #[serde(rename = "Sharing", default, skip_serializing_if = "Option::is_none")]
+    pub sharing: Option<ClusterVolumeSpecAccessModeSharing>,
+}
+
+/// Requirements for the accessible topology of the volume. These fields are optional. For an in-depth description of what these fields mean, see the CSI specification.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClusterVolumeSpecAccessModeAccessibilityRequirements {
+    /// A list of topologies that the volume should attempt to be provisioned in.
+    #[serde(rename = "Preferred", default, skip_serializing_if = "Option::is_none")]
+    pub preferred: Option<Vec<Topology>>,
+    /// A list of required topologies, at least one of which the volume must be accessible from.
+    #[serde(rename = "Requisite", default, skip_serializing_if = "Option::is_none")]
+    pub requisite: Option<Vec<Topology>>,
+}
+
+/// The availability of the volume for use in tasks. - `active` The volume is fully available for scheduling on the cluster - `pause` No new workloads should use the volume, but existing workloads are not stopped. - `drain` All workloads using this volume should be stopped and rescheduled, and no new ones should be started.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ClusterVolumeSpecAccessModeAvailability {
+    /// `"active"`
+    Active,
+    /// `"pause"`
+    Pause,
+    /// `"drain"`
+    Drain,
+    /// A value these bindings do not know, kept as sent.
+    Other(String),
+}
+
+impl ClusterVolumeSpecAccessModeAvailability {
+    /// The value on the wire.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Active => "active",
+            Self::Pause => "pause",
+            Self::Drain => "drain",
+            Self::Other(s) => s,
+        }
+    }
+}
+
+impl From<&str> for ClusterVolumeSpecAccessModeAvailability {
+    fn from(s: &str) -> Self {
+        match s {
+            "active" => Self::Active,
+            "pause" => Self::Pause,
+            "drain" => Self::Drain,
+            other => Self::Other(other.to_owned()),
+        }
+    }
+}
+
+impl std::fmt::Display for ClusterVolumeSpecAccessModeAvailability {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for ClusterVolumeSpecAccessModeAvailability {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for ClusterVolumeSpecAccessModeAvailability {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(deserializer)?;
+        Ok(Self::from(s.as_str()))
+    }
+}
+
+/// The desired capacity that the volume should be created with. If empty, the plugin will decide the capacity.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClusterVolumeSpecAccessModeCapacityRange {
+    /// The volume must not be bigger than this. The value of 0 indicates an unspecified maximum.
+    #[serde(
+        rename = "LimitBytes",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub limit_bytes: Option<i64>,
+    /// The volume must be at least this big. The value of 0 indicates an unspecified minimum
+    #[serde(
+        rename = "RequiredBytes",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub required_bytes: Option<i64>,
+}
+
+/// The set of nodes this volume can be used on at one time. - `single` The volume may only be scheduled to one node at a time. - `multi` the volume may be scheduled to any supported number of nodes at a time.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ClusterVolumeSpecAccessModeScope {
+    /// `"single"`
+    Single,
+    /// `"multi"`
+    Multi,
+    /// A value these bindings do not know, kept as sent.
+    Other(String),
+}
+
+impl ClusterVolumeSpecAccessModeScope {
+    /// The value on the wire.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Single => "single",
+            Self::Multi => "multi",
+            Self::Other(s) => s,
+        }
+    }
+}
+
+impl From<&str> for ClusterVolumeSpecAccessModeScope {
+    fn from(s: &str) -> Self {
+        match s {
+            "single" => Self::Single,
+            "multi" => Self::Multi,
+            other => Self::Other(other.to_owned()),
+        }
+    }
+}
+
+impl std::fmt::Display for ClusterVolumeSpecAccessModeScope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for ClusterVolumeSpecAccessModeScope {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for ClusterVolumeSpecAccessModeScope {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(deserializer)?;
+        Ok(Self::from(s.as_str()))
+    }
+}
+
+/// One cluster volume secret entry. Defines a key-value pair that is passed to the plugin.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClusterVolumeSpecAccessModeSecretsItem {
+    /// Key is the name of the key of the key-value pair passed to the plugin.
+    #[serde(rename = "Key", default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// Secret is the swarm Secret object from which to read data. This can be a Secret name or ID. The Secret data is retrieved by swarm and used as the value of the key-value pair passed to the plugin.
+    #[serde(rename = "Secret", default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+}
+
+/// The number and way that different tasks can use this volume at one time. - `none` The volume may only be used by one task at a time. - `readonly` The volume may be used by any number of tasks, but they all must mount the volume as readonly - `onewriter` The volume may be used by any number of tasks, but only one may mount it as read/write. - `all` The volume may have any number of readers and writers.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ClusterVolumeSpecAccessModeSharing {
+    /// `"none"`
+    None,
+    /// `"readonly"`
+    Readonly,
+    /// `"onewriter"`
+    Onewriter,
+    /// `"all"`
+    All,
+    /// A value these bindings do not know, kept as sent.
+    Other(String),
+}
+
+impl ClusterVolumeSpecAccessModeSharing {
+    /// The value on the wire.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::None => "none",
+            Self::Readonly => "readonly",
+            Self::Onewriter => "onewriter",
+            Self::All => "all",
+            Self::Other(s) => s,
+        }
+    }
+}
+
+impl From<&str> for ClusterVolumeSpecAccessModeSharing {
+    fn from(s: &str) -> Self {
+        match s {
+            "none" => Self::None,
+            "readonly" => Self::Readonly,
+            "onewriter" => Self::Onewriter,
+            "all" => Self::All,
+            other => Self::Other(other.to_owned()),
+        }
+    }
+}
+
+impl std::fmt::Display for ClusterVolumeSpecAccessModeSharing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for ClusterVolumeSpecAccessModeSharing {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for ClusterVolumeSpecAccessModeSharing {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(deserializer)?;
+        Ok(Self::from(s.as_str()))
+    }
+}
+
+/// Commit holds the Git-commit (SHA1) that a binary was built from, as reported in the version-string of external tools, such as `containerd`, or `runC`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Commit {
+    /// Actual commit ID of external tool.
     #[serde(rename = "ID", default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ErrorDetail {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub code: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub message: Option<String>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ProgressDetail {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub current: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub total: Option<i64>,
-}
-
-/// Represents an error.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ErrorResponse {
-    /// The error message.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub message: Option<String>,
-}
-
-/// Response to an API call that returns just an Id
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct IDResponse {
-    /// The id of the newly created object.
-    #[serde(rename = "Id", default, skip_serializing_if = "Option::is_none")]
+pub struct Config {
+    #[serde(rename = "CreatedAt", default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<String>,
+    #[serde(rename = "ID", default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
+    #[serde(rename = "Spec", default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<ConfigSpec>,
+    #[serde(rename = "UpdatedAt", default, skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<String>,
+    #[serde(rename = "Version", default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<ObjectVersion>,
 }
 
-/// Configuration for a network endpoint.
+/// The config-only network source to provide the configuration for this network.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct EndpointSettings {
+pub struct ConfigReference {
+    /// The name of the config-only network that provides the network's configuration. The specified network must be an existing config-only network. Only network names are allowed, not network IDs.
+    #[serde(rename = "Network", default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ConfigSpec {
+    /// Data is the data to store as a config, formatted as a Base64-url-safe-encoded (\[RFC 4648\](<https://tools.ietf.org/html/rfc4648#section-5>)) string. The maximum allowed size is 1000KB, as defined in \[MaxConfigSize\](<https://pkg.go.dev/github.com/moby/swarmkit/v2@v2.0.0-20250103191802-8c1959736554/manager/controlapi#MaxConfigSize>).
+    #[serde(rename = "Data", default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<String>,
+    /// User-defined key/value metadata.
+    #[serde(rename = "Labels", default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<std::collections::HashMap<String, String>>,
+    /// User-defined name of the config.
+    #[serde(rename = "Name", default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Templating driver, if applicable
     #[serde(
-        rename = "IPAMConfig",
+        rename = "Templating",
         default,
         skip_serializing_if = "Option::is_none"
     )]
-    pub ipam_config: Option<EndpointIPAMConfig>,
-    #[serde(rename = "Links", default, skip_serializing_if = "Option::is_none")]
-    pub links: Option<Vec<String>>,
-    /// MAC address for the endpoint on this network. The network driver might ignore this parameter.
+    pub templating: Option<Driver>,
+}
+
+/// Blkio stats entry.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ContainerBlkioStatEntry {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub major: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub minor: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub op: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<u64>,
+}
+
+/// BlkioStats stores all IO service stats for data read and write.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ContainerBlkioStats {
+    /// This field is only available when using Linux containers with cgroups v1. It is omitted or `null` when using cgroups v2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub io_merged_recursive: Option<Vec<Option<ContainerBlkioStatEntry>>>,
+    /// This field is only available when using Linux containers with cgroups v1. It is omitted or `null` when using cgroups v2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub io_queue_recursive: Option<Vec<Option<ContainerBlkioStatEntry>>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub io_service_bytes_recursive: Option<Vec<Option<ContainerBlkioStatEntry>>>,
+    /// This field is only available when using Linux containers with cgroups v1. It is omitted or `null` when using cgroups v2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub io_service_time_recursive: Option<Vec<Option<ContainerBlkioStatEntry>>>,
+    /// This field is only available when using Linux containers with cgroups v1. It is omitted or `null` when using cgroups v2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub io_serviced_recursive: Option<Vec<Option<ContainerBlkioStatEntry>>>,
+    /// This field is only available when using Linux containers with cgroups v1. It is omitted or `null` when using cgroups v2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub io_time_recursive: Option<Vec<Option<ContainerBlkioStatEntry>>>,
+    /// This field is only available when using Linux containers with cgroups v1. It is omitted or `null` when using cgroups v2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub io_wait_time_recursive: Option<Vec<Option<ContainerBlkioStatEntry>>>,
+    /// This field is only available when using Linux containers with cgroups v1. It is omitted or `null` when using cgroups v2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sectors_recursive: Option<Vec<Option<ContainerBlkioStatEntry>>>,
+}
+
+/// CPU related info of the container
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ContainerCPUStats {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_usage: Option<ContainerCPUUsage>,
+    /// Number of online CPUs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub online_cpus: Option<i64>,
+    /// System Usage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_cpu_usage: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throttling_data: Option<ContainerThrottlingData>,
+}
+
+/// All CPU stats aggregated since container inception.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ContainerCPUUsage {
+    /// Total CPU time (in nanoseconds) consumed per core (Linux).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percpu_usage: Option<Vec<u64>>,
+    /// Total CPU time consumed in nanoseconds (Linux) or 100's of nanoseconds (Windows).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_usage: Option<u64>,
+    /// Time (in nanoseconds) spent by tasks of the cgroup in kernel mode (Linux), or time spent (in 100's of nanoseconds) by all container processes in kernel mode (Windows).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage_in_kernelmode: Option<u64>,
+    /// Time (in nanoseconds) spent by tasks of the cgroup in user mode (Linux), or time spent (in 100's of nanoseconds) by all container processes in kernel mode (Windows).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage_in_usermode: Option<u64>,
+}
+
+/// Configuration for a container that is portable between hosts.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ContainerConfig {
+    /// Command is already escaped (Windows only)
+    #[serde(
+        rename = "ArgsEscaped",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub args_escaped: Option<bool>,
+    /// Whether to attach to `stderr`.
+    #[serde(
+        rename = "AttachStderr",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub attach_stderr: Option<bool>,
+    /// Whether to attach to `stdin`.
+    #[serde(
+        rename = "AttachStdin",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub attach_stdin: Option<bool>,
+    /// Whether to attach to `stdout`.
+    #[serde(
+        rename = "AttachStdout",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub attach_stdout: Option<bool>,
+    /// Command to run specified as a string or an array of strings.
+    #[serde(rename = "Cmd", default, skip_serializing_if = "Option::is_none")]
+    pub cmd: Option<Vec<String>>,
+    /// The domain name to use for the container.
+    #[serde(
+        rename = "Domainname",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub domainname: Option<String>,
+    /// The entry point for the container as a string or an array of strings.
+    #[serde(
+        rename = "Entrypoint",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub entrypoint: Option<Vec<String>>,
+    /// A list of environment variables to set inside the container in the form `["VAR=value", ...]`. A variable without `=` is removed from the environment, rather than to have an empty value.
+    #[serde(rename = "Env", default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<Vec<String>>,
+    /// An object mapping ports to an empty object in the form:
+    #[serde(
+        rename = "ExposedPorts",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub exposed_ports: Option<std::collections::HashMap<String, serde_json::Value>>,
+    #[serde(
+        rename = "Healthcheck",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub healthcheck: Option<HealthConfig>,
+    /// The hostname to use for the container, as a valid RFC 1123 hostname.
+    #[serde(rename = "Hostname", default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// The name (or reference) of the image to use when creating the container, or which was used when the container was created.
+    #[serde(rename = "Image", default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// User-defined key/value metadata.
+    #[serde(rename = "Labels", default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<std::collections::HashMap<String, String>>,
+    /// MAC address of the container.
     #[serde(
         rename = "MacAddress",
         default,
         skip_serializing_if = "Option::is_none"
     )]
     pub mac_address: Option<String>,
-    #[serde(rename = "Aliases", default, skip_serializing_if = "Option::is_none")]
-    pub aliases: Option<Vec<String>>,
-    /// DriverOpts is a mapping of driver options and values. These options are passed directly to the driver and are driver specific.
+    /// Disable networking for the container.
     #[serde(
-        rename = "DriverOpts",
+        rename = "NetworkDisabled",
         default,
         skip_serializing_if = "Option::is_none"
     )]
-    pub driver_opts: Option<std::collections::HashMap<String, String>>,
-    /// This property determines which endpoint will provide the default gateway for a container. The endpoint with the highest priority will be used. If multiple endpoints have the same priority, endpoints are lexicographically sorted based on their network name, and the one that sorts first is picked.
+    pub network_disabled: Option<bool>,
+    /// `ONBUILD` metadata that were defined in the image's `Dockerfile`.
+    #[serde(rename = "OnBuild", default, skip_serializing_if = "Option::is_none")]
+    pub on_build: Option<Vec<String>>,
+    /// Open `stdin`
+    #[serde(rename = "OpenStdin", default, skip_serializing_if = "Option::is_none")]
+    pub open_stdin: Option<bool>,
+    /// Shell for when `RUN`, `CMD`, and `ENTRYPOINT` uses a shell.
+    #[serde(rename = "Shell", default, skip_serializing_if = "Option::is_none")]
+    pub shell: Option<Vec<String>>,
+    /// Close `stdin` after one attached client disconnects
+    #[serde(rename = "StdinOnce", default, skip_serializing_if = "Option::is_none")]
+    pub stdin_once: Option<bool>,
+    /// Signal to stop a container as a string or unsigned integer.
     #[serde(
-        rename = "GwPriority",
+        rename = "StopSignal",
         default,
         skip_serializing_if = "Option::is_none"
     )]
-    pub gw_priority: Option<i64>,
-    /// Unique ID of the network.
-    #[serde(rename = "NetworkID", default, skip_serializing_if = "Option::is_none")]
-    pub network_id: Option<String>,
-    /// Unique ID for the service endpoint in a Sandbox.
+    pub stop_signal: Option<String>,
+    /// Timeout to stop a container in seconds.
     #[serde(
-        rename = "EndpointID",
+        rename = "StopTimeout",
         default,
         skip_serializing_if = "Option::is_none"
     )]
+    pub stop_timeout: Option<i64>,
+    /// Attach standard streams to a TTY, including `stdin` if it is not closed.
+    #[serde(rename = "Tty", default, skip_serializing_if = "Option::is_none")]
+    pub tty: Option<bool>,
+    /// Commands run as this user inside the container. If omitted, commands run as the user specified in the image the container was started from.
+    #[serde(rename = "User", default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// An object mapping mount point paths inside the container to empty objects.
+    #[serde(rename = "Volumes", default, skip_serializing_if = "Option::is_none")]
+    pub volumes: Option<std::collections::HashMap<String, serde_json::Value>>,
+    /// The working directory for commands to run in.
+    #[serde(
+        rename = "WorkingDir",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub working_dir: Option<String>,
+}
+
+/// OK response to ContainerCreate operation
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ContainerCreateResponse {
+    /// The ID of the created container
+    #[serde(rename = "Id", default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Warnings encountered when creating the container
+    #[serde(rename = "Warnings", default, skip_serializing_if = "Option::is_none")]
+    pub warnings: Option<Vec<String>>,
+}
+
+/// ContainerInspectResponse
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ContainerInspectResponse {
+    /// The AppArmor profile set for the container.
+    #[serde(
+        rename = "AppArmorProfile",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub app_armor_profile: Option<String>,
+    /// The arguments to the command being run
+    #[serde(rename = "Args", default, skip_serializing_if = "Option::is_none")]
+    pub args: Option<Vec<String>>,
+    #[serde(rename = "Config", default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<ContainerConfig>,
+    /// Date and time at which the container was created, formatted in \[RFC 3339\](<https://www.ietf.org/rfc/rfc3339.txt>) format with nano-seconds.
+    #[serde(rename = "Created", default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<String>,
+    /// The storage-driver used for the container's filesystem (graph-driver or snapshotter).
+    #[serde(rename = "Driver", default, skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
+    /// IDs of exec instances that are running in the container.
+    #[serde(rename = "ExecIDs", default, skip_serializing_if = "Option::is_none")]
+    pub exec_ids: Option<Vec<String>>,
+    #[serde(
+        rename = "GraphDriver",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub graph_driver: Option<DriverData>,
+    #[serde(
+        rename = "HostConfig",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub host_config: Option<HostConfig>,
+    /// Location of the `/etc/hostname` generated for the container on the host.
+    #[serde(
+        rename = "HostnamePath",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub hostname_path: Option<String>,
+    /// Location of the `/etc/hosts` generated for the container on the host.
+    #[serde(rename = "HostsPath", default, skip_serializing_if = "Option::is_none")]
+    pub hosts_path: Option<String>,
+    /// The ID of this container as a 128-bit (64-character) hexadecimal string (32 bytes).
+    #[serde(rename = "Id", default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// The ID (digest) of the image that this container was created from.
+    #[serde(rename = "Image", default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// OCI descriptor of the platform-specific manifest of the image the container was created from.
+    #[serde(
+        rename = "ImageManifestDescriptor",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub image_manifest_descriptor: Option<OCIDescriptor>,
+    /// Location of the file used to buffer the container's logs. Depending on the logging-driver used for the container, this field may be omitted.
+    #[serde(rename = "LogPath", default, skip_serializing_if = "Option::is_none")]
+    pub log_path: Option<String>,
+    /// SELinux mount label set for the container.
+    #[serde(
+        rename = "MountLabel",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub mount_label: Option<String>,
+    /// List of mounts used by the container.
+    #[serde(rename = "Mounts", default, skip_serializing_if = "Option::is_none")]
+    pub mounts: Option<Vec<MountPoint>>,
+    /// The name associated with this container.
+    #[serde(rename = "Name", default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(
+        rename = "NetworkSettings",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub network_settings: Option<NetworkSettings>,
+    /// The path to the command being run
+    #[serde(rename = "Path", default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// The platform (operating system) for which the container was created.
+    #[serde(rename = "Platform", default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<String>,
+    /// SELinux process label set for the container.
+    #[serde(
+        rename = "ProcessLabel",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub process_label: Option<String>,
+    /// Location of the `/etc/resolv.conf` generated for the container on the host.
+    #[serde(
+        rename = "ResolvConfPath",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub resolv_conf_path: Option<String>,
+    /// Number of times the container was restarted since it was created, or since daemon was started.
+    #[serde(
+        rename = "RestartCount",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub restart_count: Option<i64>,
+    /// The total size of all files in the read-only layers from the image that the container uses. These layers can be shared between containers.
+    #[serde(
+        rename = "SizeRootFs",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub size_root_fs: Option<i64>,
+    /// The size of files that have been created or changed by this container.
+    #[serde(rename = "SizeRw", default, skip_serializing_if = "Option::is_none")]
+    pub size_rw: Option<i64>,
+    #[serde(rename = "State", default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<ContainerState>,
+}
+
+/// Aggregates all memory stats since container inception on Linux. Windows returns stats for commit and private working set only.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ContainerMemoryStats {
+    /// Committed bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commitbytes: Option<u64>,
+    /// Peak committed bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commitpeakbytes: Option<u64>,
+    /// Number of times memory usage hits limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failcnt: Option<u64>,
+    /// This field is Linux-specific and omitted for Windows containers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u64>,
+    /// Maximum usage ever recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_usage: Option<u64>,
+    /// Private working set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub privateworkingset: Option<u64>,
+    /// All the stats exported via memory.stat. when using cgroups v2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stats: Option<std::collections::HashMap<String, Option<u64>>>,
+    /// Current `res_counter` usage for memory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<u64>,
+}
+
+/// Aggregates the network stats of one container
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ContainerNetworkStats {
+    /// Endpoint ID. Not used on Linux.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint_id: Option<String>,
-    /// Gateway address for this network.
-    #[serde(rename = "Gateway", default, skip_serializing_if = "Option::is_none")]
-    pub gateway: Option<String>,
-    /// IPv4 address.
-    #[serde(rename = "IPAddress", default, skip_serializing_if = "Option::is_none")]
-    pub ip_address: Option<String>,
-    /// Mask length of the IPv4 address.
+    /// Instance ID. Not used on Linux.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_id: Option<String>,
+    /// Bytes received. Windows and Linux.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rx_bytes: Option<u64>,
+    /// Incoming packets dropped. Windows and Linux.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rx_dropped: Option<u64>,
+    /// Received errors. Not used on Windows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rx_errors: Option<u64>,
+    /// Packets received. Windows and Linux.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rx_packets: Option<u64>,
+    /// Bytes sent. Windows and Linux.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tx_bytes: Option<u64>,
+    /// Outgoing packets dropped. Windows and Linux.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tx_dropped: Option<u64>,
+    /// Sent errors. Not used on Windows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tx_errors: Option<u64>,
+    /// Packets sent. Windows and Linux.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tx_packets: Option<u64>,
+}
+
+/// PidsStats contains Linux-specific stats of a container's process-IDs (PIDs).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ContainerPidsStats {
+    /// Current is the number of PIDs in the cgroup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current: Option<u64>,
+    /// Limit is the hard limit on the number of pids in the cgroup. A "Limit" of 0 means that there is no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u64>,
+}
+
+/// ContainerState stores container's running state. It's part of ContainerJSONBase and will be returned by the "inspect" command.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ContainerState {
+    #[serde(rename = "Dead", default, skip_serializing_if = "Option::is_none")]
+    pub dead: Option<bool>,
+    #[serde(rename = "Error", default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The last exit code of this container
+    #[serde(rename = "ExitCode", default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i64>,
+    /// The time when this container last exited.
     #[serde(
-        rename = "IPPrefixLen",
+        rename = "FinishedAt",
         default,
         skip_serializing_if = "Option::is_none"
     )]
-    pub ip_prefix_len: Option<i64>,
-    /// IPv6 gateway address.
+    pub finished_at: Option<String>,
+    #[serde(rename = "Health", default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<Health>,
+    /// Whether a process within this container has been killed because it ran out of memory since the container was last started.
+    #[serde(rename = "OOMKilled", default, skip_serializing_if = "Option::is_none")]
+    pub oom_killed: Option<bool>,
+    /// Whether this container is paused.
+    #[serde(rename = "Paused", default, skip_serializing_if = "Option::is_none")]
+    pub paused: Option<bool>,
+    /// The process ID of this container
+    #[serde(rename = "Pid", default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<i64>,
+    /// Whether this container is restarting.
     #[serde(
-        rename = "IPv6Gateway",
+        rename = "Restarting",
         default,
         skip_serializing_if = "Option::is_none"
     )]
-    pub ipv6_gateway: Option<String>,
-    /// Global IPv6 address.
+    pub restarting: Option<bool>,
+    /// Whether this container is running.
+    #[serde(rename = "Running", default, skip_serializing_if = "Option::is_none")]
+    pub running: Option<bool>,
+    /// The time when this container was last started.
+    #[serde(rename = "StartedAt", default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    /// String representation of the container state. Can be one of "created", "running", "paused", "restarting", "removing", "exited", or "dead".
+    #[serde(rename = "Status", default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<ContainerStateStatus>,
+}
+
+/// String representation of the container state. Can be one of "created", "running", "paused", "restarting", "removing", "exited", or "dead".
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ContainerStateStatus {
+    /// `"created"`
+    Created,
+    /// `"running"`
+    Running,
+    /// `"paused"`
+    Paused,
+    /// `"restarting"`
+    Restarting,
+    /// `"removing"`
+    Removing,
+    /// `"exited"`
+    Exited,
+    /// `"dead"`
+    Dead,
+    /// `"configured"`
+    Configured,
+    /// `"initialized"`
+    Initialized,
+    /// `"stopping"`
+    Stopping,
+    /// `"stopped"`
+    Stopped,
+    /// A value these bindings do not know, kept as sent.
+    Other(String),
+}
+
+impl ContainerStateStatus {
+    /// The value on the wire.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Created => "created",
+            Self::Running => "running",
+            Self::Paused => "paused",
+            Self::Restarting => "restarting",
+            Self::Removing => "removing",
+            Self::Exited => "exited",
+            Self::Dead => "dead",
+            Self::Configured => "configured",
+            Self::Initialized => "initialized",
+            Self::Stopping => "stopping",
+            Self::Stopped => "stopped",
+            Self::Other(s) => s,
+        }
+    }
+}
+
+impl From<&str> for ContainerStateStatus {
+    fn from(s: &str) -> Self {
+        match s {
+            "created" => Self::Created,
+            "running" => Self::Running,
+            "paused" => Self::Paused,
+            "restarting" => Self::Restarting,
+            "removing" => Self::Removing,
+            "exited" => Self::Exited,
+            "dead" => Self::Dead,
+            "configured" => Self::Configured,
+            "initialized" => Self::Initialized,
+            "stopping" => Self::Stopping,
+            "stopped" => Self::Stopped,
+            other => Self::Other(other.to_owned()),
+        }
+    }
+}
+
+impl std::fmt::Display for ContainerStateStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for ContainerStateStatus {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for ContainerStateStatus {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(deserializer)?;
+        Ok(Self::from(s.as_str()))
+    }
+}
+
+/// Statistics sample for a container.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ContainerStatsResponse {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blkio_stats: Option<ContainerBlkioStats>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_stats: Option<ContainerCPUStats>,
+    /// ID of the container
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_stats: Option<ContainerMemoryStats>,
+    /// Name of the container
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Network statistics for the container per interface.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub networks: Option<std::collections::HashMap<String, Option<ContainerNetworkStats>>>,
+    /// The number of processors on the system.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_procs: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids_stats: Option<ContainerPidsStats>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precpu_stats: Option<ContainerCPUStats>,
+    /// Date and time at which this first sample was collected. This field is not propagated if the "one-shot" option is set. If the "one-shot" option is set, this field may be omitted, empty, or set to a default date (`0001-01-01T00:00:00Z`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preread: Option<String>,
+    /// Date and time at which this sample was collected. The value is formatted as \[RFC 3339\](<https://www.ietf.org/rfc/rfc3339.txt>) with nano-seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_stats: Option<ContainerStorageStats>,
+}
+
+/// represents the status of a container.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ContainerStatus {
     #[serde(
-        rename = "GlobalIPv6Address",
+        rename = "ContainerID",
         default,
         skip_serializing_if = "Option::is_none"
     )]
-    pub global_ipv6_address: Option<String>,
-    /// Mask length of the global IPv6 address.
+    pub container_id: Option<String>,
+    #[serde(rename = "ExitCode", default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i64>,
+    #[serde(rename = "PID", default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<i64>,
+}
+
+/// StorageStats is the disk I/O stats for read/write on Windows.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ContainerStorageStats {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_count_normalized: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_size_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_count_normalized: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_size_bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ContainerSummary {
+    /// Command to run when starting the container
+    #[serde(rename = "Command", default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    /// Date and time at which the container was created as a Unix timestamp (number of seconds since EPOCH).
+    #[serde(rename = "Created", default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<i64>,
+    /// Summary of host-specific runtime information of the container. This is a reduced set of information in the container's "HostConfig" as available in the container "inspect" response.
     #[serde(
-        rename = "GlobalIPv6PrefixLen",
+        rename = "HostConfig",
         default,
         skip_serializing_if = "Option::is_none"
     )]
-    pub global_ipv6_prefix_len: Option<i64>,
-    /// List of all DNS names an endpoint has on a specific network. This list is based on the container name, network aliases, container short ID, and hostname.
-    #[serde(rename = "DNSNames", default, skip_serializing_if = "Option::is_none")]
-    pub dns_names: Option<Vec<String>>,
+    pub host_config: Option<ContainerSummaryHostConfig>,
+    /// The ID of this container as a 128-bit (64-character) hexadecimal string (32 bytes).
+    #[serde(rename = "Id", default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// The name or ID of the image used to create the container.
+    #[serde(rename = "Image", default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// The ID (digest) of the image that this container was created from.
+    #[serde(rename = "ImageID", default, skip_serializing_if = "Option::is_none")]
+    pub image_id: Option<String>,
+    /// OCI descriptor of the platform-specific manifest of the image the container was created from.
+    #[serde(
+        rename = "ImageManifestDescriptor",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub image_manifest_descriptor: Option<OCIDescriptor>,
+    /// User-defined key/value metadata.
+    #[serde(rename = "Labels", default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<std::collections::HashMap<String, String>>,
+    /// List of mounts used by the container.
+    #[serde(rename = "Mounts", default, skip_serializing_if = "Option::is_none")]
+    pub mounts: Option<Vec<MountPoint>>,
+    /// The names associated with this container. Most containers have a single name, but when using legacy "links", the container can have multiple names.
+    #[serde(rename = "Names", default, skip_serializing_if = "Option::is_none")]
+    pub names: Option<Vec<String>>,
+    /// Summary of the container's network settings
+    #[serde(
+        rename = "NetworkSettings",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub network_settings: Option<ContainerSummaryNetworkSettings>,
+    /// Port-mappings for the container.
+    #[serde(rename = "Ports", default, skip_serializing_if = "Option::is_none")]
+    pub ports: Option<Vec<Port>>,
+    /// The total size of all files in the read-only layers from the image that the container uses. These layers can be shared between containers.
+    #[serde(
+        rename = "SizeRootFs",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub size_root_fs: Option<i64>,
+    /// The size of files that have been created or changed by this container.
+    #[serde(rename = "SizeRw", default, skip_serializing_if = "Option::is_none")]
+    pub size_rw: Option<i64>,
+    /// The state of this container.
+    #[serde(rename = "State", default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<ContainerSummaryState>,
+    /// Additional human-readable status of this container (e.g. `Exit 0`)
+    #[serde(rename = "Status", default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+}
+
+/// Summary of host-specific runtime information of the container. This is a reduced set of information in the container's "HostConfig" as available in the container "inspect" response.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ContainerSummaryHostConfig {
+    /// Arbitrary key-value metadata attached to the container.
+    #[serde(
+        rename = "Annotations",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub annotations: Option<std::collections::HashMap<String, String>>,
+    /// Networking mode (`host`, `none`, `container:<id>`) or name of the primary network the container is using.
+    #[serde(
+        rename = "NetworkMode",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub network_mode: Option<String>,
+}
+
+/// Summary of the container's network settings
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ContainerSummaryNetworkSettings {
+    /// Summary of network-settings for each network the container is attached to.
+    #[serde(rename = "Networks", default, skip_serializing_if = "Option::is_none")]
+    pub networks: Option<std::collections::HashMap<String, EndpointSettings>>,
+}
+
+/// The state of this container.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ContainerSummaryState {
+    /// `"created"`
+    Created,
+    /// `"running"`
+    Running,
+    /// `"paused"`
+    Paused,
+    /// `"restarting"`
+    Restarting,
+    /// `"exited"`
+    Exited,
+    /// `"removing"`
+    Removing,
+    /// `"dead"`
+    Dead,
+    /// `"configured"`
+    Configured,
+    /// `"initialized"`
+    Initialized,
+    /// `"stopping"`
+    Stopping,
+    /// `"stopped"`
+    Stopped,
+    /// A value these bindings do not know, kept as sent.
+    Other(String),
+}
+
+impl ContainerSummaryState {
+    /// The value on the wire.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Created => "created",
+            Self::Running => "running",
+            Self::Paused => "paused",
+            Self::Restarting => "restarting",
+            Self::Exited => "exited",
+            Self::Removing => "removing",
+            Self::Dead => "dead",
+            Self::Configured => "configured",
+            Self::Initialized => "initialized",
+            Self::Stopping => "stopping",
+            Self::Stopped => "stopped",
+            Self::Other(s) => s,
+        }
+    }
+}
+
+impl From<&str> for ContainerSummaryState {
+    fn from(s: &str) -> Self {
+        match s {
+            "created" => Self::Created,
+            "running" => Self::Running,
+            "paused" => Self::Paused,
+            "restarting" => Self::Restarting,
+            "exited" => Self::Exited,
+            "removing" => Self::Removing,
+            "dead" => Self::Dead,
+            "configured" => Self::Configured,
+            "initialized" => Self::Initialized,
+            "stopping" => Self::Stopping,
+            "stopped" => Self::Stopped,
+            other => Self::Other(other.to_owned()),
+        }
+    }
+}
+
+impl std::fmt::Display for ContainerSummaryState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for ContainerSummaryState {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for ContainerSummaryState {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(deserializer)?;
+        Ok(Self::from(s.as_str()))
+    }
+}
+
+/// CPU throttling stats of the container.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ContainerThrottlingData {
+    /// Number of periods with throttling active.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub periods: Option<u64>,
+    /// Number of periods when the container hit its throttling limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throttled_periods: Option<u64>,
+    /// Aggregated time (in nanoseconds) the container was throttled for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throttled_time: Option<u64>,
+}
+
+/// Container "top" response.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ContainerTopResponse {
+    /// Each process running in the container, where each process is an array of values corresponding to the titles.
+    #[serde(rename = "Processes", default, skip_serializing_if = "Option::is_none")]
+    pub processes: Option<Vec<Vec<String>>>,
+    /// The ps column titles
+    #[serde(rename = "Titles", default, skip_serializing_if = "Option::is_none")]
+    pub titles: Option<Vec<String>>,
+}
+
+/// Response for a successful container-update.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ContainerUpdateResponse {
+    /// Warnings encountered when updating the container.
+    #[serde(rename = "Warnings", default, skip_serializing_if = "Option::is_none")]
+    pub warnings: Option<Vec<String>>,
+}
+
+/// container waiting error, if any
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ContainerWaitExitError {
+    /// Details of an error
+    #[serde(rename = "Message", default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// OK response to ContainerWait operation
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ContainerWaitResponse {
+    #[serde(rename = "Error", default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ContainerWaitExitError>,
+    /// Exit code of the container
+    #[serde(
+        rename = "StatusCode",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub status_code: Option<i64>,
+}
+
+/// Information for connecting to the containerd instance that is used by the daemon. This is included for debugging purposes only.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ContainerdInfo {
+    /// The address of the containerd socket.
+    #[serde(rename = "Address", default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// The namespaces that the daemon uses for running containers and plugins in containerd. These namespaces can be configured in the daemon configuration, and are considered to be used exclusively by the daemon, Tampering with the containerd instance may cause unexpected behavior.
+    #[serde(
+        rename = "Namespaces",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub namespaces: Option<ContainerdInfoNamespaces>,
+}
+
+/// The namespaces that the daemon uses for running containers and plugins in containerd. These namespaces can be configured in the daemon configuration, and are considered to be used exclusively by the daemon, Tampering with the containerd instance may cause unexpected behavior.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ContainerdInfoNamespaces {
+    /// The default containerd namespace used for containers managed by the daemon.
+    #[serde(
+        rename = "Containers",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub containers: Option<String>,
+    /// The default containerd namespace used for plugins managed by the daemon.
+    #[serde(rename = "Plugins", default, skip_serializing_if = "Option::is_none")]
+    pub plugins: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CreateImageInfo {
+    /// errors encountered during the operation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(
+        rename = "errorDetail",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub error_detail: Option<ErrorDetail>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Progress is a pre-formatted presentation of progressDetail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<String>,
+    #[serde(
+        rename = "progressDetail",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub progress_detail: Option<ProgressDetail>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+}
+
+/// DeviceInfo represents a device that can be used by a container.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DeviceInfo {
+    /// The unique identifier for the device within its source driver. For CDI devices, this would be an FQDN like "vendor.com/gpu=0".
+    #[serde(rename = "ID", default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// The origin device driver.
+    #[serde(rename = "Source", default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+}
+
+/// A device mapping between the host and container
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DeviceMapping {
+    #[serde(
+        rename = "CgroupPermissions",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub cgroup_permissions: Option<String>,
+    #[serde(
+        rename = "PathInContainer",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub path_in_container: Option<String>,
+    #[serde(
+        rename = "PathOnHost",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub path_on_host: Option<String>,
+}
+
+/// A request for devices to be sent to device drivers
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DeviceRequest {
+    /// A list of capabilities; an OR list of AND lists of capabilities.
+    #[serde(
+        rename = "Capabilities",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub capabilities: Option<Vec<Vec<String>>>,
+    #[serde(rename = "Count", default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<i64>,
+    #[serde(rename = "DeviceIDs", default, skip_serializing_if = "Option::is_none")]
+    pub device_ids: Option<Vec<String>>,
+    #[serde(rename = "Driver", default, skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
+    /// Driver-specific options, specified as a key/value pairs. These options are passed directly to the driver.
+    #[serde(rename = "Options", default, skip_serializing_if = "Option::is_none")]
+    pub options: Option<std::collections::HashMap<String, String>>,
+}
+
+/// Describes the result obtained from contacting the registry to retrieve image metadata.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DistributionInspect {
+    #[serde(
+        rename = "Descriptor",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub descriptor: Option<OCIDescriptor>,
+    /// An array containing all platforms supported by the image.
+    #[serde(rename = "Platforms", default, skip_serializing_if = "Option::is_none")]
+    pub platforms: Option<Vec<Option<OCIPlatform>>>,
+}
+
+/// Driver represents a driver (network, logging, secrets).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Driver {
+    /// Name of the driver.
+    #[serde(rename = "Name", default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Key/value map of driver-specific options.
+    #[serde(rename = "Options", default, skip_serializing_if = "Option::is_none")]
+    pub options: Option<std::collections::HashMap<String, String>>,
+}
+
+/// Information about the storage driver used to store the container's and image's filesystem.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DriverData {
+    /// Low-level storage metadata, provided as key/value pairs.
+    #[serde(rename = "Data", default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<std::collections::HashMap<String, String>>,
+    /// Name of the storage driver.
+    #[serde(rename = "Name", default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 /// EndpointIPAMConfig represents an endpoint's IPAM configuration.
@@ -2792,2330 +1687,11 @@ pub struct EndpointIPAMConfig {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct PluginMount {
-    #[serde(rename = "Name", default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    #[serde(
-        rename = "Description",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub description: Option<String>,
-    #[serde(rename = "Settable", default, skip_serializing_if = "Option::is_none")]
-    pub settable: Option<Vec<String>>,
-    #[serde(rename = "Source", default, skip_serializing_if = "Option::is_none")]
-    pub source: Option<String>,
-    #[serde(
-        rename = "Destination",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub destination: Option<String>,
-    #[serde(rename = "Type", default, skip_serializing_if = "Option::is_none")]
-    pub r#type: Option<String>,
-    #[serde(rename = "Options", default, skip_serializing_if = "Option::is_none")]
-    pub options: Option<Vec<String>>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct PluginDevice {
-    #[serde(rename = "Name", default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    #[serde(
-        rename = "Description",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub description: Option<String>,
-    #[serde(rename = "Settable", default, skip_serializing_if = "Option::is_none")]
-    pub settable: Option<Vec<String>>,
-    #[serde(rename = "Path", default, skip_serializing_if = "Option::is_none")]
-    pub path: Option<String>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct PluginEnv {
-    #[serde(rename = "Name", default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    #[serde(
-        rename = "Description",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub description: Option<String>,
-    #[serde(rename = "Settable", default, skip_serializing_if = "Option::is_none")]
-    pub settable: Option<Vec<String>>,
-    #[serde(rename = "Value", default, skip_serializing_if = "Option::is_none")]
-    pub value: Option<String>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct PluginInterfaceType {
-    #[serde(rename = "Prefix", default, skip_serializing_if = "Option::is_none")]
-    pub prefix: Option<String>,
-    #[serde(
-        rename = "Capability",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub capability: Option<String>,
-    #[serde(rename = "Version", default, skip_serializing_if = "Option::is_none")]
-    pub version: Option<String>,
-}
-
-/// Describes a permission the user has to accept upon installing the plugin.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct PluginPrivilege {
-    #[serde(rename = "Name", default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    #[serde(
-        rename = "Description",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub description: Option<String>,
-    #[serde(rename = "Value", default, skip_serializing_if = "Option::is_none")]
-    pub value: Option<Vec<String>>,
-}
-
-/// A plugin for the Engine API
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Plugin {
-    #[serde(rename = "Id", default, skip_serializing_if = "Option::is_none")]
-    pub id: Option<String>,
-    #[serde(rename = "Name", default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    /// True if the plugin is running. False if the plugin is not running, only installed.
-    #[serde(rename = "Enabled", default, skip_serializing_if = "Option::is_none")]
-    pub enabled: Option<bool>,
-    /// Settings that can be modified by users.
-    #[serde(rename = "Settings", default, skip_serializing_if = "Option::is_none")]
-    pub settings: Option<PluginSettings>,
-    /// plugin remote reference used to push/pull the plugin
-    #[serde(
-        rename = "PluginReference",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub plugin_reference: Option<String>,
-    /// The config of a plugin.
-    #[serde(rename = "Config", default, skip_serializing_if = "Option::is_none")]
-    pub config: Option<PluginConfig>,
-}
-
-/// Settings that can be modified by users.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct PluginSettings {
-    #[serde(rename = "Mounts", default, skip_serializing_if = "Option::is_none")]
-    pub mounts: Option<Vec<PluginMount>>,
-    #[serde(rename = "Env", default, skip_serializing_if = "Option::is_none")]
-    pub env: Option<Vec<String>>,
-    #[serde(rename = "Args", default, skip_serializing_if = "Option::is_none")]
-    pub args: Option<Vec<String>>,
-    #[serde(rename = "Devices", default, skip_serializing_if = "Option::is_none")]
-    pub devices: Option<Vec<PluginDevice>>,
-}
-
-/// The config of a plugin.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct PluginConfig {
-    /// Docker Version used to create the plugin.
-    #[serde(
-        rename = "DockerVersion",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub docker_version: Option<String>,
-    #[serde(
-        rename = "Description",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub description: Option<String>,
-    #[serde(
-        rename = "Documentation",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub documentation: Option<String>,
-    /// The interface between Docker and the plugin
-    #[serde(rename = "Interface", default, skip_serializing_if = "Option::is_none")]
-    pub interface: Option<PluginConfigInterface>,
-    #[serde(
-        rename = "Entrypoint",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub entrypoint: Option<Vec<String>>,
-    #[serde(rename = "WorkDir", default, skip_serializing_if = "Option::is_none")]
-    pub work_dir: Option<String>,
-    #[serde(rename = "User", default, skip_serializing_if = "Option::is_none")]
-    pub user: Option<PluginConfigUser>,
-    #[serde(rename = "Network", default, skip_serializing_if = "Option::is_none")]
-    pub network: Option<PluginConfigNetwork>,
-    #[serde(rename = "Linux", default, skip_serializing_if = "Option::is_none")]
-    pub linux: Option<PluginConfigLinux>,
-    #[serde(
-        rename = "PropagatedMount",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub propagated_mount: Option<String>,
-    #[serde(rename = "IpcHost", default, skip_serializing_if = "Option::is_none")]
-    pub ipc_host: Option<bool>,
-    #[serde(rename = "PidHost", default, skip_serializing_if = "Option::is_none")]
-    pub pid_host: Option<bool>,
-    #[serde(rename = "Mounts", default, skip_serializing_if = "Option::is_none")]
-    pub mounts: Option<Vec<PluginMount>>,
-    #[serde(rename = "Env", default, skip_serializing_if = "Option::is_none")]
-    pub env: Option<Vec<PluginEnv>>,
-    #[serde(rename = "Args", default, skip_serializing_if = "Option::is_none")]
-    pub args: Option<PluginConfigArgs>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rootfs: Option<PluginConfigRootfs>,
-}
-
-/// The interface between Docker and the plugin
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct PluginConfigInterface {
-    #[serde(rename = "Types", default, skip_serializing_if = "Option::is_none")]
-    pub types: Option<Vec<PluginInterfaceType>>,
-    #[serde(rename = "Socket", default, skip_serializing_if = "Option::is_none")]
-    pub socket: Option<String>,
-    /// Protocol to use for clients connecting to the plugin.
-    #[serde(
-        rename = "ProtocolScheme",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub protocol_scheme: Option<PluginConfigInterfaceProtocolScheme>,
-}
-
-/// Protocol to use for clients connecting to the plugin.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum PluginConfigInterfaceProtocolScheme {
-    /// `""`
-    Empty,
-    /// `"moby.plugins.http/v1"`
-    MobyPluginsHttpV1,
-    /// A value these bindings do not know, kept as sent.
-    Other(String),
-}
-
-impl PluginConfigInterfaceProtocolScheme {
-    /// The value on the wire.
-    pub fn as_str(&self) -> &str {
-        match self {
-            Self::Empty => "",
-            Self::MobyPluginsHttpV1 => "moby.plugins.http/v1",
-            Self::Other(s) => s,
-        }
-    }
-}
-
-impl From<&str> for PluginConfigInterfaceProtocolScheme {
-    fn from(s: &str) -> Self {
-        match s {
-            "" => Self::Empty,
-            "moby.plugins.http/v1" => Self::MobyPluginsHttpV1,
-            other => Self::Other(other.to_owned()),
-        }
-    }
-}
-
-impl std::fmt::Display for PluginConfigInterfaceProtocolScheme {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl Serialize for PluginConfigInterfaceProtocolScheme {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(self.as_str())
-    }
-}
-
-impl<'de> Deserialize<'de> for PluginConfigInterfaceProtocolScheme {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(deserializer)?;
-        Ok(Self::from(s.as_str()))
-    }
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct PluginConfigUser {
-    #[serde(rename = "UID", default, skip_serializing_if = "Option::is_none")]
-    pub uid: Option<i64>,
-    #[serde(rename = "GID", default, skip_serializing_if = "Option::is_none")]
-    pub gid: Option<i64>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct PluginConfigNetwork {
-    #[serde(rename = "Type", default, skip_serializing_if = "Option::is_none")]
-    pub r#type: Option<String>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct PluginConfigLinux {
-    #[serde(
-        rename = "Capabilities",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub capabilities: Option<Vec<String>>,
-    #[serde(
-        rename = "AllowAllDevices",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub allow_all_devices: Option<bool>,
-    #[serde(rename = "Devices", default, skip_serializing_if = "Option::is_none")]
-    pub devices: Option<Vec<PluginDevice>>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct PluginConfigArgs {
-    #[serde(rename = "Name", default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    #[serde(
-        rename = "Description",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub description: Option<String>,
-    #[serde(rename = "Settable", default, skip_serializing_if = "Option::is_none")]
-    pub settable: Option<Vec<String>>,
-    #[serde(rename = "Value", default, skip_serializing_if = "Option::is_none")]
-    pub value: Option<Vec<String>>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct PluginConfigRootfs {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub r#type: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub diff_ids: Option<Vec<String>>,
-}
-
-/// The version number of the object such as node, service, etc. This is needed to avoid conflicting writes. The client must send the version number along with the modified specification when updating these objects.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ObjectVersion {
-    #[serde(rename = "Index", default, skip_serializing_if = "Option::is_none")]
-    pub index: Option<u64>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct NodeSpec {
-    /// Name for the node.
-    #[serde(rename = "Name", default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    /// User-defined key/value metadata.
-    #[serde(rename = "Labels", default, skip_serializing_if = "Option::is_none")]
-    pub labels: Option<std::collections::HashMap<String, String>>,
-    /// Role of the node.
-    #[serde(rename = "Role", default, skip_serializing_if = "Option::is_none")]
-    pub role: Option<NodeSpecRole>,
-    /// Availability of the node.
-    #[serde(
-        rename = "Availability",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub availability: Option<NodeSpecAvailability>,
-}
-
-/// Role of the node.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum NodeSpecRole {
-    /// `"worker"`
-    Worker,
-    /// `"manager"`
-    Manager,
-    /// A value these bindings do not know, kept as sent.
-    Other(String),
-}
-
-impl NodeSpecRole {
-    /// The value on the wire.
-    pub fn as_str(&self) -> &str {
-        match self {
-            Self::Worker => "worker",
-            Self::Manager => "manager",
-            Self::Other(s) => s,
-        }
-    }
-}
-
-impl From<&str> for NodeSpecRole {
-    fn from(s: &str) -> Self {
-        match s {
-            "worker" => Self::Worker,
-            "manager" => Self::Manager,
-            other => Self::Other(other.to_owned()),
-        }
-    }
-}
-
-impl std::fmt::Display for NodeSpecRole {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl Serialize for NodeSpecRole {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(self.as_str())
-    }
-}
-
-impl<'de> Deserialize<'de> for NodeSpecRole {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(deserializer)?;
-        Ok(Self::from(s.as_str()))
-    }
-}
-
-/// Availability of the node.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum NodeSpecAvailability {
-    /// `"active"`
-    Active,
-    /// `"pause"`
-    Pause,
-    /// `"drain"`
-    Drain,
-    /// A value these bindings do not know, kept as sent.
-    Other(String),
-}
-
-impl NodeSpecAvailability {
-    /// The value on the wire.
-    pub fn as_str(&self) -> &str {
-        match self {
-            Self::Active => "active",
-            Self::Pause => "pause",
-            Self::Drain => "drain",
-            Self::Other(s) => s,
-        }
-    }
-}
-
-impl From<&str> for NodeSpecAvailability {
-    fn from(s: &str) -> Self {
-        match s {
-            "active" => Self::Active,
-            "pause" => Self::Pause,
-            "drain" => Self::Drain,
-            other => Self::Other(other.to_owned()),
-        }
-    }
-}
-
-impl std::fmt::Display for NodeSpecAvailability {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl Serialize for NodeSpecAvailability {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(self.as_str())
-    }
-}
-
-impl<'de> Deserialize<'de> for NodeSpecAvailability {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(deserializer)?;
-        Ok(Self::from(s.as_str()))
-    }
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Node {
-    #[serde(rename = "ID", default, skip_serializing_if = "Option::is_none")]
-    pub id: Option<String>,
-    #[serde(rename = "Version", default, skip_serializing_if = "Option::is_none")]
-    pub version: Option<ObjectVersion>,
-    /// Date and time at which the node was added to the swarm in \[RFC 3339\](<https://www.ietf.org/rfc/rfc3339.txt>) format with nano-seconds.
-    #[serde(rename = "CreatedAt", default, skip_serializing_if = "Option::is_none")]
-    pub created_at: Option<String>,
-    /// Date and time at which the node was last updated in \[RFC 3339\](<https://www.ietf.org/rfc/rfc3339.txt>) format with nano-seconds.
-    #[serde(rename = "UpdatedAt", default, skip_serializing_if = "Option::is_none")]
-    pub updated_at: Option<String>,
-    #[serde(rename = "Spec", default, skip_serializing_if = "Option::is_none")]
-    pub spec: Option<NodeSpec>,
-    #[serde(
-        rename = "Description",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub description: Option<NodeDescription>,
-    #[serde(rename = "Status", default, skip_serializing_if = "Option::is_none")]
-    pub status: Option<NodeStatus>,
-    #[serde(
-        rename = "ManagerStatus",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub manager_status: Option<ManagerStatus>,
-}
-
-/// NodeDescription encapsulates the properties of the Node as reported by the agent.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct NodeDescription {
-    #[serde(rename = "Hostname", default, skip_serializing_if = "Option::is_none")]
-    pub hostname: Option<String>,
-    #[serde(rename = "Platform", default, skip_serializing_if = "Option::is_none")]
-    pub platform: Option<Platform>,
-    #[serde(rename = "Resources", default, skip_serializing_if = "Option::is_none")]
-    pub resources: Option<ResourceObject>,
-    #[serde(rename = "Engine", default, skip_serializing_if = "Option::is_none")]
-    pub engine: Option<EngineDescription>,
-    #[serde(rename = "TLSInfo", default, skip_serializing_if = "Option::is_none")]
-    pub tls_info: Option<TLSInfo>,
-}
-
-/// Platform represents the platform (Arch/OS).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Platform {
-    /// Architecture represents the hardware architecture (for example, `x86_64`).
-    #[serde(
-        rename = "Architecture",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub architecture: Option<String>,
-    /// OS represents the Operating System (for example, `linux` or `windows`).
-    #[serde(rename = "OS", default, skip_serializing_if = "Option::is_none")]
-    pub os: Option<String>,
-}
-
-/// EngineDescription provides information about an engine.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct EngineDescription {
-    #[serde(
-        rename = "EngineVersion",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub engine_version: Option<String>,
-    #[serde(rename = "Labels", default, skip_serializing_if = "Option::is_none")]
-    pub labels: Option<std::collections::HashMap<String, String>>,
-    #[serde(rename = "Plugins", default, skip_serializing_if = "Option::is_none")]
-    pub plugins: Option<Vec<EngineDescriptionPluginsItem>>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct EngineDescriptionPluginsItem {
-    #[serde(rename = "Type", default, skip_serializing_if = "Option::is_none")]
-    pub r#type: Option<String>,
-    #[serde(rename = "Name", default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-}
-
-/// Information about the issuer of leaf TLS certificates and the trusted root CA certificate.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct TLSInfo {
-    /// The root CA certificate(s) that are used to validate leaf TLS certificates.
-    #[serde(rename = "TrustRoot", default, skip_serializing_if = "Option::is_none")]
-    pub trust_root: Option<String>,
-    /// The base64-url-safe-encoded raw subject bytes of the issuer.
-    #[serde(
-        rename = "CertIssuerSubject",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub cert_issuer_subject: Option<String>,
-    /// The base64-url-safe-encoded raw public key bytes of the issuer.
-    #[serde(
-        rename = "CertIssuerPublicKey",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub cert_issuer_public_key: Option<String>,
-}
-
-/// NodeStatus represents the status of a node.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct NodeStatus {
-    #[serde(rename = "State", default, skip_serializing_if = "Option::is_none")]
-    pub state: Option<NodeState>,
-    #[serde(rename = "Message", default, skip_serializing_if = "Option::is_none")]
-    pub message: Option<String>,
-    /// IP address of the node.
-    #[serde(rename = "Addr", default, skip_serializing_if = "Option::is_none")]
-    pub addr: Option<String>,
-}
-
-/// NodeState represents the state of a node.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum NodeState {
-    /// `"unknown"`
-    Unknown,
-    /// `"down"`
-    Down,
-    /// `"ready"`
-    Ready,
-    /// `"disconnected"`
-    Disconnected,
-    /// A value these bindings do not know, kept as sent.
-    Other(String),
-}
-
-impl NodeState {
-    /// The value on the wire.
-    pub fn as_str(&self) -> &str {
-        match self {
-            Self::Unknown => "unknown",
-            Self::Down => "down",
-            Self::Ready => "ready",
-            Self::Disconnected => "disconnected",
-            Self::Other(s) => s,
-        }
-    }
-}
-
-impl From<&str> for NodeState {
-    fn from(s: &str) -> Self {
-        match s {
-            "unknown" => Self::Unknown,
-            "down" => Self::Down,
-            "ready" => Self::Ready,
-            "disconnected" => Self::Disconnected,
-            other => Self::Other(other.to_owned()),
-        }
-    }
-}
-
-impl std::fmt::Display for NodeState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl Serialize for NodeState {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(self.as_str())
-    }
-}
-
-impl<'de> Deserialize<'de> for NodeState {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(deserializer)?;
-        Ok(Self::from(s.as_str()))
-    }
-}
-
-/// ManagerStatus represents the status of a manager.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ManagerStatus {
-    #[serde(rename = "Leader", default, skip_serializing_if = "Option::is_none")]
-    pub leader: Option<bool>,
-    #[serde(
-        rename = "Reachability",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub reachability: Option<Reachability>,
-    /// The IP address and port at which the manager is reachable.
-    #[serde(rename = "Addr", default, skip_serializing_if = "Option::is_none")]
-    pub addr: Option<String>,
-}
-
-/// Reachability represents the reachability of a node.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Reachability {
-    /// `"unknown"`
-    Unknown,
-    /// `"unreachable"`
-    Unreachable,
-    /// `"reachable"`
-    Reachable,
-    /// A value these bindings do not know, kept as sent.
-    Other(String),
-}
-
-impl Reachability {
-    /// The value on the wire.
-    pub fn as_str(&self) -> &str {
-        match self {
-            Self::Unknown => "unknown",
-            Self::Unreachable => "unreachable",
-            Self::Reachable => "reachable",
-            Self::Other(s) => s,
-        }
-    }
-}
-
-impl From<&str> for Reachability {
-    fn from(s: &str) -> Self {
-        match s {
-            "unknown" => Self::Unknown,
-            "unreachable" => Self::Unreachable,
-            "reachable" => Self::Reachable,
-            other => Self::Other(other.to_owned()),
-        }
-    }
-}
-
-impl std::fmt::Display for Reachability {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl Serialize for Reachability {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(self.as_str())
-    }
-}
-
-impl<'de> Deserialize<'de> for Reachability {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(deserializer)?;
-        Ok(Self::from(s.as_str()))
-    }
-}
-
-/// User modifiable swarm configuration.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct SwarmSpec {
-    /// Name of the swarm.
-    #[serde(rename = "Name", default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    /// User-defined key/value metadata.
-    #[serde(rename = "Labels", default, skip_serializing_if = "Option::is_none")]
-    pub labels: Option<std::collections::HashMap<String, String>>,
-    /// Orchestration configuration.
-    #[serde(
-        rename = "Orchestration",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub orchestration: Option<SwarmSpecOrchestration>,
-    /// Raft configuration.
-    #[serde(rename = "Raft", default, skip_serializing_if = "Option::is_none")]
-    pub raft: Option<SwarmSpecRaft>,
-    /// Dispatcher configuration.
-    #[serde(
-        rename = "Dispatcher",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub dispatcher: Option<SwarmSpecDispatcher>,
-    /// CA configuration.
-    #[serde(rename = "CAConfig", default, skip_serializing_if = "Option::is_none")]
-    pub ca_config: Option<SwarmSpecCAConfig>,
-    /// Parameters related to encryption-at-rest.
-    #[serde(
-        rename = "EncryptionConfig",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub encryption_config: Option<SwarmSpecEncryptionConfig>,
-    /// Defaults for creating tasks in this cluster.
-    #[serde(
-        rename = "TaskDefaults",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub task_defaults: Option<SwarmSpecTaskDefaults>,
-}
-
-/// Orchestration configuration.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct SwarmSpecOrchestration {
-    /// The number of historic tasks to keep per instance or node. If negative, never remove completed or failed tasks.
-    #[serde(
-        rename = "TaskHistoryRetentionLimit",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub task_history_retention_limit: Option<i64>,
-}
-
-/// Raft configuration.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct SwarmSpecRaft {
-    /// The number of log entries between snapshots.
-    #[serde(
-        rename = "SnapshotInterval",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub snapshot_interval: Option<u64>,
-    /// The number of snapshots to keep beyond the current snapshot.
-    #[serde(
-        rename = "KeepOldSnapshots",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub keep_old_snapshots: Option<u64>,
-    /// The number of log entries to keep around to sync up slow followers after a snapshot is created.
-    #[serde(
-        rename = "LogEntriesForSlowFollowers",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub log_entries_for_slow_followers: Option<u64>,
-    /// The number of ticks that a follower will wait for a message from the leader before becoming a candidate and starting an election. `ElectionTick` must be greater than `HeartbeatTick`.
-    #[serde(
-        rename = "ElectionTick",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub election_tick: Option<i64>,
-    /// The number of ticks between heartbeats. Every HeartbeatTick ticks, the leader will send a heartbeat to the followers.
-    #[serde(
-        rename = "HeartbeatTick",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub heartbeat_tick: Option<i64>,
-}
-
-/// Dispatcher configuration.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct SwarmSpecDispatcher {
-    /// The delay for an agent to send a heartbeat to the dispatcher.
-    #[serde(
-        rename = "HeartbeatPeriod",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub heartbeat_period: Option<i64>,
-}
-
-/// CA configuration.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct SwarmSpecCAConfig {
-    /// The duration node certificates are issued for.
-    #[serde(
-        rename = "NodeCertExpiry",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub node_cert_expiry: Option<i64>,
-    /// Configuration for forwarding signing requests to an external certificate authority.
-    #[serde(
-        rename = "ExternalCAs",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub external_c_as: Option<Vec<SwarmSpecCAConfigExternalCAsItem>>,
-    /// The desired signing CA certificate for all swarm node TLS leaf certificates, in PEM format.
-    #[serde(
-        rename = "SigningCACert",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub signing_ca_cert: Option<String>,
-    /// The desired signing CA key for all swarm node TLS leaf certificates, in PEM format.
-    #[serde(
-        rename = "SigningCAKey",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub signing_ca_key: Option<String>,
-    /// An integer whose purpose is to force swarm to generate a new signing CA certificate and key, if none have been specified in `SigningCACert` and `SigningCAKey`
-    #[serde(
-        rename = "ForceRotate",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub force_rotate: Option<u64>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct SwarmSpecCAConfigExternalCAsItem {
-    /// Protocol for communication with the external CA (currently only `cfssl` is supported).
-    #[serde(rename = "Protocol", default, skip_serializing_if = "Option::is_none")]
-    pub protocol: Option<SwarmSpecCAConfigExternalCAsItemProtocol>,
-    /// URL where certificate signing requests should be sent.
-    #[serde(rename = "URL", default, skip_serializing_if = "Option::is_none")]
-    pub url: Option<String>,
-    /// An object with key/value pairs that are interpreted as protocol-specific options for the external CA driver.
-    #[serde(rename = "Options", default, skip_serializing_if = "Option::is_none")]
-    pub options: Option<std::collections::HashMap<String, String>>,
-    /// The root CA certificate (in PEM format) this external CA uses to issue TLS certificates (assumed to be to the current swarm root CA certificate if not provided).
-    #[serde(rename = "CACert", default, skip_serializing_if = "Option::is_none")]
-    pub ca_cert: Option<String>,
-}
-
-/// Protocol for communication with the external CA (currently only `cfssl` is supported).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum SwarmSpecCAConfigExternalCAsItemProtocol {
-    /// `"cfssl"`
-    Cfssl,
-    /// A value these bindings do not know, kept as sent.
-    Other(String),
-}
-
-impl SwarmSpecCAConfigExternalCAsItemProtocol {
-    /// The value on the wire.
-    pub fn as_str(&self) -> &str {
-        match self {
-            Self::Cfssl => "cfssl",
-            Self::Other(s) => s,
-        }
-    }
-}
-
-impl From<&str> for SwarmSpecCAConfigExternalCAsItemProtocol {
-    fn from(s: &str) -> Self {
-        match s {
-            "cfssl" => Self::Cfssl,
-            other => Self::Other(other.to_owned()),
-        }
-    }
-}
-
-impl std::fmt::Display for SwarmSpecCAConfigExternalCAsItemProtocol {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl Serialize for SwarmSpecCAConfigExternalCAsItemProtocol {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(self.as_str())
-    }
-}
-
-impl<'de> Deserialize<'de> for SwarmSpecCAConfigExternalCAsItemProtocol {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(deserializer)?;
-        Ok(Self::from(s.as_str()))
-    }
-}
-
-/// Parameters related to encryption-at-rest.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct SwarmSpecEncryptionConfig {
-    /// If set, generate a key and use it to lock data stored on the managers.
-    #[serde(
-        rename = "AutoLockManagers",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub auto_lock_managers: Option<bool>,
-}
-
-/// Defaults for creating tasks in this cluster.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct SwarmSpecTaskDefaults {
-    /// The log driver to use for tasks created in the orchestrator if unspecified by a service.
-    #[serde(rename = "LogDriver", default, skip_serializing_if = "Option::is_none")]
-    pub log_driver: Option<SwarmSpecTaskDefaultsLogDriver>,
-}
-
-/// The log driver to use for tasks created in the orchestrator if unspecified by a service.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct SwarmSpecTaskDefaultsLogDriver {
-    /// The log driver to use as a default for new tasks.
-    #[serde(rename = "Name", default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    /// Driver-specific options for the selected log driver, specified as key/value pairs.
-    #[serde(rename = "Options", default, skip_serializing_if = "Option::is_none")]
-    pub options: Option<std::collections::HashMap<String, String>>,
-}
-
-/// ClusterInfo represents information about the swarm as is returned by the "/info" endpoint. Join-tokens are not included.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ClusterInfo {
-    /// The ID of the swarm.
-    #[serde(rename = "ID", default, skip_serializing_if = "Option::is_none")]
-    pub id: Option<String>,
-    #[serde(rename = "Version", default, skip_serializing_if = "Option::is_none")]
-    pub version: Option<ObjectVersion>,
-    /// Date and time at which the swarm was initialised in \[RFC 3339\](<https://www.ietf.org/rfc/rfc3339.txt>) format with nano-seconds.
-    #[serde(rename = "CreatedAt", default, skip_serializing_if = "Option::is_none")]
-    pub created_at: Option<String>,
-    /// Date and time at which the swarm was last updated in \[RFC 3339\](<https://www.ietf.org/rfc/rfc3339.txt>) format with nano-seconds.
-    #[serde(rename = "UpdatedAt", default, skip_serializing_if = "Option::is_none")]
-    pub updated_at: Option<String>,
-    #[serde(rename = "Spec", default, skip_serializing_if = "Option::is_none")]
-    pub spec: Option<SwarmSpec>,
-    #[serde(rename = "TLSInfo", default, skip_serializing_if = "Option::is_none")]
-    pub tls_info: Option<TLSInfo>,
-    /// Whether there is currently a root CA rotation in progress for the swarm
-    #[serde(
-        rename = "RootRotationInProgress",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub root_rotation_in_progress: Option<bool>,
-    /// DataPathPort specifies the data path port number for data traffic. Acceptable port range is 1024 to 49151. If no port is set or is set to 0, the default port (4789) is used.
-    #[serde(
-        rename = "DataPathPort",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub data_path_port: Option<i64>,
-    /// Default Address Pool specifies default subnet pools for global scope networks.
-    #[serde(
-        rename = "DefaultAddrPool",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub default_addr_pool: Option<Vec<String>>,
-    /// SubnetSize specifies the subnet size of the networks created from the default subnet pool.
-    #[serde(
-        rename = "SubnetSize",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub subnet_size: Option<i64>,
-}
-
-/// JoinTokens contains the tokens workers and managers need to join the swarm.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct JoinTokens {
-    /// The token workers can use to join the swarm.
-    #[serde(rename = "Worker", default, skip_serializing_if = "Option::is_none")]
-    pub worker: Option<String>,
-    /// The token managers can use to join the swarm.
-    #[serde(rename = "Manager", default, skip_serializing_if = "Option::is_none")]
-    pub manager: Option<String>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Swarm {
-    /// The ID of the swarm.
-    #[serde(rename = "ID", default, skip_serializing_if = "Option::is_none")]
-    pub id: Option<String>,
-    #[serde(rename = "Version", default, skip_serializing_if = "Option::is_none")]
-    pub version: Option<ObjectVersion>,
-    /// Date and time at which the swarm was initialised in \[RFC 3339\](<https://www.ietf.org/rfc/rfc3339.txt>) format with nano-seconds.
-    #[serde(rename = "CreatedAt", default, skip_serializing_if = "Option::is_none")]
-    pub created_at: Option<String>,
-    /// Date and time at which the swarm was last updated in \[RFC 3339\](<https://www.ietf.org/rfc/rfc3339.txt>) format with nano-seconds.
-    #[serde(rename = "UpdatedAt", default, skip_serializing_if = "Option::is_none")]
-    pub updated_at: Option<String>,
-    #[serde(rename = "Spec", default, skip_serializing_if = "Option::is_none")]
-    pub spec: Option<SwarmSpec>,
-    #[serde(rename = "TLSInfo", default, skip_serializing_if = "Option::is_none")]
-    pub tls_info: Option<TLSInfo>,
-    /// Whether there is currently a root CA rotation in progress for the swarm
-    #[serde(
-        rename = "RootRotationInProgress",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub root_rotation_in_progress: Option<bool>,
-    /// DataPathPort specifies the data path port number for data traffic. Acceptable port range is 1024 to 49151. If no port is set or is set to 0, the default port (4789) is used.
-    #[serde(
-        rename = "DataPathPort",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub data_path_port: Option<i64>,
-    /// Default Address Pool specifies default subnet pools for global scope networks.
-    #[serde(
-        rename = "DefaultAddrPool",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub default_addr_pool: Option<Vec<String>>,
-    /// SubnetSize specifies the subnet size of the networks created from the default subnet pool.
-    #[serde(
-        rename = "SubnetSize",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub subnet_size: Option<i64>,
-    #[serde(
-        rename = "JoinTokens",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub join_tokens: Option<JoinTokens>,
-}
-
-/// User modifiable task configuration.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct TaskSpec {
-    /// Plugin spec for the service.  *(Experimental release only.)*
-    #[serde(
-        rename = "PluginSpec",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub plugin_spec: Option<TaskSpecPluginSpec>,
-    /// Container spec for the service.
-    #[serde(
-        rename = "ContainerSpec",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub container_spec: Option<TaskSpecContainerSpec>,
-    /// Read-only spec type for non-swarm containers attached to swarm overlay networks.
-    #[serde(
-        rename = "NetworkAttachmentSpec",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub network_attachment_spec: Option<TaskSpecNetworkAttachmentSpec>,
-    /// Resource requirements which apply to each individual container created as part of the service.
-    #[serde(rename = "Resources", default, skip_serializing_if = "Option::is_none")]
-    pub resources: Option<TaskSpecResources>,
-    /// Specification for the restart policy which applies to containers created as part of this service.
-    #[serde(
-        rename = "RestartPolicy",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub restart_policy: Option<TaskSpecRestartPolicy>,
-    #[serde(rename = "Placement", default, skip_serializing_if = "Option::is_none")]
-    pub placement: Option<TaskSpecPlacement>,
-    /// A counter that triggers an update even if no relevant parameters have been changed.
-    #[serde(
-        rename = "ForceUpdate",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub force_update: Option<u64>,
-    /// Runtime is the type of runtime specified for the task executor.
-    #[serde(rename = "Runtime", default, skip_serializing_if = "Option::is_none")]
-    pub runtime: Option<String>,
-    /// Specifies which networks the service should attach to.
-    #[serde(rename = "Networks", default, skip_serializing_if = "Option::is_none")]
-    pub networks: Option<Vec<NetworkAttachmentConfig>>,
-    /// Specifies the log driver to use for tasks created from this spec. If not present, the default one for the swarm will be used, finally falling back to the engine default if not specified.
-    #[serde(rename = "LogDriver", default, skip_serializing_if = "Option::is_none")]
-    pub log_driver: Option<TaskSpecLogDriver>,
-}
-
-/// Plugin spec for the service.  *(Experimental release only.)*
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct TaskSpecPluginSpec {
-    /// The name or 'alias' to use for the plugin.
-    #[serde(rename = "Name", default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    /// The plugin image reference to use.
-    #[serde(rename = "Remote", default, skip_serializing_if = "Option::is_none")]
-    pub remote: Option<String>,
-    /// Disable the plugin once scheduled.
-    #[serde(rename = "Disabled", default, skip_serializing_if = "Option::is_none")]
-    pub disabled: Option<bool>,
-    #[serde(
-        rename = "PluginPrivilege",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub plugin_privilege: Option<Vec<PluginPrivilege>>,
-}
-
-/// Container spec for the service.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct TaskSpecContainerSpec {
-    /// The image name to use for the container
-    #[serde(rename = "Image", default, skip_serializing_if = "Option::is_none")]
-    pub image: Option<String>,
-    /// User-defined key/value data.
-    #[serde(rename = "Labels", default, skip_serializing_if = "Option::is_none")]
-    pub labels: Option<std::collections::HashMap<String, String>>,
-    /// The command to be run in the image.
-    #[serde(rename = "Command", default, skip_serializing_if = "Option::is_none")]
-    pub command: Option<Vec<String>>,
-    /// Arguments to the command.
-    #[serde(rename = "Args", default, skip_serializing_if = "Option::is_none")]
-    pub args: Option<Vec<String>>,
-    /// The hostname to use for the container, as a valid \[RFC 1123\](<https://tools.ietf.org/html/rfc1123>) hostname.
-    #[serde(rename = "Hostname", default, skip_serializing_if = "Option::is_none")]
-    pub hostname: Option<String>,
-    /// A list of environment variables in the form `VAR=value`.
-    #[serde(rename = "Env", default, skip_serializing_if = "Option::is_none")]
-    pub env: Option<Vec<String>>,
-    /// The working directory for commands to run in.
-    #[serde(rename = "Dir", default, skip_serializing_if = "Option::is_none")]
-    pub dir: Option<String>,
-    /// The user inside the container.
-    #[serde(rename = "User", default, skip_serializing_if = "Option::is_none")]
-    pub user: Option<String>,
-    /// A list of additional groups that the container process will run as.
-    #[serde(rename = "Groups", default, skip_serializing_if = "Option::is_none")]
-    pub groups: Option<Vec<String>>,
-    /// Security options for the container
-    #[serde(
-        rename = "Privileges",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub privileges: Option<TaskSpecContainerSpecPrivileges>,
-    /// Whether a pseudo-TTY should be allocated.
-    #[serde(rename = "TTY", default, skip_serializing_if = "Option::is_none")]
-    pub tty: Option<bool>,
-    /// Open `stdin`
-    #[serde(rename = "OpenStdin", default, skip_serializing_if = "Option::is_none")]
-    pub open_stdin: Option<bool>,
-    /// Mount the container's root filesystem as read only.
-    #[serde(rename = "ReadOnly", default, skip_serializing_if = "Option::is_none")]
-    pub read_only: Option<bool>,
-    /// Specification for mounts to be added to containers created as part of the service.
-    #[serde(rename = "Mounts", default, skip_serializing_if = "Option::is_none")]
-    pub mounts: Option<Vec<Mount>>,
-    /// Signal to stop the container.
-    #[serde(
-        rename = "StopSignal",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub stop_signal: Option<String>,
-    /// Amount of time to wait for the container to terminate before forcefully killing it.
-    #[serde(
-        rename = "StopGracePeriod",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub stop_grace_period: Option<i64>,
-    #[serde(
-        rename = "HealthCheck",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub health_check: Option<HealthConfig>,
-    /// A list of hostname/IP mappings to add to the container's `hosts` file. The format of extra hosts is specified in the \[hosts(5)\](<http://man7.org/linux/man-pages/man5/hosts.5.html>) man page:
-    #[serde(rename = "Hosts", default, skip_serializing_if = "Option::is_none")]
-    pub hosts: Option<Vec<String>>,
-    /// Specification for DNS related configurations in resolver configuration file (`resolv.conf`).
-    #[serde(rename = "DNSConfig", default, skip_serializing_if = "Option::is_none")]
-    pub dns_config: Option<TaskSpecContainerSpecDNSConfig>,
-    /// Secrets contains references to zero or more secrets that will be exposed to the service.
-    #[serde(rename = "Secrets", default, skip_serializing_if = "Option::is_none")]
-    pub secrets: Option<Vec<TaskSpecContainerSpecSecretsItem>>,
-    /// An integer value containing the score given to the container in order to tune OOM killer preferences.
-    #[serde(
-        rename = "OomScoreAdj",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub oom_score_adj: Option<i64>,
-    /// Configs contains references to zero or more configs that will be exposed to the service.
-    #[serde(rename = "Configs", default, skip_serializing_if = "Option::is_none")]
-    pub configs: Option<Vec<TaskSpecContainerSpecConfigsItem>>,
-    /// Isolation technology of the containers running the service. (Windows only)
-    #[serde(rename = "Isolation", default, skip_serializing_if = "Option::is_none")]
-    pub isolation: Option<TaskSpecContainerSpecIsolation>,
-    /// Run an init inside the container that forwards signals and reaps processes. This field is omitted if empty, and the default (as configured on the daemon) is used.
-    #[serde(rename = "Init", default, skip_serializing_if = "Option::is_none")]
-    pub init: Option<bool>,
-    /// Set kernel namedspaced parameters (sysctls) in the container. The Sysctls option on services accepts the same sysctls as the are supported on containers. Note that while the same sysctls are supported, no guarantees or checks are made about their suitability for a clustered environment, and it's up to the user to determine whether a given sysctl will work properly in a Service.
-    #[serde(rename = "Sysctls", default, skip_serializing_if = "Option::is_none")]
-    pub sysctls: Option<std::collections::HashMap<String, String>>,
-    /// A list of kernel capabilities to add to the default set for the container.
-    #[serde(
-        rename = "CapabilityAdd",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub capability_add: Option<Vec<String>>,
-    /// A list of kernel capabilities to drop from the default set for the container.
-    #[serde(
-        rename = "CapabilityDrop",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub capability_drop: Option<Vec<String>>,
-    /// A list of resource limits to set in the container. For example: `{"Name": "nofile", "Soft": 1024, "Hard": 2048}`"
-    #[serde(rename = "Ulimits", default, skip_serializing_if = "Option::is_none")]
-    pub ulimits: Option<Vec<TaskSpecContainerSpecUlimitsItem>>,
-}
-
-/// Security options for the container
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct TaskSpecContainerSpecPrivileges {
-    /// CredentialSpec for managed service account (Windows only)
-    #[serde(
-        rename = "CredentialSpec",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub credential_spec: Option<TaskSpecContainerSpecPrivilegesCredentialSpec>,
-    /// SELinux labels of the container
-    #[serde(
-        rename = "SELinuxContext",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub se_linux_context: Option<TaskSpecContainerSpecPrivilegesSELinuxContext>,
-    /// Options for configuring seccomp on the container
-    #[serde(rename = "Seccomp", default, skip_serializing_if = "Option::is_none")]
-    pub seccomp: Option<TaskSpecContainerSpecPrivilegesSeccomp>,
-    /// Options for configuring AppArmor on the container
-    #[serde(rename = "AppArmor", default, skip_serializing_if = "Option::is_none")]
-    pub app_armor: Option<TaskSpecContainerSpecPrivilegesAppArmor>,
-    /// Configuration of the no_new_privs bit in the container
-    #[serde(
-        rename = "NoNewPrivileges",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub no_new_privileges: Option<bool>,
-}
-
-/// CredentialSpec for managed service account (Windows only)
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct TaskSpecContainerSpecPrivilegesCredentialSpec {
-    /// Load credential spec from a Swarm Config with the given ID. The specified config must also be present in the Configs field with the Runtime property set.
-    #[serde(rename = "Config", default, skip_serializing_if = "Option::is_none")]
-    pub config: Option<String>,
-    /// Load credential spec from this file. The file is read by the daemon, and must be present in the `CredentialSpecs` subdirectory in the docker data directory, which defaults to `C:\ProgramData\Docker\` on Windows.
-    #[serde(rename = "File", default, skip_serializing_if = "Option::is_none")]
-    pub file: Option<String>,
-    /// Load credential spec from this value in the Windows registry. The specified registry value must be located in:
-    #[serde(rename = "Registry", default, skip_serializing_if = "Option::is_none")]
-    pub registry: Option<String>,
-}
-
-/// SELinux labels of the container
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct TaskSpecContainerSpecPrivilegesSELinuxContext {
-    /// Disable SELinux
-    #[serde(rename = "Disable", default, skip_serializing_if = "Option::is_none")]
-    pub disable: Option<bool>,
-    /// SELinux user label
-    #[serde(rename = "User", default, skip_serializing_if = "Option::is_none")]
-    pub user: Option<String>,
-    /// SELinux role label
-    #[serde(rename = "Role", default, skip_serializing_if = "Option::is_none")]
-    pub role: Option<String>,
-    /// SELinux type label
-    #[serde(rename = "Type", default, skip_serializing_if = "Option::is_none")]
-    pub r#type: Option<String>,
-    /// SELinux level label
-    #[serde(rename = "Level", default, skip_serializing_if = "Option::is_none")]
-    pub level: Option<String>,
-}
-
-/// Options for configuring seccomp on the container
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct TaskSpecContainerSpecPrivilegesSeccomp {
-    #[serde(rename = "Mode", default, skip_serializing_if = "Option::is_none")]
-    pub mode: Option<TaskSpecContainerSpecPrivilegesSeccompMode>,
-    /// The custom seccomp profile as a json object
-    #[serde(rename = "Profile", default, skip_serializing_if = "Option::is_none")]
-    pub profile: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum TaskSpecContainerSpecPrivilegesSeccompMode {
-    /// `"default"`
-    Default,
-    /// `"unconfined"`
-    Unconfined,
-    /// `"custom"`
-    Custom,
-    /// A value these bindings do not know, kept as sent.
-    Other(String),
-}
-
-impl TaskSpecContainerSpecPrivilegesSeccompMode {
-    /// The value on the wire.
-    pub fn as_str(&self) -> &str {
-        match self {
-            Self::Default => "default",
-            Self::Unconfined => "unconfined",
-            Self::Custom => "custom",
-            Self::Other(s) => s,
-        }
-    }
-}
-
-impl From<&str> for TaskSpecContainerSpecPrivilegesSeccompMode {
-    fn from(s: &str) -> Self {
-        match s {
-            "default" => Self::Default,
-            "unconfined" => Self::Unconfined,
-            "custom" => Self::Custom,
-            other => Self::Other(other.to_owned()),
-        }
-    }
-}
-
-impl std::fmt::Display for TaskSpecContainerSpecPrivilegesSeccompMode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl Serialize for TaskSpecContainerSpecPrivilegesSeccompMode {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(self.as_str())
-    }
-}
-
-impl<'de> Deserialize<'de> for TaskSpecContainerSpecPrivilegesSeccompMode {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(deserializer)?;
-        Ok(Self::from(s.as_str()))
-    }
-}
-
-/// Options for configuring AppArmor on the container
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct TaskSpecContainerSpecPrivilegesAppArmor {
-    #[serde(rename = "Mode", default, skip_serializing_if = "Option::is_none")]
-    pub mode: Option<TaskSpecContainerSpecPrivilegesAppArmorMode>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum TaskSpecContainerSpecPrivilegesAppArmorMode {
-    /// `"default"`
-    Default,
-    /// `"disabled"`
-    Disabled,
-    /// A value these bindings do not know, kept as sent.
-    Other(String),
-}
-
-impl TaskSpecContainerSpecPrivilegesAppArmorMode {
-    /// The value on the wire.
-    pub fn as_str(&self) -> &str {
-        match self {
-            Self::Default => "default",
-            Self::Disabled => "disabled",
-            Self::Other(s) => s,
-        }
-    }
-}
-
-impl From<&str> for TaskSpecContainerSpecPrivilegesAppArmorMode {
-    fn from(s: &str) -> Self {
-        match s {
-            "default" => Self::Default,
-            "disabled" => Self::Disabled,
-            other => Self::Other(other.to_owned()),
-        }
-    }
-}
-
-impl std::fmt::Display for TaskSpecContainerSpecPrivilegesAppArmorMode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl Serialize for TaskSpecContainerSpecPrivilegesAppArmorMode {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(self.as_str())
-    }
-}
-
-impl<'de> Deserialize<'de> for TaskSpecContainerSpecPrivilegesAppArmorMode {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(deserializer)?;
-        Ok(Self::from(s.as_str()))
-    }
-}
-
-/// Specification for DNS related configurations in resolver configuration file (`resolv.conf`).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct TaskSpecContainerSpecDNSConfig {
-    /// The IP addresses of the name servers.
-    #[serde(
-        rename = "Nameservers",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub nameservers: Option<Vec<String>>,
-    /// A search list for host-name lookup.
-    #[serde(rename = "Search", default, skip_serializing_if = "Option::is_none")]
-    pub search: Option<Vec<String>>,
-    /// A list of internal resolver variables to be modified (e.g., `debug`, `ndots:3`, etc.).
-    #[serde(rename = "Options", default, skip_serializing_if = "Option::is_none")]
-    pub options: Option<Vec<String>>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct TaskSpecContainerSpecSecretsItem {
-    /// File represents a specific target that is backed by a file.
-    #[serde(rename = "File", default, skip_serializing_if = "Option::is_none")]
-    pub file: Option<TaskSpecContainerSpecSecretsItemFile>,
-    /// SecretID represents the ID of the specific secret that we're referencing.
-    #[serde(rename = "SecretID", default, skip_serializing_if = "Option::is_none")]
-    pub secret_id: Option<String>,
-    /// SecretName is the name of the secret that this references, but this is just provided for lookup/display purposes. The secret in the reference will be identified by its ID.
-    #[serde(
-        rename = "SecretName",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub secret_name: Option<String>,
-}
-
-/// File represents a specific target that is backed by a file.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct TaskSpecContainerSpecSecretsItemFile {
-    /// Name represents the final filename in the filesystem.
-    #[serde(rename = "Name", default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    /// UID represents the file UID.
-    #[serde(rename = "UID", default, skip_serializing_if = "Option::is_none")]
-    pub uid: Option<String>,
-    /// GID represents the file GID.
-    #[serde(rename = "GID", default, skip_serializing_if = "Option::is_none")]
-    pub gid: Option<String>,
-    /// Mode represents the FileMode of the file.
-    #[serde(rename = "Mode", default, skip_serializing_if = "Option::is_none")]
-    pub mode: Option<i64>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct TaskSpecContainerSpecConfigsItem {
-    /// File represents a specific target that is backed by a file.
-    #[serde(rename = "File", default, skip_serializing_if = "Option::is_none")]
-    pub file: Option<TaskSpecContainerSpecConfigsItemFile>,
-    /// Runtime represents a target that is not mounted into the container but is used by the task
-    #[serde(rename = "Runtime", default, skip_serializing_if = "Option::is_none")]
-    pub runtime: Option<serde_json::Value>,
-    /// ConfigID represents the ID of the specific config that we're referencing.
-    #[serde(rename = "ConfigID", default, skip_serializing_if = "Option::is_none")]
-    pub config_id: Option<String>,
-    /// ConfigName is the name of the config that this references, but this is just provided for lookup/display purposes. The config in the reference will be identified by its ID.
-    #[serde(
-        rename = "ConfigName",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub config_name: Option<String>,
-}
-
-/// File represents a specific target that is backed by a file.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct TaskSpecContainerSpecConfigsItemFile {
-    /// Name represents the final filename in the filesystem.
-    #[serde(rename = "Name", default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    /// UID represents the file UID.
-    #[serde(rename = "UID", default, skip_serializing_if = "Option::is_none")]
-    pub uid: Option<String>,
-    /// GID represents the file GID.
-    #[serde(rename = "GID", default, skip_serializing_if = "Option::is_none")]
-    pub gid: Option<String>,
-    /// Mode represents the FileMode of the file.
-    #[serde(rename = "Mode", default, skip_serializing_if = "Option::is_none")]
-    pub mode: Option<i64>,
-}
-
-/// Isolation technology of the containers running the service. (Windows only)
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum TaskSpecContainerSpecIsolation {
-    /// `"default"`
-    Default,
-    /// `"process"`
-    Process,
-    /// `"hyperv"`
-    Hyperv,
-    /// `""`
-    Empty,
-    /// A value these bindings do not know, kept as sent.
-    Other(String),
-}
-
-impl TaskSpecContainerSpecIsolation {
-    /// The value on the wire.
-    pub fn as_str(&self) -> &str {
-        match self {
-            Self::Default => "default",
-            Self::Process => "process",
-            Self::Hyperv => "hyperv",
-            Self::Empty => "",
-            Self::Other(s) => s,
-        }
-    }
-}
-
-impl From<&str> for TaskSpecContainerSpecIsolation {
-    fn from(s: &str) -> Self {
-        match s {
-            "default" => Self::Default,
-            "process" => Self::Process,
-            "hyperv" => Self::Hyperv,
-            "" => Self::Empty,
-            other => Self::Other(other.to_owned()),
-        }
-    }
-}
-
-impl std::fmt::Display for TaskSpecContainerSpecIsolation {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl Serialize for TaskSpecContainerSpecIsolation {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(self.as_str())
-    }
-}
-
-impl<'de> Deserialize<'de> for TaskSpecContainerSpecIsolation {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(deserializer)?;
-        Ok(Self::from(s.as_str()))
-    }
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct TaskSpecContainerSpecUlimitsItem {
-    /// Name of ulimit
-    #[serde(rename = "Name", default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    /// Soft limit
-    #[serde(rename = "Soft", default, skip_serializing_if = "Option::is_none")]
-    pub soft: Option<i64>,
-    /// Hard limit
-    #[serde(rename = "Hard", default, skip_serializing_if = "Option::is_none")]
-    pub hard: Option<i64>,
-}
-
-/// Read-only spec type for non-swarm containers attached to swarm overlay networks.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct TaskSpecNetworkAttachmentSpec {
-    /// ID of the container represented by this task
-    #[serde(
-        rename = "ContainerID",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub container_id: Option<String>,
-}
-
-/// Resource requirements which apply to each individual container created as part of the service.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct TaskSpecResources {
-    /// Define resources limits.
-    #[serde(rename = "Limits", default, skip_serializing_if = "Option::is_none")]
-    pub limits: Option<Limit>,
-    /// Define resources reservation.
-    #[serde(
-        rename = "Reservations",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub reservations: Option<ResourceObject>,
-}
-
-/// Specification for the restart policy which applies to containers created as part of this service.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct TaskSpecRestartPolicy {
-    /// Condition for restart.
-    #[serde(rename = "Condition", default, skip_serializing_if = "Option::is_none")]
-    pub condition: Option<TaskSpecRestartPolicyCondition>,
-    /// Delay between restart attempts.
-    #[serde(rename = "Delay", default, skip_serializing_if = "Option::is_none")]
-    pub delay: Option<i64>,
-    /// Maximum attempts to restart a given container before giving up (default value is 0, which is ignored).
-    #[serde(
-        rename = "MaxAttempts",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub max_attempts: Option<i64>,
-    /// Windows is the time window used to evaluate the restart policy (default value is 0, which is unbounded).
-    #[serde(rename = "Window", default, skip_serializing_if = "Option::is_none")]
-    pub window: Option<i64>,
-}
-
-/// Condition for restart.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum TaskSpecRestartPolicyCondition {
-    /// `"none"`
-    None,
-    /// `"on-failure"`
-    OnFailure,
-    /// `"any"`
-    Any,
-    /// A value these bindings do not know, kept as sent.
-    Other(String),
-}
-
-impl TaskSpecRestartPolicyCondition {
-    /// The value on the wire.
-    pub fn as_str(&self) -> &str {
-        match self {
-            Self::None => "none",
-            Self::OnFailure => "on-failure",
-            Self::Any => "any",
-            Self::Other(s) => s,
-        }
-    }
-}
-
-impl From<&str> for TaskSpecRestartPolicyCondition {
-    fn from(s: &str) -> Self {
-        match s {
-            "none" => Self::None,
-            "on-failure" => Self::OnFailure,
-            "any" => Self::Any,
-            other => Self::Other(other.to_owned()),
-        }
-    }
-}
-
-impl std::fmt::Display for TaskSpecRestartPolicyCondition {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl Serialize for TaskSpecRestartPolicyCondition {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(self.as_str())
-    }
-}
-
-impl<'de> Deserialize<'de> for TaskSpecRestartPolicyCondition {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(deserializer)?;
-        Ok(Self::from(s.as_str()))
-    }
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct TaskSpecPlacement {
-    /// An array of constraint expressions to limit the set of nodes where a task can be scheduled. Constraint expressions can either use a _match_ (`==`) or _exclude_ (`!=`) rule. Multiple constraints find nodes that satisfy every expression (AND match). Constraints can match node or Docker Engine labels as follows:
-    #[serde(
-        rename = "Constraints",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub constraints: Option<Vec<String>>,
-    /// Preferences provide a way to make the scheduler aware of factors such as topology. They are provided in order from highest to lowest precedence.
-    #[serde(
-        rename = "Preferences",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub preferences: Option<Vec<TaskSpecPlacementPreferencesItem>>,
-    /// Maximum number of replicas for per node (default value is 0, which is unlimited)
-    #[serde(
-        rename = "MaxReplicas",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub max_replicas: Option<i64>,
-    /// Platforms stores all the platforms that the service's image can run on. This field is used in the platform filter for scheduling. If empty, then the platform filter is off, meaning there are no scheduling restrictions.
-    #[serde(rename = "Platforms", default, skip_serializing_if = "Option::is_none")]
-    pub platforms: Option<Vec<Platform>>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct TaskSpecPlacementPreferencesItem {
-    #[serde(rename = "Spread", default, skip_serializing_if = "Option::is_none")]
-    pub spread: Option<TaskSpecPlacementPreferencesItemSpread>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct TaskSpecPlacementPreferencesItemSpread {
-    /// label descriptor, such as `engine.labels.az`.
-    #[serde(
-        rename = "SpreadDescriptor",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub spread_descriptor: Option<String>,
-}
-
-/// Specifies the log driver to use for tasks created from this spec. If not present, the default one for the swarm will be used, finally falling back to the engine default if not specified.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct TaskSpecLogDriver {
-    #[serde(rename = "Name", default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    #[serde(rename = "Options", default, skip_serializing_if = "Option::is_none")]
-    pub options: Option<std::collections::HashMap<String, String>>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum TaskState {
-    /// `"new"`
-    New,
-    /// `"allocated"`
-    Allocated,
-    /// `"pending"`
-    Pending,
-    /// `"assigned"`
-    Assigned,
-    /// `"accepted"`
-    Accepted,
-    /// `"preparing"`
-    Preparing,
-    /// `"ready"`
-    Ready,
-    /// `"starting"`
-    Starting,
-    /// `"running"`
-    Running,
-    /// `"complete"`
-    Complete,
-    /// `"shutdown"`
-    Shutdown,
-    /// `"failed"`
-    Failed,
-    /// `"rejected"`
-    Rejected,
-    /// `"remove"`
-    Remove,
-    /// `"orphaned"`
-    Orphaned,
-    /// A value these bindings do not know, kept as sent.
-    Other(String),
-}
-
-impl TaskState {
-    /// The value on the wire.
-    pub fn as_str(&self) -> &str {
-        match self {
-            Self::New => "new",
-            Self::Allocated => "allocated",
-            Self::Pending => "pending",
-            Self::Assigned => "assigned",
-            Self::Accepted => "accepted",
-            Self::Preparing => "preparing",
-            Self::Ready => "ready",
-            Self::Starting => "starting",
-            Self::Running => "running",
-            Self::Complete => "complete",
-            Self::Shutdown => "shutdown",
-            Self::Failed => "failed",
-            Self::Rejected => "rejected",
-            Self::Remove => "remove",
-            Self::Orphaned => "orphaned",
-            Self::Other(s) => s,
-        }
-    }
-}
-
-impl From<&str> for TaskState {
-    fn from(s: &str) -> Self {
-        match s {
-            "new" => Self::New,
-            "allocated" => Self::Allocated,
-            "pending" => Self::Pending,
-            "assigned" => Self::Assigned,
-            "accepted" => Self::Accepted,
-            "preparing" => Self::Preparing,
-            "ready" => Self::Ready,
-            "starting" => Self::Starting,
-            "running" => Self::Running,
-            "complete" => Self::Complete,
-            "shutdown" => Self::Shutdown,
-            "failed" => Self::Failed,
-            "rejected" => Self::Rejected,
-            "remove" => Self::Remove,
-            "orphaned" => Self::Orphaned,
-            other => Self::Other(other.to_owned()),
-        }
-    }
-}
-
-impl std::fmt::Display for TaskState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl Serialize for TaskState {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(self.as_str())
-    }
-}
-
-impl<'de> Deserialize<'de> for TaskState {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(deserializer)?;
-        Ok(Self::from(s.as_str()))
-    }
-}
-
-/// represents the status of a container.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ContainerStatus {
-    #[serde(
-        rename = "ContainerID",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub container_id: Option<String>,
-    #[serde(rename = "PID", default, skip_serializing_if = "Option::is_none")]
-    pub pid: Option<i64>,
-    #[serde(rename = "ExitCode", default, skip_serializing_if = "Option::is_none")]
-    pub exit_code: Option<i64>,
-}
-
-/// represents the port status of a task's host ports whose service has published host ports
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct PortStatus {
-    #[serde(rename = "Ports", default, skip_serializing_if = "Option::is_none")]
-    pub ports: Option<Vec<EndpointPortConfig>>,
-}
-
-/// represents the status of a task.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct TaskStatus {
-    #[serde(rename = "Timestamp", default, skip_serializing_if = "Option::is_none")]
-    pub timestamp: Option<String>,
-    #[serde(rename = "State", default, skip_serializing_if = "Option::is_none")]
-    pub state: Option<TaskState>,
-    #[serde(rename = "Message", default, skip_serializing_if = "Option::is_none")]
-    pub message: Option<String>,
-    #[serde(rename = "Err", default, skip_serializing_if = "Option::is_none")]
-    pub err: Option<String>,
-    #[serde(
-        rename = "ContainerStatus",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub container_status: Option<ContainerStatus>,
-    #[serde(
-        rename = "PortStatus",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub port_status: Option<PortStatus>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Task {
-    /// The ID of the task.
-    #[serde(rename = "ID", default, skip_serializing_if = "Option::is_none")]
-    pub id: Option<String>,
-    #[serde(rename = "Version", default, skip_serializing_if = "Option::is_none")]
-    pub version: Option<ObjectVersion>,
-    #[serde(rename = "CreatedAt", default, skip_serializing_if = "Option::is_none")]
-    pub created_at: Option<String>,
-    #[serde(rename = "UpdatedAt", default, skip_serializing_if = "Option::is_none")]
-    pub updated_at: Option<String>,
-    /// Name of the task.
-    #[serde(rename = "Name", default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    /// User-defined key/value metadata.
-    #[serde(rename = "Labels", default, skip_serializing_if = "Option::is_none")]
-    pub labels: Option<std::collections::HashMap<String, String>>,
-    #[serde(rename = "Spec", default, skip_serializing_if = "Option::is_none")]
-    pub spec: Option<TaskSpec>,
-    /// The ID of the service this task is part of.
-    #[serde(rename = "ServiceID", default, skip_serializing_if = "Option::is_none")]
-    pub service_id: Option<String>,
-    #[serde(rename = "Slot", default, skip_serializing_if = "Option::is_none")]
-    pub slot: Option<i64>,
-    /// The ID of the node that this task is on.
-    #[serde(rename = "NodeID", default, skip_serializing_if = "Option::is_none")]
-    pub node_id: Option<String>,
-    #[serde(
-        rename = "AssignedGenericResources",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub assigned_generic_resources: Option<GenericResources>,
-    #[serde(rename = "Status", default, skip_serializing_if = "Option::is_none")]
-    pub status: Option<TaskStatus>,
-    #[serde(
-        rename = "DesiredState",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub desired_state: Option<TaskState>,
-    /// If the Service this Task belongs to is a job-mode service, contains the JobIteration of the Service this Task was created for. Absent if the Task was created for a Replicated or Global Service.
-    #[serde(
-        rename = "JobIteration",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub job_iteration: Option<ObjectVersion>,
-}
-
-/// User modifiable configuration for a service.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ServiceSpec {
-    /// Name of the service.
-    #[serde(rename = "Name", default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    /// User-defined key/value metadata.
-    #[serde(rename = "Labels", default, skip_serializing_if = "Option::is_none")]
-    pub labels: Option<std::collections::HashMap<String, String>>,
-    #[serde(
-        rename = "TaskTemplate",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub task_template: Option<TaskSpec>,
-    /// Scheduling mode for the service.
-    #[serde(rename = "Mode", default, skip_serializing_if = "Option::is_none")]
-    pub mode: Option<ServiceSpecMode>,
-    /// Specification for the update strategy of the service.
-    #[serde(
-        rename = "UpdateConfig",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub update_config: Option<ServiceSpecUpdateConfig>,
-    /// Specification for the rollback strategy of the service.
-    #[serde(
-        rename = "RollbackConfig",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub rollback_config: Option<ServiceSpecRollbackConfig>,
-    /// Specifies which networks the service should attach to.
-    #[serde(rename = "Networks", default, skip_serializing_if = "Option::is_none")]
-    pub networks: Option<Vec<NetworkAttachmentConfig>>,
-    #[serde(
-        rename = "EndpointSpec",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub endpoint_spec: Option<EndpointSpec>,
-}
-
-/// Scheduling mode for the service.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ServiceSpecMode {
-    #[serde(
-        rename = "Replicated",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub replicated: Option<ServiceSpecModeReplicated>,
-    #[serde(rename = "Global", default, skip_serializing_if = "Option::is_none")]
-    pub global: Option<serde_json::Value>,
-    /// The mode used for services with a finite number of tasks that run to a completed state.
-    #[serde(
-        rename = "ReplicatedJob",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub replicated_job: Option<ServiceSpecModeReplicatedJob>,
-    /// The mode used for services which run a task to the completed state on each valid node.
-    #[serde(rename = "GlobalJob", default, skip_serializing_if = "Option::is_none")]
-    pub global_job: Option<serde_json::Value>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ServiceSpecModeReplicated {
-    #[serde(rename = "Replicas", default, skip_serializing_if = "Option::is_none")]
-    pub replicas: Option<i64>,
-}
-
-/// The mode used for services with a finite number of tasks that run to a completed state.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ServiceSpecModeReplicatedJob {
-    /// The maximum number of replicas to run simultaneously.
-    #[serde(
-        rename = "MaxConcurrent",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub max_concurrent: Option<i64>,
-    /// The total number of replicas desired to reach the Completed state. If unset, will default to the value of `MaxConcurrent`
-    #[serde(
-        rename = "TotalCompletions",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub total_completions: Option<i64>,
-}
-
-/// Specification for the update strategy of the service.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ServiceSpecUpdateConfig {
-    /// Maximum number of tasks to be updated in one iteration (0 means unlimited parallelism).
-    #[serde(
-        rename = "Parallelism",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub parallelism: Option<i64>,
-    /// Amount of time between updates, in nanoseconds.
-    #[serde(rename = "Delay", default, skip_serializing_if = "Option::is_none")]
-    pub delay: Option<i64>,
-    /// Action to take if an updated task fails to run, or stops running during the update.
-    #[serde(
-        rename = "FailureAction",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub failure_action: Option<ServiceSpecUpdateConfigFailureAction>,
-    /// Amount of time to monitor each updated task for failures, in nanoseconds.
-    #[serde(rename = "Monitor", default, skip_serializing_if = "Option::is_none")]
-    pub monitor: Option<i64>,
-    /// The fraction of tasks that may fail during an update before the failure action is invoked, specified as a floating point number between 0 and 1.
-    #[serde(
-        rename = "MaxFailureRatio",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub max_failure_ratio: Option<f64>,
-    /// The order of operations when rolling out an updated task. Either the old task is shut down before the new task is started, or the new task is started before the old task is shut down.
-    #[serde(rename = "Order", default, skip_serializing_if = "Option::is_none")]
-    pub order: Option<ServiceSpecUpdateConfigOrder>,
-}
-
-/// Action to take if an updated task fails to run, or stops running during the update.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum ServiceSpecUpdateConfigFailureAction {
-    /// `"continue"`
-    Continue,
-    /// `"pause"`
-    Pause,
-    /// `"rollback"`
-    Rollback,
-    /// A value these bindings do not know, kept as sent.
-    Other(String),
-}
-
-impl ServiceSpecUpdateConfigFailureAction {
-    /// The value on the wire.
-    pub fn as_str(&self) -> &str {
-        match self {
-            Self::Continue => "continue",
-            Self::Pause => "pause",
-            Self::Rollback => "rollback",
-            Self::Other(s) => s,
-        }
-    }
-}
-
-impl From<&str> for ServiceSpecUpdateConfigFailureAction {
-    fn from(s: &str) -> Self {
-        match s {
-            "continue" => Self::Continue,
-            "pause" => Self::Pause,
-            "rollback" => Self::Rollback,
-            other => Self::Other(other.to_owned()),
-        }
-    }
-}
-
-impl std::fmt::Display for ServiceSpecUpdateConfigFailureAction {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl Serialize for ServiceSpecUpdateConfigFailureAction {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(self.as_str())
-    }
-}
-
-impl<'de> Deserialize<'de> for ServiceSpecUpdateConfigFailureAction {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(deserializer)?;
-        Ok(Self::from(s.as_str()))
-    }
-}
-
-/// The order of operations when rolling out an updated task. Either the old task is shut down before the new task is started, or the new task is started before the old task is shut down.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum ServiceSpecUpdateConfigOrder {
-    /// `"stop-first"`
-    StopFirst,
-    /// `"start-first"`
-    StartFirst,
-    /// A value these bindings do not know, kept as sent.
-    Other(String),
-}
-
-impl ServiceSpecUpdateConfigOrder {
-    /// The value on the wire.
-    pub fn as_str(&self) -> &str {
-        match self {
-            Self::StopFirst => "stop-first",
-            Self::StartFirst => "start-first",
-            Self::Other(s) => s,
-        }
-    }
-}
-
-impl From<&str> for ServiceSpecUpdateConfigOrder {
-    fn from(s: &str) -> Self {
-        match s {
-            "stop-first" => Self::StopFirst,
-            "start-first" => Self::StartFirst,
-            other => Self::Other(other.to_owned()),
-        }
-    }
-}
-
-impl std::fmt::Display for ServiceSpecUpdateConfigOrder {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl Serialize for ServiceSpecUpdateConfigOrder {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(self.as_str())
-    }
-}
-
-impl<'de> Deserialize<'de> for ServiceSpecUpdateConfigOrder {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(deserializer)?;
-        Ok(Self::from(s.as_str()))
-    }
-}
-
-/// Specification for the rollback strategy of the service.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ServiceSpecRollbackConfig {
-    /// Maximum number of tasks to be rolled back in one iteration (0 means unlimited parallelism).
-    #[serde(
-        rename = "Parallelism",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub parallelism: Option<i64>,
-    /// Amount of time between rollback iterations, in nanoseconds.
-    #[serde(rename = "Delay", default, skip_serializing_if = "Option::is_none")]
-    pub delay: Option<i64>,
-    /// Action to take if an rolled back task fails to run, or stops running during the rollback.
-    #[serde(
-        rename = "FailureAction",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub failure_action: Option<ServiceSpecRollbackConfigFailureAction>,
-    /// Amount of time to monitor each rolled back task for failures, in nanoseconds.
-    #[serde(rename = "Monitor", default, skip_serializing_if = "Option::is_none")]
-    pub monitor: Option<i64>,
-    /// The fraction of tasks that may fail during a rollback before the failure action is invoked, specified as a floating point number between 0 and 1.
-    #[serde(
-        rename = "MaxFailureRatio",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub max_failure_ratio: Option<f64>,
-    /// The order of operations when rolling back a task. Either the old task is shut down before the new task is started, or the new task is started before the old task is shut down.
-    #[serde(rename = "Order", default, skip_serializing_if = "Option::is_none")]
-    pub order: Option<ServiceSpecRollbackConfigOrder>,
-}
-
-/// Action to take if an rolled back task fails to run, or stops running during the rollback.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum ServiceSpecRollbackConfigFailureAction {
-    /// `"continue"`
-    Continue,
-    /// `"pause"`
-    Pause,
-    /// A value these bindings do not know, kept as sent.
-    Other(String),
-}
-
-impl ServiceSpecRollbackConfigFailureAction {
-    /// The value on the wire.
-    pub fn as_str(&self) -> &str {
-        match self {
-            Self::Continue => "continue",
-            Self::Pause => "pause",
-            Self::Other(s) => s,
-        }
-    }
-}
-
-impl From<&str> for ServiceSpecRollbackConfigFailureAction {
-    fn from(s: &str) -> Self {
-        match s {
-            "continue" => Self::Continue,
-            "pause" => Self::Pause,
-            other => Self::Other(other.to_owned()),
-        }
-    }
-}
-
-impl std::fmt::Display for ServiceSpecRollbackConfigFailureAction {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl Serialize for ServiceSpecRollbackConfigFailureAction {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(self.as_str())
-    }
-}
-
-impl<'de> Deserialize<'de> for ServiceSpecRollbackConfigFailureAction {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(deserializer)?;
-        Ok(Self::from(s.as_str()))
-    }
-}
-
-/// The order of operations when rolling back a task. Either the old task is shut down before the new task is started, or the new task is started before the old task is shut down.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum ServiceSpecRollbackConfigOrder {
-    /// `"stop-first"`
-    StopFirst,
-    /// `"start-first"`
-    StartFirst,
-    /// A value these bindings do not know, kept as sent.
-    Other(String),
-}
-
-impl ServiceSpecRollbackConfigOrder {
-    /// The value on the wire.
-    pub fn as_str(&self) -> &str {
-        match self {
-            Self::StopFirst => "stop-first",
-            Self::StartFirst => "start-first",
-            Self::Other(s) => s,
-        }
-    }
-}
-
-impl From<&str> for ServiceSpecRollbackConfigOrder {
-    fn from(s: &str) -> Self {
-        match s {
-            "stop-first" => Self::StopFirst,
-            "start-first" => Self::StartFirst,
-            other => Self::Other(other.to_owned()),
-        }
-    }
-}
-
-impl std::fmt::Display for ServiceSpecRollbackConfigOrder {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl Serialize for ServiceSpecRollbackConfigOrder {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(self.as_str())
-    }
-}
-
-impl<'de> Deserialize<'de> for ServiceSpecRollbackConfigOrder {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(deserializer)?;
-        Ok(Self::from(s.as_str()))
-    }
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct EndpointPortConfig {
     #[serde(rename = "Name", default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     #[serde(rename = "Protocol", default, skip_serializing_if = "Option::is_none")]
     pub protocol: Option<EndpointPortConfigProtocol>,
-    /// The port inside the container.
-    #[serde(
-        rename = "TargetPort",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub target_port: Option<i64>,
-    /// The port on the swarm hosts.
-    #[serde(
-        rename = "PublishedPort",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub published_port: Option<i64>,
     /// The mode in which port is published.
     #[serde(
         rename = "PublishMode",
@@ -5123,6 +1699,20 @@ pub struct EndpointPortConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub publish_mode: Option<EndpointPortConfigPublishMode>,
+    /// The port on the swarm hosts.
+    #[serde(
+        rename = "PublishedPort",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub published_port: Option<i64>,
+    /// The port inside the container.
+    #[serde(
+        rename = "TargetPort",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub target_port: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -5230,6 +1820,89 @@ impl<'de> Deserialize<'de> for EndpointPortConfigPublishMode {
     }
 }
 
+/// Configuration for a network endpoint.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct EndpointSettings {
+    #[serde(rename = "Aliases", default, skip_serializing_if = "Option::is_none")]
+    pub aliases: Option<Vec<String>>,
+    /// List of all DNS names an endpoint has on a specific network. This list is based on the container name, network aliases, container short ID, and hostname.
+    #[serde(rename = "DNSNames", default, skip_serializing_if = "Option::is_none")]
+    pub dns_names: Option<Vec<String>>,
+    /// DriverOpts is a mapping of driver options and values. These options are passed directly to the driver and are driver specific.
+    #[serde(
+        rename = "DriverOpts",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub driver_opts: Option<std::collections::HashMap<String, String>>,
+    /// Unique ID for the service endpoint in a Sandbox.
+    #[serde(
+        rename = "EndpointID",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub endpoint_id: Option<String>,
+    /// Gateway address for this network.
+    #[serde(rename = "Gateway", default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
+    /// Global IPv6 address.
+    #[serde(
+        rename = "GlobalIPv6Address",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub global_ipv6_address: Option<String>,
+    /// Mask length of the global IPv6 address.
+    #[serde(
+        rename = "GlobalIPv6PrefixLen",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub global_ipv6_prefix_len: Option<i64>,
+    /// This property determines which endpoint will provide the default gateway for a container. The endpoint with the highest priority will be used. If multiple endpoints have the same priority, endpoints are lexicographically sorted based on their network name, and the one that sorts first is picked.
+    #[serde(
+        rename = "GwPriority",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub gw_priority: Option<i64>,
+    #[serde(
+        rename = "IPAMConfig",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ipam_config: Option<EndpointIPAMConfig>,
+    /// IPv4 address.
+    #[serde(rename = "IPAddress", default, skip_serializing_if = "Option::is_none")]
+    pub ip_address: Option<String>,
+    /// Mask length of the IPv4 address.
+    #[serde(
+        rename = "IPPrefixLen",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ip_prefix_len: Option<i64>,
+    /// IPv6 gateway address.
+    #[serde(
+        rename = "IPv6Gateway",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ipv6_gateway: Option<String>,
+    #[serde(rename = "Links", default, skip_serializing_if = "Option::is_none")]
+    pub links: Option<Vec<String>>,
+    /// MAC address for the endpoint on this network. The network driver might ignore this parameter.
+    #[serde(
+        rename = "MacAddress",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub mac_address: Option<String>,
+    /// Unique ID of the network.
+    #[serde(rename = "NetworkID", default, skip_serializing_if = "Option::is_none")]
+    pub network_id: Option<String>,
+}
+
 /// Properties that can be configured to access and load balance a service.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct EndpointSpec {
@@ -5292,1849 +1965,48 @@ impl<'de> Deserialize<'de> for EndpointSpecMode {
     }
 }
 
+/// EngineDescription provides information about an engine.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Service {
-    #[serde(rename = "ID", default, skip_serializing_if = "Option::is_none")]
-    pub id: Option<String>,
-    #[serde(rename = "Version", default, skip_serializing_if = "Option::is_none")]
-    pub version: Option<ObjectVersion>,
-    #[serde(rename = "CreatedAt", default, skip_serializing_if = "Option::is_none")]
-    pub created_at: Option<String>,
-    #[serde(rename = "UpdatedAt", default, skip_serializing_if = "Option::is_none")]
-    pub updated_at: Option<String>,
-    #[serde(rename = "Spec", default, skip_serializing_if = "Option::is_none")]
-    pub spec: Option<ServiceSpec>,
-    #[serde(rename = "Endpoint", default, skip_serializing_if = "Option::is_none")]
-    pub endpoint: Option<ServiceEndpoint>,
-    /// The status of a service update.
+pub struct EngineDescription {
     #[serde(
-        rename = "UpdateStatus",
+        rename = "EngineVersion",
         default,
         skip_serializing_if = "Option::is_none"
     )]
-    pub update_status: Option<ServiceUpdateStatus>,
-    /// The status of the service's tasks. Provided only when requested as part of a ServiceList operation.
-    #[serde(
-        rename = "ServiceStatus",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub service_status: Option<ServiceServiceStatus>,
-    /// The status of the service when it is in one of ReplicatedJob or GlobalJob modes. Absent on Replicated and Global mode services. The JobIteration is an ObjectVersion, but unlike the Service's version, does not need to be sent with an update request.
-    #[serde(rename = "JobStatus", default, skip_serializing_if = "Option::is_none")]
-    pub job_status: Option<ServiceJobStatus>,
+    pub engine_version: Option<String>,
+    #[serde(rename = "Labels", default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<std::collections::HashMap<String, String>>,
+    #[serde(rename = "Plugins", default, skip_serializing_if = "Option::is_none")]
+    pub plugins: Option<Vec<EngineDescriptionPluginsItem>>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ServiceEndpoint {
-    #[serde(rename = "Spec", default, skip_serializing_if = "Option::is_none")]
-    pub spec: Option<EndpointSpec>,
-    #[serde(rename = "Ports", default, skip_serializing_if = "Option::is_none")]
-    pub ports: Option<Vec<EndpointPortConfig>>,
-    #[serde(
-        rename = "VirtualIPs",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub virtual_ips: Option<Vec<ServiceEndpointVirtualIPsItem>>,
+pub struct EngineDescriptionPluginsItem {
+    #[serde(rename = "Name", default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(rename = "Type", default, skip_serializing_if = "Option::is_none")]
+    pub r#type: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ServiceEndpointVirtualIPsItem {
-    #[serde(rename = "NetworkID", default, skip_serializing_if = "Option::is_none")]
-    pub network_id: Option<String>,
-    #[serde(rename = "Addr", default, skip_serializing_if = "Option::is_none")]
-    pub addr: Option<String>,
-}
-
-/// The status of a service update.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ServiceUpdateStatus {
-    #[serde(rename = "State", default, skip_serializing_if = "Option::is_none")]
-    pub state: Option<ServiceUpdateStatusState>,
-    #[serde(rename = "StartedAt", default, skip_serializing_if = "Option::is_none")]
-    pub started_at: Option<String>,
-    #[serde(
-        rename = "CompletedAt",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub completed_at: Option<String>,
-    #[serde(rename = "Message", default, skip_serializing_if = "Option::is_none")]
+pub struct ErrorDetail {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum ServiceUpdateStatusState {
-    /// `"updating"`
-    Updating,
-    /// `"paused"`
-    Paused,
-    /// `"completed"`
-    Completed,
-    /// A value these bindings do not know, kept as sent.
-    Other(String),
-}
-
-impl ServiceUpdateStatusState {
-    /// The value on the wire.
-    pub fn as_str(&self) -> &str {
-        match self {
-            Self::Updating => "updating",
-            Self::Paused => "paused",
-            Self::Completed => "completed",
-            Self::Other(s) => s,
-        }
-    }
-}
-
-impl From<&str> for ServiceUpdateStatusState {
-    fn from(s: &str) -> Self {
-        match s {
-            "updating" => Self::Updating,
-            "paused" => Self::Paused,
-            "completed" => Self::Completed,
-            other => Self::Other(other.to_owned()),
-        }
-    }
-}
-
-impl std::fmt::Display for ServiceUpdateStatusState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl Serialize for ServiceUpdateStatusState {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(self.as_str())
-    }
-}
-
-impl<'de> Deserialize<'de> for ServiceUpdateStatusState {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(deserializer)?;
-        Ok(Self::from(s.as_str()))
-    }
-}
-
-/// The status of the service's tasks. Provided only when requested as part of a ServiceList operation.
+/// Represents an error.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ServiceServiceStatus {
-    /// The number of tasks for the service currently in the Running state.
-    #[serde(
-        rename = "RunningTasks",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub running_tasks: Option<u64>,
-    /// The number of tasks for the service desired to be running. For replicated services, this is the replica count from the service spec. For global services, this is computed by taking count of all tasks for the service with a Desired State other than Shutdown.
-    #[serde(
-        rename = "DesiredTasks",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub desired_tasks: Option<u64>,
-    /// The number of tasks for a job that are in the Completed state. This field must be cross-referenced with the service type, as the value of 0 may mean the service is not in a job mode, or it may mean the job-mode service has no tasks yet Completed.
-    #[serde(
-        rename = "CompletedTasks",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub completed_tasks: Option<u64>,
-}
-
-/// The status of the service when it is in one of ReplicatedJob or GlobalJob modes. Absent on Replicated and Global mode services. The JobIteration is an ObjectVersion, but unlike the Service's version, does not need to be sent with an update request.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ServiceJobStatus {
-    /// JobIteration is a value increased each time a Job is executed, successfully or otherwise. "Executed", in this case, means the job as a whole has been started, not that an individual Task has been launched. A job is "Executed" when its ServiceSpec is updated. JobIteration can be used to disambiguate Tasks belonging to different executions of a job.  Though JobIteration will increase with each subsequent execution, it may not necessarily increase by 1, and so JobIteration should not be used to
-    #[serde(
-        rename = "JobIteration",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub job_iteration: Option<ObjectVersion>,
-    /// The last time, as observed by the server, that this job was started.
-    #[serde(
-        rename = "LastExecution",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub last_execution: Option<String>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ImageDeleteResponseItem {
-    /// The image ID of an image that was untagged
-    #[serde(rename = "Untagged", default, skip_serializing_if = "Option::is_none")]
-    pub untagged: Option<String>,
-    /// The image ID of an image that was deleted
-    #[serde(rename = "Deleted", default, skip_serializing_if = "Option::is_none")]
-    pub deleted: Option<String>,
-}
-
-/// contains the information returned to a client on the creation of a new service.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ServiceCreateResponse {
-    /// The ID of the created service.
-    #[serde(rename = "ID", default, skip_serializing_if = "Option::is_none")]
-    pub id: Option<String>,
-    /// Optional warning message.
-    #[serde(rename = "Warnings", default, skip_serializing_if = "Option::is_none")]
-    pub warnings: Option<Vec<String>>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ServiceUpdateResponse {
-    /// Optional warning messages
-    #[serde(rename = "Warnings", default, skip_serializing_if = "Option::is_none")]
-    pub warnings: Option<Vec<String>>,
-}
-
-/// ContainerInspectResponse
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ContainerInspectResponse {
-    /// The ID of this container as a 128-bit (64-character) hexadecimal string (32 bytes).
-    #[serde(rename = "Id", default, skip_serializing_if = "Option::is_none")]
-    pub id: Option<String>,
-    /// Date and time at which the container was created, formatted in \[RFC 3339\](<https://www.ietf.org/rfc/rfc3339.txt>) format with nano-seconds.
-    #[serde(rename = "Created", default, skip_serializing_if = "Option::is_none")]
-    pub created: Option<String>,
-    /// The path to the command being run
-    #[serde(rename = "Path", default, skip_serializing_if = "Option::is_none")]
-    pub path: Option<String>,
-    /// The arguments to the command being run
-    #[serde(rename = "Args", default, skip_serializing_if = "Option::is_none")]
-    pub args: Option<Vec<String>>,
-    #[serde(rename = "State", default, skip_serializing_if = "Option::is_none")]
-    pub state: Option<ContainerState>,
-    /// The ID (digest) of the image that this container was created from.
-    #[serde(rename = "Image", default, skip_serializing_if = "Option::is_none")]
-    pub image: Option<String>,
-    /// Location of the `/etc/resolv.conf` generated for the container on the host.
-    #[serde(
-        rename = "ResolvConfPath",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub resolv_conf_path: Option<String>,
-    /// Location of the `/etc/hostname` generated for the container on the host.
-    #[serde(
-        rename = "HostnamePath",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub hostname_path: Option<String>,
-    /// Location of the `/etc/hosts` generated for the container on the host.
-    #[serde(rename = "HostsPath", default, skip_serializing_if = "Option::is_none")]
-    pub hosts_path: Option<String>,
-    /// Location of the file used to buffer the container's logs. Depending on the logging-driver used for the container, this field may be omitted.
-    #[serde(rename = "LogPath", default, skip_serializing_if = "Option::is_none")]
-    pub log_path: Option<String>,
-    /// The name associated with this container.
-    #[serde(rename = "Name", default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    /// Number of times the container was restarted since it was created, or since daemon was started.
-    #[serde(
-        rename = "RestartCount",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub restart_count: Option<i64>,
-    /// The storage-driver used for the container's filesystem (graph-driver or snapshotter).
-    #[serde(rename = "Driver", default, skip_serializing_if = "Option::is_none")]
-    pub driver: Option<String>,
-    /// The platform (operating system) for which the container was created.
-    #[serde(rename = "Platform", default, skip_serializing_if = "Option::is_none")]
-    pub platform: Option<String>,
-    /// OCI descriptor of the platform-specific manifest of the image the container was created from.
-    #[serde(
-        rename = "ImageManifestDescriptor",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub image_manifest_descriptor: Option<OCIDescriptor>,
-    /// SELinux mount label set for the container.
-    #[serde(
-        rename = "MountLabel",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub mount_label: Option<String>,
-    /// SELinux process label set for the container.
-    #[serde(
-        rename = "ProcessLabel",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub process_label: Option<String>,
-    /// The AppArmor profile set for the container.
-    #[serde(
-        rename = "AppArmorProfile",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub app_armor_profile: Option<String>,
-    /// IDs of exec instances that are running in the container.
-    #[serde(rename = "ExecIDs", default, skip_serializing_if = "Option::is_none")]
-    pub exec_ids: Option<Vec<String>>,
-    #[serde(
-        rename = "HostConfig",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub host_config: Option<HostConfig>,
-    #[serde(
-        rename = "GraphDriver",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub graph_driver: Option<DriverData>,
-    /// The size of files that have been created or changed by this container.
-    #[serde(rename = "SizeRw", default, skip_serializing_if = "Option::is_none")]
-    pub size_rw: Option<i64>,
-    /// The total size of all files in the read-only layers from the image that the container uses. These layers can be shared between containers.
-    #[serde(
-        rename = "SizeRootFs",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub size_root_fs: Option<i64>,
-    /// List of mounts used by the container.
-    #[serde(rename = "Mounts", default, skip_serializing_if = "Option::is_none")]
-    pub mounts: Option<Vec<MountPoint>>,
-    #[serde(rename = "Config", default, skip_serializing_if = "Option::is_none")]
-    pub config: Option<ContainerConfig>,
-    #[serde(
-        rename = "NetworkSettings",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub network_settings: Option<NetworkSettings>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ContainerSummary {
-    /// The ID of this container as a 128-bit (64-character) hexadecimal string (32 bytes).
-    #[serde(rename = "Id", default, skip_serializing_if = "Option::is_none")]
-    pub id: Option<String>,
-    /// The names associated with this container. Most containers have a single name, but when using legacy "links", the container can have multiple names.
-    #[serde(rename = "Names", default, skip_serializing_if = "Option::is_none")]
-    pub names: Option<Vec<String>>,
-    /// The name or ID of the image used to create the container.
-    #[serde(rename = "Image", default, skip_serializing_if = "Option::is_none")]
-    pub image: Option<String>,
-    /// The ID (digest) of the image that this container was created from.
-    #[serde(rename = "ImageID", default, skip_serializing_if = "Option::is_none")]
-    pub image_id: Option<String>,
-    /// OCI descriptor of the platform-specific manifest of the image the container was created from.
-    #[serde(
-        rename = "ImageManifestDescriptor",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub image_manifest_descriptor: Option<OCIDescriptor>,
-    /// Command to run when starting the container
-    #[serde(rename = "Command", default, skip_serializing_if = "Option::is_none")]
-    pub command: Option<String>,
-    /// Date and time at which the container was created as a Unix timestamp (number of seconds since EPOCH).
-    #[serde(rename = "Created", default, skip_serializing_if = "Option::is_none")]
-    pub created: Option<i64>,
-    /// Port-mappings for the container.
-    #[serde(rename = "Ports", default, skip_serializing_if = "Option::is_none")]
-    pub ports: Option<Vec<Port>>,
-    /// The size of files that have been created or changed by this container.
-    #[serde(rename = "SizeRw", default, skip_serializing_if = "Option::is_none")]
-    pub size_rw: Option<i64>,
-    /// The total size of all files in the read-only layers from the image that the container uses. These layers can be shared between containers.
-    #[serde(
-        rename = "SizeRootFs",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub size_root_fs: Option<i64>,
-    /// User-defined key/value metadata.
-    #[serde(rename = "Labels", default, skip_serializing_if = "Option::is_none")]
-    pub labels: Option<std::collections::HashMap<String, String>>,
-    /// The state of this container.
-    #[serde(rename = "State", default, skip_serializing_if = "Option::is_none")]
-    pub state: Option<ContainerSummaryState>,
-    /// Additional human-readable status of this container (e.g. `Exit 0`)
-    #[serde(rename = "Status", default, skip_serializing_if = "Option::is_none")]
-    pub status: Option<String>,
-    /// Summary of host-specific runtime information of the container. This is a reduced set of information in the container's "HostConfig" as available in the container "inspect" response.
-    #[serde(
-        rename = "HostConfig",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub host_config: Option<ContainerSummaryHostConfig>,
-    /// Summary of the container's network settings
-    #[serde(
-        rename = "NetworkSettings",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub network_settings: Option<ContainerSummaryNetworkSettings>,
-    /// List of mounts used by the container.
-    #[serde(rename = "Mounts", default, skip_serializing_if = "Option::is_none")]
-    pub mounts: Option<Vec<MountPoint>>,
-}
-
-/// The state of this container.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum ContainerSummaryState {
-    /// `"created"`
-    Created,
-    /// `"running"`
-    Running,
-    /// `"paused"`
-    Paused,
-    /// `"restarting"`
-    Restarting,
-    /// `"exited"`
-    Exited,
-    /// `"removing"`
-    Removing,
-    /// `"dead"`
-    Dead,
-    /// `"configured"`
-    Configured,
-    /// `"initialized"`
-    Initialized,
-    /// `"stopping"`
-    Stopping,
-    /// `"stopped"`
-    Stopped,
-    /// A value these bindings do not know, kept as sent.
-    Other(String),
-}
-
-impl ContainerSummaryState {
-    /// The value on the wire.
-    pub fn as_str(&self) -> &str {
-        match self {
-            Self::Created => "created",
-            Self::Running => "running",
-            Self::Paused => "paused",
-            Self::Restarting => "restarting",
-            Self::Exited => "exited",
-            Self::Removing => "removing",
-            Self::Dead => "dead",
-            Self::Configured => "configured",
-            Self::Initialized => "initialized",
-            Self::Stopping => "stopping",
-            Self::Stopped => "stopped",
-            Self::Other(s) => s,
-        }
-    }
-}
-
-impl From<&str> for ContainerSummaryState {
-    fn from(s: &str) -> Self {
-        match s {
-            "created" => Self::Created,
-            "running" => Self::Running,
-            "paused" => Self::Paused,
-            "restarting" => Self::Restarting,
-            "exited" => Self::Exited,
-            "removing" => Self::Removing,
-            "dead" => Self::Dead,
-            "configured" => Self::Configured,
-            "initialized" => Self::Initialized,
-            "stopping" => Self::Stopping,
-            "stopped" => Self::Stopped,
-            other => Self::Other(other.to_owned()),
-        }
-    }
-}
-
-impl std::fmt::Display for ContainerSummaryState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl Serialize for ContainerSummaryState {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(self.as_str())
-    }
-}
-
-impl<'de> Deserialize<'de> for ContainerSummaryState {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(deserializer)?;
-        Ok(Self::from(s.as_str()))
-    }
-}
-
-/// Summary of host-specific runtime information of the container. This is a reduced set of information in the container's "HostConfig" as available in the container "inspect" response.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ContainerSummaryHostConfig {
-    /// Networking mode (`host`, `none`, `container:<id>`) or name of the primary network the container is using.
-    #[serde(
-        rename = "NetworkMode",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub network_mode: Option<String>,
-    /// Arbitrary key-value metadata attached to the container.
-    #[serde(
-        rename = "Annotations",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub annotations: Option<std::collections::HashMap<String, String>>,
-}
-
-/// Summary of the container's network settings
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ContainerSummaryNetworkSettings {
-    /// Summary of network-settings for each network the container is attached to.
-    #[serde(rename = "Networks", default, skip_serializing_if = "Option::is_none")]
-    pub networks: Option<std::collections::HashMap<String, EndpointSettings>>,
-}
-
-/// Driver represents a driver (network, logging, secrets).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Driver {
-    /// Name of the driver.
-    #[serde(rename = "Name", default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    /// Key/value map of driver-specific options.
-    #[serde(rename = "Options", default, skip_serializing_if = "Option::is_none")]
-    pub options: Option<std::collections::HashMap<String, String>>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct SecretSpec {
-    /// User-defined name of the secret.
-    #[serde(rename = "Name", default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    /// User-defined key/value metadata.
-    #[serde(rename = "Labels", default, skip_serializing_if = "Option::is_none")]
-    pub labels: Option<std::collections::HashMap<String, String>>,
-    /// Data is the data to store as a secret, formatted as a Base64-url-safe-encoded (\[RFC 4648\](<https://tools.ietf.org/html/rfc4648#section-5>)) string. It must be empty if the Driver field is set, in which case the data is loaded from an external secret store. The maximum allowed size is 500KB, as defined in \[MaxSecretSize\](<https://pkg.go.dev/github.com/moby/swarmkit/v2@v2.0.0-20250103191802-8c1959736554/api/validation#MaxSecretSize>).
-    #[serde(rename = "Data", default, skip_serializing_if = "Option::is_none")]
-    pub data: Option<String>,
-    /// Name of the secrets driver used to fetch the secret's value from an external secret store.
-    #[serde(rename = "Driver", default, skip_serializing_if = "Option::is_none")]
-    pub driver: Option<Driver>,
-    /// Templating driver, if applicable
-    #[serde(
-        rename = "Templating",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub templating: Option<Driver>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Secret {
-    #[serde(rename = "ID", default, skip_serializing_if = "Option::is_none")]
-    pub id: Option<String>,
-    #[serde(rename = "Version", default, skip_serializing_if = "Option::is_none")]
-    pub version: Option<ObjectVersion>,
-    #[serde(rename = "CreatedAt", default, skip_serializing_if = "Option::is_none")]
-    pub created_at: Option<String>,
-    #[serde(rename = "UpdatedAt", default, skip_serializing_if = "Option::is_none")]
-    pub updated_at: Option<String>,
-    #[serde(rename = "Spec", default, skip_serializing_if = "Option::is_none")]
-    pub spec: Option<SecretSpec>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ConfigSpec {
-    /// User-defined name of the config.
-    #[serde(rename = "Name", default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    /// User-defined key/value metadata.
-    #[serde(rename = "Labels", default, skip_serializing_if = "Option::is_none")]
-    pub labels: Option<std::collections::HashMap<String, String>>,
-    /// Data is the data to store as a config, formatted as a Base64-url-safe-encoded (\[RFC 4648\](<https://tools.ietf.org/html/rfc4648#section-5>)) string. The maximum allowed size is 1000KB, as defined in \[MaxConfigSize\](<https://pkg.go.dev/github.com/moby/swarmkit/v2@v2.0.0-20250103191802-8c1959736554/manager/controlapi#MaxConfigSize>).
-    #[serde(rename = "Data", default, skip_serializing_if = "Option::is_none")]
-    pub data: Option<String>,
-    /// Templating driver, if applicable
-    #[serde(
-        rename = "Templating",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub templating: Option<Driver>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Config {
-    #[serde(rename = "ID", default, skip_serializing_if = "Option::is_none")]
-    pub id: Option<String>,
-    #[serde(rename = "Version", default, skip_serializing_if = "Option::is_none")]
-    pub version: Option<ObjectVersion>,
-    #[serde(rename = "CreatedAt", default, skip_serializing_if = "Option::is_none")]
-    pub created_at: Option<String>,
-    #[serde(rename = "UpdatedAt", default, skip_serializing_if = "Option::is_none")]
-    pub updated_at: Option<String>,
-    #[serde(rename = "Spec", default, skip_serializing_if = "Option::is_none")]
-    pub spec: Option<ConfigSpec>,
-}
-
-/// ContainerState stores container's running state. It's part of ContainerJSONBase and will be returned by the "inspect" command.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ContainerState {
-    /// String representation of the container state. Can be one of "created", "running", "paused", "restarting", "removing", "exited", or "dead".
-    #[serde(rename = "Status", default, skip_serializing_if = "Option::is_none")]
-    pub status: Option<ContainerStateStatus>,
-    /// Whether this container is running.
-    #[serde(rename = "Running", default, skip_serializing_if = "Option::is_none")]
-    pub running: Option<bool>,
-    /// Whether this container is paused.
-    #[serde(rename = "Paused", default, skip_serializing_if = "Option::is_none")]
-    pub paused: Option<bool>,
-    /// Whether this container is restarting.
-    #[serde(
-        rename = "Restarting",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub restarting: Option<bool>,
-    /// Whether a process within this container has been killed because it ran out of memory since the container was last started.
-    #[serde(rename = "OOMKilled", default, skip_serializing_if = "Option::is_none")]
-    pub oom_killed: Option<bool>,
-    #[serde(rename = "Dead", default, skip_serializing_if = "Option::is_none")]
-    pub dead: Option<bool>,
-    /// The process ID of this container
-    #[serde(rename = "Pid", default, skip_serializing_if = "Option::is_none")]
-    pub pid: Option<i64>,
-    /// The last exit code of this container
-    #[serde(rename = "ExitCode", default, skip_serializing_if = "Option::is_none")]
-    pub exit_code: Option<i64>,
-    #[serde(rename = "Error", default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    /// The time when this container was last started.
-    #[serde(rename = "StartedAt", default, skip_serializing_if = "Option::is_none")]
-    pub started_at: Option<String>,
-    /// The time when this container last exited.
-    #[serde(
-        rename = "FinishedAt",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub finished_at: Option<String>,
-    #[serde(rename = "Health", default, skip_serializing_if = "Option::is_none")]
-    pub health: Option<Health>,
-}
-
-/// String representation of the container state. Can be one of "created", "running", "paused", "restarting", "removing", "exited", or "dead".
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum ContainerStateStatus {
-    /// `"created"`
-    Created,
-    /// `"running"`
-    Running,
-    /// `"paused"`
-    Paused,
-    /// `"restarting"`
-    Restarting,
-    /// `"removing"`
-    Removing,
-    /// `"exited"`
-    Exited,
-    /// `"dead"`
-    Dead,
-    /// `"configured"`
-    Configured,
-    /// `"initialized"`
-    Initialized,
-    /// `"stopping"`
-    Stopping,
-    /// `"stopped"`
-    Stopped,
-    /// A value these bindings do not know, kept as sent.
-    Other(String),
-}
-
-impl ContainerStateStatus {
-    /// The value on the wire.
-    pub fn as_str(&self) -> &str {
-        match self {
-            Self::Created => "created",
-            Self::Running => "running",
-            Self::Paused => "paused",
-            Self::Restarting => "restarting",
-            Self::Removing => "removing",
-            Self::Exited => "exited",
-            Self::Dead => "dead",
-            Self::Configured => "configured",
-            Self::Initialized => "initialized",
-            Self::Stopping => "stopping",
-            Self::Stopped => "stopped",
-            Self::Other(s) => s,
-        }
-    }
-}
-
-impl From<&str> for ContainerStateStatus {
-    fn from(s: &str) -> Self {
-        match s {
-            "created" => Self::Created,
-            "running" => Self::Running,
-            "paused" => Self::Paused,
-            "restarting" => Self::Restarting,
-            "removing" => Self::Removing,
-            "exited" => Self::Exited,
-            "dead" => Self::Dead,
-            "configured" => Self::Configured,
-            "initialized" => Self::Initialized,
-            "stopping" => Self::Stopping,
-            "stopped" => Self::Stopped,
-            other => Self::Other(other.to_owned()),
-        }
-    }
-}
-
-impl std::fmt::Display for ContainerStateStatus {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl Serialize for ContainerStateStatus {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(self.as_str())
-    }
-}
-
-impl<'de> Deserialize<'de> for ContainerStateStatus {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(deserializer)?;
-        Ok(Self::from(s.as_str()))
-    }
-}
-
-/// OK response to ContainerCreate operation
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ContainerCreateResponse {
-    /// The ID of the created container
-    #[serde(rename = "Id", default, skip_serializing_if = "Option::is_none")]
-    pub id: Option<String>,
-    /// Warnings encountered when creating the container
-    #[serde(rename = "Warnings", default, skip_serializing_if = "Option::is_none")]
-    pub warnings: Option<Vec<String>>,
-}
-
-/// Response for a successful container-update.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ContainerUpdateResponse {
-    /// Warnings encountered when updating the container.
-    #[serde(rename = "Warnings", default, skip_serializing_if = "Option::is_none")]
-    pub warnings: Option<Vec<String>>,
-}
-
-/// Statistics sample for a container.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ContainerStatsResponse {
-    /// Name of the container
+pub struct ErrorResponse {
+    /// The error message.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    /// ID of the container
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub id: Option<String>,
-    /// Date and time at which this sample was collected. The value is formatted as \[RFC 3339\](<https://www.ietf.org/rfc/rfc3339.txt>) with nano-seconds.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub read: Option<String>,
-    /// Date and time at which this first sample was collected. This field is not propagated if the "one-shot" option is set. If the "one-shot" option is set, this field may be omitted, empty, or set to a default date (`0001-01-01T00:00:00Z`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub preread: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pids_stats: Option<ContainerPidsStats>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub blkio_stats: Option<ContainerBlkioStats>,
-    /// The number of processors on the system.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub num_procs: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub storage_stats: Option<ContainerStorageStats>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cpu_stats: Option<ContainerCPUStats>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub precpu_stats: Option<ContainerCPUStats>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub memory_stats: Option<ContainerMemoryStats>,
-    /// Network statistics for the container per interface.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub networks: Option<std::collections::HashMap<String, Option<ContainerNetworkStats>>>,
-}
-
-/// BlkioStats stores all IO service stats for data read and write.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ContainerBlkioStats {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub io_service_bytes_recursive: Option<Vec<Option<ContainerBlkioStatEntry>>>,
-    /// This field is only available when using Linux containers with cgroups v1. It is omitted or `null` when using cgroups v2.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub io_serviced_recursive: Option<Vec<Option<ContainerBlkioStatEntry>>>,
-    /// This field is only available when using Linux containers with cgroups v1. It is omitted or `null` when using cgroups v2.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub io_queue_recursive: Option<Vec<Option<ContainerBlkioStatEntry>>>,
-    /// This field is only available when using Linux containers with cgroups v1. It is omitted or `null` when using cgroups v2.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub io_service_time_recursive: Option<Vec<Option<ContainerBlkioStatEntry>>>,
-    /// This field is only available when using Linux containers with cgroups v1. It is omitted or `null` when using cgroups v2.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub io_wait_time_recursive: Option<Vec<Option<ContainerBlkioStatEntry>>>,
-    /// This field is only available when using Linux containers with cgroups v1. It is omitted or `null` when using cgroups v2.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub io_merged_recursive: Option<Vec<Option<ContainerBlkioStatEntry>>>,
-    /// This field is only available when using Linux containers with cgroups v1. It is omitted or `null` when using cgroups v2.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub io_time_recursive: Option<Vec<Option<ContainerBlkioStatEntry>>>,
-    /// This field is only available when using Linux containers with cgroups v1. It is omitted or `null` when using cgroups v2.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sectors_recursive: Option<Vec<Option<ContainerBlkioStatEntry>>>,
-}
-
-/// Blkio stats entry.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ContainerBlkioStatEntry {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub major: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub minor: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub op: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub value: Option<u64>,
-}
-
-/// CPU related info of the container
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ContainerCPUStats {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cpu_usage: Option<ContainerCPUUsage>,
-    /// System Usage.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub system_cpu_usage: Option<u64>,
-    /// Number of online CPUs.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub online_cpus: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub throttling_data: Option<ContainerThrottlingData>,
-}
-
-/// All CPU stats aggregated since container inception.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ContainerCPUUsage {
-    /// Total CPU time consumed in nanoseconds (Linux) or 100's of nanoseconds (Windows).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub total_usage: Option<u64>,
-    /// Total CPU time (in nanoseconds) consumed per core (Linux).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub percpu_usage: Option<Vec<u64>>,
-    /// Time (in nanoseconds) spent by tasks of the cgroup in kernel mode (Linux), or time spent (in 100's of nanoseconds) by all container processes in kernel mode (Windows).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub usage_in_kernelmode: Option<u64>,
-    /// Time (in nanoseconds) spent by tasks of the cgroup in user mode (Linux), or time spent (in 100's of nanoseconds) by all container processes in kernel mode (Windows).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub usage_in_usermode: Option<u64>,
-}
-
-/// PidsStats contains Linux-specific stats of a container's process-IDs (PIDs).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ContainerPidsStats {
-    /// Current is the number of PIDs in the cgroup.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub current: Option<u64>,
-    /// Limit is the hard limit on the number of pids in the cgroup. A "Limit" of 0 means that there is no limit.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub limit: Option<u64>,
-}
-
-/// CPU throttling stats of the container.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ContainerThrottlingData {
-    /// Number of periods with throttling active.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub periods: Option<u64>,
-    /// Number of periods when the container hit its throttling limit.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub throttled_periods: Option<u64>,
-    /// Aggregated time (in nanoseconds) the container was throttled for.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub throttled_time: Option<u64>,
-}
-
-/// Aggregates all memory stats since container inception on Linux. Windows returns stats for commit and private working set only.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ContainerMemoryStats {
-    /// Current `res_counter` usage for memory.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub usage: Option<u64>,
-    /// Maximum usage ever recorded.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_usage: Option<u64>,
-    /// All the stats exported via memory.stat. when using cgroups v2.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stats: Option<std::collections::HashMap<String, Option<u64>>>,
-    /// Number of times memory usage hits limits.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub failcnt: Option<u64>,
-    /// This field is Linux-specific and omitted for Windows containers.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub limit: Option<u64>,
-    /// Committed bytes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub commitbytes: Option<u64>,
-    /// Peak committed bytes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub commitpeakbytes: Option<u64>,
-    /// Private working set.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub privateworkingset: Option<u64>,
-}
-
-/// Aggregates the network stats of one container
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ContainerNetworkStats {
-    /// Bytes received. Windows and Linux.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rx_bytes: Option<u64>,
-    /// Packets received. Windows and Linux.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rx_packets: Option<u64>,
-    /// Received errors. Not used on Windows.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rx_errors: Option<u64>,
-    /// Incoming packets dropped. Windows and Linux.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rx_dropped: Option<u64>,
-    /// Bytes sent. Windows and Linux.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tx_bytes: Option<u64>,
-    /// Packets sent. Windows and Linux.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tx_packets: Option<u64>,
-    /// Sent errors. Not used on Windows.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tx_errors: Option<u64>,
-    /// Outgoing packets dropped. Windows and Linux.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tx_dropped: Option<u64>,
-    /// Endpoint ID. Not used on Linux.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub endpoint_id: Option<String>,
-    /// Instance ID. Not used on Linux.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub instance_id: Option<String>,
-}
-
-/// StorageStats is the disk I/O stats for read/write on Windows.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ContainerStorageStats {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub read_count_normalized: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub read_size_bytes: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub write_count_normalized: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub write_size_bytes: Option<u64>,
-}
-
-/// Container "top" response.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ContainerTopResponse {
-    /// The ps column titles
-    #[serde(rename = "Titles", default, skip_serializing_if = "Option::is_none")]
-    pub titles: Option<Vec<String>>,
-    /// Each process running in the container, where each process is an array of values corresponding to the titles.
-    #[serde(rename = "Processes", default, skip_serializing_if = "Option::is_none")]
-    pub processes: Option<Vec<Vec<String>>>,
-}
-
-/// OK response to ContainerWait operation
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ContainerWaitResponse {
-    /// Exit code of the container
-    #[serde(
-        rename = "StatusCode",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub status_code: Option<i64>,
-    #[serde(rename = "Error", default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<ContainerWaitExitError>,
-}
-
-/// container waiting error, if any
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ContainerWaitExitError {
-    /// Details of an error
-    #[serde(rename = "Message", default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
-}
-
-/// Response of Engine API: GET "/version"
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct SystemVersion {
-    #[serde(rename = "Platform", default, skip_serializing_if = "Option::is_none")]
-    pub platform: Option<SystemVersionPlatform>,
-    /// Information about system components
-    #[serde(
-        rename = "Components",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub components: Option<Vec<SystemVersionComponentsItem>>,
-    /// The version of the daemon
-    #[serde(rename = "Version", default, skip_serializing_if = "Option::is_none")]
-    pub version: Option<String>,
-    /// The default (and highest) API version that is supported by the daemon
-    #[serde(
-        rename = "ApiVersion",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub api_version: Option<String>,
-    /// The minimum API version that is supported by the daemon
-    #[serde(
-        rename = "MinAPIVersion",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub min_api_version: Option<String>,
-    /// The Git commit of the source code that was used to build the daemon
-    #[serde(rename = "GitCommit", default, skip_serializing_if = "Option::is_none")]
-    pub git_commit: Option<String>,
-    /// The version Go used to compile the daemon, and the version of the Go runtime in use.
-    #[serde(rename = "GoVersion", default, skip_serializing_if = "Option::is_none")]
-    pub go_version: Option<String>,
-    /// The operating system that the daemon is running on ("linux" or "windows")
-    #[serde(rename = "Os", default, skip_serializing_if = "Option::is_none")]
-    pub os: Option<String>,
-    /// The architecture that the daemon is running on
-    #[serde(rename = "Arch", default, skip_serializing_if = "Option::is_none")]
-    pub arch: Option<String>,
-    /// The kernel version (`uname -r`) that the daemon is running on.
-    #[serde(
-        rename = "KernelVersion",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub kernel_version: Option<String>,
-    /// Indicates if the daemon is started with experimental features enabled.
-    #[serde(
-        rename = "Experimental",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub experimental: Option<bool>,
-    /// The date and time that the daemon was compiled.
-    #[serde(rename = "BuildTime", default, skip_serializing_if = "Option::is_none")]
-    pub build_time: Option<String>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct SystemVersionPlatform {
-    #[serde(rename = "Name", default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct SystemVersionComponentsItem {
-    /// Name of the component
-    #[serde(rename = "Name", default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    /// Version of the component
-    #[serde(rename = "Version", default, skip_serializing_if = "Option::is_none")]
-    pub version: Option<String>,
-    /// Key/value pairs of strings with additional information about the component. These values are intended for informational purposes only, and their content is not defined, and not part of the API specification.
-    #[serde(rename = "Details", default, skip_serializing_if = "Option::is_none")]
-    pub details: Option<serde_json::Value>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct SystemInfo {
-    /// Unique identifier of the daemon.
-    #[serde(rename = "ID", default, skip_serializing_if = "Option::is_none")]
-    pub id: Option<String>,
-    /// Total number of containers on the host.
-    #[serde(
-        rename = "Containers",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub containers: Option<i64>,
-    /// Number of containers with status `"running"`.
-    #[serde(
-        rename = "ContainersRunning",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub containers_running: Option<i64>,
-    /// Number of containers with status `"paused"`.
-    #[serde(
-        rename = "ContainersPaused",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub containers_paused: Option<i64>,
-    /// Number of containers with status `"stopped"`.
-    #[serde(
-        rename = "ContainersStopped",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub containers_stopped: Option<i64>,
-    /// Total number of images on the host.
-    #[serde(rename = "Images", default, skip_serializing_if = "Option::is_none")]
-    pub images: Option<i64>,
-    /// Name of the storage driver in use.
-    #[serde(rename = "Driver", default, skip_serializing_if = "Option::is_none")]
-    pub driver: Option<String>,
-    /// Information specific to the storage driver, provided as "label" / "value" pairs.
-    #[serde(
-        rename = "DriverStatus",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub driver_status: Option<Vec<Vec<String>>>,
-    /// Root directory of persistent Docker state.
-    #[serde(
-        rename = "DockerRootDir",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub docker_root_dir: Option<String>,
-    #[serde(rename = "Plugins", default, skip_serializing_if = "Option::is_none")]
-    pub plugins: Option<PluginsInfo>,
-    /// Indicates if the host has memory limit support enabled.
-    #[serde(
-        rename = "MemoryLimit",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub memory_limit: Option<bool>,
-    /// Indicates if the host has memory swap limit support enabled.
-    #[serde(rename = "SwapLimit", default, skip_serializing_if = "Option::is_none")]
-    pub swap_limit: Option<bool>,
-    /// Indicates if the host has kernel memory TCP limit support enabled. This field is omitted if not supported.
-    #[serde(
-        rename = "KernelMemoryTCP",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub kernel_memory_tcp: Option<bool>,
-    /// Indicates if CPU CFS(Completely Fair Scheduler) period is supported by the host.
-    #[serde(
-        rename = "CpuCfsPeriod",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub cpu_cfs_period: Option<bool>,
-    /// Indicates if CPU CFS(Completely Fair Scheduler) quota is supported by the host.
-    #[serde(
-        rename = "CpuCfsQuota",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub cpu_cfs_quota: Option<bool>,
-    /// Indicates if CPU Shares limiting is supported by the host.
-    #[serde(rename = "CPUShares", default, skip_serializing_if = "Option::is_none")]
-    pub cpu_shares: Option<bool>,
-    /// Indicates if CPUsets (cpuset.cpus, cpuset.mems) are supported by the host.
-    #[serde(rename = "CPUSet", default, skip_serializing_if = "Option::is_none")]
-    pub cpu_set: Option<bool>,
-    /// Indicates if the host kernel has PID limit support enabled.
-    #[serde(rename = "PidsLimit", default, skip_serializing_if = "Option::is_none")]
-    pub pids_limit: Option<bool>,
-    /// Indicates if OOM killer disable is supported on the host.
-    #[serde(
-        rename = "OomKillDisable",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub oom_kill_disable: Option<bool>,
-    /// Indicates IPv4 forwarding is enabled.
-    #[serde(
-        rename = "IPv4Forwarding",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub ipv4_forwarding: Option<bool>,
-    /// Indicates if the daemon is running in debug-mode / with debug-level logging enabled.
-    #[serde(rename = "Debug", default, skip_serializing_if = "Option::is_none")]
-    pub debug: Option<bool>,
-    /// The total number of file Descriptors in use by the daemon process.
-    #[serde(rename = "NFd", default, skip_serializing_if = "Option::is_none")]
-    pub n_fd: Option<i64>,
-    /// The  number of goroutines that currently exist.
-    #[serde(
-        rename = "NGoroutines",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub n_goroutines: Option<i64>,
-    /// Current system-time in \[RFC 3339\](<https://www.ietf.org/rfc/rfc3339.txt>) format with nano-seconds.
-    #[serde(
-        rename = "SystemTime",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub system_time: Option<String>,
-    /// The logging driver to use as a default for new containers.
-    #[serde(
-        rename = "LoggingDriver",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub logging_driver: Option<String>,
-    /// The driver to use for managing cgroups.
-    #[serde(
-        rename = "CgroupDriver",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub cgroup_driver: Option<SystemInfoCgroupDriver>,
-    /// The version of the cgroup.
-    #[serde(
-        rename = "CgroupVersion",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub cgroup_version: Option<SystemInfoCgroupVersion>,
-    /// Number of event listeners subscribed.
-    #[serde(
-        rename = "NEventsListener",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub n_events_listener: Option<i64>,
-    /// Kernel version of the host.
-    #[serde(
-        rename = "KernelVersion",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub kernel_version: Option<String>,
-    /// Name of the host's operating system, for example: "Ubuntu 24.04 LTS" or "Windows Server 2016 Datacenter"
-    #[serde(
-        rename = "OperatingSystem",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub operating_system: Option<String>,
-    /// Version of the host's operating system
-    #[serde(rename = "OSVersion", default, skip_serializing_if = "Option::is_none")]
-    pub os_version: Option<String>,
-    /// Generic type of the operating system of the host, as returned by the Go runtime (`GOOS`).
-    #[serde(rename = "OSType", default, skip_serializing_if = "Option::is_none")]
-    pub os_type: Option<String>,
-    /// Hardware architecture of the host, as returned by the Go runtime (`GOARCH`).
-    #[serde(
-        rename = "Architecture",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub architecture: Option<String>,
-    /// The number of logical CPUs usable by the daemon.
-    #[serde(rename = "NCPU", default, skip_serializing_if = "Option::is_none")]
-    pub ncpu: Option<i64>,
-    /// Total amount of physical memory available on the host, in bytes.
-    #[serde(rename = "MemTotal", default, skip_serializing_if = "Option::is_none")]
-    pub mem_total: Option<i64>,
-    /// Address / URL of the index server that is used for image search, and as a default for user authentication for Docker Hub and Docker Cloud.
-    #[serde(
-        rename = "IndexServerAddress",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub index_server_address: Option<String>,
-    #[serde(
-        rename = "RegistryConfig",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub registry_config: Option<RegistryServiceConfig>,
-    #[serde(
-        rename = "GenericResources",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub generic_resources: Option<GenericResources>,
-    /// HTTP-proxy configured for the daemon. This value is obtained from the \[`HTTP_PROXY`\](<https://www.gnu.org/software/wget/manual/html_node/Proxies.html>) environment variable. Credentials (\[user info component\](<https://tools.ietf.org/html/rfc3986#section-3.2.1>)) in the proxy URL are masked in the API response.
-    #[serde(rename = "HttpProxy", default, skip_serializing_if = "Option::is_none")]
-    pub http_proxy: Option<String>,
-    /// HTTPS-proxy configured for the daemon. This value is obtained from the \[`HTTPS_PROXY`\](<https://www.gnu.org/software/wget/manual/html_node/Proxies.html>) environment variable. Credentials (\[user info component\](<https://tools.ietf.org/html/rfc3986#section-3.2.1>)) in the proxy URL are masked in the API response.
-    #[serde(
-        rename = "HttpsProxy",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub https_proxy: Option<String>,
-    /// Comma-separated list of domain extensions for which no proxy should be used. This value is obtained from the \[`NO_PROXY`\](<https://www.gnu.org/software/wget/manual/html_node/Proxies.html>) environment variable.
-    #[serde(rename = "NoProxy", default, skip_serializing_if = "Option::is_none")]
-    pub no_proxy: Option<String>,
-    /// Hostname of the host.
-    #[serde(rename = "Name", default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    /// User-defined labels (key/value metadata) as set on the daemon.
-    #[serde(rename = "Labels", default, skip_serializing_if = "Option::is_none")]
-    pub labels: Option<Vec<String>>,
-    /// Indicates if experimental features are enabled on the daemon.
-    #[serde(
-        rename = "ExperimentalBuild",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub experimental_build: Option<bool>,
-    /// Version string of the daemon.
-    #[serde(
-        rename = "ServerVersion",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub server_version: Option<String>,
-    /// List of \[OCI compliant\](<https://github.com/opencontainers/runtime-spec>) runtimes configured on the daemon. Keys hold the "name" used to reference the runtime.
-    #[serde(rename = "Runtimes", default, skip_serializing_if = "Option::is_none")]
-    pub runtimes: Option<std::collections::HashMap<String, Runtime>>,
-    /// Name of the default OCI runtime that is used when starting containers.
-    #[serde(
-        rename = "DefaultRuntime",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub default_runtime: Option<String>,
-    #[serde(rename = "Swarm", default, skip_serializing_if = "Option::is_none")]
-    pub swarm: Option<SwarmInfo>,
-    /// Indicates if live restore is enabled.
-    #[serde(
-        rename = "LiveRestoreEnabled",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub live_restore_enabled: Option<bool>,
-    /// Represents the isolation technology to use as a default for containers. The supported values are platform-specific.
-    #[serde(rename = "Isolation", default, skip_serializing_if = "Option::is_none")]
-    pub isolation: Option<SystemInfoIsolation>,
-    /// Name and, optional, path of the `docker-init` binary.
-    #[serde(
-        rename = "InitBinary",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub init_binary: Option<String>,
-    #[serde(
-        rename = "ContainerdCommit",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub containerd_commit: Option<Commit>,
-    #[serde(
-        rename = "RuncCommit",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub runc_commit: Option<Commit>,
-    #[serde(
-        rename = "InitCommit",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub init_commit: Option<Commit>,
-    /// List of security features that are enabled on the daemon, such as apparmor, seccomp, SELinux, user-namespaces (userns), rootless and no-new-privileges.
-    #[serde(
-        rename = "SecurityOptions",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub security_options: Option<Vec<String>>,
-    /// Reports a summary of the product license on the daemon.
-    #[serde(
-        rename = "ProductLicense",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub product_license: Option<String>,
-    /// List of custom default address pools for local networks, which can be specified in the daemon.json file or dockerd option.
-    #[serde(
-        rename = "DefaultAddressPools",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub default_address_pools: Option<Vec<SystemInfoDefaultAddressPoolsItem>>,
-    #[serde(
-        rename = "FirewallBackend",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub firewall_backend: Option<FirewallInfo>,
-    /// List of devices discovered by device drivers.
-    #[serde(
-        rename = "DiscoveredDevices",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub discovered_devices: Option<Vec<DeviceInfo>>,
-    /// List of warnings / informational messages about missing features, or issues related to the daemon configuration.
-    #[serde(rename = "Warnings", default, skip_serializing_if = "Option::is_none")]
-    pub warnings: Option<Vec<String>>,
-    /// List of directories where (Container Device Interface) CDI specifications are located.
-    #[serde(
-        rename = "CDISpecDirs",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub cdi_spec_dirs: Option<Vec<String>>,
-    #[serde(
-        rename = "Containerd",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub containerd: Option<ContainerdInfo>,
-}
-
-/// The driver to use for managing cgroups.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum SystemInfoCgroupDriver {
-    /// `"cgroupfs"`
-    Cgroupfs,
-    /// `"systemd"`
-    Systemd,
-    /// `"none"`
-    None,
-    /// A value these bindings do not know, kept as sent.
-    Other(String),
-}
-
-impl SystemInfoCgroupDriver {
-    /// The value on the wire.
-    pub fn as_str(&self) -> &str {
-        match self {
-            Self::Cgroupfs => "cgroupfs",
-            Self::Systemd => "systemd",
-            Self::None => "none",
-            Self::Other(s) => s,
-        }
-    }
-}
-
-impl From<&str> for SystemInfoCgroupDriver {
-    fn from(s: &str) -> Self {
-        match s {
-            "cgroupfs" => Self::Cgroupfs,
-            "systemd" => Self::Systemd,
-            "none" => Self::None,
-            other => Self::Other(other.to_owned()),
-        }
-    }
-}
-
-impl std::fmt::Display for SystemInfoCgroupDriver {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl Serialize for SystemInfoCgroupDriver {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(self.as_str())
-    }
-}
-
-impl<'de> Deserialize<'de> for SystemInfoCgroupDriver {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(deserializer)?;
-        Ok(Self::from(s.as_str()))
-    }
-}
-
-/// The version of the cgroup.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum SystemInfoCgroupVersion {
-    /// `"1"`
-    V1,
-    /// `"2"`
-    V2,
-    /// A value these bindings do not know, kept as sent.
-    Other(String),
-}
-
-impl SystemInfoCgroupVersion {
-    /// The value on the wire.
-    pub fn as_str(&self) -> &str {
-        match self {
-            Self::V1 => "1",
-            Self::V2 => "2",
-            Self::Other(s) => s,
-        }
-    }
-}
-
-impl From<&str> for SystemInfoCgroupVersion {
-    fn from(s: &str) -> Self {
-        match s {
-            "1" => Self::V1,
-            "2" => Self::V2,
-            other => Self::Other(other.to_owned()),
-        }
-    }
-}
-
-impl std::fmt::Display for SystemInfoCgroupVersion {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl Serialize for SystemInfoCgroupVersion {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(self.as_str())
-    }
-}
-
-impl<'de> Deserialize<'de> for SystemInfoCgroupVersion {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(deserializer)?;
-        Ok(Self::from(s.as_str()))
-    }
-}
-
-/// Represents the isolation technology to use as a default for containers. The supported values are platform-specific.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum SystemInfoIsolation {
-    /// `"default"`
-    Default,
-    /// `"hyperv"`
-    Hyperv,
-    /// `"process"`
-    Process,
-    /// `""`
-    Empty,
-    /// A value these bindings do not know, kept as sent.
-    Other(String),
-}
-
-impl SystemInfoIsolation {
-    /// The value on the wire.
-    pub fn as_str(&self) -> &str {
-        match self {
-            Self::Default => "default",
-            Self::Hyperv => "hyperv",
-            Self::Process => "process",
-            Self::Empty => "",
-            Self::Other(s) => s,
-        }
-    }
-}
-
-impl From<&str> for SystemInfoIsolation {
-    fn from(s: &str) -> Self {
-        match s {
-            "default" => Self::Default,
-            "hyperv" => Self::Hyperv,
-            "process" => Self::Process,
-            "" => Self::Empty,
-            other => Self::Other(other.to_owned()),
-        }
-    }
-}
-
-impl std::fmt::Display for SystemInfoIsolation {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl Serialize for SystemInfoIsolation {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(self.as_str())
-    }
-}
-
-impl<'de> Deserialize<'de> for SystemInfoIsolation {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(deserializer)?;
-        Ok(Self::from(s.as_str()))
-    }
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct SystemInfoDefaultAddressPoolsItem {
-    /// The network address in CIDR format
-    #[serde(rename = "Base", default, skip_serializing_if = "Option::is_none")]
-    pub base: Option<String>,
-    /// The network pool size
-    #[serde(rename = "Size", default, skip_serializing_if = "Option::is_none")]
-    pub size: Option<i64>,
-}
-
-/// Information for connecting to the containerd instance that is used by the daemon. This is included for debugging purposes only.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ContainerdInfo {
-    /// The address of the containerd socket.
-    #[serde(rename = "Address", default, skip_serializing_if = "Option::is_none")]
-    pub address: Option<String>,
-    /// The namespaces that the daemon uses for running containers and plugins in containerd. These namespaces can be configured in the daemon configuration, and are considered to be used exclusively by the daemon, Tampering with the containerd instance may cause unexpected behavior.
-    #[serde(
-        rename = "Namespaces",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub namespaces: Option<ContainerdInfoNamespaces>,
-}
-
-/// The namespaces that the daemon uses for running containers and plugins in containerd. These namespaces can be configured in the daemon configuration, and are considered to be used exclusively by the daemon, Tampering with the containerd instance may cause unexpected behavior.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ContainerdInfoNamespaces {
-    /// The default containerd namespace used for containers managed by the daemon.
-    #[serde(
-        rename = "Containers",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub containers: Option<String>,
-    /// The default containerd namespace used for plugins managed by the daemon.
-    #[serde(rename = "Plugins", default, skip_serializing_if = "Option::is_none")]
-    pub plugins: Option<String>,
-}
-
-/// Information about the daemon's firewalling configuration.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct FirewallInfo {
-    /// The name of the firewall backend driver.
-    #[serde(rename = "Driver", default, skip_serializing_if = "Option::is_none")]
-    pub driver: Option<String>,
-    /// Information about the firewall backend, provided as "label" / "value" pairs.
-    #[serde(rename = "Info", default, skip_serializing_if = "Option::is_none")]
-    pub info: Option<Vec<Vec<String>>>,
-}
-
-/// Available plugins per type.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct PluginsInfo {
-    /// Names of available volume-drivers, and network-driver plugins.
-    #[serde(rename = "Volume", default, skip_serializing_if = "Option::is_none")]
-    pub volume: Option<Vec<String>>,
-    /// Names of available network-drivers, and network-driver plugins.
-    #[serde(rename = "Network", default, skip_serializing_if = "Option::is_none")]
-    pub network: Option<Vec<String>>,
-    /// Names of available authorization plugins.
-    #[serde(
-        rename = "Authorization",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub authorization: Option<Vec<String>>,
-    /// Names of available logging-drivers, and logging-driver plugins.
-    #[serde(rename = "Log", default, skip_serializing_if = "Option::is_none")]
-    pub log: Option<Vec<String>>,
-}
-
-/// RegistryServiceConfig stores daemon registry services configuration.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct RegistryServiceConfig {
-    /// List of IP ranges of insecure registries, using the CIDR syntax (\[RFC 4632\](<https://tools.ietf.org/html/4632>)). Insecure registries accept un-encrypted (HTTP) and/or untrusted (HTTPS with certificates from unknown CAs) communication.
-    #[serde(
-        rename = "InsecureRegistryCIDRs",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub insecure_registry_cid_rs: Option<Vec<String>>,
-    #[serde(
-        rename = "IndexConfigs",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub index_configs: Option<std::collections::HashMap<String, Option<IndexInfo>>>,
-    /// List of registry URLs that act as a mirror for the official (`docker.io`) registry.
-    #[serde(rename = "Mirrors", default, skip_serializing_if = "Option::is_none")]
-    pub mirrors: Option<Vec<String>>,
-}
-
-/// IndexInfo contains information about a registry.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct IndexInfo {
-    /// Name of the registry, such as "docker.io".
-    #[serde(rename = "Name", default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    /// List of mirrors, expressed as URIs.
-    #[serde(rename = "Mirrors", default, skip_serializing_if = "Option::is_none")]
-    pub mirrors: Option<Vec<String>>,
-    /// Indicates if the registry is part of the list of insecure registries.
-    #[serde(rename = "Secure", default, skip_serializing_if = "Option::is_none")]
-    pub secure: Option<bool>,
-    /// Indicates whether this is an official registry (i.e., Docker Hub / docker.io)
-    #[serde(rename = "Official", default, skip_serializing_if = "Option::is_none")]
-    pub official: Option<bool>,
-}
-
-/// Runtime describes an \[OCI compliant\](<https://github.com/opencontainers/runtime-spec>) runtime.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Runtime {
-    /// Name and, optional, path, of the OCI executable binary.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub path: Option<String>,
-    /// List of command-line arguments to pass to the runtime when invoked.
-    #[serde(
-        rename = "runtimeArgs",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub runtime_args: Option<Vec<String>>,
-    /// Information specific to the runtime.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub status: Option<std::collections::HashMap<String, String>>,
-}
-
-/// Commit holds the Git-commit (SHA1) that a binary was built from, as reported in the version-string of external tools, such as `containerd`, or `runC`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Commit {
-    /// Actual commit ID of external tool.
-    #[serde(rename = "ID", default, skip_serializing_if = "Option::is_none")]
-    pub id: Option<String>,
-}
-
-/// Represents generic information about swarm.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct SwarmInfo {
-    /// Unique identifier of for this node in the swarm.
-    #[serde(rename = "NodeID", default, skip_serializing_if = "Option::is_none")]
-    pub node_id: Option<String>,
-    /// IP address at which this node can be reached by other nodes in the swarm.
-    #[serde(rename = "NodeAddr", default, skip_serializing_if = "Option::is_none")]
-    pub node_addr: Option<String>,
-    #[serde(
-        rename = "LocalNodeState",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub local_node_state: Option<LocalNodeState>,
-    #[serde(
-        rename = "ControlAvailable",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub control_available: Option<bool>,
-    #[serde(rename = "Error", default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    /// List of ID's and addresses of other managers in the swarm.
-    #[serde(
-        rename = "RemoteManagers",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub remote_managers: Option<Vec<PeerNode>>,
-    /// Total number of nodes in the swarm.
-    #[serde(rename = "Nodes", default, skip_serializing_if = "Option::is_none")]
-    pub nodes: Option<i64>,
-    /// Total number of managers in the swarm.
-    #[serde(rename = "Managers", default, skip_serializing_if = "Option::is_none")]
-    pub managers: Option<i64>,
-    #[serde(rename = "Cluster", default, skip_serializing_if = "Option::is_none")]
-    pub cluster: Option<ClusterInfo>,
-}
-
-/// Current local status of this node.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum LocalNodeState {
-    /// `""`
-    Empty,
-    /// `"inactive"`
-    Inactive,
-    /// `"pending"`
-    Pending,
-    /// `"active"`
-    Active,
-    /// `"error"`
-    Error,
-    /// `"locked"`
-    Locked,
-    /// A value these bindings do not know, kept as sent.
-    Other(String),
-}
-
-impl LocalNodeState {
-    /// The value on the wire.
-    pub fn as_str(&self) -> &str {
-        match self {
-            Self::Empty => "",
-            Self::Inactive => "inactive",
-            Self::Pending => "pending",
-            Self::Active => "active",
-            Self::Error => "error",
-            Self::Locked => "locked",
-            Self::Other(s) => s,
-        }
-    }
-}
-
-impl From<&str> for LocalNodeState {
-    fn from(s: &str) -> Self {
-        match s {
-            "" => Self::Empty,
-            "inactive" => Self::Inactive,
-            "pending" => Self::Pending,
-            "active" => Self::Active,
-            "error" => Self::Error,
-            "locked" => Self::Locked,
-            other => Self::Other(other.to_owned()),
-        }
-    }
-}
-
-impl std::fmt::Display for LocalNodeState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl Serialize for LocalNodeState {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(self.as_str())
-    }
-}
-
-impl<'de> Deserialize<'de> for LocalNodeState {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(deserializer)?;
-        Ok(Self::from(s.as_str()))
-    }
-}
-
-/// Represents a peer-node in the swarm
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct PeerNode {
-    /// Unique identifier of for this node in the swarm.
-    #[serde(rename = "NodeID", default, skip_serializing_if = "Option::is_none")]
-    pub node_id: Option<String>,
-    /// IP address and ports at which this node can be reached.
-    #[serde(rename = "Addr", default, skip_serializing_if = "Option::is_none")]
-    pub addr: Option<String>,
-}
-
-/// Specifies how a service should be attached to a particular network.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct NetworkAttachmentConfig {
-    /// The target network for attachment. Must be a network name or ID.
-    #[serde(rename = "Target", default, skip_serializing_if = "Option::is_none")]
-    pub target: Option<String>,
-    /// Discoverable alternate names for the service on this network.
-    #[serde(rename = "Aliases", default, skip_serializing_if = "Option::is_none")]
-    pub aliases: Option<Vec<String>>,
-    /// Driver attachment options for the network target.
-    #[serde(
-        rename = "DriverOpts",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub driver_opts: Option<std::collections::HashMap<String, String>>,
 }
 
 /// Actor describes something that generates events, like a container, network, or a volume.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct EventActor {
-    /// The ID of the object emitting the event
-    #[serde(rename = "ID", default, skip_serializing_if = "Option::is_none")]
-    pub id: Option<String>,
     /// Various key/value attributes of the object, depending on its type.
     #[serde(
         rename = "Attributes",
@@ -7142,19 +2014,22 @@ pub struct EventActor {
         skip_serializing_if = "Option::is_none"
     )]
     pub attributes: Option<std::collections::HashMap<String, String>>,
+    /// The ID of the object emitting the event
+    #[serde(rename = "ID", default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
 }
 
 /// EventMessage represents the information an event contains.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct EventMessage {
-    /// The type of object emitting the event
-    #[serde(rename = "Type", default, skip_serializing_if = "Option::is_none")]
-    pub r#type: Option<EventMessageType>,
     /// The type of event
     #[serde(rename = "Action", default, skip_serializing_if = "Option::is_none")]
     pub action: Option<String>,
     #[serde(rename = "Actor", default, skip_serializing_if = "Option::is_none")]
     pub actor: Option<EventActor>,
+    /// The type of object emitting the event
+    #[serde(rename = "Type", default, skip_serializing_if = "Option::is_none")]
+    pub r#type: Option<EventMessageType>,
     /// Scope of the event. Engine events are `local` scope. Cluster (Swarm) events are `swarm` scope.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scope: Option<EventMessageScope>,
@@ -7312,500 +2187,1022 @@ impl<'de> Deserialize<'de> for EventMessageScope {
     }
 }
 
-/// A descriptor struct containing digest, media type, and size, as defined in the \[OCI Content Descriptors Specification\](<https://github.com/opencontainers/image-spec/blob/v1.0.1/descriptor.md>).
+/// Change in the container's filesystem.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct OCIDescriptor {
-    /// The media type of the object this schema refers to.
-    #[serde(rename = "mediaType", default, skip_serializing_if = "Option::is_none")]
-    pub media_type: Option<String>,
-    /// The digest of the targeted content.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub digest: Option<String>,
-    /// The size in bytes of the blob.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub size: Option<i64>,
-    /// List of URLs from which this object MAY be downloaded.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub urls: Option<Vec<String>>,
-    /// Arbitrary metadata relating to the targeted content.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub annotations: Option<std::collections::HashMap<String, String>>,
-    /// Data is an embedding of the targeted content. This is encoded as a base64 string when marshalled to JSON (automatically, by encoding/json). If present, Data can be used directly to avoid fetching the targeted content.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub data: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub platform: Option<OCIPlatform>,
-    /// ArtifactType is the IANA media type of this artifact.
-    #[serde(
-        rename = "artifactType",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub artifact_type: Option<String>,
+pub struct FilesystemChange {
+    #[serde(rename = "Kind", default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<ChangeType>,
+    /// Path to file or directory that has changed.
+    #[serde(rename = "Path", default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
 }
 
-/// Describes the platform which the image in the manifest runs on, as defined in the \[OCI Image Index Specification\](<https://github.com/opencontainers/image-spec/blob/v1.0.1/image-index.md>).
+/// Information about the daemon's firewalling configuration.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct OCIPlatform {
-    /// The CPU architecture, for example `amd64` or `ppc64`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub architecture: Option<String>,
-    /// The operating system, for example `linux` or `windows`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub os: Option<String>,
-    /// Optional field specifying the operating system version, for example on Windows `10.0.19041.1165`.
-    #[serde(
-        rename = "os.version",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub os_version: Option<String>,
-    /// Optional field specifying an array of strings, each listing a required OS feature (for example on Windows `win32k`).
-    #[serde(
-        rename = "os.features",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub os_features: Option<Vec<String>>,
-    /// Optional field specifying a variant of the CPU, for example `v7` to specify ARMv7 when architecture is `arm`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub variant: Option<String>,
-}
-
-/// Describes the result obtained from contacting the registry to retrieve image metadata.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct DistributionInspect {
-    #[serde(
-        rename = "Descriptor",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub descriptor: Option<OCIDescriptor>,
-    /// An array containing all platforms supported by the image.
-    #[serde(rename = "Platforms", default, skip_serializing_if = "Option::is_none")]
-    pub platforms: Option<Vec<Option<OCIPlatform>>>,
-}
-
-/// Options and information specific to, and only present on, Swarm CSI cluster volumes.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ClusterVolume {
-    /// The Swarm ID of this volume. Because cluster volumes are Swarm objects, they have an ID, unlike non-cluster volumes. This ID can be used to refer to the Volume instead of the name.
-    #[serde(rename = "ID", default, skip_serializing_if = "Option::is_none")]
-    pub id: Option<String>,
-    #[serde(rename = "Version", default, skip_serializing_if = "Option::is_none")]
-    pub version: Option<ObjectVersion>,
-    #[serde(rename = "CreatedAt", default, skip_serializing_if = "Option::is_none")]
-    pub created_at: Option<String>,
-    #[serde(rename = "UpdatedAt", default, skip_serializing_if = "Option::is_none")]
-    pub updated_at: Option<String>,
-    #[serde(rename = "Spec", default, skip_serializing_if = "Option::is_none")]
-    pub spec: Option<ClusterVolumeSpec>,
-    /// Information about the global status of the volume.
+pub struct FirewallInfo {
+    /// The name of the firewall backend driver.
+    #[serde(rename = "Driver", default, skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
+    /// Information about the firewall backend, provided as "label" / "value" pairs.
     #[serde(rename = "Info", default, skip_serializing_if = "Option::is_none")]
-    pub info: Option<ClusterVolumeInfo>,
-    /// The status of the volume as it pertains to its publishing and use on specific nodes
-    #[serde(
-        rename = "PublishStatus",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub publish_status: Option<Vec<ClusterVolumePublishStatusItem>>,
+    pub info: Option<Vec<Vec<String>>>,
 }
 
-/// Information about the global status of the volume.
+/// User-defined resources can be either Integer resources (e.g, `SSD=3`) or String resources (e.g, `GPU=UUID1`).
+pub type GenericResources = Vec<GenericResourcesItem>;
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ClusterVolumeInfo {
-    /// The capacity of the volume in bytes. A value of 0 indicates that the capacity is unknown.
+pub struct GenericResourcesItem {
     #[serde(
-        rename = "CapacityBytes",
+        rename = "DiscreteResourceSpec",
         default,
         skip_serializing_if = "Option::is_none"
     )]
-    pub capacity_bytes: Option<i64>,
-    /// A map of strings to strings returned from the storage plugin when the volume is created.
+    pub discrete_resource_spec: Option<GenericResourcesItemDiscreteResourceSpec>,
     #[serde(
-        rename = "VolumeContext",
+        rename = "NamedResourceSpec",
         default,
         skip_serializing_if = "Option::is_none"
     )]
-    pub volume_context: Option<std::collections::HashMap<String, String>>,
-    /// The ID of the volume as returned by the CSI storage plugin. This is distinct from the volume's ID as provided by Docker. This ID is never used by the user when communicating with Docker to refer to this volume. If the ID is blank, then the Volume has not been successfully created in the plugin yet.
-    #[serde(rename = "VolumeID", default, skip_serializing_if = "Option::is_none")]
-    pub volume_id: Option<String>,
-    /// The topology this volume is actually accessible from.
-    #[serde(
-        rename = "AccessibleTopology",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub accessible_topology: Option<Vec<Topology>>,
+    pub named_resource_spec: Option<GenericResourcesItemNamedResourceSpec>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ClusterVolumePublishStatusItem {
-    /// The ID of the Swarm node the volume is published on.
-    #[serde(rename = "NodeID", default, skip_serializing_if = "Option::is_none")]
-    pub node_id: Option<String>,
-    /// The published state of the volume. * `pending-publish` The volume should be published to this node, but the call to the controller plugin to do so has not yet been successfully completed. * `published` The volume is published successfully to the node. * `pending-node-unpublish` The volume should be unpublished from the node, and the manager is awaiting confirmation from the worker that it has done so. * `pending-controller-unpublish` The volume is successfully unpublished from the node, but has not yet been successfully unpublished on the controller.
-    #[serde(rename = "State", default, skip_serializing_if = "Option::is_none")]
-    pub state: Option<ClusterVolumePublishStatusItemState>,
-    /// A map of strings to strings returned by the CSI controller plugin when a volume is published.
+pub struct GenericResourcesItemDiscreteResourceSpec {
+    #[serde(rename = "Kind", default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    #[serde(rename = "Value", default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<i64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct GenericResourcesItemNamedResourceSpec {
+    #[serde(rename = "Kind", default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    #[serde(rename = "Value", default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+}
+
+/// Health stores information about the container's healthcheck results.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Health {
+    /// FailingStreak is the number of consecutive failures
     #[serde(
-        rename = "PublishContext",
+        rename = "FailingStreak",
         default,
         skip_serializing_if = "Option::is_none"
     )]
-    pub publish_context: Option<std::collections::HashMap<String, String>>,
+    pub failing_streak: Option<i64>,
+    /// Log contains the last few results (oldest first)
+    #[serde(rename = "Log", default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<Vec<Option<HealthcheckResult>>>,
+    /// Status is one of `none`, `starting`, `healthy` or `unhealthy`
+    #[serde(rename = "Status", default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<HealthStatus>,
 }
 
-/// The published state of the volume. * `pending-publish` The volume should be published to this node, but the call to the controller plugin to do so has not yet been successfully completed. * `published` The volume is published successfully to the node. * `pending-node-unpublish` The volume should be unpublished from the node, and the manager is awaiting confirmation from the worker that it has done so. * `pending-controller-unpublish` The volume is successfully unpublished from the node, but has not yet been successfully unpublished on the controller.
+/// Status is one of `none`, `starting`, `healthy` or `unhealthy`
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum ClusterVolumePublishStatusItemState {
-    /// `"pending-publish"`
-    PendingPublish,
-    /// `"published"`
-    Published,
-    /// `"pending-node-unpublish"`
-    PendingNodeUnpublish,
-    /// `"pending-controller-unpublish"`
-    PendingControllerUnpublish,
-    /// A value these bindings do not know, kept as sent.
-    Other(String),
-}
-
-impl ClusterVolumePublishStatusItemState {
-    /// The value on the wire.
-    pub fn as_str(&self) -> &str {
-        match self {
-            Self::PendingPublish => "pending-publish",
-            Self::Published => "published",
-            Self::PendingNodeUnpublish => "pending-node-unpublish",
-            Self::PendingControllerUnpublish => "pending-controller-unpublish",
-            Self::Other(s) => s,
-        }
-    }
-}
-
-impl From<&str> for ClusterVolumePublishStatusItemState {
-    fn from(s: &str) -> Self {
-        match s {
-            "pending-publish" => Self::PendingPublish,
-            "published" => Self::Published,
-            "pending-node-unpublish" => Self::PendingNodeUnpublish,
-            "pending-controller-unpublish" => Self::PendingControllerUnpublish,
-            other => Self::Other(other.to_owned()),
-        }
-    }
-}
-
-impl std::fmt::Display for ClusterVolumePublishStatusItemState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl Serialize for ClusterVolumePublishStatusItemState {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(self.as_str())
-    }
-}
-
-impl<'de> Deserialize<'de> for ClusterVolumePublishStatusItemState {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(deserializer)?;
-        Ok(Self::from(s.as_str()))
-    }
-}
-
-/// Cluster-specific options used to create the volume.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ClusterVolumeSpec {
-    /// Group defines the volume group of this volume. Volumes belonging to the same group can be referred to by group name when creating Services.  Referring to a volume by group instructs Swarm to treat volumes in that group interchangeably for the purpose of scheduling. Volumes with an empty string for a group technically all belong to the same, emptystring group.
-    #[serde(rename = "Group", default, skip_serializing_if = "Option::is_none")]
-    pub group: Option<String>,
-    /// Defines how the volume is used by tasks.
-    #[serde(
-        rename = "AccessMode",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub access_mode: Option<ClusterVolumeSpecAccessMode>,
-}
-
-/// Defines how the volume is used by tasks.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ClusterVolumeSpecAccessMode {
-    /// The set of nodes this volume can be used on at one time. - `single` The volume may only be scheduled to one node at a time. - `multi` the volume may be scheduled to any supported number of nodes at a time.
-    #[serde(rename = "Scope", default, skip_serializing_if = "Option::is_none")]
-    pub scope: Option<ClusterVolumeSpecAccessModeScope>,
-    /// The number and way that different tasks can use this volume at one time. - `none` The volume may only be used by one task at a time. - `readonly` The volume may be used by any number of tasks, but they all must mount the volume as readonly - `onewriter` The volume may be used by any number of tasks, but only one may mount it as read/write. - `all` The volume may have any number of readers and writers.
-    #[serde(rename = "Sharing", default, skip_serializing_if = "Option::is_none")]
-    pub sharing: Option<ClusterVolumeSpecAccessModeSharing>,
-    /// Options for using this volume as a Mount-type volume.
-    #[serde(
-        rename = "MountVolume",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub mount_volume: Option<serde_json::Value>,
-    /// Swarm Secrets that are passed to the CSI storage plugin when operating on this volume.
-    #[serde(rename = "Secrets", default, skip_serializing_if = "Option::is_none")]
-    pub secrets: Option<Vec<ClusterVolumeSpecAccessModeSecretsItem>>,
-    /// Requirements for the accessible topology of the volume. These fields are optional. For an in-depth description of what these fields mean, see the CSI specification.
-    #[serde(
-        rename = "AccessibilityRequirements",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub accessibility_requirements: Option<ClusterVolumeSpecAccessModeAccessibilityRequirements>,
-    /// The desired capacity that the volume should be created with. If empty, the plugin will decide the capacity.
-    #[serde(
-        rename = "CapacityRange",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub capacity_range: Option<ClusterVolumeSpecAccessModeCapacityRange>,
-    /// The availability of the volume for use in tasks. - `active` The volume is fully available for scheduling on the cluster - `pause` No new workloads should use the volume, but existing workloads are not stopped. - `drain` All workloads using this volume should be stopped and rescheduled, and no new ones should be started.
-    #[serde(
-        rename = "Availability",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub availability: Option<ClusterVolumeSpecAccessModeAvailability>,
-}
-
-/// The set of nodes this volume can be used on at one time. - `single` The volume may only be scheduled to one node at a time. - `multi` the volume may be scheduled to any supported number of nodes at a time.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum ClusterVolumeSpecAccessModeScope {
-    /// `"single"`
-    Single,
-    /// `"multi"`
-    Multi,
-    /// A value these bindings do not know, kept as sent.
-    Other(String),
-}
-
-impl ClusterVolumeSpecAccessModeScope {
-    /// The value on the wire.
-    pub fn as_str(&self) -> &str {
-        match self {
-            Self::Single => "single",
-            Self::Multi => "multi",
-            Self::Other(s) => s,
-        }
-    }
-}
-
-impl From<&str> for ClusterVolumeSpecAccessModeScope {
-    fn from(s: &str) -> Self {
-        match s {
-            "single" => Self::Single,
-            "multi" => Self::Multi,
-            other => Self::Other(other.to_owned()),
-        }
-    }
-}
-
-impl std::fmt::Display for ClusterVolumeSpecAccessModeScope {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl Serialize for ClusterVolumeSpecAccessModeScope {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(self.as_str())
-    }
-}
-
-impl<'de> Deserialize<'de> for ClusterVolumeSpecAccessModeScope {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(deserializer)?;
-        Ok(Self::from(s.as_str()))
-    }
-}
-
-/// The number and way that different tasks can use this volume at one time. - `none` The volume may only be used by one task at a time. - `readonly` The volume may be used by any number of tasks, but they all must mount the volume as readonly - `onewriter` The volume may be used by any number of tasks, but only one may mount it as read/write. - `all` The volume may have any number of readers and writers.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum ClusterVolumeSpecAccessModeSharing {
+pub enum HealthStatus {
     /// `"none"`
     None,
-    /// `"readonly"`
-    Readonly,
-    /// `"onewriter"`
-    Onewriter,
-    /// `"all"`
-    All,
+    /// `"starting"`
+    Starting,
+    /// `"healthy"`
+    Healthy,
+    /// `"unhealthy"`
+    Unhealthy,
+    /// `""`
+    Empty,
     /// A value these bindings do not know, kept as sent.
     Other(String),
 }
 
-impl ClusterVolumeSpecAccessModeSharing {
+impl HealthStatus {
     /// The value on the wire.
     pub fn as_str(&self) -> &str {
         match self {
             Self::None => "none",
-            Self::Readonly => "readonly",
-            Self::Onewriter => "onewriter",
-            Self::All => "all",
+            Self::Starting => "starting",
+            Self::Healthy => "healthy",
+            Self::Unhealthy => "unhealthy",
+            Self::Empty => "",
             Self::Other(s) => s,
         }
     }
 }
 
-impl From<&str> for ClusterVolumeSpecAccessModeSharing {
+impl From<&str> for HealthStatus {
     fn from(s: &str) -> Self {
         match s {
             "none" => Self::None,
-            "readonly" => Self::Readonly,
-            "onewriter" => Self::Onewriter,
-            "all" => Self::All,
+            "starting" => Self::Starting,
+            "healthy" => Self::Healthy,
+            "unhealthy" => Self::Unhealthy,
+            "" => Self::Empty,
             other => Self::Other(other.to_owned()),
         }
     }
 }
 
-impl std::fmt::Display for ClusterVolumeSpecAccessModeSharing {
+impl std::fmt::Display for HealthStatus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
     }
 }
 
-impl Serialize for ClusterVolumeSpecAccessModeSharing {
+impl Serialize for HealthStatus {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_str(self.as_str())
     }
 }
 
-impl<'de> Deserialize<'de> for ClusterVolumeSpecAccessModeSharing {
+impl<'de> Deserialize<'de> for HealthStatus {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let s = String::deserialize(deserializer)?;
         Ok(Self::from(s.as_str()))
     }
 }
 
-/// One cluster volume secret entry. Defines a key-value pair that is passed to the plugin.
+/// A test to perform to check that the container is healthy.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ClusterVolumeSpecAccessModeSecretsItem {
-    /// Key is the name of the key of the key-value pair passed to the plugin.
-    #[serde(rename = "Key", default, skip_serializing_if = "Option::is_none")]
-    pub key: Option<String>,
-    /// Secret is the swarm Secret object from which to read data. This can be a Secret name or ID. The Secret data is retrieved by swarm and used as the value of the key-value pair passed to the plugin.
-    #[serde(rename = "Secret", default, skip_serializing_if = "Option::is_none")]
-    pub secret: Option<String>,
-}
-
-/// Requirements for the accessible topology of the volume. These fields are optional. For an in-depth description of what these fields mean, see the CSI specification.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ClusterVolumeSpecAccessModeAccessibilityRequirements {
-    /// A list of required topologies, at least one of which the volume must be accessible from.
-    #[serde(rename = "Requisite", default, skip_serializing_if = "Option::is_none")]
-    pub requisite: Option<Vec<Topology>>,
-    /// A list of topologies that the volume should attempt to be provisioned in.
-    #[serde(rename = "Preferred", default, skip_serializing_if = "Option::is_none")]
-    pub preferred: Option<Vec<Topology>>,
-}
-
-/// The desired capacity that the volume should be created with. If empty, the plugin will decide the capacity.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ClusterVolumeSpecAccessModeCapacityRange {
-    /// The volume must be at least this big. The value of 0 indicates an unspecified minimum
+pub struct HealthConfig {
+    /// The time to wait between checks in nanoseconds. It should be 0 or at least 1000000 (1 ms). 0 means inherit.
+    #[serde(rename = "Interval", default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<i64>,
+    /// The number of consecutive failures needed to consider a container as unhealthy. 0 means inherit.
+    #[serde(rename = "Retries", default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<i64>,
+    /// The time to wait between checks in nanoseconds during the start period. It should be 0 or at least 1000000 (1 ms). 0 means inherit.
     #[serde(
-        rename = "RequiredBytes",
+        rename = "StartInterval",
         default,
         skip_serializing_if = "Option::is_none"
     )]
-    pub required_bytes: Option<i64>,
-    /// The volume must not be bigger than this. The value of 0 indicates an unspecified maximum.
+    pub start_interval: Option<i64>,
+    /// Start period for the container to initialize before starting health-retries countdown in nanoseconds. It should be 0 or at least 1000000 (1 ms). 0 means inherit.
     #[serde(
-        rename = "LimitBytes",
+        rename = "StartPeriod",
         default,
         skip_serializing_if = "Option::is_none"
     )]
-    pub limit_bytes: Option<i64>,
+    pub start_period: Option<i64>,
+    /// The test to perform. Possible values are:
+    #[serde(rename = "Test", default, skip_serializing_if = "Option::is_none")]
+    pub test: Option<Vec<String>>,
+    /// The time to wait before considering the check to have hung. It should be 0 or at least 1000000 (1 ms). 0 means inherit.
+    #[serde(rename = "Timeout", default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<i64>,
 }
 
-/// The availability of the volume for use in tasks. - `active` The volume is fully available for scheduling on the cluster - `pause` No new workloads should use the volume, but existing workloads are not stopped. - `drain` All workloads using this volume should be stopped and rescheduled, and no new ones should be started.
+/// HealthcheckResult stores information about a single run of a healthcheck probe
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HealthcheckResult {
+    /// Date and time at which this check ended in \[RFC 3339\](<https://www.ietf.org/rfc/rfc3339.txt>) format with nano-seconds.
+    #[serde(rename = "End", default, skip_serializing_if = "Option::is_none")]
+    pub end: Option<String>,
+    /// ExitCode meanings:
+    #[serde(rename = "ExitCode", default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i64>,
+    /// Output from last check
+    #[serde(rename = "Output", default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
+    /// Date and time at which this check started in \[RFC 3339\](<https://www.ietf.org/rfc/rfc3339.txt>) format with nano-seconds.
+    #[serde(rename = "Start", default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<String>,
+}
+
+/// Container configuration that depends on the host we are running on
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HostConfig {
+    /// Limit read rate (bytes per second) from a device, in the form:
+    #[serde(
+        rename = "BlkioDeviceReadBps",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub blkio_device_read_bps: Option<Vec<ThrottleDevice>>,
+    /// Limit read rate (IO per second) from a device, in the form:
+    #[serde(
+        rename = "BlkioDeviceReadIOps",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub blkio_device_read_i_ops: Option<Vec<ThrottleDevice>>,
+    /// Limit write rate (bytes per second) to a device, in the form:
+    #[serde(
+        rename = "BlkioDeviceWriteBps",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub blkio_device_write_bps: Option<Vec<ThrottleDevice>>,
+    /// Limit write rate (IO per second) to a device, in the form:
+    #[serde(
+        rename = "BlkioDeviceWriteIOps",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub blkio_device_write_i_ops: Option<Vec<ThrottleDevice>>,
+    /// Block IO weight (relative weight).
+    #[serde(
+        rename = "BlkioWeight",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub blkio_weight: Option<i64>,
+    /// Block IO weight (relative device weight) in the form:
+    #[serde(
+        rename = "BlkioWeightDevice",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub blkio_weight_device: Option<Vec<ResourcesBlkioWeightDeviceItem>>,
+    /// Path to `cgroups` under which the container's `cgroup` is created. If the path is not absolute, the path is considered to be relative to the `cgroups` path of the init process. Cgroups are created if they do not already exist.
+    #[serde(
+        rename = "CgroupParent",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub cgroup_parent: Option<String>,
+    /// The number of usable CPUs (Windows only).
+    #[serde(rename = "CpuCount", default, skip_serializing_if = "Option::is_none")]
+    pub cpu_count: Option<i64>,
+    /// The usable percentage of the available CPUs (Windows only).
+    #[serde(
+        rename = "CpuPercent",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub cpu_percent: Option<i64>,
+    /// The length of a CPU period in microseconds.
+    #[serde(rename = "CpuPeriod", default, skip_serializing_if = "Option::is_none")]
+    pub cpu_period: Option<i64>,
+    /// Microseconds of CPU time that the container can get in a CPU period.
+    #[serde(rename = "CpuQuota", default, skip_serializing_if = "Option::is_none")]
+    pub cpu_quota: Option<i64>,
+    /// The length of a CPU real-time period in microseconds. Set to 0 to allocate no time allocated to real-time tasks.
+    #[serde(
+        rename = "CpuRealtimePeriod",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub cpu_realtime_period: Option<i64>,
+    /// The length of a CPU real-time runtime in microseconds. Set to 0 to allocate no time allocated to real-time tasks.
+    #[serde(
+        rename = "CpuRealtimeRuntime",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub cpu_realtime_runtime: Option<i64>,
+    /// An integer value representing this container's relative CPU weight versus other containers.
+    #[serde(rename = "CpuShares", default, skip_serializing_if = "Option::is_none")]
+    pub cpu_shares: Option<i64>,
+    /// CPUs in which to allow execution (e.g., `0-3`, `0,1`).
+    #[serde(
+        rename = "CpusetCpus",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub cpuset_cpus: Option<String>,
+    /// Memory nodes (MEMs) in which to allow execution (0-3, 0,1). Only effective on NUMA systems.
+    #[serde(
+        rename = "CpusetMems",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub cpuset_mems: Option<String>,
+    /// a list of cgroup rules to apply to the container
+    #[serde(
+        rename = "DeviceCgroupRules",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub device_cgroup_rules: Option<Vec<String>>,
+    /// A list of requests for devices to be sent to device drivers.
+    #[serde(
+        rename = "DeviceRequests",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub device_requests: Option<Vec<DeviceRequest>>,
+    /// A list of devices to add to the container.
+    #[serde(rename = "Devices", default, skip_serializing_if = "Option::is_none")]
+    pub devices: Option<Vec<DeviceMapping>>,
+    /// Maximum IO in bytes per second for the container system drive (Windows only).
+    #[serde(
+        rename = "IOMaximumBandwidth",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub io_maximum_bandwidth: Option<i64>,
+    /// Maximum IOps for the container system drive (Windows only)
+    #[serde(
+        rename = "IOMaximumIOps",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub io_maximum_i_ops: Option<i64>,
+    /// Run an init inside the container that forwards signals and reaps processes. This field is omitted if empty, and the default (as configured on the daemon) is used.
+    #[serde(rename = "Init", default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<bool>,
+    /// Hard limit for kernel TCP buffer memory (in bytes). Depending on the OCI runtime in use, this option may be ignored. It is no longer supported by the default (runc) runtime.
+    #[serde(
+        rename = "KernelMemoryTCP",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub kernel_memory_tcp: Option<i64>,
+    /// Memory limit in bytes.
+    #[serde(rename = "Memory", default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<i64>,
+    /// Memory soft limit in bytes.
+    #[serde(
+        rename = "MemoryReservation",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub memory_reservation: Option<i64>,
+    /// Total memory limit (memory + swap). Set as `-1` to enable unlimited swap.
+    #[serde(
+        rename = "MemorySwap",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub memory_swap: Option<i64>,
+    /// Tune a container's memory swappiness behavior. Accepts an integer between 0 and 100.
+    #[serde(
+        rename = "MemorySwappiness",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub memory_swappiness: Option<i64>,
+    /// CPU quota in units of 10\<sup>-9\</sup> CPUs.
+    #[serde(rename = "NanoCpus", default, skip_serializing_if = "Option::is_none")]
+    pub nano_cpus: Option<i64>,
+    /// Disable OOM Killer for the container.
+    #[serde(
+        rename = "OomKillDisable",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub oom_kill_disable: Option<bool>,
+    /// Tune a container's PIDs limit. Set `0` or `-1` for unlimited, or `null` to not change.
+    #[serde(rename = "PidsLimit", default, skip_serializing_if = "Option::is_none")]
+    pub pids_limit: Option<i64>,
+    /// A list of resource limits to set in the container. For example:
+    #[serde(rename = "Ulimits", default, skip_serializing_if = "Option::is_none")]
+    pub ulimits: Option<Vec<ResourcesUlimitsItem>>,
+    /// Arbitrary non-identifying metadata attached to container and provided to the runtime when the container is started.
+    #[serde(
+        rename = "Annotations",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub annotations: Option<std::collections::HashMap<String, String>>,
+    /// Automatically remove the container when the container's process exits. This has no effect if `RestartPolicy` is set.
+    #[serde(
+        rename = "AutoRemove",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub auto_remove: Option<bool>,
+    /// A list of volume bindings for this container. Each volume binding is a string in one of these forms:
+    #[serde(rename = "Binds", default, skip_serializing_if = "Option::is_none")]
+    pub binds: Option<Vec<String>>,
+    /// A list of kernel capabilities to add to the container. Conflicts with option 'Capabilities'.
+    #[serde(rename = "CapAdd", default, skip_serializing_if = "Option::is_none")]
+    pub cap_add: Option<Vec<String>>,
+    /// A list of kernel capabilities to drop from the container. Conflicts with option 'Capabilities'.
+    #[serde(rename = "CapDrop", default, skip_serializing_if = "Option::is_none")]
+    pub cap_drop: Option<Vec<String>>,
+    /// Cgroup to use for the container.
+    #[serde(rename = "Cgroup", default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
+    /// cgroup namespace mode for the container. Possible values are:
+    #[serde(
+        rename = "CgroupnsMode",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub cgroupns_mode: Option<HostConfigCgroupnsMode>,
+    /// Initial console size, as an `[height, width]` array.
+    #[serde(
+        rename = "ConsoleSize",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub console_size: Option<Vec<i64>>,
+    /// Path to a file where the container ID is written
+    #[serde(
+        rename = "ContainerIDFile",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub container_id_file: Option<String>,
+    /// A list of DNS servers for the container to use.
+    #[serde(rename = "Dns", default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<Vec<String>>,
+    /// A list of DNS options.
+    #[serde(
+        rename = "DnsOptions",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub dns_options: Option<Vec<String>>,
+    /// A list of DNS search domains.
+    #[serde(rename = "DnsSearch", default, skip_serializing_if = "Option::is_none")]
+    pub dns_search: Option<Vec<String>>,
+    /// A list of hostnames/IP mappings to add to the container's `/etc/hosts` file. Specified in the form `["hostname:IP"]`.
+    #[serde(
+        rename = "ExtraHosts",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub extra_hosts: Option<Vec<String>>,
+    /// A list of additional groups that the container process will run as.
+    #[serde(rename = "GroupAdd", default, skip_serializing_if = "Option::is_none")]
+    pub group_add: Option<Vec<String>>,
+    /// IPC sharing mode for the container. Possible values are:
+    #[serde(rename = "IpcMode", default, skip_serializing_if = "Option::is_none")]
+    pub ipc_mode: Option<String>,
+    /// Isolation technology of the container. (Windows only)
+    #[serde(rename = "Isolation", default, skip_serializing_if = "Option::is_none")]
+    pub isolation: Option<HostConfigIsolation>,
+    /// A list of links for the container in the form `container_name:alias`.
+    #[serde(rename = "Links", default, skip_serializing_if = "Option::is_none")]
+    pub links: Option<Vec<String>>,
+    /// The logging configuration for this container
+    #[serde(rename = "LogConfig", default, skip_serializing_if = "Option::is_none")]
+    pub log_config: Option<HostConfigLogConfig>,
+    /// The list of paths to be masked inside the container (this overrides the default set of paths).
+    #[serde(
+        rename = "MaskedPaths",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub masked_paths: Option<Vec<String>>,
+    /// Specification for mounts to be added to the container.
+    #[serde(rename = "Mounts", default, skip_serializing_if = "Option::is_none")]
+    pub mounts: Option<Vec<Mount>>,
+    /// Network mode to use for this container. Supported standard values are: `bridge`, `host`, `none`, and `container:<name|id>`. Any other value is taken as a custom network's name to which this container should connect to.
+    #[serde(
+        rename = "NetworkMode",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub network_mode: Option<String>,
+    /// An integer value containing the score given to the container in order to tune OOM killer preferences.
+    #[serde(
+        rename = "OomScoreAdj",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub oom_score_adj: Option<i64>,
+    /// Set the PID (Process) Namespace mode for the container. It can be either:
+    #[serde(rename = "PidMode", default, skip_serializing_if = "Option::is_none")]
+    pub pid_mode: Option<String>,
+    #[serde(
+        rename = "PortBindings",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub port_bindings: Option<PortMap>,
+    /// Gives the container full access to the host.
+    #[serde(
+        rename = "Privileged",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub privileged: Option<bool>,
+    /// Allocates an ephemeral host port for all of a container's exposed ports.
+    #[serde(
+        rename = "PublishAllPorts",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub publish_all_ports: Option<bool>,
+    /// The list of paths to be set as read-only inside the container (this overrides the default set of paths).
+    #[serde(
+        rename = "ReadonlyPaths",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub readonly_paths: Option<Vec<String>>,
+    /// Mount the container's root filesystem as read only.
+    #[serde(
+        rename = "ReadonlyRootfs",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub readonly_rootfs: Option<bool>,
+    #[serde(
+        rename = "RestartPolicy",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub restart_policy: Option<RestartPolicy>,
+    /// Runtime to use with this container.
+    #[serde(rename = "Runtime", default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<String>,
+    /// A list of string values to customize labels for MLS systems, such as SELinux.
+    #[serde(
+        rename = "SecurityOpt",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub security_opt: Option<Vec<String>>,
+    /// Size of `/dev/shm` in bytes. If omitted, the system uses 64MB.
+    #[serde(rename = "ShmSize", default, skip_serializing_if = "Option::is_none")]
+    pub shm_size: Option<i64>,
+    /// Storage driver options for this container, in the form `{"size": "120G"}`.
+    #[serde(
+        rename = "StorageOpt",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub storage_opt: Option<std::collections::HashMap<String, String>>,
+    /// A list of kernel parameters (sysctls) to set in the container.
+    #[serde(rename = "Sysctls", default, skip_serializing_if = "Option::is_none")]
+    pub sysctls: Option<std::collections::HashMap<String, String>>,
+    /// A map of container directories which should be replaced by tmpfs mounts, and their corresponding mount options. For example:
+    #[serde(rename = "Tmpfs", default, skip_serializing_if = "Option::is_none")]
+    pub tmpfs: Option<std::collections::HashMap<String, String>>,
+    /// UTS namespace to use for the container.
+    #[serde(rename = "UTSMode", default, skip_serializing_if = "Option::is_none")]
+    pub uts_mode: Option<String>,
+    /// Sets the usernamespace mode for the container when usernamespace remapping option is enabled.
+    #[serde(
+        rename = "UsernsMode",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub userns_mode: Option<String>,
+    /// Driver that this container uses to mount volumes.
+    #[serde(
+        rename = "VolumeDriver",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub volume_driver: Option<String>,
+    /// A list of volumes to inherit from another container, specified in the form `<container name>[:<ro|rw>]`.
+    #[serde(
+        rename = "VolumesFrom",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub volumes_from: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ResourcesBlkioWeightDeviceItem {
+    #[serde(rename = "Path", default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(rename = "Weight", default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<i64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ResourcesUlimitsItem {
+    /// Hard limit
+    #[serde(rename = "Hard", default, skip_serializing_if = "Option::is_none")]
+    pub hard: Option<i64>,
+    /// Name of ulimit
+    #[serde(rename = "Name", default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Soft limit
+    #[serde(rename = "Soft", default, skip_serializing_if = "Option::is_none")]
+    pub soft: Option<i64>,
+}
+
+/// cgroup namespace mode for the container. Possible values are:
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum ClusterVolumeSpecAccessModeAvailability {
-    /// `"active"`
-    Active,
-    /// `"pause"`
-    Pause,
-    /// `"drain"`
-    Drain,
+pub enum HostConfigCgroupnsMode {
+    /// `"private"`
+    Private,
+    /// `"host"`
+    Host,
     /// A value these bindings do not know, kept as sent.
     Other(String),
 }
 
-impl ClusterVolumeSpecAccessModeAvailability {
+impl HostConfigCgroupnsMode {
     /// The value on the wire.
     pub fn as_str(&self) -> &str {
         match self {
-            Self::Active => "active",
-            Self::Pause => "pause",
-            Self::Drain => "drain",
+            Self::Private => "private",
+            Self::Host => "host",
             Self::Other(s) => s,
         }
     }
 }
 
-impl From<&str> for ClusterVolumeSpecAccessModeAvailability {
+impl From<&str> for HostConfigCgroupnsMode {
     fn from(s: &str) -> Self {
         match s {
-            "active" => Self::Active,
-            "pause" => Self::Pause,
-            "drain" => Self::Drain,
+            "private" => Self::Private,
+            "host" => Self::Host,
             other => Self::Other(other.to_owned()),
         }
     }
 }
 
-impl std::fmt::Display for ClusterVolumeSpecAccessModeAvailability {
+impl std::fmt::Display for HostConfigCgroupnsMode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
     }
 }
 
-impl Serialize for ClusterVolumeSpecAccessModeAvailability {
+impl Serialize for HostConfigCgroupnsMode {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_str(self.as_str())
     }
 }
 
-impl<'de> Deserialize<'de> for ClusterVolumeSpecAccessModeAvailability {
+impl<'de> Deserialize<'de> for HostConfigCgroupnsMode {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let s = String::deserialize(deserializer)?;
         Ok(Self::from(s.as_str()))
     }
 }
 
-/// A map of topological domains to topological segments. For in depth details, see documentation for the Topology object in the CSI specification.
-pub type Topology = std::collections::HashMap<String, String>;
+/// Isolation technology of the container. (Windows only)
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum HostConfigIsolation {
+    /// `"default"`
+    Default,
+    /// `"process"`
+    Process,
+    /// `"hyperv"`
+    Hyperv,
+    /// `""`
+    Empty,
+    /// A value these bindings do not know, kept as sent.
+    Other(String),
+}
 
-/// ImageManifestSummary represents a summary of an image manifest.
+impl HostConfigIsolation {
+    /// The value on the wire.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Default => "default",
+            Self::Process => "process",
+            Self::Hyperv => "hyperv",
+            Self::Empty => "",
+            Self::Other(s) => s,
+        }
+    }
+}
+
+impl From<&str> for HostConfigIsolation {
+    fn from(s: &str) -> Self {
+        match s {
+            "default" => Self::Default,
+            "process" => Self::Process,
+            "hyperv" => Self::Hyperv,
+            "" => Self::Empty,
+            other => Self::Other(other.to_owned()),
+        }
+    }
+}
+
+impl std::fmt::Display for HostConfigIsolation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for HostConfigIsolation {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for HostConfigIsolation {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(deserializer)?;
+        Ok(Self::from(s.as_str()))
+    }
+}
+
+/// The logging configuration for this container
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ImageManifestSummary {
-    /// ID is the content-addressable ID of an image and is the same as the digest of the image manifest.
+pub struct HostConfigLogConfig {
+    /// Driver-specific configuration options for the logging driver.
+    #[serde(rename = "Config", default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<std::collections::HashMap<String, String>>,
+    /// Name of the logging driver used for the container or "none" if logging is disabled.
+    #[serde(rename = "Type", default, skip_serializing_if = "Option::is_none")]
+    pub r#type: Option<HostConfigLogConfigType>,
+}
+
+/// Name of the logging driver used for the container or "none" if logging is disabled.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum HostConfigLogConfigType {
+    /// `"local"`
+    Local,
+    /// `"json-file"`
+    JsonFile,
+    /// `"syslog"`
+    Syslog,
+    /// `"journald"`
+    Journald,
+    /// `"gelf"`
+    Gelf,
+    /// `"fluentd"`
+    Fluentd,
+    /// `"awslogs"`
+    Awslogs,
+    /// `"splunk"`
+    Splunk,
+    /// `"etwlogs"`
+    Etwlogs,
+    /// `"none"`
+    None,
+    /// A value these bindings do not know, kept as sent.
+    Other(String),
+}
+
+impl HostConfigLogConfigType {
+    /// The value on the wire.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Local => "local",
+            Self::JsonFile => "json-file",
+            Self::Syslog => "syslog",
+            Self::Journald => "journald",
+            Self::Gelf => "gelf",
+            Self::Fluentd => "fluentd",
+            Self::Awslogs => "awslogs",
+            Self::Splunk => "splunk",
+            Self::Etwlogs => "etwlogs",
+            Self::None => "none",
+            Self::Other(s) => s,
+        }
+    }
+}
+
+impl From<&str> for HostConfigLogConfigType {
+    fn from(s: &str) -> Self {
+        match s {
+            "local" => Self::Local,
+            "json-file" => Self::JsonFile,
+            "syslog" => Self::Syslog,
+            "journald" => Self::Journald,
+            "gelf" => Self::Gelf,
+            "fluentd" => Self::Fluentd,
+            "awslogs" => Self::Awslogs,
+            "splunk" => Self::Splunk,
+            "etwlogs" => Self::Etwlogs,
+            "none" => Self::None,
+            other => Self::Other(other.to_owned()),
+        }
+    }
+}
+
+impl std::fmt::Display for HostConfigLogConfigType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for HostConfigLogConfigType {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for HostConfigLogConfigType {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(deserializer)?;
+        Ok(Self::from(s.as_str()))
+    }
+}
+
+/// Response to an API call that returns just an Id
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct IDResponse {
+    /// The id of the newly created object.
+    #[serde(rename = "Id", default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct IPAM {
+    /// List of IPAM configuration options, specified as a map:
+    #[serde(rename = "Config", default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<Vec<IPAMConfig>>,
+    /// Name of the IPAM driver to use.
+    #[serde(rename = "Driver", default, skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
+    /// Driver-specific options, specified as a map.
+    #[serde(rename = "Options", default, skip_serializing_if = "Option::is_none")]
+    pub options: Option<std::collections::HashMap<String, String>>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct IPAMConfig {
+    #[serde(
+        rename = "AuxiliaryAddresses",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub auxiliary_addresses: Option<std::collections::HashMap<String, String>>,
+    #[serde(rename = "Gateway", default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
+    #[serde(rename = "IPRange", default, skip_serializing_if = "Option::is_none")]
+    pub ip_range: Option<String>,
+    #[serde(rename = "Subnet", default, skip_serializing_if = "Option::is_none")]
+    pub subnet: Option<String>,
+}
+
+/// Configuration of the image. These fields are used as defaults when starting a container from the image.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ImageConfig {
+    /// Command is already escaped (Windows only)
+    #[serde(
+        rename = "ArgsEscaped",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub args_escaped: Option<bool>,
+    /// Command to run specified as a string or an array of strings.
+    #[serde(rename = "Cmd", default, skip_serializing_if = "Option::is_none")]
+    pub cmd: Option<Vec<String>>,
+    /// The entry point for the container as a string or an array of strings.
+    #[serde(
+        rename = "Entrypoint",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub entrypoint: Option<Vec<String>>,
+    /// A list of environment variables to set inside the container in the form `["VAR=value", ...]`. A variable without `=` is removed from the environment, rather than to have an empty value.
+    #[serde(rename = "Env", default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<Vec<String>>,
+    /// An object mapping ports to an empty object in the form:
+    #[serde(
+        rename = "ExposedPorts",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub exposed_ports: Option<std::collections::HashMap<String, serde_json::Value>>,
+    #[serde(
+        rename = "Healthcheck",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub healthcheck: Option<HealthConfig>,
+    /// User-defined key/value metadata.
+    #[serde(rename = "Labels", default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<std::collections::HashMap<String, String>>,
+    /// `ONBUILD` metadata that were defined in the image's `Dockerfile`.
+    #[serde(rename = "OnBuild", default, skip_serializing_if = "Option::is_none")]
+    pub on_build: Option<Vec<String>>,
+    /// Shell for when `RUN`, `CMD`, and `ENTRYPOINT` uses a shell.
+    #[serde(rename = "Shell", default, skip_serializing_if = "Option::is_none")]
+    pub shell: Option<Vec<String>>,
+    /// Signal to stop a container as a string or unsigned integer.
+    #[serde(
+        rename = "StopSignal",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub stop_signal: Option<String>,
+    /// The user that commands are run as inside the container.
+    #[serde(rename = "User", default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// An object mapping mount point paths inside the container to empty objects.
+    #[serde(rename = "Volumes", default, skip_serializing_if = "Option::is_none")]
+    pub volumes: Option<std::collections::HashMap<String, serde_json::Value>>,
+    /// The working directory for commands to run in.
+    #[serde(
+        rename = "WorkingDir",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub working_dir: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ImageDeleteResponseItem {
+    /// The image ID of an image that was deleted
+    #[serde(rename = "Deleted", default, skip_serializing_if = "Option::is_none")]
+    pub deleted: Option<String>,
+    /// The image ID of an image that was untagged
+    #[serde(rename = "Untagged", default, skip_serializing_if = "Option::is_none")]
+    pub untagged: Option<String>,
+}
+
+/// Image ID or Digest
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ImageID {
     #[serde(rename = "ID", default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
+}
+
+/// Information about an image in the local image cache.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ImageInspect {
+    /// Hardware CPU architecture that the image runs on.
+    #[serde(
+        rename = "Architecture",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub architecture: Option<String>,
+    /// Name of the author that was specified when committing the image, or as specified through MAINTAINER (deprecated) in the Dockerfile.
+    #[serde(rename = "Author", default, skip_serializing_if = "Option::is_none")]
+    pub author: Option<String>,
+    /// Optional message that was set when committing or importing the image.
+    #[serde(rename = "Comment", default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+    #[serde(rename = "Config", default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<ImageConfig>,
+    /// Date and time at which the image was created, formatted in \[RFC 3339\](<https://www.ietf.org/rfc/rfc3339.txt>) format with nano-seconds.
+    #[serde(rename = "Created", default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<String>,
+    /// Descriptor is an OCI descriptor of the image target. In case of a multi-platform image, this descriptor points to the OCI index or a manifest list.
     #[serde(
         rename = "Descriptor",
         default,
         skip_serializing_if = "Option::is_none"
     )]
     pub descriptor: Option<OCIDescriptor>,
-    /// Indicates whether all the child content (image config, layers) is fully available locally.
-    #[serde(rename = "Available", default, skip_serializing_if = "Option::is_none")]
-    pub available: Option<bool>,
+    /// The version of Docker that was used to build the image.
+    #[serde(
+        rename = "DockerVersion",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub docker_version: Option<String>,
+    #[serde(
+        rename = "GraphDriver",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub graph_driver: Option<DriverData>,
+    /// ID is the content-addressable ID of an image.
+    #[serde(rename = "Id", default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Manifests is a list of image manifests available in this image. It provides a more detailed view of the platform-specific image manifests or other image-attached data like build attestations.
+    #[serde(rename = "Manifests", default, skip_serializing_if = "Option::is_none")]
+    pub manifests: Option<Vec<ImageManifestSummary>>,
+    /// Additional metadata of the image in the local cache. This information is local to the daemon, and not part of the image itself.
+    #[serde(rename = "Metadata", default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<ImageInspectMetadata>,
+    /// Operating System the image is built to run on.
+    #[serde(rename = "Os", default, skip_serializing_if = "Option::is_none")]
+    pub os: Option<String>,
+    /// Operating System version the image is built to run on (especially for Windows).
+    #[serde(rename = "OsVersion", default, skip_serializing_if = "Option::is_none")]
+    pub os_version: Option<String>,
+    /// ID of the parent image.
+    #[serde(rename = "Parent", default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    /// List of content-addressable digests of locally available image manifests that the image is referenced from. Multiple manifests can refer to the same image.
+    #[serde(
+        rename = "RepoDigests",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub repo_digests: Option<Vec<String>>,
+    /// List of image names/tags in the local image cache that reference this image.
+    #[serde(rename = "RepoTags", default, skip_serializing_if = "Option::is_none")]
+    pub repo_tags: Option<Vec<String>>,
+    /// Information about the image's RootFS, including the layer IDs.
+    #[serde(rename = "RootFS", default, skip_serializing_if = "Option::is_none")]
+    pub root_fs: Option<ImageInspectRootFS>,
+    /// Total size of the image including all layers it is composed of.
     #[serde(rename = "Size", default, skip_serializing_if = "Option::is_none")]
-    pub size: Option<ImageManifestSummarySize>,
-    /// The kind of the manifest.
-    #[serde(rename = "Kind", default, skip_serializing_if = "Option::is_none")]
-    pub kind: Option<ImageManifestSummaryKind>,
-    /// The image data for the image manifest. This field is only populated when Kind is "image".
-    #[serde(rename = "ImageData", default, skip_serializing_if = "Option::is_none")]
-    pub image_data: Option<ImageManifestSummaryImageData>,
+    pub size: Option<i64>,
+    /// CPU architecture variant (presently ARM-only).
+    #[serde(rename = "Variant", default, skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
+}
+
+/// Additional metadata of the image in the local cache. This information is local to the daemon, and not part of the image itself.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ImageInspectMetadata {
+    /// Date and time at which the image was last tagged in \[RFC 3339\](<https://www.ietf.org/rfc/rfc3339.txt>) format with nano-seconds.
+    #[serde(
+        rename = "LastTagTime",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub last_tag_time: Option<String>,
+}
+
+/// Information about the image's RootFS, including the layer IDs.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ImageInspectRootFS {
+    #[serde(rename = "Layers", default, skip_serializing_if = "Option::is_none")]
+    pub layers: Option<Vec<String>>,
+    #[serde(rename = "Type", default, skip_serializing_if = "Option::is_none")]
+    pub r#type: Option<String>,
+}
+
+/// ImageManifestSummary represents a summary of an image manifest.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ImageManifestSummary {
     /// The image data for the attestation manifest. This field is only populated when Kind is "attestation".
     #[serde(
         rename = "AttestationData",
@@ -7813,16 +3210,58 @@ pub struct ImageManifestSummary {
         skip_serializing_if = "Option::is_none"
     )]
     pub attestation_data: Option<ImageManifestSummaryAttestationData>,
+    /// Indicates whether all the child content (image config, layers) is fully available locally.
+    #[serde(rename = "Available", default, skip_serializing_if = "Option::is_none")]
+    pub available: Option<bool>,
+    #[serde(
+        rename = "Descriptor",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub descriptor: Option<OCIDescriptor>,
+    /// ID is the content-addressable ID of an image and is the same as the digest of the image manifest.
+    #[serde(rename = "ID", default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// The image data for the image manifest. This field is only populated when Kind is "image".
+    #[serde(rename = "ImageData", default, skip_serializing_if = "Option::is_none")]
+    pub image_data: Option<ImageManifestSummaryImageData>,
+    /// The kind of the manifest.
+    #[serde(rename = "Kind", default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<ImageManifestSummaryKind>,
+    #[serde(rename = "Size", default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<ImageManifestSummarySize>,
+}
+
+/// The image data for the attestation manifest. This field is only populated when Kind is "attestation".
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ImageManifestSummaryAttestationData {
+    /// The digest of the image manifest that this attestation is for.
+    #[serde(rename = "For", default, skip_serializing_if = "Option::is_none")]
+    pub r#for: Option<String>,
+}
+
+/// The image data for the image manifest. This field is only populated when Kind is "image".
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ImageManifestSummaryImageData {
+    /// The IDs of the containers that are using this image.
+    #[serde(
+        rename = "Containers",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub containers: Option<Vec<String>>,
+    /// OCI platform of the image. This will be the platform specified in the manifest descriptor from the index/manifest list. If it's not available, it will be obtained from the image config.
+    #[serde(rename = "Platform", default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<OCIPlatform>,
+    #[serde(rename = "Size", default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<ImageManifestSummaryImageDataSize>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ImageManifestSummarySize {
-    /// Total is the total size (in bytes) of all the locally present data (both distributable and non-distributable) that's related to this manifest and its children. This equal to the sum of \[Content\] size AND all the sizes in the \[Size\] struct present in the Kind-specific data struct. For example, for an image kind (Kind == "image") this would include the size of the image content and unpacked image snapshots (\[Size.Content\] + \[ImageData.Size.Unpacked\]).
-    #[serde(rename = "Total", default, skip_serializing_if = "Option::is_none")]
-    pub total: Option<i64>,
-    /// Content is the size (in bytes) of all the locally present content in the content store (e.g. image config, layers) referenced by this manifest and its children. This only includes blobs in the content store.
-    #[serde(rename = "Content", default, skip_serializing_if = "Option::is_none")]
-    pub content: Option<i64>,
+pub struct ImageManifestSummaryImageDataSize {
+    /// Unpacked is the size (in bytes) of the locally unpacked (uncompressed) image content that's directly usable by the containers running this image. It's independent of the distributable content - e.g. the image might still have an unpacked data that's still used by some container even when the distributable/compressed content is already gone.
+    #[serde(rename = "Unpacked", default, skip_serializing_if = "Option::is_none")]
+    pub unpacked: Option<i64>,
 }
 
 /// The kind of the manifest.
@@ -7880,195 +3319,1778 @@ impl<'de> Deserialize<'de> for ImageManifestSummaryKind {
     }
 }
 
-/// The image data for the image manifest. This field is only populated when Kind is "image".
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ImageManifestSummaryImageData {
-    /// OCI platform of the image. This will be the platform specified in the manifest descriptor from the index/manifest list. If it's not available, it will be obtained from the image config.
-    #[serde(rename = "Platform", default, skip_serializing_if = "Option::is_none")]
-    pub platform: Option<OCIPlatform>,
-    /// The IDs of the containers that are using this image.
+pub struct ImageManifestSummarySize {
+    /// Content is the size (in bytes) of all the locally present content in the content store (e.g. image config, layers) referenced by this manifest and its children. This only includes blobs in the content store.
+    #[serde(rename = "Content", default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<i64>,
+    /// Total is the total size (in bytes) of all the locally present data (both distributable and non-distributable) that's related to this manifest and its children. This equal to the sum of \[Content\] size AND all the sizes in the \[Size\] struct present in the Kind-specific data struct. For example, for an image kind (Kind == "image") this would include the size of the image content and unpacked image snapshots (\[Size.Content\] + \[ImageData.Size.Unpacked\]).
+    #[serde(rename = "Total", default, skip_serializing_if = "Option::is_none")]
+    pub total: Option<i64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ImageSummary {
+    /// Number of containers using this image. Includes both stopped and running containers.
     #[serde(
         rename = "Containers",
         default,
         skip_serializing_if = "Option::is_none"
     )]
-    pub containers: Option<Vec<String>>,
+    pub containers: Option<i64>,
+    /// Date and time at which the image was created as a Unix timestamp (number of seconds since EPOCH).
+    #[serde(rename = "Created", default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<i64>,
+    /// Descriptor is an OCI descriptor of the image target. In case of a multi-platform image, this descriptor points to the OCI index or a manifest list.
+    #[serde(
+        rename = "Descriptor",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub descriptor: Option<OCIDescriptor>,
+    /// ID is the content-addressable ID of an image.
+    #[serde(rename = "Id", default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// User-defined key/value metadata.
+    #[serde(rename = "Labels", default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<std::collections::HashMap<String, String>>,
+    /// Manifests is a list of manifests available in this image. It provides a more detailed view of the platform-specific image manifests or other image-attached data like build attestations.
+    #[serde(rename = "Manifests", default, skip_serializing_if = "Option::is_none")]
+    pub manifests: Option<Vec<ImageManifestSummary>>,
+    /// ID of the parent image.
+    #[serde(rename = "ParentId", default, skip_serializing_if = "Option::is_none")]
+    pub parent_id: Option<String>,
+    /// List of content-addressable digests of locally available image manifests that the image is referenced from. Multiple manifests can refer to the same image.
+    #[serde(
+        rename = "RepoDigests",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub repo_digests: Option<Vec<String>>,
+    /// List of image names/tags in the local image cache that reference this image.
+    #[serde(rename = "RepoTags", default, skip_serializing_if = "Option::is_none")]
+    pub repo_tags: Option<Vec<String>>,
+    /// Total size of image layers that are shared between this image and other images.
+    #[serde(
+        rename = "SharedSize",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub shared_size: Option<i64>,
+    /// Total size of the image including all layers it is composed of.
     #[serde(rename = "Size", default, skip_serializing_if = "Option::is_none")]
-    pub size: Option<ImageManifestSummaryImageDataSize>,
+    pub size: Option<i64>,
+}
+
+/// IndexInfo contains information about a registry.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct IndexInfo {
+    /// List of mirrors, expressed as URIs.
+    #[serde(rename = "Mirrors", default, skip_serializing_if = "Option::is_none")]
+    pub mirrors: Option<Vec<String>>,
+    /// Name of the registry, such as "docker.io".
+    #[serde(rename = "Name", default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Indicates whether this is an official registry (i.e., Docker Hub / docker.io)
+    #[serde(rename = "Official", default, skip_serializing_if = "Option::is_none")]
+    pub official: Option<bool>,
+    /// Indicates if the registry is part of the list of insecure registries.
+    #[serde(rename = "Secure", default, skip_serializing_if = "Option::is_none")]
+    pub secure: Option<bool>,
+}
+
+/// JoinTokens contains the tokens workers and managers need to join the swarm.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct JoinTokens {
+    /// The token managers can use to join the swarm.
+    #[serde(rename = "Manager", default, skip_serializing_if = "Option::is_none")]
+    pub manager: Option<String>,
+    /// The token workers can use to join the swarm.
+    #[serde(rename = "Worker", default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
+}
+
+/// An object describing a limit on resources which can be requested by a task.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Limit {
+    #[serde(
+        rename = "MemoryBytes",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub memory_bytes: Option<i64>,
+    #[serde(rename = "NanoCPUs", default, skip_serializing_if = "Option::is_none")]
+    pub nano_cpus: Option<i64>,
+    /// Limits the maximum number of PIDs in the container. Set `0` for unlimited.
+    #[serde(rename = "Pids", default, skip_serializing_if = "Option::is_none")]
+    pub pids: Option<i64>,
+}
+
+/// Current local status of this node.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum LocalNodeState {
+    /// `""`
+    Empty,
+    /// `"inactive"`
+    Inactive,
+    /// `"pending"`
+    Pending,
+    /// `"active"`
+    Active,
+    /// `"error"`
+    Error,
+    /// `"locked"`
+    Locked,
+    /// A value these bindings do not know, kept as sent.
+    Other(String),
+}
+
+impl LocalNodeState {
+    /// The value on the wire.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Empty => "",
+            Self::Inactive => "inactive",
+            Self::Pending => "pending",
+            Self::Active => "active",
+            Self::Error => "error",
+            Self::Locked => "locked",
+            Self::Other(s) => s,
+        }
+    }
+}
+
+impl From<&str> for LocalNodeState {
+    fn from(s: &str) -> Self {
+        match s {
+            "" => Self::Empty,
+            "inactive" => Self::Inactive,
+            "pending" => Self::Pending,
+            "active" => Self::Active,
+            "error" => Self::Error,
+            "locked" => Self::Locked,
+            other => Self::Other(other.to_owned()),
+        }
+    }
+}
+
+impl std::fmt::Display for LocalNodeState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for LocalNodeState {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for LocalNodeState {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(deserializer)?;
+        Ok(Self::from(s.as_str()))
+    }
+}
+
+/// ManagerStatus represents the status of a manager.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ManagerStatus {
+    /// The IP address and port at which the manager is reachable.
+    #[serde(rename = "Addr", default, skip_serializing_if = "Option::is_none")]
+    pub addr: Option<String>,
+    #[serde(rename = "Leader", default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<bool>,
+    #[serde(
+        rename = "Reachability",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub reachability: Option<Reachability>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ImageManifestSummaryImageDataSize {
-    /// Unpacked is the size (in bytes) of the locally unpacked (uncompressed) image content that's directly usable by the containers running this image. It's independent of the distributable content - e.g. the image might still have an unpacked data that's still used by some container even when the distributable/compressed content is already gone.
-    #[serde(rename = "Unpacked", default, skip_serializing_if = "Option::is_none")]
-    pub unpacked: Option<i64>,
+pub struct Mount {
+    /// Optional configuration for the `bind` type.
+    #[serde(
+        rename = "BindOptions",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub bind_options: Option<MountBindOptions>,
+    /// The consistency requirement for the mount: `default`, `consistent`, `cached`, or `delegated`.
+    #[serde(
+        rename = "Consistency",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub consistency: Option<String>,
+    /// Optional configuration for the `image` type.
+    #[serde(
+        rename = "ImageOptions",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub image_options: Option<MountImageOptions>,
+    /// Whether the mount should be read-only.
+    #[serde(rename = "ReadOnly", default, skip_serializing_if = "Option::is_none")]
+    pub read_only: Option<bool>,
+    /// Mount source (e.g. a volume name, a host path).
+    #[serde(rename = "Source", default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// Container path.
+    #[serde(rename = "Target", default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// Optional configuration for the `tmpfs` type.
+    #[serde(
+        rename = "TmpfsOptions",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub tmpfs_options: Option<MountTmpfsOptions>,
+    /// The mount type. Available types:
+    #[serde(rename = "Type", default, skip_serializing_if = "Option::is_none")]
+    pub r#type: Option<MountType>,
+    /// Optional configuration for the `volume` type.
+    #[serde(
+        rename = "VolumeOptions",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub volume_options: Option<MountVolumeOptions>,
 }
 
-/// The image data for the attestation manifest. This field is only populated when Kind is "attestation".
+/// Optional configuration for the `bind` type.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ImageManifestSummaryAttestationData {
-    /// The digest of the image manifest that this attestation is for.
-    #[serde(rename = "For", default, skip_serializing_if = "Option::is_none")]
-    pub r#for: Option<String>,
+pub struct MountBindOptions {
+    /// Create mount point on host if missing
+    #[serde(
+        rename = "CreateMountpoint",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub create_mountpoint: Option<bool>,
+    /// Disable recursive bind mount.
+    #[serde(
+        rename = "NonRecursive",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub non_recursive: Option<bool>,
+    /// A propagation mode with the value `[r]private`, `[r]shared`, or `[r]slave`.
+    #[serde(
+        rename = "Propagation",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub propagation: Option<MountBindOptionsPropagation>,
+    /// Raise an error if the mount cannot be made recursively read-only.
+    #[serde(
+        rename = "ReadOnlyForceRecursive",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub read_only_force_recursive: Option<bool>,
+    /// Make the mount non-recursively read-only, but still leave the mount recursive (unless NonRecursive is set to `true` in conjunction).
+    #[serde(
+        rename = "ReadOnlyNonRecursive",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub read_only_non_recursive: Option<bool>,
+}
+
+/// A propagation mode with the value `[r]private`, `[r]shared`, or `[r]slave`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum MountBindOptionsPropagation {
+    /// `"private"`
+    Private,
+    /// `"rprivate"`
+    Rprivate,
+    /// `"shared"`
+    Shared,
+    /// `"rshared"`
+    Rshared,
+    /// `"slave"`
+    Slave,
+    /// `"rslave"`
+    Rslave,
+    /// A value these bindings do not know, kept as sent.
+    Other(String),
+}
+
+impl MountBindOptionsPropagation {
+    /// The value on the wire.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Private => "private",
+            Self::Rprivate => "rprivate",
+            Self::Shared => "shared",
+            Self::Rshared => "rshared",
+            Self::Slave => "slave",
+            Self::Rslave => "rslave",
+            Self::Other(s) => s,
+        }
+    }
+}
+
+impl From<&str> for MountBindOptionsPropagation {
+    fn from(s: &str) -> Self {
+        match s {
+            "private" => Self::Private,
+            "rprivate" => Self::Rprivate,
+            "shared" => Self::Shared,
+            "rshared" => Self::Rshared,
+            "slave" => Self::Slave,
+            "rslave" => Self::Rslave,
+            other => Self::Other(other.to_owned()),
+        }
+    }
+}
+
+impl std::fmt::Display for MountBindOptionsPropagation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for MountBindOptionsPropagation {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for MountBindOptionsPropagation {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(deserializer)?;
+        Ok(Self::from(s.as_str()))
+    }
+}
+
+/// Optional configuration for the `image` type.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MountImageOptions {
+    /// Source path inside the image. Must be relative without any back traversals.
+    #[serde(rename = "Subpath", default, skip_serializing_if = "Option::is_none")]
+    pub subpath: Option<String>,
+}
+
+/// Optional configuration for the `tmpfs` type.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MountTmpfsOptions {
+    /// The permission mode for the tmpfs mount in an integer.
+    #[serde(rename = "Mode", default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<i64>,
+    /// The options to be passed to the tmpfs mount. An array of arrays. Flag options should be provided as 1-length arrays. Other types should be provided as as 2-length arrays, where the first item is the key and the second the value.
+    #[serde(rename = "Options", default, skip_serializing_if = "Option::is_none")]
+    pub options: Option<Vec<Vec<String>>>,
+    /// The size for the tmpfs mount in bytes.
+    #[serde(rename = "SizeBytes", default, skip_serializing_if = "Option::is_none")]
+    pub size_bytes: Option<i64>,
+}
+
+/// The mount type. Available types:
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum MountType {
+    /// `"bind"`
+    Bind,
+    /// `"volume"`
+    Volume,
+    /// `"image"`
+    Image,
+    /// `"tmpfs"`
+    Tmpfs,
+    /// `"npipe"`
+    Npipe,
+    /// `"cluster"`
+    Cluster,
+    /// A value these bindings do not know, kept as sent.
+    Other(String),
+}
+
+impl MountType {
+    /// The value on the wire.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Bind => "bind",
+            Self::Volume => "volume",
+            Self::Image => "image",
+            Self::Tmpfs => "tmpfs",
+            Self::Npipe => "npipe",
+            Self::Cluster => "cluster",
+            Self::Other(s) => s,
+        }
+    }
+}
+
+impl From<&str> for MountType {
+    fn from(s: &str) -> Self {
+        match s {
+            "bind" => Self::Bind,
+            "volume" => Self::Volume,
+            "image" => Self::Image,
+            "tmpfs" => Self::Tmpfs,
+            "npipe" => Self::Npipe,
+            "cluster" => Self::Cluster,
+            other => Self::Other(other.to_owned()),
+        }
+    }
+}
+
+impl std::fmt::Display for MountType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for MountType {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for MountType {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(deserializer)?;
+        Ok(Self::from(s.as_str()))
+    }
+}
+
+/// Optional configuration for the `volume` type.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MountVolumeOptions {
+    /// Map of driver specific options
+    #[serde(
+        rename = "DriverConfig",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub driver_config: Option<MountVolumeOptionsDriverConfig>,
+    /// User-defined key/value metadata.
+    #[serde(rename = "Labels", default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<std::collections::HashMap<String, String>>,
+    /// Populate volume with data from the target.
+    #[serde(rename = "NoCopy", default, skip_serializing_if = "Option::is_none")]
+    pub no_copy: Option<bool>,
+    /// Source path inside the volume. Must be relative without any back traversals.
+    #[serde(rename = "Subpath", default, skip_serializing_if = "Option::is_none")]
+    pub subpath: Option<String>,
+}
+
+/// Map of driver specific options
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MountVolumeOptionsDriverConfig {
+    /// Name of the driver to use to create the volume.
+    #[serde(rename = "Name", default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// key/value map of driver specific options.
+    #[serde(rename = "Options", default, skip_serializing_if = "Option::is_none")]
+    pub options: Option<std::collections::HashMap<String, String>>,
+}
+
+/// MountPoint represents a mount point configuration inside the container. This is used for reporting the mountpoints in use by a container.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MountPoint {
+    /// Destination is the path relative to the container root (`/`) where the `Source` is mounted inside the container.
+    #[serde(
+        rename = "Destination",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub destination: Option<String>,
+    /// Driver is the volume driver used to create the volume (if it is a volume).
+    #[serde(rename = "Driver", default, skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
+    /// Mode is a comma separated list of options supplied by the user when creating the bind/volume mount.
+    #[serde(rename = "Mode", default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// Name is the name reference to the underlying data defined by `Source` e.g., the volume name.
+    #[serde(rename = "Name", default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Propagation describes how mounts are propagated from the host into the mount point, and vice-versa. Refer to the \[Linux kernel documentation\](<https://www.kernel.org/doc/Documentation/filesystems/sharedsubtree.txt>) for details. This field is not used on Windows.
+    #[serde(
+        rename = "Propagation",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub propagation: Option<String>,
+    /// Whether the mount is mounted writable (read-write).
+    #[serde(rename = "RW", default, skip_serializing_if = "Option::is_none")]
+    pub rw: Option<bool>,
+    /// Source location of the mount.
+    #[serde(rename = "Source", default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// The mount type:
+    #[serde(rename = "Type", default, skip_serializing_if = "Option::is_none")]
+    pub r#type: Option<MountPointType>,
+}
+
+/// The mount type:
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum MountPointType {
+    /// `"bind"`
+    Bind,
+    /// `"volume"`
+    Volume,
+    /// `"image"`
+    Image,
+    /// `"tmpfs"`
+    Tmpfs,
+    /// `"npipe"`
+    Npipe,
+    /// `"cluster"`
+    Cluster,
+    /// A value these bindings do not know, kept as sent.
+    Other(String),
+}
+
+impl MountPointType {
+    /// The value on the wire.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Bind => "bind",
+            Self::Volume => "volume",
+            Self::Image => "image",
+            Self::Tmpfs => "tmpfs",
+            Self::Npipe => "npipe",
+            Self::Cluster => "cluster",
+            Self::Other(s) => s,
+        }
+    }
+}
+
+impl From<&str> for MountPointType {
+    fn from(s: &str) -> Self {
+        match s {
+            "bind" => Self::Bind,
+            "volume" => Self::Volume,
+            "image" => Self::Image,
+            "tmpfs" => Self::Tmpfs,
+            "npipe" => Self::Npipe,
+            "cluster" => Self::Cluster,
+            other => Self::Other(other.to_owned()),
+        }
+    }
+}
+
+impl std::fmt::Display for MountPointType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for MountPointType {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for MountPointType {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(deserializer)?;
+        Ok(Self::from(s.as_str()))
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ContainerCreateBody {
-    /// The hostname to use for the container, as a valid RFC 1123 hostname.
-    #[serde(rename = "Hostname", default, skip_serializing_if = "Option::is_none")]
-    pub hostname: Option<String>,
-    /// The domain name to use for the container.
+pub struct Network {
+    /// Whether a global / swarm scope network is manually attachable by regular containers from workers in swarm mode.
     #[serde(
-        rename = "Domainname",
+        rename = "Attachable",
         default,
         skip_serializing_if = "Option::is_none"
     )]
-    pub domainname: Option<String>,
-    /// Commands run as this user inside the container. If omitted, commands run as the user specified in the image the container was started from.
-    #[serde(rename = "User", default, skip_serializing_if = "Option::is_none")]
-    pub user: Option<String>,
-    /// Whether to attach to `stdin`.
+    pub attachable: Option<bool>,
     #[serde(
-        rename = "AttachStdin",
+        rename = "ConfigFrom",
         default,
         skip_serializing_if = "Option::is_none"
     )]
-    pub attach_stdin: Option<bool>,
-    /// Whether to attach to `stdout`.
+    pub config_from: Option<ConfigReference>,
+    /// Whether the network is a config-only network. Config-only networks are placeholder networks for network configurations to be used by other networks. Config-only networks cannot be used directly to run containers or services.
     #[serde(
-        rename = "AttachStdout",
+        rename = "ConfigOnly",
         default,
         skip_serializing_if = "Option::is_none"
     )]
-    pub attach_stdout: Option<bool>,
-    /// Whether to attach to `stderr`.
+    pub config_only: Option<bool>,
+    /// Contains endpoints attached to the network.
     #[serde(
-        rename = "AttachStderr",
+        rename = "Containers",
         default,
         skip_serializing_if = "Option::is_none"
     )]
-    pub attach_stderr: Option<bool>,
-    /// An object mapping ports to an empty object in the form:
+    pub containers: Option<std::collections::HashMap<String, NetworkContainer>>,
+    /// Date and time at which the network was created in \[RFC 3339\](<https://www.ietf.org/rfc/rfc3339.txt>) format with nano-seconds.
+    #[serde(rename = "Created", default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<String>,
+    /// The name of the driver used to create the network (e.g. `bridge`, `overlay`).
+    #[serde(rename = "Driver", default, skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
+    /// Whether the network was created with IPv4 enabled.
     #[serde(
-        rename = "ExposedPorts",
+        rename = "EnableIPv4",
         default,
         skip_serializing_if = "Option::is_none"
     )]
-    pub exposed_ports: Option<std::collections::HashMap<String, serde_json::Value>>,
-    /// Attach standard streams to a TTY, including `stdin` if it is not closed.
-    #[serde(rename = "Tty", default, skip_serializing_if = "Option::is_none")]
-    pub tty: Option<bool>,
-    /// Open `stdin`
-    #[serde(rename = "OpenStdin", default, skip_serializing_if = "Option::is_none")]
-    pub open_stdin: Option<bool>,
-    /// Close `stdin` after one attached client disconnects
-    #[serde(rename = "StdinOnce", default, skip_serializing_if = "Option::is_none")]
-    pub stdin_once: Option<bool>,
-    /// A list of environment variables to set inside the container in the form `["VAR=value", ...]`. A variable without `=` is removed from the environment, rather than to have an empty value.
-    #[serde(rename = "Env", default, skip_serializing_if = "Option::is_none")]
-    pub env: Option<Vec<String>>,
-    /// Command to run specified as a string or an array of strings.
-    #[serde(rename = "Cmd", default, skip_serializing_if = "Option::is_none")]
-    pub cmd: Option<Vec<String>>,
+    pub enable_ipv4: Option<bool>,
+    /// Whether the network was created with IPv6 enabled.
     #[serde(
-        rename = "Healthcheck",
+        rename = "EnableIPv6",
         default,
         skip_serializing_if = "Option::is_none"
     )]
-    pub healthcheck: Option<HealthConfig>,
-    /// Command is already escaped (Windows only)
+    pub enable_ipv6: Option<bool>,
+    #[serde(rename = "IPAM", default, skip_serializing_if = "Option::is_none")]
+    pub ipam: Option<IPAM>,
+    /// ID that uniquely identifies a network on a single machine.
+    #[serde(rename = "Id", default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Whether the network is providing the routing-mesh for the swarm cluster.
+    #[serde(rename = "Ingress", default, skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<bool>,
+    /// Whether the network is created to only allow internal networking connectivity.
+    #[serde(rename = "Internal", default, skip_serializing_if = "Option::is_none")]
+    pub internal: Option<bool>,
+    /// User-defined key/value metadata.
+    #[serde(rename = "Labels", default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<std::collections::HashMap<String, String>>,
+    /// Name of the network.
+    #[serde(rename = "Name", default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Network-specific options uses when creating the network.
+    #[serde(rename = "Options", default, skip_serializing_if = "Option::is_none")]
+    pub options: Option<std::collections::HashMap<String, String>>,
+    /// List of peer nodes for an overlay network. This field is only present for overlay networks, and omitted for other network types.
+    #[serde(rename = "Peers", default, skip_serializing_if = "Option::is_none")]
+    pub peers: Option<Vec<PeerInfo>>,
+    /// The level at which the network exists (e.g. `swarm` for cluster-wide or `local` for machine level)
+    #[serde(rename = "Scope", default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+}
+
+/// Specifies how a service should be attached to a particular network.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NetworkAttachmentConfig {
+    /// Discoverable alternate names for the service on this network.
+    #[serde(rename = "Aliases", default, skip_serializing_if = "Option::is_none")]
+    pub aliases: Option<Vec<String>>,
+    /// Driver attachment options for the network target.
     #[serde(
-        rename = "ArgsEscaped",
+        rename = "DriverOpts",
         default,
         skip_serializing_if = "Option::is_none"
     )]
-    pub args_escaped: Option<bool>,
-    /// The name (or reference) of the image to use when creating the container, or which was used when the container was created.
-    #[serde(rename = "Image", default, skip_serializing_if = "Option::is_none")]
-    pub image: Option<String>,
-    /// An object mapping mount point paths inside the container to empty objects.
-    #[serde(rename = "Volumes", default, skip_serializing_if = "Option::is_none")]
-    pub volumes: Option<std::collections::HashMap<String, serde_json::Value>>,
-    /// The working directory for commands to run in.
+    pub driver_opts: Option<std::collections::HashMap<String, String>>,
+    /// The target network for attachment. Must be a network name or ID.
+    #[serde(rename = "Target", default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NetworkContainer {
     #[serde(
-        rename = "WorkingDir",
+        rename = "EndpointID",
         default,
         skip_serializing_if = "Option::is_none"
     )]
-    pub working_dir: Option<String>,
-    /// The entry point for the container as a string or an array of strings.
+    pub endpoint_id: Option<String>,
     #[serde(
-        rename = "Entrypoint",
+        rename = "IPv4Address",
         default,
         skip_serializing_if = "Option::is_none"
     )]
-    pub entrypoint: Option<Vec<String>>,
-    /// Disable networking for the container.
+    pub ipv4_address: Option<String>,
     #[serde(
-        rename = "NetworkDisabled",
+        rename = "IPv6Address",
         default,
         skip_serializing_if = "Option::is_none"
     )]
-    pub network_disabled: Option<bool>,
-    /// MAC address of the container.
+    pub ipv6_address: Option<String>,
     #[serde(
         rename = "MacAddress",
         default,
         skip_serializing_if = "Option::is_none"
     )]
     pub mac_address: Option<String>,
-    /// `ONBUILD` metadata that were defined in the image's `Dockerfile`.
-    #[serde(rename = "OnBuild", default, skip_serializing_if = "Option::is_none")]
-    pub on_build: Option<Vec<String>>,
-    /// User-defined key/value metadata.
-    #[serde(rename = "Labels", default, skip_serializing_if = "Option::is_none")]
-    pub labels: Option<std::collections::HashMap<String, String>>,
-    /// Signal to stop a container as a string or unsigned integer.
+    #[serde(rename = "Name", default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// OK response to NetworkCreate operation
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NetworkCreateResponse {
+    /// The ID of the created network.
+    #[serde(rename = "Id", default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Warnings encountered when creating the container
+    #[serde(rename = "Warning", default, skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
+}
+
+/// NetworkSettings exposes the network settings in the API
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NetworkSettings {
+    /// Name of the default bridge interface when dockerd's --bridge flag is set.
+    #[serde(rename = "Bridge", default, skip_serializing_if = "Option::is_none")]
+    pub bridge: Option<String>,
+    /// EndpointID uniquely represents a service endpoint in a Sandbox.
     #[serde(
-        rename = "StopSignal",
+        rename = "EndpointID",
         default,
         skip_serializing_if = "Option::is_none"
     )]
-    pub stop_signal: Option<String>,
-    /// Timeout to stop a container in seconds.
+    pub endpoint_id: Option<String>,
+    /// Gateway address for the default "bridge" network.
+    #[serde(rename = "Gateway", default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
+    /// Global IPv6 address for the default "bridge" network.
     #[serde(
-        rename = "StopTimeout",
+        rename = "GlobalIPv6Address",
         default,
         skip_serializing_if = "Option::is_none"
     )]
-    pub stop_timeout: Option<i64>,
-    /// Shell for when `RUN`, `CMD`, and `ENTRYPOINT` uses a shell.
-    #[serde(rename = "Shell", default, skip_serializing_if = "Option::is_none")]
-    pub shell: Option<Vec<String>>,
+    pub global_ipv6_address: Option<String>,
+    /// Mask length of the global IPv6 address.
     #[serde(
-        rename = "HostConfig",
+        rename = "GlobalIPv6PrefixLen",
         default,
         skip_serializing_if = "Option::is_none"
     )]
-    pub host_config: Option<HostConfig>,
+    pub global_ipv6_prefix_len: Option<i64>,
+    /// Indicates if hairpin NAT should be enabled on the virtual interface.
     #[serde(
-        rename = "NetworkingConfig",
+        rename = "HairpinMode",
         default,
         skip_serializing_if = "Option::is_none"
     )]
-    pub networking_config: Option<NetworkingConfig>,
+    pub hairpin_mode: Option<bool>,
+    /// IPv4 address for the default "bridge" network.
+    #[serde(rename = "IPAddress", default, skip_serializing_if = "Option::is_none")]
+    pub ip_address: Option<String>,
+    /// Mask length of the IPv4 address.
+    #[serde(
+        rename = "IPPrefixLen",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ip_prefix_len: Option<i64>,
+    /// IPv6 gateway address for this network.
+    #[serde(
+        rename = "IPv6Gateway",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ipv6_gateway: Option<String>,
+    /// IPv6 unicast address using the link-local prefix.
+    #[serde(
+        rename = "LinkLocalIPv6Address",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub link_local_ipv6_address: Option<String>,
+    /// Prefix length of the IPv6 unicast address.
+    #[serde(
+        rename = "LinkLocalIPv6PrefixLen",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub link_local_ipv6_prefix_len: Option<i64>,
+    /// MAC address for the container on the default "bridge" network.
+    #[serde(
+        rename = "MacAddress",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub mac_address: Option<String>,
+    /// Information about all networks that the container is connected to.
+    #[serde(rename = "Networks", default, skip_serializing_if = "Option::is_none")]
+    pub networks: Option<std::collections::HashMap<String, EndpointSettings>>,
+    #[serde(rename = "Ports", default, skip_serializing_if = "Option::is_none")]
+    pub ports: Option<PortMap>,
+    /// SandboxID uniquely represents a container's network stack.
+    #[serde(rename = "SandboxID", default, skip_serializing_if = "Option::is_none")]
+    pub sandbox_id: Option<String>,
+    /// SandboxKey is the full path of the netns handle
+    #[serde(
+        rename = "SandboxKey",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub sandbox_key: Option<String>,
+    /// Deprecated: This field is never set and will be removed in a future release.
+    #[serde(
+        rename = "SecondaryIPAddresses",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub secondary_ip_addresses: Option<Vec<Address>>,
+    /// Deprecated: This field is never set and will be removed in a future release.
+    #[serde(
+        rename = "SecondaryIPv6Addresses",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub secondary_ipv6_addresses: Option<Vec<Address>>,
+}
+
+/// NetworkingConfig represents the container's networking configuration for each of its interfaces. It is used for the networking configs specified in the `docker create` and `docker network connect` commands.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NetworkingConfig {
+    /// A mapping of network name to endpoint configuration for that network. The endpoint configuration can be left empty to connect to that network with no particular endpoint configuration.
+    #[serde(
+        rename = "EndpointsConfig",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub endpoints_config: Option<std::collections::HashMap<String, EndpointSettings>>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ContainerUpdateBody {
-    /// An integer value representing this container's relative CPU weight versus other containers.
-    #[serde(rename = "CpuShares", default, skip_serializing_if = "Option::is_none")]
-    pub cpu_shares: Option<i64>,
-    /// Memory limit in bytes.
-    #[serde(rename = "Memory", default, skip_serializing_if = "Option::is_none")]
-    pub memory: Option<i64>,
-    /// Path to `cgroups` under which the container's `cgroup` is created. If the path is not absolute, the path is considered to be relative to the `cgroups` path of the init process. Cgroups are created if they do not already exist.
+pub struct Node {
+    /// Date and time at which the node was added to the swarm in \[RFC 3339\](<https://www.ietf.org/rfc/rfc3339.txt>) format with nano-seconds.
+    #[serde(rename = "CreatedAt", default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<String>,
     #[serde(
-        rename = "CgroupParent",
+        rename = "Description",
         default,
         skip_serializing_if = "Option::is_none"
     )]
-    pub cgroup_parent: Option<String>,
+    pub description: Option<NodeDescription>,
+    #[serde(rename = "ID", default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(
+        rename = "ManagerStatus",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub manager_status: Option<ManagerStatus>,
+    #[serde(rename = "Spec", default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<NodeSpec>,
+    #[serde(rename = "Status", default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<NodeStatus>,
+    /// Date and time at which the node was last updated in \[RFC 3339\](<https://www.ietf.org/rfc/rfc3339.txt>) format with nano-seconds.
+    #[serde(rename = "UpdatedAt", default, skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<String>,
+    #[serde(rename = "Version", default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<ObjectVersion>,
+}
+
+/// NodeDescription encapsulates the properties of the Node as reported by the agent.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NodeDescription {
+    #[serde(rename = "Engine", default, skip_serializing_if = "Option::is_none")]
+    pub engine: Option<EngineDescription>,
+    #[serde(rename = "Hostname", default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    #[serde(rename = "Platform", default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<Platform>,
+    #[serde(rename = "Resources", default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceObject>,
+    #[serde(rename = "TLSInfo", default, skip_serializing_if = "Option::is_none")]
+    pub tls_info: Option<TLSInfo>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NodeSpec {
+    /// Availability of the node.
+    #[serde(
+        rename = "Availability",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub availability: Option<NodeSpecAvailability>,
+    /// User-defined key/value metadata.
+    #[serde(rename = "Labels", default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<std::collections::HashMap<String, String>>,
+    /// Name for the node.
+    #[serde(rename = "Name", default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Role of the node.
+    #[serde(rename = "Role", default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<NodeSpecRole>,
+}
+
+/// Availability of the node.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum NodeSpecAvailability {
+    /// `"active"`
+    Active,
+    /// `"pause"`
+    Pause,
+    /// `"drain"`
+    Drain,
+    /// A value these bindings do not know, kept as sent.
+    Other(String),
+}
+
+impl NodeSpecAvailability {
+    /// The value on the wire.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Active => "active",
+            Self::Pause => "pause",
+            Self::Drain => "drain",
+            Self::Other(s) => s,
+        }
+    }
+}
+
+impl From<&str> for NodeSpecAvailability {
+    fn from(s: &str) -> Self {
+        match s {
+            "active" => Self::Active,
+            "pause" => Self::Pause,
+            "drain" => Self::Drain,
+            other => Self::Other(other.to_owned()),
+        }
+    }
+}
+
+impl std::fmt::Display for NodeSpecAvailability {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for NodeSpecAvailability {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for NodeSpecAvailability {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(deserializer)?;
+        Ok(Self::from(s.as_str()))
+    }
+}
+
+/// Role of the node.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum NodeSpecRole {
+    /// `"worker"`
+    Worker,
+    /// `"manager"`
+    Manager,
+    /// A value these bindings do not know, kept as sent.
+    Other(String),
+}
+
+impl NodeSpecRole {
+    /// The value on the wire.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Worker => "worker",
+            Self::Manager => "manager",
+            Self::Other(s) => s,
+        }
+    }
+}
+
+impl From<&str> for NodeSpecRole {
+    fn from(s: &str) -> Self {
+        match s {
+            "worker" => Self::Worker,
+            "manager" => Self::Manager,
+            other => Self::Other(other.to_owned()),
+        }
+    }
+}
+
+impl std::fmt::Display for NodeSpecRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for NodeSpecRole {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for NodeSpecRole {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(deserializer)?;
+        Ok(Self::from(s.as_str()))
+    }
+}
+
+/// NodeState represents the state of a node.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum NodeState {
+    /// `"unknown"`
+    Unknown,
+    /// `"down"`
+    Down,
+    /// `"ready"`
+    Ready,
+    /// `"disconnected"`
+    Disconnected,
+    /// A value these bindings do not know, kept as sent.
+    Other(String),
+}
+
+impl NodeState {
+    /// The value on the wire.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Unknown => "unknown",
+            Self::Down => "down",
+            Self::Ready => "ready",
+            Self::Disconnected => "disconnected",
+            Self::Other(s) => s,
+        }
+    }
+}
+
+impl From<&str> for NodeState {
+    fn from(s: &str) -> Self {
+        match s {
+            "unknown" => Self::Unknown,
+            "down" => Self::Down,
+            "ready" => Self::Ready,
+            "disconnected" => Self::Disconnected,
+            other => Self::Other(other.to_owned()),
+        }
+    }
+}
+
+impl std::fmt::Display for NodeState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for NodeState {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for NodeState {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(deserializer)?;
+        Ok(Self::from(s.as_str()))
+    }
+}
+
+/// NodeStatus represents the status of a node.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// IP address of the node.
+    #[serde(rename = "Addr", default, skip_serializing_if = "Option::is_none")]
+    pub addr: Option<String>,
+    #[serde(rename = "Message", default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(rename = "State", default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<NodeState>,
+}
+
+/// A descriptor struct containing digest, media type, and size, as defined in the \[OCI Content Descriptors Specification\](<https://github.com/opencontainers/image-spec/blob/v1.0.1/descriptor.md>).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct OCIDescriptor {
+    /// Arbitrary metadata relating to the targeted content.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub annotations: Option<std::collections::HashMap<String, String>>,
+    /// ArtifactType is the IANA media type of this artifact.
+    #[serde(
+        rename = "artifactType",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub artifact_type: Option<String>,
+    /// Data is an embedding of the targeted content. This is encoded as a base64 string when marshalled to JSON (automatically, by encoding/json). If present, Data can be used directly to avoid fetching the targeted content.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<String>,
+    /// The digest of the targeted content.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// The media type of the object this schema refers to.
+    #[serde(rename = "mediaType", default, skip_serializing_if = "Option::is_none")]
+    pub media_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<OCIPlatform>,
+    /// The size in bytes of the blob.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<i64>,
+    /// List of URLs from which this object MAY be downloaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub urls: Option<Vec<String>>,
+}
+
+/// Describes the platform which the image in the manifest runs on, as defined in the \[OCI Image Index Specification\](<https://github.com/opencontainers/image-spec/blob/v1.0.1/image-index.md>).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct OCIPlatform {
+    /// The CPU architecture, for example `amd64` or `ppc64`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub architecture: Option<String>,
+    /// The operating system, for example `linux` or `windows`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub os: Option<String>,
+    /// Optional field specifying an array of strings, each listing a required OS feature (for example on Windows `win32k`).
+    #[serde(
+        rename = "os.features",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub os_features: Option<Vec<String>>,
+    /// Optional field specifying the operating system version, for example on Windows `10.0.19041.1165`.
+    #[serde(
+        rename = "os.version",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub os_version: Option<String>,
+    /// Optional field specifying a variant of the CPU, for example `v7` to specify ARMv7 when architecture is `arm`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
+}
+
+/// The version number of the object such as node, service, etc. This is needed to avoid conflicting writes. The client must send the version number along with the modified specification when updating these objects.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ObjectVersion {
+    #[serde(rename = "Index", default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<u64>,
+}
+
+/// PeerInfo represents one peer of an overlay network.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PeerInfo {
+    /// IP-address of the peer-node in the Swarm cluster.
+    #[serde(rename = "IP", default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
+    /// ID of the peer-node in the Swarm cluster.
+    #[serde(rename = "Name", default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// Represents a peer-node in the swarm
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PeerNode {
+    /// IP address and ports at which this node can be reached.
+    #[serde(rename = "Addr", default, skip_serializing_if = "Option::is_none")]
+    pub addr: Option<String>,
+    /// Unique identifier of for this node in the swarm.
+    #[serde(rename = "NodeID", default, skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<String>,
+}
+
+/// Platform represents the platform (Arch/OS).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Platform {
+    /// Architecture represents the hardware architecture (for example, `x86_64`).
+    #[serde(
+        rename = "Architecture",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub architecture: Option<String>,
+    /// OS represents the Operating System (for example, `linux` or `windows`).
+    #[serde(rename = "OS", default, skip_serializing_if = "Option::is_none")]
+    pub os: Option<String>,
+}
+
+/// A plugin for the Engine API
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Plugin {
+    /// The config of a plugin.
+    #[serde(rename = "Config", default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<PluginConfig>,
+    /// True if the plugin is running. False if the plugin is not running, only installed.
+    #[serde(rename = "Enabled", default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    #[serde(rename = "Id", default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(rename = "Name", default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// plugin remote reference used to push/pull the plugin
+    #[serde(
+        rename = "PluginReference",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub plugin_reference: Option<String>,
+    /// Settings that can be modified by users.
+    #[serde(rename = "Settings", default, skip_serializing_if = "Option::is_none")]
+    pub settings: Option<PluginSettings>,
+}
+
+/// The config of a plugin.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PluginConfig {
+    #[serde(rename = "Args", default, skip_serializing_if = "Option::is_none")]
+    pub args: Option<PluginConfigArgs>,
+    #[serde(
+        rename = "Description",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub description: Option<String>,
+    /// Docker Version used to create the plugin.
+    #[serde(
+        rename = "DockerVersion",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub docker_version: Option<String>,
+    #[serde(
+        rename = "Documentation",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub documentation: Option<String>,
+    #[serde(
+        rename = "Entrypoint",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub entrypoint: Option<Vec<String>>,
+    #[serde(rename = "Env", default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<Vec<PluginEnv>>,
+    /// The interface between Docker and the plugin
+    #[serde(rename = "Interface", default, skip_serializing_if = "Option::is_none")]
+    pub interface: Option<PluginConfigInterface>,
+    #[serde(rename = "IpcHost", default, skip_serializing_if = "Option::is_none")]
+    pub ipc_host: Option<bool>,
+    #[serde(rename = "Linux", default, skip_serializing_if = "Option::is_none")]
+    pub linux: Option<PluginConfigLinux>,
+    #[serde(rename = "Mounts", default, skip_serializing_if = "Option::is_none")]
+    pub mounts: Option<Vec<PluginMount>>,
+    #[serde(rename = "Network", default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<PluginConfigNetwork>,
+    #[serde(rename = "PidHost", default, skip_serializing_if = "Option::is_none")]
+    pub pid_host: Option<bool>,
+    #[serde(
+        rename = "PropagatedMount",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub propagated_mount: Option<String>,
+    #[serde(rename = "User", default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<PluginConfigUser>,
+    #[serde(rename = "WorkDir", default, skip_serializing_if = "Option::is_none")]
+    pub work_dir: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rootfs: Option<PluginConfigRootfs>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PluginConfigArgs {
+    #[serde(
+        rename = "Description",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub description: Option<String>,
+    #[serde(rename = "Name", default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(rename = "Settable", default, skip_serializing_if = "Option::is_none")]
+    pub settable: Option<Vec<String>>,
+    #[serde(rename = "Value", default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<Vec<String>>,
+}
+
+/// The interface between Docker and the plugin
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PluginConfigInterface {
+    /// Protocol to use for clients connecting to the plugin.
+    #[serde(
+        rename = "ProtocolScheme",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub protocol_scheme: Option<PluginConfigInterfaceProtocolScheme>,
+    #[serde(rename = "Socket", default, skip_serializing_if = "Option::is_none")]
+    pub socket: Option<String>,
+    #[serde(rename = "Types", default, skip_serializing_if = "Option::is_none")]
+    pub types: Option<Vec<PluginInterfaceType>>,
+}
+
+/// Protocol to use for clients connecting to the plugin.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum PluginConfigInterfaceProtocolScheme {
+    /// `""`
+    Empty,
+    /// `"moby.plugins.http/v1"`
+    MobyPluginsHttpV1,
+    /// A value these bindings do not know, kept as sent.
+    Other(String),
+}
+
+impl PluginConfigInterfaceProtocolScheme {
+    /// The value on the wire.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Empty => "",
+            Self::MobyPluginsHttpV1 => "moby.plugins.http/v1",
+            Self::Other(s) => s,
+        }
+    }
+}
+
+impl From<&str> for PluginConfigInterfaceProtocolScheme {
+    fn from(s: &str) -> Self {
+        match s {
+            "" => Self::Empty,
+            "moby.plugins.http/v1" => Self::MobyPluginsHttpV1,
+            other => Self::Other(other.to_owned()),
+        }
+    }
+}
+
+impl std::fmt::Display for PluginConfigInterfaceProtocolScheme {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for PluginConfigInterfaceProtocolScheme {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for PluginConfigInterfaceProtocolScheme {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(deserializer)?;
+        Ok(Self::from(s.as_str()))
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PluginConfigLinux {
+    #[serde(
+        rename = "AllowAllDevices",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub allow_all_devices: Option<bool>,
+    #[serde(
+        rename = "Capabilities",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub capabilities: Option<Vec<String>>,
+    #[serde(rename = "Devices", default, skip_serializing_if = "Option::is_none")]
+    pub devices: Option<Vec<PluginDevice>>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PluginConfigNetwork {
+    #[serde(rename = "Type", default, skip_serializing_if = "Option::is_none")]
+    pub r#type: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PluginConfigUser {
+    #[serde(rename = "GID", default, skip_serializing_if = "Option::is_none")]
+    pub gid: Option<i64>,
+    #[serde(rename = "UID", default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<i64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PluginConfigRootfs {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diff_ids: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub r#type: Option<String>,
+}
+
+/// Settings that can be modified by users.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PluginSettings {
+    #[serde(rename = "Args", default, skip_serializing_if = "Option::is_none")]
+    pub args: Option<Vec<String>>,
+    #[serde(rename = "Devices", default, skip_serializing_if = "Option::is_none")]
+    pub devices: Option<Vec<PluginDevice>>,
+    #[serde(rename = "Env", default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<Vec<String>>,
+    #[serde(rename = "Mounts", default, skip_serializing_if = "Option::is_none")]
+    pub mounts: Option<Vec<PluginMount>>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PluginDevice {
+    #[serde(
+        rename = "Description",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub description: Option<String>,
+    #[serde(rename = "Name", default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(rename = "Path", default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(rename = "Settable", default, skip_serializing_if = "Option::is_none")]
+    pub settable: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PluginEnv {
+    #[serde(
+        rename = "Description",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub description: Option<String>,
+    #[serde(rename = "Name", default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(rename = "Settable", default, skip_serializing_if = "Option::is_none")]
+    pub settable: Option<Vec<String>>,
+    #[serde(rename = "Value", default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PluginInterfaceType {
+    #[serde(
+        rename = "Capability",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub capability: Option<String>,
+    #[serde(rename = "Prefix", default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    #[serde(rename = "Version", default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PluginMount {
+    #[serde(
+        rename = "Description",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub description: Option<String>,
+    #[serde(
+        rename = "Destination",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub destination: Option<String>,
+    #[serde(rename = "Name", default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(rename = "Options", default, skip_serializing_if = "Option::is_none")]
+    pub options: Option<Vec<String>>,
+    #[serde(rename = "Settable", default, skip_serializing_if = "Option::is_none")]
+    pub settable: Option<Vec<String>>,
+    #[serde(rename = "Source", default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    #[serde(rename = "Type", default, skip_serializing_if = "Option::is_none")]
+    pub r#type: Option<String>,
+}
+
+/// Describes a permission the user has to accept upon installing the plugin.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PluginPrivilege {
+    #[serde(
+        rename = "Description",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub description: Option<String>,
+    #[serde(rename = "Name", default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(rename = "Value", default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<Vec<String>>,
+}
+
+/// Available plugins per type.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PluginsInfo {
+    /// Names of available authorization plugins.
+    #[serde(
+        rename = "Authorization",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub authorization: Option<Vec<String>>,
+    /// Names of available logging-drivers, and logging-driver plugins.
+    #[serde(rename = "Log", default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<Vec<String>>,
+    /// Names of available network-drivers, and network-driver plugins.
+    #[serde(rename = "Network", default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<Vec<String>>,
+    /// Names of available volume-drivers, and network-driver plugins.
+    #[serde(rename = "Volume", default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<Vec<String>>,
+}
+
+/// An open port on a container
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Port {
+    /// Host IP address that the container's port is mapped to
+    #[serde(rename = "IP", default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
+    /// Port on the container
+    #[serde(
+        rename = "PrivatePort",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub private_port: Option<i64>,
+    /// Port exposed on the host
+    #[serde(
+        rename = "PublicPort",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub public_port: Option<i64>,
+    #[serde(rename = "Type", default, skip_serializing_if = "Option::is_none")]
+    pub r#type: Option<PortType>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum PortType {
+    /// `"tcp"`
+    Tcp,
+    /// `"udp"`
+    Udp,
+    /// `"sctp"`
+    Sctp,
+    /// A value these bindings do not know, kept as sent.
+    Other(String),
+}
+
+impl PortType {
+    /// The value on the wire.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
+            Self::Sctp => "sctp",
+            Self::Other(s) => s,
+        }
+    }
+}
+
+impl From<&str> for PortType {
+    fn from(s: &str) -> Self {
+        match s {
+            "tcp" => Self::Tcp,
+            "udp" => Self::Udp,
+            "sctp" => Self::Sctp,
+            other => Self::Other(other.to_owned()),
+        }
+    }
+}
+
+impl std::fmt::Display for PortType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for PortType {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for PortType {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(deserializer)?;
+        Ok(Self::from(s.as_str()))
+    }
+}
+
+/// PortBinding represents a binding between a host IP address and a host port.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PortBinding {
+    /// Host IP address that the container's port is mapped to.
+    #[serde(rename = "HostIp", default, skip_serializing_if = "Option::is_none")]
+    pub host_ip: Option<String>,
+    /// Host port number that the container's port is mapped to.
+    #[serde(rename = "HostPort", default, skip_serializing_if = "Option::is_none")]
+    pub host_port: Option<String>,
+}
+
+/// PortMap describes the mapping of container ports to host ports, using the container's port-number and protocol as key in the format `<port>/<protocol>`, for example, `80/udp`.
+pub type PortMap = std::collections::HashMap<String, Option<Vec<PortBinding>>>;
+
+/// represents the port status of a task's host ports whose service has published host ports
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PortStatus {
+    #[serde(rename = "Ports", default, skip_serializing_if = "Option::is_none")]
+    pub ports: Option<Vec<EndpointPortConfig>>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProcessConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arguments: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub privileged: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tty: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProgressDetail {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total: Option<i64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PushImageInfo {
+    /// errors encountered during the operation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(
+        rename = "errorDetail",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub error_detail: Option<ErrorDetail>,
+    /// Progress is a pre-formatted presentation of progressDetail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<String>,
+    #[serde(
+        rename = "progressDetail",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub progress_detail: Option<ProgressDetail>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+}
+
+/// Reachability represents the reachability of a node.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Reachability {
+    /// `"unknown"`
+    Unknown,
+    /// `"unreachable"`
+    Unreachable,
+    /// `"reachable"`
+    Reachable,
+    /// A value these bindings do not know, kept as sent.
+    Other(String),
+}
+
+impl Reachability {
+    /// The value on the wire.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Unknown => "unknown",
+            Self::Unreachable => "unreachable",
+            Self::Reachable => "reachable",
+            Self::Other(s) => s,
+        }
+    }
+}
+
+impl From<&str> for Reachability {
+    fn from(s: &str) -> Self {
+        match s {
+            "unknown" => Self::Unknown,
+            "unreachable" => Self::Unreachable,
+            "reachable" => Self::Reachable,
+            other => Self::Other(other.to_owned()),
+        }
+    }
+}
+
+impl std::fmt::Display for Reachability {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for Reachability {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Reachability {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(deserializer)?;
+        Ok(Self::from(s.as_str()))
+    }
+}
+
+/// RegistryServiceConfig stores daemon registry services configuration.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RegistryServiceConfig {
+    #[serde(
+        rename = "IndexConfigs",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub index_configs: Option<std::collections::HashMap<String, Option<IndexInfo>>>,
+    /// List of IP ranges of insecure registries, using the CIDR syntax (\[RFC 4632\](<https://tools.ietf.org/html/4632>)). Insecure registries accept un-encrypted (HTTP) and/or untrusted (HTTPS with certificates from unknown CAs) communication.
+    #[serde(
+        rename = "InsecureRegistryCIDRs",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub insecure_registry_cid_rs: Option<Vec<String>>,
+    /// List of registry URLs that act as a mirror for the official (`docker.io`) registry.
+    #[serde(rename = "Mirrors", default, skip_serializing_if = "Option::is_none")]
+    pub mirrors: Option<Vec<String>>,
+}
+
+/// An object describing the resources which can be advertised by a node and requested by a task.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ResourceObject {
+    #[serde(
+        rename = "GenericResources",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub generic_resources: Option<GenericResources>,
+    #[serde(
+        rename = "MemoryBytes",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub memory_bytes: Option<i64>,
+    #[serde(rename = "NanoCPUs", default, skip_serializing_if = "Option::is_none")]
+    pub nano_cpus: Option<i64>,
+}
+
+/// A container's resources (cgroups config, ulimits, etc)
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Resources {
+    /// Limit read rate (bytes per second) from a device, in the form:
+    #[serde(
+        rename = "BlkioDeviceReadBps",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub blkio_device_read_bps: Option<Vec<ThrottleDevice>>,
+    /// Limit read rate (IO per second) from a device, in the form:
+    #[serde(
+        rename = "BlkioDeviceReadIOps",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub blkio_device_read_i_ops: Option<Vec<ThrottleDevice>>,
+    /// Limit write rate (bytes per second) to a device, in the form:
+    #[serde(
+        rename = "BlkioDeviceWriteBps",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub blkio_device_write_bps: Option<Vec<ThrottleDevice>>,
+    /// Limit write rate (IO per second) to a device, in the form:
+    #[serde(
+        rename = "BlkioDeviceWriteIOps",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub blkio_device_write_i_ops: Option<Vec<ThrottleDevice>>,
     /// Block IO weight (relative weight).
     #[serde(
         rename = "BlkioWeight",
@@ -8083,34 +5105,23 @@ pub struct ContainerUpdateBody {
         skip_serializing_if = "Option::is_none"
     )]
     pub blkio_weight_device: Option<Vec<ResourcesBlkioWeightDeviceItem>>,
-    /// Limit read rate (bytes per second) from a device, in the form:
+    /// Path to `cgroups` under which the container's `cgroup` is created. If the path is not absolute, the path is considered to be relative to the `cgroups` path of the init process. Cgroups are created if they do not already exist.
     #[serde(
-        rename = "BlkioDeviceReadBps",
+        rename = "CgroupParent",
         default,
         skip_serializing_if = "Option::is_none"
     )]
-    pub blkio_device_read_bps: Option<Vec<ThrottleDevice>>,
-    /// Limit write rate (bytes per second) to a device, in the form:
+    pub cgroup_parent: Option<String>,
+    /// The number of usable CPUs (Windows only).
+    #[serde(rename = "CpuCount", default, skip_serializing_if = "Option::is_none")]
+    pub cpu_count: Option<i64>,
+    /// The usable percentage of the available CPUs (Windows only).
     #[serde(
-        rename = "BlkioDeviceWriteBps",
+        rename = "CpuPercent",
         default,
         skip_serializing_if = "Option::is_none"
     )]
-    pub blkio_device_write_bps: Option<Vec<ThrottleDevice>>,
-    /// Limit read rate (IO per second) from a device, in the form:
-    #[serde(
-        rename = "BlkioDeviceReadIOps",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub blkio_device_read_i_ops: Option<Vec<ThrottleDevice>>,
-    /// Limit write rate (IO per second) to a device, in the form:
-    #[serde(
-        rename = "BlkioDeviceWriteIOps",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub blkio_device_write_i_ops: Option<Vec<ThrottleDevice>>,
+    pub cpu_percent: Option<i64>,
     /// The length of a CPU period in microseconds.
     #[serde(rename = "CpuPeriod", default, skip_serializing_if = "Option::is_none")]
     pub cpu_period: Option<i64>,
@@ -8131,6 +5142,9 @@ pub struct ContainerUpdateBody {
         skip_serializing_if = "Option::is_none"
     )]
     pub cpu_realtime_runtime: Option<i64>,
+    /// An integer value representing this container's relative CPU weight versus other containers.
+    #[serde(rename = "CpuShares", default, skip_serializing_if = "Option::is_none")]
+    pub cpu_shares: Option<i64>,
     /// CPUs in which to allow execution (e.g., `0-3`, `0,1`).
     #[serde(
         rename = "CpusetCpus",
@@ -8145,9 +5159,6 @@ pub struct ContainerUpdateBody {
         skip_serializing_if = "Option::is_none"
     )]
     pub cpuset_mems: Option<String>,
-    /// A list of devices to add to the container.
-    #[serde(rename = "Devices", default, skip_serializing_if = "Option::is_none")]
-    pub devices: Option<Vec<DeviceMapping>>,
     /// a list of cgroup rules to apply to the container
     #[serde(
         rename = "DeviceCgroupRules",
@@ -8162,6 +5173,26 @@ pub struct ContainerUpdateBody {
         skip_serializing_if = "Option::is_none"
     )]
     pub device_requests: Option<Vec<DeviceRequest>>,
+    /// A list of devices to add to the container.
+    #[serde(rename = "Devices", default, skip_serializing_if = "Option::is_none")]
+    pub devices: Option<Vec<DeviceMapping>>,
+    /// Maximum IO in bytes per second for the container system drive (Windows only).
+    #[serde(
+        rename = "IOMaximumBandwidth",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub io_maximum_bandwidth: Option<i64>,
+    /// Maximum IOps for the container system drive (Windows only)
+    #[serde(
+        rename = "IOMaximumIOps",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub io_maximum_i_ops: Option<i64>,
+    /// Run an init inside the container that forwards signals and reaps processes. This field is omitted if empty, and the default (as configured on the daemon) is used.
+    #[serde(rename = "Init", default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<bool>,
     /// Hard limit for kernel TCP buffer memory (in bytes). Depending on the OCI runtime in use, this option may be ignored. It is no longer supported by the default (runc) runtime.
     #[serde(
         rename = "KernelMemoryTCP",
@@ -8169,6 +5200,9 @@ pub struct ContainerUpdateBody {
         skip_serializing_if = "Option::is_none"
     )]
     pub kernel_memory_tcp: Option<i64>,
+    /// Memory limit in bytes.
+    #[serde(rename = "Memory", default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<i64>,
     /// Memory soft limit in bytes.
     #[serde(
         rename = "MemoryReservation",
@@ -8200,119 +5234,2697 @@ pub struct ContainerUpdateBody {
         skip_serializing_if = "Option::is_none"
     )]
     pub oom_kill_disable: Option<bool>,
-    /// Run an init inside the container that forwards signals and reaps processes. This field is omitted if empty, and the default (as configured on the daemon) is used.
-    #[serde(rename = "Init", default, skip_serializing_if = "Option::is_none")]
-    pub init: Option<bool>,
     /// Tune a container's PIDs limit. Set `0` or `-1` for unlimited, or `null` to not change.
     #[serde(rename = "PidsLimit", default, skip_serializing_if = "Option::is_none")]
     pub pids_limit: Option<i64>,
     /// A list of resource limits to set in the container. For example:
     #[serde(rename = "Ulimits", default, skip_serializing_if = "Option::is_none")]
     pub ulimits: Option<Vec<ResourcesUlimitsItem>>,
-    /// The number of usable CPUs (Windows only).
-    #[serde(rename = "CpuCount", default, skip_serializing_if = "Option::is_none")]
-    pub cpu_count: Option<i64>,
-    /// The usable percentage of the available CPUs (Windows only).
-    #[serde(
-        rename = "CpuPercent",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub cpu_percent: Option<i64>,
-    /// Maximum IOps for the container system drive (Windows only)
-    #[serde(
-        rename = "IOMaximumIOps",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub io_maximum_i_ops: Option<i64>,
-    /// Maximum IO in bytes per second for the container system drive (Windows only).
-    #[serde(
-        rename = "IOMaximumBandwidth",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub io_maximum_bandwidth: Option<i64>,
-    #[serde(
-        rename = "RestartPolicy",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub restart_policy: Option<RestartPolicy>,
 }
 
-/// Wait until a container state reaches the given condition.
+/// The behavior to apply when the container exits. The default is not to restart.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RestartPolicy {
+    /// If `on-failure` is used, the number of times to retry before giving up.
+    #[serde(
+        rename = "MaximumRetryCount",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub maximum_retry_count: Option<i64>,
+    /// Empty string means not to restart - `no` Do not automatically restart - `always` Always restart - `unless-stopped` Restart always except when the user has manually stopped the container - `on-failure` Restart only when the container exit code is non-zero
+    #[serde(rename = "Name", default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<RestartPolicyName>,
+}
+
+/// Empty string means not to restart - `no` Do not automatically restart - `always` Always restart - `unless-stopped` Restart always except when the user has manually stopped the container - `on-failure` Restart only when the container exit code is non-zero
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum ContainerWaitCondition {
-    /// `"not-running"`
-    NotRunning,
-    /// `"next-exit"`
-    NextExit,
-    /// `"removed"`
-    Removed,
+pub enum RestartPolicyName {
+    /// `""`
+    Empty,
+    /// `"no"`
+    No,
+    /// `"always"`
+    Always,
+    /// `"unless-stopped"`
+    UnlessStopped,
+    /// `"on-failure"`
+    OnFailure,
     /// A value these bindings do not know, kept as sent.
     Other(String),
 }
 
-impl ContainerWaitCondition {
+impl RestartPolicyName {
     /// The value on the wire.
     pub fn as_str(&self) -> &str {
         match self {
-            Self::NotRunning => "not-running",
-            Self::NextExit => "next-exit",
-            Self::Removed => "removed",
+            Self::Empty => "",
+            Self::No => "no",
+            Self::Always => "always",
+            Self::UnlessStopped => "unless-stopped",
+            Self::OnFailure => "on-failure",
             Self::Other(s) => s,
         }
     }
 }
 
-impl From<&str> for ContainerWaitCondition {
+impl From<&str> for RestartPolicyName {
     fn from(s: &str) -> Self {
         match s {
-            "not-running" => Self::NotRunning,
-            "next-exit" => Self::NextExit,
-            "removed" => Self::Removed,
+            "" => Self::Empty,
+            "no" => Self::No,
+            "always" => Self::Always,
+            "unless-stopped" => Self::UnlessStopped,
+            "on-failure" => Self::OnFailure,
             other => Self::Other(other.to_owned()),
         }
     }
 }
 
-impl std::fmt::Display for ContainerWaitCondition {
+impl std::fmt::Display for RestartPolicyName {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
     }
 }
 
-impl Serialize for ContainerWaitCondition {
+impl Serialize for RestartPolicyName {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_str(self.as_str())
     }
 }
 
-impl<'de> Deserialize<'de> for ContainerWaitCondition {
+impl<'de> Deserialize<'de> for RestartPolicyName {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let s = String::deserialize(deserializer)?;
         Ok(Self::from(s.as_str()))
     }
 }
 
-/// ContainerPruneResponse
+/// Runtime describes an \[OCI compliant\](<https://github.com/opencontainers/runtime-spec>) runtime.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ContainerPruneResponse {
-    /// Container IDs that were deleted
+pub struct Runtime {
+    /// Name and, optional, path, of the OCI executable binary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// List of command-line arguments to pass to the runtime when invoked.
     #[serde(
-        rename = "ContainersDeleted",
+        rename = "runtimeArgs",
         default,
         skip_serializing_if = "Option::is_none"
     )]
-    pub containers_deleted: Option<Vec<String>>,
-    /// Disk space reclaimed in bytes
+    pub runtime_args: Option<Vec<String>>,
+    /// Information specific to the runtime.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<std::collections::HashMap<String, String>>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Secret {
+    #[serde(rename = "CreatedAt", default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<String>,
+    #[serde(rename = "ID", default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(rename = "Spec", default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<SecretSpec>,
+    #[serde(rename = "UpdatedAt", default, skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<String>,
+    #[serde(rename = "Version", default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<ObjectVersion>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SecretSpec {
+    /// Data is the data to store as a secret, formatted as a Base64-url-safe-encoded (\[RFC 4648\](<https://tools.ietf.org/html/rfc4648#section-5>)) string. It must be empty if the Driver field is set, in which case the data is loaded from an external secret store. The maximum allowed size is 500KB, as defined in \[MaxSecretSize\](<https://pkg.go.dev/github.com/moby/swarmkit/v2@v2.0.0-20250103191802-8c1959736554/api/validation#MaxSecretSize>).
+    #[serde(rename = "Data", default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<String>,
+    /// Name of the secrets driver used to fetch the secret's value from an external secret store.
+    #[serde(rename = "Driver", default, skip_serializing_if = "Option::is_none")]
+    pub driver: Option<Driver>,
+    /// User-defined key/value metadata.
+    #[serde(rename = "Labels", default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<std::collections::HashMap<String, String>>,
+    /// User-defined name of the secret.
+    #[serde(rename = "Name", default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Templating driver, if applicable
     #[serde(
-        rename = "SpaceReclaimed",
+        rename = "Templating",
         default,
         skip_serializing_if = "Option::is_none"
     )]
-    pub space_reclaimed: Option<i64>,
+    pub templating: Option<Driver>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Service {
+    #[serde(rename = "CreatedAt", default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<String>,
+    #[serde(rename = "Endpoint", default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<ServiceEndpoint>,
+    #[serde(rename = "ID", default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// The status of the service when it is in one of ReplicatedJob or GlobalJob modes. Absent on Replicated and Global mode services. The JobIteration is an ObjectVersion, but unlike the Service's version, does not need to be sent with an update request.
+    #[serde(rename = "JobStatus", default, skip_serializing_if = "Option::is_none")]
+    pub job_status: Option<ServiceJobStatus>,
+    /// The status of the service's tasks. Provided only when requested as part of a ServiceList operation.
+    #[serde(
+        rename = "ServiceStatus",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub service_status: Option<ServiceServiceStatus>,
+    #[serde(rename = "Spec", default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<ServiceSpec>,
+    /// The status of a service update.
+    #[serde(
+        rename = "UpdateStatus",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub update_status: Option<ServiceUpdateStatus>,
+    #[serde(rename = "UpdatedAt", default, skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<String>,
+    #[serde(rename = "Version", default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<ObjectVersion>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ServiceEndpoint {
+    #[serde(rename = "Ports", default, skip_serializing_if = "Option::is_none")]
+    pub ports: Option<Vec<EndpointPortConfig>>,
+    #[serde(rename = "Spec", default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<EndpointSpec>,
+    #[serde(
+        rename = "VirtualIPs",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub virtual_ips: Option<Vec<ServiceEndpointVirtualIPsItem>>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ServiceEndpointVirtualIPsItem {
+    #[serde(rename = "Addr", default, skip_serializing_if = "Option::is_none")]
+    pub addr: Option<String>,
+    #[serde(rename = "NetworkID", default, skip_serializing_if = "Option::is_none")]
+    pub network_id: Option<String>,
+}
+
+/// The status of the service when it is in one of ReplicatedJob or GlobalJob modes. Absent on Replicated and Global mode services. The JobIteration is an ObjectVersion, but unlike the Service's version, does not need to be sent with an update request.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ServiceJobStatus {
+    /// JobIteration is a value increased each time a Job is executed, successfully or otherwise. "Executed", in this case, means the job as a whole has been started, not that an individual Task has been launched. A job is "Executed" when its ServiceSpec is updated. JobIteration can be used to disambiguate Tasks belonging to different executions of a job.  Though JobIteration will increase with each subsequent execution, it may not necessarily increase by 1, and so JobIteration should not be used to
+    #[serde(
+        rename = "JobIteration",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub job_iteration: Option<ObjectVersion>,
+    /// The last time, as observed by the server, that this job was started.
+    #[serde(
+        rename = "LastExecution",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub last_execution: Option<String>,
+}
+
+/// The status of the service's tasks. Provided only when requested as part of a ServiceList operation.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ServiceServiceStatus {
+    /// The number of tasks for a job that are in the Completed state. This field must be cross-referenced with the service type, as the value of 0 may mean the service is not in a job mode, or it may mean the job-mode service has no tasks yet Completed.
+    #[serde(
+        rename = "CompletedTasks",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub completed_tasks: Option<u64>,
+    /// The number of tasks for the service desired to be running. For replicated services, this is the replica count from the service spec. For global services, this is computed by taking count of all tasks for the service with a Desired State other than Shutdown.
+    #[serde(
+        rename = "DesiredTasks",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub desired_tasks: Option<u64>,
+    /// The number of tasks for the service currently in the Running state.
+    #[serde(
+        rename = "RunningTasks",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub running_tasks: Option<u64>,
+}
+
+/// The status of a service update.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ServiceUpdateStatus {
+    #[serde(
+        rename = "CompletedAt",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub completed_at: Option<String>,
+    #[serde(rename = "Message", default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(rename = "StartedAt", default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    #[serde(rename = "State", default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<ServiceUpdateStatusState>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ServiceUpdateStatusState {
+    /// `"updating"`
+    Updating,
+    /// `"paused"`
+    Paused,
+    /// `"completed"`
+    Completed,
+    /// A value these bindings do not know, kept as sent.
+    Other(String),
+}
+
+impl ServiceUpdateStatusState {
+    /// The value on the wire.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Updating => "updating",
+            Self::Paused => "paused",
+            Self::Completed => "completed",
+            Self::Other(s) => s,
+        }
+    }
+}
+
+impl From<&str> for ServiceUpdateStatusState {
+    fn from(s: &str) -> Self {
+        match s {
+            "updating" => Self::Updating,
+            "paused" => Self::Paused,
+            "completed" => Self::Completed,
+            other => Self::Other(other.to_owned()),
+        }
+    }
+}
+
+impl std::fmt::Display for ServiceUpdateStatusState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for ServiceUpdateStatusState {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for ServiceUpdateStatusState {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(deserializer)?;
+        Ok(Self::from(s.as_str()))
+    }
+}
+
+/// contains the information returned to a client on the creation of a new service.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ServiceCreateResponse {
+    /// The ID of the created service.
+    #[serde(rename = "ID", default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Optional warning message.
+    #[serde(rename = "Warnings", default, skip_serializing_if = "Option::is_none")]
+    pub warnings: Option<Vec<String>>,
+}
+
+/// User modifiable configuration for a service.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ServiceSpec {
+    #[serde(
+        rename = "EndpointSpec",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub endpoint_spec: Option<EndpointSpec>,
+    /// User-defined key/value metadata.
+    #[serde(rename = "Labels", default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<std::collections::HashMap<String, String>>,
+    /// Scheduling mode for the service.
+    #[serde(rename = "Mode", default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<ServiceSpecMode>,
+    /// Name of the service.
+    #[serde(rename = "Name", default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Specifies which networks the service should attach to.
+    #[serde(rename = "Networks", default, skip_serializing_if = "Option::is_none")]
+    pub networks: Option<Vec<NetworkAttachmentConfig>>,
+    /// Specification for the rollback strategy of the service.
+    #[serde(
+        rename = "RollbackConfig",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub rollback_config: Option<ServiceSpecRollbackConfig>,
+    #[serde(
+        rename = "TaskTemplate",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub task_template: Option<TaskSpec>,
+    /// Specification for the update strategy of the service.
+    #[serde(
+        rename = "UpdateConfig",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub update_config: Option<ServiceSpecUpdateConfig>,
+}
+
+/// Scheduling mode for the service.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ServiceSpecMode {
+    #[serde(rename = "Global", default, skip_serializing_if = "Option::is_none")]
+    pub global: Option<serde_json::Value>,
+    /// The mode used for services which run a task to the completed state on each valid node.
+    #[serde(rename = "GlobalJob", default, skip_serializing_if = "Option::is_none")]
+    pub global_job: Option<serde_json::Value>,
+    #[serde(
+        rename = "Replicated",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub replicated: Option<ServiceSpecModeReplicated>,
+    /// The mode used for services with a finite number of tasks that run to a completed state.
+    #[serde(
+        rename = "ReplicatedJob",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub replicated_job: Option<ServiceSpecModeReplicatedJob>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ServiceSpecModeReplicated {
+    #[serde(rename = "Replicas", default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i64>,
+}
+
+/// The mode used for services with a finite number of tasks that run to a completed state.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ServiceSpecModeReplicatedJob {
+    /// The maximum number of replicas to run simultaneously.
+    #[serde(
+        rename = "MaxConcurrent",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_concurrent: Option<i64>,
+    /// The total number of replicas desired to reach the Completed state. If unset, will default to the value of `MaxConcurrent`
+    #[serde(
+        rename = "TotalCompletions",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub total_completions: Option<i64>,
+}
+
+/// Specification for the rollback strategy of the service.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ServiceSpecRollbackConfig {
+    /// Amount of time between rollback iterations, in nanoseconds.
+    #[serde(rename = "Delay", default, skip_serializing_if = "Option::is_none")]
+    pub delay: Option<i64>,
+    /// Action to take if an rolled back task fails to run, or stops running during the rollback.
+    #[serde(
+        rename = "FailureAction",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub failure_action: Option<ServiceSpecRollbackConfigFailureAction>,
+    /// The fraction of tasks that may fail during a rollback before the failure action is invoked, specified as a floating point number between 0 and 1.
+    #[serde(
+        rename = "MaxFailureRatio",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_failure_ratio: Option<f64>,
+    /// Amount of time to monitor each rolled back task for failures, in nanoseconds.
+    #[serde(rename = "Monitor", default, skip_serializing_if = "Option::is_none")]
+    pub monitor: Option<i64>,
+    /// The order of operations when rolling back a task. Either the old task is shut down before the new task is started, or the new task is started before the old task is shut down.
+    #[serde(rename = "Order", default, skip_serializing_if = "Option::is_none")]
+    pub order: Option<ServiceSpecRollbackConfigOrder>,
+    /// Maximum number of tasks to be rolled back in one iteration (0 means unlimited parallelism).
+    #[serde(
+        rename = "Parallelism",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub parallelism: Option<i64>,
+}
+
+/// Action to take if an rolled back task fails to run, or stops running during the rollback.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ServiceSpecRollbackConfigFailureAction {
+    /// `"continue"`
+    Continue,
+    /// `"pause"`
+    Pause,
+    /// A value these bindings do not know, kept as sent.
+    Other(String),
+}
+
+impl ServiceSpecRollbackConfigFailureAction {
+    /// The value on the wire.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Continue => "continue",
+            Self::Pause => "pause",
+            Self::Other(s) => s,
+        }
+    }
+}
+
+impl From<&str> for ServiceSpecRollbackConfigFailureAction {
+    fn from(s: &str) -> Self {
+        match s {
+            "continue" => Self::Continue,
+            "pause" => Self::Pause,
+            other => Self::Other(other.to_owned()),
+        }
+    }
+}
+
+impl std::fmt::Display for ServiceSpecRollbackConfigFailureAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for ServiceSpecRollbackConfigFailureAction {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for ServiceSpecRollbackConfigFailureAction {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(deserializer)?;
+        Ok(Self::from(s.as_str()))
+    }
+}
+
+/// The order of operations when rolling back a task. Either the old task is shut down before the new task is started, or the new task is started before the old task is shut down.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ServiceSpecRollbackConfigOrder {
+    /// `"stop-first"`
+    StopFirst,
+    /// `"start-first"`
+    StartFirst,
+    /// A value these bindings do not know, kept as sent.
+    Other(String),
+}
+
+impl ServiceSpecRollbackConfigOrder {
+    /// The value on the wire.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::StopFirst => "stop-first",
+            Self::StartFirst => "start-first",
+            Self::Other(s) => s,
+        }
+    }
+}
+
+impl From<&str> for ServiceSpecRollbackConfigOrder {
+    fn from(s: &str) -> Self {
+        match s {
+            "stop-first" => Self::StopFirst,
+            "start-first" => Self::StartFirst,
+            other => Self::Other(other.to_owned()),
+        }
+    }
+}
+
+impl std::fmt::Display for ServiceSpecRollbackConfigOrder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for ServiceSpecRollbackConfigOrder {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for ServiceSpecRollbackConfigOrder {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(deserializer)?;
+        Ok(Self::from(s.as_str()))
+    }
+}
+
+/// Specification for the update strategy of the service.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ServiceSpecUpdateConfig {
+    /// Amount of time between updates, in nanoseconds.
+    #[serde(rename = "Delay", default, skip_serializing_if = "Option::is_none")]
+    pub delay: Option<i64>,
+    /// Action to take if an updated task fails to run, or stops running during the update.
+    #[serde(
+        rename = "FailureAction",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub failure_action: Option<ServiceSpecUpdateConfigFailureAction>,
+    /// The fraction of tasks that may fail during an update before the failure action is invoked, specified as a floating point number between 0 and 1.
+    #[serde(
+        rename = "MaxFailureRatio",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_failure_ratio: Option<f64>,
+    /// Amount of time to monitor each updated task for failures, in nanoseconds.
+    #[serde(rename = "Monitor", default, skip_serializing_if = "Option::is_none")]
+    pub monitor: Option<i64>,
+    /// The order of operations when rolling out an updated task. Either the old task is shut down before the new task is started, or the new task is started before the old task is shut down.
+    #[serde(rename = "Order", default, skip_serializing_if = "Option::is_none")]
+    pub order: Option<ServiceSpecUpdateConfigOrder>,
+    /// Maximum number of tasks to be updated in one iteration (0 means unlimited parallelism).
+    #[serde(
+        rename = "Parallelism",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub parallelism: Option<i64>,
+}
+
+/// Action to take if an updated task fails to run, or stops running during the update.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ServiceSpecUpdateConfigFailureAction {
+    /// `"continue"`
+    Continue,
+    /// `"pause"`
+    Pause,
+    /// `"rollback"`
+    Rollback,
+    /// A value these bindings do not know, kept as sent.
+    Other(String),
+}
+
+impl ServiceSpecUpdateConfigFailureAction {
+    /// The value on the wire.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Continue => "continue",
+            Self::Pause => "pause",
+            Self::Rollback => "rollback",
+            Self::Other(s) => s,
+        }
+    }
+}
+
+impl From<&str> for ServiceSpecUpdateConfigFailureAction {
+    fn from(s: &str) -> Self {
+        match s {
+            "continue" => Self::Continue,
+            "pause" => Self::Pause,
+            "rollback" => Self::Rollback,
+            other => Self::Other(other.to_owned()),
+        }
+    }
+}
+
+impl std::fmt::Display for ServiceSpecUpdateConfigFailureAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for ServiceSpecUpdateConfigFailureAction {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for ServiceSpecUpdateConfigFailureAction {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(deserializer)?;
+        Ok(Self::from(s.as_str()))
+    }
+}
+
+/// The order of operations when rolling out an updated task. Either the old task is shut down before the new task is started, or the new task is started before the old task is shut down.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ServiceSpecUpdateConfigOrder {
+    /// `"stop-first"`
+    StopFirst,
+    /// `"start-first"`
+    StartFirst,
+    /// A value these bindings do not know, kept as sent.
+    Other(String),
+}
+
+impl ServiceSpecUpdateConfigOrder {
+    /// The value on the wire.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::StopFirst => "stop-first",
+            Self::StartFirst => "start-first",
+            Self::Other(s) => s,
+        }
+    }
+}
+
+impl From<&str> for ServiceSpecUpdateConfigOrder {
+    fn from(s: &str) -> Self {
+        match s {
+            "stop-first" => Self::StopFirst,
+            "start-first" => Self::StartFirst,
+            other => Self::Other(other.to_owned()),
+        }
+    }
+}
+
+impl std::fmt::Display for ServiceSpecUpdateConfigOrder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for ServiceSpecUpdateConfigOrder {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for ServiceSpecUpdateConfigOrder {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(deserializer)?;
+        Ok(Self::from(s.as_str()))
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ServiceUpdateResponse {
+    /// Optional warning messages
+    #[serde(rename = "Warnings", default, skip_serializing_if = "Option::is_none")]
+    pub warnings: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Swarm {
+    /// Date and time at which the swarm was initialised in \[RFC 3339\](<https://www.ietf.org/rfc/rfc3339.txt>) format with nano-seconds.
+    #[serde(rename = "CreatedAt", default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<String>,
+    /// DataPathPort specifies the data path port number for data traffic. Acceptable port range is 1024 to 49151. If no port is set or is set to 0, the default port (4789) is used.
+    #[serde(
+        rename = "DataPathPort",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub data_path_port: Option<i64>,
+    /// Default Address Pool specifies default subnet pools for global scope networks.
+    #[serde(
+        rename = "DefaultAddrPool",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub default_addr_pool: Option<Vec<String>>,
+    /// The ID of the swarm.
+    #[serde(rename = "ID", default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Whether there is currently a root CA rotation in progress for the swarm
+    #[serde(
+        rename = "RootRotationInProgress",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub root_rotation_in_progress: Option<bool>,
+    #[serde(rename = "Spec", default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<SwarmSpec>,
+    /// SubnetSize specifies the subnet size of the networks created from the default subnet pool.
+    #[serde(
+        rename = "SubnetSize",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub subnet_size: Option<i64>,
+    #[serde(rename = "TLSInfo", default, skip_serializing_if = "Option::is_none")]
+    pub tls_info: Option<TLSInfo>,
+    /// Date and time at which the swarm was last updated in \[RFC 3339\](<https://www.ietf.org/rfc/rfc3339.txt>) format with nano-seconds.
+    #[serde(rename = "UpdatedAt", default, skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<String>,
+    #[serde(rename = "Version", default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<ObjectVersion>,
+    #[serde(
+        rename = "JoinTokens",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub join_tokens: Option<JoinTokens>,
+}
+
+/// Represents generic information about swarm.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SwarmInfo {
+    #[serde(rename = "Cluster", default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterInfo>,
+    #[serde(
+        rename = "ControlAvailable",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub control_available: Option<bool>,
+    #[serde(rename = "Error", default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(
+        rename = "LocalNodeState",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub local_node_state: Option<LocalNodeState>,
+    /// Total number of managers in the swarm.
+    #[serde(rename = "Managers", default, skip_serializing_if = "Option::is_none")]
+    pub managers: Option<i64>,
+    /// IP address at which this node can be reached by other nodes in the swarm.
+    #[serde(rename = "NodeAddr", default, skip_serializing_if = "Option::is_none")]
+    pub node_addr: Option<String>,
+    /// Unique identifier of for this node in the swarm.
+    #[serde(rename = "NodeID", default, skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<String>,
+    /// Total number of nodes in the swarm.
+    #[serde(rename = "Nodes", default, skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<i64>,
+    /// List of ID's and addresses of other managers in the swarm.
+    #[serde(
+        rename = "RemoteManagers",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub remote_managers: Option<Vec<PeerNode>>,
+}
+
+/// User modifiable swarm configuration.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SwarmSpec {
+    /// CA configuration.
+    #[serde(rename = "CAConfig", default, skip_serializing_if = "Option::is_none")]
+    pub ca_config: Option<SwarmSpecCAConfig>,
+    /// Dispatcher configuration.
+    #[serde(
+        rename = "Dispatcher",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub dispatcher: Option<SwarmSpecDispatcher>,
+    /// Parameters related to encryption-at-rest.
+    #[serde(
+        rename = "EncryptionConfig",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub encryption_config: Option<SwarmSpecEncryptionConfig>,
+    /// User-defined key/value metadata.
+    #[serde(rename = "Labels", default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<std::collections::HashMap<String, String>>,
+    /// Name of the swarm.
+    #[serde(rename = "Name", default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Orchestration configuration.
+    #[serde(
+        rename = "Orchestration",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub orchestration: Option<SwarmSpecOrchestration>,
+    /// Raft configuration.
+    #[serde(rename = "Raft", default, skip_serializing_if = "Option::is_none")]
+    pub raft: Option<SwarmSpecRaft>,
+    /// Defaults for creating tasks in this cluster.
+    #[serde(
+        rename = "TaskDefaults",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub task_defaults: Option<SwarmSpecTaskDefaults>,
+}
+
+/// CA configuration.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SwarmSpecCAConfig {
+    /// Configuration for forwarding signing requests to an external certificate authority.
+    #[serde(
+        rename = "ExternalCAs",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub external_c_as: Option<Vec<SwarmSpecCAConfigExternalCAsItem>>,
+    /// An integer whose purpose is to force swarm to generate a new signing CA certificate and key, if none have been specified in `SigningCACert` and `SigningCAKey`
+    #[serde(
+        rename = "ForceRotate",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub force_rotate: Option<u64>,
+    /// The duration node certificates are issued for.
+    #[serde(
+        rename = "NodeCertExpiry",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub node_cert_expiry: Option<i64>,
+    /// The desired signing CA certificate for all swarm node TLS leaf certificates, in PEM format.
+    #[serde(
+        rename = "SigningCACert",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub signing_ca_cert: Option<String>,
+    /// The desired signing CA key for all swarm node TLS leaf certificates, in PEM format.
+    #[serde(
+        rename = "SigningCAKey",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub signing_ca_key: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SwarmSpecCAConfigExternalCAsItem {
+    /// The root CA certificate (in PEM format) this external CA uses to issue TLS certificates (assumed to be to the current swarm root CA certificate if not provided).
+    #[serde(rename = "CACert", default, skip_serializing_if = "Option::is_none")]
+    pub ca_cert: Option<String>,
+    /// An object with key/value pairs that are interpreted as protocol-specific options for the external CA driver.
+    #[serde(rename = "Options", default, skip_serializing_if = "Option::is_none")]
+    pub options: Option<std::collections::HashMap<String, String>>,
+    /// Protocol for communication with the external CA (currently only `cfssl` is supported).
+    #[serde(rename = "Protocol", default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<SwarmSpecCAConfigExternalCAsItemProtocol>,
+    /// URL where certificate signing requests should be sent.
+    #[serde(rename = "URL", default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+}
+
+/// Protocol for communication with the external CA (currently only `cfssl` is supported).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum SwarmSpecCAConfigExternalCAsItemProtocol {
+    /// `"cfssl"`
+    Cfssl,
+    /// A value these bindings do not know, kept as sent.
+    Other(String),
+}
+
+impl SwarmSpecCAConfigExternalCAsItemProtocol {
+    /// The value on the wire.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Cfssl => "cfssl",
+            Self::Other(s) => s,
+        }
+    }
+}
+
+impl From<&str> for SwarmSpecCAConfigExternalCAsItemProtocol {
+    fn from(s: &str) -> Self {
+        match s {
+            "cfssl" => Self::Cfssl,
+            other => Self::Other(other.to_owned()),
+        }
+    }
+}
+
+impl std::fmt::Display for SwarmSpecCAConfigExternalCAsItemProtocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for SwarmSpecCAConfigExternalCAsItemProtocol {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for SwarmSpecCAConfigExternalCAsItemProtocol {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(deserializer)?;
+        Ok(Self::from(s.as_str()))
+    }
+}
+
+/// Dispatcher configuration.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SwarmSpecDispatcher {
+    /// The delay for an agent to send a heartbeat to the dispatcher.
+    #[serde(
+        rename = "HeartbeatPeriod",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub heartbeat_period: Option<i64>,
+}
+
+/// Parameters related to encryption-at-rest.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SwarmSpecEncryptionConfig {
+    /// If set, generate a key and use it to lock data stored on the managers.
+    #[serde(
+        rename = "AutoLockManagers",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub auto_lock_managers: Option<bool>,
+}
+
+/// Orchestration configuration.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SwarmSpecOrchestration {
+    /// The number of historic tasks to keep per instance or node. If negative, never remove completed or failed tasks.
+    #[serde(
+        rename = "TaskHistoryRetentionLimit",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub task_history_retention_limit: Option<i64>,
+}
+
+/// Raft configuration.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SwarmSpecRaft {
+    /// The number of ticks that a follower will wait for a message from the leader before becoming a candidate and starting an election. `ElectionTick` must be greater than `HeartbeatTick`.
+    #[serde(
+        rename = "ElectionTick",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub election_tick: Option<i64>,
+    /// The number of ticks between heartbeats. Every HeartbeatTick ticks, the leader will send a heartbeat to the followers.
+    #[serde(
+        rename = "HeartbeatTick",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub heartbeat_tick: Option<i64>,
+    /// The number of snapshots to keep beyond the current snapshot.
+    #[serde(
+        rename = "KeepOldSnapshots",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub keep_old_snapshots: Option<u64>,
+    /// The number of log entries to keep around to sync up slow followers after a snapshot is created.
+    #[serde(
+        rename = "LogEntriesForSlowFollowers",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub log_entries_for_slow_followers: Option<u64>,
+    /// The number of log entries between snapshots.
+    #[serde(
+        rename = "SnapshotInterval",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub snapshot_interval: Option<u64>,
+}
+
+/// Defaults for creating tasks in this cluster.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SwarmSpecTaskDefaults {
+    /// The log driver to use for tasks created in the orchestrator if unspecified by a service.
+    #[serde(rename = "LogDriver", default, skip_serializing_if = "Option::is_none")]
+    pub log_driver: Option<SwarmSpecTaskDefaultsLogDriver>,
+}
+
+/// The log driver to use for tasks created in the orchestrator if unspecified by a service.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SwarmSpecTaskDefaultsLogDriver {
+    /// The log driver to use as a default for new tasks.
+    #[serde(rename = "Name", default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Driver-specific options for the selected log driver, specified as key/value pairs.
+    #[serde(rename = "Options", default, skip_serializing_if = "Option::is_none")]
+    pub options: Option<std::collections::HashMap<String, String>>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SystemInfo {
+    /// Hardware architecture of the host, as returned by the Go runtime (`GOARCH`).
+    #[serde(
+        rename = "Architecture",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub architecture: Option<String>,
+    /// List of directories where (Container Device Interface) CDI specifications are located.
+    #[serde(
+        rename = "CDISpecDirs",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub cdi_spec_dirs: Option<Vec<String>>,
+    /// Indicates if CPUsets (cpuset.cpus, cpuset.mems) are supported by the host.
+    #[serde(rename = "CPUSet", default, skip_serializing_if = "Option::is_none")]
+    pub cpu_set: Option<bool>,
+    /// Indicates if CPU Shares limiting is supported by the host.
+    #[serde(rename = "CPUShares", default, skip_serializing_if = "Option::is_none")]
+    pub cpu_shares: Option<bool>,
+    /// The driver to use for managing cgroups.
+    #[serde(
+        rename = "CgroupDriver",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub cgroup_driver: Option<SystemInfoCgroupDriver>,
+    /// The version of the cgroup.
+    #[serde(
+        rename = "CgroupVersion",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub cgroup_version: Option<SystemInfoCgroupVersion>,
+    #[serde(
+        rename = "Containerd",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub containerd: Option<ContainerdInfo>,
+    #[serde(
+        rename = "ContainerdCommit",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub containerd_commit: Option<Commit>,
+    /// Total number of containers on the host.
+    #[serde(
+        rename = "Containers",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub containers: Option<i64>,
+    /// Number of containers with status `"paused"`.
+    #[serde(
+        rename = "ContainersPaused",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub containers_paused: Option<i64>,
+    /// Number of containers with status `"running"`.
+    #[serde(
+        rename = "ContainersRunning",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub containers_running: Option<i64>,
+    /// Number of containers with status `"stopped"`.
+    #[serde(
+        rename = "ContainersStopped",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub containers_stopped: Option<i64>,
+    /// Indicates if CPU CFS(Completely Fair Scheduler) period is supported by the host.
+    #[serde(
+        rename = "CpuCfsPeriod",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub cpu_cfs_period: Option<bool>,
+    /// Indicates if CPU CFS(Completely Fair Scheduler) quota is supported by the host.
+    #[serde(
+        rename = "CpuCfsQuota",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub cpu_cfs_quota: Option<bool>,
+    /// Indicates if the daemon is running in debug-mode / with debug-level logging enabled.
+    #[serde(rename = "Debug", default, skip_serializing_if = "Option::is_none")]
+    pub debug: Option<bool>,
+    /// List of custom default address pools for local networks, which can be specified in the daemon.json file or dockerd option.
+    #[serde(
+        rename = "DefaultAddressPools",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub default_address_pools: Option<Vec<SystemInfoDefaultAddressPoolsItem>>,
+    /// Name of the default OCI runtime that is used when starting containers.
+    #[serde(
+        rename = "DefaultRuntime",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub default_runtime: Option<String>,
+    /// List of devices discovered by device drivers.
+    #[serde(
+        rename = "DiscoveredDevices",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub discovered_devices: Option<Vec<DeviceInfo>>,
+    /// Root directory of persistent Docker state.
+    #[serde(
+        rename = "DockerRootDir",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub docker_root_dir: Option<String>,
+    /// Name of the storage driver in use.
+    #[serde(rename = "Driver", default, skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
+    /// Information specific to the storage driver, provided as "label" / "value" pairs.
+    #[serde(
+        rename = "DriverStatus",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub driver_status: Option<Vec<Vec<String>>>,
+    /// Indicates if experimental features are enabled on the daemon.
+    #[serde(
+        rename = "ExperimentalBuild",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub experimental_build: Option<bool>,
+    #[serde(
+        rename = "FirewallBackend",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub firewall_backend: Option<FirewallInfo>,
+    #[serde(
+        rename = "GenericResources",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub generic_resources: Option<GenericResources>,
+    /// HTTP-proxy configured for the daemon. This value is obtained from the \[`HTTP_PROXY`\](<https://www.gnu.org/software/wget/manual/html_node/Proxies.html>) environment variable. Credentials (\[user info component\](<https://tools.ietf.org/html/rfc3986#section-3.2.1>)) in the proxy URL are masked in the API response.
+    #[serde(rename = "HttpProxy", default, skip_serializing_if = "Option::is_none")]
+    pub http_proxy: Option<String>,
+    /// HTTPS-proxy configured for the daemon. This value is obtained from the \[`HTTPS_PROXY`\](<https://www.gnu.org/software/wget/manual/html_node/Proxies.html>) environment variable. Credentials (\[user info component\](<https://tools.ietf.org/html/rfc3986#section-3.2.1>)) in the proxy URL are masked in the API response.
+    #[serde(
+        rename = "HttpsProxy",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub https_proxy: Option<String>,
+    /// Unique identifier of the daemon.
+    #[serde(rename = "ID", default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Indicates IPv4 forwarding is enabled.
+    #[serde(
+        rename = "IPv4Forwarding",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ipv4_forwarding: Option<bool>,
+    /// Total number of images on the host.
+    #[serde(rename = "Images", default, skip_serializing_if = "Option::is_none")]
+    pub images: Option<i64>,
+    /// Address / URL of the index server that is used for image search, and as a default for user authentication for Docker Hub and Docker Cloud.
+    #[serde(
+        rename = "IndexServerAddress",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub index_server_address: Option<String>,
+    /// Name and, optional, path of the `docker-init` binary.
+    #[serde(
+        rename = "InitBinary",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub init_binary: Option<String>,
+    #[serde(
+        rename = "InitCommit",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub init_commit: Option<Commit>,
+    /// Represents the isolation technology to use as a default for containers. The supported values are platform-specific.
+    #[serde(rename = "Isolation", default, skip_serializing_if = "Option::is_none")]
+    pub isolation: Option<SystemInfoIsolation>,
+    /// Indicates if the host has kernel memory TCP limit support enabled. This field is omitted if not supported.
+    #[serde(
+        rename = "KernelMemoryTCP",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub kernel_memory_tcp: Option<bool>,
+    /// Kernel version of the host.
+    #[serde(
+        rename = "KernelVersion",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub kernel_version: Option<String>,
+    /// User-defined labels (key/value metadata) as set on the daemon.
+    #[serde(rename = "Labels", default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<Vec<String>>,
+    /// Indicates if live restore is enabled.
+    #[serde(
+        rename = "LiveRestoreEnabled",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub live_restore_enabled: Option<bool>,
+    /// The logging driver to use as a default for new containers.
+    #[serde(
+        rename = "LoggingDriver",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub logging_driver: Option<String>,
+    /// Total amount of physical memory available on the host, in bytes.
+    #[serde(rename = "MemTotal", default, skip_serializing_if = "Option::is_none")]
+    pub mem_total: Option<i64>,
+    /// Indicates if the host has memory limit support enabled.
+    #[serde(
+        rename = "MemoryLimit",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub memory_limit: Option<bool>,
+    /// The number of logical CPUs usable by the daemon.
+    #[serde(rename = "NCPU", default, skip_serializing_if = "Option::is_none")]
+    pub ncpu: Option<i64>,
+    /// Number of event listeners subscribed.
+    #[serde(
+        rename = "NEventsListener",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub n_events_listener: Option<i64>,
+    /// The total number of file Descriptors in use by the daemon process.
+    #[serde(rename = "NFd", default, skip_serializing_if = "Option::is_none")]
+    pub n_fd: Option<i64>,
+    /// The  number of goroutines that currently exist.
+    #[serde(
+        rename = "NGoroutines",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub n_goroutines: Option<i64>,
+    /// Hostname of the host.
+    #[serde(rename = "Name", default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Comma-separated list of domain extensions for which no proxy should be used. This value is obtained from the \[`NO_PROXY`\](<https://www.gnu.org/software/wget/manual/html_node/Proxies.html>) environment variable.
+    #[serde(rename = "NoProxy", default, skip_serializing_if = "Option::is_none")]
+    pub no_proxy: Option<String>,
+    /// Generic type of the operating system of the host, as returned by the Go runtime (`GOOS`).
+    #[serde(rename = "OSType", default, skip_serializing_if = "Option::is_none")]
+    pub os_type: Option<String>,
+    /// Version of the host's operating system
+    #[serde(rename = "OSVersion", default, skip_serializing_if = "Option::is_none")]
+    pub os_version: Option<String>,
+    /// Indicates if OOM killer disable is supported on the host.
+    #[serde(
+        rename = "OomKillDisable",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub oom_kill_disable: Option<bool>,
+    /// Name of the host's operating system, for example: "Ubuntu 24.04 LTS" or "Windows Server 2016 Datacenter"
+    #[serde(
+        rename = "OperatingSystem",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub operating_system: Option<String>,
+    /// Indicates if the host kernel has PID limit support enabled.
+    #[serde(rename = "PidsLimit", default, skip_serializing_if = "Option::is_none")]
+    pub pids_limit: Option<bool>,
+    #[serde(rename = "Plugins", default, skip_serializing_if = "Option::is_none")]
+    pub plugins: Option<PluginsInfo>,
+    /// Reports a summary of the product license on the daemon.
+    #[serde(
+        rename = "ProductLicense",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub product_license: Option<String>,
+    #[serde(
+        rename = "RegistryConfig",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub registry_config: Option<RegistryServiceConfig>,
+    #[serde(
+        rename = "RuncCommit",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub runc_commit: Option<Commit>,
+    /// List of \[OCI compliant\](<https://github.com/opencontainers/runtime-spec>) runtimes configured on the daemon. Keys hold the "name" used to reference the runtime.
+    #[serde(rename = "Runtimes", default, skip_serializing_if = "Option::is_none")]
+    pub runtimes: Option<std::collections::HashMap<String, Runtime>>,
+    /// List of security features that are enabled on the daemon, such as apparmor, seccomp, SELinux, user-namespaces (userns), rootless and no-new-privileges.
+    #[serde(
+        rename = "SecurityOptions",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub security_options: Option<Vec<String>>,
+    /// Version string of the daemon.
+    #[serde(
+        rename = "ServerVersion",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub server_version: Option<String>,
+    /// Indicates if the host has memory swap limit support enabled.
+    #[serde(rename = "SwapLimit", default, skip_serializing_if = "Option::is_none")]
+    pub swap_limit: Option<bool>,
+    #[serde(rename = "Swarm", default, skip_serializing_if = "Option::is_none")]
+    pub swarm: Option<SwarmInfo>,
+    /// Current system-time in \[RFC 3339\](<https://www.ietf.org/rfc/rfc3339.txt>) format with nano-seconds.
+    #[serde(
+        rename = "SystemTime",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub system_time: Option<String>,
+    /// List of warnings / informational messages about missing features, or issues related to the daemon configuration.
+    #[serde(rename = "Warnings", default, skip_serializing_if = "Option::is_none")]
+    pub warnings: Option<Vec<String>>,
+}
+
+/// The driver to use for managing cgroups.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum SystemInfoCgroupDriver {
+    /// `"cgroupfs"`
+    Cgroupfs,
+    /// `"systemd"`
+    Systemd,
+    /// `"none"`
+    None,
+    /// A value these bindings do not know, kept as sent.
+    Other(String),
+}
+
+impl SystemInfoCgroupDriver {
+    /// The value on the wire.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Cgroupfs => "cgroupfs",
+            Self::Systemd => "systemd",
+            Self::None => "none",
+            Self::Other(s) => s,
+        }
+    }
+}
+
+impl From<&str> for SystemInfoCgroupDriver {
+    fn from(s: &str) -> Self {
+        match s {
+            "cgroupfs" => Self::Cgroupfs,
+            "systemd" => Self::Systemd,
+            "none" => Self::None,
+            other => Self::Other(other.to_owned()),
+        }
+    }
+}
+
+impl std::fmt::Display for SystemInfoCgroupDriver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for SystemInfoCgroupDriver {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for SystemInfoCgroupDriver {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(deserializer)?;
+        Ok(Self::from(s.as_str()))
+    }
+}
+
+/// The version of the cgroup.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum SystemInfoCgroupVersion {
+    /// `"1"`
+    V1,
+    /// `"2"`
+    V2,
+    /// A value these bindings do not know, kept as sent.
+    Other(String),
+}
+
+impl SystemInfoCgroupVersion {
+    /// The value on the wire.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::V1 => "1",
+            Self::V2 => "2",
+            Self::Other(s) => s,
+        }
+    }
+}
+
+impl From<&str> for SystemInfoCgroupVersion {
+    fn from(s: &str) -> Self {
+        match s {
+            "1" => Self::V1,
+            "2" => Self::V2,
+            other => Self::Other(other.to_owned()),
+        }
+    }
+}
+
+impl std::fmt::Display for SystemInfoCgroupVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for SystemInfoCgroupVersion {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for SystemInfoCgroupVersion {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(deserializer)?;
+        Ok(Self::from(s.as_str()))
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SystemInfoDefaultAddressPoolsItem {
+    /// The network address in CIDR format
+    #[serde(rename = "Base", default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
+    /// The network pool size
+    #[serde(rename = "Size", default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<i64>,
+}
+
+/// Represents the isolation technology to use as a default for containers. The supported values are platform-specific.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum SystemInfoIsolation {
+    /// `"default"`
+    Default,
+    /// `"hyperv"`
+    Hyperv,
+    /// `"process"`
+    Process,
+    /// `""`
+    Empty,
+    /// A value these bindings do not know, kept as sent.
+    Other(String),
+}
+
+impl SystemInfoIsolation {
+    /// The value on the wire.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Default => "default",
+            Self::Hyperv => "hyperv",
+            Self::Process => "process",
+            Self::Empty => "",
+            Self::Other(s) => s,
+        }
+    }
+}
+
+impl From<&str> for SystemInfoIsolation {
+    fn from(s: &str) -> Self {
+        match s {
+            "default" => Self::Default,
+            "hyperv" => Self::Hyperv,
+            "process" => Self::Process,
+            "" => Self::Empty,
+            other => Self::Other(other.to_owned()),
+        }
+    }
+}
+
+impl std::fmt::Display for SystemInfoIsolation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for SystemInfoIsolation {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for SystemInfoIsolation {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(deserializer)?;
+        Ok(Self::from(s.as_str()))
+    }
+}
+
+/// Response of Engine API: GET "/version"
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SystemVersion {
+    /// The default (and highest) API version that is supported by the daemon
+    #[serde(
+        rename = "ApiVersion",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub api_version: Option<String>,
+    /// The architecture that the daemon is running on
+    #[serde(rename = "Arch", default, skip_serializing_if = "Option::is_none")]
+    pub arch: Option<String>,
+    /// The date and time that the daemon was compiled.
+    #[serde(rename = "BuildTime", default, skip_serializing_if = "Option::is_none")]
+    pub build_time: Option<String>,
+    /// Information about system components
+    #[serde(
+        rename = "Components",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub components: Option<Vec<SystemVersionComponentsItem>>,
+    /// Indicates if the daemon is started with experimental features enabled.
+    #[serde(
+        rename = "Experimental",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub experimental: Option<bool>,
+    /// The Git commit of the source code that was used to build the daemon
+    #[serde(rename = "GitCommit", default, skip_serializing_if = "Option::is_none")]
+    pub git_commit: Option<String>,
+    /// The version Go used to compile the daemon, and the version of the Go runtime in use.
+    #[serde(rename = "GoVersion", default, skip_serializing_if = "Option::is_none")]
+    pub go_version: Option<String>,
+    /// The kernel version (`uname -r`) that the daemon is running on.
+    #[serde(
+        rename = "KernelVersion",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub kernel_version: Option<String>,
+    /// The minimum API version that is supported by the daemon
+    #[serde(
+        rename = "MinAPIVersion",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub min_api_version: Option<String>,
+    /// The operating system that the daemon is running on ("linux" or "windows")
+    #[serde(rename = "Os", default, skip_serializing_if = "Option::is_none")]
+    pub os: Option<String>,
+    #[serde(rename = "Platform", default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<SystemVersionPlatform>,
+    /// The version of the daemon
+    #[serde(rename = "Version", default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SystemVersionComponentsItem {
+    /// Key/value pairs of strings with additional information about the component. These values are intended for informational purposes only, and their content is not defined, and not part of the API specification.
+    #[serde(rename = "Details", default, skip_serializing_if = "Option::is_none")]
+    pub details: Option<serde_json::Value>,
+    /// Name of the component
+    #[serde(rename = "Name", default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Version of the component
+    #[serde(rename = "Version", default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SystemVersionPlatform {
+    #[serde(rename = "Name", default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// Information about the issuer of leaf TLS certificates and the trusted root CA certificate.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TLSInfo {
+    /// The base64-url-safe-encoded raw public key bytes of the issuer.
+    #[serde(
+        rename = "CertIssuerPublicKey",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub cert_issuer_public_key: Option<String>,
+    /// The base64-url-safe-encoded raw subject bytes of the issuer.
+    #[serde(
+        rename = "CertIssuerSubject",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub cert_issuer_subject: Option<String>,
+    /// The root CA certificate(s) that are used to validate leaf TLS certificates.
+    #[serde(rename = "TrustRoot", default, skip_serializing_if = "Option::is_none")]
+    pub trust_root: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Task {
+    #[serde(
+        rename = "AssignedGenericResources",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub assigned_generic_resources: Option<GenericResources>,
+    #[serde(rename = "CreatedAt", default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<String>,
+    #[serde(
+        rename = "DesiredState",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub desired_state: Option<TaskState>,
+    /// The ID of the task.
+    #[serde(rename = "ID", default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// If the Service this Task belongs to is a job-mode service, contains the JobIteration of the Service this Task was created for. Absent if the Task was created for a Replicated or Global Service.
+    #[serde(
+        rename = "JobIteration",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub job_iteration: Option<ObjectVersion>,
+    /// User-defined key/value metadata.
+    #[serde(rename = "Labels", default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<std::collections::HashMap<String, String>>,
+    /// Name of the task.
+    #[serde(rename = "Name", default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The ID of the node that this task is on.
+    #[serde(rename = "NodeID", default, skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<String>,
+    /// The ID of the service this task is part of.
+    #[serde(rename = "ServiceID", default, skip_serializing_if = "Option::is_none")]
+    pub service_id: Option<String>,
+    #[serde(rename = "Slot", default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<i64>,
+    #[serde(rename = "Spec", default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<TaskSpec>,
+    #[serde(rename = "Status", default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<TaskStatus>,
+    #[serde(rename = "UpdatedAt", default, skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<String>,
+    #[serde(rename = "Version", default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<ObjectVersion>,
+}
+
+/// User modifiable task configuration.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TaskSpec {
+    /// Container spec for the service.
+    #[serde(
+        rename = "ContainerSpec",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub container_spec: Option<TaskSpecContainerSpec>,
+    /// A counter that triggers an update even if no relevant parameters have been changed.
+    #[serde(
+        rename = "ForceUpdate",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub force_update: Option<u64>,
+    /// Specifies the log driver to use for tasks created from this spec. If not present, the default one for the swarm will be used, finally falling back to the engine default if not specified.
+    #[serde(rename = "LogDriver", default, skip_serializing_if = "Option::is_none")]
+    pub log_driver: Option<TaskSpecLogDriver>,
+    /// Read-only spec type for non-swarm containers attached to swarm overlay networks.
+    #[serde(
+        rename = "NetworkAttachmentSpec",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub network_attachment_spec: Option<TaskSpecNetworkAttachmentSpec>,
+    /// Specifies which networks the service should attach to.
+    #[serde(rename = "Networks", default, skip_serializing_if = "Option::is_none")]
+    pub networks: Option<Vec<NetworkAttachmentConfig>>,
+    #[serde(rename = "Placement", default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<TaskSpecPlacement>,
+    /// Plugin spec for the service.  *(Experimental release only.)*
+    #[serde(
+        rename = "PluginSpec",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub plugin_spec: Option<TaskSpecPluginSpec>,
+    /// Resource requirements which apply to each individual container created as part of the service.
+    #[serde(rename = "Resources", default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<TaskSpecResources>,
+    /// Specification for the restart policy which applies to containers created as part of this service.
+    #[serde(
+        rename = "RestartPolicy",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub restart_policy: Option<TaskSpecRestartPolicy>,
+    /// Runtime is the type of runtime specified for the task executor.
+    #[serde(rename = "Runtime", default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<String>,
+}
+
+/// Container spec for the service.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TaskSpecContainerSpec {
+    /// Arguments to the command.
+    #[serde(rename = "Args", default, skip_serializing_if = "Option::is_none")]
+    pub args: Option<Vec<String>>,
+    /// A list of kernel capabilities to add to the default set for the container.
+    #[serde(
+        rename = "CapabilityAdd",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub capability_add: Option<Vec<String>>,
+    /// A list of kernel capabilities to drop from the default set for the container.
+    #[serde(
+        rename = "CapabilityDrop",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub capability_drop: Option<Vec<String>>,
+    /// The command to be run in the image.
+    #[serde(rename = "Command", default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    /// Configs contains references to zero or more configs that will be exposed to the service.
+    #[serde(rename = "Configs", default, skip_serializing_if = "Option::is_none")]
+    pub configs: Option<Vec<TaskSpecContainerSpecConfigsItem>>,
+    /// Specification for DNS related configurations in resolver configuration file (`resolv.conf`).
+    #[serde(rename = "DNSConfig", default, skip_serializing_if = "Option::is_none")]
+    pub dns_config: Option<TaskSpecContainerSpecDNSConfig>,
+    /// The working directory for commands to run in.
+    #[serde(rename = "Dir", default, skip_serializing_if = "Option::is_none")]
+    pub dir: Option<String>,
+    /// A list of environment variables in the form `VAR=value`.
+    #[serde(rename = "Env", default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<Vec<String>>,
+    /// A list of additional groups that the container process will run as.
+    #[serde(rename = "Groups", default, skip_serializing_if = "Option::is_none")]
+    pub groups: Option<Vec<String>>,
+    #[serde(
+        rename = "HealthCheck",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub health_check: Option<HealthConfig>,
+    /// The hostname to use for the container, as a valid \[RFC 1123\](<https://tools.ietf.org/html/rfc1123>) hostname.
+    #[serde(rename = "Hostname", default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// A list of hostname/IP mappings to add to the container's `hosts` file. The format of extra hosts is specified in the \[hosts(5)\](<http://man7.org/linux/man-pages/man5/hosts.5.html>) man page:
+    #[serde(rename = "Hosts", default, skip_serializing_if = "Option::is_none")]
+    pub hosts: Option<Vec<String>>,
+    /// The image name to use for the container
+    #[serde(rename = "Image", default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Run an init inside the container that forwards signals and reaps processes. This field is omitted if empty, and the default (as configured on the daemon) is used.
+    #[serde(rename = "Init", default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<bool>,
+    /// Isolation technology of the containers running the service. (Windows only)
+    #[serde(rename = "Isolation", default, skip_serializing_if = "Option::is_none")]
+    pub isolation: Option<TaskSpecContainerSpecIsolation>,
+    /// User-defined key/value data.
+    #[serde(rename = "Labels", default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<std::collections::HashMap<String, String>>,
+    /// Specification for mounts to be added to containers created as part of the service.
+    #[serde(rename = "Mounts", default, skip_serializing_if = "Option::is_none")]
+    pub mounts: Option<Vec<Mount>>,
+    /// An integer value containing the score given to the container in order to tune OOM killer preferences.
+    #[serde(
+        rename = "OomScoreAdj",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub oom_score_adj: Option<i64>,
+    /// Open `stdin`
+    #[serde(rename = "OpenStdin", default, skip_serializing_if = "Option::is_none")]
+    pub open_stdin: Option<bool>,
+    /// Security options for the container
+    #[serde(
+        rename = "Privileges",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub privileges: Option<TaskSpecContainerSpecPrivileges>,
+    /// Mount the container's root filesystem as read only.
+    #[serde(rename = "ReadOnly", default, skip_serializing_if = "Option::is_none")]
+    pub read_only: Option<bool>,
+    /// Secrets contains references to zero or more secrets that will be exposed to the service.
+    #[serde(rename = "Secrets", default, skip_serializing_if = "Option::is_none")]
+    pub secrets: Option<Vec<TaskSpecContainerSpecSecretsItem>>,
+    /// Amount of time to wait for the container to terminate before forcefully killing it.
+    #[serde(
+        rename = "StopGracePeriod",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub stop_grace_period: Option<i64>,
+    /// Signal to stop the container.
+    #[serde(
+        rename = "StopSignal",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub stop_signal: Option<String>,
+    /// Set kernel namedspaced parameters (sysctls) in the container. The Sysctls option on services accepts the same sysctls as the are supported on containers. Note that while the same sysctls are supported, no guarantees or checks are made about their suitability for a clustered environment, and it's up to the user to determine whether a given sysctl will work properly in a Service.
+    #[serde(rename = "Sysctls", default, skip_serializing_if = "Option::is_none")]
+    pub sysctls: Option<std::collections::HashMap<String, String>>,
+    /// Whether a pseudo-TTY should be allocated.
+    #[serde(rename = "TTY", default, skip_serializing_if = "Option::is_none")]
+    pub tty: Option<bool>,
+    /// A list of resource limits to set in the container. For example: `{"Name": "nofile", "Soft": 1024, "Hard": 2048}`"
+    #[serde(rename = "Ulimits", default, skip_serializing_if = "Option::is_none")]
+    pub ulimits: Option<Vec<TaskSpecContainerSpecUlimitsItem>>,
+    /// The user inside the container.
+    #[serde(rename = "User", default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TaskSpecContainerSpecConfigsItem {
+    /// ConfigID represents the ID of the specific config that we're referencing.
+    #[serde(rename = "ConfigID", default, skip_serializing_if = "Option::is_none")]
+    pub config_id: Option<String>,
+    /// ConfigName is the name of the config that this references, but this is just provided for lookup/display purposes. The config in the reference will be identified by its ID.
+    #[serde(
+        rename = "ConfigName",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub config_name: Option<String>,
+    /// File represents a specific target that is backed by a file.
+    #[serde(rename = "File", default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<TaskSpecContainerSpecConfigsItemFile>,
+    /// Runtime represents a target that is not mounted into the container but is used by the task
+    #[serde(rename = "Runtime", default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<serde_json::Value>,
+}
+
+/// File represents a specific target that is backed by a file.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TaskSpecContainerSpecConfigsItemFile {
+    /// GID represents the file GID.
+    #[serde(rename = "GID", default, skip_serializing_if = "Option::is_none")]
+    pub gid: Option<String>,
+    /// Mode represents the FileMode of the file.
+    #[serde(rename = "Mode", default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<i64>,
+    /// Name represents the final filename in the filesystem.
+    #[serde(rename = "Name", default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// UID represents the file UID.
+    #[serde(rename = "UID", default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+}
+
+/// Specification for DNS related configurations in resolver configuration file (`resolv.conf`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TaskSpecContainerSpecDNSConfig {
+    /// The IP addresses of the name servers.
+    #[serde(
+        rename = "Nameservers",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub nameservers: Option<Vec<String>>,
+    /// A list of internal resolver variables to be modified (e.g., `debug`, `ndots:3`, etc.).
+    #[serde(rename = "Options", default, skip_serializing_if = "Option::is_none")]
+    pub options: Option<Vec<String>>,
+    /// A search list for host-name lookup.
+    #[serde(rename = "Search", default, skip_serializing_if = "Option::is_none")]
+    pub search: Option<Vec<String>>,
+}
+
+/// Isolation technology of the containers running the service. (Windows only)
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum TaskSpecContainerSpecIsolation {
+    /// `"default"`
+    Default,
+    /// `"process"`
+    Process,
+    /// `"hyperv"`
+    Hyperv,
+    /// `""`
+    Empty,
+    /// A value these bindings do not know, kept as sent.
+    Other(String),
+}
+
+impl TaskSpecContainerSpecIsolation {
+    /// The value on the wire.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Default => "default",
+            Self::Process => "process",
+            Self::Hyperv => "hyperv",
+            Self::Empty => "",
+            Self::Other(s) => s,
+        }
+    }
+}
+
+impl From<&str> for TaskSpecContainerSpecIsolation {
+    fn from(s: &str) -> Self {
+        match s {
+            "default" => Self::Default,
+            "process" => Self::Process,
+            "hyperv" => Self::Hyperv,
+            "" => Self::Empty,
+            other => Self::Other(other.to_owned()),
+        }
+    }
+}
+
+impl std::fmt::Display for TaskSpecContainerSpecIsolation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for TaskSpecContainerSpecIsolation {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for TaskSpecContainerSpecIsolation {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(deserializer)?;
+        Ok(Self::from(s.as_str()))
+    }
+}
+
+/// Security options for the container
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TaskSpecContainerSpecPrivileges {
+    /// Options for configuring AppArmor on the container
+    #[serde(rename = "AppArmor", default, skip_serializing_if = "Option::is_none")]
+    pub app_armor: Option<TaskSpecContainerSpecPrivilegesAppArmor>,
+    /// CredentialSpec for managed service account (Windows only)
+    #[serde(
+        rename = "CredentialSpec",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub credential_spec: Option<TaskSpecContainerSpecPrivilegesCredentialSpec>,
+    /// Configuration of the no_new_privs bit in the container
+    #[serde(
+        rename = "NoNewPrivileges",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub no_new_privileges: Option<bool>,
+    /// SELinux labels of the container
+    #[serde(
+        rename = "SELinuxContext",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub se_linux_context: Option<TaskSpecContainerSpecPrivilegesSELinuxContext>,
+    /// Options for configuring seccomp on the container
+    #[serde(rename = "Seccomp", default, skip_serializing_if = "Option::is_none")]
+    pub seccomp: Option<TaskSpecContainerSpecPrivilegesSeccomp>,
+}
+
+/// Options for configuring AppArmor on the container
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TaskSpecContainerSpecPrivilegesAppArmor {
+    #[serde(rename = "Mode", default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<TaskSpecContainerSpecPrivilegesAppArmorMode>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum TaskSpecContainerSpecPrivilegesAppArmorMode {
+    /// `"default"`
+    Default,
+    /// `"disabled"`
+    Disabled,
+    /// A value these bindings do not know, kept as sent.
+    Other(String),
+}
+
+impl TaskSpecContainerSpecPrivilegesAppArmorMode {
+    /// The value on the wire.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Default => "default",
+            Self::Disabled => "disabled",
+            Self::Other(s) => s,
+        }
+    }
+}
+
+impl From<&str> for TaskSpecContainerSpecPrivilegesAppArmorMode {
+    fn from(s: &str) -> Self {
+        match s {
+            "default" => Self::Default,
+            "disabled" => Self::Disabled,
+            other => Self::Other(other.to_owned()),
+        }
+    }
+}
+
+impl std::fmt::Display for TaskSpecContainerSpecPrivilegesAppArmorMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for TaskSpecContainerSpecPrivilegesAppArmorMode {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for TaskSpecContainerSpecPrivilegesAppArmorMode {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(deserializer)?;
+        Ok(Self::from(s.as_str()))
+    }
+}
+
+/// CredentialSpec for managed service account (Windows only)
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TaskSpecContainerSpecPrivilegesCredentialSpec {
+    /// Load credential spec from a Swarm Config with the given ID. The specified config must also be present in the Configs field with the Runtime property set.
+    #[serde(rename = "Config", default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<String>,
+    /// Load credential spec from this file. The file is read by the daemon, and must be present in the `CredentialSpecs` subdirectory in the docker data directory, which defaults to `C:\ProgramData\Docker\` on Windows.
+    #[serde(rename = "File", default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// Load credential spec from this value in the Windows registry. The specified registry value must be located in:
+    #[serde(rename = "Registry", default, skip_serializing_if = "Option::is_none")]
+    pub registry: Option<String>,
+}
+
+/// SELinux labels of the container
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TaskSpecContainerSpecPrivilegesSELinuxContext {
+    /// Disable SELinux
+    #[serde(rename = "Disable", default, skip_serializing_if = "Option::is_none")]
+    pub disable: Option<bool>,
+    /// SELinux level label
+    #[serde(rename = "Level", default, skip_serializing_if = "Option::is_none")]
+    pub level: Option<String>,
+    /// SELinux role label
+    #[serde(rename = "Role", default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    /// SELinux type label
+    #[serde(rename = "Type", default, skip_serializing_if = "Option::is_none")]
+    pub r#type: Option<String>,
+    /// SELinux user label
+    #[serde(rename = "User", default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+}
+
+/// Options for configuring seccomp on the container
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TaskSpecContainerSpecPrivilegesSeccomp {
+    #[serde(rename = "Mode", default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<TaskSpecContainerSpecPrivilegesSeccompMode>,
+    /// The custom seccomp profile as a json object
+    #[serde(rename = "Profile", default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum TaskSpecContainerSpecPrivilegesSeccompMode {
+    /// `"default"`
+    Default,
+    /// `"unconfined"`
+    Unconfined,
+    /// `"custom"`
+    Custom,
+    /// A value these bindings do not know, kept as sent.
+    Other(String),
+}
+
+impl TaskSpecContainerSpecPrivilegesSeccompMode {
+    /// The value on the wire.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Default => "default",
+            Self::Unconfined => "unconfined",
+            Self::Custom => "custom",
+            Self::Other(s) => s,
+        }
+    }
+}
+
+impl From<&str> for TaskSpecContainerSpecPrivilegesSeccompMode {
+    fn from(s: &str) -> Self {
+        match s {
+            "default" => Self::Default,
+            "unconfined" => Self::Unconfined,
+            "custom" => Self::Custom,
+            other => Self::Other(other.to_owned()),
+        }
+    }
+}
+
+impl std::fmt::Display for TaskSpecContainerSpecPrivilegesSeccompMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for TaskSpecContainerSpecPrivilegesSeccompMode {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for TaskSpecContainerSpecPrivilegesSeccompMode {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(deserializer)?;
+        Ok(Self::from(s.as_str()))
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TaskSpecContainerSpecSecretsItem {
+    /// File represents a specific target that is backed by a file.
+    #[serde(rename = "File", default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<TaskSpecContainerSpecSecretsItemFile>,
+    /// SecretID represents the ID of the specific secret that we're referencing.
+    #[serde(rename = "SecretID", default, skip_serializing_if = "Option::is_none")]
+    pub secret_id: Option<String>,
+    /// SecretName is the name of the secret that this references, but this is just provided for lookup/display purposes. The secret in the reference will be identified by its ID.
+    #[serde(
+        rename = "SecretName",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub secret_name: Option<String>,
+}
+
+/// File represents a specific target that is backed by a file.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TaskSpecContainerSpecSecretsItemFile {
+    /// GID represents the file GID.
+    #[serde(rename = "GID", default, skip_serializing_if = "Option::is_none")]
+    pub gid: Option<String>,
+    /// Mode represents the FileMode of the file.
+    #[serde(rename = "Mode", default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<i64>,
+    /// Name represents the final filename in the filesystem.
+    #[serde(rename = "Name", default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// UID represents the file UID.
+    #[serde(rename = "UID", default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TaskSpecContainerSpecUlimitsItem {
+    /// Hard limit
+    #[serde(rename = "Hard", default, skip_serializing_if = "Option::is_none")]
+    pub hard: Option<i64>,
+    /// Name of ulimit
+    #[serde(rename = "Name", default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Soft limit
+    #[serde(rename = "Soft", default, skip_serializing_if = "Option::is_none")]
+    pub soft: Option<i64>,
+}
+
+/// Specifies the log driver to use for tasks created from this spec. If not present, the default one for the swarm will be used, finally falling back to the engine default if not specified.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TaskSpecLogDriver {
+    #[serde(rename = "Name", default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(rename = "Options", default, skip_serializing_if = "Option::is_none")]
+    pub options: Option<std::collections::HashMap<String, String>>,
+}
+
+/// Read-only spec type for non-swarm containers attached to swarm overlay networks.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TaskSpecNetworkAttachmentSpec {
+    /// ID of the container represented by this task
+    #[serde(
+        rename = "ContainerID",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub container_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TaskSpecPlacement {
+    /// An array of constraint expressions to limit the set of nodes where a task can be scheduled. Constraint expressions can either use a _match_ (`==`) or _exclude_ (`!=`) rule. Multiple constraints find nodes that satisfy every expression (AND match). Constraints can match node or Docker Engine labels as follows:
+    #[serde(
+        rename = "Constraints",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub constraints: Option<Vec<String>>,
+    /// Maximum number of replicas for per node (default value is 0, which is unlimited)
+    #[serde(
+        rename = "MaxReplicas",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_replicas: Option<i64>,
+    /// Platforms stores all the platforms that the service's image can run on. This field is used in the platform filter for scheduling. If empty, then the platform filter is off, meaning there are no scheduling restrictions.
+    #[serde(rename = "Platforms", default, skip_serializing_if = "Option::is_none")]
+    pub platforms: Option<Vec<Platform>>,
+    /// Preferences provide a way to make the scheduler aware of factors such as topology. They are provided in order from highest to lowest precedence.
+    #[serde(
+        rename = "Preferences",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub preferences: Option<Vec<TaskSpecPlacementPreferencesItem>>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TaskSpecPlacementPreferencesItem {
+    #[serde(rename = "Spread", default, skip_serializing_if = "Option::is_none")]
+    pub spread: Option<TaskSpecPlacementPreferencesItemSpread>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TaskSpecPlacementPreferencesItemSpread {
+    /// label descriptor, such as `engine.labels.az`.
+    #[serde(
+        rename = "SpreadDescriptor",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub spread_descriptor: Option<String>,
+}
+
+/// Plugin spec for the service.  *(Experimental release only.)*
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TaskSpecPluginSpec {
+    /// Disable the plugin once scheduled.
+    #[serde(rename = "Disabled", default, skip_serializing_if = "Option::is_none")]
+    pub disabled: Option<bool>,
+    /// The name or 'alias' to use for the plugin.
+    #[serde(rename = "Name", default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(
+        rename = "PluginPrivilege",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub plugin_privilege: Option<Vec<PluginPrivilege>>,
+    /// The plugin image reference to use.
+    #[serde(rename = "Remote", default, skip_serializing_if = "Option::is_none")]
+    pub remote: Option<String>,
+}
+
+/// Resource requirements which apply to each individual container created as part of the service.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TaskSpecResources {
+    /// Define resources limits.
+    #[serde(rename = "Limits", default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<Limit>,
+    /// Define resources reservation.
+    #[serde(
+        rename = "Reservations",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub reservations: Option<ResourceObject>,
+}
+
+/// Specification for the restart policy which applies to containers created as part of this service.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TaskSpecRestartPolicy {
+    /// Condition for restart.
+    #[serde(rename = "Condition", default, skip_serializing_if = "Option::is_none")]
+    pub condition: Option<TaskSpecRestartPolicyCondition>,
+    /// Delay between restart attempts.
+    #[serde(rename = "Delay", default, skip_serializing_if = "Option::is_none")]
+    pub delay: Option<i64>,
+    /// Maximum attempts to restart a given container before giving up (default value is 0, which is ignored).
+    #[serde(
+        rename = "MaxAttempts",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_attempts: Option<i64>,
+    /// Windows is the time window used to evaluate the restart policy (default value is 0, which is unbounded).
+    #[serde(rename = "Window", default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<i64>,
+}
+
+/// Condition for restart.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum TaskSpecRestartPolicyCondition {
+    /// `"none"`
+    None,
+    /// `"on-failure"`
+    OnFailure,
+    /// `"any"`
+    Any,
+    /// A value these bindings do not know, kept as sent.
+    Other(String),
+}
+
+impl TaskSpecRestartPolicyCondition {
+    /// The value on the wire.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::None => "none",
+            Self::OnFailure => "on-failure",
+            Self::Any => "any",
+            Self::Other(s) => s,
+        }
+    }
+}
+
+impl From<&str> for TaskSpecRestartPolicyCondition {
+    fn from(s: &str) -> Self {
+        match s {
+            "none" => Self::None,
+            "on-failure" => Self::OnFailure,
+            "any" => Self::Any,
+            other => Self::Other(other.to_owned()),
+        }
+    }
+}
+
+impl std::fmt::Display for TaskSpecRestartPolicyCondition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for TaskSpecRestartPolicyCondition {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for TaskSpecRestartPolicyCondition {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(deserializer)?;
+        Ok(Self::from(s.as_str()))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum TaskState {
+    /// `"new"`
+    New,
+    /// `"allocated"`
+    Allocated,
+    /// `"pending"`
+    Pending,
+    /// `"assigned"`
+    Assigned,
+    /// `"accepted"`
+    Accepted,
+    /// `"preparing"`
+    Preparing,
+    /// `"ready"`
+    Ready,
+    /// `"starting"`
+    Starting,
+    /// `"running"`
+    Running,
+    /// `"complete"`
+    Complete,
+    /// `"shutdown"`
+    Shutdown,
+    /// `"failed"`
+    Failed,
+    /// `"rejected"`
+    Rejected,
+    /// `"remove"`
+    Remove,
+    /// `"orphaned"`
+    Orphaned,
+    /// A value these bindings do not know, kept as sent.
+    Other(String),
+}
+
+impl TaskState {
+    /// The value on the wire.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::New => "new",
+            Self::Allocated => "allocated",
+            Self::Pending => "pending",
+            Self::Assigned => "assigned",
+            Self::Accepted => "accepted",
+            Self::Preparing => "preparing",
+            Self::Ready => "ready",
+            Self::Starting => "starting",
+            Self::Running => "running",
+            Self::Complete => "complete",
+            Self::Shutdown => "shutdown",
+            Self::Failed => "failed",
+            Self::Rejected => "rejected",
+            Self::Remove => "remove",
+            Self::Orphaned => "orphaned",
+            Self::Other(s) => s,
+        }
+    }
+}
+
+impl From<&str> for TaskState {
+    fn from(s: &str) -> Self {
+        match s {
+            "new" => Self::New,
+            "allocated" => Self::Allocated,
+            "pending" => Self::Pending,
+            "assigned" => Self::Assigned,
+            "accepted" => Self::Accepted,
+            "preparing" => Self::Preparing,
+            "ready" => Self::Ready,
+            "starting" => Self::Starting,
+            "running" => Self::Running,
+            "complete" => Self::Complete,
+            "shutdown" => Self::Shutdown,
+            "failed" => Self::Failed,
+            "rejected" => Self::Rejected,
+            "remove" => Self::Remove,
+            "orphaned" => Self::Orphaned,
+            other => Self::Other(other.to_owned()),
+        }
+    }
+}
+
+impl std::fmt::Display for TaskState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for TaskState {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for TaskState {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(deserializer)?;
+        Ok(Self::from(s.as_str()))
+    }
+}
+
+/// represents the status of a task.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TaskStatus {
+    #[serde(
+        rename = "ContainerStatus",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub container_status: Option<ContainerStatus>,
+    #[serde(rename = "Err", default, skip_serializing_if = "Option::is_none")]
+    pub err: Option<String>,
+    #[serde(rename = "Message", default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(
+        rename = "PortStatus",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub port_status: Option<PortStatus>,
+    #[serde(rename = "State", default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<TaskState>,
+    #[serde(rename = "Timestamp", default, skip_serializing_if = "Option::is_none")]
+    pub timestamp: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ThrottleDevice {
+    /// Device path
+    #[serde(rename = "Path", default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Rate
+    #[serde(rename = "Rate", default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<i64>,
+}
+
+/// A map of topological domains to topological segments. For in depth details, see documentation for the Topology object in the CSI specification.
+pub type Topology = std::collections::HashMap<String, String>;
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Volume {
+    #[serde(
+        rename = "ClusterVolume",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub cluster_volume: Option<ClusterVolume>,
+    /// Date/Time the volume was created.
+    #[serde(rename = "CreatedAt", default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<String>,
+    /// Name of the volume driver used by the volume.
+    #[serde(rename = "Driver", default, skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
+    /// User-defined key/value metadata.
+    #[serde(rename = "Labels", default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<std::collections::HashMap<String, String>>,
+    /// Mount path of the volume on the host.
+    #[serde(
+        rename = "Mountpoint",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub mountpoint: Option<String>,
+    /// Name of the volume.
+    #[serde(rename = "Name", default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The driver specific options used when creating the volume.
+    #[serde(rename = "Options", default, skip_serializing_if = "Option::is_none")]
+    pub options: Option<std::collections::HashMap<String, String>>,
+    /// The level at which the volume exists. Either `global` for cluster-wide, or `local` for machine level.
+    #[serde(rename = "Scope", default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<VolumeScope>,
+    /// Low-level details about the volume, provided by the volume driver. Details are returned as a map with key/value pairs: `{"key":"value","key2":"value2"}`.
+    #[serde(rename = "Status", default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<std::collections::HashMap<String, serde_json::Value>>,
+    /// Usage details about the volume. This information is used by the `GET /system/df` endpoint, and omitted in other endpoints.
+    #[serde(rename = "UsageData", default, skip_serializing_if = "Option::is_none")]
+    pub usage_data: Option<VolumeUsageData>,
+}
+
+/// The level at which the volume exists. Either `global` for cluster-wide, or `local` for machine level.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum VolumeScope {
+    /// `"local"`
+    Local,
+    /// `"global"`
+    Global,
+    /// A value these bindings do not know, kept as sent.
+    Other(String),
+}
+
+impl VolumeScope {
+    /// The value on the wire.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Local => "local",
+            Self::Global => "global",
+            Self::Other(s) => s,
+        }
+    }
+}
+
+impl From<&str> for VolumeScope {
+    fn from(s: &str) -> Self {
+        match s {
+            "local" => Self::Local,
+            "global" => Self::Global,
+            other => Self::Other(other.to_owned()),
+        }
+    }
+}
+
+impl std::fmt::Display for VolumeScope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for VolumeScope {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for VolumeScope {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(deserializer)?;
+        Ok(Self::from(s.as_str()))
+    }
+}
+
+/// Usage details about the volume. This information is used by the `GET /system/df` endpoint, and omitted in other endpoints.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct VolumeUsageData {
+    /// The number of containers referencing this volume. This field is set to `-1` if the reference-count is not available.
+    #[serde(rename = "RefCount", default, skip_serializing_if = "Option::is_none")]
+    pub ref_count: Option<i64>,
+    /// Amount of disk space used by the volume (in bytes). This information is only available for volumes created with the `"local"` volume driver. For volumes created with other volume drivers, this field is set to `-1` ("not available")
+    #[serde(rename = "Size", default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<i64>,
+}
+
+/// Volume configuration
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct VolumeCreateOptions {
+    #[serde(
+        rename = "ClusterVolumeSpec",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub cluster_volume_spec: Option<ClusterVolumeSpec>,
+    /// Name of the volume driver to use.
+    #[serde(rename = "Driver", default, skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
+    /// A mapping of driver options and values. These options are passed directly to the driver and are driver specific.
+    #[serde(
+        rename = "DriverOpts",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub driver_opts: Option<std::collections::HashMap<String, String>>,
+    /// User-defined key/value metadata.
+    #[serde(rename = "Labels", default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<std::collections::HashMap<String, String>>,
+    /// The new volume's name. If not specified, Docker generates a name.
+    #[serde(rename = "Name", default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// Volume list response
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct VolumeListResponse {
+    /// List of volumes
+    #[serde(rename = "Volumes", default, skip_serializing_if = "Option::is_none")]
+    pub volumes: Option<Vec<Volume>>,
+    /// Warnings that occurred when fetching the list of volumes.
+    #[serde(rename = "Warnings", default, skip_serializing_if = "Option::is_none")]
+    pub warnings: Option<Vec<String>>,
+}
+
+/// SystemAuthResponse
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SystemAuthResponse {
+    /// An opaque token used to authenticate a user after a successful login
+    #[serde(
+        rename = "IdentityToken",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub identity_token: Option<String>,
+    /// The status of the authentication
+    #[serde(rename = "Status", default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
 }
 
 /// Version of the builder backend to use.
@@ -8384,37 +7996,539 @@ pub struct BuildPruneResponse {
     pub space_reclaimed: Option<i64>,
 }
 
-/// individual image layer information in response to ImageHistory operation
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ImageHistoryResponseItem {
-    #[serde(rename = "Id", default, skip_serializing_if = "Option::is_none")]
-    pub id: Option<String>,
-    #[serde(rename = "Created", default, skip_serializing_if = "Option::is_none")]
-    pub created: Option<i64>,
-    #[serde(rename = "CreatedBy", default, skip_serializing_if = "Option::is_none")]
-    pub created_by: Option<String>,
-    #[serde(rename = "Tags", default, skip_serializing_if = "Option::is_none")]
-    pub tags: Option<Vec<String>>,
-    #[serde(rename = "Size", default, skip_serializing_if = "Option::is_none")]
-    pub size: Option<i64>,
-    #[serde(rename = "Comment", default, skip_serializing_if = "Option::is_none")]
-    pub comment: Option<String>,
+pub struct ContainerCreateBody {
+    /// Command is already escaped (Windows only)
+    #[serde(
+        rename = "ArgsEscaped",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub args_escaped: Option<bool>,
+    /// Whether to attach to `stderr`.
+    #[serde(
+        rename = "AttachStderr",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub attach_stderr: Option<bool>,
+    /// Whether to attach to `stdin`.
+    #[serde(
+        rename = "AttachStdin",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub attach_stdin: Option<bool>,
+    /// Whether to attach to `stdout`.
+    #[serde(
+        rename = "AttachStdout",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub attach_stdout: Option<bool>,
+    /// Command to run specified as a string or an array of strings.
+    #[serde(rename = "Cmd", default, skip_serializing_if = "Option::is_none")]
+    pub cmd: Option<Vec<String>>,
+    /// The domain name to use for the container.
+    #[serde(
+        rename = "Domainname",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub domainname: Option<String>,
+    /// The entry point for the container as a string or an array of strings.
+    #[serde(
+        rename = "Entrypoint",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub entrypoint: Option<Vec<String>>,
+    /// A list of environment variables to set inside the container in the form `["VAR=value", ...]`. A variable without `=` is removed from the environment, rather than to have an empty value.
+    #[serde(rename = "Env", default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<Vec<String>>,
+    /// An object mapping ports to an empty object in the form:
+    #[serde(
+        rename = "ExposedPorts",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub exposed_ports: Option<std::collections::HashMap<String, serde_json::Value>>,
+    #[serde(
+        rename = "Healthcheck",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub healthcheck: Option<HealthConfig>,
+    /// The hostname to use for the container, as a valid RFC 1123 hostname.
+    #[serde(rename = "Hostname", default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// The name (or reference) of the image to use when creating the container, or which was used when the container was created.
+    #[serde(rename = "Image", default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// User-defined key/value metadata.
+    #[serde(rename = "Labels", default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<std::collections::HashMap<String, String>>,
+    /// MAC address of the container.
+    #[serde(
+        rename = "MacAddress",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub mac_address: Option<String>,
+    /// Disable networking for the container.
+    #[serde(
+        rename = "NetworkDisabled",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub network_disabled: Option<bool>,
+    /// `ONBUILD` metadata that were defined in the image's `Dockerfile`.
+    #[serde(rename = "OnBuild", default, skip_serializing_if = "Option::is_none")]
+    pub on_build: Option<Vec<String>>,
+    /// Open `stdin`
+    #[serde(rename = "OpenStdin", default, skip_serializing_if = "Option::is_none")]
+    pub open_stdin: Option<bool>,
+    /// Shell for when `RUN`, `CMD`, and `ENTRYPOINT` uses a shell.
+    #[serde(rename = "Shell", default, skip_serializing_if = "Option::is_none")]
+    pub shell: Option<Vec<String>>,
+    /// Close `stdin` after one attached client disconnects
+    #[serde(rename = "StdinOnce", default, skip_serializing_if = "Option::is_none")]
+    pub stdin_once: Option<bool>,
+    /// Signal to stop a container as a string or unsigned integer.
+    #[serde(
+        rename = "StopSignal",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub stop_signal: Option<String>,
+    /// Timeout to stop a container in seconds.
+    #[serde(
+        rename = "StopTimeout",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub stop_timeout: Option<i64>,
+    /// Attach standard streams to a TTY, including `stdin` if it is not closed.
+    #[serde(rename = "Tty", default, skip_serializing_if = "Option::is_none")]
+    pub tty: Option<bool>,
+    /// Commands run as this user inside the container. If omitted, commands run as the user specified in the image the container was started from.
+    #[serde(rename = "User", default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// An object mapping mount point paths inside the container to empty objects.
+    #[serde(rename = "Volumes", default, skip_serializing_if = "Option::is_none")]
+    pub volumes: Option<std::collections::HashMap<String, serde_json::Value>>,
+    /// The working directory for commands to run in.
+    #[serde(
+        rename = "WorkingDir",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub working_dir: Option<String>,
+    #[serde(
+        rename = "HostConfig",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub host_config: Option<HostConfig>,
+    #[serde(
+        rename = "NetworkingConfig",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub networking_config: Option<NetworkingConfig>,
 }
 
-/// ImageSearchResponseItem
+/// ContainerPruneResponse
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ImageSearchResponseItem {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub description: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub is_official: Option<bool>,
-    /// Whether this repository has automated builds enabled.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub is_automated: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub star_count: Option<i64>,
+pub struct ContainerPruneResponse {
+    /// Container IDs that were deleted
+    #[serde(
+        rename = "ContainersDeleted",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub containers_deleted: Option<Vec<String>>,
+    /// Disk space reclaimed in bytes
+    #[serde(
+        rename = "SpaceReclaimed",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub space_reclaimed: Option<i64>,
+}
+
+/// ExecConfig
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ContainerExecBody {
+    /// Attach to `stderr` of the exec command.
+    #[serde(
+        rename = "AttachStderr",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub attach_stderr: Option<bool>,
+    /// Attach to `stdin` of the exec command.
+    #[serde(
+        rename = "AttachStdin",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub attach_stdin: Option<bool>,
+    /// Attach to `stdout` of the exec command.
+    #[serde(
+        rename = "AttachStdout",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub attach_stdout: Option<bool>,
+    /// Command to run, as a string or array of strings.
+    #[serde(rename = "Cmd", default, skip_serializing_if = "Option::is_none")]
+    pub cmd: Option<Vec<String>>,
+    /// Initial console size, as an `[height, width]` array.
+    #[serde(
+        rename = "ConsoleSize",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub console_size: Option<Vec<i64>>,
+    /// Override the key sequence for detaching a container. Format is a single character `[a-Z]` or `ctrl-<value>` where `<value>` is one of: `a-z`, `@`, `^`, `[`, `,` or `_`.
+    #[serde(
+        rename = "DetachKeys",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub detach_keys: Option<String>,
+    /// A list of environment variables in the form `["VAR=value", ...]`.
+    #[serde(rename = "Env", default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<Vec<String>>,
+    /// Runs the exec process with extended privileges.
+    #[serde(
+        rename = "Privileged",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub privileged: Option<bool>,
+    /// Allocate a pseudo-TTY.
+    #[serde(rename = "Tty", default, skip_serializing_if = "Option::is_none")]
+    pub tty: Option<bool>,
+    /// The user, and optionally, group to run the exec process inside the container. Format is one of: `user`, `user:group`, `uid`, or `uid:gid`.
+    #[serde(rename = "User", default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// The working directory for the exec process inside the container.
+    #[serde(
+        rename = "WorkingDir",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub working_dir: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ContainerUpdateBody {
+    /// Limit read rate (bytes per second) from a device, in the form:
+    #[serde(
+        rename = "BlkioDeviceReadBps",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub blkio_device_read_bps: Option<Vec<ThrottleDevice>>,
+    /// Limit read rate (IO per second) from a device, in the form:
+    #[serde(
+        rename = "BlkioDeviceReadIOps",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub blkio_device_read_i_ops: Option<Vec<ThrottleDevice>>,
+    /// Limit write rate (bytes per second) to a device, in the form:
+    #[serde(
+        rename = "BlkioDeviceWriteBps",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub blkio_device_write_bps: Option<Vec<ThrottleDevice>>,
+    /// Limit write rate (IO per second) to a device, in the form:
+    #[serde(
+        rename = "BlkioDeviceWriteIOps",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub blkio_device_write_i_ops: Option<Vec<ThrottleDevice>>,
+    /// Block IO weight (relative weight).
+    #[serde(
+        rename = "BlkioWeight",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub blkio_weight: Option<i64>,
+    /// Block IO weight (relative device weight) in the form:
+    #[serde(
+        rename = "BlkioWeightDevice",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub blkio_weight_device: Option<Vec<ResourcesBlkioWeightDeviceItem>>,
+    /// Path to `cgroups` under which the container's `cgroup` is created. If the path is not absolute, the path is considered to be relative to the `cgroups` path of the init process. Cgroups are created if they do not already exist.
+    #[serde(
+        rename = "CgroupParent",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub cgroup_parent: Option<String>,
+    /// The number of usable CPUs (Windows only).
+    #[serde(rename = "CpuCount", default, skip_serializing_if = "Option::is_none")]
+    pub cpu_count: Option<i64>,
+    /// The usable percentage of the available CPUs (Windows only).
+    #[serde(
+        rename = "CpuPercent",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub cpu_percent: Option<i64>,
+    /// The length of a CPU period in microseconds.
+    #[serde(rename = "CpuPeriod", default, skip_serializing_if = "Option::is_none")]
+    pub cpu_period: Option<i64>,
+    /// Microseconds of CPU time that the container can get in a CPU period.
+    #[serde(rename = "CpuQuota", default, skip_serializing_if = "Option::is_none")]
+    pub cpu_quota: Option<i64>,
+    /// The length of a CPU real-time period in microseconds. Set to 0 to allocate no time allocated to real-time tasks.
+    #[serde(
+        rename = "CpuRealtimePeriod",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub cpu_realtime_period: Option<i64>,
+    /// The length of a CPU real-time runtime in microseconds. Set to 0 to allocate no time allocated to real-time tasks.
+    #[serde(
+        rename = "CpuRealtimeRuntime",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub cpu_realtime_runtime: Option<i64>,
+    /// An integer value representing this container's relative CPU weight versus other containers.
+    #[serde(rename = "CpuShares", default, skip_serializing_if = "Option::is_none")]
+    pub cpu_shares: Option<i64>,
+    /// CPUs in which to allow execution (e.g., `0-3`, `0,1`).
+    #[serde(
+        rename = "CpusetCpus",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub cpuset_cpus: Option<String>,
+    /// Memory nodes (MEMs) in which to allow execution (0-3, 0,1). Only effective on NUMA systems.
+    #[serde(
+        rename = "CpusetMems",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub cpuset_mems: Option<String>,
+    /// a list of cgroup rules to apply to the container
+    #[serde(
+        rename = "DeviceCgroupRules",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub device_cgroup_rules: Option<Vec<String>>,
+    /// A list of requests for devices to be sent to device drivers.
+    #[serde(
+        rename = "DeviceRequests",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub device_requests: Option<Vec<DeviceRequest>>,
+    /// A list of devices to add to the container.
+    #[serde(rename = "Devices", default, skip_serializing_if = "Option::is_none")]
+    pub devices: Option<Vec<DeviceMapping>>,
+    /// Maximum IO in bytes per second for the container system drive (Windows only).
+    #[serde(
+        rename = "IOMaximumBandwidth",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub io_maximum_bandwidth: Option<i64>,
+    /// Maximum IOps for the container system drive (Windows only)
+    #[serde(
+        rename = "IOMaximumIOps",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub io_maximum_i_ops: Option<i64>,
+    /// Run an init inside the container that forwards signals and reaps processes. This field is omitted if empty, and the default (as configured on the daemon) is used.
+    #[serde(rename = "Init", default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<bool>,
+    /// Hard limit for kernel TCP buffer memory (in bytes). Depending on the OCI runtime in use, this option may be ignored. It is no longer supported by the default (runc) runtime.
+    #[serde(
+        rename = "KernelMemoryTCP",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub kernel_memory_tcp: Option<i64>,
+    /// Memory limit in bytes.
+    #[serde(rename = "Memory", default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<i64>,
+    /// Memory soft limit in bytes.
+    #[serde(
+        rename = "MemoryReservation",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub memory_reservation: Option<i64>,
+    /// Total memory limit (memory + swap). Set as `-1` to enable unlimited swap.
+    #[serde(
+        rename = "MemorySwap",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub memory_swap: Option<i64>,
+    /// Tune a container's memory swappiness behavior. Accepts an integer between 0 and 100.
+    #[serde(
+        rename = "MemorySwappiness",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub memory_swappiness: Option<i64>,
+    /// CPU quota in units of 10\<sup>-9\</sup> CPUs.
+    #[serde(rename = "NanoCpus", default, skip_serializing_if = "Option::is_none")]
+    pub nano_cpus: Option<i64>,
+    /// Disable OOM Killer for the container.
+    #[serde(
+        rename = "OomKillDisable",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub oom_kill_disable: Option<bool>,
+    /// Tune a container's PIDs limit. Set `0` or `-1` for unlimited, or `null` to not change.
+    #[serde(rename = "PidsLimit", default, skip_serializing_if = "Option::is_none")]
+    pub pids_limit: Option<i64>,
+    /// A list of resource limits to set in the container. For example:
+    #[serde(rename = "Ulimits", default, skip_serializing_if = "Option::is_none")]
+    pub ulimits: Option<Vec<ResourcesUlimitsItem>>,
+    #[serde(
+        rename = "RestartPolicy",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub restart_policy: Option<RestartPolicy>,
+}
+
+/// Wait until a container state reaches the given condition.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ContainerWaitCondition {
+    /// `"not-running"`
+    NotRunning,
+    /// `"next-exit"`
+    NextExit,
+    /// `"removed"`
+    Removed,
+    /// A value these bindings do not know, kept as sent.
+    Other(String),
+}
+
+impl ContainerWaitCondition {
+    /// The value on the wire.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::NotRunning => "not-running",
+            Self::NextExit => "next-exit",
+            Self::Removed => "removed",
+            Self::Other(s) => s,
+        }
+    }
+}
+
+impl From<&str> for ContainerWaitCondition {
+    fn from(s: &str) -> Self {
+        match s {
+            "not-running" => Self::NotRunning,
+            "next-exit" => Self::NextExit,
+            "removed" => Self::Removed,
+            other => Self::Other(other.to_owned()),
+        }
+    }
+}
+
+impl std::fmt::Display for ContainerWaitCondition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for ContainerWaitCondition {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for ContainerWaitCondition {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(deserializer)?;
+        Ok(Self::from(s.as_str()))
+    }
+}
+
+/// ExecInspectResponse
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ExecInspectResponse {
+    #[serde(rename = "CanRemove", default, skip_serializing_if = "Option::is_none")]
+    pub can_remove: Option<bool>,
+    #[serde(
+        rename = "ContainerID",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub container_id: Option<String>,
+    #[serde(
+        rename = "DetachKeys",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub detach_keys: Option<String>,
+    #[serde(rename = "ExitCode", default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i64>,
+    #[serde(rename = "ID", default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(
+        rename = "OpenStderr",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub open_stderr: Option<bool>,
+    #[serde(rename = "OpenStdin", default, skip_serializing_if = "Option::is_none")]
+    pub open_stdin: Option<bool>,
+    #[serde(
+        rename = "OpenStdout",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub open_stdout: Option<bool>,
+    /// The system process ID for the exec process.
+    #[serde(rename = "Pid", default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<i64>,
+    #[serde(
+        rename = "ProcessConfig",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub process_config: Option<ProcessConfig>,
+    #[serde(rename = "Running", default, skip_serializing_if = "Option::is_none")]
+    pub running: Option<bool>,
+}
+
+/// ExecStartConfig
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ExecStartBody {
+    /// Initial console size, as an `[height, width]` array.
+    #[serde(
+        rename = "ConsoleSize",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub console_size: Option<Vec<i64>>,
+    /// Detach from the command.
+    #[serde(rename = "Detach", default, skip_serializing_if = "Option::is_none")]
+    pub detach: Option<bool>,
+    /// Allocate a pseudo-TTY.
+    #[serde(rename = "Tty", default, skip_serializing_if = "Option::is_none")]
+    pub tty: Option<bool>,
 }
 
 /// ImagePruneResponse
@@ -8436,19 +8550,297 @@ pub struct ImagePruneResponse {
     pub space_reclaimed: Option<i64>,
 }
 
-/// SystemAuthResponse
+/// ImageSearchResponseItem
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct SystemAuthResponse {
-    /// The status of the authentication
-    #[serde(rename = "Status", default, skip_serializing_if = "Option::is_none")]
-    pub status: Option<String>,
-    /// An opaque token used to authenticate a user after a successful login
+pub struct ImageSearchResponseItem {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Whether this repository has automated builds enabled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub is_automated: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub is_official: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub star_count: Option<i64>,
+}
+
+/// individual image layer information in response to ImageHistory operation
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ImageHistoryResponseItem {
+    #[serde(rename = "Comment", default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+    #[serde(rename = "Created", default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<i64>,
+    #[serde(rename = "CreatedBy", default, skip_serializing_if = "Option::is_none")]
+    pub created_by: Option<String>,
+    #[serde(rename = "Id", default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(rename = "Size", default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<i64>,
+    #[serde(rename = "Tags", default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<Vec<String>>,
+}
+
+/// NetworkCreateRequest
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NetworkCreateBody {
+    /// Globally scoped network is manually attachable by regular containers from workers in swarm mode.
     #[serde(
-        rename = "IdentityToken",
+        rename = "Attachable",
         default,
         skip_serializing_if = "Option::is_none"
     )]
-    pub identity_token: Option<String>,
+    pub attachable: Option<bool>,
+    /// Specifies the source which will provide the configuration for this network. The specified network must be an existing config-only network; see ConfigOnly.
+    #[serde(
+        rename = "ConfigFrom",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub config_from: Option<ConfigReference>,
+    /// Creates a config-only network. Config-only networks are placeholder networks for network configurations to be used by other networks. Config-only networks cannot be used directly to run containers or services.
+    #[serde(
+        rename = "ConfigOnly",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub config_only: Option<bool>,
+    /// Name of the network driver plugin to use.
+    #[serde(rename = "Driver", default, skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
+    /// Enable IPv4 on the network.
+    #[serde(
+        rename = "EnableIPv4",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub enable_ipv4: Option<bool>,
+    /// Enable IPv6 on the network.
+    #[serde(
+        rename = "EnableIPv6",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub enable_ipv6: Option<bool>,
+    /// Optional custom IP scheme for the network.
+    #[serde(rename = "IPAM", default, skip_serializing_if = "Option::is_none")]
+    pub ipam: Option<IPAM>,
+    /// Ingress network is the network which provides the routing-mesh in swarm mode.
+    #[serde(rename = "Ingress", default, skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<bool>,
+    /// Restrict external access to the network.
+    #[serde(rename = "Internal", default, skip_serializing_if = "Option::is_none")]
+    pub internal: Option<bool>,
+    /// User-defined key/value metadata.
+    #[serde(rename = "Labels", default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<std::collections::HashMap<String, String>>,
+    /// The network's name.
+    #[serde(rename = "Name", default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Network specific options to be used by the drivers.
+    #[serde(rename = "Options", default, skip_serializing_if = "Option::is_none")]
+    pub options: Option<std::collections::HashMap<String, String>>,
+    /// The level at which the network exists (e.g. `swarm` for cluster-wide or `local` for machine level).
+    #[serde(rename = "Scope", default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+}
+
+/// NetworkPruneResponse
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NetworkPruneResponse {
+    /// Networks that were deleted
+    #[serde(
+        rename = "NetworksDeleted",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub networks_deleted: Option<Vec<String>>,
+}
+
+/// NetworkConnectRequest
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NetworkConnectBody {
+    /// The ID or name of the container to connect to the network.
+    #[serde(rename = "Container", default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    #[serde(
+        rename = "EndpointConfig",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub endpoint_config: Option<EndpointSettings>,
+}
+
+/// NetworkDisconnectRequest
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NetworkDisconnectBody {
+    /// The ID or name of the container to disconnect from the network.
+    #[serde(rename = "Container", default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    /// Force the container to disconnect from the network.
+    #[serde(rename = "Force", default, skip_serializing_if = "Option::is_none")]
+    pub force: Option<bool>,
+}
+
+/// If the `X-Registry-Auth` header is not specified, this parameter indicates where to find registry authorization credentials.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ServiceUpdateRegistryAuthFrom {
+    /// `"spec"`
+    Spec,
+    /// `"previous-spec"`
+    PreviousSpec,
+    /// A value these bindings do not know, kept as sent.
+    Other(String),
+}
+
+impl ServiceUpdateRegistryAuthFrom {
+    /// The value on the wire.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Spec => "spec",
+            Self::PreviousSpec => "previous-spec",
+            Self::Other(s) => s,
+        }
+    }
+}
+
+impl From<&str> for ServiceUpdateRegistryAuthFrom {
+    fn from(s: &str) -> Self {
+        match s {
+            "spec" => Self::Spec,
+            "previous-spec" => Self::PreviousSpec,
+            other => Self::Other(other.to_owned()),
+        }
+    }
+}
+
+impl std::fmt::Display for ServiceUpdateRegistryAuthFrom {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for ServiceUpdateRegistryAuthFrom {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for ServiceUpdateRegistryAuthFrom {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(deserializer)?;
+        Ok(Self::from(s.as_str()))
+    }
+}
+
+/// SwarmInitRequest
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SwarmInitBody {
+    /// Externally reachable address advertised to other nodes. This can either be an address/port combination in the form `192.168.1.1:4567`, or an interface followed by a port number, like `eth0:4567`. If the port number is omitted, the port number from the listen address is used. If `AdvertiseAddr` is not specified, it will be automatically detected when possible.
+    #[serde(
+        rename = "AdvertiseAddr",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub advertise_addr: Option<String>,
+    /// Address or interface to use for data path traffic (format: `<ip|interface>`), for example,  `192.168.1.1`, or an interface, like `eth0`. If `DataPathAddr` is unspecified, the same address as `AdvertiseAddr` is used.
+    #[serde(
+        rename = "DataPathAddr",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub data_path_addr: Option<String>,
+    /// DataPathPort specifies the data path port number for data traffic. Acceptable port range is 1024 to 49151. if no port is set or is set to 0, default port 4789 will be used.
+    #[serde(
+        rename = "DataPathPort",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub data_path_port: Option<i64>,
+    /// Default Address Pool specifies default subnet pools for global scope networks.
+    #[serde(
+        rename = "DefaultAddrPool",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub default_addr_pool: Option<Vec<String>>,
+    /// Force creation of a new swarm.
+    #[serde(
+        rename = "ForceNewCluster",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub force_new_cluster: Option<bool>,
+    /// Listen address used for inter-manager communication, as well as determining the networking interface used for the VXLAN Tunnel Endpoint (VTEP). This can either be an address/port combination in the form `192.168.1.1:4567`, or an interface followed by a port number, like `eth0:4567`. If the port number is omitted, the default swarm listening port is used.
+    #[serde(
+        rename = "ListenAddr",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub listen_addr: Option<String>,
+    #[serde(rename = "Spec", default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<SwarmSpec>,
+    /// SubnetSize specifies the subnet size of the networks created from the default subnet pool.
+    #[serde(
+        rename = "SubnetSize",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub subnet_size: Option<i64>,
+}
+
+/// SwarmJoinRequest
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SwarmJoinBody {
+    /// Externally reachable address advertised to other nodes. This can either be an address/port combination in the form `192.168.1.1:4567`, or an interface followed by a port number, like `eth0:4567`. If the port number is omitted, the port number from the listen address is used. If `AdvertiseAddr` is not specified, it will be automatically detected when possible.
+    #[serde(
+        rename = "AdvertiseAddr",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub advertise_addr: Option<String>,
+    /// Address or interface to use for data path traffic (format: `<ip|interface>`), for example,  `192.168.1.1`, or an interface, like `eth0`. If `DataPathAddr` is unspecified, the same address as `AdvertiseAddr` is used.
+    #[serde(
+        rename = "DataPathAddr",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub data_path_addr: Option<String>,
+    /// Secret token for joining this swarm.
+    #[serde(rename = "JoinToken", default, skip_serializing_if = "Option::is_none")]
+    pub join_token: Option<String>,
+    /// Listen address used for inter-manager communication if the node gets promoted to manager, as well as determining the networking interface used for the VXLAN Tunnel Endpoint (VTEP).
+    #[serde(
+        rename = "ListenAddr",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub listen_addr: Option<String>,
+    /// Addresses of manager nodes already participating in the swarm.
+    #[serde(
+        rename = "RemoteAddrs",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub remote_addrs: Option<Vec<String>>,
+}
+
+/// SwarmUnlockRequest
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SwarmUnlockBody {
+    /// The swarm's unlock key.
+    #[serde(rename = "UnlockKey", default, skip_serializing_if = "Option::is_none")]
+    pub unlock_key: Option<String>,
+}
+
+/// UnlockKeyResponse
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SwarmUnlockkeyResponse {
+    /// The swarm's unlock key.
+    #[serde(rename = "UnlockKey", default, skip_serializing_if = "Option::is_none")]
+    pub unlock_key: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -8513,178 +8905,32 @@ impl<'de> Deserialize<'de> for SystemDataUsageType {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SystemDataUsageResponse {
     #[serde(
-        rename = "LayersSize",
+        rename = "BuildCache",
         default,
         skip_serializing_if = "Option::is_none"
     )]
-    pub layers_size: Option<i64>,
-    #[serde(rename = "Images", default, skip_serializing_if = "Option::is_none")]
-    pub images: Option<Vec<ImageSummary>>,
+    pub build_cache: Option<Vec<BuildCache>>,
     #[serde(
         rename = "Containers",
         default,
         skip_serializing_if = "Option::is_none"
     )]
     pub containers: Option<Vec<ContainerSummary>>,
+    #[serde(rename = "Images", default, skip_serializing_if = "Option::is_none")]
+    pub images: Option<Vec<ImageSummary>>,
+    #[serde(
+        rename = "LayersSize",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub layers_size: Option<i64>,
     #[serde(rename = "Volumes", default, skip_serializing_if = "Option::is_none")]
     pub volumes: Option<Vec<Volume>>,
-    #[serde(
-        rename = "BuildCache",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub build_cache: Option<Vec<BuildCache>>,
-}
-
-/// ExecConfig
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ContainerExecBody {
-    /// Attach to `stdin` of the exec command.
-    #[serde(
-        rename = "AttachStdin",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub attach_stdin: Option<bool>,
-    /// Attach to `stdout` of the exec command.
-    #[serde(
-        rename = "AttachStdout",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub attach_stdout: Option<bool>,
-    /// Attach to `stderr` of the exec command.
-    #[serde(
-        rename = "AttachStderr",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub attach_stderr: Option<bool>,
-    /// Initial console size, as an `[height, width]` array.
-    #[serde(
-        rename = "ConsoleSize",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub console_size: Option<Vec<i64>>,
-    /// Override the key sequence for detaching a container. Format is a single character `[a-Z]` or `ctrl-<value>` where `<value>` is one of: `a-z`, `@`, `^`, `[`, `,` or `_`.
-    #[serde(
-        rename = "DetachKeys",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub detach_keys: Option<String>,
-    /// Allocate a pseudo-TTY.
-    #[serde(rename = "Tty", default, skip_serializing_if = "Option::is_none")]
-    pub tty: Option<bool>,
-    /// A list of environment variables in the form `["VAR=value", ...]`.
-    #[serde(rename = "Env", default, skip_serializing_if = "Option::is_none")]
-    pub env: Option<Vec<String>>,
-    /// Command to run, as a string or array of strings.
-    #[serde(rename = "Cmd", default, skip_serializing_if = "Option::is_none")]
-    pub cmd: Option<Vec<String>>,
-    /// Runs the exec process with extended privileges.
-    #[serde(
-        rename = "Privileged",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub privileged: Option<bool>,
-    /// The user, and optionally, group to run the exec process inside the container. Format is one of: `user`, `user:group`, `uid`, or `uid:gid`.
-    #[serde(rename = "User", default, skip_serializing_if = "Option::is_none")]
-    pub user: Option<String>,
-    /// The working directory for the exec process inside the container.
-    #[serde(
-        rename = "WorkingDir",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub working_dir: Option<String>,
-}
-
-/// ExecStartConfig
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ExecStartBody {
-    /// Detach from the command.
-    #[serde(rename = "Detach", default, skip_serializing_if = "Option::is_none")]
-    pub detach: Option<bool>,
-    /// Allocate a pseudo-TTY.
-    #[serde(rename = "Tty", default, skip_serializing_if = "Option::is_none")]
-    pub tty: Option<bool>,
-    /// Initial console size, as an `[height, width]` array.
-    #[serde(
-        rename = "ConsoleSize",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub console_size: Option<Vec<i64>>,
-}
-
-/// ExecInspectResponse
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ExecInspectResponse {
-    #[serde(rename = "CanRemove", default, skip_serializing_if = "Option::is_none")]
-    pub can_remove: Option<bool>,
-    #[serde(
-        rename = "DetachKeys",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub detach_keys: Option<String>,
-    #[serde(rename = "ID", default, skip_serializing_if = "Option::is_none")]
-    pub id: Option<String>,
-    #[serde(rename = "Running", default, skip_serializing_if = "Option::is_none")]
-    pub running: Option<bool>,
-    #[serde(rename = "ExitCode", default, skip_serializing_if = "Option::is_none")]
-    pub exit_code: Option<i64>,
-    #[serde(
-        rename = "ProcessConfig",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub process_config: Option<ProcessConfig>,
-    #[serde(rename = "OpenStdin", default, skip_serializing_if = "Option::is_none")]
-    pub open_stdin: Option<bool>,
-    #[serde(
-        rename = "OpenStderr",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub open_stderr: Option<bool>,
-    #[serde(
-        rename = "OpenStdout",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub open_stdout: Option<bool>,
-    #[serde(
-        rename = "ContainerID",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub container_id: Option<String>,
-    /// The system process ID for the exec process.
-    #[serde(rename = "Pid", default, skip_serializing_if = "Option::is_none")]
-    pub pid: Option<i64>,
-}
-
-/// Volume configuration
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct VolumeUpdateBody {
-    #[serde(rename = "Spec", default, skip_serializing_if = "Option::is_none")]
-    pub spec: Option<ClusterVolumeSpec>,
 }
 
 /// VolumePruneResponse
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct VolumePruneResponse {
-    /// Volumes that were deleted
-    #[serde(
-        rename = "VolumesDeleted",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub volumes_deleted: Option<Vec<String>>,
     /// Disk space reclaimed in bytes
     #[serde(
         rename = "SpaceReclaimed",
@@ -8692,264 +8938,18 @@ pub struct VolumePruneResponse {
         skip_serializing_if = "Option::is_none"
     )]
     pub space_reclaimed: Option<i64>,
+    /// Volumes that were deleted
+    #[serde(
+        rename = "VolumesDeleted",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub volumes_deleted: Option<Vec<String>>,
 }
 
-/// NetworkCreateRequest
+/// Volume configuration
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct NetworkCreateBody {
-    /// The network's name.
-    #[serde(rename = "Name", default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    /// Name of the network driver plugin to use.
-    #[serde(rename = "Driver", default, skip_serializing_if = "Option::is_none")]
-    pub driver: Option<String>,
-    /// The level at which the network exists (e.g. `swarm` for cluster-wide or `local` for machine level).
-    #[serde(rename = "Scope", default, skip_serializing_if = "Option::is_none")]
-    pub scope: Option<String>,
-    /// Restrict external access to the network.
-    #[serde(rename = "Internal", default, skip_serializing_if = "Option::is_none")]
-    pub internal: Option<bool>,
-    /// Globally scoped network is manually attachable by regular containers from workers in swarm mode.
-    #[serde(
-        rename = "Attachable",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub attachable: Option<bool>,
-    /// Ingress network is the network which provides the routing-mesh in swarm mode.
-    #[serde(rename = "Ingress", default, skip_serializing_if = "Option::is_none")]
-    pub ingress: Option<bool>,
-    /// Creates a config-only network. Config-only networks are placeholder networks for network configurations to be used by other networks. Config-only networks cannot be used directly to run containers or services.
-    #[serde(
-        rename = "ConfigOnly",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub config_only: Option<bool>,
-    /// Specifies the source which will provide the configuration for this network. The specified network must be an existing config-only network; see ConfigOnly.
-    #[serde(
-        rename = "ConfigFrom",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub config_from: Option<ConfigReference>,
-    /// Optional custom IP scheme for the network.
-    #[serde(rename = "IPAM", default, skip_serializing_if = "Option::is_none")]
-    pub ipam: Option<IPAM>,
-    /// Enable IPv4 on the network.
-    #[serde(
-        rename = "EnableIPv4",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub enable_ipv4: Option<bool>,
-    /// Enable IPv6 on the network.
-    #[serde(
-        rename = "EnableIPv6",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub enable_ipv6: Option<bool>,
-    /// Network specific options to be used by the drivers.
-    #[serde(rename = "Options", default, skip_serializing_if = "Option::is_none")]
-    pub options: Option<std::collections::HashMap<String, String>>,
-    /// User-defined key/value metadata.
-    #[serde(rename = "Labels", default, skip_serializing_if = "Option::is_none")]
-    pub labels: Option<std::collections::HashMap<String, String>>,
-}
-
-/// NetworkConnectRequest
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct NetworkConnectBody {
-    /// The ID or name of the container to connect to the network.
-    #[serde(rename = "Container", default, skip_serializing_if = "Option::is_none")]
-    pub container: Option<String>,
-    #[serde(
-        rename = "EndpointConfig",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub endpoint_config: Option<EndpointSettings>,
-}
-
-/// NetworkDisconnectRequest
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct NetworkDisconnectBody {
-    /// The ID or name of the container to disconnect from the network.
-    #[serde(rename = "Container", default, skip_serializing_if = "Option::is_none")]
-    pub container: Option<String>,
-    /// Force the container to disconnect from the network.
-    #[serde(rename = "Force", default, skip_serializing_if = "Option::is_none")]
-    pub force: Option<bool>,
-}
-
-/// NetworkPruneResponse
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct NetworkPruneResponse {
-    /// Networks that were deleted
-    #[serde(
-        rename = "NetworksDeleted",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub networks_deleted: Option<Vec<String>>,
-}
-
-/// SwarmInitRequest
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct SwarmInitBody {
-    /// Listen address used for inter-manager communication, as well as determining the networking interface used for the VXLAN Tunnel Endpoint (VTEP). This can either be an address/port combination in the form `192.168.1.1:4567`, or an interface followed by a port number, like `eth0:4567`. If the port number is omitted, the default swarm listening port is used.
-    #[serde(
-        rename = "ListenAddr",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub listen_addr: Option<String>,
-    /// Externally reachable address advertised to other nodes. This can either be an address/port combination in the form `192.168.1.1:4567`, or an interface followed by a port number, like `eth0:4567`. If the port number is omitted, the port number from the listen address is used. If `AdvertiseAddr` is not specified, it will be automatically detected when possible.
-    #[serde(
-        rename = "AdvertiseAddr",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub advertise_addr: Option<String>,
-    /// Address or interface to use for data path traffic (format: `<ip|interface>`), for example,  `192.168.1.1`, or an interface, like `eth0`. If `DataPathAddr` is unspecified, the same address as `AdvertiseAddr` is used.
-    #[serde(
-        rename = "DataPathAddr",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub data_path_addr: Option<String>,
-    /// DataPathPort specifies the data path port number for data traffic. Acceptable port range is 1024 to 49151. if no port is set or is set to 0, default port 4789 will be used.
-    #[serde(
-        rename = "DataPathPort",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub data_path_port: Option<i64>,
-    /// Default Address Pool specifies default subnet pools for global scope networks.
-    #[serde(
-        rename = "DefaultAddrPool",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub default_addr_pool: Option<Vec<String>>,
-    /// Force creation of a new swarm.
-    #[serde(
-        rename = "ForceNewCluster",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub force_new_cluster: Option<bool>,
-    /// SubnetSize specifies the subnet size of the networks created from the default subnet pool.
-    #[serde(
-        rename = "SubnetSize",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub subnet_size: Option<i64>,
+pub struct VolumeUpdateBody {
     #[serde(rename = "Spec", default, skip_serializing_if = "Option::is_none")]
-    pub spec: Option<SwarmSpec>,
-}
-
-/// SwarmJoinRequest
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct SwarmJoinBody {
-    /// Listen address used for inter-manager communication if the node gets promoted to manager, as well as determining the networking interface used for the VXLAN Tunnel Endpoint (VTEP).
-    #[serde(
-        rename = "ListenAddr",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub listen_addr: Option<String>,
-    /// Externally reachable address advertised to other nodes. This can either be an address/port combination in the form `192.168.1.1:4567`, or an interface followed by a port number, like `eth0:4567`. If the port number is omitted, the port number from the listen address is used. If `AdvertiseAddr` is not specified, it will be automatically detected when possible.
-    #[serde(
-        rename = "AdvertiseAddr",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub advertise_addr: Option<String>,
-    /// Address or interface to use for data path traffic (format: `<ip|interface>`), for example,  `192.168.1.1`, or an interface, like `eth0`. If `DataPathAddr` is unspecified, the same address as `AdvertiseAddr` is used.
-    #[serde(
-        rename = "DataPathAddr",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub data_path_addr: Option<String>,
-    /// Addresses of manager nodes already participating in the swarm.
-    #[serde(
-        rename = "RemoteAddrs",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub remote_addrs: Option<Vec<String>>,
-    /// Secret token for joining this swarm.
-    #[serde(rename = "JoinToken", default, skip_serializing_if = "Option::is_none")]
-    pub join_token: Option<String>,
-}
-
-/// UnlockKeyResponse
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct SwarmUnlockkeyResponse {
-    /// The swarm's unlock key.
-    #[serde(rename = "UnlockKey", default, skip_serializing_if = "Option::is_none")]
-    pub unlock_key: Option<String>,
-}
-
-/// SwarmUnlockRequest
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct SwarmUnlockBody {
-    /// The swarm's unlock key.
-    #[serde(rename = "UnlockKey", default, skip_serializing_if = "Option::is_none")]
-    pub unlock_key: Option<String>,
-}
-
-/// If the `X-Registry-Auth` header is not specified, this parameter indicates where to find registry authorization credentials.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum ServiceUpdateRegistryAuthFrom {
-    /// `"spec"`
-    Spec,
-    /// `"previous-spec"`
-    PreviousSpec,
-    /// A value these bindings do not know, kept as sent.
-    Other(String),
-}
-
-impl ServiceUpdateRegistryAuthFrom {
-    /// The value on the wire.
-    pub fn as_str(&self) -> &str {
-        match self {
-            Self::Spec => "spec",
-            Self::PreviousSpec => "previous-spec",
-            Self::Other(s) => s,
-        }
-    }
-}
-
-impl From<&str> for ServiceUpdateRegistryAuthFrom {
-    fn from(s: &str) -> Self {
-        match s {
-            "spec" => Self::Spec,
-            "previous-spec" => Self::PreviousSpec,
-            other => Self::Other(other.to_owned()),
-        }
-    }
-}
-
-impl std::fmt::Display for ServiceUpdateRegistryAuthFrom {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl Serialize for ServiceUpdateRegistryAuthFrom {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(self.as_str())
-    }
-}
-
-impl<'de> Deserialize<'de> for ServiceUpdateRegistryAuthFrom {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(deserializer)?;
-        Ok(Self::from(s.as_str()))
-    }
+    pub spec: Option<ClusterVolumeSpec>,
 }

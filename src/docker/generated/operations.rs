@@ -23,580 +23,53 @@ fn json_body<T: serde::Serialize>(body: &T) -> RequestBody {
 }
 
 impl Docker {
-    /// List containers
+    /// Ping
     ///
-    /// Returns a list of containers. For details on the format, see the \[inspect endpoint\](#operation/ContainerInspect).
+    /// This is a dummy endpoint you can use to test if the server is accessible.
     ///
-    /// `GET /containers/json` (`ContainerList`).
-    pub async fn container_list(
-        &self,
-        params: &ContainerListParams,
-    ) -> Result<Vec<ContainerSummary>, DockerError> {
-        let mut req = ApiRequest::new(
-            "ContainerList",
-            Method::GET,
-            "/containers/json".to_owned(),
-            CallKind::Ordinary,
-        );
-        if let Some(v) = &params.all {
-            req.query.push(("all", v.to_string()));
-        }
-        if let Some(v) = &params.limit {
-            req.query.push(("limit", v.to_string()));
-        }
-        if let Some(v) = &params.size {
-            req.query.push(("size", v.to_string()));
-        }
-        if let Some(v) = &params.filters {
-            req.query.push(("filters", v.clone()));
-        }
-        self.send_json(req).await
-    }
-
-    /// Create a container
-    ///
-    /// `POST /containers/create` (`ContainerCreate`).
-    pub async fn container_create(
-        &self,
-        params: &ContainerCreateParams,
-        body: &ContainerCreateBody,
-    ) -> Result<ContainerCreateResponse, DockerError> {
-        let mut req = ApiRequest::new(
-            "ContainerCreate",
-            Method::POST,
-            "/containers/create".to_owned(),
-            CallKind::Ordinary,
-        );
-        if let Some(v) = &params.name {
-            req.query.push(("name", v.clone()));
-        }
-        if let Some(v) = &params.platform {
-            req.query.push(("platform", v.clone()));
-        }
-        req.body = json_body(body);
-        self.send_json(req).await
-    }
-
-    /// Inspect a container
-    ///
-    /// Return low-level information about a container.
-    ///
-    /// `GET /containers/{id}/json` (`ContainerInspect`).
-    pub async fn container_inspect(
-        &self,
-        id: &str,
-        params: &ContainerInspectParams,
-    ) -> Result<ContainerInspectResponse, DockerError> {
-        let mut req = ApiRequest::new(
-            "ContainerInspect",
-            Method::GET,
-            format!("/containers/{}/json", encode_path_segment(id)),
-            CallKind::Ordinary,
-        );
-        if let Some(v) = &params.size {
-            req.query.push(("size", v.to_string()));
-        }
-        self.send_json(req).await
-    }
-
-    /// List processes running inside a container
-    ///
-    /// On Unix systems, this is done by running the `ps` command. This endpoint is not supported on Windows.
-    ///
-    /// `GET /containers/{id}/top` (`ContainerTop`).
-    pub async fn container_top(
-        &self,
-        id: &str,
-        params: &ContainerTopParams,
-    ) -> Result<ContainerTopResponse, DockerError> {
-        let mut req = ApiRequest::new(
-            "ContainerTop",
-            Method::GET,
-            format!("/containers/{}/top", encode_path_segment(id)),
-            CallKind::Ordinary,
-        );
-        if let Some(v) = &params.ps_args {
-            req.query.push(("ps_args", v.clone()));
-        }
-        self.send_json(req).await
-    }
-
-    /// Get container logs
-    ///
-    /// Get `stdout` and `stderr` logs from a container.
-    ///
-    /// `GET /containers/{id}/logs` (`ContainerLogs`).
-    pub async fn container_logs(
-        &self,
-        id: &str,
-        params: &ContainerLogsParams,
-    ) -> Result<ByteStream, DockerError> {
-        let mut req = ApiRequest::new(
-            "ContainerLogs",
-            Method::GET,
-            format!("/containers/{}/logs", encode_path_segment(id)),
-            CallKind::Streaming,
-        );
-        if let Some(v) = &params.follow {
-            req.query.push(("follow", v.to_string()));
-        }
-        if let Some(v) = &params.stdout {
-            req.query.push(("stdout", v.to_string()));
-        }
-        if let Some(v) = &params.stderr {
-            req.query.push(("stderr", v.to_string()));
-        }
-        if let Some(v) = &params.since {
-            req.query.push(("since", v.to_string()));
-        }
-        if let Some(v) = &params.until {
-            req.query.push(("until", v.to_string()));
-        }
-        if let Some(v) = &params.timestamps {
-            req.query.push(("timestamps", v.to_string()));
-        }
-        if let Some(v) = &params.tail {
-            req.query.push(("tail", v.clone()));
-        }
-        self.send_byte_stream(req).await
-    }
-
-    /// Get changes on a container’s filesystem
-    ///
-    /// Returns which files in a container's filesystem have been added, deleted, or modified. The `Kind` of modification can be one of:
-    ///
-    /// `GET /containers/{id}/changes` (`ContainerChanges`).
-    pub async fn container_changes(&self, id: &str) -> Result<Vec<FilesystemChange>, DockerError> {
+    /// `GET /_ping` (`SystemPing`).
+    pub async fn system_ping(&self) -> Result<String, DockerError> {
         let req = ApiRequest::new(
-            "ContainerChanges",
+            "SystemPing",
             Method::GET,
-            format!("/containers/{}/changes", encode_path_segment(id)),
+            "/_ping".to_owned(),
             CallKind::Ordinary,
         );
-        self.send_json(req).await
+        self.send_text(req).await
     }
 
-    /// Export a container
+    /// Ping
     ///
-    /// Export the contents of a container as a tarball.
+    /// This is a dummy endpoint you can use to test if the server is accessible.
     ///
-    /// `GET /containers/{id}/export` (`ContainerExport`).
-    pub async fn container_export(&self, id: &str) -> Result<ByteStream, DockerError> {
+    /// `HEAD /_ping` (`SystemPingHead`).
+    pub async fn system_ping_head(&self) -> Result<http::HeaderMap, DockerError> {
         let req = ApiRequest::new(
-            "ContainerExport",
-            Method::GET,
-            format!("/containers/{}/export", encode_path_segment(id)),
-            CallKind::Streaming,
-        );
-        self.send_byte_stream(req).await
-    }
-
-    /// Get container stats based on resource usage
-    ///
-    /// This endpoint returns a live stream of a container’s resource usage statistics.
-    ///
-    /// `GET /containers/{id}/stats` (`ContainerStats`).
-    pub async fn container_stats(
-        &self,
-        id: &str,
-        params: &ContainerStatsParams,
-    ) -> Result<JsonStream<ContainerStatsResponse>, DockerError> {
-        let mut req = ApiRequest::new(
-            "ContainerStats",
-            Method::GET,
-            format!("/containers/{}/stats", encode_path_segment(id)),
-            CallKind::Streaming,
-        );
-        if let Some(v) = &params.stream {
-            req.query.push(("stream", v.to_string()));
-        }
-        if let Some(v) = &params.one_shot {
-            req.query.push(("one-shot", v.to_string()));
-        }
-        self.send_json_stream(req).await
-    }
-
-    /// Resize a container TTY
-    ///
-    /// Resize the TTY for a container.
-    ///
-    /// `POST /containers/{id}/resize` (`ContainerResize`).
-    pub async fn container_resize(
-        &self,
-        id: &str,
-        params: &ContainerResizeParams,
-    ) -> Result<(), DockerError> {
-        let mut req = ApiRequest::new(
-            "ContainerResize",
-            Method::POST,
-            format!("/containers/{}/resize", encode_path_segment(id)),
-            CallKind::Ordinary,
-        );
-        req.query.push(("h", params.h.to_string()));
-        req.query.push(("w", params.w.to_string()));
-        self.send_unit(req).await
-    }
-
-    /// Start a container
-    ///
-    /// `POST /containers/{id}/start` (`ContainerStart`).
-    pub async fn container_start(
-        &self,
-        id: &str,
-        params: &ContainerStartParams,
-    ) -> Result<(), DockerError> {
-        let mut req = ApiRequest::new(
-            "ContainerStart",
-            Method::POST,
-            format!("/containers/{}/start", encode_path_segment(id)),
-            CallKind::Ordinary,
-        );
-        if let Some(v) = &params.detach_keys {
-            req.query.push(("detachKeys", v.clone()));
-        }
-        self.send_unit(req).await
-    }
-
-    /// Stop a container
-    ///
-    /// `POST /containers/{id}/stop` (`ContainerStop`).
-    pub async fn container_stop(
-        &self,
-        id: &str,
-        params: &ContainerStopParams,
-    ) -> Result<(), DockerError> {
-        let mut req = ApiRequest::new(
-            "ContainerStop",
-            Method::POST,
-            format!("/containers/{}/stop", encode_path_segment(id)),
-            CallKind::Ordinary,
-        );
-        if let Some(v) = &params.signal {
-            req.query.push(("signal", v.clone()));
-        }
-        if let Some(v) = &params.t {
-            req.query.push(("t", v.to_string()));
-        }
-        self.send_unit(req).await
-    }
-
-    /// Restart a container
-    ///
-    /// `POST /containers/{id}/restart` (`ContainerRestart`).
-    pub async fn container_restart(
-        &self,
-        id: &str,
-        params: &ContainerRestartParams,
-    ) -> Result<(), DockerError> {
-        let mut req = ApiRequest::new(
-            "ContainerRestart",
-            Method::POST,
-            format!("/containers/{}/restart", encode_path_segment(id)),
-            CallKind::Ordinary,
-        );
-        if let Some(v) = &params.signal {
-            req.query.push(("signal", v.clone()));
-        }
-        if let Some(v) = &params.t {
-            req.query.push(("t", v.to_string()));
-        }
-        self.send_unit(req).await
-    }
-
-    /// Kill a container
-    ///
-    /// Send a POSIX signal to a container, defaulting to killing to the container.
-    ///
-    /// `POST /containers/{id}/kill` (`ContainerKill`).
-    pub async fn container_kill(
-        &self,
-        id: &str,
-        params: &ContainerKillParams,
-    ) -> Result<(), DockerError> {
-        let mut req = ApiRequest::new(
-            "ContainerKill",
-            Method::POST,
-            format!("/containers/{}/kill", encode_path_segment(id)),
-            CallKind::Ordinary,
-        );
-        if let Some(v) = &params.signal {
-            req.query.push(("signal", v.clone()));
-        }
-        self.send_unit(req).await
-    }
-
-    /// Update a container
-    ///
-    /// Change various configuration options of a container without having to recreate it.
-    ///
-    /// `POST /containers/{id}/update` (`ContainerUpdate`).
-    pub async fn container_update(
-        &self,
-        id: &str,
-        body: &ContainerUpdateBody,
-    ) -> Result<ContainerUpdateResponse, DockerError> {
-        let mut req = ApiRequest::new(
-            "ContainerUpdate",
-            Method::POST,
-            format!("/containers/{}/update", encode_path_segment(id)),
-            CallKind::Ordinary,
-        );
-        req.body = json_body(body);
-        self.send_json(req).await
-    }
-
-    /// Rename a container
-    ///
-    /// `POST /containers/{id}/rename` (`ContainerRename`).
-    pub async fn container_rename(
-        &self,
-        id: &str,
-        params: &ContainerRenameParams,
-    ) -> Result<(), DockerError> {
-        let mut req = ApiRequest::new(
-            "ContainerRename",
-            Method::POST,
-            format!("/containers/{}/rename", encode_path_segment(id)),
-            CallKind::Ordinary,
-        );
-        req.query.push(("name", params.name.clone()));
-        self.send_unit(req).await
-    }
-
-    /// Pause a container
-    ///
-    /// Use the freezer cgroup to suspend all processes in a container.
-    ///
-    /// `POST /containers/{id}/pause` (`ContainerPause`).
-    pub async fn container_pause(&self, id: &str) -> Result<(), DockerError> {
-        let req = ApiRequest::new(
-            "ContainerPause",
-            Method::POST,
-            format!("/containers/{}/pause", encode_path_segment(id)),
-            CallKind::Ordinary,
-        );
-        self.send_unit(req).await
-    }
-
-    /// Unpause a container
-    ///
-    /// Resume a container which has been paused.
-    ///
-    /// `POST /containers/{id}/unpause` (`ContainerUnpause`).
-    pub async fn container_unpause(&self, id: &str) -> Result<(), DockerError> {
-        let req = ApiRequest::new(
-            "ContainerUnpause",
-            Method::POST,
-            format!("/containers/{}/unpause", encode_path_segment(id)),
-            CallKind::Ordinary,
-        );
-        self.send_unit(req).await
-    }
-
-    /// Attach to a container
-    ///
-    /// Attach to a container to read its output or send it input. You can attach to the same container multiple times and you can reattach to containers that have been detached.
-    ///
-    /// `POST /containers/{id}/attach` (`ContainerAttach`).
-    pub async fn container_attach(
-        &self,
-        id: &str,
-        params: &ContainerAttachParams,
-    ) -> Result<TokioIo<Upgraded>, DockerError> {
-        let mut req = ApiRequest::new(
-            "ContainerAttach",
-            Method::POST,
-            format!("/containers/{}/attach", encode_path_segment(id)),
-            CallKind::Streaming,
-        );
-        if let Some(v) = &params.detach_keys {
-            req.query.push(("detachKeys", v.clone()));
-        }
-        if let Some(v) = &params.logs {
-            req.query.push(("logs", v.to_string()));
-        }
-        if let Some(v) = &params.stream {
-            req.query.push(("stream", v.to_string()));
-        }
-        if let Some(v) = &params.stdin {
-            req.query.push(("stdin", v.to_string()));
-        }
-        if let Some(v) = &params.stdout {
-            req.query.push(("stdout", v.to_string()));
-        }
-        if let Some(v) = &params.stderr {
-            req.query.push(("stderr", v.to_string()));
-        }
-        self.send_upgrade(req).await
-    }
-
-    /// Wait for a container
-    ///
-    /// Block until a container stops, then returns the exit code.
-    ///
-    /// `POST /containers/{id}/wait` (`ContainerWait`).
-    pub async fn container_wait(
-        &self,
-        id: &str,
-        params: &ContainerWaitParams,
-    ) -> Result<ContainerWaitResponse, DockerError> {
-        let mut req = ApiRequest::new(
-            "ContainerWait",
-            Method::POST,
-            format!("/containers/{}/wait", encode_path_segment(id)),
-            CallKind::Streaming,
-        );
-        if let Some(v) = &params.condition {
-            req.query.push(("condition", v.as_str().to_owned()));
-        }
-        self.send_json(req).await
-    }
-
-    /// Remove a container
-    ///
-    /// `DELETE /containers/{id}` (`ContainerDelete`).
-    pub async fn container_delete(
-        &self,
-        id: &str,
-        params: &ContainerDeleteParams,
-    ) -> Result<(), DockerError> {
-        let mut req = ApiRequest::new(
-            "ContainerDelete",
-            Method::DELETE,
-            format!("/containers/{}", encode_path_segment(id)),
-            CallKind::Ordinary,
-        );
-        if let Some(v) = &params.v {
-            req.query.push(("v", v.to_string()));
-        }
-        if let Some(v) = &params.force {
-            req.query.push(("force", v.to_string()));
-        }
-        if let Some(v) = &params.link {
-            req.query.push(("link", v.to_string()));
-        }
-        self.send_unit(req).await
-    }
-
-    /// Get information about files in a container
-    ///
-    /// A response header `X-Docker-Container-Path-Stat` is returned, containing a base64 - encoded JSON object with some filesystem header information about the path.
-    ///
-    /// `HEAD /containers/{id}/archive` (`ContainerArchiveInfo`).
-    pub async fn container_archive_info(
-        &self,
-        id: &str,
-        params: &ContainerArchiveInfoParams,
-    ) -> Result<http::HeaderMap, DockerError> {
-        let mut req = ApiRequest::new(
-            "ContainerArchiveInfo",
+            "SystemPingHead",
             Method::HEAD,
-            format!("/containers/{}/archive", encode_path_segment(id)),
+            "/_ping".to_owned(),
             CallKind::Ordinary,
         );
-        req.query.push(("path", params.path.clone()));
         self.send_headers(req).await
     }
 
-    /// Get an archive of a filesystem resource in a container
+    /// Check auth configuration
     ///
-    /// Get a tar archive of a resource in the filesystem of container id.
+    /// Validate credentials for a registry and, if available, get an identity token for accessing the registry without password.
     ///
-    /// `GET /containers/{id}/archive` (`ContainerArchive`).
-    pub async fn container_archive(
+    /// `POST /auth` (`SystemAuth`).
+    pub async fn system_auth(
         &self,
-        id: &str,
-        params: &ContainerArchiveParams,
-    ) -> Result<ByteStream, DockerError> {
+        body: Option<&AuthConfig>,
+    ) -> Result<SystemAuthResponse, DockerError> {
         let mut req = ApiRequest::new(
-            "ContainerArchive",
-            Method::GET,
-            format!("/containers/{}/archive", encode_path_segment(id)),
-            CallKind::Streaming,
-        );
-        req.query.push(("path", params.path.clone()));
-        self.send_byte_stream(req).await
-    }
-
-    /// Extract an archive of files or folders to a directory in a container
-    ///
-    /// Upload a tar archive to be extracted to a path in the filesystem of container id. `path` parameter is asserted to be a directory. If it exists as a file, 400 error will be returned with message "not a directory".
-    ///
-    /// `PUT /containers/{id}/archive` (`PutContainerArchive`).
-    pub async fn put_container_archive(
-        &self,
-        id: &str,
-        params: &PutContainerArchiveParams,
-        body: BodyStream,
-    ) -> Result<(), DockerError> {
-        let mut req = ApiRequest::new(
-            "PutContainerArchive",
-            Method::PUT,
-            format!("/containers/{}/archive", encode_path_segment(id)),
-            CallKind::Streaming,
-        );
-        req.query.push(("path", params.path.clone()));
-        if let Some(v) = &params.no_overwrite_dir_non_dir {
-            req.query.push(("noOverwriteDirNonDir", v.clone()));
-        }
-        if let Some(v) = &params.copy_uid_gid {
-            req.query.push(("copyUIDGID", v.clone()));
-        }
-        req.body = RequestBody::Stream {
-            content_type: "application/x-tar",
-            stream: body,
-        };
-        self.send_unit(req).await
-    }
-
-    /// Delete stopped containers
-    ///
-    /// `POST /containers/prune` (`ContainerPrune`).
-    pub async fn container_prune(
-        &self,
-        params: &ContainerPruneParams,
-    ) -> Result<ContainerPruneResponse, DockerError> {
-        let mut req = ApiRequest::new(
-            "ContainerPrune",
+            "SystemAuth",
             Method::POST,
-            "/containers/prune".to_owned(),
+            "/auth".to_owned(),
             CallKind::Ordinary,
         );
-        if let Some(v) = &params.filters {
-            req.query.push(("filters", v.clone()));
-        }
-        self.send_json(req).await
-    }
-
-    /// List Images
-    ///
-    /// Returns a list of images on the server. Note that it uses a different, smaller representation of an image than inspecting a single image.
-    ///
-    /// `GET /images/json` (`ImageList`).
-    pub async fn image_list(
-        &self,
-        params: &ImageListParams,
-    ) -> Result<Vec<ImageSummary>, DockerError> {
-        let mut req = ApiRequest::new(
-            "ImageList",
-            Method::GET,
-            "/images/json".to_owned(),
-            CallKind::Ordinary,
-        );
-        if let Some(v) = &params.all {
-            req.query.push(("all", v.to_string()));
-        }
-        if let Some(v) = &params.filters {
-            req.query.push(("filters", v.clone()));
-        }
-        if let Some(v) = &params.shared_size {
-            req.query.push(("shared-size", v.to_string()));
-        }
-        if let Some(v) = &params.digests {
-            req.query.push(("digests", v.to_string()));
-        }
-        if let Some(v) = &params.manifests {
-            req.query.push(("manifests", v.to_string()));
+        if let Some(body) = body {
+            req.body = json_body(body);
         }
         self.send_json(req).await
     }
@@ -738,6 +211,798 @@ impl Docker {
         self.send_json(req).await
     }
 
+    /// Create a new image from a container
+    ///
+    /// `POST /commit` (`ImageCommit`).
+    pub async fn image_commit(
+        &self,
+        params: &ImageCommitParams,
+        body: Option<&ContainerConfig>,
+    ) -> Result<IDResponse, DockerError> {
+        let mut req = ApiRequest::new(
+            "ImageCommit",
+            Method::POST,
+            "/commit".to_owned(),
+            CallKind::Ordinary,
+        );
+        if let Some(v) = &params.container {
+            req.query.push(("container", v.clone()));
+        }
+        if let Some(v) = &params.repo {
+            req.query.push(("repo", v.clone()));
+        }
+        if let Some(v) = &params.tag {
+            req.query.push(("tag", v.clone()));
+        }
+        if let Some(v) = &params.comment {
+            req.query.push(("comment", v.clone()));
+        }
+        if let Some(v) = &params.author {
+            req.query.push(("author", v.clone()));
+        }
+        if let Some(v) = &params.pause {
+            req.query.push(("pause", v.to_string()));
+        }
+        if let Some(v) = &params.changes {
+            req.query.push(("changes", v.clone()));
+        }
+        if let Some(body) = body {
+            req.body = json_body(body);
+        }
+        self.send_json(req).await
+    }
+
+    /// List configs
+    ///
+    /// `GET /configs` (`ConfigList`).
+    pub async fn config_list(&self, params: &ConfigListParams) -> Result<Vec<Config>, DockerError> {
+        let mut req = ApiRequest::new(
+            "ConfigList",
+            Method::GET,
+            "/configs".to_owned(),
+            CallKind::Ordinary,
+        );
+        if let Some(v) = &params.filters {
+            req.query.push(("filters", v.clone()));
+        }
+        self.send_json(req).await
+    }
+
+    /// Create a config
+    ///
+    /// `POST /configs/create` (`ConfigCreate`).
+    pub async fn config_create(
+        &self,
+        body: Option<&ConfigSpec>,
+    ) -> Result<IDResponse, DockerError> {
+        let mut req = ApiRequest::new(
+            "ConfigCreate",
+            Method::POST,
+            "/configs/create".to_owned(),
+            CallKind::Ordinary,
+        );
+        if let Some(body) = body {
+            req.body = json_body(body);
+        }
+        self.send_json(req).await
+    }
+
+    /// Delete a config
+    ///
+    /// `DELETE /configs/{id}` (`ConfigDelete`).
+    pub async fn config_delete(&self, id: &str) -> Result<(), DockerError> {
+        let req = ApiRequest::new(
+            "ConfigDelete",
+            Method::DELETE,
+            format!("/configs/{}", encode_path_segment(id)),
+            CallKind::Ordinary,
+        );
+        self.send_unit(req).await
+    }
+
+    /// Inspect a config
+    ///
+    /// `GET /configs/{id}` (`ConfigInspect`).
+    pub async fn config_inspect(&self, id: &str) -> Result<Config, DockerError> {
+        let req = ApiRequest::new(
+            "ConfigInspect",
+            Method::GET,
+            format!("/configs/{}", encode_path_segment(id)),
+            CallKind::Ordinary,
+        );
+        self.send_json(req).await
+    }
+
+    /// Update a Config
+    ///
+    /// `POST /configs/{id}/update` (`ConfigUpdate`).
+    pub async fn config_update(
+        &self,
+        id: &str,
+        params: &ConfigUpdateParams,
+        body: Option<&ConfigSpec>,
+    ) -> Result<(), DockerError> {
+        let mut req = ApiRequest::new(
+            "ConfigUpdate",
+            Method::POST,
+            format!("/configs/{}/update", encode_path_segment(id)),
+            CallKind::Ordinary,
+        );
+        req.query.push(("version", params.version.to_string()));
+        if let Some(body) = body {
+            req.body = json_body(body);
+        }
+        self.send_unit(req).await
+    }
+
+    /// Create a container
+    ///
+    /// `POST /containers/create` (`ContainerCreate`).
+    pub async fn container_create(
+        &self,
+        params: &ContainerCreateParams,
+        body: &ContainerCreateBody,
+    ) -> Result<ContainerCreateResponse, DockerError> {
+        let mut req = ApiRequest::new(
+            "ContainerCreate",
+            Method::POST,
+            "/containers/create".to_owned(),
+            CallKind::Ordinary,
+        );
+        if let Some(v) = &params.name {
+            req.query.push(("name", v.clone()));
+        }
+        if let Some(v) = &params.platform {
+            req.query.push(("platform", v.clone()));
+        }
+        req.body = json_body(body);
+        self.send_json(req).await
+    }
+
+    /// List containers
+    ///
+    /// Returns a list of containers. For details on the format, see the \[inspect endpoint\](#operation/ContainerInspect).
+    ///
+    /// `GET /containers/json` (`ContainerList`).
+    pub async fn container_list(
+        &self,
+        params: &ContainerListParams,
+    ) -> Result<Vec<ContainerSummary>, DockerError> {
+        let mut req = ApiRequest::new(
+            "ContainerList",
+            Method::GET,
+            "/containers/json".to_owned(),
+            CallKind::Ordinary,
+        );
+        if let Some(v) = &params.all {
+            req.query.push(("all", v.to_string()));
+        }
+        if let Some(v) = &params.limit {
+            req.query.push(("limit", v.to_string()));
+        }
+        if let Some(v) = &params.size {
+            req.query.push(("size", v.to_string()));
+        }
+        if let Some(v) = &params.filters {
+            req.query.push(("filters", v.clone()));
+        }
+        self.send_json(req).await
+    }
+
+    /// Delete stopped containers
+    ///
+    /// `POST /containers/prune` (`ContainerPrune`).
+    pub async fn container_prune(
+        &self,
+        params: &ContainerPruneParams,
+    ) -> Result<ContainerPruneResponse, DockerError> {
+        let mut req = ApiRequest::new(
+            "ContainerPrune",
+            Method::POST,
+            "/containers/prune".to_owned(),
+            CallKind::Ordinary,
+        );
+        if let Some(v) = &params.filters {
+            req.query.push(("filters", v.clone()));
+        }
+        self.send_json(req).await
+    }
+
+    /// Remove a container
+    ///
+    /// `DELETE /containers/{id}` (`ContainerDelete`).
+    pub async fn container_delete(
+        &self,
+        id: &str,
+        params: &ContainerDeleteParams,
+    ) -> Result<(), DockerError> {
+        let mut req = ApiRequest::new(
+            "ContainerDelete",
+            Method::DELETE,
+            format!("/containers/{}", encode_path_segment(id)),
+            CallKind::Ordinary,
+        );
+        if let Some(v) = &params.v {
+            req.query.push(("v", v.to_string()));
+        }
+        if let Some(v) = &params.force {
+            req.query.push(("force", v.to_string()));
+        }
+        if let Some(v) = &params.link {
+            req.query.push(("link", v.to_string()));
+        }
+        self.send_unit(req).await
+    }
+
+    /// Get an archive of a filesystem resource in a container
+    ///
+    /// Get a tar archive of a resource in the filesystem of container id.
+    ///
+    /// `GET /containers/{id}/archive` (`ContainerArchive`).
+    pub async fn container_archive(
+        &self,
+        id: &str,
+        params: &ContainerArchiveParams,
+    ) -> Result<ByteStream, DockerError> {
+        let mut req = ApiRequest::new(
+            "ContainerArchive",
+            Method::GET,
+            format!("/containers/{}/archive", encode_path_segment(id)),
+            CallKind::Streaming,
+        );
+        req.query.push(("path", params.path.clone()));
+        self.send_byte_stream(req).await
+    }
+
+    /// Get information about files in a container
+    ///
+    /// A response header `X-Docker-Container-Path-Stat` is returned, containing a base64 - encoded JSON object with some filesystem header information about the path.
+    ///
+    /// `HEAD /containers/{id}/archive` (`ContainerArchiveInfo`).
+    pub async fn container_archive_info(
+        &self,
+        id: &str,
+        params: &ContainerArchiveInfoParams,
+    ) -> Result<http::HeaderMap, DockerError> {
+        let mut req = ApiRequest::new(
+            "ContainerArchiveInfo",
+            Method::HEAD,
+            format!("/containers/{}/archive", encode_path_segment(id)),
+            CallKind::Ordinary,
+        );
+        req.query.push(("path", params.path.clone()));
+        self.send_headers(req).await
+    }
+
+    /// Extract an archive of files or folders to a directory in a container
+    ///
+    /// Upload a tar archive to be extracted to a path in the filesystem of container id. `path` parameter is asserted to be a directory. If it exists as a file, 400 error will be returned with message "not a directory".
+    ///
+    /// `PUT /containers/{id}/archive` (`PutContainerArchive`).
+    pub async fn put_container_archive(
+        &self,
+        id: &str,
+        params: &PutContainerArchiveParams,
+        body: BodyStream,
+    ) -> Result<(), DockerError> {
+        let mut req = ApiRequest::new(
+            "PutContainerArchive",
+            Method::PUT,
+            format!("/containers/{}/archive", encode_path_segment(id)),
+            CallKind::Streaming,
+        );
+        req.query.push(("path", params.path.clone()));
+        if let Some(v) = &params.no_overwrite_dir_non_dir {
+            req.query.push(("noOverwriteDirNonDir", v.clone()));
+        }
+        if let Some(v) = &params.copy_uid_gid {
+            req.query.push(("copyUIDGID", v.clone()));
+        }
+        req.body = RequestBody::Stream {
+            content_type: "application/x-tar",
+            stream: body,
+        };
+        self.send_unit(req).await
+    }
+
+    /// Attach to a container
+    ///
+    /// Attach to a container to read its output or send it input. You can attach to the same container multiple times and you can reattach to containers that have been detached.
+    ///
+    /// `POST /containers/{id}/attach` (`ContainerAttach`).
+    pub async fn container_attach(
+        &self,
+        id: &str,
+        params: &ContainerAttachParams,
+    ) -> Result<TokioIo<Upgraded>, DockerError> {
+        let mut req = ApiRequest::new(
+            "ContainerAttach",
+            Method::POST,
+            format!("/containers/{}/attach", encode_path_segment(id)),
+            CallKind::Streaming,
+        );
+        if let Some(v) = &params.detach_keys {
+            req.query.push(("detachKeys", v.clone()));
+        }
+        if let Some(v) = &params.logs {
+            req.query.push(("logs", v.to_string()));
+        }
+        if let Some(v) = &params.stream {
+            req.query.push(("stream", v.to_string()));
+        }
+        if let Some(v) = &params.stdin {
+            req.query.push(("stdin", v.to_string()));
+        }
+        if let Some(v) = &params.stdout {
+            req.query.push(("stdout", v.to_string()));
+        }
+        if let Some(v) = &params.stderr {
+            req.query.push(("stderr", v.to_string()));
+        }
+        self.send_upgrade(req).await
+    }
+
+    /// Get changes on a container’s filesystem
+    ///
+    /// Returns which files in a container's filesystem have been added, deleted, or modified. The `Kind` of modification can be one of:
+    ///
+    /// `GET /containers/{id}/changes` (`ContainerChanges`).
+    pub async fn container_changes(&self, id: &str) -> Result<Vec<FilesystemChange>, DockerError> {
+        let req = ApiRequest::new(
+            "ContainerChanges",
+            Method::GET,
+            format!("/containers/{}/changes", encode_path_segment(id)),
+            CallKind::Ordinary,
+        );
+        self.send_json(req).await
+    }
+
+    /// Create an exec instance
+    ///
+    /// Run a command inside a running container.
+    ///
+    /// `POST /containers/{id}/exec` (`ContainerExec`).
+    pub async fn container_exec(
+        &self,
+        id: &str,
+        body: &ContainerExecBody,
+    ) -> Result<IDResponse, DockerError> {
+        let mut req = ApiRequest::new(
+            "ContainerExec",
+            Method::POST,
+            format!("/containers/{}/exec", encode_path_segment(id)),
+            CallKind::Ordinary,
+        );
+        req.body = json_body(body);
+        self.send_json(req).await
+    }
+
+    /// Export a container
+    ///
+    /// Export the contents of a container as a tarball.
+    ///
+    /// `GET /containers/{id}/export` (`ContainerExport`).
+    pub async fn container_export(&self, id: &str) -> Result<ByteStream, DockerError> {
+        let req = ApiRequest::new(
+            "ContainerExport",
+            Method::GET,
+            format!("/containers/{}/export", encode_path_segment(id)),
+            CallKind::Streaming,
+        );
+        self.send_byte_stream(req).await
+    }
+
+    /// Inspect a container
+    ///
+    /// Return low-level information about a container.
+    ///
+    /// `GET /containers/{id}/json` (`ContainerInspect`).
+    pub async fn container_inspect(
+        &self,
+        id: &str,
+        params: &ContainerInspectParams,
+    ) -> Result<ContainerInspectResponse, DockerError> {
+        let mut req = ApiRequest::new(
+            "ContainerInspect",
+            Method::GET,
+            format!("/containers/{}/json", encode_path_segment(id)),
+            CallKind::Ordinary,
+        );
+        if let Some(v) = &params.size {
+            req.query.push(("size", v.to_string()));
+        }
+        self.send_json(req).await
+    }
+
+    /// Kill a container
+    ///
+    /// Send a POSIX signal to a container, defaulting to killing to the container.
+    ///
+    /// `POST /containers/{id}/kill` (`ContainerKill`).
+    pub async fn container_kill(
+        &self,
+        id: &str,
+        params: &ContainerKillParams,
+    ) -> Result<(), DockerError> {
+        let mut req = ApiRequest::new(
+            "ContainerKill",
+            Method::POST,
+            format!("/containers/{}/kill", encode_path_segment(id)),
+            CallKind::Ordinary,
+        );
+        if let Some(v) = &params.signal {
+            req.query.push(("signal", v.clone()));
+        }
+        self.send_unit(req).await
+    }
+
+    /// Get container logs
+    ///
+    /// Get `stdout` and `stderr` logs from a container.
+    ///
+    /// `GET /containers/{id}/logs` (`ContainerLogs`).
+    pub async fn container_logs(
+        &self,
+        id: &str,
+        params: &ContainerLogsParams,
+    ) -> Result<ByteStream, DockerError> {
+        let mut req = ApiRequest::new(
+            "ContainerLogs",
+            Method::GET,
+            format!("/containers/{}/logs", encode_path_segment(id)),
+            CallKind::Streaming,
+        );
+        if let Some(v) = &params.follow {
+            req.query.push(("follow", v.to_string()));
+        }
+        if let Some(v) = &params.stdout {
+            req.query.push(("stdout", v.to_string()));
+        }
+        if let Some(v) = &params.stderr {
+            req.query.push(("stderr", v.to_string()));
+        }
+        if let Some(v) = &params.since {
+            req.query.push(("since", v.to_string()));
+        }
+        if let Some(v) = &params.until {
+            req.query.push(("until", v.to_string()));
+        }
+        if let Some(v) = &params.timestamps {
+            req.query.push(("timestamps", v.to_string()));
+        }
+        if let Some(v) = &params.tail {
+            req.query.push(("tail", v.clone()));
+        }
+        self.send_byte_stream(req).await
+    }
+
+    /// Pause a container
+    ///
+    /// Use the freezer cgroup to suspend all processes in a container.
+    ///
+    /// `POST /containers/{id}/pause` (`ContainerPause`).
+    pub async fn container_pause(&self, id: &str) -> Result<(), DockerError> {
+        let req = ApiRequest::new(
+            "ContainerPause",
+            Method::POST,
+            format!("/containers/{}/pause", encode_path_segment(id)),
+            CallKind::Ordinary,
+        );
+        self.send_unit(req).await
+    }
+
+    /// Rename a container
+    ///
+    /// `POST /containers/{id}/rename` (`ContainerRename`).
+    pub async fn container_rename(
+        &self,
+        id: &str,
+        params: &ContainerRenameParams,
+    ) -> Result<(), DockerError> {
+        let mut req = ApiRequest::new(
+            "ContainerRename",
+            Method::POST,
+            format!("/containers/{}/rename", encode_path_segment(id)),
+            CallKind::Ordinary,
+        );
+        req.query.push(("name", params.name.clone()));
+        self.send_unit(req).await
+    }
+
+    /// Resize a container TTY
+    ///
+    /// Resize the TTY for a container.
+    ///
+    /// `POST /containers/{id}/resize` (`ContainerResize`).
+    pub async fn container_resize(
+        &self,
+        id: &str,
+        params: &ContainerResizeParams,
+    ) -> Result<(), DockerError> {
+        let mut req = ApiRequest::new(
+            "ContainerResize",
+            Method::POST,
+            format!("/containers/{}/resize", encode_path_segment(id)),
+            CallKind::Ordinary,
+        );
+        req.query.push(("h", params.h.to_string()));
+        req.query.push(("w", params.w.to_string()));
+        self.send_unit(req).await
+    }
+
+    /// Restart a container
+    ///
+    /// `POST /containers/{id}/restart` (`ContainerRestart`).
+    pub async fn container_restart(
+        &self,
+        id: &str,
+        params: &ContainerRestartParams,
+    ) -> Result<(), DockerError> {
+        let mut req = ApiRequest::new(
+            "ContainerRestart",
+            Method::POST,
+            format!("/containers/{}/restart", encode_path_segment(id)),
+            CallKind::Ordinary,
+        );
+        if let Some(v) = &params.signal {
+            req.query.push(("signal", v.clone()));
+        }
+        if let Some(v) = &params.t {
+            req.query.push(("t", v.to_string()));
+        }
+        self.send_unit(req).await
+    }
+
+    /// Start a container
+    ///
+    /// `POST /containers/{id}/start` (`ContainerStart`).
+    pub async fn container_start(
+        &self,
+        id: &str,
+        params: &ContainerStartParams,
+    ) -> Result<(), DockerError> {
+        let mut req = ApiRequest::new(
+            "ContainerStart",
+            Method::POST,
+            format!("/containers/{}/start", encode_path_segment(id)),
+            CallKind::Ordinary,
+        );
+        if let Some(v) = &params.detach_keys {
+            req.query.push(("detachKeys", v.clone()));
+        }
+        self.send_unit(req).await
+    }
+
+    /// Get container stats based on resource usage
+    ///
+    /// This endpoint returns a live stream of a container’s resource usage statistics.
+    ///
+    /// `GET /containers/{id}/stats` (`ContainerStats`).
+    pub async fn container_stats(
+        &self,
+        id: &str,
+        params: &ContainerStatsParams,
+    ) -> Result<JsonStream<ContainerStatsResponse>, DockerError> {
+        let mut req = ApiRequest::new(
+            "ContainerStats",
+            Method::GET,
+            format!("/containers/{}/stats", encode_path_segment(id)),
+            CallKind::Streaming,
+        );
+        if let Some(v) = &params.stream {
+            req.query.push(("stream", v.to_string()));
+        }
+        if let Some(v) = &params.one_shot {
+            req.query.push(("one-shot", v.to_string()));
+        }
+        self.send_json_stream(req).await
+    }
+
+    /// Stop a container
+    ///
+    /// `POST /containers/{id}/stop` (`ContainerStop`).
+    pub async fn container_stop(
+        &self,
+        id: &str,
+        params: &ContainerStopParams,
+    ) -> Result<(), DockerError> {
+        let mut req = ApiRequest::new(
+            "ContainerStop",
+            Method::POST,
+            format!("/containers/{}/stop", encode_path_segment(id)),
+            CallKind::Ordinary,
+        );
+        if let Some(v) = &params.signal {
+            req.query.push(("signal", v.clone()));
+        }
+        if let Some(v) = &params.t {
+            req.query.push(("t", v.to_string()));
+        }
+        self.send_unit(req).await
+    }
+
+    /// List processes running inside a container
+    ///
+    /// On Unix systems, this is done by running the `ps` command. This endpoint is not supported on Windows.
+    ///
+    /// `GET /containers/{id}/top` (`ContainerTop`).
+    pub async fn container_top(
+        &self,
+        id: &str,
+        params: &ContainerTopParams,
+    ) -> Result<ContainerTopResponse, DockerError> {
+        let mut req = ApiRequest::new(
+            "ContainerTop",
+            Method::GET,
+            format!("/containers/{}/top", encode_path_segment(id)),
+            CallKind::Ordinary,
+        );
+        if let Some(v) = &params.ps_args {
+            req.query.push(("ps_args", v.clone()));
+        }
+        self.send_json(req).await
+    }
+
+    /// Unpause a container
+    ///
+    /// Resume a container which has been paused.
+    ///
+    /// `POST /containers/{id}/unpause` (`ContainerUnpause`).
+    pub async fn container_unpause(&self, id: &str) -> Result<(), DockerError> {
+        let req = ApiRequest::new(
+            "ContainerUnpause",
+            Method::POST,
+            format!("/containers/{}/unpause", encode_path_segment(id)),
+            CallKind::Ordinary,
+        );
+        self.send_unit(req).await
+    }
+
+    /// Update a container
+    ///
+    /// Change various configuration options of a container without having to recreate it.
+    ///
+    /// `POST /containers/{id}/update` (`ContainerUpdate`).
+    pub async fn container_update(
+        &self,
+        id: &str,
+        body: &ContainerUpdateBody,
+    ) -> Result<ContainerUpdateResponse, DockerError> {
+        let mut req = ApiRequest::new(
+            "ContainerUpdate",
+            Method::POST,
+            format!("/containers/{}/update", encode_path_segment(id)),
+            CallKind::Ordinary,
+        );
+        req.body = json_body(body);
+        self.send_json(req).await
+    }
+
+    /// Wait for a container
+    ///
+    /// Block until a container stops, then returns the exit code.
+    ///
+    /// `POST /containers/{id}/wait` (`ContainerWait`).
+    pub async fn container_wait(
+        &self,
+        id: &str,
+        params: &ContainerWaitParams,
+    ) -> Result<ContainerWaitResponse, DockerError> {
+        let mut req = ApiRequest::new(
+            "ContainerWait",
+            Method::POST,
+            format!("/containers/{}/wait", encode_path_segment(id)),
+            CallKind::Streaming,
+        );
+        if let Some(v) = &params.condition {
+            req.query.push(("condition", v.as_str().to_owned()));
+        }
+        self.send_json(req).await
+    }
+
+    /// Get image information from the registry
+    ///
+    /// Return image digest and platform information by contacting the registry.
+    ///
+    /// `GET /distribution/{name}/json` (`DistributionInspect`).
+    pub async fn distribution_inspect(
+        &self,
+        name: &str,
+    ) -> Result<DistributionInspect, DockerError> {
+        let req = ApiRequest::new(
+            "DistributionInspect",
+            Method::GET,
+            format!("/distribution/{}/json", encode_path_segment(name)),
+            CallKind::Ordinary,
+        );
+        self.send_json(req).await
+    }
+
+    /// Monitor events
+    ///
+    /// Stream real-time events from the server.
+    ///
+    /// `GET /events` (`SystemEvents`).
+    pub async fn system_events(
+        &self,
+        params: &SystemEventsParams,
+    ) -> Result<JsonStream<EventMessage>, DockerError> {
+        let mut req = ApiRequest::new(
+            "SystemEvents",
+            Method::GET,
+            "/events".to_owned(),
+            CallKind::Streaming,
+        );
+        if let Some(v) = &params.since {
+            req.query.push(("since", v.clone()));
+        }
+        if let Some(v) = &params.until {
+            req.query.push(("until", v.clone()));
+        }
+        if let Some(v) = &params.filters {
+            req.query.push(("filters", v.clone()));
+        }
+        self.send_json_stream(req).await
+    }
+
+    /// Inspect an exec instance
+    ///
+    /// Return low-level information about an exec instance.
+    ///
+    /// `GET /exec/{id}/json` (`ExecInspect`).
+    pub async fn exec_inspect(&self, id: &str) -> Result<ExecInspectResponse, DockerError> {
+        let req = ApiRequest::new(
+            "ExecInspect",
+            Method::GET,
+            format!("/exec/{}/json", encode_path_segment(id)),
+            CallKind::Ordinary,
+        );
+        self.send_json(req).await
+    }
+
+    /// Resize an exec instance
+    ///
+    /// Resize the TTY session used by an exec instance. This endpoint only works if `tty` was specified as part of creating and starting the exec instance.
+    ///
+    /// `POST /exec/{id}/resize` (`ExecResize`).
+    pub async fn exec_resize(
+        &self,
+        id: &str,
+        params: &ExecResizeParams,
+    ) -> Result<(), DockerError> {
+        let mut req = ApiRequest::new(
+            "ExecResize",
+            Method::POST,
+            format!("/exec/{}/resize", encode_path_segment(id)),
+            CallKind::Ordinary,
+        );
+        req.query.push(("h", params.h.to_string()));
+        req.query.push(("w", params.w.to_string()));
+        self.send_unit(req).await
+    }
+
+    /// Start an exec instance
+    ///
+    /// Starts a previously set up exec instance. If detach is true, this endpoint returns immediately after starting the command. Otherwise, it sets up an interactive session with the command.
+    ///
+    /// `POST /exec/{id}/start` (`ExecStart`).
+    pub async fn exec_start(
+        &self,
+        id: &str,
+        body: Option<&ExecStartBody>,
+    ) -> Result<TokioIo<Upgraded>, DockerError> {
+        let mut req = ApiRequest::new(
+            "ExecStart",
+            Method::POST,
+            format!("/exec/{}/start", encode_path_segment(id)),
+            CallKind::Streaming,
+        );
+        if let Some(body) = body {
+            req.body = json_body(body);
+        }
+        self.send_upgrade(req).await
+    }
+
     /// Create an image
     ///
     /// Pull or import an image.
@@ -787,26 +1052,186 @@ impl Docker {
         self.send_json_stream(req).await
     }
 
-    /// Inspect an image
+    /// Export several images
     ///
-    /// Return low-level information about an image.
+    /// Get a tarball containing all images and metadata for several image repositories.
     ///
-    /// `GET /images/{name}/json` (`ImageInspect`).
-    pub async fn image_inspect(
+    /// `GET /images/get` (`ImageGetAll`).
+    pub async fn image_get_all(
         &self,
-        name: &str,
-        params: &ImageInspectParams,
-    ) -> Result<ImageInspect, DockerError> {
+        params: &ImageGetAllParams,
+    ) -> Result<ByteStream, DockerError> {
         let mut req = ApiRequest::new(
-            "ImageInspect",
+            "ImageGetAll",
             Method::GET,
-            format!("/images/{}/json", encode_path_segment(name)),
+            "/images/get".to_owned(),
+            CallKind::Streaming,
+        );
+        for v in params.names.iter().flatten() {
+            req.query.push(("names", v.clone()));
+        }
+        if let Some(v) = &params.platform {
+            req.query.push(("platform", v.clone()));
+        }
+        self.send_byte_stream(req).await
+    }
+
+    /// List Images
+    ///
+    /// Returns a list of images on the server. Note that it uses a different, smaller representation of an image than inspecting a single image.
+    ///
+    /// `GET /images/json` (`ImageList`).
+    pub async fn image_list(
+        &self,
+        params: &ImageListParams,
+    ) -> Result<Vec<ImageSummary>, DockerError> {
+        let mut req = ApiRequest::new(
+            "ImageList",
+            Method::GET,
+            "/images/json".to_owned(),
             CallKind::Ordinary,
         );
+        if let Some(v) = &params.all {
+            req.query.push(("all", v.to_string()));
+        }
+        if let Some(v) = &params.filters {
+            req.query.push(("filters", v.clone()));
+        }
+        if let Some(v) = &params.shared_size {
+            req.query.push(("shared-size", v.to_string()));
+        }
+        if let Some(v) = &params.digests {
+            req.query.push(("digests", v.to_string()));
+        }
         if let Some(v) = &params.manifests {
             req.query.push(("manifests", v.to_string()));
         }
         self.send_json(req).await
+    }
+
+    /// Import images
+    ///
+    /// Load a set of images and tags into a repository.
+    ///
+    /// `POST /images/load` (`ImageLoad`).
+    pub async fn image_load(
+        &self,
+        params: &ImageLoadParams,
+        body: Option<BodyStream>,
+    ) -> Result<JsonStream<BuildInfo>, DockerError> {
+        let mut req = ApiRequest::new(
+            "ImageLoad",
+            Method::POST,
+            "/images/load".to_owned(),
+            CallKind::Streaming,
+        );
+        if let Some(v) = &params.quiet {
+            req.query.push(("quiet", v.to_string()));
+        }
+        if let Some(v) = &params.platform {
+            req.query.push(("platform", v.clone()));
+        }
+        if let Some(stream) = body {
+            req.body = RequestBody::Stream {
+                content_type: "application/x-tar",
+                stream,
+            };
+        }
+        self.send_json_stream(req).await
+    }
+
+    /// Delete unused images
+    ///
+    /// `POST /images/prune` (`ImagePrune`).
+    pub async fn image_prune(
+        &self,
+        params: &ImagePruneParams,
+    ) -> Result<ImagePruneResponse, DockerError> {
+        let mut req = ApiRequest::new(
+            "ImagePrune",
+            Method::POST,
+            "/images/prune".to_owned(),
+            CallKind::Ordinary,
+        );
+        if let Some(v) = &params.filters {
+            req.query.push(("filters", v.clone()));
+        }
+        self.send_json(req).await
+    }
+
+    /// Search images
+    ///
+    /// Search for an image on Docker Hub.
+    ///
+    /// `GET /images/search` (`ImageSearch`).
+    pub async fn image_search(
+        &self,
+        params: &ImageSearchParams,
+    ) -> Result<Vec<ImageSearchResponseItem>, DockerError> {
+        let mut req = ApiRequest::new(
+            "ImageSearch",
+            Method::GET,
+            "/images/search".to_owned(),
+            CallKind::Ordinary,
+        );
+        req.query.push(("term", params.term.clone()));
+        if let Some(v) = &params.limit {
+            req.query.push(("limit", v.to_string()));
+        }
+        if let Some(v) = &params.filters {
+            req.query.push(("filters", v.clone()));
+        }
+        self.send_json(req).await
+    }
+
+    /// Remove an image
+    ///
+    /// Remove an image, along with any untagged parent images that were referenced by that image.
+    ///
+    /// `DELETE /images/{name}` (`ImageDelete`).
+    pub async fn image_delete(
+        &self,
+        name: &str,
+        params: &ImageDeleteParams,
+    ) -> Result<Vec<ImageDeleteResponseItem>, DockerError> {
+        let mut req = ApiRequest::new(
+            "ImageDelete",
+            Method::DELETE,
+            format!("/images/{}", encode_path_segment(name)),
+            CallKind::Ordinary,
+        );
+        if let Some(v) = &params.force {
+            req.query.push(("force", v.to_string()));
+        }
+        if let Some(v) = &params.noprune {
+            req.query.push(("noprune", v.to_string()));
+        }
+        for v in params.platforms.iter().flatten() {
+            req.query.push(("platforms", v.clone()));
+        }
+        self.send_json(req).await
+    }
+
+    /// Export an image
+    ///
+    /// Get a tarball containing all images and metadata for a repository.
+    ///
+    /// `GET /images/{name}/get` (`ImageGet`).
+    pub async fn image_get(
+        &self,
+        name: &str,
+        params: &ImageGetParams,
+    ) -> Result<ByteStream, DockerError> {
+        let mut req = ApiRequest::new(
+            "ImageGet",
+            Method::GET,
+            format!("/images/{}/get", encode_path_segment(name)),
+            CallKind::Streaming,
+        );
+        if let Some(v) = &params.platform {
+            req.query.push(("platform", v.clone()));
+        }
+        self.send_byte_stream(req).await
     }
 
     /// Get the history of an image
@@ -827,6 +1252,28 @@ impl Docker {
         );
         if let Some(v) = &params.platform {
             req.query.push(("platform", v.clone()));
+        }
+        self.send_json(req).await
+    }
+
+    /// Inspect an image
+    ///
+    /// Return low-level information about an image.
+    ///
+    /// `GET /images/{name}/json` (`ImageInspect`).
+    pub async fn image_inspect(
+        &self,
+        name: &str,
+        params: &ImageInspectParams,
+    ) -> Result<ImageInspect, DockerError> {
+        let mut req = ApiRequest::new(
+            "ImageInspect",
+            Method::GET,
+            format!("/images/{}/json", encode_path_segment(name)),
+            CallKind::Ordinary,
+        );
+        if let Some(v) = &params.manifests {
+            req.query.push(("manifests", v.to_string()));
         }
         self.send_json(req).await
     }
@@ -879,99 +1326,6 @@ impl Docker {
         self.send_unit(req).await
     }
 
-    /// Remove an image
-    ///
-    /// Remove an image, along with any untagged parent images that were referenced by that image.
-    ///
-    /// `DELETE /images/{name}` (`ImageDelete`).
-    pub async fn image_delete(
-        &self,
-        name: &str,
-        params: &ImageDeleteParams,
-    ) -> Result<Vec<ImageDeleteResponseItem>, DockerError> {
-        let mut req = ApiRequest::new(
-            "ImageDelete",
-            Method::DELETE,
-            format!("/images/{}", encode_path_segment(name)),
-            CallKind::Ordinary,
-        );
-        if let Some(v) = &params.force {
-            req.query.push(("force", v.to_string()));
-        }
-        if let Some(v) = &params.noprune {
-            req.query.push(("noprune", v.to_string()));
-        }
-        for v in params.platforms.iter().flatten() {
-            req.query.push(("platforms", v.clone()));
-        }
-        self.send_json(req).await
-    }
-
-    /// Search images
-    ///
-    /// Search for an image on Docker Hub.
-    ///
-    /// `GET /images/search` (`ImageSearch`).
-    pub async fn image_search(
-        &self,
-        params: &ImageSearchParams,
-    ) -> Result<Vec<ImageSearchResponseItem>, DockerError> {
-        let mut req = ApiRequest::new(
-            "ImageSearch",
-            Method::GET,
-            "/images/search".to_owned(),
-            CallKind::Ordinary,
-        );
-        req.query.push(("term", params.term.clone()));
-        if let Some(v) = &params.limit {
-            req.query.push(("limit", v.to_string()));
-        }
-        if let Some(v) = &params.filters {
-            req.query.push(("filters", v.clone()));
-        }
-        self.send_json(req).await
-    }
-
-    /// Delete unused images
-    ///
-    /// `POST /images/prune` (`ImagePrune`).
-    pub async fn image_prune(
-        &self,
-        params: &ImagePruneParams,
-    ) -> Result<ImagePruneResponse, DockerError> {
-        let mut req = ApiRequest::new(
-            "ImagePrune",
-            Method::POST,
-            "/images/prune".to_owned(),
-            CallKind::Ordinary,
-        );
-        if let Some(v) = &params.filters {
-            req.query.push(("filters", v.clone()));
-        }
-        self.send_json(req).await
-    }
-
-    /// Check auth configuration
-    ///
-    /// Validate credentials for a registry and, if available, get an identity token for accessing the registry without password.
-    ///
-    /// `POST /auth` (`SystemAuth`).
-    pub async fn system_auth(
-        &self,
-        body: Option<&AuthConfig>,
-    ) -> Result<SystemAuthResponse, DockerError> {
-        let mut req = ApiRequest::new(
-            "SystemAuth",
-            Method::POST,
-            "/auth".to_owned(),
-            CallKind::Ordinary,
-        );
-        if let Some(body) = body {
-            req.body = json_body(body);
-        }
-        self.send_json(req).await
-    }
-
     /// Get system information
     ///
     /// `GET /info` (`SystemInfo`).
@@ -982,402 +1336,6 @@ impl Docker {
             "/info".to_owned(),
             CallKind::Ordinary,
         );
-        self.send_json(req).await
-    }
-
-    /// Get version
-    ///
-    /// Returns the version of Docker that is running and various information about the system that Docker is running on.
-    ///
-    /// `GET /version` (`SystemVersion`).
-    pub async fn system_version(&self) -> Result<SystemVersion, DockerError> {
-        let req = ApiRequest::new(
-            "SystemVersion",
-            Method::GET,
-            "/version".to_owned(),
-            CallKind::Ordinary,
-        );
-        self.send_json(req).await
-    }
-
-    /// Ping
-    ///
-    /// This is a dummy endpoint you can use to test if the server is accessible.
-    ///
-    /// `GET /_ping` (`SystemPing`).
-    pub async fn system_ping(&self) -> Result<String, DockerError> {
-        let req = ApiRequest::new(
-            "SystemPing",
-            Method::GET,
-            "/_ping".to_owned(),
-            CallKind::Ordinary,
-        );
-        self.send_text(req).await
-    }
-
-    /// Ping
-    ///
-    /// This is a dummy endpoint you can use to test if the server is accessible.
-    ///
-    /// `HEAD /_ping` (`SystemPingHead`).
-    pub async fn system_ping_head(&self) -> Result<http::HeaderMap, DockerError> {
-        let req = ApiRequest::new(
-            "SystemPingHead",
-            Method::HEAD,
-            "/_ping".to_owned(),
-            CallKind::Ordinary,
-        );
-        self.send_headers(req).await
-    }
-
-    /// Create a new image from a container
-    ///
-    /// `POST /commit` (`ImageCommit`).
-    pub async fn image_commit(
-        &self,
-        params: &ImageCommitParams,
-        body: Option<&ContainerConfig>,
-    ) -> Result<IDResponse, DockerError> {
-        let mut req = ApiRequest::new(
-            "ImageCommit",
-            Method::POST,
-            "/commit".to_owned(),
-            CallKind::Ordinary,
-        );
-        if let Some(v) = &params.container {
-            req.query.push(("container", v.clone()));
-        }
-        if let Some(v) = &params.repo {
-            req.query.push(("repo", v.clone()));
-        }
-        if let Some(v) = &params.tag {
-            req.query.push(("tag", v.clone()));
-        }
-        if let Some(v) = &params.comment {
-            req.query.push(("comment", v.clone()));
-        }
-        if let Some(v) = &params.author {
-            req.query.push(("author", v.clone()));
-        }
-        if let Some(v) = &params.pause {
-            req.query.push(("pause", v.to_string()));
-        }
-        if let Some(v) = &params.changes {
-            req.query.push(("changes", v.clone()));
-        }
-        if let Some(body) = body {
-            req.body = json_body(body);
-        }
-        self.send_json(req).await
-    }
-
-    /// Monitor events
-    ///
-    /// Stream real-time events from the server.
-    ///
-    /// `GET /events` (`SystemEvents`).
-    pub async fn system_events(
-        &self,
-        params: &SystemEventsParams,
-    ) -> Result<JsonStream<EventMessage>, DockerError> {
-        let mut req = ApiRequest::new(
-            "SystemEvents",
-            Method::GET,
-            "/events".to_owned(),
-            CallKind::Streaming,
-        );
-        if let Some(v) = &params.since {
-            req.query.push(("since", v.clone()));
-        }
-        if let Some(v) = &params.until {
-            req.query.push(("until", v.clone()));
-        }
-        if let Some(v) = &params.filters {
-            req.query.push(("filters", v.clone()));
-        }
-        self.send_json_stream(req).await
-    }
-
-    /// Get data usage information
-    ///
-    /// `GET /system/df` (`SystemDataUsage`).
-    pub async fn system_data_usage(
-        &self,
-        params: &SystemDataUsageParams,
-    ) -> Result<SystemDataUsageResponse, DockerError> {
-        let mut req = ApiRequest::new(
-            "SystemDataUsage",
-            Method::GET,
-            "/system/df".to_owned(),
-            CallKind::Ordinary,
-        );
-        for v in params.r#type.iter().flatten() {
-            req.query.push(("type", v.as_str().to_owned()));
-        }
-        self.send_json(req).await
-    }
-
-    /// Export an image
-    ///
-    /// Get a tarball containing all images and metadata for a repository.
-    ///
-    /// `GET /images/{name}/get` (`ImageGet`).
-    pub async fn image_get(
-        &self,
-        name: &str,
-        params: &ImageGetParams,
-    ) -> Result<ByteStream, DockerError> {
-        let mut req = ApiRequest::new(
-            "ImageGet",
-            Method::GET,
-            format!("/images/{}/get", encode_path_segment(name)),
-            CallKind::Streaming,
-        );
-        if let Some(v) = &params.platform {
-            req.query.push(("platform", v.clone()));
-        }
-        self.send_byte_stream(req).await
-    }
-
-    /// Export several images
-    ///
-    /// Get a tarball containing all images and metadata for several image repositories.
-    ///
-    /// `GET /images/get` (`ImageGetAll`).
-    pub async fn image_get_all(
-        &self,
-        params: &ImageGetAllParams,
-    ) -> Result<ByteStream, DockerError> {
-        let mut req = ApiRequest::new(
-            "ImageGetAll",
-            Method::GET,
-            "/images/get".to_owned(),
-            CallKind::Streaming,
-        );
-        for v in params.names.iter().flatten() {
-            req.query.push(("names", v.clone()));
-        }
-        if let Some(v) = &params.platform {
-            req.query.push(("platform", v.clone()));
-        }
-        self.send_byte_stream(req).await
-    }
-
-    /// Import images
-    ///
-    /// Load a set of images and tags into a repository.
-    ///
-    /// `POST /images/load` (`ImageLoad`).
-    pub async fn image_load(
-        &self,
-        params: &ImageLoadParams,
-        body: Option<BodyStream>,
-    ) -> Result<JsonStream<BuildInfo>, DockerError> {
-        let mut req = ApiRequest::new(
-            "ImageLoad",
-            Method::POST,
-            "/images/load".to_owned(),
-            CallKind::Streaming,
-        );
-        if let Some(v) = &params.quiet {
-            req.query.push(("quiet", v.to_string()));
-        }
-        if let Some(v) = &params.platform {
-            req.query.push(("platform", v.clone()));
-        }
-        if let Some(stream) = body {
-            req.body = RequestBody::Stream {
-                content_type: "application/x-tar",
-                stream,
-            };
-        }
-        self.send_json_stream(req).await
-    }
-
-    /// Create an exec instance
-    ///
-    /// Run a command inside a running container.
-    ///
-    /// `POST /containers/{id}/exec` (`ContainerExec`).
-    pub async fn container_exec(
-        &self,
-        id: &str,
-        body: &ContainerExecBody,
-    ) -> Result<IDResponse, DockerError> {
-        let mut req = ApiRequest::new(
-            "ContainerExec",
-            Method::POST,
-            format!("/containers/{}/exec", encode_path_segment(id)),
-            CallKind::Ordinary,
-        );
-        req.body = json_body(body);
-        self.send_json(req).await
-    }
-
-    /// Start an exec instance
-    ///
-    /// Starts a previously set up exec instance. If detach is true, this endpoint returns immediately after starting the command. Otherwise, it sets up an interactive session with the command.
-    ///
-    /// `POST /exec/{id}/start` (`ExecStart`).
-    pub async fn exec_start(
-        &self,
-        id: &str,
-        body: Option<&ExecStartBody>,
-    ) -> Result<TokioIo<Upgraded>, DockerError> {
-        let mut req = ApiRequest::new(
-            "ExecStart",
-            Method::POST,
-            format!("/exec/{}/start", encode_path_segment(id)),
-            CallKind::Streaming,
-        );
-        if let Some(body) = body {
-            req.body = json_body(body);
-        }
-        self.send_upgrade(req).await
-    }
-
-    /// Resize an exec instance
-    ///
-    /// Resize the TTY session used by an exec instance. This endpoint only works if `tty` was specified as part of creating and starting the exec instance.
-    ///
-    /// `POST /exec/{id}/resize` (`ExecResize`).
-    pub async fn exec_resize(
-        &self,
-        id: &str,
-        params: &ExecResizeParams,
-    ) -> Result<(), DockerError> {
-        let mut req = ApiRequest::new(
-            "ExecResize",
-            Method::POST,
-            format!("/exec/{}/resize", encode_path_segment(id)),
-            CallKind::Ordinary,
-        );
-        req.query.push(("h", params.h.to_string()));
-        req.query.push(("w", params.w.to_string()));
-        self.send_unit(req).await
-    }
-
-    /// Inspect an exec instance
-    ///
-    /// Return low-level information about an exec instance.
-    ///
-    /// `GET /exec/{id}/json` (`ExecInspect`).
-    pub async fn exec_inspect(&self, id: &str) -> Result<ExecInspectResponse, DockerError> {
-        let req = ApiRequest::new(
-            "ExecInspect",
-            Method::GET,
-            format!("/exec/{}/json", encode_path_segment(id)),
-            CallKind::Ordinary,
-        );
-        self.send_json(req).await
-    }
-
-    /// List volumes
-    ///
-    /// `GET /volumes` (`VolumeList`).
-    pub async fn volume_list(
-        &self,
-        params: &VolumeListParams,
-    ) -> Result<VolumeListResponse, DockerError> {
-        let mut req = ApiRequest::new(
-            "VolumeList",
-            Method::GET,
-            "/volumes".to_owned(),
-            CallKind::Ordinary,
-        );
-        if let Some(v) = &params.filters {
-            req.query.push(("filters", v.clone()));
-        }
-        self.send_json(req).await
-    }
-
-    /// Create a volume
-    ///
-    /// `POST /volumes/create` (`VolumeCreate`).
-    pub async fn volume_create(&self, body: &VolumeCreateOptions) -> Result<Volume, DockerError> {
-        let mut req = ApiRequest::new(
-            "VolumeCreate",
-            Method::POST,
-            "/volumes/create".to_owned(),
-            CallKind::Ordinary,
-        );
-        req.body = json_body(body);
-        self.send_json(req).await
-    }
-
-    /// Inspect a volume
-    ///
-    /// `GET /volumes/{name}` (`VolumeInspect`).
-    pub async fn volume_inspect(&self, name: &str) -> Result<Volume, DockerError> {
-        let req = ApiRequest::new(
-            "VolumeInspect",
-            Method::GET,
-            format!("/volumes/{}", encode_path_segment(name)),
-            CallKind::Ordinary,
-        );
-        self.send_json(req).await
-    }
-
-    /// "Update a volume. Valid only for Swarm cluster volumes"
-    ///
-    /// `PUT /volumes/{name}` (`VolumeUpdate`).
-    pub async fn volume_update(
-        &self,
-        name: &str,
-        params: &VolumeUpdateParams,
-        body: Option<&VolumeUpdateBody>,
-    ) -> Result<(), DockerError> {
-        let mut req = ApiRequest::new(
-            "VolumeUpdate",
-            Method::PUT,
-            format!("/volumes/{}", encode_path_segment(name)),
-            CallKind::Ordinary,
-        );
-        req.query.push(("version", params.version.to_string()));
-        if let Some(body) = body {
-            req.body = json_body(body);
-        }
-        self.send_unit(req).await
-    }
-
-    /// Remove a volume
-    ///
-    /// Instruct the driver to remove the volume.
-    ///
-    /// `DELETE /volumes/{name}` (`VolumeDelete`).
-    pub async fn volume_delete(
-        &self,
-        name: &str,
-        params: &VolumeDeleteParams,
-    ) -> Result<(), DockerError> {
-        let mut req = ApiRequest::new(
-            "VolumeDelete",
-            Method::DELETE,
-            format!("/volumes/{}", encode_path_segment(name)),
-            CallKind::Ordinary,
-        );
-        if let Some(v) = &params.force {
-            req.query.push(("force", v.to_string()));
-        }
-        self.send_unit(req).await
-    }
-
-    /// Delete unused volumes
-    ///
-    /// `POST /volumes/prune` (`VolumePrune`).
-    pub async fn volume_prune(
-        &self,
-        params: &VolumePruneParams,
-    ) -> Result<VolumePruneResponse, DockerError> {
-        let mut req = ApiRequest::new(
-            "VolumePrune",
-            Method::POST,
-            "/volumes/prune".to_owned(),
-            CallKind::Ordinary,
-        );
-        if let Some(v) = &params.filters {
-            req.query.push(("filters", v.clone()));
-        }
         self.send_json(req).await
     }
 
@@ -1402,6 +1360,55 @@ impl Docker {
         self.send_json(req).await
     }
 
+    /// Create a network
+    ///
+    /// `POST /networks/create` (`NetworkCreate`).
+    pub async fn network_create(
+        &self,
+        body: &NetworkCreateBody,
+    ) -> Result<NetworkCreateResponse, DockerError> {
+        let mut req = ApiRequest::new(
+            "NetworkCreate",
+            Method::POST,
+            "/networks/create".to_owned(),
+            CallKind::Ordinary,
+        );
+        req.body = json_body(body);
+        self.send_json(req).await
+    }
+
+    /// Delete unused networks
+    ///
+    /// `POST /networks/prune` (`NetworkPrune`).
+    pub async fn network_prune(
+        &self,
+        params: &NetworkPruneParams,
+    ) -> Result<NetworkPruneResponse, DockerError> {
+        let mut req = ApiRequest::new(
+            "NetworkPrune",
+            Method::POST,
+            "/networks/prune".to_owned(),
+            CallKind::Ordinary,
+        );
+        if let Some(v) = &params.filters {
+            req.query.push(("filters", v.clone()));
+        }
+        self.send_json(req).await
+    }
+
+    /// Remove a network
+    ///
+    /// `DELETE /networks/{id}` (`NetworkDelete`).
+    pub async fn network_delete(&self, id: &str) -> Result<(), DockerError> {
+        let req = ApiRequest::new(
+            "NetworkDelete",
+            Method::DELETE,
+            format!("/networks/{}", encode_path_segment(id)),
+            CallKind::Ordinary,
+        );
+        self.send_unit(req).await
+    }
+
     /// Inspect a network
     ///
     /// `GET /networks/{id}` (`NetworkInspect`).
@@ -1422,36 +1429,6 @@ impl Docker {
         if let Some(v) = &params.scope {
             req.query.push(("scope", v.clone()));
         }
-        self.send_json(req).await
-    }
-
-    /// Remove a network
-    ///
-    /// `DELETE /networks/{id}` (`NetworkDelete`).
-    pub async fn network_delete(&self, id: &str) -> Result<(), DockerError> {
-        let req = ApiRequest::new(
-            "NetworkDelete",
-            Method::DELETE,
-            format!("/networks/{}", encode_path_segment(id)),
-            CallKind::Ordinary,
-        );
-        self.send_unit(req).await
-    }
-
-    /// Create a network
-    ///
-    /// `POST /networks/create` (`NetworkCreate`).
-    pub async fn network_create(
-        &self,
-        body: &NetworkCreateBody,
-    ) -> Result<NetworkCreateResponse, DockerError> {
-        let mut req = ApiRequest::new(
-            "NetworkCreate",
-            Method::POST,
-            "/networks/create".to_owned(),
-            CallKind::Ordinary,
-        );
-        req.body = json_body(body);
         self.send_json(req).await
     }
 
@@ -1493,23 +1470,75 @@ impl Docker {
         self.send_unit(req).await
     }
 
-    /// Delete unused networks
+    /// List nodes
     ///
-    /// `POST /networks/prune` (`NetworkPrune`).
-    pub async fn network_prune(
-        &self,
-        params: &NetworkPruneParams,
-    ) -> Result<NetworkPruneResponse, DockerError> {
+    /// `GET /nodes` (`NodeList`).
+    pub async fn node_list(&self, params: &NodeListParams) -> Result<Vec<Node>, DockerError> {
         let mut req = ApiRequest::new(
-            "NetworkPrune",
-            Method::POST,
-            "/networks/prune".to_owned(),
+            "NodeList",
+            Method::GET,
+            "/nodes".to_owned(),
             CallKind::Ordinary,
         );
         if let Some(v) = &params.filters {
             req.query.push(("filters", v.clone()));
         }
         self.send_json(req).await
+    }
+
+    /// Delete a node
+    ///
+    /// `DELETE /nodes/{id}` (`NodeDelete`).
+    pub async fn node_delete(
+        &self,
+        id: &str,
+        params: &NodeDeleteParams,
+    ) -> Result<(), DockerError> {
+        let mut req = ApiRequest::new(
+            "NodeDelete",
+            Method::DELETE,
+            format!("/nodes/{}", encode_path_segment(id)),
+            CallKind::Ordinary,
+        );
+        if let Some(v) = &params.force {
+            req.query.push(("force", v.to_string()));
+        }
+        self.send_unit(req).await
+    }
+
+    /// Inspect a node
+    ///
+    /// `GET /nodes/{id}` (`NodeInspect`).
+    pub async fn node_inspect(&self, id: &str) -> Result<Node, DockerError> {
+        let req = ApiRequest::new(
+            "NodeInspect",
+            Method::GET,
+            format!("/nodes/{}", encode_path_segment(id)),
+            CallKind::Ordinary,
+        );
+        self.send_json(req).await
+    }
+
+    /// Update a node
+    ///
+    /// `POST /nodes/{id}/update` (`NodeUpdate`).
+    pub async fn node_update(
+        &self,
+        id: &str,
+        params: &NodeUpdateParams,
+        body: Option<&NodeSpec>,
+    ) -> Result<(), DockerError> {
+        let mut req = ApiRequest::new(
+            "NodeUpdate",
+            Method::POST,
+            format!("/nodes/{}/update", encode_path_segment(id)),
+            CallKind::Ordinary,
+        );
+        req.query.push(("version", params.version.to_string()));
+        if let Some(body) = body {
+            req.body = json_body(body);
+        }
+        self.send_unit(req).await
     }
 
     /// List plugins
@@ -1528,6 +1557,30 @@ impl Docker {
             req.query.push(("filters", v.clone()));
         }
         self.send_json(req).await
+    }
+
+    /// Create a plugin
+    ///
+    /// `POST /plugins/create` (`PluginCreate`).
+    pub async fn plugin_create(
+        &self,
+        params: &PluginCreateParams,
+        body: Option<BodyStream>,
+    ) -> Result<(), DockerError> {
+        let mut req = ApiRequest::new(
+            "PluginCreate",
+            Method::POST,
+            "/plugins/create".to_owned(),
+            CallKind::Streaming,
+        );
+        req.query.push(("name", params.name.clone()));
+        if let Some(stream) = body {
+            req.body = RequestBody::Stream {
+                content_type: "application/x-tar",
+                stream,
+            };
+        }
+        self.send_unit(req).await
     }
 
     /// Get plugin privileges
@@ -1576,19 +1629,6 @@ impl Docker {
         self.send_json_stream(req).await
     }
 
-    /// Inspect a plugin
-    ///
-    /// `GET /plugins/{name}/json` (`PluginInspect`).
-    pub async fn plugin_inspect(&self, name: &str) -> Result<Plugin, DockerError> {
-        let req = ApiRequest::new(
-            "PluginInspect",
-            Method::GET,
-            format!("/plugins/{}/json", encode_path_segment(name)),
-            CallKind::Ordinary,
-        );
-        self.send_json(req).await
-    }
-
     /// Remove a plugin
     ///
     /// `DELETE /plugins/{name}` (`PluginDelete`).
@@ -1607,26 +1647,6 @@ impl Docker {
             req.query.push(("force", v.to_string()));
         }
         self.send_json(req).await
-    }
-
-    /// Enable a plugin
-    ///
-    /// `POST /plugins/{name}/enable` (`PluginEnable`).
-    pub async fn plugin_enable(
-        &self,
-        name: &str,
-        params: &PluginEnableParams,
-    ) -> Result<(), DockerError> {
-        let mut req = ApiRequest::new(
-            "PluginEnable",
-            Method::POST,
-            format!("/plugins/{}/enable", encode_path_segment(name)),
-            CallKind::Ordinary,
-        );
-        if let Some(v) = &params.timeout {
-            req.query.push(("timeout", v.to_string()));
-        }
-        self.send_unit(req).await
     }
 
     /// Disable a plugin
@@ -1649,53 +1669,37 @@ impl Docker {
         self.send_unit(req).await
     }
 
-    /// Upgrade a plugin
+    /// Enable a plugin
     ///
-    /// `POST /plugins/{name}/upgrade` (`PluginUpgrade`).
-    pub async fn plugin_upgrade(
+    /// `POST /plugins/{name}/enable` (`PluginEnable`).
+    pub async fn plugin_enable(
         &self,
         name: &str,
-        params: &PluginUpgradeParams,
-        body: Option<&Vec<PluginPrivilege>>,
-    ) -> Result<JsonStream<CreateImageInfo>, DockerError> {
-        let mut req = ApiRequest::new(
-            "PluginUpgrade",
-            Method::POST,
-            format!("/plugins/{}/upgrade", encode_path_segment(name)),
-            CallKind::Streaming,
-        );
-        req.query.push(("remote", params.remote.clone()));
-        if let Some(v) = &params.x_registry_auth {
-            req.headers.push(("X-Registry-Auth", v.clone()));
-        }
-        if let Some(body) = body {
-            req.body = json_body(body);
-        }
-        self.send_json_stream(req).await
-    }
-
-    /// Create a plugin
-    ///
-    /// `POST /plugins/create` (`PluginCreate`).
-    pub async fn plugin_create(
-        &self,
-        params: &PluginCreateParams,
-        body: Option<BodyStream>,
+        params: &PluginEnableParams,
     ) -> Result<(), DockerError> {
         let mut req = ApiRequest::new(
-            "PluginCreate",
+            "PluginEnable",
             Method::POST,
-            "/plugins/create".to_owned(),
-            CallKind::Streaming,
+            format!("/plugins/{}/enable", encode_path_segment(name)),
+            CallKind::Ordinary,
         );
-        req.query.push(("name", params.name.clone()));
-        if let Some(stream) = body {
-            req.body = RequestBody::Stream {
-                content_type: "application/x-tar",
-                stream,
-            };
+        if let Some(v) = &params.timeout {
+            req.query.push(("timeout", v.to_string()));
         }
         self.send_unit(req).await
+    }
+
+    /// Inspect a plugin
+    ///
+    /// `GET /plugins/{name}/json` (`PluginInspect`).
+    pub async fn plugin_inspect(&self, name: &str) -> Result<Plugin, DockerError> {
+        let req = ApiRequest::new(
+            "PluginInspect",
+            Method::GET,
+            format!("/plugins/{}/json", encode_path_segment(name)),
+            CallKind::Ordinary,
+        );
+        self.send_json(req).await
     }
 
     /// Push a plugin
@@ -1733,14 +1737,39 @@ impl Docker {
         self.send_unit(req).await
     }
 
-    /// List nodes
+    /// Upgrade a plugin
     ///
-    /// `GET /nodes` (`NodeList`).
-    pub async fn node_list(&self, params: &NodeListParams) -> Result<Vec<Node>, DockerError> {
+    /// `POST /plugins/{name}/upgrade` (`PluginUpgrade`).
+    pub async fn plugin_upgrade(
+        &self,
+        name: &str,
+        params: &PluginUpgradeParams,
+        body: Option<&Vec<PluginPrivilege>>,
+    ) -> Result<JsonStream<CreateImageInfo>, DockerError> {
         let mut req = ApiRequest::new(
-            "NodeList",
+            "PluginUpgrade",
+            Method::POST,
+            format!("/plugins/{}/upgrade", encode_path_segment(name)),
+            CallKind::Streaming,
+        );
+        req.query.push(("remote", params.remote.clone()));
+        if let Some(v) = &params.x_registry_auth {
+            req.headers.push(("X-Registry-Auth", v.clone()));
+        }
+        if let Some(body) = body {
+            req.body = json_body(body);
+        }
+        self.send_json_stream(req).await
+    }
+
+    /// List secrets
+    ///
+    /// `GET /secrets` (`SecretList`).
+    pub async fn secret_list(&self, params: &SecretListParams) -> Result<Vec<Secret>, DockerError> {
+        let mut req = ApiRequest::new(
+            "SecretList",
             Method::GET,
-            "/nodes".to_owned(),
+            "/secrets".to_owned(),
             CallKind::Ordinary,
         );
         if let Some(v) = &params.filters {
@@ -1749,52 +1778,64 @@ impl Docker {
         self.send_json(req).await
     }
 
-    /// Inspect a node
+    /// Create a secret
     ///
-    /// `GET /nodes/{id}` (`NodeInspect`).
-    pub async fn node_inspect(&self, id: &str) -> Result<Node, DockerError> {
+    /// `POST /secrets/create` (`SecretCreate`).
+    pub async fn secret_create(
+        &self,
+        body: Option<&SecretSpec>,
+    ) -> Result<IDResponse, DockerError> {
+        let mut req = ApiRequest::new(
+            "SecretCreate",
+            Method::POST,
+            "/secrets/create".to_owned(),
+            CallKind::Ordinary,
+        );
+        if let Some(body) = body {
+            req.body = json_body(body);
+        }
+        self.send_json(req).await
+    }
+
+    /// Delete a secret
+    ///
+    /// `DELETE /secrets/{id}` (`SecretDelete`).
+    pub async fn secret_delete(&self, id: &str) -> Result<(), DockerError> {
         let req = ApiRequest::new(
-            "NodeInspect",
+            "SecretDelete",
+            Method::DELETE,
+            format!("/secrets/{}", encode_path_segment(id)),
+            CallKind::Ordinary,
+        );
+        self.send_unit(req).await
+    }
+
+    /// Inspect a secret
+    ///
+    /// `GET /secrets/{id}` (`SecretInspect`).
+    pub async fn secret_inspect(&self, id: &str) -> Result<Secret, DockerError> {
+        let req = ApiRequest::new(
+            "SecretInspect",
             Method::GET,
-            format!("/nodes/{}", encode_path_segment(id)),
+            format!("/secrets/{}", encode_path_segment(id)),
             CallKind::Ordinary,
         );
         self.send_json(req).await
     }
 
-    /// Delete a node
+    /// Update a Secret
     ///
-    /// `DELETE /nodes/{id}` (`NodeDelete`).
-    pub async fn node_delete(
+    /// `POST /secrets/{id}/update` (`SecretUpdate`).
+    pub async fn secret_update(
         &self,
         id: &str,
-        params: &NodeDeleteParams,
+        params: &SecretUpdateParams,
+        body: Option<&SecretSpec>,
     ) -> Result<(), DockerError> {
         let mut req = ApiRequest::new(
-            "NodeDelete",
-            Method::DELETE,
-            format!("/nodes/{}", encode_path_segment(id)),
-            CallKind::Ordinary,
-        );
-        if let Some(v) = &params.force {
-            req.query.push(("force", v.to_string()));
-        }
-        self.send_unit(req).await
-    }
-
-    /// Update a node
-    ///
-    /// `POST /nodes/{id}/update` (`NodeUpdate`).
-    pub async fn node_update(
-        &self,
-        id: &str,
-        params: &NodeUpdateParams,
-        body: Option<&NodeSpec>,
-    ) -> Result<(), DockerError> {
-        let mut req = ApiRequest::new(
-            "NodeUpdate",
+            "SecretUpdate",
             Method::POST,
-            format!("/nodes/{}/update", encode_path_segment(id)),
+            format!("/secrets/{}/update", encode_path_segment(id)),
             CallKind::Ordinary,
         );
         req.query.push(("version", params.version.to_string()));
@@ -1802,6 +1843,166 @@ impl Docker {
             req.body = json_body(body);
         }
         self.send_unit(req).await
+    }
+
+    /// List services
+    ///
+    /// `GET /services` (`ServiceList`).
+    pub async fn service_list(
+        &self,
+        params: &ServiceListParams,
+    ) -> Result<Vec<Service>, DockerError> {
+        let mut req = ApiRequest::new(
+            "ServiceList",
+            Method::GET,
+            "/services".to_owned(),
+            CallKind::Ordinary,
+        );
+        if let Some(v) = &params.filters {
+            req.query.push(("filters", v.clone()));
+        }
+        if let Some(v) = &params.status {
+            req.query.push(("status", v.to_string()));
+        }
+        self.send_json(req).await
+    }
+
+    /// Create a service
+    ///
+    /// `POST /services/create` (`ServiceCreate`).
+    pub async fn service_create(
+        &self,
+        params: &ServiceCreateParams,
+        body: &ServiceSpec,
+    ) -> Result<ServiceCreateResponse, DockerError> {
+        let mut req = ApiRequest::new(
+            "ServiceCreate",
+            Method::POST,
+            "/services/create".to_owned(),
+            CallKind::Ordinary,
+        );
+        if let Some(v) = &params.x_registry_auth {
+            req.headers.push(("X-Registry-Auth", v.clone()));
+        }
+        req.body = json_body(body);
+        self.send_json(req).await
+    }
+
+    /// Delete a service
+    ///
+    /// `DELETE /services/{id}` (`ServiceDelete`).
+    pub async fn service_delete(&self, id: &str) -> Result<(), DockerError> {
+        let req = ApiRequest::new(
+            "ServiceDelete",
+            Method::DELETE,
+            format!("/services/{}", encode_path_segment(id)),
+            CallKind::Ordinary,
+        );
+        self.send_unit(req).await
+    }
+
+    /// Inspect a service
+    ///
+    /// `GET /services/{id}` (`ServiceInspect`).
+    pub async fn service_inspect(
+        &self,
+        id: &str,
+        params: &ServiceInspectParams,
+    ) -> Result<Service, DockerError> {
+        let mut req = ApiRequest::new(
+            "ServiceInspect",
+            Method::GET,
+            format!("/services/{}", encode_path_segment(id)),
+            CallKind::Ordinary,
+        );
+        if let Some(v) = &params.insert_defaults {
+            req.query.push(("insertDefaults", v.to_string()));
+        }
+        self.send_json(req).await
+    }
+
+    /// Get service logs
+    ///
+    /// Get `stdout` and `stderr` logs from a service. See also \[`/containers/{id}/logs`\](#operation/ContainerLogs).
+    ///
+    /// `GET /services/{id}/logs` (`ServiceLogs`).
+    pub async fn service_logs(
+        &self,
+        id: &str,
+        params: &ServiceLogsParams,
+    ) -> Result<ByteStream, DockerError> {
+        let mut req = ApiRequest::new(
+            "ServiceLogs",
+            Method::GET,
+            format!("/services/{}/logs", encode_path_segment(id)),
+            CallKind::Streaming,
+        );
+        if let Some(v) = &params.details {
+            req.query.push(("details", v.to_string()));
+        }
+        if let Some(v) = &params.follow {
+            req.query.push(("follow", v.to_string()));
+        }
+        if let Some(v) = &params.stdout {
+            req.query.push(("stdout", v.to_string()));
+        }
+        if let Some(v) = &params.stderr {
+            req.query.push(("stderr", v.to_string()));
+        }
+        if let Some(v) = &params.since {
+            req.query.push(("since", v.to_string()));
+        }
+        if let Some(v) = &params.timestamps {
+            req.query.push(("timestamps", v.to_string()));
+        }
+        if let Some(v) = &params.tail {
+            req.query.push(("tail", v.clone()));
+        }
+        self.send_byte_stream(req).await
+    }
+
+    /// Update a service
+    ///
+    /// `POST /services/{id}/update` (`ServiceUpdate`).
+    pub async fn service_update(
+        &self,
+        id: &str,
+        params: &ServiceUpdateParams,
+        body: &ServiceSpec,
+    ) -> Result<ServiceUpdateResponse, DockerError> {
+        let mut req = ApiRequest::new(
+            "ServiceUpdate",
+            Method::POST,
+            format!("/services/{}/update", encode_path_segment(id)),
+            CallKind::Ordinary,
+        );
+        req.query.push(("version", params.version.to_string()));
+        if let Some(v) = &params.registry_auth_from {
+            req.query.push(("registryAuthFrom", v.as_str().to_owned()));
+        }
+        if let Some(v) = &params.rollback {
+            req.query.push(("rollback", v.clone()));
+        }
+        if let Some(v) = &params.x_registry_auth {
+            req.headers.push(("X-Registry-Auth", v.clone()));
+        }
+        req.body = json_body(body);
+        self.send_json(req).await
+    }
+
+    /// Initialize interactive session
+    ///
+    /// Start a new interactive session with a server. Session allows server to call back to the client for advanced capabilities.
+    ///
+    /// `POST /session` (`Session`).
+    pub async fn session(&self) -> Result<TokioIo<Upgraded>, DockerError> {
+        let req = ApiRequest::new(
+            "Session",
+            Method::POST,
+            "/session".to_owned(),
+            CallKind::Streaming,
+        );
+        self.send_upgrade(req).await
     }
 
     /// Inspect swarm
@@ -1861,6 +2062,33 @@ impl Docker {
         self.send_unit(req).await
     }
 
+    /// Unlock a locked manager
+    ///
+    /// `POST /swarm/unlock` (`SwarmUnlock`).
+    pub async fn swarm_unlock(&self, body: &SwarmUnlockBody) -> Result<(), DockerError> {
+        let mut req = ApiRequest::new(
+            "SwarmUnlock",
+            Method::POST,
+            "/swarm/unlock".to_owned(),
+            CallKind::Ordinary,
+        );
+        req.body = json_body(body);
+        self.send_unit(req).await
+    }
+
+    /// Get the unlock key
+    ///
+    /// `GET /swarm/unlockkey` (`SwarmUnlockkey`).
+    pub async fn swarm_unlockkey(&self) -> Result<SwarmUnlockkeyResponse, DockerError> {
+        let req = ApiRequest::new(
+            "SwarmUnlockkey",
+            Method::GET,
+            "/swarm/unlockkey".to_owned(),
+            CallKind::Ordinary,
+        );
+        self.send_json(req).await
+    }
+
     /// Update a swarm
     ///
     /// `POST /swarm/update` (`SwarmUpdate`).
@@ -1889,176 +2117,23 @@ impl Docker {
         self.send_unit(req).await
     }
 
-    /// Get the unlock key
+    /// Get data usage information
     ///
-    /// `GET /swarm/unlockkey` (`SwarmUnlockkey`).
-    pub async fn swarm_unlockkey(&self) -> Result<SwarmUnlockkeyResponse, DockerError> {
-        let req = ApiRequest::new(
-            "SwarmUnlockkey",
+    /// `GET /system/df` (`SystemDataUsage`).
+    pub async fn system_data_usage(
+        &self,
+        params: &SystemDataUsageParams,
+    ) -> Result<SystemDataUsageResponse, DockerError> {
+        let mut req = ApiRequest::new(
+            "SystemDataUsage",
             Method::GET,
-            "/swarm/unlockkey".to_owned(),
+            "/system/df".to_owned(),
             CallKind::Ordinary,
         );
-        self.send_json(req).await
-    }
-
-    /// Unlock a locked manager
-    ///
-    /// `POST /swarm/unlock` (`SwarmUnlock`).
-    pub async fn swarm_unlock(&self, body: &SwarmUnlockBody) -> Result<(), DockerError> {
-        let mut req = ApiRequest::new(
-            "SwarmUnlock",
-            Method::POST,
-            "/swarm/unlock".to_owned(),
-            CallKind::Ordinary,
-        );
-        req.body = json_body(body);
-        self.send_unit(req).await
-    }
-
-    /// List services
-    ///
-    /// `GET /services` (`ServiceList`).
-    pub async fn service_list(
-        &self,
-        params: &ServiceListParams,
-    ) -> Result<Vec<Service>, DockerError> {
-        let mut req = ApiRequest::new(
-            "ServiceList",
-            Method::GET,
-            "/services".to_owned(),
-            CallKind::Ordinary,
-        );
-        if let Some(v) = &params.filters {
-            req.query.push(("filters", v.clone()));
-        }
-        if let Some(v) = &params.status {
-            req.query.push(("status", v.to_string()));
+        for v in params.r#type.iter().flatten() {
+            req.query.push(("type", v.as_str().to_owned()));
         }
         self.send_json(req).await
-    }
-
-    /// Create a service
-    ///
-    /// `POST /services/create` (`ServiceCreate`).
-    pub async fn service_create(
-        &self,
-        params: &ServiceCreateParams,
-        body: &ServiceSpec,
-    ) -> Result<ServiceCreateResponse, DockerError> {
-        let mut req = ApiRequest::new(
-            "ServiceCreate",
-            Method::POST,
-            "/services/create".to_owned(),
-            CallKind::Ordinary,
-        );
-        if let Some(v) = &params.x_registry_auth {
-            req.headers.push(("X-Registry-Auth", v.clone()));
-        }
-        req.body = json_body(body);
-        self.send_json(req).await
-    }
-
-    /// Inspect a service
-    ///
-    /// `GET /services/{id}` (`ServiceInspect`).
-    pub async fn service_inspect(
-        &self,
-        id: &str,
-        params: &ServiceInspectParams,
-    ) -> Result<Service, DockerError> {
-        let mut req = ApiRequest::new(
-            "ServiceInspect",
-            Method::GET,
-            format!("/services/{}", encode_path_segment(id)),
-            CallKind::Ordinary,
-        );
-        if let Some(v) = &params.insert_defaults {
-            req.query.push(("insertDefaults", v.to_string()));
-        }
-        self.send_json(req).await
-    }
-
-    /// Delete a service
-    ///
-    /// `DELETE /services/{id}` (`ServiceDelete`).
-    pub async fn service_delete(&self, id: &str) -> Result<(), DockerError> {
-        let req = ApiRequest::new(
-            "ServiceDelete",
-            Method::DELETE,
-            format!("/services/{}", encode_path_segment(id)),
-            CallKind::Ordinary,
-        );
-        self.send_unit(req).await
-    }
-
-    /// Update a service
-    ///
-    /// `POST /services/{id}/update` (`ServiceUpdate`).
-    pub async fn service_update(
-        &self,
-        id: &str,
-        params: &ServiceUpdateParams,
-        body: &ServiceSpec,
-    ) -> Result<ServiceUpdateResponse, DockerError> {
-        let mut req = ApiRequest::new(
-            "ServiceUpdate",
-            Method::POST,
-            format!("/services/{}/update", encode_path_segment(id)),
-            CallKind::Ordinary,
-        );
-        req.query.push(("version", params.version.to_string()));
-        if let Some(v) = &params.registry_auth_from {
-            req.query.push(("registryAuthFrom", v.as_str().to_owned()));
-        }
-        if let Some(v) = &params.rollback {
-            req.query.push(("rollback", v.clone()));
-        }
-        if let Some(v) = &params.x_registry_auth {
-            req.headers.push(("X-Registry-Auth", v.clone()));
-        }
-        req.body = json_body(body);
-        self.send_json(req).await
-    }
-
-    /// Get service logs
-    ///
-    /// Get `stdout` and `stderr` logs from a service. See also \[`/containers/{id}/logs`\](#operation/ContainerLogs).
-    ///
-    /// `GET /services/{id}/logs` (`ServiceLogs`).
-    pub async fn service_logs(
-        &self,
-        id: &str,
-        params: &ServiceLogsParams,
-    ) -> Result<ByteStream, DockerError> {
-        let mut req = ApiRequest::new(
-            "ServiceLogs",
-            Method::GET,
-            format!("/services/{}/logs", encode_path_segment(id)),
-            CallKind::Streaming,
-        );
-        if let Some(v) = &params.details {
-            req.query.push(("details", v.to_string()));
-        }
-        if let Some(v) = &params.follow {
-            req.query.push(("follow", v.to_string()));
-        }
-        if let Some(v) = &params.stdout {
-            req.query.push(("stdout", v.to_string()));
-        }
-        if let Some(v) = &params.stderr {
-            req.query.push(("stderr", v.to_string()));
-        }
-        if let Some(v) = &params.since {
-            req.query.push(("since", v.to_string()));
-        }
-        if let Some(v) = &params.timestamps {
-            req.query.push(("timestamps", v.to_string()));
-        }
-        if let Some(v) = &params.tail {
-            req.query.push(("tail", v.clone()));
-        }
-        self.send_byte_stream(req).await
     }
 
     /// List tasks
@@ -2130,14 +2205,32 @@ impl Docker {
         self.send_byte_stream(req).await
     }
 
-    /// List secrets
+    /// Get version
     ///
-    /// `GET /secrets` (`SecretList`).
-    pub async fn secret_list(&self, params: &SecretListParams) -> Result<Vec<Secret>, DockerError> {
-        let mut req = ApiRequest::new(
-            "SecretList",
+    /// Returns the version of Docker that is running and various information about the system that Docker is running on.
+    ///
+    /// `GET /version` (`SystemVersion`).
+    pub async fn system_version(&self) -> Result<SystemVersion, DockerError> {
+        let req = ApiRequest::new(
+            "SystemVersion",
             Method::GET,
-            "/secrets".to_owned(),
+            "/version".to_owned(),
+            CallKind::Ordinary,
+        );
+        self.send_json(req).await
+    }
+
+    /// List volumes
+    ///
+    /// `GET /volumes` (`VolumeList`).
+    pub async fn volume_list(
+        &self,
+        params: &VolumeListParams,
+    ) -> Result<VolumeListResponse, DockerError> {
+        let mut req = ApiRequest::new(
+            "VolumeList",
+            Method::GET,
+            "/volumes".to_owned(),
             CallKind::Ordinary,
         );
         if let Some(v) = &params.filters {
@@ -2146,81 +2239,31 @@ impl Docker {
         self.send_json(req).await
     }
 
-    /// Create a secret
+    /// Create a volume
     ///
-    /// `POST /secrets/create` (`SecretCreate`).
-    pub async fn secret_create(
-        &self,
-        body: Option<&SecretSpec>,
-    ) -> Result<IDResponse, DockerError> {
+    /// `POST /volumes/create` (`VolumeCreate`).
+    pub async fn volume_create(&self, body: &VolumeCreateOptions) -> Result<Volume, DockerError> {
         let mut req = ApiRequest::new(
-            "SecretCreate",
+            "VolumeCreate",
             Method::POST,
-            "/secrets/create".to_owned(),
+            "/volumes/create".to_owned(),
             CallKind::Ordinary,
         );
-        if let Some(body) = body {
-            req.body = json_body(body);
-        }
+        req.body = json_body(body);
         self.send_json(req).await
     }
 
-    /// Inspect a secret
+    /// Delete unused volumes
     ///
-    /// `GET /secrets/{id}` (`SecretInspect`).
-    pub async fn secret_inspect(&self, id: &str) -> Result<Secret, DockerError> {
-        let req = ApiRequest::new(
-            "SecretInspect",
-            Method::GET,
-            format!("/secrets/{}", encode_path_segment(id)),
-            CallKind::Ordinary,
-        );
-        self.send_json(req).await
-    }
-
-    /// Delete a secret
-    ///
-    /// `DELETE /secrets/{id}` (`SecretDelete`).
-    pub async fn secret_delete(&self, id: &str) -> Result<(), DockerError> {
-        let req = ApiRequest::new(
-            "SecretDelete",
-            Method::DELETE,
-            format!("/secrets/{}", encode_path_segment(id)),
-            CallKind::Ordinary,
-        );
-        self.send_unit(req).await
-    }
-
-    /// Update a Secret
-    ///
-    /// `POST /secrets/{id}/update` (`SecretUpdate`).
-    pub async fn secret_update(
+    /// `POST /volumes/prune` (`VolumePrune`).
+    pub async fn volume_prune(
         &self,
-        id: &str,
-        params: &SecretUpdateParams,
-        body: Option<&SecretSpec>,
-    ) -> Result<(), DockerError> {
+        params: &VolumePruneParams,
+    ) -> Result<VolumePruneResponse, DockerError> {
         let mut req = ApiRequest::new(
-            "SecretUpdate",
+            "VolumePrune",
             Method::POST,
-            format!("/secrets/{}/update", encode_path_segment(id)),
-            CallKind::Ordinary,
-        );
-        req.query.push(("version", params.version.to_string()));
-        if let Some(body) = body {
-            req.body = json_body(body);
-        }
-        self.send_unit(req).await
-    }
-
-    /// List configs
-    ///
-    /// `GET /configs` (`ConfigList`).
-    pub async fn config_list(&self, params: &ConfigListParams) -> Result<Vec<Config>, DockerError> {
-        let mut req = ApiRequest::new(
-            "ConfigList",
-            Method::GET,
-            "/configs".to_owned(),
+            "/volumes/prune".to_owned(),
             CallKind::Ordinary,
         );
         if let Some(v) = &params.filters {
@@ -2229,103 +2272,60 @@ impl Docker {
         self.send_json(req).await
     }
 
-    /// Create a config
+    /// Remove a volume
     ///
-    /// `POST /configs/create` (`ConfigCreate`).
-    pub async fn config_create(
-        &self,
-        body: Option<&ConfigSpec>,
-    ) -> Result<IDResponse, DockerError> {
-        let mut req = ApiRequest::new(
-            "ConfigCreate",
-            Method::POST,
-            "/configs/create".to_owned(),
-            CallKind::Ordinary,
-        );
-        if let Some(body) = body {
-            req.body = json_body(body);
-        }
-        self.send_json(req).await
-    }
-
-    /// Inspect a config
+    /// Instruct the driver to remove the volume.
     ///
-    /// `GET /configs/{id}` (`ConfigInspect`).
-    pub async fn config_inspect(&self, id: &str) -> Result<Config, DockerError> {
-        let req = ApiRequest::new(
-            "ConfigInspect",
-            Method::GET,
-            format!("/configs/{}", encode_path_segment(id)),
-            CallKind::Ordinary,
-        );
-        self.send_json(req).await
-    }
-
-    /// Delete a config
-    ///
-    /// `DELETE /configs/{id}` (`ConfigDelete`).
-    pub async fn config_delete(&self, id: &str) -> Result<(), DockerError> {
-        let req = ApiRequest::new(
-            "ConfigDelete",
-            Method::DELETE,
-            format!("/configs/{}", encode_path_segment(id)),
-            CallKind::Ordinary,
-        );
-        self.send_unit(req).await
-    }
-
-    /// Update a Config
-    ///
-    /// `POST /configs/{id}/update` (`ConfigUpdate`).
-    pub async fn config_update(
-        &self,
-        id: &str,
-        params: &ConfigUpdateParams,
-        body: Option<&ConfigSpec>,
-    ) -> Result<(), DockerError> {
-        let mut req = ApiRequest::new(
-            "ConfigUpdate",
-            Method::POST,
-            format!("/configs/{}/update", encode_path_segment(id)),
-            CallKind::Ordinary,
-        );
-        req.query.push(("version", params.version.to_string()));
-        if let Some(body) = body {
-            req.body = json_body(body);
-        }
-        self.send_unit(req).await
-    }
-
-    /// Get image information from the registry
-    ///
-    /// Return image digest and platform information by contacting the registry.
-    ///
-    /// `GET /distribution/{name}/json` (`DistributionInspect`).
-    pub async fn distribution_inspect(
+    /// `DELETE /volumes/{name}` (`VolumeDelete`).
+    pub async fn volume_delete(
         &self,
         name: &str,
-    ) -> Result<DistributionInspect, DockerError> {
+        params: &VolumeDeleteParams,
+    ) -> Result<(), DockerError> {
+        let mut req = ApiRequest::new(
+            "VolumeDelete",
+            Method::DELETE,
+            format!("/volumes/{}", encode_path_segment(name)),
+            CallKind::Ordinary,
+        );
+        if let Some(v) = &params.force {
+            req.query.push(("force", v.to_string()));
+        }
+        self.send_unit(req).await
+    }
+
+    /// Inspect a volume
+    ///
+    /// `GET /volumes/{name}` (`VolumeInspect`).
+    pub async fn volume_inspect(&self, name: &str) -> Result<Volume, DockerError> {
         let req = ApiRequest::new(
-            "DistributionInspect",
+            "VolumeInspect",
             Method::GET,
-            format!("/distribution/{}/json", encode_path_segment(name)),
+            format!("/volumes/{}", encode_path_segment(name)),
             CallKind::Ordinary,
         );
         self.send_json(req).await
     }
 
-    /// Initialize interactive session
+    /// "Update a volume. Valid only for Swarm cluster volumes"
     ///
-    /// Start a new interactive session with a server. Session allows server to call back to the client for advanced capabilities.
-    ///
-    /// `POST /session` (`Session`).
-    pub async fn session(&self) -> Result<TokioIo<Upgraded>, DockerError> {
-        let req = ApiRequest::new(
-            "Session",
-            Method::POST,
-            "/session".to_owned(),
-            CallKind::Streaming,
+    /// `PUT /volumes/{name}` (`VolumeUpdate`).
+    pub async fn volume_update(
+        &self,
+        name: &str,
+        params: &VolumeUpdateParams,
+        body: Option<&VolumeUpdateBody>,
+    ) -> Result<(), DockerError> {
+        let mut req = ApiRequest::new(
+            "VolumeUpdate",
+            Method::PUT,
+            format!("/volumes/{}", encode_path_segment(name)),
+            CallKind::Ordinary,
         );
-        self.send_upgrade(req).await
+        req.query.push(("version", params.version.to_string()));
+        if let Some(body) = body {
+            req.body = json_body(body);
+        }
+        self.send_unit(req).await
     }
 }

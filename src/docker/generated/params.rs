@@ -7,200 +7,6 @@ use super::models::*;
 #[allow(unused_imports)]
 use crate::docker::Docker;
 
-/// Query and header parameters of [`Docker::container_list`].
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ContainerListParams {
-    /// Return all containers. By default, only running containers are shown.
-    pub all: Option<bool>,
-    /// Return this number of most recently created containers, including non-running ones.
-    pub limit: Option<i64>,
-    /// Return the size of container as fields `SizeRw` and `SizeRootFs`.
-    pub size: Option<bool>,
-    /// Filters to process on the container list, encoded as JSON (a `map[string][]string`). For example, `{"status": ["paused"]}` will only return paused containers.
-    pub filters: Option<String>,
-}
-
-/// Query and header parameters of [`Docker::container_create`].
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ContainerCreateParams {
-    /// Assign the specified name to the container. Must match `/?[a-zA-Z0-9][a-zA-Z0-9_.-]+`.
-    pub name: Option<String>,
-    /// Platform in the format `os[/arch[/variant]]` used for image lookup.
-    pub platform: Option<String>,
-}
-
-/// Query and header parameters of [`Docker::container_inspect`].
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ContainerInspectParams {
-    /// Return the size of container as fields `SizeRw` and `SizeRootFs`
-    pub size: Option<bool>,
-}
-
-/// Query and header parameters of [`Docker::container_top`].
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ContainerTopParams {
-    /// The arguments to pass to `ps`. For example, `aux`
-    pub ps_args: Option<String>,
-}
-
-/// Query and header parameters of [`Docker::container_logs`].
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ContainerLogsParams {
-    /// Keep connection after returning logs.
-    pub follow: Option<bool>,
-    /// Return logs from `stdout`
-    pub stdout: Option<bool>,
-    /// Return logs from `stderr`
-    pub stderr: Option<bool>,
-    /// Only return logs since this time, as a UNIX timestamp
-    pub since: Option<i64>,
-    /// Only return logs before this time, as a UNIX timestamp
-    pub until: Option<i64>,
-    /// Add timestamps to every log line
-    pub timestamps: Option<bool>,
-    /// Only return this number of log lines from the end of the logs. Specify as an integer or `all` to output all log lines.
-    pub tail: Option<String>,
-}
-
-/// Query and header parameters of [`Docker::container_stats`].
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ContainerStatsParams {
-    /// Stream the output. If false, the stats will be output once and then it will disconnect.
-    pub stream: Option<bool>,
-    /// Only get a single stat instead of waiting for 2 cycles. Must be used with `stream=false`.
-    pub one_shot: Option<bool>,
-}
-
-/// Query and header parameters of [`Docker::container_resize`].
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ContainerResizeParams {
-    /// Height of the TTY session in characters
-    pub h: i64,
-    /// Width of the TTY session in characters
-    pub w: i64,
-}
-
-/// Query and header parameters of [`Docker::container_start`].
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ContainerStartParams {
-    /// Override the key sequence for detaching a container. Format is a single character `[a-Z]` or `ctrl-<value>` where `<value>` is one of: `a-z`, `@`, `^`, `[`, `,` or `_`.
-    pub detach_keys: Option<String>,
-}
-
-/// Query and header parameters of [`Docker::container_stop`].
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ContainerStopParams {
-    /// Signal to send to the container as an integer or string (e.g. `SIGINT`).
-    pub signal: Option<String>,
-    /// Number of seconds to wait before killing the container
-    pub t: Option<i64>,
-}
-
-/// Query and header parameters of [`Docker::container_restart`].
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ContainerRestartParams {
-    /// Signal to send to the container as an integer or string (e.g. `SIGINT`).
-    pub signal: Option<String>,
-    /// Number of seconds to wait before killing the container
-    pub t: Option<i64>,
-}
-
-/// Query and header parameters of [`Docker::container_kill`].
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ContainerKillParams {
-    /// Signal to send to the container as an integer or string (e.g. `SIGINT`).
-    pub signal: Option<String>,
-}
-
-/// Query and header parameters of [`Docker::container_rename`].
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ContainerRenameParams {
-    /// New name for the container
-    pub name: String,
-}
-
-/// Query and header parameters of [`Docker::container_attach`].
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ContainerAttachParams {
-    /// Override the key sequence for detaching a container.Format is a single character `[a-Z]` or `ctrl-<value>` where `<value>` is one of: `a-z`, `@`, `^`, `[`, `,` or `_`.
-    pub detach_keys: Option<String>,
-    /// Replay previous logs from the container.
-    pub logs: Option<bool>,
-    /// Stream attached streams from the time the request was made onwards.
-    pub stream: Option<bool>,
-    /// Attach to `stdin`
-    pub stdin: Option<bool>,
-    /// Attach to `stdout`
-    pub stdout: Option<bool>,
-    /// Attach to `stderr`
-    pub stderr: Option<bool>,
-}
-
-/// Query and header parameters of [`Docker::container_wait`].
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ContainerWaitParams {
-    /// Wait until a container state reaches the given condition.
-    pub condition: Option<ContainerWaitCondition>,
-}
-
-/// Query and header parameters of [`Docker::container_delete`].
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ContainerDeleteParams {
-    /// Remove anonymous volumes associated with the container.
-    pub v: Option<bool>,
-    /// If the container is running, kill it before removing it.
-    pub force: Option<bool>,
-    /// Remove the specified link associated with the container.
-    pub link: Option<bool>,
-}
-
-/// Query and header parameters of [`Docker::container_archive_info`].
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ContainerArchiveInfoParams {
-    /// Resource in the container’s filesystem to archive.
-    pub path: String,
-}
-
-/// Query and header parameters of [`Docker::container_archive`].
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ContainerArchiveParams {
-    /// Resource in the container’s filesystem to archive.
-    pub path: String,
-}
-
-/// Query and header parameters of [`Docker::put_container_archive`].
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct PutContainerArchiveParams {
-    /// Path to a directory in the container to extract the archive’s contents into.
-    pub path: String,
-    /// If `1`, `true`, or `True` then it will be an error if unpacking the given content would cause an existing directory to be replaced with a non-directory and vice versa.
-    pub no_overwrite_dir_non_dir: Option<String>,
-    /// If `1`, `true`, then it will copy UID/GID maps to the dest file or dir
-    pub copy_uid_gid: Option<String>,
-}
-
-/// Query and header parameters of [`Docker::container_prune`].
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ContainerPruneParams {
-    /// Filters to process on the prune list, encoded as JSON (a `map[string][]string`).
-    pub filters: Option<String>,
-}
-
-/// Query and header parameters of [`Docker::image_list`].
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ImageListParams {
-    /// Show all images. Only images from a final layer (no children) are shown by default.
-    pub all: Option<bool>,
-    /// A JSON encoded value of the filters (a `map[string][]string`) to process on the images list.
-    pub filters: Option<String>,
-    /// Compute and show shared size as a `SharedSize` field on each image.
-    pub shared_size: Option<bool>,
-    /// Show digest information as a `RepoDigests` field on each image.
-    pub digests: Option<bool>,
-    /// Include `Manifests` in the image summary.
-    pub manifests: Option<bool>,
-}
-
 /// Query and header parameters of [`Docker::image_build`].
 #[derive(Clone, Default, PartialEq)]
 pub struct ImageBuildParams {
@@ -311,6 +117,238 @@ pub struct BuildPruneParams {
     pub filters: Option<String>,
 }
 
+/// Query and header parameters of [`Docker::image_commit`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ImageCommitParams {
+    /// The ID or name of the container to commit
+    pub container: Option<String>,
+    /// Repository name for the created image
+    pub repo: Option<String>,
+    /// Tag name for the create image
+    pub tag: Option<String>,
+    /// Commit message
+    pub comment: Option<String>,
+    /// Author of the image (e.g., `John Hannibal Smith <hannibal@a-team.com>`)
+    pub author: Option<String>,
+    /// Whether to pause the container before committing
+    pub pause: Option<bool>,
+    /// `Dockerfile` instructions to apply while committing
+    pub changes: Option<String>,
+}
+
+/// Query and header parameters of [`Docker::config_list`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ConfigListParams {
+    /// A JSON encoded value of the filters (a `map[string][]string`) to process on the configs list.
+    pub filters: Option<String>,
+}
+
+/// Query and header parameters of [`Docker::config_update`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ConfigUpdateParams {
+    /// The version number of the config object being updated. This is required to avoid conflicting writes.
+    pub version: i64,
+}
+
+/// Query and header parameters of [`Docker::container_create`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ContainerCreateParams {
+    /// Assign the specified name to the container. Must match `/?[a-zA-Z0-9][a-zA-Z0-9_.-]+`.
+    pub name: Option<String>,
+    /// Platform in the format `os[/arch[/variant]]` used for image lookup.
+    pub platform: Option<String>,
+}
+
+/// Query and header parameters of [`Docker::container_list`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ContainerListParams {
+    /// Return all containers. By default, only running containers are shown.
+    pub all: Option<bool>,
+    /// Return this number of most recently created containers, including non-running ones.
+    pub limit: Option<i64>,
+    /// Return the size of container as fields `SizeRw` and `SizeRootFs`.
+    pub size: Option<bool>,
+    /// Filters to process on the container list, encoded as JSON (a `map[string][]string`). For example, `{"status": ["paused"]}` will only return paused containers.
+    pub filters: Option<String>,
+}
+
+/// Query and header parameters of [`Docker::container_prune`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ContainerPruneParams {
+    /// Filters to process on the prune list, encoded as JSON (a `map[string][]string`).
+    pub filters: Option<String>,
+}
+
+/// Query and header parameters of [`Docker::container_delete`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ContainerDeleteParams {
+    /// Remove anonymous volumes associated with the container.
+    pub v: Option<bool>,
+    /// If the container is running, kill it before removing it.
+    pub force: Option<bool>,
+    /// Remove the specified link associated with the container.
+    pub link: Option<bool>,
+}
+
+/// Query and header parameters of [`Docker::container_archive`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ContainerArchiveParams {
+    /// Resource in the container’s filesystem to archive.
+    pub path: String,
+}
+
+/// Query and header parameters of [`Docker::container_archive_info`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ContainerArchiveInfoParams {
+    /// Resource in the container’s filesystem to archive.
+    pub path: String,
+}
+
+/// Query and header parameters of [`Docker::put_container_archive`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PutContainerArchiveParams {
+    /// Path to a directory in the container to extract the archive’s contents into.
+    pub path: String,
+    /// If `1`, `true`, or `True` then it will be an error if unpacking the given content would cause an existing directory to be replaced with a non-directory and vice versa.
+    pub no_overwrite_dir_non_dir: Option<String>,
+    /// If `1`, `true`, then it will copy UID/GID maps to the dest file or dir
+    pub copy_uid_gid: Option<String>,
+}
+
+/// Query and header parameters of [`Docker::container_attach`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ContainerAttachParams {
+    /// Override the key sequence for detaching a container.Format is a single character `[a-Z]` or `ctrl-<value>` where `<value>` is one of: `a-z`, `@`, `^`, `[`, `,` or `_`.
+    pub detach_keys: Option<String>,
+    /// Replay previous logs from the container.
+    pub logs: Option<bool>,
+    /// Stream attached streams from the time the request was made onwards.
+    pub stream: Option<bool>,
+    /// Attach to `stdin`
+    pub stdin: Option<bool>,
+    /// Attach to `stdout`
+    pub stdout: Option<bool>,
+    /// Attach to `stderr`
+    pub stderr: Option<bool>,
+}
+
+/// Query and header parameters of [`Docker::container_inspect`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ContainerInspectParams {
+    /// Return the size of container as fields `SizeRw` and `SizeRootFs`
+    pub size: Option<bool>,
+}
+
+/// Query and header parameters of [`Docker::container_kill`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ContainerKillParams {
+    /// Signal to send to the container as an integer or string (e.g. `SIGINT`).
+    pub signal: Option<String>,
+}
+
+/// Query and header parameters of [`Docker::container_logs`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ContainerLogsParams {
+    /// Keep connection after returning logs.
+    pub follow: Option<bool>,
+    /// Return logs from `stdout`
+    pub stdout: Option<bool>,
+    /// Return logs from `stderr`
+    pub stderr: Option<bool>,
+    /// Only return logs since this time, as a UNIX timestamp
+    pub since: Option<i64>,
+    /// Only return logs before this time, as a UNIX timestamp
+    pub until: Option<i64>,
+    /// Add timestamps to every log line
+    pub timestamps: Option<bool>,
+    /// Only return this number of log lines from the end of the logs. Specify as an integer or `all` to output all log lines.
+    pub tail: Option<String>,
+}
+
+/// Query and header parameters of [`Docker::container_rename`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ContainerRenameParams {
+    /// New name for the container
+    pub name: String,
+}
+
+/// Query and header parameters of [`Docker::container_resize`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ContainerResizeParams {
+    /// Height of the TTY session in characters
+    pub h: i64,
+    /// Width of the TTY session in characters
+    pub w: i64,
+}
+
+/// Query and header parameters of [`Docker::container_restart`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ContainerRestartParams {
+    /// Signal to send to the container as an integer or string (e.g. `SIGINT`).
+    pub signal: Option<String>,
+    /// Number of seconds to wait before killing the container
+    pub t: Option<i64>,
+}
+
+/// Query and header parameters of [`Docker::container_start`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ContainerStartParams {
+    /// Override the key sequence for detaching a container. Format is a single character `[a-Z]` or `ctrl-<value>` where `<value>` is one of: `a-z`, `@`, `^`, `[`, `,` or `_`.
+    pub detach_keys: Option<String>,
+}
+
+/// Query and header parameters of [`Docker::container_stats`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ContainerStatsParams {
+    /// Stream the output. If false, the stats will be output once and then it will disconnect.
+    pub stream: Option<bool>,
+    /// Only get a single stat instead of waiting for 2 cycles. Must be used with `stream=false`.
+    pub one_shot: Option<bool>,
+}
+
+/// Query and header parameters of [`Docker::container_stop`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ContainerStopParams {
+    /// Signal to send to the container as an integer or string (e.g. `SIGINT`).
+    pub signal: Option<String>,
+    /// Number of seconds to wait before killing the container
+    pub t: Option<i64>,
+}
+
+/// Query and header parameters of [`Docker::container_top`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ContainerTopParams {
+    /// The arguments to pass to `ps`. For example, `aux`
+    pub ps_args: Option<String>,
+}
+
+/// Query and header parameters of [`Docker::container_wait`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ContainerWaitParams {
+    /// Wait until a container state reaches the given condition.
+    pub condition: Option<ContainerWaitCondition>,
+}
+
+/// Query and header parameters of [`Docker::system_events`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SystemEventsParams {
+    /// Show events created since this timestamp then stream new events.
+    pub since: Option<String>,
+    /// Show events created until this timestamp then stop streaming.
+    pub until: Option<String>,
+    /// A JSON encoded value of filters (a `map[string][]string`) to process on the event list. Available filters:
+    pub filters: Option<String>,
+}
+
+/// Query and header parameters of [`Docker::exec_resize`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ExecResizeParams {
+    /// Height of the TTY session in characters
+    pub h: i64,
+    /// Width of the TTY session in characters
+    pub w: i64,
+}
+
 /// Query and header parameters of [`Docker::image_create`].
 #[derive(Clone, Default, PartialEq)]
 pub struct ImageCreateParams {
@@ -350,11 +388,73 @@ impl std::fmt::Debug for ImageCreateParams {
     }
 }
 
-/// Query and header parameters of [`Docker::image_inspect`].
+/// Query and header parameters of [`Docker::image_get_all`].
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct ImageInspectParams {
-    /// Include Manifests in the image summary.
+pub struct ImageGetAllParams {
+    /// Image names to filter by
+    pub names: Option<Vec<String>>,
+    /// JSON encoded OCI platform describing a platform which will be used to select a platform-specific image to be saved if the image is multi-platform. If not provided, the full multi-platform image will be saved.
+    pub platform: Option<String>,
+}
+
+/// Query and header parameters of [`Docker::image_list`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ImageListParams {
+    /// Show all images. Only images from a final layer (no children) are shown by default.
+    pub all: Option<bool>,
+    /// A JSON encoded value of the filters (a `map[string][]string`) to process on the images list.
+    pub filters: Option<String>,
+    /// Compute and show shared size as a `SharedSize` field on each image.
+    pub shared_size: Option<bool>,
+    /// Show digest information as a `RepoDigests` field on each image.
+    pub digests: Option<bool>,
+    /// Include `Manifests` in the image summary.
     pub manifests: Option<bool>,
+}
+
+/// Query and header parameters of [`Docker::image_load`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ImageLoadParams {
+    /// Suppress progress details during load.
+    pub quiet: Option<bool>,
+    /// JSON encoded OCI platform describing a platform which will be used to select a platform-specific image to be load if the image is multi-platform. If not provided, the full multi-platform image will be loaded.
+    pub platform: Option<String>,
+}
+
+/// Query and header parameters of [`Docker::image_prune`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ImagePruneParams {
+    /// Filters to process on the prune list, encoded as JSON (a `map[string][]string`). Available filters:
+    pub filters: Option<String>,
+}
+
+/// Query and header parameters of [`Docker::image_search`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ImageSearchParams {
+    /// Term to search
+    pub term: String,
+    /// Maximum number of results to return
+    pub limit: Option<i64>,
+    /// A JSON encoded value of the filters (a `map[string][]string`) to process on the images list. Available filters:
+    pub filters: Option<String>,
+}
+
+/// Query and header parameters of [`Docker::image_delete`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ImageDeleteParams {
+    /// Remove the image even if it is being used by stopped containers or has other tags
+    pub force: Option<bool>,
+    /// Do not delete untagged parent images
+    pub noprune: Option<bool>,
+    /// Select platform-specific content to delete. Multiple values are accepted. Each platform is a OCI platform encoded as a JSON string.
+    pub platforms: Option<Vec<String>>,
+}
+
+/// Query and header parameters of [`Docker::image_get`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ImageGetParams {
+    /// JSON encoded OCI platform describing a platform which will be used to select a platform-specific image to be saved if the image is multi-platform. If not provided, the full multi-platform image will be saved.
+    pub platform: Option<String>,
 }
 
 /// Query and header parameters of [`Docker::image_history`].
@@ -362,6 +462,13 @@ pub struct ImageInspectParams {
 pub struct ImageHistoryParams {
     /// JSON-encoded OCI platform to select the platform-variant. If omitted, it defaults to any locally available platform, prioritizing the daemon's host platform.
     pub platform: Option<String>,
+}
+
+/// Query and header parameters of [`Docker::image_inspect`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ImageInspectParams {
+    /// Include Manifests in the image summary.
+    pub manifests: Option<bool>,
 }
 
 /// Query and header parameters of [`Docker::image_push`].
@@ -394,138 +501,17 @@ pub struct ImageTagParams {
     pub tag: Option<String>,
 }
 
-/// Query and header parameters of [`Docker::image_delete`].
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ImageDeleteParams {
-    /// Remove the image even if it is being used by stopped containers or has other tags
-    pub force: Option<bool>,
-    /// Do not delete untagged parent images
-    pub noprune: Option<bool>,
-    /// Select platform-specific content to delete. Multiple values are accepted. Each platform is a OCI platform encoded as a JSON string.
-    pub platforms: Option<Vec<String>>,
-}
-
-/// Query and header parameters of [`Docker::image_search`].
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ImageSearchParams {
-    /// Term to search
-    pub term: String,
-    /// Maximum number of results to return
-    pub limit: Option<i64>,
-    /// A JSON encoded value of the filters (a `map[string][]string`) to process on the images list. Available filters:
-    pub filters: Option<String>,
-}
-
-/// Query and header parameters of [`Docker::image_prune`].
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ImagePruneParams {
-    /// Filters to process on the prune list, encoded as JSON (a `map[string][]string`). Available filters:
-    pub filters: Option<String>,
-}
-
-/// Query and header parameters of [`Docker::image_commit`].
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ImageCommitParams {
-    /// The ID or name of the container to commit
-    pub container: Option<String>,
-    /// Repository name for the created image
-    pub repo: Option<String>,
-    /// Tag name for the create image
-    pub tag: Option<String>,
-    /// Commit message
-    pub comment: Option<String>,
-    /// Author of the image (e.g., `John Hannibal Smith <hannibal@a-team.com>`)
-    pub author: Option<String>,
-    /// Whether to pause the container before committing
-    pub pause: Option<bool>,
-    /// `Dockerfile` instructions to apply while committing
-    pub changes: Option<String>,
-}
-
-/// Query and header parameters of [`Docker::system_events`].
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct SystemEventsParams {
-    /// Show events created since this timestamp then stream new events.
-    pub since: Option<String>,
-    /// Show events created until this timestamp then stop streaming.
-    pub until: Option<String>,
-    /// A JSON encoded value of filters (a `map[string][]string`) to process on the event list. Available filters:
-    pub filters: Option<String>,
-}
-
-/// Query and header parameters of [`Docker::system_data_usage`].
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct SystemDataUsageParams {
-    /// Object types, for which to compute and return data.
-    pub r#type: Option<Vec<SystemDataUsageType>>,
-}
-
-/// Query and header parameters of [`Docker::image_get`].
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ImageGetParams {
-    /// JSON encoded OCI platform describing a platform which will be used to select a platform-specific image to be saved if the image is multi-platform. If not provided, the full multi-platform image will be saved.
-    pub platform: Option<String>,
-}
-
-/// Query and header parameters of [`Docker::image_get_all`].
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ImageGetAllParams {
-    /// Image names to filter by
-    pub names: Option<Vec<String>>,
-    /// JSON encoded OCI platform describing a platform which will be used to select a platform-specific image to be saved if the image is multi-platform. If not provided, the full multi-platform image will be saved.
-    pub platform: Option<String>,
-}
-
-/// Query and header parameters of [`Docker::image_load`].
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ImageLoadParams {
-    /// Suppress progress details during load.
-    pub quiet: Option<bool>,
-    /// JSON encoded OCI platform describing a platform which will be used to select a platform-specific image to be load if the image is multi-platform. If not provided, the full multi-platform image will be loaded.
-    pub platform: Option<String>,
-}
-
-/// Query and header parameters of [`Docker::exec_resize`].
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ExecResizeParams {
-    /// Height of the TTY session in characters
-    pub h: i64,
-    /// Width of the TTY session in characters
-    pub w: i64,
-}
-
-/// Query and header parameters of [`Docker::volume_list`].
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct VolumeListParams {
-    /// JSON encoded value of the filters (a `map[string][]string`) to process on the volumes list. Available filters:
-    pub filters: Option<String>,
-}
-
-/// Query and header parameters of [`Docker::volume_update`].
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct VolumeUpdateParams {
-    /// The version number of the volume being updated. This is required to avoid conflicting writes. Found in the volume's `ClusterVolume` field.
-    pub version: i64,
-}
-
-/// Query and header parameters of [`Docker::volume_delete`].
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct VolumeDeleteParams {
-    /// Force the removal of the volume
-    pub force: Option<bool>,
-}
-
-/// Query and header parameters of [`Docker::volume_prune`].
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct VolumePruneParams {
-    /// Filters to process on the prune list, encoded as JSON (a `map[string][]string`).
-    pub filters: Option<String>,
-}
-
 /// Query and header parameters of [`Docker::network_list`].
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct NetworkListParams {
     /// JSON encoded value of the filters (a `map[string][]string`) to process on the networks list.
+    pub filters: Option<String>,
+}
+
+/// Query and header parameters of [`Docker::network_prune`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NetworkPruneParams {
+    /// Filters to process on the prune list, encoded as JSON (a `map[string][]string`).
     pub filters: Option<String>,
 }
 
@@ -538,11 +524,25 @@ pub struct NetworkInspectParams {
     pub scope: Option<String>,
 }
 
-/// Query and header parameters of [`Docker::network_prune`].
+/// Query and header parameters of [`Docker::node_list`].
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct NetworkPruneParams {
-    /// Filters to process on the prune list, encoded as JSON (a `map[string][]string`).
+pub struct NodeListParams {
+    /// Filters to process on the nodes list, encoded as JSON (a `map[string][]string`).
     pub filters: Option<String>,
+}
+
+/// Query and header parameters of [`Docker::node_delete`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NodeDeleteParams {
+    /// Force remove a node from the swarm
+    pub force: Option<bool>,
+}
+
+/// Query and header parameters of [`Docker::node_update`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NodeUpdateParams {
+    /// The version number of the node object being updated. This is required to avoid conflicting writes.
+    pub version: i64,
 }
 
 /// Query and header parameters of [`Docker::plugin_list`].
@@ -550,6 +550,13 @@ pub struct NetworkPruneParams {
 pub struct PluginListParams {
     /// A JSON encoded value of the filters (a `map[string][]string`) to process on the plugin list.
     pub filters: Option<String>,
+}
+
+/// Query and header parameters of [`Docker::plugin_create`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PluginCreateParams {
+    /// The name of the plugin. The `:latest` tag is optional, and is the default if omitted.
+    pub name: String,
 }
 
 /// Query and header parameters of [`Docker::get_plugin_privileges`].
@@ -590,18 +597,18 @@ pub struct PluginDeleteParams {
     pub force: Option<bool>,
 }
 
-/// Query and header parameters of [`Docker::plugin_enable`].
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct PluginEnableParams {
-    /// Set the HTTP client timeout (in seconds)
-    pub timeout: Option<i64>,
-}
-
 /// Query and header parameters of [`Docker::plugin_disable`].
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct PluginDisableParams {
     /// Force disable a plugin even if still in use.
     pub force: Option<bool>,
+}
+
+/// Query and header parameters of [`Docker::plugin_enable`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PluginEnableParams {
+    /// Set the HTTP client timeout (in seconds)
+    pub timeout: Option<i64>,
 }
 
 /// Query and header parameters of [`Docker::plugin_upgrade`].
@@ -625,52 +632,18 @@ impl std::fmt::Debug for PluginUpgradeParams {
     }
 }
 
-/// Query and header parameters of [`Docker::plugin_create`].
+/// Query and header parameters of [`Docker::secret_list`].
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct PluginCreateParams {
-    /// The name of the plugin. The `:latest` tag is optional, and is the default if omitted.
-    pub name: String,
-}
-
-/// Query and header parameters of [`Docker::node_list`].
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct NodeListParams {
-    /// Filters to process on the nodes list, encoded as JSON (a `map[string][]string`).
+pub struct SecretListParams {
+    /// A JSON encoded value of the filters (a `map[string][]string`) to process on the secrets list.
     pub filters: Option<String>,
 }
 
-/// Query and header parameters of [`Docker::node_delete`].
+/// Query and header parameters of [`Docker::secret_update`].
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct NodeDeleteParams {
-    /// Force remove a node from the swarm
-    pub force: Option<bool>,
-}
-
-/// Query and header parameters of [`Docker::node_update`].
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct NodeUpdateParams {
-    /// The version number of the node object being updated. This is required to avoid conflicting writes.
+pub struct SecretUpdateParams {
+    /// The version number of the secret object being updated. This is required to avoid conflicting writes.
     pub version: i64,
-}
-
-/// Query and header parameters of [`Docker::swarm_leave`].
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct SwarmLeaveParams {
-    /// Force leave swarm, even if this is the last manager or that it will break the cluster.
-    pub force: Option<bool>,
-}
-
-/// Query and header parameters of [`Docker::swarm_update`].
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct SwarmUpdateParams {
-    /// The version number of the swarm object being updated. This is required to avoid conflicting writes.
-    pub version: i64,
-    /// Rotate the worker join token.
-    pub rotate_worker_token: Option<bool>,
-    /// Rotate the manager join token.
-    pub rotate_manager_token: Option<bool>,
-    /// Rotate the manager unlock key.
-    pub rotate_manager_unlock_key: Option<bool>,
 }
 
 /// Query and header parameters of [`Docker::service_list`].
@@ -707,6 +680,25 @@ pub struct ServiceInspectParams {
     pub insert_defaults: Option<bool>,
 }
 
+/// Query and header parameters of [`Docker::service_logs`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ServiceLogsParams {
+    /// Show service context and extra details provided to logs.
+    pub details: Option<bool>,
+    /// Keep connection after returning logs.
+    pub follow: Option<bool>,
+    /// Return logs from `stdout`
+    pub stdout: Option<bool>,
+    /// Return logs from `stderr`
+    pub stderr: Option<bool>,
+    /// Only return logs since this time, as a UNIX timestamp
+    pub since: Option<i64>,
+    /// Add timestamps to every log line
+    pub timestamps: Option<bool>,
+    /// Only return this number of log lines from the end of the logs. Specify as an integer or `all` to output all log lines.
+    pub tail: Option<String>,
+}
+
 /// Query and header parameters of [`Docker::service_update`].
 #[derive(Clone, Default, PartialEq)]
 pub struct ServiceUpdateParams {
@@ -734,23 +726,31 @@ impl std::fmt::Debug for ServiceUpdateParams {
     }
 }
 
-/// Query and header parameters of [`Docker::service_logs`].
+/// Query and header parameters of [`Docker::swarm_leave`].
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct ServiceLogsParams {
-    /// Show service context and extra details provided to logs.
-    pub details: Option<bool>,
-    /// Keep connection after returning logs.
-    pub follow: Option<bool>,
-    /// Return logs from `stdout`
-    pub stdout: Option<bool>,
-    /// Return logs from `stderr`
-    pub stderr: Option<bool>,
-    /// Only return logs since this time, as a UNIX timestamp
-    pub since: Option<i64>,
-    /// Add timestamps to every log line
-    pub timestamps: Option<bool>,
-    /// Only return this number of log lines from the end of the logs. Specify as an integer or `all` to output all log lines.
-    pub tail: Option<String>,
+pub struct SwarmLeaveParams {
+    /// Force leave swarm, even if this is the last manager or that it will break the cluster.
+    pub force: Option<bool>,
+}
+
+/// Query and header parameters of [`Docker::swarm_update`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SwarmUpdateParams {
+    /// The version number of the swarm object being updated. This is required to avoid conflicting writes.
+    pub version: i64,
+    /// Rotate the worker join token.
+    pub rotate_worker_token: Option<bool>,
+    /// Rotate the manager join token.
+    pub rotate_manager_token: Option<bool>,
+    /// Rotate the manager unlock key.
+    pub rotate_manager_unlock_key: Option<bool>,
+}
+
+/// Query and header parameters of [`Docker::system_data_usage`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SystemDataUsageParams {
+    /// Object types, for which to compute and return data.
+    pub r#type: Option<Vec<SystemDataUsageType>>,
 }
 
 /// Query and header parameters of [`Docker::task_list`].
@@ -779,30 +779,30 @@ pub struct TaskLogsParams {
     pub tail: Option<String>,
 }
 
-/// Query and header parameters of [`Docker::secret_list`].
+/// Query and header parameters of [`Docker::volume_list`].
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct SecretListParams {
-    /// A JSON encoded value of the filters (a `map[string][]string`) to process on the secrets list.
+pub struct VolumeListParams {
+    /// JSON encoded value of the filters (a `map[string][]string`) to process on the volumes list. Available filters:
     pub filters: Option<String>,
 }
 
-/// Query and header parameters of [`Docker::secret_update`].
+/// Query and header parameters of [`Docker::volume_prune`].
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct SecretUpdateParams {
-    /// The version number of the secret object being updated. This is required to avoid conflicting writes.
-    pub version: i64,
-}
-
-/// Query and header parameters of [`Docker::config_list`].
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ConfigListParams {
-    /// A JSON encoded value of the filters (a `map[string][]string`) to process on the configs list.
+pub struct VolumePruneParams {
+    /// Filters to process on the prune list, encoded as JSON (a `map[string][]string`).
     pub filters: Option<String>,
 }
 
-/// Query and header parameters of [`Docker::config_update`].
+/// Query and header parameters of [`Docker::volume_delete`].
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct ConfigUpdateParams {
-    /// The version number of the config object being updated. This is required to avoid conflicting writes.
+pub struct VolumeDeleteParams {
+    /// Force the removal of the volume
+    pub force: Option<bool>,
+}
+
+/// Query and header parameters of [`Docker::volume_update`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct VolumeUpdateParams {
+    /// The version number of the volume being updated. This is required to avoid conflicting writes. Found in the volume's `ClusterVolume` field.
     pub version: i64,
 }
