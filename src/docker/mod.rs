@@ -5,9 +5,11 @@
 pub mod client;
 pub mod error;
 pub mod generated;
+#[cfg(test)]
+mod models_tests;
 pub mod request;
 pub mod stream;
 
 pub use client::Docker;
 pub use error::DockerError;
-pub use generated::models;
+pub use generated::{models, params};
