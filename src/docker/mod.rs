@@ -8,6 +8,6 @@ pub mod generated;
 pub mod request;
 pub mod stream;
 
-pub use client::Docker;
+pub use client::{Attached, ConnectOptions, DaemonVersion, Docker, LogsOptions};
 pub use error::DockerError;
 pub use generated::models;
