@@ -505,7 +505,7 @@ impl Transport {
                     "ssh:// endpoints are not supported yet",
                 )
                 .with_endpoint(label)
-                .with_hint("forward the daemon's socket (ssh -L) and point DOCKER_HOST at it"))
+                .with_hint("Forward the daemon's socket (ssh -L) and point DOCKER_HOST at it"))
             }
         };
         let connector = Connector::new(tls, timeouts.connect);
@@ -707,7 +707,7 @@ impl Transport {
                     "the daemon expects TLS on this port, but the connection was plain HTTP",
                 )
                 .with_hint(
-                    "set DOCKER_TLS_VERIFY=1 and DOCKER_CERT_PATH to the directory with ca.pem, cert.pem and key.pem (or use a context with TLS)",
+                    "Set DOCKER_TLS_VERIFY=1 and DOCKER_CERT_PATH to the directory with ca.pem, cert.pem and key.pem (or use a context with TLS)",
                 );
         }
         self.err(ErrorKind::Status(status), op, message)
@@ -789,7 +789,7 @@ impl Transport {
                     if self.endpoint.tls.is_none() && matches!(self.endpoint.host, Host::Tcp { .. })
                     {
                         err = err.with_hint(
-                            "if the daemon listens with TLS, set DOCKER_TLS_VERIFY=1 and DOCKER_CERT_PATH",
+                            "If the daemon listens with TLS, set DOCKER_TLS_VERIFY=1 and DOCKER_CERT_PATH",
                         );
                     }
                     err

@@ -89,7 +89,7 @@ impl DockerError {
             operation,
             format!("no answer within {:.0?}", after),
         )
-        .with_hint("the daemon may be overloaded; raise the request timeout if this persists")
+        .with_hint("The daemon may be overloaded; raise the request timeout if this persists")
     }
 
     pub fn kind(&self) -> &ErrorKind {

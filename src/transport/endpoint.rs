@@ -281,7 +281,7 @@ pub fn resolve_endpoint(env: &EnvSnapshot) -> Result<Endpoint, DockerError> {
             _ => "DOCKER_CONTEXT".to_string(),
         };
         e.with_hint(format!(
-            "`docker context ls` lists the contexts; fix or unset {how}"
+            "List the contexts with `docker context ls`; fix or unset {how}"
         ))
     })?;
     let host = match context.host.as_deref() {
@@ -390,7 +390,7 @@ pub fn parse_host(raw: &str) -> Result<Host, DockerError> {
             // only its scheme.
             format!("invalid Docker host {:?}: {why}", redact_userinfo(raw)),
         )
-        .with_hint("expected unix:///path/to/docker.sock, tcp://HOST:PORT or ssh://USER@HOST")
+        .with_hint("Expected unix:///path/to/docker.sock, tcp://HOST:PORT or ssh://USER@HOST")
     };
     let (scheme, rest) = raw.split_once("://").ok_or_else(|| bad("no scheme"))?;
     match scheme {

@@ -139,7 +139,7 @@ pub fn negotiate(
                 ),
             )
             .with_hint(format!(
-                "unset DOCKER_API_VERSION or set it to {} or newer",
+                "Unset DOCKER_API_VERSION or set it to {} or newer",
                 ApiVersion::MINIMUM
             )));
         }
@@ -156,7 +156,7 @@ pub fn negotiate(
                 ApiVersion::MINIMUM
             ),
         )
-        .with_hint("upgrade the daemon (Docker 20.10 or newer, Podman 4 or newer)"));
+        .with_hint("Upgrade the daemon (Docker 20.10 or newer, Podman 4 or newer)"));
     }
     Ok(daemon.min(ApiVersion::LATEST))
 }

@@ -26,13 +26,13 @@ fn read_certs(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>, D
         .map_err(|e| {
             tls_error(
                 format!("cannot read the {what} {}: {e}", path.display()),
-                "check DOCKER_CERT_PATH (or the context's TLS files) and the file's permissions",
+                "Check DOCKER_CERT_PATH (or the context's TLS files) and the file's permissions",
             )
         })?;
     if certs.is_empty() {
         return Err(tls_error(
             format!("the {what} {} holds no PEM certificate", path.display()),
-            "it must contain a `-----BEGIN CERTIFICATE-----` block",
+            "It must contain a `-----BEGIN CERTIFICATE-----` block",
         ));
     }
     Ok(certs)
@@ -44,7 +44,7 @@ pub fn client_config(settings: &TlsSettings) -> Result<Arc<ClientConfig>, Docker
     let provider = provider();
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| tls_error(format!("TLS set-up failed: {e}"), "this is a bug"))?;
+        .map_err(|e| tls_error(format!("TLS set-up failed: {e}"), "This is a bug"))?;
     let builder = if settings.verify {
         let mut roots = RootCertStore::empty();
         match &settings.ca {
@@ -93,7 +93,7 @@ pub fn client_config(settings: &TlsSettings) -> Result<Arc<ClientConfig>, Docker
                     cert.display(),
                     settings.dir.display()
                 ),
-                "put the certificate's private key in key.pem",
+                "Put the certificate's private key in key.pem",
             ))
         }
         (None, Some(key)) => {
@@ -103,7 +103,7 @@ pub fn client_config(settings: &TlsSettings) -> Result<Arc<ClientConfig>, Docker
                     key.display(),
                     settings.dir.display()
                 ),
-                "put the client certificate in cert.pem",
+                "Put the client certificate in cert.pem",
             ))
         }
         (None, None) => builder.with_no_client_auth(),
