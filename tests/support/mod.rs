@@ -1,3 +1,4 @@
 //! Shared test helpers, one per boundary. Each integration test file does
 //! `mod support;` and uses the helpers it needs.
 #![allow(dead_code)]
+pub mod docker;
