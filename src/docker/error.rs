@@ -45,9 +45,12 @@ pub struct ErrorEndpoint {
 }
 
 /// Carries the operation, the endpoint, the HTTP status and the daemon's
-/// message. Never holds a credential.
+/// message. Never holds a credential. One pointer wide, so `Result`s stay small.
 #[derive(Debug, Clone)]
-pub struct DockerError {
+pub struct DockerError(Box<Inner>);
+
+#[derive(Debug, Clone)]
+struct Inner {
     operation: Cow<'static, str>,
     endpoint: Option<ErrorEndpoint>,
     kind: ErrorKind,
@@ -62,24 +65,24 @@ impl DockerError {
         operation: impl Into<Cow<'static, str>>,
         message: impl Into<String>,
     ) -> Self {
-        DockerError {
+        DockerError(Box::new(Inner {
             operation: operation.into(),
             endpoint: None,
             kind,
             message: message.into(),
             hint: None,
-        }
+        }))
     }
 
     /// Attaches the endpoint the call went to.
     pub fn with_endpoint(mut self, endpoint: ErrorEndpoint) -> Self {
-        self.endpoint = Some(endpoint);
+        self.0.endpoint = Some(endpoint);
         self
     }
 
     /// Attaches advice: what the user should check or change.
     pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
-        self.hint = Some(hint.into());
+        self.0.hint = Some(hint.into());
         self
     }
 
@@ -93,21 +96,21 @@ impl DockerError {
     }
 
     pub fn kind(&self) -> &ErrorKind {
-        &self.kind
+        &self.0.kind
     }
 
     /// The operation, e.g. `ContainerCreate`.
     pub fn operation(&self) -> &str {
-        &self.operation
+        &self.0.operation
     }
 
     pub fn endpoint(&self) -> Option<&ErrorEndpoint> {
-        self.endpoint.as_ref()
+        self.0.endpoint.as_ref()
     }
 
     /// The HTTP status when the daemon answered with an error status.
     pub fn status(&self) -> Option<http::StatusCode> {
-        match self.kind {
+        match self.0.kind {
             ErrorKind::Status(s) => Some(s),
             _ => None,
         }
@@ -115,11 +118,11 @@ impl DockerError {
 
     /// The daemon's message (for status and in-band errors) or our description.
     pub fn message(&self) -> &str {
-        &self.message
+        &self.0.message
     }
 
     pub fn hint(&self) -> Option<&str> {
-        self.hint.as_deref()
+        self.0.hint.as_deref()
     }
 
     /// True for a 404 (no such container, image, volume).
@@ -130,38 +133,38 @@ impl DockerError {
 
 impl std::fmt::Display for DockerError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let at = |f: &mut std::fmt::Formatter<'_>| match &self.endpoint {
+        let at = |f: &mut std::fmt::Formatter<'_>| match &self.0.endpoint {
             Some(e) => write!(f, "{} (from {})", e.url, e.source),
             None => f.write_str("the Docker daemon"),
         };
-        match &self.kind {
+        match &self.0.kind {
             ErrorKind::Connect | ErrorKind::Tls => {
                 f.write_str("cannot connect to the Docker daemon at ")?;
-                match &self.endpoint {
+                match &self.0.endpoint {
                     Some(e) => write!(f, "{} (from {})", e.url, e.source)?,
                     None => f.write_str("its endpoint")?,
                 }
-                write!(f, " [{}]: {}", self.operation, self.message)?;
+                write!(f, " [{}]: {}", self.0.operation, self.0.message)?;
             }
             ErrorKind::Status(status) => {
-                write!(f, "{} failed: ", self.operation)?;
+                write!(f, "{} failed: ", self.0.operation)?;
                 at(f)?;
-                write!(f, " answered {status}: {}", self.message)?;
+                write!(f, " answered {status}: {}", self.0.message)?;
             }
             ErrorKind::Timeout => {
-                write!(f, "{} timed out: ", self.operation)?;
+                write!(f, "{} timed out: ", self.0.operation)?;
                 at(f)?;
-                write!(f, " gave {}", self.message)?;
+                write!(f, " gave {}", self.0.message)?;
             }
             _ => {
-                write!(f, "{}: {}", self.operation, self.message)?;
-                if let Some(e) = &self.endpoint {
+                write!(f, "{}: {}", self.0.operation, self.0.message)?;
+                if let Some(e) = &self.0.endpoint {
                     write!(f, " ({} from {})", e.url, e.source)?;
                 }
             }
         }
-        if let Some(hint) = &self.hint {
-            let sep = if self.message.ends_with('.') {
+        if let Some(hint) = &self.0.hint {
+            let sep = if self.0.message.ends_with('.') {
                 " "
             } else {
                 ". "
