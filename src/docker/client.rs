@@ -4,57 +4,429 @@
 //! CONTRACT (relied on by `generated/`): the `send_*` methods below, with
 //! exactly these signatures. Everything else here is free to change.
 
-use crate::docker::error::DockerError;
-use crate::docker::request::ApiRequest;
-use crate::docker::stream::{ByteStream, JsonStream};
+use crate::docker::error::{DockerError, ErrorKind};
+use crate::docker::request::{ApiRequest, CallKind, RequestBody};
+use crate::docker::stream::{self, ByteStream, JsonStream, LogStream};
+use crate::transport::connector::{ConnectError, Connector, Timeouts};
+use crate::transport::endpoint::{resolve_endpoint, Endpoint, EnvSnapshot, Host};
+use crate::transport::negotiate::{self, ApiVersion, Engine, PingInfo, Platform};
+use crate::transport::tls;
+use bytes::Bytes;
+use futures_util::{StreamExt, TryStreamExt};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Empty, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde::de::DeserializeOwned;
+use std::future::Future;
+use std::sync::Arc;
+
+type Body = UnsyncBoxBody<Bytes, std::io::Error>;
+
+/// How to connect, beyond the endpoint itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConnectOptions {
+    /// Use exactly this API version instead of negotiating (`DOCKER_API_VERSION`).
+    pub api_version: Option<ApiVersion>,
+    pub timeouts: Timeouts,
+}
+
+impl ConnectOptions {
+    /// Reads `DOCKER_API_VERSION` from the snapshot; default timeouts.
+    pub fn from_env(env: &EnvSnapshot) -> Result<Self, DockerError> {
+        let api_version = match env.non_empty("DOCKER_API_VERSION") {
+            None => None,
+            Some(v) => Some(v.parse::<ApiVersion>().map_err(|e| {
+                DockerError::new(
+                    ErrorKind::Config,
+                    "negotiate API version",
+                    format!("DOCKER_API_VERSION: {e}"),
+                )
+            })?),
+        };
+        Ok(ConnectOptions {
+            api_version,
+            timeouts: Timeouts::default(),
+        })
+    }
+}
+
+/// The answer of `GET /version` (the fields the worker uses).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct DaemonVersion {
+    #[serde(default)]
+    pub version: String,
+    #[serde(default)]
+    pub api_version: String,
+    #[serde(rename = "MinAPIVersion", default)]
+    pub min_api_version: Option<String>,
+    #[serde(default)]
+    pub os: String,
+    #[serde(default)]
+    pub arch: String,
+    #[serde(default)]
+    pub kernel_version: Option<String>,
+}
+
+/// Options of [`Docker::logs`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogsOptions {
+    pub stdout: bool,
+    pub stderr: bool,
+    /// Keep streaming until the container stops.
+    pub follow: bool,
+    pub timestamps: bool,
+    /// Only the last N lines.
+    pub tail: Option<u64>,
+}
+
+impl Default for LogsOptions {
+    fn default() -> Self {
+        LogsOptions {
+            stdout: true,
+            stderr: true,
+            follow: false,
+            timestamps: false,
+            tail: None,
+        }
+    }
+}
+
+/// A hijacked attach: the container's output and a writer to its stdin.
+pub struct Attached {
+    pub output: LogStream,
+    /// Shutting this down closes the container's stdin.
+    pub input: tokio::io::WriteHalf<TokioIo<hyper::upgrade::Upgraded>>,
+}
+
+struct Transport {
+    client: Client<Connector, Body>,
+    /// `scheme://authority` every request URI starts with.
+    base: String,
+    endpoint: Endpoint,
+    timeouts: Timeouts,
+}
+
+struct Inner {
+    transport: Transport,
+    api_version: ApiVersion,
+    /// `/v1.41`.
+    prefix: String,
+    engine: Engine,
+    platform: Platform,
+}
 
 /// Cheap to clone; shares one connection pool.
 #[derive(Clone)]
 pub struct Docker {
-    // Filled in by the transport work.
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Docker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Docker")
+            .field("endpoint", &self.inner.transport.endpoint.host.to_string())
+            .field("api_version", &self.inner.api_version)
+            .field("engine", &self.inner.engine.kind)
+            .finish()
+    }
 }
 
 impl Docker {
+    /// Resolves the endpoint as the Docker CLI would (see
+    /// [`resolve_endpoint`]), logs it and how it was chosen, then connects,
+    /// negotiates the API version (or uses `DOCKER_API_VERSION`) and
+    /// identifies the engine and platform.
+    pub async fn connect(env: &EnvSnapshot) -> Result<Docker, DockerError> {
+        let endpoint = resolve_endpoint(env)?;
+        tracing::info!(
+            endpoint = %endpoint.host,
+            chosen_by = %endpoint.source,
+            tls = endpoint.tls.is_some(),
+            "Docker endpoint resolved"
+        );
+        let options = ConnectOptions::from_env(env)?;
+        Docker::connect_endpoint(endpoint, options).await
+    }
+
+    /// Connects to a given endpoint: pings `/_ping` (HEAD, else GET),
+    /// negotiates the version, reads `/version`.
+    pub async fn connect_endpoint(
+        endpoint: Endpoint,
+        options: ConnectOptions,
+    ) -> Result<Docker, DockerError> {
+        let transport = Transport::new(endpoint, options.timeouts)?;
+        let ping = transport.ping().await?;
+        let api_version = negotiate::negotiate(ping.api_version, options.api_version)
+            .map_err(|e| e.with_endpoint(transport.endpoint.error_label()))?;
+        let prefix = format!("/v{api_version}");
+        let version: DaemonVersion = transport
+            .send_json(
+                ApiRequest::new(
+                    "SystemVersion",
+                    http::Method::GET,
+                    "/version".into(),
+                    CallKind::Ordinary,
+                ),
+                &prefix,
+            )
+            .await?;
+        let engine = Engine {
+            kind: ping.engine_kind(),
+            version: version.version.clone(),
+            api_version: ping
+                .api_version
+                .or_else(|| version.api_version.parse().ok())
+                .unwrap_or(api_version),
+            libpod_api_version: ping.libpod_api_version.clone(),
+        };
+        let platform = Platform {
+            os: version.os.clone(),
+            arch: version.arch.clone(),
+        };
+        tracing::info!(
+            engine = %engine.kind,
+            version = %engine.version,
+            api_version = %api_version,
+            platform = %platform,
+            "connected to the container engine"
+        );
+        Ok(Docker {
+            inner: Arc::new(Inner {
+                transport,
+                api_version,
+                prefix,
+                engine,
+                platform,
+            }),
+        })
+    }
+
+    /// The resolved endpoint and how it was chosen.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.inner.transport.endpoint
+    }
+
+    /// The API version every request is prefixed with.
+    pub fn api_version(&self) -> ApiVersion {
+        self.inner.api_version
+    }
+
+    /// Docker or Podman, with its versions.
+    pub fn engine(&self) -> &Engine {
+        &self.inner.engine
+    }
+
+    /// The daemon's `os/arch` from `/version`.
+    pub fn platform(&self) -> &Platform {
+        &self.inner.platform
+    }
+
+    pub fn timeouts(&self) -> Timeouts {
+        self.inner.transport.timeouts
+    }
+
+    /// `GET /_ping`: fails unless the daemon answers `OK`.
+    pub async fn ping(&self) -> Result<(), DockerError> {
+        let text = self
+            .send_text(ApiRequest::new(
+                "SystemPing",
+                http::Method::GET,
+                "/_ping".into(),
+                CallKind::Ordinary,
+            ))
+            .await?;
+        if text.trim() == "OK" {
+            Ok(())
+        } else {
+            Err(self.err(
+                ErrorKind::Protocol,
+                "SystemPing",
+                "/_ping did not answer OK",
+            ))
+        }
+    }
+
+    /// `GET /version`.
+    pub async fn version(&self) -> Result<DaemonVersion, DockerError> {
+        self.send_json(ApiRequest::new(
+            "SystemVersion",
+            http::Method::GET,
+            "/version".into(),
+            CallKind::Ordinary,
+        ))
+        .await
+    }
+
+    /// Whether the container was created with a TTY (`Config.Tty`), which
+    /// decides how its output is framed.
+    pub async fn container_tty(&self, id: &str) -> Result<bool, DockerError> {
+        #[derive(serde::Deserialize)]
+        struct Inspect {
+            #[serde(rename = "Config")]
+            config: Option<Config>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Config {
+            #[serde(rename = "Tty", default)]
+            tty: bool,
+        }
+        let path = format!(
+            "/containers/{}/json",
+            crate::docker::request::encode_path_segment(id)
+        );
+        let inspect: Inspect = self
+            .send_json(ApiRequest::new(
+                "ContainerInspect",
+                http::Method::GET,
+                path,
+                CallKind::Ordinary,
+            ))
+            .await?;
+        Ok(inspect.config.is_some_and(|c| c.tty))
+    }
+
+    /// A container's output: inspects its TTY setting, then streams its logs,
+    /// demultiplexed into stdout/stderr chunks (or raw [`stream::LogSource::Console`]
+    /// chunks for a TTY container). Never cut by the request timeout.
+    pub async fn logs(&self, id: &str, options: &LogsOptions) -> Result<LogStream, DockerError> {
+        let tty = self.container_tty(id).await?;
+        let mut req = ApiRequest::new(
+            "ContainerLogs",
+            http::Method::GET,
+            format!(
+                "/containers/{}/logs",
+                crate::docker::request::encode_path_segment(id)
+            ),
+            CallKind::Streaming,
+        );
+        req.query.push(("stdout", options.stdout.to_string()));
+        req.query.push(("stderr", options.stderr.to_string()));
+        req.query.push(("follow", options.follow.to_string()));
+        req.query
+            .push(("timestamps", options.timestamps.to_string()));
+        if let Some(tail) = options.tail {
+            req.query.push(("tail", tail.to_string()));
+        }
+        let body = self.send_byte_stream(req).await?;
+        Ok(stream::container_output("ContainerLogs", body, tty))
+    }
+
+    /// Attaches to a container over a hijacked connection (`Upgrade: tcp`):
+    /// its output (demultiplexed unless it has a TTY) and a writer to its
+    /// stdin. Attach before starting the container to see all output.
+    pub async fn attach(&self, id: &str, stdin: bool) -> Result<Attached, DockerError> {
+        let tty = self.container_tty(id).await?;
+        let mut req = ApiRequest::new(
+            "ContainerAttach",
+            http::Method::POST,
+            format!(
+                "/containers/{}/attach",
+                crate::docker::request::encode_path_segment(id)
+            ),
+            CallKind::Streaming,
+        );
+        req.query.push(("stream", "true".into()));
+        req.query.push(("stdin", stdin.to_string()));
+        req.query.push(("stdout", "true".into()));
+        req.query.push(("stderr", "true".into()));
+        let io = self.send_upgrade(req).await?;
+        let (read, write) = tokio::io::split(io);
+        let endpoint = self.endpoint().error_label();
+        let body: ByteStream = tokio_util::io::ReaderStream::new(read)
+            .map_err(move |e| {
+                DockerError::new(ErrorKind::Protocol, "ContainerAttach", e.to_string())
+                    .with_endpoint(endpoint.clone())
+            })
+            .boxed();
+        Ok(Attached {
+            output: stream::container_output("ContainerAttach", body, tty),
+            input: write,
+        })
+    }
+
+    fn err(&self, kind: ErrorKind, op: &'static str, msg: impl Into<String>) -> DockerError {
+        DockerError::new(kind, op, msg).with_endpoint(self.endpoint().error_label())
+    }
+
     /// Sends the request; a non-2xx status becomes a `DockerError` carrying the
     /// daemon's message. The body is returned unread.
     pub async fn send_raw(
         &self,
         req: ApiRequest,
     ) -> Result<http::Response<hyper::body::Incoming>, DockerError> {
-        let _ = req;
-        todo!("transport")
+        let t = &self.inner.transport;
+        let (op, kind) = (req.operation, req.kind);
+        t.deadline(op, kind, t.send(req, &self.inner.prefix)).await
     }
 
     /// Decodes a JSON response body.
     pub async fn send_json<T: DeserializeOwned>(&self, req: ApiRequest) -> Result<T, DockerError> {
-        let _ = req;
-        todo!("transport")
+        self.inner
+            .transport
+            .send_json(req, &self.inner.prefix)
+            .await
     }
 
     /// For operations whose success response has no (useful) body.
     pub async fn send_unit(&self, req: ApiRequest) -> Result<(), DockerError> {
-        let _ = req;
-        todo!("transport")
+        let t = &self.inner.transport;
+        let (op, kind) = (req.operation, req.kind);
+        t.deadline(op, kind, async {
+            let resp = t.send(req, &self.inner.prefix).await?;
+            t.collect(op, resp).await.map(drop)
+        })
+        .await
     }
 
     /// A plain-text response body (e.g. `/_ping`'s `OK`).
     pub async fn send_text(&self, req: ApiRequest) -> Result<String, DockerError> {
-        let _ = req;
-        todo!("transport")
+        let t = &self.inner.transport;
+        let (op, kind) = (req.operation, req.kind);
+        t.deadline(op, kind, async {
+            let resp = t.send(req, &self.inner.prefix).await?;
+            let body = t.collect(op, resp).await?;
+            Ok(String::from_utf8_lossy(&body).into_owned())
+        })
+        .await
     }
 
     /// Response headers only (HEAD operations such as `ContainerArchiveInfo`).
     pub async fn send_headers(&self, req: ApiRequest) -> Result<http::HeaderMap, DockerError> {
-        let _ = req;
-        todo!("transport")
+        let t = &self.inner.transport;
+        let (op, kind) = (req.operation, req.kind);
+        t.deadline(op, kind, async {
+            let resp = t.send(req, &self.inner.prefix).await?;
+            let headers = resp.headers().clone();
+            t.collect(op, resp).await?;
+            Ok(headers)
+        })
+        .await
     }
 
     /// The raw response body as a stream of chunks (export, archive get,
     /// image save, logs before demultiplexing).
     pub async fn send_byte_stream(&self, req: ApiRequest) -> Result<ByteStream, DockerError> {
-        let _ = req;
-        todo!("transport")
+        let t = &self.inner.transport;
+        let (op, kind) = (req.operation, req.kind);
+        let resp = t
+            .deadline(op, kind, t.send(req, &self.inner.prefix))
+            .await?;
+        let endpoint = t.endpoint.error_label();
+        Ok(resp
+            .into_body()
+            .into_data_stream()
+            .map_err(move |e| {
+                DockerError::new(
+                    ErrorKind::Protocol,
+                    op,
+                    format!("the response body broke off: {e}"),
+                )
+                .with_endpoint(endpoint.clone())
+            })
+            .boxed())
     }
 
     /// A JSON-lines response (pull/push/import/build progress, events, stats).
@@ -63,16 +435,479 @@ impl Docker {
         &self,
         req: ApiRequest,
     ) -> Result<JsonStream<T>, DockerError> {
-        let _ = req;
-        todo!("transport")
+        let op = req.operation;
+        let body = self.send_byte_stream(req).await?;
+        let endpoint = self.endpoint().error_label();
+        Ok(stream::json_lines(op, body)
+            .map_err(move |e| match e.endpoint() {
+                Some(_) => e,
+                None => e.with_endpoint(endpoint.clone()),
+            })
+            .boxed())
     }
 
     /// A hijacked connection (`Upgrade: tcp`, answered 101) for attach/exec.
     pub async fn send_upgrade(
         &self,
-        req: ApiRequest,
+        mut req: ApiRequest,
     ) -> Result<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>, DockerError> {
-        let _ = req;
-        todo!("transport")
+        let t = &self.inner.transport;
+        let (op, kind) = (req.operation, req.kind);
+        req.headers.push(("Connection", "Upgrade".into()));
+        req.headers.push(("Upgrade", "tcp".into()));
+        let resp = t
+            .deadline(op, kind, t.send(req, &self.inner.prefix))
+            .await?;
+        if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+            return Err(self.err(
+                ErrorKind::Protocol,
+                op,
+                format!("expected 101 Switching Protocols, got {}", resp.status()),
+            ));
+        }
+        let upgraded = hyper::upgrade::on(resp)
+            .await
+            .map_err(|e| self.err(ErrorKind::Protocol, op, format!("the upgrade failed: {e}")))?;
+        Ok(TokioIo::new(upgraded))
     }
+}
+
+impl Transport {
+    fn new(endpoint: Endpoint, timeouts: Timeouts) -> Result<Transport, DockerError> {
+        let label = endpoint.error_label();
+        let (base, tls) = match (&endpoint.host, &endpoint.tls) {
+            (Host::Unix(path), _) => {
+                let uri: hyper::Uri = hyperlocal::Uri::new(path, "/").into();
+                let authority = uri.authority().map(|a| a.as_str()).unwrap_or_default();
+                (format!("unix://{authority}"), None)
+            }
+            (Host::Tcp { host, port }, tls_settings) => {
+                let host = if host.contains(':') {
+                    format!("[{host}]")
+                } else {
+                    host.clone()
+                };
+                match tls_settings {
+                    Some(settings) => (
+                        format!("https://{host}:{port}"),
+                        Some(
+                            tls::client_config(settings)
+                                .map_err(|e| e.with_endpoint(label.clone()))?,
+                        ),
+                    ),
+                    None => (format!("http://{host}:{port}"), None),
+                }
+            }
+            (Host::Ssh { .. }, _) => {
+                return Err(DockerError::new(
+                    ErrorKind::Unsupported,
+                    "connect",
+                    "ssh:// endpoints are not supported yet",
+                )
+                .with_endpoint(label)
+                .with_hint("Forward the daemon's socket (ssh -L) and point DOCKER_HOST at it"))
+            }
+        };
+        let connector = Connector::new(tls, timeouts.connect);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(std::time::Duration::from_secs(30))
+            .build(connector);
+        Ok(Transport {
+            client,
+            base,
+            endpoint,
+            timeouts,
+        })
+    }
+
+    /// `/_ping` without a version prefix: HEAD first, GET when HEAD fails
+    /// with a status (older daemons, proxies).
+    async fn ping(&self) -> Result<PingInfo, DockerError> {
+        let head = ApiRequest::new(
+            "SystemPing",
+            http::Method::HEAD,
+            "/_ping".into(),
+            CallKind::Ordinary,
+        );
+        let head_result = self
+            .deadline("SystemPing", CallKind::Ordinary, self.send(head, ""))
+            .await;
+        match head_result {
+            Ok(resp) => return Ok(PingInfo::from_headers(resp.headers())),
+            Err(e) if e.status().is_none() => return Err(e),
+            Err(_) => {}
+        }
+        let get = ApiRequest::new(
+            "SystemPing",
+            http::Method::GET,
+            "/_ping".into(),
+            CallKind::Ordinary,
+        );
+        self.deadline("SystemPing", CallKind::Ordinary, async {
+            let resp = self.send(get, "").await?;
+            let info = PingInfo::from_headers(resp.headers());
+            self.collect("SystemPing", resp).await?;
+            Ok(info)
+        })
+        .await
+    }
+
+    async fn send_json<T: DeserializeOwned>(
+        &self,
+        req: ApiRequest,
+        prefix: &str,
+    ) -> Result<T, DockerError> {
+        let (op, kind) = (req.operation, req.kind);
+        self.deadline(op, kind, async {
+            let resp = self.send(req, prefix).await?;
+            let body = self.collect(op, resp).await?;
+            serde_json::from_slice(&body).map_err(|e| {
+                self.err(
+                    ErrorKind::Protocol,
+                    op,
+                    format!("the daemon's answer is not the expected JSON: {e}"),
+                )
+            })
+        })
+        .await
+    }
+
+    fn err(&self, kind: ErrorKind, op: &'static str, msg: impl Into<String>) -> DockerError {
+        DockerError::new(kind, op, msg).with_endpoint(self.endpoint.error_label())
+    }
+
+    /// Applies the request timeout to ordinary calls only.
+    async fn deadline<T>(
+        &self,
+        op: &'static str,
+        kind: CallKind,
+        fut: impl Future<Output = Result<T, DockerError>>,
+    ) -> Result<T, DockerError> {
+        match kind {
+            CallKind::Streaming => fut.await,
+            CallKind::Ordinary => match tokio::time::timeout(self.timeouts.request, fut).await {
+                Ok(r) => r,
+                Err(_) => Err(DockerError::timeout(op, self.timeouts.request)
+                    .with_endpoint(self.endpoint.error_label())),
+            },
+        }
+    }
+
+    fn build(&self, req: ApiRequest, prefix: &str) -> Result<http::Request<Body>, DockerError> {
+        let op = req.operation;
+        let mut uri = String::with_capacity(self.base.len() + prefix.len() + req.path.len() + 32);
+        uri.push_str(&self.base);
+        uri.push_str(prefix);
+        uri.push_str(&req.path);
+        for (i, (k, v)) in req.query.iter().enumerate() {
+            uri.push(if i == 0 { '?' } else { '&' });
+            uri.push_str(&encode_query(k));
+            uri.push('=');
+            uri.push_str(&encode_query(v));
+        }
+        let mut builder = http::Request::builder()
+            .method(req.method)
+            .uri(uri)
+            .header(http::header::USER_AGENT, USER_AGENT);
+        for (name, value) in &req.headers {
+            let value = http::HeaderValue::from_str(value).map_err(|_| {
+                // Never echo the value: it may be a registry credential.
+                self.err(
+                    ErrorKind::Config,
+                    op,
+                    format!("the value of header {name} is not a valid header value"),
+                )
+            })?;
+            builder = builder.header(*name, value);
+        }
+        let never = |n: std::convert::Infallible| -> std::io::Error { match n {} };
+        let body: Body = match req.body {
+            RequestBody::Empty => Empty::new().map_err(never).boxed_unsync(),
+            RequestBody::Json(data) => {
+                builder = builder.header(http::header::CONTENT_TYPE, "application/json");
+                Full::new(data).map_err(never).boxed_unsync()
+            }
+            RequestBody::Bytes { content_type, data } => {
+                builder = builder.header(http::header::CONTENT_TYPE, content_type);
+                Full::new(data).map_err(never).boxed_unsync()
+            }
+            RequestBody::Stream {
+                content_type,
+                stream,
+            } => {
+                builder = builder.header(http::header::CONTENT_TYPE, content_type);
+                StreamBody::new(stream.map_ok(Frame::data)).boxed_unsync()
+            }
+        };
+        builder.body(body).map_err(|e| {
+            self.err(
+                ErrorKind::Config,
+                op,
+                format!("cannot build the request: {e}"),
+            )
+        })
+    }
+
+    /// Sends and checks the status; the body is left unread on success.
+    async fn send(
+        &self,
+        req: ApiRequest,
+        prefix: &str,
+    ) -> Result<http::Response<Incoming>, DockerError> {
+        let op = req.operation;
+        let request = self.build(req, prefix)?;
+        tracing::debug!(operation = op, method = %request.method(), path = request.uri().path(), "docker request");
+        let resp = self
+            .client
+            .request(request)
+            .await
+            .map_err(|e| self.transport_error(op, &e))?;
+        let status = resp.status();
+        if status.is_success() || status == http::StatusCode::SWITCHING_PROTOCOLS {
+            return Ok(resp);
+        }
+        let body = match tokio::time::timeout(
+            self.timeouts.request,
+            http_body_util::Limited::new(resp.into_body(), 64 * 1024).collect(),
+        )
+        .await
+        {
+            Ok(Ok(collected)) => collected.to_bytes(),
+            _ => Bytes::new(),
+        };
+        Err(self.status_error(op, status, &body))
+    }
+
+    fn status_error(&self, op: &'static str, status: http::StatusCode, body: &[u8]) -> DockerError {
+        #[derive(serde::Deserialize)]
+        struct Message {
+            message: String,
+        }
+        let message = match serde_json::from_slice::<Message>(body) {
+            Ok(m) => m.message,
+            Err(_) => {
+                let text = String::from_utf8_lossy(body).trim().to_string();
+                if text.is_empty() {
+                    status
+                        .canonical_reason()
+                        .unwrap_or("no message")
+                        .to_string()
+                } else {
+                    text
+                }
+            }
+        };
+        if status == http::StatusCode::BAD_REQUEST
+            && message.contains("HTTP request to an HTTPS server")
+        {
+            return self
+                .err(
+                    ErrorKind::Connect,
+                    op,
+                    "the daemon expects TLS on this port, but the connection was plain HTTP",
+                )
+                .with_hint(
+                    "Set DOCKER_TLS_VERIFY=1 and DOCKER_CERT_PATH to the directory with ca.pem, cert.pem and key.pem (or use a context with TLS)",
+                );
+        }
+        self.err(ErrorKind::Status(status), op, message)
+    }
+
+    async fn collect(
+        &self,
+        op: &'static str,
+        resp: http::Response<Incoming>,
+    ) -> Result<Bytes, DockerError> {
+        resp.into_body()
+            .collect()
+            .await
+            .map(|c| c.to_bytes())
+            .map_err(|e| {
+                let err: &(dyn std::error::Error + 'static) = &e;
+                match self.tls_problem(err) {
+                    Some(tls) => tls.with_operation_hint(op),
+                    None => self.err(
+                        ErrorKind::Protocol,
+                        op,
+                        format!("the response body broke off: {e}"),
+                    ),
+                }
+            })
+    }
+
+    /// Turns a client error into an actionable one: which endpoint, how it
+    /// was chosen, and what to check.
+    fn transport_error(
+        &self,
+        op: &'static str,
+        e: &hyper_util::client::legacy::Error,
+    ) -> DockerError {
+        let root: &(dyn std::error::Error + 'static) = e;
+        let connect = chain(root).find_map(|s| s.downcast_ref::<ConnectError>());
+        let check = "run `oz-agent-worker check` to see which daemon the worker resolves";
+        match connect {
+            Some(ConnectError::Io(io)) => {
+                let hint = match (io.kind(), &self.endpoint.host) {
+                    (std::io::ErrorKind::NotFound, Host::Unix(_)) => format!(
+                        "Is the daemon running? Set DOCKER_HOST or DOCKER_CONTEXT to the right endpoint, or {check}."
+                    ),
+                    (std::io::ErrorKind::PermissionDenied, Host::Unix(p)) => format!(
+                        "Your user may not access {}: add it to the socket's group (e.g. `docker`) or run the worker as a user that can. Or {check}.",
+                        p.display()
+                    ),
+                    (std::io::ErrorKind::ConnectionRefused, _) => format!(
+                        "Is the daemon running and listening there? Set DOCKER_HOST or DOCKER_CONTEXT to the right endpoint, or {check}."
+                    ),
+                    _ => format!("Is the daemon running and reachable? Or {check}."),
+                };
+                self.err(ErrorKind::Connect, op, describe_io(io))
+                    .with_hint(hint)
+            }
+            Some(ConnectError::Timeout(d)) => self
+                .err(
+                    ErrorKind::Connect,
+                    op,
+                    format!("no connection within {d:?}"),
+                )
+                .with_hint(format!(
+                    "Is the host reachable and the port open? Or {check}."
+                )),
+            Some(ConnectError::Unsupported(s)) => self.err(
+                ErrorKind::Unsupported,
+                op,
+                format!("unsupported scheme {s}"),
+            ),
+            Some(ConnectError::Tls(_)) | None => match self.tls_problem(root) {
+                Some(tls) => tls.with_operation_hint(op),
+                None => {
+                    let kind = if e.is_connect() {
+                        ErrorKind::Connect
+                    } else {
+                        ErrorKind::Protocol
+                    };
+                    let mut err = self.err(kind, op, describe_chain(root));
+                    if self.endpoint.tls.is_none() && matches!(self.endpoint.host, Host::Tcp { .. })
+                    {
+                        err = err.with_hint(
+                            "If the daemon listens with TLS, set DOCKER_TLS_VERIFY=1 and DOCKER_CERT_PATH",
+                        );
+                    }
+                    err
+                }
+            },
+        }
+    }
+
+    /// Recognises a rustls failure anywhere in the chain and says which file
+    /// to fix.
+    fn tls_problem(&self, root: &(dyn std::error::Error + 'static)) -> Option<TlsProblem> {
+        let rustls_err = chain(root).find_map(|s| {
+            s.downcast_ref::<rustls::Error>().or_else(|| {
+                s.downcast_ref::<std::io::Error>()
+                    .and_then(|io| io.get_ref())
+                    .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+            })
+        })?;
+        let tls = self.endpoint.tls.as_ref();
+        let dir = tls.map(|t| t.dir.display().to_string()).unwrap_or_default();
+        let ca = tls
+            .and_then(|t| t.ca.as_ref())
+            .map(|p| p.display().to_string());
+        use rustls::{AlertDescription as A, CertificateError as C, Error as E};
+        let (message, hint) = match rustls_err {
+            E::InvalidCertificate(C::UnknownIssuer) | E::InvalidCertificate(C::BadSignature) => (
+                match &ca {
+                    Some(ca) => format!("the daemon's certificate is not signed by the CA in {ca}"),
+                    None => "the daemon's certificate is not signed by a known CA (no ca.pem was found)".to_string(),
+                },
+                format!("Point DOCKER_CERT_PATH (now {dir}) at the directory holding the CA that signed the daemon's certificate."),
+            ),
+            E::InvalidCertificate(C::NotValidForName)
+            | E::InvalidCertificate(C::NotValidForNameContext { .. }) => (
+                format!("the daemon's certificate is not valid for {}", self.endpoint.host),
+                "Use the host name or address the certificate was issued for in DOCKER_HOST.".to_string(),
+            ),
+            E::InvalidCertificate(C::Expired) | E::InvalidCertificate(C::ExpiredContext { .. }) => (
+                "the daemon's certificate has expired".to_string(),
+                "Renew the daemon's certificate.".to_string(),
+            ),
+            E::AlertReceived(A::CertificateRequired | A::BadCertificate | A::HandshakeFailure | A::UnknownCA) => {
+                let has_cert = tls.is_some_and(|t| t.cert.is_some());
+                (
+                    if has_cert {
+                        format!("the daemon rejected our client certificate ({rustls_err})")
+                    } else {
+                        format!("the daemon requires a client certificate and there is no cert.pem/key.pem in {dir}")
+                    },
+                    format!("Put the client certificate (cert.pem) and key (key.pem) signed by the daemon's CA in DOCKER_CERT_PATH (now {dir})."),
+                )
+            }
+            E::InvalidMessage(_) | E::InappropriateMessage { .. } => (
+                format!("the peer did not answer TLS ({rustls_err})"),
+                "Does this port serve TLS? A plain daemon port needs DOCKER_TLS_VERIFY and DOCKER_TLS unset.".to_string(),
+            ),
+            other => (
+                format!("TLS failed: {other}"),
+                format!("Check the TLS files in {dir}."),
+            ),
+        };
+        Some(TlsProblem(
+            self.err(ErrorKind::Tls, "connect", message).with_hint(hint),
+        ))
+    }
+}
+
+/// A TLS error built before the operation name was known.
+struct TlsProblem(DockerError);
+
+impl TlsProblem {
+    fn with_operation_hint(self, op: &'static str) -> DockerError {
+        let e = self.0;
+        let mut out = DockerError::new(ErrorKind::Tls, op, e.message().to_string());
+        if let Some(ep) = e.endpoint() {
+            out = out.with_endpoint(ep.clone());
+        }
+        if let Some(h) = e.hint() {
+            out = out.with_hint(h.to_string());
+        }
+        out
+    }
+}
+
+fn chain<'a>(
+    root: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(root), |e| e.source())
+}
+
+/// `No such file or directory` rather than `... (os error 2)`.
+fn describe_io(e: &std::io::Error) -> String {
+    let s = e.to_string();
+    match s.find(" (os error") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
+}
+
+fn describe_chain(root: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for e in chain(root) {
+        let s = e.to_string();
+        if !parts.iter().any(|p| p.contains(&s)) {
+            parts.push(s);
+        }
+    }
+    parts.join(": ")
+}
+
+const USER_AGENT: &str = concat!("oz-agent-worker/", env!("CARGO_PKG_VERSION"));
+
+fn encode_query(s: &str) -> std::borrow::Cow<'_, str> {
+    use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+    const QUERY: &AsciiSet = &NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~');
+    utf8_percent_encode(s, QUERY).into()
 }

@@ -10,6 +10,6 @@ mod models_tests;
 pub mod request;
 pub mod stream;
 
-pub use client::Docker;
+pub use client::{Attached, ConnectOptions, DaemonVersion, Docker, LogsOptions};
 pub use error::DockerError;
 pub use generated::{models, params};

@@ -3,3 +3,5 @@
 #![allow(dead_code)]
 
 pub mod control_plane;
+pub mod docker;
+pub mod worker;

@@ -1,0 +1,194 @@
+//! rustls client configuration from [`TlsSettings`]: the CA file (or the
+//! built-in web roots), the client certificate chain and key, verification on
+//! or off. The ring provider is built explicitly; no process-wide default.
+
+use crate::docker::error::{DockerError, ErrorKind};
+use crate::transport::endpoint::TlsSettings;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use std::path::Path;
+use std::sync::Arc;
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn tls_error(message: String, hint: &str) -> DockerError {
+    DockerError::new(ErrorKind::Tls, "load TLS files", message).with_hint(hint.to_string())
+}
+
+fn read_certs(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>, DockerError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| {
+            tls_error(
+                format!("cannot read the {what} {}: {e}", path.display()),
+                "Check DOCKER_CERT_PATH (or the context's TLS files) and the file's permissions",
+            )
+        })?;
+    if certs.is_empty() {
+        return Err(tls_error(
+            format!("the {what} {} holds no PEM certificate", path.display()),
+            "It must contain a `-----BEGIN CERTIFICATE-----` block",
+        ));
+    }
+    Ok(certs)
+}
+
+/// Builds the rustls configuration; every failure names the file and what
+/// is wrong with it (never its contents).
+pub fn client_config(settings: &TlsSettings) -> Result<Arc<ClientConfig>, DockerError> {
+    let provider = provider();
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls_error(format!("TLS set-up failed: {e}"), "This is a bug"))?;
+    let builder = if settings.verify {
+        let mut roots = RootCertStore::empty();
+        match &settings.ca {
+            Some(ca) => {
+                for cert in read_certs(ca, "CA certificate")? {
+                    roots.add(cert).map_err(|e| {
+                        tls_error(
+                            format!("the CA certificate {} is not usable: {e}", ca.display()),
+                            "ca.pem must be the CA that signed the daemon's certificate",
+                        )
+                    })?;
+                }
+            }
+            None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+        }
+        builder.with_root_certificates(roots)
+    } else {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAnyCert(provider)))
+    };
+    let mut config = match (&settings.cert, &settings.key) {
+        (Some(cert), Some(key)) => {
+            let chain = read_certs(cert, "client certificate")?;
+            let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| {
+                tls_error(
+                    format!("cannot read the client key {}: {e}", key.display()),
+                    "key.pem must hold the PEM private key of cert.pem",
+                )
+            })?;
+            builder.with_client_auth_cert(chain, key_der).map_err(|e| {
+                tls_error(
+                    format!(
+                        "the client certificate {} and key {} do not fit together: {e}",
+                        cert.display(),
+                        key.display()
+                    ),
+                    "key.pem must be the private key of cert.pem",
+                )
+            })?
+        }
+        (Some(cert), None) => {
+            return Err(tls_error(
+                format!(
+                    "client certificate {} has no key.pem next to it in {}",
+                    cert.display(),
+                    settings.dir.display()
+                ),
+                "Put the certificate's private key in key.pem",
+            ))
+        }
+        (None, Some(key)) => {
+            return Err(tls_error(
+                format!(
+                    "client key {} has no cert.pem next to it in {}",
+                    key.display(),
+                    settings.dir.display()
+                ),
+                "Put the client certificate in cert.pem",
+            ))
+        }
+        (None, None) => builder.with_no_client_auth(),
+    };
+    // The Engine API is HTTP/1.1; no ALPN.
+    config.alpn_protocols.clear();
+    Ok(Arc::new(config))
+}
+
+/// Verification off (`DOCKER_TLS` without `DOCKER_TLS_VERIFY`, or a context
+/// with `SkipTLSVerify`): any certificate is accepted, signatures still checked.
+#[derive(Debug)]
+struct AcceptAnyCert(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AcceptAnyCert {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_ca_file_is_named() {
+        let settings = TlsSettings {
+            ca: Some("/nonexistent/ca.pem".into()),
+            cert: None,
+            key: None,
+            verify: true,
+            dir: "/nonexistent".into(),
+        };
+        let err = client_config(&settings).unwrap_err().to_string();
+        assert!(err.contains("/nonexistent/ca.pem"), "{err}");
+    }
+
+    #[test]
+    fn unverified_needs_no_files() {
+        let settings = TlsSettings {
+            ca: None,
+            cert: None,
+            key: None,
+            verify: false,
+            dir: "/nonexistent".into(),
+        };
+        assert!(client_config(&settings).is_ok());
+    }
+}

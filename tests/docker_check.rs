@@ -1,0 +1,136 @@
+//! `oz-agent-worker check` through the built binary, with the environment
+//! set on the child process only.
+
+mod support;
+
+use std::process::{Command, Output};
+use support::docker::{Setup, TestDaemon, TestEnv, Via};
+
+fn check(vars: &[(&str, &str)], json: bool) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_oz-agent-worker"));
+    cmd.arg("check").env_clear();
+    if json {
+        cmd.arg("--json");
+    }
+    for (k, v) in vars {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run oz-agent-worker check")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn text_report_over_tls() {
+    let Some((env, _)) = TestDaemon::setup(Via::TlsEnv) else {
+        return;
+    };
+    let out = check(
+        &[
+            ("DOCKER_HOST", &env.tls_host),
+            ("DOCKER_TLS_VERIFY", "1"),
+            ("DOCKER_CERT_PATH", env.cert_dir.to_str().unwrap()),
+        ],
+        false,
+    );
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    for line in [
+        "endpoint:    tcp://127.0.0.1:2376",
+        "chosen by:   env DOCKER_HOST",
+        "TLS:         on, daemon certificate verified",
+        "engine:      Docker ",
+        "API version: 1.41 (negotiated)",
+        "platform:    linux/",
+    ] {
+        assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");
+    }
+    assert!(stdout.lines().count() <= 8, "{stdout}");
+}
+
+#[test]
+fn json_report_for_a_context_on_podman() {
+    let Some((env, setup)) = TestDaemon::setup(Via::Podman) else {
+        return;
+    };
+    setup
+        .create_context("pod", &format!("host={}", env.podman_host))
+        .expect("docker CLI");
+    let cfg = setup.config_dir.path().to_str().unwrap().to_string();
+    let out = check(&[("DOCKER_CONFIG", &cfg), ("DOCKER_CONTEXT", "pod")], true);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(v["ok"], true);
+    assert_eq!(v["endpoint"], env.podman_host.as_str());
+    assert_eq!(v["chosen_by"]["kind"], "context");
+    assert_eq!(v["chosen_by"]["context"], "pod");
+    assert_eq!(v["tls"]["enabled"], false);
+    assert_eq!(v["engine"]["kind"], "podman");
+    assert!(v["engine"]["version"]
+        .as_str()
+        .unwrap()
+        .starts_with(char::is_numeric));
+    assert_eq!(v["api_version"], "1.41");
+    assert!(v["platform"].as_str().unwrap().starts_with("linux/"));
+}
+
+#[test]
+fn default_socket_text() {
+    let Some((env, setup)) = TestDaemon::setup(Via::Unix) else {
+        return;
+    };
+    if env.docker_host != "unix:///var/run/docker.sock" {
+        return; // the default only applies to the standard path
+    }
+    let cfg = setup.config_dir.path().to_str().unwrap().to_string();
+    let out = check(&[("DOCKER_CONFIG", &cfg)], false);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(stdout.contains("chosen by:   default socket"), "{stdout}");
+    assert!(stdout.contains("TLS:         off"), "{stdout}");
+}
+
+#[test]
+fn failure_exits_non_zero_with_the_workers_error() {
+    let setup = Setup::new();
+    let cfg = setup.config_dir.path().to_str().unwrap().to_string();
+    let vars = [
+        ("DOCKER_CONFIG", cfg.as_str()),
+        ("DOCKER_HOST", "unix:///nonexistent/oz-test.sock"),
+    ];
+    let out = check(&vars, false);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("cannot connect to the Docker daemon at unix:///nonexistent/oz-test.sock (from env DOCKER_HOST)")
+            && stderr.contains("Is the daemon running?"),
+        "{stderr}"
+    );
+    let out = check(&vars, true);
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on failure");
+    assert_eq!(v["ok"], false);
+    assert!(v["error"]
+        .as_str()
+        .unwrap()
+        .contains("No such file or directory"));
+}
+
+#[test]
+fn unknown_context_fails_naming_it() {
+    let _ = TestEnv::load();
+    let setup = Setup::new();
+    let cfg = setup.config_dir.path().to_str().unwrap().to_string();
+    let out = check(
+        &[("DOCKER_CONFIG", &cfg), ("DOCKER_CONTEXT", "ghost")],
+        false,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("\"ghost\"") && stderr.contains(&cfg),
+        "{stderr}"
+    );
+}

@@ -1,0 +1,319 @@
+//! The client against real daemons: the same scenario over every way of
+//! reaching one (unix socket, TLS TCP from the environment, a context made by
+//! the real `docker context create` selected by DOCKER_CONTEXT and by
+//! currentContext, Podman's socket, DOCKER_API_VERSION pinned to 1.41).
+
+mod support;
+
+use futures_util::StreamExt;
+use http::Method;
+use oz_agent_worker::docker::request::{ApiRequest, CallKind, RequestBody};
+use oz_agent_worker::docker::stream::{LogChunk, LogSource};
+use oz_agent_worker::docker::LogsOptions;
+use oz_agent_worker::transport::{ApiVersion, EndpointSource, EngineKind};
+use support::docker::{chunked, scan_tar, tar_of, TestDaemon, Via};
+
+#[tokio::test]
+async fn unix_socket() {
+    scenario(Via::Unix).await;
+}
+
+#[tokio::test]
+async fn tls_tcp_from_env() {
+    scenario(Via::TlsEnv).await;
+}
+
+#[tokio::test]
+async fn context_selected_by_docker_context() {
+    scenario(Via::ContextEnv).await;
+}
+
+#[tokio::test]
+async fn context_selected_by_current_context() {
+    scenario(Via::ContextConfig).await;
+}
+
+#[tokio::test]
+async fn podman_socket() {
+    scenario(Via::Podman).await;
+}
+
+#[tokio::test]
+async fn api_version_pinned_to_1_41() {
+    scenario(Via::Pinned141).await;
+}
+
+async fn scenario(via: Via) {
+    let Some(d) = TestDaemon::connect(via).await else {
+        return;
+    };
+    check_identity(&d);
+    ping_and_version(&d).await;
+    image_import_and_inspect(&d).await;
+    container_lifecycle(&d).await;
+    tty_container_logs_are_raw(&d).await;
+    volume_lifecycle(&d).await;
+}
+
+fn check_identity(d: &TestDaemon) {
+    let ep = d.docker.endpoint();
+    match d.via {
+        Via::Unix | Via::Pinned141 | Via::Podman | Via::TlsEnv => {
+            assert_eq!(ep.source, EndpointSource::Env)
+        }
+        Via::ContextEnv | Via::ContextConfig => {
+            assert!(
+                matches!(&ep.source, EndpointSource::Context { name, .. } if name == "oz-remote"),
+                "{:?}",
+                ep.source
+            );
+        }
+    }
+    let tls = matches!(d.via, Via::TlsEnv | Via::ContextEnv | Via::ContextConfig);
+    assert_eq!(ep.tls.is_some(), tls, "TLS for {:?}", d.via);
+    if let Some(t) = &ep.tls {
+        assert!(t.verify);
+        assert!(
+            t.ca.is_some() && t.cert.is_some() && t.key.is_some(),
+            "{t:?}"
+        );
+    }
+    let expected_engine = if d.via == Via::Podman {
+        EngineKind::Podman
+    } else {
+        EngineKind::Docker
+    };
+    assert_eq!(d.docker.engine().kind, expected_engine);
+    if d.via == Via::Podman {
+        assert!(d.docker.engine().libpod_api_version.is_some());
+    }
+    if d.via == Via::Pinned141 {
+        assert_eq!(d.docker.api_version(), ApiVersion::new(1, 41));
+    }
+    assert!(d.docker.api_version() >= ApiVersion::MINIMUM);
+    assert!(d.docker.api_version() <= ApiVersion::LATEST);
+    assert_eq!(d.docker.platform().os, "linux");
+}
+
+async fn ping_and_version(d: &TestDaemon) {
+    d.docker.ping().await.expect("ping");
+    let v = d.docker.version().await.expect("version");
+    assert!(!v.version.is_empty());
+    assert_eq!(v.os, "linux");
+    assert_eq!(v.arch, d.docker.platform().arch);
+}
+
+async fn image_import_and_inspect(d: &TestDaemon) {
+    let repo = d.unique("import");
+    let tar = tar_of(&[("hello.txt", b"imported\n")]);
+    let mut req = ApiRequest::new(
+        "ImageCreate",
+        Method::POST,
+        "/images/create".into(),
+        CallKind::Streaming,
+    );
+    // The tag goes into `repo`: Docker accepts both forms, Podman 4 ignores
+    // the separate `tag` parameter.
+    req.query = vec![("fromSrc", "-".into()), ("repo", format!("{repo}:t1"))];
+    req.body = RequestBody::Stream {
+        content_type: "application/x-tar",
+        stream: chunked(tar),
+    };
+    let mut progress = d
+        .docker
+        .send_json_stream::<serde_json::Value>(req)
+        .await
+        .expect("import");
+    let mut lines = 0;
+    while let Some(item) = progress.next().await {
+        item.unwrap_or_else(|e| panic!("import progress via {:?}: {e}", d.via));
+        lines += 1;
+    }
+    assert!(lines > 0, "import reported no progress");
+    let name = format!("{repo}:t1");
+    let seg = oz_agent_worker::docker::request::encode_path_segment(&name);
+    let inspect = d
+        .json(
+            "ImageInspect",
+            Method::GET,
+            format!("/images/{seg}/json"),
+            None,
+        )
+        .await
+        .expect("inspect imported image");
+    assert!(inspect["Id"].as_str().unwrap().starts_with("sha256:"));
+    assert_eq!(inspect["Os"], "linux");
+    let mut del = ApiRequest::new(
+        "ImageDelete",
+        Method::DELETE,
+        format!("/images/{seg}"),
+        CallKind::Ordinary,
+    );
+    del.query.push(("force", "true".into()));
+    d.docker
+        .send_json::<serde_json::Value>(del)
+        .await
+        .expect("delete image");
+    // A second inspect is a 404 with the daemon's message.
+    let err = d
+        .json(
+            "ImageInspect",
+            Method::GET,
+            format!("/images/{seg}/json"),
+            None,
+        )
+        .await
+        .unwrap_err();
+    assert!(err.is_not_found(), "{err}");
+    assert_eq!(err.operation(), "ImageInspect");
+    assert!(err.to_string().contains("404"), "{err}");
+}
+
+fn split(chunks: &[LogChunk]) -> (String, String) {
+    let mut out = String::new();
+    let mut err = String::new();
+    for c in chunks {
+        match c.source {
+            LogSource::Stdout => out.push_str(&String::from_utf8_lossy(&c.data)),
+            LogSource::Stderr => err.push_str(&String::from_utf8_lossy(&c.data)),
+            other => panic!("unexpected {other:?} chunk"),
+        }
+    }
+    (out, err)
+}
+
+async fn container_lifecycle(d: &TestDaemon) {
+    let id = d
+        .create_container(
+            &["sh", "-c", "cat /hello.txt; echo to-stderr >&2; exit 3"],
+            false,
+        )
+        .await;
+
+    // Archive put (streamed tar) before start.
+    let mut put = ApiRequest::new(
+        "PutContainerArchive",
+        Method::PUT,
+        format!("/containers/{id}/archive"),
+        CallKind::Streaming,
+    );
+    put.query.push(("path", "/".into()));
+    put.body = RequestBody::Stream {
+        content_type: "application/x-tar",
+        stream: chunked(tar_of(&[("hello.txt", b"from-archive\n")])),
+    };
+    d.docker.send_unit(put).await.expect("archive put");
+
+    d.start(&id).await;
+    assert_eq!(d.wait(&id).await, 3);
+
+    let logs: Vec<LogChunk> = d
+        .docker
+        .logs(&id, &LogsOptions::default())
+        .await
+        .expect("logs")
+        .map(|r| r.expect("log chunk"))
+        .collect()
+        .await;
+    let (out, err) = split(&logs);
+    assert_eq!(out, "from-archive\n");
+    assert_eq!(err, "to-stderr\n");
+
+    // Archive get: a streamed tar holding the file.
+    let mut get = ApiRequest::new(
+        "ContainerArchive",
+        Method::GET,
+        format!("/containers/{id}/archive"),
+        CallKind::Streaming,
+    );
+    get.query.push(("path", "/hello.txt".into()));
+    let body = d.docker.send_byte_stream(get).await.expect("archive get");
+    let (names, kept, _) = scan_tar(body, &["hello.txt"]).await;
+    assert_eq!(names, vec!["hello.txt".to_string()]);
+    assert_eq!(kept[0].1, b"from-archive\n");
+
+    // Export: the whole filesystem, streamed.
+    let export = ApiRequest::new(
+        "ContainerExport",
+        Method::GET,
+        format!("/containers/{id}/export"),
+        CallKind::Streaming,
+    );
+    let body = d.docker.send_byte_stream(export).await.expect("export");
+    let (names, _, total) = scan_tar(body, &[]).await;
+    assert!(names.iter().any(|n| n == "hello.txt"), "{names:?}");
+    assert!(names.iter().any(|n| n == "bin/busybox"), "{names:?}");
+    assert!(total > 100_000, "export of {total} bytes");
+
+    d.remove(&id).await;
+    let err = d
+        .json(
+            "ContainerInspect",
+            Method::GET,
+            format!("/containers/{id}/json"),
+            None,
+        )
+        .await
+        .unwrap_err();
+    assert!(err.is_not_found(), "{err}");
+}
+
+async fn tty_container_logs_are_raw(d: &TestDaemon) {
+    let id = d.create_container(&["sh", "-c", "echo on-tty"], true).await;
+    d.start(&id).await;
+    assert_eq!(d.wait(&id).await, 0);
+    let logs: Vec<LogChunk> = d
+        .docker
+        .logs(&id, &LogsOptions::default())
+        .await
+        .expect("logs")
+        .map(|r| r.expect("log chunk"))
+        .collect()
+        .await;
+    assert!(logs.iter().all(|c| c.source == LogSource::Console));
+    let text: Vec<u8> = logs.iter().flat_map(|c| c.data.to_vec()).collect();
+    assert_eq!(String::from_utf8_lossy(&text).trim_end(), "on-tty");
+    d.remove(&id).await;
+}
+
+async fn volume_lifecycle(d: &TestDaemon) {
+    let name = d.unique("vol");
+    let created = d
+        .json(
+            "VolumeCreate",
+            Method::POST,
+            "/volumes/create".into(),
+            Some(serde_json::json!({ "Name": name, "Labels": { "oz-test": "1" } })),
+        )
+        .await
+        .expect("volume create");
+    assert_eq!(created["Name"], name.as_str());
+    let inspected = d
+        .json(
+            "VolumeInspect",
+            Method::GET,
+            format!("/volumes/{name}"),
+            None,
+        )
+        .await
+        .expect("volume inspect");
+    assert_eq!(inspected["Labels"]["oz-test"], "1");
+    d.unit(
+        "VolumeDelete",
+        Method::DELETE,
+        format!("/volumes/{name}"),
+        &[],
+    )
+    .await
+    .expect("volume delete");
+    let err = d
+        .json(
+            "VolumeInspect",
+            Method::GET,
+            format!("/volumes/{name}"),
+            None,
+        )
+        .await
+        .unwrap_err();
+    assert!(err.is_not_found(), "{err}");
+}

@@ -1,0 +1,173 @@
+//! Each way of getting the daemon wrong, asserted on what the error says:
+//! the kind, the endpoint and how it was chosen, the file or setting to fix.
+
+mod support;
+
+use oz_agent_worker::docker::error::ErrorKind;
+use oz_agent_worker::docker::{Docker, DockerError};
+use support::docker::{unavailable, Setup, TestDaemon, TestEnv, Via};
+
+async fn connect_err(setup: &Setup) -> DockerError {
+    match Docker::connect(&setup.env).await {
+        Ok(d) => panic!("connected to {:?} but expected an error", d.endpoint()),
+        Err(e) => e,
+    }
+}
+
+fn assert_mentions(err: &DockerError, needles: &[&str]) {
+    let text = err.to_string();
+    for n in needles {
+        assert!(text.contains(n), "error does not mention {n:?}:\n{text}");
+    }
+}
+
+/// The TLS port is there (else skip, or fail under CI).
+fn tls_env() -> Option<TestEnv> {
+    TestDaemon::setup(Via::TlsEnv).map(|(env, _)| env)
+}
+
+#[tokio::test]
+async fn wrong_ca() {
+    let Some(env) = tls_env() else { return };
+    let setup = Setup::new()
+        .var("DOCKER_HOST", &env.tls_host)
+        .var("DOCKER_TLS_VERIFY", "1")
+        .var("DOCKER_CERT_PATH", env.other_ca_dir.to_str().unwrap());
+    let err = connect_err(&setup).await;
+    assert_eq!(err.kind(), &ErrorKind::Tls);
+    let ca = env.other_ca_dir.join("ca.pem");
+    assert_mentions(
+        &err,
+        &[
+            "cannot connect to the Docker daemon at tcp://127.0.0.1:2376",
+            "from env DOCKER_HOST",
+            "not signed by the CA in",
+            ca.to_str().unwrap(),
+            "DOCKER_CERT_PATH",
+        ],
+    );
+}
+
+#[tokio::test]
+async fn missing_client_certificate() {
+    let Some(env) = tls_env() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(env.cert_dir.join("ca.pem"), dir.path().join("ca.pem")).unwrap();
+    let setup = Setup::new()
+        .var("DOCKER_HOST", &env.tls_host)
+        .var("DOCKER_TLS_VERIFY", "1")
+        .var("DOCKER_CERT_PATH", dir.path().to_str().unwrap());
+    let err = connect_err(&setup).await;
+    assert_eq!(err.kind(), &ErrorKind::Tls);
+    assert_mentions(
+        &err,
+        &[
+            "requires a client certificate",
+            dir.path().to_str().unwrap(),
+            "cert.pem",
+            "key.pem",
+        ],
+    );
+}
+
+#[tokio::test]
+async fn plain_http_to_the_tls_port() {
+    let Some(env) = tls_env() else { return };
+    let setup = Setup::new().var("DOCKER_HOST", &env.tls_host);
+    let err = connect_err(&setup).await;
+    assert_eq!(err.kind(), &ErrorKind::Connect);
+    assert_mentions(
+        &err,
+        &[
+            "tcp://127.0.0.1:2376",
+            "expects TLS",
+            "DOCKER_TLS_VERIFY",
+            "DOCKER_CERT_PATH",
+        ],
+    );
+}
+
+#[tokio::test]
+async fn socket_path_that_does_not_exist() {
+    let setup = Setup::new().var("DOCKER_HOST", "unix:///nonexistent/oz-test.sock");
+    let err = connect_err(&setup).await;
+    assert_eq!(err.kind(), &ErrorKind::Connect);
+    assert_mentions(
+        &err,
+        &[
+            "cannot connect to the Docker daemon at unix:///nonexistent/oz-test.sock (from env DOCKER_HOST)",
+            "No such file or directory",
+            "Is the daemon running?",
+            "oz-agent-worker check",
+        ],
+    );
+}
+
+#[tokio::test]
+async fn unknown_context_in_a_real_store() {
+    // A store the real CLI wrote, holding another context.
+    let env = TestEnv::load();
+    let setup = Setup::new().var("DOCKER_CONTEXT", "no-such-context");
+    if setup
+        .create_context("present", &Setup::tls_context_spec(&env))
+        .is_none()
+    {
+        return;
+    }
+    let err = connect_err(&setup).await;
+    assert_eq!(err.kind(), &ErrorKind::Config);
+    let store = setup.config_dir.path().join("contexts");
+    assert_mentions(
+        &err,
+        &[
+            "\"no-such-context\"",
+            store.to_str().unwrap(),
+            "DOCKER_CONTEXT",
+        ],
+    );
+}
+
+#[tokio::test]
+async fn pinned_version_below_the_minimum() {
+    let Some((_, setup)) = TestDaemon::setup(Via::Unix) else {
+        return;
+    };
+    let setup = setup.var("DOCKER_API_VERSION", "1.40");
+    let err = connect_err(&setup).await;
+    assert_eq!(err.kind(), &ErrorKind::Version);
+    assert_mentions(&err, &["DOCKER_API_VERSION=1.40", "minimum", "1.41"]);
+}
+
+#[tokio::test]
+async fn daemon_message_reaches_the_error() {
+    let Some(d) = TestDaemon::connect(Via::Unix).await else {
+        return;
+    };
+    let err = d
+        .json(
+            "ContainerInspect",
+            http::Method::GET,
+            "/containers/oz-test-does-not-exist/json".into(),
+            None,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(http::StatusCode::NOT_FOUND));
+    assert_mentions(
+        &err,
+        &[
+            "ContainerInspect failed",
+            "404",
+            "No such container: oz-test-does-not-exist",
+        ],
+    );
+}
+
+#[test]
+fn ci_never_skips_silently() {
+    // Documented contract of the helper; cheap to pin down.
+    if std::env::var("CI").as_deref() == Ok("true") {
+        let r = std::panic::catch_unwind(|| unavailable::<()>("probe"));
+        assert!(r.is_err());
+    }
+}
