@@ -5,6 +5,7 @@
 pub mod client;
 pub mod error;
 pub mod generated;
+pub mod reference;
 pub mod request;
 pub mod stream;
 
