@@ -512,6 +512,15 @@ mod tests {
     }
 
     /// input, registry, repository, tag, digest, canonical.
+    type ValidCase<'a> = (
+        &'a str,
+        &'a str,
+        &'a str,
+        Option<&'a str>,
+        Option<&'a str>,
+        String,
+    );
+
     #[test]
     fn valid_references_normalise_like_docker() {
         let sha512 = format!("sha512:{}", "f".repeat(128));
@@ -525,7 +534,7 @@ mod tests {
         let ipv6_sha = format!("[2001:db8::1]:5000/repo@{SHA}");
         let punycode_sha512 = format!("xn--7o8h.com/myimage:xn--7o8h.com@{sha512}");
         #[rustfmt::skip]
-        let cases: Vec<(&str, &str, &str, Option<&str>, Option<&str>, String)> = vec![
+        let cases: Vec<ValidCase> = vec![
             ("ubuntu", "docker.io", "library/ubuntu", None, None, "docker.io/library/ubuntu:latest".into()),
             ("ubuntu:22.04", "docker.io", "library/ubuntu", Some("22.04"), None, "docker.io/library/ubuntu:22.04".into()),
             ("library/ubuntu", "docker.io", "library/ubuntu", None, None, "docker.io/library/ubuntu:latest".into()),
