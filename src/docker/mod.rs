@@ -7,6 +7,7 @@ pub mod error;
 pub mod generated;
 #[cfg(test)]
 mod models_tests;
+pub mod reference;
 pub mod request;
 pub mod stream;
 
