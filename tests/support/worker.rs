@@ -1,0 +1,196 @@
+//! `WorkerProcess`: the real worker binary, started against an embedded
+//! control plane and a real engine, so tests can signal and kill it.
+
+use super::control_plane::TestPlane;
+use oz_agent_worker::control_plane::model::{CreateRunRequest, Run, RunState};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+pub const BUSYBOX: &str = "oz-test/busybox:latest";
+pub const MUSL: &str = "oz-test/musl:latest";
+pub const SIDECAR: &str = "oz-test/agent-sidecar:latest";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    Docker,
+    Podman,
+}
+
+impl Engine {
+    pub fn host(self) -> String {
+        let (var, default) = match self {
+            Engine::Docker => ("OZ_TEST_DOCKER_HOST", "unix:///var/run/docker.sock"),
+            Engine::Podman => ("OZ_TEST_PODMAN_HOST", "unix:///run/podman/podman.sock"),
+        };
+        std::env::var(var).unwrap_or_else(|_| default.to_string())
+    }
+
+    /// Whether the engine's socket answers. Under CI a missing engine fails
+    /// the test instead of skipping it.
+    pub fn available(self) -> bool {
+        let host = self.host();
+        let path = host.trim_start_matches("unix://");
+        let up = std::os::unix::net::UnixStream::connect(path).is_ok();
+        if !up {
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                panic!("{self:?} is not reachable at {host}; run scripts/test-env.sh up");
+            }
+            eprintln!("skipping: {self:?} is not reachable at {host} (run scripts/test-env.sh up)");
+        }
+        up
+    }
+
+    pub async fn docker(self) -> oz_agent_worker::docker::Docker {
+        let env = oz_agent_worker::transport::endpoint::EnvSnapshot::empty()
+            .with_var("DOCKER_HOST", self.host());
+        oz_agent_worker::docker::Docker::connect(&env)
+            .await
+            .expect("test engine reachable")
+    }
+}
+
+pub struct WorkerProcess {
+    pub child: tokio::process::Child,
+    pub log: PathBuf,
+    pub worker_id: String,
+    _dir: tempfile::TempDir,
+}
+
+pub struct WorkerOptions<'a> {
+    pub worker_id: &'a str,
+    pub extra_args: Vec<String>,
+}
+
+impl WorkerProcess {
+    pub async fn start(
+        plane: &TestPlane,
+        engine: Engine,
+        opts: WorkerOptions<'_>,
+    ) -> WorkerProcess {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("worker.log");
+        let log_file = std::fs::File::create(&log).unwrap();
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_oz-agent-worker"));
+        cmd.args(["--worker-id", opts.worker_id])
+            .args(["--web-socket-url", &plane.plane.ws_url()])
+            .args(["--server-root-url", &plane.plane.url()])
+            .args(["--pull-policy", "if-not-present"])
+            .args(["--stop-grace-period", "2s"])
+            .args(["--log-level", "debug"])
+            .args(&opts.extra_args)
+            .env("WARP_API_KEY", &plane.key)
+            .env("DOCKER_HOST", engine.host())
+            .env_remove("DOCKER_CONTEXT")
+            .env_remove("DOCKER_API_VERSION")
+            .env("OZ_LOG", "info,oz_agent_worker=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .kill_on_drop(true);
+        let child = cmd.spawn().expect("worker binary starts");
+        let w = WorkerProcess {
+            child,
+            log,
+            worker_id: opts.worker_id.to_string(),
+            _dir: dir,
+        };
+        w.wait_for_log("connected to the orchestrator", Duration::from_secs(30))
+            .await;
+        w
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub async fn wait_for_log(&self, needle: &str, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        while !self.log_text().contains(needle) {
+            if tokio::time::Instant::now() > deadline {
+                panic!("worker never logged {needle:?}; log:\n{}", self.log_text());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn signal(&self, sig: i32) {
+        let pid = self.child.id().expect("worker still running") as i32;
+        // SAFETY-free: `kill` from the shell keeps unsafe code out of tests.
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(pid.to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    pub async fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        match tokio::time::timeout(within, self.child.wait()).await {
+            Ok(s) => s.unwrap(),
+            Err(_) => panic!(
+                "worker did not exit within {within:?}; log:\n{}",
+                self.log_text()
+            ),
+        }
+    }
+}
+
+/// A run of the demo agent with the given extra environment.
+pub fn demo_run(host: &str, env: &[(&str, &str)]) -> CreateRunRequest {
+    CreateRunRequest {
+        worker_host: host.to_string(),
+        title: Some("e2e".into()),
+        prompt: Some("say hello".into()),
+        docker_image: Some(BUSYBOX.into()),
+        sidecar_image: Some(SIDECAR.into()),
+        env_vars: env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ..Default::default()
+    }
+}
+
+/// Polls until the run reaches a terminal state, then returns it.
+pub async fn wait_terminal(plane: &TestPlane, id: &str, within: Duration) -> Run {
+    let client = plane.client();
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let run = client.get_run(id).await.unwrap();
+        if matches!(
+            run.state,
+            RunState::Succeeded | RunState::Failed | RunState::Cancelled
+        ) {
+            return run;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("run {id} did not end within {within:?}: {run:#?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub async fn wait_state(plane: &TestPlane, id: &str, state: RunState, within: Duration) -> Run {
+    let client = plane.client();
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let run = client.get_run(id).await.unwrap();
+        if run.state == state {
+            return run;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("run {id} never reached {state:?}: {run:#?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A unique worker id per test, so tests sharing a control plane or engine
+/// never see each other's tasks or containers.
+pub fn unique_id(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}",
+        &oz_agent_worker::runtime::docker::identity::random_id()[..8]
+    )
+}

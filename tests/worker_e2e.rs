@@ -1,0 +1,504 @@
+//! End to end: the embedded control plane, the real worker binary and a real
+//! engine (dockerd and Podman). Each scenario runs once per engine.
+
+mod support;
+
+use oz_agent_worker::control_plane::model::RunState;
+use oz_agent_worker::docker::params::ContainerListParams;
+use oz_agent_worker::protocol::{InstanceShape, SidecarSpec};
+use std::collections::BTreeMap;
+use std::time::Duration;
+use support::control_plane::{test_config, TestPlane};
+use support::worker::*;
+
+const RUN_TIMEOUT: Duration = Duration::from_secs(120);
+
+struct Setup {
+    plane: TestPlane,
+    engine: Engine,
+    report: tempfile::TempDir,
+}
+
+impl Setup {
+    async fn new(engine: Engine) -> Option<Setup> {
+        if !engine.available() {
+            return None;
+        }
+        let plane = TestPlane::start(test_config()).await;
+        let report = tempfile::tempdir().unwrap();
+        Some(Setup {
+            plane,
+            engine,
+            report,
+        })
+    }
+
+    async fn worker(&self, id: &str, extra: &[&str]) -> WorkerProcess {
+        let mut args = vec![
+            "-v".to_string(),
+            format!("{}:/report", self.report.path().display()),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        WorkerProcess::start(
+            &self.plane,
+            self.engine,
+            WorkerOptions {
+                worker_id: id,
+                extra_args: args,
+            },
+        )
+        .await
+    }
+
+    fn report_file(&self, task_id: &str, name: &str) -> String {
+        std::fs::read_to_string(self.report.path().join(task_id).join(name))
+            .unwrap_or_else(|e| panic!("agent report {name} missing for {task_id}: {e}"))
+    }
+
+    /// Containers of this engine labelled with the task id.
+    async fn containers_of(&self, task_id: &str) -> Vec<String> {
+        let filters =
+            serde_json::json!({ "label": [format!("dev.oz.task-id={task_id}")] }).to_string();
+        let params = ContainerListParams {
+            all: Some(true),
+            filters: Some(filters),
+            ..Default::default()
+        };
+        self.engine
+            .docker()
+            .await
+            .container_list(&params)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter_map(|c| c.id)
+            .collect()
+    }
+}
+
+macro_rules! per_engine {
+    ($($name:ident),* $(,)?) => {
+        mod docker {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+               async fn $name() { if let Some(s) = super::Setup::new(super::Engine::Docker).await { super::$name(s).await } } )*
+        }
+        mod podman {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+               async fn $name() { if let Some(s) = super::Setup::new(super::Engine::Podman).await { super::$name(s).await } } )*
+        }
+    };
+}
+
+per_engine!(
+    success_path_contract,
+    nonzero_exit_fails_with_code,
+    out_of_memory_is_container_oom,
+    cancellation_reports_cancelled_and_removes_container,
+    capacity_rejects_and_run_goes_elsewhere,
+    control_plane_restart_mid_task_reports_once,
+    sigterm_mid_task_reports_graceful_shutdown,
+    sigkill_then_restart_removes_orphan,
+    no_cleanup_keeps_container,
+    missing_image_is_image_pull,
+    musl_image_is_refused,
+);
+
+async fn success_path_contract(s: Setup) {
+    let id = unique_id("e2e-ok");
+    let tools = tempfile::tempdir().unwrap();
+    let _w = s
+        .worker(
+            &id,
+            &[
+                "-e",
+                "OPERATOR_VAR=from-operator",
+                "-e",
+                "SHARED=operator-wins",
+                "-v",
+                &format!("{}:/opt/host:ro", tools.path().display()),
+            ],
+        )
+        .await;
+    let mut req = demo_run(
+        &id,
+        &[("TASK_SECRET", "s3cr3t-value"), ("SHARED", "task-loses")],
+    );
+    req.additional_sidecars = vec![SidecarSpec {
+        image: BUSYBOX.into(),
+        mount_path: "/tools".into(),
+        read_write: true,
+    }];
+    req.additional_oz_args = vec!["--extra".into(), "two words".into()];
+    let run = s.plane.client().create_run(&req).await.unwrap();
+    let done = wait_terminal(&s.plane, &run.id, RUN_TIMEOUT).await;
+    assert_eq!(done.state, RunState::Succeeded, "{done:#?}");
+
+    let argv: Vec<String> = s
+        .report_file(&run.id, "argv")
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let root = s.plane.plane.url();
+    let expected: Vec<String> = [
+        "agent",
+        "run",
+        "--share",
+        "team:edit",
+        "--task-id",
+        &run.id,
+        "--sandboxed",
+        "--server-root-url",
+        &root,
+        "--extra",
+        "two words",
+        "--idle-on-complete",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    assert_eq!(argv, expected);
+
+    let env: BTreeMap<String, String> = s
+        .report_file(&run.id, "env")
+        .lines()
+        .filter_map(|l| {
+            l.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+        })
+        .collect();
+    assert_eq!(env["TASK_ID"], run.id);
+    assert_eq!(env["GIT_TERMINAL_PROMPT"], "0");
+    assert_eq!(env["GH_PROMPT_DISABLED"], "1");
+    assert_eq!(env["WARP_SERVER_ROOT_URL"], root);
+    assert_eq!(env["TASK_SECRET"], "s3cr3t-value");
+    assert_eq!(env["OPERATOR_VAR"], "from-operator");
+    assert_eq!(env["SHARED"], "operator-wins");
+    assert_eq!(s.report_file(&run.id, "cwd").trim(), "/workspace");
+    assert_eq!(s.report_file(&run.id, "agent_mount").trim(), "readonly");
+
+    let mounts = s.report_file(&run.id, "mounts");
+    let opts = |target: &str| -> String {
+        mounts
+            .lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(target))
+            .unwrap_or_else(|| panic!("{target} not mounted:\n{mounts}"))
+            .split_whitespace()
+            .nth(3)
+            .unwrap()
+            .to_string()
+    };
+    assert!(
+        opts("/agent").split(',').any(|o| o == "ro"),
+        "/agent must be read-only"
+    );
+    assert!(
+        opts("/tools").split(',').any(|o| o == "rw"),
+        "/tools must be read-write"
+    );
+    assert!(
+        opts("/opt/host").split(',').any(|o| o == "ro"),
+        "operator volume mode kept"
+    );
+    assert!(opts("/report").split(',').any(|o| o == "rw"));
+
+    assert!(
+        s.containers_of(&run.id).await.is_empty(),
+        "container removed after success"
+    );
+    assert!(
+        !_w.log_text().contains("s3cr3t-value"),
+        "task env values never logged"
+    );
+}
+
+async fn nonzero_exit_fails_with_code(s: Setup) {
+    let id = unique_id("e2e-exit");
+    let _w = s.worker(&id, &[]).await;
+    let run = s
+        .plane
+        .client()
+        .create_run(&demo_run(&id, &[("OZ_DEMO_EXIT", "3")]))
+        .await
+        .unwrap();
+    let done = wait_terminal(&s.plane, &run.id, RUN_TIMEOUT).await;
+    assert_eq!(done.state, RunState::Failed);
+    assert_eq!(done.failure_reason.as_deref(), Some("container_exit"));
+    assert_eq!(done.exit_code, Some(3));
+    assert!(
+        done.message
+            .as_deref()
+            .unwrap_or("")
+            .contains("exited with code 3"),
+        "{done:#?}"
+    );
+    assert!(
+        _w.log_text().contains("task output: oz demo agent"),
+        "output logged on failure"
+    );
+}
+
+async fn out_of_memory_is_container_oom(s: Setup) {
+    let id = unique_id("e2e-oom");
+    let _w = s.worker(&id, &[]).await;
+    let mut req = demo_run(&id, &[("OZ_DEMO_BEHAVIOUR", "oom")]);
+    req.instance_shape = Some(InstanceShape {
+        vcpus: Some(1),
+        memory_gb: Some(1),
+    });
+    let run = s.plane.client().create_run(&req).await.unwrap();
+    let done = wait_terminal(&s.plane, &run.id, RUN_TIMEOUT).await;
+    assert_eq!(done.state, RunState::Failed, "{done:#?}");
+    assert_eq!(
+        done.failure_reason.as_deref(),
+        Some("container_oom"),
+        "{done:#?}"
+    );
+    assert_eq!(done.exit_code, Some(137));
+}
+
+async fn cancellation_reports_cancelled_and_removes_container(s: Setup) {
+    let id = unique_id("e2e-cancel");
+    let w = s.worker(&id, &[]).await;
+    let run = s
+        .plane
+        .client()
+        .create_run(&demo_run(&id, &[("OZ_DEMO_BEHAVIOUR", "sleep")]))
+        .await
+        .unwrap();
+    wait_state(&s.plane, &run.id, RunState::Claimed, RUN_TIMEOUT).await;
+    w.wait_for_log("task container started", RUN_TIMEOUT).await;
+    s.plane.client().cancel_run(&run.id).await.unwrap();
+    let done = wait_terminal(&s.plane, &run.id, Duration::from_secs(30)).await;
+    assert_eq!(done.state, RunState::Cancelled, "{done:#?}");
+    assert!(
+        s.containers_of(&run.id).await.is_empty(),
+        "cancelled task's container removed"
+    );
+}
+
+async fn capacity_rejects_and_run_goes_elsewhere(s: Setup) {
+    let id = unique_id("e2e-cap");
+    let a = s.worker(&id, &["--max-concurrent-tasks", "1"]).await;
+    let client = s.plane.client();
+    let first = client
+        .create_run(&demo_run(
+            &id,
+            &[("OZ_DEMO_BEHAVIOUR", "sleep"), ("OZ_DEMO_SLEEP", "20")],
+        ))
+        .await
+        .unwrap();
+    wait_state(&s.plane, &first.id, RunState::Claimed, RUN_TIMEOUT).await;
+    let second = client.create_run(&demo_run(&id, &[])).await.unwrap();
+    a.wait_for_log("rejecting task", Duration::from_secs(10))
+        .await;
+    let _b = s.worker(&id, &[]).await;
+    let done = wait_terminal(&s.plane, &second.id, RUN_TIMEOUT).await;
+    assert_eq!(done.state, RunState::Succeeded, "{done:#?}");
+    let first_now = client.get_run(&first.id).await.unwrap();
+    assert_eq!(
+        first_now.state,
+        RunState::Claimed,
+        "the first task still runs on worker A"
+    );
+    let history = client.get_run(&second.id).await.unwrap().history;
+    assert!(
+        history
+            .iter()
+            .any(|h| h.note.as_deref().unwrap_or("").contains("reject")),
+        "{history:#?}"
+    );
+    client.cancel_run(&first.id).await.unwrap();
+    wait_terminal(&s.plane, &first.id, Duration::from_secs(30)).await;
+}
+
+async fn control_plane_restart_mid_task_reports_once(s: Setup) {
+    let db = tempfile::tempdir().unwrap();
+    let mut config = test_config();
+    config.storage = oz_agent_worker::control_plane::Storage::File(db.path().join("cp.sqlite"));
+    let plane = TestPlane::start(config.clone()).await;
+    let s = Setup { plane, ..s };
+    let id = unique_id("e2e-cprestart");
+    let w = s.worker(&id, &[]).await;
+    let run = s
+        .plane
+        .client()
+        .create_run(&demo_run(
+            &id,
+            &[("OZ_DEMO_BEHAVIOUR", "sleep"), ("OZ_DEMO_SLEEP", "4")],
+        ))
+        .await
+        .unwrap();
+    wait_state(&s.plane, &run.id, RunState::Claimed, RUN_TIMEOUT).await;
+    let addr = s.plane.plane.addr();
+    let key = s.plane.key.clone();
+    let team_id = s.plane.team_id;
+    let Setup {
+        plane,
+        report,
+        engine,
+    } = s;
+    plane.plane.shutdown().await;
+    w.wait_for_log("connection lost", Duration::from_secs(10))
+        .await;
+    tokio::time::sleep(Duration::from_secs(5)).await; // the task ends while the plane is down
+    config.listen = addr;
+    let plane = oz_agent_worker::control_plane::ControlPlane::start(config)
+        .await
+        .unwrap();
+    let s = Setup {
+        plane: TestPlane {
+            plane,
+            key,
+            team_id,
+        },
+        engine,
+        report,
+    };
+    let done = wait_terminal(&s.plane, &run.id, RUN_TIMEOUT).await;
+    assert_eq!(done.state, RunState::Succeeded, "{done:#?}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let history = s.plane.client().get_run(&run.id).await.unwrap().history;
+    let terminal = history
+        .iter()
+        .filter(|h| h.state == RunState::Succeeded)
+        .count();
+    assert_eq!(terminal, 1, "{history:#?}");
+    assert_eq!(
+        w.log_text()
+            .matches(&format!("reported task_completed"))
+            .count(),
+        1
+    );
+}
+
+async fn sigterm_mid_task_reports_graceful_shutdown(s: Setup) {
+    let id = unique_id("e2e-term");
+    let mut w = s.worker(&id, &[]).await;
+    let run = s
+        .plane
+        .client()
+        .create_run(&demo_run(&id, &[("OZ_DEMO_BEHAVIOUR", "sleep")]))
+        .await
+        .unwrap();
+    w.wait_for_log("task container started", RUN_TIMEOUT).await;
+    w.signal(15);
+    let status = w.wait_exit(Duration::from_secs(60)).await;
+    assert!(
+        status.success(),
+        "exit 0 after SIGTERM, got {status:?}; log:\n{}",
+        w.log_text()
+    );
+    let done = wait_terminal(&s.plane, &run.id, Duration::from_secs(10)).await;
+    assert_eq!(done.state, RunState::Failed);
+    assert_eq!(done.failure_reason.as_deref(), Some("graceful_shutdown"));
+    assert!(s.containers_of(&run.id).await.is_empty());
+    assert!(w.log_text().contains("connection closed normally"));
+}
+
+async fn sigkill_then_restart_removes_orphan(s: Setup) {
+    let id = unique_id("e2e-kill");
+    let client = s.plane.client();
+    let sleep = [("OZ_DEMO_BEHAVIOUR", "sleep"), ("OZ_DEMO_SLEEP", "60")];
+    let mut a = s.worker(&id, &["--max-concurrent-tasks", "1"]).await;
+    let on_a = client.create_run(&demo_run(&id, &sleep)).await.unwrap();
+    a.wait_for_log("task container started", RUN_TIMEOUT).await;
+    // A live sibling sharing the id, with a task of its own.
+    let sibling = s.worker(&id, &[]).await;
+    let on_sibling = client.create_run(&demo_run(&id, &sleep)).await.unwrap();
+    sibling
+        .wait_for_log("task container started", RUN_TIMEOUT)
+        .await;
+
+    a.signal(9);
+    a.wait_exit(Duration::from_secs(10)).await;
+    assert_eq!(
+        s.containers_of(&on_a.id).await.len(),
+        1,
+        "the killed worker's container is left behind"
+    );
+
+    let restarted = s.worker(&id, &[]).await;
+    restarted
+        .wait_for_log("removed orphaned container", Duration::from_secs(30))
+        .await;
+    assert!(
+        s.containers_of(&on_a.id).await.is_empty(),
+        "orphan removed on restart"
+    );
+    assert_eq!(
+        s.containers_of(&on_sibling.id).await.len(),
+        1,
+        "a live sibling's container is untouched"
+    );
+    assert_eq!(
+        client.get_run(&on_sibling.id).await.unwrap().state,
+        RunState::Claimed
+    );
+    client.cancel_run(&on_sibling.id).await.unwrap();
+    assert_eq!(
+        wait_terminal(&s.plane, &on_sibling.id, Duration::from_secs(30))
+            .await
+            .state,
+        RunState::Cancelled
+    );
+}
+
+async fn no_cleanup_keeps_container(s: Setup) {
+    let id = unique_id("e2e-keep");
+    let _w = s.worker(&id, &["--no-cleanup"]).await;
+    let run = s
+        .plane
+        .client()
+        .create_run(&demo_run(&id, &[]))
+        .await
+        .unwrap();
+    let done = wait_terminal(&s.plane, &run.id, RUN_TIMEOUT).await;
+    assert_eq!(done.state, RunState::Succeeded);
+    let left = s.containers_of(&run.id).await;
+    assert_eq!(left.len(), 1, "--no-cleanup keeps the container");
+    let d = s.engine.docker().await;
+    let params = oz_agent_worker::docker::params::ContainerDeleteParams {
+        force: Some(true),
+        ..Default::default()
+    };
+    d.container_delete(&left[0], &params).await.unwrap();
+}
+
+async fn missing_image_is_image_pull(s: Setup) {
+    let id = unique_id("e2e-noimg");
+    let _w = s.worker(&id, &[]).await;
+    let mut req = demo_run(&id, &[]);
+    req.docker_image = Some("oz-test/does-not-exist:1".into());
+    let run = s.plane.client().create_run(&req).await.unwrap();
+    let done = wait_terminal(&s.plane, &run.id, RUN_TIMEOUT).await;
+    assert_eq!(
+        done.failure_reason.as_deref(),
+        Some("image_pull"),
+        "{done:#?}"
+    );
+    let msg = done.message.unwrap_or_default();
+    assert!(
+        msg.contains("oz-test/does-not-exist:1") && msg.contains("aemon said"),
+        "{msg}"
+    );
+}
+
+async fn musl_image_is_refused(s: Setup) {
+    let id = unique_id("e2e-musl");
+    let _w = s.worker(&id, &[]).await;
+    let mut req = demo_run(&id, &[]);
+    req.docker_image = Some(MUSL.into());
+    let run = s.plane.client().create_run(&req).await.unwrap();
+    let done = wait_terminal(&s.plane, &run.id, RUN_TIMEOUT).await;
+    assert_eq!(
+        done.failure_reason.as_deref(),
+        Some("invalid_image"),
+        "{done:#?}"
+    );
+    let msg = done.message.unwrap_or_default();
+    assert!(msg.contains(MUSL) && msg.contains("musl"), "{msg}");
+    assert!(
+        !std::path::Path::new(&s.report.path().join(&run.id)).exists(),
+        "the agent never started"
+    );
+}
