@@ -363,12 +363,7 @@ async fn control_plane_restart_mid_task_reports_once(s: Setup) {
         .filter(|h| h.state == RunState::Succeeded)
         .count();
     assert_eq!(terminal, 1, "{history:#?}");
-    assert_eq!(
-        w.log_text()
-            .matches(&format!("reported task_completed"))
-            .count(),
-        1
-    );
+    assert_eq!(w.log_text().matches("reported task_completed").count(), 1);
 }
 
 async fn sigterm_mid_task_reports_graceful_shutdown(s: Setup) {
