@@ -38,6 +38,8 @@ struct FakeDaemon {
     socket: std::path::PathBuf,
     /// Every request as `METHOD /path?query`.
     seen: Arc<Mutex<Vec<String>>>,
+    /// Connections accepted.
+    connections: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl FakeDaemon {
@@ -47,11 +49,14 @@ impl FakeDaemon {
         let listener = tokio::net::UnixListener::bind(&socket).unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let log = seen.clone();
+        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let accepted = connections.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
+                accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let log = log.clone();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(
@@ -86,6 +91,7 @@ impl FakeDaemon {
             _dir: dir,
             socket,
             seen,
+            connections,
         }
     }
 
@@ -152,6 +158,31 @@ async fn newer_daemon_gets_our_latest_version_on_every_request() {
     assert_eq!(docker.api_version(), ApiVersion::LATEST);
     assert!(docker.container_tty("x").await.unwrap());
     assert_eq!(docker.engine().kind, EngineKind::Docker);
+}
+
+#[tokio::test]
+async fn sequential_calls_reuse_one_connection() {
+    let fake = FakeDaemon::start(|_, p| match p {
+        "/_ping" => ping_with("1.41", "Docker/20.10"),
+        "/v1.41/version" => answer(StatusCode::OK, VERSION_JSON),
+        _ => answer(
+            StatusCode::NOT_FOUND,
+            r#"{"message":"no such container: x"}"#,
+        ),
+    })
+    .await;
+    let docker = fake.connect(ConnectOptions::default()).await.unwrap();
+    for _ in 0..5 {
+        docker.version().await.unwrap();
+        // Error answers are read to the end, so the connection stays usable.
+        assert!(docker.container_tty("x").await.unwrap_err().is_not_found());
+    }
+    assert_eq!(
+        fake.connections.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "{:?}",
+        fake.seen()
+    );
 }
 
 #[tokio::test]
