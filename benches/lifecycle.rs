@@ -226,4 +226,25 @@ async fn main() {
     println!("  raw HTTP median: {:8.1} ms", mr.as_secs_f64() * 1e3);
     println!("  ratio:           {ratio:8.3} (goal <= 1.02)");
     println!("  paired ratio:    {paired:8.3} (median of per-cycle ratios)");
+
+    // The client's own cost per request, where the daemon does almost
+    // nothing: `GET /_ping`, interleaved.
+    let pings = 20 * n.max(10);
+    let (mut po, mut pr) = (Vec::with_capacity(pings), Vec::with_capacity(pings));
+    for _ in 0..pings {
+        let t0 = Instant::now();
+        docker.ping().await.expect("ping");
+        po.push(t0.elapsed());
+        let t0 = Instant::now();
+        let (s, _) = raw.call("GET", &format!("{prefix}/_ping"), b"").await;
+        assert_eq!(s, 200);
+        pr.push(t0.elapsed());
+    }
+    let (po, pr) = (median(po), median(pr));
+    println!(
+        "  per-request cost (GET /_ping x{pings}): client {:.0} µs, raw {:.0} µs, overhead {:.0} µs",
+        po.as_secs_f64() * 1e6,
+        pr.as_secs_f64() * 1e6,
+        (po.as_secs_f64() - pr.as_secs_f64()) * 1e6
+    );
 }
