@@ -28,11 +28,27 @@ pub const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
 
 /// A snapshot of the environment that endpoint resolution reads: the relevant
 /// variables, the home directory and the system socket path.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct EnvSnapshot {
     vars: BTreeMap<String, String>,
     home: Option<PathBuf>,
     system_socket: PathBuf,
+}
+
+impl std::fmt::Debug for EnvSnapshot {
+    /// `DOCKER_HOST` may carry a password (`tcp://user:pw@host`): redacted.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let vars: BTreeMap<&str, String> = self
+            .vars
+            .iter()
+            .map(|(k, v)| (k.as_str(), redact_userinfo(v)))
+            .collect();
+        f.debug_struct("EnvSnapshot")
+            .field("vars", &vars)
+            .field("home", &self.home)
+            .field("system_socket", &self.system_socket)
+            .finish()
+    }
 }
 
 impl EnvSnapshot {
@@ -515,6 +531,9 @@ mod tests {
         assert!(!err.to_string().contains("s3cret"), "{err}");
         let host = parse_host("ssh://user:s3cret@host").unwrap();
         assert!(!host.to_string().contains("s3cret"));
+        let env = EnvSnapshot::empty().with_var("DOCKER_HOST", "ssh://user:s3cret@host");
+        assert!(!format!("{env:?}").contains("s3cret"));
+        assert!(!format!("{:?}", resolve_endpoint(&env).unwrap()).contains("s3cret"));
     }
 
     #[test]
