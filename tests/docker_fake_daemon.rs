@@ -186,6 +186,25 @@ async fn sequential_calls_reuse_one_connection() {
 }
 
 #[tokio::test]
+async fn a_pin_overrides_negotiation_on_every_request() {
+    let fake = FakeDaemon::start(|_, p| match p {
+        "/_ping" => ping_with("1.51", "Docker/28.5"),
+        "/v1.43/version" => answer(StatusCode::OK, VERSION_JSON),
+        "/v1.43/containers/x/json" => answer(StatusCode::OK, r#"{"Config":{"Tty":false}}"#),
+        _ => answer(StatusCode::NOT_FOUND, r#"{"message":"wrong prefix"}"#),
+    })
+    .await;
+    let options = ConnectOptions {
+        api_version: Some(ApiVersion::new(1, 43)),
+        ..ConnectOptions::default()
+    };
+    let docker = fake.connect(options).await.unwrap();
+    assert_eq!(docker.api_version(), ApiVersion::new(1, 43));
+    assert_eq!(docker.engine().api_version, ApiVersion::new(1, 51));
+    assert!(!docker.container_tty("x").await.unwrap());
+}
+
+#[tokio::test]
 async fn old_daemon_is_refused_naming_both_versions() {
     let fake = FakeDaemon::start(|_, _| ping_with("1.40", "Docker/19.03")).await;
     let err = fake.connect(ConnectOptions::default()).await.unwrap_err();
