@@ -42,7 +42,8 @@ fn text_report_over_tls() {
         "chosen by:   env DOCKER_HOST",
         "TLS:         on, daemon certificate verified",
         "engine:      Docker ",
-        "API version: 1.41 (negotiated)",
+        "API version: 1.",
+        "(negotiated)",
         "platform:    linux/",
     ] {
         assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");
@@ -72,7 +73,9 @@ fn json_report_for_a_context_on_podman() {
         .as_str()
         .unwrap()
         .starts_with(char::is_numeric));
-    assert_eq!(v["api_version"], "1.41");
+    let api: oz_agent_worker::transport::ApiVersion =
+        v["api_version"].as_str().unwrap().parse().unwrap();
+    assert!(api >= oz_agent_worker::transport::ApiVersion::MINIMUM);
     assert!(v["platform"].as_str().unwrap().starts_with("linux/"));
 }
 

@@ -52,6 +52,7 @@ async fn scenario(via: Via) {
     image_import_and_inspect(&d).await;
     container_lifecycle(&d).await;
     tty_container_logs_are_raw(&d).await;
+    attach_writes_stdin(&d).await;
     volume_lifecycle(&d).await;
 }
 
@@ -273,6 +274,46 @@ async fn tty_container_logs_are_raw(d: &TestDaemon) {
     assert!(logs.iter().all(|c| c.source == LogSource::Console));
     let text: Vec<u8> = logs.iter().flat_map(|c| c.data.to_vec()).collect();
     assert_eq!(String::from_utf8_lossy(&text).trim_end(), "on-tty");
+    d.remove(&id).await;
+}
+
+async fn attach_writes_stdin(d: &TestDaemon) {
+    use tokio::io::AsyncWriteExt;
+    let created = d
+        .json(
+            "ContainerCreate",
+            Method::POST,
+            "/containers/create".into(),
+            Some(serde_json::json!({
+                "Image": d.env.busybox,
+                "Cmd": ["sh", "-c", "read line; echo got:$line; echo bye >&2"],
+                "OpenStdin": true,
+                "StdinOnce": true,
+                "AttachStdin": true,
+                "AttachStdout": true,
+                "AttachStderr": true,
+            })),
+        )
+        .await
+        .expect("create");
+    let id = created["Id"].as_str().unwrap().to_string();
+    let mut attached = d.docker.attach(&id, true).await.expect("attach");
+    d.start(&id).await;
+    attached.input.write_all(b"hello\n").await.unwrap();
+    attached.input.flush().await.unwrap();
+    let mut chunks = Vec::new();
+    let read_all = async {
+        while let Some(c) = attached.output.next().await {
+            chunks.push(c.expect("attach output"));
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(30), read_all)
+        .await
+        .expect("attach output ended");
+    let (out, err) = split(&chunks);
+    assert_eq!(out, "got:hello\n");
+    assert_eq!(err, "bye\n");
+    assert_eq!(d.wait(&id).await, 0);
     d.remove(&id).await;
 }
 

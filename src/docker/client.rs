@@ -3,6 +3,19 @@
 //!
 //! CONTRACT (relied on by `generated/`): the `send_*` methods below, with
 //! exactly these signatures. Everything else here is free to change.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), oz_agent_worker::docker::DockerError> {
+//! use oz_agent_worker::docker::{Docker, LogsOptions};
+//! use oz_agent_worker::transport::EnvSnapshot;
+//! // Resolve as the Docker CLI would, connect, negotiate, identify.
+//! let docker = Docker::connect(&EnvSnapshot::from_process()).await?;
+//! println!("{} via {}", docker.endpoint().host, docker.endpoint().source);
+//! println!("{} {} API {} on {}", docker.engine().kind, docker.engine().version,
+//!          docker.api_version(), docker.platform());
+//! let _logs = docker.logs("my-container", &LogsOptions::default()).await?;
+//! # Ok(()) }
+//! ```
 
 use crate::docker::error::{DockerError, ErrorKind};
 use crate::docker::request::{ApiRequest, CallKind, RequestBody};
@@ -352,7 +365,8 @@ impl Docker {
     }
 
     /// Sends the request; a non-2xx status becomes a `DockerError` carrying the
-    /// daemon's message. The body is returned unread.
+    /// daemon's message. The body is returned unread (for an ordinary call the
+    /// request timeout covers the exchange up to the response headers).
     pub async fn send_raw(
         &self,
         req: ApiRequest,
@@ -725,7 +739,7 @@ impl Transport {
             .map_err(|e| {
                 let err: &(dyn std::error::Error + 'static) = &e;
                 match self.tls_problem(err) {
-                    Some(tls) => tls.with_operation_hint(op),
+                    Some(tls) => tls.for_operation(op),
                     None => self.err(
                         ErrorKind::Protocol,
                         op,
@@ -778,7 +792,7 @@ impl Transport {
                 format!("unsupported scheme {s}"),
             ),
             Some(ConnectError::Tls(_)) | None => match self.tls_problem(root) {
-                Some(tls) => tls.with_operation_hint(op),
+                Some(tls) => tls.for_operation(op),
                 None => {
                     let kind = if e.is_connect() {
                         ErrorKind::Connect
@@ -861,7 +875,7 @@ impl Transport {
 struct TlsProblem(DockerError);
 
 impl TlsProblem {
-    fn with_operation_hint(self, op: &'static str) -> DockerError {
+    fn for_operation(self, op: &'static str) -> DockerError {
         let e = self.0;
         let mut out = DockerError::new(ErrorKind::Tls, op, e.message().to_string());
         if let Some(ep) = e.endpoint() {
@@ -910,4 +924,18 @@ fn encode_query(s: &str) -> std::borrow::Cow<'_, str> {
         .remove(b'_')
         .remove(b'~');
     utf8_percent_encode(s, QUERY).into()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn docker_is_shareable_across_tasks() {
+        fn assert_send_sync<T: Send + Sync + Clone + 'static>() {}
+        assert_send_sync::<super::Docker>();
+    }
+
+    #[test]
+    fn query_values_are_encoded() {
+        assert_eq!(super::encode_query("a b&c=d/é"), "a%20b%26c%3Dd%2F%C3%A9");
+    }
 }

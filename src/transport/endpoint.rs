@@ -28,11 +28,27 @@ pub const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
 
 /// A snapshot of the environment that endpoint resolution reads: the relevant
 /// variables, the home directory and the system socket path.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct EnvSnapshot {
     vars: BTreeMap<String, String>,
     home: Option<PathBuf>,
     system_socket: PathBuf,
+}
+
+impl std::fmt::Debug for EnvSnapshot {
+    /// `DOCKER_HOST` may carry a password (`tcp://user:pw@host`): redacted.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let vars: BTreeMap<&str, String> = self
+            .vars
+            .iter()
+            .map(|(k, v)| (k.as_str(), redact_userinfo(v)))
+            .collect();
+        f.debug_struct("EnvSnapshot")
+            .field("vars", &vars)
+            .field("home", &self.home)
+            .field("system_socket", &self.system_socket)
+            .finish()
+    }
 }
 
 impl EnvSnapshot {
@@ -246,9 +262,15 @@ impl Endpoint {
 
 /// Resolves the endpoint the Docker CLI would use in this environment.
 pub fn resolve_endpoint(env: &EnvSnapshot) -> Result<Endpoint, DockerError> {
-    if let Some(host) = env.non_empty("DOCKER_HOST") {
-        let host = parse_host(host)?;
+    if let Some(raw) = env.non_empty("DOCKER_HOST") {
+        let mut host = parse_host(raw)?;
         let tls = env_tls(env, &host);
+        // As the CLI: without a port, TLS means the daemon's TLS port 2376.
+        if let (Host::Tcp { port, .. }, Some(_)) = (&mut host, &tls) {
+            if !has_explicit_port(raw) {
+                *port = 2376;
+            }
+        }
         return Ok(Endpoint {
             host,
             tls,
@@ -429,6 +451,17 @@ pub fn parse_host(raw: &str) -> Result<Host, DockerError> {
     }
 }
 
+fn has_explicit_port(raw: &str) -> bool {
+    let authority = raw
+        .split_once("://")
+        .map_or(raw, |(_, rest)| rest)
+        .trim_end_matches('/');
+    match authority.rsplit_once(']') {
+        Some((_, tail)) => tail.starts_with(':'),
+        None => authority.contains(':'),
+    }
+}
+
 fn split_host_port(s: &str) -> Option<(String, Option<u16>)> {
     if let Some(rest) = s.strip_prefix('[') {
         let (h, tail) = rest.split_once(']')?;
@@ -484,6 +517,10 @@ mod tests {
             parse_host("ssh://me@box:22").unwrap().to_string(),
             "ssh://me@box:22"
         );
+        assert_eq!(
+            parse_host("tcp://localhost").unwrap().to_string(),
+            "tcp://localhost:2375"
+        );
         assert!(parse_host("/var/run/docker.sock").is_err());
         assert!(parse_host("ftp://x").is_err());
     }
@@ -494,6 +531,9 @@ mod tests {
         assert!(!err.to_string().contains("s3cret"), "{err}");
         let host = parse_host("ssh://user:s3cret@host").unwrap();
         assert!(!host.to_string().contains("s3cret"));
+        let env = EnvSnapshot::empty().with_var("DOCKER_HOST", "ssh://user:s3cret@host");
+        assert!(!format!("{env:?}").contains("s3cret"));
+        assert!(!format!("{:?}", resolve_endpoint(&env).unwrap()).contains("s3cret"));
     }
 
     #[test]
@@ -548,6 +588,11 @@ mod tests {
         let tls = resolve_endpoint(&env).unwrap().tls.unwrap();
         assert!(!tls.verify);
         assert_eq!(tls.dir, dir.path());
+
+        // No port: 2376 with TLS, 2375 without.
+        let env = env.with_var("DOCKER_HOST", "tcp://localhost");
+        let ep = resolve_endpoint(&env).unwrap();
+        assert_eq!(ep.host.to_string(), "tcp://localhost:2376");
 
         // Neither: plain TCP.
         let env = EnvSnapshot::empty().with_var("DOCKER_HOST", "tcp://127.0.0.1:2375");

@@ -1,7 +1,16 @@
 //! Everything that knows about sockets, TLS and daemon discovery: endpoint
 //! resolution (as the Docker CLI does it), the context store, the one
 //! connector for every scheme, TLS configuration and API version negotiation.
-//! The Docker layer above sees only HTTP.
+//!
+//! Invariants:
+//! - Only this module opens sockets or touches certificates; `crate::docker`
+//!   speaks HTTP requests and Docker types through it.
+//! - Resolution reads an [`EnvSnapshot`], never the live environment, and
+//!   nothing here writes the environment.
+//! - Nothing here stores or prints key material or credentials: TLS settings
+//!   are paths, endpoints are rendered without userinfo.
+//! - One `hyper_util` client type serves every transport: a new scheme
+//!   (`ssh://`) is one more [`connector::Stream`] variant, not a new client.
 
 pub mod connector;
 pub mod context_store;
