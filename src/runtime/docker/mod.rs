@@ -37,6 +37,7 @@ pub struct DockerRuntime {
     os: String,
     arch: String,
     engine: String,
+    is_podman: bool,
     sidecars: sidecars::SidecarVolumes,
 }
 
@@ -68,6 +69,7 @@ impl DockerRuntime {
             docker.endpoint().host,
             docker.endpoint().source
         );
+        let is_podman = docker.engine().kind == crate::transport::negotiate::EngineKind::Podman;
         Ok(DockerRuntime {
             docker,
             identity: ProcessIdentity::current(&config.worker_id),
@@ -79,6 +81,7 @@ impl DockerRuntime {
             os,
             arch,
             engine,
+            is_podman,
             sidecars: sidecars::SidecarVolumes::default(),
         })
     }

@@ -85,13 +85,18 @@ pub async fn run(
             ));
         }
     };
-    let oom = d
+    let reported_oom = d
         .container_inspect(&id, &Default::default())
         .await
         .ok()
         .and_then(|c| c.state)
         .and_then(|s| s.oom_killed)
         .unwrap_or(false);
+    // Podman on cgroup v1 never reports OOM kills (no OOMKilled, no oom
+    // event): a SIGKILL exit under a memory limit we set, that we did not
+    // send, is the kernel's OOM killer there. Docker always reports it.
+    let inferred_oom = rt.is_podman && code == 137 && spec.limits.memory_bytes.is_some();
+    let oom = reported_oom || inferred_oom;
     if code == 0 && !oom {
         return Ok(());
     }
