@@ -577,13 +577,18 @@ impl CredentialResolver {
             });
         }
 
-        let answer: HelperAnswer = serde_json::from_slice(&output.stdout).map_err(|e| {
-            CredentialError::HelperBadOutput {
-                source: source.clone(),
-                program,
-                problem: JsonProblem::from_serde(&e),
+        let answer: HelperAnswer = match serde_json::from_slice(&output.stdout) {
+            Ok(answer) => answer,
+            // Some helpers say "not found" but exit 0.
+            Err(_) if says_not_found(&stdout) => return Ok(None),
+            Err(e) => {
+                return Err(CredentialError::HelperBadOutput {
+                    source: source.clone(),
+                    program,
+                    problem: JsonProblem::from_serde(&e),
+                })
             }
-        })?;
+        };
         let username = answer.username.filter(|u| !u.is_empty());
         let secret = answer
             .secret
@@ -1195,6 +1200,11 @@ printf '{{"ServerURL":"%s","Username":"user-%s","Secret":"secret-of-{name}"}}' "
             f.resolve(LOCAL).await.unwrap(),
             (None, CredentialSource::CredsStore("empty".into()))
         );
+        // So is the same message with a successful exit.
+        let f = Fixture::new()
+            .helper("lax", "echo 'credentials not found in native keychain'")
+            .config(r#"{"credsStore": "lax"}"#);
+        assert_eq!(f.resolve(LOCAL).await.unwrap().0, None);
         // An answer with no username and no secret is anonymous too.
         let f = Fixture::new()
             .helper(
