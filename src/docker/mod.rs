@@ -3,6 +3,7 @@
 //! `crate::transport`; this module only speaks HTTP requests and Docker types.
 
 pub mod client;
+pub mod credentials;
 pub mod error;
 pub mod generated;
 #[cfg(test)]

@@ -692,12 +692,18 @@ mod tests {
     }
 
     #[test]
-    fn the_longest_allowed_path_parses() {
+    fn the_longest_allowed_path_and_tag_parse() {
         // 255 characters of path: 127 "a/" plus "a", then a long tag.
         let input = format!("{}a:tag-puts-this-over-max", "a/".repeat(127));
         let r = ok(&input);
         assert_eq!(r.repository.len(), 255);
         assert_eq!(r.registry, "docker.io");
+        let tag = format!("_{}", "A.-".repeat(42) + "z");
+        assert_eq!(tag.len(), 128);
+        assert_eq!(
+            ok(&format!("ubuntu:{tag}")).tag.as_deref(),
+            Some(tag.as_str())
+        );
     }
 
     #[test]
