@@ -4,6 +4,7 @@
 
 use super::failure::Fail;
 use super::DockerRuntime;
+use crate::docker::credentials::{self, CredentialSource};
 use crate::docker::models::ImageInspect;
 use crate::docker::reference::ImageRef;
 use crate::protocol::FailureReason;
@@ -74,7 +75,9 @@ async fn inspect(rt: &DockerRuntime, image: &str) -> Result<Option<ImageInspect>
 }
 
 async fn pull(rt: &DockerRuntime, image: &str, parsed: &ImageRef) -> Result<(), Fail> {
-    let (auth, source) = registry_auth(parsed).await.map_err(|e| {
+    let key = parsed.registry_auth_key();
+    let lookup = |name: &str| std::env::var(name).ok();
+    let (auth, source) = credentials::resolve(&key, &lookup).await.map_err(|e| {
         Fail::new(
             FailureReason::ImagePull,
             format!("cannot pull {image}: {e}"),
@@ -149,27 +152,4 @@ fn classify_pull_error(
         format!("cannot pull {image}: {daemon}")
     };
     Fail::new(FailureReason::ImagePull, message)
-}
-
-/// Where credentials came from, for messages.
-pub struct CredentialSource(&'static str);
-
-impl std::fmt::Display for CredentialSource {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.0)
-    }
-}
-
-pub struct RegistryAuth;
-
-impl RegistryAuth {
-    fn header_value(&self) -> String {
-        String::new()
-    }
-}
-
-async fn registry_auth(
-    _parsed: &ImageRef,
-) -> Result<(Option<RegistryAuth>, CredentialSource), String> {
-    Ok((None, CredentialSource("no credentials (anonymous)")))
 }
