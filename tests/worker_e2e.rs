@@ -45,6 +45,7 @@ impl Setup {
             WorkerOptions {
                 worker_id: id,
                 extra_args: args,
+                ..Default::default()
             },
         )
         .await

@@ -57,9 +57,14 @@ pub struct WorkerProcess {
     _dir: tempfile::TempDir,
 }
 
+#[derive(Default)]
 pub struct WorkerOptions<'a> {
     pub worker_id: &'a str,
     pub extra_args: Vec<String>,
+    /// Defaults to `if-not-present`: the local test images exist in no registry.
+    pub pull_policy: Option<&'a str>,
+    /// Extra environment for the worker process (e.g. DOCKER_CONFIG, PATH).
+    pub env: Vec<(String, String)>,
 }
 
 impl WorkerProcess {
@@ -75,7 +80,10 @@ impl WorkerProcess {
         cmd.args(["--worker-id", opts.worker_id])
             .args(["--web-socket-url", &plane.plane.ws_url()])
             .args(["--server-root-url", &plane.plane.url()])
-            .args(["--pull-policy", "if-not-present"])
+            .args([
+                "--pull-policy",
+                opts.pull_policy.unwrap_or("if-not-present"),
+            ])
             .args(["--stop-grace-period", "2s"])
             .args(["--log-level", "debug"])
             .args(&opts.extra_args)
@@ -84,6 +92,7 @@ impl WorkerProcess {
             .env_remove("DOCKER_CONTEXT")
             .env_remove("DOCKER_API_VERSION")
             .env("OZ_LOG", "info,oz_agent_worker=debug")
+            .envs(opts.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file)

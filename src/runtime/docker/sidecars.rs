@@ -52,7 +52,7 @@ impl SidecarVolumes {
             } if reason == FailureReason::ImagePull || reason == FailureReason::InvalidImage => {
                 Fail::Failed {
                     reason,
-                    message: format!("sidecar {message}"),
+                    message: format!("sidecar image: {message}"),
                     exit_code,
                 }
             }
