@@ -4,6 +4,8 @@
 #   scripts/test-env.sh [up]    install, generate, start and import whatever is missing
 #   scripts/test-env.sh status  report what is up; exit non-zero if anything is missing
 #   scripts/test-env.sh down    stop the daemons this script started (state is kept)
+#   scripts/test-env.sh demo-images [SOCKET]
+#                               only the demo task and agent images, in any daemon
 #
 # Brings up, on a Debian 12 machine as root without systemd:
 #   - dockerd (20.10, API 1.41) on unix:///var/run/docker.sock and, with
@@ -542,10 +544,13 @@ import_image() {
   image_present "$sock" "$image" "$fp" || die "imported $image into $sock but it is not there: $out"
 }
 
-ensure_image() { # ensure_image KIND IMAGE PATHVALUE
-  local kind=$1 image=$2 path=$3 fp sock need=() tarfile root
+ensure_image() { # ensure_image KIND IMAGE PATHVALUE [SOCKET...] (default: both engines)
+  local kind=$1 image=$2 path=$3 fp sock need=() tarfile root socks
+  shift 3
+  socks=("$@")
+  [ ${#socks[@]} -eq 0 ] && socks=("$DOCKER_SOCK" "$PODMAN_SOCK")
   fp=$(fingerprint "$kind")
-  for sock in "$DOCKER_SOCK" "$PODMAN_SOCK"; do
+  for sock in "${socks[@]}"; do
     image_present "$sock" "$image" "$fp" || need+=("$sock")
   done
   [ ${#need[@]} -eq 0 ] && return 0
@@ -737,8 +742,25 @@ cmd_down() {
   log "stopped the daemons this script started (state in $OZ_TEST_ROOT is kept)"
 }
 
+# The demo's images (a busybox task image and the demo agent sidecar) in the
+# daemon behind one unix socket, whoever started it.
+cmd_demo_images() {
+  local sock=${1:-$DOCKER_SOCK}
+  [ -S "$sock" ] || die "no Docker socket at $sock"
+  if [ ! -x /bin/busybox ]; then
+    need_root
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q busybox-static >&2 ||
+      { apt-get update -q >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q busybox-static >&2; }
+  fi
+  command -v curl >/dev/null || die "curl is needed to import the demo images"
+  mkdir -p "$BUILD"
+  ensure_image busybox "$IMG_BUSYBOX" /bin "$sock"
+  ensure_image sidecar "$IMG_SIDECAR" "" "$sock"
+}
+
 case "${1:-up}" in
 up) cmd_up ;;
+demo-images) cmd_demo_images "${2:-}" ;;
 status) cmd_status ;;
 down) cmd_down ;;
 -h | --help | help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//' ;;

@@ -127,7 +127,7 @@ async fn acquire_fill_lock(
                     .id
                     .ok_or_else(|| "the daemon returned no container id".to_string())
             }
-            Err(e) if e.status().map(|s| s.as_u16()) == Some(409) => {
+            Err(e) if is_name_conflict(&e) => {
                 if started.elapsed() > WAIT_FOR_OTHER_FILL {
                     return Err(format!(
                         "another worker has been filling it for over {WAIT_FOR_OTHER_FILL:?}"
@@ -146,6 +146,11 @@ async fn acquire_fill_lock(
             Err(e) => return Err(format!("creating the fill container: {e}")),
         }
     }
+}
+
+/// Docker answers a taken name with 409; Podman 4 with 500 "already in use".
+fn is_name_conflict(e: &crate::docker::DockerError) -> bool {
+    e.status().map(|s| s.as_u16()) == Some(409) || e.message().contains("already in use")
 }
 
 async fn lock_is_abandoned(rt: &DockerRuntime, name: &str) -> bool {

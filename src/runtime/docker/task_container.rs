@@ -98,9 +98,13 @@ pub async fn run(
     let inferred_oom = rt.is_podman && code == 137 && spec.limits.memory_bytes.is_some();
     let oom = reported_oom || inferred_oom;
     if code == 0 && !oom {
+        // Successful output is only read when someone asked to see it.
+        if tracing::enabled!(target: TASK_OUTPUT, tracing::Level::DEBUG) {
+            log_output(rt, &id, &spec.task_id, false).await;
+        }
         return Ok(());
     }
-    let tail = log_output(rt, &id, &spec.task_id).await;
+    let tail = log_output(rt, &id, &spec.task_id, true).await;
     let last = tail
         .lines()
         .rev()
@@ -254,8 +258,13 @@ async fn stop_container(rt: &DockerRuntime, id: &str, task_id: &str) {
     }
 }
 
-/// Logs the tail of the container's output (bounded) and returns it.
-async fn log_output(rt: &DockerRuntime, id: &str, task_id: &str) -> String {
+/// Log target of task output lines, so operators can turn them on alone
+/// (`OZ_LOG=info,task_output=debug`).
+pub const TASK_OUTPUT: &str = "task_output";
+
+/// Logs the tail of the container's output (bounded): at warn level for a
+/// failed task, at debug level otherwise. Returns it.
+async fn log_output(rt: &DockerRuntime, id: &str, task_id: &str, failed: bool) -> String {
     let params = crate::docker::LogsOptions {
         tail: Some(LOG_TAIL_LINES),
         ..Default::default()
@@ -274,7 +283,11 @@ async fn log_output(rt: &DockerRuntime, id: &str, task_id: &str) -> String {
     }
     let text = String::from_utf8_lossy(&out).into_owned();
     for line in text.lines() {
-        tracing::warn!(task_id, "task output: {line}");
+        if failed {
+            tracing::warn!(target: TASK_OUTPUT, task_id, "task output: {line}");
+        } else {
+            tracing::debug!(target: TASK_OUTPUT, task_id, "task output: {line}");
+        }
     }
     text
 }
