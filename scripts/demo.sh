@@ -58,7 +58,7 @@ status=0
   --prompt "Say hello from a self-hosted worker" --wait || status=$?
 
 say "the agent's output (from the worker's log)"
-sed -n 's/.*task output: //p' "$WORK/worker.log"
+sed -n 's/.*task output: \(.*\) task_id=.*/\1/p' "$WORK/worker.log"
 
 say "the worker's log"
 cat "$WORK/worker.log"

@@ -21,6 +21,10 @@ pub fn all() -> Vec<(&'static str, String)> {
             pretty::<crate::protocol::ProtocolMessages>(),
         ),
         ("control-plane-runs.openapi.json", openapi),
+        (
+            "worker-config.schema.json",
+            pretty::<crate::worker::config::FileConfig>(),
+        ),
     ]
 }
 
