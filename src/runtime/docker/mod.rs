@@ -9,7 +9,7 @@ mod images;
 mod orphans;
 mod sidecar_name;
 mod sidecars;
-mod tar;
+pub mod tar;
 mod task_container;
 
 use crate::docker::Docker;

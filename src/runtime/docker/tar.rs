@@ -1,7 +1,23 @@
-//! The one tiny archive the runtime writes itself: a single regular file, as
-//! a ustar stream for `PUT /containers/{id}/archive`.
+//! The tiny archives the runtime writes itself (the sidecar-ready marker),
+//! as ustar streams for `PUT /containers/{id}/archive`. Regular files only.
 
 pub fn single_file(name: &str, contents: &[u8], mode: u32) -> Vec<u8> {
+    archive(&[(name, contents, mode)])
+}
+
+/// A ustar archive of regular files: (name, contents, mode).
+pub fn archive(files: &[(&str, &[u8], u32)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (name, contents, mode) in files {
+        out.extend_from_slice(&header(name, contents.len(), *mode));
+        out.extend_from_slice(contents);
+        out.resize(out.len().div_ceil(512) * 512, 0);
+    }
+    out.extend_from_slice(&[0u8; 1024]);
+    out
+}
+
+fn header(name: &str, len: usize, mode: u32) -> [u8; 512] {
     assert!(name.len() < 100, "tar names here are short");
     let mut header = [0u8; 512];
     header[..name.len()].copy_from_slice(name.as_bytes());
@@ -12,7 +28,7 @@ pub fn single_file(name: &str, contents: &[u8], mode: u32) -> Vec<u8> {
     octal(&mut header[100..108], mode as u64);
     octal(&mut header[108..116], 0);
     octal(&mut header[116..124], 0);
-    octal(&mut header[124..136], contents.len() as u64);
+    octal(&mut header[124..136], len as u64);
     octal(&mut header[136..148], 0);
     header[156] = b'0';
     header[257..263].copy_from_slice(b"ustar\0");
@@ -22,12 +38,7 @@ pub fn single_file(name: &str, contents: &[u8], mode: u32) -> Vec<u8> {
     let sum: u32 = header.iter().map(|&b| b as u32).sum();
     let s = format!("{sum:06o}\0 ");
     header[148..156].copy_from_slice(s.as_bytes());
-
-    let mut out = header.to_vec();
-    out.extend_from_slice(contents);
-    out.resize(out.len().div_ceil(512) * 512, 0);
-    out.extend_from_slice(&[0u8; 1024]);
-    out
+    header
 }
 
 #[cfg(test)]
