@@ -102,6 +102,8 @@ per_engine!(
     no_cleanup_keeps_container,
     missing_image_is_image_pull,
     musl_image_is_refused,
+    missing_sidecar_fails_clearly,
+    second_signal_exits_at_once,
 );
 
 async fn success_path_contract(s: Setup) {
@@ -497,4 +499,156 @@ async fn musl_image_is_refused(s: Setup) {
         !std::path::Path::new(&s.report.path().join(&run.id)).exists(),
         "the agent never started"
     );
+}
+
+async fn missing_sidecar_fails_clearly(s: Setup) {
+    let id = unique_id("e2e-nosidecar");
+    let _w = s.worker(&id, &[]).await;
+    let mut req = demo_run(&id, &[]);
+    req.sidecar_image = None;
+    let run = s.plane.client().create_run(&req).await.unwrap();
+    let done = wait_terminal(&s.plane, &run.id, RUN_TIMEOUT).await;
+    assert_eq!(
+        done.failure_reason.as_deref(),
+        Some("sidecar_prep"),
+        "{done:#?}"
+    );
+    assert!(done
+        .message
+        .unwrap_or_default()
+        .contains("sidecar_image is empty"));
+}
+
+async fn second_signal_exits_at_once(s: Setup) {
+    let id = unique_id("e2e-twice");
+    // A long grace period: only the second signal can make the exit quick.
+    let mut w = s.worker(&id, &["--shutdown-timeout", "60s"]).await;
+    let run = s
+        .plane
+        .client()
+        .create_run(&demo_run(&id, &[("OZ_DEMO_BEHAVIOUR", "sleep")]))
+        .await
+        .unwrap();
+    w.wait_for_log("task container started", RUN_TIMEOUT).await;
+    // Make the first stop slow: the task ignores nothing, but the worker
+    // waits for cleanup; the second signal must not wait at all.
+    w.signal(15);
+    w.wait_for_log("received SIGTERM", Duration::from_secs(5))
+        .await;
+    w.signal(15);
+    let status = w.wait_exit(Duration::from_secs(5)).await;
+    assert_eq!(
+        status.code(),
+        Some(130),
+        "second signal exits at once; log:\n{}",
+        w.log_text()
+    );
+    // Whatever the first signal had started, the run ends as failed
+    // (graceful_shutdown) or stays claimed until worker_lost: never succeeded.
+    let now = s.plane.client().get_run(&run.id).await.unwrap();
+    assert_ne!(now.state, RunState::Succeeded);
+    let d = s.engine.docker().await;
+    for c in s.containers_of(&run.id).await {
+        let _ = d
+            .container_delete(
+                &c,
+                &oz_agent_worker::docker::params::ContainerDeleteParams {
+                    force: Some(true),
+                    ..Default::default()
+                },
+            )
+            .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_for_another_platform_is_refused_naming_both() {
+    use futures_util::StreamExt;
+    let Some(s) = Setup::new(Engine::Docker).await else {
+        return;
+    };
+    let d = s.engine.docker().await;
+    let repo = format!("oz-test/arm64-{}", unique_id("p"));
+    // `docker load` of a hand-made image whose config says linux/arm64 (the
+    // import endpoint ignores `platform` on Docker 20.10).
+    use sha2::Digest;
+    let tar = oz_agent_worker::runtime::docker::tar::archive;
+    let layer = tar(&[("hello", b"hi", 0o644)]);
+    let diff_id = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&layer)));
+    let config = serde_json::json!({
+        "architecture": "arm64", "os": "linux", "config": {},
+        "rootfs": { "type": "layers", "diff_ids": [diff_id] }
+    })
+    .to_string();
+    let config_name = format!(
+        "{}.json",
+        hex::encode(sha2::Sha256::digest(config.as_bytes()))
+    );
+    let manifest = serde_json::json!([{ "Config": config_name, "RepoTags": [format!("{repo}:latest")], "Layers": ["layer.tar"] }]).to_string();
+    let bundle = tar(&[
+        (&config_name, config.as_bytes(), 0o644),
+        ("layer.tar", &layer, 0o644),
+        ("manifest.json", manifest.as_bytes(), 0o644),
+    ]);
+    let body = futures_util::stream::once(async move { Ok(bytes::Bytes::from(bundle)) }).boxed();
+    let mut progress = d.image_load(&Default::default(), Some(body)).await.unwrap();
+    while let Some(item) = progress.next().await {
+        item.unwrap();
+    }
+    let image = format!("{repo}:latest");
+    let id = unique_id("e2e-platform");
+    let _w = s.worker(&id, &[]).await;
+    let mut req = demo_run(&id, &[]);
+    req.docker_image = Some(image.clone());
+    let run = s.plane.client().create_run(&req).await.unwrap();
+    let done = wait_terminal(&s.plane, &run.id, RUN_TIMEOUT).await;
+    assert_eq!(
+        done.failure_reason.as_deref(),
+        Some("image_pull"),
+        "{done:#?}"
+    );
+    let msg = done.message.unwrap_or_default();
+    assert!(
+        msg.contains("linux/arm64") && msg.contains("linux/amd64") && msg.contains(&image),
+        "{msg}"
+    );
+    let _ = d.image_delete(&image, &Default::default()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejected_api_key_is_explained_and_retried_slowly() {
+    let Some(s) = Setup::new(Engine::Docker).await else {
+        return;
+    };
+    let wrong = "ozk_definitely-not-a-key-1234";
+    let id = unique_id("e2e-badkey");
+    let mut w = WorkerProcess::spawn(
+        &s.plane,
+        Engine::Docker,
+        WorkerOptions {
+            worker_id: &id,
+            api_key: Some(wrong),
+            ..Default::default()
+        },
+    );
+    w.wait_for_log("refused the API key", Duration::from_secs(30))
+        .await;
+    let log = w.log_text();
+    assert!(log.contains("--api-key or WARP_API_KEY"), "{log}");
+    let delay: f64 = log
+        .split("retrying in ")
+        .nth(1)
+        .and_then(|rest| rest.split('s').next())
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no retry delay in: {log}"));
+    assert!(
+        delay >= 40.0,
+        "a refused key is retried at the slow end of the backoff, got {delay}s"
+    );
+    assert!(!log.contains(wrong), "the key is never logged");
+    assert!(
+        w.child.try_wait().unwrap().is_none(),
+        "the worker keeps running"
+    );
+    w.child.kill().await.unwrap();
 }

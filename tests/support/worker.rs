@@ -65,14 +65,25 @@ pub struct WorkerOptions<'a> {
     pub pull_policy: Option<&'a str>,
     /// Extra environment for the worker process (e.g. DOCKER_CONFIG, PATH).
     pub env: Vec<(String, String)>,
+    /// Instead of the plane's valid key.
+    pub api_key: Option<&'a str>,
 }
 
 impl WorkerProcess {
+    /// Starts the worker and waits until it is connected.
     pub async fn start(
         plane: &TestPlane,
         engine: Engine,
         opts: WorkerOptions<'_>,
     ) -> WorkerProcess {
+        let w = Self::spawn(plane, engine, opts);
+        w.wait_for_log("connected to the orchestrator", Duration::from_secs(30))
+            .await;
+        w
+    }
+
+    /// Starts the worker without waiting for anything.
+    pub fn spawn(plane: &TestPlane, engine: Engine, opts: WorkerOptions<'_>) -> WorkerProcess {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("worker.log");
         let log_file = std::fs::File::create(&log).unwrap();
@@ -87,7 +98,7 @@ impl WorkerProcess {
             .args(["--stop-grace-period", "2s"])
             .args(["--log-level", "debug"])
             .args(&opts.extra_args)
-            .env("WARP_API_KEY", &plane.key)
+            .env("WARP_API_KEY", opts.api_key.unwrap_or(&plane.key))
             .env("DOCKER_HOST", engine.host())
             .env_remove("DOCKER_CONTEXT")
             .env_remove("DOCKER_API_VERSION")
@@ -98,15 +109,12 @@ impl WorkerProcess {
             .stderr(log_file)
             .kill_on_drop(true);
         let child = cmd.spawn().expect("worker binary starts");
-        let w = WorkerProcess {
+        WorkerProcess {
             child,
             log,
             worker_id: opts.worker_id.to_string(),
             _dir: dir,
-        };
-        w.wait_for_log("connected to the orchestrator", Duration::from_secs(30))
-            .await;
-        w
+        }
     }
 
     pub fn log_text(&self) -> String {
