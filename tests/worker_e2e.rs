@@ -51,6 +51,23 @@ impl Setup {
         .await
     }
 
+    /// Runs the demo agent on `image` with a fresh worker and expects the run
+    /// to fail with `reason`; returns the failure message.
+    async fn expect_image_failure(&self, image: &str, reason: &str) -> String {
+        let id = unique_id("e2e-img");
+        let _w = self.worker(&id, &[]).await;
+        let mut req = demo_run(&id, &[]);
+        req.docker_image = Some(image.into());
+        let run = self.plane.client().create_run(&req).await.unwrap();
+        let done = wait_terminal(&self.plane, &run.id, RUN_TIMEOUT).await;
+        assert_eq!(done.failure_reason.as_deref(), Some(reason), "{done:#?}");
+        assert!(
+            !self.report.path().join(&run.id).exists(),
+            "the agent never started"
+        );
+        done.message.unwrap_or_default()
+    }
+
     fn report_file(&self, task_id: &str, name: &str) -> String {
         std::fs::read_to_string(self.report.path().join(task_id).join(name))
             .unwrap_or_else(|e| panic!("agent report {name} missing for {task_id}: {e}"))
@@ -463,42 +480,14 @@ async fn no_cleanup_keeps_container(s: Setup) {
 }
 
 async fn missing_image_is_image_pull(s: Setup) {
-    let id = unique_id("e2e-noimg");
-    let _w = s.worker(&id, &[]).await;
-    let mut req = demo_run(&id, &[]);
-    req.docker_image = Some("oz-test/does-not-exist:1".into());
-    let run = s.plane.client().create_run(&req).await.unwrap();
-    let done = wait_terminal(&s.plane, &run.id, RUN_TIMEOUT).await;
-    assert_eq!(
-        done.failure_reason.as_deref(),
-        Some("image_pull"),
-        "{done:#?}"
-    );
-    let msg = done.message.unwrap_or_default();
-    assert!(
-        msg.contains("oz-test/does-not-exist:1") && msg.contains("aemon said"),
-        "{msg}"
-    );
+    let image = "oz-test/does-not-exist:1";
+    let msg = s.expect_image_failure(image, "image_pull").await;
+    assert!(msg.contains(image) && msg.contains("aemon said"), "{msg}");
 }
 
 async fn musl_image_is_refused(s: Setup) {
-    let id = unique_id("e2e-musl");
-    let _w = s.worker(&id, &[]).await;
-    let mut req = demo_run(&id, &[]);
-    req.docker_image = Some(MUSL.into());
-    let run = s.plane.client().create_run(&req).await.unwrap();
-    let done = wait_terminal(&s.plane, &run.id, RUN_TIMEOUT).await;
-    assert_eq!(
-        done.failure_reason.as_deref(),
-        Some("invalid_image"),
-        "{done:#?}"
-    );
-    let msg = done.message.unwrap_or_default();
+    let msg = s.expect_image_failure(MUSL, "invalid_image").await;
     assert!(msg.contains(MUSL) && msg.contains("musl"), "{msg}");
-    assert!(
-        !std::path::Path::new(&s.report.path().join(&run.id)).exists(),
-        "the agent never started"
-    );
 }
 
 async fn missing_sidecar_fails_clearly(s: Setup) {
@@ -596,18 +585,7 @@ async fn image_for_another_platform_is_refused_naming_both() {
         item.unwrap();
     }
     let image = format!("{repo}:latest");
-    let id = unique_id("e2e-platform");
-    let _w = s.worker(&id, &[]).await;
-    let mut req = demo_run(&id, &[]);
-    req.docker_image = Some(image.clone());
-    let run = s.plane.client().create_run(&req).await.unwrap();
-    let done = wait_terminal(&s.plane, &run.id, RUN_TIMEOUT).await;
-    assert_eq!(
-        done.failure_reason.as_deref(),
-        Some("image_pull"),
-        "{done:#?}"
-    );
-    let msg = done.message.unwrap_or_default();
+    let msg = s.expect_image_failure(&image, "image_pull").await;
     assert!(
         msg.contains("linux/arm64") && msg.contains("linux/amd64") && msg.contains(&image),
         "{msg}"

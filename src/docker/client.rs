@@ -917,13 +917,7 @@ fn describe_chain(root: &(dyn std::error::Error + 'static)) -> String {
 const USER_AGENT: &str = concat!("oz-agent-worker/", env!("CARGO_PKG_VERSION"));
 
 fn encode_query(s: &str) -> std::borrow::Cow<'_, str> {
-    use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
-    const QUERY: &AsciiSet = &NON_ALPHANUMERIC
-        .remove(b'-')
-        .remove(b'.')
-        .remove(b'_')
-        .remove(b'~');
-    utf8_percent_encode(s, QUERY).into()
+    percent_encoding::utf8_percent_encode(s, crate::docker::request::UNRESERVED).into()
 }
 
 #[cfg(test)]

@@ -93,14 +93,15 @@ impl ApiRequest {
 /// Percent-encodes one path segment (container names, image references with
 /// `/` and `:` all go through here).
 pub fn encode_path_segment(s: &str) -> String {
-    use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
-    // Only RFC 3986 unreserved characters stay literal. The daemon routes on
-    // the decoded path, so `%2F` in an image reference still matches
-    // `/images/{name}/json`.
-    const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
-        .remove(b'-')
-        .remove(b'.')
-        .remove(b'_')
-        .remove(b'~');
-    utf8_percent_encode(s, SEGMENT).to_string()
+    // The daemon routes on the decoded path, so `%2F` in an image reference
+    // still matches `/images/{name}/json`.
+    percent_encoding::utf8_percent_encode(s, UNRESERVED).to_string()
 }
+
+/// Everything but RFC 3986's unreserved characters gets percent-encoded, in
+/// path segments and query values alike.
+pub(crate) const UNRESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
