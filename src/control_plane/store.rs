@@ -160,6 +160,12 @@ impl Store {
         })?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
+        // Runs hold their env values (secrets): only the owner may read them.
+        // WAL and shared-memory files inherit the database file's mode.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|e| {
+            StoreError(format!("cannot restrict permissions of {}: {e}", path.display()))
+        })?;
         Self::init(conn)
     }
 
@@ -462,6 +468,16 @@ fn get_run(conn: &Connection, id: &str, team_id: Option<i64>) -> Result<Option<R
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn database_file_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cp.sqlite");
+        let _store = super::Store::open(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+
     use super::*;
 
     fn spec(host: &str) -> CreateRunRequest {
