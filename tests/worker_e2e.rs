@@ -630,3 +630,62 @@ async fn rejected_api_key_is_explained_and_retried_slowly() {
     );
     w.child.kill().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_use_the_reference_names() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Some(s) = Setup::new(Engine::Docker).await else {
+        return;
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let id = unique_id("e2e-metrics");
+    let w = s
+        .worker(
+            &id,
+            &[
+                "--metrics-listen",
+                &format!("127.0.0.1:{port}"),
+                "--max-concurrent-tasks",
+                "2",
+            ],
+        )
+        .await;
+    w.wait_for_log("serving metrics", Duration::from_secs(5))
+        .await;
+    for env in [vec![], vec![("OZ_DEMO_EXIT", "4")]] {
+        let run = s
+            .plane
+            .client()
+            .create_run(&demo_run(&id, &env))
+            .await
+            .unwrap();
+        wait_terminal(&s.plane, &run.id, RUN_TIMEOUT).await;
+    }
+    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut text = String::new();
+    conn.read_to_string(&mut text).await.unwrap();
+    for line in [
+        "oz_worker_connected 1",
+        "oz_worker_tasks_active 0",
+        "oz_worker_tasks_max_concurrent 2",
+        "oz_worker_tasks_completed_total{result=\"succeeded\"} 1",
+        "oz_worker_tasks_completed_total{result=\"failed\"} 1",
+        "oz_worker_task_failures_total{phase=\"run\",reason=\"container_exit\"} 1",
+        "oz_worker_task_duration_seconds_count{result=\"succeeded\"} 1",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in:\n{text}");
+    }
+    assert!(
+        text.contains(&format!("worker_id=\"{id}\"")) && text.contains("backend=\"docker\""),
+        "{text}"
+    );
+}

@@ -43,6 +43,9 @@ pub struct WorkerArgs {
     /// On SIGINT/SIGTERM, how long to wait for running tasks to clean up and report (e.g. 30s).
     #[arg(long, value_name = "DURATION")]
     pub shutdown_timeout: Option<String>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9090).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
     /// Orchestrator WebSocket URL.
     #[arg(long, hide = true)]
     pub web_socket_url: Option<String>,

@@ -164,7 +164,10 @@ impl Store {
         // WAL and shared-memory files inherit the database file's mode.
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|e| {
-            StoreError(format!("cannot restrict permissions of {}: {e}", path.display()))
+            StoreError(format!(
+                "cannot restrict permissions of {}: {e}",
+                path.display()
+            ))
         })?;
         Self::init(conn)
     }

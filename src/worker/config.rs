@@ -69,6 +69,8 @@ pub struct FileConfig {
     /// Keep the agent idle after completion for this long (e.g. "10m"); empty = the bare flag.
     pub idle_on_complete: Option<String>,
     pub backend: Option<BackendConfig>,
+    /// Serve Prometheus metrics on this address (e.g. "127.0.0.1:9090").
+    pub metrics_listen: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, JsonSchema)]
@@ -211,6 +213,7 @@ pub struct WorkerConfig {
     pub pull_policy: PullPolicy,
     pub stop_grace_period: Duration,
     pub shutdown_timeout: Duration,
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl WorkerConfig {
@@ -315,6 +318,15 @@ impl WorkerConfig {
             parse_duration(v).map_err(|e| ConfigError(format!("idle_on_complete: {e}")))?;
         }
 
+        let metrics_listen = match args.metrics_listen.clone().or(file.metrics_listen) {
+            Some(a) if !a.trim().is_empty() => Some(a.parse().map_err(|_| {
+                ConfigError(format!(
+                    "metrics address {a:?} is not HOST:PORT with a numeric IP, e.g. 127.0.0.1:9090"
+                ))
+            })?),
+            _ => None,
+        };
+
         let web_socket_url = args
             .web_socket_url
             .clone()
@@ -341,6 +353,7 @@ impl WorkerConfig {
             pull_policy,
             stop_grace_period,
             shutdown_timeout,
+            metrics_listen,
         })
     }
 }

@@ -6,6 +6,7 @@ pub mod backoff;
 pub mod config;
 pub mod connection;
 pub mod duration;
+pub mod metrics;
 pub mod outbox;
 pub mod session;
 pub mod task_spec;
@@ -50,19 +51,32 @@ pub async fn run_with<R: TaskRuntime>(
         }
         Err(e) => tracing::warn!("could not look for containers left by an earlier run: {e}"),
     }
+    let metrics = metrics::Metrics::new(
+        &config.worker_id,
+        runtime.backend_name(),
+        config.max_concurrent_tasks,
+    );
+    if let Some(addr) = config.metrics_listen {
+        match metrics::serve(addr, metrics.clone()).await {
+            Ok(bound) => tracing::info!("serving metrics at http://{bound}/metrics"),
+            Err(e) => {
+                eprintln!("error: cannot serve metrics on {addr}: {e}; choose another --metrics-listen address");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     let config = Arc::new(config);
     let outbox = Arc::new(outbox::TerminalOutbox::default());
-    let manager = tasks::TaskManager::new(runtime, config.clone(), outbox.clone());
+    let manager = tasks::TaskManager::new(runtime, config.clone(), outbox.clone(), metrics.clone());
     let dispatch = tasks::Dispatch(manager.clone());
     let close = tokio_util::sync::CancellationToken::new();
-    let on_state = |_connected: bool| {};
     let session = session::Session {
         config: &config,
         timing,
         outbox: &outbox,
         inbound: &dispatch,
         close: close.clone(),
-        on_state: &on_state,
+        metrics: &metrics,
     };
 
     let session_run = session.run();

@@ -4,6 +4,7 @@
 use crate::worker::backoff::ExponentialBackoff;
 use crate::worker::config::WorkerConfig;
 use crate::worker::connection::{drive, Ended, Inbound, Socket, Timing};
+use crate::worker::metrics::Metrics;
 use crate::worker::outbox::TerminalOutbox;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
@@ -16,8 +17,7 @@ pub struct Session<'a> {
     pub inbound: &'a dyn Inbound,
     /// Fires when the worker has finished its work and wants a normal close.
     pub close: CancellationToken,
-    /// Reports connection state changes (true = connected) for metrics/tests.
-    pub on_state: &'a (dyn Fn(bool) + Send + Sync),
+    pub metrics: &'a Metrics,
 }
 
 enum ConnectError {
@@ -32,17 +32,18 @@ impl Session<'_> {
             let delay = match self.connect().await {
                 Ok(ws) => {
                     tracing::info!(worker_id = %self.config.worker_id, url = %self.config.web_socket_url, "connected to the orchestrator");
-                    (self.on_state)(true);
+                    self.metrics.set_connected(true);
                     backoff.reset();
                     let ended =
                         drive(ws, self.timing, self.outbox, self.inbound, &self.close).await;
-                    (self.on_state)(false);
+                    self.metrics.set_connected(false);
                     match ended {
                         Ended::Closed => {
                             tracing::info!("connection closed normally");
                             return;
                         }
                         Ended::Dropped(why) => {
+                            self.metrics.reconnect("connection_lost");
                             let d = backoff.next_delay();
                             tracing::warn!(
                                 "connection lost: {why}; reconnecting in {:.1}s",
@@ -53,6 +54,7 @@ impl Session<'_> {
                     }
                 }
                 Err(ConnectError::Unauthorized(status)) => {
+                    self.metrics.reconnect("unauthorized");
                     let d = backoff.slowest();
                     tracing::error!(
                         "the orchestrator refused the API key ({status}): it is invalid, expired or revoked. \
@@ -62,6 +64,7 @@ impl Session<'_> {
                     d
                 }
                 Err(ConnectError::Other(why)) => {
+                    self.metrics.reconnect("connect_failed");
                     let d = backoff.next_delay();
                     tracing::warn!(
                         "cannot connect to {}: {why}; retrying in {:.1}s",

@@ -7,6 +7,7 @@ use crate::protocol::*;
 use crate::runtime::{TaskOutcome, TaskRuntime};
 use crate::worker::config::WorkerConfig;
 use crate::worker::connection::{Inbound, Link};
+use crate::worker::metrics::{Metrics, TaskResult};
 use crate::worker::outbox::TerminalOutbox;
 use crate::worker::task_spec;
 use std::collections::HashMap;
@@ -32,6 +33,7 @@ pub struct TaskManager<R> {
     config: Arc<WorkerConfig>,
     outbox: Arc<TerminalOutbox>,
     running: Mutex<HashMap<String, Running>>,
+    metrics: Arc<Metrics>,
     accepting: AtomicBool,
     finished: Notify,
 }
@@ -41,12 +43,14 @@ impl<R: TaskRuntime> TaskManager<R> {
         runtime: Arc<R>,
         config: Arc<WorkerConfig>,
         outbox: Arc<TerminalOutbox>,
+        metrics: Arc<Metrics>,
     ) -> Arc<Self> {
         Arc::new(TaskManager {
             runtime,
             config,
             outbox,
             running: Mutex::new(HashMap::new()),
+            metrics,
             accepting: AtomicBool::new(true),
             finished: Notify::new(),
         })
@@ -68,18 +72,19 @@ impl<R: TaskRuntime> TaskManager<R> {
                 return;
             }
             let refusal = if !self.accepting.load(Ordering::SeqCst) {
-                Some("worker is shutting down".to_string())
+                Some(("shutting_down", "worker is shutting down".to_string()))
             } else {
                 match self.config.max_concurrent_tasks {
-                    Some(max) if running.len() >= max as usize => Some(format!(
-                        "at capacity: {} of {max} tasks running",
-                        running.len()
+                    Some(max) if running.len() >= max as usize => Some((
+                        "at_capacity",
+                        format!("at capacity: {} of {max} tasks running", running.len()),
                     )),
                     _ => None,
                 }
             };
-            if let Some(reason) = refusal {
+            if let Some((kind, reason)) = refusal {
                 tracing::info!(task_id, "rejecting task: {reason}");
+                self.metrics.rejected(kind);
                 let link = link.clone();
                 tokio::spawn(async move {
                     link.send(WorkerMessage::TaskRejected(TaskRejected {
@@ -96,6 +101,7 @@ impl<R: TaskRuntime> TaskManager<R> {
             };
             let handle = (slot.stop.clone(), slot.cause.clone());
             running.insert(task_id.clone(), slot);
+            self.metrics.set_active(running.len());
             handle
         };
         let this = self.clone();
@@ -121,6 +127,7 @@ impl<R: TaskRuntime> TaskManager<R> {
                 execution_id = a.execution_id.as_deref().unwrap_or(""),
                 "claimed task"
             );
+            let claimed_at = std::time::Instant::now();
             let terminal = match task_spec::build(&a, &this.config) {
                 Err(invalid) => failed(&task_id, invalid.reason, invalid.message, None),
                 Ok(spec) => {
@@ -129,6 +136,14 @@ impl<R: TaskRuntime> TaskManager<R> {
                     report(&task_id, outcome, cause)
                 }
             };
+            let (result, failure) = match &terminal {
+                WorkerMessage::TaskFailed(f) => (TaskResult::Failed, Some(&f.failure_reason)),
+                WorkerMessage::TaskCompleted(c) if c.task_state.is_some() => {
+                    (TaskResult::Cancelled, None)
+                }
+                _ => (TaskResult::Succeeded, None),
+            };
+            this.metrics.finished(result, claimed_at.elapsed(), failure);
             this.finish(&task_id, Some(terminal));
         });
     }
@@ -143,7 +158,10 @@ impl<R: TaskRuntime> TaskManager<R> {
             }
             self.outbox.push(msg);
         }
-        self.running.lock().unwrap().remove(task_id);
+        let mut running = self.running.lock().unwrap();
+        running.remove(task_id);
+        self.metrics.set_active(running.len());
+        drop(running);
         self.finished.notify_waiters();
     }
 
@@ -217,6 +235,11 @@ impl<R: TaskRuntime> Inbound for Dispatch<R> {
                 worker_id: manager.config.worker_id.clone(),
             });
             if link.send(claim).await {
+                manager.metrics.finished(
+                    TaskResult::Failed,
+                    Duration::ZERO,
+                    Some(&FailureReason::Unknown),
+                );
                 manager.outbox.push(failed(
                     &task_id,
                     FailureReason::Unknown,
