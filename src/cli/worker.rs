@@ -46,6 +46,12 @@ pub struct WorkerArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9090).
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<String>,
+    /// WebSocket ping interval (protocol: 30s; for tests).
+    #[arg(long, hide = true, value_name = "DURATION")]
+    pub ping_interval: Option<String>,
+    /// Drop the connection after this long without any frame (protocol: 60s; for tests).
+    #[arg(long, hide = true, value_name = "DURATION")]
+    pub read_timeout: Option<String>,
     /// Orchestrator WebSocket URL.
     #[arg(long, hide = true)]
     pub web_socket_url: Option<String>,

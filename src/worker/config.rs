@@ -214,6 +214,8 @@ pub struct WorkerConfig {
     pub stop_grace_period: Duration,
     pub shutdown_timeout: Duration,
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// The protocol's liveness timing; only tests change it.
+    pub timing: crate::worker::connection::Timing,
 }
 
 impl WorkerConfig {
@@ -327,6 +329,16 @@ impl WorkerConfig {
             _ => None,
         };
 
+        let mut timing = crate::worker::connection::Timing::default();
+        if let Some(d) = &args.ping_interval {
+            timing.ping_interval =
+                parse_duration(d).map_err(|e| ConfigError(format!("--ping-interval: {e}")))?;
+        }
+        if let Some(d) = &args.read_timeout {
+            timing.read_timeout =
+                parse_duration(d).map_err(|e| ConfigError(format!("--read-timeout: {e}")))?;
+        }
+
         let web_socket_url = args
             .web_socket_url
             .clone()
@@ -354,6 +366,7 @@ impl WorkerConfig {
             stop_grace_period,
             shutdown_timeout,
             metrics_listen,
+            timing,
         })
     }
 }

@@ -26,13 +26,7 @@ pub async fn run(config: WorkerConfig) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    run_with(
-        config,
-        Arc::new(runtime),
-        connection::Timing::default(),
-        shutdown_signal(),
-    )
-    .await
+    run_with(config, Arc::new(runtime), shutdown_signal()).await
 }
 
 /// The worker loop over any runtime; `shutdown` resolves when the worker
@@ -40,7 +34,6 @@ pub async fn run(config: WorkerConfig) -> ExitCode {
 pub async fn run_with<R: TaskRuntime>(
     config: WorkerConfig,
     runtime: Arc<R>,
-    timing: connection::Timing,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> ExitCode {
     tracing::info!(worker_id = %config.worker_id, backend = runtime.backend_name(), "starting: {}", runtime.describe());
@@ -72,7 +65,7 @@ pub async fn run_with<R: TaskRuntime>(
     let close = tokio_util::sync::CancellationToken::new();
     let session = session::Session {
         config: &config,
-        timing,
+        timing: config.timing,
         outbox: &outbox,
         inbound: &dispatch,
         close: close.clone(),

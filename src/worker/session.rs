@@ -124,9 +124,13 @@ impl Session<'_> {
 }
 
 fn with_worker_id(base: &str, worker_id: &str) -> String {
-    let encoded: String =
-        percent_encoding::utf8_percent_encode(worker_id, percent_encoding::NON_ALPHANUMERIC)
-            .to_string();
+    // As Go's url.Values does it: RFC 3986 unreserved characters stay literal.
+    const QUERY: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~');
+    let encoded = percent_encoding::utf8_percent_encode(worker_id, QUERY).to_string();
     let sep = if base.contains('?') { '&' } else { '?' };
     format!("{base}{sep}worker_id={encoded}")
 }
@@ -135,6 +139,10 @@ fn with_worker_id(base: &str, worker_id: &str) -> String {
 mod tests {
     #[test]
     fn worker_id_is_a_query_parameter() {
+        assert_eq!(
+            super::with_worker_id("ws://h/ws", "prod-runner_1.x~"),
+            "ws://h/ws?worker_id=prod-runner_1.x~"
+        );
         assert_eq!(
             super::with_worker_id("ws://h/ws", "a b"),
             "ws://h/ws?worker_id=a%20b"

@@ -4,4 +4,5 @@
 
 pub mod control_plane;
 pub mod docker;
+pub mod scripted_server;
 pub mod worker;

@@ -84,13 +84,31 @@ impl WorkerProcess {
 
     /// Starts the worker without waiting for anything.
     pub fn spawn(plane: &TestPlane, engine: Engine, opts: WorkerOptions<'_>) -> WorkerProcess {
+        let key = opts.api_key.unwrap_or(&plane.key).to_string();
+        Self::spawn_at(
+            &plane.plane.ws_url(),
+            &plane.plane.url(),
+            &key,
+            engine,
+            opts,
+        )
+    }
+
+    /// Starts the worker against any orchestrator URL (e.g. a scripted server).
+    pub fn spawn_at(
+        ws_url: &str,
+        root_url: &str,
+        key: &str,
+        engine: Engine,
+        opts: WorkerOptions<'_>,
+    ) -> WorkerProcess {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("worker.log");
         let log_file = std::fs::File::create(&log).unwrap();
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_oz-agent-worker"));
         cmd.args(["--worker-id", opts.worker_id])
-            .args(["--web-socket-url", &plane.plane.ws_url()])
-            .args(["--server-root-url", &plane.plane.url()])
+            .args(["--web-socket-url", ws_url])
+            .args(["--server-root-url", root_url])
             .args([
                 "--pull-policy",
                 opts.pull_policy.unwrap_or("if-not-present"),
@@ -98,7 +116,7 @@ impl WorkerProcess {
             .args(["--stop-grace-period", "2s"])
             .args(["--log-level", "debug"])
             .args(&opts.extra_args)
-            .env("WARP_API_KEY", opts.api_key.unwrap_or(&plane.key))
+            .env("WARP_API_KEY", key)
             .env("DOCKER_HOST", engine.host())
             .env_remove("DOCKER_CONTEXT")
             .env_remove("DOCKER_API_VERSION")
