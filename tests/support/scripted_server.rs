@@ -33,6 +33,8 @@ impl ScriptedServer {
         ScriptedServer { listener, ws_url }
     }
 
+    // The handshake callback's error type is tungstenite's, not ours.
+    #[allow(clippy::result_large_err)]
     pub async fn accept(&self, within: Duration) -> ServerConn {
         let (stream, _) = tokio::time::timeout(within, self.listener.accept())
             .await
