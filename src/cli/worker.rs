@@ -62,11 +62,32 @@ pub struct WorkerArgs {
 
 pub async fn run(args: WorkerArgs) -> ExitCode {
     super::logging::init(&args.log_level);
-    match crate::worker::config::WorkerConfig::resolve(&args, &crate::worker::config::ProcessEnv) {
-        Ok(config) => crate::worker::run(config).await,
+    let config = match crate::worker::config::WorkerConfig::resolve(
+        &args,
+        &crate::worker::config::ProcessEnv,
+    ) {
+        Ok(config) => config,
         Err(e) => {
             eprintln!("error: {e}");
-            ExitCode::from(2)
+            return ExitCode::from(2);
         }
-    }
+    };
+    // The composition root: the Docker runtime is chosen here, so the worker
+    // core never names it.
+    let settings = crate::runtime::docker::Settings {
+        cleanup: config.cleanup,
+        pull_policy: config.pull_policy,
+        stop_grace_period: config.stop_grace_period,
+    };
+    let runtime =
+        match crate::runtime::docker::DockerRuntime::from_environment(&config.worker_id, settings)
+            .await
+        {
+            Ok(r) => std::sync::Arc::new(r),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+    crate::worker::run_with(config, runtime, crate::worker::shutdown_signal()).await
 }

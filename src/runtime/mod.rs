@@ -69,6 +69,17 @@ pub struct ResourceLimits {
     pub memory_bytes: Option<i64>,
 }
 
+/// When a runtime fetches images from their registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PullPolicy {
+    /// Every time (the reference worker's behaviour).
+    Always,
+    /// Only when the image is not already present.
+    IfNotPresent,
+    /// Never: an absent image fails the task.
+    Never,
+}
+
 /// How a task ended, from the runtime's point of view.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TaskOutcome {

@@ -99,23 +99,16 @@ pub struct EnvEntry {
     pub value: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PullPolicy {
-    Always,
-    IfNotPresent,
-    Never,
-}
+pub use crate::runtime::PullPolicy;
 
-impl PullPolicy {
-    fn parse(s: &str, source: &str) -> Result<Self, ConfigError> {
-        match s {
-            "always" => Ok(PullPolicy::Always),
-            "if-not-present" | "missing" => Ok(PullPolicy::IfNotPresent),
-            "never" => Ok(PullPolicy::Never),
-            other => Err(ConfigError(format!(
-                "{source}: unknown pull policy {other:?}; use always, if-not-present or never"
-            ))),
-        }
+fn parse_pull_policy(s: &str, source: &str) -> Result<PullPolicy, ConfigError> {
+    match s {
+        "always" => Ok(PullPolicy::Always),
+        "if-not-present" | "missing" => Ok(PullPolicy::IfNotPresent),
+        "never" => Ok(PullPolicy::Never),
+        other => Err(ConfigError(format!(
+            "{source}: unknown pull policy {other:?}; use always, if-not-present or never"
+        ))),
     }
 }
 
@@ -296,8 +289,8 @@ impl WorkerConfig {
         }
 
         let pull_policy = match (&args.pull_policy, &docker.pull_policy) {
-            (Some(p), _) => PullPolicy::parse(p, "--pull-policy")?,
-            (None, Some(p)) => PullPolicy::parse(p, "backend.docker.pull_policy")?,
+            (Some(p), _) => parse_pull_policy(p, "--pull-policy")?,
+            (None, Some(p)) => parse_pull_policy(p, "backend.docker.pull_policy")?,
             (None, None) => PullPolicy::Always,
         };
         let stop_grace_period = match (&args.stop_grace_period, &docker.stop_grace_period) {

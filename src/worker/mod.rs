@@ -17,18 +17,6 @@ use config::WorkerConfig;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-/// Runs the worker with the Docker runtime until SIGINT/SIGTERM.
-pub async fn run(config: WorkerConfig) -> ExitCode {
-    let runtime = match crate::runtime::docker::DockerRuntime::from_environment(&config).await {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    run_with(config, Arc::new(runtime), shutdown_signal()).await
-}
-
 /// The worker loop over any runtime; `shutdown` resolves when the worker
 /// should stop taking tasks and wind down.
 pub async fn run_with<R: TaskRuntime>(

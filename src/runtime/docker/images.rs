@@ -8,7 +8,7 @@ use crate::docker::credentials::{self, CredentialSource};
 use crate::docker::models::ImageInspect;
 use crate::docker::reference::ImageRef;
 use crate::protocol::FailureReason;
-use crate::worker::config::PullPolicy;
+use crate::runtime::PullPolicy;
 use futures_util::StreamExt;
 
 #[derive(Debug, Clone)]

@@ -13,8 +13,8 @@ pub mod tar;
 mod task_container;
 
 use crate::docker::Docker;
+use crate::runtime::PullPolicy;
 use crate::runtime::{TaskOutcome, TaskRuntime, TaskSpec};
-use crate::worker::config::{PullPolicy, WorkerConfig};
 use failure::Fail;
 use identity::ProcessIdentity;
 use std::time::Duration;
@@ -44,14 +44,14 @@ pub struct DockerRuntime {
 impl DockerRuntime {
     /// Resolves the daemon as the Docker CLI would (DOCKER_HOST, contexts,
     /// default socket), negotiates the API version and checks the platform.
-    pub async fn from_environment(config: &WorkerConfig) -> Result<Self, String> {
+    pub async fn from_environment(worker_id: &str, settings: Settings) -> Result<Self, String> {
         let docker = Docker::connect(&crate::transport::endpoint::EnvSnapshot::from_process())
             .await
             .map_err(|e| e.to_string())?;
-        Self::new(docker, config).await
+        Self::new(docker, worker_id, settings).await
     }
 
-    pub async fn new(docker: Docker, config: &WorkerConfig) -> Result<Self, String> {
+    pub async fn new(docker: Docker, worker_id: &str, settings: Settings) -> Result<Self, String> {
         let platform = docker.platform().clone();
         let (os, arch) = (platform.os.clone(), platform.arch.clone());
         if os != "linux" || !(arch == "amd64" || arch == "arm64") {
@@ -72,12 +72,8 @@ impl DockerRuntime {
         let is_podman = docker.engine().kind == crate::transport::negotiate::EngineKind::Podman;
         Ok(DockerRuntime {
             docker,
-            identity: ProcessIdentity::current(&config.worker_id),
-            settings: Settings {
-                cleanup: config.cleanup,
-                pull_policy: config.pull_policy,
-                stop_grace_period: config.stop_grace_period,
-            },
+            identity: ProcessIdentity::current(worker_id),
+            settings,
             os,
             arch,
             engine,
