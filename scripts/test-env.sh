@@ -145,11 +145,16 @@ stop_pidfile() { # stop_pidfile PIDFILE NAME
   rm -f "$1"
 }
 
-wait_for() { # wait_for SECONDS LOGFILE WHAT CMD...
+wait_for() { # wait_for SECONDS LOGFILE WHAT CMD...  (WAIT_PIDFILE: give up early if it dies)
   local timeout=$1 logfile=$2 what=$3
   shift 3
   local deadline=$((SECONDS + timeout))
   while ! "$@"; do
+    if [ -n "${WAIT_PIDFILE:-}" ] && [ -s "$WAIT_PIDFILE" ] && ! alive "$(cat "$WAIT_PIDFILE")"; then
+      log "$what exited while starting; last lines of $logfile:"
+      tail -n 30 "$logfile" >&2 || true
+      die "$what failed to start (see $logfile)"
+    fi
     if [ "$SECONDS" -ge "$deadline" ]; then
       log "$what did not become ready within ${timeout}s; last lines of $logfile:"
       tail -n 30 "$logfile" >&2 || true
@@ -304,8 +309,8 @@ start_dockerd() {
     -H "$DOCKER_HOST_URL" -H "$TLS_HOST_URL" --tlsverify \
     --tlscacert "$CERTS/ca.pem" --tlscert "$SERVER_CERTS/server-cert.pem" \
     --tlskey "$SERVER_CERTS/server-key.pem"
-  wait_for "$DOCKERD_TIMEOUT" "$LOGS/dockerd.log" dockerd ping_unix "$DOCKER_SOCK"
-  wait_for "$DOCKERD_TIMEOUT" "$LOGS/dockerd.log" "dockerd TLS endpoint" ping_tls
+  WAIT_PIDFILE=$RUN/dockerd.pid wait_for "$DOCKERD_TIMEOUT" "$LOGS/dockerd.log" dockerd ping_unix "$DOCKER_SOCK"
+  WAIT_PIDFILE=$RUN/dockerd.pid wait_for "$DOCKERD_TIMEOUT" "$LOGS/dockerd.log" "dockerd TLS endpoint" ping_tls
   # the pid of the daemon itself (setsid may or may not have forked)
   [ -s /var/run/docker.pid ] && cp /var/run/docker.pid "$RUN/dockerd.pid"
   return 0
@@ -326,6 +331,11 @@ ensure_dockerd() {
     fi
   elif [ -s /var/run/docker.pid ] && alive "$(cat /var/run/docker.pid)"; then
     die "a dockerd (pid $(cat /var/run/docker.pid)) is running but does not answer on $DOCKER_SOCK; not touching it"
+  elif [ -e /var/run/docker.pid ]; then
+    # Left by a dockerd that was killed (e.g. with the session that started
+    # it): dockerd refuses to start while it exists.
+    log "removing the stale /var/run/docker.pid of a dockerd that is gone"
+    rm -f /var/run/docker.pid
   fi
   start_dockerd
 }
