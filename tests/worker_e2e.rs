@@ -480,9 +480,13 @@ async fn no_cleanup_keeps_container(s: Setup) {
 }
 
 async fn missing_image_is_image_pull(s: Setup) {
-    let image = "oz-test/does-not-exist:1";
+    // Nothing listens on port 1: the daemon's pull fails with a connection error.
+    let image = "127.0.0.1:1/oz/does-not-exist:1";
     let msg = s.expect_image_failure(image, "image_pull").await;
-    assert!(msg.contains(image) && msg.contains("aemon said"), "{msg}");
+    assert!(
+        msg.contains(image) && msg.contains("unreachable") && msg.contains("aemon said"),
+        "{msg}"
+    );
 }
 
 async fn musl_image_is_refused(s: Setup) {
