@@ -116,6 +116,7 @@ per_engine!(
     control_plane_restart_mid_task_reports_once,
     sigterm_mid_task_reports_graceful_shutdown,
     sigkill_then_restart_removes_orphan,
+    task_finished_while_worker_was_down_is_reported_at_restart,
     no_cleanup_keeps_container,
     missing_image_is_image_pull,
     musl_image_is_refused,
@@ -440,6 +441,12 @@ async fn sigkill_then_restart_removes_orphan(s: Setup) {
         s.containers_of(&on_a.id).await.is_empty(),
         "orphan removed on restart"
     );
+    // The restarted worker reports the dead one's task instead of leaving it
+    // to the control plane's worker-lost timeout.
+    let lost = wait_terminal(&s.plane, &on_a.id, Duration::from_secs(30)).await;
+    assert_eq!(lost.state, RunState::Failed, "{lost:#?}");
+    assert_eq!(lost.failure_reason.as_deref(), Some("unknown"));
+    assert!(lost.message.unwrap_or_default().contains("died"));
     assert_eq!(
         s.containers_of(&on_sibling.id).await.len(),
         1,
@@ -458,9 +465,54 @@ async fn sigkill_then_restart_removes_orphan(s: Setup) {
     );
 }
 
+async fn task_finished_while_worker_was_down_is_reported_at_restart(s: Setup) {
+    let id = unique_id("e2e-down");
+    let mut a = s.worker(&id, &[]).await;
+    let run = s
+        .plane
+        .client()
+        .create_run(&demo_run(
+            &id,
+            &[
+                ("OZ_DEMO_BEHAVIOUR", "sleep"),
+                ("OZ_DEMO_SLEEP", "2"),
+                ("OZ_DEMO_EXIT", "5"),
+            ],
+        ))
+        .await
+        .unwrap();
+    a.wait_for_log("task container started", RUN_TIMEOUT).await;
+    a.signal(9);
+    a.wait_exit(Duration::from_secs(10)).await;
+    // Let the agent finish with nobody watching.
+    let d = s.engine.docker().await;
+    let container = s
+        .containers_of(&run.id)
+        .await
+        .pop()
+        .expect("the container outlives its worker");
+    let wait = oz_agent_worker::docker::params::ContainerWaitParams {
+        condition: Some(oz_agent_worker::docker::models::ContainerWaitCondition::NotRunning),
+    };
+    d.container_wait(&container, &wait).await.unwrap();
+    let _restarted = s.worker(&id, &[]).await;
+    let done = wait_terminal(&s.plane, &run.id, Duration::from_secs(30)).await;
+    assert_eq!(
+        done.failure_reason.as_deref(),
+        Some("container_exit"),
+        "{done:#?}"
+    );
+    assert_eq!(
+        done.exit_code,
+        Some(5),
+        "the real exit code, read from the orphan"
+    );
+    assert!(s.containers_of(&run.id).await.is_empty());
+}
+
 async fn no_cleanup_keeps_container(s: Setup) {
     let id = unique_id("e2e-keep");
-    let _w = s.worker(&id, &["--no-cleanup"]).await;
+    let mut w = s.worker(&id, &["--no-cleanup"]).await;
     let run = s
         .plane
         .client()
@@ -471,6 +523,17 @@ async fn no_cleanup_keeps_container(s: Setup) {
     assert_eq!(done.state, RunState::Succeeded);
     let left = s.containers_of(&run.id).await;
     assert_eq!(left.len(), 1, "--no-cleanup keeps the container");
+    // A kept container is not an orphan: a later run of the worker leaves it.
+    w.signal(9);
+    w.wait_exit(Duration::from_secs(10)).await;
+    let restarted = s.worker(&id, &[]).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        s.containers_of(&run.id).await,
+        left,
+        "kept across a restart"
+    );
+    assert!(!restarted.log_text().contains("removed orphaned container"));
     let d = s.engine.docker().await;
     let params = oz_agent_worker::docker::params::ContainerDeleteParams {
         force: Some(true),

@@ -94,6 +94,13 @@ pub enum TaskOutcome {
     Stopped,
 }
 
+/// A task a dead earlier instance of this worker had claimed, found at start-up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecoveredTask {
+    pub task_id: String,
+    pub outcome: TaskOutcome,
+}
+
 /// What a runtime can do. Implementations are shared across concurrent tasks.
 pub trait TaskRuntime: Send + Sync + 'static {
     /// One line for start-up logs, e.g. "docker 20.10.24 (API 1.41) at unix:///var/run/docker.sock".
@@ -102,9 +109,10 @@ pub trait TaskRuntime: Send + Sync + 'static {
     /// Short backend name for metrics and the `oz_worker_info` label.
     fn backend_name(&self) -> &'static str;
 
-    /// Removes what a crashed previous instance of this worker left behind.
-    /// Returns how many containers were removed.
-    fn remove_orphans(&self) -> impl Future<Output = Result<usize, String>> + Send;
+    /// Removes what a crashed previous instance of this worker left behind,
+    /// and returns how each task it was running ended, so the core can
+    /// report them instead of leaving them to the server's timeout.
+    fn recover_orphans(&self) -> impl Future<Output = Result<Vec<RecoveredTask>, String>> + Send;
 
     /// Runs one task to its end. When `stop` fires the runtime stops the task
     /// (politely, then forcibly) and returns [`TaskOutcome::Stopped`]. Cleanup

@@ -25,13 +25,13 @@ pub async fn run_with<R: TaskRuntime>(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> ExitCode {
     tracing::info!(worker_id = %config.worker_id, backend = runtime.backend_name(), "starting: {}", runtime.describe());
-    match runtime.remove_orphans().await {
-        Ok(0) => {}
-        Ok(n) => {
-            tracing::info!("removed {n} container(s) left by a crashed earlier run of this worker")
+    let recovered = match runtime.recover_orphans().await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!("could not look for containers left by an earlier run: {e}");
+            Vec::new()
         }
-        Err(e) => tracing::warn!("could not look for containers left by an earlier run: {e}"),
-    }
+    };
     let metrics = metrics::Metrics::new(
         &config.worker_id,
         runtime.backend_name(),
@@ -49,6 +49,8 @@ pub async fn run_with<R: TaskRuntime>(
     let config = Arc::new(config);
     let outbox = Arc::new(outbox::TerminalOutbox::default());
     let manager = tasks::TaskManager::new(runtime, config.clone(), outbox.clone(), metrics.clone());
+    // Reported on the first connection, like any other terminal message.
+    manager.report_recovered(recovered);
     let dispatch = tasks::Dispatch(manager.clone());
     let close = tokio_util::sync::CancellationToken::new();
     let session = session::Session {

@@ -56,6 +56,18 @@ impl<R: TaskRuntime> TaskManager<R> {
         })
     }
 
+    /// Queues the final report of tasks a dead earlier instance of this
+    /// worker had claimed (found by the runtime at start-up).
+    pub fn report_recovered(&self, recovered: Vec<crate::runtime::RecoveredTask>) {
+        for task in recovered {
+            tracing::info!(
+                task_id = task.task_id,
+                "reporting a task left by a crashed earlier run of this worker"
+            );
+            self.outbox.push(report(&task.task_id, task.outcome, None));
+        }
+    }
+
     pub fn active(&self) -> usize {
         self.running.lock().unwrap().len()
     }

@@ -119,8 +119,8 @@ impl TaskRuntime for DockerRuntime {
         "docker"
     }
 
-    async fn remove_orphans(&self) -> Result<usize, String> {
-        orphans::remove(self).await
+    async fn recover_orphans(&self) -> Result<Vec<crate::runtime::RecoveredTask>, String> {
+        orphans::recover(self).await
     }
 
     async fn run(&self, spec: TaskSpec, stop: CancellationToken) -> TaskOutcome {
@@ -137,6 +137,7 @@ impl TaskRuntime for DockerRuntime {
                     container = id,
                     "keeping the task container (--no-cleanup)"
                 );
+                task_container::keep(self, &id, &spec.task_id).await;
             }
         }
         match result {

@@ -292,6 +292,36 @@ async fn log_output(rt: &DockerRuntime, id: &str, task_id: &str, failed: bool) -
     text
 }
 
+/// Marks a container kept by `--no-cleanup` (its task is done and reported)
+/// so the start-up sweep of a later run does not take it for an orphan.
+pub async fn keep(rt: &DockerRuntime, id: &str, task_id: &str) {
+    let name = match rt.docker.container_inspect(id, &Default::default()).await {
+        Ok(c) => c
+            .name
+            .unwrap_or_default()
+            .trim_start_matches('/')
+            .to_string(),
+        Err(e) => {
+            tracing::warn!(
+                task_id,
+                container = id,
+                "could not inspect the kept container: {e}"
+            );
+            return;
+        }
+    };
+    let params = ContainerRenameParams {
+        name: format!("{name}{}", super::orphans::KEPT_SUFFIX),
+    };
+    if let Err(e) = rt.docker.container_rename(id, &params).await {
+        tracing::warn!(
+            task_id,
+            container = id,
+            "could not mark the kept container: {e}"
+        );
+    }
+}
+
 pub async fn remove(rt: &DockerRuntime, id: &str, task_id: &str) {
     let params = ContainerDeleteParams {
         force: Some(true),
