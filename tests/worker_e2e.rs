@@ -114,6 +114,7 @@ per_engine!(
     cancellation_reports_cancelled_and_removes_container,
     capacity_rejects_and_run_goes_elsewhere,
     control_plane_restart_mid_task_reports_once,
+    undelivered_report_survives_a_worker_restart,
     sigterm_mid_task_reports_graceful_shutdown,
     sigkill_then_restart_removes_orphan,
     task_finished_while_worker_was_down_is_reported_at_restart,
@@ -385,6 +386,60 @@ async fn control_plane_restart_mid_task_reports_once(s: Setup) {
         .count();
     assert_eq!(terminal, 1, "{history:#?}");
     assert_eq!(w.log_text().matches("reported task_completed").count(), 1);
+}
+
+async fn undelivered_report_survives_a_worker_restart(s: Setup) {
+    let db = tempfile::tempdir().unwrap();
+    let mut config = test_config();
+    config.storage = oz_agent_worker::control_plane::Storage::File(db.path().join("cp.sqlite"));
+    let plane = TestPlane::start(config.clone()).await;
+    let s = Setup { plane, ..s };
+    let id = unique_id("e2e-pending");
+    let mut w = s.worker(&id, &[]).await;
+    let run = s
+        .plane
+        .client()
+        .create_run(&demo_run(&id, &[("OZ_DEMO_BEHAVIOUR", "sleep")]))
+        .await
+        .unwrap();
+    w.wait_for_log("task container started", RUN_TIMEOUT).await;
+    let (addr, key, team_id) = (s.plane.plane.addr(), s.plane.key.clone(), s.plane.team_id);
+    let Setup {
+        plane,
+        report,
+        engine,
+    } = s;
+    plane.plane.shutdown().await;
+    w.wait_for_log("connection lost", Duration::from_secs(10))
+        .await;
+    // Shut the worker down while nobody can hear its report.
+    w.signal(15);
+    let status = w.wait_exit(Duration::from_secs(60)).await;
+    assert!(status.success(), "{}", w.log_text());
+    assert!(w.log_text().contains("saved to"), "{}", w.log_text());
+    config.listen = addr;
+    let plane = oz_agent_worker::control_plane::ControlPlane::start(config)
+        .await
+        .unwrap();
+    let s = Setup {
+        plane: TestPlane {
+            plane,
+            key,
+            team_id,
+        },
+        engine,
+        report,
+    };
+    let restarted = s.worker(&id, &[]).await;
+    let done = wait_terminal(&s.plane, &run.id, Duration::from_secs(30)).await;
+    assert_eq!(
+        done.failure_reason.as_deref(),
+        Some("graceful_shutdown"),
+        "{done:#?}"
+    );
+    assert!(restarted
+        .log_text()
+        .contains("left undelivered by an earlier run"));
 }
 
 async fn sigterm_mid_task_reports_graceful_shutdown(s: Setup) {

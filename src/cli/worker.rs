@@ -46,6 +46,9 @@ pub struct WorkerArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9090).
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<String>,
+    /// Where undelivered reports wait for the next start (default ~/.local/state/oz-agent-worker).
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<std::path::PathBuf>,
     /// WebSocket ping interval (protocol: 30s; for tests).
     #[arg(long, hide = true, value_name = "DURATION")]
     pub ping_interval: Option<String>,

@@ -207,6 +207,7 @@ pub struct WorkerConfig {
     pub stop_grace_period: Duration,
     pub shutdown_timeout: Duration,
     pub metrics_listen: Option<std::net::SocketAddr>,
+    pub state_dir: std::path::PathBuf,
     /// The protocol's liveness timing; only tests change it.
     pub timing: crate::worker::connection::Timing,
 }
@@ -359,6 +360,10 @@ impl WorkerConfig {
             stop_grace_period,
             shutdown_timeout,
             metrics_listen,
+            state_dir: args
+                .state_dir
+                .clone()
+                .unwrap_or_else(crate::worker::pending::default_state_dir),
             timing,
         })
     }

@@ -8,6 +8,7 @@ pub mod connection;
 pub mod duration;
 pub mod metrics;
 pub mod outbox;
+pub mod pending;
 pub mod session;
 pub mod task_spec;
 pub mod tasks;
@@ -51,6 +52,14 @@ pub async fn run_with<R: TaskRuntime>(
     let manager = tasks::TaskManager::new(runtime, config.clone(), outbox.clone(), metrics.clone());
     // Reported on the first connection, like any other terminal message.
     manager.report_recovered(recovered);
+    let instance = crate::worker::pending::instance_id();
+    for msg in pending::take(&config.state_dir, &config.worker_id, &instance) {
+        tracing::info!(
+            task_id = msg.task_id(),
+            "delivering a report left undelivered by an earlier run of this worker"
+        );
+        outbox.push(msg);
+    }
     let dispatch = tasks::Dispatch(manager.clone());
     let close = tokio_util::sync::CancellationToken::new();
     let session = session::Session {
@@ -94,6 +103,17 @@ pub async fn run_with<R: TaskRuntime>(
     };
     // The session keeps running (delivering the outbox) while we wind down.
     tokio::join!(wind_down, &mut session_run);
+    let undelivered = outbox.take_all();
+    if !undelivered.is_empty() {
+        match pending::save(&config.state_dir, &config.worker_id, &instance, &undelivered) {
+            Ok(path) => tracing::warn!(
+                "{} report(s) could not be delivered; saved to {} for the next start of this worker",
+                undelivered.len(),
+                path.display()
+            ),
+            Err(e) => tracing::error!("{} report(s) could not be delivered or saved: {e}", undelivered.len()),
+        }
+    }
     tracing::info!("worker stopped");
     ExitCode::SUCCESS
 }

@@ -40,6 +40,11 @@ impl TerminalOutbox {
         self.delivered.notify_waiters();
     }
 
+    /// Everything undelivered, in order, leaving the outbox empty.
+    pub fn take_all(&self) -> Vec<WorkerMessage> {
+        self.queue.lock().unwrap().drain(..).collect()
+    }
+
     pub fn contains(&self, task_id: &str) -> bool {
         self.queue
             .lock()

@@ -114,6 +114,8 @@ impl WorkerProcess {
                 opts.pull_policy.unwrap_or("if-not-present"),
             ])
             .args(["--stop-grace-period", "2s"])
+            .arg("--state-dir")
+            .arg(std::env::temp_dir().join("oz-worker-test-state"))
             .args(["--log-level", "debug"])
             .args(&opts.extra_args)
             .env("WARP_API_KEY", key)
