@@ -1,7 +1,8 @@
 //! Behaviour that real daemons here cannot show on demand, against a scripted
 //! daemon on a unix socket: HEAD→GET ping fallback, Podman's `Server` header,
 //! version negotiation both ways, the request timeout (and that streaming
-//! calls are never cut), in-band stream errors, no secret in errors.
+//! calls are never cut), in-band stream errors, no secret in errors, the
+//! WebSocket handshake checks and an engine without the WebSocket route.
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -313,4 +314,68 @@ async fn secrets_never_reach_an_error() {
     let shown = format!("{err} {err:?}");
     assert!(!shown.contains("c2VjcmV0"), "{shown}");
     assert!(shown.contains("no such thing"), "{shown}");
+}
+
+fn websocket_script(_: &Method, p: &str) -> Answer {
+    match p {
+        "/_ping" => ping_with("1.41", "Libpod/4.3.1"),
+        "/v1.41/version" => answer(StatusCode::OK, VERSION_JSON),
+        // Switches, but with an accept key that is not derived from ours.
+        "/v1.41/containers/forged/attach/ws" => Answer {
+            headers: vec![
+                ("Connection", "Upgrade".into()),
+                ("Upgrade", "websocket".into()),
+                (
+                    "Sec-WebSocket-Accept",
+                    "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".into(),
+                ),
+            ],
+            ..answer(StatusCode::SWITCHING_PROTOCOLS, "")
+        },
+        // An engine that does not route attach/ws at all (Podman 4).
+        "/v1.41/containers/unrouted/attach/ws" => answer(StatusCode::NOT_FOUND, "Not Found\n"),
+        _ => answer(
+            StatusCode::NOT_FOUND,
+            r#"{"message":"No such container: missing"}"#,
+        ),
+    }
+}
+
+#[tokio::test]
+async fn websocket_handshake_is_checked_and_a_missing_route_is_named() {
+    use oz_agent_worker::docker::params::ContainerAttachWebsocketParams;
+    let fake = FakeDaemon::start(websocket_script).await;
+    let docker = fake.connect(ConnectOptions::default()).await.unwrap();
+    let params = ContainerAttachWebsocketParams::default();
+
+    let err = docker
+        .container_attach_websocket("forged", &params)
+        .await
+        .expect_err("a wrong Sec-WebSocket-Accept");
+    assert_eq!(err.kind(), &ErrorKind::Protocol, "{err}");
+    assert!(err.message().contains("Sec-WebSocket-Accept"), "{err}");
+
+    let err = docker
+        .container_attach_websocket("unrouted", &params)
+        .await
+        .expect_err("no such route");
+    assert_eq!(err.kind(), &ErrorKind::Unsupported, "{err}");
+    assert!(
+        err.message()
+            .contains("Podman 9.9.9 does not support WebSocket attach"),
+        "{err}"
+    );
+
+    let err = docker
+        .container_attach_websocket("missing", &params)
+        .await
+        .expect_err("no such container");
+    assert!(err.is_not_found(), "{err}");
+    assert!(err.message().contains("No such container"), "{err}");
+
+    let seen = fake.seen();
+    assert!(
+        seen.contains(&"GET /v1.41/containers/forged/attach/ws".to_string()),
+        "{seen:?}"
+    );
 }

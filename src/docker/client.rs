@@ -34,6 +34,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde::de::DeserializeOwned;
 use std::future::Future;
 use std::sync::Arc;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::WebSocketStream;
 
 type Body = UnsyncBoxBody<Bytes, std::io::Error>;
 
@@ -112,6 +114,26 @@ pub struct Attached {
     pub output: LogStream,
     /// Shutting this down closes the container's stdin.
     pub input: tokio::io::WriteHalf<TokioIo<hyper::upgrade::Upgraded>>,
+}
+
+/// What [`Docker::exec_start`] got: the daemon answers an attached start
+/// (`Detach: false`, the default) by hijacking the connection (101) and a
+/// detached one with a plain 200 once the command has started.
+pub enum ExecStartOutcome {
+    /// The command's stdin/stdout/stderr on the hijacked connection
+    /// (multiplexed unless the exec has a TTY).
+    Attached(TokioIo<hyper::upgrade::Upgraded>),
+    /// The command runs in the background; `exec_inspect` tells when it ends.
+    Detached,
+}
+
+impl std::fmt::Debug for ExecStartOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ExecStartOutcome::Attached(_) => "Attached",
+            ExecStartOutcome::Detached => "Detached",
+        })
+    }
 }
 
 struct Transport {
@@ -483,6 +505,128 @@ impl Docker {
             .await
             .map_err(|e| self.err(ErrorKind::Protocol, op, format!("the upgrade failed: {e}")))?;
         Ok(TokioIo::new(upgraded))
+    }
+
+    /// Like [`Docker::send_upgrade`], but a 200 is a valid answer too: the
+    /// daemon does not hijack when the request asked it not to attach
+    /// (`ExecStart` with `Detach: true`), and answers 200 without a body
+    /// once the command has started.
+    pub async fn send_upgrade_or_detached(
+        &self,
+        mut req: ApiRequest,
+    ) -> Result<ExecStartOutcome, DockerError> {
+        let t = &self.inner.transport;
+        let (op, kind) = (req.operation, req.kind);
+        req.headers.push(("Connection", "Upgrade".into()));
+        req.headers.push(("Upgrade", "tcp".into()));
+        let resp = t
+            .deadline(op, kind, t.send(req, &self.inner.prefix))
+            .await?;
+        match resp.status() {
+            http::StatusCode::SWITCHING_PROTOCOLS => {
+                let upgraded = hyper::upgrade::on(resp).await.map_err(|e| {
+                    self.err(ErrorKind::Protocol, op, format!("the upgrade failed: {e}"))
+                })?;
+                Ok(ExecStartOutcome::Attached(TokioIo::new(upgraded)))
+            }
+            // Not hijacked: the (empty) body ends promptly, so the ordinary
+            // request timeout applies to reading it.
+            http::StatusCode::OK | http::StatusCode::NO_CONTENT => {
+                t.deadline(op, CallKind::Ordinary, t.collect(op, resp))
+                    .await?;
+                Ok(ExecStartOutcome::Detached)
+            }
+            other => Err(self.err(
+                ErrorKind::Protocol,
+                op,
+                format!(
+                    "expected 101 Switching Protocols (attached) or 200 (detached), got {other}"
+                ),
+            )),
+        }
+    }
+
+    /// A WebSocket (RFC 6455) on the daemon connection, whatever the
+    /// transport (unix socket, TCP, TLS): sends the HTTP/1.1 upgrade with a
+    /// random `Sec-WebSocket-Key`, requires 101 and the matching
+    /// `Sec-WebSocket-Accept`, then speaks WebSocket as the client on the
+    /// upgraded connection (`ContainerAttachWebsocket`).
+    pub async fn send_websocket(
+        &self,
+        mut req: ApiRequest,
+    ) -> Result<WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>, DockerError> {
+        use tokio_tungstenite::tungstenite::handshake::{client::generate_key, derive_accept_key};
+        let t = &self.inner.transport;
+        let (op, kind) = (req.operation, req.kind);
+        let key = generate_key();
+        let expected_accept = derive_accept_key(key.as_bytes());
+        req.headers.push(("Connection", "Upgrade".into()));
+        req.headers.push(("Upgrade", "websocket".into()));
+        req.headers.push(("Sec-WebSocket-Version", "13".into()));
+        req.headers.push(("Sec-WebSocket-Key", key));
+        let resp = match t.deadline(op, kind, t.send(req, &self.inner.prefix)).await {
+            Ok(resp) => resp,
+            Err(e) => return Err(self.websocket_unsupported(op, e)),
+        };
+        let status = resp.status();
+        if status != http::StatusCode::SWITCHING_PROTOCOLS {
+            return Err(self.err(
+                ErrorKind::Protocol,
+                op,
+                format!(
+                    "expected 101 Switching Protocols for the WebSocket handshake, got {status}"
+                ),
+            ));
+        }
+        let header = |name: http::header::HeaderName| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        if !header(http::header::UPGRADE).is_some_and(|v| v.eq_ignore_ascii_case("websocket")) {
+            return Err(self.err(
+                ErrorKind::Protocol,
+                op,
+                "the daemon switched protocols, but not to `websocket`",
+            ));
+        }
+        if header(http::header::SEC_WEBSOCKET_ACCEPT).as_deref() != Some(expected_accept.as_str()) {
+            return Err(self.err(
+                ErrorKind::Protocol,
+                op,
+                "the daemon's Sec-WebSocket-Accept does not match our Sec-WebSocket-Key",
+            ));
+        }
+        let upgraded = hyper::upgrade::on(resp)
+            .await
+            .map_err(|e| self.err(ErrorKind::Protocol, op, format!("the upgrade failed: {e}")))?;
+        Ok(WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Client, None).await)
+    }
+
+    /// An engine without the WebSocket endpoint answers 404 for the route
+    /// itself; say that instead of its bare "page not found".
+    /// (Podman 4 answers a plain-text `Not Found`; an unknown container is a
+    /// JSON message naming it, and stays as it is.)
+    fn websocket_unsupported(&self, op: &'static str, e: DockerError) -> DockerError {
+        let route_missing = e.status() == Some(http::StatusCode::NOT_FOUND)
+            && matches!(
+                e.message().trim().to_ascii_lowercase().as_str(),
+                "not found" | "page not found" | "404 page not found"
+            );
+        if !route_missing {
+            return e;
+        }
+        let engine = self.engine();
+        self.err(
+            ErrorKind::Unsupported,
+            op,
+            format!(
+                "{} {} does not support WebSocket attach (GET /containers/{{id}}/attach/ws answered 404 Not Found)",
+                engine.kind, engine.version
+            ),
+        )
+        .with_hint("Use `container_attach` (a hijacked connection) with this engine")
     }
 }
 

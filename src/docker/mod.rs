@@ -12,6 +12,6 @@ pub mod reference;
 pub mod request;
 pub mod stream;
 
-pub use client::{Attached, ConnectOptions, DaemonVersion, Docker, LogsOptions};
+pub use client::{Attached, ConnectOptions, DaemonVersion, Docker, ExecStartOutcome, LogsOptions};
 pub use error::DockerError;
 pub use generated::{models, params};

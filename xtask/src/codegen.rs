@@ -200,10 +200,11 @@ use super::params::*;
 use crate::docker::error::DockerError;
 use crate::docker::request::{encode_path_segment, ApiRequest, BodyStream, CallKind, RequestBody};
 use crate::docker::stream::{ByteStream, JsonStream};
-use crate::docker::Docker;
+use crate::docker::{Docker, ExecStartOutcome};
 use http::Method;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
+use tokio_tungstenite::WebSocketStream;
 
 /// Serializes a request body. The generated types only have string map
 /// keys and derived impls, so serialization cannot fail.

@@ -7,10 +7,11 @@ use super::params::*;
 use crate::docker::error::DockerError;
 use crate::docker::request::{encode_path_segment, ApiRequest, BodyStream, CallKind, RequestBody};
 use crate::docker::stream::{ByteStream, JsonStream};
-use crate::docker::Docker;
+use crate::docker::{Docker, ExecStartOutcome};
 use http::Method;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
+use tokio_tungstenite::WebSocketStream;
 
 /// Serializes a request body. The generated types only have string map
 /// keys and derived impls, so serialization cannot fail.
@@ -542,6 +543,41 @@ impl Docker {
         self.send_upgrade(req).await
     }
 
+    /// Attach to a container via a websocket
+    ///
+    /// `GET /containers/{id}/attach/ws` (`ContainerAttachWebsocket`).
+    pub async fn container_attach_websocket(
+        &self,
+        id: &str,
+        params: &ContainerAttachWebsocketParams,
+    ) -> Result<WebSocketStream<TokioIo<Upgraded>>, DockerError> {
+        let mut req = ApiRequest::new(
+            "ContainerAttachWebsocket",
+            Method::GET,
+            format!("/containers/{}/attach/ws", encode_path_segment(id)),
+            CallKind::Streaming,
+        );
+        if let Some(v) = &params.detach_keys {
+            req.query.push(("detachKeys", v.clone()));
+        }
+        if let Some(v) = &params.logs {
+            req.query.push(("logs", v.to_string()));
+        }
+        if let Some(v) = &params.stream {
+            req.query.push(("stream", v.to_string()));
+        }
+        if let Some(v) = &params.stdin {
+            req.query.push(("stdin", v.to_string()));
+        }
+        if let Some(v) = &params.stdout {
+            req.query.push(("stdout", v.to_string()));
+        }
+        if let Some(v) = &params.stderr {
+            req.query.push(("stderr", v.to_string()));
+        }
+        self.send_websocket(req).await
+    }
+
     /// Get changes on a container’s filesystem
     ///
     /// Returns which files in a container's filesystem have been added, deleted, or modified. The `Kind` of modification can be one of:
@@ -990,7 +1026,7 @@ impl Docker {
         &self,
         id: &str,
         body: Option<&ExecStartBody>,
-    ) -> Result<TokioIo<Upgraded>, DockerError> {
+    ) -> Result<ExecStartOutcome, DockerError> {
         let mut req = ApiRequest::new(
             "ExecStart",
             Method::POST,
@@ -1000,7 +1036,7 @@ impl Docker {
         if let Some(body) = body {
             req.body = json_body(body);
         }
-        self.send_upgrade(req).await
+        self.send_upgrade_or_detached(req).await
     }
 
     /// Create an image

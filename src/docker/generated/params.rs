@@ -232,6 +232,23 @@ pub struct ContainerAttachParams {
     pub stderr: Option<bool>,
 }
 
+/// Query and header parameters of [`Docker::container_attach_websocket`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ContainerAttachWebsocketParams {
+    /// Override the key sequence for detaching a container.Format is a single character `[a-Z]` or `ctrl-<value>` where `<value>` is one of: `a-z`, `@`, `^`, `[`, `,`, or `_`.
+    pub detach_keys: Option<String>,
+    /// Return logs
+    pub logs: Option<bool>,
+    /// Return stream
+    pub stream: Option<bool>,
+    /// Attach to `stdin`
+    pub stdin: Option<bool>,
+    /// Attach to `stdout`
+    pub stdout: Option<bool>,
+    /// Attach to `stderr`
+    pub stderr: Option<bool>,
+}
+
 /// Query and header parameters of [`Docker::container_inspect`].
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ContainerInspectParams {

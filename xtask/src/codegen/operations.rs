@@ -21,6 +21,8 @@ enum Response {
     ByteStream,
     JsonStream(String),
     Upgrade,
+    UpgradeOrDetached,
+    WebSocket,
 }
 
 enum Body {
@@ -139,7 +141,11 @@ fn operation(
     let response = response_of(models, id, method, op);
     let streaming = matches!(
         response,
-        Response::ByteStream | Response::JsonStream(_) | Response::Upgrade
+        Response::ByteStream
+            | Response::JsonStream(_)
+            | Response::Upgrade
+            | Response::UpgradeOrDetached
+            | Response::WebSocket
     ) || matches!(body, Body::Stream { .. })
         || LONG_POLLS.contains(&id);
 
@@ -192,6 +198,8 @@ fn operation(
         Response::ByteStream => "ByteStream".to_owned(),
         Response::JsonStream(ty) => format!("JsonStream<{ty}>"),
         Response::Upgrade => "TokioIo<Upgraded>".to_owned(),
+        Response::UpgradeOrDetached => "ExecStartOutcome".to_owned(),
+        Response::WebSocket => "WebSocketStream<TokioIo<Upgraded>>".to_owned(),
     };
     let _ = writeln!(m, ") -> Result<{ret}, DockerError> {{");
 
@@ -277,6 +285,8 @@ fn operation(
         Response::ByteStream => "send_byte_stream",
         Response::JsonStream(_) => "send_json_stream",
         Response::Upgrade => "send_upgrade",
+        Response::UpgradeOrDetached => "send_upgrade_or_detached",
+        Response::WebSocket => "send_websocket",
     };
     let _ = writeln!(m, "self.{send}(req).await\n}}\n");
 }
@@ -386,7 +396,8 @@ fn response_of(models: &mut Models<'_>, id: &str, method: &str, op: &Value) -> R
     if let Some((_, quirk, _)) = quirks::RESPONSES.iter().find(|(op, _, _)| *op == id) {
         return match quirk {
             ResponseQuirk::JsonStream(ty) => Response::JsonStream(ty.to_string()),
-            ResponseQuirk::Upgrade => Response::Upgrade,
+            ResponseQuirk::UpgradeOrDetached => Response::UpgradeOrDetached,
+            ResponseQuirk::WebSocket => Response::WebSocket,
         };
     }
     if method == "head" {
