@@ -51,6 +51,52 @@ impl Setup {
         .await
     }
 
+    /// The same setup with a control plane whose state lives in a file under
+    /// `db`, so it can be restarted with [`Setup::restart_plane`].
+    async fn durable(
+        self,
+        db: &std::path::Path,
+    ) -> (Setup, oz_agent_worker::control_plane::Config) {
+        let mut config = test_config();
+        config.storage = oz_agent_worker::control_plane::Storage::File(db.join("cp.sqlite"));
+        let plane = TestPlane::start(config.clone()).await;
+        config.listen = plane.plane.addr();
+        (Setup { plane, ..self }, config)
+    }
+
+    /// Stops the control plane, runs `while_down`, and starts it again on the
+    /// same address with the same state and keys.
+    async fn restart_plane(
+        self,
+        config: oz_agent_worker::control_plane::Config,
+        while_down: impl std::future::Future<Output = ()>,
+    ) -> Setup {
+        let Setup {
+            plane,
+            engine,
+            report,
+        } = self;
+        let TestPlane {
+            plane,
+            key,
+            team_id,
+        } = plane;
+        plane.shutdown().await;
+        while_down.await;
+        let plane = oz_agent_worker::control_plane::ControlPlane::start(config)
+            .await
+            .unwrap();
+        Setup {
+            plane: TestPlane {
+                plane,
+                key,
+                team_id,
+            },
+            engine,
+            report,
+        }
+    }
+
     /// Runs the demo agent on `image` with a fresh worker and expects the run
     /// to fail with `reason`; returns the failure message.
     async fn expect_image_failure(&self, image: &str, reason: &str) -> String {
@@ -335,47 +381,25 @@ async fn capacity_rejects_and_run_goes_elsewhere(s: Setup) {
 
 async fn control_plane_restart_mid_task_reports_once(s: Setup) {
     let db = tempfile::tempdir().unwrap();
-    let mut config = test_config();
-    config.storage = oz_agent_worker::control_plane::Storage::File(db.path().join("cp.sqlite"));
-    let plane = TestPlane::start(config.clone()).await;
-    let s = Setup { plane, ..s };
+    let (s, config) = s.durable(db.path()).await;
     let id = unique_id("e2e-cprestart");
     let w = s.worker(&id, &[]).await;
+    let sleep = [("OZ_DEMO_BEHAVIOUR", "sleep"), ("OZ_DEMO_SLEEP", "4")];
     let run = s
         .plane
         .client()
-        .create_run(&demo_run(
-            &id,
-            &[("OZ_DEMO_BEHAVIOUR", "sleep"), ("OZ_DEMO_SLEEP", "4")],
-        ))
+        .create_run(&demo_run(&id, &sleep))
         .await
         .unwrap();
     wait_state(&s.plane, &run.id, RunState::Claimed, RUN_TIMEOUT).await;
-    let addr = s.plane.plane.addr();
-    let key = s.plane.key.clone();
-    let team_id = s.plane.team_id;
-    let Setup {
-        plane,
-        report,
-        engine,
-    } = s;
-    plane.plane.shutdown().await;
-    w.wait_for_log("connection lost", Duration::from_secs(10))
+    let s = s
+        .restart_plane(config, async {
+            w.wait_for_log("connection lost", Duration::from_secs(10))
+                .await;
+            // The task ends while the plane is down.
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        })
         .await;
-    tokio::time::sleep(Duration::from_secs(5)).await; // the task ends while the plane is down
-    config.listen = addr;
-    let plane = oz_agent_worker::control_plane::ControlPlane::start(config)
-        .await
-        .unwrap();
-    let s = Setup {
-        plane: TestPlane {
-            plane,
-            key,
-            team_id,
-        },
-        engine,
-        report,
-    };
     let done = wait_terminal(&s.plane, &run.id, RUN_TIMEOUT).await;
     assert_eq!(done.state, RunState::Succeeded, "{done:#?}");
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -390,10 +414,7 @@ async fn control_plane_restart_mid_task_reports_once(s: Setup) {
 
 async fn undelivered_report_survives_a_worker_restart(s: Setup) {
     let db = tempfile::tempdir().unwrap();
-    let mut config = test_config();
-    config.storage = oz_agent_worker::control_plane::Storage::File(db.path().join("cp.sqlite"));
-    let plane = TestPlane::start(config.clone()).await;
-    let s = Setup { plane, ..s };
+    let (s, config) = s.durable(db.path()).await;
     let id = unique_id("e2e-pending");
     let mut w = s.worker(&id, &[]).await;
     let run = s
@@ -403,33 +424,17 @@ async fn undelivered_report_survives_a_worker_restart(s: Setup) {
         .await
         .unwrap();
     w.wait_for_log("task container started", RUN_TIMEOUT).await;
-    let (addr, key, team_id) = (s.plane.plane.addr(), s.plane.key.clone(), s.plane.team_id);
-    let Setup {
-        plane,
-        report,
-        engine,
-    } = s;
-    plane.plane.shutdown().await;
-    w.wait_for_log("connection lost", Duration::from_secs(10))
+    let s = s
+        .restart_plane(config, async {
+            w.wait_for_log("connection lost", Duration::from_secs(10))
+                .await;
+            // Shut the worker down while nobody can hear its report.
+            w.signal(15);
+            let status = w.wait_exit(Duration::from_secs(60)).await;
+            assert!(status.success(), "{}", w.log_text());
+            assert!(w.log_text().contains("saved to"), "{}", w.log_text());
+        })
         .await;
-    // Shut the worker down while nobody can hear its report.
-    w.signal(15);
-    let status = w.wait_exit(Duration::from_secs(60)).await;
-    assert!(status.success(), "{}", w.log_text());
-    assert!(w.log_text().contains("saved to"), "{}", w.log_text());
-    config.listen = addr;
-    let plane = oz_agent_worker::control_plane::ControlPlane::start(config)
-        .await
-        .unwrap();
-    let s = Setup {
-        plane: TestPlane {
-            plane,
-            key,
-            team_id,
-        },
-        engine,
-        report,
-    };
     let restarted = s.worker(&id, &[]).await;
     let done = wait_terminal(&s.plane, &run.id, Duration::from_secs(30)).await;
     assert_eq!(
