@@ -3,7 +3,9 @@
 
 pub mod cli;
 pub mod control_plane;
+pub mod dirs;
 pub mod docker;
+pub mod duration;
 pub mod protocol;
 pub mod runtime;
 pub mod schemas;

@@ -106,18 +106,7 @@ impl Config {
 /// `$XDG_DATA_HOME/oz-agent-worker`, else `~/.local/share/oz-agent-worker`,
 /// else `./oz-agent-worker-data`.
 pub fn default_data_dir() -> PathBuf {
-    let non_empty = |v: &str| {
-        std::env::var_os(v)
-            .filter(|s| !s.is_empty())
-            .map(PathBuf::from)
-    };
-    if let Some(x) = non_empty("XDG_DATA_HOME") {
-        return x.join("oz-agent-worker");
-    }
-    if let Some(h) = non_empty("HOME") {
-        return h.join(".local/share/oz-agent-worker");
-    }
-    PathBuf::from("oz-agent-worker-data")
+    crate::dirs::xdg_dir("XDG_DATA_HOME", ".local/share", "data")
 }
 
 pub const DB_FILE_NAME: &str = "control-plane.sqlite3";

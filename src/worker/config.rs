@@ -3,7 +3,7 @@
 //! that names it, before any connection is made.
 
 use crate::cli::worker::WorkerArgs;
-use crate::worker::duration::parse_duration;
+use crate::duration::parse_duration;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use std::fmt;

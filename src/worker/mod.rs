@@ -5,7 +5,6 @@
 pub mod backoff;
 pub mod config;
 pub mod connection;
-pub mod duration;
 pub mod metrics;
 pub mod outbox;
 pub mod pending;

@@ -10,18 +10,7 @@ use crate::protocol::WorkerMessage;
 use std::path::{Path, PathBuf};
 
 pub fn default_state_dir() -> PathBuf {
-    let non_empty = |v: &str| {
-        std::env::var_os(v)
-            .filter(|s| !s.is_empty())
-            .map(PathBuf::from)
-    };
-    if let Some(x) = non_empty("XDG_STATE_HOME") {
-        return x.join("oz-agent-worker");
-    }
-    if let Some(h) = non_empty("HOME") {
-        return h.join(".local/state/oz-agent-worker");
-    }
-    PathBuf::from("oz-agent-worker-state")
+    crate::dirs::xdg_dir("XDG_STATE_HOME", ".local/state", "state")
 }
 
 /// A per-process id for file names.

@@ -1,0 +1,20 @@
+//! Where per-user files go by default, following the XDG base directories.
+
+use std::path::PathBuf;
+
+/// `$XDG_VAR/oz-agent-worker`, else `~/<home_fallback>/oz-agent-worker`,
+/// else `oz-agent-worker-<kind>` in the working directory.
+pub fn xdg_dir(xdg_var: &str, home_fallback: &str, kind: &str) -> PathBuf {
+    let non_empty = |v: &str| {
+        std::env::var_os(v)
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from)
+    };
+    if let Some(x) = non_empty(xdg_var) {
+        return x.join("oz-agent-worker");
+    }
+    if let Some(h) = non_empty("HOME") {
+        return h.join(home_fallback).join("oz-agent-worker");
+    }
+    PathBuf::from(format!("oz-agent-worker-{kind}"))
+}
