@@ -816,3 +816,34 @@ async fn metrics_use_the_reference_names() {
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_are_one_object_per_line() {
+    let Some(s) = Setup::new(Engine::Docker).await else {
+        return;
+    };
+    let id = unique_id("e2e-json");
+    let w = s.worker(&id, &["--log-format", "json"]).await;
+    let run = s
+        .plane
+        .client()
+        .create_run(&demo_run(&id, &[("OZ_DEMO_EXIT", "2")]))
+        .await
+        .unwrap();
+    wait_terminal(&s.plane, &run.id, RUN_TIMEOUT).await;
+    w.wait_for_log("reported task_failed", Duration::from_secs(10))
+        .await;
+    let log = w.log_text();
+    for line in log.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(
+            v["level"].is_string() && v["fields"]["message"].is_string(),
+            "{line}"
+        );
+    }
+    assert!(
+        log.contains("\"task_id\":\""),
+        "structured fields stay fields: {log}"
+    );
+}

@@ -16,6 +16,9 @@ pub struct WorkerArgs {
     /// debug, info, warn or error.
     #[arg(long, default_value = "info", value_parser = ["debug", "info", "warn", "error"])]
     pub log_level: String,
+    /// text (default) or json, one object per line, for log pipelines.
+    #[arg(long, value_enum, default_value_t)]
+    pub log_format: super::logging::LogFormat,
     /// Keep task containers after they exit (for debugging).
     #[arg(long)]
     pub no_cleanup: bool,
@@ -64,7 +67,7 @@ pub struct WorkerArgs {
 }
 
 pub async fn run(args: WorkerArgs) -> ExitCode {
-    super::logging::init(&args.log_level);
+    super::logging::init_with(&args.log_level, args.log_format);
     let config = match crate::worker::config::WorkerConfig::resolve(
         &args,
         &crate::worker::config::ProcessEnv,
