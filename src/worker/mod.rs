@@ -51,7 +51,7 @@ pub async fn run_with<R: TaskRuntime>(
     let manager = tasks::TaskManager::new(runtime, config.clone(), outbox.clone(), metrics.clone());
     // Reported on the first connection, like any other terminal message.
     manager.report_recovered(recovered);
-    let instance = crate::worker::pending::instance_id();
+    let instance = pending::instance_id();
     for msg in pending::take(&config.state_dir, &config.worker_id, &instance) {
         tracing::info!(
             task_id = msg.task_id(),
@@ -80,41 +80,61 @@ pub async fn run_with<R: TaskRuntime>(
         "shutting down: stopping {} running task(s)",
         manager.active()
     );
-    let wind_down = async {
-        let left = manager.shutdown(config.shutdown_timeout).await;
-        if left > 0 {
-            tracing::warn!(
-                "{left} task(s) did not finish cleaning up within {:?}",
-                config.shutdown_timeout
-            );
-        }
-        // Give the terminal messages a bounded chance to go out.
-        if tokio::time::timeout(std::time::Duration::from_secs(10), outbox.drained())
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                "{} terminal message(s) could not be delivered before exit",
-                outbox.len()
-            );
-        }
-        close.cancel();
-    };
     // The session keeps running (delivering the outbox) while we wind down.
-    tokio::join!(wind_down, &mut session_run);
-    let undelivered = outbox.take_all();
-    if !undelivered.is_empty() {
-        match pending::save(&config.state_dir, &config.worker_id, &instance, &undelivered) {
-            Ok(path) => tracing::warn!(
-                "{} report(s) could not be delivered; saved to {} for the next start of this worker",
-                undelivered.len(),
-                path.display()
-            ),
-            Err(e) => tracing::error!("{} report(s) could not be delivered or saved: {e}", undelivered.len()),
-        }
-    }
+    tokio::join!(
+        wind_down(&manager, &config, &outbox, &close),
+        &mut session_run
+    );
+    save_undelivered(&config, &instance, &outbox);
     tracing::info!("worker stopped");
     ExitCode::SUCCESS
+}
+
+/// Stops the running tasks, gives their reports a bounded chance to go out,
+/// then asks the session to close the socket normally.
+async fn wind_down<R: TaskRuntime>(
+    manager: &tasks::TaskManager<R>,
+    config: &WorkerConfig,
+    outbox: &outbox::TerminalOutbox,
+    close: &tokio_util::sync::CancellationToken,
+) {
+    let left = manager.shutdown(config.shutdown_timeout).await;
+    if left > 0 {
+        tracing::warn!(
+            "{left} task(s) did not finish cleaning up within {:?}",
+            config.shutdown_timeout
+        );
+    }
+    let deliver = std::time::Duration::from_secs(10);
+    if tokio::time::timeout(deliver, outbox.drained())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "{} terminal message(s) could not be delivered before exit",
+            outbox.len()
+        );
+    }
+    close.cancel();
+}
+
+/// Keeps what the outbox still holds for the next start of this worker.
+fn save_undelivered(config: &WorkerConfig, instance: &str, outbox: &outbox::TerminalOutbox) {
+    let undelivered = outbox.take_all();
+    if undelivered.is_empty() {
+        return;
+    }
+    match pending::save(&config.state_dir, &config.worker_id, instance, &undelivered) {
+        Ok(path) => tracing::warn!(
+            "{} report(s) could not be delivered; saved to {} for the next start of this worker",
+            undelivered.len(),
+            path.display()
+        ),
+        Err(e) => tracing::error!(
+            "{} report(s) could not be delivered or saved: {e}",
+            undelivered.len()
+        ),
+    }
 }
 
 /// Resolves on the first SIGINT or SIGTERM; a second one exits at once.
