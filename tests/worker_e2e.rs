@@ -158,6 +158,7 @@ per_engine!(
     nonzero_exit_fails_with_code,
     out_of_memory_is_container_oom,
     cancellation_reports_cancelled_and_removes_container,
+    cancellation_sends_sigterm_before_sigkill,
     capacity_rejects_and_run_goes_elsewhere,
     control_plane_restart_mid_task_reports_once,
     undelivered_report_survives_a_worker_restart,
@@ -341,6 +342,30 @@ async fn cancellation_reports_cancelled_and_removes_container(s: Setup) {
     assert!(
         s.containers_of(&run.id).await.is_empty(),
         "cancelled task's container removed"
+    );
+}
+
+async fn cancellation_sends_sigterm_before_sigkill(s: Setup) {
+    let id = unique_id("e2e-term-first");
+    let w = s.worker(&id, &["--stop-grace-period", "20s"]).await;
+    let run = s
+        .plane
+        .client()
+        .create_run(&demo_run(&id, &[("OZ_DEMO_BEHAVIOUR", "trap")]))
+        .await
+        .unwrap();
+    w.wait_for_log("task container started", RUN_TIMEOUT).await;
+    s.plane.client().cancel_run(&run.id).await.unwrap();
+    let done = wait_terminal(&s.plane, &run.id, Duration::from_secs(60)).await;
+    assert_eq!(done.state, RunState::Cancelled, "{done:#?}");
+    assert_eq!(
+        s.report_file(&run.id, "got_term").trim(),
+        "term",
+        "the agent saw SIGTERM"
+    );
+    assert!(
+        !w.log_text().contains("still running after"),
+        "it stopped within the grace period: no SIGKILL"
     );
 }
 

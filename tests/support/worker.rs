@@ -113,7 +113,13 @@ impl WorkerProcess {
                 "--pull-policy",
                 opts.pull_policy.unwrap_or("if-not-present"),
             ])
-            .args(["--stop-grace-period", "2s"])
+            .args(
+                if opts.extra_args.iter().any(|a| a == "--stop-grace-period") {
+                    vec![]
+                } else {
+                    vec!["--stop-grace-period", "2s"]
+                },
+            )
             .arg("--state-dir")
             .arg(std::env::temp_dir().join("oz-worker-test-state"))
             .args(["--log-level", "debug"])
