@@ -168,7 +168,9 @@ start_bg() { # start_bg LOGFILE PIDFILE CMD... (detached from this shell's sessi
   local logfile=$1 pidfile=$2
   shift 2
   printf '\n==== %s: %s\n' "$(date -Is)" "$*" >>"$logfile"
-  setsid nohup "$@" </dev/null >>"$logfile" 2>&1 &
+  # Daemons run from the state directory, not from the repository: conmon
+  # drops files (e.g. `oom`) into its working directory.
+  setsid nohup env -C "$OZ_TEST_ROOT" "$@" </dev/null >>"$logfile" 2>&1 &
   echo $! >"$pidfile"
 }
 
