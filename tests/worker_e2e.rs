@@ -872,3 +872,30 @@ async fn json_logs_are_one_object_per_line() {
         "structured fields stay fields: {log}"
     );
 }
+
+/// The whole contract once more with the daemon reached over TCP + mutual
+/// TLS (DOCKER_HOST, DOCKER_TLS_VERIFY, DOCKER_CERT_PATH), as a remote
+/// daemon would be.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn success_path_over_tls() {
+    let Some(s) = Setup::new(Engine::DockerTls).await else {
+        return;
+    };
+    let id = unique_id("e2e-tls");
+    let w = s.worker(&id, &[]).await;
+    assert!(
+        w.log_text().contains("tcp://127.0.0.1:2376") && w.log_text().contains("tls=true"),
+        "{}",
+        w.log_text()
+    );
+    let run = s
+        .plane
+        .client()
+        .create_run(&demo_run(&id, &[]))
+        .await
+        .unwrap();
+    let done = wait_terminal(&s.plane, &run.id, RUN_TIMEOUT).await;
+    assert_eq!(done.state, RunState::Succeeded, "{done:#?}");
+    assert_eq!(s.report_file(&run.id, "cwd").trim(), "/workspace");
+    assert!(s.containers_of(&run.id).await.is_empty());
+}

@@ -15,6 +15,8 @@ pub const SIDECAR: &str = "oz-test/agent-sidecar:latest";
 pub enum Engine {
     Docker,
     Podman,
+    /// The same dockerd, reached over TCP with mutual TLS.
+    DockerTls,
 }
 
 impl Engine {
@@ -22,16 +24,31 @@ impl Engine {
         let (var, default) = match self {
             Engine::Docker => ("OZ_TEST_DOCKER_HOST", "unix:///var/run/docker.sock"),
             Engine::Podman => ("OZ_TEST_PODMAN_HOST", "unix:///run/podman/podman.sock"),
+            Engine::DockerTls => ("OZ_TEST_TLS_HOST", "tcp://127.0.0.1:2376"),
         };
         std::env::var(var).unwrap_or_else(|_| default.to_string())
     }
 
-    /// Whether the engine's socket answers. Under CI a missing engine fails
-    /// the test instead of skipping it.
+    /// The variables that select this engine, as a user would set them.
+    pub fn env(self) -> Vec<(String, String)> {
+        let mut env = vec![("DOCKER_HOST".to_string(), self.host())];
+        if self == Engine::DockerTls {
+            let certs = std::env::var("OZ_TEST_CERT_DIR")
+                .unwrap_or_else(|_| "/var/lib/oz-worker-test/certs".into());
+            env.push(("DOCKER_TLS_VERIFY".into(), "1".into()));
+            env.push(("DOCKER_CERT_PATH".into(), certs));
+        }
+        env
+    }
+
+    /// Whether the engine answers. Under CI a missing engine fails the test
+    /// instead of skipping it.
     pub fn available(self) -> bool {
         let host = self.host();
-        let path = host.trim_start_matches("unix://");
-        let up = std::os::unix::net::UnixStream::connect(path).is_ok();
+        let up = match host.strip_prefix("unix://") {
+            Some(path) => std::os::unix::net::UnixStream::connect(path).is_ok(),
+            None => std::net::TcpStream::connect(host.trim_start_matches("tcp://")).is_ok(),
+        };
         if !up {
             if std::env::var("CI").is_ok_and(|v| v == "true") {
                 panic!("{self:?} is not reachable at {host}; run scripts/test-env.sh up");
@@ -42,8 +59,10 @@ impl Engine {
     }
 
     pub async fn docker(self) -> oz_agent_worker::docker::Docker {
-        let env = oz_agent_worker::transport::endpoint::EnvSnapshot::empty()
-            .with_var("DOCKER_HOST", self.host());
+        let env = self.env().into_iter().fold(
+            oz_agent_worker::transport::endpoint::EnvSnapshot::empty(),
+            |snapshot, (k, v)| snapshot.with_var(&k, v),
+        );
         oz_agent_worker::docker::Docker::connect(&env)
             .await
             .expect("test engine reachable")
@@ -125,9 +144,13 @@ impl WorkerProcess {
             .args(["--log-level", "debug"])
             .args(&opts.extra_args)
             .env("WARP_API_KEY", key)
-            .env("DOCKER_HOST", engine.host())
+            // Only the engine's own variables select the daemon.
             .env_remove("DOCKER_CONTEXT")
             .env_remove("DOCKER_API_VERSION")
+            .env_remove("DOCKER_TLS")
+            .env_remove("DOCKER_TLS_VERIFY")
+            .env_remove("DOCKER_CERT_PATH")
+            .envs(engine.env())
             .env("OZ_LOG", "info,oz_agent_worker=debug")
             .envs(opts.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
