@@ -93,8 +93,10 @@ pub struct RunArgs {
     /// KEY=VALUE for the task's environment, or KEY to pass this shell's value (repeatable).
     #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
     pub env: Vec<String>,
+    /// What the agent is asked to do.
     #[arg(long)]
     pub prompt: Option<String>,
+    /// A short name for the run, shown in `runs list`.
     #[arg(long)]
     pub title: Option<String>,
     /// Follow the run to its end; exit 1 when it fails or is cancelled.
