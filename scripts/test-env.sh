@@ -14,6 +14,10 @@
 #   - a CNCF distribution registry with htpasswd auth on 127.0.0.1:5000
 #   - test images (busybox, glibc, musl, agent sidecar) in both engines, and two
 #     of them pushed to the registry
+#   - an OpenSSH server on 127.0.0.1:2222 (keys generated under $OZ_TEST_ROOT/ssh)
+#     whose `docker system dial-stdio` reaches that dockerd, so that
+#     DOCKER_HOST=ssh://root@127.0.0.1:2222 works; /root/.ssh/config gets one
+#     `Include` line (first) for the client side: port, key, known_hosts
 # and writes $OZ_TEST_ROOT/env, a sourceable file of `export VAR=value` lines.
 # Every step checks before it acts, so a second `up` changes nothing.
 set -euo pipefail
@@ -43,6 +47,17 @@ REGISTRY_PASSWORD_FILE=$REG_DIR/password
 CONTAINERS_CONF=/etc/containers/containers.conf
 PODMAN_REGISTRIES_CONF=/etc/containers/registries.conf.d/50-oz-test.conf
 ULIMITS_LINE='default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]'
+SSH_DIR=$OZ_TEST_ROOT/ssh
+SSH_ADDR=127.0.0.1
+SSH_PORT=2222
+SSH_USER=root
+SSH_HOST_URL=ssh://$SSH_USER@$SSH_ADDR:$SSH_PORT
+# An alias whose known_hosts holds a key that is not the server's (for the
+# host key mismatch test).
+SSH_WRONG_KEY_ALIAS=oz-test-wrong-hostkey
+SSH_CLIENT_CONFIG=$SSH_DIR/client_config
+ROOT_SSH_CONFIG=/root/.ssh/config
+SSH_INCLUDE_LINE="Include $SSH_CLIENT_CONFIG"
 
 IMG_BUSYBOX=oz-test/busybox:latest
 IMG_GLIBC=oz-test/glibc:latest
@@ -58,7 +73,7 @@ MUSL_BINARY=/usr/bin/musl-true
 IMAGE_RECIPE_VERSION=1
 
 PACKAGES=(curl ca-certificates openssl iptables docker.io podman busybox-static musl
-  docker-registry apache2-utils)
+  docker-registry apache2-utils openssh-server openssh-client)
 # Installed if the mirror has them and a C compiler is present (for a musl-linked binary).
 OPTIONAL_PACKAGES=(musl-tools)
 
@@ -632,7 +647,137 @@ ensure_registry_images() {
 }
 
 # ---------------------------------------------------------------------------
-# 7. env file
+# 7. sshd (DOCKER_HOST=ssh://): the remote side runs `docker system dial-stdio`
+# (the Docker CLI on root's PATH) against the dockerd above.
+
+# ssh_keypair FILE -> generates FILE and FILE.pub (ed25519) if missing
+ssh_keypair() {
+  [ -s "$1" ] && [ -s "$1.pub" ] && return 0
+  rm -f "$1" "$1.pub"
+  ssh-keygen -q -t ed25519 -N '' -C "oz-worker-test $(basename "$1")" -f "$1" >/dev/null
+  echo changed
+}
+
+# write_if_changed FILE MODE CONTENT -> prints "changed" if it wrote FILE
+write_if_changed() {
+  if [ -f "$1" ] && [ "$(cat "$1")" = "$3" ] && [ "$(stat -c %a "$1")" = "$2" ]; then return 0; fi
+  printf '%s\n' "$3" >"$1.tmp"
+  chmod "$2" "$1.tmp"
+  mv "$1.tmp" "$1"
+  echo changed
+}
+
+ensure_ssh_files() {
+  local changed=
+  mkdir -p "$SSH_DIR"
+  chmod 700 "$SSH_DIR"
+  changed+=$(ssh_keypair "$SSH_DIR/ssh_host_ed25519_key")
+  changed+=$(ssh_keypair "$SSH_DIR/client_ed25519")
+  # Only for the known_hosts of the "wrong host key" alias: never served.
+  changed+=$(ssh_keypair "$SSH_DIR/other_host_ed25519_key")
+  changed+=$(write_if_changed "$SSH_DIR/authorized_keys" 600 "$(cat "$SSH_DIR/client_ed25519.pub")")
+  changed+=$(write_if_changed "$SSH_DIR/known_hosts" 644 \
+    "[$SSH_ADDR]:$SSH_PORT $(cut -d' ' -f1,2 "$SSH_DIR/ssh_host_ed25519_key.pub")")
+  changed+=$(write_if_changed "$SSH_DIR/known_hosts_wrong" 644 \
+    "[$SSH_ADDR]:$SSH_PORT $(cut -d' ' -f1,2 "$SSH_DIR/other_host_ed25519_key.pub")")
+  # DOCKER_HOST pins the remote side to the test dockerd, whatever root's
+  # ~/.docker says (the Docker CLI 28 negotiates down to dockerd 20.10's API
+  # 1.41 by itself, so DOCKER_API_VERSION is not needed).
+  changed+=$(write_if_changed "$SSH_DIR/sshd_config" 644 "# Written by oz-agent-worker scripts/test-env.sh
+ListenAddress $SSH_ADDR:$SSH_PORT
+HostKey $SSH_DIR/ssh_host_ed25519_key
+PidFile $RUN/sshd.pid
+PermitRootLogin prohibit-password
+PubkeyAuthentication yes
+AuthorizedKeysFile $SSH_DIR/authorized_keys
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+X11Forwarding no
+PrintMotd no
+SetEnv DOCKER_HOST=$DOCKER_HOST_URL")
+  write_if_changed "$SSH_CLIENT_CONFIG" 644 "# Written by oz-agent-worker scripts/test-env.sh; included first by $ROOT_SSH_CONFIG
+Host $SSH_ADDR
+  Port $SSH_PORT
+  IdentityFile $SSH_DIR/client_ed25519
+  IdentitiesOnly yes
+  UserKnownHostsFile $SSH_DIR/known_hosts
+  StrictHostKeyChecking yes
+
+Host $SSH_WRONG_KEY_ALIAS
+  HostName $SSH_ADDR
+  Port $SSH_PORT
+  IdentityFile $SSH_DIR/client_ed25519
+  IdentitiesOnly yes
+  UserKnownHostsFile $SSH_DIR/known_hosts_wrong
+  StrictHostKeyChecking yes" >/dev/null
+  echo "$changed"
+}
+
+# One `Include` line at the top of /root/.ssh/config (ssh takes the first
+# value it finds for an option, so it must come before anything else).
+ensure_root_ssh_config() {
+  mkdir -p "$(dirname "$ROOT_SSH_CONFIG")"
+  chmod 700 "$(dirname "$ROOT_SSH_CONFIG")"
+  if [ ! -e "$ROOT_SSH_CONFIG" ]; then
+    (umask 077 && : >"$ROOT_SSH_CONFIG")
+  fi
+  if [ "$(head -n 1 "$ROOT_SSH_CONFIG")" = "$SSH_INCLUDE_LINE" ] &&
+    [ "$(grep -cxF "$SSH_INCLUDE_LINE" "$ROOT_SSH_CONFIG")" = 1 ]; then
+    return 0
+  fi
+  local tmp
+  tmp=$(mktemp)
+  { printf '%s\n' "$SSH_INCLUDE_LINE"; grep -vxF "$SSH_INCLUDE_LINE" "$ROOT_SSH_CONFIG" || true; } >"$tmp"
+  cat "$tmp" >"$ROOT_SSH_CONFIG"
+  rm -f "$tmp"
+  log "added '$SSH_INCLUDE_LINE' as the first line of $ROOT_SSH_CONFIG"
+}
+
+# A plain `ssh` (no extra flags) logs in and runs a command.
+ssh_ok() {
+  ssh -T -o BatchMode=yes -o ConnectTimeout=3 "$SSH_USER@$SSH_ADDR" -p "$SSH_PORT" true </dev/null >/dev/null 2>&1
+}
+
+# ... and `docker system dial-stdio` there answers GET /_ping.
+ssh_dial_stdio_ok() {
+  printf 'GET /_ping HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\r\n' |
+    timeout 20 ssh -T -o BatchMode=yes -o ConnectTimeout=3 "$SSH_USER@$SSH_ADDR" -p "$SSH_PORT" \
+      docker system dial-stdio 2>/dev/null | grep -q '^HTTP/1.1 200'
+}
+
+sshd_listens() { (exec 3<>"/dev/tcp/$SSH_ADDR/$SSH_PORT") 2>/dev/null; }
+
+ensure_sshd() {
+  local changed
+  changed=$(ensure_ssh_files)
+  ensure_root_ssh_config
+  # privilege separation directory (tmpfs: gone after a reboot)
+  mkdir -p /run/sshd
+  chmod 755 /run/sshd
+  if sshd_listens; then
+    if [ -z "$changed" ] && ssh_ok; then
+      ssh_dial_stdio_ok || die "ssh to $SSH_HOST_URL works, but \`docker system dial-stdio\` there does not answer GET /_ping (see $LOGS/sshd.log)"
+      return 0
+    fi
+    if pid_runs "$RUN/sshd.pid" sshd; then
+      log "sshd configuration or keys changed; restarting our sshd"
+      stop_pidfile "$RUN/sshd.pid" sshd
+    else
+      die "something not started by this script listens on $SSH_ADDR:$SSH_PORT and does not accept the test key; not touching it"
+    fi
+  fi
+  /usr/sbin/sshd -t -f "$SSH_DIR/sshd_config" || die "sshd rejects $SSH_DIR/sshd_config"
+  log "starting sshd on $SSH_ADDR:$SSH_PORT"
+  # -D: stay in the foreground (start_bg detaches it); -e: log to the log file.
+  start_bg "$LOGS/sshd.log" "$RUN/sshd.pid" /usr/sbin/sshd -D -e -f "$SSH_DIR/sshd_config"
+  WAIT_PIDFILE=$RUN/sshd.pid wait_for "$SERVICE_TIMEOUT" "$LOGS/sshd.log" sshd sshd_listens
+  wait_for "$SERVICE_TIMEOUT" "$LOGS/sshd.log" "ssh login to $SSH_USER@$SSH_ADDR:$SSH_PORT" ssh_ok
+  ssh_dial_stdio_ok || die "\`docker system dial-stdio\` over ssh does not answer GET /_ping (see $LOGS/sshd.log)"
+}
+
+# ---------------------------------------------------------------------------
+# 8. env file
 
 env_contents() {
   cat <<EOF
@@ -650,6 +795,7 @@ export OZ_TEST_SERVER_CERT_DIR=$SERVER_CERTS
 export OZ_TEST_OTHER_CA=$OTHER_CA_DIR/ca.pem
 export OZ_TEST_OTHER_CA_DIR=$OTHER_CA_DIR
 export OZ_TEST_PODMAN_HOST=$PODMAN_HOST_URL
+export OZ_TEST_SSH_HOST=$SSH_HOST_URL
 export OZ_TEST_REGISTRY=$REGISTRY
 export OZ_TEST_REGISTRY_USER=$REGISTRY_USER
 export OZ_TEST_REGISTRY_PASSWORD_FILE=$REGISTRY_PASSWORD_FILE
@@ -688,12 +834,14 @@ cmd_up() {
   ensure_registry
   ensure_images
   ensure_registry_images
+  ensure_sshd
   ensure_env_file
   cat >&2 <<EOF
 [test-env] up in $((SECONDS - start))s
   dockerd   $DOCKER_HOST_URL  and  $TLS_HOST_URL (--tlsverify, DOCKER_CERT_PATH=$CERTS)
   podman    $PODMAN_HOST_URL
   registry  http://$REGISTRY (user $REGISTRY_USER, password in $REGISTRY_PASSWORD_FILE)
+  sshd      $SSH_HOST_URL (keys in $SSH_DIR; $ROOT_SSH_CONFIG includes $SSH_CLIENT_CONFIG)
   images    $IMG_BUSYBOX $IMG_GLIBC $IMG_MUSL $IMG_SIDECAR (both engines)
             $REG_IMG_BUSYBOX $REG_IMG_SIDECAR (registry)
   logs      $LOGS
@@ -742,12 +890,16 @@ cmd_status() {
       check "registry image $image" false
     fi
   done
+  check "sshd on $SSH_ADDR:$SSH_PORT" sshd_listens
+  check "ssh $SSH_USER@$SSH_ADDR -p $SSH_PORT (key and known_hosts from $SSH_CLIENT_CONFIG)" ssh_ok
+  check "docker system dial-stdio over $SSH_HOST_URL" ssh_dial_stdio_ok
   check "env file $ENV_FILE" test -s "$ENV_FILE"
   return $bad
 }
 
 cmd_down() {
   need_root
+  stop_pidfile "$RUN/sshd.pid" sshd
   stop_pidfile "$RUN/registry.pid" docker-registry
   stop_pidfile "$RUN/podman.pid" podman
   stop_pidfile "$RUN/dockerd.pid" dockerd
@@ -775,6 +927,6 @@ up) cmd_up ;;
 demo-images) cmd_demo_images "${2:-}" ;;
 status) cmd_status ;;
 down) cmd_down ;;
--h | --help | help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//' ;;
+-h | --help | help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//' ;;
 *) die "unknown command '$1' (expected up, status or down)" ;;
 esac
