@@ -23,6 +23,7 @@ use crate::docker::stream::{self, ByteStream, JsonStream, LogStream};
 use crate::transport::connector::{ConnectError, Connector, Timeouts};
 use crate::transport::endpoint::{resolve_endpoint, Endpoint, EnvSnapshot, Host};
 use crate::transport::negotiate::{self, ApiVersion, Engine, PingInfo, Platform};
+use crate::transport::ssh::{SshFailure, SshTarget};
 use crate::transport::tls;
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
@@ -656,17 +657,18 @@ impl Transport {
                     None => (format!("http://{host}:{port}"), None),
                 }
             }
-            (Host::Ssh { .. }, _) => {
-                return Err(DockerError::new(
-                    ErrorKind::Unsupported,
-                    "connect",
-                    "ssh:// endpoints are not supported yet",
-                )
-                .with_endpoint(label)
-                .with_hint("Forward the daemon's socket (ssh -L) and point DOCKER_HOST at it"))
-            }
+            // The connector holds the target; the URI's host is a placeholder
+            // (it becomes the `Host` header the daemon ignores).
+            (Host::Ssh { .. }, _) => ("ssh://docker".to_string(), None),
         };
-        let connector = Connector::new(tls, timeouts.connect);
+        let mut connector = Connector::new(tls, timeouts.connect);
+        if let Host::Ssh { user, host, port } = &endpoint.host {
+            connector = connector.with_ssh(SshTarget {
+                user: user.clone(),
+                host: host.clone(),
+                port: *port,
+            });
+        }
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(std::time::Duration::from_secs(30))
             .build(connector);
@@ -882,6 +884,9 @@ impl Transport {
             .map(|c| c.to_bytes())
             .map_err(|e| {
                 let err: &(dyn std::error::Error + 'static) = &e;
+                if let Some(failure) = ssh_failure(err) {
+                    return self.ssh_error(op, failure);
+                }
                 match self.tls_problem(err) {
                     Some(tls) => tls.for_operation(op),
                     None => self.err(
@@ -903,6 +908,9 @@ impl Transport {
         let root: &(dyn std::error::Error + 'static) = e;
         let connect = chain(root).find_map(|s| s.downcast_ref::<ConnectError>());
         let check = "run `oz-agent-worker check` to see which daemon the worker resolves";
+        if let Some(failure) = ssh_failure(root) {
+            return self.ssh_error(op, failure);
+        }
         match connect {
             Some(ConnectError::Io(io)) => {
                 let hint = match (io.kind(), &self.endpoint.host) {
@@ -930,6 +938,7 @@ impl Transport {
                 .with_hint(format!(
                     "Is the host reachable and the port open? Or {check}."
                 )),
+            Some(ConnectError::Ssh(failure)) => self.ssh_error(op, failure),
             Some(ConnectError::Unsupported(s)) => self.err(
                 ErrorKind::Unsupported,
                 op,
@@ -954,6 +963,41 @@ impl Transport {
                 }
             },
         }
+    }
+
+    /// ssh failed (could not start, or exited non-zero): quote it and say
+    /// what to check, from what it said.
+    fn ssh_error(&self, op: &'static str, failure: &SshFailure) -> DockerError {
+        let command = match &self.endpoint.host {
+            Host::Ssh { user, host, port } => SshTarget {
+                user: user.clone(),
+                host: host.clone(),
+                port: *port,
+            }
+            .command_line(),
+            _ => "ssh HOST docker system dial-stdio".to_string(),
+        };
+        let msg = failure.message.to_ascii_lowercase();
+        let hint = if msg.contains("host key verification failed")
+            || msg.contains("remote host identification has changed")
+        {
+            "ssh does not trust the host's key: check it and add it to known_hosts (ssh's own config decides host checking; connecting once by hand with `ssh` shows the key)".to_string()
+        } else if msg.contains("permission denied") {
+            "ssh could not log in: check the user and that ssh's config or agent offers a key the remote's authorized_keys accepts (no password prompts: ssh runs with BatchMode=yes)".to_string()
+        } else if msg.contains("could not resolve hostname") {
+            "Check the host name in DOCKER_HOST or the context".to_string()
+        } else if msg.contains("connection refused")
+            || msg.contains("timed out")
+            || msg.contains("no route to host")
+        {
+            "Is sshd running on that host and port? Check the host and port in DOCKER_HOST or the context".to_string()
+        } else if failure.exit_code == Some(127) || msg.contains("not found") {
+            "The remote host needs the `docker` CLI on the login shell's PATH: it runs `docker system dial-stdio`".to_string()
+        } else {
+            format!("Run `{command}` by hand to see what ssh says")
+        };
+        self.err(ErrorKind::Connect, op, format!("`{command}`: {failure}"))
+            .with_hint(hint)
     }
 
     /// Recognises a rustls failure anywhere in the chain and says which file
@@ -1030,6 +1074,18 @@ impl TlsProblem {
         }
         out
     }
+}
+
+/// An [`SshFailure`] anywhere in the chain, also inside an `io::Error`
+/// (whose `source` skips its own payload).
+fn ssh_failure<'a>(root: &'a (dyn std::error::Error + 'static)) -> Option<&'a SshFailure> {
+    chain(root).find_map(|s| {
+        s.downcast_ref::<SshFailure>().or_else(|| {
+            s.downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .and_then(|inner| inner.downcast_ref::<SshFailure>())
+        })
+    })
 }
 
 fn chain<'a>(

@@ -1,8 +1,11 @@
 //! One connector for every scheme, so one `hyper_util` client type serves
 //! every transport: `unix` (through hyperlocal, which carries the socket path
-//! in the URI host), `http` (plain TCP) and `https` (TCP + rustls). A later
-//! `ssh` joins as one more [`Stream`] variant.
+//! in the URI host), `http` (plain TCP), `https` (TCP + rustls) and `ssh`
+//! (one `ssh … docker system dial-stdio` process per connection, see
+//! [`crate::transport::ssh`]; the target is set on the connector, the URI's
+//! host is a placeholder).
 
+use crate::transport::ssh::{self, SshFailure, SshStream, SshTarget};
 use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper::Uri;
 use hyper_util::client::legacy::connect::{Connected, Connection};
@@ -45,6 +48,8 @@ pub enum ConnectError {
     Tls(io::Error),
     /// No connection within the connect timeout.
     Timeout(Duration),
+    /// `ssh` could not be started.
+    Ssh(SshFailure),
     /// A scheme this connector does not serve.
     Unsupported(String),
 }
@@ -55,6 +60,7 @@ impl std::fmt::Display for ConnectError {
             ConnectError::Io(e) => write!(f, "{e}"),
             ConnectError::Tls(e) => write!(f, "TLS handshake failed: {e}"),
             ConnectError::Timeout(d) => write!(f, "no connection within {d:?}"),
+            ConnectError::Ssh(e) => write!(f, "{e}"),
             ConnectError::Unsupported(s) => write!(f, "unsupported scheme {s}"),
         }
     }
@@ -64,6 +70,7 @@ impl std::error::Error for ConnectError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             ConnectError::Io(e) | ConnectError::Tls(e) => Some(e),
+            ConnectError::Ssh(e) => Some(e),
             _ => None,
         }
     }
@@ -73,6 +80,7 @@ impl std::error::Error for ConnectError {
 #[derive(Clone)]
 pub struct Connector {
     tls: Option<tokio_rustls::TlsConnector>,
+    ssh: Option<SshTarget>,
     connect_timeout: Duration,
 }
 
@@ -80,6 +88,7 @@ impl std::fmt::Debug for Connector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Connector")
             .field("tls", &self.tls.is_some())
+            .field("ssh", &self.ssh)
             .field("connect_timeout", &self.connect_timeout)
             .finish()
     }
@@ -90,8 +99,15 @@ impl Connector {
     pub fn new(tls: Option<Arc<rustls::ClientConfig>>, connect_timeout: Duration) -> Self {
         Connector {
             tls: tls.map(tokio_rustls::TlsConnector::from),
+            ssh: None,
             connect_timeout,
         }
+    }
+
+    /// Where `ssh` URIs go: every connection runs `ssh` to this target.
+    pub fn with_ssh(mut self, target: SshTarget) -> Self {
+        self.ssh = Some(target);
+        self
     }
 
     async fn connect(self, uri: Uri) -> Result<Stream, ConnectError> {
@@ -121,6 +137,14 @@ impl Connector {
                     })?;
                 let stream = tls.connect(name, tcp).await.map_err(ConnectError::Tls)?;
                 Ok(Stream::Tls(Box::new(TokioIo::new(stream))))
+            }
+            Some("ssh") => {
+                let target = self
+                    .ssh
+                    .as_ref()
+                    .ok_or_else(|| ConnectError::Unsupported("ssh without an ssh target".into()))?;
+                let stream = ssh::spawn(target, self.connect_timeout).map_err(ConnectError::Ssh)?;
+                Ok(Stream::Ssh(Box::new(TokioIo::new(stream))))
             }
             other => Err(ConnectError::Unsupported(other.unwrap_or("").to_string())),
         }
@@ -153,6 +177,8 @@ pub enum Stream {
     Unix(hyperlocal::UnixStream),
     Tcp(TokioIo<TcpStream>),
     Tls(Box<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>>),
+    /// `ssh … docker system dial-stdio`: the child's stdout and stdin.
+    Ssh(Box<TokioIo<SshStream>>),
 }
 
 impl Connection for Stream {
@@ -173,6 +199,10 @@ macro_rules! delegate {
                 $e
             }
             Stream::Tls($s) => {
+                let $s = Pin::new(&mut **$s);
+                $e
+            }
+            Stream::Ssh($s) => {
                 let $s = Pin::new(&mut **$s);
                 $e
             }

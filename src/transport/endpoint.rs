@@ -130,7 +130,8 @@ pub enum Host {
     Unix(PathBuf),
     /// A TCP address; TLS is decided by [`Endpoint::tls`].
     Tcp { host: String, port: u16 },
-    /// `ssh://[user@]host[:port]`; parsed, not yet supported by the connector.
+    /// `ssh://[user@]host[:port]`: `ssh` to the host runs `docker system
+    /// dial-stdio` there (see [`crate::transport::ssh`]).
     Ssh {
         user: Option<String>,
         host: String,

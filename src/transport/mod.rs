@@ -9,13 +9,15 @@
 //!   nothing here writes the environment.
 //! - Nothing here stores or prints key material or credentials: TLS settings
 //!   are paths, endpoints are rendered without userinfo.
-//! - One `hyper_util` client type serves every transport: a new scheme
-//!   (`ssh://`) is one more [`connector::Stream`] variant, not a new client.
+//! - One `hyper_util` client type serves every transport: `ssh://` is one
+//!   more [`connector::Stream`] variant (an `ssh` child per connection), not
+//!   a new client.
 
 pub mod connector;
 pub mod context_store;
 pub mod endpoint;
 pub mod negotiate;
+pub mod ssh;
 pub mod tls;
 
 pub use connector::{Connector, Timeouts};
