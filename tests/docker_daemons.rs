@@ -1,7 +1,8 @@
 //! The client against real daemons: the same scenario over every way of
 //! reaching one (unix socket, TLS TCP from the environment, a context made by
 //! the real `docker context create` selected by DOCKER_CONTEXT and by
-//! currentContext, Podman's socket, DOCKER_API_VERSION pinned to 1.41).
+//! currentContext, Podman's socket, DOCKER_API_VERSION pinned to 1.41, and
+//! ssh:// to the test sshd, whose `docker system dial-stdio` reaches dockerd).
 
 mod support;
 
@@ -43,6 +44,21 @@ async fn api_version_pinned_to_1_41() {
     scenario(Via::Pinned141).await;
 }
 
+#[tokio::test]
+async fn ssh_from_env() {
+    scenario(Via::Ssh).await;
+}
+
+/// A context whose host is ssh://, written by the real CLI.
+#[tokio::test]
+async fn ssh_context() {
+    let Some(d) = TestDaemon::connect(Via::SshContext).await else {
+        return;
+    };
+    check_identity(&d);
+    ping_and_version(&d).await;
+}
+
 async fn scenario(via: Via) {
     let Some(d) = TestDaemon::connect(via).await else {
         return;
@@ -59,8 +75,15 @@ async fn scenario(via: Via) {
 fn check_identity(d: &TestDaemon) {
     let ep = d.docker.endpoint();
     match d.via {
-        Via::Unix | Via::Pinned141 | Via::Podman | Via::TlsEnv => {
+        Via::Unix | Via::Pinned141 | Via::Podman | Via::TlsEnv | Via::Ssh => {
             assert_eq!(ep.source, EndpointSource::Env)
+        }
+        Via::SshContext => {
+            assert!(
+                matches!(&ep.source, EndpointSource::Context { name, .. } if name == "oz-ssh"),
+                "{:?}",
+                ep.source
+            );
         }
         Via::ContextEnv | Via::ContextConfig => {
             assert!(
@@ -94,6 +117,9 @@ fn check_identity(d: &TestDaemon) {
     assert!(d.docker.api_version() >= ApiVersion::MINIMUM);
     assert!(d.docker.api_version() <= ApiVersion::LATEST);
     assert_eq!(d.docker.platform().os, "linux");
+    if matches!(d.via, Via::Ssh | Via::SshContext) {
+        assert_eq!(ep.host.to_string(), d.env.ssh_host);
+    }
 }
 
 async fn ping_and_version(d: &TestDaemon) {

@@ -1,5 +1,6 @@
 //! Each way of getting the daemon wrong, asserted on what the error says:
-//! the kind, the endpoint and how it was chosen, the file or setting to fix.
+//! the kind, the endpoint and how it was chosen, the file or setting to fix
+//! (for ssh://, what ssh itself said).
 
 mod support;
 
@@ -170,4 +171,91 @@ fn ci_never_skips_silently() {
         let r = std::panic::catch_unwind(|| unavailable::<()>("probe"));
         assert!(r.is_err());
     }
+}
+
+/// sshd is there (else skip, or fail under CI): the failures below are ssh's
+/// own answers, quoted, not a missing test environment.
+fn ssh_env() -> Option<TestEnv> {
+    TestDaemon::setup(Via::Ssh).map(|(env, _)| env)
+}
+
+#[tokio::test]
+async fn ssh_to_a_closed_port() {
+    let Some(_) = ssh_env() else { return };
+    let setup = Setup::new().var("DOCKER_HOST", "ssh://root@127.0.0.1:1");
+    let err = connect_err(&setup).await;
+    assert_eq!(err.kind(), &ErrorKind::Connect, "{err}");
+    assert_mentions(
+        &err,
+        &[
+            "cannot connect to the Docker daemon at ssh://root@127.0.0.1:1 (from env DOCKER_HOST)",
+            "ssh -l root -p 1 -- 127.0.0.1 docker system dial-stdio",
+            "ssh exited with status 255",
+            "port 1: Connection refused",
+            "Is sshd running",
+        ],
+    );
+}
+
+#[tokio::test]
+async fn ssh_host_key_mismatch() {
+    // test-env.sh's client config gives this alias a known_hosts holding
+    // another key than the server's.
+    let Some(_) = ssh_env() else { return };
+    let setup = Setup::new().var("DOCKER_HOST", "ssh://root@oz-test-wrong-hostkey");
+    let err = connect_err(&setup).await;
+    assert_eq!(err.kind(), &ErrorKind::Connect, "{err}");
+    assert_mentions(
+        &err,
+        &[
+            "ssh://root@oz-test-wrong-hostkey",
+            "REMOTE HOST IDENTIFICATION HAS CHANGED",
+            "Host key verification failed.",
+            "known_hosts",
+        ],
+    );
+}
+
+#[tokio::test]
+async fn ssh_unknown_user() {
+    let Some(env) = ssh_env() else { return };
+    let url = env.ssh_host.replacen("root@", "oz-no-such-user@", 1);
+    let setup = Setup::new().var("DOCKER_HOST", &url);
+    let err = connect_err(&setup).await;
+    assert_eq!(err.kind(), &ErrorKind::Connect, "{err}");
+    assert_mentions(
+        &err,
+        &[
+            &url,
+            "Permission denied (publickey)",
+            "ssh could not log in",
+        ],
+    );
+}
+
+/// Every connection's ssh child is gone once the client is dropped.
+#[tokio::test]
+async fn ssh_children_end_with_the_client() {
+    let Some(d) = TestDaemon::connect(Via::Ssh).await else {
+        return;
+    };
+    d.docker.ping().await.expect("ping");
+    let ours = || {
+        std::process::Command::new("pgrep")
+            .args(["-P", &std::process::id().to_string(), "-x", "ssh"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).lines().count())
+            .unwrap_or(0)
+    };
+    assert!(ours() >= 1, "no ssh child while connected");
+    drop(d);
+    let mut left = ours();
+    for _ in 0..100 {
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        left = ours();
+    }
+    assert_eq!(left, 0, "ssh children left after the client was dropped");
 }

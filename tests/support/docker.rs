@@ -30,6 +30,9 @@ pub struct TestEnv {
     pub cert_dir: PathBuf,
     pub other_ca_dir: PathBuf,
     pub podman_host: String,
+    /// `ssh://root@127.0.0.1:2222`: sshd whose `docker system dial-stdio`
+    /// reaches the unix-socket daemon.
+    pub ssh_host: String,
     pub busybox: String,
 }
 
@@ -45,6 +48,7 @@ impl TestEnv {
             )
             .into(),
             podman_host: var("OZ_TEST_PODMAN_HOST", "unix:///run/podman/podman.sock"),
+            ssh_host: var("OZ_TEST_SSH_HOST", "ssh://root@127.0.0.1:2222"),
             busybox: var("OZ_TEST_IMAGE_BUSYBOX", "oz-test/busybox:latest"),
         }
     }
@@ -66,6 +70,10 @@ fn socket_of(host: &str) -> Option<&Path> {
 
 fn tcp_reachable(host: &str) -> bool {
     let addr = host.trim_start_matches("tcp://");
+    // ssh://user@host:port -> host:port
+    let addr = addr
+        .strip_prefix("ssh://")
+        .map_or(addr, |rest| rest.rsplit_once('@').map_or(rest, |(_, h)| h));
     std::net::TcpStream::connect_timeout(
         &match addr.parse() {
             Ok(a) => a,
@@ -91,6 +99,11 @@ pub enum Via {
     Podman,
     /// The unix socket with `DOCKER_API_VERSION=1.41`.
     Pinned141,
+    /// `DOCKER_HOST=ssh://root@127.0.0.1:2222`: `ssh … docker system
+    /// dial-stdio` per connection, as the Docker CLI does.
+    Ssh,
+    /// A context made by `docker context create` whose host is that ssh:// URL.
+    SshContext,
 }
 
 /// An environment snapshot for a way of reaching the daemon; keeps the
@@ -188,7 +201,23 @@ impl TestDaemon {
             }
             Some(())
         };
+        let needs_ssh = || -> Option<()> {
+            if !tcp_reachable(&env.ssh_host) {
+                return unavailable(&format!("no sshd for {}", env.ssh_host));
+            }
+            needs_socket(&env.docker_host)
+        };
         let setup = match via {
+            Via::Ssh => {
+                needs_ssh()?;
+                Setup::new().var("DOCKER_HOST", &env.ssh_host)
+            }
+            Via::SshContext => {
+                needs_ssh()?;
+                let setup = Setup::new();
+                setup.create_context("oz-ssh", &format!("host={}", env.ssh_host))?;
+                setup.var("DOCKER_CONTEXT", "oz-ssh")
+            }
             Via::Unix => {
                 needs_socket(&env.docker_host)?;
                 Setup::new().var("DOCKER_HOST", &env.docker_host)
