@@ -52,6 +52,27 @@ fn text_report_over_tls() {
 }
 
 #[test]
+fn text_report_over_ssh() {
+    let Some((env, _)) = TestDaemon::setup(Via::Ssh) else {
+        return;
+    };
+    let path = std::env::var("PATH").unwrap_or_default();
+    let out = check(&[("DOCKER_HOST", &env.ssh_host), ("PATH", &path)], false);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    for line in [
+        format!("endpoint:    {}", env.ssh_host),
+        "via:         ssh -l root -p ".to_string(),
+        " docker system dial-stdio".to_string(),
+        "chosen by:   env DOCKER_HOST".to_string(),
+        "TLS:         not used (ssh".to_string(),
+        "engine:      Docker ".to_string(),
+    ] {
+        assert!(stdout.contains(&line), "missing {line:?} in:\n{stdout}");
+    }
+}
+
+#[test]
 fn json_report_for_a_context_on_podman() {
     let Some((env, setup)) = TestDaemon::setup(Via::Podman) else {
         return;

@@ -3,7 +3,8 @@
 //! prints the same actionable error the worker would give and exits 1.
 
 use crate::docker::Docker;
-use crate::transport::{EndpointSource, EngineKind, EnvSnapshot};
+use crate::transport::ssh::SshTarget;
+use crate::transport::{EndpointSource, EngineKind, EnvSnapshot, Host};
 use std::process::ExitCode;
 
 #[derive(Debug, clap::Args)]
@@ -20,6 +21,9 @@ pub struct CheckReport {
     /// e.g. `unix:///var/run/docker.sock`, `tcp://127.0.0.1:2376`.
     pub endpoint: String,
     pub chosen_by: ChosenBy,
+    /// For `ssh://`: the command run for every connection.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ssh_command: Option<String>,
     pub tls: TlsReport,
     pub engine: EngineReport,
     /// The version every request uses.
@@ -76,6 +80,17 @@ impl CheckReport {
                 },
                 detail: endpoint.source.to_string(),
             },
+            ssh_command: match &endpoint.host {
+                Host::Ssh { user, host, port } => Some(
+                    SshTarget {
+                        user: user.clone(),
+                        host: host.clone(),
+                        port: *port,
+                    }
+                    .command_line(),
+                ),
+                _ => None,
+            },
             tls: TlsReport {
                 enabled: endpoint.tls.is_some(),
                 verified: endpoint.tls.as_ref().is_some_and(|t| t.verify),
@@ -99,6 +114,9 @@ impl CheckReport {
     /// The few lines `check` prints.
     pub fn to_text(&self) -> String {
         let tls = match (self.tls.enabled, self.tls.verified) {
+            (false, _) if self.ssh_command.is_some() => {
+                "not used (ssh: its own config decides keys and host checking)".to_string()
+            }
             (false, _) => "off".to_string(),
             (true, true) => "on, daemon certificate verified".to_string(),
             (true, false) => "on, daemon certificate NOT verified".to_string(),
@@ -117,9 +135,14 @@ impl CheckReport {
         } else {
             " (negotiated)"
         };
+        let via = match &self.ssh_command {
+            Some(c) => format!("\n  via:         {c}"),
+            None => String::new(),
+        };
         format!(
-            "Docker daemon reachable\n  endpoint:    {}\n  chosen by:   {}\n  TLS:         {}\n  engine:      {} {} (API {})\n  API version: {}{}\n  platform:    {}\n",
+            "Docker daemon reachable\n  endpoint:    {}{}\n  chosen by:   {}\n  TLS:         {}\n  engine:      {} {} (API {})\n  API version: {}{}\n  platform:    {}\n",
             self.endpoint,
+            via,
             self.chosen_by.detail,
             tls,
             engine,
