@@ -18,7 +18,8 @@ pub enum ErrorKind {
     /// The endpoint configuration is unusable: an unparsable `DOCKER_HOST`, an
     /// unknown context, an unreadable certificate file.
     Config,
-    /// The daemon could not be reached (socket missing, refused, permission).
+    /// The daemon could not be reached (socket missing, refused, permission;
+    /// for `ssh://`, ssh failed).
     Connect,
     /// The TLS handshake or the certificates failed.
     Tls,
@@ -32,7 +33,8 @@ pub enum ErrorKind {
     Version,
     /// The answer was not what the API promises (bad JSON, body cut short).
     Protocol,
-    /// Something this client does not support yet (e.g. `ssh://`).
+    /// Something this client or engine does not support (e.g. WebSocket
+    /// attach on Podman 4).
     Unsupported,
 }
 
