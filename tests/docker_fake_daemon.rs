@@ -256,6 +256,27 @@ async fn ordinary_calls_time_out_streaming_calls_never_do() {
     assert_eq!(v["StatusCode"], 0);
 }
 
+/// A daemon that never answers an upgrade would otherwise hang an attach
+/// forever: the handshake (up to the 101) gets the request timeout even on a
+/// streaming call; the upgraded stream itself is never cut.
+#[tokio::test]
+async fn an_unanswered_upgrade_handshake_times_out() {
+    let fake = FakeDaemon::start(slow_script).await;
+    let docker = fake.connect(short_timeouts()).await.unwrap();
+    let req = ApiRequest::new(
+        "ContainerAttach",
+        Method::POST,
+        "/slow".into(),
+        CallKind::Streaming,
+    );
+    let err = docker.send_upgrade(req).await.unwrap_err();
+    assert_eq!(err.kind(), &ErrorKind::Timeout, "{err}");
+    assert!(
+        err.to_string().contains("ContainerAttach timed out"),
+        "{err}"
+    );
+}
+
 #[tokio::test]
 async fn failed_pull_answering_200_is_an_error() {
     let fake = FakeDaemon::start(slow_script).await;

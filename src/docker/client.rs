@@ -489,11 +489,13 @@ impl Docker {
         mut req: ApiRequest,
     ) -> Result<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>, DockerError> {
         let t = &self.inner.transport;
-        let (op, kind) = (req.operation, req.kind);
+        let op = req.operation;
         req.headers.push(("Connection", "Upgrade".into()));
         req.headers.push(("Upgrade", "tcp".into()));
+        // The handshake is prompt (the daemon answers before any stream
+        // data), so it gets the request timeout; the upgraded stream does not.
         let resp = t
-            .deadline(op, kind, t.send(req, &self.inner.prefix))
+            .deadline(op, CallKind::Ordinary, t.send(req, &self.inner.prefix))
             .await?;
         if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
             return Err(self.err(
@@ -517,11 +519,13 @@ impl Docker {
         mut req: ApiRequest,
     ) -> Result<ExecStartOutcome, DockerError> {
         let t = &self.inner.transport;
-        let (op, kind) = (req.operation, req.kind);
+        let op = req.operation;
         req.headers.push(("Connection", "Upgrade".into()));
         req.headers.push(("Upgrade", "tcp".into()));
+        // The handshake is prompt (the daemon answers before any stream
+        // data), so it gets the request timeout; the upgraded stream does not.
         let resp = t
-            .deadline(op, kind, t.send(req, &self.inner.prefix))
+            .deadline(op, CallKind::Ordinary, t.send(req, &self.inner.prefix))
             .await?;
         match resp.status() {
             http::StatusCode::SWITCHING_PROTOCOLS => {
@@ -558,14 +562,17 @@ impl Docker {
     ) -> Result<WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>, DockerError> {
         use tokio_tungstenite::tungstenite::handshake::{client::generate_key, derive_accept_key};
         let t = &self.inner.transport;
-        let (op, kind) = (req.operation, req.kind);
+        let op = req.operation;
         let key = generate_key();
         let expected_accept = derive_accept_key(key.as_bytes());
         req.headers.push(("Connection", "Upgrade".into()));
         req.headers.push(("Upgrade", "websocket".into()));
         req.headers.push(("Sec-WebSocket-Version", "13".into()));
         req.headers.push(("Sec-WebSocket-Key", key));
-        let resp = match t.deadline(op, kind, t.send(req, &self.inner.prefix)).await {
+        let resp = match t
+            .deadline(op, CallKind::Ordinary, t.send(req, &self.inner.prefix))
+            .await
+        {
             Ok(resp) => resp,
             Err(e) => return Err(self.websocket_unsupported(op, e)),
         };
