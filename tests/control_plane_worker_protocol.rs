@@ -3,7 +3,7 @@
 
 mod support;
 
-use oz_agent_worker::control_plane::model::{CreateRunRequest, RunState};
+use oz_agent_worker::control_plane::model::{CreateRunRequest, Run, RunState};
 use oz_agent_worker::control_plane::{Config, Storage};
 use oz_agent_worker::protocol::{FailureReason, OwnerType};
 use std::collections::BTreeMap;
@@ -23,6 +23,15 @@ fn run_for(host: &str) -> CreateRunRequest {
 }
 
 const QUIET: Duration = Duration::from_millis(150);
+
+/// Creates a run for `w`'s id and has `w` take and claim it.
+async fn claimed_run(t: &TestPlane, w: &mut ScriptedWorker) -> Run {
+    let client = t.client();
+    let run = client.create_run(&run_for(&w.worker_id)).await.unwrap();
+    w.expect_assignment().await;
+    w.claim(&run.id).await;
+    wait_for_state(&client, &run.id, RunState::Claimed).await
+}
 
 #[tokio::test]
 async fn missing_wrong_keys_and_reserved_ids_are_refused() {
@@ -193,10 +202,7 @@ async fn a_terminal_message_after_reconnecting_is_accepted() {
     let t = TestPlane::start(test_config()).await;
     let client = t.client();
     let mut a = t.worker("w1").await;
-    let run = client.create_run(&run_for("w1")).await.unwrap();
-    a.expect_assignment().await;
-    a.claim(&run.id).await;
-    wait_for_state(&client, &run.id, RunState::Claimed).await;
+    let run = claimed_run(&t, &mut a).await;
     a.close().await;
     // Still claimed, and the API says why it is not moving.
     tokio::time::sleep(QUIET).await;
@@ -260,10 +266,7 @@ async fn cancelling_a_claimed_run_asks_its_worker() {
     let t = TestPlane::start(test_config()).await;
     let client = t.client();
     let mut w = t.worker("w1").await;
-    let run = client.create_run(&run_for("w1")).await.unwrap();
-    w.expect_assignment().await;
-    w.claim(&run.id).await;
-    wait_for_state(&client, &run.id, RunState::Claimed).await;
+    let run = claimed_run(&t, &mut w).await;
     let requested = client.cancel_run(&run.id).await.unwrap();
     assert_eq!(requested.state, RunState::Claimed);
     assert!(requested.cancel_requested);
@@ -387,10 +390,7 @@ async fn a_cancel_for_a_disconnected_holder_is_delivered_when_it_reconnects() {
     let t = TestPlane::start(test_config()).await;
     let client = t.client();
     let mut w = t.worker("w1").await;
-    let run = client.create_run(&run_for("w1")).await.unwrap();
-    w.expect_assignment().await;
-    w.claim(&run.id).await;
-    wait_for_state(&client, &run.id, RunState::Claimed).await;
+    let run = claimed_run(&t, &mut w).await;
     w.close().await;
     tokio::time::sleep(QUIET).await;
     assert!(client.cancel_run(&run.id).await.unwrap().cancel_requested);

@@ -10,7 +10,6 @@ use futures_util::StreamExt;
 use http::Method;
 use oz_agent_worker::docker::request::{ApiRequest, CallKind, RequestBody};
 use oz_agent_worker::docker::stream::{LogChunk, LogSource};
-use oz_agent_worker::docker::LogsOptions;
 use oz_agent_worker::transport::{ApiVersion, EndpointSource, EngineKind};
 use support::docker::{chunked, scan_tar, tar_of, TestDaemon, Via};
 
@@ -234,14 +233,7 @@ async fn container_lifecycle(d: &TestDaemon) {
     d.start(&id).await;
     assert_eq!(d.wait(&id).await, 3);
 
-    let logs: Vec<LogChunk> = d
-        .docker
-        .logs(&id, &LogsOptions::default())
-        .await
-        .expect("logs")
-        .map(|r| r.expect("log chunk"))
-        .collect()
-        .await;
+    let logs = d.logs(&id).await;
     let (out, err) = split(&logs);
     assert_eq!(out, "from-archive\n");
     assert_eq!(err, "to-stderr\n");
@@ -289,14 +281,7 @@ async fn tty_container_logs_are_raw(d: &TestDaemon) {
     let id = d.create_container(&["sh", "-c", "echo on-tty"], true).await;
     d.start(&id).await;
     assert_eq!(d.wait(&id).await, 0);
-    let logs: Vec<LogChunk> = d
-        .docker
-        .logs(&id, &LogsOptions::default())
-        .await
-        .expect("logs")
-        .map(|r| r.expect("log chunk"))
-        .collect()
-        .await;
+    let logs = d.logs(&id).await;
     assert!(logs.iter().all(|c| c.source == LogSource::Console));
     let text: Vec<u8> = logs.iter().flat_map(|c| c.data.to_vec()).collect();
     assert_eq!(String::from_utf8_lossy(&text).trim_end(), "on-tty");

@@ -3,19 +3,12 @@
 //! terminating proxy that the operator reaches over a trusted network.
 
 use crate::control_plane::model::{ApiError, CreateRunRequest, Run, RunList, RunState};
+use crate::percent::encode;
 use bytes::Bytes;
 use http::{header, Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client as HttpClient};
 use hyper_util::rt::TokioExecutor;
-use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
-
-/// RFC 3986 unreserved characters stay as they are.
-const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'_')
-    .remove(b'.')
-    .remove(b'~');
 use serde::de::DeserializeOwned;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,7 +87,7 @@ impl Client {
             query.push(format!("state={s}"));
         }
         if let Some(h) = worker_host {
-            query.push(format!("worker_host={}", utf8_percent_encode(h, COMPONENT)));
+            query.push(format!("worker_host={}", encode(h)));
         }
         let mut path = "/api/v1/runs".to_string();
         if !query.is_empty() {
@@ -169,10 +162,7 @@ impl Client {
 }
 
 fn run_path(id: &str, suffix: &str) -> String {
-    format!(
-        "/api/v1/runs/{}{suffix}",
-        utf8_percent_encode(id, COMPONENT)
-    )
+    format!("/api/v1/runs/{}{suffix}", encode(id))
 }
 
 fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {

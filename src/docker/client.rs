@@ -1123,9 +1123,7 @@ fn describe_chain(root: &(dyn std::error::Error + 'static)) -> String {
 
 const USER_AGENT: &str = concat!("oz-agent-worker/", env!("CARGO_PKG_VERSION"));
 
-fn encode_query(s: &str) -> std::borrow::Cow<'_, str> {
-    percent_encoding::utf8_percent_encode(s, crate::docker::request::UNRESERVED).into()
-}
+use crate::percent::encode as encode_query;
 
 #[cfg(test)]
 mod tests {

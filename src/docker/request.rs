@@ -95,13 +95,5 @@ impl ApiRequest {
 pub fn encode_path_segment(s: &str) -> String {
     // The daemon routes on the decoded path, so `%2F` in an image reference
     // still matches `/images/{name}/json`.
-    percent_encoding::utf8_percent_encode(s, UNRESERVED).to_string()
+    crate::percent::encode(s).into_owned()
 }
-
-/// Everything but RFC 3986's unreserved characters gets percent-encoded, in
-/// path segments and query values alike.
-pub(crate) const UNRESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');

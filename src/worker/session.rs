@@ -124,13 +124,7 @@ impl Session<'_> {
 }
 
 fn with_worker_id(base: &str, worker_id: &str) -> String {
-    // As Go's url.Values does it: RFC 3986 unreserved characters stay literal.
-    const QUERY: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
-        .remove(b'-')
-        .remove(b'.')
-        .remove(b'_')
-        .remove(b'~');
-    let encoded = percent_encoding::utf8_percent_encode(worker_id, QUERY).to_string();
+    let encoded = crate::percent::encode(worker_id);
     let sep = if base.contains('?') { '&' } else { '?' };
     format!("{base}{sep}worker_id={encoded}")
 }

@@ -329,6 +329,18 @@ impl TestDaemon {
     }
 
     /// `POST /containers/{id}/wait` (a streaming call): the exit code.
+    /// All of a stopped container's output, as the client splits it.
+    pub async fn logs(&self, id: &str) -> Vec<oz_agent_worker::docker::stream::LogChunk> {
+        use futures_util::StreamExt;
+        self.docker
+            .logs(id, &oz_agent_worker::docker::LogsOptions::default())
+            .await
+            .unwrap_or_else(|e| panic!("logs via {:?}: {e}", self.via))
+            .map(|r| r.expect("log chunk"))
+            .collect()
+            .await
+    }
+
     pub async fn wait(&self, id: &str) -> i64 {
         let req = ApiRequest::new(
             "ContainerWait",
