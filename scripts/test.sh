@@ -8,4 +8,4 @@ scripts/test-env.sh up
 # Paths and addresses only (OZ_TEST_*); the registry password stays in its file.
 # shellcheck disable=SC1091
 . "${OZ_TEST_ROOT:-/var/lib/oz-worker-test}/env"
-cargo test --workspace
+cargo test --workspace --no-fail-fast

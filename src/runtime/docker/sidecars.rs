@@ -93,7 +93,16 @@ async fn fill(rt: &DockerRuntime, image: &ImageInfo, volume: &str) -> Result<(),
         ..Default::default()
     })
     .await
-    .map_err(|e| format!("creating the volume: {e}"))?;
+    .or_else(|e| {
+        // Docker's create is idempotent; Podman 4 answers a concurrent create
+        // of the same name with 500 "volume already exists". Either way the
+        // volume is there, and the fill lock below decides who fills it.
+        if e.status().map(|s| s.as_u16()) == Some(409) || e.message().contains("already exists") {
+            Ok(Default::default())
+        } else {
+            Err(format!("creating the volume: {e}"))
+        }
+    })?;
 
     let lock_name = format!("oz-fill-{volume}");
     let fill_id = acquire_fill_lock(rt, image, volume, &lock_name).await?;
