@@ -10,5 +10,6 @@ pub mod percent;
 pub mod protocol;
 pub mod runtime;
 pub mod schemas;
+pub mod secret;
 pub mod transport;
 pub mod worker;

@@ -34,7 +34,7 @@ async fn run_wait_follows_a_failed_run_and_exits_non_zero() {
         .output();
     let worker = async {
         let a = w.expect_assignment().await;
-        assert_eq!(a.env_vars["A"], "1");
+        assert_eq!(a.env_vars["A"].expose_str(), "1");
         w.claim(&a.task_id).await;
         w.fail(&a.task_id, FailureReason::ContainerExit, Some(3))
             .await;

@@ -86,7 +86,7 @@ async fn assignment_carries_the_run_and_the_team_owner() {
     assert_eq!(a.task.task_definition.prompt, "make CI green");
     let owner = a.task.owner.unwrap();
     assert_eq!((owner.kind, owner.id), (OwnerType::Team, t.team_id));
-    assert_eq!(a.env_vars["TOKEN"], "s3cret");
+    assert_eq!(a.env_vars["TOKEN"].expose_str(), "s3cret");
     assert!(a.task.created_at.unwrap().ends_with('Z'));
     // The API never returns env values.
     let shown = t.client().get_run(&run.id).await.unwrap();

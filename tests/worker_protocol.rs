@@ -35,7 +35,7 @@ fn assignment(task_id: &str, env: &[(&str, &str)], sidecar: Option<&str>) -> Str
         sidecar_image: sidecar.map(str::to_string),
         env_vars: env
             .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .map(|(k, v)| (k.to_string(), (*v).into()))
             .collect(),
         ..Default::default()
     };
@@ -84,7 +84,8 @@ async fn handshake_and_frames_that_must_be_survived() {
         m,
         WorkerMessage::TaskClaimed(TaskClaimed {
             task_id: "t-bad".into(),
-            worker_id: id.clone()
+            worker_id: id.clone(),
+            execution_id: None,
         })
     );
     match conn.next_message(Duration::from_secs(10)).await.unwrap() {

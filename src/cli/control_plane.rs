@@ -288,7 +288,7 @@ pub async fn run(a: RunArgs) -> ExitCode {
         prompt: a.prompt,
         docker_image: a.image,
         sidecar_image: a.sidecar,
-        env_vars,
+        env_vars: env_vars.into_iter().map(|(k, v)| (k, v.into())).collect(),
         ..Default::default()
     };
     let run = match client.create_run(&req).await {

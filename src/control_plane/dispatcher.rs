@@ -244,6 +244,7 @@ impl Dispatcher {
                 }
                 self.claim(&mut st, &run_id, &m.worker_id)?;
             }
+            WorkerMessage::TaskOutput(_) => {}
             WorkerMessage::TaskRejected(m) => {
                 if run.state != RunState::Assigned || !held_here {
                     tracing::debug!(conn, run = %run_id, "rejection for a run not assigned to this connection; ignored");

@@ -109,7 +109,7 @@ pub struct CreateRunRequest {
     /// Passed to the task's container. Values are secrets: stored, sent to the
     /// worker, never returned by the API (only their names are).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub env_vars: BTreeMap<String, String>,
+    pub env_vars: BTreeMap<String, crate::secret::Secret>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance_shape: Option<InstanceShape>,
     /// The protocol's `agent_config_snapshot`.

@@ -67,7 +67,10 @@ fn decode<T: DeserializeOwned>(text: &str, known: &[&str]) -> Result<T, DecodeEr
 }
 
 pub fn decode_server_frame(text: &str) -> Result<ServerMessage, DecodeError> {
-    decode(text, &["task_assignment", "task_cancellation"])
+    decode(
+        text,
+        &["task_assignment", "task_cancellation", "report_ack"],
+    )
 }
 
 pub fn decode_worker_frame(text: &str) -> Result<WorkerMessage, DecodeError> {
@@ -78,6 +81,7 @@ pub fn decode_worker_frame(text: &str) -> Result<WorkerMessage, DecodeError> {
             "task_rejected",
             "task_completed",
             "task_failed",
+            "task_output",
         ],
     )
 }
@@ -101,7 +105,7 @@ mod tests {
         };
         assert_eq!(a.task.owner.as_ref().unwrap().kind, OwnerType::Team);
         assert_eq!(a.task.owner.as_ref().unwrap().id, 7);
-        assert_eq!(a.env_vars["A"], "1");
+        assert_eq!(a.env_vars["A"].expose_str(), "1");
         assert_eq!(a.execution_id, None);
     }
 
@@ -111,6 +115,7 @@ mod tests {
             task_id: "t".into(),
             message: "ok".into(),
             task_state: None,
+            execution_id: None,
         });
         assert_eq!(
             encode(&m),
@@ -121,6 +126,7 @@ mod tests {
             message: "m".into(),
             failure_reason: FailureReason::ContainerExit,
             exit_code: Some(3),
+            execution_id: None,
         });
         assert_eq!(
             encode(&f),

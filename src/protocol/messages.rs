@@ -3,6 +3,7 @@
 //! server can add fields without breaking us.
 
 use crate::protocol::FailureReason;
+use crate::secret::Secret;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -13,6 +14,9 @@ use std::collections::BTreeMap;
 pub enum ServerMessage {
     TaskAssignment(Box<TaskAssignment>),
     TaskCancellation(TaskCancellation),
+    /// Extension `report-ack` (docs/PROTOCOL.md): the server has durably
+    /// recorded a terminal report. Only sent when offered at the handshake.
+    ReportAck(ReportAck),
 }
 
 /// Worker → server.
@@ -23,6 +27,9 @@ pub enum WorkerMessage {
     TaskRejected(TaskRejected),
     TaskCompleted(TaskCompleted),
     TaskFailed(TaskFailed),
+    /// Extension `task-output` (docs/PROTOCOL.md): a chunk of a running
+    /// task's output. Only sent when the server offered it at the handshake.
+    TaskOutput(TaskOutput),
 }
 
 impl WorkerMessage {
@@ -32,6 +39,29 @@ impl WorkerMessage {
             WorkerMessage::TaskRejected(m) => &m.task_id,
             WorkerMessage::TaskCompleted(m) => &m.task_id,
             WorkerMessage::TaskFailed(m) => &m.task_id,
+            WorkerMessage::TaskOutput(m) => &m.task_id,
+        }
+    }
+
+    /// The execution this message is about, when it names one.
+    pub fn execution_id(&self) -> Option<&str> {
+        match self {
+            WorkerMessage::TaskClaimed(m) => m.execution_id.as_deref(),
+            WorkerMessage::TaskRejected(_) => None,
+            WorkerMessage::TaskCompleted(m) => m.execution_id.as_deref(),
+            WorkerMessage::TaskFailed(m) => m.execution_id.as_deref(),
+            WorkerMessage::TaskOutput(m) => m.execution_id.as_deref(),
+        }
+    }
+
+    /// The wire name of the message type (`task_claimed`, …).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            WorkerMessage::TaskClaimed(_) => "task_claimed",
+            WorkerMessage::TaskRejected(_) => "task_rejected",
+            WorkerMessage::TaskCompleted(_) => "task_completed",
+            WorkerMessage::TaskFailed(_) => "task_failed",
+            WorkerMessage::TaskOutput(_) => "task_output",
         }
     }
 
@@ -55,9 +85,9 @@ pub struct TaskAssignment {
     pub docker_image: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sidecar_image: Option<String>,
-    /// Contains secrets: never log the values.
+    /// Values are secrets: they never reach `Debug`, logs or errors.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub env_vars: BTreeMap<String, String>,
+    pub env_vars: BTreeMap<String, Secret>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub additional_sidecars: Vec<SidecarSpec>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -132,7 +162,7 @@ pub struct AgentConfigSnapshot {
     pub harness: Option<Harness>,
     /// Opaque to the worker; contains secrets.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub harness_auth_secrets: Option<serde_json::Value>,
+    pub harness_auth_secrets: Option<Secret<serde_json::Value>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inference_providers: Option<InferenceProviders>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -200,6 +230,10 @@ pub struct TaskCancellation {
 pub struct TaskClaimed {
     pub task_id: String,
     pub worker_id: String,
+    /// Extension `task-reannounce` only: which execution is claimed. Never
+    /// sent to a server that did not offer the extension.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub execution_id: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -215,6 +249,9 @@ pub struct TaskCompleted {
     /// `CANCELLED` when the task was cancelled on the server's request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task_state: Option<String>,
+    /// The assignment's execution id, when it had one (the Go worker's PR #139).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub execution_id: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -225,6 +262,45 @@ pub struct TaskFailed {
     /// Process exit status, signals as 128+N; omitted when there is none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i64>,
+    /// The assignment's execution id, when it had one (the Go worker's PR #139).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub execution_id: Option<String>,
+}
+
+/// Extension `report-ack`: the terminal report for this task (and execution,
+/// when the report named one) is durably recorded; the worker may forget it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ReportAck {
+    pub task_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub execution_id: Option<String>,
+}
+
+/// Which output stream a [`TaskOutput`] chunk came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputStream {
+    Stdout,
+    Stderr,
+}
+
+/// Extension `task-output`: a chunk of a running task's output, in order.
+/// `data` is UTF-8 (invalid bytes replaced). `dropped_bytes` counts output
+/// the worker dropped before this chunk because the link was slower than
+/// the task (bounded buffer); it is omitted when zero.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct TaskOutput {
+    pub task_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub execution_id: Option<String>,
+    pub stream: OutputStream,
+    pub data: String,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub dropped_bytes: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 pub const TASK_STATE_CANCELLED: &str = "CANCELLED";

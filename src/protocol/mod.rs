@@ -3,9 +3,11 @@
 //! types; nothing here does I/O.
 
 mod codec;
+pub mod extensions;
 mod failure;
 mod messages;
 
 pub use codec::{decode_server_frame, decode_worker_frame, encode, DecodeError};
+pub use extensions::Extensions;
 pub use failure::FailureReason;
 pub use messages::*;

@@ -172,5 +172,6 @@ fn kind(msg: &WorkerMessage) -> &'static str {
         WorkerMessage::TaskRejected(_) => "task_rejected",
         WorkerMessage::TaskCompleted(_) => "task_completed",
         WorkerMessage::TaskFailed(_) => "task_failed",
+        WorkerMessage::TaskOutput(_) => "task_output",
     }
 }

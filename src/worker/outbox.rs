@@ -91,6 +91,7 @@ mod tests {
             task_id: id.into(),
             message: "ok".into(),
             task_state: None,
+            execution_id: None,
         })
     }
 

@@ -104,6 +104,7 @@ mod tests {
             message: "m".into(),
             failure_reason: FailureReason::GracefulShutdown,
             exit_code: None,
+            execution_id: None,
         })
     }
 

@@ -101,7 +101,7 @@ pub fn build(a: &TaskAssignment, config: &WorkerConfig) -> Result<TaskSpec, Inva
     env.set("GH_PROMPT_DISABLED", "1");
     env.set("WARP_SERVER_ROOT_URL", &config.server_root_url);
     for (k, v) in &a.env_vars {
-        env.set(k, v);
+        env.set(k, v.expose_str());
     }
     for (k, v) in &config.env {
         env.set(k, v.expose());

@@ -123,6 +123,7 @@ impl<R: TaskRuntime> TaskManager<R> {
             let claim = WorkerMessage::TaskClaimed(TaskClaimed {
                 task_id: task_id.clone(),
                 worker_id: this.config.worker_id.clone(),
+                execution_id: None,
             });
             if !link.send(claim).await {
                 // Without a delivered claim the server re-queues the task; running
@@ -221,6 +222,7 @@ impl<R: TaskRuntime> Inbound for Dispatch<R> {
     fn message(&self, msg: ServerMessage, link: &Link) {
         match msg {
             ServerMessage::TaskAssignment(a) => self.0.assign(*a, link),
+            ServerMessage::ReportAck(_) => {}
             ServerMessage::TaskCancellation(c) => {
                 if self.0.stop(&c.task_id, StopCause::Cancelled) {
                     tracing::info!(
@@ -245,6 +247,7 @@ impl<R: TaskRuntime> Inbound for Dispatch<R> {
             let claim = WorkerMessage::TaskClaimed(TaskClaimed {
                 task_id: task_id.clone(),
                 worker_id: manager.config.worker_id.clone(),
+                execution_id: None,
             });
             if link.send(claim).await {
                 manager.metrics.finished(
@@ -274,6 +277,7 @@ fn failed(
         message,
         failure_reason: reason,
         exit_code,
+        execution_id: None,
     })
 }
 
@@ -283,6 +287,7 @@ fn report(task_id: &str, outcome: TaskOutcome, cause: Option<StopCause>) -> Work
             task_id: task_id.into(),
             message: "the agent exited successfully".into(),
             task_state: None,
+            execution_id: None,
         }),
         (
             TaskOutcome::Failed {
@@ -302,6 +307,7 @@ fn report(task_id: &str, outcome: TaskOutcome, cause: Option<StopCause>) -> Work
             task_id: task_id.into(),
             message: "cancelled on the server's request; the container was stopped".into(),
             task_state: Some(TASK_STATE_CANCELLED.into()),
+            execution_id: None,
         }),
     }
 }

@@ -123,6 +123,7 @@ impl ScriptedWorker {
         self.send(WorkerMessage::TaskClaimed(TaskClaimed {
             task_id: task_id.into(),
             worker_id,
+            execution_id: None,
         }))
         .await;
     }
@@ -140,6 +141,7 @@ impl ScriptedWorker {
             task_id: task_id.into(),
             message: "done".into(),
             task_state: task_state.map(str::to_string),
+            execution_id: None,
         }))
         .await;
     }
@@ -150,6 +152,7 @@ impl ScriptedWorker {
             message: "it broke".into(),
             failure_reason: reason,
             exit_code,
+            execution_id: None,
         }))
         .await;
     }

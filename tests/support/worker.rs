@@ -212,7 +212,7 @@ pub fn demo_run(host: &str, env: &[(&str, &str)]) -> CreateRunRequest {
         sidecar_image: Some(SIDECAR.into()),
         env_vars: env
             .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .map(|(k, v)| (k.to_string(), (*v).into()))
             .collect(),
         ..Default::default()
     }
