@@ -23,7 +23,11 @@ pub fn all() -> Vec<(&'static str, String)> {
         ("control-plane-runs.openapi.json", openapi),
         (
             "worker-config.schema.json",
-            pretty::<crate::worker::config::FileConfig>(),
+            pretty::<crate::cli::config_file::ConfigFile>(),
+        ),
+        (
+            "command-dispatch-payload.schema.json",
+            pretty::<crate::runtime::command::payload::DispatchPayload>(),
         ),
     ]
 }

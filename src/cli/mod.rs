@@ -2,6 +2,7 @@
 //! the module of the layer it drives; this file only wires them together.
 
 pub mod check;
+pub mod config_file;
 pub mod control_plane;
 pub mod internal;
 pub mod logging;

@@ -1,9 +1,22 @@
-//! The worker's own flags (no subcommand), as the reference worker has them.
-//! Every flag is an `Option` so "given on the command line" is visible even
-//! when the value is 0 or empty: an explicit flag always beats the file.
+//! The worker's own flags (no subcommand), as the Go worker has them, and
+//! the composition root: it reads the config file, chooses the runtime
+//! (`--backend`, or the one section the file has), resolves each layer's
+//! settings and starts the core over the chosen runtime. Every flag is an
+//! `Option` so "given on the command line" is visible even when the value is
+//! 0 or empty: an explicit flag always beats the file.
 
+use crate::cli::config_file::{self, BackendSections, ConfigFile};
+use crate::operator_env::{self, EnvLookup, ProcessEnv};
+use crate::runtime::{Runtime, RuntimeContext};
+use crate::secret::Secret;
+use crate::worker::config::{CoreInputs, WorkerConfig};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+
+fn secret(s: &str) -> Result<Secret, std::convert::Infallible> {
+    Ok(Secret::new(s))
+}
 
 #[derive(Debug, Default, Clone, clap::Args)]
 pub struct WorkerArgs {
@@ -11,21 +24,24 @@ pub struct WorkerArgs {
     #[arg(long)]
     pub worker_id: Option<String>,
     /// API key for the orchestrator.
-    #[arg(long, env = "WARP_API_KEY", hide_env_values = true)]
-    pub api_key: Option<String>,
+    #[arg(long, env = "WARP_API_KEY", hide_env_values = true, value_parser = secret)]
+    pub api_key: Option<Secret>,
+    /// The runtime: docker (default), direct or command. Default: the config file's one backend section, else docker.
+    #[arg(long, value_name = "BACKEND")]
+    pub backend: Option<String>,
     /// debug, info, warn or error.
     #[arg(long, default_value = "info", value_parser = ["debug", "info", "warn", "error"])]
     pub log_level: String,
     /// text (default) or json, one object per line, for log pipelines.
     #[arg(long, value_enum, default_value_t)]
     pub log_format: super::logging::LogFormat,
-    /// Keep task containers after they exit (for debugging).
+    /// Keep what a task leaves (containers, workspaces) after it ends, for debugging.
     #[arg(long)]
     pub no_cleanup: bool,
-    /// Extra bind mount for every task: HOST:CONTAINER[:ro|rw]. Repeatable.
-    #[arg(short = 'v', long = "volumes", value_name = "HOST:CONTAINER[:ro|rw]")]
+    /// Extra bind mount for every task (docker): HOST:CONTAINER[:OPTIONS]. Repeatable; added to the file's.
+    #[arg(short = 'v', long = "volumes", value_name = "HOST:CONTAINER[:OPTIONS]")]
     pub volumes: Vec<String>,
-    /// Environment for every task: KEY=VALUE, or KEY to pass the worker's own value through. Repeatable.
+    /// Environment for every task: KEY=VALUE, or KEY to pass the worker's own value through. Repeatable; overlays the file's.
     #[arg(short = 'e', long = "env", value_name = "KEY[=VALUE]")]
     pub env: Vec<String>,
     /// Most tasks run at once; more are rejected (0 = unlimited).
@@ -37,21 +53,27 @@ pub struct WorkerArgs {
     /// YAML configuration file (flags override it).
     #[arg(long)]
     pub config_file: Option<PathBuf>,
-    /// When to pull task and sidecar images: always, if-not-present or never.
+    /// Run every task in this existing folder (direct runtime) instead of a per-task workspace.
+    #[arg(long, value_name = "DIR")]
+    pub target_dir: Option<PathBuf>,
+    /// When to pull task and sidecar images (docker): always, if-not-present or never.
     #[arg(long, value_name = "POLICY")]
     pub pull_policy: Option<String>,
-    /// How long a cancelled task's container gets between SIGTERM and SIGKILL (e.g. 10s).
+    /// How long a stopped task gets between SIGTERM and SIGKILL (e.g. 10s).
     #[arg(long, value_name = "DURATION")]
     pub stop_grace_period: Option<String>,
-    /// On SIGINT/SIGTERM, how long to wait for running tasks to clean up and report (e.g. 30s).
+    /// On SIGINT/SIGTERM, how long running tasks get to stop and report before they are killed (e.g. 30s).
     #[arg(long, value_name = "DURATION")]
     pub shutdown_timeout: Option<String>,
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9090).
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<String>,
-    /// Where undelivered reports wait for the next start (default ~/.local/state/oz-agent-worker).
+    /// Serve /healthz (liveness) and /readyz (readiness) at http://ADDR (e.g. 0.0.0.0:8081).
+    #[arg(long, env = "OZ_HEALTH_LISTEN", value_name = "ADDR")]
+    pub health_listen: Option<String>,
+    /// Where the claim journal lives (default ~/.local/state/oz-agent-worker). Keep it across restarts.
     #[arg(long, value_name = "DIR")]
-    pub state_dir: Option<std::path::PathBuf>,
+    pub state_dir: Option<PathBuf>,
     /// WebSocket ping interval (protocol: 30s; for tests).
     #[arg(long, hide = true, value_name = "DURATION")]
     pub ping_interval: Option<String>,
@@ -64,36 +86,311 @@ pub struct WorkerArgs {
     /// Server root URL handed to the agent.
     #[arg(long, hide = true)]
     pub server_root_url: Option<String>,
+    /// Session sharing server URL handed to the agent.
+    #[arg(long, hide = true)]
+    pub session_sharing_server_url: Option<String>,
+}
+
+/// The runtimes this build has, by `--backend` name.
+pub const BACKENDS: [&str; 3] = ["docker", "direct", "command"];
+
+/// `--backend`, else the file's one section (the Go worker checks them as
+/// direct, kubernetes, command, docker), else docker. Two sections are an
+/// error naming both; `kubernetes` is recognised and refused.
+pub fn select_backend(
+    flag: Option<&str>,
+    sections: &BackendSections,
+) -> Result<(&'static str, Option<String>), String> {
+    let present = sections.present();
+    if present.len() > 1 {
+        return Err(format!(
+            "the config file has backend sections for {}; keep exactly one (or none, for docker)",
+            present.join(" and ")
+        ));
+    }
+    let refuse_kubernetes = || {
+        "the kubernetes backend is not supported by this worker yet; use docker, direct or command \
+         (or keep running the Go worker for Kubernetes)"
+            .to_string()
+    };
+    let chosen = match flag.map(str::trim).filter(|f| !f.is_empty()) {
+        Some("kubernetes") => return Err(refuse_kubernetes()),
+        Some(f) => *BACKENDS.iter().find(|b| **b == f).ok_or_else(|| {
+            format!("--backend {f:?} is not a backend; use docker, direct or command")
+        })?,
+        None => match present.first() {
+            Some(&"kubernetes") => return Err(refuse_kubernetes()),
+            Some(s) => s,
+            None => "docker",
+        },
+    };
+    // The Go worker silently ignores a section for another backend; say so.
+    let ignored = present.first().filter(|s| **s != chosen).map(|s| {
+        format!("--backend {chosen} is given, so the config file's backend.{s} section is ignored")
+    });
+    Ok((chosen, ignored))
+}
+
+fn core_inputs(args: &WorkerArgs, file: &ConfigFile) -> CoreInputs {
+    CoreInputs {
+        flag_worker_id: args.worker_id.clone(),
+        file_worker_id: file.worker_id.clone(),
+        flag_api_key: args.api_key.clone(),
+        flag_max_concurrent_tasks: args.max_concurrent_tasks,
+        file_max_concurrent_tasks: file.max_concurrent_tasks,
+        flag_idle_on_complete: args.idle_on_complete.clone(),
+        file_idle_on_complete: file.idle_on_complete.clone(),
+        flag_shutdown_timeout: args.shutdown_timeout.clone(),
+        flag_metrics_listen: args.metrics_listen.clone(),
+        file_metrics_listen: file.metrics_listen.clone(),
+        flag_health_listen: args.health_listen.clone(),
+        file_health_listen: file.health_listen.clone(),
+        flag_state_dir: args.state_dir.clone(),
+        flag_web_socket_url: args.web_socket_url.clone(),
+        flag_server_root_url: args.server_root_url.clone(),
+        flag_session_sharing_server_url: args.session_sharing_server_url.clone(),
+        flag_ping_interval: args.ping_interval.clone(),
+        flag_read_timeout: args.read_timeout.clone(),
+    }
+}
+
+/// Everything resolved from flags, file and environment, before any I/O
+/// beyond reading the file.
+#[derive(Debug)]
+pub struct Resolved {
+    pub core: WorkerConfig,
+    pub backend: &'static str,
+    pub sections: BackendSections,
+    pub cleanup: bool,
+    pub env: Vec<(String, Secret)>,
+    /// To log once logging is up.
+    pub warnings: Vec<String>,
+}
+
+pub fn resolve(args: &WorkerArgs, env: &dyn EnvLookup) -> Result<Resolved, String> {
+    let file = match &args.config_file {
+        Some(path) => config_file::load(path)?,
+        None => ConfigFile::default(),
+    };
+    let core = WorkerConfig::resolve(&core_inputs(args, &file), env).map_err(|e| e.0)?;
+    let sections = file.backend.clone().unwrap_or_default();
+    let (backend, ignored) = select_backend(args.backend.as_deref(), &sections)?;
+    let mut warnings: Vec<String> = ignored.into_iter().collect();
+    let operator = operator_env::resolve(sections.environment(backend), &args.env, env)?;
+    warnings.extend(operator.warnings);
+    if !args.volumes.is_empty() && backend != "docker" {
+        return Err(format!(
+            "-v/--volumes only applies to the docker backend, and this worker runs the {backend} backend"
+        ));
+    }
+    if args.target_dir.is_some() && backend != "direct" {
+        return Err(format!(
+            "--target-dir only applies to the direct backend, and this worker runs the {backend} backend"
+        ));
+    }
+    // `--no-cleanup` can only turn cleanup off (the Go worker's rule).
+    let cleanup = !args.no_cleanup && file.cleanup.unwrap_or(true);
+    Ok(Resolved {
+        core,
+        backend,
+        sections,
+        cleanup,
+        env: operator.env,
+        warnings,
+    })
+}
+
+async fn build_runtime(
+    args: &WorkerArgs,
+    r: &Resolved,
+    env: &dyn EnvLookup,
+) -> Result<Arc<dyn Runtime>, String> {
+    let ctx = RuntimeContext {
+        worker_id: r.core.worker_id.clone(),
+        state_dir: crate::worker::journal::worker_dir(&r.core.state_dir, &r.core.worker_id)
+            .join(r.backend),
+    };
+    match r.backend {
+        "docker" => {
+            use crate::runtime::docker::config::{DockerFlags, Settings};
+            let settings = Settings::resolve(
+                &r.sections.docker.clone().unwrap_or_default(),
+                &DockerFlags {
+                    volumes: args.volumes.clone(),
+                    pull_policy: args.pull_policy.clone(),
+                    stop_grace_period: args.stop_grace_period.clone(),
+                },
+                r.cleanup,
+                r.env.clone(),
+            )?;
+            let rt =
+                crate::runtime::docker::DockerRuntime::from_environment(&ctx, settings).await?;
+            Ok(Arc::new(rt))
+        }
+        "direct" => {
+            use crate::runtime::direct::config::{DirectFlags, Settings};
+            let settings = Settings::resolve(
+                &r.sections.direct.clone().unwrap_or_default(),
+                &DirectFlags {
+                    target_dir: args.target_dir.clone(),
+                    stop_grace_period: args.stop_grace_period.clone(),
+                },
+                r.cleanup,
+                r.env.clone(),
+                env.var("PATH").as_deref(),
+            )?;
+            Ok(Arc::new(crate::runtime::direct::DirectRuntime::new(
+                ctx, settings,
+            )?))
+        }
+        "command" => {
+            use crate::runtime::command::config::Settings;
+            let settings = Settings::resolve(
+                &r.sections.command.clone().unwrap_or_default(),
+                r.env.clone(),
+            )?;
+            Ok(Arc::new(crate::runtime::command::CommandRuntime::new(
+                ctx, settings,
+            )?))
+        }
+        other => Err(format!("unknown backend {other}")),
+    }
 }
 
 pub async fn run(args: WorkerArgs) -> ExitCode {
     super::logging::init_with(&args.log_level, args.log_format);
-    let config = match crate::worker::config::WorkerConfig::resolve(
-        &args,
-        &crate::worker::config::ProcessEnv,
-    ) {
-        Ok(config) => config,
+    let resolved = match resolve(&args, &ProcessEnv) {
+        Ok(r) => r,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(2);
         }
     };
-    // The composition root: the Docker runtime is chosen here, so the worker
-    // core never names it.
-    let settings = crate::runtime::docker::Settings {
-        cleanup: config.cleanup,
-        pull_policy: config.pull_policy,
-        stop_grace_period: config.stop_grace_period,
+    for w in &resolved.warnings {
+        tracing::warn!("{w}");
+    }
+    if args.pull_policy.is_some() && resolved.backend != "docker" {
+        tracing::warn!("--pull-policy only applies to the docker backend; ignored");
+    }
+    let runtime = match build_runtime(&args, &resolved, &ProcessEnv).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
     };
-    let runtime =
-        match crate::runtime::docker::DockerRuntime::from_environment(&config.worker_id, settings)
-            .await
-        {
-            Ok(r) => std::sync::Arc::new(r),
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::FAILURE;
+    crate::worker::run_with(resolved.core, runtime, crate::worker::shutdown_signal()).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+    use std::io::Write;
+
+    fn sections(yaml: &str) -> BackendSections {
+        config_file::parse(yaml)
+            .unwrap()
+            .backend
+            .unwrap_or_default()
+    }
+
+    /// The Go worker's selection rules (main.go, BACKENDS.md §1).
+    #[test]
+    fn backend_selection_table() {
+        let none = BackendSections::default();
+        let direct = sections("backend:\n  direct: {}\n");
+        let k8s = sections("backend:\n  kubernetes: {}\n");
+        let two = sections("backend:\n  direct: {}\n  docker: {}\n");
+        let cases: &[(Option<&str>, &BackendSections, Result<&str, &str>)] = &[
+            (None, &none, Ok("docker")),
+            (None, &direct, Ok("direct")),
+            (Some("command"), &none, Ok("command")),
+            (Some("docker"), &direct, Ok("docker")),
+            (Some(""), &direct, Ok("direct")),
+            (None, &two, Err("direct and docker")),
+            (Some("docker"), &two, Err("direct and docker")),
+            (None, &k8s, Err("not supported")),
+            (Some("kubernetes"), &none, Err("not supported")),
+            (Some("podman"), &none, Err("\"podman\" is not a backend")),
+            // Case-sensitive, like the Go worker's enum.
+            (Some("Docker"), &none, Err("is not a backend")),
+        ];
+        for (flag, s, want) in cases {
+            match (select_backend(*flag, s), want) {
+                (Ok((got, _)), Ok(want)) => assert_eq!(got, *want, "{flag:?}"),
+                (Err(e), Err(want)) => assert!(e.contains(want), "{flag:?}: {e}"),
+                (got, want) => panic!("{flag:?}: got {got:?}, want {want:?}"),
             }
+        }
+        let (_, warning) = select_backend(Some("docker"), &direct).unwrap();
+        assert!(warning
+            .unwrap()
+            .contains("backend.direct section is ignored"));
+    }
+
+    fn args_with_file(yaml: &str) -> (tempfile::NamedTempFile, WorkerArgs) {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(yaml.as_bytes()).unwrap();
+        let a = WorkerArgs {
+            api_key: Some(Secret::new("k")),
+            config_file: Some(f.path().to_path_buf()),
+            ..Default::default()
         };
-    crate::worker::run_with(config, runtime, crate::worker::shutdown_signal()).await
+        (f, a)
+    }
+
+    #[test]
+    fn the_chosen_sections_environment_is_overlaid_by_flags() {
+        let (_f, mut a) = args_with_file(
+            "worker_id: w\nbackend:\n  docker:\n    environment:\n      - name: A\n        value: file\n      - name: B\n        value: file\n",
+        );
+        a.env = vec!["B=flag".into(), "C".into()];
+        let r = resolve(&a, &HashMap::new()).unwrap();
+        let env: Vec<(&str, &str)> = r
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.expose_str()))
+            .collect();
+        assert_eq!(env, [("A", "file"), ("B", "flag"), ("C", "")]);
+        assert!(
+            r.warnings.iter().any(|w| w.contains('C')),
+            "{:?}",
+            r.warnings
+        );
+    }
+
+    #[test]
+    fn runtime_specific_flags_are_refused_for_other_runtimes() {
+        let (_f, mut a) =
+            args_with_file("worker_id: w\nbackend:\n  command:\n    dispatch_command: x\n");
+        a.volumes = vec!["/a:/a".into()];
+        assert!(resolve(&a, &HashMap::new())
+            .unwrap_err()
+            .contains("docker backend"));
+        a.volumes.clear();
+        a.target_dir = Some("/tmp".into());
+        assert!(resolve(&a, &HashMap::new())
+            .unwrap_err()
+            .contains("direct backend"));
+    }
+
+    #[test]
+    fn no_cleanup_can_only_turn_cleanup_off() {
+        let (_f, mut a) = args_with_file("worker_id: w\ncleanup: false\n");
+        assert!(!resolve(&a, &HashMap::new()).unwrap().cleanup);
+        a.no_cleanup = true;
+        assert!(!resolve(&a, &HashMap::new()).unwrap().cleanup);
+        let (_f, a) = args_with_file("worker_id: w\n");
+        assert!(resolve(&a, &HashMap::new()).unwrap().cleanup);
+    }
+
+    #[test]
+    fn the_api_key_never_shows_in_debug() {
+        let a = WorkerArgs {
+            api_key: Some(Secret::new("sekrit-123")),
+            ..Default::default()
+        };
+        assert!(!format!("{a:?}").contains("sekrit-123"));
+    }
 }

@@ -51,6 +51,13 @@ reasons! {
     Cleanup => "cleanup",
     Unknown => "unknown",
     WorkerLost => "worker_lost",
+    // The Go worker's direct backend.
+    WorkspaceSetup => "workspace_setup",
+    SetupCommand => "setup_command",
+    AgentInvocation => "agent_invocation",
+    // The Go worker's command backend.
+    DispatchCommand => "dispatch_command",
+    DispatchTimeout => "dispatch_timeout",
 }
 
 impl From<FailureReason> for String {

@@ -1,9 +1,13 @@
 //! One live WebSocket connection to the orchestrator. A single loop owns the
 //! socket, so exactly one place writes to it: frames from the task manager,
-//! terminal messages from the outbox, pings and the final close.
+//! terminal reports from [`Delivery`], pings and the final close. It also
+//! turns what proves delivery (a `report_ack`, or a pong after a report)
+//! into confirmations.
 
-use crate::protocol::{decode_server_frame, encode, DecodeError, ServerMessage, WorkerMessage};
-use crate::worker::outbox::TerminalOutbox;
+use crate::protocol::{
+    decode_server_frame, encode, DecodeError, Extensions, ServerMessage, WorkerMessage,
+};
+use crate::worker::delivery::{ConnectionId, Delivery};
 use futures_util::{SinkExt, StreamExt};
 use std::time::Duration;
 use tokio::net::TcpStream;
@@ -26,6 +30,7 @@ pub struct Timing {
 }
 
 impl Default for Timing {
+    /// docs/PROTOCOL.md: ping every 30 s, 60 s read deadline, 10 s writes.
     fn default() -> Self {
         Timing {
             ping_interval: Duration::from_secs(30),
@@ -35,12 +40,14 @@ impl Default for Timing {
     }
 }
 
-/// A handle for sending connection-bound frames (claims, rejections). They
-/// only mean something on the connection that received the assignment, so
-/// they are never retried on another one.
+/// A handle for sending connection-bound frames (claims, rejections, live
+/// output). They only mean something on the connection they were made for,
+/// so they are never retried on another one.
 #[derive(Clone)]
 pub struct Link {
     tx: mpsc::Sender<(WorkerMessage, oneshot::Sender<bool>)>,
+    extensions: Extensions,
+    id: ConnectionId,
 }
 
 impl Link {
@@ -52,10 +59,39 @@ impl Link {
         }
         written.await.unwrap_or(false)
     }
+
+    /// What the server offered on this connection.
+    pub fn extensions(&self) -> Extensions {
+        self.extensions
+    }
+
+    pub fn id(&self) -> ConnectionId {
+        self.id
+    }
+
+    /// Whether the connection is still being driven.
+    pub fn is_open(&self) -> bool {
+        !self.tx.is_closed()
+    }
+}
+
+/// What a test sees of a [`Link`]: every frame, with the channel that says
+/// whether it was written.
+#[cfg(test)]
+pub type TestWire = mpsc::Receiver<(WorkerMessage, oneshot::Sender<bool>)>;
+
+#[cfg(test)]
+impl Link {
+    pub fn for_test(extensions: Extensions, id: ConnectionId) -> (Link, TestWire) {
+        let (tx, rx) = mpsc::channel(64);
+        (Link { tx, extensions, id }, rx)
+    }
 }
 
 /// What the connection delivers upward.
 pub trait Inbound: Send + Sync {
+    /// A new connection is up; called before anything is read from it.
+    fn connected(&self, link: &Link);
     fn message(&self, msg: ServerMessage, link: &Link);
     /// An assignment whose body did not decode but whose task id is known.
     fn undecodable_assignment(&self, task_id: String, error: String, link: &Link);
@@ -65,58 +101,154 @@ pub trait Inbound: Send + Sync {
 pub enum Ended {
     /// We closed it normally on request.
     Closed,
+    /// The server closed it (the reason is for the log).
+    ClosedByServer(String),
     /// It broke; the reason is for the log.
     Dropped(String),
 }
 
+struct State<'a> {
+    conn: ConnectionId,
+    extensions: Extensions,
+    delivery: &'a Delivery,
+    inbound: &'a dyn Inbound,
+    link: Link,
+    ping_seq: u64,
+}
+
+impl State<'_> {
+    fn pong(&self, payload: &[u8]) {
+        // With report-ack only the ack proves a report was recorded.
+        if self.extensions.report_ack {
+            return;
+        }
+        if let Ok(bytes) = <[u8; 8]>::try_from(payload) {
+            let n = self.delivery.pong(self.conn, u64::from_be_bytes(bytes));
+            if n > 0 {
+                tracing::debug!("{n} report(s) confirmed by a pong");
+            }
+        }
+    }
+
+    fn text(&self, text: &str) {
+        match decode_server_frame(text) {
+            Ok(ServerMessage::ReportAck(ack)) => {
+                if self.extensions.report_ack {
+                    self.delivery
+                        .acked(&ack.task_id, ack.execution_id.as_deref());
+                } else {
+                    tracing::debug!(
+                        task_id = ack.task_id,
+                        "ignoring a report_ack the server did not offer"
+                    );
+                }
+            }
+            Ok(msg) => self.inbound.message(msg, &self.link),
+            Err(DecodeError::BadBody {
+                kind,
+                task_id: Some(task_id),
+                error,
+            }) if kind == "task_assignment" => self
+                .inbound
+                .undecodable_assignment(task_id, error, &self.link),
+            Err(e @ DecodeError::UnknownType(_)) => tracing::info!("ignoring frame: {e}"),
+            // Never echo the frame: an assignment carries secrets.
+            Err(e) => tracing::warn!("ignoring frame ({} bytes): {e}", text.len()),
+        }
+    }
+}
+
+/// Drives one connection until it ends. `conn` must be new for every
+/// connection: reports written on an earlier one are sent again here.
 pub async fn drive(
     mut ws: Socket,
+    conn: ConnectionId,
+    extensions: Extensions,
     timing: Timing,
-    outbox: &TerminalOutbox,
+    delivery: &Delivery,
     inbound: &dyn Inbound,
     close: &CancellationToken,
 ) -> Ended {
     let (tx, mut rx) = mpsc::channel::<(WorkerMessage, oneshot::Sender<bool>)>(32);
-    let link = Link { tx };
+    let mut st = State {
+        conn,
+        extensions,
+        delivery,
+        inbound,
+        link: Link {
+            tx,
+            extensions,
+            id: conn,
+        },
+        ping_seq: 0,
+    };
+    inbound.connected(&st.link);
     let mut deadline = Instant::now() + timing.read_timeout;
     let mut ping =
         tokio::time::interval_at(Instant::now() + timing.ping_interval, timing.ping_interval);
 
     loop {
-        // Undelivered terminal messages go first, before anything new.
-        while let Some(msg) = outbox.front() {
+        // Unconfirmed reports go first, before anything new; then, without
+        // report-ack, a ping whose pong proves they were read.
+        let mut wrote_report = false;
+        while let Some((task, msg)) = delivery.next_unwritten(conn) {
             if let Err(e) = write(&mut ws, Message::text(encode(&msg)), timing).await {
                 return Ended::Dropped(format!(
                     "writing {} for task {}: {e}",
-                    kind(&msg),
+                    msg.kind(),
                     msg.task_id()
                 ));
             }
-            tracing::info!(task_id = msg.task_id(), "reported {}", kind(&msg));
-            outbox.delivered(msg.task_id());
+            delivery.written(&task, conn, st.ping_seq + 1);
+            tracing::info!(
+                task_id = msg.task_id(),
+                execution_id = msg.execution_id().unwrap_or(""),
+                "sent {}",
+                msg.kind()
+            );
+            wrote_report = true;
+        }
+        if wrote_report && !extensions.report_ack {
+            st.ping_seq += 1;
+            if let Err(e) = write(&mut ws, ping_frame(st.ping_seq), timing).await {
+                return Ended::Dropped(format!("sending ping: {e}"));
+            }
         }
         tokio::select! {
             _ = close.cancelled() => {
                 let frame = CloseFrame { code: CloseCode::Normal, reason: "worker shutting down".into() };
                 let _ = write(&mut ws, Message::Close(Some(frame)), timing).await;
-                // Give the server a moment to answer the close handshake.
+                // Give the server a moment to answer the close handshake;
+                // acks and pongs that arrive meanwhile still count.
                 let _ = tokio::time::timeout(Duration::from_secs(2), async {
                     while let Some(Ok(m)) = ws.next().await {
-                        if m.is_close() { break; }
+                        match m {
+                            Message::Close(_) => break,
+                            Message::Pong(p) => st.pong(&p),
+                            Message::Text(t) => {
+                                if let Ok(ServerMessage::ReportAck(a)) = decode_server_frame(t.as_str()) {
+                                    if extensions.report_ack {
+                                        delivery.acked(&a.task_id, a.execution_id.as_deref());
+                                    }
+                                }
+                            }
+                            _ => {}
+                        }
                     }
                 }).await;
                 return Ended::Closed;
             }
-            _ = outbox.pushed() => {}
+            _ = delivery.pushed() => {}
             Some((msg, ack)) = rx.recv() => {
                 let ok = write(&mut ws, Message::text(encode(&msg)), timing).await;
                 let _ = ack.send(ok.is_ok());
                 if let Err(e) = ok {
-                    return Ended::Dropped(format!("writing {} for task {}: {e}", kind(&msg), msg.task_id()));
+                    return Ended::Dropped(format!("writing {} for task {}: {e}", msg.kind(), msg.task_id()));
                 }
             }
             _ = ping.tick() => {
-                if let Err(e) = write(&mut ws, Message::Ping(Default::default()), timing).await {
+                st.ping_seq += 1;
+                if let Err(e) = write(&mut ws, ping_frame(st.ping_seq), timing).await {
                     return Ended::Dropped(format!("sending ping: {e}"));
                 }
             }
@@ -128,31 +260,22 @@ pub async fn drive(
                 match frame {
                     None => return Ended::Dropped("the server closed the connection".into()),
                     Some(Err(e)) => return Ended::Dropped(format!("reading: {e}")),
-                    Some(Ok(Message::Text(text))) => handle_text(text.as_str(), inbound, &link),
+                    Some(Ok(Message::Text(text))) => st.text(text.as_str()),
+                    Some(Ok(Message::Pong(p))) => st.pong(&p),
                     Some(Ok(Message::Close(frame))) => {
                         let why = frame.map(|f| format!("{} {}", u16::from(f.code), f.reason)).unwrap_or_default();
-                        return Ended::Dropped(format!("the server closed the connection {why}").trim_end().to_string());
+                        return Ended::ClosedByServer(format!("the server closed the connection {why}").trim_end().to_string());
                     }
                     Some(Ok(Message::Binary(_))) => tracing::warn!("ignoring a binary frame: the protocol only uses JSON text frames"),
-                    Some(Ok(_)) => {} // ping (answered by tungstenite), pong
+                    Some(Ok(_)) => {} // pings are answered by tungstenite
                 }
             }
         }
     }
 }
 
-fn handle_text(text: &str, inbound: &dyn Inbound, link: &Link) {
-    match decode_server_frame(text) {
-        Ok(msg) => inbound.message(msg, link),
-        Err(DecodeError::BadBody {
-            kind,
-            task_id: Some(task_id),
-            error,
-        }) if kind == "task_assignment" => inbound.undecodable_assignment(task_id, error, link),
-        Err(e @ DecodeError::UnknownType(_)) => tracing::info!("ignoring frame: {e}"),
-        // Never echo the frame: an assignment carries secrets.
-        Err(e) => tracing::warn!("ignoring frame ({} bytes): {e}", text.len()),
-    }
+fn ping_frame(seq: u64) -> Message {
+    Message::Ping(seq.to_be_bytes().to_vec().into())
 }
 
 async fn write(ws: &mut Socket, msg: Message, timing: Timing) -> Result<(), String> {
@@ -163,15 +286,5 @@ async fn write(ws: &mut Socket, msg: Message, timing: Timing) -> Result<(), Stri
             "write did not finish within {:?}",
             timing.write_timeout
         )),
-    }
-}
-
-fn kind(msg: &WorkerMessage) -> &'static str {
-    match msg {
-        WorkerMessage::TaskClaimed(_) => "task_claimed",
-        WorkerMessage::TaskRejected(_) => "task_rejected",
-        WorkerMessage::TaskCompleted(_) => "task_completed",
-        WorkerMessage::TaskFailed(_) => "task_failed",
-        WorkerMessage::TaskOutput(_) => "task_output",
     }
 }

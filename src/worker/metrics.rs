@@ -32,6 +32,8 @@ pub enum TaskResult {
     Succeeded,
     Failed,
     Cancelled,
+    /// Handed to an outside system (the command runtime).
+    Dispatched,
 }
 
 impl TaskResult {
@@ -40,6 +42,7 @@ impl TaskResult {
             TaskResult::Succeeded => "succeeded",
             TaskResult::Failed => "failed",
             TaskResult::Cancelled => "cancelled",
+            TaskResult::Dispatched => "dispatched",
         }
     }
 }

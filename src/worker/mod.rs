@@ -1,40 +1,59 @@
-//! The worker core: configuration, the orchestrator session, the terminal
-//! outbox and the task lifecycle. It drives a [`crate::runtime::TaskRuntime`]
-//! and knows no Docker type.
+//! The worker core: configuration, the orchestrator session, the journal
+//! and delivery of reports, and the task lifecycle. It drives any
+//! [`crate::runtime::Runtime`] and knows no runtime's types.
 
 pub mod backoff;
 pub mod config;
 pub mod connection;
+pub mod delivery;
+pub mod invocation;
+pub mod journal;
 pub mod metrics;
-pub mod outbox;
-pub mod pending;
 pub mod session;
-pub mod task_spec;
 pub mod tasks;
 
-use crate::runtime::TaskRuntime;
+use crate::runtime::Runtime;
 use config::WorkerConfig;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
-/// The worker loop over any runtime; `shutdown` resolves when the worker
-/// should stop taking tasks and wind down.
-pub async fn run_with<R: TaskRuntime>(
+/// Exit status when the shutdown deadline passed before every task ended
+/// and every report was delivered: tasks were force-stopped, and reports
+/// still undelivered wait in the journal for the next start.
+pub const EXIT_DRAIN_INCOMPLETE: u8 = 3;
+
+/// How long, after the tasks have ended, a shutdown waits for their reports
+/// to be confirmed before leaving them to the next start.
+pub const DELIVERY_GRACE: Duration = Duration::from_secs(10);
+
+/// The worker over any runtime; `shutdown` resolves when the worker should
+/// stop taking tasks and wind down.
+///
+/// Exit status: 0 when the drain finished in time, [`EXIT_DRAIN_INCOMPLETE`]
+/// when it did not, 1 when the worker could not start (its state directory
+/// is unusable, the metrics address is taken).
+pub async fn run_with(
     config: WorkerConfig,
-    runtime: Arc<R>,
+    runtime: Arc<dyn Runtime>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> ExitCode {
-    tracing::info!(worker_id = %config.worker_id, backend = runtime.backend_name(), "starting: {}", runtime.describe());
-    let recovered = match runtime.recover_orphans().await {
-        Ok(r) => r,
+    tracing::info!(worker_id = %config.worker_id, backend = runtime.name(), "starting: {}", runtime.describe());
+    let (journal, inherited) = match journal::Journal::open(&config.state_dir, &config.worker_id) {
+        Ok(j) => j,
         Err(e) => {
-            tracing::warn!("could not look for containers left by an earlier run: {e}");
-            Vec::new()
+            eprintln!(
+                    "error: cannot use the state directory {}: {e}; the worker records every claim there before \
+                     it runs a task. Fix its permissions or choose another with --state-dir",
+                    config.state_dir.display()
+                );
+            return ExitCode::FAILURE;
         }
     };
+    let journal = Arc::new(journal);
     let metrics = metrics::Metrics::new(
         &config.worker_id,
-        runtime.backend_name(),
+        runtime.name(),
         config.max_concurrent_tasks,
     );
     if let Some(addr) = config.metrics_listen {
@@ -47,24 +66,53 @@ pub async fn run_with<R: TaskRuntime>(
         }
     }
     let config = Arc::new(config);
-    let outbox = Arc::new(outbox::TerminalOutbox::default());
-    let manager = tasks::TaskManager::new(runtime, config.clone(), outbox.clone(), metrics.clone());
-    // Reported on the first connection, like any other terminal message.
-    manager.report_recovered(recovered);
-    let instance = pending::instance_id();
-    for msg in pending::take(&config.state_dir, &config.worker_id, &instance) {
+    let delivery = Arc::new(delivery::Delivery::new(journal.clone()));
+    let manager = tasks::TaskManager::new(
+        runtime.clone(),
+        config.clone(),
+        journal.clone(),
+        delivery.clone(),
+        metrics.clone(),
+    );
+
+    // What dead earlier instances left: reports to deliver, executions to
+    // resolve. Reported on the first connection, like any other report.
+    for (task, report) in inherited.undelivered {
         tracing::info!(
-            task_id = msg.task_id(),
+            task_id = task.task_id,
             "delivering a report left undelivered by an earlier run of this worker"
         );
-        outbox.push(msg);
+        delivery.resume(task, report);
     }
+    let unfinished = inherited.unfinished.clone();
+    let mut resolved = runtime.recover(unfinished.clone()).await;
+    for task in unfinished {
+        if !resolved.iter().any(|(t, _)| *t == task) {
+            resolved.push((
+                task,
+                crate::runtime::RunOutcome::Failed(crate::runtime::Failure::new(
+                    crate::protocol::FailureReason::Unknown,
+                    "the worker died while it held this task and the runtime found nothing of it at the restart",
+                )),
+            ));
+        }
+    }
+    for (task, outcome) in resolved {
+        manager.report_recovered(task, outcome);
+    }
+    if !inherited.dispatched.is_empty() {
+        tracing::info!(
+            "{} task(s) dispatched by an earlier run of this worker are still known; a cancellation reaches their dispatcher",
+            inherited.dispatched.len()
+        );
+    }
+
     let dispatch = tasks::Dispatch(manager.clone());
     let close = tokio_util::sync::CancellationToken::new();
     let session = session::Session {
         config: &config,
         timing: config.timing,
-        outbox: &outbox,
+        delivery: &delivery,
         inbound: &dispatch,
         close: close.clone(),
         metrics: &metrics,
@@ -76,68 +124,54 @@ pub async fn run_with<R: TaskRuntime>(
         _ = &mut session_run => return ExitCode::SUCCESS,
         _ = shutdown => {}
     }
-    tracing::info!(
-        "shutting down: stopping {} running task(s)",
-        manager.active()
-    );
-    // The session keeps running (delivering the outbox) while we wind down.
-    tokio::join!(
-        wind_down(&manager, &config, &outbox, &close),
+    tracing::info!("shutting down: {} task(s) running", manager.active());
+    // The session keeps running (delivering reports) while we wind down.
+    let (in_time, _) = tokio::join!(
+        wind_down(&manager, &config, &delivery, &close),
         &mut session_run
     );
-    save_undelivered(&config, &instance, &outbox);
-    tracing::info!("worker stopped");
-    ExitCode::SUCCESS
-}
-
-/// Stops the running tasks, gives their reports a bounded chance to go out,
-/// then asks the session to close the socket normally.
-async fn wind_down<R: TaskRuntime>(
-    manager: &tasks::TaskManager<R>,
-    config: &WorkerConfig,
-    outbox: &outbox::TerminalOutbox,
-    close: &tokio_util::sync::CancellationToken,
-) {
-    let left = manager.shutdown(config.shutdown_timeout).await;
-    if left > 0 {
+    runtime.shutdown(Duration::from_secs(10)).await;
+    if !delivery.is_empty() {
         tracing::warn!(
-            "{left} task(s) did not finish cleaning up within {:?}",
-            config.shutdown_timeout
+            "{} report(s) not yet confirmed by the orchestrator; they are kept under {} and delivered by the next start of this worker",
+            delivery.len(),
+            config.state_dir.display()
         );
     }
-    let deliver = std::time::Duration::from_secs(10);
-    if tokio::time::timeout(deliver, outbox.drained())
+    tracing::info!("worker stopped");
+    if in_time && delivery.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_DRAIN_INCOMPLETE)
+    }
+}
+
+/// Stops the running tasks (bounded), gives their reports a bounded chance
+/// to be confirmed, then asks the session to close the socket normally.
+/// Returns whether the tasks ended within the shutdown timeout.
+async fn wind_down(
+    manager: &tasks::TaskManager,
+    config: &WorkerConfig,
+    delivery: &delivery::Delivery,
+    close: &tokio_util::sync::CancellationToken,
+) -> bool {
+    let in_time = manager.shutdown(config.shutdown_timeout).await;
+    if tokio::time::timeout(DELIVERY_GRACE, delivery.drained())
         .await
         .is_err()
     {
         tracing::warn!(
-            "{} terminal message(s) could not be delivered before exit",
-            outbox.len()
+            "{} report(s) could not be confirmed before exit",
+            delivery.len()
         );
     }
     close.cancel();
+    in_time
 }
 
-/// Keeps what the outbox still holds for the next start of this worker.
-fn save_undelivered(config: &WorkerConfig, instance: &str, outbox: &outbox::TerminalOutbox) {
-    let undelivered = outbox.take_all();
-    if undelivered.is_empty() {
-        return;
-    }
-    match pending::save(&config.state_dir, &config.worker_id, instance, &undelivered) {
-        Ok(path) => tracing::warn!(
-            "{} report(s) could not be delivered; saved to {} for the next start of this worker",
-            undelivered.len(),
-            path.display()
-        ),
-        Err(e) => tracing::error!(
-            "{} report(s) could not be delivered or saved: {e}",
-            undelivered.len()
-        ),
-    }
-}
-
-/// Resolves on the first SIGINT or SIGTERM; a second one exits at once.
+/// Resolves on the first SIGINT or SIGTERM; a second one exits at once with
+/// 128 + the signal number (the shell's convention): 130 for SIGINT, 143
+/// for SIGTERM. The journal keeps what the process held.
 pub async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
@@ -147,11 +181,13 @@ pub async fn shutdown_signal() {
         _ = int.recv() => tracing::info!("received SIGINT"),
     }
     tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => {},
-            _ = int.recv() => {},
-        }
-        eprintln!("second signal: exiting immediately");
-        std::process::exit(130);
+        let code = tokio::select! {
+            _ = term.recv() => 128 + 15,
+            _ = int.recv() => 128 + 2,
+        };
+        eprintln!(
+            "second signal: exiting immediately (what was running is recovered at the next start)"
+        );
+        std::process::exit(code);
     });
 }

@@ -1,11 +1,13 @@
 //! The outbound session: connect, drive the connection, and when it ends
 //! reconnect with jittered exponential backoff, forever, until asked to close.
 
+use crate::protocol::extensions::EXTENSIONS_HEADER;
+use crate::protocol::Extensions;
 use crate::worker::backoff::ExponentialBackoff;
 use crate::worker::config::WorkerConfig;
 use crate::worker::connection::{drive, Ended, Inbound, Socket, Timing};
+use crate::worker::delivery::Delivery;
 use crate::worker::metrics::Metrics;
-use crate::worker::outbox::TerminalOutbox;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 use tokio_util::sync::CancellationToken;
@@ -13,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 pub struct Session<'a> {
     pub config: &'a WorkerConfig,
     pub timing: Timing,
-    pub outbox: &'a TerminalOutbox,
+    pub delivery: &'a Delivery,
     pub inbound: &'a dyn Inbound,
     /// Fires when the worker has finished its work and wants a normal close.
     pub close: CancellationToken,
@@ -28,22 +30,36 @@ enum ConnectError {
 impl Session<'_> {
     pub async fn run(&self) {
         let mut backoff = ExponentialBackoff::protocol_default();
+        let mut connections = 0;
         loop {
             let delay = match self.connect().await {
-                Ok(ws) => {
-                    tracing::info!(worker_id = %self.config.worker_id, url = %self.config.web_socket_url, "connected to the orchestrator");
+                Ok((ws, extensions)) => {
+                    connections += 1;
+                    if extensions.is_empty() {
+                        tracing::info!(worker_id = %self.config.worker_id, url = %self.config.web_socket_url, "connected to the orchestrator");
+                    } else {
+                        tracing::info!(worker_id = %self.config.worker_id, url = %self.config.web_socket_url, extensions = %extensions.header_value(), "connected to the orchestrator");
+                    }
                     self.metrics.set_connected(true);
                     backoff.reset();
-                    let ended =
-                        drive(ws, self.timing, self.outbox, self.inbound, &self.close).await;
+                    let ended = drive(
+                        ws,
+                        connections,
+                        extensions,
+                        self.timing,
+                        self.delivery,
+                        self.inbound,
+                        &self.close,
+                    )
+                    .await;
                     self.metrics.set_connected(false);
                     match ended {
                         Ended::Closed => {
                             tracing::info!("connection closed normally");
                             return;
                         }
-                        Ended::Dropped(why) => {
-                            self.metrics.reconnect("connection_lost");
+                        Ended::ClosedByServer(why) | Ended::Dropped(why) => {
+                            self.metrics.reconnect("remote_close");
                             let d = backoff.next_delay();
                             tracing::warn!(
                                 "connection lost: {why}; reconnecting in {:.1}s",
@@ -54,7 +70,7 @@ impl Session<'_> {
                     }
                 }
                 Err(ConnectError::Unauthorized(status)) => {
-                    self.metrics.reconnect("unauthorized");
+                    self.metrics.reconnect("dial_failed");
                     let d = backoff.slowest();
                     tracing::error!(
                         "the orchestrator refused the API key ({status}): it is invalid, expired or revoked. \
@@ -64,7 +80,7 @@ impl Session<'_> {
                     d
                 }
                 Err(ConnectError::Other(why)) => {
-                    self.metrics.reconnect("connect_failed");
+                    self.metrics.reconnect("dial_failed");
                     let d = backoff.next_delay();
                     tracing::warn!(
                         "cannot connect to {}: {why}; retrying in {:.1}s",
@@ -81,13 +97,13 @@ impl Session<'_> {
         }
     }
 
-    async fn connect(&self) -> Result<Socket, ConnectError> {
+    async fn connect(&self) -> Result<(Socket, Extensions), ConnectError> {
         let url = with_worker_id(&self.config.web_socket_url, &self.config.worker_id);
         let mut request = url
             .as_str()
             .into_client_request()
             .map_err(|e| ConnectError::Other(e.to_string()))?;
-        let bearer = HeaderValue::from_str(&format!("Bearer {}", self.config.api_key.expose()))
+        let bearer = HeaderValue::from_str(&format!("Bearer {}", self.config.api_key.expose_str()))
             .map_err(|_| {
                 ConnectError::Other(
                     "the API key contains characters not allowed in an HTTP header".into(),
@@ -97,7 +113,16 @@ impl Session<'_> {
         let connect = tokio_tungstenite::connect_async(request);
         match tokio::time::timeout(self.timing.write_timeout * 3, connect).await {
             Err(_) => Err(ConnectError::Other("the handshake timed out".into())),
-            Ok(Ok((ws, _))) => Ok(ws),
+            Ok(Ok((ws, response))) => {
+                let offered = Extensions::parse(
+                    response
+                        .headers()
+                        .get_all(EXTENSIONS_HEADER)
+                        .iter()
+                        .filter_map(|v| v.to_str().ok()),
+                );
+                Ok((ws, offered))
+            }
             Ok(Err(tokio_tungstenite::tungstenite::Error::Http(resp)))
                 if matches!(
                     resp.status(),

@@ -3,31 +3,28 @@
 //! the task container, orphans); this file sequences them and guarantees
 //! cleanup whatever happens.
 
+pub mod config;
 mod failure;
 pub mod identity;
 mod images;
 mod orphans;
 mod sidecar_name;
 mod sidecars;
+pub mod spec;
 pub mod tar;
 mod task_container;
+pub mod volume_spec;
 
 use crate::docker::Docker;
-use crate::runtime::PullPolicy;
-use crate::runtime::{TaskOutcome, TaskRuntime, TaskSpec};
+use crate::runtime::{Invocation, RunOutcome, Runtime, TaskContext, TaskRef};
 use failure::Fail;
+use futures_util::future::BoxFuture;
 use identity::ProcessIdentity;
-use std::time::Duration;
+use spec::ContainerSpec;
 use tokio_util::sync::CancellationToken;
 
+pub use config::Settings;
 pub use sidecar_name::sidecar_volume_name;
-
-#[derive(Debug, Clone)]
-pub struct Settings {
-    pub cleanup: bool,
-    pub pull_policy: PullPolicy,
-    pub stop_grace_period: Duration,
-}
 
 pub struct DockerRuntime {
     docker: Docker,
@@ -44,11 +41,14 @@ pub struct DockerRuntime {
 impl DockerRuntime {
     /// Resolves the daemon as the Docker CLI would (DOCKER_HOST, contexts,
     /// default socket), negotiates the API version and checks the platform.
-    pub async fn from_environment(worker_id: &str, settings: Settings) -> Result<Self, String> {
+    pub async fn from_environment(
+        ctx: &crate::runtime::RuntimeContext,
+        settings: Settings,
+    ) -> Result<Self, String> {
         let docker = Docker::connect(&crate::transport::endpoint::EnvSnapshot::from_process())
             .await
             .map_err(|e| e.to_string())?;
-        Self::new(docker, worker_id, settings).await
+        Self::new(docker, &ctx.worker_id, settings).await
     }
 
     pub async fn new(docker: Docker, worker_id: &str, settings: Settings) -> Result<Self, String> {
@@ -92,8 +92,9 @@ impl DockerRuntime {
 
     async fn run_phases(
         &self,
-        spec: &TaskSpec,
+        spec: &ContainerSpec,
         stop: &CancellationToken,
+        force: &CancellationToken,
         created: &mut Option<String>,
     ) -> Result<(), Fail> {
         let image = failure::until_stopped(stop, images::ensure(self, &spec.image)).await?;
@@ -106,52 +107,82 @@ impl DockerRuntime {
                 return Err(Fail::Stopped);
             }
         }
-        task_container::run(self, spec, &image, &volumes, stop, created).await
+        task_container::run(self, spec, &image, &volumes, (stop, force), created).await
     }
 }
 
-impl TaskRuntime for DockerRuntime {
-    fn describe(&self) -> String {
-        self.engine.clone()
-    }
-
-    fn backend_name(&self) -> &'static str {
-        "docker"
-    }
-
-    async fn recover_orphans(&self) -> Result<Vec<crate::runtime::RecoveredTask>, String> {
-        orphans::recover(self).await
-    }
-
-    async fn run(&self, spec: TaskSpec, stop: CancellationToken) -> TaskOutcome {
+impl DockerRuntime {
+    async fn run_task(&self, inv: Invocation, ctx: TaskContext) -> RunOutcome {
+        let spec = match spec::build(&inv, &self.settings) {
+            Ok(s) => s,
+            Err(f) => return RunOutcome::Failed(f),
+        };
         let mut created = None;
-        let result = self.run_phases(&spec, &stop, &mut created).await;
+        let result = self
+            .run_phases(&spec, &ctx.stop, &ctx.force, &mut created)
+            .await;
         // Cleanup runs whatever the outcome and is not tied to `stop`: a
         // cancelled task still has its container removed.
         if let Some(id) = created {
             if self.settings.cleanup {
-                task_container::remove(self, &id, &spec.task_id).await;
+                task_container::remove(self, &id, &spec.task.task_id).await;
             } else {
                 tracing::info!(
-                    task_id = spec.task_id,
+                    task_id = spec.task.task_id,
                     container = id,
                     "keeping the task container (--no-cleanup)"
                 );
-                task_container::keep(self, &id, &spec.task_id).await;
+                task_container::keep(self, &id, &spec.task.task_id).await;
             }
         }
         match result {
-            Ok(()) => TaskOutcome::Succeeded,
-            Err(Fail::Stopped) => TaskOutcome::Stopped,
+            Ok(()) => RunOutcome::Completed,
+            Err(Fail::Stopped) => RunOutcome::Stopped,
             Err(Fail::Failed {
                 reason,
                 message,
                 exit_code,
-            }) => TaskOutcome::Failed {
+            }) => RunOutcome::Failed(crate::runtime::Failure {
                 reason,
                 message,
                 exit_code,
-            },
+            }),
         }
+    }
+}
+
+impl Runtime for DockerRuntime {
+    fn name(&self) -> &'static str {
+        "docker"
+    }
+
+    fn describe(&self) -> String {
+        self.engine.clone()
+    }
+
+    fn run(&self, invocation: Invocation, ctx: TaskContext) -> BoxFuture<'_, RunOutcome> {
+        Box::pin(self.run_task(invocation, ctx))
+    }
+
+    fn recover(&self, unfinished: Vec<TaskRef>) -> BoxFuture<'_, Vec<(TaskRef, RunOutcome)>> {
+        Box::pin(async move {
+            match orphans::recover(self, &unfinished).await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!("could not look for containers left by an earlier run: {e}");
+                    Vec::new()
+                }
+            }
+        })
+    }
+
+    fn check(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            self.docker
+                .system_ping()
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
     }
 }

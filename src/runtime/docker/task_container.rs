@@ -4,11 +4,11 @@
 
 use super::failure::Fail;
 use super::images::ImageInfo;
+use super::spec::ContainerSpec;
 use super::DockerRuntime;
 use crate::docker::models::*;
 use crate::docker::params::*;
 use crate::protocol::FailureReason;
-use crate::runtime::TaskSpec;
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
@@ -18,17 +18,17 @@ const LOG_LIMIT_BYTES: usize = 64 * 1024;
 
 pub async fn run(
     rt: &DockerRuntime,
-    spec: &TaskSpec,
+    spec: &ContainerSpec,
     image: &ImageInfo,
     sidecar_volumes: &[String],
-    stop: &CancellationToken,
+    (stop, force): (&CancellationToken, &CancellationToken),
     created: &mut Option<String>,
 ) -> Result<(), Fail> {
     let d = &rt.docker;
     let body = create_body(rt, spec, image, sidecar_volumes);
     let name = format!(
         "oz-task-{}-{}",
-        sanitize(&spec.task_id),
+        sanitize(&spec.task.task_id),
         &super::identity::random_id()[..8]
     );
     let params = ContainerCreateParams {
@@ -44,7 +44,7 @@ pub async fn run(
     let id = response.id.unwrap_or_default();
     *created = Some(id.clone());
     for w in response.warnings.unwrap_or_default() {
-        tracing::warn!(task_id = spec.task_id, "daemon warning on create: {w}");
+        tracing::warn!(task_id = spec.task.task_id, "daemon warning on create: {w}");
     }
 
     refuse_musl(rt, &id, image).await?;
@@ -61,7 +61,7 @@ pub async fn run(
             )
         })?;
     tracing::info!(
-        task_id = spec.task_id,
+        task_id = spec.task.task_id,
         container = id,
         "task container started"
     );
@@ -72,7 +72,7 @@ pub async fn run(
     let waited = tokio::select! {
         w = d.container_wait(&id, &wait_params) => w,
         _ = stop.cancelled() => {
-            stop_container(rt, &id, &spec.task_id).await;
+            stop_container(rt, &id, &spec.task.task_id, force).await;
             return Err(Fail::Stopped);
         }
     };
@@ -100,11 +100,11 @@ pub async fn run(
     if code == 0 && !oom {
         // Successful output is only read when someone asked to see it.
         if tracing::enabled!(target: TASK_OUTPUT, tracing::Level::DEBUG) {
-            log_output(rt, &id, &spec.task_id, false).await;
+            log_output(rt, &id, &spec.task.task_id, false).await;
         }
         return Ok(());
     }
-    let tail = log_output(rt, &id, &spec.task_id, true).await;
+    let tail = log_output(rt, &id, &spec.task.task_id, true).await;
     let last = tail
         .lines()
         .rev()
@@ -138,7 +138,7 @@ pub async fn run(
 
 fn create_body(
     rt: &DockerRuntime,
-    spec: &TaskSpec,
+    spec: &ContainerSpec,
     image: &ImageInfo,
     volumes: &[String],
 ) -> ContainerCreateBody {
@@ -170,12 +170,17 @@ fn create_body(
         image: Some(image.id.clone()),
         entrypoint,
         cmd,
-        env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
-        working_dir: Some(spec.working_dir.clone()),
-        labels: Some(
-            rt.identity
-                .labels("task", Some((&spec.task_id, spec.execution_id.as_deref()))),
+        env: Some(
+            spec.env
+                .iter()
+                .map(|(k, v)| format!("{k}={}", v.expose_str()))
+                .collect(),
         ),
+        working_dir: Some(spec.working_dir.clone()),
+        labels: Some(rt.identity.labels(
+            "task",
+            Some((&spec.task.task_id, spec.task.execution_id.as_deref())),
+        )),
         tty: Some(false),
         host_config: Some(HostConfig {
             binds: Some(binds),
@@ -213,8 +218,9 @@ async fn refuse_musl(rt: &DockerRuntime, id: &str, image: &ImageInfo) -> Result<
     }
 }
 
-/// SIGTERM, then SIGKILL after the grace period if it is still running.
-async fn stop_container(rt: &DockerRuntime, id: &str, task_id: &str) {
+/// SIGTERM, then SIGKILL after the grace period (or at once when `force`
+/// fires) if it is still running.
+async fn stop_container(rt: &DockerRuntime, id: &str, task_id: &str, force: &CancellationToken) {
     let d = &rt.docker;
     let grace = rt.settings.stop_grace_period;
     tracing::info!(
@@ -233,10 +239,11 @@ async fn stop_container(rt: &DockerRuntime, id: &str, task_id: &str) {
     let wait_params = ContainerWaitParams {
         condition: Some(ContainerWaitCondition::NotRunning),
     };
-    if tokio::time::timeout(grace, d.container_wait(id, &wait_params))
-        .await
-        .is_err()
-    {
+    let exited = tokio::select! {
+        r = tokio::time::timeout(grace, d.container_wait(id, &wait_params)) => r.is_ok(),
+        _ = force.cancelled() => false,
+    };
+    if !exited {
         tracing::info!(
             task_id,
             container = id,

@@ -1,99 +1,48 @@
-//! Turns an assignment plus the worker's configuration into the fully
-//! resolved [`TaskSpec`] a runtime executes: image choice, sidecar mounts,
-//! environment order and the agent's command line, as PROTOCOL.md's container
-//! contract fixes them. Pure: no I/O, so every rule is unit-tested here.
+//! Turns an assignment plus the core's configuration into the
+//! [`Invocation`] a runtime executes: the agent's base arguments and the
+//! task environment, in the order the Go worker builds them
+//! (`internal/common/task_utils.go`), and the assignment's image, sidecars
+//! and shape as requested. Pure: no I/O, so every rule is unit-tested here.
 
 use crate::protocol::{FailureReason, OwnerType, TaskAssignment};
-use crate::runtime::{BindMount, ResourceLimits, SidecarMount, TaskSpec};
+use crate::runtime::{
+    Failure, Invocation, ResourceLimits, SidecarRequest, TaskRef, AGENT_SIDECAR_MOUNT,
+};
+use crate::secret::Secret;
 use crate::worker::config::WorkerConfig;
-
-pub const DEFAULT_TASK_IMAGE: &str = "ubuntu:22.04";
-pub const AGENT_MOUNT: &str = "/agent";
-pub const AGENT_ENTRYPOINT: &str = "/agent/entrypoint.sh";
-pub const WORKING_DIR: &str = "/workspace";
-
-/// Why an assignment cannot run at all; becomes `task_failed`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InvalidAssignment {
-    pub reason: FailureReason,
-    pub message: String,
-}
 
 fn set(s: &Option<String>) -> Option<&str> {
     s.as_deref().map(str::trim).filter(|s| !s.is_empty())
 }
 
-pub fn build(a: &TaskAssignment, config: &WorkerConfig) -> Result<TaskSpec, InvalidAssignment> {
-    let invalid = |reason: FailureReason, message: String| InvalidAssignment { reason, message };
+/// The invocation for one assignment. Fails only when the assignment has no
+/// task id at all; what a runtime cannot run is the runtime's to refuse.
+pub fn build(a: &TaskAssignment, config: &WorkerConfig) -> Result<Invocation, Failure> {
     let task_id = if a.task.id.trim().is_empty() {
         a.task_id.as_str()
     } else {
         a.task.id.as_str()
     };
     if task_id.trim().is_empty() {
-        return Err(invalid(
+        return Err(Failure::new(
             FailureReason::Unknown,
-            "the assignment has no task id".into(),
+            "the assignment has no task id",
         ));
     }
 
-    let image = set(&a.docker_image)
-        .unwrap_or(DEFAULT_TASK_IMAGE)
-        .to_string();
-
-    let agent_image = set(&a.sidecar_image).ok_or_else(|| {
-        invalid(
-            FailureReason::SidecarPrep,
-            "the assignment names no agent sidecar image (sidecar_image is empty), so there is no agent to run".into(),
-        )
-    })?;
-    let mut sidecars = vec![SidecarMount {
-        image: agent_image.to_string(),
-        mount_path: AGENT_MOUNT.into(),
-        read_only: true,
-    }];
-    for (i, s) in a.additional_sidecars.iter().enumerate() {
-        let n = i + 1;
-        if s.image.trim().is_empty() {
-            return Err(invalid(
-                FailureReason::SidecarPrep,
-                format!("additional sidecar #{n} has an empty image"),
-            ));
-        }
-        let path = s.mount_path.trim();
-        if path.is_empty() {
-            return Err(invalid(
-                FailureReason::SidecarPrep,
-                format!(
-                    "additional sidecar #{n} ({}) has an empty mount path",
-                    s.image
-                ),
-            ));
-        }
-        if !path.starts_with('/') {
-            return Err(invalid(
-                FailureReason::SidecarPrep,
-                format!(
-                    "additional sidecar #{n} ({}) mount path {path:?} is not absolute",
-                    s.image
-                ),
-            ));
-        }
-        if sidecars.iter().any(|m| m.mount_path == path) {
-            return Err(invalid(
-                FailureReason::SidecarPrep,
-                format!(
-                    "additional sidecar #{n} ({}) reuses mount path {path}, which is already taken",
-                    s.image
-                ),
-            ));
-        }
-        sidecars.push(SidecarMount {
-            image: s.image.clone(),
-            mount_path: path.into(),
-            read_only: !s.read_write,
+    let mut sidecars = Vec::with_capacity(1 + a.additional_sidecars.len());
+    if let Some(agent) = set(&a.sidecar_image) {
+        sidecars.push(SidecarRequest {
+            image: agent.to_string(),
+            mount_path: AGENT_SIDECAR_MOUNT.into(),
+            read_write: false,
         });
     }
+    sidecars.extend(a.additional_sidecars.iter().map(|s| SidecarRequest {
+        image: s.image.trim().to_string(),
+        mount_path: s.mount_path.trim().to_string(),
+        read_write: s.read_write,
+    }));
 
     let mut env = EnvList::default();
     env.set("TASK_ID", task_id);
@@ -102,9 +51,6 @@ pub fn build(a: &TaskAssignment, config: &WorkerConfig) -> Result<TaskSpec, Inva
     env.set("WARP_SERVER_ROOT_URL", &config.server_root_url);
     for (k, v) in &a.env_vars {
         env.set(k, v.expose_str());
-    }
-    for (k, v) in &config.env {
-        env.set(k, v.expose());
     }
 
     let limits = match &a.instance_shape {
@@ -118,42 +64,37 @@ pub fn build(a: &TaskAssignment, config: &WorkerConfig) -> Result<TaskSpec, Inva
         None => ResourceLimits::default(),
     };
 
-    Ok(TaskSpec {
-        task_id: a.task_id.clone(),
-        execution_id: a.execution_id.clone(),
-        image,
-        sidecars,
+    Ok(Invocation {
+        task: TaskRef {
+            task_id: a.task_id.clone(),
+            execution_id: a.execution_id.clone(),
+        },
+        spec: a.task.clone(),
+        base_args: base_args(a, task_id, config),
         env: env.0,
-        command: agent_command(a, task_id, config),
-        working_dir: WORKING_DIR.into(),
-        binds: config
-            .volumes
-            .iter()
-            .map(|v| BindMount {
-                source: v.host.clone(),
-                target: v.container.clone(),
-                read_only: v.read_only,
-            })
-            .collect(),
+        image: set(&a.docker_image).map(str::to_string),
+        sidecars,
         limits,
+        server_root_url: config.server_root_url.clone(),
+        worker_id: config.worker_id.clone(),
     })
 }
 
 /// Ordered environment where a later entry replaces an earlier one with the
-/// same name (moving it to the end), so operator entries override the
-/// assignment's and the container never sees a name twice.
+/// same name (moving it to the end), so the task never sees a name twice.
 #[derive(Default)]
-struct EnvList(Vec<(String, String)>);
+struct EnvList(Vec<(String, Secret)>);
 
 impl EnvList {
     fn set(&mut self, k: &str, v: &str) {
         self.0.retain(|(name, _)| name != k);
-        self.0.push((k.to_string(), v.to_string()));
+        self.0.push((k.to_string(), Secret::new(v)));
     }
 }
 
-fn agent_command(a: &TaskAssignment, task_id: &str, config: &WorkerConfig) -> Vec<String> {
-    let mut argv: Vec<String> = vec![AGENT_ENTRYPOINT.into(), "agent".into(), "run".into()];
+/// `agent run …`, without a program: the Go worker's `BaseArgs`.
+fn base_args(a: &TaskAssignment, task_id: &str, config: &WorkerConfig) -> Vec<String> {
+    let mut argv: Vec<String> = vec!["agent".into(), "run".into()];
     let mut push = |args: &[&str]| argv.extend(args.iter().map(|s| s.to_string()));
 
     if a.task
@@ -247,26 +188,29 @@ fn agent_command(a: &TaskAssignment, task_id: &str, config: &WorkerConfig) -> Ve
     if let Some(v) = task_idle.or(worker_idle) {
         argv.push(v);
     }
+    if let Some(url) = &config.session_sharing_server_url {
+        argv.push("--session-sharing-server-url".into());
+        argv.push(url.clone());
+    }
     argv
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::worker::WorkerArgs;
     use crate::protocol::*;
-    use crate::worker::config::WorkerConfig;
+    use crate::worker::config::{CoreInputs, WorkerConfig};
     use std::collections::HashMap;
 
-    fn config(extra: impl FnOnce(&mut WorkerArgs)) -> WorkerConfig {
-        let mut a = WorkerArgs {
-            worker_id: Some("w1".into()),
-            api_key: Some("k".into()),
-            server_root_url: Some("https://oz.example".into()),
+    fn config(extra: impl FnOnce(&mut CoreInputs)) -> WorkerConfig {
+        let mut i = CoreInputs {
+            flag_worker_id: Some("w1".into()),
+            flag_api_key: Some(Secret::new("k")),
+            flag_server_root_url: Some("https://oz.example".into()),
             ..Default::default()
         };
-        extra(&mut a);
-        WorkerConfig::resolve(&a, &HashMap::new()).unwrap()
+        extra(&mut i);
+        WorkerConfig::resolve(&i, &HashMap::new()).unwrap()
     }
 
     fn assignment() -> TaskAssignment {
@@ -284,20 +228,18 @@ mod tests {
     #[test]
     fn minimal_assignment_gets_defaults() {
         let s = build(&assignment(), &config(|_| {})).unwrap();
-        assert_eq!(s.image, "ubuntu:22.04");
-        assert_eq!(s.working_dir, "/workspace");
+        assert_eq!(s.image, None, "the runtime picks its default");
         assert_eq!(
             s.sidecars,
-            vec![SidecarMount {
+            vec![SidecarRequest {
                 image: "oz/agent:1".into(),
                 mount_path: "/agent".into(),
-                read_only: true
+                read_write: false
             }]
         );
         assert_eq!(
-            s.command,
+            s.base_args,
             [
-                "/agent/entrypoint.sh",
                 "agent",
                 "run",
                 "--task-id",
@@ -356,9 +298,15 @@ mod tests {
             ..Default::default()
         });
         a.additional_oz_args = vec!["--verbose".into()];
-        let s = build(&a, &config(|c| c.idle_on_complete = Some("5m".into()))).unwrap();
+        let s = build(
+            &a,
+            &config(|c| {
+                c.flag_idle_on_complete = Some("5m".into());
+                c.flag_session_sharing_server_url = Some("https://share.example".into());
+            }),
+        )
+        .unwrap();
         let expected = [
-            "/agent/entrypoint.sh",
             "agent",
             "run",
             "--share",
@@ -395,8 +343,10 @@ mod tests {
             "--verbose",
             "--idle-on-complete",
             "15m",
+            "--session-sharing-server-url",
+            "https://share.example",
         ];
-        assert_eq!(s.command, expected);
+        assert_eq!(s.base_args, expected);
     }
 
     #[test]
@@ -420,8 +370,8 @@ mod tests {
             profile_id: Some("  ".into()),
             ..Default::default()
         });
-        let s = build(&a, &config(|c| c.idle_on_complete = Some("5m".into()))).unwrap();
-        let tail: Vec<&str> = s.command[8..].iter().map(String::as_str).collect();
+        let s = build(&a, &config(|c| c.flag_idle_on_complete = Some("5m".into()))).unwrap();
+        let tail: Vec<&str> = s.base_args[7..].iter().map(String::as_str).collect();
         assert_eq!(
             tail,
             [
@@ -437,41 +387,44 @@ mod tests {
     }
 
     #[test]
-    fn operator_env_replaces_assignment_value() {
+    fn assignment_env_follows_the_fixed_entries_and_replaces_them_by_name() {
         let mut a = assignment();
-        a.env_vars.insert("SHARED".into(), "from-task".into());
         a.env_vars.insert("ONLY_TASK".into(), "t".into());
-        let s = build(&a, &config(|c| c.env = vec!["SHARED=from-operator".into()])).unwrap();
-        let tail: Vec<(&str, &str)> = s.env[4..]
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        assert_eq!(tail, [("ONLY_TASK", "t"), ("SHARED", "from-operator")]);
+        a.env_vars.insert("GIT_TERMINAL_PROMPT".into(), "1".into());
+        let s = build(&a, &config(|_| {})).unwrap();
+        let got: Vec<(&str, &str)> = s.env_exposed().collect();
+        assert_eq!(
+            got,
+            [
+                ("TASK_ID", "run-1"),
+                ("GH_PROMPT_DISABLED", "1"),
+                ("WARP_SERVER_ROOT_URL", "https://oz.example"),
+                ("GIT_TERMINAL_PROMPT", "1"),
+                ("ONLY_TASK", "t"),
+            ]
+        );
+        assert!(!format!("{s:?}").contains("\"t\""), "values never in Debug");
     }
 
     #[test]
-    fn bad_sidecars_fail_with_sidecar_prep() {
+    fn sidecars_are_passed_on_as_requested_with_the_agent_first() {
         let mut a = assignment();
         a.sidecar_image = Some(" ".into());
+        a.additional_sidecars = vec![SidecarSpec {
+            image: " tools:1 ".into(),
+            mount_path: "/tools/".into(),
+            read_write: true,
+        }];
+        let s = build(&a, &config(|_| {})).unwrap();
         assert_eq!(
-            build(&a, &config(|_| {})).unwrap_err().reason,
-            FailureReason::SidecarPrep
+            s.sidecars,
+            vec![SidecarRequest {
+                image: "tools:1".into(),
+                mount_path: "/tools/".into(),
+                read_write: true
+            }],
+            "a blank agent image is left out; validation is the runtime's"
         );
-        for (image, path, why) in [
-            ("", "/x", "empty image"),
-            ("i", "", "empty mount path"),
-            ("i", "/agent", "already taken"),
-        ] {
-            let mut a = assignment();
-            a.additional_sidecars = vec![SidecarSpec {
-                image: image.into(),
-                mount_path: path.into(),
-                read_write: false,
-            }];
-            let e = build(&a, &config(|_| {})).unwrap_err();
-            assert_eq!(e.reason, FailureReason::SidecarPrep);
-            assert!(e.message.contains(why), "{}", e.message);
-        }
     }
 
     #[test]

@@ -1,0 +1,118 @@
+//! The worker's YAML configuration file, as the Go worker reads it: the
+//! core's top-level keys and one `backend` section per runtime, each owned
+//! by its runtime. Parsed strictly: an unknown key or a wrong type is an
+//! error naming the key and its line. Its JSON schema is
+//! `api-specs/worker-config.schema.json`.
+
+use crate::operator_env::EnvEntry;
+use crate::runtime::command::config::CommandSection;
+use crate::runtime::direct::config::DirectSection;
+use crate::runtime::docker::config::DockerSection;
+use schemars::JsonSchema;
+use serde::Deserialize;
+use std::path::Path;
+
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "oz-agent-worker configuration file")]
+pub struct ConfigFile {
+    /// Worker id that tasks are routed to (ids starting with "warp" are reserved).
+    pub worker_id: Option<String>,
+    /// Remove what a task leaves (containers, workspaces) after it ends (default true).
+    pub cleanup: Option<bool>,
+    /// Most tasks at once; 0 = unlimited.
+    pub max_concurrent_tasks: Option<u32>,
+    /// Keep the agent idle after completion for this long (e.g. "10m"); empty = the bare flag.
+    pub idle_on_complete: Option<String>,
+    /// Serve Prometheus metrics on this address (e.g. "127.0.0.1:9090").
+    pub metrics_listen: Option<String>,
+    /// Serve /healthz and /readyz on this address (e.g. "0.0.0.0:8081").
+    pub health_listen: Option<String>,
+    /// The runtime: exactly one section (or none: docker).
+    pub backend: Option<BackendSections>,
+}
+
+/// One section per runtime; at most one may be present.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BackendSections {
+    pub docker: Option<DockerSection>,
+    pub direct: Option<DirectSection>,
+    pub command: Option<CommandSection>,
+    /// Recognised so the error can say it is not supported yet.
+    pub kubernetes: Option<serde_json::Value>,
+}
+
+impl BackendSections {
+    /// The names of the sections present, in the Go worker's order.
+    pub fn present(&self) -> Vec<&'static str> {
+        let mut names = Vec::new();
+        if self.direct.is_some() {
+            names.push("direct");
+        }
+        if self.kubernetes.is_some() {
+            names.push("kubernetes");
+        }
+        if self.command.is_some() {
+            names.push("command");
+        }
+        if self.docker.is_some() {
+            names.push("docker");
+        }
+        names
+    }
+
+    /// The section's `environment` list of the runtime `name`.
+    pub fn environment(&self, name: &str) -> &[EnvEntry] {
+        let env = match name {
+            "docker" => self.docker.as_ref().and_then(|s| s.environment.as_ref()),
+            "direct" => self.direct.as_ref().and_then(|s| s.environment.as_ref()),
+            "command" => self.command.as_ref().and_then(|s| s.environment.as_ref()),
+            _ => None,
+        };
+        env.map(Vec::as_slice).unwrap_or_default()
+    }
+}
+
+pub fn load(path: &Path) -> Result<ConfigFile, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+    parse(&text).map_err(|e| format!("config file {}: {e}", path.display()))
+}
+
+pub fn parse(text: &str) -> Result<ConfigFile, String> {
+    if text.trim().is_empty() {
+        return Ok(ConfigFile::default());
+    }
+    serde_norway::from_str(text).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_and_wrong_types_name_the_key_and_line() {
+        let e = parse("worker_id: w\nbackend:\n  docker:\n    volumez: []\n").unwrap_err();
+        assert!(e.contains("volumez") && e.contains("line 4"), "{e}");
+        let e = parse("worker_id: w\nmax_concurrent_tasks: lots\n").unwrap_err();
+        assert!(
+            e.contains("max_concurrent_tasks") && e.contains("line 2"),
+            "{e}"
+        );
+        let e = parse("backend:\n  direct:\n    oz_pth: /x\n").unwrap_err();
+        assert!(e.contains("oz_pth"), "{e}");
+    }
+
+    #[test]
+    fn every_reference_section_parses() {
+        let f = parse("worker_id: w\ncleanup: false\nbackend:\n  kubernetes:\n    namespace: ci\n")
+            .unwrap();
+        assert_eq!(f.backend.unwrap().present(), ["kubernetes"]);
+        let f = parse(
+            "backend:\n  command:\n    dispatch_command: ./dispatch.sh\n    dispatch_timeout: 90s\n  docker: {}\n",
+        )
+        .unwrap();
+        assert_eq!(f.backend.unwrap().present(), ["command", "docker"]);
+    }
+}
