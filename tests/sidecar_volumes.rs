@@ -9,61 +9,13 @@ use oz_agent_worker::control_plane::model::RunState;
 use oz_agent_worker::docker::models::{ContainerCreateBody, HostConfig, VolumeCreateOptions};
 use oz_agent_worker::docker::params::*;
 use oz_agent_worker::docker::Docker;
-use oz_agent_worker::runtime::docker::{sidecar_volume_name, tar};
+use oz_agent_worker::runtime::docker::tar;
 use std::time::Duration;
 use support::control_plane::{test_config, TestPlane};
+use support::images::{fresh_sidecar, remove_sidecar};
 use support::worker::*;
 
 const RUN_TIMEOUT: Duration = Duration::from_secs(120);
-const ENTRYPOINT: &str = include_str!("fixtures/agent-sidecar/entrypoint.sh");
-
-/// Imports a sidecar image no other test uses, so its volume starts absent.
-/// Returns (reference, volume name).
-async fn fresh_sidecar(d: &Docker) -> (String, String) {
-    // Podman 4's import ignores `tag`: make the repository unique instead.
-    let tag = "latest".to_string();
-    let repo = format!("oz-test/sidecar-{}", unique_id("s"));
-    let archive = tar::archive(&[
-        ("entrypoint.sh", ENTRYPOINT.as_bytes(), 0o755),
-        ("unique", repo.as_bytes(), 0o644),
-    ]);
-    let body = futures_util::stream::once(async move { Ok(bytes::Bytes::from(archive)) }).boxed();
-    let params = ImageCreateParams {
-        from_src: Some("-".into()),
-        repo: Some(repo.clone()),
-        tag: Some(tag.clone()),
-        ..Default::default()
-    };
-    let mut progress = d.image_create(&params, Some(body)).await.unwrap();
-    while let Some(item) = progress.next().await {
-        item.unwrap();
-    }
-    let reference = format!("{repo}:{tag}");
-    let id = d
-        .image_inspect(&reference, &Default::default())
-        .await
-        .unwrap()
-        .id
-        .unwrap();
-    (reference.clone(), sidecar_volume_name(&repo, &id))
-}
-
-/// Removes the test's sidecar volume and image (the tests make new ones each run).
-async fn remove_sidecar(d: &Docker, image: &str, volume: &str) {
-    let _ = d
-        .volume_delete(volume, &VolumeDeleteParams { force: Some(true) })
-        .await;
-    let _ = d
-        .image_delete(
-            image,
-            &ImageDeleteParams {
-                force: Some(true),
-                ..Default::default()
-            },
-        )
-        .await;
-}
-
 async fn volume_exists(d: &Docker, name: &str) -> bool {
     d.volume_inspect(name).await.is_ok()
 }

@@ -4,5 +4,8 @@
 
 pub mod control_plane;
 pub mod docker;
+pub mod images;
+pub mod plane_process;
+pub mod private_dockerd;
 pub mod scripted_server;
 pub mod worker;

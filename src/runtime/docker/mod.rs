@@ -8,6 +8,7 @@ mod failure;
 pub mod identity;
 mod images;
 mod orphans;
+mod outage;
 mod sidecar_name;
 mod sidecars;
 pub mod spec;

@@ -66,25 +66,14 @@ pub async fn run(
         "task container started"
     );
 
-    let wait_params = ContainerWaitParams {
-        condition: Some(ContainerWaitCondition::NotRunning),
-    };
-    let waited = tokio::select! {
-        w = d.container_wait(&id, &wait_params) => w,
+    let exit = tokio::select! {
+        w = super::outage::wait_exit(rt, &id, &spec.task.task_id) => w?,
         _ = stop.cancelled() => {
             stop_container(rt, &id, &spec.task.task_id, force).await;
             return Err(Fail::Stopped);
         }
     };
-    let code = match waited {
-        Ok(w) => w.status_code.unwrap_or(-1),
-        Err(e) => {
-            return Err(Fail::new(
-                FailureReason::ContainerWait,
-                format!("waiting for the task container: {e}"),
-            ));
-        }
-    };
+    let code = exit.code;
     let reported_oom = d
         .container_inspect(&id, &Default::default())
         .await
@@ -97,6 +86,25 @@ pub async fn run(
     // send, is the kernel's OOM killer there. Docker always reports it.
     let inferred_oom = rt.is_podman && code == 137 && spec.limits.memory_bytes.is_some();
     let oom = reported_oom || inferred_oom;
+    // A signal exit we did not cause, with the daemon gone right after it:
+    // the daemon stopped and took the container down (dockerd stops every
+    // container on its way out). Without live-restore, a daemon restarted
+    // while a container ran also kills it (137).
+    if code > 128 && !oom && (exit.outage || !super::outage::daemon_stays_up(d).await) {
+        let how = if exit.outage {
+            "was restarted (or crashed) while the task ran"
+        } else {
+            "stopped while the task ran"
+        };
+        return Err(Fail::Failed {
+            reason: FailureReason::ContainerExit,
+            message: format!(
+                "the Docker daemon at {} {how} and killed the task's container (exit code {code}); the agent did not finish",
+                d.endpoint().host
+            ),
+            exit_code: Some(code),
+        });
+    }
     if code == 0 && !oom {
         // Successful output is only read when someone asked to see it.
         if tracing::enabled!(target: TASK_OUTPUT, tracing::Level::DEBUG) {
@@ -330,20 +338,7 @@ pub async fn keep(rt: &DockerRuntime, id: &str, task_id: &str) {
 }
 
 pub async fn remove(rt: &DockerRuntime, id: &str, task_id: &str) {
-    let params = ContainerDeleteParams {
-        force: Some(true),
-        v: Some(false),
-        ..Default::default()
-    };
-    match rt.docker.container_delete(id, &params).await {
-        Ok(()) => tracing::debug!(task_id, container = id, "removed the task container"),
-        Err(e) if e.status().map(|s| s.as_u16()) == Some(404) => {}
-        Err(e) => tracing::warn!(
-            task_id,
-            container = id,
-            "could not remove the task container: {e}"
-        ),
-    }
+    super::outage::remove(&rt.docker, id, task_id).await
 }
 
 fn sanitize(s: &str) -> String {
