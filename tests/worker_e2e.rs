@@ -34,6 +34,15 @@ impl Setup {
     }
 
     async fn worker(&self, id: &str, extra: &[&str]) -> WorkerProcess {
+        self.worker_with_env(id, extra, &[]).await
+    }
+
+    async fn worker_with_env(
+        &self,
+        id: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> WorkerProcess {
         let mut args = vec![
             "-v".to_string(),
             format!("{}:/report", self.report.path().display()),
@@ -45,6 +54,10 @@ impl Setup {
             WorkerOptions {
                 worker_id: id,
                 extra_args: args,
+                env: env
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
                 ..Default::default()
             },
         )
@@ -858,17 +871,25 @@ async fn json_logs_are_one_object_per_line() {
         return;
     };
     let id = unique_id("e2e-json");
-    let w = s.worker(&id, &["--log-format", "json"]).await;
+    let w = s
+        .worker_with_env(
+            &id,
+            &["--log-format", "json"],
+            &[("OZ_LOG", "debug,task_output=debug")],
+        )
+        .await;
     let run = s
         .plane
         .client()
         .create_run(&demo_run(&id, &[("OZ_DEMO_EXIT", "2")]))
         .await
         .unwrap();
-    wait_terminal(&s.plane, &run.id, RUN_TIMEOUT).await;
-    w.wait_for_log("sent task_failed", Duration::from_secs(10))
+    let done = wait_terminal(&s.plane, &run.id, RUN_TIMEOUT).await;
+    let execution = done.execution_id.clone().unwrap();
+    w.wait_for_log("report delivery confirmed", Duration::from_secs(10))
         .await;
     let log = w.log_text();
+    let mut about_task = 0;
     for line in log.lines().filter(|l| !l.trim().is_empty()) {
         let v: serde_json::Value =
             serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
@@ -876,10 +897,74 @@ async fn json_logs_are_one_object_per_line() {
             v["level"].is_string() && v["fields"]["message"].is_string(),
             "{line}"
         );
+        let target = v["target"].as_str().unwrap_or_default();
+        let runtime_line =
+            target.starts_with("oz_agent_worker::runtime") || target == "task_output";
+        if !(line.contains(&run.id) || runtime_line) {
+            continue;
+        }
+        about_task += 1;
+        let field = |name: &str| {
+            v["fields"][name]
+                .as_str()
+                .or(v["span"][name].as_str())
+                .map(str::to_string)
+        };
+        assert_eq!(field("task_id").as_deref(), Some(run.id.as_str()), "{line}");
+        assert_eq!(
+            field("execution_id").as_deref(),
+            Some(execution.as_str()),
+            "{line}"
+        );
+    }
+    // Claim, image, sidecar, container, output, failure, report, confirmation.
+    assert!(
+        about_task >= 8,
+        "only {about_task} lines about the task:\n{log}"
+    );
+}
+
+/// Text logs carry the same ids: the task's span prefixes every line the
+/// worker and the runtime log during its life.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_logs_name_the_task_and_execution_on_every_line_about_it() {
+    let Some(s) = Setup::new(Engine::Docker).await else {
+        return;
+    };
+    let id = unique_id("e2e-text");
+    let w = s
+        .worker_with_env(&id, &[], &[("OZ_LOG", "debug,task_output=debug")])
+        .await;
+    let run = s
+        .plane
+        .client()
+        .create_run(&demo_run(&id, &[("OZ_DEMO_EXIT", "3")]))
+        .await
+        .unwrap();
+    let done = wait_terminal(&s.plane, &run.id, RUN_TIMEOUT).await;
+    let execution = done.execution_id.clone().unwrap();
+    w.wait_for_log("report delivery confirmed", Duration::from_secs(10))
+        .await;
+    let log = w.log_text();
+    let mut about_task = 0;
+    for line in log.lines() {
+        let runtime_line =
+            line.contains(" oz_agent_worker::runtime") || line.contains(" task_output:");
+        if !(line.contains(&run.id) || runtime_line) {
+            continue;
+        }
+        about_task += 1;
+        // Strings may be quoted (event fields) or not (span fields).
+        let plain = line.replace('"', "");
+        assert!(
+            plain.contains(&format!("task_id={}", run.id))
+                && plain.contains(&format!("execution_id={execution}")),
+            "{line}"
+        );
     }
     assert!(
-        log.contains("\"task_id\":\""),
-        "structured fields stay fields: {log}"
+        about_task >= 8,
+        "only {about_task} lines about the task:\n{log}"
     );
 }
 

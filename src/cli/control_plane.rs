@@ -69,13 +69,14 @@ pub struct ServerArgs {
     )]
     pub server: String,
     /// A team API key of that control plane.
-    #[arg(long, env = "WARP_API_KEY", hide_env_values = true, global = true)]
-    pub api_key: Option<String>,
+    #[arg(long, env = "WARP_API_KEY", hide_env_values = true, global = true, value_parser = super::secret_arg)]
+    pub api_key: Option<crate::secret::Secret>,
 }
 
 impl ServerArgs {
     fn client(&self) -> Result<Client, String> {
-        Client::new(&self.server, self.api_key.as_deref().unwrap_or("")).map_err(|e| e.message)
+        let key = self.api_key.as_ref().map(|k| k.expose_str()).unwrap_or("");
+        Client::new(&self.server, key).map_err(|e| e.message)
     }
 }
 

@@ -22,6 +22,12 @@ pub fn init_with(level: &str, format: LogFormat) {
         LogFormat::Text => builder
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .try_init(),
-        LogFormat::Json => builder.json().with_current_span(false).try_init(),
+        // The current span's fields (a task's task_id and execution_id) go
+        // in every line as "span".
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init(),
     };
 }

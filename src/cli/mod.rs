@@ -43,6 +43,12 @@ pub enum Command {
     Internal(internal::InternalArgs),
 }
 
+/// Parses a flag that holds a secret (an API key) straight into [`Secret`],
+/// so no argument struct ever holds it in a printable type.
+pub fn secret_arg(s: &str) -> Result<crate::secret::Secret, std::convert::Infallible> {
+    Ok(crate::secret::Secret::new(s))
+}
+
 pub async fn dispatch(cli: Cli) -> ExitCode {
     match cli.command {
         None => worker::run(cli.worker).await,

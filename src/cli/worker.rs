@@ -14,17 +14,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-fn secret(s: &str) -> Result<Secret, std::convert::Infallible> {
-    Ok(Secret::new(s))
-}
-
 #[derive(Debug, Default, Clone, clap::Args)]
 pub struct WorkerArgs {
     /// Worker id that tasks are routed to (ids starting with `warp` are reserved).
     #[arg(long)]
     pub worker_id: Option<String>,
     /// API key for the orchestrator.
-    #[arg(long, env = "WARP_API_KEY", hide_env_values = true, value_parser = secret)]
+    #[arg(long, env = "WARP_API_KEY", hide_env_values = true, value_parser = super::secret_arg)]
     pub api_key: Option<Secret>,
     /// The runtime: docker (default), direct or command. Default: the config file's one backend section, else docker.
     #[arg(long, value_name = "BACKEND")]

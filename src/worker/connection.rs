@@ -168,6 +168,7 @@ pub async fn drive(
     delivery: &Delivery,
     inbound: &dyn Inbound,
     close: &CancellationToken,
+    health: &crate::worker::health::Health,
 ) -> Ended {
     let (tx, mut rx) = mpsc::channel::<(WorkerMessage, oneshot::Sender<bool>)>(32);
     let mut st = State {
@@ -188,6 +189,7 @@ pub async fn drive(
         tokio::time::interval_at(Instant::now() + timing.ping_interval, timing.ping_interval);
 
     loop {
+        health.beat();
         // Unconfirmed reports go first, before anything new; then, without
         // report-ack, a ping whose pong proves they were read.
         let mut wrote_report = false;

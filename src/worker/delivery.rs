@@ -133,7 +133,11 @@ impl Delivery {
         drop(q);
         for task in &done {
             self.journal.delivered(task);
-            tracing::debug!(task_id = task.task_id, "report delivery confirmed");
+            tracing::debug!(
+                task_id = task.task_id,
+                execution_id = task.execution_id.as_deref().unwrap_or(""),
+                "report delivery confirmed"
+            );
         }
         if !done.is_empty() {
             self.confirmed.notify_waiters();

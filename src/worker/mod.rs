@@ -6,6 +6,7 @@ pub mod backoff;
 pub mod config;
 pub mod connection;
 pub mod delivery;
+pub mod health;
 pub mod invocation;
 pub mod journal;
 pub mod metrics;
@@ -65,6 +66,18 @@ pub async fn run_with(
             }
         }
     }
+    let health = Arc::new(health::Health::default());
+    if let Some(addr) = config.health_listen {
+        match health::serve(addr, health.clone(), runtime.clone()).await {
+            Ok(bound) => {
+                tracing::info!("serving health probes at http://{bound}/healthz and /readyz")
+            }
+            Err(e) => {
+                eprintln!("error: cannot serve health probes on {addr}: {e}; choose another --health-listen address");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     let config = Arc::new(config);
     let delivery = Arc::new(delivery::Delivery::new(journal.clone()));
     let manager = tasks::TaskManager::new(
@@ -116,6 +129,7 @@ pub async fn run_with(
         inbound: &dispatch,
         close: close.clone(),
         metrics: &metrics,
+        health: &health,
     };
 
     let session_run = session.run();
@@ -124,6 +138,7 @@ pub async fn run_with(
         _ = &mut session_run => return ExitCode::SUCCESS,
         _ = shutdown => {}
     }
+    health.set_shutting_down();
     tracing::info!("shutting down: {} task(s) running", manager.active());
     // The session keeps running (delivering reports) while we wind down.
     let (in_time, _) = tokio::join!(

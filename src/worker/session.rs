@@ -20,6 +20,7 @@ pub struct Session<'a> {
     /// Fires when the worker has finished its work and wants a normal close.
     pub close: CancellationToken,
     pub metrics: &'a Metrics,
+    pub health: &'a crate::worker::health::Health,
 }
 
 enum ConnectError {
@@ -32,6 +33,7 @@ impl Session<'_> {
         let mut backoff = ExponentialBackoff::protocol_default();
         let mut connections = 0;
         loop {
+            self.health.beat();
             let delay = match self.connect().await {
                 Ok((ws, extensions)) => {
                     connections += 1;
@@ -41,6 +43,7 @@ impl Session<'_> {
                         tracing::info!(worker_id = %self.config.worker_id, url = %self.config.web_socket_url, extensions = %extensions.header_value(), "connected to the orchestrator");
                     }
                     self.metrics.set_connected(true);
+                    self.health.set_connected(true);
                     backoff.reset();
                     let ended = drive(
                         ws,
@@ -50,9 +53,11 @@ impl Session<'_> {
                         self.delivery,
                         self.inbound,
                         &self.close,
+                        self.health,
                     )
                     .await;
                     self.metrics.set_connected(false);
+                    self.health.set_connected(false);
                     match ended {
                         Ended::Closed => {
                             tracing::info!("connection closed normally");

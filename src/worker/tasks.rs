@@ -130,6 +130,7 @@ impl TaskManager {
                 }
                 tracing::info!(
                     task_id = task.task_id,
+                    execution_id = task.execution_id.as_deref().unwrap_or(""),
                     "ignoring a repeated assignment for a task this worker is running"
                 );
                 return;
@@ -151,6 +152,7 @@ impl TaskManager {
                     }
                     tracing::info!(
                         task_id = task.task_id,
+                        execution_id = task.execution_id.as_deref().unwrap_or(""),
                         "ignoring an assignment for an execution already dispatched"
                     );
                     return;
@@ -158,6 +160,7 @@ impl TaskManager {
                 Some(State::Claimed) => {
                     tracing::info!(
                         task_id = task.task_id,
+                        execution_id = task.execution_id.as_deref().unwrap_or(""),
                         "ignoring an assignment for an execution still being recovered"
                     );
                     return;
@@ -176,7 +179,11 @@ impl TaskManager {
                 }
             };
             if let Some((kind, reason)) = refusal {
-                tracing::info!(task_id = task.task_id, "rejecting task: {reason}");
+                tracing::info!(
+                    task_id = task.task_id,
+                    execution_id = task.execution_id.as_deref().unwrap_or(""),
+                    "rejecting task: {reason}"
+                );
                 self.metrics.rejected(kind);
                 self.send_in_background(
                     link,
@@ -206,7 +213,14 @@ impl TaskManager {
         };
         let this = self.clone();
         let link = link.clone();
-        tokio::spawn(async move {
+        // Every line logged about this task, here and in the runtime, carries
+        // its task and execution ids.
+        let span = tracing::info_span!(
+            "task",
+            task_id = %task.task_id,
+            execution_id = %task.execution_id.as_deref().unwrap_or("")
+        );
+        let run = async move {
             let (stop, force, cause, reported) = slot;
             // The journal first: a claim we cannot record is a claim we could
             // not honour after a crash.
@@ -278,7 +292,8 @@ impl TaskManager {
             log_report(&msg);
             this.delivery.push(task.clone(), msg);
             this.finish(&task.task_id);
-        });
+        };
+        tokio::spawn(tracing::Instrument::instrument(run, span));
     }
 
     fn send_in_background(&self, link: &Link, msg: WorkerMessage) {

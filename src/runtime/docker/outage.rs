@@ -159,7 +159,7 @@ pub async fn remove(d: &Docker, id: &str, task_id: &str) {
                 "cannot remove the task container now (the daemon is unreachable); retrying in the background"
             );
             let (d, id, task_id) = (d.clone(), id.to_string(), task_id.to_string());
-            tokio::spawn(async move {
+            let retry = async move {
                 let mut delay = FIRST_RETRY;
                 loop {
                     tokio::time::sleep(delay).await;
@@ -185,7 +185,8 @@ pub async fn remove(d: &Docker, id: &str, task_id: &str) {
                         }
                     }
                 }
-            });
+            };
+            tokio::spawn(tracing::Instrument::in_current_span(retry));
         }
         Err(e) => tracing::warn!(
             task_id,
