@@ -158,18 +158,31 @@ impl State<'_> {
     }
 }
 
+/// What every connection works with besides its socket.
+pub struct Context<'a> {
+    pub timing: Timing,
+    pub delivery: &'a Delivery,
+    pub inbound: &'a dyn Inbound,
+    /// Fires when the worker wants a normal close.
+    pub close: &'a CancellationToken,
+    pub health: &'a crate::worker::health::Health,
+}
+
 /// Drives one connection until it ends. `conn` must be new for every
 /// connection: reports written on an earlier one are sent again here.
 pub async fn drive(
     mut ws: Socket,
     conn: ConnectionId,
     extensions: Extensions,
-    timing: Timing,
-    delivery: &Delivery,
-    inbound: &dyn Inbound,
-    close: &CancellationToken,
-    health: &crate::worker::health::Health,
+    cx: &Context<'_>,
 ) -> Ended {
+    let Context {
+        timing,
+        delivery,
+        inbound,
+        close,
+        health,
+    } = *cx;
     let (tx, mut rx) = mpsc::channel::<(WorkerMessage, oneshot::Sender<bool>)>(32);
     let mut st = State {
         conn,

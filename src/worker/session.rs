@@ -45,17 +45,14 @@ impl Session<'_> {
                     self.metrics.set_connected(true);
                     self.health.set_connected(true);
                     backoff.reset();
-                    let ended = drive(
-                        ws,
-                        connections,
-                        extensions,
-                        self.timing,
-                        self.delivery,
-                        self.inbound,
-                        &self.close,
-                        self.health,
-                    )
-                    .await;
+                    let cx = crate::worker::connection::Context {
+                        timing: self.timing,
+                        delivery: self.delivery,
+                        inbound: self.inbound,
+                        close: &self.close,
+                        health: self.health,
+                    };
+                    let ended = drive(ws, connections, extensions, &cx).await;
                     self.metrics.set_connected(false);
                     self.health.set_connected(false);
                     match ended {
