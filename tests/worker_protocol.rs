@@ -179,3 +179,182 @@ async fn terminal_message_is_held_across_a_dropped_connection_and_sent_once() {
         "sent exactly once"
     );
 }
+
+/// Frames until a terminal report arrives (live output collected on the way).
+async fn until_terminal(
+    conn: &mut support::scripted_server::ServerConn,
+    within: Duration,
+) -> (Vec<TaskOutput>, WorkerMessage) {
+    let mut output = Vec::new();
+    loop {
+        match conn.next_message(within).await {
+            Some(WorkerMessage::TaskOutput(o)) => output.push(o),
+            Some(WorkerMessage::TaskClaimed(_)) => {}
+            Some(m) if m.is_terminal() => return (output, m),
+            Some(other) => panic!("unexpected {other:?}"),
+            None => panic!("no terminal report within {within:?}"),
+        }
+    }
+}
+
+/// A server that offers nothing gets the reference protocol only: no
+/// execution id on claims, no live output, no re-announced claims.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reference_server_hears_nothing_it_does_not_know() {
+    if !Engine::Docker.available() {
+        return;
+    }
+    let server = ScriptedServer::start().await;
+    let id = unique_id("proto-ref");
+    let w = worker(&server, &id, &[]);
+    let mut conn = server.accept(Duration::from_secs(30)).await;
+    conn.send_text(&assignment(
+        "t-ref",
+        &[("OZ_DEMO_BEHAVIOUR", "sleep"), ("OZ_DEMO_SLEEP", "1")],
+        Some(SIDECAR),
+    ))
+    .await;
+    match conn.next_message(Duration::from_secs(10)).await {
+        Some(WorkerMessage::TaskClaimed(c)) => assert_eq!(c.execution_id, None),
+        other => panic!("{other:?}"),
+    }
+    let (output, report) = until_terminal(&mut conn, Duration::from_secs(60)).await;
+    assert!(output.is_empty(), "no task_output for a reference server");
+    assert_eq!(report.execution_id(), Some("exec-t-ref"), "PR #139's field");
+    drop(w);
+}
+
+/// With `task-output` offered the agent's output streams while it runs, in
+/// order and before the report; with `task-reannounce` a new connection
+/// first hears the claim of every task still held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offered_extensions_stream_output_and_reannounce_claims() {
+    if !Engine::Docker.available() {
+        return;
+    }
+    let server = ScriptedServer::start().await;
+    let id = unique_id("proto-ext");
+    let w = worker(&server, &id, &[]);
+    let offer = Some("task-output, task-reannounce");
+    let mut first = server.accept_offering(Duration::from_secs(30), offer).await;
+    first
+        .send_text(&assignment(
+            "t-ext",
+            &[("OZ_DEMO_BEHAVIOUR", "sleep"), ("OZ_DEMO_SLEEP", "3")],
+            Some(SIDECAR),
+        ))
+        .await;
+    match first.next_message(Duration::from_secs(10)).await {
+        Some(WorkerMessage::TaskClaimed(c)) => {
+            assert_eq!(c.execution_id.as_deref(), Some("exec-t-ext"))
+        }
+        other => panic!("{other:?}"),
+    }
+    // Output arrives while the agent still sleeps.
+    match first.next_message(Duration::from_secs(30)).await {
+        Some(WorkerMessage::TaskOutput(o)) => {
+            assert_eq!(o.task_id, "t-ext");
+            assert_eq!(o.execution_id.as_deref(), Some("exec-t-ext"));
+            assert!(
+                o.data.contains("oz demo agent: task t-ext started"),
+                "{o:?}"
+            );
+        }
+        other => panic!("expected live output, got {other:?}"),
+    }
+    drop(first);
+    let mut second = server.accept_offering(Duration::from_secs(30), offer).await;
+    match second.next_message(Duration::from_secs(10)).await {
+        Some(WorkerMessage::TaskClaimed(c)) => {
+            assert_eq!(c.task_id, "t-ext");
+            assert_eq!(c.execution_id.as_deref(), Some("exec-t-ext"));
+        }
+        other => panic!("expected the re-announced claim first, got {other:?}"),
+    }
+    let (output, report) = until_terminal(&mut second, Duration::from_secs(60)).await;
+    assert!(
+        output
+            .iter()
+            .any(|o| o.data.contains("oz demo agent: done")),
+        "{output:?}"
+    );
+    assert_eq!(report.kind(), "task_completed");
+    drop(w);
+}
+
+/// Without report-ack, a report counts as received only once a pong answers
+/// a ping sent after it: a connection that read the report but never
+/// answered the ping gets it again on the next connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_without_a_later_pong_is_sent_again() {
+    if !Engine::Docker.available() {
+        return;
+    }
+    let server = ScriptedServer::start().await;
+    let id = unique_id("proto-pong");
+    let w = worker(
+        &server,
+        &id,
+        &["--read-timeout", "3s", "--ping-interval", "500ms"],
+    );
+    let mut first = server.accept(Duration::from_secs(30)).await;
+    first
+        .send_text(&assignment(
+            "t-pong",
+            &[("OZ_DEMO_EXIT", "4")],
+            Some(SIDECAR),
+        ))
+        .await;
+    let (_, report) = until_terminal(&mut first, Duration::from_secs(60)).await;
+    assert_eq!(report.kind(), "task_failed");
+    // Read nothing more: the worker's pings go unanswered, it drops us.
+    let mut second = server.accept(Duration::from_secs(30)).await;
+    let (_, again) = until_terminal(&mut second, Duration::from_secs(10)).await;
+    assert_eq!(again, report, "the unconfirmed report is sent again");
+    drop(first);
+    // This connection keeps reading, so it answers the pings: confirmed.
+    assert!(second.count_pings(Duration::from_secs(2)).await >= 1);
+    drop(second);
+    let mut third = server.accept(Duration::from_secs(30)).await;
+    assert!(
+        third.next_message(Duration::from_secs(3)).await.is_none(),
+        "a confirmed report is not sent again"
+    );
+    drop(w);
+}
+
+/// With report-ack, only the ack confirms: a report is sent on every new
+/// connection until one acknowledges it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_report_ack_only_the_ack_confirms() {
+    if !Engine::Docker.available() {
+        return;
+    }
+    let server = ScriptedServer::start().await;
+    let id = unique_id("proto-ack");
+    let w = worker(&server, &id, &[]);
+    let offer = Some("report-ack");
+    let mut first = server.accept_offering(Duration::from_secs(30), offer).await;
+    first
+        .send_text(&assignment("t-ack", &[], Some(SIDECAR)))
+        .await;
+    let (_, report) = until_terminal(&mut first, Duration::from_secs(60)).await;
+    // Reading answers the worker's pings, yet without an ack the report
+    // stays pending.
+    first.count_pings(Duration::from_millis(1500)).await;
+    drop(first);
+    let mut second = server.accept_offering(Duration::from_secs(30), offer).await;
+    let (_, again) = until_terminal(&mut second, Duration::from_secs(10)).await;
+    assert_eq!(again, report);
+    second
+        .send_text(&encode(&ServerMessage::ReportAck(ReportAck {
+            task_id: "t-ack".into(),
+            execution_id: Some("exec-t-ack".into()),
+        })))
+        .await;
+    w.wait_for_log("report delivery confirmed", Duration::from_secs(10))
+        .await;
+    drop(second);
+    let mut third = server.accept_offering(Duration::from_secs(30), offer).await;
+    assert!(third.next_message(Duration::from_secs(3)).await.is_none());
+}

@@ -152,6 +152,33 @@ impl OutputReader {
     }
 }
 
+/// Turns chunks into UTF-8 text without breaking a character that a chunk
+/// boundary split: an incomplete sequence at a chunk's end waits for the
+/// next chunk of the same stream; invalid bytes become U+FFFD.
+#[derive(Default)]
+pub struct Utf8Carry {
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+}
+
+impl Utf8Carry {
+    pub fn decode(&mut self, stream: OutputStream, data: &[u8]) -> String {
+        let carry = match stream {
+            OutputStream::Stdout => &mut self.stdout,
+            OutputStream::Stderr => &mut self.stderr,
+        };
+        let mut bytes = std::mem::take(carry);
+        bytes.extend_from_slice(data);
+        // At most 3 bytes of an incomplete character at the very end.
+        if let Err(e) = std::str::from_utf8(&bytes) {
+            if e.error_len().is_none() && bytes.len() - e.valid_up_to() < 4 {
+                *carry = bytes.split_off(e.valid_up_to());
+            }
+        }
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,6 +205,19 @@ mod tests {
         assert_eq!(dropped as usize + total, 3 + OutputSink::CAPACITY + 4);
         assert_eq!(reader.dropped_total(), dropped);
         assert_eq!(got.last().unwrap().data, b"tail", "room again after a drop");
+    }
+
+    #[test]
+    fn characters_split_across_chunks_survive() {
+        let text = "héllo ✓";
+        let bytes = text.as_bytes();
+        let mut c = Utf8Carry::default();
+        let mut out = String::new();
+        for piece in bytes.chunks(1) {
+            out.push_str(&c.decode(OutputStream::Stdout, piece));
+        }
+        assert_eq!(out, text);
+        assert_eq!(c.decode(OutputStream::Stderr, b"\xff!"), "\u{fffd}!");
     }
 
     #[test]

@@ -46,9 +46,16 @@ impl Default for Timing {
 #[derive(Clone)]
 pub struct Link {
     tx: mpsc::Sender<(WorkerMessage, oneshot::Sender<bool>)>,
+    /// Live output: a separate, lower-priority queue, so a chatty task never
+    /// delays a claim.
+    output: mpsc::Sender<WorkerMessage>,
     extensions: Extensions,
     id: ConnectionId,
 }
+
+/// Live-output frames queued per connection before senders wait (and the
+/// task's bounded output buffer starts dropping).
+const OUTPUT_QUEUE: usize = 16;
 
 impl Link {
     /// True once the frame has been written to the socket.
@@ -58,6 +65,12 @@ impl Link {
             return false;
         }
         written.await.unwrap_or(false)
+    }
+
+    /// Queues a `task_output` frame; waits while the connection is behind.
+    /// False when the connection is gone.
+    pub async fn send_output(&self, msg: WorkerMessage) -> bool {
+        self.output.send(msg).await.is_ok()
     }
 
     /// What the server offered on this connection.
@@ -84,7 +97,17 @@ pub type TestWire = mpsc::Receiver<(WorkerMessage, oneshot::Sender<bool>)>;
 impl Link {
     pub fn for_test(extensions: Extensions, id: ConnectionId) -> (Link, TestWire) {
         let (tx, rx) = mpsc::channel(64);
-        (Link { tx, extensions, id }, rx)
+        let (output, mut drain) = mpsc::channel(OUTPUT_QUEUE);
+        tokio::spawn(async move { while drain.recv().await.is_some() {} });
+        (
+            Link {
+                tx,
+                output,
+                extensions,
+                id,
+            },
+            rx,
+        )
     }
 }
 
@@ -184,6 +207,7 @@ pub async fn drive(
         health,
     } = *cx;
     let (tx, mut rx) = mpsc::channel::<(WorkerMessage, oneshot::Sender<bool>)>(32);
+    let (output, mut output_rx) = mpsc::channel::<WorkerMessage>(OUTPUT_QUEUE);
     let mut st = State {
         conn,
         extensions,
@@ -191,6 +215,7 @@ pub async fn drive(
         inbound,
         link: Link {
             tx,
+            output,
             extensions,
             id: conn,
         },
@@ -230,6 +255,9 @@ pub async fn drive(
             }
         }
         tokio::select! {
+            // In this order: closing, reports, claims, liveness and reads;
+            // live output last (it waits, and its buffer drops, instead).
+            biased;
             _ = close.cancelled() => {
                 let frame = CloseFrame { code: CloseCode::Normal, reason: "worker shutting down".into() };
                 let _ = write(&mut ws, Message::Close(Some(frame)), timing).await;
@@ -283,6 +311,11 @@ pub async fn drive(
                     }
                     Some(Ok(Message::Binary(_))) => tracing::warn!("ignoring a binary frame: the protocol only uses JSON text frames"),
                     Some(Ok(_)) => {} // pings are answered by tungstenite
+                }
+            }
+            Some(msg) = output_rx.recv(), if extensions.task_output => {
+                if let Err(e) = write(&mut ws, Message::text(encode(&msg)), timing).await {
+                    return Ended::Dropped(format!("writing task_output for task {}: {e}", msg.task_id()));
                 }
             }
         }

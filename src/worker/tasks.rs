@@ -49,6 +49,8 @@ pub struct TaskManager {
     running: Mutex<HashMap<String, Running>>,
     accepting: AtomicBool,
     finished: Notify,
+    /// The connection live output goes to (the newest one).
+    current_link: Mutex<Option<Link>>,
 }
 
 impl TaskManager {
@@ -68,6 +70,7 @@ impl TaskManager {
             running: Mutex::new(HashMap::new()),
             accepting: AtomicBool::new(true),
             finished: Notify::new(),
+            current_link: Mutex::new(None),
         })
     }
 
@@ -256,17 +259,28 @@ impl TaskManager {
                 "claimed task"
             );
             let claimed_at = std::time::Instant::now();
+            // Live output only for a server that asked for it.
+            let output = if link.extensions().task_output {
+                let (sink, reader) = OutputSink::channel();
+                tokio::spawn(tracing::Instrument::in_current_span(
+                    this.clone().forward_output(task.clone(), reader),
+                ));
+                sink
+            } else {
+                OutputSink::none()
+            };
             let outcome = match invocation::build(&a, &this.config) {
                 Err(failure) => RunOutcome::Failed(failure),
                 Ok(inv) => {
                     let ctx = TaskContext {
                         stop,
                         force,
-                        output: OutputSink::none(),
+                        output: output.clone(),
                     };
                     this.runtime.run(inv, ctx).await
                 }
             };
+            output.close();
             if reported.load(Ordering::SeqCst) {
                 tracing::info!(
                     task_id = task.task_id,
@@ -294,6 +308,49 @@ impl TaskManager {
             this.finish(&task.task_id);
         };
         tokio::spawn(tracing::Instrument::instrument(run, span));
+    }
+
+    /// Sends a task's output to whichever connection is current, as
+    /// `task_output` frames; what cannot be sent is counted and said in the
+    /// next frame that goes out.
+    async fn forward_output(
+        self: Arc<Self>,
+        task: TaskRef,
+        reader: crate::runtime::output::OutputReader,
+    ) {
+        let mut unsent = 0u64;
+        let mut utf8 = crate::runtime::output::Utf8Carry::default();
+        while let Some(chunk) = reader.next().await {
+            let dropped = unsent + chunk.dropped_before;
+            let data = utf8.decode(chunk.stream, &chunk.data);
+            let link = self
+                .current_link
+                .lock()
+                .unwrap()
+                .clone()
+                .filter(|l| l.is_open() && l.extensions().task_output);
+            let sent = match link {
+                Some(l) => {
+                    l.send_output(WorkerMessage::TaskOutput(TaskOutput {
+                        task_id: task.task_id.clone(),
+                        execution_id: task.execution_id.clone(),
+                        stream: chunk.stream,
+                        data,
+                        dropped_bytes: dropped,
+                    }))
+                    .await
+                }
+                None => false,
+            };
+            unsent = if sent {
+                0
+            } else {
+                dropped + chunk.data.len() as u64
+            };
+        }
+        if unsent > 0 {
+            tracing::debug!("{unsent} bytes of live output could not be sent");
+        }
     }
 
     fn send_in_background(&self, link: &Link, msg: WorkerMessage) {
@@ -427,6 +484,7 @@ pub struct Dispatch(pub Arc<TaskManager>);
 
 impl Inbound for Dispatch {
     fn connected(&self, link: &Link) {
+        *self.0.current_link.lock().unwrap() = Some(link.clone());
         if !link.extensions().task_reannounce {
             return;
         }

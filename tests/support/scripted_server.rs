@@ -33,16 +33,30 @@ impl ScriptedServer {
         ScriptedServer { listener, ws_url }
     }
 
+    /// Accepts a connection offering no extension (the reference server).
+    pub async fn accept(&self, within: Duration) -> ServerConn {
+        self.accept_offering(within, None).await
+    }
+
+    /// Accepts a connection, offering `extensions` (the
+    /// `Oz-Worker-Extensions` header value) when given.
     // The handshake callback's error type is tungstenite's, not ours.
     #[allow(clippy::result_large_err)]
-    pub async fn accept(&self, within: Duration) -> ServerConn {
+    pub async fn accept_offering(&self, within: Duration, extensions: Option<&str>) -> ServerConn {
         let (stream, _) = tokio::time::timeout(within, self.listener.accept())
             .await
             .expect("the worker connects in time")
             .unwrap();
         let seen = Arc::new(Mutex::new((String::new(), None::<String>)));
         let record = seen.clone();
-        let callback = move |req: &Request, resp: Response| {
+        let offer = extensions.map(str::to_string);
+        let callback = move |req: &Request, mut resp: Response| {
+            if let Some(offer) = &offer {
+                resp.headers_mut().insert(
+                    oz_agent_worker::protocol::extensions::EXTENSIONS_HEADER,
+                    offer.parse().unwrap(),
+                );
+            }
             let auth = req
                 .headers()
                 .get("authorization")

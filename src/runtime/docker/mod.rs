@@ -96,6 +96,7 @@ impl DockerRuntime {
         spec: &ContainerSpec,
         stop: &CancellationToken,
         force: &CancellationToken,
+        output: &crate::runtime::OutputSink,
         created: &mut Option<String>,
     ) -> Result<(), Fail> {
         let image = failure::until_stopped(stop, images::ensure(self, &spec.image)).await?;
@@ -108,7 +109,7 @@ impl DockerRuntime {
                 return Err(Fail::Stopped);
             }
         }
-        task_container::run(self, spec, &image, &volumes, (stop, force), created).await
+        task_container::run(self, spec, &image, &volumes, (stop, force), output, created).await
     }
 }
 
@@ -120,7 +121,7 @@ impl DockerRuntime {
         };
         let mut created = None;
         let result = self
-            .run_phases(&spec, &ctx.stop, &ctx.force, &mut created)
+            .run_phases(&spec, &ctx.stop, &ctx.force, &ctx.output, &mut created)
             .await;
         // Cleanup runs whatever the outcome and is not tied to `stop`: a
         // cancelled task still has its container removed.

@@ -22,6 +22,7 @@ pub async fn run(
     image: &ImageInfo,
     sidecar_volumes: &[String],
     (stop, force): (&CancellationToken, &CancellationToken),
+    output: &crate::runtime::OutputSink,
     created: &mut Option<String>,
 ) -> Result<(), Fail> {
     let d = &rt.docker;
@@ -66,13 +67,27 @@ pub async fn run(
         "task container started"
     );
 
+    let follower = output
+        .is_wanted()
+        .then(|| follow_output(d.clone(), id.clone(), output.clone()));
     let exit = tokio::select! {
-        w = super::outage::wait_exit(rt, &id, &spec.task.task_id) => w?,
+        w = super::outage::wait_exit(rt, &id, &spec.task.task_id) => w,
         _ = stop.cancelled() => {
             stop_container(rt, &id, &spec.task.task_id, force).await;
-            return Err(Fail::Stopped);
+            Err(Fail::Stopped)
         }
     };
+    if let Some(f) = follower {
+        // The stream ends with the container; do not wait on a stuck one.
+        let abort = f.abort_handle();
+        if tokio::time::timeout(std::time::Duration::from_secs(2), f)
+            .await
+            .is_err()
+        {
+            abort.abort();
+        }
+    }
+    let exit = exit?;
     let code = exit.code;
     let reported_oom = d
         .container_inspect(&id, &Default::default())
@@ -271,6 +286,38 @@ async fn stop_container(rt: &DockerRuntime, id: &str, task_id: &str, force: &Can
         )
         .await;
     }
+}
+
+/// Streams the container's output into the live-output sink until the
+/// container stops (the daemon ends the stream then).
+fn follow_output(
+    d: crate::docker::Docker,
+    id: String,
+    sink: crate::runtime::OutputSink,
+) -> tokio::task::JoinHandle<()> {
+    use crate::docker::stream::LogSource;
+    use crate::runtime::OutputStream;
+    let follow = async move {
+        let params = crate::docker::LogsOptions {
+            follow: true,
+            ..Default::default()
+        };
+        let mut stream = match d.logs(&id, &params).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(container = id, "cannot follow the task's output: {e}");
+                return;
+            }
+        };
+        while let Some(Ok(chunk)) = stream.next().await {
+            let to = match chunk.source {
+                LogSource::Stderr => OutputStream::Stderr,
+                _ => OutputStream::Stdout,
+            };
+            sink.write(to, &chunk.data);
+        }
+    };
+    tokio::spawn(tracing::Instrument::in_current_span(follow))
 }
 
 /// Log target of task output lines, so operators can turn them on alone
