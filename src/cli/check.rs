@@ -31,6 +31,11 @@ pub struct CheckReport {
     /// Whether `api_version` was pinned by `DOCKER_API_VERSION`.
     pub api_version_pinned: bool,
     pub platform: String,
+    /// How the Docker runtime would mount sidecars on this daemon:
+    /// `image-mount` (API >= 1.48, no copy) or `volume-copy`.
+    pub sidecars: &'static str,
+    /// The same, in a sentence.
+    pub sidecars_detail: String,
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -67,8 +72,10 @@ pub struct EngineReport {
 impl CheckReport {
     /// Describes a connected client.
     pub fn new(docker: &Docker, pinned: bool) -> Self {
+        use crate::runtime::docker::SidecarMode;
         let endpoint = docker.endpoint();
         let engine = docker.engine();
+        let mode = SidecarMode::for_daemon(engine.kind, docker.api_version());
         CheckReport {
             ok: true,
             endpoint: endpoint.host.to_string(),
@@ -108,6 +115,11 @@ impl CheckReport {
             api_version: docker.api_version().to_string(),
             api_version_pinned: pinned,
             platform: docker.platform().to_string(),
+            sidecars: match mode {
+                SidecarMode::ImageMount => "image-mount",
+                SidecarMode::VolumeCopy => "volume-copy",
+            },
+            sidecars_detail: mode.describe(docker.api_version()),
         }
     }
 
@@ -140,7 +152,7 @@ impl CheckReport {
             None => String::new(),
         };
         format!(
-            "Docker daemon reachable\n  endpoint:    {}{}\n  chosen by:   {}\n  TLS:         {}\n  engine:      {} {} (API {})\n  API version: {}{}\n  platform:    {}\n",
+            "Docker daemon reachable\n  endpoint:    {}{}\n  chosen by:   {}\n  TLS:         {}\n  engine:      {} {} (API {})\n  API version: {}{}\n  platform:    {}\n  sidecars:    {}\n",
             self.endpoint,
             via,
             self.chosen_by.detail,
@@ -151,6 +163,7 @@ impl CheckReport {
             self.api_version,
             pinned,
             self.platform,
+            self.sidecars_detail,
         )
     }
 }

@@ -27,6 +27,57 @@ use tokio_util::sync::CancellationToken;
 pub use config::Settings;
 pub use sidecar_name::sidecar_volume_name;
 
+/// The first Engine API version with image mounts (`HostConfig.Mounts`
+/// `Type: image`, Docker 28).
+pub const IMAGE_MOUNT_API: crate::transport::negotiate::ApiVersion =
+    crate::transport::negotiate::ApiVersion::new(1, 48);
+
+/// How read-only sidecars reach the task container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SidecarMode {
+    /// Docker with API ≥ 1.48: the image's filesystem mounted directly, no copy.
+    ImageMount,
+    /// Older daemons and Podman: copied once into a named volume.
+    VolumeCopy,
+}
+
+impl SidecarMode {
+    /// Image mounts need Docker's API 1.48; Podman's compatible API (1.41)
+    /// and older Docker daemons get volume copies. Read-write sidecars are
+    /// always copies (an image mount is read-only).
+    pub fn for_daemon(
+        kind: crate::transport::negotiate::EngineKind,
+        api: crate::transport::negotiate::ApiVersion,
+    ) -> SidecarMode {
+        if kind == crate::transport::negotiate::EngineKind::Docker && api >= IMAGE_MOUNT_API {
+            SidecarMode::ImageMount
+        } else {
+            SidecarMode::VolumeCopy
+        }
+    }
+
+    /// One line for `check` and the start-up log.
+    pub fn describe(self, api: crate::transport::negotiate::ApiVersion) -> String {
+        match self {
+            SidecarMode::ImageMount => format!(
+                "read-only sidecars are image mounts (API {api} >= {IMAGE_MOUNT_API}: no copy); read-write ones are copied into volumes"
+            ),
+            SidecarMode::VolumeCopy => format!(
+                "sidecars are copied once into named volumes (image mounts need Docker with API {IMAGE_MOUNT_API}; this daemon has {api})"
+            ),
+        }
+    }
+}
+
+/// Where one sidecar's filesystem comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SidecarSource {
+    /// A filled named volume.
+    Volume(String),
+    /// An image id, mounted read-only.
+    Image(String),
+}
+
 pub struct DockerRuntime {
     docker: Docker,
     identity: ProcessIdentity,
@@ -36,6 +87,7 @@ pub struct DockerRuntime {
     arch: String,
     engine: String,
     is_podman: bool,
+    sidecar_mode: SidecarMode,
     sidecars: sidecars::SidecarVolumes,
 }
 
@@ -71,6 +123,8 @@ impl DockerRuntime {
             docker.endpoint().source
         );
         let is_podman = docker.engine().kind == crate::transport::negotiate::EngineKind::Podman;
+        let sidecar_mode = SidecarMode::for_daemon(docker.engine().kind, docker.api_version());
+        tracing::info!("{}", sidecar_mode.describe(docker.api_version()));
         Ok(DockerRuntime {
             docker,
             identity: ProcessIdentity::current(worker_id),
@@ -79,8 +133,13 @@ impl DockerRuntime {
             arch,
             engine,
             is_podman,
+            sidecar_mode,
             sidecars: sidecars::SidecarVolumes::default(),
         })
+    }
+
+    pub fn sidecar_mode(&self) -> SidecarMode {
+        self.sidecar_mode
     }
 
     pub fn identity(&self) -> &ProcessIdentity {
@@ -102,9 +161,18 @@ impl DockerRuntime {
         let image = failure::until_stopped(stop, images::ensure(self, &spec.image)).await?;
         let mut volumes = Vec::with_capacity(spec.sidecars.len());
         for sidecar in &spec.sidecars {
+            if self.sidecar_mode == SidecarMode::ImageMount && sidecar.read_only {
+                // Mounted straight from the image: nothing to copy.
+                let info =
+                    failure::until_stopped(stop, images::ensure(self, &sidecar.image)).await?;
+                volumes.push(SidecarSource::Image(info.id));
+                continue;
+            }
             // Not raced against `stop`: filling creates helper containers that
             // must be removed, so it runs to its (bounded) end.
-            volumes.push(self.sidecars.ensure(self, &sidecar.image).await?);
+            volumes.push(SidecarSource::Volume(
+                self.sidecars.ensure(self, &sidecar.image).await?,
+            ));
             if stop.is_cancelled() {
                 return Err(Fail::Stopped);
             }

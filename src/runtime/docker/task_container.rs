@@ -20,7 +20,7 @@ pub async fn run(
     rt: &DockerRuntime,
     spec: &ContainerSpec,
     image: &ImageInfo,
-    sidecar_volumes: &[String],
+    sidecar_volumes: &[super::SidecarSource],
     (stop, force): (&CancellationToken, &CancellationToken),
     output: &crate::runtime::OutputSink,
     created: &mut Option<String>,
@@ -163,20 +163,28 @@ fn create_body(
     rt: &DockerRuntime,
     spec: &ContainerSpec,
     image: &ImageInfo,
-    volumes: &[String],
+    volumes: &[super::SidecarSource],
 ) -> ContainerCreateBody {
-    let mut binds: Vec<String> = spec
-        .sidecars
-        .iter()
-        .zip(volumes)
-        .map(|(s, v)| {
-            format!(
+    use super::SidecarSource;
+    let mut binds: Vec<String> = Vec::new();
+    let mut mounts: Vec<Mount> = Vec::new();
+    for (s, source) in spec.sidecars.iter().zip(volumes) {
+        match source {
+            SidecarSource::Volume(v) => binds.push(format!(
                 "{v}:{}:{}",
                 s.mount_path,
                 if s.read_only { "ro" } else { "rw" }
-            )
-        })
-        .collect();
+            )),
+            // Only ever built for daemons with API >= 1.48 (SidecarMode).
+            SidecarSource::Image(id) => mounts.push(Mount {
+                r#type: Some(MountType::Image),
+                source: Some(id.clone()),
+                target: Some(s.mount_path.clone()),
+                read_only: Some(true),
+                ..Default::default()
+            }),
+        }
+    }
     binds.extend(spec.binds.iter().map(|b| {
         format!(
             "{}:{}:{}",
@@ -207,6 +215,7 @@ fn create_body(
         tty: Some(false),
         host_config: Some(HostConfig {
             binds: Some(binds),
+            mounts: (!mounts.is_empty()).then_some(mounts),
             nano_cpus: spec.limits.cpus.map(|c| i64::from(c) * 1_000_000_000),
             memory: spec.limits.memory_bytes,
             memory_swap: spec.limits.memory_bytes,
