@@ -522,6 +522,13 @@ impl Journal {
             .collect()
     }
 
+    /// Makes every later write fail, as a full or read-only disk would.
+    #[cfg(test)]
+    pub fn break_writes_for_test(&self) {
+        let mut inner = self.inner.lock().unwrap();
+        inner.file = File::open(&inner.path).unwrap();
+    }
+
     /// Records in the file (for tests of compaction).
     pub fn file_records(&self) -> usize {
         self.inner.lock().unwrap().lines

@@ -962,6 +962,20 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_claim_that_cannot_be_recorded_is_rejected_and_nothing_runs() {
+        let mut h = harness(Behaviour::Obedient, None, Extensions::default());
+        h.journal.break_writes_for_test();
+        h.send(assignment("t1", "e1"));
+        match h.frame().await {
+            WorkerMessage::TaskRejected(r) => {
+                assert!(r.reason.contains("state directory"), "{}", r.reason)
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(h.fake.runs.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
     async fn a_cancellation_for_an_unknown_task_is_ignored() {
         let h = harness(Behaviour::Obedient, None, Extensions::default());
         h.send(ServerMessage::TaskCancellation(TaskCancellation {
