@@ -1,4 +1,4 @@
-//! The worker wire protocol (see PROTOCOL.md): the one definition of every
+//! The worker wire protocol (see docs/PROTOCOL.md): the one definition of every
 //! message, shared by the worker and the control plane. Wire types are serde
 //! types; nothing here does I/O.
 

@@ -1,4 +1,4 @@
-//! The Docker/Podman runtime: the container contract of PROTOCOL.md over the
+//! The Docker/Podman runtime: the container contract of docs/PROTOCOL.md over the
 //! Engine API. Phases live in their own modules (images, sidecar volumes,
 //! the task container, orphans); this file sequences them and guarantees
 //! cleanup whatever happens.
