@@ -37,6 +37,8 @@ const FORCED_TEARDOWN_LIMIT: Duration = Duration::from_secs(5);
 pub struct DirectRuntime {
     settings: Settings,
     ctx: RuntimeContext,
+    /// This worker process (pid, start time), written into each agent record.
+    owner: (u32, String),
 }
 
 /// A running agent, recorded so a later start can stop it if this worker dies.
@@ -50,6 +52,14 @@ struct AgentRecord {
     workspace: PathBuf,
     /// Removed with the task unless the workspace is the shared target dir.
     owns_workspace: bool,
+    /// The worker process that started the agent and its start time: a
+    /// record is only acted on once its owner is gone, so the start of a
+    /// sibling sharing the worker id and state directory never touches a
+    /// live worker's agents.
+    #[serde(default)]
+    owner_pid: u32,
+    #[serde(default)]
+    owner_start: String,
 }
 
 /// Whether a task id can name a folder: one safe path component (the Go
@@ -123,7 +133,16 @@ impl DirectRuntime {
         }
         private_dir(&ctx.state_dir)
             .map_err(|e| format!("cannot create {}: {e}", ctx.state_dir.display()))?;
-        Ok(DirectRuntime { settings, ctx })
+        let pid = std::process::id();
+        let owner = (
+            pid,
+            crate::runtime::host::process_start_time(pid).unwrap_or_default(),
+        );
+        Ok(DirectRuntime {
+            settings,
+            ctx,
+            owner,
+        })
     }
 
     fn record_path(&self, task: &TaskRef) -> PathBuf {
@@ -411,6 +430,8 @@ impl DirectRuntime {
             start,
             workspace: workspace.to_path_buf(),
             owns_workspace,
+            owner_pid: self.owner.0,
+            owner_start: self.owner.1.clone(),
         };
         let path = self.record_path(&inv.task);
         let tmp = path.with_extension("tmp");
@@ -508,6 +529,9 @@ impl DirectRuntime {
                 let _ = std::fs::remove_file(&path);
                 continue;
             };
+            if crate::runtime::host::process_alive(record.owner_pid, &record.owner_start) {
+                continue; // a live sibling's agent
+            }
             let task = TaskRef {
                 task_id: record.task_id.clone(),
                 execution_id: record.execution_id.clone(),
