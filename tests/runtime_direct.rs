@@ -83,8 +83,10 @@ impl Direct {
     }
 
     /// The config file: the fake agent, a setup command that writes a
-    /// dotenv line and logs its variables (and exits `$SETUP_EXIT`), a
-    /// teardown command that logs where it ran, and configured entries.
+    /// dotenv line and logs its variables (then hangs when the task sets
+    /// `SETUP_HANG`, or exits `$SETUP_EXIT`), a teardown command that logs
+    /// where it ran (and hangs while `report/hang-teardown` exists), and
+    /// configured entries.
     fn config(&self) -> PathBuf {
         let report = self.path("report");
         let yaml = format!(
@@ -92,8 +94,9 @@ impl Direct {
   direct:
     workspace_root: {ws}
     oz_path: {oz}
-    setup_command: 'echo FROM_SETUP=from-setup >"$OZ_ENVIRONMENT_FILE"; printf "%s|%s|%s|%s|%s\n" "$OZ_RUN_ID" "$OZ_WORKER_BACKEND" "$OZ_WORKSPACE_ROOT" "$PWD" "${{WARP_API_KEY:-no-key}}" >>{report}/setup.log; exit "${{SETUP_EXIT:-0}}"'
-    teardown_command: 'printf "%s|%s|%s\n" "$OZ_RUN_ID" "$PWD" "$GIT_CONFIG_GLOBAL" >>{report}/teardown.log'
+    setup_command: 'echo FROM_SETUP=from-setup >"$OZ_ENVIRONMENT_FILE"; printf "%s|%s|%s|%s|%s\n" "$OZ_RUN_ID" "$OZ_WORKER_BACKEND" "$OZ_WORKSPACE_ROOT" "$PWD" "${{WARP_API_KEY:-no-key}}" >>{report}/setup.log; if [ -n "${{SETUP_HANG:-}}" ]; then sleep 300 & echo "$$ $!" >{report}/setup-$OZ_RUN_ID.pids; wait; fi; exit "${{SETUP_EXIT:-0}}"'
+    teardown_command: 'printf "%s|%s|%s\n" "$OZ_RUN_ID" "$PWD" "$GIT_CONFIG_GLOBAL" >>{report}/teardown.log; if [ -e {report}/hang-teardown ]; then sleep 300 & echo $! >{report}/teardown-$OZ_RUN_ID.pid; wait; fi'
+    teardown_timeout: 1s
     environment:
       - name: FAKE_OZ_REPORT
         value: {report}
@@ -604,4 +607,62 @@ async fn a_task_id_that_is_not_one_path_component_is_refused_as_workspace_setup(
         0,
         "the agent never started"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_teardown_is_killed_at_its_time_limit() {
+    let s = Direct::new().await;
+    std::fs::write(s.path("report/hang-teardown"), "").unwrap();
+    let id = unique_id("direct-teardown");
+    let w = s.worker(&id, &[]).await;
+    let run = s.run(&id, &[]).await;
+    let done = wait_terminal(&s.plane, &run, RUN_TIMEOUT).await;
+    assert_eq!(done.state, RunState::Succeeded, "{done:#?}");
+    let sleeper: u32 = std::fs::read_to_string(s.path(&format!("report/teardown-{run}.pid")))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    wait_gone(sleeper, "the teardown command's child").await;
+    w.wait_for_log("did not finish within 1s", RUN_TIMEOUT)
+        .await;
+    s.wait_removed(&s.workspace_root().join(&run)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_setup_then_restart_stops_the_setup_command() {
+    let s = Direct::new().await;
+    let id = unique_id("direct-kill-setup");
+    let mut w = s.worker(&id, &[]).await;
+    let run = s.run(&id, &[("SETUP_HANG", "1")]).await;
+    let pids = s.path(&format!("report/setup-{run}.pids"));
+    wait_file(&pids).await;
+    let pids: Vec<u32> = std::fs::read_to_string(&pids)
+        .unwrap()
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    w.signal(9);
+    w.wait_exit(Duration::from_secs(10)).await;
+    assert!(
+        pids.iter().all(|p| running(*p)),
+        "setup outlives its worker"
+    );
+
+    let restarted = s.worker(&id, &[]).await;
+    let done = wait_terminal(&s.plane, &run, RUN_TIMEOUT).await;
+    assert_eq!(done.state, RunState::Failed, "{done:#?}");
+    assert_eq!(done.failure_reason.as_deref(), Some("unknown"));
+    assert!(
+        done.message.unwrap_or_default().contains("did not run"),
+        "the agent never started"
+    );
+    for pid in pids {
+        wait_gone(pid, "the orphaned setup command").await;
+    }
+    assert!(restarted
+        .log_text()
+        .contains("stopped a setup command left running by a dead earlier run"));
+    assert!(!s.report_dir(&run).exists(), "the agent never started");
+    s.wait_removed(&s.workspace_root().join(&run)).await;
 }
