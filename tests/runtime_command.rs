@@ -486,3 +486,232 @@ async fn sigkill_mid_dispatch_then_restart_stops_the_dispatch_and_reports_the_ru
     wait_gone(child, "the interrupted dispatch command's child").await;
     assert_eq!(s.count(&run, "dispatches"), 1);
 }
+
+fn example(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples/command-backend")
+        .join(name)
+}
+
+/// A worker whose dispatch and cancel commands are `dispatch`/`cancel`.
+fn worker_with<'a>(
+    s: &CommandSetup,
+    id: &'a str,
+    dispatch: &str,
+    cancel: &str,
+    env: &[(&str, &str)],
+) -> WorkerOptions<'a> {
+    let entries: String = env
+        .iter()
+        .map(|(k, v)| format!("      - name: {k}\n        value: '{v}'\n"))
+        .collect();
+    let yaml = format!(
+        "backend:\n  command:\n    dispatch_command: '{dispatch}'\n    cancel_command: '{cancel}'\n    dispatch_timeout: 60s\n    environment:\n{entries}"
+    );
+    let config = s.root.path().join("example.yaml");
+    std::fs::write(&config, yaml).unwrap();
+    WorkerOptions {
+        worker_id: id,
+        extra_args: vec![
+            "--backend".into(),
+            "command".into(),
+            "--config-file".into(),
+            config.display().to_string(),
+        ],
+        ..Default::default()
+    }
+}
+
+/// The example dispatcher, in its dry-run mode, given the real payload the
+/// worker sends: the `docker run` it would start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_dispatcher_plans_a_real_payload() {
+    let s = CommandSetup::new().await;
+    let id = unique_id("cmd-example-plan");
+    let out = s.report_root();
+    let dispatch = format!(
+        "tee {out}/$OZ_RUN_ID.json | OZ_DISPATCH_DRY_RUN=1 python3 {script} >{out}/$OZ_RUN_ID.plan",
+        out = out.display(),
+        script = example("dispatch.py").display()
+    );
+    let opts = worker_with(&s, &id, &dispatch, "true", &[]);
+    let w = WorkerProcess::start(&s.plane, Engine::None, opts).await;
+    let req = CreateRunRequest {
+        worker_host: id.clone(),
+        title: Some("example".into()),
+        docker_image: Some(BUSYBOX.into()),
+        sidecar_image: Some(SIDECAR.into()),
+        additional_sidecars: vec![oz_agent_worker::protocol::SidecarSpec {
+            image: BUSYBOX.into(),
+            mount_path: "/tools".into(),
+            read_write: true,
+        }],
+        env_vars: [("TASK_SECRET".to_string(), "s3cr3t-value".into())]
+            .into_iter()
+            .collect(),
+        ..Default::default()
+    };
+    let run = s.plane.client().create_run(&req).await.unwrap().id;
+    let plan_path = out.join(format!("{run}.plan"));
+    wait_file(&plan_path).await;
+    w.wait_for_log("task dispatched", RUN_TIMEOUT).await;
+    let exec = s
+        .plane
+        .client()
+        .get_run(&run)
+        .await
+        .unwrap()
+        .execution_id
+        .unwrap();
+    let text = std::fs::read_to_string(&plan_path).unwrap();
+    assert!(
+        !text.contains("s3cr3t-value"),
+        "no secret in the plan: {text}"
+    );
+    let plan: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let argv: Vec<&str> = plan["docker_run"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    let after = |flag: &str| -> Vec<&str> {
+        argv.windows(2)
+            .filter(|w| w[0] == flag)
+            .map(|w| w[1])
+            .collect()
+    };
+    assert_eq!(argv[1..3], ["run", "--detach"]);
+    assert_eq!(
+        after("--name"),
+        [format!("oz-task-{run}-{}", &exec[exec.len() - 8..])]
+    );
+    assert_eq!(
+        after("--label"),
+        [
+            format!("dev.oz.run-id={run}"),
+            format!("dev.oz.execution-id={exec}"),
+            format!("dev.oz.worker-id={id}")
+        ]
+    );
+    let volumes = after("--volume");
+    assert_eq!(volumes.len(), 2, "{volumes:?}");
+    assert!(volumes[0].ends_with(":/agent:ro") && volumes[0].contains(SIDECAR));
+    assert!(volumes[1].ends_with(":/tools:rw"));
+    let env_names = after("--env");
+    assert!(env_names.contains(&"TASK_SECRET") && env_names.contains(&"TASK_ID"));
+    // Image, program, then the base args exactly as the payload has them.
+    let payload: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join(format!("{run}.json"))).unwrap())
+            .unwrap();
+    assert_valid(&schema_validator(), &payload);
+    let dashdash = argv.iter().position(|a| *a == "--").unwrap();
+    let base_args: Vec<&str> = payload["base_args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        argv[dashdash + 1..dashdash + 3],
+        [BUSYBOX, "/agent/entrypoint.sh"]
+    );
+    assert_eq!(argv[dashdash + 3..], base_args[..]);
+    assert_eq!(
+        s.plane.client().get_run(&run).await.unwrap().state,
+        RunState::Claimed
+    );
+}
+
+/// The example for real: the demo agent runs in a detached container on
+/// the test dockerd, and a server cancellation removes it through cancel.py.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_dispatcher_runs_the_agent_in_a_detached_container() {
+    if !Engine::Docker.available() {
+        return;
+    }
+    let s = CommandSetup::new().await;
+    let id = unique_id("cmd-example");
+    let cache = s.root.path().join("cache");
+    let mut opts = worker_with(
+        &s,
+        &id,
+        &format!("python3 {}", example("dispatch.py").display()),
+        &format!("python3 {}", example("cancel.py").display()),
+        &[
+            ("OZ_DISPATCH_CACHE", cache.to_str().unwrap()),
+            ("OZ_CANCEL_GRACE", "1"),
+        ],
+    );
+    opts.env = Engine::Docker.env();
+    let w = WorkerProcess::start(&s.plane, Engine::None, opts).await;
+    let req = CreateRunRequest {
+        worker_host: id.clone(),
+        title: Some("example".into()),
+        docker_image: Some(BUSYBOX.into()),
+        sidecar_image: Some(SIDECAR.into()),
+        env_vars: [
+            ("OZ_DEMO_BEHAVIOUR".to_string(), "sleep".into()),
+            ("TASK_SECRET".to_string(), "s3cr3t-value".into()),
+        ]
+        .into_iter()
+        .collect(),
+        ..Default::default()
+    };
+    let run = s.plane.client().create_run(&req).await.unwrap().id;
+    w.wait_for_log("task dispatched", RUN_TIMEOUT).await;
+
+    let docker = |args: &[&str]| -> String {
+        let out = std::process::Command::new("docker")
+            .args(args)
+            .envs(Engine::Docker.env())
+            .output()
+            .expect("the docker CLI runs");
+        assert!(out.status.success(), "docker {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let label = format!("label=dev.oz.run-id={run}");
+    let ps = || docker(&["ps", "--all", "--quiet", "--filter", &label]);
+    let container = ps().trim().to_string();
+    assert!(!container.is_empty(), "a container for {run}");
+    let deadline = tokio::time::Instant::now() + RUN_TIMEOUT;
+    let logs = loop {
+        let logs = docker(&["logs", &container]);
+        if logs.contains("argv:") {
+            break logs;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "agent output: {logs}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        logs.contains(&format!("task {run} started in /workspace")),
+        "{logs}"
+    );
+    assert!(logs.contains(&format!("--task-id {run}")), "{logs}");
+    let env = docker(&["exec", &container, "env"]);
+    assert!(
+        env.contains("TASK_SECRET=s3cr3t-value"),
+        "the task env reaches the agent"
+    );
+    let inspect = docker(&["inspect", "--format", "{{json .Args}}", &container]);
+    assert!(!inspect.contains("s3cr3t-value"), "never on a command line");
+    assert_eq!(
+        std::fs::read_dir(cache.join("sidecars")).unwrap().count(),
+        1,
+        "the sidecar is unpacked once"
+    );
+
+    s.plane.client().cancel_run(&run).await.unwrap();
+    let deadline = tokio::time::Instant::now() + RUN_TIMEOUT;
+    while !ps().trim().is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "cancel.py did not remove the container; log:\n{}",
+            w.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
