@@ -72,8 +72,9 @@ MUSL_BINARY=/usr/bin/musl-true
 # Bump when the way an image is built changes, so `up` rebuilds it.
 IMAGE_RECIPE_VERSION=1
 
+# python3: the command runtime's example dispatcher (examples/command-backend) is tested.
 PACKAGES=(curl ca-certificates openssl iptables docker.io podman busybox-static musl
-  docker-registry apache2-utils openssh-server openssh-client)
+  docker-registry apache2-utils openssh-server openssh-client python3)
 # Installed if the mirror has them and a C compiler is present (for a musl-linked binary).
 OPTIONAL_PACKAGES=(musl-tools)
 

@@ -1,13 +1,18 @@
 //! Host processes for the runtimes that run programs on the worker's own
 //! host (direct, command): each in its own process group, so a stop reaches
 //! everything the program started; SIGTERM first, SIGKILL after a grace
-//! period; exit statuses as the shell reports them (signals as 128+N); and
-//! output captured without ever blocking the program.
+//! period; exit statuses as the shell reports them (signals as 128+N);
+//! output captured without ever blocking the program; and records on disk
+//! so a group left running by a worker that died is stopped at its next
+//! start.
 
-use crate::runtime::{OutputSink, OutputStream};
+use crate::runtime::{host, OutputSink, OutputStream, TaskRef};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -200,6 +205,115 @@ pub fn kill_group_if_alive(pid: u32, start: &str) -> bool {
     }
     let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
     true
+}
+
+/// A task's process group on disk (a JSON file in a runtime's state
+/// folder), so the next start of the worker can stop it if this worker dies
+/// while it runs. It names its owner, the worker process that started it:
+/// only a record whose owner is gone is acted on, so the start of a
+/// sibling sharing the worker id and state directory never touches a live
+/// worker's processes. Pids are paired with start times, so a recycled pid
+/// is never mistaken for the original.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupRecord {
+    pub task_id: String,
+    pub execution_id: Option<String>,
+    /// The group's leader (= the process group id).
+    pub pid: u32,
+    /// The leader's start time (clock ticks since boot).
+    pub start: String,
+    pub owner_pid: u32,
+    pub owner_start: String,
+}
+
+impl GroupRecord {
+    /// The record of `group`, run for `task` by this process; `None` when
+    /// the leader already exited.
+    pub fn of(task: &TaskRef, group: &Group) -> Option<GroupRecord> {
+        let owner_pid = std::process::id();
+        Some(GroupRecord {
+            task_id: task.task_id.clone(),
+            execution_id: task.execution_id.clone(),
+            pid: group.pgid(),
+            start: host::process_start_time(group.pgid())?,
+            owner_pid,
+            owner_start: host::process_start_time(owner_pid).unwrap_or_default(),
+        })
+    }
+
+    pub fn task(&self) -> TaskRef {
+        TaskRef {
+            task_id: self.task_id.clone(),
+            execution_id: self.execution_id.clone(),
+        }
+    }
+
+    /// Whether the worker process that wrote the record still runs.
+    pub fn owner_alive(&self) -> bool {
+        host::process_alive(self.owner_pid, &self.owner_start)
+    }
+
+    /// SIGKILLs the recorded group if its leader still runs; whether it did.
+    pub fn kill_if_alive(&self) -> bool {
+        kill_group_if_alive(self.pid, &self.start)
+    }
+}
+
+/// Where a runtime keeps the record of `task`'s `kind` of process
+/// (e.g. `agent`, `dispatch`): `<dir>/<kind>-<task id>-<execution id>.json`,
+/// ids reduced to characters safe in a file name.
+pub fn record_path(dir: &Path, kind: &str, task: &TaskRef) -> PathBuf {
+    let safe = |s: &str| -> String {
+        s.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "_.-".contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect()
+    };
+    let exec = task.execution_id.as_deref().unwrap_or("none");
+    dir.join(format!(
+        "{kind}-{}-{}.json",
+        safe(&task.task_id),
+        safe(exec)
+    ))
+}
+
+/// Writes `record` to `path` whole (through a temporary file and a rename).
+pub fn write_record<T: Serialize>(path: &Path, record: &T) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec(record).expect("records serialize"))?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Every `<kind>-*.json` record in `dir` with its path; unreadable ones
+/// (a crash mid-write) are removed.
+pub fn read_records<T: DeserializeOwned>(dir: &Path, kind: &str) -> Vec<(PathBuf, T)> {
+    let prefix = format!("{kind}-");
+    let paths = std::fs::read_dir(dir)
+        .map(|d| d.flatten().map(|e| e.path()).collect::<Vec<_>>())
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    for path in paths {
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if !name.starts_with(&prefix) || !name.ends_with(".json") {
+            continue;
+        }
+        match std::fs::read(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|b| serde_json::from_slice::<T>(&b).map_err(|e| e.to_string()))
+        {
+            Ok(r) => out.push((path, r)),
+            Err(e) => {
+                tracing::warn!("removing the unreadable record {}: {e}", path.display());
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]

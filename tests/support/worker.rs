@@ -17,6 +17,9 @@ pub enum Engine {
     Podman,
     /// The same dockerd, reached over TCP with mutual TLS.
     DockerTls,
+    /// No engine at all (the direct and command runtimes): no `DOCKER_*`
+    /// variable reaches the worker and no `--pull-policy` is passed.
+    None,
 }
 
 impl Engine {
@@ -25,12 +28,16 @@ impl Engine {
             Engine::Docker => ("OZ_TEST_DOCKER_HOST", "unix:///var/run/docker.sock"),
             Engine::Podman => ("OZ_TEST_PODMAN_HOST", "unix:///run/podman/podman.sock"),
             Engine::DockerTls => ("OZ_TEST_TLS_HOST", "tcp://127.0.0.1:2376"),
+            Engine::None => return String::new(),
         };
         std::env::var(var).unwrap_or_else(|_| default.to_string())
     }
 
     /// The variables that select this engine, as a user would set them.
     pub fn env(self) -> Vec<(String, String)> {
+        if self == Engine::None {
+            return Vec::new();
+        }
         let mut env = vec![("DOCKER_HOST".to_string(), self.host())];
         if self == Engine::DockerTls {
             let certs = std::env::var("OZ_TEST_CERT_DIR")
@@ -44,6 +51,9 @@ impl Engine {
     /// Whether the engine answers. Under CI a missing engine fails the test
     /// instead of skipping it.
     pub fn available(self) -> bool {
+        if self == Engine::None {
+            return true;
+        }
         let host = self.host();
         let up = match host.strip_prefix("unix://") {
             Some(path) => std::os::unix::net::UnixStream::connect(path).is_ok(),
@@ -128,10 +138,14 @@ impl WorkerProcess {
         cmd.args(["--worker-id", opts.worker_id])
             .args(["--web-socket-url", ws_url])
             .args(["--server-root-url", root_url])
-            .args([
-                "--pull-policy",
-                opts.pull_policy.unwrap_or("if-not-present"),
-            ])
+            .args(if engine == Engine::None {
+                vec![]
+            } else {
+                vec![
+                    "--pull-policy",
+                    opts.pull_policy.unwrap_or("if-not-present"),
+                ]
+            })
             .args(
                 if opts.extra_args.iter().any(|a| a == "--stop-grace-period") {
                     vec![]
@@ -145,6 +159,7 @@ impl WorkerProcess {
             .args(&opts.extra_args)
             .env("WARP_API_KEY", key)
             // Only the engine's own variables select the daemon.
+            .env_remove("DOCKER_HOST")
             .env_remove("DOCKER_CONTEXT")
             .env_remove("DOCKER_API_VERSION")
             .env_remove("DOCKER_TLS")

@@ -7,7 +7,8 @@
 //! (`dispatch_command`), a timeout kills the command's process group and
 //! fails it (`dispatch_timeout`). A server cancellation of a dispatched task
 //! runs `cancel_command`. Dispatched tasks survive a worker shutdown and a
-//! restart (the core's journal keeps them).
+//! restart (the core's journal keeps them). A dispatch command still running
+//! when its worker died is stopped (its process group) at the next start.
 
 pub mod config;
 pub mod payload;
@@ -30,30 +31,50 @@ use tokio::process::Command;
 pub const BACKEND_NAME: &str = "command";
 /// How long `cancel_command` may run (the Go worker's 10 s).
 pub const CANCEL_TIMEOUT: Duration = Duration::from_secs(10);
+/// The worker's own credential for the orchestrator: not handed to the
+/// commands unless the operator lists it in `environment` (or `-e`).
+const WITHHELD_VARS: [&str; 1] = ["WARP_API_KEY"];
+/// Record kind of a running dispatch command (see [`process::GroupRecord`]).
+const DISPATCH: &str = "dispatch";
 
 pub struct CommandRuntime {
     settings: Settings,
+    ctx: RuntimeContext,
 }
 
 impl CommandRuntime {
-    pub fn new(_ctx: RuntimeContext, settings: Settings) -> Result<CommandRuntime, String> {
-        Ok(CommandRuntime { settings })
+    /// Creates the runtime's state folder (0700), where running dispatch
+    /// commands are recorded.
+    pub fn new(ctx: RuntimeContext, settings: Settings) -> Result<CommandRuntime, String> {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&ctx.state_dir)
+            .and_then(|_| {
+                std::fs::set_permissions(&ctx.state_dir, std::fs::Permissions::from_mode(0o700))
+            })
+            .map_err(|e| format!("cannot create {}: {e}", ctx.state_dir.display()))?;
+        Ok(CommandRuntime { settings, ctx })
     }
 
-    /// `sh -c command` with the worker's environment, the configured
-    /// entries, then the fixed `OZ_*` variables (which win). The task's own
-    /// environment never reaches the command's environment or argv.
+    /// `sh -c command` with the worker's environment (less the API key),
+    /// the configured entries, then the fixed `OZ_*` variables (which win).
+    /// The task's own environment never reaches the command's environment
+    /// or argv.
     fn shell(&self, command: &str, fixed: Vec<(String, String)>) -> Command {
         let mut cmd = Command::new("/bin/sh");
-        cmd.arg("-c")
-            .arg(command)
-            .envs(
-                self.settings
-                    .env
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.expose_str().to_string())),
-            )
-            .envs(fixed);
+        cmd.arg("-c").arg(command);
+        for var in WITHHELD_VARS {
+            cmd.env_remove(var);
+        }
+        cmd.envs(
+            self.settings
+                .env
+                .iter()
+                .map(|(k, v)| (k.clone(), v.expose_str().to_string())),
+        )
+        .envs(fixed);
         cmd
     }
 
@@ -98,22 +119,34 @@ impl CommandRuntime {
             });
         }
         tracing::info!(task_id, pgid = group.pgid(), "running the dispatch command");
+        let record = process::record_path(&self.ctx.state_dir, DISPATCH, &inv.task);
+        if let Some(r) = process::GroupRecord::of(&inv.task, &group) {
+            if let Err(e) = process::write_record(&record, &r) {
+                tracing::warn!(
+                    task_id,
+                    "cannot record the dispatch command's process group under {}: {e}",
+                    self.ctx.state_dir.display()
+                );
+            }
+        }
         let limit = self.settings.dispatch_timeout;
         let status = tokio::select! {
             s = tokio::time::timeout(limit, group.wait()) => s,
             _ = ctx.stop.cancelled() => {
                 let _ = group.terminate(Duration::ZERO, &ctx.force).await;
+                let _ = std::fs::remove_file(&record);
                 return RunOutcome::Stopped;
             }
         };
+        if status.is_err() {
+            let _ = group.terminate(Duration::ZERO, &ctx.force).await;
+        }
+        let _ = std::fs::remove_file(&record);
         match status {
-            Err(_) => {
-                let _ = group.terminate(Duration::ZERO, &ctx.force).await;
-                RunOutcome::Failed(Failure::new(
-                    FailureReason::DispatchTimeout,
-                    format!("the dispatch command did not finish within {limit:?} (dispatch_timeout); its process group was killed"),
-                ))
-            }
+            Err(_) => RunOutcome::Failed(Failure::new(
+                FailureReason::DispatchTimeout,
+                format!("the dispatch command did not finish within {limit:?} (dispatch_timeout); its process group was killed"),
+            )),
             Ok(Ok(s)) if s.success() => {
                 // Whatever it started in the background is the outside system's.
                 RunOutcome::Dispatched
@@ -204,11 +237,27 @@ impl Runtime for CommandRuntime {
     }
 
     /// A dispatch interrupted by the worker's death may or may not have
-    /// reached the outside system: it is cancelled there (when a cancel
-    /// command exists) and reported failed, so the agent never runs
-    /// unreported.
+    /// reached the outside system: what is left of the dispatch command is
+    /// stopped, the task is cancelled there (when a cancel command exists)
+    /// and reported failed, so the agent never runs unreported. Dispatch
+    /// commands of live siblings sharing the worker id are left alone.
     fn recover(&self, unfinished: Vec<TaskRef>) -> BoxFuture<'_, Vec<(TaskRef, RunOutcome)>> {
         Box::pin(async move {
+            for (path, record) in
+                process::read_records::<process::GroupRecord>(&self.ctx.state_dir, DISPATCH)
+            {
+                if record.owner_alive() {
+                    continue;
+                }
+                if record.kill_if_alive() {
+                    tracing::warn!(
+                        task_id = record.task_id,
+                        pgid = record.pid,
+                        "stopped a dispatch command left running by a dead earlier run of this worker"
+                    );
+                }
+                let _ = std::fs::remove_file(&path);
+            }
             let mut out = Vec::new();
             for task in unfinished {
                 self.cancel(task.clone()).await;
@@ -217,7 +266,7 @@ impl Runtime for CommandRuntime {
                     RunOutcome::Failed(Failure::new(
                         FailureReason::DispatchCommand,
                         "the worker died while the dispatch command ran, so whether the task was dispatched is unknown; \
-                         the cancel command was run for it at the worker's restart",
+                         the dispatch command was stopped and the cancel command run for it at the worker's restart",
                     )),
                 ));
             }

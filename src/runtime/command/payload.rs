@@ -32,6 +32,8 @@ pub struct DispatchPayload {
     /// WARP_SERVER_ROOT_URL and the run's env_vars). Values are secrets.
     pub env: BTreeMap<String, Secret>,
     /// The agent sidecar (at /agent) and the additional ones; null when none.
+    /// Always present, like every other key.
+    #[schemars(required, extend("type" = ["array", "null"]))]
     pub sidecars: Option<Vec<PayloadSidecar>>,
     /// The task as the orchestrator sent it.
     pub task: Task,

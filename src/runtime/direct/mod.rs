@@ -39,18 +39,20 @@ pub struct DirectRuntime {
     ctx: RuntimeContext,
 }
 
-/// A running agent, recorded so a later start can stop it if this worker dies.
+/// A running agent or setup command, recorded so a later start can stop it
+/// if this worker dies (see [`process::GroupRecord`]).
 #[derive(Debug, Serialize, Deserialize)]
-struct AgentRecord {
-    task_id: String,
-    execution_id: Option<String>,
-    pid: u32,
-    /// The leader's start time (clock ticks since boot).
-    start: String,
+struct Record {
+    #[serde(flatten)]
+    group: process::GroupRecord,
     workspace: PathBuf,
     /// Removed with the task unless the workspace is the shared target dir.
     owns_workspace: bool,
 }
+
+/// Record kinds: the agent, and the setup command that runs before it.
+const AGENT: &str = "agent";
+const SETUP: &str = "setup";
 
 /// Whether a task id can name a folder: one safe path component (the Go
 /// worker's `validateTaskIDForPath`).
@@ -126,22 +128,8 @@ impl DirectRuntime {
         Ok(DirectRuntime { settings, ctx })
     }
 
-    fn record_path(&self, task: &TaskRef) -> PathBuf {
-        let exec = task.execution_id.as_deref().unwrap_or("none");
-        let safe = |s: &str| -> String {
-            s.chars()
-                .map(|c| {
-                    if c.is_ascii_alphanumeric() || "_.-".contains(c) {
-                        c
-                    } else {
-                        '_'
-                    }
-                })
-                .collect()
-        };
-        self.ctx
-            .state_dir
-            .join(format!("agent-{}-{}.json", safe(&task.task_id), safe(exec)))
+    fn record_path(&self, kind: &str, task: &TaskRef) -> PathBuf {
+        process::record_path(&self.ctx.state_dir, kind, task)
     }
 
     fn oz_vars(&self, task_id: &str, workspace: &Path) -> Vec<(String, String)> {
@@ -295,13 +283,18 @@ impl DirectRuntime {
                     ))
                 }
             };
+            self.record(SETUP, inv, &group, workspace, owns_workspace);
             let status = tokio::select! {
                 s = group.wait() => s,
                 _ = ctx.stop.cancelled() => {
                     let _ = group.terminate(self.settings.stop_grace_period, &ctx.force).await;
+                    let _ = std::fs::remove_file(self.record_path(SETUP, &inv.task));
                     return RunOutcome::Stopped;
                 }
             };
+            // What it started in the background (a proxy, a cache daemon)
+            // may be meant for the agent: it is left running, as in the Go worker.
+            let _ = std::fs::remove_file(self.record_path(SETUP, &inv.task));
             match status {
                 Ok(s) if s.success() => {}
                 Ok(s) => {
@@ -359,20 +352,20 @@ impl DirectRuntime {
                 ))
             }
         };
-        self.record(inv, &group, workspace, owns_workspace);
+        self.record(AGENT, inv, &group, workspace, owns_workspace);
         tracing::info!(task_id, pgid = group.pgid(), workspace = %workspace.display(), "agent started");
         let status = tokio::select! {
             s = group.wait() => s,
             _ = ctx.stop.cancelled() => {
                 tracing::info!(task_id, "stopping the agent (SIGTERM to its process group, SIGKILL after {:?})", self.settings.stop_grace_period);
                 let _ = group.terminate(self.settings.stop_grace_period, &ctx.force).await;
-                let _ = std::fs::remove_file(self.record_path(&inv.task));
+                let _ = std::fs::remove_file(self.record_path(AGENT, &inv.task));
                 return RunOutcome::Stopped;
             }
         };
         // Anything the agent left running in its group goes with it.
         group.signal(nix::sys::signal::Signal::SIGKILL);
-        let _ = std::fs::remove_file(self.record_path(&inv.task));
+        let _ = std::fs::remove_file(self.record_path(AGENT, &inv.task));
         match status {
             Ok(s) if s.success() => RunOutcome::Completed,
             Ok(s) => {
@@ -396,30 +389,24 @@ impl DirectRuntime {
 
     fn record(
         &self,
+        kind: &str,
         inv: &Invocation,
         group: &process::Group,
         workspace: &Path,
         owns_workspace: bool,
     ) {
-        let Some(start) = crate::runtime::host::process_start_time(group.pgid()) else {
+        let Some(group) = process::GroupRecord::of(&inv.task, group) else {
             return;
         };
-        let record = AgentRecord {
-            task_id: inv.task.task_id.clone(),
-            execution_id: inv.task.execution_id.clone(),
-            pid: group.pgid(),
-            start,
+        let record = Record {
+            group,
             workspace: workspace.to_path_buf(),
             owns_workspace,
         };
-        let path = self.record_path(&inv.task);
-        let tmp = path.with_extension("tmp");
-        let written = std::fs::write(&tmp, serde_json::to_vec(&record).expect("serializes"))
-            .and_then(|_| std::fs::rename(&tmp, &path));
-        if let Err(e) = written {
+        if let Err(e) = process::write_record(&self.record_path(kind, &inv.task), &record) {
             tracing::warn!(
                 task_id = inv.task.task_id,
-                "cannot record the agent's process group under {}: {e}",
+                "cannot record the {kind} process group under {}: {e}",
                 self.ctx.state_dir.display()
             );
         }
@@ -494,46 +481,40 @@ impl DirectRuntime {
 
     async fn recover_tasks(&self, unfinished: Vec<TaskRef>) -> Vec<(TaskRef, RunOutcome)> {
         let mut resolved = Vec::new();
-        let records = std::fs::read_dir(&self.ctx.state_dir)
-            .map(|d| d.flatten().map(|e| e.path()).collect::<Vec<_>>())
-            .unwrap_or_default();
-        for path in records {
-            if path.extension().and_then(|e| e.to_str()) != Some("json") {
-                continue;
-            }
-            let Ok(record) = std::fs::read(&path)
-                .map_err(|e| e.to_string())
-                .and_then(|b| serde_json::from_slice::<AgentRecord>(&b).map_err(|e| e.to_string()))
-            else {
+        for kind in [SETUP, AGENT] {
+            for (path, record) in process::read_records::<Record>(&self.ctx.state_dir, kind) {
+                if record.group.owner_alive() {
+                    continue; // a live sibling's
+                }
+                let task = record.group.task();
+                let killed = record.group.kill_if_alive();
+                if killed {
+                    tracing::warn!(
+                        task_id = task.task_id,
+                        pgid = record.group.pid,
+                        "stopped {} left running by a dead earlier run of this worker",
+                        if kind == AGENT {
+                            "an agent"
+                        } else {
+                            "a setup command"
+                        }
+                    );
+                }
+                if record.owns_workspace && self.settings.cleanup {
+                    let _ = std::fs::remove_dir_all(&record.workspace);
+                }
                 let _ = std::fs::remove_file(&path);
-                continue;
-            };
-            let task = TaskRef {
-                task_id: record.task_id.clone(),
-                execution_id: record.execution_id.clone(),
-            };
-            let killed = process::kill_group_if_alive(record.pid, &record.start);
-            if killed {
-                tracing::warn!(
-                    task_id = record.task_id,
-                    pgid = record.pid,
-                    "stopped an agent left running by a dead earlier run of this worker"
-                );
-            }
-            if record.owns_workspace && self.settings.cleanup {
-                let _ = std::fs::remove_dir_all(&record.workspace);
-            }
-            let _ = std::fs::remove_file(&path);
-            if unfinished.contains(&task) {
-                let message = if killed {
-                    "the worker running this task died (crashed or was killed); at its restart the agent was still running and its process group was stopped"
-                } else {
-                    "the worker running this task died (crashed or was killed) and the agent ended while it was down; its exit status is unknown"
-                };
-                resolved.push((
-                    task,
-                    RunOutcome::Failed(Failure::new(FailureReason::Unknown, message)),
-                ));
+                if kind == AGENT && unfinished.contains(&task) {
+                    let message = if killed {
+                        "the worker running this task died (crashed or was killed); at its restart the agent was still running and its process group was stopped"
+                    } else {
+                        "the worker running this task died (crashed or was killed) and the agent ended while it was down; its exit status is unknown"
+                    };
+                    resolved.push((
+                        task,
+                        RunOutcome::Failed(Failure::new(FailureReason::Unknown, message)),
+                    ));
+                }
             }
         }
         for task in unfinished {

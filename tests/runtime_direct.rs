@@ -1,0 +1,669 @@
+//! End to end: the direct runtime. The real worker binary runs
+//! `tests/fixtures/fake-oz/oz` (a fake agent program that records its argv,
+//! working directory, environment, pid and process group, and can hold on
+//! and trap SIGTERM) on this host, against the embedded control plane or
+//! the scripted orchestrator. No container engine is involved.
+
+mod support;
+
+use oz_agent_worker::control_plane::model::{CreateRunRequest, RunState};
+use oz_agent_worker::protocol::*;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use support::control_plane::{test_config, TestPlane};
+use support::scripted_server::ScriptedServer;
+use support::worker::*;
+
+const RUN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Not in the agent's environment, though the worker has it.
+const WORKER_ONLY: (&str, &str) = ("WORKER_ONLY_SETTING", "worker-private-value");
+
+fn fake_oz() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fake-oz/oz")
+}
+
+/// Whether `pid` is a live (not zombie) process.
+fn running(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let state = stat
+        .rfind(')')
+        .and_then(|i| stat[i + 1..].split_whitespace().next());
+    !matches!(state, Some("Z" | "X") | None)
+}
+
+async fn wait_gone(pid: u32, what: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while running(pid) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what} (pid {pid}) still runs"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn wait_file(path: &Path) {
+    let deadline = tokio::time::Instant::now() + RUN_TIMEOUT;
+    while !path.exists() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} never appeared",
+            path.display()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+struct Direct {
+    plane: TestPlane,
+    root: tempfile::TempDir,
+}
+
+impl Direct {
+    async fn new() -> Direct {
+        let root = tempfile::tempdir().unwrap();
+        for d in ["ws", "report", "home", "tmp"] {
+            std::fs::create_dir(root.path().join(d)).unwrap();
+        }
+        Direct {
+            plane: TestPlane::start(test_config()).await,
+            root,
+        }
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        self.root.path().join(p)
+    }
+
+    fn workspace_root(&self) -> PathBuf {
+        self.path("ws")
+    }
+
+    /// The config file: the fake agent, a setup command that writes a
+    /// dotenv line and logs its variables (then hangs when the task sets
+    /// `SETUP_HANG`, or exits `$SETUP_EXIT`), a teardown command that logs
+    /// where it ran (and hangs while `report/hang-teardown` exists), and
+    /// configured entries.
+    fn config(&self) -> PathBuf {
+        let report = self.path("report");
+        let yaml = format!(
+            r#"backend:
+  direct:
+    workspace_root: {ws}
+    oz_path: {oz}
+    setup_command: 'echo FROM_SETUP=from-setup >"$OZ_ENVIRONMENT_FILE"; printf "%s|%s|%s|%s|%s\n" "$OZ_RUN_ID" "$OZ_WORKER_BACKEND" "$OZ_WORKSPACE_ROOT" "$PWD" "${{WARP_API_KEY:-no-key}}" >>{report}/setup.log; if [ -n "${{SETUP_HANG:-}}" ]; then sleep 300 & echo "$$ $!" >{report}/setup-$OZ_RUN_ID.pids; wait; fi; exit "${{SETUP_EXIT:-0}}"'
+    teardown_command: 'printf "%s|%s|%s\n" "$OZ_RUN_ID" "$PWD" "$GIT_CONFIG_GLOBAL" >>{report}/teardown.log; if [ -e {report}/hang-teardown ]; then sleep 300 & echo $! >{report}/teardown-$OZ_RUN_ID.pid; wait; fi'
+    teardown_timeout: 1s
+    environment:
+      - name: FAKE_OZ_REPORT
+        value: {report}
+      - name: CONFIGURED
+        value: from-config
+"#,
+            ws = self.workspace_root().display(),
+            oz = fake_oz().display(),
+            report = report.display(),
+        );
+        let path = self.path("config.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        path
+    }
+
+    fn options<'a>(&self, id: &'a str, extra: &[&str]) -> WorkerOptions<'a> {
+        let mut args = vec![
+            "--backend".to_string(),
+            "direct".into(),
+            "--config-file".into(),
+            self.config().display().to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        WorkerOptions {
+            worker_id: id,
+            extra_args: args,
+            env: vec![
+                ("HOME".into(), self.path("home").display().to_string()),
+                ("TMPDIR".into(), self.path("tmp").display().to_string()),
+                (WORKER_ONLY.0.into(), WORKER_ONLY.1.into()),
+            ],
+            ..Default::default()
+        }
+    }
+
+    async fn worker(&self, id: &str, extra: &[&str]) -> WorkerProcess {
+        WorkerProcess::start(&self.plane, Engine::None, self.options(id, extra)).await
+    }
+
+    async fn run(&self, host: &str, env: &[(&str, &str)]) -> String {
+        let req = CreateRunRequest {
+            worker_host: host.into(),
+            title: Some("direct".into()),
+            prompt: Some("say hello".into()),
+            env_vars: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), (*v).into()))
+                .collect(),
+            ..Default::default()
+        };
+        self.plane.client().create_run(&req).await.unwrap().id
+    }
+
+    fn report_dir(&self, run: &str) -> PathBuf {
+        self.path("report").join(run)
+    }
+
+    fn report(&self, run: &str, name: &str) -> String {
+        std::fs::read_to_string(self.report_dir(run).join(name))
+            .unwrap_or_else(|e| panic!("fake oz report {name} missing for {run}: {e}"))
+    }
+
+    fn pid(&self, run: &str, name: &str) -> u32 {
+        self.report(run, name).trim().parse().unwrap()
+    }
+
+    fn env(&self, run: &str) -> BTreeMap<String, String> {
+        self.report(run, "env")
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    /// The agent started exactly once for `run`.
+    fn started_once(&self, run: &str) {
+        let starts = self.report(run, "starts");
+        assert_eq!(
+            starts.lines().count(),
+            1,
+            "agent starts for {run}: {starts}"
+        );
+    }
+
+    /// Lines of `setup.log` / `teardown.log` about `run`, split at `|`.
+    fn logged(&self, file: &str, run: &str) -> Vec<Vec<String>> {
+        std::fs::read_to_string(self.path("report").join(file))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| l.split('|').map(str::to_string).collect::<Vec<_>>())
+            .filter(|f| f[0] == run)
+            .collect()
+    }
+
+    /// Waits for the teardown command to have logged `run` (it runs after
+    /// the report is queued, so it may lag the run's terminal state).
+    async fn teardown_of(&self, run: &str) -> Vec<String> {
+        let deadline = tokio::time::Instant::now() + RUN_TIMEOUT;
+        loop {
+            if let Some(line) = self.logged("teardown.log", run).pop() {
+                return line;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "teardown never ran for {run}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn wait_removed(&self, path: &Path) {
+        let deadline = tokio::time::Instant::now() + RUN_TIMEOUT;
+        while path.exists() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} was not removed",
+                path.display()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn success_path_contract() {
+    let s = Direct::new().await;
+    let id = unique_id("direct-ok");
+    let w = s
+        .worker(
+            &id,
+            &["-e", "OPERATOR_VAR=from-flag", "-e", "SHARED=operator-wins"],
+        )
+        .await;
+    let run = s
+        .run(
+            &id,
+            &[("TASK_SECRET", "s3cr3t-value"), ("SHARED", "task-loses")],
+        )
+        .await;
+    let done = wait_terminal(&s.plane, &run, RUN_TIMEOUT).await;
+    assert_eq!(done.state, RunState::Succeeded, "{done:#?}");
+    s.started_once(&run);
+
+    assert_eq!(
+        s.report(&run, "program").trim(),
+        fake_oz().display().to_string()
+    );
+    let root = s.plane.plane.url();
+    let argv: Vec<String> = s.report(&run, "argv").lines().map(String::from).collect();
+    let expected = [
+        "agent",
+        "run",
+        "--share",
+        "team:edit",
+        "--task-id",
+        &run,
+        "--sandboxed",
+        "--server-root-url",
+        &root,
+        "--idle-on-complete",
+    ];
+    assert_eq!(argv, expected, "the base args follow the program");
+
+    let workspace = s.workspace_root().join(&run);
+    assert_eq!(
+        s.report(&run, "cwd").trim(),
+        workspace.display().to_string()
+    );
+    assert_eq!(s.report(&run, "cwd_mode").trim(), "700");
+    assert_eq!(
+        s.report(&run, "pgid").trim(),
+        s.report(&run, "pid").trim(),
+        "the agent leads its own process group"
+    );
+
+    let env = s.env(&run);
+    let git_config = workspace.join(".gitconfig").display().to_string();
+    let path = std::env::var("PATH").unwrap();
+    let home = s.path("home").display().to_string();
+    let tmp = s.path("tmp").display().to_string();
+    let report = s.path("report").display().to_string();
+    let want: BTreeMap<&str, &str> = [
+        ("HOME", home.as_str()),
+        ("TMPDIR", tmp.as_str()),
+        ("PATH", path.as_str()),
+        ("TASK_ID", run.as_str()),
+        ("GIT_TERMINAL_PROMPT", "0"),
+        ("GH_PROMPT_DISABLED", "1"),
+        ("WARP_SERVER_ROOT_URL", root.as_str()),
+        ("TASK_SECRET", "s3cr3t-value"),
+        ("SHARED", "operator-wins"),
+        ("OPERATOR_VAR", "from-flag"),
+        ("FAKE_OZ_REPORT", report.as_str()),
+        ("CONFIGURED", "from-config"),
+        ("FROM_SETUP", "from-setup"),
+        ("GIT_CONFIG_GLOBAL", git_config.as_str()),
+    ]
+    .into_iter()
+    .collect();
+    let got: BTreeMap<&str, &str> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    assert_eq!(
+        got, want,
+        "only HOME/TMPDIR/PATH of the worker's environment, the task's and the configured entries"
+    );
+    assert!(!env.values().any(|v| v == &s.plane.key), "no API key");
+    assert!(!env.contains_key(WORKER_ONLY.0));
+
+    let setup = s.logged("setup.log", &run);
+    assert_eq!(setup.len(), 1, "{setup:?}");
+    let ws = workspace.display().to_string();
+    assert_eq!(
+        setup[0][1..],
+        ["direct", ws.as_str(), ws.as_str(), "no-key"],
+        "setup: OZ_* variables, run in the workspace, without the API key"
+    );
+    let teardown = s.teardown_of(&run).await;
+    assert_eq!(teardown[1..], [ws.as_str(), git_config.as_str()]);
+    s.wait_removed(&workspace).await;
+    assert!(
+        !w.log_text().contains("s3cr3t-value"),
+        "task env values never logged"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nonzero_exit_is_agent_invocation_with_the_code() {
+    let s = Direct::new().await;
+    let id = unique_id("direct-exit");
+    let _w = s.worker(&id, &[]).await;
+    let run = s.run(&id, &[("FAKE_OZ_EXIT", "3")]).await;
+    let done = wait_terminal(&s.plane, &run, RUN_TIMEOUT).await;
+    assert_eq!(done.state, RunState::Failed, "{done:#?}");
+    assert_eq!(done.failure_reason.as_deref(), Some("agent_invocation"));
+    assert_eq!(done.exit_code, Some(3));
+    let message = done.message.unwrap_or_default();
+    assert!(
+        message.contains("exited with code 3") && message.contains("fake oz: done"),
+        "the message quotes the agent's last output: {message}"
+    );
+    s.started_once(&run);
+    s.teardown_of(&run).await;
+    s.wait_removed(&s.workspace_root().join(&run)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setup_command_failure_is_setup_command_and_the_agent_never_starts() {
+    let s = Direct::new().await;
+    let id = unique_id("direct-setup");
+    let _w = s.worker(&id, &[]).await;
+    let run = s.run(&id, &[("SETUP_EXIT", "7")]).await;
+    let done = wait_terminal(&s.plane, &run, RUN_TIMEOUT).await;
+    assert_eq!(done.state, RunState::Failed, "{done:#?}");
+    assert_eq!(done.failure_reason.as_deref(), Some("setup_command"));
+    assert_eq!(done.exit_code, Some(7));
+    assert_eq!(s.logged("setup.log", &run).len(), 1, "setup ran once");
+    assert!(!s.report_dir(&run).exists(), "the agent never started");
+    s.teardown_of(&run).await;
+    s.wait_removed(&s.workspace_root().join(&run)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancellation_terms_the_group_kills_after_the_grace_and_tears_down() {
+    let s = Direct::new().await;
+    let id = unique_id("direct-cancel");
+    let grace = Duration::from_secs(3);
+    let _w = s.worker(&id, &["--stop-grace-period", "3s"]).await;
+    let run = s.run(&id, &[("FAKE_OZ_BEHAVIOUR", "hold")]).await;
+    wait_file(&s.report_dir(&run).join("ready")).await;
+    let (agent, grandchild) = (s.pid(&run, "pid"), s.pid(&run, "gc_pid"));
+    assert!(running(agent) && running(grandchild));
+
+    s.plane.client().cancel_run(&run).await.unwrap();
+    let done = wait_terminal(&s.plane, &run, RUN_TIMEOUT).await;
+    assert_eq!(done.state, RunState::Cancelled, "{done:#?}");
+    wait_gone(agent, "the agent").await;
+    wait_gone(grandchild, "the agent's grandchild").await;
+
+    let nanos = |name: &str| -> u128 {
+        s.report(&run, name)
+            .lines()
+            .next()
+            .unwrap_or_else(|| panic!("{name} is empty"))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let term = nanos("term");
+    nanos("gc_term"); // the grandchild got SIGTERM too: it went to the group
+    let last_alive = nanos("alive");
+    // The heartbeat is written every 0.1 s: the agent lived on well into
+    // the grace period after SIGTERM (the margin absorbs a heartbeat loop
+    // slowed by a loaded machine; an early SIGKILL leaves nearly nothing).
+    let alive_after_term = Duration::from_nanos((last_alive.saturating_sub(term)) as u64);
+    assert!(
+        alive_after_term >= grace / 2,
+        "the agent ignored SIGTERM and was killed only {alive_after_term:?} later (grace {grace:?})"
+    );
+    s.started_once(&run);
+    s.teardown_of(&run).await;
+    s.wait_removed(&s.workspace_root().join(&run)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn target_dir_is_used_kept_and_torn_down() {
+    let s = Direct::new().await;
+    let target = s.path("checkout");
+    std::fs::create_dir(&target).unwrap();
+    std::fs::write(target.join("marker"), "keep me").unwrap();
+    let id = unique_id("direct-target");
+    let _w = s
+        .worker(&id, &["--target-dir", target.to_str().unwrap()])
+        .await;
+    let run = s.run(&id, &[]).await;
+    let done = wait_terminal(&s.plane, &run, RUN_TIMEOUT).await;
+    assert_eq!(done.state, RunState::Succeeded, "{done:#?}");
+    s.started_once(&run);
+    assert_eq!(s.report(&run, "cwd").trim(), target.display().to_string());
+    // The global git config lives outside the shared checkout, in a private
+    // temporary folder that goes with the task.
+    let git_config = PathBuf::from(&s.env(&run)["GIT_CONFIG_GLOBAL"]);
+    assert_eq!(git_config.file_name().unwrap(), ".gitconfig");
+    let git_dir = git_config.parent().unwrap().to_path_buf();
+    assert!(
+        git_dir.starts_with(s.path("tmp"))
+            && git_dir
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("oz-gitconfig-"),
+        "{}",
+        git_dir.display()
+    );
+    let teardown = s.teardown_of(&run).await;
+    assert_eq!(teardown[1], target.display().to_string());
+    s.wait_removed(&git_dir).await;
+    assert_eq!(
+        std::fs::read_to_string(target.join("marker")).unwrap(),
+        "keep me"
+    );
+    let left: Vec<String> = std::fs::read_dir(&target)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, ["marker"], "the setup-output file is removed");
+    assert_eq!(
+        std::fs::read_dir(s.workspace_root()).unwrap().count(),
+        0,
+        "no per-task workspace"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_cleanup_keeps_the_workspace() {
+    let s = Direct::new().await;
+    let id = unique_id("direct-keep");
+    let _w = s.worker(&id, &["--no-cleanup"]).await;
+    let run = s.run(&id, &[]).await;
+    let done = wait_terminal(&s.plane, &run, RUN_TIMEOUT).await;
+    assert_eq!(done.state, RunState::Succeeded, "{done:#?}");
+    s.started_once(&run);
+    let workspace = s.workspace_root().join(&run);
+    assert!(workspace.is_dir(), "--no-cleanup keeps the workspace");
+    assert!(
+        s.logged("teardown.log", &run).is_empty(),
+        "with cleanup off teardown does not run either (the Go worker's rule)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_to_the_worker_reports_graceful_shutdown_and_leaves_no_agent() {
+    let s = Direct::new().await;
+    let id = unique_id("direct-term");
+    let mut w = s.worker(&id, &[]).await;
+    let run = s
+        .run(
+            &id,
+            &[("FAKE_OZ_BEHAVIOUR", "hold"), ("FAKE_OZ_ON_TERM", "exit")],
+        )
+        .await;
+    wait_file(&s.report_dir(&run).join("ready")).await;
+    let (agent, grandchild) = (s.pid(&run, "pid"), s.pid(&run, "gc_pid"));
+    w.signal(15);
+    let status = w.wait_exit(Duration::from_secs(30)).await;
+    assert!(status.success(), "{status:?}; log:\n{}", w.log_text());
+    let done = wait_terminal(&s.plane, &run, Duration::from_secs(10)).await;
+    assert_eq!(done.state, RunState::Failed, "{done:#?}");
+    assert_eq!(done.failure_reason.as_deref(), Some("graceful_shutdown"));
+    assert!(
+        !running(agent) && !running(grandchild),
+        "no agent process left"
+    );
+    assert!(s.report_dir(&run).join("term").exists(), "asked politely");
+    s.started_once(&run);
+    assert_eq!(s.logged("teardown.log", &run).len(), 1);
+    assert!(!s.workspace_root().join(&run).exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_then_restart_stops_the_orphaned_agent_and_reports_the_run() {
+    let s = Direct::new().await;
+    let id = unique_id("direct-kill");
+    let hold = [("FAKE_OZ_BEHAVIOUR", "hold")];
+    let mut a = s.worker(&id, &["--max-concurrent-tasks", "1"]).await;
+    let on_a = s.run(&id, &hold).await;
+    wait_file(&s.report_dir(&on_a).join("ready")).await;
+    let (agent, grandchild) = (s.pid(&on_a, "pid"), s.pid(&on_a, "gc_pid"));
+    // A live sibling sharing the id and the state directory, with a task of
+    // its own: its start must not touch A's agent, nor A's restart its.
+    let sibling = s.worker(&id, &[]).await;
+    let on_sibling = s.run(&id, &hold).await;
+    wait_file(&s.report_dir(&on_sibling).join("ready")).await;
+    let sibling_agent = s.pid(&on_sibling, "pid");
+    assert!(
+        running(agent) && running(grandchild),
+        "a sibling's start leaves a live worker's agent alone"
+    );
+
+    a.signal(9);
+    a.wait_exit(Duration::from_secs(10)).await;
+    assert!(
+        running(agent) && running(grandchild),
+        "the agent outlives a killed worker (its own process group)"
+    );
+
+    let restarted = s.worker(&id, &[]).await;
+    let done = wait_terminal(&s.plane, &on_a, Duration::from_secs(30)).await;
+    assert_eq!(done.state, RunState::Failed, "{done:#?}");
+    assert_eq!(done.failure_reason.as_deref(), Some("unknown"));
+    let message = done.message.unwrap_or_default();
+    assert!(
+        message.contains("died") && message.contains("stopped"),
+        "{message}"
+    );
+    wait_gone(agent, "the orphaned agent").await;
+    wait_gone(grandchild, "the orphaned agent's grandchild").await;
+    assert!(restarted
+        .log_text()
+        .contains("stopped an agent left running by a dead earlier run"));
+    s.wait_removed(&s.workspace_root().join(&on_a)).await;
+    s.started_once(&on_a);
+
+    assert!(
+        running(sibling_agent),
+        "the live sibling's agent is untouched"
+    );
+    assert_eq!(
+        s.plane.client().get_run(&on_sibling).await.unwrap().state,
+        RunState::Claimed
+    );
+    s.plane.client().cancel_run(&on_sibling).await.unwrap();
+    let done = wait_terminal(&s.plane, &on_sibling, RUN_TIMEOUT).await;
+    assert_eq!(done.state, RunState::Cancelled, "{done:#?}");
+    s.started_once(&on_sibling);
+    drop(sibling);
+}
+
+/// The local control plane makes its own run ids, so an id that cannot
+/// name a folder comes from the scripted orchestrator.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_id_that_is_not_one_path_component_is_refused_as_workspace_setup() {
+    let s = Direct::new().await;
+    let server = ScriptedServer::start().await;
+    let id = unique_id("direct-unsafe");
+    let _w = WorkerProcess::spawn_at(
+        &server.ws_url,
+        "http://oz.invalid",
+        "ozk_scripted-test-key-0001",
+        Engine::None,
+        s.options(&id, &[]),
+    );
+    let mut conn = server.accept(Duration::from_secs(30)).await;
+    for task_id in ["..", "a/b"] {
+        let a = TaskAssignment {
+            task_id: task_id.into(),
+            execution_id: Some("exec-1".into()),
+            task: Task {
+                id: task_id.into(),
+                title: "t".into(),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        conn.send_text(&encode(&ServerMessage::TaskAssignment(Box::new(a))))
+            .await;
+        match conn.next_message(Duration::from_secs(10)).await {
+            Some(WorkerMessage::TaskClaimed(c)) => assert_eq!(c.task_id, task_id),
+            other => panic!("expected task_claimed, got {other:?}"),
+        }
+        match conn.next_message(Duration::from_secs(10)).await {
+            Some(WorkerMessage::TaskFailed(f)) => {
+                assert_eq!(f.task_id, task_id);
+                assert_eq!(f.failure_reason, FailureReason::WorkspaceSetup);
+                assert!(f.message.contains("one path component"), "{}", f.message);
+            }
+            other => panic!("expected task_failed, got {other:?}"),
+        }
+    }
+    assert_eq!(
+        std::fs::read_dir(s.workspace_root()).unwrap().count(),
+        0,
+        "nothing made under the workspace root"
+    );
+    assert!(
+        s.logged("setup.log", "..").is_empty(),
+        "no setup command for a refused task"
+    );
+    assert_eq!(
+        std::fs::read_dir(s.path("report")).unwrap().count(),
+        0,
+        "the agent never started"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_teardown_is_killed_at_its_time_limit() {
+    let s = Direct::new().await;
+    std::fs::write(s.path("report/hang-teardown"), "").unwrap();
+    let id = unique_id("direct-teardown");
+    let w = s.worker(&id, &[]).await;
+    let run = s.run(&id, &[]).await;
+    let done = wait_terminal(&s.plane, &run, RUN_TIMEOUT).await;
+    assert_eq!(done.state, RunState::Succeeded, "{done:#?}");
+    let sleeper: u32 = std::fs::read_to_string(s.path(&format!("report/teardown-{run}.pid")))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    wait_gone(sleeper, "the teardown command's child").await;
+    w.wait_for_log("did not finish within 1s", RUN_TIMEOUT)
+        .await;
+    s.wait_removed(&s.workspace_root().join(&run)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_setup_then_restart_stops_the_setup_command() {
+    let s = Direct::new().await;
+    let id = unique_id("direct-kill-setup");
+    let mut w = s.worker(&id, &[]).await;
+    let run = s.run(&id, &[("SETUP_HANG", "1")]).await;
+    let pids = s.path(&format!("report/setup-{run}.pids"));
+    wait_file(&pids).await;
+    let pids: Vec<u32> = std::fs::read_to_string(&pids)
+        .unwrap()
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    w.signal(9);
+    w.wait_exit(Duration::from_secs(10)).await;
+    assert!(
+        pids.iter().all(|p| running(*p)),
+        "setup outlives its worker"
+    );
+
+    let restarted = s.worker(&id, &[]).await;
+    let done = wait_terminal(&s.plane, &run, RUN_TIMEOUT).await;
+    assert_eq!(done.state, RunState::Failed, "{done:#?}");
+    assert_eq!(done.failure_reason.as_deref(), Some("unknown"));
+    assert!(
+        done.message.unwrap_or_default().contains("did not run"),
+        "the agent never started"
+    );
+    for pid in pids {
+        wait_gone(pid, "the orphaned setup command").await;
+    }
+    assert!(restarted
+        .log_text()
+        .contains("stopped a setup command left running by a dead earlier run"));
+    assert!(!s.report_dir(&run).exists(), "the agent never started");
+    s.wait_removed(&s.workspace_root().join(&run)).await;
+}
