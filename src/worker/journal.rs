@@ -35,6 +35,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub const RETAIN_FINISHED: usize = 512;
 /// How long a delivered execution is remembered for de-duplication.
 pub const RETAIN_FINISHED_FOR: Duration = Duration::from_secs(24 * 3600);
+/// Most dispatched executions remembered (so a cancellation still reaches
+/// their dispatcher); the oldest are forgotten first.
+pub const RETAIN_DISPATCHED: usize = 10_000;
+/// How long a dispatched execution is remembered.
+pub const RETAIN_DISPATCHED_FOR: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Where an execution stands.
 #[derive(Debug, Clone, PartialEq)]
@@ -625,8 +630,38 @@ fn rewrite(inner: &mut Inner) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Forgets delivered executions beyond the retention bounds.
+/// Forgets delivered and dispatched executions beyond the retention bounds.
 fn prune(inner: &mut Inner) {
+    prune_dispatched(inner);
+    prune_delivered(inner);
+}
+
+fn prune_dispatched(inner: &mut Inner) {
+    let horizon = now().saturating_sub(RETAIN_DISPATCHED_FOR.as_secs());
+    let mut dispatched: Vec<(u64, TaskRef)> = inner
+        .entries
+        .iter()
+        .filter(|(_, e)| matches!(e.state, State::Dispatched))
+        .map(|(t, e)| (e.at, t.clone()))
+        .collect();
+    if dispatched.len() <= RETAIN_DISPATCHED && dispatched.iter().all(|(at, _)| *at >= horizon) {
+        return;
+    }
+    dispatched.sort();
+    let excess = dispatched.len().saturating_sub(RETAIN_DISPATCHED);
+    for (i, (at, task)) in dispatched.into_iter().enumerate() {
+        if i < excess || at < horizon {
+            tracing::info!(
+                task_id = task.task_id,
+                execution_id = task.execution_id.as_deref().unwrap_or(""),
+                "forgetting a task dispatched long ago: a cancellation will no longer reach its dispatcher"
+            );
+            inner.entries.remove(&task);
+        }
+    }
+}
+
+fn prune_delivered(inner: &mut Inner) {
     let horizon = now().saturating_sub(RETAIN_FINISHED_FOR.as_secs());
     loop {
         let delivered: usize = inner
@@ -839,6 +874,32 @@ mod tests {
         let (_j, inherited) = reopen(dir.path(), j);
         assert_eq!(inherited.undelivered.len(), 1);
         assert_eq!(inherited.undelivered[0].0, keep);
+    }
+
+    #[test]
+    fn dispatched_executions_are_bounded_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let (j, _) = Journal::open(dir.path(), "w").unwrap();
+        {
+            let mut inner = j.inner.lock().unwrap();
+            let old = now() - RETAIN_DISPATCHED_FOR.as_secs() - 10;
+            for i in 0..(RETAIN_DISPATCHED + 5) {
+                let at = if i == 0 { old } else { now() };
+                inner.entries.insert(
+                    task(&format!("d{i}")),
+                    Entry {
+                        state: State::Dispatched,
+                        at,
+                    },
+                );
+            }
+            prune(&mut inner);
+        }
+        assert_eq!(j.len(), RETAIN_DISPATCHED);
+        assert!(j.get(&task("d0")).is_none(), "older than the horizon");
+        assert!(j
+            .get(&task(&format!("d{}", RETAIN_DISPATCHED + 4)))
+            .is_some());
     }
 
     #[test]
