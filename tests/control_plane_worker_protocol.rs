@@ -61,6 +61,13 @@ async fn missing_wrong_keys_and_reserved_ids_are_refused() {
         .unwrap();
     assert_eq!(status, 400);
     assert!(body.contains("reserved"), "{body}");
+    // The prefix is case-sensitive, as in the Go worker.
+    let mut capital = t.worker("Warp-1").await;
+    let run = t.client().create_run(&run_for("Warp-1")).await.unwrap();
+    assert_eq!(capital.expect_assignment().await.task_id, run.id);
+    let refused = t.client().create_run(&run_for("warp-1")).await.unwrap_err();
+    assert_eq!(refused.status, Some(400));
+    assert!(refused.message.contains("reserved"), "{}", refused.message);
 
     // The runs API answers the same way.
     let bad =

@@ -12,10 +12,10 @@
 #![allow(clippy::result_large_err)]
 
 use crate::control_plane::dispatcher::CancelError;
+use crate::control_plane::edge::{authenticate, error_response, json_response, Body, Shared};
 use crate::control_plane::model::{CreateRunRequest, Run, RunList, RunState};
-use crate::control_plane::server::{authenticate, error_response, json_response, Body, Shared};
 use crate::control_plane::store::{RunRecord, StoreError};
-use crate::control_plane::ws::RESERVED_PREFIX;
+use crate::protocol::{is_reserved_worker_id, RESERVED_WORKER_ID_PREFIX};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -98,9 +98,9 @@ fn validate(spec: &CreateRunRequest) -> Result<(), String> {
     if spec.worker_host.trim().is_empty() {
         return Err("worker_host is required: the id of the worker that should run it".into());
     }
-    if spec.worker_host.starts_with(RESERVED_PREFIX) {
+    if is_reserved_worker_id(&spec.worker_host) {
         return Err(format!(
-            "worker_host {:?} can never match a worker: ids starting with {RESERVED_PREFIX:?} are reserved",
+            "worker_host {:?} can never match a worker: ids starting with {RESERVED_WORKER_ID_PREFIX:?} are reserved",
             spec.worker_host
         ));
     }

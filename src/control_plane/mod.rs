@@ -2,9 +2,14 @@
 //! (PROTOCOL.md), a runs API, and durable state in SQLite. It runs as
 //! `oz-agent-worker serve` or embedded in-process through [`ControlPlane`].
 //!
-//! Layers: `model` (API types, state machine) and `store` (all SQL) know
-//! nothing of sockets; `dispatcher` routes runs to live connections; `ws`,
-//! `api` and `server` are the HTTP edge; `client` is the CLI's side of the API.
+//! Layers, each depending only on those before it: `model` (API types, the
+//! state machine), `store` (all SQL), `dispatcher` (routes runs to live
+//! connections), `edge` (what both HTTP endpoints share: body type, JSON and
+//! error responses, bearer authentication, shared state), then the two
+//! endpoints `api` (runs) and `ws` (workers), and `server`, which only
+//! accepts connections and routes requests to them. `client` (the CLI's side
+//! of the API) and `openapi` know only `model`. `tests/control_plane_layering.rs`
+//! enforces this.
 //!
 //! # Run lifecycle
 //! `queued → assigned → claimed → succeeded | failed | cancelled`
@@ -36,6 +41,7 @@
 pub mod api;
 pub mod client;
 pub mod dispatcher;
+pub mod edge;
 pub mod keys;
 pub mod model;
 pub mod openapi;
@@ -45,7 +51,7 @@ pub mod time;
 pub mod ws;
 
 use dispatcher::{DispatchTimeouts, Dispatcher};
-use server::Shared;
+use edge::Shared;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -4,8 +4,11 @@
 //! included) extends the read deadline; a worker silent past it is dropped.
 //! Malformed and unknown frames are logged and ignored.
 
-use crate::control_plane::server::{authenticate, error_response, Body, Shared};
-use crate::protocol::{decode_worker_frame, encode, DecodeError, ServerMessage};
+use crate::control_plane::edge::{authenticate, error_response, Body, Shared};
+use crate::protocol::{
+    decode_worker_frame, encode, is_reserved_worker_id, DecodeError, ServerMessage,
+    RESERVED_WORKER_ID_PREFIX,
+};
 use futures_util::{SinkExt, StreamExt};
 use http::{header, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -21,8 +24,6 @@ use tokio_tungstenite::WebSocketStream;
 pub const WS_PATH: &str = "/api/v1/selfhosted/worker/ws";
 /// PROTOCOL.md: a write must finish within 10 s.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Worker ids with this prefix are reserved for the hosted service.
-pub const RESERVED_PREFIX: &str = "warp";
 
 pub fn upgrade(mut req: Request<Incoming>, shared: Arc<Shared>) -> Response<Body> {
     if req.method() != http::Method::GET {
@@ -51,10 +52,10 @@ pub fn upgrade(mut req: Request<Incoming>, shared: Arc<Shared>) -> Response<Body
             "missing worker_id query parameter: connect to this endpoint with ?worker_id=<id>",
         );
     };
-    if worker_id.starts_with(RESERVED_PREFIX) {
+    if is_reserved_worker_id(&worker_id) {
         return error_response(
             StatusCode::BAD_REQUEST,
-            &format!("worker ids starting with {RESERVED_PREFIX:?} are reserved; choose another --worker-id"),
+            &format!("worker ids starting with {RESERVED_WORKER_ID_PREFIX:?} are reserved; choose another --worker-id"),
         );
     }
     let header_has = |name: header::HeaderName, token: &str| {
