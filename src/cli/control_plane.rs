@@ -50,6 +50,11 @@ pub struct ServeArgs {
     /// been connected for this long.
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
     pub worker_lost_timeout: Duration,
+    /// After a restart, how long a run that was offered but not yet claimed
+    /// waits for its worker to re-announce it before it is offered again
+    /// (with the same execution id).
+    #[arg(long, default_value = "75s", value_parser = parse_duration)]
+    pub reannounce_grace: Duration,
     /// Wait this long before offering a run again to a connection that rejected it.
     #[arg(long, default_value = "2s", value_parser = parse_duration, hide = true)]
     pub reoffer_delay: Duration,
@@ -171,6 +176,7 @@ pub async fn serve(a: ServeArgs) -> ExitCode {
     config.worker_read_timeout = a.worker_read_timeout;
     config.worker_lost_timeout = a.worker_lost_timeout;
     config.reoffer_delay = a.reoffer_delay;
+    config.reannounce_grace = a.reannounce_grace;
     let plane = match ControlPlane::start(config).await {
         Ok(p) => p,
         Err(e) => return fail(e),
@@ -474,6 +480,21 @@ fn print_run(r: &Run) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn serve_defaults_are_the_control_planes() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            serve: ServeArgs,
+        }
+        let a = Cli::parse_from(["serve"]).serve;
+        assert_eq!(a.worker_read_timeout, cp::DEFAULT_WORKER_READ_TIMEOUT);
+        assert_eq!(a.worker_lost_timeout, cp::DEFAULT_WORKER_LOST_TIMEOUT);
+        assert_eq!(a.reoffer_delay, cp::DEFAULT_REOFFER_DELAY);
+        assert_eq!(a.reannounce_grace, cp::DEFAULT_REANNOUNCE_GRACE);
+    }
 
     #[test]
     fn durations_parse_with_units() {

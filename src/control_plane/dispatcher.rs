@@ -10,10 +10,11 @@
 use crate::control_plane::model::{CreateRunRequest, RunState};
 use crate::control_plane::store::{Change, RunRecord, Store, StoreError};
 use crate::protocol::{
-    Owner, OwnerType, ServerMessage, Task, TaskAssignment, TaskCancellation, TaskDefinition,
-    WorkerMessage, TASK_STATE_CANCELLED,
+    Owner, OwnerType, ReportAck, ServerMessage, Task, TaskAssignment, TaskCancellation,
+    TaskDefinition, WorkerMessage, TASK_STATE_CANCELLED,
 };
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -29,6 +30,10 @@ pub struct DispatchTimeouts {
     /// After a worker connection rejects a run, how long before that same
     /// connection is offered it again (other connections may get it at once).
     pub reoffer_delay: Duration,
+    /// After a restart, how long a run left `assigned` waits for a worker of
+    /// its id to re-announce (or report on) its execution before it is
+    /// offered again, with the same execution id.
+    pub reannounce_grace: Duration,
 }
 
 struct Conn {
@@ -44,6 +49,9 @@ struct Holding {
     conn: Option<ConnId>,
     /// Since when no connection with the run's worker id has been live.
     absent_since: Option<Instant>,
+    /// An assignment sent before a restart, not known to be claimed: until
+    /// this instant a worker may re-announce it; then it is offered again.
+    unconfirmed_until: Option<Instant>,
 }
 
 #[derive(Default)]
@@ -75,12 +83,17 @@ pub struct Dispatcher {
     store: Arc<Store>,
     timeouts: DispatchTimeouts,
     state: Mutex<State>,
+    /// Set once the control plane shuts down: connections closing from then
+    /// on leave their runs as stored, for the next start to recover.
+    stopping: AtomicBool,
 }
 
 impl Dispatcher {
-    /// Builds the dispatcher and brings the stored runs back: runs assigned
-    /// before a restart are queued again (their connection is gone and they
-    /// were never claimed); claimed runs wait for their worker to report.
+    /// Builds the dispatcher and brings the stored runs back. Runs assigned
+    /// before a restart keep their execution and wait `reannounce_grace` for
+    /// a worker to re-announce or report on it (the claim may have been
+    /// sent and never read); then they are offered again. Claimed runs wait
+    /// for their worker to report.
     pub fn recover(
         store: Arc<Store>,
         timeouts: DispatchTimeouts,
@@ -89,17 +102,23 @@ impl Dispatcher {
             store,
             timeouts,
             state: Mutex::default(),
+            stopping: AtomicBool::new(false),
         };
         {
             let mut st = d.lock();
-            for run in d.store.runs_in_state(RunState::Assigned)? {
-                d.requeue_or_cancel(
-                    &mut st,
-                    &run.id,
-                    "control plane restarted before the worker claimed it",
-                )?;
-            }
             let now = Instant::now();
+            for run in d.store.runs_in_state(RunState::Assigned)? {
+                st.held.insert(
+                    run.id.clone(),
+                    Holding {
+                        key: (run.team_id, run.spec.worker_host.clone()),
+                        state: RunState::Assigned,
+                        conn: None,
+                        absent_since: None,
+                        unconfirmed_until: Some(now + d.timeouts.reannounce_grace),
+                    },
+                );
+            }
             for run in d.store.runs_in_state(RunState::Claimed)? {
                 st.held.insert(
                     run.id.clone(),
@@ -108,6 +127,7 @@ impl Dispatcher {
                         state: RunState::Claimed,
                         conn: None,
                         absent_since: Some(now),
+                        unconfirmed_until: None,
                     },
                 );
             }
@@ -163,6 +183,13 @@ impl Dispatcher {
         id
     }
 
+    /// From now on, closing connections change no run: a shutdown is a
+    /// restart to come, and an assignment whose claim may be in flight must
+    /// stay assigned for the next start's re-announce grace.
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+    }
+
     /// The connection closed: runs it held but had not claimed go back to the
     /// queue; claimed runs stay claimed and wait for their worker.
     pub fn unregister(&self, conn: ConnId) {
@@ -170,6 +197,9 @@ impl Dispatcher {
         let Some(c) = st.conns.remove(&conn) else {
             return;
         };
+        if self.stopping.load(Ordering::SeqCst) {
+            return;
+        }
         if let Some(list) = st.by_worker.get_mut(&c.key) {
             list.retain(|&x| x != conn);
             if list.is_empty() {
@@ -211,6 +241,7 @@ impl Dispatcher {
 
     // ---- worker messages ----
 
+    /// One frame from connection `conn`, in the order the worker sent it.
     pub fn handle(&self, conn: ConnId, msg: WorkerMessage) {
         if let Err(e) = self.handle_inner(conn, msg) {
             tracing::error!(conn, "{e}");
@@ -223,30 +254,96 @@ impl Dispatcher {
             return Ok(());
         };
         let run_id = msg.task_id().to_string();
+        let kind = msg.kind();
+        let is_report = msg.is_terminal();
+        let named = msg.execution_id().map(str::to_string);
+        // Every terminal report is acknowledged once it is recorded, or when
+        // it can never be (so the worker stops re-sending it); only a report
+        // that could not be stored goes unacknowledged, to come again.
+        let ack = |st: &State| {
+            if is_report {
+                send(st, conn, report_ack(&run_id, named.as_deref()));
+            }
+        };
         let Some(run) = self.store.get_run(&run_id, Some(key.0))? else {
-            tracing::warn!(conn, run = %run_id, "message about a run this team does not have; ignored");
+            tracing::warn!(conn, run = %run_id, kind, "message about a run this team does not have; ignored");
+            ack(&st);
             return Ok(());
         };
         if run.spec.worker_host != key.1 {
-            tracing::warn!(conn, run = %run_id, "message about a run routed to another worker id; ignored");
+            tracing::warn!(conn, run = %run_id, kind, "message about a run routed to another worker id; ignored");
+            ack(&st);
             return Ok(());
         }
-        if run.state.is_terminal() {
-            tracing::debug!(conn, run = %run_id, state = %run.state, "message for a finished run; ignored");
-            return Ok(());
-        }
-        let held_here = st.held.get(&run_id).is_some_and(|h| h.conn == Some(conn));
-        match msg {
-            WorkerMessage::TaskClaimed(m) => {
-                if run.state != RunState::Assigned || !held_here {
-                    tracing::debug!(conn, run = %run_id, state = %run.state, "claim for a run not assigned to this connection; ignored");
-                    return Ok(());
-                }
-                self.claim(&mut st, &run_id, &m.worker_id)?;
+        if let Some(named) = named.as_deref() {
+            if run.execution_id.as_deref() != Some(named) {
+                tracing::warn!(
+                    conn, run = %run_id, kind, execution = named,
+                    expected = run.execution_id.as_deref().unwrap_or("none yet"),
+                    "message names an execution that is not the run's; ignored"
+                );
+                ack(&st);
+                return Ok(());
             }
-            WorkerMessage::TaskOutput(_) => {}
+        }
+        // The run's own execution, named by the worker: a re-announce, or a
+        // report carrying the assignment's execution id.
+        let names_execution = named.is_some();
+        if run.state.is_terminal() {
+            match msg {
+                WorkerMessage::TaskClaimed(_) if names_execution => {
+                    // The worker still runs something the control plane has
+                    // closed (e.g. failed as worker_lost): have it stop.
+                    tracing::info!(conn, run = %run_id, state = %run.state, "a worker re-announced a run that already ended; asking it to stop");
+                    send(&st, conn, cancellation(&run_id));
+                }
+                _ if is_report => {
+                    tracing::debug!(conn, run = %run_id, state = %run.state, kind, "duplicate report for a run that already ended; ignored");
+                    ack(&st);
+                }
+                _ => {
+                    tracing::debug!(conn, run = %run_id, state = %run.state, kind, "message for a finished run; ignored")
+                }
+            }
+            return Ok(());
+        }
+        let holder = st.held.get(&run_id).and_then(|h| h.conn);
+        match msg {
+            WorkerMessage::TaskClaimed(m) => match run.state {
+                RunState::Claimed => {
+                    tracing::debug!(conn, run = %run_id, "repeated claim of a claimed run; nothing to do");
+                    self.hold(&mut st, &run_id, &key, RunState::Claimed, conn);
+                }
+                RunState::Assigned if holder == Some(conn) => {
+                    self.claim(
+                        &mut st,
+                        &run,
+                        &key,
+                        conn,
+                        format!("claimed by worker {}", m.worker_id),
+                    )?;
+                }
+                RunState::Assigned | RunState::Queued if names_execution => {
+                    self.claim(
+                        &mut st,
+                        &run,
+                        &key,
+                        conn,
+                        format!(
+                            "claimed by worker {} (re-announced its execution)",
+                            m.worker_id
+                        ),
+                    )?;
+                }
+                _ => {
+                    tracing::debug!(conn, run = %run_id, state = %run.state, "claim for a run not offered to this connection; ignored");
+                }
+            },
+            WorkerMessage::TaskOutput(m) => {
+                tracing::trace!(conn, run = %run_id, stream = ?m.stream, bytes = m.data.len(), dropped = m.dropped_bytes, "task output");
+            }
             WorkerMessage::TaskRejected(m) => {
-                if run.state != RunState::Assigned || !held_here {
+                if run.state != RunState::Assigned || holder != Some(conn) {
                     tracing::debug!(conn, run = %run_id, "rejection for a run not assigned to this connection; ignored");
                     return Ok(());
                 }
@@ -264,18 +361,26 @@ impl Dispatcher {
                 self.dispatch();
             }
             WorkerMessage::TaskCompleted(_) | WorkerMessage::TaskFailed(_) => {
-                // Accepted from the holding connection, or from any connection
-                // of the same team and worker id once the run is claimed: a
-                // worker delivers a held terminal message after reconnecting.
-                match run.state {
-                    RunState::Assigned if held_here => {
-                        self.claim(&mut st, &run_id, &key.1)?;
-                    }
-                    RunState::Claimed => {}
-                    _ => {
-                        tracing::warn!(conn, run = %run_id, state = %run.state, "terminal message for a run this connection does not hold; ignored");
-                        return Ok(());
-                    }
+                // Any connection of the run's team and worker id may report on
+                // its one execution: a worker delivers a held report after
+                // reconnecting, possibly to a restarted control plane. A run
+                // never offered has no execution anyone could report on.
+                if run.execution_id.is_none() {
+                    tracing::warn!(conn, run = %run_id, "report for a run that was never offered; ignored");
+                    ack(&st);
+                    return Ok(());
+                }
+                if run.state != RunState::Claimed {
+                    self.claim(
+                        &mut st,
+                        &run,
+                        &key,
+                        conn,
+                        format!(
+                            "claimed by worker {} (reported before its claim was read)",
+                            key.1
+                        ),
+                    )?;
                 }
                 let change = match msg {
                     WorkerMessage::TaskCompleted(m)
@@ -300,16 +405,19 @@ impl Dispatcher {
                         c.message = Some(m.message);
                         c
                     }
-                    _ => unreachable!(),
+                    _ => unreachable!("matched terminal messages only"),
                 };
                 if self
                     .store
                     .transition(&run_id, RunState::Claimed, change)?
-                    .is_some()
+                    .is_none()
                 {
-                    st.held.remove(&run_id);
-                    st.rejections.remove(&run_id);
+                    tracing::error!(conn, run = %run_id, "report not recorded: the run moved concurrently; the worker sends it again");
+                    return Ok(());
                 }
+                st.held.remove(&run_id);
+                st.rejections.remove(&run_id);
+                ack(&st);
                 drop(st);
                 self.dispatch();
             }
@@ -317,20 +425,36 @@ impl Dispatcher {
         Ok(())
     }
 
-    fn claim(&self, st: &mut State, run_id: &str, worker_id: &str) -> Result<(), StoreError> {
+    /// Records `conn` as the live holder of `run_id` in `state`.
+    fn hold(&self, st: &mut State, run_id: &str, key: &WorkerKey, state: RunState, conn: ConnId) {
+        st.held.insert(
+            run_id.to_string(),
+            Holding {
+                key: key.clone(),
+                state,
+                conn: Some(conn),
+                absent_since: None,
+                unconfirmed_until: None,
+            },
+        );
+    }
+
+    /// assigned or queued → claimed, held by `conn` from now on.
+    fn claim(
+        &self,
+        st: &mut State,
+        run: &RunRecord,
+        key: &WorkerKey,
+        conn: ConnId,
+        note: String,
+    ) -> Result<(), StoreError> {
         if self
             .store
-            .transition(
-                run_id,
-                RunState::Assigned,
-                Change::to(RunState::Claimed, format!("claimed by worker {worker_id}")),
-            )?
+            .transition(&run.id, run.state, Change::to(RunState::Claimed, note))?
             .is_some()
         {
-            if let Some(h) = st.held.get_mut(run_id) {
-                h.state = RunState::Claimed;
-            }
-            st.rejections.remove(run_id);
+            self.hold(st, &run.id, key, RunState::Claimed, conn);
+            st.rejections.remove(&run.id);
         }
         Ok(())
     }
@@ -420,6 +544,15 @@ impl Dispatcher {
             RunState::Queued => st.rejections.get(&run.id).and_then(|r| r.last()).map(|(_, _, reason)| {
                 format!("every connected worker with id {:?} rejected it recently (last reason: {reason}); it is offered again shortly", run.spec.worker_host)
             }),
+            RunState::Assigned => {
+                let h = st.held.get(&run.id)?;
+                let until = h.unconfirmed_until?;
+                Some(format!(
+                    "the control plane restarted after offering it; waiting up to {}s more for worker {:?} to re-announce it, then it is offered again",
+                    until.saturating_duration_since(Instant::now()).as_secs(),
+                    run.spec.worker_host
+                ))
+            }
             RunState::Claimed => {
                 let h = st.held.get(&run.id)?;
                 if h.conn.is_some() {
@@ -476,7 +609,12 @@ impl Dispatcher {
             let Some(i) = pick else { continue };
             let conn = conns[i];
             st.cursor.insert(key.clone(), (i + 1) % n);
-            let execution_id = format!("exec_{:016x}", fastrand::u64(..));
+            // One execution per run: every offer repeats it, so a worker
+            // recognises a re-offer of something it already runs.
+            let execution_id = run
+                .execution_id
+                .clone()
+                .unwrap_or_else(|| format!("exec_{:016x}", fastrand::u64(..)));
             let mut change = Change::to(
                 RunState::Assigned,
                 format!("assigned to worker {} (execution {execution_id})", key.1),
@@ -484,15 +622,7 @@ impl Dispatcher {
             change.execution_id = Some(execution_id.clone());
             match self.store.transition(&run.id, RunState::Queued, change) {
                 Ok(Some(rec)) => {
-                    st.held.insert(
-                        run.id.clone(),
-                        Holding {
-                            key,
-                            state: RunState::Assigned,
-                            conn: Some(conn),
-                            absent_since: None,
-                        },
-                    );
+                    self.hold(&mut st, &run.id, &key, RunState::Assigned, conn);
                     tracing::info!(run = %run.id, conn, %execution_id, "run assigned");
                     send(&st, conn, assignment(&rec, execution_id));
                 }
@@ -515,6 +645,21 @@ impl Dispatcher {
             });
             let live: Vec<WorkerKey> = st.by_worker.keys().cloned().collect();
             let mut lost = Vec::new();
+            let unconfirmed: Vec<String> = st
+                .held
+                .iter()
+                .filter(|(_, h)| h.unconfirmed_until.is_some_and(|t| t <= now))
+                .map(|(r, _)| r.clone())
+                .collect();
+            for run_id in unconfirmed {
+                let why = format!(
+                    "no worker re-announced it within {}s of the control plane's restart; offered again (same execution)",
+                    self.timeouts.reannounce_grace.as_secs_f64()
+                );
+                if let Err(e) = self.requeue_or_cancel(&mut st, &run_id, &why) {
+                    tracing::error!(run = %run_id, "{e}");
+                }
+            }
             for (run_id, h) in st.held.iter_mut() {
                 if h.state != RunState::Claimed || h.conn.is_some() {
                     continue;
@@ -564,6 +709,13 @@ fn send(st: &State, conn: ConnId, msg: ServerMessage) {
         // `unregister` requeues whatever it held.
         let _ = c.tx.send(msg);
     }
+}
+
+fn report_ack(run_id: &str, execution_id: Option<&str>) -> ServerMessage {
+    ServerMessage::ReportAck(ReportAck {
+        task_id: run_id.to_string(),
+        execution_id: execution_id.map(str::to_string),
+    })
 }
 
 fn cancellation(run_id: &str) -> ServerMessage {

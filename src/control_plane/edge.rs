@@ -20,6 +20,9 @@ pub struct Shared {
     pub dispatcher: Arc<Dispatcher>,
     /// A worker connection that sends nothing for this long is dropped.
     pub worker_read_timeout: Duration,
+    /// An HTTP connection that has not sent a request's headers within this
+    /// long is closed.
+    pub header_read_timeout: Duration,
     /// Flips to `true` once when the control plane shuts down.
     pub shutdown: watch::Receiver<bool>,
 }

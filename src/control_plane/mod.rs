@@ -18,14 +18,22 @@
 //! - A run is offered only to connections of its team whose `worker_id`
 //!   equals its `worker_host` exactly; connections sharing an id take turns.
 //!   With none connected it stays queued and `waiting_reason` says so.
+//! - A run has one execution id, minted at its first offer and repeated in
+//!   every later one, so a worker recognises a re-offer of what it runs.
+//!   The assignment is stored before it is sent.
 //! - `task_rejected`, or the connection closing before `task_claimed`, puts it
 //!   back in the queue; the rejecting connection is skipped for
 //!   `reoffer_delay` (default 2 s) so another connection can take it.
+//! - A claim is accepted from the connection the run was offered to, or from
+//!   any connection of its team and worker id that names its execution (a
+//!   re-announce, docs/PROTOCOL.md `task-reannounce`). A repeated claim is a
+//!   no-op; a claim or report naming another execution is ignored.
 //! - After the claim, a closed connection leaves the run claimed: any
 //!   connection of the same team and worker id may deliver its terminal
 //!   message. Once no such connection has been live for `worker_lost_timeout`
 //!   (default 10 min, `--worker-lost-timeout`) it fails with `worker_lost`.
-//! - A terminal message for a finished run is ignored (logged at debug).
+//! - Every terminal report is answered with `report_ack` once recorded; a
+//!   report for a finished run is ignored (logged at debug) and acked too.
 //! - Cancel: queued → cancelled at once. Assigned or claimed → marked
 //!   `cancel_requested` and `task_cancellation` is sent to the holding
 //!   connection; the run ends when the worker reports (`task_completed` with
@@ -34,9 +42,12 @@
 //!   or disconnect before the claim of a cancel-requested run cancels it. A
 //!   finished run cannot be cancelled (HTTP 409).
 //! - A worker connection that sends nothing, not even a ping, for
-//!   `worker_read_timeout` (default 60 s) is dropped.
-//! - On start, runs left `assigned` are queued again (their connection is
-//!   gone) and `claimed` runs wait for their workers as above.
+//!   `worker_read_timeout` (default 60 s) is dropped, after the frames it
+//!   had already sent are handled.
+//! - A shutdown changes no run. On start, `claimed` runs wait for their
+//!   workers as above, and runs left `assigned` wait `reannounce_grace`
+//!   (default 75 s) for a worker to re-announce or report on them before
+//!   they are offered again, with the same execution id.
 
 pub mod api;
 pub mod client;
@@ -83,6 +94,12 @@ pub struct Config {
     pub worker_lost_timeout: Duration,
     /// How long before a connection that rejected a run is offered it again.
     pub reoffer_delay: Duration,
+    /// After a restart, how long a run left `assigned` waits for its worker
+    /// to re-announce it before it is offered again (same execution id).
+    pub reannounce_grace: Duration,
+    /// An HTTP connection must send a request's complete headers within
+    /// this long (also between requests on a kept-alive connection).
+    pub header_read_timeout: Duration,
     /// How often the re-offer and worker-lost checks run.
     pub sweep_interval: Duration,
 }
@@ -90,6 +107,13 @@ pub struct Config {
 pub const DEFAULT_WORKER_READ_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_WORKER_LOST_TIMEOUT: Duration = Duration::from_secs(600);
 pub const DEFAULT_REOFFER_DELAY: Duration = Duration::from_secs(2);
+/// A worker retries its connection at most 60 s apart (PROTOCOL.md), so one
+/// that was backing off while the control plane was down is back within
+/// this, with time to spare for its handshake.
+pub const DEFAULT_REANNOUNCE_GRACE: Duration = Duration::from_secs(75);
+/// Headers are a few hundred bytes; a client that takes longer is stuck or
+/// hostile, and would otherwise hold a connection (and a task) forever.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Config {
     pub fn new(listen: SocketAddr, storage: Storage) -> Config {
@@ -99,6 +123,8 @@ impl Config {
             worker_read_timeout: DEFAULT_WORKER_READ_TIMEOUT,
             worker_lost_timeout: DEFAULT_WORKER_LOST_TIMEOUT,
             reoffer_delay: DEFAULT_REOFFER_DELAY,
+            reannounce_grace: DEFAULT_REANNOUNCE_GRACE,
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             sweep_interval: Duration::from_secs(1),
         }
     }
@@ -159,6 +185,7 @@ impl ControlPlane {
                 DispatchTimeouts {
                     worker_lost: config.worker_lost_timeout,
                     reoffer_delay: config.reoffer_delay,
+                    reannounce_grace: config.reannounce_grace,
                 },
             )
             .map_err(StartError::Store)?,
@@ -173,6 +200,7 @@ impl ControlPlane {
         let shared = Arc::new(Shared {
             dispatcher: dispatcher.clone(),
             worker_read_timeout: config.worker_read_timeout,
+            header_read_timeout: config.header_read_timeout,
             shutdown: shutdown_rx.clone(),
         });
         let server = tokio::spawn(server::accept_loop(listener, shared));
@@ -228,6 +256,7 @@ impl ControlPlane {
     /// Stops accepting, closes worker connections (with a close frame) and
     /// waits for the listener and background tasks to end.
     pub async fn shutdown(mut self) {
+        self.dispatcher.stop();
         let _ = self.shutdown.send(true);
         for t in std::mem::take(&mut self.tasks) {
             let _ = t.await;
@@ -237,6 +266,7 @@ impl ControlPlane {
 
 impl Drop for ControlPlane {
     fn drop(&mut self) {
+        self.dispatcher.stop();
         let _ = self.shutdown.send(true);
     }
 }

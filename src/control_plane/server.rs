@@ -7,7 +7,7 @@ use crate::control_plane::{api, ws};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,6 +36,8 @@ pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                 service_fn(move |req| route(req, shared.clone()))
             };
             let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(shared.header_read_timeout)
                 .serve_connection(TokioIo::new(stream), svc)
                 .with_upgrades();
             tokio::pin!(conn);

@@ -1,15 +1,19 @@
-//! One worker connection: the upgrade handshake (bearer key, `worker_id`),
-//! then a loop that forwards the dispatcher's messages to the worker and the
-//! worker's frames to the dispatcher. Any frame from the worker (pings
-//! included) extends the read deadline; a worker silent past it is dropped.
+//! One worker connection: the upgrade handshake (bearer key, `worker_id`,
+//! the extensions offered in `Oz-Worker-Extensions`), then a loop that
+//! forwards the dispatcher's messages to the worker and the worker's frames
+//! to the dispatcher, in order. Any frame from the worker (pings included)
+//! extends the read deadline; a worker silent past it is dropped, but only
+//! after every frame it had already sent has been read and handled.
 //! Malformed and unknown frames are logged and ignored.
 
+use crate::control_plane::dispatcher::{ConnId, Dispatcher};
 use crate::control_plane::edge::{authenticate, error_response, Body, Shared};
+use crate::protocol::extensions::EXTENSIONS_HEADER;
 use crate::protocol::{
-    decode_worker_frame, encode, is_reserved_worker_id, DecodeError, ServerMessage,
+    decode_worker_frame, encode, is_reserved_worker_id, DecodeError, Extensions, ServerMessage,
     RESERVED_WORKER_ID_PREFIX,
 };
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use http::{header, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -95,6 +99,9 @@ pub fn upgrade(mut req: Request<Incoming>, shared: Arc<Shared>) -> Response<Body
         .header(header::CONNECTION, "Upgrade")
         .header(header::UPGRADE, "websocket")
         .header(header::SEC_WEBSOCKET_ACCEPT, accept)
+        // docs/PROTOCOL.md: the control plane offers every extension it
+        // implements; a worker that knows none ignores the header.
+        .header(EXTENSIONS_HEADER, Extensions::ALL.header_value())
         .body(Body::default())
         .expect("static response parts are valid")
 }
@@ -115,7 +122,18 @@ async fn run_connection<S>(
     let mut deadline = tokio::time::Instant::now() + read_timeout;
     let mut shutdown = shared.shutdown.clone();
     let close_reason = loop {
+        // Biased: frames already received are handled before the deadline
+        // is looked at, so a worker is never dropped with its last report
+        // unread.
         tokio::select! {
+            biased;
+            _ = shutdown.changed() => {
+                let _ = tokio::time::timeout(WRITE_TIMEOUT, sink.send(Message::Close(Some(CloseFrame {
+                    code: CloseCode::Away,
+                    reason: "control plane shutting down".into(),
+                })))).await;
+                break "control plane shutting down";
+            }
             out = outbox.recv() => {
                 let Some(msg) = out else { break "dispatcher dropped the connection" };
                 let text = encode(&msg);
@@ -127,34 +145,32 @@ async fn run_connection<S>(
             }
             frame = stream.next() => {
                 deadline = tokio::time::Instant::now() + read_timeout;
-                match frame {
-                    None => break "closed",
-                    Some(Err(e)) => { tracing::debug!(conn, "read from worker failed: {e}"); break "read failed" }
-                    Some(Ok(Message::Text(text))) => match decode_worker_frame(text.as_str()) {
-                        Ok(msg) => dispatcher.handle(conn, msg),
-                        Err(DecodeError::UnknownType(t)) => {
-                            tracing::info!(conn, kind = %t, "unknown message type from worker; ignored")
-                        }
-                        Err(e) => tracing::warn!(conn, "ignoring frame from worker: {e}"),
-                    },
-                    Some(Ok(Message::Binary(_))) => {
-                        tracing::warn!(conn, "ignoring binary frame from worker (the protocol is JSON text)")
-                    }
-                    // Pongs to pings are queued by tungstenite and flushed by this read loop.
-                    Some(Ok(Message::Close(_))) => break "worker closed the connection",
-                    Some(Ok(_)) => {}
+                if let Err(reason) = on_frame(&dispatcher, conn, frame) {
+                    break reason;
                 }
             }
             _ = tokio::time::sleep_until(deadline) => {
+                // The task may have been starved past the deadline while the
+                // worker's frames sat in the socket: read what is there
+                // without waiting. Anything at all means it is not silent.
+                let mut heard = false;
+                let mut ended = None;
+                while let Some(frame) = stream.next().now_or_never() {
+                    heard = true;
+                    if let Err(reason) = on_frame(&dispatcher, conn, frame) {
+                        ended = Some(reason);
+                        break;
+                    }
+                }
+                if let Some(reason) = ended {
+                    break reason;
+                }
+                if heard {
+                    deadline = tokio::time::Instant::now() + read_timeout;
+                    continue;
+                }
                 tracing::warn!(conn, worker_id, "worker silent for {}s; dropping its connection", read_timeout.as_secs_f64());
                 break "read deadline passed";
-            }
-            _ = shutdown.changed() => {
-                let _ = tokio::time::timeout(WRITE_TIMEOUT, sink.send(Message::Close(Some(CloseFrame {
-                    code: CloseCode::Away,
-                    reason: "control plane shutting down".into(),
-                })))).await;
-                break "control plane shutting down";
             }
         }
     };
@@ -162,4 +178,39 @@ async fn run_connection<S>(
     dispatcher.unregister(conn);
     // Best effort: tell the peer, then drop the socket.
     let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
+}
+
+/// Hands one read result to the dispatcher; `Err` ends the connection.
+fn on_frame(
+    dispatcher: &Dispatcher,
+    conn: ConnId,
+    frame: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
+) -> Result<(), &'static str> {
+    match frame {
+        None => Err("closed"),
+        Some(Err(e)) => {
+            tracing::debug!(conn, "read from worker failed: {e}");
+            Err("read failed")
+        }
+        Some(Ok(Message::Text(text))) => {
+            match decode_worker_frame(text.as_str()) {
+                Ok(msg) => dispatcher.handle(conn, msg),
+                Err(DecodeError::UnknownType(t)) => {
+                    tracing::info!(conn, kind = %t, "unknown message type from worker; ignored")
+                }
+                Err(e) => tracing::warn!(conn, "ignoring frame from worker: {e}"),
+            }
+            Ok(())
+        }
+        Some(Ok(Message::Binary(_))) => {
+            tracing::warn!(
+                conn,
+                "ignoring binary frame from worker (the protocol is JSON text)"
+            );
+            Ok(())
+        }
+        Some(Ok(Message::Close(_))) => Err("worker closed the connection"),
+        // Pongs to pings are queued by tungstenite and flushed by the read loop.
+        Some(Ok(_)) => Ok(()),
+    }
 }
