@@ -134,28 +134,34 @@ async fn teams_only_see_and_receive_their_own_runs() {
 }
 
 #[tokio::test]
-async fn connections_sharing_an_id_get_runs_round_robin() {
+async fn connections_sharing_an_id_get_runs_round_robin_one_offer_at_a_time() {
     let t = TestPlane::start(test_config()).await;
     let mut workers = vec![
         t.worker("pool").await,
         t.worker("pool").await,
         t.worker("pool").await,
     ];
-    let other = t.worker("Pool").await; // ids are case-sensitive
+    let mut other = t.worker("Pool").await; // ids are case-sensitive
     let client = t.client();
+    let mut created = Vec::new();
     for _ in 0..9 {
-        client.create_run(&run_for("pool")).await.unwrap();
+        created.push(client.create_run(&run_for("pool")).await.unwrap().id);
     }
-    let mut spread = Vec::new();
-    for w in &mut workers {
-        let mut n = 0;
-        while w.next_message(QUIET).await.is_some() {
-            n += 1;
+    // Each connection holds one unclaimed offer at a time; claiming it
+    // brings the next. Runs go out oldest first, to each connection in turn.
+    let mut offered = Vec::new();
+    for _round in 0..3 {
+        for w in &mut workers {
+            let a = w.expect_assignment().await;
+            w.expect_nothing(QUIET).await;
+            offered.push(a.task_id.clone());
+            w.claim(&a.task_id).await;
         }
-        spread.push(n);
     }
-    assert_eq!(spread, [3, 3, 3]);
-    let mut other = other;
+    let mut sorted = offered.clone();
+    sorted.sort_by_key(|id| created.iter().position(|c| c == id));
+    assert_eq!(sorted, created, "every run offered exactly once");
+    assert_eq!(offered[..3], created[..3], "first round in creation order");
     other.expect_nothing(QUIET).await;
 }
 

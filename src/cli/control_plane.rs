@@ -55,9 +55,11 @@ pub struct ServeArgs {
     /// (with the same execution id).
     #[arg(long, default_value = "75s", value_parser = parse_duration)]
     pub reannounce_grace: Duration,
-    /// Wait this long before offering a run again to a connection that rejected it.
-    #[arg(long, default_value = "2s", value_parser = parse_duration, hide = true)]
-    pub reoffer_delay: Duration,
+    /// After a worker connection rejects a run (it is at capacity), offer
+    /// it nothing more until one of its tasks ends or this long has passed
+    /// (doubling for each rejected retry, up to 16 times this).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub rejection_backoff: Duration,
     #[arg(long, default_value = "info", value_parser = ["debug", "info", "warn", "error"])]
     pub log_level: String,
 }
@@ -175,7 +177,7 @@ pub async fn serve(a: ServeArgs) -> ExitCode {
     let mut config = Config::new(a.listen, Storage::File(db.clone()));
     config.worker_read_timeout = a.worker_read_timeout;
     config.worker_lost_timeout = a.worker_lost_timeout;
-    config.reoffer_delay = a.reoffer_delay;
+    config.rejection_backoff = a.rejection_backoff;
     config.reannounce_grace = a.reannounce_grace;
     let plane = match ControlPlane::start(config).await {
         Ok(p) => p,
@@ -222,7 +224,7 @@ pub async fn api_keys(a: ApiKeysArgs) -> ExitCode {
         Err(e) => return fail(e),
     };
     match a.command {
-        ApiKeysCommand::Create { team } => match store.create_api_key(&team) {
+        ApiKeysCommand::Create { team } => match store.create_api_key(&team).await {
             Ok(k) => {
                 eprintln!(
                     "Created API key {} for team {:?} (team id {}) in {}. Save it now: it is not shown again.",
@@ -236,7 +238,7 @@ pub async fn api_keys(a: ApiKeysArgs) -> ExitCode {
             }
             Err(e) => fail(e),
         },
-        ApiKeysCommand::List => match store.list_api_keys() {
+        ApiKeysCommand::List => match store.list_api_keys().await {
             Ok(keys) => {
                 println!(
                     "{:<6} {:<20} {:<8} {:<14} CREATED",
@@ -492,7 +494,7 @@ mod tests {
         let a = Cli::parse_from(["serve"]).serve;
         assert_eq!(a.worker_read_timeout, cp::DEFAULT_WORKER_READ_TIMEOUT);
         assert_eq!(a.worker_lost_timeout, cp::DEFAULT_WORKER_LOST_TIMEOUT);
-        assert_eq!(a.reoffer_delay, cp::DEFAULT_REOFFER_DELAY);
+        assert_eq!(a.rejection_backoff, cp::DEFAULT_REJECTION_BACKOFF);
         assert_eq!(a.reannounce_grace, cp::DEFAULT_REANNOUNCE_GRACE);
     }
 

@@ -30,7 +30,7 @@ pub struct Shared {
 /// Resolves the bearer key to its team, or answers 401 with a body that says
 /// what was wrong. Keys are never logged.
 #[allow(clippy::result_large_err)]
-pub fn authenticate(headers: &HeaderMap, shared: &Shared) -> Result<Team, Response<Body>> {
+pub async fn authenticate(headers: &HeaderMap, shared: &Shared) -> Result<Team, Response<Body>> {
     let unauthorized = |msg: &str| {
         let mut r = error_response(StatusCode::UNAUTHORIZED, msg);
         r.headers_mut()
@@ -56,7 +56,7 @@ pub fn authenticate(headers: &HeaderMap, shared: &Shared) -> Result<Team, Respon
             "malformed Authorization header: expected `Bearer <key>`",
         ));
     };
-    match shared.dispatcher.store().team_for_key(secret) {
+    match shared.dispatcher.store().team_for_key(secret).await {
         Ok(Some(team)) => Ok(team),
         Ok(None) => Err(unauthorized(
             "invalid API key: this control plane does not know it; check --api-key / WARP_API_KEY, or create one with `oz-agent-worker api-keys create --team NAME`",

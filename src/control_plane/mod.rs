@@ -3,11 +3,14 @@
 //! `oz-agent-worker serve` or embedded in-process through [`ControlPlane`].
 //!
 //! Layers, each depending only on those before it: `model` (API types, the
-//! state machine), `store` (all SQL), `dispatcher` (routes runs to live
-//! connections), `edge` (what both HTTP endpoints share: body type, JSON and
-//! error responses, bearer authentication, shared state), then the two
-//! endpoints `api` (runs) and `ws` (workers), and `server`, which only
-//! accepts connections and routes requests to them. `client` (the CLI's side
+//! state machine), `writer` (the one thread that runs SQLite, with group
+//! commit), `store` (all SQL, as jobs for that thread), `index` (the live
+//! runs, queues per worker id and connections, in memory), `dispatcher`
+//! (routes runs to live connections), `edge` (what both HTTP endpoints
+//! share: body type, JSON and error responses, bearer authentication,
+//! shared state), then the two endpoints `api` (runs) and `ws` (workers),
+//! and `server`, which only accepts connections and routes requests to
+//! them. `client` (the CLI's side
 //! of the API) and `openapi` know only `model`. `tests/control_plane_layering.rs`
 //! enforces this.
 //!
@@ -22,8 +25,11 @@
 //!   every later one, so a worker recognises a re-offer of what it runs.
 //!   The assignment is stored before it is sent.
 //! - `task_rejected`, or the connection closing before `task_claimed`, puts it
-//!   back in the queue; the rejecting connection is skipped for
-//!   `reoffer_delay` (default 2 s) so another connection can take it.
+//!   back in the queue (another connection may take it at once). A
+//!   connection has at most one offer out at a time; one that rejected is
+//!   offered nothing more until one of its tasks ends or
+//!   `rejection_backoff` (default 30 s, doubling for each rejected probe)
+//!   has passed.
 //! - A claim is accepted from the connection the run was offered to, or from
 //!   any connection of its team and worker id that names its execution (a
 //!   re-announce, docs/PROTOCOL.md `task-reannounce`). A repeated claim is a
@@ -53,12 +59,14 @@ pub mod api;
 pub mod client;
 pub mod dispatcher;
 pub mod edge;
+pub mod index;
 pub mod keys;
 pub mod model;
 pub mod openapi;
 pub mod server;
 pub mod store;
 pub mod time;
+pub mod writer;
 pub mod ws;
 
 use dispatcher::{DispatchTimeouts, Dispatcher};
@@ -92,8 +100,10 @@ pub struct Config {
     /// A claimed run fails with `worker_lost` once no worker with its id has
     /// been connected for this long.
     pub worker_lost_timeout: Duration,
-    /// How long before a connection that rejected a run is offered it again.
-    pub reoffer_delay: Duration,
+    /// After a connection rejects an offer, how long before it is offered
+    /// anything again when none of its tasks ended meanwhile (doubling for
+    /// each rejected probe, up to 16 times this).
+    pub rejection_backoff: Duration,
     /// After a restart, how long a run left `assigned` waits for its worker
     /// to re-announce it before it is offered again (same execution id).
     pub reannounce_grace: Duration,
@@ -106,7 +116,7 @@ pub struct Config {
 
 pub const DEFAULT_WORKER_READ_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_WORKER_LOST_TIMEOUT: Duration = Duration::from_secs(600);
-pub const DEFAULT_REOFFER_DELAY: Duration = Duration::from_secs(2);
+pub const DEFAULT_REJECTION_BACKOFF: Duration = Duration::from_secs(30);
 /// A worker retries its connection at most 60 s apart (PROTOCOL.md), so one
 /// that was backing off while the control plane was down is back within
 /// this, with time to spare for its handshake.
@@ -122,7 +132,7 @@ impl Config {
             storage,
             worker_read_timeout: DEFAULT_WORKER_READ_TIMEOUT,
             worker_lost_timeout: DEFAULT_WORKER_LOST_TIMEOUT,
-            reoffer_delay: DEFAULT_REOFFER_DELAY,
+            rejection_backoff: DEFAULT_REJECTION_BACKOFF,
             reannounce_grace: DEFAULT_REANNOUNCE_GRACE,
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             sweep_interval: Duration::from_secs(1),
@@ -174,20 +184,29 @@ pub struct ControlPlane {
 impl ControlPlane {
     /// Opens the store, recovers runs, binds the listener and starts serving.
     pub async fn start(config: Config) -> Result<ControlPlane, StartError> {
-        let store = match &config.storage {
+        // Opening runs migrations: not on an async thread either.
+        let storage = config.storage.clone();
+        let store = tokio::task::spawn_blocking(move || match &storage {
             Storage::File(path) => Store::open(path),
             Storage::InMemory => Store::open_in_memory(),
-        }
+        })
+        .await
+        .map_err(|e| {
+            StartError::Store(StoreError::new(format!(
+                "opening the database panicked: {e}"
+            )))
+        })?
         .map_err(StartError::Store)?;
         let dispatcher = Arc::new(
             Dispatcher::recover(
                 Arc::new(store),
                 DispatchTimeouts {
                     worker_lost: config.worker_lost_timeout,
-                    reoffer_delay: config.reoffer_delay,
+                    rejection_backoff: config.rejection_backoff,
                     reannounce_grace: config.reannounce_grace,
                 },
             )
+            .await
             .map_err(StartError::Store)?,
         );
         let listener = tokio::net::TcpListener::bind(config.listen)
@@ -213,7 +232,7 @@ impl ControlPlane {
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     tokio::select! {
-                        _ = tick.tick() => dispatcher.sweep(),
+                        _ = tick.tick() => dispatcher.sweep().await,
                         _ = stop.changed() => break,
                     }
                 }
@@ -243,9 +262,10 @@ impl ControlPlane {
     }
 
     /// Creates a key for `team` (creating the team). The secret is in the
-    /// returned value only.
+    /// returned value only. Waits on the calling thread for the database:
+    /// for set-up code and tests.
     pub fn create_api_key(&self, team: &str) -> Result<NewApiKey, StoreError> {
-        self.dispatcher.store().create_api_key(team)
+        self.dispatcher.store().create_api_key_blocking(team)
     }
 
     /// Live worker connections.

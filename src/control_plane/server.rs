@@ -28,6 +28,11 @@ pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             },
             _ = shutdown.changed() => break,
         };
+        // Small messages (an ack, then an assignment) must not wait for the
+        // peer's delayed ACK (Nagle's algorithm): up to 40 ms each.
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!("cannot set TCP_NODELAY: {e}");
+        }
         let shared = shared.clone();
         tokio::spawn(async move {
             let mut shutdown = shared.shutdown.clone();
@@ -55,7 +60,7 @@ pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
 async fn route(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path();
     Ok(if path == ws::WS_PATH {
-        ws::upgrade(req, shared)
+        ws::upgrade(req, shared).await
     } else if path == api::RUNS_PATH || path.starts_with(&format!("{}/", api::RUNS_PATH)) {
         api::handle(req, &shared).await
     } else if path == "/healthz" {

@@ -6,11 +6,11 @@
 //! after every frame it had already sent has been read and handled.
 //! Malformed and unknown frames are logged and ignored.
 
-use crate::control_plane::dispatcher::{ConnId, Dispatcher};
+use crate::control_plane::dispatcher::{ConnId, Dispatcher, Outgoing};
 use crate::control_plane::edge::{authenticate, error_response, Body, Shared};
 use crate::protocol::extensions::EXTENSIONS_HEADER;
 use crate::protocol::{
-    decode_worker_frame, encode, is_reserved_worker_id, DecodeError, Extensions, ServerMessage,
+    decode_worker_frame, encode, is_reserved_worker_id, DecodeError, Extensions,
     RESERVED_WORKER_ID_PREFIX,
 };
 use futures_util::{FutureExt, SinkExt, StreamExt};
@@ -29,14 +29,14 @@ pub const WS_PATH: &str = "/api/v1/selfhosted/worker/ws";
 /// PROTOCOL.md: a write must finish within 10 s.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub fn upgrade(mut req: Request<Incoming>, shared: Arc<Shared>) -> Response<Body> {
+pub async fn upgrade(mut req: Request<Incoming>, shared: Arc<Shared>) -> Response<Body> {
     if req.method() != http::Method::GET {
         return error_response(
             StatusCode::METHOD_NOT_ALLOWED,
             "the worker endpoint only accepts a GET WebSocket upgrade",
         );
     }
-    let team = match authenticate(req.headers(), &shared) {
+    let team = match authenticate(req.headers(), &shared).await {
         Ok(t) => t,
         Err(resp) => return resp,
     };
@@ -114,7 +114,7 @@ async fn run_connection<S>(
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    let (tx, mut outbox) = mpsc::unbounded_channel::<ServerMessage>();
+    let (tx, mut outbox) = mpsc::unbounded_channel::<Outgoing>();
     let dispatcher = shared.dispatcher.clone();
     let conn = dispatcher.register(team_id, &worker_id, tx);
     let (mut sink, mut stream) = ws.split();
@@ -135,7 +135,17 @@ async fn run_connection<S>(
                 break "control plane shutting down";
             }
             out = outbox.recv() => {
-                let Some(msg) = out else { break "dispatcher dropped the connection" };
+                let msg = match out {
+                    None => break "dispatcher dropped the connection",
+                    Some(Outgoing::Now(msg)) => msg,
+                    // Receipts settle in submission order (one database
+                    // thread), so waiting here keeps the worker's view in
+                    // the order the dispatcher decided.
+                    Some(Outgoing::WhenStored(receipt, msg)) => match receipt.await {
+                        Ok(true) => msg,
+                        _ => continue,
+                    },
+                };
                 let text = encode(&msg);
                 match tokio::time::timeout(WRITE_TIMEOUT, sink.send(Message::text(text))).await {
                     Ok(Ok(())) => {}
@@ -145,7 +155,7 @@ async fn run_connection<S>(
             }
             frame = stream.next() => {
                 deadline = tokio::time::Instant::now() + read_timeout;
-                if let Err(reason) = on_frame(&dispatcher, conn, frame) {
+                if let Err(reason) = on_frame(&dispatcher, conn, frame).await {
                     break reason;
                 }
             }
@@ -157,7 +167,7 @@ async fn run_connection<S>(
                 let mut ended = None;
                 while let Some(frame) = stream.next().now_or_never() {
                     heard = true;
-                    if let Err(reason) = on_frame(&dispatcher, conn, frame) {
+                    if let Err(reason) = on_frame(&dispatcher, conn, frame).await {
                         ended = Some(reason);
                         break;
                     }
@@ -181,7 +191,7 @@ async fn run_connection<S>(
 }
 
 /// Hands one read result to the dispatcher; `Err` ends the connection.
-fn on_frame(
+async fn on_frame(
     dispatcher: &Dispatcher,
     conn: ConnId,
     frame: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
@@ -194,7 +204,7 @@ fn on_frame(
         }
         Some(Ok(Message::Text(text))) => {
             match decode_worker_frame(text.as_str()) {
-                Ok(msg) => dispatcher.handle(conn, msg),
+                Ok(msg) => dispatcher.handle(conn, msg).await,
                 Err(DecodeError::UnknownType(t)) => {
                     tracing::info!(conn, kind = %t, "unknown message type from worker; ignored")
                 }

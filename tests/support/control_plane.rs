@@ -23,7 +23,7 @@ pub const EXPECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub fn test_config() -> Config {
     let mut c = Config::ephemeral();
     c.sweep_interval = Duration::from_millis(20);
-    c.reoffer_delay = Duration::from_millis(300);
+    c.rejection_backoff = Duration::from_millis(300);
     c
 }
 
