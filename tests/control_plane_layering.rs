@@ -19,7 +19,8 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("edge", &["dispatcher", "model", "store"]),
     ("api", &["dispatcher", "edge", "model", "store"]),
     ("ws", &["dispatcher", "edge"]),
-    ("server", &["api", "edge", "ws"]),
+    ("tls", &[]),
+    ("server", &["api", "edge", "tls", "ws"]),
     ("client", &["model"]),
     ("openapi", &["model"]),
 ];
@@ -32,6 +33,7 @@ const CRATE_LEAVES: &[&str] = &[
     "percent",
     "dirs",
     "duration",
+    "tls_roots",
 ];
 
 /// Strips `//` comments (doc comments mention other modules by name).

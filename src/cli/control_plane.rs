@@ -38,9 +38,17 @@ impl StoreArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
-    /// Address for the worker endpoint and the runs API (plain HTTP).
+    /// Address for the worker endpoint and the runs API (plain HTTP unless
+    /// --tls-cert is given).
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+    /// Serve TLS (workers use wss://, clients https://) with this PEM
+    /// certificate chain, server certificate first.
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     #[command(flatten)]
     pub store: StoreArgs,
     /// Drop a worker connection that sends nothing (not even a ping) for this long.
@@ -67,7 +75,9 @@ pub struct ServeArgs {
 /// The control plane a client command talks to.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServerArgs {
-    /// Control plane URL (plain http).
+    /// Control plane URL: http://HOST:PORT, or https:// for a control plane
+    /// serving TLS (its CA trusted through SSL_CERT_FILE / SSL_CERT_DIR or
+    /// the system store).
     #[arg(
         long,
         env = "OZ_SERVER_URL",
@@ -179,6 +189,9 @@ pub async fn serve(a: ServeArgs) -> ExitCode {
     config.worker_lost_timeout = a.worker_lost_timeout;
     config.rejection_backoff = a.rejection_backoff;
     config.reannounce_grace = a.reannounce_grace;
+    if let (Some(cert), Some(key)) = (a.tls_cert, a.tls_key) {
+        config.tls = Some(cp::TlsFiles { cert, key });
+    }
     let plane = match ControlPlane::start(config).await {
         Ok(p) => p,
         Err(e) => return fail(e),

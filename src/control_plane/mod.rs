@@ -66,6 +66,7 @@ pub mod openapi;
 pub mod server;
 pub mod store;
 pub mod time;
+pub mod tls;
 pub mod writer;
 pub mod ws;
 
@@ -79,6 +80,7 @@ use store::{NewApiKey, Store, StoreError};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+pub use tls::TlsFiles;
 pub use ws::WS_PATH;
 
 /// Where the control plane keeps its state.
@@ -112,6 +114,8 @@ pub struct Config {
     pub header_read_timeout: Duration,
     /// How often the re-offer and worker-lost checks run.
     pub sweep_interval: Duration,
+    /// Serve TLS (`https://`, `wss://`) with this certificate and key.
+    pub tls: Option<TlsFiles>,
 }
 
 pub const DEFAULT_WORKER_READ_TIMEOUT: Duration = Duration::from_secs(60);
@@ -136,6 +140,7 @@ impl Config {
             reannounce_grace: DEFAULT_REANNOUNCE_GRACE,
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             sweep_interval: Duration::from_secs(1),
+            tls: None,
         }
     }
 
@@ -157,6 +162,8 @@ pub const DB_FILE_NAME: &str = "control-plane.sqlite3";
 pub enum StartError {
     Store(StoreError),
     Bind(SocketAddr, std::io::Error),
+    /// The TLS files: a sentence naming the file and the fix.
+    Tls(String),
 }
 
 impl std::fmt::Display for StartError {
@@ -167,6 +174,7 @@ impl std::fmt::Display for StartError {
                 f,
                 "cannot listen on {addr}: {e}; pick another address with --listen"
             ),
+            StartError::Tls(e) => f.write_str(e),
         }
     }
 }
@@ -176,6 +184,7 @@ impl std::error::Error for StartError {}
 /// A running control plane. Dropping it stops it too; `shutdown` also waits.
 pub struct ControlPlane {
     addr: SocketAddr,
+    tls: bool,
     dispatcher: Arc<Dispatcher>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -184,6 +193,10 @@ pub struct ControlPlane {
 impl ControlPlane {
     /// Opens the store, recovers runs, binds the listener and starts serving.
     pub async fn start(config: Config) -> Result<ControlPlane, StartError> {
+        let tls = match &config.tls {
+            Some(files) => Some(tls::server_config(files).map_err(StartError::Tls)?),
+            None => None,
+        };
         // Opening runs migrations: not on an async thread either.
         let storage = config.storage.clone();
         let store = tokio::task::spawn_blocking(move || match &storage {
@@ -222,7 +235,8 @@ impl ControlPlane {
             header_read_timeout: config.header_read_timeout,
             shutdown: shutdown_rx.clone(),
         });
-        let server = tokio::spawn(server::accept_loop(listener, shared));
+        let serves_tls = tls.is_some();
+        let server = tokio::spawn(server::accept_loop(listener, shared, tls));
         let sweeper = {
             let dispatcher = dispatcher.clone();
             let mut stop = shutdown_rx;
@@ -241,6 +255,7 @@ impl ControlPlane {
         tracing::info!(%addr, "control plane listening (worker endpoint {WS_PATH})");
         Ok(ControlPlane {
             addr,
+            tls: serves_tls,
             dispatcher,
             shutdown,
             tasks: vec![server, sweeper],
@@ -251,14 +266,17 @@ impl ControlPlane {
         self.addr
     }
 
-    /// `http://ADDR`, for the runs API and `--server`.
+    /// `http://ADDR` (`https://` with TLS), for the runs API and `--server`.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
-    /// The worker WebSocket endpoint, without the `worker_id` query.
+    /// The worker WebSocket endpoint (`ws://` or `wss://`), without the
+    /// `worker_id` query.
     pub fn ws_url(&self) -> String {
-        format!("ws://{}{WS_PATH}", self.addr)
+        let scheme = if self.tls { "wss" } else { "ws" };
+        format!("{scheme}://{}{WS_PATH}", self.addr)
     }
 
     /// Creates a key for `team` (creating the team). The secret is in the

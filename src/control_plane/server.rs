@@ -1,6 +1,7 @@
-//! The HTTP listener: accepts connections and routes each request to the
-//! worker endpoint (`ws`), the runs API (`api`) or `/healthz`. Nothing else
-//! lives here; what both endpoints share is in `edge`.
+//! The HTTP listener: accepts connections (plain, or TLS with `tls`) and
+//! routes each request to the worker endpoint (`ws`), the runs API (`api`)
+//! or `/healthz`. Nothing else lives here; what both endpoints share is in
+//! `edge`.
 
 use crate::control_plane::edge::{error_response, Body, Shared};
 use crate::control_plane::{api, ws};
@@ -12,13 +13,22 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 
-pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+/// Accepts connections until shutdown; with `tls`, each one is a TLS
+/// handshake first (bounded like the headers: a peer that connects and says
+/// nothing is dropped).
+pub async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) {
+    let acceptor = tls.map(TlsAcceptor::from);
     let mut shutdown = shared.shutdown.clone();
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // E.g. out of file descriptors: back off instead of spinning.
                     tracing::warn!("accept failed: {e}");
@@ -34,26 +44,44 @@ pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             tracing::debug!("cannot set TCP_NODELAY: {e}");
         }
         let shared = shared.clone();
+        let acceptor = acceptor.clone();
         tokio::spawn(async move {
-            let mut shutdown = shared.shutdown.clone();
-            let svc = {
-                let shared = shared.clone();
-                service_fn(move |req| route(req, shared.clone()))
+            let Some(acceptor) = acceptor else {
+                return serve(TokioIo::new(stream), shared).await;
             };
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(shared.header_read_timeout)
-                .serve_connection(TokioIo::new(stream), svc)
-                .with_upgrades();
-            tokio::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => { if let Err(e) = r { tracing::debug!("HTTP connection error: {e}") } }
-                _ = shutdown.changed() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
+            match tokio::time::timeout(shared.header_read_timeout, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => serve(TokioIo::new(tls), shared).await,
+                Ok(Err(e)) => tracing::info!(%peer, "TLS handshake failed: {e}"),
+                Err(_) => {
+                    tracing::debug!(%peer, "no TLS handshake within {:?}; closed", shared.header_read_timeout)
                 }
             }
         });
+    }
+}
+
+/// HTTP/1.1 on one connection, with upgrades (the worker WebSocket).
+async fn serve<I>(io: I, shared: Arc<Shared>)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let mut shutdown = shared.shutdown.clone();
+    let svc = {
+        let shared = shared.clone();
+        service_fn(move |req| route(req, shared.clone()))
+    };
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(shared.header_read_timeout)
+        .serve_connection(io, svc)
+        .with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => { if let Err(e) = r { tracing::debug!("HTTP connection error: {e}") } }
+        _ = shutdown.changed() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
     }
 }
 

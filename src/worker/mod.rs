@@ -11,6 +11,7 @@ pub mod pending;
 pub mod session;
 pub mod task_spec;
 pub mod tasks;
+pub mod tls;
 
 use crate::runtime::TaskRuntime;
 use config::WorkerConfig;

@@ -8,6 +8,7 @@ use crate::worker::metrics::Metrics;
 use crate::worker::outbox::TerminalOutbox;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
+use tokio_tungstenite::Connector;
 use tokio_util::sync::CancellationToken;
 
 pub struct Session<'a> {
@@ -94,7 +95,12 @@ impl Session<'_> {
                 )
             })?;
         request.headers_mut().insert("Authorization", bearer);
-        let connect = tokio_tungstenite::connect_async(request);
+        let connect = tokio_tungstenite::connect_async_tls_with_config(
+            request,
+            None,
+            false,
+            Some(Connector::Rustls(super::tls::client_config())),
+        );
         match tokio::time::timeout(self.timing.write_timeout * 3, connect).await {
             Err(_) => Err(ConnectError::Other("the handshake timed out".into())),
             Ok(Ok((ws, _))) => Ok(ws),
@@ -118,7 +124,7 @@ impl Session<'_> {
                     body.trim()
                 )))
             }
-            Ok(Err(e)) => Err(ConnectError::Other(e.to_string())),
+            Ok(Err(e)) => Err(ConnectError::Other(super::tls::describe_connect_error(&e))),
         }
     }
 }

@@ -368,3 +368,70 @@ pub async fn create_key_with_cli(data_dir: &std::path::Path, team: &str) -> Stri
     );
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
+
+/// A CA and a server certificate it signed for `127.0.0.1` and `localhost`,
+/// generated at test time (rcgen) into a temporary directory, as PEM.
+pub struct TestCa {
+    pub dir: tempfile::TempDir,
+    /// The CA certificate: what a client must trust (`SSL_CERT_FILE`).
+    pub ca: std::path::PathBuf,
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+}
+
+impl TestCa {
+    pub fn generate() -> TestCa {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+            KeyPair, KeyUsagePurpose,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        // A name of its own: two test CAs must not look like one.
+        ca.distinguished_name.push(
+            DnType::CommonName,
+            format!("oz-agent-worker test CA {:08x}", fastrand::u32(..)),
+        );
+        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca, ca_key);
+        let key = KeyPair::generate().unwrap();
+        let mut server =
+            CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
+        server
+            .distinguished_name
+            .push(DnType::CommonName, "oz-agent-worker test control plane");
+        server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let cert = server.signed_by(&key, &issuer).unwrap();
+        let write = |name: &str, text: String| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        TestCa {
+            ca: write("ca.pem", ca_cert.pem()),
+            cert: write("server-cert.pem", cert.pem()),
+            key: write("server-key.pem", key.serialize_pem()),
+            dir,
+        }
+    }
+
+    /// `serve` flags for this certificate.
+    pub fn serve_args(&self) -> Vec<String> {
+        vec![
+            "--tls-cert".into(),
+            self.cert.display().to_string(),
+            "--tls-key".into(),
+            self.key.display().to_string(),
+        ]
+    }
+
+    /// An empty directory, for `SSL_CERT_DIR`, so only `SSL_CERT_FILE` counts.
+    pub fn empty_dir(&self) -> std::path::PathBuf {
+        let d = self.dir.path().join("empty");
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+}
