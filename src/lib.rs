@@ -13,5 +13,6 @@ pub mod runtime;
 pub mod schemas;
 pub mod secret;
 pub mod text;
+pub mod tls_roots;
 pub mod transport;
 pub mod worker;

@@ -61,6 +61,13 @@ async fn missing_wrong_keys_and_reserved_ids_are_refused() {
         .unwrap();
     assert_eq!(status, 400);
     assert!(body.contains("reserved"), "{body}");
+    // The prefix is case-sensitive, as in the Go worker.
+    let mut capital = t.worker("Warp-1").await;
+    let run = t.client().create_run(&run_for("Warp-1")).await.unwrap();
+    assert_eq!(capital.expect_assignment().await.task_id, run.id);
+    let refused = t.client().create_run(&run_for("warp-1")).await.unwrap_err();
+    assert_eq!(refused.status, Some(400));
+    assert!(refused.message.contains("reserved"), "{}", refused.message);
 
     // The runs API answers the same way.
     let bad =
@@ -127,28 +134,34 @@ async fn teams_only_see_and_receive_their_own_runs() {
 }
 
 #[tokio::test]
-async fn connections_sharing_an_id_get_runs_round_robin() {
+async fn connections_sharing_an_id_get_runs_round_robin_one_offer_at_a_time() {
     let t = TestPlane::start(test_config()).await;
     let mut workers = vec![
         t.worker("pool").await,
         t.worker("pool").await,
         t.worker("pool").await,
     ];
-    let other = t.worker("Pool").await; // ids are case-sensitive
+    let mut other = t.worker("Pool").await; // ids are case-sensitive
     let client = t.client();
+    let mut created = Vec::new();
     for _ in 0..9 {
-        client.create_run(&run_for("pool")).await.unwrap();
+        created.push(client.create_run(&run_for("pool")).await.unwrap().id);
     }
-    let mut spread = Vec::new();
-    for w in &mut workers {
-        let mut n = 0;
-        while w.next_message(QUIET).await.is_some() {
-            n += 1;
+    // Each connection holds one unclaimed offer at a time; claiming it
+    // brings the next. Runs go out oldest first, to each connection in turn.
+    let mut offered = Vec::new();
+    for _round in 0..3 {
+        for w in &mut workers {
+            let a = w.expect_assignment().await;
+            w.expect_nothing(QUIET).await;
+            offered.push(a.task_id.clone());
+            w.claim(&a.task_id).await;
         }
-        spread.push(n);
     }
-    assert_eq!(spread, [3, 3, 3]);
-    let mut other = other;
+    let mut sorted = offered.clone();
+    sorted.sort_by_key(|id| created.iter().position(|c| c == id));
+    assert_eq!(sorted, created, "every run offered exactly once");
+    assert_eq!(offered[..3], created[..3], "first round in creation order");
     other.expect_nothing(QUIET).await;
 }
 
@@ -163,7 +176,8 @@ async fn a_rejected_run_goes_back_to_the_queue_and_to_another_connection() {
     a.reject(&run.id, "at capacity").await;
     let second = b.expect_assignment().await;
     assert_eq!(second.task_id, run.id);
-    assert_ne!(second.execution_id, first.execution_id);
+    // One execution per run: a re-offer repeats it.
+    assert_eq!(second.execution_id, first.execution_id);
     a.expect_nothing(QUIET).await;
     let shown = client.get_run(&run.id).await.unwrap();
     assert!(shown.history.iter().any(|h| h.state == RunState::Queued

@@ -38,9 +38,17 @@ impl StoreArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
-    /// Address for the worker endpoint and the runs API (plain HTTP).
+    /// Address for the worker endpoint and the runs API (plain HTTP unless
+    /// --tls-cert is given).
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+    /// Serve TLS (workers use wss://, clients https://) with this PEM
+    /// certificate chain, server certificate first.
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     #[command(flatten)]
     pub store: StoreArgs,
     /// Drop a worker connection that sends nothing (not even a ping) for this long.
@@ -50,9 +58,16 @@ pub struct ServeArgs {
     /// been connected for this long.
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
     pub worker_lost_timeout: Duration,
-    /// Wait this long before offering a run again to a connection that rejected it.
-    #[arg(long, default_value = "2s", value_parser = parse_duration, hide = true)]
-    pub reoffer_delay: Duration,
+    /// After a restart, how long a run that was offered but not yet claimed
+    /// waits for its worker to re-announce it before it is offered again
+    /// (with the same execution id).
+    #[arg(long, default_value = "75s", value_parser = parse_duration)]
+    pub reannounce_grace: Duration,
+    /// After a worker connection rejects a run (it is at capacity), offer
+    /// it nothing more until one of its tasks ends or this long has passed
+    /// (doubling for each rejected retry, up to 16 times this).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub rejection_backoff: Duration,
     #[arg(long, default_value = "info", value_parser = ["debug", "info", "warn", "error"])]
     pub log_level: String,
 }
@@ -60,7 +75,9 @@ pub struct ServeArgs {
 /// The control plane a client command talks to.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServerArgs {
-    /// Control plane URL (plain http).
+    /// Control plane URL: http://HOST:PORT, or https:// for a control plane
+    /// serving TLS (its CA trusted through SSL_CERT_FILE / SSL_CERT_DIR or
+    /// the system store).
     #[arg(
         long,
         env = "OZ_SERVER_URL",
@@ -171,7 +188,11 @@ pub async fn serve(a: ServeArgs) -> ExitCode {
     let mut config = Config::new(a.listen, Storage::File(db.clone()));
     config.worker_read_timeout = a.worker_read_timeout;
     config.worker_lost_timeout = a.worker_lost_timeout;
-    config.reoffer_delay = a.reoffer_delay;
+    config.rejection_backoff = a.rejection_backoff;
+    config.reannounce_grace = a.reannounce_grace;
+    if let (Some(cert), Some(key)) = (a.tls_cert, a.tls_key) {
+        config.tls = Some(cp::TlsFiles { cert, key });
+    }
     let plane = match ControlPlane::start(config).await {
         Ok(p) => p,
         Err(e) => return fail(e),
@@ -217,7 +238,7 @@ pub async fn api_keys(a: ApiKeysArgs) -> ExitCode {
         Err(e) => return fail(e),
     };
     match a.command {
-        ApiKeysCommand::Create { team } => match store.create_api_key(&team) {
+        ApiKeysCommand::Create { team } => match store.create_api_key(&team).await {
             Ok(k) => {
                 eprintln!(
                     "Created API key {} for team {:?} (team id {}) in {}. Save it now: it is not shown again.",
@@ -231,7 +252,7 @@ pub async fn api_keys(a: ApiKeysArgs) -> ExitCode {
             }
             Err(e) => fail(e),
         },
-        ApiKeysCommand::List => match store.list_api_keys() {
+        ApiKeysCommand::List => match store.list_api_keys().await {
             Ok(keys) => {
                 println!(
                     "{:<6} {:<20} {:<8} {:<14} CREATED",
@@ -475,6 +496,21 @@ fn print_run(r: &Run) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn serve_defaults_are_the_control_planes() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            serve: ServeArgs,
+        }
+        let a = Cli::parse_from(["serve"]).serve;
+        assert_eq!(a.worker_read_timeout, cp::DEFAULT_WORKER_READ_TIMEOUT);
+        assert_eq!(a.worker_lost_timeout, cp::DEFAULT_WORKER_LOST_TIMEOUT);
+        assert_eq!(a.rejection_backoff, cp::DEFAULT_REJECTION_BACKOFF);
+        assert_eq!(a.reannounce_grace, cp::DEFAULT_REANNOUNCE_GRACE);
+    }
 
     #[test]
     fn durations_parse_with_units() {

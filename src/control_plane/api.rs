@@ -12,10 +12,10 @@
 #![allow(clippy::result_large_err)]
 
 use crate::control_plane::dispatcher::CancelError;
-use crate::control_plane::model::{CreateRunRequest, Run, RunList, RunState};
-use crate::control_plane::server::{authenticate, error_response, json_response, Body, Shared};
+use crate::control_plane::edge::{authenticate, error_response, json_response, Body, Shared};
+use crate::control_plane::model::{CreateRunRequest, HistoryEntry, Run, RunList, RunState};
 use crate::control_plane::store::{RunRecord, StoreError};
-use crate::control_plane::ws::RESERVED_PREFIX;
+use crate::protocol::{is_reserved_worker_id, RESERVED_WORKER_ID_PREFIX};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -25,7 +25,7 @@ pub const RUNS_PATH: &str = "/api/v1/runs";
 const MAX_BODY: usize = 1 << 20;
 
 pub async fn handle(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
-    let team = match authenticate(req.headers(), shared) {
+    let team = match authenticate(req.headers(), shared).await {
         Ok(t) => t,
         Err(resp) => return resp,
     };
@@ -42,9 +42,9 @@ pub async fn handle(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
     let rest: Vec<&str> = segments.iter().map(String::as_str).collect();
     let result = match (req.method().clone(), rest.as_slice()) {
         (Method::POST, []) => create(req, shared, team.id).await,
-        (Method::GET, []) => list(&req, shared, team.id),
-        (Method::GET, [id]) => get(shared, team.id, id),
-        (Method::POST, [id, "cancel"]) => cancel(shared, team.id, id),
+        (Method::GET, []) => list(&req, shared, team.id).await,
+        (Method::GET, [id]) => get(shared, team.id, id).await,
+        (Method::POST, [id, "cancel"]) => cancel(shared, team.id, id).await,
         (_, [] | [_] | [_, "cancel"]) => Err(error_response(
             StatusCode::METHOD_NOT_ALLOWED,
             &format!("{} is not allowed on {path}", req.method()),
@@ -87,10 +87,17 @@ async fn create(req: Request<Incoming>, shared: &Shared, team_id: i64) -> Answer
     let rec = shared
         .dispatcher
         .create_run(team_id, &spec)
+        .await
+        .map_err(internal)?;
+    let history = shared
+        .dispatcher
+        .store()
+        .history(&rec.id)
+        .await
         .map_err(internal)?;
     Ok(json_response(
         StatusCode::CREATED,
-        &view(shared, &rec, true)?,
+        &view(shared, &rec, history),
     ))
 }
 
@@ -98,9 +105,9 @@ fn validate(spec: &CreateRunRequest) -> Result<(), String> {
     if spec.worker_host.trim().is_empty() {
         return Err("worker_host is required: the id of the worker that should run it".into());
     }
-    if spec.worker_host.starts_with(RESERVED_PREFIX) {
+    if is_reserved_worker_id(&spec.worker_host) {
         return Err(format!(
-            "worker_host {:?} can never match a worker: ids starting with {RESERVED_PREFIX:?} are reserved",
+            "worker_host {:?} can never match a worker: ids starting with {RESERVED_WORKER_ID_PREFIX:?} are reserved",
             spec.worker_host
         ));
     }
@@ -129,7 +136,7 @@ fn validate(spec: &CreateRunRequest) -> Result<(), String> {
     Ok(())
 }
 
-fn list(req: &Request<Incoming>, shared: &Shared, team_id: i64) -> Answer {
+async fn list(req: &Request<Incoming>, shared: &Shared, team_id: i64) -> Answer {
     let mut state = None;
     let mut host = None;
     for pair in req
@@ -157,10 +164,11 @@ fn list(req: &Request<Incoming>, shared: &Shared, team_id: i64) -> Answer {
         .dispatcher
         .store()
         .list_runs(team_id, state, host.as_deref())
+        .await
         .map_err(internal)?
         .iter()
-        .map(|r| view(shared, r, false))
-        .collect::<Result<_, _>>()?;
+        .map(|r| view(shared, r, Vec::new()))
+        .collect();
     Ok(json_response(StatusCode::OK, &RunList { runs }))
 }
 
@@ -171,19 +179,28 @@ fn not_found(id: &str) -> Response<Body> {
     )
 }
 
-fn get(shared: &Shared, team_id: i64, id: &str) -> Answer {
-    let rec = shared
+async fn get(shared: &Shared, team_id: i64, id: &str) -> Answer {
+    let (rec, history) = shared
         .dispatcher
         .store()
-        .get_run(id, Some(team_id))
+        .get_run_with_history(id, team_id)
+        .await
         .map_err(internal)?
         .ok_or_else(|| not_found(id))?;
-    Ok(json_response(StatusCode::OK, &view(shared, &rec, true)?))
+    Ok(json_response(StatusCode::OK, &view(shared, &rec, history)))
 }
 
-fn cancel(shared: &Shared, team_id: i64, id: &str) -> Answer {
-    match shared.dispatcher.cancel(team_id, id) {
-        Ok(rec) => Ok(json_response(StatusCode::OK, &view(shared, &rec, true)?)),
+async fn cancel(shared: &Shared, team_id: i64, id: &str) -> Answer {
+    match shared.dispatcher.cancel(team_id, id).await {
+        Ok(rec) => {
+            let history = shared
+                .dispatcher
+                .store()
+                .history(id)
+                .await
+                .map_err(internal)?;
+            Ok(json_response(StatusCode::OK, &view(shared, &rec, history)))
+        }
         Err(CancelError::NotFound) => Err(not_found(id)),
         Err(CancelError::AlreadyFinished(state)) => Err(error_response(
             StatusCode::CONFLICT,
@@ -194,22 +211,13 @@ fn cancel(shared: &Shared, team_id: i64, id: &str) -> Answer {
 }
 
 /// The API's view of a stored run: secrets removed, waiting reason added.
-fn view(shared: &Shared, rec: &RunRecord, with_history: bool) -> Result<Run, Response<Body>> {
-    let history = if with_history {
-        shared
-            .dispatcher
-            .store()
-            .history(&rec.id)
-            .map_err(internal)?
-    } else {
-        Vec::new()
-    };
+fn view(shared: &Shared, rec: &RunRecord, history: Vec<HistoryEntry>) -> Run {
     let spec = &rec.spec;
     let mut agent_config = spec.agent_config.clone();
     if let Some(c) = agent_config.as_mut() {
         c.harness_auth_secrets = None;
     }
-    Ok(Run {
+    Run {
         id: rec.id.clone(),
         team_id: rec.team_id,
         worker_host: spec.worker_host.clone(),
@@ -231,5 +239,5 @@ fn view(shared: &Shared, rec: &RunRecord, with_history: bool) -> Result<Run, Res
         cancel_requested: rec.cancel_requested,
         waiting_reason: shared.dispatcher.waiting_reason(rec),
         history,
-    })
+    }
 }

@@ -1,12 +1,15 @@
-//! The CLI's side of the runs API. Plain HTTP only (hyper-util's legacy
-//! client over TCP): the control plane is meant to be local or behind a TLS
-//! terminating proxy that the operator reaches over a trusted network.
+//! The CLI's side of the runs API: hyper-util's client over TCP, with TLS
+//! (hyper-rustls) for `https://` control planes. The server's certificate
+//! is checked against the CAs of `crate::tls_roots` (the bundled web roots
+//! plus the system's, `SSL_CERT_FILE` / `SSL_CERT_DIR` honoured), the same
+//! ones the worker trusts.
 
 use crate::control_plane::model::{ApiError, CreateRunRequest, Run, RunList, RunState};
 use crate::percent::encode;
 use bytes::Bytes;
 use http::{header, Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::{connect::HttpConnector, Client as HttpClient};
 use hyper_util::rt::TokioExecutor;
 use serde::de::DeserializeOwned;
@@ -36,26 +39,22 @@ fn err(message: impl Into<String>) -> ClientError {
 pub struct Client {
     base: String,
     api_key: String,
-    http: HttpClient<HttpConnector, Full<Bytes>>,
+    http: HttpClient<HttpsConnector<HttpConnector>, Full<Bytes>>,
 }
 
 impl Client {
-    /// `server` is `http://host:port` (a trailing slash is fine).
+    /// `server` is `http://host:port` or `https://host:port` (a trailing
+    /// slash is fine).
     pub fn new(server: &str, api_key: &str) -> Result<Client, ClientError> {
         let base = server.trim_end_matches('/').to_string();
         let uri: Uri = base
             .parse()
             .map_err(|e| err(format!("invalid control plane URL {server:?}: {e}")))?;
         match uri.scheme_str() {
-            Some("http") => {}
-            Some("https") => {
-                return Err(err(format!(
-                    "{server} uses https, but this client speaks plain http to a local control plane; use an http:// URL (or a local proxy)"
-                )))
-            }
+            Some("http" | "https") => {}
             _ => {
                 return Err(err(format!(
-                    "invalid control plane URL {server:?}: expected http://HOST:PORT"
+                    "invalid control plane URL {server:?}: expected http://HOST:PORT or https://HOST:PORT"
                 )))
             }
         }
@@ -67,7 +66,13 @@ impl Client {
         Ok(Client {
             base,
             api_key: api_key.trim().to_string(),
-            http: HttpClient::builder(TokioExecutor::new()).build_http(),
+            http: HttpClient::builder(TokioExecutor::new()).build(
+                HttpsConnectorBuilder::new()
+                    .with_tls_config((*crate::tls_roots::client_config()).clone())
+                    .https_or_http()
+                    .enable_http1()
+                    .build(),
+            ),
         })
     }
 
@@ -123,12 +128,13 @@ impl Client {
         let req = req
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
             .map_err(|e| err(format!("cannot build the request: {e}")))?;
-        let resp = self.http.request(req).await.map_err(|e| {
-            err(format!(
+        let resp = self.http.request(req).await.map_err(|e| match crate::tls_roots::certificate_hint(&e) {
+            Some(hint) => err(format!("cannot reach the control plane at {}: {hint}", self.base)),
+            None => err(format!(
                 "cannot reach the control plane at {}: {}; is `oz-agent-worker serve` running there? (set --server or OZ_SERVER_URL)",
                 self.base,
                 root_cause(&e)
-            ))
+            )),
         })?;
         let status = resp.status();
         let bytes = resp

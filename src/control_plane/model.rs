@@ -52,11 +52,16 @@ impl RunState {
 
     /// The only legal moves. A requeue (assigned → queued) happens when the
     /// worker rejects the run or its connection closes before the claim.
+    /// Queued → claimed happens when a worker re-announces (or reports on)
+    /// the run's execution after its connection closed before the claim was
+    /// read and the run went back to the queue (docs/PROTOCOL.md,
+    /// `task-reannounce`).
     pub fn can_become(self, next: RunState) -> bool {
         use RunState::*;
         matches!(
             (self, next),
             (Queued, Assigned)
+                | (Queued, Claimed)
                 | (Queued, Cancelled)
                 | (Assigned, Claimed)
                 | (Assigned, Queued)
@@ -172,7 +177,10 @@ pub struct Run {
     /// RFC 3339, UTC.
     pub created_at: String,
     pub updated_at: String,
-    /// The execution id of the latest assignment to a worker.
+    /// The id of the run's one execution, minted when it is first offered to
+    /// a worker and kept for every later offer (after a rejection, a
+    /// disconnect or a control plane restart), so a worker recognises a
+    /// re-offer of what it already runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub execution_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -221,7 +229,8 @@ mod tests {
         }
         assert!(Assigned.can_become(Queued));
         assert!(!Claimed.can_become(Queued));
-        assert!(!Queued.can_become(Claimed));
+        assert!(!Claimed.can_become(Assigned));
+        assert!(!Queued.can_become(Succeeded));
     }
 
     #[test]

@@ -6,7 +6,7 @@ mod codec;
 pub mod extensions;
 mod failure;
 mod messages;
-mod worker_id;
+pub mod worker_id;
 
 pub use codec::{decode_server_frame, decode_worker_frame, encode, DecodeError};
 pub use extensions::Extensions;

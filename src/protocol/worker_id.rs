@@ -1,28 +1,29 @@
-//! Rules about worker ids that both sides of the protocol enforce.
+//! The one rule about worker ids that both sides enforce: the reserved
+//! prefix. The worker refuses such an id at start-up and the control plane
+//! refuses it at the handshake and as a run's `worker_host`.
 
-/// Ids with this prefix belong to Warp-hosted workers.
+/// Worker ids starting with this belong to Warp-hosted workers.
 pub const RESERVED_WORKER_ID_PREFIX: &str = "warp";
 
-/// Whether `id` is reserved for Warp-hosted workers. Case-sensitive, as the
-/// Go worker checks it (`strings.HasPrefix(id, "warp")`): `Warp-1` is allowed.
+/// Whether `id` is reserved: it starts with `warp`, compared
+/// case-sensitively as the Go worker compares it, so `warp-1` is reserved
+/// and `Warp-1` is not.
 pub fn is_reserved_worker_id(id: &str) -> bool {
     id.starts_with(RESERVED_WORKER_ID_PREFIX)
 }
 
 #[cfg(test)]
 mod tests {
+    use super::is_reserved_worker_id;
+
     #[test]
-    fn only_the_lowercase_prefix_is_reserved() {
-        for (id, reserved) in [
-            ("warp", true),
-            ("warp-1", true),
-            ("warpdrive", true),
-            ("Warp-1", false),
-            ("WARP", false),
-            ("my-warp", false),
-            ("", false),
-        ] {
-            assert_eq!(super::is_reserved_worker_id(id), reserved, "{id}");
-        }
+    fn the_prefix_is_case_sensitive_as_in_the_go_worker() {
+        assert!(is_reserved_worker_id("warp"));
+        assert!(is_reserved_worker_id("warp-runner-1"));
+        assert!(is_reserved_worker_id("warpy"));
+        assert!(!is_reserved_worker_id("Warp-1"));
+        assert!(!is_reserved_worker_id("WARP"));
+        assert!(!is_reserved_worker_id("prod-warp"));
+        assert!(!is_reserved_worker_id(""));
     }
 }

@@ -12,6 +12,7 @@ pub mod journal;
 pub mod metrics;
 pub mod session;
 pub mod tasks;
+pub mod tls;
 
 use crate::runtime::Runtime;
 use config::WorkerConfig;

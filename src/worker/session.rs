@@ -10,6 +10,7 @@ use crate::worker::delivery::Delivery;
 use crate::worker::metrics::Metrics;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
+use tokio_tungstenite::Connector;
 use tokio_util::sync::CancellationToken;
 
 pub struct Session<'a> {
@@ -112,7 +113,15 @@ impl Session<'_> {
                 )
             })?;
         request.headers_mut().insert("Authorization", bearer);
-        let connect = tokio_tungstenite::connect_async(request);
+        // Nagle off: claims and reports are small frames that must go out
+        // at once, not wait for the previous frame's ACK.
+        let disable_nagle = true;
+        let connect = tokio_tungstenite::connect_async_tls_with_config(
+            request,
+            None,
+            disable_nagle,
+            Some(Connector::Rustls(super::tls::client_config())),
+        );
         match tokio::time::timeout(self.timing.write_timeout * 3, connect).await {
             Err(_) => Err(ConnectError::Other("the handshake timed out".into())),
             Ok(Ok((ws, response))) => {
@@ -145,7 +154,7 @@ impl Session<'_> {
                     body.trim()
                 )))
             }
-            Ok(Err(e)) => Err(ConnectError::Other(e.to_string())),
+            Ok(Err(e)) => Err(ConnectError::Other(super::tls::describe_connect_error(&e))),
         }
     }
 }

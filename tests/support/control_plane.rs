@@ -5,9 +5,10 @@ use futures_util::{SinkExt, StreamExt};
 use oz_agent_worker::control_plane::client::Client;
 use oz_agent_worker::control_plane::model::{Run, RunState};
 use oz_agent_worker::control_plane::{Config, ControlPlane};
+use oz_agent_worker::protocol::extensions::EXTENSIONS_HEADER;
 use oz_agent_worker::protocol::{
-    decode_server_frame, encode, FailureReason, ServerMessage, TaskAssignment, TaskClaimed,
-    TaskCompleted, TaskFailed, TaskRejected, WorkerMessage,
+    decode_server_frame, encode, Extensions, FailureReason, ReportAck, ServerMessage,
+    TaskAssignment, TaskClaimed, TaskCompleted, TaskFailed, TaskRejected, WorkerMessage,
 };
 use std::time::Duration;
 use tokio::net::TcpStream;
@@ -22,7 +23,7 @@ pub const EXPECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub fn test_config() -> Config {
     let mut c = Config::ephemeral();
     c.sweep_interval = Duration::from_millis(20);
-    c.reoffer_delay = Duration::from_millis(300);
+    c.rejection_backoff = Duration::from_millis(300);
     c
 }
 
@@ -72,7 +73,13 @@ pub async fn wait_for_state(client: &Client, id: &str, state: RunState) -> Run {
 
 pub struct ScriptedWorker {
     pub worker_id: String,
+    /// What the server offered in `Oz-Worker-Extensions`.
+    pub extensions: Extensions,
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    /// `report_ack`s read so far and not yet expected, oldest first. Acks
+    /// never come out of `next_message`, so scripts that do not care about
+    /// them read as before.
+    acks: Vec<ReportAck>,
 }
 
 impl ScriptedWorker {
@@ -98,9 +105,16 @@ impl ScriptedWorker {
                 .insert("Authorization", format!("Bearer {k}").parse().unwrap());
         }
         match tokio_tungstenite::connect_async(req).await {
-            Ok((ws, _)) => Ok(ScriptedWorker {
+            Ok((ws, resp)) => Ok(ScriptedWorker {
                 worker_id: worker_id.unwrap_or_default().to_string(),
+                extensions: Extensions::parse(
+                    resp.headers()
+                        .get_all(EXTENSIONS_HEADER)
+                        .iter()
+                        .filter_map(|v| v.to_str().ok()),
+                ),
                 ws,
+                acks: Vec::new(),
             }),
             Err(WsError::Http(resp)) => Err((
                 resp.status().as_u16(),
@@ -118,12 +132,19 @@ impl ScriptedWorker {
         self.ws.send(msg).await.unwrap();
     }
 
+    /// A reference worker's claim: no execution id.
     pub async fn claim(&mut self, task_id: &str) {
+        self.claim_execution(task_id, None).await;
+    }
+
+    /// A claim naming an execution, as a worker re-announcing a task does
+    /// (extension `task-reannounce`).
+    pub async fn claim_execution(&mut self, task_id: &str, execution_id: Option<&str>) {
         let worker_id = self.worker_id.clone();
         self.send(WorkerMessage::TaskClaimed(TaskClaimed {
             task_id: task_id.into(),
             worker_id,
-            execution_id: None,
+            execution_id: execution_id.map(str::to_string),
         }))
         .await;
     }
@@ -137,11 +158,21 @@ impl ScriptedWorker {
     }
 
     pub async fn complete(&mut self, task_id: &str, task_state: Option<&str>) {
+        self.complete_execution(task_id, None, task_state).await;
+    }
+
+    /// `task_completed` carrying the assignment's execution id (Go PR #139).
+    pub async fn complete_execution(
+        &mut self,
+        task_id: &str,
+        execution_id: Option<&str>,
+        task_state: Option<&str>,
+    ) {
         self.send(WorkerMessage::TaskCompleted(TaskCompleted {
             task_id: task_id.into(),
             message: "done".into(),
             task_state: task_state.map(str::to_string),
-            execution_id: None,
+            execution_id: execution_id.map(str::to_string),
         }))
         .await;
     }
@@ -157,9 +188,19 @@ impl ScriptedWorker {
         .await;
     }
 
-    /// The next protocol message (control frames are skipped).
+    /// The next protocol message other than `report_ack` (control frames
+    /// are skipped; acks are kept for `expect_ack`).
     pub async fn next_message(&mut self, within: Duration) -> Option<ServerMessage> {
         let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match self.next_frame(deadline).await? {
+                ServerMessage::ReportAck(a) => self.acks.push(a),
+                other => return Some(other),
+            }
+        }
+    }
+
+    async fn next_frame(&mut self, deadline: tokio::time::Instant) -> Option<ServerMessage> {
         loop {
             let frame = tokio::time::timeout_at(deadline, self.ws.next())
                 .await
@@ -170,6 +211,24 @@ impl ScriptedWorker {
                 }
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
                 other => panic!("connection ended while expecting a message: {other:?}"),
+            }
+        }
+    }
+
+    /// Waits for the `report_ack` of `task_id` and returns it (acks that
+    /// arrived earlier count).
+    pub async fn expect_ack(&mut self, task_id: &str) -> ReportAck {
+        let deadline = tokio::time::Instant::now() + EXPECT_TIMEOUT;
+        loop {
+            if let Some(i) = self.acks.iter().position(|a| a.task_id == task_id) {
+                return self.acks.remove(i);
+            }
+            match self.next_frame(deadline).await {
+                Some(ServerMessage::ReportAck(a)) => self.acks.push(a),
+                other => panic!(
+                    "{}: expected report_ack for {task_id}, got {other:?}",
+                    self.worker_id
+                ),
             }
         }
     }
@@ -204,7 +263,10 @@ impl ScriptedWorker {
         loop {
             match tokio::time::timeout_at(deadline, self.ws.next()).await {
                 Ok(Some(Ok(Message::Pong(p)))) if p.as_ref() == b"hi" => return,
-                Ok(Some(Ok(Message::Text(t)))) => panic!("expected a pong, got {t}"),
+                Ok(Some(Ok(Message::Text(t)))) => match decode_server_frame(t.as_str()) {
+                    Ok(ServerMessage::ReportAck(a)) => self.acks.push(a),
+                    _ => panic!("expected a pong, got {t}"),
+                },
                 Ok(Some(Ok(_))) => continue,
                 other => panic!("expected a pong, got {other:?}"),
             }
@@ -230,5 +292,146 @@ impl ScriptedWorker {
             while let Some(Ok(_)) = self.ws.next().await {}
         })
         .await;
+    }
+}
+
+/// `oz-agent-worker serve` as a real process on an ephemeral port, so tests
+/// can SIGKILL it and start it again on the same data directory.
+pub struct ServeProcess {
+    pub child: tokio::process::Child,
+    /// `http://127.0.0.1:PORT` (or `https://` with TLS).
+    pub url: String,
+    pub log: std::path::PathBuf,
+}
+
+impl ServeProcess {
+    /// Starts `serve` on `data_dir` with `extra_args` and waits until it
+    /// listens. Its log goes to `data_dir/serve-N.log`.
+    pub async fn start(data_dir: &std::path::Path, extra_args: &[&str]) -> ServeProcess {
+        let n = std::fs::read_dir(data_dir).map_or(0, |d| d.count());
+        let log = data_dir.join(format!("serve-{n}.log"));
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_oz-agent-worker"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--log-level", "debug"])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(extra_args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("serve starts");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if let Some(rest) = text.split("control plane on ").nth(1) {
+                let url = rest.split_whitespace().next().unwrap().to_string();
+                return ServeProcess { child, url, log };
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!("serve did not start; log:\n{text}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The worker endpoint (`ws://…` or `wss://…`).
+    pub fn ws_url(&self) -> String {
+        let (scheme, rest) = self.url.split_once("://").unwrap();
+        let ws = if scheme == "https" { "wss" } else { "ws" };
+        format!("{ws}://{rest}{}", oz_agent_worker::control_plane::WS_PATH)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL: no shutdown code runs, as in a crash or an OOM kill.
+    pub async fn kill(mut self) {
+        self.child.start_kill().unwrap();
+        self.child.wait().await.unwrap();
+    }
+}
+
+/// A team key created with the real `api-keys create` command.
+pub async fn create_key_with_cli(data_dir: &std::path::Path, team: &str) -> String {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_oz-agent-worker"))
+        .args(["api-keys", "create", "--team", team, "--data-dir"])
+        .arg(data_dir)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// A CA and a server certificate it signed for `127.0.0.1` and `localhost`,
+/// generated at test time (rcgen) into a temporary directory, as PEM.
+pub struct TestCa {
+    pub dir: tempfile::TempDir,
+    /// The CA certificate: what a client must trust (`SSL_CERT_FILE`).
+    pub ca: std::path::PathBuf,
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+}
+
+impl TestCa {
+    pub fn generate() -> TestCa {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+            KeyPair, KeyUsagePurpose,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        // A name of its own: two test CAs must not look like one.
+        ca.distinguished_name.push(
+            DnType::CommonName,
+            format!("oz-agent-worker test CA {:08x}", fastrand::u32(..)),
+        );
+        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca, ca_key);
+        let key = KeyPair::generate().unwrap();
+        let mut server =
+            CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
+        server
+            .distinguished_name
+            .push(DnType::CommonName, "oz-agent-worker test control plane");
+        server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let cert = server.signed_by(&key, &issuer).unwrap();
+        let write = |name: &str, text: String| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        TestCa {
+            ca: write("ca.pem", ca_cert.pem()),
+            cert: write("server-cert.pem", cert.pem()),
+            key: write("server-key.pem", key.serialize_pem()),
+            dir,
+        }
+    }
+
+    /// `serve` flags for this certificate.
+    pub fn serve_args(&self) -> Vec<String> {
+        vec![
+            "--tls-cert".into(),
+            self.cert.display().to_string(),
+            "--tls-key".into(),
+            self.key.display().to_string(),
+        ]
+    }
+
+    /// An empty directory, for `SSL_CERT_DIR`, so only `SSL_CERT_FILE` counts.
+    pub fn empty_dir(&self) -> std::path::PathBuf {
+        let d = self.dir.path().join("empty");
+        std::fs::create_dir_all(&d).unwrap();
+        d
     }
 }
