@@ -1,0 +1,328 @@
+#!/usr/bin/env bash
+# Cached builder of Debian images from Debian packages (no registry needed).
+#
+#   scripts/debian-image.sh build [options] SUITE IMAGE [PACKAGE...]
+#       a minbase root filesystem of SUITE (bookworm, trixie, testing, sid,
+#       unstable, ...) plus PACKAGEs, imported into a daemon as IMAGE
+#   scripts/debian-image.sh rootfs [options] SUITE [PACKAGE...]
+#       only make sure the cached root filesystem exists; prints its tar's path
+#   scripts/debian-image.sh key [options] SUITE [PACKAGE...]
+#       prints the cache key
+#   scripts/debian-image.sh mirror
+#       prints the Debian mirror read from this machine's apt sources
+#   scripts/debian-image.sh list | prune
+#       lists the cache, or removes every cached root filesystem
+#
+# Options (before SUITE):
+#   --socket PATH    the daemon to import into (default /var/run/docker.sock)
+#   --env NAME=VALUE an ENV line of the image (repeatable; PATH defaults to
+#                    Debian's standard PATH)
+#   --change LINE    another Dockerfile line for the import (CMD, WORKDIR, ...)
+#   --slim           leave out documentation, manual pages and translations,
+#                    as the official -slim images do
+#   --refresh        rebuild the root filesystem even if it is cached
+#
+# How it works: `debootstrap --variant=minbase --include=PACKAGES` (which
+# configures packages behind its own policy-rc.d, so no maintainer script
+# starts a service here); the image gets a policy-rc.d of its own, as the
+# official images do. The result is cached as a tar under $OZ_IMAGE_CACHE (default
+# /var/cache/oz-worker-images), keyed by suite, architecture, package list,
+# slimness and RECIPE_VERSION below; the downloaded .debs are kept there too.
+# The image carries the key as the label dev.oz.debian-rootfs, so a second
+# run with an unchanged recipe checks one label and returns in well under a
+# second; a cached tar is imported in seconds.
+#
+# The mirror is read at run time from this machine's apt configuration (the
+# Debian archive, not its security or updates suites); OZ_DEBIAN_MIRROR
+# overrides it. It is never written into a file of this repository.
+set -euo pipefail
+
+# Bump when the way a root filesystem is made changes: every key changes.
+RECIPE_VERSION=1
+
+CACHE=${OZ_IMAGE_CACHE:-/var/cache/oz-worker-images}
+DEFAULT_PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+LABEL=dev.oz.debian-rootfs
+
+log() { printf '[debian-image] %s\n' "$*" >&2; }
+die() {
+  printf '[debian-image] ERROR: %s\n' "$*" >&2
+  exit 1
+}
+
+# ---------------------------------------------------------------------------
+# the mirror
+
+# The URI of the Debian archive in apt's own view of its sources: the package
+# file whose Release says origin Debian, label Debian (not Debian-Security),
+# component main, in a suite that is not -updates/-backports/-security.
+mirror_from_policy() {
+  apt-cache policy 2>/dev/null | awk '
+    /^ *[0-9]+ (https?|ftp|file):/ { uri = $2; next }
+    /^ +release / {
+      if (uri != "" && $0 ~ /o=Debian,/ && $0 ~ /l=Debian,/ && $0 ~ /c=main/ && $0 !~ /n=[a-z]+-/) { print uri; exit }
+      uri = ""
+    }'
+}
+
+# Fallback when apt has no package lists yet: the sources files themselves.
+mirror_from_sources() {
+  local f
+  for f in /etc/apt/sources.list.d/*.sources; do
+    [ -f "$f" ] || continue
+    # deb822 stanzas: URIs of a stanza of Types deb whose Suites are not all -security
+    awk 'BEGIN { RS = ""; FS = "\n" }
+      {
+        types = ""; uris = ""; suites = ""
+        for (i = 1; i <= NF; i++) {
+          if ($i ~ /^Types:/) types = $i
+          if ($i ~ /^URIs:/) uris = $i
+          if ($i ~ /^Suites:/) suites = $i
+        }
+        if (types ~ /[ \t]deb([ \t]|$)/ && suites !~ /-security/ && uris != "") {
+          sub(/^URIs:[ \t]*/, "", uris); split(uris, u, /[ \t]+/); print u[1]; exit
+        }
+      }' "$f"
+  done | head -n 1
+  for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+    [ -f "$f" ] || continue
+    sed -nE 's/^deb[[:space:]]+(\[[^]]*\][[:space:]]+)?([^[:space:]]+)[[:space:]]+([^[:space:]]+).*/\2 \3/p' "$f" |
+      awk '$2 !~ /-security/ { print $1 }'
+  done | head -n 1
+}
+
+debian_mirror() {
+  if [ -n "${OZ_DEBIAN_MIRROR:-}" ]; then
+    printf '%s\n' "$OZ_DEBIAN_MIRROR"
+    return
+  fi
+  local m
+  m=$(mirror_from_policy)
+  [ -n "$m" ] || m=$(mirror_from_sources | head -n 1)
+  [ -n "$m" ] || die "no Debian mirror in this machine's apt sources (/etc/apt/sources.list*); set OZ_DEBIAN_MIRROR"
+  printf '%s\n' "${m%/}"
+}
+
+# ---------------------------------------------------------------------------
+# options and the key
+
+SOCKET=/var/run/docker.sock
+ENVS=()
+CHANGES=()
+SLIM=0
+REFRESH=0
+
+parse_options() { # sets OPTIND-like REST array
+  REST=()
+  while [ $# -gt 0 ]; do
+    case $1 in
+    --socket) SOCKET=${2:?--socket needs a path}; shift 2 ;;
+    --env) ENVS+=("${2:?--env needs NAME=VALUE}"); shift 2 ;;
+    --change) CHANGES+=("${2:?--change needs a Dockerfile line}"); shift 2 ;;
+    --slim) SLIM=1; shift ;;
+    --refresh) REFRESH=1; shift ;;
+    --) shift; REST+=("$@"); break ;;
+    -*) die "unknown option $1 (see scripts/debian-image.sh --help)" ;;
+    *) REST+=("$1"); shift ;;
+    esac
+  done
+}
+
+# Package lists are normalised (sorted, unique, comma or space separated).
+normalise_packages() { tr -s ', ' '\n' <<<"$*" | sed '/^$/d' | sort -u | paste -sd, -; }
+
+arch() { dpkg --print-architecture; }
+
+# key SUITE PACKAGES -> 16 hex digits
+rootfs_key() {
+  printf 'recipe=%s\nsuite=%s\narch=%s\nvariant=minbase\npackages=%s\nslim=%s\n' \
+    "$RECIPE_VERSION" "$1" "$(arch)" "$2" "$SLIM" | sha256sum | cut -c1-16
+}
+
+# ---------------------------------------------------------------------------
+# building the root filesystem
+
+ensure_debootstrap() {
+  command -v debootstrap >/dev/null 2>&1 && return 0
+  [ "$(id -u)" -eq 0 ] || die "debootstrap is missing and installing it needs root"
+  log "installing debootstrap"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q debootstrap >&2 ||
+    { apt-get update -q >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q debootstrap >&2; } ||
+    die "could not install debootstrap"
+}
+
+# Paths the official -slim images leave out (debuerreotype's list).
+SLIM_EXCLUDES=(/usr/share/doc/* /usr/share/info/* /usr/share/linda/* /usr/share/lintian/overrides/*
+  /usr/share/locale/* /usr/share/man/* /usr/share/groff/*)
+
+slim_rootfs() {
+  local root=$1 p
+  mkdir -p "$root/etc/dpkg/dpkg.cfg.d"
+  {
+    echo '# Written by oz-agent-worker scripts/debian-image.sh --slim (as the official -slim images)'
+    for p in "${SLIM_EXCLUDES[@]}"; do echo "path-exclude $p"; done
+    echo 'path-include /usr/share/doc/*/copyright'
+  } >"$root/etc/dpkg/dpkg.cfg.d/docker"
+  for p in doc info linda lintian/overrides locale man groff; do
+    [ -d "$root/usr/share/$p" ] || continue
+    if [ "$p" = doc ]; then
+      find "$root/usr/share/doc" -mindepth 1 -not -name copyright -not -type d -delete
+      find "$root/usr/share/doc" -mindepth 1 -type d -empty -delete
+    else
+      find "$root/usr/share/$p" -mindepth 1 -delete
+    fi
+  done
+}
+
+build_rootfs() { # build_rootfs SUITE PACKAGES KEY -> $CACHE/KEY.tar
+  local suite=$1 packages=$2 key=$3 mirror work root include=() d
+  ensure_debootstrap
+  mirror=$(debian_mirror)
+  work=$CACHE/work.$key
+  root=$work/root
+  rm -rf "$work"
+  mkdir -p "$root" "$CACHE/debs"
+  [ -n "$packages" ] && include=(--include="$packages")
+  log "debootstrap $suite (minbase${packages:+ + $packages}) from the apt sources' mirror"
+  local started=$SECONDS
+  # debootstrap configures every package (the included ones too) behind its
+  # own policy-rc.d and a fake start-stop-daemon: no maintainer script starts
+  # a service (docker.io's would start a dockerd) on this machine.
+  if ! debootstrap --variant=minbase --cache-dir="$CACHE/debs" ${include[@]+"${include[@]}"} \
+    "$suite" "$root" "$mirror" >"$work/debootstrap.log" 2>&1; then
+    tail -n 30 "$work/debootstrap.log" >&2
+    die "debootstrap of $suite failed (log: $work/debootstrap.log)"
+  fi
+  # As in the official images: package installs in a container start no service.
+  printf '#!/bin/sh\n# Written by oz-agent-worker scripts/debian-image.sh: no services in containers\nexit 101\n' \
+    >"$root/usr/sbin/policy-rc.d"
+  chmod 755 "$root/usr/sbin/policy-rc.d"
+  # What a container gets from its runtime, not from its image. Only real
+  # directories are emptied (never follow a link out of the root).
+  rm -f "$root/etc/hostname" "$root/etc/resolv.conf"
+  rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/cache/apt/*.bin "$root"/var/log/*.log
+  for d in dev proc sys tmp; do
+    if [ -d "$root/$d" ] && [ ! -L "$root/$d" ]; then
+      find "$root/$d" -mindepth 1 -maxdepth 1 -exec rm -rf {} +
+    fi
+  done
+  [ "$SLIM" = 1 ] && slim_rootfs "$root"
+  tar -C "$root" --numeric-owner -cf "$work/rootfs.tar" .
+  mv "$work/rootfs.tar" "$CACHE/$key.tar"
+  printf 'suite=%s\narch=%s\npackages=%s\nslim=%s\nrecipe=%s\nbuilt=%s\n' "$suite" "$(arch)" \
+    "$packages" "$SLIM" "$RECIPE_VERSION" "$(date -Is)" >"$CACHE/$key.info"
+  rm -rf "$work"
+  log "built $suite root filesystem in $((SECONDS - started))s: $CACHE/$key.tar ($(du -h "$CACHE/$key.tar" | cut -f1))"
+}
+
+# ensure_rootfs SUITE PACKAGES -> prints the tar's path (built under a lock)
+ensure_rootfs() {
+  local suite=$1 packages=$2 key
+  key=$(rootfs_key "$suite" "$packages")
+  mkdir -p "$CACHE"
+  (
+    flock 9
+    if [ "$REFRESH" = 1 ] || [ ! -s "$CACHE/$key.tar" ]; then
+      build_rootfs "$suite" "$packages" "$key"
+    fi
+  ) 9>"$CACHE/$key.lock"
+  printf '%s\n' "$CACHE/$key.tar"
+}
+
+# ---------------------------------------------------------------------------
+# the daemon side
+
+urlencode() { # a query parameter value
+  local s=$1 out='' c i
+  for ((i = 0; i < ${#s}; i++)); do
+    c=${s:i:1}
+    case $c in
+    [a-zA-Z0-9.~_-]) out+=$c ;;
+    *) out+=$(printf '%%%02X' "'$c") ;;
+    esac
+  done
+  printf '%s' "$out"
+}
+
+# image_label SOCKET IMAGE -> the image's dev.oz.debian-rootfs label, or nothing
+image_label() {
+  curl -sf --max-time 10 --unix-socket "$1" "http://localhost/images/$(urlencode "$2")/json" 2>/dev/null |
+    sed -nE "s/.*\"$LABEL\":\"([^\"]*)\".*/\1/p" || true
+}
+
+import_rootfs() { # import_rootfs SOCKET IMAGE TAR KEY
+  local sock=$1 image=$2 tar=$3 key=$4 q e c out have_path=0
+  q="fromSrc=-&repo=$(urlencode "$image")"
+  for e in ${ENVS[@]+"${ENVS[@]}"}; do
+    [ "${e%%=*}" = PATH ] && have_path=1
+    q+="&changes=$(urlencode "ENV $e")"
+  done
+  [ $have_path = 1 ] || q+="&changes=$(urlencode "ENV PATH=$DEFAULT_PATH")"
+  for c in ${CHANGES[@]+"${CHANGES[@]}"}; do q+="&changes=$(urlencode "$c")"; done
+  q+="&changes=$(urlencode "LABEL $LABEL=$key")"
+  log "importing $image into $sock"
+  # -T streams the file (a --data-binary @file would hold it in memory).
+  out=$(curl -sS --max-time 600 --unix-socket "$sock" -X POST -H 'Content-Type: application/x-tar' \
+    -T "$tar" "http://localhost/images/create?$q" 2>&1) || die "importing $image into $sock failed: $out"
+  grep -q '"error' <<<"$out" && die "importing $image into $sock failed: $out"
+  [ "$(image_label "$sock" "$image")" = "$key" ] || die "imported $image into $sock but it does not carry $LABEL=$key: $out"
+}
+
+# A key over everything the import decides as well (ENV and other changes).
+image_key() { # image_key ROOTFS_KEY
+  printf '%s\n' "$1" ${ENVS[@]+"${ENVS[@]}"} ${CHANGES[@]+"${CHANGES[@]}"} | sha256sum | cut -c1-16
+}
+
+cmd_build() {
+  parse_options "$@"
+  [ ${#REST[@]} -ge 2 ] || die "usage: scripts/debian-image.sh build [options] SUITE IMAGE [PACKAGE...]"
+  local suite=${REST[0]} image=${REST[1]} packages key ikey tar
+  packages=$(normalise_packages "${REST[@]:2}")
+  [ -S "$SOCKET" ] || die "no daemon socket at $SOCKET"
+  key=$(rootfs_key "$suite" "$packages")
+  ikey=$key-$(image_key "$key")
+  if [ "$REFRESH" = 0 ] && [ "$(image_label "$SOCKET" "$image")" = "$ikey" ]; then
+    log "$image is up to date in $SOCKET ($suite${packages:+ + $packages})"
+    return 0
+  fi
+  tar=$(ensure_rootfs "$suite" "$packages")
+  import_rootfs "$SOCKET" "$image" "$tar" "$ikey"
+}
+
+cmd_rootfs() {
+  parse_options "$@"
+  [ ${#REST[@]} -ge 1 ] || die "usage: scripts/debian-image.sh rootfs [options] SUITE [PACKAGE...]"
+  ensure_rootfs "${REST[0]}" "$(normalise_packages "${REST[@]:1}")"
+}
+
+cmd_key() {
+  parse_options "$@"
+  [ ${#REST[@]} -ge 1 ] || die "usage: scripts/debian-image.sh key [options] SUITE [PACKAGE...]"
+  rootfs_key "${REST[0]}" "$(normalise_packages "${REST[@]:1}")"
+}
+
+cmd_list() {
+  local f
+  for f in "$CACHE"/*.info; do
+    [ -f "$f" ] || continue
+    printf '%s  %s  %s\n' "$(basename "$f" .info)" "$(du -h "${f%.info}.tar" 2>/dev/null | cut -f1)" \
+      "$(grep -E '^(suite|packages|slim|built)=' "$f" | paste -sd' ' -)"
+  done
+}
+
+cmd_prune() {
+  [ -d "$CACHE" ] || return 0
+  rm -rf "$CACHE"/*.tar "$CACHE"/*.info "$CACHE"/*.lock "$CACHE"/work.*
+  log "removed the cached root filesystems in $CACHE (downloaded packages in $CACHE/debs are kept)"
+}
+
+case "${1:-}" in
+build) shift; cmd_build "$@" ;;
+rootfs) shift; cmd_rootfs "$@" ;;
+key) shift; cmd_key "$@" ;;
+mirror) debian_mirror ;;
+list) cmd_list ;;
+prune) cmd_prune ;;
+-h | --help | help | '') sed -n '2,36p' "$0" | sed 's/^# \{0,1\}//' ;;
+*) die "unknown command '$1' (expected build, rootfs, key, mirror, list or prune)" ;;
+esac
