@@ -5,6 +5,7 @@ pub mod check;
 pub mod control_plane;
 pub mod internal;
 pub mod logging;
+pub mod probe;
 pub mod worker;
 
 use clap::{Parser, Subcommand};
@@ -40,6 +41,9 @@ pub enum Command {
     /// Project-internal commands used by `cargo xtask`.
     #[command(hide = true)]
     Internal(internal::InternalArgs),
+    /// GET a URL; exit 0 on 2xx (the container image's HEALTHCHECK).
+    #[command(hide = true)]
+    Probe(probe::ProbeArgs),
 }
 
 pub async fn dispatch(cli: Cli) -> ExitCode {
@@ -51,5 +55,6 @@ pub async fn dispatch(cli: Cli) -> ExitCode {
         Some(Command::Runs(args)) => control_plane::runs(args).await,
         Some(Command::ApiKeys(args)) => control_plane::api_keys(args).await,
         Some(Command::Internal(args)) => internal::run(args),
+        Some(Command::Probe(args)) => probe::run(args).await,
     }
 }
