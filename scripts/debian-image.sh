@@ -21,6 +21,10 @@
 #   --slim           leave out documentation, manual pages and translations,
 #                    as the official -slim images do
 #   --refresh        rebuild the root filesystem even if it is cached
+#   --host-cas       also trust the CA certificates this machine trusts beyond
+#                    Debian's own set (e.g. a TLS-intercepting egress proxy's):
+#                    for images that fetch over TLS while building (cargo).
+#                    Needs the ca-certificates package in the image.
 #
 # How it works: `debootstrap --variant=minbase --include=PACKAGES` (which
 # configures packages behind its own policy-rc.d, so no maintainer script
@@ -38,7 +42,7 @@
 set -euo pipefail
 
 # Bump when the way a root filesystem is made changes: every key changes.
-RECIPE_VERSION=1
+RECIPE_VERSION=2
 
 CACHE=${OZ_IMAGE_CACHE:-/var/cache/oz-worker-images}
 DEFAULT_PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
@@ -111,6 +115,7 @@ ENVS=()
 CHANGES=()
 SLIM=0
 REFRESH=0
+HOST_CAS=0
 
 parse_options() { # sets OPTIND-like REST array
   REST=()
@@ -121,6 +126,7 @@ parse_options() { # sets OPTIND-like REST array
     --change) CHANGES+=("${2:?--change needs a Dockerfile line}"); shift 2 ;;
     --slim) SLIM=1; shift ;;
     --refresh) REFRESH=1; shift ;;
+    --host-cas) HOST_CAS=1; shift ;;
     --) shift; REST+=("$@"); break ;;
     -*) die "unknown option $1 (see scripts/debian-image.sh --help)" ;;
     *) REST+=("$1"); shift ;;
@@ -133,10 +139,36 @@ normalise_packages() { tr -s ', ' '\n' <<<"$*" | sed '/^$/d' | sort -u | paste -
 
 arch() { dpkg --print-architecture; }
 
+# The PEM certificates in this machine's CA bundle that no file of its
+# ca-certificates package (nor /usr/local/share/ca-certificates) provides:
+# what the machine's own administrators added.
+host_extra_cas() {
+  local bundle=/etc/ssl/certs/ca-certificates.crt
+  [ -f "$bundle" ] || return 0
+  awk '
+    FNR == 1 { file++ }
+    /-----BEGIN CERTIFICATE-----/ { inpem = 1; body = ""; pem = $0 "\n"; next }
+    /-----END CERTIFICATE-----/ {
+      inpem = 0; pem = pem $0 "\n"
+      if (file == 1) known[body] = 1
+      else if (!(body in known) && !(body in printed)) { printf "%s", pem; printed[body] = 1 }
+      next
+    }
+    inpem { gsub(/[ \t\r]/, ""); body = body $0; pem = pem $0 "\n" }
+  ' <(cat /usr/share/ca-certificates/*/*.crt 2>/dev/null || true) "$bundle"
+}
+
 # key SUITE PACKAGES -> 16 hex digits
 rootfs_key() {
-  printf 'recipe=%s\nsuite=%s\narch=%s\nvariant=minbase\npackages=%s\nslim=%s\n' \
-    "$RECIPE_VERSION" "$1" "$(arch)" "$2" "$SLIM" | sha256sum | cut -c1-16
+  {
+    printf 'recipe=%s\nsuite=%s\narch=%s\nvariant=minbase\npackages=%s\nslim=%s\n' \
+      "$RECIPE_VERSION" "$1" "$(arch)" "$2" "$SLIM"
+    # The slim recipe's own revision (3: apt's docker-clean configuration).
+    if [ "$SLIM" = 1 ]; then echo 'slim-recipe=3'; fi
+    if [ "$HOST_CAS" = 1 ]; then
+      printf 'host-cas=%s\n' "$(host_extra_cas | sha256sum | cut -c1-16)"
+    fi
+  } | sha256sum | cut -c1-16
 }
 
 # ---------------------------------------------------------------------------
@@ -152,11 +184,25 @@ ensure_debootstrap() {
 }
 
 # Paths the official -slim images leave out (debuerreotype's list).
-SLIM_EXCLUDES=(/usr/share/doc/* /usr/share/info/* /usr/share/linda/* /usr/share/lintian/overrides/*
-  /usr/share/locale/* /usr/share/man/* /usr/share/groff/*)
+# Quoted: dpkg matches them, the shell must not expand them here.
+SLIM_EXCLUDES=('/usr/share/doc/*' '/usr/share/info/*' '/usr/share/linda/*'
+  '/usr/share/lintian/overrides/*' '/usr/share/locale/*' '/usr/share/man/*' '/usr/share/groff/*')
 
 slim_rootfs() {
   local root=$1 p
+  # apt keeps no caches, downloads no translations and keeps its lists
+  # compressed (debuerreotype's minimizing configuration).
+  mkdir -p "$root/etc/apt/apt.conf.d"
+  cat >"$root/etc/apt/apt.conf.d/docker-clean" <<'APT'
+// Written by oz-agent-worker scripts/debian-image.sh --slim (as the official images)
+DPkg::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };
+APT::Update::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };
+Dir::Cache::pkgcache "";
+Dir::Cache::srcpkgcache "";
+APT
+  printf 'Acquire::Languages "none";\n' >"$root/etc/apt/apt.conf.d/docker-no-languages"
+  printf 'Acquire::GzipIndexes "true";\nAcquire::CompressionTypes::Order:: "gz";\n' \
+    >"$root/etc/apt/apt.conf.d/docker-gzip-indexes"
   mkdir -p "$root/etc/dpkg/dpkg.cfg.d"
   {
     echo '# Written by oz-agent-worker scripts/debian-image.sh --slim (as the official -slim images)'
@@ -172,6 +218,37 @@ slim_rootfs() {
       find "$root/usr/share/$p" -mindepth 1 -delete
     fi
   done
+}
+
+# Testing and unstable sign their Release for a week (Valid-Until). A
+# mirror that is a frozen snapshot serves one that has expired: debootstrap
+# does not check, but apt-get update in the image would refuse it. Only
+# then the image's apt is told to accept it, with a file saying why.
+allow_expired_release() { # allow_expired_release ROOTFS SUITE
+  local root=$1 suite=$2 release until
+  release=$(find "$root/var/lib/apt/lists" -maxdepth 1 -name '*_Release' | head -n 1)
+  [ -n "$release" ] || return 0
+  until=$(sed -n 's/^Valid-Until: //p' "$release")
+  [ -n "$until" ] || return 0
+  [ "$(date -d "$until" +%s)" -lt "$(date +%s)" ] || return 0
+  log "the mirror's $suite Release expired on $until (a frozen snapshot?): apt in this image accepts it"
+  printf '// Written by oz-agent-worker scripts/debian-image.sh: the mirror this image was\n// built from served a %s Release that had expired on %s.\nAcquire::Check-Valid-Until "false";\n' \
+    "$suite" "$until" >"$root/etc/apt/apt.conf.d/99oz-expired-release"
+}
+
+add_host_cas() { # add_host_cas ROOTFS
+  local root=$1 n=0 extras
+  extras=$(host_extra_cas)
+  [ -n "$extras" ] || return 0
+  [ -x "$root/usr/sbin/update-ca-certificates" ] || die "--host-cas needs the ca-certificates package in the image"
+  mkdir -p "$root/usr/local/share/ca-certificates"
+  awk -v dir="$root/usr/local/share/ca-certificates" '
+    /-----BEGIN CERTIFICATE-----/ { n++; f = sprintf("%s/oz-host-ca-%d.crt", dir, n) }
+    f { print > f }
+    /-----END CERTIFICATE-----/ { close(f); f = "" }' <<<"$extras"
+  n=$(grep -c 'BEGIN CERTIFICATE' <<<"$extras")
+  chroot "$root" update-ca-certificates >/dev/null 2>&1 || die "update-ca-certificates failed in the image"
+  log "added $n CA certificate(s) this machine trusts beyond Debian's set"
 }
 
 build_rootfs() { # build_rootfs SUITE PACKAGES KEY -> $CACHE/KEY.tar
@@ -197,10 +274,14 @@ build_rootfs() { # build_rootfs SUITE PACKAGES KEY -> $CACHE/KEY.tar
   printf '#!/bin/sh\n# Written by oz-agent-worker scripts/debian-image.sh: no services in containers\nexit 101\n' \
     >"$root/usr/sbin/policy-rc.d"
   chmod 755 "$root/usr/sbin/policy-rc.d"
-  # What a container gets from its runtime, not from its image. Only real
-  # directories are emptied (never follow a link out of the root).
+  allow_expired_release "$root" "$suite"
+  [ "$HOST_CAS" = 1 ] && add_host_cas "$root"
+  # What a container gets from its runtime, not from its image, and package
+  # lists (an image's apt-get update fetches its own). Only real directories
+  # are emptied (never follow a link out of the root).
   rm -f "$root/etc/hostname" "$root/etc/resolv.conf"
-  rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/cache/apt/*.bin "$root"/var/log/*.log
+  rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/cache/apt/*.bin "$root"/var/log/*.log \
+    "$root"/var/lib/apt/lists/*_*
   for d in dev proc sys tmp; do
     if [ -d "$root/$d" ] && [ ! -L "$root/$d" ]; then
       find "$root/$d" -mindepth 1 -maxdepth 1 -exec rm -rf {} +
@@ -209,10 +290,22 @@ build_rootfs() { # build_rootfs SUITE PACKAGES KEY -> $CACHE/KEY.tar
   [ "$SLIM" = 1 ] && slim_rootfs "$root"
   tar -C "$root" --numeric-owner -cf "$work/rootfs.tar" .
   mv "$work/rootfs.tar" "$CACHE/$key.tar"
-  printf 'suite=%s\narch=%s\npackages=%s\nslim=%s\nrecipe=%s\nbuilt=%s\n' "$suite" "$(arch)" \
-    "$packages" "$SLIM" "$RECIPE_VERSION" "$(date -Is)" >"$CACHE/$key.info"
+  printf 'suite=%s\narch=%s\npackages=%s\nslim=%s\nhost-cas=%s\nrecipe=%s\nbuilt=%s\n' "$suite" \
+    "$(arch)" "$packages" "$SLIM" "$HOST_CAS" "$RECIPE_VERSION" "$(date -Is)" >"$CACHE/$key.info"
   rm -rf "$work"
+  remove_other_recipes
   log "built $suite root filesystem in $((SECONDS - started))s: $CACHE/$key.tar ($(du -h "$CACHE/$key.tar" | cut -f1))"
+}
+
+# Root filesystems of an earlier recipe are never used again.
+remove_other_recipes() {
+  local info
+  for info in "$CACHE"/*.info; do
+    [ -f "$info" ] || continue
+    grep -qx "recipe=$RECIPE_VERSION" "$info" && continue
+    log "removing $(basename "$info" .info), cached by an earlier recipe"
+    rm -f "${info%.info}".{tar,info,lock}
+  done
 }
 
 # ensure_rootfs SUITE PACKAGES -> prints the tar's path (built under a lock)
