@@ -77,8 +77,10 @@ MUSL_BINARY=/usr/bin/musl-true
 # Bump when the way an image is built changes, so `up` rebuilds it.
 IMAGE_RECIPE_VERSION=1
 
+# debootstrap: scripts/debian-image.sh (the daemon matrix, the container
+# image test); systemd: systemd-analyze for tests/systemd_unit.rs.
 PACKAGES=(curl ca-certificates openssl iptables docker.io podman busybox-static musl
-  docker-registry apache2-utils openssh-server openssh-client debootstrap)
+  docker-registry apache2-utils openssh-server openssh-client debootstrap systemd)
 # Installed if the mirror has them and a C compiler is present (for a musl-linked binary).
 OPTIONAL_PACKAGES=(musl-tools)
 
