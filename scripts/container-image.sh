@@ -54,9 +54,9 @@ build() {
   bases
   local -a args=(--build-arg "RUST_IMAGE=$RUST_BASE" --build-arg "RUNTIME_IMAGE=$RUNTIME_BASE")
   log "docker build (the build stage) -> $BUILD_CACHE_TAG"
-  DOCKER_BUILDKIT=0 docker build --target build -t "$BUILD_CACHE_TAG" "${args[@]}" . >&2
+  DOCKER_BUILDKIT=0 docker build --force-rm --target build -t "$BUILD_CACHE_TAG" "${args[@]}" . >&2
   log "docker build -> $tag"
-  DOCKER_BUILDKIT=0 docker build -t "$tag" "${args[@]}" . >&2
+  DOCKER_BUILDKIT=0 docker build --force-rm -t "$tag" "${args[@]}" . >&2
   docker image prune -f --filter label=dev.oz.build-stage=oz-agent-worker >/dev/null
   docker image prune -f --filter label=org.opencontainers.image.title=oz-agent-worker >/dev/null
   log "$tag built in $((SECONDS - started))s ($(docker image inspect -f '{{.Size}}' "$tag" |

@@ -12,6 +12,10 @@
 #       prints the Debian mirror read from this machine's apt sources
 #   scripts/debian-image.sh list | prune
 #       lists the cache, or removes every cached root filesystem
+#   scripts/debian-image.sh prune-images [--socket PATH]
+#       removes the dangling images that carry this builder's label (earlier
+#       imports a rebuild replaced, and what was built on them), unless a
+#       container still uses them
 #
 # Options (before SUITE):
 #   --socket PATH    the daemon to import into (default /var/run/docker.sock)
@@ -359,6 +363,15 @@ import_rootfs() { # import_rootfs SOCKET IMAGE TAR KEY
     -T "$tar" "http://localhost/images/create?$q" 2>&1) || die "importing $image into $sock failed: $out"
   grep -q '"error' <<<"$out" && die "importing $image into $sock failed: $out"
   [ "$(image_label "$sock" "$image")" = "$key" ] || die "imported $image into $sock but it does not carry $LABEL=$key: $out"
+  prune_images "$sock"
+}
+
+# Dangling images with the builder's label: the ones this tag replaced.
+prune_images() { # prune_images SOCKET
+  local filters
+  filters=$(urlencode "{\"dangling\":[\"true\"],\"label\":[\"$LABEL\"]}")
+  curl -sf --max-time 120 --unix-socket "$1" -X POST "http://localhost/images/prune?filters=$filters" \
+    >/dev/null 2>&1 || log "could not prune replaced images in $1 (continuing)"
 }
 
 # A key over everything the import decides as well (ENV and other changes).
@@ -394,6 +407,11 @@ cmd_key() {
   rootfs_key "${REST[0]}" "$(normalise_packages "${REST[@]:1}")"
 }
 
+cmd_prune_images() {
+  parse_options "$@"
+  prune_images "$SOCKET"
+}
+
 cmd_list() {
   local f
   for f in "$CACHE"/*.info; do
@@ -416,6 +434,7 @@ key) shift; cmd_key "$@" ;;
 mirror) debian_mirror ;;
 list) cmd_list ;;
 prune) cmd_prune ;;
--h | --help | help | '') sed -n '2,36p' "$0" | sed 's/^# \{0,1\}//' ;;
-*) die "unknown command '$1' (expected build, rootfs, key, mirror, list or prune)" ;;
+prune-images) shift; cmd_prune_images "$@" ;;
+-h | --help | help | '') awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0" ;;
+*) die "unknown command '$1' (expected build, rootfs, key, mirror, list, prune or prune-images)" ;;
 esac

@@ -1022,6 +1022,8 @@ ensure_matrix() {
     read -r name suite kind packages <<<"$entry"
     ensure_matrix_daemon "$name" "$suite" "$kind" "$packages" || true
   done
+  # Images a rebuild replaced, now that no container of ours uses them.
+  "$REPO_DIR/scripts/debian-image.sh" prune-images --socket "$DOCKER_SOCK"
 }
 
 # ---------------------------------------------------------------------------
