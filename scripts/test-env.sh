@@ -987,9 +987,10 @@ matrix_missing_images() {
   done
 }
 
-# The test images, as in dockerd (docker save | POST /images/load). Docker
-# 28 has been seen to end the response before the last image of the tar was
-# registered, so presence is polled for, and a second load is tried.
+# The test images, as in dockerd (docker save | POST /images/load). On a
+# machine shared by several checkouts, another one's `up` may re-import a
+# host image with its own fixture (another fingerprint) between our import
+# and our save: the load is checked, and tried once more.
 matrix_preload() {
   local name=$1 sock=$2 need=() out deadline _
   for _ in 1 2; do
