@@ -1,14 +1,67 @@
-# Container image for the worker. It talks to the host's daemon through a
-# mounted socket (or DOCKER_HOST/TLS), so it needs no Docker inside itself:
-#   docker run -d -v /var/run/docker.sock:/var/run/docker.sock \
+# The worker's container image. It talks to the host's daemon through the
+# mounted socket (or DOCKER_HOST: tcp:// with TLS, or ssh://), so it holds no
+# Docker of its own:
+#
+#   docker run -d --name oz-agent-worker \
+#     -v /var/run/docker.sock:/var/run/docker.sock \
+#     --group-add "$(stat -c %g /var/run/docker.sock)" \
 #     -e WARP_API_KEY oz-agent-worker --worker-id prod-runner-1
-FROM rust:1-bookworm AS build
-WORKDIR /src
-COPY . .
-RUN cargo build --release --locked --bin oz-agent-worker
+#
+# It runs as uid/gid 10001 (user `oz`, as the Go worker's image), so the
+# socket's group must be added; never as root. Undelivered reports are kept
+# under /home/oz/.local/state/oz-agent-worker: mount a volume there to keep
+# them across container restarts.
+#
+# Base images are build arguments (a mirror, a pinned digest, or images
+# built locally: scripts/container-image.sh builds both from Debian
+# packages). The runtime's glibc must be at least the build image's.
+# Works with BuildKit and with the classic builder.
+ARG RUST_IMAGE=rust:1-bookworm
+ARG RUNTIME_IMAGE=debian:bookworm-slim
 
-FROM debian:bookworm-slim
-RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates \
-    && rm -rf /var/lib/apt/lists/*
+FROM ${RUST_IMAGE} AS build
+# Marks this stage's images, so a cache cleanup can tell them apart.
+LABEL dev.oz.build-stage=oz-agent-worker
+WORKDIR /src
+# The dependencies first, in a layer of their own that only Cargo.toml and
+# Cargo.lock decide: a source change recompiles this crate alone. Cargo
+# needs every target the manifests name, so those get stubs.
+COPY Cargo.toml Cargo.lock ./
+COPY xtask/Cargo.toml xtask/Cargo.toml
+COPY benches benches
+RUN mkdir -p src xtask/src \
+    && echo 'fn main() {}' > src/main.rs \
+    && touch src/lib.rs \
+    && echo 'fn main() {}' > xtask/src/main.rs \
+    && cargo build --release --locked --bin oz-agent-worker
+COPY . .
+# Newer than the stubs, so cargo rebuilds the crate; then prove it is the
+# real binary, not the stub.
+RUN touch src/main.rs src/lib.rs \
+    && cargo build --release --locked --bin oz-agent-worker \
+    && target/release/oz-agent-worker --version
+
+FROM ${RUNTIME_IMAGE}
+RUN apt-get update \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+        ca-certificates openssh-client \
+    && apt-get clean \
+    && rm -rf /var/lib/apt/lists/* \
+    && groupadd --gid 10001 oz \
+    && useradd --uid 10001 --gid 10001 --create-home --home-dir /home/oz \
+        --shell /usr/sbin/nologin oz \
+    && mkdir /app \
+    && ln -s /usr/local/bin/oz-agent-worker /app/oz-agent-worker
 COPY --from=build /src/target/release/oz-agent-worker /usr/local/bin/oz-agent-worker
+LABEL org.opencontainers.image.title=oz-agent-worker \
+      org.opencontainers.image.description="Self-hosted worker for Oz cloud coding agents" \
+      org.opencontainers.image.licenses=Apache-2.0
+USER 10001:10001
+# /app/oz-agent-worker as in the Go worker's image.
+WORKDIR /app
+# The worker's /healthz and /readyz (--health-listen).
+ENV OZ_HEALTH_LISTEN=0.0.0.0:8081
+EXPOSE 8081
+HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
+    CMD ["oz-agent-worker", "probe", "http://127.0.0.1:8081/healthz"]
 ENTRYPOINT ["/usr/local/bin/oz-agent-worker"]

@@ -18,6 +18,11 @@
 #     whose `docker system dial-stdio` reaches that dockerd, so that
 #     DOCKER_HOST=ssh://root@127.0.0.1:2222 works; /root/.ssh/config gets one
 #     `Include` line (first) for the client side: port, key, known_hosts
+#   - the daemon matrix, each in a container of that dockerd, built from
+#     Debian packages, on a socket under $OZ_TEST_ROOT/daemons/NAME:
+#     docker26 (Debian 13's Docker 26.1, API 1.45), docker28 (unstable's
+#     Docker 28, API 1.51), podman5 (unstable's Podman 5), with the test
+#     images loaded; a daemon that cannot come up is fatal only with CI=true
 # and writes $OZ_TEST_ROOT/env, a sourceable file of `export VAR=value` lines.
 # Every step checks before it acts, so a second `up` changes nothing.
 set -euo pipefail
@@ -72,9 +77,11 @@ MUSL_BINARY=/usr/bin/musl-true
 # Bump when the way an image is built changes, so `up` rebuilds it.
 IMAGE_RECIPE_VERSION=1
 
-# python3: the command runtime's example dispatcher (examples/command-backend) is tested.
+# python3: the command runtime's example dispatcher (examples/command-backend)
+# is tested; debootstrap: scripts/debian-image.sh (the daemon matrix, the
+# container image test); systemd: systemd-analyze for tests/systemd_unit.rs.
 PACKAGES=(curl ca-certificates openssl iptables docker.io podman busybox-static musl
-  docker-registry apache2-utils openssh-server openssh-client python3)
+  docker-registry apache2-utils openssh-server openssh-client python3 debootstrap systemd)
 # Installed if the mirror has them and a C compiler is present (for a musl-linked binary).
 OPTIONAL_PACKAGES=(musl-tools)
 
@@ -764,6 +771,16 @@ ensure_sshd() {
     if pid_runs "$RUN/sshd.pid" sshd; then
       log "sshd configuration or keys changed; restarting our sshd"
       stop_pidfile "$RUN/sshd.pid" sshd
+  if ping_unix "$DOCKER_SOCK"; then
+    local entry name
+    for entry in "${MATRIX[@]}"; do
+      read -r name _ <<<"$entry"
+      if host_docker inspect "$(matrix_container "$name")" >/dev/null 2>&1; then
+        log "removing $name's container $(matrix_container "$name")"
+      fi
+      matrix_remove "$name"
+    done
+  fi
     else
       die "something not started by this script listens on $SSH_ADDR:$SSH_PORT and does not accept the test key; not touching it"
     fi
@@ -778,7 +795,251 @@ ensure_sshd() {
 }
 
 # ---------------------------------------------------------------------------
-# 8. env file
+# 8. the daemon matrix: engines newer than Debian 12's, each run by the
+# dockerd above in a container built from Debian packages
+# (scripts/debian-image.sh), serving its API on a unix socket in a host
+# folder bind-mounted at the same path. Their storage is a tmpfs: every
+# (re)start is clean, and the test images are loaded again.
+#
+# What a nested daemon cannot reach: the host's loopback (the registry on
+# 127.0.0.1:5000, the control plane), since it lives in its container's
+# network namespace. Tests that pull from the registry stay on dockerd and
+# Podman 4; matrix tests use preloaded images (pull policy if-not-present).
+# Bind-mount sources are resolved by the nested daemon: /tmp is mounted at
+# /tmp, so a test's temporary directories work as `-v` sources.
+
+DAEMONS_DIR=$OZ_TEST_ROOT/daemons
+# NAME SUITE KIND PACKAGES. Debian 13 (trixie) carries Docker 26.1 (API
+# 1.45); unstable carries the newest Docker (28.x, API 1.51) and Podman 5.
+# Podman 5 gets runc: crun refuses this VM's hybrid cgroup v1/v2 layout.
+MATRIX=(
+  "docker26 trixie docker docker.io,ca-certificates,iptables"
+  "docker28 sid docker docker.io,ca-certificates,iptables"
+  "podman5 sid podman podman,runc,ca-certificates,iptables"
+)
+MATRIX_TIMEOUT=${OZ_TEST_MATRIX_TIMEOUT:-90}
+# --privileged fails here ("unable to apply caps": the VM lacks
+# CAP_SYS_RESOURCE); these are what a daemon needs in a container.
+DIND_ARGS=(--cap-add SYS_ADMIN --cap-add NET_ADMIN --cap-add NET_RAW --cap-add SYS_PTRACE
+  --cap-add MKNOD --cap-add SYS_CHROOT --cap-add DAC_READ_SEARCH
+  --security-opt seccomp=unconfined --security-opt apparmor=unconfined
+  --security-opt systempaths=unconfined -v /sys/fs/cgroup:/sys/fs/cgroup:rw -v /tmp:/tmp)
+MATRIX_LABEL=dev.oz.test-daemon
+# Engines that could not come up in this run (outside CI only).
+MATRIX_DOWN=()
+
+# The host's dockerd through the CLI, whatever the caller's DOCKER_* say.
+host_docker() {
+  env -u DOCKER_CONTEXT -u DOCKER_TLS_VERIFY -u DOCKER_CERT_PATH -u DOCKER_API_VERSION \
+    DOCKER_HOST="$DOCKER_HOST_URL" docker "$@"
+}
+
+matrix_kind() { # matrix_kind NAME -> docker | podman
+  local entry
+  for entry in "${MATRIX[@]}"; do
+    read -r n _ k _ <<<"$entry"
+    [ "$n" = "$1" ] && { echo "$k"; return 0; }
+  done
+  return 1
+}
+
+matrix_socket() { # matrix_socket NAME -> the socket's path on the host
+  if [ "$(matrix_kind "$1")" = podman ]; then
+    echo "$DAEMONS_DIR/$1/podman.sock"
+  else
+    echo "$DAEMONS_DIR/$1/docker.sock"
+  fi
+}
+
+matrix_container() { echo "oz-test-$1"; }
+matrix_image() { echo "oz-test/daemon:$1"; }
+
+matrix_command() { # matrix_command NAME -> the daemon's argv, one per line
+  local dir=$DAEMONS_DIR/$1
+  if [ "$(matrix_kind "$1")" = podman ]; then
+    printf '%s\n' podman system service --time=0 "unix://$dir/podman.sock"
+  else
+    # Never --bridge=none (see ENVIRONMENT.md); the bridge is the nested one.
+    printf '%s\n' dockerd -H "unix://$dir/docker.sock" --storage-driver vfs --iptables=false \
+      "--cgroup-parent=/$(matrix_container "$1")"
+  fi
+}
+
+# Podman's configuration, in the bind-mounted folder. Prints "changed" if
+# it wrote a file.
+ensure_podman_matrix_conf() {
+  local dir=$DAEMONS_DIR/$1/conf
+  mkdir -p "$dir"
+  write_if_changed "$dir/containers.conf" 644 "# Written by oz-agent-worker scripts/test-env.sh
+[containers]
+$ULIMITS_LINE
+[engine]
+cgroup_manager = \"cgroupfs\"
+runtime = \"runc\"
+events_logger = \"file\"
+[network]
+firewall_driver = \"none\""
+  write_if_changed "$dir/storage.conf" 644 "# Written by oz-agent-worker scripts/test-env.sh
+[storage]
+driver = \"vfs\"
+runroot = \"/run/containers/storage\"
+graphroot = \"/var/lib/containers/storage\""
+}
+
+# The arguments of `docker run` for NAME (without the image and command).
+matrix_run_args() {
+  local name=$1 dir=$DAEMONS_DIR/$1
+  printf '%s\n' --name "$(matrix_container "$name")" --label "$MATRIX_LABEL=$name" \
+    --hostname "$(matrix_container "$name")" "${DIND_ARGS[@]}" -v "$dir:$dir"
+  if [ "$(matrix_kind "$name")" = podman ]; then
+    printf '%s\n' --tmpfs /var/lib/containers:exec -e "CONTAINERS_CONF=$dir/conf/containers.conf" \
+      -e "CONTAINERS_STORAGE_CONF=$dir/conf/storage.conf" -e PODMAN_IGNORE_CGROUPSV1_WARNING=1
+  else
+    printf '%s\n' --tmpfs /var/lib/docker:exec
+  fi
+}
+
+# A daemon killed with its container leaves empty cgroups behind.
+matrix_cgroups_cleanup() {
+  local d
+  for d in /sys/fs/cgroup/*/"$(matrix_container "$1")"; do
+    [ -d "$d" ] && find "$d" -depth -type d -exec rmdir {} + 2>/dev/null
+  done
+  return 0
+}
+
+matrix_remove() { # matrix_remove NAME: the container, its socket and cgroups
+  local c
+  c=$(matrix_container "$1")
+  if host_docker inspect "$c" >/dev/null 2>&1; then
+    host_docker rm -f "$c" >/dev/null 2>&1 || true
+  fi
+  rm -f "$(matrix_socket "$1")"
+  matrix_cgroups_cleanup "$1"
+}
+
+matrix_failed() { # matrix_failed NAME MESSAGE: fatal under CI, a warning otherwise
+  if [ "${CI:-}" = true ]; then die "$1: $2"; fi
+  log "WARNING: $1 is not available: $2 (its tests will be skipped; CI=true makes this fatal)"
+  MATRIX_DOWN+=("$1")
+}
+
+# ensure_matrix_daemon NAME SUITE KIND PACKAGES: 0 when it answers with the
+# test images loaded.
+ensure_matrix_daemon() {
+  local name=$1 suite=$2 packages=$4 image container sock config state deadline
+  image=$(matrix_image "$name")
+  container=$(matrix_container "$name")
+  sock=$(matrix_socket "$name")
+  mkdir -p "$DAEMONS_DIR/$name"
+  [ "$(matrix_kind "$name")" = podman ] && ensure_podman_matrix_conf "$name" >/dev/null
+  if ! "$REPO_DIR/scripts/debian-image.sh" build --socket "$DOCKER_SOCK" "$suite" "$image" \
+    "${packages//,/ }"; then
+    matrix_failed "$name" "building $image from Debian $suite failed"
+    return 1
+  fi
+  # The container is recreated whenever its image or its arguments change.
+  local -a run_args cmd
+  mapfile -t run_args < <(matrix_run_args "$name")
+  mapfile -t cmd < <(matrix_command "$name")
+  config=$( {
+    host_docker image inspect -f '{{.Id}}' "$image"
+    printf '%s\n' "${run_args[@]}" "${cmd[@]}"
+    [ -f "$DAEMONS_DIR/$name/conf/containers.conf" ] && cat "$DAEMONS_DIR/$name/conf/"*.conf
+  } | sha256sum | cut -c1-16)
+  state=$(host_docker inspect -f "{{.State.Running}} {{index .Config.Labels \"$MATRIX_LABEL.config\"}}" \
+    "$container" 2>/dev/null || true)
+  if [ "$state" = "true $config" ] && ping_unix "$sock"; then
+    :
+  else
+    case $state in
+    '') ;;
+    "true $config") log "$name runs but does not answer on $sock; recreating it" ;;
+    true*) log "$name's image or arguments changed; recreating it" ;;
+    *) log "$name's container is not running (killed with its session?); recreating it" ;;
+    esac
+    matrix_remove "$name"
+    log "starting $name ($image) on unix://$sock"
+    local out
+    if ! out=$(host_docker run -d --label "$MATRIX_LABEL.config=$config" "${run_args[@]}" \
+      "$image" "${cmd[@]}" 2>&1); then
+      matrix_failed "$name" "docker run failed: $out"
+      return 1
+    fi
+    deadline=$((SECONDS + MATRIX_TIMEOUT))
+    until ping_unix "$sock"; do
+      if [ "$(host_docker inspect -f '{{.State.Running}}' "$container" 2>/dev/null)" != true ] ||
+        [ "$SECONDS" -ge "$deadline" ]; then
+        host_docker logs --tail 30 "$container" >&2 2>&1 || true
+        matrix_failed "$name" "it did not answer on $sock within ${MATRIX_TIMEOUT}s (docker logs $container)"
+        return 1
+      fi
+      sleep 0.2
+    done
+  fi
+  matrix_preload "$name" "$sock"
+}
+
+# The images among the test images that SOCKET lacks, one per line.
+matrix_missing_images() {
+  local kind
+  for kind in busybox:$IMG_BUSYBOX glibc:$IMG_GLIBC musl:$IMG_MUSL sidecar:$IMG_SIDECAR; do
+    image_present "$1" "${kind#*:}" "$(fingerprint "${kind%%:*}")" || echo "${kind#*:}"
+  done
+}
+
+# The test images, as in dockerd (docker save | POST /images/load). On a
+# machine shared by several checkouts, another one's `up` may re-import a
+# host image with its own fixture (another fingerprint) between our import
+# and our save: the load is checked, and tried once more.
+matrix_preload() {
+  local name=$1 sock=$2 need=() out deadline _
+  for _ in 1 2; do
+    mapfile -t need < <(matrix_missing_images "$sock")
+    [ ${#need[@]} -eq 0 ] && return 0
+    log "loading ${need[*]} into $name"
+    if ! out=$(host_docker save "${need[@]}" | curl -sS --max-time 300 --unix-socket "$sock" -X POST \
+      -H 'Content-Type: application/x-tar' -T - "http://localhost/images/load" 2>&1) ||
+      grep -q '"error' <<<"$out"; then
+      matrix_failed "$name" "loading the test images failed: $out"
+      return 1
+    fi
+    deadline=$((SECONDS + 30))
+    while [ -n "$(matrix_missing_images "$sock")" ] && [ "$SECONDS" -lt "$deadline" ]; do
+      sleep 0.2
+    done
+  done
+  mapfile -t need < <(matrix_missing_images "$sock")
+  [ ${#need[@]} -eq 0 ] && return 0
+  matrix_failed "$name" "${need[*]} not in it after loading twice: $out"
+  return 1
+}
+
+matrix_summary() {
+  local entry name out=()
+  for entry in "${MATRIX[@]}"; do
+    read -r name _ <<<"$entry"
+    if printf '%s\n' ${MATRIX_DOWN[@]+"${MATRIX_DOWN[@]}"} | grep -qxF "$name"; then
+      out+=("$name:DOWN")
+    else
+      out+=("$name:unix://$(matrix_socket "$name")")
+    fi
+  done
+  printf '%s\n' "${out[@]}" | paste -sd' ' -
+}
+
+ensure_matrix() {
+  local entry name suite kind packages
+  for entry in "${MATRIX[@]}"; do
+    read -r name suite kind packages <<<"$entry"
+    ensure_matrix_daemon "$name" "$suite" "$kind" "$packages" || true
+  done
+  # Images a rebuild replaced, now that no container of ours uses them.
+  "$REPO_DIR/scripts/debian-image.sh" prune-images --socket "$DOCKER_SOCK"
+}
+
+# ---------------------------------------------------------------------------
+# 9. env file
 
 env_contents() {
   cat <<EOF
@@ -796,6 +1057,9 @@ export OZ_TEST_SERVER_CERT_DIR=$SERVER_CERTS
 export OZ_TEST_OTHER_CA=$OTHER_CA_DIR/ca.pem
 export OZ_TEST_OTHER_CA_DIR=$OTHER_CA_DIR
 export OZ_TEST_PODMAN_HOST=$PODMAN_HOST_URL
+export OZ_TEST_DOCKER26_HOST=unix://$(matrix_socket docker26)
+export OZ_TEST_DOCKER28_HOST=unix://$(matrix_socket docker28)
+export OZ_TEST_PODMAN5_HOST=unix://$(matrix_socket podman5)
 export OZ_TEST_SSH_HOST=$SSH_HOST_URL
 export OZ_TEST_REGISTRY=$REGISTRY
 export OZ_TEST_REGISTRY_USER=$REGISTRY_USER
@@ -836,6 +1100,7 @@ cmd_up() {
   ensure_images
   ensure_registry_images
   ensure_sshd
+  ensure_matrix
   ensure_env_file
   cat >&2 <<EOF
 [test-env] up in $((SECONDS - start))s
@@ -843,7 +1108,8 @@ cmd_up() {
   podman    $PODMAN_HOST_URL
   registry  http://$REGISTRY (user $REGISTRY_USER, password in $REGISTRY_PASSWORD_FILE)
   sshd      $SSH_HOST_URL (keys in $SSH_DIR; $ROOT_SSH_CONFIG includes $SSH_CLIENT_CONFIG)
-  images    $IMG_BUSYBOX $IMG_GLIBC $IMG_MUSL $IMG_SIDECAR (both engines)
+  matrix    $(matrix_summary)
+  images    $IMG_BUSYBOX $IMG_GLIBC $IMG_MUSL $IMG_SIDECAR (every engine)
             $REG_IMG_BUSYBOX $REG_IMG_SIDECAR (registry)
   logs      $LOGS
   env       source $ENV_FILE
@@ -894,6 +1160,16 @@ cmd_status() {
   check "sshd on $SSH_ADDR:$SSH_PORT" sshd_listens
   check "ssh $SSH_USER@$SSH_ADDR -p $SSH_PORT (key and known_hosts from $SSH_CLIENT_CONFIG)" ssh_ok
   check "docker system dial-stdio over $SSH_HOST_URL" ssh_dial_stdio_ok
+  local entry name
+  for entry in "${MATRIX[@]}"; do
+    read -r name _ <<<"$entry"
+    check "$name on unix://$(matrix_socket "$name") (container $(matrix_container "$name"))" \
+      ping_unix "$(matrix_socket "$name")"
+    for kind in busybox:$IMG_BUSYBOX glibc:$IMG_GLIBC musl:$IMG_MUSL sidecar:$IMG_SIDECAR; do
+      check "image ${kind#*:} in $name" image_present "$(matrix_socket "$name")" "${kind#*:}" \
+        "$(fingerprint "${kind%%:*}")"
+    done
+  done
   check "env file $ENV_FILE" test -s "$ENV_FILE"
   return $bad
 }
@@ -901,6 +1177,16 @@ cmd_status() {
 cmd_down() {
   need_root
   stop_pidfile "$RUN/sshd.pid" sshd
+  if ping_unix "$DOCKER_SOCK"; then
+    local entry name
+    for entry in "${MATRIX[@]}"; do
+      read -r name _ <<<"$entry"
+      if host_docker inspect "$(matrix_container "$name")" >/dev/null 2>&1; then
+        log "removing $name's container $(matrix_container "$name")"
+      fi
+      matrix_remove "$name"
+    done
+  fi
   stop_pidfile "$RUN/registry.pid" docker-registry
   stop_pidfile "$RUN/podman.pid" podman
   stop_pidfile "$RUN/dockerd.pid" dockerd
@@ -928,6 +1214,6 @@ up) cmd_up ;;
 demo-images) cmd_demo_images "${2:-}" ;;
 status) cmd_status ;;
 down) cmd_down ;;
--h | --help | help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//' ;;
+-h | --help | help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0" ;;
 *) die "unknown command '$1' (expected up, status or down)" ;;
 esac

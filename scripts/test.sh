@@ -1,11 +1,21 @@
 #!/usr/bin/env bash
 # The project's test command (see README): brings up the test environment
-# (dockerd with a TLS port, podman, an authenticated registry, test images;
-# see scripts/test-env.sh), then runs the whole suite.
+# (dockerd with a TLS port, podman, an authenticated registry, test images,
+# the daemon matrix; see scripts/test-env.sh), runs the whole suite, and
+# writes the README's daemon matrix table from the results
+# (scripts/matrix-table.py). Its exit status is the suite's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+started=$SECONDS
 scripts/test-env.sh up
 # Paths and addresses only (OZ_TEST_*); the registry password stays in its file.
 # shellcheck disable=SC1091
 . "${OZ_TEST_ROOT:-/var/lib/oz-worker-test}/env"
-cargo test --workspace --no-fail-fast
+mkdir -p target
+log=target/test-run.log
+status=0
+cargo test --workspace --no-fail-fast 2>&1 | tee "$log" || status=${PIPESTATUS[0]}
+python3 scripts/matrix-table.py "$log" README.md ||
+  echo "[test] could not write the daemon matrix table (see above)" >&2
+echo "[test] scripts/test.sh took $((SECONDS - started))s (exit status $status)" >&2
+exit "$status"

@@ -1,8 +1,12 @@
-//! The client against real daemons: the same scenario over every way of
-//! reaching one (unix socket, TLS TCP from the environment, a context made by
-//! the real `docker context create` selected by DOCKER_CONTEXT and by
-//! currentContext, Podman's socket, DOCKER_API_VERSION pinned to 1.41, and
-//! ssh:// to the test sshd, whose `docker system dial-stdio` reaches dockerd).
+//! The client against real daemons: one scenario (ping, version, image
+//! import, container lifecycle with archives and export, TTY logs, attach,
+//! volumes) against every daemon of the matrix over its unix socket
+//! (`ENGINE::scenario`: dockerd 20.10, Podman 4, Docker 26, Docker 28,
+//! Podman 5), and against dockerd 20.10 over every other way of reaching
+//! one: TLS TCP from the environment, a context made by the real `docker
+//! context create` selected by DOCKER_CONTEXT and by currentContext,
+//! DOCKER_API_VERSION pinned to 1.41, and ssh:// to the test sshd, whose
+//! `docker system dial-stdio` reaches dockerd.
 
 mod support;
 
@@ -11,51 +15,48 @@ use http::Method;
 use oz_agent_worker::docker::request::{ApiRequest, CallKind, RequestBody};
 use oz_agent_worker::docker::stream::{LogChunk, LogSource};
 use oz_agent_worker::transport::{ApiVersion, EndpointSource, EngineKind};
-use support::docker::{chunked, scan_tar, tar_of, TestDaemon, Via};
+use support::docker::{chunked, per_daemon, scan_tar, tar_of, TestDaemon, Via};
 
-#[tokio::test]
-async fn unix_socket() {
-    scenario(Via::Unix).await;
-}
+per_daemon!(scenario);
 
-#[tokio::test]
-async fn tls_tcp_from_env() {
-    scenario(Via::TlsEnv).await;
-}
+/// dockerd 20.10 reached every other way.
+mod docker_transports {
+    use super::*;
 
-#[tokio::test]
-async fn context_selected_by_docker_context() {
-    scenario(Via::ContextEnv).await;
-}
+    #[tokio::test]
+    async fn tls_tcp_from_env() {
+        scenario(Via::TlsEnv).await;
+    }
 
-#[tokio::test]
-async fn context_selected_by_current_context() {
-    scenario(Via::ContextConfig).await;
-}
+    #[tokio::test]
+    async fn context_selected_by_docker_context() {
+        scenario(Via::ContextEnv).await;
+    }
 
-#[tokio::test]
-async fn podman_socket() {
-    scenario(Via::Podman).await;
-}
+    #[tokio::test]
+    async fn context_selected_by_current_context() {
+        scenario(Via::ContextConfig).await;
+    }
 
-#[tokio::test]
-async fn api_version_pinned_to_1_41() {
-    scenario(Via::Pinned141).await;
-}
+    #[tokio::test]
+    async fn api_version_pinned_to_1_41() {
+        scenario(Via::Pinned141).await;
+    }
 
-#[tokio::test]
-async fn ssh_from_env() {
-    scenario(Via::Ssh).await;
-}
+    #[tokio::test]
+    async fn ssh_from_env() {
+        scenario(Via::Ssh).await;
+    }
 
-/// A context whose host is ssh://, written by the real CLI.
-#[tokio::test]
-async fn ssh_context() {
-    let Some(d) = TestDaemon::connect(Via::SshContext).await else {
-        return;
-    };
-    check_identity(&d);
-    ping_and_version(&d).await;
+    /// A context whose host is ssh://, written by the real CLI.
+    #[tokio::test]
+    async fn ssh_context() {
+        let Some(d) = TestDaemon::connect(Via::SshContext).await else {
+            return;
+        };
+        check_identity(&d);
+        ping_and_version(&d).await;
+    }
 }
 
 async fn scenario(via: Via) {
@@ -74,7 +75,14 @@ async fn scenario(via: Via) {
 fn check_identity(d: &TestDaemon) {
     let ep = d.docker.endpoint();
     match d.via {
-        Via::Unix | Via::Pinned141 | Via::Podman | Via::TlsEnv | Via::Ssh => {
+        Via::Unix
+        | Via::Pinned141
+        | Via::Podman
+        | Via::TlsEnv
+        | Via::Ssh
+        | Via::Docker26
+        | Via::Docker28
+        | Via::Podman5 => {
             assert_eq!(ep.source, EndpointSource::Env)
         }
         Via::SshContext => {
@@ -101,17 +109,47 @@ fn check_identity(d: &TestDaemon) {
             "{t:?}"
         );
     }
-    let expected_engine = if d.via == Via::Podman {
+    let engine = d.docker.engine();
+    let expected_kind = if d.via.is_podman() {
         EngineKind::Podman
     } else {
         EngineKind::Docker
     };
-    assert_eq!(d.docker.engine().kind, expected_engine);
-    if d.via == Via::Podman {
-        assert!(d.docker.engine().libpod_api_version.is_some());
+    assert_eq!(engine.kind, expected_kind);
+    if d.via.is_podman() {
+        assert!(engine.libpod_api_version.is_some());
     }
+    // Each daemon of the matrix is the version it stands for.
+    let major = |v: &str| -> u32 { v.split('.').next().unwrap().parse().unwrap() };
+    match d.via {
+        Via::Docker26 => {
+            assert_eq!(major(&engine.version), 26, "{engine:?}");
+            assert_eq!(engine.api_version, ApiVersion::new(1, 45), "{engine:?}");
+        }
+        // Debian unstable moves on: Docker 28 or newer, API 1.51 or newer.
+        Via::Docker28 => {
+            assert!(major(&engine.version) >= 28, "{engine:?}");
+            assert!(engine.api_version >= ApiVersion::new(1, 51), "{engine:?}");
+        }
+        Via::Podman5 => {
+            let libpod = engine.libpod_api_version.as_deref().unwrap();
+            assert!(major(libpod) >= 5, "{engine:?}");
+        }
+        Via::Podman => {
+            let libpod = engine.libpod_api_version.as_deref().unwrap();
+            assert_eq!(major(libpod), 4, "{engine:?}");
+        }
+        _ => assert_eq!(major(&engine.version), 20, "{engine:?}"),
+    }
+    // Negotiated: the lower of the daemon's and ours, unless pinned.
     if d.via == Via::Pinned141 {
         assert_eq!(d.docker.api_version(), ApiVersion::new(1, 41));
+    } else {
+        assert_eq!(
+            d.docker.api_version(),
+            engine.api_version.min(ApiVersion::LATEST),
+            "{engine:?}"
+        );
     }
     assert!(d.docker.api_version() >= ApiVersion::MINIMUM);
     assert!(d.docker.api_version() <= ApiVersion::LATEST);

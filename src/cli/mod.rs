@@ -6,6 +6,7 @@ pub mod config_file;
 pub mod control_plane;
 pub mod internal;
 pub mod logging;
+pub mod probe;
 pub mod worker;
 
 use clap::{Parser, Subcommand};
@@ -41,6 +42,9 @@ pub enum Command {
     /// Project-internal commands used by `cargo xtask`.
     #[command(hide = true)]
     Internal(internal::InternalArgs),
+    /// GET a URL; exit 0 on 2xx (the container image's HEALTHCHECK).
+    #[command(hide = true)]
+    Probe(probe::ProbeArgs),
 }
 
 /// Parses a flag that holds a secret (an API key) straight into [`Secret`],
@@ -58,5 +62,6 @@ pub async fn dispatch(cli: Cli) -> ExitCode {
         Some(Command::Runs(args)) => control_plane::runs(args).await,
         Some(Command::ApiKeys(args)) => control_plane::api_keys(args).await,
         Some(Command::Internal(args)) => internal::run(args),
+        Some(Command::Probe(args)) => probe::run(args).await,
     }
 }

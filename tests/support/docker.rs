@@ -30,6 +30,11 @@ pub struct TestEnv {
     pub cert_dir: PathBuf,
     pub other_ca_dir: PathBuf,
     pub podman_host: String,
+    /// The daemon matrix (scripts/test-env.sh): Docker 26, Docker 28 and
+    /// Podman 5, each in a container of the test dockerd, on its own socket.
+    pub docker26_host: String,
+    pub docker28_host: String,
+    pub podman5_host: String,
     /// `ssh://root@127.0.0.1:2222`: sshd whose `docker system dial-stdio`
     /// reaches the unix-socket daemon.
     pub ssh_host: String,
@@ -48,8 +53,35 @@ impl TestEnv {
             )
             .into(),
             podman_host: var("OZ_TEST_PODMAN_HOST", "unix:///run/podman/podman.sock"),
+            docker26_host: var(
+                "OZ_TEST_DOCKER26_HOST",
+                "unix:///var/lib/oz-worker-test/daemons/docker26/docker.sock",
+            ),
+            docker28_host: var(
+                "OZ_TEST_DOCKER28_HOST",
+                "unix:///var/lib/oz-worker-test/daemons/docker28/docker.sock",
+            ),
+            podman5_host: var(
+                "OZ_TEST_PODMAN5_HOST",
+                "unix:///var/lib/oz-worker-test/daemons/podman5/podman.sock",
+            ),
             ssh_host: var("OZ_TEST_SSH_HOST", "ssh://root@127.0.0.1:2222"),
             busybox: var("OZ_TEST_IMAGE_BUSYBOX", "oz-test/busybox:latest"),
+        }
+    }
+}
+
+impl TestEnv {
+    /// The `DOCKER_HOST` of a daemon reached over a plain socket (`Unix`,
+    /// `Pinned141`, `Podman` and the matrix); `None` for TLS, contexts, ssh.
+    pub fn socket_host(&self, via: Via) -> Option<&str> {
+        match via {
+            Via::Unix | Via::Pinned141 => Some(&self.docker_host),
+            Via::Podman => Some(&self.podman_host),
+            Via::Docker26 => Some(&self.docker26_host),
+            Via::Docker28 => Some(&self.docker28_host),
+            Via::Podman5 => Some(&self.podman5_host),
+            Via::TlsEnv | Via::ContextEnv | Via::ContextConfig | Via::Ssh | Via::SshContext => None,
         }
     }
 }
@@ -104,7 +136,49 @@ pub enum Via {
     Ssh,
     /// A context made by `docker context create` whose host is that ssh:// URL.
     SshContext,
+    /// Docker 26 (API 1.45, Debian 13's docker.io) on its unix socket.
+    Docker26,
+    /// Docker 28 (API 1.51, Debian unstable's docker.io) on its unix socket.
+    Docker28,
+    /// Podman 5 (Debian unstable) on its Docker-compatible socket.
+    Podman5,
 }
+
+impl Via {
+    /// Whether the daemon is Podman (its answers differ in places).
+    pub fn is_podman(self) -> bool {
+        matches!(self, Via::Podman | Via::Podman5)
+    }
+}
+
+/// One module per daemon of the matrix, each holding one `#[tokio::test]`
+/// per listed `async fn NAME(via: Via)` of the calling file: `docker`
+/// (dockerd 20.10, unix socket), `podman` (Podman 4), `docker26`,
+/// `docker28`, `podman5`. Tests are named `ENGINE::NAME`; the README's
+/// daemon matrix table is made from those names (scripts/matrix-table.py).
+// Not every test crate that includes `support` uses it.
+#[allow(unused_macros)]
+macro_rules! per_daemon {
+    ($($test:ident),* $(,)?) => {
+        $crate::support::docker::per_daemon!(@engine docker, Unix, $($test),*);
+        $crate::support::docker::per_daemon!(@engine podman, Podman, $($test),*);
+        $crate::support::docker::per_daemon!(@engine docker26, Docker26, $($test),*);
+        $crate::support::docker::per_daemon!(@engine docker28, Docker28, $($test),*);
+        $crate::support::docker::per_daemon!(@engine podman5, Podman5, $($test),*);
+    };
+    (@engine $engine:ident, $via:ident, $($test:ident),*) => {
+        mod $engine {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    super::$test($crate::support::docker::Via::$via).await
+                }
+            )*
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use per_daemon;
 
 /// An environment snapshot for a way of reaching the daemon; keeps the
 /// temporary Docker config directory alive.
@@ -186,9 +260,12 @@ impl TestDaemon {
     /// environment snapshot.
     pub fn setup(via: Via) -> Option<(TestEnv, Setup)> {
         let env = TestEnv::load();
+        // A socket file is not enough: a daemon killed with its session
+        // leaves it behind.
         let needs_socket = |host: &str| -> Option<()> {
             match socket_of(host) {
-                Some(p) if p.exists() => Some(()),
+                Some(p) if std::os::unix::net::UnixStream::connect(p).is_ok() => Some(()),
+                Some(p) if p.exists() => unavailable(&format!("nothing answers on {host}")),
                 _ => unavailable(&format!("no daemon socket at {host}")),
             }
         };
@@ -231,6 +308,11 @@ impl TestDaemon {
             Via::Podman => {
                 needs_socket(&env.podman_host)?;
                 Setup::new().var("DOCKER_HOST", &env.podman_host)
+            }
+            Via::Docker26 | Via::Docker28 | Via::Podman5 => {
+                let host = env.socket_host(via).expect("a socket").to_string();
+                needs_socket(&host)?;
+                Setup::new().var("DOCKER_HOST", host)
             }
             Via::TlsEnv => {
                 needs_tls()?;

@@ -13,22 +13,75 @@ pub const SIDECAR: &str = "oz-test/agent-sidecar:latest";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Engine {
+    /// dockerd 20.10 (Debian 12) on its unix socket.
     Docker,
+    /// Podman 4 (Debian 12) on its Docker-compatible socket.
     Podman,
     /// The same dockerd, reached over TCP with mutual TLS.
     DockerTls,
     /// No engine at all (the direct and command runtimes): no `DOCKER_*`
     /// variable reaches the worker and no `--pull-policy` is passed.
     None,
+    /// Docker 26 (API 1.45, Debian 13), in a container of the test dockerd.
+    Docker26,
+    /// Docker 28 (API 1.51, Debian unstable), in a container of the test dockerd.
+    Docker28,
+    /// Podman 5 (Debian unstable), in a container of the test dockerd.
+    Podman5,
 }
 
 impl Engine {
+    /// Every daemon of the matrix, each over its unix socket.
+    pub const MATRIX: [Engine; 5] = [
+        Engine::Docker,
+        Engine::Podman,
+        Engine::Docker26,
+        Engine::Docker28,
+        Engine::Podman5,
+    ];
+
+    /// The name of the test module that runs a scenario on this engine
+    /// (`docker::NAME`, `docker28::NAME`, ...): the README's daemon matrix
+    /// table (scripts/matrix-table.py) attributes tests by it.
+    pub fn key(self) -> &'static str {
+        match self {
+            Engine::Docker => "docker",
+            Engine::Podman => "podman",
+            Engine::DockerTls => "docker_tls",
+            Engine::Docker26 => "docker26",
+            Engine::Docker28 => "docker28",
+            Engine::Podman5 => "podman5",
+            Engine::None => "none",
+        }
+    }
+
+    /// Whether containers of this engine reach the host's loopback (the
+    /// test registry on 127.0.0.1:5000, a control plane). The matrix's
+    /// nested daemons live in their own network namespace: they pull
+    /// nothing from the test registry, so tests there use preloaded images
+    /// (`--pull-policy if-not-present`, the `WorkerOptions` default).
+    pub fn reaches_host_loopback(self) -> bool {
+        matches!(self, Engine::Docker | Engine::Podman | Engine::DockerTls)
+    }
+
     pub fn host(self) -> String {
         let (var, default) = match self {
             Engine::Docker => ("OZ_TEST_DOCKER_HOST", "unix:///var/run/docker.sock"),
             Engine::Podman => ("OZ_TEST_PODMAN_HOST", "unix:///run/podman/podman.sock"),
             Engine::DockerTls => ("OZ_TEST_TLS_HOST", "tcp://127.0.0.1:2376"),
             Engine::None => return String::new(),
+            Engine::Docker26 => (
+                "OZ_TEST_DOCKER26_HOST",
+                "unix:///var/lib/oz-worker-test/daemons/docker26/docker.sock",
+            ),
+            Engine::Docker28 => (
+                "OZ_TEST_DOCKER28_HOST",
+                "unix:///var/lib/oz-worker-test/daemons/docker28/docker.sock",
+            ),
+            Engine::Podman5 => (
+                "OZ_TEST_PODMAN5_HOST",
+                "unix:///var/lib/oz-worker-test/daemons/podman5/podman.sock",
+            ),
         };
         std::env::var(var).unwrap_or_else(|_| default.to_string())
     }

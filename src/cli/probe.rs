@@ -1,0 +1,143 @@
+//! `oz-agent-worker probe URL` (hidden): a health check for images that
+//! carry no curl or wget, used by the Dockerfile's `HEALTHCHECK` against
+//! the worker's `/healthz`. One plain HTTP/1.1 GET; exit 0 on a 2xx answer,
+//! otherwise exit 1 with a one-line reason on stderr (Docker keeps it in
+//! `docker inspect`'s health log).
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// The most of a failing answer's body quoted in the reason.
+const BODY_QUOTE_LIMIT: usize = 200;
+
+#[derive(Debug, clap::Args)]
+pub struct ProbeArgs {
+    /// The URL to GET, plain HTTP only, e.g. `http://127.0.0.1:8081/healthz`.
+    pub url: String,
+    /// Give up after this long (connect, answer and body), e.g. `3s`.
+    #[arg(long, default_value = "5s", value_parser = crate::duration::parse_duration)]
+    pub timeout: Duration,
+}
+
+pub async fn run(args: ProbeArgs) -> ExitCode {
+    match probe(&args.url, args.timeout).await {
+        Ok(status) => {
+            println!("{} {status}", args.url);
+            ExitCode::SUCCESS
+        }
+        Err(reason) => {
+            eprintln!("{}: {reason}", args.url);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// GETs `url` and returns the status when it is 2xx.
+///
+/// Errors are one line: a URL that is not `http://`, the connection error
+/// (with its causes), no answer within `timeout`, or the status with the
+/// start of the body (newlines folded).
+pub async fn probe(url: &str, timeout: Duration) -> Result<http::StatusCode, String> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| format!("not a URL ({e}); expected http://HOST:PORT/PATH"))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some(other) => {
+            return Err(format!(
+                "only http:// is supported, not {other}:// (the health endpoint is plain HTTP)"
+            ))
+        }
+        None => return Err("no scheme; expected http://HOST:PORT/PATH".into()),
+    }
+    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    let request = http::Request::get(uri)
+        .header(http::header::USER_AGENT, "oz-agent-worker-probe")
+        .body(Empty::new())
+        .map_err(|e| format!("cannot build the request: {e}"))?;
+    let exchange = async {
+        let response = client.request(request).await.map_err(|e| chain(&e))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(status);
+        }
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        Err(describe_failure(status, &body))
+    };
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| format!("no answer within {timeout:?}"))?
+}
+
+/// `503 Service Unavailable: not connected to the orchestrator`.
+fn describe_failure(status: http::StatusCode, body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&body[..body.len().min(BODY_QUOTE_LIMIT)]);
+    let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if text.is_empty() {
+        status.to_string()
+    } else {
+        format!("{status}: {text}")
+    }
+}
+
+/// An error and its causes on one line (hyper's own message is only
+/// "client error (Connect)"; the cause says "Connection refused").
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        source = s.source();
+    }
+    parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failure_quotes_the_start_of_the_body_on_one_line() {
+        let long = "x".repeat(500);
+        assert_eq!(
+            describe_failure(
+                http::StatusCode::SERVICE_UNAVAILABLE,
+                b"not connected\nto the orchestrator\n"
+            ),
+            "503 Service Unavailable: not connected to the orchestrator"
+        );
+        assert_eq!(
+            describe_failure(http::StatusCode::NOT_FOUND, b""),
+            "404 Not Found"
+        );
+        let r = describe_failure(http::StatusCode::INTERNAL_SERVER_ERROR, long.as_bytes());
+        assert_eq!(
+            r.len(),
+            "500 Internal Server Error: ".len() + BODY_QUOTE_LIMIT
+        );
+    }
+
+    #[tokio::test]
+    async fn only_plain_http_urls() {
+        let e = probe("https://127.0.0.1:1/healthz", Duration::from_secs(1))
+            .await
+            .unwrap_err();
+        assert!(e.contains("only http:// is supported, not https://"), "{e}");
+        let e = probe("127.0.0.1:8081/healthz", Duration::from_secs(1))
+            .await
+            .unwrap_err();
+        assert!(e.contains("expected http://HOST:PORT/PATH"), "{e}");
+    }
+}
