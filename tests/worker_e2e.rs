@@ -890,6 +890,7 @@ async fn json_logs_are_one_object_per_line() {
         .await;
     let log = w.log_text();
     let mut about_task = 0;
+    let mut claimed = false;
     for line in log.lines().filter(|l| !l.trim().is_empty()) {
         let v: serde_json::Value =
             serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
@@ -897,9 +898,11 @@ async fn json_logs_are_one_object_per_line() {
             v["level"].is_string() && v["fields"]["message"].is_string(),
             "{line}"
         );
+        // From the claim on, the runtime works only on this task.
+        claimed |= line.contains("claimed task");
         let target = v["target"].as_str().unwrap_or_default();
         let runtime_line =
-            target.starts_with("oz_agent_worker::runtime") || target == "task_output";
+            claimed && (target.starts_with("oz_agent_worker::runtime") || target == "task_output");
         if !(line.contains(&run.id) || runtime_line) {
             continue;
         }
@@ -947,9 +950,11 @@ async fn text_logs_name_the_task_and_execution_on_every_line_about_it() {
         .await;
     let log = w.log_text();
     let mut about_task = 0;
+    let mut claimed = false;
     for line in log.lines() {
-        let runtime_line =
-            line.contains(" oz_agent_worker::runtime") || line.contains(" task_output:");
+        claimed |= line.contains("claimed task");
+        let runtime_line = claimed
+            && (line.contains(" oz_agent_worker::runtime") || line.contains(" task_output:"));
         if !(line.contains(&run.id) || runtime_line) {
             continue;
         }
