@@ -11,6 +11,7 @@ mod sidecar_name;
 mod sidecars;
 pub mod tar;
 mod task_container;
+pub mod volume_spec;
 
 use crate::docker::Docker;
 use crate::runtime::PullPolicy;
