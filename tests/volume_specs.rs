@@ -149,7 +149,7 @@ async fn dockerd_refuses_what_we_refuse_for_its_rules() {
     ];
     for raw in cases {
         assert!(VolumeSpec::parse(&raw).is_err(), "we accept {raw}");
-        if let Ok(id) = create_with(&d, &[raw.clone()]).await {
+        if let Ok(id) = create_with(&d, std::slice::from_ref(&raw)).await {
             d.remove(&id).await;
             remove_volume(&d, &volume).await;
             panic!("dockerd accepted {raw:?}, which we refuse for a daemon rule");
