@@ -6,6 +6,7 @@ pub mod backoff;
 pub mod config;
 pub mod connection;
 pub mod metrics;
+pub mod operator_env;
 pub mod outbox;
 pub mod pending;
 pub mod session;
