@@ -11,5 +11,6 @@ pub mod protocol;
 pub mod runtime;
 pub mod schemas;
 pub mod secret;
+pub mod text;
 pub mod transport;
 pub mod worker;
