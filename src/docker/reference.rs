@@ -65,7 +65,7 @@ impl ImageRef {
     /// Parses and normalises `input`, e.g. `ubuntu` →
     /// `docker.io/library/ubuntu` (tag left unset; see [`ImageRef::canonical`]).
     pub fn parse(input: &str) -> Result<ImageRef, InvalidReference> {
-        parse(input).map_err(|problem| InvalidReference {
+        parse(input, true).map_err(|problem| InvalidReference {
             reference: input.to_owned(),
             problem,
         })
@@ -272,7 +272,9 @@ impl fmt::Display for InvalidReference {
 
 impl std::error::Error for InvalidReference {}
 
-fn parse(input: &str) -> Result<ImageRef, ReferenceProblem> {
+/// `suggest`: compute a lowercase suggestion for an uppercase path (off
+/// when checking a suggestion, so the check cannot recurse).
+fn parse(input: &str, suggest: bool) -> Result<ImageRef, ReferenceProblem> {
     if input.is_empty() {
         return Err(ReferenceProblem::Empty);
     }
@@ -307,7 +309,9 @@ fn parse(input: &str) -> Result<ImageRef, ReferenceProblem> {
     let (registry, written_registry, path) = split_registry(name);
     if path.chars().any(|c| c.is_uppercase()) {
         return Err(ReferenceProblem::Uppercase {
-            suggestion: lowercase_suggestion(input, name, written_registry, path),
+            suggestion: suggest
+                .then(|| lowercase_suggestion(input, name, written_registry, path))
+                .flatten(),
         });
     }
 
@@ -366,7 +370,7 @@ fn lowercase_suggestion(
     };
     let suffix = &input[name.len()..];
     let candidate = format!("{prefix}{}{suffix}", path.to_lowercase());
-    parse(&candidate).is_ok().then_some(candidate)
+    parse(&candidate, false).is_ok().then_some(candidate)
 }
 
 /// A first component that names a host by its form: `localhost`, or
@@ -681,6 +685,8 @@ mod tests {
             ("Ubuntu@sha256:FFFF", Uppercase { suggestion: None }),
             ("My_App!", Uppercase { suggestion: None }),
             ("\u{c9}cole", Uppercase { suggestion: None }),
+            // An uppercase letter without a lowercase form (U+03D2).
+            ("a\u{3d2}", Uppercase { suggestion: None }),
             ("https://github.com/docker/docker", InvalidRegistry("https:".into())),
             ("-docker.io/docker/docker", InvalidRegistry("-docker.io".into())),
             ("foo_bar.com/x", InvalidRegistry("foo_bar.com".into())),
