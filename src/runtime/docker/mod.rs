@@ -6,6 +6,7 @@
 mod failure;
 pub mod identity;
 mod images;
+pub mod libc_check;
 mod orphans;
 mod sidecar_name;
 mod sidecars;

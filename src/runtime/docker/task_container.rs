@@ -1,5 +1,5 @@
 //! The task container: create with the contract's settings, refuse musl
-//! images before the agent starts, run to the end (or stop it: SIGTERM, a
+//! images before the agent starts (see `libc_check`), run to the end (or stop it: SIGTERM, a
 //! grace period, SIGKILL), and classify how it ended.
 
 use super::failure::Fail;
@@ -47,7 +47,14 @@ pub async fn run(
         tracing::warn!(task_id = spec.task_id, "daemon warning on create: {w}");
     }
 
-    refuse_musl(rt, &id, image).await?;
+    super::libc_check::refuse_musl(
+        d,
+        &id,
+        spec.command.first().map(String::as_str),
+        &rt.arch,
+        &image.reference,
+    )
+    .await?;
     if stop.is_cancelled() {
         return Err(Fail::Stopped);
     }
@@ -185,31 +192,6 @@ fn create_body(
             ..Default::default()
         }),
         ..Default::default()
-    }
-}
-
-/// The agent needs glibc; a musl image would fail in confusing ways later.
-async fn refuse_musl(rt: &DockerRuntime, id: &str, image: &ImageInfo) -> Result<(), Fail> {
-    let loader = match rt.arch.as_str() {
-        "arm64" => "/lib/ld-musl-aarch64.so.1",
-        _ => "/lib/ld-musl-x86_64.so.1",
-    };
-    let params = ContainerArchiveInfoParams {
-        path: loader.into(),
-    };
-    match rt.docker.container_archive_info(id, &params).await {
-        Ok(_) => Err(Fail::new(
-            FailureReason::InvalidImage,
-            format!(
-                "image {} is musl-based ({loader} is present); the agent needs a glibc-based image such as debian or ubuntu",
-                image.reference
-            ),
-        )),
-        Err(e) if e.status().map(|s| s.as_u16()) == Some(404) => Ok(()),
-        Err(e) => {
-            tracing::warn!("could not check {} for musl: {e}", image.reference);
-            Ok(())
-        }
     }
 }
 
