@@ -11,6 +11,7 @@ pub mod protocol;
 pub mod runtime;
 pub mod schemas;
 pub mod secret;
+pub mod telemetry;
 pub mod text;
 pub mod transport;
 pub mod worker;
