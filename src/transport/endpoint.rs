@@ -717,4 +717,51 @@ mod tests {
         );
         assert!(!err.contains("c2VjcmV0"));
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn host_strings_never_panic(raw in ".{0,60}") {
+                let _ = parse_host(&raw);
+                let _ = split_host_port(&raw);
+                let _ = redact_userinfo(&raw);
+                let _ = has_explicit_port(&raw);
+            }
+
+            /// A parsed host, written back as a URL, parses to the same host.
+            #[test]
+            fn hosts_round_trip_through_their_url(
+                raw in prop_oneof![
+                    "unix:///[a-z0-9/._-]{1,30}",
+                    "tcp://[a-z0-9.-]{1,20}(:[0-9]{1,5})?",
+                    "tcp://\\[[0-9a-f:]{2,20}\\](:[0-9]{1,5})?",
+                    "ssh://([a-z]{1,8}@)?[a-z0-9.-]{1,20}(:[0-9]{1,5})?",
+                ],
+            ) {
+                if let Ok(host) = parse_host(&raw) {
+                    prop_assert_eq!(parse_host(&host.to_string()).unwrap(), host);
+                }
+            }
+
+            /// A password in DOCKER_HOST never survives redaction.
+            #[test]
+            fn redaction_removes_the_password(
+                scheme in "(tcp|ssh|https)",
+                user in "[a-z]{1,8}",
+                password in "PW[A-Z]{6}",
+                host in "[a-z0-9.]{1,15}",
+                tail in "(:[0-9]{1,5})?(/[a-z]{0,5})?",
+            ) {
+                let raw = format!("{scheme}://{user}:{password}@{host}{tail}");
+                let redacted = redact_userinfo(&raw);
+                prop_assert!(!redacted.contains(&password), "{}", redacted);
+                if let Err(e) = parse_host(&raw) {
+                    prop_assert!(!e.to_string().contains(&password), "{}", e);
+                }
+            }
+        }
+    }
 }
