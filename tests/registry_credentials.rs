@@ -337,6 +337,19 @@ async fn where_docker_pull_goes_anonymous_the_worker_pulls_and_warns() {
         );
         drop(prepared.helper_dir);
     }
+    // The workers pulled both images from a registry that is gone now.
+    let d = Engine::Docker.docker().await;
+    for pulled in [&image, &sidecar] {
+        let _ = d
+            .image_delete(
+                pulled,
+                &ImageDeleteParams {
+                    force: Some(true),
+                    ..Default::default()
+                },
+            )
+            .await;
+    }
 }
 
 /// A private registry and a broken helper: the CLI's anonymous pull is
