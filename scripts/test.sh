@@ -11,6 +11,16 @@ scripts/test-env.sh up
 # Paths and addresses only (OZ_TEST_*); the registry password stays in its file.
 # shellcheck disable=SC1091
 . "${OZ_TEST_ROOT:-/var/lib/oz-worker-test}/env"
+# The metrics tests check our exposition with the Prometheus client's own
+# parsers and OTLP pushes with the OpenTelemetry protobuf definitions, from
+# PyPI, in a venv of their own (idempotent).
+venv=${OZ_TEST_ROOT:-/var/lib/oz-worker-test}/otlp-venv
+if ! "$venv/bin/python" -c 'import prometheus_client, opentelemetry.proto' 2>/dev/null; then
+  python3 -c 'import venv, ensurepip' 2>/dev/null ||
+    { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3 python3-venv; }
+  python3 -m venv "$venv" && "$venv/bin/pip" install -q opentelemetry-proto prometheus-client
+fi
+export OZ_TEST_TELEMETRY_PYTHON=$venv/bin/python
 mkdir -p target
 log=target/test-run.log
 status=0

@@ -12,6 +12,7 @@ pub mod protocol;
 pub mod runtime;
 pub mod schemas;
 pub mod secret;
+pub mod telemetry;
 pub mod text;
 pub mod tls_roots;
 pub mod transport;

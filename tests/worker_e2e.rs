@@ -829,7 +829,7 @@ async fn metrics_use_the_reference_names() {
             ],
         )
         .await;
-    w.wait_for_log("serving metrics", Duration::from_secs(5))
+    w.wait_for_log("metrics: Prometheus at", Duration::from_secs(5))
         .await;
     for env in [vec![], vec![("OZ_DEMO_EXIT", "4")]] {
         let run = s
@@ -848,16 +848,55 @@ async fn metrics_use_the_reference_names() {
         .unwrap();
     let mut text = String::new();
     conn.read_to_string(&mut text).await.unwrap();
-    for line in [
-        "oz_worker_connected 1",
-        "oz_worker_tasks_active 0",
-        "oz_worker_tasks_max_concurrent 2",
-        "oz_worker_tasks_completed_total{result=\"succeeded\"} 1",
-        "oz_worker_tasks_completed_total{result=\"failed\"} 1",
-        "oz_worker_task_failures_total{phase=\"run\",reason=\"container_exit\"} 1",
-        "oz_worker_task_duration_seconds_count{result=\"succeeded\"} 1",
+    // Samples by name, the labels given (the page adds the Go exporter's
+    // otel_scope_* labels) and value.
+    let has = |name: &str, labels: &[(&str, &str)], value: &str| {
+        text.lines().any(|l| {
+            let Some((series, v)) = l.rsplit_once(' ') else {
+                return false;
+            };
+            (series == name || series.starts_with(&format!("{name}{{")))
+                && labels
+                    .iter()
+                    .all(|(k, want)| series.contains(&format!("{k}=\"{want}\"")))
+                && v == value
+        })
+    };
+    for (name, labels, value) in [
+        ("oz_worker_connected", vec![], "1"),
+        ("oz_worker_tasks_active", vec![], "0"),
+        ("oz_worker_tasks_max_concurrent", vec![], "2"),
+        ("oz_worker_tasks_claimed_total", vec![], "2"),
+        (
+            "oz_worker_tasks_completed_total",
+            vec![("result", "succeeded")],
+            "1",
+        ),
+        (
+            "oz_worker_tasks_completed_total",
+            vec![("result", "failed")],
+            "1",
+        ),
+        (
+            "oz_worker_tasks_completed_total",
+            vec![("result", "dispatched")],
+            "0",
+        ),
+        (
+            "oz_worker_task_failures_total",
+            vec![("phase", "backend"), ("reason", "container_exit")],
+            "1",
+        ),
+        (
+            "oz_worker_task_duration_seconds_count",
+            vec![("result", "succeeded")],
+            "1",
+        ),
     ] {
-        assert!(text.contains(line), "missing {line:?} in:\n{text}");
+        assert!(
+            has(name, &labels, value),
+            "missing {name}{labels:?} {value} in:\n{text}"
+        );
     }
     assert!(
         text.contains(&format!("worker_id=\"{id}\"")) && text.contains("backend=\"docker\""),

@@ -515,7 +515,10 @@ mod tests {
     #[test]
     fn durations_parse_with_units() {
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
-        assert_eq!(parse_duration("30").unwrap(), Duration::from_secs(30));
+        assert!(
+            parse_duration("30").is_err(),
+            "a unit is required, as in Go"
+        );
         assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
         assert!(parse_duration("10 parsecs").is_err());
     }

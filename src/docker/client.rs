@@ -873,9 +873,7 @@ impl Transport {
                     op,
                     "the daemon expects TLS on this port, but the connection was plain HTTP",
                 )
-                .with_hint(
-                    "Set DOCKER_TLS_VERIFY=1 and DOCKER_CERT_PATH to the directory with ca.pem, cert.pem and key.pem (or use a context with TLS)",
-                );
+                .with_hint(self.endpoint.enable_tls_hint());
         }
         self.err(ErrorKind::Status(status), op, message)
     }
@@ -962,9 +960,10 @@ impl Transport {
                     let mut err = self.err(kind, op, describe_chain(root));
                     if self.endpoint.tls.is_none() && matches!(self.endpoint.host, Host::Tcp { .. })
                     {
-                        err = err.with_hint(
-                            "If the daemon listens with TLS, set DOCKER_TLS_VERIFY=1 and DOCKER_CERT_PATH",
-                        );
+                        err = err.with_hint(format!(
+                            "If the daemon listens with TLS: {}",
+                            self.endpoint.enable_tls_hint()
+                        ));
                     }
                     err
                 }
@@ -1019,6 +1018,7 @@ impl Transport {
         })?;
         let tls = self.endpoint.tls.as_ref();
         let dir = tls.map(|t| t.dir.display().to_string()).unwrap_or_default();
+        let fix = |what: &str| tls.map(|t| t.fix_files(what)).unwrap_or_default();
         let ca = tls
             .and_then(|t| t.ca.as_ref())
             .map(|p| p.display().to_string());
@@ -1029,12 +1029,12 @@ impl Transport {
                     Some(ca) => format!("the daemon's certificate is not signed by the CA in {ca}"),
                     None => "the daemon's certificate is not signed by a known CA (no ca.pem was found)".to_string(),
                 },
-                format!("Point DOCKER_CERT_PATH (now {dir}) at the directory holding the CA that signed the daemon's certificate."),
+                fix("the CA that signed the daemon's certificate (ca.pem)"),
             ),
             E::InvalidCertificate(C::NotValidForName)
             | E::InvalidCertificate(C::NotValidForNameContext { .. }) => (
                 format!("the daemon's certificate is not valid for {}", self.endpoint.host),
-                "Use the host name or address the certificate was issued for in DOCKER_HOST.".to_string(),
+                format!("Use the host name or address the certificate was issued for in {}.", self.endpoint.host_setting()),
             ),
             E::InvalidCertificate(C::Expired) | E::InvalidCertificate(C::ExpiredContext { .. }) => (
                 "the daemon's certificate has expired".to_string(),
@@ -1046,9 +1046,9 @@ impl Transport {
                     if has_cert {
                         format!("the daemon rejected our client certificate ({rustls_err})")
                     } else {
-                        format!("the daemon requires a client certificate and there is no cert.pem/key.pem in {dir}")
+                        format!("the daemon requires a client certificate and there is no cert.pem/key.pem in {}", tls.map(|t| t.location()).unwrap_or_else(|| dir.clone()))
                     },
-                    format!("Put the client certificate (cert.pem) and key (key.pem) signed by the daemon's CA in DOCKER_CERT_PATH (now {dir})."),
+                    fix("a client certificate (cert.pem) and key (key.pem) signed by the daemon's CA"),
                 )
             }
             E::InvalidMessage(_) | E::InappropriateMessage { .. } => (
@@ -1057,7 +1057,7 @@ impl Transport {
             ),
             other => (
                 format!("TLS failed: {other}"),
-                format!("Check the TLS files in {dir}."),
+                format!("Check {}.", tls.map(|t| t.location()).unwrap_or(dir)),
             ),
         };
         Some(TlsProblem(

@@ -2,16 +2,37 @@
 //! `X-Registry-Auth` header of a pull.
 //!
 //! Order, for one registry key (see [`normalise_registry_key`]):
-//! 1. `DOCKER_AUTH_CONFIG`, when set and non-empty: the JSON of a Docker config
-//!    file. Only its `auths` are read (as the CLI does; `credHelpers` and
-//!    `credsStore` in it are ignored). A registry it does not mention falls
-//!    through to the config file, like the CLI's in-memory store with
-//!    fallback.
+//! 1. `DOCKER_AUTH_CONFIG`, when set and non-empty: `{"auths": {"<registry>":
+//!    {"auth": "<base64 user:password>"}}}` and nothing else, as the CLI (28.3
+//!    and later) reads it. A registry it does not mention falls through to
+//!    the config file.
 //! 2. `config.json` in `DOCKER_CONFIG` (default `$HOME/.docker`):
-//!    `credHelpers[registry]`, else `credsStore`, else `auths`. A helper that
-//!    answers "credentials not found" means anonymous; it does not fall back
-//!    to `auths` (the CLI does not either).
+//!    `credHelpers[registry]`, else `credsStore`, else `auths`. An empty
+//!    `credHelpers` entry means `auths` (the CLI skips `credsStore` then). A
+//!    helper that answers "credentials not found" means anonymous; it does
+//!    not fall back to `auths` (the CLI does not either).
 //! 3. Nothing configured: anonymous.
+//!
+//! Resolution never fails a pull. Where configured credentials cannot be
+//! used, the pull goes on without credentials, as `docker pull` does and as
+//! the Go worker does (it logs a warning): the problem is returned in
+//! [`Resolved::problem`] for the caller to log, naming the helper or file
+//! and never a secret. Case by case, each matched with `docker pull` (CLI
+//! 28.2; its `pull` ignores credential-store errors) and the Go worker's
+//! `getRegistryAuth` (warns, pulls without auth):
+//!
+//! | what goes wrong                                   | the pull        | warning |
+//! |---------------------------------------------------|-----------------|---------|
+//! | helper says "credentials not found"               | anonymous       | no      |
+//! | helper answers with an empty username and secret  | anonymous       | no      |
+//! | helper binary missing, or cannot start            | anonymous       | yes     |
+//! | helper exits non-zero (other message)             | anonymous       | yes     |
+//! | helper answers with output that is not JSON       | anonymous       | yes     |
+//! | helper does not answer within 30 s (CLI: waits)   | anonymous       | yes     |
+//! | helper name with a path separator                 | anonymous       | yes     |
+//! | `config.json` unreadable or not JSON              | anonymous       | yes     |
+//! | an `auths` entry whose `auth` does not decode     | anonymous       | yes     |
+//! | `DOCKER_AUTH_CONFIG` malformed                    | config file used| yes     |
 //!
 //! `auths` (and `credHelpers`) keys match like the CLI: the exact key first,
 //! then any key whose host name (scheme and path stripped, so
@@ -19,16 +40,19 @@
 //! Docker Hub also answers to `index.docker.io`, `docker.io` and
 //! `https://index.docker.io/v1/`.
 //!
-//! Deliberate differences from the CLI, all towards failing loudly: a
-//! malformed `DOCKER_AUTH_CONFIG` is an error (the CLI ignores it silently);
-//! `DOCKER_AUTH_CONFIG` and `credHelpers` keys get the same forgiving key
-//! matching as `auths` (the CLI matches them exactly); the legacy
-//! `~/.dockercfg` file and `registrytoken` entries are not read.
+//! Deliberate differences from the CLI: `DOCKER_AUTH_CONFIG` and
+//! `credHelpers` keys get the same forgiving key matching as `auths` (the
+//! CLI matches them exactly); a helper gets 30 s to answer (the CLI waits
+//! forever); an identity token alone is sent (the Go worker drops
+//! credentials without a username); the legacy `~/.dockercfg` file and
+//! `registrytoken` entries are not read; a bad `auths` entry spoils only its
+//! own registry (the CLI and the Go worker then ignore the whole file).
 //!
 //! Secrets never reach Debug, Display or an error: JSON errors are reported
 //! by position only, helper output that looks like credentials is withheld.
 
 use crate::docker::reference::DOCKER_HUB_AUTH_KEY;
+use crate::secret::Secret;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, URL_SAFE};
 use base64::engine::DecodePaddingMode;
 use base64::Engine as _;
@@ -53,32 +77,13 @@ const DOCKER_HUB_KEYS: [&str; 3] = [DOCKER_HUB_AUTH_KEY, "index.docker.io", "doc
 /// Longest piece of helper output quoted in an error.
 const MAX_QUOTED_OUTPUT: usize = 400;
 
-/// A credential value: Debug shows a placeholder, there is no Display.
-#[derive(Clone, PartialEq, Eq)]
-pub struct SecretString(String);
-
-impl SecretString {
-    pub fn new(value: impl Into<String>) -> Self {
-        SecretString(value.into())
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for SecretString {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("SecretString(***)")
-    }
-}
-
 /// Credentials for one registry: a username and password, an identity
 /// (OAuth refresh) token, or both.
 #[derive(Clone, PartialEq, Eq)]
 pub struct RegistryAuth {
     username: Option<String>,
-    password: Option<SecretString>,
-    identity_token: Option<SecretString>,
+    password: Option<Secret>,
+    identity_token: Option<Secret>,
     server_address: String,
 }
 
@@ -90,7 +95,7 @@ impl RegistryAuth {
     ) -> Self {
         RegistryAuth {
             username: Some(username.into()),
-            password: Some(SecretString::new(password)),
+            password: Some(Secret::new(password)),
             identity_token: None,
             server_address: server_address.into(),
         }
@@ -103,7 +108,7 @@ impl RegistryAuth {
         RegistryAuth {
             username: None,
             password: None,
-            identity_token: Some(SecretString::new(token)),
+            identity_token: Some(Secret::new(token)),
             server_address: server_address.into(),
         }
     }
@@ -111,10 +116,10 @@ impl RegistryAuth {
     pub fn username(&self) -> Option<&str> {
         self.username.as_deref()
     }
-    pub fn password(&self) -> Option<&SecretString> {
+    pub fn password(&self) -> Option<&Secret> {
         self.password.as_ref()
     }
-    pub fn identity_token(&self) -> Option<&SecretString> {
+    pub fn identity_token(&self) -> Option<&Secret> {
         self.identity_token.as_ref()
     }
     /// The registry key the credentials were resolved for.
@@ -138,8 +143,8 @@ impl RegistryAuth {
         }
         let json = serde_json::to_vec(&Header {
             username: self.username.as_deref(),
-            password: self.password.as_ref().map(SecretString::expose),
-            identitytoken: self.identity_token.as_ref().map(SecretString::expose),
+            password: self.password.as_ref().map(Secret::expose_str),
+            identitytoken: self.identity_token.as_ref().map(Secret::expose_str),
             serveraddress: &self.server_address,
         })
         .expect("serialising strings cannot fail");
@@ -219,7 +224,7 @@ impl JsonProblem {
         let kind = match error.classify() {
             Category::Syntax => "syntax error",
             Category::Eof => "unexpected end of input",
-            Category::Data => "a value has the wrong type",
+            Category::Data => "a key or value is not what is expected",
             Category::Io => "read error",
         };
         JsonProblem {
@@ -243,7 +248,7 @@ impl fmt::Display for JsonProblem {
 /// Why credentials could not be resolved. Holds no secret.
 #[derive(Debug)]
 pub enum CredentialError {
-    /// `DOCKER_AUTH_CONFIG` is not a config document.
+    /// `DOCKER_AUTH_CONFIG` is not JSON, or holds more than `auths`.
     InvalidDockerAuthConfig(JsonProblem),
     ConfigUnreadable {
         path: PathBuf,
@@ -299,8 +304,8 @@ impl fmt::Display for CredentialError {
         match self {
             CredentialError::InvalidDockerAuthConfig(problem) => write!(
                 f,
-                "DOCKER_AUTH_CONFIG is not a valid Docker config document ({problem}); \
-                 it must hold JSON like {{\"auths\": {{\"<registry>\": {{\"auth\": \"<base64 user:password>\"}}}}}}, \
+                "DOCKER_AUTH_CONFIG is not what the Docker CLI accepts ({problem}), so it is \
+                 ignored; it must hold only {{\"auths\": {{\"<registry>\": {{\"auth\": \"<base64 user:password>\"}}}}}}, \
                  or unset it"
             ),
             CredentialError::ConfigUnreadable { path, error } => write!(
@@ -311,8 +316,8 @@ impl fmt::Display for CredentialError {
             ),
             CredentialError::InvalidConfig { path, problem } => write!(
                 f,
-                "the Docker config {} is not valid JSON ({problem}); fix the file, \
-                 or point DOCKER_CONFIG at another directory",
+                "the Docker config {} cannot be read as a Docker config ({problem}); fix the \
+                 file, or point DOCKER_CONFIG at another directory",
                 path.display()
             ),
             CredentialError::InvalidAuthEntry {
@@ -394,7 +399,7 @@ impl std::error::Error for CredentialError {
 /// runs helpers) is a `Send` future owning its inputs.
 #[derive(Debug, Clone)]
 pub struct CredentialResolver {
-    docker_auth_config: Option<SecretString>,
+    docker_auth_config: Option<Secret>,
     config_dir: Option<PathBuf>,
     path: Option<String>,
     helper_timeout: Duration,
@@ -409,7 +414,7 @@ impl CredentialResolver {
             .map(PathBuf::from)
             .or_else(|| non_empty("HOME").map(|home| Path::new(&home).join(".docker")));
         CredentialResolver {
-            docker_auth_config: non_empty("DOCKER_AUTH_CONFIG").map(SecretString::new),
+            docker_auth_config: non_empty("DOCKER_AUTH_CONFIG").map(Secret::new),
             config_dir,
             path: env("PATH"),
             helper_timeout: HELPER_TIMEOUT,
@@ -427,42 +432,64 @@ impl CredentialResolver {
     }
 
     /// Credentials for `registry_key` (e.g. from
-    /// [`ImageRef::registry_auth_key`](crate::docker::reference::ImageRef::registry_auth_key)),
-    /// or `None` for an anonymous pull, with where the answer came from.
-    pub async fn resolve(
-        &self,
-        registry_key: &str,
-    ) -> Result<(Option<RegistryAuth>, CredentialSource), CredentialError> {
+    /// [`ImageRef::registry_auth_key`](crate::docker::reference::ImageRef::registry_auth_key)):
+    /// `auth` is `None` for an anonymous pull. Never fails: see the module
+    /// documentation for what happens when credentials cannot be used.
+    pub async fn resolve(&self, registry_key: &str) -> Resolved {
         let key = normalise_registry_key(registry_key);
-
+        let mut env_problem = None;
         if let Some(raw) = &self.docker_auth_config {
-            let config: ConfigFile = serde_json::from_str(raw.expose()).map_err(|e| {
-                CredentialError::InvalidDockerAuthConfig(JsonProblem::from_serde(&e))
-            })?;
-            if let Some((entry_key, entry)) = find_entry(&config.auths(), &key) {
-                let auth = entry.to_auth(&key, &ConfigOrigin::DockerAuthConfig, entry_key)?;
-                return Ok((auth, CredentialSource::DockerAuthConfig));
+            match parse_docker_auth_config(raw.expose_str()) {
+                Ok(auths) => {
+                    if let Some((_, auth)) = find_entry(&auths, &key) {
+                        let mut auth = auth.clone();
+                        auth.server_address = key.clone();
+                        return Resolved::found(auth, CredentialSource::DockerAuthConfig);
+                    }
+                }
+                // The CLI prints a warning and uses the config file.
+                Err(problem) => env_problem = Some(problem),
             }
         }
+        let mut resolved = self.resolve_from_file(&key).await;
+        if resolved.problem.is_none() {
+            resolved.problem = env_problem;
+        }
+        resolved
+    }
 
+    async fn resolve_from_file(&self, key: &str) -> Resolved {
         let Some(path) = self.config_file() else {
-            return Ok((None, CredentialSource::None));
+            return Resolved::anonymous(CredentialSource::None);
         };
         let config = match tokio::fs::read(&path).await {
-            Ok(bytes) => serde_json::from_slice::<ConfigFile>(&bytes).map_err(|e| {
-                CredentialError::InvalidConfig {
-                    path: path.clone(),
-                    problem: JsonProblem::from_serde(&e),
+            Ok(bytes) => match serde_json::from_slice::<ConfigFile>(&bytes) {
+                Ok(config) => config,
+                Err(e) => {
+                    return Resolved::failed(
+                        CredentialSource::None,
+                        CredentialError::InvalidConfig {
+                            path,
+                            problem: JsonProblem::from_serde(&e),
+                        },
+                    )
                 }
-            })?,
+            },
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Ok((None, CredentialSource::None));
+                return Resolved::anonymous(CredentialSource::None);
             }
-            Err(error) => return Err(CredentialError::ConfigUnreadable { path, error }),
+            Err(error) => {
+                return Resolved::failed(
+                    CredentialSource::None,
+                    CredentialError::ConfigUnreadable { path, error },
+                )
+            }
         };
 
         let cred_helpers = config.cred_helpers.clone().unwrap_or_default();
-        let helper = match find_entry(&cred_helpers, &key) {
+        let helper = match find_entry(&cred_helpers, key) {
+            // An empty entry means the file's own `auths`, as in the CLI.
+            Some((_, name)) if name.is_empty() => None,
             Some((_, name)) => Some(CredentialSource::Helper(name.clone())),
             None => config
                 .creds_store
@@ -471,17 +498,24 @@ impl CredentialResolver {
                 .map(CredentialSource::CredsStore),
         };
         if let Some(source) = helper {
-            let auth = self.run_helper(&source, &key, &path).await?;
-            return Ok((auth, source));
+            return match self.run_helper(&source, key, &path).await {
+                Ok(Some(auth)) => Resolved::found(auth, source),
+                Ok(None) => Resolved::anonymous(source),
+                Err(problem) => Resolved::failed(source, problem),
+            };
         }
 
-        match find_entry(&config.auths(), &key) {
+        let source = CredentialSource::Auths(path.clone());
+        match find_entry(&config.auths(), key) {
             Some((entry_key, entry)) => {
-                let origin = ConfigOrigin::File(path.clone());
-                let auth = entry.to_auth(&key, &origin, entry_key)?;
-                Ok((auth, CredentialSource::Auths(path)))
+                let origin = ConfigOrigin::File(path);
+                match entry.to_auth(key, &origin, entry_key) {
+                    Ok(Some(auth)) => Resolved::found(auth, source),
+                    Ok(None) => Resolved::anonymous(source),
+                    Err(problem) => Resolved::failed(source, problem),
+                }
             }
-            None => Ok((None, CredentialSource::None)),
+            None => Resolved::anonymous(CredentialSource::None),
         }
     }
 
@@ -590,10 +624,7 @@ impl CredentialResolver {
             }
         };
         let username = answer.username.filter(|u| !u.is_empty());
-        let secret = answer
-            .secret
-            .filter(|s| !s.is_empty())
-            .map(SecretString::new);
+        let secret = answer.secret.filter(|s| !s.is_empty()).map(Secret::new);
         let auth = if username.as_deref() == Some(TOKEN_USERNAME) {
             RegistryAuth {
                 username: None,
@@ -613,15 +644,101 @@ impl CredentialResolver {
     }
 }
 
+/// What [`CredentialResolver::resolve`] found.
+#[derive(Debug)]
+pub struct Resolved {
+    /// `None`: pull anonymously.
+    pub auth: Option<RegistryAuth>,
+    /// Where the answer came from (the helper or file consulted).
+    pub source: CredentialSource,
+    /// Why configured credentials could not be used; the pull goes on
+    /// without them, as `docker pull` does. Log it as a warning.
+    pub problem: Option<CredentialError>,
+}
+
+impl Resolved {
+    fn found(auth: RegistryAuth, source: CredentialSource) -> Self {
+        Resolved {
+            auth: Some(auth),
+            source,
+            problem: None,
+        }
+    }
+
+    fn anonymous(source: CredentialSource) -> Self {
+        Resolved {
+            auth: None,
+            source,
+            problem: None,
+        }
+    }
+
+    fn failed(source: CredentialSource, problem: CredentialError) -> Self {
+        Resolved {
+            auth: None,
+            source,
+            problem: Some(problem),
+        }
+    }
+
+    /// For logs and pull errors: `auths in /root/.docker/config.json`, or
+    /// `no credentials (credsStore "desktop": …)` when they could not be used.
+    pub fn describe(&self) -> String {
+        match (&self.auth, &self.problem) {
+            (None, Some(problem)) => format!("no credentials ({problem})"),
+            (None, None) if self.source != CredentialSource::None => {
+                format!(
+                    "no credentials ({} has none for this registry)",
+                    self.source
+                )
+            }
+            _ => self.source.to_string(),
+        }
+    }
+}
+
+/// `DOCKER_AUTH_CONFIG` as the CLI reads it: one JSON object with only
+/// `auths`, each entry only a non-empty, decodable `auth`; anything else
+/// makes the CLI ignore the whole variable.
+fn parse_docker_auth_config(raw: &str) -> Result<BTreeMap<String, RegistryAuth>, CredentialError> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct EnvConfig {
+        #[serde(default)]
+        auths: BTreeMap<String, EnvEntry>,
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct EnvEntry {
+        #[serde(default)]
+        auth: String,
+    }
+    let config: EnvConfig = serde_json::from_str(raw)
+        .map_err(|e| CredentialError::InvalidDockerAuthConfig(JsonProblem::from_serde(&e)))?;
+    let mut auths = BTreeMap::new();
+    for (key, entry) in config.auths {
+        let invalid = |problem| CredentialError::InvalidAuthEntry {
+            origin: ConfigOrigin::DockerAuthConfig,
+            key: key.clone(),
+            problem,
+        };
+        if entry.auth.is_empty() {
+            return Err(invalid("it has no \"auth\" value"));
+        }
+        let (user, password) = decode_auth(&entry.auth).map_err(invalid)?;
+        let auth = RegistryAuth::with_password(&key, user, password);
+        auths.insert(key, auth);
+    }
+    Ok(auths)
+}
+
 /// Resolves credentials for `registry_key` from the environment seen through
 /// `env` (see the module documentation for the order). The environment is
 /// read before this returns; the future owns everything it uses.
 pub fn resolve(
     registry_key: &str,
     env: &dyn Fn(&str) -> Option<String>,
-) -> impl Future<Output = Result<(Option<RegistryAuth>, CredentialSource), CredentialError>>
-       + Send
-       + 'static {
+) -> impl Future<Output = Resolved> + Send + 'static {
     let resolver = CredentialResolver::from_env(env);
     let key = registry_key.to_owned();
     async move { resolver.resolve(&key).await }
@@ -802,8 +919,8 @@ impl AuthEntry {
         }
         let auth = RegistryAuth {
             username,
-            password: password.map(SecretString::new),
-            identity_token: non_empty(&self.identitytoken).map(SecretString::new),
+            password: password.map(Secret::new),
+            identity_token: non_empty(&self.identitytoken).map(Secret::new),
             server_address: server_address.to_owned(),
         };
         Ok((!auth.is_empty()).then_some(auth))
@@ -920,16 +1037,32 @@ printf '{{"ServerURL":"%s","Username":"user-%s","Secret":"secret-of-{name}"}}' "
             CredentialResolver::from_env(&|name| env.get(name).cloned())
         }
 
-        async fn resolve(
-            &self,
-            key: &str,
-        ) -> Result<(Option<RegistryAuth>, CredentialSource), CredentialError> {
+        async fn resolve(&self, key: &str) -> Resolved {
             self.resolver().resolve(key).await
         }
 
+        /// The answer, asserting nothing went wrong on the way.
+        async fn clean(&self, key: &str) -> (Option<RegistryAuth>, CredentialSource) {
+            let r = self.resolve(key).await;
+            assert!(
+                r.problem.is_none(),
+                "{key}: unexpected problem {:?}",
+                r.problem
+            );
+            (r.auth, r.source)
+        }
+
+        /// The problem, asserting the pull goes on anonymously.
+        async fn problem(&self, key: &str) -> CredentialError {
+            let r = self.resolve(key).await;
+            assert!(r.auth.is_none(), "{key}: credentials despite a problem");
+            r.problem
+                .unwrap_or_else(|| panic!("{key}: expected a problem, got {:?}", r.source))
+        }
+
         async fn auth(&self, key: &str) -> (RegistryAuth, CredentialSource) {
-            match self.resolve(key).await {
-                Ok((Some(auth), source)) => (auth, source),
+            match self.clean(key).await {
+                (Some(auth), source) => (auth, source),
                 other => panic!("expected credentials for {key}, got {other:?}"),
             }
         }
@@ -966,7 +1099,7 @@ printf '{{"ServerURL":"%s","Username":"user-%s","Secret":"secret-of-{name}"}}' "
 
         let (b, _) = f.auth("b.example").await;
         assert_eq!(
-            (b.username(), b.password().map(SecretString::expose)),
+            (b.username(), b.password().map(Secret::expose_str)),
             (Some("bob"), Some(PASSWORD))
         );
 
@@ -1008,26 +1141,22 @@ printf '{{"ServerURL":"%s","Username":"user-%s","Secret":"secret-of-{name}"}}' "
         let f =
             Fixture::new().config(r#"{"auths": {"e.example": {}, "f.example": {"email": "x@y"}}}"#);
         for key in ["e.example", "f.example", "other.example"] {
-            let (auth, _) = f.resolve(key).await.unwrap();
+            let (auth, _) = f.clean(key).await;
             assert_eq!(auth, None, "{key}");
         }
-        let (auth, source) = f.resolve("other.example").await.unwrap();
+        let (auth, source) = f.clean("other.example").await;
         assert_eq!((auth, source), (None, CredentialSource::None));
     }
 
     #[tokio::test]
     async fn no_config_file_or_no_config_dir_is_anonymous() {
         let f = Fixture::new();
-        assert_eq!(
-            f.resolve(LOCAL).await.unwrap(),
-            (None, CredentialSource::None)
-        );
+        assert_eq!(f.clean(LOCAL).await, (None, CredentialSource::None));
         let resolver = CredentialResolver::from_env(&|_| None);
         assert_eq!(resolver.config_file(), None);
-        assert_eq!(
-            resolver.resolve(LOCAL).await.unwrap(),
-            (None, CredentialSource::None)
-        );
+        let r = resolver.resolve(LOCAL).await;
+        assert!(r.auth.is_none() && r.problem.is_none());
+        assert_eq!(r.source, CredentialSource::None);
     }
 
     #[test]
@@ -1070,7 +1199,7 @@ printf '{{"ServerURL":"%s","Username":"user-%s","Secret":"secret-of-{name}"}}' "
             assert_eq!(f.auth(key).await.0.username(), Some(user), "{key}");
         }
         // A different port is a different registry.
-        assert_eq!(f.resolve("127.0.0.1:5001").await.unwrap().0, None);
+        assert_eq!(f.clean("127.0.0.1:5001").await.0, None);
     }
 
     #[tokio::test]
@@ -1197,14 +1326,14 @@ printf '{{"ServerURL":"%s","Username":"user-%s","Secret":"secret-of-{name}"}}' "
                 basic("u", "p")
             ));
         assert_eq!(
-            f.resolve(LOCAL).await.unwrap(),
+            f.clean(LOCAL).await,
             (None, CredentialSource::CredsStore("empty".into()))
         );
         // So is the same message with a successful exit.
         let f = Fixture::new()
             .helper("lax", "echo 'credentials not found in native keychain'")
             .config(r#"{"credsStore": "lax"}"#);
-        assert_eq!(f.resolve(LOCAL).await.unwrap().0, None);
+        assert_eq!(f.clean(LOCAL).await.0, None);
         // An answer with no username and no secret is anonymous too.
         let f = Fixture::new()
             .helper(
@@ -1212,7 +1341,7 @@ printf '{{"ServerURL":"%s","Username":"user-%s","Secret":"secret-of-{name}"}}' "
                 r#"printf '{"ServerURL":"x","Username":"","Secret":""}'"#,
             )
             .config(r#"{"credsStore": "blank"}"#);
-        assert_eq!(f.resolve(LOCAL).await.unwrap().0, None);
+        assert_eq!(f.clean(LOCAL).await.0, None);
     }
 
     #[tokio::test]
@@ -1220,7 +1349,7 @@ printf '{{"ServerURL":"%s","Username":"user-%s","Secret":"secret-of-{name}"}}' "
         let f = Fixture::new()
             .helper("broken", "echo 'keychain is locked' >&2; exit 3")
             .config(r#"{"credHelpers": {"127.0.0.1:5000": "broken"}}"#);
-        let err = f.resolve(LOCAL).await.unwrap_err();
+        let err = f.problem(LOCAL).await;
         let text = err.to_string();
         assert!(
             matches!(err, CredentialError::HelperFailed { .. }),
@@ -1236,7 +1365,7 @@ printf '{{"ServerURL":"%s","Username":"user-%s","Secret":"secret-of-{name}"}}' "
     #[tokio::test]
     async fn a_missing_helper_is_an_error_naming_it_and_the_config() {
         let f = Fixture::new().config(r#"{"credsStore": "desktop"}"#);
-        let err = f.resolve(LOCAL).await.unwrap_err();
+        let err = f.problem(LOCAL).await;
         assert!(
             matches!(err, CredentialError::HelperNotFound { .. }),
             "{err:?}"
@@ -1258,7 +1387,7 @@ printf '{{"ServerURL":"%s","Username":"user-%s","Secret":"secret-of-{name}"}}' "
             .config(r#"{"credsStore": "here"}"#)
             .env("PATH", "bin:.");
         assert!(matches!(
-            f.resolve(LOCAL).await.unwrap_err(),
+            f.problem(LOCAL).await,
             CredentialError::HelperNotFound { .. }
         ));
     }
@@ -1266,7 +1395,7 @@ printf '{{"ServerURL":"%s","Username":"user-%s","Secret":"secret-of-{name}"}}' "
     #[tokio::test]
     async fn helper_names_with_path_separators_are_refused() {
         let f = Fixture::new().config(r#"{"credsStore": "../../bin/sh"}"#);
-        let err = f.resolve(LOCAL).await.unwrap_err();
+        let err = f.problem(LOCAL).await;
         assert!(
             matches!(err, CredentialError::InvalidHelperName { .. }),
             "{err:?}"
@@ -1284,7 +1413,8 @@ printf '{{"ServerURL":"%s","Username":"user-%s","Secret":"secret-of-{name}"}}' "
             .with_helper_timeout(Duration::from_millis(300))
             .resolve(LOCAL)
             .await
-            .unwrap_err();
+            .problem
+            .expect("a timeout is a problem");
         assert!(
             matches!(err, CredentialError::HelperTimeout { .. }),
             "{err:?}"
@@ -1301,7 +1431,7 @@ printf '{{"ServerURL":"%s","Username":"user-%s","Secret":"secret-of-{name}"}}' "
         let f = Fixture::new()
             .helper("chatty", "echo hello")
             .config(r#"{"credsStore": "chatty"}"#);
-        let err = f.resolve(LOCAL).await.unwrap_err();
+        let err = f.problem(LOCAL).await;
         assert!(
             matches!(err, CredentialError::HelperBadOutput { .. }),
             "{err:?}"
@@ -1312,11 +1442,13 @@ printf '{{"ServerURL":"%s","Username":"user-%s","Secret":"secret-of-{name}"}}' "
     async fn docker_auth_config_wins_over_everything_and_falls_back_when_silent() {
         let f = Fixture::new()
             .answering_helper("special")
-            .config(&format!(r#"{{"credHelpers": {{"{LOCAL}": "special"}}, "credsStore": "special"}}"#))
+            .config(&format!(
+                r#"{{"credHelpers": {{"{LOCAL}": "special"}}, "credsStore": "special"}}"#
+            ))
             .env(
                 "DOCKER_AUTH_CONFIG",
                 &format!(
-                    r#"{{"auths": {{"https://{LOCAL}/v2/": {{"auth": "{}"}}}}, "credsStore": "ignored"}}"#,
+                    r#"{{"auths": {{"https://{LOCAL}/v2/": {{"auth": "{}"}}}}}}"#,
                     basic("env-user", PASSWORD)
                 ),
             );
@@ -1332,10 +1464,152 @@ printf '{{"ServerURL":"%s","Username":"user-%s","Secret":"secret-of-{name}"}}' "
 
         // Empty means unset.
         let f = Fixture::new().env("DOCKER_AUTH_CONFIG", "");
-        assert_eq!(
-            f.resolve(LOCAL).await.unwrap(),
-            (None, CredentialSource::None)
+        assert_eq!(f.clean(LOCAL).await, (None, CredentialSource::None));
+    }
+
+    /// What the CLI (28.3+, `parseEnvConfig`) refuses in DOCKER_AUTH_CONFIG:
+    /// then the whole variable is ignored (with a warning) and the config
+    /// file answers.
+    #[tokio::test]
+    async fn a_docker_auth_config_the_cli_refuses_is_ignored_for_the_file() {
+        let good = basic("env-user", PASSWORD);
+        #[rustfmt::skip]
+        let cases = [
+            (format!(r#"{{"auths": {{"{LOCAL}": {{"auth": "{good}"}}}}, "credsStore": "x"}}"#), "not what is expected"),
+            (format!(r#"{{"auths": {{"{LOCAL}": {{"auth": "{good}", "username": "u"}}}}}}"#), "not what is expected"),
+            (format!(r#"{{"auths": {{"{LOCAL}": {{"username": "u", "password": "p"}}}}}}"#), "not what is expected"),
+            (format!(r#"{{"auths": {{"{LOCAL}": {{}}}}}}"#), "no \"auth\" value"),
+            (format!(r#"{{"auths": {{"{LOCAL}": {{"auth": "%%%"}}}}}}"#), "not valid base64"),
+            ("not json".to_string(), "syntax error"),
+            (r#"{"auths": {}} {"auths": {}}"#.to_string(), "syntax error"),
+        ];
+        for (value, expected) in cases {
+            let f = Fixture::new()
+                .config(&format!(
+                    r#"{{"auths": {{"{LOCAL}": {{"auth": "{}"}}}}}}"#,
+                    basic("file-user", "p")
+                ))
+                .env("DOCKER_AUTH_CONFIG", &value);
+            let r = f.resolve(LOCAL).await;
+            assert_eq!(
+                r.auth.as_ref().and_then(|a| a.username()),
+                Some("file-user"),
+                "{value}"
+            );
+            assert_eq!(
+                r.source,
+                CredentialSource::Auths(f.config_path()),
+                "{value}"
+            );
+            let problem = r.problem.expect("a warning").to_string();
+            assert!(problem.contains("DOCKER_AUTH_CONFIG"), "{problem}");
+            assert!(problem.contains(expected), "{value}: {problem}");
+            assert!(
+                !problem.contains(PASSWORD) && !problem.contains(&good),
+                "{problem}"
+            );
+        }
+    }
+
+    /// Every way a configured helper can fail, and what happens to the
+    /// pull. Expected values: `docker pull` (CLI 28.2, observed on this
+    /// machine against the test registry: each case pulls without
+    /// credentials) and the Go worker's `getRegistryAuth` (logs a warning
+    /// and pulls without auth). "credentials not found" and an empty answer
+    /// are the helper's normal "nothing stored" answers: no warning.
+    #[tokio::test]
+    async fn helper_failures_pull_anonymously_with_a_warning_like_docker_pull() {
+        struct Case {
+            name: &'static str,
+            /// Helper script body (`None`: no helper installed).
+            script: Option<&'static str>,
+            config: &'static str,
+            warning: Option<&'static str>,
+        }
+        #[rustfmt::skip]
+        let cases = [
+            Case { name: "missing", script: None, config: r#"{"credsStore": "oz"}"#,
+                   warning: Some("docker-credential-oz was not found on PATH") },
+            Case { name: "exits non-zero", script: Some("echo 'keychain is locked'; exit 3"),
+                   config: r#"{"credsStore": "oz"}"#, warning: Some("`docker-credential-oz get` failed") },
+            Case { name: "says not found", script: Some("echo 'credentials not found in native keychain'; exit 1"),
+                   config: r#"{"credsStore": "oz"}"#, warning: None },
+            Case { name: "says not found on stderr", script: Some("echo 'credentials not found in native keychain' >&2; exit 1"),
+                   config: r#"{"credHelpers": {"127.0.0.1:5000": "oz"}}"#, warning: None },
+            Case { name: "empty answer", script: Some(r#"printf '{"ServerURL":"x","Username":"","Secret":""}'"#),
+                   config: r#"{"credsStore": "oz"}"#, warning: None },
+            Case { name: "not JSON", script: Some("echo hello"),
+                   config: r#"{"credsStore": "oz"}"#, warning: Some("answered with invalid JSON") },
+            Case { name: "nothing at all", script: Some("exit 0"),
+                   config: r#"{"credsStore": "oz"}"#, warning: Some("answered with invalid JSON") },
+            Case { name: "killed", script: Some("kill -9 $$"),
+                   config: r#"{"credsStore": "oz"}"#, warning: Some("failed") },
+            Case { name: "path in the name", script: None, config: r#"{"credsStore": "../oz"}"#,
+                   warning: Some("not a valid helper name") },
+            Case { name: "not executable", script: None, config: r#"{"credsStore": "plain"}"#,
+                   warning: Some("docker-credential-plain was not found on PATH") },
+        ];
+        for case in cases {
+            let mut f = Fixture::new().config(case.config);
+            if let Some(body) = case.script {
+                f = f.helper("oz", body);
+            }
+            // A helper file without the execute bit is not a helper.
+            std::fs::write(
+                f.dir.path().join("bin/docker-credential-plain"),
+                "#!/bin/sh\n",
+            )
+            .unwrap();
+            let r = f.resolve(LOCAL).await;
+            assert!(r.auth.is_none(), "{}: pulls without credentials", case.name);
+            match (case.warning, &r.problem) {
+                (None, None) => {}
+                (Some(expected), Some(problem)) => {
+                    let text = problem.to_string();
+                    assert!(text.contains(expected), "{}: {text}", case.name);
+                    assert!(
+                        text.contains("oz") || text.contains("plain"),
+                        "{}: names the helper: {text}",
+                        case.name
+                    );
+                }
+                (expected, got) => {
+                    panic!("{}: expected warning {expected:?}, got {got:?}", case.name)
+                }
+            }
+        }
+    }
+
+    /// Config-file problems (CLI 28.2 `docker pull`: "WARNING: Error
+    /// parsing config file", then an anonymous pull; the Go worker: warns,
+    /// pulls without auth). An empty `credHelpers` entry is the CLI's "use
+    /// the file's auths", skipping `credsStore`.
+    #[tokio::test]
+    async fn config_file_problems_pull_anonymously_with_a_warning() {
+        let f = Fixture::new().config(r#"{"auths": {"#);
+        let text = f.problem(LOCAL).await.to_string();
+        assert!(
+            text.contains(&f.config_path().display().to_string()),
+            "{text}"
         );
+
+        let f = Fixture::new().config(&format!(r#"{{"auths": {{"{LOCAL}": {{"auth": "%%%"}}}}}}"#));
+        let text = f.problem(LOCAL).await.to_string();
+        assert!(text.contains("not valid base64"), "{text}");
+        // Other registries in the same file are unaffected.
+        let f = f.config(&format!(
+            r#"{{"auths": {{"{LOCAL}": {{"auth": "%%%"}}, "ok.example": {{"auth": "{}"}}}}}}"#,
+            basic("u", "p")
+        ));
+        assert_eq!(f.auth("ok.example").await.0.username(), Some("u"));
+
+        let f = Fixture::new().config(&format!(
+            r#"{{"credHelpers": {{"{LOCAL}": ""}}, "credsStore": "missing-store", "auths": {{"{LOCAL}": {{"auth": "{}"}}}}}}"#,
+            basic("from-auths", "p")
+        ));
+        let (auth, source) = f.auth(LOCAL).await;
+        assert_eq!(auth.username(), Some("from-auths"));
+        assert_eq!(source, CredentialSource::Auths(f.config_path()));
     }
 
     #[tokio::test]
@@ -1369,7 +1643,7 @@ printf '{{"ServerURL":"%s","Username":"user-%s","Secret":"secret-of-{name}"}}' "
     #[tokio::test]
     async fn malformed_config_is_an_error_naming_the_file_but_not_the_content() {
         let f = Fixture::new().config(r#"{"auths": "s3cr3t-value-in-wrong-place"}"#);
-        let err = f.resolve(LOCAL).await.unwrap_err();
+        let err = f.problem(LOCAL).await;
         assert!(
             matches!(err, CredentialError::InvalidConfig { .. }),
             "{err:?}"
@@ -1379,18 +1653,18 @@ printf '{{"ServerURL":"%s","Username":"user-%s","Secret":"secret-of-{name}"}}' "
             text.contains(&f.config_path().display().to_string()),
             "{text}"
         );
-        assert!(text.contains("wrong type at line 1"), "{text}");
+        assert!(text.contains("not what is expected at line 1"), "{text}");
         assert!(
             !text.contains("s3cr3t") && !format!("{err:?}").contains("s3cr3t"),
             "{text}"
         );
 
         let f = Fixture::new().config(r#"{"auths": {"#);
-        let text = f.resolve(LOCAL).await.unwrap_err().to_string();
+        let text = f.problem(LOCAL).await.to_string();
         assert!(text.contains("unexpected end of input"), "{text}");
 
         let f = Fixture::new().env("DOCKER_AUTH_CONFIG", r#"{"auths": ["s3cr3t"]}"#);
-        let err = f.resolve(LOCAL).await.unwrap_err();
+        let err = f.problem(LOCAL).await;
         assert!(
             matches!(err, CredentialError::InvalidDockerAuthConfig(_)),
             "{err:?}"
@@ -1414,7 +1688,7 @@ printf '{{"ServerURL":"%s","Username":"user-%s","Secret":"secret-of-{name}"}}' "
             let f = Fixture::new().config(&format!(
                 r#"{{"auths": {{"{LOCAL}": {{"auth": "{value}"}}}}}}"#
             ));
-            let err = f.resolve(LOCAL).await.unwrap_err();
+            let err = f.problem(LOCAL).await;
             let (text, debug) = (err.to_string(), format!("{err:?}"));
             assert!(text.contains(expected), "{text}");
             assert!(
@@ -1439,7 +1713,7 @@ printf '{{"ServerURL":"%s","Username":"user-%s","Secret":"secret-of-{name}"}}' "
         let f = Fixture::new().config(&format!(
             r#"{{"auths": {{"{LOCAL}": {{"auth": "{encoded}", "identitytoken": "tok-s3cr3t"}}}}}}"#
         ));
-        let resolved = f.resolve(LOCAL).await.unwrap();
+        let resolved = f.clean(LOCAL).await;
         let debug = format!("{resolved:?} {:?}", f.resolver());
         assert!(debug.contains("alice") && debug.contains(LOCAL), "{debug}");
         for secret in [PASSWORD, "tok-s3cr3t", encoded.as_str()] {
@@ -1462,7 +1736,7 @@ printf '{{"ServerURL":"%s","Username":"user-%s","Secret":"secret-of-{name}"}}' "
                 r#"printf '{"ServerURL":"x","Username":"u","Secret":"helper-s3cr3t"}'; exit 1"#,
             )
             .config(r#"{"credsStore": "leaky"}"#);
-        let err = f.resolve(LOCAL).await.unwrap_err();
+        let err = f.problem(LOCAL).await;
         let shown = format!("{err} {err:?}");
         assert!(!shown.contains("helper-s3cr3t"), "{shown}");
         assert!(shown.contains("withheld"), "{shown}");
@@ -1541,5 +1815,43 @@ printf '{{"ServerURL":"%s","Username":"user-%s","Secret":"secret-of-{name}"}}' "
         let env: HashMap<String, String> = HashMap::new();
         let future = resolve(LOCAL, &|k| env.get(k).cloned());
         assert_send_static(&future);
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn parsers_never_panic(text in ".{0,120}") {
+                let _ = decode_auth(&text);
+                let _ = convert_to_hostname(&text);
+                let _ = normalise_registry_key(&text);
+                let _ = parse_docker_auth_config(&text);
+                let _ = quote_helper_output(&text);
+                let _ = serde_json::from_str::<HelperAnswer>(&text);
+            }
+
+            /// `auth` values round-trip: base64 of `user:password` decodes
+            /// to the same pair (padding or not).
+            #[test]
+            fn auth_values_round_trip(user in "[^:\0]{1,20}", password in "[^\0]{0,30}", pad in any::<bool>()) {
+                let mut encoded = STANDARD.encode(format!("{user}:{password}"));
+                if !pad {
+                    encoded = encoded.trim_end_matches('=').to_owned();
+                }
+                prop_assert_eq!(decode_auth(&encoded), Ok((user, password)));
+            }
+
+            /// The header always decodes to the credentials it was made from.
+            #[test]
+            fn headers_round_trip(user in ".{1,20}", password in ".{0,30}", server in "[a-z0-9.:]{1,20}") {
+                let auth = RegistryAuth::with_password(&server, &user, &password);
+                let header = decode_header(&auth.header_value());
+                prop_assert_eq!(&header["username"], &serde_json::json!(user));
+                prop_assert_eq!(&header["password"], &serde_json::json!(password));
+                prop_assert_eq!(&header["serveraddress"], &serde_json::json!(server));
+            }
+        }
     }
 }

@@ -65,7 +65,7 @@ impl ImageRef {
     /// Parses and normalises `input`, e.g. `ubuntu` →
     /// `docker.io/library/ubuntu` (tag left unset; see [`ImageRef::canonical`]).
     pub fn parse(input: &str) -> Result<ImageRef, InvalidReference> {
-        parse(input).map_err(|problem| InvalidReference {
+        parse(input, true).map_err(|problem| InvalidReference {
             reference: input.to_owned(),
             problem,
         })
@@ -172,9 +172,10 @@ pub enum ReferenceProblem {
     /// 64 hex digits alone: an image ID, which a pull cannot use.
     ImageId,
     /// The repository path has uppercase letters; `suggestion` is the
-    /// reference with the path lowercased.
+    /// reference lowercased where it must be, when that is a valid
+    /// reference (`Holdout/Task:1` → `holdout/task:1`).
     Uppercase {
-        suggestion: String,
+        suggestion: Option<String>,
     },
     /// Nothing before the `:tag` or `@digest`.
     MissingName,
@@ -205,9 +206,15 @@ impl fmt::Display for InvalidReference {
                 "64 hex digits are an image ID, not a repository name; \
                  name the image instead, e.g. \"ubuntu@sha256:<digest>\"",
             ),
-            ReferenceProblem::Uppercase { suggestion } => write!(
+            ReferenceProblem::Uppercase {
+                suggestion: Some(suggestion),
+            } => write!(
                 f,
                 "repository name must be lowercase (did you mean {suggestion:?}?)"
+            ),
+            ReferenceProblem::Uppercase { suggestion: None } => f.write_str(
+                "repository name must be lowercase letters, digits and separators \
+                 (\".\", \"_\", \"__\", \"-\")",
             ),
             ReferenceProblem::MissingName => f.write_str(
                 "the repository name is missing; write it before the tag or digest, \
@@ -265,7 +272,9 @@ impl fmt::Display for InvalidReference {
 
 impl std::error::Error for InvalidReference {}
 
-fn parse(input: &str) -> Result<ImageRef, ReferenceProblem> {
+/// `suggest`: compute a lowercase suggestion for an uppercase path (off
+/// when checking a suggestion, so the check cannot recurse).
+fn parse(input: &str, suggest: bool) -> Result<ImageRef, ReferenceProblem> {
     if input.is_empty() {
         return Err(ReferenceProblem::Empty);
     }
@@ -299,12 +308,10 @@ fn parse(input: &str) -> Result<ImageRef, ReferenceProblem> {
 
     let (registry, written_registry, path) = split_registry(name);
     if path.chars().any(|c| c.is_uppercase()) {
-        let written_prefix = written_registry
-            .map(|r| format!("{r}/"))
-            .unwrap_or_default();
-        let suffix = &input[name.len()..];
         return Err(ReferenceProblem::Uppercase {
-            suggestion: format!("{written_prefix}{}{suffix}", path.to_lowercase()),
+            suggestion: suggest
+                .then(|| lowercase_suggestion(input, name, written_registry, path))
+                .flatten(),
         });
     }
 
@@ -345,15 +352,40 @@ fn parse(input: &str) -> Result<ImageRef, ReferenceProblem> {
     })
 }
 
+/// The reference with its repository path lowercased, if that is a valid
+/// reference. A first component taken for a registry only because it has
+/// an uppercase letter (no `.` or `:`, not `localhost`: `Holdout/Task`) was
+/// meant as a namespace, so it is lowercased too; a real host is kept as
+/// written (host names are case-insensitive).
+fn lowercase_suggestion(
+    input: &str,
+    name: &str,
+    written_registry: Option<&str>,
+    path: &str,
+) -> Option<String> {
+    let prefix = match written_registry {
+        Some(r) if is_host_by_form(r) => format!("{r}/"),
+        Some(r) => format!("{}/", r.to_lowercase()),
+        None => String::new(),
+    };
+    let suffix = &input[name.len()..];
+    let candidate = format!("{prefix}{}{suffix}", path.to_lowercase());
+    parse(&candidate, false).is_ok().then_some(candidate)
+}
+
+/// A first component that names a host by its form: `localhost`, or
+/// containing `.` or `:` (upstream's rule, less its uppercase clause).
+fn is_host_by_form(first: &str) -> bool {
+    first == "localhost" || first.contains(['.', ':'])
+}
+
 /// Splits a name (without tag or digest) into the normalised registry, the
 /// registry as written (when one was written), and the path.
 fn split_registry(name: &str) -> (String, Option<&str>, &str) {
     let Some((first, rest)) = name.split_once('/') else {
         return (DOCKER_HUB_REGISTRY.to_owned(), None, name);
     };
-    let is_host = first == "localhost"
-        || first.contains(['.', ':'])
-        || first.chars().any(|c| c.is_ascii_uppercase());
+    let is_host = is_host_by_form(first) || first.chars().any(|c| c.is_ascii_uppercase());
     if !is_host {
         return (DOCKER_HUB_REGISTRY.to_owned(), None, name);
     }
@@ -637,11 +669,24 @@ mod tests {
             (HEX64, ImageId),
             (":justtag", MissingName),
             (&only_digest, MissingName),
-            ("Ubuntu:22.04", Uppercase { suggestion: "ubuntu:22.04".into() }),
-            ("Uppercase", Uppercase { suggestion: "uppercase".into() }),
-            ("docker/Docker", Uppercase { suggestion: "docker/docker".into() }),
-            ("docker.io/docker/Docker", Uppercase { suggestion: "docker.io/docker/docker".into() }),
-            ("test:5000/Uppercase/lowercase:tag", Uppercase { suggestion: "test:5000/uppercase/lowercase:tag".into() }),
+            ("Ubuntu:22.04", Uppercase { suggestion: Some("ubuntu:22.04".into()) }),
+            ("Uppercase", Uppercase { suggestion: Some("uppercase".into()) }),
+            ("docker/Docker", Uppercase { suggestion: Some("docker/docker".into()) }),
+            ("docker.io/docker/Docker", Uppercase { suggestion: Some("docker.io/docker/docker".into()) }),
+            ("test:5000/Uppercase/lowercase:tag", Uppercase { suggestion: Some("test:5000/uppercase/lowercase:tag".into()) }),
+            // An uppercase first component is a namespace the user wrote in
+            // the wrong case, not a registry: it is lowercased too.
+            ("Holdout/Task:1", Uppercase { suggestion: Some("holdout/task:1".into()) }),
+            ("Team/Sub/App", Uppercase { suggestion: Some("team/sub/app".into()) }),
+            ("LOCALHOST/App", Uppercase { suggestion: Some("localhost/app".into()) }),
+            // A real host keeps its case (host names are case-insensitive).
+            ("Registry.Example.com/App:1", Uppercase { suggestion: Some("Registry.Example.com/app:1".into()) }),
+            // No suggestion when lowercasing does not make it valid.
+            ("Ubuntu@sha256:FFFF", Uppercase { suggestion: None }),
+            ("My_App!", Uppercase { suggestion: None }),
+            ("\u{c9}cole", Uppercase { suggestion: None }),
+            // An uppercase letter without a lowercase form (U+03D2).
+            ("a\u{3d2}", Uppercase { suggestion: None }),
             ("https://github.com/docker/docker", InvalidRegistry("https:".into())),
             ("-docker.io/docker/docker", InvalidRegistry("-docker.io".into())),
             ("foo_bar.com/x", InvalidRegistry("foo_bar.com".into())),
@@ -813,5 +858,41 @@ mod tests {
         let r: ImageRef = "alpine:3".parse().unwrap();
         assert_eq!(r, ok("alpine:3"));
         assert!("UPPER".parse::<ImageRef>().is_err());
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Reference-shaped text: optional registry, path components with
+        /// separators, optional tag and digest, mixed case.
+        fn reference_like() -> impl Strategy<Value = String> {
+            "([A-Za-z0-9.-]{1,12}(:[0-9]{1,5})?/)?[A-Za-z0-9]{1,8}([._-]{1,2}[A-Za-z0-9]{1,8}){0,2}(/[A-Za-z0-9._-]{1,8}){0,2}(:[A-Za-z0-9_.-]{1,10})?(@sha256:[0-9a-fA-F]{64})?"
+        }
+
+        proptest! {
+            #[test]
+            fn never_panics(input in ".{0,80}") {
+                let _ = ImageRef::parse(&input);
+            }
+
+            /// A suggestion, when there is one, is itself a valid reference.
+            #[test]
+            fn suggestions_are_valid_references(input in reference_like()) {
+                if let Err(InvalidReference { problem: ReferenceProblem::Uppercase { suggestion: Some(s) }, .. }) = ImageRef::parse(&input) {
+                    prop_assert!(ImageRef::parse(&s).is_ok(), "{input:?} suggests invalid {s:?}");
+                }
+            }
+
+            /// The canonical and familiar forms parse back to the same image.
+            #[test]
+            fn canonical_and_familiar_forms_round_trip(input in reference_like()) {
+                if let Ok(r) = ImageRef::parse(&input) {
+                    let again = ImageRef::parse(&r.canonical()).unwrap();
+                    prop_assert_eq!(again.canonical(), r.canonical());
+                    prop_assert_eq!(ImageRef::parse(&r.familiar()).unwrap(), r.clone());
+                }
+            }
+        }
     }
 }

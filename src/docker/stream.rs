@@ -306,4 +306,104 @@ mod tests {
                 .await;
         assert_eq!(items.len(), 2);
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn run<T>(future: impl std::future::Future<Output = T>) -> T {
+            tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap()
+                .block_on(future)
+        }
+
+        /// `bytes` delivered in pieces cut at `cuts` (positions, any order).
+        fn pieces(bytes: Vec<u8>, mut cuts: Vec<usize>) -> ByteStream {
+            cuts.retain(|c| *c < bytes.len());
+            cuts.sort_unstable();
+            cuts.dedup();
+            let mut out = Vec::new();
+            let mut start = 0;
+            for cut in cuts.into_iter().chain([bytes.len()]) {
+                out.push(Ok(Bytes::copy_from_slice(&bytes[start..cut])));
+                start = cut;
+            }
+            futures_util::stream::iter(out).boxed()
+        }
+
+        proptest! {
+            /// Any bytes, cut anywhere: the demultiplexer ends without
+            /// panicking, and stops at the first error.
+            #[test]
+            fn demultiplexing_arbitrary_bytes_never_panics(
+                bytes in proptest::collection::vec(any::<u8>(), 0..300),
+                cuts in proptest::collection::vec(0usize..300, 0..8),
+            ) {
+                let items: Vec<_> = run(demultiplex("p", pieces(bytes, cuts)).collect());
+                if let Some(i) = items.iter().position(|r| r.is_err()) {
+                    prop_assert_eq!(i, items.len() - 1);
+                }
+            }
+
+            /// Frames written and read back: each stream's bytes, in order,
+            /// however the body is cut.
+            #[test]
+            fn frames_round_trip(
+                frames in proptest::collection::vec((1u8..=2, proptest::collection::vec(any::<u8>(), 0..40)), 0..6),
+                cuts in proptest::collection::vec(0usize..400, 0..10),
+            ) {
+                let mut body = Vec::new();
+                let (mut want_out, mut want_err) = (Vec::<u8>::new(), Vec::<u8>::new());
+                for (stream, payload) in &frames {
+                    body.extend(frame(*stream, payload));
+                    if *stream == 1 { want_out.extend(payload) } else { want_err.extend(payload) }
+                }
+                let items: Vec<_> = run(demultiplex("p", pieces(body, cuts)).collect());
+                let (mut out, mut err) = (Vec::<u8>::new(), Vec::<u8>::new());
+                for item in items {
+                    let chunk = item.unwrap();
+                    match chunk.source {
+                        LogSource::Stdout => out.extend_from_slice(&chunk.data),
+                        LogSource::Stderr => err.extend_from_slice(&chunk.data),
+                        other => prop_assert!(false, "{other:?}"),
+                    }
+                }
+                prop_assert_eq!(out, want_out);
+                prop_assert_eq!(err, want_err);
+            }
+
+            /// Any bytes as JSON lines: no panic, nothing after an error.
+            #[test]
+            fn json_lines_of_arbitrary_bytes_never_panic(
+                bytes in proptest::collection::vec(any::<u8>(), 0..300),
+                cuts in proptest::collection::vec(0usize..300, 0..8),
+            ) {
+                let items: Vec<Result<serde_json::Value, _>> = run(json_lines("p", pieces(bytes, cuts)).collect());
+                if let Some(i) = items.iter().position(|r| r.is_err()) {
+                    prop_assert_eq!(i, items.len() - 1);
+                }
+            }
+
+            /// Progress objects written one per line come back as written,
+            /// however the body is cut.
+            #[test]
+            fn json_lines_round_trip(
+                statuses in proptest::collection::vec(".{0,20}", 0..6),
+                cuts in proptest::collection::vec(0usize..400, 0..10),
+            ) {
+                let mut body = Vec::new();
+                for s in &statuses {
+                    body.extend(serde_json::to_vec(&serde_json::json!({"status": s})).unwrap());
+                    body.push(b'\n');
+                }
+                let items: Vec<Result<serde_json::Value, _>> = run(json_lines("p", pieces(body, cuts)).collect());
+                let got: Vec<String> = items
+                    .into_iter()
+                    .map(|r| r.unwrap()["status"].as_str().unwrap().to_owned())
+                    .collect();
+                prop_assert_eq!(got, statuses);
+            }
+        }
+    }
 }

@@ -111,7 +111,12 @@ async fn pump(
             if tracing::enabled!(target: TASK_OUTPUT, tracing::Level::DEBUG) {
                 for &b in data {
                     if b == b'\n' {
-                        tracing::debug!(target: TASK_OUTPUT, task_id, "task output: {}", String::from_utf8_lossy(&line));
+                        tracing::debug!(
+                            target: TASK_OUTPUT,
+                            task_id,
+                            "task output: {}",
+                            crate::text::escape_control(&String::from_utf8_lossy(&line))
+                        );
                         line.clear();
                     } else if line.len() < 4096 {
                         line.push(b);

@@ -171,4 +171,29 @@ mod tests {
         assert_eq!(ctx.ca, Some(tls.join("ca.pem")));
         assert_eq!(ctx.cert, None);
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(64))]
+            /// Whatever a context's meta.json holds, loading it answers
+            /// (a context or an error) without panicking.
+            #[test]
+            fn any_meta_json_loads_or_errors(
+                meta in prop_oneof![
+                    ".{0,80}",
+                    "\\{\"Name\":\"[a-z]{0,5}\",\"Endpoints\":\\{\"docker\":\\{\"Host\":(\"[ -~]{0,20}\"|[0-9]{1,3}|null),\"SkipTLSVerify\":(true|false|1|\"x\")\\}\\}\\}",
+                ],
+                name in "[a-z-]{1,12}",
+            ) {
+                let dir = tempfile::tempdir().unwrap();
+                let meta_dir = dir.path().join("meta").join(ContextStore::dir_name(&name));
+                std::fs::create_dir_all(&meta_dir).unwrap();
+                std::fs::write(meta_dir.join("meta.json"), meta).unwrap();
+                let _ = ContextStore::new(dir.path()).load(&name);
+            }
+        }
+    }
 }

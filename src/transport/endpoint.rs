@@ -176,6 +176,76 @@ pub struct TlsSettings {
     /// Where the files were looked for (`DOCKER_CERT_PATH` or the context's
     /// TLS directory); named in errors about missing files.
     pub dir: PathBuf,
+    /// Which setting chose `dir`, so errors tell the operator what to change.
+    pub origin: TlsOrigin,
+}
+
+/// Which setting the TLS files come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsOrigin {
+    /// `DOCKER_CERT_PATH`; when unset, the Docker config directory is used.
+    CertPath { set: bool },
+    /// The named context's TLS material in the context store (written by
+    /// `docker context create NAME --docker "host=…,ca=…,cert=…,key=…"`).
+    Context { name: String },
+}
+
+impl TlsSettings {
+    /// Where the TLS files are, as an operator would fix them:
+    /// `DOCKER_CERT_PATH (now /etc/docker-certs)`, `DOCKER_CERT_PATH (unset,
+    /// so /root/.docker)`, or `the TLS files of context "remote"
+    /// (/root/.docker/contexts/tls/<id>/docker)`.
+    pub fn location(&self) -> String {
+        let dir = self.dir.display();
+        match &self.origin {
+            TlsOrigin::CertPath { set: true } => format!("DOCKER_CERT_PATH (now {dir})"),
+            TlsOrigin::CertPath { set: false } => format!("DOCKER_CERT_PATH (unset, so {dir})"),
+            TlsOrigin::Context { name } => format!("the TLS files of context {name:?} ({dir})"),
+        }
+    }
+
+    /// How to replace the files: set `DOCKER_CERT_PATH`, or recreate the
+    /// context with the right ones (the CLI copies them into its store).
+    pub fn fix_files(&self, what: &str) -> String {
+        match &self.origin {
+            TlsOrigin::CertPath { .. } => format!(
+                "Put {what} in the directory DOCKER_CERT_PATH names (now {}), or point DOCKER_CERT_PATH at one that has them.",
+                self.dir.display()
+            ),
+            TlsOrigin::Context { name } => format!(
+                "Recreate context {name:?} with {what}: `docker context rm {name}`, then \
+                 `docker context create {name} --docker \"host=tcp://HOST:2376,ca=ca.pem,cert=cert.pem,key=key.pem\"` \
+                 (the CLI copies them to the context's TLS files, {}).",
+                self.dir.display()
+            ),
+        }
+    }
+}
+
+impl Endpoint {
+    /// The setting that names the daemon's host: `DOCKER_HOST`, or the
+    /// context's host (for messages about a wrong host name).
+    pub fn host_setting(&self) -> String {
+        match &self.source {
+            EndpointSource::Context { name, .. } if name != "default" => format!(
+                "the host of context {name:?} (`docker context update {name} --docker host=...`)"
+            ),
+            _ => "DOCKER_HOST".to_string(),
+        }
+    }
+
+    /// How to turn TLS on for this endpoint when the daemon wants it.
+    pub fn enable_tls_hint(&self) -> String {
+        match &self.source {
+            EndpointSource::Context { name, .. } if name != "default" => format!(
+                "Context {name:?} has no TLS files: recreate it with them, e.g. `docker context create \
+                 {name} --docker \"host=tcp://HOST:2376,ca=ca.pem,cert=cert.pem,key=key.pem\"`"
+            ),
+            _ => "Set DOCKER_TLS_VERIFY=1 and DOCKER_CERT_PATH to the directory with ca.pem, \
+                  cert.pem and key.pem (or use a context with TLS)"
+                .to_string(),
+        }
+    }
 }
 
 /// How a context was selected.
@@ -319,6 +389,7 @@ pub fn resolve_endpoint(env: &EnvSnapshot) -> Result<Endpoint, DockerError> {
                 key: context.key,
                 verify: !context.skip_tls_verify,
                 dir: context.tls_dir,
+                origin: TlsOrigin::Context { name: name.clone() },
             })
         }
         _ => None,
@@ -388,8 +459,11 @@ fn env_tls(env: &EnvSnapshot, host: &Host) -> Option<TlsSettings> {
     if !verify && env.non_empty("DOCKER_TLS").is_none() {
         return None;
     }
-    let dir = env
-        .non_empty("DOCKER_CERT_PATH")
+    let cert_path = env.non_empty("DOCKER_CERT_PATH");
+    let origin = TlsOrigin::CertPath {
+        set: cert_path.is_some(),
+    };
+    let dir = cert_path
         .map(PathBuf::from)
         .unwrap_or_else(|| env.config_dir());
     let existing = |name: &str| Some(dir.join(name)).filter(|p| p.exists());
@@ -399,6 +473,7 @@ fn env_tls(env: &EnvSnapshot, host: &Host) -> Option<TlsSettings> {
         key: existing("key.pem"),
         verify,
         dir,
+        origin,
     })
 }
 
@@ -641,5 +716,52 @@ mod tests {
             "{err}"
         );
         assert!(!err.contains("c2VjcmV0"));
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn host_strings_never_panic(raw in ".{0,60}") {
+                let _ = parse_host(&raw);
+                let _ = split_host_port(&raw);
+                let _ = redact_userinfo(&raw);
+                let _ = has_explicit_port(&raw);
+            }
+
+            /// A parsed host, written back as a URL, parses to the same host.
+            #[test]
+            fn hosts_round_trip_through_their_url(
+                raw in prop_oneof![
+                    "unix:///[a-z0-9/._-]{1,30}",
+                    "tcp://[a-z0-9.-]{1,20}(:[0-9]{1,5})?",
+                    "tcp://\\[[0-9a-f:]{2,20}\\](:[0-9]{1,5})?",
+                    "ssh://([a-z]{1,8}@)?[a-z0-9.-]{1,20}(:[0-9]{1,5})?",
+                ],
+            ) {
+                if let Ok(host) = parse_host(&raw) {
+                    prop_assert_eq!(parse_host(&host.to_string()).unwrap(), host);
+                }
+            }
+
+            /// A password in DOCKER_HOST never survives redaction.
+            #[test]
+            fn redaction_removes_the_password(
+                scheme in "(tcp|ssh|https)",
+                user in "[a-z]{1,8}",
+                password in "PW[A-Z]{6}",
+                host in "[a-z0-9.]{1,15}",
+                tail in "(:[0-9]{1,5})?(/[a-z]{0,5})?",
+            ) {
+                let raw = format!("{scheme}://{user}:{password}@{host}{tail}");
+                let redacted = redact_userinfo(&raw);
+                prop_assert!(!redacted.contains(&password), "{}", redacted);
+                if let Err(e) = parse_host(&raw) {
+                    prop_assert!(!e.to_string().contains(&password), "{}", e);
+                }
+            }
+        }
     }
 }

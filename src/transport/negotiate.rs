@@ -208,4 +208,22 @@ mod tests {
         h.insert("Server", "Docker/20.10.24 (linux)".parse().unwrap());
         assert_eq!(PingInfo::from_headers(&h).engine_kind(), EngineKind::Docker);
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn version_strings_never_panic(raw in ".{0,20}") {
+                let _ = raw.parse::<ApiVersion>();
+            }
+
+            #[test]
+            fn versions_round_trip(major in any::<u16>(), minor in any::<u16>()) {
+                let v = ApiVersion::new(major, minor);
+                prop_assert_eq!(v.to_string().parse::<ApiVersion>(), Ok(v));
+            }
+        }
+    }
 }

@@ -20,13 +20,17 @@ fn tls_error(message: String, hint: &str) -> DockerError {
     DockerError::new(ErrorKind::Tls, "load TLS files", message).with_hint(hint.to_string())
 }
 
-fn read_certs(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>, DockerError> {
+fn read_certs(
+    settings: &TlsSettings,
+    path: &Path,
+    what: &str,
+) -> Result<Vec<CertificateDer<'static>>, DockerError> {
     let certs = CertificateDer::pem_file_iter(path)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
         .map_err(|e| {
             tls_error(
                 format!("cannot read the {what} {}: {e}", path.display()),
-                "Check DOCKER_CERT_PATH (or the context's TLS files) and the file's permissions",
+                &format!("Check {} and the file's permissions", settings.location()),
             )
         })?;
     if certs.is_empty() {
@@ -49,7 +53,7 @@ pub fn client_config(settings: &TlsSettings) -> Result<Arc<ClientConfig>, Docker
         let mut roots = RootCertStore::empty();
         match &settings.ca {
             Some(ca) => {
-                for cert in read_certs(ca, "CA certificate")? {
+                for cert in read_certs(settings, ca, "CA certificate")? {
                     roots.add(cert).map_err(|e| {
                         tls_error(
                             format!("the CA certificate {} is not usable: {e}", ca.display()),
@@ -68,7 +72,7 @@ pub fn client_config(settings: &TlsSettings) -> Result<Arc<ClientConfig>, Docker
     };
     let mut config = match (&settings.cert, &settings.key) {
         (Some(cert), Some(key)) => {
-            let chain = read_certs(cert, "client certificate")?;
+            let chain = read_certs(settings, cert, "client certificate")?;
             let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| {
                 tls_error(
                     format!("cannot read the client key {}: {e}", key.display()),
@@ -175,6 +179,7 @@ mod tests {
             key: None,
             verify: true,
             dir: "/nonexistent".into(),
+            origin: crate::transport::endpoint::TlsOrigin::CertPath { set: true },
         };
         let err = client_config(&settings).unwrap_err().to_string();
         assert!(err.contains("/nonexistent/ca.pem"), "{err}");
@@ -188,6 +193,9 @@ mod tests {
             key: None,
             verify: false,
             dir: "/nonexistent".into(),
+            origin: crate::transport::endpoint::TlsOrigin::Context {
+                name: "remote".into(),
+            },
         };
         assert!(client_config(&settings).is_ok());
     }

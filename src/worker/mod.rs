@@ -58,15 +58,15 @@ pub async fn run_with(
         runtime.name(),
         config.max_concurrent_tasks,
     );
-    if let Some(addr) = config.metrics_listen {
-        match metrics::serve(addr, metrics.clone()).await {
-            Ok(bound) => tracing::info!("serving metrics at http://{bound}/metrics"),
-            Err(e) => {
-                eprintln!("error: cannot serve metrics on {addr}: {e}; choose another --metrics-listen address");
-                return ExitCode::FAILURE;
-            }
+    // The exporter the OpenTelemetry variables choose (the Go worker's
+    // autoexport), or Prometheus on --metrics-listen.
+    let exporter = match metrics::start_exporter(&metrics, config.metrics_listen).await {
+        Ok(running) => running,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
         }
-    }
+    };
     let health = Arc::new(health::Health::default());
     if let Some(addr) = config.health_listen {
         match health::serve(addr, health.clone(), runtime.clone()).await {
@@ -147,6 +147,8 @@ pub async fn run_with(
         &mut session_run
     );
     runtime.shutdown(Duration::from_secs(10)).await;
+    // A last push, so a collector sees the final state.
+    exporter.shutdown().await;
     if !delivery.is_empty() {
         tracing::warn!(
             "{} report(s) not yet confirmed by the orchestrator; they are kept under {} and delivered by the next start of this worker",

@@ -253,6 +253,7 @@ impl TaskManager {
                 this.finish(&task.task_id);
                 return;
             }
+            this.metrics.claimed();
             tracing::info!(
                 task_id = task.task_id,
                 execution_id = task.execution_id.as_deref().unwrap_or(""),
@@ -532,6 +533,7 @@ impl Inbound for Dispatch {
                 return;
             }
             if link.send(manager.claim_message(&task, &link)).await {
+                manager.metrics.claimed();
                 let msg = report(
                     &task,
                     RunOutcome::Failed(Failure::new(

@@ -83,7 +83,7 @@ impl Settings {
             .iter()
             .flatten()
             .chain(flags.volumes.iter())
-            .map(|s| VolumeSpec::parse(s))
+            .map(|s| VolumeSpec::parse(s).map_err(|e| e.to_string()))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Settings {
             cleanup,
@@ -115,7 +115,7 @@ mod tests {
         let s = Settings::resolve(&section, &flags, true, vec![]).unwrap();
         assert_eq!(s.pull_policy, PullPolicy::IfNotPresent);
         assert_eq!(s.stop_grace_period, Duration::from_secs(3));
-        let targets: Vec<&str> = s.volumes.iter().map(|v| v.container.as_str()).collect();
+        let targets: Vec<&str> = s.volumes.iter().map(|v| v.target.as_str()).collect();
         assert_eq!(targets, ["/a", "/b"]);
         let e = Settings::resolve(
             &DockerSection {

@@ -4,7 +4,7 @@
 
 use super::failure::Fail;
 use super::DockerRuntime;
-use crate::docker::credentials::{self, CredentialSource};
+use crate::docker::credentials;
 use crate::docker::models::ImageInspect;
 use crate::docker::reference::ImageRef;
 use crate::protocol::FailureReason;
@@ -77,18 +77,22 @@ async fn inspect(rt: &DockerRuntime, image: &str) -> Result<Option<ImageInspect>
 async fn pull(rt: &DockerRuntime, image: &str, parsed: &ImageRef) -> Result<(), Fail> {
     let key = parsed.registry_auth_key();
     let lookup = |name: &str| std::env::var(name).ok();
-    let (auth, source) = credentials::resolve(&key, &lookup).await.map_err(|e| {
-        Fail::new(
-            FailureReason::ImagePull,
-            format!("cannot pull {image}: {e}"),
-        )
-    })?;
+    let resolved = credentials::resolve(&key, &lookup).await;
+    if let Some(problem) = &resolved.problem {
+        // As `docker pull` and the Go worker: warn, pull without credentials.
+        tracing::warn!(
+            image,
+            "{problem}; pulling without credentials, as docker pull does"
+        );
+    }
+    let auth = resolved.auth.as_ref();
+    let source = resolved.describe();
     let pull = parsed.name_for_pull();
     let params = crate::docker::params::ImageCreateParams {
         from_image: Some(pull.from_image),
         tag: Some(pull.tag),
         platform: Some(rt.platform()),
-        x_registry_auth: auth.as_ref().map(|a| a.header_value()),
+        x_registry_auth: auth.map(|a| a.header_value()),
         ..Default::default()
     };
     tracing::info!(image, credentials = %source, "pulling image for {}", rt.platform());
@@ -106,7 +110,7 @@ async fn pull(rt: &DockerRuntime, image: &str, parsed: &ImageRef) -> Result<(), 
         Ok::<(), crate::docker::DockerError>(())
     }
     .await;
-    result.map_err(|e| classify_pull_error(image, parsed, &source, e.message()))
+    result.map_err(|e| classify_pull_error(image, parsed, &source, auth.is_some(), e.message()))
 }
 
 /// Turns the daemon's words into what went wrong and what to do, never
@@ -114,7 +118,8 @@ async fn pull(rt: &DockerRuntime, image: &str, parsed: &ImageRef) -> Result<(), 
 fn classify_pull_error(
     image: &str,
     parsed: &ImageRef,
-    source: &CredentialSource,
+    source: &str,
+    sent_credentials: bool,
     daemon: &str,
 ) -> Fail {
     let lower = daemon.to_ascii_lowercase();
@@ -124,10 +129,18 @@ fn classify_pull_error(
         || lower.contains("authentication required")
         || lower.contains("denied") && !lower.contains("repository does not exist")
     {
-        format!(
-            "cannot pull {image}: registry {registry} refused the credentials (used: {source}). \
-             Check them with `docker login {registry}`. Daemon said: {daemon}"
-        )
+        if sent_credentials {
+            format!(
+                "cannot pull {image}: registry {registry} refused the credentials (used: {source}). \
+                 Check them with `docker login {registry}`. Daemon said: {daemon}"
+            )
+        } else {
+            format!(
+                "cannot pull {image}: registry {registry} wants credentials and none were sent \
+                 ({source}). Log in with `docker login {registry}` as the worker's user, or fix \
+                 the credential helper. Daemon said: {daemon}"
+            )
+        }
     } else if lower.contains("not found")
         || lower.contains("manifest unknown")
         || lower.contains("does not exist")

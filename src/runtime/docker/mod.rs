@@ -7,6 +7,7 @@ pub mod config;
 mod failure;
 pub mod identity;
 mod images;
+pub mod libc_check;
 mod orphans;
 mod outage;
 mod sidecar_name;

@@ -23,13 +23,6 @@ pub struct SidecarMount {
     pub read_only: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BindMount {
-    pub source: String,
-    pub target: String,
-    pub read_only: bool,
-}
-
 /// The task container, fully resolved.
 #[derive(Debug, Clone)]
 pub struct ContainerSpec {
@@ -42,7 +35,8 @@ pub struct ContainerSpec {
     /// argv of the agent process, `argv[0]` included.
     pub command: Vec<String>,
     pub working_dir: String,
-    pub binds: Vec<BindMount>,
+    /// The operator's `-v` binds as `HostConfig.Binds` entries, options kept.
+    pub binds: Vec<String>,
     pub limits: ResourceLimits,
 }
 
@@ -140,15 +134,7 @@ pub fn build(inv: &Invocation, settings: &Settings) -> Result<ContainerSpec, Fai
         env,
         command,
         working_dir: WORKING_DIR.into(),
-        binds: settings
-            .volumes
-            .iter()
-            .map(|v| BindMount {
-                source: v.host.clone(),
-                target: v.container.clone(),
-                read_only: v.read_only,
-            })
-            .collect(),
+        binds: settings.volumes.iter().map(|v| v.bind()).collect(),
         limits: inv.limits,
     })
 }

@@ -1,5 +1,5 @@
 //! The task container: create with the contract's settings, refuse musl
-//! images before the agent starts, run to the end (or stop it: SIGTERM, a
+//! images before the agent starts (see `libc_check`), run to the end (or stop it: SIGTERM, a
 //! grace period, SIGKILL), and classify how it ended.
 
 use super::failure::Fail;
@@ -48,7 +48,14 @@ pub async fn run(
         tracing::warn!(task_id = spec.task.task_id, "daemon warning on create: {w}");
     }
 
-    refuse_musl(rt, &id, image).await?;
+    super::libc_check::refuse_musl(
+        d,
+        &id,
+        spec.command.first().map(String::as_str),
+        &rt.arch,
+        &image.reference,
+    )
+    .await?;
     if stop.is_cancelled() {
         return Err(Fail::Stopped);
     }
@@ -132,7 +139,7 @@ pub async fn run(
         .lines()
         .rev()
         .find(|l| !l.trim().is_empty())
-        .map(|l| truncate(l.trim(), 300));
+        .map(|l| truncate(&crate::text::escape_control(l.trim()), 300));
     let detail = last
         .map(|l| format!("; last output: {l}"))
         .unwrap_or_default();
@@ -185,14 +192,7 @@ fn create_body(
             }),
         }
     }
-    binds.extend(spec.binds.iter().map(|b| {
-        format!(
-            "{}:{}:{}",
-            b.source,
-            b.target,
-            if b.read_only { "ro" } else { "rw" }
-        )
-    }));
+    binds.extend(spec.binds.iter().cloned());
     let (entrypoint, cmd) = match spec.command.split_first() {
         Some((first, rest)) => (Some(vec![first.clone()]), Some(rest.to_vec())),
         None => (None, None),
@@ -222,31 +222,6 @@ fn create_body(
             ..Default::default()
         }),
         ..Default::default()
-    }
-}
-
-/// The agent needs glibc; a musl image would fail in confusing ways later.
-async fn refuse_musl(rt: &DockerRuntime, id: &str, image: &ImageInfo) -> Result<(), Fail> {
-    let loader = match rt.arch.as_str() {
-        "arm64" => "/lib/ld-musl-aarch64.so.1",
-        _ => "/lib/ld-musl-x86_64.so.1",
-    };
-    let params = ContainerArchiveInfoParams {
-        path: loader.into(),
-    };
-    match rt.docker.container_archive_info(id, &params).await {
-        Ok(_) => Err(Fail::new(
-            FailureReason::InvalidImage,
-            format!(
-                "image {} is musl-based ({loader} is present); the agent needs a glibc-based image such as debian or ubuntu",
-                image.reference
-            ),
-        )),
-        Err(e) if e.status().map(|s| s.as_u16()) == Some(404) => Ok(()),
-        Err(e) => {
-            tracing::warn!("could not check {} for musl: {e}", image.reference);
-            Ok(())
-        }
     }
 }
 
@@ -355,9 +330,9 @@ async fn log_output(rt: &DockerRuntime, id: &str, task_id: &str, failed: bool) -
     let text = String::from_utf8_lossy(&out).into_owned();
     for line in text.lines() {
         if failed {
-            tracing::warn!(target: TASK_OUTPUT, task_id, "task output: {line}");
+            tracing::warn!(target: TASK_OUTPUT, task_id, "task output: {}", crate::text::escape_control(line));
         } else {
-            tracing::debug!(target: TASK_OUTPUT, task_id, "task output: {line}");
+            tracing::debug!(target: TASK_OUTPUT, task_id, "task output: {}", crate::text::escape_control(line));
         }
     }
     text
