@@ -20,25 +20,18 @@
 use crate::docker::error::{DockerError, ErrorKind};
 use crate::docker::request::{ApiRequest, CallKind, RequestBody};
 use crate::docker::stream::{self, ByteStream, JsonStream, LogStream};
-use crate::transport::connector::{ConnectError, Connector, Timeouts};
-use crate::transport::endpoint::{resolve_endpoint, Endpoint, EnvSnapshot, Host};
+use crate::transport::connector::Timeouts;
+use crate::transport::endpoint::{resolve_endpoint, Endpoint, EnvSnapshot};
+use crate::transport::http::{Body, HttpTransport};
 use crate::transport::negotiate::{self, ApiVersion, Engine, PingInfo, Platform};
-use crate::transport::ssh::{SshFailure, SshTarget};
-use crate::transport::tls;
-use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
-use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
-use std::future::Future;
 use std::sync::Arc;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::WebSocketStream;
-
-type Body = UnsyncBoxBody<Bytes, std::io::Error>;
 
 /// How to connect, beyond the endpoint itself.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -137,16 +130,8 @@ impl std::fmt::Debug for ExecStartOutcome {
     }
 }
 
-struct Transport {
-    client: Client<Connector, Body>,
-    /// `scheme://authority` every request URI starts with.
-    base: String,
-    endpoint: Endpoint,
-    timeouts: Timeouts,
-}
-
 struct Inner {
-    transport: Transport,
+    transport: HttpTransport,
     api_version: ApiVersion,
     /// `/v1.41`.
     prefix: String,
@@ -163,7 +148,10 @@ pub struct Docker {
 impl std::fmt::Debug for Docker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Docker")
-            .field("endpoint", &self.inner.transport.endpoint.host.to_string())
+            .field(
+                "endpoint",
+                &self.inner.transport.endpoint().host.to_string(),
+            )
             .field("api_version", &self.inner.api_version)
             .field("engine", &self.inner.engine.kind)
             .finish()
@@ -193,22 +181,22 @@ impl Docker {
         endpoint: Endpoint,
         options: ConnectOptions,
     ) -> Result<Docker, DockerError> {
-        let transport = Transport::new(endpoint, options.timeouts)?;
-        let ping = transport.ping().await?;
+        let transport = HttpTransport::new(endpoint, options.timeouts)?;
+        let ping = ping(&transport).await?;
         let api_version = negotiate::negotiate(ping.api_version, options.api_version)
-            .map_err(|e| e.with_endpoint(transport.endpoint.error_label()))?;
+            .map_err(|e| e.with_endpoint(transport.endpoint().error_label()))?;
         let prefix = format!("/v{api_version}");
-        let version: DaemonVersion = transport
-            .send_json(
-                ApiRequest::new(
-                    "SystemVersion",
-                    http::Method::GET,
-                    "/version".into(),
-                    CallKind::Ordinary,
-                ),
-                &prefix,
-            )
-            .await?;
+        let version: DaemonVersion = send_json(
+            &transport,
+            ApiRequest::new(
+                "SystemVersion",
+                http::Method::GET,
+                "/version".into(),
+                CallKind::Ordinary,
+            ),
+            &prefix,
+        )
+        .await?;
         let engine = Engine {
             kind: ping.engine_kind(),
             version: version.version.clone(),
@@ -242,7 +230,7 @@ impl Docker {
 
     /// The resolved endpoint and how it was chosen.
     pub fn endpoint(&self) -> &Endpoint {
-        &self.inner.transport.endpoint
+        self.inner.transport.endpoint()
     }
 
     /// The API version every request is prefixed with.
@@ -261,7 +249,7 @@ impl Docker {
     }
 
     pub fn timeouts(&self) -> Timeouts {
-        self.inner.transport.timeouts
+        self.inner.transport.timeouts()
     }
 
     /// `GET /_ping`: fails unless the daemon answers `OK`.
@@ -396,15 +384,12 @@ impl Docker {
     ) -> Result<http::Response<hyper::body::Incoming>, DockerError> {
         let t = &self.inner.transport;
         let (op, kind) = (req.operation, req.kind);
-        t.deadline(op, kind, t.send(req, &self.inner.prefix)).await
+        t.deadline(op, kind, send(t, req, &self.inner.prefix)).await
     }
 
     /// Decodes a JSON response body.
     pub async fn send_json<T: DeserializeOwned>(&self, req: ApiRequest) -> Result<T, DockerError> {
-        self.inner
-            .transport
-            .send_json(req, &self.inner.prefix)
-            .await
+        send_json(&self.inner.transport, req, &self.inner.prefix).await
     }
 
     /// For operations whose success response has no (useful) body.
@@ -412,7 +397,7 @@ impl Docker {
         let t = &self.inner.transport;
         let (op, kind) = (req.operation, req.kind);
         t.deadline(op, kind, async {
-            let resp = t.send(req, &self.inner.prefix).await?;
+            let resp = send(t, req, &self.inner.prefix).await?;
             t.collect(op, resp).await.map(drop)
         })
         .await
@@ -423,7 +408,7 @@ impl Docker {
         let t = &self.inner.transport;
         let (op, kind) = (req.operation, req.kind);
         t.deadline(op, kind, async {
-            let resp = t.send(req, &self.inner.prefix).await?;
+            let resp = send(t, req, &self.inner.prefix).await?;
             let body = t.collect(op, resp).await?;
             Ok(String::from_utf8_lossy(&body).into_owned())
         })
@@ -435,7 +420,7 @@ impl Docker {
         let t = &self.inner.transport;
         let (op, kind) = (req.operation, req.kind);
         t.deadline(op, kind, async {
-            let resp = t.send(req, &self.inner.prefix).await?;
+            let resp = send(t, req, &self.inner.prefix).await?;
             let headers = resp.headers().clone();
             t.collect(op, resp).await?;
             Ok(headers)
@@ -449,9 +434,9 @@ impl Docker {
         let t = &self.inner.transport;
         let (op, kind) = (req.operation, req.kind);
         let resp = t
-            .deadline(op, kind, t.send(req, &self.inner.prefix))
+            .deadline(op, kind, send(t, req, &self.inner.prefix))
             .await?;
-        let endpoint = t.endpoint.error_label();
+        let endpoint = t.endpoint().error_label();
         Ok(resp
             .into_body()
             .into_data_stream()
@@ -495,7 +480,7 @@ impl Docker {
         // The handshake is prompt (the daemon answers before any stream
         // data), so it gets the request timeout; the upgraded stream does not.
         let resp = t
-            .deadline(op, CallKind::Ordinary, t.send(req, &self.inner.prefix))
+            .deadline(op, CallKind::Ordinary, send(t, req, &self.inner.prefix))
             .await?;
         if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
             return Err(self.err(
@@ -525,7 +510,7 @@ impl Docker {
         // The handshake is prompt (the daemon answers before any stream
         // data), so it gets the request timeout; the upgraded stream does not.
         let resp = t
-            .deadline(op, CallKind::Ordinary, t.send(req, &self.inner.prefix))
+            .deadline(op, CallKind::Ordinary, send(t, req, &self.inner.prefix))
             .await?;
         match resp.status() {
             http::StatusCode::SWITCHING_PROTOCOLS => {
@@ -570,7 +555,7 @@ impl Docker {
         req.headers.push(("Sec-WebSocket-Version", "13".into()));
         req.headers.push(("Sec-WebSocket-Key", key));
         let resp = match t
-            .deadline(op, CallKind::Ordinary, t.send(req, &self.inner.prefix))
+            .deadline(op, CallKind::Ordinary, send(t, req, &self.inner.prefix))
             .await
         {
             Ok(resp) => resp,
@@ -638,487 +623,128 @@ impl Docker {
     }
 }
 
-impl Transport {
-    fn new(endpoint: Endpoint, timeouts: Timeouts) -> Result<Transport, DockerError> {
-        let label = endpoint.error_label();
-        let (base, tls) = match (&endpoint.host, &endpoint.tls) {
-            (Host::Unix(path), _) => {
-                let uri: hyper::Uri = hyperlocal::Uri::new(path, "/").into();
-                let authority = uri.authority().map(|a| a.as_str()).unwrap_or_default();
-                (format!("unix://{authority}"), None)
-            }
-            (Host::Tcp { host, port }, tls_settings) => {
-                let host = if host.contains(':') {
-                    format!("[{host}]")
-                } else {
-                    host.clone()
-                };
-                match tls_settings {
-                    Some(settings) => (
-                        format!("https://{host}:{port}"),
-                        Some(
-                            tls::client_config(settings)
-                                .map_err(|e| e.with_endpoint(label.clone()))?,
-                        ),
-                    ),
-                    None => (format!("http://{host}:{port}"), None),
-                }
-            }
-            // The connector holds the target; the URI's host is a placeholder
-            // (it becomes the `Host` header the daemon ignores).
-            (Host::Ssh { .. }, _) => ("ssh://docker".to_string(), None),
-        };
-        let mut connector = Connector::new(tls, timeouts.connect);
-        if let Host::Ssh { user, host, port } = &endpoint.host {
-            connector = connector.with_ssh(SshTarget {
-                user: user.clone(),
-                host: host.clone(),
-                port: *port,
-            });
-        }
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(std::time::Duration::from_secs(30))
-            .build(connector);
-        Ok(Transport {
-            client,
-            base,
-            endpoint,
-            timeouts,
-        })
+/// What the generated bindings' requests become on the wire: the version
+/// prefix, the query (Go-compatible encoding), headers and body.
+fn build(
+    t: &HttpTransport,
+    req: ApiRequest,
+    prefix: &str,
+) -> Result<http::Request<Body>, DockerError> {
+    let op = req.operation;
+    let mut uri = String::with_capacity(t.base().len() + prefix.len() + req.path.len() + 32);
+    uri.push_str(t.base());
+    uri.push_str(prefix);
+    uri.push_str(&req.path);
+    for (i, (k, v)) in req.query.iter().enumerate() {
+        uri.push(if i == 0 { '?' } else { '&' });
+        uri.push_str(&encode_query(k));
+        uri.push('=');
+        uri.push_str(&encode_query(v));
     }
-
-    /// `/_ping` without a version prefix: HEAD first, GET when HEAD fails
-    /// with a status (older daemons, proxies).
-    async fn ping(&self) -> Result<PingInfo, DockerError> {
-        let head = ApiRequest::new(
-            "SystemPing",
-            http::Method::HEAD,
-            "/_ping".into(),
-            CallKind::Ordinary,
-        );
-        let head_result = self
-            .deadline("SystemPing", CallKind::Ordinary, self.send(head, ""))
-            .await;
-        match head_result {
-            Ok(resp) => return Ok(PingInfo::from_headers(resp.headers())),
-            Err(e) if e.status().is_none() => return Err(e),
-            Err(_) => {}
-        }
-        let get = ApiRequest::new(
-            "SystemPing",
-            http::Method::GET,
-            "/_ping".into(),
-            CallKind::Ordinary,
-        );
-        self.deadline("SystemPing", CallKind::Ordinary, async {
-            let resp = self.send(get, "").await?;
-            let info = PingInfo::from_headers(resp.headers());
-            self.collect("SystemPing", resp).await?;
-            Ok(info)
-        })
-        .await
-    }
-
-    async fn send_json<T: DeserializeOwned>(
-        &self,
-        req: ApiRequest,
-        prefix: &str,
-    ) -> Result<T, DockerError> {
-        let (op, kind) = (req.operation, req.kind);
-        self.deadline(op, kind, async {
-            let resp = self.send(req, prefix).await?;
-            let body = self.collect(op, resp).await?;
-            serde_json::from_slice(&body).map_err(|e| {
-                self.err(
-                    ErrorKind::Protocol,
-                    op,
-                    format!("the daemon's answer is not the expected JSON: {e}"),
-                )
-            })
-        })
-        .await
-    }
-
-    fn err(&self, kind: ErrorKind, op: &'static str, msg: impl Into<String>) -> DockerError {
-        DockerError::new(kind, op, msg).with_endpoint(self.endpoint.error_label())
-    }
-
-    /// Applies the request timeout to ordinary calls only.
-    async fn deadline<T>(
-        &self,
-        op: &'static str,
-        kind: CallKind,
-        fut: impl Future<Output = Result<T, DockerError>>,
-    ) -> Result<T, DockerError> {
-        match kind {
-            CallKind::Streaming => fut.await,
-            CallKind::Ordinary => match tokio::time::timeout(self.timeouts.request, fut).await {
-                Ok(r) => r,
-                Err(_) => Err(DockerError::timeout(op, self.timeouts.request)
-                    .with_endpoint(self.endpoint.error_label())),
-            },
-        }
-    }
-
-    fn build(&self, req: ApiRequest, prefix: &str) -> Result<http::Request<Body>, DockerError> {
-        let op = req.operation;
-        let mut uri = String::with_capacity(self.base.len() + prefix.len() + req.path.len() + 32);
-        uri.push_str(&self.base);
-        uri.push_str(prefix);
-        uri.push_str(&req.path);
-        for (i, (k, v)) in req.query.iter().enumerate() {
-            uri.push(if i == 0 { '?' } else { '&' });
-            uri.push_str(&encode_query(k));
-            uri.push('=');
-            uri.push_str(&encode_query(v));
-        }
-        let mut builder = http::Request::builder()
-            .method(req.method)
-            .uri(uri)
-            .header(http::header::USER_AGENT, USER_AGENT);
-        for (name, value) in &req.headers {
-            let value = http::HeaderValue::from_str(value).map_err(|_| {
-                // Never echo the value: it may be a registry credential.
-                self.err(
-                    ErrorKind::Config,
-                    op,
-                    format!("the value of header {name} is not a valid header value"),
-                )
-            })?;
-            builder = builder.header(*name, value);
-        }
-        let never = |n: std::convert::Infallible| -> std::io::Error { match n {} };
-        let body: Body = match req.body {
-            RequestBody::Empty => Empty::new().map_err(never).boxed_unsync(),
-            RequestBody::Json(data) => {
-                builder = builder.header(http::header::CONTENT_TYPE, "application/json");
-                Full::new(data).map_err(never).boxed_unsync()
-            }
-            RequestBody::Bytes { content_type, data } => {
-                builder = builder.header(http::header::CONTENT_TYPE, content_type);
-                Full::new(data).map_err(never).boxed_unsync()
-            }
-            RequestBody::Stream {
-                content_type,
-                stream,
-            } => {
-                builder = builder.header(http::header::CONTENT_TYPE, content_type);
-                StreamBody::new(stream.map_ok(Frame::data)).boxed_unsync()
-            }
-        };
-        builder.body(body).map_err(|e| {
-            self.err(
+    let mut builder = http::Request::builder()
+        .method(req.method)
+        .uri(uri)
+        .header(http::header::USER_AGENT, USER_AGENT);
+    for (name, value) in &req.headers {
+        let value = http::HeaderValue::from_str(value).map_err(|_| {
+            // Never echo the value: it may be a registry credential.
+            t.err(
                 ErrorKind::Config,
                 op,
-                format!("cannot build the request: {e}"),
+                format!("the value of header {name} is not a valid header value"),
             )
-        })
-    }
-
-    /// Sends and checks the status; the body is left unread on success.
-    async fn send(
-        &self,
-        req: ApiRequest,
-        prefix: &str,
-    ) -> Result<http::Response<Incoming>, DockerError> {
-        let op = req.operation;
-        let request = self.build(req, prefix)?;
-        tracing::debug!(operation = op, method = %request.method(), path = request.uri().path(), "docker request");
-        let resp = self
-            .client
-            .request(request)
-            .await
-            .map_err(|e| self.transport_error(op, &e))?;
-        let status = resp.status();
-        if status.is_success() || status == http::StatusCode::SWITCHING_PROTOCOLS {
-            return Ok(resp);
-        }
-        let body = match tokio::time::timeout(
-            self.timeouts.request,
-            http_body_util::Limited::new(resp.into_body(), 64 * 1024).collect(),
-        )
-        .await
-        {
-            Ok(Ok(collected)) => collected.to_bytes(),
-            _ => Bytes::new(),
-        };
-        Err(self.status_error(op, status, &body))
-    }
-
-    fn status_error(&self, op: &'static str, status: http::StatusCode, body: &[u8]) -> DockerError {
-        #[derive(serde::Deserialize)]
-        struct Message {
-            message: String,
-        }
-        let message = match serde_json::from_slice::<Message>(body) {
-            Ok(m) => m.message,
-            Err(_) => {
-                let text = String::from_utf8_lossy(body).trim().to_string();
-                if text.is_empty() {
-                    status
-                        .canonical_reason()
-                        .unwrap_or("no message")
-                        .to_string()
-                } else {
-                    text
-                }
-            }
-        };
-        if status == http::StatusCode::BAD_REQUEST
-            && message.contains("HTTP request to an HTTPS server")
-        {
-            return self
-                .err(
-                    ErrorKind::Connect,
-                    op,
-                    "the daemon expects TLS on this port, but the connection was plain HTTP",
-                )
-                .with_hint(self.endpoint.enable_tls_hint());
-        }
-        self.err(ErrorKind::Status(status), op, message)
-    }
-
-    async fn collect(
-        &self,
-        op: &'static str,
-        resp: http::Response<Incoming>,
-    ) -> Result<Bytes, DockerError> {
-        resp.into_body()
-            .collect()
-            .await
-            .map(|c| c.to_bytes())
-            .map_err(|e| {
-                let err: &(dyn std::error::Error + 'static) = &e;
-                if let Some(failure) = ssh_failure(err) {
-                    return self.ssh_error(op, failure);
-                }
-                match self.tls_problem(err) {
-                    Some(tls) => tls.for_operation(op),
-                    None => self.err(
-                        ErrorKind::Protocol,
-                        op,
-                        format!("the response body broke off: {e}"),
-                    ),
-                }
-            })
-    }
-
-    /// Turns a client error into an actionable one: which endpoint, how it
-    /// was chosen, and what to check.
-    fn transport_error(
-        &self,
-        op: &'static str,
-        e: &hyper_util::client::legacy::Error,
-    ) -> DockerError {
-        let root: &(dyn std::error::Error + 'static) = e;
-        let connect = chain(root).find_map(|s| s.downcast_ref::<ConnectError>());
-        let check = "run `oz-agent-worker check` to see which daemon the worker resolves";
-        if let Some(failure) = ssh_failure(root) {
-            return self.ssh_error(op, failure);
-        }
-        match connect {
-            Some(ConnectError::Io(io)) => {
-                let hint = match (io.kind(), &self.endpoint.host) {
-                    (std::io::ErrorKind::NotFound, Host::Unix(_)) => format!(
-                        "Is the daemon running? Set DOCKER_HOST or DOCKER_CONTEXT to the right endpoint, or {check}."
-                    ),
-                    (std::io::ErrorKind::PermissionDenied, Host::Unix(p)) => format!(
-                        "Your user may not access {}: add it to the socket's group (e.g. `docker`) or run the worker as a user that can. Or {check}.",
-                        p.display()
-                    ),
-                    (std::io::ErrorKind::ConnectionRefused, _) => format!(
-                        "Is the daemon running and listening there? Set DOCKER_HOST or DOCKER_CONTEXT to the right endpoint, or {check}."
-                    ),
-                    _ => format!("Is the daemon running and reachable? Or {check}."),
-                };
-                self.err(ErrorKind::Connect, op, describe_io(io))
-                    .with_hint(hint)
-            }
-            Some(ConnectError::Timeout(d)) => self
-                .err(
-                    ErrorKind::Connect,
-                    op,
-                    format!("no connection within {d:?}"),
-                )
-                .with_hint(format!(
-                    "Is the host reachable and the port open? Or {check}."
-                )),
-            Some(ConnectError::Ssh(failure)) => self.ssh_error(op, failure),
-            Some(ConnectError::Unsupported(s)) => self.err(
-                ErrorKind::Unsupported,
-                op,
-                format!("unsupported scheme {s}"),
-            ),
-            Some(ConnectError::Tls(_)) | None => match self.tls_problem(root) {
-                Some(tls) => tls.for_operation(op),
-                None => {
-                    let kind = if e.is_connect() {
-                        ErrorKind::Connect
-                    } else {
-                        ErrorKind::Protocol
-                    };
-                    let mut err = self.err(kind, op, describe_chain(root));
-                    if self.endpoint.tls.is_none() && matches!(self.endpoint.host, Host::Tcp { .. })
-                    {
-                        err = err.with_hint(format!(
-                            "If the daemon listens with TLS: {}",
-                            self.endpoint.enable_tls_hint()
-                        ));
-                    }
-                    err
-                }
-            },
-        }
-    }
-
-    /// ssh failed (could not start, or exited non-zero): quote it and say
-    /// what to check, from what it said.
-    fn ssh_error(&self, op: &'static str, failure: &SshFailure) -> DockerError {
-        let command = match &self.endpoint.host {
-            Host::Ssh { user, host, port } => SshTarget {
-                user: user.clone(),
-                host: host.clone(),
-                port: *port,
-            }
-            .command_line(),
-            _ => "ssh HOST docker system dial-stdio".to_string(),
-        };
-        let msg = failure.message.to_ascii_lowercase();
-        let hint = if msg.contains("host key verification failed")
-            || msg.contains("remote host identification has changed")
-        {
-            "ssh does not trust the host's key: check it and add it to known_hosts (ssh's own config decides host checking; connecting once by hand with `ssh` shows the key)".to_string()
-        } else if msg.contains("permission denied") {
-            "ssh could not log in: check the user and that ssh's config or agent offers a key the remote's authorized_keys accepts (no password prompts: ssh runs with BatchMode=yes)".to_string()
-        } else if msg.contains("could not resolve hostname") {
-            "Check the host name in DOCKER_HOST or the context".to_string()
-        } else if msg.contains("connection refused")
-            || msg.contains("timed out")
-            || msg.contains("no route to host")
-        {
-            "Is sshd running on that host and port? Check the host and port in DOCKER_HOST or the context".to_string()
-        } else if failure.exit_code == Some(127) || msg.contains("not found") {
-            "The remote host needs the `docker` CLI on the login shell's PATH: it runs `docker system dial-stdio`".to_string()
-        } else {
-            format!("Run `{command}` by hand to see what ssh says")
-        };
-        self.err(ErrorKind::Connect, op, format!("`{command}`: {failure}"))
-            .with_hint(hint)
-    }
-
-    /// Recognises a rustls failure anywhere in the chain and says which file
-    /// to fix.
-    fn tls_problem(&self, root: &(dyn std::error::Error + 'static)) -> Option<TlsProblem> {
-        let rustls_err = chain(root).find_map(|s| {
-            s.downcast_ref::<rustls::Error>().or_else(|| {
-                s.downcast_ref::<std::io::Error>()
-                    .and_then(|io| io.get_ref())
-                    .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-            })
         })?;
-        let tls = self.endpoint.tls.as_ref();
-        let dir = tls.map(|t| t.dir.display().to_string()).unwrap_or_default();
-        let fix = |what: &str| tls.map(|t| t.fix_files(what)).unwrap_or_default();
-        let ca = tls
-            .and_then(|t| t.ca.as_ref())
-            .map(|p| p.display().to_string());
-        use rustls::{AlertDescription as A, CertificateError as C, Error as E};
-        let (message, hint) = match rustls_err {
-            E::InvalidCertificate(C::UnknownIssuer) | E::InvalidCertificate(C::BadSignature) => (
-                match &ca {
-                    Some(ca) => format!("the daemon's certificate is not signed by the CA in {ca}"),
-                    None => "the daemon's certificate is not signed by a known CA (no ca.pem was found)".to_string(),
-                },
-                fix("the CA that signed the daemon's certificate (ca.pem)"),
-            ),
-            E::InvalidCertificate(C::NotValidForName)
-            | E::InvalidCertificate(C::NotValidForNameContext { .. }) => (
-                format!("the daemon's certificate is not valid for {}", self.endpoint.host),
-                format!("Use the host name or address the certificate was issued for in {}.", self.endpoint.host_setting()),
-            ),
-            E::InvalidCertificate(C::Expired) | E::InvalidCertificate(C::ExpiredContext { .. }) => (
-                "the daemon's certificate has expired".to_string(),
-                "Renew the daemon's certificate.".to_string(),
-            ),
-            E::AlertReceived(A::CertificateRequired | A::BadCertificate | A::HandshakeFailure | A::UnknownCA) => {
-                let has_cert = tls.is_some_and(|t| t.cert.is_some());
-                (
-                    if has_cert {
-                        format!("the daemon rejected our client certificate ({rustls_err})")
-                    } else {
-                        format!("the daemon requires a client certificate and there is no cert.pem/key.pem in {}", tls.map(|t| t.location()).unwrap_or_else(|| dir.clone()))
-                    },
-                    fix("a client certificate (cert.pem) and key (key.pem) signed by the daemon's CA"),
-                )
-            }
-            E::InvalidMessage(_) | E::InappropriateMessage { .. } => (
-                format!("the peer did not answer TLS ({rustls_err})"),
-                "Does this port serve TLS? A plain daemon port needs DOCKER_TLS_VERIFY and DOCKER_TLS unset.".to_string(),
-            ),
-            other => (
-                format!("TLS failed: {other}"),
-                format!("Check {}.", tls.map(|t| t.location()).unwrap_or(dir)),
-            ),
-        };
-        Some(TlsProblem(
-            self.err(ErrorKind::Tls, "connect", message).with_hint(hint),
-        ))
+        builder = builder.header(*name, value);
     }
-}
-
-/// A TLS error built before the operation name was known.
-struct TlsProblem(DockerError);
-
-impl TlsProblem {
-    fn for_operation(self, op: &'static str) -> DockerError {
-        let e = self.0;
-        let mut out = DockerError::new(ErrorKind::Tls, op, e.message().to_string());
-        if let Some(ep) = e.endpoint() {
-            out = out.with_endpoint(ep.clone());
+    let never = |n: std::convert::Infallible| -> std::io::Error { match n {} };
+    let body: Body = match req.body {
+        RequestBody::Empty => Empty::new().map_err(never).boxed_unsync(),
+        RequestBody::Json(data) => {
+            builder = builder.header(http::header::CONTENT_TYPE, "application/json");
+            Full::new(data).map_err(never).boxed_unsync()
         }
-        if let Some(h) = e.hint() {
-            out = out.with_hint(h.to_string());
+        RequestBody::Bytes { content_type, data } => {
+            builder = builder.header(http::header::CONTENT_TYPE, content_type);
+            Full::new(data).map_err(never).boxed_unsync()
         }
-        out
-    }
-}
-
-/// An [`SshFailure`] anywhere in the chain, also inside an `io::Error`
-/// (whose `source` skips its own payload).
-fn ssh_failure<'a>(root: &'a (dyn std::error::Error + 'static)) -> Option<&'a SshFailure> {
-    chain(root).find_map(|s| {
-        s.downcast_ref::<SshFailure>().or_else(|| {
-            s.downcast_ref::<std::io::Error>()
-                .and_then(|io| io.get_ref())
-                .and_then(|inner| inner.downcast_ref::<SshFailure>())
-        })
+        RequestBody::Stream {
+            content_type,
+            stream,
+        } => {
+            builder = builder.header(http::header::CONTENT_TYPE, content_type);
+            StreamBody::new(stream.map_ok(Frame::data)).boxed_unsync()
+        }
+    };
+    builder.body(body).map_err(|e| {
+        t.err(
+            ErrorKind::Config,
+            op,
+            format!("cannot build the request: {e}"),
+        )
     })
 }
 
-fn chain<'a>(
-    root: &'a (dyn std::error::Error + 'static),
-) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
-    std::iter::successors(Some(root), |e| e.source())
+/// Builds and sends an [`ApiRequest`]; the body is left unread on success.
+async fn send(
+    t: &HttpTransport,
+    req: ApiRequest,
+    prefix: &str,
+) -> Result<http::Response<Incoming>, DockerError> {
+    let op = req.operation;
+    let request = build(t, req, prefix)?;
+    t.send(op, request).await
 }
 
-/// `No such file or directory` rather than `... (os error 2)`.
-fn describe_io(e: &std::io::Error) -> String {
-    let s = e.to_string();
-    match s.find(" (os error") {
-        Some(i) => s[..i].to_string(),
-        None => s,
+/// `/_ping` without a version prefix: HEAD first, GET when HEAD fails
+/// with a status (older daemons, proxies).
+async fn ping(t: &HttpTransport) -> Result<PingInfo, DockerError> {
+    let head = ApiRequest::new(
+        "SystemPing",
+        http::Method::HEAD,
+        "/_ping".into(),
+        CallKind::Ordinary,
+    );
+    let head_result = t
+        .deadline("SystemPing", CallKind::Ordinary, send(t, head, ""))
+        .await;
+    match head_result {
+        Ok(resp) => return Ok(PingInfo::from_headers(resp.headers())),
+        Err(e) if e.status().is_none() => return Err(e),
+        Err(_) => {}
     }
+    let get = ApiRequest::new(
+        "SystemPing",
+        http::Method::GET,
+        "/_ping".into(),
+        CallKind::Ordinary,
+    );
+    t.deadline("SystemPing", CallKind::Ordinary, async {
+        let resp = send(t, get, "").await?;
+        let info = PingInfo::from_headers(resp.headers());
+        t.collect("SystemPing", resp).await?;
+        Ok(info)
+    })
+    .await
 }
 
-fn describe_chain(root: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    for e in chain(root) {
-        let s = e.to_string();
-        if !parts.iter().any(|p| p.contains(&s)) {
-            parts.push(s);
-        }
-    }
-    parts.join(": ")
+async fn send_json<T: DeserializeOwned>(
+    t: &HttpTransport,
+    req: ApiRequest,
+    prefix: &str,
+) -> Result<T, DockerError> {
+    let (op, kind) = (req.operation, req.kind);
+    t.deadline(op, kind, async {
+        let resp = send(t, req, prefix).await?;
+        let body = t.collect(op, resp).await?;
+        serde_json::from_slice(&body).map_err(|e| {
+            t.err(
+                ErrorKind::Protocol,
+                op,
+                format!("the daemon's answer is not the expected JSON: {e}"),
+            )
+        })
+    })
+    .await
 }
 
 const USER_AGENT: &str = concat!("oz-agent-worker/", env!("CARGO_PKG_VERSION"));

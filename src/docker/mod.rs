@@ -4,7 +4,9 @@
 
 pub mod client;
 pub mod credentials;
-pub mod error;
+/// The one error type of Engine API calls, owned by the transport (which
+/// raises most of them) and used by the bindings.
+pub use crate::transport::error;
 pub mod generated;
 #[cfg(test)]
 mod models_tests;

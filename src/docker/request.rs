@@ -13,16 +13,8 @@ use futures_util::stream::BoxStream;
 /// `PUT /containers/{id}/archive`, an image import).
 pub type BodyStream = BoxStream<'static, std::io::Result<Bytes>>;
 
-/// How long a call may take: decides which timeouts apply.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CallKind {
-    /// A request answered promptly (inspect, create, start, list): connect
-    /// timeout plus the ordinary request timeout for the whole exchange.
-    Ordinary,
-    /// A call whose answer may take indefinitely long (wait, logs with follow,
-    /// pull, events, attach, export, archive): connect timeout only, never cut.
-    Streaming,
-}
+/// How long a call may take (the transport applies the deadline).
+pub use crate::transport::http::CallKind;
 
 pub enum RequestBody {
     Empty,

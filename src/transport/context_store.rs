@@ -3,7 +3,7 @@
 //! (`Endpoints.docker.Host`, `SkipTLSVerify`), and
 //! `contexts/tls/<same>/docker/{ca,cert,key}.pem` its TLS files.
 
-use crate::docker::error::{DockerError, ErrorKind};
+use crate::transport::error::{DockerError, ErrorKind};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 

@@ -6,8 +6,8 @@
 //! Resolution reads an [`EnvSnapshot`], never the live process environment,
 //! so tests can resolve many configurations in parallel.
 
-use crate::docker::error::{DockerError, ErrorEndpoint, ErrorKind};
 use crate::transport::context_store::ContextStore;
+use crate::transport::error::{DockerError, ErrorEndpoint, ErrorKind};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 

@@ -1,10 +1,13 @@
 //! Everything that knows about sockets, TLS and daemon discovery: endpoint
 //! resolution (as the Docker CLI does it), the context store, the one
-//! connector for every scheme, TLS configuration and API version negotiation.
+//! connector for every scheme, TLS configuration, the HTTP client with its
+//! deadlines and failure diagnosis, API version negotiation, and the error
+//! type of every Engine API call.
 //!
 //! Invariants:
 //! - Only this module opens sockets or touches certificates; `crate::docker`
-//!   speaks HTTP requests and Docker types through it.
+//!   speaks HTTP requests and Docker types through it, and nothing here
+//!   names `crate::docker`.
 //! - Resolution reads an [`EnvSnapshot`], never the live environment, and
 //!   nothing here writes the environment.
 //! - Nothing here stores or prints key material or credentials: TLS settings
@@ -16,6 +19,8 @@
 pub mod connector;
 pub mod context_store;
 pub mod endpoint;
+pub mod error;
+pub mod http;
 pub mod negotiate;
 pub mod ssh;
 pub mod tls;

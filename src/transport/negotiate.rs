@@ -1,7 +1,7 @@
 //! API version negotiation and engine recognition from `/_ping` and
 //! `/version`.
 
-use crate::docker::error::{DockerError, ErrorKind};
+use crate::transport::error::{DockerError, ErrorKind};
 
 /// An Engine API version, `MAJOR.MINOR`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

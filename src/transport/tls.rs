@@ -2,8 +2,8 @@
 //! built-in web roots), the client certificate chain and key, verification on
 //! or off. The ring provider is built explicitly; no process-wide default.
 
-use crate::docker::error::{DockerError, ErrorKind};
 use crate::transport::endpoint::TlsSettings;
+use crate::transport::error::{DockerError, ErrorKind};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;

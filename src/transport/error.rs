@@ -1,4 +1,6 @@
-//! The one error type of the Docker layer.
+//! The one error type of every Engine API call (the transport raises it for
+//! resolution, connection, TLS and status failures; the bindings for the
+//! rest), named for the API it belongs to.
 //!
 //! Every error names the operation (the spec's `operationId`, or a short verb
 //! for resolution and negotiation), the endpoint and how it was chosen, the
