@@ -67,9 +67,12 @@ pub fn resolve(
                 "{source}: empty environment variable name; expected KEY=VALUE or KEY"
             ));
         }
-        if name.chars().any(char::is_whitespace) {
+        // Stricter than the Go worker (which checks space and tab only): a
+        // name with any whitespace or control character would fail later,
+        // inside a task.
+        if name.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(format!(
-                "{source}: environment variable name {name:?} contains whitespace; expected KEY=VALUE or KEY"
+                "{source}: environment variable name {name:?} contains whitespace or a control character; expected KEY=VALUE or KEY"
             ));
         }
         let value = match value {
@@ -173,6 +176,8 @@ mod tests {
             (&[], &[""], Err("empty entry"), 0),
             (&[], &["=v"], Err("empty environment variable name"), 0),
             (&[], &["A B=1"], Err("whitespace"), 0),
+            (&[], &["A\tB"], Err("whitespace"), 0),
+            (&[], &["A\u{7}B=1"], Err("control character"), 0),
             (
                 &[entry("", Some("x"))],
                 &[],
