@@ -163,6 +163,19 @@ macro_rules! per_engine {
             $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                async fn $name() { if let Some(s) = super::Setup::new(super::Engine::Podman).await { super::$name(s).await } } )*
         }
+        // The daemon matrix's newer engines (module names are Engine::key()).
+        mod docker26 {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+               async fn $name() { if let Some(s) = super::Setup::new(super::Engine::Docker26).await { super::$name(s).await } } )*
+        }
+        mod docker28 {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+               async fn $name() { if let Some(s) = super::Setup::new(super::Engine::Docker28).await { super::$name(s).await } } )*
+        }
+        mod podman5 {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+               async fn $name() { if let Some(s) = super::Setup::new(super::Engine::Podman5).await { super::$name(s).await } } )*
+        }
     };
 }
 
