@@ -90,6 +90,72 @@ pub fn parse(text: &str) -> Result<ConfigFile, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// A YAML scalar of any kind, some of them wrong for any key.
+    fn scalar() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("~".to_string()),
+            Just("true".to_string()),
+            any::<i64>().prop_map(|n| n.to_string()),
+            "[a-zA-Z0-9 :/._=-]{0,12}".prop_map(|s| format!("{s:?}")),
+            Just("[]".to_string()),
+            Just("{}".to_string()),
+            Just("[1, 2]".to_string()),
+        ]
+    }
+
+    fn key() -> impl Strategy<Value = &'static str> {
+        prop::sample::select(vec![
+            "worker_id",
+            "cleanup",
+            "max_concurrent_tasks",
+            "idle_on_complete",
+            "metrics_listen",
+            "health_listen",
+            "volumes",
+            "environment",
+            "pull_policy",
+            "dispatch_command",
+            "dispatch_timeout",
+            "oz_path",
+            "unknown_key",
+        ])
+    }
+
+    proptest! {
+        /// No file text makes the parser panic.
+        #[test]
+        fn arbitrary_text_never_panics(text in ".{0,200}") {
+            let _ = parse(&text);
+        }
+
+        /// Well-formed YAML with the real keys at every level and values of
+        /// every type: an answer (a config or an error naming something),
+        /// never a panic.
+        #[test]
+        fn real_keys_with_any_values_never_panic(
+            top in prop::collection::vec((key(), scalar()), 0..5),
+            section in prop::sample::select(vec!["docker", "direct", "command", "kubernetes", "other"]),
+            inner in prop::collection::vec((key(), scalar()), 0..5),
+        ) {
+            let mut text = String::new();
+            for (k, v) in &top {
+                text.push_str(&format!("{k}: {v}\n"));
+            }
+            text.push_str(&format!("backend:\n  {section}:\n"));
+            for (k, v) in &inner {
+                text.push_str(&format!("    {k}: {v}\n"));
+            }
+            if inner.is_empty() {
+                text.push_str("    {}\n");
+            }
+            match parse(&text) {
+                Ok(_) => {}
+                Err(e) => prop_assert!(!e.is_empty()),
+            }
+        }
+    }
 
     #[test]
     fn unknown_keys_and_wrong_types_name_the_key_and_line() {
