@@ -18,3 +18,15 @@ pub fn xdg_dir(xdg_var: &str, home_fallback: &str, kind: &str) -> PathBuf {
     }
     PathBuf::from(format!("oz-agent-worker-{kind}"))
 }
+
+/// Creates `dir` (and its parents) readable by its owner only (0700), and
+/// makes an existing one so: for folders that hold reports, records and
+/// workspaces that may quote secrets.
+pub fn create_private(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}

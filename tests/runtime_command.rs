@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use support::control_plane::{test_config, TestPlane};
+use support::host::{env_file, running, wait_file, wait_gone};
 use support::worker::*;
 
 const RUN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -21,47 +22,6 @@ fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/command")
         .join(name)
-}
-
-/// Whether `pid` is a live (not zombie) process.
-fn running(pid: u32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    let state = stat
-        .rfind(')')
-        .and_then(|i| stat[i + 1..].split_whitespace().next());
-    !matches!(state, Some("Z" | "X") | None)
-}
-
-async fn wait_gone(pid: u32, what: &str) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while running(pid) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what} (pid {pid}) still runs"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-async fn wait_file(path: &Path) {
-    let deadline = tokio::time::Instant::now() + RUN_TIMEOUT;
-    while !path.exists() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{} never appeared",
-            path.display()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-fn env_file(text: &str) -> BTreeMap<String, String> {
-    text.lines()
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
 }
 
 struct CommandSetup {

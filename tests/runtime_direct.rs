@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use support::control_plane::{test_config, TestPlane};
+use support::host::{running, wait_file, wait_gone};
 use support::scripted_server::ScriptedServer;
 use support::worker::*;
 
@@ -21,40 +22,6 @@ const WORKER_ONLY: (&str, &str) = ("WORKER_ONLY_SETTING", "worker-private-value"
 
 fn fake_oz() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fake-oz/oz")
-}
-
-/// Whether `pid` is a live (not zombie) process.
-fn running(pid: u32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    let state = stat
-        .rfind(')')
-        .and_then(|i| stat[i + 1..].split_whitespace().next());
-    !matches!(state, Some("Z" | "X") | None)
-}
-
-async fn wait_gone(pid: u32, what: &str) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while running(pid) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what} (pid {pid}) still runs"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-async fn wait_file(path: &Path) {
-    let deadline = tokio::time::Instant::now() + RUN_TIMEOUT;
-    while !path.exists() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{} never appeared",
-            path.display()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 struct Direct {

@@ -190,6 +190,26 @@ impl Group {
         String::from_utf8_lossy(&v).into_owned()
     }
 
+    /// The failure for a non-zero exit of the `what` (e.g. "the agent"):
+    /// its shell-style code and its last output line, escaped.
+    pub fn exit_failure(
+        &self,
+        status: &ExitStatus,
+        reason: crate::protocol::FailureReason,
+        what: &str,
+    ) -> crate::runtime::Failure {
+        let code = exit_code(status);
+        let last = self
+            .last_line()
+            .map(|l| format!("; last output: {}", crate::text::escape_control(&l)))
+            .unwrap_or_default();
+        crate::runtime::Failure {
+            reason,
+            message: format!("{what} exited with code {code}{last}"),
+            exit_code: Some(code),
+        }
+    }
+
     /// The last non-empty output line, shortened, for a failure message.
     pub fn last_line(&self) -> Option<String> {
         let tail = self.tail();

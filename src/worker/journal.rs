@@ -272,15 +272,6 @@ fn now() -> u64 {
         .unwrap_or(0)
 }
 
-fn private_dir(dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-}
-
 fn private_file(path: &Path) -> std::io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
     OpenOptions::new()
@@ -327,7 +318,7 @@ impl Journal {
     /// must not claim anything it cannot record.
     pub fn open(state_dir: &Path, worker_id: &str) -> std::io::Result<(Journal, Inherited)> {
         let dir = worker_dir(state_dir, worker_id);
-        private_dir(&dir)?;
+        crate::dirs::create_private(&dir)?;
         let instance = format!("{}-{:016x}", std::process::id(), fastrand::u64(..));
         // Locked before it gets a name other processes look at, so nobody
         // mistakes a starting instance's journal for a dead one's.

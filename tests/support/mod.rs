@@ -4,6 +4,7 @@
 
 pub mod control_plane;
 pub mod docker;
+pub mod host;
 pub mod images;
 pub mod plane_process;
 pub mod private_dockerd;

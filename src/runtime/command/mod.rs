@@ -151,18 +151,11 @@ impl CommandRuntime {
                 // Whatever it started in the background is the outside system's.
                 RunOutcome::Dispatched
             }
-            Ok(Ok(s)) => {
-                let code = exit_code(&s);
-                let last = group
-                    .last_line()
-                    .map(|l| format!("; last output: {}", crate::text::escape_control(&l)))
-                    .unwrap_or_default();
-                RunOutcome::Failed(Failure {
-                    reason: FailureReason::DispatchCommand,
-                    message: format!("the dispatch command exited with code {code}{last}"),
-                    exit_code: Some(code),
-                })
-            }
+            Ok(Ok(s)) => RunOutcome::Failed(group.exit_failure(
+                &s,
+                FailureReason::DispatchCommand,
+                "the dispatch command",
+            )),
             Ok(Err(e)) => RunOutcome::Failed(Failure::new(
                 FailureReason::DispatchCommand,
                 format!("waiting for the dispatch command: {e}"),

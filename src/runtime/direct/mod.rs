@@ -81,15 +81,6 @@ fn exposed(env: &[(String, Secret)]) -> impl Iterator<Item = (String, String)> +
         .map(|(k, v)| (k.clone(), v.expose_str().to_string()))
 }
 
-fn private_dir(dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-}
-
 /// The config folder a third-party harness keeps its state in, moved into
 /// the workspace so concurrent tasks do not share it (the Go worker's
 /// `harnessConfigs`).
@@ -116,14 +107,14 @@ impl DirectRuntime {
     /// target dir, and the runtime's state folder.
     pub fn new(ctx: RuntimeContext, settings: Settings) -> Result<DirectRuntime, String> {
         if settings.target_dir.is_none() {
-            private_dir(&settings.workspace_root).map_err(|e| {
+            crate::dirs::create_private(&settings.workspace_root).map_err(|e| {
                 format!(
                     "cannot create the workspace root {}: {e}; create it, or set backend.direct.workspace_root",
                     settings.workspace_root.display()
                 )
             })?;
         }
-        private_dir(&ctx.state_dir)
+        crate::dirs::create_private(&ctx.state_dir)
             .map_err(|e| format!("cannot create {}: {e}", ctx.state_dir.display()))?;
         Ok(DirectRuntime { settings, ctx })
     }
@@ -170,7 +161,7 @@ impl DirectRuntime {
             None => (self.settings.workspace_root.join(&task_id), true),
         };
         if owns_workspace {
-            if let Err(e) = private_dir(&workspace) {
+            if let Err(e) = crate::dirs::create_private(&workspace) {
                 return RunOutcome::Failed(Failure::new(
                     FailureReason::WorkspaceSetup,
                     format!("cannot create the workspace {}: {e}", workspace.display()),
@@ -185,7 +176,7 @@ impl DirectRuntime {
                 "oz-gitconfig-{}",
                 &crate::runtime::host::random_id()[..12]
             ));
-            if let Err(e) = private_dir(&d) {
+            if let Err(e) = crate::dirs::create_private(&d) {
                 return RunOutcome::Failed(Failure::new(
                     FailureReason::WorkspaceSetup,
                     format!("cannot create a git config folder {}: {e}", d.display()),
@@ -298,16 +289,11 @@ impl DirectRuntime {
             match status {
                 Ok(s) if s.success() => {}
                 Ok(s) => {
-                    let code = exit_code(&s);
-                    let last = group
-                        .last_line()
-                        .map(|l| format!("; last output: {}", crate::text::escape_control(&l)))
-                        .unwrap_or_default();
-                    return RunOutcome::Failed(Failure {
-                        reason: FailureReason::SetupCommand,
-                        message: format!("the setup command exited with code {code}{last}"),
-                        exit_code: Some(code),
-                    });
+                    return RunOutcome::Failed(group.exit_failure(
+                        &s,
+                        FailureReason::SetupCommand,
+                        "the setup command",
+                    ));
                 }
                 Err(e) => {
                     return RunOutcome::Failed(Failure::new(
@@ -368,18 +354,11 @@ impl DirectRuntime {
         let _ = std::fs::remove_file(self.record_path(AGENT, &inv.task));
         match status {
             Ok(s) if s.success() => RunOutcome::Completed,
-            Ok(s) => {
-                let code = exit_code(&s);
-                let last = group
-                    .last_line()
-                    .map(|l| format!("; last output: {}", crate::text::escape_control(&l)))
-                    .unwrap_or_default();
-                RunOutcome::Failed(Failure {
-                    reason: FailureReason::AgentInvocation,
-                    message: format!("the agent exited with code {code}{last}"),
-                    exit_code: Some(code),
-                })
-            }
+            Ok(s) => RunOutcome::Failed(group.exit_failure(
+                &s,
+                FailureReason::AgentInvocation,
+                "the agent",
+            )),
             Err(e) => RunOutcome::Failed(Failure::new(
                 FailureReason::AgentInvocation,
                 format!("waiting for the agent: {e}"),
