@@ -917,18 +917,16 @@ async fn metrics_use_the_reference_names() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn json_logs_are_one_object_per_line() {
-    let Some(s) = Setup::new(Engine::Docker).await else {
-        return;
-    };
-    let id = unique_id("e2e-json");
+/// Runs one failing task on a worker logging everything (task output
+/// included) with `args`; returns the whole log, the run and its execution id.
+async fn failing_task_log(
+    s: &Setup,
+    prefix: &str,
+    args: &[&str],
+) -> (String, oz_agent_worker::control_plane::model::Run, String) {
+    let id = unique_id(prefix);
     let w = s
-        .worker_with_env(
-            &id,
-            &["--log-format", "json"],
-            &[("OZ_LOG", "debug,task_output=debug")],
-        )
+        .worker_with_env(&id, args, &[("OZ_LOG", "debug,task_output=debug")])
         .await;
     let run = s
         .plane
@@ -940,7 +938,15 @@ async fn json_logs_are_one_object_per_line() {
     let execution = done.execution_id.clone().unwrap();
     w.wait_for_log("report delivery confirmed", Duration::from_secs(10))
         .await;
-    let log = w.log_text();
+    (w.log_text(), run, execution)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_are_one_object_per_line() {
+    let Some(s) = Setup::new(Engine::Docker).await else {
+        return;
+    };
+    let (log, run, execution) = failing_task_log(&s, "e2e-json", &["--log-format", "json"]).await;
     let mut about_task = 0;
     let mut claimed = false;
     for line in log.lines().filter(|l| !l.trim().is_empty()) {
@@ -986,21 +992,7 @@ async fn text_logs_name_the_task_and_execution_on_every_line_about_it() {
     let Some(s) = Setup::new(Engine::Docker).await else {
         return;
     };
-    let id = unique_id("e2e-text");
-    let w = s
-        .worker_with_env(&id, &[], &[("OZ_LOG", "debug,task_output=debug")])
-        .await;
-    let run = s
-        .plane
-        .client()
-        .create_run(&demo_run(&id, &[("OZ_DEMO_EXIT", "3")]))
-        .await
-        .unwrap();
-    let done = wait_terminal(&s.plane, &run.id, RUN_TIMEOUT).await;
-    let execution = done.execution_id.clone().unwrap();
-    w.wait_for_log("report delivery confirmed", Duration::from_secs(10))
-        .await;
-    let log = w.log_text();
+    let (log, run, execution) = failing_task_log(&s, "e2e-text", &[]).await;
     let mut about_task = 0;
     let mut claimed = false;
     for line in log.lines() {
