@@ -1,10 +1,11 @@
 //! `serve`, `run`, `runs`, `api-keys`: the control plane and its clients.
 //!
-//! Exit codes: 0 success; 1 a run followed with `--wait` failed or was
-//! cancelled; 2 the command itself failed (bad input, unreachable server).
+//! Exit codes: 0 success; 1 a run followed with `--wait`, `--attach` or
+//! `runs logs --follow` failed or was cancelled; 2 the command itself
+//! failed (bad input, unreachable server).
 
-use crate::control_plane::client::Client;
-use crate::control_plane::model::{CreateRunRequest, Run, RunState};
+use crate::control_plane::client::{Client, OutputEvent};
+use crate::control_plane::model::{CreateRunRequest, OutputChunk, Run, RunState};
 use crate::control_plane::store::Store;
 use crate::control_plane::{self as cp, Config, ControlPlane, Storage};
 use std::collections::BTreeMap;
@@ -68,8 +69,38 @@ pub struct ServeArgs {
     /// (doubling for each rejected retry, up to 16 times this).
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub rejection_backoff: Duration,
+    /// Live output kept per run (the newest bytes; readers are told how much
+    /// older output was dropped): bytes, or with a KiB/MiB/GiB suffix.
+    #[arg(long, default_value = "4MiB", value_parser = parse_size)]
+    pub output_limit: u64,
     #[arg(long, default_value = "info", value_parser = ["debug", "info", "warn", "error"])]
     pub log_level: String,
+}
+
+/// `4MiB`, `512KiB`, `1GiB` (also `K`, `M`, `G`, powers of 1024), or bytes.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size; write e.g. 4MiB, 512KiB or 1048576"))?;
+    let scale: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "K" | "KiB" | "k" => 1 << 10,
+        "M" | "MiB" => 1 << 20,
+        "G" | "GiB" => 1 << 30,
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?} in {s:?}; use KiB, MiB or GiB"
+            ))
+        }
+    };
+    match n.checked_mul(scale) {
+        Some(0) => Err(format!("{s:?}: the size must be above zero")),
+        Some(v) => Ok(v),
+        None => Err(format!("{s:?} is too large")),
+    }
 }
 
 /// The control plane a client command talks to.
@@ -120,6 +151,10 @@ pub struct RunArgs {
     /// Follow the run to its end; exit 1 when it fails or is cancelled.
     #[arg(long)]
     pub wait: bool,
+    /// Print the agent's output live (stdout to stdout, stderr to stderr)
+    /// until the run ends; exit 1 when it fails or is cancelled.
+    #[arg(long, conflicts_with_all = ["wait", "json"])]
+    pub attach: bool,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
@@ -151,6 +186,15 @@ pub enum RunsCommand {
     },
     /// Show one run with its state history.
     Get { id: String },
+    /// Print a run's output (stdout to stdout, stderr to stderr) as the
+    /// control plane keeps it.
+    Logs {
+        id: String,
+        /// Keep printing as it arrives until the run ends; exit 1 when it
+        /// failed or was cancelled.
+        #[arg(long, short = 'f')]
+        follow: bool,
+    },
     /// Cancel a run (at once when queued; otherwise the worker is told to stop).
     Cancel { id: String },
 }
@@ -190,6 +234,8 @@ pub async fn serve(a: ServeArgs) -> ExitCode {
     config.worker_lost_timeout = a.worker_lost_timeout;
     config.rejection_backoff = a.rejection_backoff;
     config.reannounce_grace = a.reannounce_grace;
+    config.output_limit = a.output_limit;
+    config.image_check = Some(check_image_reference);
     if let (Some(cert), Some(key)) = (a.tls_cert, a.tls_key) {
         config.tls = Some(cp::TlsFiles { cert, key });
     }
@@ -207,6 +253,14 @@ pub async fn serve(a: ServeArgs) -> ExitCode {
     tracing::info!("shutting down");
     plane.shutdown().await;
     ExitCode::SUCCESS
+}
+
+/// The worker's own image reference parser, so the API refuses what the
+/// worker would (with the worker's message) before anything is queued.
+fn check_image_reference(reference: &str) -> Result<(), String> {
+    crate::docker::reference::ImageRef::parse(reference)
+        .map(drop)
+        .map_err(|e| e.to_string())
 }
 
 async fn shutdown_signal() {
@@ -317,7 +371,7 @@ pub async fn run(a: RunArgs) -> ExitCode {
         Ok(r) => r,
         Err(e) => return fail(e),
     };
-    if !a.wait {
+    if !a.wait && !a.attach {
         if a.json {
             print_json(&run);
         } else {
@@ -331,7 +385,103 @@ pub async fn run(a: RunArgs) -> ExitCode {
     if !a.json {
         eprintln!("run {} created", run.id);
     }
+    if a.attach {
+        if let Some(w) = &run.waiting_reason {
+            eprintln!("{}: {w}", run.state);
+        }
+        return attach(&client, &run.id).await;
+    }
     follow(&client, run, a.json).await
+}
+
+/// Prints run `id`'s output live until it ends, then its outcome (stderr).
+async fn attach(client: &Client, id: &str) -> ExitCode {
+    match print_output_live(client, id).await {
+        Ok(run) => {
+            eprintln!("{}", outcome_line(&run));
+            exit_for(&run)
+        }
+        Err(e) => fail(e),
+    }
+}
+
+/// 0 for a run that succeeded, 1 otherwise (as `run --wait`).
+fn exit_for(run: &Run) -> ExitCode {
+    if run.state == RunState::Succeeded {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+/// How long a follow keeps trying to reconnect (e.g. across a restart of
+/// `serve`) before it gives up.
+const RECONNECT_FOR: Duration = Duration::from_secs(60);
+
+/// Follows run `id`'s output from the start, printing it as it arrives;
+/// reconnects from the last byte seen when the connection drops. Returns
+/// the run as it ended.
+async fn print_output_live(client: &Client, id: &str) -> Result<Run, String> {
+    use futures_util::StreamExt;
+    let mut after = 0;
+    let mut failing_since: Option<std::time::Instant> = None;
+    loop {
+        let why = match client.follow_output(id, after).await {
+            // The server answered: a 4xx will not get better.
+            Err(e) if e.status.is_some() => return Err(e.message),
+            Err(e) => e.message,
+            Ok(events) => {
+                failing_since = None;
+                let mut events = std::pin::pin!(events);
+                let mut why = format!("the control plane closed the output stream of run {id}");
+                while let Some(ev) = events.next().await {
+                    match ev {
+                        Ok(OutputEvent::Output(c)) => {
+                            after = c.offset + c.data.len() as u64;
+                            print_chunk(&c);
+                        }
+                        Ok(OutputEvent::Truncated(t)) => eprintln!(
+                            "[oz] {} bytes of output skipped: the control plane keeps only the last {} bytes of a run's output",
+                            t.bytes, t.limit_bytes
+                        ),
+                        Ok(OutputEvent::End(run)) => return Ok(*run),
+                        Err(e) => {
+                            why = e.message;
+                            break;
+                        }
+                    }
+                }
+                why
+            }
+        };
+        let since = *failing_since.get_or_insert_with(std::time::Instant::now);
+        if since.elapsed() > RECONNECT_FOR {
+            return Err(format!("lost the output of run {id}: {why}"));
+        }
+        tracing::debug!("following run {id} again after: {why}");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// One chunk to its stream, with a marker for what the worker dropped.
+fn print_chunk(c: &OutputChunk) {
+    use std::io::Write;
+    if c.dropped_bytes > 0 {
+        eprintln!(
+            "[oz] {} bytes of output dropped by the worker here (its link to the control plane was slower than the task)",
+            c.dropped_bytes
+        );
+    }
+    let _ = match c.stream {
+        crate::protocol::OutputStream::Stdout => {
+            let mut out = std::io::stdout().lock();
+            out.write_all(c.data.as_bytes()).and_then(|_| out.flush())
+        }
+        crate::protocol::OutputStream::Stderr => {
+            let mut err = std::io::stderr().lock();
+            err.write_all(c.data.as_bytes()).and_then(|_| err.flush())
+        }
+    };
 }
 
 /// Polls the run until it ends, printing each history entry once.
@@ -366,16 +516,12 @@ async fn follow(client: &Client, mut run: Run, json: bool) -> ExitCode {
     if json {
         print_json(&run);
     } else {
-        print_outcome(&run);
+        println!("{}", outcome_line(&run));
     }
-    if run.state == RunState::Succeeded {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    }
+    exit_for(&run)
 }
 
-fn print_outcome(run: &Run) {
+fn outcome_line(run: &Run) -> String {
     let mut line = format!("run {} {}", run.id, run.state);
     if let Some(r) = &run.failure_reason {
         line.push_str(&format!(" ({r})"));
@@ -386,7 +532,7 @@ fn print_outcome(run: &Run) {
     if let Some(m) = run.message.as_deref().filter(|m| !m.is_empty()) {
         line.push_str(&format!(": {m}"));
     }
-    println!("{line}");
+    line
 }
 
 fn print_json<T: serde::Serialize>(v: &T) {
@@ -429,6 +575,37 @@ pub async fn runs(a: RunsArgs) -> ExitCode {
             }
             Ok(r) => {
                 print_run(&r);
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
+        },
+        RunsCommand::Logs { id, follow: true } => match print_output_live(&client, &id).await {
+            Ok(run) => {
+                if run.state != RunState::Succeeded {
+                    eprintln!("{}", outcome_line(&run));
+                }
+                exit_for(&run)
+            }
+            Err(e) => fail(e),
+        },
+        RunsCommand::Logs { id, follow: false } => match client.get_output(&id, 0).await {
+            Ok(o) if a.json => {
+                print_json(&o);
+                ExitCode::SUCCESS
+            }
+            Ok(o) => {
+                if o.truncated_bytes > 0 {
+                    eprintln!(
+                        "[oz] the first {} bytes of output are no longer kept: the control plane keeps only the last {} bytes of a run's output",
+                        o.truncated_bytes, o.limit_bytes
+                    );
+                }
+                for c in &o.chunks {
+                    print_chunk(c);
+                }
+                if !o.state.is_terminal() {
+                    eprintln!("[oz] run {id} is {}; `runs logs --follow {id}` prints the rest as it comes", o.state);
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => fail(e),

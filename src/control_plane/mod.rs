@@ -5,14 +5,15 @@
 //! Layers, each depending only on those before it: `model` (API types, the
 //! state machine), `writer` (the one thread that runs SQLite, with group
 //! commit), `store` (all SQL, as jobs for that thread), `index` (the live
-//! runs, queues per worker id and connections, in memory), `dispatcher`
-//! (routes runs to live connections), `edge` (what both HTTP endpoints
-//! share: body type, JSON and error responses, bearer authentication,
-//! shared state), then the two endpoints `api` (runs) and `ws` (workers),
-//! and `server`, which only accepts connections and routes requests to
-//! them. `client` (the CLI's side
-//! of the API) and `openapi` know only `model`. `tests/control_plane_layering.rs`
-//! enforces this.
+//! runs, queues per worker id and connections, in memory), `output` (runs'
+//! live output: bounded, stored, watched), `dispatcher` (routes runs to
+//! live connections), `edge` (what the HTTP endpoints share: body types,
+//! JSON and error responses, authentication, shared state), then the
+//! endpoints — the API's resources `api_runs`, `api_output`,
+//! `api_workers`, routed by `api`, and the worker endpoint `ws` — and
+//! `server`, which only accepts connections and routes requests to them.
+//! `client` (the CLI's side of the API) and `openapi` know only `model`.
+//! `tests/control_plane_layering.rs` enforces this.
 //!
 //! # Run lifecycle
 //! `queued → assigned → claimed → succeeded | failed | cancelled`
@@ -56,6 +57,9 @@
 //!   they are offered again, with the same execution id.
 
 pub mod api;
+pub mod api_output;
+pub mod api_runs;
+pub mod api_workers;
 pub mod client;
 pub mod dispatcher;
 pub mod edge;
@@ -63,6 +67,7 @@ pub mod index;
 pub mod keys;
 pub mod model;
 pub mod openapi;
+pub mod output;
 pub mod server;
 pub mod store;
 pub mod time;
@@ -80,6 +85,7 @@ use store::{NewApiKey, Store, StoreError};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+pub use edge::ImageCheck;
 pub use tls::TlsFiles;
 pub use ws::WS_PATH;
 
@@ -116,6 +122,12 @@ pub struct Config {
     pub sweep_interval: Duration,
     /// Serve TLS (`https://`, `wss://`) with this certificate and key.
     pub tls: Option<TlsFiles>,
+    /// Live output kept per run, in bytes (the newest; older output is
+    /// dropped, and readers are told how much).
+    pub output_limit: u64,
+    /// Checks the image references of new runs and schedules (400 with its
+    /// message when it fails). `serve` passes the worker's parser.
+    pub image_check: Option<ImageCheck>,
 }
 
 pub const DEFAULT_WORKER_READ_TIMEOUT: Duration = Duration::from_secs(60);
@@ -141,6 +153,8 @@ impl Config {
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             sweep_interval: Duration::from_secs(1),
             tls: None,
+            output_limit: output::DEFAULT_LIMIT,
+            image_check: None,
         }
     }
 
@@ -218,6 +232,7 @@ impl ControlPlane {
                     rejection_backoff: config.rejection_backoff,
                     reannounce_grace: config.reannounce_grace,
                 },
+                config.output_limit,
             )
             .await
             .map_err(StartError::Store)?,
@@ -231,6 +246,7 @@ impl ControlPlane {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
             dispatcher: dispatcher.clone(),
+            image_check: config.image_check,
             worker_read_timeout: config.worker_read_timeout,
             header_read_timeout: config.header_read_timeout,
             shutdown: shutdown_rx.clone(),
