@@ -5,7 +5,9 @@
 //! failed (bad input, unreachable server).
 
 use crate::control_plane::client::{Client, OutputEvent};
-use crate::control_plane::model::{CreateRunRequest, OutputChunk, Run, RunState};
+use crate::control_plane::model::{
+    CreateRunRequest, CreateScheduleRequest, MissedSlots, OutputChunk, Run, RunState, Schedule,
+};
 use crate::control_plane::store::Store;
 use crate::control_plane::{self as cp, Config, ControlPlane, Storage};
 use std::collections::BTreeMap;
@@ -128,8 +130,9 @@ impl ServerArgs {
     }
 }
 
+/// A run's fields, for `run` and `schedules create`.
 #[derive(Debug, clap::Args)]
-pub struct RunArgs {
+pub struct RunSpecArgs {
     /// Id of the worker that runs it (exact, case-sensitive).
     #[arg(long)]
     pub host: String,
@@ -148,6 +151,27 @@ pub struct RunArgs {
     /// A short name for the run, shown in `runs list`.
     #[arg(long)]
     pub title: Option<String>,
+}
+
+impl RunSpecArgs {
+    fn request(&self) -> Result<CreateRunRequest, String> {
+        let env_vars = parse_env(&self.env)?;
+        Ok(CreateRunRequest {
+            worker_host: self.host.clone(),
+            title: self.title.clone(),
+            prompt: self.prompt.clone(),
+            docker_image: self.image.clone(),
+            sidecar_image: self.sidecar.clone(),
+            env_vars: env_vars.into_iter().map(|(k, v)| (k, v.into())).collect(),
+            ..Default::default()
+        })
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub spec: RunSpecArgs,
     /// Follow the run to its end; exit 1 when it fails or is cancelled.
     #[arg(long)]
     pub wait: bool,
@@ -197,6 +221,55 @@ pub enum RunsCommand {
     },
     /// Cancel a run (at once when queued; otherwise the worker is told to stop).
     Cancel { id: String },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SchedulesArgs {
+    #[command(subcommand)]
+    pub command: SchedulesCommand,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum SchedulesCommand {
+    /// Create a schedule: a run (the same fields as `run`) created at each
+    /// slot of a cron expression.
+    Create {
+        /// Five fields (minute hour day-of-month month day-of-week), six
+        /// with seconds first, or an alias such as @hourly.
+        #[arg(long)]
+        cron: String,
+        /// The IANA time zone the expression is read in (e.g. Europe/Berlin).
+        #[arg(long, default_value = "UTC")]
+        time_zone: String,
+        /// Slots that came due while the control plane was down: skip
+        /// (none runs, as cron) or run-once (the latest runs, once).
+        #[arg(long, default_value = "skip", value_parser = parse_missed)]
+        missed: MissedSlots,
+        /// A name to tell it apart (default: the run's title, else the expression).
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        run: RunSpecArgs,
+    },
+    /// List this team's schedules.
+    List,
+    /// Show one schedule.
+    Get { id: String },
+    /// Stop creating runs until resumed.
+    Pause { id: String },
+    /// Create runs again from the next slot on (slots missed while paused do not run).
+    Resume { id: String },
+    /// Delete a schedule (its runs keep its id).
+    Delete { id: String },
+}
+
+fn parse_missed(s: &str) -> Result<MissedSlots, String> {
+    s.parse()
 }
 
 #[derive(Debug, clap::Args)]
@@ -354,18 +427,9 @@ pub async fn run(a: RunArgs) -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
-    let env_vars = match parse_env(&a.env) {
-        Ok(e) => e,
+    let req = match a.spec.request() {
+        Ok(r) => r,
         Err(e) => return fail(e),
-    };
-    let req = CreateRunRequest {
-        worker_host: a.host,
-        title: a.title,
-        prompt: a.prompt,
-        docker_image: a.image,
-        sidecar_image: a.sidecar,
-        env_vars: env_vars.into_iter().map(|(k, v)| (k, v.into())).collect(),
-        ..Default::default()
     };
     let run = match client.create_run(&req).await {
         Ok(r) => r,
@@ -644,6 +708,12 @@ fn print_run(r: &Run) {
     if let Some(e) = &r.execution_id {
         println!("execution:   {e}");
     }
+    if let Some(s) = &r.schedule_id {
+        println!(
+            "schedule:    {s} (slot {})",
+            r.scheduled_for.as_deref().unwrap_or("?")
+        );
+    }
     if let Some(f) = &r.failure_reason {
         println!("failure:     {f}");
     }
@@ -670,6 +740,119 @@ fn print_run(r: &Run) {
     }
 }
 
+pub async fn schedules(a: SchedulesArgs) -> ExitCode {
+    let client = match a.server.client() {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    let one = |r: Result<Schedule, crate::control_plane::client::ClientError>, verb: &str| match r {
+        Ok(s) if a.json => {
+            print_json(&s);
+            ExitCode::SUCCESS
+        }
+        Ok(s) => {
+            if verb.is_empty() {
+                print_schedule(&s);
+            } else {
+                println!("schedule {} {verb}", s.id);
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
+    };
+    match a.command {
+        SchedulesCommand::Create {
+            cron,
+            time_zone,
+            missed,
+            name,
+            run,
+        } => {
+            let run = match run.request() {
+                Ok(r) => r,
+                Err(e) => return fail(e),
+            };
+            let req = CreateScheduleRequest {
+                name,
+                cron,
+                time_zone: Some(time_zone),
+                missed,
+                run,
+            };
+            match client.create_schedule(&req).await {
+                Ok(s) if a.json => {
+                    print_json(&s);
+                    ExitCode::SUCCESS
+                }
+                Ok(s) => {
+                    println!("{}", s.id);
+                    if let Some(next) = &s.next_slot_at {
+                        eprintln!("first run at {next}");
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            }
+        }
+        SchedulesCommand::List => match client.list_schedules().await {
+            Ok(list) if a.json => {
+                print_json(&list);
+                ExitCode::SUCCESS
+            }
+            Ok(list) => {
+                println!(
+                    "{:<22} {:<7} {:<18} {:<16} {:<16} {:<25} NAME",
+                    "ID", "STATE", "CRON", "TIME ZONE", "HOST", "NEXT"
+                );
+                for s in list {
+                    println!(
+                        "{:<22} {:<7} {:<18} {:<16} {:<16} {:<25} {}",
+                        s.id,
+                        if s.paused { "paused" } else { "active" },
+                        s.cron,
+                        s.time_zone,
+                        s.run.worker_host,
+                        s.next_slot_at.as_deref().unwrap_or("-"),
+                        s.name
+                    );
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
+        },
+        SchedulesCommand::Get { id } => one(client.get_schedule(&id).await, ""),
+        SchedulesCommand::Pause { id } => one(client.pause_schedule(&id).await, "paused"),
+        SchedulesCommand::Resume { id } => one(client.resume_schedule(&id).await, "resumed"),
+        SchedulesCommand::Delete { id } => one(client.delete_schedule(&id).await, "deleted"),
+    }
+}
+
+fn print_schedule(s: &Schedule) {
+    println!("id:          {}", s.id);
+    println!("name:        {}", s.name);
+    println!("cron:        {} ({})", s.cron, s.time_zone);
+    println!("missed:      {}", s.missed.as_str());
+    println!(
+        "state:       {}",
+        if s.paused { "paused" } else { "active" }
+    );
+    println!("worker_host: {}", s.run.worker_host);
+    if let Some(t) = &s.run.title {
+        println!("title:       {t}");
+    }
+    if let Some(i) = &s.run.docker_image {
+        println!("image:       {i}");
+    }
+    if !s.run.env_var_names.is_empty() {
+        println!("env:         {}", s.run.env_var_names.join(", "));
+    }
+    println!("next:        {}", s.next_slot_at.as_deref().unwrap_or("-"));
+    println!("handled to:  {}", s.handled_until);
+    if let Some(r) = &s.last_run_id {
+        println!("last run:    {r}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -687,6 +870,15 @@ mod tests {
         assert_eq!(a.worker_lost_timeout, cp::DEFAULT_WORKER_LOST_TIMEOUT);
         assert_eq!(a.rejection_backoff, cp::DEFAULT_REJECTION_BACKOFF);
         assert_eq!(a.reannounce_grace, cp::DEFAULT_REANNOUNCE_GRACE);
+    }
+
+    #[test]
+    fn sizes_parse_with_binary_units() {
+        assert_eq!(parse_size("4MiB").unwrap(), 4 << 20);
+        assert_eq!(parse_size("512KiB").unwrap(), 512 << 10);
+        assert_eq!(parse_size("1048576").unwrap(), 1 << 20);
+        assert!(parse_size("0").unwrap_err().contains("above zero"));
+        assert!(parse_size("4MB").unwrap_err().contains("KiB, MiB or GiB"));
     }
 
     #[test]

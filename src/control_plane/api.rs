@@ -6,7 +6,7 @@
 //! `api-specs/control-plane-runs.openapi.json` (`openapi`).
 
 use crate::control_plane::edge::{authenticate, no_such_endpoint, Body, Shared};
-use crate::control_plane::{api_output, api_runs, api_workers};
+use crate::control_plane::{api_output, api_runs, api_schedules, api_workers};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use std::sync::Arc;
@@ -36,6 +36,7 @@ pub async fn handle(req: Request<Incoming>, shared: &Arc<Shared>) -> Response<Bo
     let answer = match segments.as_slice() {
         ["runs", id, "output"] => api_output::handle(req, shared, team, id).await,
         ["runs", rest @ ..] => api_runs::handle(req, shared, team, rest).await,
+        ["schedules", rest @ ..] => api_schedules::handle(req, shared, team, rest).await,
         ["workers"] => api_workers::handle(req, shared, team).await,
         _ => Err(no_such_endpoint(&path)),
     };

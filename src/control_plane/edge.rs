@@ -10,6 +10,7 @@
 
 use crate::control_plane::dispatcher::Dispatcher;
 use crate::control_plane::model::ApiError;
+use crate::control_plane::scheduler::Scheduler;
 use crate::control_plane::store::{StoreError, Team};
 use bytes::Bytes;
 use http::{header, HeaderMap, Request, Response, StatusCode};
@@ -63,6 +64,7 @@ pub type ImageCheck = fn(&str) -> Result<(), String>;
 /// What every request handler and connection task shares.
 pub struct Shared {
     pub dispatcher: Arc<Dispatcher>,
+    pub scheduler: Arc<Scheduler>,
     /// Image references in runs and schedules are checked with this, when
     /// set.
     pub image_check: Option<ImageCheck>,

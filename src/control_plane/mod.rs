@@ -7,10 +7,12 @@
 //! commit), `store` (all SQL, as jobs for that thread), `index` (the live
 //! runs, queues per worker id and connections, in memory), `output` (runs'
 //! live output: bounded, stored, watched), `dispatcher` (routes runs to
-//! live connections), `edge` (what the HTTP endpoints share: body types,
-//! JSON and error responses, authentication, shared state), then the
-//! endpoints — the API's resources `api_runs`, `api_output`,
-//! `api_workers`, routed by `api`, and the worker endpoint `ws` — and
+//! live connections), `calendar` (cron expressions in a time zone) and
+//! `scheduler` (runs from schedules, once per slot), `edge` (what the HTTP
+//! endpoints share: body types, JSON and error responses, authentication,
+//! shared state), then the endpoints — the API's resources `api_runs`,
+//! `api_output`, `api_schedules`, `api_workers`, routed by `api`, and the
+//! worker endpoint `ws` — and
 //! `server`, which only accepts connections and routes requests to them.
 //! `client` (the CLI's side of the API) and `openapi` know only `model`.
 //! `tests/control_plane_layering.rs` enforces this.
@@ -59,7 +61,9 @@
 pub mod api;
 pub mod api_output;
 pub mod api_runs;
+pub mod api_schedules;
 pub mod api_workers;
+pub mod calendar;
 pub mod client;
 pub mod dispatcher;
 pub mod edge;
@@ -68,6 +72,7 @@ pub mod keys;
 pub mod model;
 pub mod openapi;
 pub mod output;
+pub mod scheduler;
 pub mod server;
 pub mod store;
 pub mod time;
@@ -77,6 +82,7 @@ pub mod ws;
 
 use dispatcher::{DispatchTimeouts, Dispatcher};
 use edge::Shared;
+use scheduler::Scheduler;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -237,6 +243,11 @@ impl ControlPlane {
             .await
             .map_err(StartError::Store)?,
         );
+        let scheduler = Arc::new(
+            Scheduler::load(dispatcher.clone())
+                .await
+                .map_err(StartError::Store)?,
+        );
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|e| StartError::Bind(config.listen, e))?;
@@ -246,12 +257,14 @@ impl ControlPlane {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
             dispatcher: dispatcher.clone(),
+            scheduler: scheduler.clone(),
             image_check: config.image_check,
             worker_read_timeout: config.worker_read_timeout,
             header_read_timeout: config.header_read_timeout,
             shutdown: shutdown_rx.clone(),
         });
         let serves_tls = tls.is_some();
+        let scheduling = tokio::spawn(scheduler.run(shutdown_rx.clone()));
         let server = tokio::spawn(server::accept_loop(listener, shared, tls));
         let sweeper = {
             let dispatcher = dispatcher.clone();
@@ -274,7 +287,7 @@ impl ControlPlane {
             tls: serves_tls,
             dispatcher,
             shutdown,
-            tasks: vec![server, sweeper],
+            tasks: vec![server, sweeper, scheduling],
         })
     }
 

@@ -4,8 +4,8 @@
 //! xtask codegen`.
 
 use crate::control_plane::model::{
-    ApiError, CreateRunRequest, OutputChunk, OutputTruncated, Run, RunList, RunOutput,
-    RunResultRequest, RunState, WorkerList,
+    ApiError, CreateRunRequest, CreateScheduleRequest, OutputChunk, OutputTruncated, Run, RunList,
+    RunOutput, RunResultRequest, RunState, Schedule, ScheduleList, WorkerList,
 };
 use schemars::generate::SchemaSettings;
 use serde_json::{json, Value};
@@ -24,6 +24,9 @@ pub fn document() -> Value {
     let truncated = gen.subschema_for::<OutputTruncated>().to_value();
     let result = gen.subschema_for::<RunResultRequest>().to_value();
     let workers = gen.subschema_for::<WorkerList>().to_value();
+    let create_schedule = gen.subschema_for::<CreateScheduleRequest>().to_value();
+    let schedule = gen.subschema_for::<Schedule>().to_value();
+    let schedules = gen.subschema_for::<ScheduleList>().to_value();
     let schemas = gen.take_definitions(true);
 
     let json_body = |s: &Value| json!({ "content": { "application/json": { "schema": s } } });
@@ -38,6 +41,10 @@ pub fn document() -> Value {
         r
     };
     let unauthorized = err("Missing, malformed or unknown API key.");
+    let schedule_id = json!({
+        "name": "id", "in": "path", "required": true, "schema": { "type": "string" },
+        "description": "The schedule id (`sch_…`)."
+    });
     let run_id = json!({
         "name": "id", "in": "path", "required": true, "schema": { "type": "string" },
         "description": "The run id (`run_…`)."
@@ -47,7 +54,7 @@ pub fn document() -> Value {
         "info": {
             "title": "oz-agent-worker control plane: runs API",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "Create, list, inspect and cancel runs on a local control plane, read and follow their live output, and list the team's worker ids. Every call needs a team API key (`Authorization: Bearer ozk_…`, created with `oz-agent-worker api-keys create --team NAME`); a team only ever sees its own runs. Runs move queued → assigned → claimed → succeeded | failed | cancelled; a run goes back to queued when its worker rejects it or disconnects before claiming it."
+            "description": "Create, list, inspect and cancel runs on a local control plane, read and follow their live output, schedule runs with cron expressions, and list the team's worker ids. Every call needs a team API key (`Authorization: Bearer ozk_…`, created with `oz-agent-worker api-keys create --team NAME`); a team only ever sees its own runs. Runs move queued → assigned → claimed → succeeded | failed | cancelled; a run goes back to queued when its worker rejects it or disconnects before claiming it."
         },
         "components": {
             "securitySchemes": { "teamKey": { "type": "http", "scheme": "bearer" } },
@@ -132,6 +139,72 @@ pub fn document() -> Value {
                         "401": unauthorized,
                         "404": err("No such run for this team."),
                         "409": err("The run is not claimed (queued or assigned: cancel it instead), the execution id is not the run's, or it already ended otherwise.")
+                    }
+                }
+            },
+            "/api/v1/schedules": {
+                "post": {
+                    "operationId": "createSchedule",
+                    "summary": "Create a schedule: at each slot of a cron expression (read in an IANA time zone, UTC by default) the control plane creates the run described in `run`, once per slot even across its restarts. Slots that came due while it was not running are skipped or run once (`missed`). Each run records its `schedule_id` and `scheduled_for`.",
+                    "requestBody": { "required": true, "content": { "application/json": { "schema": create_schedule } } },
+                    "responses": {
+                        "201": ok("The schedule, with its next slot.", &schedule),
+                        "400": err("Invalid cron expression or time zone, or an invalid run (as for createRun, prefixed `run:`)."),
+                        "401": unauthorized
+                    }
+                },
+                "get": {
+                    "operationId": "listSchedules",
+                    "summary": "List the team's schedules, oldest first.",
+                    "responses": {
+                        "200": ok("The schedules.", &schedules),
+                        "401": unauthorized
+                    }
+                }
+            },
+            "/api/v1/schedules/{id}": {
+                "get": {
+                    "operationId": "getSchedule",
+                    "summary": "One schedule, with its next slot and last run.",
+                    "parameters": [schedule_id],
+                    "responses": {
+                        "200": ok("The schedule.", &schedule),
+                        "401": unauthorized,
+                        "404": err("No such schedule for this team.")
+                    }
+                },
+                "delete": {
+                    "operationId": "deleteSchedule",
+                    "summary": "Delete a schedule. Its runs stay, with its id.",
+                    "parameters": [schedule_id],
+                    "responses": {
+                        "200": ok("The schedule as it was.", &schedule),
+                        "401": unauthorized,
+                        "404": err("No such schedule for this team.")
+                    }
+                }
+            },
+            "/api/v1/schedules/{id}/pause": {
+                "post": {
+                    "operationId": "pauseSchedule",
+                    "summary": "Stop creating runs until resumed (a paused schedule is answered as is).",
+                    "parameters": [schedule_id],
+                    "responses": {
+                        "200": ok("The schedule.", &schedule),
+                        "401": unauthorized,
+                        "404": err("No such schedule for this team.")
+                    }
+                }
+            },
+            "/api/v1/schedules/{id}/resume": {
+                "post": {
+                    "operationId": "resumeSchedule",
+                    "summary": "Create runs again from the next slot on; slots that came due while paused do not run.",
+                    "parameters": [schedule_id],
+                    "responses": {
+                        "200": ok("The schedule.", &schedule),
+                        "401": unauthorized,
+                        "404": err("No such schedule for this team.")
                     }
                 }
             },

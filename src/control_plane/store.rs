@@ -490,7 +490,7 @@ impl Store {
     /// Stores a new queued run with its first history entry.
     pub fn insert_run(&self, id: &str, team_id: i64, spec: &CreateRunRequest) -> Pending<LiveRun> {
         let (id, spec) = (id.to_string(), spec.clone());
-        self.call(move |conn| insert_run(conn, &id, team_id, &spec, None))
+        self.call(move |conn| insert_run(conn, &id, team_id, &spec, None, "created"))
     }
 
     /// `team_id: None` looks across teams (the control plane's own use).
@@ -641,9 +641,10 @@ impl Store {
         self.call(move |conn| list_schedules(conn, team_id))
     }
 
-    pub fn get_schedule(&self, id: &str, team_id: i64) -> Pending<Option<ScheduleRecord>> {
+    /// `team_id: None` looks across teams (the scheduler's own use).
+    pub fn get_schedule(&self, id: &str, team_id: Option<i64>) -> Pending<Option<ScheduleRecord>> {
         let id = id.to_string();
-        self.call(move |conn| get_schedule(conn, &id, Some(team_id)))
+        self.call(move |conn| get_schedule(conn, &id, team_id))
     }
 
     /// Pauses or resumes; a resume also marks every slot until
@@ -683,19 +684,23 @@ impl Store {
     }
 
     /// Handles a due slot of schedule `id` in one change: when the schedule
-    /// is still active and handled exactly until `expected`, creates run
-    /// `run_id` (queued, recording the schedule and the slot) unless it is
-    /// `None`, and marks everything until `slot` handled. A slot therefore
-    /// gets at most one run, whatever crashes when.
+    /// is still active and handled exactly until `expected`, creates the
+    /// run `(id, history note)` (queued, recording the schedule and the
+    /// slot) unless it is `None`, and marks everything until `slot`
+    /// handled. A slot therefore gets at most one run, whatever crashes
+    /// when.
     pub fn handle_slot(
         &self,
         id: &str,
         expected: &str,
         slot: &str,
-        run_id: Option<String>,
+        run: Option<(String, String)>,
     ) -> Pending<SlotOutcome> {
         let (id, expected, slot) = (id.to_string(), expected.to_string(), slot.to_string());
-        self.call(move |conn| handle_slot(conn, &id, &expected, &slot, run_id.as_deref()))
+        self.call(move |conn| {
+            let run = run.as_ref().map(|(r, n)| (r.as_str(), n.as_str()));
+            handle_slot(conn, &id, &expected, &slot, run)
+        })
     }
 
     // ---- worker ids ----
@@ -821,13 +826,15 @@ fn team_for_key_hash(conn: &Connection, hash: &str) -> Result<Option<Team>> {
         .optional()?)
 }
 
-/// `schedule`: (schedule id, slot) for a run a schedule creates.
+/// `schedule`: (schedule id, slot) for a run a schedule creates; `note`
+/// starts its history.
 fn insert_run(
     conn: &Connection,
     id: &str,
     team_id: i64,
     spec: &CreateRunRequest,
     schedule: Option<(&str, &str)>,
+    note: &str,
 ) -> Result<LiveRun> {
     let now = time::now();
     let spec_json = serde_json::to_string(spec).expect("run specs serialize");
@@ -848,10 +855,6 @@ fn insert_run(
         ],
     )?;
     let seq = conn.last_insert_rowid();
-    let note = match schedule {
-        Some((s, slot)) => format!("created by schedule {s} for its slot {slot}"),
-        None => "created".to_string(),
-    };
     conn.execute(
         "INSERT INTO run_history (run_id, at, state, note) VALUES (?1, ?2, ?3, ?4)",
         params![id, now, RunState::Queued.as_str(), note],
@@ -1231,7 +1234,7 @@ fn handle_slot(
     id: &str,
     expected: &str,
     slot: &str,
-    run_id: Option<&str>,
+    run: Option<(&str, &str)>,
 ) -> Result<SlotOutcome> {
     let Some(s) = get_schedule(conn, id, None)? else {
         return Ok(SlotOutcome::Stale);
@@ -1239,16 +1242,18 @@ fn handle_slot(
     if s.paused || s.handled_until != expected {
         return Ok(SlotOutcome::Stale);
     }
-    let outcome = match run_id {
-        Some(run_id) => SlotOutcome::Created(Box::new(insert_run(
+    let outcome = match run {
+        Some((run_id, note)) => SlotOutcome::Created(Box::new(insert_run(
             conn,
             run_id,
             s.team_id,
             &s.spec,
             Some((id, slot)),
+            note,
         )?)),
         None => SlotOutcome::Skipped,
     };
+    let run_id = run.map(|(r, _)| r);
     conn.execute(
         "UPDATE schedules SET handled_until = ?2, last_run_id = COALESCE(?3, last_run_id),
          updated_at = ?4 WHERE id = ?1",
@@ -1373,7 +1378,7 @@ mod tests {
         use OutputStream::{Stderr, Stdout};
         let s = Store::open_in_memory().unwrap();
         let team = s.create_api_key_blocking("t").unwrap().team.id;
-        s.call_blocking(move |c| insert_run(c, "r1", team, &spec("w"), None))
+        s.call_blocking(move |c| insert_run(c, "r1", team, &spec("w"), None, "created"))
             .unwrap();
         let append = |chunks: Vec<NewChunk>, lost: u64, limit: u64| {
             s.call_blocking(move |c| append_output(c, "r1", &chunks, lost, limit))
@@ -1451,7 +1456,13 @@ mod tests {
         let slot = "2030-01-01T00:01:00.000Z";
         let first = s
             .call_blocking(move |c| {
-                handle_slot(c, "sch_1", "2030-01-01T00:00:00.000Z", slot, Some("r1"))
+                handle_slot(
+                    c,
+                    "sch_1",
+                    "2030-01-01T00:00:00.000Z",
+                    slot,
+                    Some(("r1", "n")),
+                )
             })
             .unwrap();
         let SlotOutcome::Created(run) = first else {
@@ -1463,7 +1474,13 @@ mod tests {
         // finds the schedule moved on.
         let again = s
             .call_blocking(move |c| {
-                handle_slot(c, "sch_1", "2030-01-01T00:00:00.000Z", slot, Some("r2"))
+                handle_slot(
+                    c,
+                    "sch_1",
+                    "2030-01-01T00:00:00.000Z",
+                    slot,
+                    Some(("r2", "n")),
+                )
             })
             .unwrap();
         assert!(matches!(again, SlotOutcome::Stale), "{again:?}");
@@ -1484,7 +1501,7 @@ mod tests {
             let s = Store::open(&path).unwrap();
             let k = s.call_blocking(|conn| create_api_key(conn, "t")).unwrap();
             let team = k.team.id;
-            s.call_blocking(move |conn| insert_run(conn, "r1", team, &spec("w"), None))
+            s.call_blocking(move |conn| insert_run(conn, "r1", team, &spec("w"), None, "created"))
                 .unwrap();
             k.secret
         };
