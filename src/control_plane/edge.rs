@@ -11,6 +11,7 @@
 use crate::control_plane::dispatcher::Dispatcher;
 use crate::control_plane::model::ApiError;
 use crate::control_plane::scheduler::Scheduler;
+use crate::control_plane::sessions::{self, Sessions};
 use crate::control_plane::store::{StoreError, Team};
 use bytes::Bytes;
 use http::{header, HeaderMap, Request, Response, StatusCode};
@@ -65,6 +66,10 @@ pub type ImageCheck = fn(&str) -> Result<(), String>;
 pub struct Shared {
     pub dispatcher: Arc<Dispatcher>,
     pub scheduler: Arc<Scheduler>,
+    /// The management UI's sign-in sessions.
+    pub sessions: Sessions,
+    /// Served over TLS: session cookies are `Secure`, origins `https`.
+    pub tls: bool,
     /// Image references in runs and schedules are checked with this, when
     /// set.
     pub image_check: Option<ImageCheck>,
@@ -77,19 +82,116 @@ pub struct Shared {
     pub shutdown: watch::Receiver<bool>,
 }
 
-/// Who is calling: a team, authenticated by its API key.
+/// How a caller proved who it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// `Authorization: Bearer <team key>`.
+    Key,
+    /// The management UI's session cookie (and, for changes, its CSRF
+    /// token).
+    Session,
+}
+
+/// Who is calling: a team.
 #[derive(Debug, Clone)]
 pub struct Caller {
     pub team: Team,
+    pub via: Via,
 }
 
-/// Authenticates an API request. `Err` is the response to send.
+/// Authenticates an API request: by its bearer key, else by a UI session
+/// cookie. A change (any method but GET and HEAD) made with a session must
+/// come from the control plane's own origin and carry the session's CSRF
+/// token in `X-CSRF-Token` (the cookie is also SameSite=Strict). `Err` is
+/// the response to send.
 pub async fn authenticate(
     req: &Request<Incoming>,
     shared: &Shared,
 ) -> Result<Caller, Response<Body>> {
-    let team = bearer_team(req.headers(), shared).await?;
-    Ok(Caller { team })
+    let headers = req.headers();
+    if headers.contains_key(header::AUTHORIZATION) {
+        let team = bearer_team(headers, shared).await?;
+        return Ok(Caller {
+            team,
+            via: Via::Key,
+        });
+    }
+    let Some(id) = session_id(headers) else {
+        let team = bearer_team(headers, shared).await?;
+        return Ok(Caller {
+            team,
+            via: Via::Key,
+        });
+    };
+    let Some(session) = shared.sessions.get(id) else {
+        return Err(error_response(
+            StatusCode::UNAUTHORIZED,
+            "your sign-in has ended (sessions last 12 hours, and a restart of the control plane ends them); sign in again at /ui/login",
+        ));
+    };
+    if !matches!(*req.method(), http::Method::GET | http::Method::HEAD) {
+        same_origin(req, shared)?;
+        let token = headers
+            .get(CSRF_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if !crate::control_plane::keys::same_secret(token, &session.csrf_token) {
+            return Err(error_response(
+                StatusCode::FORBIDDEN,
+                "missing or wrong CSRF token: a change made with the UI's session must send its token in X-CSRF-Token (reload the page)",
+            ));
+        }
+    }
+    Ok(Caller {
+        team: session.team,
+        via: Via::Session,
+    })
+}
+
+/// The header the UI sends its session's CSRF token in.
+pub const CSRF_HEADER: &str = "x-csrf-token";
+
+/// The UI session id in the request's cookies.
+pub fn session_id(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|h| sessions::cookie_value(h, sessions::COOKIE))
+        .filter(|v| !v.is_empty())
+}
+
+/// Refuses a request a browser sent from another site: its `Origin` (sent
+/// with every cross-origin request and every POST) must be this control
+/// plane's own, and `Sec-Fetch-Site`, when sent, must not say otherwise.
+pub fn same_origin(req: &Request<Incoming>, shared: &Shared) -> Result<(), Response<Body>> {
+    let headers = req.headers();
+    let forbidden = |why: &str| {
+        Err(error_response(
+            StatusCode::FORBIDDEN,
+            &format!("cross-site request refused: {why}"),
+        ))
+    };
+    if let Some(site) = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
+        if !matches!(site, "same-origin" | "none") {
+            return forbidden(&format!("Sec-Fetch-Site is {site:?}"));
+        }
+    }
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let host = headers
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .or_else(|| req.uri().authority().map(|a| a.as_str()))
+            .unwrap_or("");
+        let scheme = if shared.tls { "https" } else { "http" };
+        if origin.to_str().ok() != Some(format!("{scheme}://{host}").as_str()) {
+            return forbidden(&format!(
+                "Origin {:?} is not this control plane ({scheme}://{host})",
+                origin.to_str().unwrap_or("?")
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Resolves the bearer key to its team, or answers 401 with a body that says

@@ -10,9 +10,10 @@
 //! live connections), `calendar` (cron expressions in a time zone) and
 //! `scheduler` (runs from schedules, once per slot), `edge` (what the HTTP
 //! endpoints share: body types, JSON and error responses, authentication,
-//! shared state), then the endpoints — the API's resources `api_runs`,
-//! `api_output`, `api_schedules`, `api_workers`, routed by `api`, and the
-//! worker endpoint `ws` — and
+//! shared state; `sessions` holds the UI's sign-ins), then the endpoints —
+//! the API's resources `api_runs`, `api_output`, `api_schedules`,
+//! `api_workers`, routed by `api`, the worker endpoint `ws` and the
+//! management UI `ui` (embedded pages) — and
 //! `server`, which only accepts connections and routes requests to them.
 //! `client` (the CLI's side of the API) and `openapi` know only `model`.
 //! `tests/control_plane_layering.rs` enforces this.
@@ -74,9 +75,11 @@ pub mod openapi;
 pub mod output;
 pub mod scheduler;
 pub mod server;
+pub mod sessions;
 pub mod store;
 pub mod time;
 pub mod tls;
+pub mod ui;
 pub mod writer;
 pub mod ws;
 
@@ -258,6 +261,8 @@ impl ControlPlane {
         let shared = Arc::new(Shared {
             dispatcher: dispatcher.clone(),
             scheduler: scheduler.clone(),
+            sessions: Default::default(),
+            tls: tls.is_some(),
             image_check: config.image_check,
             worker_read_timeout: config.worker_read_timeout,
             header_read_timeout: config.header_read_timeout,

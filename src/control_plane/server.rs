@@ -1,10 +1,10 @@
 //! The HTTP listener: accepts connections (plain, or TLS with `tls`) and
-//! routes each request to the worker endpoint (`ws`), the API (`api`) or
-//! `/healthz`. Nothing else lives here; what the endpoints share is in
+//! routes each request to the worker endpoint (`ws`), the API (`api`), the
+//! management UI (`ui`) or `/healthz`. Nothing else lives here; what the endpoints share is in
 //! `edge`.
 
 use crate::control_plane::edge::{full, no_such_endpoint, Body, Shared};
-use crate::control_plane::{api, ws};
+use crate::control_plane::{api, ui, ws};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -91,6 +91,8 @@ async fn route(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Response<B
         ws::upgrade(req, shared).await
     } else if path.starts_with(api::API_PREFIX) {
         api::handle(req, &shared).await
+    } else if ui::serves(path) {
+        ui::handle(req, &shared).await
     } else if path == "/healthz" {
         Response::new(full("ok\n"))
     } else {
