@@ -19,6 +19,9 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 /// How long an `expect_*` waits before failing the test.
 pub const EXPECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a test watches for something that must not happen (a message,
+/// a command) after the event that would have caused it.
+pub const QUIET_PERIOD: Duration = Duration::from_millis(300);
 
 /// Test defaults: in memory, ephemeral port, short timers.
 pub fn test_config() -> Config {
