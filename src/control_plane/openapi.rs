@@ -57,10 +57,16 @@ pub fn document() -> Value {
             "description": "Create, list, inspect and cancel runs on a local control plane, read and follow their live output, schedule runs with cron expressions, and list the team's worker ids. Every call needs a team API key (`Authorization: Bearer ozk_…`, created with `oz-agent-worker api-keys create --team NAME`); a team only ever sees its own runs. Runs move queued → assigned → claimed → succeeded | failed | cancelled; a run goes back to queued when its worker rejects it or disconnects before claiming it."
         },
         "components": {
-            "securitySchemes": { "teamKey": { "type": "http", "scheme": "bearer" } },
+            "securitySchemes": {
+                "teamKey": { "type": "http", "scheme": "bearer" },
+                "uiSession": {
+                    "type": "apiKey", "in": "cookie", "name": "oz_session",
+                    "description": "The management UI's session (from signing in at /ui/login with a team key). A request made with it that changes anything (any method but GET and HEAD) must also send the session's CSRF token (GET /ui/session) in `X-CSRF-Token` and come from the control plane's own origin."
+                }
+            },
             "schemas": schemas
         },
-        "security": [{ "teamKey": [] }],
+        "security": [{ "teamKey": [] }, { "uiSession": [] }],
         "paths": {
             "/api/v1/runs": {
                 "post": {
