@@ -50,7 +50,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ),
     ("ws", &["dispatcher", "edge"]),
     ("tls", &[]),
-    ("ui", &["edge", "keys", "sessions"]),
+    ("ui", &["edge", "sessions"]),
     ("server", &["api", "edge", "tls", "ui", "ws"]),
     ("client", &["model"]),
     ("openapi", &["model"]),

@@ -130,17 +130,7 @@ pub async fn authenticate(
         ));
     };
     if !matches!(*req.method(), http::Method::GET | http::Method::HEAD) {
-        same_origin(req, shared)?;
-        let token = headers
-            .get(CSRF_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        if !crate::control_plane::keys::same_secret(token, &session.csrf_token) {
-            return Err(error_response(
-                StatusCode::FORBIDDEN,
-                "missing or wrong CSRF token: a change made with the UI's session must send its token in X-CSRF-Token (reload the page)",
-            ));
-        }
+        check_change(req, shared, &session)?;
     }
     Ok(Caller {
         team: session.team,
@@ -150,6 +140,28 @@ pub async fn authenticate(
 
 /// The header the UI sends its session's CSRF token in.
 pub const CSRF_HEADER: &str = "x-csrf-token";
+
+/// A change made with a UI session: it must come from this control
+/// plane's own origin and carry the session's CSRF token.
+pub fn check_change(
+    req: &Request<Incoming>,
+    shared: &Shared,
+    session: &sessions::Session,
+) -> Result<(), Response<Body>> {
+    same_origin(req, shared)?;
+    let token = req
+        .headers()
+        .get(CSRF_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !crate::control_plane::keys::same_secret(token, &session.csrf_token) {
+        return Err(error_response(
+            StatusCode::FORBIDDEN,
+            "missing or wrong CSRF token: a change made with the UI's session must send its token in X-CSRF-Token (reload the page)",
+        ));
+    }
+    Ok(())
+}
 
 /// The UI session id in the request's cookies.
 pub fn session_id(headers: &HeaderMap) -> Option<&str> {

@@ -21,7 +21,7 @@
 #![allow(clippy::result_large_err)]
 
 use crate::control_plane::edge::{
-    error_response, full, json_response, same_origin, session_id, Body, Shared,
+    check_change, error_response, full, json_response, same_origin, session_id, Body, Shared,
 };
 use crate::control_plane::sessions::{self, LIFETIME};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
@@ -175,16 +175,8 @@ fn logout(req: &Request<Incoming>, shared: &Shared) -> Response<Body> {
     let Some(session) = shared.sessions.get(id) else {
         return error_response(StatusCode::UNAUTHORIZED, "not signed in");
     };
-    if let Err(resp) = same_origin(req, shared) {
+    if let Err(resp) = check_change(req, shared, &session) {
         return resp;
-    }
-    let token = req
-        .headers()
-        .get(crate::control_plane::edge::CSRF_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if !crate::control_plane::keys::same_secret(token, &session.csrf_token) {
-        return error_response(StatusCode::FORBIDDEN, "missing or wrong CSRF token");
     }
     shared.sessions.end(id);
     let mut resp = Response::builder()
