@@ -121,3 +121,48 @@ async fn api_keys_show_the_secret_once() {
     assert!(listed.contains("alpha"), "{listed}");
     assert!(!listed.contains(&secret), "{listed}");
 }
+
+#[tokio::test]
+async fn runs_logs_prints_each_stream_to_its_own_and_marks_what_the_worker_dropped() {
+    use oz_agent_worker::control_plane::model::CreateRunRequest;
+    use oz_agent_worker::protocol::OutputStream::{Stderr, Stdout};
+    let t = TestPlane::start(test_config()).await;
+    let client = t.client();
+    let mut w = t.worker("w1").await;
+    let run = client
+        .create_run(&CreateRunRequest {
+            worker_host: "w1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let exec = w.expect_assignment().await.execution_id.unwrap();
+    w.claim_execution(&run.id, Some(&exec)).await;
+    w.output(&run.id, Some(&exec), Stdout, "to stdout\n", 0)
+        .await;
+    w.output(&run.id, Some(&exec), Stderr, "to stderr\n", 0)
+        .await;
+    w.output(&run.id, Some(&exec), Stdout, "after a gap\n", 4096)
+        .await;
+    support::control_plane::wait_for_output(&client, &run.id, 32).await;
+    let out = cli(&t.plane.url(), &t.key)
+        .args(["runs", "logs", &run.id])
+        .output()
+        .await
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(stdout, "to stdout\nafter a gap\n");
+    assert!(stderr.contains("to stderr\n"), "{stderr}");
+    assert!(
+        stderr.contains("4096 bytes of output dropped by the worker here"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("is claimed; `runs logs --follow"),
+        "a running run's read says more may come: {stderr}"
+    );
+}

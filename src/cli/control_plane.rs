@@ -1,10 +1,13 @@
 //! `serve`, `run`, `runs`, `api-keys`: the control plane and its clients.
 //!
-//! Exit codes: 0 success; 1 a run followed with `--wait` failed or was
-//! cancelled; 2 the command itself failed (bad input, unreachable server).
+//! Exit codes: 0 success; 1 a run followed with `--wait`, `--attach` or
+//! `runs logs --follow` failed or was cancelled; 2 the command itself
+//! failed (bad input, unreachable server).
 
-use crate::control_plane::client::Client;
-use crate::control_plane::model::{CreateRunRequest, Run, RunState};
+use crate::control_plane::client::{Client, OutputEvent};
+use crate::control_plane::model::{
+    CreateRunRequest, CreateScheduleRequest, MissedSlots, OutputChunk, Run, RunState, Schedule,
+};
 use crate::control_plane::store::Store;
 use crate::control_plane::{self as cp, Config, ControlPlane, Storage};
 use std::collections::BTreeMap;
@@ -68,8 +71,38 @@ pub struct ServeArgs {
     /// (doubling for each rejected retry, up to 16 times this).
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub rejection_backoff: Duration,
+    /// Live output kept per run (the newest bytes; readers are told how much
+    /// older output was dropped): bytes, or with a KiB/MiB/GiB suffix.
+    #[arg(long, default_value = "4MiB", value_parser = parse_size)]
+    pub output_limit: u64,
     #[arg(long, default_value = "info", value_parser = ["debug", "info", "warn", "error"])]
     pub log_level: String,
+}
+
+/// `4MiB`, `512KiB`, `1GiB` (also `K`, `M`, `G`, powers of 1024), or bytes.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size; write e.g. 4MiB, 512KiB or 1048576"))?;
+    let scale: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "K" | "KiB" | "k" => 1 << 10,
+        "M" | "MiB" => 1 << 20,
+        "G" | "GiB" => 1 << 30,
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?} in {s:?}; use KiB, MiB or GiB"
+            ))
+        }
+    };
+    match n.checked_mul(scale) {
+        Some(0) => Err(format!("{s:?}: the size must be above zero")),
+        Some(v) => Ok(v),
+        None => Err(format!("{s:?} is too large")),
+    }
 }
 
 /// The control plane a client command talks to.
@@ -97,8 +130,9 @@ impl ServerArgs {
     }
 }
 
+/// A run's fields, for `run` and `schedules create`.
 #[derive(Debug, clap::Args)]
-pub struct RunArgs {
+pub struct RunSpecArgs {
     /// Id of the worker that runs it (exact, case-sensitive).
     #[arg(long)]
     pub host: String,
@@ -117,9 +151,34 @@ pub struct RunArgs {
     /// A short name for the run, shown in `runs list`.
     #[arg(long)]
     pub title: Option<String>,
+}
+
+impl RunSpecArgs {
+    fn request(&self) -> Result<CreateRunRequest, String> {
+        let env_vars = parse_env(&self.env)?;
+        Ok(CreateRunRequest {
+            worker_host: self.host.clone(),
+            title: self.title.clone(),
+            prompt: self.prompt.clone(),
+            docker_image: self.image.clone(),
+            sidecar_image: self.sidecar.clone(),
+            env_vars: env_vars.into_iter().map(|(k, v)| (k, v.into())).collect(),
+            ..Default::default()
+        })
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub spec: RunSpecArgs,
     /// Follow the run to its end; exit 1 when it fails or is cancelled.
     #[arg(long)]
     pub wait: bool,
+    /// Print the agent's output live (stdout to stdout, stderr to stderr)
+    /// until the run ends; exit 1 when it fails or is cancelled.
+    #[arg(long, conflicts_with_all = ["wait", "json"])]
+    pub attach: bool,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
@@ -151,8 +210,66 @@ pub enum RunsCommand {
     },
     /// Show one run with its state history.
     Get { id: String },
+    /// Print a run's output (stdout to stdout, stderr to stderr) as the
+    /// control plane keeps it.
+    Logs {
+        id: String,
+        /// Keep printing as it arrives until the run ends; exit 1 when it
+        /// failed or was cancelled.
+        #[arg(long, short = 'f')]
+        follow: bool,
+    },
     /// Cancel a run (at once when queued; otherwise the worker is told to stop).
     Cancel { id: String },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SchedulesArgs {
+    #[command(subcommand)]
+    pub command: SchedulesCommand,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum SchedulesCommand {
+    /// Create a schedule: a run (the same fields as `run`) created at each
+    /// slot of a cron expression.
+    Create {
+        /// Five fields (minute hour day-of-month month day-of-week), six
+        /// with seconds first, or an alias such as @hourly.
+        #[arg(long)]
+        cron: String,
+        /// The IANA time zone the expression is read in (e.g. Europe/Berlin).
+        #[arg(long, default_value = "UTC")]
+        time_zone: String,
+        /// Slots that came due while the control plane was down: skip
+        /// (none runs, as cron) or run-once (the latest runs, once).
+        #[arg(long, default_value = "skip", value_parser = parse_missed)]
+        missed: MissedSlots,
+        /// A name to tell it apart (default: the run's title, else the expression).
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        run: RunSpecArgs,
+    },
+    /// List this team's schedules.
+    List,
+    /// Show one schedule.
+    Get { id: String },
+    /// Stop creating runs until resumed.
+    Pause { id: String },
+    /// Create runs again from the next slot on (slots missed while paused do not run).
+    Resume { id: String },
+    /// Delete a schedule (its runs keep its id).
+    Delete { id: String },
+}
+
+fn parse_missed(s: &str) -> Result<MissedSlots, String> {
+    s.parse()
 }
 
 #[derive(Debug, clap::Args)]
@@ -190,6 +307,8 @@ pub async fn serve(a: ServeArgs) -> ExitCode {
     config.worker_lost_timeout = a.worker_lost_timeout;
     config.rejection_backoff = a.rejection_backoff;
     config.reannounce_grace = a.reannounce_grace;
+    config.output_limit = a.output_limit;
+    config.image_check = Some(check_image_reference);
     if let (Some(cert), Some(key)) = (a.tls_cert, a.tls_key) {
         config.tls = Some(cp::TlsFiles { cert, key });
     }
@@ -207,6 +326,14 @@ pub async fn serve(a: ServeArgs) -> ExitCode {
     tracing::info!("shutting down");
     plane.shutdown().await;
     ExitCode::SUCCESS
+}
+
+/// The worker's own image reference parser, so the API refuses what the
+/// worker would (with the worker's message) before anything is queued.
+fn check_image_reference(reference: &str) -> Result<(), String> {
+    crate::docker::reference::ImageRef::parse(reference)
+        .map(drop)
+        .map_err(|e| e.to_string())
 }
 
 async fn shutdown_signal() {
@@ -300,24 +427,15 @@ pub async fn run(a: RunArgs) -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
-    let env_vars = match parse_env(&a.env) {
-        Ok(e) => e,
+    let req = match a.spec.request() {
+        Ok(r) => r,
         Err(e) => return fail(e),
-    };
-    let req = CreateRunRequest {
-        worker_host: a.host,
-        title: a.title,
-        prompt: a.prompt,
-        docker_image: a.image,
-        sidecar_image: a.sidecar,
-        env_vars: env_vars.into_iter().map(|(k, v)| (k, v.into())).collect(),
-        ..Default::default()
     };
     let run = match client.create_run(&req).await {
         Ok(r) => r,
         Err(e) => return fail(e),
     };
-    if !a.wait {
+    if !a.wait && !a.attach {
         if a.json {
             print_json(&run);
         } else {
@@ -331,7 +449,103 @@ pub async fn run(a: RunArgs) -> ExitCode {
     if !a.json {
         eprintln!("run {} created", run.id);
     }
+    if a.attach {
+        if let Some(w) = &run.waiting_reason {
+            eprintln!("{}: {w}", run.state);
+        }
+        return attach(&client, &run.id).await;
+    }
     follow(&client, run, a.json).await
+}
+
+/// Prints run `id`'s output live until it ends, then its outcome (stderr).
+async fn attach(client: &Client, id: &str) -> ExitCode {
+    match print_output_live(client, id).await {
+        Ok(run) => {
+            eprintln!("{}", outcome_line(&run));
+            exit_for(&run)
+        }
+        Err(e) => fail(e),
+    }
+}
+
+/// 0 for a run that succeeded, 1 otherwise (as `run --wait`).
+fn exit_for(run: &Run) -> ExitCode {
+    if run.state == RunState::Succeeded {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+/// How long a follow keeps trying to reconnect (e.g. across a restart of
+/// `serve`) before it gives up.
+const RECONNECT_FOR: Duration = Duration::from_secs(60);
+
+/// Follows run `id`'s output from the start, printing it as it arrives;
+/// reconnects from the last byte seen when the connection drops. Returns
+/// the run as it ended.
+async fn print_output_live(client: &Client, id: &str) -> Result<Run, String> {
+    use futures_util::StreamExt;
+    let mut after = 0;
+    let mut failing_since: Option<std::time::Instant> = None;
+    loop {
+        let why = match client.follow_output(id, after).await {
+            // The server answered: a 4xx will not get better.
+            Err(e) if e.status.is_some() => return Err(e.message),
+            Err(e) => e.message,
+            Ok(events) => {
+                failing_since = None;
+                let mut events = std::pin::pin!(events);
+                let mut why = format!("the control plane closed the output stream of run {id}");
+                while let Some(ev) = events.next().await {
+                    match ev {
+                        Ok(OutputEvent::Output(c)) => {
+                            after = c.offset + c.data.len() as u64;
+                            print_chunk(&c);
+                        }
+                        Ok(OutputEvent::Truncated(t)) => eprintln!(
+                            "[oz] {} bytes of output skipped: the control plane keeps only the last {} bytes of a run's output",
+                            t.bytes, t.limit_bytes
+                        ),
+                        Ok(OutputEvent::End(run)) => return Ok(*run),
+                        Err(e) => {
+                            why = e.message;
+                            break;
+                        }
+                    }
+                }
+                why
+            }
+        };
+        let since = *failing_since.get_or_insert_with(std::time::Instant::now);
+        if since.elapsed() > RECONNECT_FOR {
+            return Err(format!("lost the output of run {id}: {why}"));
+        }
+        tracing::debug!("following run {id} again after: {why}");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// One chunk to its stream, with a marker for what the worker dropped.
+fn print_chunk(c: &OutputChunk) {
+    use std::io::Write;
+    if c.dropped_bytes > 0 {
+        eprintln!(
+            "[oz] {} bytes of output dropped by the worker here (its link to the control plane was slower than the task)",
+            c.dropped_bytes
+        );
+    }
+    let _ = match c.stream {
+        crate::protocol::OutputStream::Stdout => {
+            let mut out = std::io::stdout().lock();
+            out.write_all(c.data.as_bytes()).and_then(|_| out.flush())
+        }
+        crate::protocol::OutputStream::Stderr => {
+            let mut err = std::io::stderr().lock();
+            err.write_all(c.data.as_bytes()).and_then(|_| err.flush())
+        }
+    };
 }
 
 /// Polls the run until it ends, printing each history entry once.
@@ -366,16 +580,12 @@ async fn follow(client: &Client, mut run: Run, json: bool) -> ExitCode {
     if json {
         print_json(&run);
     } else {
-        print_outcome(&run);
+        println!("{}", outcome_line(&run));
     }
-    if run.state == RunState::Succeeded {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    }
+    exit_for(&run)
 }
 
-fn print_outcome(run: &Run) {
+fn outcome_line(run: &Run) -> String {
     let mut line = format!("run {} {}", run.id, run.state);
     if let Some(r) = &run.failure_reason {
         line.push_str(&format!(" ({r})"));
@@ -386,7 +596,7 @@ fn print_outcome(run: &Run) {
     if let Some(m) = run.message.as_deref().filter(|m| !m.is_empty()) {
         line.push_str(&format!(": {m}"));
     }
-    println!("{line}");
+    line
 }
 
 fn print_json<T: serde::Serialize>(v: &T) {
@@ -433,6 +643,37 @@ pub async fn runs(a: RunsArgs) -> ExitCode {
             }
             Err(e) => fail(e),
         },
+        RunsCommand::Logs { id, follow: true } => match print_output_live(&client, &id).await {
+            Ok(run) => {
+                if run.state != RunState::Succeeded {
+                    eprintln!("{}", outcome_line(&run));
+                }
+                exit_for(&run)
+            }
+            Err(e) => fail(e),
+        },
+        RunsCommand::Logs { id, follow: false } => match client.get_output(&id, 0).await {
+            Ok(o) if a.json => {
+                print_json(&o);
+                ExitCode::SUCCESS
+            }
+            Ok(o) => {
+                if o.truncated_bytes > 0 {
+                    eprintln!(
+                        "[oz] the first {} bytes of output are no longer kept: the control plane keeps only the last {} bytes of a run's output",
+                        o.truncated_bytes, o.limit_bytes
+                    );
+                }
+                for c in &o.chunks {
+                    print_chunk(c);
+                }
+                if !o.state.is_terminal() {
+                    eprintln!("[oz] run {id} is {}; `runs logs --follow {id}` prints the rest as it comes", o.state);
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
+        },
         RunsCommand::Cancel { id } => match client.cancel_run(&id).await {
             Ok(r) if a.json => {
                 print_json(&r);
@@ -467,6 +708,12 @@ fn print_run(r: &Run) {
     if let Some(e) = &r.execution_id {
         println!("execution:   {e}");
     }
+    if let Some(s) = &r.schedule_id {
+        println!(
+            "schedule:    {s} (slot {})",
+            r.scheduled_for.as_deref().unwrap_or("?")
+        );
+    }
     if let Some(f) = &r.failure_reason {
         println!("failure:     {f}");
     }
@@ -493,6 +740,119 @@ fn print_run(r: &Run) {
     }
 }
 
+pub async fn schedules(a: SchedulesArgs) -> ExitCode {
+    let client = match a.server.client() {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    let one = |r: Result<Schedule, crate::control_plane::client::ClientError>, verb: &str| match r {
+        Ok(s) if a.json => {
+            print_json(&s);
+            ExitCode::SUCCESS
+        }
+        Ok(s) => {
+            if verb.is_empty() {
+                print_schedule(&s);
+            } else {
+                println!("schedule {} {verb}", s.id);
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
+    };
+    match a.command {
+        SchedulesCommand::Create {
+            cron,
+            time_zone,
+            missed,
+            name,
+            run,
+        } => {
+            let run = match run.request() {
+                Ok(r) => r,
+                Err(e) => return fail(e),
+            };
+            let req = CreateScheduleRequest {
+                name,
+                cron,
+                time_zone: Some(time_zone),
+                missed,
+                run,
+            };
+            match client.create_schedule(&req).await {
+                Ok(s) if a.json => {
+                    print_json(&s);
+                    ExitCode::SUCCESS
+                }
+                Ok(s) => {
+                    println!("{}", s.id);
+                    if let Some(next) = &s.next_slot_at {
+                        eprintln!("first run at {next}");
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            }
+        }
+        SchedulesCommand::List => match client.list_schedules().await {
+            Ok(list) if a.json => {
+                print_json(&list);
+                ExitCode::SUCCESS
+            }
+            Ok(list) => {
+                println!(
+                    "{:<22} {:<7} {:<18} {:<16} {:<16} {:<25} NAME",
+                    "ID", "STATE", "CRON", "TIME ZONE", "HOST", "NEXT"
+                );
+                for s in list {
+                    println!(
+                        "{:<22} {:<7} {:<18} {:<16} {:<16} {:<25} {}",
+                        s.id,
+                        if s.paused { "paused" } else { "active" },
+                        s.cron,
+                        s.time_zone,
+                        s.run.worker_host,
+                        s.next_slot_at.as_deref().unwrap_or("-"),
+                        s.name
+                    );
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
+        },
+        SchedulesCommand::Get { id } => one(client.get_schedule(&id).await, ""),
+        SchedulesCommand::Pause { id } => one(client.pause_schedule(&id).await, "paused"),
+        SchedulesCommand::Resume { id } => one(client.resume_schedule(&id).await, "resumed"),
+        SchedulesCommand::Delete { id } => one(client.delete_schedule(&id).await, "deleted"),
+    }
+}
+
+fn print_schedule(s: &Schedule) {
+    println!("id:          {}", s.id);
+    println!("name:        {}", s.name);
+    println!("cron:        {} ({})", s.cron, s.time_zone);
+    println!("missed:      {}", s.missed.as_str());
+    println!(
+        "state:       {}",
+        if s.paused { "paused" } else { "active" }
+    );
+    println!("worker_host: {}", s.run.worker_host);
+    if let Some(t) = &s.run.title {
+        println!("title:       {t}");
+    }
+    if let Some(i) = &s.run.docker_image {
+        println!("image:       {i}");
+    }
+    if !s.run.env_var_names.is_empty() {
+        println!("env:         {}", s.run.env_var_names.join(", "));
+    }
+    println!("next:        {}", s.next_slot_at.as_deref().unwrap_or("-"));
+    println!("handled to:  {}", s.handled_until);
+    if let Some(r) = &s.last_run_id {
+        println!("last run:    {r}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -510,6 +870,15 @@ mod tests {
         assert_eq!(a.worker_lost_timeout, cp::DEFAULT_WORKER_LOST_TIMEOUT);
         assert_eq!(a.rejection_backoff, cp::DEFAULT_REJECTION_BACKOFF);
         assert_eq!(a.reannounce_grace, cp::DEFAULT_REANNOUNCE_GRACE);
+    }
+
+    #[test]
+    fn sizes_parse_with_binary_units() {
+        assert_eq!(parse_size("4MiB").unwrap(), 4 << 20);
+        assert_eq!(parse_size("512KiB").unwrap(), 512 << 10);
+        assert_eq!(parse_size("1048576").unwrap(), 1 << 20);
+        assert!(parse_size("0").unwrap_err().contains("above zero"));
+        assert!(parse_size("4MB").unwrap_err().contains("KiB, MiB or GiB"));
     }
 
     #[test]

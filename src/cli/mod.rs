@@ -35,8 +35,10 @@ pub enum Command {
     Serve(control_plane::ServeArgs),
     /// Create a run on a control plane, optionally following it to its end.
     Run(control_plane::RunArgs),
-    /// List, inspect and cancel runs on a control plane.
+    /// List, inspect and cancel runs on a control plane, and print their output.
     Runs(control_plane::RunsArgs),
+    /// Create, list, pause, resume and delete schedules (runs from a cron expression).
+    Schedules(control_plane::SchedulesArgs),
     /// Manage a control plane's team API keys.
     ApiKeys(control_plane::ApiKeysArgs),
     /// Project-internal commands used by `cargo xtask`.
@@ -60,6 +62,7 @@ pub async fn dispatch(cli: Cli) -> ExitCode {
         Some(Command::Serve(args)) => control_plane::serve(args).await,
         Some(Command::Run(args)) => control_plane::run(args).await,
         Some(Command::Runs(args)) => control_plane::runs(args).await,
+        Some(Command::Schedules(args)) => control_plane::schedules(args).await,
         Some(Command::ApiKeys(args)) => control_plane::api_keys(args).await,
         Some(Command::Internal(args)) => internal::run(args),
         Some(Command::Probe(args)) => probe::run(args).await,

@@ -1,8 +1,9 @@
 //! Routing runs to worker connections: offers (one execution per run,
 //! round-robin across connections sharing a worker id, one unclaimed offer
 //! per connection, nothing more to a connection at capacity until one of
-//! its tasks ends), claims and re-announces, reports and their acks,
-//! requeue, cancellation and the worker-lost clock.
+//! its tasks ends), claims and re-announces, live output, reports and their
+//! acks, results reported through the API, requeue, cancellation and the
+//! worker-lost clock.
 //!
 //! Decisions are made in memory (`index`), under one lock that is never
 //! held across an await; each decision's store write is submitted under
@@ -14,8 +15,11 @@
 //! only for messages about runs that are no longer live, and by the API.
 
 use crate::control_plane::index::{AtCapacity, Index, LiveRun, Receipt, WorkerKey};
-use crate::control_plane::model::{CreateRunRequest, RunState};
-use crate::control_plane::store::{Change, RunRecord, Store, StoreError};
+use crate::control_plane::model::{
+    CreateRunRequest, ResultOutcome, RunResultRequest, RunState, WorkerConnection,
+};
+use crate::control_plane::output::OutputLog;
+use crate::control_plane::store::{self, Change, EndedBy, RunRecord, Store, StoreError};
 use crate::control_plane::time;
 use crate::protocol::{
     Owner, OwnerType, ReportAck, ServerMessage, Task, TaskAssignment, TaskCancellation,
@@ -57,8 +61,32 @@ impl From<StoreError> for CancelError {
     }
 }
 
+/// Why a reported result was refused.
+#[derive(Debug)]
+pub enum ResultError {
+    NotFound,
+    /// A sentence saying why the run cannot take this result now.
+    Conflict(String),
+    Store(StoreError),
+}
+
+impl From<StoreError> for ResultError {
+    fn from(e: StoreError) -> Self {
+        ResultError::Store(e)
+    }
+}
+
+/// What the dispatcher knows of one worker id's connections and runs.
+#[derive(Debug, Clone, Default)]
+pub struct WorkerActivity {
+    pub connections: Vec<WorkerConnection>,
+    pub active_runs: usize,
+    pub queued_runs: usize,
+}
+
 pub struct Dispatcher {
     store: Arc<Store>,
+    output: OutputLog,
     timeouts: DispatchTimeouts,
     index: Mutex<Index>,
     /// Runs whose store write failed: memory may be ahead of the database,
@@ -78,9 +106,11 @@ impl Dispatcher {
     pub async fn recover(
         store: Arc<Store>,
         timeouts: DispatchTimeouts,
+        output_limit: u64,
     ) -> Result<Dispatcher, StoreError> {
         let live = store.live_runs().await?;
         let d = Dispatcher {
+            output: OutputLog::new(store.clone(), output_limit),
             store,
             timeouts,
             index: Mutex::default(),
@@ -118,6 +148,10 @@ impl Dispatcher {
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    pub fn output(&self) -> &OutputLog {
+        &self.output
     }
 
     /// From now on, closing connections change no run: a shutdown is a
@@ -161,8 +195,9 @@ impl Dispatcher {
         tx: mpsc::UnboundedSender<Outgoing>,
     ) -> ConnId {
         let key = (team_id, worker_id.to_string());
+        self.note_worker_seen(team_id, worker_id);
         let mut ix = self.lock();
-        let id = ix.add_conn(key.clone(), tx);
+        let id = ix.add_conn(key.clone(), tx, time::now());
         tracing::info!(conn = id, team_id, worker_id, "worker connected");
         // Cancellations requested while no connection held the run.
         let orphans: Vec<String> = ix
@@ -190,6 +225,7 @@ impl Dispatcher {
         if self.stopping.load(Ordering::SeqCst) {
             return;
         }
+        self.note_worker_seen(key.0, &key.1);
         for run in offered {
             self.requeue_or_cancel(&mut ix, &run, "worker connection closed before claim");
         }
@@ -203,6 +239,47 @@ impl Dispatcher {
 
     pub fn connection_count(&self) -> usize {
         self.lock().conn_count()
+    }
+
+    /// Records the worker id as seen now (for the list of known workers);
+    /// a failure only costs that.
+    fn note_worker_seen(&self, team_id: i64, worker_id: &str) {
+        let id = worker_id.to_string();
+        self.store.worker_seen_then(team_id, worker_id, move |r| {
+            if let Err(e) = r {
+                tracing::warn!(worker_id = id, "cannot record the worker id as seen: {e}");
+            }
+        });
+    }
+
+    /// Each worker id of `team_id` that has live connections or runs, with
+    /// its connections and run counts.
+    pub fn workers(&self, team_id: i64) -> std::collections::BTreeMap<String, WorkerActivity> {
+        let ix = self.lock();
+        let mut out: std::collections::BTreeMap<String, WorkerActivity> = Default::default();
+        for (_, c) in ix.conns().filter(|(_, c)| c.key.0 == team_id) {
+            out.entry(c.key.1.clone())
+                .or_default()
+                .connections
+                .push(WorkerConnection {
+                    connected_at: c.connected_at.clone(),
+                    active_runs: c.held() + c.offered(),
+                    at_capacity: c.at_capacity.as_ref().map(|a| a.reason.clone()),
+                });
+        }
+        for (_, r) in ix.runs().filter(|(_, r)| r.team_id == team_id) {
+            let w = out.entry(r.spec.worker_host.clone()).or_default();
+            if r.state() == RunState::Queued {
+                w.queued_runs += 1;
+            } else {
+                w.active_runs += 1;
+            }
+        }
+        for w in out.values_mut() {
+            w.connections
+                .sort_by(|a, b| a.connected_at.cmp(&b.connected_at));
+        }
+        out
     }
 
     // ---- worker messages ----
@@ -313,6 +390,8 @@ impl Dispatcher {
             },
             WorkerMessage::TaskOutput(m) => {
                 tracing::trace!(conn, run = run_id, stream = ?m.stream, bytes = m.data.len(), dropped = m.dropped_bytes, "task output");
+                self.output
+                    .append(run_id, m.stream, m.data.clone(), m.dropped_bytes);
             }
             WorkerMessage::TaskRejected(m) => {
                 if state != RunState::Assigned || holder != Some(conn) {
@@ -365,18 +444,27 @@ impl Dispatcher {
             WorkerMessage::TaskCompleted(m)
                 if m.task_state.as_deref() == Some(TASK_STATE_CANCELLED) =>
             {
-                let mut c = Change::to(RunState::Cancelled, "worker reported it cancelled");
+                let mut c = Change::end(
+                    RunState::Cancelled,
+                    EndedBy::Worker,
+                    "worker reported it cancelled",
+                );
                 c.message = Some(m.message.clone());
                 c
             }
             WorkerMessage::TaskCompleted(m) => {
-                let mut c = Change::to(RunState::Succeeded, "worker reported it completed");
+                let mut c = Change::end(
+                    RunState::Succeeded,
+                    EndedBy::Worker,
+                    "worker reported it completed",
+                );
                 c.message = Some(m.message.clone());
                 c
             }
             WorkerMessage::TaskFailed(m) => {
-                let mut c = Change::to(
+                let mut c = Change::end(
                     RunState::Failed,
+                    EndedBy::Worker,
                     format!("worker reported it failed: {}", m.failure_reason),
                 );
                 c.failure_reason = Some(m.failure_reason.to_string());
@@ -397,6 +485,7 @@ impl Dispatcher {
             }
         }
         let stored = self.persist(run_id, RunState::Claimed, change);
+        self.output.ended(run_id);
         self.ack(ix, conn, msg, Some(stored));
         self.dispatch_key(ix, key);
     }
@@ -462,6 +551,20 @@ impl Dispatcher {
             return;
         }
         match msg {
+            WorkerMessage::TaskClaimed(_)
+                if rec.ended_by.as_deref() == Some(EndedBy::Api.as_str()) =>
+            {
+                // An outside system reported its end (the command runtime's
+                // dispatched tasks): the worker's record of the dispatch is
+                // its own business; there is nothing to stop.
+                tracing::debug!(conn, run = run_id, state = %rec.state, "a worker re-announced a run whose result came through the API; ignored");
+            }
+            WorkerMessage::TaskOutput(m) => {
+                // Output is sent at a lower priority than reports: the
+                // last of it may follow the run's end.
+                self.output
+                    .append(run_id, m.stream, m.data.clone(), m.dropped_bytes);
+            }
             WorkerMessage::TaskClaimed(_) if msg.execution_id().is_some() => {
                 // The worker still runs something the control plane has
                 // closed (e.g. failed as worker_lost): have it stop.
@@ -539,7 +642,12 @@ impl Dispatcher {
         let key = run.key();
         let change = if run.cancel_requested {
             ix.remove(run_id);
-            Change::to(RunState::Cancelled, format!("cancelled ({why})"))
+            self.output.ended(run_id);
+            Change::end(
+                RunState::Cancelled,
+                EndedBy::ControlPlane,
+                format!("cancelled ({why})"),
+            )
         } else {
             ix.place(run_id, RunState::Queued, None);
             if let Some(r) = ix.run_mut(run_id) {
@@ -553,22 +661,136 @@ impl Dispatcher {
 
     // ---- API operations ----
 
+    /// A fresh run id.
+    pub fn new_run_id() -> String {
+        format!("run_{:016x}", fastrand::u64(..))
+    }
+
     /// Stores a new run (durably), then queues it.
     pub async fn create_run(
         &self,
         team_id: i64,
         spec: &CreateRunRequest,
     ) -> Result<RunRecord, StoreError> {
-        let id = format!("run_{:016x}", fastrand::u64(..));
+        let id = Self::new_run_id();
         let stored = self.store.insert_run(&id, team_id, spec).await?;
         tracing::info!(run = %id, team_id, worker_host = %spec.worker_host, "run created");
+        Ok(self.enqueue(stored))
+    }
+
+    /// Queues a run that was just stored (by `create_run`, or by a
+    /// schedule's slot).
+    pub fn enqueue(&self, stored: store::LiveRun) -> RunRecord {
         let rec = stored.record;
         let mut ix = self.lock();
-        let live = LiveRun::new(stored.seq, team_id, spec.clone(), rec.created_at.clone());
+        let live = LiveRun::new(
+            stored.seq,
+            rec.team_id,
+            rec.spec.clone(),
+            rec.created_at.clone(),
+        );
         let key = live.key();
-        ix.insert(&id, live, RunState::Queued, None);
+        ix.insert(&rec.id, live, RunState::Queued, None);
         self.dispatch_key(&mut ix, &key);
-        Ok(rec)
+        rec
+    }
+
+    /// Ends a claimed run as an outside system reports it (the command
+    /// runtime hands tasks to systems that report by themselves). The same
+    /// outcome reported again through the API is answered with the run and
+    /// changes nothing; any other report about a run that is not claimed is
+    /// refused. Answers once the change is stored.
+    pub async fn report_result(
+        &self,
+        team_id: i64,
+        run_id: &str,
+        req: &RunResultRequest,
+    ) -> Result<RunRecord, ResultError> {
+        let to = req.outcome.state();
+        let stored = {
+            let mut ix = self.lock();
+            match ix.run(run_id).filter(|r| r.team_id == team_id) {
+                None => None,
+                Some(run) if run.state() != RunState::Claimed => {
+                    return Err(ResultError::Conflict(format!(
+                        "run {run_id} is {}: only a claimed run (one a worker took and handed on) can take a result; cancel it instead",
+                        run.state()
+                    )));
+                }
+                Some(run) => {
+                    if let Some(named) = &req.execution_id {
+                        if run.execution_id.as_ref() != Some(named) {
+                            return Err(ResultError::Conflict(format!(
+                                "the result names execution {named:?} but run {run_id} runs {:?}",
+                                run.execution_id.as_deref().unwrap_or("none")
+                            )));
+                        }
+                    }
+                    let key = run.key();
+                    let mut change = Change::end(
+                        to,
+                        EndedBy::Api,
+                        format!("result reported through the API: {}", to.as_str()),
+                    );
+                    if req.outcome == ResultOutcome::Failed {
+                        let reason = req
+                            .failure_reason
+                            .clone()
+                            .filter(|r| !r.trim().is_empty())
+                            .unwrap_or_else(|| "unknown".into());
+                        change.note = format!("result reported through the API: failed ({reason})");
+                        change.failure_reason = Some(reason);
+                    }
+                    change.exit_code = req.exit_code;
+                    change.message = req.message.clone();
+                    ix.remove(run_id);
+                    let receipt = self.persist(run_id, RunState::Claimed, change);
+                    self.output.ended(run_id);
+                    tracing::info!(
+                        run = run_id,
+                        outcome = to.as_str(),
+                        "result reported through the API"
+                    );
+                    self.dispatch_key(&mut ix, &key);
+                    Some(receipt)
+                }
+            }
+        };
+        let changed_now = stored.is_some();
+        if let Some(receipt) = stored {
+            if !receipt.await.unwrap_or(false) {
+                return Err(ResultError::Store(StoreError::new(
+                    "the result could not be stored; see the control plane's log",
+                )));
+            }
+        }
+        let rec = self
+            .store
+            .get_run(run_id, Some(team_id))
+            .await?
+            .ok_or(ResultError::NotFound)?;
+        if changed_now {
+            return Ok(rec);
+        }
+        if !rec.state.is_terminal() {
+            self.resync
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(run_id.to_string());
+            return Err(ResultError::Store(StoreError::new(
+                "the control plane is reloading this run after a database error; try again in a second",
+            )));
+        }
+        let same = rec.state == to && rec.ended_by.as_deref() == Some(EndedBy::Api.as_str());
+        if same {
+            Ok(rec)
+        } else {
+            Err(ResultError::Conflict(format!(
+                "run {run_id} already ended ({}, reported by {}); a different result cannot replace it",
+                rec.state,
+                rec.ended_by.as_deref().unwrap_or("the control plane")
+            )))
+        }
     }
 
     /// Queued: cancelled at once. Assigned or claimed: `task_cancellation` to
@@ -582,10 +804,15 @@ impl Dispatcher {
                 None => None,
                 Some(run) if run.state() == RunState::Queued => {
                     ix.remove(run_id);
+                    self.output.ended(run_id);
                     Some(self.persist(
                         run_id,
                         RunState::Queued,
-                        Change::to(RunState::Cancelled, "cancelled by API request while queued"),
+                        Change::end(
+                            RunState::Cancelled,
+                            EndedBy::ControlPlane,
+                            "cancelled by API request while queued",
+                        ),
                     ))
                 }
                 Some(run) => {
@@ -780,8 +1007,9 @@ impl Dispatcher {
             self.requeue_or_cancel(&mut ix, &run_id, &why);
         }
         for run_id in lost {
-            let mut c = Change::to(
+            let mut c = Change::end(
                 RunState::Failed,
+                EndedBy::ControlPlane,
                 format!(
                     "no worker with this id reported back within {}s of losing its connection",
                     self.timeouts.worker_lost.as_secs_f64()
@@ -794,11 +1022,14 @@ impl Dispatcher {
             );
             tracing::warn!(run = %run_id, "run failed: worker_lost");
             ix.remove(&run_id);
+            self.output.ended(&run_id);
             drop(self.persist(&run_id, RunState::Claimed, c));
         }
         for key in ix.queued_keys() {
             self.dispatch_key(&mut ix, &key);
         }
+        drop(ix);
+        self.output.prune();
     }
 }
 

@@ -98,6 +98,8 @@ pub struct AtCapacity {
 #[derive(Debug)]
 pub struct Conn {
     pub key: WorkerKey,
+    /// RFC 3339, UTC.
+    pub connected_at: String,
     tx: mpsc::UnboundedSender<Outgoing>,
     /// Assigned to it, not yet claimed or rejected (at most one is offered
     /// at a time, so a worker's capacity is learnt without a burst of
@@ -111,6 +113,11 @@ pub struct Conn {
 impl Conn {
     pub fn held(&self) -> usize {
         self.held.len()
+    }
+
+    /// Runs offered to it and not yet claimed (0 or 1).
+    pub fn offered(&self) -> usize {
+        self.offered.len()
     }
 
     /// Whether it may be offered a run now.
@@ -239,13 +246,19 @@ impl Index {
 
     // ---- connections ----
 
-    pub fn add_conn(&mut self, key: WorkerKey, tx: mpsc::UnboundedSender<Outgoing>) -> ConnId {
+    pub fn add_conn(
+        &mut self,
+        key: WorkerKey,
+        tx: mpsc::UnboundedSender<Outgoing>,
+        connected_at: String,
+    ) -> ConnId {
         self.next_conn += 1;
         let id = self.next_conn;
         self.conns.insert(
             id,
             Conn {
                 key: key.clone(),
+                connected_at,
                 tx,
                 offered: HashSet::new(),
                 held: HashSet::new(),
@@ -292,6 +305,10 @@ impl Index {
         self.conns.len()
     }
 
+    pub fn conns(&self) -> impl Iterator<Item = (&ConnId, &Conn)> {
+        self.conns.iter()
+    }
+
     /// Live connections of `key`, in connection order.
     pub fn conns_of(&self, key: &WorkerKey) -> &[ConnId] {
         self.by_worker.get(key).map_or(&[], Vec::as_slice)
@@ -332,7 +349,7 @@ mod tests {
 
     fn conn(ix: &mut Index, host: &str) -> (ConnId, mpsc::UnboundedReceiver<Outgoing>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        (ix.add_conn(key(host), tx), rx)
+        (ix.add_conn(key(host), tx, "t".into()), rx)
     }
 
     #[test]

@@ -5,14 +5,18 @@
 //! Layers, each depending only on those before it: `model` (API types, the
 //! state machine), `writer` (the one thread that runs SQLite, with group
 //! commit), `store` (all SQL, as jobs for that thread), `index` (the live
-//! runs, queues per worker id and connections, in memory), `dispatcher`
-//! (routes runs to live connections), `edge` (what both HTTP endpoints
-//! share: body type, JSON and error responses, bearer authentication,
-//! shared state), then the two endpoints `api` (runs) and `ws` (workers),
-//! and `server`, which only accepts connections and routes requests to
-//! them. `client` (the CLI's side
-//! of the API) and `openapi` know only `model`. `tests/control_plane_layering.rs`
-//! enforces this.
+//! runs, queues per worker id and connections, in memory), `output` (runs'
+//! live output: bounded, stored, watched), `dispatcher` (routes runs to
+//! live connections), `calendar` (cron expressions in a time zone) and
+//! `scheduler` (runs from schedules, once per slot), `edge` (what the HTTP
+//! endpoints share: body types, JSON and error responses, authentication,
+//! shared state; `sessions` holds the UI's sign-ins), then the endpoints —
+//! the API's resources `api_runs`, `api_output`, `api_schedules`,
+//! `api_workers`, routed by `api`, the worker endpoint `ws` and the
+//! management UI `ui` (embedded pages) — and
+//! `server`, which only accepts connections and routes requests to them.
+//! `client` (the CLI's side of the API) and `openapi` know only `model`.
+//! `tests/control_plane_layering.rs` enforces this.
 //!
 //! # Run lifecycle
 //! `queued → assigned → claimed → succeeded | failed | cancelled`
@@ -56,6 +60,11 @@
 //!   they are offered again, with the same execution id.
 
 pub mod api;
+pub mod api_output;
+pub mod api_runs;
+pub mod api_schedules;
+pub mod api_workers;
+pub mod calendar;
 pub mod client;
 pub mod dispatcher;
 pub mod edge;
@@ -63,15 +72,20 @@ pub mod index;
 pub mod keys;
 pub mod model;
 pub mod openapi;
+pub mod output;
+pub mod scheduler;
 pub mod server;
+pub mod sessions;
 pub mod store;
 pub mod time;
 pub mod tls;
+pub mod ui;
 pub mod writer;
 pub mod ws;
 
 use dispatcher::{DispatchTimeouts, Dispatcher};
 use edge::Shared;
+use scheduler::Scheduler;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -80,6 +94,7 @@ use store::{NewApiKey, Store, StoreError};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+pub use edge::ImageCheck;
 pub use tls::TlsFiles;
 pub use ws::WS_PATH;
 
@@ -116,6 +131,12 @@ pub struct Config {
     pub sweep_interval: Duration,
     /// Serve TLS (`https://`, `wss://`) with this certificate and key.
     pub tls: Option<TlsFiles>,
+    /// Live output kept per run, in bytes (the newest; older output is
+    /// dropped, and readers are told how much).
+    pub output_limit: u64,
+    /// Checks the image references of new runs and schedules (400 with its
+    /// message when it fails). `serve` passes the worker's parser.
+    pub image_check: Option<ImageCheck>,
 }
 
 pub const DEFAULT_WORKER_READ_TIMEOUT: Duration = Duration::from_secs(60);
@@ -141,6 +162,8 @@ impl Config {
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             sweep_interval: Duration::from_secs(1),
             tls: None,
+            output_limit: output::DEFAULT_LIMIT,
+            image_check: None,
         }
     }
 
@@ -218,9 +241,15 @@ impl ControlPlane {
                     rejection_backoff: config.rejection_backoff,
                     reannounce_grace: config.reannounce_grace,
                 },
+                config.output_limit,
             )
             .await
             .map_err(StartError::Store)?,
+        );
+        let scheduler = Arc::new(
+            Scheduler::load(dispatcher.clone())
+                .await
+                .map_err(StartError::Store)?,
         );
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
@@ -231,11 +260,16 @@ impl ControlPlane {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
             dispatcher: dispatcher.clone(),
+            scheduler: scheduler.clone(),
+            sessions: Default::default(),
+            tls: tls.is_some(),
+            image_check: config.image_check,
             worker_read_timeout: config.worker_read_timeout,
             header_read_timeout: config.header_read_timeout,
             shutdown: shutdown_rx.clone(),
         });
         let serves_tls = tls.is_some();
+        let scheduling = tokio::spawn(scheduler.run(shutdown_rx.clone()));
         let server = tokio::spawn(server::accept_loop(listener, shared, tls));
         let sweeper = {
             let dispatcher = dispatcher.clone();
@@ -258,7 +292,7 @@ impl ControlPlane {
             tls: serves_tls,
             dispatcher,
             shutdown,
-            tasks: vec![server, sweeper],
+            tasks: vec![server, sweeper, scheduling],
         })
     }
 

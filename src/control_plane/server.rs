@@ -1,11 +1,11 @@
 //! The HTTP listener: accepts connections (plain, or TLS with `tls`) and
-//! routes each request to the worker endpoint (`ws`), the runs API (`api`)
-//! or `/healthz`. Nothing else lives here; what both endpoints share is in
+//! routes each request to the worker endpoint (`ws`), the API (`api`), the
+//! management UI (`ui`) or `/healthz`. Nothing else lives here; what the endpoints share is in
 //! `edge`.
 
-use crate::control_plane::edge::{error_response, Body, Shared};
-use crate::control_plane::{api, ws};
-use http::{Request, Response, StatusCode};
+use crate::control_plane::edge::{full, no_such_endpoint, Body, Shared};
+use crate::control_plane::{api, ui, ws};
+use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -89,11 +89,13 @@ async fn route(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Response<B
     let path = req.uri().path();
     Ok(if path == ws::WS_PATH {
         ws::upgrade(req, shared).await
-    } else if path == api::RUNS_PATH || path.starts_with(&format!("{}/", api::RUNS_PATH)) {
+    } else if path.starts_with(api::API_PREFIX) {
         api::handle(req, &shared).await
+    } else if ui::serves(path) {
+        ui::handle(req, &shared).await
     } else if path == "/healthz" {
-        Response::new(Body::from("ok\n"))
+        Response::new(full("ok\n"))
     } else {
-        error_response(StatusCode::NOT_FOUND, &format!("no such endpoint: {path}"))
+        no_such_endpoint(path)
     })
 }

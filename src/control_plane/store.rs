@@ -1,5 +1,6 @@
-//! Durable state in SQLite: teams, API keys (hashed), runs, and every run's
-//! history. All SQL lives in this file.
+//! Durable state in SQLite: teams, API keys (hashed), runs, every run's
+//! history and its bounded live output, schedules, and the worker ids seen.
+//! All SQL lives in this file.
 //!
 //! Every call runs on the database thread (`writer`), never on an async
 //! thread, and its result comes back as a [`Pending`] future once the batch
@@ -8,9 +9,12 @@
 //! atomic on its own (a savepoint inside the batch's transaction).
 
 use crate::control_plane::keys;
-use crate::control_plane::model::{CreateRunRequest, HistoryEntry, RunState};
+use crate::control_plane::model::{
+    CreateRunRequest, HistoryEntry, MissedSlots, OutputChunk, RunState,
+};
 use crate::control_plane::time;
 use crate::control_plane::writer::{JobError, Writer};
+use crate::protocol::OutputStream;
 use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::HashMap;
 use std::future::Future;
@@ -90,6 +94,31 @@ pub struct RunRecord {
     pub exit_code: Option<i64>,
     pub message: Option<String>,
     pub cancel_requested: bool,
+    pub schedule_id: Option<String>,
+    pub scheduled_for: Option<String>,
+    /// Who ended it (`worker`, `api`, `control_plane`), once ended.
+    pub ended_by: Option<String>,
+    pub output: OutputTotals,
+}
+
+/// What ended a run: its worker's report, an outside system's report
+/// through the API, or the control plane itself (cancelled while queued,
+/// `worker_lost`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndedBy {
+    Worker,
+    Api,
+    ControlPlane,
+}
+
+impl EndedBy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndedBy::Worker => "worker",
+            EndedBy::Api => "api",
+            EndedBy::ControlPlane => "control_plane",
+        }
+    }
 }
 
 /// One state change. Fields left `None` keep their stored value.
@@ -101,6 +130,7 @@ pub struct Change {
     pub failure_reason: Option<String>,
     pub exit_code: Option<i64>,
     pub message: Option<String>,
+    pub ended_by: Option<EndedBy>,
 }
 
 impl Change {
@@ -112,8 +142,77 @@ impl Change {
             failure_reason: None,
             exit_code: None,
             message: None,
+            ended_by: None,
         }
     }
+
+    /// A move to a terminal state, saying who ended the run.
+    pub fn end(to: RunState, by: EndedBy, note: impl Into<String>) -> Change {
+        Change {
+            ended_by: Some(by),
+            ..Change::to(to, note)
+        }
+    }
+}
+
+/// A run's live output as stored: offsets are bytes of the whole output
+/// received for it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OutputTotals {
+    /// Where the next byte goes: everything received (and lost in memory).
+    pub end: u64,
+    /// The first byte still kept; everything before it was dropped to stay
+    /// within the limit.
+    pub start: u64,
+    /// Bytes the worker said it dropped, in all.
+    pub dropped: u64,
+}
+
+/// Output waiting to be stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewChunk {
+    pub stream: OutputStream,
+    pub data: String,
+    /// Bytes the worker dropped just before it.
+    pub dropped_before: u64,
+}
+
+/// A schedule as stored, including the run's secrets.
+#[derive(Debug, Clone)]
+pub struct ScheduleRecord {
+    pub id: String,
+    pub team_id: i64,
+    pub name: String,
+    pub cron: String,
+    pub time_zone: String,
+    pub missed: MissedSlots,
+    pub spec: CreateRunRequest,
+    pub paused: bool,
+    /// Slots up to and including this instant (RFC 3339, UTC) are handled.
+    pub handled_until: String,
+    pub last_run_id: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// What handling a schedule's due slot did.
+#[derive(Debug, Clone)]
+pub enum SlotOutcome {
+    /// The run was created (and the slot marked handled).
+    Created(Box<LiveRun>),
+    /// The slot was marked handled without a run.
+    Skipped,
+    /// The schedule changed meanwhile (paused, deleted, or handled by an
+    /// earlier call): nothing was done.
+    Stale,
+}
+
+/// A worker id seen on a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerRecord {
+    pub worker_id: String,
+    pub first_seen_at: String,
+    pub last_seen_at: String,
 }
 
 /// A run that has not ended, as loaded at start-up: its creation order too.
@@ -186,10 +285,54 @@ const MIGRATIONS: &[&str] = &[
         note TEXT
     );
     CREATE INDEX run_history_by_run ON run_history(run_id, seq);",
+    // 2: live output, schedules, worker ids seen, who ended a run.
+    "ALTER TABLE runs ADD COLUMN schedule_id TEXT;
+    ALTER TABLE runs ADD COLUMN scheduled_for TEXT;
+    ALTER TABLE runs ADD COLUMN ended_by TEXT;
+    ALTER TABLE runs ADD COLUMN output_end INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE runs ADD COLUMN output_start INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE runs ADD COLUMN output_dropped INTEGER NOT NULL DEFAULT 0;
+    CREATE UNIQUE INDEX runs_by_schedule_slot ON runs(schedule_id, scheduled_for)
+        WHERE schedule_id IS NOT NULL;
+    CREATE TABLE run_output (
+        run_id TEXT NOT NULL REFERENCES runs(id),
+        offset INTEGER NOT NULL,
+        stream TEXT NOT NULL,
+        data TEXT NOT NULL,
+        len INTEGER NOT NULL,
+        dropped_before INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (run_id, offset)
+    ) WITHOUT ROWID;
+    CREATE TABLE schedules (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        team_id INTEGER NOT NULL REFERENCES teams(id),
+        name TEXT NOT NULL,
+        cron TEXT NOT NULL,
+        time_zone TEXT NOT NULL,
+        missed TEXT NOT NULL,
+        spec_json TEXT NOT NULL,
+        paused INTEGER NOT NULL DEFAULT 0,
+        handled_until TEXT NOT NULL,
+        last_run_id TEXT,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    CREATE TABLE workers (
+        team_id INTEGER NOT NULL REFERENCES teams(id),
+        worker_id TEXT NOT NULL,
+        first_seen_at TEXT NOT NULL,
+        last_seen_at TEXT NOT NULL,
+        PRIMARY KEY (team_id, worker_id)
+    ) WITHOUT ROWID;",
 ];
 
 const RUN_COLUMNS: &str = "id, team_id, state, spec_json, created_at, updated_at, execution_id, \
-     failure_reason, exit_code, message, cancel_requested";
+     failure_reason, exit_code, message, cancel_requested, schedule_id, scheduled_for, ended_by, \
+     output_end, output_start, output_dropped";
+
+const SCHEDULE_COLUMNS: &str = "id, team_id, name, cron, time_zone, missed, spec_json, paused, \
+     handled_until, last_run_id, created_at, updated_at";
 
 impl Store {
     /// Opens (creating when missing) the database file and its directory.
@@ -332,6 +475,12 @@ impl Store {
         Ok(found)
     }
 
+    /// The team a key hash belongs to (a UI session keeps only the hash).
+    pub fn team_for_key_hash(&self, hash: &str) -> Pending<Option<Team>> {
+        let hash = hash.to_string();
+        self.call(move |conn| team_for_key_hash(conn, &hash))
+    }
+
     fn known(&self) -> std::sync::MutexGuard<'_, HashMap<String, Team>> {
         self.known_keys.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -341,7 +490,7 @@ impl Store {
     /// Stores a new queued run with its first history entry.
     pub fn insert_run(&self, id: &str, team_id: i64, spec: &CreateRunRequest) -> Pending<LiveRun> {
         let (id, spec) = (id.to_string(), spec.clone());
-        self.call(move |conn| insert_run(conn, &id, team_id, &spec))
+        self.call(move |conn| insert_run(conn, &id, team_id, &spec, None, "created"))
     }
 
     /// `team_id: None` looks across teams (the control plane's own use).
@@ -435,6 +584,167 @@ impl Store {
         let (id, note) = (id.to_string(), note.to_string());
         self.call_then(move |conn| request_cancel(conn, &id, &note), done);
     }
+
+    // ---- live output ----
+
+    /// Appends output to run `id`. `take` is called on the database thread
+    /// when the job runs, so whatever arrived until then goes in one write;
+    /// it returns the chunks and how many bytes before them were lost in
+    /// memory. Keeps the last `limit` bytes of the run's output; `done` gets
+    /// the new totals once they are committed.
+    pub fn append_output_then(
+        &self,
+        id: &str,
+        limit: u64,
+        take: impl FnOnce() -> (Vec<NewChunk>, u64) + Send + 'static,
+        done: impl FnOnce(Result<OutputTotals>) + Send + 'static,
+    ) {
+        let id = id.to_string();
+        self.call_then(
+            move |conn| {
+                let (chunks, lost) = take();
+                append_output(conn, &id, &chunks, lost, limit)
+            },
+            done,
+        );
+    }
+
+    /// The run and the output it keeps from byte `after` on, in order.
+    /// `team_id: None` looks across teams.
+    pub fn read_output(
+        &self,
+        id: &str,
+        team_id: Option<i64>,
+        after: u64,
+    ) -> Pending<Option<(RunRecord, Vec<OutputChunk>)>> {
+        let id = id.to_string();
+        self.call(move |conn| {
+            let Some(run) = get_run(conn, &id, team_id)? else {
+                return Ok(None);
+            };
+            let chunks = read_output(conn, &id, after)?;
+            Ok(Some((run, chunks)))
+        })
+    }
+
+    // ---- schedules ----
+
+    pub fn insert_schedule(&self, rec: ScheduleRecord) -> Pending<ScheduleRecord> {
+        self.call(move |conn| {
+            insert_schedule(conn, &rec)?;
+            Ok(rec)
+        })
+    }
+
+    /// `team_id: None`: every team's (the scheduler's own use).
+    pub fn list_schedules(&self, team_id: Option<i64>) -> Pending<Vec<ScheduleRecord>> {
+        self.call(move |conn| list_schedules(conn, team_id))
+    }
+
+    /// `team_id: None` looks across teams (the scheduler's own use).
+    pub fn get_schedule(&self, id: &str, team_id: Option<i64>) -> Pending<Option<ScheduleRecord>> {
+        let id = id.to_string();
+        self.call(move |conn| get_schedule(conn, &id, team_id))
+    }
+
+    /// Pauses or resumes; a resume also marks every slot until
+    /// `handled_until` handled, so what came due while paused never runs.
+    pub fn set_schedule_paused(
+        &self,
+        id: &str,
+        team_id: i64,
+        paused: bool,
+        handled_until: Option<String>,
+    ) -> Pending<Option<ScheduleRecord>> {
+        let id = id.to_string();
+        self.call(move |conn| {
+            let n = conn.execute(
+                "UPDATE schedules SET paused = ?3, updated_at = ?4,
+                 handled_until = COALESCE(?5, handled_until)
+                 WHERE id = ?1 AND team_id = ?2",
+                params![id, team_id, paused, time::now(), handled_until],
+            )?;
+            if n == 0 {
+                return Ok(None);
+            }
+            get_schedule(conn, &id, Some(team_id))
+        })
+    }
+
+    /// Deletes a schedule; the runs it created keep its id.
+    pub fn delete_schedule(&self, id: &str, team_id: i64) -> Pending<Option<ScheduleRecord>> {
+        let id = id.to_string();
+        self.call(move |conn| {
+            let Some(rec) = get_schedule(conn, &id, Some(team_id))? else {
+                return Ok(None);
+            };
+            conn.execute("DELETE FROM schedules WHERE id = ?1", [&id])?;
+            Ok(Some(rec))
+        })
+    }
+
+    /// Handles a due slot of schedule `id` in one change: when the schedule
+    /// is still active and handled exactly until `expected`, creates the
+    /// run `(id, history note)` (queued, recording the schedule and the
+    /// slot) unless it is `None`, and marks everything until `slot`
+    /// handled. A slot therefore gets at most one run, whatever crashes
+    /// when.
+    pub fn handle_slot(
+        &self,
+        id: &str,
+        expected: &str,
+        slot: &str,
+        run: Option<(String, String)>,
+    ) -> Pending<SlotOutcome> {
+        let (id, expected, slot) = (id.to_string(), expected.to_string(), slot.to_string());
+        self.call(move |conn| {
+            let run = run.as_ref().map(|(r, n)| (r.as_str(), n.as_str()));
+            handle_slot(conn, &id, &expected, &slot, run)
+        })
+    }
+
+    // ---- worker ids ----
+
+    /// Records that a connection with `worker_id` opened or closed now.
+    pub fn worker_seen_then(
+        &self,
+        team_id: i64,
+        worker_id: &str,
+        done: impl FnOnce(Result<()>) + Send + 'static,
+    ) {
+        let worker_id = worker_id.to_string();
+        self.call_then(
+            move |conn| {
+                let now = time::now();
+                conn.prepare_cached(
+                    "INSERT INTO workers (team_id, worker_id, first_seen_at, last_seen_at)
+                     VALUES (?1, ?2, ?3, ?3)
+                     ON CONFLICT(team_id, worker_id) DO UPDATE SET last_seen_at = ?3",
+                )?
+                .execute(params![team_id, worker_id, now])?;
+                Ok(())
+            },
+            done,
+        );
+    }
+
+    /// Every worker id the team's workers connected with, by id.
+    pub fn list_workers(&self, team_id: i64) -> Pending<Vec<WorkerRecord>> {
+        self.call(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT worker_id, first_seen_at, last_seen_at FROM workers
+                 WHERE team_id = ?1 ORDER BY worker_id",
+            )?;
+            let rows = stmt.query_map([team_id], |r| {
+                Ok(WorkerRecord {
+                    worker_id: r.get(0)?,
+                    first_seen_at: r.get(1)?,
+                    last_seen_at: r.get(2)?,
+                })
+            })?;
+            Ok(rows.collect::<std::result::Result<_, _>>()?)
+        })
+    }
 }
 
 fn check_move(from: RunState, change: &Change) {
@@ -516,30 +826,38 @@ fn team_for_key_hash(conn: &Connection, hash: &str) -> Result<Option<Team>> {
         .optional()?)
 }
 
+/// `schedule`: (schedule id, slot) for a run a schedule creates; `note`
+/// starts its history.
 fn insert_run(
     conn: &Connection,
     id: &str,
     team_id: i64,
     spec: &CreateRunRequest,
+    schedule: Option<(&str, &str)>,
+    note: &str,
 ) -> Result<LiveRun> {
     let now = time::now();
     let spec_json = serde_json::to_string(spec).expect("run specs serialize");
+    let (schedule_id, scheduled_for) = schedule.unzip();
     conn.execute(
-        "INSERT INTO runs (id, team_id, worker_host, state, spec_json, created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
+        "INSERT INTO runs (id, team_id, worker_host, state, spec_json, created_at, updated_at,
+            schedule_id, scheduled_for)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7, ?8)",
         params![
             id,
             team_id,
             spec.worker_host,
             RunState::Queued.as_str(),
             spec_json,
-            now
+            now,
+            schedule_id,
+            scheduled_for
         ],
     )?;
     let seq = conn.last_insert_rowid();
     conn.execute(
         "INSERT INTO run_history (run_id, at, state, note) VALUES (?1, ?2, ?3, ?4)",
-        params![id, now, RunState::Queued.as_str(), "created"],
+        params![id, now, RunState::Queued.as_str(), note],
     )?;
     Ok(LiveRun {
         seq,
@@ -555,6 +873,10 @@ fn insert_run(
             exit_code: None,
             message: None,
             cancel_requested: false,
+            schedule_id: schedule_id.map(str::to_string),
+            scheduled_for: scheduled_for.map(str::to_string),
+            ended_by: None,
+            output: OutputTotals::default(),
         },
     })
 }
@@ -590,7 +912,7 @@ fn live_runs(conn: &Connection) -> Result<Vec<LiveRun>> {
 fn live_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<LiveRun> {
     Ok(LiveRun {
         record: run_from_row(r)?,
-        seq: r.get(11)?,
+        seq: r.get("seq")?,
     })
 }
 
@@ -615,7 +937,8 @@ fn transition(conn: &Connection, id: &str, from: RunState, change: &Change) -> R
             execution_id = COALESCE(?5, execution_id),
             failure_reason = COALESCE(?6, failure_reason),
             exit_code = COALESCE(?7, exit_code),
-            message = COALESCE(?8, message)
+            message = COALESCE(?8, message),
+            ended_by = COALESCE(?9, ended_by)
          WHERE id = ?1 AND state = ?2",
         )?
         .execute(params![
@@ -626,7 +949,8 @@ fn transition(conn: &Connection, id: &str, from: RunState, change: &Change) -> R
             change.execution_id,
             change.failure_reason,
             change.exit_code,
-            change.message
+            change.message,
+            change.ended_by.map(EndedBy::as_str)
         ])?;
     if n == 0 {
         return Ok(false);
@@ -660,24 +984,282 @@ fn parse_state(s: String) -> rusqlite::Result<RunState> {
     })
 }
 
-fn run_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
-    let spec_json: String = r.get(3)?;
-    let spec = serde_json::from_str(&spec_json).map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(3, rusqlite::types::Type::Text, e.into())
-    })?;
-    Ok(RunRecord {
-        id: r.get(0)?,
-        team_id: r.get(1)?,
-        state: parse_state(r.get(2)?)?,
-        spec,
-        created_at: r.get(4)?,
-        updated_at: r.get(5)?,
-        execution_id: r.get(6)?,
-        failure_reason: r.get(7)?,
-        exit_code: r.get(8)?,
-        message: r.get(9)?,
-        cancel_requested: r.get::<_, i64>(10)? != 0,
+fn parse_spec(text: String) -> rusqlite::Result<CreateRunRequest> {
+    serde_json::from_str(&text).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into())
     })
+}
+
+/// `SELECT {RUN_COLUMNS}`.
+fn run_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
+    Ok(RunRecord {
+        id: r.get("id")?,
+        team_id: r.get("team_id")?,
+        state: parse_state(r.get("state")?)?,
+        spec: parse_spec(r.get("spec_json")?)?,
+        created_at: r.get("created_at")?,
+        updated_at: r.get("updated_at")?,
+        execution_id: r.get("execution_id")?,
+        failure_reason: r.get("failure_reason")?,
+        exit_code: r.get("exit_code")?,
+        message: r.get("message")?,
+        cancel_requested: r.get::<_, i64>("cancel_requested")? != 0,
+        schedule_id: r.get("schedule_id")?,
+        scheduled_for: r.get("scheduled_for")?,
+        ended_by: r.get("ended_by")?,
+        output: OutputTotals {
+            end: r.get::<_, i64>("output_end")? as u64,
+            start: r.get::<_, i64>("output_start")? as u64,
+            dropped: r.get::<_, i64>("output_dropped")? as u64,
+        },
+    })
+}
+
+fn stream_name(s: OutputStream) -> &'static str {
+    match s {
+        OutputStream::Stdout => "stdout",
+        OutputStream::Stderr => "stderr",
+    }
+}
+
+fn parse_stream(s: String) -> rusqlite::Result<OutputStream> {
+    match s.as_str() {
+        "stdout" => Ok(OutputStream::Stdout),
+        "stderr" => Ok(OutputStream::Stderr),
+        other => Err(rusqlite::Error::FromSqlConversionFailure(
+            0,
+            rusqlite::types::Type::Text,
+            format!("unknown output stream {other:?}").into(),
+        )),
+    }
+}
+
+/// The smallest index ≥ `i` that starts a character of `s`.
+fn char_boundary_at_or_after(s: &str, mut i: usize) -> usize {
+    while i < s.len() && !s.is_char_boundary(i) {
+        i += 1;
+    }
+    i.min(s.len())
+}
+
+/// Appends `chunks` after `lost` bytes that never reached the database,
+/// then drops the oldest output beyond `limit` bytes (cutting the first
+/// kept chunk at a character boundary), all in the caller's savepoint.
+fn append_output(
+    conn: &Connection,
+    id: &str,
+    chunks: &[NewChunk],
+    lost: u64,
+    limit: u64,
+) -> Result<OutputTotals> {
+    let (end, start, dropped): (i64, i64, i64) = conn
+        .prepare_cached("SELECT output_end, output_start, output_dropped FROM runs WHERE id = ?1")?
+        .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .optional()?
+        .ok_or_else(|| StoreError(format!("output for unknown run {id}")))?;
+    let mut t = OutputTotals {
+        end: end as u64 + lost,
+        start: start as u64,
+        dropped: dropped as u64,
+    };
+    // Bytes lost in memory are gone: nothing before what follows them is
+    // contiguous any more, so the kept output starts after them.
+    let mut floor = if lost > 0 { t.end } else { 0 };
+    {
+        let mut insert = conn.prepare_cached(
+            "INSERT INTO run_output (run_id, offset, stream, data, len, dropped_before)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?;
+        // A chunk without data still counts its drops, marked on the next.
+        let mut carried = 0;
+        for c in chunks {
+            t.dropped += c.dropped_before;
+            carried += c.dropped_before;
+            if c.data.is_empty() {
+                continue;
+            }
+            insert.execute(params![
+                id,
+                t.end as i64,
+                stream_name(c.stream),
+                c.data,
+                c.data.len() as i64,
+                carried as i64
+            ])?;
+            carried = 0;
+            t.end += c.data.len() as u64;
+        }
+    }
+    floor = floor.max(t.end.saturating_sub(limit));
+    if t.start < floor {
+        conn.prepare_cached("DELETE FROM run_output WHERE run_id = ?1 AND offset + len <= ?2")?
+            .execute(params![id, floor as i64])?;
+        let first: Option<(i64, String, String, i64)> = conn
+            .prepare_cached(
+                "SELECT offset, stream, data, dropped_before FROM run_output
+                 WHERE run_id = ?1 ORDER BY offset LIMIT 1",
+            )?
+            .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .optional()?;
+        t.start = floor;
+        if let Some((offset, stream, data, dropped_before)) = first {
+            let offset = offset as u64;
+            if offset < floor {
+                let cut = char_boundary_at_or_after(&data, (floor - offset) as usize);
+                conn.prepare_cached("DELETE FROM run_output WHERE run_id = ?1 AND offset = ?2")?
+                    .execute(params![id, offset as i64])?;
+                let rest = &data[cut..];
+                t.start = offset + cut as u64;
+                if !rest.is_empty() {
+                    conn.prepare_cached(
+                        "INSERT INTO run_output (run_id, offset, stream, data, len, dropped_before)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    )?
+                    .execute(params![
+                        id,
+                        t.start as i64,
+                        stream,
+                        rest,
+                        rest.len() as i64,
+                        dropped_before
+                    ])?;
+                }
+            }
+        }
+    }
+    conn.prepare_cached(
+        "UPDATE runs SET output_end = ?2, output_start = ?3, output_dropped = ?4 WHERE id = ?1",
+    )?
+    .execute(params![id, t.end as i64, t.start as i64, t.dropped as i64])?;
+    Ok(t)
+}
+
+/// The kept output from byte `after` on (a chunk that straddles `after` is
+/// cut at the first character boundary at or after it).
+fn read_output(conn: &Connection, id: &str, after: u64) -> Result<Vec<OutputChunk>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT offset, stream, data, dropped_before FROM run_output
+         WHERE run_id = ?1 AND offset + len > ?2 ORDER BY offset",
+    )?;
+    let rows = stmt.query_map(params![id, after as i64], |r| {
+        let offset = r.get::<_, i64>(0)? as u64;
+        let mut data: String = r.get(2)?;
+        let mut dropped = r.get::<_, i64>(3)? as u64;
+        let mut start = offset;
+        if offset < after {
+            let cut = char_boundary_at_or_after(&data, (after - offset) as usize);
+            data.drain(..cut);
+            start = offset + cut as u64;
+            dropped = 0;
+        }
+        Ok(OutputChunk {
+            offset: start,
+            stream: parse_stream(r.get(1)?)?,
+            data,
+            dropped_bytes: dropped,
+        })
+    })?;
+    Ok(rows
+        .collect::<std::result::Result<Vec<_>, _>>()?
+        .into_iter()
+        .filter(|c| !c.data.is_empty())
+        .collect())
+}
+
+fn schedule_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ScheduleRecord> {
+    Ok(ScheduleRecord {
+        id: r.get("id")?,
+        team_id: r.get("team_id")?,
+        name: r.get("name")?,
+        cron: r.get("cron")?,
+        time_zone: r.get("time_zone")?,
+        missed: r.get::<_, String>("missed")?.parse().map_err(|e: String| {
+            rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into())
+        })?,
+        spec: parse_spec(r.get("spec_json")?)?,
+        paused: r.get::<_, i64>("paused")? != 0,
+        handled_until: r.get("handled_until")?,
+        last_run_id: r.get("last_run_id")?,
+        created_at: r.get("created_at")?,
+        updated_at: r.get("updated_at")?,
+    })
+}
+
+fn insert_schedule(conn: &Connection, s: &ScheduleRecord) -> Result<()> {
+    conn.execute(
+        "INSERT INTO schedules (id, team_id, name, cron, time_zone, missed, spec_json, paused,
+            handled_until, last_run_id, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+        params![
+            s.id,
+            s.team_id,
+            s.name,
+            s.cron,
+            s.time_zone,
+            s.missed.as_str(),
+            serde_json::to_string(&s.spec).expect("run specs serialize"),
+            s.paused,
+            s.handled_until,
+            s.last_run_id,
+            s.created_at,
+            s.updated_at
+        ],
+    )?;
+    Ok(())
+}
+
+fn list_schedules(conn: &Connection, team_id: Option<i64>) -> Result<Vec<ScheduleRecord>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {SCHEDULE_COLUMNS} FROM schedules WHERE (?1 IS NULL OR team_id = ?1) ORDER BY seq"
+    ))?;
+    let rows = stmt.query_map([team_id], schedule_from_row)?;
+    Ok(rows.collect::<std::result::Result<_, _>>()?)
+}
+
+fn get_schedule(
+    conn: &Connection,
+    id: &str,
+    team_id: Option<i64>,
+) -> Result<Option<ScheduleRecord>> {
+    Ok(conn
+        .prepare_cached(&format!(
+            "SELECT {SCHEDULE_COLUMNS} FROM schedules WHERE id = ?1 AND (?2 IS NULL OR team_id = ?2)"
+        ))?
+        .query_row(params![id, team_id], schedule_from_row)
+        .optional()?)
+}
+
+fn handle_slot(
+    conn: &Connection,
+    id: &str,
+    expected: &str,
+    slot: &str,
+    run: Option<(&str, &str)>,
+) -> Result<SlotOutcome> {
+    let Some(s) = get_schedule(conn, id, None)? else {
+        return Ok(SlotOutcome::Stale);
+    };
+    if s.paused || s.handled_until != expected {
+        return Ok(SlotOutcome::Stale);
+    }
+    let outcome = match run {
+        Some((run_id, note)) => SlotOutcome::Created(Box::new(insert_run(
+            conn,
+            run_id,
+            s.team_id,
+            &s.spec,
+            Some((id, slot)),
+            note,
+        )?)),
+        None => SlotOutcome::Skipped,
+    };
+    let run_id = run.map(|(r, _)| r);
+    conn.execute(
+        "UPDATE schedules SET handled_until = ?2, last_run_id = COALESCE(?3, last_run_id),
+         updated_at = ?4 WHERE id = ?1",
+        params![id, slot, run_id, time::now()],
+    )?;
+    Ok(outcome)
 }
 
 fn get_run(conn: &Connection, id: &str, team_id: Option<i64>) -> Result<Option<RunRecord>> {
@@ -783,6 +1365,134 @@ mod tests {
         assert_eq!(s.live_runs().await.unwrap().len(), 2);
     }
 
+    fn chunk(stream: OutputStream, data: &str, dropped_before: u64) -> NewChunk {
+        NewChunk {
+            stream,
+            data: data.into(),
+            dropped_before,
+        }
+    }
+
+    #[test]
+    fn output_keeps_the_last_bytes_in_order_and_counts_what_it_dropped() {
+        use OutputStream::{Stderr, Stdout};
+        let s = Store::open_in_memory().unwrap();
+        let team = s.create_api_key_blocking("t").unwrap().team.id;
+        s.call_blocking(move |c| insert_run(c, "r1", team, &spec("w"), None, "created"))
+            .unwrap();
+        let append = |chunks: Vec<NewChunk>, lost: u64, limit: u64| {
+            s.call_blocking(move |c| append_output(c, "r1", &chunks, lost, limit))
+                .unwrap()
+        };
+        let read = |after: u64| {
+            s.call_blocking(move |c| read_output(c, "r1", after))
+                .unwrap()
+        };
+        // "wörld\n" is 7 bytes: 13 in all, the limit keeps the last 10, so
+        // the first chunk is cut to "lo ".
+        let t = append(
+            vec![chunk(Stdout, "hello ", 0), chunk(Stderr, "wörld\n", 5)],
+            0,
+            10,
+        );
+        assert_eq!(
+            t,
+            OutputTotals {
+                end: 13,
+                start: 3,
+                dropped: 5
+            }
+        );
+        let all = read(0);
+        assert_eq!(
+            all.iter()
+                .map(|c| (c.offset, c.stream, c.data.as_str(), c.dropped_bytes))
+                .collect::<Vec<_>>(),
+            [(3, Stdout, "lo ", 0), (6, Stderr, "wörld\n", 5)]
+        );
+        // A read from inside a character starts at the next one.
+        let tail = read(8);
+        assert_eq!((tail[0].offset, tail[0].data.as_str()), (9, "rld\n"));
+        // Bytes lost before reaching the database: nothing before the
+        // next chunk is kept, and the counts show it.
+        let t = append(vec![chunk(Stdout, "x", 0), chunk(Stdout, "", 2)], 4, 10);
+        assert_eq!(
+            t,
+            OutputTotals {
+                end: 18,
+                start: 17,
+                dropped: 7
+            }
+        );
+        let all = read(0);
+        assert_eq!(all.len(), 1);
+        assert_eq!((all[0].offset, all[0].data.as_str()), (17, "x"));
+        let run = s
+            .call_blocking(|c| get_run(c, "r1", None))
+            .unwrap()
+            .unwrap();
+        assert_eq!(run.output, t);
+    }
+
+    #[test]
+    fn a_schedule_slot_gets_one_run_even_when_handled_twice() {
+        let s = Store::open_in_memory().unwrap();
+        let team = s.create_api_key_blocking("t").unwrap().team.id;
+        let rec = ScheduleRecord {
+            id: "sch_1".into(),
+            team_id: team,
+            name: "n".into(),
+            cron: "* * * * *".into(),
+            time_zone: "UTC".into(),
+            missed: MissedSlots::Skip,
+            spec: spec("w"),
+            paused: false,
+            handled_until: "2030-01-01T00:00:00.000Z".into(),
+            last_run_id: None,
+            created_at: "2030-01-01T00:00:00.000Z".into(),
+            updated_at: "2030-01-01T00:00:00.000Z".into(),
+        };
+        s.call_blocking(move |c| insert_schedule(c, &rec)).unwrap();
+        let slot = "2030-01-01T00:01:00.000Z";
+        let first = s
+            .call_blocking(move |c| {
+                handle_slot(
+                    c,
+                    "sch_1",
+                    "2030-01-01T00:00:00.000Z",
+                    slot,
+                    Some(("r1", "n")),
+                )
+            })
+            .unwrap();
+        let SlotOutcome::Created(run) = first else {
+            panic!("{first:?}")
+        };
+        assert_eq!(run.record.schedule_id.as_deref(), Some("sch_1"));
+        assert_eq!(run.record.scheduled_for.as_deref(), Some(slot));
+        // The same call again (a retry after a crash that lost the answer)
+        // finds the schedule moved on.
+        let again = s
+            .call_blocking(move |c| {
+                handle_slot(
+                    c,
+                    "sch_1",
+                    "2030-01-01T00:00:00.000Z",
+                    slot,
+                    Some(("r2", "n")),
+                )
+            })
+            .unwrap();
+        assert!(matches!(again, SlotOutcome::Stale), "{again:?}");
+        let sched = s
+            .call_blocking(|c| get_schedule(c, "sch_1", None))
+            .unwrap()
+            .unwrap();
+        assert_eq!(sched.handled_until, slot);
+        assert_eq!(sched.last_run_id.as_deref(), Some("r1"));
+        assert_eq!(s.call_blocking(live_runs).unwrap().len(), 1);
+    }
+
     #[test]
     fn state_survives_reopening_the_file() {
         let dir = tempfile::tempdir().unwrap();
@@ -791,7 +1501,7 @@ mod tests {
             let s = Store::open(&path).unwrap();
             let k = s.call_blocking(|conn| create_api_key(conn, "t")).unwrap();
             let team = k.team.id;
-            s.call_blocking(move |conn| insert_run(conn, "r1", team, &spec("w")))
+            s.call_blocking(move |conn| insert_run(conn, "r1", team, &spec("w"), None, "created"))
                 .unwrap();
             k.secret
         };

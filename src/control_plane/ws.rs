@@ -7,7 +7,7 @@
 //! Malformed and unknown frames are logged and ignored.
 
 use crate::control_plane::dispatcher::{ConnId, Dispatcher, Outgoing};
-use crate::control_plane::edge::{authenticate, error_response, Body, Shared};
+use crate::control_plane::edge::{bearer_team, empty, error_response, Body, Shared};
 use crate::protocol::extensions::EXTENSIONS_HEADER;
 use crate::protocol::{
     decode_worker_frame, encode, is_reserved_worker_id, DecodeError, Extensions,
@@ -36,7 +36,7 @@ pub async fn upgrade(mut req: Request<Incoming>, shared: Arc<Shared>) -> Respons
             "the worker endpoint only accepts a GET WebSocket upgrade",
         );
     }
-    let team = match authenticate(req.headers(), &shared).await {
+    let team = match bearer_team(req.headers(), &shared).await {
         Ok(t) => t,
         Err(resp) => return resp,
     };
@@ -102,7 +102,7 @@ pub async fn upgrade(mut req: Request<Incoming>, shared: Arc<Shared>) -> Respons
         // docs/PROTOCOL.md: the control plane offers every extension it
         // implements; a worker that knows none ignores the header.
         .header(EXTENSIONS_HEADER, Extensions::ALL.header_value())
-        .body(Body::default())
+        .body(empty())
         .expect("static response parts are valid")
 }
 

@@ -7,8 +7,9 @@ use oz_agent_worker::control_plane::model::{Run, RunState};
 use oz_agent_worker::control_plane::{Config, ControlPlane};
 use oz_agent_worker::protocol::extensions::EXTENSIONS_HEADER;
 use oz_agent_worker::protocol::{
-    decode_server_frame, encode, Extensions, FailureReason, ReportAck, ServerMessage,
-    TaskAssignment, TaskClaimed, TaskCompleted, TaskFailed, TaskRejected, WorkerMessage,
+    decode_server_frame, encode, Extensions, FailureReason, OutputStream, ReportAck, ServerMessage,
+    TaskAssignment, TaskClaimed, TaskCompleted, TaskFailed, TaskOutput, TaskRejected,
+    WorkerMessage,
 };
 use std::time::Duration;
 use tokio::net::TcpStream;
@@ -18,6 +19,9 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 /// How long an `expect_*` waits before failing the test.
 pub const EXPECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a test watches for something that must not happen (a message,
+/// a command) after the event that would have caused it.
+pub const QUIET_PERIOD: Duration = Duration::from_millis(300);
 
 /// Test defaults: in memory, ephemeral port, short timers.
 pub fn test_config() -> Config {
@@ -66,6 +70,25 @@ pub async fn wait_for_state(client: &Client, id: &str, state: RunState) -> Run {
         }
         if tokio::time::Instant::now() > deadline {
             panic!("run {id} never reached {state}; it is {run:#?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Polls `GET /api/v1/runs/{id}/output` until `bytes` bytes were received.
+pub async fn wait_for_output(
+    client: &Client,
+    id: &str,
+    bytes: u64,
+) -> oz_agent_worker::control_plane::model::RunOutput {
+    let deadline = tokio::time::Instant::now() + EXPECT_TIMEOUT;
+    loop {
+        let out = client.get_output(id, 0).await.unwrap();
+        if out.next_offset >= bytes {
+            return out;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("run {id} never had {bytes} bytes of output; it has {out:#?}");
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -145,6 +168,25 @@ impl ScriptedWorker {
             task_id: task_id.into(),
             worker_id,
             execution_id: execution_id.map(str::to_string),
+        }))
+        .await;
+    }
+
+    /// A `task_output` frame (extension `task-output`).
+    pub async fn output(
+        &mut self,
+        task_id: &str,
+        execution_id: Option<&str>,
+        stream: OutputStream,
+        data: &str,
+        dropped_bytes: u64,
+    ) {
+        self.send(WorkerMessage::TaskOutput(TaskOutput {
+            task_id: task_id.into(),
+            execution_id: execution_id.map(str::to_string),
+            stream,
+            data: data.into(),
+            dropped_bytes,
         }))
         .await;
     }

@@ -2,6 +2,7 @@
 //! `mod support;` and uses the helpers it needs.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod control_plane;
 pub mod docker;
 pub mod host;

@@ -1,0 +1,217 @@
+//! The management UI in a real headless browser (Debian's Chromium over
+//! WebDriver): it signs in with a team key, shows the real worker connected
+//! on dockerd, creates a run with the host picked from the dropdown, and
+//! shows the run's live output to its end. Set `OZ_UI_SCREENSHOTS=DIR` to
+//! keep screenshots of each page.
+
+mod support;
+
+use fantoccini::{Client, Locator};
+use std::time::Duration;
+use support::browser::Browser;
+use support::control_plane::{test_config, TestPlane};
+use support::worker::*;
+
+const WAIT: Duration = Duration::from_secs(30);
+const RUN_TIMEOUT: Duration = Duration::from_secs(120);
+
+async fn find(c: &Client, css: &str, within: Duration) -> fantoccini::elements::Element {
+    match c
+        .wait()
+        .at_most(within)
+        .for_element(Locator::Css(css))
+        .await
+    {
+        Ok(e) => e,
+        Err(e) => panic!(
+            "no {css:?} on {} within {within:?}: {e}\npage:\n{}",
+            c.current_url()
+                .await
+                .map(|u| u.to_string())
+                .unwrap_or_default(),
+            c.source().await.unwrap_or_default()
+        ),
+    }
+}
+
+async fn screenshot(c: &Client, name: &str) {
+    if let Some(dir) = std::env::var_os("OZ_UI_SCREENSHOTS") {
+        let png = c.screenshot().await.unwrap();
+        std::fs::write(std::path::Path::new(&dir).join(format!("{name}.png")), png).unwrap();
+    }
+}
+
+#[tokio::test]
+async fn the_ui_signs_in_shows_the_worker_creates_a_run_and_shows_its_output() {
+    if let Some(status) = support::browser::in_own_namespaces(
+        "the_ui_signs_in_shows_the_worker_creates_a_run_and_shows_its_output",
+    )
+    .await
+    {
+        assert!(status.success(), "the browser test failed: {status}");
+        return;
+    }
+    let Some(browser) = Browser::start().await else {
+        return;
+    };
+    if !Engine::Docker.available() {
+        return;
+    }
+    let plane = TestPlane::start(test_config()).await;
+    let id = unique_id("ui");
+    let _worker = WorkerProcess::start(
+        &plane,
+        Engine::Docker,
+        WorkerOptions {
+            worker_id: &id,
+            ..Default::default()
+        },
+    )
+    .await;
+    let c = &browser.client;
+    let base = plane.plane.url();
+
+    // Not signed in: the app sends the browser to the sign-in form.
+    c.goto(&format!("{base}/ui/")).await.unwrap();
+    let key = find(c, "input[name=api_key]", WAIT).await;
+    screenshot(c, "login").await;
+    key.send_keys(&plane.key).await.unwrap();
+    find(c, "#sign-in", WAIT).await.click().await.unwrap();
+
+    // The workers page shows the worker: one process, connected.
+    let processes = find(
+        c,
+        &format!("tr[data-worker-id='{id}'].connected td.processes"),
+        WAIT,
+    )
+    .await;
+    assert_eq!(processes.text().await.unwrap(), "1");
+    screenshot(c, "workers").await;
+    // The session cookie: HttpOnly, SameSite=Strict; the key itself is
+    // nowhere in the page.
+    let cookies = c.get_all_cookies().await.unwrap();
+    let session = cookies
+        .iter()
+        .find(|k| k.name() == "oz_session")
+        .expect("a session cookie");
+    assert_eq!(session.http_only(), Some(true));
+    assert_eq!(format!("{:?}", session.same_site()), "Some(Strict)");
+    assert_ne!(session.value(), plane.key);
+    assert!(!c.source().await.unwrap().contains(&plane.key));
+    let js_sees: serde_json::Value = c.execute("return document.cookie", vec![]).await.unwrap();
+    assert!(
+        !js_sees.as_str().unwrap_or("").contains("oz_session"),
+        "scripts can read the session cookie: {js_sees}"
+    );
+
+    // A new run, its host chosen from the dropdown of known worker ids.
+    find(c, "nav a[data-nav=new]", WAIT)
+        .await
+        .click()
+        .await
+        .unwrap();
+    find(c, &format!("#host option[value='{id}']"), WAIT).await;
+    find(c, "#host", WAIT)
+        .await
+        .select_by_value(&id)
+        .await
+        .unwrap();
+    find(c, "#title", WAIT)
+        .await
+        .send_keys("from the browser")
+        .await
+        .unwrap();
+    find(c, "#image", WAIT)
+        .await
+        .send_keys(BUSYBOX)
+        .await
+        .unwrap();
+    find(c, "#sidecar", WAIT)
+        .await
+        .send_keys(SIDECAR)
+        .await
+        .unwrap();
+    find(c, "#env", WAIT)
+        .await
+        .send_keys("UI_SECRET=hunter2-value")
+        .await
+        .unwrap();
+    screenshot(c, "new-run").await;
+    find(c, "#create-run", WAIT).await.click().await.unwrap();
+
+    // The run's page: its output, live, to the end, and its state.
+    let output = find(c, "pre#output[data-complete=true]", RUN_TIMEOUT).await;
+    let text = output.text().await.unwrap();
+    assert!(text.contains("started in /workspace"), "{text}");
+    assert!(text.contains("oz demo agent: done"), "{text}");
+    find(c, "#run-meta [data-state=succeeded]", WAIT).await;
+    let url = c.current_url().await.unwrap();
+    let run_id = url
+        .fragment()
+        .unwrap()
+        .trim_start_matches("/runs/")
+        .to_string();
+    assert!(run_id.starts_with("run_"), "{url}");
+    let page = c.source().await.unwrap();
+    assert!(
+        page.contains("from the browser") && page.contains("UI_SECRET"),
+        "{page}"
+    );
+    assert!(!page.contains("hunter2-value"), "an env value was rendered");
+    screenshot(c, "run").await;
+
+    // The API agrees: the run was created for that worker and succeeded.
+    let run = plane.client().get_run(&run_id).await.unwrap();
+    assert_eq!(run.worker_host, id);
+    assert_eq!(run.title, "from the browser");
+    assert_eq!(run.env_var_names, ["UI_SECRET"]);
+
+    // Schedules: one created from the form shows in the list and pauses.
+    find(c, "nav a[data-nav=schedules]", WAIT)
+        .await
+        .click()
+        .await
+        .unwrap();
+    find(c, &format!("#host option[value='{id}']"), WAIT).await;
+    find(c, "#cron", WAIT)
+        .await
+        .send_keys("0 3 * * *")
+        .await
+        .unwrap();
+    find(c, "#schedule-name", WAIT)
+        .await
+        .send_keys("nightly from the browser")
+        .await
+        .unwrap();
+    find(c, "#create-schedule", WAIT)
+        .await
+        .click()
+        .await
+        .unwrap();
+    let row = find(c, "tr[data-schedule-id]", WAIT).await;
+    let text = row.text().await.unwrap();
+    assert!(
+        text.contains("nightly from the browser") && text.contains(&id),
+        "{text}"
+    );
+    row.find(Locator::XPath(".//button[text()='Pause']"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let paused = c
+        .wait()
+        .at_most(WAIT)
+        .for_element(Locator::XPath(
+            "//tr[@data-schedule-id]//button[text()='Resume']",
+        ))
+        .await;
+    assert!(paused.is_ok(), "the schedule did not show as paused");
+    screenshot(c, "schedules").await;
+    let listed = plane.client().list_schedules().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert!(listed[0].paused);
+    assert_eq!(listed[0].run.worker_host, id);
+    browser.close().await;
+}
