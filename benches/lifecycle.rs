@@ -3,15 +3,19 @@
 //! hand-written HTTP/1.1 on the same socket, interleaved so drift affects
 //! both equally. Prints both medians and their ratio (goal: ≤ 1.02).
 //!
-//! `cargo bench --bench lifecycle`; `OZ_BENCH_N` (default 30), the socket
+//! `cargo bench --bench lifecycle`; `OZ_BENCH_N` (default 30, quick 5), the socket
 //! from `OZ_TEST_DOCKER_HOST` (default unix:///var/run/docker.sock), the
 //! image from `OZ_TEST_IMAGE_BUSYBOX` (default oz-test/busybox:latest).
+
+mod support;
 
 use bytes::Bytes;
 use oz_agent_worker::docker::request::{ApiRequest, CallKind, RequestBody};
 use oz_agent_worker::docker::Docker;
 use oz_agent_worker::transport::EnvSnapshot;
 use std::time::{Duration, Instant};
+use support::report::{verdict, Report};
+use support::stats;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
@@ -156,29 +160,20 @@ impl Raw {
     }
 }
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2
-    }
-}
-
 #[tokio::main]
 async fn main() {
     // `cargo bench` passes `--bench`; a filter argument is ignored.
-    let n: usize = var("OZ_BENCH_N", "30").parse().expect("OZ_BENCH_N");
+    let n = support::setup::count("OZ_BENCH_N", 30, 5);
     let host = var("OZ_TEST_DOCKER_HOST", "unix:///var/run/docker.sock");
     let image = var("OZ_TEST_IMAGE_BUSYBOX", "oz-test/busybox:latest");
     let Some(socket) = host.strip_prefix("unix://") else {
-        eprintln!("lifecycle bench needs a unix socket, got {host}");
-        std::process::exit(2);
+        support::setup::missing(
+            "lifecycle",
+            &format!("OZ_TEST_DOCKER_HOST is {host}; this bench needs a unix:// socket"),
+        );
     };
-    if !std::path::Path::new(socket).exists() {
-        eprintln!("lifecycle bench: no daemon socket at {socket} (run scripts/test-env.sh)");
-        std::process::exit(2);
+    if std::os::unix::net::UnixStream::connect(socket).is_err() {
+        support::setup::missing("lifecycle", &format!("no daemon answers at {socket}"));
     }
     let env = EnvSnapshot::empty().with_var("DOCKER_HOST", host.as_str());
     let docker = Docker::connect(&env)
@@ -214,7 +209,7 @@ async fn main() {
         .collect();
     paired.sort_by(f64::total_cmp);
     let paired = paired[paired.len() / 2];
-    let (mo, mr) = (median(ours_t), median(raw_t));
+    let (mo, mr) = (stats::median(&ours_t), stats::median(&raw_t));
     let ratio = mo.as_secs_f64() / mr.as_secs_f64();
     println!(
         "lifecycle x{n} on {host} ({} {}, API {}):",
@@ -240,11 +235,44 @@ async fn main() {
         assert_eq!(s, 200);
         pr.push(t0.elapsed());
     }
-    let (po, pr) = (median(po), median(pr));
+    let (po, pr) = (stats::median(&po), stats::median(&pr));
     println!(
         "  per-request cost (GET /_ping x{pings}): client {:.0} µs, raw {:.0} µs, overhead {:.0} µs",
         po.as_secs_f64() * 1e6,
         pr.as_secs_f64() * 1e6,
         (po.as_secs_f64() - pr.as_secs_f64()) * 1e6
     );
+
+    let mut r = Report::new("lifecycle", "Docker client vs. raw HTTP");
+    r.text(&format!(
+        "{n} create → start → wait → remove cycles of a `true` container through the worker's \
+         Docker client and through hand-written HTTP/1.1 on one kept-alive connection to the \
+         same socket ({host}, {} {}, API {}), interleaved; then {pings} `GET /_ping` each way.",
+        docker.engine().kind,
+        docker.engine().version,
+        docker.api_version()
+    ));
+    r.table(
+        &["figure", "value"],
+        &[
+            vec!["raw HTTP cycle, median".into(), stats::ms(mr)],
+            vec!["client cycle, median".into(), stats::ms(mo)],
+            vec![
+                "ratio of medians (goal ≤ 1.02)".into(),
+                format!("{ratio:.3} ({})", verdict(ratio <= 1.02)),
+            ],
+            vec!["median of paired ratios".into(), format!("{paired:.3}")],
+            vec![
+                "per request, `GET /_ping`: client / raw".into(),
+                format!("{} / {}", stats::us(po), stats::us(pr)),
+            ],
+        ],
+    );
+    r.goal(
+        "Docker client / raw HTTP, container lifecycle",
+        &format!("{ratio:.3}"),
+        "≤ 1.02",
+        Some(ratio <= 1.02),
+    );
+    r.finish();
 }

@@ -1,172 +1,183 @@
-//! What the worker adds to a task: N demo tasks end to end (run created on
-//! the embedded control plane → assignment → claim → image and sidecar checks
-//! → container create/start/wait/remove → report → run observed succeeded),
-//! against the bare container work for the same task (create → start → wait
-//! → remove of the same image, mounts and command through the Engine API),
-//! interleaved in the same run. Prints both medians, their ratio and the
-//! worker process's peak memory (VmHWM).
+//! Per-task overhead: N demo tasks end to end (run created on the embedded
+//! control plane → assignment → journalled claim → image and sidecar checks
+//! → container create/start/wait/remove → journalled report → terminal
+//! state recorded by the plane) against the bare container work of the same
+//! task through raw Engine API calls (create → start → wait → remove of the
+//! same image, command, environment, working directory and read-only agent
+//! volume), in interleaved pairs (ABBA order). Goal: worker / raw ≤ 1.03.
 //!
-//! `cargo bench --bench worker_overhead`; `OZ_BENCH_N` (default 20). Needs the
-//! test environment's images (`scripts/test-env.sh up`).
+//! `cargo bench --bench worker_overhead`; `OZ_BENCH_N` pairs (default 30,
+//! 3 with `OZ_BENCH_QUICK=1`). Needs the test environment's dockerd and
+//! busybox image (`scripts/test-env.sh up`). To see where a worker task's
+//! time goes, run it with `OZ_BENCH_WORKER_LOG=info,oz_agent_worker=debug
+//! OZ_BENCH_LOG_DIR=DIR`: the kept log times every Docker request.
 
-use oz_agent_worker::control_plane::client::Client;
+mod support;
+
 use oz_agent_worker::control_plane::model::{CreateRunRequest, RunState};
-use oz_agent_worker::control_plane::{Config, ControlPlane};
-use oz_agent_worker::docker::models::{ContainerCreateBody, HostConfig};
-use oz_agent_worker::docker::params::{ContainerDeleteParams, ContainerWaitParams};
-use oz_agent_worker::docker::Docker;
-use oz_agent_worker::runtime::docker::sidecar_volume_name;
-use oz_agent_worker::transport::EnvSnapshot;
 use std::time::{Duration, Instant};
+use support::engine::{task_container, unique, Agent};
+use support::plane::{Plane, Timed};
+use support::report::{verdict, Report};
+use support::stats::{median, ms, paired_ratio, ratio, ratio_spread, worker_first};
+use support::worker::{Launch, WorkerProc};
+use support::{setup, stats};
 
-const IMAGE: &str = "oz-test/busybox:latest";
-const SIDECAR: &str = "oz-test/agent-sidecar:latest";
-
-async fn through_worker(client: &Client, host: &str) -> Duration {
-    let t0 = Instant::now();
-    let req = CreateRunRequest {
-        worker_host: host.into(),
-        docker_image: Some(IMAGE.into()),
-        sidecar_image: Some(SIDECAR.into()),
-        ..Default::default()
-    };
-    let run = client.create_run(&req).await.expect("create run");
-    loop {
-        let now = client.get_run(&run.id).await.expect("get run");
-        match now.state {
-            RunState::Succeeded => return t0.elapsed(),
-            RunState::Failed | RunState::Cancelled => panic!("benchmark task failed: {now:#?}"),
-            _ => tokio::time::sleep(Duration::from_millis(2)).await,
-        }
-    }
-}
-
-async fn bare(docker: &Docker, volume: &str) -> Duration {
-    let t0 = Instant::now();
-    let body = ContainerCreateBody {
-        image: Some(IMAGE.into()),
-        entrypoint: Some(vec!["/agent/entrypoint.sh".into()]),
-        cmd: Some(vec!["agent".into(), "run".into()]),
-        working_dir: Some("/workspace".into()),
-        host_config: Some(HostConfig {
-            binds: Some(vec![format!("{volume}:/agent:ro")]),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let id = docker
-        .container_create(&Default::default(), &body)
-        .await
-        .expect("create")
-        .id
-        .unwrap();
-    docker
-        .container_start(&id, &Default::default())
-        .await
-        .expect("start");
-    let waited = docker
-        .container_wait(&id, &ContainerWaitParams::default())
-        .await
-        .expect("wait");
-    assert_eq!(waited.status_code, Some(0));
-    docker
-        .container_delete(
-            &id,
-            &ContainerDeleteParams {
-                force: Some(true),
-                ..Default::default()
-            },
-        )
-        .await
-        .expect("remove");
-    t0.elapsed()
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
-fn peak_rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
+const NAME: &str = "worker_overhead";
+const GOAL: f64 = 1.03;
+const RUN_TIMEOUT: Duration = Duration::from_secs(120);
 
 #[tokio::main]
 async fn main() {
-    let n: usize = std::env::var("OZ_BENCH_N")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20);
-    let docker = Docker::connect(&EnvSnapshot::from_process())
+    let n = setup::count("OZ_BENCH_N", 30, 3);
+    let host = setup::docker_host();
+    let image = setup::busybox_image();
+    let engine = setup::engine(NAME, &host, &[&image]).await;
+    let demo = support::images::demo_sidecar(&engine)
         .await
-        .expect("a reachable daemon");
-    let plane = ControlPlane::start(Config::ephemeral())
-        .await
-        .expect("control plane");
-    let key = plane.create_api_key("bench").unwrap().secret;
-    let client = Client::new(&plane.url(), &key).unwrap();
-    let host = "bench-worker";
-    let mut worker = tokio::process::Command::new(env!("CARGO_BIN_EXE_oz-agent-worker"))
-        .args([
-            "--worker-id",
-            host,
-            "--web-socket-url",
-            &plane.ws_url(),
-            "--server-root-url",
-            &plane.url(),
-        ])
-        .args(["--pull-policy", "if-not-present", "--log-level", "warn"])
-        .env("WARP_API_KEY", &key)
-        .stderr(std::process::Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("worker binary");
-    while plane.connection_count() == 0 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        .unwrap_or_else(|e| panic!("building the demo sidecar: {e}"));
+    let sidecar = demo.reference.clone();
+    let plane = Plane::start().await;
+    let worker_id = unique("bench-overhead");
+    let worker = WorkerProc::start(Launch {
+        worker_id: worker_id.clone(),
+        ws_url: plane.ws_url(),
+        root_url: plane.url(),
+        api_key: plane.key.clone(),
+        docker_host: Some(host.clone()),
+        args: vec!["--pull-policy".into(), "if-not-present".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let req = CreateRunRequest {
+        worker_host: worker_id.clone(),
+        title: Some("bench".into()),
+        prompt: Some("say hello".into()),
+        docker_image: Some(image.clone()),
+        sidecar_image: Some(sidecar.clone()),
+        ..Default::default()
+    };
+    let through_worker = async || {
+        let t = plane
+            .timed_run(&req, RUN_TIMEOUT)
+            .await
+            .unwrap_or_else(|e| panic!("{e}\nworker log:\n{}", worker.log_text()));
+        assert_eq!(
+            t.run.state,
+            RunState::Succeeded,
+            "a benchmark task failed: {:#?}\nworker log:\n{}",
+            t.run,
+            worker.log_text()
+        );
+        t
+    };
 
-    // Warm-up: the first task fills the sidecar volume, which the baseline mounts.
-    through_worker(&client, host).await;
-    let sidecar_id = docker
-        .image_inspect(SIDECAR, &Default::default())
-        .await
-        .unwrap()
-        .id
-        .unwrap();
-    let volume = sidecar_volume_name("oz-test/agent-sidecar", &sidecar_id);
-    bare(&docker, &volume).await;
+    // Warm-up: the first task fills the sidecar volume the baseline mounts.
+    through_worker().await;
+    let image_id = engine.image_id(&image).await.unwrap().unwrap();
+    let volume = demo.volume.clone();
+    assert!(
+        engine.volume_exists(&volume).await.unwrap(),
+        "the worker filled no volume named {volume}"
+    );
+    let bare = async || {
+        let task_id = unique("run");
+        let body = task_container(&image_id, Agent::Volume(&volume), &task_id, &[], &[]);
+        let t0 = Instant::now();
+        let code = engine
+            .run(Some(&format!("oz-bench-{task_id}")), &body)
+            .await
+            .unwrap_or_else(|e| panic!("baseline: {e}"));
+        let took = t0.elapsed();
+        assert_eq!(code, 0, "the baseline container failed");
+        took
+    };
+    bare().await;
 
-    let (mut w, mut b) = (Vec::new(), Vec::new());
-    for _ in 0..n {
-        w.push(through_worker(&client, host).await);
-        b.push(bare(&docker, &volume).await);
-    }
-    let (mw, mb) = (median(w), median(b));
-    let rss = worker.id().and_then(peak_rss_kib);
-    println!("tasks: {n} (interleaved)");
-    println!(
-        "bare container work, median:    {:>8.1} ms",
-        mb.as_secs_f64() * 1e3
-    );
-    println!(
-        "end to end via worker, median:  {:>8.1} ms",
-        mw.as_secs_f64() * 1e3
-    );
-    println!(
-        "ratio worker/bare:              {:>8.3}",
-        mw.as_secs_f64() / mb.as_secs_f64()
-    );
-    println!(
-        "overhead per task:              {:>8.1} ms",
-        (mw.as_secs_f64() - mb.as_secs_f64()) * 1e3
-    );
-    if let Some(kib) = rss {
-        println!(
-            "worker peak RSS (VmHWM):        {:>8.1} MiB",
-            kib as f64 / 1024.0
+    let (mut w, mut b): (Vec<Timed>, Vec<Duration>) = (Vec::new(), Vec::new());
+    for i in 0..n {
+        if worker_first(i) {
+            w.push(through_worker().await);
+            b.push(bare().await);
+        } else {
+            b.push(bare().await);
+            w.push(through_worker().await);
+        }
+        eprintln!(
+            "pair {i} ({}): worker {}, raw {}",
+            if worker_first(i) {
+                "worker first"
+            } else {
+                "raw first"
+            },
+            ms(w[i].total),
+            ms(b[i])
         );
     }
-    worker.kill().await.ok();
+    let totals: Vec<Duration> = w.iter().map(|t| t.total).collect();
+    let (mw, mb) = (median(&totals), median(&b));
+    let paired = paired_ratio(&totals, &b);
+    let to_created = median(&w.iter().map(|t| t.to_created).collect::<Vec<_>>());
+    let to_claim = median(&w.iter().map(|t| t.to_claim).collect::<Vec<_>>());
+    let claim_to_end = median(&w.iter().map(|t| t.claim_to_end).collect::<Vec<_>>());
+    let peak = worker.peak_rss_kib();
+    worker.stop(Duration::from_secs(30)).await;
+
+    let mut r = Report::new(NAME, "Per-task overhead (one task at a time)");
+    r.text(&format!(
+        "{n} demo tasks end to end through the embedded control plane and the worker \
+         (`--pull-policy if-not-present`, default log level, journal on the local disk) vs. the \
+         same container lifecycle through raw Engine API calls (create → start → wait → remove, \
+         same image, command, environment, working directory and read-only agent volume), on \
+         dockerd {} (API {}). Interleaved in ABBA order. A worker task's time runs from just \
+         before the run is created to the plane recording its terminal report (the container \
+         is removed before the report).",
+        engine.version, engine.api
+    ));
+    r.table(
+        &["figure", "value"],
+        &[
+            vec!["raw container lifecycle, median".into(), ms(mb)],
+            vec!["end to end through the worker, median".into(), ms(mw)],
+            vec![
+                "… runs API request → run recorded, median".into(),
+                ms(to_created),
+            ],
+            vec![
+                "… run recorded → claim recorded, median".into(),
+                ms(to_claim),
+            ],
+            vec![
+                "… claim recorded → report recorded, median".into(),
+                ms(claim_to_end),
+            ],
+            vec![
+                "overhead per task (median − median)".into(),
+                ms(mw.saturating_sub(mb)),
+            ],
+            vec!["ratio of medians".into(), format!("{:.3}", ratio(mw, mb))],
+            vec![
+                format!("**median of paired ratios** (goal ≤ {GOAL})"),
+                format!("**{paired:.3}** ({})", verdict(paired <= GOAL)),
+            ],
+            vec![
+                "per-pair ratios, middle half (p25–p75)".into(),
+                ratio_spread(&totals, &b),
+            ],
+            vec!["worker peak RSS (VmHWM)".into(), stats::mib(peak)],
+        ],
+    );
+    r.text(
+        "Where a worker task's time goes: run this bench with \
+         `OZ_BENCH_WORKER_LOG=info,oz_agent_worker=debug OZ_BENCH_LOG_DIR=DIR`; the worker's log \
+         (kept in DIR) times every Docker request of every task.",
+    );
+    r.goal(
+        "per-task overhead: worker / raw lifecycle",
+        &format!("{paired:.3}"),
+        &format!("≤ {GOAL}"),
+        Some(paired <= GOAL),
+    );
+    r.finish();
 }

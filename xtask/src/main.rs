@@ -1,5 +1,6 @@
-//! Project automation: `cargo xtask codegen [--check]`.
+//! Project automation: `cargo xtask codegen [--check]`, `cargo xtask bench [--quick]`.
 
+mod bench;
 mod codegen;
 mod quirks;
 
@@ -11,7 +12,9 @@ fn main() -> ExitCode {
     let result = match args.as_slice() {
         ["codegen"] => run_codegen(false),
         ["codegen", "--check"] => run_codegen(true),
-        _ => Err("usage: cargo xtask codegen [--check]".to_owned()),
+        ["bench"] => bench::run(false),
+        ["bench", "--quick"] => bench::run(true),
+        _ => Err("usage: cargo xtask codegen [--check] | cargo xtask bench [--quick]".to_owned()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

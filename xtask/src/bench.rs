@@ -1,0 +1,459 @@
+//! `cargo xtask bench [--quick]`: builds every benchmark once, runs them in
+//! order, and rewrites `BENCHMARKS.md` from what they report (each bench
+//! writes a JSON report to the path in `OZ_BENCH_REPORT`), with the machine
+//! they ran on: CPU, memory, kernel, daemon versions, date, and the load
+//! average before and after. `--quick` sets `OZ_BENCH_QUICK=1`: small
+//! counts, a smoke run.
+//!
+//! The bench executables are run directly (not through `cargo bench`), so
+//! their own exit status tells a missing environment (2) from a failure.
+
+use crate::codegen::project_root;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// In the order they run, with what each measures for the summary when it
+/// could not report.
+const BENCHES: [(&str, &str); 8] = [
+    ("lifecycle", "Docker client vs. raw HTTP"),
+    ("worker_overhead", "Per-task overhead"),
+    ("throughput", "Throughput at concurrency 8"),
+    ("claim_latency", "Claim latency"),
+    ("cold_start", "Cold start with a large sidecar (Docker 28)"),
+    ("worker_rss", "Worker memory"),
+    ("reconnect", "Reconnect after the control plane restarts"),
+    ("soak", "Soak"),
+];
+
+/// A bench's exit status when its environment is missing (benches/support/setup.rs).
+const EXIT_MISSING: i32 = 2;
+
+struct Outcome {
+    name: &'static str,
+    title: &'static str,
+    report: Option<Value>,
+    status: Result<(), String>,
+}
+
+pub fn run(quick: bool) -> Result<(), String> {
+    let root = project_root();
+    let executables = build(&root)?;
+    let reports = root.join("target").join("bench-reports");
+    std::fs::create_dir_all(&reports).map_err(|e| format!("{}: {e}", reports.display()))?;
+    let load_before = load_average();
+    let started = utc_now();
+    let mut outcomes = Vec::new();
+    for (name, title) in BENCHES {
+        let exe = executables
+            .get(name)
+            .ok_or_else(|| format!("cargo built no bench named {name}"))?;
+        let report_path = reports.join(format!("{name}.json"));
+        let _ = std::fs::remove_file(&report_path);
+        eprintln!("\n=== cargo xtask bench: {name} ===");
+        let status = Command::new(exe)
+            .arg("--bench")
+            .current_dir(&root)
+            .env("OZ_BENCH_REPORT", &report_path)
+            .env("OZ_BENCH_QUICK", if quick { "1" } else { "0" })
+            .status()
+            .map_err(|e| format!("cannot run {}: {e}", exe.display()))?;
+        let status = match status.code() {
+            Some(0) => Ok(()),
+            Some(EXIT_MISSING) => {
+                Err("was not run: its environment is missing (see the console)".into())
+            }
+            Some(c) => Err(format!("failed with exit status {c} (see the console)")),
+            None => Err(format!("killed ({status})")),
+        };
+        let report = std::fs::read(&report_path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        outcomes.push(Outcome {
+            name,
+            title,
+            report,
+            status,
+        });
+    }
+    let load_after = load_average();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let doc = render(
+        &outcomes,
+        &machine(),
+        quick,
+        cpus,
+        &started,
+        (&load_before, &load_after),
+    );
+    let path = root.join("BENCHMARKS.md");
+    std::fs::write(&path, doc).map_err(|e| format!("{}: {e}", path.display()))?;
+    eprintln!("\nwrote {}", path.display());
+    let failed: Vec<String> = outcomes
+        .iter()
+        .filter_map(|o| o.status.as_ref().err().map(|e| format!("{}: {e}", o.name)))
+        .collect();
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "some benchmarks did not pass:\n  {}",
+            failed.join("\n  ")
+        ))
+    }
+}
+
+/// Cargo, without what `cargo run` set for this xtask process: ring's
+/// build script reruns when `CARGO_MANIFEST_DIR` changes, and with it
+/// every crate above it, so an inherited value would rebuild the whole
+/// bench profile here and again on the next plain `cargo bench`.
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()));
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if name.starts_with("CARGO_PKG_")
+            || [
+                "CARGO_MANIFEST_DIR",
+                "CARGO_MANIFEST_PATH",
+                "CARGO_CRATE_NAME",
+                "CARGO_BIN_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+            ]
+            .contains(&name.as_ref())
+        {
+            cmd.env_remove(name.as_ref());
+        }
+    }
+    cmd
+}
+
+/// `cargo bench --no-run` for every bench; their executables by name.
+fn build(root: &Path) -> Result<BTreeMap<String, PathBuf>, String> {
+    let mut child = cargo()
+        .current_dir(root)
+        .args([
+            "bench",
+            "--no-run",
+            "--benches",
+            "--message-format=json-render-diagnostics",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .expect("piped")
+        .read_to_string(&mut out)
+        .map_err(|e| e.to_string())?;
+    if !child.wait().map_err(|e| e.to_string())?.success() {
+        return Err("building the benchmarks failed (see above)".into());
+    }
+    let mut found = BTreeMap::new();
+    for line in out.lines() {
+        let Ok(v) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
+        let is_bench = v["target"]["kind"]
+            .as_array()
+            .is_some_and(|k| k.iter().any(|k| k == "bench"));
+        if v["reason"] == "compiler-artifact" && is_bench {
+            if let (Some(name), Some(exe)) =
+                (v["target"]["name"].as_str(), v["executable"].as_str())
+            {
+                found.insert(name.to_string(), PathBuf::from(exe));
+            }
+        }
+    }
+    Ok(found)
+}
+
+fn render(
+    outcomes: &[Outcome],
+    machine: &[(String, String)],
+    quick: bool,
+    cpus: usize,
+    started: &str,
+    (load_before, load_after): (&str, &str),
+) -> String {
+    let mut md = String::new();
+    md.push_str("# Benchmarks\n\n");
+    md.push_str(
+        "Generated by `cargo xtask bench` (do not edit by hand; run it again). Every figure is \
+         measured against a baseline in the same run, with worker and baseline iterations \
+         interleaved so that the machine's load affects both alike; each section says what \
+         is compared. The benches are in `benches/`; each can also run alone with \
+         `cargo bench --bench NAME`. They need the test environment (`scripts/test-env.sh up`).\n\n",
+    );
+    if quick {
+        md.push_str(
+            "**Quick run (`--quick`): small counts, for a smoke test only; the figures are not \
+             representative.**\n\n",
+        );
+    }
+    let busiest = [load_before, load_after]
+        .iter()
+        .filter_map(|l| l.split_whitespace().next()?.parse::<f64>().ok())
+        .fold(0.0, f64::max);
+    if busiest > 0.5 * cpus as f64 {
+        let _ = write!(
+            md,
+            "**The machine was busy while these ran** (1-minute load average {busiest:.2} on \
+             {cpus} CPUs; see below): other jobs shared the CPUs, the disk and the Docker \
+             daemons, so the figures are noisy. Re-run `cargo xtask bench` on a quiet machine \
+             before drawing conclusions.\n\n"
+        );
+    }
+    md.push_str("## Machine\n\n| | |\n| --- | --- |\n");
+    for (k, v) in machine {
+        let _ = writeln!(md, "| {k} | {v} |");
+    }
+    let _ = writeln!(md, "| started (UTC) | {started} |");
+    let _ = writeln!(md, "| load average (1, 5, 15 min) before | {load_before} |");
+    let _ = writeln!(md, "| load average (1, 5, 15 min) after | {load_after} |");
+    let _ = writeln!(
+        md,
+        "| mode | {} |",
+        if quick { "quick (`--quick`)" } else { "full" }
+    );
+    md.push('\n');
+
+    md.push_str("## Summary\n\n| benchmark | figure | value | goal | met |\n| --- | --- | --- | --- | --- |\n");
+    for o in outcomes {
+        let rows = o
+            .report
+            .as_ref()
+            .and_then(|r| r["summary"].as_array().cloned())
+            .unwrap_or_default();
+        if rows.is_empty() {
+            let why = o
+                .status
+                .as_ref()
+                .err()
+                .cloned()
+                .unwrap_or_else(|| "no figures".into());
+            let _ = writeln!(md, "| `{}` | {} | — | — | {why} |", o.name, o.title);
+        }
+        for row in rows {
+            let met = match row["met"].as_bool() {
+                Some(true) => "yes",
+                Some(false) => "**no**",
+                None => "—",
+            };
+            let _ = writeln!(
+                md,
+                "| `{}` | {} | {} | {} | {met} |",
+                o.name,
+                row["figure"].as_str().unwrap_or(""),
+                row["value"].as_str().unwrap_or(""),
+                row["goal"].as_str().unwrap_or(""),
+            );
+        }
+    }
+    md.push('\n');
+
+    for o in outcomes {
+        let title = o
+            .report
+            .as_ref()
+            .and_then(|r| r["title"].as_str().map(str::to_string))
+            .unwrap_or_else(|| o.title.to_string());
+        let _ = writeln!(md, "## {title} (`benches/{}.rs`)\n", o.name);
+        if let Err(e) = &o.status {
+            let _ = writeln!(md, "**This benchmark {e}.**\n");
+        }
+        if let Some(text) = o.report.as_ref().and_then(|r| r["markdown"].as_str()) {
+            md.push_str(text.trim_end());
+            md.push_str("\n\n");
+        }
+    }
+    format!("{}\n", md.trim_end())
+}
+
+/// What the figures came from, as (what, value) rows.
+fn machine() -> Vec<(String, String)> {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map_or("unknown".to_string(), |(_, v)| v.trim().to_string());
+    let cpus = cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("processor"))
+        .count();
+    let mem_kib: u64 = std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map_or("unknown".into(), |s| s.trim().to_string());
+    let os = std::fs::read_to_string("/etc/os-release")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+        .map_or("unknown".into(), |s| s.trim_matches('"').to_string());
+    let mut rows = vec![
+        ("CPU".to_string(), format!("{model} × {cpus}")),
+        (
+            "memory".to_string(),
+            format!("{:.1} GiB", mem_kib as f64 / 1048576.0),
+        ),
+        ("kernel".to_string(), kernel),
+        ("OS".to_string(), os),
+    ];
+    for (label, var, default) in [
+        (
+            "Docker (test daemon)",
+            "OZ_TEST_DOCKER_HOST",
+            "unix:///var/run/docker.sock",
+        ),
+        (
+            "Docker 28 (matrix daemon)",
+            "OZ_TEST_DOCKER28_HOST",
+            "unix:///var/lib/oz-worker-test/daemons/docker28/docker.sock",
+        ),
+    ] {
+        let host = std::env::var(var)
+            .ok()
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| default.to_string());
+        rows.push((label.to_string(), daemon_version(&host)));
+    }
+    rows.push(("rustc".into(), command_line("rustc", &["-V"])));
+    let commit = command_line("git", &["rev-parse", "--short", "HEAD"]);
+    let dirty = !command_line("git", &["status", "--porcelain", "--untracked-files=no"]).is_empty();
+    rows.push((
+        "commit".into(),
+        if dirty {
+            format!("{commit} (with uncommitted changes)")
+        } else {
+            commit
+        },
+    ));
+    rows
+}
+
+fn command_line(program: &str, args: &[&str]) -> String {
+    Command::new(program)
+        .args(args)
+        .current_dir(project_root())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map_or_else(String::new, |o| {
+            String::from_utf8_lossy(&o.stdout).trim().to_string()
+        })
+}
+
+/// `VERSION (API X) at HOST` from the daemon's `GET /version`, or why not.
+fn daemon_version(host: &str) -> String {
+    let Some(path) = host.strip_prefix("unix://") else {
+        return format!("not queried ({host} is not a unix socket)");
+    };
+    let answer = (|| -> std::io::Result<String> {
+        let mut s = std::os::unix::net::UnixStream::connect(path)?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+        // HTTP/1.0: the daemon closes the connection after the answer.
+        s.write_all(b"GET /version HTTP/1.0\r\nHost: docker\r\n\r\n")?;
+        let mut text = String::new();
+        s.read_to_string(&mut text)?;
+        Ok(text)
+    })();
+    match answer {
+        Ok(text) => {
+            let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+            match serde_json::from_str::<Value>(body) {
+                Ok(v) => format!(
+                    "{} (API {}) at `{host}`",
+                    v["Version"].as_str().unwrap_or("?"),
+                    v["ApiVersion"].as_str().unwrap_or("?")
+                ),
+                Err(_) => format!("unreadable answer from `{host}`"),
+            }
+        }
+        Err(e) => format!("not reachable at `{host}` ({e})"),
+    }
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// Now as `2024-05-01 12:34:56`, UTC.
+fn utc_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Howard Hinnant's days-to-civil.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_bench_is_said_in_the_summary_and_its_section() {
+        let outcomes = [
+            Outcome {
+                name: "soak",
+                title: "Soak",
+                report: Some(serde_json::json!({
+                    "title": "Soak: many short tasks",
+                    "markdown": "| a | b |\n",
+                    "summary": [{"figure": "lost", "value": "0", "goal": "0", "met": true}],
+                })),
+                status: Ok(()),
+            },
+            Outcome {
+                name: "cold_start",
+                title: "Cold start",
+                report: None,
+                status: Err("was not run: its environment is missing (see the console)".into()),
+            },
+        ];
+        let machine = [("CPU".to_string(), "x".to_string())];
+        let md = render(&outcomes, &machine, false, 2, "now", ("0.1 0 0", "3.0 0 0"));
+        assert!(md.contains("| `soak` | lost | 0 | 0 | yes |"), "{md}");
+        assert!(
+            md.contains("| `cold_start` | Cold start | — | — | was not run"),
+            "{md}"
+        );
+        assert!(
+            md.contains("**This benchmark was not run: its environment is missing"),
+            "{md}"
+        );
+        assert!(
+            md.contains("The machine was busy"),
+            "a load of 3 on 2 CPUs is busy: {md}"
+        );
+        assert!(
+            md.contains("## Soak: many short tasks (`benches/soak.rs`)"),
+            "{md}"
+        );
+    }
+}
