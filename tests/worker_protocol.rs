@@ -282,6 +282,39 @@ async fn offered_extensions_stream_output_and_reannounce_claims() {
     drop(w);
 }
 
+/// A task's last output comes before its report, even when the agent
+/// writes it just before it exits: a reader that stops at the report (as
+/// `runs logs --follow` does) has seen all of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tasks_last_output_arrives_before_its_report() {
+    if !Engine::Docker.available() {
+        return;
+    }
+    let server = ScriptedServer::start().await;
+    let id = unique_id("proto-last");
+    let w = worker(&server, &id, &[]);
+    let mut conn = server
+        .accept_offering(Duration::from_secs(30), Some("task-output"))
+        .await;
+    for n in 0..3 {
+        let task = format!("t-last-{n}");
+        conn.send_text(&assignment(&task, &[], Some(SIDECAR))).await;
+        let (output, report) = until_terminal(&mut conn, Duration::from_secs(60)).await;
+        assert_eq!(report.task_id(), task);
+        let text: String = output
+            .iter()
+            .filter(|o| o.task_id == task)
+            .map(|o| o.data.as_str())
+            .collect();
+        assert!(
+            text.contains(&format!("task {task} started"))
+                && text.ends_with("oz demo agent: done\n"),
+            "all of {task}'s output before its report, got {text:?}"
+        );
+    }
+    drop(w);
+}
+
 /// Without report-ack, a report counts as received only once a pong answers
 /// a ping sent after it: a connection that read the report but never
 /// answered the ping gets it again on the next connection.

@@ -55,7 +55,7 @@ pub struct Link {
 
 /// Live-output frames queued per connection before senders wait (and the
 /// task's bounded output buffer starts dropping).
-const OUTPUT_QUEUE: usize = 16;
+pub(crate) const OUTPUT_QUEUE: usize = 16;
 
 impl Link {
     /// True once the frame has been written to the socket.
@@ -96,9 +96,18 @@ pub type TestWire = mpsc::Receiver<(WorkerMessage, oneshot::Sender<bool>)>;
 #[cfg(test)]
 impl Link {
     pub fn for_test(extensions: Extensions, id: ConnectionId) -> (Link, TestWire) {
-        let (tx, rx) = mpsc::channel(64);
-        let (output, mut drain) = mpsc::channel(OUTPUT_QUEUE);
+        let (link, wire, mut drain) = Link::for_test_with_output(extensions, id);
         tokio::spawn(async move { while drain.recv().await.is_some() {} });
+        (link, wire)
+    }
+
+    /// As [`Link::for_test`], with the live-output queue to read.
+    pub fn for_test_with_output(
+        extensions: Extensions,
+        id: ConnectionId,
+    ) -> (Link, TestWire, mpsc::Receiver<WorkerMessage>) {
+        let (tx, rx) = mpsc::channel(64);
+        let (output, drain) = mpsc::channel(OUTPUT_QUEUE);
         (
             Link {
                 tx,
@@ -107,6 +116,7 @@ impl Link {
                 id,
             },
             rx,
+            drain,
         )
     }
 }
@@ -231,7 +241,22 @@ pub async fn drive(
         // Unconfirmed reports go first, before anything new; then, without
         // report-ack, a ping whose pong proves they were read.
         let mut wrote_report = false;
+        let mut output_flushed = !extensions.task_output;
         while let Some((task, msg)) = delivery.next_unwritten(conn) {
+            if !output_flushed {
+                // Output already queued was written by tasks before they
+                // ended: it goes before their reports, so a reader that stops
+                // at a report has seen all of it. Bounded by the queue's size.
+                output_flushed = true;
+                while let Ok(out) = output_rx.try_recv() {
+                    if let Err(e) = write(&mut ws, Message::text(encode(&out)), timing).await {
+                        return Ended::Dropped(format!(
+                            "writing task_output for task {}: {e}",
+                            out.task_id()
+                        ));
+                    }
+                }
+            }
             if let Err(e) = write(&mut ws, Message::text(encode(&msg)), timing).await {
                 return Ended::Dropped(format!(
                     "writing {} for task {}: {e}",

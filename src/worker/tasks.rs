@@ -23,6 +23,10 @@ use tokio_util::sync::CancellationToken;
 /// their cleanup before the core reports them itself.
 pub const FORCE_STOP_GRACE: Duration = Duration::from_secs(10);
 
+/// How long a finished task's last live output may hold its report back
+/// while the link is slow; what is still unsent then is dropped and counted.
+const OUTPUT_FLUSH_LIMIT: Duration = Duration::from_secs(2);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum StopCause {
     Cancelled,
@@ -261,14 +265,14 @@ impl TaskManager {
             );
             let claimed_at = std::time::Instant::now();
             // Live output only for a server that asked for it.
-            let output = if link.extensions().task_output {
+            let (output, forwarder) = if link.extensions().task_output {
                 let (sink, reader) = OutputSink::channel();
-                tokio::spawn(tracing::Instrument::in_current_span(
+                let forwarder = tokio::spawn(tracing::Instrument::in_current_span(
                     this.clone().forward_output(task.clone(), reader),
                 ));
-                sink
+                (sink, Some(forwarder))
             } else {
-                OutputSink::none()
+                (OutputSink::none(), None)
             };
             let outcome = match invocation::build(&a, &this.config) {
                 Err(failure) => RunOutcome::Failed(failure),
@@ -282,6 +286,13 @@ impl TaskManager {
                 }
             };
             output.close();
+            // The task's last output goes out before its report, so a reader
+            // that stops at the report has it all; bounded, because a stalled
+            // link must not hold the report back (what is left is dropped
+            // and counted).
+            if let Some(forwarder) = forwarder {
+                let _ = tokio::time::timeout(OUTPUT_FLUSH_LIMIT, forwarder).await;
+            }
             if reported.load(Ordering::SeqCst) {
                 tracing::info!(
                     task_id = task.task_id,
@@ -642,6 +653,8 @@ mod tests {
         Hung,
         /// Dispatches at once.
         Dispatch,
+        /// Writes a line of output and completes at once.
+        Chatty,
     }
 
     struct Fake {
@@ -674,6 +687,11 @@ mod tests {
                 let _ = self.started.send(inv.task.task_id.clone());
                 match self.behaviour {
                     Behaviour::Dispatch => RunOutcome::Dispatched,
+                    Behaviour::Chatty => {
+                        ctx.output
+                            .write(crate::runtime::OutputStream::Stdout, b"last words\n");
+                        RunOutcome::Completed
+                    }
                     Behaviour::Obedient => tokio::select! {
                         r = rx => r.unwrap_or(RunOutcome::Completed),
                         _ = ctx.stop.cancelled() => RunOutcome::Stopped,
@@ -841,6 +859,71 @@ mod tests {
         let report = h.report(&task("t1", "e1")).await;
         assert_eq!(report.kind(), "task_completed");
         assert_eq!(report.execution_id(), Some("e1"));
+    }
+
+    /// A reader that stops at the report (`runs logs --follow`) must have
+    /// had all of the task's output by then.
+    #[tokio::test]
+    async fn a_tasks_last_output_is_queued_before_its_report() {
+        let ext = Extensions {
+            task_output: true,
+            ..Default::default()
+        };
+        let mut h = harness(Behaviour::Chatty, None, ext);
+        let (link, wire, mut output) = Link::for_test_with_output(ext, 2);
+        (h.link, h.wire) = (link, wire);
+        Dispatch(h.manager.clone()).connected(&h.link);
+        h.send(assignment("t1", "e1"));
+        assert_eq!(h.frame().await.kind(), "task_claimed");
+        tokio::time::timeout(Duration::from_secs(5), h.delivery.pushed())
+            .await
+            .expect("a report within 5 s");
+        match output.try_recv() {
+            Ok(WorkerMessage::TaskOutput(o)) => assert_eq!(o.data, "last words\n"),
+            other => panic!("the output was not queued before the report: {other:?}"),
+        }
+    }
+
+    /// On a link whose output queue is full, the report waits for the
+    /// task's last output, but no longer than the flush limit.
+    #[tokio::test(start_paused = true)]
+    async fn a_report_waits_for_stuck_output_only_up_to_the_flush_limit() {
+        let ext = Extensions {
+            task_output: true,
+            ..Default::default()
+        };
+        let mut h = harness(Behaviour::Chatty, None, ext);
+        let (link, wire, mut output) = Link::for_test_with_output(ext, 2);
+        (h.link, h.wire) = (link, wire);
+        for _ in 0..crate::worker::connection::OUTPUT_QUEUE {
+            let filler = WorkerMessage::TaskOutput(TaskOutput {
+                task_id: "other".into(),
+                execution_id: None,
+                stream: crate::runtime::OutputStream::Stdout,
+                data: "x".into(),
+                dropped_bytes: 0,
+            });
+            assert!(h.link.send_output(filler).await);
+        }
+        Dispatch(h.manager.clone()).connected(&h.link);
+        h.send(assignment("t1", "e1"));
+        assert_eq!(h.frame().await.kind(), "task_claimed");
+        let waiting = tokio::time::Instant::now();
+        tokio::time::timeout(Duration::from_secs(60), h.delivery.pushed())
+            .await
+            .expect("the report is not held forever");
+        assert!(
+            waiting.elapsed() >= OUTPUT_FLUSH_LIMIT,
+            "the report waited for the output ({:?})",
+            waiting.elapsed()
+        );
+        for _ in 0..crate::worker::connection::OUTPUT_QUEUE {
+            output.recv().await.unwrap();
+        }
+        match output.recv().await {
+            Some(WorkerMessage::TaskOutput(o)) => assert_eq!(o.data, "last words\n"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[tokio::test]
