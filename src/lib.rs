@@ -6,6 +6,7 @@ pub mod control_plane;
 pub mod dirs;
 pub mod docker;
 pub mod duration;
+pub mod image_reference;
 pub mod operator_env;
 pub mod percent;
 pub mod protocol;

@@ -65,6 +65,7 @@ const CRATE_LEAVES: &[&str] = &[
     "dirs",
     "duration",
     "tls_roots",
+    "image_reference",
 ];
 
 /// Strips `//` comments (doc comments mention other modules by name).

@@ -15,6 +15,7 @@ const LEAVES: &[&str] = &[
     "percent",
     "operator_env",
     "tls_roots",
+    "image_reference",
 ];
 
 /// (folder or file under `src/`, modules of the crate it must not name).

@@ -308,7 +308,6 @@ pub async fn serve(a: ServeArgs) -> ExitCode {
     config.rejection_backoff = a.rejection_backoff;
     config.reannounce_grace = a.reannounce_grace;
     config.output_limit = a.output_limit;
-    config.image_check = Some(check_image_reference);
     if let (Some(cert), Some(key)) = (a.tls_cert, a.tls_key) {
         config.tls = Some(cp::TlsFiles { cert, key });
     }
@@ -326,14 +325,6 @@ pub async fn serve(a: ServeArgs) -> ExitCode {
     tracing::info!("shutting down");
     plane.shutdown().await;
     ExitCode::SUCCESS
-}
-
-/// The worker's own image reference parser, so the API refuses what the
-/// worker would (with the worker's message) before anything is queued.
-fn check_image_reference(reference: &str) -> Result<(), String> {
-    crate::docker::reference::ImageRef::parse(reference)
-        .map(drop)
-        .map_err(|e| e.to_string())
 }
 
 async fn shutdown_signal() {

@@ -16,12 +16,13 @@
 use crate::control_plane::dispatcher::{CancelError, ResultError};
 use crate::control_plane::edge::{
     bad_request, error_response, internal, json_response, method_not_allowed, query_pairs,
-    read_json, Answer, Body, ImageCheck, Shared,
+    read_json, Answer, Body, Shared,
 };
 use crate::control_plane::model::{
     CreateRunRequest, HistoryEntry, Run, RunList, RunResultRequest, RunState,
 };
 use crate::control_plane::store::RunRecord;
+use crate::image_reference::ImageRef;
 use crate::protocol::{is_reserved_worker_id, RESERVED_WORKER_ID_PREFIX};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -49,7 +50,7 @@ pub async fn handle(
 
 async fn create(req: Request<Incoming>, shared: &Shared, team_id: i64) -> Answer {
     let spec: CreateRunRequest = read_json(req, "run request").await?;
-    validate(&spec, shared.image_check).map_err(|m| bad_request(&m))?;
+    validate(&spec).map_err(|m| bad_request(&m))?;
     let rec = shared
         .dispatcher
         .create_run(team_id, &spec)
@@ -69,9 +70,10 @@ async fn create(req: Request<Incoming>, shared: &Shared, team_id: i64) -> Answer
 
 /// What a run request must satisfy before it is stored: a worker id that
 /// can match a worker, image references the worker can pull (checked with
-/// `image_check`, the worker's own parser, so the message is the one the
-/// worker would give), sidecars with distinct mount paths, env names.
-pub fn validate(spec: &CreateRunRequest, image_check: Option<ImageCheck>) -> Result<(), String> {
+/// the worker's own parser, [`crate::image_reference`], so the message is
+/// the one the worker would give), sidecars with distinct mount paths, env
+/// names.
+pub fn validate(spec: &CreateRunRequest) -> Result<(), String> {
     if spec.worker_host.trim().is_empty() {
         return Err("worker_host is required: the id of the worker that should run it".into());
     }
@@ -96,14 +98,12 @@ pub fn validate(spec: &CreateRunRequest, image_check: Option<ImageCheck>) -> Res
             ));
         }
     }
-    if let Some(check) = image_check {
-        let images = [&spec.docker_image, &spec.sidecar_image]
-            .into_iter()
-            .flatten()
-            .chain(spec.additional_sidecars.iter().map(|s| &s.image));
-        for image in images {
-            check(image)?;
-        }
+    let images = [&spec.docker_image, &spec.sidecar_image]
+        .into_iter()
+        .flatten()
+        .chain(spec.additional_sidecars.iter().map(|s| &s.image));
+    for image in images {
+        ImageRef::parse(image).map_err(|e| e.to_string())?;
     }
     if let Some(k) = spec
         .env_vars

@@ -48,7 +48,7 @@ pub async fn handle(
 
 async fn create(req: Request<Incoming>, shared: &Shared, team_id: i64) -> Answer {
     let body: CreateScheduleRequest = read_json(req, "schedule request").await?;
-    validate(&body.run, shared.image_check).map_err(|m| bad_request(&format!("run: {m}")))?;
+    validate(&body.run).map_err(|m| bad_request(&format!("run: {m}")))?;
     match shared.scheduler.create(team_id, body).await {
         Ok(rec) => Ok(json_response(StatusCode::CREATED, &view(&rec))),
         Err(e) => Err(error(e, "")),

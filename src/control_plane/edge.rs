@@ -57,11 +57,6 @@ impl hyper::body::Body for ChannelBody {
     }
 }
 
-/// Checks an image reference as the worker's runtime would before pulling
-/// it; `Err` is the worker's own message. The composition root supplies the
-/// worker's parser (`docker::reference`), which this layer may not name.
-pub type ImageCheck = fn(&str) -> Result<(), String>;
-
 /// What every request handler and connection task shares.
 pub struct Shared {
     pub dispatcher: Arc<Dispatcher>,
@@ -70,9 +65,6 @@ pub struct Shared {
     pub sessions: Sessions,
     /// Served over TLS: session cookies are `Secure`, origins `https`.
     pub tls: bool,
-    /// Image references in runs and schedules are checked with this, when
-    /// set.
-    pub image_check: Option<ImageCheck>,
     /// A worker connection that sends nothing for this long is dropped.
     pub worker_read_timeout: Duration,
     /// An HTTP connection that has not sent a request's headers within this

@@ -1,5 +1,5 @@
 //! The local control plane: the orchestrator side of the worker protocol
-//! (PROTOCOL.md), a runs API, and durable state in SQLite. It runs as
+//! (docs/PROTOCOL.md), a runs API, and durable state in SQLite. It runs as
 //! `oz-agent-worker serve` or embedded in-process through [`ControlPlane`].
 //!
 //! Layers, each depending only on those before it: `model` (API types, the
@@ -94,7 +94,6 @@ use store::{NewApiKey, Store, StoreError};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-pub use edge::ImageCheck;
 pub use tls::TlsFiles;
 pub use ws::WS_PATH;
 
@@ -112,7 +111,7 @@ pub struct Config {
     pub listen: SocketAddr,
     pub storage: Storage,
     /// A worker connection that sends nothing (not even a ping) for this long
-    /// is dropped. PROTOCOL.md: 60 s.
+    /// is dropped. docs/PROTOCOL.md: 60 s.
     pub worker_read_timeout: Duration,
     /// A claimed run fails with `worker_lost` once no worker with its id has
     /// been connected for this long.
@@ -134,15 +133,12 @@ pub struct Config {
     /// Live output kept per run, in bytes (the newest; older output is
     /// dropped, and readers are told how much).
     pub output_limit: u64,
-    /// Checks the image references of new runs and schedules (400 with its
-    /// message when it fails). `serve` passes the worker's parser.
-    pub image_check: Option<ImageCheck>,
 }
 
 pub const DEFAULT_WORKER_READ_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_WORKER_LOST_TIMEOUT: Duration = Duration::from_secs(600);
 pub const DEFAULT_REJECTION_BACKOFF: Duration = Duration::from_secs(30);
-/// A worker retries its connection at most 60 s apart (PROTOCOL.md), so one
+/// A worker retries its connection at most 60 s apart (docs/PROTOCOL.md), so one
 /// that was backing off while the control plane was down is back within
 /// this, with time to spare for its handshake.
 pub const DEFAULT_REANNOUNCE_GRACE: Duration = Duration::from_secs(75);
@@ -163,7 +159,6 @@ impl Config {
             sweep_interval: Duration::from_secs(1),
             tls: None,
             output_limit: output::DEFAULT_LIMIT,
-            image_check: None,
         }
     }
 
@@ -263,7 +258,6 @@ impl ControlPlane {
             scheduler: scheduler.clone(),
             sessions: Default::default(),
             tls: tls.is_some(),
-            image_check: config.image_check,
             worker_read_timeout: config.worker_read_timeout,
             header_read_timeout: config.header_read_timeout,
             shutdown: shutdown_rx.clone(),

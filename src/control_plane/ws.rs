@@ -26,7 +26,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
 pub const WS_PATH: &str = "/api/v1/selfhosted/worker/ws";
-/// PROTOCOL.md: a write must finish within 10 s.
+/// docs/PROTOCOL.md: a write must finish within 10 s.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub async fn upgrade(mut req: Request<Incoming>, shared: Arc<Shared>) -> Response<Body> {

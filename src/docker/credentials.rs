@@ -51,7 +51,7 @@
 //! Secrets never reach Debug, Display or an error: JSON errors are reported
 //! by position only, helper output that looks like credentials is withheld.
 
-use crate::docker::reference::DOCKER_HUB_AUTH_KEY;
+use crate::image_reference::DOCKER_HUB_AUTH_KEY;
 use crate::secret::Secret;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, URL_SAFE};
 use base64::engine::DecodePaddingMode;
@@ -432,7 +432,7 @@ impl CredentialResolver {
     }
 
     /// Credentials for `registry_key` (e.g. from
-    /// [`ImageRef::registry_auth_key`](crate::docker::reference::ImageRef::registry_auth_key)):
+    /// [`ImageRef::registry_auth_key`](crate::image_reference::ImageRef::registry_auth_key)):
     /// `auth` is `None` for an anonymous pull. Never fails: see the module
     /// documentation for what happens when credentials cannot be used.
     pub async fn resolve(&self, registry_key: &str) -> Resolved {

@@ -10,7 +10,9 @@ pub use crate::transport::error;
 pub mod generated;
 #[cfg(test)]
 mod models_tests;
-pub mod reference;
+/// The image reference grammar lives in the leaf [`crate::image_reference`]
+/// (the control plane checks references with it too).
+pub use crate::image_reference as reference;
 pub mod request;
 pub mod stream;
 

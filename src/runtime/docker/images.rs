@@ -6,7 +6,7 @@ use super::failure::Fail;
 use super::DockerRuntime;
 use crate::docker::credentials;
 use crate::docker::models::ImageInspect;
-use crate::docker::reference::ImageRef;
+use crate::image_reference::ImageRef;
 use crate::protocol::FailureReason;
 use crate::runtime::PullPolicy;
 use futures_util::StreamExt;
