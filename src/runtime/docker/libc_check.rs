@@ -20,12 +20,19 @@
 //! The parsing (ELF program headers, `#!` lines, the first entry of a tar
 //! stream) is pure and reads only what it needs; property tests feed it
 //! arbitrary bytes.
+//!
+//! The archive reads cost a daemon several hundred milliseconds per task
+//! (each mounts the container's filesystem), so a passed check is kept for
+//! what decided it ([`PassedChecks`]): image ids and sidecar volume names
+//! are content-addressed, so the same key cannot name different files.
 
 use super::failure::Fail;
 use crate::docker::params::{ContainerArchiveInfoParams, ContainerArchiveParams};
 use crate::docker::Docker;
 use crate::protocol::FailureReason;
 use futures_util::StreamExt;
+use std::collections::HashSet;
+use std::sync::Mutex;
 
 /// The most of a file read to find its interpreter: the ELF and program
 /// headers and the `.interp` string sit in the first few KiB.
@@ -423,6 +430,38 @@ async fn exists(docker: &Docker, id: &str, path: &str) -> bool {
     docker.container_archive_info(id, &params).await.is_ok()
 }
 
+/// Containers that passed the check, by what they were made of: the task
+/// image's id, the agent's program and the sidecar sources (image ids or
+/// volume names that carry the sidecar image's id). At most
+/// [`PassedChecks::CAPACITY`] are kept; the set starts over when full.
+#[derive(Default)]
+pub struct PassedChecks(Mutex<HashSet<String>>);
+
+impl PassedChecks {
+    pub const CAPACITY: usize = 1024;
+
+    /// The key of a container made of these parts.
+    pub fn key(image_id: &str, program: Option<&str>, sidecars: &[String]) -> String {
+        format!(
+            "{image_id}\0{}\0{}",
+            program.unwrap_or(""),
+            sidecars.join("\0")
+        )
+    }
+
+    pub fn contains(&self, key: &str) -> bool {
+        self.0.lock().unwrap().contains(key)
+    }
+
+    pub fn insert(&self, key: String) {
+        let mut set = self.0.lock().unwrap();
+        if set.len() >= Self::CAPACITY {
+            set.clear();
+        }
+        set.insert(key);
+    }
+}
+
 /// The task-container step: `Err` (reason `invalid_image`) for a musl image.
 pub async fn refuse_musl(
     docker: &Docker,
@@ -493,6 +532,38 @@ mod tests {
     /// Loader names. Source: glibc's and musl's installed loader names per
     /// architecture (`ld-linux-x86-64.so.2`, `ld-linux-aarch64.so.1`,
     /// `ld64.so.2` on ppc64le, `ld-musl-<arch>.so.1`).
+    #[test]
+    fn passed_checks_are_kept_per_image_program_and_sidecars_and_bounded() {
+        let passed = PassedChecks::default();
+        let key = |image, program, sidecars: &[&str]| {
+            let sidecars: Vec<String> = sidecars.iter().map(|s| s.to_string()).collect();
+            PassedChecks::key(image, program, &sidecars)
+        };
+        passed.insert(key(
+            "sha256:a",
+            Some("/agent/entrypoint.sh"),
+            &["volume:v1"],
+        ));
+        assert!(passed.contains(&key(
+            "sha256:a",
+            Some("/agent/entrypoint.sh"),
+            &["volume:v1"]
+        )));
+        for other in [
+            key("sha256:b", Some("/agent/entrypoint.sh"), &["volume:v1"]),
+            key("sha256:a", Some("/agent/other.sh"), &["volume:v1"]),
+            key("sha256:a", None, &["volume:v1"]),
+            key("sha256:a", Some("/agent/entrypoint.sh"), &["volume:v2"]),
+            key("sha256:a", Some("/agent/entrypoint.sh"), &[]),
+        ] {
+            assert!(!passed.contains(&other), "{other:?}");
+        }
+        for i in 0..PassedChecks::CAPACITY {
+            passed.insert(format!("k{i}"));
+        }
+        assert!(passed.0.lock().unwrap().len() <= PassedChecks::CAPACITY);
+    }
+
     #[test]
     fn loaders_are_classified_by_name() {
         #[rustfmt::skip]

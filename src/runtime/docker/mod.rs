@@ -90,6 +90,7 @@ pub struct DockerRuntime {
     is_podman: bool,
     sidecar_mode: SidecarMode,
     sidecars: sidecars::SidecarVolumes,
+    libc_passed: libc_check::PassedChecks,
 }
 
 impl DockerRuntime {
@@ -136,6 +137,7 @@ impl DockerRuntime {
             is_podman,
             sidecar_mode,
             sidecars: sidecars::SidecarVolumes::default(),
+            libc_passed: libc_check::PassedChecks::default(),
         })
     }
 

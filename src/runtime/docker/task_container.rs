@@ -48,14 +48,22 @@ pub async fn run(
         tracing::warn!(task_id = spec.task.task_id, "daemon warning on create: {w}");
     }
 
-    super::libc_check::refuse_musl(
-        d,
-        &id,
-        spec.command.first().map(String::as_str),
-        &rt.arch,
-        &image.reference,
-    )
-    .await?;
+    let program = spec.command.first().map(String::as_str);
+    let sources: Vec<String> = sidecar_volumes
+        .iter()
+        .map(|s| match s {
+            super::SidecarSource::Volume(v) => format!("volume:{v}"),
+            super::SidecarSource::Image(i) => format!("image:{i}"),
+        })
+        .collect();
+    let checked = super::libc_check::PassedChecks::key(&image.id, program, &sources);
+    if !rt.libc_passed.contains(&checked) {
+        super::libc_check::refuse_musl(d, &id, program, &rt.arch, &image.reference).await?;
+        // Without an id the image is not known by content: check it each time.
+        if !image.id.is_empty() {
+            rt.libc_passed.insert(checked);
+        }
+    }
     if stop.is_cancelled() {
         return Err(Fail::Stopped);
     }
