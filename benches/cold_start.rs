@@ -304,7 +304,7 @@ async fn main() {
                 &mounted.0,
                 &plain,
                 mount_vs_plain,
-                "—".into(),
+                format!("≤ {MOUNT_GOAL} ({})", verdict(mount_vs_plain <= MOUNT_GOAL)),
             ),
             row(
                 "daemon only: raw task with the image mount vs. raw plain container",
@@ -317,7 +317,10 @@ async fn main() {
     );
     r.text(&format!(
         "First use on the copy path costs {} more than a cached use ({copy_vs_cached:.2}× the \
-         cached time); an image-mounted first use costs {} against {} for a plain container.",
+         cached time); an image-mounted first use costs {} against {} for a plain container. \
+         The issue's goal for image mounts is against a plain container start; the daemon's own \
+         cost of an image mount (raw, without the worker) is {daemon_mount_cost:.2}× that, so \
+         the worker's share is the ratio against the raw container with the same mount.",
         secs(median(&first.0).saturating_sub(median(&cached.0))),
         ms(median(&mounted.0)),
         ms(median(&plain)),
@@ -336,9 +339,9 @@ async fn main() {
     );
     r.goal(
         "… same, against a plain container without sidecar",
-        &format!("{mount_vs_plain:.3}"),
-        "—",
-        None,
+        &format!("{mount_vs_plain:.3} (daemon alone: {daemon_mount_cost:.3})"),
+        &format!("≤ {MOUNT_GOAL}"),
+        Some(mount_vs_plain <= MOUNT_GOAL),
     );
     r.finish();
 }

@@ -168,13 +168,15 @@ fn launch(serve: &Serve, config: &Path) -> Launch {
     }
 }
 
-/// The metrics address the worker logged.
+/// The metrics address the worker logged (`metrics: Prometheus at
+/// http://ADDR/metrics`).
 fn metrics_addr(worker: &WorkerProc) -> String {
+    const SAID: &str = "Prometheus at http://";
     let log = worker.log_text();
     let at = log
-        .find("serving metrics at http://")
-        .expect("the worker logs its metrics address");
-    let rest = &log[at + "serving metrics at http://".len()..];
+        .find(SAID)
+        .unwrap_or_else(|| panic!("the worker logs its metrics address:\n{log}"));
+    let rest = &log[at + SAID.len()..];
     rest.split('/').next().unwrap().to_string()
 }
 

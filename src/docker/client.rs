@@ -89,6 +89,11 @@ pub struct LogsOptions {
     pub timestamps: bool,
     /// Only the last N lines.
     pub tail: Option<u64>,
+    /// Whether the container has a TTY (its output is then one raw stream,
+    /// not multiplexed frames), when the caller knows because it created
+    /// the container; `None` asks the daemon (one `ContainerInspect` more,
+    /// which a busy daemon can take tens of milliseconds to answer).
+    pub tty: Option<bool>,
 }
 
 impl Default for LogsOptions {
@@ -99,6 +104,7 @@ impl Default for LogsOptions {
             follow: false,
             timestamps: false,
             tail: None,
+            tty: None,
         }
     }
 }
@@ -316,7 +322,10 @@ impl Docker {
     /// demultiplexed into stdout/stderr chunks (or raw [`stream::LogSource::Console`]
     /// chunks for a TTY container). Never cut by the request timeout.
     pub async fn logs(&self, id: &str, options: &LogsOptions) -> Result<LogStream, DockerError> {
-        let tty = self.container_tty(id).await?;
+        let tty = match options.tty {
+            Some(tty) => tty,
+            None => self.container_tty(id).await?,
+        };
         let mut req = ApiRequest::new(
             "ContainerLogs",
             http::Method::GET,

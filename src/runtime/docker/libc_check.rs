@@ -343,7 +343,10 @@ pub async fn inspect(docker: &Docker, id: &str, program: Option<&str>, arch: &st
             _ => {}
         }
     }
-    shells.push(("/bin/sh".into(), "the image's shell /bin/sh".into()));
+    // Usually the agent's shell is /bin/sh itself: read it once.
+    if !shells.iter().any(|(path, _)| path == "/bin/sh") {
+        shells.push(("/bin/sh".into(), "the image's shell /bin/sh".into()));
+    }
     for (shell, what) in &shells {
         if let Some((resolved, Linkage::Dynamic(interp))) = read_linkage(docker, id, shell).await {
             if let Some(v) = verdict_for(what, shell, &resolved, &interp) {

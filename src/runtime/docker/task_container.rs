@@ -220,7 +220,7 @@ fn create_body(
             "task",
             Some((&spec.task.task_id, spec.task.execution_id.as_deref())),
         )),
-        tty: Some(false),
+        tty: Some(TASK_TTY),
         host_config: Some(HostConfig {
             binds: Some(binds),
             mounts: (!mounts.is_empty()).then_some(mounts),
@@ -292,6 +292,7 @@ fn follow_output(
     let follow = async move {
         let params = crate::docker::LogsOptions {
             follow: true,
+            tty: Some(TASK_TTY),
             ..Default::default()
         };
         let mut stream = match d.logs(&id, &params).await {
@@ -312,6 +313,10 @@ fn follow_output(
     tokio::spawn(tracing::Instrument::in_current_span(follow))
 }
 
+/// Task containers have no TTY: their output is multiplexed stdout and
+/// stderr (so the log reads need not ask).
+const TASK_TTY: bool = false;
+
 /// Log target of task output lines, so operators can turn them on alone
 /// (`OZ_LOG=info,task_output=debug`).
 pub const TASK_OUTPUT: &str = "task_output";
@@ -321,6 +326,7 @@ pub const TASK_OUTPUT: &str = "task_output";
 async fn log_output(rt: &DockerRuntime, id: &str, task_id: &str, failed: bool) -> String {
     let params = crate::docker::LogsOptions {
         tail: Some(LOG_TAIL_LINES),
+        tty: Some(TASK_TTY),
         ..Default::default()
     };
     let mut out = Vec::new();
