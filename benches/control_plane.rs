@@ -22,6 +22,8 @@
 //!
 //! `cargo bench --bench control_plane`.
 
+mod support;
+
 use futures_util::{SinkExt, StreamExt};
 use oz_agent_worker::control_plane::client::Client;
 use oz_agent_worker::control_plane::model::CreateRunRequest;
@@ -33,19 +35,14 @@ use oz_agent_worker::protocol::{
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use support::report::Report;
+use support::setup;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn run_for(host: &str) -> CreateRunRequest {
     CreateRunRequest {
@@ -300,9 +297,9 @@ async fn soak(dir: &std::path::Path, n: usize, cap: usize, task_time: Duration) 
 
 #[tokio::main]
 async fn main() {
-    let n_create = env_usize("OZ_BENCH_CREATE", 1000);
-    let samples = env_usize("OZ_BENCH_SAMPLES", 50);
-    let soak_runs = env_usize("OZ_BENCH_SOAK_RUNS", 200);
+    let n_create = setup::count("OZ_BENCH_CREATE", 1000, 100);
+    let samples = setup::count("OZ_BENCH_SAMPLES", 50, 10);
+    let soak_runs = setup::count("OZ_BENCH_SOAK_RUNS", 200, 40);
     let dir = tempfile::tempdir().unwrap();
 
     let bare = bare_sqlite_rate(dir.path(), n_create);
@@ -323,58 +320,98 @@ async fn main() {
     drop(ws);
     plane.shutdown().await;
 
-    println!(
-        "control plane: runs created per second (POST /api/v1/runs, 8 clients, SQLite FULL sync)"
-    );
-    println!("  bare SQLite, 1 tx per run:  {bare:8.0} /s");
-    println!("  all {n_create:5} runs:            {total_rate:8.0} /s");
-    println!("  first {fifth:4} (queue ~empty): {first:8.0} /s");
-    println!(
-        "  last {fifth:4} (~{:4} queued):  {last:8.0} /s",
-        n_create - fifth
-    );
-    println!(
-        "  last/first:                 {:8.3} (goal ~1)",
-        last / first
-    );
-    println!("  all/bare SQLite:            {:8.3}", total_rate / bare);
-    println!("control plane: dispatch latency (POST until the assignment arrives)");
-    let (e50, e95) = (percentile(empty.clone(), 0.5), percentile(empty, 0.95));
-    let (l50, l95) = (percentile(loaded.clone(), 0.5), percentile(loaded, 0.95));
-    println!(
-        "  0 queued:     median {:7.2} ms  p95 {:7.2} ms",
-        ms(e50),
-        ms(e95)
-    );
-    println!(
-        "  {n_create:5} queued: median {:7.2} ms  p95 {:7.2} ms",
-        ms(l50),
-        ms(l95)
-    );
-    println!(
-        "  ratio:        median {:7.2}     p95 {:7.2} (goal ~1)",
-        ms(l50) / ms(e50),
-        ms(l95) / ms(e95)
-    );
-
     let task_time = Duration::from_millis(50);
     let s = soak(dir.path(), soak_runs, 4, task_time).await;
     let ideal = task_time * (soak_runs as u32).div_ceil(4);
-    println!("control plane: capacity soak ({soak_runs} runs, one worker holding at most 4, 50 ms tasks)");
-    println!(
-        "  offers {} ({:.2} per run), rejections {}",
-        s.offers,
-        s.offers as f64 / soak_runs as f64,
-        s.rejections
+
+    let (e50, e95) = (percentile(empty.clone(), 0.5), percentile(empty, 0.95));
+    let (l50, l95) = (percentile(loaded.clone(), 0.5), percentile(loaded, 0.95));
+    let per_s = |r: f64| format!("{r:.0} /s");
+    let lat = |d: Duration| format!("{:.2} ms", ms(d));
+    let mut r = Report::new("control_plane", "Control plane under load");
+    r.text(&format!(
+        "A real control plane on a temporary SQLite file (WAL, `synchronous = FULL`), over real \
+         HTTP and WebSockets. Runs created per second through `POST /api/v1/runs` ({n_create} \
+         runs, 8 clients, for a worker id nobody serves, so all stay queued) against bare \
+         SQLite transactions (one per run, the same inserts) on the same disk; dispatch latency \
+         (`POST` until the scripted worker reads the `task_assignment`, {samples} samples) with \
+         no run queued and with the {n_create} runs queued for another worker id; and a \
+         capacity soak: {soak_runs} runs for one scripted worker that holds at most 4 (50 ms \
+         each) and rejects more with `at_capacity`, as `--max-concurrent-tasks 4` does."
+    ));
+    r.table(
+        &["figure", "value"],
+        &[
+            vec!["bare SQLite, one transaction per run".into(), per_s(bare)],
+            vec![
+                format!("all {n_create} runs through the API"),
+                per_s(total_rate),
+            ],
+            vec![
+                "… / bare SQLite".into(),
+                format!("{:.2}", total_rate / bare),
+            ],
+            vec![
+                format!("first {fifth} runs (queue nearly empty)"),
+                per_s(first),
+            ],
+            vec![
+                format!("last {fifth} runs (~{} queued)", n_create - fifth),
+                per_s(last),
+            ],
+            vec!["… last / first".into(), format!("{:.3}", last / first)],
+            vec![
+                "dispatch latency, 0 queued: median / p95".into(),
+                format!("{} / {}", lat(e50), lat(e95)),
+            ],
+            vec![
+                format!("dispatch latency, {n_create} queued: median / p95"),
+                format!("{} / {}", lat(l50), lat(l95)),
+            ],
+            vec![
+                "… ratio of medians, queued / empty".into(),
+                format!("{:.2}", ms(l50) / ms(e50)),
+            ],
+            vec![
+                "capacity soak: offers (per run) / rejections".into(),
+                format!(
+                    "{} ({:.2}) / {}",
+                    s.offers,
+                    s.offers as f64 / soak_runs as f64,
+                    s.rejections
+                ),
+            ],
+            vec![
+                "capacity soak: history entries per run, max / mean".into(),
+                format!("{} / {:.1}", s.max_history, s.mean_history),
+            ],
+            vec![
+                "capacity soak: wall / ideal (runs ÷ 4 × 50 ms)".into(),
+                format!(
+                    "{:.2} s / {:.2} s",
+                    s.wall.as_secs_f64(),
+                    ideal.as_secs_f64()
+                ),
+            ],
+        ],
     );
-    println!(
-        "  history entries per run: max {}, mean {:.1}",
-        s.max_history, s.mean_history
+    r.goal(
+        "runs created per second through the API (/ bare SQLite)",
+        &format!("{total_rate:.0} /s ({:.2})", total_rate / bare),
+        "—",
+        None,
     );
-    println!(
-        "  wall {:.2} s, ideal {:.2} s, ratio {:.2}",
-        s.wall.as_secs_f64(),
-        ideal.as_secs_f64(),
-        s.wall.as_secs_f64() / ideal.as_secs_f64()
+    r.goal(
+        &format!("dispatch latency median, 0 / {n_create} queued"),
+        &format!("{} / {}", lat(e50), lat(l50)),
+        "—",
+        None,
     );
+    r.goal(
+        "capacity soak: offers per run",
+        &format!("{:.2}", s.offers as f64 / soak_runs as f64),
+        "—",
+        None,
+    );
+    r.finish();
 }

@@ -130,9 +130,11 @@ async fn connected(addr: &str) -> Option<bool> {
         .ok()?;
     let mut text = String::new();
     s.read_to_string(&mut text).await.ok()?;
-    let line = text
-        .lines()
-        .find(|l| l.starts_with("oz_worker_connected "))?;
+    // `oz_worker_connected{worker_id="…",…} 1` (labelled, as the Go worker's).
+    let line = text.lines().find(|l| {
+        l.strip_prefix("oz_worker_connected")
+            .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+    })?;
     Some(line.ends_with(" 1"))
 }
 
@@ -213,7 +215,7 @@ async fn main() {
         let t0 = Instant::now();
         let other = WorkerProc::spawn(launch(&serve, &config)).unwrap();
         other
-            .wait_for_log("serving metrics at", WITHIN)
+            .wait_for_log("Prometheus at http://", WITHIN)
             .await
             .unwrap();
         until_connected(&metrics_addr(&other), true).await;

@@ -18,7 +18,7 @@ use std::process::{Command, Stdio};
 
 /// In the order they run, with what each measures for the summary when it
 /// could not report.
-const BENCHES: [(&str, &str); 8] = [
+const BENCHES: [(&str, &str); 9] = [
     ("lifecycle", "Docker client vs. raw HTTP"),
     ("worker_overhead", "Per-task overhead"),
     ("throughput", "Throughput at concurrency 8"),
@@ -27,6 +27,7 @@ const BENCHES: [(&str, &str); 8] = [
     ("worker_rss", "Worker memory"),
     ("reconnect", "Reconnect after the control plane restarts"),
     ("soak", "Soak"),
+    ("control_plane", "Control plane under load"),
 ];
 
 /// A bench's exit status when its environment is missing (benches/support/setup.rs).
