@@ -174,7 +174,7 @@ impl DockerRuntime {
             // Not raced against `stop`: filling creates helper containers that
             // must be removed, so it runs to its (bounded) end.
             volumes.push(SidecarSource::Volume(
-                self.sidecars.ensure(self, &sidecar.image).await?,
+                self.sidecars.ensure(self, &sidecar.image, &image).await?,
             ));
             if stop.is_cancelled() {
                 return Err(Fail::Stopped);
