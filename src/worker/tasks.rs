@@ -861,18 +861,25 @@ mod tests {
         assert_eq!(report.execution_id(), Some("e1"));
     }
 
-    /// A reader that stops at the report (`runs logs --follow`) must have
-    /// had all of the task's output by then.
-    #[tokio::test]
-    async fn a_tasks_last_output_is_queued_before_its_report() {
+    /// A harness whose runtime writes a line and completes, connected over
+    /// a link with `task-output`; the link's output queue to read.
+    fn chatty_harness() -> (Harness, mpsc::Receiver<WorkerMessage>) {
         let ext = Extensions {
             task_output: true,
             ..Default::default()
         };
         let mut h = harness(Behaviour::Chatty, None, ext);
-        let (link, wire, mut output) = Link::for_test_with_output(ext, 2);
+        let (link, wire, output) = Link::for_test_with_output(ext, 2);
         (h.link, h.wire) = (link, wire);
         Dispatch(h.manager.clone()).connected(&h.link);
+        (h, output)
+    }
+
+    /// A reader that stops at the report (`runs logs --follow`) must have
+    /// had all of the task's output by then.
+    #[tokio::test]
+    async fn a_tasks_last_output_is_queued_before_its_report() {
+        let (mut h, mut output) = chatty_harness();
         h.send(assignment("t1", "e1"));
         assert_eq!(h.frame().await.kind(), "task_claimed");
         tokio::time::timeout(Duration::from_secs(5), h.delivery.pushed())
@@ -888,13 +895,7 @@ mod tests {
     /// task's last output, but no longer than the flush limit.
     #[tokio::test(start_paused = true)]
     async fn a_report_waits_for_stuck_output_only_up_to_the_flush_limit() {
-        let ext = Extensions {
-            task_output: true,
-            ..Default::default()
-        };
-        let mut h = harness(Behaviour::Chatty, None, ext);
-        let (link, wire, mut output) = Link::for_test_with_output(ext, 2);
-        (h.link, h.wire) = (link, wire);
+        let (mut h, mut output) = chatty_harness();
         for _ in 0..crate::worker::connection::OUTPUT_QUEUE {
             let filler = WorkerMessage::TaskOutput(TaskOutput {
                 task_id: "other".into(),
@@ -905,7 +906,6 @@ mod tests {
             });
             assert!(h.link.send_output(filler).await);
         }
-        Dispatch(h.manager.clone()).connected(&h.link);
         h.send(assignment("t1", "e1"));
         assert_eq!(h.frame().await.kind(), "task_claimed");
         let waiting = tokio::time::Instant::now();
