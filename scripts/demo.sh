@@ -45,7 +45,9 @@ PLANE_PID=$!
 for _ in $(seq 50); do curl -s -o /dev/null "$SERVER/" && break; sleep 0.1; done
 
 say "starting a worker with id demo-worker"
-OZ_LOG=info,task_output=debug "$BIN" --worker-id demo-worker \
+# No metrics collector runs here: without this the worker would try to push
+# OTLP to localhost:4318 and say so.
+OTEL_METRICS_EXPORTER=none OZ_LOG=info,task_output=debug "$BIN" --worker-id demo-worker \
   --web-socket-url "ws://127.0.0.1:$PORT/api/v1/selfhosted/worker/ws" \
   --server-root-url "$SERVER" --pull-policy if-not-present 2>"$WORK/worker.log" &
 WORKER_PID=$!

@@ -1215,5 +1215,5 @@ demo-images) cmd_demo_images "${2:-}" ;;
 status) cmd_status ;;
 down) cmd_down ;;
 -h | --help | help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0" ;;
-*) die "unknown command '$1' (expected up, status or down)" ;;
+*) die "unknown command '$1' (expected up, demo-images, status or down)" ;;
 esac

@@ -196,11 +196,20 @@ pub fn resolve(args: &WorkerArgs, env: &dyn EnvLookup) -> Result<Resolved, Strin
     })
 }
 
+/// Why the runtime could not be built: its settings (exit status 2, like
+/// any bad flag or configuration) or the runtime itself, e.g. an unreachable
+/// daemon (exit status 1). README: "Exit status".
+enum BuildError {
+    Config(String),
+    Start(String),
+}
+
 async fn build_runtime(
     args: &WorkerArgs,
     r: &Resolved,
     env: &dyn EnvLookup,
-) -> Result<Arc<dyn Runtime>, String> {
+) -> Result<Arc<dyn Runtime>, BuildError> {
+    use BuildError::{Config, Start};
     let ctx = RuntimeContext {
         worker_id: r.core.worker_id.clone(),
         state_dir: crate::worker::journal::worker_dir(&r.core.state_dir, &r.core.worker_id)
@@ -218,9 +227,11 @@ async fn build_runtime(
                 },
                 r.cleanup,
                 r.env.clone(),
-            )?;
-            let rt =
-                crate::runtime::docker::DockerRuntime::from_environment(&ctx, settings).await?;
+            )
+            .map_err(Config)?;
+            let rt = crate::runtime::docker::DockerRuntime::from_environment(&ctx, settings)
+                .await
+                .map_err(Start)?;
             Ok(Arc::new(rt))
         }
         "direct" => {
@@ -234,22 +245,24 @@ async fn build_runtime(
                 r.cleanup,
                 r.env.clone(),
                 env.var("PATH").as_deref(),
-            )?;
-            Ok(Arc::new(crate::runtime::direct::DirectRuntime::new(
-                ctx, settings,
-            )?))
+            )
+            .map_err(Config)?;
+            Ok(Arc::new(
+                crate::runtime::direct::DirectRuntime::new(ctx, settings).map_err(Start)?,
+            ))
         }
         "command" => {
             use crate::runtime::command::config::Settings;
             let settings = Settings::resolve(
                 &r.sections.command.clone().unwrap_or_default(),
                 r.env.clone(),
-            )?;
-            Ok(Arc::new(crate::runtime::command::CommandRuntime::new(
-                ctx, settings,
-            )?))
+            )
+            .map_err(Config)?;
+            Ok(Arc::new(
+                crate::runtime::command::CommandRuntime::new(ctx, settings).map_err(Start)?,
+            ))
         }
-        other => Err(format!("unknown backend {other}")),
+        other => Err(Config(format!("unknown backend {other}"))),
     }
 }
 
@@ -270,7 +283,11 @@ pub async fn run(args: WorkerArgs) -> ExitCode {
     }
     let runtime = match build_runtime(&args, &resolved, &ProcessEnv).await {
         Ok(r) => r,
-        Err(e) => {
+        Err(BuildError::Config(e)) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+        Err(BuildError::Start(e)) => {
             eprintln!("error: {e}");
             return ExitCode::FAILURE;
         }
