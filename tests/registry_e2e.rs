@@ -355,27 +355,3 @@ async fn pull_policy_always_contacts_the_registry_even_when_present() {
     );
     assert!(log.contains("pulling image"));
 }
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn malformed_reference_is_invalid_image() {
-    let Some(c) = Case::new().await else { return };
-    let (done, _) = c
-        .run(
-            "if-not-present",
-            None,
-            None,
-            "Oz-Test/BusyBox:latest",
-            SIDECAR,
-        )
-        .await;
-    assert_eq!(
-        done.failure_reason.as_deref(),
-        Some("invalid_image"),
-        "{done:#?}"
-    );
-    let msg = done.message.unwrap_or_default();
-    assert!(
-        msg.contains("\"Oz-Test/BusyBox:latest\"") && msg.contains("lowercase"),
-        "{msg}"
-    );
-}

@@ -197,6 +197,47 @@ async fn until_terminal(
     }
 }
 
+/// An orchestrator that does not check image references (the hosted
+/// service may not; our control plane refuses them at creation with the
+/// same message) gets a malformed one reported as `invalid_image`, with the
+/// Docker CLI's words, and nothing pulled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_image_reference_is_invalid_image() {
+    if !Engine::Docker.available() {
+        return;
+    }
+    let server = ScriptedServer::start().await;
+    let id = unique_id("proto-badref");
+    let w = worker(&server, &id, &[]);
+    let mut conn = server.accept(Duration::from_secs(30)).await;
+    let a = TaskAssignment {
+        task_id: "t-badref".into(),
+        task: Task {
+            id: "t-badref".into(),
+            title: "t".into(),
+            ..Default::default()
+        },
+        docker_image: Some("Oz-Test/BusyBox:latest".into()),
+        sidecar_image: Some(SIDECAR.into()),
+        ..Default::default()
+    };
+    conn.send_text(&encode(&ServerMessage::TaskAssignment(Box::new(a))))
+        .await;
+    match until_terminal(&mut conn, Duration::from_secs(60)).await.1 {
+        WorkerMessage::TaskFailed(f) => {
+            assert_eq!(f.failure_reason.to_string(), "invalid_image", "{f:?}");
+            assert!(
+                f.message.contains("\"Oz-Test/BusyBox:latest\"") && f.message.contains("lowercase"),
+                "{}",
+                f.message
+            );
+        }
+        other => panic!("expected task_failed, got {other:?}"),
+    }
+    assert!(!w.log_text().contains("pulling image"), "nothing is pulled");
+    drop(w);
+}
+
 /// A server that offers nothing gets the reference protocol only: no
 /// execution id on claims, no live output, no re-announced claims.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
