@@ -84,16 +84,7 @@ impl CommandSetup {
     }
 
     async fn run(&self, host: &str, env: &[(&str, &str)]) -> String {
-        let req = CreateRunRequest {
-            worker_host: host.into(),
-            title: Some("dispatched".into()),
-            prompt: Some("say hello".into()),
-            env_vars: env
-                .iter()
-                .map(|(k, v)| (k.to_string(), (*v).into()))
-                .collect(),
-            ..Default::default()
-        };
+        let req = host_run(host, "dispatched", env);
         self.plane.client().create_run(&req).await.unwrap().id
     }
 

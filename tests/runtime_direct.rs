@@ -6,7 +6,7 @@
 
 mod support;
 
-use oz_agent_worker::control_plane::model::{CreateRunRequest, RunState};
+use oz_agent_worker::control_plane::model::RunState;
 use oz_agent_worker::protocol::*;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -104,16 +104,7 @@ impl Direct {
     }
 
     async fn run(&self, host: &str, env: &[(&str, &str)]) -> String {
-        let req = CreateRunRequest {
-            worker_host: host.into(),
-            title: Some("direct".into()),
-            prompt: Some("say hello".into()),
-            env_vars: env
-                .iter()
-                .map(|(k, v)| (k.to_string(), (*v).into()))
-                .collect(),
-            ..Default::default()
-        };
+        let req = host_run(host, "direct", env);
         self.plane.client().create_run(&req).await.unwrap().id
     }
 

@@ -286,6 +286,17 @@ pub fn demo_run(host: &str, env: &[(&str, &str)]) -> CreateRunRequest {
     }
 }
 
+/// A run for a host runtime (direct, command): [`demo_run`] without images,
+/// under `title`.
+pub fn host_run(host: &str, title: &str, env: &[(&str, &str)]) -> CreateRunRequest {
+    CreateRunRequest {
+        title: Some(title.into()),
+        docker_image: None,
+        sidecar_image: None,
+        ..demo_run(host, env)
+    }
+}
+
 /// Polls until the run reaches a terminal state, then returns it.
 pub async fn wait_terminal(plane: &TestPlane, id: &str, within: Duration) -> Run {
     let client = plane.client();
