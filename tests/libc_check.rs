@@ -178,13 +178,24 @@ async fn check_images(via: Via) {
             name: "musl agent shell in a glibc image",
             base: GLIBC.into(),
             files: vec![
-                ("usr/bin/musl-sh".into(), bytes, 0o755),
+                ("usr/bin/musl-sh".into(), bytes.clone(), 0o755),
                 musl_loader(),
             ],
             agent: vec![script("entrypoint.sh", "#!/usr/bin/musl-sh\n")],
             program: Some("/agent/entrypoint.sh"),
             musl: true,
             evidence: "the agent's shell /usr/bin/musl-sh (named by /agent/entrypoint.sh) is linked against /lib/ld-musl-x86_64.so.1",
+        });
+        // Without the musl loader that shell cannot run at all (the
+        // container's start fails), so nothing is read and the image passes.
+        cases.push(Case {
+            name: "musl program without the musl loader",
+            base: GLIBC.into(),
+            files: vec![("usr/bin/musl-sh".into(), bytes, 0o755)],
+            agent: vec![script("entrypoint.sh", "#!/usr/bin/musl-sh\n")],
+            program: Some("/agent/entrypoint.sh"),
+            musl: false,
+            evidence: "glibc's loader /lib64/ld-linux-x86-64.so.2 is present",
         });
     }
 
