@@ -5,7 +5,7 @@
 //! the file or the context's TLS folder), ssh's own message. Callers build
 //! the requests; this module only carries them.
 
-use crate::transport::connector::{ConnectError, Connector, Timeouts};
+use crate::transport::connector::{ConnectError, Connector, Stream, Timeouts};
 use crate::transport::endpoint::{Endpoint, Host};
 use crate::transport::error::{DockerError, ErrorKind};
 use crate::transport::ssh::{SshFailure, SshTarget};
@@ -17,6 +17,7 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use std::future::Future;
+use tower_service::Service;
 
 /// A request body: anything from empty to a stream of chunks.
 pub type Body = UnsyncBoxBody<Bytes, std::io::Error>;
@@ -35,6 +36,8 @@ pub enum CallKind {
 /// One endpoint's HTTP client. Cheap to share behind an `Arc`.
 pub struct HttpTransport {
     client: Client<Connector, Body>,
+    /// The client's connector, for [`HttpTransport::tls_refusal`]'s probe.
+    connector: Connector,
     /// `scheme://authority` every request URI starts with.
     base: String,
     endpoint: Endpoint,
@@ -98,9 +101,10 @@ impl HttpTransport {
         }
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(std::time::Duration::from_secs(30))
-            .build(connector);
+            .build(connector.clone());
         Ok(HttpTransport {
             client,
+            connector,
             base,
             endpoint,
             timeouts,
@@ -137,11 +141,18 @@ impl HttpTransport {
         request: http::Request<Body>,
     ) -> Result<http::Response<Incoming>, DockerError> {
         tracing::debug!(operation = op, method = %request.method(), path = request.uri().path(), "docker request");
-        let resp = self
-            .client
-            .request(request)
-            .await
-            .map_err(|e| self.transport_error(op, &e))?;
+        let resp = match self.client.request(request).await {
+            Ok(resp) => resp,
+            Err(e) => {
+                let err = self.transport_error(op, &e);
+                if self.endpoint.tls.is_some() && err.kind() != &ErrorKind::Tls && !e.is_connect() {
+                    if let Some(tls) = self.tls_refusal().await {
+                        return Err(tls.for_operation(op));
+                    }
+                }
+                return Err(err);
+            }
+        };
         let status = resp.status();
         if status.is_success() || status == http::StatusCode::SWITCHING_PROTOCOLS {
             return Ok(resp);
@@ -215,6 +226,36 @@ impl HttpTransport {
                     ),
                 }
             })
+    }
+
+    /// Why the daemon dropped a TLS connection we had made, if it refused
+    /// us. With TLS 1.3 the client's handshake ends before the daemon has
+    /// checked our certificate: its refusal (an alert) comes afterwards and
+    /// may close the connection before hyper sends the request, and hyper
+    /// then reports a closed connection without the alert. A fresh
+    /// connection that sends a request and reads the answer receives the
+    /// alert itself. `None` when that connection is not refused.
+    async fn tls_refusal(&self) -> Option<TlsProblem> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let uri: hyper::Uri = self.base.parse().ok()?;
+        let mut connector = self.connector.clone();
+        let stream = match connector.call(uri).await {
+            Ok(Stream::Tls(stream)) => stream,
+            Ok(_) => return None,
+            Err(e) => return self.tls_problem(&e),
+        };
+        let mut tls = stream.into_inner();
+        let probe = async {
+            tls.write_all(b"GET /_ping HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\r\n")
+                .await?;
+            let mut buf = [0u8; 1024];
+            while tls.read(&mut buf).await? > 0 {}
+            Ok::<(), std::io::Error>(())
+        };
+        match tokio::time::timeout(self.timeouts.connect, probe).await {
+            Ok(Err(e)) => self.tls_problem(&e),
+            _ => None,
+        }
     }
 
     /// Turns a client error into an actionable one: which endpoint, how it
