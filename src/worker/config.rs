@@ -76,6 +76,8 @@ pub struct WorkerConfig {
     pub state_dir: PathBuf,
     /// The protocol's liveness timing; only tests change it.
     pub timing: crate::worker::connection::Timing,
+    /// The outbound proxy from `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY`.
+    pub proxy: crate::worker::proxy::OutboundProxy,
 }
 
 impl WorkerConfig {
@@ -154,6 +156,8 @@ impl WorkerConfig {
             )));
         }
 
+        let proxy = crate::worker::proxy::OutboundProxy::from_env(env).map_err(ConfigError)?;
+
         Ok(WorkerConfig {
             worker_id,
             api_key,
@@ -173,6 +177,7 @@ impl WorkerConfig {
             health_listen,
             state_dir: i.flag_state_dir.clone().unwrap_or_else(default_state_dir),
             timing,
+            proxy,
         })
     }
 }

@@ -10,16 +10,15 @@ use crate::protocol::{
 use crate::worker::delivery::{ConnectionId, Delivery};
 use futures_util::{SinkExt, StreamExt};
 use std::time::Duration;
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{sleep_until, Instant};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
 use tokio_util::sync::CancellationToken;
 
-pub type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+pub use crate::worker::dial::Socket;
 
 /// The protocol's liveness rules; tests shorten them.
 #[derive(Debug, Clone, Copy)]

@@ -7,10 +7,10 @@ use crate::worker::backoff::ExponentialBackoff;
 use crate::worker::config::WorkerConfig;
 use crate::worker::connection::{drive, Ended, Inbound, Socket, Timing};
 use crate::worker::delivery::Delivery;
+use crate::worker::dial::DialError;
 use crate::worker::metrics::Metrics;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
-use tokio_tungstenite::Connector;
 use tokio_util::sync::CancellationToken;
 
 pub struct Session<'a> {
@@ -33,6 +33,9 @@ impl Session<'_> {
     pub async fn run(&self) {
         let mut backoff = ExponentialBackoff::protocol_default();
         let mut connections = 0;
+        if let Some(proxy) = self.config.proxy.describe() {
+            tracing::info!("outbound proxy: {proxy} (localhost, loopback and NO_PROXY go direct)");
+        }
         loop {
             self.health.beat();
             let delay = match self.connect().await {
@@ -113,14 +116,11 @@ impl Session<'_> {
                 )
             })?;
         request.headers_mut().insert("Authorization", bearer);
-        // Nagle off: claims and reports are small frames that must go out
-        // at once, not wait for the previous frame's ACK.
-        let disable_nagle = true;
-        let connect = tokio_tungstenite::connect_async_tls_with_config(
+        let connect = crate::worker::dial::open(
             request,
-            None,
-            disable_nagle,
-            Some(Connector::Rustls(super::tls::client_config())),
+            &self.config.proxy,
+            super::tls::client_config(),
+            self.timing.write_timeout * 3,
         );
         match tokio::time::timeout(self.timing.write_timeout * 3, connect).await {
             Err(_) => Err(ConnectError::Other("the handshake timed out".into())),
@@ -134,7 +134,8 @@ impl Session<'_> {
                 );
                 Ok((ws, offered))
             }
-            Ok(Err(tokio_tungstenite::tungstenite::Error::Http(resp)))
+            Ok(Err(DialError::Proxy(why))) => Err(ConnectError::Other(why)),
+            Ok(Err(DialError::Ws(tokio_tungstenite::tungstenite::Error::Http(resp))))
                 if matches!(
                     resp.status(),
                     StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
@@ -142,7 +143,7 @@ impl Session<'_> {
             {
                 Err(ConnectError::Unauthorized(resp.status()))
             }
-            Ok(Err(tokio_tungstenite::tungstenite::Error::Http(resp))) => {
+            Ok(Err(DialError::Ws(tokio_tungstenite::tungstenite::Error::Http(resp)))) => {
                 let body = resp
                     .body()
                     .as_deref()
@@ -154,7 +155,9 @@ impl Session<'_> {
                     body.trim()
                 )))
             }
-            Ok(Err(e)) => Err(ConnectError::Other(super::tls::describe_connect_error(&e))),
+            Ok(Err(DialError::Ws(e))) => {
+                Err(ConnectError::Other(super::tls::describe_connect_error(&e)))
+            }
         }
     }
 }
