@@ -1,8 +1,9 @@
 //! The worker's connection to the orchestrator through an outbound proxy,
 //! chosen from `HTTP_PROXY`/`HTTPS_PROXY`/`NO_PROXY` as the Go worker's
 //! dialer chooses it, through real proxies: tinyproxy (HTTP CONNECT with
-//! Basic credentials) and microsocks (SOCKS5 with a user and password),
-//! both Debian packages the test command installs.
+//! Basic credentials), the same behind stunnel (an `https://` proxy) and
+//! microsocks (SOCKS5 with a user and password), Debian packages the test
+//! command installs.
 //!
 //! Loopback addresses never go through a proxy (Go's rule), so the control
 //! plane listens on all addresses and the worker is given this host's own
@@ -12,11 +13,12 @@
 mod support;
 
 use oz_agent_worker::control_plane::model::RunState;
+use oz_agent_worker::control_plane::tls::TlsFiles;
 use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
-use support::control_plane::{test_config, TestPlane};
+use support::control_plane::{test_config, TestCa, TestPlane};
 use support::worker::*;
 
 const WITHIN: Duration = Duration::from_secs(30);
@@ -81,6 +83,29 @@ impl Proxy {
         .unwrap();
         let mut cmd = tokio::process::Command::new(program("tinyproxy"));
         cmd.arg("-d").arg("-c").arg(&conf);
+        Self::spawn(cmd, port, log, dir).await
+    }
+
+    /// stunnel on `port` serving TLS with `ca`'s server certificate, in
+    /// front of `inner` (an `https://` proxy).
+    async fn stunnel(port: u16, inner: &Proxy, ca: &TestCa) -> Proxy {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("stunnel.log");
+        let conf = dir.path().join("stunnel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "foreground = yes\npid =\noutput = {}\n[proxy]\naccept = 127.0.0.1:{port}\n\
+                 connect = 127.0.0.1:{}\ncert = {}\nkey = {}\n",
+                log.display(),
+                inner.port,
+                ca.cert.display(),
+                ca.key.display()
+            ),
+        )
+        .unwrap();
+        let mut cmd = tokio::process::Command::new(program("stunnel4"));
+        cmd.arg(&conf);
         Self::spawn(cmd, port, log, dir).await
     }
 
@@ -165,14 +190,24 @@ struct Setup {
 
 impl Setup {
     async fn new() -> Setup {
+        Self::start(None).await
+    }
+
+    /// With `ca`'s certificate: `wss://` and `https://`.
+    async fn start(ca: Option<&TestCa>) -> Setup {
         let mut config = test_config();
         config.listen = SocketAddr::from(([0, 0, 0, 0], 0));
+        config.tls = ca.map(|ca| TlsFiles {
+            cert: ca.cert.clone(),
+            key: ca.key.clone(),
+        });
         let plane = TestPlane::start(config).await;
         let addr = SocketAddr::new(host_address(), plane.plane.addr().port());
+        let s = if ca.is_some() { "s" } else { "" };
         Setup {
             plane,
-            ws_url: format!("ws://{addr}/api/v1/selfhosted/worker/ws"),
-            root_url: format!("http://{addr}"),
+            ws_url: format!("ws{s}://{addr}/api/v1/selfhosted/worker/ws"),
+            root_url: format!("http{s}://{addr}"),
             dir: tempfile::tempdir().unwrap(),
         }
     }
@@ -366,4 +401,66 @@ async fn an_unusable_proxy_setting_stops_the_worker_with_exit_status_2() {
     let said = w.log_text();
     assert!(said.contains("HTTPS_PROXY: the scheme ftp://"), "{said}");
     assert!(!said.contains("hunter2"), "{said}");
+}
+
+#[tokio::test]
+async fn wss_through_an_https_proxy() {
+    let host = host_address().to_string();
+    let ca = TestCa::for_names(&[&host]);
+    let s = Setup::start(Some(&ca)).await;
+    let inner = Proxy::tinyproxy(free_port()).await;
+    let proxy = Proxy::stunnel(free_port(), &inner, &ca).await;
+    let url = format!("https://alice:{PASSWORD}@127.0.0.1:{}", proxy.port);
+    let w = s.worker(
+        &unique_id("https-proxy"),
+        &[
+            ("HTTPS_PROXY", url),
+            // The proxy's certificate and the plane's come from this CA.
+            ("SSL_CERT_FILE", ca.ca.display().to_string()),
+            ("SSL_CERT_DIR", ca.empty_dir().display().to_string()),
+        ],
+    );
+    w.wait_for_log("connected to the orchestrator", WITHIN)
+        .await;
+    // A run through the CLI, which trusts the test CA (this process's own
+    // client reads the system's CAs once).
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_oz-agent-worker"))
+        .env(
+            "OZ_SERVER_URL",
+            format!("https://127.0.0.1:{}", s.plane.plane.addr().port()),
+        )
+        .env("WARP_API_KEY", &s.plane.key)
+        .env("SSL_CERT_FILE", &ca.ca)
+        .env("SSL_CERT_DIR", ca.empty_dir())
+        .args([
+            "run",
+            "--host",
+            &w.worker_id,
+            "--title",
+            "wss through a proxy",
+            "--wait",
+        ])
+        .kill_on_drop(true)
+        .output()
+        .await
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{said}\nworker:\n{}", w.log_text());
+    assert!(said.contains("succeeded"), "{said}");
+    let target = s
+        .ws_url
+        .trim_start_matches("wss://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let log = inner.output();
+    assert!(
+        log.contains(&format!("CONNECT {target} HTTP/1.1")),
+        "tinyproxy (behind stunnel) has no CONNECT {target}:\n{log}"
+    );
 }

@@ -411,7 +411,8 @@ pub async fn create_key_with_cli(data_dir: &std::path::Path, team: &str) -> Stri
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
-/// A CA and a server certificate it signed for `127.0.0.1` and `localhost`,
+/// A CA and a server certificate it signed for `127.0.0.1` and `localhost`
+/// (and any names given to [`TestCa::for_names`]),
 /// generated at test time (rcgen) into a temporary directory, as PEM.
 pub struct TestCa {
     pub dir: tempfile::TempDir,
@@ -423,6 +424,12 @@ pub struct TestCa {
 
 impl TestCa {
     pub fn generate() -> TestCa {
+        Self::for_names(&[])
+    }
+
+    /// As [`TestCa::generate`], the server certificate also valid for
+    /// `extra` names or addresses.
+    pub fn for_names(extra: &[&str]) -> TestCa {
         use rcgen::{
             BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
             KeyPair, KeyUsagePurpose,
@@ -440,8 +447,9 @@ impl TestCa {
         let ca_cert = ca.self_signed(&ca_key).unwrap();
         let issuer = Issuer::new(ca, ca_key);
         let key = KeyPair::generate().unwrap();
-        let mut server =
-            CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
+        let mut names = vec!["127.0.0.1".to_string(), "localhost".to_string()];
+        names.extend(extra.iter().map(|n| n.to_string()));
+        let mut server = CertificateParams::new(names).unwrap();
         server
             .distinguished_name
             .push(DnType::CommonName, "oz-agent-worker test control plane");
