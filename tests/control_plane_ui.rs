@@ -409,3 +409,51 @@ async fn a_session_cookie_does_not_open_the_worker_endpoint() {
     }
     assert_eq!(t.plane.connection_count(), 0);
 }
+
+#[tokio::test]
+async fn head_answers_like_get_without_a_body_and_405_says_what_is_allowed() {
+    let plane = TestPlane::start(test_config()).await;
+    let base = plane.plane.url();
+    for page in ["/ui/", "/ui/login", "/ui/app.js", "/ui/style.css"] {
+        let get = http(Method::GET, &format!("{base}{page}"), &[], "", None).await;
+        let head = http(Method::HEAD, &format!("{base}{page}"), &[], "", None).await;
+        assert_eq!(
+            (get.status, head.status),
+            (200, 200),
+            "{page}: {}",
+            head.body
+        );
+        assert_eq!(head.body, "", "{page}");
+        assert!(!get.body.is_empty(), "{page}");
+        assert_eq!(
+            head.header("content-type"),
+            get.header("content-type"),
+            "{page}"
+        );
+        assert_eq!(
+            head.header("content-length"),
+            get.body.len().to_string(),
+            "{page}"
+        );
+        assert_eq!(
+            head.header("content-security-policy"),
+            get.header("content-security-policy")
+        );
+    }
+    let head = http(Method::HEAD, &format!("{base}/"), &[], "", None).await;
+    assert_eq!((head.status, head.header("location")), (303, "/ui/"));
+
+    for (method, page, allow) in [
+        (Method::DELETE, "/ui/", "GET, HEAD"),
+        (Method::PUT, "/ui/login", "GET, HEAD, POST"),
+        (Method::GET, "/ui/logout", "POST"),
+        (Method::POST, "/ui/app.js", "GET, HEAD"),
+    ] {
+        let a = http(method.clone(), &format!("{base}{page}"), &[], "", None).await;
+        assert_eq!(a.status, 405, "{method} {page}: {}", a.body);
+        assert_eq!(a.header("allow"), allow, "{method} {page}");
+        assert!(a.body.contains(allow), "{}", a.body);
+    }
+    let a = http(Method::HEAD, &format!("{base}/ui/nothing"), &[], "", None).await;
+    assert_eq!(a.status, 404);
+}

@@ -57,7 +57,12 @@ pub fn serves(path: &str) -> bool {
 
 pub async fn handle(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
     let path = req.uri().path().to_string();
-    let method = req.method().clone();
+    // HEAD is GET without the body (RFC 9110 §9.3.2): hyper leaves the
+    // body out and keeps its length.
+    let method = match req.method() {
+        &Method::HEAD => Method::GET,
+        m => m.clone(),
+    };
     let resp = match (method, path.as_str()) {
         (Method::GET, "/" | "/ui") => redirect("/ui/"),
         (Method::GET, "/ui/") => asset(INDEX_HTML, "text/html; charset=utf-8"),
@@ -68,13 +73,32 @@ pub async fn handle(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
         (Method::POST, "/ui/login") => login(req, shared).await,
         (Method::POST, "/ui/logout") => logout(&req, shared),
         (Method::GET, "/ui/session") => session(&req, shared),
-        (_, "/" | "/ui" | "/ui/" | "/ui/login" | "/ui/logout" | "/ui/session") => error_response(
-            StatusCode::METHOD_NOT_ALLOWED,
-            &format!("{} is not allowed on {path}", req.method()),
-        ),
+        (_, p) if allowed(p).is_some() => {
+            let allow = allowed(p).unwrap_or_default();
+            let mut resp = error_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &format!("{} is not allowed on {path}; use {allow}", req.method()),
+            );
+            // RFC 9110 §15.5.6: a 405 lists the methods the resource has.
+            resp.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static(allow));
+            resp
+        }
         _ => error_response(StatusCode::NOT_FOUND, &format!("no such page: {path}")),
     };
     secure(resp)
+}
+
+/// The methods a UI path answers (`Allow`), `None` for no such page.
+fn allowed(path: &str) -> Option<&'static str> {
+    match path {
+        "/" | "/ui" | "/ui/" | "/ui/app.js" | "/ui/login.js" | "/ui/style.css" | "/ui/session" => {
+            Some("GET, HEAD")
+        }
+        "/ui/login" => Some("GET, HEAD, POST"),
+        "/ui/logout" => Some("POST"),
+        _ => None,
+    }
 }
 
 /// The headers every UI response carries.
