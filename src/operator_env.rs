@@ -52,11 +52,14 @@ pub struct Resolved {
     pub warnings: Vec<String>,
 }
 
-/// Resolves the file's entries overlaid by the `-e` flags.
+/// Resolves the file's entries overlaid by the `-e` flags. `key` is the
+/// file's list (`backend.docker.environment`).
 ///
-/// Errors name the entry and say what is expected.
+/// Errors and warnings start with the entry (`KEY[i]`, counted from 0, or
+/// `-e/--env`) and say what is expected.
 pub fn resolve(
     file: &[EnvEntry],
+    key: &str,
     flags: &[String],
     lookup: &dyn EnvLookup,
 ) -> Result<Resolved, String> {
@@ -91,18 +94,14 @@ pub fn resolve(
         Ok(())
     };
     for (i, e) in file.iter().enumerate() {
+        let source = format!("{key}[{i}]");
         if e.name.contains('=') {
             return Err(format!(
-                "environment entry #{} name {:?} contains '='; put the value in `value`",
-                i + 1,
+                "{source}: name {:?} contains '='; put the value in `value`",
                 e.name
             ));
         }
-        put(
-            &e.name,
-            e.value.as_deref(),
-            &format!("environment entry #{}", i + 1),
-        )?;
+        put(&e.name, e.value.as_deref(), &source)?;
     }
     for f in flags {
         if f.is_empty() {
@@ -181,13 +180,22 @@ mod tests {
             (
                 &[entry("", Some("x"))],
                 &[],
-                Err("empty environment variable name"),
+                Err("backend.docker.environment[0]: empty environment variable name"),
+                0,
+            ),
+            (
+                &[entry("A", Some("1")), entry("B=2", None)],
+                &[],
+                Err("backend.docker.environment[1]: name \"B=2\" contains '='"),
                 0,
             ),
         ];
         for (file, flags, want, warnings) in cases {
             let flags: Vec<String> = flags.iter().map(|s| s.to_string()).collect();
-            match (resolve(file, &flags, &host), want) {
+            match (
+                resolve(file, "backend.docker.environment", &flags, &host),
+                want,
+            ) {
                 (Ok(r), Ok(want)) => {
                     assert_eq!(pairs(&r), *want, "{file:?} {flags:?}");
                     assert_eq!(r.warnings.len(), *warnings, "{:?}", r.warnings);
@@ -200,7 +208,13 @@ mod tests {
 
     #[test]
     fn warnings_name_the_key_and_values_stay_secret() {
-        let r = resolve(&[], &["TOKEN".into(), "PASS=hunter2".into()], &host(&[])).unwrap();
+        let r = resolve(
+            &[],
+            "backend.docker.environment",
+            &["TOKEN".into(), "PASS=hunter2".into()],
+            &host(&[]),
+        )
+        .unwrap();
         assert!(r.warnings[0].contains("TOKEN"));
         assert!(!format!("{r:?}").contains("hunter2"));
     }

@@ -51,6 +51,64 @@ fn bad_configuration_exits_2_and_names_the_problem() {
     }
 }
 
+/// A bad value in the config file is named with the file, its line and
+/// its key path, wherever it is found (the core, the operator's
+/// environment, a runtime's settings); the same value from a flag names
+/// the flag.
+#[test]
+fn a_bad_value_in_the_config_file_names_the_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: &[(&str, &str)] = &[
+        (
+            "worker_id: w\nidle_on_complete: 5 minutes\n",
+            "line 2: idle_on_complete: invalid duration",
+        ),
+        (
+            "# metrics\nmetrics_listen: localhost:9090\n",
+            "line 2: metrics_listen: \"localhost:9090\" is not a listen address",
+        ),
+        (
+            "backend:\n  docker:\n    volumes:\n      - /srv/a:/a\n      - ./cache:/cache\n",
+            "line 5: backend.docker.volumes[1]: invalid volume \"./cache:/cache\"",
+        ),
+        (
+            "backend:\n  docker:\n    environment:\n      - name: OK\n        value: x\n      - name: \"A B\"\n",
+            "line 6: backend.docker.environment[1]: environment variable name \"A B\"",
+        ),
+        (
+            "backend:\n  docker:\n    stop_grace_period: soon\n",
+            "line 3: backend.docker.stop_grace_period: invalid duration",
+        ),
+    ];
+    for (i, (yaml, said)) in cases.iter().enumerate() {
+        let file = dir.path().join(format!("worker-{i}.yaml"));
+        std::fs::write(&file, yaml).unwrap();
+        let (code, stderr) = worker(&["--config-file", file.to_str().unwrap()], &[]);
+        assert_eq!(code, Some(2), "{yaml}: {stderr}");
+        let want = format!("config file {} {said}", file.display());
+        assert!(
+            stderr.contains(&want),
+            "{yaml}\nwant {want:?}\ngot {stderr}"
+        );
+    }
+    // The flag's own bad value names the flag, not the file.
+    let file = dir.path().join("worker-0.yaml");
+    let (code, stderr) = worker(
+        &[
+            "--config-file",
+            file.to_str().unwrap(),
+            "--idle-on-complete",
+            "later",
+        ],
+        &[],
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("error: --idle-on-complete: invalid duration \"later\""),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn a_runtime_that_cannot_start_exits_1() {
     let dir = tempfile::tempdir().unwrap();

@@ -1,7 +1,9 @@
 //! The worker's YAML configuration file, as the Go worker reads it: the
 //! core's top-level keys and one `backend` section per runtime, each owned
 //! by its runtime. Parsed strictly: an unknown key or a wrong type is an
-//! error naming the key and its line. Its JSON schema is
+//! error naming the key and its line; a value its resolver refuses later
+//! (a duration, an address, a volume) is named with the file and line too
+//! ([`Loaded::locate_error`]). Its JSON schema is
 //! `api-specs/worker-config.schema.json`.
 
 use crate::operator_env::EnvEntry;
@@ -74,10 +76,106 @@ impl BackendSections {
     }
 }
 
-pub fn load(path: &Path) -> Result<ConfigFile, String> {
+/// A file as read: its values and, for messages, where it is and its text.
+#[derive(Debug, Clone, Default)]
+pub struct Loaded {
+    pub file: ConfigFile,
+    pub path: Option<std::path::PathBuf>,
+    text: String,
+}
+
+impl Loaded {
+    /// Puts the file and line in front of an error about one of its values.
+    /// The error must start with the value's key path as written by the
+    /// resolvers (`backend.docker.pull_policy: …`,
+    /// `backend.docker.volumes[1]: …`); any other error is returned as is
+    /// (it is about a flag, or already names the file).
+    pub fn locate_error(&self, error: String) -> String {
+        let Some(path) = &self.path else {
+            return error;
+        };
+        let key = error.split(": ").next().unwrap_or_default();
+        match line_of(&self.text, key) {
+            Some(line) => format!("config file {} line {line}: {error}", path.display()),
+            None => error,
+        }
+    }
+}
+
+pub fn load(path: &Path) -> Result<Loaded, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
-    parse(&text).map_err(|e| format!("config file {}: {e}", path.display()))
+    let file = parse(&text).map_err(|e| format!("config file {}: {e}", path.display()))?;
+    Ok(Loaded {
+        file,
+        path: Some(path.to_path_buf()),
+        text,
+    })
+}
+
+/// The 1-based line of `key` (`a.b.c`, or `a.b[N]` for a list's item N,
+/// counted from 0) in block-style YAML, found by indentation. `None` when
+/// it is not written as a block key (flow style, or not there).
+pub fn line_of(text: &str, key: &str) -> Option<usize> {
+    let (path, index) = match key.strip_suffix(']').and_then(|k| k.rsplit_once('[')) {
+        Some((path, n)) => (path, Some(n.parse::<usize>().ok()?)),
+        None => (key, None),
+    };
+    let wanted: Vec<&str> = path.split('.').collect();
+    if wanted
+        .iter()
+        .any(|w| w.is_empty() || w.contains(char::is_whitespace))
+    {
+        return None;
+    }
+    // (indent, key) of the keys enclosing the current line
+    let mut stack: Vec<(usize, String)> = Vec::new();
+    let mut found: Option<(usize, usize)> = None; // (line, indent) of the key
+    let mut item = 0;
+    for (n, raw) in text.lines().enumerate() {
+        let line = raw.split(" #").next().unwrap_or(raw);
+        let trimmed = line.trim_start();
+        if trimmed.is_empty() || trimmed.starts_with('#') || trimmed.starts_with("---") {
+            continue;
+        }
+        let indent = line.len() - trimmed.len();
+        if let Some((key_line, key_indent)) = found {
+            if indent < key_indent || (indent == key_indent && !trimmed.starts_with('-')) {
+                return None;
+            }
+            if trimmed.starts_with('-') && indent >= key_indent {
+                let first_dash = text.lines().skip(key_line).find_map(|l| {
+                    let t = l.trim_start();
+                    t.starts_with('-').then(|| l.len() - t.len())
+                });
+                if Some(indent) == first_dash {
+                    if Some(item) == index {
+                        return Some(n + 1);
+                    }
+                    item += 1;
+                }
+            }
+            continue;
+        }
+        let Some((name, _)) = trimmed.split_once(':') else {
+            continue;
+        };
+        let name = name.trim().trim_matches(|c| c == '"' || c == '\'');
+        if name.starts_with('-') || name.contains(char::is_whitespace) {
+            continue;
+        }
+        while stack.last().is_some_and(|(i, _)| *i >= indent) {
+            stack.pop();
+        }
+        stack.push((indent, name.to_string()));
+        if stack.len() == wanted.len() && stack.iter().zip(&wanted).all(|((_, k), w)| k == w) {
+            if index.is_none() {
+                return Some(n + 1);
+            }
+            found = Some((n + 1, indent));
+        }
+    }
+    None
 }
 
 pub fn parse(text: &str) -> Result<ConfigFile, String> {
@@ -168,6 +266,27 @@ mod tests {
         );
         let e = parse("backend:\n  direct:\n    oz_pth: /x\n").unwrap_err();
         assert!(e.contains("oz_pth"), "{e}");
+    }
+
+    #[test]
+    fn keys_and_list_items_are_found_by_indentation() {
+        let text = "worker_id: w   # the id\nbackend:\n  docker:\n    # comment\n    pull_policy: sometimes\n    volumes:\n      - /a:/a\n      - \"./b:/b\"\n    environment:\n      - name: A\n        value: x\n      - name: \"B C\"\n  direct:\n    environment:\n    - name: D\nidle_on_complete: soon\n";
+        for (key, line) in [
+            ("worker_id", Some(1)),
+            ("backend.docker.pull_policy", Some(5)),
+            ("backend.docker.volumes[0]", Some(7)),
+            ("backend.docker.volumes[1]", Some(8)),
+            ("backend.docker.volumes[2]", None),
+            ("backend.docker.environment[1]", Some(12)),
+            // a list at the key's own indentation
+            ("backend.direct.environment[0]", Some(15)),
+            ("idle_on_complete", Some(16)),
+            ("pull_policy", None),
+            ("backend.direct.pull_policy", None),
+            ("-e/--env", None),
+        ] {
+            assert_eq!(line_of(text, key), line, "{key}");
+        }
     }
 
     #[test]

@@ -161,18 +161,28 @@ pub struct Resolved {
     pub env: Vec<(String, Secret)>,
     /// To log once logging is up.
     pub warnings: Vec<String>,
+    /// The config file as read, to say where a bad value is.
+    pub file: config_file::Loaded,
 }
 
 pub fn resolve(args: &WorkerArgs, env: &dyn EnvLookup) -> Result<Resolved, String> {
-    let file = match &args.config_file {
+    let loaded = match &args.config_file {
         Some(path) => config_file::load(path)?,
-        None => ConfigFile::default(),
+        None => config_file::Loaded::default(),
     };
-    let core = WorkerConfig::resolve(&core_inputs(args, &file), env).map_err(|e| e.0)?;
+    let file = &loaded.file;
+    let core = WorkerConfig::resolve(&core_inputs(args, file), env)
+        .map_err(|e| loaded.locate_error(e.0))?;
     let sections = file.backend.clone().unwrap_or_default();
     let (backend, ignored) = select_backend(args.backend.as_deref(), &sections)?;
     let mut warnings: Vec<String> = ignored.into_iter().collect();
-    let operator = operator_env::resolve(sections.environment(backend), &args.env, env)?;
+    let operator = operator_env::resolve(
+        sections.environment(backend),
+        &format!("backend.{backend}.environment"),
+        &args.env,
+        env,
+    )
+    .map_err(|e| loaded.locate_error(e))?;
     warnings.extend(operator.warnings);
     if !args.volumes.is_empty() && backend != "docker" {
         return Err(format!(
@@ -193,6 +203,7 @@ pub fn resolve(args: &WorkerArgs, env: &dyn EnvLookup) -> Result<Resolved, Strin
         cleanup,
         env: operator.env,
         warnings,
+        file: loaded,
     })
 }
 
@@ -209,7 +220,8 @@ async fn build_runtime(
     r: &Resolved,
     env: &dyn EnvLookup,
 ) -> Result<Arc<dyn Runtime>, BuildError> {
-    use BuildError::{Config, Start};
+    use BuildError::Start;
+    let config = |e: String| BuildError::Config(r.file.locate_error(e));
     let ctx = RuntimeContext {
         worker_id: r.core.worker_id.clone(),
         state_dir: crate::worker::journal::worker_dir(&r.core.state_dir, &r.core.worker_id)
@@ -228,7 +240,7 @@ async fn build_runtime(
                 r.cleanup,
                 r.env.clone(),
             )
-            .map_err(Config)?;
+            .map_err(config)?;
             let rt = crate::runtime::docker::DockerRuntime::from_environment(&ctx, settings)
                 .await
                 .map_err(Start)?;
@@ -246,7 +258,7 @@ async fn build_runtime(
                 r.env.clone(),
                 env.var("PATH").as_deref(),
             )
-            .map_err(Config)?;
+            .map_err(config)?;
             Ok(Arc::new(
                 crate::runtime::direct::DirectRuntime::new(ctx, settings).map_err(Start)?,
             ))
@@ -257,12 +269,12 @@ async fn build_runtime(
                 &r.sections.command.clone().unwrap_or_default(),
                 r.env.clone(),
             )
-            .map_err(Config)?;
+            .map_err(config)?;
             Ok(Arc::new(
                 crate::runtime::command::CommandRuntime::new(ctx, settings).map_err(Start)?,
             ))
         }
-        other => Err(Config(format!("unknown backend {other}"))),
+        other => Err(BuildError::Config(format!("unknown backend {other}"))),
     }
 }
 

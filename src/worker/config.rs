@@ -106,12 +106,13 @@ impl WorkerConfig {
             .flag_max_concurrent_tasks
             .or(i.file_max_concurrent_tasks)
             .unwrap_or(0);
-        let idle_on_complete = i
-            .flag_idle_on_complete
-            .clone()
-            .or(i.file_idle_on_complete.clone());
+        let (idle_on_complete, idle_source) =
+            match (&i.flag_idle_on_complete, &i.file_idle_on_complete) {
+                (Some(v), _) => (Some(v.clone()), "--idle-on-complete"),
+                (None, v) => (v.clone(), "idle_on_complete"),
+            };
         if let Some(v) = idle_on_complete.as_deref().filter(|v| !v.trim().is_empty()) {
-            parse_duration(v).map_err(|e| ConfigError(format!("idle_on_complete: {e}")))?;
+            parse_duration(v).map_err(|e| ConfigError(format!("{idle_source}: {e}")))?;
         }
 
         let shutdown_timeout = match &i.flag_shutdown_timeout {
@@ -122,18 +123,16 @@ impl WorkerConfig {
         };
 
         let metrics_listen = listen_addr(
-            i.flag_metrics_listen
-                .as_ref()
-                .or(i.file_metrics_listen.as_ref()),
+            &i.flag_metrics_listen,
+            &i.file_metrics_listen,
             "metrics",
-            "--metrics-listen",
+            ("--metrics-listen", "metrics_listen"),
         )?;
         let health_listen = listen_addr(
-            i.flag_health_listen
-                .as_ref()
-                .or(i.file_health_listen.as_ref()),
+            &i.flag_health_listen,
+            &i.file_health_listen,
             "health",
-            "--health-listen",
+            ("--health-listen", "health_listen"),
         )?;
 
         let mut timing = crate::worker::connection::Timing::default();
@@ -182,15 +181,22 @@ impl WorkerConfig {
     }
 }
 
+/// The flag's value, else the file's; errors start with the flag or the
+/// file's key, whichever gave the value.
 fn listen_addr(
-    value: Option<&String>,
+    flag_value: &Option<String>,
+    file_value: &Option<String>,
     what: &str,
-    flag: &str,
+    (flag, key): (&str, &str),
 ) -> Result<Option<SocketAddr>, ConfigError> {
+    let (value, source) = match (flag_value, file_value) {
+        (Some(v), _) => (Some(v), flag),
+        (None, v) => (v.as_ref(), key),
+    };
     match value {
         Some(a) if !a.trim().is_empty() => a.trim().parse().map(Some).map_err(|_| {
             ConfigError(format!(
-                "{flag} {a:?}: the {what} address must be HOST:PORT with a numeric IP, e.g. 127.0.0.1:9090"
+                "{source}: {a:?} is not a listen address; the {what} address must be HOST:PORT with a numeric IP, e.g. 127.0.0.1:9090"
             ))
         }),
         _ => Ok(None),

@@ -78,12 +78,15 @@ impl Settings {
                 .map_err(|e| format!("backend.docker.stop_grace_period: {e}"))?,
             (None, None) => DEFAULT_STOP_GRACE,
         };
-        let volumes = section
+        let file_volumes = section.volumes.iter().flatten().enumerate().map(|(i, v)| {
+            VolumeSpec::parse(v).map_err(|e| format!("backend.docker.volumes[{i}]: {e}"))
+        });
+        let flag_volumes = flags
             .volumes
             .iter()
-            .flatten()
-            .chain(flags.volumes.iter())
-            .map(|s| VolumeSpec::parse(s).map_err(|e| e.to_string()))
+            .map(|v| VolumeSpec::parse(v).map_err(|e| format!("-v/--volumes: {e}")));
+        let volumes = file_volumes
+            .chain(flag_volumes)
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Settings {
             cleanup,
