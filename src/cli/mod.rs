@@ -2,6 +2,7 @@
 //! the module of the layer it drives; this file only wires them together.
 
 pub mod check;
+pub mod cleanup;
 pub mod config_file;
 pub mod control_plane;
 pub mod internal;
@@ -31,6 +32,8 @@ pub struct Cli {
 pub enum Command {
     /// Resolve, negotiate with and ping the Docker daemon the worker would use.
     Check(check::CheckArgs),
+    /// Remove containers that workers which will not start again left on the daemon.
+    Cleanup(cleanup::CleanupArgs),
     /// Run the local control plane (the orchestrator side of the protocol).
     Serve(control_plane::ServeArgs),
     /// Create a run on a control plane, optionally following it to its end.
@@ -59,6 +62,7 @@ pub async fn dispatch(cli: Cli) -> ExitCode {
     match cli.command {
         None => worker::run(cli.worker).await,
         Some(Command::Check(args)) => check::run(args).await,
+        Some(Command::Cleanup(args)) => cleanup::run(args).await,
         Some(Command::Serve(args)) => control_plane::serve(args).await,
         Some(Command::Run(args)) => control_plane::run(args).await,
         Some(Command::Runs(args)) => control_plane::runs(args).await,

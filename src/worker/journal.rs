@@ -309,6 +309,48 @@ fn read_records(path: &Path) -> std::io::Result<Vec<Record>> {
     Ok(out)
 }
 
+/// Executions that dead instances of `worker_id` claimed and never finished,
+/// read without taking anything over (`oz-agent-worker cleanup` asks before
+/// removing their containers, which their next start would read). Live
+/// instances' journals are skipped. Each dead file is locked only while it
+/// is read; a worker starting at that moment leaves it for its next start.
+pub fn unfinished_in_dead_journals(
+    state_dir: &Path,
+    worker_id: &str,
+) -> std::io::Result<Vec<TaskRef>> {
+    let dir = worker_dir(state_dir, worker_id);
+    let listing = match std::fs::read_dir(&dir) {
+        Ok(listing) => listing,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut entries = HashMap::new();
+    let mut finished = VecDeque::new();
+    for entry in listing.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !(name.starts_with("journal-") && name.ends_with(".jsonl")) {
+            continue;
+        }
+        let p = entry.path();
+        let Ok(f) = OpenOptions::new().read(true).write(true).open(&p) else {
+            continue;
+        };
+        if f.try_lock().is_err() {
+            continue; // a live instance's
+        }
+        for r in read_records(&p)? {
+            apply(&mut entries, &mut finished, r);
+        }
+    }
+    let mut out: Vec<TaskRef> = entries
+        .into_iter()
+        .filter(|(_, e)| matches!(e.state, State::Claimed))
+        .map(|(t, _)| t)
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
 impl Journal {
     /// Opens this process's journal under `state_dir` for `worker_id` and
     /// takes over the journals of dead earlier instances (and the saved

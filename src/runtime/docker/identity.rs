@@ -84,17 +84,55 @@ impl ProcessIdentity {
         if get(MANAGED_BY) != MANAGED_BY_VALUE || get(WORKER_ID) != self.worker_id {
             return false;
         }
-        if get(INSTANCE) == self.instance || get(HOST) != self.host {
+        if get(INSTANCE) == self.instance {
             return false;
         }
-        if get(BOOT) != self.boot {
-            return true;
-        }
-        match get(PID).parse::<u32>() {
-            Ok(pid) => !alive(pid, get(PID_START)),
-            Err(_) => false,
-        }
+        matches!(owner(labels, &self.host, &self.boot, alive), Owner::Dead(_))
     }
+}
+
+/// Whether the process that made a container still runs, as far as this
+/// host (`host`, `boot`: its identity and boot id) can tell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Owner {
+    /// On this host, and its pid runs with the same start time.
+    Alive { pid: u32 },
+    /// On this host, and provably gone: why.
+    Dead(&'static str),
+    /// On another host (its `dev.oz.host` label): not knowable from here.
+    OtherHost(String),
+    /// The labels do not say (no host or pid).
+    Unknown,
+}
+
+pub fn owner(
+    labels: &HashMap<String, String>,
+    host: &str,
+    boot: &str,
+    alive: &dyn Fn(u32, &str) -> bool,
+) -> Owner {
+    let get = |k: &str| labels.get(k).map(String::as_str).unwrap_or("");
+    match get(HOST) {
+        "" => return Owner::Unknown,
+        h if h != host => return Owner::OtherHost(h.to_string()),
+        _ => {}
+    }
+    if get(BOOT) != boot {
+        return Owner::Dead("the host has rebooted since it started");
+    }
+    match get(PID).parse::<u32>() {
+        Ok(pid) if alive(pid, get(PID_START)) => Owner::Alive { pid },
+        Ok(_) => Owner::Dead("its process has exited"),
+        Err(_) => Owner::Unknown,
+    }
+}
+
+/// This host's identity and boot id, as [`owner`] compares them.
+pub fn this_host() -> (String, String) {
+    (
+        host_identity(),
+        read_trimmed("/proc/sys/kernel/random/boot_id").unwrap_or_default(),
+    )
 }
 
 use crate::runtime::host::{host_identity, process_start_time, read_trimmed};

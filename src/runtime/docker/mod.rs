@@ -8,7 +8,7 @@ mod failure;
 pub mod identity;
 mod images;
 pub mod libc_check;
-mod orphans;
+pub mod orphans;
 mod outage;
 mod sidecar_name;
 mod sidecars;
