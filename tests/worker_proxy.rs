@@ -383,23 +383,51 @@ async fn a_worker_behind_a_socks5_proxy_runs_a_task() {
     s.run_succeeds(&w).await;
     assert!(w.log_text().contains("from http_proxy"), "{}", w.log_text());
 
+    // The SOCKS proxy given as an HTTP one: its answer is not HTTP, and
+    // the message says which scheme to write.
+    let url = format!("http://127.0.0.1:{}", proxy.port);
+    let w = s.worker(&unique_id("socks-as-http"), &[("HTTP_PROXY", url)]);
+    w.wait_for_log(
+        "if it is a SOCKS5 proxy, write socks5:// in HTTP_PROXY",
+        WITHIN,
+    )
+    .await;
+
     // A wrong password: SOCKS5's own refusal, named.
     let url = format!("socks5://bob:wrong@127.0.0.1:{}", proxy.port);
     let w = s.worker(&unique_id("socks-bad"), &[("http_proxy", url)]);
-    w.wait_for_log("check the user and password", WITHIN).await;
+    w.wait_for_log("refused the user and password in http_proxy", WITHIN)
+        .await;
+    assert!(!w.log_text().contains("wrong@"), "{}", w.log_text());
 }
 
 #[tokio::test]
 async fn an_unusable_proxy_setting_stops_the_worker_with_exit_status_2() {
     let s = Setup::new().await;
+    // ws:// reads HTTP_PROXY: its bad value stops the worker.
     let mut w = s.worker(
         &unique_id("bad-proxy"),
-        &[("HTTPS_PROXY", "ftp://carol:hunter2@proxy.example:21".into())],
+        &[("HTTP_PROXY", "ftp://carol:hunter2@proxy.example:21".into())],
     );
     let status = w.wait_exit(WITHIN).await;
     assert_eq!(status.code(), Some(2), "{}", w.log_text());
     let said = w.log_text();
-    assert!(said.contains("HTTPS_PROXY: the scheme ftp://"), "{said}");
+    assert!(said.contains("HTTP_PROXY: the scheme ftp://"), "{said}");
+    assert!(!said.contains("hunter2"), "{said}");
+
+    // The variable this URL does not read is only a warning (hosts often
+    // set both for other programs; Go never reads it here).
+    let w = s.worker(
+        &unique_id("other-proxy"),
+        &[("HTTPS_PROXY", "ftp://carol:hunter2@proxy.example:21".into())],
+    );
+    w.wait_for_log("connected to the orchestrator", WITHIN)
+        .await;
+    let said = w.log_text();
+    assert!(
+        said.contains("ignored: the orchestrator URL is ws://, which reads HTTP_PROXY"),
+        "{said}"
+    );
     assert!(!said.contains("hunter2"), "{said}");
 }
 
@@ -463,4 +491,35 @@ async fn wss_through_an_https_proxy() {
         log.contains(&format!("CONNECT {target} HTTP/1.1")),
         "tinyproxy (behind stunnel) has no CONNECT {target}:\n{log}"
     );
+}
+
+/// A proxy that accepts the connection and never answers holds the
+/// connection attempt; a shutdown must not wait for it.
+#[tokio::test]
+async fn a_shutdown_does_not_wait_for_a_proxy_that_never_answers() {
+    let s = Setup::new().await;
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let (accepted_tx, mut accepted) = tokio::sync::mpsc::channel(1);
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((conn, _)) = silent.accept().await {
+            held.push(conn);
+            let _ = accepted_tx.try_send(());
+        }
+    });
+    let mut w = s.worker(
+        &unique_id("silent-proxy"),
+        &[("HTTP_PROXY", format!("http://127.0.0.1:{port}"))],
+    );
+    // The worker is inside its connection attempt, through the proxy.
+    tokio::time::timeout(WITHIN, accepted.recv())
+        .await
+        .expect("the worker never reached the proxy")
+        .unwrap();
+    w.signal(15); // SIGTERM
+                  // The attempt's budget is 30 s; the shutdown must not sit it out.
+    let status = w.wait_exit(Duration::from_secs(10)).await;
+    assert_eq!(status.code(), Some(0), "{}", w.log_text());
+    holder.abort();
 }

@@ -155,7 +155,11 @@ impl WorkerConfig {
             )));
         }
 
-        let proxy = crate::worker::proxy::OutboundProxy::from_env(env).map_err(ConfigError)?;
+        let proxy = crate::worker::proxy::OutboundProxy::from_env(
+            env,
+            web_socket_url.starts_with("wss://"),
+        )
+        .map_err(ConfigError)?;
 
         Ok(WorkerConfig {
             worker_id,

@@ -1,8 +1,9 @@
 //! Opening the WebSocket to the orchestrator: a TCP connection straight to
 //! its host, or a tunnel through the proxy [`crate::worker::proxy`] chose
 //! (HTTP `CONNECT` through hyper's client and upgrade, SOCKS5 through
-//! hyper-util's connector), then TLS for `wss://` and the WebSocket
-//! handshake (tokio-tungstenite) over whichever stream that gave.
+//! tokio-socks, which offers "no authentication" and user/password together
+//! as Go's dialer does), then TLS for `wss://` and the WebSocket handshake
+//! (tokio-tungstenite) over whichever stream that gave.
 
 use crate::worker::proxy::{OutboundProxy, ProxyScheme, ProxyUrl};
 use http_body_util::Empty;
@@ -13,7 +14,6 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::client::{Request, Response};
 use tokio_tungstenite::tungstenite::Error as WsError;
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
-use tower_service::Service;
 
 /// Any byte stream a WebSocket can run over.
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -109,36 +109,55 @@ async fn through(
             connect_tunnel(p, TokioIo::new(stream), host, port).await
         }
         ProxyScheme::Socks5 => {
-            let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
-            http.set_nodelay(true);
-            // The dialer names the proxy by http://; SOCKS needs no scheme.
-            let proxy_uri: http::Uri = format!("http://{}", authority(&p.host, p.port))
-                .parse()
-                .map_err(|e| unreachable(&e))?;
-            let mut socks =
-                hyper_util::client::legacy::connect::proxy::SocksV5::new(proxy_uri, http)
-                    // The proxy resolves the name, as Go's SOCKS5 dialer has it.
-                    .local_dns(false);
-            if let Some(user) = &p.user {
-                let password = p.password.as_ref().map(|s| s.expose_str().to_string());
-                socks = socks.with_auth(user.clone(), password.unwrap_or_default());
-            }
-            let dst: http::Uri = format!("http://{}", authority(host, port))
-                .parse()
-                .map_err(|e| unreachable(&e))?;
-            let stream = socks.call(dst).await.map_err(|e| {
-                DialError::Proxy(format!(
-                    "{p} did not open a connection to {host}:{port}: {}{}",
-                    chain(&e),
-                    if p.user.is_none() {
-                        ""
-                    } else {
-                        " (check the user and password)"
-                    }
-                ))
-            })?;
-            Ok(Box::new(TokioIo::new(stream)))
+            let tcp = proxy_tcp(p).await.map_err(|e| unreachable(&e))?;
+            // The proxy resolves the name, as Go's SOCKS5 dialer has it.
+            let target = (host, port);
+            let result = match (&p.user, &p.password) {
+                (Some(user), password) => {
+                    let password = password.as_ref().map(|s| s.expose_str()).unwrap_or("");
+                    tokio_socks::tcp::Socks5Stream::connect_with_password_and_socket(
+                        tcp, target, user, password,
+                    )
+                    .await
+                }
+                (None, _) => tokio_socks::tcp::Socks5Stream::connect_with_socket(tcp, target).await,
+            };
+            let stream = result.map_err(|e| DialError::Proxy(socks_refusal(p, host, port, &e)))?;
+            Ok(Box::new(stream))
         }
+    }
+}
+
+/// A SOCKS5 failure (RFC 1928 §6, RFC 1929 §2), said with what to check.
+fn socks_refusal(p: &ProxyUrl, host: &str, port: u16, e: &tokio_socks::Error) -> String {
+    use tokio_socks::Error as E;
+    let target = authority(host, port);
+    match e {
+        E::PasswordAuthFailure(_) => {
+            format!("{p} refused the user and password in {}; check them", p.source)
+        }
+        E::NoAcceptableAuthMethods | E::AuthorizationRequired if p.user.is_none() => format!(
+            "{p} asks for credentials: put them in {} as socks5://user:password@host:port",
+            p.source
+        ),
+        E::NoAcceptableAuthMethods => {
+            format!("{p} accepts neither no authentication nor a user and password")
+        }
+        E::ConnectionNotAllowedByRuleset => format!(
+            "{p} does not allow connections to {target}; ask its administrator to allow this host and port, or list the host in NO_PROXY if it is reachable directly"
+        ),
+        E::NetworkUnreachable | E::HostUnreachable | E::ConnectionRefused | E::TtlExpired => {
+            format!("{p} could not reach {target}: {e}")
+        }
+        E::Io(io) => format!(
+            "{p} closed the connection during the SOCKS5 handshake ({io}); if it is an HTTP proxy, write http:// in {}",
+            p.source
+        ),
+        E::InvalidResponseVersion | E::UnknownAuthMethod => format!(
+            "{p} does not answer as a SOCKS5 proxy; if it is an HTTP proxy, write http:// in {}",
+            p.source
+        ),
+        other => format!("{p}: SOCKS5 to {target} failed: {other}"),
     }
 }
 
@@ -159,15 +178,34 @@ where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let failed = |what: String| DialError::Proxy(format!("{p}: {what}"));
+    let not_http = |e: &hyper::Error| {
+        if e.is_parse() || e.is_parse_status() {
+            failed(format!(
+                "it answered CONNECT with something that is not HTTP ({}); if it is a SOCKS5 proxy, write socks5:// in {}, if it wants TLS, https://",
+                chain(e),
+                p.source
+            ))
+        } else {
+            failed(format!(
+                "it closed the connection instead of answering CONNECT ({}); if it wants TLS, write https:// in {}",
+                chain(e),
+                p.source
+            ))
+        }
+    };
     let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Empty<bytes::Bytes>>(io)
         .await
-        .map_err(|e| failed(format!("the CONNECT request failed: {}", chain(&e))))?;
+        .map_err(|e| not_http(&e))?;
     // The connection future hands the stream to the upgrade when the
     // proxy answers 2xx, and ends.
     let driver = tokio::spawn(conn.with_upgrades());
     let target = authority(host, port);
-    let mut request =
-        http::Request::connect(target.as_str()).header(http::header::HOST, target.as_str());
+    let mut request = http::Request::connect(target.as_str())
+        .header(http::header::HOST, target.as_str())
+        .header(
+            http::header::USER_AGENT,
+            concat!("oz-agent-worker/", env!("CARGO_PKG_VERSION")),
+        );
     if let Some(user) = &p.user {
         let password = p.password.as_ref().map(|s| s.expose_str()).unwrap_or("");
         use base64::Engine;
@@ -181,12 +219,10 @@ where
     let request = request
         .body(Empty::new())
         .map_err(|e| failed(e.to_string()))?;
-    let response = sender.send_request(request).await.map_err(|e| {
-        failed(format!(
-            "the proxy closed the connection instead of answering CONNECT: {}",
-            chain(&e)
-        ))
-    })?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| not_http(&e))?;
     let status = response.status();
     if !status.is_success() {
         driver.abort();

@@ -70,8 +70,11 @@ impl ProxyUrl {
 impl fmt::Display for ProxyUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "the proxy {}", self.address())?;
-        if let Some(user) = &self.user {
-            write!(f, " (user {user})")?;
+        // A user without a password may itself be a token: not shown.
+        match (&self.user, &self.password) {
+            (Some(user), Some(_)) => write!(f, " (user {user})")?,
+            (Some(_), None) => write!(f, " (with credentials)")?,
+            _ => {}
         }
         write!(f, " from {}", self.source)
     }
@@ -89,13 +92,17 @@ pub struct OutboundProxy {
     http: Option<ProxyUrl>,
     https: Option<ProxyUrl>,
     no_proxy: Vec<Exception>,
+    warnings: Vec<String>,
 }
 
 impl OutboundProxy {
     /// Reads `HTTP_PROXY`, `HTTPS_PROXY`, `NO_PROXY` (and their lower-case
-    /// forms). An unusable value is an error naming the variable and the
-    /// fix; Go's dialer would fail every connection with it instead.
-    pub fn from_env(env: &dyn EnvLookup) -> Result<OutboundProxy, String> {
+    /// forms) for a worker whose orchestrator URL is `wss://` (`secure`) or
+    /// `ws://`. An unusable value of the variable that URL uses is an error
+    /// naming the variable and the fix; one of the other variable (hosts
+    /// often set both for other programs) is only a warning, as Go never
+    /// reads it for such a URL.
+    pub fn from_env(env: &dyn EnvLookup, secure: bool) -> Result<OutboundProxy, String> {
         let get = |upper: &'static str, lower: &'static str| {
             [upper, lower].into_iter().find_map(|name| {
                 env.var(name)
@@ -103,15 +110,38 @@ impl OutboundProxy {
                     .map(|v| (name, v))
             })
         };
-        let cgi = env.var("REQUEST_METHOD").is_some_and(|v| !v.is_empty());
-        let http = match get("HTTP_PROXY", "http_proxy") {
-            Some((name, value)) if !cgi => Some(parse_proxy(name, &value)?),
-            _ => None,
+        let mut warnings = Vec::new();
+        let mut http_var = get("HTTP_PROXY", "http_proxy");
+        // Under CGI, HTTP_PROXY may come from a request's `Proxy:` header.
+        if env.var("REQUEST_METHOD").is_some_and(|v| !v.is_empty()) {
+            if let Some((name, _)) = http_var.take() {
+                if !secure {
+                    warnings.push(format!(
+                        "{name} is ignored because REQUEST_METHOD is set (a CGI environment, where it may come from a request header; Go refuses it there too)"
+                    ));
+                }
+            }
+        }
+        let mut read = |var: Option<(&'static str, String)>, used: bool| match var {
+            None => Ok(None),
+            Some((name, value)) => match parse_proxy(name, &value) {
+                Ok(p) => Ok(Some(p)),
+                Err(e) if used => Err(e),
+                Err(e) => {
+                    let (scheme, reads) = if secure {
+                        ("wss://", "HTTPS_PROXY")
+                    } else {
+                        ("ws://", "HTTP_PROXY")
+                    };
+                    warnings.push(format!(
+                        "{e} (ignored: the orchestrator URL is {scheme}, which reads {reads})"
+                    ));
+                    Ok(None)
+                }
+            },
         };
-        let https = match get("HTTPS_PROXY", "https_proxy") {
-            Some((name, value)) => Some(parse_proxy(name, &value)?),
-            None => None,
-        };
+        let http = read(http_var, !secure)?;
+        let https = read(get("HTTPS_PROXY", "https_proxy"), secure)?;
         let no_proxy = get("NO_PROXY", "no_proxy")
             .map(|(_, v)| parse_no_proxy(&v))
             .unwrap_or_default();
@@ -119,7 +149,13 @@ impl OutboundProxy {
             http,
             https,
             no_proxy,
+            warnings,
         })
+    }
+
+    /// What the environment had that is ignored, for the start-up log.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
     }
 
     /// The proxy for a connection to `host:port` of a `ws`/`wss` URL, or
@@ -131,15 +167,15 @@ impl OutboundProxy {
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_ascii_lowercase();
-        let host = host.trim_end_matches('.');
         if host == "localhost" {
             return None;
         }
-        let ip = host.parse::<IpAddr>().ok();
+        // `::ffff:10.1.2.3` is 10.1.2.3, as Go's net.IP compares them.
+        let ip = host.parse::<IpAddr>().ok().map(|ip| ip.to_canonical());
         if ip.is_some_and(|ip| ip.is_loopback()) {
             return None;
         }
-        if self.no_proxy.iter().any(|e| e.matches(host, ip, port)) {
+        if self.no_proxy.iter().any(|e| e.matches(&host, ip, port)) {
             return None;
         }
         Some(proxy)
@@ -169,11 +205,24 @@ fn parse_proxy(name: &'static str, value: &str) -> Result<ProxyUrl, String> {
     let bad = |why: String| {
         format!(
             "{name}: {why}. Set it to the proxy's URL, e.g. http://proxy.example:3128 or \
-             http://user:password@proxy.example:3128 (socks5:// and https:// proxies work too), \
-             or unset it"
+             http://user:password@proxy.example:3128 (socks5:// and https:// proxies work too; \
+             percent-encode @ : / # ? % in a user or password, e.g. %40 for @), or unset it"
         )
     };
     let url = parsed.map_err(|e| bad(format!("not a URL ({e})")))?;
+    // `http://alice:pa/ss@proxy` parses as host "alice", port "pa" and a
+    // path holding the rest of the password: refuse rather than connect
+    // (and log) there.
+    let rest = [
+        url.path(),
+        url.query().unwrap_or(""),
+        url.fragment().unwrap_or(""),
+    ];
+    if rest.iter().any(|r| r.contains('@')) {
+        return Err(bad(
+            "its user or password holds a character that must be percent-encoded".into(),
+        ));
+    }
     let (scheme, default_port) = match url.scheme() {
         "http" => (ProxyScheme::Http, 80),
         "https" => (ProxyScheme::Https, 443),
@@ -191,11 +240,18 @@ fn parse_proxy(name: &'static str, value: &str) -> Result<ProxyUrl, String> {
     };
     let decode = |s: &str| {
         percent_encoding::percent_decode_str(s)
-            .decode_utf8_lossy()
-            .into_owned()
+            .decode_utf8()
+            .map(|s| s.into_owned())
+            .map_err(|_| bad("its user or password is not UTF-8 once percent-decoded".into()))
     };
-    let user = (!url.username().is_empty()).then(|| decode(url.username()));
-    let password = url.password().map(|p| Secret::new(decode(p)));
+    let user = match url.username() {
+        "" => None,
+        u => Some(decode(u)?),
+    };
+    let password = match url.password() {
+        Some(p) => Some(Secret::new(decode(p)?)),
+        None => None,
+    };
     Ok(ProxyUrl {
         scheme,
         host,
@@ -227,12 +283,15 @@ impl Exception {
             Exception::All => true,
             Exception::Ip(addr, p) => ip == Some(*addr) && port_ok(p),
             Exception::Cidr(net) => ip.is_some_and(|ip| net.contains(&ip)),
+            // A name never matches an address (Go, since CVE-2025-22870).
             Exception::Domain {
                 suffix,
                 exact,
                 port: p,
             } => {
-                (host.ends_with(suffix.as_str()) || (*exact && host == &suffix[1..])) && port_ok(p)
+                ip.is_none()
+                    && (host.ends_with(suffix.as_str()) || (*exact && host == &suffix[1..]))
+                    && port_ok(p)
             }
         }
     }
@@ -263,7 +322,7 @@ fn parse_no_proxy(value: &str) -> Vec<Exception> {
             None => None,
         };
         if let Ok(ip) = host.parse::<IpAddr>() {
-            out.push(Exception::Ip(ip, port));
+            out.push(Exception::Ip(ip.to_canonical(), port));
             continue;
         }
         if host.is_empty() {
@@ -353,12 +412,21 @@ mod tests {
             ("*", "anything.example", 443, false),
             // a malformed entry is skipped, the rest still count
             (":80,foo.com", "foo.com", 443, false),
+            // IPv4-mapped IPv6 is the IPv4 address
+            ("10.0.0.0/8", "[::ffff:10.1.2.3]", 443, false),
+            ("", "[::ffff:127.0.0.1]", 443, false),
+            // a name never matches an address; a trailing dot is kept
+            ("2.3.4", "1.2.3.4", 443, true),
+            ("oz.example.com", "oz.example.com.", 443, true),
         ];
         for (no_proxy, host, port, proxied) in cases {
-            let p = OutboundProxy::from_env(&env(&[
-                ("HTTPS_PROXY", "http://proxy.corp:3128"),
-                ("NO_PROXY", no_proxy),
-            ]))
+            let p = OutboundProxy::from_env(
+                &env(&[
+                    ("HTTPS_PROXY", "http://proxy.corp:3128"),
+                    ("NO_PROXY", no_proxy),
+                ]),
+                true,
+            )
             .unwrap();
             assert_eq!(
                 p.for_target(true, host, *port).is_some(),
@@ -370,10 +438,13 @@ mod tests {
 
     #[test]
     fn the_scheme_picks_the_variable() {
-        let p = OutboundProxy::from_env(&env(&[
-            ("HTTPS_PROXY", "http://secure-proxy:1"),
-            ("http_proxy", "plain-proxy:2"),
-        ]))
+        let p = OutboundProxy::from_env(
+            &env(&[
+                ("HTTPS_PROXY", "http://secure-proxy:1"),
+                ("http_proxy", "plain-proxy:2"),
+            ]),
+            true,
+        )
         .unwrap();
         assert_eq!(
             p.for_target(true, "oz.example", 443).unwrap().host,
@@ -385,34 +456,42 @@ mod tests {
             ("plain-proxy", 2, "http_proxy")
         );
         // Only HTTP_PROXY set: wss:// goes direct, as in Go.
-        let p = OutboundProxy::from_env(&env(&[("HTTP_PROXY", "http://p:1")])).unwrap();
+        let p = OutboundProxy::from_env(&env(&[("HTTP_PROXY", "http://p:1")]), true).unwrap();
         assert!(p.for_target(true, "oz.example", 443).is_none());
         // Upper case wins; an empty upper-case value falls back to lower case.
-        let p = OutboundProxy::from_env(&env(&[
-            ("HTTPS_PROXY", "http://upper:1"),
-            ("https_proxy", "http://lower:1"),
-        ]))
+        let p = OutboundProxy::from_env(
+            &env(&[
+                ("HTTPS_PROXY", "http://upper:1"),
+                ("https_proxy", "http://lower:1"),
+            ]),
+            true,
+        )
         .unwrap();
         assert_eq!(p.for_target(true, "oz.example", 443).unwrap().host, "upper");
-        let p = OutboundProxy::from_env(&env(&[
-            ("HTTPS_PROXY", ""),
-            ("https_proxy", "http://lower:1"),
-        ]))
+        let p = OutboundProxy::from_env(
+            &env(&[("HTTPS_PROXY", ""), ("https_proxy", "http://lower:1")]),
+            true,
+        )
         .unwrap();
         assert_eq!(p.for_target(true, "oz.example", 443).unwrap().host, "lower");
         // CGI: HTTP_PROXY may come from a request header; Go ignores it.
-        let p = OutboundProxy::from_env(&env(&[
-            ("HTTP_PROXY", "http://p:1"),
-            ("REQUEST_METHOD", "GET"),
-        ]))
+        let p = OutboundProxy::from_env(
+            &env(&[("HTTP_PROXY", "http://p:1"), ("REQUEST_METHOD", "GET")]),
+            false,
+        )
         .unwrap();
         assert!(p.for_target(false, "oz.example", 80).is_none());
+        assert!(
+            p.warnings()[0].contains("REQUEST_METHOD"),
+            "{:?}",
+            p.warnings()
+        );
     }
 
     #[test]
     fn proxy_values_parse_as_go_parses_them() {
         let one = |v: &'static str| {
-            OutboundProxy::from_env(&env(&[("HTTPS_PROXY", v)]))
+            OutboundProxy::from_env(&env(&[("HTTPS_PROXY", v)]), true)
                 .map(|p| p.for_target(true, "oz.example", 443).cloned().unwrap())
         };
         let p = one("proxy.corp:3128").unwrap();
@@ -444,11 +523,53 @@ mod tests {
     }
 
     #[test]
+    fn only_the_variable_the_url_uses_must_be_usable() {
+        let vars = [
+            ("HTTP_PROXY", "socks4://127.0.0.1:9"),
+            ("HTTPS_PROXY", "http://proxy.corp:3128"),
+        ];
+        // wss:// uses HTTPS_PROXY: the bad HTTP_PROXY is a warning.
+        let p = OutboundProxy::from_env(&env(&vars), true).unwrap();
+        assert!(p.for_target(true, "oz.example", 443).is_some());
+        assert_eq!(p.warnings().len(), 1);
+        assert!(
+            p.warnings()[0].starts_with("HTTP_PROXY: the scheme socks4://"),
+            "{:?}",
+            p.warnings()
+        );
+        assert!(
+            p.warnings()[0]
+                .contains("ignored: the orchestrator URL is wss://, which reads HTTPS_PROXY"),
+            "{:?}",
+            p.warnings()
+        );
+        // ws:// uses HTTP_PROXY: the same value is an error.
+        let err = OutboundProxy::from_env(&env(&vars), false).unwrap_err();
+        assert!(err.starts_with("HTTP_PROXY: the scheme socks4://"), "{err}");
+    }
+
+    #[test]
+    fn an_unencoded_password_is_refused_not_misread() {
+        for v in [
+            "http://alice:1234/SECRETPW@127.0.0.1:9",
+            "http://alice:a?b@proxy.corp:3128",
+            "http://alice:a#b@proxy.corp:3128",
+        ] {
+            let err = OutboundProxy::from_env(&env(&[("HTTPS_PROXY", v)]), true).unwrap_err();
+            assert!(err.contains("percent-encode"), "{v}: {err}");
+            assert!(!err.contains("SECRETPW") && !err.contains("a?b"), "{err}");
+        }
+        let err = OutboundProxy::from_env(&env(&[("HTTPS_PROXY", "http://u:%ff%fe@p:1")]), true)
+            .unwrap_err();
+        assert!(err.contains("not UTF-8"), "{err}");
+    }
+
+    #[test]
     fn the_password_is_never_shown() {
-        let p = OutboundProxy::from_env(&env(&[(
-            "HTTPS_PROXY",
-            "http://alice:hunter2-secret@proxy.corp:3128",
-        )]))
+        let p = OutboundProxy::from_env(
+            &env(&[("HTTPS_PROXY", "http://alice:hunter2-secret@proxy.corp:3128")]),
+            true,
+        )
         .unwrap();
         let shown = format!(
             "{p:?} {} {:?}",
@@ -460,8 +581,17 @@ mod tests {
             shown.contains("http://proxy.corp:3128 (user alice) from HTTPS_PROXY"),
             "{shown}"
         );
+        // A user without a password may be a token: not shown either.
+        let p = OutboundProxy::from_env(
+            &env(&[("HTTPS_PROXY", "http://tok-123456@proxy.corp:3128")]),
+            true,
+        )
+        .unwrap();
+        let shown = p.describe().unwrap();
+        assert!(!shown.contains("tok-123456"), "{shown}");
+        assert!(shown.contains("(with credentials)"), "{shown}");
         // A bad value's error does not repeat it (it may hold the password).
-        let err = OutboundProxy::from_env(&env(&[("HTTPS_PROXY", "gopher://a:hunter2@p:1")]))
+        let err = OutboundProxy::from_env(&env(&[("HTTPS_PROXY", "gopher://a:hunter2@p:1")]), true)
             .unwrap_err();
         assert!(!err.contains("hunter2"), "{err}");
     }

@@ -36,9 +36,18 @@ impl Session<'_> {
         if let Some(proxy) = self.config.proxy.describe() {
             tracing::info!("outbound proxy: {proxy} (localhost, loopback and NO_PROXY go direct)");
         }
+        for warning in self.config.proxy.warnings() {
+            tracing::warn!("{warning}");
+        }
         loop {
             self.health.beat();
-            let delay = match self.connect().await {
+            // A shutdown does not wait for a connection attempt (a proxy
+            // that never answers holds one for the whole handshake budget).
+            let attempt = tokio::select! {
+                attempt = self.connect() => attempt,
+                _ = self.close.cancelled() => return,
+            };
+            let delay = match attempt {
                 Ok((ws, extensions)) => {
                     connections += 1;
                     if extensions.is_empty() {
@@ -116,13 +125,16 @@ impl Session<'_> {
                 )
             })?;
         request.headers_mut().insert("Authorization", bearer);
+        // The proxy's part has its own deadline inside this one, so a proxy
+        // that never answers is named when it runs out.
+        let budget = self.timing.write_timeout * 3;
         let connect = crate::worker::dial::open(
             request,
             &self.config.proxy,
             super::tls::client_config(),
-            self.timing.write_timeout * 3,
+            budget,
         );
-        match tokio::time::timeout(self.timing.write_timeout * 3, connect).await {
+        match tokio::time::timeout(budget + std::time::Duration::from_secs(1), connect).await {
             Err(_) => Err(ConnectError::Other("the handshake timed out".into())),
             Ok(Ok((ws, response))) => {
                 let offered = Extensions::parse(
