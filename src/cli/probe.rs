@@ -60,7 +60,10 @@ pub async fn probe(url: &str, timeout: Duration) -> Result<http::StatusCode, Str
         .body(Empty::new())
         .map_err(|e| format!("cannot build the request: {e}"))?;
     let exchange = async {
-        let response = client.request(request).await.map_err(|e| chain(&e))?;
+        let response = client
+            .request(request)
+            .await
+            .map_err(|e| crate::text::error_chain(&e))?;
         let status = response.status();
         if status.is_success() {
             return Ok(status);
@@ -87,21 +90,6 @@ fn describe_failure(status: http::StatusCode, body: &[u8]) -> String {
     } else {
         format!("{status}: {text}")
     }
-}
-
-/// An error and its causes on one line (hyper's own message is only
-/// "client error (Connect)"; the cause says "Connection refused").
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        source = s.source();
-    }
-    parts.join(": ")
 }
 
 #[cfg(test)]

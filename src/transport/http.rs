@@ -312,7 +312,7 @@ impl HttpTransport {
                     } else {
                         ErrorKind::Protocol
                     };
-                    let mut err = self.err(kind, op, describe_chain(root));
+                    let mut err = self.err(kind, op, crate::text::error_chain(root));
                     if self.endpoint.tls.is_none() && matches!(self.endpoint.host, Host::Tcp { .. })
                     {
                         err = err.with_hint(format!(
@@ -463,15 +463,4 @@ fn describe_io(e: &std::io::Error) -> String {
         Some(i) => s[..i].to_string(),
         None => s,
     }
-}
-
-fn describe_chain(root: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    for e in chain(root) {
-        let s = e.to_string();
-        if !parts.iter().any(|p| p.contains(&s)) {
-            parts.push(s);
-        }
-    }
-    parts.join(": ")
 }

@@ -182,13 +182,13 @@ where
         if e.is_parse() || e.is_parse_status() {
             failed(format!(
                 "it answered CONNECT with something that is not HTTP ({}); if it is a SOCKS5 proxy, write socks5:// in {}, if it wants TLS, https://",
-                chain(e),
+                crate::text::error_chain(e),
                 p.source
             ))
         } else {
             failed(format!(
                 "it closed the connection instead of answering CONNECT ({}); if it wants TLS, write https:// in {}",
-                chain(e),
+                crate::text::error_chain(e),
                 p.source
             ))
         }
@@ -248,9 +248,12 @@ where
             status.as_u16()
         )));
     }
-    let upgraded = hyper::upgrade::on(response)
-        .await
-        .map_err(|e| failed(format!("the tunnel did not open: {}", chain(&e))))?;
+    let upgraded = hyper::upgrade::on(response).await.map_err(|e| {
+        failed(format!(
+            "the tunnel did not open: {}",
+            crate::text::error_chain(&e)
+        ))
+    })?;
     Ok(Box::new(TokioIo::new(upgraded)))
 }
 
@@ -261,18 +264,4 @@ fn authority(host: &str, port: u16) -> String {
     } else {
         format!("{host}:{port}")
     }
-}
-
-/// An error and its sources, each said once.
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut next = Some(e);
-    while let Some(err) = next {
-        let s = err.to_string();
-        if !parts.iter().any(|p| p.contains(&s)) {
-            parts.push(s);
-        }
-        next = err.source();
-    }
-    parts.join(": ")
 }
