@@ -23,24 +23,38 @@ FROM ${RUST_IMAGE} AS build
 # Marks this stage's images, so a cache cleanup can tell them apart.
 LABEL dev.oz.build-stage=oz-agent-worker
 WORKDIR /src
-# The dependencies first, in a layer of their own that only Cargo.toml and
-# Cargo.lock decide: a source change recompiles this crate alone. Cargo
-# needs every target the manifests name, so those get stubs (the benches'
-# names read from Cargo.toml, so editing a bench does not void the cache).
+# The dependencies first, in a layer of their own that only the manifests
+# and Cargo.lock decide: a source change recompiles the workspace's own
+# crates alone. Cargo needs every target the manifests name, so those get
+# stubs (the benches' names read from Cargo.toml, so editing a bench does
+# not void the cache). One COPY per workspace crate: a glob would flatten
+# the paths.
 COPY Cargo.toml Cargo.lock ./
 COPY xtask/Cargo.toml xtask/Cargo.toml
+COPY crates/control-plane/Cargo.toml crates/control-plane/Cargo.toml
+COPY crates/docker-engine/Cargo.toml crates/docker-engine/Cargo.toml
+COPY crates/foundation/Cargo.toml crates/foundation/Cargo.toml
+COPY crates/protocol/Cargo.toml crates/protocol/Cargo.toml
+COPY crates/runs-api/Cargo.toml crates/runs-api/Cargo.toml
+COPY crates/runtime/Cargo.toml crates/runtime/Cargo.toml
+COPY crates/runtime-command/Cargo.toml crates/runtime-command/Cargo.toml
+COPY crates/runtime-direct/Cargo.toml crates/runtime-direct/Cargo.toml
+COPY crates/runtime-docker/Cargo.toml crates/runtime-docker/Cargo.toml
+COPY crates/telemetry/Cargo.toml crates/telemetry/Cargo.toml
+COPY crates/test-support/Cargo.toml crates/test-support/Cargo.toml
+COPY crates/worker/Cargo.toml crates/worker/Cargo.toml
 RUN mkdir -p src xtask/src benches \
     && echo 'fn main() {}' > src/main.rs \
-    && touch src/lib.rs \
     && echo 'fn main() {}' > xtask/src/main.rs \
+    && for c in crates/*/; do mkdir -p "$c/src" && touch "$c/src/lib.rs"; done \
     && for b in $(awk '/^\[\[bench\]\]/ { inbench = 1 } inbench && /^name *=/ { gsub(/[" ]/, "", $0); sub(/^name=/, "", $0); print; inbench = 0 }' Cargo.toml); do \
         echo 'fn main() {}' > "benches/$b.rs"; \
     done \
     && cargo build --release --locked --bin oz-agent-worker
 COPY . .
-# Newer than the stubs, so cargo rebuilds the crate; then prove it is the
-# real binary, not the stub.
-RUN touch src/main.rs src/lib.rs \
+# Newer than the stubs, so cargo rebuilds the workspace's crates; then prove
+# it is the real binary, not the stub.
+RUN touch src/main.rs crates/*/src/lib.rs \
     && cargo build --release --locked --bin oz-agent-worker \
     && target/release/oz-agent-worker --version
 

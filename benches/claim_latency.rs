@@ -15,9 +15,9 @@
 //! `cargo bench --bench claim_latency`; `OZ_BENCH_N` claims (default 1000,
 //! quick 100). Needs nothing but the worker binary.
 
-mod support;
+use oz_test_support::bench as support;
 
-use oz_agent_worker::protocol::{FailureReason, WorkerMessage};
+use oz_protocol::{FailureReason, WorkerMessage};
 use std::io::Write;
 use std::time::{Duration, Instant};
 use support::engine::unique;

@@ -19,9 +19,9 @@
 //! `OZ_BENCH_SIDECAR_MB` (default 200, quick 50), the daemon at
 //! `OZ_TEST_DOCKER28_HOST`.
 
-mod support;
+use oz_test_support::bench as support;
 
-use oz_agent_worker::control_plane::model::{CreateRunRequest, RunState};
+use oz_runs_api::model::{CreateRunRequest, RunState};
 use serde_json::json;
 use std::time::{Duration, Instant};
 use support::engine::{task_container, unique, Agent, RawEngine, BENCH_LABEL};

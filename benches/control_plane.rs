@@ -22,16 +22,16 @@
 //!
 //! `cargo bench --bench control_plane`.
 
-mod support;
+use oz_test_support::bench as support;
 
 use futures_util::{SinkExt, StreamExt};
-use oz_agent_worker::control_plane::client::Client;
-use oz_agent_worker::control_plane::model::CreateRunRequest;
-use oz_agent_worker::control_plane::{Config, ControlPlane, Storage};
-use oz_agent_worker::protocol::{
+use oz_control_plane::{Config, ControlPlane, Storage};
+use oz_protocol::{
     decode_server_frame, encode, ServerMessage, TaskClaimed, TaskCompleted, TaskRejected,
     WorkerMessage,
 };
+use oz_runs_api::client::Client;
+use oz_runs_api::model::CreateRunRequest;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -7,12 +7,12 @@
 //! from `OZ_TEST_DOCKER_HOST` (default unix:///var/run/docker.sock), the
 //! image from `OZ_TEST_IMAGE_BUSYBOX` (default oz-test/busybox:latest).
 
-mod support;
+use oz_test_support::bench as support;
 
 use bytes::Bytes;
-use oz_agent_worker::docker::request::{ApiRequest, CallKind, RequestBody};
-use oz_agent_worker::docker::Docker;
-use oz_agent_worker::transport::EnvSnapshot;
+use oz_docker_engine::request::{ApiRequest, CallKind, RequestBody};
+use oz_docker_engine::transport::EnvSnapshot;
+use oz_docker_engine::Docker;
 use std::time::{Duration, Instant};
 use support::report::{verdict, Report};
 use support::stats;

@@ -12,11 +12,11 @@
 //!
 //! `cargo bench --bench reconnect`; `OZ_BENCH_N` cycles (default 10, quick 3).
 
-mod support;
+use oz_test_support::bench as support;
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use oz_agent_worker::control_plane::client::Client;
+use oz_runs_api::client::Client;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -76,11 +76,7 @@ impl Serve {
     }
 
     fn ws_url(&self) -> String {
-        format!(
-            "ws://127.0.0.1:{}{}",
-            self.port,
-            oz_agent_worker::control_plane::WS_PATH
-        )
+        format!("ws://127.0.0.1:{}{}", self.port, oz_control_plane::WS_PATH)
     }
 
     /// Starts it and returns when its API answers.

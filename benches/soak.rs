@@ -17,9 +17,9 @@
 //! middle and end. `cargo bench --bench soak`; `OZ_BENCH_SOAK_N` (default
 //! 1000, quick 40).
 
-mod support;
+use oz_test_support::bench as support;
 
-use oz_agent_worker::control_plane::model::{CreateRunRequest, Run, RunState};
+use oz_runs_api::model::{CreateRunRequest, Run, RunState};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use support::engine::unique;

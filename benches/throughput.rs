@@ -9,9 +9,9 @@
 //! 48, quick 16), `OZ_BENCH_ROUNDS` pairs of batches (default 5: the median of 3 pair
 //! ratios swung 0.95–1.01 between runs here; quick 1).
 
-mod support;
+use oz_test_support::bench as support;
 
-use oz_agent_worker::protocol::WorkerMessage;
+use oz_protocol::WorkerMessage;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

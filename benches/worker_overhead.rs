@@ -9,12 +9,12 @@
 //! `cargo bench --bench worker_overhead`; `OZ_BENCH_N` pairs (default 30,
 //! 3 with `OZ_BENCH_QUICK=1`). Needs the test environment's dockerd and
 //! busybox image (`scripts/test-env.sh up`). To see where a worker task's
-//! time goes, run it with `OZ_BENCH_WORKER_LOG=info,oz_agent_worker=debug
+//! time goes, run it with `OZ_BENCH_WORKER_LOG=info,oz_worker=debug,oz_runtime=debug,oz_docker_engine=debug
 //! OZ_BENCH_LOG_DIR=DIR`: the kept log times every Docker request.
 
-mod support;
+use oz_test_support::bench as support;
 
-use oz_agent_worker::control_plane::model::{CreateRunRequest, RunState};
+use oz_runs_api::model::{CreateRunRequest, RunState};
 use std::time::{Duration, Instant};
 use support::engine::{task_container, unique, Agent};
 use support::plane::{Plane, Timed};
@@ -170,7 +170,7 @@ async fn main() {
     );
     r.text(
         "Where a worker task's time goes: run this bench with \
-         `OZ_BENCH_WORKER_LOG=info,oz_agent_worker=debug OZ_BENCH_LOG_DIR=DIR`; the worker's log \
+         `OZ_BENCH_WORKER_LOG=info,oz_worker=debug,oz_runtime=debug,oz_docker_engine=debug OZ_BENCH_LOG_DIR=DIR`; the worker's log \
          (kept in DIR) times every Docker request of every task.",
     );
     r.goal(

@@ -6,9 +6,9 @@
 //!
 //! `cargo bench --bench worker_rss`; `OZ_BENCH_TASKS` (default 16).
 
-mod support;
+use oz_test_support::bench as support;
 
-use oz_agent_worker::control_plane::model::{CreateRunRequest, RunState};
+use oz_runs_api::model::{CreateRunRequest, RunState};
 use std::time::Duration;
 use support::engine::unique;
 use support::plane::Plane;

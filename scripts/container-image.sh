@@ -18,7 +18,7 @@
 # The classic builder is used (DOCKER_BUILDKIT=0: the machine's Docker CLI
 # has no buildx). Its layer cache keeps the compiled dependencies (the
 # Dockerfile builds them in a layer of their own, keyed by Cargo.toml and
-# Cargo.lock), so after a source change only this crate is compiled. The
+# Cargo.lock), so after a source change only the workspace's crates are compiled. The
 # build stage is tagged oz-agent-worker-build:cache so that it is not a
 # dangling image; earlier build stages and images of this Dockerfile left
 # dangling by a rebuild are removed (only those: they carry its labels).

@@ -12,13 +12,13 @@ pub fn all() -> Vec<(&'static str, String)> {
         s.push('\n');
         s
     }
-    let mut openapi = serde_json::to_string_pretty(&crate::control_plane::openapi::document())
+    let mut openapi = serde_json::to_string_pretty(&oz_control_plane::http::openapi::document())
         .expect("the OpenAPI document serializes");
     openapi.push('\n');
     vec![
         (
             "worker-protocol.schema.json",
-            pretty::<crate::protocol::ProtocolMessages>(),
+            pretty::<oz_protocol::ProtocolMessages>(),
         ),
         ("control-plane-runs.openapi.json", openapi),
         (
@@ -27,7 +27,7 @@ pub fn all() -> Vec<(&'static str, String)> {
         ),
         (
             "command-dispatch-payload.schema.json",
-            pretty::<crate::runtime::command::payload::DispatchPayload>(),
+            pretty::<oz_runtime_command::payload::DispatchPayload>(),
         ),
     ]
 }

@@ -5,10 +5,10 @@
 //! command removes exactly the ones it may, says why for each, and removes
 //! the rest only when told (`--gone-host`, `--kept`, `--force`).
 
-mod support;
+use oz_test_support as support;
 
-use oz_agent_worker::runtime::docker::identity::{this_host, ProcessIdentity};
-use oz_agent_worker::runtime::host::process_start_time;
+use oz_runtime::host::process_start_time;
+use oz_runtime_docker::identity::{this_host, ProcessIdentity};
 use std::collections::HashMap;
 use std::path::Path;
 use support::docker::{TestDaemon, Via};

@@ -9,7 +9,7 @@
 //! The same image's `check` works against the daemon, and fails clearly
 //! without the socket's group.
 
-mod support;
+use oz_test_support as support;
 
 use base64::Engine as _;
 use std::path::{Path, PathBuf};

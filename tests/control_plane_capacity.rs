@@ -3,9 +3,9 @@
 //! back-off passes, so a run's history stays short. Scripted workers over
 //! real WebSockets; no Docker.
 
-mod support;
+use oz_test_support as support;
 
-use oz_agent_worker::control_plane::model::{CreateRunRequest, RunState};
+use oz_runs_api::model::{CreateRunRequest, RunState};
 use std::time::Duration;
 use support::control_plane::{test_config, wait_for_state, ScriptedWorker, TestPlane};
 

@@ -1,8 +1,8 @@
 //! The CLI client commands against an embedded control plane.
 
-mod support;
+use oz_test_support as support;
 
-use oz_agent_worker::protocol::FailureReason;
+use oz_protocol::FailureReason;
 use std::process::Output;
 use support::control_plane::{test_config, TestPlane};
 use tokio::process::Command;
@@ -124,8 +124,8 @@ async fn api_keys_show_the_secret_once() {
 
 #[tokio::test]
 async fn runs_logs_prints_each_stream_to_its_own_and_marks_what_the_worker_dropped() {
-    use oz_agent_worker::control_plane::model::CreateRunRequest;
-    use oz_agent_worker::protocol::OutputStream::{Stderr, Stdout};
+    use oz_protocol::OutputStream::{Stderr, Stdout};
+    use oz_runs_api::model::CreateRunRequest;
     let t = TestPlane::start(test_config()).await;
     let client = t.client();
     let mut w = t.worker("w1").await;

@@ -4,12 +4,12 @@
 //! plain read and as server-sent events that end once the run has ended;
 //! kept across a SIGKILL of `serve`. Scripted workers over real WebSockets.
 
-mod support;
+use oz_test_support as support;
 
 use futures_util::StreamExt;
-use oz_agent_worker::control_plane::client::{Client, OutputEvent};
-use oz_agent_worker::control_plane::model::{CreateRunRequest, RunState};
-use oz_agent_worker::protocol::OutputStream::{Stderr, Stdout};
+use oz_protocol::OutputStream::{Stderr, Stdout};
+use oz_runs_api::client::{Client, OutputEvent};
+use oz_runs_api::model::{CreateRunRequest, RunState};
 use std::time::Duration;
 use support::control_plane::{
     create_key_with_cli, test_config, wait_for_output, wait_for_state, ScriptedWorker,
@@ -35,9 +35,7 @@ async fn claimed_run(t: &TestPlane, w: &mut ScriptedWorker) -> (String, String) 
 
 async fn next_event<S>(events: &mut S) -> OutputEvent
 where
-    S: futures_util::Stream<
-            Item = Result<OutputEvent, oz_agent_worker::control_plane::client::ClientError>,
-        > + Unpin,
+    S: futures_util::Stream<Item = Result<OutputEvent, oz_runs_api::client::ClientError>> + Unpin,
 {
     tokio::time::timeout(EXPECT_TIMEOUT, events.next())
         .await
@@ -48,9 +46,7 @@ where
 
 async fn expect_data<S>(events: &mut S, want: &str)
 where
-    S: futures_util::Stream<
-            Item = Result<OutputEvent, oz_agent_worker::control_plane::client::ClientError>,
-        > + Unpin,
+    S: futures_util::Stream<Item = Result<OutputEvent, oz_runs_api::client::ClientError>> + Unpin,
 {
     let mut got = String::new();
     while got.len() < want.len() {
@@ -175,12 +171,8 @@ async fn a_follower_behind_the_limit_is_told_what_it_missed() {
         }
         other => panic!("expected output, got {other:?}"),
     }
-    w.fail(
-        &id,
-        oz_agent_worker::protocol::FailureReason::ContainerExit,
-        Some(3),
-    )
-    .await;
+    w.fail(&id, oz_protocol::FailureReason::ContainerExit, Some(3))
+        .await;
     match next_event(&mut events).await {
         OutputEvent::End(run) => {
             assert_eq!((run.state, run.exit_code), (RunState::Failed, Some(3)));

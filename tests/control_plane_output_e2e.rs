@@ -5,9 +5,9 @@
 //! `run --wait`'s exit status), and both mark output the control plane no
 //! longer keeps.
 
-mod support;
+use oz_test_support as support;
 
-use oz_agent_worker::control_plane::model::RunState;
+use oz_runs_api::model::RunState;
 use std::process::Stdio;
 use std::time::Duration;
 use support::control_plane::{test_config, TestPlane};

@@ -4,12 +4,12 @@
 //! header-read timeout, and a SIGKILLed `serve` process. Scripted workers
 //! over real WebSockets; no Docker.
 
-mod support;
+use oz_test_support as support;
 
-use oz_agent_worker::control_plane::client::Client;
-use oz_agent_worker::control_plane::model::{CreateRunRequest, RunState};
-use oz_agent_worker::control_plane::{Config, Storage, DEFAULT_HEADER_READ_TIMEOUT};
-use oz_agent_worker::protocol::{Extensions, FailureReason};
+use oz_control_plane::{Config, Storage, DEFAULT_HEADER_READ_TIMEOUT};
+use oz_protocol::{Extensions, FailureReason};
+use oz_runs_api::client::Client;
+use oz_runs_api::model::{CreateRunRequest, RunState};
 use std::path::Path;
 use std::time::Duration;
 use support::control_plane::{
@@ -34,7 +34,7 @@ fn on_file(dir: &Path, grace: Duration) -> Config {
     c
 }
 
-fn states(run: &oz_agent_worker::control_plane::model::Run) -> Vec<RunState> {
+fn states(run: &oz_runs_api::model::Run) -> Vec<RunState> {
     run.history.iter().map(|h| h.state).collect()
 }
 
@@ -169,8 +169,8 @@ async fn after_a_restart_a_report_for_the_old_execution_is_accepted() {
     // The worker claimed and ran it meanwhile; it delivers its report.
     let t = TestPlane::start(on_file(dir.path(), Duration::from_secs(30))).await;
     let mut w = t.worker("w1").await;
-    w.send(oz_agent_worker::protocol::WorkerMessage::TaskFailed(
-        oz_agent_worker::protocol::TaskFailed {
+    w.send(oz_protocol::WorkerMessage::TaskFailed(
+        oz_protocol::TaskFailed {
             task_id: run.id.clone(),
             message: "exit 2".into(),
             failure_reason: FailureReason::ContainerExit,

@@ -2,13 +2,13 @@
 //! runs a worker handed to an outside system, and the image-reference check
 //! of new runs and schedules with the worker's own parser.
 
-mod support;
+use oz_test_support as support;
 
-use oz_agent_worker::control_plane::client::Client;
-use oz_agent_worker::control_plane::model::{
+use oz_protocol::SidecarSpec;
+use oz_runs_api::client::Client;
+use oz_runs_api::model::{
     CreateRunRequest, CreateScheduleRequest, MissedSlots, ResultOutcome, RunResultRequest, RunState,
 };
-use oz_agent_worker::protocol::SidecarSpec;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use support::control_plane::{
@@ -238,7 +238,7 @@ async fn image_references_are_checked_with_the_workers_parser() {
     let serve = ServeProcess::start(dir.path(), &[]).await;
     let client = Client::new(&serve.url, &key).unwrap();
     let worker_says = |r: &str| {
-        oz_agent_worker::docker::reference::ImageRef::parse(r)
+        oz_docker_engine::reference::ImageRef::parse(r)
             .unwrap_err()
             .to_string()
     };

@@ -4,13 +4,11 @@
 //! is SIGKILLed right around a due slot of a per-second schedule and
 //! started again, with missed slots run once or skipped as configured.
 
-mod support;
+use oz_test_support as support;
 
 use chrono::{DateTime, Utc};
-use oz_agent_worker::control_plane::client::Client;
-use oz_agent_worker::control_plane::model::{
-    CreateRunRequest, CreateScheduleRequest, MissedSlots, Run,
-};
+use oz_runs_api::client::Client;
+use oz_runs_api::model::{CreateRunRequest, CreateScheduleRequest, MissedSlots, Run};
 use std::time::Duration;
 use support::control_plane::{create_key_with_cli, test_config, ServeProcess, TestPlane};
 

@@ -4,9 +4,9 @@
 //! errors for a client that does not. Certificates are generated at test
 //! time (rcgen).
 
-mod support;
+use oz_test_support as support;
 
-use oz_agent_worker::control_plane::{Config, ControlPlane, TlsFiles, DEFAULT_HEADER_READ_TIMEOUT};
+use oz_control_plane::{Config, ControlPlane, TlsFiles, DEFAULT_HEADER_READ_TIMEOUT};
 use std::path::Path;
 use std::process::Output;
 use std::time::Duration;

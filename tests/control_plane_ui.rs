@@ -5,15 +5,15 @@
 //! session cookie that opens nothing but the API (not the worker endpoint).
 //! The browser itself is driven in `control_plane_ui_browser.rs`.
 
-mod support;
+use oz_test_support as support;
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::rt::TokioExecutor;
-use oz_agent_worker::control_plane::model::CreateRunRequest;
-use oz_agent_worker::control_plane::Config;
+use oz_control_plane::Config;
+use oz_runs_api::model::CreateRunRequest;
 use std::path::Path;
 use std::sync::Arc;
 use support::control_plane::{test_config, TestCa, TestPlane};
@@ -312,7 +312,7 @@ async fn a_session_sees_only_its_own_team_and_ends_at_sign_out() {
     let t = TestPlane::start(test_config()).await;
     let base = t.plane.url();
     let beta = t.plane.create_api_key("beta").unwrap();
-    let theirs = oz_agent_worker::control_plane::client::Client::new(&base, &beta.secret)
+    let theirs = oz_runs_api::client::Client::new(&base, &beta.secret)
         .unwrap()
         .create_run(&CreateRunRequest {
             worker_host: "w1".into(),
@@ -377,7 +377,7 @@ async fn a_session_sees_only_its_own_team_and_ends_at_sign_out() {
 async fn over_tls_the_session_cookie_is_secure() {
     let ca = TestCa::generate();
     let mut config: Config = test_config();
-    config.tls = Some(oz_agent_worker::control_plane::TlsFiles {
+    config.tls = Some(oz_control_plane::TlsFiles {
         cert: ca.cert.clone(),
         key: ca.key.clone(),
     });

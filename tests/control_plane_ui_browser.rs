@@ -4,7 +4,7 @@
 //! shows the run's live output to its end. Set `OZ_UI_SCREENSHOTS=DIR` to
 //! keep screenshots of each page.
 
-mod support;
+use oz_test_support as support;
 
 use fantoccini::{Client, Locator};
 use std::time::Duration;

@@ -1,11 +1,11 @@
 //! The control plane against scripted worker peers over real WebSockets.
 //! No Docker. Timers are shortened through `Config`, not slept out.
 
-mod support;
+use oz_test_support as support;
 
-use oz_agent_worker::control_plane::model::{CreateRunRequest, Run, RunState};
-use oz_agent_worker::control_plane::{Config, Storage};
-use oz_agent_worker::protocol::{FailureReason, OwnerType};
+use oz_control_plane::{Config, Storage};
+use oz_protocol::{FailureReason, OwnerType};
+use oz_runs_api::model::{CreateRunRequest, Run, RunState};
 use std::collections::BTreeMap;
 use std::time::Duration;
 use support::control_plane::{test_config, wait_for_state, ScriptedWorker, TestPlane};
@@ -70,8 +70,7 @@ async fn missing_wrong_keys_and_reserved_ids_are_refused() {
     assert!(refused.message.contains("reserved"), "{}", refused.message);
 
     // The runs API answers the same way.
-    let bad =
-        oz_agent_worker::control_plane::client::Client::new(&t.plane.url(), "ozk_wrong").unwrap();
+    let bad = oz_runs_api::client::Client::new(&t.plane.url(), "ozk_wrong").unwrap();
     let e = bad.list_runs(None, None).await.unwrap_err();
     assert_eq!(e.status, Some(401));
     assert!(e.message.contains("invalid API key"), "{}", e.message);
@@ -105,8 +104,7 @@ async fn assignment_carries_the_run_and_the_team_owner() {
 async fn teams_only_see_and_receive_their_own_runs() {
     let t = TestPlane::start(test_config()).await;
     let beta = t.plane.create_api_key("beta").unwrap();
-    let beta_client =
-        oz_agent_worker::control_plane::client::Client::new(&t.plane.url(), &beta.secret).unwrap();
+    let beta_client = oz_runs_api::client::Client::new(&t.plane.url(), &beta.secret).unwrap();
     let mut alpha_w = t.worker("shared").await;
     let mut beta_w = ScriptedWorker::connect(&t.plane.ws_url(), &beta.secret, "shared").await;
 
@@ -309,10 +307,10 @@ async fn state_survives_a_restart() {
     t.plane.shutdown().await;
     w.expect_closed(Duration::from_secs(2)).await;
 
-    let plane = oz_agent_worker::control_plane::ControlPlane::start(config())
+    let plane = oz_control_plane::ControlPlane::start(config())
         .await
         .unwrap();
-    let client = oz_agent_worker::control_plane::client::Client::new(&plane.url(), &key).unwrap();
+    let client = oz_runs_api::client::Client::new(&plane.url(), &key).unwrap();
     assert_eq!(
         client.get_run(&claimed.id).await.unwrap().state,
         RunState::Claimed

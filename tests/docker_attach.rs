@@ -3,18 +3,18 @@
 //! (a WebSocket on the daemon connection) and `ExecStart` both attached
 //! (101, hijacked) and detached (200, no body).
 
-mod support;
+use oz_test_support as support;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use oz_agent_worker::docker::error::ErrorKind;
-use oz_agent_worker::docker::models::{ContainerCreateBody, ContainerExecBody, ExecStartBody};
-use oz_agent_worker::docker::params::{
+use oz_docker_engine::error::ErrorKind;
+use oz_docker_engine::models::{ContainerCreateBody, ContainerExecBody, ExecStartBody};
+use oz_docker_engine::params::{
     ContainerArchiveParams, ContainerAttachWebsocketParams, ContainerCreateParams,
     ContainerDeleteParams,
 };
-use oz_agent_worker::docker::ExecStartOutcome;
-use oz_agent_worker::transport::EngineKind;
+use oz_docker_engine::transport::EngineKind;
+use oz_docker_engine::ExecStartOutcome;
 use std::time::Duration;
 use support::docker::{per_daemon, scan_tar, TestDaemon, Via};
 use tokio_tungstenite::tungstenite::Message;

@@ -2,9 +2,9 @@
 //! set on the child process only: against every daemon of the matrix, over
 //! TLS, ssh:// and a context, and failing.
 
-mod support;
+use oz_test_support as support;
 
-use oz_agent_worker::transport::ApiVersion;
+use oz_docker_engine::transport::ApiVersion;
 use std::process::{Command, Output};
 use support::docker::{per_daemon, Setup, TestDaemon, TestEnv, Via};
 
@@ -205,9 +205,9 @@ mod podman_context {
             .as_str()
             .unwrap()
             .starts_with(char::is_numeric));
-        let api: oz_agent_worker::transport::ApiVersion =
+        let api: oz_docker_engine::transport::ApiVersion =
             v["api_version"].as_str().unwrap().parse().unwrap();
-        assert!(api >= oz_agent_worker::transport::ApiVersion::MINIMUM);
+        assert!(api >= oz_docker_engine::transport::ApiVersion::MINIMUM);
         assert!(v["platform"].as_str().unwrap().starts_with("linux/"));
     }
 }

@@ -2,10 +2,10 @@
 //! Docker CLI) name the context's TLS files and how to replace them, never
 //! `DOCKER_CERT_PATH`, which plays no part there.
 
-mod support;
+use oz_test_support as support;
 
-use oz_agent_worker::docker::error::ErrorKind;
-use oz_agent_worker::docker::Docker;
+use oz_docker_engine::error::ErrorKind;
+use oz_docker_engine::Docker;
 use support::docker::{Setup, TestDaemon, Via};
 
 struct Case {

@@ -8,13 +8,13 @@
 //! DOCKER_API_VERSION pinned to 1.41, and ssh:// to the test sshd, whose
 //! `docker system dial-stdio` reaches dockerd.
 
-mod support;
+use oz_test_support as support;
 
 use futures_util::StreamExt;
 use http::Method;
-use oz_agent_worker::docker::request::{ApiRequest, CallKind, RequestBody};
-use oz_agent_worker::docker::stream::{LogChunk, LogSource};
-use oz_agent_worker::transport::{ApiVersion, EndpointSource, EngineKind};
+use oz_docker_engine::request::{ApiRequest, CallKind, RequestBody};
+use oz_docker_engine::stream::{LogChunk, LogSource};
+use oz_docker_engine::transport::{ApiVersion, EndpointSource, EngineKind};
 use support::docker::{chunked, per_daemon, scan_tar, tar_of, TestDaemon, Via};
 
 per_daemon!(scenario);
@@ -195,7 +195,7 @@ async fn image_import_and_inspect(d: &TestDaemon) {
     }
     assert!(lines > 0, "import reported no progress");
     let name = format!("{repo}:t1");
-    let seg = oz_agent_worker::docker::request::encode_path_segment(&name);
+    let seg = oz_docker_engine::request::encode_path_segment(&name);
     let inspect = d
         .json(
             "ImageInspect",

@@ -3,10 +3,10 @@
 //! (for ssh://, what ssh itself said); the daemon's own refusals against
 //! every daemon of the matrix.
 
-mod support;
+use oz_test_support as support;
 
-use oz_agent_worker::docker::error::ErrorKind;
-use oz_agent_worker::docker::{Docker, DockerError};
+use oz_docker_engine::error::ErrorKind;
+use oz_docker_engine::{Docker, DockerError};
 use support::docker::{per_daemon, unavailable, Setup, TestDaemon, TestEnv, Via};
 
 async fn connect_err(setup: &Setup) -> DockerError {

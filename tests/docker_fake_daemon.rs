@@ -8,10 +8,10 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use http::{Method, StatusCode};
 use http_body_util::Full;
-use oz_agent_worker::docker::error::ErrorKind;
-use oz_agent_worker::docker::request::{ApiRequest, CallKind};
-use oz_agent_worker::docker::{ConnectOptions, Docker};
-use oz_agent_worker::transport::{ApiVersion, Endpoint, EngineKind, Host, Timeouts};
+use oz_docker_engine::error::ErrorKind;
+use oz_docker_engine::request::{ApiRequest, CallKind};
+use oz_docker_engine::transport::{ApiVersion, Endpoint, EngineKind, Host, Timeouts};
+use oz_docker_engine::{ConnectOptions, Docker};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -99,7 +99,7 @@ impl FakeDaemon {
     async fn connect(
         &self,
         options: ConnectOptions,
-    ) -> Result<Docker, oz_agent_worker::docker::DockerError> {
+    ) -> Result<Docker, oz_docker_engine::DockerError> {
         Docker::connect_endpoint(
             Endpoint::new(Host::Unix(self.socket.clone()), None),
             options,
@@ -364,7 +364,7 @@ fn websocket_script(_: &Method, p: &str) -> Answer {
 
 #[tokio::test]
 async fn websocket_handshake_is_checked_and_a_missing_route_is_named() {
-    use oz_agent_worker::docker::params::ContainerAttachWebsocketParams;
+    use oz_docker_engine::params::ContainerAttachWebsocketParams;
     let fake = FakeDaemon::start(websocket_script).await;
     let docker = fake.connect(ConnectOptions::default()).await.unwrap();
     let params = ContainerAttachWebsocketParams::default();

@@ -2,9 +2,9 @@
 //! (`docker context create/use` with DOCKER_CONFIG set on the child only).
 //! No daemon needed.
 
-mod support;
+use oz_test_support as support;
 
-use oz_agent_worker::transport::{
+use oz_docker_engine::transport::{
     resolve_endpoint, ContextSelector, EndpointSource, Host, TlsSettings,
 };
 use support::docker::{Setup, TestEnv};

@@ -9,12 +9,12 @@
 //! failed before the agent could start), and no container or helper
 //! container of the worker is left.
 
-mod support;
+use oz_test_support as support;
 
-use oz_agent_worker::control_plane::client::Client;
-use oz_agent_worker::control_plane::model::{Run, RunState};
-use oz_agent_worker::docker::params::ContainerListParams;
-use oz_agent_worker::docker::Docker;
+use oz_docker_engine::params::ContainerListParams;
+use oz_docker_engine::Docker;
+use oz_runs_api::client::Client;
+use oz_runs_api::model::{Run, RunState};
 use std::time::Duration;
 use support::plane_process::PlaneProcess;
 use support::private_dockerd::PrivateDockerd;
@@ -137,7 +137,7 @@ async fn assert_promises_kept(
     ended
 }
 
-fn demo_sleep(host: &str, secs: &str) -> oz_agent_worker::control_plane::model::CreateRunRequest {
+fn demo_sleep(host: &str, secs: &str) -> oz_runs_api::model::CreateRunRequest {
     demo_run(
         host,
         &[("OZ_DEMO_BEHAVIOUR", "sleep"), ("OZ_DEMO_SLEEP", secs)],
@@ -413,8 +413,8 @@ async fn docker_daemon_killed_stopped_and_restarted_mid_task() {
     let id = unique_id("f-dockerd");
     let env = vec![("DOCKER_HOST".to_string(), daemon.host())];
     let w = worker_for(&plane, &id, &report, &[], env).await;
-    let d = oz_agent_worker::docker::Docker::connect(
-        &oz_agent_worker::transport::EnvSnapshot::empty().with_var("DOCKER_HOST", daemon.host()),
+    let d = oz_docker_engine::Docker::connect(
+        &oz_docker_engine::transport::EnvSnapshot::empty().with_var("DOCKER_HOST", daemon.host()),
     )
     .await
     .unwrap();
@@ -536,7 +536,7 @@ async fn shutdown_deadline_shorter_than_the_grace_period() {
     let status = w.wait_exit(Duration::from_secs(60)).await;
     assert_eq!(
         status.code(),
-        Some(i32::from(oz_agent_worker::worker::EXIT_DRAIN_INCOMPLETE)),
+        Some(i32::from(oz_worker::EXIT_DRAIN_INCOMPLETE)),
         "{}",
         w.log_text()
     );

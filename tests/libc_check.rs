@@ -6,10 +6,10 @@
 //! agent shell (named by /agent/entrypoint.sh on a mounted volume) is a
 //! musl program.
 
-mod support;
+use oz_test_support as support;
 
-use oz_agent_worker::runtime::docker::libc_check::{inspect, Verdict};
-use oz_agent_worker::runtime::docker::tar;
+use oz_runtime_docker::libc_check::{inspect, Verdict};
+use oz_runtime_docker::tar;
 use support::docker::{TestDaemon, Via};
 
 const GLIBC: &str = "oz-test/glibc:latest";
@@ -52,7 +52,7 @@ async fn put_files(d: &TestDaemon, container: &str, dir: &str, files: &[File]) {
     d.docker
         .put_container_archive(
             container,
-            &oz_agent_worker::docker::params::PutContainerArchiveParams {
+            &oz_docker_engine::params::PutContainerArchiveParams {
                 path: dir.into(),
                 ..Default::default()
             },
@@ -259,7 +259,7 @@ async fn musl_program(d: &TestDaemon) -> Option<Vec<u8>> {
         .docker
         .container_archive(
             &container,
-            &oz_agent_worker::docker::params::ContainerArchiveParams { path: path.clone() },
+            &oz_docker_engine::params::ContainerArchiveParams { path: path.clone() },
         )
         .await;
     let name = path.rsplit('/').next().unwrap().to_string();

@@ -6,9 +6,9 @@
 //! installs (`OZ_TEST_TELEMETRY_PYTHON`, default
 //! `/var/lib/oz-worker-test/otlp-venv/bin/python`).
 
-use oz_agent_worker::protocol::FailureReason;
-use oz_agent_worker::telemetry::exporter;
-use oz_agent_worker::worker::metrics::{
+use oz_protocol::FailureReason;
+use oz_telemetry::exporter;
+use oz_worker::metrics::{
     start_chosen, Metrics, TaskResult, FAILURE_PHASES, FAILURE_REASONS, SCOPE_NAME,
 };
 use serde_json::Value;

@@ -1,8 +1,8 @@
-//! Property tests of the protocol codec (`src/protocol/codec.rs`): no frame
+//! Property tests of the protocol codec (`crates/protocol/src/codec.rs`): no frame
 //! a peer sends can make decoding panic, every error is one of the three
 //! kinds, and every message we encode decodes back to itself.
 
-use oz_agent_worker::protocol::*;
+use oz_protocol::*;
 use proptest::prelude::*;
 
 /// Text shaped like frames: an envelope with a known or unknown type and a

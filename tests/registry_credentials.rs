@@ -7,11 +7,11 @@
 //! authentication started by the test (the distribution registry the test
 //! environment installs), and from the htpasswd registry for a private pull.
 
-mod support;
+use oz_test_support as support;
 
 use futures_util::StreamExt;
-use oz_agent_worker::control_plane::model::RunState;
-use oz_agent_worker::docker::params::{ImageDeleteParams, ImagePushParams, ImageTagParams};
+use oz_docker_engine::params::{ImageDeleteParams, ImagePushParams, ImageTagParams};
+use oz_runs_api::model::RunState;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -265,7 +265,7 @@ async fn run_worker(
     prepared: &Prepared,
     image: &str,
     sidecar: &str,
-) -> (oz_agent_worker::control_plane::model::Run, String) {
+) -> (oz_runs_api::model::Run, String) {
     let id = unique_id("cred");
     let w = WorkerProcess::start(
         plane,

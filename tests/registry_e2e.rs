@@ -2,12 +2,12 @@
 //! authenticated test registry with credentials found the way the Docker CLI
 //! finds them, and explains pull failures without leaking secrets.
 
-mod support;
+use oz_test_support as support;
 
 use futures_util::StreamExt;
-use oz_agent_worker::control_plane::model::RunState;
-use oz_agent_worker::docker::credentials::RegistryAuth;
-use oz_agent_worker::docker::params::{ImageDeleteParams, ImagePushParams, ImageTagParams};
+use oz_docker_engine::credentials::RegistryAuth;
+use oz_docker_engine::params::{ImageDeleteParams, ImagePushParams, ImageTagParams};
+use oz_runs_api::model::RunState;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use support::control_plane::{test_config, TestPlane};
@@ -188,7 +188,7 @@ impl Case {
         path: Option<String>,
         image: &str,
         sidecar: &str,
-    ) -> (oz_agent_worker::control_plane::model::Run, String) {
+    ) -> (oz_runs_api::model::Run, String) {
         let id = unique_id("reg");
         let mut env = Vec::new();
         if let Some(dir) = config_dir {

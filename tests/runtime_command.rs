@@ -4,9 +4,9 @@
 //! agent) and cancellations to `cancel.sh`, against the embedded control
 //! plane. No container engine is involved.
 
-mod support;
+use oz_test_support as support;
 
-use oz_agent_worker::control_plane::model::{CreateRunRequest, RunState};
+use oz_runs_api::model::{CreateRunRequest, RunState};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -492,7 +492,7 @@ async fn the_example_dispatcher_plans_a_real_payload() {
         title: Some("example".into()),
         docker_image: Some(BUSYBOX.into()),
         sidecar_image: Some(SIDECAR.into()),
-        additional_sidecars: vec![oz_agent_worker::protocol::SidecarSpec {
+        additional_sidecars: vec![oz_protocol::SidecarSpec {
             image: BUSYBOX.into(),
             mount_path: "/tools".into(),
             read_write: true,

@@ -4,10 +4,10 @@
 //! and trap SIGTERM) on this host, against the embedded control plane or
 //! the scripted orchestrator. No container engine is involved.
 
-mod support;
+use oz_test_support as support;
 
-use oz_agent_worker::control_plane::model::RunState;
-use oz_agent_worker::protocol::*;
+use oz_protocol::*;
+use oz_runs_api::model::RunState;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -2,9 +2,9 @@
 //! matrix (dockerd 20.10 and Docker 28): runs routed to that id spread over
 //! both and all complete, and when one stops the rest go to the other.
 
-mod support;
+use oz_test_support as support;
 
-use oz_agent_worker::control_plane::model::RunState;
+use oz_runs_api::model::RunState;
 use std::time::Duration;
 use support::control_plane::{test_config, TestPlane};
 use support::worker::*;

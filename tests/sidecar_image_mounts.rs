@@ -3,12 +3,12 @@
 //! through a filled volume, and with the API pinned below 1.48 the same task
 //! takes the volume path. Both paths give the same container contract.
 
-mod support;
+use oz_test_support as support;
 
-use oz_agent_worker::control_plane::model::RunState;
-use oz_agent_worker::docker::Docker;
-use oz_agent_worker::protocol::SidecarSpec;
-use oz_agent_worker::transport::EnvSnapshot;
+use oz_docker_engine::transport::EnvSnapshot;
+use oz_docker_engine::Docker;
+use oz_protocol::SidecarSpec;
+use oz_runs_api::model::RunState;
 use std::time::Duration;
 use support::control_plane::{test_config, TestPlane};
 use support::images::{fresh_sidecar, remove_sidecar};

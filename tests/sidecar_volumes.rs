@@ -2,14 +2,14 @@
 //! ever mounts a half-filled volume, a new image is copied once however many
 //! tasks and workers need it, and no helper container is left behind.
 
-mod support;
+use oz_test_support as support;
 
 use futures_util::StreamExt;
-use oz_agent_worker::control_plane::model::RunState;
-use oz_agent_worker::docker::models::{ContainerCreateBody, HostConfig, VolumeCreateOptions};
-use oz_agent_worker::docker::params::*;
-use oz_agent_worker::docker::Docker;
-use oz_agent_worker::runtime::docker::tar;
+use oz_docker_engine::models::{ContainerCreateBody, HostConfig, VolumeCreateOptions};
+use oz_docker_engine::params::*;
+use oz_docker_engine::Docker;
+use oz_runs_api::model::RunState;
+use oz_runtime_docker::tar;
 use std::time::Duration;
 use support::control_plane::{test_config, TestPlane};
 use support::images::{fresh_sidecar, remove_sidecar};

@@ -117,9 +117,9 @@ fn stop_timeout_exceeds_the_workers_shutdown_timeout() {
     let s = settings(&unit());
     assert_eq!(setting(&s, "KillMode"), "mixed");
     assert_eq!(setting(&s, "KillSignal"), "SIGTERM");
-    let stop = oz_agent_worker::duration::parse_duration(setting(&s, "TimeoutStopSec"))
+    let stop = oz_foundation::duration::parse_duration(setting(&s, "TimeoutStopSec"))
         .expect("TimeoutStopSec in seconds");
-    let shutdown = oz_agent_worker::worker::config::DEFAULT_SHUTDOWN_TIMEOUT;
+    let shutdown = oz_worker::config::DEFAULT_SHUTDOWN_TIMEOUT;
     assert!(
         stop >= shutdown + STOP_MARGIN,
         "TimeoutStopSec={stop:?} leaves less than {STOP_MARGIN:?} over the worker's {shutdown:?}"

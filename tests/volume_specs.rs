@@ -3,9 +3,9 @@
 //! the options kept (read-only, propagation); every spec it refuses for a
 //! daemon rule, dockerd refuses too (the daemon is the source of those rules).
 
-mod support;
+use oz_test_support as support;
 
-use oz_agent_worker::runtime::docker::volume_spec::{VolumeSource, VolumeSpec};
+use oz_runtime_docker::volume_spec::{VolumeSource, VolumeSpec};
 use support::docker::{TestDaemon, Via};
 
 /// Creates a busybox container with `binds`; the daemon's answer.

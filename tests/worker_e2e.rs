@@ -1,11 +1,11 @@
 //! End to end: the embedded control plane, the real worker binary and a real
 //! engine (dockerd and Podman). Each scenario runs once per engine.
 
-mod support;
+use oz_test_support as support;
 
-use oz_agent_worker::control_plane::model::RunState;
-use oz_agent_worker::docker::params::ContainerListParams;
-use oz_agent_worker::protocol::{InstanceShape, SidecarSpec};
+use oz_docker_engine::params::ContainerListParams;
+use oz_protocol::{InstanceShape, SidecarSpec};
+use oz_runs_api::model::RunState;
 use std::collections::BTreeMap;
 use std::time::Duration;
 use support::control_plane::{test_config, TestPlane};
@@ -66,12 +66,9 @@ impl Setup {
 
     /// The same setup with a control plane whose state lives in a file under
     /// `db`, so it can be restarted with [`Setup::restart_plane`].
-    async fn durable(
-        self,
-        db: &std::path::Path,
-    ) -> (Setup, oz_agent_worker::control_plane::Config) {
+    async fn durable(self, db: &std::path::Path) -> (Setup, oz_control_plane::Config) {
         let mut config = test_config();
-        config.storage = oz_agent_worker::control_plane::Storage::File(db.join("cp.sqlite"));
+        config.storage = oz_control_plane::Storage::File(db.join("cp.sqlite"));
         let plane = TestPlane::start(config.clone()).await;
         config.listen = plane.plane.addr();
         (Setup { plane, ..self }, config)
@@ -81,7 +78,7 @@ impl Setup {
     /// same address with the same state and keys.
     async fn restart_plane(
         self,
-        config: oz_agent_worker::control_plane::Config,
+        config: oz_control_plane::Config,
         while_down: impl std::future::Future<Output = ()>,
     ) -> Setup {
         let Setup {
@@ -96,9 +93,7 @@ impl Setup {
         } = plane;
         plane.shutdown().await;
         while_down.await;
-        let plane = oz_agent_worker::control_plane::ControlPlane::start(config)
-            .await
-            .unwrap();
+        let plane = oz_control_plane::ControlPlane::start(config).await.unwrap();
         Setup {
             plane: TestPlane {
                 plane,
@@ -484,7 +479,7 @@ async fn undelivered_report_survives_a_worker_restart(s: Setup) {
             let status = w.wait_exit(Duration::from_secs(60)).await;
             assert_eq!(
                 status.code(),
-                Some(i32::from(oz_agent_worker::worker::EXIT_DRAIN_INCOMPLETE)),
+                Some(i32::from(oz_worker::EXIT_DRAIN_INCOMPLETE)),
                 "the exit status says the drain did not finish; log:\n{}",
                 w.log_text()
             );
@@ -610,8 +605,8 @@ async fn task_finished_while_worker_was_down_is_reported_at_restart(s: Setup) {
         .await
         .pop()
         .expect("the container outlives its worker");
-    let wait = oz_agent_worker::docker::params::ContainerWaitParams {
-        condition: Some(oz_agent_worker::docker::models::ContainerWaitCondition::NotRunning),
+    let wait = oz_docker_engine::params::ContainerWaitParams {
+        condition: Some(oz_docker_engine::models::ContainerWaitCondition::NotRunning),
     };
     d.container_wait(&container, &wait).await.unwrap();
     let _restarted = s.worker(&id, &[]).await;
@@ -656,7 +651,7 @@ async fn no_cleanup_keeps_container(s: Setup) {
         .log_text()
         .contains("removed a container left by a dead earlier run"));
     let d = s.engine.docker().await;
-    let params = oz_agent_worker::docker::params::ContainerDeleteParams {
+    let params = oz_docker_engine::params::ContainerDeleteParams {
         force: Some(true),
         ..Default::default()
     };
@@ -729,7 +724,7 @@ async fn second_signal_exits_at_once(s: Setup) {
         let _ = d
             .container_delete(
                 &c,
-                &oz_agent_worker::docker::params::ContainerDeleteParams {
+                &oz_docker_engine::params::ContainerDeleteParams {
                     force: Some(true),
                     ..Default::default()
                 },
@@ -749,7 +744,7 @@ async fn image_for_another_platform_is_refused_naming_both() {
     // `docker load` of a hand-made image whose config says linux/arm64 (the
     // import endpoint ignores `platform` on Docker 20.10).
     use sha2::Digest;
-    let tar = oz_agent_worker::runtime::docker::tar::archive;
+    let tar = oz_runtime_docker::tar::archive;
     let layer = tar(&[("hello", b"hi", 0o644)]);
     let diff_id = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&layer)));
     let config = serde_json::json!({
@@ -923,7 +918,7 @@ async fn failing_task_log(
     s: &Setup,
     prefix: &str,
     args: &[&str],
-) -> (String, oz_agent_worker::control_plane::model::Run, String) {
+) -> (String, oz_runs_api::model::Run, String) {
     let id = unique_id(prefix);
     let w = s
         .worker_with_env(&id, args, &[("OZ_LOG", "debug,task_output=debug")])
@@ -959,8 +954,7 @@ async fn json_logs_are_one_object_per_line() {
         // From the claim on, the runtime works only on this task.
         claimed |= line.contains("claimed task");
         let target = v["target"].as_str().unwrap_or_default();
-        let runtime_line =
-            claimed && (target.starts_with("oz_agent_worker::runtime") || target == "task_output");
+        let runtime_line = claimed && (target.starts_with("oz_runtime") || target == "task_output");
         if !(line.contains(&run.id) || runtime_line) {
             continue;
         }
@@ -997,8 +991,8 @@ async fn text_logs_name_the_task_and_execution_on_every_line_about_it() {
     let mut claimed = false;
     for line in log.lines() {
         claimed |= line.contains("claimed task");
-        let runtime_line = claimed
-            && (line.contains(" oz_agent_worker::runtime") || line.contains(" task_output:"));
+        let runtime_line =
+            claimed && (line.contains(" oz_runtime") || line.contains(" task_output:"));
         if !(line.contains(&run.id) || runtime_line) {
             continue;
         }

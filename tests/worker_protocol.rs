@@ -2,9 +2,9 @@
 //! be survived, liveness, and terminal messages held across a dropped
 //! connection. Uses the real worker binary and dockerd.
 
-mod support;
+use oz_test_support as support;
 
-use oz_agent_worker::protocol::*;
+use oz_protocol::*;
 use std::time::Duration;
 use support::scripted_server::ScriptedServer;
 use support::worker::*;

@@ -10,10 +10,10 @@
 //! non-loopback address. The worker runs the direct runtime with
 //! `/bin/true` as its agent: no container engine is involved.
 
-mod support;
+use oz_test_support as support;
 
-use oz_agent_worker::control_plane::model::RunState;
-use oz_agent_worker::control_plane::tls::TlsFiles;
+use oz_control_plane::http::tls::TlsFiles;
+use oz_runs_api::model::RunState;
 use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

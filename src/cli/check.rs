@@ -2,9 +2,9 @@
 //! negotiates with it and pings it, then says what it found. On failure it
 //! prints the same actionable error the worker would give and exits 1.
 
-use crate::docker::Docker;
-use crate::transport::ssh::SshTarget;
-use crate::transport::{EndpointSource, EngineKind, EnvSnapshot, Host};
+use oz_docker_engine::transport::ssh::SshTarget;
+use oz_docker_engine::transport::{EndpointSource, EngineKind, EnvSnapshot, Host};
+use oz_docker_engine::Docker;
 use std::process::ExitCode;
 
 #[derive(Debug, clap::Args)]
@@ -72,7 +72,7 @@ pub struct EngineReport {
 impl CheckReport {
     /// Describes a connected client.
     pub fn new(docker: &Docker, pinned: bool) -> Self {
-        use crate::runtime::docker::SidecarMode;
+        use oz_runtime_docker::SidecarMode;
         let endpoint = docker.endpoint();
         let engine = docker.engine();
         let mode = SidecarMode::for_daemon(engine.kind, docker.api_version());

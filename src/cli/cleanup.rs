@@ -13,14 +13,14 @@
 //! (its next start reads how the task ended from the container; `--force`
 //! removes them anyway).
 
-use crate::docker::params::{ContainerDeleteParams, ContainerListParams};
-use crate::docker::Docker;
-use crate::runtime::docker::identity::{
+use oz_docker_engine::params::{ContainerDeleteParams, ContainerListParams};
+use oz_docker_engine::transport::EnvSnapshot;
+use oz_docker_engine::Docker;
+use oz_runtime::TaskRef;
+use oz_runtime_docker::identity::{
     self, Owner, EXECUTION_ID, MANAGED_BY, MANAGED_BY_VALUE, ROLE, TASK_ID, WORKER_ID,
 };
-use crate::runtime::docker::orphans::KEPT_SUFFIX;
-use crate::runtime::TaskRef;
-use crate::transport::EnvSnapshot;
+use oz_runtime_docker::orphans::KEPT_SUFFIX;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -150,7 +150,7 @@ pub async fn run(args: CleanupArgs) -> ExitCode {
     let state_dir = args
         .state_dir
         .clone()
-        .unwrap_or_else(crate::worker::config::default_state_dir);
+        .unwrap_or_else(oz_worker::config::default_state_dir);
     // Per worker id, read once: what its dead instances left unreported.
     let mut journals: BTreeMap<String, Vec<TaskRef>> = BTreeMap::new();
     let (host, boot) = identity::this_host();
@@ -175,7 +175,7 @@ pub async fn run(args: CleanupArgs) -> ExitCode {
         let owner = identity::owner(&found.labels, &host, &boot, &identity::process_alive);
         if let Some(worker) = found.labels.get(WORKER_ID) {
             if !journals.contains_key(worker) {
-                let pending = crate::worker::journal::unfinished_in_dead_journals(&state_dir, worker)
+                let pending = oz_worker::journal::unfinished_in_dead_journals(&state_dir, worker)
                     .unwrap_or_else(|e| {
                         eprintln!(
                             "warning: cannot read worker {worker}'s journal under {}: {e}; its unreported tasks cannot be told apart",

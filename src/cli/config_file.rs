@@ -6,10 +6,10 @@
 //! ([`Loaded::locate_error`]). Its JSON schema is
 //! `api-specs/worker-config.schema.json`.
 
-use crate::operator_env::EnvEntry;
-use crate::runtime::command::config::CommandSection;
-use crate::runtime::direct::config::DirectSection;
-use crate::runtime::docker::config::DockerSection;
+use oz_foundation::operator_env::EnvEntry;
+use oz_runtime_command::config::CommandSection;
+use oz_runtime_direct::config::DirectSection;
+use oz_runtime_docker::config::DockerSection;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use std::path::Path;

@@ -4,12 +4,12 @@
 //! `runs logs --follow` failed or was cancelled; 2 the command itself
 //! failed (bad input, unreachable server).
 
-use crate::control_plane::client::{Client, OutputEvent};
-use crate::control_plane::model::{
+use oz_control_plane::store::Store;
+use oz_control_plane::{self as cp, Config, ControlPlane, Storage};
+use oz_runs_api::client::{Client, OutputEvent};
+use oz_runs_api::model::{
     CreateRunRequest, CreateScheduleRequest, MissedSlots, OutputChunk, Run, RunState, Schedule,
 };
-use crate::control_plane::store::Store;
-use crate::control_plane::{self as cp, Config, ControlPlane, Storage};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -120,7 +120,7 @@ pub struct ServerArgs {
     pub server: String,
     /// A team API key of that control plane.
     #[arg(long, env = "WARP_API_KEY", hide_env_values = true, global = true, value_parser = super::secret_arg)]
-    pub api_key: Option<crate::secret::Secret>,
+    pub api_key: Option<oz_foundation::secret::Secret>,
 }
 
 impl ServerArgs {
@@ -292,7 +292,7 @@ pub enum ApiKeysCommand {
 }
 
 /// `500ms`, `30s`, `10m`, `1h`, or a bare number of seconds.
-pub use crate::duration::parse_duration;
+pub use oz_foundation::duration::parse_duration;
 
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
     eprintln!("error: {msg}");
@@ -528,11 +528,11 @@ fn print_chunk(c: &OutputChunk) {
         );
     }
     let _ = match c.stream {
-        crate::protocol::OutputStream::Stdout => {
+        oz_protocol::OutputStream::Stdout => {
             let mut out = std::io::stdout().lock();
             out.write_all(c.data.as_bytes()).and_then(|_| out.flush())
         }
-        crate::protocol::OutputStream::Stderr => {
+        oz_protocol::OutputStream::Stderr => {
             let mut err = std::io::stderr().lock();
             err.write_all(c.data.as_bytes()).and_then(|_| err.flush())
         }
@@ -736,7 +736,7 @@ pub async fn schedules(a: SchedulesArgs) -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
-    let one = |r: Result<Schedule, crate::control_plane::client::ClientError>, verb: &str| match r {
+    let one = |r: Result<Schedule, oz_runs_api::client::ClientError>, verb: &str| match r {
         Ok(s) if a.json => {
             print_json(&s);
             ExitCode::SUCCESS

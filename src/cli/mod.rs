@@ -54,8 +54,8 @@ pub enum Command {
 
 /// Parses a flag that holds a secret (an API key) straight into [`Secret`],
 /// so no argument struct ever holds it in a printable type.
-pub fn secret_arg(s: &str) -> Result<crate::secret::Secret, std::convert::Infallible> {
-    Ok(crate::secret::Secret::new(s))
+pub fn secret_arg(s: &str) -> Result<oz_foundation::secret::Secret, std::convert::Infallible> {
+    Ok(oz_foundation::secret::Secret::new(s))
 }
 
 pub async fn dispatch(cli: Cli) -> ExitCode {

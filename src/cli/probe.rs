@@ -19,7 +19,7 @@ pub struct ProbeArgs {
     /// The URL to GET, plain HTTP only, e.g. `http://127.0.0.1:8081/healthz`.
     pub url: String,
     /// Give up after this long (connect, answer and body), e.g. `3s`.
-    #[arg(long, default_value = "5s", value_parser = crate::duration::parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = oz_foundation::duration::parse_duration)]
     pub timeout: Duration,
 }
 
@@ -63,7 +63,7 @@ pub async fn probe(url: &str, timeout: Duration) -> Result<http::StatusCode, Str
         let response = client
             .request(request)
             .await
-            .map_err(|e| crate::text::error_chain(&e))?;
+            .map_err(|e| oz_foundation::text::error_chain(&e))?;
         let status = response.status();
         if status.is_success() {
             return Ok(status);

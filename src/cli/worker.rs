@@ -6,10 +6,10 @@
 //! 0 or empty: an explicit flag always beats the file.
 
 use crate::cli::config_file::{self, BackendSections, ConfigFile};
-use crate::operator_env::{self, EnvLookup, ProcessEnv};
-use crate::runtime::{Runtime, RuntimeContext};
-use crate::secret::Secret;
-use crate::worker::config::{CoreInputs, WorkerConfig};
+use oz_foundation::operator_env::{self, EnvLookup, ProcessEnv};
+use oz_foundation::secret::Secret;
+use oz_runtime::{Runtime, RuntimeContext};
+use oz_worker::config::{CoreInputs, WorkerConfig};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -224,12 +224,12 @@ async fn build_runtime(
     let config = |e: String| BuildError::Config(r.file.locate_error(e));
     let ctx = RuntimeContext {
         worker_id: r.core.worker_id.clone(),
-        state_dir: crate::worker::journal::worker_dir(&r.core.state_dir, &r.core.worker_id)
+        state_dir: oz_worker::journal::worker_dir(&r.core.state_dir, &r.core.worker_id)
             .join(r.backend),
     };
     match r.backend {
         "docker" => {
-            use crate::runtime::docker::config::{DockerFlags, Settings};
+            use oz_runtime_docker::config::{DockerFlags, Settings};
             let settings = Settings::resolve(
                 &r.sections.docker.clone().unwrap_or_default(),
                 &DockerFlags {
@@ -241,13 +241,13 @@ async fn build_runtime(
                 r.env.clone(),
             )
             .map_err(config)?;
-            let rt = crate::runtime::docker::DockerRuntime::from_environment(&ctx, settings)
+            let rt = oz_runtime_docker::DockerRuntime::from_environment(&ctx, settings)
                 .await
                 .map_err(Start)?;
             Ok(Arc::new(rt))
         }
         "direct" => {
-            use crate::runtime::direct::config::{DirectFlags, Settings};
+            use oz_runtime_direct::config::{DirectFlags, Settings};
             let settings = Settings::resolve(
                 &r.sections.direct.clone().unwrap_or_default(),
                 &DirectFlags {
@@ -260,18 +260,18 @@ async fn build_runtime(
             )
             .map_err(config)?;
             Ok(Arc::new(
-                crate::runtime::direct::DirectRuntime::new(ctx, settings).map_err(Start)?,
+                oz_runtime_direct::DirectRuntime::new(ctx, settings).map_err(Start)?,
             ))
         }
         "command" => {
-            use crate::runtime::command::config::Settings;
+            use oz_runtime_command::config::Settings;
             let settings = Settings::resolve(
                 &r.sections.command.clone().unwrap_or_default(),
                 r.env.clone(),
             )
             .map_err(config)?;
             Ok(Arc::new(
-                crate::runtime::command::CommandRuntime::new(ctx, settings).map_err(Start)?,
+                oz_runtime_command::CommandRuntime::new(ctx, settings).map_err(Start)?,
             ))
         }
         other => Err(BuildError::Config(format!("unknown backend {other}"))),
@@ -304,7 +304,7 @@ pub async fn run(args: WorkerArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    crate::worker::run_with(resolved.core, runtime, crate::worker::shutdown_signal()).await
+    oz_worker::run_with(resolved.core, runtime, oz_worker::shutdown_signal()).await
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
 //! `cargo xtask codegen`: typed Docker Engine API bindings from the vendored
-//! Swagger spec, written to `src/docker/generated/`.
+//! Swagger spec, written to `crates/docker-engine/src/generated/`.
 
 mod models;
 mod naming;
@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 const SPEC: &str = "api-specs/docker-engine/v1.51.yaml";
-const OUT_DIR: &str = "src/docker/generated";
+const OUT_DIR: &str = "crates/docker-engine/src/generated";
 
 pub fn project_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -166,7 +166,7 @@ const MOD_RS: &str = r#"//! Typed Docker Engine API bindings: {types} types and 
 //! - [`params`]: one `<OperationId>Params` struct per operation with query
 //!   or header parameters; write `..Default::default()` for the rest.
 //! - `operations`: one `async fn <operation_id>` on
-//!   [`Docker`](crate::docker::Docker) per operation.
+//!   [`Docker`](crate::Docker) per operation.
 //!
 //! Spec-versus-reality fixes live in `xtask/src/quirks.rs`.
 
@@ -188,7 +188,7 @@ const PARAMS_PRELUDE: &str = r#"
 #[allow(unused_imports)]
 use super::models::*;
 #[allow(unused_imports)]
-use crate::docker::Docker;
+use crate::Docker;
 
 "#;
 
@@ -197,10 +197,10 @@ const OPERATIONS_PRELUDE: &str = r#"
 
 use super::models::*;
 use super::params::*;
-use crate::docker::error::DockerError;
-use crate::docker::request::{encode_path_segment, ApiRequest, BodyStream, CallKind, RequestBody};
-use crate::docker::stream::{ByteStream, JsonStream};
-use crate::docker::{Docker, ExecStartOutcome};
+use crate::error::DockerError;
+use crate::request::{encode_path_segment, ApiRequest, BodyStream, CallKind, RequestBody};
+use crate::stream::{ByteStream, JsonStream};
+use crate::{Docker, ExecStartOutcome};
 use http::Method;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;

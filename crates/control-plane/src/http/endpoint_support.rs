@@ -1,0 +1,333 @@
+//! The HTTP edge that the API's endpoints (`api_*`), the worker endpoint
+//! (`ws`) and the UI share: the response body type (complete, or streamed
+//! from a channel), JSON and error responses, request bodies and queries,
+//! bearer-key authentication, and the state every request handler and
+//! connection task holds. It knows nothing of routing (`server`, `api`) or
+//! of any endpoint.
+
+// Handlers return the error response itself; it is built once per request.
+#![allow(clippy::result_large_err)]
+
+use crate::dispatch::dispatcher::Dispatcher;
+use crate::dispatch::scheduler::Scheduler;
+use crate::http::sessions::{self, Sessions};
+use crate::store::{StoreError, Team};
+use bytes::Bytes;
+use http::{header, HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Frame, Incoming};
+use oz_runs_api::model::ApiError;
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+
+/// Every response body: complete ([`full`]) or streamed ([`channel_body`]).
+pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, Infallible>;
+
+/// A complete body.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).boxed_unsync()
+}
+
+pub fn empty() -> Body {
+    full(Bytes::new())
+}
+
+/// A body streamed from `rx`: each item is written as it comes; the body
+/// ends when every sender is dropped. Dropping the body (the client went
+/// away) closes `rx`, which senders see through `Sender::closed`.
+pub fn channel_body(rx: mpsc::Receiver<Bytes>) -> Body {
+    ChannelBody(rx).boxed_unsync()
+}
+
+struct ChannelBody(mpsc::Receiver<Bytes>);
+
+impl hyper::body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.0.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b))))
+    }
+}
+
+/// What every request handler and connection task shares.
+pub struct Shared {
+    pub dispatcher: Arc<Dispatcher>,
+    pub scheduler: Arc<Scheduler>,
+    /// The management UI's sign-in sessions.
+    pub sessions: Sessions,
+    /// Served over TLS: session cookies are `Secure`, origins `https`.
+    pub tls: bool,
+    /// A worker connection that sends nothing for this long is dropped.
+    pub worker_read_timeout: Duration,
+    /// An HTTP connection that has not sent a request's headers within this
+    /// long is closed.
+    pub header_read_timeout: Duration,
+    /// Flips to `true` once when the control plane shuts down.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// How a caller proved who it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// `Authorization: Bearer <team key>`.
+    Key,
+    /// The management UI's session cookie (and, for changes, its CSRF
+    /// token).
+    Session,
+}
+
+/// Who is calling: a team.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub team: Team,
+    pub via: Via,
+}
+
+/// Authenticates an API request: by its bearer key, else by a UI session
+/// cookie. A change (any method but GET and HEAD) made with a session must
+/// come from the control plane's own origin and carry the session's CSRF
+/// token in `X-CSRF-Token` (the cookie is also SameSite=Strict). `Err` is
+/// the response to send.
+pub async fn authenticate(
+    req: &Request<Incoming>,
+    shared: &Shared,
+) -> Result<Caller, Response<Body>> {
+    let headers = req.headers();
+    if headers.contains_key(header::AUTHORIZATION) {
+        let team = bearer_team(headers, shared).await?;
+        return Ok(Caller {
+            team,
+            via: Via::Key,
+        });
+    }
+    let Some(id) = session_id(headers) else {
+        let team = bearer_team(headers, shared).await?;
+        return Ok(Caller {
+            team,
+            via: Via::Key,
+        });
+    };
+    let Some(session) = shared.sessions.get(id) else {
+        return Err(error_response(
+            StatusCode::UNAUTHORIZED,
+            "your sign-in has ended (sessions last 12 hours, and a restart of the control plane ends them); sign in again at /ui/login",
+        ));
+    };
+    if !matches!(*req.method(), http::Method::GET | http::Method::HEAD) {
+        check_change(req, shared, &session)?;
+    }
+    Ok(Caller {
+        team: session.team,
+        via: Via::Session,
+    })
+}
+
+/// The header the UI sends its session's CSRF token in.
+pub const CSRF_HEADER: &str = "x-csrf-token";
+
+/// A change made with a UI session: it must come from this control
+/// plane's own origin and carry the session's CSRF token.
+pub fn check_change(
+    req: &Request<Incoming>,
+    shared: &Shared,
+    session: &sessions::Session,
+) -> Result<(), Response<Body>> {
+    same_origin(req, shared)?;
+    let token = req
+        .headers()
+        .get(CSRF_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !crate::store::keys::same_secret(token, &session.csrf_token) {
+        return Err(error_response(
+            StatusCode::FORBIDDEN,
+            "missing or wrong CSRF token: a change made with the UI's session must send its token in X-CSRF-Token (reload the page)",
+        ));
+    }
+    Ok(())
+}
+
+/// The UI session id in the request's cookies.
+pub fn session_id(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|h| sessions::cookie_value(h, sessions::COOKIE))
+        .filter(|v| !v.is_empty())
+}
+
+/// Refuses a request a browser sent from another site: its `Origin` (sent
+/// with every cross-origin request and every POST) must be this control
+/// plane's own, and `Sec-Fetch-Site`, when sent, must not say otherwise.
+pub fn same_origin(req: &Request<Incoming>, shared: &Shared) -> Result<(), Response<Body>> {
+    let headers = req.headers();
+    let forbidden = |why: &str| {
+        Err(error_response(
+            StatusCode::FORBIDDEN,
+            &format!("cross-site request refused: {why}"),
+        ))
+    };
+    if let Some(site) = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
+        if !matches!(site, "same-origin" | "none") {
+            return forbidden(&format!("Sec-Fetch-Site is {site:?}"));
+        }
+    }
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let host = headers
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .or_else(|| req.uri().authority().map(|a| a.as_str()))
+            .unwrap_or("");
+        let scheme = if shared.tls { "https" } else { "http" };
+        if origin.to_str().ok() != Some(format!("{scheme}://{host}").as_str()) {
+            return forbidden(&format!(
+                "Origin {:?} is not this control plane ({scheme}://{host})",
+                origin.to_str().unwrap_or("?")
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Resolves the bearer key to its team, or answers 401 with a body that says
+/// what was wrong. Keys are never logged.
+pub async fn bearer_team(headers: &HeaderMap, shared: &Shared) -> Result<Team, Response<Body>> {
+    let unauthorized = |msg: &str| {
+        let mut r = error_response(StatusCode::UNAUTHORIZED, msg);
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, "Bearer".parse().expect("valid"));
+        r
+    };
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Err(unauthorized(
+            "missing API key: send `Authorization: Bearer <key>`; create a key with `oz-agent-worker api-keys create --team NAME`",
+        ));
+    };
+    let secret = value
+        .to_str()
+        .ok()
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .filter(|s| !s.is_empty());
+    let Some(secret) = secret else {
+        return Err(unauthorized(
+            "malformed Authorization header: expected `Bearer <key>`",
+        ));
+    };
+    match shared.dispatcher.store().team_for_key(secret).await {
+        Ok(Some(team)) => Ok(team),
+        Ok(None) => Err(unauthorized(
+            "invalid API key: this control plane does not know it; check --api-key / WARP_API_KEY, or create one with `oz-agent-worker api-keys create --team NAME`",
+        )),
+        Err(e) => {
+            tracing::error!("{e}");
+            Err(error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the control plane could not read its database; see its log",
+            ))
+        }
+    }
+}
+
+/// `body` as pretty JSON with a trailing newline (readable with curl).
+/// Never cached: answers hold a team's data.
+pub fn json_response<T: serde::Serialize>(status: StatusCode, body: &T) -> Response<Body> {
+    let mut text = serde_json::to_vec_pretty(body).expect("API bodies serialize");
+    text.push(b'\n');
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CACHE_CONTROL, "no-store")
+        .body(full(text))
+        .expect("static response parts are valid")
+}
+
+/// An `ApiError` body: one sentence saying what went wrong and what to do.
+pub fn error_response(status: StatusCode, message: &str) -> Response<Body> {
+    json_response(
+        status,
+        &ApiError {
+            error: message.to_string(),
+        },
+    )
+}
+
+/// A handler's answer: the error arm is a complete error response.
+pub type Answer = Result<Response<Body>, Response<Body>>;
+
+/// Request bodies are small JSON documents.
+pub const MAX_BODY: usize = 1 << 20;
+
+pub fn bad_request(msg: &str) -> Response<Body> {
+    error_response(StatusCode::BAD_REQUEST, msg)
+}
+
+/// A database failure: logged; the client is told to look at the log.
+pub fn internal(e: StoreError) -> Response<Body> {
+    tracing::error!("{e}");
+    error_response(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "the control plane could not use its database; see its log",
+    )
+}
+
+/// The request's JSON body as `T` (at most [`MAX_BODY`]); 400 naming the
+/// problem otherwise. `what` names the document in messages ("run request").
+pub async fn read_json<T: serde::de::DeserializeOwned>(
+    req: Request<Incoming>,
+    what: &str,
+) -> Result<T, Response<Body>> {
+    let bytes = Limited::new(req.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map_err(|e| {
+            bad_request(&format!(
+                "cannot read the request body (at most 1 MiB): {e}"
+            ))
+        })?
+        .to_bytes();
+    serde_json::from_slice(&bytes).map_err(|e| bad_request(&format!("invalid {what}: {e}")))
+}
+
+/// The query's `key=value` pairs, percent-decoded (`+` is a space).
+pub fn query_pairs(req: &Request<Incoming>) -> Vec<(String, String)> {
+    req.uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let decode = |s: &str| {
+                percent_encoding::percent_decode_str(&s.replace('+', " "))
+                    .decode_utf8_lossy()
+                    .into_owned()
+            };
+            (decode(k), decode(v))
+        })
+        .collect()
+}
+
+/// 405 for a known path with the wrong method.
+pub fn method_not_allowed(method: &http::Method, path: &str) -> Response<Body> {
+    error_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        &format!("{method} is not allowed on {path}"),
+    )
+}
+
+pub fn no_such_endpoint(path: &str) -> Response<Body> {
+    error_response(StatusCode::NOT_FOUND, &format!("no such endpoint: {path}"))
+}

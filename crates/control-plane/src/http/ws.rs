@@ -1,0 +1,226 @@
+//! One worker connection: the upgrade handshake (bearer key, `worker_id`,
+//! the extensions offered in `Oz-Worker-Extensions`), then a loop that
+//! forwards the dispatcher's messages to the worker and the worker's frames
+//! to the dispatcher, in order. Any frame from the worker (pings included)
+//! extends the read deadline; a worker silent past it is dropped, but only
+//! after every frame it had already sent has been read and handled.
+//! Malformed and unknown frames are logged and ignored.
+
+use crate::dispatch::dispatcher::{ConnId, Dispatcher, Outgoing};
+use crate::http::endpoint_support::{bearer_team, empty, error_response, Body, Shared};
+use futures_util::{FutureExt, SinkExt, StreamExt};
+use http::{header, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use oz_protocol::extensions::EXTENSIONS_HEADER;
+use oz_protocol::{
+    decode_worker_frame, encode, is_reserved_worker_id, DecodeError, Extensions,
+    RESERVED_WORKER_ID_PREFIX,
+};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{frame::coding::CloseCode, CloseFrame, Role};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+pub const WS_PATH: &str = "/api/v1/selfhosted/worker/ws";
+/// docs/PROTOCOL.md: a write must finish within 10 s.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub async fn upgrade(mut req: Request<Incoming>, shared: Arc<Shared>) -> Response<Body> {
+    if req.method() != http::Method::GET {
+        return error_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "the worker endpoint only accepts a GET WebSocket upgrade",
+        );
+    }
+    let team = match bearer_team(req.headers(), &shared).await {
+        Ok(t) => t,
+        Err(resp) => return resp,
+    };
+    let worker_id = req.uri().query().and_then(|q| {
+        q.split('&').find_map(|pair| {
+            let (k, v) = pair.split_once('=')?;
+            (k == "worker_id").then(|| {
+                percent_encoding::percent_decode_str(&v.replace('+', " "))
+                    .decode_utf8_lossy()
+                    .into_owned()
+            })
+        })
+    });
+    let Some(worker_id) = worker_id.filter(|w| !w.is_empty()) else {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "missing worker_id query parameter: connect to this endpoint with ?worker_id=<id>",
+        );
+    };
+    if is_reserved_worker_id(&worker_id) {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            &format!("worker ids starting with {RESERVED_WORKER_ID_PREFIX:?} are reserved; choose another --worker-id"),
+        );
+    }
+    let header_has = |name: header::HeaderName, token: &str| {
+        req.headers().get_all(name).iter().any(|v| {
+            v.to_str().is_ok_and(|s| {
+                s.split(',')
+                    .any(|part| part.trim().eq_ignore_ascii_case(token))
+            })
+        })
+    };
+    let key = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned();
+    let (true, true, Some(key)) = (
+        header_has(header::UPGRADE, "websocket"),
+        header_has(header::SEC_WEBSOCKET_VERSION, "13"),
+        key,
+    ) else {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "this endpoint needs a WebSocket upgrade (version 13)",
+        );
+    };
+    let accept = derive_accept_key(key.as_bytes());
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let ws =
+                    WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None)
+                        .await;
+                run_connection(ws, shared, team.id, worker_id).await;
+            }
+            Err(e) => tracing::warn!("worker WebSocket upgrade failed: {e}"),
+        }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "Upgrade")
+        .header(header::UPGRADE, "websocket")
+        .header(header::SEC_WEBSOCKET_ACCEPT, accept)
+        // docs/PROTOCOL.md: the control plane offers every extension it
+        // implements; a worker that knows none ignores the header.
+        .header(EXTENSIONS_HEADER, Extensions::ALL.header_value())
+        .body(empty())
+        .expect("static response parts are valid")
+}
+
+async fn run_connection<S>(
+    ws: WebSocketStream<S>,
+    shared: Arc<Shared>,
+    team_id: i64,
+    worker_id: String,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let (tx, mut outbox) = mpsc::unbounded_channel::<Outgoing>();
+    let dispatcher = shared.dispatcher.clone();
+    let conn = dispatcher.register(team_id, &worker_id, tx);
+    let (mut sink, mut stream) = ws.split();
+    let read_timeout = shared.worker_read_timeout;
+    let mut deadline = tokio::time::Instant::now() + read_timeout;
+    let mut shutdown = shared.shutdown.clone();
+    let close_reason = loop {
+        // Biased: frames already received are handled before the deadline
+        // is looked at, so a worker is never dropped with its last report
+        // unread.
+        tokio::select! {
+            biased;
+            _ = shutdown.changed() => {
+                let _ = tokio::time::timeout(WRITE_TIMEOUT, sink.send(Message::Close(Some(CloseFrame {
+                    code: CloseCode::Away,
+                    reason: "control plane shutting down".into(),
+                })))).await;
+                break "control plane shutting down";
+            }
+            out = outbox.recv() => {
+                let msg = match out {
+                    None => break "dispatcher dropped the connection",
+                    Some(Outgoing::Now(msg)) => msg,
+                    // Receipts settle in submission order (one database
+                    // thread), so waiting here keeps the worker's view in
+                    // the order the dispatcher decided.
+                    Some(Outgoing::WhenStored(receipt, msg)) => match receipt.await {
+                        Ok(true) => msg,
+                        _ => continue,
+                    },
+                };
+                let text = encode(&msg);
+                match tokio::time::timeout(WRITE_TIMEOUT, sink.send(Message::text(text))).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => { tracing::warn!(conn, "write to worker failed: {e}"); break "write failed" }
+                    Err(_) => break "write timed out",
+                }
+            }
+            frame = stream.next() => {
+                deadline = tokio::time::Instant::now() + read_timeout;
+                if let Err(reason) = on_frame(&dispatcher, conn, frame).await {
+                    break reason;
+                }
+            }
+            _ = tokio::time::sleep_until(deadline) => {
+                // The task may have been starved past the deadline while the
+                // worker's frames sat in the socket: read what is there
+                // without waiting. Anything at all means it is not silent.
+                let mut heard = false;
+                let mut ended = None;
+                while let Some(frame) = stream.next().now_or_never() {
+                    heard = true;
+                    if let Err(reason) = on_frame(&dispatcher, conn, frame).await {
+                        ended = Some(reason);
+                        break;
+                    }
+                }
+                if let Some(reason) = ended {
+                    break reason;
+                }
+                if heard {
+                    deadline = tokio::time::Instant::now() + read_timeout;
+                    continue;
+                }
+                tracing::warn!(conn, worker_id, "worker silent for {}s; dropping its connection", read_timeout.as_secs_f64());
+                break "read deadline passed";
+            }
+        }
+    };
+    tracing::debug!(conn, reason = close_reason, "worker connection ended");
+    dispatcher.unregister(conn);
+    // Best effort: tell the peer, then drop the socket.
+    let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
+}
+
+/// Hands one read result to the dispatcher; `Err` ends the connection.
+async fn on_frame(
+    dispatcher: &Dispatcher,
+    conn: ConnId,
+    frame: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
+) -> Result<(), &'static str> {
+    match frame {
+        None => Err("closed"),
+        Some(Err(e)) => {
+            tracing::debug!(conn, "read from worker failed: {e}");
+            Err("read failed")
+        }
+        Some(Ok(Message::Text(text))) => {
+            match decode_worker_frame(text.as_str()) {
+                Ok(msg) => dispatcher.handle(conn, msg).await,
+                Err(DecodeError::UnknownType(t)) => {
+                    tracing::info!(conn, kind = %t, "unknown message type from worker; ignored")
+                }
+                Err(e) => tracing::warn!(conn, "ignoring frame from worker: {e}"),
+            }
+            Ok(())
+        }
+        Some(Ok(Message::Binary(_))) => {
+            tracing::warn!(
+                conn,
+                "ignoring binary frame from worker (the protocol is JSON text)"
+            );
+            Ok(())
+        }
+        Some(Ok(Message::Close(_))) => Err("worker closed the connection"),
+        // Pongs to pings are queued by tungstenite and flushed by the read loop.
+        Some(Ok(_)) => Ok(()),
+    }
+}

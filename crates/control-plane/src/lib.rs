@@ -1,0 +1,318 @@
+//! The local control plane: the orchestrator side of the worker protocol
+//! (docs/PROTOCOL.md), a runs API, and durable state in SQLite. It runs as
+//! `oz-agent-worker serve` or embedded in-process through [`ControlPlane`].
+//!
+//! Layers, each depending only on those before it: `model` (API types, the
+//! state machine), `writer` (the one thread that runs SQLite, with group
+//! commit), `store` (all SQL, as jobs for that thread), `index` (the live
+//! runs, queues per worker id and connections, in memory), `output` (runs'
+//! live output: bounded, stored, watched), `dispatcher` (routes runs to
+//! live connections), `calendar` (cron expressions in a time zone) and
+//! `scheduler` (runs from schedules, once per slot), `edge` (what the HTTP
+//! endpoints share: body types, JSON and error responses, authentication,
+//! shared state; `sessions` holds the UI's sign-ins), then the endpoints —
+//! the API's resources `api_runs`, `api_output`, `api_schedules`,
+//! `api_workers`, routed by `api`, the worker endpoint `ws` and the
+//! management UI `ui` (embedded pages) — and
+//! `server`, which only accepts connections and routes requests to them.
+//! `client` (the CLI's side of the API) and `openapi` know only `model`.
+//! `tests/control_plane_layering.rs` enforces this.
+//!
+//! # Run lifecycle
+//! `queued → assigned → claimed → succeeded | failed | cancelled`
+//! (`RunState::can_become` is the whole table; `Store::transition` enforces
+//! it and records every move with its time and a note).
+//! - A run is offered only to connections of its team whose `worker_id`
+//!   equals its `worker_host` exactly; connections sharing an id take turns.
+//!   With none connected it stays queued and `waiting_reason` says so.
+//! - A run has one execution id, minted at its first offer and repeated in
+//!   every later one, so a worker recognises a re-offer of what it runs.
+//!   The assignment is stored before it is sent.
+//! - `task_rejected`, or the connection closing before `task_claimed`, puts it
+//!   back in the queue (another connection may take it at once). A
+//!   connection has at most one offer out at a time; one that rejected is
+//!   offered nothing more until one of its tasks ends or
+//!   `rejection_backoff` (default 30 s, doubling for each rejected probe)
+//!   has passed.
+//! - A claim is accepted from the connection the run was offered to, or from
+//!   any connection of its team and worker id that names its execution (a
+//!   re-announce, docs/PROTOCOL.md `task-reannounce`). A repeated claim is a
+//!   no-op; a claim or report naming another execution is ignored.
+//! - After the claim, a closed connection leaves the run claimed: any
+//!   connection of the same team and worker id may deliver its terminal
+//!   message. Once no such connection has been live for `worker_lost_timeout`
+//!   (default 10 min, `--worker-lost-timeout`) it fails with `worker_lost`.
+//! - Every terminal report is answered with `report_ack` once recorded; a
+//!   report for a finished run is ignored (logged at debug) and acked too.
+//! - Cancel: queued → cancelled at once. Assigned or claimed → marked
+//!   `cancel_requested` and `task_cancellation` is sent to the holding
+//!   connection; the run ends when the worker reports (`task_completed` with
+//!   `task_state: CANCELLED` → cancelled). If the holder is gone, every live
+//!   connection of its id is told, and any that connects later; a rejection
+//!   or disconnect before the claim of a cancel-requested run cancels it. A
+//!   finished run cannot be cancelled (HTTP 409).
+//! - A worker connection that sends nothing, not even a ping, for
+//!   `worker_read_timeout` (default 60 s) is dropped, after the frames it
+//!   had already sent are handled.
+//! - A shutdown changes no run. On start, `claimed` runs wait for their
+//!   workers as above, and runs left `assigned` wait `reannounce_grace`
+//!   (default 75 s) for a worker to re-announce or report on them before
+//!   they are offered again, with the same execution id.
+
+pub mod dispatch;
+pub mod http;
+pub mod store;
+
+use dispatch::dispatcher::{DispatchTimeouts, Dispatcher};
+use dispatch::scheduler::Scheduler;
+use http::endpoint_support::Shared;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use store::{NewApiKey, Store, StoreError};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use http::tls::TlsFiles;
+pub use http::ws::WS_PATH;
+
+/// Where the control plane keeps its state.
+#[derive(Debug, Clone)]
+pub enum Storage {
+    /// An SQLite file (created with its directory when missing).
+    File(PathBuf),
+    /// Nothing survives the process: for tests and demos.
+    InMemory,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub storage: Storage,
+    /// A worker connection that sends nothing (not even a ping) for this long
+    /// is dropped. docs/PROTOCOL.md: 60 s.
+    pub worker_read_timeout: Duration,
+    /// A claimed run fails with `worker_lost` once no worker with its id has
+    /// been connected for this long.
+    pub worker_lost_timeout: Duration,
+    /// After a connection rejects an offer, how long before it is offered
+    /// anything again when none of its tasks ended meanwhile (doubling for
+    /// each rejected probe, up to 16 times this).
+    pub rejection_backoff: Duration,
+    /// After a restart, how long a run left `assigned` waits for its worker
+    /// to re-announce it before it is offered again (same execution id).
+    pub reannounce_grace: Duration,
+    /// An HTTP connection must send a request's complete headers within
+    /// this long (also between requests on a kept-alive connection).
+    pub header_read_timeout: Duration,
+    /// How often the re-offer and worker-lost checks run.
+    pub sweep_interval: Duration,
+    /// Serve TLS (`https://`, `wss://`) with this certificate and key.
+    pub tls: Option<TlsFiles>,
+    /// Live output kept per run, in bytes (the newest; older output is
+    /// dropped, and readers are told how much).
+    pub output_limit: u64,
+}
+
+pub const DEFAULT_WORKER_READ_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_WORKER_LOST_TIMEOUT: Duration = Duration::from_secs(600);
+pub const DEFAULT_REJECTION_BACKOFF: Duration = Duration::from_secs(30);
+/// A worker retries its connection at most 60 s apart (docs/PROTOCOL.md), so one
+/// that was backing off while the control plane was down is back within
+/// this, with time to spare for its handshake.
+pub const DEFAULT_REANNOUNCE_GRACE: Duration = Duration::from_secs(75);
+/// Headers are a few hundred bytes; a client that takes longer is stuck or
+/// hostile, and would otherwise hold a connection (and a task) forever.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Config {
+    pub fn new(listen: SocketAddr, storage: Storage) -> Config {
+        Config {
+            listen,
+            storage,
+            worker_read_timeout: DEFAULT_WORKER_READ_TIMEOUT,
+            worker_lost_timeout: DEFAULT_WORKER_LOST_TIMEOUT,
+            rejection_backoff: DEFAULT_REJECTION_BACKOFF,
+            reannounce_grace: DEFAULT_REANNOUNCE_GRACE,
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            sweep_interval: Duration::from_secs(1),
+            tls: None,
+            output_limit: dispatch::output::DEFAULT_LIMIT,
+        }
+    }
+
+    /// In memory, on an ephemeral localhost port.
+    pub fn ephemeral() -> Config {
+        Config::new(SocketAddr::from(([127, 0, 0, 1], 0)), Storage::InMemory)
+    }
+}
+
+/// `$XDG_DATA_HOME/oz-agent-worker`, else `~/.local/share/oz-agent-worker`,
+/// else `./oz-agent-worker-data`.
+pub fn default_data_dir() -> PathBuf {
+    oz_foundation::dirs::xdg_dir("XDG_DATA_HOME", ".local/share", "data")
+}
+
+pub const DB_FILE_NAME: &str = "control-plane.sqlite3";
+
+#[derive(Debug)]
+pub enum StartError {
+    Store(StoreError),
+    Bind(SocketAddr, std::io::Error),
+    /// The TLS files: a sentence naming the file and the fix.
+    Tls(String),
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::Store(e) => write!(f, "{e}"),
+            StartError::Bind(addr, e) => write!(
+                f,
+                "cannot listen on {addr}: {e}; pick another address with --listen"
+            ),
+            StartError::Tls(e) => f.write_str(e),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// A running control plane. Dropping it stops it too; `shutdown` also waits.
+pub struct ControlPlane {
+    addr: SocketAddr,
+    tls: bool,
+    dispatcher: Arc<Dispatcher>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl ControlPlane {
+    /// Opens the store, recovers runs, binds the listener and starts serving.
+    pub async fn start(config: Config) -> Result<ControlPlane, StartError> {
+        let tls = match &config.tls {
+            Some(files) => Some(http::tls::server_config(files).map_err(StartError::Tls)?),
+            None => None,
+        };
+        // Opening runs migrations: not on an async thread either.
+        let storage = config.storage.clone();
+        let store = tokio::task::spawn_blocking(move || match &storage {
+            Storage::File(path) => Store::open(path),
+            Storage::InMemory => Store::open_in_memory(),
+        })
+        .await
+        .map_err(|e| {
+            StartError::Store(StoreError::new(format!(
+                "opening the database panicked: {e}"
+            )))
+        })?
+        .map_err(StartError::Store)?;
+        let dispatcher = Arc::new(
+            Dispatcher::recover(
+                Arc::new(store),
+                DispatchTimeouts {
+                    worker_lost: config.worker_lost_timeout,
+                    rejection_backoff: config.rejection_backoff,
+                    reannounce_grace: config.reannounce_grace,
+                },
+                config.output_limit,
+            )
+            .await
+            .map_err(StartError::Store)?,
+        );
+        let scheduler = Arc::new(
+            Scheduler::load(dispatcher.clone())
+                .await
+                .map_err(StartError::Store)?,
+        );
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| StartError::Bind(config.listen, e))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| StartError::Bind(config.listen, e))?;
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            dispatcher: dispatcher.clone(),
+            scheduler: scheduler.clone(),
+            sessions: Default::default(),
+            tls: tls.is_some(),
+            worker_read_timeout: config.worker_read_timeout,
+            header_read_timeout: config.header_read_timeout,
+            shutdown: shutdown_rx.clone(),
+        });
+        let serves_tls = tls.is_some();
+        let scheduling = tokio::spawn(scheduler.run(shutdown_rx.clone()));
+        let server = tokio::spawn(http::server::accept_loop(listener, shared, tls));
+        let sweeper = {
+            let dispatcher = dispatcher.clone();
+            let mut stop = shutdown_rx;
+            let period = config.sweep_interval;
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(period);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => dispatcher.sweep().await,
+                        _ = stop.changed() => break,
+                    }
+                }
+            })
+        };
+        tracing::info!(%addr, "control plane listening (worker endpoint {WS_PATH})");
+        Ok(ControlPlane {
+            addr,
+            tls: serves_tls,
+            dispatcher,
+            shutdown,
+            tasks: vec![server, sweeper, scheduling],
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://ADDR` (`https://` with TLS), for the runs API and `--server`.
+    pub fn url(&self) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// The worker WebSocket endpoint (`ws://` or `wss://`), without the
+    /// `worker_id` query.
+    pub fn ws_url(&self) -> String {
+        let scheme = if self.tls { "wss" } else { "ws" };
+        format!("{scheme}://{}{WS_PATH}", self.addr)
+    }
+
+    /// Creates a key for `team` (creating the team). The secret is in the
+    /// returned value only. Waits on the calling thread for the database:
+    /// for set-up code and tests.
+    pub fn create_api_key(&self, team: &str) -> Result<NewApiKey, StoreError> {
+        self.dispatcher.store().create_api_key_blocking(team)
+    }
+
+    /// Live worker connections.
+    pub fn connection_count(&self) -> usize {
+        self.dispatcher.connection_count()
+    }
+
+    /// Stops accepting, closes worker connections (with a close frame) and
+    /// waits for the listener and background tasks to end.
+    pub async fn shutdown(mut self) {
+        self.dispatcher.stop();
+        let _ = self.shutdown.send(true);
+        for t in std::mem::take(&mut self.tasks) {
+            let _ = t.await;
+        }
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        self.dispatcher.stop();
+        let _ = self.shutdown.send(true);
+    }
+}

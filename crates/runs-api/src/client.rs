@@ -1,0 +1,343 @@
+//! The CLI's side of the HTTP API: hyper-util's client over TCP, with TLS
+//! (hyper-rustls) for `https://` control planes. The server's certificate
+//! is checked against the CAs of `oz_foundation::tls_roots` (the bundled web roots
+//! plus the system's, `SSL_CERT_FILE` / `SSL_CERT_DIR` honoured), the same
+//! ones the worker trusts. A run's live output is followed through the
+//! API's server-sent events (read with `eventsource-stream`).
+
+use crate::model::{
+    ApiError, CreateRunRequest, CreateScheduleRequest, OutputChunk, OutputTruncated, Run, RunList,
+    RunOutput, RunResultRequest, RunState, Schedule, ScheduleList, WorkerList,
+};
+use bytes::Bytes;
+use eventsource_stream::Eventsource;
+use futures_util::{Stream, StreamExt};
+use http::{header, Method, Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::client::legacy::{connect::HttpConnector, Client as HttpClient};
+use hyper_util::rt::TokioExecutor;
+use oz_foundation::percent::encode;
+use serde::de::DeserializeOwned;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientError {
+    /// The HTTP status when the server answered.
+    pub status: Option<u16>,
+    pub message: String,
+}
+
+impl std::fmt::Display for ClientError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ClientError {}
+
+/// One event of a followed run's output.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OutputEvent {
+    Output(OutputChunk),
+    /// Output the control plane no longer keeps was skipped.
+    Truncated(OutputTruncated),
+    /// The run ended and its output is final; nothing follows.
+    End(Box<Run>),
+}
+
+fn err(message: impl Into<String>) -> ClientError {
+    ClientError {
+        status: None,
+        message: message.into(),
+    }
+}
+
+pub struct Client {
+    base: String,
+    api_key: String,
+    http: HttpClient<HttpsConnector<HttpConnector>, Full<Bytes>>,
+}
+
+impl Client {
+    /// `server` is `http://host:port` or `https://host:port` (a trailing
+    /// slash is fine).
+    pub fn new(server: &str, api_key: &str) -> Result<Client, ClientError> {
+        let base = server.trim_end_matches('/').to_string();
+        let uri: Uri = base
+            .parse()
+            .map_err(|e| err(format!("invalid control plane URL {server:?}: {e}")))?;
+        match uri.scheme_str() {
+            Some("http" | "https") => {}
+            _ => {
+                return Err(err(format!(
+                    "invalid control plane URL {server:?}: expected http://HOST:PORT or https://HOST:PORT"
+                )))
+            }
+        }
+        if api_key.trim().is_empty() {
+            return Err(err(
+                "no API key: pass --api-key or set WARP_API_KEY (create one with `oz-agent-worker api-keys create --team NAME`)",
+            ));
+        }
+        Ok(Client {
+            base,
+            api_key: api_key.trim().to_string(),
+            http: HttpClient::builder(TokioExecutor::new()).build(
+                HttpsConnectorBuilder::new()
+                    .with_tls_config((*oz_foundation::tls_roots::client_config()).clone())
+                    .https_or_http()
+                    .enable_http1()
+                    .build(),
+            ),
+        })
+    }
+
+    pub async fn create_run(&self, req: &CreateRunRequest) -> Result<Run, ClientError> {
+        let body = serde_json::to_vec(req).expect("requests serialize");
+        self.call(Method::POST, "/api/v1/runs".into(), Some(body))
+            .await
+    }
+
+    pub async fn list_runs(
+        &self,
+        state: Option<RunState>,
+        worker_host: Option<&str>,
+    ) -> Result<Vec<Run>, ClientError> {
+        let mut query = Vec::new();
+        if let Some(s) = state {
+            query.push(format!("state={s}"));
+        }
+        if let Some(h) = worker_host {
+            query.push(format!("worker_host={}", encode(h)));
+        }
+        let mut path = "/api/v1/runs".to_string();
+        if !query.is_empty() {
+            path = format!("{path}?{}", query.join("&"));
+        }
+        let list: RunList = self.call(Method::GET, path, None).await?;
+        Ok(list.runs)
+    }
+
+    pub async fn get_run(&self, id: &str) -> Result<Run, ClientError> {
+        self.call(Method::GET, run_path(id, ""), None).await
+    }
+
+    pub async fn cancel_run(&self, id: &str) -> Result<Run, ClientError> {
+        self.call(Method::POST, run_path(id, "/cancel"), Some(Vec::new()))
+            .await
+    }
+
+    /// Reports how a claimed run ended (`POST /api/v1/runs/{id}/result`).
+    pub async fn report_result(
+        &self,
+        id: &str,
+        result: &RunResultRequest,
+    ) -> Result<Run, ClientError> {
+        let body = serde_json::to_vec(result).expect("requests serialize");
+        self.call(Method::POST, run_path(id, "/result"), Some(body))
+            .await
+    }
+
+    /// The output the control plane keeps for run `id`, from byte `after` on.
+    pub async fn get_output(&self, id: &str, after: u64) -> Result<RunOutput, ClientError> {
+        self.call(
+            Method::GET,
+            run_path(id, &format!("/output?after={after}")),
+            None,
+        )
+        .await
+    }
+
+    /// Follows run `id`'s output from byte `after` on: events as they come,
+    /// ending with [`OutputEvent::End`] (or an error when the connection is
+    /// lost: follow again from the last offset seen).
+    pub async fn follow_output(
+        &self,
+        id: &str,
+        after: u64,
+    ) -> Result<impl Stream<Item = Result<OutputEvent, ClientError>> + use<>, ClientError> {
+        let resp = self
+            .send(
+                Method::GET,
+                run_path(id, &format!("/output?after={after}&follow=true")),
+                None,
+                "text/event-stream",
+            )
+            .await?;
+        let resp = self.check(resp).await?;
+        let base = self.base.clone();
+        Ok(resp
+            .into_body()
+            .into_data_stream()
+            .eventsource()
+            .filter_map(move |e| {
+                let out = match e {
+                    Err(e) => Some(Err(err(format!(
+                        "the control plane at {base} stopped sending the run's output: {e}"
+                    )))),
+                    Ok(e) => {
+                        let parsed = match e.event.as_str() {
+                            "output" => {
+                                Some(serde_json::from_str(&e.data).map(OutputEvent::Output))
+                            }
+                            "truncated" => {
+                                Some(serde_json::from_str(&e.data).map(OutputEvent::Truncated))
+                            }
+                            "end" => Some(
+                                serde_json::from_str(&e.data)
+                                    .map(|r| OutputEvent::End(Box::new(r))),
+                            ),
+                            // Events of later versions.
+                            _ => None,
+                        };
+                        parsed.map(|p| {
+                            p.map_err(|e| {
+                                err(format!(
+                                    "unexpected output event from the control plane: {e}"
+                                ))
+                            })
+                        })
+                    }
+                };
+                std::future::ready(out)
+            }))
+    }
+
+    // ---- schedules and workers ----
+
+    pub async fn create_schedule(
+        &self,
+        req: &CreateScheduleRequest,
+    ) -> Result<Schedule, ClientError> {
+        let body = serde_json::to_vec(req).expect("requests serialize");
+        self.call(Method::POST, "/api/v1/schedules".into(), Some(body))
+            .await
+    }
+
+    pub async fn list_schedules(&self) -> Result<Vec<Schedule>, ClientError> {
+        let list: ScheduleList = self
+            .call(Method::GET, "/api/v1/schedules".into(), None)
+            .await?;
+        Ok(list.schedules)
+    }
+
+    pub async fn get_schedule(&self, id: &str) -> Result<Schedule, ClientError> {
+        self.call(Method::GET, schedule_path(id, ""), None).await
+    }
+
+    pub async fn pause_schedule(&self, id: &str) -> Result<Schedule, ClientError> {
+        self.call(Method::POST, schedule_path(id, "/pause"), Some(Vec::new()))
+            .await
+    }
+
+    pub async fn resume_schedule(&self, id: &str) -> Result<Schedule, ClientError> {
+        self.call(Method::POST, schedule_path(id, "/resume"), Some(Vec::new()))
+            .await
+    }
+
+    /// Deletes a schedule; returns it as it was.
+    pub async fn delete_schedule(&self, id: &str) -> Result<Schedule, ClientError> {
+        self.call(Method::DELETE, schedule_path(id, ""), None).await
+    }
+
+    pub async fn list_workers(&self) -> Result<WorkerList, ClientError> {
+        self.call(Method::GET, "/api/v1/workers".into(), None).await
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: String,
+        body: Option<Vec<u8>>,
+    ) -> Result<T, ClientError> {
+        let resp = self.send(method, path, body, "application/json").await?;
+        let resp = self.check(resp).await?;
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| err(format!("the control plane's answer was cut off: {e}")))?
+            .to_bytes();
+        serde_json::from_slice(&bytes).map_err(|e| {
+            err(format!(
+                "unexpected answer from the control plane at {} (is it an oz-agent-worker control plane of the same version?): {e}",
+                self.base
+            ))
+        })
+    }
+
+    /// A successful response as is; any other becomes the server's error.
+    async fn check(
+        &self,
+        resp: http::Response<Incoming>,
+    ) -> Result<http::Response<Incoming>, ClientError> {
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| err(format!("the control plane's answer was cut off: {e}")))?
+            .to_bytes();
+        let server_says = serde_json::from_slice::<ApiError>(&bytes)
+            .map(|e| e.error)
+            .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).trim().to_string());
+        let message = match status {
+            StatusCode::UNAUTHORIZED => {
+                format!("the control plane refused the API key: {server_says}")
+            }
+            _ => server_says,
+        };
+        Err(ClientError {
+            status: Some(status.as_u16()),
+            message,
+        })
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: String,
+        body: Option<Vec<u8>>,
+        accept: &str,
+    ) -> Result<http::Response<Incoming>, ClientError> {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base))
+            .header(header::AUTHORIZATION, format!("Bearer {}", self.api_key))
+            .header(header::ACCEPT, accept);
+        if body.is_some() {
+            req = req.header(header::CONTENT_TYPE, "application/json");
+        }
+        let req = req
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|e| err(format!("cannot build the request: {e}")))?;
+        self.http.request(req).await.map_err(|e| match oz_foundation::tls_roots::certificate_hint(&e) {
+            Some(hint) => err(format!("cannot reach the control plane at {}: {hint}", self.base)),
+            None => err(format!(
+                "cannot reach the control plane at {}: {}; is `oz-agent-worker serve` running there? (set --server or OZ_SERVER_URL)",
+                self.base,
+                root_cause(&e)
+            )),
+        })
+    }
+}
+
+fn run_path(id: &str, suffix: &str) -> String {
+    format!("/api/v1/runs/{}{suffix}", encode(id))
+}
+
+fn schedule_path(id: &str, suffix: &str) -> String {
+    format!("/api/v1/schedules/{}{suffix}", encode(id))
+}
+
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
