@@ -176,6 +176,7 @@ async fn after_a_restart_a_report_for_the_old_execution_is_accepted() {
             failure_reason: FailureReason::ContainerExit,
             exit_code: Some(2),
             execution_id: Some(exec.clone()),
+            failure_details: None,
         },
     ))
     .await;

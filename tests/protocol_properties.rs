@@ -114,6 +114,7 @@ fn worker_message() -> impl Strategy<Value = WorkerMessage> {
                         failure_reason,
                         exit_code,
                         execution_id,
+                        failure_details: None,
                     })
                 }
             ),

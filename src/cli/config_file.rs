@@ -41,7 +41,10 @@ pub struct BackendSections {
     pub docker: Option<DockerSection>,
     pub direct: Option<DirectSection>,
     pub command: Option<CommandSection>,
-    /// Recognised so the error can say it is not supported yet.
+    #[cfg(feature = "kubernetes")]
+    pub kubernetes: Option<oz_runtime_kubernetes::KubernetesSection>,
+    /// Recognised so the error can say this build has no kubernetes runtime.
+    #[cfg(not(feature = "kubernetes"))]
     pub kubernetes: Option<serde_json::Value>,
 }
 

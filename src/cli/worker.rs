@@ -88,11 +88,16 @@ pub struct WorkerArgs {
 }
 
 /// The runtimes this build has, by `--backend` name.
-pub const BACKENDS: [&str; 3] = ["docker", "direct", "command"];
+#[cfg(feature = "kubernetes")]
+pub const BACKENDS: &[&str] = &["docker", "direct", "command", "kubernetes"];
+/// The runtimes this build has, by `--backend` name.
+#[cfg(not(feature = "kubernetes"))]
+pub const BACKENDS: &[&str] = &["docker", "direct", "command"];
 
 /// `--backend`, else the file's one section (the Go worker checks them as
 /// direct, kubernetes, command, docker), else docker. Two sections are an
-/// error naming both; `kubernetes` is recognised and refused.
+/// error naming both; in a build without the `kubernetes` feature,
+/// `kubernetes` is recognised and refused.
 pub fn select_backend(
     flag: Option<&str>,
     sections: &BackendSections,
@@ -105,18 +110,24 @@ pub fn select_backend(
         ));
     }
     let refuse_kubernetes = || {
-        "the kubernetes backend is not supported by this worker yet; use docker, direct or command \
-         (or keep running the Go worker for Kubernetes)"
+        "this build of oz-agent-worker has no kubernetes runtime (it was built without the `kubernetes` \
+         feature); use the release binary or the container image, or build with `--features kubernetes`"
             .to_string()
     };
     let chosen = match flag.map(str::trim).filter(|f| !f.is_empty()) {
-        Some("kubernetes") => return Err(refuse_kubernetes()),
-        Some(f) => *BACKENDS.iter().find(|b| **b == f).ok_or_else(|| {
-            format!("--backend {f:?} is not a backend; use docker, direct or command")
-        })?,
+        Some(f) => match BACKENDS.iter().find(|b| **b == f) {
+            Some(b) => *b,
+            None if f == "kubernetes" => return Err(refuse_kubernetes()),
+            None => {
+                return Err(format!(
+                    "--backend {f:?} is not a backend; use {}",
+                    BACKENDS.join(", ")
+                ))
+            }
+        },
         None => match present.first() {
-            Some(&"kubernetes") => return Err(refuse_kubernetes()),
-            Some(s) => s,
+            Some(s) if BACKENDS.contains(s) => s,
+            Some(_) => return Err(refuse_kubernetes()),
             None => "docker",
         },
     };
@@ -274,6 +285,20 @@ async fn build_runtime(
                 oz_runtime_command::CommandRuntime::new(ctx, settings).map_err(Start)?,
             ))
         }
+        #[cfg(feature = "kubernetes")]
+        "kubernetes" => {
+            use oz_runtime_kubernetes::{KubernetesRuntime, Settings};
+            let settings = Settings::resolve(
+                &r.sections.kubernetes.clone().unwrap_or_default(),
+                r.cleanup,
+                |d| oz_foundation::duration::parse_duration(d).map_err(|e| e.to_string()),
+            )
+            .map_err(|e| config(e.to_string()))?;
+            let rt = KubernetesRuntime::start(ctx, settings, r.env.clone())
+                .await
+                .map_err(|e| Start(e.to_string()))?;
+            Ok(Arc::new(rt))
+        }
         other => Err(BuildError::Config(format!("unknown backend {other}"))),
     }
 }
@@ -335,8 +360,14 @@ mod tests {
             (Some(""), &direct, Ok("direct")),
             (None, &two, Err("direct and docker")),
             (Some("docker"), &two, Err("direct and docker")),
-            (None, &k8s, Err("not supported")),
-            (Some("kubernetes"), &none, Err("not supported")),
+            #[cfg(feature = "kubernetes")]
+            (None, &k8s, Ok("kubernetes")),
+            #[cfg(feature = "kubernetes")]
+            (Some("kubernetes"), &none, Ok("kubernetes")),
+            #[cfg(not(feature = "kubernetes"))]
+            (None, &k8s, Err("no kubernetes runtime")),
+            #[cfg(not(feature = "kubernetes"))]
+            (Some("kubernetes"), &none, Err("no kubernetes runtime")),
             (Some("podman"), &none, Err("\"podman\" is not a backend")),
             // Case-sensitive, like the Go worker's enum.
             (Some("Docker"), &none, Err("is not a backend")),

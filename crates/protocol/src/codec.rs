@@ -127,6 +127,7 @@ mod tests {
             failure_reason: FailureReason::ContainerExit,
             exit_code: Some(3),
             execution_id: None,
+            failure_details: None,
         });
         assert_eq!(
             encode(&f),

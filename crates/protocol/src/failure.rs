@@ -58,6 +58,15 @@ reasons! {
     // The Go worker's command backend.
     DispatchCommand => "dispatch_command",
     DispatchTimeout => "dispatch_timeout",
+    // The Go worker's kubernetes backend.
+    JobCreate => "job_create",
+    JobWatch => "job_watch",
+    PodWatch => "pod_watch",
+    JobFailed => "job_failed",
+    ActiveDeadline => "active_deadline",
+    InitContainer => "init_container",
+    Unschedulable => "unschedulable",
+    VolumeMount => "volume_mount",
 }
 
 impl From<FailureReason> for String {

@@ -5,11 +5,13 @@
 mod codec;
 pub mod extensions;
 mod failure;
+mod failure_details;
 mod messages;
 pub mod worker_id;
 
 pub use codec::{decode_server_frame, decode_worker_frame, encode, DecodeError};
 pub use extensions::Extensions;
 pub use failure::FailureReason;
+pub use failure_details::*;
 pub use messages::*;
 pub use worker_id::{is_reserved_worker_id, RESERVED_WORKER_ID_PREFIX};

@@ -265,6 +265,10 @@ pub struct TaskFailed {
     /// The assignment's execution id, when it had one (the Go worker's PR #139).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub execution_id: Option<String>,
+    /// Structured facts about the failure (the Go worker's PR #139; only
+    /// the kubernetes runtime sends them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_details: Option<Box<crate::FailureDetails>>,
 }
 
 /// Extension `report-ack`: the terminal report for this task (and execution,

@@ -223,6 +223,7 @@ impl DockerRuntime {
                 reason,
                 message,
                 exit_code,
+                details: None,
             }),
         }
     }

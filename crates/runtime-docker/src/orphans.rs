@@ -126,12 +126,14 @@ async fn outcome_of(rt: &DockerRuntime, id: &str) -> RunOutcome {
             reason: FailureReason::ContainerOom,
             message: format!("the task ran out of memory (exit code {code}) while its worker was down; reported at the worker's restart"),
             exit_code: Some(code),
+            details: None,
         })
     } else {
         RunOutcome::Failed(Failure {
             reason: FailureReason::ContainerExit,
             message: format!("the agent exited with code {code} while its worker was down; reported at the worker's restart"),
             exit_code: Some(code),
+            details: None,
         })
     }
 }

@@ -19,7 +19,7 @@ pub mod process;
 
 use futures_util::future::BoxFuture;
 use oz_foundation::secret::Secret;
-use oz_protocol::{FailureReason, Task};
+use oz_protocol::{FailureDetails, FailureReason, Task};
 use std::path::PathBuf;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -136,6 +136,8 @@ pub struct Failure {
     pub message: String,
     /// The process exit status, signals as 128+N.
     pub exit_code: Option<i64>,
+    /// Structured facts for `failure_details` (the kubernetes runtime's).
+    pub details: Option<Box<FailureDetails>>,
 }
 
 impl Failure {
@@ -144,6 +146,7 @@ impl Failure {
             reason,
             message: message.into(),
             exit_code: None,
+            details: None,
         }
     }
 }
@@ -201,6 +204,31 @@ pub trait Runtime: Send + Sync + 'static {
     /// `graceful_shutdown`.
     fn preserves_tasks_on_shutdown(&self) -> bool {
         false
+    }
+
+    /// Whether this runtime's tasks run on without the worker (Kubernetes
+    /// Jobs) and can be followed again by another instance of it. When
+    /// true, the core leaves running tasks running and unreported at
+    /// shutdown, and at the next start hands every execution the journal
+    /// says was claimed and not finished to [`Runtime::reattach`] instead
+    /// of [`Runtime::recover`].
+    fn reattaches(&self) -> bool {
+        false
+    }
+
+    /// Follows a task an earlier instance of this worker started to its
+    /// end, as [`Runtime::run`] would have, and cleans up as `run` does.
+    /// Called only when [`Runtime::reattaches`] is true.
+    fn reattach(&self, task: TaskRef, _ctx: TaskContext) -> BoxFuture<'_, RunOutcome> {
+        Box::pin(async move {
+            RunOutcome::Failed(Failure::new(
+                FailureReason::Unknown,
+                format!(
+                    "the {} runtime cannot follow task {task} again after a restart",
+                    self.name()
+                ),
+            ))
+        })
     }
 
     /// Runs one task to its end. Whatever the outcome, everything the run

@@ -207,6 +207,7 @@ impl Group {
             reason,
             message: format!("{what} exited with code {code}{last}"),
             exit_code: Some(code),
+            details: None,
         }
     }
 

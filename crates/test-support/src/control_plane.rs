@@ -226,6 +226,7 @@ impl ScriptedWorker {
             failure_reason: reason,
             exit_code,
             execution_id: None,
+            failure_details: None,
         }))
         .await;
     }

@@ -797,6 +797,7 @@ mod tests {
             failure_reason: FailureReason::GracefulShutdown,
             exit_code: None,
             execution_id: Some(format!("exec-{id}")),
+            failure_details: None,
         })
     }
 

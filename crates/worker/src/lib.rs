@@ -101,6 +101,16 @@ pub async fn run_with(
         delivery.resume(task, report);
     }
     let unfinished = inherited.unfinished.clone();
+    if runtime.reattaches() {
+        for task in unfinished.iter().cloned() {
+            manager.reattach(task);
+        }
+    }
+    let unfinished = if runtime.reattaches() {
+        Vec::new()
+    } else {
+        unfinished
+    };
     let mut resolved = runtime.recover(unfinished.clone()).await;
     for task in unfinished {
         if !resolved.iter().any(|(t, _)| *t == task) {

@@ -41,6 +41,9 @@ struct Running {
     /// Set when the core reported the task itself (the runtime did not
     /// return in time at shutdown): a later outcome is not reported again.
     reported: Arc<AtomicBool>,
+    /// Set at shutdown when the runtime's tasks run on without the worker:
+    /// whatever the run returns now is left to the next start to report.
+    detached: Arc<AtomicBool>,
 }
 
 pub struct TaskManager {
@@ -207,12 +210,14 @@ impl TaskManager {
                 force: CancellationToken::new(),
                 cause: Arc::new(Mutex::new(None)),
                 reported: Arc::new(AtomicBool::new(false)),
+                detached: Arc::new(AtomicBool::new(false)),
             };
             let handle = (
                 r.stop.clone(),
                 r.force.clone(),
                 r.cause.clone(),
                 r.reported.clone(),
+                r.detached.clone(),
             );
             running.insert(task.task_id.clone(), r);
             self.metrics.set_active(running.len());
@@ -228,7 +233,7 @@ impl TaskManager {
             execution_id = %task.execution_id.as_deref().unwrap_or("")
         );
         let run = async move {
-            let (stop, force, cause, reported) = slot;
+            let (stop, force, cause, reported, detached) = slot;
             // The journal first: a claim we cannot record is a claim we could
             // not honour after a crash.
             if let Err(e) = this.journal.claimed(&task) {
@@ -293,12 +298,7 @@ impl TaskManager {
             if let Some(forwarder) = forwarder {
                 let _ = tokio::time::timeout(OUTPUT_FLUSH_LIMIT, forwarder).await;
             }
-            if reported.load(Ordering::SeqCst) {
-                tracing::info!(
-                    task_id = task.task_id,
-                    "the runtime returned after the task was reported at shutdown"
-                );
-                this.finish(&task.task_id);
+            if this.settled_elsewhere(&task, &reported, &detached) {
                 return;
             }
             if outcome == RunOutcome::Dispatched {
@@ -315,6 +315,83 @@ impl TaskManager {
             let msg = report(&task, outcome, cause);
             this.metrics
                 .finished(result_of(&msg), claimed_at.elapsed(), failure_of(&msg));
+            log_report(&msg);
+            this.delivery.push(task.clone(), msg);
+            this.finish(&task.task_id);
+        };
+        tokio::spawn(tracing::Instrument::instrument(run, span));
+    }
+
+    /// Whether a run's outcome is no longer the run's to report: the core
+    /// reported it at shutdown, or detached it (the next start follows the
+    /// task again). Frees the slot when so.
+    fn settled_elsewhere(
+        &self,
+        task: &TaskRef,
+        reported: &AtomicBool,
+        detached: &AtomicBool,
+    ) -> bool {
+        let why = if detached.load(Ordering::SeqCst) {
+            "the runtime returned after the task was left to the next start"
+        } else if reported.load(Ordering::SeqCst) {
+            "the runtime returned after the task was reported at shutdown"
+        } else {
+            return false;
+        };
+        tracing::info!(task_id = task.task_id, "{why}");
+        self.finish(&task.task_id);
+        true
+    }
+
+    /// Follows again an execution that an earlier instance of this worker
+    /// claimed and did not finish, on a runtime whose tasks outlive the
+    /// worker ([`Runtime::reattaches`]): it holds a slot, can be cancelled
+    /// and is reported like any run. It was claimed already, so nothing is
+    /// claimed again (a server that offered `task-reannounce` hears of it
+    /// as a held task on connect).
+    pub fn reattach(self: &Arc<Self>, task: TaskRef) {
+        let r = Running {
+            task: task.clone(),
+            stop: CancellationToken::new(),
+            force: CancellationToken::new(),
+            cause: Arc::new(Mutex::new(None)),
+            reported: Arc::new(AtomicBool::new(false)),
+            detached: Arc::new(AtomicBool::new(false)),
+        };
+        let ctx = TaskContext {
+            stop: r.stop.clone(),
+            force: r.force.clone(),
+            // Live output is offered per connection; a followed-again task
+            // has none, and its output stays in the runtime's logs.
+            output: OutputSink::none(),
+        };
+        let (cause, reported, detached) = (r.cause.clone(), r.reported.clone(), r.detached.clone());
+        {
+            let mut running = self.running.lock().unwrap();
+            running.insert(task.task_id.clone(), r);
+            self.metrics.set_active(running.len());
+        }
+        tracing::info!(
+            task_id = task.task_id,
+            execution_id = task.execution_id.as_deref().unwrap_or(""),
+            "following again a task an earlier run of this worker started"
+        );
+        let this = self.clone();
+        let span = tracing::info_span!(
+            "task",
+            task_id = %task.task_id,
+            execution_id = %task.execution_id.as_deref().unwrap_or("")
+        );
+        let run = async move {
+            let started = std::time::Instant::now();
+            let outcome = this.runtime.reattach(task.clone(), ctx).await;
+            if this.settled_elsewhere(&task, &reported, &detached) {
+                return;
+            }
+            let cause = *cause.lock().unwrap();
+            let msg = report(&task, outcome, cause);
+            this.metrics
+                .finished(result_of(&msg), started.elapsed(), failure_of(&msg));
             log_report(&msg);
             this.delivery.push(task.clone(), msg);
             this.finish(&task.task_id);
@@ -438,6 +515,22 @@ impl TaskManager {
     /// Returns whether everything ended within `timeout`.
     pub async fn shutdown(&self, timeout: Duration) -> bool {
         self.accepting.store(false, Ordering::SeqCst);
+        if self.runtime.reattaches() {
+            // The tasks run on without us (Kubernetes Jobs): leave them
+            // running, unreported and claimed in the journal, for the next
+            // start to follow again.
+            let running = self.running.lock().unwrap();
+            for r in running.values() {
+                r.detached.store(true, Ordering::SeqCst);
+            }
+            if !running.is_empty() {
+                tracing::info!(
+                    "leaving {} running task(s) in place; the next start of this worker follows them again",
+                    running.len()
+                );
+            }
+            return true;
+        }
         if !self.runtime.preserves_tasks_on_shutdown() {
             let ids: Vec<String> = self.running.lock().unwrap().keys().cloned().collect();
             for id in &ids {
@@ -605,6 +698,7 @@ fn report(task: &TaskRef, outcome: RunOutcome, cause: Option<StopCause>) -> Work
             failure_reason: f.reason,
             exit_code: f.exit_code,
             execution_id: task.execution_id.clone(),
+            failure_details: f.details,
         })
     };
     match (outcome, cause) {

@@ -1,0 +1,131 @@
+//! The start-up preflight (the Go worker's): one Job from the operator's
+//! template proves the worker may create task Jobs with what they need — a
+//! root init container (sidecar copies) or an image volume — before any
+//! task is claimed. In copy mode it passes once the Job has a Pod; in
+//! image-volume mode once the Job completes. A `FailedCreate` event (an
+//! admission policy, a quota, RBAC) fails it, as does the timeout. The Job
+//! is deleted either way.
+
+use crate::diagnosis::{self, JobState};
+use crate::job_spec;
+use crate::settings::Settings;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Event, Pod};
+use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::{Api, Client};
+use std::time::Duration;
+
+/// How long the preflight may take (the Go worker's).
+pub const TIMEOUT: Duration = Duration::from_secs(15);
+const POLL: Duration = Duration::from_millis(500);
+
+/// Why the preflight failed; says what to check.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "kubernetes start-up preflight failed in namespace {namespace}: {problem}. The worker creates task Jobs {needs}; \
+     check the service account's RBAC (jobs create/get/list/watch/delete, pods get/list/watch, pods/log get, events list), \
+     Pod Security admission and other admission policies for that namespace"
+)]
+pub struct PreflightError {
+    pub namespace: String,
+    pub problem: String,
+    needs: &'static str,
+}
+
+/// Runs the preflight Job and removes it.
+pub async fn run(
+    client: &Client,
+    settings: &Settings,
+    worker_id: &str,
+) -> Result<(), PreflightError> {
+    let fail = |problem: String| PreflightError {
+        namespace: settings.namespace.clone(),
+        problem,
+        needs: if settings.use_image_volumes {
+            "that mount sidecars as image volumes (use_image_volumes: true), which also needs a cluster with the ImageVolume feature"
+        } else {
+            "with a root init container that copies each sidecar"
+        },
+    };
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &settings.namespace);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    let job = job_spec::preflight_job(settings, worker_id, nanos);
+    let created = jobs
+        .create(&PostParams::default(), &job)
+        .await
+        .map_err(|e| fail(format!("cannot create the preflight Job: {e}")))?;
+    let name = created.metadata.name.clone().unwrap_or_default();
+    let outcome = tokio::time::timeout(TIMEOUT, wait(client, settings, &created)).await;
+    if let Err(e) = jobs.delete(&name, &DeleteParams::background()).await {
+        tracing::warn!(job = name, "could not delete the preflight Job: {e}");
+    }
+    match outcome {
+        Ok(result) => result.map_err(fail),
+        Err(_) => Err(fail(format!(
+            "the preflight Job {name} {} within {}s",
+            if settings.use_image_volumes {
+                "did not complete"
+            } else {
+                "got no Pod"
+            },
+            TIMEOUT.as_secs()
+        ))),
+    }
+}
+
+async fn wait(client: &Client, settings: &Settings, job: &Job) -> Result<(), String> {
+    let ns = &settings.namespace;
+    let name = job.metadata.name.clone().unwrap_or_default();
+    let uid = job.metadata.uid.clone().unwrap_or_default();
+    let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let events: Api<Event> = Api::namespaced(client.clone(), ns);
+    let pod_selector = ListParams::default().labels(&format!("job-name={name}"));
+    let event_selector = ListParams::default().fields(&format!("involvedObject.uid={uid}"));
+    loop {
+        let found = pods
+            .list(&pod_selector)
+            .await
+            .map_err(|e| format!("cannot list the preflight Job's Pods: {e}"))?;
+        if settings.use_image_volumes {
+            let current = jobs
+                .get(&name)
+                .await
+                .map_err(|e| format!("cannot read the preflight Job: {e}"))?;
+            match diagnosis::job_state(&current, ns) {
+                JobState::Complete => return Ok(()),
+                JobState::Failed { message, .. } => return Err(message),
+                JobState::Running => {}
+            }
+            for pod in &found.items {
+                if pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Succeeded") {
+                    return Ok(());
+                }
+                let now = k8s_openapi::jiff::Timestamp::now();
+                if let Some(d) =
+                    diagnosis::diagnose_pod(pod, &[], ns, now, settings.unschedulable_timeout)
+                {
+                    return Err(d.message);
+                }
+            }
+        } else if !found.items.is_empty() {
+            return Ok(());
+        }
+        let listed = events
+            .list(&event_selector)
+            .await
+            .map_err(|e| format!("cannot list the preflight Job's events: {e}"))?;
+        if let Some(e) = listed.items.iter().find(|e| {
+            e.type_.as_deref() == Some("Warning") && e.reason.as_deref() == Some("FailedCreate")
+        }) {
+            return Err(format!(
+                "the preflight Job {name} could not create a Pod: {}",
+                e.message.as_deref().unwrap_or("FailedCreate")
+            ));
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}

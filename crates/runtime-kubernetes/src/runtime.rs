@@ -1,0 +1,423 @@
+//! The kubernetes runtime: one Job per task execution.
+//!
+//! Better than the Go worker on what its users report:
+//! - a Job that already exists for the same execution is adopted, not a
+//!   failure (#86), and one still being deleted is waited for;
+//! - a cancellation deletes the Job with foreground propagation and the
+//!   run ends once its Pods are gone;
+//! - at a worker restart every journalled execution's Job is found again by
+//!   its deterministic name and labels and followed to its end (#74/#84);
+//! - at shutdown running Jobs are left in place for the next start.
+
+use crate::client::{self, ConnectError};
+use crate::job_spec::{self, Sidecar, TaskJobRequest};
+use crate::logs::LogFollower;
+use crate::names;
+use crate::preflight::{self, PreflightError};
+use crate::settings::Settings;
+use crate::watch::{self, Ended};
+use futures_util::future::BoxFuture;
+use futures_util::StreamExt;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::runtime::watcher::{self, watcher};
+use kube::runtime::WatchStreamExt;
+use kube::{Api, Client};
+use oz_foundation::secret::Secret;
+use oz_protocol::FailureReason;
+use oz_runtime::{
+    Failure, Invocation, RunOutcome, Runtime, RuntimeContext, TaskContext, TaskRef,
+    DEFAULT_TASK_IMAGE,
+};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// How long the last output may take to arrive after the task ended.
+const OUTPUT_FLUSH: Duration = Duration::from_secs(2);
+/// How long after its success a task's Job is deleted.
+const DELETE_SUCCEEDED_AFTER: Duration = Duration::from_secs(5);
+
+/// Why the runtime could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error(transparent)]
+    Preflight(#[from] PreflightError),
+}
+
+pub struct KubernetesRuntime {
+    client: Client,
+    settings: Settings,
+    worker_id: String,
+    /// The operator's `-e` entries; they win over the task's.
+    operator_env: Vec<(String, Secret)>,
+    server_version: String,
+}
+
+impl KubernetesRuntime {
+    /// Connects, reads the server's version and runs the preflight Job.
+    pub async fn start(
+        ctx: RuntimeContext,
+        settings: Settings,
+        operator_env: Vec<(String, Secret)>,
+    ) -> Result<KubernetesRuntime, StartError> {
+        let (client, server_version) = client::connect(settings.kubeconfig.as_deref()).await?;
+        preflight::run(&client, &settings, &ctx.worker_id).await?;
+        Ok(KubernetesRuntime {
+            client,
+            settings,
+            worker_id: ctx.worker_id,
+            operator_env,
+            server_version,
+        })
+    }
+
+    fn jobs(&self) -> Api<Job> {
+        Api::namespaced(self.client.clone(), &self.settings.namespace)
+    }
+
+    fn pods(&self) -> Api<Pod> {
+        Api::namespaced(self.client.clone(), &self.settings.namespace)
+    }
+
+    fn request(&self, inv: &Invocation) -> Result<TaskJobRequest, Failure> {
+        let harness = inv
+            .spec
+            .agent_config_snapshot
+            .as_ref()
+            .and_then(|s| s.harness.as_ref())
+            .and_then(|h| h.kind.as_deref());
+        let requested: Vec<Sidecar> = inv
+            .sidecars
+            .iter()
+            .map(|s| Sidecar {
+                image: s.image.clone(),
+                mount_path: s.mount_path.clone(),
+                read_write: s.read_write,
+            })
+            .collect();
+        let sidecars = job_spec::task_sidecars(&self.settings, &requested, harness);
+        job_spec::check_sidecars(&sidecars, self.settings.use_image_volumes)
+            .map_err(|e| Failure::new(FailureReason::SidecarPrep, e.0))?;
+        let image = inv
+            .image
+            .clone()
+            .or_else(|| self.settings.default_image.clone())
+            .unwrap_or_else(|| DEFAULT_TASK_IMAGE.to_string());
+        let env = inv
+            .env_exposed()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .chain(
+                self.operator_env
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.expose_str().to_string())),
+            )
+            .collect();
+        Ok(TaskJobRequest {
+            worker_id: self.worker_id.clone(),
+            task_id: inv.task.task_id.clone(),
+            execution_id: inv.task.execution_id.clone(),
+            image,
+            base_args: inv.base_args.clone(),
+            env,
+            sidecars,
+            cpus: inv.limits.cpus,
+            memory_bytes: inv.limits.memory_bytes,
+        })
+    }
+
+    /// Creates the Job, or adopts the one this execution already has.
+    async fn create_or_adopt(&self, job: &Job) -> Result<(), Failure> {
+        let name = job.metadata.name.clone().unwrap_or_default();
+        let job_create = |what: String| Failure::new(FailureReason::JobCreate, what);
+        // A Job of the same execution still being deleted (an earlier
+        // cancellation) is waited for; then the name is free.
+        for _ in 0..2 {
+            match self.jobs().create(&PostParams::default(), job).await {
+                Ok(_) => {
+                    tracing::info!(
+                        job = name,
+                        namespace = self.settings.namespace,
+                        "created the task's Job"
+                    );
+                    return Ok(());
+                }
+                Err(kube::Error::Api(status)) if status.is_already_exists() => {
+                    let existing = match self.jobs().get_opt(&name).await {
+                        Ok(Some(existing)) => existing,
+                        Ok(None) => continue,
+                        Err(e) => {
+                            return Err(job_create(format!(
+                                "Job {name} exists but cannot be read: {e}"
+                            )))
+                        }
+                    };
+                    if !job_spec::is_same_execution(&existing, job) {
+                        return Err(job_create(format!(
+                            "a Job named {name} already exists in namespace {} and belongs to another execution or worker \
+                             (its oz-execution-hash/oz-worker-hash labels differ); delete it, or use another namespace",
+                            self.settings.namespace
+                        )));
+                    }
+                    if existing.metadata.deletion_timestamp.is_some() {
+                        tracing::info!(
+                            job = name,
+                            "waiting for this execution's earlier Job to be deleted"
+                        );
+                        self.wait_gone(&name).await;
+                        continue;
+                    }
+                    tracing::info!(job = name, "adopting this execution's existing Job");
+                    return Ok(());
+                }
+                Err(e) => {
+                    return Err(job_create(format!(
+                        "cannot create Job {name} in namespace {}: {e}",
+                        self.settings.namespace
+                    )))
+                }
+            }
+        }
+        Err(job_create(format!(
+            "Job {name} kept reappearing while it was being created"
+        )))
+    }
+
+    /// Waits until the Job `name` no longer exists.
+    async fn wait_gone(&self, name: &str) {
+        let mut stream = watcher(
+            self.jobs(),
+            watcher::Config::default().fields(&format!("metadata.name={name}")),
+        )
+        .default_backoff()
+        .boxed();
+        loop {
+            if matches!(self.jobs().get_opt(name).await, Ok(None)) {
+                return;
+            }
+            match stream.next().await {
+                Some(Ok(watcher::Event::Delete(_))) | None => return,
+                _ => {}
+            }
+        }
+    }
+
+    /// Waits until no Pod of the execution is left.
+    async fn wait_pods_gone(&self, selector: &str, force: &CancellationToken) {
+        let mut stream = watcher(self.pods(), watcher::Config::default().labels(selector))
+            .default_backoff()
+            .boxed();
+        let mut forced = false;
+        loop {
+            match self
+                .pods()
+                .list(&ListParams::default().labels(selector))
+                .await
+            {
+                Ok(list) if list.items.is_empty() => return,
+                Ok(list) if force.is_cancelled() && !forced => {
+                    forced = true;
+                    for p in list.items {
+                        let name = p.metadata.name.unwrap_or_default();
+                        let now = DeleteParams {
+                            grace_period_seconds: Some(0),
+                            ..Default::default()
+                        };
+                        if let Err(e) = self.pods().delete(&name, &now).await {
+                            tracing::warn!(
+                                pod = name,
+                                "could not force-delete the task's Pod: {e}"
+                            );
+                        }
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!("could not list the task's Pods: {e}"),
+            }
+            tokio::select! {
+                _ = stream.next() => {}
+                _ = force.cancelled(), if !forced => {}
+            }
+        }
+    }
+
+    /// Stops a run: deletes its Job with foreground propagation (the Pods
+    /// go first, each with its grace period and preStop teardown) and
+    /// returns once they are gone.
+    async fn cancel(&self, name: &str, selector: &str, force: &CancellationToken) {
+        match self.jobs().delete(name, &DeleteParams::foreground()).await {
+            Ok(_) => tracing::info!(job = name, "deleting the task's Job (foreground)"),
+            Err(kube::Error::Api(s)) if s.is_not_found() => {}
+            Err(e) => tracing::warn!(job = name, "could not delete the task's Job: {e}"),
+        }
+        self.wait_pods_gone(selector, force).await;
+    }
+
+    /// Follows an execution's Job to its end.
+    async fn follow(&self, task: &TaskRef, ctx: TaskContext) -> RunOutcome {
+        let name = names::job_name(&task.task_id, task.execution_id.as_deref());
+        let selector = names::execution_selector(&task.task_id, task.execution_id.as_deref());
+        let mut logs = LogFollower::new(&self.client, &self.settings.namespace, ctx.output.clone());
+        let ended = {
+            let exec = watch::Execution {
+                client: &self.client,
+                settings: &self.settings,
+                job_name: &name,
+                pod_selector: &selector,
+            };
+            let mut observe = |p: &Pod| logs.observe(p);
+            tokio::select! {
+                e = watch::until_ended(exec, &mut observe) => Some(e),
+                _ = ctx.stop.cancelled() => None,
+            }
+        };
+        let Some(ended) = ended else {
+            self.cancel(&name, &selector, &ctx.force).await;
+            logs.finish(Duration::ZERO).await;
+            return RunOutcome::Stopped;
+        };
+        logs.finish(OUTPUT_FLUSH).await;
+        match ended {
+            Ended::Completed => {
+                if self.settings.cleanup {
+                    self.delete_later(name);
+                }
+                RunOutcome::Completed
+            }
+            Ended::Failed {
+                reason,
+                message,
+                exit_code,
+                details,
+            } => {
+                tracing::info!(
+                    job = name,
+                    "the task failed; its Job is kept for ttl_seconds_after_finished"
+                );
+                RunOutcome::Failed(Failure {
+                    reason: wire_reason(reason),
+                    message,
+                    exit_code,
+                    details: Some(details),
+                })
+            }
+            Ended::JobGone { message } => {
+                RunOutcome::Failed(Failure::new(FailureReason::JobWatch, message))
+            }
+        }
+    }
+
+    /// Deletes a succeeded task's Job a little later: by then the core has
+    /// written the report to its journal, so a worker that dies in between
+    /// finds the Job complete at its restart and reports the success,
+    /// rather than finding nothing. A worker that exits first leaves the
+    /// Job to its TTL.
+    fn delete_later(&self, name: String) {
+        let jobs = self.jobs();
+        tokio::spawn(async move {
+            tokio::time::sleep(DELETE_SUCCEEDED_AFTER).await;
+            match jobs.delete(&name, &DeleteParams::background()).await {
+                Ok(_) => tracing::debug!(job = name, "deleted the succeeded task's Job"),
+                Err(kube::Error::Api(s)) if s.is_not_found() => {}
+                Err(e) => {
+                    tracing::warn!(job = name, "could not delete the succeeded task's Job: {e}")
+                }
+            }
+        });
+    }
+}
+
+/// The wire reason of a diagnosis.
+fn wire_reason(reason: crate::diagnosis::Reason) -> FailureReason {
+    use crate::diagnosis::Reason;
+    match reason {
+        Reason::JobFailed => FailureReason::JobFailed,
+        Reason::ActiveDeadline => FailureReason::ActiveDeadline,
+        Reason::InitContainer => FailureReason::InitContainer,
+        Reason::ImagePull => FailureReason::ImagePull,
+        Reason::InvalidImage => FailureReason::InvalidImage,
+        Reason::ContainerCreate => FailureReason::ContainerCreate,
+        Reason::ContainerWait => FailureReason::ContainerWait,
+        Reason::ContainerOom => FailureReason::ContainerOom,
+        Reason::ContainerExit => FailureReason::ContainerExit,
+        Reason::Unschedulable => FailureReason::Unschedulable,
+        Reason::VolumeMount => FailureReason::VolumeMount,
+    }
+}
+
+impl KubernetesRuntime {
+    /// The Job of an execution found again at start-up: followed to its
+    /// end; one that is gone is reported as found nowhere.
+    async fn follow_again(&self, task: TaskRef, ctx: TaskContext) -> RunOutcome {
+        let name = names::job_name(&task.task_id, task.execution_id.as_deref());
+        match self.jobs().get_opt(&name).await {
+            Ok(None) => RunOutcome::Failed(Failure::new(
+                FailureReason::Unknown,
+                format!(
+                    "the worker stopped while it followed this task, and at its restart the task's Job {name} was gone \
+                     from namespace {} (deleted by someone, or by its TTL); how the task ended is unknown",
+                    self.settings.namespace
+                ),
+            )),
+            // Unreadable now (the API server restarting): the watches retry.
+            Ok(Some(_)) | Err(_) => self.follow(&task, ctx).await,
+        }
+    }
+}
+
+impl Runtime for KubernetesRuntime {
+    fn name(&self) -> &'static str {
+        "kubernetes"
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "kubernetes {} (namespace {})",
+            self.server_version, self.settings.namespace
+        )
+    }
+
+    fn preserves_tasks_on_shutdown(&self) -> bool {
+        true
+    }
+
+    fn run(&self, invocation: Invocation, ctx: TaskContext) -> BoxFuture<'_, RunOutcome> {
+        Box::pin(async move {
+            let request = match self.request(&invocation) {
+                Ok(r) => r,
+                Err(f) => return RunOutcome::Failed(f),
+            };
+            let job = job_spec::task_job(&self.settings, &request);
+            if let Err(f) = self.create_or_adopt(&job).await {
+                return RunOutcome::Failed(f);
+            }
+            self.follow(&invocation.task, ctx).await
+        })
+    }
+
+    fn reattaches(&self) -> bool {
+        true
+    }
+
+    fn reattach(&self, task: TaskRef, ctx: TaskContext) -> BoxFuture<'_, RunOutcome> {
+        Box::pin(self.follow_again(task, ctx))
+    }
+
+    /// Jobs outlive the worker: nothing to stop or remove here. Executions
+    /// the journal holds are followed again through `reattach`.
+    fn recover(&self, _unfinished: Vec<TaskRef>) -> BoxFuture<'_, Vec<(TaskRef, RunOutcome)>> {
+        Box::pin(async { Vec::new() })
+    }
+
+    fn check(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            self.client
+                .apiserver_version()
+                .await
+                .map(|_| ())
+                .map_err(|e| format!("the Kubernetes API server does not answer: {e}"))
+        })
+    }
+}
