@@ -12,4 +12,5 @@ pub mod operator_env;
 pub mod percent;
 pub mod secret;
 pub mod text;
+pub mod tls;
 pub mod tls_roots;
