@@ -215,7 +215,7 @@ impl Pusher {
                 .await
                 .map(|b| b.to_bytes())
                 .unwrap_or_default();
-            let text = oz_foundation::text::escape_control_bytes(&body[..body.len().min(300)]);
+            let text = oz_foundation::escape::escape_control_bytes(&body[..body.len().min(300)]);
             Err(format!("the collector answered {status}: {text}"))
         };
         match tokio::time::timeout(self.settings.timeout, exchange).await {
