@@ -30,7 +30,7 @@ const BENCHES: [(&str, &str); 9] = [
     ("control_plane", "Control plane under load"),
 ];
 
-/// A bench's exit status when its environment is missing (benches/support/setup.rs).
+/// A bench's exit status when its environment is missing (crates/test-support/src/bench/setup.rs).
 const EXIT_MISSING: i32 = 2;
 
 struct Outcome {
