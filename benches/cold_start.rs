@@ -22,11 +22,11 @@
 use oz_test_support::bench as support;
 
 use oz_runs_api::model::{CreateRunRequest, RunState};
+use oz_test_support::control_plane::TestPlane;
 use serde_json::json;
 use std::time::{Duration, Instant};
 use support::engine::{task_container, unique, Agent, RawEngine, BENCH_LABEL};
 use support::images::{self, Sidecar};
-use support::plane::Plane;
 use support::report::{verdict, Report};
 use support::setup;
 use support::stats::{median, ms, paired_ratio, ratio, secs, worker_first};
@@ -90,7 +90,7 @@ async fn raw_task(engine: &RawEngine, task_image: &str, agent: Agent<'_>) -> Dur
 }
 
 struct Workers {
-    plane: Plane,
+    plane: TestPlane,
     copy: WorkerProc,
     mount: WorkerProc,
 }
@@ -145,7 +145,7 @@ async fn main() {
     let task_image_id = engine.image_id(&task_image).await.unwrap().unwrap();
     let filler: Vec<u8> = (0..mb << 20).map(|_| fastrand::u8(..)).collect();
 
-    let plane = Plane::start().await;
+    let plane = TestPlane::ephemeral().await;
     let launch = |id: &str, env: Vec<(String, String)>| Launch {
         worker_id: unique(id),
         ws_url: plane.ws_url(),

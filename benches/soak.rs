@@ -20,10 +20,11 @@
 use oz_test_support::bench as support;
 
 use oz_runs_api::model::{CreateRunRequest, Run, RunState};
+use oz_test_support::control_plane::TestPlane;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use support::engine::unique;
-use support::plane::{Plane, POLL};
+use support::plane::POLL;
 use support::report::{verdict, Report};
 use support::setup;
 use support::stats::{mib, ms, secs};
@@ -73,7 +74,7 @@ async fn main() {
         .prefix("oz-bench-soak-")
         .tempdir_in("/tmp")
         .unwrap();
-    let plane = Plane::start().await;
+    let plane = TestPlane::ephemeral().await;
     let worker_id = unique("bench-soak");
     let worker = WorkerProc::start(Launch {
         worker_id: worker_id.clone(),
@@ -118,7 +119,7 @@ async fn main() {
         while outstanding.len() < CONCURRENCY && runs.len() < n {
             let i = runs.len();
             let run = plane
-                .client
+                .runs
                 .create_run(&request(i))
                 .await
                 .unwrap_or_else(|e| panic!("creating run {i}: {e}"));
@@ -128,7 +129,7 @@ async fn main() {
         tokio::time::sleep(POLL).await;
         let mut still = Vec::with_capacity(outstanding.len());
         for (i, id) in outstanding {
-            let run = plane.client.get_run(&id).await.unwrap();
+            let run = plane.runs.get_run(&id).await.unwrap();
             if run.state.is_terminal() {
                 done += 1;
                 last_progress = Instant::now();
@@ -156,7 +157,7 @@ async fn main() {
     let (mut lost, mut duplicated, mut wrong) = (Vec::new(), Vec::new(), Vec::new());
     let (mut succeeded, mut failed) = (0, 0);
     for (i, id) in &runs {
-        let run: Run = plane.client.get_run(id).await.unwrap();
+        let run: Run = plane.runs.get_run(id).await.unwrap();
         let terminal_entries = run.history.iter().filter(|h| h.state.is_terminal()).count();
         let executions = std::fs::read_to_string(report_dir.path().join(id).join("executions"))
             .map(|s| s.lines().count())

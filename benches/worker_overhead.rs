@@ -15,9 +15,10 @@
 use oz_test_support::bench as support;
 
 use oz_runs_api::model::{CreateRunRequest, RunState};
+use oz_test_support::control_plane::TestPlane;
 use std::time::{Duration, Instant};
 use support::engine::{task_container, unique, Agent};
-use support::plane::{Plane, Timed};
+use support::plane::Timed;
 use support::report::{verdict, Report};
 use support::stats::{median, ms, paired_ratio, ratio, ratio_spread, worker_first};
 use support::worker::{Launch, WorkerProc};
@@ -37,7 +38,7 @@ async fn main() {
         .await
         .unwrap_or_else(|e| panic!("building the demo sidecar: {e}"));
     let sidecar = demo.reference.clone();
-    let plane = Plane::start().await;
+    let plane = TestPlane::ephemeral().await;
     let worker_id = unique("bench-overhead");
     let worker = WorkerProc::start(Launch {
         worker_id: worker_id.clone(),

@@ -9,9 +9,9 @@
 use oz_test_support::bench as support;
 
 use oz_runs_api::model::{CreateRunRequest, RunState};
+use oz_test_support::control_plane::TestPlane;
 use std::time::Duration;
 use support::engine::unique;
-use support::plane::Plane;
 use support::report::{verdict, Report};
 use support::setup;
 use support::stats::mib;
@@ -46,7 +46,7 @@ async fn main() {
         .await
         .unwrap_or_else(|e| panic!("building the demo sidecar: {e}"));
     let sidecar = demo.reference.clone();
-    let plane = Plane::start().await;
+    let plane = TestPlane::ephemeral().await;
     let worker_id = unique("bench-rss");
     let worker = WorkerProc::start(Launch {
         worker_id: worker_id.clone(),
@@ -93,7 +93,7 @@ async fn main() {
     let mut ids = Vec::new();
     for _ in 0..tasks {
         let run = plane
-            .client
+            .runs
             .create_run(&req(&[
                 ("OZ_DEMO_BEHAVIOUR", "sleep"),
                 ("OZ_DEMO_SLEEP", "600"),
@@ -126,7 +126,7 @@ async fn main() {
     let busy_threads = worker.threads();
 
     for id in &ids {
-        plane.client.cancel_run(id).await.unwrap();
+        plane.runs.cancel_run(id).await.unwrap();
     }
     for id in &ids {
         let run = plane.wait_terminal(id, RUN_TIMEOUT).await.unwrap();

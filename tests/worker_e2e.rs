@@ -90,15 +90,18 @@ impl Setup {
             plane,
             key,
             team_id,
+            ..
         } = plane;
         plane.shutdown().await;
         while_down.await;
         let plane = oz_control_plane::ControlPlane::start(config).await.unwrap();
+        let runs = oz_runs_api::client::Client::new(&plane.url(), &key).unwrap();
         Setup {
             plane: TestPlane {
                 plane,
                 key,
                 team_id,
+                runs,
             },
             engine,
             report,

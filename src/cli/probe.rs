@@ -63,7 +63,7 @@ pub async fn probe(url: &str, timeout: Duration) -> Result<http::StatusCode, Str
         let response = client
             .request(request)
             .await
-            .map_err(|e| oz_foundation::text::error_chain(&e))?;
+            .map_err(|e| oz_foundation::error_chain::error_chain(&e))?;
         let status = response.status();
         if status.is_success() {
             return Ok(status);

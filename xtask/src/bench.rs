@@ -30,7 +30,7 @@ const BENCHES: [(&str, &str); 9] = [
     ("control_plane", "Control plane under load"),
 ];
 
-/// A bench's exit status when its environment is missing (benches/support/setup.rs).
+/// A bench's exit status when its environment is missing (crates/test-support/src/bench/setup.rs).
 const EXIT_MISSING: i32 = 2;
 
 struct Outcome {
@@ -91,6 +91,10 @@ pub fn run(quick: bool) -> Result<(), String> {
         (&load_before, &load_after),
     );
     let path = root.join("BENCHMARKS.md");
+    let kept = std::fs::read_to_string(&path)
+        .map(|old| hand_written(&old).to_owned())
+        .unwrap_or_default();
+    let doc = doc + &kept;
     std::fs::write(&path, doc).map_err(|e| format!("{}: {e}", path.display()))?;
     eprintln!("\nwrote {}", path.display());
     let failed: Vec<String> = outcomes
@@ -171,6 +175,16 @@ fn build(root: &Path) -> Result<BTreeMap<String, PathBuf>, String> {
         }
     }
     Ok(found)
+}
+
+/// The line after which BENCHMARKS.md is written by hand (one-off
+/// measurements such as build times); `cargo xtask bench` keeps it and
+/// what follows.
+const HAND_WRITTEN: &str = "<!-- Written by hand below this line; cargo xtask bench keeps it. -->";
+
+/// The hand-written tail of `old`, from [`HAND_WRITTEN`] on; empty without it.
+fn hand_written(old: &str) -> &str {
+    old.find(HAND_WRITTEN).map_or("", |at| &old[at..])
 }
 
 fn render(
@@ -416,6 +430,19 @@ fn utc_now() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_hand_written_tail_is_kept() {
+        let old = format!(
+            "# Benchmarks\ngenerated\n\n{}\n## Workspace reshape\nby hand\n",
+            super::HAND_WRITTEN
+        );
+        assert_eq!(
+            super::hand_written(&old),
+            format!("{}\n## Workspace reshape\nby hand\n", super::HAND_WRITTEN)
+        );
+        assert_eq!(super::hand_written("# Benchmarks\nonly generated\n"), "");
+    }
 
     #[test]
     fn a_missing_bench_is_said_in_the_summary_and_its_section() {

@@ -21,8 +21,7 @@ use std::sync::Arc;
 /// be read is logged (its path and why) and skipped, never fatal: the
 /// bundled roots remain.
 pub fn root_store() -> RootCertStore {
-    let mut roots = RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    let mut roots = crate::tls::web_roots();
     let native = rustls_native_certs::load_native_certs();
     for e in &native.errors {
         tracing::warn!("skipping system CA certificates: {e}");
@@ -38,13 +37,7 @@ pub fn root_store() -> RootCertStore {
 /// A rustls client configuration over [`root_store`] with the ring
 /// provider and rustls's safe protocol versions; no client certificate.
 pub fn client_config() -> Arc<ClientConfig> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("the ring provider supports the default protocol versions")
-        .with_root_certificates(root_store())
-        .with_no_client_auth();
-    Arc::new(config)
+    Arc::new(crate::tls::builder(root_store()).with_no_client_auth())
 }
 
 /// When `error`'s chain holds a rustls certificate error, a sentence that

@@ -147,7 +147,7 @@ pub async fn run(
         .lines()
         .rev()
         .find(|l| !l.trim().is_empty())
-        .map(|l| truncate(&oz_foundation::text::escape_control(l.trim()), 300));
+        .map(|l| truncate(&oz_foundation::escape::escape_control(l.trim()), 300));
     let detail = last
         .map(|l| format!("; last output: {l}"))
         .unwrap_or_default();
@@ -344,9 +344,9 @@ async fn log_output(rt: &DockerRuntime, id: &str, task_id: &str, failed: bool) -
     let text = String::from_utf8_lossy(&out).into_owned();
     for line in text.lines() {
         if failed {
-            tracing::warn!(target: TASK_OUTPUT, task_id, "task output: {}", oz_foundation::text::escape_control(line));
+            tracing::warn!(target: TASK_OUTPUT, task_id, "task output: {}", oz_foundation::escape::escape_control(line));
         } else {
-            tracing::debug!(target: TASK_OUTPUT, task_id, "task output: {}", oz_foundation::text::escape_control(line));
+            tracing::debug!(target: TASK_OUTPUT, task_id, "task output: {}", oz_foundation::escape::escape_control(line));
         }
     }
     text

@@ -115,7 +115,7 @@ async fn pump(
                             target: TASK_OUTPUT,
                             task_id,
                             "task output: {}",
-                            oz_foundation::text::escape_control(&String::from_utf8_lossy(&line))
+                            oz_foundation::escape::escape_control(&String::from_utf8_lossy(&line))
                         );
                         line.clear();
                     } else if line.len() < 4096 {
@@ -201,7 +201,12 @@ impl Group {
         let code = exit_code(status);
         let last = self
             .last_line()
-            .map(|l| format!("; last output: {}", oz_foundation::text::escape_control(&l)))
+            .map(|l| {
+                format!(
+                    "; last output: {}",
+                    oz_foundation::escape::escape_control(&l)
+                )
+            })
             .unwrap_or_default();
         crate::Failure {
             reason,

@@ -215,7 +215,7 @@ impl Pusher {
                 .await
                 .map(|b| b.to_bytes())
                 .unwrap_or_default();
-            let text = oz_foundation::text::escape_control_bytes(&body[..body.len().min(300)]);
+            let text = oz_foundation::escape::escape_control_bytes(&body[..body.len().min(300)]);
             Err(format!("the collector answered {status}: {text}"))
         };
         match tokio::time::timeout(self.settings.timeout, exchange).await {
@@ -240,20 +240,22 @@ fn describe(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 fn tls_config(settings: &OtlpSettings) -> Result<Arc<rustls::ClientConfig>, String> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS set-up failed: {e}"))?;
+    use oz_foundation::tls::PemFileError;
+    // The file's own error, without its path (the message names the file).
+    let why = |e: PemFileError| match e {
+        PemFileError::Read { source, .. } => source.to_string(),
+        other => other.to_string(),
+    };
     let mut roots = rustls::RootCertStore::empty();
     match &settings.ca_certificate {
         Some(ca) => {
-            let certs = CertificateDer::pem_file_iter(ca)
-                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| {
-                    format!("cannot read the OTLP CA certificate {}: {e}", ca.display())
-                })?;
+            let certs = oz_foundation::tls::read_certificates(ca).map_err(|e| {
+                format!(
+                    "cannot read the OTLP CA certificate {}: {}",
+                    ca.display(),
+                    why(e)
+                )
+            })?;
             for cert in certs {
                 roots.add(cert).map_err(|e| {
                     format!(
@@ -263,21 +265,25 @@ fn tls_config(settings: &OtlpSettings) -> Result<Arc<rustls::ClientConfig>, Stri
                 })?;
             }
         }
-        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+        None => roots = oz_foundation::tls::web_roots(),
     }
-    let builder = builder.with_root_certificates(roots);
+    let builder = oz_foundation::tls::builder(roots);
     let mut config = match (&settings.client_certificate, &settings.client_key) {
         (Some(cert), Some(key)) => {
-            let chain = CertificateDer::pem_file_iter(cert)
-                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| {
-                    format!(
-                        "cannot read the OTLP client certificate {}: {e}",
-                        cert.display()
-                    )
-                })?;
-            let key = PrivateKeyDer::from_pem_file(key)
-                .map_err(|e| format!("cannot read the OTLP client key {}: {e}", key.display()))?;
+            let chain = oz_foundation::tls::read_certificates(cert).map_err(|e| {
+                format!(
+                    "cannot read the OTLP client certificate {}: {}",
+                    cert.display(),
+                    why(e)
+                )
+            })?;
+            let key = oz_foundation::tls::read_private_key(key).map_err(|e| {
+                format!(
+                    "cannot read the OTLP client key {}: {}",
+                    key.display(),
+                    why(e)
+                )
+            })?;
             builder
                 .with_client_auth_cert(chain, key)
                 .map_err(|e| format!("the OTLP client certificate and key do not fit: {e}"))?

@@ -31,11 +31,18 @@ pub fn test_config() -> Config {
     c
 }
 
+/// The embedded control plane with a team key: the one harness for it, used
+/// by the tests (with [`test_config`]'s short timers) and the benches
+/// ([`TestPlane::ephemeral`], the plane's own timers; the runs they time
+/// are in `bench::plane`).
 pub struct TestPlane {
     pub plane: ControlPlane,
     /// A key of team "alpha".
     pub key: String,
     pub team_id: i64,
+    /// One runs-API client with that key, for callers that make many calls
+    /// ([`TestPlane::client`] makes a new one each time).
+    pub runs: Client,
 }
 
 impl TestPlane {
@@ -44,11 +51,29 @@ impl TestPlane {
             .await
             .expect("control plane starts");
         let k = plane.create_api_key("alpha").unwrap();
+        let runs = Client::new(&plane.url(), &k.secret).expect("a runs client");
         TestPlane {
             plane,
             key: k.secret,
             team_id: k.team.id,
+            runs,
         }
+    }
+
+    /// In memory, on an ephemeral port, with the control plane's own
+    /// timers: what the benches measure.
+    pub async fn ephemeral() -> TestPlane {
+        TestPlane::start(Config::ephemeral()).await
+    }
+
+    /// The worker endpoint, `ws://127.0.0.1:PORT/…`.
+    pub fn ws_url(&self) -> String {
+        self.plane.ws_url()
+    }
+
+    /// The runs API's root, `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        self.plane.url()
     }
 
     pub fn client(&self) -> Client {

@@ -182,13 +182,13 @@ where
         if e.is_parse() || e.is_parse_status() {
             failed(format!(
                 "it answered CONNECT with something that is not HTTP ({}); if it is a SOCKS5 proxy, write socks5:// in {}, if it wants TLS, https://",
-                oz_foundation::text::error_chain(e),
+                oz_foundation::error_chain::error_chain(e),
                 p.source
             ))
         } else {
             failed(format!(
                 "it closed the connection instead of answering CONNECT ({}); if it wants TLS, write https:// in {}",
-                oz_foundation::text::error_chain(e),
+                oz_foundation::error_chain::error_chain(e),
                 p.source
             ))
         }
@@ -251,7 +251,7 @@ where
     let upgraded = hyper::upgrade::on(response).await.map_err(|e| {
         failed(format!(
             "the tunnel did not open: {}",
-            oz_foundation::text::error_chain(&e)
+            oz_foundation::error_chain::error_chain(&e)
         ))
     })?;
     Ok(Box::new(TokioIo::new(upgraded)))

@@ -312,7 +312,7 @@ impl HttpTransport {
                     } else {
                         ErrorKind::Protocol
                     };
-                    let mut err = self.err(kind, op, oz_foundation::text::error_chain(root));
+                    let mut err = self.err(kind, op, oz_foundation::error_chain::error_chain(root));
                     if self.endpoint.tls.is_none() && matches!(self.endpoint.host, Host::Tcp { .. })
                     {
                         err = err.with_hint(format!(

@@ -1,20 +1,18 @@
 //! rustls client configuration from [`TlsSettings`]: the CA file (or the
 //! built-in web roots), the client certificate chain and key, verification on
-//! or off. The ring provider is built explicitly; no process-wide default.
+//! or off. The generic pieces (provider, protocol versions, PEM files) are
+//! [`oz_foundation::tls`]'s; what is Docker's here is where the files come
+//! from (`DOCKER_CERT_PATH`, a context's TLS folder) and what an error says.
 
 use crate::transport::endpoint::TlsSettings;
 use crate::transport::error::{DockerError, ErrorKind};
+use oz_foundation::tls::PemFileError;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use std::path::Path;
 use std::sync::Arc;
-
-fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
 
 fn tls_error(message: String, hint: &str) -> DockerError {
     DockerError::new(ErrorKind::Tls, "load TLS files", message).with_hint(hint.to_string())
@@ -25,30 +23,23 @@ fn read_certs(
     path: &Path,
     what: &str,
 ) -> Result<Vec<CertificateDer<'static>>, DockerError> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| {
-            tls_error(
-                format!("cannot read the {what} {}: {e}", path.display()),
-                &format!("Check {} and the file's permissions", settings.location()),
-            )
-        })?;
-    if certs.is_empty() {
-        return Err(tls_error(
+    oz_foundation::tls::read_certificates(path).map_err(|e| match e {
+        PemFileError::Read { source, .. } => tls_error(
+            format!("cannot read the {what} {}: {source}", path.display()),
+            &format!("Check {} and the file's permissions", settings.location()),
+        ),
+        PemFileError::NoCertificate { .. } => tls_error(
             format!("the {what} {} holds no PEM certificate", path.display()),
             "It must contain a `-----BEGIN CERTIFICATE-----` block",
-        ));
-    }
-    Ok(certs)
+        ),
+    })
 }
 
 /// Builds the rustls configuration; every failure names the file and what
 /// is wrong with it (never its contents).
 pub fn client_config(settings: &TlsSettings) -> Result<Arc<ClientConfig>, DockerError> {
-    let provider = provider();
-    let builder = ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| tls_error(format!("TLS set-up failed: {e}"), "This is a bug"))?;
+    let provider = oz_foundation::tls::provider();
+    let builder = oz_foundation::tls::builder_with(provider.clone());
     let builder = if settings.verify {
         let mut roots = RootCertStore::empty();
         match &settings.ca {
@@ -62,7 +53,7 @@ pub fn client_config(settings: &TlsSettings) -> Result<Arc<ClientConfig>, Docker
                     })?;
                 }
             }
-            None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+            None => roots = oz_foundation::tls::web_roots(),
         }
         builder.with_root_certificates(roots)
     } else {
@@ -73,9 +64,13 @@ pub fn client_config(settings: &TlsSettings) -> Result<Arc<ClientConfig>, Docker
     let mut config = match (&settings.cert, &settings.key) {
         (Some(cert), Some(key)) => {
             let chain = read_certs(settings, cert, "client certificate")?;
-            let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| {
+            let key_der = oz_foundation::tls::read_private_key(key).map_err(|e| {
+                let why = match e {
+                    PemFileError::Read { source, .. } => source.to_string(),
+                    other => other.to_string(),
+                };
                 tls_error(
-                    format!("cannot read the client key {}: {e}", key.display()),
+                    format!("cannot read the client key {}: {why}", key.display()),
                     "key.pem must hold the PEM private key of cert.pem",
                 )
             })?;

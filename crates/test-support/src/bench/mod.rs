@@ -1,5 +1,5 @@
 //! Helpers shared by the benches; each bench does `mod support;` and uses
-//! what it needs. Benches cannot import `tests/support`, so the boundaries
+//! what it needs. They live beside the tests' helpers in this crate; the boundaries
 //! they cross have their own small helpers here: the Engine API spoken raw
 //! (the baselines), the worker binary, the embedded control plane, a
 //! scripted orchestrator, statistics and the report each bench writes.

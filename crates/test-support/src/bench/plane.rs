@@ -1,23 +1,16 @@
-//! The embedded control plane (in memory, ephemeral port) with a team key
-//! and a runs-API client, and runs timed from the plane's own record.
+//! Runs timed from the plane's own record, on the one embedded control
+//! plane harness ([`TestPlane`], started with [`TestPlane::ephemeral`]).
 //!
 //! A run's end is read from its history (the time the plane recorded the
 //! terminal report), not from when a poll happened to see it, so polling
 //! can be slow and cheap without blurring the figure.
 
-use oz_control_plane::{Config, ControlPlane};
-use oz_runs_api::client::Client;
+use crate::control_plane::TestPlane;
 use oz_runs_api::model::{CreateRunRequest, Run, RunState};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// How often a waiting bench looks at a run.
 pub const POLL: Duration = Duration::from_millis(20);
-
-pub struct Plane {
-    pub plane: ControlPlane,
-    pub key: String,
-    pub client: Client,
-}
 
 /// One run, end to end.
 #[derive(Debug, Clone)]
@@ -33,24 +26,7 @@ pub struct Timed {
     pub claim_to_end: Duration,
 }
 
-impl Plane {
-    pub async fn start() -> Plane {
-        let plane = ControlPlane::start(Config::ephemeral())
-            .await
-            .expect("the embedded control plane starts");
-        let key = plane.create_api_key("bench").expect("a team key").secret;
-        let client = Client::new(&plane.url(), &key).expect("a runs client");
-        Plane { plane, key, client }
-    }
-
-    pub fn ws_url(&self) -> String {
-        self.plane.ws_url()
-    }
-
-    pub fn url(&self) -> String {
-        self.plane.url()
-    }
-
+impl TestPlane {
     /// Creates the run and waits (at most `within`) for it to end.
     pub async fn timed_run(
         &self,
@@ -59,7 +35,7 @@ impl Plane {
     ) -> Result<Timed, String> {
         let t0 = SystemTime::now();
         let run = self
-            .client
+            .runs
             .create_run(req)
             .await
             .map_err(|e| format!("creating a run: {e}"))?;
@@ -72,7 +48,7 @@ impl Plane {
         let deadline = tokio::time::Instant::now() + within;
         loop {
             let run = self
-                .client
+                .runs
                 .get_run(id)
                 .await
                 .map_err(|e| format!("reading run {id}: {e}"))?;
@@ -93,7 +69,7 @@ impl Plane {
         for id in ids {
             loop {
                 let run = self
-                    .client
+                    .runs
                     .get_run(id)
                     .await
                     .map_err(|e| format!("reading run {id}: {e}"))?;

@@ -1,9 +1,8 @@
-//! Text for messages: text from outside (a task's output) made safe to put
-//! in a failure message, a log line or a terminal (every control character
-//! becomes a visible escape, so the text cannot move a cursor, recolour a
-//! terminal, reorder what a reader sees, or forge a log line), and an
-//! error's chain of causes on one line. Depends on nothing else of the
-//! crate.
+//! Text from outside (a task's output) made safe to put in a failure
+//! message, a log line or a terminal: every control character becomes a
+//! visible escape, so the text cannot move a cursor, recolour a terminal,
+//! reorder what a reader sees, or forge a log line. Depends on nothing
+//! else of the crate.
 
 use std::fmt::Write as _;
 
@@ -63,23 +62,6 @@ fn is_bidi_or_separator(c: char) -> bool {
     matches!(c,
         '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
         | '\u{2028}' | '\u{2029}')
-}
-
-/// An error and its causes on one line, each said once: `a: b: c`, a cause
-/// left out when an earlier part already contains its text (hyper's own
-/// message is only "client error (Connect)"; the cause says "Connection
-/// refused").
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut next = Some(e);
-    while let Some(err) = next {
-        let text = err.to_string();
-        if !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        next = err.source();
-    }
-    parts.join(": ")
 }
 
 #[cfg(test)]
