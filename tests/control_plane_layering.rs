@@ -16,7 +16,11 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("store", &["keys", "model", "time", "writer"]),
     ("index", &["model"]),
     ("output", &["store"]),
-    ("dispatcher", &["index", "model", "output", "store", "time"]),
+    ("metrics", &[]),
+    (
+        "dispatcher",
+        &["index", "metrics", "model", "output", "store", "time"],
+    ),
     ("calendar", &[]),
     ("scheduler", &["calendar", "dispatcher", "model", "store"]),
     ("sessions", &["keys", "store"]),
@@ -66,6 +70,9 @@ const CRATE_LEAVES: &[&str] = &[
     "duration",
     "tls_roots",
     "image_reference",
+    // The exporter (knows no metric of anyone's): `metrics` and `serve
+    // --metrics-listen` use it.
+    "telemetry",
 ];
 
 /// Strips `//` comments (doc comments mention other modules by name).

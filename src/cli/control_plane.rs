@@ -75,6 +75,11 @@ pub struct ServeArgs {
     /// older output was dropped): bytes, or with a KiB/MiB/GiB suffix.
     #[arg(long, default_value = "4MiB", value_parser = parse_size)]
     pub output_limit: u64,
+    /// Serve Prometheus metrics (queued runs per worker id, dispatch
+    /// latency) at http://ADDR/metrics, without authentication: bind it
+    /// where only the scraper reaches. Off unless given.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
     #[arg(long, default_value = "info", value_parser = ["debug", "info", "warn", "error"])]
     pub log_level: String,
 }
@@ -308,6 +313,7 @@ pub async fn serve(a: ServeArgs) -> ExitCode {
     config.rejection_backoff = a.rejection_backoff;
     config.reannounce_grace = a.reannounce_grace;
     config.output_limit = a.output_limit;
+    config.metrics_listen = a.metrics_listen;
     if let (Some(cert), Some(key)) = (a.tls_cert, a.tls_key) {
         config.tls = Some(cp::TlsFiles { cert, key });
     }
@@ -321,6 +327,9 @@ pub async fn serve(a: ServeArgs) -> ExitCode {
         plane.ws_url(),
         db.display()
     );
+    if let Some(addr) = plane.metrics_addr() {
+        eprintln!("metrics on http://{addr}/metrics");
+    }
     shutdown_signal().await;
     tracing::info!("shutting down");
     plane.shutdown().await;
