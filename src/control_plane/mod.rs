@@ -6,9 +6,11 @@
 //! state machine), `writer` (the one thread that runs SQLite, with group
 //! commit), `store` (all SQL, as jobs for that thread), `index` (the live
 //! runs, queues per worker id and connections, in memory), `output` (runs'
-//! live output: bounded, stored, watched), `dispatcher` (routes runs to
-//! live connections), `calendar` (cron expressions in a time zone) and
-//! `scheduler` (runs from schedules, once per slot), `edge` (what the HTTP
+//! live output: bounded, stored, watched), `metrics` (the instruments of
+//! `serve --metrics-listen`), `dispatcher` (routes runs to live
+//! connections, and records into `metrics`), `calendar` (cron expressions
+//! in a time zone) and `scheduler` (runs from schedules, once per slot),
+//! `edge` (what the HTTP
 //! endpoints share: body types, JSON and error responses, authentication,
 //! shared state; `sessions` holds the UI's sign-ins), then the endpoints —
 //! the API's resources `api_runs`, `api_output`, `api_schedules`,
