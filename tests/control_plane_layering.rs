@@ -35,7 +35,11 @@ const LAYERS: &[(&str, &[&str])] = &[
             "store",
         ],
     ),
-    ("api_runs", &["dispatcher", "edge", "model", "store"]),
+    ("paging", &["model"]),
+    (
+        "api_runs",
+        &["dispatcher", "edge", "model", "paging", "store"],
+    ),
     ("api_output", &["api_runs", "edge", "model"]),
     ("api_workers", &["edge", "model"]),
     (

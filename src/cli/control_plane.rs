@@ -4,7 +4,7 @@
 //! `runs logs --follow` failed or was cancelled; 2 the command itself
 //! failed (bad input, unreachable server).
 
-use crate::control_plane::client::{Client, OutputEvent};
+use crate::control_plane::client::{Client, OutputEvent, RunQuery};
 use crate::control_plane::model::{
     CreateRunRequest, CreateScheduleRequest, MissedSlots, OutputChunk, Run, RunState, Schedule,
 };
@@ -204,7 +204,9 @@ pub struct RunsArgs {
 
 #[derive(Debug, clap::Subcommand)]
 pub enum RunsCommand {
-    /// List this team's runs, oldest first.
+    /// List this team's runs, newest first: one page (the newest 100
+    /// unless --limit says otherwise; the next page's command is printed
+    /// to stderr), or every run with --all.
     List {
         /// Only runs in this state (queued, assigned, claimed, succeeded, failed, cancelled).
         #[arg(long)]
@@ -212,6 +214,15 @@ pub enum RunsCommand {
         /// Only runs for this worker id.
         #[arg(long)]
         host: Option<String>,
+        /// Runs per page, 1 to 1000 [default: 100; 1000 with --all].
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1000))]
+        limit: Option<u16>,
+        /// Start after an earlier page: the cursor it printed.
+        #[arg(long, conflicts_with = "all")]
+        cursor: Option<String>,
+        /// Every run, page after page.
+        #[arg(long)]
+        all: bool,
     },
     /// Show one run with its state history.
     Get { id: String },
@@ -606,32 +617,69 @@ fn print_json<T: serde::Serialize>(v: &T) {
     );
 }
 
+/// One page of runs (and the next page's cursor), or with `all` every run
+/// from `query`'s position on, page after page.
+async fn list_runs(
+    client: &Client,
+    query: RunQuery<'_>,
+    all: bool,
+) -> Result<(Vec<Run>, Option<String>), crate::control_plane::client::ClientError> {
+    if all {
+        return Ok((client.all_runs(query).await?, None));
+    }
+    let page = client.list_runs_page(&query).await?;
+    Ok((page.runs, page.next_cursor))
+}
+
+fn print_runs(runs: &[Run], json: bool) {
+    if json {
+        print_json(&runs);
+        return;
+    }
+    println!(
+        "{:<22} {:<10} {:<20} {:<25} TITLE",
+        "ID", "STATE", "HOST", "CREATED"
+    );
+    for r in runs {
+        println!(
+            "{:<22} {:<10} {:<20} {:<25} {}",
+            r.id, r.state, r.worker_host, r.created_at, r.title
+        );
+    }
+}
+
 pub async fn runs(a: RunsArgs) -> ExitCode {
     let client = match a.server.client() {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
     match a.command {
-        RunsCommand::List { state, host } => match client.list_runs(state, host.as_deref()).await {
-            Ok(runs) if a.json => {
-                print_json(&runs);
-                ExitCode::SUCCESS
-            }
-            Ok(runs) => {
-                println!(
-                    "{:<22} {:<10} {:<20} {:<25} TITLE",
-                    "ID", "STATE", "HOST", "CREATED"
-                );
-                for r in runs {
-                    println!(
-                        "{:<22} {:<10} {:<20} {:<25} {}",
-                        r.id, r.state, r.worker_host, r.created_at, r.title
-                    );
+        RunsCommand::List {
+            state,
+            host,
+            limit,
+            cursor,
+            all,
+        } => {
+            let query = RunQuery {
+                state,
+                worker_host: host.as_deref(),
+                limit: limit.map(usize::from),
+                cursor: cursor.as_deref(),
+            };
+            match list_runs(&client, query, all).await {
+                Ok((runs, next)) => {
+                    print_runs(&runs, a.json);
+                    if let Some(next) = next {
+                        eprintln!(
+                            "more runs: add --cursor {next} for the next page, or --all for every run"
+                        );
+                    }
+                    ExitCode::SUCCESS
                 }
-                ExitCode::SUCCESS
+                Err(e) => fail(e),
             }
-            Err(e) => fail(e),
-        },
+        }
         RunsCommand::Get { id } => match client.get_run(&id).await {
             Ok(r) if a.json => {
                 print_json(&r);

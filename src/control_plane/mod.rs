@@ -76,6 +76,7 @@ pub mod metrics;
 pub mod model;
 pub mod openapi;
 pub mod output;
+pub mod paging;
 pub mod scheduler;
 pub mod server;
 pub mod sessions;

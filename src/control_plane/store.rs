@@ -239,6 +239,16 @@ impl<T> Future for Pending<T> {
     }
 }
 
+/// One page of a team's runs (`Store::list_runs`).
+#[derive(Debug, Clone)]
+pub struct RunPage {
+    /// Newest first.
+    pub runs: Vec<RunRecord>,
+    /// The position to pass as `before` for the next page; `None` when
+    /// this page is the last.
+    pub next_before: Option<i64>,
+}
+
 pub struct Store {
     writer: Writer,
     /// key hash → team, for keys seen valid. Keys are never deleted, so a
@@ -528,14 +538,21 @@ impl Store {
         })
     }
 
+    /// One page of `team_id`'s runs, newest first (by creation position,
+    /// `seq`): at most `limit` runs created before position `before` (all
+    /// when `None`), optionally only in `state` or for `worker_host`.
     pub fn list_runs(
         &self,
         team_id: i64,
         state: Option<RunState>,
         worker_host: Option<&str>,
-    ) -> Pending<Vec<RunRecord>> {
+        before: Option<i64>,
+        limit: usize,
+    ) -> Pending<RunPage> {
         let worker_host = worker_host.map(str::to_string);
-        self.call(move |conn| list_runs(conn, team_id, state, worker_host.as_deref()))
+        self.call(move |conn| {
+            list_runs(conn, team_id, state, worker_host.as_deref(), before, limit)
+        })
     }
 
     /// Every team's runs that have not ended, oldest first.
@@ -886,17 +903,38 @@ fn list_runs(
     team_id: i64,
     state: Option<RunState>,
     worker_host: Option<&str>,
-) -> Result<Vec<RunRecord>> {
+    before: Option<i64>,
+    limit: usize,
+) -> Result<RunPage> {
+    // `seq` is the rowid: the scan walks it backwards and stops after
+    // limit + 1 matches (the one more says whether a next page exists).
     let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {RUN_COLUMNS} FROM runs WHERE team_id = ?1
+        "SELECT {RUN_COLUMNS}, seq FROM runs WHERE team_id = ?1
          AND (?2 IS NULL OR state = ?2) AND (?3 IS NULL OR worker_host = ?3)
-         ORDER BY seq"
+         AND (?4 IS NULL OR seq < ?4)
+         ORDER BY seq DESC LIMIT ?5"
     ))?;
     let rows = stmt.query_map(
-        params![team_id, state.map(|s| s.as_str()), worker_host],
-        run_from_row,
+        params![
+            team_id,
+            state.map(|s| s.as_str()),
+            worker_host,
+            before,
+            limit as i64 + 1
+        ],
+        live_from_row,
     )?;
-    Ok(rows.collect::<std::result::Result<_, _>>()?)
+    let mut runs: Vec<LiveRun> = rows.collect::<std::result::Result<_, _>>()?;
+    let more = runs.len() > limit;
+    runs.truncate(limit);
+    Ok(RunPage {
+        next_before: if more {
+            runs.last().map(|r| r.seq)
+        } else {
+            None
+        },
+        runs: runs.into_iter().map(|r| r.record).collect(),
+    })
 }
 
 fn live_runs(conn: &Connection) -> Result<Vec<LiveRun>> {
