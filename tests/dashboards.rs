@@ -5,7 +5,8 @@
 //!   `prometheus` package, installed by `scripts/test-promtool.sh`) pass on
 //!   `contrib/prometheus/`. A missing promtool fails the test: there is no
 //!   skip.
-//! - Every metric a query of the Grafana dashboard or of the rules names
+//! - Every metric a query of the Grafana dashboard, of the rules or of the
+//!   README's KEDA example names
 //!   (each identifier starting `oz_`, and `target_info`) is on the pages
 //!   the real worker binary (`--metrics-listen`, direct runtime, one task
 //!   run) and the real `serve --metrics-listen` export, and every label a
@@ -251,6 +252,18 @@ fn queries() -> Vec<(String, String)> {
         if v["type"] == "query" {
             out.push((format!("dashboard variable {:?}", v["name"]), query));
         }
+    }
+    // The README's autoscaling example (the KEDA ScaledObject's query).
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let keda: Vec<&str> = readme
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("query: "))
+        .filter(|q| q.contains("oz_"))
+        .collect();
+    assert!(!keda.is_empty(), "no KEDA query in the README");
+    for q in keda {
+        out.push(("README's KEDA ScaledObject".into(), q.into()));
     }
     let rules: Value = serde_norway::from_str(
         &std::fs::read_to_string(contrib("prometheus/oz-agent-worker.rules.yml")).unwrap(),
