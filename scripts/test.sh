@@ -2,7 +2,8 @@
 # The project's test command (see README): brings up the test environment
 # (dockerd with a TLS port, podman, an authenticated registry, test images,
 # the daemon matrix; see scripts/test-env.sh; Chromium for the UI test,
-# scripts/test-browser.sh), runs the whole suite, and
+# scripts/test-browser.sh; promtool for the alerting rules,
+# scripts/test-promtool.sh), runs the whole suite, and
 # writes the README's daemon matrix table from the results
 # (scripts/matrix-table.py). Its exit status is the suite's.
 set -euo pipefail
@@ -11,6 +12,8 @@ started=$SECONDS
 scripts/test-env.sh up
 # Debian's Chromium and ChromeDriver for the management UI's browser test.
 scripts/test-browser.sh
+# Debian's prometheus package for promtool (tests/dashboards.rs).
+scripts/test-promtool.sh
 # Paths and addresses only (OZ_TEST_*); the registry password stays in its file.
 # shellcheck disable=SC1091
 . "${OZ_TEST_ROOT:-/var/lib/oz-worker-test}/env"

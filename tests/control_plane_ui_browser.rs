@@ -215,3 +215,125 @@ async fn the_ui_signs_in_shows_the_worker_creates_a_run_and_shows_its_output() {
     assert_eq!(listed[0].run.worker_host, id);
     browser.close().await;
 }
+
+/// The runs of the page's `fetch` calls to `/api/v1/runs` (the browser's
+/// own record of its requests: Resource Timing), in order.
+async fn runs_fetches(c: &Client) -> Vec<String> {
+    let names: serde_json::Value = c
+        .execute(
+            "return performance.getEntriesByType('resource').map((e) => e.name).filter((n) => n.includes('/api/v1/runs'))",
+            vec![],
+        )
+        .await
+        .unwrap();
+    names
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect()
+}
+
+async fn rows(c: &Client) -> Vec<String> {
+    let mut ids = Vec::new();
+    for row in c.find_all(Locator::Css("tr[data-run-id]")).await.unwrap() {
+        ids.push(row.attr("data-run-id").await.unwrap().unwrap());
+    }
+    ids
+}
+
+/// With more runs than a page, the runs view fetches one page (50, newest
+/// first), one more per "More", and its 2 s refresh asks for the newest
+/// runs it shows, never the whole list.
+#[tokio::test]
+async fn the_runs_view_fetches_a_page_at_a_time() {
+    if let Some(status) =
+        support::browser::in_own_namespaces("the_runs_view_fetches_a_page_at_a_time").await
+    {
+        assert!(status.success(), "the browser test failed: {status}");
+        return;
+    }
+    let Some(browser) = Browser::start().await else {
+        return;
+    };
+    let plane = TestPlane::start(test_config()).await;
+    let client = plane.client();
+    let mut created = Vec::new();
+    for i in 0..120 {
+        let run = client
+            .create_run(&host_run("ui-paging-absent", &format!("paged {i}"), &[]))
+            .await
+            .unwrap();
+        created.push(run.id);
+    }
+    let newest_first: Vec<String> = created.iter().rev().cloned().collect();
+    let c = &browser.client;
+    let base = plane.plane.url();
+    c.goto(&format!("{base}/ui/")).await.unwrap();
+    find(c, "input[name=api_key]", WAIT)
+        .await
+        .send_keys(&plane.key)
+        .await
+        .unwrap();
+    find(c, "#sign-in", WAIT).await.click().await.unwrap();
+    find(c, "nav a[data-nav=runs]", WAIT)
+        .await
+        .click()
+        .await
+        .unwrap();
+
+    // One page: the newest 50, and a "More" control.
+    find(c, "#runs-more:not([hidden])", WAIT).await;
+    assert_eq!(rows(c).await, newest_first[..50]);
+    let count = find(c, "#runs-count", WAIT).await.text().await.unwrap();
+    assert_eq!(count, "Showing the newest 50 runs");
+    screenshot(c, "runs-page").await;
+
+    // The next page from the cursor.
+    find(c, "#runs-more", WAIT).await.click().await.unwrap();
+    c.wait()
+        .at_most(WAIT)
+        .for_element(Locator::XPath(
+            "//p[@id='runs-count'][text()='Showing the newest 100 runs']",
+        ))
+        .await
+        .expect("the second page is shown");
+    assert_eq!(rows(c).await, newest_first[..100]);
+    // A refresh after it asks for the 100 shown (2 s apart).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !runs_fetches(c)
+        .await
+        .iter()
+        .any(|u| u.ends_with("/api/v1/runs?limit=100"))
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?}",
+            runs_fetches(c).await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The last page: 20 more, then no "More".
+    find(c, "#runs-more", WAIT).await.click().await.unwrap();
+    find(c, "#runs-more[hidden]", WAIT).await;
+    assert_eq!(rows(c).await, newest_first);
+
+    let fetches = runs_fetches(c).await;
+    assert!(fetches.len() >= 4, "{fetches:?}");
+    for url in &fetches {
+        let query = url.split_once('?').map(|(_, q)| q).unwrap_or("");
+        assert!(
+            query == "limit=50"
+                || query == "limit=100"
+                || query == "limit=120"
+                || (query.starts_with("limit=50&cursor=") && query.len() > 16),
+            "the runs view asked for {url}"
+        );
+    }
+    assert_eq!(
+        fetches.iter().filter(|u| u.contains("cursor=")).count(),
+        2,
+        "{fetches:?}"
+    );
+    browser.close().await;
+}

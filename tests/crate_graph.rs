@@ -37,6 +37,7 @@ fn allowed() -> BTreeMap<&'static str, Vec<&'static str>> {
         ),
         ("oz-runtime-direct", vec![FOUNDATION, PROTOCOL, RUNTIME]),
         ("oz-runtime-command", vec![FOUNDATION, PROTOCOL, RUNTIME]),
+        ("oz-runtime-kubernetes", vec![FOUNDATION, PROTOCOL, RUNTIME]),
         // The core drives `dyn Runtime`: no runtime implementation, no
         // Docker, no control plane.
         (
@@ -46,9 +47,11 @@ fn allowed() -> BTreeMap<&'static str, Vec<&'static str>> {
         ("oz-runs-api", vec![FOUNDATION, PROTOCOL]),
         // The control plane speaks the protocol and serves the runs API; it
         // knows neither the worker nor any runtime.
+        // Its own metrics page uses the telemetry crate's registry and
+        // exposition, so it has the worker's shape.
         (
             "oz-control-plane",
-            vec![FOUNDATION, PROTOCOL, "oz-runs-api"],
+            vec![FOUNDATION, PROTOCOL, "oz-telemetry", "oz-runs-api"],
         ),
         // Harnesses for tests and benches drive everything below the binary.
         (
@@ -79,6 +82,7 @@ fn allowed() -> BTreeMap<&'static str, Vec<&'static str>> {
                 "oz-runtime-docker",
                 "oz-runtime-direct",
                 "oz-runtime-command",
+                "oz-runtime-kubernetes",
                 "oz-worker",
                 "oz-runs-api",
                 "oz-control-plane",

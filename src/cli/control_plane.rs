@@ -6,7 +6,7 @@
 
 use oz_control_plane::store::Store;
 use oz_control_plane::{self as cp, Config, ControlPlane, Storage};
-use oz_runs_api::client::{Client, OutputEvent};
+use oz_runs_api::client::{Client, OutputEvent, RunQuery};
 use oz_runs_api::model::{
     CreateRunRequest, CreateScheduleRequest, MissedSlots, OutputChunk, Run, RunState, Schedule,
 };
@@ -75,6 +75,11 @@ pub struct ServeArgs {
     /// older output was dropped): bytes, or with a KiB/MiB/GiB suffix.
     #[arg(long, default_value = "4MiB", value_parser = parse_size)]
     pub output_limit: u64,
+    /// Serve Prometheus metrics (queued runs per worker id, dispatch
+    /// latency) at http://ADDR/metrics, without authentication: bind it
+    /// where only the scraper reaches. Off unless given.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
     #[arg(long, default_value = "info", value_parser = ["debug", "info", "warn", "error"])]
     pub log_level: String,
 }
@@ -199,7 +204,9 @@ pub struct RunsArgs {
 
 #[derive(Debug, clap::Subcommand)]
 pub enum RunsCommand {
-    /// List this team's runs, oldest first.
+    /// List this team's runs, newest first: one page (the newest 100
+    /// unless --limit says otherwise; the next page's command is printed
+    /// to stderr), or every run with --all.
     List {
         /// Only runs in this state (queued, assigned, claimed, succeeded, failed, cancelled).
         #[arg(long)]
@@ -207,6 +214,15 @@ pub enum RunsCommand {
         /// Only runs for this worker id.
         #[arg(long)]
         host: Option<String>,
+        /// Runs per page, 1 to 1000 [default: 100; 1000 with --all].
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1000))]
+        limit: Option<u16>,
+        /// Start after an earlier page: the cursor it printed.
+        #[arg(long, conflicts_with = "all")]
+        cursor: Option<String>,
+        /// Every run, page after page.
+        #[arg(long)]
+        all: bool,
     },
     /// Show one run with its state history.
     Get { id: String },
@@ -308,6 +324,7 @@ pub async fn serve(a: ServeArgs) -> ExitCode {
     config.rejection_backoff = a.rejection_backoff;
     config.reannounce_grace = a.reannounce_grace;
     config.output_limit = a.output_limit;
+    config.metrics_listen = a.metrics_listen;
     if let (Some(cert), Some(key)) = (a.tls_cert, a.tls_key) {
         config.tls = Some(cp::TlsFiles { cert, key });
     }
@@ -321,6 +338,9 @@ pub async fn serve(a: ServeArgs) -> ExitCode {
         plane.ws_url(),
         db.display()
     );
+    if let Some(addr) = plane.metrics_addr() {
+        eprintln!("metrics on http://{addr}/metrics");
+    }
     shutdown_signal().await;
     tracing::info!("shutting down");
     plane.shutdown().await;
@@ -597,32 +617,69 @@ fn print_json<T: serde::Serialize>(v: &T) {
     );
 }
 
+/// One page of runs (and the next page's cursor), or with `all` every run
+/// from `query`'s position on, page after page.
+async fn list_runs(
+    client: &Client,
+    query: RunQuery<'_>,
+    all: bool,
+) -> Result<(Vec<Run>, Option<String>), oz_runs_api::client::ClientError> {
+    if all {
+        return Ok((client.all_runs(query).await?, None));
+    }
+    let page = client.list_runs_page(&query).await?;
+    Ok((page.runs, page.next_cursor))
+}
+
+fn print_runs(runs: &[Run], json: bool) {
+    if json {
+        print_json(&runs);
+        return;
+    }
+    println!(
+        "{:<22} {:<10} {:<20} {:<25} TITLE",
+        "ID", "STATE", "HOST", "CREATED"
+    );
+    for r in runs {
+        println!(
+            "{:<22} {:<10} {:<20} {:<25} {}",
+            r.id, r.state, r.worker_host, r.created_at, r.title
+        );
+    }
+}
+
 pub async fn runs(a: RunsArgs) -> ExitCode {
     let client = match a.server.client() {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
     match a.command {
-        RunsCommand::List { state, host } => match client.list_runs(state, host.as_deref()).await {
-            Ok(runs) if a.json => {
-                print_json(&runs);
-                ExitCode::SUCCESS
-            }
-            Ok(runs) => {
-                println!(
-                    "{:<22} {:<10} {:<20} {:<25} TITLE",
-                    "ID", "STATE", "HOST", "CREATED"
-                );
-                for r in runs {
-                    println!(
-                        "{:<22} {:<10} {:<20} {:<25} {}",
-                        r.id, r.state, r.worker_host, r.created_at, r.title
-                    );
+        RunsCommand::List {
+            state,
+            host,
+            limit,
+            cursor,
+            all,
+        } => {
+            let query = RunQuery {
+                state,
+                worker_host: host.as_deref(),
+                limit: limit.map(usize::from),
+                cursor: cursor.as_deref(),
+            };
+            match list_runs(&client, query, all).await {
+                Ok((runs, next)) => {
+                    print_runs(&runs, a.json);
+                    if let Some(next) = next {
+                        eprintln!(
+                            "more runs: add --cursor {next} for the next page, or --all for every run"
+                        );
+                    }
+                    ExitCode::SUCCESS
                 }
-                ExitCode::SUCCESS
+                Err(e) => fail(e),
             }
-            Err(e) => fail(e),
-        },
+        }
         RunsCommand::Get { id } => match client.get_run(&id).await {
             Ok(r) if a.json => {
                 print_json(&r);

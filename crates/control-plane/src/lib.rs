@@ -6,9 +6,11 @@
 //! state machine), `writer` (the one thread that runs SQLite, with group
 //! commit), `store` (all SQL, as jobs for that thread), `index` (the live
 //! runs, queues per worker id and connections, in memory), `output` (runs'
-//! live output: bounded, stored, watched), `dispatcher` (routes runs to
-//! live connections), `calendar` (cron expressions in a time zone) and
-//! `scheduler` (runs from schedules, once per slot), `edge` (what the HTTP
+//! live output: bounded, stored, watched), `metrics` (the instruments of
+//! `serve --metrics-listen`), `dispatcher` (routes runs to live
+//! connections, and records into `metrics`), `calendar` (cron expressions
+//! in a time zone) and `scheduler` (runs from schedules, once per slot),
+//! `edge` (what the HTTP
 //! endpoints share: body types, JSON and error responses, authentication,
 //! shared state; `sessions` holds the UI's sign-ins), then the endpoints —
 //! the API's resources `api_runs`, `api_output`, `api_schedules`,
@@ -113,6 +115,9 @@ pub struct Config {
     /// Live output kept per run, in bytes (the newest; older output is
     /// dropped, and readers are told how much).
     pub output_limit: u64,
+    /// Serve the Prometheus page (`/metrics`, unauthenticated: counts and
+    /// worker ids only) on this address; `None` (the default) serves none.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 pub const DEFAULT_WORKER_READ_TIMEOUT: Duration = Duration::from_secs(60);
@@ -139,6 +144,7 @@ impl Config {
             sweep_interval: Duration::from_secs(1),
             tls: None,
             output_limit: dispatch::output::DEFAULT_LIMIT,
+            metrics_listen: None,
         }
     }
 
@@ -162,6 +168,9 @@ pub enum StartError {
     Bind(SocketAddr, std::io::Error),
     /// The TLS files: a sentence naming the file and the fix.
     Tls(String),
+    /// The metrics address cannot be served: a sentence naming
+    /// `--metrics-listen`.
+    Metrics(String),
 }
 
 impl std::fmt::Display for StartError {
@@ -172,7 +181,7 @@ impl std::fmt::Display for StartError {
                 f,
                 "cannot listen on {addr}: {e}; pick another address with --listen"
             ),
-            StartError::Tls(e) => f.write_str(e),
+            StartError::Tls(e) | StartError::Metrics(e) => f.write_str(e),
         }
     }
 }
@@ -186,6 +195,16 @@ pub struct ControlPlane {
     dispatcher: Arc<Dispatcher>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    metrics: Option<oz_telemetry::Running>,
+}
+
+/// The metrics page's source: the dispatcher's instruments and queues.
+struct MetricsSource(Arc<Dispatcher>);
+
+impl oz_telemetry::Source for MetricsSource {
+    fn snapshot(&self) -> oz_telemetry::model::Snapshot {
+        self.0.metrics().snapshot(&self.0.queues())
+    }
 }
 
 impl ControlPlane {
@@ -226,6 +245,20 @@ impl ControlPlane {
                 .await
                 .map_err(StartError::Store)?,
         );
+        let metrics = match config.metrics_listen {
+            Some(addr) => Some(
+                oz_telemetry::start(
+                    &oz_telemetry::exporter::ExporterChoice::Prometheus {
+                        address: addr.to_string(),
+                        from_flag: true,
+                    },
+                    Arc::new(MetricsSource(dispatcher.clone())),
+                )
+                .await
+                .map_err(StartError::Metrics)?,
+            ),
+            None => None,
+        };
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|e| StartError::Bind(config.listen, e))?;
@@ -261,17 +294,26 @@ impl ControlPlane {
             })
         };
         tracing::info!(%addr, "control plane listening (worker endpoint {WS_PATH})");
+        if let Some(m) = &metrics {
+            tracing::info!("metrics: {}", m.description);
+        }
         Ok(ControlPlane {
             addr,
             tls: serves_tls,
             dispatcher,
             shutdown,
             tasks: vec![server, sweeper, scheduling],
+            metrics,
         })
     }
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Where `/metrics` is served, when `Config::metrics_listen` asked for it.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|m| m.prometheus)
     }
 
     /// `http://ADDR` (`https://` with TLS), for the runs API and `--server`.
@@ -306,6 +348,9 @@ impl ControlPlane {
         let _ = self.shutdown.send(true);
         for t in std::mem::take(&mut self.tasks) {
             let _ = t.await;
+        }
+        if let Some(m) = self.metrics.take() {
+            m.shutdown().await;
         }
     }
 }

@@ -7,7 +7,7 @@
 
 use crate::model::{
     ApiError, CreateRunRequest, CreateScheduleRequest, OutputChunk, OutputTruncated, Run, RunList,
-    RunOutput, RunResultRequest, RunState, Schedule, ScheduleList, WorkerList,
+    RunOutput, RunResultRequest, RunState, Schedule, ScheduleList, WorkerList, RUNS_PAGE_MAX_LIMIT,
 };
 use bytes::Bytes;
 use eventsource_stream::Eventsource;
@@ -51,6 +51,19 @@ fn err(message: impl Into<String>) -> ClientError {
         status: None,
         message: message.into(),
     }
+}
+
+/// Which page of runs [`Client::list_runs_page`] asks for; `None` leaves
+/// a parameter out (the API's default: every state and host, 100 runs,
+/// from the newest).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunQuery<'a> {
+    pub state: Option<RunState>,
+    pub worker_host: Option<&'a str>,
+    /// 1 to `RUNS_PAGE_MAX_LIMIT`.
+    pub limit: Option<usize>,
+    /// A `next_cursor` from an earlier page.
+    pub cursor: Option<&'a str>,
 }
 
 pub struct Client {
@@ -99,24 +112,64 @@ impl Client {
             .await
     }
 
+    /// One page of runs, newest first (`GET /api/v1/runs`).
+    pub async fn list_runs_page(&self, query: &RunQuery<'_>) -> Result<RunList, ClientError> {
+        let mut params = Vec::new();
+        if let Some(s) = query.state {
+            params.push(format!("state={s}"));
+        }
+        if let Some(h) = query.worker_host {
+            params.push(format!("worker_host={}", encode(h)));
+        }
+        if let Some(n) = query.limit {
+            params.push(format!("limit={n}"));
+        }
+        if let Some(c) = query.cursor {
+            params.push(format!("cursor={}", encode(c)));
+        }
+        let mut path = "/api/v1/runs".to_string();
+        if !params.is_empty() {
+            path = format!("{path}?{}", params.join("&"));
+        }
+        self.call(Method::GET, path, None).await
+    }
+
+    /// Every run (optionally only in `state` or for `worker_host`), newest
+    /// first, page after page.
     pub async fn list_runs(
         &self,
         state: Option<RunState>,
         worker_host: Option<&str>,
     ) -> Result<Vec<Run>, ClientError> {
-        let mut query = Vec::new();
-        if let Some(s) = state {
-            query.push(format!("state={s}"));
+        self.all_runs(RunQuery {
+            state,
+            worker_host,
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// Every run `query` selects from its cursor on: follows `next_cursor`
+    /// from page to page, `query.limit` runs a page (default the most the
+    /// API gives, `RUNS_PAGE_MAX_LIMIT`).
+    pub async fn all_runs(&self, query: RunQuery<'_>) -> Result<Vec<Run>, ClientError> {
+        let limit = Some(query.limit.unwrap_or(RUNS_PAGE_MAX_LIMIT));
+        let mut runs = Vec::new();
+        let mut cursor = query.cursor.map(str::to_string);
+        loop {
+            let page = self
+                .list_runs_page(&RunQuery {
+                    limit,
+                    cursor: cursor.as_deref(),
+                    ..query
+                })
+                .await?;
+            runs.extend(page.runs);
+            match page.next_cursor {
+                Some(next) => cursor = Some(next),
+                None => return Ok(runs),
+            }
         }
-        if let Some(h) = worker_host {
-            query.push(format!("worker_host={}", encode(h)));
-        }
-        let mut path = "/api/v1/runs".to_string();
-        if !query.is_empty() {
-            path = format!("{path}?{}", query.join("&"));
-        }
-        let list: RunList = self.call(Method::GET, path, None).await?;
-        Ok(list.runs)
     }
 
     pub async fn get_run(&self, id: &str) -> Result<Run, ClientError> {

@@ -223,11 +223,21 @@ fn is_zero(n: &u64) -> bool {
     *n == 0
 }
 
-/// `GET /api/v1/runs`.
+/// `GET /api/v1/runs`: one page of runs, newest first.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct RunList {
+    /// At most `limit` runs (without history), newest first.
     pub runs: Vec<Run>,
+    /// Pass as `cursor` to get the page after this one (older runs);
+    /// `null` on the last page. Opaque: send it back unchanged.
+    #[serde(default)]
+    pub next_cursor: Option<String>,
 }
+
+/// Runs per page of `GET /api/v1/runs` when `limit` is not given.
+pub const RUNS_PAGE_DEFAULT_LIMIT: usize = 100;
+/// The most runs one page of `GET /api/v1/runs` may ask for.
+pub const RUNS_PAGE_MAX_LIMIT: usize = 1000;
 
 /// How a run ended, as an outside system reports it
 /// (`POST /api/v1/runs/{id}/result`).

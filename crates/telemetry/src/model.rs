@@ -89,6 +89,8 @@ impl HistogramPoint {
 #[derive(Debug)]
 pub struct Family {
     pub descriptor: Descriptor,
+    /// A histogram's bucket boundaries (ignored for other kinds).
+    boundaries: &'static [f64],
     series: Mutex<BTreeMap<Vec<String>, Point>>,
 }
 
@@ -105,7 +107,7 @@ impl Family {
         let point = series
             .entry(key)
             .or_insert_with(|| match self.descriptor.kind {
-                Kind::Histogram => Point::Histogram(HistogramPoint::new(DEFAULT_BOUNDARIES)),
+                Kind::Histogram => Point::Histogram(HistogramPoint::new(self.boundaries)),
                 _ => Point::Int(0),
             });
         f(point)
@@ -194,9 +196,24 @@ impl Registry {
         }
     }
 
+    /// Registers an instrument; a histogram gets [`DEFAULT_BOUNDARIES`].
     pub fn register(&mut self, descriptor: Descriptor) -> Arc<Family> {
+        self.register_histogram(descriptor, DEFAULT_BOUNDARIES)
+    }
+
+    /// Registers an instrument whose histogram buckets are `boundaries`
+    /// (ascending, in the instrument's unit): for a latency measured in
+    /// milliseconds' worth of seconds, where the defaults' first bucket
+    /// (0–5) would hold everything.
+    pub fn register_histogram(
+        &mut self,
+        descriptor: Descriptor,
+        boundaries: &'static [f64],
+    ) -> Arc<Family> {
+        debug_assert!(boundaries.windows(2).all(|w| w[0] < w[1]));
         let family = Arc::new(Family {
             descriptor,
+            boundaries,
             series: Mutex::new(BTreeMap::new()),
         });
         self.families.push(family.clone());

@@ -15,6 +15,7 @@
 //! only for messages about runs that are no longer live, and by the API.
 
 use crate::dispatch::index::{AtCapacity, Index, LiveRun, Receipt, WorkerKey};
+use crate::dispatch::metrics::{PlaneMetrics, WorkerQueue};
 use crate::dispatch::output::OutputLog;
 use crate::store::time;
 use crate::store::{self, Change, EndedBy, RunRecord, Store, StoreError};
@@ -95,6 +96,7 @@ pub struct Dispatcher {
     /// Set once the control plane shuts down: connections closing from then
     /// on leave their runs as stored, for the next start to recover.
     stopping: AtomicBool,
+    metrics: PlaneMetrics,
 }
 
 impl Dispatcher {
@@ -116,6 +118,7 @@ impl Dispatcher {
             index: Mutex::default(),
             resync: Arc::default(),
             stopping: AtomicBool::new(false),
+            metrics: PlaneMetrics::new(),
         };
         {
             let mut ix = d.lock();
@@ -152,6 +155,10 @@ impl Dispatcher {
 
     pub fn output(&self) -> &OutputLog {
         &self.output
+    }
+
+    pub fn metrics(&self) -> &PlaneMetrics {
+        &self.metrics
     }
 
     /// From now on, closing connections change no run: a shutdown is a
@@ -250,6 +257,41 @@ impl Dispatcher {
                 tracing::warn!(worker_id = id, "cannot record the worker id as seen: {e}");
             }
         });
+    }
+
+    /// Every team's worker ids that have live connections or runs, with
+    /// what waits for each (for the metrics page), by team and id.
+    pub fn queues(&self) -> Vec<WorkerQueue> {
+        fn of<'a>(
+            out: &'a mut std::collections::BTreeMap<WorkerKey, WorkerQueue>,
+            key: &WorkerKey,
+        ) -> &'a mut WorkerQueue {
+            out.entry(key.clone()).or_insert_with(|| WorkerQueue {
+                team_id: key.0,
+                worker_id: key.1.clone(),
+                queued: 0,
+                active: 0,
+                connections: 0,
+                oldest_queued: None,
+            })
+        }
+        let now = Instant::now();
+        let ix = self.lock();
+        let mut out = std::collections::BTreeMap::new();
+        for (_, c) in ix.conns() {
+            of(&mut out, &c.key).connections += 1;
+        }
+        for (_, r) in ix.runs() {
+            let q = of(&mut out, &r.key());
+            if r.state() == RunState::Queued {
+                q.queued += 1;
+                let waited = now.saturating_duration_since(r.queued_since);
+                q.oldest_queued = Some(q.oldest_queued.map_or(waited, |o| o.max(waited)));
+            } else {
+                q.active += 1;
+            }
+        }
+        out.into_values().collect()
     }
 
     /// Each worker id of `team_id` that has live connections or runs, with
@@ -584,6 +626,9 @@ impl Dispatcher {
     /// assigned or queued → claimed, held by `conn` from now on.
     fn claim(&self, ix: &mut Index, run_id: &str, from: RunState, conn: ConnId, note: String) {
         let key = ix.run(run_id).map(LiveRun::key);
+        if let Some(r) = ix.run(run_id) {
+            self.metrics.claimed_after(r.queued_since.elapsed());
+        }
         ix.place(run_id, RunState::Claimed, Some(conn));
         if let Some(r) = ix.run_mut(run_id) {
             r.unconfirmed_until = None;

@@ -52,6 +52,10 @@ pub struct LiveRun {
     /// Assigned before a restart and not known to be claimed: a worker may
     /// re-announce it until then; after that it is offered again.
     pub unconfirmed_until: Option<Instant>,
+    /// When this process queued it (its creation, or the start-up that
+    /// restored it): the start of its dispatch latency and queue age
+    /// (monotonic, so a clock step cannot skew either).
+    pub queued_since: Instant,
 }
 
 impl LiveRun {
@@ -67,6 +71,7 @@ impl LiveRun {
             cancel_requested: false,
             absent_since: None,
             unconfirmed_until: None,
+            queued_since: Instant::now(),
         }
     }
 

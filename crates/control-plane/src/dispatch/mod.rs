@@ -7,5 +7,6 @@
 pub mod calendar;
 pub mod dispatcher;
 pub mod index;
+pub mod metrics;
 pub mod output;
 pub mod scheduler;

@@ -9,6 +9,7 @@
 pub mod api;
 pub mod endpoint_support;
 pub mod openapi;
+pub mod paging;
 pub mod server;
 pub mod sessions;
 pub mod tls;

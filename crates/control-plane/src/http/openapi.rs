@@ -6,6 +6,7 @@
 use oz_runs_api::model::{
     ApiError, CreateRunRequest, CreateScheduleRequest, OutputChunk, OutputTruncated, Run, RunList,
     RunOutput, RunResultRequest, RunState, Schedule, ScheduleList, WorkerList,
+    RUNS_PAGE_DEFAULT_LIMIT, RUNS_PAGE_MAX_LIMIT,
 };
 use schemars::generate::SchemaSettings;
 use serde_json::{json, Value};
@@ -81,14 +82,17 @@ pub fn document() -> Value {
                 },
                 "get": {
                     "operationId": "listRuns",
-                    "summary": "List the team's runs, oldest first (without history).",
+                    "summary": "List the team's runs, newest first (without history), a page at a time.",
+                    "description": format!("Runs are ordered by creation, newest first. A page holds at most `limit` runs; its `next_cursor`, passed back as `cursor`, gives the next (older) page, and is null on the last one. Every run is on exactly one page: runs created while a client pages come before its first page and never shift later ones. Filters apply to every page; keep them the same from page to page. Without `limit` a page has {RUNS_PAGE_DEFAULT_LIMIT} runs."),
                     "parameters": [
-                        { "name": "state", "in": "query", "required": false, "schema": state },
-                        { "name": "worker_host", "in": "query", "required": false, "schema": { "type": "string" } }
+                        { "name": "state", "in": "query", "required": false, "schema": state, "description": "Only runs in this state." },
+                        { "name": "worker_host", "in": "query", "required": false, "schema": { "type": "string" }, "description": "Only runs for this worker id." },
+                        { "name": "limit", "in": "query", "required": false, "schema": { "type": "integer", "minimum": 1, "maximum": RUNS_PAGE_MAX_LIMIT, "default": RUNS_PAGE_DEFAULT_LIMIT }, "description": "Runs per page." },
+                        { "name": "cursor", "in": "query", "required": false, "schema": { "type": "string" }, "description": "The `next_cursor` of the page before, unchanged (opaque). Leave it out for the first page." }
                     ],
                     "responses": {
-                        "200": ok("The runs.", &list),
-                        "400": err("Unknown state or query parameter."),
+                        "200": ok("One page of runs and the cursor of the next.", &list),
+                        "400": err("Unknown state or query parameter, a limit outside 1 to 1000, or a cursor this control plane did not hand out (the message names the parameter and what it accepts)."),
                         "401": unauthorized
                     }
                 }

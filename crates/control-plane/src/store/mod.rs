@@ -239,6 +239,16 @@ impl<T> Future for Pending<T> {
     }
 }
 
+/// One page of a team's runs (`Store::list_runs`).
+#[derive(Debug, Clone)]
+pub struct RunPage {
+    /// Newest first.
+    pub runs: Vec<RunRecord>,
+    /// The position to pass as `before` for the next page; `None` when
+    /// this page is the last.
+    pub next_before: Option<i64>,
+}
+
 pub struct Store {
     writer: Writer,
     /// key hash → team, for keys seen valid. Keys are never deleted, so a
@@ -325,6 +335,9 @@ const MIGRATIONS: &[&str] = &[
         last_seen_at TEXT NOT NULL,
         PRIMARY KEY (team_id, worker_id)
     ) WITHOUT ROWID;",
+    // 3: a team's runs by creation position, for `GET /api/v1/runs` pages
+    // (one index range per page, however many runs other teams have).
+    "CREATE INDEX runs_by_team ON runs(team_id, seq);",
 ];
 
 const RUN_COLUMNS: &str = "id, team_id, state, spec_json, created_at, updated_at, execution_id, \
@@ -528,14 +541,21 @@ impl Store {
         })
     }
 
+    /// One page of `team_id`'s runs, newest first (by creation position,
+    /// `seq`): at most `limit` runs created before position `before` (all
+    /// when `None`), optionally only in `state` or for `worker_host`.
     pub fn list_runs(
         &self,
         team_id: i64,
         state: Option<RunState>,
         worker_host: Option<&str>,
-    ) -> Pending<Vec<RunRecord>> {
+        before: Option<i64>,
+        limit: usize,
+    ) -> Pending<RunPage> {
         let worker_host = worker_host.map(str::to_string);
-        self.call(move |conn| list_runs(conn, team_id, state, worker_host.as_deref()))
+        self.call(move |conn| {
+            list_runs(conn, team_id, state, worker_host.as_deref(), before, limit)
+        })
     }
 
     /// Every team's runs that have not ended, oldest first.
@@ -881,22 +901,50 @@ fn insert_run(
     })
 }
 
+/// One page of a team's runs (see `list_runs`): `?1` team, `?2` state or
+/// NULL, `?3` worker host or NULL, `?4` the cursor's position, `?5` rows.
+fn list_runs_sql() -> String {
+    format!(
+        "SELECT {RUN_COLUMNS}, seq FROM runs WHERE team_id = ?1
+         AND (?2 IS NULL OR state = ?2) AND (?3 IS NULL OR worker_host = ?3)
+         AND seq < ?4 ORDER BY seq DESC LIMIT ?5"
+    )
+}
+
 fn list_runs(
     conn: &Connection,
     team_id: i64,
     state: Option<RunState>,
     worker_host: Option<&str>,
-) -> Result<Vec<RunRecord>> {
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {RUN_COLUMNS} FROM runs WHERE team_id = ?1
-         AND (?2 IS NULL OR state = ?2) AND (?3 IS NULL OR worker_host = ?3)
-         ORDER BY seq"
-    ))?;
+    before: Option<i64>,
+    limit: usize,
+) -> Result<RunPage> {
+    // A range of `runs_by_team`, walked backwards from the cursor: no row
+    // before it is read. It stops after limit + 1 matches (the one more
+    // says whether a next page exists). The bound is always given (not
+    // `?4 IS NULL OR …`) so SQLite can seek to it.
+    let mut stmt = conn.prepare_cached(&list_runs_sql())?;
     let rows = stmt.query_map(
-        params![team_id, state.map(|s| s.as_str()), worker_host],
-        run_from_row,
+        params![
+            team_id,
+            state.map(|s| s.as_str()),
+            worker_host,
+            before.unwrap_or(i64::MAX),
+            limit as i64 + 1
+        ],
+        live_from_row,
     )?;
-    Ok(rows.collect::<std::result::Result<_, _>>()?)
+    let mut runs: Vec<LiveRun> = rows.collect::<std::result::Result<_, _>>()?;
+    let more = runs.len() > limit;
+    runs.truncate(limit);
+    Ok(RunPage {
+        next_before: if more {
+            runs.last().map(|r| r.seq)
+        } else {
+            None
+        },
+        runs: runs.into_iter().map(|r| r.record).collect(),
+    })
 }
 
 fn live_runs(conn: &Connection) -> Result<Vec<LiveRun>> {
@@ -1283,6 +1331,73 @@ mod tests {
         let _store = Store::open(&path).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
+    }
+
+    /// A page reads one range of the team's index from the cursor on,
+    /// never the rows before it or another team's.
+    #[test]
+    fn a_page_is_one_index_range() {
+        let conn = Connection::open_in_memory().unwrap();
+        for sql in MIGRATIONS {
+            conn.execute_batch(sql).unwrap();
+        }
+        let plan: Vec<String> = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {}", list_runs_sql()))
+            .unwrap()
+            .query_map(params![1, None::<String>, None::<String>, 42, 101], |r| {
+                r.get::<_, String>(3)
+            })
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(
+            plan,
+            ["SEARCH runs USING INDEX runs_by_team (team_id=? AND seq<?)"],
+            "{plan:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn pages_hold_each_run_once_newest_first_per_team() {
+        let s = Store::open_in_memory().unwrap();
+        let a = s.create_api_key("alpha").await.unwrap().team.id;
+        let b = s.create_api_key("beta").await.unwrap().team.id;
+        let mut ids = Vec::new();
+        for i in 0..25 {
+            let team = if i % 5 == 0 { b } else { a };
+            let id = format!("run_{i:02}");
+            s.insert_run(&id, team, &spec(if i % 2 == 0 { "even" } else { "odd" }))
+                .await
+                .unwrap();
+            if team == a {
+                ids.push(id);
+            }
+        }
+        ids.reverse();
+        let mut seen = Vec::new();
+        let mut before = None;
+        loop {
+            let page = s.list_runs(a, None, None, before, 7).await.unwrap();
+            assert!(page.runs.len() <= 7);
+            seen.extend(page.runs.into_iter().map(|r| r.id));
+            match page.next_before {
+                Some(n) => before = Some(n),
+                None => break,
+            }
+        }
+        assert_eq!(seen, ids);
+        let odd = s.list_runs(a, None, Some("odd"), None, 100).await.unwrap();
+        assert!(odd.next_before.is_none());
+        assert_eq!(
+            odd.runs.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+            ids.iter()
+                .filter(|id| id[4..].parse::<u32>().unwrap() % 2 == 1)
+                .map(String::as_str)
+                .collect::<Vec<_>>()
+        );
+        // Exactly a page left: no cursor after it.
+        let all = s.list_runs(a, None, None, None, 20).await.unwrap();
+        assert_eq!((all.runs.len(), all.next_before), (20, None));
     }
 
     fn spec(host: &str) -> CreateRunRequest {

@@ -1,7 +1,9 @@
 //! The runs resource:
 //!
 //! - `POST /api/v1/runs` (`CreateRunRequest`) → 201 `Run`
-//! - `GET /api/v1/runs[?state=S][&worker_host=H]` → 200 `RunList` (no history)
+//! - `GET /api/v1/runs[?state=S][&worker_host=H][&limit=N][&cursor=C]` →
+//!   200 `RunList`: one page, newest first, without history; its
+//!   `next_cursor` asks for the next (`paging`); a bad limit or cursor → 400
 //! - `GET /api/v1/runs/{id}` → 200 `Run` with its history
 //! - `POST /api/v1/runs/{id}/cancel` → 200 `Run`; 409 when already finished
 //! - `POST /api/v1/runs/{id}/result` (`RunResultRequest`) → 200 `Run`: the
@@ -18,6 +20,7 @@ use crate::http::endpoint_support::{
     bad_request, error_response, internal, json_response, method_not_allowed, query_pairs,
     read_json, Answer, Body, Shared,
 };
+use crate::http::paging::{cursor, parse_cursor, parse_limit, PageRequest};
 use crate::store::RunRecord;
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -118,27 +121,40 @@ pub fn validate(spec: &CreateRunRequest) -> Result<(), String> {
 async fn list(req: &Request<Incoming>, shared: &Shared, team_id: i64) -> Answer {
     let mut state = None;
     let mut host = None;
+    let mut page = PageRequest::default();
     for (k, v) in query_pairs(req) {
         match k.as_str() {
             "state" => state = Some(v.parse::<RunState>().map_err(|e| bad_request(&e))?),
             "worker_host" | "host" => host = Some(v),
+            "limit" => page.limit = parse_limit(&v).map_err(|e| bad_request(&e.to_string()))?,
+            "cursor" => {
+                page.before = Some(parse_cursor(&v).map_err(|e| bad_request(&e.to_string()))?)
+            }
             _ => {
                 return Err(bad_request(&format!(
-                    "unknown query parameter {k:?}; use state and worker_host"
+                    "unknown query parameter {k:?}; use state, worker_host, limit and cursor"
                 )))
             }
         }
     }
-    let runs = shared
+    let found = shared
         .dispatcher
         .store()
-        .list_runs(team_id, state, host.as_deref())
+        .list_runs(team_id, state, host.as_deref(), page.before, page.limit)
         .await
-        .map_err(internal)?
+        .map_err(internal)?;
+    let runs = found
+        .runs
         .iter()
         .map(|r| view(shared, r, Vec::new()))
         .collect();
-    Ok(json_response(StatusCode::OK, &RunList { runs }))
+    Ok(json_response(
+        StatusCode::OK,
+        &RunList {
+            runs,
+            next_cursor: found.next_before.map(cursor),
+        },
+    ))
 }
 
 pub fn not_found(id: &str) -> Response<Body> {

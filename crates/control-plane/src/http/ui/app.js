@@ -105,27 +105,62 @@ async function workersView() {
   });
 }
 
+// Runs per page of the runs view; the API allows up to RUNS_MAX per request.
+const RUNS_PAGE = 50;
+const RUNS_MAX = 1000;
+
+// The runs view fetches only what it shows: the newest page, one more page
+// per "More" (from the last page's cursor), and every 2 s the newest runs
+// again, as many as are shown (so new runs appear on top and states change
+// in place), never the whole list.
 async function runsView() {
   const holder = el('div', { id: 'runs' }, el('p', { class: 'muted' }, 'Loading…'));
-  render(el('h1', {}, 'Runs ', el('a', { href: '#/new', class: 'button' }, 'New run')), holder);
-  every(2000, async () => {
-    try {
-      const { runs } = await api('GET', '/api/v1/runs');
-      runs.reverse();
-      holder.replaceChildren(runs.length === 0
-        ? el('p', { class: 'muted' }, 'No runs yet.')
-        : table(['Run', 'State', 'Host', 'Title', 'Created', 'Updated'],
-          runs.map((r) => el('tr', { 'data-run-id': r.id },
-            el('td', {}, el('a', { href: '#/runs/' + encodeURIComponent(r.id) }, r.id)),
-            el('td', {}, stateBadge(r.state)),
-            el('td', {}, r.worker_host),
-            el('td', {}, r.title),
-            el('td', {}, time(r.created_at)),
-            el('td', {}, time(r.updated_at)))),
-          { class: 'list' }));
-      showError(null);
-    } catch (e) { showError(e); }
-  });
+  const more = el('button', { id: 'runs-more', type: 'button', hidden: true }, 'More');
+  const count = el('p', { id: 'runs-count', class: 'muted' });
+  render(el('h1', {}, 'Runs ', el('a', { href: '#/new', class: 'button' }, 'New run')), holder, count, more);
+  let shown = [];   // newest first
+  let next = null;  // the cursor after the last shown run
+  let busy = false; // one request at a time, so pages never interleave
+  const draw = () => {
+    holder.replaceChildren(shown.length === 0
+      ? el('p', { class: 'muted' }, 'No runs yet.')
+      : table(['Run', 'State', 'Host', 'Title', 'Created', 'Updated'],
+        shown.map((r) => el('tr', { 'data-run-id': r.id },
+          el('td', {}, el('a', { href: '#/runs/' + encodeURIComponent(r.id) }, r.id)),
+          el('td', {}, stateBadge(r.state)),
+          el('td', {}, r.worker_host),
+          el('td', {}, r.title),
+          el('td', {}, time(r.created_at)),
+          el('td', {}, time(r.updated_at)))),
+        { class: 'list' }));
+    count.textContent = shown.length ? `Showing the newest ${shown.length} runs` + (next ? '' : ' (all)') : '';
+    more.hidden = !next;
+  };
+  const once = async (fn) => {
+    if (busy) return;
+    busy = true;
+    try { await fn(); showError(null); } catch (e) { showError(e); } finally { busy = false; }
+  };
+  more.addEventListener('click', () => once(async () => {
+    const page = await api('GET', `/api/v1/runs?limit=${RUNS_PAGE}&cursor=${encodeURIComponent(next)}`);
+    const known = new Set(shown.map((r) => r.id));
+    shown = shown.concat(page.runs.filter((r) => !known.has(r.id)));
+    next = page.next_cursor;
+    draw();
+  }));
+  every(2000, () => once(async () => {
+    const limit = Math.min(Math.max(shown.length, RUNS_PAGE), RUNS_MAX);
+    const page = await api('GET', `/api/v1/runs?limit=${limit}`);
+    if (shown.length <= limit) {
+      shown = page.runs;
+      next = page.next_cursor;
+    } else {
+      // More than one request can hold: refresh the newest, keep the rest.
+      const fresh = new Set(page.runs.map((r) => r.id));
+      shown = page.runs.concat(shown.slice(limit).filter((r) => !fresh.has(r.id)));
+    }
+    draw();
+  }));
 }
 
 function field(label, value) {
