@@ -303,11 +303,8 @@ pub fn field_path(pointer: &str) -> String {
     let mut out = String::new();
     for raw in pointer.split('/').skip(1) {
         let segment = raw.replace("~1", "/").replace("~0", "~");
-        if !segment.is_empty() && segment.bytes().all(|b| b.is_ascii_digit()) {
-            out.push('[');
-            out.push_str(&segment);
-            out.push(']');
-        } else if segment.contains(['.', '/']) {
+        let index = !segment.is_empty() && segment.bytes().all(|b| b.is_ascii_digit());
+        if index || segment.contains(['.', '/']) {
             out.push('[');
             out.push_str(&segment);
             out.push(']');
