@@ -2,5 +2,124 @@
 //! validator of Kubernetes objects against the schemas vendored under
 //! `api-specs/kubernetes/` (see the crate's README for what it proves and
 //! what needs a real cluster).
+//!
+//! [`serve`] runs the server: HTTPS with a CA generated into the state dir,
+//! bearer-token auth, the REST subset in [`api`], the Job controller and a
+//! kubelet that runs Pods as real containers on a Docker daemon. The binary
+//! `oz-test-apiserver` wraps it so tests can kill and restart it as a
+//! process ([`process::ApiServerProcess`]).
 
+pub mod api;
+mod controller;
+pub mod docker;
+mod kubelet;
+mod logs;
+pub mod meta;
+pub mod process;
+mod recorder;
 pub mod schema;
+pub mod selectors;
+pub mod store;
+pub mod tls;
+pub mod validation;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The server's settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Holds state.json, the CA, the serving certificate, the token, the
+    /// kubeconfig, the port and the instance id; reused by a restart.
+    pub state_dir: PathBuf,
+    /// 0: the port of the previous run in this state dir, else any free one.
+    pub port: u16,
+    /// The dockerd the kubelet runs containers on (`unix://…`).
+    pub docker_host: String,
+    /// `spec.nodeName` of every Pod.
+    pub node_name: String,
+    /// Change-log entries kept for watches; older resourceVersions get 410.
+    pub watch_window: usize,
+    /// How often a watch with `allowWatchBookmarks` gets a BOOKMARK.
+    pub bookmark_interval: Duration,
+    /// The first image-pull back-off (doubling, at most 300 s).
+    pub pull_backoff: Duration,
+}
+
+impl Config {
+    pub fn new(state_dir: PathBuf) -> Config {
+        Config {
+            state_dir,
+            port: 0,
+            docker_host: std::env::var("DOCKER_HOST")
+                .unwrap_or_else(|_| "unix:///var/run/docker.sock".into()),
+            node_name: "oz-test-node".into(),
+            watch_window: 1000,
+            bookmark_interval: Duration::from_secs(1),
+            pull_backoff: Duration::from_secs(2),
+        }
+    }
+}
+
+fn instance_id(dir: &std::path::Path) -> std::io::Result<String> {
+    let path = dir.join("instance");
+    if let Ok(id) = std::fs::read_to_string(&path) {
+        return Ok(id.trim().to_string());
+    }
+    let id: String = (0..12).map(|_| fastrand::lowercase()).collect();
+    std::fs::write(&path, &id)?;
+    Ok(id)
+}
+
+/// Runs the server until the process ends. Prints `listening URL` on
+/// stdout once it accepts connections.
+pub async fn serve(mut config: Config) -> std::io::Result<()> {
+    std::fs::create_dir_all(&config.state_dir)?;
+    let identity = tls::identity(&config.state_dir)?;
+    let instance = instance_id(&config.state_dir)?;
+    if config.port == 0 {
+        config.port = std::fs::read_to_string(config.state_dir.join("port"))
+            .ok()
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or(0);
+    }
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", config.port)).await?;
+    let address = listener.local_addr()?;
+    std::fs::write(config.state_dir.join("port"), address.port().to_string())?;
+    let url = format!("https://{address}");
+    tls::write_kubeconfig(&config.state_dir, &identity, &url)?;
+    let docker = docker::Docker {
+        host: config.docker_host.clone(),
+        instance,
+    };
+    let shared = store::Shared::open(config)?;
+    tokio::spawn(controller::run(shared.clone()));
+    tokio::spawn(kubelet::run(shared.clone(), docker.clone()));
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls::server_config(&identity)?);
+    let ctx = api::Ctx {
+        shared,
+        docker,
+        token: identity.token.clone(),
+        address: address.to_string(),
+    };
+    println!("listening {url}");
+    use std::io::Write;
+    std::io::stdout().flush()?;
+    loop {
+        let (tcp, _) = listener.accept().await?;
+        let (acceptor, ctx) = (acceptor.clone(), ctx.clone());
+        tokio::spawn(async move {
+            let Ok(tls) = acceptor.accept(tcp).await else {
+                return;
+            };
+            let service = hyper::service::service_fn(move |req| api::handle(ctx.clone(), req));
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                .await;
+        });
+    }
+}
+
+/// Keeps `Arc` in the public signature space for tests that embed the store.
+pub type SharedState = Arc<store::Shared>;
