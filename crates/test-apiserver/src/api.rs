@@ -864,8 +864,10 @@ fn watch(
         let rv = s.rv();
         match requested {
             Some(n) if !send_initial => match s.since(n) {
+                // Everything up to the store's current version is in the
+                // backlog; live events start after it.
                 Some(entries) => (
-                    n,
+                    rv,
                     Ok(entries
                         .iter()
                         .filter_map(|e| watch_event(e, resource, ns.as_deref(), &labels, &fields))

@@ -69,7 +69,11 @@ fn has_finalizer(o: &Value, f: &str) -> bool {
 }
 
 fn remove_finalizer(o: &mut Value, f: &str) {
-    if let Some(list) = o["metadata"]["finalizers"].as_array_mut() {
+    // pointer_mut: indexing mutably would insert `finalizers: null`.
+    if let Some(list) = o
+        .pointer_mut("/metadata/finalizers")
+        .and_then(Value::as_array_mut)
+    {
         list.retain(|x| x != f);
         if list.is_empty() {
             o["metadata"].as_object_mut().unwrap().remove("finalizers");
@@ -513,7 +517,12 @@ pub fn default_pod_spec(spec: &mut Value) {
         }
     }
     for list in ["initContainers", "containers"] {
-        for c in spec[list].as_array_mut().into_iter().flatten() {
+        for c in spec
+            .get_mut(list)
+            .and_then(Value::as_array_mut)
+            .into_iter()
+            .flatten()
+        {
             if c["imagePullPolicy"].is_null() {
                 let image = c["image"].as_str().unwrap_or("");
                 let latest = image.ends_with(":latest")

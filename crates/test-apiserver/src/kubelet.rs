@@ -131,8 +131,9 @@ impl PodWorker {
             "containerStatuses"
         };
         self.update(|p| {
-            if let Some(entry) = p["status"][list]
-                .as_array_mut()
+            if let Some(entry) = p
+                .pointer_mut(&format!("/status/{list}"))
+                .and_then(Value::as_array_mut)
                 .and_then(|l| l.iter_mut().find(|c| c["name"] == name))
             {
                 f(entry);
@@ -247,8 +248,9 @@ impl PodWorker {
     fn set_condition(&self, kind: &str, ok: bool, reason: Option<&str>, message: Option<String>) {
         let now = meta::now();
         self.update(|p| {
-            if let Some(c) = p["status"]["conditions"]
-                .as_array_mut()
+            if let Some(c) = p
+                .pointer_mut("/status/conditions")
+                .and_then(Value::as_array_mut)
                 .and_then(|l| l.iter_mut().find(|c| c["type"] == kind))
             {
                 let status = if ok { "True" } else { "False" };

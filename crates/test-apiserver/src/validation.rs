@@ -190,7 +190,7 @@ fn check_metadata(resource: Resource, object: &Value, causes: &mut Vec<Cause>) {
                 ));
             }
             for e in label_value_errors(v.as_str().unwrap_or("")) {
-                causes.push(Cause::invalid(format!("metadata.labels"), v, &e));
+                causes.push(Cause::invalid("metadata.labels", v, &e));
             }
         }
     }
