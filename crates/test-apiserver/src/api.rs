@@ -211,6 +211,10 @@ fn batch_resources() -> Value {
 }
 
 fn admin(ctx: &Ctx, method: &Method, rest: &[&str], q: &HashMap<String, String>) -> Response<Body> {
+    if method == Method::GET && rest == ["self-check"] {
+        let v = ctx.shared.read(|s| s.self_check().to_vec());
+        return json_response(200, &json!({"violations": v}));
+    }
     if method != Method::POST {
         return error(ApiError::method_not_allowed(method.as_str()));
     }

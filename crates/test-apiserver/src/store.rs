@@ -54,6 +54,7 @@ pub struct Store {
     log: VecDeque<Entry>,
     window: usize,
     pending: Vec<Arc<Entry>>,
+    violations: Vec<String>,
 }
 
 /// Everything the server's tasks share.
@@ -109,7 +110,26 @@ impl Store {
         self.rv
     }
 
+    /// Schema violations in objects this server itself stored (controllers,
+    /// kubelet, defaults): a bug here, reported by `GET /admin/self-check`.
+    pub fn self_check(&self) -> &[String] {
+        &self.violations
+    }
+
     fn record(&mut self, entry: Entry) {
+        if let Err(e) = crate::schema::Schemas::global().validate_as(
+            entry.resource.api_version(),
+            entry.resource.kind(),
+            &entry.object,
+        ) {
+            let msg = format!(
+                "{} {}: {e}",
+                entry.resource.kind(),
+                entry.object["metadata"]["name"]
+            );
+            eprintln!("oz-test-apiserver: stored an object its schema refuses: {msg}");
+            self.violations.push(msg);
+        }
         self.log.push_back(entry.clone());
         while self.log.len() > self.window {
             if let Some(e) = self.log.pop_front() {
@@ -324,6 +344,7 @@ impl Shared {
             log: persisted.log.into(),
             window: config.watch_window,
             pending: Vec::new(),
+            violations: Vec::new(),
         };
         let (events, _) = broadcast::channel(65536);
         let (close_watches, _) = tokio::sync::watch::channel(0);

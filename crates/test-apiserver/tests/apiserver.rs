@@ -724,3 +724,159 @@ fn a_restarted_server_keeps_its_objects_and_resource_versions_and_readopts_runni
     let logs = env.ok(&["logs", &name], None);
     assert_eq!(logs, "before\nafter\n");
 }
+
+#[test]
+fn kubectl_logs_follow_streams_until_the_container_exits() {
+    let Some(env) = support::start(&[]) else {
+        return;
+    };
+    env.ok(
+        &["create", "-f", "-"],
+        Some(&job_yaml(
+            "follow",
+            "for i in 1 2 3; do echo line $i; sleep 1; done",
+            "",
+            "",
+        )),
+    );
+    let pod = pod_of(&env, "follow");
+    let name = pod["metadata"]["name"].as_str().unwrap().to_string();
+    env.ok(
+        &[
+            "wait",
+            "--for=jsonpath={.status.phase}=Running",
+            &format!("pod/{name}"),
+            "--timeout=60s",
+        ],
+        None,
+    );
+    // Returns only when the stream ends, i.e. when the container exited.
+    let out = env.ok(&["logs", "-f", &name], None);
+    assert_eq!(out, "line 1\nline 2\nline 3\n");
+    env.ok(
+        &[
+            "wait",
+            "--for=jsonpath={.status.phase}=Succeeded",
+            &format!("pod/{name}"),
+            "--timeout=60s",
+        ],
+        None,
+    );
+}
+
+#[test]
+fn a_finished_job_is_deleted_after_its_ttl_with_its_pod() {
+    let Some(env) = support::start(&[]) else {
+        return;
+    };
+    env.ok(
+        &["create", "-f", "-"],
+        Some(&job_yaml(
+            "ttl",
+            "true",
+            "  ttlSecondsAfterFinished: 2\n",
+            "",
+        )),
+    );
+    let pod = pod_of(&env, "ttl");
+    env.ok(
+        &[
+            "wait",
+            "--for=condition=complete",
+            "job/ttl",
+            "--timeout=60s",
+        ],
+        None,
+    );
+    env.ok(&["wait", "--for=delete", "job/ttl", "--timeout=60s"], None);
+    env.ok(
+        &[
+            "wait",
+            "--for=delete",
+            &format!("pod/{}", pod["metadata"]["name"].as_str().unwrap()),
+            "--timeout=60s",
+        ],
+        None,
+    );
+}
+
+#[test]
+fn orphan_and_background_propagation_as_the_garbage_collector_does() {
+    let Some(env) = support::start(&[]) else {
+        return;
+    };
+    for name in ["orphan", "background", "default"] {
+        env.ok(
+            &["create", "-f", "-"],
+            Some(&job_yaml(name, "sleep 300", "", "")),
+        );
+    }
+    let orphan = pod_of(&env, "orphan");
+    let background = pod_of(&env, "background");
+    let default = pod_of(&env, "default");
+    // Orphan: the Job goes, its Pod stays and loses its ownerReference.
+    let (code, body) = env.request(
+        "DELETE",
+        &format!("{JOBS}/orphan"),
+        Some(&json!({"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Orphan"})),
+    );
+    assert_eq!(code, 200, "{body}");
+    valid(&body);
+    env.ok(
+        &["wait", "--for=delete", "job/orphan", "--timeout=60s"],
+        None,
+    );
+    let name = orphan["metadata"]["name"].as_str().unwrap();
+    let kept = env.get_json(&["pod", name]);
+    assert!(kept["metadata"]["ownerReferences"].is_null(), "{kept}");
+    assert!(kept["metadata"]["deletionTimestamp"].is_null());
+    // No body at all: batch/v1 Jobs default to orphaning too.
+    let (code, _) = env.request("DELETE", &format!("{JOBS}/default"), None);
+    assert_eq!(code, 200);
+    env.ok(
+        &["wait", "--for=delete", "job/default", "--timeout=60s"],
+        None,
+    );
+    assert!(
+        env.get_json(&["pod", default["metadata"]["name"].as_str().unwrap()])["metadata"]
+            ["ownerReferences"]
+            .is_null()
+    );
+    // Background: the Job goes at once, the collector deletes its Pod.
+    let (code, body) = env.request("DELETE", &format!("{JOBS}/background"), Some(&json!({"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"})));
+    assert_eq!(code, 200, "{body}");
+    let (code, _) = env.request("GET", &format!("{JOBS}/background"), None);
+    assert_eq!(code, 404, "gone at once");
+    env.ok(
+        &[
+            "wait",
+            "--for=delete",
+            &format!("pod/{}", background["metadata"]["name"].as_str().unwrap()),
+            "--timeout=60s",
+        ],
+        None,
+    );
+    // A bare Pod deleted with a zero grace period: SIGKILL, gone.
+    let (code, body) = env.request(
+        "DELETE",
+        &format!("/api/v1/namespaces/default/pods/{name}?gracePeriodSeconds=0"),
+        None,
+    );
+    assert_eq!(code, 200, "{body}");
+    env.ok(
+        &[
+            "wait",
+            "--for=delete",
+            &format!("pod/{name}"),
+            "--timeout=60s",
+        ],
+        None,
+    );
+    let (code, body) = env.request(
+        "DELETE",
+        &format!("/api/v1/namespaces/default/pods/{name}"),
+        None,
+    );
+    assert_eq!(code, 404);
+    status(&body, 404, "NotFound");
+}

@@ -164,6 +164,23 @@ impl Env {
     }
 }
 
+impl Drop for Env {
+    /// Every object the server stored itself (defaults, controller and
+    /// kubelet updates, events) matched its schema.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
+        let (code, body) = self.request("GET", "/admin/self-check", None);
+        assert_eq!(code, 200, "{body}");
+        assert_eq!(
+            body["violations"],
+            serde_json::json!([]),
+            "the server stored objects its schema refuses"
+        );
+    }
+}
+
 /// Every object must match its vendored schema.
 pub fn valid(object: &Value) {
     if let Err(e) = Schemas::global().validate(object) {
