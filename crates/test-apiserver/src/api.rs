@@ -88,6 +88,7 @@ fn truthy(q: &HashMap<String, String>, k: &str) -> bool {
 /// What a handler needs besides the request.
 #[derive(Clone)]
 pub struct Ctx {
+    pub policy: Option<Arc<crate::rbac::Policy>>,
     pub shared: Arc<Shared>,
     pub docker: Docker,
     pub token: String,
@@ -260,6 +261,26 @@ async fn resource_route(
         return error(ApiError::path_not_found());
     };
     let method = req.method().clone();
+    if let Some(policy) = &ctx.policy {
+        let verb = match (&method, name) {
+            (&Method::GET, None) if truthy(&q, "watch") => "watch",
+            (&Method::GET, None) => "list",
+            (&Method::POST, None) => "create",
+            (&Method::DELETE, None) => "deletecollection",
+            (&Method::GET, Some(_)) => "get",
+            (&Method::PUT, Some(_)) => "update",
+            (&Method::PATCH, Some(_)) => "patch",
+            (&Method::DELETE, Some(_)) => "delete",
+            _ => "unknown",
+        };
+        let full = match sub {
+            Some(s) => format!("{plural}/{s}"),
+            None => plural.to_string(),
+        };
+        if let Err(e) = policy.authorize(verb, group, &full, ns, name.unwrap_or("")) {
+            return error(e);
+        }
+    }
     match (name, sub, ns) {
         (None, None, _) => match method {
             Method::GET if truthy(&q, "watch") => watch(ctx, resource, ns, &q),

@@ -144,6 +144,12 @@ impl PodWorker {
     async fn run(self) {
         let Some(pod) = self.pod() else { return };
         if pod["spec"]["nodeName"].is_null() {
+            if let Some(message) = unschedulable(&pod, &self.shared.config.node_name) {
+                self.unschedulable(&pod, &message);
+                let stop = self.stop_requested().await;
+                self.terminate(stop).await;
+                return;
+            }
             self.schedule(&pod);
         }
         let stop = {
@@ -160,6 +166,28 @@ impl PodWorker {
             None => self.stop_requested().await,
         };
         self.terminate(stop).await;
+    }
+
+    /// The scheduler's answer for a Pod no node fits: PodScheduled False
+    /// (Unschedulable) and a FailedScheduling event; it stays Pending.
+    fn unschedulable(&self, pod: &Value, message: &str) {
+        let now = meta::now();
+        self.update(|p| {
+            p["status"] = json!({
+                "phase": "Pending",
+                "conditions": [{"type": "PodScheduled", "status": "False", "lastProbeTime": null, "lastTransitionTime": now, "reason": "Unschedulable", "message": message}],
+                "qosClass": qos_class(&p["spec"]),
+            });
+        });
+        recorder::record(
+            &self.shared,
+            pod,
+            None,
+            true,
+            "FailedScheduling",
+            message,
+            Source::Scheduler,
+        );
     }
 
     fn schedule(&self, pod: &Value) {
@@ -322,6 +350,33 @@ impl PodWorker {
                 }
                 return std::future::pending().await;
             } else {
+                // This server holds no ConfigMaps or Secrets, so a volume
+                // of one fails as the kubelet's does for a missing object.
+                if let Some(c) = &v.config_map {
+                    self.event(
+                        None,
+                        true,
+                        "FailedMount",
+                        &format!(
+                            "MountVolume.SetUp failed for volume {:?} : configmap {:?} not found",
+                            v.name, c.name
+                        ),
+                    );
+                    return std::future::pending().await;
+                }
+                if let Some(sec) = &v.secret {
+                    self.event(
+                        None,
+                        true,
+                        "FailedMount",
+                        &format!(
+                            "MountVolume.SetUp failed for volume {:?} : secret {:?} not found",
+                            v.name,
+                            sec.secret_name.clone().unwrap_or_default()
+                        ),
+                    );
+                    return std::future::pending().await;
+                }
                 let kind = serde_json::to_value(v)
                     .ok()
                     .and_then(|o| {
@@ -888,6 +943,76 @@ impl Drop for AbortOnDrop {
             h.abort();
         }
     }
+}
+
+/// Why the one node cannot take the Pod (its nodeSelector against the
+/// node's labels, its requests against the machine's CPUs and memory), in
+/// the scheduler's words; None when it fits.
+fn unschedulable(pod: &Value, node: &str) -> Option<String> {
+    let spec = &pod["spec"];
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    };
+    let labels = [
+        ("kubernetes.io/hostname", node),
+        ("kubernetes.io/os", "linux"),
+        ("kubernetes.io/arch", arch),
+    ];
+    if let Some(selector) = spec["nodeSelector"].as_object() {
+        let fits = selector
+            .iter()
+            .all(|(k, v)| labels.iter().any(|(lk, lv)| lk == k && v == lv));
+        if !fits {
+            return Some("0/1 nodes are available: 1 node(s) didn't match Pod's node affinity/selector. preemption: 0/1 nodes are available: 1 Preemption is not helpful for scheduling.".into());
+        }
+    }
+    let request = |res: &str| -> f64 {
+        let sum: f64 = spec["containers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| {
+                crate::validation::parse_quantity(&c["resources"]["requests"][res])
+                    .or_else(|| crate::validation::parse_quantity(&c["resources"]["limits"][res]))
+            })
+            .sum();
+        let init: f64 = spec["initContainers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| {
+                crate::validation::parse_quantity(&c["resources"]["requests"][res])
+                    .or_else(|| crate::validation::parse_quantity(&c["resources"]["limits"][res]))
+            })
+            .fold(0.0, f64::max);
+        sum.max(init)
+    };
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get() as f64)
+        .unwrap_or(1.0);
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map(|kb| kb * 1024.0)
+        .unwrap_or(f64::MAX);
+    let mut short = Vec::new();
+    if request("cpu") > cpus {
+        short.push("1 Insufficient cpu");
+    }
+    if request("memory") > memory {
+        short.push("1 Insufficient memory");
+    }
+    if short.is_empty() {
+        return None;
+    }
+    Some(format!("0/1 nodes are available: {}. preemption: 0/1 nodes are available: 1 No preemption victims found for incoming pod.", short.join(", ")))
 }
 
 fn names(list: &Value) -> Vec<String> {

@@ -16,6 +16,7 @@ mod kubelet;
 mod logs;
 pub mod meta;
 pub mod process;
+pub mod rbac;
 mod recorder;
 pub mod schema;
 pub mod selectors;
@@ -45,6 +46,10 @@ pub struct Config {
     pub bookmark_interval: Duration,
     /// The first image-pull back-off (doubling, at most 300 s).
     pub pull_backoff: Duration,
+    /// A Role to enforce on the token (as bound to a service account in
+    /// `rbac_namespace`); None allows everything.
+    pub rbac_role: Option<PathBuf>,
+    pub rbac_namespace: String,
 }
 
 impl Config {
@@ -58,6 +63,8 @@ impl Config {
             watch_window: 1000,
             bookmark_interval: Duration::from_secs(1),
             pull_backoff: Duration::from_secs(2),
+            rbac_role: None,
+            rbac_namespace: "default".into(),
         }
     }
 }
@@ -89,6 +96,12 @@ pub async fn serve(mut config: Config) -> std::io::Result<()> {
     std::fs::write(config.state_dir.join("port"), address.port().to_string())?;
     let url = format!("https://{address}");
     tls::write_kubeconfig(&config.state_dir, &identity, &url)?;
+    let policy = match &config.rbac_role {
+        Some(path) => Some(Arc::new(
+            rbac::Policy::load(path, &config.rbac_namespace).map_err(std::io::Error::other)?,
+        )),
+        None => None,
+    };
     let docker = docker::Docker {
         host: config.docker_host.clone(),
         instance,
@@ -98,6 +111,7 @@ pub async fn serve(mut config: Config) -> std::io::Result<()> {
     tokio::spawn(kubelet::run(shared.clone(), docker.clone()));
     let acceptor = tokio_rustls::TlsAcceptor::from(tls::server_config(&identity)?);
     let ctx = api::Ctx {
+        policy,
         shared,
         docker,
         token: identity.token.clone(),

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 fn usage(problem: &str) -> ! {
-    eprintln!("oz-test-apiserver: {problem}\nusage: oz-test-apiserver --state-dir DIR [--port N] [--docker-host URL] [--watch-window N] [--bookmark-interval-ms N] [--pull-backoff-ms N]");
+    eprintln!("oz-test-apiserver: {problem}\nusage: oz-test-apiserver --state-dir DIR [--port N] [--docker-host URL] [--watch-window N] [--bookmark-interval-ms N] [--pull-backoff-ms N] [--rbac-role ROLE.yaml [--rbac-namespace NS]]");
     std::process::exit(2)
 }
 
@@ -38,6 +38,8 @@ fn main() {
             "--watch-window" => config.watch_window = n() as usize,
             "--bookmark-interval-ms" => config.bookmark_interval = Duration::from_millis(n()),
             "--pull-backoff-ms" => config.pull_backoff = Duration::from_millis(n()),
+            "--rbac-role" => config.rbac_role = Some(v.clone().into()),
+            "--rbac-namespace" => config.rbac_namespace = v.clone(),
             _ => usage(&format!("unknown flag {a}")),
         }
     }

@@ -880,3 +880,171 @@ fn orphan_and_background_propagation_as_the_garbage_collector_does() {
     assert_eq!(code, 404);
     status(&body, 404, "NotFound");
 }
+
+/// Waits (polling the API, 60 s at most) for an event about `name`.
+fn wait_event(env: &support::Env, name: &str, reason: &str) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let list = env.get_json(&[
+            "events",
+            "--field-selector",
+            &format!("involvedObject.name={name},reason={reason}"),
+        ]);
+        if let Some(e) = list["items"].as_array().and_then(|i| i.first()) {
+            valid(e);
+            return e.clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {reason} event for {name} within 60 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn an_unschedulable_pod_and_a_missing_configmap_volume_stay_pending_with_the_schedulers_and_kubelets_reasons(
+) {
+    let Some(env) = support::start(&[]) else {
+        return;
+    };
+    let selector = job_yaml("nofit", "true", "", "").replace(
+        "      restartPolicy: Never\n",
+        "      restartPolicy: Never\n      nodeSelector:\n        disktype: ssd\n",
+    );
+    env.ok(&["create", "-f", "-"], Some(&selector));
+    let pod = pod_of(&env, "nofit");
+    let name = pod["metadata"]["name"].as_str().unwrap().to_string();
+    let event = wait_event(&env, &name, "FailedScheduling");
+    assert_eq!(event["type"], "Warning");
+    assert_eq!(event["source"]["component"], "default-scheduler");
+    assert!(
+        event["message"].as_str().unwrap().starts_with(
+            "0/1 nodes are available: 1 node(s) didn't match Pod's node affinity/selector."
+        ),
+        "{event}"
+    );
+    let pod = env.get_json(&["pod", &name]);
+    valid(&pod);
+    assert_eq!(pod["status"]["phase"], "Pending");
+    assert!(pod["spec"]["nodeName"].is_null());
+    assert_eq!(pod["status"]["conditions"][0]["type"], "PodScheduled");
+    assert_eq!(pod["status"]["conditions"][0]["status"], "False");
+    assert_eq!(pod["status"]["conditions"][0]["reason"], "Unschedulable");
+
+    let mount = format!(
+        "{}        volumeMounts:\n        - {{name: cfg, mountPath: /cfg}}\n      volumes:\n      - name: cfg\n        configMap: {{name: settings}}\n",
+        job_yaml("nomount", "true", "", "")
+    );
+    env.ok(&["create", "-f", "-"], Some(&mount));
+    let pod = pod_of(&env, "nomount");
+    let name = pod["metadata"]["name"].as_str().unwrap().to_string();
+    let event = wait_event(&env, &name, "FailedMount");
+    assert_eq!(
+        event["message"],
+        "MountVolume.SetUp failed for volume \"cfg\" : configmap \"settings\" not found"
+    );
+    let pod = env.get_json(&["pod", &name]);
+    assert_eq!(pod["status"]["phase"], "Pending");
+    assert_eq!(
+        pod["status"]["containerStatuses"][0]["state"]["waiting"]["reason"],
+        "ContainerCreating"
+    );
+    // Both go when their Jobs are deleted.
+    env.ok(
+        &[
+            "delete",
+            "job",
+            "nofit",
+            "nomount",
+            "--cascade=foreground",
+            "--timeout=60s",
+        ],
+        None,
+    );
+    assert_eq!(env.get_json(&["pods"])["items"], json!([]));
+}
+
+#[test]
+fn the_go_charts_role_allows_exactly_what_it_grants() {
+    let role = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../deploy/kubernetes/base/role.yaml"
+    );
+    let Some(env) = support::start(&["--rbac-role", role, "--rbac-namespace", "default"]) else {
+        return;
+    };
+    // Everything the runtime does: create, get, list, watch and delete Jobs;
+    // get, list and watch Pods; read their logs; list Events.
+    env.ok(
+        &["create", "-f", "-"],
+        Some(&job_yaml("rbac", "echo allowed", "", "")),
+    );
+    env.ok(
+        &[
+            "wait",
+            "--for=condition=complete",
+            "job/rbac",
+            "--timeout=60s",
+        ],
+        None,
+    );
+    assert_eq!(env.ok(&["logs", "job/rbac"], None), "allowed\n");
+    env.ok(&["get", "pods,events"], None);
+    let (code, _) = env.request(
+        "GET",
+        "/api/v1/namespaces/default/pods?watch=1&timeoutSeconds=1",
+        None,
+    );
+    assert_eq!(code, 200);
+
+    // And nothing else.
+    let out = env.kubectl(&["label", "job", "rbac", "x=y"], None);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        "Error from server (Forbidden): jobs.batch \"rbac\" is forbidden: User \"system:serviceaccount:default:oz-agent-worker\" cannot patch resource \"jobs\" in API group \"batch\" in the namespace \"default\""
+    );
+    let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": support::busybox()}]}});
+    for (method, path, body) in [
+        (
+            "POST",
+            "/api/v1/namespaces/default/pods".to_string(),
+            Some(&pod),
+        ),
+        (
+            "GET",
+            "/api/v1/namespaces/default/events?watch=1".to_string(),
+            None,
+        ),
+        (
+            "GET",
+            "/apis/batch/v1/namespaces/other/jobs".to_string(),
+            None,
+        ),
+        ("GET", "/apis/batch/v1/jobs".to_string(), None),
+        (
+            "DELETE",
+            "/api/v1/namespaces/default/pods/p".to_string(),
+            None,
+        ),
+        (
+            "PUT",
+            "/apis/batch/v1/namespaces/default/jobs/rbac/status".to_string(),
+            Some(&pod),
+        ),
+    ] {
+        let (code, body) = env.request(method, &path, body);
+        assert_eq!(code, 403, "{method} {path}: {body}");
+        status(&body, 403, "Forbidden");
+    }
+    env.ok(
+        &[
+            "delete",
+            "job",
+            "rbac",
+            "--cascade=foreground",
+            "--timeout=60s",
+        ],
+        None,
+    );
+}
