@@ -9,8 +9,9 @@
 //!
 //! Not done here (see the README): probes, restarts (restartPolicy Always/
 //! OnFailure restart nothing), Secrets/ConfigMaps (there are none to read,
-//! so a reference is the kubelet's CreateContainerConfigError), image
-//! volumes (the test dockerd is too old; a Pod using one gets a Failed event).
+//! so a reference is the kubelet's CreateContainerConfigError or
+//! FailedMount), image volumes (the test dockerd has no image mounts; with
+//! the ImageVolume gate on, a Pod using one gets a Failed event).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -392,7 +393,23 @@ impl PodWorker {
 
         let init_containers = spec.init_containers.clone().unwrap_or_default();
         let mut remaining: Vec<String> = init_containers.iter().map(|c| c.name.clone()).collect();
+        // Native sidecars (init containers with restartPolicy Always, on by
+        // default since 1.29): started in their turn, not waited for, and
+        // stopped once the regular containers have exited.
+        let mut sidecars = Vec::new();
         for c in &init_containers {
+            if c.restart_policy.as_deref() == Some("Always") {
+                let me = self.clone_worker();
+                remaining.retain(|n| *n != c.name);
+                let (pod_value, volumes, c) = (pod_value.clone(), volumes.clone(), c.clone());
+                sidecars.push((
+                    c.name.clone(),
+                    tokio::spawn(
+                        async move { me.run_container(&pod_value, &c, true, &volumes).await },
+                    ),
+                ));
+                continue;
+            }
             let Some(code) = self.run_container(&pod_value, c, true, &volumes).await else {
                 return;
             };
@@ -436,18 +453,49 @@ impl PodWorker {
             }));
         }
         let mut codes = Vec::new();
-        let _guard = AbortOnDrop(handles.iter().map(|h| h.abort_handle()).collect());
+        let _guard = AbortOnDrop(
+            handles
+                .iter()
+                .chain(sidecars.iter().map(|(_, h)| h))
+                .map(|h| h.abort_handle())
+                .collect(),
+        );
         for h in handles {
             match h.await {
                 Ok(Some(code)) => codes.push(code),
                 _ => return,
             }
         }
+        let grace = pod_value["spec"]["terminationGracePeriodSeconds"]
+            .as_i64()
+            .unwrap_or(30);
+        for (name, handle) in sidecars {
+            if let Some(id) = self.docker.find(&self.uid, &name).await {
+                self.event(
+                    Some((true, &name)),
+                    false,
+                    "Killing",
+                    &format!("Stopping container {name}"),
+                );
+                let _ = self.docker.stop(&id, grace).await;
+            }
+            let _ = handle.await;
+        }
         self.finish_phase(if codes.iter().all(|c| *c == 0) {
             "Succeeded"
         } else {
             "Failed"
         });
+    }
+
+    fn clone_worker(&self) -> PodWorker {
+        PodWorker {
+            shared: self.shared.clone(),
+            docker: self.docker.clone(),
+            ns: self.ns.clone(),
+            name: self.name.clone(),
+            uid: self.uid.clone(),
+        }
     }
 
     fn finish_phase(&self, phase: &str) {

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 fn usage(problem: &str) -> ! {
-    eprintln!("oz-test-apiserver: {problem}\nusage: oz-test-apiserver --state-dir DIR [--port N] [--docker-host URL] [--watch-window N] [--bookmark-interval-ms N] [--pull-backoff-ms N] [--rbac-role ROLE.yaml [--rbac-namespace NS]]");
+    eprintln!("oz-test-apiserver: {problem}\nusage: oz-test-apiserver --state-dir DIR [--port N] [--docker-host URL] [--watch-window N] [--bookmark-interval-ms N] [--pull-backoff-ms N] [--rbac-role ROLE.yaml [--rbac-namespace NS]] [--feature-gates ImageVolume=true]");
     std::process::exit(2)
 }
 
@@ -40,6 +40,14 @@ fn main() {
             "--pull-backoff-ms" => config.pull_backoff = Duration::from_millis(n()),
             "--rbac-role" => config.rbac_role = Some(v.clone().into()),
             "--rbac-namespace" => config.rbac_namespace = v.clone(),
+            "--feature-gates" => match v.as_str() {
+                "ImageVolume=true" => oz_test_apiserver::validation::IMAGE_VOLUME_GATE
+                    .store(true, std::sync::atomic::Ordering::Relaxed),
+                "ImageVolume=false" => {}
+                _ => usage(&format!(
+                    "--feature-gates: only ImageVolume=true|false is known, not {v:?}"
+                )),
+            },
             _ => usage(&format!("unknown flag {a}")),
         }
     }

@@ -10,6 +10,11 @@ use serde_json::Value;
 use crate::meta::{ApiError, Cause, Resource};
 use crate::schema::{SchemaError, Schemas};
 
+/// The ImageVolume feature gate (`--feature-gates ImageVolume=true`):
+/// off, as in Kubernetes 1.32 by default.
+pub static IMAGE_VOLUME_GATE: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
 const DNS1123_LABEL_MAX: usize = 63;
 const DNS1123_SUBDOMAIN_MAX: usize = 253;
 
@@ -282,11 +287,21 @@ pub fn check_pod_spec(spec: &Value, at: &str, causes: &mut Vec<Cause>) {
             causes.push(Cause::duplicate(field, &v["name"]));
         }
         volumes.push(name);
-        let sources = v
-            .as_object()
-            .map_or(0, |o| o.keys().filter(|k| *k != "name").count());
+        // With the ImageVolume feature gate off (alpha, off by default in
+        // 1.32) the API server drops `image` before validating, so the
+        // volume has no type left.
+        let gate_off = !IMAGE_VOLUME_GATE.load(std::sync::atomic::Ordering::Relaxed);
+        let sources = v.as_object().map_or(0, |o| {
+            o.keys()
+                .filter(|k| *k != "name" && !(gate_off && *k == "image"))
+                .count()
+        });
         if sources == 0 {
-            causes.push(Cause::required(format!("{at}.volumes[{i}]")));
+            causes.push(Cause {
+                reason: "FieldValueRequired",
+                field: format!("{at}.volumes[{i}]"),
+                message: "Required value: must specify a volume type".into(),
+            });
         } else if sources > 1 {
             causes.push(Cause::forbidden(
                 format!("{at}.volumes[{i}]"),
@@ -533,6 +548,22 @@ mod tests {
         assert!(
             fields.contains(&"spec.template.spec.containers[0].resources.requests[memory]"),
             "{fields:?}"
+        );
+    }
+
+    #[test]
+    fn an_image_volume_has_no_type_while_its_gate_is_off() {
+        let mut j = job("j");
+        j["spec"]["template"]["spec"]["volumes"] = json!([{"name": "sidecar-0-image", "image": {"reference": "busybox", "pullPolicy": "IfNotPresent"}}]);
+        let e = check(Resource::Jobs, &j).unwrap_err();
+        assert_eq!(e.code, 422, "{}", e.body);
+        assert_eq!(
+            e.body["details"]["causes"][0]["field"],
+            "spec.template.spec.volumes[0]"
+        );
+        assert_eq!(
+            e.body["details"]["causes"][0]["message"],
+            "Required value: must specify a volume type"
         );
     }
 

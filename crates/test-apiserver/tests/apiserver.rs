@@ -1048,3 +1048,38 @@ fn the_go_charts_role_allows_exactly_what_it_grants() {
         None,
     );
 }
+
+#[test]
+fn a_native_sidecar_runs_beside_the_task_and_is_stopped_after_it() {
+    let Some(env) = support::start(&[]) else {
+        return;
+    };
+    let yaml = format!(
+        "{}      initContainers:\n      - name: sidecar\n        image: {}\n        imagePullPolicy: IfNotPresent\n        restartPolicy: Always\n        command: [\"sh\", \"-c\", \"trap 'exit 0' TERM; while true; do sleep 1; done\"]\n",
+        job_yaml("sidecar", "echo task done", "", ""),
+        support::busybox()
+    );
+    env.ok(&["create", "-f", "-"], Some(&yaml));
+    env.ok(
+        &[
+            "wait",
+            "--for=condition=complete",
+            "job/sidecar",
+            "--timeout=120s",
+        ],
+        None,
+    );
+    let pod = pod_of(&env, "sidecar");
+    valid(&pod);
+    assert_eq!(pod["status"]["phase"], "Succeeded");
+    let side = &pod["status"]["initContainerStatuses"][0];
+    assert_eq!(side["name"], "sidecar");
+    assert!(
+        side["state"]["terminated"].is_object(),
+        "stopped after the task: {side}"
+    );
+    assert!(
+        reasons(&events_for(&env, pod["metadata"]["name"].as_str().unwrap()))
+            .contains(&"Killing".to_string())
+    );
+}
