@@ -195,7 +195,7 @@ fn an_image_that_cannot_be_pulled_waits_in_err_image_pull_and_back_off_until_the
             "wait",
             "--for=jsonpath={.status.containerStatuses[0].state.waiting.reason}=ImagePullBackOff",
             &format!("pod/{name}"),
-            "--timeout=60s",
+            "--timeout=120s",
         ],
         None,
     );
@@ -228,7 +228,7 @@ fn an_image_that_cannot_be_pulled_waits_in_err_image_pull_and_back_off_until_the
             "wait",
             "--for=condition=failed",
             "job/badimage",
-            "--timeout=60s",
+            "--timeout=120s",
         ],
         None,
     );
@@ -246,7 +246,7 @@ fn an_image_that_cannot_be_pulled_waits_in_err_image_pull_and_back_off_until_the
             "wait",
             "--for=delete",
             &format!("pod/{name}"),
-            "--timeout=60s",
+            "--timeout=120s",
         ],
         None,
     );
@@ -547,7 +547,7 @@ fn kubectl_delete_cascade_foreground_removes_the_pod_before_the_job() {
             "wait",
             "--for=jsonpath={.status.phase}=Running",
             &format!("pod/{name}"),
-            "--timeout=60s",
+            "--timeout=120s",
         ],
         None,
     );
@@ -562,7 +562,7 @@ fn kubectl_delete_cascade_foreground_removes_the_pod_before_the_job() {
             "job",
             "fg",
             "--cascade=foreground",
-            "--timeout=60s",
+            "--timeout=120s",
         ],
         None,
     );
@@ -620,13 +620,13 @@ fn an_evicted_pod_fails_and_its_job_fails() {
             "wait",
             "--for=jsonpath={.status.phase}=Running",
             &format!("pod/{name}"),
-            "--timeout=60s",
+            "--timeout=120s",
         ],
         None,
     );
     env.admin(&format!("evict?namespace=default&name={name}"));
     env.ok(
-        &["wait", "--for=condition=failed", "job/ev", "--timeout=60s"],
+        &["wait", "--for=condition=failed", "job/ev", "--timeout=120s"],
         None,
     );
     let pod = env.get_json(&["pod", &name]);
@@ -673,7 +673,7 @@ fn a_restarted_server_keeps_its_objects_and_resource_versions_and_readopts_runni
             "wait",
             "--for=jsonpath={.status.phase}=Running",
             &format!("pod/{name}"),
-            "--timeout=60s",
+            "--timeout=120s",
         ],
         None,
     );
@@ -746,7 +746,7 @@ fn kubectl_logs_follow_streams_until_the_container_exits() {
             "wait",
             "--for=jsonpath={.status.phase}=Running",
             &format!("pod/{name}"),
-            "--timeout=60s",
+            "--timeout=120s",
         ],
         None,
     );
@@ -758,7 +758,7 @@ fn kubectl_logs_follow_streams_until_the_container_exits() {
             "wait",
             "--for=jsonpath={.status.phase}=Succeeded",
             &format!("pod/{name}"),
-            "--timeout=60s",
+            "--timeout=120s",
         ],
         None,
     );
@@ -784,17 +784,17 @@ fn a_finished_job_is_deleted_after_its_ttl_with_its_pod() {
             "wait",
             "--for=condition=complete",
             "job/ttl",
-            "--timeout=60s",
+            "--timeout=120s",
         ],
         None,
     );
-    env.ok(&["wait", "--for=delete", "job/ttl", "--timeout=60s"], None);
+    env.ok(&["wait", "--for=delete", "job/ttl", "--timeout=120s"], None);
     env.ok(
         &[
             "wait",
             "--for=delete",
             &format!("pod/{}", pod["metadata"]["name"].as_str().unwrap()),
-            "--timeout=60s",
+            "--timeout=120s",
         ],
         None,
     );
@@ -823,7 +823,7 @@ fn orphan_and_background_propagation_as_the_garbage_collector_does() {
     assert_eq!(code, 200, "{body}");
     valid(&body);
     env.ok(
-        &["wait", "--for=delete", "job/orphan", "--timeout=60s"],
+        &["wait", "--for=delete", "job/orphan", "--timeout=120s"],
         None,
     );
     let name = orphan["metadata"]["name"].as_str().unwrap();
@@ -834,7 +834,7 @@ fn orphan_and_background_propagation_as_the_garbage_collector_does() {
     let (code, _) = env.request("DELETE", &format!("{JOBS}/default"), None);
     assert_eq!(code, 200);
     env.ok(
-        &["wait", "--for=delete", "job/default", "--timeout=60s"],
+        &["wait", "--for=delete", "job/default", "--timeout=120s"],
         None,
     );
     assert!(
@@ -852,7 +852,7 @@ fn orphan_and_background_propagation_as_the_garbage_collector_does() {
             "wait",
             "--for=delete",
             &format!("pod/{}", background["metadata"]["name"].as_str().unwrap()),
-            "--timeout=60s",
+            "--timeout=120s",
         ],
         None,
     );
@@ -868,7 +868,7 @@ fn orphan_and_background_propagation_as_the_garbage_collector_does() {
             "wait",
             "--for=delete",
             &format!("pod/{name}"),
-            "--timeout=60s",
+            "--timeout=120s",
         ],
         None,
     );
@@ -958,7 +958,7 @@ fn an_unschedulable_pod_and_a_missing_configmap_volume_stay_pending_with_the_sch
             "nofit",
             "nomount",
             "--cascade=foreground",
-            "--timeout=60s",
+            "--timeout=120s",
         ],
         None,
     );
@@ -985,7 +985,7 @@ fn the_go_charts_role_allows_exactly_what_it_grants() {
             "wait",
             "--for=condition=complete",
             "job/rbac",
-            "--timeout=60s",
+            "--timeout=120s",
         ],
         None,
     );
@@ -1043,7 +1043,7 @@ fn the_go_charts_role_allows_exactly_what_it_grants() {
             "job",
             "rbac",
             "--cascade=foreground",
-            "--timeout=60s",
+            "--timeout=120s",
         ],
         None,
     );

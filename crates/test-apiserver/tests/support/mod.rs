@@ -214,7 +214,7 @@ pub fn pod_of(env: &Env, job: &str) -> Value {
             "pod",
             "-l",
             &format!("job-name={job}"),
-            "--timeout=60s",
+            "--timeout=120s",
         ],
         None,
     );
