@@ -79,9 +79,23 @@ fn instance_id(dir: &std::path::Path) -> std::io::Result<String> {
     Ok(id)
 }
 
-/// Runs the server until the process ends. Prints `listening URL` on
-/// stdout once it accepts connections.
-pub async fn serve(mut config: Config) -> std::io::Result<()> {
+/// A bound server: its address and files, ready to [`Server::run`].
+pub struct Server {
+    /// `https://127.0.0.1:PORT`.
+    pub url: String,
+    /// The kubeconfig clients use (CA embedded, bearer token).
+    pub kubeconfig: PathBuf,
+    listener: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    ctx: api::Ctx,
+}
+
+/// Binds the port (the state dir's previous one when `config.port` is 0),
+/// loads or creates the identity and the state, writes the kubeconfig and
+/// starts the controllers and the kubelet. For a server inside a test
+/// process: `let s = bind(c).await?; tokio::spawn(s.run());` (a test that
+/// kills and restarts the server uses [`process::ApiServerProcess`]).
+pub async fn bind(mut config: Config) -> std::io::Result<Server> {
     std::fs::create_dir_all(&config.state_dir)?;
     let identity = tls::identity(&config.state_dir)?;
     let instance = instance_id(&config.state_dir)?;
@@ -95,7 +109,7 @@ pub async fn serve(mut config: Config) -> std::io::Result<()> {
     let address = listener.local_addr()?;
     std::fs::write(config.state_dir.join("port"), address.port().to_string())?;
     let url = format!("https://{address}");
-    tls::write_kubeconfig(&config.state_dir, &identity, &url)?;
+    let kubeconfig = tls::write_kubeconfig(&config.state_dir, &identity, &url)?;
     let policy = match &config.rbac_role {
         Some(path) => Some(Arc::new(
             rbac::Policy::load(path, &config.rbac_namespace).map_err(std::io::Error::other)?,
@@ -117,23 +131,40 @@ pub async fn serve(mut config: Config) -> std::io::Result<()> {
         token: identity.token.clone(),
         address: address.to_string(),
     };
-    println!("listening {url}");
-    use std::io::Write;
-    std::io::stdout().flush()?;
-    loop {
-        let (tcp, _) = listener.accept().await?;
-        let (acceptor, ctx) = (acceptor.clone(), ctx.clone());
-        tokio::spawn(async move {
-            let Ok(tls) = acceptor.accept(tcp).await else {
-                return;
-            };
-            let service = hyper::service::service_fn(move |req| api::handle(ctx.clone(), req));
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
-                .await;
-        });
+    Ok(Server {
+        url,
+        kubeconfig,
+        listener,
+        acceptor,
+        ctx,
+    })
+}
+
+impl Server {
+    /// Serves connections until the runtime ends.
+    pub async fn run(self) -> std::io::Result<()> {
+        loop {
+            let (tcp, _) = self.listener.accept().await?;
+            let (acceptor, ctx) = (self.acceptor.clone(), self.ctx.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(move |req| api::handle(ctx.clone(), req));
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
+            });
+        }
     }
 }
 
-/// Keeps `Arc` in the public signature space for tests that embed the store.
-pub type SharedState = Arc<store::Shared>;
+/// Runs the server until the process ends. Prints `listening URL` on
+/// stdout once it accepts connections.
+pub async fn serve(config: Config) -> std::io::Result<()> {
+    let server = bind(config).await?;
+    println!("listening {}", server.url);
+    use std::io::Write;
+    std::io::stdout().flush()?;
+    server.run().await
+}

@@ -16,6 +16,29 @@ pub struct ApiServerProcess {
     pub url: String,
 }
 
+/// The `oz-test-apiserver` binary for tests outside this crate (whose
+/// `CARGO_BIN_EXE_…` only this crate's tests get): `OZ_TEST_APISERVER_BIN`,
+/// else the binary beside the running test's target directory
+/// (`target/debug/oz-test-apiserver`, built by `cargo build -p
+/// oz-test-apiserver` or by `cargo test --workspace`).
+pub fn binary() -> std::io::Result<PathBuf> {
+    if let Some(path) = std::env::var_os("OZ_TEST_APISERVER_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    let exe = std::env::current_exe()?;
+    // target/debug/deps/TEST-HASH → target/debug/oz-test-apiserver
+    let candidate = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("oz-test-apiserver"))
+        .filter(|p| p.is_file());
+    candidate.ok_or_else(|| {
+        std::io::Error::other(
+            "oz-test-apiserver binary not found beside the test executable: run `cargo build -p oz-test-apiserver` or set OZ_TEST_APISERVER_BIN",
+        )
+    })
+}
+
 impl ApiServerProcess {
     /// Starts the binary on `state_dir` and waits for `listening URL`.
     pub fn start(

@@ -130,3 +130,42 @@ fn kube_rs_watches_a_job_to_completion_across_a_server_restart_and_a_410_relist(
         assert!(pods.get_opt(&name).await.unwrap().is_none(), "its Pod went first");
     });
 }
+
+#[test]
+fn a_server_bound_in_process_answers_kube_rs() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let server =
+            oz_test_apiserver::bind(oz_test_apiserver::Config::new(dir.path().to_path_buf()))
+                .await
+                .unwrap();
+        let kubeconfig = server.kubeconfig.clone();
+        tokio::spawn(server.run());
+        let config = Config::from_custom_kubeconfig(
+            Kubeconfig::read_from(kubeconfig).unwrap(),
+            &KubeConfigOptions::default(),
+        )
+        .await
+        .unwrap();
+        let client = Client::try_from(config).unwrap();
+        let jobs: Api<Job> = Api::default_namespaced(client);
+        assert!(jobs
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty());
+        let mut suspended = job("quiet", json!({}), "true");
+        suspended.spec.as_mut().unwrap().suspend = Some(true);
+        let created = jobs
+            .create(&PostParams::default(), &suspended)
+            .await
+            .unwrap();
+        assert_eq!(created.spec.unwrap().backoff_limit, Some(0));
+        assert_eq!(
+            jobs.list(&ListParams::default()).await.unwrap().items.len(),
+            1
+        );
+    });
+}
