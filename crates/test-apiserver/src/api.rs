@@ -88,6 +88,8 @@ fn truthy(q: &HashMap<String, String>, k: &str) -> bool {
 /// What a handler needs besides the request.
 #[derive(Clone)]
 pub struct Ctx {
+    /// (requests left to fail, status code), set by `/admin/fail-next`.
+    pub fail_next: Arc<std::sync::Mutex<(u32, u16)>>,
     pub policy: Option<Arc<crate::rbac::Policy>>,
     pub shared: Arc<Shared>,
     pub docker: Docker,
@@ -109,6 +111,11 @@ pub async fn handle(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, 
         .is_some_and(|t| t == ctx.token);
     if !authorized {
         return Ok(error(ApiError::unauthorized()));
+    }
+    if !path.starts_with("/admin/") {
+        if let Some(code) = take_injected_failure(&ctx) {
+            return Ok(injected(code));
+        }
     }
     let segs: Vec<String> = path
         .trim_matches('/')
@@ -163,6 +170,44 @@ pub async fn handle(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, 
         _ => error(ApiError::path_not_found()),
     };
     Ok(resp)
+}
+
+fn take_injected_failure(ctx: &Ctx) -> Option<u16> {
+    let mut f = ctx.fail_next.lock().unwrap();
+    if f.0 == 0 {
+        return None;
+    }
+    f.0 -= 1;
+    Some(f.1)
+}
+
+/// The answers an overloaded or failing API server gives: 429 from API
+/// priority and fairness (with Retry-After), 500, 503.
+fn injected(code: u16) -> Response<Body> {
+    let (reason, message) = match code {
+        429 => (
+            "TooManyRequests",
+            "Too many requests, please try again later.",
+        ),
+        500 => (
+            "InternalError",
+            "Internal error occurred: injected by the test",
+        ),
+        _ => (
+            "ServiceUnavailable",
+            "the server is currently unable to handle the request",
+        ),
+    };
+    let mut body = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message, "reason": reason, "code": code});
+    if code == 429 {
+        body["details"] = json!({"retryAfterSeconds": 1});
+    }
+    let mut r = json_response(code, &body);
+    if code == 429 {
+        r.headers_mut()
+            .insert("retry-after", http::HeaderValue::from_static("1"));
+    }
+    r
 }
 
 fn version() -> Value {
@@ -223,6 +268,15 @@ fn admin(ctx: &Ctx, method: &Method, rest: &[&str], q: &HashMap<String, String>)
         ["compact"] => {
             let rv = ctx.shared.compact();
             json_response(200, &json!({"compactedTo": rv.to_string()}))
+        }
+        ["fail-next"] => {
+            let count: u32 = q.get("count").and_then(|c| c.parse().ok()).unwrap_or(1);
+            let code: u16 = q.get("code").and_then(|c| c.parse().ok()).unwrap_or(503);
+            if !matches!(code, 429 | 500 | 503) {
+                return error(ApiError::bad_request("code must be 429, 500 or 503"));
+            }
+            *ctx.fail_next.lock().unwrap() = (count, code);
+            json_response(200, &json!({"failing": count, "code": code}))
         }
         ["close-watches"] => {
             ctx.shared.close_watches.send_modify(|g| *g += 1);

@@ -125,6 +125,7 @@ pub async fn bind(mut config: Config) -> std::io::Result<Server> {
     tokio::spawn(kubelet::run(shared.clone(), docker.clone()));
     let acceptor = tokio_rustls::TlsAcceptor::from(tls::server_config(&identity)?);
     let ctx = api::Ctx {
+        fail_next: Arc::default(),
         policy,
         shared,
         docker,

@@ -367,6 +367,17 @@ fn errors_are_kubernetes_status_objects_with_the_right_codes() {
         "{out:?}"
     );
 
+    // Injected overload: the next two requests get 429 with Retry-After,
+    // then service resumes.
+    env.admin("fail-next?count=2&code=429");
+    for _ in 0..2 {
+        let (code, body) = env.request("GET", JOBS, None);
+        assert_eq!(code, 429);
+        status(&body, 429, "TooManyRequests");
+        assert_eq!(body["details"]["retryAfterSeconds"], 1);
+    }
+    assert_eq!(env.request("GET", JOBS, None).0, 200);
+
     let (code, body) = env.request("GET", &format!("{JOBS}/missing"), None);
     assert_eq!(code, 404);
     status(&body, 404, "NotFound");
