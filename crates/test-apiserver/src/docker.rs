@@ -271,36 +271,4 @@ impl Docker {
             .stderr(Stdio::piped())
             .spawn()
     }
-
-    /// Removes every container and volume of this instance (tests' cleanup).
-    pub async fn remove_all(&self) {
-        if let Ok(ids) = self
-            .run(&[
-                "ps",
-                "-a",
-                "-q",
-                "--filter",
-                &format!("label={LABEL_INSTANCE}={}", self.instance),
-            ])
-            .await
-        {
-            for id in ids.lines() {
-                self.remove(id).await;
-            }
-        }
-        if let Ok(vols) = self
-            .run(&[
-                "volume",
-                "ls",
-                "-q",
-                "--filter",
-                &format!("label={LABEL_INSTANCE}={}", self.instance),
-            ])
-            .await
-        {
-            for v in vols.lines() {
-                self.volume_remove(v).await;
-            }
-        }
-    }
 }

@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! A test Kubernetes API server for the kubernetes runtime's tests, and the
 //! validator of Kubernetes objects against the schemas vendored under
 //! `api-specs/kubernetes/` (see the crate's README for what it proves and
@@ -9,20 +10,20 @@
 //! `oz-test-apiserver` wraps it so tests can kill and restart it as a
 //! process ([`process::ApiServerProcess`]).
 
-pub mod api;
+mod api;
 mod controller;
-pub mod docker;
+mod docker;
 mod kubelet;
 mod logs;
-pub mod meta;
+mod meta;
 pub mod process;
-pub mod rbac;
+mod rbac;
 mod recorder;
 pub mod schema;
-pub mod selectors;
-pub mod store;
-pub mod tls;
-pub mod validation;
+mod selectors;
+mod store;
+mod tls;
+mod validation;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -49,10 +50,14 @@ pub struct Config {
     /// A Role to enforce on the token (as bound to a service account in
     /// `rbac_namespace`); None allows everything.
     pub rbac_role: Option<PathBuf>,
+    /// The namespace the Role is bound in (requests elsewhere are refused).
     pub rbac_namespace: String,
 }
 
 impl Config {
+    /// Defaults: any free port (or the state dir's last), `DOCKER_HOST` or
+    /// the default socket, 1,000 log entries, bookmarks every second,
+    /// image-pull back-off from 2 s, no RBAC.
     pub fn new(state_dir: PathBuf) -> Config {
         Config {
             state_dir,
@@ -77,6 +82,13 @@ fn instance_id(dir: &std::path::Path) -> std::io::Result<String> {
     let id: String = (0..12).map(|_| fastrand::lowercase()).collect();
     std::fs::write(&path, &id)?;
     Ok(id)
+}
+
+/// Turns the ImageVolume feature gate on (`--feature-gates
+/// ImageVolume=true`): Pods may then carry image volumes, which the kubelet
+/// here reports as unsupported (its dockerd has no image mounts).
+pub fn enable_image_volumes() {
+    validation::IMAGE_VOLUME_GATE.store(true, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// A bound server: its address and files, ready to [`Server::run`].

@@ -41,8 +41,7 @@ fn main() {
             "--rbac-role" => config.rbac_role = Some(v.clone().into()),
             "--rbac-namespace" => config.rbac_namespace = v.clone(),
             "--feature-gates" => match v.as_str() {
-                "ImageVolume=true" => oz_test_apiserver::validation::IMAGE_VOLUME_GATE
-                    .store(true, std::sync::atomic::Ordering::Relaxed),
+                "ImageVolume=true" => oz_test_apiserver::enable_image_volumes(),
                 "ImageVolume=false" => {}
                 _ => usage(&format!(
                     "--feature-gates: only ImageVolume=true|false is known, not {v:?}"

@@ -91,12 +91,20 @@ pub enum SchemaError {
     },
     /// No vendored schema for this apiVersion/kind: add it to
     /// scripts/vendor-kubernetes-schemas.py and to this module's table.
-    UnknownKind { api_version: String, kind: String },
+    UnknownKind {
+        /// As in the object.
+        api_version: String,
+        /// As in the object.
+        kind: String,
+    },
     /// The object breaks its schema; one entry per violation, in the order
     /// the validator found them.
     Invalid {
+        /// The schema's apiVersion.
         api_version: String,
+        /// The schema's kind.
         kind: String,
+        /// What is wrong, where.
         violations: Vec<Violation>,
     },
 }

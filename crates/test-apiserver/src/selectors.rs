@@ -225,12 +225,6 @@ impl FieldSelector {
             (actual == *value) == *equal
         })
     }
-
-    /// The name an `metadata.name=` requirement pins, for a watch that
-    /// kubectl uses to wait on one object.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
 }
 
 #[cfg(test)]
