@@ -185,7 +185,7 @@ fn an_image_that_cannot_be_pulled_waits_in_err_image_pull_and_back_off_until_the
     let Some(env) = support::start(&[]) else {
         return;
     };
-    let yaml = job_yaml("badimage", "true", "  activeDeadlineSeconds: 6\n", "")
+    let yaml = job_yaml("badimage", "true", "  activeDeadlineSeconds: 15\n", "")
         .replace(&support::busybox(), "oz-test/no-such-image:1");
     env.ok(&["create", "-f", "-"], Some(&yaml));
     let pod = pod_of(&env, "badimage");
