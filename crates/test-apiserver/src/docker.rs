@@ -1,0 +1,274 @@
+//! The kubelet's container runtime: the `docker` CLI against the test
+//! dockerd (`DOCKER_HOST` from the server's config). Every container and
+//! volume carries this server instance's label, so a restarted server finds
+//! its own and a test can remove them all.
+
+use std::process::Stdio;
+
+use serde_json::Value;
+use tokio::process::Command;
+
+/// Labels on what the kubelet creates.
+pub const LABEL_INSTANCE: &str = "io.oz-test-apiserver.instance";
+pub const LABEL_POD_UID: &str = "io.oz-test-apiserver.pod-uid";
+pub const LABEL_CONTAINER: &str = "io.oz-test-apiserver.container";
+
+/// The docker CLI bound to one daemon.
+#[derive(Debug, Clone)]
+pub struct Docker {
+    pub host: String,
+    pub instance: String,
+}
+
+/// A container to create, in Kubernetes' terms already mapped to Docker's.
+#[derive(Debug, Clone, Default)]
+pub struct ContainerSpec {
+    pub name: String,
+    pub image: String,
+    pub pod_uid: String,
+    pub container: String,
+    pub entrypoint: Option<String>,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub workdir: Option<String>,
+    /// (docker volume, container path, read-only)
+    pub mounts: Vec<(String, String, bool)>,
+    pub memory_bytes: Option<u64>,
+    pub nano_cpus: Option<u64>,
+    pub user: Option<String>,
+}
+
+/// What `docker inspect` says of a container's state.
+#[derive(Debug, Clone)]
+pub struct State {
+    pub id: String,
+    pub running: bool,
+    pub exit_code: i64,
+    pub oom_killed: bool,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    pub image_id: String,
+}
+
+impl Docker {
+    fn cmd(&self) -> Command {
+        let mut c = Command::new("docker");
+        c.env("DOCKER_HOST", &self.host)
+            .kill_on_drop(true)
+            .stdin(Stdio::null());
+        c
+    }
+
+    async fn run(&self, args: &[&str]) -> Result<String, String> {
+        let out = self
+            .cmd()
+            .args(args)
+            .output()
+            .await
+            .map_err(|e| format!("docker {}: {e}", args[0]))?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+        }
+    }
+
+    /// The image's ID when the daemon has it.
+    pub async fn image_id(&self, image: &str) -> Option<String> {
+        self.run(&["image", "inspect", "--format", "{{.Id}}", image])
+            .await
+            .ok()
+    }
+
+    /// Pulls an image, only from a registry on this machine's loopback: a
+    /// name without such a registry host fails as an unreachable registry
+    /// would (tests never reach beyond loopback).
+    pub async fn pull(&self, image: &str) -> Result<(), String> {
+        let first = image.split('/').next().unwrap_or("");
+        let has_registry = image.contains('/')
+            && (first.contains(':') || first.contains('.') || first == "localhost");
+        let loopback = has_registry
+            && (first.starts_with("127.")
+                || first.starts_with("localhost")
+                || first.starts_with("[::1]"));
+        if !loopback {
+            return Err(format!(
+                "rpc error: code = Unknown desc = failed to pull and unpack image {image:?}: the test API server pulls only from registries on loopback, and the image is not on the test dockerd"
+            ));
+        }
+        self.run(&["pull", "--quiet", image]).await.map(|_| ())
+    }
+
+    /// Creates the container; returns its ID.
+    pub async fn create(&self, spec: &ContainerSpec) -> Result<String, String> {
+        let mut args: Vec<String> = vec!["create".into(), "--name".into(), spec.name.clone()];
+        for (k, v) in [
+            (LABEL_INSTANCE, &self.instance),
+            (LABEL_POD_UID, &spec.pod_uid),
+            (LABEL_CONTAINER, &spec.container),
+        ] {
+            args.push("--label".into());
+            args.push(format!("{k}={v}"));
+        }
+        if let Some(e) = &spec.entrypoint {
+            args.push("--entrypoint".into());
+            args.push(e.clone());
+        }
+        for (k, v) in &spec.env {
+            args.push("--env".into());
+            args.push(format!("{k}={v}"));
+        }
+        if let Some(w) = &spec.workdir {
+            args.push("--workdir".into());
+            args.push(w.clone());
+        }
+        if let Some(u) = &spec.user {
+            args.push("--user".into());
+            args.push(u.clone());
+        }
+        for (vol, path, ro) in &spec.mounts {
+            args.push("--mount".into());
+            args.push(format!(
+                "type=volume,source={vol},target={path}{}",
+                if *ro { ",readonly" } else { "" }
+            ));
+        }
+        if let Some(m) = spec.memory_bytes {
+            // Swap equal to memory: the limit is a real one, so an
+            // allocation past it is an OOM kill, as under the kubelet.
+            args.push("--memory".into());
+            args.push(m.to_string());
+            args.push("--memory-swap".into());
+            args.push(m.to_string());
+        }
+        if let Some(n) = spec.nano_cpus {
+            args.push("--cpus".into());
+            args.push(format!("{:.3}", n as f64 / 1e9));
+        }
+        args.push(spec.image.clone());
+        args.extend(spec.args.iter().cloned());
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.run(&refs).await
+    }
+
+    pub async fn start(&self, id: &str) -> Result<(), String> {
+        self.run(&["start", id]).await.map(|_| ())
+    }
+
+    /// Waits for the container to exit.
+    pub async fn wait(&self, id: &str) -> Result<(), String> {
+        self.run(&["wait", id]).await.map(|_| ())
+    }
+
+    pub async fn inspect(&self, id: &str) -> Result<State, String> {
+        let text = self.run(&["inspect", "--type", "container", id]).await?;
+        let v: Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+        let c = &v[0];
+        let time = |f: &str| {
+            c["State"][f]
+                .as_str()
+                .filter(|t| !t.starts_with("0001"))
+                .and_then(crate::meta::parse_time)
+                .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+        };
+        Ok(State {
+            id: c["Id"].as_str().unwrap_or("").to_string(),
+            running: c["State"]["Running"].as_bool().unwrap_or(false),
+            exit_code: c["State"]["ExitCode"].as_i64().unwrap_or(0),
+            oom_killed: c["State"]["OOMKilled"].as_bool().unwrap_or(false),
+            started_at: time("StartedAt"),
+            finished_at: time("FinishedAt"),
+            image_id: c["Image"].as_str().unwrap_or("").to_string(),
+        })
+    }
+
+    /// This instance's container for (pod uid, container name), if any.
+    pub async fn find(&self, pod_uid: &str, container: &str) -> Option<String> {
+        let out = self
+            .run(&[
+                "ps",
+                "-a",
+                "-q",
+                "--no-trunc",
+                "--filter",
+                &format!("label={LABEL_INSTANCE}={}", self.instance),
+                "--filter",
+                &format!("label={LABEL_POD_UID}={pod_uid}"),
+                "--filter",
+                &format!("label={LABEL_CONTAINER}={container}"),
+            ])
+            .await
+            .ok()?;
+        out.lines().next().map(str::to_string)
+    }
+
+    /// `docker stop -t GRACE`: SIGTERM, then SIGKILL after the grace period.
+    pub async fn stop(&self, id: &str, grace_seconds: i64) -> Result<(), String> {
+        self.run(&["stop", "-t", &grace_seconds.max(0).to_string(), id])
+            .await
+            .map(|_| ())
+    }
+
+    /// Runs a command in the container (exec hooks); its exit status.
+    pub async fn exec(&self, id: &str, command: &[String]) -> Result<i32, String> {
+        let mut c = self.cmd();
+        c.arg("exec")
+            .arg(id)
+            .args(command)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let status = c.status().await.map_err(|e| e.to_string())?;
+        Ok(status.code().unwrap_or(-1))
+    }
+
+    pub async fn remove(&self, id: &str) {
+        let _ = self.run(&["rm", "-f", "-v", id]).await;
+    }
+
+    pub async fn volume_create(&self, name: &str, pod_uid: &str) -> Result<(), String> {
+        self.run(&[
+            "volume",
+            "create",
+            "--label",
+            &format!("{LABEL_INSTANCE}={}", self.instance),
+            "--label",
+            &format!("{LABEL_POD_UID}={pod_uid}"),
+            name,
+        ])
+        .await
+        .map(|_| ())
+    }
+
+    pub async fn volume_remove(&self, name: &str) {
+        let _ = self.run(&["volume", "rm", "-f", name]).await;
+    }
+
+    /// `docker logs` as a child process with stdout and stderr piped.
+    pub fn logs(
+        &self,
+        id: &str,
+        follow: bool,
+        timestamps: bool,
+        tail: Option<i64>,
+        since: Option<&str>,
+    ) -> std::io::Result<tokio::process::Child> {
+        let mut c = self.cmd();
+        c.arg("logs");
+        if follow {
+            c.arg("--follow");
+        }
+        if timestamps {
+            c.arg("--timestamps");
+        }
+        if let Some(n) = tail {
+            c.arg("--tail").arg(n.to_string());
+        }
+        if let Some(s) = since {
+            c.arg("--since").arg(s);
+        }
+        c.arg(id)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+    }
+}
