@@ -244,6 +244,11 @@ async fn build_runtime(
             let rt = crate::runtime::docker::DockerRuntime::from_environment(&ctx, settings)
                 .await
                 .map_err(Start)?;
+            use crate::runtime::docker::startup::{self, StartupError};
+            startup::verify(&rt).await.map_err(|e| match e {
+                StartupError::Setting(m) => config(m),
+                StartupError::Daemon(m) => Start(m),
+            })?;
             Ok(Arc::new(rt))
         }
         "direct" => {
@@ -304,6 +309,7 @@ pub async fn run(args: WorkerArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    crate::worker::oom_score::lower_own();
     crate::worker::run_with(resolved.core, runtime, crate::worker::shutdown_signal()).await
 }
 

@@ -5,14 +5,19 @@
 
 pub mod config;
 mod failure;
+pub mod glob;
 pub mod identity;
+pub mod image_policy;
 mod images;
 pub mod libc_check;
+pub mod network;
 pub mod orphans;
 mod outage;
+pub mod resources;
 mod sidecar_name;
 mod sidecars;
 pub mod spec;
+pub mod startup;
 pub mod tar;
 mod task_container;
 pub mod volume_spec;
