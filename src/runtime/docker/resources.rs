@@ -185,17 +185,18 @@ impl<'a> LimitInputs<'a> {
                 }
             })
             .transpose()?;
-        let pids_limit =
-            match self.pids_limit {
-                None => None,
-                Some(n) if n == -1 || n > 0 => Some(n),
-                Some(n) => return Err(bad(
+        let pids_limit = match self.pids_limit {
+            None => None,
+            Some(n) if n == -1 || n > 0 => Some(n),
+            Some(n) => {
+                return Err(bad(
                     "backend.docker.pids_limit",
                     format!(
                         "{n} is not a process limit; use a positive number, or -1 for unlimited"
                     ),
-                )),
-            };
+                ))
+            }
+        };
         Ok(Limits {
             nano_cpus,
             memory,
