@@ -319,6 +319,14 @@ async fn resource_limits_and_instance_shapes() {
             WorkerOptions::default(),
         )
         .await;
+    assert!(
+        w.log_text().contains(
+            "task containers: network_mode bridge, cpus 1.5, memory 2 GiB, memory_swap 3 GiB, \
+             pids_limit 100, oom_score_adj 500, allowed_images any, allowed_pull_policies [if-not-present]"
+        ),
+        "the policy in force is logged at start-up: {}",
+        w.log_text()
+    );
     let done = c.run(&c.script_run(&w, "true")).await;
     assert_eq!(done.state, RunState::Succeeded, "{done:#?}");
     let hc = c.kept_container(&done).await.host_config.unwrap();

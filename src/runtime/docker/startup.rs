@@ -63,5 +63,37 @@ pub async fn verify(rt: &DockerRuntime) -> Result<(), StartupError> {
             }
         }
     }
+    tracing::info!("task containers: {}", describe(&rt.settings));
     Ok(())
+}
+
+/// One line of the policy in force, for the start-up log.
+fn describe(s: &super::Settings) -> String {
+    use super::resources::format_bytes;
+    let unset = || "unlimited".to_string();
+    let bytes = |v: Option<i64>| match v {
+        Some(-1) => "unlimited".to_string(),
+        Some(b) => format_bytes(b),
+        None => "unset".to_string(),
+    };
+    let policies: Vec<&str> = s
+        .allowed_pull_policies
+        .iter()
+        .map(|p| super::image_policy::policy_name(*p))
+        .collect();
+    format!(
+        "network_mode {}, cpus {}, memory {}, memory_swap {}, pids_limit {}, oom_score_adj {}, allowed_images {}, allowed_pull_policies [{}]",
+        s.network.mode.host_config_value(),
+        s.limits.nano_cpus.map(format_cpus).unwrap_or_else(unset),
+        s.limits.memory.map(format_bytes).unwrap_or_else(unset),
+        bytes(s.limits.memory_swap),
+        s.limits.pids_limit.map(|n| n.to_string()).unwrap_or_else(unset),
+        s.oom_score_adj,
+        if s.allowed_images.is_restricted() {
+            s.allowed_images.describe()
+        } else {
+            "any".to_string()
+        },
+        policies.join(", ")
+    )
 }
