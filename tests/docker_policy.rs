@@ -154,6 +154,27 @@ fn start_up(dir: &std::path::Path, yaml: &str) -> (Option<i32>, String) {
     )
 }
 
+/// `/proc/PID/oom_score_adj`.
+fn read_oom_score_adj(pid: &str) -> i64 {
+    std::fs::read_to_string(format!("/proc/{pid}/oom_score_adj"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Whether this process (and so the worker it starts) has
+/// CAP_SYS_RESOURCE, which lowering an OOM score needs.
+fn privileged() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let cap_eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+        .unwrap();
+    cap_eff & (1 << 24) != 0
+}
+
 /// A TCP listener on the host's loopback that answers HTTP and records the
 /// first line of every request it gets.
 struct Listener {
@@ -327,6 +348,16 @@ async fn resource_limits_and_instance_shapes() {
         "the policy in force is logged at start-up: {}",
         w.log_text()
     );
+    // Started at the test's own value: lowered only with CAP_SYS_RESOURCE,
+    // never raised.
+    let own = read_oom_score_adj("self");
+    let worker = read_oom_score_adj(&w.child.id().unwrap().to_string());
+    let expected = match (privileged(), own) {
+        (true, own) => own.min(-500),
+        (false, own) if own > 0 => 0,
+        (false, own) => own,
+    };
+    assert_eq!(worker, expected);
     let done = c.run(&c.script_run(&w, "true")).await;
     assert_eq!(done.state, RunState::Succeeded, "{done:#?}");
     let hc = c.kept_container(&done).await.host_config.unwrap();
@@ -426,20 +457,9 @@ async fn out_of_memory_kills_the_task_not_the_worker() {
 
     // Started at 300 by its launcher: lowered to -500 with CAP_SYS_RESOURCE,
     // else to 0 (as low as an unprivileged process may go), never above.
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let cap_eff = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
-        .unwrap();
-    let privileged = cap_eff & (1 << 24) != 0; // CAP_SYS_RESOURCE
-    let own: i64 = std::fs::read_to_string(format!("/proc/{pid}/oom_score_adj"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    assert_eq!(own, if privileged { -500 } else { 0 });
-    if !privileged {
+    let own = read_oom_score_adj(&pid.to_string());
+    assert_eq!(own, if privileged() { -500 } else { 0 });
+    if !privileged() {
         assert!(
             w.log_text().contains("needs CAP_SYS_RESOURCE"),
             "the refusal is logged at debug level"
