@@ -280,6 +280,42 @@ mod tests {
         ));
     }
 
+    /// The plain recursive definition of `*` and `?` within a component.
+    fn reference(p: &[u8], n: &[u8]) -> bool {
+        match p.split_first() {
+            None => n.is_empty(),
+            Some((b'*', rest)) => reference(rest, n) || (!n.is_empty() && reference(p, &n[1..])),
+            Some((b'?', rest)) => !n.is_empty() && reference(rest, &n[1..]),
+            Some((c, rest)) => n.first() == Some(c) && reference(rest, &n[1..]),
+        }
+    }
+
+    proptest::proptest! {
+        /// The backtracking matcher agrees with the recursive definition.
+        #[test]
+        fn component_matching_agrees_with_the_definition(
+            p in "[ab*?]{0,8}",
+            n in "[ab]{0,10}",
+        ) {
+            proptest::prop_assert_eq!(
+                match_component(p.as_bytes(), n.as_bytes()),
+                reference(p.as_bytes(), n.as_bytes()),
+                "{} vs {}", p, n
+            );
+        }
+
+        /// `**` as a component spans any number of components.
+        #[test]
+        fn double_star_spans_components(parts in proptest::collection::vec("[ab]{1,3}", 1..6)) {
+            let name = parts.join("/");
+            let first = format!("{}/**", parts[0]);
+            let last = format!("**/{}", parts[parts.len() - 1]);
+            proptest::prop_assert!(m("**", &name));
+            proptest::prop_assert!(m(&first, &name));
+            proptest::prop_assert!(m(&last, &name));
+        }
+    }
+
     #[test]
     fn bad_patterns_are_refused() {
         for p in ["docker.io/[abc", "docker.io/{a,b", "docker.io/x\\"] {
