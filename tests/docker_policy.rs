@@ -22,6 +22,7 @@ use support::worker::*;
 const RUN_TIMEOUT: Duration = Duration::from_secs(120);
 
 struct Case {
+    engine: Engine,
     plane: TestPlane,
     docker: Docker,
     dir: tempfile::TempDir,
@@ -31,12 +32,17 @@ struct Case {
 
 impl Case {
     async fn new() -> Option<Case> {
-        if !Engine::Docker.available() {
+        Case::on(Engine::Docker).await
+    }
+
+    async fn on(engine: Engine) -> Option<Case> {
+        if !engine.available() {
             return None;
         }
-        let docker = Engine::Docker.docker().await;
+        let docker = engine.docker().await;
         let sidecar = script_sidecar(&docker).await;
         Some(Case {
+            engine,
             plane: TestPlane::start(test_config()).await,
             docker,
             dir: tempfile::tempdir().unwrap(),
@@ -62,7 +68,7 @@ impl Case {
         extra_args.extend(opts.extra_args.iter().cloned());
         WorkerProcess::start(
             &self.plane,
-            Engine::Docker,
+            self.engine,
             WorkerOptions {
                 worker_id: &id,
                 extra_args,
@@ -214,9 +220,10 @@ impl Listener {
 
 /// With `network_mode: host` a task reaches a server on the host's
 /// 127.0.0.1; with `none` the same task cannot.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn network_mode_none_cannot_reach_the_host_and_host_can() {
-    let Some(c) = Case::new().await else { return };
+async fn network_none_and_host(engine: Engine) {
+    let Some(c) = Case::on(engine).await else {
+        return;
+    };
     let listener = Listener::start();
     // busybox's nc (its static wget crashes on this image).
     let script = format!(
@@ -234,11 +241,9 @@ async fn network_mode_none_cannot_reach_the_host_and_host_can() {
     let done = c.run(&c.script_run(&host, &script)).await;
     assert_eq!(done.state, RunState::Succeeded, "{done:#?}");
     assert!(listener.saw(&format!("GET /from-{} ", done.id)));
-    let kept = c.kept_container(&done).await;
-    assert_eq!(
-        kept.host_config.unwrap().network_mode.as_deref(),
-        Some("host")
-    );
+    let hc = c.kept_container(&done).await.host_config.unwrap();
+    assert_eq!(hc.network_mode.as_deref(), Some("host"));
+    assert_eq!(hc.oom_score_adj, Some(500), "the default OomScoreAdj");
 
     let none = c
         .worker(
@@ -272,7 +277,6 @@ async fn network_mode_none_cannot_reach_the_host_and_host_can() {
 /// A user-defined network (created here) with DNS settings reaches the
 /// task container; a network that does not exist stops the worker at
 /// start-up with exit status 2, naming the key and the network.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn user_defined_network_and_dns_and_a_missing_network() {
     let Some(c) = Case::new().await else { return };
     let name = unique_id("oz-policy-net");
@@ -330,7 +334,6 @@ async fn user_defined_network_and_dns_and_a_missing_network() {
 
 /// The operator's limits reach every task container; a shape within them
 /// replaces them; a shape above them is refused before anything is made.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resource_limits_and_instance_shapes() {
     let Some(c) = Case::new().await else { return };
     let w = c
@@ -417,7 +420,6 @@ async fn resource_limits_and_instance_shapes() {
 /// of output) ends as `container_oom`; its container has the configured
 /// OomScoreAdj; the worker's own score is lowered where it may be and
 /// never raised, and the worker stays up with bounded memory.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn out_of_memory_kills_the_task_not_the_worker() {
     let Some(c) = Case::new().await else { return };
     let mut w = c
@@ -563,7 +565,6 @@ async fn push_unique(d: &Docker, registry: &str, config: &std::path::Path) -> St
 /// registry never sees a request for it and the daemon never has it. The
 /// same run on a worker that allows it pulls it (so the check would see a
 /// pull). A pull policy outside `allowed_pull_policies` stops the worker.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn images_not_allowed_fail_before_any_pull() {
     let Some(c) = Case::new().await else { return };
     let Some((registry, login, registry_log)) = registry_login() else {
@@ -689,4 +690,43 @@ async fn images_not_allowed_fail_before_any_pull() {
         "{stderr}"
     );
     c.finish().await;
+}
+
+/// Module names put the scenarios in the README's daemon matrix table.
+mod docker {
+    use super::Engine;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn network_mode_none_cannot_reach_the_host_and_host_can() {
+        super::network_none_and_host(Engine::Docker).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn user_defined_network_and_dns_and_a_missing_network() {
+        super::user_defined_network_and_dns_and_a_missing_network().await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn resource_limits_and_instance_shapes() {
+        super::resource_limits_and_instance_shapes().await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn out_of_memory_kills_the_task_not_the_worker() {
+        super::out_of_memory_kills_the_task_not_the_worker().await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn images_not_allowed_fail_before_any_pull() {
+        super::images_not_allowed_fail_before_any_pull().await
+    }
+}
+
+mod podman {
+    use super::Engine;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn network_mode_none_cannot_reach_the_host_and_host_can() {
+        super::network_none_and_host(Engine::Podman).await
+    }
 }
