@@ -161,14 +161,17 @@ impl Settings {
             section.allowed_pull_policies.as_deref(),
             pull_policy,
             policy_source,
-        )?;
+        )
+        .map_err(|e| e.to_string())?;
         let allowed_images =
-            AllowedImages::resolve(section.allowed_images.as_deref().unwrap_or_default())?;
+            AllowedImages::resolve(section.allowed_images.as_deref().unwrap_or_default())
+                .map_err(|e| e.to_string())?;
         let network = Network::resolve(
             section.network_mode.as_deref(),
             section.dns.as_deref().unwrap_or_default(),
             section.dns_search.as_deref().unwrap_or_default(),
-        )?;
+        )
+        .map_err(|e| e.to_string())?;
         let text = |v: &Option<ScalarText>| v.as_ref().map(|t| t.0.clone());
         let (cpus, memory, memory_swap) = (
             text(&section.cpus),

@@ -8,6 +8,21 @@
 /// The most alternatives one pattern's `{…}` groups may expand to.
 const MAX_ALTERNATIVES: usize = 256;
 
+/// A pattern with a syntax error; Display names it and the problem.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidPattern {
+    pub pattern: String,
+    pub problem: &'static str,
+}
+
+impl std::fmt::Display for InvalidPattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?} {}", self.pattern, self.problem)
+    }
+}
+
+impl std::error::Error for InvalidPattern {}
+
 /// A checked pattern.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Glob {
@@ -18,18 +33,22 @@ pub struct Glob {
 
 impl Glob {
     /// Checks the syntax (closed `[` and `{`, no trailing `\`).
-    pub fn new(pattern: &str) -> Result<Glob, String> {
-        let expanded = expand_braces(pattern)?;
+    pub fn new(pattern: &str) -> Result<Glob, InvalidPattern> {
+        let invalid = |problem| InvalidPattern {
+            pattern: pattern.to_string(),
+            problem,
+        };
+        let expanded = expand_braces(pattern).map_err(invalid)?;
         if expanded.len() > MAX_ALTERNATIVES {
-            return Err(format!(
-                "{pattern:?} expands to more than {MAX_ALTERNATIVES} alternatives"
+            return Err(invalid(
+                "expands to more than 256 alternatives ({…} groups)",
             ));
         }
         let mut alternatives = Vec::with_capacity(expanded.len());
         for alt in expanded {
             let components: Vec<String> = alt.split('/').map(str::to_string).collect();
             for c in &components {
-                check_component(c).map_err(|e| format!("{pattern:?}: {e}"))?;
+                check_component(c).map_err(invalid)?;
             }
             alternatives.push(components);
         }
@@ -158,16 +177,16 @@ fn match_class(p: &[u8], start: usize, c: u8) -> Option<(bool, usize)> {
     Some((hit != negate, i + 1))
 }
 
-fn check_component(c: &str) -> Result<(), String> {
+fn check_component(c: &str) -> Result<(), &'static str> {
     let b = c.as_bytes();
     let mut i = 0;
     while i < b.len() {
         match b[i] {
-            b'\\' if i + 1 >= b.len() => return Err("ends with a lone \\".into()),
+            b'\\' if i + 1 >= b.len() => return Err("ends with a lone \\"),
             b'\\' => i += 2,
             b'[' => match match_class(b, i, 0) {
                 Some((_, next)) => i = next,
-                None => return Err("has a [ without its ]".into()),
+                None => return Err("has a [ without its ]"),
             },
             _ => i += 1,
         }
@@ -176,7 +195,7 @@ fn check_component(c: &str) -> Result<(), String> {
 }
 
 /// `a{b,c}d` → `abd`, `acd`; nested groups too.
-fn expand_braces(pattern: &str) -> Result<Vec<String>, String> {
+fn expand_braces(pattern: &str) -> Result<Vec<String>, &'static str> {
     let b = pattern.as_bytes();
     let mut depth = 0usize;
     let mut open = None;
@@ -213,7 +232,7 @@ fn expand_braces(pattern: &str) -> Result<Vec<String>, String> {
         i += 1;
     }
     if depth > 0 {
-        return Err(format!("{pattern:?} has a {{ without its }}"));
+        return Err("has a { without its }");
     }
     Ok(vec![pattern.to_string()])
 }

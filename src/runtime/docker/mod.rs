@@ -9,6 +9,7 @@ pub mod glob;
 pub mod identity;
 pub mod image_policy;
 mod images;
+mod invalid_setting;
 pub mod libc_check;
 pub mod network;
 pub mod orphans;
@@ -31,6 +32,7 @@ use spec::ContainerSpec;
 use tokio_util::sync::CancellationToken;
 
 pub use config::Settings;
+pub use invalid_setting::InvalidSetting;
 pub use sidecar_name::sidecar_volume_name;
 
 /// The first Engine API version with image mounts (`HostConfig.Mounts`

@@ -6,7 +6,10 @@
 //! Only the task container follows these settings: the sidecar fill
 //! containers are created with networking disabled and never started.
 
+use super::InvalidSetting;
 use std::net::IpAddr;
+
+const MODE_KEY: &str = "backend.docker.network_mode";
 
 /// `HostConfig.NetworkMode` of every task container.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,21 +31,22 @@ impl NetworkMode {
     /// `bridge`, `none`, `host`, `container:NAME` or a network's name, as
     /// `docker run --network` takes them (`default` is the daemon's default,
     /// the bridge).
-    pub fn parse(text: &str) -> Result<NetworkMode, String> {
+    pub fn parse(text: &str) -> Result<NetworkMode, InvalidSetting> {
         let t = text.trim();
+        let bad = |problem: String| Err(InvalidSetting::new(MODE_KEY, problem));
         match t {
-            "" => Err(
+            "" => bad(
                 "empty; use bridge, none, host, container:NAME or the name of a network (docker network ls)".into(),
             ),
             "bridge" | "default" => Ok(NetworkMode::Bridge),
             "none" => Ok(NetworkMode::None),
             "host" => Ok(NetworkMode::Host),
             _ => match t.strip_prefix("container:") {
-                Some("") => Err(format!(
+                Some("") => bad(format!(
                     "{text:?} names no container; write container:NAME (or container:ID)"
                 )),
                 Some(name) => Ok(NetworkMode::Container(name.to_string())),
-                None if t.contains(char::is_whitespace) => Err(format!(
+                None if t.contains(char::is_whitespace) => bad(format!(
                     "{text:?} is not a network name (no spaces); use bridge, none, host, container:NAME or a network's name"
                 )),
                 None => Ok(NetworkMode::Named(t.to_string())),
@@ -89,11 +93,9 @@ impl Network {
         network_mode: Option<&str>,
         dns: &[String],
         dns_search: &[String],
-    ) -> Result<Network, String> {
+    ) -> Result<Network, InvalidSetting> {
         let mode = match network_mode {
-            Some(m) => {
-                NetworkMode::parse(m).map_err(|e| format!("backend.docker.network_mode: {e}"))?
-            }
+            Some(m) => NetworkMode::parse(m)?,
             None => NetworkMode::Bridge,
         };
         let dns = dns
@@ -101,7 +103,10 @@ impl Network {
             .enumerate()
             .map(|(i, s)| {
                 s.trim().parse::<IpAddr>().map_err(|_| {
-                    format!("backend.docker.dns[{i}]: {s:?} is not an IP address; name servers are given by address (e.g. 10.0.0.2)")
+                    InvalidSetting::new(
+                        format!("backend.docker.dns[{i}]"),
+                        format!("{s:?} is not an IP address; name servers are given by address (e.g. 10.0.0.2)"),
+                    )
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -111,8 +116,11 @@ impl Network {
             .map(|(i, s)| {
                 let d = s.trim();
                 if d.is_empty() || d.len() > 253 || d.contains(char::is_whitespace) {
-                    Err(format!(
-                        "backend.docker.dns_search[{i}]: {s:?} is not a search domain; write a domain such as corp.example"
+                    Err(InvalidSetting::new(
+                        format!("backend.docker.dns_search[{i}]"),
+                        format!(
+                            "{s:?} is not a search domain; write a domain such as corp.example"
+                        ),
                     ))
                 } else {
                     Ok(d.to_string())
@@ -121,11 +129,11 @@ impl Network {
             .collect::<Result<Vec<_>, _>>()?;
         // dockerd refuses these together (runconfig: conflicting options).
         if matches!(mode, NetworkMode::Container(_)) && !(dns.is_empty() && dns_search.is_empty()) {
-            return Err(
-                "backend.docker.dns: a container:NAME network mode uses that container's DNS; \
-                 remove dns and dns_search, or use another network_mode"
-                    .into(),
-            );
+            return Err(InvalidSetting::new(
+                "backend.docker.dns",
+                "a container:NAME network mode uses that container's DNS; \
+                 remove dns and dns_search, or use another network_mode",
+            ));
         }
         Ok(Network {
             mode,
@@ -169,13 +177,21 @@ mod tests {
         .unwrap();
         assert_eq!(ok.mode, NetworkMode::None);
         assert_eq!(ok.dns.len(), 2);
-        let e = Network::resolve(None, &["10.0.0.2".into(), "dns.corp".into()], &[]).unwrap_err();
+        let e = Network::resolve(None, &["10.0.0.2".into(), "dns.corp".into()], &[])
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("backend.docker.dns[1]: \"dns.corp\""), "{e}");
-        let e = Network::resolve(None, &[], &["a b".into()]).unwrap_err();
+        let e = Network::resolve(None, &[], &["a b".into()])
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("backend.docker.dns_search[0]"), "{e}");
-        let e = Network::resolve(Some("container:db"), &["10.0.0.2".into()], &[]).unwrap_err();
+        let e = Network::resolve(Some("container:db"), &["10.0.0.2".into()], &[])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("container:NAME network mode"), "{e}");
-        let e = Network::resolve(Some(" "), &[], &[]).unwrap_err();
+        let e = Network::resolve(Some(" "), &[], &[])
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("backend.docker.network_mode: empty"), "{e}");
     }
 }

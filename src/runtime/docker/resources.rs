@@ -4,6 +4,7 @@
 //! every task's defaults, and an assignment's `instance_shape` honoured up
 //! to them as maxima. Pure: parsing and the shape rule are unit-tested here.
 
+use super::InvalidSetting;
 use crate::runtime::ResourceLimits;
 
 /// The smallest memory limit dockerd accepts (`linuxMinMemory`, 6 MiB).
@@ -108,22 +109,6 @@ impl Limits {
     }
 }
 
-/// A bad value for one of the keys; Display says what the key takes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InvalidLimit {
-    /// `backend.docker.memory`, …
-    pub key: &'static str,
-    pub problem: String,
-}
-
-impl std::fmt::Display for InvalidLimit {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.key, self.problem)
-    }
-}
-
-impl std::error::Error for InvalidLimit {}
-
 /// The keys as written in the file (numbers already turned into text).
 #[derive(Debug, Clone, Default)]
 pub struct LimitInputs<'a> {
@@ -137,18 +122,17 @@ impl<'a> LimitInputs<'a> {
     /// Parses and cross-checks the keys as dockerd would refuse them at
     /// create time, so a bad value stops the worker at start-up instead of
     /// failing every task.
-    pub fn resolve(&self) -> Result<Limits, InvalidLimit> {
-        let bad = |key: &'static str, problem: String| InvalidLimit { key, problem };
+    pub fn resolve(&self) -> Result<Limits, InvalidSetting> {
         let nano_cpus = self
             .cpus
-            .map(|c| parse_cpus(c).map_err(|p| bad("backend.docker.cpus", p)))
+            .map(|c| parse_cpus(c, "backend.docker.cpus"))
             .transpose()?;
         let memory = self
             .memory
             .map(|m| {
-                let bytes = parse_bytes(m).map_err(|p| bad("backend.docker.memory", p))?;
+                let bytes = parse_bytes(m, "backend.docker.memory")?;
                 if bytes < MIN_MEMORY {
-                    return Err(bad(
+                    return Err(InvalidSetting::new(
                         "backend.docker.memory",
                         format!("{m:?} is below the Docker daemon's minimum of 6m (6 MiB)"),
                     ));
@@ -156,25 +140,24 @@ impl<'a> LimitInputs<'a> {
                 Ok(bytes)
             })
             .transpose()?;
+        let swap_key = "backend.docker.memory_swap";
         let memory_swap = self
             .memory_swap
             .map(|s| {
                 if s.trim() == "-1" {
                     return Ok(-1);
                 }
-                let swap = parse_bytes(s).map_err(|p| {
-                    bad(
-                        "backend.docker.memory_swap",
-                        format!("{p}, or -1 for unlimited swap"),
-                    )
+                let swap = parse_bytes(s, swap_key).map_err(|mut e| {
+                    e.problem.push_str(", or -1 for unlimited swap");
+                    e
                 })?;
                 match memory {
-                    None => Err(bad(
-                        "backend.docker.memory_swap",
+                    None => Err(InvalidSetting::new(
+                        swap_key,
                         format!("{s:?} needs backend.docker.memory too (memory_swap is memory plus swap; as docker run --memory-swap)"),
                     )),
-                    Some(m) if swap < m => Err(bad(
-                        "backend.docker.memory_swap",
+                    Some(m) if swap < m => Err(InvalidSetting::new(
+                        swap_key,
                         format!(
                             "{s:?} ({}) is below backend.docker.memory ({}); memory_swap is memory plus swap, so it must be at least memory (or -1 for unlimited swap)",
                             format_bytes(swap),
@@ -189,7 +172,7 @@ impl<'a> LimitInputs<'a> {
             None => None,
             Some(n) if n == -1 || n > 0 => Some(n),
             Some(n) => {
-                return Err(bad(
+                return Err(InvalidSetting::new(
                     "backend.docker.pids_limit",
                     format!(
                         "{n} is not a process limit; use a positive number, or -1 for unlimited"
@@ -208,9 +191,15 @@ impl<'a> LimitInputs<'a> {
 
 /// `--cpus` as the Docker CLI reads it (`opts.ParseCPUs`): a decimal number
 /// of CPUs, at most 9 decimals (nanoCPUs are whole), at least 0.01.
-pub fn parse_cpus(text: &str) -> Result<i64, String> {
+/// Errors name `key`.
+pub fn parse_cpus(text: &str, key: &str) -> Result<i64, InvalidSetting> {
     let t = text.trim();
-    let usage = || format!("{text:?} is not a number of CPUs; write a decimal such as 1.5");
+    let bad = |problem: String| InvalidSetting::new(key, problem);
+    let usage = || {
+        bad(format!(
+            "{text:?} is not a number of CPUs; write a decimal such as 1.5"
+        ))
+    };
     let (whole, frac) = t.split_once('.').unwrap_or((t, ""));
     if whole.is_empty() && frac.is_empty()
         || !whole.bytes().all(|b| b.is_ascii_digit())
@@ -219,9 +208,9 @@ pub fn parse_cpus(text: &str) -> Result<i64, String> {
         return Err(usage());
     }
     if frac.len() > 9 {
-        return Err(format!(
+        return Err(bad(format!(
             "{text:?} is too precise; CPUs are counted in billionths (at most 9 decimals)"
-        ));
+        )));
     }
     let whole: i64 = if whole.is_empty() {
         0
@@ -234,9 +223,9 @@ pub fn parse_cpus(text: &str) -> Result<i64, String> {
         .and_then(|n| n.checked_add(frac_nanos))
         .ok_or_else(usage)?;
     if nanos < MIN_NANO_CPUS {
-        return Err(format!(
+        return Err(bad(format!(
             "{text:?} is below the Docker daemon's minimum of 0.01 CPUs"
-        ));
+        )));
     }
     Ok(nanos)
 }
@@ -244,9 +233,13 @@ pub fn parse_cpus(text: &str) -> Result<i64, String> {
 /// A size as the Docker CLI reads `--memory` (go-units `RAMInBytes`): a
 /// number, optionally with a decimal part, then an optional unit `b`, `k`,
 /// `m`, `g`, `t` or `p` (any case, powers of 1024, `kb`/`kib` alike).
-pub fn parse_bytes(text: &str) -> Result<i64, String> {
+/// Errors name `key`.
+pub fn parse_bytes(text: &str, key: &str) -> Result<i64, InvalidSetting> {
     let usage = || {
-        format!("{text:?} is not a size; write a number with an optional unit b, k, m or g (e.g. 512m, 2g)")
+        InvalidSetting::new(
+            key,
+            format!("{text:?} is not a size; write a number with an optional unit b, k, m or g (e.g. 512m, 2g)"),
+        )
     };
     let t = text.trim();
     let digits_end = t
@@ -278,7 +271,7 @@ pub fn parse_bytes(text: &str) -> Result<i64, String> {
     let value: f64 = number.parse().map_err(|_| usage())?;
     let bytes = value * (1u64 << shift) as f64;
     if !bytes.is_finite() || bytes >= i64::MAX as f64 {
-        return Err(format!("{text:?} is too large"));
+        return Err(InvalidSetting::new(key, format!("{text:?} is too large")));
     }
     Ok(bytes as i64)
 }
@@ -318,7 +311,7 @@ mod tests {
             (".5", 500_000_000),
             ("1.000000001", 1_000_000_001),
         ] {
-            assert_eq!(parse_cpus(text), Ok(nanos), "{text}");
+            assert_eq!(parse_cpus(text, "k"), Ok(nanos), "{text}");
         }
         for (text, why) in [
             ("", "not a number"),
@@ -329,8 +322,9 @@ mod tests {
             ("0", "minimum"),
             ("1.0000000001", "too precise"),
         ] {
-            let e = parse_cpus(text).unwrap_err();
-            assert!(e.contains(why), "{text}: {e}");
+            let e = parse_cpus(text, "backend.docker.cpus").unwrap_err();
+            assert_eq!(e.key, "backend.docker.cpus");
+            assert!(e.problem.contains(why), "{text}: {e}");
         }
         assert_eq!(format_cpus(1_500_000_000), "1.5");
         assert_eq!(format_cpus(3_000_000_000), "3");
@@ -350,7 +344,7 @@ mod tests {
             ("100b", 100),
             ("4k", 4096),
         ] {
-            assert_eq!(parse_bytes(text), Ok(bytes), "{text}");
+            assert_eq!(parse_bytes(text, "k"), Ok(bytes), "{text}");
         }
         for text in [
             "",
@@ -363,7 +357,7 @@ mod tests {
             "5.g",
             "5 mb extra",
         ] {
-            assert!(parse_bytes(text).is_err(), "{text}");
+            assert!(parse_bytes(text, "k").is_err(), "{text}");
         }
         assert_eq!(format_bytes(64 << 20), "64 MiB");
         assert_eq!(format_bytes(3 << 29), "1536 MiB");

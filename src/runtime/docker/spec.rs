@@ -130,12 +130,12 @@ pub fn build(inv: &Invocation, settings: &Settings) -> Result<ContainerSpec, Fai
     settings
         .allowed_images
         .check(&image, "the task image")
-        .map_err(invalid)?;
+        .map_err(|e| invalid(e.to_string()))?;
     for s in &sidecars {
         settings
             .allowed_images
             .check(&s.image, "sidecar image")
-            .map_err(invalid)?;
+            .map_err(|e| invalid(e.to_string()))?;
     }
     // Refused before anything is created; `container_create` is the phase
     // whose settings (the container's limits) the request is about.
