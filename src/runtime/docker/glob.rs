@@ -11,7 +11,9 @@ const MAX_ALTERNATIVES: usize = 256;
 /// A pattern with a syntax error; Display names it and the problem.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InvalidPattern {
+    /// As written.
     pub pattern: String,
+    /// What is wrong: `has a [ without its ]`, …
     pub problem: &'static str,
 }
 
@@ -26,6 +28,7 @@ impl std::error::Error for InvalidPattern {}
 /// A checked pattern.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Glob {
+    /// As written, for messages.
     pub pattern: String,
     /// Brace groups expanded, each split into components.
     alternatives: Vec<Vec<String>>,
@@ -58,6 +61,7 @@ impl Glob {
         })
     }
 
+    /// Whether `name` (`/`-separated) matches any brace alternative.
     pub fn matches(&self, name: &str) -> bool {
         let name: Vec<&str> = name.split('/').collect();
         self.alternatives.iter().any(|alt| {

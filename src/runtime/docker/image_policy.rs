@@ -56,6 +56,7 @@ impl AllowedImages {
         Ok(AllowedImages { patterns: globs })
     }
 
+    /// Whether any pattern is set (else every image is allowed).
     pub fn is_restricted(&self) -> bool {
         !self.patterns.is_empty()
     }

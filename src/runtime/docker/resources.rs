@@ -31,9 +31,14 @@ pub struct Limits {
 /// assignment's shape applied.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TaskResources {
+    /// `HostConfig.NanoCpus` (CPUs × 10⁹); `None` = unlimited.
     pub nano_cpus: Option<i64>,
+    /// `HostConfig.Memory` in bytes; `None` = unlimited.
     pub memory: Option<i64>,
+    /// `HostConfig.MemorySwap` in bytes, `-1` = unlimited; `None` = the
+    /// daemon's default (twice `memory`).
     pub memory_swap: Option<i64>,
+    /// `HostConfig.PidsLimit`, `-1` = unlimited; `None` = the daemon's default.
     pub pids_limit: Option<i64>,
 }
 
@@ -41,7 +46,9 @@ pub struct TaskResources {
 /// before anything is created.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ShapeRefused {
+    /// `instance_shape.vcpus` above `backend.docker.cpus`.
     Cpus { asked: u32, max_nano_cpus: i64 },
+    /// `instance_shape.memory_gb` (in bytes) above `backend.docker.memory`.
     Memory { asked_bytes: i64, max_bytes: i64 },
 }
 

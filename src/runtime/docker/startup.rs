@@ -28,6 +28,8 @@ impl std::fmt::Display for StartupError {
 
 impl std::error::Error for StartupError {}
 
+/// Runs the checks once, before the worker connects, and logs the policy
+/// in force.
 pub async fn verify(rt: &DockerRuntime) -> Result<(), StartupError> {
     let d = &rt.docker;
     let host = &d.endpoint().host;
