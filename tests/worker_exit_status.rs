@@ -79,6 +79,43 @@ fn a_bad_value_in_the_config_file_names_the_file_and_line() {
             "backend:\n  docker:\n    stop_grace_period: soon\n",
             "line 3: backend.docker.stop_grace_period: invalid duration",
         ),
+        // Issue 20's Docker policy keys (items 3 to 6).
+        (
+            "backend:\n  docker:\n    network_mode: \"my net\"\n",
+            "line 3: backend.docker.network_mode: \"my net\" is not a network name",
+        ),
+        (
+            "backend:\n  docker:\n    dns:\n      - 10.0.0.2\n      - dns.corp\n",
+            "line 5: backend.docker.dns[1]: \"dns.corp\" is not an IP address",
+        ),
+        (
+            "backend:\n  docker:\n    cpus: two\n",
+            "line 3: backend.docker.cpus: \"two\" is not a number of CPUs",
+        ),
+        (
+            "backend:\n  docker:\n    memory: 5x\n",
+            "line 3: backend.docker.memory: \"5x\" is not a size",
+        ),
+        (
+            "backend:\n  docker:\n    memory: 1g\n    memory_swap: 512m\n",
+            "line 4: backend.docker.memory_swap: \"512m\" (512 MiB) is below backend.docker.memory",
+        ),
+        (
+            "backend:\n  docker:\n    pids_limit: 0\n",
+            "line 3: backend.docker.pids_limit: 0 is not a process limit",
+        ),
+        (
+            "backend:\n  docker:\n    oom_score_adj: -100\n",
+            "line 3: backend.docker.oom_score_adj: -100 is out of range; use 1 to 1000",
+        ),
+        (
+            "backend:\n  docker:\n    allowed_images:\n      - \"debian:*\"\n",
+            "line 4: backend.docker.allowed_images[0]: \"debian:*\" can never match",
+        ),
+        (
+            "backend:\n  docker:\n    allowed_pull_policies: [never]\n",
+            "line 3: backend.docker.allowed_pull_policies: the pull policy in use, always (the default), is not in the allowed list [never]",
+        ),
     ];
     for (i, (yaml, said)) in cases.iter().enumerate() {
         let file = dir.path().join(format!("worker-{i}.yaml"));

@@ -220,6 +220,14 @@ mod tests {
             "dispatch_command",
             "dispatch_timeout",
             "oz_path",
+            "network_mode",
+            "dns",
+            "cpus",
+            "memory",
+            "memory_swap",
+            "pids_limit",
+            "oom_score_adj",
+            "allowed_images",
             "unknown_key",
         ])
     }

@@ -255,6 +255,11 @@ async fn build_runtime(
             let rt = oz_runtime_docker::DockerRuntime::from_environment(&ctx, settings)
                 .await
                 .map_err(Start)?;
+            use oz_runtime_docker::startup::{self, StartupError};
+            startup::verify(&rt).await.map_err(|e| match e {
+                StartupError::Setting(m) => config(m),
+                StartupError::Daemon(m) => Start(m),
+            })?;
             Ok(Arc::new(rt))
         }
         "direct" => {
@@ -329,6 +334,7 @@ pub async fn run(args: WorkerArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    oz_worker::oom_score::lower_own();
     oz_worker::run_with(resolved.core, runtime, oz_worker::shutdown_signal()).await
 }
 

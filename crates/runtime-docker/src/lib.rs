@@ -5,14 +5,20 @@
 
 pub mod config;
 mod failure;
+pub mod glob;
 pub mod identity;
+pub mod image_policy;
 mod images;
+mod invalid_setting;
 pub mod libc_check;
+pub mod network;
 pub mod orphans;
 mod outage;
+pub mod resources;
 mod sidecar_name;
 mod sidecars;
 pub mod spec;
+pub mod startup;
 pub mod tar;
 mod task_container;
 pub mod volume_spec;
@@ -26,6 +32,7 @@ use spec::ContainerSpec;
 use tokio_util::sync::CancellationToken;
 
 pub use config::Settings;
+pub use invalid_setting::InvalidSetting;
 pub use sidecar_name::sidecar_volume_name;
 
 /// The first Engine API version with image mounts (`HostConfig.Mounts`

@@ -4,11 +4,10 @@
 //! container"). Pure: every rule is unit-tested here.
 
 use super::config::Settings;
+use crate::resources::TaskResources;
 use oz_foundation::secret::Secret;
 use oz_protocol::FailureReason;
-use oz_runtime::{
-    Failure, Invocation, ResourceLimits, TaskRef, AGENT_SIDECAR_MOUNT, DEFAULT_TASK_IMAGE,
-};
+use oz_runtime::{Failure, Invocation, TaskRef, AGENT_SIDECAR_MOUNT, DEFAULT_TASK_IMAGE};
 
 /// The agent's program inside the agent sidecar.
 pub const AGENT_ENTRYPOINT: &str = "/agent/entrypoint.sh";
@@ -37,7 +36,9 @@ pub struct ContainerSpec {
     pub working_dir: String,
     /// The operator's `-v` binds as `HostConfig.Binds` entries, options kept.
     pub binds: Vec<String>,
-    pub limits: ResourceLimits,
+    /// The operator's limits with the assignment's `instance_shape` applied
+    /// (see `resources`).
+    pub resources: TaskResources,
 }
 
 /// Cleans an absolute container path as Go's `filepath.Clean` (which the
@@ -120,29 +121,49 @@ pub fn build(inv: &Invocation, settings: &Settings) -> Result<ContainerSpec, Fai
         env.push((k.clone(), v.clone()));
     }
 
+    let image = inv
+        .image
+        .clone()
+        .unwrap_or_else(|| DEFAULT_TASK_IMAGE.to_string());
+    // Before anything is pulled or created (GitLab's allowed_images).
+    let invalid = |m: String| Failure::new(FailureReason::InvalidImage, m);
+    settings
+        .allowed_images
+        .check(&image, "the task image")
+        .map_err(|e| invalid(e.to_string()))?;
+    for s in &sidecars {
+        settings
+            .allowed_images
+            .check(&s.image, "sidecar image")
+            .map_err(|e| invalid(e.to_string()))?;
+    }
+    // Refused before anything is created; `container_create` is the phase
+    // whose settings (the container's limits) the request is about.
+    let resources = settings
+        .limits
+        .for_task(inv.limits)
+        .map_err(|e| Failure::new(FailureReason::ContainerCreate, e.to_string()))?;
+
     let mut command = Vec::with_capacity(1 + inv.base_args.len());
     command.push(AGENT_ENTRYPOINT.to_string());
     command.extend(inv.base_args.iter().cloned());
 
     Ok(ContainerSpec {
         task: inv.task.clone(),
-        image: inv
-            .image
-            .clone()
-            .unwrap_or_else(|| DEFAULT_TASK_IMAGE.to_string()),
+        image,
         sidecars,
         env,
         command,
         working_dir: WORKING_DIR.into(),
         binds: settings.volumes.iter().map(|v| v.bind()).collect(),
-        limits: inv.limits,
+        resources,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use oz_runtime::SidecarRequest;
+    use oz_runtime::{ResourceLimits, SidecarRequest};
 
     fn invocation(sidecars: &[(&str, &str, bool)]) -> Invocation {
         Invocation {
@@ -261,5 +282,45 @@ mod tests {
         .unwrap();
         assert_eq!(ok.sidecars[1].mount_path, "/opt/tools");
         assert!(!ok.sidecars[1].read_only);
+    }
+
+    /// allowed_images covers the default task image and every sidecar;
+    /// a shape above the maxima is refused; both before anything exists.
+    #[test]
+    fn image_policy_and_shape_are_judged_before_anything_is_made() {
+        let settings = Settings {
+            allowed_images: crate::runtime::docker::image_policy::AllowedImages::resolve(&[
+                "docker.io/library/ubuntu:*".into(),
+                "docker.io/oz/agent:*".into(),
+            ])
+            .unwrap(),
+            limits: crate::runtime::docker::resources::Limits {
+                memory: Some(1 << 30),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        assert!(build(&invocation(&[("oz/agent:1", "/agent", false)]), &settings).is_ok());
+        let e = build(&invocation(&[("agent:1", "/agent", false)]), &settings).unwrap_err();
+        assert_eq!(e.reason, FailureReason::InvalidImage);
+        assert!(
+            e.message.starts_with("sidecar image agent:1"),
+            "{}",
+            e.message
+        );
+        let mut inv = invocation(&[("oz/agent:1", "/agent", false)]);
+        inv.image = Some("debian:12".into());
+        let e = build(&inv, &settings).unwrap_err();
+        assert_eq!(e.reason, FailureReason::InvalidImage);
+        assert!(
+            e.message.starts_with("the task image debian:12"),
+            "{}",
+            e.message
+        );
+        let mut inv = invocation(&[("oz/agent:1", "/agent", false)]);
+        inv.limits.memory_bytes = Some(2 << 30);
+        let e = build(&inv, &settings).unwrap_err();
+        assert_eq!(e.reason, FailureReason::ContainerCreate);
+        assert!(e.message.contains("at most 1 GiB"), "{}", e.message);
     }
 }

@@ -114,7 +114,7 @@ pub async fn run(
     // Podman on cgroup v1 never reports OOM kills (no OOMKilled, no oom
     // event): a SIGKILL exit under a memory limit we set, that we did not
     // send, is the kernel's OOM killer there. Docker always reports it.
-    let inferred_oom = rt.is_podman && code == 137 && spec.limits.memory_bytes.is_some();
+    let inferred_oom = rt.is_podman && code == 137 && spec.resources.memory.is_some();
     let oom = reported_oom || inferred_oom;
     // A signal exit we did not cause, with the daemon gone right after it:
     // the daemon stopped and took the container down (dockerd stops every
@@ -153,9 +153,9 @@ pub async fn run(
         .unwrap_or_default();
     let (reason, message) = if oom {
         let limit = spec
-            .limits
-            .memory_bytes
-            .map(|b| format!(" of {} GiB", b >> 30))
+            .resources
+            .memory
+            .map(|b| format!(" of {}", super::resources::format_bytes(b)))
             .unwrap_or_default();
         (
             FailureReason::ContainerOom,
@@ -224,9 +224,24 @@ fn create_body(
         host_config: Some(HostConfig {
             binds: Some(binds),
             mounts: (!mounts.is_empty()).then_some(mounts),
-            nano_cpus: spec.limits.cpus.map(|c| i64::from(c) * 1_000_000_000),
-            memory: spec.limits.memory_bytes,
-            memory_swap: spec.limits.memory_bytes,
+            nano_cpus: spec.resources.nano_cpus,
+            memory: spec.resources.memory,
+            memory_swap: spec.resources.memory_swap,
+            pids_limit: spec.resources.pids_limit,
+            oom_score_adj: Some(rt.settings.oom_score_adj),
+            // Unset for the default bridge: the daemon's own default, as before.
+            network_mode: (rt.settings.network.mode != super::network::NetworkMode::Bridge)
+                .then(|| rt.settings.network.mode.host_config_value()),
+            dns: (!rt.settings.network.dns.is_empty()).then(|| {
+                rt.settings
+                    .network
+                    .dns
+                    .iter()
+                    .map(|ip| ip.to_string())
+                    .collect()
+            }),
+            dns_search: (!rt.settings.network.dns_search.is_empty())
+                .then(|| rt.settings.network.dns_search.clone()),
             ..Default::default()
         }),
         ..Default::default()

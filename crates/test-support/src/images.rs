@@ -14,12 +14,24 @@ pub const ENTRYPOINT: &str = include_str!("../../../tests/fixtures/agent-sidecar
 /// long enough to copy for a test to act during the copy).
 /// Returns (reference, volume name).
 pub async fn fresh_sidecar_of(d: &Docker, padding: usize) -> (String, String) {
+    fresh_sidecar_with(d, ENTRYPOINT, padding).await
+}
+
+/// A fresh sidecar whose agent runs the shell text in the task's
+/// `OZ_TEST_SCRIPT` variable (`sh -c`), so a test can make the task do
+/// anything the task image's busybox can. Returns (reference, volume name).
+pub async fn script_sidecar(d: &Docker) -> (String, String) {
+    fresh_sidecar_with(d, "#!/bin/sh\nexec sh -c \"$OZ_TEST_SCRIPT\"\n", 0).await
+}
+
+/// A fresh sidecar image with `entrypoint` as its `/entrypoint.sh`.
+pub async fn fresh_sidecar_with(d: &Docker, entrypoint: &str, padding: usize) -> (String, String) {
     // Podman 4's import ignores `tag`: make the repository unique instead.
     let tag = "latest".to_string();
     let repo = format!("oz-test/sidecar-{}", unique_id("s"));
     let filler: Vec<u8> = (0..padding).map(|_| fastrand::u8(..)).collect();
     let mut files: Vec<(&str, &[u8], u32)> = vec![
-        ("entrypoint.sh", ENTRYPOINT.as_bytes(), 0o755),
+        ("entrypoint.sh", entrypoint.as_bytes(), 0o755),
         ("unique", repo.as_bytes(), 0o644),
     ];
     if padding > 0 {

@@ -149,6 +149,9 @@ pub struct WorkerOptions<'a> {
     pub env: Vec<(String, String)>,
     /// Instead of the plane's valid key.
     pub api_key: Option<&'a str>,
+    /// Start the worker with this `oom_score_adj` (raised by a shell that
+    /// then execs it, as a launcher might), instead of the test's own.
+    pub oom_score_adj: Option<i64>,
 }
 
 impl WorkerProcess {
@@ -187,7 +190,19 @@ impl WorkerProcess {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("worker.log");
         let log_file = std::fs::File::create(&log).unwrap();
-        let mut cmd = tokio::process::Command::new(crate::worker_binary());
+        let binary = crate::worker_binary();
+        let mut cmd = match opts.oom_score_adj {
+            None => tokio::process::Command::new(binary),
+            Some(adj) => {
+                let mut sh = tokio::process::Command::new("sh");
+                sh.arg("-c")
+                    .arg(format!(
+                        "echo {adj} > /proc/self/oom_score_adj && exec \"$0\" \"$@\""
+                    ))
+                    .arg(binary);
+                sh
+            }
+        };
         cmd.args(["--worker-id", opts.worker_id])
             .args(["--web-socket-url", ws_url])
             .args(["--server-root-url", root_url])

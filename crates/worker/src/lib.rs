@@ -11,6 +11,7 @@ pub mod health;
 pub mod invocation;
 pub mod journal;
 pub mod metrics;
+pub mod oom_score;
 pub mod proxy;
 pub mod session;
 pub mod tasks;
