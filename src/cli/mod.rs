@@ -16,11 +16,16 @@ use std::process::ExitCode;
 #[derive(Debug, Parser)]
 #[command(
     name = "oz-agent-worker",
-    version,
+    // `--version` prints the bare version, the string every dial sends in
+    // `X-Warp-Worker-Version` (as the Go worker's `--version` does).
+    disable_version_flag = true,
     about = "Self-hosted worker for Oz cloud agents: runs tasks in containers on your machines",
     args_conflicts_with_subcommands = true
 )]
 pub struct Cli {
+    /// Print the version (what the worker sends as X-Warp-Worker-Version) and exit.
+    #[arg(short = 'V', long)]
+    pub version: bool,
     #[command(subcommand)]
     pub command: Option<Command>,
     /// With no subcommand, the worker runs.
@@ -59,6 +64,10 @@ pub fn secret_arg(s: &str) -> Result<crate::secret::Secret, std::convert::Infall
 }
 
 pub async fn dispatch(cli: Cli) -> ExitCode {
+    if cli.version {
+        println!("{}", crate::protocol::WORKER_VERSION);
+        return ExitCode::SUCCESS;
+    }
     match cli.command {
         None => worker::run(cli.worker).await,
         Some(Command::Check(args)) => check::run(args).await,

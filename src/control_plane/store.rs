@@ -213,6 +213,8 @@ pub struct WorkerRecord {
     pub worker_id: String,
     pub first_seen_at: String,
     pub last_seen_at: String,
+    /// RFC 3339, UTC: since when an operator has it paused.
+    pub paused_at: Option<String>,
 }
 
 /// A run that has not ended, as loaded at start-up: its creation order too.
@@ -325,6 +327,8 @@ const MIGRATIONS: &[&str] = &[
         last_seen_at TEXT NOT NULL,
         PRIMARY KEY (team_id, worker_id)
     ) WITHOUT ROWID;",
+    // 3: worker ids paused by an operator.
+    "ALTER TABLE workers ADD COLUMN paused_at TEXT;",
 ];
 
 const RUN_COLUMNS: &str = "id, team_id, state, spec_json, created_at, updated_at, execution_id, \
@@ -732,7 +736,7 @@ impl Store {
     pub fn list_workers(&self, team_id: i64) -> Pending<Vec<WorkerRecord>> {
         self.call(move |conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT worker_id, first_seen_at, last_seen_at FROM workers
+                "SELECT worker_id, first_seen_at, last_seen_at, paused_at FROM workers
                  WHERE team_id = ?1 ORDER BY worker_id",
             )?;
             let rows = stmt.query_map([team_id], |r| {
@@ -740,8 +744,34 @@ impl Store {
                     worker_id: r.get(0)?,
                     first_seen_at: r.get(1)?,
                     last_seen_at: r.get(2)?,
+                    paused_at: r.get(3)?,
                 })
             })?;
+            Ok(rows.collect::<std::result::Result<_, _>>()?)
+        })
+    }
+
+    /// Pauses (`paused_at` = now, kept when already paused) or resumes a
+    /// worker id of the team; `false` when no worker ever connected with it.
+    pub fn set_worker_paused(&self, team_id: i64, worker_id: &str, paused: bool) -> Pending<bool> {
+        let worker_id = worker_id.to_string();
+        self.call(move |conn| {
+            let n = conn.execute(
+                "UPDATE workers SET paused_at = CASE WHEN ?3 THEN COALESCE(paused_at, ?4) END
+                 WHERE team_id = ?1 AND worker_id = ?2",
+                params![team_id, worker_id, paused, time::now()],
+            )?;
+            Ok(n > 0)
+        })
+    }
+
+    /// Every paused worker id, as (team id, worker id), for a start.
+    pub fn paused_workers(&self) -> Pending<Vec<(i64, String)>> {
+        self.call(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT team_id, worker_id FROM workers WHERE paused_at IS NOT NULL",
+            )?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
             Ok(rows.collect::<std::result::Result<_, _>>()?)
         })
     }

@@ -6,10 +6,12 @@ mod codec;
 pub mod extensions;
 mod failure;
 mod messages;
+pub mod version;
 pub mod worker_id;
 
 pub use codec::{decode_server_frame, decode_worker_frame, encode, DecodeError};
 pub use extensions::Extensions;
 pub use failure::FailureReason;
 pub use messages::*;
+pub use version::{WORKER_VERSION, WORKER_VERSION_HEADER};
 pub use worker_id::{is_reserved_worker_id, RESERVED_WORKER_ID_PREFIX};

@@ -2,7 +2,7 @@
 //! reconnect with jittered exponential backoff, forever, until asked to close.
 
 use crate::protocol::extensions::EXTENSIONS_HEADER;
-use crate::protocol::Extensions;
+use crate::protocol::{Extensions, WORKER_VERSION, WORKER_VERSION_HEADER};
 use crate::worker::backoff::ExponentialBackoff;
 use crate::worker::config::WorkerConfig;
 use crate::worker::connection::{drive, Ended, Inbound, Socket, Timing};
@@ -125,6 +125,12 @@ impl Session<'_> {
                 )
             })?;
         request.headers_mut().insert("Authorization", bearer);
+        // Every dial says which build it is (the Go worker does the same),
+        // so the orchestrator can record the build that claims an execution.
+        request.headers_mut().insert(
+            WORKER_VERSION_HEADER,
+            HeaderValue::from_static(WORKER_VERSION),
+        );
         // The proxy's part has its own deadline inside this one, so a proxy
         // that never answers is named when it runs out.
         let budget = self.timing.write_timeout * 3;
