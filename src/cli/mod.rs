@@ -9,6 +9,7 @@ pub mod internal;
 pub mod logging;
 pub mod probe;
 pub mod worker;
+pub mod workers;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -47,6 +48,8 @@ pub enum Command {
     Runs(control_plane::RunsArgs),
     /// Create, list, pause, resume and delete schedules (runs from a cron expression).
     Schedules(control_plane::SchedulesArgs),
+    /// List a control plane's worker ids; pause or resume one.
+    Workers(workers::WorkersArgs),
     /// Manage a control plane's team API keys.
     ApiKeys(control_plane::ApiKeysArgs),
     /// Project-internal commands used by `cargo xtask`.
@@ -76,6 +79,7 @@ pub async fn dispatch(cli: Cli) -> ExitCode {
         Some(Command::Run(args)) => control_plane::run(args).await,
         Some(Command::Runs(args)) => control_plane::runs(args).await,
         Some(Command::Schedules(args)) => control_plane::schedules(args).await,
+        Some(Command::Workers(args)) => workers::run(args).await,
         Some(Command::ApiKeys(args)) => control_plane::api_keys(args).await,
         Some(Command::Internal(args)) => internal::run(args),
         Some(Command::Probe(args)) => probe::run(args).await,

@@ -7,7 +7,7 @@
 
 use crate::control_plane::model::{
     ApiError, CreateRunRequest, CreateScheduleRequest, OutputChunk, OutputTruncated, Run, RunList,
-    RunOutput, RunResultRequest, RunState, Schedule, ScheduleList, WorkerList,
+    RunOutput, RunResultRequest, RunState, Schedule, ScheduleList, Worker, WorkerList,
 };
 use crate::percent::encode;
 use bytes::Bytes;
@@ -243,6 +243,18 @@ impl Client {
 
     pub async fn list_workers(&self) -> Result<WorkerList, ClientError> {
         self.call(Method::GET, "/api/v1/workers".into(), None).await
+    }
+
+    /// Offers nothing more to worker id `id` until resumed.
+    pub async fn pause_worker(&self, id: &str) -> Result<Worker, ClientError> {
+        let path = format!("/api/v1/workers/{}/pause", encode(id));
+        self.call(Method::POST, path, Some(Vec::new())).await
+    }
+
+    /// Offers worker id `id` runs again (its queued ones at once).
+    pub async fn resume_worker(&self, id: &str) -> Result<Worker, ClientError> {
+        let path = format!("/api/v1/workers/{}/resume", encode(id));
+        self.call(Method::POST, path, Some(Vec::new())).await
     }
 
     async fn call<T: DeserializeOwned>(
