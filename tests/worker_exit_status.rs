@@ -44,7 +44,7 @@ fn bad_configuration_exits_2_and_names_the_problem() {
         (&["--backend", "kubernetes"], "kubernetes"),
         (&["--shutdown-timeout", "30"], "30"),
         (&["--task-timeout", "5x"], "--task-timeout: "),
-        (&["--task-timeout", "-1h"], "--task-timeout: "),
+        (&["--task-timeout=-1h"], "--task-timeout: "),
     ];
     for (args, named) in cases {
         let (code, stderr) = worker(args, &[]);
