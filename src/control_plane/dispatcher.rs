@@ -702,14 +702,15 @@ impl Dispatcher {
         worker_id: &str,
         paused: bool,
     ) -> Result<bool, StoreError> {
+        let key = (team_id, worker_id.to_string());
+        let live = self.lock().has_live(&key);
         if !self
             .store
-            .set_worker_paused(team_id, worker_id, paused)
+            .set_worker_paused(team_id, worker_id, paused, live)
             .await?
         {
             return Ok(false);
         }
-        let key = (team_id, worker_id.to_string());
         let mut ix = self.lock();
         if ix.set_paused(&key, paused) {
             tracing::info!(

@@ -753,9 +753,24 @@ impl Store {
 
     /// Pauses (`paused_at` = now, kept when already paused) or resumes a
     /// worker id of the team; `false` when no worker ever connected with it.
-    pub fn set_worker_paused(&self, team_id: i64, worker_id: &str, paused: bool) -> Pending<bool> {
+    /// `live`: a connection with this id is up (its record may still be on
+    /// its way), so the record is created when missing.
+    pub fn set_worker_paused(
+        &self,
+        team_id: i64,
+        worker_id: &str,
+        paused: bool,
+        live: bool,
+    ) -> Pending<bool> {
         let worker_id = worker_id.to_string();
         self.call(move |conn| {
+            if live {
+                conn.execute(
+                    "INSERT OR IGNORE INTO workers (team_id, worker_id, first_seen_at, last_seen_at)
+                     VALUES (?1, ?2, ?3, ?3)",
+                    params![team_id, worker_id, time::now()],
+                )?;
+            }
             let n = conn.execute(
                 "UPDATE workers SET paused_at = CASE WHEN ?3 THEN COALESCE(paused_at, ?4) END
                  WHERE team_id = ?1 AND worker_id = ?2",

@@ -592,21 +592,24 @@ pub struct Dispatch(pub Arc<TaskManager>);
 impl Inbound for Dispatch {
     fn connected(&self, link: &Link) {
         *self.0.current_link.lock().unwrap() = Some(link.clone());
+        // In order: that it drains first, then the tasks it still holds.
+        let mut messages = Vec::new();
         if self.0.is_draining() && link.extensions().worker_state {
-            self.0.send_in_background(link, draining_message());
+            messages.push(draining_message());
         }
-        if !link.extensions().task_reannounce {
+        if link.extensions().task_reannounce {
+            let held = self.0.journal.held();
+            if !held.is_empty() {
+                tracing::info!("re-announcing {} task(s) this worker holds", held.len());
+            }
+            messages.extend(
+                held.iter()
+                    .map(|(task, _)| self.0.claim_message(task, link)),
+            );
+        }
+        if messages.is_empty() {
             return;
         }
-        let held = self.0.journal.held();
-        if held.is_empty() {
-            return;
-        }
-        tracing::info!("re-announcing {} task(s) this worker holds", held.len());
-        let messages: Vec<WorkerMessage> = held
-            .iter()
-            .map(|(task, _)| self.0.claim_message(task, link))
-            .collect();
         let link = link.clone();
         tokio::spawn(async move {
             for m in messages {
@@ -1243,6 +1246,22 @@ mod tests {
                 )
             }
             other => panic!("{other:?}"),
+        }
+        // A new connection hears that it drains first, then what it holds.
+        let both = Extensions {
+            worker_state: true,
+            task_reannounce: true,
+            ..Default::default()
+        };
+        let (next, mut next_wire) = Link::for_test(both, 2);
+        Dispatch(h.manager.clone()).connected(&next);
+        for want in ["worker_state", "task_claimed"] {
+            let (msg, written) = tokio::time::timeout(Duration::from_secs(5), next_wire.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            let _ = written.send(true);
+            assert_eq!(msg.kind(), want);
         }
         let manager = h.manager.clone();
         let idle = manager.idle();
