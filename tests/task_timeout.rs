@@ -138,7 +138,7 @@ async fn on_the_direct_runtime_the_agent_group_is_stopped_and_the_run_fails_with
     )
     .unwrap();
     let id = unique_id("timeout-direct");
-    let _w = WorkerProcess::start(
+    let w = WorkerProcess::start(
         &plane,
         Engine::None,
         WorkerOptions {
@@ -182,4 +182,10 @@ async fn on_the_direct_runtime_the_agent_group_is_stopped_and_the_run_fails_with
     wait_gone(agent, "the agent").await;
     wait_gone(grandchild, "the agent's grandchild").await;
     assert!(!ws.join(&run).exists(), "the workspace is removed");
+    let log = w.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("ran past task_timeout (2s)") && l.contains(&run)),
+        "the deadline's log line names the task:\n{log}"
+    );
 }

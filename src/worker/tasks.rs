@@ -296,7 +296,8 @@ impl TaskManager {
             // stopped through the same token a cancellation uses.
             let deadline = this.config.task_timeout.map(|limit| {
                 let (stop, cause) = (stop.clone(), cause.clone());
-                tokio::spawn(async move {
+                // In the task's span: the line names the task and execution.
+                tokio::spawn(tracing::Instrument::in_current_span(async move {
                     tokio::time::sleep(limit).await;
                     let mut cause = cause.lock().unwrap();
                     if cause.is_none() {
@@ -308,7 +309,7 @@ impl TaskManager {
                     }
                     drop(cause);
                     stop.cancel();
-                })
+                }))
             });
             // Live output only for a server that asked for it.
             let (output, forwarder) = if link.extensions().task_output {
