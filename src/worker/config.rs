@@ -329,6 +329,29 @@ mod tests {
     }
 
     #[test]
+    fn disconnect_after_task_from_the_flag_or_the_file() {
+        let mut i = inputs();
+        assert!(
+            !WorkerConfig::resolve(&i, &env(&[]))
+                .unwrap()
+                .disconnect_after_task
+        );
+        i.file_disconnect_after_task = Some(true);
+        assert!(
+            WorkerConfig::resolve(&i, &env(&[]))
+                .unwrap()
+                .disconnect_after_task
+        );
+        i.file_disconnect_after_task = Some(false);
+        i.flag_disconnect_after_task = true;
+        assert!(
+            WorkerConfig::resolve(&i, &env(&[]))
+                .unwrap()
+                .disconnect_after_task
+        );
+    }
+
+    #[test]
     fn reserved_and_missing_worker_ids_are_refused_case_sensitively() {
         // The Go worker: strings.HasPrefix(id, "warp").
         for (id, ok) in [
