@@ -87,6 +87,56 @@ async fn the_ui_signs_in_shows_the_worker_creates_a_run_and_shows_its_output() {
     .await;
     assert_eq!(processes.text().await.unwrap(), "1");
     screenshot(c, "workers").await;
+    // Pause and resume it with the row's button; the state column follows
+    // and the API agrees.
+    let row = format!("tr[data-worker-id='{id}']");
+    find(c, &format!("{row} button.pause-toggle"), WAIT)
+        .await
+        .click()
+        .await
+        .unwrap();
+    let paused = |want: bool| {
+        let client = plane.client();
+        let id = id.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + WAIT;
+            loop {
+                let list = client.list_workers().await.unwrap();
+                if list
+                    .workers
+                    .iter()
+                    .any(|w| w.worker_id == id && w.paused == want)
+                {
+                    return;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "paused never became {want}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    paused(true).await;
+    c.wait()
+        .at_most(WAIT)
+        .for_element(Locator::XPath(&format!(
+            "//tr[@data-worker-id='{id}']/td[@class='worker-state'][starts-with(., 'paused')]"
+        )))
+        .await
+        .expect("the state column says paused");
+    screenshot(c, "workers-paused").await;
+    c.wait()
+        .at_most(WAIT)
+        .for_element(Locator::XPath(&format!(
+            "//tr[@data-worker-id='{id}']//button[.='Resume']"
+        )))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    paused(false).await;
     // The session cookie: HttpOnly, SameSite=Strict; the key itself is
     // nowhere in the page.
     let cookies = c.get_all_cookies().await.unwrap();

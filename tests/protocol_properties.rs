@@ -18,6 +18,7 @@ fn frame_like() -> impl Strategy<Value = String> {
             "task_completed",
             "task_failed",
             "task_output",
+            "worker_state",
         ])
         .prop_map(String::from),
         "[a-z_]{0,12}",
@@ -48,6 +49,7 @@ fn frame_like() -> impl Strategy<Value = String> {
             "stream",
             "data",
             "dropped_bytes",
+            "draining",
         ])
         .prop_map(String::from),
         "[a-z_]{1,8}",
@@ -133,6 +135,7 @@ fn worker_message() -> impl Strategy<Value = WorkerMessage> {
                 })
             }
         ),
+        any::<bool>().prop_map(|draining| WorkerMessage::WorkerState(WorkerState { draining })),
     ]
 }
 

@@ -666,3 +666,44 @@ async fn the_example_dispatcher_runs_the_agent_in_a_detached_container() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// `--task-timeout` on the command runtime bounds the dispatch (a hung
+/// dispatch command is killed with its group at the limit and the run is
+/// reported `task_timeout`); a dispatched task is the outside system's from
+/// then on: the worker runs nothing of it, so its deadline is that
+/// system's, and the limit does not touch it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn task_timeout_bounds_the_dispatch_not_the_dispatched_task() {
+    let s = CommandSetup::new().await;
+    let id = unique_id("cmd-task-timeout");
+    // Shorter than the config's dispatch_timeout (2s), so it is the one that fires.
+    let w = s.worker(&id, &["--task-timeout", "1s"]).await;
+    let hung = s.run(&id, &[("FAKE_DISPATCH", "hang")]).await;
+    let done = wait_terminal(&s.plane, &hung, RUN_TIMEOUT).await;
+    assert_eq!(done.state, RunState::Failed, "{done:#?}");
+    assert_eq!(done.failure_reason.as_deref(), Some("task_timeout"));
+    assert!(
+        done.message.unwrap_or_default().contains("task_timeout 1s"),
+        "names the limit"
+    );
+    wait_gone(s.pid(&hung, "hang_pid"), "the dispatch command").await;
+    wait_gone(
+        s.pid(&hung, "hang_child_pid"),
+        "the dispatch command's child",
+    )
+    .await;
+
+    let run = s.run(&id, &[]).await;
+    let job = s.dispatched(&w, &run).await;
+    // A window twice the limit: nothing may stop the dispatched job in it.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        running(job),
+        "the dispatched job is not the worker's to time out"
+    );
+    let claimed = s.plane.client().get_run(&run).await.unwrap();
+    assert_eq!(claimed.state, RunState::Claimed, "{claimed:#?}");
+    s.plane.client().cancel_run(&run).await.unwrap();
+    s.cancelled(&run).await;
+    wait_gone(job, "the dispatched job").await;
+}

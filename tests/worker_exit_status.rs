@@ -43,6 +43,8 @@ fn bad_configuration_exits_2_and_names_the_problem() {
         // Found by the core.
         (&["--backend", "kubernetes"], "kubernetes"),
         (&["--shutdown-timeout", "30"], "30"),
+        (&["--task-timeout", "5x"], "--task-timeout: "),
+        (&["--task-timeout=-1h"], "--task-timeout: "),
     ];
     for (args, named) in cases {
         let (code, stderr) = worker(args, &[]);
@@ -115,6 +117,10 @@ fn a_bad_value_in_the_config_file_names_the_file_and_line() {
         (
             "backend:\n  docker:\n    allowed_pull_policies: [never]\n",
             "line 3: backend.docker.allowed_pull_policies: the pull policy in use, always (the default), is not in the allowed list [never]",
+        ),
+        (
+            "worker_id: w\ntask_timeout: 5x\n",
+            "line 2: task_timeout: invalid duration \"5x\"",
         ),
     ];
     for (i, (yaml, said)) in cases.iter().enumerate() {

@@ -119,6 +119,41 @@ async fn handshake_and_frames_that_must_be_survived() {
     );
 }
 
+/// `--version` prints the string every dial sends as `X-Warp-Worker-Version`
+/// (the Go worker's header), on the first connection and on a reconnect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_dial_sends_the_version_that_dash_dash_version_prints() {
+    if !Engine::Docker.available() {
+        return;
+    }
+    let printed = std::process::Command::new(env!("CARGO_BIN_EXE_oz-agent-worker"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(printed.status.success());
+    let printed = String::from_utf8(printed.stdout).unwrap();
+    assert_eq!(printed, format!("{}\n", env!("CARGO_PKG_VERSION")));
+    let server = ScriptedServer::start().await;
+    let w = worker(&server, &unique_id("proto-version"), &[]);
+    let first = server.accept(Duration::from_secs(30)).await;
+    let sent = |c: &support::scripted_server::ServerConn| {
+        c.headers
+            .get_all(WORKER_VERSION_HEADER)
+            .iter()
+            .map(|v| v.to_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(sent(&first), [printed.trim()], "{:?}", first.headers);
+    drop(first);
+    let second = server.accept(Duration::from_secs(30)).await;
+    assert_eq!(
+        sent(&second),
+        [printed.trim()],
+        "the reconnect sends it too"
+    );
+    drop(w);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_server_is_dropped_and_the_worker_reconnects_with_pings() {
     if !Engine::Docker.available() {

@@ -30,6 +30,10 @@ pub struct ConfigFile {
     pub metrics_listen: Option<String>,
     /// Serve /healthz and /readyz on this address (e.g. "0.0.0.0:8081").
     pub health_listen: Option<String>,
+    /// The longest a task may run (a Go duration, e.g. "2h"); past it the task is stopped and reported failed with reason task_timeout. Unset or "0": no limit.
+    pub task_timeout: Option<String>,
+    /// Exit 0 after one task has ended and its report is delivered, claiming no other (for ephemeral workers).
+    pub disconnect_after_task: Option<bool>,
     /// The runtime: exactly one section (or none: docker).
     pub backend: Option<BackendSections>,
 }

@@ -129,7 +129,7 @@ pub struct ServerArgs {
 }
 
 impl ServerArgs {
-    fn client(&self) -> Result<Client, String> {
+    pub(crate) fn client(&self) -> Result<Client, String> {
         let key = self.api_key.as_ref().map(|k| k.expose_str()).unwrap_or("");
         Client::new(&self.server, key).map_err(|e| e.message)
     }

@@ -9,6 +9,7 @@ pub mod internal;
 pub mod logging;
 pub mod probe;
 pub mod worker;
+pub mod workers;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -16,11 +17,16 @@ use std::process::ExitCode;
 #[derive(Debug, Parser)]
 #[command(
     name = "oz-agent-worker",
-    version,
+    // `--version` prints the bare version, the string every dial sends in
+    // `X-Warp-Worker-Version` (as the Go worker's `--version` does).
+    disable_version_flag = true,
     about = "Self-hosted worker for Oz cloud agents: runs tasks in containers on your machines",
     args_conflicts_with_subcommands = true
 )]
 pub struct Cli {
+    /// Print the version (what the worker sends as X-Warp-Worker-Version) and exit.
+    #[arg(short = 'V', long)]
+    pub version: bool,
     #[command(subcommand)]
     pub command: Option<Command>,
     /// With no subcommand, the worker runs.
@@ -42,6 +48,8 @@ pub enum Command {
     Runs(control_plane::RunsArgs),
     /// Create, list, pause, resume and delete schedules (runs from a cron expression).
     Schedules(control_plane::SchedulesArgs),
+    /// List a control plane's worker ids; pause or resume one.
+    Workers(workers::WorkersArgs),
     /// Manage a control plane's team API keys.
     ApiKeys(control_plane::ApiKeysArgs),
     /// Project-internal commands used by `cargo xtask`.
@@ -59,6 +67,10 @@ pub fn secret_arg(s: &str) -> Result<oz_foundation::secret::Secret, std::convert
 }
 
 pub async fn dispatch(cli: Cli) -> ExitCode {
+    if cli.version {
+        println!("{}", oz_protocol::WORKER_VERSION);
+        return ExitCode::SUCCESS;
+    }
     match cli.command {
         None => worker::run(cli.worker).await,
         Some(Command::Check(args)) => check::run(args).await,
@@ -67,6 +79,7 @@ pub async fn dispatch(cli: Cli) -> ExitCode {
         Some(Command::Run(args)) => control_plane::run(args).await,
         Some(Command::Runs(args)) => control_plane::runs(args).await,
         Some(Command::Schedules(args)) => control_plane::schedules(args).await,
+        Some(Command::Workers(args)) => workers::run(args).await,
         Some(Command::ApiKeys(args)) => control_plane::api_keys(args).await,
         Some(Command::Internal(args)) => internal::run(args),
         Some(Command::Probe(args)) => probe::run(args).await,

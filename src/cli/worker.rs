@@ -61,6 +61,12 @@ pub struct WorkerArgs {
     /// On SIGINT/SIGTERM, how long running tasks get to stop and report before they are killed (e.g. 30s).
     #[arg(long, value_name = "DURATION")]
     pub shutdown_timeout: Option<String>,
+    /// The longest a task may run (e.g. 2h); past it the task is stopped and reported failed with reason task_timeout. Default: no limit.
+    #[arg(long, value_name = "DURATION")]
+    pub task_timeout: Option<String>,
+    /// Exit 0 after one task has ended and its report is delivered, claiming no other (ephemeral workers; Buildkite's --disconnect-after-job).
+    #[arg(long)]
+    pub disconnect_after_task: bool,
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9090).
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<String>,
@@ -148,6 +154,10 @@ fn core_inputs(args: &WorkerArgs, file: &ConfigFile) -> CoreInputs {
         flag_idle_on_complete: args.idle_on_complete.clone(),
         file_idle_on_complete: file.idle_on_complete.clone(),
         flag_shutdown_timeout: args.shutdown_timeout.clone(),
+        flag_task_timeout: args.task_timeout.clone(),
+        file_task_timeout: file.task_timeout.clone(),
+        flag_disconnect_after_task: args.disconnect_after_task,
+        file_disconnect_after_task: file.disconnect_after_task,
         flag_metrics_listen: args.metrics_listen.clone(),
         file_metrics_listen: file.metrics_listen.clone(),
         flag_health_listen: args.health_listen.clone(),
@@ -310,6 +320,8 @@ async fn build_runtime(
 
 pub async fn run(args: WorkerArgs) -> ExitCode {
     super::logging::init_with(&args.log_level, args.log_format);
+    // SIGQUIT drains from here on (instead of its default core dump).
+    let drain = oz_worker::drain::drain_signal();
     let resolved = match resolve(&args, &ProcessEnv) {
         Ok(r) => r,
         Err(e) => {
@@ -335,7 +347,7 @@ pub async fn run(args: WorkerArgs) -> ExitCode {
         }
     };
     oz_worker::oom_score::lower_own();
-    oz_worker::run_with(resolved.core, runtime, oz_worker::shutdown_signal()).await
+    oz_worker::run_with_drain(resolved.core, runtime, oz_worker::shutdown_signal(), drain).await
 }
 
 #[cfg(test)]

@@ -82,6 +82,7 @@ pub fn decode_worker_frame(text: &str) -> Result<WorkerMessage, DecodeError> {
             "task_completed",
             "task_failed",
             "task_output",
+            "worker_state",
         ],
     )
 }

@@ -1,7 +1,8 @@
 //! Protocol extensions a server may offer at the WebSocket handshake.
 //!
 //! The server lists what it offers in one response header of the upgrade
-//! (`Oz-Worker-Extensions: report-ack, task-reannounce, task-output`). The
+//! (`Oz-Worker-Extensions: report-ack, task-reannounce, task-output,
+//! worker-state`). The
 //! worker never asks and never sends anything an extension adds unless the
 //! server offered it on that connection, so a server that knows none of
 //! them (the hosted Oz service) sees exactly the reference protocol.
@@ -21,6 +22,10 @@ pub const REPORT_ACK: &str = "report-ack";
 pub const TASK_REANNOUNCE: &str = "task-reannounce";
 /// `task-output`: the worker streams `task_output` chunks while a task runs.
 pub const TASK_OUTPUT: &str = "task-output";
+/// `worker-state`: the worker says when it starts draining (`worker_state`
+/// `{draining: true}`), on the connection where it starts and first on
+/// every later one, so the server stops offering it runs and can show it.
+pub const WORKER_STATE: &str = "worker-state";
 
 /// What one connection may use. `Default` is the reference protocol: none.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -28,6 +33,7 @@ pub struct Extensions {
     pub report_ack: bool,
     pub task_reannounce: bool,
     pub task_output: bool,
+    pub worker_state: bool,
 }
 
 impl Extensions {
@@ -36,6 +42,7 @@ impl Extensions {
         report_ack: true,
         task_reannounce: true,
         task_output: true,
+        worker_state: true,
     };
 
     /// Parses the header's values (it may be repeated). Unknown tokens are
@@ -47,6 +54,7 @@ impl Extensions {
                 REPORT_ACK => ext.report_ack = true,
                 TASK_REANNOUNCE => ext.task_reannounce = true,
                 TASK_OUTPUT => ext.task_output = true,
+                WORKER_STATE => ext.worker_state = true,
                 _ => {}
             }
         }
@@ -64,6 +72,9 @@ impl Extensions {
         }
         if self.task_output {
             tokens.push(TASK_OUTPUT);
+        }
+        if self.worker_state {
+            tokens.push(WORKER_STATE);
         }
         tokens.join(", ")
     }
@@ -89,7 +100,8 @@ mod tests {
             Extensions {
                 report_ack: true,
                 task_reannounce: false,
-                task_output: true
+                task_output: true,
+                worker_state: false,
             }
         );
         assert!(Extensions::parse(std::iter::empty()).is_empty());

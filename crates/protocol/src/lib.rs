@@ -7,6 +7,7 @@ pub mod extensions;
 mod failure;
 mod failure_details;
 mod messages;
+pub mod version;
 pub mod worker_id;
 
 pub use codec::{decode_server_frame, decode_worker_frame, encode, DecodeError};
@@ -14,4 +15,5 @@ pub use extensions::Extensions;
 pub use failure::FailureReason;
 pub use failure_details::*;
 pub use messages::*;
+pub use version::{WORKER_VERSION, WORKER_VERSION_HEADER};
 pub use worker_id::{is_reserved_worker_id, RESERVED_WORKER_ID_PREFIX};

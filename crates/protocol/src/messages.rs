@@ -30,6 +30,9 @@ pub enum WorkerMessage {
     /// Extension `task-output` (docs/PROTOCOL.md): a chunk of a running
     /// task's output. Only sent when the server offered it at the handshake.
     TaskOutput(TaskOutput),
+    /// Extension `worker-state` (docs/PROTOCOL.md): the worker's own state
+    /// (draining). Only sent when the server offered it at the handshake.
+    WorkerState(WorkerState),
 }
 
 impl WorkerMessage {
@@ -40,6 +43,8 @@ impl WorkerMessage {
             WorkerMessage::TaskCompleted(m) => &m.task_id,
             WorkerMessage::TaskFailed(m) => &m.task_id,
             WorkerMessage::TaskOutput(m) => &m.task_id,
+            // About the worker, not a task.
+            WorkerMessage::WorkerState(_) => "",
         }
     }
 
@@ -51,6 +56,7 @@ impl WorkerMessage {
             WorkerMessage::TaskCompleted(m) => m.execution_id.as_deref(),
             WorkerMessage::TaskFailed(m) => m.execution_id.as_deref(),
             WorkerMessage::TaskOutput(m) => m.execution_id.as_deref(),
+            WorkerMessage::WorkerState(_) => None,
         }
     }
 
@@ -62,6 +68,7 @@ impl WorkerMessage {
             WorkerMessage::TaskCompleted(_) => "task_completed",
             WorkerMessage::TaskFailed(_) => "task_failed",
             WorkerMessage::TaskOutput(_) => "task_output",
+            WorkerMessage::WorkerState(_) => "worker_state",
         }
     }
 
@@ -301,6 +308,15 @@ pub struct TaskOutput {
     pub data: String,
     #[serde(default, skip_serializing_if = "is_zero")]
     pub dropped_bytes: u64,
+}
+
+/// Extension `worker-state`: what the worker says about itself. `draining`:
+/// it finishes the tasks it runs, rejects every new one (as at capacity)
+/// and exits when they have ended (SIGQUIT, or `--disconnect-after-task`
+/// after its one task).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct WorkerState {
+    pub draining: bool,
 }
 
 fn is_zero(n: &u64) -> bool {

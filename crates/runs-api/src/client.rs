@@ -7,7 +7,8 @@
 
 use crate::model::{
     ApiError, CreateRunRequest, CreateScheduleRequest, OutputChunk, OutputTruncated, Run, RunList,
-    RunOutput, RunResultRequest, RunState, Schedule, ScheduleList, WorkerList, RUNS_PAGE_MAX_LIMIT,
+    RunOutput, RunResultRequest, RunState, Schedule, ScheduleList, Worker, WorkerList,
+    RUNS_PAGE_MAX_LIMIT,
 };
 use bytes::Bytes;
 use eventsource_stream::Eventsource;
@@ -296,6 +297,18 @@ impl Client {
 
     pub async fn list_workers(&self) -> Result<WorkerList, ClientError> {
         self.call(Method::GET, "/api/v1/workers".into(), None).await
+    }
+
+    /// Offers nothing more to worker id `id` until resumed.
+    pub async fn pause_worker(&self, id: &str) -> Result<Worker, ClientError> {
+        let path = format!("/api/v1/workers/{}/pause", encode(id));
+        self.call(Method::POST, path, Some(Vec::new())).await
+    }
+
+    /// Offers worker id `id` runs again (its queued ones at once).
+    pub async fn resume_worker(&self, id: &str) -> Result<Worker, ClientError> {
+        let path = format!("/api/v1/workers/{}/resume", encode(id));
+        self.call(Method::POST, path, Some(Vec::new())).await
     }
 
     async fn call<T: DeserializeOwned>(

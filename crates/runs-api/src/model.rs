@@ -470,6 +470,15 @@ pub struct WorkerConnection {
     /// worker's reason.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub at_capacity: Option<String>,
+    /// The worker said it is draining (SIGQUIT, or `--disconnect-after-task`
+    /// after its task): it finishes what it runs, takes nothing new and
+    /// exits. Only workers that speak the `worker-state` extension say so;
+    /// any other draining worker shows as at capacity.
+    #[serde(default)]
+    pub draining: bool,
+    /// The `X-Warp-Worker-Version` the worker connected with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
 }
 
 /// A worker id this team's workers have connected with.
@@ -483,6 +492,13 @@ pub struct Worker {
     pub active_runs: usize,
     /// Runs for this id waiting in the queue.
     pub queued_runs: usize,
+    /// Paused by an operator: offered no run until resumed (what it holds
+    /// runs on).
+    #[serde(default)]
+    pub paused: bool,
+    /// RFC 3339, UTC: since when it is paused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused_at: Option<String>,
     /// RFC 3339, UTC: the first connection ever with this id.
     pub first_seen_at: String,
     /// The last time a connection with this id was made or closed.

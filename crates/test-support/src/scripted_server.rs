@@ -21,6 +21,8 @@ pub struct ServerConn {
     /// Path and query of the upgrade request.
     pub target: String,
     pub authorization: Option<String>,
+    /// Every header of the upgrade request, as the worker sent it.
+    pub headers: tokio_tungstenite::tungstenite::http::HeaderMap,
 }
 
 impl ScriptedServer {
@@ -47,7 +49,11 @@ impl ScriptedServer {
             .await
             .expect("the worker connects in time")
             .unwrap();
-        let seen = Arc::new(Mutex::new((String::new(), None::<String>)));
+        let seen = Arc::new(Mutex::new((
+            String::new(),
+            None::<String>,
+            tokio_tungstenite::tungstenite::http::HeaderMap::new(),
+        )));
         let record = seen.clone();
         let offer = extensions.map(str::to_string);
         let callback = move |req: &Request, mut resp: Response| {
@@ -62,17 +68,18 @@ impl ScriptedServer {
                 .get("authorization")
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string);
-            *record.lock().unwrap() = (req.uri().to_string(), auth);
+            *record.lock().unwrap() = (req.uri().to_string(), auth, req.headers().clone());
             Ok(resp)
         };
         let ws = tokio_tungstenite::accept_hdr_async(stream, callback)
             .await
             .unwrap();
-        let (target, authorization) = seen.lock().unwrap().clone();
+        let (target, authorization, headers) = seen.lock().unwrap().clone();
         ServerConn {
             ws,
             target,
             authorization,
+            headers,
         }
     }
 }

@@ -43,6 +43,10 @@ pub struct CoreInputs {
     pub flag_idle_on_complete: Option<String>,
     pub file_idle_on_complete: Option<String>,
     pub flag_shutdown_timeout: Option<String>,
+    pub flag_task_timeout: Option<String>,
+    pub file_task_timeout: Option<String>,
+    pub flag_disconnect_after_task: bool,
+    pub file_disconnect_after_task: Option<bool>,
     pub flag_metrics_listen: Option<String>,
     pub file_metrics_listen: Option<String>,
     pub flag_health_listen: Option<String>,
@@ -70,6 +74,15 @@ pub struct WorkerConfig {
     pub idle_on_complete: Option<String>,
     /// How long a shutdown waits for running tasks before force-stopping them.
     pub shutdown_timeout: Duration,
+    /// The longest a task may run, counted from its claim (`task_timeout`,
+    /// `--task-timeout`); past it the task is stopped as a cancellation
+    /// stops it and reported `task_timeout`. `None` = no limit (the
+    /// default; `0` means the same).
+    pub task_timeout: Option<Duration>,
+    /// Exit 0 once one task has ended and its report is confirmed, taking
+    /// no other (`--disconnect-after-task`, Buildkite's
+    /// `--disconnect-after-job`), for ephemeral workers.
+    pub disconnect_after_task: bool,
     pub metrics_listen: Option<SocketAddr>,
     pub health_listen: Option<SocketAddr>,
     /// Where the claim journal lives (`<state_dir>/<worker id>/`).
@@ -120,6 +133,21 @@ impl WorkerConfig {
                 parse_duration(d).map_err(|e| ConfigError(format!("--shutdown-timeout: {e}")))?
             }
             None => DEFAULT_SHUTDOWN_TIMEOUT,
+        };
+
+        let (task_timeout, task_timeout_source) = match (&i.flag_task_timeout, &i.file_task_timeout)
+        {
+            (Some(v), _) => (Some(v), "--task-timeout"),
+            (None, v) => (v.as_ref(), "task_timeout"),
+        };
+        let task_timeout = match task_timeout.map(|v| v.trim()).filter(|v| !v.is_empty()) {
+            Some(v) => Some(parse_duration(v).map_err(|e| {
+                ConfigError(format!(
+                    "{task_timeout_source}: {e}; it is the longest a task may run, e.g. 2h"
+                ))
+            })?)
+            .filter(|d| !d.is_zero()),
+            None => None,
         };
 
         let metrics_listen = listen_addr(
@@ -174,6 +202,9 @@ impl WorkerConfig {
             max_concurrent_tasks: (max > 0).then_some(max),
             idle_on_complete,
             shutdown_timeout,
+            task_timeout,
+            disconnect_after_task: i.flag_disconnect_after_task
+                || i.file_disconnect_after_task.unwrap_or(false),
             metrics_listen,
             health_listen,
             state_dir: i.flag_state_dir.clone().unwrap_or_else(default_state_dir),
@@ -272,6 +303,53 @@ mod tests {
     }
 
     #[test]
+    fn task_timeout_flag_beats_file_and_zero_means_none() {
+        let mut i = inputs();
+        assert_eq!(
+            WorkerConfig::resolve(&i, &env(&[])).unwrap().task_timeout,
+            None
+        );
+        i.file_task_timeout = Some("1h".into());
+        assert_eq!(
+            WorkerConfig::resolve(&i, &env(&[])).unwrap().task_timeout,
+            Some(Duration::from_secs(3600))
+        );
+        i.flag_task_timeout = Some("90s".into());
+        assert_eq!(
+            WorkerConfig::resolve(&i, &env(&[])).unwrap().task_timeout,
+            Some(Duration::from_secs(90))
+        );
+        i.flag_task_timeout = Some("0".into());
+        assert_eq!(
+            WorkerConfig::resolve(&i, &env(&[])).unwrap().task_timeout,
+            None
+        );
+    }
+
+    #[test]
+    fn disconnect_after_task_from_the_flag_or_the_file() {
+        let mut i = inputs();
+        assert!(
+            !WorkerConfig::resolve(&i, &env(&[]))
+                .unwrap()
+                .disconnect_after_task
+        );
+        i.file_disconnect_after_task = Some(true);
+        assert!(
+            WorkerConfig::resolve(&i, &env(&[]))
+                .unwrap()
+                .disconnect_after_task
+        );
+        i.file_disconnect_after_task = Some(false);
+        i.flag_disconnect_after_task = true;
+        assert!(
+            WorkerConfig::resolve(&i, &env(&[]))
+                .unwrap()
+                .disconnect_after_task
+        );
+    }
+
+    #[test]
     fn reserved_and_missing_worker_ids_are_refused_case_sensitively() {
         // The Go worker: strings.HasPrefix(id, "warp").
         for (id, ok) in [
@@ -322,6 +400,14 @@ mod tests {
             .unwrap_err()
             .0
             .contains("--shutdown-timeout"));
+        let mut i = inputs();
+        i.flag_task_timeout = Some("5x".into());
+        let e = WorkerConfig::resolve(&i, &env(&[])).unwrap_err().0;
+        assert!(e.starts_with("--task-timeout: "), "{e}");
+        let mut i = inputs();
+        i.file_task_timeout = Some("-1m".into());
+        let e = WorkerConfig::resolve(&i, &env(&[])).unwrap_err().0;
+        assert!(e.starts_with("task_timeout: "), "{e}");
         let mut i = inputs();
         i.flag_web_socket_url = Some("http://x".into());
         assert!(WorkerConfig::resolve(&i, &env(&[]))

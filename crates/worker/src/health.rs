@@ -7,7 +7,7 @@
 //! - `GET /readyz` (readiness): 200 when connected to the orchestrator (or
 //!   disconnected for less than [`RECONNECT_GRACE`], so a server restart does
 //!   not flap it) and the runtime answers its check; 503 with a JSON reason
-//!   otherwise, and while shutting down.
+//!   otherwise, while draining (reason `draining: …`) and while shutting down.
 //!
 //! Bodies are JSON: `{"status":"ok"}` or `{"status":"unavailable","reason":"…"}`.
 
@@ -40,6 +40,7 @@ pub struct Health {
     ever_connected: AtomicBool,
     disconnected_at: Mutex<Option<Instant>>,
     shutting_down: AtomicBool,
+    draining: AtomicBool,
     check: Mutex<Option<(Instant, Result<(), String>)>>,
 }
 
@@ -52,6 +53,7 @@ impl Default for Health {
             ever_connected: AtomicBool::new(false),
             disconnected_at: Mutex::new(None),
             shutting_down: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
             check: Mutex::new(None),
         }
     }
@@ -87,6 +89,12 @@ impl Health {
         self.shutting_down.store(true, Ordering::SeqCst);
     }
 
+    /// A drain started (SIGQUIT, `--disconnect-after-task`): not ready, so
+    /// a load balancer or supervisor sends nothing new this way.
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
     pub fn liveness(&self) -> Verdict {
         let last = Duration::from_millis(self.beat.load(Ordering::Relaxed));
         let silent = self.started.elapsed().saturating_sub(last);
@@ -103,6 +111,12 @@ impl Health {
     pub async fn readiness(&self, runtime: &dyn Runtime) -> Verdict {
         if self.shutting_down.load(Ordering::SeqCst) {
             return Verdict::Unavailable("the worker is shutting down".into());
+        }
+        if self.draining.load(Ordering::SeqCst) {
+            return Verdict::Unavailable(
+                "draining: the worker finishes its running tasks, takes no new ones and then exits"
+                    .into(),
+            );
         }
         if !self.connected.load(Ordering::SeqCst) {
             if !self.ever_connected.load(Ordering::SeqCst) {
@@ -247,6 +261,8 @@ mod tests {
         h.set_connected(true);
         let broken = Checked(Err("daemon gone".into()));
         assert!(reason(h.readiness(&broken).await).contains("daemon gone"));
+        h.set_draining();
+        assert!(reason(h.readiness(&ok).await).starts_with("draining"));
         h.set_shutting_down();
         assert!(reason(h.readiness(&ok).await).contains("shutting down"));
     }

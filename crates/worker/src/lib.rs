@@ -7,6 +7,7 @@ pub mod config;
 pub mod connection;
 pub mod delivery;
 pub mod dial;
+pub mod drain;
 pub mod health;
 pub mod invocation;
 pub mod journal;
@@ -42,6 +43,20 @@ pub async fn run_with(
     config: WorkerConfig,
     runtime: Arc<dyn Runtime>,
     shutdown: impl std::future::Future<Output = ()>,
+) -> ExitCode {
+    run_with_drain(config, runtime, shutdown, std::future::pending()).await
+}
+
+/// [`run_with`], plus `drain`: when it resolves (SIGQUIT,
+/// [`drain::drain_signal`]) the worker drains ([`drain`]) and exits 0 once
+/// its tasks have ended and their reports are confirmed; `shutdown` during
+/// the drain falls back to the normal shutdown. With
+/// `--disconnect-after-task` the end of the first task starts the drain.
+pub async fn run_with_drain(
+    config: WorkerConfig,
+    runtime: Arc<dyn Runtime>,
+    shutdown: impl std::future::Future<Output = ()>,
+    drain: impl std::future::Future<Output = ()>,
 ) -> ExitCode {
     tracing::info!(worker_id = %config.worker_id, backend = runtime.name(), "starting: {}", runtime.describe());
     let (journal, inherited) = match journal::Journal::open(&config.state_dir, &config.worker_id) {
@@ -148,17 +163,48 @@ pub async fn run_with(
 
     let session_run = session.run();
     tokio::pin!(session_run);
-    tokio::select! {
+    tokio::pin!(shutdown);
+    tokio::pin!(drain);
+    let one_task_ended = manager.one_task_ended();
+    tokio::pin!(one_task_ended);
+    let draining = tokio::select! {
         _ = &mut session_run => return ExitCode::SUCCESS,
-        _ = shutdown => {}
+        _ = &mut shutdown => false,
+        _ = &mut drain => true,
+        _ = &mut one_task_ended => {
+            tracing::info!("--disconnect-after-task: the task has ended; disconnecting");
+            true
+        }
+    };
+    let mut drained = false;
+    if draining {
+        health.set_draining();
+        manager.start_drain();
+        tracing::info!(
+            "draining: {} task(s) running; new tasks are rejected as at capacity; the worker exits when they have ended (SIGTERM stops them now)",
+            manager.active()
+        );
+        tokio::select! {
+            _ = async {
+                tokio::join!(drain::finish(&manager, &delivery, &close), &mut session_run)
+            } => drained = true,
+            _ = &mut shutdown => {
+                tracing::info!("SIGTERM/SIGINT during the drain: shutting down the normal way");
+            }
+        }
     }
-    health.set_shutting_down();
-    tracing::info!("shutting down: {} task(s) running", manager.active());
-    // The session keeps running (delivering reports) while we wind down.
-    let (in_time, _) = tokio::join!(
-        wind_down(&manager, &config, &delivery, &close),
-        &mut session_run
-    );
+    let in_time = if drained {
+        true
+    } else {
+        health.set_shutting_down();
+        tracing::info!("shutting down: {} task(s) running", manager.active());
+        // The session keeps running (delivering reports) while we wind down.
+        let (in_time, _) = tokio::join!(
+            wind_down(&manager, &config, &delivery, &close),
+            &mut session_run
+        );
+        in_time
+    };
     runtime.shutdown(Duration::from_secs(10)).await;
     // A last push, so a collector sees the final state.
     exporter.shutdown().await;

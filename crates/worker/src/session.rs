@@ -8,7 +8,7 @@ use crate::delivery::Delivery;
 use crate::dial::DialError;
 use crate::metrics::Metrics;
 use oz_protocol::extensions::EXTENSIONS_HEADER;
-use oz_protocol::Extensions;
+use oz_protocol::{Extensions, WORKER_VERSION, WORKER_VERSION_HEADER};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 use tokio_util::sync::CancellationToken;
@@ -125,6 +125,12 @@ impl Session<'_> {
                 )
             })?;
         request.headers_mut().insert("Authorization", bearer);
+        // Every dial says which build it is (the Go worker does the same),
+        // so the orchestrator can record the build that claims an execution.
+        request.headers_mut().insert(
+            WORKER_VERSION_HEADER,
+            HeaderValue::from_static(WORKER_VERSION),
+        );
         // The proxy's part has its own deadline inside this one, so a proxy
         // that never answers is named when it runs out.
         let budget = self.timing.write_timeout * 3;

@@ -27,10 +27,18 @@ pub const FORCE_STOP_GRACE: Duration = Duration::from_secs(10);
 /// while the link is slow; what is still unsent then is dropped and counted.
 const OUTPUT_FLUSH_LIMIT: Duration = Duration::from_secs(2);
 
+/// The rejection reason the Go worker sends when it is full ("worker at
+/// maximum concurrency"); a draining worker sends it for every offer, so an
+/// orchestrator that knows only the reference protocol sends the task
+/// elsewhere, as it would for a full worker.
+pub const AT_CAPACITY_REASON: &str = "worker at maximum concurrency";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum StopCause {
     Cancelled,
     Shutdown,
+    /// The task ran past `task_timeout` (the limit it ran past).
+    Timeout(Duration),
 }
 
 struct Running {
@@ -55,6 +63,11 @@ pub struct TaskManager {
     /// By task id: one execution of a task at a time.
     running: Mutex<HashMap<String, Running>>,
     accepting: AtomicBool,
+    /// Set by [`TaskManager::start_drain`]: every offer is rejected as at
+    /// capacity; running tasks go on.
+    draining: AtomicBool,
+    /// `--disconnect-after-task`: set once a task was claimed; no other is.
+    claimed_one: AtomicBool,
     finished: Notify,
     /// The connection live output goes to (the newest one).
     current_link: Mutex<Option<Link>>,
@@ -76,6 +89,8 @@ impl TaskManager {
             metrics,
             running: Mutex::new(HashMap::new()),
             accepting: AtomicBool::new(true),
+            draining: AtomicBool::new(false),
+            claimed_one: AtomicBool::new(false),
             finished: Notify::new(),
             current_link: Mutex::new(None),
         })
@@ -177,8 +192,20 @@ impl TaskManager {
                 }
                 None => {}
             }
+            let one_only = self.config.disconnect_after_task
+                && (self.claimed_one.load(Ordering::SeqCst) || !running.is_empty());
             let refusal = if !self.accepting.load(Ordering::SeqCst) {
                 Some(("shutting_down", "worker is shutting down".to_string()))
+            } else if self.draining.load(Ordering::SeqCst) || one_only {
+                tracing::info!(
+                    task_id = task.task_id,
+                    "draining ({}): rejecting the task as at capacity so the orchestrator offers it elsewhere",
+                    if one_only { "--disconnect-after-task" } else { "SIGQUIT" }
+                );
+                Some((
+                    crate::metrics::REJECT_AT_CAPACITY,
+                    AT_CAPACITY_REASON.to_string(),
+                ))
             } else {
                 match self.config.max_concurrent_tasks {
                     Some(max) if running.len() >= max as usize => Some((
@@ -263,12 +290,32 @@ impl TaskManager {
                 return;
             }
             this.metrics.claimed();
+            this.claimed_one.store(true, Ordering::SeqCst);
             tracing::info!(
                 task_id = task.task_id,
                 execution_id = task.execution_id.as_deref().unwrap_or(""),
                 "claimed task"
             );
             let claimed_at = std::time::Instant::now();
+            // The task deadline counts from the claim: past it the task is
+            // stopped through the same token a cancellation uses.
+            let deadline = this.config.task_timeout.map(|limit| {
+                let (stop, cause) = (stop.clone(), cause.clone());
+                // In the task's span: the line names the task and execution.
+                tokio::spawn(tracing::Instrument::in_current_span(async move {
+                    tokio::time::sleep(limit).await;
+                    let mut cause = cause.lock().unwrap();
+                    if cause.is_none() {
+                        *cause = Some(StopCause::Timeout(limit));
+                        tracing::warn!(
+                            "the task ran past task_timeout ({}): stopping it",
+                            go_duration(limit)
+                        );
+                    }
+                    drop(cause);
+                    stop.cancel();
+                }))
+            });
             // Live output only for a server that asked for it.
             let (output, forwarder) = if link.extensions().task_output {
                 let (sink, reader) = OutputSink::channel();
@@ -290,6 +337,9 @@ impl TaskManager {
                     this.runtime.run(inv, ctx).await
                 }
             };
+            if let Some(deadline) = deadline {
+                deadline.abort();
+            }
             output.close();
             // The task's last output goes out before its report, so a reader
             // that stops at the report has it all; bounded, because a stalled
@@ -492,6 +542,52 @@ impl TaskManager {
         }
     }
 
+    /// Starts a drain: from now on every offer is rejected as at capacity
+    /// ([`AT_CAPACITY_REASON`]) and running tasks go on to their end. A
+    /// server that offered `worker-state` is told (now, and first on every
+    /// later connection).
+    pub fn start_drain(&self) {
+        if self.draining.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let link = self.current_link.lock().unwrap().clone();
+        if let Some(link) = link.filter(|l| l.is_open() && l.extensions().worker_state) {
+            self.send_in_background(&link, draining_message());
+        }
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Resolves once no task runs, however long that takes (a drain has no
+    /// deadline; a SIGTERM ends it the normal way).
+    pub async fn idle(&self) {
+        self.wait_until(|| self.active() == 0).await
+    }
+
+    /// Resolves once `--disconnect-after-task`'s one task has been claimed
+    /// and has ended (its report queued for delivery). Never without the flag.
+    pub async fn one_task_ended(&self) {
+        if !self.config.disconnect_after_task {
+            return std::future::pending().await;
+        }
+        self.wait_until(|| self.claimed_one.load(Ordering::SeqCst) && self.active() == 0)
+            .await
+    }
+
+    async fn wait_until(&self, done: impl Fn() -> bool) {
+        loop {
+            let notified = self.finished.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if done() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
     async fn wait_idle(&self, within: Duration) -> bool {
         let wait = async {
             loop {
@@ -590,18 +686,24 @@ pub struct Dispatch(pub Arc<TaskManager>);
 impl Inbound for Dispatch {
     fn connected(&self, link: &Link) {
         *self.0.current_link.lock().unwrap() = Some(link.clone());
-        if !link.extensions().task_reannounce {
+        // In order: that it drains first, then the tasks it still holds.
+        let mut messages = Vec::new();
+        if self.0.is_draining() && link.extensions().worker_state {
+            messages.push(draining_message());
+        }
+        if link.extensions().task_reannounce {
+            let held = self.0.journal.held();
+            if !held.is_empty() {
+                tracing::info!("re-announcing {} task(s) this worker holds", held.len());
+            }
+            messages.extend(
+                held.iter()
+                    .map(|(task, _)| self.0.claim_message(task, link)),
+            );
+        }
+        if messages.is_empty() {
             return;
         }
-        let held = self.0.journal.held();
-        if held.is_empty() {
-            return;
-        }
-        tracing::info!("re-announcing {} task(s) this worker holds", held.len());
-        let messages: Vec<WorkerMessage> = held
-            .iter()
-            .map(|(task, _)| self.0.claim_message(task, link))
-            .collect();
         let link = link.clone();
         tokio::spawn(async move {
             for m in messages {
@@ -657,6 +759,11 @@ impl Inbound for Dispatch {
     }
 }
 
+/// Extension `worker-state`: this worker is draining.
+fn draining_message() -> WorkerMessage {
+    WorkerMessage::WorkerState(WorkerState { draining: true })
+}
+
 fn log_report(msg: &WorkerMessage) {
     match msg {
         WorkerMessage::TaskFailed(f) => {
@@ -689,6 +796,24 @@ fn failure_of(msg: &WorkerMessage) -> Option<&FailureReason> {
     }
 }
 
+/// How a task stopped at its deadline is reported: reason `task_timeout`
+/// (PROTOCOL.md's bounded set) and a message naming the limit and the
+/// setting that raises it.
+fn timeout_failure(limit: Duration) -> Failure {
+    Failure::new(
+        FailureReason::TaskTimeout,
+        format!(
+            "task exceeded task_timeout {}; set task_timeout/--task-timeout to allow longer",
+            go_duration(limit)
+        ),
+    )
+}
+
+/// `limit` as Go prints a `time.Duration` (`30m0s`), as operators wrote it.
+fn go_duration(limit: Duration) -> String {
+    oz_foundation::duration::format_go_duration(limit.as_nanos().min(i64::MAX as u128) as i64)
+}
+
 /// The one terminal report for an execution's outcome.
 fn report(task: &TaskRef, outcome: RunOutcome, cause: Option<StopCause>) -> WorkerMessage {
     let failed = |f: Failure| {
@@ -711,6 +836,7 @@ fn report(task: &TaskRef, outcome: RunOutcome, cause: Option<StopCause>) -> Work
             })
         }
         (RunOutcome::Failed(f), _) => failed(f),
+        (RunOutcome::Stopped, Some(StopCause::Timeout(limit))) => failed(timeout_failure(limit)),
         (RunOutcome::Stopped, Some(StopCause::Shutdown)) => failed(Failure::new(
             FailureReason::GracefulShutdown,
             "the worker was shut down while the task ran; the task was stopped",
@@ -818,6 +944,16 @@ mod tests {
     }
 
     fn harness(behaviour: Behaviour, max: Option<u32>, ext: Extensions) -> Harness {
+        harness_with(behaviour, max, ext, CoreInputs::default())
+    }
+
+    /// [`harness`] with more core settings (`task_timeout`, …).
+    fn harness_with(
+        behaviour: Behaviour,
+        max: Option<u32>,
+        ext: Extensions,
+        more: CoreInputs,
+    ) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let config = WorkerConfig::resolve(
             &CoreInputs {
@@ -825,7 +961,7 @@ mod tests {
                 flag_api_key: Some(Secret::new("k")),
                 flag_max_concurrent_tasks: max,
                 flag_state_dir: Some(dir.path().to_path_buf()),
-                ..Default::default()
+                ..more
             },
             &HashMap::new(),
         )
@@ -1138,6 +1274,141 @@ mod tests {
             WorkerMessage::TaskRejected(r) => assert!(r.reason.contains("shutting down")),
             other => panic!("{other:?}"),
         }
+    }
+
+    /// Past `task_timeout` the task is stopped through its stop token (as a
+    /// cancellation) and reported `task_timeout`, naming the limit; a
+    /// stubborn one is not forced by the deadline (the runtime's grace is).
+    #[tokio::test(start_paused = true)]
+    async fn past_the_task_timeout_a_task_is_stopped_and_reported_task_timeout() {
+        let mut h = harness_with(
+            Behaviour::Obedient,
+            None,
+            Extensions::default(),
+            CoreInputs {
+                flag_task_timeout: Some("1.5s".into()),
+                ..Default::default()
+            },
+        );
+        h.send(assignment("t1", "e1"));
+        h.frame().await;
+        h.started().await;
+        let started = tokio::time::Instant::now();
+        match h.report(&task("t1", "e1")).await {
+            WorkerMessage::TaskFailed(f) => {
+                assert_eq!(f.failure_reason, FailureReason::TaskTimeout);
+                assert_eq!(
+                    f.message,
+                    "task exceeded task_timeout 1.5s; set task_timeout/--task-timeout to allow longer"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(started.elapsed() >= Duration::from_millis(1500));
+        // A task that ends in time is not touched by its deadline.
+        h.send(assignment("t2", "e2"));
+        h.frame().await;
+        h.started().await;
+        h.release("t2", RunOutcome::Completed);
+        assert_eq!(h.report(&task("t2", "e2")).await.kind(), "task_completed");
+    }
+
+    /// While draining, every offer is rejected with the Go worker's
+    /// at-capacity reason; the running task goes on and reports normally.
+    #[tokio::test]
+    async fn a_draining_worker_rejects_as_at_capacity_and_lets_its_task_finish() {
+        let ext = Extensions {
+            worker_state: true,
+            ..Default::default()
+        };
+        let mut h = harness(Behaviour::Obedient, None, ext);
+        Dispatch(h.manager.clone()).connected(&h.link);
+        h.send(assignment("t1", "e1"));
+        assert_eq!(h.frame().await.kind(), "task_claimed");
+        h.started().await;
+        h.manager.start_drain();
+        assert_eq!(
+            h.frame().await,
+            WorkerMessage::WorkerState(WorkerState { draining: true }),
+            "a server that offered worker-state is told"
+        );
+        h.send(assignment("t2", "e2"));
+        match h.frame().await {
+            WorkerMessage::TaskRejected(r) => {
+                assert_eq!(
+                    (r.task_id.as_str(), r.reason.as_str()),
+                    ("t2", AT_CAPACITY_REASON)
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        // A new connection hears that it drains first, then what it holds.
+        let both = Extensions {
+            worker_state: true,
+            task_reannounce: true,
+            ..Default::default()
+        };
+        let (next, mut next_wire) = Link::for_test(both, 2);
+        Dispatch(h.manager.clone()).connected(&next);
+        for want in ["worker_state", "task_claimed"] {
+            let (msg, written) = tokio::time::timeout(Duration::from_secs(5), next_wire.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            let _ = written.send(true);
+            assert_eq!(msg.kind(), want);
+        }
+        let manager = h.manager.clone();
+        let idle = manager.idle();
+        tokio::pin!(idle);
+        assert!(
+            futures_util::poll!(idle.as_mut()).is_pending(),
+            "a drain waits for the running task"
+        );
+        h.release("t1", RunOutcome::Completed);
+        tokio::time::timeout(Duration::from_secs(5), idle)
+            .await
+            .unwrap();
+        assert_eq!(h.report(&task("t1", "e1")).await.kind(), "task_completed");
+        assert_eq!(h.fake.runs.load(Ordering::SeqCst), 1);
+    }
+
+    /// `--disconnect-after-task`: one task is claimed, a second is rejected
+    /// as at capacity even while the first runs, and its end is signalled.
+    #[tokio::test]
+    async fn disconnect_after_task_claims_one_task_only() {
+        let mut h = harness_with(
+            Behaviour::Obedient,
+            None,
+            Extensions::default(),
+            CoreInputs {
+                flag_disconnect_after_task: true,
+                ..Default::default()
+            },
+        );
+        h.send(assignment("t1", "e1"));
+        assert_eq!(h.frame().await.kind(), "task_claimed");
+        h.started().await;
+        h.send(assignment("t2", "e2"));
+        match h.frame().await {
+            WorkerMessage::TaskRejected(r) => assert_eq!(r.reason, AT_CAPACITY_REASON),
+            other => panic!("{other:?}"),
+        }
+        let manager = h.manager.clone();
+        let ended = manager.one_task_ended();
+        tokio::pin!(ended);
+        assert!(futures_util::poll!(ended.as_mut()).is_pending());
+        h.release("t1", RunOutcome::Completed);
+        tokio::time::timeout(Duration::from_secs(5), ended)
+            .await
+            .unwrap();
+        h.report(&task("t1", "e1")).await;
+        h.send(assignment("t3", "e3"));
+        assert_eq!(
+            h.frame().await.kind(),
+            "task_rejected",
+            "still one task only"
+        );
     }
 
     #[tokio::test]

@@ -111,6 +111,7 @@ impl Dispatcher {
         output_limit: u64,
     ) -> Result<Dispatcher, StoreError> {
         let live = store.live_runs().await?;
+        let paused = store.paused_workers().await?;
         let d = Dispatcher {
             output: OutputLog::new(store.clone(), output_limit),
             store,
@@ -124,6 +125,9 @@ impl Dispatcher {
             let mut ix = d.lock();
             for run in live {
                 d.restore(&mut ix, run.seq, run.record);
+            }
+            for key in paused {
+                ix.set_paused(&key, true);
             }
         }
         Ok(d)
@@ -195,17 +199,28 @@ impl Dispatcher {
 
     // ---- connections ----
 
+    /// A worker connected; `version` is its `X-Warp-Worker-Version`.
     pub fn register(
         &self,
         team_id: i64,
         worker_id: &str,
+        version: Option<String>,
         tx: mpsc::UnboundedSender<Outgoing>,
     ) -> ConnId {
         let key = (team_id, worker_id.to_string());
         self.note_worker_seen(team_id, worker_id);
         let mut ix = self.lock();
         let id = ix.add_conn(key.clone(), tx, time::now());
-        tracing::info!(conn = id, team_id, worker_id, "worker connected");
+        if let Some(c) = ix.conn_mut(id) {
+            c.version = version.clone();
+        }
+        tracing::info!(
+            conn = id,
+            team_id,
+            worker_id,
+            version = version.as_deref().unwrap_or(""),
+            "worker connected"
+        );
         // Cancellations requested while no connection held the run.
         let orphans: Vec<String> = ix
             .runs()
@@ -307,6 +322,8 @@ impl Dispatcher {
                     connected_at: c.connected_at.clone(),
                     active_runs: c.held() + c.offered(),
                     at_capacity: c.at_capacity.as_ref().map(|a| a.reason.clone()),
+                    draining: c.draining,
+                    version: c.version.clone(),
                 });
         }
         for (_, r) in ix.runs().filter(|(_, r)| r.team_id == team_id) {
@@ -332,6 +349,18 @@ impl Dispatcher {
             Some(c) => c.key.clone(),
             None => return,
         };
+        if let WorkerMessage::WorkerState(state) = &msg {
+            let mut ix = self.lock();
+            if let Some(c) = ix.conn_mut(conn) {
+                if c.draining != state.draining {
+                    tracing::info!(conn, worker_id = %key.1, draining = state.draining, "worker state");
+                }
+                c.draining = state.draining;
+            }
+            // A connection that stopped draining may take runs again.
+            self.dispatch_key(&mut ix, &key);
+            return;
+        }
         if self.handle_live(conn, &key, &msg) {
             return;
         }
@@ -454,6 +483,8 @@ impl Dispatcher {
             WorkerMessage::TaskCompleted(_) | WorkerMessage::TaskFailed(_) => {
                 self.report(&mut ix, conn, key, msg);
             }
+            // Handled before any run is looked up.
+            WorkerMessage::WorkerState(_) => {}
         }
         true
     }
@@ -706,6 +737,46 @@ impl Dispatcher {
 
     // ---- API operations ----
 
+    /// Pauses or resumes worker id `worker_id` of `team_id`: while paused
+    /// none of its connections is offered a run (what they hold runs on);
+    /// a resume offers its queued runs at once. Stored, so it survives a
+    /// restart. `Ok(false)`: no worker ever connected with this id.
+    pub async fn set_paused(
+        &self,
+        team_id: i64,
+        worker_id: &str,
+        paused: bool,
+    ) -> Result<bool, StoreError> {
+        let key = (team_id, worker_id.to_string());
+        let live = self.lock().has_live(&key);
+        if !self
+            .store
+            .set_worker_paused(team_id, worker_id, paused, live)
+            .await?
+        {
+            return Ok(false);
+        }
+        let mut ix = self.lock();
+        if ix.set_paused(&key, paused) {
+            tracing::info!(
+                team_id,
+                worker_id,
+                paused,
+                "worker id {}",
+                if paused { "paused" } else { "resumed" }
+            );
+        }
+        if !paused {
+            self.dispatch_key(&mut ix, &key);
+        }
+        Ok(true)
+    }
+
+    /// Whether an operator paused this worker id.
+    pub fn is_paused(&self, team_id: i64, worker_id: &str) -> bool {
+        self.lock().is_paused(&(team_id, worker_id.to_string()))
+    }
+
     /// A fresh run id.
     pub fn new_run_id() -> String {
         format!("run_{:016x}", fastrand::u64(..))
@@ -928,11 +999,25 @@ impl Dispatcher {
         let key = live.key();
         let conns = ix.conns_of(&key);
         match live.state() {
+            RunState::Queued if ix.is_paused(&key) => Some(format!(
+                "worker id {:?} is paused: it is offered no run until resumed (`oz-agent-worker workers resume {}`, or Resume in the UI)",
+                run.spec.worker_host, run.spec.worker_host
+            )),
             RunState::Queued if conns.is_empty() => Some(format!(
                 "no worker with id {:?} is connected to this control plane for this team (ids are case-sensitive); the run starts when one connects",
                 run.spec.worker_host
             )),
             RunState::Queued => {
+                let draining = conns
+                    .iter()
+                    .filter(|&&c| ix.conn(c).is_some_and(|c| c.draining))
+                    .count();
+                if draining == conns.len() {
+                    return Some(format!(
+                        "every connected worker with id {:?} is draining (finishing its tasks before it exits); the run starts when a worker with this id that is not draining connects",
+                        run.spec.worker_host
+                    ));
+                }
                 let full: Vec<&AtCapacity> = conns
                     .iter()
                     .filter_map(|&c| ix.conn(c)?.at_capacity.as_ref())

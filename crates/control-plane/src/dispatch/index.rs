@@ -113,6 +113,11 @@ pub struct Conn {
     /// Claimed runs it holds.
     held: HashSet<String>,
     pub at_capacity: Option<AtCapacity>,
+    /// The worker said it is draining (extension `worker-state`): it takes
+    /// nothing new, so it is offered nothing.
+    pub draining: bool,
+    /// What the worker sent as `X-Warp-Worker-Version` when it connected.
+    pub version: Option<String>,
 }
 
 impl Conn {
@@ -128,6 +133,7 @@ impl Conn {
     /// Whether it may be offered a run now.
     pub fn can_take(&self, now: Instant) -> bool {
         !self.tx.is_closed()
+            && !self.draining
             && self.offered.is_empty()
             && self.at_capacity.as_ref().is_none_or(|c| {
                 self.held.len() < c.limit || now.duration_since(c.since) >= c.backoff
@@ -144,6 +150,9 @@ pub struct Index {
     by_worker: HashMap<WorkerKey, Vec<ConnId>>,
     cursor: HashMap<WorkerKey, usize>,
     next_conn: ConnId,
+    /// Worker ids paused by an operator: offered nothing until resumed;
+    /// what they already hold runs on.
+    paused: HashSet<WorkerKey>,
 }
 
 impl Index {
@@ -237,6 +246,9 @@ impl Index {
     /// The next offer for `key`: the oldest queued run and the next
     /// connection, in turn, that can take it.
     pub fn next_offer(&mut self, key: &WorkerKey, now: Instant) -> Option<(ConnId, String)> {
+        if self.paused.contains(key) {
+            return None;
+        }
         let run = self.queues.get(key)?.first_key_value()?.1.clone();
         let conns = self.by_worker.get(key)?;
         let n = conns.len();
@@ -247,6 +259,21 @@ impl Index {
         let conn = conns[i];
         self.cursor.insert(key.clone(), (i + 1) % n);
         Some((conn, run))
+    }
+
+    // ---- paused worker ids ----
+
+    /// Pauses or resumes `key`; returns whether that changed anything.
+    pub fn set_paused(&mut self, key: &WorkerKey, paused: bool) -> bool {
+        if paused {
+            self.paused.insert(key.clone())
+        } else {
+            self.paused.remove(key)
+        }
+    }
+
+    pub fn is_paused(&self, key: &WorkerKey) -> bool {
+        self.paused.contains(key)
     }
 
     // ---- connections ----
@@ -268,6 +295,8 @@ impl Index {
                 offered: HashSet::new(),
                 held: HashSet::new(),
                 at_capacity: None,
+                draining: false,
+                version: None,
             },
         );
         self.by_worker.entry(key).or_default().push(id);
@@ -402,6 +431,23 @@ mod tests {
         // Its task ended: a slot is free at once.
         ix.remove("held");
         assert_eq!(ix.next_offer(&key("w"), t0).unwrap().1, "r2");
+    }
+
+    #[test]
+    fn a_paused_worker_id_and_a_draining_connection_are_offered_nothing() {
+        let mut ix = Index::default();
+        let (a, _ra) = conn(&mut ix, "w");
+        let (b, _rb) = conn(&mut ix, "w");
+        ix.insert("r1", run(1, "w"), RunState::Queued, None);
+        let now = Instant::now();
+        assert!(ix.set_paused(&key("w"), true));
+        assert!(!ix.set_paused(&key("w"), true), "already paused");
+        assert!(ix.next_offer(&key("w"), now).is_none());
+        assert!(ix.set_paused(&key("w"), false));
+        ix.conn_mut(a).unwrap().draining = true;
+        assert_eq!(ix.next_offer(&key("w"), now).unwrap().0, b);
+        ix.conn_mut(b).unwrap().draining = true;
+        assert!(ix.next_offer(&key("w"), now).is_none());
     }
 
     #[test]

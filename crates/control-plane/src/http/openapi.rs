@@ -5,7 +5,7 @@
 
 use oz_runs_api::model::{
     ApiError, CreateRunRequest, CreateScheduleRequest, OutputChunk, OutputTruncated, Run, RunList,
-    RunOutput, RunResultRequest, RunState, Schedule, ScheduleList, WorkerList,
+    RunOutput, RunResultRequest, RunState, Schedule, ScheduleList, Worker, WorkerList,
     RUNS_PAGE_DEFAULT_LIMIT, RUNS_PAGE_MAX_LIMIT,
 };
 use schemars::generate::SchemaSettings;
@@ -25,6 +25,7 @@ pub fn document() -> Value {
     let truncated = gen.subschema_for::<OutputTruncated>().to_value();
     let result = gen.subschema_for::<RunResultRequest>().to_value();
     let workers = gen.subschema_for::<WorkerList>().to_value();
+    let worker = gen.subschema_for::<Worker>().to_value();
     let create_schedule = gen.subschema_for::<CreateScheduleRequest>().to_value();
     let schedule = gen.subschema_for::<Schedule>().to_value();
     let schedules = gen.subschema_for::<ScheduleList>().to_value();
@@ -46,6 +47,10 @@ pub fn document() -> Value {
         "name": "id", "in": "path", "required": true, "schema": { "type": "string" },
         "description": "The schedule id (`sch_…`)."
     });
+    let worker_id = json!({
+        "name": "id", "in": "path", "required": true, "schema": { "type": "string" },
+        "description": "The worker id (as given to the worker's `--worker-id`; case-sensitive)."
+    });
     let run_id = json!({
         "name": "id", "in": "path", "required": true, "schema": { "type": "string" },
         "description": "The run id (`run_…`)."
@@ -55,7 +60,7 @@ pub fn document() -> Value {
         "info": {
             "title": "oz-agent-worker control plane: runs API",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "Create, list, inspect and cancel runs on a local control plane, read and follow their live output, schedule runs with cron expressions, and list the team's worker ids. Every call needs a team API key (`Authorization: Bearer ozk_…`, created with `oz-agent-worker api-keys create --team NAME`); a team only ever sees its own runs. Runs move queued → assigned → claimed → succeeded | failed | cancelled; a run goes back to queued when its worker rejects it or disconnects before claiming it."
+            "description": "Create, list, inspect and cancel runs on a local control plane, read and follow their live output, schedule runs with cron expressions, and list, pause and resume the team's worker ids. Every call needs a team API key (`Authorization: Bearer ozk_…`, created with `oz-agent-worker api-keys create --team NAME`); a team only ever sees its own runs. Runs move queued → assigned → claimed → succeeded | failed | cancelled; a run goes back to queued when its worker rejects it or disconnects before claiming it."
         },
         "components": {
             "securitySchemes": {
@@ -221,10 +226,35 @@ pub fn document() -> Value {
             "/api/v1/workers": {
                 "get": {
                     "operationId": "listWorkers",
-                    "summary": "Every worker id the team's workers have connected with: its live connections (one per worker process, since when, runs held), runs active and queued for it, first and last seen.",
+                    "summary": "Every worker id the team's workers have connected with: its live connections (one per worker process, since when, its version, runs held, at capacity or draining), whether it is paused, runs active and queued for it, first and last seen.",
+                    "description": "A connection shows `draining` only when its worker says so through the `worker-state` protocol extension (this project's worker does, on SIGQUIT or after its one task with --disconnect-after-task); another worker that drains shows as at capacity, since all it sends is a rejection.",
                     "responses": {
                         "200": ok("The worker ids, connected ones first.", &workers),
                         "401": unauthorized
+                    }
+                }
+            },
+            "/api/v1/workers/{id}/pause": {
+                "post": {
+                    "operationId": "pauseWorker",
+                    "summary": "Pause a worker id: none of its connections is offered a run until it is resumed; the runs it holds go on. Stored: a restart keeps it paused. Pausing a paused id changes nothing.",
+                    "parameters": [worker_id],
+                    "responses": {
+                        "200": ok("The worker id, paused.", &worker),
+                        "401": unauthorized,
+                        "404": err("No worker with this id has connected for this team.")
+                    }
+                }
+            },
+            "/api/v1/workers/{id}/resume": {
+                "post": {
+                    "operationId": "resumeWorker",
+                    "summary": "Resume a worker id: its queued runs are offered at once.",
+                    "parameters": [worker_id],
+                    "responses": {
+                        "200": ok("The worker id, resumed.", &worker),
+                        "401": unauthorized,
+                        "404": err("No worker with this id has connected for this team.")
                     }
                 }
             },

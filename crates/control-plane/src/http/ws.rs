@@ -15,7 +15,7 @@ use hyper_util::rt::TokioIo;
 use oz_protocol::extensions::EXTENSIONS_HEADER;
 use oz_protocol::{
     decode_worker_frame, encode, is_reserved_worker_id, DecodeError, Extensions,
-    RESERVED_WORKER_ID_PREFIX,
+    RESERVED_WORKER_ID_PREFIX, WORKER_VERSION_HEADER,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -81,6 +81,11 @@ pub async fn upgrade(mut req: Request<Incoming>, shared: Arc<Shared>) -> Respons
             "this endpoint needs a WebSocket upgrade (version 13)",
         );
     };
+    let version = req
+        .headers()
+        .get(WORKER_VERSION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.chars().take(64).collect::<String>());
     let accept = derive_accept_key(key.as_bytes());
     let on_upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
@@ -89,7 +94,7 @@ pub async fn upgrade(mut req: Request<Incoming>, shared: Arc<Shared>) -> Respons
                 let ws =
                     WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None)
                         .await;
-                run_connection(ws, shared, team.id, worker_id).await;
+                run_connection(ws, shared, team.id, worker_id, version).await;
             }
             Err(e) => tracing::warn!("worker WebSocket upgrade failed: {e}"),
         }
@@ -111,12 +116,13 @@ async fn run_connection<S>(
     shared: Arc<Shared>,
     team_id: i64,
     worker_id: String,
+    version: Option<String>,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let (tx, mut outbox) = mpsc::unbounded_channel::<Outgoing>();
     let dispatcher = shared.dispatcher.clone();
-    let conn = dispatcher.register(team_id, &worker_id, tx);
+    let conn = dispatcher.register(team_id, &worker_id, version, tx);
     let (mut sink, mut stream) = ws.split();
     let read_timeout = shared.worker_read_timeout;
     let mut deadline = tokio::time::Instant::now() + read_timeout;

@@ -213,6 +213,8 @@ pub struct WorkerRecord {
     pub worker_id: String,
     pub first_seen_at: String,
     pub last_seen_at: String,
+    /// RFC 3339, UTC: since when an operator has it paused.
+    pub paused_at: Option<String>,
 }
 
 /// A run that has not ended, as loaded at start-up: its creation order too.
@@ -338,6 +340,8 @@ const MIGRATIONS: &[&str] = &[
     // 3: a team's runs by creation position, for `GET /api/v1/runs` pages
     // (one index range per page, however many runs other teams have).
     "CREATE INDEX runs_by_team ON runs(team_id, seq);",
+    // 4: worker ids paused by an operator.
+    "ALTER TABLE workers ADD COLUMN paused_at TEXT;",
 ];
 
 const RUN_COLUMNS: &str = "id, team_id, state, spec_json, created_at, updated_at, execution_id, \
@@ -752,7 +756,7 @@ impl Store {
     pub fn list_workers(&self, team_id: i64) -> Pending<Vec<WorkerRecord>> {
         self.call(move |conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT worker_id, first_seen_at, last_seen_at FROM workers
+                "SELECT worker_id, first_seen_at, last_seen_at, paused_at FROM workers
                  WHERE team_id = ?1 ORDER BY worker_id",
             )?;
             let rows = stmt.query_map([team_id], |r| {
@@ -760,8 +764,49 @@ impl Store {
                     worker_id: r.get(0)?,
                     first_seen_at: r.get(1)?,
                     last_seen_at: r.get(2)?,
+                    paused_at: r.get(3)?,
                 })
             })?;
+            Ok(rows.collect::<std::result::Result<_, _>>()?)
+        })
+    }
+
+    /// Pauses (`paused_at` = now, kept when already paused) or resumes a
+    /// worker id of the team; `false` when no worker ever connected with it.
+    /// `live`: a connection with this id is up (its record may still be on
+    /// its way), so the record is created when missing.
+    pub fn set_worker_paused(
+        &self,
+        team_id: i64,
+        worker_id: &str,
+        paused: bool,
+        live: bool,
+    ) -> Pending<bool> {
+        let worker_id = worker_id.to_string();
+        self.call(move |conn| {
+            if live {
+                conn.execute(
+                    "INSERT OR IGNORE INTO workers (team_id, worker_id, first_seen_at, last_seen_at)
+                     VALUES (?1, ?2, ?3, ?3)",
+                    params![team_id, worker_id, time::now()],
+                )?;
+            }
+            let n = conn.execute(
+                "UPDATE workers SET paused_at = CASE WHEN ?3 THEN COALESCE(paused_at, ?4) END
+                 WHERE team_id = ?1 AND worker_id = ?2",
+                params![team_id, worker_id, paused, time::now()],
+            )?;
+            Ok(n > 0)
+        })
+    }
+
+    /// Every paused worker id, as (team id, worker id), for a start.
+    pub fn paused_workers(&self) -> Pending<Vec<(i64, String)>> {
+        self.call(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT team_id, worker_id FROM workers WHERE paused_at IS NOT NULL",
+            )?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
             Ok(rows.collect::<std::result::Result<_, _>>()?)
         })
     }

@@ -44,7 +44,7 @@ pub async fn handle(req: Request<Incoming>, shared: &Arc<Shared>) -> Response<Bo
         ["runs", id, "output"] => api_output::handle(req, shared, team, id).await,
         ["runs", rest @ ..] => api_runs::handle(req, shared, team, rest).await,
         ["schedules", rest @ ..] => api_schedules::handle(req, shared, team, rest).await,
-        ["workers"] => api_workers::handle(req, shared, team).await,
+        ["workers", rest @ ..] => api_workers::handle(req, shared, team, rest).await,
         _ => Err(no_such_endpoint(&path)),
     };
     answer.unwrap_or_else(|r| r)

@@ -1,19 +1,69 @@
-//! The worker ids of a team, `GET /api/v1/workers` → `WorkerList`: every
-//! id its workers ever connected with (kept in the database), each with its
-//! live connections (one per worker process), since when, and the runs it
-//! holds or has queued. The UI's host dropdown lists these ids.
+//! The worker ids of a team:
+//!
+//! - `GET /api/v1/workers` → `WorkerList`: every id its workers ever
+//!   connected with (kept in the database), each with its live connections
+//!   (one per worker process: since when, its version, whether it is at
+//!   capacity or draining), whether it is paused, and the runs it holds or
+//!   has queued. The UI's host dropdown lists these ids.
+//! - `POST /api/v1/workers/{id}/pause` and `/resume` → 200 `Worker`: no run
+//!   is offered to a paused id (what it runs goes on); a resume offers its
+//!   queued runs at once. 404 for an id no worker of the team connected with.
 
 #![allow(clippy::result_large_err)]
 
-use crate::http::endpoint_support::{internal, json_response, method_not_allowed, Answer, Shared};
+use crate::http::endpoint_support::{
+    error_response, internal, json_response, method_not_allowed, no_such_endpoint, Answer, Shared,
+};
 use http::{Method, Request, StatusCode};
 use hyper::body::Incoming;
 use oz_runs_api::model::{Worker, WorkerList};
 
-pub async fn handle(req: Request<Incoming>, shared: &Shared, team_id: i64) -> Answer {
-    if req.method() != Method::GET {
-        return Err(method_not_allowed(req.method(), req.uri().path()));
+/// `rest`: the path segments after `workers`.
+pub async fn handle(
+    req: Request<Incoming>,
+    shared: &Shared,
+    team_id: i64,
+    rest: &[&str],
+) -> Answer {
+    match (req.method().clone(), rest) {
+        (Method::GET, []) => Ok(json_response(
+            StatusCode::OK,
+            &WorkerList {
+                workers: list(shared, team_id).await?,
+            },
+        )),
+        (Method::POST, [id, action @ ("pause" | "resume")]) => {
+            let found = shared
+                .dispatcher
+                .set_paused(team_id, id, *action == "pause")
+                .await
+                .map_err(internal)?;
+            let worker = list(shared, team_id)
+                .await?
+                .into_iter()
+                .find(|w| w.worker_id == *id)
+                .filter(|_| found);
+            match worker {
+                Some(w) => Ok(json_response(StatusCode::OK, &w)),
+                None => Err(error_response(
+                    StatusCode::NOT_FOUND,
+                    &format!(
+                        "no worker with id {id:?} has connected to this control plane for this team (ids are case-sensitive); `oz-agent-worker workers list` shows them"
+                    ),
+                )),
+            }
+        }
+        (m, [] | [_, "pause" | "resume"]) => Err(method_not_allowed(&m, req.uri().path())),
+        _ => Err(no_such_endpoint(req.uri().path())),
     }
+}
+
+/// The team's worker ids: connected ones first, then the others, each
+/// group by id.
+async fn list(
+    shared: &Shared,
+    team_id: i64,
+) -> Result<Vec<Worker>, http::Response<crate::http::endpoint_support::Body>> {
     let seen = shared
         .dispatcher
         .store()
@@ -30,6 +80,8 @@ pub async fn handle(req: Request<Incoming>, shared: &Shared, team_id: i64) -> An
                 connections: activity.connections,
                 active_runs: activity.active_runs,
                 queued_runs: activity.queued_runs,
+                paused: w.paused_at.is_some(),
+                paused_at: w.paused_at,
                 first_seen_at: w.first_seen_at,
                 last_seen_at: w.last_seen_at,
             }
@@ -46,6 +98,8 @@ pub async fn handle(req: Request<Incoming>, shared: &Shared, team_id: i64) -> An
                     .map(|c| c.connected_at.clone())
                     .unwrap_or_default();
                 Worker {
+                    paused: shared.dispatcher.is_paused(team_id, &worker_id),
+                    paused_at: None,
                     worker_id,
                     connections: a.connections,
                     active_runs: a.active_runs,
@@ -58,5 +112,5 @@ pub async fn handle(req: Request<Incoming>, shared: &Shared, team_id: i64) -> An
     workers.sort_by(|a, b| {
         (a.connections.is_empty(), &a.worker_id).cmp(&(b.connections.is_empty(), &b.worker_id))
     });
-    Ok(json_response(StatusCode::OK, &WorkerList { workers }))
+    Ok(workers)
 }

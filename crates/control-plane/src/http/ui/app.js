@@ -88,22 +88,53 @@ async function workersView() {
         return;
       }
       holder.replaceChildren(table(
-        ['Worker id', 'Processes', 'Connected since', 'Active runs', 'Queued', 'Last seen'],
+        ['Worker id', 'State', 'Processes', 'Connected since', 'Active runs', 'Queued', 'Last seen', ''],
         workers.map((w) => el('tr', {
           'data-worker-id': w.worker_id,
           class: w.connections.length ? 'connected' : 'offline',
         },
         el('td', {}, w.worker_id),
+        el('td', { class: 'worker-state' }, workerState(w)),
         el('td', { class: 'processes' }, String(w.connections.length)),
         el('td', {}, w.connections.length ? time(w.connections[0].connected_at) : 'offline'),
         el('td', {}, String(w.active_runs)),
         el('td', {}, String(w.queued_runs)),
-        el('td', {}, time(w.last_seen_at)))),
+        el('td', {}, time(w.last_seen_at)),
+        el('td', {}, el('button', {
+          type: 'button',
+          class: 'pause-toggle',
+          onclick: async () => {
+            try {
+              await api('POST', '/api/v1/workers/' + encodeURIComponent(w.worker_id) + (w.paused ? '/resume' : '/pause'));
+              showError(null);
+            } catch (e) { showError(e); }
+          },
+        }, w.paused ? 'Resume' : 'Pause')))),
         { class: 'list' }));
       showError(null);
     } catch (e) { showError(e); }
   });
 }
+
+// Paused (an operator's choice) first; draining only when every process
+// of the id says so (the worker-state extension), else how many are at
+// capacity.
+function workerState(w) {
+  const parts = [];
+  if (w.paused) parts.push('paused');
+  const n = w.connections.length;
+  const draining = w.connections.filter((c) => c.draining).length;
+  const full = w.connections.filter((c) => c.at_capacity && !c.draining).length;
+  if (n === 0) parts.push('offline');
+  else if (draining === n) parts.push('draining');
+  else {
+    if (draining) parts.push(draining + ' draining');
+    if (full) parts.push(full + ' at capacity');
+    if (!draining && !full) parts.push('online');
+  }
+  return parts.join(', ');
+}
+
 
 // Runs per page of the runs view; the API allows up to RUNS_MAX per request.
 const RUNS_PAGE = 50;
