@@ -259,9 +259,13 @@ async fn build_runtime(
                 env.var("PATH").as_deref(),
             )
             .map_err(config)?;
-            Ok(Arc::new(
-                crate::runtime::direct::DirectRuntime::new(ctx, settings).map_err(Start)?,
-            ))
+            use crate::runtime::direct::{DirectRuntime, StartError};
+            Ok(Arc::new(DirectRuntime::new(ctx, settings).map_err(
+                |e| match e {
+                    StartError::Config(e) => BuildError::Config(e),
+                    StartError::Host(e) => Start(e),
+                },
+            )?))
         }
         "command" => {
             use crate::runtime::command::config::Settings;
@@ -280,6 +284,7 @@ async fn build_runtime(
 
 pub async fn run(args: WorkerArgs) -> ExitCode {
     super::logging::init_with(&args.log_level, args.log_format);
+    crate::hardening::log_outcome();
     let resolved = match resolve(&args, &ProcessEnv) {
         Ok(r) => r,
         Err(e) => {
