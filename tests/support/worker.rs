@@ -149,6 +149,11 @@ pub struct WorkerOptions<'a> {
     pub env: Vec<(String, String)>,
     /// Instead of the plane's valid key.
     pub api_key: Option<&'a str>,
+    /// A program (and its arguments) that runs the worker, e.g. `setpriv`
+    /// with another user's ids; it must `exec` the worker (same pid).
+    pub wrapper: Vec<String>,
+    /// Instead of the shared test state directory.
+    pub state_dir: Option<PathBuf>,
 }
 
 impl WorkerProcess {
@@ -187,7 +192,15 @@ impl WorkerProcess {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("worker.log");
         let log_file = std::fs::File::create(&log).unwrap();
-        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_oz-agent-worker"));
+        let bin = env!("CARGO_BIN_EXE_oz-agent-worker");
+        let mut cmd = match opts.wrapper.split_first() {
+            None => tokio::process::Command::new(bin),
+            Some((program, args)) => {
+                let mut c = tokio::process::Command::new(program);
+                c.args(args).arg(bin);
+                c
+            }
+        };
         cmd.args(["--worker-id", opts.worker_id])
             .args(["--web-socket-url", ws_url])
             .args(["--server-root-url", root_url])
@@ -207,7 +220,11 @@ impl WorkerProcess {
                 },
             )
             .arg("--state-dir")
-            .arg(std::env::temp_dir().join("oz-worker-test-state"))
+            .arg(
+                opts.state_dir
+                    .clone()
+                    .unwrap_or_else(|| std::env::temp_dir().join("oz-worker-test-state")),
+            )
             .args(["--log-level", "debug"])
             .args(&opts.extra_args)
             .env("WARP_API_KEY", key)
@@ -232,6 +249,11 @@ impl WorkerProcess {
             worker_id: opts.worker_id.to_string(),
             _dir: dir,
         }
+    }
+
+    /// The worker's pid (also through a wrapper that execs it).
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("worker still running")
     }
 
     pub fn log_text(&self) -> String {
