@@ -40,7 +40,10 @@ pub fn log_outcome() {
         tracing::warn!("cannot clear the API key from the worker's initial environment block (/proc/self/environ): {e}");
     }
     if h.scrubbed > 0 {
-        tracing::debug!("cleared {} key variable(s) from the initial environment block", h.scrubbed);
+        tracing::debug!(
+            "cleared {} key variable(s) from the initial environment block",
+            h.scrubbed
+        );
     }
 }
 
@@ -70,7 +73,9 @@ fn harden_now() -> Hardened {
         }
     };
     Hardened {
-        dumpable_error: nix::sys::prctl::set_dumpable(false).err().map(|e| e.to_string()),
+        dumpable_error: nix::sys::prctl::set_dumpable(false)
+            .err()
+            .map(|e| e.to_string()),
         scrubbed,
         scrub_error,
     }
@@ -128,10 +133,7 @@ mod tests {
     #[test]
     fn finds_whole_entries_by_exact_name() {
         let block = b"PATH=/bin\0WARP_API_KEY=k1\0WARP_API_KEY_FILE=/f\0WARP_API_KEYS=no\0X=WARP_API_KEY=no\0";
-        assert_eq!(
-            entries_to_clear(block, &SECRET_VARS),
-            [(10, 15), (26, 20)]
-        );
+        assert_eq!(entries_to_clear(block, &SECRET_VARS), [(10, 15), (26, 20)]);
     }
 
     #[test]

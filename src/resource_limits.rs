@@ -6,9 +6,15 @@
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LimitError {
     /// Not a number with an optional unit.
-    Malformed { value: String, expected: &'static str },
+    Malformed {
+        value: String,
+        expected: &'static str,
+    },
     /// A number out of range (zero, negative where not allowed, too large).
-    OutOfRange { value: String, expected: &'static str },
+    OutOfRange {
+        value: String,
+        expected: &'static str,
+    },
 }
 
 impl std::fmt::Display for LimitError {
@@ -86,15 +92,12 @@ pub fn parse_memory_swap(value: &str) -> Result<Option<u64>, LimitError> {
 /// finest step.
 pub fn parse_cpus(value: &str) -> Result<u64, LimitError> {
     const EXPECTED: &str = "a positive number of CPUs, as Docker's --cpus (\"1.5\")";
-    let n: f64 = value
-        .trim()
-        .parse()
-        .map_err(|_| LimitError::Malformed {
-            value: value.to_string(),
-            expected: EXPECTED,
-        })?;
+    let n: f64 = value.trim().parse().map_err(|_| LimitError::Malformed {
+        value: value.to_string(),
+        expected: EXPECTED,
+    })?;
     let micros = (n * 1e6).round();
-    if !n.is_finite() || micros < 1.0 || micros > 1e12 {
+    if !n.is_finite() || !(1.0..=1e12).contains(&micros) {
         return Err(LimitError::OutOfRange {
             value: value.to_string(),
             expected: EXPECTED,

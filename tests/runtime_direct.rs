@@ -123,15 +123,20 @@ impl Direct {
     }
 
     async fn worker_with(&self, id: &str, config: &Path, extra: &[&str]) -> WorkerProcess {
-        WorkerProcess::start(&self.plane, Engine::None, self.options_with(id, config, extra))
-            .await
+        WorkerProcess::start(
+            &self.plane,
+            Engine::None,
+            self.options_with(id, config, extra),
+        )
+        .await
     }
 
     /// Lets `oz-agent-test` (scripts/test-env.sh makes it) reach the test's
     /// folders: the root searchable, the report folder writable.
     fn open_to_the_test_user(&self) {
         use std::os::unix::fs::PermissionsExt;
-        let mode = |p: &Path, m| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+        let mode =
+            |p: &Path, m| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
         mode(self.root.path(), 0o755);
         mode(&self.path("report"), 0o777);
     }
@@ -263,7 +268,10 @@ async fn success_path_contract() {
         "the agent leads its own process group"
     );
     let oom: i32 = s.report(&run, "oom_score_adj").trim().parse().unwrap();
-    assert!(oom > 0, "the agent, not the worker, is the OOM killer's choice: {oom}");
+    assert!(
+        oom > 0,
+        "the agent, not the worker, is the OOM killer's choice: {oom}"
+    );
 
     let env = s.env(&run);
     let git_config = workspace.join(".gitconfig").display().to_string();
@@ -672,7 +680,11 @@ fn test_user() -> (u32, u32) {
             out.status.success(),
             "no user {TEST_USER}: run scripts/test-env.sh up"
         );
-        String::from_utf8(out.stdout).unwrap().trim().parse().unwrap()
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
     };
     (id("-u"), id("-g"))
 }
@@ -772,11 +784,18 @@ async fn a_stop_gives_the_grace_to_a_child_that_left_the_process_group() {
     let grace = Duration::from_secs(3);
     let _w = s.worker(&id, &["--stop-grace-period", "3s"]).await;
     let run = s
-        .run(&id, &[("FAKE_OZ_BEHAVIOUR", "hold"), ("FAKE_OZ_SETSID", "1")])
+        .run(
+            &id,
+            &[("FAKE_OZ_BEHAVIOUR", "hold"), ("FAKE_OZ_SETSID", "1")],
+        )
         .await;
     wait_file(&s.report_dir(&run).join("ready")).await;
     let (agent, child) = (s.pid(&run, "pid"), s.pid(&run, "gc_pid"));
-    assert_ne!(pgid_of(child), pgid_of(agent), "the child left the agent's group");
+    assert_ne!(
+        pgid_of(child),
+        pgid_of(agent),
+        "the child left the agent's group"
+    );
 
     s.plane.client().cancel_run(&run).await.unwrap();
     let done = wait_terminal(&s.plane, &run, RUN_TIMEOUT).await;
@@ -784,7 +803,13 @@ async fn a_stop_gives_the_grace_to_a_child_that_left_the_process_group() {
     wait_gone(agent, "the agent").await;
     wait_gone(child, "the escaped child").await;
     let nanos = |name: &str| -> u64 {
-        s.report(&run, name).lines().next().unwrap().trim().parse().unwrap()
+        s.report(&run, name)
+            .lines()
+            .next()
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
     };
     let (term, alive) = (nanos("gc_term"), nanos("gc_alive"));
     let lived = Duration::from_nanos(alive.saturating_sub(term));
@@ -799,10 +824,7 @@ async fn a_killed_worker_leaves_no_process_of_its_task_after_its_restart() {
     let s = Direct::new().await;
     let (setup_marker, agent_marker) = (marker(3333), marker(3334));
     let report = s.path("report");
-    let config = s.custom_config(
-        "kill.yaml",
-        &background_setup(&report, &setup_marker),
-    );
+    let config = s.custom_config("kill.yaml", &background_setup(&report, &setup_marker));
     let id = unique_id("direct-kill-tree");
     let mut w = s.worker_with(&id, &config, &[]).await;
     let run = s
@@ -852,7 +874,10 @@ fn cgroup_v2_offers(controller: &str) -> bool {
         return false;
     };
     let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
-    let own = own.lines().find_map(|l| l.strip_prefix("0::")).unwrap_or("/");
+    let own = own
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .unwrap_or("/");
     std::fs::read_to_string(format!("{mount}{own}/cgroup.controllers"))
         .is_ok_and(|c| c.split_whitespace().any(|x| x == controller))
 }
@@ -890,7 +915,11 @@ async fn a_memory_limit_is_enforced_or_refused_at_start_up() {
         let mut w = WorkerProcess::spawn(&s.plane, Engine::None, s.options_with(&id, &config, &[]));
         let status = w.wait_exit(Duration::from_secs(30)).await;
         assert_eq!(status.code(), Some(2), "log:\n{}", w.log_text());
-        assert!(w.log_text().contains("backend.direct.pids_limit"), "{}", w.log_text());
+        assert!(
+            w.log_text().contains("backend.direct.pids_limit"),
+            "{}",
+            w.log_text()
+        );
     }
 }
 
@@ -921,7 +950,11 @@ async fn a_hostile_agent_running_as_the_configured_user_finds_no_key() {
         .await;
     let done = wait_terminal(&s.plane, &run, RUN_TIMEOUT).await;
     assert_eq!(done.state, RunState::Succeeded, "{done:#?}");
-    assert_eq!(s.report(&run, "uid").trim(), uid.to_string(), "ran as {TEST_USER}");
+    assert_eq!(
+        s.report(&run, "uid").trim(),
+        uid.to_string(),
+        "ran as {TEST_USER}"
+    );
     let found = s.report(&run, "found");
     assert!(
         found.contains(&format!("== /proc/{worker_pid}/environ")),
@@ -931,7 +964,10 @@ async fn a_hostile_agent_running_as_the_configured_user_finds_no_key() {
         found.contains("Permission denied"),
         "the worker's /proc files and state are closed to it: {found}"
     );
-    assert!(!found.contains(&s.plane.key), "the key leaked to the agent:\n{found}");
+    assert!(
+        !found.contains(&s.plane.key),
+        "the key leaked to the agent:\n{found}"
+    );
     assert!(!found.contains("WARP_API_KEY"), "{found}");
 }
 
@@ -969,7 +1005,10 @@ async fn as_root_without_a_user_the_worker_warns_and_its_environment_has_no_key(
         environ.contains(WORKER_ONLY.0),
         "root read the worker's environment block: {found}"
     );
-    assert!(!found.contains(&s.plane.key), "the key leaked to the agent:\n{found}");
+    assert!(
+        !found.contains(&s.plane.key),
+        "the key leaked to the agent:\n{found}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1014,7 +1053,10 @@ async fn an_invalid_environment_name_fails_the_task_before_anything_runs() {
         }
         other => panic!("expected task_failed, got {other:?}"),
     }
-    assert!(s.logged("setup.log", "bad-env").is_empty(), "no setup command");
+    assert!(
+        s.logged("setup.log", "bad-env").is_empty(),
+        "no setup command"
+    );
     assert!(!s.report_dir("bad-env").exists(), "no agent");
     assert_eq!(std::fs::read_dir(s.workspace_root()).unwrap().count(), 0);
 }
@@ -1054,7 +1096,11 @@ async fn an_agent_that_deletes_its_workspace_still_gets_its_teardown() {
     assert_eq!(done.state, RunState::Succeeded, "{done:#?}");
     let workspace = s.workspace_root().join(&run);
     let teardown = s.teardown_of(&run).await;
-    assert_eq!(teardown[1], workspace.display().to_string(), "in the workspace");
+    assert_eq!(
+        teardown[1],
+        workspace.display().to_string(),
+        "in the workspace"
+    );
     w.wait_for_log("the task deleted its workspace", RUN_TIMEOUT)
         .await;
     assert!(!w.log_text().contains("No such file"), "{}", w.log_text());
@@ -1141,5 +1187,9 @@ async fn the_setup_dotenv_file_is_read_as_godotenv_reads_it() {
         assert_eq!(env.get(k).map(String::as_str), Some(v), "{k}: {env:?}");
     }
     w.wait_for_log("line 3", RUN_TIMEOUT).await;
-    assert!(w.log_text().contains("$OZ_ENVIRONMENT_FILE"), "{}", w.log_text());
+    assert!(
+        w.log_text().contains("$OZ_ENVIRONMENT_FILE"),
+        "{}",
+        w.log_text()
+    );
 }

@@ -92,8 +92,8 @@ impl Cgroups {
         let mut dir = mount.join(own.trim_start_matches('/'));
         let needed = controllers_needed(limits);
         if !needed.is_empty() {
-            let available = std::fs::read_to_string(dir.join("cgroup.controllers"))
-                .unwrap_or_default();
+            let available =
+                std::fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_default();
             let available: Vec<&str> = available.split_whitespace().collect();
             for (controller, key) in &needed {
                 if !available.contains(controller) {
@@ -111,9 +111,12 @@ impl Cgroups {
             limits: limits.clone(),
         };
         // A probe proves the worker may make (and fill in) task cgroups.
-        let probe = cgroups
-            .create("probe")
-            .map_err(|e| why(format!("cannot make a task cgroup under {}: {e}", cgroups.parent.display())))?;
+        let probe = cgroups.create("probe").map_err(|e| {
+            why(format!(
+                "cannot make a task cgroup under {}: {e}",
+                cgroups.parent.display()
+            ))
+        })?;
         probe.remove();
         Ok(cgroups)
     }
@@ -127,7 +130,13 @@ impl Cgroups {
     pub fn create(&self, task_id: &str) -> std::io::Result<TaskCgroup> {
         let safe: String = task_id
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
             .take(48)
             .collect();
         let name = format!(
@@ -222,7 +231,10 @@ impl TaskCgroup {
             })
         };
         if let Some(m) = l.cpu_micros {
-            put("cpu.max", format!("{} {CPU_PERIOD_US}", m * CPU_PERIOD_US / 1_000_000))?;
+            put(
+                "cpu.max",
+                format!("{} {CPU_PERIOD_US}", m * CPU_PERIOD_US / 1_000_000),
+            )?;
         }
         if let Some(m) = l.memory_bytes {
             put("memory.max", m.to_string())?;
@@ -347,7 +359,10 @@ impl TaskCgroup {
                         self.kill_all();
                     }
                     if attempt == 49 {
-                        tracing::warn!("cannot remove the task cgroup {}: {e}", self.path.display());
+                        tracing::warn!(
+                            "cannot remove the task cgroup {}: {e}",
+                            self.path.display()
+                        );
                     }
                     std::thread::sleep(Duration::from_millis(20));
                 }
@@ -369,7 +384,10 @@ mod tests {
             cgroup2_mount(hybrid),
             Some(PathBuf::from("/sys/fs/cgroup/unified"))
         );
-        assert_eq!(cgroup2_mount("30 25 0:26 / /sys/fs/cgroup rw - tmpfs tmpfs rw\n"), None);
+        assert_eq!(
+            cgroup2_mount("30 25 0:26 / /sys/fs/cgroup rw - tmpfs tmpfs rw\n"),
+            None
+        );
         assert_eq!(
             own_cgroup("4:memory:/x\n0::/system.slice/oz.service\n").as_deref(),
             Some("/system.slice/oz.service")

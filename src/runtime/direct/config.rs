@@ -74,7 +74,7 @@ impl Limits {
         if self.memory_bytes.is_some() {
             k.push("backend.direct.memory");
         }
-        if matches!(self.swap_bytes, Some(_)) {
+        if self.swap_bytes.is_some() {
             k.push("backend.direct.memory_swap");
         }
         if self.pids.is_some() {
@@ -85,7 +85,8 @@ impl Limits {
 
     fn resolve(section: &DirectSection) -> Result<Limits, String> {
         use crate::resource_limits as rl;
-        let key = |name: &'static str| move |e: rl::LimitError| format!("backend.direct.{name}: {e}");
+        let key =
+            |name: &'static str| move |e: rl::LimitError| format!("backend.direct.{name}: {e}");
         let cpu_micros = section
             .cpus
             .as_deref()
@@ -324,14 +325,20 @@ mod tests {
         assert_eq!(l.keys().len(), 4);
         let unlimited = Limits::resolve(&section("memory: 64m\nmemory_swap: '-1'\n")).unwrap();
         assert_eq!(unlimited.swap_bytes, Some(None));
-        assert!(Limits::resolve(&section("pids_limit: -1\n")).unwrap().keys().is_empty());
+        assert!(Limits::resolve(&section("pids_limit: -1\n"))
+            .unwrap()
+            .keys()
+            .is_empty());
         for (yaml, key) in [
             ("cpus: lots\n", "backend.direct.cpus"),
             ("cpus: '0.001'\n", "backend.direct.cpus"),
             ("memory: 1q\n", "backend.direct.memory"),
             ("memory: 1k\n", "backend.direct.memory"),
             ("memory_swap: 1g\n", "backend.direct.memory_swap"),
-            ("memory: 1g\nmemory_swap: 512m\n", "backend.direct.memory_swap"),
+            (
+                "memory: 1g\nmemory_swap: 512m\n",
+                "backend.direct.memory_swap",
+            ),
             ("pids_limit: -5\n", "backend.direct.pids_limit"),
         ] {
             let e = Limits::resolve(&section(yaml)).unwrap_err();

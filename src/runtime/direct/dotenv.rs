@@ -34,7 +34,13 @@ pub fn parse(
     let mut out: Vec<(String, String)> = Vec::new();
     let mut refused = Vec::new();
     let mut i = 0;
-    let line_of = |pos: usize| src[..pos.min(src.len())].iter().filter(|c| **c == '\n').count() + 1;
+    let line_of = |pos: usize| {
+        src[..pos.min(src.len())]
+            .iter()
+            .filter(|c| **c == '\n')
+            .count()
+            + 1
+    };
     loop {
         // The next statement: skip blanks (line breaks included) and comments.
         while i < src.len() && src[i].is_whitespace() {
@@ -72,7 +78,10 @@ pub fn parse(
 }
 
 fn is_blank(c: char) -> bool {
-    matches!(c, '\t' | '\u{b}' | '\u{c}' | '\r' | ' ' | '\u{85}' | '\u{a0}')
+    matches!(
+        c,
+        '\t' | '\u{b}' | '\u{c}' | '\r' | ' ' | '\u{85}' | '\u{a0}'
+    )
 }
 
 fn statement(
@@ -104,7 +113,10 @@ fn statement(
             return Err("a name without '=' or ':' and a value".into());
         }
         if !(is_blank(c) || c == '_' || c == '.' || c.is_alphanumeric()) {
-            let line: String = src[key_start..].iter().take_while(|c| **c != '\n').collect();
+            let line: String = src[key_start..]
+                .iter()
+                .take_while(|c| **c != '\n')
+                .collect();
             return Err(format!(
                 "unexpected character {c:?} in the variable name of {:?}",
                 crate::text::escape_control(&line)
@@ -112,7 +124,11 @@ fn statement(
         }
         *i += 1;
     }
-    let key: String = src[key_start..key_end].iter().collect::<String>().trim_end().to_string();
+    let key: String = src[key_start..key_end]
+        .iter()
+        .collect::<String>()
+        .trim_end()
+        .to_string();
     if key.is_empty() {
         return Err("an empty variable name".into());
     }
@@ -223,7 +239,11 @@ fn expand(s: &str, lookup: &dyn Fn(&str) -> Option<String>) -> String {
         }
         let name: String = c[name_start..j].iter().collect();
         out.push_str(&lookup(&name).unwrap_or_default());
-        i = if braced && c.get(j) == Some(&'}') { j + 1 } else { j };
+        i = if braced && c.get(j) == Some(&'}') {
+            j + 1
+        } else {
+            j
+        };
     }
     out
 }
@@ -233,7 +253,9 @@ mod tests {
     use super::*;
 
     fn env(text: &str) -> (Vec<(String, String)>, Vec<Refused>) {
-        parse(text, &|name| (name == "WORKER_VAR").then(|| "w".to_string()))
+        parse(text, &|name| {
+            (name == "WORKER_VAR").then(|| "w".to_string())
+        })
     }
 
     fn pairs(text: &str) -> Vec<(String, String)> {
@@ -243,7 +265,10 @@ mod tests {
     }
 
     fn kv(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -283,7 +308,10 @@ mod tests {
         assert_eq!(p, kv(&[("GOOD", "1"), ("AFTER", "2")]));
         // The unterminated quote swallows nothing: its line is refused and
         // parsing resumes on the next one.
-        assert_eq!(refused.iter().map(|r| r.line).collect::<Vec<_>>(), [2, 3, 4]);
+        assert_eq!(
+            refused.iter().map(|r| r.line).collect::<Vec<_>>(),
+            [2, 3, 4]
+        );
         let (p, refused) = env("A B=1\nC=2\n");
         assert_eq!(p, kv(&[("C", "2")]));
         assert_eq!(refused[0].line, 1);

@@ -152,7 +152,10 @@ pub fn main_if_launcher(args: &[OsString]) {
 
     if let Some(procs) = &launch.cgroup_procs {
         if let Err(e) = std::fs::write(procs, "0") {
-            fail(126, format!("cannot join the task's cgroup ({}): {e}", procs.display()));
+            fail(
+                126,
+                format!("cannot join the task's cgroup ({}): {e}", procs.display()),
+            );
         }
     }
     if let Some(n) = launch.oom_score_adj {
@@ -179,7 +182,10 @@ pub fn main_if_launcher(args: &[OsString]) {
         None => {
             use std::os::unix::process::CommandExt;
             let e = cmd.exec();
-            fail(127, format!("cannot run {}: {e}", program.to_string_lossy()))
+            fail(
+                127,
+                format!("cannot run {}: {e}", program.to_string_lossy()),
+            )
         }
         Some(grace) => {
             let code = reap(cmd, grace, parent);
@@ -248,16 +254,14 @@ fn reap(mut cmd: std::process::Command, grace: Duration, parent: Pid) -> i32 {
             // The program ended: what it left behind ends with it.
             terminating = true;
             signal_tree(Signal::SIGTERM);
-            nix::unistd::alarm::set(grace.as_secs().max(1) as u32);
+            nix::unistd::alarm::set(alarm_secs(grace));
         }
         match mask.wait() {
             Ok(Signal::SIGCHLD) => {}
-            Ok(Signal::SIGTERM) | Ok(Signal::SIGINT) | Ok(Signal::SIGHUP) => {
-                if !terminating {
-                    terminating = true;
-                    signal_tree(Signal::SIGTERM);
-                    nix::unistd::alarm::set(grace.as_secs().max(1) as u32);
-                }
+            Ok(Signal::SIGTERM) | Ok(Signal::SIGINT) | Ok(Signal::SIGHUP) if !terminating => {
+                terminating = true;
+                signal_tree(Signal::SIGTERM);
+                nix::unistd::alarm::set(alarm_secs(grace));
             }
             Ok(Signal::SIGALRM) | Ok(Signal::SIGUSR1) => {
                 terminating = true;
@@ -266,6 +270,11 @@ fn reap(mut cmd: std::process::Command, grace: Duration, parent: Pid) -> i32 {
             _ => {}
         }
     }
+}
+
+/// The grace in whole seconds for alarm(2), rounded up (at least 1).
+fn alarm_secs(grace: Duration) -> u32 {
+    grace.as_millis().div_ceil(1000).clamp(1, u32::MAX as u128) as u32
 }
 
 /// Every live descendant of this process: the children, theirs, and so on
@@ -340,7 +349,10 @@ mod tests {
             }),
             reap: Some(Duration::from_secs(3)),
         };
-        let a = l.args(std::path::Path::new("/bin/oz"), &["agent".into(), "--".into()]);
+        let a = l.args(
+            std::path::Path::new("/bin/oz"),
+            &["agent".into(), "--".into()],
+        );
         let a: Vec<&str> = a.iter().map(|s| s.to_str().unwrap()).collect();
         assert_eq!(
             a,

@@ -27,12 +27,12 @@ use crate::secret::Secret;
 use config::Settings;
 use futures_util::future::BoxFuture;
 use launcher::RunAs;
-use tree::{Containment, Spawner, TaskProcess, TaskTree};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 use tokio::process::Command;
+use tree::{Containment, Spawner, TaskProcess, TaskTree};
 
 /// What `OZ_WORKER_BACKEND` says to setup and teardown commands.
 pub const BACKEND_NAME: &str = "direct";
@@ -189,8 +189,11 @@ impl DirectRuntime {
                 Containment::Subreaper
             }
         };
-        let exe = std::env::current_exe()
-            .map_err(|e| Host(format!("cannot find the worker's own binary (to launch tasks): {e}")))?;
+        let exe = std::env::current_exe().map_err(|e| {
+            Host(format!(
+                "cannot find the worker's own binary (to launch tasks): {e}"
+            ))
+        })?;
         if settings.target_dir.is_none() {
             crate::dirs::create_private(&settings.workspace_root).map_err(|e| {
                 Host(format!(
@@ -215,7 +218,10 @@ impl DirectRuntime {
             run_as
                 .as_ref()
                 .map(|u| format!("{} (uid {})", u.name, u.uid))
-                .unwrap_or_else(|| format!("the worker's own user (uid {})", nix::unistd::geteuid())),
+                .unwrap_or_else(|| format!(
+                    "the worker's own user (uid {})",
+                    nix::unistd::geteuid()
+                )),
             containment.describe()
         );
         if run_as.is_none() {

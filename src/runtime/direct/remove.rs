@@ -53,7 +53,11 @@ mod tests {
         let deep = ws.join("go/pkg/mod/example.com/m@v1.0.0");
         std::fs::create_dir_all(&deep).unwrap();
         std::fs::write(deep.join("go.mod"), "module m\n").unwrap();
-        for d in [deep.as_path(), deep.parent().unwrap(), &ws.join("go/pkg/mod")] {
+        for d in [
+            deep.as_path(),
+            deep.parent().unwrap(),
+            &ws.join("go/pkg/mod"),
+        ] {
             std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o555)).unwrap();
         }
         remove_tree(&ws).unwrap();

@@ -37,8 +37,12 @@ pub enum Containment {
 impl Containment {
     pub fn describe(&self) -> String {
         match self {
-            Containment::Cgroup(c) => format!("a cgroup v2 per task under {}", c.parent().display()),
-            Containment::Subreaper => "a subreaper launcher per program (no writable cgroup v2)".into(),
+            Containment::Cgroup(c) => {
+                format!("a cgroup v2 per task under {}", c.parent().display())
+            }
+            Containment::Subreaper => {
+                "a subreaper launcher per program (no writable cgroup v2)".into()
+            }
         }
     }
 }

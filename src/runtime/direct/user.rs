@@ -50,7 +50,10 @@ mod tests {
     #[test]
     fn unknown_and_root_users_are_refused_naming_the_key() {
         let e = resolve("no-such-user-oz-test").unwrap_err();
-        assert!(e.starts_with("backend.direct.user") && e.contains("useradd"), "{e}");
+        assert!(
+            e.starts_with("backend.direct.user") && e.contains("useradd"),
+            "{e}"
+        );
         let e = resolve("root").unwrap_err();
         assert!(e.contains("is root"), "{e}");
         let e = resolve("0").unwrap_err();
