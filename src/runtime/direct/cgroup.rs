@@ -203,6 +203,36 @@ fn enable_controllers(
     Ok(dir.to_path_buf())
 }
 
+/// The cgroup v2 interface files and values for `l`: `cpu.max` as
+/// "QUOTA PERIOD" (µs of CPU per 100 ms period), `memory.max` in bytes,
+/// `memory.swap.max` (swap alone: Docker's `--memory-swap` minus
+/// `--memory`, `max` for `-1`, and as much as the memory limit when unset,
+/// Docker's default), `pids.max`.
+pub fn limit_files(l: &Limits) -> Vec<(&'static str, String)> {
+    let mut files = Vec::new();
+    if let Some(m) = l.cpu_micros {
+        files.push((
+            "cpu.max",
+            format!("{} {CPU_PERIOD_US}", m * CPU_PERIOD_US / 1_000_000),
+        ));
+    }
+    if let Some(m) = l.memory_bytes {
+        files.push(("memory.max", m.to_string()));
+        files.push((
+            "memory.swap.max",
+            match l.swap_bytes {
+                None => m.to_string(),
+                Some(Some(s)) => s.to_string(),
+                Some(None) => "max".into(),
+            },
+        ));
+    }
+    if let Some(p) = l.pids {
+        files.push(("pids.max", p.to_string()));
+    }
+    files
+}
+
 /// One task's cgroup.
 #[derive(Debug)]
 pub struct TaskCgroup {
@@ -225,39 +255,21 @@ impl TaskCgroup {
     }
 
     fn set_limits(&self, l: &Limits) -> std::io::Result<()> {
-        let put = |file: &str, value: String| {
+        let has_swap_file = self.path.join("memory.swap.max").exists();
+        if l.swap_bytes.is_some() && l.memory_bytes.is_some() && !has_swap_file {
+            return Err(std::io::Error::other(
+                "backend.direct.memory_swap needs swap accounting, and this cgroup has no memory.swap.max (boot with swapaccount=1)",
+            ));
+        }
+        for (file, value) in limit_files(l) {
+            // Without swap accounting the file is absent: only an explicit
+            // memory_swap needs it (checked above).
+            if file == "memory.swap.max" && !has_swap_file {
+                continue;
+            }
             std::fs::write(self.path.join(file), &value).map_err(|e| {
                 std::io::Error::new(e.kind(), format!("writing {value:?} to {file}: {e}"))
-            })
-        };
-        if let Some(m) = l.cpu_micros {
-            put(
-                "cpu.max",
-                format!("{} {CPU_PERIOD_US}", m * CPU_PERIOD_US / 1_000_000),
-            )?;
-        }
-        if let Some(m) = l.memory_bytes {
-            put("memory.max", m.to_string())?;
-            let swap = match l.swap_bytes {
-                None => Some(m.to_string()),
-                Some(Some(s)) => Some(s.to_string()),
-                Some(None) => Some("max".into()),
-            };
-            // Without swap accounting the file is absent: only an explicit
-            // memory_swap needs it.
-            let has_swap_file = self.path.join("memory.swap.max").exists();
-            match (swap, has_swap_file, l.swap_bytes.is_some()) {
-                (Some(v), true, _) => put("memory.swap.max", v)?,
-                (_, false, true) => {
-                    return Err(std::io::Error::other(
-                        "backend.direct.memory_swap needs swap accounting, and this cgroup has no memory.swap.max (boot with swapaccount=1)",
-                    ))
-                }
-                _ => {}
-            }
-        }
-        if let Some(p) = l.pids {
-            put("pids.max", p.to_string())?;
+            })?;
         }
         Ok(())
     }
@@ -374,6 +386,40 @@ impl TaskCgroup {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn limits_become_cgroup_v2_files_in_dockers_meaning() {
+        let l = Limits {
+            cpu_micros: Some(1_500_000),
+            memory_bytes: Some(64 << 20),
+            swap_bytes: Some(Some(32 << 20)),
+            pids: Some(100),
+        };
+        assert_eq!(
+            limit_files(&l),
+            [
+                ("cpu.max", "150000 100000".to_string()),
+                ("memory.max", (64u64 << 20).to_string()),
+                ("memory.swap.max", (32u64 << 20).to_string()),
+                ("pids.max", "100".to_string()),
+            ]
+        );
+        let default_swap = Limits {
+            memory_bytes: Some(1 << 30),
+            ..Default::default()
+        };
+        assert_eq!(
+            limit_files(&default_swap)[1],
+            ("memory.swap.max", (1u64 << 30).to_string())
+        );
+        let unlimited = Limits {
+            memory_bytes: Some(1 << 30),
+            swap_bytes: Some(None),
+            ..Default::default()
+        };
+        assert_eq!(limit_files(&unlimited)[1].1, "max");
+        assert!(limit_files(&Limits::default()).is_empty());
+    }
 
     #[test]
     fn finds_the_cgroup2_mount_and_own_path() {

@@ -43,6 +43,8 @@ pub const INHERITED_VARS: [&str; 3] = ["HOME", "TMPDIR", "PATH"];
 /// the worker's whole environment (the worker also removes them from its own
 /// at start: [`crate::hardening`]).
 const WITHHELD_VARS: [&str; 2] = crate::hardening::SECRET_VARS;
+/// This process's own binary, as the kernel keeps it open.
+const SELF_EXE: &str = "/proc/self/exe";
 /// The teardown's time limit once the worker's shutdown deadline has passed.
 const FORCED_TEARDOWN_LIMIT: Duration = Duration::from_secs(5);
 
