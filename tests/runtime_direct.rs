@@ -931,7 +931,14 @@ async fn a_hostile_agent_running_as_the_configured_user_finds_no_key() {
     let (uid, _) = test_user();
     s.open_to_the_test_user();
     let state = s.path("state");
-    let config = s.custom_config("user.yaml", &format!("    user: {TEST_USER}\n"));
+    let report = s.path("report");
+    let config = s.custom_config(
+        "user.yaml",
+        &format!(
+            "    user: {TEST_USER}\n    setup_command: 'id -u >{r}/setup-uid-$OZ_RUN_ID; touch mine'\n    teardown_command: 'id -u >{r}/teardown-uid-$OZ_RUN_ID'\n",
+            r = report.display()
+        ),
+    );
     let id = unique_id("direct-hostile-user");
     let mut opts = s.options_with(&id, &config, &[]);
     opts.state_dir = Some(state.clone());
@@ -1192,4 +1199,67 @@ async fn the_setup_dotenv_file_is_read_as_godotenv_reads_it() {
         "{}",
         w.log_text()
     );
+}
+
+/// The subreaper (a non-root worker has no cgroup): a stop still reaches a
+/// child that left the agent's process group, with the whole grace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_cgroup_a_stop_gives_the_grace_to_an_escaped_child() {
+    let s = Direct::new().await;
+    let (uid, gid) = test_user();
+    s.open_to_the_test_user();
+    let state = s.path("state");
+    std::fs::create_dir(&state).unwrap();
+    for d in ["ws", "home", "tmp", "state"] {
+        std::os::unix::fs::chown(s.path(d), Some(uid), Some(gid)).unwrap();
+    }
+    let id = unique_id("direct-reaper-grace");
+    let grace = Duration::from_secs(3);
+    let mut opts = s.options(&id, &["--stop-grace-period", "3s"]);
+    opts.state_dir = Some(state);
+    opts.wrapper = vec![
+        "setpriv".into(),
+        format!("--reuid={uid}"),
+        format!("--regid={gid}"),
+        "--init-groups".into(),
+    ];
+    let w = WorkerProcess::start(&s.plane, Engine::None, opts).await;
+    assert!(w.log_text().contains("subreaper"), "{}", w.log_text());
+    let run = s
+        .run(
+            &id,
+            &[
+                ("FAKE_OZ_BEHAVIOUR", "hold"),
+                ("FAKE_OZ_SETSID", "1"),
+                ("FAKE_OZ_ON_TERM", "exit"),
+            ],
+        )
+        .await;
+    wait_file(&s.report_dir(&run).join("ready")).await;
+    let (agent, child) = (s.pid(&run, "pid"), s.pid(&run, "gc_pid"));
+    assert_ne!(
+        pgid_of(child),
+        pgid_of(agent),
+        "the child left the agent's group"
+    );
+    s.plane.client().cancel_run(&run).await.unwrap();
+    let done = wait_terminal(&s.plane, &run, RUN_TIMEOUT).await;
+    assert_eq!(done.state, RunState::Cancelled, "{done:#?}");
+    wait_gone(agent, "the agent").await;
+    wait_gone(child, "the escaped child").await;
+    let nanos = |name: &str| -> u64 {
+        s.report(&run, name)
+            .lines()
+            .next()
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let lived = Duration::from_nanos(nanos("gc_alive").saturating_sub(nanos("gc_term")));
+    assert!(
+        lived >= grace / 2,
+        "the escaped child got SIGTERM and was killed only {lived:?} later (grace {grace:?})"
+    );
+    s.wait_removed(&s.workspace_root().join(&run)).await;
 }
