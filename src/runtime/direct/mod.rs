@@ -191,11 +191,18 @@ impl DirectRuntime {
                 Containment::Subreaper
             }
         };
-        let exe = std::env::current_exe().map_err(|e| {
-            Host(format!(
-                "cannot find the worker's own binary (to launch tasks): {e}"
-            ))
-        })?;
+        // The launcher is this very binary, started through /proc/self/exe
+        // (resolved in the forked child, still this image), so it works even
+        // after an upgrade replaced the file on disk.
+        let exe = if Path::new(SELF_EXE).exists() {
+            PathBuf::from(SELF_EXE)
+        } else {
+            std::env::current_exe().map_err(|e| {
+                Host(format!(
+                    "cannot find the worker's own binary (to launch tasks): {e}"
+                ))
+            })?
+        };
         if settings.target_dir.is_none() {
             crate::dirs::create_private(&settings.workspace_root).map_err(|e| {
                 Host(format!(
