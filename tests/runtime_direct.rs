@@ -859,6 +859,8 @@ async fn a_killed_worker_leaves_no_process_of_its_task_after_its_restart() {
         wait_gone(pid, what).await;
     }
     wait_no_process_with(&setup_marker).await;
+    // The agent's child has the run's report folder in its argv.
+    wait_no_process_with(&s.report_dir(&run).display().to_string()).await;
     s.wait_removed(&s.workspace_root().join(&run)).await;
     drop(restarted);
 }
@@ -1262,4 +1264,67 @@ async fn without_a_cgroup_a_stop_gives_the_grace_to_an_escaped_child() {
         "the escaped child got SIGTERM and was killed only {lived:?} later (grace {grace:?})"
     );
     s.wait_removed(&s.workspace_root().join(&run)).await;
+}
+
+/// Same user, no `user` key: the worker is non-dumpable, so an agent of its
+/// own uid cannot open its /proc files, and it says what the agent can reach.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_agent_of_the_workers_own_user_cannot_open_its_proc_files() {
+    let s = Direct::new().await;
+    let (uid, gid) = test_user();
+    s.open_to_the_test_user();
+    let state = s.path("state");
+    std::fs::create_dir(&state).unwrap();
+    for d in ["ws", "home", "tmp", "state"] {
+        std::os::unix::fs::chown(s.path(d), Some(uid), Some(gid)).unwrap();
+    }
+    let id = unique_id("direct-hostile-same-uid");
+    let mut opts = s.options(&id, &[]);
+    opts.state_dir = Some(state);
+    opts.wrapper = vec![
+        "setpriv".into(),
+        format!("--reuid={uid}"),
+        format!("--regid={gid}"),
+        "--init-groups".into(),
+    ];
+    let w = WorkerProcess::start(&s.plane, Engine::None, opts).await;
+    assert!(
+        w.log_text()
+            .contains("the agent runs as this worker's user"),
+        "{}",
+        w.log_text()
+    );
+    let worker_pid = w.pid().to_string();
+    let run = s
+        .run(
+            &id,
+            &[
+                ("FAKE_OZ_BEHAVIOUR", "hostile"),
+                ("HOSTILE_WORKER_PID", &worker_pid),
+            ],
+        )
+        .await;
+    let done = wait_terminal(&s.plane, &run, RUN_TIMEOUT).await;
+    assert_eq!(done.state, RunState::Succeeded, "{done:#?}");
+    assert_eq!(
+        s.report(&run, "uid").trim(),
+        uid.to_string(),
+        "the same uid"
+    );
+    let found = s.report(&run, "found");
+    for file in ["environ", "maps"] {
+        let section = found
+            .split(&format!("== /proc/{worker_pid}/{file}\n"))
+            .nth(1)
+            .and_then(|rest| rest.split("== ").next())
+            .unwrap_or_else(|| panic!("the agent did not try {file}: {found}"));
+        assert!(
+            section.contains("Permission denied"),
+            "/proc/{worker_pid}/{file} is closed to the same uid: {section}"
+        );
+    }
+    assert!(
+        !found.contains(&s.plane.key),
+        "the key leaked to the agent:\n{found}"
+    );
 }
