@@ -1328,3 +1328,39 @@ async fn a_hostile_agent_of_the_workers_own_user_cannot_open_its_proc_files() {
         "the key leaked to the agent:\n{found}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_that_cannot_be_used_stops_the_worker_at_start_up_with_status_2() {
+    let s = Direct::new().await;
+    let id = unique_id("direct-bad-user");
+    let unknown = s.custom_config("unknown-user.yaml", "    user: no-such-user-oz\n");
+    let mut w = WorkerProcess::spawn(&s.plane, Engine::None, s.options_with(&id, &unknown, &[]));
+    let status = w.wait_exit(Duration::from_secs(30)).await;
+    assert_eq!(status.code(), Some(2), "log:\n{}", w.log_text());
+    assert!(
+        w.log_text().contains("backend.direct.user") && w.log_text().contains("useradd"),
+        "{}",
+        w.log_text()
+    );
+
+    // A worker that is not root cannot switch to another user.
+    let (uid, gid) = test_user();
+    s.open_to_the_test_user();
+    let nobody = s.custom_config("nobody.yaml", "    user: nobody\n");
+    let mut opts = s.options_with(&id, &nobody, &[]);
+    opts.state_dir = Some(s.path("state"));
+    opts.wrapper = vec![
+        "setpriv".into(),
+        format!("--reuid={uid}"),
+        format!("--regid={gid}"),
+        "--init-groups".into(),
+    ];
+    let mut w = WorkerProcess::spawn(&s.plane, Engine::None, opts);
+    let status = w.wait_exit(Duration::from_secs(30)).await;
+    assert_eq!(status.code(), Some(2), "log:\n{}", w.log_text());
+    assert!(
+        w.log_text().contains("needs a worker running as root"),
+        "{}",
+        w.log_text()
+    );
+}

@@ -161,14 +161,19 @@ impl DirectRuntime {
         let run_as = match &settings.user {
             None => None,
             Some(name) => {
-                let u = user::resolve(name).map_err(Config)?;
-                if !user::may_switch_user() && nix::unistd::geteuid().as_raw() != u.uid {
+                let u = user::resolve(name).map_err(|e| Config(e.to_string()))?;
+                let me = nix::unistd::geteuid();
+                if user::may_switch_user() {
+                    Some(u)
+                } else if me.as_raw() == u.uid {
+                    // Already that user: nothing to switch (and no privilege to).
+                    tracing::info!("backend.direct.user: the worker already runs as {name:?}");
+                    None
+                } else {
                     return Err(Config(format!(
-                        "backend.direct.user: running tasks as {name:?} needs a worker running as root (this one runs as uid {}); run the worker as root, or remove the key",
-                        nix::unistd::geteuid()
+                        "backend.direct.user: running tasks as {name:?} needs a worker running as root (this one runs as uid {me}); run the worker as root, or remove the key"
                     )));
                 }
-                Some(u)
             }
         };
         let keys = settings.limits.keys();
