@@ -23,6 +23,8 @@
 #     docker26 (Debian 13's Docker 26.1, API 1.45), docker28 (unstable's
 #     Docker 28, API 1.51), podman5 (unstable's Podman 5), with the test
 #     images loaded; a daemon that cannot come up is fatal only with CI=true
+#   - an unprivileged system user, oz-agent-test, that the direct runtime's
+#     tests run agents (backend.direct.user) and a non-root worker as
 # and writes $OZ_TEST_ROOT/env, a sourceable file of `export VAR=value` lines.
 # Every step checks before it acts, so a second `up` changes nothing.
 set -euo pipefail
@@ -1090,6 +1092,13 @@ ensure_env_file() {
   mv "$ENV_FILE.tmp" "$ENV_FILE"
 }
 
+# The direct runtime's tests run agents (and a worker) as this user.
+ensure_test_user() {
+  id -u oz-agent-test >/dev/null 2>&1 && return 0
+  useradd --system --user-group --home-dir /nonexistent --no-create-home \
+    --shell /usr/sbin/nologin oz-agent-test
+}
+
 # ---------------------------------------------------------------------------
 # commands
 
@@ -1107,6 +1116,7 @@ cmd_up() {
   ensure_registry_images
   ensure_sshd
   ensure_matrix
+  ensure_test_user
   ensure_env_file
   cat >&2 <<EOF
 [test-env] up in $((SECONDS - start))s

@@ -4,13 +4,20 @@
 //! the workspace's crates (see ARCHITECTURE.md for the map).
 
 mod cli;
+mod hardening;
 mod schemas;
 
 use clap::Parser;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    // The direct runtime re-runs this binary to launch a task's programs.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    oz_runtime_direct::launcher::main_if_launcher(&args);
     let cli = cli::Cli::parse();
+    // Before any thread: the key leaves the environment and the process
+    // becomes unreadable to its tasks.
+    hardening::harden();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -285,9 +285,13 @@ async fn build_runtime(
                 env.var("PATH").as_deref(),
             )
             .map_err(config)?;
-            Ok(Arc::new(
-                oz_runtime_direct::DirectRuntime::new(ctx, settings).map_err(Start)?,
-            ))
+            use oz_runtime_direct::{DirectRuntime, StartError};
+            Ok(Arc::new(DirectRuntime::new(ctx, settings).map_err(
+                |e| match e {
+                    StartError::Config(e) => BuildError::Config(e),
+                    StartError::Host(e) => Start(e),
+                },
+            )?))
         }
         "command" => {
             use oz_runtime_command::config::Settings;
@@ -320,6 +324,7 @@ async fn build_runtime(
 
 pub async fn run(args: WorkerArgs) -> ExitCode {
     super::logging::init_with(&args.log_level, args.log_format);
+    crate::hardening::log_outcome();
     // SIGQUIT drains from here on (instead of its default core dump).
     let drain = oz_worker::drain::drain_signal();
     let resolved = match resolve(&args, &ProcessEnv) {

@@ -122,3 +122,8 @@ mod tests {
         assert!(text.contains("TOKEN") && !text.contains("s3cr3t"), "{text}");
     }
 }
+
+/// Variables that carry the orchestrator key (or where to read it): the
+/// worker removes them from its environment at start, and no task program
+/// gets them.
+pub const SECRET_VARS: [&str; 2] = ["WARP_API_KEY", "WARP_API_KEY_FILE"];

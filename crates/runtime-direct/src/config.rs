@@ -36,6 +36,106 @@ pub struct DirectSection {
     pub stop_grace_period: Option<String>,
     /// Most time teardown_command may take (e.g. "60s").
     pub teardown_timeout: Option<String>,
+    /// Run the agent, setup_command and teardown_command as this unprivileged
+    /// user (a name or a numeric uid), as GitLab's shell executor's `user`;
+    /// the workspace is given to it. Needs a worker running as root.
+    pub user: Option<String>,
+    /// CPU limit per task, as Docker's `--cpus` ("1.5"); needs cgroup v2.
+    pub cpus: Option<String>,
+    /// Memory limit per task, as Docker's `--memory` ("512m"); needs cgroup v2.
+    pub memory: Option<String>,
+    /// Memory plus swap per task, as Docker's `--memory-swap` ("1g", "-1" unlimited); needs `memory`.
+    pub memory_swap: Option<String>,
+    /// Most processes per task, as Docker's `--pids-limit` (-1: unlimited); needs cgroup v2.
+    pub pids_limit: Option<i64>,
+}
+
+/// A task's resource limits, resolved (Docker's units; see
+/// [`oz_runtime::resource_limits`]). All `None`: no limit, and no cgroup controller
+/// is needed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// Millionths of a CPU (`cpus` × 1,000,000).
+    pub cpu_micros: Option<u64>,
+    pub memory_bytes: Option<u64>,
+    /// Swap alone in bytes (`memory_swap` − `memory`); `Some(None)`:
+    /// unlimited; `None`: as much as `memory` (Docker's default).
+    pub swap_bytes: Option<Option<u64>>,
+    pub pids: Option<u64>,
+}
+
+impl Limits {
+    /// The config keys that are set, for messages ("backend.direct.memory").
+    pub fn keys(&self) -> Vec<&'static str> {
+        let mut k = Vec::new();
+        if self.cpu_micros.is_some() {
+            k.push("backend.direct.cpus");
+        }
+        if self.memory_bytes.is_some() {
+            k.push("backend.direct.memory");
+        }
+        if self.swap_bytes.is_some() {
+            k.push("backend.direct.memory_swap");
+        }
+        if self.pids.is_some() {
+            k.push("backend.direct.pids_limit");
+        }
+        k
+    }
+
+    fn resolve(section: &DirectSection) -> Result<Limits, String> {
+        use oz_runtime::resource_limits as rl;
+        let key =
+            |name: &'static str| move |e: rl::LimitError| format!("backend.direct.{name}: {e}");
+        let cpu_micros = section
+            .cpus
+            .as_deref()
+            .map(rl::parse_cpus)
+            .transpose()
+            .map_err(key("cpus"))?;
+        // cgroup v2's cpu.max takes at least 1 ms of CPU time per 100 ms period.
+        if cpu_micros.is_some_and(|m| m < 10_000) {
+            return Err("backend.direct.cpus: at least 0.01 CPUs (as Docker's --cpus)".into());
+        }
+        let memory_bytes = section
+            .memory
+            .as_deref()
+            .map(rl::parse_memory_bytes)
+            .transpose()
+            .map_err(key("memory"))?;
+        // Docker's minimum: smaller limits kill the agent before it starts.
+        if memory_bytes.is_some_and(|m| m < 6 << 20) {
+            return Err("backend.direct.memory: at least 6m (Docker's minimum)".into());
+        }
+        let swap_bytes = match section.memory_swap.as_deref() {
+            None => None,
+            Some(s) => {
+                let total = rl::parse_memory_swap(s).map_err(key("memory_swap"))?;
+                let Some(memory) = memory_bytes else {
+                    return Err("backend.direct.memory_swap: set backend.direct.memory too (memory_swap is memory plus swap, as Docker's --memory-swap)".into());
+                };
+                match total {
+                    None => Some(None),
+                    Some(t) if t < memory => {
+                        return Err(format!("backend.direct.memory_swap: {s:?} is less than backend.direct.memory; it is memory plus swap, so at least the memory limit"))
+                    }
+                    Some(t) => Some(Some(t - memory)),
+                }
+            }
+        };
+        let pids = section
+            .pids_limit
+            .map(rl::parse_pids_limit)
+            .transpose()
+            .map_err(key("pids_limit"))?
+            .flatten();
+        Ok(Limits {
+            cpu_micros,
+            memory_bytes,
+            swap_bytes,
+            pids,
+        })
+    }
 }
 
 /// The direct runtime's flags, as given.
@@ -59,6 +159,9 @@ pub struct Settings {
     pub cleanup: bool,
     pub stop_grace_period: Duration,
     pub teardown_timeout: Duration,
+    /// `user` as given (resolved to ids at start-up by the runtime).
+    pub user: Option<String>,
+    pub limits: Limits,
 }
 
 impl Settings {
@@ -125,6 +228,8 @@ impl Settings {
             cleanup,
             stop_grace_period,
             teardown_timeout,
+            user: blank(&section.user).map(|u| u.trim().to_string()),
+            limits: Limits::resolve(section)?,
         })
     }
 }
@@ -199,5 +304,45 @@ mod tests {
         let e =
             Settings::resolve(&Default::default(), &flags, true, vec![], Some(&path)).unwrap_err();
         assert!(e.contains("--target-dir"), "{e}");
+    }
+
+    #[test]
+    fn limits_follow_dockers_units_and_name_the_key() {
+        let section = |yaml: &str| -> DirectSection { serde_norway::from_str(yaml).unwrap() };
+        let l = Limits::resolve(&section(
+            "cpus: '1.5'\nmemory: 64m\nmemory_swap: 96m\npids_limit: 100\n",
+        ))
+        .unwrap();
+        assert_eq!(
+            l,
+            Limits {
+                cpu_micros: Some(1_500_000),
+                memory_bytes: Some(64 << 20),
+                swap_bytes: Some(Some(32 << 20)),
+                pids: Some(100),
+            }
+        );
+        assert_eq!(l.keys().len(), 4);
+        let unlimited = Limits::resolve(&section("memory: 64m\nmemory_swap: '-1'\n")).unwrap();
+        assert_eq!(unlimited.swap_bytes, Some(None));
+        assert!(Limits::resolve(&section("pids_limit: -1\n"))
+            .unwrap()
+            .keys()
+            .is_empty());
+        for (yaml, key) in [
+            ("cpus: lots\n", "backend.direct.cpus"),
+            ("cpus: '0.001'\n", "backend.direct.cpus"),
+            ("memory: 1q\n", "backend.direct.memory"),
+            ("memory: 1k\n", "backend.direct.memory"),
+            ("memory_swap: 1g\n", "backend.direct.memory_swap"),
+            (
+                "memory: 1g\nmemory_swap: 512m\n",
+                "backend.direct.memory_swap",
+            ),
+            ("pids_limit: -5\n", "backend.direct.pids_limit"),
+        ] {
+            let e = Limits::resolve(&section(yaml)).unwrap_err();
+            assert!(e.starts_with(key), "{yaml}: {e}");
+        }
     }
 }

@@ -289,12 +289,12 @@ mod tests {
     #[test]
     fn image_policy_and_shape_are_judged_before_anything_is_made() {
         let settings = Settings {
-            allowed_images: crate::runtime::docker::image_policy::AllowedImages::resolve(&[
+            allowed_images: crate::image_policy::AllowedImages::resolve(&[
                 "docker.io/library/ubuntu:*".into(),
                 "docker.io/oz/agent:*".into(),
             ])
             .unwrap(),
-            limits: crate::runtime::docker::resources::Limits {
+            limits: crate::resources::Limits {
                 memory: Some(1 << 30),
                 ..Default::default()
             },

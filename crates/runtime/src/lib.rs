@@ -16,6 +16,7 @@
 pub mod host;
 pub mod output;
 pub mod process;
+pub mod resource_limits;
 
 use futures_util::future::BoxFuture;
 use oz_foundation::secret::Secret;

@@ -153,6 +153,11 @@ impl Group {
         let _ = killpg(self.pgid, signal);
     }
 
+    /// Sends `signal` to the leader alone.
+    pub fn signal_leader(&self, signal: Signal) {
+        let _ = nix::sys::signal::kill(self.pgid, signal);
+    }
+
     /// SIGTERM to the group, then SIGKILL after `grace` (or at once when
     /// `force` fires) if the leader has not exited; then waits for it.
     pub async fn terminate(

@@ -152,6 +152,11 @@ pub struct WorkerOptions<'a> {
     /// Start the worker with this `oom_score_adj` (raised by a shell that
     /// then execs it, as a launcher might), instead of the test's own.
     pub oom_score_adj: Option<i64>,
+    /// A program (and its arguments) that runs the worker, e.g. `setpriv`
+    /// with another user's ids; it must `exec` the worker (same pid).
+    pub wrapper: Vec<String>,
+    /// Instead of the shared test state directory.
+    pub state_dir: Option<PathBuf>,
 }
 
 impl WorkerProcess {
@@ -191,9 +196,14 @@ impl WorkerProcess {
         let log = dir.path().join("worker.log");
         let log_file = std::fs::File::create(&log).unwrap();
         let binary = crate::worker_binary();
-        let mut cmd = match opts.oom_score_adj {
-            None => tokio::process::Command::new(binary),
-            Some(adj) => {
+        let mut cmd = match (opts.wrapper.split_first(), opts.oom_score_adj) {
+            (Some((program, args)), _) => {
+                let mut c = tokio::process::Command::new(program);
+                c.args(args).arg(binary);
+                c
+            }
+            (None, None) => tokio::process::Command::new(binary),
+            (None, Some(adj)) => {
                 let mut sh = tokio::process::Command::new("sh");
                 sh.arg("-c")
                     .arg(format!(
@@ -222,7 +232,11 @@ impl WorkerProcess {
                 },
             )
             .arg("--state-dir")
-            .arg(std::env::temp_dir().join("oz-worker-test-state"))
+            .arg(
+                opts.state_dir
+                    .clone()
+                    .unwrap_or_else(|| std::env::temp_dir().join("oz-worker-test-state")),
+            )
             .args(["--log-level", "debug"])
             .args(&opts.extra_args)
             .env("WARP_API_KEY", key)
@@ -247,6 +261,11 @@ impl WorkerProcess {
             worker_id: opts.worker_id.to_string(),
             _dir: dir,
         }
+    }
+
+    /// The worker's pid (also through a wrapper that execs it).
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("worker still running")
     }
 
     pub fn log_text(&self) -> String {

@@ -15,8 +15,26 @@ fn set(s: &Option<String>) -> Option<&str> {
     s.as_deref().map(str::trim).filter(|s| !s.is_empty())
 }
 
-/// The invocation for one assignment. Fails only when the assignment has no
-/// task id at all; what a runtime cannot run is the runtime's to refuse.
+/// Whether `name` is a portable environment variable name (POSIX.1-2017
+/// §8.1: letters, digits and `_`, not starting with a digit). Anything else
+/// (`OP_SECRET=shadow`, a blank, a NUL) could shadow or forge another
+/// entry of the `NAME=value` strings a program receives.
+pub fn valid_env_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// The invocation for one assignment. Fails when the assignment has no
+/// task id at all, or names an environment variable that is not a POSIX
+/// name ([`valid_env_name`]): reason `unknown`, the reason this worker (and
+/// the Go worker) gives a malformed assignment; the reference list has no
+/// `invalid_environment`, and a reason the hosted service does not know
+/// would be worse than a known, general one. The message names the
+/// variable, never its value. What a runtime cannot run is the runtime's
+/// to refuse.
 pub fn build(a: &TaskAssignment, config: &WorkerConfig) -> Result<Invocation, Failure> {
     let task_id = if a.task.id.trim().is_empty() {
         a.task_id.as_str()
@@ -27,6 +45,16 @@ pub fn build(a: &TaskAssignment, config: &WorkerConfig) -> Result<Invocation, Fa
         return Err(Failure::new(
             FailureReason::Unknown,
             "the assignment has no task id",
+        ));
+    }
+
+    if let Some((bad, _)) = a.env_vars.iter().find(|(k, _)| !valid_env_name(k)) {
+        return Err(Failure::new(
+            FailureReason::Unknown,
+            format!(
+                "the task's environment names a variable {:?}, which is not a valid name (letters, digits and '_', not starting with a digit); nothing was run",
+                oz_foundation::escape::escape_control(bad)
+            ),
         ));
     }
 
@@ -404,6 +432,32 @@ mod tests {
             ]
         );
         assert!(!format!("{s:?}").contains("\"t\""), "values never in Debug");
+    }
+
+    #[test]
+    fn environment_names_must_be_posix_names() {
+        for (name, ok) in [
+            ("A", true),
+            ("_x9", true),
+            ("OP_SECRET", true),
+            ("OP_SECRET=shadow", false),
+            ("9LIVES", false),
+            ("", false),
+            ("A B", false),
+            ("A\0B", false),
+            ("A-B", false),
+            ("É", false),
+        ] {
+            assert_eq!(valid_env_name(name), ok, "{name:?}");
+        }
+        let mut a = assignment();
+        a.env_vars.insert("FINE".into(), "1".into());
+        a.env_vars
+            .insert("OP_SECRET=shadow".into(), "from-task-value".into());
+        let f = build(&a, &config(|_| {})).unwrap_err();
+        assert_eq!(f.reason, FailureReason::Unknown);
+        assert!(f.message.contains("OP_SECRET=shadow"), "{}", f.message);
+        assert!(!f.message.contains("from-task-value"), "{}", f.message);
     }
 
     #[test]
