@@ -30,7 +30,7 @@ pub const BACKEND_NAME: &str = "direct";
 pub const INHERITED_VARS: [&str; 3] = ["HOME", "TMPDIR", "PATH"];
 /// Never handed to setup or teardown commands, though they otherwise get
 /// the worker's whole environment.
-const WITHHELD_VARS: [&str; 1] = ["WARP_API_KEY"];
+const WITHHELD_VARS: [&str; 3] = ["WARP_API_KEY", "WARP_API_KEY_FILE", "CREDENTIALS_DIRECTORY"];
 /// The teardown's time limit once the worker's shutdown deadline has passed.
 const FORCED_TEARDOWN_LIMIT: Duration = Duration::from_secs(5);
 
@@ -521,6 +521,20 @@ impl DirectRuntime {
 impl Runtime for DirectRuntime {
     fn name(&self) -> &'static str {
         BACKEND_NAME
+    }
+
+    /// The stop's deadline has come: whatever this worker still waits on
+    /// (an agent, a setup or teardown command, a dispatch) is SIGKILLed
+    /// with its whole process group, so nothing outlives the worker.
+    fn shutdown(&self, _deadline: std::time::Duration) -> BoxFuture<'_, ()> {
+        Box::pin(async {
+            let killed = crate::runtime::live_groups::kill_all();
+            if killed > 0 {
+                tracing::warn!(
+                    "{killed} process group(s) still running at the end of the stop were killed"
+                );
+            }
+        })
     }
 
     fn describe(&self) -> String {
