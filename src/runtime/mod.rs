@@ -17,6 +17,8 @@ pub mod command;
 pub mod direct;
 pub mod docker;
 pub mod host;
+pub mod live_groups;
+pub mod liveness;
 pub mod output;
 pub mod process;
 

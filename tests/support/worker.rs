@@ -149,6 +149,9 @@ pub struct WorkerOptions<'a> {
     pub env: Vec<(String, String)>,
     /// Instead of the plane's valid key.
     pub api_key: Option<&'a str>,
+    /// A program (and its arguments) that runs the worker, e.g.
+    /// `unshare --pid --fork`: the worker binary and its arguments follow.
+    pub wrapper: Vec<String>,
 }
 
 impl WorkerProcess {
@@ -187,7 +190,15 @@ impl WorkerProcess {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("worker.log");
         let log_file = std::fs::File::create(&log).unwrap();
-        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_oz-agent-worker"));
+        let binary = env!("CARGO_BIN_EXE_oz-agent-worker");
+        let mut cmd = match opts.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = tokio::process::Command::new(program);
+                c.args(args).arg(binary);
+                c
+            }
+            None => tokio::process::Command::new(binary),
+        };
         cmd.args(["--worker-id", opts.worker_id])
             .args(["--web-socket-url", ws_url])
             .args(["--server-root-url", root_url])
