@@ -191,5 +191,8 @@ fn two_sources_at_one_level_exit_2_naming_both() {
     write_mode(&empty, "\n", 0o600);
     let (code, err) = worker_exit(&["--api-key-file", &empty.display().to_string()], &[]);
     assert_eq!(code, Some(2), "{err}");
-    assert!(err.contains("--api-key-file") && err.contains("empty"), "{err}");
+    assert!(
+        err.contains("--api-key-file") && err.contains("empty"),
+        "{err}"
+    );
 }

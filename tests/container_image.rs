@@ -194,7 +194,14 @@ fn socket_gid(host: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// Builds the image once per test binary: the tests run in parallel, and
+/// two builds at once would compile everything twice.
 fn build_image() -> String {
+    static BUILT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BUILT.get_or_init(build_image_now).clone()
+}
+
+fn build_image_now() -> String {
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let started = Instant::now();
     let out = Command::new(repo.join("scripts/container-image.sh"))
@@ -388,8 +395,8 @@ fn check_health(container: &str) {
     let help = docker_ok(&["run", "--rm", IMAGE, "--help"]);
     let serves_health = help.contains("--health-listen");
     let probe = docker(&["exec", container, "oz-agent-worker", "probe"])
-    .output()
-    .unwrap();
+        .output()
+        .unwrap();
     if serves_health {
         assert!(probe.status.success(), "probe: {}", text(&probe));
         poll("the container is reported healthy", PATIENCE, || {
@@ -595,9 +602,15 @@ mod docker_host_network {
         // Reaped: gone from the container's /proc (a zombie stays listed).
         for pid in &orphans {
             poll(&format!("orphan {pid} reaped"), PATIENCE, || {
-                let out = docker(&["exec", &containers[0], "test", "-e", &format!("/proc/{pid}")])
-                    .output()
-                    .unwrap();
+                let out = docker(&[
+                    "exec",
+                    &containers[0],
+                    "test",
+                    "-e",
+                    &format!("/proc/{pid}"),
+                ])
+                .output()
+                .unwrap();
                 (!out.status.success()).then_some(())
             });
         }

@@ -690,7 +690,11 @@ async fn control_plane_killed_before_the_claim_could_be_written() {
     let mut runs = Vec::new();
     for round in 0..6 {
         w.signal(19); // SIGSTOP
-        let run = plane.client().create_run(&demo_run(&id, &[])).await.unwrap();
+        let run = plane
+            .client()
+            .create_run(&demo_run(&id, &[]))
+            .await
+            .unwrap();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         while unread_from(pid, plane.port()) == 0 {
             assert!(
@@ -700,11 +704,19 @@ async fn control_plane_killed_before_the_claim_could_be_written() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         plane.kill().await;
-        let connects = w.log_text().matches("connected to the orchestrator").count();
+        let connects = w
+            .log_text()
+            .matches("connected to the orchestrator")
+            .count();
         w.signal(18); // SIGCONT
         plane.restart().await;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        while w.log_text().matches("connected to the orchestrator").count() == connects {
+        while w
+            .log_text()
+            .matches("connected to the orchestrator")
+            .count()
+            == connects
+        {
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "the worker did not reconnect:\n{}",
@@ -720,6 +732,10 @@ async fn control_plane_killed_before_the_claim_could_be_written() {
             took < GRACE / 5,
             "round {round}: the run ended {took:?} after the worker reconnected (re-announce grace {GRACE:?}): {done:#?}"
         );
+        eprintln!(
+            "[faults] round {round}: run ended {took:.1?} after the reconnect (window hit {} time(s) so far)",
+            w.log_text().matches(released).count()
+        );
         runs.push(run.id);
         if w.log_text().matches(released).count() >= 2 {
             break;
@@ -727,7 +743,8 @@ async fn control_plane_killed_before_the_claim_could_be_written() {
     }
     let log = w.log_text();
     assert!(
-        log.contains(released) && log.contains("released an assignment this worker could not claim"),
+        log.contains(released)
+            && log.contains("released an assignment this worker could not claim"),
         "the claim always got written in {} rounds: the window was never hit\n{log}",
         runs.len()
     );

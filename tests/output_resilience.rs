@@ -120,7 +120,10 @@ async fn wait_ended(plane: &PlaneProcess, run: &str) -> oz_agent_worker::control
                 return r;
             }
         }
-        assert!(tokio::time::Instant::now() < deadline, "run {run} never ended");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "run {run} never ended"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -148,7 +151,10 @@ done"#,
     wait_file(&d.control("printed-start")).await;
     let deadline = tokio::time::Instant::now() + RUN_TIMEOUT;
     while !runs_logs(&plane, &run).await.0.contains("line 5\n") {
-        assert!(tokio::time::Instant::now() < deadline, "line 5 never stored");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "line 5 never stored"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     plane.kill().await;
@@ -163,7 +169,12 @@ done"#,
     assert_eq!(done.state, RunState::Succeeded, "{done:#?}");
     let (out, err) = runs_logs(&plane, &run).await;
     let expected: String = (1..=15).map(|n| format!("line {n}\n")).collect();
-    assert_eq!(out, expected, "stderr: {err}\nworker log:\n{}", w.log_text());
+    assert_eq!(
+        out,
+        expected,
+        "stderr: {err}\nworker log:\n{}",
+        w.log_text()
+    );
     assert!(!err.contains("dropped"), "{err}");
 }
 
@@ -171,6 +182,7 @@ done"#,
 async fn after_a_20_mb_burst_the_final_fatal_line_is_kept_and_the_drop_is_marked() {
     let d = Direct::new(
         r#"yes 'burst burst burst burst burst burst burst burst burst burst burst' | head -c 20000000
+echo
 echo "FATAL: the task gave up after the burst"
 exit 3"#,
     );

@@ -113,7 +113,11 @@ async fn a_worker_in_another_pid_namespace_keeps_its_task_containers() {
         .output()
         .unwrap();
     let listing = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "{listing}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{listing}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let short = &before[0].0[..12];
     let line = listing
         .lines()
@@ -132,7 +136,10 @@ async fn a_worker_in_another_pid_namespace_keeps_its_task_containers() {
         inside.log_text()
     );
     assert_eq!(
-        std::fs::read_to_string(&executions).unwrap().lines().count(),
+        std::fs::read_to_string(&executions)
+            .unwrap()
+            .lines()
+            .count(),
         1
     );
     drop(outside);

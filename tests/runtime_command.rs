@@ -693,7 +693,11 @@ async fn cancel_ten_times(s: &CommandSetup, run: &str) {
 fn cancel_requests_in_history(run: &oz_agent_worker::control_plane::model::Run) -> usize {
     run.history
         .iter()
-        .filter(|h| h.note.as_deref().is_some_and(|n| n.contains("cancel requested")))
+        .filter(|h| {
+            h.note
+                .as_deref()
+                .is_some_and(|n| n.contains("cancel requested"))
+        })
         .count()
 }
 
@@ -719,7 +723,8 @@ async fn a_cancel_during_the_dispatch_kills_it_and_runs_the_cancel_command_once(
     assert_eq!(cancel_requests_in_history(&done), 1, "{done:#?}");
     let log = w.log_text();
     assert_eq!(
-        log.matches("cancelling task on the server's request").count(),
+        log.matches("cancelling task on the server's request")
+            .count(),
         1,
         "{log}"
     );
@@ -745,7 +750,10 @@ async fn concurrent_cancels_of_a_dispatched_task_run_the_cancel_command_once() {
     let after = s.plane.client().get_run(&run).await.unwrap();
     assert_eq!(cancel_requests_in_history(&after), 1, "{after:#?}");
     let deadline = tokio::time::Instant::now() + RUN_TIMEOUT;
-    while !w.log_text().contains("cancelling a dispatched task through the runtime") {
+    while !w
+        .log_text()
+        .contains("cancelling a dispatched task through the runtime")
+    {
         assert!(tokio::time::Instant::now() < deadline, "{}", w.log_text());
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

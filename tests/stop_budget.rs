@@ -125,6 +125,7 @@ async fn sigterm_with_a_silent_collector_and_a_hung_teardown_exits_within_the_un
     );
     let status = w.wait_exit(limit * 2).await;
     let took = sigterm.elapsed();
+    eprintln!("[stop_budget] SIGTERM to exit: {took:.1?} (unit limit {limit:?})");
     let log = w.log_text();
     assert!(
         took < limit,

@@ -220,7 +220,10 @@ mod tests {
         .unwrap();
         assert_eq!(k.unwrap().expose_str(), "on-cmdline");
         assert!(w[0].contains("/proc/PID/cmdline") && w[0].contains("--api-key-file"));
-        assert!(!w[0].contains("on-cmdline"), "the key is never in a warning");
+        assert!(
+            !w[0].contains("on-cmdline"),
+            "the key is never in a warning"
+        );
 
         let (k, w) = resolve(
             &KeySources::default(),

@@ -406,7 +406,11 @@ impl Dispatcher {
                 // no connection holds it) is offered again; any other state
                 // means the run has moved on since.
                 if state == RunState::Assigned && holder.is_none() {
-                    tracing::info!(conn, run = run_id, "the worker released an assignment it never claimed; offering it again");
+                    tracing::info!(
+                        conn,
+                        run = run_id,
+                        "the worker released an assignment it never claimed; offering it again"
+                    );
                     self.requeue_or_cancel(
                         &mut ix,
                         run_id,
@@ -842,7 +846,10 @@ impl Dispatcher {
                     // Idempotent: one history entry and one task_cancellation
                     // however many times it is asked (a worker that moves to
                     // a new connection is told again when it re-announces).
-                    tracing::debug!(run = run_id, "cancel already requested; nothing more to send");
+                    tracing::debug!(
+                        run = run_id,
+                        "cancel already requested; nothing more to send"
+                    );
                     Some(run.cancel_stored.clone().unwrap_or_else(|| {
                         // Requested before a restart: stored long ago.
                         let (tx, rx) = oneshot::channel();

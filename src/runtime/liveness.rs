@@ -116,7 +116,9 @@ pub fn judge(m: &OwnerMarks<'_>, here: &Here<'_>) -> Verdict {
     if !m.beacon.is_empty() && m.net_namespace == here.net_namespace {
         match (here.beacon_held)(m.beacon) {
             Some(true) => return Verdict::Alive,
-            Some(false) => return Verdict::Dead("its process has exited (its liveness socket is gone)"),
+            Some(false) => {
+                return Verdict::Dead("its process has exited (its liveness socket is gone)")
+            }
             None => {}
         }
     }
@@ -185,13 +187,19 @@ mod tests {
         };
         // Another PID namespace, same network: the beacon, not the pid (8 is
         // "dead" here but means another process there).
-        assert_eq!(judge(&marks("b-live", "net:[1]", "pid:[2]", 8), &here), Verdict::Alive);
+        assert_eq!(
+            judge(&marks("b-live", "net:[1]", "pid:[2]", 8), &here),
+            Verdict::Alive
+        );
         assert!(matches!(
             judge(&marks("b-gone", "net:[1]", "pid:[2]", 7), &here),
             Verdict::Dead(_)
         ));
         // Another network namespace: the pid only within its own PID namespace.
-        assert_eq!(judge(&marks("b-live", "net:[2]", "pid:[1]", 7), &here), Verdict::Alive);
+        assert_eq!(
+            judge(&marks("b-live", "net:[2]", "pid:[1]", 7), &here),
+            Verdict::Alive
+        );
         assert!(matches!(
             judge(&marks("b-live", "net:[2]", "pid:[1]", 8), &here),
             Verdict::Dead(_)
@@ -202,6 +210,9 @@ mod tests {
         ));
         // Old records: pid only.
         assert_eq!(judge(&marks("", "", "", 7), &here), Verdict::Alive);
-        assert!(matches!(judge(&marks("", "", "", 8), &here), Verdict::Dead(_)));
+        assert!(matches!(
+            judge(&marks("", "", "", 8), &here),
+            Verdict::Dead(_)
+        ));
     }
 }

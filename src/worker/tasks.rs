@@ -149,7 +149,10 @@ impl TaskManager {
             execution_id: a.execution_id.clone(),
         };
         // Offered again: nothing is left to release.
-        self.unclaimed.lock().unwrap().retain(|t| t.task_id != task.task_id);
+        self.unclaimed
+            .lock()
+            .unwrap()
+            .retain(|t| t.task_id != task.task_id);
         let slot = {
             let mut running = self.running.lock().unwrap();
             if let Some(r) = running.get(&task.task_id) {
@@ -380,17 +383,18 @@ impl TaskManager {
             });
             loop {
                 let link = links.borrow_and_update().clone();
-                match link {
+                let sent = match link {
                     Some(l) if l.is_open() && !l.extensions().task_output => {
-                        tracing::debug!("the new connection takes no live output; the rest is dropped");
+                        tracing::debug!(
+                            "the new connection takes no live output; the rest is dropped"
+                        );
                         return;
                     }
-                    Some(l) if l.is_open() => {
-                        if l.send_output(msg.clone()).await {
-                            break;
-                        }
-                    }
-                    _ => {}
+                    Some(l) if l.is_open() => l.send_output(msg.clone()).await,
+                    _ => false,
+                };
+                if sent {
+                    break;
                 }
                 // Closed or none: the next connection takes it.
                 if links.changed().await.is_err() {
@@ -406,7 +410,10 @@ impl TaskManager {
         let mut links = self.links.subscribe();
         let give_up = tokio::time::Instant::now() + OUTPUT_RECONNECT_WAIT;
         loop {
-            let connected = links.borrow_and_update().as_ref().is_some_and(Link::is_open);
+            let connected = links
+                .borrow_and_update()
+                .as_ref()
+                .is_some_and(Link::is_open);
             if connected {
                 let _ = tokio::time::timeout(OUTPUT_FLUSH_LIMIT, &mut forwarder).await;
                 return;
@@ -487,7 +494,10 @@ impl TaskManager {
                 return;
             }
             Some(true) => {
-                tracing::info!(task_id, "repeated cancellation of a task already stopping; nothing more to do");
+                tracing::info!(
+                    task_id,
+                    "repeated cancellation of a task already stopping; nothing more to do"
+                );
                 return;
             }
             None => {}
@@ -502,7 +512,10 @@ impl TaskManager {
         }
         for task in dispatched {
             if !self.cancelling.lock().unwrap().insert(task.clone()) {
-                tracing::info!(task_id, "repeated cancellation of a dispatched task already being cancelled; ignored");
+                tracing::info!(
+                    task_id,
+                    "repeated cancellation of a dispatched task already being cancelled; ignored"
+                );
                 continue;
             }
             tracing::info!(task_id, "cancelling a dispatched task through the runtime");
@@ -1072,7 +1085,10 @@ mod tests {
         written.send(true).unwrap();
         match msg {
             WorkerMessage::TaskRejected(r) => {
-                assert_eq!((r.task_id.as_str(), r.execution_id.as_deref()), ("t1", Some("e1")))
+                assert_eq!(
+                    (r.task_id.as_str(), r.execution_id.as_deref()),
+                    ("t1", Some("e1"))
+                )
             }
             other => panic!("expected a release, got {other:?}"),
         }

@@ -174,8 +174,8 @@ pub fn this_host() -> (String, String) {
 }
 
 use crate::runtime::host::{host_identity, process_start_time, read_trimmed};
-use crate::runtime::liveness;
 pub use crate::runtime::host::{process_alive, random_id};
+use crate::runtime::liveness;
 
 #[cfg(test)]
 mod tests {
