@@ -173,11 +173,17 @@ pub async fn run_with(
         manager.active(),
         config.shutdown_timeout + STOP_TAIL
     );
-    // The session keeps running (delivering reports) while we wind down.
-    let (in_time, _) = tokio::join!(
+    // The session keeps running (delivering reports) while we wind down;
+    // a socket that does not take the close frame (its write timeout is
+    // 10 s) is dropped at the deadline instead.
+    let session_until = deadline.checked_sub(FINAL_PUSH).unwrap_or(deadline);
+    let (in_time, session_ended) = tokio::join!(
         wind_down(&manager, &config, &delivery, &close, &left),
-        &mut session_run
+        tokio::time::timeout_at(session_until, &mut session_run)
     );
+    if session_ended.is_err() {
+        tracing::warn!("the connection did not close in time; dropped");
+    }
     let release = left(FINAL_PUSH);
     if tokio::time::timeout(release, runtime.shutdown(release))
         .await
