@@ -488,7 +488,7 @@ mod docker_host_network {
         chmod(&agent, "0755");
         std::fs::write(
             share.path().join("config.yaml"),
-            "backend:\n  direct:\n    oz_path: /share/agent.sh\n",
+            "backend:\n  direct:\n    oz_path: /share/agent.sh\n    workspace_root: /home/oz/workspaces\n",
         )
         .unwrap();
         chmod(&share.path().join("config.yaml"), "0644");
