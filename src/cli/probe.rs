@@ -35,8 +35,9 @@ pub async fn run(args: ProbeArgs) -> ExitCode {
         None => match health_url(std::env::var("OZ_HEALTH_LISTEN").ok().as_deref()) {
             Ok(u) => u,
             Err(e) => {
+                // 1, not 2: Docker reserves a health check's exit status 2.
                 eprintln!("probe: {e}");
-                return ExitCode::from(2);
+                return ExitCode::FAILURE;
             }
         },
     };
