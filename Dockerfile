@@ -76,9 +76,14 @@ LABEL org.opencontainers.image.title=oz-agent-worker \
 USER 10001:10001
 # /app/oz-agent-worker as in the Go worker's image.
 WORKDIR /app
-# The worker's /healthz and /readyz (--health-listen).
+# The worker's /healthz and /readyz (--health-listen). The HEALTHCHECK
+# probes whatever OZ_HEALTH_LISTEN says, so move the port with
+# `-e OZ_HEALTH_LISTEN=...` (two workers on `--network host` need one port
+# each), not with --health-listen, which the health check cannot see.
 ENV OZ_HEALTH_LISTEN=0.0.0.0:8081
 EXPOSE 8081
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
-    CMD ["oz-agent-worker", "probe", "http://127.0.0.1:8081/healthz"]
+    CMD ["oz-agent-worker", "probe"]
+# As PID 1 the worker runs itself as a child and reaps orphaned processes
+# (as `docker run --init` would); --init works too.
 ENTRYPOINT ["/usr/local/bin/oz-agent-worker"]

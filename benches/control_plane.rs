@@ -236,6 +236,7 @@ async fn soak(dir: &std::path::Path, n: usize, cap: usize, task_time: Duration) 
                             tx.send(WorkerMessage::TaskRejected(TaskRejected {
                                 task_id: a.task_id.clone(),
                                 reason: format!("at capacity: {cap} of {cap} tasks running"),
+                                execution_id: None,
                             })).unwrap();
                             continue;
                         }

@@ -11,6 +11,9 @@ use clap::Parser;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    // As PID 1 (a container without --init), become an init that reaps
+    // orphans and run the worker as its child.
+    cli::init::reap_orphans_if_pid1();
     // The direct runtime re-runs this binary to launch a task's programs.
     let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
     oz_runtime_direct::launcher::main_if_launcher(&args);

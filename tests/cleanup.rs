@@ -95,6 +95,10 @@ async fn cleanup_removes_only_what_provably_dead_workers_left() {
         boot: boot.clone(),
         pid,
         pid_start: start.to_string(),
+        // Labels as written before liveness sockets: judged by pid alone.
+        beacon: String::new(),
+        net_namespace: String::new(),
+        pid_namespace: String::new(),
     };
     let dead = |w: &str| owner(w, &host, dead_pid, "1");
     let far_host = format!("0000/gone-builder-{tag}");

@@ -194,7 +194,14 @@ fn socket_gid(host: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// Builds the image once per test binary: the tests run in parallel, and
+/// two builds at once would compile everything twice.
 fn build_image() -> String {
+    static BUILT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BUILT.get_or_init(build_image_now).clone()
+}
+
+fn build_image_now() -> String {
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let started = Instant::now();
     let out = Command::new(repo.join("scripts/container-image.sh"))
@@ -352,12 +359,7 @@ fn check_image_config() {
     );
     assert_eq!(
         c["Healthcheck"]["Test"],
-        serde_json::json!([
-            "CMD",
-            "oz-agent-worker",
-            "probe",
-            "http://127.0.0.1:8081/healthz"
-        ]),
+        serde_json::json!(["CMD", "oz-agent-worker", "probe"]),
         "{c}"
     );
     let env: Vec<&str> = c["Env"]
@@ -392,15 +394,9 @@ fn check_image_config() {
 fn check_health(container: &str) {
     let help = docker_ok(&["run", "--rm", IMAGE, "--help"]);
     let serves_health = help.contains("--health-listen");
-    let probe = docker(&[
-        "exec",
-        container,
-        "oz-agent-worker",
-        "probe",
-        "http://127.0.0.1:8081/healthz",
-    ])
-    .output()
-    .unwrap();
+    let probe = docker(&["exec", container, "oz-agent-worker", "probe"])
+        .output()
+        .unwrap();
     if serves_health {
         assert!(probe.status.success(), "probe: {}", text(&probe));
         poll("the container is reported healthy", PATIENCE, || {
@@ -451,4 +447,185 @@ fn check_command(socket: &str, gid: &str) {
             && err.contains("ermission denied"),
         "{err}"
     );
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Issue 22 item 9, in the dockerd matrix row like the test above.
+mod docker_host_network {
+    use super::*;
+
+    /// Two workers from the image on the host network, each with its own
+    /// OZ_HEALTH_LISTEN (neither on the image's default port): both start,
+    /// and Docker reports both healthy, because the HEALTHCHECK probes the
+    /// port each one listens on. A third on a port already taken stops with
+    /// an error that names OZ_HEALTH_LISTEN. Each runs as PID 1 (no
+    /// `--init`) and runs 5 tasks (direct runtime) whose agent leaves an
+    /// orphaned process behind: every orphan is reaped, none stays a zombie.
+    #[test]
+    fn two_workers_on_the_host_network_are_healthy_and_reap_orphans() {
+        if !Engine::Docker.available() {
+            return;
+        }
+        build_image();
+        let plane = Plane::start();
+        let share = tempfile::tempdir().unwrap();
+        chmod(share.path(), "0777");
+        // The agent: an orphan (its parent subshell exits at once) that
+        // records its pid and lives for a second.
+        let agent = share.path().join("agent.sh");
+        std::fs::write(
+            &agent,
+            "#!/bin/sh\n( sleep 1 & echo $! > \"/share/orphan-$TASK_ID\" )\necho agent done\n",
+        )
+        .unwrap();
+        chmod(&agent, "0755");
+        std::fs::write(
+            share.path().join("config.yaml"),
+            "backend:\n  direct:\n    oz_path: /share/agent.sh\n    workspace_root: /home/oz/workspaces\n",
+        )
+        .unwrap();
+        chmod(&share.path().join("config.yaml"), "0644");
+
+        let ids: Vec<String> = (0..2).map(|_| unique_id("image-hostnet")).collect();
+        let ports = [free_port(), free_port()];
+        let containers: Vec<String> = ids.iter().map(|i| format!("oz-test-{i}")).collect();
+        let third = format!("oz-test-{}", unique_id("image-hostnet"));
+        let _cleanup = Cleanup {
+            containers: containers.iter().cloned().chain([third.clone()]).collect(),
+            images: vec![],
+        };
+        let ws = format!(
+            "{}/api/v1/selfhosted/worker/ws",
+            plane.url.replace("http://", "ws://")
+        );
+        let run_worker = |name: &str, id: &str, port: u16| {
+            docker(&[
+                "run",
+                "-d",
+                "--name",
+                name,
+                "--network",
+                "host",
+                "--health-interval",
+                "1s",
+                "--health-start-period",
+                "30s",
+                "-e",
+                &format!("OZ_HEALTH_LISTEN=127.0.0.1:{port}"),
+                "-e",
+                "WARP_API_KEY",
+                "-v",
+                &format!("{}:/share", share.path().display()),
+                IMAGE,
+                "--worker-id",
+                id,
+                "--backend",
+                "direct",
+                "--config-file",
+                "/share/config.yaml",
+                "--web-socket-url",
+                &ws,
+                "--server-root-url",
+                &plane.url,
+            ])
+            .env("WARP_API_KEY", &plane.key)
+            .output()
+            .unwrap()
+        };
+        for i in 0..2 {
+            let out = run_worker(&containers[i], &ids[i], ports[i]);
+            assert!(out.status.success(), "docker run: {}", text(&out));
+        }
+        for c in &containers {
+            poll(&format!("{c} reported healthy"), PATIENCE, || {
+                let status = docker_ok(&["inspect", "-f", "{{.State.Health.Status}}", c]);
+                let logs = text(&docker(&["logs", c]).output().unwrap());
+                assert_ne!(status, "unhealthy", "{c}: {logs}");
+                (status == "healthy").then_some(())
+            });
+        }
+        // The worker is not PID 1 itself: PID 1 is its reaper, its parent.
+        let children = docker_ok(&[
+            "exec",
+            &containers[0],
+            "sh",
+            "-c",
+            "for c in $(cat /proc/1/task/1/children); do cat /proc/$c/comm; done",
+        ]);
+        assert!(
+            children.lines().any(|c| c == "oz-agent-worker"),
+            "PID 1 runs the worker as its child: {children:?}"
+        );
+
+        // A third on the first one's port: a clear error, exit status 1.
+        let out = run_worker(&third, &ids[0], ports[0]);
+        assert!(out.status.success(), "docker run: {}", text(&out));
+        let code = poll("the third worker exits", PATIENCE, || {
+            let running = docker_ok(&["inspect", "-f", "{{.State.Running}}", &third]);
+            (running == "false")
+                .then(|| docker_ok(&["inspect", "-f", "{{.State.ExitCode}}", &third]))
+        });
+        let logs = text(&docker(&["logs", &third]).output().unwrap());
+        assert_eq!(code, "1", "{logs}");
+        assert!(
+            logs.contains("OZ_HEALTH_LISTEN") && logs.contains(&ports[0].to_string()),
+            "{logs}"
+        );
+
+        // 5 tasks on the first worker, each leaving an orphan.
+        let mut orphans = Vec::new();
+        for n in 0..5 {
+            let out = Command::new(env!("CARGO_BIN_EXE_oz-agent-worker"))
+                .args(["run", "--server", &plane.url, "--host", &ids[0]])
+                .args(["--prompt", &format!("orphan {n}"), "--wait", "--json"])
+                .env("WARP_API_KEY", &plane.key)
+                .output()
+                .unwrap();
+            let run: serde_json::Value = serde_json::from_slice(&out.stdout)
+                .unwrap_or_else(|e| panic!("run --json: {e}: {}", text(&out)));
+            assert_eq!(run["state"], "succeeded", "{run}");
+            let task_id = run["id"].as_str().unwrap().to_string();
+            let pid = poll("the orphan's pid", PATIENCE, || {
+                std::fs::read_to_string(share.path().join(format!("orphan-{task_id}")))
+                    .ok()
+                    .filter(|p| p.ends_with('\n'))
+            });
+            orphans.push(pid.trim().to_string());
+        }
+        // Reaped: gone from the container's /proc (a zombie stays listed).
+        for pid in &orphans {
+            poll(&format!("orphan {pid} reaped"), PATIENCE, || {
+                let out = docker(&[
+                    "exec",
+                    &containers[0],
+                    "test",
+                    "-e",
+                    &format!("/proc/{pid}"),
+                ])
+                .output()
+                .unwrap();
+                (!out.status.success()).then_some(())
+            });
+        }
+        let zombies = docker_ok(&[
+            "exec",
+            &containers[0],
+            "sh",
+            "-c",
+            "grep -l '^State:.*Z' /proc/[0-9]*/status 2>/dev/null | wc -l",
+        ]);
+        assert_eq!(zombies, "0", "zombies in the container");
+
+        // docker stop: PID 1 forwards SIGTERM; the worker's exit status is the container's.
+        docker_ok(&["stop", "-t", "30", &containers[0]]);
+        let code = docker_ok(&["inspect", "-f", "{{.State.ExitCode}}", &containers[0]]);
+        assert_eq!(code, "0", "exit code after docker stop");
+    }
 }

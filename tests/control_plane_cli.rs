@@ -158,7 +158,7 @@ async fn runs_logs_prints_each_stream_to_its_own_and_marks_what_the_worker_dropp
     assert_eq!(stdout, "to stdout\nafter a gap\n");
     assert!(stderr.contains("to stderr\n"), "{stderr}");
     assert!(
-        stderr.contains("4096 bytes of output dropped by the worker here"),
+        stderr.contains("4096 bytes of older output dropped by the worker here"),
         "{stderr}"
     );
     assert!(

@@ -88,8 +88,12 @@ fn worker_message() -> impl Strategy<Value = WorkerMessage> {
                 execution_id,
             })
         }),
-        (id, ".{0,40}").prop_map(|(task_id, reason)| {
-            WorkerMessage::TaskRejected(TaskRejected { task_id, reason })
+        (id, ".{0,40}", opt.clone()).prop_map(|(task_id, reason, execution_id)| {
+            WorkerMessage::TaskRejected(TaskRejected {
+                task_id,
+                reason,
+                execution_id,
+            })
         }),
         (id, ".{0,40}", opt.clone(), opt.clone()).prop_map(
             |(task_id, message, task_state, execution_id)| {

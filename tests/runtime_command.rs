@@ -27,6 +27,7 @@ fn fixture(name: &str) -> PathBuf {
 struct CommandSetup {
     plane: TestPlane,
     root: tempfile::TempDir,
+    dispatch_timeout: &'static str,
 }
 
 impl CommandSetup {
@@ -36,6 +37,7 @@ impl CommandSetup {
         CommandSetup {
             plane: TestPlane::start(test_config()).await,
             root,
+            dispatch_timeout: "2s",
         }
     }
 
@@ -50,13 +52,14 @@ impl CommandSetup {
   command:
     dispatch_command: '{dispatch} {report}'
     cancel_command: '{cancel} {report}'
-    dispatch_timeout: 2s
+    dispatch_timeout: {timeout}
     environment:
       - name: CONFIGURED
         value: from-config
 "#,
             dispatch = fixture("dispatch.sh").display(),
             cancel = fixture("cancel.sh").display(),
+            timeout = self.dispatch_timeout,
         );
         let path = self.root.path().join("config.yaml");
         std::fs::write(&path, yaml).unwrap();
@@ -706,4 +709,101 @@ async fn task_timeout_bounds_the_dispatch_not_the_dispatched_task() {
     s.plane.client().cancel_run(&run).await.unwrap();
     s.cancelled(&run).await;
     wait_gone(job, "the dispatched job").await;
+}
+
+/// `runs cancel` from 10 processes at once, through the real CLI.
+async fn cancel_ten_times(s: &CommandSetup, run: &str) {
+    let cancels: Vec<_> = (0..10)
+        .map(|_| {
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_oz-agent-worker"))
+                .args(["runs", "cancel", run, "--server", &s.plane.plane.url()])
+                .env("WARP_API_KEY", &s.plane.key)
+                .output()
+        })
+        .collect();
+    for out in futures_util::future::join_all(cancels).await {
+        let out = out.unwrap();
+        assert!(
+            out.status.success(),
+            "runs cancel: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+fn cancel_requests_in_history(run: &oz_runs_api::model::Run) -> usize {
+    run.history
+        .iter()
+        .filter(|h| {
+            h.note
+                .as_deref()
+                .is_some_and(|n| n.contains("cancel requested"))
+        })
+        .count()
+}
+
+/// Issue 22 item 2: a cancellation while `dispatch_command` still runs kills
+/// it, reports CANCELLED and runs `cancel_command` (the dispatch may already
+/// have reached the outside system). Ten concurrent `runs cancel` make one
+/// history entry, one `task_cancellation` and one run of the cancel command.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_during_the_dispatch_kills_it_and_runs_the_cancel_command_once() {
+    let mut s = CommandSetup::new().await;
+    s.dispatch_timeout = "120s";
+    let id = unique_id("cmd-cancel-dispatch");
+    let w = s.worker(&id, &[]).await;
+    let run = s.run(&id, &[("FAKE_DISPATCH", "hang")]).await;
+    wait_file(&s.dir(&run).join("hang_pid")).await;
+    let (dispatcher, child) = (s.pid(&run, "hang_pid"), s.pid(&run, "hang_child_pid"));
+    cancel_ten_times(&s, &run).await;
+    let done = wait_terminal(&s.plane, &run, RUN_TIMEOUT).await;
+    assert_eq!(done.state, RunState::Cancelled, "{done:#?}");
+    wait_gone(dispatcher, "the dispatch command").await;
+    wait_gone(child, "the dispatch command's child").await;
+    s.cancelled(&run).await;
+    assert_eq!(cancel_requests_in_history(&done), 1, "{done:#?}");
+    let log = w.log_text();
+    assert_eq!(
+        log.matches("cancelling task on the server's request")
+            .count(),
+        1,
+        "{log}"
+    );
+    assert!(!log.contains("repeated cancellation"), "{log}");
+    // The cancel command ran to its end: nothing runs it again later.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(s.count(&run, "cancels"), 1, "cancel_command runs");
+    assert_eq!(s.count(&run, "dispatches"), 1);
+}
+
+/// Issue 22 item 2: ten concurrent `runs cancel` of a dispatched task run
+/// its `cancel_command` once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_cancels_of_a_dispatched_task_run_the_cancel_command_once() {
+    let s = CommandSetup::new().await;
+    let id = unique_id("cmd-cancel-many");
+    let w = s.worker(&id, &[]).await;
+    let run = s.run(&id, &[]).await;
+    let job = s.dispatched(&w, &run).await;
+    cancel_ten_times(&s, &run).await;
+    s.cancelled(&run).await;
+    wait_gone(job, "the dispatched job").await;
+    let after = s.plane.client().get_run(&run).await.unwrap();
+    assert_eq!(cancel_requests_in_history(&after), 1, "{after:#?}");
+    let deadline = tokio::time::Instant::now() + RUN_TIMEOUT;
+    while !w
+        .log_text()
+        .contains("cancelling a dispatched task through the runtime")
+    {
+        assert!(tokio::time::Instant::now() < deadline, "{}", w.log_text());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(s.count(&run, "cancels"), 1, "cancel_command runs");
+    assert_eq!(
+        w.log_text()
+            .matches("cancelling a dispatched task through the runtime")
+            .count(),
+        1
+    );
 }

@@ -1,6 +1,6 @@
 //! contrib/systemd/oz-agent-worker.service: systemd's own checker accepts it
 //! without a warning, its hardening scores as systemd rates it, its stop
-//! timeout leaves a margin over the worker's shutdown timeout, and every
+//! timeout leaves a margin over the worker's whole stop, and every
 //! flag it passes is one the worker has. No systemd runs here, so the unit
 //! is not started.
 
@@ -9,8 +9,10 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 const INSTALLED_BINARY: &str = "/usr/local/bin/oz-agent-worker";
-/// systemd must not SIGKILL a worker still within its own shutdown timeout.
-const STOP_MARGIN: Duration = Duration::from_secs(10);
+/// systemd must not SIGKILL a worker still within its own stop: the
+/// worker's stop ends by its shutdown timeout + `worker::STOP_TAIL`, and
+/// this much is left for the process to exit.
+const STOP_MARGIN: Duration = Duration::from_secs(5);
 
 fn unit_path() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/systemd/oz-agent-worker.service")
@@ -119,13 +121,21 @@ fn stop_timeout_exceeds_the_workers_shutdown_timeout() {
     assert_eq!(setting(&s, "KillSignal"), "SIGTERM");
     let stop = oz_foundation::duration::parse_duration(setting(&s, "TimeoutStopSec"))
         .expect("TimeoutStopSec in seconds");
-    let shutdown = oz_worker::config::DEFAULT_SHUTDOWN_TIMEOUT;
+    let shutdown = oz_worker::config::DEFAULT_SHUTDOWN_TIMEOUT + oz_worker::STOP_TAIL;
     assert!(
         stop >= shutdown + STOP_MARGIN,
-        "TimeoutStopSec={stop:?} leaves less than {STOP_MARGIN:?} over the worker's {shutdown:?}"
+        "TimeoutStopSec={stop:?} leaves less than {STOP_MARGIN:?} over the worker's whole stop ({shutdown:?})"
     );
     assert_eq!(setting(&s, "Restart"), "on-failure");
-    assert!(setting(&s, "EnvironmentFile").starts_with('/'));
+    assert!(setting(&s, "EnvironmentFile")
+        .trim_start_matches('-')
+        .starts_with('/'));
+    // The key comes as the credential the worker reads by itself.
+    let credential = setting(&s, "LoadCredential");
+    assert!(
+        credential.starts_with(&format!("{}:/", oz_foundation::secret::CREDENTIAL_NAME)),
+        "LoadCredential={credential} does not load the credential the worker reads"
+    );
     // The key is never written into the unit itself.
     assert!(
         !s.iter()

@@ -83,6 +83,11 @@ pub fn decide(
                 "its labels do not say which process made it; remove it with `docker rm -f` if you know it is not in use".into(),
             )
         }
+        Owner::Unknowable(why) => {
+            return Verdict::Keep(format!(
+                "{why}; run cleanup where worker {worker} runs, or remove it with `docker rm -f` if you know it is gone"
+            ))
+        }
         Owner::OtherHost(host) => {
             let named = args.gone_host.iter().any(|g| {
                 g == host || host.rsplit_once('/').is_some_and(|(_, name)| name == g)

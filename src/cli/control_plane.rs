@@ -543,7 +543,7 @@ fn print_chunk(c: &OutputChunk) {
     use std::io::Write;
     if c.dropped_bytes > 0 {
         eprintln!(
-            "[oz] {} bytes of output dropped by the worker here (its link to the control plane was slower than the task)",
+            "[oz] {} bytes of older output dropped by the worker here (its buffer filled while its link to the control plane was down or slower than the task; the newest output is kept)",
             c.dropped_bytes
         );
     }

@@ -1,10 +1,12 @@
 //! Command-line surface. Each subcommand's arguments and entry point live in
 //! the module of the layer it drives; this file only wires them together.
 
+pub mod api_key;
 pub mod check;
 pub mod cleanup;
 pub mod config_file;
 pub mod control_plane;
+pub mod init;
 pub mod internal;
 pub mod logging;
 pub mod probe;

@@ -1,8 +1,12 @@
-//! `oz-agent-worker probe URL` (hidden): a health check for images that
+//! `oz-agent-worker probe [URL]` (hidden): a health check for images that
 //! carry no curl or wget, used by the Dockerfile's `HEALTHCHECK` against
-//! the worker's `/healthz`. One plain HTTP/1.1 GET; exit 0 on a 2xx answer,
-//! otherwise exit 1 with a one-line reason on stderr (Docker keeps it in
-//! `docker inspect`'s health log).
+//! the worker's `/healthz`. Without a URL it probes the address the worker
+//! itself listens on, from the same `OZ_HEALTH_LISTEN` the worker reads (the
+//! health check runs with the container's environment), so a worker moved
+//! to another port (two workers sharing the host network) is probed there.
+//! One plain HTTP/1.1 GET; exit 0 on a 2xx answer, otherwise exit 1 with a
+//! one-line reason on stderr (Docker keeps it in `docker inspect`'s health
+//! log).
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
@@ -17,23 +21,56 @@ const BODY_QUOTE_LIMIT: usize = 200;
 #[derive(Debug, clap::Args)]
 pub struct ProbeArgs {
     /// The URL to GET, plain HTTP only, e.g. `http://127.0.0.1:8081/healthz`.
-    pub url: String,
+    /// Default: /healthz on OZ_HEALTH_LISTEN's address (an unspecified
+    /// address such as 0.0.0.0 is probed on loopback).
+    pub url: Option<String>,
     /// Give up after this long (connect, answer and body), e.g. `3s`.
     #[arg(long, default_value = "5s", value_parser = oz_foundation::duration::parse_duration)]
     pub timeout: Duration,
 }
 
 pub async fn run(args: ProbeArgs) -> ExitCode {
-    match probe(&args.url, args.timeout).await {
+    let url = match args.url {
+        Some(u) => u,
+        None => match health_url(std::env::var("OZ_HEALTH_LISTEN").ok().as_deref()) {
+            Ok(u) => u,
+            Err(e) => {
+                // 1, not 2: Docker reserves a health check's exit status 2.
+                eprintln!("probe: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    match probe(&url, args.timeout).await {
         Ok(status) => {
-            println!("{} {status}", args.url);
+            println!("{url} {status}");
             ExitCode::SUCCESS
         }
         Err(reason) => {
-            eprintln!("{}: {reason}", args.url);
+            eprintln!("{url}: {reason}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// `/healthz` on the address in `listen` (OZ_HEALTH_LISTEN's value, as
+/// `--health-listen` takes it), reached over loopback when the worker
+/// listens on every address.
+pub fn health_url(listen: Option<&str>) -> Result<String, String> {
+    let listen = listen.map(str::trim).filter(|l| !l.is_empty()).ok_or(
+        "no URL given and OZ_HEALTH_LISTEN is not set: pass the URL of the worker's /healthz, \
+         or set OZ_HEALTH_LISTEN to the address the worker serves it on",
+    )?;
+    let mut addr: std::net::SocketAddr = listen.parse().map_err(|e| {
+        format!("OZ_HEALTH_LISTEN={listen:?} is not an address ({e}); expected HOST:PORT, e.g. 0.0.0.0:8081")
+    })?;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    Ok(format!("http://{addr}/healthz"))
 }
 
 /// GETs `url` and returns the status when it is 2xx.
@@ -115,6 +152,24 @@ mod tests {
             r.len(),
             "500 Internal Server Error: ".len() + BODY_QUOTE_LIMIT
         );
+    }
+
+    #[test]
+    fn the_default_url_follows_oz_health_listen() {
+        assert_eq!(
+            health_url(Some("0.0.0.0:8082")).unwrap(),
+            "http://127.0.0.1:8082/healthz"
+        );
+        assert_eq!(
+            health_url(Some("[::]:9000")).unwrap(),
+            "http://[::1]:9000/healthz"
+        );
+        assert_eq!(
+            health_url(Some("127.0.0.2:81")).unwrap(),
+            "http://127.0.0.2:81/healthz"
+        );
+        assert!(health_url(None).unwrap_err().contains("OZ_HEALTH_LISTEN"));
+        assert!(health_url(Some("nope")).unwrap_err().contains("HOST:PORT"));
     }
 
     #[tokio::test]

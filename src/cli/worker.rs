@@ -5,6 +5,7 @@
 //! `Option` so "given on the command line" is visible even when the value is
 //! 0 or empty: an explicit flag always beats the file.
 
+use crate::cli::api_key;
 use crate::cli::config_file::{self, BackendSections, ConfigFile};
 use oz_foundation::operator_env::{self, EnvLookup, ProcessEnv};
 use oz_foundation::secret::Secret;
@@ -19,9 +20,12 @@ pub struct WorkerArgs {
     /// Worker id that tasks are routed to (ids starting with `warp` are reserved).
     #[arg(long)]
     pub worker_id: Option<String>,
-    /// API key for the orchestrator.
-    #[arg(long, env = "WARP_API_KEY", hide_env_values = true, value_parser = super::secret_arg)]
+    /// API key for the orchestrator. Visible to every local user in /proc/PID/cmdline: prefer --api-key-file or WARP_API_KEY_FILE (WARP_API_KEY also works).
+    #[arg(long, value_parser = super::secret_arg)]
     pub api_key: Option<Secret>,
+    /// File holding the API key (trailing newline ignored), e.g. a Kubernetes secret volume. Env: WARP_API_KEY_FILE; systemd: LoadCredential=warp-api-key.
+    #[arg(long, value_name = "PATH")]
+    pub api_key_file: Option<PathBuf>,
     /// The runtime: docker (default), direct or command. Default: the config file's one backend section, else docker.
     #[arg(long, value_name = "BACKEND")]
     pub backend: Option<String>,
@@ -144,11 +148,11 @@ pub fn select_backend(
     Ok((chosen, ignored))
 }
 
-fn core_inputs(args: &WorkerArgs, file: &ConfigFile) -> CoreInputs {
+fn core_inputs(args: &WorkerArgs, file: &ConfigFile, api_key: Option<Secret>) -> CoreInputs {
     CoreInputs {
         flag_worker_id: args.worker_id.clone(),
         file_worker_id: file.worker_id.clone(),
-        flag_api_key: args.api_key.clone(),
+        flag_api_key: api_key,
         flag_max_concurrent_tasks: args.max_concurrent_tasks,
         file_max_concurrent_tasks: file.max_concurrent_tasks,
         flag_idle_on_complete: args.idle_on_complete.clone(),
@@ -192,11 +196,20 @@ pub fn resolve(args: &WorkerArgs, env: &dyn EnvLookup) -> Result<Resolved, Strin
         None => config_file::Loaded::default(),
     };
     let file = &loaded.file;
-    let core = WorkerConfig::resolve(&core_inputs(args, file), env)
+    let (api_key, key_warnings) = api_key::resolve(
+        &api_key::KeySources {
+            flag: args.api_key.clone(),
+            flag_file: args.api_key_file.clone(),
+        },
+        env,
+    )
+    .map_err(|e| e.to_string())?;
+    let core = WorkerConfig::resolve(&core_inputs(args, file, api_key), env)
         .map_err(|e| loaded.locate_error(e.0))?;
     let sections = file.backend.clone().unwrap_or_default();
     let (backend, ignored) = select_backend(args.backend.as_deref(), &sections)?;
-    let mut warnings: Vec<String> = ignored.into_iter().collect();
+    let mut warnings: Vec<String> = key_warnings;
+    warnings.extend(ignored);
     let operator = operator_env::resolve(
         sections.environment(backend),
         &format!("backend.{backend}.environment"),

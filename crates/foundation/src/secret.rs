@@ -127,3 +127,7 @@ mod tests {
 /// worker removes them from its environment at start, and no task program
 /// gets them.
 pub const SECRET_VARS: [&str; 2] = ["WARP_API_KEY", "WARP_API_KEY_FILE"];
+
+/// The systemd credential (`LoadCredential=`) the worker reads its key from,
+/// under `$CREDENTIALS_DIRECTORY`.
+pub const CREDENTIAL_NAME: &str = "warp-api-key";

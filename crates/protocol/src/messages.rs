@@ -52,7 +52,7 @@ impl WorkerMessage {
     pub fn execution_id(&self) -> Option<&str> {
         match self {
             WorkerMessage::TaskClaimed(m) => m.execution_id.as_deref(),
-            WorkerMessage::TaskRejected(_) => None,
+            WorkerMessage::TaskRejected(m) => m.execution_id.as_deref(),
             WorkerMessage::TaskCompleted(m) => m.execution_id.as_deref(),
             WorkerMessage::TaskFailed(m) => m.execution_id.as_deref(),
             WorkerMessage::TaskOutput(m) => m.execution_id.as_deref(),
@@ -247,6 +247,13 @@ pub struct TaskClaimed {
 pub struct TaskRejected {
     pub task_id: String,
     pub reason: String,
+    /// Extension `task-reannounce` only: set when the worker releases an
+    /// assignment it received on an earlier connection and could not claim
+    /// (that connection closed first), so a restarted server offers the run
+    /// again at once instead of waiting for a re-announce. Plain rejections
+    /// (at capacity) never name an execution.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub execution_id: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]

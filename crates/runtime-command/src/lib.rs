@@ -33,7 +33,7 @@ pub const BACKEND_NAME: &str = "command";
 pub const CANCEL_TIMEOUT: Duration = Duration::from_secs(10);
 /// The worker's own credential for the orchestrator: not handed to the
 /// commands unless the operator lists it in `environment` (or `-e`).
-const WITHHELD_VARS: [&str; 1] = ["WARP_API_KEY"];
+const WITHHELD_VARS: [&str; 3] = ["WARP_API_KEY", "WARP_API_KEY_FILE", "CREDENTIALS_DIRECTORY"];
 /// Record kind of a running dispatch command (see [`process::GroupRecord`]).
 const DISPATCH: &str = "dispatch";
 
@@ -135,6 +135,11 @@ impl CommandRuntime {
             _ = ctx.stop.cancelled() => {
                 let _ = group.terminate(Duration::ZERO, &ctx.force).await;
                 let _ = std::fs::remove_file(&record);
+                // The dispatch may have reached the outside system before it
+                // was killed: like the Go worker, every cancellation of a
+                // task runs the cancel hook (as a restart does for a dispatch
+                // a dead worker left).
+                self.cancel(inv.task.clone()).await;
                 return RunOutcome::Stopped;
             }
         };
@@ -207,6 +212,20 @@ impl CommandRuntime {
 impl Runtime for CommandRuntime {
     fn name(&self) -> &'static str {
         BACKEND_NAME
+    }
+
+    /// The stop's deadline has come: whatever this worker still waits on
+    /// (an agent, a setup or teardown command, a dispatch) is SIGKILLed
+    /// with its whole process group, so nothing outlives the worker.
+    fn shutdown(&self, _deadline: std::time::Duration) -> BoxFuture<'_, ()> {
+        Box::pin(async {
+            let killed = oz_runtime::live_groups::kill_all();
+            if killed > 0 {
+                tracing::warn!(
+                    "{killed} process group(s) still running at the end of the stop were killed"
+                );
+            }
+        })
     }
 
     fn describe(&self) -> String {

@@ -40,7 +40,11 @@ pub const INHERITED_VARS: [&str; 3] = ["HOME", "TMPDIR", "PATH"];
 /// Never handed to setup or teardown commands, though they otherwise get
 /// the worker's whole environment (the worker also removes them from its own
 /// at start: [`crate::hardening`]).
-const WITHHELD_VARS: [&str; 2] = oz_foundation::secret::SECRET_VARS;
+const WITHHELD_VARS: [&str; 3] = [
+    oz_foundation::secret::SECRET_VARS[0],
+    oz_foundation::secret::SECRET_VARS[1],
+    "CREDENTIALS_DIRECTORY",
+];
 /// This process's own binary, as the kernel keeps it open.
 const SELF_EXE: &str = "/proc/self/exe";
 /// The teardown's time limit once the worker's shutdown deadline has passed.
@@ -849,6 +853,20 @@ impl DirectRuntime {
 impl Runtime for DirectRuntime {
     fn name(&self) -> &'static str {
         BACKEND_NAME
+    }
+
+    /// The stop's deadline has come: whatever this worker still waits on
+    /// (an agent, a setup or teardown command, a dispatch) is SIGKILLed
+    /// with its whole process group, so nothing outlives the worker.
+    fn shutdown(&self, _deadline: std::time::Duration) -> BoxFuture<'_, ()> {
+        Box::pin(async {
+            let killed = oz_runtime::live_groups::kill_all();
+            if killed > 0 {
+                tracing::warn!(
+                    "{killed} process group(s) still running at the end of the stop were killed"
+                );
+            }
+        })
     }
 
     fn describe(&self) -> String {

@@ -6,9 +6,13 @@
 //! worker id, different instance" does not make a container an orphan. A
 //! container is an orphan only when its owner ran on this host (same machine
 //! id and hostname) and provably no longer runs: the host rebooted since
-//! (boot id differs), or its pid is gone or now belongs to a process that
-//! started at a different time. Containers of workers on other hosts are
-//! never touched: from here we cannot know whether they are alive.
+//! (boot id differs), or its liveness socket is gone (`runtime::liveness`:
+//! this holds across PID namespaces, so a worker in a container or under
+//! `unshare --pid` is not judged by a pid that means nothing here), or,
+//! within its own PID namespace, its pid is gone or now belongs to a process
+//! that started at a different time. Containers of workers on other hosts,
+//! and of workers whose liveness cannot be checked from here, are never
+//! touched.
 
 use std::collections::HashMap;
 
@@ -23,6 +27,10 @@ pub const HOST: &str = "dev.oz.host";
 pub const BOOT: &str = "dev.oz.boot-id";
 pub const PID: &str = "dev.oz.pid";
 pub const PID_START: &str = "dev.oz.pid-start";
+/// The owner's liveness socket (`runtime::liveness`).
+pub const BEACON: &str = "dev.oz.liveness-socket";
+pub const NET_NAMESPACE: &str = "dev.oz.net-namespace";
+pub const PID_NAMESPACE: &str = "dev.oz.pid-namespace";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProcessIdentity {
@@ -32,6 +40,9 @@ pub struct ProcessIdentity {
     pub boot: String,
     pub pid: u32,
     pub pid_start: String,
+    pub beacon: String,
+    pub net_namespace: String,
+    pub pid_namespace: String,
 }
 
 impl ProcessIdentity {
@@ -44,6 +55,9 @@ impl ProcessIdentity {
             boot: read_trimmed("/proc/sys/kernel/random/boot_id").unwrap_or_default(),
             pid,
             pid_start: process_start_time(pid).unwrap_or_default(),
+            beacon: liveness::beacon().to_string(),
+            net_namespace: liveness::net_namespace(),
+            pid_namespace: liveness::pid_namespace(),
         }
     }
 
@@ -63,6 +77,9 @@ impl ProcessIdentity {
             (BOOT.to_string(), self.boot.clone()),
             (PID.to_string(), self.pid.to_string()),
             (PID_START.to_string(), self.pid_start.clone()),
+            (BEACON.to_string(), self.beacon.clone()),
+            (NET_NAMESPACE.to_string(), self.net_namespace.clone()),
+            (PID_NAMESPACE.to_string(), self.pid_namespace.clone()),
         ]);
         if let Some((task_id, execution_id)) = task {
             l.insert(TASK_ID.to_string(), task_id.to_string());
@@ -95,7 +112,8 @@ impl ProcessIdentity {
 /// host (`host`, `boot`: its identity and boot id) can tell.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Owner {
-    /// On this host, and its pid runs with the same start time.
+    /// On this host, and its liveness socket is held (or, in its own PID
+    /// namespace, its pid runs with the same start time).
     Alive { pid: u32 },
     /// On this host, and provably gone: why.
     Dead(&'static str),
@@ -103,6 +121,9 @@ pub enum Owner {
     OtherHost(String),
     /// The labels do not say (no host or pid).
     Unknown,
+    /// On this host, but in namespaces whose liveness cannot be checked
+    /// from here (why).
+    Unknowable(&'static str),
 }
 
 pub fn owner(
@@ -120,10 +141,27 @@ pub fn owner(
     if get(BOOT) != boot {
         return Owner::Dead("the host has rebooted since it started");
     }
-    match get(PID).parse::<u32>() {
-        Ok(pid) if alive(pid, get(PID_START)) => Owner::Alive { pid },
-        Ok(_) => Owner::Dead("its process has exited"),
-        Err(_) => Owner::Unknown,
+    let Ok(pid) = get(PID).parse::<u32>() else {
+        return Owner::Unknown;
+    };
+    let marks = liveness::OwnerMarks {
+        pid: Some(pid),
+        pid_start: get(PID_START),
+        beacon: get(BEACON),
+        net_namespace: get(NET_NAMESPACE),
+        pid_namespace: get(PID_NAMESPACE),
+    };
+    let (net, pidns) = (liveness::net_namespace(), liveness::pid_namespace());
+    let here = liveness::Here {
+        net_namespace: &net,
+        pid_namespace: &pidns,
+        beacon_held: &liveness::beacon_held,
+        pid_alive: alive,
+    };
+    match liveness::judge(&marks, &here) {
+        liveness::Verdict::Alive => Owner::Alive { pid },
+        liveness::Verdict::Dead(why) => Owner::Dead(why),
+        liveness::Verdict::Unknowable(why) => Owner::Unknowable(why),
     }
 }
 
@@ -137,6 +175,7 @@ pub fn this_host() -> (String, String) {
 
 use oz_runtime::host::{host_identity, process_start_time, read_trimmed};
 pub use oz_runtime::host::{process_alive, random_id};
+use oz_runtime::liveness;
 
 #[cfg(test)]
 mod tests {
@@ -150,6 +189,9 @@ mod tests {
             boot: "b1".into(),
             pid: 10,
             pid_start: "100".into(),
+            beacon: String::new(),
+            net_namespace: String::new(),
+            pid_namespace: String::new(),
         }
     }
 

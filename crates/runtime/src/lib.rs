@@ -14,6 +14,8 @@
 //! runtime's) type, and the worker core only ever sees `dyn Runtime`.
 
 pub mod host;
+pub mod live_groups;
+pub mod liveness;
 pub mod output;
 pub mod process;
 pub mod resource_limits;

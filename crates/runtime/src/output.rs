@@ -3,9 +3,11 @@
 //! `task-output` extension.
 //!
 //! The sink never blocks and never grows without bound: a task must not run
-//! slower because the link is slow. Beyond [`OutputSink::CAPACITY`] bytes
-//! waiting to be sent, new output is dropped and counted, and the next chunk
-//! that does go out says how many bytes were lost before it.
+//! slower because the link is slow (or down). Beyond [`OutputSink::CAPACITY`]
+//! bytes waiting to be sent, the *oldest* waiting output is dropped and
+//! counted, so what a task printed last (its fatal error) is what survives,
+//! and the next chunk that does go out says how many bytes were lost before
+//! it.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -67,8 +69,8 @@ impl OutputSink {
         self.0.is_some()
     }
 
-    /// Queues output; never blocks. Over capacity the bytes are dropped and
-    /// counted.
+    /// Queues output; never blocks. Over capacity the oldest waiting bytes
+    /// are dropped (whole chunks) and counted.
     pub fn write(&self, stream: OutputStream, data: &[u8]) {
         let Some(shared) = &self.0 else { return };
         if data.is_empty() {
@@ -79,10 +81,19 @@ impl OutputSink {
             return;
         }
         for piece in data.chunks(Self::MAX_CHUNK) {
-            if b.bytes + piece.len() > Self::CAPACITY {
-                b.dropped_pending += piece.len() as u64;
-                b.dropped_total += piece.len() as u64;
-                continue;
+            // Room for the newest: the oldest waiting chunks go, and the
+            // chunk after them carries the count.
+            while b.bytes + piece.len() > Self::CAPACITY {
+                let Some(old) = b.chunks.pop_front() else {
+                    break;
+                };
+                b.bytes -= old.data.len();
+                b.dropped_total += old.data.len() as u64;
+                let lost = old.dropped_before + old.data.len() as u64;
+                match b.chunks.front_mut() {
+                    Some(next) => next.dropped_before += lost,
+                    None => b.dropped_pending += lost,
+                }
             }
             // Consecutive small writes to the same stream share a chunk.
             let dropped_pending = b.dropped_pending;
@@ -197,14 +208,21 @@ mod tests {
         while let Some(c) = reader.next().await {
             got.push(c);
         }
-        assert_eq!(got[0].data, b"ab");
-        assert_eq!(got[1].stream, OutputStream::Stderr);
+        // The oldest went: "ab", "e" and the first big piece; the count is
+        // on the first chunk that survived.
+        assert_eq!(
+            got[0].dropped_before as usize,
+            3 + OutputSink::MAX_CHUNK,
+            "{:?}",
+            got.iter().map(|c| c.dropped_before).collect::<Vec<_>>()
+        );
+        assert!(got[0].data.iter().all(|b| *b == b'x'));
         let total: usize = got.iter().map(|c| c.data.len()).sum();
         assert!(total <= OutputSink::CAPACITY, "{total}");
         let dropped: u64 = got.iter().map(|c| c.dropped_before).sum();
         assert_eq!(dropped as usize + total, 3 + OutputSink::CAPACITY + 4);
         assert_eq!(reader.dropped_total(), dropped);
-        assert_eq!(got.last().unwrap().data, b"tail", "room again after a drop");
+        assert_eq!(got.last().unwrap().data, b"tail", "the newest is kept");
     }
 
     #[test]

@@ -77,12 +77,19 @@ pub fn spawn(mut cmd: Command, sink: OutputSink, task_id: Option<&str>) -> std::
             task_id.map(str::to_string),
         )));
     }
+    crate::live_groups::register(pid);
     Ok(Group {
         child,
         pgid: Pid::from_raw(pid as i32),
         tail,
         readers,
     })
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        crate::live_groups::forget(self.pgid());
+    }
 }
 
 async fn pump(
@@ -260,6 +267,14 @@ pub struct GroupRecord {
     pub start: String,
     pub owner_pid: u32,
     pub owner_start: String,
+    /// The owner's liveness socket and namespaces (`runtime::liveness`);
+    /// empty in records written before they existed.
+    #[serde(default)]
+    pub owner_beacon: String,
+    #[serde(default)]
+    pub owner_net_namespace: String,
+    #[serde(default)]
+    pub owner_pid_namespace: String,
 }
 
 impl GroupRecord {
@@ -274,6 +289,9 @@ impl GroupRecord {
             start: host::process_start_time(group.pgid())?,
             owner_pid,
             owner_start: host::process_start_time(owner_pid).unwrap_or_default(),
+            owner_beacon: crate::liveness::beacon().to_string(),
+            owner_net_namespace: crate::liveness::net_namespace(),
+            owner_pid_namespace: crate::liveness::pid_namespace(),
         })
     }
 
@@ -284,9 +302,19 @@ impl GroupRecord {
         }
     }
 
-    /// Whether the worker process that wrote the record still runs.
+    /// Whether the worker process that wrote the record still runs, or
+    /// might (it cannot be checked from this process's namespaces): only a
+    /// provably dead owner's processes are acted on.
     pub fn owner_alive(&self) -> bool {
-        host::process_alive(self.owner_pid, &self.owner_start)
+        use crate::liveness::{judge_here, OwnerMarks, Verdict};
+        let marks = OwnerMarks {
+            pid: Some(self.owner_pid),
+            pid_start: &self.owner_start,
+            beacon: &self.owner_beacon,
+            net_namespace: &self.owner_net_namespace,
+            pid_namespace: &self.owner_pid_namespace,
+        };
+        !matches!(judge_here(&marks), Verdict::Dead(_))
     }
 
     /// SIGKILLs the recorded group if its leader still runs; whether it did.

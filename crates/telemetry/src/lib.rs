@@ -57,10 +57,24 @@ impl Running {
 
     /// Stops the exporter; an OTLP exporter pushes once more first (bounded
     /// by its timeout).
-    pub async fn shutdown(mut self) {
+    pub async fn shutdown(self) {
+        self.shutdown_within(Duration::MAX).await;
+    }
+
+    /// As [`Running::shutdown`], but gives the last push at most `budget`
+    /// (a stop must fit in the service manager's limit, whatever the
+    /// collector does); past it the push is abandoned. Whether it finished.
+    pub async fn shutdown_within(mut self, budget: Duration) -> bool {
         self.stop.cancel();
-        if let Some(task) = self.task.take() {
-            let _ = task.await;
+        let Some(mut task) = self.task.take() else {
+            return true;
+        };
+        match tokio::time::timeout(budget, &mut task).await {
+            Ok(_) => true,
+            Err(_) => {
+                task.abort();
+                false
+            }
         }
     }
 }

@@ -220,6 +220,7 @@ impl ScriptedWorker {
         self.send(WorkerMessage::TaskRejected(TaskRejected {
             task_id: task_id.into(),
             reason: reason.into(),
+            execution_id: None,
         }))
         .await;
     }

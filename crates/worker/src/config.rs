@@ -110,7 +110,7 @@ impl WorkerConfig {
             .unwrap_or_default();
         if api_key.expose_str().trim().is_empty() {
             return Err(ConfigError(
-                "no API key: pass --api-key or set WARP_API_KEY (create one in the orchestrator, or with `oz-agent-worker api-keys create` for a local control plane)".into(),
+                "no API key: pass --api-key-file or set WARP_API_KEY_FILE or WARP_API_KEY (create one in the orchestrator, or with `oz-agent-worker api-keys create` for a local control plane)".into(),
             ));
         }
 

@@ -33,6 +33,22 @@ pub const EXIT_DRAIN_INCOMPLETE: u8 = 3;
 /// to be confirmed before leaving them to the next start.
 pub const DELIVERY_GRACE: Duration = Duration::from_secs(10);
 
+/// What a stop may take beyond `--shutdown-timeout`: force-stopping the
+/// tasks still running ([`tasks::FORCE_STOP_GRACE`]), delivering reports,
+/// closing the socket, releasing the runtime (processes it still waits on
+/// are killed) and the last metrics push. Each phase takes what is left of
+/// one deadline (SIGTERM + shutdown timeout + this), so a stop always ends
+/// by then, whatever the collector or a teardown command does; the systemd
+/// unit's `TimeoutStopSec` must exceed the sum (tests/systemd_unit.rs).
+pub const STOP_TAIL: Duration = Duration::from_secs(10);
+
+/// The part of [`STOP_TAIL`] kept for the socket's close handshake (at most
+/// 2 s, `connection::drive`) and the last metrics push.
+const CLOSE_AND_PUSH: Duration = Duration::from_secs(4);
+/// The last metrics push at most (OTLP: a collector that never answers
+/// would otherwise hold the stop for its whole export timeout).
+const FINAL_PUSH: Duration = Duration::from_secs(2);
+
 /// The worker over any runtime; `shutdown` resolves when the worker should
 /// stop taking tasks and wind down.
 ///
@@ -92,7 +108,11 @@ pub async fn run_with_drain(
                 tracing::info!("serving health probes at http://{bound}/healthz and /readyz")
             }
             Err(e) => {
-                eprintln!("error: cannot serve health probes on {addr}: {e}; choose another --health-listen address");
+                eprintln!(
+                    "error: cannot serve health probes on {addr}: {e}; choose another address with \
+                     --health-listen or OZ_HEALTH_LISTEN (workers sharing a network, such as containers \
+                     run with --network host, need one port each)"
+                );
                 return ExitCode::FAILURE;
             }
         }
@@ -193,21 +213,46 @@ pub async fn run_with_drain(
             }
         }
     }
+    let deadline = tokio::time::Instant::now() + config.shutdown_timeout + STOP_TAIL;
+    let left = |reserve: Duration| {
+        deadline
+            .saturating_duration_since(tokio::time::Instant::now())
+            .saturating_sub(reserve)
+    };
     let in_time = if drained {
         true
     } else {
         health.set_shutting_down();
-        tracing::info!("shutting down: {} task(s) running", manager.active());
-        // The session keeps running (delivering reports) while we wind down.
-        let (in_time, _) = tokio::join!(
-            wind_down(&manager, &config, &delivery, &close),
-            &mut session_run
+        tracing::info!(
+            "shutting down: {} task(s) running; stopping within {:?}",
+            manager.active(),
+            config.shutdown_timeout + STOP_TAIL
         );
+        // The session keeps running (delivering reports) while we wind down;
+        // a socket that does not take the close frame (its write timeout is
+        // 10 s) is dropped at the deadline instead.
+        let session_until = deadline.checked_sub(FINAL_PUSH).unwrap_or(deadline);
+        let (in_time, session_ended) = tokio::join!(
+            wind_down(&manager, &config, &delivery, &close, &left),
+            tokio::time::timeout_at(session_until, &mut session_run)
+        );
+        if session_ended.is_err() {
+            tracing::warn!("the connection did not close in time; dropped");
+        }
         in_time
     };
-    runtime.shutdown(Duration::from_secs(10)).await;
-    // A last push, so a collector sees the final state.
-    exporter.shutdown().await;
+    let release = left(FINAL_PUSH);
+    if tokio::time::timeout(release, runtime.shutdown(release))
+        .await
+        .is_err()
+    {
+        tracing::warn!("the runtime did not finish releasing what it holds within {release:?}");
+    }
+    // A last push, so a collector sees the final state; bounded.
+    let push = left(Duration::ZERO).min(FINAL_PUSH);
+    if !exporter.shutdown_within(push).await {
+        tracing::warn!("the last metrics push did not finish within {push:?}; abandoned");
+    }
     if !delivery.is_empty() {
         tracing::warn!(
             "{} report(s) not yet confirmed by the orchestrator; they are kept under {} and delivered by the next start of this worker",
@@ -231,9 +276,11 @@ async fn wind_down(
     config: &WorkerConfig,
     delivery: &delivery::Delivery,
     close: &tokio_util::sync::CancellationToken,
+    left: &dyn Fn(Duration) -> Duration,
 ) -> bool {
     let in_time = manager.shutdown(config.shutdown_timeout).await;
-    if tokio::time::timeout(DELIVERY_GRACE, delivery.drained())
+    let grace = DELIVERY_GRACE.min(left(CLOSE_AND_PUSH));
+    if tokio::time::timeout(grace, delivery.drained())
         .await
         .is_err()
     {

@@ -20,8 +20,9 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 /// After the shutdown deadline, how long force-stopped tasks get to finish
-/// their cleanup before the core reports them itself.
-pub const FORCE_STOP_GRACE: Duration = Duration::from_secs(10);
+/// their cleanup before the core reports them itself (part of
+/// `worker::STOP_TAIL`).
+pub const FORCE_STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// How long a finished task's last live output may hold its report back
 /// while the link is slow; what is still unsent then is dropped and counted.
@@ -32,6 +33,11 @@ const OUTPUT_FLUSH_LIMIT: Duration = Duration::from_secs(2);
 /// orchestrator that knows only the reference protocol sends the task
 /// elsewhere, as it would for a full worker.
 pub const AT_CAPACITY_REASON: &str = "worker at maximum concurrency";
+/// How long a finished task's report waits for a connection to come back
+/// (the report could not go out meanwhile anyway), so its buffered last
+/// output still goes out before it. Past this, or at shutdown, the output
+/// left is dropped.
+const OUTPUT_RECONNECT_WAIT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum StopCause {
@@ -69,8 +75,18 @@ pub struct TaskManager {
     /// `--disconnect-after-task`: set once a task was claimed; no other is.
     claimed_one: AtomicBool,
     finished: Notify,
-    /// The connection live output goes to (the newest one).
-    current_link: Mutex<Option<Link>>,
+    /// The connection live output goes to (the newest one); forwarders wait
+    /// on it while there is none.
+    links: tokio::sync::watch::Sender<Option<Link>>,
+    /// Cancelled when shutdown starts: nothing waits for a reconnection then.
+    stopping: CancellationToken,
+    /// Assignments received on a connection that closed before their claim
+    /// could be written (task-reannounce connections only): the next
+    /// connection releases them, see [`TaskManager::release_unclaimed`].
+    unclaimed: Mutex<Vec<TaskRef>>,
+    /// Dispatched executions whose cancellation is under way: a repeated
+    /// `task_cancellation` runs nothing more.
+    cancelling: Mutex<std::collections::HashSet<TaskRef>>,
 }
 
 impl TaskManager {
@@ -92,7 +108,10 @@ impl TaskManager {
             draining: AtomicBool::new(false),
             claimed_one: AtomicBool::new(false),
             finished: Notify::new(),
-            current_link: Mutex::new(None),
+            links: tokio::sync::watch::Sender::new(None),
+            stopping: CancellationToken::new(),
+            unclaimed: Mutex::new(Vec::new()),
+            cancelling: Mutex::new(Default::default()),
         })
     }
 
@@ -146,6 +165,11 @@ impl TaskManager {
             task_id: a.task_id.clone(),
             execution_id: a.execution_id.clone(),
         };
+        // Offered again: nothing is left to release.
+        self.unclaimed
+            .lock()
+            .unwrap()
+            .retain(|t| t.task_id != task.task_id);
         let slot = {
             let mut running = self.running.lock().unwrap();
             if let Some(r) = running.get(&task.task_id) {
@@ -227,6 +251,7 @@ impl TaskManager {
                     WorkerMessage::TaskRejected(TaskRejected {
                         task_id: task.task_id.clone(),
                         reason,
+                        execution_id: None,
                     }),
                 );
                 return;
@@ -273,6 +298,7 @@ impl TaskManager {
                 link.send(WorkerMessage::TaskRejected(TaskRejected {
                     task_id: task.task_id.clone(),
                     reason: "the worker cannot write its state directory".into(),
+                    execution_id: None,
                 }))
                 .await;
                 this.finish(&task.task_id);
@@ -280,12 +306,22 @@ impl TaskManager {
             }
             if !link.send(this.claim_message(&task, &link)).await {
                 // Without a written claim the server re-queues the task;
-                // running it anyway could run it twice.
-                tracing::warn!(
-                    task_id = task.task_id,
-                    "the claim could not be sent (connection lost); leaving the task to the server"
-                );
+                // running it anyway could run it twice. A server that
+                // restarted meanwhile cannot know the claim never came (it
+                // waits for a re-announce): tell the next connection.
                 this.journal.forget(&task);
+                if link.extensions().task_reannounce && task.execution_id.is_some() {
+                    tracing::warn!(
+                        task_id = task.task_id,
+                        "the claim could not be sent (connection lost); the next connection releases the task so the server offers it again at once"
+                    );
+                    this.unclaimed.lock().unwrap().push(task.clone());
+                } else {
+                    tracing::warn!(
+                        task_id = task.task_id,
+                        "the claim could not be sent (connection lost); leaving the task to the server"
+                    );
+                }
                 this.finish(&task.task_id);
                 return;
             }
@@ -346,7 +382,7 @@ impl TaskManager {
             // link must not hold the report back (what is left is dropped
             // and counted).
             if let Some(forwarder) = forwarder {
-                let _ = tokio::time::timeout(OUTPUT_FLUSH_LIMIT, forwarder).await;
+                this.wait_for_output(forwarder).await;
             }
             if this.settled_elsewhere(&task, &reported, &detached) {
                 return;
@@ -450,46 +486,105 @@ impl TaskManager {
     }
 
     /// Sends a task's output to whichever connection is current, as
-    /// `task_output` frames; what cannot be sent is counted and said in the
-    /// next frame that goes out.
+    /// `task_output` frames, in order. While no connection takes output (a
+    /// disconnect, a restarting server), it waits for the next one and
+    /// newer output waits in the task's bounded sink, which keeps the newest
+    /// and counts what it drops; the next frame that goes out says how much
+    /// (`dropped_bytes`). Ends when the sink is closed and drained, or when
+    /// a new connection does not take output at all.
     async fn forward_output(
         self: Arc<Self>,
         task: TaskRef,
         reader: oz_runtime::output::OutputReader,
     ) {
-        let mut unsent = 0u64;
         let mut utf8 = oz_runtime::output::Utf8Carry::default();
+        let mut links = self.links.subscribe();
         while let Some(chunk) = reader.next().await {
-            let dropped = unsent + chunk.dropped_before;
-            let data = utf8.decode(chunk.stream, &chunk.data);
-            let link = self
-                .current_link
-                .lock()
-                .unwrap()
-                .clone()
-                .filter(|l| l.is_open() && l.extensions().task_output);
-            let sent = match link {
-                Some(l) => {
-                    l.send_output(WorkerMessage::TaskOutput(TaskOutput {
-                        task_id: task.task_id.clone(),
-                        execution_id: task.execution_id.clone(),
-                        stream: chunk.stream,
-                        data,
-                        dropped_bytes: dropped,
-                    }))
-                    .await
+            let msg = WorkerMessage::TaskOutput(TaskOutput {
+                task_id: task.task_id.clone(),
+                execution_id: task.execution_id.clone(),
+                stream: chunk.stream,
+                data: utf8.decode(chunk.stream, &chunk.data),
+                dropped_bytes: chunk.dropped_before,
+            });
+            loop {
+                let link = links.borrow_and_update().clone();
+                let sent = match link {
+                    Some(l) if l.is_open() && !l.extensions().task_output => {
+                        tracing::debug!(
+                            "the new connection takes no live output; the rest is dropped"
+                        );
+                        return;
+                    }
+                    Some(l) if l.is_open() => l.send_output(msg.clone()).await,
+                    _ => false,
+                };
+                if sent {
+                    break;
                 }
-                None => false,
-            };
-            unsent = if sent {
-                0
-            } else {
-                dropped + chunk.data.len() as u64
-            };
+                // Closed or none: the next connection takes it.
+                if links.changed().await.is_err() {
+                    return;
+                }
+            }
         }
-        if unsent > 0 {
-            tracing::debug!("{unsent} bytes of live output could not be sent");
+    }
+
+    /// Waits for a finished task's forwarder to hand over its last output
+    /// (see [`OUTPUT_FLUSH_LIMIT`] and [`OUTPUT_RECONNECT_WAIT`]).
+    async fn wait_for_output(&self, mut forwarder: tokio::task::JoinHandle<()>) {
+        let mut links = self.links.subscribe();
+        let give_up = tokio::time::Instant::now() + OUTPUT_RECONNECT_WAIT;
+        loop {
+            let connected = links
+                .borrow_and_update()
+                .as_ref()
+                .is_some_and(Link::is_open);
+            if connected {
+                let _ = tokio::time::timeout(OUTPUT_FLUSH_LIMIT, &mut forwarder).await;
+                return;
+            }
+            tokio::select! {
+                _ = &mut forwarder => return,
+                changed = links.changed() => if changed.is_err() { return },
+                _ = self.stopping.cancelled() => break,
+                _ = tokio::time::sleep_until(give_up) => break,
+            }
         }
+        tracing::info!("no connection to send the task's last output on; it is dropped");
+        forwarder.abort();
+    }
+
+    /// On a new task-reannounce connection: releases each assignment an
+    /// earlier connection received but could not claim, as `task_rejected`
+    /// naming its execution, so a server that restarted after offering it
+    /// (and waits for a re-announce that will never come) offers it again
+    /// now. One that could not be written waits for the next connection.
+    fn release_unclaimed(self: &Arc<Self>, link: &Link) {
+        let pending = std::mem::take(&mut *self.unclaimed.lock().unwrap());
+        if pending.is_empty() {
+            return;
+        }
+        let this = self.clone();
+        let link = link.clone();
+        tokio::spawn(async move {
+            for task in pending {
+                let msg = WorkerMessage::TaskRejected(TaskRejected {
+                    task_id: task.task_id.clone(),
+                    reason: "the assignment arrived as the connection closed; it was never claimed or started".into(),
+                    execution_id: task.execution_id.clone(),
+                });
+                if link.send(msg).await {
+                    tracing::info!(
+                        task_id = task.task_id,
+                        execution_id = task.execution_id.as_deref().unwrap_or(""),
+                        "released an assignment this worker could not claim"
+                    );
+                } else {
+                    this.unclaimed.lock().unwrap().push(task);
+                }
+            }
+        });
     }
 
     fn send_in_background(&self, link: &Link, msg: WorkerMessage) {
@@ -507,22 +602,31 @@ impl TaskManager {
         self.finished.notify_waiters();
     }
 
-    fn stop(&self, task_id: &str, why: StopCause) -> bool {
+    /// Stops a running task; `None` when it is not running, else whether
+    /// it was already stopping.
+    fn stop(&self, task_id: &str, why: StopCause) -> Option<bool> {
         let running = self.running.lock().unwrap();
-        match running.get(task_id) {
-            Some(r) => {
-                r.cause.lock().unwrap().get_or_insert(why);
-                r.stop.cancel();
-                true
-            }
-            None => false,
-        }
+        let r = running.get(task_id)?;
+        let already = r.stop.is_cancelled();
+        r.cause.lock().unwrap().get_or_insert(why);
+        r.stop.cancel();
+        Some(already)
     }
 
     fn cancel(self: &Arc<Self>, task_id: &str) {
-        if self.stop(task_id, StopCause::Cancelled) {
-            tracing::info!(task_id, "cancelling task on the server's request");
-            return;
+        match self.stop(task_id, StopCause::Cancelled) {
+            Some(false) => {
+                tracing::info!(task_id, "cancelling task on the server's request");
+                return;
+            }
+            Some(true) => {
+                tracing::info!(
+                    task_id,
+                    "repeated cancellation of a task already stopping; nothing more to do"
+                );
+                return;
+            }
+            None => {}
         }
         let dispatched = self.journal.dispatched_of(task_id);
         if dispatched.is_empty() {
@@ -533,11 +637,19 @@ impl TaskManager {
             return;
         }
         for task in dispatched {
+            if !self.cancelling.lock().unwrap().insert(task.clone()) {
+                tracing::info!(
+                    task_id,
+                    "repeated cancellation of a dispatched task already being cancelled; ignored"
+                );
+                continue;
+            }
             tracing::info!(task_id, "cancelling a dispatched task through the runtime");
             let this = self.clone();
             tokio::spawn(async move {
                 this.runtime.cancel_dispatched(task.clone()).await;
                 this.journal.forget(&task);
+                this.cancelling.lock().unwrap().remove(&task);
             });
         }
     }
@@ -550,7 +662,7 @@ impl TaskManager {
         if self.draining.swap(true, Ordering::SeqCst) {
             return;
         }
-        let link = self.current_link.lock().unwrap().clone();
+        let link = self.links.borrow().clone();
         if let Some(link) = link.filter(|l| l.is_open() && l.extensions().worker_state) {
             self.send_in_background(&link, draining_message());
         }
@@ -611,6 +723,7 @@ impl TaskManager {
     /// Returns whether everything ended within `timeout`.
     pub async fn shutdown(&self, timeout: Duration) -> bool {
         self.accepting.store(false, Ordering::SeqCst);
+        self.stopping.cancel();
         if self.runtime.reattaches() {
             // The tasks run on without us (Kubernetes Jobs): leave them
             // running, unreported and claimed in the journal, for the next
@@ -685,7 +798,7 @@ pub struct Dispatch(pub Arc<TaskManager>);
 
 impl Inbound for Dispatch {
     fn connected(&self, link: &Link) {
-        *self.0.current_link.lock().unwrap() = Some(link.clone());
+        self.0.links.send_replace(Some(link.clone()));
         // In order: that it drains first, then the tasks it still holds.
         let mut messages = Vec::new();
         if self.0.is_draining() && link.extensions().worker_state {
@@ -700,18 +813,23 @@ impl Inbound for Dispatch {
                 held.iter()
                     .map(|(task, _)| self.0.claim_message(task, link)),
             );
+        } else {
+            // Only a server that offered task-reannounce hears of releases.
+            self.0.unclaimed.lock().unwrap().clear();
         }
-        if messages.is_empty() {
-            return;
-        }
-        let link = link.clone();
-        tokio::spawn(async move {
-            for m in messages {
-                if !link.send(m).await {
-                    return;
+        if !messages.is_empty() {
+            let link = link.clone();
+            tokio::spawn(async move {
+                for m in messages {
+                    if !link.send(m).await {
+                        return;
+                    }
                 }
-            }
-        });
+            });
+        }
+        if link.extensions().task_reannounce {
+            self.0.release_unclaimed(link);
+        }
     }
 
     fn message(&self, msg: ServerMessage, link: &Link) {
@@ -1169,6 +1287,44 @@ mod tests {
         }
         assert_eq!(h.fake.runs.load(Ordering::SeqCst), 0);
         assert_eq!(h.manager.active(), 0);
+        // The reference protocol hears nothing more of it on a new connection.
+        let (link, mut wire) = Link::for_test(Extensions::default(), 2);
+        Dispatch(h.manager.clone()).connected(&link);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), wire.recv())
+                .await
+                .is_err(),
+            "nothing outside the reference protocol"
+        );
+    }
+
+    /// Issue 22 item 1: a restarted server waits for a re-announce of an
+    /// assignment whose claim never left; the next connection releases it.
+    #[tokio::test]
+    async fn an_unclaimed_assignment_is_released_on_the_next_reannounce_connection() {
+        let mut h = harness(Behaviour::Obedient, None, Extensions::ALL);
+        h.send(assignment("t1", "e1"));
+        let (_, written) = h.wire.recv().await.unwrap();
+        written.send(false).unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while h.manager.unclaimed.lock().unwrap().is_empty() {
+            assert!(tokio::time::Instant::now() < deadline);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let (link, mut wire) = Link::for_test(Extensions::ALL, 2);
+        Dispatch(h.manager.clone()).connected(&link);
+        let (msg, written) = wire.recv().await.unwrap();
+        written.send(true).unwrap();
+        match msg {
+            WorkerMessage::TaskRejected(r) => {
+                assert_eq!(
+                    (r.task_id.as_str(), r.execution_id.as_deref()),
+                    ("t1", Some("e1"))
+                )
+            }
+            other => panic!("expected a release, got {other:?}"),
+        }
+        assert_eq!(h.fake.runs.load(Ordering::SeqCst), 0, "never started");
     }
 
     #[tokio::test]
@@ -1456,9 +1612,12 @@ mod tests {
             h.delivery.is_empty(),
             "nothing is ever reported for a dispatched task"
         );
-        h.send(ServerMessage::TaskCancellation(TaskCancellation {
-            task_id: "t1".into(),
-        }));
+        // Ten at once (issue 22 item 2): the runtime cancels it once.
+        for _ in 0..10 {
+            h.send(ServerMessage::TaskCancellation(TaskCancellation {
+                task_id: "t1".into(),
+            }));
+        }
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while h.journal.get(&task("t1", "e1")).is_some() {
             assert!(tokio::time::Instant::now() < deadline);

@@ -430,6 +430,7 @@ impl Dispatcher {
         // report carrying the assignment's execution id.
         let names_execution = msg.execution_id().is_some();
         let (state, holder) = (run.state(), run.holder());
+        let cancel_requested = run.cancel_requested;
         match msg {
             WorkerMessage::TaskClaimed(m) => match state {
                 RunState::Claimed => {
@@ -442,6 +443,11 @@ impl Dispatcher {
                         // The worker is back on a new connection: cancels go there.
                         ix.place(run_id, RunState::Claimed, Some(conn));
                         self.note_claim(&mut ix, conn);
+                        if cancel_requested {
+                            // The earlier connection may have closed before
+                            // the cancellation reached the worker.
+                            ix.send(conn, Outgoing::Now(cancellation(run_id)));
+                        }
                     }
                 }
                 RunState::Assigned if holder == Some(conn) => {
@@ -463,6 +469,27 @@ impl Dispatcher {
                 tracing::trace!(conn, run = run_id, stream = ?m.stream, bytes = m.data.len(), dropped = m.dropped_bytes, "task output");
                 self.output
                     .append(run_id, m.stream, m.data.clone(), m.dropped_bytes);
+            }
+            WorkerMessage::TaskRejected(m) if names_execution => {
+                // A release (task-reannounce): an assignment the worker got
+                // on an earlier connection and could not claim. Only a run
+                // still waiting for a re-announce after a restart (assigned,
+                // no connection holds it) is offered again; any other state
+                // means the run has moved on since.
+                if state == RunState::Assigned && holder.is_none() {
+                    tracing::info!(
+                        conn,
+                        run = run_id,
+                        "the worker released an assignment it never claimed; offering it again"
+                    );
+                    self.requeue_or_cancel(
+                        &mut ix,
+                        run_id,
+                        &format!("released unclaimed by worker {}: {}", key.1, m.reason),
+                    );
+                } else {
+                    tracing::debug!(conn, run = run_id, %state, "release of an assignment that has moved on; ignored");
+                }
             }
             WorkerMessage::TaskRejected(m) => {
                 if state != RunState::Assigned || holder != Some(conn) {
@@ -931,6 +958,21 @@ impl Dispatcher {
                         ),
                     ))
                 }
+                Some(run) if run.cancel_requested => {
+                    // Idempotent: one history entry and one task_cancellation
+                    // however many times it is asked (a worker that moves to
+                    // a new connection is told again when it re-announces).
+                    tracing::debug!(
+                        run = run_id,
+                        "cancel already requested; nothing more to send"
+                    );
+                    Some(run.cancel_stored.clone().unwrap_or_else(|| {
+                        // Requested before a restart: stored long ago.
+                        let (tx, rx) = oneshot::channel();
+                        let _ = tx.send(true);
+                        rx.shared()
+                    }))
+                }
                 Some(run) => {
                     let targets: Vec<ConnId> = match run.holder() {
                         Some(c) => vec![c],
@@ -941,10 +983,11 @@ impl Dispatcher {
                     } else {
                         "cancel requested; task_cancellation sent to the worker"
                     };
+                    let (settle, receipt) = self.receipt(run_id);
                     if let Some(r) = ix.run_mut(run_id) {
                         r.cancel_requested = true;
+                        r.cancel_stored = Some(receipt.clone());
                     }
-                    let (settle, receipt) = self.receipt(run_id);
                     self.store.request_cancel_then(run_id, note, move |r| {
                         settle.settle(r, "the run vanished from the database")
                     });

@@ -47,6 +47,9 @@ pub struct LiveRun {
     holder: Option<ConnId>,
     pub execution_id: Option<String>,
     pub cancel_requested: bool,
+    /// The store write of the first cancel request, which repeated requests
+    /// wait on instead of writing (and sending) their own.
+    pub cancel_stored: Option<Receipt>,
     /// Claimed, with no connection of its worker id live, since then.
     pub absent_since: Option<Instant>,
     /// Assigned before a restart and not known to be claimed: a worker may
@@ -69,6 +72,7 @@ impl LiveRun {
             holder: None,
             execution_id: None,
             cancel_requested: false,
+            cancel_stored: None,
             absent_since: None,
             unconfirmed_until: None,
             queued_since: Instant::now(),

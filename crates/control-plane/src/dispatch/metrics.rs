@@ -2,7 +2,7 @@
 //! how long runs wait before a worker claims them. Served as a Prometheus
 //! page by `serve --metrics-listen ADDR` (off by default; see
 //! `ControlPlane::start`) through the crate's own exporter
-//! (`crate::telemetry`), so the page has the same shape as the worker's.
+//! (`oz_telemetry`), so the page has the same shape as the worker's.
 //!
 //! The per-worker-id gauges are computed when the page is read (from the
 //! dispatcher's memory, no database), so they are never stale; an
