@@ -33,11 +33,14 @@ pub enum DialError {
 }
 
 /// Opens `request`'s `ws://` or `wss://` URL, through a proxy when `proxy`
-/// says so. `connect_timeout` bounds the proxy's own handshake.
+/// says so. `connect_timeout` bounds the proxy's own handshake. `tls` gives
+/// the TLS client configuration; it is only asked for when a TLS
+/// handshake is made (a `wss://` URL or an `https://` proxy), so a plain
+/// `ws://` worker never loads the CA certificates.
 pub async fn open(
     request: Request,
     proxy: &OutboundProxy,
-    tls: std::sync::Arc<rustls::ClientConfig>,
+    tls: fn() -> std::sync::Arc<rustls::ClientConfig>,
     connect_timeout: Duration,
 ) -> Result<(Socket, Response), DialError> {
     let uri = request.uri();
@@ -66,20 +69,21 @@ pub async fn open(
             }
         }
     };
-    tokio_tungstenite::client_async_tls_with_config(
-        request,
-        stream,
-        None,
-        Some(Connector::Rustls(tls)),
-    )
-    .await
-    .map_err(DialError::Ws)
+    // Without TLS (ws://) the connector is never used.
+    let connector = if secure {
+        Some(Connector::Rustls(tls()))
+    } else {
+        Some(Connector::Plain)
+    };
+    tokio_tungstenite::client_async_tls_with_config(request, stream, None, connector)
+        .await
+        .map_err(DialError::Ws)
 }
 
 /// A byte stream to `host:port` through the proxy `p`.
 async fn through(
     p: &ProxyUrl,
-    tls: &std::sync::Arc<rustls::ClientConfig>,
+    tls: &fn() -> std::sync::Arc<rustls::ClientConfig>,
     host: &str,
     port: u16,
 ) -> Result<Box<dyn Io>, DialError> {
@@ -97,7 +101,7 @@ async fn through(
             let tcp = proxy_tcp(p).await.map_err(|e| unreachable(&e))?;
             let name = rustls::pki_types::ServerName::try_from(p.host.clone())
                 .map_err(|e| unreachable(&e))?;
-            let stream = tokio_rustls::TlsConnector::from(tls.clone())
+            let stream = tokio_rustls::TlsConnector::from(tls())
                 .connect(name, tcp)
                 .await
                 .map_err(|e| {

@@ -137,7 +137,7 @@ impl Session<'_> {
         let connect = crate::dial::open(
             request,
             &self.config.proxy,
-            super::tls::client_config(),
+            super::tls::client_config,
             budget,
         );
         match tokio::time::timeout(budget + std::time::Duration::from_secs(1), connect).await {
