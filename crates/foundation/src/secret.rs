@@ -89,6 +89,15 @@ impl<T: JsonSchema> JsonSchema for Secret<T> {
     }
 }
 
+/// Variables that carry the orchestrator key (or where to read it): the
+/// worker removes them from its environment at start, and no task program
+/// gets them.
+pub const SECRET_VARS: [&str; 2] = ["WARP_API_KEY", "WARP_API_KEY_FILE"];
+
+/// The systemd credential (`LoadCredential=`) the worker reads its key from,
+/// under `$CREDENTIALS_DIRECTORY`.
+pub const CREDENTIAL_NAME: &str = "warp-api-key";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,12 +131,3 @@ mod tests {
         assert!(text.contains("TOKEN") && !text.contains("s3cr3t"), "{text}");
     }
 }
-
-/// Variables that carry the orchestrator key (or where to read it): the
-/// worker removes them from its environment at start, and no task program
-/// gets them.
-pub const SECRET_VARS: [&str; 2] = ["WARP_API_KEY", "WARP_API_KEY_FILE"];
-
-/// The systemd credential (`LoadCredential=`) the worker reads its key from,
-/// under `$CREDENTIALS_DIRECTORY`.
-pub const CREDENTIAL_NAME: &str = "warp-api-key";

@@ -204,12 +204,13 @@ impl KubernetesRuntime {
         }
     }
 
-    /// Waits until no Pod of the execution is left.
+    /// Waits until no Pod of the execution is left, or until `force`
+    /// fires: then the deletion goes on in the cluster without us (the Go
+    /// chart's Role has no `pods delete`, so Pods are not force-deleted).
     async fn wait_pods_gone(&self, selector: &str, force: &CancellationToken) {
         let mut stream = watcher(self.pods(), watcher::Config::default().labels(selector))
             .default_backoff()
             .boxed();
-        let mut forced = false;
         loop {
             match self
                 .pods()
@@ -217,28 +218,15 @@ impl KubernetesRuntime {
                 .await
             {
                 Ok(list) if list.items.is_empty() => return,
-                Ok(list) if force.is_cancelled() && !forced => {
-                    forced = true;
-                    for p in list.items {
-                        let name = p.metadata.name.unwrap_or_default();
-                        let now = DeleteParams {
-                            grace_period_seconds: Some(0),
-                            ..Default::default()
-                        };
-                        if let Err(e) = self.pods().delete(&name, &now).await {
-                            tracing::warn!(
-                                pod = name,
-                                "could not force-delete the task's Pod: {e}"
-                            );
-                        }
-                    }
-                }
                 Ok(_) => {}
                 Err(e) => tracing::warn!("could not list the task's Pods: {e}"),
             }
             tokio::select! {
                 _ = stream.next() => {}
-                _ = force.cancelled(), if !forced => {}
+                _ = force.cancelled() => {
+                    tracing::warn!("no time left to wait for the task's Pods to go; Kubernetes finishes deleting them");
+                    return;
+                }
             }
         }
     }

@@ -65,8 +65,8 @@ impl<F: FnMut(&Pod) + Send> PodObserver for F {
 }
 
 enum Seen {
-    Job(Option<Job>),
-    Pod(Pod),
+    Job(Option<Box<Job>>),
+    Pod(Box<Pod>),
     PodGone(String),
     Poll,
     Recheck,
@@ -86,7 +86,7 @@ pub async fn until_ended(exec: Execution<'_>, observer: &mut dyn PodObserver) ->
     .filter_map(|e| async move {
         match e {
             Ok(watcher::Event::Apply(j)) | Ok(watcher::Event::InitApply(j)) => {
-                Some(Seen::Job(Some(j)))
+                Some(Seen::Job(Some(Box::new(j))))
             }
             Ok(watcher::Event::Delete(_)) => Some(Seen::Job(None)),
             Ok(_) => None,
@@ -103,7 +103,9 @@ pub async fn until_ended(exec: Execution<'_>, observer: &mut dyn PodObserver) ->
     .default_backoff()
     .filter_map(|e| async move {
         match e {
-            Ok(watcher::Event::Apply(p)) | Ok(watcher::Event::InitApply(p)) => Some(Seen::Pod(p)),
+            Ok(watcher::Event::Apply(p)) | Ok(watcher::Event::InitApply(p)) => {
+                Some(Seen::Pod(Box::new(p)))
+            }
             Ok(watcher::Event::Delete(p)) => {
                 Some(Seen::PodGone(p.metadata.name.unwrap_or_default()))
             }
@@ -139,7 +141,7 @@ pub async fn until_ended(exec: Execution<'_>, observer: &mut dyn PodObserver) ->
         match seen {
             Seen::Job(Some(job)) => {
                 let state = diagnosis::job_state(&job, ns);
-                last_job = Some(job);
+                last_job = Some(*job);
                 if let Some(ended) =
                     on_job_state(&exec, state, source, last_job.as_ref(), &live_pods).await
                 {
@@ -154,8 +156,8 @@ pub async fn until_ended(exec: Execution<'_>, observer: &mut dyn PodObserver) ->
             Seen::Pod(pod) => {
                 observer.observe(&pod);
                 let name = pod.metadata.name.clone().unwrap_or_default();
-                live_pods.insert(name, pod.clone());
-                check_pods.push(pod);
+                live_pods.insert(name, (*pod).clone());
+                check_pods.push(*pod);
             }
             Seen::PodGone(name) => {
                 live_pods.remove(&name);
