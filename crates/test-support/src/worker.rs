@@ -149,6 +149,9 @@ pub struct WorkerOptions<'a> {
     pub env: Vec<(String, String)>,
     /// Instead of the plane's valid key.
     pub api_key: Option<&'a str>,
+    /// The claim journal's directory (`--state-dir`); by default one shared
+    /// temp dir, which tests that restart a worker on its journal replace.
+    pub state_dir: Option<PathBuf>,
 }
 
 impl WorkerProcess {
@@ -207,7 +210,11 @@ impl WorkerProcess {
                 },
             )
             .arg("--state-dir")
-            .arg(std::env::temp_dir().join("oz-worker-test-state"))
+            .arg(
+                opts.state_dir
+                    .clone()
+                    .unwrap_or_else(|| std::env::temp_dir().join("oz-worker-test-state")),
+            )
             .args(["--log-level", "debug"])
             .args(&opts.extra_args)
             .env("WARP_API_KEY", key)
