@@ -628,10 +628,19 @@ async fn cancellation_deletes_the_job_and_reports_cancelled_once_the_pod_is_gone
 }
 
 /// SIGTERM leaves the running Job and sends no report; a new worker on the
-/// same state dir follows it to its end and reports it. Then the same with
-/// SIGKILL.
+/// same state dir follows it to its end and reports it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shutdown_and_crash_leave_the_job_and_a_restart_reattaches_and_reports() {
+async fn shutdown_leaves_the_job_and_a_restart_reattaches_and_reports() {
+    leave_and_reattach(15, "k8sterm").await;
+}
+
+/// A SIGKILLed worker's Job runs on; the restarted worker reports it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_leaves_the_job_and_a_restart_reattaches_and_reports() {
+    leave_and_reattach(9, "k8skill").await;
+}
+
+async fn leave_and_reattach(signal: i32, task: &str) {
     if !available() {
         return;
     }
@@ -641,7 +650,7 @@ async fn shutdown_and_crash_leave_the_job_and_a_restart_reattaches_and_reports()
     let config = cluster.config("c", "");
     let id = unique_id("k8s-reattach");
 
-    for (signal, task) in [(15, "k8sterm"), (9, "k8skill")] {
+    {
         let mut w = worker(&server, &id, &config, state.path(), &[]).await;
         let a = assignment(
             task,
