@@ -82,9 +82,7 @@ pub fn build(
         if list.len() > MAX_CONDITIONS {
             conditions_cut = true;
         }
-        list.into_iter()
-            .take(MAX_CONDITIONS)
-            .collect::<Vec<_>>()
+        list.into_iter().take(MAX_CONDITIONS).collect::<Vec<_>>()
     };
     let job_details = job.map(|j| {
         let list = j
