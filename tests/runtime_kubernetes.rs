@@ -593,7 +593,9 @@ async fn cancellation_deletes_the_job_and_reports_cancelled_once_the_pod_is_gone
     let mut w = worker(
         &server,
         &unique_id("k8s-cancel"),
-        &cluster.config("c", ""),
+        // A short grace period from the pod template: the agent's shell
+        // ignores SIGTERM, so the Pod lasts until the SIGKILL after it.
+        &cluster.config("c", "pod_template:\n  terminationGracePeriodSeconds: 3"),
         state.path(),
         &[],
     )
@@ -610,6 +612,19 @@ async fn cancellation_deletes_the_job_and_reports_cancelled_once_the_pod_is_gone
             },
         )))
         .await;
+    // Foreground propagation: the Job stays, marked for deletion with the
+    // foregroundDeletion finalizer, until its Pod is gone (the agent's
+    // shell ignores SIGTERM, so the Pod takes its grace period).
+    let job = cluster
+        .until("the Job is being deleted in the foreground", |c| {
+            c.job(&name).filter(|j| {
+                j["metadata"]["finalizers"]
+                    .as_array()
+                    .is_some_and(|f| f.iter().any(|f| f == "foregroundDeletion"))
+            })
+        })
+        .await;
+    assert!(job["metadata"]["deletionTimestamp"].is_string(), "{job}");
     match w.report("k8scancel").await.0 {
         WorkerMessage::TaskCompleted(c) => assert_eq!(c.task_state.as_deref(), Some("CANCELLED")),
         other => panic!("expected a CANCELLED task_completed, got {other:?}"),
