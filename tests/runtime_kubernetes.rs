@@ -1,0 +1,965 @@
+//! End to end: the kubernetes runtime. The real worker binary
+//! (`--backend kubernetes`) against a scripted orchestrator and the test
+//! Kubernetes API server (`oz-test-apiserver`, a real process whose kubelet
+//! runs each Pod's containers on the test dockerd). Faults are caused for
+//! real: the API server is killed and restarted, its watches closed and
+//! compacted, the Job deleted and the Pod evicted behind the worker's back,
+//! the worker SIGTERMed and SIGKILLed. Every object the runtime sends is
+//! validated by the API server (422 otherwise) and each test ends with its
+//! self-check.
+#![cfg(feature = "kubernetes")]
+
+use oz_protocol::*;
+use oz_test_apiserver::process::{self as apiserver, ApiServerProcess};
+use oz_test_support as support;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+use support::scripted_server::{ScriptedServer, ServerConn};
+use support::worker::*;
+
+const KEY: &str = "ozk_kubernetes-test-key-0001";
+const ROOT: &str = "http://oz.invalid";
+/// Long enough for a Pod to be scheduled, pulled (locally) and run on a
+/// loaded machine; every wait ends as soon as its event arrives.
+const WITHIN: Duration = Duration::from_secs(60);
+
+/// The agent sidecar for Kubernetes: the demo agent's entrypoint on top of
+/// busybox plus the host's GNU tar and dash (with their libraries) as
+/// `tar` and `sh`, since the Go worker's copy init container runs `sh -c`
+/// with `tar --exclude` in the sidecar image (the plain
+/// oz-test/agent-sidecar has no shell; busybox's tar has no `--exclude`,
+/// and busybox's sh runs its own applet whatever PATH says). Built once per
+/// test run from local files (nothing pulled).
+fn sidecar_image() -> &'static str {
+    static IMAGE: OnceLock<String> = OnceLock::new();
+    IMAGE.get_or_init(|| {
+        let image = "oz-test/agent-sidecar-k8s:latest".to_string();
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("rootfs");
+        let mut files = Vec::new();
+        for program in ["/usr/bin/tar", "/usr/bin/dash"] {
+            let ldd = Command::new("ldd").arg(program).output().expect("ldd runs");
+            files.push(PathBuf::from(program));
+            files.extend(
+                String::from_utf8_lossy(&ldd.stdout)
+                    .split_whitespace()
+                    .filter(|w| w.starts_with('/'))
+                    .map(PathBuf::from),
+            );
+        }
+        for f in &files {
+            let target = root.join(f.strip_prefix("/").unwrap());
+            std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+            std::fs::copy(f, &target).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        }
+        std::fs::write(dir.path().join("entrypoint.sh"), support::images::ENTRYPOINT).unwrap();
+        std::fs::write(
+            dir.path().join("Dockerfile"),
+            format!(
+                "FROM {BUSYBOX}\nRUN rm /bin/tar\nCOPY rootfs/ /\nRUN ln -s /usr/bin/tar /bin/tar && ln -sf /usr/bin/dash /bin/sh\n\
+                 COPY entrypoint.sh /entrypoint.sh\nRUN chmod 755 /entrypoint.sh\n"
+            ),
+        )
+        .unwrap();
+        let out = Command::new("docker")
+            .args(["build", "-q", "-t", &image])
+            .arg(dir.path())
+            .env("DOCKER_BUILDKIT", "0")
+            .output()
+            .expect("docker CLI runs");
+        assert!(
+            out.status.success(),
+            "building {image}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        image
+    })
+}
+
+/// Fails under CI=true, otherwise says why the test is skipped.
+fn available() -> bool {
+    let docker = Command::new("docker")
+        .args(["info", "--format", "{{.ID}}"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let binary = apiserver::binary();
+    let problem = match (docker, &binary) {
+        (false, _) => "dockerd not reachable (scripts/test-env.sh up)".to_string(),
+        (_, Err(e)) => e.to_string(),
+        _ => return true,
+    };
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("test environment unavailable under CI=true: {problem}");
+    }
+    eprintln!("skipped: {problem}");
+    false
+}
+
+/// One test API server process on its own state dir.
+struct Cluster {
+    server: ApiServerProcess,
+    dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    fn start(extra: &[&str]) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("apiserver");
+        std::fs::create_dir(&state).unwrap();
+        let mut args = vec!["--bookmark-interval-ms", "300", "--pull-backoff-ms", "500"];
+        args.extend_from_slice(extra);
+        let server = ApiServerProcess::start(&apiserver::binary().unwrap(), &state, &args)
+            .expect("start oz-test-apiserver");
+        Cluster { server, dir }
+    }
+
+    /// A config file with `backend.kubernetes` (the given extra keys
+    /// indented under it) for this server.
+    fn config(&self, name: &str, extra: &str) -> PathBuf {
+        let mut yaml = format!(
+            "backend:\n  kubernetes:\n    kubeconfig: {}\n    namespace: default\n    image_pull_policy: IfNotPresent\n    preflight_image: {BUSYBOX}\n",
+            self.server.kubeconfig().display()
+        );
+        for line in extra.lines() {
+            yaml.push_str("    ");
+            yaml.push_str(line);
+            yaml.push('\n');
+        }
+        let path = self.dir.path().join(format!("{name}.yaml"));
+        std::fs::write(&path, yaml).unwrap();
+        path
+    }
+
+    /// A raw request with curl: (HTTP status, body as JSON or a string).
+    fn request(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+        let mut c = Command::new("curl");
+        c.args(["-sS", "--noproxy", "*", "--max-time", "20", "--cacert"])
+            .arg(self.server.ca())
+            .args(["-X", method, "-w", "\n%{http_code}"])
+            .arg("-H")
+            .arg(format!("Authorization: Bearer {}", self.server.token()));
+        if let Some(b) = body {
+            c.args([
+                "-H",
+                "Content-Type: application/json",
+                "--data-binary",
+                &b.to_string(),
+            ]);
+        }
+        c.arg(format!("{}{path}", self.server.url));
+        let out = c.output().expect("run curl");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+        let value = serde_json::from_str(body).unwrap_or_else(|_| Value::String(body.into()));
+        (code.trim().parse().unwrap_or(0), value)
+    }
+
+    fn admin(&self, what: &str) {
+        let (code, v) = self.request("POST", &format!("/admin/{what}"), None);
+        assert_eq!(code, 200, "admin {what}: {v}");
+    }
+
+    fn job(&self, name: &str) -> Option<Value> {
+        let (code, v) = self.request(
+            "GET",
+            &format!("/apis/batch/v1/namespaces/default/jobs/{name}"),
+            None,
+        );
+        match code {
+            200 => Some(v),
+            404 => None,
+            _ => panic!("GET job {name}: {code} {v}"),
+        }
+    }
+
+    fn pods(&self, job: &str) -> Vec<Value> {
+        let (code, v) = self.request(
+            "GET",
+            &format!("/api/v1/namespaces/default/pods?labelSelector=job-name%3D{job}"),
+            None,
+        );
+        assert_eq!(code, 200, "{v}");
+        v["items"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Waits until `check` holds, polling the API server.
+    async fn until<T>(&self, what: &str, mut check: impl FnMut(&Cluster) -> Option<T>) -> T {
+        let deadline = tokio::time::Instant::now() + WITHIN;
+        loop {
+            if let Some(v) = check(self) {
+                return v;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "never happened: {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until the Job's Pod runs its `task` container; the Pod.
+    async fn task_running(&self, job: &str) -> Value {
+        self.until(&format!("the task container of {job} runs"), |c| {
+            c.pods(job).into_iter().find(|p| {
+                p["status"]["containerStatuses"]
+                    .as_array()
+                    .is_some_and(|s| {
+                        s.iter()
+                            .any(|s| s["name"] == "task" && s["state"]["running"].is_object())
+                    })
+            })
+        })
+        .await
+    }
+
+    fn delete_job(&self, name: &str) {
+        let (code, v) = self.request(
+            "DELETE",
+            &format!("/apis/batch/v1/namespaces/default/jobs/{name}"),
+            Some(&json!({"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"})),
+        );
+        assert_eq!(code, 200, "{v}");
+    }
+
+    /// Every object the server stored matched its schema, and it refused
+    /// no object the runtime sent (each would have failed a task).
+    fn self_check(&self) {
+        let (code, body) = self.request("GET", "/admin/self-check", None);
+        assert_eq!(code, 200, "{body}");
+        assert_eq!(
+            body["violations"],
+            json!([]),
+            "the server stored invalid objects"
+        );
+    }
+}
+
+/// The Go worker's Job name: `oz-task-<run>-exec-<last 8 of the execution>`.
+fn go_job_name(task: &str, exec: &str) -> String {
+    format!("oz-task-{task}-exec-{}", &exec[exec.len() - 8..])
+}
+
+/// The Go worker's label hash: hex of the first 8 bytes of SHA-256.
+fn go_hash(value: &str) -> String {
+    hex::encode(&Sha256::digest(value.as_bytes())[..8])
+}
+
+struct Worker {
+    process: WorkerProcess,
+    conn: ServerConn,
+}
+
+/// Starts a kubernetes worker on `config` and accepts its connection.
+async fn worker(
+    server: &ScriptedServer,
+    id: &str,
+    config: &Path,
+    state: &Path,
+    extra: &[&str],
+) -> Worker {
+    let process = spawn_worker(server, id, config, state, extra);
+    let conn = server
+        .accept_offering(WITHIN, Some(extensions::TASK_OUTPUT))
+        .await;
+    Worker { process, conn }
+}
+
+fn spawn_worker(
+    server: &ScriptedServer,
+    id: &str,
+    config: &Path,
+    state: &Path,
+    extra: &[&str],
+) -> WorkerProcess {
+    let mut args: Vec<String> = vec![
+        "--backend".into(),
+        "kubernetes".into(),
+        "--config-file".into(),
+        config.display().to_string(),
+        "--max-concurrent-tasks".into(),
+        "4".into(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let opts = WorkerOptions {
+        worker_id: id,
+        extra_args: args,
+        state_dir: Some(state.to_path_buf()),
+        env: vec![(
+            "OZ_LOG".into(),
+            "info,oz_worker=debug,oz_runtime_kubernetes=debug".into(),
+        )],
+        ..Default::default()
+    };
+    WorkerProcess::spawn_at(&server.ws_url, ROOT, KEY, Engine::None, opts)
+}
+
+/// An assignment of the demo agent with `env` (OZ_DEMO_*), its execution id
+/// `exec-<task>-0001`.
+fn assignment(task: &str, env: &[(&str, &str)]) -> TaskAssignment {
+    TaskAssignment {
+        task_id: task.into(),
+        execution_id: Some(format!("exec-{task}-0001")),
+        task: Task {
+            id: task.into(),
+            title: "k8s".into(),
+            ..Default::default()
+        },
+        docker_image: Some(BUSYBOX.into()),
+        sidecar_image: Some(sidecar_image().into()),
+        env_vars: env
+            .iter()
+            .map(|(k, v)| (k.to_string(), (*v).into()))
+            .collect(),
+        additional_oz_args: vec!["--from-the-test".into()],
+        ..Default::default()
+    }
+}
+
+fn exec_of(a: &TaskAssignment) -> String {
+    a.execution_id.clone().unwrap()
+}
+
+impl Worker {
+    async fn assign(&mut self, a: &TaskAssignment) {
+        self.conn
+            .send_text(&encode(&ServerMessage::TaskAssignment(Box::new(a.clone()))))
+            .await;
+    }
+
+    /// The terminal report of `task` (claims and output of it collected).
+    async fn report(&mut self, task: &str) -> (WorkerMessage, String) {
+        let mut output = String::new();
+        let deadline = tokio::time::Instant::now() + WITHIN;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let Some(m) = self.conn.next_message(left).await else {
+                panic!(
+                    "no report of {task}; output so far {output:?}; log:\n{}",
+                    self.process.log_text()
+                );
+            };
+            if m.task_id() != task {
+                continue;
+            }
+            match m {
+                WorkerMessage::TaskOutput(o) => output.push_str(&o.data),
+                WorkerMessage::TaskClaimed(_) => {}
+                WorkerMessage::TaskRejected(r) => panic!("rejected: {r:?}"),
+                m => return (m, output),
+            }
+        }
+    }
+
+    async fn failed(&mut self, task: &str) -> TaskFailed {
+        match self.report(task).await.0 {
+            WorkerMessage::TaskFailed(f) => f,
+            other => panic!("expected task_failed, got {other:?}"),
+        }
+    }
+
+    /// Waits for the claim of `task`. Messages about other tasks are
+    /// skipped: a report whose delivery the previous connection never
+    /// confirmed (no pong read after it) is rightly sent again.
+    async fn claimed(&mut self, task: &str) {
+        loop {
+            match self.conn.next_message(WITHIN).await {
+                Some(m) if m.task_id() != task => continue,
+                Some(WorkerMessage::TaskClaimed(_)) => return,
+                other => panic!("expected task_claimed of {task}, got {other:?}"),
+            }
+        }
+    }
+}
+
+/// The kubernetes part of a failure's details, checked for the schema
+/// version and the Pod and container parts.
+fn k8s_details(f: &TaskFailed) -> KubernetesFailureDetails {
+    let d = f
+        .failure_details
+        .as_ref()
+        .and_then(|d| d.kubernetes.clone())
+        .unwrap_or_else(|| panic!("no failure_details.kubernetes: {f:?}"));
+    assert_eq!(d.schema_version, 1, "{d:?}");
+    d
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn success_runs_the_agent_in_the_go_workers_job_and_cleanup_deletes_it() {
+    if !available() {
+        return;
+    }
+    let cluster = Cluster::start(&[]);
+    let server = ScriptedServer::start().await;
+    let state = tempfile::tempdir().unwrap();
+    let id = unique_id("k8s-ok");
+    let mut w = worker(&server, &id, &cluster.config("c", ""), state.path(), &[]).await;
+    assert!(
+        w.process.log_text().contains("kubernetes v1.32"),
+        "the worker names the server it runs on:\n{}",
+        w.process.log_text()
+    );
+
+    let a = assignment("k8sok1", &[("OZ_DEMO_FLAVOUR", "vanilla")]);
+    w.assign(&a).await;
+    w.claimed("k8sok1").await;
+    let name = go_job_name("k8sok1", &exec_of(&a));
+    // The Job as the Go worker names and labels it, read while it runs.
+    let job = cluster.until("the Job exists", |c| c.job(&name)).await;
+    let labels = &job["metadata"]["labels"];
+    assert_eq!(labels["oz-worker-id"], id.as_str(), "{job}");
+    assert_eq!(labels["oz-worker-hash"], go_hash(&id).as_str(), "{job}");
+    assert_eq!(labels["oz-task-id"], "k8sok1", "{job}");
+    assert_eq!(labels["oz-task-hash"], go_hash("k8sok1").as_str(), "{job}");
+    assert_eq!(labels["oz-execution-hash"], go_hash(&exec_of(&a)).as_str());
+    assert_eq!(job["spec"]["backoffLimit"], 0, "{job}");
+    assert_eq!(job["spec"]["ttlSecondsAfterFinished"], 86400, "{job}");
+    let pod_spec = &job["spec"]["template"]["spec"];
+    assert_eq!(pod_spec["restartPolicy"], "Never");
+    let task = &pod_spec["containers"][0];
+    assert_eq!(task["name"], "task");
+    assert_eq!(task["imagePullPolicy"], "IfNotPresent");
+    let env: Vec<(String, String)> = task["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["name"].as_str().unwrap().to_string(),
+                e["value"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    for (k, v) in [
+        ("OZ_DEMO_FLAVOUR", "vanilla"),
+        ("OZ_WORKER_BACKEND", "kubernetes"),
+        ("OZ_RUN_ID", "k8sok1"),
+        ("TASK_ID", "k8sok1"),
+    ] {
+        assert!(
+            env.contains(&(k.to_string(), v.to_string())),
+            "{k}={v} missing from {env:?}"
+        );
+    }
+
+    let (report, output) = w.report("k8sok1").await;
+    match report {
+        WorkerMessage::TaskCompleted(c) => {
+            assert_eq!(c.task_state, None);
+            assert_eq!(c.execution_id.as_deref(), Some(exec_of(&a).as_str()));
+        }
+        other => panic!("expected task_completed, got {other:?}"),
+    }
+    // The agent really ran, in the workspace, with its arguments and env.
+    assert!(
+        output.contains("oz demo agent: task k8sok1 started in /workspace"),
+        "{output:?}"
+    );
+    assert!(output.contains("--from-the-test"), "{output:?}");
+    assert!(output.contains("oz demo agent: done"), "{output:?}");
+
+    // Cleanup on: the succeeded Job and its Pod go.
+    cluster
+        .until("the succeeded Job is deleted", |c| {
+            (c.job(&name).is_none() && c.pods(&name).is_empty()).then_some(())
+        })
+        .await;
+
+    // --no-cleanup: the next worker's Job has no TTL and is kept.
+    w.process.signal(15);
+    w.process.wait_exit(WITHIN).await;
+    let kept_id = unique_id("k8s-keep");
+    let mut w = worker(
+        &server,
+        &kept_id,
+        &cluster.config("c", ""),
+        state.path(),
+        &["--no-cleanup"],
+    )
+    .await;
+    let a = assignment("k8skeep1", &[]);
+    w.assign(&a).await;
+    assert!(matches!(
+        w.report("k8skeep1").await.0,
+        WorkerMessage::TaskCompleted(_)
+    ));
+    let name = go_job_name("k8skeep1", &exec_of(&a));
+    let job = cluster.job(&name).expect("the Job is kept");
+    assert!(job["spec"]["ttlSecondsAfterFinished"].is_null(), "{job}");
+    // Past the moment a succeeded Job would have been deleted.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    assert!(cluster.job(&name).is_some(), "--no-cleanup keeps the Job");
+    cluster.self_check();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_are_diagnosed_with_reasons_exit_codes_and_details() {
+    if !available() {
+        return;
+    }
+    let cluster = Cluster::start(&[]);
+    let server = ScriptedServer::start().await;
+    let state = tempfile::tempdir().unwrap();
+    let id = unique_id("k8s-fail");
+    // A memory limit from the pod template for the OOM case; the others
+    // stay well under it.
+    let config = cluster.config(
+        "c",
+        "pod_template:\n  containers:\n  - name: task\n    resources:\n      limits: {memory: 64Mi}\n      requests: {memory: 64Mi}",
+    );
+    let mut w = worker(&server, &id, &config, state.path(), &[]).await;
+
+    let exit = assignment("k8sexit", &[("OZ_DEMO_EXIT", "3")]);
+    let oom = assignment("k8soom", &[("OZ_DEMO_BEHAVIOUR", "oom")]);
+    let mut pull = assignment("k8spull", &[]);
+    pull.docker_image = Some("127.0.0.1:1/oz-test/absent:none".into());
+    for a in [&exit, &oom, &pull] {
+        w.assign(a).await;
+    }
+    let mut reports = std::collections::BTreeMap::new();
+    while reports.len() < 3 {
+        let m = w.conn.next_message(WITHIN).await.expect("a report");
+        if let WorkerMessage::TaskFailed(f) = m {
+            reports.insert(f.task_id.clone(), f);
+        } else if !matches!(
+            m,
+            WorkerMessage::TaskClaimed(_) | WorkerMessage::TaskOutput(_)
+        ) {
+            panic!("unexpected {m:?}");
+        }
+    }
+
+    let f = &reports["k8sexit"];
+    assert_eq!(f.failure_reason, FailureReason::ContainerExit, "{f:?}");
+    assert_eq!(f.exit_code, Some(3), "{f:?}");
+    assert_eq!(f.execution_id.as_deref(), Some(exec_of(&exit).as_str()));
+    let d = k8s_details(f);
+    let pod = d.pod.as_ref().expect("pod details");
+    assert!(
+        pod.name
+            .starts_with(&go_job_name("k8sexit", &exec_of(&exit))),
+        "{d:?}"
+    );
+    let c = d.container.as_ref().expect("container details");
+    assert_eq!(c.name, "task", "{d:?}");
+    assert_eq!(c.raw_exit_code, Some(3), "{d:?}");
+    assert_eq!(c.termination_reason, "Error", "{d:?}");
+    assert!(d.job.is_some(), "{d:?}");
+
+    let f = &reports["k8soom"];
+    assert_eq!(f.failure_reason, FailureReason::ContainerOom, "{f:?}");
+    assert_eq!(f.exit_code, Some(137), "{f:?}");
+    let d = k8s_details(f);
+    assert_eq!(
+        d.container.as_ref().map(|c| c.termination_reason.as_str()),
+        Some("OOMKilled"),
+        "{d:?}"
+    );
+
+    let f = &reports["k8spull"];
+    assert_eq!(f.failure_reason, FailureReason::ImagePull, "{f:?}");
+    assert!(f.message.contains("absent"), "names the image: {f:?}");
+    k8s_details(f);
+
+    // A setup_command that fails: the init container is the cause.
+    w.process.signal(15);
+    w.process.wait_exit(WITHIN).await;
+    let config = cluster.config("setup", "setup_command: 'echo preparing; exit 7'");
+    let mut w = worker(&server, &unique_id("k8s-setup"), &config, state.path(), &[]).await;
+    w.assign(&assignment("k8ssetup", &[])).await;
+    let f = w.failed("k8ssetup").await;
+    assert_eq!(f.failure_reason, FailureReason::InitContainer, "{f:?}");
+    assert!(f.message.contains("setup"), "{f:?}");
+    let d = k8s_details(&f);
+    assert_eq!(
+        d.container.as_ref().map(|c| c.name.as_str()),
+        Some("setup"),
+        "{d:?}"
+    );
+    cluster.self_check();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancellation_deletes_the_job_and_reports_cancelled_once_the_pod_is_gone() {
+    if !available() {
+        return;
+    }
+    let cluster = Cluster::start(&[]);
+    let server = ScriptedServer::start().await;
+    let state = tempfile::tempdir().unwrap();
+    let mut w = worker(
+        &server,
+        &unique_id("k8s-cancel"),
+        // A short grace period from the pod template: the agent's shell
+        // ignores SIGTERM, so the Pod lasts until the SIGKILL after it.
+        &cluster.config("c", "pod_template:\n  terminationGracePeriodSeconds: 3"),
+        state.path(),
+        &[],
+    )
+    .await;
+    let a = assignment("k8scancel", &[("OZ_DEMO_BEHAVIOUR", "sleep")]);
+    let name = go_job_name("k8scancel", &exec_of(&a));
+    w.assign(&a).await;
+    w.claimed("k8scancel").await;
+    cluster.task_running(&name).await;
+    w.conn
+        .send_text(&encode(&ServerMessage::TaskCancellation(
+            TaskCancellation {
+                task_id: "k8scancel".into(),
+            },
+        )))
+        .await;
+    // Foreground propagation: the Job stays, marked for deletion with the
+    // foregroundDeletion finalizer, until its Pod is gone (the agent's
+    // shell ignores SIGTERM, so the Pod takes its grace period).
+    let job = cluster
+        .until("the Job is being deleted in the foreground", |c| {
+            c.job(&name).filter(|j| {
+                j["metadata"]["finalizers"]
+                    .as_array()
+                    .is_some_and(|f| f.iter().any(|f| f == "foregroundDeletion"))
+            })
+        })
+        .await;
+    assert!(job["metadata"]["deletionTimestamp"].is_string(), "{job}");
+    match w.report("k8scancel").await.0 {
+        WorkerMessage::TaskCompleted(c) => assert_eq!(c.task_state.as_deref(), Some("CANCELLED")),
+        other => panic!("expected a CANCELLED task_completed, got {other:?}"),
+    }
+    // Reported only once the Pod was gone.
+    assert_eq!(cluster.pods(&name), Vec::<Value>::new());
+    cluster
+        .until("the Job is gone", |c| c.job(&name).is_none().then_some(()))
+        .await;
+    let log = w.process.log_text();
+    assert!(
+        log.contains("deleting the task's Job (foreground)"),
+        "{log}"
+    );
+    cluster.self_check();
+}
+
+/// SIGTERM leaves the running Job and sends no report; a new worker on the
+/// same state dir follows it to its end and reports it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_leaves_the_job_and_a_restart_reattaches_and_reports() {
+    leave_and_reattach(15, "k8sterm").await;
+}
+
+/// A SIGKILLed worker's Job runs on; the restarted worker reports it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_leaves_the_job_and_a_restart_reattaches_and_reports() {
+    leave_and_reattach(9, "k8skill").await;
+}
+
+async fn leave_and_reattach(signal: i32, task: &str) {
+    if !available() {
+        return;
+    }
+    let cluster = Cluster::start(&[]);
+    let server = ScriptedServer::start().await;
+    let state = tempfile::tempdir().unwrap();
+    let config = cluster.config("c", "");
+    let id = unique_id("k8s-reattach");
+
+    {
+        let mut w = worker(&server, &id, &config, state.path(), &[]).await;
+        let a = assignment(
+            task,
+            &[
+                ("OZ_DEMO_BEHAVIOUR", "sleep"),
+                ("OZ_DEMO_SLEEP", "6"),
+                ("OZ_DEMO_EXIT", "0"),
+            ],
+        );
+        let name = go_job_name(task, &exec_of(&a));
+        w.assign(&a).await;
+        w.claimed(task).await;
+        let pod = cluster.task_running(&name).await;
+        w.process.signal(signal);
+        let status = w.process.wait_exit(WITHIN).await;
+        if signal == 15 {
+            assert!(status.success(), "{status:?}\n{}", w.process.log_text());
+            // No report was sent for the task the worker left running (a
+            // SIGKILLed worker sends nothing, and resets the connection).
+            while let Some(m) = w.conn.next_message(Duration::from_secs(2)).await {
+                assert!(
+                    !matches!(
+                        m,
+                        WorkerMessage::TaskCompleted(_) | WorkerMessage::TaskFailed(_)
+                    ),
+                    "a report at shutdown: {m:?}"
+                );
+            }
+        }
+        let job = cluster.job(&name).expect("the Job survives the worker");
+        assert!(job["metadata"]["deletionTimestamp"].is_null(), "{job}");
+        assert_eq!(
+            cluster.pods(&name)[0]["metadata"]["uid"],
+            pod["metadata"]["uid"],
+            "the same Pod runs on"
+        );
+
+        let mut w = worker(&server, &id, &config, state.path(), &[]).await;
+        let (report, _) = w.report(task).await;
+        match report {
+            WorkerMessage::TaskCompleted(c) => {
+                assert_eq!(c.execution_id.as_deref(), Some(exec_of(&a).as_str()))
+            }
+            other => panic!("expected task_completed after reattach, got {other:?}"),
+        }
+        assert!(
+            cluster.pods(&name).len() <= 1,
+            "no second Pod was made for the execution"
+        );
+        w.process.signal(15);
+        w.process.wait_exit(WITHIN).await;
+    }
+    cluster.self_check();
+}
+
+/// #86: an execution's Job that already exists (its worker died and the
+/// journal went with its state dir) is adopted, not a failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_existing_job_of_the_same_execution_is_adopted() {
+    if !available() {
+        return;
+    }
+    let cluster = Cluster::start(&[]);
+    let server = ScriptedServer::start().await;
+    let config = cluster.config("c", "");
+    let id = unique_id("k8s-adopt");
+    let a = assignment(
+        "k8sadopt",
+        &[("OZ_DEMO_BEHAVIOUR", "sleep"), ("OZ_DEMO_SLEEP", "4")],
+    );
+    let name = go_job_name("k8sadopt", &exec_of(&a));
+
+    let first_state = tempfile::tempdir().unwrap();
+    let mut w = worker(&server, &id, &config, first_state.path(), &[]).await;
+    w.assign(&a).await;
+    w.claimed("k8sadopt").await;
+    let pod = cluster.task_running(&name).await;
+    w.process.signal(9);
+    w.process.wait_exit(WITHIN).await;
+    drop(first_state);
+
+    // The orchestrator assigns the same execution again to a worker with
+    // an empty journal.
+    let second_state = tempfile::tempdir().unwrap();
+    let mut w = worker(&server, &id, &config, second_state.path(), &[]).await;
+    w.assign(&a).await;
+    assert!(
+        matches!(
+            w.report("k8sadopt").await.0,
+            WorkerMessage::TaskCompleted(_)
+        ),
+        "{}",
+        w.process.log_text()
+    );
+    assert!(
+        w.process
+            .log_text()
+            .contains("adopting this execution's existing Job"),
+        "{}",
+        w.process.log_text()
+    );
+    let pods = cluster.pods(&name);
+    assert!(
+        pods.is_empty()
+            || pods
+                .iter()
+                .all(|p| p["metadata"]["uid"] == pod["metadata"]["uid"]),
+        "only the first Pod ever ran: {pods:?}"
+    );
+    cluster.self_check();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_server_restart_and_watch_expiry_mid_task_are_survived() {
+    if !available() {
+        return;
+    }
+    let mut cluster = Cluster::start(&[]);
+    let server = ScriptedServer::start().await;
+    let state = tempfile::tempdir().unwrap();
+    let mut w = worker(
+        &server,
+        &unique_id("k8s-apiserver"),
+        &cluster.config("c", ""),
+        state.path(),
+        &[],
+    )
+    .await;
+    let restarted = assignment(
+        "k8srestart",
+        &[
+            ("OZ_DEMO_BEHAVIOUR", "sleep"),
+            ("OZ_DEMO_SLEEP", "5"),
+            ("OZ_DEMO_EXIT", "4"),
+        ],
+    );
+    let expired = assignment(
+        "k8sexpire",
+        &[
+            ("OZ_DEMO_BEHAVIOUR", "sleep"),
+            ("OZ_DEMO_SLEEP", "5"),
+            ("OZ_DEMO_EXIT", "5"),
+        ],
+    );
+    w.assign(&restarted).await;
+    w.assign(&expired).await;
+    cluster
+        .task_running(&go_job_name("k8srestart", &exec_of(&restarted)))
+        .await;
+    cluster
+        .task_running(&go_job_name("k8sexpire", &exec_of(&expired)))
+        .await;
+
+    // Killed and restarted while the worker watches both.
+    cluster.server.restart().unwrap();
+    // Then every watch from before is expired and closed: the watchers
+    // must re-list.
+    cluster.admin("compact");
+    cluster.admin("close-watches");
+
+    let mut reports = std::collections::BTreeMap::new();
+    while reports.len() < 2 {
+        let m = w
+            .conn
+            .next_message(WITHIN)
+            .await
+            .unwrap_or_else(|| panic!("reports missing; log:\n{}", w.process.log_text()));
+        if let WorkerMessage::TaskFailed(f) = m {
+            reports.insert(f.task_id.clone(), f);
+        } else if let WorkerMessage::TaskCompleted(c) = m {
+            panic!("unexpected success {c:?}");
+        }
+    }
+    assert_eq!(reports["k8srestart"].exit_code, Some(4), "{reports:?}");
+    assert_eq!(reports["k8sexpire"].exit_code, Some(5), "{reports:?}");
+    for f in reports.values() {
+        assert_eq!(f.failure_reason, FailureReason::ContainerExit, "{f:?}");
+    }
+    cluster.self_check();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_deleted_or_a_pod_evicted_behind_the_workers_back_is_reported() {
+    if !available() {
+        return;
+    }
+    let cluster = Cluster::start(&[]);
+    let server = ScriptedServer::start().await;
+    let state = tempfile::tempdir().unwrap();
+    let mut w = worker(
+        &server,
+        &unique_id("k8s-behind"),
+        &cluster.config("c", ""),
+        state.path(),
+        &[],
+    )
+    .await;
+    let deleted = assignment("k8sdeleted", &[("OZ_DEMO_BEHAVIOUR", "sleep")]);
+    let evicted = assignment("k8sevicted", &[("OZ_DEMO_BEHAVIOUR", "sleep")]);
+    w.assign(&deleted).await;
+    w.assign(&evicted).await;
+    let deleted_job = go_job_name("k8sdeleted", &exec_of(&deleted));
+    let evicted_job = go_job_name("k8sevicted", &exec_of(&evicted));
+    cluster.task_running(&deleted_job).await;
+    let pod = cluster.task_running(&evicted_job).await;
+
+    cluster.delete_job(&deleted_job);
+    cluster.admin(&format!(
+        "evict?namespace=default&name={}",
+        pod["metadata"]["name"].as_str().unwrap()
+    ));
+
+    let mut reports = std::collections::BTreeMap::new();
+    while reports.len() < 2 {
+        let m = w
+            .conn
+            .next_message(WITHIN)
+            .await
+            .unwrap_or_else(|| panic!("reports missing; log:\n{}", w.process.log_text()));
+        match m {
+            WorkerMessage::TaskFailed(f) => {
+                reports.insert(f.task_id.clone(), f);
+            }
+            WorkerMessage::TaskCompleted(c) => panic!("unexpected success {c:?}"),
+            _ => {}
+        }
+    }
+    let f = &reports["k8sdeleted"];
+    assert_eq!(f.failure_reason, FailureReason::JobWatch, "{f:?}");
+    assert!(
+        f.message.contains(&deleted_job) && f.message.contains("deleted"),
+        "the message names the Job and what happened: {}",
+        f.message
+    );
+    let f = &reports["k8sevicted"];
+    assert_eq!(f.failure_reason, FailureReason::JobFailed, "{f:?}");
+    assert!(
+        f.message.to_lowercase().contains("evicted"),
+        "{}",
+        f.message
+    );
+    k8s_details(f);
+    cluster.self_check();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preflight_refuses_a_role_without_job_create_and_passes_with_the_charts_role() {
+    if !available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let narrow = dir.path().join("role.yaml");
+    std::fs::write(
+        &narrow,
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata:\n  name: narrow\nrules:\n- apiGroups: [\"batch\"]\n  resources: [\"jobs\"]\n  verbs: [\"get\", \"list\", \"watch\", \"delete\"]\n- apiGroups: [\"\"]\n  resources: [\"pods\", \"pods/log\", \"events\"]\n  verbs: [\"get\", \"list\", \"watch\"]\n",
+    )
+    .unwrap();
+    let server = ScriptedServer::start().await;
+    {
+        let cluster = Cluster::start(&["--rbac-role", narrow.to_str().unwrap()]);
+        let state = tempfile::tempdir().unwrap();
+        let mut w = spawn_worker(
+            &server,
+            &unique_id("k8s-rbac"),
+            &cluster.config("c", ""),
+            state.path(),
+            &[],
+        );
+        let status = w.wait_exit(WITHIN).await;
+        let log = w.log_text();
+        assert_eq!(status.code(), Some(1), "{log}");
+        assert!(
+            log.contains("forbidden") || log.contains("Forbidden"),
+            "{log}"
+        );
+        assert!(log.contains("jobs"), "names the resource:\n{log}");
+        assert!(log.contains("create"), "names the verb:\n{log}");
+        cluster.self_check();
+    }
+    let role = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes/base/role.yaml");
+    let cluster = Cluster::start(&["--rbac-role", role.to_str().unwrap()]);
+    let state = tempfile::tempdir().unwrap();
+    let mut w = worker(
+        &server,
+        &unique_id("k8s-role"),
+        &cluster.config("c", ""),
+        state.path(),
+        &[],
+    )
+    .await;
+    // And a task runs to its end under exactly that Role.
+    w.assign(&assignment("k8srole", &[("OZ_DEMO_EXIT", "2")]))
+        .await;
+    let f = w.failed("k8srole").await;
+    assert_eq!(f.exit_code, Some(2), "{f:?}");
+    cluster.self_check();
+}
