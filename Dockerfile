@@ -40,13 +40,16 @@ COPY crates/runtime/Cargo.toml crates/runtime/Cargo.toml
 COPY crates/runtime-command/Cargo.toml crates/runtime-command/Cargo.toml
 COPY crates/runtime-direct/Cargo.toml crates/runtime-direct/Cargo.toml
 COPY crates/runtime-docker/Cargo.toml crates/runtime-docker/Cargo.toml
+COPY crates/runtime-kubernetes/Cargo.toml crates/runtime-kubernetes/Cargo.toml
 COPY crates/telemetry/Cargo.toml crates/telemetry/Cargo.toml
+COPY crates/test-apiserver/Cargo.toml crates/test-apiserver/Cargo.toml
 COPY crates/test-support/Cargo.toml crates/test-support/Cargo.toml
 COPY crates/worker/Cargo.toml crates/worker/Cargo.toml
 RUN mkdir -p src xtask/src benches \
     && echo 'fn main() {}' > src/main.rs \
     && echo 'fn main() {}' > xtask/src/main.rs \
     && for c in crates/*/; do mkdir -p "$c/src" && touch "$c/src/lib.rs"; done \
+    && echo 'fn main() {}' > crates/test-apiserver/src/main.rs \
     && for b in $(awk '/^\[\[bench\]\]/ { inbench = 1 } inbench && /^name *=/ { gsub(/[" ]/, "", $0); sub(/^name=/, "", $0); print; inbench = 0 }' Cargo.toml); do \
         echo 'fn main() {}' > "benches/$b.rs"; \
     done \

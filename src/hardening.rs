@@ -28,6 +28,25 @@ pub struct Hardened {
 
 static OUTCOME: std::sync::OnceLock<Hardened> = std::sync::OnceLock::new();
 
+/// The values [`harden`] took out of the environment, for the one reader
+/// that needs them afterwards (the worker's key resolution).
+static REMOVED: std::sync::OnceLock<Vec<(&'static str, String)>> = std::sync::OnceLock::new();
+
+/// The process environment as it was before [`harden`] removed the key's
+/// variables: the worker reads `WARP_API_KEY` / `WARP_API_KEY_FILE` from
+/// here once, after which they exist nowhere in the environment.
+pub struct EnvBeforeHardening;
+
+impl oz_foundation::operator_env::EnvLookup for EnvBeforeHardening {
+    fn var(&self, name: &str) -> Option<String> {
+        REMOVED
+            .get()
+            .and_then(|removed| removed.iter().find(|(n, _)| *n == name))
+            .map(|(_, v)| v.clone())
+            .or_else(|| std::env::var(name).ok())
+    }
+}
+
 /// Logs what [`harden`] did (once logging is up); nothing when it did not run
 /// (a test calling the library).
 pub fn log_outcome() {
@@ -60,6 +79,12 @@ fn harden_now() -> Hardened {
         .copied()
         .filter(|v| std::env::var_os(v).is_some())
         .collect();
+    let _ = REMOVED.set(
+        present
+            .iter()
+            .filter_map(|v| std::env::var(v).ok().map(|value| (*v, value)))
+            .collect(),
+    );
     for v in &present {
         std::env::remove_var(v);
     }

@@ -340,7 +340,7 @@ pub async fn run(args: WorkerArgs) -> ExitCode {
     crate::hardening::log_outcome();
     // SIGQUIT drains from here on (instead of its default core dump).
     let drain = oz_worker::drain::drain_signal();
-    let resolved = match resolve(&args, &ProcessEnv) {
+    let resolved = match resolve(&args, &crate::hardening::EnvBeforeHardening) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: {e}");
