@@ -41,7 +41,6 @@ fn bad_configuration_exits_2_and_names_the_problem() {
         (&["-v", "./cache:/cache"], "./cache"),
         (&["--config-file", bad_policy], "sometimes"),
         // Found by the core.
-        (&["--backend", "kubernetes"], "kubernetes"),
         (&["--shutdown-timeout", "30"], "30"),
         (&["--task-timeout", "5x"], "--task-timeout: "),
         (&["--task-timeout=-1h"], "--task-timeout: "),

@@ -189,6 +189,9 @@ async fn cancel(shared: &Shared, team_id: i64, id: &str) -> Answer {
     match shared.dispatcher.cancel(team_id, id).await {
         Ok(rec) => with_history(shared, &rec).await,
         Err(CancelError::NotFound) => Err(not_found(id)),
+        // Cancelling is idempotent: a run a cancel already ended is
+        // answered as it stands, so concurrent or repeated cancels agree.
+        Err(CancelError::AlreadyFinished(RunState::Cancelled)) => get(shared, team_id, id).await,
         Err(CancelError::AlreadyFinished(state)) => Err(error_response(
             StatusCode::CONFLICT,
             &format!("run {id} already finished ({state}); there is nothing to cancel"),
