@@ -66,10 +66,13 @@ pub mod api_schedules;
 pub mod api_workers;
 pub mod calendar;
 pub mod client;
+pub mod connections;
 pub mod dispatcher;
 pub mod edge;
+pub mod followers;
 pub mod index;
 pub mod keys;
+pub mod login_limit;
 pub mod model;
 pub mod openapi;
 pub mod output;
@@ -133,6 +136,19 @@ pub struct Config {
     /// Live output kept per run, in bytes (the newest; older output is
     /// dropped, and readers are told how much).
     pub output_limit: u64,
+    /// A request's body must arrive within this long of its headers.
+    pub body_read_timeout: Duration,
+    /// Open HTTP connections at most; `None`: the file limit less
+    /// `connections::FD_RESERVE`, at most `connections::DEFAULT_MAX`.
+    pub max_connections: Option<u64>,
+    /// Live-output followers a team may have open at once.
+    pub max_followers_per_team: usize,
+    /// A follower that takes no event for this long is dropped.
+    pub follower_send_timeout: Duration,
+    /// Failed UI sign-ins per client address per minute.
+    pub max_failed_logins: usize,
+    /// UI sessions: lifetime, idle timeout, cap per team.
+    pub sessions: sessions::Limits,
 }
 
 pub const DEFAULT_WORKER_READ_TIMEOUT: Duration = Duration::from_secs(60);
@@ -159,12 +175,39 @@ impl Config {
             sweep_interval: Duration::from_secs(1),
             tls: None,
             output_limit: output::DEFAULT_LIMIT,
+            body_read_timeout: edge::DEFAULT_BODY_READ_TIMEOUT,
+            max_connections: None,
+            max_followers_per_team: followers::DEFAULT_MAX_PER_TEAM,
+            follower_send_timeout: followers::DEFAULT_SEND_TIMEOUT,
+            max_failed_logins: login_limit::DEFAULT_MAX_FAILURES,
+            sessions: sessions::Limits::default(),
         }
     }
 
     /// In memory, on an ephemeral localhost port.
     pub fn ephemeral() -> Config {
         Config::new(SocketAddr::from(([127, 0, 0, 1], 0)), Storage::InMemory)
+    }
+}
+
+/// The connection budget: `asked`, or the default for the process's file
+/// limit; an explicit budget the file limit cannot hold is refused.
+fn connection_budget(asked: Option<u64>) -> Result<usize, StartError> {
+    use nix::sys::resource::{getrlimit, Resource};
+    let nofile = getrlimit(Resource::RLIMIT_NOFILE)
+        .map(|(soft, _)| soft)
+        .unwrap_or(1024);
+    let room = nofile.saturating_sub(connections::FD_RESERVE);
+    match asked {
+        None => Ok(connections::default_max(nofile) as usize),
+        Some(0) => Err(StartError::Config(
+            "--max-connections must be at least 1".into(),
+        )),
+        Some(n) if n > room => Err(StartError::Config(format!(
+            "--max-connections {n} does not fit the open-files limit ({nofile}, of which {} are kept for the database and the log); raise the limit (ulimit -n, or LimitNOFILE= in the service unit) or ask for at most {room}",
+            connections::FD_RESERVE
+        ))),
+        Some(n) => Ok(n as usize),
     }
 }
 
@@ -182,6 +225,8 @@ pub enum StartError {
     Bind(SocketAddr, std::io::Error),
     /// The TLS files: a sentence naming the file and the fix.
     Tls(String),
+    /// A setting that cannot work: a sentence naming the flag and the fix.
+    Config(String),
 }
 
 impl std::fmt::Display for StartError {
@@ -192,7 +237,7 @@ impl std::fmt::Display for StartError {
                 f,
                 "cannot listen on {addr}: {e}; pick another address with --listen"
             ),
-            StartError::Tls(e) => f.write_str(e),
+            StartError::Tls(e) | StartError::Config(e) => f.write_str(e),
         }
     }
 }
@@ -211,6 +256,7 @@ pub struct ControlPlane {
 impl ControlPlane {
     /// Opens the store, recovers runs, binds the listener and starts serving.
     pub async fn start(config: Config) -> Result<ControlPlane, StartError> {
+        let max_connections = connection_budget(config.max_connections)?;
         let tls = match &config.tls {
             Some(files) => Some(tls::server_config(files).map_err(StartError::Tls)?),
             None => None,
@@ -256,10 +302,17 @@ impl ControlPlane {
         let shared = Arc::new(Shared {
             dispatcher: dispatcher.clone(),
             scheduler: scheduler.clone(),
-            sessions: Default::default(),
+            sessions: sessions::Sessions::new(config.sessions),
             tls: tls.is_some(),
             worker_read_timeout: config.worker_read_timeout,
             header_read_timeout: config.header_read_timeout,
+            body_read_timeout: config.body_read_timeout,
+            connections: connections::Connections::new(max_connections),
+            followers: followers::Followers::new(
+                config.max_followers_per_team,
+                config.follower_send_timeout,
+            ),
+            login_limit: login_limit::LoginLimit::new(config.max_failed_logins),
             shutdown: shutdown_rx.clone(),
         });
         let serves_tls = tls.is_some();

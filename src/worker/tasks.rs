@@ -4,6 +4,7 @@
 //! Cancellation and shutdown both stop tasks through the same token; the
 //! recorded cause decides how the stop is reported.
 
+use crate::text::Escaped;
 use crate::protocol::*;
 use crate::runtime::{Failure, OutputSink, RunOutcome, Runtime, TaskContext, TaskRef};
 use crate::worker::config::WorkerConfig;
@@ -189,7 +190,8 @@ impl TaskManager {
                 tracing::info!(
                     task_id = task.task_id,
                     execution_id = task.execution_id.as_deref().unwrap_or(""),
-                    "rejecting task: {reason}"
+                    "rejecting task: {}",
+                    Escaped(&reason)
                 );
                 self.metrics.rejected(kind);
                 self.send_in_background(
@@ -224,8 +226,8 @@ impl TaskManager {
         // its task and execution ids.
         let span = tracing::info_span!(
             "task",
-            task_id = %task.task_id,
-            execution_id = %task.execution_id.as_deref().unwrap_or("")
+            task_id = %Escaped(&task.task_id),
+            execution_id = %Escaped(task.execution_id.as_deref().unwrap_or(""))
         );
         let run = async move {
             let (stop, force, cause, reported) = slot;
@@ -567,7 +569,7 @@ impl Inbound for Dispatch {
 fn log_report(msg: &WorkerMessage) {
     match msg {
         WorkerMessage::TaskFailed(f) => {
-            tracing::warn!(task_id = f.task_id, execution_id = f.execution_id.as_deref().unwrap_or(""), reason = %f.failure_reason, exit_code = ?f.exit_code, "task failed: {}", f.message)
+            tracing::warn!(task_id = f.task_id, execution_id = f.execution_id.as_deref().unwrap_or(""), reason = %f.failure_reason, exit_code = ?f.exit_code, "task failed: {}", Escaped(&f.message))
         }
         WorkerMessage::TaskCompleted(c) => {
             tracing::info!(
