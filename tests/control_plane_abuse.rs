@@ -252,10 +252,15 @@ async fn slow_clients_cannot_exhaust_connections_or_starve_the_api() {
         "a slow connection lasted {longest:?}, past its 3 s deadline"
     );
     let log = plane.log_text();
+    let exhausted: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("Too many open files"))
+        .take(5)
+        .collect();
     assert!(
-        !log.contains("Too many open files"),
-        "accept ran out of descriptors:\n{}",
-        &log[log.len().saturating_sub(2000)..]
+        exhausted.is_empty(),
+        "serve ran out of descriptors:\n{}",
+        exhausted.join("\n")
     );
     assert!(
         peak_fds < 1024,
@@ -347,7 +352,7 @@ async fn five_hundred_followers_cost_bounded_memory() {
     raise_own_nofile();
     let dir = tempfile::tempdir().unwrap();
     let key = create_key_with_cli(dir.path(), "alpha").await;
-    let plane = ServeProcess::start(dir.path(), &["--log-level", "info"]).await;
+    let plane = ServeProcess::start(dir.path(), &[]).await;
     let (addr, pid) = (addr(&plane), pid(&plane));
     const BYTES: usize = 4 * 1024 * 1024;
     let (run_id, _w) = run_with_output(&plane, &key, BYTES).await;
@@ -509,7 +514,7 @@ async fn one_teams_sign_ins_never_end_another_teams_sessions() {
     let dir = tempfile::tempdir().unwrap();
     let alpha = create_key_with_cli(dir.path(), "alpha").await;
     let beta = create_key_with_cli(dir.path(), "beta").await;
-    let plane = ServeProcess::start(dir.path(), &["--log-level", "warn"]).await;
+    let plane = ServeProcess::start(dir.path(), &[]).await;
     let addr = addr(&plane);
     let b_session = sign_in(addr, &beta).await;
     let a_first = sign_in(addr, &alpha).await;

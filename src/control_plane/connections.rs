@@ -40,31 +40,58 @@ impl Trust {
     }
 }
 
+/// The request's connection's place (a request extension): a WebSocket
+/// keeps it for as long as it lives.
+#[derive(Clone)]
+pub struct Held(pub Arc<Admission>);
+
 struct Slot {
     trust: Trust,
     evict: Option<oneshot::Sender<()>>,
 }
 
+/// Evicted connections whose tasks have not yet closed them: each still
+/// holds its descriptor. Past this many, new connections are refused
+/// rather than admitted over the budget (a burst of connects outruns the
+/// tasks that close the evicted ones).
+const MAX_CLOSING: usize = 16;
+
+#[derive(Default)]
+struct Table {
+    next: u64,
+    /// Open connections by age, oldest first, evicted ones included until
+    /// their task has dropped them.
+    open: BTreeMap<u64, Slot>,
+    /// Of `open`, those told to close.
+    closing: usize,
+}
+
 /// The open connections, oldest first.
 pub struct Connections {
     max: usize,
-    open: Mutex<(u64, BTreeMap<u64, Slot>)>,
+    table: Mutex<Table>,
 }
 
-/// One admitted connection; dropping it frees its place.
+/// One admitted connection; dropping it frees its place. Shared (`Arc`)
+/// by the connection's task and, once upgraded, its WebSocket's task: the
+/// place is held until both let go of the socket.
 pub struct Admission {
     id: u64,
     table: Arc<Connections>,
     pub trust: Trust,
-    /// Resolves when a newer connection took this one's place.
-    pub evicted: oneshot::Receiver<()>,
 }
 
 /// What [`Connections::admit`] decided.
 pub enum Admitted {
-    /// Room for it (`evicted`: an untrusted connection was closed to make it).
-    Yes { admission: Admission, evicted: bool },
-    /// Every open connection is trusted and the budget is full.
+    /// Room for it (`evicted`: an untrusted connection was told to close to
+    /// make it). `close` resolves when a newer connection takes its place.
+    Yes {
+        admission: Arc<Admission>,
+        close: oneshot::Receiver<()>,
+        evicted: bool,
+    },
+    /// Every open connection is trusted (or enough are already closing)
+    /// and the budget is full.
     Full,
 }
 
@@ -73,7 +100,7 @@ impl Connections {
     pub fn new(max: usize) -> Arc<Connections> {
         Arc::new(Connections {
             max: max.max(1),
-            open: Mutex::new((0, BTreeMap::new())),
+            table: Mutex::default(),
         })
     }
 
@@ -81,37 +108,39 @@ impl Connections {
         self.max
     }
 
-    /// Connections open now.
+    /// Connections open now (closing ones included).
     pub fn open(&self) -> usize {
-        self.lock().1.len()
+        self.lock().open.len()
     }
 
-    /// Admits a new connection, closing the oldest untrusted one when the
-    /// budget is full.
+    /// Admits a new connection, telling the oldest untrusted one to close
+    /// when the budget is full. At most `max` + [`MAX_CLOSING`] connections
+    /// hold descriptors at any time.
     pub fn admit(self: &Arc<Self>) -> Admitted {
-        let mut guard = self.lock();
-        let (next, open) = &mut *guard;
+        let mut t = self.lock();
         let mut evicted = false;
-        if open.len() >= self.max {
-            let oldest = open
-                .iter()
-                .find(|(_, s)| !s.trust.is_trusted())
-                .map(|(id, _)| *id);
-            let Some(oldest) = oldest else {
+        if t.open.len() - t.closing >= self.max {
+            if t.closing >= MAX_CLOSING {
+                return Admitted::Full;
+            }
+            let Some(slot) = t
+                .open
+                .values_mut()
+                .find(|s| s.evict.is_some() && !s.trust.is_trusted())
+            else {
                 return Admitted::Full;
             };
-            if let Some(mut slot) = open.remove(&oldest) {
-                if let Some(tx) = slot.evict.take() {
-                    let _ = tx.send(());
-                }
+            if let Some(tx) = slot.evict.take() {
+                let _ = tx.send(());
             }
+            t.closing += 1;
             evicted = true;
         }
-        *next += 1;
-        let id = *next;
+        t.next += 1;
+        let id = t.next;
         let trust = Trust(Arc::new(AtomicBool::new(false)));
         let (tx, rx) = oneshot::channel();
-        open.insert(
+        t.open.insert(
             id,
             Slot {
                 trust: trust.clone(),
@@ -119,24 +148,29 @@ impl Connections {
             },
         );
         Admitted::Yes {
-            admission: Admission {
+            admission: Arc::new(Admission {
                 id,
                 table: self.clone(),
                 trust,
-                evicted: rx,
-            },
+            }),
+            close: rx,
             evicted,
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, (u64, BTreeMap<u64, Slot>)> {
-        self.open.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
 impl Drop for Admission {
     fn drop(&mut self) {
-        self.table.lock().1.remove(&self.id);
+        let mut t = self.table.lock();
+        if let Some(slot) = t.open.remove(&self.id) {
+            if slot.evict.is_none() {
+                t.closing -= 1;
+            }
+        }
     }
 }
 
@@ -161,9 +195,24 @@ pub fn raise_nofile_limit() -> std::io::Result<u64> {
 mod tests {
     use super::*;
 
-    fn admit(c: &Arc<Connections>) -> (Admission, bool) {
+    struct Held {
+        admission: Arc<Admission>,
+        evicted: oneshot::Receiver<()>,
+    }
+
+    fn admit(c: &Arc<Connections>) -> (Held, bool) {
         match c.admit() {
-            Admitted::Yes { admission, evicted } => (admission, evicted),
+            Admitted::Yes {
+                admission,
+                close,
+                evicted,
+            } => (
+                Held {
+                    admission,
+                    evicted: close,
+                },
+                evicted,
+            ),
             Admitted::Full => panic!("refused"),
         }
     }
@@ -172,22 +221,39 @@ mod tests {
     fn the_oldest_untrusted_connection_makes_room_and_trusted_ones_stay() {
         let c = Connections::new(2);
         let (trusted, _) = admit(&c);
-        trusted.trust.mark();
+        trusted.admission.trust.mark();
         let (mut slow, evicted) = admit(&c);
         assert!(!evicted);
         let (_new, evicted) = admit(&c);
         assert!(evicted, "the budget was full");
         assert!(slow.evicted.try_recv().is_ok(), "the untrusted one is told to close");
-        assert_eq!(c.open(), 2);
+        assert_eq!(c.open(), 3, "it holds its descriptor until its task drops it");
         drop(slow);
-        assert_eq!(c.open(), 2, "an evicted slot is already gone");
+        assert_eq!(c.open(), 2);
+    }
+
+    #[test]
+    fn at_most_max_closing_connections_are_pending() {
+        let c = Connections::new(1);
+        let mut held = vec![admit(&c).0];
+        for _ in 0..MAX_CLOSING {
+            let (a, evicted) = admit(&c);
+            assert!(evicted);
+            held.push(a);
+        }
+        assert!(
+            matches!(c.admit(), Admitted::Full),
+            "too many evicted connections have not closed yet"
+        );
+        held.remove(0);
+        assert!(matches!(c.admit(), Admitted::Yes { evicted: true, .. }));
     }
 
     #[test]
     fn a_budget_full_of_trusted_connections_refuses() {
         let c = Connections::new(1);
         let (a, _) = admit(&c);
-        a.trust.mark();
+        a.admission.trust.mark();
         assert!(matches!(c.admit(), Admitted::Full));
         drop(a);
         assert!(matches!(c.admit(), Admitted::Yes { .. }));

@@ -40,7 +40,13 @@
 //!   no-op; a claim or report naming another execution is ignored.
 //! - After the claim, a closed connection leaves the run claimed: any
 //!   connection of the same team and worker id may deliver its terminal
-//!   message. Once no such connection has been live for `worker_lost_timeout`
+//!   message naming the run's execution id (a worker re-sends a pending
+//!   report that way on a new connection). A report or output that names no
+//!   execution is taken only from the connection the run is assigned to or
+//!   held by. Output after the run's end is taken only until its output
+//!   settles (`output::SETTLE_MAX` at most: the worker's output queue may
+//!   trail its report), then refused and not stored.
+//!   Once no such connection has been live for `worker_lost_timeout`
 //!   (default 10 min, `--worker-lost-timeout`) it fails with `worker_lost`.
 //! - Every terminal report is answered with `report_ack` once recorded; a
 //!   report for a finished run is ignored (logged at debug) and acked too.

@@ -3,7 +3,7 @@
 //! management UI (`ui`) or `/healthz`. Nothing else lives here; what the endpoints share is in
 //! `edge`.
 
-use crate::control_plane::connections::{Admission, Admitted};
+use crate::control_plane::connections::{Admission, Admitted, Held};
 use crate::control_plane::edge::{full, no_such_endpoint, Body, BodyDeadline, Peer, Shared};
 use crate::text::Escaped;
 use crate::control_plane::{api, ui, ws};
@@ -16,6 +16,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
+use tokio::sync::oneshot;
 use tokio_rustls::TlsAcceptor;
 
 /// Accepts connections until shutdown; with `tls`, each one is a TLS
@@ -46,12 +47,12 @@ pub async fn accept_loop(
             },
             _ = shutdown.changed() => break,
         };
-        let admission = match shared.connections.admit() {
-            Admitted::Yes { admission, evicted } => {
+        let (admission, close) = match shared.connections.admit() {
+            Admitted::Yes { admission, close, evicted } => {
                 if evicted {
                     note_full(&mut last_full_log, &shared, "closed the oldest connection that had not authenticated to make room");
                 }
-                admission
+                (admission, close)
             }
             Admitted::Full => {
                 note_full(&mut last_full_log, &shared, "every open connection is authenticated; refusing new ones with 503");
@@ -70,10 +71,10 @@ pub async fn accept_loop(
         let acceptor = acceptor.clone();
         tokio::spawn(async move {
             let Some(acceptor) = acceptor else {
-                return serve(TokioIo::new(stream), peer, shared, admission).await;
+                return serve(TokioIo::new(stream), peer, shared, admission, close).await;
             };
             match tokio::time::timeout(shared.header_read_timeout, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => serve(TokioIo::new(tls), peer, shared, admission).await,
+                Ok(Ok(tls)) => serve(TokioIo::new(tls), peer, shared, admission, close).await,
                 Ok(Err(e)) => tracing::info!(%peer, "TLS handshake failed: {}", Escaped(e.to_string())),
                 Err(_) => {
                     tracing::debug!(%peer, "no TLS handshake within {:?}; closed", shared.header_read_timeout)
@@ -100,40 +101,50 @@ fn note_full(last: &mut Option<Instant>, shared: &Shared, what: &str) {
 
 /// HTTP/1.1 on one connection, with upgrades (the worker WebSocket).
 /// Closed at once when a newer connection takes its place.
-async fn serve<I>(io: I, peer: SocketAddr, shared: Arc<Shared>, mut admission: Admission)
-where
+async fn serve<I>(
+    io: I,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    admission: Arc<Admission>,
+    mut close: oneshot::Receiver<()>,
+) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let mut shutdown = shared.shutdown.clone();
     let svc = {
         let shared = shared.clone();
-        let trust = admission.trust.clone();
+        let admission = admission.clone();
         service_fn(move |mut req: Request<Incoming>| {
             let ext = req.extensions_mut();
-            ext.insert(trust.clone());
+            ext.insert(admission.trust.clone());
+            ext.insert(Held(admission.clone()));
             ext.insert(Peer(peer));
             ext.insert(BodyDeadline(Instant::now() + shared.body_read_timeout));
             route(req, shared.clone())
         })
     };
-    let conn = hyper::server::conn::http1::Builder::new()
-        .timer(TokioTimer::new())
-        // Also bounds an idle kept-alive connection: the timer runs from
-        // the end of one response to the next request's headers.
-        .header_read_timeout(shared.header_read_timeout)
-        .serve_connection(io, svc)
-        .with_upgrades();
-    tokio::pin!(conn);
+    let mut conn = Box::pin(
+        hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            // Also bounds an idle kept-alive connection: the timer runs
+            // from the end of one response to the next request's headers.
+            .header_read_timeout(shared.header_read_timeout)
+            .serve_connection(io, svc)
+            .with_upgrades(),
+    );
     tokio::select! {
         r = conn.as_mut() => { if let Err(e) = r { tracing::debug!("HTTP connection error: {e}") } }
-        _ = &mut admission.evicted => {
+        _ = &mut close => {
             tracing::debug!(%peer, "closed to make room for a newer connection");
         }
         _ = shutdown.changed() => {
             conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
+            let _ = conn.as_mut().await;
         }
     }
+    // The socket first: the place is free once its descriptor is (an
+    // upgraded WebSocket holds its own reference to the place).
+    drop(conn);
     drop(admission);
 }
 

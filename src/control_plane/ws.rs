@@ -7,6 +7,7 @@
 //! Malformed and unknown frames are logged and ignored.
 
 use crate::control_plane::dispatcher::{ConnId, Dispatcher, Outgoing};
+use crate::control_plane::connections::Held;
 use crate::control_plane::store::KEY_RECHECK;
 use crate::control_plane::edge::{
     bearer_secret, bearer_team, empty, error_response, trust_connection, Body, Shared,
@@ -94,7 +95,10 @@ pub async fn upgrade(mut req: Request<Incoming>, shared: Arc<Shared>) -> Respons
     };
     let accept = derive_accept_key(key.as_bytes());
     let on_upgrade = hyper::upgrade::on(&mut req);
+    // The connection's place in the budget, for as long as the socket lives.
+    let place = req.extensions().get::<Held>().cloned();
     tokio::spawn(async move {
+        let _place = place;
         match on_upgrade.await {
             Ok(upgraded) => {
                 let ws =
