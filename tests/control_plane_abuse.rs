@@ -405,6 +405,30 @@ async fn five_hundred_followers_cost_bounded_memory() {
     );
 }
 
+/// Opens a follow request and reads only the response head: (status,
+/// the open stream, what was read past the head).
+async fn open_follow(addr: SocketAddr, key: &str, run_id: &str) -> (u16, TcpStream, String) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        format!("GET /api/v1/runs/{run_id}/output?follow=true HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {key}\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(EXPECT_TIMEOUT, s.read(&mut buf))
+            .await
+            .expect("a response head")
+            .unwrap();
+        assert!(n > 0, "closed before the head");
+        got.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&got).into_owned();
+    let status = text[9..12].parse().unwrap();
+    (status, s, text)
+}
+
 /// Past `--max-followers-per-team`, 429 naming the flag; another team is
 /// not affected. A follower that reads nothing is dropped after
 /// `--follower-send-timeout` with a `dropped` event saying where to resume,
@@ -416,94 +440,94 @@ async fn followers_are_capped_per_team_and_slow_ones_dropped() {
     let beta = create_key_with_cli(dir.path(), "beta").await;
     let plane = ServeProcess::start(
         dir.path(),
-        &["--max-followers-per-team", "2", "--follower-send-timeout", "1s"],
+        &[
+            "--max-followers-per-team",
+            "2",
+            "--follower-send-timeout",
+            "1s",
+            "--output-limit",
+            "16MiB",
+        ],
     )
     .await;
     let addr = addr(&plane);
-    const BYTES: usize = 4 * 1024 * 1024;
+    let client = Client::new(&plane.url, &key).unwrap();
+    // More than the kernel's socket buffers take (tcp_wmem's maximum is
+    // 4 MiB by default), so the server must wait for the stalled reader.
+    const BYTES: usize = 16 * 1024 * 1024;
     let (run_id, _w) = run_with_output(&plane, &key, BYTES).await;
 
-    // A follower that stops reading, with a small receive buffer so the
-    // kernel does not absorb the output for it.
-    let sock = tokio::net::TcpSocket::new_v4().unwrap();
-    sock.set_recv_buffer_size(4096).unwrap();
-    let mut stalled = sock.connect(addr).await.unwrap();
-    stalled
-        .write_all(
-            format!("GET /api/v1/runs/{run_id}/output?follow=true HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {key}\r\n\r\n").as_bytes(),
-        )
-        .await
-        .unwrap();
-    let reading = tokio::spawn({
-        let (key, run_id) = (key.clone(), run_id.clone());
-        async move { follow_until(addr, &key, &run_id, BYTES as u64).await }
-    });
-    // Both places are taken once the reading follower has its output.
-    reading.await.unwrap();
-    let third = http(
-        addr,
-        &format!("GET /api/v1/runs/{run_id}/output?follow=true HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {key}\r\nConnection: close\r\n\r\n"),
-    )
-    .await;
-    // The reading follower's task may still hold its place until it
-    // notices the reader left: poll for the stalled one's place only.
-    assert!(
-        third.status == 429 || third.status == 200,
-        "{}",
-        third.status
-    );
-    // Team beta has its own cap.
+    // Two followers of a quiet run (nothing to send: never slow) fill
+    // alpha's places; a third is refused.
+    let quiet = client.create_run(&run_for("nobody")).await.unwrap();
+    let (s1, first, _) = open_follow(addr, &key, &quiet.id).await;
+    let (s2, _second, _) = open_follow(addr, &key, &quiet.id).await;
+    assert_eq!((s1, s2), (200, 200));
+    let (s3, _, refused) = open_follow(addr, &key, &quiet.id).await;
+    assert_eq!(s3, 429, "{refused}");
+    assert!(refused.contains("--max-followers-per-team"), "{refused}");
+    // Team beta has its own places.
     let beta_run = Client::new(&plane.url, &beta)
         .unwrap()
         .create_run(&run_for("b"))
         .await
         .unwrap();
-    let mut b = TcpStream::connect(addr).await.unwrap();
-    b.write_all(format!("GET /api/v1/runs/{}/output?follow=true HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {beta}\r\n\r\n", beta_run.id).as_bytes()).await.unwrap();
-    let mut head = [0u8; 12];
-    b.read_exact(&mut head).await.unwrap();
-    assert_eq!(&head, b"HTTP/1.1 200", "team beta follows despite alpha's followers");
+    let (b, _b, _) = open_follow(addr, &beta, &beta_run.id).await;
+    assert_eq!(b, 200, "team beta follows despite alpha's followers");
 
-    // Fill alpha's cap with a second stalled follower, then a third is refused.
-    let mut second = TcpStream::connect(addr).await.unwrap();
-    second.write_all(format!("GET /api/v1/runs/{run_id}/output?follow=true HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {key}\r\n\r\n").as_bytes()).await.unwrap();
+    // A place freed is taken again: a follower that stops reading, with a
+    // small receive buffer so the kernel does not absorb the output for it.
+    drop(first);
     let deadline = Instant::now() + EXPECT_TIMEOUT;
-    let refused = loop {
-        let r = http(
-            addr,
-            &format!("GET /api/v1/runs/{run_id}/output?follow=true HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {key}\r\nConnection: close\r\n\r\n"),
+    let mut stalled = loop {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.set_recv_buffer_size(4096).unwrap();
+        let mut s = sock.connect(addr).await.unwrap();
+        s.write_all(
+            format!("GET /api/v1/runs/{run_id}/output?follow=true HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {key}\r\nConnection: close\r\n\r\n").as_bytes(),
         )
-        .await;
-        if r.status == 429 {
-            break r;
-        }
-        assert!(Instant::now() < deadline, "never refused past the cap");
-    };
-    assert!(
-        refused.body.contains("--max-followers-per-team"),
-        "{}",
-        refused.body
-    );
-
-    // The stalled follower was dropped: reading now, its stream ends with
-    // a `dropped` event naming the offset to resume from.
-    let mut all = Vec::new();
-    tokio::time::timeout(Duration::from_secs(60), stalled.read_to_end(&mut all))
         .await
-        .expect("the stalled follower's stream ends")
         .unwrap();
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head).await.unwrap();
+        if &head == b"HTTP/1.1 200" {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the freed place was never free");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // It was dropped: reading now, its stream ends with a `dropped` event
+    // naming the offset to resume from, well before the 4 MiB.
+    // Read nothing until serve says it dropped the follower.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !plane.log_text().contains("dropped a live-output follower") {
+        assert!(Instant::now() < deadline, "the stalled follower was never dropped");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut all = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(60), stalled.read_to_end(&mut all)).await;
+    assert!(
+        ended.is_ok(),
+        "the stalled follower's stream did not end; read {} bytes, ending {:?}; serve's log says: {:?}",
+        all.len(),
+        String::from_utf8_lossy(&all[all.len().saturating_sub(300)..]),
+        plane
+            .log_text()
+            .lines()
+            .filter(|l| l.contains("follower"))
+            .collect::<Vec<_>>()
+    );
     let text = String::from_utf8_lossy(&all);
     let dropped = text
         .split("event: dropped\n")
         .nth(1)
-        .expect("a dropped event at the end");
+        .unwrap_or_else(|| panic!("no dropped event at the end of {} bytes", all.len()));
     assert!(dropped.contains("resume_from"), "{dropped}");
     assert!(dropped.contains("--follower-send-timeout"), "{dropped}");
     assert!(
         !text.contains(&format!("id: {BYTES}\n")),
         "the stalled reader got everything; nothing was dropped"
     );
-    assert!(plane.log_text().contains("dropped a live-output follower"));
 }
 
 // ---- 4: sessions ----
