@@ -64,4 +64,5 @@ async fn hostile_task_ids_cannot_forge_lines_in_the_workers_log() {
     }
     assert!(log.contains("FORGED-TASK"), "the task id is logged:\n{log}");
     assert!(log.contains("FORGED-TYPE"), "the type is logged:\n{log}");
+    println!("{}", log.lines().filter(|l| l.contains("FORGED")).collect::<Vec<_>>().join("\n"));
 }
