@@ -234,7 +234,10 @@ async fn slow_clients_cannot_exhaust_connections_or_starve_the_api() {
             "authenticated API during the attack: {api:?}"
         );
         checks += 1;
-        tracing_figure("answer latency under slow-loris (ms)", t.elapsed().as_millis());
+        tracing_figure(
+            "answer latency under slow-loris (ms)",
+            t.elapsed().as_millis(),
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     assert!(checks >= 10, "the checks ran: {checks}");
@@ -284,8 +287,19 @@ fn tracing_figure(what: &str, v: u128) {
 async fn a_connection_budget_above_the_file_limit_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let out = tokio::process::Command::new("prlimit")
-        .args(["--nofile=256:256", "--", env!("CARGO_BIN_EXE_oz-agent-worker")])
-        .args(["serve", "--listen", "127.0.0.1:0", "--max-connections", "5000", "--data-dir"])
+        .args([
+            "--nofile=256:256",
+            "--",
+            env!("CARGO_BIN_EXE_oz-agent-worker"),
+        ])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--max-connections",
+            "5000",
+            "--data-dir",
+        ])
         .arg(dir.path())
         .output()
         .await
@@ -301,7 +315,11 @@ async fn a_connection_budget_above_the_file_limit_is_refused() {
 // ---- 2: live-output followers ----
 
 /// A run holding 4 MiB of output, sent by a scripted worker; returns its id.
-async fn run_with_output(plane: &ServeProcess, key: &str, bytes: usize) -> (String, ScriptedWorker) {
+async fn run_with_output(
+    plane: &ServeProcess,
+    key: &str,
+    bytes: usize,
+) -> (String, ScriptedWorker) {
     let client = Client::new(&plane.url, key).unwrap();
     let mut w = ScriptedWorker::connect(&plane.ws_url(), key, "w").await;
     let run = client.create_run(&run_for("w")).await.unwrap();
@@ -311,8 +329,14 @@ async fn run_with_output(plane: &ServeProcess, key: &str, bytes: usize) -> (Stri
     let mut sent = 0;
     while sent < bytes {
         let frame: String = line.repeat(64);
-        w.output(&run.id, a.execution_id.as_deref(), OutputStream::Stdout, &frame, 0)
-            .await;
+        w.output(
+            &run.id,
+            a.execution_id.as_deref(),
+            OutputStream::Stdout,
+            &frame,
+            0,
+        )
+        .await;
         sent += frame.len();
     }
     wait_for_output(&client, &run.id, bytes as u64).await;
@@ -523,7 +547,10 @@ async fn followers_are_capped_per_team_and_slow_ones_dropped() {
     // Read nothing until serve says it dropped the follower.
     let deadline = Instant::now() + Duration::from_secs(30);
     while !plane.log_text().contains("dropped a live-output follower") {
-        assert!(Instant::now() < deadline, "the stalled follower was never dropped");
+        assert!(
+            Instant::now() < deadline,
+            "the stalled follower was never dropped"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let mut all = Vec::new();
@@ -664,7 +691,10 @@ async fn sessions_expire_when_idle_and_at_their_lifetime_and_end_at_sign_out() {
     .await;
     assert_eq!(out.status, 204, "{}", out.body);
     let cleared = out.header("set-cookie").unwrap();
-    assert!(cleared.starts_with("oz_session=;") && cleared.contains("Max-Age=0"), "{cleared}");
+    assert!(
+        cleared.starts_with("oz_session=;") && cleared.contains("Max-Age=0"),
+        "{cleared}"
+    );
     assert_eq!(session_status(addr, &s).await.status, 401);
 }
 
@@ -713,7 +743,11 @@ async fn cli(data_dir: &Path, args: &[&str]) -> std::process::Output {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoked_and_expired_keys_are_refused_by_a_running_serve() {
     let dir = tempfile::tempdir().unwrap();
-    let out = cli(dir.path(), &["api-keys", "create", "--team", "alpha", "--name", "ci-host"]).await;
+    let out = cli(
+        dir.path(),
+        &["api-keys", "create", "--team", "alpha", "--name", "ci-host"],
+    )
+    .await;
     assert!(out.status.success());
     let key = String::from_utf8(out.stdout).unwrap().trim().to_string();
     let id = String::from_utf8_lossy(&out.stderr)
@@ -731,11 +765,18 @@ async fn revoked_and_expired_keys_are_refused_by_a_running_serve() {
 
     let list = cli(dir.path(), &["api-keys", "list"]).await;
     let listed = String::from_utf8(list.stdout).unwrap();
-    assert!(listed.contains("ci-host") && listed.contains("active"), "{listed}");
+    assert!(
+        listed.contains("ci-host") && listed.contains("active"),
+        "{listed}"
+    );
     assert!(!listed.contains(&key[4..]), "list shows a key:\n{listed}");
 
     let revoke = cli(dir.path(), &["api-keys", "revoke", &id]).await;
-    assert!(revoke.status.success(), "{}", String::from_utf8_lossy(&revoke.stderr));
+    assert!(
+        revoke.status.success(),
+        "{}",
+        String::from_utf8_lossy(&revoke.stderr)
+    );
     let revoked_at = Instant::now();
     loop {
         match client.list_runs(None, None).await {
@@ -764,17 +805,46 @@ async fn revoked_and_expired_keys_are_refused_by_a_running_serve() {
     assert_eq!(again.status.code(), Some(2));
 
     // An expiring key works until its expiry, then is refused.
-    let out = cli(dir.path(), &["api-keys", "create", "--team", "alpha", "--expires-in", "2s"]).await;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = cli(
+        dir.path(),
+        &[
+            "api-keys",
+            "create",
+            "--team",
+            "alpha",
+            "--expires-in",
+            "2s",
+        ],
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let short = String::from_utf8(out.stdout).unwrap().trim().to_string();
     let client = Client::new(&plane.url, &short).unwrap();
     client.list_runs(None, None).await.unwrap();
     let made = Instant::now();
     while client.list_runs(None, None).await.is_ok() {
-        assert!(made.elapsed() < Duration::from_secs(4), "an expired key still works");
+        assert!(
+            made.elapsed() < Duration::from_secs(4),
+            "an expired key still works"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let bad = cli(dir.path(), &["api-keys", "create", "--team", "alpha", "--expires-in", "soon"]).await;
+    let bad = cli(
+        dir.path(),
+        &[
+            "api-keys",
+            "create",
+            "--team",
+            "alpha",
+            "--expires-in",
+            "soon",
+        ],
+    )
+    .await;
     assert_eq!(bad.status.code(), Some(2));
 }
 
@@ -790,11 +860,9 @@ async fn hostile_ids_cannot_forge_lines_in_serves_log() {
     let plane = ServeProcess::start(dir.path(), &[]).await;
     let client = Client::new(&plane.url, &key).unwrap();
     let hostile = "w\nFORGED-WORKER\r\u{1b}[31mred";
-    let encoded: String = percent_encoding::utf8_percent_encode(
-        hostile,
-        percent_encoding::NON_ALPHANUMERIC,
-    )
-    .to_string();
+    let encoded: String =
+        percent_encoding::utf8_percent_encode(hostile, percent_encoding::NON_ALPHANUMERIC)
+            .to_string();
     let mut w = ScriptedWorker::connect(&plane.ws_url(), &key, &encoded).await;
     let run = client.create_run(&run_for(hostile)).await.unwrap();
     let a = w.expect_assignment().await;
@@ -817,9 +885,18 @@ async fn hostile_ids_cannot_forge_lines_in_serves_log() {
     for line in log.lines() {
         assert!(!line.starts_with("FORGED"), "a forged line: {line:?}");
     }
-    assert!(log.contains("FORGED-WORKER"), "the worker id is logged, escaped:\n{log}");
-    assert!(log.contains("FORGED-TASK"), "the task id is logged, escaped:\n{log}");
-    assert!(log.contains("FORGED-TYPE"), "the type is logged, escaped:\n{log}");
+    assert!(
+        log.contains("FORGED-WORKER"),
+        "the worker id is logged, escaped:\n{log}"
+    );
+    assert!(
+        log.contains("FORGED-TASK"),
+        "the task id is logged, escaped:\n{log}"
+    );
+    assert!(
+        log.contains("FORGED-TYPE"),
+        "the type is logged, escaped:\n{log}"
+    );
 }
 
 // ---- 8: reports and output bound to the execution ----
@@ -845,14 +922,21 @@ async fn reports_and_output_only_from_the_runs_own_execution() {
     intruder.ping().await;
     intruder.expect_nothing(QUIET_PERIOD).await;
     let now = client.get_run(&run.id).await.unwrap();
-    assert_eq!(now.state, RunState::Claimed, "another connection ended the run");
+    assert_eq!(
+        now.state,
+        RunState::Claimed,
+        "another connection ended the run"
+    );
     assert_eq!(client.get_output(&run.id, 0).await.unwrap().next_offset, 0);
     // Naming another execution is no better.
     intruder
         .complete_execution(&run.id, Some("not-the-execution"), None)
         .await;
     intruder.ping().await;
-    assert_eq!(client.get_run(&run.id).await.unwrap().state, RunState::Claimed);
+    assert_eq!(
+        client.get_run(&run.id).await.unwrap().state,
+        RunState::Claimed
+    );
 
     holder
         .output(&run.id, None, OutputStream::Stdout, "real\n", 0)
@@ -866,7 +950,10 @@ async fn reports_and_output_only_from_the_runs_own_execution() {
     let mut events = std::pin::pin!(events);
     let settled = tokio::time::timeout(SETTLE_MAX + EXPECT_TIMEOUT, async {
         while let Some(e) = events.next().await {
-            if matches!(e, Ok(oz_agent_worker::control_plane::client::OutputEvent::End(_))) {
+            if matches!(
+                e,
+                Ok(oz_agent_worker::control_plane::client::OutputEvent::End(_))
+            ) {
                 return true;
             }
         }
@@ -875,11 +962,20 @@ async fn reports_and_output_only_from_the_runs_own_execution() {
     .await;
     assert_eq!(settled.ok(), Some(true), "the output settled");
     holder
-        .output(&run.id, a.execution_id.as_deref(), OutputStream::Stdout, "late\n", 0)
+        .output(
+            &run.id,
+            a.execution_id.as_deref(),
+            OutputStream::Stdout,
+            "late\n",
+            0,
+        )
         .await;
     holder.ping().await;
     let out = client.get_output(&run.id, 0).await.unwrap();
-    assert_eq!(out.next_offset, 5, "output after the end was stored: {out:?}");
+    assert_eq!(
+        out.next_offset, 5,
+        "output after the end was stored: {out:?}"
+    );
     assert!(!matches!(
         holder.next_message(QUIET_PERIOD).await,
         Some(ServerMessage::TaskAssignment(_))

@@ -20,11 +20,17 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("calendar", &[]),
     ("scheduler", &["calendar", "dispatcher", "model", "store"]),
     ("sessions", &["keys", "store"]),
+    ("connections", &[]),
+    ("followers", &[]),
+    ("login_limit", &[]),
     (
         "edge",
         &[
+            "connections",
             "dispatcher",
+            "followers",
             "keys",
+            "login_limit",
             "model",
             "scheduler",
             "sessions",
@@ -32,7 +38,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         ],
     ),
     ("api_runs", &["dispatcher", "edge", "model", "store"]),
-    ("api_output", &["api_runs", "edge", "model"]),
+    ("api_output", &["api_runs", "edge", "followers", "model"]),
     ("api_workers", &["edge", "model"]),
     (
         "api_schedules",
@@ -48,10 +54,13 @@ const LAYERS: &[(&str, &[&str])] = &[
             "edge",
         ],
     ),
-    ("ws", &["dispatcher", "edge"]),
+    (
+        "ws",
+        &["connections", "dispatcher", "edge", "keys", "store"],
+    ),
     ("tls", &[]),
-    ("ui", &["edge", "sessions"]),
-    ("server", &["api", "edge", "tls", "ui", "ws"]),
+    ("ui", &["edge", "keys", "sessions"]),
+    ("server", &["api", "connections", "edge", "tls", "ui", "ws"]),
     ("client", &["model"]),
     ("openapi", &["model"]),
 ];
@@ -66,6 +75,7 @@ const CRATE_LEAVES: &[&str] = &[
     "duration",
     "tls_roots",
     "image_reference",
+    "text",
 ];
 
 /// Strips `//` comments (doc comments mention other modules by name).

@@ -60,9 +60,18 @@ async fn hostile_task_ids_cannot_forge_lines_in_the_workers_log() {
     assert!(!log.contains('\u{1b}'), "a raw ESC in the log:\n{log}");
     assert!(!log.contains('\r'), "a raw CR in the log:\n{log}");
     for line in log.lines() {
-        assert!(!line.starts_with("FORGED"), "a forged line: {line:?}\n{log}");
+        assert!(
+            !line.starts_with("FORGED"),
+            "a forged line: {line:?}\n{log}"
+        );
     }
     assert!(log.contains("FORGED-TASK"), "the task id is logged:\n{log}");
     assert!(log.contains("FORGED-TYPE"), "the type is logged:\n{log}");
-    println!("{}", log.lines().filter(|l| l.contains("FORGED")).collect::<Vec<_>>().join("\n"));
+    println!(
+        "{}",
+        log.lines()
+            .filter(|l| l.contains("FORGED"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
 }

@@ -446,8 +446,7 @@ pub async fn api_keys(a: ApiKeysArgs) -> ExitCode {
         } => {
             let options = KeyOptions {
                 name,
-                expires_at: expires_in
-                    .map(|d| cp::time::rfc3339(std::time::SystemTime::now() + d)),
+                expires_at: expires_in.map(|d| cp::time::rfc3339(std::time::SystemTime::now() + d)),
             };
             let expiry = options.expires_at.clone();
             match store.create_api_key_with(&team, options).await {

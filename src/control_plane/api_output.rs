@@ -148,7 +148,13 @@ pub async fn handle(
         .header(header::CACHE_CONTROL, "no-store")
         // Proxies (nginx) must not hold events back.
         .header("x-accel-buffering", "no")
-        .body(FollowBody { rx, last: Some(last_rx) }.boxed_unsync())
+        .body(
+            FollowBody {
+                rx,
+                last: Some(last_rx),
+            }
+            .boxed_unsync(),
+        )
         .expect("static response parts are valid"))
 }
 

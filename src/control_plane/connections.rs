@@ -226,8 +226,15 @@ mod tests {
         assert!(!evicted);
         let (_new, evicted) = admit(&c);
         assert!(evicted, "the budget was full");
-        assert!(slow.evicted.try_recv().is_ok(), "the untrusted one is told to close");
-        assert_eq!(c.open(), 3, "it holds its descriptor until its task drops it");
+        assert!(
+            slow.evicted.try_recv().is_ok(),
+            "the untrusted one is told to close"
+        );
+        assert_eq!(
+            c.open(),
+            3,
+            "it holds its descriptor until its task drops it"
+        );
         drop(slow);
         assert_eq!(c.open(), 2);
     }

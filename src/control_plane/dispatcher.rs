@@ -21,11 +21,11 @@ use crate::control_plane::model::{
 use crate::control_plane::output::OutputLog;
 use crate::control_plane::store::{self, Change, EndedBy, RunRecord, Store, StoreError};
 use crate::control_plane::time;
-use crate::text::Escaped;
 use crate::protocol::{
     Owner, OwnerType, ReportAck, ServerMessage, Task, TaskAssignment, TaskCancellation,
     TaskDefinition, WorkerMessage, TASK_STATE_CANCELLED,
 };
+use crate::text::Escaped;
 use futures_util::FutureExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -208,6 +208,12 @@ impl Dispatcher {
             .map(|(id, _)| id.clone())
             .collect();
         for run in orphans {
+            // This connection is now the one the run's execution is
+            // entrusted to: its report (which may name no execution) is
+            // taken from it.
+            if let Some(state) = ix.run(&run).map(LiveRun::state) {
+                ix.place(&run, state, Some(id));
+            }
             ix.send(id, Outgoing::Now(cancellation(&run)));
         }
         self.dispatch_key(&mut ix, &key);
@@ -582,7 +588,10 @@ impl Dispatcher {
                 // the run's output settles (at most `output::SETTLE_MAX`
                 // after the end), from the execution's own connection or
                 // naming its execution. Later output is refused, not stored.
-                if self.output.accepts_late(run_id, conn, msg.execution_id().is_some()) {
+                if self
+                    .output
+                    .accepts_late(run_id, conn, msg.execution_id().is_some())
+                {
                     self.output
                         .append(run_id, m.stream, m.data.clone(), m.dropped_bytes);
                 } else {

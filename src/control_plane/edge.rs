@@ -95,7 +95,10 @@ pub async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, Re
     };
     match tokio::time::timeout_at(deadline.into(), read).await {
         Ok(Ok(body)) => Ok(body.to_bytes()),
-        Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+        Ok(Err(e))
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
             Err(closing(error_response(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 &format!("the request body is larger than {limit} bytes"),

@@ -45,7 +45,9 @@ impl LoginLimit {
             return Ok(());
         }
         let oldest = *times.front().expect("at the limit, so not empty");
-        Err((oldest + WINDOW).saturating_duration_since(now).max(Duration::from_secs(1)))
+        Err((oldest + WINDOW)
+            .saturating_duration_since(now)
+            .max(Duration::from_secs(1)))
     }
 
     /// `addr` presented a key that is not valid.
@@ -89,7 +91,10 @@ mod tests {
             l.failed(a);
         }
         let retry = l.check(a).unwrap_err();
-        assert!(retry <= WINDOW && retry >= Duration::from_secs(1), "{retry:?}");
+        assert!(
+            retry <= WINDOW && retry >= Duration::from_secs(1),
+            "{retry:?}"
+        );
         assert!(l.check(b).is_ok());
     }
 }

@@ -271,7 +271,9 @@ impl OutputLog {
                 Ok(t) => {
                     r.progress.send_modify(|p| p.stored_end = t.end);
                 }
-                Err(e) => tracing::error!(run = %crate::text::Escaped(run_id), "could not store the run's output: {e}"),
+                Err(e) => {
+                    tracing::error!(run = %crate::text::Escaped(run_id), "could not store the run's output: {e}")
+                }
             }
             if r.pending.is_empty() && r.lost == 0 {
                 r.flushing = false;

@@ -5,8 +5,8 @@
 
 use crate::control_plane::connections::{Admission, Admitted, Held};
 use crate::control_plane::edge::{full, no_such_endpoint, Body, BodyDeadline, Peer, Shared};
-use crate::text::Escaped;
 use crate::control_plane::{api, ui, ws};
+use crate::text::Escaped;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -48,14 +48,26 @@ pub async fn accept_loop(
             _ = shutdown.changed() => break,
         };
         let (admission, close) = match shared.connections.admit() {
-            Admitted::Yes { admission, close, evicted } => {
+            Admitted::Yes {
+                admission,
+                close,
+                evicted,
+            } => {
                 if evicted {
-                    note_full(&mut last_full_log, &shared, "closed the oldest connection that had not authenticated to make room");
+                    note_full(
+                        &mut last_full_log,
+                        &shared,
+                        "closed the oldest connection that had not authenticated to make room",
+                    );
                 }
                 (admission, close)
             }
             Admitted::Full => {
-                note_full(&mut last_full_log, &shared, "every open connection is authenticated; refusing new ones with 503");
+                note_full(
+                    &mut last_full_log,
+                    &shared,
+                    "every open connection is authenticated; refusing new ones with 503",
+                );
                 if acceptor.is_none() {
                     let _ = stream.try_write(REFUSED);
                 }
@@ -75,7 +87,9 @@ pub async fn accept_loop(
             };
             match tokio::time::timeout(shared.header_read_timeout, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => serve(TokioIo::new(tls), peer, shared, admission, close).await,
-                Ok(Err(e)) => tracing::info!(%peer, "TLS handshake failed: {}", Escaped(e.to_string())),
+                Ok(Err(e)) => {
+                    tracing::info!(%peer, "TLS handshake failed: {}", Escaped(e.to_string()))
+                }
                 Err(_) => {
                     tracing::debug!(%peer, "no TLS handshake within {:?}; closed", shared.header_read_timeout)
                 }

@@ -192,7 +192,10 @@ mod tests {
             s.start(team(1), "ha").unwrap();
         }
         assert_eq!(s.count(1), 3);
-        assert!(s.get(&b).is_some(), "team 2's session survives team 1's sign-ins");
+        assert!(
+            s.get(&b).is_some(),
+            "team 2's session survives team 1's sign-ins"
+        );
     }
 
     #[test]

@@ -6,18 +6,18 @@
 //! after every frame it had already sent has been read and handled.
 //! Malformed and unknown frames are logged and ignored.
 
-use crate::control_plane::dispatcher::{ConnId, Dispatcher, Outgoing};
 use crate::control_plane::connections::Held;
-use crate::control_plane::store::KEY_RECHECK;
+use crate::control_plane::dispatcher::{ConnId, Dispatcher, Outgoing};
 use crate::control_plane::edge::{
     bearer_secret, bearer_team, empty, error_response, trust_connection, Body, Shared,
 };
+use crate::control_plane::store::KEY_RECHECK;
 use crate::protocol::extensions::EXTENSIONS_HEADER;
-use crate::text::Escaped;
 use crate::protocol::{
     decode_worker_frame, encode, is_reserved_worker_id, DecodeError, Extensions,
     RESERVED_WORKER_ID_PREFIX,
 };
+use crate::text::Escaped;
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use http::{header, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -237,7 +237,11 @@ async fn on_frame(
                 Err(DecodeError::UnknownType(t)) => {
                     tracing::info!(conn, kind = %Escaped(&t), "unknown message type from worker; ignored")
                 }
-                Err(e) => tracing::warn!(conn, "ignoring frame from worker: {}", Escaped(e.to_string())),
+                Err(e) => tracing::warn!(
+                    conn,
+                    "ignoring frame from worker: {}",
+                    Escaped(e.to_string())
+                ),
             }
             Ok(())
         }

@@ -4,9 +4,9 @@
 //! Cancellation and shutdown both stop tasks through the same token; the
 //! recorded cause decides how the stop is reported.
 
-use crate::text::Escaped;
 use crate::protocol::*;
 use crate::runtime::{Failure, OutputSink, RunOutcome, Runtime, TaskContext, TaskRef};
+use crate::text::Escaped;
 use crate::worker::config::WorkerConfig;
 use crate::worker::connection::{Inbound, Link};
 use crate::worker::delivery::Delivery;
