@@ -84,7 +84,6 @@ pub fn build(
         }
         list.into_iter()
             .take(MAX_CONDITIONS)
-            .map(|(kind, status, reason, last)| (kind, status, reason, last))
             .collect::<Vec<_>>()
     };
     let job_details = job.map(|j| {

@@ -89,7 +89,7 @@ impl LogFollower {
     /// (the container has ended, so the server closes the stream), so the
     /// last lines go out before the report; then stops them.
     pub async fn finish(mut self, within: std::time::Duration) {
-        let all = futures_util::future::join_all(self.tasks.iter_mut().map(|t| t));
+        let all = futures_util::future::join_all(self.tasks.iter_mut());
         let _ = tokio::time::timeout(within, all).await;
         for t in &self.tasks {
             t.abort();

@@ -64,6 +64,9 @@ impl<F: FnMut(&Pod) + Send> PodObserver for F {
     }
 }
 
+// One `Seen` at a time lives in the watch loop, moved straight into its
+// handler: boxing the Job would only add an allocation per event.
+#[allow(clippy::large_enum_variant)]
 enum Seen {
     Job(Option<Job>),
     Pod(Pod),
