@@ -4,7 +4,7 @@
 use oz_test_support as support;
 
 use oz_control_plane::{Config, Storage};
-use oz_protocol::{FailureReason, OwnerType};
+use oz_protocol::{FailureReason, OwnerType, TaskFailed, WorkerMessage};
 use oz_runs_api::model::{CreateRunRequest, Run, RunState};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -222,9 +222,27 @@ async fn a_terminal_message_after_reconnecting_is_accepted() {
     assert_eq!(waiting.state, RunState::Claimed);
     assert!(waiting.waiting_reason.unwrap().contains("worker_lost"));
 
+    // A report naming no execution is taken only from the connection the
+    // run was assigned to (issue 21); a worker re-sending a held report on
+    // a new connection names its execution, as this one does next.
     let mut again = t.worker("w1").await;
     again
         .fail(&run.id, FailureReason::ContainerExit, Some(3))
+        .await;
+    again.ping().await;
+    assert_eq!(
+        client.get_run(&run.id).await.unwrap().state,
+        RunState::Claimed
+    );
+    again
+        .send(WorkerMessage::TaskFailed(TaskFailed {
+            task_id: run.id.clone(),
+            message: "it broke".into(),
+            failure_reason: FailureReason::ContainerExit,
+            exit_code: Some(3),
+            execution_id: run.execution_id.clone(),
+            failure_details: None,
+        }))
         .await;
     let done = wait_for_state(&client, &run.id, RunState::Failed).await;
     assert_eq!(done.failure_reason.as_deref(), Some("container_exit"));
@@ -297,7 +315,7 @@ async fn state_survives_a_restart() {
     let client = t.client();
     let mut w = t.worker("w1").await;
     let claimed = client.create_run(&run_for("w1")).await.unwrap();
-    w.expect_assignment().await;
+    let execution = w.expect_assignment().await.execution_id;
     w.claim(&claimed.id).await;
     wait_for_state(&client, &claimed.id, RunState::Claimed).await;
     let queued = client.create_run(&run_for("w2")).await.unwrap();
@@ -322,7 +340,9 @@ async fn state_survives_a_restart() {
     assert_eq!(w2.expect_assignment().await.task_id, queued.id);
     let mut w1 = ScriptedWorker::connect(&plane.ws_url(), &key, "w1").await;
     w1.expect_nothing(QUIET).await;
-    w1.complete(&claimed.id, None).await;
+    // On a new connection, the held report names its execution.
+    w1.complete_execution(&claimed.id, execution.as_deref(), None)
+        .await;
     let done = wait_for_state(&client, &claimed.id, RunState::Succeeded).await;
     let states: Vec<RunState> = done.history.iter().map(|h| h.state).collect();
     assert_eq!(

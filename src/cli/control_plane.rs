@@ -4,7 +4,7 @@
 //! `runs logs --follow` failed or was cancelled; 2 the command itself
 //! failed (bad input, unreachable server).
 
-use oz_control_plane::store::Store;
+use oz_control_plane::store::{KeyOptions, Revoked, Store};
 use oz_control_plane::{self as cp, Config, ControlPlane, Storage};
 use oz_runs_api::client::{Client, OutputEvent, RunQuery};
 use oz_runs_api::model::{
@@ -80,6 +80,43 @@ pub struct ServeArgs {
     /// where only the scraper reaches. Off unless given.
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Close a connection that has not sent a request's complete headers
+    /// within this long (also a TLS handshake, and the idle time between
+    /// requests on a kept-alive connection).
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
+    /// Answer 408 and close a connection whose request body has not
+    /// arrived this long after its headers.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub body_read_timeout: Duration,
+    /// Open HTTP connections at most (worker WebSockets included)
+    /// [default: the open-files limit, raised to its hard limit at start,
+    /// less 64; at most 16384]. Past it, the oldest connection that has not
+    /// authenticated is closed for a new one; when all have, new ones get 503.
+    #[arg(long)]
+    pub max_connections: Option<u64>,
+    /// Live-output followers (`runs logs --follow`, the UI's run page) a
+    /// team may have open at once; past it, 429.
+    #[arg(long, default_value_t = cp::http::followers::DEFAULT_MAX_PER_TEAM)]
+    pub max_followers_per_team: usize,
+    /// Drop a live-output follower that takes no event for this long (it
+    /// is sent a `dropped` event saying where to resume).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub follower_send_timeout: Duration,
+    /// Failed UI sign-ins allowed per client address per minute; past it,
+    /// 429 with Retry-After.
+    #[arg(long, default_value_t = cp::http::login_limit::DEFAULT_MAX_FAILURES)]
+    pub max_failed_logins: usize,
+    /// A UI session ends this long after sign-in, however active.
+    #[arg(long, default_value = "12h", value_parser = parse_duration)]
+    pub session_lifetime: Duration,
+    /// A UI session unused for this long ends.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    pub session_idle_timeout: Duration,
+    /// UI sessions a team may have; past it, a sign-in ends that team's
+    /// least recently used session (never another team's).
+    #[arg(long, default_value_t = cp::http::sessions::DEFAULT_MAX_PER_TEAM)]
+    pub max_sessions_per_team: usize,
     #[arg(long, default_value = "info", value_parser = ["debug", "info", "warn", "error"])]
     pub log_level: String,
 }
@@ -302,9 +339,40 @@ pub enum ApiKeysCommand {
     Create {
         #[arg(long)]
         team: String,
+        /// A name to tell the key apart in `api-keys list` (e.g. the host
+        /// or the person it is for).
+        #[arg(long)]
+        name: Option<String>,
+        /// Refuse the key after this long: 30d, 12h, 90m (d for days, or a
+        /// Go duration).
+        #[arg(long, value_parser = parse_expiry)]
+        expires_in: Option<Duration>,
     },
-    /// List keys (never their secrets).
+    /// List keys: id, team, name, prefix, created, expiry, last use,
+    /// revocation (never the key itself).
     List,
+    /// Revoke a key by its id (from `api-keys list`): a running `serve` on
+    /// the same database refuses it within a second, on the API, the UI and
+    /// the worker endpoint, and closes worker connections using it.
+    Revoke {
+        /// The key's id (the KEY column of `api-keys list`).
+        id: i64,
+    },
+}
+
+/// `30d` (days), or a Go duration (`12h`, `90m`).
+fn parse_expiry(s: &str) -> Result<Duration, String> {
+    let d = match s.trim().strip_suffix('d') {
+        Some(days) => days
+            .parse::<u64>()
+            .map(|n| Duration::from_secs(n * 86_400))
+            .map_err(|_| format!("{s:?} is not a number of days; write e.g. 30d, 12h or 90m"))?,
+        None => parse_duration(s).map_err(|e| e.to_string())?,
+    };
+    if d.is_zero() {
+        return Err(format!("{s:?}: an expiry must be in the future"));
+    }
+    Ok(d)
 }
 
 /// `500ms`, `30s`, `10m`, `1h`, or a bare number of seconds.
@@ -317,6 +385,10 @@ fn fail(msg: impl std::fmt::Display) -> ExitCode {
 
 pub async fn serve(a: ServeArgs) -> ExitCode {
     super::logging::init(&a.log_level);
+    match cp::http::connections::raise_nofile_limit() {
+        Ok(n) => tracing::debug!(open_files = n, "open-files limit"),
+        Err(e) => tracing::warn!("cannot raise the open-files limit to its hard limit: {e}"),
+    }
     let db = a.store.db_path();
     let mut config = Config::new(a.listen, Storage::File(db.clone()));
     config.worker_read_timeout = a.worker_read_timeout;
@@ -325,6 +397,17 @@ pub async fn serve(a: ServeArgs) -> ExitCode {
     config.reannounce_grace = a.reannounce_grace;
     config.output_limit = a.output_limit;
     config.metrics_listen = a.metrics_listen;
+    config.header_read_timeout = a.header_read_timeout;
+    config.body_read_timeout = a.body_read_timeout;
+    config.max_connections = a.max_connections;
+    config.max_followers_per_team = a.max_followers_per_team;
+    config.follower_send_timeout = a.follower_send_timeout;
+    config.max_failed_logins = a.max_failed_logins;
+    config.sessions = cp::http::sessions::Limits {
+        lifetime: a.session_lifetime,
+        idle_timeout: a.session_idle_timeout,
+        max_per_team: a.max_sessions_per_team,
+    };
     if let (Some(cert), Some(key)) = (a.tls_cert, a.tls_key) {
         config.tls = Some(cp::TlsFiles { cert, key });
     }
@@ -376,38 +459,81 @@ pub async fn api_keys(a: ApiKeysArgs) -> ExitCode {
         Err(e) => return fail(e),
     };
     match a.command {
-        ApiKeysCommand::Create { team } => match store.create_api_key(&team).await {
-            Ok(k) => {
-                eprintln!(
-                    "Created API key {} for team {:?} (team id {}) in {}. Save it now: it is not shown again.",
-                    k.key_id,
-                    k.team.name,
-                    k.team.id,
-                    path.display()
-                );
-                println!("{}", k.secret);
-                ExitCode::SUCCESS
-            }
-            Err(e) => fail(e),
-        },
-        ApiKeysCommand::List => match store.list_api_keys().await {
-            Ok(keys) => {
-                println!(
-                    "{:<6} {:<20} {:<8} {:<14} CREATED",
-                    "KEY", "TEAM", "TEAM_ID", "PREFIX"
-                );
-                for k in keys {
-                    println!(
-                        "{:<6} {:<20} {:<8} {:<14} {}",
+        ApiKeysCommand::Create {
+            team,
+            name,
+            expires_in,
+        } => {
+            let options = KeyOptions {
+                name,
+                expires_at: expires_in
+                    .map(|d| cp::store::time::rfc3339(std::time::SystemTime::now() + d)),
+            };
+            let expiry = options.expires_at.clone();
+            match store.create_api_key_with(&team, options).await {
+                Ok(k) => {
+                    eprintln!(
+                        "Created API key {} for team {:?} (team id {}) in {}{}. Save it now: it is not shown again.",
                         k.key_id,
                         k.team.name,
                         k.team.id,
+                        path.display(),
+                        expiry.map(|e| format!(", valid until {e}")).unwrap_or_default()
+                    );
+                    println!("{}", k.secret);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            }
+        }
+        ApiKeysCommand::List => match store.list_api_keys().await {
+            Ok(keys) => {
+                println!(
+                    "{:<6} {:<20} {:<8} {:<16} {:<14} {:<24} {:<24} {:<24} STATUS",
+                    "KEY", "TEAM", "TEAM_ID", "NAME", "PREFIX", "CREATED", "EXPIRES", "LAST_USED"
+                );
+                let now = cp::store::time::now();
+                for k in keys {
+                    let status = match (&k.revoked_at, &k.expires_at) {
+                        (Some(at), _) => format!("revoked {at}"),
+                        (None, Some(e)) if *e <= now => "expired".to_string(),
+                        _ => "active".to_string(),
+                    };
+                    println!(
+                        "{:<6} {:<20} {:<8} {:<16} {:<14} {:<24} {:<24} {:<24} {}",
+                        k.key_id,
+                        oz_foundation::escape::escape_control(&k.team.name),
+                        k.team.id,
+                        oz_foundation::escape::escape_control(k.name.as_deref().unwrap_or("-")),
                         format!("{}…", k.prefix),
-                        k.created_at
+                        k.created_at,
+                        k.expires_at.as_deref().unwrap_or("never"),
+                        k.last_used_at.as_deref().unwrap_or("never"),
+                        status
                     );
                 }
                 ExitCode::SUCCESS
             }
+            Err(e) => fail(e),
+        },
+        ApiKeysCommand::Revoke { id } => match store.revoke_api_key(id).await {
+            Ok(Revoked::Now(k)) => {
+                eprintln!(
+                    "Revoked API key {} of team {:?}: a running serve on {} refuses it within a second.",
+                    k.key_id,
+                    k.team.name,
+                    path.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Ok(Revoked::Already(at)) => {
+                eprintln!("API key {id} was already revoked at {at}; nothing to do.");
+                ExitCode::SUCCESS
+            }
+            Ok(Revoked::NoSuchKey) => fail(format!(
+                "no API key with id {id} in {}; see `oz-agent-worker api-keys list`",
+                path.display()
+            )),
             Err(e) => fail(e),
         },
     }

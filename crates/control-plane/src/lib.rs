@@ -42,7 +42,13 @@
 //!   no-op; a claim or report naming another execution is ignored.
 //! - After the claim, a closed connection leaves the run claimed: any
 //!   connection of the same team and worker id may deliver its terminal
-//!   message. Once no such connection has been live for `worker_lost_timeout`
+//!   message naming the run's execution id (a worker re-sends a pending
+//!   report that way on a new connection). A report or output that names no
+//!   execution is taken only from the connection the run is assigned to or
+//!   held by. Output after the run's end is taken only until its output
+//!   settles (`output::SETTLE_MAX` at most: the worker's output queue may
+//!   trail its report), then refused and not stored.
+//!   Once no such connection has been live for `worker_lost_timeout`
 //!   (default 10 min, `--worker-lost-timeout`) it fails with `worker_lost`.
 //! - Every terminal report is answered with `report_ack` once recorded; a
 //!   report for a finished run is ignored (logged at debug) and acked too.
@@ -68,6 +74,7 @@ pub mod store;
 use dispatch::dispatcher::{DispatchTimeouts, Dispatcher};
 use dispatch::scheduler::Scheduler;
 use http::endpoint_support::Shared;
+use http::{connections, followers, login_limit, sessions};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -118,6 +125,19 @@ pub struct Config {
     /// Serve the Prometheus page (`/metrics`, unauthenticated: counts and
     /// worker ids only) on this address; `None` (the default) serves none.
     pub metrics_listen: Option<SocketAddr>,
+    /// A request's body must arrive within this long of its headers.
+    pub body_read_timeout: Duration,
+    /// Open HTTP connections at most; `None`: the file limit less
+    /// `connections::FD_RESERVE`, at most `connections::DEFAULT_MAX`.
+    pub max_connections: Option<u64>,
+    /// Live-output followers a team may have open at once.
+    pub max_followers_per_team: usize,
+    /// A follower that takes no event for this long is dropped.
+    pub follower_send_timeout: Duration,
+    /// Failed UI sign-ins per client address per minute.
+    pub max_failed_logins: usize,
+    /// UI sessions: lifetime, idle timeout, cap per team.
+    pub sessions: sessions::Limits,
 }
 
 pub const DEFAULT_WORKER_READ_TIMEOUT: Duration = Duration::from_secs(60);
@@ -145,12 +165,39 @@ impl Config {
             tls: None,
             output_limit: dispatch::output::DEFAULT_LIMIT,
             metrics_listen: None,
+            body_read_timeout: http::endpoint_support::DEFAULT_BODY_READ_TIMEOUT,
+            max_connections: None,
+            max_followers_per_team: followers::DEFAULT_MAX_PER_TEAM,
+            follower_send_timeout: followers::DEFAULT_SEND_TIMEOUT,
+            max_failed_logins: login_limit::DEFAULT_MAX_FAILURES,
+            sessions: sessions::Limits::default(),
         }
     }
 
     /// In memory, on an ephemeral localhost port.
     pub fn ephemeral() -> Config {
         Config::new(SocketAddr::from(([127, 0, 0, 1], 0)), Storage::InMemory)
+    }
+}
+
+/// The connection budget: `asked`, or the default for the process's file
+/// limit; an explicit budget the file limit cannot hold is refused.
+fn connection_budget(asked: Option<u64>) -> Result<usize, StartError> {
+    use nix::sys::resource::{getrlimit, Resource};
+    let nofile = getrlimit(Resource::RLIMIT_NOFILE)
+        .map(|(soft, _)| soft)
+        .unwrap_or(1024);
+    let room = nofile.saturating_sub(connections::FD_RESERVE);
+    match asked {
+        None => Ok(connections::default_max(nofile) as usize),
+        Some(0) => Err(StartError::Config(
+            "--max-connections must be at least 1".into(),
+        )),
+        Some(n) if n > room => Err(StartError::Config(format!(
+            "--max-connections {n} does not fit the open-files limit ({nofile}, of which {} are kept for the database and the log); raise the limit (ulimit -n, or LimitNOFILE= in the service unit) or ask for at most {room}",
+            connections::FD_RESERVE
+        ))),
+        Some(n) => Ok(n as usize),
     }
 }
 
@@ -171,6 +218,8 @@ pub enum StartError {
     /// The metrics address cannot be served: a sentence naming
     /// `--metrics-listen`.
     Metrics(String),
+    /// A setting that cannot work: a sentence naming the flag and the fix.
+    Config(String),
 }
 
 impl std::fmt::Display for StartError {
@@ -181,7 +230,7 @@ impl std::fmt::Display for StartError {
                 f,
                 "cannot listen on {addr}: {e}; pick another address with --listen"
             ),
-            StartError::Tls(e) | StartError::Metrics(e) => f.write_str(e),
+            StartError::Tls(e) | StartError::Metrics(e) | StartError::Config(e) => f.write_str(e),
         }
     }
 }
@@ -210,6 +259,7 @@ impl oz_telemetry::Source for MetricsSource {
 impl ControlPlane {
     /// Opens the store, recovers runs, binds the listener and starts serving.
     pub async fn start(config: Config) -> Result<ControlPlane, StartError> {
+        let max_connections = connection_budget(config.max_connections)?;
         let tls = match &config.tls {
             Some(files) => Some(http::tls::server_config(files).map_err(StartError::Tls)?),
             None => None,
@@ -269,10 +319,17 @@ impl ControlPlane {
         let shared = Arc::new(Shared {
             dispatcher: dispatcher.clone(),
             scheduler: scheduler.clone(),
-            sessions: Default::default(),
+            sessions: sessions::Sessions::new(config.sessions),
             tls: tls.is_some(),
             worker_read_timeout: config.worker_read_timeout,
             header_read_timeout: config.header_read_timeout,
+            body_read_timeout: config.body_read_timeout,
+            connections: connections::Connections::new(max_connections),
+            followers: followers::Followers::new(
+                config.max_followers_per_team,
+                config.follower_send_timeout,
+            ),
+            login_limit: login_limit::LoginLimit::new(config.max_failed_logins),
             shutdown: shutdown_rx.clone(),
         });
         let serves_tls = tls.is_some();

@@ -43,18 +43,44 @@ pub fn escape_control_bytes(bytes: &[u8]) -> String {
 }
 
 fn push_escaped(out: &mut String, c: char) {
+    let _ = write_escaped(out, c);
+}
+
+fn write_escaped(out: &mut impl std::fmt::Write, c: char) -> std::fmt::Result {
     match c {
-        '\n' => out.push_str("\\n"),
-        '\r' => out.push_str("\\r"),
-        '\t' => out.push_str("\\t"),
-        '\\' => out.push_str("\\\\"),
-        c if (c as u32) < 0x20 || c == '\u{7f}' => {
-            let _ = write!(out, "\\x{:02x}", c as u32);
-        }
+        '\n' => out.write_str("\\n"),
+        '\r' => out.write_str("\\r"),
+        '\t' => out.write_str("\\t"),
+        '\\' => out.write_str("\\\\"),
+        c if (c as u32) < 0x20 || c == '\u{7f}' => write!(out, "\\x{:02x}", c as u32),
         c if ('\u{80}'..='\u{9f}').contains(&c) || is_bidi_or_separator(c) => {
-            let _ = write!(out, "\\u{{{:x}}}", c as u32);
+            write!(out, "\\u{{{:x}}}", c as u32)
         }
-        c => out.push(c),
+        c => out.write_char(c),
+    }
+}
+
+/// A value from outside (a worker id, a task id, a message, a user agent)
+/// for a log line: displays as [`escape_control`] of its text, without
+/// allocating, so it can never start a line of its own, recolour a terminal
+/// or hide what follows. `Debug` shows the same text quoted. For tracing
+/// fields: `worker_id = %Escaped(&id)`; JSON logs are safe either way (serde
+/// escapes control characters) and show the same escaped text.
+#[derive(Clone, Copy)]
+pub struct Escaped<T>(pub T);
+
+impl<T: AsRef<str>> std::fmt::Display for Escaped<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for c in self.0.as_ref().chars() {
+            write_escaped(f, c)?;
+        }
+        Ok(())
+    }
+}
+
+impl<T: AsRef<str>> std::fmt::Debug for Escaped<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "\"{self}\"")
     }
 }
 
@@ -89,6 +115,14 @@ mod tests {
         for &(input, want) in cases {
             assert_eq!(escape_control(input), want, "{input:?}");
         }
+    }
+
+    #[test]
+    fn escaped_displays_like_escape_control() {
+        let hostile = "w1\n2026-01-01T00:00:00Z  INFO forged\r\u{1b}[31m";
+        assert_eq!(Escaped(hostile).to_string(), escape_control(hostile));
+        assert_eq!(format!("{:?}", Escaped("a\nb")), "\"a\\nb\"");
+        assert_eq!(Escaped(String::from("plain")).to_string(), "plain");
     }
 
     #[test]

@@ -321,6 +321,16 @@ pub struct RunOutput {
     pub limit_bytes: u64,
 }
 
+/// Follow mode's `dropped` event: the reader was too slow and the stream
+/// closes; reconnect with `after` (or `Last-Event-ID`) = `resume_from`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct OutputDropped {
+    /// Why, in one sentence.
+    pub reason: String,
+    /// The offset after the last event sent.
+    pub resume_from: u64,
+}
+
 /// Follow mode's `truncated` event: output after the reader's offset that
 /// the control plane no longer keeps.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]

@@ -377,9 +377,28 @@ impl ServeProcess {
     /// Starts `serve` on `data_dir` with `extra_args` and waits until it
     /// listens. Its log goes to `data_dir/serve-N.log`.
     pub async fn start(data_dir: &std::path::Path, extra_args: &[&str]) -> ServeProcess {
+        Self::start_wrapped(data_dir, &[], extra_args).await
+    }
+
+    /// As [`ServeProcess::start`], run through `wrapper` (a command that
+    /// execs its arguments, such as `prlimit --nofile=1024:1024 --`).
+    pub async fn start_wrapped(
+        data_dir: &std::path::Path,
+        wrapper: &[&str],
+        extra_args: &[&str],
+    ) -> ServeProcess {
         let n = std::fs::read_dir(data_dir).map_or(0, |d| d.count());
         let log = data_dir.join(format!("serve-{n}.log"));
-        let child = tokio::process::Command::new(crate::worker_binary())
+        let bin = crate::worker_binary();
+        let mut cmd = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = tokio::process::Command::new(first);
+                c.args(rest).arg(bin);
+                c
+            }
+            None => tokio::process::Command::new(bin),
+        };
+        let child = cmd
             .args(["serve", "--listen", "127.0.0.1:0", "--log-level", "debug"])
             .arg("--data-dir")
             .arg(data_dir)

@@ -183,9 +183,18 @@ impl State<'_> {
             }) if kind == "task_assignment" => self
                 .inbound
                 .undecodable_assignment(task_id, error, &self.link),
-            Err(e @ DecodeError::UnknownType(_)) => tracing::info!("ignoring frame: {e}"),
+            Err(e @ DecodeError::UnknownType(_)) => {
+                tracing::info!(
+                    "ignoring frame: {}",
+                    oz_foundation::escape::Escaped(e.to_string())
+                )
+            }
             // Never echo the frame: an assignment carries secrets.
-            Err(e) => tracing::warn!("ignoring frame ({} bytes): {e}", text.len()),
+            Err(e) => tracing::warn!(
+                "ignoring frame ({} bytes): {}",
+                text.len(),
+                oz_foundation::escape::Escaped(e.to_string())
+            ),
         }
     }
 }

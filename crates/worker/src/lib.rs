@@ -74,7 +74,7 @@ pub async fn run_with_drain(
     shutdown: impl std::future::Future<Output = ()>,
     drain: impl std::future::Future<Output = ()>,
 ) -> ExitCode {
-    tracing::info!(worker_id = %config.worker_id, backend = runtime.name(), "starting: {}", runtime.describe());
+    tracing::info!(worker_id = %oz_foundation::escape::Escaped(&config.worker_id), backend = runtime.name(), "starting: {}", runtime.describe());
     let (journal, inherited) = match journal::Journal::open(&config.state_dir, &config.worker_id) {
         Ok(j) => j,
         Err(e) => {

@@ -51,9 +51,9 @@ impl Session<'_> {
                 Ok((ws, extensions)) => {
                     connections += 1;
                     if extensions.is_empty() {
-                        tracing::info!(worker_id = %self.config.worker_id, url = %self.config.web_socket_url, "connected to the orchestrator");
+                        tracing::info!(worker_id = %oz_foundation::escape::Escaped(&self.config.worker_id), url = %self.config.web_socket_url, "connected to the orchestrator");
                     } else {
-                        tracing::info!(worker_id = %self.config.worker_id, url = %self.config.web_socket_url, extensions = %extensions.header_value(), "connected to the orchestrator");
+                        tracing::info!(worker_id = %oz_foundation::escape::Escaped(&self.config.worker_id), url = %self.config.web_socket_url, extensions = %extensions.header_value(), "connected to the orchestrator");
                     }
                     self.metrics.set_connected(true);
                     self.health.set_connected(true);

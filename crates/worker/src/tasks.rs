@@ -10,6 +10,7 @@ use crate::delivery::Delivery;
 use crate::invocation;
 use crate::journal::{Journal, State};
 use crate::metrics::{Metrics, TaskResult};
+use oz_foundation::escape::Escaped;
 use oz_protocol::*;
 use oz_runtime::{Failure, OutputSink, RunOutcome, Runtime, TaskContext, TaskRef};
 use std::collections::HashMap;
@@ -243,7 +244,8 @@ impl TaskManager {
                 tracing::info!(
                     task_id = task.task_id,
                     execution_id = task.execution_id.as_deref().unwrap_or(""),
-                    "rejecting task: {reason}"
+                    "rejecting task: {}",
+                    Escaped(&reason)
                 );
                 self.metrics.rejected(kind);
                 self.send_in_background(
@@ -281,8 +283,8 @@ impl TaskManager {
         // its task and execution ids.
         let span = tracing::info_span!(
             "task",
-            task_id = %task.task_id,
-            execution_id = %task.execution_id.as_deref().unwrap_or("")
+            task_id = %Escaped(&task.task_id),
+            execution_id = %Escaped(task.execution_id.as_deref().unwrap_or(""))
         );
         let run = async move {
             let (stop, force, cause, reported, detached) = slot;
@@ -885,7 +887,7 @@ fn draining_message() -> WorkerMessage {
 fn log_report(msg: &WorkerMessage) {
     match msg {
         WorkerMessage::TaskFailed(f) => {
-            tracing::warn!(task_id = f.task_id, execution_id = f.execution_id.as_deref().unwrap_or(""), reason = %f.failure_reason, exit_code = ?f.exit_code, "task failed: {}", f.message)
+            tracing::warn!(task_id = f.task_id, execution_id = f.execution_id.as_deref().unwrap_or(""), reason = %f.failure_reason, exit_code = ?f.exit_code, "task failed: {}", Escaped(&f.message))
         }
         WorkerMessage::TaskCompleted(c) => {
             tracing::info!(

@@ -20,6 +20,7 @@ use crate::dispatch::output::OutputLog;
 use crate::store::time;
 use crate::store::{self, Change, EndedBy, RunRecord, Store, StoreError};
 use futures_util::FutureExt;
+use oz_foundation::escape::Escaped;
 use oz_protocol::{
     Owner, OwnerType, ReportAck, ServerMessage, Task, TaskAssignment, TaskCancellation,
     TaskDefinition, WorkerMessage, TASK_STATE_CANCELLED,
@@ -217,8 +218,8 @@ impl Dispatcher {
         tracing::info!(
             conn = id,
             team_id,
-            worker_id,
-            version = version.as_deref().unwrap_or(""),
+            worker_id = %Escaped(worker_id),
+            version = %Escaped(version.as_deref().unwrap_or("")),
             "worker connected"
         );
         // Cancellations requested while no connection held the run.
@@ -229,6 +230,12 @@ impl Dispatcher {
             .map(|(id, _)| id.clone())
             .collect();
         for run in orphans {
+            // This connection is now the one the run's execution is
+            // entrusted to: its report (which may name no execution) is
+            // taken from it.
+            if let Some(state) = ix.run(&run).map(LiveRun::state) {
+                ix.place(&run, state, Some(id));
+            }
             ix.send(id, Outgoing::Now(cancellation(&run)));
         }
         self.dispatch_key(&mut ix, &key);
@@ -243,7 +250,7 @@ impl Dispatcher {
         let Some((key, offered, held)) = ix.remove_conn(conn) else {
             return;
         };
-        tracing::info!(conn, team_id = key.0, worker_id = %key.1, "worker disconnected");
+        tracing::info!(conn, team_id = key.0, worker_id = %Escaped(&key.1), "worker disconnected");
         if self.stopping.load(Ordering::SeqCst) {
             return;
         }
@@ -269,7 +276,7 @@ impl Dispatcher {
         let id = worker_id.to_string();
         self.store.worker_seen_then(team_id, worker_id, move |r| {
             if let Err(e) = r {
-                tracing::warn!(worker_id = id, "cannot record the worker id as seen: {e}");
+                tracing::warn!(worker_id = %Escaped(&id), "cannot record the worker id as seen: {e}");
             }
         });
     }
@@ -368,7 +375,7 @@ impl Dispatcher {
         match self.store.get_run(msg.task_id(), Some(key.0)).await {
             Ok(rec) => self.handle_not_live(conn, &key, &msg, rec),
             // Unacknowledged: the worker sends it again later.
-            Err(e) => tracing::error!(conn, run = msg.task_id(), "{e}"),
+            Err(e) => tracing::error!(conn, run = %Escaped(msg.task_id()), "{e}"),
         }
     }
 
@@ -405,7 +412,7 @@ impl Dispatcher {
         if run.spec.worker_host != key.1 {
             tracing::warn!(
                 conn,
-                run = run_id,
+                run = %Escaped(run_id),
                 kind,
                 "message about a run routed to another worker id; ignored"
             );
@@ -416,9 +423,9 @@ impl Dispatcher {
             if run.execution_id.as_deref() != Some(named) {
                 tracing::warn!(
                     conn,
-                    run = run_id,
+                    run = %Escaped(run_id),
                     kind,
-                    execution = named,
+                    execution = %Escaped(named),
                     expected = run.execution_id.as_deref().unwrap_or("none yet"),
                     "message names an execution that is not the run's; ignored"
                 );
@@ -431,12 +438,28 @@ impl Dispatcher {
         let names_execution = msg.execution_id().is_some();
         let (state, holder) = (run.state(), run.holder());
         let cancel_requested = run.cancel_requested;
+        // A report or output that names no execution (the reference protocol
+        // allows that) speaks for whichever execution the connection holds:
+        // only the connection the run was assigned to may send it. Another
+        // connection of the same worker id (another process with the team's
+        // key) must not end or write into a run it was never given.
+        let reports_or_writes = msg.is_terminal() || matches!(msg, WorkerMessage::TaskOutput(_));
+        if reports_or_writes && !names_execution && holder != Some(conn) {
+            tracing::warn!(
+                conn,
+                run = %Escaped(run_id),
+                kind,
+                holder = ?holder,
+                "report or output naming no execution from a connection the run was not assigned to; ignored"
+            );
+            return true;
+        }
         match msg {
             WorkerMessage::TaskClaimed(m) => match state {
                 RunState::Claimed => {
                     tracing::debug!(
                         conn,
-                        run = run_id,
+                        run = %Escaped(run_id),
                         "repeated claim of a claimed run; nothing to do"
                     );
                     if holder != Some(conn) {
@@ -462,11 +485,11 @@ impl Dispatcher {
                     self.claim(&mut ix, run_id, state, conn, note);
                 }
                 _ => {
-                    tracing::debug!(conn, run = run_id, %state, "claim for a run not offered to this connection; ignored")
+                    tracing::debug!(conn, run = %Escaped(run_id), %state, "claim for a run not offered to this connection; ignored")
                 }
             },
             WorkerMessage::TaskOutput(m) => {
-                tracing::trace!(conn, run = run_id, stream = ?m.stream, bytes = m.data.len(), dropped = m.dropped_bytes, "task output");
+                tracing::trace!(conn, run = %Escaped(run_id), stream = ?m.stream, bytes = m.data.len(), dropped = m.dropped_bytes, "task output");
                 self.output
                     .append(run_id, m.stream, m.data.clone(), m.dropped_bytes);
             }
@@ -495,7 +518,7 @@ impl Dispatcher {
                 if state != RunState::Assigned || holder != Some(conn) {
                     tracing::debug!(
                         conn,
-                        run = run_id,
+                        run = %Escaped(run_id),
                         "rejection for a run not offered to this connection; ignored"
                     );
                     return true;
@@ -526,7 +549,7 @@ impl Dispatcher {
         if run.execution_id.is_none() {
             tracing::warn!(
                 conn,
-                run = run_id,
+                run = %Escaped(run_id),
                 "report for a run that was never offered; ignored"
             );
             self.ack(ix, conn, msg, None);
@@ -585,7 +608,7 @@ impl Dispatcher {
             }
         }
         let stored = self.persist(run_id, RunState::Claimed, change);
-        self.output.ended(run_id);
+        self.output.ended_on(run_id, conn);
         self.ack(ix, conn, msg, Some(stored));
         self.dispatch_key(ix, key);
     }
@@ -606,7 +629,7 @@ impl Dispatcher {
         let Some(rec) = rec else {
             tracing::warn!(
                 conn,
-                run = run_id,
+                run = %Escaped(run_id),
                 kind,
                 "message about a run this team does not have; ignored"
             );
@@ -616,7 +639,7 @@ impl Dispatcher {
         if rec.spec.worker_host != key.1 {
             tracing::warn!(
                 conn,
-                run = run_id,
+                run = %Escaped(run_id),
                 kind,
                 "message about a run routed to another worker id; ignored"
             );
@@ -627,9 +650,9 @@ impl Dispatcher {
             if rec.execution_id.as_deref() != Some(named) {
                 tracing::warn!(
                     conn,
-                    run = run_id,
+                    run = %Escaped(run_id),
                     kind,
-                    execution = named,
+                    execution = %Escaped(named),
                     "message names an execution that is not the run's; ignored"
                 );
                 self.ack(&ix, conn, msg, None);
@@ -641,7 +664,7 @@ impl Dispatcher {
             // apart. Reload it; the worker sends this again later.
             tracing::error!(
                 conn,
-                run = run_id,
+                run = %Escaped(run_id),
                 "a live run missing from the dispatcher's memory; reloading it"
             );
             self.resync
@@ -657,26 +680,36 @@ impl Dispatcher {
                 // An outside system reported its end (the command runtime's
                 // dispatched tasks): the worker's record of the dispatch is
                 // its own business; there is nothing to stop.
-                tracing::debug!(conn, run = run_id, state = %rec.state, "a worker re-announced a run whose result came through the API; ignored");
+                tracing::debug!(conn, run = %Escaped(run_id), state = %rec.state, "a worker re-announced a run whose result came through the API; ignored");
             }
             WorkerMessage::TaskOutput(m) => {
                 // Output is sent at a lower priority than reports: the
-                // last of it may follow the run's end.
-                self.output
-                    .append(run_id, m.stream, m.data.clone(), m.dropped_bytes);
+                // last of it may follow the run's end, so it is taken until
+                // the run's output settles (at most `output::SETTLE_MAX`
+                // after the end), from the execution's own connection or
+                // naming its execution. Later output is refused, not stored.
+                if self
+                    .output
+                    .accepts_late(run_id, conn, msg.execution_id().is_some())
+                {
+                    self.output
+                        .append(run_id, m.stream, m.data.clone(), m.dropped_bytes);
+                } else {
+                    tracing::info!(conn, run = %Escaped(run_id), state = %rec.state, "output for a run that has ended; refused");
+                }
             }
             WorkerMessage::TaskClaimed(_) if msg.execution_id().is_some() => {
                 // The worker still runs something the control plane has
                 // closed (e.g. failed as worker_lost): have it stop.
-                tracing::info!(conn, run = run_id, state = %rec.state, "a worker re-announced a run that already ended; asking it to stop");
+                tracing::info!(conn, run = %Escaped(run_id), state = %rec.state, "a worker re-announced a run that already ended; asking it to stop");
                 ix.send(conn, Outgoing::Now(cancellation(run_id)));
             }
             _ if msg.is_terminal() => {
-                tracing::debug!(conn, run = run_id, state = %rec.state, kind, "duplicate report for a run that already ended; ignored");
+                tracing::debug!(conn, run = %Escaped(run_id), state = %rec.state, kind, "duplicate report for a run that already ended; ignored");
                 self.ack(&ix, conn, msg, None);
             }
             _ => {
-                tracing::debug!(conn, run = run_id, state = %rec.state, kind, "message for a finished run; ignored")
+                tracing::debug!(conn, run = %Escaped(run_id), state = %rec.state, kind, "message for a finished run; ignored")
             }
         }
     }
@@ -817,7 +850,7 @@ impl Dispatcher {
     ) -> Result<RunRecord, StoreError> {
         let id = Self::new_run_id();
         let stored = self.store.insert_run(&id, team_id, spec).await?;
-        tracing::info!(run = %id, team_id, worker_host = %spec.worker_host, "run created");
+        tracing::info!(run = %id, team_id, worker_host = %Escaped(&spec.worker_host), "run created");
         Ok(self.enqueue(stored))
     }
 
@@ -890,7 +923,7 @@ impl Dispatcher {
                     let receipt = self.persist(run_id, RunState::Claimed, change);
                     self.output.ended(run_id);
                     tracing::info!(
-                        run = run_id,
+                        run = %Escaped(run_id),
                         outcome = to.as_str(),
                         "result reported through the API"
                     );

@@ -62,6 +62,9 @@ struct RunOutput {
     flushing: bool,
     progress: watch::Sender<Progress>,
     ended_at: Option<Instant>,
+    /// The worker connection whose report ended the run: late output that
+    /// names no execution is taken from it only.
+    ended_conn: Option<u64>,
     last_input: Option<Instant>,
 }
 
@@ -74,6 +77,7 @@ impl RunOutput {
             flushing: false,
             progress: watch::Sender::new(Progress::default()),
             ended_at: None,
+            ended_conn: None,
             last_input: None,
         }
     }
@@ -142,6 +146,31 @@ impl OutputLog {
     /// The run ended: its output becomes final once it has been quiet for
     /// [`SETTLE_QUIET`] (at most [`SETTLE_MAX`] from now). Idempotent.
     pub fn ended(&self, run_id: &str) {
+        self.end(run_id, None)
+    }
+
+    /// [`OutputLog::ended`], by the report of worker connection `conn`.
+    pub fn ended_on(&self, run_id: &str, conn: u64) {
+        self.end(run_id, Some(conn))
+    }
+
+    /// Whether output for run `run_id`, which has ended, is still taken:
+    /// only until its output settles (the worker's output queue may trail
+    /// its report by that much), and, when the frame names no execution
+    /// (`names_execution` false; the caller has checked a named one), only
+    /// from the connection whose report ended it. Output after that is
+    /// refused: an ended run's output is final.
+    pub fn accepts_late(&self, run_id: &str, conn: u64, names_execution: bool) -> bool {
+        let runs = self.0.lock();
+        let Some(r) = runs.get(run_id) else {
+            return false;
+        };
+        r.ended_at.is_some()
+            && !r.progress.borrow().settled
+            && (names_execution || r.ended_conn == Some(conn))
+    }
+
+    fn end(&self, run_id: &str, conn: Option<u64>) {
         {
             let mut runs = self.0.lock();
             let r = runs
@@ -151,6 +180,7 @@ impl OutputLog {
                 return;
             }
             r.ended_at = Some(Instant::now());
+            r.ended_conn = conn;
         }
         let log = self.clone();
         let run_id = run_id.to_string();
@@ -241,7 +271,9 @@ impl OutputLog {
                 Ok(t) => {
                     r.progress.send_modify(|p| p.stored_end = t.end);
                 }
-                Err(e) => tracing::error!(run = run_id, "could not store the run's output: {e}"),
+                Err(e) => {
+                    tracing::error!(run = %oz_foundation::escape::Escaped(run_id), "could not store the run's output: {e}")
+                }
             }
             if r.pending.is_empty() && r.lost == 0 {
                 r.flushing = false;

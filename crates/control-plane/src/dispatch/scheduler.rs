@@ -271,7 +271,7 @@ impl Scheduler {
             updated_at: now,
         };
         let rec = self.dispatcher.store().insert_schedule(rec).await?;
-        tracing::info!(schedule = %rec.id, team_id, cron = %rec.cron, time_zone = %rec.time_zone, "schedule created");
+        tracing::info!(schedule = %rec.id, team_id, cron = %oz_foundation::escape::Escaped(&rec.cron), time_zone = %oz_foundation::escape::Escaped(&rec.time_zone), "schedule created");
         self.track(&rec.id, Some(&rec));
         Ok(rec)
     }

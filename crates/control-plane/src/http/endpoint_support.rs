@@ -10,6 +10,9 @@
 
 use crate::dispatch::dispatcher::Dispatcher;
 use crate::dispatch::scheduler::Scheduler;
+use crate::http::connections::{Connections, Trust};
+use crate::http::followers::Followers;
+use crate::http::login_limit::LoginLimit;
 use crate::http::sessions::{self, Sessions};
 use crate::store::{StoreError, Team};
 use bytes::Bytes;
@@ -57,6 +60,64 @@ impl hyper::body::Body for ChannelBody {
     }
 }
 
+/// The client's address, set on every request by `server`.
+#[derive(Clone, Copy, Debug)]
+pub struct Peer(pub std::net::SocketAddr);
+
+/// When the request's body must have been read by (`--body-read-timeout`
+/// from its arrival), set on every request by `server`.
+#[derive(Clone, Copy, Debug)]
+pub struct BodyDeadline(pub std::time::Instant);
+
+/// Says that the request's connection authenticated (see `connections`):
+/// it may no longer be closed to make room for a newer one.
+pub fn trust_connection<B>(req: &Request<B>) {
+    if let Some(t) = req.extensions().get::<Trust>() {
+        t.mark();
+    }
+}
+
+/// Reads at most `limit` bytes of `req`'s body before its [`BodyDeadline`]
+/// (a slow sender holds a connection no longer than that). The error is
+/// the response to send: 413 past the limit, 408 past the deadline, 400 on
+/// a broken body; all close the connection.
+pub async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, Response<Body>> {
+    let deadline = req
+        .extensions()
+        .get::<BodyDeadline>()
+        .map(|d| d.0)
+        .unwrap_or_else(|| std::time::Instant::now() + DEFAULT_BODY_READ_TIMEOUT);
+    let read = Limited::new(req.into_body(), limit).collect();
+    let closing = |mut r: Response<Body>| {
+        r.headers_mut()
+            .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+        r
+    };
+    match tokio::time::timeout_at(deadline.into(), read).await {
+        Ok(Ok(body)) => Ok(body.to_bytes()),
+        Ok(Err(e))
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(closing(error_response(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("the request body is larger than {limit} bytes"),
+            )))
+        }
+        Ok(Err(e)) => Err(closing(bad_request(&format!(
+            "cannot read the request body: {e}"
+        )))),
+        Err(_) => Err(closing(error_response(
+            StatusCode::REQUEST_TIMEOUT,
+            "the request body did not arrive in time (--body-read-timeout); send it at once",
+        ))),
+    }
+}
+
+/// `--body-read-timeout`'s default: a request body (at most 1 MiB) takes
+/// well under this on any link a control plane is used over.
+pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// What every request handler and connection task shares.
 pub struct Shared {
     pub dispatcher: Arc<Dispatcher>,
@@ -70,6 +131,14 @@ pub struct Shared {
     /// An HTTP connection that has not sent a request's headers within this
     /// long is closed.
     pub header_read_timeout: Duration,
+    /// A request's body must have arrived within this long.
+    pub body_read_timeout: Duration,
+    /// The open HTTP connections and their budget.
+    pub connections: Arc<Connections>,
+    /// Live-output followers per team, and the slow-follower deadline.
+    pub followers: Followers,
+    /// Failed UI sign-ins per client address.
+    pub login_limit: LoginLimit,
     /// Flips to `true` once when the control plane shuts down.
     pub shutdown: watch::Receiver<bool>,
 }
@@ -101,33 +170,54 @@ pub async fn authenticate(
     shared: &Shared,
 ) -> Result<Caller, Response<Body>> {
     let headers = req.headers();
-    if headers.contains_key(header::AUTHORIZATION) {
+    let Some(id) = session_id(headers).filter(|_| !headers.contains_key(header::AUTHORIZATION))
+    else {
         let team = bearer_team(headers, shared).await?;
-        return Ok(Caller {
-            team,
-            via: Via::Key,
-        });
-    }
-    let Some(id) = session_id(headers) else {
-        let team = bearer_team(headers, shared).await?;
+        trust_connection(req);
         return Ok(Caller {
             team,
             via: Via::Key,
         });
     };
-    let Some(session) = shared.sessions.get(id) else {
+    let Some(session) = live_session(shared, id).await? else {
         return Err(error_response(
             StatusCode::UNAUTHORIZED,
-            "your sign-in has ended (sessions last 12 hours, and a restart of the control plane ends them); sign in again at /ui/login",
+            "your sign-in has ended (sessions end after --session-idle-timeout unused or --session-lifetime in all, at sign-out, when the key signed in with is revoked, and at a restart of the control plane); sign in again at /ui/login",
         ));
     };
     if !matches!(*req.method(), http::Method::GET | http::Method::HEAD) {
         check_change(req, shared, &session)?;
     }
+    trust_connection(req);
     Ok(Caller {
         team: session.team,
         via: Via::Session,
     })
+}
+
+/// The live session `id`, if the key it signed in with is still valid
+/// (revoking or expiring the key ends its sessions). `Err`: the database
+/// failed (the response to send).
+pub async fn live_session(
+    shared: &Shared,
+    id: &str,
+) -> Result<Option<sessions::Session>, Response<Body>> {
+    let Some(session) = shared.sessions.get(id) else {
+        return Ok(None);
+    };
+    match shared
+        .dispatcher
+        .store()
+        .team_for_key_hash(&session.key_hash)
+        .await
+    {
+        Ok(Some(_)) => Ok(Some(session)),
+        Ok(None) => {
+            shared.sessions.end(id);
+            Ok(None)
+        }
+        Err(e) => Err(internal(e)),
+    }
 }
 
 /// The header the UI sends its session's CSRF token in.
@@ -212,16 +302,7 @@ pub async fn bearer_team(headers: &HeaderMap, shared: &Shared) -> Result<Team, R
             "missing API key: send `Authorization: Bearer <key>`; create a key with `oz-agent-worker api-keys create --team NAME`",
         ));
     };
-    let secret = value
-        .to_str()
-        .ok()
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim)
-        .filter(|s| !s.is_empty());
-    let Some(secret) = secret else {
+    let Some(secret) = bearer_secret(value) else {
         return Err(unauthorized(
             "malformed Authorization header: expected `Bearer <key>`",
         ));
@@ -229,7 +310,7 @@ pub async fn bearer_team(headers: &HeaderMap, shared: &Shared) -> Result<Team, R
     match shared.dispatcher.store().team_for_key(secret).await {
         Ok(Some(team)) => Ok(team),
         Ok(None) => Err(unauthorized(
-            "invalid API key: this control plane does not know it; check --api-key / WARP_API_KEY, or create one with `oz-agent-worker api-keys create --team NAME`",
+            "invalid API key: this control plane does not know it, or it was revoked or has expired (see `oz-agent-worker api-keys list`); check --api-key / WARP_API_KEY, or create one with `oz-agent-worker api-keys create --team NAME`",
         )),
         Err(e) => {
             tracing::error!("{e}");
@@ -239,6 +320,19 @@ pub async fn bearer_team(headers: &HeaderMap, shared: &Shared) -> Result<Team, R
             ))
         }
     }
+}
+
+/// The key in an `Authorization: Bearer <key>` value.
+pub fn bearer_secret(value: &http::HeaderValue) -> Option<&str> {
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
 }
 
 /// `body` as pretty JSON with a trailing newline (readable with curl).
@@ -289,15 +383,7 @@ pub async fn read_json<T: serde::de::DeserializeOwned>(
     req: Request<Incoming>,
     what: &str,
 ) -> Result<T, Response<Body>> {
-    let bytes = Limited::new(req.into_body(), MAX_BODY)
-        .collect()
-        .await
-        .map_err(|e| {
-            bad_request(&format!(
-                "cannot read the request body (at most 1 MiB): {e}"
-            ))
-        })?
-        .to_bytes();
+    let bytes = read_body(req, MAX_BODY).await?;
     serde_json::from_slice(&bytes).map_err(|e| bad_request(&format!("invalid {what}: {e}")))
 }
 

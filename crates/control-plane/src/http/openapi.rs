@@ -4,9 +4,9 @@
 //! xtask codegen`.
 
 use oz_runs_api::model::{
-    ApiError, CreateRunRequest, CreateScheduleRequest, OutputChunk, OutputTruncated, Run, RunList,
-    RunOutput, RunResultRequest, RunState, Schedule, ScheduleList, Worker, WorkerList,
-    RUNS_PAGE_DEFAULT_LIMIT, RUNS_PAGE_MAX_LIMIT,
+    ApiError, CreateRunRequest, CreateScheduleRequest, OutputChunk, OutputDropped, OutputTruncated,
+    Run, RunList, RunOutput, RunResultRequest, RunState, Schedule, ScheduleList, Worker,
+    WorkerList, RUNS_PAGE_DEFAULT_LIMIT, RUNS_PAGE_MAX_LIMIT,
 };
 use schemars::generate::SchemaSettings;
 use serde_json::{json, Value};
@@ -23,6 +23,7 @@ pub fn document() -> Value {
     let output = gen.subschema_for::<RunOutput>().to_value();
     let chunk = gen.subschema_for::<OutputChunk>().to_value();
     let truncated = gen.subschema_for::<OutputTruncated>().to_value();
+    let dropped = gen.subschema_for::<OutputDropped>().to_value();
     let result = gen.subschema_for::<RunResultRequest>().to_value();
     let workers = gen.subschema_for::<WorkerList>().to_value();
     let worker = gen.subschema_for::<Worker>().to_value();
@@ -118,7 +119,7 @@ pub fn document() -> Value {
                 "get": {
                     "operationId": "getRunOutput",
                     "summary": "The run's live output as the control plane keeps it (the last `--output-limit` bytes, default 4 MiB; stdout and stderr interleaved in the order received). Plainly a JSON read from byte `after` on; with `follow=true` or `Accept: text/event-stream`, server-sent events as the output arrives, ending once the run has ended and its output is final.",
-                    "description": "Follow mode sends these events: `output` (data: OutputChunk; the event id is the offset after it, and a reconnecting client's `Last-Event-ID` takes the place of `after`), `truncated` (data: OutputTruncated: bytes after the reader's offset that the control plane no longer keeps), and `end` (data: Run without history), after which the stream closes. A comment line every 15 s keeps idle connections open. A chunk's `dropped_bytes` counts output the worker dropped just before it because its link was slower than the task.",
+                    "description": "Follow mode sends these events: `output` (data: OutputChunk; the event id is the offset after it, and a reconnecting client's `Last-Event-ID` takes the place of `after`), `truncated` (data: OutputTruncated: bytes after the reader's offset that the control plane no longer keeps), and `end` (data: Run without history), after which the stream closes; or `dropped` (data: OutputDropped; the event id is `resume_from`) when the reader took no event for `--follower-send-timeout`, after which the stream closes too. A comment line every 15 s keeps idle connections open. A team may follow at most `--max-followers-per-team` outputs at once. A chunk's `dropped_bytes` counts output the worker dropped just before it because its link was slower than the task.",
                     "parameters": [
                         run_id,
                         { "name": "after", "in": "query", "required": false, "schema": { "type": "integer", "minimum": 0, "default": 0 }, "description": "Byte offset to read from: 0, or the `next_offset` of an earlier read." },
@@ -131,14 +132,15 @@ pub fn document() -> Value {
                             "content": {
                                 "application/json": { "schema": output },
                                 "text/event-stream": {
-                                    "schema": { "type": "string", "description": "Events `output` (OutputChunk), `truncated` (OutputTruncated) and `end` (Run), each `data` one line of JSON." },
-                                    "x-events": { "output": chunk, "truncated": truncated, "end": run }
+                                    "schema": { "type": "string", "description": "Events `output` (OutputChunk), `truncated` (OutputTruncated), `end` (Run) and `dropped` (OutputDropped), each `data` one line of JSON." },
+                                    "x-events": { "output": chunk, "truncated": truncated, "end": run, "dropped": dropped }
                                 }
                             }
                         },
                         "400": err("`after` is not a byte offset, or an unknown query parameter."),
                         "401": unauthorized,
-                        "404": err("No such run for this team.")
+                        "404": err("No such run for this team."),
+                        "429": err("Following: the team already follows `--max-followers-per-team` outputs.")
                     }
                 }
             },

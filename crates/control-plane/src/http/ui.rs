@@ -8,10 +8,14 @@
 //! - `GET /ui/` → the app (workers, runs, a run with its live output, a new
 //!   run, schedules); `GET /ui/login` → the sign-in form
 //! - `POST /ui/login` (form `api_key`) → a session: cookie `oz_session`,
-//!   HttpOnly, SameSite=Strict, Secure over TLS; then back to `/ui/`
+//!   HttpOnly, SameSite=Strict, Secure over TLS; then back to `/ui/`.
+//!   Past `--max-failed-logins` failures from one address within a minute,
+//!   `429` with `Retry-After`; the body must arrive within
+//!   `--body-read-timeout`.
 //! - `GET /ui/session` → the team and the session's CSRF token (JSON, for
 //!   the scripts to send back in `X-CSRF-Token`)
-//! - `POST /ui/logout` (with the token) → the session ends
+//! - `POST /ui/logout` (with the token) → the session ends and its cookie
+//!   is cleared
 //! - `GET /ui/app.js`, `/ui/login.js`, `/ui/style.css`
 //!
 //! Every page is sent with a Content-Security-Policy that allows scripts
@@ -21,12 +25,14 @@
 #![allow(clippy::result_large_err)]
 
 use crate::http::endpoint_support::{
-    check_change, error_response, full, json_response, same_origin, session_id, Body, Shared,
+    check_change, error_response, full, json_response, live_session, read_body, same_origin,
+    session_id, Body, Peer, Shared,
 };
-use crate::http::sessions::{self, LIFETIME};
+use crate::http::sessions;
+use crate::store::keys;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
+use oz_foundation::escape::Escaped;
 use serde::Serialize;
 
 pub const UI_PREFIX: &str = "/ui";
@@ -72,7 +78,7 @@ pub async fn handle(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
         (Method::GET, "/ui/style.css") => asset(STYLE_CSS, "text/css; charset=utf-8"),
         (Method::POST, "/ui/login") => login(req, shared).await,
         (Method::POST, "/ui/logout") => logout(&req, shared),
-        (Method::GET, "/ui/session") => session(&req, shared),
+        (Method::GET, "/ui/session") => session(&req, shared).await,
         (_, p) if allowed(p).is_some() => {
             let allow = allowed(p).unwrap_or_default();
             let mut resp = error_response(
@@ -159,9 +165,13 @@ async fn login(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
     if let Err(resp) = same_origin(&req, shared) {
         return resp;
     }
-    let body = match Limited::new(req.into_body(), 8 * 1024).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => return redirect("/ui/login?error=form"),
+    let addr = req.extensions().get::<Peer>().map(|p| p.0.ip());
+    if let Some(retry) = addr.and_then(|a| shared.login_limit.check(a).err()) {
+        return too_many_failures(retry);
+    }
+    let body = match read_body(req, 8 * 1024).await {
+        Ok(b) => b,
+        Err(resp) => return resp,
     };
     let key = form_urlencoded(&body, "api_key").unwrap_or_default();
     let key = key.trim();
@@ -170,24 +180,45 @@ async fn login(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
     }
     let team = match shared.dispatcher.store().team_for_key(key).await {
         Ok(Some(team)) => team,
-        Ok(None) => return redirect("/ui/login?error=invalid"),
+        Ok(None) => {
+            if let Some(a) = addr {
+                shared.login_limit.failed(a);
+            }
+            return redirect("/ui/login?error=invalid");
+        }
         Err(e) => {
             tracing::error!("{e}");
             return redirect("/ui/login?error=database");
         }
     };
-    let (id, _) = match shared.sessions.start(team.clone()) {
+    let (id, _) = match shared.sessions.start(team.clone(), &keys::hash(key)) {
         Ok(s) => s,
         Err(e) => {
             tracing::error!("cannot start a UI session: {e}");
             return redirect("/ui/login?error=random");
         }
     };
-    tracing::info!(team = %team.name, "UI sign-in");
+    tracing::info!(team = %Escaped(&team.name), "UI sign-in");
     let mut resp = redirect("/ui/");
     resp.headers_mut().insert(
         header::SET_COOKIE,
-        session_cookie(shared, &id, LIFETIME.as_secs()),
+        session_cookie(shared, &id, shared.sessions.limits().lifetime.as_secs()),
+    );
+    resp
+}
+
+/// 429 for an address past `--max-failed-logins`.
+fn too_many_failures(retry: std::time::Duration) -> Response<Body> {
+    let mut resp = error_response(
+        StatusCode::TOO_MANY_REQUESTS,
+        &format!(
+            "too many failed sign-ins from this address (--max-failed-logins per minute); try again in {} s",
+            retry.as_secs()
+        ),
+    );
+    resp.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from_str(&retry.as_secs().to_string()).expect("digits"),
     );
     resp
 }
@@ -212,8 +243,15 @@ fn logout(req: &Request<Incoming>, shared: &Shared) -> Response<Body> {
     resp
 }
 
-fn session(req: &Request<Incoming>, shared: &Shared) -> Response<Body> {
-    match session_id(req.headers()).and_then(|id| shared.sessions.get(id)) {
+async fn session(req: &Request<Incoming>, shared: &Shared) -> Response<Body> {
+    let found = match session_id(req.headers()) {
+        Some(id) => match live_session(shared, id).await {
+            Ok(s) => s,
+            Err(resp) => return resp,
+        },
+        None => None,
+    };
+    match found {
         Some(s) => json_response(
             StatusCode::OK,
             &SessionInfo {

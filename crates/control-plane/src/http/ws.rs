@@ -7,11 +7,16 @@
 //! Malformed and unknown frames are logged and ignored.
 
 use crate::dispatch::dispatcher::{ConnId, Dispatcher, Outgoing};
-use crate::http::endpoint_support::{bearer_team, empty, error_response, Body, Shared};
+use crate::http::connections::Held;
+use crate::http::endpoint_support::{
+    bearer_secret, bearer_team, empty, error_response, trust_connection, Body, Shared,
+};
+use crate::store::KEY_RECHECK;
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use http::{header, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use oz_foundation::escape::Escaped;
 use oz_protocol::extensions::EXTENSIONS_HEADER;
 use oz_protocol::{
     decode_worker_frame, encode, is_reserved_worker_id, DecodeError, Extensions,
@@ -40,6 +45,13 @@ pub async fn upgrade(mut req: Request<Incoming>, shared: Arc<Shared>) -> Respons
         Ok(t) => t,
         Err(resp) => return resp,
     };
+    trust_connection(&req);
+    let key_hash = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(bearer_secret)
+        .map(crate::store::keys::hash)
+        .unwrap_or_default();
     let worker_id = req.uri().query().and_then(|q| {
         q.split('&').find_map(|pair| {
             let (k, v) = pair.split_once('=')?;
@@ -88,13 +100,16 @@ pub async fn upgrade(mut req: Request<Incoming>, shared: Arc<Shared>) -> Respons
         .map(|v| v.chars().take(64).collect::<String>());
     let accept = derive_accept_key(key.as_bytes());
     let on_upgrade = hyper::upgrade::on(&mut req);
+    // The connection's place in the budget, for as long as the socket lives.
+    let place = req.extensions().get::<Held>().cloned();
     tokio::spawn(async move {
+        let _place = place;
         match on_upgrade.await {
             Ok(upgraded) => {
                 let ws =
                     WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None)
                         .await;
-                run_connection(ws, shared, team.id, worker_id, version).await;
+                run_connection(ws, shared, team.id, worker_id, version, key_hash).await;
             }
             Err(e) => tracing::warn!("worker WebSocket upgrade failed: {e}"),
         }
@@ -117,6 +132,7 @@ async fn run_connection<S>(
     team_id: i64,
     worker_id: String,
     version: Option<String>,
+    key_hash: String,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
@@ -127,6 +143,9 @@ async fn run_connection<S>(
     let read_timeout = shared.worker_read_timeout;
     let mut deadline = tokio::time::Instant::now() + read_timeout;
     let mut shutdown = shared.shutdown.clone();
+    // The key may be revoked or expire while the worker is connected.
+    let mut key_check = tokio::time::interval(KEY_RECHECK);
+    key_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let close_reason = loop {
         // Biased: frames already received are handled before the deadline
         // is looked at, so a worker is never dropped with its last report
@@ -139,6 +158,16 @@ async fn run_connection<S>(
                     reason: "control plane shutting down".into(),
                 })))).await;
                 break "control plane shutting down";
+            }
+            _ = key_check.tick() => {
+                if let Ok(None) = dispatcher.store().team_for_key_hash(&key_hash).await {
+                    tracing::warn!(conn, worker_id = %Escaped(&worker_id), "the worker's API key was revoked or has expired; closing its connection");
+                    let _ = tokio::time::timeout(WRITE_TIMEOUT, sink.send(Message::Close(Some(CloseFrame {
+                        code: CloseCode::Policy,
+                        reason: "API key revoked or expired".into(),
+                    })))).await;
+                    break "API key revoked or expired";
+                }
             }
             out = outbox.recv() => {
                 let msg = match out {
@@ -185,7 +214,7 @@ async fn run_connection<S>(
                     deadline = tokio::time::Instant::now() + read_timeout;
                     continue;
                 }
-                tracing::warn!(conn, worker_id, "worker silent for {}s; dropping its connection", read_timeout.as_secs_f64());
+                tracing::warn!(conn, worker_id = %Escaped(&worker_id), "worker silent for {}s; dropping its connection", read_timeout.as_secs_f64());
                 break "read deadline passed";
             }
         }
@@ -212,9 +241,13 @@ async fn on_frame(
             match decode_worker_frame(text.as_str()) {
                 Ok(msg) => dispatcher.handle(conn, msg).await,
                 Err(DecodeError::UnknownType(t)) => {
-                    tracing::info!(conn, kind = %t, "unknown message type from worker; ignored")
+                    tracing::info!(conn, kind = %Escaped(&t), "unknown message type from worker; ignored")
                 }
-                Err(e) => tracing::warn!(conn, "ignoring frame from worker: {e}"),
+                Err(e) => tracing::warn!(
+                    conn,
+                    "ignoring frame from worker: {}",
+                    Escaped(e.to_string())
+                ),
             }
             Ok(())
         }

@@ -22,6 +22,7 @@ use std::path::Path;
 use std::pin::Pin;
 use std::sync::Mutex;
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 #[derive(Debug)]
@@ -72,13 +73,51 @@ pub struct NewApiKey {
     pub secret: String,
 }
 
+/// What `api-keys list` shows of a key: never the key itself.
 #[derive(Debug, Clone)]
 pub struct ApiKeyInfo {
     pub key_id: i64,
     pub team: Team,
+    /// A name given at creation (`--name`), if any.
+    pub name: Option<String>,
+    /// The key's first characters, to tell keys apart.
     pub prefix: String,
     pub created_at: String,
+    /// RFC 3339; the key is refused from then on.
+    pub expires_at: Option<String>,
+    pub revoked_at: Option<String>,
+    /// Updated at most once a minute.
+    pub last_used_at: Option<String>,
 }
+
+/// Options of a new key.
+#[derive(Debug, Clone, Default)]
+pub struct KeyOptions {
+    pub name: Option<String>,
+    /// RFC 3339 (`time::rfc3339`).
+    pub expires_at: Option<String>,
+}
+
+/// What `revoke_api_key` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Revoked {
+    Now(ApiKeyRef),
+    /// Already revoked, at this time.
+    Already(String),
+    NoSuchKey,
+}
+
+/// A key by id, with its team.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKeyRef {
+    pub key_id: i64,
+    pub team: Team,
+}
+
+/// A key found valid is trusted this long without asking the database
+/// again: revoking or expiring a key (by `api-keys revoke`, another
+/// process writing the same database) takes effect within it.
+pub const KEY_RECHECK: Duration = Duration::from_millis(500);
 
 /// A run as stored, including its secrets (`spec.env_vars`).
 #[derive(Debug, Clone)]
@@ -256,7 +295,8 @@ pub struct Store {
     /// key hash → team, for keys seen valid. Keys are never deleted, so a
     /// hit needs no database; a miss asks it (`api-keys create` may have
     /// added the key from another process).
-    known_keys: Mutex<HashMap<String, Team>>,
+    /// Key hash → (its team, when the database last said it is valid).
+    known_keys: Mutex<HashMap<String, (Team, Instant)>>,
 }
 
 const MIGRATIONS: &[&str] = &[
@@ -342,6 +382,11 @@ const MIGRATIONS: &[&str] = &[
     "CREATE INDEX runs_by_team ON runs(team_id, seq);",
     // 4: worker ids paused by an operator.
     "ALTER TABLE workers ADD COLUMN paused_at TEXT;",
+    // 5: key lifecycle: a name, an optional expiry, revocation, last use.
+    "ALTER TABLE api_keys ADD COLUMN name TEXT;
+    ALTER TABLE api_keys ADD COLUMN expires_at TEXT;
+    ALTER TABLE api_keys ADD COLUMN revoked_at TEXT;
+    ALTER TABLE api_keys ADD COLUMN last_used_at TEXT;",
 ];
 
 const RUN_COLUMNS: &str = "id, team_id, state, spec_json, created_at, updated_at, execution_id, \
@@ -461,45 +506,69 @@ impl Store {
     /// Creates a key for `team_name`, creating the team when it is new.
     pub fn create_api_key(&self, team_name: &str) -> Pending<NewApiKey> {
         let team_name = team_name.trim().to_string();
-        self.call(move |conn| create_api_key(conn, &team_name))
+        self.call(move |conn| create_api_key(conn, &team_name, &KeyOptions::default()))
     }
 
     /// `create_api_key`, waiting on the calling thread (set-up and tests).
     pub fn create_api_key_blocking(&self, team_name: &str) -> Result<NewApiKey> {
         let team_name = team_name.trim().to_string();
-        self.call_blocking(move |conn| create_api_key(conn, &team_name))
+        self.call_blocking(move |conn| create_api_key(conn, &team_name, &KeyOptions::default()))
     }
 
     pub fn list_api_keys(&self) -> Pending<Vec<ApiKeyInfo>> {
         self.call(list_api_keys)
     }
 
-    /// The team a presented secret belongs to, if any.
+    /// The team a presented secret belongs to, if it is a key neither
+    /// revoked nor expired.
     pub async fn team_for_key(&self, secret: &str) -> Result<Option<Team>> {
-        let hash = keys::hash(secret);
-        if let Some(team) = self.known().get(&hash) {
-            return Ok(Some(team.clone()));
+        self.team_for_key_hash(&keys::hash(secret)).await
+    }
+
+    /// The team of the valid key whose stored hash is `hash` (a UI session
+    /// and a worker connection keep only the hash). A valid answer is
+    /// reused for [`KEY_RECHECK`]; an invalid one is never cached.
+    pub async fn team_for_key_hash(&self, hash: &str) -> Result<Option<Team>> {
+        if let Some((team, at)) = self.known().get(hash) {
+            if at.elapsed() < KEY_RECHECK {
+                return Ok(Some(team.clone()));
+            }
         }
         let found = self
             .call({
-                let hash = hash.clone();
-                move |conn| team_for_key_hash(conn, &hash)
+                let hash = hash.to_string();
+                move |conn| valid_key_team(conn, &hash)
             })
             .await?;
-        if let Some(team) = &found {
-            self.known().insert(hash, team.clone());
+        let mut known = self.known();
+        match &found {
+            Some(team) => {
+                if known.len() > 10_000 {
+                    known.retain(|_, (_, at)| at.elapsed() < KEY_RECHECK);
+                }
+                known.insert(hash.to_string(), (team.clone(), Instant::now()));
+            }
+            None => {
+                known.remove(hash);
+            }
         }
         Ok(found)
     }
 
-    /// The team a key hash belongs to (a UI session keeps only the hash).
-    pub fn team_for_key_hash(&self, hash: &str) -> Pending<Option<Team>> {
-        let hash = hash.to_string();
-        self.call(move |conn| team_for_key_hash(conn, &hash))
+    fn known(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Team, Instant)>> {
+        self.known_keys.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn known(&self) -> std::sync::MutexGuard<'_, HashMap<String, Team>> {
-        self.known_keys.lock().unwrap_or_else(|p| p.into_inner())
+    /// Creates a key for `team_name` with `options`.
+    pub fn create_api_key_with(&self, team_name: &str, options: KeyOptions) -> Pending<NewApiKey> {
+        let team_name = team_name.trim().to_string();
+        self.call(move |conn| create_api_key(conn, &team_name, &options))
+    }
+
+    /// Revokes key `key_id`: from then on (within [`KEY_RECHECK`] for a
+    /// `serve` using the same database) it is refused everywhere.
+    pub fn revoke_api_key(&self, key_id: i64) -> Pending<Revoked> {
+        self.call(move |conn| revoke_api_key(conn, key_id))
     }
 
     // ---- runs ----
@@ -648,6 +717,26 @@ impl Store {
             };
             let chunks = read_output(conn, &id, after)?;
             Ok(Some((run, chunks)))
+        })
+    }
+
+    /// The run (of `team_id`, if given) and at most `max` bytes of its
+    /// output from byte `after` on, with whether more is stored; `None`
+    /// when there is no such run.
+    pub fn read_output_page(
+        &self,
+        id: &str,
+        team_id: Option<i64>,
+        after: u64,
+        max: usize,
+    ) -> Pending<Option<(RunRecord, Vec<OutputChunk>, bool)>> {
+        let id = id.to_string();
+        self.call(move |conn| {
+            let Some(run) = get_run(conn, &id, team_id)? else {
+                return Ok(None);
+            };
+            let (chunks, more) = read_output_page(conn, &id, after, max)?;
+            Ok(Some((run, chunks, more)))
         })
     }
 
@@ -822,7 +911,7 @@ fn check_move(from: RunState, change: &Change) {
 
 // ---- the SQL, run on the database thread inside a savepoint ----
 
-fn create_api_key(conn: &Connection, team_name: &str) -> Result<NewApiKey> {
+fn create_api_key(conn: &Connection, team_name: &str, options: &KeyOptions) -> Result<NewApiKey> {
     if team_name.is_empty() {
         return Err(StoreError("a team name must not be empty".into()));
     }
@@ -838,12 +927,15 @@ fn create_api_key(conn: &Connection, team_name: &str) -> Result<NewApiKey> {
             r.get(0)
         })?;
     conn.execute(
-        "INSERT INTO api_keys (team_id, key_hash, prefix, created_at) VALUES (?1, ?2, ?3, ?4)",
+        "INSERT INTO api_keys (team_id, key_hash, prefix, created_at, name, expires_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         params![
             team_id,
             keys::hash(&secret),
             keys::display_prefix(&secret),
-            now
+            now,
+            options.name,
+            options.expires_at
         ],
     )?;
     Ok(NewApiKey {
@@ -858,7 +950,8 @@ fn create_api_key(conn: &Connection, team_name: &str) -> Result<NewApiKey> {
 
 fn list_api_keys(conn: &Connection) -> Result<Vec<ApiKeyInfo>> {
     let mut stmt = conn.prepare(
-        "SELECT k.id, t.id, t.name, k.prefix, k.created_at
+        "SELECT k.id, t.id, t.name, k.prefix, k.created_at, k.name, k.expires_at,
+                k.revoked_at, k.last_used_at
          FROM api_keys k JOIN teams t ON t.id = k.team_id ORDER BY t.name, k.id",
     )?;
     let rows = stmt.query_map([], |r| {
@@ -870,25 +963,76 @@ fn list_api_keys(conn: &Connection) -> Result<Vec<ApiKeyInfo>> {
             },
             prefix: r.get(3)?,
             created_at: r.get(4)?,
+            name: r.get(5)?,
+            expires_at: r.get(6)?,
+            revoked_at: r.get(7)?,
+            last_used_at: r.get(8)?,
         })
     })?;
     Ok(rows.collect::<std::result::Result<_, _>>()?)
 }
 
-fn team_for_key_hash(conn: &Connection, hash: &str) -> Result<Option<Team>> {
-    Ok(conn
+/// The team of key `hash` if it is neither revoked nor expired; notes its
+/// use (at most once a minute, so a busy key costs no write per request).
+fn valid_key_team(conn: &Connection, hash: &str) -> Result<Option<Team>> {
+    let now = time::now();
+    let found = conn
         .query_row(
-            "SELECT t.id, t.name FROM api_keys k JOIN teams t ON t.id = k.team_id
-             WHERE k.key_hash = ?1",
-            [hash],
+            "SELECT k.id, t.id, t.name FROM api_keys k JOIN teams t ON t.id = k.team_id
+             WHERE k.key_hash = ?1 AND k.revoked_at IS NULL
+               AND (k.expires_at IS NULL OR k.expires_at > ?2)",
+            params![hash, now],
             |r| {
-                Ok(Team {
-                    id: r.get(0)?,
-                    name: r.get(1)?,
-                })
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    Team {
+                        id: r.get(1)?,
+                        name: r.get(2)?,
+                    },
+                ))
             },
         )
-        .optional()?)
+        .optional()?;
+    let Some((key_id, team)) = found else {
+        return Ok(None);
+    };
+    let minute_ago = time::rfc3339(std::time::SystemTime::now() - Duration::from_secs(60));
+    conn.execute(
+        "UPDATE api_keys SET last_used_at = ?1
+         WHERE id = ?2 AND (last_used_at IS NULL OR last_used_at < ?3)",
+        params![now, key_id, minute_ago],
+    )?;
+    Ok(Some(team))
+}
+
+fn revoke_api_key(conn: &Connection, key_id: i64) -> Result<Revoked> {
+    let found = conn
+        .query_row(
+            "SELECT k.revoked_at, t.id, t.name FROM api_keys k JOIN teams t ON t.id = k.team_id
+             WHERE k.id = ?1",
+            [key_id],
+            |r| {
+                Ok((
+                    r.get::<_, Option<String>>(0)?,
+                    Team {
+                        id: r.get(1)?,
+                        name: r.get(2)?,
+                    },
+                ))
+            },
+        )
+        .optional()?;
+    match found {
+        None => Ok(Revoked::NoSuchKey),
+        Some((Some(at), _)) => Ok(Revoked::Already(at)),
+        Some((None, team)) => {
+            conn.execute(
+                "UPDATE api_keys SET revoked_at = ?1 WHERE id = ?2",
+                params![time::now(), key_id],
+            )?;
+            Ok(Revoked::Now(ApiKeyRef { key_id, team }))
+        }
+    }
 }
 
 /// `schedule`: (schedule id, slot) for a run a schedule creates; `note`
@@ -1229,6 +1373,71 @@ fn append_output(
 
 /// The kept output from byte `after` on (a chunk that straddles `after` is
 /// cut at the first character boundary at or after it).
+/// At most `max` bytes (at least one character) of run `id`'s output from
+/// byte `after` on, cut at a character boundary: (the chunks, whether more
+/// is stored after them). Rows are read lazily, so a follower costs one
+/// page of memory however much output the run keeps.
+fn read_output_page(
+    conn: &Connection,
+    id: &str,
+    after: u64,
+    max: usize,
+) -> Result<(Vec<OutputChunk>, bool)> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT offset, stream, data, dropped_before FROM run_output
+         WHERE run_id = ?1 AND offset + len > ?2 ORDER BY offset",
+    )?;
+    let mut rows = stmt.query(params![id, after as i64])?;
+    let (mut out, mut total) = (Vec::new(), 0usize);
+    while let Some(r) = rows.next()? {
+        let offset = r.get::<_, i64>(0)? as u64;
+        let mut data: String = r.get(2)?;
+        let mut dropped = r.get::<_, i64>(3)? as u64;
+        let mut start = offset;
+        if offset < after {
+            let cut = char_boundary_at_or_after(&data, (after - offset) as usize);
+            data.drain(..cut);
+            start = offset + cut as u64;
+            dropped = 0;
+        }
+        if data.is_empty() {
+            continue;
+        }
+        let room = max.saturating_sub(total);
+        if data.len() > room {
+            let mut cut = room;
+            while cut > 0 && !data.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            if cut == 0 && total == 0 {
+                // One character longer than the page: send it whole.
+                cut = char_boundary_at_or_after(&data, 1);
+            }
+            if cut > 0 {
+                data.truncate(cut);
+                out.push(OutputChunk {
+                    offset: start,
+                    stream: parse_stream(r.get(1)?)?,
+                    data,
+                    dropped_bytes: dropped,
+                });
+            }
+            return Ok((out, true));
+        }
+        total += data.len();
+        out.push(OutputChunk {
+            offset: start,
+            stream: parse_stream(r.get(1)?)?,
+            data,
+            dropped_bytes: dropped,
+        });
+        if total >= max {
+            return Ok((out, rows.next()?.is_some()));
+        }
+    }
+    Ok((out, false))
+}
+
 fn read_output(conn: &Connection, id: &str, after: u64) -> Result<Vec<OutputChunk>> {
     let mut stmt = conn.prepare_cached(
         "SELECT offset, stream, data, dropped_before FROM run_output
@@ -1477,6 +1686,42 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn revoked_and_expired_keys_are_refused() {
+        let s = Store::open_in_memory().unwrap();
+        let a = s.create_api_key("alpha").await.unwrap();
+        assert!(s.team_for_key(&a.secret).await.unwrap().is_some());
+        assert!(matches!(
+            s.revoke_api_key(a.key_id).await.unwrap(),
+            Revoked::Now(ApiKeyRef { key_id, .. }) if key_id == a.key_id
+        ));
+        assert!(matches!(
+            s.revoke_api_key(a.key_id).await.unwrap(),
+            Revoked::Already(_)
+        ));
+        assert_eq!(s.revoke_api_key(999).await.unwrap(), Revoked::NoSuchKey);
+        // The positive answer cached before the revocation lasts at most
+        // KEY_RECHECK.
+        tokio::time::sleep(KEY_RECHECK).await;
+        assert_eq!(s.team_for_key(&a.secret).await.unwrap(), None);
+        let past = time::rfc3339(std::time::SystemTime::now() - Duration::from_secs(1));
+        let old = s
+            .create_api_key_with(
+                "alpha",
+                KeyOptions {
+                    name: Some("ci".into()),
+                    expires_at: Some(past),
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(s.team_for_key(&old.secret).await.unwrap(), None);
+        let listed = s.list_api_keys().await.unwrap();
+        assert!(listed[0].revoked_at.is_some());
+        assert_eq!(listed[1].name.as_deref(), Some("ci"));
+        assert!(listed[1].expires_at.is_some());
+    }
+
+    #[tokio::test]
     async fn transitions_are_conditional_and_recorded() {
         let s = Store::open_in_memory().unwrap();
         let team = s.create_api_key("t").await.unwrap().team;
@@ -1659,7 +1904,9 @@ mod tests {
         let path = dir.path().join("sub/cp.sqlite3");
         let secret = {
             let s = Store::open(&path).unwrap();
-            let k = s.call_blocking(|conn| create_api_key(conn, "t")).unwrap();
+            let k = s
+                .call_blocking(|conn| create_api_key(conn, "t", &KeyOptions::default()))
+                .unwrap();
             let team = k.team.id;
             s.call_blocking(move |conn| insert_run(conn, "r1", team, &spec("w"), None, "created"))
                 .unwrap();
@@ -1668,7 +1915,7 @@ mod tests {
         let s = Store::open(&path).unwrap();
         let hash = keys::hash(&secret);
         assert!(s
-            .call_blocking(move |conn| team_for_key_hash(conn, &hash))
+            .call_blocking(move |conn| valid_key_team(conn, &hash))
             .unwrap()
             .is_some());
         assert_eq!(s.call_blocking(live_runs).unwrap().len(), 1);

@@ -12,6 +12,13 @@
 //!     that the control plane no longer keeps (it keeps the last
 //!     `--output-limit` bytes per run);
 //!   - `end`: the `Run` (without history); the stream then closes.
+//!   - `dropped`: `OutputDropped`: the reader took nothing for
+//!     `--follower-send-timeout` and was dropped (its events are not
+//!     buffered without bound); the event id and `resume_from` say where
+//!     to resume. The stream then closes.
+//!
+//!   A team may follow at most `--max-followers-per-team` outputs at once
+//!   (429 past it).
 //!
 //!   A comment line every 15 s keeps idle connections open through proxies.
 
@@ -19,20 +26,29 @@
 
 use crate::http::api::runs::{not_found, view};
 use crate::http::endpoint_support::{
-    bad_request, channel_body, internal, json_response, method_not_allowed, query_pairs, Answer,
+    bad_request, error_response, internal, json_response, method_not_allowed, query_pairs, Answer,
     Shared,
 };
+use crate::http::followers::Place;
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
-use hyper::body::Incoming;
-use oz_runs_api::model::{OutputTruncated, RunOutput};
+use http_body_util::BodyExt;
+use hyper::body::{Frame, Incoming};
+use oz_runs_api::model::{OutputDropped, OutputTruncated, RunOutput};
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 const KEEPALIVE: Duration = Duration::from_secs(15);
-/// Events buffered for a slow reader before the stream waits for it.
-const EVENT_BUFFER: usize = 32;
+/// Events queued for a reader before the stream waits for it (each at most
+/// about [`PAGE`] bytes of output).
+const EVENT_BUFFER: usize = 4;
+/// Output read from the store at a time per follower, in bytes.
+const PAGE: usize = 16 * 1024;
 
 pub async fn handle(
     req: Request<Incoming>,
@@ -75,12 +91,15 @@ pub async fn handle(
         after = last;
     }
     let store = shared.dispatcher.store();
-    let (rec, chunks) = store
-        .read_output(id, Some(team_id), after)
-        .await
-        .map_err(internal)?
-        .ok_or_else(|| not_found(id))?;
     if !follow {
+        // A whole read holds the run's output (up to --output-limit) and
+        // its JSON at once: a few at a time, however many are asked for.
+        let _permit = shared.followers.whole_read().await;
+        let (rec, chunks) = store
+            .read_output(id, Some(team_id), after)
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| not_found(id))?;
         let limit = shared.dispatcher.output().limit();
         return Ok(json_response(
             StatusCode::OK,
@@ -95,13 +114,33 @@ pub async fn handle(
             },
         ));
     }
+    store
+        .get_run(id, Some(team_id))
+        .await
+        .map_err(internal)?
+        .ok_or_else(|| not_found(id))?;
+    let Some(place) = shared.followers.join(team_id) else {
+        return Err(error_response(
+            StatusCode::TOO_MANY_REQUESTS,
+            &format!(
+                "this team already follows {} live outputs (--max-followers-per-team); close one, or read without follow=true",
+                shared.followers.max_per_team()
+            ),
+        ));
+    };
     let (tx, rx) = mpsc::channel(EVENT_BUFFER);
+    let (last_tx, last_rx) = oneshot::channel();
     tokio::spawn(stream_events(
         shared.clone(),
         team_id,
         id.to_string(),
         after,
-        tx,
+        Sink {
+            tx,
+            last: Some(last_tx),
+            timeout: shared.followers.send_timeout(),
+        },
+        place,
     ));
     Ok(Response::builder()
         .status(StatusCode::OK)
@@ -109,8 +148,76 @@ pub async fn handle(
         .header(header::CACHE_CONTROL, "no-store")
         // Proxies (nginx) must not hold events back.
         .header("x-accel-buffering", "no")
-        .body(channel_body(rx))
+        .body(
+            FollowBody {
+                rx,
+                last: Some(last_rx),
+            }
+            .boxed_unsync(),
+        )
         .expect("static response parts are valid"))
+}
+
+/// A follower's stream: the events queued (at most [`EVENT_BUFFER`]), then,
+/// if the follower was dropped, the `dropped` event.
+struct FollowBody {
+    rx: mpsc::Receiver<Bytes>,
+    last: Option<oneshot::Receiver<Bytes>>,
+}
+
+impl hyper::body::Body for FollowBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        match self.rx.poll_recv(cx) {
+            Poll::Ready(Some(b)) => return Poll::Ready(Some(Ok(Frame::data(b)))),
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(None) => {}
+        }
+        let Some(last) = self.last.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let got = std::task::ready!(Pin::new(last).poll(cx));
+        self.last = None;
+        Poll::Ready(got.ok().map(|b| Ok(Frame::data(b))))
+    }
+}
+
+/// Where `stream_events` writes: each event must be taken within `timeout`
+/// (the queue is short), or the follower is dropped.
+struct Sink {
+    tx: mpsc::Sender<Bytes>,
+    last: Option<oneshot::Sender<Bytes>>,
+    timeout: Duration,
+}
+
+/// Why a follower's stream stopped early.
+enum Stop {
+    /// The reader went away.
+    Gone,
+    /// The reader took nothing for the send timeout.
+    Slow,
+}
+
+impl Sink {
+    async fn send(&mut self, event: Bytes) -> Result<(), Stop> {
+        match tokio::time::timeout(self.timeout, self.tx.send(event)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Stop::Gone),
+            Err(_) => Err(Stop::Slow),
+        }
+    }
+
+    /// Ends the stream with `event` after what is queued.
+    fn finish(mut self, event: Bytes) {
+        if let Some(last) = self.last.take() {
+            let _ = last.send(event);
+        }
+    }
 }
 
 /// One server-sent event.
@@ -126,14 +233,18 @@ fn event(name: &str, id: Option<u64>, data: &impl serde::Serialize) -> Bytes {
     Bytes::from(s)
 }
 
-/// Feeds `tx` until the run's output is final, the reader leaves or the
-/// control plane shuts down.
+/// Feeds `sink` until the run's output is final, the reader leaves, is
+/// too slow, or the control plane shuts down; `_place` holds the team's
+/// follower place until then. Output is read a page ([`PAGE`]) at a time
+/// from the store: a follower costs a page and [`EVENT_BUFFER`] events of
+/// memory, however much output the run keeps and however many follow it.
 async fn stream_events(
     shared: Arc<Shared>,
     team_id: i64,
     id: String,
     mut after: u64,
-    tx: mpsc::Sender<Bytes>,
+    mut sink: Sink,
+    _place: Place,
 ) {
     let output = shared.dispatcher.output().clone();
     let limit = output.limit();
@@ -141,72 +252,101 @@ async fn stream_events(
     let mut shutdown = shared.shutdown.clone();
     loop {
         // Read before looking at the page: a settled output seen now is
-        // all in the page read next.
+        // all in the pages read next.
         let settled = progress.borrow_and_update().settled;
-        let (rec, chunks) = match shared
-            .dispatcher
-            .store()
-            .read_output(&id, Some(team_id), after)
-            .await
-        {
-            Ok(Some(page)) => page,
-            Ok(None) => return,
-            Err(e) => {
-                drop(internal(e));
-                return;
-            }
-        };
-        let mut events = Vec::new();
-        if after < rec.output.start {
-            events.push(event(
-                "truncated",
-                None,
-                &OutputTruncated {
-                    bytes: rec.output.start - after,
-                    limit_bytes: limit,
-                },
-            ));
-            after = rec.output.start;
-        }
-        for c in chunks {
-            if c.offset > after {
+        let mut rec;
+        loop {
+            let (r, chunks, more) = match shared
+                .dispatcher
+                .store()
+                .read_output_page(&id, Some(team_id), after, PAGE)
+                .await
+            {
+                Ok(Some(page)) => page,
+                Ok(None) => return,
+                Err(e) => {
+                    drop(internal(e));
+                    return;
+                }
+            };
+            rec = r;
+            let mut events = Vec::new();
+            if after < rec.output.start {
                 events.push(event(
                     "truncated",
                     None,
                     &OutputTruncated {
-                        bytes: c.offset - after,
+                        bytes: rec.output.start - after,
                         limit_bytes: limit,
                     },
                 ));
+                after = rec.output.start;
             }
-            after = c.offset + c.data.len() as u64;
-            events.push(event("output", Some(after), &c));
+            for c in chunks {
+                if c.offset > after {
+                    events.push(event(
+                        "truncated",
+                        None,
+                        &OutputTruncated {
+                            bytes: c.offset - after,
+                            limit_bytes: limit,
+                        },
+                    ));
+                }
+                after = c.offset + c.data.len() as u64;
+                events.push(event("output", Some(after), &c));
+            }
+            for e in events {
+                if let Err(stop) = sink.send(e).await {
+                    return stopped(sink, stop, &id, after);
+                }
+            }
+            if !more {
+                break;
+            }
         }
         let done = rec.state.is_terminal() && settled;
         if done {
-            events.push(event("end", None, &view(&shared, &rec, Vec::new())));
+            let end = event("end", None, &view(&shared, &rec, Vec::new()));
+            if let Err(stop) = sink.send(end).await {
+                stopped(sink, stop, &id, after);
+            }
+            return;
         } else if rec.state.is_terminal() {
             // Ended before this reader came (or while it read): make sure
             // the output settles.
             output.ended(&id);
         }
-        for e in events {
-            if tx.send(e).await.is_err() {
-                return;
-            }
-        }
-        if done {
-            return;
-        }
         tokio::select! {
             r = progress.changed() => if r.is_err() { return },
-            _ = tx.closed() => return,
+            _ = sink.tx.closed() => return,
             _ = shutdown.changed() => return,
             _ = tokio::time::sleep(KEEPALIVE) => {
-                if tx.send(Bytes::from_static(b": keep-alive\n\n")).await.is_err() {
-                    return;
+                if let Err(stop) = sink.send(Bytes::from_static(b": keep-alive\n\n")).await {
+                    return stopped(sink, stop, &id, after);
                 }
             }
         }
+    }
+}
+
+/// A follower's stream stopped early: a slow one is told why and where to
+/// resume, after what is already queued for it.
+fn stopped(sink: Sink, stop: Stop, id: &str, resume_from: u64) {
+    if let Stop::Slow = stop {
+        tracing::info!(
+            run = %id,
+            resume_from,
+            "dropped a live-output follower that read nothing for {:?}",
+            sink.timeout
+        );
+        let why = OutputDropped {
+            reason: format!(
+                "this reader took no event for {}s (--follower-send-timeout); reconnect to resume",
+                sink.timeout.as_secs_f64()
+            ),
+            resume_from,
+        };
+        sink.finish(event("dropped", Some(resume_from), &why));
     }
 }
