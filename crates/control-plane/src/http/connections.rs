@@ -53,8 +53,10 @@ struct Slot {
 /// Evicted connections whose tasks have not yet closed them: each still
 /// holds its descriptor. Past this many, new connections are refused
 /// rather than admitted over the budget (a burst of connects outruns the
-/// tasks that close the evicted ones).
-const MAX_CLOSING: usize = 16;
+/// tasks that close the evicted ones). Most of [`FD_RESERVE`]: on a loaded
+/// machine those tasks run late, and at 16 an authenticated client's new
+/// connection was refused during a slow-client flood.
+const MAX_CLOSING: usize = 48;
 
 #[derive(Default)]
 struct Table {
