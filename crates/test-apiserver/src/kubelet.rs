@@ -684,7 +684,18 @@ impl PodWorker {
             }
             self.docker.wait(&id).await.ok()?;
         }
-        let state = self.docker.inspect(&id).await.ok()?;
+        let mut state = self.docker.inspect(&id).await.ok()?;
+        // dockerd records an OOM kill from the cgroup's OOM event, which can
+        // land just after the exit it caused (seen on a loaded machine): a
+        // SIGKILLed container is looked at again for up to a second before
+        // it is reported as a plain Error.
+        for _ in 0..10 {
+            if state.oom_killed || state.exit_code != 137 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            state = self.docker.inspect(&id).await.ok()?;
+        }
         let reason = if state.oom_killed {
             "OOMKilled"
         } else if state.exit_code == 0 {
