@@ -7,6 +7,7 @@
 //! same request always gives the same Job, which is what lets a Job that
 //! already exists be compared and adopted.
 
+use crate::holder::{self, Holder};
 use crate::names;
 use crate::settings::Settings;
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
@@ -74,6 +75,8 @@ pub struct TaskJobRequest {
     pub cpus: Option<u32>,
     /// Memory of the instance shape in bytes, if any.
     pub memory_bytes: Option<i64>,
+    /// The worker process creating the Job (see [`crate::holder`]).
+    pub holder: Option<Holder>,
 }
 
 /// Why a task's sidecars cannot be mounted: the task fails `sidecar_prep`.
@@ -348,7 +351,7 @@ pub fn task_job(settings: &Settings, request: &TaskJobRequest) -> Job {
             )),
             namespace: Some(settings.namespace.clone()),
             labels: Some(labels.clone()),
-            annotations: annotations.clone(),
+            annotations: Some(job_annotations(settings, request)),
             ..Default::default()
         },
         spec: Some(JobSpec {
@@ -503,6 +506,34 @@ pub fn preflight_job(settings: &Settings, worker_id: &str, nanos: u128) -> Job {
     }
 }
 
+/// The Job's annotations: the operator's `extra_annotations`, then the
+/// exact ids and the holder (see [`crate::holder`]), which win: what a
+/// worker whose journal was lost needs to take the Job over. The Pod keeps
+/// the operator's annotations only.
+pub fn job_annotations(settings: &Settings, request: &TaskJobRequest) -> BTreeMap<String, String> {
+    let mut a = settings.extra_annotations.clone();
+    a.insert(
+        holder::WORKER_ID_ANNOTATION.into(),
+        request.worker_id.clone(),
+    );
+    a.insert(holder::TASK_ID_ANNOTATION.into(), request.task_id.clone());
+    match &request.execution_id {
+        Some(e) => a.insert(holder::EXECUTION_ID_ANNOTATION.into(), e.clone()),
+        None => a.remove(holder::EXECUTION_ID_ANNOTATION),
+    };
+    for key in [
+        holder::HOLDER_HOST_ANNOTATION,
+        holder::HOLDER_PROCESS_ANNOTATION,
+        holder::HOLDER_POD_ANNOTATION,
+    ] {
+        a.remove(key);
+    }
+    if let Some(h) = &request.holder {
+        a.extend(h.annotations());
+    }
+    a
+}
+
 /// Whether an existing Job is this execution's: the same execution hash
 /// and worker hash labels. Such a Job is adopted instead of failing on
 /// "already exists" (the Go worker's #86).
@@ -557,6 +588,7 @@ mod tests {
             }],
             cpus: Some(2),
             memory_bytes: Some(4 << 30),
+            holder: None,
         }
     }
 
@@ -782,5 +814,43 @@ mod tests {
             pod.containers[0].resources,
             Some(s.preflight_resources.clone())
         );
+    }
+
+    #[test]
+    fn the_job_carries_the_exact_ids_and_its_holder_as_annotations() {
+        let s = settings(serde_json::json!({"extra_annotations": {
+            "team": "infra",
+            "oz-agent-worker/task-id": "forged",
+            "oz-agent-worker/holder-process": "forged"
+        }}));
+        let mut r = request();
+        // Ids that labels can only hold sanitised.
+        r.task_id = "Run/1 ÄB".into();
+        r.execution_id = Some("Exec:0001/x".into());
+        r.holder = Some(Holder {
+            host: "worker-7f9c".into(),
+            process: "boot/1/4242".into(),
+            pod: Some("oz/worker-7f9c".into()),
+        });
+        let job = task_job(&s, &r);
+        let a = job.metadata.annotations.as_ref().unwrap();
+        assert_eq!(a["team"], "infra", "the operator's annotations stay");
+        assert_eq!(a[holder::TASK_ID_ANNOTATION], "Run/1 ÄB", "ours win");
+        assert_eq!(a[holder::EXECUTION_ID_ANNOTATION], "Exec:0001/x");
+        assert_eq!(a[holder::WORKER_ID_ANNOTATION], "w1");
+        assert_eq!(Holder::of(a), r.holder);
+        // The Go worker's labels are unchanged beside them.
+        let labels = job.metadata.labels.as_ref().unwrap();
+        assert_eq!(labels[names::TASK_ID_LABEL], "run-1--b");
+        assert_eq!(labels[names::TASK_HASH_LABEL], names::label_hash("Run/1 ÄB"));
+        // The Pod gets the operator's annotations only.
+        let pod_annotations = job.spec.as_ref().unwrap().template.metadata.as_ref().unwrap().annotations.as_ref().unwrap();
+        assert_eq!(pod_annotations, &s.extra_annotations);
+        // No holder, no execution id: no forged values survive.
+        r.holder = None;
+        r.execution_id = None;
+        let a = job_annotations(&s, &r);
+        assert!(!a.contains_key(holder::HOLDER_PROCESS_ANNOTATION), "{a:?}");
+        assert!(!a.contains_key(holder::EXECUTION_ID_ANNOTATION), "{a:?}");
     }
 }

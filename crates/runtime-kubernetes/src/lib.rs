@@ -9,7 +9,9 @@
 
 mod client;
 pub mod diagnosis;
+mod discover;
 pub mod failure_details;
+pub mod holder;
 pub mod job_spec;
 mod logs;
 pub mod names;

@@ -2,6 +2,13 @@
 //! container once it has started, into the task's output sink (only when
 //! the orchestrator asked for live output). Kubernetes merges stdout and
 //! stderr, so everything is sent as stdout.
+//!
+//! A task followed again after a worker restart ([`LogFollower::resuming`])
+//! goes on from where its log stands: a Pod whose `task` container had
+//! already started when it was first seen is followed from its current end
+//! (`tailLines=0`), since the earlier worker sent what came before (and
+//! what was printed while no worker ran is lost to live output; the Pod's
+//! log keeps it); a Pod that starts later is followed from its beginning.
 
 use futures_util::AsyncReadExt;
 use k8s_openapi::api::core::v1::Pod;
@@ -19,6 +26,11 @@ pub struct LogFollower {
     pods: Api<Pod>,
     sink: OutputSink,
     started: BTreeSet<String>,
+    /// Pods seen at least once (for `resume`).
+    seen: BTreeSet<String>,
+    /// Following a task again: Pods already running at first sight are
+    /// followed from their log's end.
+    resume: bool,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -28,7 +40,17 @@ impl LogFollower {
             pods: Api::namespaced(client.clone(), namespace),
             sink,
             started: BTreeSet::new(),
+            seen: BTreeSet::new(),
+            resume: false,
             tasks: Vec::new(),
+        }
+    }
+
+    /// A follower for a task followed again after a worker restart.
+    pub fn resuming(client: &Client, namespace: &str, sink: OutputSink) -> LogFollower {
+        LogFollower {
+            resume: true,
+            ..LogFollower::new(client, namespace, sink)
         }
     }
 
@@ -53,15 +75,18 @@ impl LogFollower {
                     .as_ref()
                     .is_some_and(|s| s.running.is_some() || s.terminated.is_some())
             });
+        let first_sight = self.seen.insert(name.clone());
         if !started || !self.started.insert(name.clone()) {
             return;
         }
+        let from_the_end = self.resume && first_sight;
         let pods = self.pods.clone();
         let sink = self.sink.clone();
         self.tasks.push(tokio::spawn(async move {
             let params = LogParams {
                 container: Some(TASK_CONTAINER.into()),
                 follow: true,
+                tail_lines: from_the_end.then_some(0),
                 ..Default::default()
             };
             let mut stream = match pods.log_stream(&name, &params).await {

@@ -7,9 +7,14 @@
 //!   run ends once its Pods are gone;
 //! - at a worker restart every journalled execution's Job is found again by
 //!   its deterministic name and labels and followed to its end (#74/#84);
+//! - a worker whose journal was lost (its Pod replaced, the state dir an
+//!   emptyDir) finds the Jobs of dead instances of its worker id by their
+//!   labels and annotations ([`Runtime::discover`], `discover.rs`);
 //! - at shutdown running Jobs are left in place for the next start.
 
 use crate::client::{self, ConnectError};
+use crate::discover;
+use crate::holder::Holder;
 use crate::job_spec::{self, Sidecar, TaskJobRequest};
 use crate::logs::LogFollower;
 use crate::names;
@@ -27,7 +32,7 @@ use kube::{Api, Client};
 use oz_foundation::secret::Secret;
 use oz_protocol::FailureReason;
 use oz_runtime::{
-    Failure, Invocation, RunOutcome, Runtime, RuntimeContext, TaskContext, TaskRef,
+    Adoptable, Failure, Invocation, RunOutcome, Runtime, RuntimeContext, TaskContext, TaskRef,
     DEFAULT_TASK_IMAGE,
 };
 use std::time::Duration;
@@ -54,6 +59,8 @@ pub struct KubernetesRuntime {
     /// The operator's `-e` entries; they win over the task's.
     operator_env: Vec<(String, Secret)>,
     server_version: String,
+    /// This process, as written on the Jobs it creates.
+    holder: Holder,
 }
 
 impl KubernetesRuntime {
@@ -71,6 +78,7 @@ impl KubernetesRuntime {
             worker_id: ctx.worker_id,
             operator_env,
             server_version,
+            holder: Holder::current(),
         })
     }
 
@@ -125,6 +133,7 @@ impl KubernetesRuntime {
             sidecars,
             cpus: inv.limits.cpus,
             memory_bytes: inv.limits.memory_bytes,
+            holder: Some(self.holder.clone()),
         })
     }
 
@@ -243,11 +252,17 @@ impl KubernetesRuntime {
         self.wait_pods_gone(selector, force).await;
     }
 
-    /// Follows an execution's Job to its end.
-    async fn follow(&self, task: &TaskRef, ctx: TaskContext) -> RunOutcome {
+    /// Follows an execution's Job to its end; `again` when an earlier
+    /// instance of the worker started it (its output is followed from where
+    /// it stands).
+    async fn follow(&self, task: &TaskRef, ctx: TaskContext, again: bool) -> RunOutcome {
         let name = names::job_name(&task.task_id, task.execution_id.as_deref());
         let selector = names::execution_selector(&task.task_id, task.execution_id.as_deref());
-        let mut logs = LogFollower::new(&self.client, &self.settings.namespace, ctx.output.clone());
+        let mut logs = if again {
+            LogFollower::resuming(&self.client, &self.settings.namespace, ctx.output.clone())
+        } else {
+            LogFollower::new(&self.client, &self.settings.namespace, ctx.output.clone())
+        };
         let ended = {
             let exec = watch::Execution {
                 client: &self.client,
@@ -350,7 +365,7 @@ impl KubernetesRuntime {
                 ),
             )),
             // Unreadable now (the API server restarting): the watches retry.
-            Ok(Some(_)) | Err(_) => self.follow(&task, ctx).await,
+            Ok(Some(_)) | Err(_) => self.follow(&task, ctx, true).await,
         }
     }
 }
@@ -381,7 +396,7 @@ impl Runtime for KubernetesRuntime {
             if let Err(f) = self.create_or_adopt(&job).await {
                 return RunOutcome::Failed(f);
             }
-            self.follow(&invocation.task, ctx).await
+            self.follow(&invocation.task, ctx, false).await
         })
     }
 
@@ -391,6 +406,15 @@ impl Runtime for KubernetesRuntime {
 
     fn reattach(&self, task: TaskRef, ctx: TaskContext) -> BoxFuture<'_, RunOutcome> {
         Box::pin(self.follow_again(task, ctx))
+    }
+
+    fn discover(&self) -> BoxFuture<'_, Vec<Adoptable>> {
+        Box::pin(discover::orphans(
+            &self.client,
+            &self.settings,
+            &self.worker_id,
+            &self.holder,
+        ))
     }
 
     /// Jobs outlive the worker: nothing to stop or remove here. Executions

@@ -54,6 +54,18 @@ impl std::fmt::Display for TaskRef {
     }
 }
 
+/// An execution a runtime still holds for this worker id (running, or
+/// ended without the core having seen it end) that the core may not know
+/// of: its journal went with a lost state directory. Found at start-up by
+/// [`Runtime::discover`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Adoptable {
+    pub task: TaskRef,
+    /// Where and how it was found, for logs (e.g. "Job oz-task-… (running;
+    /// its worker process is gone)").
+    pub found: String,
+}
+
 /// What the core hands a runtime: the Go worker's `TaskParams`.
 #[derive(Debug, Clone)]
 pub struct Invocation {
@@ -232,6 +244,17 @@ pub trait Runtime: Send + Sync + 'static {
                 ),
             ))
         })
+    }
+
+    /// Executions this runtime still holds for this worker id whose
+    /// worker instance is gone, which the core may not know (its journal
+    /// was lost with the state directory): the core records each it does
+    /// not know in its journal and hands it to [`Runtime::reattach`].
+    /// Executions of live instances of the same worker id are not
+    /// included. Only for runtimes that [`Runtime::reattaches`]; others
+    /// find nothing. Failures are the runtime's to log.
+    fn discover(&self) -> BoxFuture<'_, Vec<Adoptable>> {
+        Box::pin(async { Vec::new() })
     }
 
     /// Runs one task to its end. Whatever the outcome, everything the run

@@ -14,6 +14,7 @@ pub mod journal;
 pub mod metrics;
 pub mod oom_score;
 pub mod proxy;
+pub mod runtime_recovery;
 pub mod session;
 pub mod tasks;
 pub mod tls;
@@ -142,6 +143,9 @@ pub async fn run_with_drain(
             manager.reattach(task);
         }
     }
+    // Then what the runtime still runs for dead instances of this worker
+    // id that the journal does not know (it was lost with the state dir).
+    runtime_recovery::recover_runtime_executions(&*runtime, &journal, &manager).await;
     let unfinished = if runtime.reattaches() {
         Vec::new()
     } else {

@@ -446,12 +446,13 @@ impl TaskManager {
             reported: Arc::new(AtomicBool::new(false)),
             detached: Arc::new(AtomicBool::new(false)),
         };
+        // Live output as for a fresh task: the forwarder waits for a
+        // connection, and stops at one that takes no output.
+        let (output, reader) = OutputSink::channel();
         let ctx = TaskContext {
             stop: r.stop.clone(),
             force: r.force.clone(),
-            // Live output is offered per connection; a followed-again task
-            // has none, and its output stays in the runtime's logs.
-            output: OutputSink::none(),
+            output: output.clone(),
         };
         let (cause, reported, detached) = (r.cause.clone(), r.reported.clone(), r.detached.clone());
         {
@@ -472,7 +473,12 @@ impl TaskManager {
         );
         let run = async move {
             let started = std::time::Instant::now();
+            let forwarder = tokio::spawn(tracing::Instrument::in_current_span(
+                this.clone().forward_output(task.clone(), reader),
+            ));
             let outcome = this.runtime.reattach(task.clone(), ctx).await;
+            output.close();
+            this.wait_for_output(forwarder).await;
             if this.settled_elsewhere(&task, &reported, &detached) {
                 return;
             }
