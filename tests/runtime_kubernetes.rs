@@ -721,8 +721,10 @@ async fn leave_and_reattach(signal: i32, task: &str) {
     cluster.self_check();
 }
 
-/// #86: an execution's Job that already exists (its worker died and the
-/// journal went with its state dir) is adopted, not a failure.
+/// #86: an execution's Job that already exists (its worker hung, frozen
+/// here with SIGSTOP, and the execution was offered to a worker with an
+/// empty journal) is adopted, not a failure. (A dead worker's Jobs are
+/// taken over at the start instead: see the takeover tests at the end.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_existing_job_of_the_same_execution_is_adopted() {
     if !available() {
@@ -743,9 +745,9 @@ async fn an_existing_job_of_the_same_execution_is_adopted() {
     w.assign(&a).await;
     w.claimed("k8sadopt").await;
     let pod = cluster.task_running(&name).await;
-    w.process.signal(9);
-    w.process.wait_exit(WITHIN).await;
-    drop(first_state);
+    // SIGSTOP: alive, so the next worker does not take its Job over.
+    w.process.signal(19);
+    let mut frozen = w;
 
     // The orchestrator assigns the same execution again to a worker with
     // an empty journal.
@@ -775,6 +777,9 @@ async fn an_existing_job_of_the_same_execution_is_adopted() {
                 .all(|p| p["metadata"]["uid"] == pod["metadata"]["uid"]),
         "only the first Pod ever ran: {pods:?}"
     );
+    frozen.process.signal(9);
+    frozen.process.wait_exit(WITHIN).await;
+    drop(first_state);
     cluster.self_check();
 }
 
@@ -961,5 +966,245 @@ async fn preflight_refuses_a_role_without_job_create_and_passes_with_the_charts_
         .await;
     let f = w.failed("k8srole").await;
     assert_eq!(f.exit_code, Some(2), "{f:?}");
+    cluster.self_check();
+}
+
+// ---------------------------------------------------------------------------
+// Taking over without the journal (issue 19 item 4, the Go worker's
+// #74/#84): the worker Pod is replaced and its state dir, an emptyDir, goes
+// with the journal. The Jobs carry their exact ids and their holder process
+// as annotations; a new worker of the same id finds those of a dead holder
+// and follows them to their end.
+// ---------------------------------------------------------------------------
+
+/// The container id of the `task` container of a running Pod.
+fn task_container_id(pod: &Value) -> String {
+    pod["status"]["containerStatuses"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|s| s["name"] == "task")
+        .and_then(|s| s["containerID"].as_str())
+        .and_then(|id| id.strip_prefix("docker://"))
+        .unwrap_or_else(|| panic!("no task container id in {pod}"))
+        .to_string()
+}
+
+/// Ends the demo agent's `sleep` in a running Pod's task container, so the
+/// agent prints its last line and exits (with `OZ_DEMO_EXIT`).
+fn end_the_sleep(pod: &Value) {
+    let out = Command::new("docker")
+        .args(["exec", &task_container_id(pod), "sh", "-c", "kill $(pidof sleep)"])
+        .output()
+        .expect("docker exec runs");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The task Jobs of a worker id (by the Go worker's label), by name.
+fn task_jobs_of(cluster: &Cluster, worker_id: &str) -> Vec<String> {
+    let (code, v) = cluster.request(
+        "GET",
+        &format!(
+            "/apis/batch/v1/namespaces/default/jobs?labelSelector=oz-worker-hash%3D{}",
+            go_hash(worker_id)
+        ),
+        None,
+    );
+    assert_eq!(code, 200, "{v}");
+    v["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|j| j["metadata"]["name"].as_str().map(str::to_string))
+        .filter(|n| n.starts_with("oz-task-"))
+        .collect()
+}
+
+/// No further terminal report of a task whose id starts with `task`
+/// arrives on the connection.
+async fn no_second_report(w: &mut Worker, task: &str) {
+    while let Some(m) = w.conn.next_message(Duration::from_secs(3)).await {
+        assert!(
+            !m.task_id().starts_with(task)
+                || !matches!(
+                    m,
+                    WorkerMessage::TaskCompleted(_) | WorkerMessage::TaskFailed(_)
+                ),
+            "a second report of {task}: {m:?}"
+        );
+    }
+}
+
+/// The worker is SIGKILLed while its Job runs and its state dir is deleted;
+/// a new worker with the same id (a replaced Pod) takes the Job over from
+/// its annotations: one report with the right result, live output from
+/// where the log stood, no second Job or Pod, the Job cleaned up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_worker_without_its_journal_takes_over_its_running_job() {
+    if !available() {
+        return;
+    }
+    let cluster = Cluster::start(&[]);
+    let server = ScriptedServer::start().await;
+    let state = tempfile::tempdir().unwrap();
+    let config = cluster.config("c", "");
+    let id = unique_id("k8s-takeover");
+    let task = "k8stakeover";
+    // Sleeps until the test ends the sleep, then prints its last line.
+    let a = assignment(task, &[("OZ_DEMO_BEHAVIOUR", "sleep"), ("OZ_DEMO_SLEEP", "600")]);
+    let name = go_job_name(task, &exec_of(&a));
+
+    let mut w = worker(&server, &id, &config, state.path(), &[]).await;
+    w.assign(&a).await;
+    w.claimed(task).await;
+    let pod = cluster.task_running(&name).await;
+    let job = cluster.job(&name).unwrap();
+    assert_eq!(job["metadata"]["annotations"]["dev.oz.task-id"], task);
+    assert_eq!(
+        job["metadata"]["annotations"]["dev.oz.execution-id"],
+        exec_of(&a).as_str()
+    );
+    w.process.signal(9);
+    w.process.wait_exit(WITHIN).await;
+    // The replaced Pod's emptyDir: the journal is gone.
+    std::fs::remove_dir_all(state.path()).unwrap();
+
+    let mut w = worker(&server, &id, &config, state.path(), &[]).await;
+    w.process
+        .wait_for_log("following the task's log from its current end", WITHIN)
+        .await;
+    assert!(
+        w.process
+            .log_text()
+            .contains("taking over an execution a dead instance of this worker left"),
+        "{}",
+        w.process.log_text()
+    );
+    // Now the task ends.
+    end_the_sleep(&pod);
+
+    let (report, output) = w.report(task).await;
+    match &report {
+        WorkerMessage::TaskCompleted(c) => {
+            assert_eq!(c.execution_id.as_deref(), Some(exec_of(&a).as_str()))
+        }
+        other => panic!("expected task_completed, got {other:?}\n{}", w.process.log_text()),
+    }
+    assert!(output.contains("oz demo agent: done"), "live output after the takeover: {output:?}");
+    assert!(
+        !output.contains("started in"),
+        "what the dead worker had sent is not sent again: {output:?}"
+    );
+    no_second_report(&mut w, task).await;
+    let pods = cluster.pods(&name);
+    assert!(
+        pods.iter().all(|p| p["metadata"]["uid"] == pod["metadata"]["uid"]),
+        "no second Pod: {pods:?}"
+    );
+    // Cleanup deletes the succeeded Job (a few seconds after the report);
+    // no other Job was made for the worker id.
+    cluster
+        .until("the succeeded Job is deleted", |c| c.job(&name).is_none().then_some(()))
+        .await;
+    assert_eq!(task_jobs_of(&cluster, &id), Vec::<String>::new());
+    w.process.signal(15);
+    w.process.wait_exit(WITHIN).await;
+    cluster.self_check();
+}
+
+/// The same, with the Jobs finishing while no worker runs: a new worker
+/// without the journal reports each once with its result; the succeeded
+/// Job is deleted, the failed one kept for its TTL (the Go worker's rule).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_that_end_while_no_worker_runs_are_reported_by_a_worker_without_the_journal() {
+    if !available() {
+        return;
+    }
+    let cluster = Cluster::start(&[]);
+    let server = ScriptedServer::start().await;
+    let state = tempfile::tempdir().unwrap();
+    let config = cluster.config("c", "");
+    let id = unique_id("k8s-ended");
+    let sleep = [("OZ_DEMO_BEHAVIOUR", "sleep"), ("OZ_DEMO_SLEEP", "600")];
+    let ok = assignment("k8sendedok", &sleep);
+    let mut fail = assignment("k8sendedfail", &sleep);
+    fail.env_vars.insert("OZ_DEMO_EXIT".into(), "3".into());
+    let (ok_job, fail_job) = (
+        go_job_name("k8sendedok", &exec_of(&ok)),
+        go_job_name("k8sendedfail", &exec_of(&fail)),
+    );
+
+    let mut w = worker(&server, &id, &config, state.path(), &[]).await;
+    for a in [&ok, &fail] {
+        w.assign(a).await;
+        w.claimed(&a.task_id).await;
+    }
+    let ok_pod = cluster.task_running(&ok_job).await;
+    let fail_pod = cluster.task_running(&fail_job).await;
+    w.process.signal(9);
+    w.process.wait_exit(WITHIN).await;
+    std::fs::remove_dir_all(state.path()).unwrap();
+
+    // Both end while no worker runs.
+    for pod in [&ok_pod, &fail_pod] {
+        end_the_sleep(pod);
+    }
+    for (job, condition) in [(&ok_job, "Complete"), (&fail_job, "Failed")] {
+        cluster
+            .until(&format!("{job} is {condition}"), |c| {
+                c.job(job)?["status"]["conditions"]
+                    .as_array()?
+                    .iter()
+                    .any(|k| k["type"] == condition && k["status"] == "True")
+                    .then_some(())
+            })
+            .await;
+    }
+
+    let mut w = worker(&server, &id, &config, state.path(), &[]).await;
+    // Both reports, in whichever order they come.
+    let mut reports = std::collections::BTreeMap::new();
+    while reports.len() < 2 {
+        let Some(m) = w.conn.next_message(WITHIN).await else {
+            panic!("reports so far {reports:?}; log:\n{}", w.process.log_text());
+        };
+        if matches!(m, WorkerMessage::TaskCompleted(_) | WorkerMessage::TaskFailed(_)) {
+            let previous = reports.insert(m.task_id().to_string(), m);
+            assert!(previous.is_none(), "a second report: {previous:?}");
+        }
+    }
+    let report = &reports["k8sendedok"];
+    assert!(
+        matches!(report, WorkerMessage::TaskCompleted(c) if c.execution_id.as_deref() == Some(exec_of(&ok).as_str())),
+        "{report:?}\n{}",
+        w.process.log_text()
+    );
+    let WorkerMessage::TaskFailed(f) = &reports["k8sendedfail"] else {
+        panic!("expected task_failed: {reports:?}");
+    };
+    assert_eq!(f.exit_code, Some(3), "{f:?}");
+    assert_eq!(f.failure_reason, FailureReason::ContainerExit, "{f:?}");
+    assert_eq!(f.execution_id.as_deref(), Some(exec_of(&fail).as_str()));
+    no_second_report(&mut w, "k8sended").await;
+    for (job, pod) in [(&ok_job, &ok_pod), (&fail_job, &fail_pod)] {
+        assert!(
+            cluster
+                .pods(job)
+                .iter()
+                .all(|p| p["metadata"]["uid"] == pod["metadata"]["uid"]),
+            "no second Pod of {job}"
+        );
+    }
+    cluster
+        .until("the succeeded Job is deleted", |c| c.job(&ok_job).is_none().then_some(()))
+        .await;
+    assert_eq!(task_jobs_of(&cluster, &id), vec![fail_job.clone()], "the failed Job is kept");
+    w.process.signal(15);
+    w.process.wait_exit(WITHIN).await;
     cluster.self_check();
 }

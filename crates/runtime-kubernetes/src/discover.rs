@@ -17,6 +17,7 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::ListParams;
 use kube::{Api, Client};
+use oz_runtime::liveness;
 use oz_runtime::{Adoptable, TaskRef};
 use std::collections::BTreeMap;
 
@@ -101,15 +102,13 @@ pub async fn orphans(
             tracing::debug!(job = name, "not taking over: the Job names no holder");
             continue;
         };
-        let pod = if holder.host != me.host {
-            match &holder.pod {
-                Some(p) => Some(pod_state(client, p).await),
-                None => None,
-            }
-        } else {
-            None
+        // Read before judging (the judgement is synchronous); only a
+        // holder that ran in a Pod has one to read.
+        let pod = match &holder.pod {
+            Some(p) if holder.instance != me.instance => Some(pod_state(client, p).await),
+            _ => None,
         };
-        let liveness = holder::liveness(&holder, me, holder::local_process, |_| {
+        let liveness = holder::liveness(&holder, me, liveness::judge_here, |_| {
             pod.unwrap_or_else(|| PodState::Unreadable("not read".into()))
         });
         match liveness {
@@ -124,11 +123,10 @@ pub async fn orphans(
                 task_id = task.task_id,
                 "not taking over this worker id's Job: {why}"
             ),
-            Liveness::Dead => found.push(Adoptable {
+            Liveness::Dead(why) => found.push(Adoptable {
                 found: format!(
-                    "Job {name} ({}; its worker instance on {} is gone)",
-                    job_state(&job),
-                    holder.host
+                    "Job {name} ({}; the worker that created it is gone: {why})",
+                    job_state(&job)
                 ),
                 task,
             }),

@@ -521,11 +521,7 @@ pub fn job_annotations(settings: &Settings, request: &TaskJobRequest) -> BTreeMa
         Some(e) => a.insert(holder::EXECUTION_ID_ANNOTATION.into(), e.clone()),
         None => a.remove(holder::EXECUTION_ID_ANNOTATION),
     };
-    for key in [
-        holder::HOLDER_HOST_ANNOTATION,
-        holder::HOLDER_PROCESS_ANNOTATION,
-        holder::HOLDER_POD_ANNOTATION,
-    ] {
+    for key in holder::HOLDER_ANNOTATIONS {
         a.remove(key);
     }
     if let Some(h) = &request.holder {
@@ -820,16 +816,22 @@ mod tests {
     fn the_job_carries_the_exact_ids_and_its_holder_as_annotations() {
         let s = settings(serde_json::json!({"extra_annotations": {
             "team": "infra",
-            "oz-agent-worker/task-id": "forged",
-            "oz-agent-worker/holder-process": "forged"
+            "dev.oz.task-id": "forged",
+            "dev.oz.pid": "forged"
         }}));
         let mut r = request();
         // Ids that labels can only hold sanitised.
         r.task_id = "Run/1 ÄB".into();
         r.execution_id = Some("Exec:0001/x".into());
         r.holder = Some(Holder {
-            host: "worker-7f9c".into(),
-            process: "boot/1/4242".into(),
+            instance: "i1".into(),
+            host: "machine/worker-7f9c".into(),
+            boot: "boot".into(),
+            pid: 1,
+            pid_start: "4242".into(),
+            beacon: "oz-agent-worker/abc".into(),
+            net_namespace: "net:[1]".into(),
+            pid_namespace: "pid:[2]".into(),
             pod: Some("oz/worker-7f9c".into()),
         });
         let job = task_job(&s, &r);
@@ -850,7 +852,7 @@ mod tests {
         r.holder = None;
         r.execution_id = None;
         let a = job_annotations(&s, &r);
-        assert!(!a.contains_key(holder::HOLDER_PROCESS_ANNOTATION), "{a:?}");
+        assert!(!a.contains_key(holder::PID_ANNOTATION), "{a:?}");
         assert!(!a.contains_key(holder::EXECUTION_ID_ANNOTATION), "{a:?}");
     }
 }

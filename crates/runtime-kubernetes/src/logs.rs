@@ -90,7 +90,14 @@ impl LogFollower {
                 ..Default::default()
             };
             let mut stream = match pods.log_stream(&name, &params).await {
-                Ok(s) => s,
+                Ok(s) => {
+                    tracing::debug!(
+                        pod = name,
+                        "following the task's log{}",
+                        if from_the_end { " from its current end" } else { "" }
+                    );
+                    s
+                }
                 Err(e) => {
                     tracing::warn!(pod = name, "cannot follow the task's log: {e}");
                     return;
