@@ -994,7 +994,13 @@ fn task_container_id(pod: &Value) -> String {
 /// agent prints its last line and exits (with `OZ_DEMO_EXIT`).
 fn end_the_sleep(pod: &Value) {
     let out = Command::new("docker")
-        .args(["exec", &task_container_id(pod), "sh", "-c", "kill $(pidof sleep)"])
+        .args([
+            "exec",
+            &task_container_id(pod),
+            "sh",
+            "-c",
+            "kill $(pidof sleep)",
+        ])
         .output()
         .expect("docker exec runs");
     assert!(
@@ -1056,7 +1062,10 @@ async fn a_replaced_worker_without_its_journal_takes_over_its_running_job() {
     let id = unique_id("k8s-takeover");
     let task = "k8stakeover";
     // Sleeps until the test ends the sleep, then prints its last line.
-    let a = assignment(task, &[("OZ_DEMO_BEHAVIOUR", "sleep"), ("OZ_DEMO_SLEEP", "600")]);
+    let a = assignment(
+        task,
+        &[("OZ_DEMO_BEHAVIOUR", "sleep"), ("OZ_DEMO_SLEEP", "600")],
+    );
     let name = go_job_name(task, &exec_of(&a));
 
     let mut w = worker(&server, &id, &config, state.path(), &[]).await;
@@ -1093,9 +1102,15 @@ async fn a_replaced_worker_without_its_journal_takes_over_its_running_job() {
         WorkerMessage::TaskCompleted(c) => {
             assert_eq!(c.execution_id.as_deref(), Some(exec_of(&a).as_str()))
         }
-        other => panic!("expected task_completed, got {other:?}\n{}", w.process.log_text()),
+        other => panic!(
+            "expected task_completed, got {other:?}\n{}",
+            w.process.log_text()
+        ),
     }
-    assert!(output.contains("oz demo agent: done"), "live output after the takeover: {output:?}");
+    assert!(
+        output.contains("oz demo agent: done"),
+        "live output after the takeover: {output:?}"
+    );
     assert!(
         !output.contains("started in"),
         "what the dead worker had sent is not sent again: {output:?}"
@@ -1103,13 +1118,16 @@ async fn a_replaced_worker_without_its_journal_takes_over_its_running_job() {
     no_second_report(&mut w, task).await;
     let pods = cluster.pods(&name);
     assert!(
-        pods.iter().all(|p| p["metadata"]["uid"] == pod["metadata"]["uid"]),
+        pods.iter()
+            .all(|p| p["metadata"]["uid"] == pod["metadata"]["uid"]),
         "no second Pod: {pods:?}"
     );
     // Cleanup deletes the succeeded Job (a few seconds after the report);
     // no other Job was made for the worker id.
     cluster
-        .until("the succeeded Job is deleted", |c| c.job(&name).is_none().then_some(()))
+        .until("the succeeded Job is deleted", |c| {
+            c.job(&name).is_none().then_some(())
+        })
         .await;
     assert_eq!(task_jobs_of(&cluster, &id), Vec::<String>::new());
     w.process.signal(15);
@@ -1173,7 +1191,10 @@ async fn jobs_that_end_while_no_worker_runs_are_reported_by_a_worker_without_the
         let Some(m) = w.conn.next_message(WITHIN).await else {
             panic!("reports so far {reports:?}; log:\n{}", w.process.log_text());
         };
-        if matches!(m, WorkerMessage::TaskCompleted(_) | WorkerMessage::TaskFailed(_)) {
+        if matches!(
+            m,
+            WorkerMessage::TaskCompleted(_) | WorkerMessage::TaskFailed(_)
+        ) {
             let previous = reports.insert(m.task_id().to_string(), m);
             assert!(previous.is_none(), "a second report: {previous:?}");
         }
@@ -1201,9 +1222,15 @@ async fn jobs_that_end_while_no_worker_runs_are_reported_by_a_worker_without_the
         );
     }
     cluster
-        .until("the succeeded Job is deleted", |c| c.job(&ok_job).is_none().then_some(()))
+        .until("the succeeded Job is deleted", |c| {
+            c.job(&ok_job).is_none().then_some(())
+        })
         .await;
-    assert_eq!(task_jobs_of(&cluster, &id), vec![fail_job.clone()], "the failed Job is kept");
+    assert_eq!(
+        task_jobs_of(&cluster, &id),
+        vec![fail_job.clone()],
+        "the failed Job is kept"
+    );
     w.process.signal(15);
     w.process.wait_exit(WITHIN).await;
     cluster.self_check();

@@ -115,8 +115,14 @@ impl Holder {
             (PID_ANNOTATION.to_string(), self.pid.to_string()),
             (PID_START_ANNOTATION.to_string(), self.pid_start.clone()),
             (BEACON_ANNOTATION.to_string(), self.beacon.clone()),
-            (NET_NAMESPACE_ANNOTATION.to_string(), self.net_namespace.clone()),
-            (PID_NAMESPACE_ANNOTATION.to_string(), self.pid_namespace.clone()),
+            (
+                NET_NAMESPACE_ANNOTATION.to_string(),
+                self.net_namespace.clone(),
+            ),
+            (
+                PID_NAMESPACE_ANNOTATION.to_string(),
+                self.pid_namespace.clone(),
+            ),
         ]);
         if let Some(pod) = &self.pod {
             a.insert(POD_ANNOTATION.to_string(), pod.clone());
@@ -266,7 +272,10 @@ mod tests {
         assert_eq!(liveness(&me(), &me(), never, no_pod), Liveness::Us);
         let h = other("m/node-a", None);
         let judged = |m: &OwnerMarks<'_>| {
-            assert_eq!((m.pid, m.pid_start, m.beacon), (Some(200), "7000", "oz-agent-worker/other"));
+            assert_eq!(
+                (m.pid, m.pid_start, m.beacon),
+                (Some(200), "7000", "oz-agent-worker/other")
+            );
             Verdict::Alive
         };
         assert_eq!(liveness(&h, &me(), judged, no_pod), Liveness::Alive);
@@ -329,9 +338,6 @@ mod tests {
         let current = Holder::current();
         assert_eq!(current.pid, std::process::id());
         assert!(!current.pid_start.is_empty(), "{current:?}");
-        assert_eq!(
-            liveness(&current, &current, never, no_pod),
-            Liveness::Us
-        );
+        assert_eq!(liveness(&current, &current, never, no_pod), Liveness::Us);
     }
 }

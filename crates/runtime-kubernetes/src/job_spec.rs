@@ -844,9 +844,22 @@ mod tests {
         // The Go worker's labels are unchanged beside them.
         let labels = job.metadata.labels.as_ref().unwrap();
         assert_eq!(labels[names::TASK_ID_LABEL], "run-1--b");
-        assert_eq!(labels[names::TASK_HASH_LABEL], names::label_hash("Run/1 ÄB"));
+        assert_eq!(
+            labels[names::TASK_HASH_LABEL],
+            names::label_hash("Run/1 ÄB")
+        );
         // The Pod gets the operator's annotations only.
-        let pod_annotations = job.spec.as_ref().unwrap().template.metadata.as_ref().unwrap().annotations.as_ref().unwrap();
+        let pod_annotations = job
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .metadata
+            .as_ref()
+            .unwrap()
+            .annotations
+            .as_ref()
+            .unwrap();
         assert_eq!(pod_annotations, &s.extra_annotations);
         // No holder, no execution id: no forged values survive.
         r.holder = None;

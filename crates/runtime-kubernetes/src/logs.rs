@@ -94,7 +94,11 @@ impl LogFollower {
                     tracing::debug!(
                         pod = name,
                         "following the task's log{}",
-                        if from_the_end { " from its current end" } else { "" }
+                        if from_the_end {
+                            " from its current end"
+                        } else {
+                            ""
+                        }
                     );
                     s
                 }
