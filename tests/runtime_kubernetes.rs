@@ -769,6 +769,11 @@ async fn an_existing_job_of_the_same_execution_is_adopted() {
         "{}",
         w.process.log_text()
     );
+    assert!(
+        !w.process.log_text().contains("taking over an execution"),
+        "the Job of a live worker is not taken over at the start:\n{}",
+        w.process.log_text()
+    );
     let pods = cluster.pods(&name);
     assert!(
         pods.is_empty()
