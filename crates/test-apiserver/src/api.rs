@@ -241,7 +241,7 @@ fn injected(code: u16) -> Response<Body> {
 }
 
 fn version() -> Value {
-    json!({"major": "1", "minor": "32", "gitVersion": "v1.32.0-oz-test", "gitCommit": "0000000000000000000000000000000000000000", "gitTreeState": "clean", "buildDate": "2026-01-01T00:00:00Z", "goVersion": "go1.23.4", "compiler": "gc", "platform": "linux/amd64"})
+    json!({"major": "1", "minor": "33", "gitVersion": "v1.33.0-oz-test", "gitCommit": "0000000000000000000000000000000000000000", "gitTreeState": "clean", "buildDate": "2026-01-01T00:00:00Z", "goVersion": "go1.24.2", "compiler": "gc", "platform": "linux/amd64"})
 }
 
 /// Just enough OpenAPI v3 for kubectl to learn that the server does
@@ -263,7 +263,7 @@ fn openapi_v3(kinds: &[(&str, &str, &str)]) -> Value {
         });
         paths.insert(path.to_string(), json!({"patch": op}));
     }
-    json!({"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": "v1.32.0"}, "paths": paths, "components": {"schemas": {}}})
+    json!({"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": "v1.33.0"}, "paths": paths, "components": {"schemas": {}}})
 }
 
 fn batch_group() -> Value {
