@@ -1162,6 +1162,10 @@ async fn image_volumes_without_server_support_stop_the_worker_at_start() {
         log.contains("use_image_volumes: true"),
         "names the key:\n{log}"
     );
+    assert!(
+        log.contains("is waiting") && log.contains("image volumes are not supported"),
+        "says why the preflight Pod cannot start:\n{log}"
+    );
     cluster.self_check();
 }
 
