@@ -1324,6 +1324,20 @@ async fn teardown_command_runs_as_the_pre_stop_hook_when_a_task_is_cancelled() {
     w.assign(&a).await;
     w.claimed("k8steardown").await;
     let pod = cluster.task_running(&name).await;
+    // use_image_volumes off (the default): the sidecar is copied by a root
+    // init container into an emptyDir, the Go worker's legacy mode.
+    assert_eq!(
+        pod["spec"]["initContainers"][0]["name"], "copy-sidecar-0",
+        "{pod}"
+    );
+    assert!(
+        pod["spec"]["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["name"] == "sidecar-0-data" && v["emptyDir"].is_object()),
+        "{pod}"
+    );
     let hook = &pod["spec"]["containers"][0]["lifecycle"]["preStop"]["exec"]["command"];
     assert_eq!(hook[0], "/bin/sh", "{pod}");
     // Nothing ran it yet: the agent is still sleeping.
