@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Refreshes api-specs/kubernetes/v1.32.0-strict/ from PyPI's kubernetes-validate.
+"""Refreshes api-specs/kubernetes/v1.33.0-strict/ from PyPI's kubernetes-validate.
 
 Usage: scripts/vendor-kubernetes-schemas.py [PYTHON]
 
@@ -16,7 +16,7 @@ import re
 import subprocess
 import sys
 
-VERSION = "v1.32.0-local-strict"
+VERSION = "v1.33.0-local-strict"
 # The kinds the deployment manifests, the kubernetes runtime and the test API
 # server send or receive (lists and discovery documents included, so the test
 # API server's own answers can be checked too).
@@ -57,7 +57,7 @@ def main() -> int:
         [python, "-c", "import importlib.metadata as m; print(m.version('kubernetes-validate'))"], text=True
     ).strip()
     src = os.path.join(pkg, "kubernetes-json-schema", VERSION)
-    dst = os.path.join(root, "api-specs", "kubernetes", "v1.32.0-strict")
+    dst = os.path.join(root, "api-specs", "kubernetes", "v1.33.0-strict")
     os.makedirs(dst, exist_ok=True)
     with open(os.path.join(src, "_definitions.json")) as f:
         definitions = json.load(f)

@@ -1,6 +1,6 @@
 //! The Kubernetes deployment (deploy/kubernetes/): the base and the example
 //! overlay rendered with the real `kubectl kustomize`, every rendered object
-//! validated against the vendored Kubernetes 1.32 strict schemas
+//! validated against the vendored Kubernetes 1.33 strict schemas
 //! (api-specs/kubernetes/), and the settings the issue and the Go chart fix
 //! asserted: the Role's exact verbs, the worker's security context, probes,
 //! resources and secret reference, the metrics component's wiring.
@@ -410,7 +410,7 @@ fn cross_check(objects: &[Value]) {
     }
     std::fs::write(&path, text).unwrap();
     let out = Command::new(&tool)
-        .args(["--strict", "-k", "1.32.0", "--quiet"])
+        .args(["--strict", "-k", "1.33.0", "--quiet"])
         .arg(&path)
         .output()
         .expect("run kubernetes-validate");

@@ -36,7 +36,13 @@ const WITHIN: Duration = Duration::from_secs(60);
 /// test run from local files (nothing pulled).
 fn sidecar_image() -> &'static str {
     static IMAGE: OnceLock<String> = OnceLock::new();
-    IMAGE.get_or_init(|| {
+    IMAGE.get_or_init(|| build_sidecar_image(None))
+}
+
+/// Builds the Kubernetes agent sidecar on the dockerd at `docker_host`
+/// (None: the default one).
+fn build_sidecar_image(docker_host: Option<&str>) -> String {
+    {
         let image = "oz-test/agent-sidecar-k8s:latest".to_string();
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("rootfs");
@@ -56,7 +62,11 @@ fn sidecar_image() -> &'static str {
             std::fs::create_dir_all(target.parent().unwrap()).unwrap();
             std::fs::copy(f, &target).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
         }
-        std::fs::write(dir.path().join("entrypoint.sh"), support::images::ENTRYPOINT).unwrap();
+        std::fs::write(
+            dir.path().join("entrypoint.sh"),
+            support::images::ENTRYPOINT,
+        )
+        .unwrap();
         std::fs::write(
             dir.path().join("Dockerfile"),
             format!(
@@ -65,19 +75,22 @@ fn sidecar_image() -> &'static str {
             ),
         )
         .unwrap();
-        let out = Command::new("docker")
+        let mut build = Command::new("docker");
+        build
             .args(["build", "-q", "-t", &image])
             .arg(dir.path())
-            .env("DOCKER_BUILDKIT", "0")
-            .output()
-            .expect("docker CLI runs");
+            .env("DOCKER_BUILDKIT", "0");
+        if let Some(host) = docker_host {
+            build.env("DOCKER_HOST", host);
+        }
+        let out = build.output().expect("docker CLI runs");
         assert!(
             out.status.success(),
             "building {image}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
         image
-    })
+    }
 }
 
 /// Fails under CI=true, otherwise says why the test is skipped.
@@ -398,7 +411,7 @@ async fn success_runs_the_agent_in_the_go_workers_job_and_cleanup_deletes_it() {
     let id = unique_id("k8s-ok");
     let mut w = worker(&server, &id, &cluster.config("c", ""), state.path(), &[]).await;
     assert!(
-        w.process.log_text().contains("kubernetes v1.32"),
+        w.process.log_text().contains("kubernetes v1.33"),
         "the worker names the server it runs on:\n{}",
         w.process.log_text()
     );
@@ -974,6 +987,7 @@ async fn preflight_refuses_a_role_without_job_create_and_passes_with_the_charts_
     cluster.self_check();
 }
 
+
 // ---------------------------------------------------------------------------
 // Taking over without the journal (issue 19 item 4, the Go worker's
 // #74/#84): the worker Pod is replaced and its state dir, an emptyDir, goes
@@ -1238,5 +1252,497 @@ async fn jobs_that_end_while_no_worker_runs_are_reported_by_a_worker_without_the
     );
     w.process.signal(15);
     w.process.wait_exit(WITHIN).await;
+    cluster.self_check();
+}
+
+// ---------------------------------------------------------------------------
+// Features proven end to end (issue 19 items 2, 3 and 6): image volumes,
+// unschedulable_timeout, active_deadline_seconds, teardown_command, API
+// retries, and a refused (422) Job. Contract cases that already had a test
+// above: claim and success (success_runs_…), exit code, OOM, image pull and
+// setup failures (failures_are_diagnosed_…), cancellation
+// (cancellation_deletes_…), shutdown and restart with reattach
+// (shutdown_leaves_…), the worker killed and restarted while its Job runs
+// (a_crash_leaves_…), adoption (#86), the API server restarted mid-watch
+// and a watch closed with 410 (api_server_restart_…), a Job deleted and a
+// Pod evicted behind the worker's back (a_job_deleted_…).
+// ---------------------------------------------------------------------------
+
+/// The test environment's Docker 28 (image mounts), as `unix://…`; None
+/// (skipped, or a failure under CI=true) when it is not set up.
+fn docker28() -> Option<String> {
+    match std::env::var("OZ_TEST_DOCKER28_HOST") {
+        Ok(h) if !h.is_empty() => Some(h),
+        _ if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("OZ_TEST_DOCKER28_HOST is not set under CI=true (scripts/test-env.sh up; . /var/lib/oz-worker-test/env)")
+        }
+        _ => {
+            eprintln!("skipped: OZ_TEST_DOCKER28_HOST is not set (. /var/lib/oz-worker-test/env)");
+            None
+        }
+    }
+}
+
+/// A `pod_template` whose `task` container mounts the host directory
+/// `dir` at /report (a hostPath volume of type Directory): the demo agent
+/// writes its report there, and a teardown command can write there too.
+fn report_template(dir: &Path) -> String {
+    format!(
+        "pod_template:\n  terminationGracePeriodSeconds: 3\n  volumes:\n  - name: report\n    hostPath: {{path: {}, type: Directory}}\n  containers:\n  - name: task\n    volumeMounts:\n    - {{name: report, mountPath: /report}}",
+        dir.display()
+    )
+}
+
+/// Reads a file the agent or a hook wrote under the report directory.
+fn report_file(dir: &Path, rel: &str) -> Option<String> {
+    std::fs::read_to_string(dir.join(rel)).ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_volumes_mount_the_sidecar_read_only_and_the_agent_runs_from_it() {
+    if !available() {
+        return;
+    }
+    let Some(host) = docker28() else { return };
+    // The ImageVolume feature gate on, and a kubelet whose dockerd mounts
+    // images (Docker 28: `--mount type=image`).
+    let cluster = Cluster::start(&[
+        "--feature-gates",
+        "ImageVolume=true",
+        "--docker-host",
+        &host,
+    ]);
+    let sidecar = build_sidecar_image(Some(&host));
+    let server = ScriptedServer::start().await;
+    let state = tempfile::tempdir().unwrap();
+    let report = tempfile::tempdir().unwrap();
+    let config = cluster.config(
+        "c",
+        &format!(
+            "use_image_volumes: true\n{}",
+            report_template(report.path())
+        ),
+    );
+    // The preflight in image-volume mode completes a Job that mounts
+    // preflight_image as an image volume, or the worker does not start.
+    let mut w = worker(
+        &server,
+        &unique_id("k8s-imgvol"),
+        &config,
+        state.path(),
+        &[],
+    )
+    .await;
+    let mut a = assignment("k8simgvol", &[]);
+    a.sidecar_image = Some(sidecar.clone());
+    let name = go_job_name("k8simgvol", &exec_of(&a));
+    w.assign(&a).await;
+    let job = cluster.until("the Job exists", |c| c.job(&name)).await;
+    let spec = &job["spec"]["template"]["spec"];
+    let volume = spec["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "sidecar-0-image")
+        .unwrap_or_else(|| panic!("no image volume: {spec}"))
+        .clone();
+    assert_eq!(volume["image"]["reference"], sidecar.as_str(), "{volume}");
+    assert!(
+        spec["initContainers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .all(|c| !c["name"].as_str().unwrap_or("").starts_with("copy-sidecar")),
+        "no copy init container in image-volume mode: {spec}"
+    );
+    let (report_msg, output) = w.report("k8simgvol").await;
+    assert!(
+        matches!(report_msg, WorkerMessage::TaskCompleted(_)),
+        "{report_msg:?}\n{}",
+        w.process.log_text()
+    );
+    // The agent ran from the image's files, mounted at /agent read-only.
+    assert!(
+        output.contains("oz demo agent: task k8simgvol started in /workspace"),
+        "{output:?}"
+    );
+    assert_eq!(
+        report_file(report.path(), "k8simgvol/agent_mount").as_deref(),
+        Some("readonly\n")
+    );
+    let mounts = report_file(report.path(), "k8simgvol/mounts").unwrap_or_default();
+    let agent = mounts
+        .lines()
+        .find(|l| l.split_whitespace().nth(1) == Some("/agent"))
+        .unwrap_or_else(|| panic!("/agent is not a mount of its own:\n{mounts}"));
+    assert!(
+        agent
+            .split_whitespace()
+            .nth(3)
+            .is_some_and(|o| o.split(',').any(|o| o == "ro")),
+        "{agent}"
+    );
+    cluster.self_check();
+}
+
+/// How the runtime decides between image volumes and copies: it does not
+/// guess. `use_image_volumes` (default false: copy init containers, the
+/// mode every other test here runs) is the operator's choice, and the
+/// start-up preflight proves it: on a server without the ImageVolume
+/// feature the worker refuses to start and says which key to turn off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_volumes_without_server_support_stop_the_worker_at_start() {
+    if !available() {
+        return;
+    }
+    let server = ScriptedServer::start().await;
+    // The gate off (1.33's default): the API server drops `image`, so the
+    // preflight Job's volume has no type and is refused (422).
+    {
+        let cluster = Cluster::start(&[]);
+        let state = tempfile::tempdir().unwrap();
+        let mut w = spawn_worker(
+            &server,
+            &unique_id("k8s-nogate"),
+            &cluster.config("c", "use_image_volumes: true"),
+            state.path(),
+            &[],
+        );
+        let status = w.wait_exit(WITHIN).await;
+        let log = w.log_text();
+        assert_eq!(status.code(), Some(1), "{log}");
+        assert!(log.contains("preflight"), "{log}");
+        assert!(
+            log.contains("use_image_volumes: true"),
+            "names the key:\n{log}"
+        );
+        assert!(
+            log.contains("must specify a volume type"),
+            "the server's reason:\n{log}"
+        );
+        cluster.self_check();
+    }
+    // The gate on, but a node whose runtime cannot mount images: the
+    // preflight Pod never starts its container.
+    let cluster = Cluster::start(&["--feature-gates", "ImageVolume=true"]);
+    let state = tempfile::tempdir().unwrap();
+    let mut w = spawn_worker(
+        &server,
+        &unique_id("k8s-noimgmount"),
+        &cluster.config("c", "use_image_volumes: true"),
+        state.path(),
+        &[],
+    );
+    let status = w.wait_exit(WITHIN).await;
+    let log = w.log_text();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(
+        log.contains("use_image_volumes: true"),
+        "names the key:\n{log}"
+    );
+    assert!(
+        log.contains("is waiting") && log.contains("image volumes are not supported"),
+        "says why the preflight Pod cannot start:\n{log}"
+    );
+    cluster.self_check();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_no_node_fits_fails_the_task_after_unschedulable_timeout() {
+    if !available() {
+        return;
+    }
+    let cluster = Cluster::start(&[]);
+    let server = ScriptedServer::start().await;
+    let state = tempfile::tempdir().unwrap();
+    // A nodeSelector no node matches: the scheduler leaves the Pod Pending
+    // with PodScheduled=False/Unschedulable and a FailedScheduling event.
+    let config = cluster.config(
+        "c",
+        "unschedulable_timeout: 3s\npod_template:\n  nodeSelector: {disktype: ssd}",
+    );
+    let mut w = worker(
+        &server,
+        &unique_id("k8s-unsched"),
+        &config,
+        state.path(),
+        &[],
+    )
+    .await;
+    let a = assignment("k8sunsched", &[]);
+    let name = go_job_name("k8sunsched", &exec_of(&a));
+    let started = std::time::Instant::now();
+    w.assign(&a).await;
+    let f = w.failed("k8sunsched").await;
+    assert_eq!(f.failure_reason, FailureReason::Unschedulable, "{f:?}");
+    // The wait counts from the Pod's creationTimestamp, which Kubernetes
+    // keeps to the second: up to a second of it can precede `started`.
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "reported before unschedulable_timeout ran out: {f:?}"
+    );
+    assert!(f.message.contains(&name), "names the Pod: {}", f.message);
+    assert!(
+        f.message
+            .contains("didn't match Pod's node affinity/selector"),
+        "carries the scheduler's reason: {}",
+        f.message
+    );
+    assert!(
+        f.message.contains("unschedulable_timeout is 3s"),
+        "{}",
+        f.message
+    );
+    assert_eq!(f.exit_code, None, "{f:?}");
+    let d = k8s_details(&f);
+    let pod = d.pod.as_ref().expect("pod details");
+    assert_eq!(pod.phase, "Pending", "{d:?}");
+    assert!(
+        pod.conditions.iter().any(|c| c.kind == "PodScheduled"
+            && c.status == "False"
+            && c.reason == "Unschedulable"),
+        "{d:?}"
+    );
+    assert!(
+        d.events
+            .iter()
+            .any(|e| e.reason == "FailedScheduling" && e.kind == "Warning"),
+        "{d:?}"
+    );
+    assert!(d.container.is_none(), "no container ran: {d:?}");
+    // The Pod never reached a node.
+    assert!(cluster.pods(&name)[0]["spec"]["nodeName"].is_null());
+    cluster.self_check();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn active_deadline_seconds_fails_the_task_with_deadline_exceeded() {
+    if !available() {
+        return;
+    }
+    let cluster = Cluster::start(&[]);
+    let server = ScriptedServer::start().await;
+    let state = tempfile::tempdir().unwrap();
+    let config = cluster.config(
+        "c",
+        "active_deadline_seconds: 3\npod_template:\n  terminationGracePeriodSeconds: 1",
+    );
+    let mut w = worker(
+        &server,
+        &unique_id("k8s-deadline"),
+        &config,
+        state.path(),
+        &[],
+    )
+    .await;
+    let a = assignment("k8sdeadline", &[("OZ_DEMO_BEHAVIOUR", "sleep")]);
+    let name = go_job_name("k8sdeadline", &exec_of(&a));
+    w.assign(&a).await;
+    let job = cluster.until("the Job exists", |c| c.job(&name)).await;
+    assert_eq!(job["spec"]["activeDeadlineSeconds"], 3, "{job}");
+    let f = w.failed("k8sdeadline").await;
+    assert_eq!(f.failure_reason, FailureReason::ActiveDeadline, "{f:?}");
+    assert!(f.message.contains("DeadlineExceeded"), "{}", f.message);
+    // The Job controller's verdict, as it wrote it.
+    let job = cluster.job(&name).expect("a failed Job is kept");
+    let failed = job["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Failed")
+        .cloned()
+        .unwrap_or_else(|| panic!("no Failed condition: {job}"));
+    assert_eq!(failed["reason"], "DeadlineExceeded", "{job}");
+    let d = k8s_details(&f);
+    assert!(
+        d.job
+            .as_ref()
+            .is_some_and(|j| j
+                .conditions
+                .iter()
+                .any(|c| matches!(c.kind.as_str(), "FailureTarget" | "Failed")
+                    && c.reason == "DeadlineExceeded")),
+        "the Job's verdict (FailureTarget comes first, Failed once the Pod is gone): {d:?}"
+    );
+    assert!(
+        d.events
+            .iter()
+            .any(|e| e.kind == "Warning" && e.reason == "DeadlineExceeded"),
+        "the Job controller's event: {d:?}"
+    );
+    cluster.self_check();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn teardown_command_runs_as_the_pre_stop_hook_when_a_task_is_cancelled() {
+    if !available() {
+        return;
+    }
+    let cluster = Cluster::start(&[]);
+    let server = ScriptedServer::start().await;
+    let state = tempfile::tempdir().unwrap();
+    let report = tempfile::tempdir().unwrap();
+    let config = cluster.config(
+        "c",
+        &format!(
+            "teardown_command: 'echo \"torn down $OZ_RUN_ID in $(pwd)\" > /report/teardown'\n{}",
+            report_template(report.path())
+        ),
+    );
+    let mut w = worker(
+        &server,
+        &unique_id("k8s-teardown"),
+        &config,
+        state.path(),
+        &[],
+    )
+    .await;
+    let a = assignment("k8steardown", &[("OZ_DEMO_BEHAVIOUR", "sleep")]);
+    let name = go_job_name("k8steardown", &exec_of(&a));
+    w.assign(&a).await;
+    w.claimed("k8steardown").await;
+    let pod = cluster.task_running(&name).await;
+    // use_image_volumes off (the default): the sidecar is copied by a root
+    // init container into an emptyDir, the Go worker's legacy mode.
+    assert_eq!(
+        pod["spec"]["initContainers"][0]["name"], "copy-sidecar-0",
+        "{pod}"
+    );
+    assert!(
+        pod["spec"]["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["name"] == "sidecar-0-data" && v["emptyDir"].is_object()),
+        "{pod}"
+    );
+    let hook = &pod["spec"]["containers"][0]["lifecycle"]["preStop"]["exec"]["command"];
+    assert_eq!(hook[0], "/bin/sh", "{pod}");
+    // Nothing ran it yet: the agent is still sleeping.
+    assert_eq!(report_file(report.path(), "teardown"), None);
+    w.conn
+        .send_text(&encode(&ServerMessage::TaskCancellation(
+            TaskCancellation {
+                task_id: "k8steardown".into(),
+            },
+        )))
+        .await;
+    match w.report("k8steardown").await.0 {
+        WorkerMessage::TaskCompleted(c) => assert_eq!(c.task_state.as_deref(), Some("CANCELLED")),
+        other => panic!("expected a CANCELLED task_completed, got {other:?}"),
+    }
+    // The hook ran in the task container, with its environment and working
+    // directory, before the container was stopped.
+    assert_eq!(
+        report_file(report.path(), "teardown").as_deref(),
+        Some("torn down k8steardown in /workspace\n"),
+        "the preStop hook did not run"
+    );
+    cluster.self_check();
+}
+
+/// Asks the server to fail the next `count` requests with `verb` on
+/// `resource` with `code`.
+fn fail_next(cluster: &Cluster, count: u32, code: u16, verb: &str, resource: &str) {
+    cluster.admin(&format!(
+        "fail-next?count={count}&code={code}&verb={verb}&resource={resource}"
+    ));
+}
+
+/// How many injected failures the server answered.
+fn failures_served(cluster: &Cluster) -> u64 {
+    let (code, v) = cluster.request("GET", "/admin/fail-next", None);
+    assert_eq!(code, 200, "{v}");
+    v["served"].as_u64().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttled_and_failing_api_requests_are_retried_and_the_task_succeeds() {
+    if !available() {
+        return;
+    }
+    let cluster = Cluster::start(&[]);
+    let server = ScriptedServer::start().await;
+    let state = tempfile::tempdir().unwrap();
+    let mut w = worker(
+        &server,
+        &unique_id("k8s-retry"),
+        &cluster.config("c", ""),
+        state.path(),
+        &[],
+    )
+    .await;
+    // 503 on the Job's create, 429 with Retry-After (API priority and
+    // fairness) on the Job's watch, 503 on the Pods' list and 500 on the
+    // Pods' watch: each is retried with backoff.
+    for (i, (count, code, verb, resource)) in [
+        (3, 503, "create", "jobs"),
+        (2, 429, "watch", "jobs"),
+        (2, 503, "list", "pods"),
+        (2, 500, "watch", "pods"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let task = format!("k8sretry{i}");
+        fail_next(&cluster, count, code, verb, resource);
+        w.assign(&assignment(&task, &[])).await;
+        match w.report(&task).await.0 {
+            WorkerMessage::TaskCompleted(_) => {}
+            other => panic!(
+                "{code} on {verb} {resource}: expected task_completed, got {other:?}\n{}",
+                w.process.log_text()
+            ),
+        }
+        assert_eq!(
+            failures_served(&cluster),
+            count as u64,
+            "every injected {code} on {verb} {resource} was answered"
+        );
+    }
+    cluster.self_check();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_the_api_server_refuses_as_invalid_fails_the_task_naming_the_field() {
+    if !available() {
+        return;
+    }
+    let cluster = Cluster::start(&[]);
+    let server = ScriptedServer::start().await;
+    let state = tempfile::tempdir().unwrap();
+    // The operator's template already mounts something at /agent, where
+    // the task's agent sidecar goes: the Job has two mounts at one path,
+    // which Kubernetes refuses (422 Invalid, "must be unique"); no retry
+    // can fix that, so the task fails at once, naming the field.
+    let config = cluster.config(
+        "c",
+        "pod_template:\n  volumes:\n  - {name: tools, emptyDir: {}}\n  containers:\n  - name: task\n    volumeMounts:\n    - {name: tools, mountPath: /agent}",
+    );
+    let mut w = worker(
+        &server,
+        &unique_id("k8s-invalid"),
+        &config,
+        state.path(),
+        &[],
+    )
+    .await;
+    let a = assignment("k8sinvalid", &[]);
+    let name = go_job_name("k8sinvalid", &exec_of(&a));
+    w.assign(&a).await;
+    let f = w.failed("k8sinvalid").await;
+    assert_eq!(f.failure_reason, FailureReason::JobCreate, "{f:?}");
+    assert!(f.message.contains(&name), "names the Job: {}", f.message);
+    assert!(
+        f.message.contains("volumeMounts[") && f.message.contains("mountPath"),
+        "names the field: {}",
+        f.message
+    );
+    assert!(
+        f.message.contains("\"/agent\"") && f.message.contains("must be unique"),
+        "names the value and the rule: {}",
+        f.message
+    );
+    assert!(cluster.job(&name).is_none(), "nothing was created");
     cluster.self_check();
 }

@@ -381,6 +381,26 @@ fn has_condition(job: &Job, kind: &str) -> Option<(Option<String>, Option<String
         .map(|c| (c.reason.clone(), c.message.clone()))
 }
 
+/// The Job controller's deadline verdict: a `FailureTarget` or `Failed`
+/// condition with reason DeadlineExceeded (set when the Job ran past
+/// `activeDeadlineSeconds`, pkg/controller/job), as a sentence naming the
+/// Job; None otherwise.
+pub fn deadline_exceeded(job: &Job) -> Option<String> {
+    let (_, message) = has_condition(job, "FailureTarget")
+        .filter(|(r, _)| r.as_deref() == Some("DeadlineExceeded"))
+        .or_else(|| {
+            has_condition(job, "Failed").filter(|(r, _)| r.as_deref() == Some("DeadlineExceeded"))
+        })?;
+    Some(format!(
+        "kubernetes Job {} failed. Job reason: DeadlineExceeded{}",
+        job.metadata.name.as_deref().unwrap_or("?"),
+        message
+            .filter(|m| !m.is_empty())
+            .map(|m| format!(". Job message: {m}"))
+            .unwrap_or_default()
+    ))
+}
+
 /// The Job's state from its conditions.
 pub fn job_state(job: &Job, namespace: &str) -> JobState {
     if has_condition(job, "Complete").is_some() {
@@ -583,5 +603,27 @@ mod tests {
             JobState::Failed { reason, .. } => assert_eq!(reason, Reason::JobFailed),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn the_deadline_verdict_is_read_from_failure_target_or_failed() {
+        let job = |conditions: serde_json::Value| -> Job {
+            serde_json::from_value(serde_json::json!({"metadata": {"name": "j"}, "status": {"conditions": conditions}})).unwrap()
+        };
+        let target = job(
+            serde_json::json!([{"type": "FailureTarget", "status": "True", "reason": "DeadlineExceeded", "message": "Job was active longer than specified deadline"}]),
+        );
+        assert_eq!(
+            deadline_exceeded(&target).as_deref(),
+            Some("kubernetes Job j failed. Job reason: DeadlineExceeded. Job message: Job was active longer than specified deadline")
+        );
+        let failed = job(
+            serde_json::json!([{"type": "Failed", "status": "True", "reason": "DeadlineExceeded"}]),
+        );
+        assert!(deadline_exceeded(&failed).is_some());
+        let backoff = job(
+            serde_json::json!([{"type": "FailureTarget", "status": "True", "reason": "BackoffLimitExceeded"}]),
+        );
+        assert_eq!(deadline_exceeded(&backoff), None);
     }
 }

@@ -312,8 +312,8 @@ async fn diagnose(
         Vec::new()
     };
     let Diagnosis {
-        reason,
-        message,
+        mut reason,
+        mut message,
         exit_code,
         container,
     } = diagnosis::diagnose_pod(
@@ -323,6 +323,35 @@ async fn diagnose(
         Timestamp::now(),
         exec.settings.unschedulable_timeout,
     )?;
+    // A Pod the Job controller is deleting because the Job ran past
+    // activeDeadlineSeconds has its containers killed (137 after the grace
+    // period): the cause is the deadline, which the Job's FailureTarget
+    // (then Failed) condition states with reason DeadlineExceeded
+    // (pkg/controller/job/job_controller.go; the condition is written in
+    // the same sync that deletes the Pods). The Pod's update can arrive
+    // before the Job's, so a Pod being deleted makes the Job be read again.
+    let fresh;
+    let job = if pod.metadata.deletion_timestamp.is_some()
+        && job.is_none_or(|j| diagnosis::deadline_exceeded(j).is_none())
+    {
+        fresh = Api::<Job>::namespaced(exec.client.clone(), &exec.settings.namespace)
+            .get_opt(exec.job_name)
+            .await
+            .ok()
+            .flatten();
+        fresh.as_ref().or(job)
+    } else {
+        job
+    };
+    if let Some(verdict) = job.and_then(diagnosis::deadline_exceeded) {
+        reason = Reason::ActiveDeadline;
+        message = format!(
+            "{verdict}; its Pod was stopped: {message} (active_deadline_seconds is {})",
+            exec.settings
+                .active_deadline_seconds
+                .map_or_else(|| "not set here".to_string(), |s| format!("{s}s"))
+        );
+    }
     let mut all_events = events;
     all_events.extend(events_of(exec, job.and_then(|j| j.metadata.uid.as_deref())).await);
     let details = failure_details::build(

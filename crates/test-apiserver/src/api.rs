@@ -85,11 +85,25 @@ fn truthy(q: &HashMap<String, String>, k: &str) -> bool {
     q.get(k).is_some_and(|v| v == "1" || v == "true")
 }
 
+/// Failures to inject (`POST /admin/fail-next?count=N&code=C[&verb=V]
+/// [&resource=R]`): the next N requests (only those with the Kubernetes verb
+/// V, e.g. `create`, `get`, `list`, `watch`, and on resource R, e.g. `jobs`,
+/// when given) are answered with C; `GET /admin/fail-next` says how many
+/// are left and how many were served.
+#[derive(Debug, Default)]
+pub struct FailNext {
+    pub count: u32,
+    pub code: u16,
+    pub verb: Option<String>,
+    pub resource: Option<String>,
+    pub served: u32,
+}
+
 /// What a handler needs besides the request.
 #[derive(Clone)]
 pub struct Ctx {
-    /// (requests left to fail, status code), set by `/admin/fail-next`.
-    pub fail_next: Arc<std::sync::Mutex<(u32, u16)>>,
+    /// The failures `/admin/fail-next` asked for.
+    pub fail_next: Arc<std::sync::Mutex<FailNext>>,
     pub policy: Option<Arc<crate::rbac::Policy>>,
     pub shared: Arc<Shared>,
     pub docker: Docker,
@@ -113,7 +127,7 @@ pub async fn handle(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, 
         return Ok(error(ApiError::unauthorized()));
     }
     if !path.starts_with("/admin/") {
-        if let Some(code) = take_injected_failure(&ctx) {
+        if let Some(code) = take_injected_failure(&ctx, None) {
             return Ok(injected(code));
         }
     }
@@ -172,13 +186,29 @@ pub async fn handle(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, 
     Ok(resp)
 }
 
-fn take_injected_failure(ctx: &Ctx) -> Option<u16> {
+/// The injected failure for this request, if one is due: any request when
+/// the failure names no verb or resource (`request` None), else only a
+/// resource request (`request` = (verb, resource)) that matches.
+fn take_injected_failure(ctx: &Ctx, request: Option<(&str, &str)>) -> Option<u16> {
     let mut f = ctx.fail_next.lock().unwrap();
-    if f.0 == 0 {
+    if f.count == 0 {
         return None;
     }
-    f.0 -= 1;
-    Some(f.1)
+    let filtered = f.verb.is_some() || f.resource.is_some();
+    let due = match request {
+        None => !filtered,
+        Some((verb, resource)) => {
+            filtered
+                && f.verb.as_deref().is_none_or(|v| v == verb)
+                && f.resource.as_deref().is_none_or(|r| r == resource)
+        }
+    };
+    if !due {
+        return None;
+    }
+    f.count -= 1;
+    f.served += 1;
+    Some(f.code)
 }
 
 /// The answers an overloaded or failing API server gives: 429 from API
@@ -211,7 +241,7 @@ fn injected(code: u16) -> Response<Body> {
 }
 
 fn version() -> Value {
-    json!({"major": "1", "minor": "32", "gitVersion": "v1.32.0-oz-test", "gitCommit": "0000000000000000000000000000000000000000", "gitTreeState": "clean", "buildDate": "2026-01-01T00:00:00Z", "goVersion": "go1.23.4", "compiler": "gc", "platform": "linux/amd64"})
+    json!({"major": "1", "minor": "33", "gitVersion": "v1.33.0-oz-test", "gitCommit": "0000000000000000000000000000000000000000", "gitTreeState": "clean", "buildDate": "2026-01-01T00:00:00Z", "goVersion": "go1.24.2", "compiler": "gc", "platform": "linux/amd64"})
 }
 
 /// Just enough OpenAPI v3 for kubectl to learn that the server does
@@ -233,7 +263,7 @@ fn openapi_v3(kinds: &[(&str, &str, &str)]) -> Value {
         });
         paths.insert(path.to_string(), json!({"patch": op}));
     }
-    json!({"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": "v1.32.0"}, "paths": paths, "components": {"schemas": {}}})
+    json!({"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": "v1.33.0"}, "paths": paths, "components": {"schemas": {}}})
 }
 
 fn batch_group() -> Value {
@@ -257,6 +287,13 @@ fn batch_resources() -> Value {
 }
 
 fn admin(ctx: &Ctx, method: &Method, rest: &[&str], q: &HashMap<String, String>) -> Response<Body> {
+    if method == Method::GET && rest == ["fail-next"] {
+        let f = ctx.fail_next.lock().unwrap();
+        return json_response(
+            200,
+            &json!({"failing": f.count, "code": f.code, "served": f.served}),
+        );
+    }
     if method == Method::GET && rest == ["self-check"] {
         let v = ctx.shared.read(|s| s.self_check().to_vec());
         return json_response(200, &json!({"violations": v}));
@@ -275,7 +312,13 @@ fn admin(ctx: &Ctx, method: &Method, rest: &[&str], q: &HashMap<String, String>)
             if !matches!(code, 429 | 500 | 503) {
                 return error(ApiError::bad_request("code must be 429, 500 or 503"));
             }
-            *ctx.fail_next.lock().unwrap() = (count, code);
+            *ctx.fail_next.lock().unwrap() = FailNext {
+                count,
+                code,
+                verb: q.get("verb").cloned(),
+                resource: q.get("resource").cloned(),
+                served: 0,
+            };
             json_response(200, &json!({"failing": count, "code": code}))
         }
         ["close-watches"] => {
@@ -315,25 +358,28 @@ async fn resource_route(
         return error(ApiError::path_not_found());
     };
     let method = req.method().clone();
+    let verb = match (&method, name) {
+        (&Method::GET, None) if truthy(&q, "watch") => "watch",
+        (&Method::GET, None) => "list",
+        (&Method::POST, None) => "create",
+        (&Method::DELETE, None) => "deletecollection",
+        (&Method::GET, Some(_)) => "get",
+        (&Method::PUT, Some(_)) => "update",
+        (&Method::PATCH, Some(_)) => "patch",
+        (&Method::DELETE, Some(_)) => "delete",
+        _ => "unknown",
+    };
+    let full = match sub {
+        Some(s) => format!("{plural}/{s}"),
+        None => plural.to_string(),
+    };
     if let Some(policy) = &ctx.policy {
-        let verb = match (&method, name) {
-            (&Method::GET, None) if truthy(&q, "watch") => "watch",
-            (&Method::GET, None) => "list",
-            (&Method::POST, None) => "create",
-            (&Method::DELETE, None) => "deletecollection",
-            (&Method::GET, Some(_)) => "get",
-            (&Method::PUT, Some(_)) => "update",
-            (&Method::PATCH, Some(_)) => "patch",
-            (&Method::DELETE, Some(_)) => "delete",
-            _ => "unknown",
-        };
-        let full = match sub {
-            Some(s) => format!("{plural}/{s}"),
-            None => plural.to_string(),
-        };
         if let Err(e) = policy.authorize(verb, group, &full, ns, name.unwrap_or("")) {
             return error(e);
         }
+    }
+    if let Some(code) = take_injected_failure(ctx, Some((verb, &full))) {
+        return injected(code);
     }
     match (name, sub, ns) {
         (None, None, _) => match method {

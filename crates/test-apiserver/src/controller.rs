@@ -3,7 +3,7 @@
 //! every change and every tick reconciles every Job from the store's state,
 //! so a restarted server picks up where it stopped.
 //!
-//! Rules kept (Kubernetes 1.32, batch/v1): one Pod per Job (parallelism and
+//! Rules kept (Kubernetes 1.33, batch/v1): one Pod per Job (parallelism and
 //! completions 1) from the template, with the labels and ownerReference the
 //! controller sets and the `batch.kubernetes.io/job-tracking` finalizer;
 //! failed Pods beyond `backoffLimit` → `FailureTarget` then `Failed`

@@ -31,12 +31,35 @@ pub struct ContainerSpec {
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
     pub workdir: Option<String>,
-    /// (docker volume, container path, read-only)
-    pub mounts: Vec<(String, String, bool)>,
+    pub mounts: Vec<Mount>,
     pub memory_bytes: Option<u64>,
     pub nano_cpus: Option<u64>,
     pub user: Option<String>,
 }
+
+/// Where a mount's content comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MountSource {
+    /// A Docker volume (an emptyDir).
+    Volume(String),
+    /// An image's file system (an image volume), read-only: Docker's
+    /// `type=image` mount (Docker Engine 28.0, API 1.48).
+    Image(String),
+    /// A directory of the host (a hostPath volume).
+    Bind(String),
+}
+
+/// One mount of a container.
+#[derive(Debug, Clone)]
+pub struct Mount {
+    pub source: MountSource,
+    pub target: String,
+    pub read_only: bool,
+}
+
+/// The first Engine API version with `type=image` mounts (Docker 28.0's
+/// release notes: "Add support for mounting an image inside a container").
+pub const IMAGE_MOUNT_API: (u32, u32) = (1, 48);
 
 /// What `docker inspect` says of a container's state.
 #[derive(Debug, Clone)]
@@ -71,6 +94,20 @@ impl Docker {
         } else {
             Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
         }
+    }
+
+    /// Whether the daemon mounts images (`type=image`): its API version is
+    /// at least [`IMAGE_MOUNT_API`].
+    pub async fn mounts_images(&self) -> bool {
+        let Ok(v) = self
+            .run(&["version", "--format", "{{.Server.APIVersion}}"])
+            .await
+        else {
+            return false;
+        };
+        let mut parts = v.trim().split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+        let version = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+        version >= IMAGE_MOUNT_API
     }
 
     /// The image's ID when the daemon has it.
@@ -126,11 +163,17 @@ impl Docker {
             args.push("--user".into());
             args.push(u.clone());
         }
-        for (vol, path, ro) in &spec.mounts {
+        for m in &spec.mounts {
+            let (kind, source) = match &m.source {
+                MountSource::Volume(v) => ("volume", v),
+                MountSource::Image(i) => ("image", i),
+                MountSource::Bind(b) => ("bind", b),
+            };
             args.push("--mount".into());
             args.push(format!(
-                "type=volume,source={vol},target={path}{}",
-                if *ro { ",readonly" } else { "" }
+                "type={kind},source={source},target={}{}",
+                m.target,
+                if m.read_only { ",readonly" } else { "" }
             ));
         }
         if let Some(m) = spec.memory_bytes {

@@ -7,11 +7,16 @@
 //! exec hooks and stops containers with the grace period (SIGTERM, then
 //! SIGKILL); eviction (admin hook) fails the Pod with reason Evicted.
 //!
+//! Volumes: emptyDir (a Docker volume), hostPath (a bind mount, with the
+//! type checks) and, with the ImageVolume gate on, image volumes as
+//! Docker's read-only `type=image` mounts when the dockerd has them
+//! (Docker 28 or later; an older one gives the Pod's containers
+//! CreateContainerConfigError and a Failed event).
+//!
 //! Not done here (see the README): probes, restarts (restartPolicy Always/
 //! OnFailure restart nothing), Secrets/ConfigMaps (there are none to read,
 //! so a reference is the kubelet's CreateContainerConfigError or
-//! FailedMount), image volumes (the test dockerd has no image mounts; with
-//! the ImageVolume gate on, a Pod using one gets a Failed event).
+//! FailedMount).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -20,7 +25,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{Container, Pod};
 use serde_json::{json, Value};
 
-use crate::docker::{ContainerSpec, Docker};
+use crate::docker::{ContainerSpec, Docker, Mount, MountSource};
 use crate::meta::{self, Resource};
 use crate::recorder::{self, Source};
 use crate::store::Shared;
@@ -191,6 +196,54 @@ impl PodWorker {
         );
     }
 
+    /// A hostPath volume's directory or file, checked or made per its
+    /// `type` as the kubelet's hostPath plugin does
+    /// (https://kubernetes.io/docs/concepts/storage/volumes/#hostpath-volume-types;
+    /// pkg/volume/hostpath). The path is the dockerd's host's: for a
+    /// daemon in a container only what it shares with this machine (the
+    /// test daemons share /tmp) is the same file here.
+    fn host_path(
+        &self,
+        volume: &str,
+        host: &k8s_openapi::api::core::v1::HostPathVolumeSource,
+    ) -> Result<String, String> {
+        let path = std::path::Path::new(&host.path);
+        let failed = |why: String| {
+            format!("MountVolume.SetUp failed for volume {volume:?} : hostPath type check failed: {why}")
+        };
+        match host.type_.as_deref().unwrap_or("") {
+            "" => {}
+            "DirectoryOrCreate" => {
+                if !path.is_dir() {
+                    std::fs::create_dir_all(path)
+                        .map_err(|e| failed(format!("{} cannot be made: {e}", host.path)))?;
+                }
+            }
+            "Directory" if !path.is_dir() => {
+                return Err(failed(format!("{} is not a directory", host.path)))
+            }
+            "FileOrCreate" => {
+                if !path.is_file() {
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(path)
+                        .map_err(|e| failed(format!("{} cannot be made: {e}", host.path)))?;
+                }
+            }
+            "File" if !path.is_file() => {
+                return Err(failed(format!("{} is not a file", host.path)))
+            }
+            "Directory" | "File" => {}
+            other => {
+                return Err(format!(
+                    "MountVolume.SetUp failed for volume {volume:?} : hostPath type {other} is not supported by the test API server"
+                ))
+            }
+        }
+        Ok(host.path.clone())
+    }
+
     fn schedule(&self, pod: &Value) {
         let node = self.shared.config.node_name.clone();
         let qos = qos_class(&pod["spec"]);
@@ -319,7 +372,7 @@ impl PodWorker {
         };
         let spec = pod.spec.clone().unwrap_or_default();
         // Volumes: the pod's "sandbox".
-        let mut volumes: HashMap<String, String> = HashMap::new();
+        let mut volumes: HashMap<String, MountSource> = HashMap::new();
         for v in spec.volumes.iter().flatten() {
             if v.empty_dir.is_some() {
                 let name = format!("oz-k8s-{}-{}", self.uid, v.name);
@@ -332,24 +385,57 @@ impl PodWorker {
                     );
                     return std::future::pending().await;
                 }
-                volumes.insert(v.name.clone(), name);
-            } else if v.image.is_some() {
-                self.event(None, true, "Failed", &format!("Error: image volume {:?} is not supported by the test API server's kubelet (its dockerd has no image mounts); run this on a cluster with the ImageVolume feature", v.name));
-                let reason = "CreateContainerConfigError";
-                for c in spec
-                    .init_containers
-                    .iter()
-                    .flatten()
-                    .chain(spec.containers.iter())
-                {
-                    let init = spec
+                volumes.insert(v.name.clone(), MountSource::Volume(name));
+            } else if let Some(host) = &v.host_path {
+                match self.host_path(&v.name, host) {
+                    Ok(path) => volumes.insert(v.name.clone(), MountSource::Bind(path)),
+                    Err(message) => {
+                        self.event(None, true, "FailedMount", &message);
+                        return std::future::pending().await;
+                    }
+                };
+            } else if let Some(image) = &v.image {
+                if !self.docker.mounts_images().await {
+                    self.event(None, true, "Failed", &format!("Error: image volume {:?} is not supported by the test API server's kubelet (its dockerd is older than Engine API 1.48 and has no image mounts); run it with --docker-host on Docker 28 or later", v.name));
+                    let reason = "CreateContainerConfigError";
+                    for c in spec
                         .init_containers
                         .iter()
                         .flatten()
-                        .any(|i| i.name == c.name);
-                    self.set_status(init, &c.name, |s| s["state"] = json!({"waiting": {"reason": reason, "message": "image volumes are not supported by the test API server"}}));
+                        .chain(spec.containers.iter())
+                    {
+                        let init = spec
+                            .init_containers
+                            .iter()
+                            .flatten()
+                            .any(|i| i.name == c.name);
+                        self.set_status(init, &c.name, |s| s["state"] = json!({"waiting": {"reason": reason, "message": "image volumes are not supported by this dockerd"}}));
+                    }
+                    return std::future::pending().await;
                 }
-                return std::future::pending().await;
+                // The image is resolved as a container's image is, with
+                // the volume's pullPolicy (ImageVolumeSource: "Behaves in
+                // the same way as pod.spec.containers[*].image"); the pull
+                // is reported against the first container, which cannot
+                // start without it.
+                let reference = image.reference.clone().unwrap_or_default();
+                let first = spec
+                    .init_containers
+                    .iter()
+                    .flatten()
+                    .map(|c| (true, c))
+                    .chain(spec.containers.iter().map(|c| (false, c)))
+                    .next();
+                if let Some((init, c)) = first {
+                    let puller = Container {
+                        name: c.name.clone(),
+                        image: Some(reference.clone()),
+                        image_pull_policy: image.pull_policy.clone(),
+                        ..Default::default()
+                    };
+                    self.ensure_image(&puller, init).await;
+                }
+                volumes.insert(v.name.clone(), MountSource::Image(reference));
             } else {
                 // This server holds no ConfigMaps or Secrets, so a volume
                 // of one fails as the kubelet's does for a missing object.
@@ -600,7 +686,7 @@ impl PodWorker {
         pod: &Value,
         c: &Container,
         init: bool,
-        volumes: &HashMap<String, String>,
+        volumes: &HashMap<String, MountSource>,
     ) -> Option<i64> {
         let at = Some((init, c.name.as_str()));
         let existing = self.docker.find(&self.uid, &c.name).await;
@@ -734,7 +820,7 @@ impl PodWorker {
         &self,
         pod: &Value,
         c: &Container,
-        volumes: &HashMap<String, String>,
+        volumes: &HashMap<String, MountSource>,
     ) -> Result<ContainerSpec, String> {
         let mut env: Vec<(String, String)> = Vec::new();
         if c.env_from.as_ref().is_some_and(|e| !e.is_empty()) {
@@ -794,7 +880,14 @@ impl PodWorker {
             let vol = volumes
                 .get(&m.name)
                 .ok_or_else(|| format!("volume {:?} not found", m.name))?;
-            mounts.push((vol.clone(), m.mount_path.clone(), m.read_only == Some(true)));
+            // Image volumes are always read-only (ImageVolumeSource: "The
+            // volume will be mounted read-only (ro)").
+            let read_only = m.read_only == Some(true) || matches!(vol, MountSource::Image(_));
+            mounts.push(Mount {
+                source: vol.clone(),
+                target: m.mount_path.clone(),
+                read_only,
+            });
         }
         let limits = c
             .resources

@@ -86,7 +86,8 @@ fn instance_id(dir: &std::path::Path) -> std::io::Result<String> {
 
 /// Turns the ImageVolume feature gate on (`--feature-gates
 /// ImageVolume=true`): Pods may then carry image volumes, which the kubelet
-/// here reports as unsupported (its dockerd has no image mounts).
+/// mounts with Docker's `type=image` mounts when its dockerd has them
+/// (Docker 28 or later) and reports as unsupported otherwise.
 pub fn enable_image_volumes() {
     validation::IMAGE_VOLUME_GATE.store(true, std::sync::atomic::Ordering::Relaxed);
 }

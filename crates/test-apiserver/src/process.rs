@@ -139,22 +139,32 @@ impl Drop for ApiServerProcess {
             return;
         }
         let filter = format!("label={}={instance}", crate::docker::LABEL_INSTANCE);
-        if let Ok(out) = Command::new("docker")
-            .args(["ps", "-aq", "--filter", &filter])
-            .output()
-        {
+        // The daemon the server's kubelet used (`--docker-host`), else the
+        // environment's.
+        let host = self
+            .args
+            .iter()
+            .position(|a| a == "--docker-host")
+            .and_then(|i| self.args.get(i + 1))
+            .cloned();
+        let docker = || {
+            let mut c = Command::new("docker");
+            if let Some(h) = &host {
+                c.env("DOCKER_HOST", h);
+            }
+            c
+        };
+        if let Ok(out) = docker().args(["ps", "-aq", "--filter", &filter]).output() {
             for id in String::from_utf8_lossy(&out.stdout).lines() {
-                let _ = Command::new("docker").args(["rm", "-f", "-v", id]).output();
+                let _ = docker().args(["rm", "-f", "-v", id]).output();
             }
         }
-        if let Ok(out) = Command::new("docker")
+        if let Ok(out) = docker()
             .args(["volume", "ls", "-q", "--filter", &filter])
             .output()
         {
             for v in String::from_utf8_lossy(&out.stdout).lines() {
-                let _ = Command::new("docker")
-                    .args(["volume", "rm", "-f", v])
-                    .output();
+                let _ = docker().args(["volume", "rm", "-f", v]).output();
             }
         }
     }

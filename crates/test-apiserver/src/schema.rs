@@ -1,5 +1,5 @@
 //! Validates Kubernetes objects against the strict JSON schemas of Kubernetes
-//! 1.32 vendored under `api-specs/kubernetes/v1.32.0-strict/` (from PyPI's
+//! 1.33 vendored under `api-specs/kubernetes/v1.33.0-strict/` (from PyPI's
 //! `kubernetes-validate`, derived from Kubernetes' OpenAPI; see PROVENANCE.md
 //! there). "Strict" means an unknown field anywhere is an error, as
 //! `kubectl apply --validate=strict` and the API server's strict field
@@ -20,13 +20,13 @@ use jsonschema::{Retrieve, Uri, Validator};
 use serde_json::Value;
 
 /// The Kubernetes version of the vendored schemas.
-pub const KUBERNETES_VERSION: &str = "1.32.0";
+pub const KUBERNETES_VERSION: &str = "1.33.0";
 
 /// The `$id` every per-kind schema's `$ref`s point into.
 const DEFINITIONS_ID: &str = "https://kubernetes.io/api/_definitions.json";
 
 const DEFINITIONS: &str =
-    include_str!("../../../api-specs/kubernetes/v1.32.0-strict/_definitions.json");
+    include_str!("../../../api-specs/kubernetes/v1.33.0-strict/_definitions.json");
 
 macro_rules! vendored {
     ($api_version:literal, $kind:literal, $file:literal) => {
@@ -34,7 +34,7 @@ macro_rules! vendored {
             $api_version,
             $kind,
             include_str!(concat!(
-                "../../../api-specs/kubernetes/v1.32.0-strict/",
+                "../../../api-specs/kubernetes/v1.33.0-strict/",
                 $file
             )),
         )

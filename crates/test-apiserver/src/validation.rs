@@ -11,7 +11,7 @@ use crate::meta::{ApiError, Cause, Resource};
 use crate::schema::{SchemaError, Schemas};
 
 /// The ImageVolume feature gate (`--feature-gates ImageVolume=true`):
-/// off, as in Kubernetes 1.32 by default.
+/// off, as in Kubernetes 1.33 by default (beta, off by default; KEP-4639).
 pub static IMAGE_VOLUME_GATE: std::sync::atomic::AtomicBool =
     std::sync::atomic::AtomicBool::new(false);
 
@@ -287,9 +287,10 @@ pub fn check_pod_spec(spec: &Value, at: &str, causes: &mut Vec<Cause>) {
             causes.push(Cause::duplicate(field, &v["name"]));
         }
         volumes.push(name);
-        // With the ImageVolume feature gate off (alpha, off by default in
-        // 1.32) the API server drops `image` before validating, so the
-        // volume has no type left.
+        // With the ImageVolume feature gate off (beta in 1.33, still off by
+        // default) the API server drops `image` before validating
+        // (pkg/api/pod/util.go dropDisabledFields), so the volume has no
+        // type left.
         let gate_off = !IMAGE_VOLUME_GATE.load(std::sync::atomic::Ordering::Relaxed);
         let sources = v.as_object().map_or(0, |o| {
             o.keys()

@@ -53,7 +53,7 @@ fn kube_rs_watches_a_job_to_completion_across_a_server_restart_and_a_410_relist(
     rt.block_on(async {
         let client = client(&env).await;
         let version = client.apiserver_version().await.unwrap();
-        assert_eq!((version.major.as_str(), version.minor.as_str()), ("1", "32"));
+        assert_eq!((version.major.as_str(), version.minor.as_str()), ("1", "33"));
         let jobs: Api<Job> = Api::default_namespaced(client.clone());
         let pods: Api<Pod> = Api::default_namespaced(client.clone());
         let created = jobs.create(&PostParams::default(), &job("kube", json!({"oz-test": "kube"}), "echo one; sleep 8; echo two")).await.unwrap();
