@@ -168,7 +168,7 @@ pub struct ServerArgs {
 impl ServerArgs {
     pub(crate) fn client(&self) -> Result<Client, String> {
         let key = self.api_key.as_ref().map(|k| k.expose_str()).unwrap_or("");
-        Client::new(&self.server, key).map_err(|e| e.message)
+        Client::new(&self.server, key).map_err(|e| e.to_string())
     }
 }
 
@@ -321,7 +321,7 @@ pub enum SchedulesCommand {
     Delete { id: String },
 }
 
-fn parse_missed(s: &str) -> Result<MissedSlots, String> {
+fn parse_missed(s: &str) -> Result<MissedSlots, oz_runs_api::model::UnknownMissedSlots> {
     s.parse()
 }
 
@@ -629,8 +629,8 @@ async fn print_output_live(client: &Client, id: &str) -> Result<Run, String> {
     loop {
         let why = match client.follow_output(id, after).await {
             // The server answered: a 4xx will not get better.
-            Err(e) if e.status.is_some() => return Err(e.message),
-            Err(e) => e.message,
+            Err(e) if e.status().is_some() => return Err(e.to_string()),
+            Err(e) => e.to_string(),
             Ok(events) => {
                 failing_since = None;
                 let mut events = std::pin::pin!(events);
@@ -647,7 +647,7 @@ async fn print_output_live(client: &Client, id: &str) -> Result<Run, String> {
                         ),
                         Ok(OutputEvent::End(run)) => return Ok(*run),
                         Err(e) => {
-                            why = e.message;
+                            why = e.to_string();
                             break;
                         }
                     }

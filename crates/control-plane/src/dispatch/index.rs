@@ -1,4 +1,4 @@
-//! The dispatcher's memory: every run that has not ended, the queue of
+//! The run scheduler's memory: every run that has not ended, the queue of
 //! runs per (team, worker id) in creation order, and the live worker
 //! connections with what each holds. Pure data, no I/O: dispatching an event
 //! touches only the runs and connections it concerns, never the database.
@@ -16,8 +16,14 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 pub type ConnId = u64;
-/// (team id, worker id): who may run a run.
-pub type WorkerKey = (i64, String);
+pub use crate::store::WorkerKey;
+
+/// The next run to offer and the connection to offer it to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Offer {
+    pub conn: ConnId,
+    pub run_id: String,
+}
 
 /// Resolves to `true` once a change is stored, `false` if it was not (an
 /// error means the same). Cloneable: several messages may wait on one.
@@ -80,7 +86,7 @@ impl LiveRun {
     }
 
     pub fn key(&self) -> WorkerKey {
-        (self.team_id, self.spec.worker_host.clone())
+        WorkerKey::new(self.team_id, &self.spec.worker_host)
     }
 
     pub fn state(&self) -> RunState {
@@ -249,7 +255,7 @@ impl Index {
 
     /// The next offer for `key`: the oldest queued run and the next
     /// connection, in turn, that can take it.
-    pub fn next_offer(&mut self, key: &WorkerKey, now: Instant) -> Option<(ConnId, String)> {
+    pub fn next_offer(&mut self, key: &WorkerKey, now: Instant) -> Option<Offer> {
         if self.paused.contains(key) {
             return None;
         }
@@ -262,7 +268,7 @@ impl Index {
             .find(|&i| self.conns[&conns[i]].can_take(now))?;
         let conn = conns[i];
         self.cursor.insert(key.clone(), (i + 1) % n);
-        Some((conn, run))
+        Some(Offer { conn, run_id: run })
     }
 
     // ---- paused worker ids ----
@@ -382,7 +388,7 @@ mod tests {
     }
 
     fn key(host: &str) -> WorkerKey {
-        (1, host.to_string())
+        WorkerKey::new(1, host)
     }
 
     fn conn(ix: &mut Index, host: &str) -> (ConnId, mpsc::UnboundedReceiver<Outgoing>) {
@@ -399,16 +405,16 @@ mod tests {
             ix.insert(id, run(seq, "w"), RunState::Queued, None);
         }
         let now = Instant::now();
-        let (c1, r1) = ix.next_offer(&key("w"), now).unwrap();
-        assert_eq!((c1, r1.as_str()), (a, "r1"));
+        let first = ix.next_offer(&key("w"), now).unwrap();
+        assert_eq!((first.conn, first.run_id.as_str()), (a, "r1"));
         ix.place("r1", RunState::Assigned, Some(a));
-        let (c2, r2) = ix.next_offer(&key("w"), now).unwrap();
-        assert_eq!((c2, r2.as_str()), (b, "r2"));
+        let second = ix.next_offer(&key("w"), now).unwrap();
+        assert_eq!((second.conn, second.run_id.as_str()), (b, "r2"));
         ix.place("r2", RunState::Assigned, Some(b));
         // Both have an offer out: nothing more until one is claimed.
         assert!(ix.next_offer(&key("w"), now).is_none());
         ix.place("r1", RunState::Claimed, Some(a));
-        assert_eq!(ix.next_offer(&key("w"), now).unwrap().0, a);
+        assert_eq!(ix.next_offer(&key("w"), now).unwrap().conn, a);
         assert_eq!(ix.conn(a).unwrap().held(), 1);
         // Another worker id never sees these runs.
         let (_c, _rc) = conn(&mut ix, "other");
@@ -434,7 +440,7 @@ mod tests {
             .is_some());
         // Its task ended: a slot is free at once.
         ix.remove("held");
-        assert_eq!(ix.next_offer(&key("w"), t0).unwrap().1, "r2");
+        assert_eq!(ix.next_offer(&key("w"), t0).unwrap().run_id, "r2");
     }
 
     #[test]
@@ -449,7 +455,7 @@ mod tests {
         assert!(ix.next_offer(&key("w"), now).is_none());
         assert!(ix.set_paused(&key("w"), false));
         ix.conn_mut(a).unwrap().draining = true;
-        assert_eq!(ix.next_offer(&key("w"), now).unwrap().0, b);
+        assert_eq!(ix.next_offer(&key("w"), now).unwrap().conn, b);
         ix.conn_mut(b).unwrap().draining = true;
         assert!(ix.next_offer(&key("w"), now).is_none());
     }

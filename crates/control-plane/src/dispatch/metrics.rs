@@ -5,7 +5,7 @@
 //! (`oz_telemetry`), so the page has the same shape as the worker's.
 //!
 //! The per-worker-id gauges are computed when the page is read (from the
-//! dispatcher's memory, no database), so they are never stale; an
+//! run scheduler's memory, no database), so they are never stale; an
 //! autoscaler (KEDA's Prometheus scaler, an HPA on external metrics) reads
 //! `oz_control_plane_runs_queued{worker_id="…"}`.
 //!

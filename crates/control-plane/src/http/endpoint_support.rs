@@ -8,13 +8,13 @@
 // Handlers return the error response itself; it is built once per request.
 #![allow(clippy::result_large_err)]
 
-use crate::dispatch::dispatcher::Dispatcher;
-use crate::dispatch::scheduler::Scheduler;
+use crate::dispatch::run_scheduler::RunScheduler;
+use crate::dispatch::cron_scheduler::CronScheduler;
 use crate::http::connections::{Connections, Trust};
 use crate::http::followers::Followers;
 use crate::http::login_limit::LoginLimit;
 use crate::http::sessions::{self, Sessions};
-use crate::store::{StoreError, Team};
+use crate::store::Team;
 use bytes::Bytes;
 use http::{header, HeaderMap, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
@@ -120,8 +120,8 @@ pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What every request handler and connection task shares.
 pub struct Shared {
-    pub dispatcher: Arc<Dispatcher>,
-    pub scheduler: Arc<Scheduler>,
+    pub run_scheduler: Arc<RunScheduler>,
+    pub cron_scheduler: Arc<CronScheduler>,
     /// The management UI's sign-in sessions.
     pub sessions: Sessions,
     /// Served over TLS: session cookies are `Secure`, origins `https`.
@@ -206,7 +206,7 @@ pub async fn live_session(
         return Ok(None);
     };
     match shared
-        .dispatcher
+        .run_scheduler
         .store()
         .team_for_key_hash(&session.key_hash)
         .await
@@ -307,7 +307,7 @@ pub async fn bearer_team(headers: &HeaderMap, shared: &Shared) -> Result<Team, R
             "malformed Authorization header: expected `Bearer <key>`",
         ));
     };
-    match shared.dispatcher.store().team_for_key(secret).await {
+    match shared.run_scheduler.store().team_for_key(secret).await {
         Ok(Some(team)) => Ok(team),
         Ok(None) => Err(unauthorized(
             "invalid API key: this control plane does not know it, or it was revoked or has expired (see `oz-agent-worker api-keys list`); check --api-key / WARP_API_KEY, or create one with `oz-agent-worker api-keys create --team NAME`",
@@ -368,8 +368,9 @@ pub fn bad_request(msg: &str) -> Response<Body> {
     error_response(StatusCode::BAD_REQUEST, msg)
 }
 
-/// A database failure: logged; the client is told to look at the log.
-pub fn internal(e: StoreError) -> Response<Body> {
+/// A database failure (or a change that could not be stored): logged; the
+/// client is told to look at the log.
+pub fn internal(e: impl std::fmt::Display) -> Response<Body> {
     tracing::error!("{e}");
     error_response(
         StatusCode::INTERNAL_SERVER_ERROR,

@@ -178,7 +178,7 @@ async fn login(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
     if key.is_empty() {
         return redirect("/ui/login?error=missing");
     }
-    let team = match shared.dispatcher.store().team_for_key(key).await {
+    let team = match shared.run_scheduler.store().team_for_key(key).await {
         Ok(Some(team)) => team,
         Ok(None) => {
             if let Some(a) = addr {

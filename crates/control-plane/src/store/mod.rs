@@ -12,47 +12,83 @@ pub mod keys;
 pub mod time;
 pub mod writer;
 
-use crate::store::writer::{JobError, Writer};
+use crate::store::writer::{BatchError, JobError, Writer};
 use oz_protocol::OutputStream;
 use oz_runs_api::model::{CreateRunRequest, HistoryEntry, MissedSlots, OutputChunk, RunState};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::HashMap;
 use std::future::Future;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Mutex;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
-#[derive(Debug)]
-pub struct StoreError(String);
+/// Who may run a run: one team's worker id (the `workers` table's key).
+/// Runs queue per key, connections are grouped by it, and a key is
+/// paused or resumed as a whole. Ordered by team, then worker id.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct WorkerKey {
+    pub team_id: i64,
+    /// The `worker_id` the worker connects with; a run's `worker_host`.
+    pub worker_id: String,
+}
 
-impl std::fmt::Display for StoreError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+impl WorkerKey {
+    pub fn new(team_id: i64, worker_id: &str) -> WorkerKey {
+        WorkerKey {
+            team_id,
+            worker_id: worker_id.to_string(),
+        }
     }
 }
 
-impl std::error::Error for StoreError {}
-
-impl From<rusqlite::Error> for StoreError {
-    fn from(e: rusqlite::Error) -> Self {
-        StoreError(format!("control plane database error: {e}"))
-    }
+/// Why a store call failed. Each message is one sentence for the log (or,
+/// at start-up, for the operator: those name the fix).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A statement failed.
+    #[error("control plane database error: {0}")]
+    Database(#[from] rusqlite::Error),
+    /// The job's batch could not run it or make it durable.
+    #[error(transparent)]
+    Batch(#[from] BatchError),
+    #[error("the control plane's database thread stopped")]
+    ThreadStopped,
+    #[error("cannot start the control plane's database thread: {0}")]
+    StartThread(#[source] std::io::Error),
+    #[error("cannot create the data directory {}: {source}; pass --data-dir or --db to put it elsewhere", dir.display())]
+    CreateDataDir {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot open the control plane database {}: {source}", path.display())]
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("cannot restrict permissions of {}: {source}", path.display())]
+    Permissions {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the control plane database has schema version {found}, newer than this build knows ({known}); upgrade oz-agent-worker")]
+    NewerSchema { found: i64, known: i64 },
+    #[error("a team name must not be empty")]
+    EmptyTeamName,
+    #[error("cannot read random bytes for a key: {0}")]
+    Random(#[source] std::io::Error),
+    #[error("output for unknown run {0}")]
+    UnknownRun(String),
 }
 
-impl StoreError {
-    /// An error of the store's own, for the log: one sentence.
-    pub fn new(message: impl Into<String>) -> StoreError {
-        StoreError(message.into())
-    }
-}
-
-impl From<JobError> for StoreError {
-    fn from(e: JobError) -> Self {
-        // Job errors are already StoreError sentences or rusqlite's.
-        StoreError(e.0)
+impl From<JobError<StoreError>> for StoreError {
+    fn from(e: JobError<StoreError>) -> Self {
+        match e {
+            JobError::Job(e) => e,
+            JobError::Batch(e) => StoreError::Batch(e),
+        }
     }
 }
 
@@ -272,9 +308,7 @@ impl<T> Future for Pending<T> {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<T>> {
         Pin::new(&mut self.0).poll(cx).map(|r| {
             r.unwrap_or_else(|_| {
-                Err(StoreError(
-                    "the control plane's database thread stopped".into(),
-                ))
+                Err(StoreError::ThreadStopped)
             })
         })
     }
@@ -400,30 +434,26 @@ impl Store {
     /// Opens (creating when missing) the database file and its directory.
     pub fn open(path: &Path) -> Result<Store> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                StoreError(format!(
-                    "cannot create the data directory {}: {e}; pass --data-dir or --db to put it elsewhere",
-                    dir.display()
-                ))
+            std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDataDir {
+                dir: dir.to_path_buf(),
+                source,
             })?;
         }
-        let conn = Connection::open(path).map_err(|e| {
-            StoreError(format!(
-                "cannot open the control plane database {}: {e}",
-                path.display()
-            ))
+        let conn = Connection::open(path).map_err(|source| StoreError::Open {
+            path: path.to_path_buf(),
+            source,
         })?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         // Runs hold their env values (secrets): only the owner may read them.
         // WAL and shared-memory files inherit the database file's mode.
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|e| {
-            StoreError(format!(
-                "cannot restrict permissions of {}: {e}",
-                path.display()
-            ))
-        })?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(
+            |source| StoreError::Permissions {
+                path: path.to_path_buf(),
+                source,
+            },
+        )?;
         Self::init(conn)
     }
 
@@ -438,20 +468,17 @@ impl Store {
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         let known = MIGRATIONS.len() as i64;
         if version > known {
-            return Err(StoreError(format!(
-                "the control plane database has schema version {version}, newer than this build knows ({known}); upgrade oz-agent-worker"
-            )));
+            return Err(StoreError::NewerSchema {
+                found: version,
+                known,
+            });
         }
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
             let tx = conn.transaction()?;
             tx.execute_batch(&format!("{sql}; PRAGMA user_version = {};", i + 1))?;
             tx.commit()?;
         }
-        let writer = Writer::start(conn, "oz-cp-sqlite").map_err(|e| {
-            StoreError(format!(
-                "cannot start the control plane's database thread: {e}"
-            ))
-        })?;
+        let writer = Writer::start(conn, "oz-cp-sqlite").map_err(StoreError::StartThread)?;
         Ok(Store {
             writer,
             known_keys: Mutex::default(),
@@ -479,7 +506,7 @@ impl Store {
         done: impl FnOnce(Result<T>) + Send + 'static,
     ) {
         self.writer
-            .submit(job, move |r: std::result::Result<T, JobError>| {
+            .submit(job, move |r: std::result::Result<T, JobError<StoreError>>| {
                 done(r.map_err(StoreError::from))
             });
     }
@@ -495,9 +522,7 @@ impl Store {
             let _ = tx.send(r);
         });
         rx.recv().unwrap_or_else(|_| {
-            Err(StoreError(
-                "the control plane's database thread stopped".into(),
-            ))
+            Err(StoreError::ThreadStopped)
         })
     }
 
@@ -749,12 +774,12 @@ impl Store {
         })
     }
 
-    /// `team_id: None`: every team's (the scheduler's own use).
+    /// `team_id: None`: every team's (the cron scheduler's own use).
     pub fn list_schedules(&self, team_id: Option<i64>) -> Pending<Vec<ScheduleRecord>> {
         self.call(move |conn| list_schedules(conn, team_id))
     }
 
-    /// `team_id: None` looks across teams (the scheduler's own use).
+    /// `team_id: None` looks across teams (the cron scheduler's own use).
     pub fn get_schedule(&self, id: &str, team_id: Option<i64>) -> Pending<Option<ScheduleRecord>> {
         let id = id.to_string();
         self.call(move |conn| get_schedule(conn, &id, team_id))
@@ -889,13 +914,18 @@ impl Store {
         })
     }
 
-    /// Every paused worker id, as (team id, worker id), for a start.
-    pub fn paused_workers(&self) -> Pending<Vec<(i64, String)>> {
+    /// Every paused worker id, for a start.
+    pub fn paused_workers(&self) -> Pending<Vec<WorkerKey>> {
         self.call(move |conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT team_id, worker_id FROM workers WHERE paused_at IS NOT NULL",
             )?;
-            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            let rows = stmt.query_map([], |r| {
+                Ok(WorkerKey {
+                    team_id: r.get(0)?,
+                    worker_id: r.get(1)?,
+                })
+            })?;
             Ok(rows.collect::<std::result::Result<_, _>>()?)
         })
     }
@@ -913,10 +943,9 @@ fn check_move(from: RunState, change: &Change) {
 
 fn create_api_key(conn: &Connection, team_name: &str, options: &KeyOptions) -> Result<NewApiKey> {
     if team_name.is_empty() {
-        return Err(StoreError("a team name must not be empty".into()));
+        return Err(StoreError::EmptyTeamName);
     }
-    let secret = keys::generate()
-        .map_err(|e| StoreError(format!("cannot read random bytes for a key: {e}")))?;
+    let secret = keys::generate().map_err(StoreError::Random)?;
     let now = time::now();
     conn.execute(
         "INSERT INTO teams (name, created_at) VALUES (?1, ?2) ON CONFLICT(name) DO NOTHING",
@@ -1216,7 +1245,7 @@ fn request_cancel(conn: &Connection, id: &str, note: &str) -> Result<bool> {
 }
 
 fn parse_state(s: String) -> rusqlite::Result<RunState> {
-    s.parse().map_err(|e: String| {
+    s.parse().map_err(|e: oz_runs_api::model::UnknownRunState| {
         rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into())
     })
 }
@@ -1293,7 +1322,7 @@ fn append_output(
         .prepare_cached("SELECT output_end, output_start, output_dropped FROM runs WHERE id = ?1")?
         .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
         .optional()?
-        .ok_or_else(|| StoreError(format!("output for unknown run {id}")))?;
+        .ok_or_else(|| StoreError::UnknownRun(id.to_string()))?;
     let mut t = OutputTotals {
         end: end as u64 + lost,
         start: start as u64,
@@ -1475,7 +1504,7 @@ fn schedule_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ScheduleRecord> 
         name: r.get("name")?,
         cron: r.get("cron")?,
         time_zone: r.get("time_zone")?,
-        missed: r.get::<_, String>("missed")?.parse().map_err(|e: String| {
+        missed: r.get::<_, String>("missed")?.parse().map_err(|e: oz_runs_api::model::UnknownMissedSlots| {
             rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into())
         })?,
         spec: parse_spec(r.get("spec_json")?)?,

@@ -12,7 +12,7 @@
 
 #![allow(clippy::result_large_err)]
 
-use crate::dispatch::scheduler::{ScheduleError, Scheduler};
+use crate::dispatch::cron_scheduler::{ScheduleError, CronScheduler};
 use crate::http::api::runs::validate;
 use crate::http::endpoint_support::{
     bad_request, error_response, internal, json_response, method_not_allowed, no_such_endpoint,
@@ -34,12 +34,12 @@ pub async fn handle(
         (Method::POST, []) => create(req, shared, team_id).await,
         (Method::GET, []) => list(shared, team_id).await,
         (Method::GET, [id]) => get(shared, team_id, id).await,
-        (Method::DELETE, [id]) => answer(shared.scheduler.delete(team_id, id).await, id),
+        (Method::DELETE, [id]) => answer(shared.cron_scheduler.delete(team_id, id).await, id),
         (Method::POST, [id, "pause"]) => {
-            answer(shared.scheduler.set_paused(team_id, id, true).await, id)
+            answer(shared.cron_scheduler.set_paused(team_id, id, true).await, id)
         }
         (Method::POST, [id, "resume"]) => {
-            answer(shared.scheduler.set_paused(team_id, id, false).await, id)
+            answer(shared.cron_scheduler.set_paused(team_id, id, false).await, id)
         }
         (m, [] | [_] | [_, "pause" | "resume"]) => Err(method_not_allowed(&m, req.uri().path())),
         _ => Err(no_such_endpoint(req.uri().path())),
@@ -49,7 +49,7 @@ pub async fn handle(
 async fn create(req: Request<Incoming>, shared: &Shared, team_id: i64) -> Answer {
     let body: CreateScheduleRequest = read_json(req, "schedule request").await?;
     validate(&body.run).map_err(|m| bad_request(&format!("run: {m}")))?;
-    match shared.scheduler.create(team_id, body).await {
+    match shared.cron_scheduler.create(team_id, body).await {
         Ok(rec) => Ok(json_response(StatusCode::CREATED, &view(&rec))),
         Err(e) => Err(error(e, "")),
     }
@@ -57,7 +57,7 @@ async fn create(req: Request<Incoming>, shared: &Shared, team_id: i64) -> Answer
 
 async fn list(shared: &Shared, team_id: i64) -> Answer {
     let schedules = shared
-        .dispatcher
+        .run_scheduler
         .store()
         .list_schedules(Some(team_id))
         .await
@@ -70,7 +70,7 @@ async fn list(shared: &Shared, team_id: i64) -> Answer {
 
 async fn get(shared: &Shared, team_id: i64, id: &str) -> Answer {
     let rec = shared
-        .dispatcher
+        .run_scheduler
         .store()
         .get_schedule(id, Some(team_id))
         .await
@@ -86,7 +86,7 @@ fn answer(r: Result<ScheduleRecord, ScheduleError>, id: &str) -> Answer {
 
 fn error(e: ScheduleError, id: &str) -> Response<Body> {
     match e {
-        ScheduleError::Invalid(why) => bad_request(&why),
+        ScheduleError::Invalid(why) => bad_request(&why.to_string()),
         ScheduleError::NotFound => not_found(id),
         ScheduleError::Store(e) => internal(e),
     }
@@ -112,7 +112,7 @@ pub fn view(rec: &ScheduleRecord) -> Schedule {
         run: RunTemplate::of(&rec.spec),
         created_at: rec.created_at.clone(),
         updated_at: rec.updated_at.clone(),
-        next_slot_at: Scheduler::next_slot(rec),
+        next_slot_at: CronScheduler::next_slot(rec),
         handled_until: rec.handled_until.clone(),
         last_run_id: rec.last_run_id.clone(),
     }
