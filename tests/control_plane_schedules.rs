@@ -157,7 +157,8 @@ async fn bad_schedules_are_refused_with_what_to_fix() {
     req.time_zone = Some("Europe/Atlantis".into());
     let e = client.create_schedule(&req).await.unwrap_err();
     assert!(
-        e.to_string().contains("unknown time zone \"Europe/Atlantis\""),
+        e.to_string()
+            .contains("unknown time zone \"Europe/Atlantis\""),
         "{e}"
     );
     let req = every_second("warp-reserved", MissedSlots::Skip);

@@ -2,23 +2,30 @@
 //! (docs/PROTOCOL.md), a runs API, and durable state in SQLite. It runs as
 //! `oz-agent-worker serve` or embedded in-process through [`ControlPlane`].
 //!
-//! Layers, each depending only on those before it: `model` (API types, the
-//! state machine), `writer` (the one thread that runs SQLite, with group
-//! commit), `store` (all SQL, as jobs for that thread), `index` (the live
-//! runs, queues per worker id and connections, in memory), `output` (runs'
-//! live output: bounded, stored, watched), `metrics` (the instruments of
-//! `serve --metrics-listen`), `run_scheduler` (routes runs to live
-//! connections, and records into `metrics`), `calendar` (cron expressions
-//! in a time zone) and `cron_scheduler` (runs from schedules, once per slot),
-//! `edge` (what the HTTP
-//! endpoints share: body types, JSON and error responses, authentication,
-//! shared state; `sessions` holds the UI's sign-ins), then the endpoints —
-//! the API's resources `api_runs`, `api_output`, `api_schedules`,
-//! `api_workers`, routed by `api`, the worker endpoint `ws` and the
-//! management UI `ui` (embedded pages) — and
-//! `server`, which only accepts connections and routes requests to them.
-//! `client` (the CLI's side of the API) and `openapi` know only `model`.
-//! `tests/control_plane_layering.rs` enforces this.
+//! Three folders, each depending only on those before it (the runs API's
+//! bodies and state machine, and its client, are the `oz-runs-api` crate):
+//! - `store`: durable state. `writer` is the one thread that runs SQLite
+//!   (concurrent changes share a commit); `mod.rs` holds all SQL, as jobs
+//!   for that thread; `keys` hashes API keys; `time` writes RFC 3339.
+//! - `dispatch`: runs in motion, in memory. `index` (every run that has not
+//!   ended, the queue per worker key, the live connections), `output` (runs'
+//!   live output: bounded, stored, watched), `metrics` (the instruments of
+//!   `serve --metrics-listen`), `run_scheduler` (the [`ControlPlane`]'s
+//!   core: offers queued runs to worker connections and takes their claims,
+//!   re-announces, output, reports and cancellations), `calendar` (cron
+//!   expressions in a time zone) and `cron_scheduler` (runs from schedules,
+//!   once per slot).
+//! - `http`: what every endpoint shares (`endpoint_support`: bodies, JSON
+//!   errors, authentication, shared state), the runs API under `api/`
+//!   (`runs`, `output`, `schedules`, `workers`), the worker endpoint `ws`,
+//!   the management UI `ui` with its sign-ins (`sessions`, `login_limit`),
+//!   the abuse defences `connections` and `followers`, `openapi`, `tls`, and
+//!   `server`, which only accepts connections and routes requests.
+//!
+//! Outside the crate only what the binary and the tests use is public: the
+//! [`ControlPlane`] and its [`Config`], the [`store::Store`] calls of the
+//! `api-keys` command, the defaults of `serve`'s flags, and the OpenAPI
+//! [`http::openapi::document`].
 //!
 //! # Run lifecycle
 //! `queued → assigned → claimed → succeeded | failed | cancelled`
@@ -71,8 +78,8 @@ pub mod dispatch;
 pub mod http;
 pub mod store;
 
-use dispatch::run_scheduler::{SchedulingTimeouts, RunScheduler};
 use dispatch::cron_scheduler::CronScheduler;
+use dispatch::run_scheduler::{RunScheduler, SchedulingTimeouts};
 use http::endpoint_support::Shared;
 use http::{connections, followers, login_limit, sessions};
 use std::net::SocketAddr;
@@ -281,10 +288,7 @@ impl ControlPlane {
             )
             .await?,
         );
-        let cron_scheduler = Arc::new(
-            CronScheduler::load(run_scheduler.clone())
-                .await?,
-        );
+        let cron_scheduler = Arc::new(CronScheduler::load(run_scheduler.clone()).await?);
         let metrics = match config.metrics_listen {
             Some(addr) => Some(
                 oz_telemetry::start(

@@ -116,17 +116,13 @@ impl Client {
     /// slash is fine).
     pub fn new(server: &str, api_key: &str) -> Result<Client, ClientError> {
         let base = server.trim_end_matches('/').to_string();
-        let uri: Uri = base
-            .parse()
-            .map_err(|source| ClientError::InvalidUrl {
-                url: server.to_string(),
-                source,
-            })?;
+        let uri: Uri = base.parse().map_err(|source| ClientError::InvalidUrl {
+            url: server.to_string(),
+            source,
+        })?;
         match uri.scheme_str() {
             Some("http" | "https") => {}
-            _ => {
-                return Err(ClientError::UnsupportedScheme(server.to_string()))
-            }
+            _ => return Err(ClientError::UnsupportedScheme(server.to_string())),
         }
         if api_key.trim().is_empty() {
             return Err(ClientError::NoApiKey);
@@ -283,9 +279,7 @@ impl Client {
                             // Events of later versions.
                             _ => None,
                         };
-                        parsed.map(|p| {
-                            p.map_err(ClientError::UnexpectedEvent)
-                        })
+                        parsed.map(|p| p.map_err(ClientError::UnexpectedEvent))
                     }
                 };
                 std::future::ready(out)
@@ -416,11 +410,7 @@ impl Client {
         self.http.request(req).await.map_err(|source| {
             let base = self.base.clone();
             match oz_foundation::tls_roots::certificate_hint(&source) {
-                Some(hint) => ClientError::Certificate {
-                    base,
-                    hint,
-                    source,
-                },
+                Some(hint) => ClientError::Certificate { base, hint, source },
                 None => ClientError::Unreachable {
                     base,
                     cause: root_cause(&source),

@@ -542,7 +542,12 @@ impl Journal {
         let mut held: Vec<(TaskRef, ExecutionState)> = inner
             .entries
             .iter()
-            .filter(|(_, e)| matches!(e.state, ExecutionState::Claimed | ExecutionState::Dispatched))
+            .filter(|(_, e)| {
+                matches!(
+                    e.state,
+                    ExecutionState::Claimed | ExecutionState::Dispatched
+                )
+            })
             .map(|(t, e)| (t.clone(), e.state.clone()))
             .collect();
         held.sort_by(|a, b| a.0.cmp(&b.0));

@@ -1168,7 +1168,9 @@ mod tests {
         async fn report(&self, t: &TaskRef) -> WorkerMessage {
             let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
             loop {
-                if let Some(ExecutionState::Finished { report, .. }) = self.journal.get(t).map(|e| e.state) {
+                if let Some(ExecutionState::Finished { report, .. }) =
+                    self.journal.get(t).map(|e| e.state)
+                {
                     assert!(
                         self.delivery.contains(t),
                         "a recorded report is queued for delivery"
@@ -1602,7 +1604,8 @@ mod tests {
         h.frame().await;
         h.started().await;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while h.journal.get(&task("t1", "e1")).map(|e| e.state) != Some(ExecutionState::Dispatched) {
+        while h.journal.get(&task("t1", "e1")).map(|e| e.state) != Some(ExecutionState::Dispatched)
+        {
             assert!(tokio::time::Instant::now() < deadline);
             tokio::time::sleep(Duration::from_millis(5)).await;
         }

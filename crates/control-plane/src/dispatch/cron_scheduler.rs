@@ -37,7 +37,7 @@ const SLOT_MARGIN: Duration = Duration::from_millis(3);
 
 /// Why a schedule operation was refused or failed.
 #[derive(Debug, thiserror::Error)]
-pub enum ScheduleError {
+pub(crate) enum ScheduleError {
     /// The expression or time zone: the message names the fix.
     #[error(transparent)]
     Invalid(#[from] CalendarError),
@@ -68,7 +68,9 @@ struct Entry {
     retry_at: Option<DateTime<Utc>>,
 }
 
-pub struct CronScheduler {
+/// Creates runs from the stored schedules at their slots (as Kubernetes'
+/// CronJob controller creates Jobs), handing each to the [`RunScheduler`].
+pub(crate) struct CronScheduler {
     run_scheduler: Arc<RunScheduler>,
     /// Slots before this came due while the control plane was not running.
     started_at: DateTime<Utc>,
@@ -78,7 +80,9 @@ pub struct CronScheduler {
 
 impl CronScheduler {
     /// Loads the stored schedules; slots before now count as missed.
-    pub async fn load(run_scheduler: Arc<RunScheduler>) -> Result<CronScheduler, StoreError> {
+    pub(crate) async fn load(
+        run_scheduler: Arc<RunScheduler>,
+    ) -> Result<CronScheduler, StoreError> {
         let started_at = Utc::now();
         let stored = run_scheduler.store().list_schedules(None).await?;
         let s = CronScheduler {
@@ -108,7 +112,7 @@ impl CronScheduler {
     }
 
     /// Handles due slots until `stop` flips.
-    pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+    pub(crate) async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         loop {
             let wait = self.handle_due().await;
             tokio::select! {
@@ -245,7 +249,7 @@ impl CronScheduler {
     // ---- API operations ----
 
     /// Stores a new schedule; its first slot is the first after now.
-    pub async fn create(
+    pub(crate) async fn create(
         &self,
         team_id: i64,
         req: CreateScheduleRequest,
@@ -288,7 +292,7 @@ impl CronScheduler {
 
     /// Pauses (`true`) or resumes a schedule. A resume marks every slot
     /// until now handled: what came due while paused does not run.
-    pub async fn set_paused(
+    pub(crate) async fn set_paused(
         &self,
         team_id: i64,
         id: &str,
@@ -318,7 +322,11 @@ impl CronScheduler {
     }
 
     /// Deletes a schedule (its runs keep its id); returns it as it was.
-    pub async fn delete(&self, team_id: i64, id: &str) -> Result<ScheduleRecord, ScheduleError> {
+    pub(crate) async fn delete(
+        &self,
+        team_id: i64,
+        id: &str,
+    ) -> Result<ScheduleRecord, ScheduleError> {
         let rec = self
             .run_scheduler
             .store()
@@ -331,7 +339,7 @@ impl CronScheduler {
     }
 
     /// When `rec` next creates a run (none while paused), RFC 3339.
-    pub fn next_slot(rec: &ScheduleRecord) -> Option<String> {
+    pub(crate) fn next_slot(rec: &ScheduleRecord) -> Option<String> {
         if rec.paused {
             return None;
         }

@@ -15,23 +15,23 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
-pub type ConnId = u64;
-pub use crate::store::WorkerKey;
+pub(crate) type ConnId = u64;
+pub(crate) use crate::store::WorkerKey;
 
 /// The next run to offer and the connection to offer it to.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Offer {
+pub(crate) struct Offer {
     pub conn: ConnId,
     pub run_id: String,
 }
 
 /// Resolves to `true` once a change is stored, `false` if it was not (an
 /// error means the same). Cloneable: several messages may wait on one.
-pub type Receipt = Shared<oneshot::Receiver<bool>>;
+pub(crate) type Receipt = Shared<oneshot::Receiver<bool>>;
 
 /// A message for one worker connection, written in the order queued.
 #[derive(Debug)]
-pub enum Outgoing {
+pub(crate) enum Outgoing {
     Now(ServerMessage),
     /// Written only once the change it announces is stored; dropped when the
     /// change did not happen.
@@ -40,7 +40,7 @@ pub enum Outgoing {
 
 /// A run that has not ended.
 #[derive(Debug, Clone)]
-pub struct LiveRun {
+pub(crate) struct LiveRun {
     /// Creation order, the queue order.
     pub seq: i64,
     pub team_id: i64,
@@ -68,7 +68,12 @@ pub struct LiveRun {
 }
 
 impl LiveRun {
-    pub fn new(seq: i64, team_id: i64, spec: CreateRunRequest, created_at: String) -> LiveRun {
+    pub(crate) fn new(
+        seq: i64,
+        team_id: i64,
+        spec: CreateRunRequest,
+        created_at: String,
+    ) -> LiveRun {
         LiveRun {
             seq,
             team_id,
@@ -85,15 +90,15 @@ impl LiveRun {
         }
     }
 
-    pub fn key(&self) -> WorkerKey {
+    pub(crate) fn key(&self) -> WorkerKey {
         WorkerKey::new(self.team_id, &self.spec.worker_host)
     }
 
-    pub fn state(&self) -> RunState {
+    pub(crate) fn state(&self) -> RunState {
         self.state
     }
 
-    pub fn holder(&self) -> Option<ConnId> {
+    pub(crate) fn holder(&self) -> Option<ConnId> {
         self.holder
     }
 }
@@ -102,7 +107,7 @@ impl LiveRun {
 /// it holds fewer runs than it did then (one of its tasks ended) or the
 /// back-off has passed (then one offer probes it again).
 #[derive(Debug, Clone)]
-pub struct AtCapacity {
+pub(crate) struct AtCapacity {
     pub since: Instant,
     /// The claimed runs it held when it rejected: its capacity, as seen.
     pub limit: usize,
@@ -111,7 +116,7 @@ pub struct AtCapacity {
 }
 
 #[derive(Debug)]
-pub struct Conn {
+pub(crate) struct Conn {
     pub key: WorkerKey,
     /// RFC 3339, UTC.
     pub connected_at: String,
@@ -131,17 +136,17 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub fn held(&self) -> usize {
+    pub(crate) fn held(&self) -> usize {
         self.held.len()
     }
 
     /// Runs offered to it and not yet claimed (0 or 1).
-    pub fn offered(&self) -> usize {
+    pub(crate) fn offered(&self) -> usize {
         self.offered.len()
     }
 
     /// Whether it may be offered a run now.
-    pub fn can_take(&self, now: Instant) -> bool {
+    pub(crate) fn can_take(&self, now: Instant) -> bool {
         !self.tx.is_closed()
             && !self.draining
             && self.offered.is_empty()
@@ -152,7 +157,7 @@ impl Conn {
 }
 
 #[derive(Default)]
-pub struct Index {
+pub(crate) struct Index {
     runs: HashMap<String, LiveRun>,
     queues: HashMap<WorkerKey, BTreeMap<i64, String>>,
     conns: HashMap<ConnId, Conn>,
@@ -169,30 +174,36 @@ impl Index {
     // ---- runs ----
 
     /// Adds a run in `state` held by `holder` (queued runs join their queue).
-    pub fn insert(&mut self, id: &str, run: LiveRun, state: RunState, holder: Option<ConnId>) {
+    pub(crate) fn insert(
+        &mut self,
+        id: &str,
+        run: LiveRun,
+        state: RunState,
+        holder: Option<ConnId>,
+    ) {
         self.runs.insert(id.to_string(), run);
         self.place(id, state, holder);
     }
 
-    pub fn run(&self, id: &str) -> Option<&LiveRun> {
+    pub(crate) fn run(&self, id: &str) -> Option<&LiveRun> {
         self.runs.get(id)
     }
 
-    pub fn run_mut(&mut self, id: &str) -> Option<&mut LiveRun> {
+    pub(crate) fn run_mut(&mut self, id: &str) -> Option<&mut LiveRun> {
         self.runs.get_mut(id)
     }
 
-    pub fn runs(&self) -> impl Iterator<Item = (&String, &LiveRun)> {
+    pub(crate) fn runs(&self) -> impl Iterator<Item = (&String, &LiveRun)> {
         self.runs.iter()
     }
 
-    pub fn runs_mut(&mut self) -> impl Iterator<Item = (&String, &mut LiveRun)> {
+    pub(crate) fn runs_mut(&mut self) -> impl Iterator<Item = (&String, &mut LiveRun)> {
         self.runs.iter_mut()
     }
 
     /// Moves a run to `state` with `holder`, keeping the queue and the
     /// connections' offers and holdings in step. Unknown runs are ignored.
-    pub fn place(&mut self, id: &str, state: RunState, holder: Option<ConnId>) {
+    pub(crate) fn place(&mut self, id: &str, state: RunState, holder: Option<ConnId>) {
         self.detach(id);
         let Some(run) = self.runs.get_mut(id) else {
             return;
@@ -226,7 +237,7 @@ impl Index {
     }
 
     /// The run ended: forget it. Returns what was known of it.
-    pub fn remove(&mut self, id: &str) -> Option<LiveRun> {
+    pub(crate) fn remove(&mut self, id: &str) -> Option<LiveRun> {
         self.detach(id);
         self.runs.remove(id)
     }
@@ -249,13 +260,13 @@ impl Index {
     }
 
     /// Keys with queued runs.
-    pub fn queued_keys(&self) -> Vec<WorkerKey> {
+    pub(crate) fn queued_keys(&self) -> Vec<WorkerKey> {
         self.queues.keys().cloned().collect()
     }
 
     /// The next offer for `key`: the oldest queued run and the next
     /// connection, in turn, that can take it.
-    pub fn next_offer(&mut self, key: &WorkerKey, now: Instant) -> Option<Offer> {
+    pub(crate) fn next_offer(&mut self, key: &WorkerKey, now: Instant) -> Option<Offer> {
         if self.paused.contains(key) {
             return None;
         }
@@ -274,7 +285,7 @@ impl Index {
     // ---- paused worker ids ----
 
     /// Pauses or resumes `key`; returns whether that changed anything.
-    pub fn set_paused(&mut self, key: &WorkerKey, paused: bool) -> bool {
+    pub(crate) fn set_paused(&mut self, key: &WorkerKey, paused: bool) -> bool {
         if paused {
             self.paused.insert(key.clone())
         } else {
@@ -282,13 +293,13 @@ impl Index {
         }
     }
 
-    pub fn is_paused(&self, key: &WorkerKey) -> bool {
+    pub(crate) fn is_paused(&self, key: &WorkerKey) -> bool {
         self.paused.contains(key)
     }
 
     // ---- connections ----
 
-    pub fn add_conn(
+    pub(crate) fn add_conn(
         &mut self,
         key: WorkerKey,
         tx: mpsc::UnboundedSender<Outgoing>,
@@ -316,7 +327,10 @@ impl Index {
     /// Forgets a closed connection. Returns its key and the runs it was
     /// offered and held (their holder is now none; the caller decides what
     /// becomes of them).
-    pub fn remove_conn(&mut self, id: ConnId) -> Option<(WorkerKey, Vec<String>, Vec<String>)> {
+    pub(crate) fn remove_conn(
+        &mut self,
+        id: ConnId,
+    ) -> Option<(WorkerKey, Vec<String>, Vec<String>)> {
         let c = self.conns.remove(&id)?;
         if let Some(list) = self.by_worker.get_mut(&c.key) {
             list.retain(|&x| x != id);
@@ -337,34 +351,34 @@ impl Index {
         ))
     }
 
-    pub fn conn(&self, id: ConnId) -> Option<&Conn> {
+    pub(crate) fn conn(&self, id: ConnId) -> Option<&Conn> {
         self.conns.get(&id)
     }
 
-    pub fn conn_mut(&mut self, id: ConnId) -> Option<&mut Conn> {
+    pub(crate) fn conn_mut(&mut self, id: ConnId) -> Option<&mut Conn> {
         self.conns.get_mut(&id)
     }
 
-    pub fn conn_count(&self) -> usize {
+    pub(crate) fn conn_count(&self) -> usize {
         self.conns.len()
     }
 
-    pub fn conns(&self) -> impl Iterator<Item = (&ConnId, &Conn)> {
+    pub(crate) fn conns(&self) -> impl Iterator<Item = (&ConnId, &Conn)> {
         self.conns.iter()
     }
 
     /// Live connections of `key`, in connection order.
-    pub fn conns_of(&self, key: &WorkerKey) -> &[ConnId] {
+    pub(crate) fn conns_of(&self, key: &WorkerKey) -> &[ConnId] {
         self.by_worker.get(key).map_or(&[], Vec::as_slice)
     }
 
-    pub fn has_live(&self, key: &WorkerKey) -> bool {
+    pub(crate) fn has_live(&self, key: &WorkerKey) -> bool {
         self.by_worker.contains_key(key)
     }
 
     /// Queues `msg` for connection `id`; a closed one is going away, and its
     /// removal puts back what it held.
-    pub fn send(&self, id: ConnId, msg: Outgoing) {
+    pub(crate) fn send(&self, id: ConnId, msg: Outgoing) {
         if let Some(c) = self.conns.get(&id) {
             let _ = c.tx.send(msg);
         }

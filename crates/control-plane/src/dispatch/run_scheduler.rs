@@ -33,10 +33,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
-pub use crate::dispatch::index::{ConnId, Outgoing};
+pub(crate) use crate::dispatch::index::{ConnId, Outgoing};
 
+/// The run scheduler's clocks (from `serve`'s flags).
 #[derive(Debug, Clone)]
-pub struct SchedulingTimeouts {
+pub(crate) struct SchedulingTimeouts {
     /// How long a claimed run may go without any connected worker of its id
     /// before it fails with `worker_lost`.
     pub worker_lost: Duration,
@@ -52,7 +53,7 @@ pub struct SchedulingTimeouts {
 
 /// Why a cancellation was refused or not recorded.
 #[derive(Debug, thiserror::Error)]
-pub enum CancelError {
+pub(crate) enum CancelError {
     #[error("no such run")]
     NotFound,
     #[error("the run already ended ({0})")]
@@ -68,7 +69,7 @@ pub enum CancelError {
 
 /// Why a reported result was refused or not recorded.
 #[derive(Debug, thiserror::Error)]
-pub enum ResultError {
+pub(crate) enum ResultError {
     #[error("no such run")]
     NotFound,
     /// A sentence saying why the run cannot take this result now.
@@ -87,17 +88,22 @@ pub enum ResultError {
 /// sweep reloads it from the database; the caller may try again.
 #[derive(Debug, thiserror::Error)]
 #[error("the control plane is reloading this run after a database error; try again in a second")]
-pub struct Reloading;
+pub(crate) struct Reloading;
 
 /// What the run scheduler knows of one worker id's connections and runs.
 #[derive(Debug, Clone, Default)]
-pub struct WorkerActivity {
+pub(crate) struct WorkerActivity {
     pub connections: Vec<WorkerConnection>,
     pub active_runs: usize,
     pub queued_runs: usize,
 }
 
-pub struct RunScheduler {
+/// Places queued runs on worker connections (as kube-scheduler binds Pods
+/// to Nodes) and follows each to its end: offers, claims, re-announces,
+/// output, reports, results through the API, cancellation, and the
+/// worker-lost clock. One per control plane; see the module documentation
+/// for how its memory and the store stay in step.
+pub(crate) struct RunScheduler {
     store: Arc<Store>,
     output: OutputLog,
     timeouts: SchedulingTimeouts,
@@ -117,7 +123,7 @@ impl RunScheduler {
     /// `reannounce_grace` for a worker to re-announce or report on it (the
     /// claim may have been sent and never read); then they are offered
     /// again. Claimed runs wait for their worker to report.
-    pub async fn recover(
+    pub(crate) async fn recover(
         store: Arc<Store>,
         timeouts: SchedulingTimeouts,
         output_limit: u64,
@@ -165,22 +171,22 @@ impl RunScheduler {
         self.index.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn store(&self) -> &Store {
+    pub(crate) fn store(&self) -> &Store {
         &self.store
     }
 
-    pub fn output(&self) -> &OutputLog {
+    pub(crate) fn output(&self) -> &OutputLog {
         &self.output
     }
 
-    pub fn metrics(&self) -> &PlaneMetrics {
+    pub(crate) fn metrics(&self) -> &PlaneMetrics {
         &self.metrics
     }
 
     /// From now on, closing connections change no run: a shutdown is a
     /// restart to come, and an assignment whose claim may be in flight must
     /// stay assigned for the next start's re-announce grace.
-    pub fn stop(&self) {
+    pub(crate) fn stop(&self) {
         self.stopping.store(true, Ordering::SeqCst);
     }
 
@@ -212,7 +218,7 @@ impl RunScheduler {
     // ---- connections ----
 
     /// A worker connected; `version` is its `X-Warp-Worker-Version`.
-    pub fn register(
+    pub(crate) fn register(
         &self,
         team_id: i64,
         worker_id: &str,
@@ -256,7 +262,7 @@ impl RunScheduler {
     /// The connection closed: the run it was offered but had not claimed
     /// goes back to the queue (same execution); claimed runs stay claimed
     /// and wait for their worker.
-    pub fn unregister(&self, conn: ConnId) {
+    pub(crate) fn unregister(&self, conn: ConnId) {
         let mut ix = self.lock();
         let Some((key, offered, held)) = ix.remove_conn(conn) else {
             return;
@@ -277,7 +283,7 @@ impl RunScheduler {
         self.offer_queued(&mut ix, &key);
     }
 
-    pub fn connection_count(&self) -> usize {
+    pub(crate) fn connection_count(&self) -> usize {
         self.lock().conn_count()
     }
 
@@ -294,7 +300,7 @@ impl RunScheduler {
 
     /// Every team's worker ids that have live connections or runs, with
     /// what waits for each (for the metrics page), by team and id.
-    pub fn queues(&self) -> Vec<WorkerQueue> {
+    pub(crate) fn queues(&self) -> Vec<WorkerQueue> {
         fn of<'a>(
             out: &'a mut std::collections::BTreeMap<WorkerKey, WorkerQueue>,
             key: &WorkerKey,
@@ -329,7 +335,10 @@ impl RunScheduler {
 
     /// Each worker id of `team_id` that has live connections or runs, with
     /// its connections and run counts.
-    pub fn workers(&self, team_id: i64) -> std::collections::BTreeMap<String, WorkerActivity> {
+    pub(crate) fn workers(
+        &self,
+        team_id: i64,
+    ) -> std::collections::BTreeMap<String, WorkerActivity> {
         let ix = self.lock();
         let mut out: std::collections::BTreeMap<String, WorkerActivity> = Default::default();
         for (_, c) in ix.conns().filter(|(_, c)| c.key.team_id == team_id) {
@@ -362,7 +371,7 @@ impl RunScheduler {
     // ---- worker messages ----
 
     /// One frame from connection `conn`, in the order the worker sent it.
-    pub async fn handle(&self, conn: ConnId, msg: WorkerMessage) {
+    pub(crate) async fn handle(&self, conn: ConnId, msg: WorkerMessage) {
         let key = match self.lock().conn(conn) {
             Some(c) => c.key.clone(),
             None => return,
@@ -519,7 +528,10 @@ impl RunScheduler {
                     self.requeue_or_cancel(
                         &mut ix,
                         run_id,
-                        &format!("released unclaimed by worker {}: {}", key.worker_id, m.reason),
+                        &format!(
+                            "released unclaimed by worker {}: {}",
+                            key.worker_id, m.reason
+                        ),
                     );
                 } else {
                     tracing::debug!(conn, run = run_id, %state, "release of an assignment that has moved on; ignored");
@@ -812,7 +824,7 @@ impl RunScheduler {
     /// none of its connections is offered a run (what they hold runs on);
     /// a resume offers its queued runs at once. Stored, so it survives a
     /// restart. `Ok(false)`: no worker ever connected with this id.
-    pub async fn set_paused(
+    pub(crate) async fn set_paused(
         &self,
         team_id: i64,
         worker_id: &str,
@@ -844,17 +856,17 @@ impl RunScheduler {
     }
 
     /// Whether an operator paused this worker id.
-    pub fn is_paused(&self, team_id: i64, worker_id: &str) -> bool {
+    pub(crate) fn is_paused(&self, team_id: i64, worker_id: &str) -> bool {
         self.lock().is_paused(&WorkerKey::new(team_id, worker_id))
     }
 
     /// A fresh run id.
-    pub fn new_run_id() -> String {
+    pub(crate) fn new_run_id() -> String {
         format!("run_{:016x}", fastrand::u64(..))
     }
 
     /// Stores a new run (durably), then queues it.
-    pub async fn create_run(
+    pub(crate) async fn create_run(
         &self,
         team_id: i64,
         spec: &CreateRunRequest,
@@ -867,7 +879,7 @@ impl RunScheduler {
 
     /// Queues a run that was just stored (by `create_run`, or by a
     /// schedule's slot).
-    pub fn enqueue(&self, stored: store::LiveRun) -> RunRecord {
+    pub(crate) fn enqueue(&self, stored: store::LiveRun) -> RunRecord {
         let rec = stored.record;
         let mut ix = self.lock();
         let live = LiveRun::new(
@@ -887,7 +899,7 @@ impl RunScheduler {
     /// outcome reported again through the API is answered with the run and
     /// changes nothing; any other report about a run that is not claimed is
     /// refused. Answers once the change is stored.
-    pub async fn report_result(
+    pub(crate) async fn report_result(
         &self,
         team_id: i64,
         run_id: &str,
@@ -980,7 +992,11 @@ impl RunScheduler {
     /// the holding connection (or, when it is gone, to every connection of the
     /// run's worker id, now and on reconnect); the run ends when the worker
     /// reports it. Answers once the change is stored.
-    pub async fn cancel(&self, team_id: i64, run_id: &str) -> Result<RunRecord, CancelError> {
+    pub(crate) async fn cancel(
+        &self,
+        team_id: i64,
+        run_id: &str,
+    ) -> Result<RunRecord, CancelError> {
         let stored = {
             let mut ix = self.lock();
             match ix.run(run_id).filter(|r| r.team_id == team_id) {
@@ -1072,7 +1088,7 @@ impl RunScheduler {
     }
 
     /// Why a run is not moving, when that is something the user can act on.
-    pub fn waiting_reason(&self, run: &RunRecord) -> Option<String> {
+    pub(crate) fn waiting_reason(&self, run: &RunRecord) -> Option<String> {
         let ix = self.lock();
         let live = ix.run(&run.id)?;
         let key = live.key();
@@ -1149,7 +1165,10 @@ impl RunScheduler {
             ix.place(&run_id, RunState::Assigned, Some(conn));
             let mut change = Change::to(
                 RunState::Assigned,
-                format!("assigned to worker {} (execution {execution_id})", key.worker_id),
+                format!(
+                    "assigned to worker {} (execution {execution_id})",
+                    key.worker_id
+                ),
             );
             change.execution_id = Some(execution_id.clone());
             let stored = self.persist(&run_id, RunState::Queued, change);
@@ -1162,7 +1181,7 @@ impl RunScheduler {
     /// claimed runs whose worker has been gone past `worker_lost`; offer
     /// again runs no worker re-announced after a restart; offer to
     /// connections whose back-off ended.
-    pub async fn sweep(&self) {
+    pub(crate) async fn sweep(&self) {
         let uncertain: Vec<String> =
             std::mem::take(&mut *self.resync.lock().unwrap_or_else(|p| p.into_inner()));
         for run_id in uncertain {

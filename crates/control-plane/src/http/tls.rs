@@ -44,7 +44,7 @@ pub enum TlsError {
 /// Reads both files and builds the server configuration (ring provider,
 /// rustls's safe protocol versions, ALPN `http/1.1`, no client
 /// certificates: workers authenticate with their bearer key).
-pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
+pub(crate) fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
     let chain = read_chain(&files.cert)?;
     let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|source| TlsError::ReadKey {
         path: files.key.clone(),

@@ -6,7 +6,7 @@
 //! after every frame it had already sent has been read and handled.
 //! Malformed and unknown frames are logged and ignored.
 
-use crate::dispatch::run_scheduler::{ConnId, RunScheduler, Outgoing};
+use crate::dispatch::run_scheduler::{ConnId, Outgoing, RunScheduler};
 use crate::http::connections::Held;
 use crate::http::endpoint_support::{
     bearer_secret, bearer_team, empty, error_response, trust_connection, Body, Shared,
@@ -34,7 +34,7 @@ pub const WS_PATH: &str = "/api/v1/selfhosted/worker/ws";
 /// docs/PROTOCOL.md: a write must finish within 10 s.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub async fn upgrade(mut req: Request<Incoming>, shared: Arc<Shared>) -> Response<Body> {
+pub(crate) async fn upgrade(mut req: Request<Incoming>, shared: Arc<Shared>) -> Response<Body> {
     if req.method() != http::Method::GET {
         return error_response(
             StatusCode::METHOD_NOT_ALLOWED,

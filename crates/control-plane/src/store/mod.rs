@@ -8,11 +8,12 @@
 //! could still undo. Calls run in the order they are made. Each change is
 //! atomic on its own (a savepoint inside the batch's transaction).
 
-pub mod keys;
+pub(crate) mod keys;
 pub mod time;
-pub mod writer;
+pub(crate) mod writer;
 
-use crate::store::writer::{BatchError, JobError, Writer};
+pub use crate::store::writer::BatchError;
+use crate::store::writer::{JobError, Writer};
 use oz_protocol::OutputStream;
 use oz_runs_api::model::{CreateRunRequest, HistoryEntry, MissedSlots, OutputChunk, RunState};
 use rusqlite::{params, Connection, OptionalExtension};
@@ -29,14 +30,14 @@ use tokio::sync::oneshot;
 /// Runs queue per key, connections are grouped by it, and a key is
 /// paused or resumed as a whole. Ordered by team, then worker id.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct WorkerKey {
+pub(crate) struct WorkerKey {
     pub team_id: i64,
     /// The `worker_id` the worker connects with; a run's `worker_host`.
     pub worker_id: String,
 }
 
 impl WorkerKey {
-    pub fn new(team_id: i64, worker_id: &str) -> WorkerKey {
+    pub(crate) fn new(team_id: i64, worker_id: &str) -> WorkerKey {
         WorkerKey {
             team_id,
             worker_id: worker_id.to_string(),
@@ -92,7 +93,7 @@ impl From<JobError<StoreError>> for StoreError {
     }
 }
 
-pub type Result<T> = std::result::Result<T, StoreError>;
+pub(crate) type Result<T> = std::result::Result<T, StoreError>;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Team {
@@ -153,11 +154,11 @@ pub struct ApiKeyRef {
 /// A key found valid is trusted this long without asking the database
 /// again: revoking or expiring a key (by `api-keys revoke`, another
 /// process writing the same database) takes effect within it.
-pub const KEY_RECHECK: Duration = Duration::from_millis(500);
+pub(crate) const KEY_RECHECK: Duration = Duration::from_millis(500);
 
 /// A run as stored, including its secrets (`spec.env_vars`).
 #[derive(Debug, Clone)]
-pub struct RunRecord {
+pub(crate) struct RunRecord {
     pub id: String,
     pub team_id: i64,
     pub state: RunState,
@@ -180,14 +181,14 @@ pub struct RunRecord {
 /// through the API, or the control plane itself (cancelled while queued,
 /// `worker_lost`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EndedBy {
+pub(crate) enum EndedBy {
     Worker,
     Api,
     ControlPlane,
 }
 
 impl EndedBy {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             EndedBy::Worker => "worker",
             EndedBy::Api => "api",
@@ -198,7 +199,7 @@ impl EndedBy {
 
 /// One state change. Fields left `None` keep their stored value.
 #[derive(Debug, Clone)]
-pub struct Change {
+pub(crate) struct Change {
     pub to: RunState,
     pub note: String,
     pub execution_id: Option<String>,
@@ -209,7 +210,7 @@ pub struct Change {
 }
 
 impl Change {
-    pub fn to(to: RunState, note: impl Into<String>) -> Change {
+    pub(crate) fn to(to: RunState, note: impl Into<String>) -> Change {
         Change {
             to,
             note: note.into(),
@@ -222,7 +223,7 @@ impl Change {
     }
 
     /// A move to a terminal state, saying who ended the run.
-    pub fn end(to: RunState, by: EndedBy, note: impl Into<String>) -> Change {
+    pub(crate) fn end(to: RunState, by: EndedBy, note: impl Into<String>) -> Change {
         Change {
             ended_by: Some(by),
             ..Change::to(to, note)
@@ -233,7 +234,7 @@ impl Change {
 /// A run's live output as stored: offsets are bytes of the whole output
 /// received for it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct OutputTotals {
+pub(crate) struct OutputTotals {
     /// Where the next byte goes: everything received (and lost in memory).
     pub end: u64,
     /// The first byte still kept; everything before it was dropped to stay
@@ -245,7 +246,7 @@ pub struct OutputTotals {
 
 /// Output waiting to be stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NewChunk {
+pub(crate) struct NewChunk {
     pub stream: OutputStream,
     pub data: String,
     /// Bytes the worker dropped just before it.
@@ -254,7 +255,7 @@ pub struct NewChunk {
 
 /// A schedule as stored, including the run's secrets.
 #[derive(Debug, Clone)]
-pub struct ScheduleRecord {
+pub(crate) struct ScheduleRecord {
     pub id: String,
     pub team_id: i64,
     pub name: String,
@@ -272,7 +273,7 @@ pub struct ScheduleRecord {
 
 /// What handling a schedule's due slot did.
 #[derive(Debug, Clone)]
-pub enum SlotOutcome {
+pub(crate) enum SlotOutcome {
     /// The run was created (and the slot marked handled).
     Created(Box<LiveRun>),
     /// The slot was marked handled without a run.
@@ -284,7 +285,7 @@ pub enum SlotOutcome {
 
 /// A worker id seen on a connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WorkerRecord {
+pub(crate) struct WorkerRecord {
     pub worker_id: String,
     pub first_seen_at: String,
     pub last_seen_at: String,
@@ -294,7 +295,7 @@ pub struct WorkerRecord {
 
 /// A run that has not ended, as loaded at start-up: its creation order too.
 #[derive(Debug, Clone)]
-pub struct LiveRun {
+pub(crate) struct LiveRun {
     /// Creation order (the table's sequence): the queue order.
     pub seq: i64,
     pub record: RunRecord,
@@ -306,17 +307,15 @@ pub struct Pending<T>(oneshot::Receiver<Result<T>>);
 impl<T> Future for Pending<T> {
     type Output = Result<T>;
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<T>> {
-        Pin::new(&mut self.0).poll(cx).map(|r| {
-            r.unwrap_or_else(|_| {
-                Err(StoreError::ThreadStopped)
-            })
-        })
+        Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|r| r.unwrap_or_else(|_| Err(StoreError::ThreadStopped)))
     }
 }
 
 /// One page of a team's runs (`Store::list_runs`).
 #[derive(Debug, Clone)]
-pub struct RunPage {
+pub(crate) struct RunPage {
     /// Newest first.
     pub runs: Vec<RunRecord>,
     /// The position to pass as `before` for the next page; `None` when
@@ -457,7 +456,7 @@ impl Store {
         Self::init(conn)
     }
 
-    pub fn open_in_memory() -> Result<Store> {
+    pub(crate) fn open_in_memory() -> Result<Store> {
         Self::init(Connection::open_in_memory()?)
     }
 
@@ -487,7 +486,7 @@ impl Store {
 
     /// Runs `job` on the database thread; the result is ready once it is
     /// committed. Submitted now, not when first polled.
-    pub fn call<T: Send + 'static>(
+    pub(crate) fn call<T: Send + 'static>(
         &self,
         job: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
     ) -> Pending<T> {
@@ -500,20 +499,22 @@ impl Store {
 
     /// Like `call`, handing the result to `done` on the database thread
     /// (quick, non-blocking work only: e.g. sending on a channel).
-    pub fn call_then<T: Send + 'static>(
+    pub(crate) fn call_then<T: Send + 'static>(
         &self,
         job: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
         done: impl FnOnce(Result<T>) + Send + 'static,
     ) {
-        self.writer
-            .submit(job, move |r: std::result::Result<T, JobError<StoreError>>| {
+        self.writer.submit(
+            job,
+            move |r: std::result::Result<T, JobError<StoreError>>| {
                 done(r.map_err(StoreError::from))
-            });
+            },
+        );
     }
 
     /// `call`, waiting on the calling thread: for set-up code and tests,
     /// never on a request path.
-    pub fn call_blocking<T: Send + 'static>(
+    pub(crate) fn call_blocking<T: Send + 'static>(
         &self,
         job: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
     ) -> Result<T> {
@@ -521,21 +522,20 @@ impl Store {
         self.call_then(job, move |r| {
             let _ = tx.send(r);
         });
-        rx.recv().unwrap_or_else(|_| {
-            Err(StoreError::ThreadStopped)
-        })
+        rx.recv().unwrap_or_else(|_| Err(StoreError::ThreadStopped))
     }
 
     // ---- teams and keys ----
 
     /// Creates a key for `team_name`, creating the team when it is new.
-    pub fn create_api_key(&self, team_name: &str) -> Pending<NewApiKey> {
+    #[cfg(test)]
+    pub(crate) fn create_api_key(&self, team_name: &str) -> Pending<NewApiKey> {
         let team_name = team_name.trim().to_string();
         self.call(move |conn| create_api_key(conn, &team_name, &KeyOptions::default()))
     }
 
     /// `create_api_key`, waiting on the calling thread (set-up and tests).
-    pub fn create_api_key_blocking(&self, team_name: &str) -> Result<NewApiKey> {
+    pub(crate) fn create_api_key_blocking(&self, team_name: &str) -> Result<NewApiKey> {
         let team_name = team_name.trim().to_string();
         self.call_blocking(move |conn| create_api_key(conn, &team_name, &KeyOptions::default()))
     }
@@ -546,14 +546,14 @@ impl Store {
 
     /// The team a presented secret belongs to, if it is a key neither
     /// revoked nor expired.
-    pub async fn team_for_key(&self, secret: &str) -> Result<Option<Team>> {
+    pub(crate) async fn team_for_key(&self, secret: &str) -> Result<Option<Team>> {
         self.team_for_key_hash(&keys::hash(secret)).await
     }
 
     /// The team of the valid key whose stored hash is `hash` (a UI session
     /// and a worker connection keep only the hash). A valid answer is
     /// reused for [`KEY_RECHECK`]; an invalid one is never cached.
-    pub async fn team_for_key_hash(&self, hash: &str) -> Result<Option<Team>> {
+    pub(crate) async fn team_for_key_hash(&self, hash: &str) -> Result<Option<Team>> {
         if let Some((team, at)) = self.known().get(hash) {
             if at.elapsed() < KEY_RECHECK {
                 return Ok(Some(team.clone()));
@@ -599,19 +599,24 @@ impl Store {
     // ---- runs ----
 
     /// Stores a new queued run with its first history entry.
-    pub fn insert_run(&self, id: &str, team_id: i64, spec: &CreateRunRequest) -> Pending<LiveRun> {
+    pub(crate) fn insert_run(
+        &self,
+        id: &str,
+        team_id: i64,
+        spec: &CreateRunRequest,
+    ) -> Pending<LiveRun> {
         let (id, spec) = (id.to_string(), spec.clone());
         self.call(move |conn| insert_run(conn, &id, team_id, &spec, None, "created"))
     }
 
     /// `team_id: None` looks across teams (the control plane's own use).
-    pub fn get_run(&self, id: &str, team_id: Option<i64>) -> Pending<Option<RunRecord>> {
+    pub(crate) fn get_run(&self, id: &str, team_id: Option<i64>) -> Pending<Option<RunRecord>> {
         let id = id.to_string();
         self.call(move |conn| get_run(conn, &id, team_id))
     }
 
     /// A run with its creation order, when it has not ended.
-    pub fn get_live_run(&self, id: &str) -> Pending<Option<LiveRun>> {
+    pub(crate) fn get_live_run(&self, id: &str) -> Pending<Option<LiveRun>> {
         let id = id.to_string();
         self.call(move |conn| {
             Ok(conn
@@ -625,7 +630,7 @@ impl Store {
     }
 
     /// A run with its history, in one call.
-    pub fn get_run_with_history(
+    pub(crate) fn get_run_with_history(
         &self,
         id: &str,
         team_id: i64,
@@ -642,7 +647,7 @@ impl Store {
     /// One page of `team_id`'s runs, newest first (by creation position,
     /// `seq`): at most `limit` runs created before position `before` (all
     /// when `None`), optionally only in `state` or for `worker_host`.
-    pub fn list_runs(
+    pub(crate) fn list_runs(
         &self,
         team_id: i64,
         state: Option<RunState>,
@@ -657,11 +662,11 @@ impl Store {
     }
 
     /// Every team's runs that have not ended, oldest first.
-    pub fn live_runs(&self) -> Pending<Vec<LiveRun>> {
+    pub(crate) fn live_runs(&self) -> Pending<Vec<LiveRun>> {
         self.call(live_runs)
     }
 
-    pub fn history(&self, id: &str) -> Pending<Vec<HistoryEntry>> {
+    pub(crate) fn history(&self, id: &str) -> Pending<Vec<HistoryEntry>> {
         let id = id.to_string();
         self.call(move |conn| history(conn, &id))
     }
@@ -671,7 +676,8 @@ impl Store {
     /// was stale and nothing changed).
     ///
     /// Panics on a move the state machine forbids: that is a bug here.
-    pub fn transition(&self, id: &str, from: RunState, change: Change) -> Pending<bool> {
+    #[cfg(test)]
+    pub(crate) fn transition(&self, id: &str, from: RunState, change: Change) -> Pending<bool> {
         check_move(from, &change);
         let id = id.to_string();
         self.call(move |conn| transition(conn, &id, from, &change))
@@ -679,7 +685,7 @@ impl Store {
 
     /// `transition`, with the result handed to `done` on the database
     /// thread.
-    pub fn transition_then(
+    pub(crate) fn transition_then(
         &self,
         id: &str,
         from: RunState,
@@ -693,7 +699,7 @@ impl Store {
 
     /// Marks a run cancel-requested (it stays in its state) and records why.
     /// `false` when there is no such run.
-    pub fn request_cancel_then(
+    pub(crate) fn request_cancel_then(
         &self,
         id: &str,
         note: &str,
@@ -710,7 +716,7 @@ impl Store {
     /// it returns the chunks and how many bytes before them were lost in
     /// memory. Keeps the last `limit` bytes of the run's output; `done` gets
     /// the new totals once they are committed.
-    pub fn append_output_then(
+    pub(crate) fn append_output_then(
         &self,
         id: &str,
         limit: u64,
@@ -729,7 +735,7 @@ impl Store {
 
     /// The run and the output it keeps from byte `after` on, in order.
     /// `team_id: None` looks across teams.
-    pub fn read_output(
+    pub(crate) fn read_output(
         &self,
         id: &str,
         team_id: Option<i64>,
@@ -748,7 +754,7 @@ impl Store {
     /// The run (of `team_id`, if given) and at most `max` bytes of its
     /// output from byte `after` on, with whether more is stored; `None`
     /// when there is no such run.
-    pub fn read_output_page(
+    pub(crate) fn read_output_page(
         &self,
         id: &str,
         team_id: Option<i64>,
@@ -767,7 +773,7 @@ impl Store {
 
     // ---- schedules ----
 
-    pub fn insert_schedule(&self, rec: ScheduleRecord) -> Pending<ScheduleRecord> {
+    pub(crate) fn insert_schedule(&self, rec: ScheduleRecord) -> Pending<ScheduleRecord> {
         self.call(move |conn| {
             insert_schedule(conn, &rec)?;
             Ok(rec)
@@ -775,19 +781,23 @@ impl Store {
     }
 
     /// `team_id: None`: every team's (the cron scheduler's own use).
-    pub fn list_schedules(&self, team_id: Option<i64>) -> Pending<Vec<ScheduleRecord>> {
+    pub(crate) fn list_schedules(&self, team_id: Option<i64>) -> Pending<Vec<ScheduleRecord>> {
         self.call(move |conn| list_schedules(conn, team_id))
     }
 
     /// `team_id: None` looks across teams (the cron scheduler's own use).
-    pub fn get_schedule(&self, id: &str, team_id: Option<i64>) -> Pending<Option<ScheduleRecord>> {
+    pub(crate) fn get_schedule(
+        &self,
+        id: &str,
+        team_id: Option<i64>,
+    ) -> Pending<Option<ScheduleRecord>> {
         let id = id.to_string();
         self.call(move |conn| get_schedule(conn, &id, team_id))
     }
 
     /// Pauses or resumes; a resume also marks every slot until
     /// `handled_until` handled, so what came due while paused never runs.
-    pub fn set_schedule_paused(
+    pub(crate) fn set_schedule_paused(
         &self,
         id: &str,
         team_id: i64,
@@ -810,7 +820,11 @@ impl Store {
     }
 
     /// Deletes a schedule; the runs it created keep its id.
-    pub fn delete_schedule(&self, id: &str, team_id: i64) -> Pending<Option<ScheduleRecord>> {
+    pub(crate) fn delete_schedule(
+        &self,
+        id: &str,
+        team_id: i64,
+    ) -> Pending<Option<ScheduleRecord>> {
         let id = id.to_string();
         self.call(move |conn| {
             let Some(rec) = get_schedule(conn, &id, Some(team_id))? else {
@@ -827,7 +841,7 @@ impl Store {
     /// slot) unless it is `None`, and marks everything until `slot`
     /// handled. A slot therefore gets at most one run, whatever crashes
     /// when.
-    pub fn handle_slot(
+    pub(crate) fn handle_slot(
         &self,
         id: &str,
         expected: &str,
@@ -844,7 +858,7 @@ impl Store {
     // ---- worker ids ----
 
     /// Records that a connection with `worker_id` opened or closed now.
-    pub fn worker_seen_then(
+    pub(crate) fn worker_seen_then(
         &self,
         team_id: i64,
         worker_id: &str,
@@ -867,7 +881,7 @@ impl Store {
     }
 
     /// Every worker id the team's workers connected with, by id.
-    pub fn list_workers(&self, team_id: i64) -> Pending<Vec<WorkerRecord>> {
+    pub(crate) fn list_workers(&self, team_id: i64) -> Pending<Vec<WorkerRecord>> {
         self.call(move |conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT worker_id, first_seen_at, last_seen_at, paused_at FROM workers
@@ -889,7 +903,7 @@ impl Store {
     /// worker id of the team; `false` when no worker ever connected with it.
     /// `live`: a connection with this id is up (its record may still be on
     /// its way), so the record is created when missing.
-    pub fn set_worker_paused(
+    pub(crate) fn set_worker_paused(
         &self,
         team_id: i64,
         worker_id: &str,
@@ -915,7 +929,7 @@ impl Store {
     }
 
     /// Every paused worker id, for a start.
-    pub fn paused_workers(&self) -> Pending<Vec<WorkerKey>> {
+    pub(crate) fn paused_workers(&self) -> Pending<Vec<WorkerKey>> {
         self.call(move |conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT team_id, worker_id FROM workers WHERE paused_at IS NOT NULL",
@@ -1504,9 +1518,11 @@ fn schedule_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ScheduleRecord> 
         name: r.get("name")?,
         cron: r.get("cron")?,
         time_zone: r.get("time_zone")?,
-        missed: r.get::<_, String>("missed")?.parse().map_err(|e: oz_runs_api::model::UnknownMissedSlots| {
-            rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into())
-        })?,
+        missed: r.get::<_, String>("missed")?.parse().map_err(
+            |e: oz_runs_api::model::UnknownMissedSlots| {
+                rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into())
+            },
+        )?,
         spec: parse_spec(r.get("spec_json")?)?,
         paused: r.get::<_, i64>("paused")? != 0,
         handled_until: r.get("handled_until")?,

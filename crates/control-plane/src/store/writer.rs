@@ -35,7 +35,7 @@ pub enum BatchError {
 /// Why a job's result is not available: the job's own error `E`, or its
 /// batch failed.
 #[derive(Debug, thiserror::Error)]
-pub enum JobError<E> {
+pub(crate) enum JobError<E> {
     #[error(transparent)]
     Job(E),
     #[error(transparent)]
@@ -73,7 +73,10 @@ where
             Err(_) => Err(JobError::Batch(BatchError::Panicked)),
         };
         let ok = result.is_ok();
-        (ok, Box::new(move |committed| done(committed.map_err(JobError::Batch).and(result))))
+        (
+            ok,
+            Box::new(move |committed| done(committed.map_err(JobError::Batch).and(result))),
+        )
     }
 
     fn fail(self: Box<Self>, why: BatchError) {
@@ -88,13 +91,13 @@ const MAX_BATCH: usize = 256;
 /// A handle to the thread; cloning shares it. The thread ends when the
 /// last handle is dropped, after finishing what was submitted.
 #[derive(Clone)]
-pub struct Writer {
+pub(crate) struct Writer {
     jobs: mpsc::Sender<Box<dyn Job>>,
 }
 
 impl Writer {
     /// Moves `conn` onto a new thread named `name`.
-    pub fn start(conn: Connection, name: &str) -> std::io::Result<Writer> {
+    pub(crate) fn start(conn: Connection, name: &str) -> std::io::Result<Writer> {
         let (jobs, rx) = mpsc::channel::<Box<dyn Job>>();
         std::thread::Builder::new()
             .name(name.to_string())
@@ -106,7 +109,7 @@ impl Writer {
     /// committed (or failed), on the writer thread: it must be quick and
     /// must not block. Jobs run in the order of `submit` calls. Never
     /// blocks: callers may hold a lock while submitting.
-    pub fn submit<T, E>(
+    pub(crate) fn submit<T, E>(
         &self,
         job: impl FnOnce(&Connection) -> Result<T, E> + Send + 'static,
         done: impl FnOnce(Result<T, JobError<E>>) + Send + 'static,

@@ -50,7 +50,7 @@ const EVENT_BUFFER: usize = 4;
 /// Output read from the store at a time per follower, in bytes.
 const PAGE: usize = 16 * 1024;
 
-pub async fn handle(
+pub(crate) async fn handle(
     req: Request<Incoming>,
     shared: &Arc<Shared>,
     team_id: i64,

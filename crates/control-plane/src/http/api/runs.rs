@@ -32,7 +32,7 @@ use oz_runs_api::model::{
 use std::collections::HashSet;
 
 /// `rest`: the path segments after `runs`.
-pub async fn handle(
+pub(crate) async fn handle(
     req: Request<Incoming>,
     shared: &Shared,
     team_id: i64,
@@ -139,7 +139,12 @@ async fn list(req: &Request<Incoming>, shared: &Shared, team_id: i64) -> Answer 
     let mut page = PageRequest::default();
     for (k, v) in query_pairs(req) {
         match k.as_str() {
-            "state" => state = Some(v.parse::<RunState>().map_err(|e| bad_request(&e.to_string()))?),
+            "state" => {
+                state = Some(
+                    v.parse::<RunState>()
+                        .map_err(|e| bad_request(&e.to_string()))?,
+                )
+            }
             "worker_host" | "host" => host = Some(v),
             "limit" => page.limit = parse_limit(&v).map_err(|e| bad_request(&e.to_string()))?,
             "cursor" => {
@@ -172,7 +177,7 @@ async fn list(req: &Request<Incoming>, shared: &Shared, team_id: i64) -> Answer 
     ))
 }
 
-pub fn not_found(id: &str) -> Response<Body> {
+pub(crate) fn not_found(id: &str) -> Response<Body> {
     error_response(
         StatusCode::NOT_FOUND,
         &format!("no run {id:?} for this team; `oz-agent-worker runs list` shows yours"),
@@ -219,7 +224,11 @@ async fn cancel(shared: &Shared, team_id: i64, id: &str) -> Answer {
 
 async fn result(req: Request<Incoming>, shared: &Shared, team_id: i64, id: &str) -> Answer {
     let report: RunResultRequest = read_json(req, "result").await?;
-    match shared.run_scheduler.report_result(team_id, id, &report).await {
+    match shared
+        .run_scheduler
+        .report_result(team_id, id, &report)
+        .await
+    {
         Ok(rec) => with_history(shared, &rec).await,
         Err(ResultError::NotFound) => Err(not_found(id)),
         Err(ResultError::Conflict(why)) => Err(error_response(StatusCode::CONFLICT, &why)),
@@ -230,7 +239,7 @@ async fn result(req: Request<Incoming>, shared: &Shared, team_id: i64, id: &str)
 }
 
 /// The API's view of a stored run: secrets removed, waiting reason added.
-pub fn view(shared: &Shared, rec: &RunRecord, history: Vec<HistoryEntry>) -> Run {
+pub(crate) fn view(shared: &Shared, rec: &RunRecord, history: Vec<HistoryEntry>) -> Run {
     let spec = &rec.spec;
     let mut agent_config = spec.agent_config.clone();
     if let Some(c) = agent_config.as_mut() {

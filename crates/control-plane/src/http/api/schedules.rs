@@ -12,7 +12,7 @@
 
 #![allow(clippy::result_large_err)]
 
-use crate::dispatch::cron_scheduler::{ScheduleError, CronScheduler};
+use crate::dispatch::cron_scheduler::{CronScheduler, ScheduleError};
 use crate::http::api::runs::validate;
 use crate::http::endpoint_support::{
     bad_request, error_response, internal, json_response, method_not_allowed, no_such_endpoint,
@@ -24,7 +24,7 @@ use hyper::body::Incoming;
 use oz_runs_api::model::{CreateScheduleRequest, RunTemplate, Schedule, ScheduleList};
 
 /// `rest`: the path segments after `schedules`.
-pub async fn handle(
+pub(crate) async fn handle(
     req: Request<Incoming>,
     shared: &Shared,
     team_id: i64,
@@ -35,12 +35,14 @@ pub async fn handle(
         (Method::GET, []) => list(shared, team_id).await,
         (Method::GET, [id]) => get(shared, team_id, id).await,
         (Method::DELETE, [id]) => answer(shared.cron_scheduler.delete(team_id, id).await, id),
-        (Method::POST, [id, "pause"]) => {
-            answer(shared.cron_scheduler.set_paused(team_id, id, true).await, id)
-        }
-        (Method::POST, [id, "resume"]) => {
-            answer(shared.cron_scheduler.set_paused(team_id, id, false).await, id)
-        }
+        (Method::POST, [id, "pause"]) => answer(
+            shared.cron_scheduler.set_paused(team_id, id, true).await,
+            id,
+        ),
+        (Method::POST, [id, "resume"]) => answer(
+            shared.cron_scheduler.set_paused(team_id, id, false).await,
+            id,
+        ),
         (m, [] | [_] | [_, "pause" | "resume"]) => Err(method_not_allowed(&m, req.uri().path())),
         _ => Err(no_such_endpoint(req.uri().path())),
     }
@@ -100,7 +102,7 @@ fn not_found(id: &str) -> Response<Body> {
 }
 
 /// The API's view of a stored schedule: the run's secrets removed.
-pub fn view(rec: &ScheduleRecord) -> Schedule {
+pub(crate) fn view(rec: &ScheduleRecord) -> Schedule {
     Schedule {
         id: rec.id.clone(),
         team_id: rec.team_id,

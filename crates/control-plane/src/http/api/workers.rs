@@ -19,7 +19,7 @@ use hyper::body::Incoming;
 use oz_runs_api::model::{Worker, WorkerList};
 
 /// `rest`: the path segments after `workers`.
-pub async fn handle(
+pub(crate) async fn handle(
     req: Request<Incoming>,
     shared: &Shared,
     team_id: i64,
