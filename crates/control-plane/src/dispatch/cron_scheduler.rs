@@ -20,7 +20,7 @@ use crate::dispatch::calendar::{
     self, Calendar, CalendarError, StoredTimeError, DEFAULT_TIME_ZONE,
 };
 use crate::dispatch::run_scheduler::RunScheduler;
-use crate::store::{ScheduleRecord, SlotOutcome, StoreError};
+use crate::store::{ScheduleRecord, SlotOutcome, SlotRun, StoreError};
 use chrono::{DateTime, Utc};
 use oz_runs_api::model::{CreateScheduleRequest, MissedSlots};
 use std::collections::HashMap;
@@ -167,7 +167,10 @@ impl CronScheduler {
             if d.folded {
                 note.push_str("; earlier unhandled slots were folded into this one");
             }
-            (RunScheduler::new_run_id(), note)
+            SlotRun {
+                run_id: RunScheduler::new_run_id(),
+                note,
+            }
         });
         let result = self
             .run_scheduler

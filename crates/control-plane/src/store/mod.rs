@@ -45,6 +45,14 @@ impl WorkerKey {
     }
 }
 
+/// The run a schedule's slot creates: its id and the note its history
+/// starts with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SlotRun {
+    pub run_id: String,
+    pub note: String,
+}
+
 /// Why a store call failed. Each message is one sentence for the log (or,
 /// at start-up, for the operator: those name the fix).
 #[derive(Debug, thiserror::Error)]
@@ -836,23 +844,19 @@ impl Store {
     }
 
     /// Handles a due slot of schedule `id` in one change: when the schedule
-    /// is still active and handled exactly until `expected`, creates the
-    /// run `(id, history note)` (queued, recording the schedule and the
-    /// slot) unless it is `None`, and marks everything until `slot`
-    /// handled. A slot therefore gets at most one run, whatever crashes
-    /// when.
+    /// is still active and handled exactly until `expected`, creates `run`
+    /// (queued, recording the schedule and the slot) unless it is `None`,
+    /// and marks everything until `slot` handled. A slot therefore gets at
+    /// most one run, whatever crashes when.
     pub(crate) fn handle_slot(
         &self,
         id: &str,
         expected: &str,
         slot: &str,
-        run: Option<(String, String)>,
+        run: Option<SlotRun>,
     ) -> Pending<SlotOutcome> {
         let (id, expected, slot) = (id.to_string(), expected.to_string(), slot.to_string());
-        self.call(move |conn| {
-            let run = run.as_ref().map(|(r, n)| (r.as_str(), n.as_str()));
-            handle_slot(conn, &id, &expected, &slot, run)
-        })
+        self.call(move |conn| handle_slot(conn, &id, &expected, &slot, run.as_ref()))
     }
 
     // ---- worker ids ----
@@ -1581,7 +1585,7 @@ fn handle_slot(
     id: &str,
     expected: &str,
     slot: &str,
-    run: Option<(&str, &str)>,
+    run: Option<&SlotRun>,
 ) -> Result<SlotOutcome> {
     let Some(s) = get_schedule(conn, id, None)? else {
         return Ok(SlotOutcome::Stale);
@@ -1590,7 +1594,7 @@ fn handle_slot(
         return Ok(SlotOutcome::Stale);
     }
     let outcome = match run {
-        Some((run_id, note)) => SlotOutcome::Created(Box::new(insert_run(
+        Some(SlotRun { run_id, note }) => SlotOutcome::Created(Box::new(insert_run(
             conn,
             run_id,
             s.team_id,
@@ -1600,7 +1604,7 @@ fn handle_slot(
         )?)),
         None => SlotOutcome::Skipped,
     };
-    let run_id = run.map(|(r, _)| r);
+    let run_id = run.map(|r| r.run_id.as_str());
     conn.execute(
         "UPDATE schedules SET handled_until = ?2, last_run_id = COALESCE(?3, last_run_id),
          updated_at = ?4 WHERE id = ?1",
@@ -1911,7 +1915,10 @@ mod tests {
                     "sch_1",
                     "2030-01-01T00:00:00.000Z",
                     slot,
-                    Some(("r1", "n")),
+                    Some(&SlotRun {
+                        run_id: "r1".into(),
+                        note: "n".into(),
+                    }),
                 )
             })
             .unwrap();
@@ -1929,7 +1936,10 @@ mod tests {
                     "sch_1",
                     "2030-01-01T00:00:00.000Z",
                     slot,
-                    Some(("r2", "n")),
+                    Some(&SlotRun {
+                        run_id: "r2".into(),
+                        note: "n".into(),
+                    }),
                 )
             })
             .unwrap();
