@@ -781,7 +781,7 @@ async fn revoked_and_expired_keys_are_refused_by_a_running_serve() {
     loop {
         match client.list_runs(None, None).await {
             Err(e) => {
-                assert!(e.message.contains("revoked"), "{}", e.message);
+                assert!(e.to_string().contains("revoked"), "{e}");
                 break;
             }
             Ok(_) => assert!(

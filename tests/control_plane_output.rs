@@ -207,9 +207,9 @@ async fn output_is_taken_only_from_the_runs_worker_and_shown_only_to_its_team() 
     let beta = t.plane.create_api_key("beta").unwrap();
     let theirs = Client::new(&t.plane.url(), &beta.secret).unwrap();
     let e = theirs.get_output(&id, 0).await.unwrap_err();
-    assert_eq!(e.status, Some(404), "{e}");
+    assert_eq!(e.status(), Some(404), "{e}");
     let e = theirs.follow_output(&id, 0).await.err().unwrap();
-    assert_eq!(e.status, Some(404), "{e}");
+    assert_eq!(e.status(), Some(404), "{e}");
 }
 
 /// The real `serve`, SIGKILLed after a run finished: its output is read

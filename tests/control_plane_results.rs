@@ -73,9 +73,9 @@ async fn a_claimed_runs_result_is_recorded_once_and_repeating_it_changes_nothing
         .report_result(&run.id, &result(ResultOutcome::Succeeded))
         .await
         .unwrap_err();
-    assert_eq!(e.status, Some(409));
+    assert_eq!(e.status(), Some(409));
     assert!(
-        e.message
+        e.to_string()
             .contains("already ended (failed, reported by api)"),
         "{e}"
     );
@@ -102,9 +102,9 @@ async fn results_for_runs_not_claimed_for_another_execution_or_team_are_refused(
         .report_result(&queued.id, &result(ResultOutcome::Succeeded))
         .await
         .unwrap_err();
-    assert_eq!(e.status, Some(409));
+    assert_eq!(e.status(), Some(409));
     assert!(
-        e.message.contains("is queued") && e.message.contains("cancel it instead"),
+        e.to_string().contains("is queued") && e.to_string().contains("cancel it instead"),
         "{e}"
     );
 
@@ -115,7 +115,7 @@ async fn results_for_runs_not_claimed_for_another_execution_or_team_are_refused(
         .report_result(&run.id, &result(ResultOutcome::Succeeded))
         .await
         .unwrap_err();
-    assert!(e.message.contains("is assigned"), "{e}");
+    assert!(e.to_string().contains("is assigned"), "{e}");
     w.claim_execution(&run.id, Some(&exec)).await;
     wait_for_state(&client, &run.id, RunState::Claimed).await;
     let other_exec = RunResultRequest {
@@ -126,8 +126,8 @@ async fn results_for_runs_not_claimed_for_another_execution_or_team_are_refused(
         .report_result(&run.id, &other_exec)
         .await
         .unwrap_err();
-    assert_eq!(e.status, Some(409));
-    assert!(e.message.contains("exec_someone_else"), "{e}");
+    assert_eq!(e.status(), Some(409));
+    assert!(e.to_string().contains("exec_someone_else"), "{e}");
 
     let beta = t.plane.create_api_key("beta").unwrap();
     let theirs = Client::new(&t.plane.url(), &beta.secret).unwrap();
@@ -135,7 +135,7 @@ async fn results_for_runs_not_claimed_for_another_execution_or_team_are_refused(
         .report_result(&run.id, &result(ResultOutcome::Succeeded))
         .await
         .unwrap_err();
-    assert_eq!(e.status, Some(404));
+    assert_eq!(e.status(), Some(404));
     assert_eq!(
         client.get_run(&run.id).await.unwrap().state,
         RunState::Claimed,
@@ -271,8 +271,8 @@ async fn image_references_are_checked_with_the_workers_parser() {
     ];
     for (req, reference) in bad {
         let e = client.create_run(&req).await.unwrap_err();
-        assert_eq!(e.status, Some(400), "{e}");
-        assert_eq!(e.message, worker_says(reference));
+        assert_eq!(e.status(), Some(400), "{e}");
+        assert_eq!(e.to_string(), worker_says(reference));
         let e = client
             .create_schedule(&CreateScheduleRequest {
                 name: None,
@@ -283,7 +283,7 @@ async fn image_references_are_checked_with_the_workers_parser() {
             })
             .await
             .unwrap_err();
-        assert_eq!(e.message, format!("run: {}", worker_says(reference)));
+        assert_eq!(e.to_string(), format!("run: {}", worker_says(reference)));
     }
     assert!(client.list_runs(None, None).await.unwrap().is_empty());
     // What the worker can pull is taken.

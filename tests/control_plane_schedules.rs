@@ -129,14 +129,14 @@ async fn schedules_are_created_listed_paused_resumed_and_deleted_per_team() {
         theirs.pause_schedule(&s.id).await.unwrap_err(),
         theirs.delete_schedule(&s.id).await.unwrap_err(),
     ] {
-        assert_eq!(e.status, Some(404), "{e}");
+        assert_eq!(e.status(), Some(404), "{e}");
     }
 
     let deleted = client.delete_schedule(&s.id).await.unwrap();
     assert_eq!(deleted.id, s.id);
     assert!(client.list_schedules().await.unwrap().is_empty());
     assert_eq!(
-        client.get_schedule(&s.id).await.unwrap_err().status,
+        client.get_schedule(&s.id).await.unwrap_err().status(),
         Some(404)
     );
 }
@@ -148,21 +148,22 @@ async fn bad_schedules_are_refused_with_what_to_fix() {
     let mut req = every_second("w1", MissedSlots::Skip);
     req.cron = "every five minutes".into();
     let e = client.create_schedule(&req).await.unwrap_err();
-    assert_eq!(e.status, Some(400));
+    assert_eq!(e.status(), Some(400));
     assert!(
-        e.message.contains("invalid cron expression") && e.message.contains("*/15 * * * *"),
+        e.to_string().contains("invalid cron expression") && e.to_string().contains("*/15 * * * *"),
         "{e}"
     );
     let mut req = every_second("w1", MissedSlots::Skip);
     req.time_zone = Some("Europe/Atlantis".into());
     let e = client.create_schedule(&req).await.unwrap_err();
     assert!(
-        e.message.contains("unknown time zone \"Europe/Atlantis\""),
+        e.to_string()
+            .contains("unknown time zone \"Europe/Atlantis\""),
         "{e}"
     );
     let req = every_second("warp-reserved", MissedSlots::Skip);
     let e = client.create_schedule(&req).await.unwrap_err();
-    assert!(e.message.starts_with("run: worker_host"), "{e}");
+    assert!(e.to_string().starts_with("run: worker_host"), "{e}");
     assert!(client.list_schedules().await.unwrap().is_empty());
 }
 

@@ -66,14 +66,14 @@ async fn missing_wrong_keys_and_reserved_ids_are_refused() {
     let run = t.client().create_run(&run_for("Warp-1")).await.unwrap();
     assert_eq!(capital.expect_assignment().await.task_id, run.id);
     let refused = t.client().create_run(&run_for("warp-1")).await.unwrap_err();
-    assert_eq!(refused.status, Some(400));
-    assert!(refused.message.contains("reserved"), "{}", refused.message);
+    assert_eq!(refused.status(), Some(400));
+    assert!(refused.to_string().contains("reserved"), "{refused}");
 
     // The runs API answers the same way.
     let bad = oz_runs_api::client::Client::new(&t.plane.url(), "ozk_wrong").unwrap();
     let e = bad.list_runs(None, None).await.unwrap_err();
-    assert_eq!(e.status, Some(401));
-    assert!(e.message.contains("invalid API key"), "{}", e.message);
+    assert_eq!(e.status(), Some(401));
+    assert!(e.to_string().contains("invalid API key"), "{e}");
 }
 
 #[tokio::test]
@@ -114,11 +114,11 @@ async fn teams_only_see_and_receive_their_own_runs() {
 
     // Beta can neither see, cancel, nor report on alpha's run.
     assert_eq!(
-        beta_client.get_run(&run.id).await.unwrap_err().status,
+        beta_client.get_run(&run.id).await.unwrap_err().status(),
         Some(404)
     );
     assert_eq!(
-        beta_client.cancel_run(&run.id).await.unwrap_err().status,
+        beta_client.cancel_run(&run.id).await.unwrap_err().status(),
         Some(404)
     );
     assert!(beta_client.list_runs(None, None).await.unwrap().is_empty());

@@ -6,7 +6,7 @@
 
 use oz_control_plane::store::{KeyOptions, Revoked, Store};
 use oz_control_plane::{self as cp, Config, ControlPlane, Storage};
-use oz_runs_api::client::{Client, OutputEvent, RunQuery};
+use oz_runs_api::client::{Client, ClientError, OutputEvent, RunQuery};
 use oz_runs_api::model::{
     CreateRunRequest, CreateScheduleRequest, MissedSlots, OutputChunk, Run, RunState, Schedule,
 };
@@ -121,29 +121,41 @@ pub struct ServeArgs {
     pub log_level: String,
 }
 
+/// A `--output-limit` that is not a size.
+#[derive(Debug, thiserror::Error)]
+pub enum SizeError {
+    #[error("{0:?} is not a size; write e.g. 4MiB, 512KiB or 1048576")]
+    NotASize(String),
+    #[error("unknown size unit {unit:?} in {text:?}; use KiB, MiB or GiB")]
+    UnknownUnit { unit: String, text: String },
+    #[error("{0:?}: the size must be above zero")]
+    Zero(String),
+    #[error("{0:?} is too large")]
+    TooLarge(String),
+}
+
 /// `4MiB`, `512KiB`, `1GiB` (also `K`, `M`, `G`, powers of 1024), or bytes.
-pub fn parse_size(s: &str) -> Result<u64, String> {
+pub fn parse_size(s: &str) -> Result<u64, SizeError> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (n, unit) = t.split_at(split);
-    let n: u64 = n
-        .parse()
-        .map_err(|_| format!("{s:?} is not a size; write e.g. 4MiB, 512KiB or 1048576"))?;
+    let n: u64 = n.parse().map_err(|_| SizeError::NotASize(s.to_string()))?;
     let scale: u64 = match unit.trim() {
         "" | "B" => 1,
         "K" | "KiB" | "k" => 1 << 10,
         "M" | "MiB" => 1 << 20,
         "G" | "GiB" => 1 << 30,
         other => {
-            return Err(format!(
-                "unknown size unit {other:?} in {s:?}; use KiB, MiB or GiB"
-            ))
+            return Err(SizeError::UnknownUnit {
+                unit: other.to_string(),
+                text: s.to_string(),
+            })
         }
     };
     match n.checked_mul(scale) {
-        Some(0) => Err(format!("{s:?}: the size must be above zero")),
+        Some(0) => Err(SizeError::Zero(s.to_string())),
         Some(v) => Ok(v),
-        None => Err(format!("{s:?} is too large")),
+        None => Err(SizeError::TooLarge(s.to_string())),
     }
 }
 
@@ -166,9 +178,9 @@ pub struct ServerArgs {
 }
 
 impl ServerArgs {
-    pub(crate) fn client(&self) -> Result<Client, String> {
+    pub(crate) fn client(&self) -> Result<Client, ClientError> {
         let key = self.api_key.as_ref().map(|k| k.expose_str()).unwrap_or("");
-        Client::new(&self.server, key).map_err(|e| e.message)
+        Client::new(&self.server, key)
     }
 }
 
@@ -196,7 +208,7 @@ pub struct RunSpecArgs {
 }
 
 impl RunSpecArgs {
-    fn request(&self) -> Result<CreateRunRequest, String> {
+    fn request(&self) -> Result<CreateRunRequest, EnvError> {
         let env_vars = parse_env(&self.env)?;
         Ok(CreateRunRequest {
             worker_host: self.host.clone(),
@@ -321,7 +333,7 @@ pub enum SchedulesCommand {
     Delete { id: String },
 }
 
-fn parse_missed(s: &str) -> Result<MissedSlots, String> {
+fn parse_missed(s: &str) -> Result<MissedSlots, oz_runs_api::model::UnknownMissedSlots> {
     s.parse()
 }
 
@@ -360,17 +372,28 @@ pub enum ApiKeysCommand {
     },
 }
 
+/// An `--expires-in` that is not a duration in the future.
+#[derive(Debug, thiserror::Error)]
+pub enum ExpiryError {
+    #[error("{0:?} is not a number of days; write e.g. 30d, 12h or 90m")]
+    NotDays(String),
+    #[error(transparent)]
+    Duration(#[from] oz_foundation::duration::DurationError),
+    #[error("{0:?}: an expiry must be in the future")]
+    NotInFuture(String),
+}
+
 /// `30d` (days), or a Go duration (`12h`, `90m`).
-fn parse_expiry(s: &str) -> Result<Duration, String> {
+fn parse_expiry(s: &str) -> Result<Duration, ExpiryError> {
     let d = match s.trim().strip_suffix('d') {
         Some(days) => days
             .parse::<u64>()
             .map(|n| Duration::from_secs(n * 86_400))
-            .map_err(|_| format!("{s:?} is not a number of days; write e.g. 30d, 12h or 90m"))?,
-        None => parse_duration(s).map_err(|e| e.to_string())?,
+            .map_err(|_| ExpiryError::NotDays(s.to_string()))?,
+        None => parse_duration(s)?,
     };
     if d.is_zero() {
-        return Err(format!("{s:?}: an expiry must be in the future"));
+        return Err(ExpiryError::NotInFuture(s.to_string()));
     }
     Ok(d)
 }
@@ -539,20 +562,27 @@ pub async fn api_keys(a: ApiKeysArgs) -> ExitCode {
     }
 }
 
-fn parse_env(entries: &[String]) -> Result<BTreeMap<String, String>, String> {
+/// A `-e` entry that names no variable or one that is not set.
+#[derive(Debug, thiserror::Error)]
+pub enum EnvError {
+    #[error("-e {0}: {0} is not set in this environment; pass -e {0}=VALUE")]
+    NotSet(String),
+    #[error("-e {0:?}: the variable name is empty")]
+    EmptyName(String),
+}
+
+fn parse_env(entries: &[String]) -> Result<BTreeMap<String, String>, EnvError> {
     let mut env = BTreeMap::new();
     for e in entries {
         let (k, v) = match e.split_once('=') {
             Some((k, v)) => (k.to_string(), v.to_string()),
             None => {
-                let v = std::env::var(e).map_err(|_| {
-                    format!("-e {e}: {e} is not set in this environment; pass -e {e}=VALUE")
-                })?;
+                let v = std::env::var(e).map_err(|_| EnvError::NotSet(e.clone()))?;
                 (e.clone(), v)
             }
         };
         if k.is_empty() {
-            return Err(format!("-e {e:?}: the variable name is empty"));
+            return Err(EnvError::EmptyName(e.clone()));
         }
         env.insert(k, v);
     }
@@ -622,15 +652,25 @@ const RECONNECT_FOR: Duration = Duration::from_secs(60);
 /// Follows run `id`'s output from the start, printing it as it arrives;
 /// reconnects from the last byte seen when the connection drops. Returns
 /// the run as it ended.
-async fn print_output_live(client: &Client, id: &str) -> Result<Run, String> {
+/// Why a followed run's output stopped before its end.
+#[derive(Debug, thiserror::Error)]
+enum FollowError {
+    /// The control plane answered with an error: it will not get better.
+    #[error(transparent)]
+    Refused(ClientError),
+    #[error("lost the output of run {run}: {why}")]
+    Lost { run: String, why: String },
+}
+
+async fn print_output_live(client: &Client, id: &str) -> Result<Run, FollowError> {
     use futures_util::StreamExt;
     let mut after = 0;
     let mut failing_since: Option<std::time::Instant> = None;
     loop {
         let why = match client.follow_output(id, after).await {
             // The server answered: a 4xx will not get better.
-            Err(e) if e.status.is_some() => return Err(e.message),
-            Err(e) => e.message,
+            Err(e) if e.status().is_some() => return Err(FollowError::Refused(e)),
+            Err(e) => e.to_string(),
             Ok(events) => {
                 failing_since = None;
                 let mut events = std::pin::pin!(events);
@@ -647,7 +687,7 @@ async fn print_output_live(client: &Client, id: &str) -> Result<Run, String> {
                         ),
                         Ok(OutputEvent::End(run)) => return Ok(*run),
                         Err(e) => {
-                            why = e.message;
+                            why = e.to_string();
                             break;
                         }
                     }
@@ -657,7 +697,10 @@ async fn print_output_live(client: &Client, id: &str) -> Result<Run, String> {
         };
         let since = *failing_since.get_or_insert_with(std::time::Instant::now);
         if since.elapsed() > RECONNECT_FOR {
-            return Err(format!("lost the output of run {id}: {why}"));
+            return Err(FollowError::Lost {
+                run: id.to_string(),
+                why,
+            });
         }
         tracing::debug!("following run {id} again after: {why}");
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -749,7 +792,7 @@ async fn list_runs(
     client: &Client,
     query: RunQuery<'_>,
     all: bool,
-) -> Result<(Vec<Run>, Option<String>), oz_runs_api::client::ClientError> {
+) -> Result<(Vec<Run>, Option<String>), ClientError> {
     if all {
         return Ok((client.all_runs(query).await?, None));
     }
@@ -919,7 +962,7 @@ pub async fn schedules(a: SchedulesArgs) -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
-    let one = |r: Result<Schedule, oz_runs_api::client::ClientError>, verb: &str| match r {
+    let one = |r: Result<Schedule, ClientError>, verb: &str| match r {
         Ok(s) if a.json => {
             print_json(&s);
             ExitCode::SUCCESS
@@ -1051,8 +1094,14 @@ mod tests {
         assert_eq!(parse_size("4MiB").unwrap(), 4 << 20);
         assert_eq!(parse_size("512KiB").unwrap(), 512 << 10);
         assert_eq!(parse_size("1048576").unwrap(), 1 << 20);
-        assert!(parse_size("0").unwrap_err().contains("above zero"));
-        assert!(parse_size("4MB").unwrap_err().contains("KiB, MiB or GiB"));
+        assert!(parse_size("0")
+            .unwrap_err()
+            .to_string()
+            .contains("above zero"));
+        assert!(parse_size("4MB")
+            .unwrap_err()
+            .to_string()
+            .contains("KiB, MiB or GiB"));
     }
 
     #[test]

@@ -4,10 +4,10 @@
 pub mod api_key;
 pub mod check;
 pub mod cleanup;
+pub mod codegen;
 pub mod config_file;
 pub mod control_plane;
 pub mod init;
-pub mod internal;
 pub mod logging;
 pub mod probe;
 pub mod worker;
@@ -56,7 +56,7 @@ pub enum Command {
     ApiKeys(control_plane::ApiKeysArgs),
     /// Project-internal commands used by `cargo xtask`.
     #[command(hide = true)]
-    Internal(internal::InternalArgs),
+    Internal(codegen::CodegenArgs),
     /// GET a URL; exit 0 on 2xx (the container image's HEALTHCHECK).
     #[command(hide = true)]
     Probe(probe::ProbeArgs),
@@ -83,7 +83,7 @@ pub async fn dispatch(cli: Cli) -> ExitCode {
         Some(Command::Schedules(args)) => control_plane::schedules(args).await,
         Some(Command::Workers(args)) => workers::run(args).await,
         Some(Command::ApiKeys(args)) => control_plane::api_keys(args).await,
-        Some(Command::Internal(args)) => internal::run(args),
+        Some(Command::Internal(args)) => codegen::run(args),
         Some(Command::Probe(args)) => probe::run(args).await,
     }
 }

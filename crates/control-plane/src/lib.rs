@@ -2,23 +2,30 @@
 //! (docs/PROTOCOL.md), a runs API, and durable state in SQLite. It runs as
 //! `oz-agent-worker serve` or embedded in-process through [`ControlPlane`].
 //!
-//! Layers, each depending only on those before it: `model` (API types, the
-//! state machine), `writer` (the one thread that runs SQLite, with group
-//! commit), `store` (all SQL, as jobs for that thread), `index` (the live
-//! runs, queues per worker id and connections, in memory), `output` (runs'
-//! live output: bounded, stored, watched), `metrics` (the instruments of
-//! `serve --metrics-listen`), `dispatcher` (routes runs to live
-//! connections, and records into `metrics`), `calendar` (cron expressions
-//! in a time zone) and `scheduler` (runs from schedules, once per slot),
-//! `edge` (what the HTTP
-//! endpoints share: body types, JSON and error responses, authentication,
-//! shared state; `sessions` holds the UI's sign-ins), then the endpoints —
-//! the API's resources `api_runs`, `api_output`, `api_schedules`,
-//! `api_workers`, routed by `api`, the worker endpoint `ws` and the
-//! management UI `ui` (embedded pages) — and
-//! `server`, which only accepts connections and routes requests to them.
-//! `client` (the CLI's side of the API) and `openapi` know only `model`.
-//! `tests/control_plane_layering.rs` enforces this.
+//! Three folders, each depending only on those before it (the runs API's
+//! bodies and state machine, and its client, are the `oz-runs-api` crate):
+//! - `store`: durable state. `writer` is the one thread that runs SQLite
+//!   (concurrent changes share a commit); `mod.rs` holds all SQL, as jobs
+//!   for that thread; `keys` hashes API keys; `time` writes RFC 3339.
+//! - `dispatch`: runs in motion, in memory. `index` (every run that has not
+//!   ended, the queue per worker key, the live connections), `output` (runs'
+//!   live output: bounded, stored, watched), `metrics` (the instruments of
+//!   `serve --metrics-listen`), `run_scheduler` (the [`ControlPlane`]'s
+//!   core: offers queued runs to worker connections and takes their claims,
+//!   re-announces, output, reports and cancellations), `calendar` (cron
+//!   expressions in a time zone) and `cron_scheduler` (runs from schedules,
+//!   once per slot).
+//! - `http`: what every endpoint shares (`endpoint_support`: bodies, JSON
+//!   errors, authentication, shared state), the runs API under `api/`
+//!   (`runs`, `output`, `schedules`, `workers`), the worker endpoint `ws`,
+//!   the management UI `ui` with its sign-ins (`sessions`, `login_limit`),
+//!   the abuse defences `connections` and `followers`, `openapi`, `tls`, and
+//!   `server`, which only accepts connections and routes requests.
+//!
+//! Outside the crate only what the binary and the tests use is public: the
+//! [`ControlPlane`] and its [`Config`], the [`store::Store`] calls of the
+//! `api-keys` command, the defaults of `serve`'s flags, and the OpenAPI
+//! [`http::openapi::document`].
 //!
 //! # Run lifecycle
 //! `queued → assigned → claimed → succeeded | failed | cancelled`
@@ -71,8 +78,8 @@ pub mod dispatch;
 pub mod http;
 pub mod store;
 
-use dispatch::dispatcher::{DispatchTimeouts, Dispatcher};
-use dispatch::scheduler::Scheduler;
+use dispatch::cron_scheduler::CronScheduler;
+use dispatch::run_scheduler::{RunScheduler, SchedulingTimeouts};
 use http::endpoint_support::Shared;
 use http::{connections, followers, login_limit, sessions};
 use std::net::SocketAddr;
@@ -190,13 +197,12 @@ fn connection_budget(asked: Option<u64>) -> Result<usize, StartError> {
     let room = nofile.saturating_sub(connections::FD_RESERVE);
     match asked {
         None => Ok(connections::default_max(nofile) as usize),
-        Some(0) => Err(StartError::Config(
-            "--max-connections must be at least 1".into(),
-        )),
-        Some(n) if n > room => Err(StartError::Config(format!(
-            "--max-connections {n} does not fit the open-files limit ({nofile}, of which {} are kept for the database and the log); raise the limit (ulimit -n, or LimitNOFILE= in the service unit) or ask for at most {room}",
-            connections::FD_RESERVE
-        ))),
+        Some(0) => Err(StartError::NoConnections),
+        Some(n) if n > room => Err(StartError::TooManyConnections {
+            asked: n,
+            nofile,
+            room,
+        }),
         Some(n) => Ok(n as usize),
     }
 }
@@ -209,46 +215,44 @@ pub fn default_data_dir() -> PathBuf {
 
 pub const DB_FILE_NAME: &str = "control-plane.sqlite3";
 
-#[derive(Debug)]
+/// Why the control plane did not start. Each message names the setting
+/// (flag) at fault and the fix.
+#[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    Store(StoreError),
-    Bind(SocketAddr, std::io::Error),
-    /// The TLS files: a sentence naming the file and the fix.
-    Tls(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("opening the database panicked: {0}")]
+    OpenPanicked(#[source] tokio::task::JoinError),
+    #[error("cannot listen on {addr}: {source}; pick another address with --listen")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    /// The TLS files.
+    #[error(transparent)]
+    Tls(#[from] http::tls::TlsError),
     /// The metrics address cannot be served: a sentence naming
     /// `--metrics-listen`.
+    #[error("{0}")]
     Metrics(String),
-    /// A setting that cannot work: a sentence naming the flag and the fix.
-    Config(String),
+    #[error("--max-connections must be at least 1")]
+    NoConnections,
+    #[error("--max-connections {asked} does not fit the open-files limit ({nofile}, of which {reserve} are kept for the database and the log); raise the limit (ulimit -n, or LimitNOFILE= in the service unit) or ask for at most {room}", reserve = connections::FD_RESERVE)]
+    TooManyConnections { asked: u64, nofile: u64, room: u64 },
 }
-
-impl std::fmt::Display for StartError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            StartError::Store(e) => write!(f, "{e}"),
-            StartError::Bind(addr, e) => write!(
-                f,
-                "cannot listen on {addr}: {e}; pick another address with --listen"
-            ),
-            StartError::Tls(e) | StartError::Metrics(e) | StartError::Config(e) => f.write_str(e),
-        }
-    }
-}
-
-impl std::error::Error for StartError {}
 
 /// A running control plane. Dropping it stops it too; `shutdown` also waits.
 pub struct ControlPlane {
     addr: SocketAddr,
     tls: bool,
-    dispatcher: Arc<Dispatcher>,
+    run_scheduler: Arc<RunScheduler>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     metrics: Option<oz_telemetry::Running>,
 }
 
-/// The metrics page's source: the dispatcher's instruments and queues.
-struct MetricsSource(Arc<Dispatcher>);
+/// The metrics page's source: the run scheduler's instruments and queues.
+struct MetricsSource(Arc<RunScheduler>);
 
 impl oz_telemetry::Source for MetricsSource {
     fn snapshot(&self) -> oz_telemetry::model::Snapshot {
@@ -261,7 +265,7 @@ impl ControlPlane {
     pub async fn start(config: Config) -> Result<ControlPlane, StartError> {
         let max_connections = connection_budget(config.max_connections)?;
         let tls = match &config.tls {
-            Some(files) => Some(http::tls::server_config(files).map_err(StartError::Tls)?),
+            Some(files) => Some(http::tls::server_config(files)?),
             None => None,
         };
         // Opening runs migrations: not on an async thread either.
@@ -271,30 +275,20 @@ impl ControlPlane {
             Storage::InMemory => Store::open_in_memory(),
         })
         .await
-        .map_err(|e| {
-            StartError::Store(StoreError::new(format!(
-                "opening the database panicked: {e}"
-            )))
-        })?
-        .map_err(StartError::Store)?;
-        let dispatcher = Arc::new(
-            Dispatcher::recover(
+        .map_err(StartError::OpenPanicked)??;
+        let run_scheduler = Arc::new(
+            RunScheduler::recover(
                 Arc::new(store),
-                DispatchTimeouts {
+                SchedulingTimeouts {
                     worker_lost: config.worker_lost_timeout,
                     rejection_backoff: config.rejection_backoff,
                     reannounce_grace: config.reannounce_grace,
                 },
                 config.output_limit,
             )
-            .await
-            .map_err(StartError::Store)?,
+            .await?,
         );
-        let scheduler = Arc::new(
-            Scheduler::load(dispatcher.clone())
-                .await
-                .map_err(StartError::Store)?,
-        );
+        let cron_scheduler = Arc::new(CronScheduler::load(run_scheduler.clone()).await?);
         let metrics = match config.metrics_listen {
             Some(addr) => Some(
                 oz_telemetry::start(
@@ -302,7 +296,7 @@ impl ControlPlane {
                         address: addr.to_string(),
                         from_flag: true,
                     },
-                    Arc::new(MetricsSource(dispatcher.clone())),
+                    Arc::new(MetricsSource(run_scheduler.clone())),
                 )
                 .await
                 .map_err(StartError::Metrics)?,
@@ -311,14 +305,18 @@ impl ControlPlane {
         };
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
-            .map_err(|e| StartError::Bind(config.listen, e))?;
-        let addr = listener
-            .local_addr()
-            .map_err(|e| StartError::Bind(config.listen, e))?;
+            .map_err(|source| StartError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
-            dispatcher: dispatcher.clone(),
-            scheduler: scheduler.clone(),
+            run_scheduler: run_scheduler.clone(),
+            cron_scheduler: cron_scheduler.clone(),
             sessions: sessions::Sessions::new(config.sessions),
             tls: tls.is_some(),
             worker_read_timeout: config.worker_read_timeout,
@@ -333,10 +331,10 @@ impl ControlPlane {
             shutdown: shutdown_rx.clone(),
         });
         let serves_tls = tls.is_some();
-        let scheduling = tokio::spawn(scheduler.run(shutdown_rx.clone()));
+        let scheduling = tokio::spawn(cron_scheduler.run(shutdown_rx.clone()));
         let server = tokio::spawn(http::server::accept_loop(listener, shared, tls));
         let sweeper = {
-            let dispatcher = dispatcher.clone();
+            let run_scheduler = run_scheduler.clone();
             let mut stop = shutdown_rx;
             let period = config.sweep_interval;
             tokio::spawn(async move {
@@ -344,7 +342,7 @@ impl ControlPlane {
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     tokio::select! {
-                        _ = tick.tick() => dispatcher.sweep().await,
+                        _ = tick.tick() => run_scheduler.sweep().await,
                         _ = stop.changed() => break,
                     }
                 }
@@ -357,7 +355,7 @@ impl ControlPlane {
         Ok(ControlPlane {
             addr,
             tls: serves_tls,
-            dispatcher,
+            run_scheduler,
             shutdown,
             tasks: vec![server, sweeper, scheduling],
             metrics,
@@ -390,18 +388,18 @@ impl ControlPlane {
     /// returned value only. Waits on the calling thread for the database:
     /// for set-up code and tests.
     pub fn create_api_key(&self, team: &str) -> Result<NewApiKey, StoreError> {
-        self.dispatcher.store().create_api_key_blocking(team)
+        self.run_scheduler.store().create_api_key_blocking(team)
     }
 
     /// Live worker connections.
     pub fn connection_count(&self) -> usize {
-        self.dispatcher.connection_count()
+        self.run_scheduler.connection_count()
     }
 
     /// Stops accepting, closes worker connections (with a close frame) and
     /// waits for the listener and background tasks to end.
     pub async fn shutdown(mut self) {
-        self.dispatcher.stop();
+        self.run_scheduler.stop();
         let _ = self.shutdown.send(true);
         for t in std::mem::take(&mut self.tasks) {
             let _ = t.await;
@@ -414,7 +412,7 @@ impl ControlPlane {
 
 impl Drop for ControlPlane {
     fn drop(&mut self) {
-        self.dispatcher.stop();
+        self.run_scheduler.stop();
         let _ = self.shutdown.send(true);
     }
 }

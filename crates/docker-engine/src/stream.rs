@@ -18,11 +18,11 @@ pub fn json_lines<T: DeserializeOwned + Send + 'static>(
     operation: &'static str,
     body: ByteStream,
 ) -> JsonStream<T> {
-    struct State {
+    struct JsonLinesReader {
         body: Option<ByteStream>,
         buf: BytesMut,
     }
-    let state = State {
+    let state = JsonLinesReader {
         body: Some(body),
         buf: BytesMut::new(),
     };
@@ -151,13 +151,13 @@ pub fn container_output(operation: &'static str, body: ByteStream, tty: bool) ->
 /// Splits a multiplexed stream (`[stream, 0, 0, 0, len_be32]` + payload).
 /// Payload is yielded as it arrives, so a large frame is never held whole.
 pub fn demultiplex(operation: &'static str, body: ByteStream) -> LogStream {
-    struct State {
+    struct FrameReader {
         body: Option<ByteStream>,
         buf: BytesMut,
         /// The current frame's source and the payload bytes still to come.
         frame: Option<(LogSource, usize)>,
     }
-    let state = State {
+    let state = FrameReader {
         body: Some(body),
         buf: BytesMut::new(),
         frame: None,

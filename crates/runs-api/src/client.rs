@@ -22,20 +22,65 @@ use hyper_util::rt::TokioExecutor;
 use oz_foundation::percent::encode;
 use serde::de::DeserializeOwned;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClientError {
-    /// The HTTP status when the server answered.
-    pub status: Option<u16>,
-    pub message: String,
+/// Why a call to the runs API failed. Each message is one sentence for
+/// the CLI's user; [`ClientError::status`] is the HTTP status when the
+/// control plane answered.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("invalid control plane URL {url:?}: {source}")]
+    InvalidUrl {
+        url: String,
+        source: http::uri::InvalidUri,
+    },
+    #[error("invalid control plane URL {0:?}: expected http://HOST:PORT or https://HOST:PORT")]
+    UnsupportedScheme(String),
+    #[error("no API key: pass --api-key or set WARP_API_KEY (create one with `oz-agent-worker api-keys create --team NAME`)")]
+    NoApiKey,
+    #[error("cannot build the request: {0}")]
+    BuildRequest(#[source] http::Error),
+    /// The server's certificate was refused; `hint` says what to do.
+    #[error("cannot reach the control plane at {base}: {hint}")]
+    Certificate {
+        base: String,
+        hint: String,
+        source: hyper_util::client::legacy::Error,
+    },
+    /// No connection (`cause` is the innermost error, for the message).
+    #[error("cannot reach the control plane at {base}: {cause}; is `oz-agent-worker serve` running there? (set --server or OZ_SERVER_URL)")]
+    Unreachable {
+        base: String,
+        cause: String,
+        source: hyper_util::client::legacy::Error,
+    },
+    #[error("the control plane's answer was cut off: {0}")]
+    CutOff(#[source] hyper::Error),
+    #[error("unexpected answer from the control plane at {base} (is it an oz-agent-worker control plane of the same version?): {source}")]
+    UnexpectedAnswer {
+        base: String,
+        source: serde_json::Error,
+    },
+    /// The control plane answered with an error status; `message` is what
+    /// it said (prefixed for a refused key).
+    #[error("{message}")]
+    Refused { status: u16, message: String },
+    #[error("the control plane at {base} stopped sending the run's output: {source}")]
+    OutputStopped {
+        base: String,
+        source: eventsource_stream::EventStreamError<hyper::Error>,
+    },
+    #[error("unexpected output event from the control plane: {0}")]
+    UnexpectedEvent(#[source] serde_json::Error),
 }
 
-impl std::fmt::Display for ClientError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
+impl ClientError {
+    /// The HTTP status when the control plane answered with an error.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Refused { status, .. } => Some(*status),
+            _ => None,
+        }
     }
 }
-
-impl std::error::Error for ClientError {}
 
 /// One event of a followed run's output.
 #[derive(Debug, Clone, PartialEq)]
@@ -45,13 +90,6 @@ pub enum OutputEvent {
     Truncated(OutputTruncated),
     /// The run ended and its output is final; nothing follows.
     End(Box<Run>),
-}
-
-fn err(message: impl Into<String>) -> ClientError {
-    ClientError {
-        status: None,
-        message: message.into(),
-    }
 }
 
 /// Which page of runs [`Client::list_runs_page`] asks for; `None` leaves
@@ -78,21 +116,16 @@ impl Client {
     /// slash is fine).
     pub fn new(server: &str, api_key: &str) -> Result<Client, ClientError> {
         let base = server.trim_end_matches('/').to_string();
-        let uri: Uri = base
-            .parse()
-            .map_err(|e| err(format!("invalid control plane URL {server:?}: {e}")))?;
+        let uri: Uri = base.parse().map_err(|source| ClientError::InvalidUrl {
+            url: server.to_string(),
+            source,
+        })?;
         match uri.scheme_str() {
             Some("http" | "https") => {}
-            _ => {
-                return Err(err(format!(
-                    "invalid control plane URL {server:?}: expected http://HOST:PORT or https://HOST:PORT"
-                )))
-            }
+            _ => return Err(ClientError::UnsupportedScheme(server.to_string())),
         }
         if api_key.trim().is_empty() {
-            return Err(err(
-                "no API key: pass --api-key or set WARP_API_KEY (create one with `oz-agent-worker api-keys create --team NAME`)",
-            ));
+            return Err(ClientError::NoApiKey);
         }
         Ok(Client {
             base,
@@ -227,9 +260,10 @@ impl Client {
             .eventsource()
             .filter_map(move |e| {
                 let out = match e {
-                    Err(e) => Some(Err(err(format!(
-                        "the control plane at {base} stopped sending the run's output: {e}"
-                    )))),
+                    Err(source) => Some(Err(ClientError::OutputStopped {
+                        base: base.clone(),
+                        source,
+                    })),
                     Ok(e) => {
                         let parsed = match e.event.as_str() {
                             "output" => {
@@ -245,13 +279,7 @@ impl Client {
                             // Events of later versions.
                             _ => None,
                         };
-                        parsed.map(|p| {
-                            p.map_err(|e| {
-                                err(format!(
-                                    "unexpected output event from the control plane: {e}"
-                                ))
-                            })
-                        })
+                        parsed.map(|p| p.map_err(ClientError::UnexpectedEvent))
                     }
                 };
                 std::future::ready(out)
@@ -323,13 +351,11 @@ impl Client {
             .into_body()
             .collect()
             .await
-            .map_err(|e| err(format!("the control plane's answer was cut off: {e}")))?
+            .map_err(ClientError::CutOff)?
             .to_bytes();
-        serde_json::from_slice(&bytes).map_err(|e| {
-            err(format!(
-                "unexpected answer from the control plane at {} (is it an oz-agent-worker control plane of the same version?): {e}",
-                self.base
-            ))
+        serde_json::from_slice(&bytes).map_err(|source| ClientError::UnexpectedAnswer {
+            base: self.base.clone(),
+            source,
         })
     }
 
@@ -346,7 +372,7 @@ impl Client {
             .into_body()
             .collect()
             .await
-            .map_err(|e| err(format!("the control plane's answer was cut off: {e}")))?
+            .map_err(ClientError::CutOff)?
             .to_bytes();
         let server_says = serde_json::from_slice::<ApiError>(&bytes)
             .map(|e| e.error)
@@ -357,8 +383,8 @@ impl Client {
             }
             _ => server_says,
         };
-        Err(ClientError {
-            status: Some(status.as_u16()),
+        Err(ClientError::Refused {
+            status: status.as_u16(),
             message,
         })
     }
@@ -380,14 +406,17 @@ impl Client {
         }
         let req = req
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
-            .map_err(|e| err(format!("cannot build the request: {e}")))?;
-        self.http.request(req).await.map_err(|e| match oz_foundation::tls_roots::certificate_hint(&e) {
-            Some(hint) => err(format!("cannot reach the control plane at {}: {hint}", self.base)),
-            None => err(format!(
-                "cannot reach the control plane at {}: {}; is `oz-agent-worker serve` running there? (set --server or OZ_SERVER_URL)",
-                self.base,
-                root_cause(&e)
-            )),
+            .map_err(ClientError::BuildRequest)?;
+        self.http.request(req).await.map_err(|source| {
+            let base = self.base.clone();
+            match oz_foundation::tls_roots::certificate_hint(&source) {
+                Some(hint) => ClientError::Certificate { base, hint, source },
+                None => ClientError::Unreachable {
+                    base,
+                    cause: root_cause(&source),
+                    source,
+                },
+            }
         })
     }
 }

@@ -80,18 +80,18 @@ impl std::fmt::Display for RunState {
     }
 }
 
+/// A run state name that is not one of [`RunState::ALL`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown run state {0:?}; expected one of: {expected}", expected = RunState::ALL.map(|s| s.as_str()).join(", "))]
+pub struct UnknownRunState(pub String);
+
 impl std::str::FromStr for RunState {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownRunState;
+    fn from_str(s: &str) -> Result<Self, UnknownRunState> {
         RunState::ALL
             .into_iter()
             .find(|st| st.as_str() == s)
-            .ok_or_else(|| {
-                format!(
-                    "unknown run state {s:?}; expected one of: {}",
-                    RunState::ALL.map(|s| s.as_str()).join(", ")
-                )
-            })
+            .ok_or_else(|| UnknownRunState(s.to_string()))
     }
 }
 
@@ -402,15 +402,18 @@ impl MissedSlots {
     }
 }
 
+/// A missed-slot policy name that is neither `skip` nor `run_once`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown missed-slot policy {0:?}; expected skip or run_once")]
+pub struct UnknownMissedSlots(pub String);
+
 impl std::str::FromStr for MissedSlots {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownMissedSlots;
+    fn from_str(s: &str) -> Result<Self, UnknownMissedSlots> {
         match s.replace('-', "_").as_str() {
             "skip" => Ok(MissedSlots::Skip),
             "run_once" => Ok(MissedSlots::RunOnce),
-            _ => Err(format!(
-                "unknown missed-slot policy {s:?}; expected skip or run_once"
-            )),
+            _ => Err(UnknownMissedSlots(s.to_string())),
         }
     }
 }

@@ -154,7 +154,7 @@ impl CommandRuntime {
             )),
             Ok(Ok(s)) if s.success() => {
                 // Whatever it started in the background is the outside system's.
-                RunOutcome::Dispatched
+                RunOutcome::Spawned
             }
             Ok(Ok(s)) => RunOutcome::Failed(group.exit_failure(
                 &s,

@@ -176,9 +176,11 @@ pub enum RunOutcome {
     /// The stop token fired and the task was stopped; the core knows why
     /// (server cancellation or shutdown) and reports accordingly.
     Stopped,
-    /// Handed to an outside system that reports by itself: nothing more is
-    /// sent for it and its slot is freed (the Go worker's "spawned").
-    Dispatched,
+    /// Handed to an outside system that reports by itself (the command
+    /// runtime's `dispatch_command` succeeded): nothing more is sent for it
+    /// and its slot is freed. The Go worker's `Spawned` outcome; counted as
+    /// `result=dispatched`.
+    Spawned,
 }
 
 /// What a run gets besides its invocation.
@@ -263,7 +265,7 @@ pub trait Runtime: Send + Sync + 'static {
     fn run(&self, invocation: Invocation, ctx: TaskContext) -> BoxFuture<'_, RunOutcome>;
 
     /// A server cancellation for a task this runtime had dispatched
-    /// ([`RunOutcome::Dispatched`]); runs tasks are stopped through their
+    /// ([`RunOutcome::Spawned`]); runs tasks are stopped through their
     /// token instead. Failures are the runtime's to log.
     fn cancel_dispatched(&self, _task: TaskRef) -> BoxFuture<'_, ()> {
         Box::pin(async {})

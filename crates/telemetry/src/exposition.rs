@@ -196,7 +196,7 @@ fn labels_text(pairs: &[(String, String)], extra: Option<(&str, &str)>) -> Strin
 
 /// One series ready to write: its labels sorted by name (scope labels
 /// included) and its point.
-struct Series {
+struct SeriesOut {
     labels: Vec<(String, String)>,
     point: Point,
 }
@@ -208,7 +208,7 @@ struct FamilyOut {
     unit: &'static str,
     /// OpenMetrics `info` (the Go exporter's gauges named `*_info`).
     info: bool,
-    series: Vec<Series>,
+    series: Vec<SeriesOut>,
 }
 
 fn families(snapshot: &Snapshot) -> Vec<FamilyOut> {
@@ -224,7 +224,7 @@ fn families(snapshot: &Snapshot) -> Vec<FamilyOut> {
         .families
         .iter()
         .map(|(descriptor, points)| {
-            let mut series: Vec<Series> = points
+            let mut series: Vec<SeriesOut> = points
                 .iter()
                 .map(|(values, point)| {
                     let mut labels: Vec<(String, String)> = descriptor
@@ -235,7 +235,7 @@ fn families(snapshot: &Snapshot) -> Vec<FamilyOut> {
                         .chain(scope.iter().cloned())
                         .collect();
                     labels.sort();
-                    Series {
+                    SeriesOut {
                         labels,
                         point: point.clone(),
                     }
@@ -268,7 +268,7 @@ fn families(snapshot: &Snapshot) -> Vec<FamilyOut> {
             kind: Kind::Gauge,
             unit: "",
             info: true,
-            series: vec![Series {
+            series: vec![SeriesOut {
                 labels,
                 point: Point::Int(1),
             }],

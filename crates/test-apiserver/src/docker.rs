@@ -63,7 +63,7 @@ pub const IMAGE_MOUNT_API: (u32, u32) = (1, 48);
 
 /// What `docker inspect` says of a container's state.
 #[derive(Debug, Clone)]
-pub struct State {
+pub struct InspectedContainer {
     pub id: String,
     pub running: bool,
     pub exit_code: i64,
@@ -203,7 +203,7 @@ impl Docker {
         self.run(&["wait", id]).await.map(|_| ())
     }
 
-    pub async fn inspect(&self, id: &str) -> Result<State, String> {
+    pub async fn inspect(&self, id: &str) -> Result<InspectedContainer, String> {
         let text = self.run(&["inspect", "--type", "container", id]).await?;
         let v: Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
         let c = &v[0];
@@ -214,7 +214,7 @@ impl Docker {
                 .and_then(crate::meta::parse_time)
                 .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
         };
-        Ok(State {
+        Ok(InspectedContainer {
             id: c["Id"].as_str().unwrap_or("").to_string(),
             running: c["State"]["Running"].as_bool().unwrap_or(false),
             exit_code: c["State"]["ExitCode"].as_i64().unwrap_or(0),

@@ -139,7 +139,7 @@ pub enum Ended {
     Dropped(String),
 }
 
-struct State<'a> {
+struct ConnectionState<'a> {
     conn: ConnectionId,
     extensions: Extensions,
     delivery: &'a Delivery,
@@ -148,7 +148,7 @@ struct State<'a> {
     ping_seq: u64,
 }
 
-impl State<'_> {
+impl ConnectionState<'_> {
     fn pong(&self, payload: &[u8]) {
         // With report-ack only the ack proves a report was recorded.
         if self.extensions.report_ack {
@@ -226,7 +226,7 @@ pub async fn drive(
     } = *cx;
     let (tx, mut rx) = mpsc::channel::<(WorkerMessage, oneshot::Sender<bool>)>(32);
     let (output, mut output_rx) = mpsc::channel::<WorkerMessage>(OUTPUT_QUEUE);
-    let mut st = State {
+    let mut st = ConnectionState {
         conn,
         extensions,
         delivery,

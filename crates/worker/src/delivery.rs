@@ -224,7 +224,7 @@ mod tests {
         assert_eq!(o.pong(2, 1), 1);
         assert!(matches!(
             journal.get(&t("a")).unwrap().state,
-            crate::journal::State::Finished {
+            crate::journal::ExecutionState::Finished {
                 delivered: true,
                 ..
             }

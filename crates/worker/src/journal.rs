@@ -43,7 +43,7 @@ pub const RETAIN_DISPATCHED_FOR: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Where an execution stands.
 #[derive(Debug, Clone, PartialEq)]
-pub enum State {
+pub enum ExecutionState {
     /// Claimed (or about to be): the runtime may be running it.
     Claimed,
     /// Handed to an outside system that reports by itself.
@@ -57,7 +57,7 @@ pub enum State {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Entry {
-    pub state: State,
+    pub state: ExecutionState,
     /// Unix seconds of the last change.
     pub at: u64,
 }
@@ -150,17 +150,17 @@ impl Record {
         let (task_id, execution_id, at) =
             (task.task_id.clone(), task.execution_id.clone(), entry.at);
         match &entry.state {
-            State::Claimed => Record::Claimed {
+            ExecutionState::Claimed => Record::Claimed {
                 task_id,
                 execution_id,
                 at,
             },
-            State::Dispatched => Record::Dispatched {
+            ExecutionState::Dispatched => Record::Dispatched {
                 task_id,
                 execution_id,
                 at,
             },
-            State::Finished { report, delivered } => Record::Finished {
+            ExecutionState::Finished { report, delivered } => Record::Finished {
                 task_id,
                 execution_id,
                 at,
@@ -179,7 +179,7 @@ fn apply(entries: &mut HashMap<TaskRef, Entry>, order: &mut VecDeque<TaskRef>, r
             entries.insert(
                 task,
                 Entry {
-                    state: State::Claimed,
+                    state: ExecutionState::Claimed,
                     at,
                 },
             );
@@ -188,7 +188,7 @@ fn apply(entries: &mut HashMap<TaskRef, Entry>, order: &mut VecDeque<TaskRef>, r
             entries.insert(
                 task,
                 Entry {
-                    state: State::Dispatched,
+                    state: ExecutionState::Dispatched,
                     at,
                 },
             );
@@ -202,7 +202,7 @@ fn apply(entries: &mut HashMap<TaskRef, Entry>, order: &mut VecDeque<TaskRef>, r
             entries.insert(
                 task.clone(),
                 Entry {
-                    state: State::Finished { report, delivered },
+                    state: ExecutionState::Finished { report, delivered },
                     at,
                 },
             );
@@ -211,7 +211,7 @@ fn apply(entries: &mut HashMap<TaskRef, Entry>, order: &mut VecDeque<TaskRef>, r
         }
         Record::Delivered { at, .. } => {
             if let Some(Entry {
-                state: State::Finished { delivered, .. },
+                state: ExecutionState::Finished { delivered, .. },
                 at: when,
             }) = entries.get_mut(&task)
             {
@@ -344,7 +344,7 @@ pub fn unfinished_in_dead_journals(
     }
     let mut out: Vec<TaskRef> = entries
         .into_iter()
-        .filter(|(_, e)| matches!(e.state, State::Claimed))
+        .filter(|(_, e)| matches!(e.state, ExecutionState::Claimed))
         .map(|(t, _)| t)
         .collect();
     out.sort();
@@ -433,14 +433,14 @@ impl Journal {
             let mut unfinished: Vec<(&TaskRef, &Entry)> = inner
                 .entries
                 .iter()
-                .filter(|(_, e)| matches!(e.state, State::Claimed))
+                .filter(|(_, e)| matches!(e.state, ExecutionState::Claimed))
                 .collect();
             unfinished.sort_by_key(|(t, e)| (e.at, (*t).clone()));
             inherited.unfinished = unfinished.into_iter().map(|(t, _)| t.clone()).collect();
             let mut dispatched: Vec<&TaskRef> = inner
                 .entries
                 .iter()
-                .filter(|(_, e)| matches!(e.state, State::Dispatched))
+                .filter(|(_, e)| matches!(e.state, ExecutionState::Dispatched))
                 .map(|(t, _)| t)
                 .collect();
             dispatched.sort();
@@ -448,7 +448,7 @@ impl Journal {
             for t in &inner.finished {
                 if let Some(Entry {
                     state:
-                        State::Finished {
+                        ExecutionState::Finished {
                             report,
                             delivered: false,
                         },
@@ -465,19 +465,19 @@ impl Journal {
 
     /// The execution is about to be claimed. Synced before returning.
     pub fn claimed(&self, task: &TaskRef) -> std::io::Result<()> {
-        self.set(task, State::Claimed, true)
+        self.set(task, ExecutionState::Claimed, true)
     }
 
     /// The runtime handed the execution to an outside system. Synced.
     pub fn dispatched(&self, task: &TaskRef) -> std::io::Result<()> {
-        self.set(task, State::Dispatched, true)
+        self.set(task, ExecutionState::Dispatched, true)
     }
 
     /// The execution ended with `report`, not yet delivered. Synced.
     pub fn finished(&self, task: &TaskRef, report: &WorkerMessage) -> std::io::Result<()> {
         self.set(
             task,
-            State::Finished {
+            ExecutionState::Finished {
                 report: report.clone(),
                 delivered: false,
             },
@@ -491,7 +491,7 @@ impl Journal {
         let mut inner = self.inner.lock().unwrap();
         let at = now();
         let Some(Entry {
-            state: State::Finished { delivered, .. },
+            state: ExecutionState::Finished { delivered, .. },
             at: when,
         }) = inner.entries.get_mut(task)
         else {
@@ -537,12 +537,17 @@ impl Journal {
     }
 
     /// Executions claimed or dispatched and not finished.
-    pub fn held(&self) -> Vec<(TaskRef, State)> {
+    pub fn held(&self) -> Vec<(TaskRef, ExecutionState)> {
         let inner = self.inner.lock().unwrap();
-        let mut held: Vec<(TaskRef, State)> = inner
+        let mut held: Vec<(TaskRef, ExecutionState)> = inner
             .entries
             .iter()
-            .filter(|(_, e)| matches!(e.state, State::Claimed | State::Dispatched))
+            .filter(|(_, e)| {
+                matches!(
+                    e.state,
+                    ExecutionState::Claimed | ExecutionState::Dispatched
+                )
+            })
             .map(|(t, e)| (t.clone(), e.state.clone()))
             .collect();
         held.sort_by(|a, b| a.0.cmp(&b.0));
@@ -555,7 +560,7 @@ impl Journal {
         inner
             .entries
             .iter()
-            .filter(|(t, e)| t.task_id == task_id && matches!(e.state, State::Dispatched))
+            .filter(|(t, e)| t.task_id == task_id && matches!(e.state, ExecutionState::Dispatched))
             .map(|(t, _)| t.clone())
             .collect()
     }
@@ -581,12 +586,12 @@ impl Journal {
         self.len() == 0
     }
 
-    fn set(&self, task: &TaskRef, state: State, sync: bool) -> std::io::Result<()> {
+    fn set(&self, task: &TaskRef, state: ExecutionState, sync: bool) -> std::io::Result<()> {
         let mut inner = self.inner.lock().unwrap();
         let entry = Entry { state, at: now() };
         let record = Record::of(task, &entry);
         append(&mut inner, &record, sync)?;
-        if matches!(entry.state, State::Finished { .. }) {
+        if matches!(entry.state, ExecutionState::Finished { .. }) {
             inner.finished.retain(|t| t != task);
             inner.finished.push_back(task.clone());
         }
@@ -641,7 +646,7 @@ fn rewrite(inner: &mut Inner) -> std::io::Result<()> {
     for (t, e) in inner
         .entries
         .iter()
-        .filter(|(_, e)| !matches!(e.state, State::Finished { .. }))
+        .filter(|(_, e)| !matches!(e.state, ExecutionState::Finished { .. }))
     {
         serde_json::to_writer(&mut buf, &Record::of(t, e)).expect("serializes");
         buf.push(b'\n');
@@ -674,7 +679,7 @@ fn prune_dispatched(inner: &mut Inner) {
     let mut dispatched: Vec<(u64, TaskRef)> = inner
         .entries
         .iter()
-        .filter(|(_, e)| matches!(e.state, State::Dispatched))
+        .filter(|(_, e)| matches!(e.state, ExecutionState::Dispatched))
         .map(|(t, e)| (e.at, t.clone()))
         .collect();
     if dispatched.len() <= RETAIN_DISPATCHED && dispatched.iter().all(|(at, _)| *at >= horizon) {
@@ -704,7 +709,7 @@ fn prune_delivered(inner: &mut Inner) {
                 matches!(
                     inner.entries.get(*t),
                     Some(Entry {
-                        state: State::Finished {
+                        state: ExecutionState::Finished {
                             delivered: true,
                             ..
                         },
@@ -717,7 +722,7 @@ fn prune_delivered(inner: &mut Inner) {
             matches!(
                 inner.entries.get(*t),
                 Some(Entry {
-                    state: State::Finished {
+                    state: ExecutionState::Finished {
                         delivered: true,
                         ..
                     },
@@ -830,7 +835,7 @@ mod tests {
         assert_eq!(inherited.dispatched, vec![task("d")]);
         assert!(matches!(
             j2.get(&task("c")).unwrap().state,
-            State::Finished {
+            ExecutionState::Finished {
                 delivered: true,
                 ..
             }
@@ -922,7 +927,7 @@ mod tests {
                 inner.entries.insert(
                     task(&format!("d{i}")),
                     Entry {
-                        state: State::Dispatched,
+                        state: ExecutionState::Dispatched,
                         at,
                     },
                 );

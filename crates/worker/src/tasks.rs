@@ -8,7 +8,7 @@ use crate::config::WorkerConfig;
 use crate::connection::{Inbound, Link};
 use crate::delivery::Delivery;
 use crate::invocation;
-use crate::journal::{Journal, State};
+use crate::journal::{ExecutionState, Journal};
 use crate::metrics::{Metrics, TaskResult};
 use oz_foundation::escape::Escaped;
 use oz_protocol::*;
@@ -124,7 +124,7 @@ impl TaskManager {
     /// Queues the report of an execution that ended while no instance of
     /// this worker was watching it (found at start-up).
     pub fn report_recovered(&self, task: TaskRef, outcome: RunOutcome) {
-        if outcome == RunOutcome::Dispatched {
+        if outcome == RunOutcome::Spawned {
             if let Err(e) = self.journal.dispatched(&task) {
                 tracing::error!(task_id = task.task_id, "cannot record the dispatch: {e}");
             }
@@ -186,7 +186,7 @@ impl TaskManager {
                 return;
             }
             match self.journal.get(&task).map(|e| e.state) {
-                Some(State::Finished { report, .. }) => {
+                Some(ExecutionState::Finished { report, .. }) => {
                     tracing::info!(
                         task_id = task.task_id,
                         execution_id = task.execution_id.as_deref().unwrap_or(""),
@@ -196,7 +196,7 @@ impl TaskManager {
                     self.delivery.resume(task, report);
                     return;
                 }
-                Some(State::Dispatched) => {
+                Some(ExecutionState::Dispatched) => {
                     if link.extensions().task_reannounce {
                         self.send_in_background(link, self.claim_message(&task, link));
                     }
@@ -207,7 +207,7 @@ impl TaskManager {
                     );
                     return;
                 }
-                Some(State::Claimed) => {
+                Some(ExecutionState::Claimed) => {
                     tracing::info!(
                         task_id = task.task_id,
                         execution_id = task.execution_id.as_deref().unwrap_or(""),
@@ -389,7 +389,7 @@ impl TaskManager {
             if this.settled_elsewhere(&task, &reported, &detached) {
                 return;
             }
-            if outcome == RunOutcome::Dispatched {
+            if outcome == RunOutcome::Spawned {
                 if let Err(e) = this.journal.dispatched(&task) {
                     tracing::error!(task_id = task.task_id, "cannot record the dispatch: {e}");
                 }
@@ -953,7 +953,7 @@ fn report(task: &TaskRef, outcome: RunOutcome, cause: Option<StopCause>) -> Work
         })
     };
     match (outcome, cause) {
-        (RunOutcome::Completed, _) | (RunOutcome::Dispatched, _) => {
+        (RunOutcome::Completed, _) | (RunOutcome::Spawned, _) => {
             WorkerMessage::TaskCompleted(TaskCompleted {
                 task_id: task.task_id.clone(),
                 message: "the agent exited successfully".into(),
@@ -1032,7 +1032,7 @@ mod tests {
                     .insert(inv.task.task_id.clone(), tx);
                 let _ = self.started.send(inv.task.task_id.clone());
                 match self.behaviour {
-                    Behaviour::Dispatch => RunOutcome::Dispatched,
+                    Behaviour::Dispatch => RunOutcome::Spawned,
                     Behaviour::Chatty => {
                         ctx.output
                             .write(oz_runtime::OutputStream::Stdout, b"last words\n");
@@ -1174,7 +1174,9 @@ mod tests {
         async fn report(&self, t: &TaskRef) -> WorkerMessage {
             let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
             loop {
-                if let Some(State::Finished { report, .. }) = self.journal.get(t).map(|e| e.state) {
+                if let Some(ExecutionState::Finished { report, .. }) =
+                    self.journal.get(t).map(|e| e.state)
+                {
                     assert!(
                         self.delivery.contains(t),
                         "a recorded report is queued for delivery"
@@ -1201,7 +1203,7 @@ mod tests {
         );
         assert_eq!(
             h.journal.get(&task("t1", "e1")).unwrap().state,
-            State::Claimed
+            ExecutionState::Claimed
         );
         tokio::task::yield_now().await;
         assert_eq!(
@@ -1392,7 +1394,7 @@ mod tests {
         );
         assert_eq!(
             h.journal.get(&task("t1", "e1")).unwrap().state,
-            State::Finished {
+            ExecutionState::Finished {
                 report,
                 delivered: true
             }
@@ -1608,7 +1610,8 @@ mod tests {
         h.frame().await;
         h.started().await;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while h.journal.get(&task("t1", "e1")).map(|e| e.state) != Some(State::Dispatched) {
+        while h.journal.get(&task("t1", "e1")).map(|e| e.state) != Some(ExecutionState::Dispatched)
+        {
             assert!(tokio::time::Instant::now() < deadline);
             tokio::time::sleep(Duration::from_millis(5)).await;
         }

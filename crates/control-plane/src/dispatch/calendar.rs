@@ -12,41 +12,59 @@ use croner::Cron;
 use std::str::FromStr;
 
 /// The time zone a schedule is read in when none is given.
-pub const DEFAULT_TIME_ZONE: &str = "UTC";
+pub(crate) const DEFAULT_TIME_ZONE: &str = "UTC";
+
+/// Why a schedule's expression or time zone was refused: each message
+/// names the problem and how to write it instead.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CalendarError {
+    #[error("unknown time zone {0:?}: give an IANA name such as \"UTC\", \"Europe/Berlin\" or \"America/New_York\"")]
+    UnknownTimeZone(String),
+    #[error("invalid cron expression {expression:?}: {source}; write five fields (minute hour day-of-month month day-of-week, e.g. \"*/15 * * * *\"), six with seconds first (\"*/10 * * * * *\"), or an alias such as \"@hourly\"")]
+    InvalidCron {
+        expression: String,
+        source: croner::errors::CronError,
+    },
+    #[error("cron expression {0:?} never comes due; check its day and month fields")]
+    NeverDue(String),
+}
+
+/// A stored time that does not read as RFC 3339 (the database was edited
+/// or damaged).
+#[derive(Debug, thiserror::Error)]
+#[error("invalid stored time {text:?}: {source}")]
+pub(crate) struct StoredTimeError {
+    text: String,
+    source: chrono::ParseError,
+}
 
 /// A parsed cron expression in its time zone.
 #[derive(Debug, Clone)]
-pub struct Calendar {
+pub(crate) struct Calendar {
     cron: Cron,
     tz: Tz,
 }
 
 impl Calendar {
-    /// `Err` is a sentence naming the problem and how to write it instead.
-    pub fn parse(expression: &str, time_zone: &str) -> Result<Calendar, String> {
-        let tz = Tz::from_str(time_zone.trim()).map_err(|_| {
-            format!(
-                "unknown time zone {time_zone:?}: give an IANA name such as \"UTC\", \"Europe/Berlin\" or \"America/New_York\""
-            )
-        })?;
-        let cron = Cron::from_str(expression.trim()).map_err(|e| {
-            format!(
-                "invalid cron expression {expression:?}: {e}; write five fields (minute hour day-of-month month day-of-week, e.g. \"*/15 * * * *\"), six with seconds first (\"*/10 * * * * *\"), or an alias such as \"@hourly\""
-            )
-        })?;
+    pub(crate) fn parse(expression: &str, time_zone: &str) -> Result<Calendar, CalendarError> {
+        let tz = Tz::from_str(time_zone.trim())
+            .map_err(|_| CalendarError::UnknownTimeZone(time_zone.to_string()))?;
+        let cron =
+            Cron::from_str(expression.trim()).map_err(|source| CalendarError::InvalidCron {
+                expression: expression.to_string(),
+                source,
+            })?;
         let calendar = Calendar { cron, tz };
         // An expression that never matches (e.g. 30 February) is refused
         // now rather than found never to fire.
         if calendar.next_after(Utc::now()).is_none() {
-            return Err(format!(
-                "cron expression {expression:?} never comes due; check its day and month fields"
-            ));
+            return Err(CalendarError::NeverDue(expression.to_string()));
         }
         Ok(calendar)
     }
 
     /// The first slot strictly after `t`.
-    pub fn next_after(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    pub(crate) fn next_after(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
         self.cron
             .find_next_occurrence(&t.with_timezone(&self.tz), false)
             .ok()
@@ -54,7 +72,7 @@ impl Calendar {
     }
 
     /// The latest slot at or before `t`.
-    pub fn latest_at_or_before(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    pub(crate) fn latest_at_or_before(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
         self.cron
             .find_previous_occurrence(&t.with_timezone(&self.tz), true)
             .ok()
@@ -65,7 +83,7 @@ impl Calendar {
     /// handled: the latest one due, if any (earlier ones are folded into
     /// it: a schedule never creates a burst of runs), and whether it came
     /// due before `started_at` (while the control plane was not running).
-    pub fn due(
+    pub(crate) fn due(
         &self,
         handled_until: DateTime<Utc>,
         now: DateTime<Utc>,
@@ -87,7 +105,7 @@ impl Calendar {
 
 /// A slot to handle now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Due {
+pub(crate) struct Due {
     pub slot: DateTime<Utc>,
     /// It came due while the control plane was not running.
     pub missed: bool,
@@ -96,15 +114,18 @@ pub struct Due {
 }
 
 /// `2024-05-01T12:34:56.789Z`, as the store writes every time.
-pub fn format(t: DateTime<Utc>) -> String {
+pub(crate) fn format(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
 /// Reads a time written by [`format`] (any RFC 3339 time, in fact).
-pub fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
+pub(crate) fn parse_time(s: &str) -> Result<DateTime<Utc>, StoredTimeError> {
     DateTime::parse_from_rfc3339(s)
         .map(|t| t.with_timezone(&Utc))
-        .map_err(|e| format!("invalid stored time {s:?}: {e}"))
+        .map_err(|source| StoredTimeError {
+            text: s.to_string(),
+            source,
+        })
 }
 
 #[cfg(test)]
@@ -142,14 +163,20 @@ mod tests {
             every_second.next_after(at("2024-01-01T00:00:00.500Z")),
             Some(at("2024-01-01T00:00:01Z"))
         );
-        let e = Calendar::parse("61 * * * *", "UTC").unwrap_err();
+        let e = Calendar::parse("61 * * * *", "UTC")
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("invalid cron expression") && e.contains("five fields"),
             "{e}"
         );
-        let e = Calendar::parse("* * * * *", "Mars/Olympus").unwrap_err();
+        let e = Calendar::parse("* * * * *", "Mars/Olympus")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("unknown time zone \"Mars/Olympus\""), "{e}");
-        let e = Calendar::parse("0 0 30 2 *", "UTC").unwrap_err();
+        let e = Calendar::parse("0 0 30 2 *", "UTC")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("never comes due"), "{e}");
     }
 

@@ -1,4 +1,4 @@
-//! The dispatcher's memory: every run that has not ended, the queue of
+//! The run scheduler's memory: every run that has not ended, the queue of
 //! runs per (team, worker id) in creation order, and the live worker
 //! connections with what each holds. Pure data, no I/O: dispatching an event
 //! touches only the runs and connections it concerns, never the database.
@@ -15,17 +15,23 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
-pub type ConnId = u64;
-/// (team id, worker id): who may run a run.
-pub type WorkerKey = (i64, String);
+pub(crate) type ConnId = u64;
+pub(crate) use crate::store::WorkerKey;
+
+/// The next run to offer and the connection to offer it to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Offer {
+    pub conn: ConnId,
+    pub run_id: String,
+}
 
 /// Resolves to `true` once a change is stored, `false` if it was not (an
 /// error means the same). Cloneable: several messages may wait on one.
-pub type Receipt = Shared<oneshot::Receiver<bool>>;
+pub(crate) type Receipt = Shared<oneshot::Receiver<bool>>;
 
 /// A message for one worker connection, written in the order queued.
 #[derive(Debug)]
-pub enum Outgoing {
+pub(crate) enum Outgoing {
     Now(ServerMessage),
     /// Written only once the change it announces is stored; dropped when the
     /// change did not happen.
@@ -34,7 +40,7 @@ pub enum Outgoing {
 
 /// A run that has not ended.
 #[derive(Debug, Clone)]
-pub struct LiveRun {
+pub(crate) struct LiveRun {
     /// Creation order, the queue order.
     pub seq: i64,
     pub team_id: i64,
@@ -62,7 +68,12 @@ pub struct LiveRun {
 }
 
 impl LiveRun {
-    pub fn new(seq: i64, team_id: i64, spec: CreateRunRequest, created_at: String) -> LiveRun {
+    pub(crate) fn new(
+        seq: i64,
+        team_id: i64,
+        spec: CreateRunRequest,
+        created_at: String,
+    ) -> LiveRun {
         LiveRun {
             seq,
             team_id,
@@ -79,15 +90,15 @@ impl LiveRun {
         }
     }
 
-    pub fn key(&self) -> WorkerKey {
-        (self.team_id, self.spec.worker_host.clone())
+    pub(crate) fn key(&self) -> WorkerKey {
+        WorkerKey::new(self.team_id, &self.spec.worker_host)
     }
 
-    pub fn state(&self) -> RunState {
+    pub(crate) fn state(&self) -> RunState {
         self.state
     }
 
-    pub fn holder(&self) -> Option<ConnId> {
+    pub(crate) fn holder(&self) -> Option<ConnId> {
         self.holder
     }
 }
@@ -96,7 +107,7 @@ impl LiveRun {
 /// it holds fewer runs than it did then (one of its tasks ended) or the
 /// back-off has passed (then one offer probes it again).
 #[derive(Debug, Clone)]
-pub struct AtCapacity {
+pub(crate) struct AtCapacity {
     pub since: Instant,
     /// The claimed runs it held when it rejected: its capacity, as seen.
     pub limit: usize,
@@ -105,7 +116,7 @@ pub struct AtCapacity {
 }
 
 #[derive(Debug)]
-pub struct Conn {
+pub(crate) struct Conn {
     pub key: WorkerKey,
     /// RFC 3339, UTC.
     pub connected_at: String,
@@ -125,17 +136,17 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub fn held(&self) -> usize {
+    pub(crate) fn held(&self) -> usize {
         self.held.len()
     }
 
     /// Runs offered to it and not yet claimed (0 or 1).
-    pub fn offered(&self) -> usize {
+    pub(crate) fn offered(&self) -> usize {
         self.offered.len()
     }
 
     /// Whether it may be offered a run now.
-    pub fn can_take(&self, now: Instant) -> bool {
+    pub(crate) fn can_take(&self, now: Instant) -> bool {
         !self.tx.is_closed()
             && !self.draining
             && self.offered.is_empty()
@@ -146,7 +157,7 @@ impl Conn {
 }
 
 #[derive(Default)]
-pub struct Index {
+pub(crate) struct Index {
     runs: HashMap<String, LiveRun>,
     queues: HashMap<WorkerKey, BTreeMap<i64, String>>,
     conns: HashMap<ConnId, Conn>,
@@ -163,30 +174,36 @@ impl Index {
     // ---- runs ----
 
     /// Adds a run in `state` held by `holder` (queued runs join their queue).
-    pub fn insert(&mut self, id: &str, run: LiveRun, state: RunState, holder: Option<ConnId>) {
+    pub(crate) fn insert(
+        &mut self,
+        id: &str,
+        run: LiveRun,
+        state: RunState,
+        holder: Option<ConnId>,
+    ) {
         self.runs.insert(id.to_string(), run);
         self.place(id, state, holder);
     }
 
-    pub fn run(&self, id: &str) -> Option<&LiveRun> {
+    pub(crate) fn run(&self, id: &str) -> Option<&LiveRun> {
         self.runs.get(id)
     }
 
-    pub fn run_mut(&mut self, id: &str) -> Option<&mut LiveRun> {
+    pub(crate) fn run_mut(&mut self, id: &str) -> Option<&mut LiveRun> {
         self.runs.get_mut(id)
     }
 
-    pub fn runs(&self) -> impl Iterator<Item = (&String, &LiveRun)> {
+    pub(crate) fn runs(&self) -> impl Iterator<Item = (&String, &LiveRun)> {
         self.runs.iter()
     }
 
-    pub fn runs_mut(&mut self) -> impl Iterator<Item = (&String, &mut LiveRun)> {
+    pub(crate) fn runs_mut(&mut self) -> impl Iterator<Item = (&String, &mut LiveRun)> {
         self.runs.iter_mut()
     }
 
     /// Moves a run to `state` with `holder`, keeping the queue and the
     /// connections' offers and holdings in step. Unknown runs are ignored.
-    pub fn place(&mut self, id: &str, state: RunState, holder: Option<ConnId>) {
+    pub(crate) fn place(&mut self, id: &str, state: RunState, holder: Option<ConnId>) {
         self.detach(id);
         let Some(run) = self.runs.get_mut(id) else {
             return;
@@ -220,7 +237,7 @@ impl Index {
     }
 
     /// The run ended: forget it. Returns what was known of it.
-    pub fn remove(&mut self, id: &str) -> Option<LiveRun> {
+    pub(crate) fn remove(&mut self, id: &str) -> Option<LiveRun> {
         self.detach(id);
         self.runs.remove(id)
     }
@@ -243,13 +260,13 @@ impl Index {
     }
 
     /// Keys with queued runs.
-    pub fn queued_keys(&self) -> Vec<WorkerKey> {
+    pub(crate) fn queued_keys(&self) -> Vec<WorkerKey> {
         self.queues.keys().cloned().collect()
     }
 
     /// The next offer for `key`: the oldest queued run and the next
     /// connection, in turn, that can take it.
-    pub fn next_offer(&mut self, key: &WorkerKey, now: Instant) -> Option<(ConnId, String)> {
+    pub(crate) fn next_offer(&mut self, key: &WorkerKey, now: Instant) -> Option<Offer> {
         if self.paused.contains(key) {
             return None;
         }
@@ -262,13 +279,13 @@ impl Index {
             .find(|&i| self.conns[&conns[i]].can_take(now))?;
         let conn = conns[i];
         self.cursor.insert(key.clone(), (i + 1) % n);
-        Some((conn, run))
+        Some(Offer { conn, run_id: run })
     }
 
     // ---- paused worker ids ----
 
     /// Pauses or resumes `key`; returns whether that changed anything.
-    pub fn set_paused(&mut self, key: &WorkerKey, paused: bool) -> bool {
+    pub(crate) fn set_paused(&mut self, key: &WorkerKey, paused: bool) -> bool {
         if paused {
             self.paused.insert(key.clone())
         } else {
@@ -276,13 +293,13 @@ impl Index {
         }
     }
 
-    pub fn is_paused(&self, key: &WorkerKey) -> bool {
+    pub(crate) fn is_paused(&self, key: &WorkerKey) -> bool {
         self.paused.contains(key)
     }
 
     // ---- connections ----
 
-    pub fn add_conn(
+    pub(crate) fn add_conn(
         &mut self,
         key: WorkerKey,
         tx: mpsc::UnboundedSender<Outgoing>,
@@ -310,7 +327,10 @@ impl Index {
     /// Forgets a closed connection. Returns its key and the runs it was
     /// offered and held (their holder is now none; the caller decides what
     /// becomes of them).
-    pub fn remove_conn(&mut self, id: ConnId) -> Option<(WorkerKey, Vec<String>, Vec<String>)> {
+    pub(crate) fn remove_conn(
+        &mut self,
+        id: ConnId,
+    ) -> Option<(WorkerKey, Vec<String>, Vec<String>)> {
         let c = self.conns.remove(&id)?;
         if let Some(list) = self.by_worker.get_mut(&c.key) {
             list.retain(|&x| x != id);
@@ -331,34 +351,34 @@ impl Index {
         ))
     }
 
-    pub fn conn(&self, id: ConnId) -> Option<&Conn> {
+    pub(crate) fn conn(&self, id: ConnId) -> Option<&Conn> {
         self.conns.get(&id)
     }
 
-    pub fn conn_mut(&mut self, id: ConnId) -> Option<&mut Conn> {
+    pub(crate) fn conn_mut(&mut self, id: ConnId) -> Option<&mut Conn> {
         self.conns.get_mut(&id)
     }
 
-    pub fn conn_count(&self) -> usize {
+    pub(crate) fn conn_count(&self) -> usize {
         self.conns.len()
     }
 
-    pub fn conns(&self) -> impl Iterator<Item = (&ConnId, &Conn)> {
+    pub(crate) fn conns(&self) -> impl Iterator<Item = (&ConnId, &Conn)> {
         self.conns.iter()
     }
 
     /// Live connections of `key`, in connection order.
-    pub fn conns_of(&self, key: &WorkerKey) -> &[ConnId] {
+    pub(crate) fn conns_of(&self, key: &WorkerKey) -> &[ConnId] {
         self.by_worker.get(key).map_or(&[], Vec::as_slice)
     }
 
-    pub fn has_live(&self, key: &WorkerKey) -> bool {
+    pub(crate) fn has_live(&self, key: &WorkerKey) -> bool {
         self.by_worker.contains_key(key)
     }
 
     /// Queues `msg` for connection `id`; a closed one is going away, and its
     /// removal puts back what it held.
-    pub fn send(&self, id: ConnId, msg: Outgoing) {
+    pub(crate) fn send(&self, id: ConnId, msg: Outgoing) {
         if let Some(c) = self.conns.get(&id) {
             let _ = c.tx.send(msg);
         }
@@ -382,7 +402,7 @@ mod tests {
     }
 
     fn key(host: &str) -> WorkerKey {
-        (1, host.to_string())
+        WorkerKey::new(1, host)
     }
 
     fn conn(ix: &mut Index, host: &str) -> (ConnId, mpsc::UnboundedReceiver<Outgoing>) {
@@ -399,16 +419,16 @@ mod tests {
             ix.insert(id, run(seq, "w"), RunState::Queued, None);
         }
         let now = Instant::now();
-        let (c1, r1) = ix.next_offer(&key("w"), now).unwrap();
-        assert_eq!((c1, r1.as_str()), (a, "r1"));
+        let first = ix.next_offer(&key("w"), now).unwrap();
+        assert_eq!((first.conn, first.run_id.as_str()), (a, "r1"));
         ix.place("r1", RunState::Assigned, Some(a));
-        let (c2, r2) = ix.next_offer(&key("w"), now).unwrap();
-        assert_eq!((c2, r2.as_str()), (b, "r2"));
+        let second = ix.next_offer(&key("w"), now).unwrap();
+        assert_eq!((second.conn, second.run_id.as_str()), (b, "r2"));
         ix.place("r2", RunState::Assigned, Some(b));
         // Both have an offer out: nothing more until one is claimed.
         assert!(ix.next_offer(&key("w"), now).is_none());
         ix.place("r1", RunState::Claimed, Some(a));
-        assert_eq!(ix.next_offer(&key("w"), now).unwrap().0, a);
+        assert_eq!(ix.next_offer(&key("w"), now).unwrap().conn, a);
         assert_eq!(ix.conn(a).unwrap().held(), 1);
         // Another worker id never sees these runs.
         let (_c, _rc) = conn(&mut ix, "other");
@@ -434,7 +454,7 @@ mod tests {
             .is_some());
         // Its task ended: a slot is free at once.
         ix.remove("held");
-        assert_eq!(ix.next_offer(&key("w"), t0).unwrap().1, "r2");
+        assert_eq!(ix.next_offer(&key("w"), t0).unwrap().run_id, "r2");
     }
 
     #[test]
@@ -449,7 +469,7 @@ mod tests {
         assert!(ix.next_offer(&key("w"), now).is_none());
         assert!(ix.set_paused(&key("w"), false));
         ix.conn_mut(a).unwrap().draining = true;
-        assert_eq!(ix.next_offer(&key("w"), now).unwrap().0, b);
+        assert_eq!(ix.next_offer(&key("w"), now).unwrap().conn, b);
         ix.conn_mut(b).unwrap().draining = true;
         assert!(ix.next_offer(&key("w"), now).is_none());
     }

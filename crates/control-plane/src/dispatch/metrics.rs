@@ -5,7 +5,7 @@
 //! (`oz_telemetry`), so the page has the same shape as the worker's.
 //!
 //! The per-worker-id gauges are computed when the page is read (from the
-//! dispatcher's memory, no database), so they are never stale; an
+//! run scheduler's memory, no database), so they are never stale; an
 //! autoscaler (KEDA's Prometheus scaler, an HPA on external metrics) reads
 //! `oz_control_plane_runs_queued{worker_id="…"}`.
 //!
@@ -26,29 +26,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// The instrumentation scope (Prometheus: `otel_scope_name`).
-pub const SCOPE_NAME: &str = "github.com/warpdotdev/oz-agent-worker/control-plane";
+pub(crate) const SCOPE_NAME: &str = "github.com/warpdotdev/oz-agent-worker/control-plane";
 
 /// Bucket boundaries of the dispatch latency, in seconds: a claim takes
 /// milliseconds when a worker has room, minutes to hours when runs queue.
-pub const DISPATCH_LATENCY_BOUNDARIES: &[f64] = &[
+pub(crate) const DISPATCH_LATENCY_BOUNDARIES: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
     1800.0, 3600.0,
-];
-
-/// Every metric name the control plane exports (as Prometheus names them).
-pub const METRIC_NAMES: [&str; 5] = [
-    "oz_control_plane_runs_queued",
-    "oz_control_plane_runs_active",
-    "oz_control_plane_worker_connections",
-    "oz_control_plane_oldest_queued_run_age_seconds",
-    "oz_control_plane_dispatch_latency_seconds",
 ];
 
 const WORKER_LABELS: &[&str] = &["team_id", "worker_id"];
 
 /// What waits for one worker id of one team, at one moment.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WorkerQueue {
+pub(crate) struct WorkerQueue {
     pub team_id: i64,
     pub worker_id: String,
     /// Runs in state `queued`.
@@ -63,7 +54,7 @@ pub struct WorkerQueue {
 
 /// The control plane's instruments: the dispatch latency is recorded as it
 /// happens; the rest comes from [`WorkerQueue`]s at each read.
-pub struct PlaneMetrics {
+pub(crate) struct PlaneMetrics {
     registry: Registry,
     dispatch_latency: Arc<Family>,
 }
@@ -91,7 +82,7 @@ fn gauge(name: &'static str, description: &'static str, unit: &'static str) -> D
 }
 
 impl PlaneMetrics {
-    pub fn new() -> PlaneMetrics {
+    pub(crate) fn new() -> PlaneMetrics {
         let mut registry = Registry::new(Identity {
             resource: vec![
                 (
@@ -119,12 +110,12 @@ impl PlaneMetrics {
     }
 
     /// A worker claimed a run that had waited `waited` since it was queued.
-    pub fn claimed_after(&self, waited: Duration) {
+    pub(crate) fn claimed_after(&self, waited: Duration) {
         self.dispatch_latency.record(&[], waited.as_secs_f64());
     }
 
     /// Everything, with the per-worker-id gauges from `queues`.
-    pub fn snapshot(&self, queues: &[WorkerQueue]) -> Snapshot {
+    pub(crate) fn snapshot(&self, queues: &[WorkerQueue]) -> Snapshot {
         let mut snapshot = self.registry.snapshot();
         let series = |value: &dyn Fn(&WorkerQueue) -> i64| -> Vec<Series> {
             queues

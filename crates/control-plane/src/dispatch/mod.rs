@@ -1,12 +1,13 @@
-//! Routing runs to workers: the live index of runs, queues and connections
-//! (`index`), runs' live output (`output`), the dispatcher that offers runs
-//! to connections (`dispatcher`), cron expressions in a time zone
-//! (`calendar`) and the scheduler that creates runs from schedules, once per
-//! slot (`scheduler`). Below `http`, above `store`.
+//! Runs in motion: the live index of runs, queues and connections
+//! (`index`), runs' live output (`output`), the run scheduler that places
+//! queued runs on worker connections and follows them to their end
+//! (`run_scheduler`), its instruments (`metrics`), cron expressions in a time
+//! zone (`calendar`) and the cron scheduler that creates runs from
+//! schedules, once per slot (`cron_scheduler`). Below `http`, above `store`.
 
-pub mod calendar;
-pub mod dispatcher;
-pub mod index;
-pub mod metrics;
+pub(crate) mod calendar;
+pub(crate) mod cron_scheduler;
+pub(crate) mod index;
+pub(crate) mod metrics;
 pub mod output;
-pub mod scheduler;
+pub(crate) mod run_scheduler;

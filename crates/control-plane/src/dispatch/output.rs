@@ -25,18 +25,18 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 /// After a run ended, its output is final once none arrived for this long.
-pub const SETTLE_QUIET: Duration = Duration::from_millis(300);
+pub(crate) const SETTLE_QUIET: Duration = Duration::from_millis(300);
 /// … or this long after the end, whatever still trickles in.
 pub const SETTLE_MAX: Duration = Duration::from_secs(3);
 /// Consecutive frames of one stream are merged up to this size before
 /// they are stored (fewer, larger rows).
 const MERGE_UP_TO: usize = 64 * 1024;
 /// Default bytes kept per run (`--output-limit`).
-pub const DEFAULT_LIMIT: u64 = 4 * 1024 * 1024;
+pub(crate) const DEFAULT_LIMIT: u64 = 4 * 1024 * 1024;
 
 /// How far a run's stored output reaches, and whether more may come.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Progress {
+pub(crate) struct Progress {
     /// The end offset of what is stored (bytes).
     pub stored_end: u64,
     /// The run ended and its output is final.
@@ -44,7 +44,7 @@ pub struct Progress {
 }
 
 #[derive(Clone)]
-pub struct OutputLog(Arc<Inner>);
+pub(crate) struct OutputLog(Arc<Inner>);
 
 struct Inner {
     store: Arc<Store>,
@@ -86,7 +86,7 @@ impl RunOutput {
 impl OutputLog {
     /// Keeps `limit` bytes per run. Must be called inside a tokio runtime
     /// (settling runs on it).
-    pub fn new(store: Arc<Store>, limit: u64) -> OutputLog {
+    pub(crate) fn new(store: Arc<Store>, limit: u64) -> OutputLog {
         OutputLog(Arc::new(Inner {
             store,
             limit: limit.max(1),
@@ -96,13 +96,19 @@ impl OutputLog {
     }
 
     /// Bytes kept per run.
-    pub fn limit(&self) -> u64 {
+    pub(crate) fn limit(&self) -> u64 {
         self.0.limit
     }
 
     /// Output of run `run_id` (already checked to be the run's worker's),
     /// in the order received. Never blocks on the database.
-    pub fn append(&self, run_id: &str, stream: OutputStream, data: String, dropped_bytes: u64) {
+    pub(crate) fn append(
+        &self,
+        run_id: &str,
+        stream: OutputStream,
+        data: String,
+        dropped_bytes: u64,
+    ) {
         if data.is_empty() && dropped_bytes == 0 {
             return;
         }
@@ -145,12 +151,12 @@ impl OutputLog {
 
     /// The run ended: its output becomes final once it has been quiet for
     /// [`SETTLE_QUIET`] (at most [`SETTLE_MAX`] from now). Idempotent.
-    pub fn ended(&self, run_id: &str) {
+    pub(crate) fn ended(&self, run_id: &str) {
         self.end(run_id, None)
     }
 
     /// [`OutputLog::ended`], by the report of worker connection `conn`.
-    pub fn ended_on(&self, run_id: &str, conn: u64) {
+    pub(crate) fn ended_on(&self, run_id: &str, conn: u64) {
         self.end(run_id, Some(conn))
     }
 
@@ -160,7 +166,7 @@ impl OutputLog {
     /// (`names_execution` false; the caller has checked a named one), only
     /// from the connection whose report ended it. Output after that is
     /// refused: an ended run's output is final.
-    pub fn accepts_late(&self, run_id: &str, conn: u64, names_execution: bool) -> bool {
+    pub(crate) fn accepts_late(&self, run_id: &str, conn: u64, names_execution: bool) -> bool {
         let runs = self.0.lock();
         let Some(r) = runs.get(run_id) else {
             return false;
@@ -212,7 +218,7 @@ impl OutputLog {
     /// Watches run `run_id`'s output. The value starts unsettled for a run
     /// this log has not seen end: a reader that finds the run ended in the
     /// database calls [`OutputLog::ended`].
-    pub fn subscribe(&self, run_id: &str) -> watch::Receiver<Progress> {
+    pub(crate) fn subscribe(&self, run_id: &str) -> watch::Receiver<Progress> {
         self.0
             .lock()
             .entry(run_id.to_string())
@@ -222,18 +228,13 @@ impl OutputLog {
     }
 
     /// Forgets runs with nothing pending, no reader and no settling to do.
-    pub fn prune(&self) {
+    pub(crate) fn prune(&self) {
         self.0.lock().retain(|_, r| {
             r.flushing
                 || !r.pending.is_empty()
                 || r.progress.receiver_count() > 0
                 || (r.ended_at.is_some() && !r.progress.borrow().settled)
         });
-    }
-
-    /// Runs this log holds state for (for tests and metrics).
-    pub fn tracked(&self) -> usize {
-        self.0.lock().len()
     }
 
     fn flush(&self, run_id: &str) {

@@ -20,30 +20,40 @@ use tokio::sync::oneshot;
 
 /// File descriptors kept out of the connection budget: the SQLite
 /// database and its WAL, the log, the listener, TLS files at start-up.
-pub const FD_RESERVE: u64 = 64;
+pub(crate) const FD_RESERVE: u64 = 64;
 /// The default budget when the file limit allows more: enough for
 /// thousands of workers, bounded memory under a flood.
-pub const DEFAULT_MAX: u64 = 16_384;
+pub(crate) const DEFAULT_MAX: u64 = 16_384;
 
 /// Marks a connection trusted. Held by every request (an extension) so the
 /// endpoint that authenticates it can say so.
 #[derive(Clone, Debug)]
-pub struct Trust(Arc<AtomicBool>);
+pub(crate) struct Trust(Arc<AtomicBool>);
 
 impl Trust {
-    pub fn mark(&self) {
+    pub(crate) fn mark(&self) {
         self.0.store(true, Ordering::Relaxed);
     }
 
-    pub fn is_trusted(&self) -> bool {
+    pub(crate) fn is_trusted(&self) -> bool {
         self.0.load(Ordering::Relaxed)
     }
 }
 
 /// The request's connection's place (a request extension): a WebSocket
-/// keeps it for as long as it lives.
+/// keeps it for as long as it lives. Held for its drop only.
 #[derive(Clone)]
-pub struct Held(pub Arc<Admission>);
+pub(crate) struct Held {
+    _admission: Arc<Admission>,
+}
+
+impl Held {
+    pub(crate) fn new(admission: Arc<Admission>) -> Held {
+        Held {
+            _admission: admission,
+        }
+    }
+}
 
 struct Slot {
     trust: Trust,
@@ -69,7 +79,7 @@ struct Table {
 }
 
 /// The open connections, oldest first.
-pub struct Connections {
+pub(crate) struct Connections {
     max: usize,
     table: Mutex<Table>,
 }
@@ -77,14 +87,14 @@ pub struct Connections {
 /// One admitted connection; dropping it frees its place. Shared (`Arc`)
 /// by the connection's task and, once upgraded, its WebSocket's task: the
 /// place is held until both let go of the socket.
-pub struct Admission {
+pub(crate) struct Admission {
     id: u64,
     table: Arc<Connections>,
     pub trust: Trust,
 }
 
 /// What [`Connections::admit`] decided.
-pub enum Admitted {
+pub(crate) enum Admitted {
     /// Room for it (`evicted`: an untrusted connection was told to close to
     /// make it). `close` resolves when a newer connection takes its place.
     Yes {
@@ -99,26 +109,27 @@ pub enum Admitted {
 
 impl Connections {
     /// A budget of `max` (at least 1) connections.
-    pub fn new(max: usize) -> Arc<Connections> {
+    pub(crate) fn new(max: usize) -> Arc<Connections> {
         Arc::new(Connections {
             max: max.max(1),
             table: Mutex::default(),
         })
     }
 
-    pub fn max(&self) -> usize {
+    pub(crate) fn max(&self) -> usize {
         self.max
     }
 
     /// Connections open now (closing ones included).
-    pub fn open(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn open(&self) -> usize {
         self.lock().open.len()
     }
 
     /// Admits a new connection, telling the oldest untrusted one to close
     /// when the budget is full. At most `max` + [`MAX_CLOSING`] connections
     /// hold descriptors at any time.
-    pub fn admit(self: &Arc<Self>) -> Admitted {
+    pub(crate) fn admit(self: &Arc<Self>) -> Admitted {
         let mut t = self.lock();
         let mut evicted = false;
         if t.open.len() - t.closing >= self.max {
@@ -177,7 +188,7 @@ impl Drop for Admission {
 }
 
 /// The default budget for a file limit of `nofile` descriptors.
-pub fn default_max(nofile: u64) -> u64 {
+pub(crate) fn default_max(nofile: u64) -> u64 {
     nofile.saturating_sub(FD_RESERVE).clamp(1, DEFAULT_MAX)
 }
 

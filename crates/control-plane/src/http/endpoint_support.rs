@@ -8,70 +8,48 @@
 // Handlers return the error response itself; it is built once per request.
 #![allow(clippy::result_large_err)]
 
-use crate::dispatch::dispatcher::Dispatcher;
-use crate::dispatch::scheduler::Scheduler;
+use crate::dispatch::cron_scheduler::CronScheduler;
+use crate::dispatch::run_scheduler::RunScheduler;
 use crate::http::connections::{Connections, Trust};
 use crate::http::followers::Followers;
 use crate::http::login_limit::LoginLimit;
 use crate::http::sessions::{self, Sessions};
-use crate::store::{StoreError, Team};
+use crate::store::Team;
 use bytes::Bytes;
 use http::{header, HeaderMap, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::{Frame, Incoming};
+use hyper::body::Incoming;
 use oz_runs_api::model::ApiError;
 use std::convert::Infallible;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
-/// Every response body: complete ([`full`]) or streamed ([`channel_body`]).
-pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, Infallible>;
+/// Every response body: complete ([`full`]) or streamed (the live output's
+/// server-sent events, `api::output`).
+pub(crate) type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, Infallible>;
 
 /// A complete body.
-pub fn full(bytes: impl Into<Bytes>) -> Body {
+pub(crate) fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into()).boxed_unsync()
 }
 
-pub fn empty() -> Body {
+pub(crate) fn empty() -> Body {
     full(Bytes::new())
-}
-
-/// A body streamed from `rx`: each item is written as it comes; the body
-/// ends when every sender is dropped. Dropping the body (the client went
-/// away) closes `rx`, which senders see through `Sender::closed`.
-pub fn channel_body(rx: mpsc::Receiver<Bytes>) -> Body {
-    ChannelBody(rx).boxed_unsync()
-}
-
-struct ChannelBody(mpsc::Receiver<Bytes>);
-
-impl hyper::body::Body for ChannelBody {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        self.0.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b))))
-    }
 }
 
 /// The client's address, set on every request by `server`.
 #[derive(Clone, Copy, Debug)]
-pub struct Peer(pub std::net::SocketAddr);
+pub(crate) struct Peer(pub std::net::SocketAddr);
 
 /// When the request's body must have been read by (`--body-read-timeout`
 /// from its arrival), set on every request by `server`.
 #[derive(Clone, Copy, Debug)]
-pub struct BodyDeadline(pub std::time::Instant);
+pub(crate) struct BodyDeadline(pub std::time::Instant);
 
 /// Says that the request's connection authenticated (see `connections`):
 /// it may no longer be closed to make room for a newer one.
-pub fn trust_connection<B>(req: &Request<B>) {
+pub(crate) fn trust_connection<B>(req: &Request<B>) {
     if let Some(t) = req.extensions().get::<Trust>() {
         t.mark();
     }
@@ -81,7 +59,10 @@ pub fn trust_connection<B>(req: &Request<B>) {
 /// (a slow sender holds a connection no longer than that). The error is
 /// the response to send: 413 past the limit, 408 past the deadline, 400 on
 /// a broken body; all close the connection.
-pub async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, Response<Body>> {
+pub(crate) async fn read_body(
+    req: Request<Incoming>,
+    limit: usize,
+) -> Result<Bytes, Response<Body>> {
     let deadline = req
         .extensions()
         .get::<BodyDeadline>()
@@ -116,12 +97,12 @@ pub async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, Re
 
 /// `--body-read-timeout`'s default: a request body (at most 1 MiB) takes
 /// well under this on any link a control plane is used over.
-pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What every request handler and connection task shares.
-pub struct Shared {
-    pub dispatcher: Arc<Dispatcher>,
-    pub scheduler: Arc<Scheduler>,
+pub(crate) struct Shared {
+    pub run_scheduler: Arc<RunScheduler>,
+    pub cron_scheduler: Arc<CronScheduler>,
     /// The management UI's sign-in sessions.
     pub sessions: Sessions,
     /// Served over TLS: session cookies are `Secure`, origins `https`.
@@ -143,21 +124,10 @@ pub struct Shared {
     pub shutdown: watch::Receiver<bool>,
 }
 
-/// How a caller proved who it is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Via {
-    /// `Authorization: Bearer <team key>`.
-    Key,
-    /// The management UI's session cookie (and, for changes, its CSRF
-    /// token).
-    Session,
-}
-
 /// Who is calling: a team.
 #[derive(Debug, Clone)]
-pub struct Caller {
+pub(crate) struct Caller {
     pub team: Team,
-    pub via: Via,
 }
 
 /// Authenticates an API request: by its bearer key, else by a UI session
@@ -165,7 +135,7 @@ pub struct Caller {
 /// come from the control plane's own origin and carry the session's CSRF
 /// token in `X-CSRF-Token` (the cookie is also SameSite=Strict). `Err` is
 /// the response to send.
-pub async fn authenticate(
+pub(crate) async fn authenticate(
     req: &Request<Incoming>,
     shared: &Shared,
 ) -> Result<Caller, Response<Body>> {
@@ -174,10 +144,7 @@ pub async fn authenticate(
     else {
         let team = bearer_team(headers, shared).await?;
         trust_connection(req);
-        return Ok(Caller {
-            team,
-            via: Via::Key,
-        });
+        return Ok(Caller { team });
     };
     let Some(session) = live_session(shared, id).await? else {
         return Err(error_response(
@@ -189,16 +156,13 @@ pub async fn authenticate(
         check_change(req, shared, &session)?;
     }
     trust_connection(req);
-    Ok(Caller {
-        team: session.team,
-        via: Via::Session,
-    })
+    Ok(Caller { team: session.team })
 }
 
 /// The live session `id`, if the key it signed in with is still valid
 /// (revoking or expiring the key ends its sessions). `Err`: the database
 /// failed (the response to send).
-pub async fn live_session(
+pub(crate) async fn live_session(
     shared: &Shared,
     id: &str,
 ) -> Result<Option<sessions::Session>, Response<Body>> {
@@ -206,7 +170,7 @@ pub async fn live_session(
         return Ok(None);
     };
     match shared
-        .dispatcher
+        .run_scheduler
         .store()
         .team_for_key_hash(&session.key_hash)
         .await
@@ -221,11 +185,11 @@ pub async fn live_session(
 }
 
 /// The header the UI sends its session's CSRF token in.
-pub const CSRF_HEADER: &str = "x-csrf-token";
+pub(crate) const CSRF_HEADER: &str = "x-csrf-token";
 
 /// A change made with a UI session: it must come from this control
 /// plane's own origin and carry the session's CSRF token.
-pub fn check_change(
+pub(crate) fn check_change(
     req: &Request<Incoming>,
     shared: &Shared,
     session: &sessions::Session,
@@ -246,7 +210,7 @@ pub fn check_change(
 }
 
 /// The UI session id in the request's cookies.
-pub fn session_id(headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn session_id(headers: &HeaderMap) -> Option<&str> {
     headers
         .get_all(header::COOKIE)
         .iter()
@@ -258,7 +222,7 @@ pub fn session_id(headers: &HeaderMap) -> Option<&str> {
 /// Refuses a request a browser sent from another site: its `Origin` (sent
 /// with every cross-origin request and every POST) must be this control
 /// plane's own, and `Sec-Fetch-Site`, when sent, must not say otherwise.
-pub fn same_origin(req: &Request<Incoming>, shared: &Shared) -> Result<(), Response<Body>> {
+pub(crate) fn same_origin(req: &Request<Incoming>, shared: &Shared) -> Result<(), Response<Body>> {
     let headers = req.headers();
     let forbidden = |why: &str| {
         Err(error_response(
@@ -290,7 +254,10 @@ pub fn same_origin(req: &Request<Incoming>, shared: &Shared) -> Result<(), Respo
 
 /// Resolves the bearer key to its team, or answers 401 with a body that says
 /// what was wrong. Keys are never logged.
-pub async fn bearer_team(headers: &HeaderMap, shared: &Shared) -> Result<Team, Response<Body>> {
+pub(crate) async fn bearer_team(
+    headers: &HeaderMap,
+    shared: &Shared,
+) -> Result<Team, Response<Body>> {
     let unauthorized = |msg: &str| {
         let mut r = error_response(StatusCode::UNAUTHORIZED, msg);
         r.headers_mut()
@@ -307,7 +274,7 @@ pub async fn bearer_team(headers: &HeaderMap, shared: &Shared) -> Result<Team, R
             "malformed Authorization header: expected `Bearer <key>`",
         ));
     };
-    match shared.dispatcher.store().team_for_key(secret).await {
+    match shared.run_scheduler.store().team_for_key(secret).await {
         Ok(Some(team)) => Ok(team),
         Ok(None) => Err(unauthorized(
             "invalid API key: this control plane does not know it, or it was revoked or has expired (see `oz-agent-worker api-keys list`); check --api-key / WARP_API_KEY, or create one with `oz-agent-worker api-keys create --team NAME`",
@@ -323,7 +290,7 @@ pub async fn bearer_team(headers: &HeaderMap, shared: &Shared) -> Result<Team, R
 }
 
 /// The key in an `Authorization: Bearer <key>` value.
-pub fn bearer_secret(value: &http::HeaderValue) -> Option<&str> {
+pub(crate) fn bearer_secret(value: &http::HeaderValue) -> Option<&str> {
     value
         .to_str()
         .ok()
@@ -337,7 +304,7 @@ pub fn bearer_secret(value: &http::HeaderValue) -> Option<&str> {
 
 /// `body` as pretty JSON with a trailing newline (readable with curl).
 /// Never cached: answers hold a team's data.
-pub fn json_response<T: serde::Serialize>(status: StatusCode, body: &T) -> Response<Body> {
+pub(crate) fn json_response<T: serde::Serialize>(status: StatusCode, body: &T) -> Response<Body> {
     let mut text = serde_json::to_vec_pretty(body).expect("API bodies serialize");
     text.push(b'\n');
     Response::builder()
@@ -349,7 +316,7 @@ pub fn json_response<T: serde::Serialize>(status: StatusCode, body: &T) -> Respo
 }
 
 /// An `ApiError` body: one sentence saying what went wrong and what to do.
-pub fn error_response(status: StatusCode, message: &str) -> Response<Body> {
+pub(crate) fn error_response(status: StatusCode, message: &str) -> Response<Body> {
     json_response(
         status,
         &ApiError {
@@ -359,17 +326,18 @@ pub fn error_response(status: StatusCode, message: &str) -> Response<Body> {
 }
 
 /// A handler's answer: the error arm is a complete error response.
-pub type Answer = Result<Response<Body>, Response<Body>>;
+pub(crate) type Answer = Result<Response<Body>, Response<Body>>;
 
 /// Request bodies are small JSON documents.
-pub const MAX_BODY: usize = 1 << 20;
+pub(crate) const MAX_BODY: usize = 1 << 20;
 
-pub fn bad_request(msg: &str) -> Response<Body> {
+pub(crate) fn bad_request(msg: &str) -> Response<Body> {
     error_response(StatusCode::BAD_REQUEST, msg)
 }
 
-/// A database failure: logged; the client is told to look at the log.
-pub fn internal(e: StoreError) -> Response<Body> {
+/// A database failure (or a change that could not be stored): logged; the
+/// client is told to look at the log.
+pub(crate) fn internal(e: impl std::fmt::Display) -> Response<Body> {
     tracing::error!("{e}");
     error_response(
         StatusCode::INTERNAL_SERVER_ERROR,
@@ -379,7 +347,7 @@ pub fn internal(e: StoreError) -> Response<Body> {
 
 /// The request's JSON body as `T` (at most [`MAX_BODY`]); 400 naming the
 /// problem otherwise. `what` names the document in messages ("run request").
-pub async fn read_json<T: serde::de::DeserializeOwned>(
+pub(crate) async fn read_json<T: serde::de::DeserializeOwned>(
     req: Request<Incoming>,
     what: &str,
 ) -> Result<T, Response<Body>> {
@@ -388,7 +356,7 @@ pub async fn read_json<T: serde::de::DeserializeOwned>(
 }
 
 /// The query's `key=value` pairs, percent-decoded (`+` is a space).
-pub fn query_pairs(req: &Request<Incoming>) -> Vec<(String, String)> {
+pub(crate) fn query_pairs(req: &Request<Incoming>) -> Vec<(String, String)> {
     req.uri()
         .query()
         .unwrap_or("")
@@ -407,13 +375,13 @@ pub fn query_pairs(req: &Request<Incoming>) -> Vec<(String, String)> {
 }
 
 /// 405 for a known path with the wrong method.
-pub fn method_not_allowed(method: &http::Method, path: &str) -> Response<Body> {
+pub(crate) fn method_not_allowed(method: &http::Method, path: &str) -> Response<Body> {
     error_response(
         StatusCode::METHOD_NOT_ALLOWED,
         &format!("{method} is not allowed on {path}"),
     )
 }
 
-pub fn no_such_endpoint(path: &str) -> Response<Body> {
+pub(crate) fn no_such_endpoint(path: &str) -> Response<Body> {
     error_response(StatusCode::NOT_FOUND, &format!("no such endpoint: {path}"))
 }

@@ -19,7 +19,7 @@ pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(30);
 const WHOLE_READS: usize = 8;
 
 #[derive(Clone)]
-pub struct Followers {
+pub(crate) struct Followers {
     max_per_team: usize,
     send_timeout: Duration,
     open: Arc<Mutex<HashMap<i64, usize>>>,
@@ -27,13 +27,13 @@ pub struct Followers {
 }
 
 /// One follower's place; dropping it frees the place.
-pub struct Place {
+pub(crate) struct Place {
     team_id: i64,
     open: Arc<Mutex<HashMap<i64, usize>>>,
 }
 
 impl Followers {
-    pub fn new(max_per_team: usize, send_timeout: Duration) -> Followers {
+    pub(crate) fn new(max_per_team: usize, send_timeout: Duration) -> Followers {
         Followers {
             max_per_team,
             send_timeout,
@@ -44,7 +44,7 @@ impl Followers {
 
     /// A turn to read a run's whole output (waits while [`WHOLE_READS`]
     /// others are being answered).
-    pub async fn whole_read(&self) -> tokio::sync::OwnedSemaphorePermit {
+    pub(crate) async fn whole_read(&self) -> tokio::sync::OwnedSemaphorePermit {
         self.whole_reads
             .clone()
             .acquire_owned()
@@ -52,16 +52,16 @@ impl Followers {
             .expect("the semaphore is never closed")
     }
 
-    pub fn max_per_team(&self) -> usize {
+    pub(crate) fn max_per_team(&self) -> usize {
         self.max_per_team
     }
 
-    pub fn send_timeout(&self) -> Duration {
+    pub(crate) fn send_timeout(&self) -> Duration {
         self.send_timeout
     }
 
     /// A place for one more follower of `team_id`; `None` at the cap.
-    pub fn join(&self, team_id: i64) -> Option<Place> {
+    pub(crate) fn join(&self, team_id: i64) -> Option<Place> {
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         let n = open.entry(team_id).or_default();
         if *n >= self.max_per_team {

@@ -11,20 +11,20 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Failures are counted over this sliding window.
-pub const WINDOW: Duration = Duration::from_secs(60);
+pub(crate) const WINDOW: Duration = Duration::from_secs(60);
 /// `--max-failed-logins`'s default (per address, per [`WINDOW`]).
 pub const DEFAULT_MAX_FAILURES: usize = 10;
 /// Addresses remembered at most; past it, the stalest are forgotten.
 const MAX_ADDRESSES: usize = 100_000;
 
-pub struct LoginLimit {
+pub(crate) struct LoginLimit {
     max: usize,
     failures: Mutex<HashMap<IpAddr, VecDeque<Instant>>>,
 }
 
 impl LoginLimit {
     /// `max` failures per address per [`WINDOW`] (at least 1).
-    pub fn new(max: usize) -> LoginLimit {
+    pub(crate) fn new(max: usize) -> LoginLimit {
         LoginLimit {
             max: max.max(1),
             failures: Mutex::default(),
@@ -32,7 +32,7 @@ impl LoginLimit {
     }
 
     /// `Err(retry_after)` when `addr` may not try now.
-    pub fn check(&self, addr: IpAddr) -> Result<(), Duration> {
+    pub(crate) fn check(&self, addr: IpAddr) -> Result<(), Duration> {
         let mut map = self.lock();
         let Some(times) = map.get_mut(&addr) else {
             return Ok(());
@@ -51,7 +51,7 @@ impl LoginLimit {
     }
 
     /// `addr` presented a key that is not valid.
-    pub fn failed(&self, addr: IpAddr) {
+    pub(crate) fn failed(&self, addr: IpAddr) {
         let mut map = self.lock();
         let now = Instant::now();
         if map.len() >= MAX_ADDRESSES && !map.contains_key(&addr) {

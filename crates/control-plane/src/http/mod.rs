@@ -8,15 +8,15 @@
 //! only accepts connections and routes requests. Above `dispatch` and
 //! `store`; nothing below names it.
 
-pub mod api;
+pub(crate) mod api;
 pub mod connections;
-pub mod endpoint_support;
+pub(crate) mod endpoint_support;
 pub mod followers;
 pub mod login_limit;
 pub mod openapi;
-pub mod paging;
-pub mod server;
+pub(crate) mod paging;
+pub(crate) mod server;
 pub mod sessions;
 pub mod tls;
-pub mod ui;
-pub mod ws;
+pub(crate) mod ui;
+pub(crate) mod ws;

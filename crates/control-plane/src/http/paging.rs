@@ -11,7 +11,7 @@ use oz_runs_api::model::{RUNS_PAGE_DEFAULT_LIMIT, RUNS_PAGE_MAX_LIMIT};
 
 /// What a page asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PageRequest {
+pub(crate) struct PageRequest {
     /// 1 to [`RUNS_PAGE_MAX_LIMIT`].
     pub limit: usize,
     /// Only runs created before this position (`None`: from the newest).
@@ -30,7 +30,7 @@ impl Default for PageRequest {
 /// A `limit` or `cursor` the API refuses: the message names the parameter
 /// and what it accepts.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PageError {
+pub(crate) enum PageError {
     Limit(String),
     Cursor(String),
 }
@@ -55,12 +55,12 @@ impl std::error::Error for PageError {}
 const CURSOR_PREFIX: &str = "runs-before:";
 
 /// The cursor of the page that starts after position `seq`.
-pub fn cursor(seq: i64) -> String {
+pub(crate) fn cursor(seq: i64) -> String {
     URL_SAFE_NO_PAD.encode(format!("{CURSOR_PREFIX}{seq}"))
 }
 
 /// The position a cursor names.
-pub fn parse_cursor(text: &str) -> Result<i64, PageError> {
+pub(crate) fn parse_cursor(text: &str) -> Result<i64, PageError> {
     URL_SAFE_NO_PAD
         .decode(text)
         .ok()
@@ -71,7 +71,7 @@ pub fn parse_cursor(text: &str) -> Result<i64, PageError> {
 }
 
 /// `limit`: 1 to [`RUNS_PAGE_MAX_LIMIT`].
-pub fn parse_limit(text: &str) -> Result<usize, PageError> {
+pub(crate) fn parse_limit(text: &str) -> Result<usize, PageError> {
     text.parse::<usize>()
         .ok()
         .filter(|n| (1..=RUNS_PAGE_MAX_LIMIT).contains(n))

@@ -25,7 +25,7 @@ use tokio_rustls::TlsAcceptor;
 /// (see `connections`): past the budget, the oldest untrusted connection is
 /// closed to make room, or, when all are trusted, the new one is answered
 /// `503` and closed at once.
-pub async fn accept_loop(
+pub(crate) async fn accept_loop(
     listener: TcpListener,
     shared: Arc<Shared>,
     tls: Option<Arc<rustls::ServerConfig>>,
@@ -131,7 +131,7 @@ async fn serve<I>(
         service_fn(move |mut req: Request<Incoming>| {
             let ext = req.extensions_mut();
             ext.insert(admission.trust.clone());
-            ext.insert(Held(admission.clone()));
+            ext.insert(Held::new(admission.clone()));
             ext.insert(Peer(peer));
             ext.insert(BodyDeadline(Instant::now() + shared.body_read_timeout));
             route(req, shared.clone())

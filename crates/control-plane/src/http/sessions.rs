@@ -14,12 +14,12 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// The cookie that holds the session id.
-pub const COOKIE: &str = "oz_session";
+pub(crate) const COOKIE: &str = "oz_session";
 /// `--session-lifetime`'s default: a session ends this long after sign-in,
 /// however active.
-pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(12 * 3600);
+pub(crate) const DEFAULT_LIFETIME: Duration = Duration::from_secs(12 * 3600);
 /// `--session-idle-timeout`'s default: a session unused this long ends.
-pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+pub(crate) const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 /// `--max-sessions-per-team`'s default. Past it, a sign-in ends that same
 /// team's least recently used session: one team's sign-ins never end
 /// another's.
@@ -45,7 +45,7 @@ impl Default for Limits {
 
 /// A signed-in browser.
 #[derive(Debug, Clone)]
-pub struct Session {
+pub(crate) struct Session {
     pub team: Team,
     /// Sent by the UI in `X-CSRF-Token` with every change.
     pub csrf_token: String,
@@ -58,14 +58,14 @@ pub struct Session {
 
 /// The live sessions, each team's apart.
 #[derive(Default)]
-pub struct Sessions {
+pub(crate) struct Sessions {
     limits: Limits,
     /// Team id → SHA-256 of the session id → session.
     by_team: Mutex<HashMap<i64, HashMap<String, Session>>>,
 }
 
 impl Sessions {
-    pub fn new(limits: Limits) -> Sessions {
+    pub(crate) fn new(limits: Limits) -> Sessions {
         Sessions {
             limits: Limits {
                 max_per_team: limits.max_per_team.max(1),
@@ -75,7 +75,7 @@ impl Sessions {
         }
     }
 
-    pub fn limits(&self) -> Limits {
+    pub(crate) fn limits(&self) -> Limits {
         self.limits
     }
 
@@ -86,7 +86,7 @@ impl Sessions {
 
     /// Starts a session for `team`, signed in with the key whose stored
     /// hash is `key_hash`: (the session id for the cookie, the session).
-    pub fn start(&self, team: Team, key_hash: &str) -> std::io::Result<(String, Session)> {
+    pub(crate) fn start(&self, team: Team, key_hash: &str) -> std::io::Result<(String, Session)> {
         let id = keys::random_token()?;
         let now = Instant::now();
         let session = Session {
@@ -112,7 +112,7 @@ impl Sessions {
     }
 
     /// The live session with this id (its use keeps it from idling out).
-    pub fn get(&self, id: &str) -> Option<Session> {
+    pub(crate) fn get(&self, id: &str) -> Option<Session> {
         let hash = keys::hash(id);
         let now = Instant::now();
         let mut teams = self.lock();
@@ -129,15 +129,16 @@ impl Sessions {
         None
     }
 
-    pub fn end(&self, id: &str) {
+    pub(crate) fn end(&self, id: &str) {
         let hash = keys::hash(id);
         for m in self.lock().values_mut() {
             m.remove(&hash);
         }
     }
 
-    /// Live sessions of `team_id` (for tests and metrics).
-    pub fn count(&self, team_id: i64) -> usize {
+    /// Live sessions of `team_id`.
+    #[cfg(test)]
+    pub(crate) fn count(&self, team_id: i64) -> usize {
         let now = Instant::now();
         self.lock()
             .get(&team_id)
@@ -151,7 +152,7 @@ impl Sessions {
 
 /// The value of cookie `name` in a `Cookie` request header (RFC 6265:
 /// `a=b; c=d`).
-pub fn cookie_value<'a>(header: &'a str, name: &str) -> Option<&'a str> {
+pub(crate) fn cookie_value<'a>(header: &'a str, name: &str) -> Option<&'a str> {
     header.split(';').find_map(|pair| {
         let (k, v) = pair.trim().split_once('=')?;
         (k == name).then_some(v.trim_matches('"'))

@@ -35,7 +35,7 @@ use hyper::body::Incoming;
 use oz_foundation::escape::Escaped;
 use serde::Serialize;
 
-pub const UI_PREFIX: &str = "/ui";
+pub(crate) const UI_PREFIX: &str = "/ui";
 
 const INDEX_HTML: &str = include_str!("ui/index.html");
 const LOGIN_HTML: &str = include_str!("ui/login.html");
@@ -44,7 +44,7 @@ const LOGIN_JS: &str = include_str!("ui/login.js");
 const STYLE_CSS: &str = include_str!("ui/style.css");
 
 /// No inline script or style, nothing from elsewhere, no framing.
-pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
+pub(crate) const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
      style-src 'self'; img-src 'self'; connect-src 'self'; form-action 'self'; \
      frame-ancestors 'none'; base-uri 'none'";
 
@@ -57,11 +57,11 @@ struct SessionInfo<'a> {
 }
 
 /// Whether `path` is the UI's (or the root, which leads to it).
-pub fn serves(path: &str) -> bool {
+pub(crate) fn serves(path: &str) -> bool {
     path == "/" || path == UI_PREFIX || path.starts_with("/ui/")
 }
 
-pub async fn handle(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
+pub(crate) async fn handle(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
     let path = req.uri().path().to_string();
     // HEAD is GET without the body (RFC 9110 §9.3.2): hyper leaves the
     // body out and keeps its length.
@@ -178,7 +178,7 @@ async fn login(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
     if key.is_empty() {
         return redirect("/ui/login?error=missing");
     }
-    let team = match shared.dispatcher.store().team_for_key(key).await {
+    let team = match shared.run_scheduler.store().team_for_key(key).await {
         Ok(Some(team)) => team,
         Ok(None) => {
             if let Some(a) = addr {

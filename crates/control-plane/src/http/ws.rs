@@ -1,12 +1,12 @@
 //! One worker connection: the upgrade handshake (bearer key, `worker_id`,
 //! the extensions offered in `Oz-Worker-Extensions`), then a loop that
-//! forwards the dispatcher's messages to the worker and the worker's frames
-//! to the dispatcher, in order. Any frame from the worker (pings included)
+//! forwards the run scheduler's messages to the worker and the worker's frames
+//! to the run scheduler, in order. Any frame from the worker (pings included)
 //! extends the read deadline; a worker silent past it is dropped, but only
 //! after every frame it had already sent has been read and handled.
 //! Malformed and unknown frames are logged and ignored.
 
-use crate::dispatch::dispatcher::{ConnId, Dispatcher, Outgoing};
+use crate::dispatch::run_scheduler::{ConnId, Outgoing, RunScheduler};
 use crate::http::connections::Held;
 use crate::http::endpoint_support::{
     bearer_secret, bearer_team, empty, error_response, trust_connection, Body, Shared,
@@ -34,7 +34,7 @@ pub const WS_PATH: &str = "/api/v1/selfhosted/worker/ws";
 /// docs/PROTOCOL.md: a write must finish within 10 s.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub async fn upgrade(mut req: Request<Incoming>, shared: Arc<Shared>) -> Response<Body> {
+pub(crate) async fn upgrade(mut req: Request<Incoming>, shared: Arc<Shared>) -> Response<Body> {
     if req.method() != http::Method::GET {
         return error_response(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -137,8 +137,8 @@ async fn run_connection<S>(
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let (tx, mut outbox) = mpsc::unbounded_channel::<Outgoing>();
-    let dispatcher = shared.dispatcher.clone();
-    let conn = dispatcher.register(team_id, &worker_id, version, tx);
+    let run_scheduler = shared.run_scheduler.clone();
+    let conn = run_scheduler.register(team_id, &worker_id, version, tx);
     let (mut sink, mut stream) = ws.split();
     let read_timeout = shared.worker_read_timeout;
     let mut deadline = tokio::time::Instant::now() + read_timeout;
@@ -160,7 +160,7 @@ async fn run_connection<S>(
                 break "control plane shutting down";
             }
             _ = key_check.tick() => {
-                if let Ok(None) = dispatcher.store().team_for_key_hash(&key_hash).await {
+                if let Ok(None) = run_scheduler.store().team_for_key_hash(&key_hash).await {
                     tracing::warn!(conn, worker_id = %Escaped(&worker_id), "the worker's API key was revoked or has expired; closing its connection");
                     let _ = tokio::time::timeout(WRITE_TIMEOUT, sink.send(Message::Close(Some(CloseFrame {
                         code: CloseCode::Policy,
@@ -171,11 +171,11 @@ async fn run_connection<S>(
             }
             out = outbox.recv() => {
                 let msg = match out {
-                    None => break "dispatcher dropped the connection",
+                    None => break "the run scheduler dropped the connection",
                     Some(Outgoing::Now(msg)) => msg,
                     // Receipts settle in submission order (one database
                     // thread), so waiting here keeps the worker's view in
-                    // the order the dispatcher decided.
+                    // the order the run scheduler decided.
                     Some(Outgoing::WhenStored(receipt, msg)) => match receipt.await {
                         Ok(true) => msg,
                         _ => continue,
@@ -190,7 +190,7 @@ async fn run_connection<S>(
             }
             frame = stream.next() => {
                 deadline = tokio::time::Instant::now() + read_timeout;
-                if let Err(reason) = on_frame(&dispatcher, conn, frame).await {
+                if let Err(reason) = on_frame(&run_scheduler, conn, frame).await {
                     break reason;
                 }
             }
@@ -202,7 +202,7 @@ async fn run_connection<S>(
                 let mut ended = None;
                 while let Some(frame) = stream.next().now_or_never() {
                     heard = true;
-                    if let Err(reason) = on_frame(&dispatcher, conn, frame).await {
+                    if let Err(reason) = on_frame(&run_scheduler, conn, frame).await {
                         ended = Some(reason);
                         break;
                     }
@@ -220,14 +220,14 @@ async fn run_connection<S>(
         }
     };
     tracing::debug!(conn, reason = close_reason, "worker connection ended");
-    dispatcher.unregister(conn);
+    run_scheduler.unregister(conn);
     // Best effort: tell the peer, then drop the socket.
     let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
 }
 
-/// Hands one read result to the dispatcher; `Err` ends the connection.
+/// Hands one read result to the run scheduler; `Err` ends the connection.
 async fn on_frame(
-    dispatcher: &Dispatcher,
+    run_scheduler: &RunScheduler,
     conn: ConnId,
     frame: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
 ) -> Result<(), &'static str> {
@@ -239,7 +239,7 @@ async fn on_frame(
         }
         Some(Ok(Message::Text(text))) => {
             match decode_worker_frame(text.as_str()) {
-                Ok(msg) => dispatcher.handle(conn, msg).await,
+                Ok(msg) => run_scheduler.handle(conn, msg).await,
                 Err(DecodeError::UnknownType(t)) => {
                     tracing::info!(conn, kind = %Escaped(&t), "unknown message type from worker; ignored")
                 }

@@ -6,24 +6,24 @@ use base64::Engine;
 use sha2::{Digest, Sha256};
 use std::io::Read;
 
-pub const KEY_PREFIX: &str = "ozk_";
+pub(crate) const KEY_PREFIX: &str = "ozk_";
 
 /// A fresh secret. Reads `/dev/urandom` (Linux and macOS): `fastrand` is not
 /// a cryptographic generator, and the standard library exposes none.
-pub fn generate() -> std::io::Result<String> {
+pub(crate) fn generate() -> std::io::Result<String> {
     Ok(format!("{KEY_PREFIX}{}", random_token()?))
 }
 
 /// 32 bytes from the kernel's CSPRNG, base64url without padding (43
 /// characters): session ids and CSRF tokens.
-pub fn random_token() -> std::io::Result<String> {
+pub(crate) fn random_token() -> std::io::Result<String> {
     let mut bytes = [0u8; 32];
     std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
     Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
 }
 
 /// Compares two secrets in time that depends only on their lengths.
-pub fn same_secret(a: &str, b: &str) -> bool {
+pub(crate) fn same_secret(a: &str, b: &str) -> bool {
     a.len() == b.len()
         && a.bytes()
             .zip(b.bytes())
@@ -32,12 +32,12 @@ pub fn same_secret(a: &str, b: &str) -> bool {
 }
 
 /// The stored form of a key.
-pub fn hash(secret: &str) -> String {
+pub(crate) fn hash(secret: &str) -> String {
     hex::encode(Sha256::digest(secret.as_bytes()))
 }
 
 /// What `api-keys list` may show of a key: enough to tell keys apart.
-pub fn display_prefix(secret: &str) -> String {
+pub(crate) fn display_prefix(secret: &str) -> String {
     secret.chars().take(KEY_PREFIX.len() + 6).collect()
 }
 

@@ -8,55 +8,100 @@
 //! could still undo. Calls run in the order they are made. Each change is
 //! atomic on its own (a savepoint inside the batch's transaction).
 
-pub mod keys;
+pub(crate) mod keys;
 pub mod time;
-pub mod writer;
+pub(crate) mod writer;
 
+pub use crate::store::writer::BatchError;
 use crate::store::writer::{JobError, Writer};
 use oz_protocol::OutputStream;
 use oz_runs_api::model::{CreateRunRequest, HistoryEntry, MissedSlots, OutputChunk, RunState};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::HashMap;
 use std::future::Future;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Mutex;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
-#[derive(Debug)]
-pub struct StoreError(String);
+/// Who may run a run: one team's worker id (the `workers` table's key).
+/// Runs queue per key, connections are grouped by it, and a key is
+/// paused or resumed as a whole. Ordered by team, then worker id.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct WorkerKey {
+    pub team_id: i64,
+    /// The `worker_id` the worker connects with; a run's `worker_host`.
+    pub worker_id: String,
+}
 
-impl std::fmt::Display for StoreError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+impl WorkerKey {
+    pub(crate) fn new(team_id: i64, worker_id: &str) -> WorkerKey {
+        WorkerKey {
+            team_id,
+            worker_id: worker_id.to_string(),
+        }
     }
 }
 
-impl std::error::Error for StoreError {}
+/// The run a schedule's slot creates: its id and the note its history
+/// starts with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SlotRun {
+    pub run_id: String,
+    pub note: String,
+}
 
-impl From<rusqlite::Error> for StoreError {
-    fn from(e: rusqlite::Error) -> Self {
-        StoreError(format!("control plane database error: {e}"))
+/// Why a store call failed. Each message is one sentence for the log (or,
+/// at start-up, for the operator: those name the fix).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A statement failed.
+    #[error("control plane database error: {0}")]
+    Database(#[from] rusqlite::Error),
+    /// The job's batch could not run it or make it durable.
+    #[error(transparent)]
+    Batch(#[from] BatchError),
+    #[error("the control plane's database thread stopped")]
+    ThreadStopped,
+    #[error("cannot start the control plane's database thread: {0}")]
+    StartThread(#[source] std::io::Error),
+    #[error("cannot create the data directory {}: {source}; pass --data-dir or --db to put it elsewhere", dir.display())]
+    CreateDataDir {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot open the control plane database {}: {source}", path.display())]
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("cannot restrict permissions of {}: {source}", path.display())]
+    Permissions {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the control plane database has schema version {found}, newer than this build knows ({known}); upgrade oz-agent-worker")]
+    NewerSchema { found: i64, known: i64 },
+    #[error("a team name must not be empty")]
+    EmptyTeamName,
+    #[error("cannot read random bytes for a key: {0}")]
+    Random(#[source] std::io::Error),
+    #[error("output for unknown run {0}")]
+    UnknownRun(String),
+}
+
+impl From<JobError<StoreError>> for StoreError {
+    fn from(e: JobError<StoreError>) -> Self {
+        match e {
+            JobError::Job(e) => e,
+            JobError::Batch(e) => StoreError::Batch(e),
+        }
     }
 }
 
-impl StoreError {
-    /// An error of the store's own, for the log: one sentence.
-    pub fn new(message: impl Into<String>) -> StoreError {
-        StoreError(message.into())
-    }
-}
-
-impl From<JobError> for StoreError {
-    fn from(e: JobError) -> Self {
-        // Job errors are already StoreError sentences or rusqlite's.
-        StoreError(e.0)
-    }
-}
-
-pub type Result<T> = std::result::Result<T, StoreError>;
+pub(crate) type Result<T> = std::result::Result<T, StoreError>;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Team {
@@ -117,11 +162,11 @@ pub struct ApiKeyRef {
 /// A key found valid is trusted this long without asking the database
 /// again: revoking or expiring a key (by `api-keys revoke`, another
 /// process writing the same database) takes effect within it.
-pub const KEY_RECHECK: Duration = Duration::from_millis(500);
+pub(crate) const KEY_RECHECK: Duration = Duration::from_millis(500);
 
 /// A run as stored, including its secrets (`spec.env_vars`).
 #[derive(Debug, Clone)]
-pub struct RunRecord {
+pub(crate) struct RunRecord {
     pub id: String,
     pub team_id: i64,
     pub state: RunState,
@@ -144,14 +189,14 @@ pub struct RunRecord {
 /// through the API, or the control plane itself (cancelled while queued,
 /// `worker_lost`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EndedBy {
+pub(crate) enum EndedBy {
     Worker,
     Api,
     ControlPlane,
 }
 
 impl EndedBy {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             EndedBy::Worker => "worker",
             EndedBy::Api => "api",
@@ -162,7 +207,7 @@ impl EndedBy {
 
 /// One state change. Fields left `None` keep their stored value.
 #[derive(Debug, Clone)]
-pub struct Change {
+pub(crate) struct Change {
     pub to: RunState,
     pub note: String,
     pub execution_id: Option<String>,
@@ -173,7 +218,7 @@ pub struct Change {
 }
 
 impl Change {
-    pub fn to(to: RunState, note: impl Into<String>) -> Change {
+    pub(crate) fn to(to: RunState, note: impl Into<String>) -> Change {
         Change {
             to,
             note: note.into(),
@@ -186,7 +231,7 @@ impl Change {
     }
 
     /// A move to a terminal state, saying who ended the run.
-    pub fn end(to: RunState, by: EndedBy, note: impl Into<String>) -> Change {
+    pub(crate) fn end(to: RunState, by: EndedBy, note: impl Into<String>) -> Change {
         Change {
             ended_by: Some(by),
             ..Change::to(to, note)
@@ -197,7 +242,7 @@ impl Change {
 /// A run's live output as stored: offsets are bytes of the whole output
 /// received for it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct OutputTotals {
+pub(crate) struct OutputTotals {
     /// Where the next byte goes: everything received (and lost in memory).
     pub end: u64,
     /// The first byte still kept; everything before it was dropped to stay
@@ -209,7 +254,7 @@ pub struct OutputTotals {
 
 /// Output waiting to be stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NewChunk {
+pub(crate) struct NewChunk {
     pub stream: OutputStream,
     pub data: String,
     /// Bytes the worker dropped just before it.
@@ -218,7 +263,7 @@ pub struct NewChunk {
 
 /// A schedule as stored, including the run's secrets.
 #[derive(Debug, Clone)]
-pub struct ScheduleRecord {
+pub(crate) struct ScheduleRecord {
     pub id: String,
     pub team_id: i64,
     pub name: String,
@@ -236,7 +281,7 @@ pub struct ScheduleRecord {
 
 /// What handling a schedule's due slot did.
 #[derive(Debug, Clone)]
-pub enum SlotOutcome {
+pub(crate) enum SlotOutcome {
     /// The run was created (and the slot marked handled).
     Created(Box<LiveRun>),
     /// The slot was marked handled without a run.
@@ -248,7 +293,7 @@ pub enum SlotOutcome {
 
 /// A worker id seen on a connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WorkerRecord {
+pub(crate) struct WorkerRecord {
     pub worker_id: String,
     pub first_seen_at: String,
     pub last_seen_at: String,
@@ -258,7 +303,7 @@ pub struct WorkerRecord {
 
 /// A run that has not ended, as loaded at start-up: its creation order too.
 #[derive(Debug, Clone)]
-pub struct LiveRun {
+pub(crate) struct LiveRun {
     /// Creation order (the table's sequence): the queue order.
     pub seq: i64,
     pub record: RunRecord,
@@ -270,19 +315,15 @@ pub struct Pending<T>(oneshot::Receiver<Result<T>>);
 impl<T> Future for Pending<T> {
     type Output = Result<T>;
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<T>> {
-        Pin::new(&mut self.0).poll(cx).map(|r| {
-            r.unwrap_or_else(|_| {
-                Err(StoreError(
-                    "the control plane's database thread stopped".into(),
-                ))
-            })
-        })
+        Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|r| r.unwrap_or_else(|_| Err(StoreError::ThreadStopped)))
     }
 }
 
 /// One page of a team's runs (`Store::list_runs`).
 #[derive(Debug, Clone)]
-pub struct RunPage {
+pub(crate) struct RunPage {
     /// Newest first.
     pub runs: Vec<RunRecord>,
     /// The position to pass as `before` for the next page; `None` when
@@ -400,34 +441,30 @@ impl Store {
     /// Opens (creating when missing) the database file and its directory.
     pub fn open(path: &Path) -> Result<Store> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                StoreError(format!(
-                    "cannot create the data directory {}: {e}; pass --data-dir or --db to put it elsewhere",
-                    dir.display()
-                ))
+            std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDataDir {
+                dir: dir.to_path_buf(),
+                source,
             })?;
         }
-        let conn = Connection::open(path).map_err(|e| {
-            StoreError(format!(
-                "cannot open the control plane database {}: {e}",
-                path.display()
-            ))
+        let conn = Connection::open(path).map_err(|source| StoreError::Open {
+            path: path.to_path_buf(),
+            source,
         })?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         // Runs hold their env values (secrets): only the owner may read them.
         // WAL and shared-memory files inherit the database file's mode.
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|e| {
-            StoreError(format!(
-                "cannot restrict permissions of {}: {e}",
-                path.display()
-            ))
-        })?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(
+            |source| StoreError::Permissions {
+                path: path.to_path_buf(),
+                source,
+            },
+        )?;
         Self::init(conn)
     }
 
-    pub fn open_in_memory() -> Result<Store> {
+    pub(crate) fn open_in_memory() -> Result<Store> {
         Self::init(Connection::open_in_memory()?)
     }
 
@@ -438,20 +475,17 @@ impl Store {
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         let known = MIGRATIONS.len() as i64;
         if version > known {
-            return Err(StoreError(format!(
-                "the control plane database has schema version {version}, newer than this build knows ({known}); upgrade oz-agent-worker"
-            )));
+            return Err(StoreError::NewerSchema {
+                found: version,
+                known,
+            });
         }
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
             let tx = conn.transaction()?;
             tx.execute_batch(&format!("{sql}; PRAGMA user_version = {};", i + 1))?;
             tx.commit()?;
         }
-        let writer = Writer::start(conn, "oz-cp-sqlite").map_err(|e| {
-            StoreError(format!(
-                "cannot start the control plane's database thread: {e}"
-            ))
-        })?;
+        let writer = Writer::start(conn, "oz-cp-sqlite").map_err(StoreError::StartThread)?;
         Ok(Store {
             writer,
             known_keys: Mutex::default(),
@@ -460,7 +494,7 @@ impl Store {
 
     /// Runs `job` on the database thread; the result is ready once it is
     /// committed. Submitted now, not when first polled.
-    pub fn call<T: Send + 'static>(
+    pub(crate) fn call<T: Send + 'static>(
         &self,
         job: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
     ) -> Pending<T> {
@@ -473,20 +507,22 @@ impl Store {
 
     /// Like `call`, handing the result to `done` on the database thread
     /// (quick, non-blocking work only: e.g. sending on a channel).
-    pub fn call_then<T: Send + 'static>(
+    pub(crate) fn call_then<T: Send + 'static>(
         &self,
         job: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
         done: impl FnOnce(Result<T>) + Send + 'static,
     ) {
-        self.writer
-            .submit(job, move |r: std::result::Result<T, JobError>| {
+        self.writer.submit(
+            job,
+            move |r: std::result::Result<T, JobError<StoreError>>| {
                 done(r.map_err(StoreError::from))
-            });
+            },
+        );
     }
 
     /// `call`, waiting on the calling thread: for set-up code and tests,
     /// never on a request path.
-    pub fn call_blocking<T: Send + 'static>(
+    pub(crate) fn call_blocking<T: Send + 'static>(
         &self,
         job: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
     ) -> Result<T> {
@@ -494,23 +530,20 @@ impl Store {
         self.call_then(job, move |r| {
             let _ = tx.send(r);
         });
-        rx.recv().unwrap_or_else(|_| {
-            Err(StoreError(
-                "the control plane's database thread stopped".into(),
-            ))
-        })
+        rx.recv().unwrap_or_else(|_| Err(StoreError::ThreadStopped))
     }
 
     // ---- teams and keys ----
 
     /// Creates a key for `team_name`, creating the team when it is new.
-    pub fn create_api_key(&self, team_name: &str) -> Pending<NewApiKey> {
+    #[cfg(test)]
+    pub(crate) fn create_api_key(&self, team_name: &str) -> Pending<NewApiKey> {
         let team_name = team_name.trim().to_string();
         self.call(move |conn| create_api_key(conn, &team_name, &KeyOptions::default()))
     }
 
     /// `create_api_key`, waiting on the calling thread (set-up and tests).
-    pub fn create_api_key_blocking(&self, team_name: &str) -> Result<NewApiKey> {
+    pub(crate) fn create_api_key_blocking(&self, team_name: &str) -> Result<NewApiKey> {
         let team_name = team_name.trim().to_string();
         self.call_blocking(move |conn| create_api_key(conn, &team_name, &KeyOptions::default()))
     }
@@ -521,14 +554,14 @@ impl Store {
 
     /// The team a presented secret belongs to, if it is a key neither
     /// revoked nor expired.
-    pub async fn team_for_key(&self, secret: &str) -> Result<Option<Team>> {
+    pub(crate) async fn team_for_key(&self, secret: &str) -> Result<Option<Team>> {
         self.team_for_key_hash(&keys::hash(secret)).await
     }
 
     /// The team of the valid key whose stored hash is `hash` (a UI session
     /// and a worker connection keep only the hash). A valid answer is
     /// reused for [`KEY_RECHECK`]; an invalid one is never cached.
-    pub async fn team_for_key_hash(&self, hash: &str) -> Result<Option<Team>> {
+    pub(crate) async fn team_for_key_hash(&self, hash: &str) -> Result<Option<Team>> {
         if let Some((team, at)) = self.known().get(hash) {
             if at.elapsed() < KEY_RECHECK {
                 return Ok(Some(team.clone()));
@@ -574,19 +607,24 @@ impl Store {
     // ---- runs ----
 
     /// Stores a new queued run with its first history entry.
-    pub fn insert_run(&self, id: &str, team_id: i64, spec: &CreateRunRequest) -> Pending<LiveRun> {
+    pub(crate) fn insert_run(
+        &self,
+        id: &str,
+        team_id: i64,
+        spec: &CreateRunRequest,
+    ) -> Pending<LiveRun> {
         let (id, spec) = (id.to_string(), spec.clone());
         self.call(move |conn| insert_run(conn, &id, team_id, &spec, None, "created"))
     }
 
     /// `team_id: None` looks across teams (the control plane's own use).
-    pub fn get_run(&self, id: &str, team_id: Option<i64>) -> Pending<Option<RunRecord>> {
+    pub(crate) fn get_run(&self, id: &str, team_id: Option<i64>) -> Pending<Option<RunRecord>> {
         let id = id.to_string();
         self.call(move |conn| get_run(conn, &id, team_id))
     }
 
     /// A run with its creation order, when it has not ended.
-    pub fn get_live_run(&self, id: &str) -> Pending<Option<LiveRun>> {
+    pub(crate) fn get_live_run(&self, id: &str) -> Pending<Option<LiveRun>> {
         let id = id.to_string();
         self.call(move |conn| {
             Ok(conn
@@ -600,7 +638,7 @@ impl Store {
     }
 
     /// A run with its history, in one call.
-    pub fn get_run_with_history(
+    pub(crate) fn get_run_with_history(
         &self,
         id: &str,
         team_id: i64,
@@ -617,7 +655,7 @@ impl Store {
     /// One page of `team_id`'s runs, newest first (by creation position,
     /// `seq`): at most `limit` runs created before position `before` (all
     /// when `None`), optionally only in `state` or for `worker_host`.
-    pub fn list_runs(
+    pub(crate) fn list_runs(
         &self,
         team_id: i64,
         state: Option<RunState>,
@@ -632,11 +670,11 @@ impl Store {
     }
 
     /// Every team's runs that have not ended, oldest first.
-    pub fn live_runs(&self) -> Pending<Vec<LiveRun>> {
+    pub(crate) fn live_runs(&self) -> Pending<Vec<LiveRun>> {
         self.call(live_runs)
     }
 
-    pub fn history(&self, id: &str) -> Pending<Vec<HistoryEntry>> {
+    pub(crate) fn history(&self, id: &str) -> Pending<Vec<HistoryEntry>> {
         let id = id.to_string();
         self.call(move |conn| history(conn, &id))
     }
@@ -646,7 +684,8 @@ impl Store {
     /// was stale and nothing changed).
     ///
     /// Panics on a move the state machine forbids: that is a bug here.
-    pub fn transition(&self, id: &str, from: RunState, change: Change) -> Pending<bool> {
+    #[cfg(test)]
+    pub(crate) fn transition(&self, id: &str, from: RunState, change: Change) -> Pending<bool> {
         check_move(from, &change);
         let id = id.to_string();
         self.call(move |conn| transition(conn, &id, from, &change))
@@ -654,7 +693,7 @@ impl Store {
 
     /// `transition`, with the result handed to `done` on the database
     /// thread.
-    pub fn transition_then(
+    pub(crate) fn transition_then(
         &self,
         id: &str,
         from: RunState,
@@ -668,7 +707,7 @@ impl Store {
 
     /// Marks a run cancel-requested (it stays in its state) and records why.
     /// `false` when there is no such run.
-    pub fn request_cancel_then(
+    pub(crate) fn request_cancel_then(
         &self,
         id: &str,
         note: &str,
@@ -685,7 +724,7 @@ impl Store {
     /// it returns the chunks and how many bytes before them were lost in
     /// memory. Keeps the last `limit` bytes of the run's output; `done` gets
     /// the new totals once they are committed.
-    pub fn append_output_then(
+    pub(crate) fn append_output_then(
         &self,
         id: &str,
         limit: u64,
@@ -704,7 +743,7 @@ impl Store {
 
     /// The run and the output it keeps from byte `after` on, in order.
     /// `team_id: None` looks across teams.
-    pub fn read_output(
+    pub(crate) fn read_output(
         &self,
         id: &str,
         team_id: Option<i64>,
@@ -723,7 +762,7 @@ impl Store {
     /// The run (of `team_id`, if given) and at most `max` bytes of its
     /// output from byte `after` on, with whether more is stored; `None`
     /// when there is no such run.
-    pub fn read_output_page(
+    pub(crate) fn read_output_page(
         &self,
         id: &str,
         team_id: Option<i64>,
@@ -742,27 +781,31 @@ impl Store {
 
     // ---- schedules ----
 
-    pub fn insert_schedule(&self, rec: ScheduleRecord) -> Pending<ScheduleRecord> {
+    pub(crate) fn insert_schedule(&self, rec: ScheduleRecord) -> Pending<ScheduleRecord> {
         self.call(move |conn| {
             insert_schedule(conn, &rec)?;
             Ok(rec)
         })
     }
 
-    /// `team_id: None`: every team's (the scheduler's own use).
-    pub fn list_schedules(&self, team_id: Option<i64>) -> Pending<Vec<ScheduleRecord>> {
+    /// `team_id: None`: every team's (the cron scheduler's own use).
+    pub(crate) fn list_schedules(&self, team_id: Option<i64>) -> Pending<Vec<ScheduleRecord>> {
         self.call(move |conn| list_schedules(conn, team_id))
     }
 
-    /// `team_id: None` looks across teams (the scheduler's own use).
-    pub fn get_schedule(&self, id: &str, team_id: Option<i64>) -> Pending<Option<ScheduleRecord>> {
+    /// `team_id: None` looks across teams (the cron scheduler's own use).
+    pub(crate) fn get_schedule(
+        &self,
+        id: &str,
+        team_id: Option<i64>,
+    ) -> Pending<Option<ScheduleRecord>> {
         let id = id.to_string();
         self.call(move |conn| get_schedule(conn, &id, team_id))
     }
 
     /// Pauses or resumes; a resume also marks every slot until
     /// `handled_until` handled, so what came due while paused never runs.
-    pub fn set_schedule_paused(
+    pub(crate) fn set_schedule_paused(
         &self,
         id: &str,
         team_id: i64,
@@ -785,7 +828,11 @@ impl Store {
     }
 
     /// Deletes a schedule; the runs it created keep its id.
-    pub fn delete_schedule(&self, id: &str, team_id: i64) -> Pending<Option<ScheduleRecord>> {
+    pub(crate) fn delete_schedule(
+        &self,
+        id: &str,
+        team_id: i64,
+    ) -> Pending<Option<ScheduleRecord>> {
         let id = id.to_string();
         self.call(move |conn| {
             let Some(rec) = get_schedule(conn, &id, Some(team_id))? else {
@@ -797,29 +844,25 @@ impl Store {
     }
 
     /// Handles a due slot of schedule `id` in one change: when the schedule
-    /// is still active and handled exactly until `expected`, creates the
-    /// run `(id, history note)` (queued, recording the schedule and the
-    /// slot) unless it is `None`, and marks everything until `slot`
-    /// handled. A slot therefore gets at most one run, whatever crashes
-    /// when.
-    pub fn handle_slot(
+    /// is still active and handled exactly until `expected`, creates `run`
+    /// (queued, recording the schedule and the slot) unless it is `None`,
+    /// and marks everything until `slot` handled. A slot therefore gets at
+    /// most one run, whatever crashes when.
+    pub(crate) fn handle_slot(
         &self,
         id: &str,
         expected: &str,
         slot: &str,
-        run: Option<(String, String)>,
+        run: Option<SlotRun>,
     ) -> Pending<SlotOutcome> {
         let (id, expected, slot) = (id.to_string(), expected.to_string(), slot.to_string());
-        self.call(move |conn| {
-            let run = run.as_ref().map(|(r, n)| (r.as_str(), n.as_str()));
-            handle_slot(conn, &id, &expected, &slot, run)
-        })
+        self.call(move |conn| handle_slot(conn, &id, &expected, &slot, run.as_ref()))
     }
 
     // ---- worker ids ----
 
     /// Records that a connection with `worker_id` opened or closed now.
-    pub fn worker_seen_then(
+    pub(crate) fn worker_seen_then(
         &self,
         team_id: i64,
         worker_id: &str,
@@ -842,7 +885,7 @@ impl Store {
     }
 
     /// Every worker id the team's workers connected with, by id.
-    pub fn list_workers(&self, team_id: i64) -> Pending<Vec<WorkerRecord>> {
+    pub(crate) fn list_workers(&self, team_id: i64) -> Pending<Vec<WorkerRecord>> {
         self.call(move |conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT worker_id, first_seen_at, last_seen_at, paused_at FROM workers
@@ -864,7 +907,7 @@ impl Store {
     /// worker id of the team; `false` when no worker ever connected with it.
     /// `live`: a connection with this id is up (its record may still be on
     /// its way), so the record is created when missing.
-    pub fn set_worker_paused(
+    pub(crate) fn set_worker_paused(
         &self,
         team_id: i64,
         worker_id: &str,
@@ -889,13 +932,18 @@ impl Store {
         })
     }
 
-    /// Every paused worker id, as (team id, worker id), for a start.
-    pub fn paused_workers(&self) -> Pending<Vec<(i64, String)>> {
+    /// Every paused worker id, for a start.
+    pub(crate) fn paused_workers(&self) -> Pending<Vec<WorkerKey>> {
         self.call(move |conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT team_id, worker_id FROM workers WHERE paused_at IS NOT NULL",
             )?;
-            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            let rows = stmt.query_map([], |r| {
+                Ok(WorkerKey {
+                    team_id: r.get(0)?,
+                    worker_id: r.get(1)?,
+                })
+            })?;
             Ok(rows.collect::<std::result::Result<_, _>>()?)
         })
     }
@@ -913,10 +961,9 @@ fn check_move(from: RunState, change: &Change) {
 
 fn create_api_key(conn: &Connection, team_name: &str, options: &KeyOptions) -> Result<NewApiKey> {
     if team_name.is_empty() {
-        return Err(StoreError("a team name must not be empty".into()));
+        return Err(StoreError::EmptyTeamName);
     }
-    let secret = keys::generate()
-        .map_err(|e| StoreError(format!("cannot read random bytes for a key: {e}")))?;
+    let secret = keys::generate().map_err(StoreError::Random)?;
     let now = time::now();
     conn.execute(
         "INSERT INTO teams (name, created_at) VALUES (?1, ?2) ON CONFLICT(name) DO NOTHING",
@@ -1216,7 +1263,7 @@ fn request_cancel(conn: &Connection, id: &str, note: &str) -> Result<bool> {
 }
 
 fn parse_state(s: String) -> rusqlite::Result<RunState> {
-    s.parse().map_err(|e: String| {
+    s.parse().map_err(|e: oz_runs_api::model::UnknownRunState| {
         rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into())
     })
 }
@@ -1293,7 +1340,7 @@ fn append_output(
         .prepare_cached("SELECT output_end, output_start, output_dropped FROM runs WHERE id = ?1")?
         .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
         .optional()?
-        .ok_or_else(|| StoreError(format!("output for unknown run {id}")))?;
+        .ok_or_else(|| StoreError::UnknownRun(id.to_string()))?;
     let mut t = OutputTotals {
         end: end as u64 + lost,
         start: start as u64,
@@ -1475,9 +1522,11 @@ fn schedule_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ScheduleRecord> 
         name: r.get("name")?,
         cron: r.get("cron")?,
         time_zone: r.get("time_zone")?,
-        missed: r.get::<_, String>("missed")?.parse().map_err(|e: String| {
-            rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into())
-        })?,
+        missed: r.get::<_, String>("missed")?.parse().map_err(
+            |e: oz_runs_api::model::UnknownMissedSlots| {
+                rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into())
+            },
+        )?,
         spec: parse_spec(r.get("spec_json")?)?,
         paused: r.get::<_, i64>("paused")? != 0,
         handled_until: r.get("handled_until")?,
@@ -1536,7 +1585,7 @@ fn handle_slot(
     id: &str,
     expected: &str,
     slot: &str,
-    run: Option<(&str, &str)>,
+    run: Option<&SlotRun>,
 ) -> Result<SlotOutcome> {
     let Some(s) = get_schedule(conn, id, None)? else {
         return Ok(SlotOutcome::Stale);
@@ -1545,7 +1594,7 @@ fn handle_slot(
         return Ok(SlotOutcome::Stale);
     }
     let outcome = match run {
-        Some((run_id, note)) => SlotOutcome::Created(Box::new(insert_run(
+        Some(SlotRun { run_id, note }) => SlotOutcome::Created(Box::new(insert_run(
             conn,
             run_id,
             s.team_id,
@@ -1555,7 +1604,7 @@ fn handle_slot(
         )?)),
         None => SlotOutcome::Skipped,
     };
-    let run_id = run.map(|(r, _)| r);
+    let run_id = run.map(|r| r.run_id.as_str());
     conn.execute(
         "UPDATE schedules SET handled_until = ?2, last_run_id = COALESCE(?3, last_run_id),
          updated_at = ?4 WHERE id = ?1",
@@ -1866,7 +1915,10 @@ mod tests {
                     "sch_1",
                     "2030-01-01T00:00:00.000Z",
                     slot,
-                    Some(("r1", "n")),
+                    Some(&SlotRun {
+                        run_id: "r1".into(),
+                        note: "n".into(),
+                    }),
                 )
             })
             .unwrap();
@@ -1884,7 +1936,10 @@ mod tests {
                     "sch_1",
                     "2030-01-01T00:00:00.000Z",
                     slot,
-                    Some(("r2", "n")),
+                    Some(&SlotRun {
+                        run_id: "r2".into(),
+                        note: "n".into(),
+                    }),
                 )
             })
             .unwrap();

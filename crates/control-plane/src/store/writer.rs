@@ -11,22 +11,46 @@
 
 use rusqlite::Connection;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 
-/// Why a job's result is not available: the job's own error, a failed
-/// commit, or the thread is gone. A sentence for the log.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct JobError(pub String);
+/// Why a batch could not run a job or make its change durable (shared by
+/// every job of the batch, hence the `Arc`s). Each message is one sentence
+/// for the log.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BatchError {
+    #[error("cannot begin a database transaction: {0}")]
+    Begin(#[source] Arc<rusqlite::Error>),
+    #[error("cannot open a database savepoint: {0}")]
+    Savepoint(#[source] Arc<rusqlite::Error>),
+    #[error("database savepoint failed: {0}")]
+    Release(#[source] Arc<rusqlite::Error>),
+    #[error("cannot commit to the database: {0}")]
+    Commit(#[source] Arc<rusqlite::Error>),
+    #[error("a database job panicked (a bug); its change was rolled back")]
+    Panicked,
+    #[error("the control plane's database thread has stopped")]
+    Stopped,
+}
+
+/// Why a job's result is not available: the job's own error `E`, or its
+/// batch failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum JobError<E> {
+    #[error(transparent)]
+    Job(E),
+    #[error(transparent)]
+    Batch(#[from] BatchError),
+}
 
 /// What a job reports when its batch is committed (or not).
-type Reply = Box<dyn FnOnce(Result<(), JobError>) + Send>;
+type Reply = Box<dyn FnOnce(Result<(), BatchError>) + Send>;
 
 /// One submitted closure and the callback that gets its result.
 trait Job: Send {
     /// Runs inside the batch's transaction; `true` when it succeeded.
     fn run(self: Box<Self>, conn: &Connection) -> (bool, Reply);
     /// Not run at all (no transaction could be opened, or no thread).
-    fn fail(self: Box<Self>, why: JobError);
+    fn fail(self: Box<Self>, why: BatchError);
 }
 
 struct Typed<F, D> {
@@ -37,25 +61,26 @@ struct Typed<F, D> {
 impl<T, E, F, D> Job for Typed<F, D>
 where
     T: Send + 'static,
-    E: std::fmt::Display,
+    E: Send + 'static,
     F: FnOnce(&Connection) -> Result<T, E> + Send,
-    D: FnOnce(Result<T, JobError>) + Send + 'static,
+    D: FnOnce(Result<T, JobError<E>>) + Send + 'static,
 {
     fn run(self: Box<Self>, conn: &Connection) -> (bool, Reply) {
         let Typed { job, done } = *self;
         let result = match catch_unwind(AssertUnwindSafe(|| job(conn))) {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(JobError(e.to_string())),
-            Err(_) => Err(JobError(
-                "a database job panicked (a bug); its change was rolled back".into(),
-            )),
+            Ok(Err(e)) => Err(JobError::Job(e)),
+            Err(_) => Err(JobError::Batch(BatchError::Panicked)),
         };
         let ok = result.is_ok();
-        (ok, Box::new(move |committed| done(committed.and(result))))
+        (
+            ok,
+            Box::new(move |committed| done(committed.map_err(JobError::Batch).and(result))),
+        )
     }
 
-    fn fail(self: Box<Self>, why: JobError) {
-        (self.done)(Err(why))
+    fn fail(self: Box<Self>, why: BatchError) {
+        (self.done)(Err(JobError::Batch(why)))
     }
 }
 
@@ -66,13 +91,13 @@ const MAX_BATCH: usize = 256;
 /// A handle to the thread; cloning shares it. The thread ends when the
 /// last handle is dropped, after finishing what was submitted.
 #[derive(Clone)]
-pub struct Writer {
+pub(crate) struct Writer {
     jobs: mpsc::Sender<Box<dyn Job>>,
 }
 
 impl Writer {
     /// Moves `conn` onto a new thread named `name`.
-    pub fn start(conn: Connection, name: &str) -> std::io::Result<Writer> {
+    pub(crate) fn start(conn: Connection, name: &str) -> std::io::Result<Writer> {
         let (jobs, rx) = mpsc::channel::<Box<dyn Job>>();
         std::thread::Builder::new()
             .name(name.to_string())
@@ -84,20 +109,18 @@ impl Writer {
     /// committed (or failed), on the writer thread: it must be quick and
     /// must not block. Jobs run in the order of `submit` calls. Never
     /// blocks: callers may hold a lock while submitting.
-    pub fn submit<T, E>(
+    pub(crate) fn submit<T, E>(
         &self,
         job: impl FnOnce(&Connection) -> Result<T, E> + Send + 'static,
-        done: impl FnOnce(Result<T, JobError>) + Send + 'static,
+        done: impl FnOnce(Result<T, JobError<E>>) + Send + 'static,
     ) where
         T: Send + 'static,
-        E: std::fmt::Display + 'static,
+        E: Send + 'static,
     {
         if let Err(mpsc::SendError(job)) = self.jobs.send(Box::new(Typed { job, done })) {
             // The thread only ends when every handle is dropped, so this is
             // a panic in the loop itself.
-            job.fail(JobError(
-                "the control plane's database thread has stopped".into(),
-            ));
+            job.fail(BatchError::Stopped);
         }
     }
 }
@@ -119,7 +142,7 @@ fn run_batch(conn: &Connection, batch: Vec<Box<dyn Job>>) {
     // IMMEDIATE takes the write lock up front: a deferred transaction that
     // reads first could fail to upgrade while another process writes.
     if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
-        let err = JobError(format!("cannot begin a database transaction: {e}"));
+        let err = BatchError::Begin(Arc::new(e));
         for job in batch {
             job.fail(err.clone());
         }
@@ -128,7 +151,7 @@ fn run_batch(conn: &Connection, batch: Vec<Box<dyn Job>>) {
     let mut replies = Vec::with_capacity(batch.len());
     for job in batch {
         if let Err(e) = conn.execute_batch("SAVEPOINT job") {
-            job.fail(JobError(format!("cannot open a database savepoint: {e}")));
+            job.fail(BatchError::Savepoint(Arc::new(e)));
             continue;
         }
         let (ok, reply) = job.run(conn);
@@ -144,12 +167,12 @@ fn run_batch(conn: &Connection, batch: Vec<Box<dyn Job>>) {
         Ok(()) => Ok(()),
         Err(e) => {
             let _ = conn.execute_batch("ROLLBACK");
-            Err(JobError(format!("cannot commit to the database: {e}")))
+            Err(BatchError::Commit(Arc::new(e)))
         }
     };
     for (reply, savepoint_error) in replies {
         match savepoint_error {
-            Some(e) => reply(Err(JobError(format!("database savepoint failed: {e}")))),
+            Some(e) => reply(Err(BatchError::Release(Arc::new(e)))),
             None => reply(committed.clone()),
         }
     }
@@ -185,7 +208,7 @@ mod tests {
                 let v: Vec<i64> = s.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
                 Ok::<_, rusqlite::Error>(v)
             },
-            move |r| tx2.send((0, r == Ok(vec![1, 2, 3]))).unwrap(),
+            move |r| tx2.send((0, matches!(r, Ok(v) if v == [1, 2, 3]))).unwrap(),
         );
         let got: Vec<_> = (0..5).map(|_| rx.recv().unwrap()).collect();
         assert_eq!(

@@ -1,14 +1,14 @@
 //! The HTTP API under `/api/v1` (JSON; every call authenticated as a
-//! team): routes each request to its resource — runs (`api_runs`), a run's
-//! live output (`api_output`), schedules (`api_schedules`) and worker ids
-//! (`api_workers`). A team only ever sees its own things: another team's
+//! team): routes each request to its resource — runs (`runs`), a run's
+//! live output (`output`), schedules (`schedules`) and worker ids
+//! (`workers`). A team only ever sees its own things: another team's
 //! id answers 404, like an unknown one. Described in
 //! `api-specs/control-plane-runs.openapi.json` (`openapi`).
 
-pub mod output;
-pub mod runs;
-pub mod schedules;
-pub mod workers;
+pub(crate) mod output;
+pub(crate) mod runs;
+pub(crate) mod schedules;
+pub(crate) mod workers;
 
 use crate::http::api::{
     output as api_output, runs as api_runs, schedules as api_schedules, workers as api_workers,
@@ -19,9 +19,9 @@ use hyper::body::Incoming;
 use std::sync::Arc;
 
 /// Every API path starts with this.
-pub const API_PREFIX: &str = "/api/v1/";
+pub(crate) const API_PREFIX: &str = "/api/v1/";
 
-pub async fn handle(req: Request<Incoming>, shared: &Arc<Shared>) -> Response<Body> {
+pub(crate) async fn handle(req: Request<Incoming>, shared: &Arc<Shared>) -> Response<Body> {
     let caller = match authenticate(&req, shared).await {
         Ok(c) => c,
         Err(resp) => return resp,

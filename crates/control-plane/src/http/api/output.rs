@@ -50,7 +50,7 @@ const EVENT_BUFFER: usize = 4;
 /// Output read from the store at a time per follower, in bytes.
 const PAGE: usize = 16 * 1024;
 
-pub async fn handle(
+pub(crate) async fn handle(
     req: Request<Incoming>,
     shared: &Arc<Shared>,
     team_id: i64,
@@ -90,7 +90,7 @@ pub async fn handle(
     {
         after = last;
     }
-    let store = shared.dispatcher.store();
+    let store = shared.run_scheduler.store();
     if !follow {
         // A whole read holds the run's output (up to --output-limit) and
         // its JSON at once: a few at a time, however many are asked for.
@@ -100,7 +100,7 @@ pub async fn handle(
             .await
             .map_err(internal)?
             .ok_or_else(|| not_found(id))?;
-        let limit = shared.dispatcher.output().limit();
+        let limit = shared.run_scheduler.output().limit();
         return Ok(json_response(
             StatusCode::OK,
             &RunOutput {
@@ -246,7 +246,7 @@ async fn stream_events(
     mut sink: Sink,
     _place: Place,
 ) {
-    let output = shared.dispatcher.output().clone();
+    let output = shared.run_scheduler.output().clone();
     let limit = output.limit();
     let mut progress = output.subscribe(&id);
     let mut shutdown = shared.shutdown.clone();
@@ -257,7 +257,7 @@ async fn stream_events(
         let mut rec;
         loop {
             let (r, chunks, more) = match shared
-                .dispatcher
+                .run_scheduler
                 .store()
                 .read_output_page(&id, Some(team_id), after, PAGE)
                 .await

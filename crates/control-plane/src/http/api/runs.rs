@@ -15,7 +15,7 @@
 // Handlers return the error response itself; it is built once per request.
 #![allow(clippy::result_large_err)]
 
-use crate::dispatch::dispatcher::{CancelError, ResultError};
+use crate::dispatch::run_scheduler::{CancelError, ResultError};
 use crate::http::endpoint_support::{
     bad_request, error_response, internal, json_response, method_not_allowed, query_pairs,
     read_json, Answer, Body, Shared,
@@ -24,7 +24,7 @@ use crate::http::paging::{cursor, parse_cursor, parse_limit, PageRequest};
 use crate::store::RunRecord;
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use oz_foundation::image_reference::ImageRef;
+use oz_foundation::image_reference::{ImageRef, InvalidReference};
 use oz_protocol::{is_reserved_worker_id, RESERVED_WORKER_ID_PREFIX};
 use oz_runs_api::model::{
     CreateRunRequest, HistoryEntry, Run, RunList, RunResultRequest, RunState,
@@ -32,7 +32,7 @@ use oz_runs_api::model::{
 use std::collections::HashSet;
 
 /// `rest`: the path segments after `runs`.
-pub async fn handle(
+pub(crate) async fn handle(
     req: Request<Incoming>,
     shared: &Shared,
     team_id: i64,
@@ -53,14 +53,14 @@ pub async fn handle(
 
 async fn create(req: Request<Incoming>, shared: &Shared, team_id: i64) -> Answer {
     let spec: CreateRunRequest = read_json(req, "run request").await?;
-    validate(&spec).map_err(|m| bad_request(&m))?;
+    validate(&spec).map_err(|m| bad_request(&m.to_string()))?;
     let rec = shared
-        .dispatcher
+        .run_scheduler
         .create_run(team_id, &spec)
         .await
         .map_err(internal)?;
     let history = shared
-        .dispatcher
+        .run_scheduler
         .store()
         .history(&rec.id)
         .await
@@ -71,34 +71,49 @@ async fn create(req: Request<Incoming>, shared: &Shared, team_id: i64) -> Answer
     ))
 }
 
+/// Why a run request was refused before it was stored: each message names
+/// the field and what it must hold (answered as 400).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum InvalidRun {
+    #[error("worker_host is required: the id of the worker that should run it")]
+    NoWorkerHost,
+    #[error("worker_host {0:?} can never match a worker: ids starting with {RESERVED_WORKER_ID_PREFIX:?} are reserved")]
+    ReservedWorkerId(String),
+    #[error("every additional sidecar needs an image")]
+    SidecarWithoutImage,
+    #[error("sidecar {0} needs a mount_path")]
+    SidecarWithoutMountPath(String),
+    #[error("two sidecars share the mount_path {0}")]
+    SharedMountPath(String),
+    /// The worker's own parser's message.
+    #[error(transparent)]
+    Image(#[from] InvalidReference),
+    #[error("invalid environment variable name {0:?}")]
+    EnvName(String),
+}
+
 /// What a run request must satisfy before it is stored: a worker id that
 /// can match a worker, image references the worker can pull (checked with
 /// the worker's own parser, [`oz_foundation::image_reference`], so the message is
 /// the one the worker would give), sidecars with distinct mount paths, env
 /// names.
-pub fn validate(spec: &CreateRunRequest) -> Result<(), String> {
+pub(crate) fn validate(spec: &CreateRunRequest) -> Result<(), InvalidRun> {
     if spec.worker_host.trim().is_empty() {
-        return Err("worker_host is required: the id of the worker that should run it".into());
+        return Err(InvalidRun::NoWorkerHost);
     }
     if is_reserved_worker_id(&spec.worker_host) {
-        return Err(format!(
-            "worker_host {:?} can never match a worker: ids starting with {RESERVED_WORKER_ID_PREFIX:?} are reserved",
-            spec.worker_host
-        ));
+        return Err(InvalidRun::ReservedWorkerId(spec.worker_host.clone()));
     }
     let mut mounts = HashSet::new();
     for s in &spec.additional_sidecars {
         if s.image.trim().is_empty() {
-            return Err("every additional sidecar needs an image".into());
+            return Err(InvalidRun::SidecarWithoutImage);
         }
         if s.mount_path.trim().is_empty() {
-            return Err(format!("sidecar {} needs a mount_path", s.image));
+            return Err(InvalidRun::SidecarWithoutMountPath(s.image.clone()));
         }
         if !mounts.insert(s.mount_path.as_str()) {
-            return Err(format!(
-                "two sidecars share the mount_path {}",
-                s.mount_path
-            ));
+            return Err(InvalidRun::SharedMountPath(s.mount_path.clone()));
         }
     }
     let images = [&spec.docker_image, &spec.sidecar_image]
@@ -106,14 +121,14 @@ pub fn validate(spec: &CreateRunRequest) -> Result<(), String> {
         .flatten()
         .chain(spec.additional_sidecars.iter().map(|s| &s.image));
     for image in images {
-        ImageRef::parse(image).map_err(|e| e.to_string())?;
+        ImageRef::parse(image)?;
     }
     if let Some(k) = spec
         .env_vars
         .keys()
         .find(|k| k.is_empty() || k.contains('='))
     {
-        return Err(format!("invalid environment variable name {k:?}"));
+        return Err(InvalidRun::EnvName(k.clone()));
     }
     Ok(())
 }
@@ -124,7 +139,12 @@ async fn list(req: &Request<Incoming>, shared: &Shared, team_id: i64) -> Answer 
     let mut page = PageRequest::default();
     for (k, v) in query_pairs(req) {
         match k.as_str() {
-            "state" => state = Some(v.parse::<RunState>().map_err(|e| bad_request(&e))?),
+            "state" => {
+                state = Some(
+                    v.parse::<RunState>()
+                        .map_err(|e| bad_request(&e.to_string()))?,
+                )
+            }
             "worker_host" | "host" => host = Some(v),
             "limit" => page.limit = parse_limit(&v).map_err(|e| bad_request(&e.to_string()))?,
             "cursor" => {
@@ -138,7 +158,7 @@ async fn list(req: &Request<Incoming>, shared: &Shared, team_id: i64) -> Answer 
         }
     }
     let found = shared
-        .dispatcher
+        .run_scheduler
         .store()
         .list_runs(team_id, state, host.as_deref(), page.before, page.limit)
         .await
@@ -157,7 +177,7 @@ async fn list(req: &Request<Incoming>, shared: &Shared, team_id: i64) -> Answer 
     ))
 }
 
-pub fn not_found(id: &str) -> Response<Body> {
+pub(crate) fn not_found(id: &str) -> Response<Body> {
     error_response(
         StatusCode::NOT_FOUND,
         &format!("no run {id:?} for this team; `oz-agent-worker runs list` shows yours"),
@@ -166,7 +186,7 @@ pub fn not_found(id: &str) -> Response<Body> {
 
 async fn get(shared: &Shared, team_id: i64, id: &str) -> Answer {
     let (rec, history) = shared
-        .dispatcher
+        .run_scheduler
         .store()
         .get_run_with_history(id, team_id)
         .await
@@ -177,7 +197,7 @@ async fn get(shared: &Shared, team_id: i64, id: &str) -> Answer {
 
 async fn with_history(shared: &Shared, rec: &RunRecord) -> Answer {
     let history = shared
-        .dispatcher
+        .run_scheduler
         .store()
         .history(&rec.id)
         .await
@@ -186,7 +206,7 @@ async fn with_history(shared: &Shared, rec: &RunRecord) -> Answer {
 }
 
 async fn cancel(shared: &Shared, team_id: i64, id: &str) -> Answer {
-    match shared.dispatcher.cancel(team_id, id).await {
+    match shared.run_scheduler.cancel(team_id, id).await {
         Ok(rec) => with_history(shared, &rec).await,
         Err(CancelError::NotFound) => Err(not_found(id)),
         // Cancelling is idempotent: a run a cancel already ended is
@@ -196,22 +216,30 @@ async fn cancel(shared: &Shared, team_id: i64, id: &str) -> Answer {
             StatusCode::CONFLICT,
             &format!("run {id} already finished ({state}); there is nothing to cancel"),
         )),
-        Err(CancelError::Store(e)) => Err(internal(e)),
+        Err(e @ (CancelError::NotStored | CancelError::Reloading(_) | CancelError::Store(_))) => {
+            Err(internal(e))
+        }
     }
 }
 
 async fn result(req: Request<Incoming>, shared: &Shared, team_id: i64, id: &str) -> Answer {
     let report: RunResultRequest = read_json(req, "result").await?;
-    match shared.dispatcher.report_result(team_id, id, &report).await {
+    match shared
+        .run_scheduler
+        .report_result(team_id, id, &report)
+        .await
+    {
         Ok(rec) => with_history(shared, &rec).await,
         Err(ResultError::NotFound) => Err(not_found(id)),
         Err(ResultError::Conflict(why)) => Err(error_response(StatusCode::CONFLICT, &why)),
-        Err(ResultError::Store(e)) => Err(internal(e)),
+        Err(e @ (ResultError::NotStored | ResultError::Reloading(_) | ResultError::Store(_))) => {
+            Err(internal(e))
+        }
     }
 }
 
 /// The API's view of a stored run: secrets removed, waiting reason added.
-pub fn view(shared: &Shared, rec: &RunRecord, history: Vec<HistoryEntry>) -> Run {
+pub(crate) fn view(shared: &Shared, rec: &RunRecord, history: Vec<HistoryEntry>) -> Run {
     let spec = &rec.spec;
     let mut agent_config = spec.agent_config.clone();
     if let Some(c) = agent_config.as_mut() {
@@ -237,7 +265,7 @@ pub fn view(shared: &Shared, rec: &RunRecord, history: Vec<HistoryEntry>) -> Run
         exit_code: rec.exit_code,
         message: rec.message.clone(),
         cancel_requested: rec.cancel_requested,
-        waiting_reason: shared.dispatcher.waiting_reason(rec),
+        waiting_reason: shared.run_scheduler.waiting_reason(rec),
         schedule_id: rec.schedule_id.clone(),
         scheduled_for: rec.scheduled_for.clone(),
         output_bytes: rec.output.end,

@@ -12,7 +12,7 @@
 
 #![allow(clippy::result_large_err)]
 
-use crate::dispatch::scheduler::{ScheduleError, Scheduler};
+use crate::dispatch::cron_scheduler::{CronScheduler, ScheduleError};
 use crate::http::api::runs::validate;
 use crate::http::endpoint_support::{
     bad_request, error_response, internal, json_response, method_not_allowed, no_such_endpoint,
@@ -24,7 +24,7 @@ use hyper::body::Incoming;
 use oz_runs_api::model::{CreateScheduleRequest, RunTemplate, Schedule, ScheduleList};
 
 /// `rest`: the path segments after `schedules`.
-pub async fn handle(
+pub(crate) async fn handle(
     req: Request<Incoming>,
     shared: &Shared,
     team_id: i64,
@@ -34,13 +34,15 @@ pub async fn handle(
         (Method::POST, []) => create(req, shared, team_id).await,
         (Method::GET, []) => list(shared, team_id).await,
         (Method::GET, [id]) => get(shared, team_id, id).await,
-        (Method::DELETE, [id]) => answer(shared.scheduler.delete(team_id, id).await, id),
-        (Method::POST, [id, "pause"]) => {
-            answer(shared.scheduler.set_paused(team_id, id, true).await, id)
-        }
-        (Method::POST, [id, "resume"]) => {
-            answer(shared.scheduler.set_paused(team_id, id, false).await, id)
-        }
+        (Method::DELETE, [id]) => answer(shared.cron_scheduler.delete(team_id, id).await, id),
+        (Method::POST, [id, "pause"]) => answer(
+            shared.cron_scheduler.set_paused(team_id, id, true).await,
+            id,
+        ),
+        (Method::POST, [id, "resume"]) => answer(
+            shared.cron_scheduler.set_paused(team_id, id, false).await,
+            id,
+        ),
         (m, [] | [_] | [_, "pause" | "resume"]) => Err(method_not_allowed(&m, req.uri().path())),
         _ => Err(no_such_endpoint(req.uri().path())),
     }
@@ -49,7 +51,7 @@ pub async fn handle(
 async fn create(req: Request<Incoming>, shared: &Shared, team_id: i64) -> Answer {
     let body: CreateScheduleRequest = read_json(req, "schedule request").await?;
     validate(&body.run).map_err(|m| bad_request(&format!("run: {m}")))?;
-    match shared.scheduler.create(team_id, body).await {
+    match shared.cron_scheduler.create(team_id, body).await {
         Ok(rec) => Ok(json_response(StatusCode::CREATED, &view(&rec))),
         Err(e) => Err(error(e, "")),
     }
@@ -57,7 +59,7 @@ async fn create(req: Request<Incoming>, shared: &Shared, team_id: i64) -> Answer
 
 async fn list(shared: &Shared, team_id: i64) -> Answer {
     let schedules = shared
-        .dispatcher
+        .run_scheduler
         .store()
         .list_schedules(Some(team_id))
         .await
@@ -70,7 +72,7 @@ async fn list(shared: &Shared, team_id: i64) -> Answer {
 
 async fn get(shared: &Shared, team_id: i64, id: &str) -> Answer {
     let rec = shared
-        .dispatcher
+        .run_scheduler
         .store()
         .get_schedule(id, Some(team_id))
         .await
@@ -86,7 +88,7 @@ fn answer(r: Result<ScheduleRecord, ScheduleError>, id: &str) -> Answer {
 
 fn error(e: ScheduleError, id: &str) -> Response<Body> {
     match e {
-        ScheduleError::Invalid(why) => bad_request(&why),
+        ScheduleError::Invalid(why) => bad_request(&why.to_string()),
         ScheduleError::NotFound => not_found(id),
         ScheduleError::Store(e) => internal(e),
     }
@@ -100,7 +102,7 @@ fn not_found(id: &str) -> Response<Body> {
 }
 
 /// The API's view of a stored schedule: the run's secrets removed.
-pub fn view(rec: &ScheduleRecord) -> Schedule {
+pub(crate) fn view(rec: &ScheduleRecord) -> Schedule {
     Schedule {
         id: rec.id.clone(),
         team_id: rec.team_id,
@@ -112,7 +114,7 @@ pub fn view(rec: &ScheduleRecord) -> Schedule {
         run: RunTemplate::of(&rec.spec),
         created_at: rec.created_at.clone(),
         updated_at: rec.updated_at.clone(),
-        next_slot_at: Scheduler::next_slot(rec),
+        next_slot_at: CronScheduler::next_slot(rec),
         handled_until: rec.handled_until.clone(),
         last_run_id: rec.last_run_id.clone(),
     }

@@ -19,7 +19,7 @@ use hyper::body::Incoming;
 use oz_runs_api::model::{Worker, WorkerList};
 
 /// `rest`: the path segments after `workers`.
-pub async fn handle(
+pub(crate) async fn handle(
     req: Request<Incoming>,
     shared: &Shared,
     team_id: i64,
@@ -34,7 +34,7 @@ pub async fn handle(
         )),
         (Method::POST, [id, action @ ("pause" | "resume")]) => {
             let found = shared
-                .dispatcher
+                .run_scheduler
                 .set_paused(team_id, id, *action == "pause")
                 .await
                 .map_err(internal)?;
@@ -65,12 +65,12 @@ async fn list(
     team_id: i64,
 ) -> Result<Vec<Worker>, http::Response<crate::http::endpoint_support::Body>> {
     let seen = shared
-        .dispatcher
+        .run_scheduler
         .store()
         .list_workers(team_id)
         .await
         .map_err(internal)?;
-    let mut live = shared.dispatcher.workers(team_id);
+    let mut live = shared.run_scheduler.workers(team_id);
     let mut workers: Vec<Worker> = seen
         .into_iter()
         .map(|w| {
@@ -98,7 +98,7 @@ async fn list(
                     .map(|c| c.connected_at.clone())
                     .unwrap_or_default();
                 Worker {
-                    paused: shared.dispatcher.is_paused(team_id, &worker_id),
+                    paused: shared.run_scheduler.is_paused(team_id, &worker_id),
                     paused_at: None,
                     worker_id,
                     connections: a.connections,

@@ -1,17 +1,18 @@
-//! Hidden commands for `cargo xtask codegen`: the JSON schemas are derived
-//! from this crate's own types, so only this binary can write them.
+//! The hidden `internal` subcommand that `cargo xtask codegen` runs: the
+//! JSON schemas are derived from this crate's own types, so only this
+//! binary can write them.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Debug, clap::Args)]
-pub struct InternalArgs {
+pub struct CodegenArgs {
     #[command(subcommand)]
-    pub command: InternalCommand,
+    pub command: CodegenCommand,
 }
 
 #[derive(Debug, clap::Subcommand)]
-pub enum InternalCommand {
+pub enum CodegenCommand {
     /// Write (or with --check, verify) every generated schema under DIR.
     WriteSchemas {
         dir: PathBuf,
@@ -20,9 +21,9 @@ pub enum InternalCommand {
     },
 }
 
-pub fn run(args: InternalArgs) -> ExitCode {
+pub fn run(args: CodegenArgs) -> ExitCode {
     match args.command {
-        InternalCommand::WriteSchemas { dir, check } => {
+        CodegenCommand::WriteSchemas { dir, check } => {
             match crate::schemas::write_all(&dir, check) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

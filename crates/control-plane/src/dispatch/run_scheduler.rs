@@ -14,7 +14,7 @@
 //! sweep reloads from the database, the durable truth. The database is read
 //! only for messages about runs that are no longer live, and by the API.
 
-use crate::dispatch::index::{AtCapacity, Index, LiveRun, Receipt, WorkerKey};
+use crate::dispatch::index::{AtCapacity, Index, LiveRun, Offer, Receipt, WorkerKey};
 use crate::dispatch::metrics::{PlaneMetrics, WorkerQueue};
 use crate::dispatch::output::OutputLog;
 use crate::store::time;
@@ -33,10 +33,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
-pub use crate::dispatch::index::{ConnId, Outgoing};
+pub(crate) use crate::dispatch::index::{ConnId, Outgoing};
 
+/// The run scheduler's clocks (from `serve`'s flags).
 #[derive(Debug, Clone)]
-pub struct DispatchTimeouts {
+pub(crate) struct SchedulingTimeouts {
     /// How long a claimed run may go without any connected worker of its id
     /// before it fails with `worker_lost`.
     pub worker_lost: Duration,
@@ -50,46 +51,62 @@ pub struct DispatchTimeouts {
     pub reannounce_grace: Duration,
 }
 
-#[derive(Debug)]
-pub enum CancelError {
+/// Why a cancellation was refused or not recorded.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CancelError {
+    #[error("no such run")]
     NotFound,
+    #[error("the run already ended ({0})")]
     AlreadyFinished(RunState),
-    Store(StoreError),
+    /// Decided, but its store write failed (logged where it failed).
+    #[error("the cancellation could not be stored; see the control plane's log")]
+    NotStored,
+    #[error(transparent)]
+    Reloading(#[from] Reloading),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
-impl From<StoreError> for CancelError {
-    fn from(e: StoreError) -> Self {
-        CancelError::Store(e)
-    }
-}
-
-/// Why a reported result was refused.
-#[derive(Debug)]
-pub enum ResultError {
+/// Why a reported result was refused or not recorded.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ResultError {
+    #[error("no such run")]
     NotFound,
     /// A sentence saying why the run cannot take this result now.
+    #[error("{0}")]
     Conflict(String),
-    Store(StoreError),
+    /// Decided, but its store write failed (logged where it failed).
+    #[error("the result could not be stored; see the control plane's log")]
+    NotStored,
+    #[error(transparent)]
+    Reloading(#[from] Reloading),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
-impl From<StoreError> for ResultError {
-    fn from(e: StoreError) -> Self {
-        ResultError::Store(e)
-    }
-}
+/// The run's memory and the database disagree after a failed write: the
+/// sweep reloads it from the database; the caller may try again.
+#[derive(Debug, thiserror::Error)]
+#[error("the control plane is reloading this run after a database error; try again in a second")]
+pub(crate) struct Reloading;
 
-/// What the dispatcher knows of one worker id's connections and runs.
+/// What the run scheduler knows of one worker id's connections and runs.
 #[derive(Debug, Clone, Default)]
-pub struct WorkerActivity {
+pub(crate) struct WorkerActivity {
     pub connections: Vec<WorkerConnection>,
     pub active_runs: usize,
     pub queued_runs: usize,
 }
 
-pub struct Dispatcher {
+/// Places queued runs on worker connections (as kube-scheduler binds Pods
+/// to Nodes) and follows each to its end: offers, claims, re-announces,
+/// output, reports, results through the API, cancellation, and the
+/// worker-lost clock. One per control plane; see the module documentation
+/// for how its memory and the store stay in step.
+pub(crate) struct RunScheduler {
     store: Arc<Store>,
     output: OutputLog,
-    timeouts: DispatchTimeouts,
+    timeouts: SchedulingTimeouts,
     index: Mutex<Index>,
     /// Runs whose store write failed: memory may be ahead of the database,
     /// so the sweep reloads them.
@@ -100,20 +117,20 @@ pub struct Dispatcher {
     metrics: PlaneMetrics,
 }
 
-impl Dispatcher {
-    /// Builds the dispatcher from the stored runs that have not ended.
+impl RunScheduler {
+    /// Builds the run scheduler from the stored runs that have not ended.
     /// Runs assigned before a restart keep their execution and wait
     /// `reannounce_grace` for a worker to re-announce or report on it (the
     /// claim may have been sent and never read); then they are offered
     /// again. Claimed runs wait for their worker to report.
-    pub async fn recover(
+    pub(crate) async fn recover(
         store: Arc<Store>,
-        timeouts: DispatchTimeouts,
+        timeouts: SchedulingTimeouts,
         output_limit: u64,
-    ) -> Result<Dispatcher, StoreError> {
+    ) -> Result<RunScheduler, StoreError> {
         let live = store.live_runs().await?;
         let paused = store.paused_workers().await?;
-        let d = Dispatcher {
+        let d = RunScheduler {
             output: OutputLog::new(store.clone(), output_limit),
             store,
             timeouts,
@@ -154,22 +171,22 @@ impl Dispatcher {
         self.index.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn store(&self) -> &Store {
+    pub(crate) fn store(&self) -> &Store {
         &self.store
     }
 
-    pub fn output(&self) -> &OutputLog {
+    pub(crate) fn output(&self) -> &OutputLog {
         &self.output
     }
 
-    pub fn metrics(&self) -> &PlaneMetrics {
+    pub(crate) fn metrics(&self) -> &PlaneMetrics {
         &self.metrics
     }
 
     /// From now on, closing connections change no run: a shutdown is a
     /// restart to come, and an assignment whose claim may be in flight must
     /// stay assigned for the next start's re-announce grace.
-    pub fn stop(&self) {
+    pub(crate) fn stop(&self) {
         self.stopping.store(true, Ordering::SeqCst);
     }
 
@@ -181,7 +198,7 @@ impl Dispatcher {
         self.store.transition_then(id, from, change, move |r| {
             settle.settle(
                 r,
-                "the database disagrees with the dispatcher about this run; reloading it",
+                "the database disagrees with the run scheduler about this run; reloading it",
             )
         });
         receipt
@@ -201,14 +218,14 @@ impl Dispatcher {
     // ---- connections ----
 
     /// A worker connected; `version` is its `X-Warp-Worker-Version`.
-    pub fn register(
+    pub(crate) fn register(
         &self,
         team_id: i64,
         worker_id: &str,
         version: Option<String>,
         tx: mpsc::UnboundedSender<Outgoing>,
     ) -> ConnId {
-        let key = (team_id, worker_id.to_string());
+        let key = WorkerKey::new(team_id, worker_id);
         self.note_worker_seen(team_id, worker_id);
         let mut ix = self.lock();
         let id = ix.add_conn(key.clone(), tx, time::now());
@@ -238,23 +255,23 @@ impl Dispatcher {
             }
             ix.send(id, Outgoing::Now(cancellation(&run)));
         }
-        self.dispatch_key(&mut ix, &key);
+        self.offer_queued(&mut ix, &key);
         id
     }
 
     /// The connection closed: the run it was offered but had not claimed
     /// goes back to the queue (same execution); claimed runs stay claimed
     /// and wait for their worker.
-    pub fn unregister(&self, conn: ConnId) {
+    pub(crate) fn unregister(&self, conn: ConnId) {
         let mut ix = self.lock();
         let Some((key, offered, held)) = ix.remove_conn(conn) else {
             return;
         };
-        tracing::info!(conn, team_id = key.0, worker_id = %Escaped(&key.1), "worker disconnected");
+        tracing::info!(conn, team_id = key.team_id, worker_id = %Escaped(&key.worker_id), "worker disconnected");
         if self.stopping.load(Ordering::SeqCst) {
             return;
         }
-        self.note_worker_seen(key.0, &key.1);
+        self.note_worker_seen(key.team_id, &key.worker_id);
         for run in offered {
             self.requeue_or_cancel(&mut ix, &run, "worker connection closed before claim");
         }
@@ -263,10 +280,10 @@ impl Dispatcher {
                 r.absent_since = None;
             }
         }
-        self.dispatch_key(&mut ix, &key);
+        self.offer_queued(&mut ix, &key);
     }
 
-    pub fn connection_count(&self) -> usize {
+    pub(crate) fn connection_count(&self) -> usize {
         self.lock().conn_count()
     }
 
@@ -283,14 +300,14 @@ impl Dispatcher {
 
     /// Every team's worker ids that have live connections or runs, with
     /// what waits for each (for the metrics page), by team and id.
-    pub fn queues(&self) -> Vec<WorkerQueue> {
+    pub(crate) fn queues(&self) -> Vec<WorkerQueue> {
         fn of<'a>(
             out: &'a mut std::collections::BTreeMap<WorkerKey, WorkerQueue>,
             key: &WorkerKey,
         ) -> &'a mut WorkerQueue {
             out.entry(key.clone()).or_insert_with(|| WorkerQueue {
-                team_id: key.0,
-                worker_id: key.1.clone(),
+                team_id: key.team_id,
+                worker_id: key.worker_id.clone(),
                 queued: 0,
                 active: 0,
                 connections: 0,
@@ -318,11 +335,14 @@ impl Dispatcher {
 
     /// Each worker id of `team_id` that has live connections or runs, with
     /// its connections and run counts.
-    pub fn workers(&self, team_id: i64) -> std::collections::BTreeMap<String, WorkerActivity> {
+    pub(crate) fn workers(
+        &self,
+        team_id: i64,
+    ) -> std::collections::BTreeMap<String, WorkerActivity> {
         let ix = self.lock();
         let mut out: std::collections::BTreeMap<String, WorkerActivity> = Default::default();
-        for (_, c) in ix.conns().filter(|(_, c)| c.key.0 == team_id) {
-            out.entry(c.key.1.clone())
+        for (_, c) in ix.conns().filter(|(_, c)| c.key.team_id == team_id) {
+            out.entry(c.key.worker_id.clone())
                 .or_default()
                 .connections
                 .push(WorkerConnection {
@@ -351,7 +371,7 @@ impl Dispatcher {
     // ---- worker messages ----
 
     /// One frame from connection `conn`, in the order the worker sent it.
-    pub async fn handle(&self, conn: ConnId, msg: WorkerMessage) {
+    pub(crate) async fn handle(&self, conn: ConnId, msg: WorkerMessage) {
         let key = match self.lock().conn(conn) {
             Some(c) => c.key.clone(),
             None => return,
@@ -360,19 +380,19 @@ impl Dispatcher {
             let mut ix = self.lock();
             if let Some(c) = ix.conn_mut(conn) {
                 if c.draining != state.draining {
-                    tracing::info!(conn, worker_id = %key.1, draining = state.draining, "worker state");
+                    tracing::info!(conn, worker_id = %key.worker_id, draining = state.draining, "worker state");
                 }
                 c.draining = state.draining;
             }
             // A connection that stopped draining may take runs again.
-            self.dispatch_key(&mut ix, &key);
+            self.offer_queued(&mut ix, &key);
             return;
         }
         if self.handle_live(conn, &key, &msg) {
             return;
         }
         // Not a live run: it ended, or it is not this worker's to speak of.
-        match self.store.get_run(msg.task_id(), Some(key.0)).await {
+        match self.store.get_run(msg.task_id(), Some(key.team_id)).await {
             Ok(rec) => self.handle_not_live(conn, &key, &msg, rec),
             // Unacknowledged: the worker sends it again later.
             Err(e) => tracing::error!(conn, run = %Escaped(msg.task_id()), "{e}"),
@@ -406,10 +426,10 @@ impl Dispatcher {
         let Some(run) = ix.run(run_id) else {
             return false;
         };
-        if run.team_id != key.0 {
+        if run.team_id != key.team_id {
             return false; // answered like an unknown run, from the store
         }
-        if run.spec.worker_host != key.1 {
+        if run.spec.worker_host != key.worker_id {
             tracing::warn!(
                 conn,
                 run = %Escaped(run_id),
@@ -508,7 +528,10 @@ impl Dispatcher {
                     self.requeue_or_cancel(
                         &mut ix,
                         run_id,
-                        &format!("released unclaimed by worker {}: {}", key.1, m.reason),
+                        &format!(
+                            "released unclaimed by worker {}: {}",
+                            key.worker_id, m.reason
+                        ),
                     );
                 } else {
                     tracing::debug!(conn, run = run_id, %state, "release of an assignment that has moved on; ignored");
@@ -559,7 +582,7 @@ impl Dispatcher {
         if state != RunState::Claimed {
             let note = format!(
                 "claimed by worker {} (reported before its claim was read)",
-                key.1
+                key.worker_id
             );
             self.claim(ix, run_id, state, conn, note);
         }
@@ -610,7 +633,7 @@ impl Dispatcher {
         let stored = self.persist(run_id, RunState::Claimed, change);
         self.output.ended_on(run_id, conn);
         self.ack(ix, conn, msg, Some(stored));
-        self.dispatch_key(ix, key);
+        self.offer_queued(ix, key);
     }
 
     /// A message about a run that is not live (`rec` is what the store
@@ -636,7 +659,7 @@ impl Dispatcher {
             self.ack(&ix, conn, msg, None);
             return;
         };
-        if rec.spec.worker_host != key.1 {
+        if rec.spec.worker_host != key.worker_id {
             tracing::warn!(
                 conn,
                 run = %Escaped(run_id),
@@ -665,7 +688,7 @@ impl Dispatcher {
             tracing::error!(
                 conn,
                 run = %Escaped(run_id),
-                "a live run missing from the dispatcher's memory; reloading it"
+                "a live run missing from the run scheduler's memory; reloading it"
             );
             self.resync
                 .lock()
@@ -730,7 +753,7 @@ impl Dispatcher {
         drop(self.persist(run_id, from, Change::to(RunState::Claimed, note)));
         if let Some(key) = key {
             // The connection's one offer is settled: it may take the next.
-            self.dispatch_key(ix, &key);
+            self.offer_queued(ix, &key);
         }
     }
 
@@ -792,7 +815,7 @@ impl Dispatcher {
             Change::to(RunState::Queued, why)
         };
         drop(self.persist(run_id, RunState::Assigned, change));
-        self.dispatch_key(ix, &key);
+        self.offer_queued(ix, &key);
     }
 
     // ---- API operations ----
@@ -801,13 +824,13 @@ impl Dispatcher {
     /// none of its connections is offered a run (what they hold runs on);
     /// a resume offers its queued runs at once. Stored, so it survives a
     /// restart. `Ok(false)`: no worker ever connected with this id.
-    pub async fn set_paused(
+    pub(crate) async fn set_paused(
         &self,
         team_id: i64,
         worker_id: &str,
         paused: bool,
     ) -> Result<bool, StoreError> {
-        let key = (team_id, worker_id.to_string());
+        let key = WorkerKey::new(team_id, worker_id);
         let live = self.lock().has_live(&key);
         if !self
             .store
@@ -827,23 +850,23 @@ impl Dispatcher {
             );
         }
         if !paused {
-            self.dispatch_key(&mut ix, &key);
+            self.offer_queued(&mut ix, &key);
         }
         Ok(true)
     }
 
     /// Whether an operator paused this worker id.
-    pub fn is_paused(&self, team_id: i64, worker_id: &str) -> bool {
-        self.lock().is_paused(&(team_id, worker_id.to_string()))
+    pub(crate) fn is_paused(&self, team_id: i64, worker_id: &str) -> bool {
+        self.lock().is_paused(&WorkerKey::new(team_id, worker_id))
     }
 
     /// A fresh run id.
-    pub fn new_run_id() -> String {
+    pub(crate) fn new_run_id() -> String {
         format!("run_{:016x}", fastrand::u64(..))
     }
 
     /// Stores a new run (durably), then queues it.
-    pub async fn create_run(
+    pub(crate) async fn create_run(
         &self,
         team_id: i64,
         spec: &CreateRunRequest,
@@ -856,7 +879,7 @@ impl Dispatcher {
 
     /// Queues a run that was just stored (by `create_run`, or by a
     /// schedule's slot).
-    pub fn enqueue(&self, stored: store::LiveRun) -> RunRecord {
+    pub(crate) fn enqueue(&self, stored: store::LiveRun) -> RunRecord {
         let rec = stored.record;
         let mut ix = self.lock();
         let live = LiveRun::new(
@@ -867,7 +890,7 @@ impl Dispatcher {
         );
         let key = live.key();
         ix.insert(&rec.id, live, RunState::Queued, None);
-        self.dispatch_key(&mut ix, &key);
+        self.offer_queued(&mut ix, &key);
         rec
     }
 
@@ -876,7 +899,7 @@ impl Dispatcher {
     /// outcome reported again through the API is answered with the run and
     /// changes nothing; any other report about a run that is not claimed is
     /// refused. Answers once the change is stored.
-    pub async fn report_result(
+    pub(crate) async fn report_result(
         &self,
         team_id: i64,
         run_id: &str,
@@ -927,7 +950,7 @@ impl Dispatcher {
                         outcome = to.as_str(),
                         "result reported through the API"
                     );
-                    self.dispatch_key(&mut ix, &key);
+                    self.offer_queued(&mut ix, &key);
                     Some(receipt)
                 }
             }
@@ -935,9 +958,7 @@ impl Dispatcher {
         let changed_now = stored.is_some();
         if let Some(receipt) = stored {
             if !receipt.await.unwrap_or(false) {
-                return Err(ResultError::Store(StoreError::new(
-                    "the result could not be stored; see the control plane's log",
-                )));
+                return Err(ResultError::NotStored);
             }
         }
         let rec = self
@@ -953,9 +974,7 @@ impl Dispatcher {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .push(run_id.to_string());
-            return Err(ResultError::Store(StoreError::new(
-                "the control plane is reloading this run after a database error; try again in a second",
-            )));
+            return Err(Reloading.into());
         }
         let same = rec.state == to && rec.ended_by.as_deref() == Some(EndedBy::Api.as_str());
         if same {
@@ -973,7 +992,11 @@ impl Dispatcher {
     /// the holding connection (or, when it is gone, to every connection of the
     /// run's worker id, now and on reconnect); the run ends when the worker
     /// reports it. Answers once the change is stored.
-    pub async fn cancel(&self, team_id: i64, run_id: &str) -> Result<RunRecord, CancelError> {
+    pub(crate) async fn cancel(
+        &self,
+        team_id: i64,
+        run_id: &str,
+    ) -> Result<RunRecord, CancelError> {
         let stored = {
             let mut ix = self.lock();
             match ix.run(run_id).filter(|r| r.team_id == team_id) {
@@ -1037,9 +1060,7 @@ impl Dispatcher {
         match stored {
             Some(receipt) => {
                 if !receipt.await.unwrap_or(false) {
-                    return Err(CancelError::Store(StoreError::new(
-                        "the cancellation could not be stored; see the control plane's log",
-                    )));
+                    return Err(CancelError::NotStored);
                 }
             }
             None => {
@@ -1057,9 +1078,7 @@ impl Dispatcher {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .push(run_id.to_string());
-                return Err(CancelError::Store(StoreError::new(
-                    "the control plane is reloading this run after a database error; try again in a second",
-                )));
+                return Err(Reloading.into());
             }
         }
         self.store
@@ -1069,7 +1088,7 @@ impl Dispatcher {
     }
 
     /// Why a run is not moving, when that is something the user can act on.
-    pub fn waiting_reason(&self, run: &RunRecord) -> Option<String> {
+    pub(crate) fn waiting_reason(&self, run: &RunRecord) -> Option<String> {
         let ix = self.lock();
         let live = ix.run(&run.id)?;
         let key = live.key();
@@ -1132,9 +1151,9 @@ impl Dispatcher {
     /// Offers `key`'s queued runs, oldest first, to its connections that
     /// can take one, in turn. Each run keeps one execution id for every
     /// offer; the assignment is stored before it is sent.
-    fn dispatch_key(&self, ix: &mut Index, key: &WorkerKey) {
+    fn offer_queued(&self, ix: &mut Index, key: &WorkerKey) {
         let now = Instant::now();
-        while let Some((conn, run_id)) = ix.next_offer(key, now) {
+        while let Some(Offer { conn, run_id }) = ix.next_offer(key, now) {
             let Some(run) = ix.run_mut(&run_id) else {
                 break;
             };
@@ -1146,7 +1165,10 @@ impl Dispatcher {
             ix.place(&run_id, RunState::Assigned, Some(conn));
             let mut change = Change::to(
                 RunState::Assigned,
-                format!("assigned to worker {} (execution {execution_id})", key.1),
+                format!(
+                    "assigned to worker {} (execution {execution_id})",
+                    key.worker_id
+                ),
             );
             change.execution_id = Some(execution_id.clone());
             let stored = self.persist(&run_id, RunState::Queued, change);
@@ -1159,7 +1181,7 @@ impl Dispatcher {
     /// claimed runs whose worker has been gone past `worker_lost`; offer
     /// again runs no worker re-announced after a restart; offer to
     /// connections whose back-off ended.
-    pub async fn sweep(&self) {
+    pub(crate) async fn sweep(&self) {
         let uncertain: Vec<String> =
             std::mem::take(&mut *self.resync.lock().unwrap_or_else(|p| p.into_inner()));
         for run_id in uncertain {
@@ -1232,7 +1254,7 @@ impl Dispatcher {
             drop(self.persist(&run_id, RunState::Claimed, c));
         }
         for key in ix.queued_keys() {
-            self.dispatch_key(&mut ix, &key);
+            self.offer_queued(&mut ix, &key);
         }
         drop(ix);
         self.output.prune();

@@ -16,9 +16,11 @@
 //! anacron) the latest missed slot creates one. A paused schedule handles
 //! nothing; resuming it marks what came due meanwhile handled.
 
-use crate::dispatch::calendar::{self, Calendar, DEFAULT_TIME_ZONE};
-use crate::dispatch::dispatcher::Dispatcher;
-use crate::store::{ScheduleRecord, SlotOutcome, StoreError};
+use crate::dispatch::calendar::{
+    self, Calendar, CalendarError, StoredTimeError, DEFAULT_TIME_ZONE,
+};
+use crate::dispatch::run_scheduler::RunScheduler;
+use crate::store::{ScheduleRecord, SlotOutcome, SlotRun, StoreError};
 use chrono::{DateTime, Utc};
 use oz_runs_api::model::{CreateScheduleRequest, MissedSlots};
 use std::collections::HashMap;
@@ -33,18 +35,26 @@ const RETRY_AFTER: Duration = Duration::from_secs(1);
 /// Woken this long after a slot, so the clock reads at or past it.
 const SLOT_MARGIN: Duration = Duration::from_millis(3);
 
-#[derive(Debug)]
-pub enum ScheduleError {
-    /// A sentence naming what is wrong with the request.
-    Invalid(String),
+/// Why a schedule operation was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ScheduleError {
+    /// The expression or time zone: the message names the fix.
+    #[error(transparent)]
+    Invalid(#[from] CalendarError),
+    #[error("no such schedule")]
     NotFound,
-    Store(StoreError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
-impl From<StoreError> for ScheduleError {
-    fn from(e: StoreError) -> Self {
-        ScheduleError::Store(e)
-    }
+/// Why a stored schedule cannot be followed (it was written by another
+/// build, or the database was edited).
+#[derive(Debug, thiserror::Error)]
+enum EntryError {
+    #[error(transparent)]
+    Calendar(#[from] CalendarError),
+    #[error(transparent)]
+    Time(#[from] StoredTimeError),
 }
 
 /// An active schedule, as the loop sees it.
@@ -58,21 +68,25 @@ struct Entry {
     retry_at: Option<DateTime<Utc>>,
 }
 
-pub struct Scheduler {
-    dispatcher: Arc<Dispatcher>,
+/// Creates runs from the stored schedules at their slots (as Kubernetes'
+/// CronJob controller creates Jobs), handing each to the [`RunScheduler`].
+pub(crate) struct CronScheduler {
+    run_scheduler: Arc<RunScheduler>,
     /// Slots before this came due while the control plane was not running.
     started_at: DateTime<Utc>,
     active: Mutex<HashMap<String, Entry>>,
     wake: Notify,
 }
 
-impl Scheduler {
+impl CronScheduler {
     /// Loads the stored schedules; slots before now count as missed.
-    pub async fn load(dispatcher: Arc<Dispatcher>) -> Result<Scheduler, StoreError> {
+    pub(crate) async fn load(
+        run_scheduler: Arc<RunScheduler>,
+    ) -> Result<CronScheduler, StoreError> {
         let started_at = Utc::now();
-        let stored = dispatcher.store().list_schedules(None).await?;
-        let s = Scheduler {
-            dispatcher,
+        let stored = run_scheduler.store().list_schedules(None).await?;
+        let s = CronScheduler {
+            run_scheduler,
             started_at,
             active: Mutex::default(),
             wake: Notify::new(),
@@ -98,7 +112,7 @@ impl Scheduler {
     }
 
     /// Handles due slots until `stop` flips.
-    pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+    pub(crate) async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         loop {
             let wait = self.handle_due().await;
             tokio::select! {
@@ -153,10 +167,13 @@ impl Scheduler {
             if d.folded {
                 note.push_str("; earlier unhandled slots were folded into this one");
             }
-            (Dispatcher::new_run_id(), note)
+            SlotRun {
+                run_id: RunScheduler::new_run_id(),
+                note,
+            }
         });
         let result = self
-            .dispatcher
+            .run_scheduler
             .store()
             .handle_slot(id, expected, &slot, run)
             .await;
@@ -170,7 +187,7 @@ impl Scheduler {
                     folded = d.folded,
                     "schedule created a run"
                 );
-                self.dispatcher.enqueue(*run);
+                self.run_scheduler.enqueue(*run);
                 self.mark_handled(id, &slot, d.slot);
             }
             Ok(SlotOutcome::Skipped) => {
@@ -207,7 +224,7 @@ impl Scheduler {
 
     /// The stored schedule changed under the loop: take it as stored.
     async fn reload(&self, id: &str) {
-        match self.dispatcher.store().get_schedule(id, None).await {
+        match self.run_scheduler.store().get_schedule(id, None).await {
             Ok(found) => self.track(id, found.as_ref()),
             Err(e) => tracing::error!(schedule = id, "cannot reload the schedule: {e}"),
         }
@@ -235,7 +252,7 @@ impl Scheduler {
     // ---- API operations ----
 
     /// Stores a new schedule; its first slot is the first after now.
-    pub async fn create(
+    pub(crate) async fn create(
         &self,
         team_id: i64,
         req: CreateScheduleRequest,
@@ -247,7 +264,7 @@ impl Scheduler {
             .filter(|z| !z.is_empty())
             .unwrap_or(DEFAULT_TIME_ZONE)
             .to_string();
-        Calendar::parse(&req.cron, &time_zone).map_err(ScheduleError::Invalid)?;
+        Calendar::parse(&req.cron, &time_zone)?;
         let now = calendar::format(Utc::now());
         let name = req
             .name
@@ -270,7 +287,7 @@ impl Scheduler {
             created_at: now.clone(),
             updated_at: now,
         };
-        let rec = self.dispatcher.store().insert_schedule(rec).await?;
+        let rec = self.run_scheduler.store().insert_schedule(rec).await?;
         tracing::info!(schedule = %rec.id, team_id, cron = %oz_foundation::escape::Escaped(&rec.cron), time_zone = %oz_foundation::escape::Escaped(&rec.time_zone), "schedule created");
         self.track(&rec.id, Some(&rec));
         Ok(rec)
@@ -278,14 +295,14 @@ impl Scheduler {
 
     /// Pauses (`true`) or resumes a schedule. A resume marks every slot
     /// until now handled: what came due while paused does not run.
-    pub async fn set_paused(
+    pub(crate) async fn set_paused(
         &self,
         team_id: i64,
         id: &str,
         paused: bool,
     ) -> Result<ScheduleRecord, ScheduleError> {
         let handled_until = (!paused).then(|| calendar::format(Utc::now()));
-        let store = self.dispatcher.store();
+        let store = self.run_scheduler.store();
         let current = store
             .get_schedule(id, Some(team_id))
             .await?
@@ -308,9 +325,13 @@ impl Scheduler {
     }
 
     /// Deletes a schedule (its runs keep its id); returns it as it was.
-    pub async fn delete(&self, team_id: i64, id: &str) -> Result<ScheduleRecord, ScheduleError> {
+    pub(crate) async fn delete(
+        &self,
+        team_id: i64,
+        id: &str,
+    ) -> Result<ScheduleRecord, ScheduleError> {
         let rec = self
-            .dispatcher
+            .run_scheduler
             .store()
             .delete_schedule(id, team_id)
             .await?
@@ -321,7 +342,7 @@ impl Scheduler {
     }
 
     /// When `rec` next creates a run (none while paused), RFC 3339.
-    pub fn next_slot(rec: &ScheduleRecord) -> Option<String> {
+    pub(crate) fn next_slot(rec: &ScheduleRecord) -> Option<String> {
         if rec.paused {
             return None;
         }
@@ -333,7 +354,7 @@ impl Scheduler {
     }
 }
 
-fn entry(rec: &ScheduleRecord) -> Result<Entry, String> {
+fn entry(rec: &ScheduleRecord) -> Result<Entry, EntryError> {
     Ok(Entry {
         calendar: Calendar::parse(&rec.cron, &rec.time_zone)?,
         missed: rec.missed,
