@@ -987,7 +987,6 @@ async fn preflight_refuses_a_role_without_job_create_and_passes_with_the_charts_
     cluster.self_check();
 }
 
-
 // ---------------------------------------------------------------------------
 // Taking over without the journal (issue 19 item 4, the Go worker's
 // #74/#84): the worker Pod is replaced and its state dir, an emptyDir, goes

@@ -10,7 +10,7 @@
 //! as the journal has it, and so is a second execution of a task id the
 //! journal holds as claimed (one execution of a task at a time).
 
-use crate::journal::{Journal, State};
+use crate::journal::{ExecutionState, Journal};
 use crate::tasks::TaskManager;
 use oz_runtime::{Adoptable, Runtime, TaskRef};
 use std::sync::Arc;
@@ -31,7 +31,7 @@ pub fn unknown_to(journal: &Journal, found: Vec<Adoptable>) -> Vec<Adoptable> {
         }
         let busy = held
             .iter()
-            .any(|(t, s)| t.task_id == a.task.task_id && *s == State::Claimed)
+            .any(|(t, s)| t.task_id == a.task.task_id && *s == ExecutionState::Claimed)
             || out.iter().any(|o| o.task.task_id == a.task.task_id);
         if busy {
             tracing::warn!(
