@@ -10,6 +10,7 @@ pub mod init;
 pub mod internal;
 pub mod logging;
 pub mod probe;
+pub mod signals;
 pub mod worker;
 pub mod workers;
 

@@ -359,13 +359,37 @@ fn ping_frame(seq: u64) -> Message {
     Message::Ping(seq.to_be_bytes().to_vec().into())
 }
 
-async fn write(ws: &mut Socket, msg: Message, timing: Timing) -> Result<(), String> {
+/// A frame that could not be written: the connection is dropped.
+#[derive(Debug)]
+pub enum WriteError {
+    /// The socket refused it (closed, reset, TLS failure).
+    Socket(tokio_tungstenite::tungstenite::Error),
+    /// The peer did not take it within [`Timing::write_timeout`].
+    TimedOut(Duration),
+}
+
+impl std::fmt::Display for WriteError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WriteError::Socket(e) => e.fmt(f),
+            WriteError::TimedOut(limit) => write!(f, "write did not finish within {limit:?}"),
+        }
+    }
+}
+
+impl std::error::Error for WriteError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            WriteError::Socket(e) => Some(e),
+            WriteError::TimedOut(_) => None,
+        }
+    }
+}
+
+async fn write(ws: &mut Socket, msg: Message, timing: Timing) -> Result<(), WriteError> {
     match tokio::time::timeout(timing.write_timeout, ws.send(msg)).await {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!(
-            "write did not finish within {:?}",
-            timing.write_timeout
-        )),
+        Ok(Err(e)) => Err(WriteError::Socket(e)),
+        Err(_) => Err(WriteError::TimedOut(timing.write_timeout)),
     }
 }

@@ -20,13 +20,13 @@ pub mod tls;
 
 use config::WorkerConfig;
 use oz_runtime::Runtime;
-use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Exit status when the shutdown deadline passed before every task ended
-/// and every report was delivered: tasks were force-stopped, and reports
-/// still undelivered wait in the journal for the next start.
+/// The exit status the binary gives [`Stopped::Incomplete`] (the shutdown
+/// deadline passed before every task ended and every report was delivered:
+/// tasks were force-stopped, and reports still undelivered wait in the
+/// journal for the next start). Here so the tests can name it.
 pub const EXIT_DRAIN_INCOMPLETE: u8 = 3;
 
 /// How long, after the tasks have ended, a shutdown waits for their reports
@@ -49,43 +49,96 @@ const CLOSE_AND_PUSH: Duration = Duration::from_secs(4);
 /// would otherwise hold the stop for its whole export timeout).
 const FINAL_PUSH: Duration = Duration::from_secs(2);
 
+/// How a worker that started ended (the binary turns it into an exit status).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// Every task ended within the shutdown timeout (or the drain finished)
+    /// and every report was confirmed: exit 0.
+    Complete,
+    /// The deadline passed first: tasks were force-stopped, or reports still
+    /// wait in the journal for the next start ([`EXIT_DRAIN_INCOMPLETE`]).
+    Incomplete,
+}
+
+/// Why the worker could not start; each names what to change.
+#[derive(Debug)]
+pub enum StartError {
+    /// The state directory (`--state-dir`) cannot hold the claim journal.
+    StateDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    /// The exporter `--metrics-listen` asked for could not start.
+    Metrics(metrics::ExporterError),
+    /// The health probes' address (`--health-listen`) cannot be bound.
+    HealthListen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::StateDir { path, source } => write!(
+                f,
+                "cannot use the state directory {}: {source}; the worker records every claim there before \
+                 it runs a task. Fix its permissions or choose another with --state-dir",
+                path.display()
+            ),
+            StartError::Metrics(e) => e.fmt(f),
+            StartError::HealthListen { addr, source } => write!(
+                f,
+                "cannot serve health probes on {addr}: {source}; choose another address with \
+                 --health-listen or OZ_HEALTH_LISTEN (workers sharing a network, such as containers \
+                 run with --network host, need one port each)"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for StartError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            StartError::StateDir { source, .. } | StartError::HealthListen { source, .. } => {
+                Some(source)
+            }
+            StartError::Metrics(e) => Some(e),
+        }
+    }
+}
+
 /// The worker over any runtime; `shutdown` resolves when the worker should
 /// stop taking tasks and wind down.
 ///
-/// Exit status: 0 when the drain finished in time, [`EXIT_DRAIN_INCOMPLETE`]
-/// when it did not, 1 when the worker could not start (its state directory
-/// is unusable, the metrics address is taken).
+/// `Ok` once it has stopped ([`Stopped`] says whether in time); `Err` when
+/// it could not start. It never prints, handles signals or exits: the
+/// binary does.
 pub async fn run_with(
     config: WorkerConfig,
     runtime: Arc<dyn Runtime>,
     shutdown: impl std::future::Future<Output = ()>,
-) -> ExitCode {
+) -> Result<Stopped, StartError> {
     run_with_drain(config, runtime, shutdown, std::future::pending()).await
 }
 
-/// [`run_with`], plus `drain`: when it resolves (SIGQUIT,
-/// [`drain::drain_signal`]) the worker drains ([`drain`]) and exits 0 once
-/// its tasks have ended and their reports are confirmed; `shutdown` during
-/// the drain falls back to the normal shutdown. With
-/// `--disconnect-after-task` the end of the first task starts the drain.
+/// [`run_with`], plus `drain`: when it resolves (the binary's SIGQUIT) the
+/// worker drains ([`drain`]) and stops [`Stopped::Complete`] once its tasks
+/// have ended and their reports are confirmed; `shutdown` during the drain
+/// falls back to the normal shutdown. With `--disconnect-after-task` the
+/// end of the first task starts the drain.
 pub async fn run_with_drain(
     config: WorkerConfig,
     runtime: Arc<dyn Runtime>,
     shutdown: impl std::future::Future<Output = ()>,
     drain: impl std::future::Future<Output = ()>,
-) -> ExitCode {
+) -> Result<Stopped, StartError> {
     tracing::info!(worker_id = %oz_foundation::escape::Escaped(&config.worker_id), backend = runtime.name(), "starting: {}", runtime.describe());
-    let (journal, inherited) = match journal::Journal::open(&config.state_dir, &config.worker_id) {
-        Ok(j) => j,
-        Err(e) => {
-            eprintln!(
-                    "error: cannot use the state directory {}: {e}; the worker records every claim there before \
-                     it runs a task. Fix its permissions or choose another with --state-dir",
-                    config.state_dir.display()
-                );
-            return ExitCode::FAILURE;
-        }
-    };
+    let (journal, inherited) = journal::Journal::open(&config.state_dir, &config.worker_id)
+        .map_err(|source| StartError::StateDir {
+            path: config.state_dir.clone(),
+            source,
+        })?;
     let journal = Arc::new(journal);
     let metrics = metrics::Metrics::new(
         &config.worker_id,
@@ -94,28 +147,15 @@ pub async fn run_with_drain(
     );
     // The exporter the OpenTelemetry variables choose (the Go worker's
     // autoexport), or Prometheus on --metrics-listen.
-    let exporter = match metrics::start_exporter(&metrics, config.metrics_listen).await {
-        Ok(running) => running,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let exporter = metrics::start_exporter(&metrics, config.metrics_listen)
+        .await
+        .map_err(StartError::Metrics)?;
     let health = Arc::new(health::Health::default());
     if let Some(addr) = config.health_listen {
-        match health::serve(addr, health.clone(), runtime.clone()).await {
-            Ok(bound) => {
-                tracing::info!("serving health probes at http://{bound}/healthz and /readyz")
-            }
-            Err(e) => {
-                eprintln!(
-                    "error: cannot serve health probes on {addr}: {e}; choose another address with \
-                     --health-listen or OZ_HEALTH_LISTEN (workers sharing a network, such as containers \
-                     run with --network host, need one port each)"
-                );
-                return ExitCode::FAILURE;
-            }
-        }
+        let bound = health::serve(addr, health.clone(), runtime.clone())
+            .await
+            .map_err(|source| StartError::HealthListen { addr, source })?;
+        tracing::info!("serving health probes at http://{bound}/healthz and /readyz");
     }
     let config = Arc::new(config);
     let delivery = Arc::new(delivery::Delivery::new(journal.clone()));
@@ -188,7 +228,7 @@ pub async fn run_with_drain(
     let one_task_ended = manager.one_task_ended();
     tokio::pin!(one_task_ended);
     let draining = tokio::select! {
-        _ = &mut session_run => return ExitCode::SUCCESS,
+        _ = &mut session_run => return Ok(Stopped::Complete),
         _ = &mut shutdown => false,
         _ = &mut drain => true,
         _ = &mut one_task_ended => {
@@ -261,11 +301,11 @@ pub async fn run_with_drain(
         );
     }
     tracing::info!("worker stopped");
-    if in_time && delivery.is_empty() {
-        ExitCode::SUCCESS
+    Ok(if in_time && delivery.is_empty() {
+        Stopped::Complete
     } else {
-        ExitCode::from(EXIT_DRAIN_INCOMPLETE)
-    }
+        Stopped::Incomplete
+    })
 }
 
 /// Stops the running tasks (bounded), gives their reports a bounded chance
@@ -291,27 +331,4 @@ async fn wind_down(
     }
     close.cancel();
     in_time
-}
-
-/// Resolves on the first SIGINT or SIGTERM; a second one exits at once with
-/// 128 + the signal number (the shell's convention): 130 for SIGINT, 143
-/// for SIGTERM. The journal keeps what the process held.
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => tracing::info!("received SIGTERM"),
-        _ = int.recv() => tracing::info!("received SIGINT"),
-    }
-    tokio::spawn(async move {
-        let code = tokio::select! {
-            _ = term.recv() => 128 + 15,
-            _ = int.recv() => 128 + 2,
-        };
-        eprintln!(
-            "second signal: exiting immediately (what was running is recovered at the next start)"
-        );
-        std::process::exit(code);
-    });
 }
