@@ -566,7 +566,9 @@ mod tests {
             p.warnings()
         );
         // ws:// uses HTTP_PROXY: the same value is an error.
-        let err = OutboundProxy::from_env(&env(&vars), false).unwrap_err().to_string();
+        let err = OutboundProxy::from_env(&env(&vars), false)
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("HTTP_PROXY: the scheme socks4://"), "{err}");
     }
 

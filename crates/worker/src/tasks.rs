@@ -48,10 +48,18 @@ enum StopCause {
     Timeout(Duration),
 }
 
-struct Running {
+/// One execution's place among the running tasks: held in the manager's
+/// map while it runs, and a clone of it by the task's own future. Every
+/// field is shared, so the manager stops, forces or settles the task
+/// through the same slot the run watches.
+#[derive(Clone)]
+struct Slot {
     task: TaskRef,
+    /// A cancellation, a shutdown or the task deadline: stop gracefully.
     stop: CancellationToken,
+    /// The shutdown deadline passed: stop now, skip the grace period.
     force: CancellationToken,
+    /// Why `stop` fired, first cause wins; decides the report.
     cause: Arc<Mutex<Option<StopCause>>>,
     /// Set when the core reported the task itself (the runtime did not
     /// return in time at shutdown): a later outcome is not reported again.
@@ -68,7 +76,7 @@ pub struct TaskManager {
     delivery: Arc<Delivery>,
     metrics: Arc<Metrics>,
     /// By task id: one execution of a task at a time.
-    running: Mutex<HashMap<String, Running>>,
+    running: Mutex<HashMap<String, Slot>>,
     accepting: AtomicBool,
     /// Set by [`TaskManager::start_drain`]: every offer is rejected as at
     /// capacity; running tasks go on.
@@ -161,6 +169,10 @@ impl TaskManager {
         })
     }
 
+    /// An assignment from `link`, through its named steps: dedupe and
+    /// journal ([`Self::dedupe`]), capacity ([`Self::capacity`]), a slot
+    /// ([`Self::take_slot`]); then, in the task's own future, claim
+    /// ([`Self::claim`]), run ([`Self::run`]) and report ([`Self::report`]).
     fn assign(self: &Arc<Self>, a: TaskAssignment, link: &Link) {
         let task = TaskRef {
             task_id: a.task_id.clone(),
@@ -173,318 +185,324 @@ impl TaskManager {
             .retain(|t| t.task_id != task.task_id);
         let slot = {
             let mut running = self.running.lock().unwrap();
-            if let Some(r) = running.get(&task.task_id) {
-                if r.task == task && link.extensions().task_reannounce {
-                    // The server may have lost our claim (it restarted): repeat it.
-                    self.send_in_background(link, self.claim_message(&task, link));
-                }
-                tracing::info!(
-                    task_id = task.task_id,
-                    execution_id = task.execution_id.as_deref().unwrap_or(""),
-                    "ignoring a repeated assignment for a task this worker is running"
-                );
+            if !self.dedupe(&task, &running, link) {
                 return;
             }
-            match self.journal.get(&task).map(|e| e.state) {
-                Some(State::Finished { report, .. }) => {
-                    tracing::info!(
-                        task_id = task.task_id,
-                        execution_id = task.execution_id.as_deref().unwrap_or(""),
-                        "this execution already ran here: answering with its stored {} instead of running it again",
-                        report.kind()
-                    );
-                    self.delivery.resume(task, report);
-                    return;
-                }
-                Some(State::Dispatched) => {
-                    if link.extensions().task_reannounce {
-                        self.send_in_background(link, self.claim_message(&task, link));
-                    }
-                    tracing::info!(
-                        task_id = task.task_id,
-                        execution_id = task.execution_id.as_deref().unwrap_or(""),
-                        "ignoring an assignment for an execution already dispatched"
-                    );
-                    return;
-                }
-                Some(State::Claimed) => {
-                    tracing::info!(
-                        task_id = task.task_id,
-                        execution_id = task.execution_id.as_deref().unwrap_or(""),
-                        "ignoring an assignment for an execution still being recovered"
-                    );
-                    return;
-                }
-                None => {}
-            }
-            let one_only = self.config.disconnect_after_task
-                && (self.claimed_one.load(Ordering::SeqCst) || !running.is_empty());
-            let refusal = if !self.accepting.load(Ordering::SeqCst) {
-                Some(("shutting_down", "worker is shutting down".to_string()))
-            } else if self.draining.load(Ordering::SeqCst) || one_only {
-                tracing::info!(
-                    task_id = task.task_id,
-                    "draining ({}): rejecting the task as at capacity so the orchestrator offers it elsewhere",
-                    if one_only { "--disconnect-after-task" } else { "SIGQUIT" }
-                );
-                Some((
-                    crate::metrics::REJECT_AT_CAPACITY,
-                    AT_CAPACITY_REASON.to_string(),
-                ))
-            } else {
-                match self.config.max_concurrent_tasks {
-                    Some(max) if running.len() >= max as usize => Some((
-                        "at_capacity",
-                        format!("at capacity: {} of {max} tasks running", running.len()),
-                    )),
-                    _ => None,
-                }
-            };
-            if let Some((kind, reason)) = refusal {
-                tracing::info!(
-                    task_id = task.task_id,
-                    execution_id = task.execution_id.as_deref().unwrap_or(""),
-                    "rejecting task: {}",
-                    Escaped(&reason)
-                );
-                self.metrics.rejected(kind);
-                self.send_in_background(
-                    link,
-                    WorkerMessage::TaskRejected(TaskRejected {
-                        task_id: task.task_id.clone(),
-                        reason,
-                        execution_id: None,
-                    }),
-                );
+            if let Some((kind, reason)) = self.capacity(&task, &running) {
+                self.reject(&task, kind, reason, link);
                 return;
             }
-            let r = Running {
-                task: task.clone(),
-                stop: CancellationToken::new(),
-                force: CancellationToken::new(),
-                cause: Arc::new(Mutex::new(None)),
-                reported: Arc::new(AtomicBool::new(false)),
-                detached: Arc::new(AtomicBool::new(false)),
-            };
-            let handle = (
-                r.stop.clone(),
-                r.force.clone(),
-                r.cause.clone(),
-                r.reported.clone(),
-                r.detached.clone(),
-            );
-            running.insert(task.task_id.clone(), r);
-            self.metrics.set_active(running.len());
-            handle
+            self.take_slot(task.clone(), &mut running)
         };
-        let this = self.clone();
-        let link = link.clone();
         // Every line logged about this task, here and in the runtime, carries
         // its task and execution ids.
-        let span = tracing::info_span!(
-            "task",
-            task_id = %Escaped(&task.task_id),
-            execution_id = %Escaped(task.execution_id.as_deref().unwrap_or(""))
-        );
-        let run = async move {
-            let (stop, force, cause, reported, detached) = slot;
-            // The journal first: a claim we cannot record is a claim we could
-            // not honour after a crash.
-            if let Err(e) = this.journal.claimed(&task) {
-                tracing::error!(
-                    task_id = task.task_id,
-                    "cannot record the claim in the journal under {}: {e}; rejecting the task",
-                    this.config.state_dir.display()
-                );
-                this.metrics.rejected("journal");
-                link.send(WorkerMessage::TaskRejected(TaskRejected {
-                    task_id: task.task_id.clone(),
-                    reason: "the worker cannot write its state directory".into(),
-                    execution_id: None,
-                }))
-                .await;
-                this.finish(&task.task_id);
+        let span = task_span(&task);
+        let this = self.clone();
+        let link = link.clone();
+        let steps = async move {
+            if !this.claim(&slot, &link).await {
                 return;
             }
-            if !link.send(this.claim_message(&task, &link)).await {
-                // Without a written claim the server re-queues the task;
-                // running it anyway could run it twice. A server that
-                // restarted meanwhile cannot know the claim never came (it
-                // waits for a re-announce): tell the next connection.
-                this.journal.forget(&task);
-                if link.extensions().task_reannounce && task.execution_id.is_some() {
-                    tracing::warn!(
-                        task_id = task.task_id,
-                        "the claim could not be sent (connection lost); the next connection releases the task so the server offers it again at once"
-                    );
-                    this.unclaimed.lock().unwrap().push(task.clone());
-                } else {
-                    tracing::warn!(
-                        task_id = task.task_id,
-                        "the claim could not be sent (connection lost); leaving the task to the server"
-                    );
-                }
-                this.finish(&task.task_id);
-                return;
+            let claimed_at = std::time::Instant::now();
+            let outcome = this.run(a, &slot, &link).await;
+            this.report(&slot, outcome, claimed_at);
+        };
+        tokio::spawn(tracing::Instrument::instrument(steps, span));
+    }
+
+    /// Step 1, dedupe and journal: whether `task` is new here. An execution
+    /// running now, already finished (answered with its stored report),
+    /// dispatched or still being recovered is not run again; a server that
+    /// may have lost our claim (task-reannounce) hears it again.
+    fn dedupe(&self, task: &TaskRef, running: &HashMap<String, Slot>, link: &Link) -> bool {
+        let execution_id = task.execution_id.as_deref().unwrap_or("");
+        if let Some(r) = running.get(&task.task_id) {
+            if r.task == *task && link.extensions().task_reannounce {
+                // The server may have lost our claim (it restarted): repeat it.
+                self.send_in_background(link, self.claim_message(task, link));
             }
-            this.metrics.claimed();
-            this.claimed_one.store(true, Ordering::SeqCst);
             tracing::info!(
                 task_id = task.task_id,
-                execution_id = task.execution_id.as_deref().unwrap_or(""),
-                "claimed task"
+                execution_id,
+                "ignoring a repeated assignment for a task this worker is running"
             );
-            let claimed_at = std::time::Instant::now();
-            // The task deadline counts from the claim: past it the task is
-            // stopped through the same token a cancellation uses.
-            let deadline = this.config.task_timeout.map(|limit| {
-                let (stop, cause) = (stop.clone(), cause.clone());
-                // In the task's span: the line names the task and execution.
-                tokio::spawn(tracing::Instrument::in_current_span(async move {
-                    tokio::time::sleep(limit).await;
-                    let mut cause = cause.lock().unwrap();
-                    if cause.is_none() {
-                        *cause = Some(StopCause::Timeout(limit));
-                        tracing::warn!(
-                            "the task ran past task_timeout ({}): stopping it",
-                            go_duration(limit)
-                        );
-                    }
-                    drop(cause);
-                    stop.cancel();
-                }))
-            });
-            // Live output only for a server that asked for it.
-            let (output, forwarder) = if link.extensions().task_output {
-                let (sink, reader) = OutputSink::channel();
-                let forwarder = tokio::spawn(tracing::Instrument::in_current_span(
-                    this.clone().forward_output(task.clone(), reader),
-                ));
-                (sink, Some(forwarder))
-            } else {
-                (OutputSink::none(), None)
-            };
-            let outcome = match invocation::build(&a, &this.config) {
-                Err(failure) => RunOutcome::Failed(failure),
-                Ok(inv) => {
-                    let ctx = TaskContext {
-                        stop,
-                        force,
-                        output: output.clone(),
-                    };
-                    this.runtime.run(inv, ctx).await
+            return false;
+        }
+        match self.journal.get(task).map(|e| e.state) {
+            Some(State::Finished { report, .. }) => {
+                tracing::info!(
+                    task_id = task.task_id,
+                    execution_id,
+                    "this execution already ran here: answering with its stored {} instead of running it again",
+                    report.kind()
+                );
+                self.delivery.resume(task.clone(), report);
+                false
+            }
+            Some(State::Dispatched) => {
+                if link.extensions().task_reannounce {
+                    self.send_in_background(link, self.claim_message(task, link));
                 }
-            };
-            if let Some(deadline) = deadline {
-                deadline.abort();
+                tracing::info!(
+                    task_id = task.task_id,
+                    execution_id,
+                    "ignoring an assignment for an execution already dispatched"
+                );
+                false
             }
-            output.close();
-            // The task's last output goes out before its report, so a reader
-            // that stops at the report has it all; bounded, because a stalled
-            // link must not hold the report back (what is left is dropped
-            // and counted).
-            if let Some(forwarder) = forwarder {
-                this.wait_for_output(forwarder).await;
+            Some(State::Claimed) => {
+                tracing::info!(
+                    task_id = task.task_id,
+                    execution_id,
+                    "ignoring an assignment for an execution still being recovered"
+                );
+                false
             }
-            if this.settled_elsewhere(&task, &reported, &detached) {
-                return;
-            }
-            if outcome == RunOutcome::Dispatched {
-                if let Err(e) = this.journal.dispatched(&task) {
-                    tracing::error!(task_id = task.task_id, "cannot record the dispatch: {e}");
-                }
-                tracing::info!(task_id = task.task_id, "task dispatched; its slot is free");
-                this.metrics
-                    .finished(TaskResult::Dispatched, claimed_at.elapsed(), None);
-                this.finish(&task.task_id);
-                return;
-            }
-            let cause = *cause.lock().unwrap();
-            let msg = report(&task, outcome, cause);
-            this.metrics
-                .finished(result_of(&msg), claimed_at.elapsed(), failure_of(&msg));
-            log_report(&msg);
-            this.delivery.push(task.clone(), msg);
-            this.finish(&task.task_id);
-        };
-        tokio::spawn(tracing::Instrument::instrument(run, span));
+            None => true,
+        }
     }
 
-    /// Whether a run's outcome is no longer the run's to report: the core
-    /// reported it at shutdown, or detached it (the next start follows the
-    /// task again). Frees the slot when so.
-    fn settled_elsewhere(
+    /// Step 2, capacity: why this worker cannot take `task` now (the metric
+    /// label and the rejection reason), or `None` when it can. A shutdown,
+    /// a drain (SIGQUIT or `--disconnect-after-task`) and
+    /// `max_concurrent_tasks` refuse.
+    fn capacity(
         &self,
         task: &TaskRef,
-        reported: &AtomicBool,
-        detached: &AtomicBool,
-    ) -> bool {
-        let why = if detached.load(Ordering::SeqCst) {
-            "the runtime returned after the task was left to the next start"
-        } else if reported.load(Ordering::SeqCst) {
-            "the runtime returned after the task was reported at shutdown"
+        running: &HashMap<String, Slot>,
+    ) -> Option<(&'static str, String)> {
+        let one_only = self.config.disconnect_after_task
+            && (self.claimed_one.load(Ordering::SeqCst) || !running.is_empty());
+        if !self.accepting.load(Ordering::SeqCst) {
+            Some(("shutting_down", "worker is shutting down".to_string()))
+        } else if self.draining.load(Ordering::SeqCst) || one_only {
+            tracing::info!(
+                task_id = task.task_id,
+                "draining ({}): rejecting the task as at capacity so the orchestrator offers it elsewhere",
+                if one_only { "--disconnect-after-task" } else { "SIGQUIT" }
+            );
+            Some((
+                crate::metrics::REJECT_AT_CAPACITY,
+                AT_CAPACITY_REASON.to_string(),
+            ))
         } else {
-            return false;
-        };
-        tracing::info!(task_id = task.task_id, "{why}");
-        self.finish(&task.task_id);
-        true
+            match self.config.max_concurrent_tasks {
+                Some(max) if running.len() >= max as usize => Some((
+                    "at_capacity",
+                    format!("at capacity: {} of {max} tasks running", running.len()),
+                )),
+                _ => None,
+            }
+        }
     }
 
-    /// Follows again an execution that an earlier instance of this worker
-    /// claimed and did not finish, on a runtime whose tasks outlive the
-    /// worker ([`Runtime::reattaches`]): it holds a slot, can be cancelled
-    /// and is reported like any run. It was claimed already, so nothing is
-    /// claimed again (a server that offered `task-reannounce` hears of it
-    /// as a held task on connect).
-    pub fn reattach(self: &Arc<Self>, task: TaskRef) {
-        let r = Running {
-            task: task.clone(),
+    /// Refuses `task` on `link` with `reason`, counted under `kind`.
+    fn reject(&self, task: &TaskRef, kind: &'static str, reason: String, link: &Link) {
+        tracing::info!(
+            task_id = task.task_id,
+            execution_id = task.execution_id.as_deref().unwrap_or(""),
+            "rejecting task: {}",
+            Escaped(&reason)
+        );
+        self.metrics.rejected(kind);
+        self.send_in_background(
+            link,
+            WorkerMessage::TaskRejected(TaskRejected {
+                task_id: task.task_id.clone(),
+                reason,
+                execution_id: None,
+            }),
+        );
+    }
+
+    /// Holds a slot for `task` (under the `running` lock, so capacity and
+    /// the slot are decided together) and returns the run's copy of it.
+    fn take_slot(&self, task: TaskRef, running: &mut HashMap<String, Slot>) -> Slot {
+        let slot = Slot {
+            task,
             stop: CancellationToken::new(),
             force: CancellationToken::new(),
             cause: Arc::new(Mutex::new(None)),
             reported: Arc::new(AtomicBool::new(false)),
             detached: Arc::new(AtomicBool::new(false)),
         };
-        let ctx = TaskContext {
-            stop: r.stop.clone(),
-            force: r.force.clone(),
-            // Live output is offered per connection; a followed-again task
-            // has none, and its output stays in the runtime's logs.
-            output: OutputSink::none(),
-        };
-        let (cause, reported, detached) = (r.cause.clone(), r.reported.clone(), r.detached.clone());
-        {
-            let mut running = self.running.lock().unwrap();
-            running.insert(task.task_id.clone(), r);
-            self.metrics.set_active(running.len());
+        running.insert(slot.task.task_id.clone(), slot.clone());
+        self.metrics.set_active(running.len());
+        slot
+    }
+
+    /// Step 3, claim: records the claim in the journal (synced), then writes
+    /// `task_claimed` on `link`. False, with the slot freed, when either
+    /// fails: a claim that cannot be recorded is rejected (it could not be
+    /// honoured after a crash); one that cannot be written is forgotten (the
+    /// server re-queues the task; running it anyway could run it twice) and,
+    /// on a task-reannounce connection, released by the next connection.
+    async fn claim(&self, slot: &Slot, link: &Link) -> bool {
+        let task = &slot.task;
+        if let Err(e) = self.journal.claimed(task) {
+            tracing::error!(
+                task_id = task.task_id,
+                "cannot record the claim in the journal under {}: {e}; rejecting the task",
+                self.config.state_dir.display()
+            );
+            self.metrics.rejected("journal");
+            link.send(WorkerMessage::TaskRejected(TaskRejected {
+                task_id: task.task_id.clone(),
+                reason: "the worker cannot write its state directory".into(),
+                execution_id: None,
+            }))
+            .await;
+            self.finish(&task.task_id);
+            return false;
         }
+        if !link.send(self.claim_message(task, link)).await {
+            // A server that restarted meanwhile cannot know the claim never
+            // came (it waits for a re-announce): tell the next connection.
+            self.journal.forget(task);
+            if link.extensions().task_reannounce && task.execution_id.is_some() {
+                tracing::warn!(
+                    task_id = task.task_id,
+                    "the claim could not be sent (connection lost); the next connection releases the task so the server offers it again at once"
+                );
+                self.unclaimed.lock().unwrap().push(task.clone());
+            } else {
+                tracing::warn!(
+                    task_id = task.task_id,
+                    "the claim could not be sent (connection lost); leaving the task to the server"
+                );
+            }
+            self.finish(&task.task_id);
+            return false;
+        }
+        self.metrics.claimed();
+        self.claimed_one.store(true, Ordering::SeqCst);
         tracing::info!(
             task_id = task.task_id,
             execution_id = task.execution_id.as_deref().unwrap_or(""),
+            "claimed task"
+        );
+        true
+    }
+
+    /// Step 4, run: the assignment through the runtime, under the task
+    /// deadline (counted from the claim; past it the task is stopped through
+    /// the slot's `stop`, as a cancellation is), with live output forwarded
+    /// when `link`'s server asked for it. Returns once the runtime has and
+    /// the task's last output went out (bounded).
+    async fn run(self: &Arc<Self>, a: TaskAssignment, slot: &Slot, link: &Link) -> RunOutcome {
+        let deadline = self
+            .config
+            .task_timeout
+            .map(|limit| spawn_deadline(limit, slot));
+        // Live output only for a server that asked for it.
+        let (output, forwarder) = if link.extensions().task_output {
+            let (sink, reader) = OutputSink::channel();
+            let forwarder = tokio::spawn(tracing::Instrument::in_current_span(
+                self.clone().forward_output(slot.task.clone(), reader),
+            ));
+            (sink, Some(forwarder))
+        } else {
+            (OutputSink::none(), None)
+        };
+        let outcome = match invocation::build(&a, &self.config) {
+            Err(failure) => RunOutcome::Failed(failure),
+            Ok(inv) => {
+                let ctx = TaskContext {
+                    stop: slot.stop.clone(),
+                    force: slot.force.clone(),
+                    output: output.clone(),
+                };
+                self.runtime.run(inv, ctx).await
+            }
+        };
+        if let Some(deadline) = deadline {
+            deadline.abort();
+        }
+        output.close();
+        // The task's last output goes out before its report, so a reader
+        // that stops at the report has it all; bounded, because a stalled
+        // link must not hold the report back (what is left is dropped and
+        // counted).
+        if let Some(forwarder) = forwarder {
+            self.wait_for_output(forwarder).await;
+        }
+        outcome
+    }
+
+    /// Step 5, report: turns the outcome into the execution's one terminal
+    /// report (recorded, then queued for delivery) and frees the slot. A
+    /// dispatched task is recorded as such and reports nothing; an outcome
+    /// already settled at shutdown (reported by the core, or left to the
+    /// next start) is dropped.
+    fn report(&self, slot: &Slot, outcome: RunOutcome, started: std::time::Instant) {
+        let task = &slot.task;
+        if self.settled_elsewhere(slot) {
+            return;
+        }
+        if outcome == RunOutcome::Dispatched {
+            if let Err(e) = self.journal.dispatched(task) {
+                tracing::error!(task_id = task.task_id, "cannot record the dispatch: {e}");
+            }
+            tracing::info!(task_id = task.task_id, "task dispatched; its slot is free");
+            self.metrics
+                .finished(TaskResult::Dispatched, started.elapsed(), None);
+            self.finish(&task.task_id);
+            return;
+        }
+        let cause = *slot.cause.lock().unwrap();
+        let msg = report(task, outcome, cause);
+        self.metrics
+            .finished(result_of(&msg), started.elapsed(), failure_of(&msg));
+        log_report(&msg);
+        self.delivery.push(task.clone(), msg);
+        self.finish(&task.task_id);
+    }
+
+    /// Whether a run's outcome is no longer the run's to report: the core
+    /// reported it at shutdown, or detached it (the next start follows the
+    /// task again). Frees the slot when so.
+    fn settled_elsewhere(&self, slot: &Slot) -> bool {
+        let why = if slot.detached.load(Ordering::SeqCst) {
+            "the runtime returned after the task was left to the next start"
+        } else if slot.reported.load(Ordering::SeqCst) {
+            "the runtime returned after the task was reported at shutdown"
+        } else {
+            return false;
+        };
+        tracing::info!(task_id = slot.task.task_id, "{why}");
+        self.finish(&slot.task.task_id);
+        true
+    }
+
+    /// The start-up step for a runtime whose tasks outlive the worker
+    /// ([`Runtime::reattaches`]): follows again an execution that an
+    /// earlier instance of this worker claimed and did not finish. It holds
+    /// a slot, can be cancelled and is reported like any run (the report
+    /// step). It was claimed already, so nothing is claimed again (a server
+    /// that offered `task-reannounce` hears of it as a held task on
+    /// connect).
+    pub fn reattach(self: &Arc<Self>, task: TaskRef) {
+        let slot = self.take_slot(task, &mut self.running.lock().unwrap());
+        tracing::info!(
+            task_id = slot.task.task_id,
+            execution_id = slot.task.execution_id.as_deref().unwrap_or(""),
             "following again a task an earlier run of this worker started"
         );
+        let span = task_span(&slot.task);
         let this = self.clone();
-        let span = tracing::info_span!(
-            "task",
-            task_id = %task.task_id,
-            execution_id = %task.execution_id.as_deref().unwrap_or("")
-        );
-        let run = async move {
+        let steps = async move {
             let started = std::time::Instant::now();
-            let outcome = this.runtime.reattach(task.clone(), ctx).await;
-            if this.settled_elsewhere(&task, &reported, &detached) {
-                return;
-            }
-            let cause = *cause.lock().unwrap();
-            let msg = report(&task, outcome, cause);
-            this.metrics
-                .finished(result_of(&msg), started.elapsed(), failure_of(&msg));
-            log_report(&msg);
-            this.delivery.push(task.clone(), msg);
-            this.finish(&task.task_id);
+            let ctx = TaskContext {
+                stop: slot.stop.clone(),
+                force: slot.force.clone(),
+                // Live output is offered per connection; a followed-again
+                // task has none, and its output stays in the runtime's logs.
+                output: OutputSink::none(),
+            };
+            let outcome = this.runtime.reattach(slot.task.clone(), ctx).await;
+            this.report(&slot, outcome, started);
         };
-        tokio::spawn(tracing::Instrument::instrument(run, span));
+        tokio::spawn(tracing::Instrument::instrument(steps, span));
     }
 
     /// Sends a task's output to whichever connection is current, as
@@ -877,6 +895,36 @@ impl Inbound for Dispatch {
             }
         });
     }
+}
+
+/// The span every line about `task` is logged in (its ids, escaped).
+fn task_span(task: &TaskRef) -> tracing::Span {
+    tracing::info_span!(
+        "task",
+        task_id = %Escaped(&task.task_id),
+        execution_id = %Escaped(task.execution_id.as_deref().unwrap_or(""))
+    )
+}
+
+/// Stops the slot's task once it has run `limit` past its claim, recording
+/// [`StopCause::Timeout`] unless another cause came first. Abort the handle
+/// when the run ends.
+fn spawn_deadline(limit: Duration, slot: &Slot) -> tokio::task::JoinHandle<()> {
+    let (stop, cause) = (slot.stop.clone(), slot.cause.clone());
+    // In the task's span: the line names the task and execution.
+    tokio::spawn(tracing::Instrument::in_current_span(async move {
+        tokio::time::sleep(limit).await;
+        let mut cause = cause.lock().unwrap();
+        if cause.is_none() {
+            *cause = Some(StopCause::Timeout(limit));
+            tracing::warn!(
+                "the task ran past task_timeout ({}): stopping it",
+                go_duration(limit)
+            );
+        }
+        drop(cause);
+        stop.cancel();
+    }))
 }
 
 /// Extension `worker-state`: this worker is draining.
