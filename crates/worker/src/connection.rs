@@ -120,14 +120,7 @@ impl Link {
     }
 }
 
-/// What the connection delivers upward.
-pub trait Inbound: Send + Sync {
-    /// A new connection is up; called before anything is read from it.
-    fn connected(&self, link: &Link);
-    fn message(&self, msg: ServerMessage, link: &Link);
-    /// An assignment whose body did not decode but whose task id is known.
-    fn undecodable_assignment(&self, task_id: String, error: String, link: &Link);
-}
+pub use crate::event::{Event, Events};
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Ended {
@@ -143,12 +136,18 @@ struct State<'a> {
     conn: ConnectionId,
     extensions: Extensions,
     delivery: &'a Delivery,
-    inbound: &'a dyn Inbound,
+    events: &'a Events,
     link: Link,
     ping_seq: u64,
 }
 
 impl State<'_> {
+    /// Hands an event to the core; one that has stopped (the worker is
+    /// ending) no longer takes any.
+    fn emit(&self, event: Event) {
+        let _ = self.events.send(event);
+    }
+
     fn pong(&self, payload: &[u8]) {
         // With report-ack only the ack proves a report was recorded.
         if self.extensions.report_ack {
@@ -175,14 +174,16 @@ impl State<'_> {
                     );
                 }
             }
-            Ok(msg) => self.inbound.message(msg, &self.link),
+            Ok(msg) => self.emit(Event::Frame(msg, self.link.clone())),
             Err(DecodeError::BadBody {
                 kind,
                 task_id: Some(task_id),
                 error,
-            }) if kind == "task_assignment" => self
-                .inbound
-                .undecodable_assignment(task_id, error, &self.link),
+            }) if kind == "task_assignment" => self.emit(Event::UndecodableAssignment {
+                task_id,
+                error,
+                link: self.link.clone(),
+            }),
             Err(e @ DecodeError::UnknownType(_)) => {
                 tracing::info!(
                     "ignoring frame: {}",
@@ -203,7 +204,7 @@ impl State<'_> {
 pub struct Context<'a> {
     pub timing: Timing,
     pub delivery: &'a Delivery,
-    pub inbound: &'a dyn Inbound,
+    pub events: &'a Events,
     /// Fires when the worker wants a normal close.
     pub close: &'a CancellationToken,
     pub health: &'a crate::health::Health,
@@ -220,7 +221,7 @@ pub async fn drive(
     let Context {
         timing,
         delivery,
-        inbound,
+        events,
         close,
         health,
     } = *cx;
@@ -230,7 +231,7 @@ pub async fn drive(
         conn,
         extensions,
         delivery,
-        inbound,
+        events,
         link: Link {
             tx,
             output,
@@ -239,7 +240,7 @@ pub async fn drive(
         },
         ping_seq: 0,
     };
-    inbound.connected(&st.link);
+    st.emit(Event::Connected(st.link.clone()));
     let mut deadline = Instant::now() + timing.read_timeout;
     let mut ping =
         tokio::time::interval_at(Instant::now() + timing.ping_interval, timing.ping_interval);

@@ -8,6 +8,7 @@ pub mod connection;
 pub mod delivery;
 pub mod dial;
 pub mod drain;
+pub mod event;
 pub mod health;
 pub mod invocation;
 pub mod journal;
@@ -209,13 +210,14 @@ pub async fn run_with_drain(
         );
     }
 
-    let dispatch = tasks::Dispatch(manager.clone());
+    // One path in: every connection's events go to the core's one loop.
+    let events = manager.events();
     let close = tokio_util::sync::CancellationToken::new();
     let session = session::Session {
         config: &config,
         timing: config.timing,
         delivery: &delivery,
-        inbound: &dispatch,
+        events: &events,
         close: close.clone(),
         metrics: &metrics,
         health: &health,

@@ -3,7 +3,7 @@
 
 use crate::backoff::ExponentialBackoff;
 use crate::config::WorkerConfig;
-use crate::connection::{drive, Ended, Inbound, Socket, Timing};
+use crate::connection::{drive, Ended, Events, Socket, Timing};
 use crate::delivery::Delivery;
 use crate::dial::DialError;
 use crate::metrics::Metrics;
@@ -17,7 +17,8 @@ pub struct Session<'a> {
     pub config: &'a WorkerConfig,
     pub timing: Timing,
     pub delivery: &'a Delivery,
-    pub inbound: &'a dyn Inbound,
+    /// The core's event loop, which every connection feeds.
+    pub events: &'a Events,
     /// Fires when the worker has finished its work and wants a normal close.
     pub close: CancellationToken,
     pub metrics: &'a Metrics,
@@ -61,7 +62,7 @@ impl Session<'_> {
                     let cx = crate::connection::Context {
                         timing: self.timing,
                         delivery: self.delivery,
-                        inbound: self.inbound,
+                        events: self.events,
                         close: &self.close,
                         health: self.health,
                     };

@@ -5,8 +5,9 @@
 //! recorded cause decides how the stop is reported.
 
 use crate::config::WorkerConfig;
-use crate::connection::{Inbound, Link};
+use crate::connection::Link;
 use crate::delivery::Delivery;
+use crate::event::{Event, Events};
 use crate::invocation;
 use crate::journal::{Journal, State};
 use crate::metrics::{Metrics, TaskResult};
@@ -17,7 +18,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
 /// After the shutdown deadline, how long force-stopped tasks get to finish
@@ -96,6 +97,17 @@ pub struct TaskManager {
     /// Dispatched executions whose cancellation is under way: a repeated
     /// `task_cancellation` runs nothing more.
     cancelling: Mutex<std::collections::HashSet<TaskRef>>,
+    /// The way into this manager's event loop ([`Self::serve_events`]).
+    events: Events,
+}
+
+/// A run's end on its way to the report step, carried by
+/// [`Event::Finished`].
+pub struct RunEnded {
+    slot: Slot,
+    outcome: RunOutcome,
+    /// When the run was claimed (or followed again): its duration's start.
+    started: std::time::Instant,
 }
 
 impl TaskManager {
@@ -106,7 +118,8 @@ impl TaskManager {
         delivery: Arc<Delivery>,
         metrics: Arc<Metrics>,
     ) -> Arc<Self> {
-        Arc::new(TaskManager {
+        let (events, inbox) = mpsc::unbounded_channel();
+        let manager = Arc::new(TaskManager {
             runtime,
             config,
             journal,
@@ -121,7 +134,16 @@ impl TaskManager {
             stopping: CancellationToken::new(),
             unclaimed: Mutex::new(Vec::new()),
             cancelling: Mutex::new(Default::default()),
-        })
+            events,
+        });
+        tokio::spawn(Self::serve_events(Arc::downgrade(&manager), inbox));
+        manager
+    }
+
+    /// The way in for connections: events sent here reach the manager's
+    /// one loop, in order.
+    pub fn events(&self) -> Events {
+        self.events.clone()
     }
 
     /// Tasks running now.
@@ -205,7 +227,7 @@ impl TaskManager {
             }
             let claimed_at = std::time::Instant::now();
             let outcome = this.run(a, &slot, &link).await;
-            this.report(&slot, outcome, claimed_at);
+            this.ended(slot, outcome, claimed_at);
         };
         tokio::spawn(tracing::Instrument::instrument(steps, span));
     }
@@ -429,6 +451,23 @@ impl TaskManager {
         outcome
     }
 
+    /// A run returned: its report step goes through the event loop, the
+    /// same way in as everything else.
+    fn ended(&self, slot: Slot, outcome: RunOutcome, started: std::time::Instant) {
+        let ended = RunEnded {
+            slot,
+            outcome,
+            started,
+        };
+        // The loop ends only with the manager; should the runtime be
+        // winding down under us, report here rather than lose it.
+        if let Err(mpsc::error::SendError(Event::Finished(ended))) =
+            self.events.send(Event::Finished(ended))
+        {
+            self.report(&ended.slot, ended.outcome, ended.started);
+        }
+    }
+
     /// Step 5, report: turns the outcome into the execution's one terminal
     /// report (recorded, then queued for delivery) and frees the slot. A
     /// dispatched task is recorded as such and reports nothing; an outcome
@@ -500,7 +539,7 @@ impl TaskManager {
                 output: OutputSink::none(),
             };
             let outcome = this.runtime.reattach(slot.task.clone(), ctx).await;
-            this.report(&slot, outcome, started);
+            this.ended(slot, outcome, started);
         };
         tokio::spawn(tracing::Instrument::instrument(steps, span));
     }
@@ -813,29 +852,59 @@ impl TaskManager {
     }
 }
 
-/// Lets the connection hand frames to the manager.
-pub struct Dispatch(pub Arc<TaskManager>);
+impl TaskManager {
+    /// The core's event loop (started by [`Self::new`]): every event of
+    /// every connection and every run's end, one at a time, in the order
+    /// they were sent. Ends with the manager.
+    async fn serve_events(
+        manager: std::sync::Weak<Self>,
+        mut events: mpsc::UnboundedReceiver<Event>,
+    ) {
+        while let Some(event) = events.recv().await {
+            let Some(manager) = manager.upgrade() else {
+                return;
+            };
+            manager.handle(event);
+        }
+    }
 
-impl Inbound for Dispatch {
-    fn connected(&self, link: &Link) {
-        self.0.links.send_replace(Some(link.clone()));
+    /// One event: a new connection, a frame, an undecodable assignment, a
+    /// run's end.
+    pub fn handle(self: &Arc<Self>, event: Event) {
+        match event {
+            Event::Connected(link) => self.connected(&link),
+            Event::Frame(ServerMessage::TaskAssignment(a), link) => self.assign(*a, &link),
+            Event::Frame(ServerMessage::TaskCancellation(c), _) => self.cancel(&c.task_id),
+            // Handled by the connection, which owns delivery.
+            Event::Frame(ServerMessage::ReportAck(_), _) => {}
+            Event::UndecodableAssignment {
+                task_id,
+                error,
+                link,
+            } => self.undecodable_assignment(task_id, error, &link),
+            Event::Finished(ended) => self.report(&ended.slot, ended.outcome, ended.started),
+        }
+    }
+
+    /// A new connection: it takes live output from now on; it hears first
+    /// that this worker drains (worker-state), then the tasks it holds
+    /// (task-reannounce), then the assignments it could not claim.
+    fn connected(self: &Arc<Self>, link: &Link) {
+        self.links.send_replace(Some(link.clone()));
         // In order: that it drains first, then the tasks it still holds.
         let mut messages = Vec::new();
-        if self.0.is_draining() && link.extensions().worker_state {
+        if self.is_draining() && link.extensions().worker_state {
             messages.push(draining_message());
         }
         if link.extensions().task_reannounce {
-            let held = self.0.journal.held();
+            let held = self.journal.held();
             if !held.is_empty() {
                 tracing::info!("re-announcing {} task(s) this worker holds", held.len());
             }
-            messages.extend(
-                held.iter()
-                    .map(|(task, _)| self.0.claim_message(task, link)),
-            );
+            messages.extend(held.iter().map(|(task, _)| self.claim_message(task, link)));
         } else {
             // Only a server that offered task-reannounce hears of releases.
-            self.0.unclaimed.lock().unwrap().clear();
+            self.unclaimed.lock().unwrap().clear();
         }
         if !messages.is_empty() {
             let link = link.clone();
@@ -848,22 +917,14 @@ impl Inbound for Dispatch {
             });
         }
         if link.extensions().task_reannounce {
-            self.0.release_unclaimed(link);
+            self.release_unclaimed(link);
         }
     }
 
-    fn message(&self, msg: ServerMessage, link: &Link) {
-        match msg {
-            ServerMessage::TaskAssignment(a) => self.0.assign(*a, link),
-            ServerMessage::TaskCancellation(c) => self.0.cancel(&c.task_id),
-            // Handled by the connection, which owns delivery.
-            ServerMessage::ReportAck(_) => {}
-        }
-    }
-
-    fn undecodable_assignment(&self, task_id: String, error: String, link: &Link) {
-        // Claim it so it ends visibly as failed instead of bouncing between workers.
-        let manager = self.0.clone();
+    /// An assignment that could not be read: claimed so it ends visibly as
+    /// failed instead of bouncing between workers.
+    fn undecodable_assignment(self: &Arc<Self>, task_id: String, error: String, link: &Link) {
+        let manager = self.clone();
         let link = link.clone();
         tokio::spawn(async move {
             let task = TaskRef {
@@ -1188,7 +1249,7 @@ mod tests {
 
     impl Harness {
         fn send(&self, msg: ServerMessage) {
-            Dispatch(self.manager.clone()).message(msg, &self.link);
+            self.manager.handle(Event::Frame(msg, self.link.clone()));
         }
 
         /// The next frame on the wire, acknowledged as written.
@@ -1269,7 +1330,7 @@ mod tests {
         let mut h = harness(Behaviour::Chatty, None, ext);
         let (link, wire, output) = Link::for_test_with_output(ext, 2);
         (h.link, h.wire) = (link, wire);
-        Dispatch(h.manager.clone()).connected(&h.link);
+        h.manager.handle(Event::Connected(h.link.clone()));
         (h, output)
     }
 
@@ -1339,7 +1400,7 @@ mod tests {
         assert_eq!(h.manager.active(), 0);
         // The reference protocol hears nothing more of it on a new connection.
         let (link, mut wire) = Link::for_test(Extensions::default(), 2);
-        Dispatch(h.manager.clone()).connected(&link);
+        h.manager.handle(Event::Connected(link.clone()));
         assert!(
             tokio::time::timeout(Duration::from_millis(200), wire.recv())
                 .await
@@ -1362,7 +1423,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let (link, mut wire) = Link::for_test(Extensions::ALL, 2);
-        Dispatch(h.manager.clone()).connected(&link);
+        h.manager.handle(Event::Connected(link.clone()));
         let (msg, written) = wire.recv().await.unwrap();
         written.send(true).unwrap();
         match msg {
@@ -1528,7 +1589,7 @@ mod tests {
             ..Default::default()
         };
         let mut h = harness(Behaviour::Obedient, None, ext);
-        Dispatch(h.manager.clone()).connected(&h.link);
+        h.manager.handle(Event::Connected(h.link.clone()));
         h.send(assignment("t1", "e1"));
         assert_eq!(h.frame().await.kind(), "task_claimed");
         h.started().await;
@@ -1555,7 +1616,7 @@ mod tests {
             ..Default::default()
         };
         let (next, mut next_wire) = Link::for_test(both, 2);
-        Dispatch(h.manager.clone()).connected(&next);
+        h.manager.handle(Event::Connected(next.clone()));
         for want in ["worker_state", "task_claimed"] {
             let (msg, written) = tokio::time::timeout(Duration::from_secs(5), next_wire.recv())
                 .await
@@ -1714,14 +1775,14 @@ mod tests {
         h.frame().await;
         h.started().await;
         let (plain, mut plain_wire) = Link::for_test(Extensions::default(), 2);
-        Dispatch(h.manager.clone()).connected(&plain);
+        h.manager.handle(Event::Connected(plain.clone()));
         tokio::task::yield_now().await;
         assert!(
             plain_wire.try_recv().is_err(),
             "nothing unknown for a reference server"
         );
         let (ext, mut ext_wire) = Link::for_test(Extensions::ALL, 3);
-        Dispatch(h.manager.clone()).connected(&ext);
+        h.manager.handle(Event::Connected(ext.clone()));
         let (msg, _) = tokio::time::timeout(Duration::from_secs(5), ext_wire.recv())
             .await
             .unwrap()
