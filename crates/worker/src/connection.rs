@@ -203,7 +203,8 @@ impl State<'_> {
 /// What every connection works with besides its socket.
 pub struct Context<'a> {
     pub timing: Timing,
-    pub delivery: &'a Delivery,
+    /// The core's one outbox: its reports are written first, every time.
+    pub outbox: &'a crate::outbox::Outbox,
     pub events: &'a Events,
     /// Fires when the worker wants a normal close.
     pub close: &'a CancellationToken,
@@ -220,11 +221,12 @@ pub async fn drive(
 ) -> Ended {
     let Context {
         timing,
-        delivery,
+        outbox,
         events,
         close,
         health,
     } = *cx;
+    let delivery: &Delivery = outbox.reports();
     let (tx, mut rx) = mpsc::channel::<(WorkerMessage, oneshot::Sender<bool>)>(32);
     let (output, mut output_rx) = mpsc::channel::<WorkerMessage>(OUTPUT_QUEUE);
     let mut st = State {

@@ -14,6 +14,7 @@ pub mod invocation;
 pub mod journal;
 pub mod metrics;
 pub mod oom_score;
+pub mod outbox;
 pub mod proxy;
 pub mod session;
 pub mod tasks;
@@ -160,11 +161,12 @@ pub async fn run_with_drain(
     }
     let config = Arc::new(config);
     let delivery = Arc::new(delivery::Delivery::new(journal.clone()));
+    let outbox = Arc::new(outbox::Outbox::new(delivery.clone()));
     let manager = tasks::TaskManager::new(
         runtime.clone(),
         config.clone(),
         journal.clone(),
-        delivery.clone(),
+        outbox.clone(),
         metrics.clone(),
     );
 
@@ -175,7 +177,7 @@ pub async fn run_with_drain(
             task_id = task.task_id,
             "delivering a report left undelivered by an earlier run of this worker"
         );
-        delivery.resume(task, report);
+        outbox.report_again(task, report);
     }
     let unfinished = inherited.unfinished.clone();
     if runtime.reattaches() {
@@ -216,7 +218,7 @@ pub async fn run_with_drain(
     let session = session::Session {
         config: &config,
         timing: config.timing,
-        delivery: &delivery,
+        outbox: &outbox,
         events: &events,
         close: close.clone(),
         metrics: &metrics,

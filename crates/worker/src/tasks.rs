@@ -6,11 +6,11 @@
 
 use crate::config::WorkerConfig;
 use crate::connection::Link;
-use crate::delivery::Delivery;
 use crate::event::{Event, Events};
 use crate::invocation;
 use crate::journal::{Journal, State};
 use crate::metrics::{Metrics, TaskResult};
+use crate::outbox::Outbox;
 use oz_foundation::escape::Escaped;
 use oz_protocol::*;
 use oz_runtime::{Failure, OutputSink, RunOutcome, Runtime, TaskContext, TaskRef};
@@ -74,7 +74,8 @@ pub struct TaskManager {
     runtime: Arc<dyn Runtime>,
     config: Arc<WorkerConfig>,
     journal: Arc<Journal>,
-    delivery: Arc<Delivery>,
+    /// Everything sent to the orchestrator goes out here.
+    outbox: Arc<Outbox>,
     metrics: Arc<Metrics>,
     /// By task id: one execution of a task at a time.
     running: Mutex<HashMap<String, Slot>>,
@@ -85,9 +86,6 @@ pub struct TaskManager {
     /// `--disconnect-after-task`: set once a task was claimed; no other is.
     claimed_one: AtomicBool,
     finished: Notify,
-    /// The connection live output goes to (the newest one); forwarders wait
-    /// on it while there is none.
-    links: tokio::sync::watch::Sender<Option<Link>>,
     /// Cancelled when shutdown starts: nothing waits for a reconnection then.
     stopping: CancellationToken,
     /// Assignments received on a connection that closed before their claim
@@ -115,7 +113,7 @@ impl TaskManager {
         runtime: Arc<dyn Runtime>,
         config: Arc<WorkerConfig>,
         journal: Arc<Journal>,
-        delivery: Arc<Delivery>,
+        outbox: Arc<Outbox>,
         metrics: Arc<Metrics>,
     ) -> Arc<Self> {
         let (events, inbox) = mpsc::unbounded_channel();
@@ -123,14 +121,13 @@ impl TaskManager {
             runtime,
             config,
             journal,
-            delivery,
+            outbox,
             metrics,
             running: Mutex::new(HashMap::new()),
             accepting: AtomicBool::new(true),
             draining: AtomicBool::new(false),
             claimed_one: AtomicBool::new(false),
             finished: Notify::new(),
-            links: tokio::sync::watch::Sender::new(None),
             stopping: CancellationToken::new(),
             unclaimed: Mutex::new(Vec::new()),
             cancelling: Mutex::new(Default::default()),
@@ -175,7 +172,7 @@ impl TaskManager {
         let msg = report(&task, outcome, None);
         self.metrics
             .finished(result_of(&msg), Duration::ZERO, failure_of(&msg));
-        self.delivery.push(task, msg);
+        self.outbox.report(task, msg);
     }
 
     fn claim_message(&self, task: &TaskRef, link: &Link) -> WorkerMessage {
@@ -241,7 +238,7 @@ impl TaskManager {
         if let Some(r) = running.get(&task.task_id) {
             if r.task == *task && link.extensions().task_reannounce {
                 // The server may have lost our claim (it restarted): repeat it.
-                self.send_in_background(link, self.claim_message(task, link));
+                self.outbox.post(link, self.claim_message(task, link));
             }
             tracing::info!(
                 task_id = task.task_id,
@@ -258,12 +255,12 @@ impl TaskManager {
                     "this execution already ran here: answering with its stored {} instead of running it again",
                     report.kind()
                 );
-                self.delivery.resume(task.clone(), report);
+                self.outbox.report_again(task.clone(), report);
                 false
             }
             Some(State::Dispatched) => {
                 if link.extensions().task_reannounce {
-                    self.send_in_background(link, self.claim_message(task, link));
+                    self.outbox.post(link, self.claim_message(task, link));
                 }
                 tracing::info!(
                     task_id = task.task_id,
@@ -327,7 +324,7 @@ impl TaskManager {
             Escaped(&reason)
         );
         self.metrics.rejected(kind);
-        self.send_in_background(
+        self.outbox.post(
             link,
             WorkerMessage::TaskRejected(TaskRejected {
                 task_id: task.task_id.clone(),
@@ -368,16 +365,20 @@ impl TaskManager {
                 self.config.state_dir.display()
             );
             self.metrics.rejected("journal");
-            link.send(WorkerMessage::TaskRejected(TaskRejected {
-                task_id: task.task_id.clone(),
-                reason: "the worker cannot write its state directory".into(),
-                execution_id: None,
-            }))
-            .await;
+            self.outbox
+                .send(
+                    link,
+                    WorkerMessage::TaskRejected(TaskRejected {
+                        task_id: task.task_id.clone(),
+                        reason: "the worker cannot write its state directory".into(),
+                        execution_id: None,
+                    }),
+                )
+                .await;
             self.finish(&task.task_id);
             return false;
         }
-        if !link.send(self.claim_message(task, link)).await {
+        if !self.outbox.send(link, self.claim_message(task, link)).await {
             // A server that restarted meanwhile cannot know the claim never
             // came (it waits for a re-announce): tell the next connection.
             self.journal.forget(task);
@@ -493,7 +494,7 @@ impl TaskManager {
         self.metrics
             .finished(result_of(&msg), started.elapsed(), failure_of(&msg));
         log_report(&msg);
-        self.delivery.push(task.clone(), msg);
+        self.outbox.report(task.clone(), msg);
         self.finish(&task.task_id);
     }
 
@@ -557,7 +558,7 @@ impl TaskManager {
         reader: oz_runtime::output::OutputReader,
     ) {
         let mut utf8 = oz_runtime::output::Utf8Carry::default();
-        let mut links = self.links.subscribe();
+        let mut links = self.outbox.watch();
         while let Some(chunk) = reader.next().await {
             let msg = WorkerMessage::TaskOutput(TaskOutput {
                 task_id: task.task_id.clone(),
@@ -592,7 +593,7 @@ impl TaskManager {
     /// Waits for a finished task's forwarder to hand over its last output
     /// (see [`OUTPUT_FLUSH_LIMIT`] and [`OUTPUT_RECONNECT_WAIT`]).
     async fn wait_for_output(&self, mut forwarder: tokio::task::JoinHandle<()>) {
-        let mut links = self.links.subscribe();
+        let mut links = self.outbox.watch();
         let give_up = tokio::time::Instant::now() + OUTPUT_RECONNECT_WAIT;
         loop {
             let connected = links
@@ -633,7 +634,7 @@ impl TaskManager {
                     reason: "the assignment arrived as the connection closed; it was never claimed or started".into(),
                     execution_id: task.execution_id.clone(),
                 });
-                if link.send(msg).await {
+                if this.outbox.send(&link, msg).await {
                     tracing::info!(
                         task_id = task.task_id,
                         execution_id = task.execution_id.as_deref().unwrap_or(""),
@@ -643,13 +644,6 @@ impl TaskManager {
                     this.unclaimed.lock().unwrap().push(task);
                 }
             }
-        });
-    }
-
-    fn send_in_background(&self, link: &Link, msg: WorkerMessage) {
-        let link = link.clone();
-        tokio::spawn(async move {
-            link.send(msg).await;
         });
     }
 
@@ -721,9 +715,12 @@ impl TaskManager {
         if self.draining.swap(true, Ordering::SeqCst) {
             return;
         }
-        let link = self.links.borrow().clone();
-        if let Some(link) = link.filter(|l| l.is_open() && l.extensions().worker_state) {
-            self.send_in_background(&link, draining_message());
+        if let Some(link) = self
+            .outbox
+            .current()
+            .filter(|l| l.extensions().worker_state)
+        {
+            self.outbox.post(&link, draining_message());
         }
     }
 
@@ -846,7 +843,7 @@ impl TaskManager {
                 )),
                 Some(StopCause::Shutdown),
             );
-            self.delivery.push(task, msg);
+            self.outbox.report(task, msg);
         }
         false
     }
@@ -890,7 +887,7 @@ impl TaskManager {
     /// that this worker drains (worker-state), then the tasks it holds
     /// (task-reannounce), then the assignments it could not claim.
     fn connected(self: &Arc<Self>, link: &Link) {
-        self.links.send_replace(Some(link.clone()));
+        self.outbox.connected(link);
         // In order: that it drains first, then the tasks it still holds.
         let mut messages = Vec::new();
         if self.is_draining() && link.extensions().worker_state {
@@ -906,16 +903,7 @@ impl TaskManager {
             // Only a server that offered task-reannounce hears of releases.
             self.unclaimed.lock().unwrap().clear();
         }
-        if !messages.is_empty() {
-            let link = link.clone();
-            tokio::spawn(async move {
-                for m in messages {
-                    if !link.send(m).await {
-                        return;
-                    }
-                }
-            });
-        }
+        self.outbox.post_all(link, messages);
         if link.extensions().task_reannounce {
             self.release_unclaimed(link);
         }
@@ -937,7 +925,11 @@ impl TaskManager {
             if manager.journal.claimed(&task).is_err() {
                 return;
             }
-            if link.send(manager.claim_message(&task, &link)).await {
+            if manager
+                .outbox
+                .send(&link, manager.claim_message(&task, &link))
+                .await
+            {
                 manager.metrics.claimed();
                 let msg = report(
                     &task,
@@ -950,7 +942,7 @@ impl TaskManager {
                 manager
                     .metrics
                     .finished(TaskResult::Failed, Duration::ZERO, failure_of(&msg));
-                manager.delivery.push(task, msg);
+                manager.outbox.report(task, msg);
             } else {
                 manager.journal.forget(&task);
             }
@@ -1085,6 +1077,7 @@ mod tests {
     use super::*;
     use crate::config::CoreInputs;
     use crate::connection::TestWire;
+    use crate::delivery::Delivery;
     use futures_util::future::BoxFuture;
     use oz_foundation::secret::Secret;
     use oz_runtime::{Invocation, RunOutcome, TaskContext};
@@ -1211,7 +1204,7 @@ mod tests {
             fake.clone(),
             Arc::new(config),
             journal.clone(),
-            delivery.clone(),
+            Arc::new(Outbox::new(delivery.clone())),
             Metrics::new("w", "fake", max),
         );
         let (link, wire) = Link::for_test(ext, 1);
