@@ -17,6 +17,7 @@ pub mod oom_score;
 pub mod outbox;
 pub mod proxy;
 pub mod session;
+pub mod startup;
 pub mod tasks;
 pub mod tls;
 
@@ -171,46 +172,8 @@ pub async fn run_with_drain(
     );
 
     // What dead earlier instances left: reports to deliver, executions to
-    // resolve. Reported on the first connection, like any other report.
-    for (task, report) in inherited.undelivered {
-        tracing::info!(
-            task_id = task.task_id,
-            "delivering a report left undelivered by an earlier run of this worker"
-        );
-        outbox.report_again(task, report);
-    }
-    let unfinished = inherited.unfinished.clone();
-    if runtime.reattaches() {
-        for task in unfinished.iter().cloned() {
-            manager.reattach(task);
-        }
-    }
-    let unfinished = if runtime.reattaches() {
-        Vec::new()
-    } else {
-        unfinished
-    };
-    let mut resolved = runtime.recover(unfinished.clone()).await;
-    for task in unfinished {
-        if !resolved.iter().any(|(t, _)| *t == task) {
-            resolved.push((
-                task,
-                oz_runtime::RunOutcome::Failed(oz_runtime::Failure::new(
-                    oz_protocol::FailureReason::Unknown,
-                    "the worker died while it held this task and the runtime found nothing of it at the restart",
-                )),
-            ));
-        }
-    }
-    for (task, outcome) in resolved {
-        manager.report_recovered(task, outcome);
-    }
-    if !inherited.dispatched.is_empty() {
-        tracing::info!(
-            "{} task(s) dispatched by an earlier run of this worker are still known; a cancellation reaches their dispatcher",
-            inherited.dispatched.len()
-        );
-    }
+    // follow again or resolve. Before the first connection.
+    startup::take_over(inherited, runtime.as_ref(), &manager, &outbox).await;
 
     // One path in: every connection's events go to the core's one loop.
     let events = manager.events();
