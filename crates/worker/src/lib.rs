@@ -25,6 +25,7 @@ use config::WorkerConfig;
 use oz_runtime::Runtime;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 /// The exit status the binary gives [`Stopped::Incomplete`] (the shutdown
 /// deadline passed before every task ended and every report was delivered:
@@ -136,63 +137,26 @@ pub async fn run_with_drain(
     shutdown: impl std::future::Future<Output = ()>,
     drain: impl std::future::Future<Output = ()>,
 ) -> Result<Stopped, StartError> {
-    tracing::info!(worker_id = %oz_foundation::escape::Escaped(&config.worker_id), backend = runtime.name(), "starting: {}", runtime.describe());
-    let (journal, inherited) = journal::Journal::open(&config.state_dir, &config.worker_id)
-        .map_err(|source| StartError::StateDir {
-            path: config.state_dir.clone(),
-            source,
-        })?;
-    let journal = Arc::new(journal);
-    let metrics = metrics::Metrics::new(
-        &config.worker_id,
-        runtime.name(),
-        config.max_concurrent_tasks,
-    );
-    // The exporter the OpenTelemetry variables choose (the Go worker's
-    // autoexport), or Prometheus on --metrics-listen.
-    let exporter = metrics::start_exporter(&metrics, config.metrics_listen)
-        .await
-        .map_err(StartError::Metrics)?;
-    let health = Arc::new(health::Health::default());
-    if let Some(addr) = config.health_listen {
-        let bound = health::serve(addr, health.clone(), runtime.clone())
-            .await
-            .map_err(|source| StartError::HealthListen { addr, source })?;
-        tracing::info!("serving health probes at http://{bound}/healthz and /readyz");
-    }
-    let config = Arc::new(config);
-    let delivery = Arc::new(delivery::Delivery::new(journal.clone()));
-    let outbox = Arc::new(outbox::Outbox::new(delivery.clone()));
-    let manager = tasks::TaskManager::new(
-        runtime.clone(),
-        config.clone(),
-        journal.clone(),
-        outbox.clone(),
-        metrics.clone(),
-    );
+    let core = Core::start(config, runtime).await?;
 
-    // What dead earlier instances left: reports to deliver, executions to
-    // follow again or resolve. Before the first connection.
-    startup::take_over(inherited, runtime.as_ref(), &manager, &outbox).await;
-
-    // One path in: every connection's events go to the core's one loop.
-    let events = manager.events();
-    let close = tokio_util::sync::CancellationToken::new();
+    // One path in: every connection's events go to the core's one loop;
+    // one path out: the outbox.
+    let events = core.manager.events();
+    let close = CancellationToken::new();
     let session = session::Session {
-        config: &config,
-        timing: config.timing,
-        outbox: &outbox,
+        config: &core.config,
+        timing: core.config.timing,
+        outbox: &core.outbox,
         events: &events,
         close: close.clone(),
-        metrics: &metrics,
-        health: &health,
+        metrics: &core.metrics,
+        health: &core.health,
     };
-
     let session_run = session.run();
     tokio::pin!(session_run);
     tokio::pin!(shutdown);
     tokio::pin!(drain);
-    let one_task_ended = manager.one_task_ended();
+    let one_task_ended = core.manager.one_task_ended();
     tokio::pin!(one_task_ended);
     let draining = tokio::select! {
         _ = &mut session_run => return Ok(Stopped::Complete),
@@ -203,76 +167,173 @@ pub async fn run_with_drain(
             true
         }
     };
-    let mut drained = false;
-    if draining {
-        health.set_draining();
-        manager.start_drain();
+    let drained = draining && core.drain(&close, &mut session_run, &mut shutdown).await;
+    let deadline = tokio::time::Instant::now() + core.config.shutdown_timeout + STOP_TAIL;
+    let in_time = drained || core.shut_down(&close, &mut session_run, deadline).await;
+    Ok(core.release(in_time, deadline).await)
+}
+
+/// What a started worker holds, from start-up to its release.
+struct Core {
+    config: Arc<WorkerConfig>,
+    runtime: Arc<dyn Runtime>,
+    metrics: Arc<metrics::Metrics>,
+    /// Taken by [`Core::release`] for the last push.
+    exporter: std::sync::Mutex<Option<oz_telemetry::Running>>,
+    health: Arc<health::Health>,
+    delivery: Arc<delivery::Delivery>,
+    outbox: Arc<outbox::Outbox>,
+    manager: Arc<tasks::TaskManager>,
+}
+
+impl Core {
+    /// Opens the journal, starts the metrics exporter and the health
+    /// probes, and takes over what dead earlier instances left
+    /// ([`startup::take_over`]), all before the first connection.
+    async fn start(config: WorkerConfig, runtime: Arc<dyn Runtime>) -> Result<Core, StartError> {
+        tracing::info!(worker_id = %oz_foundation::escape::Escaped(&config.worker_id), backend = runtime.name(), "starting: {}", runtime.describe());
+        let (journal, inherited) = journal::Journal::open(&config.state_dir, &config.worker_id)
+            .map_err(|source| StartError::StateDir {
+                path: config.state_dir.clone(),
+                source,
+            })?;
+        let journal = Arc::new(journal);
+        let metrics = metrics::Metrics::new(
+            &config.worker_id,
+            runtime.name(),
+            config.max_concurrent_tasks,
+        );
+        // The exporter the OpenTelemetry variables choose (the Go worker's
+        // autoexport), or Prometheus on --metrics-listen.
+        let exporter = metrics::start_exporter(&metrics, config.metrics_listen)
+            .await
+            .map_err(StartError::Metrics)?;
+        let health = Arc::new(health::Health::default());
+        if let Some(addr) = config.health_listen {
+            let bound = health::serve(addr, health.clone(), runtime.clone())
+                .await
+                .map_err(|source| StartError::HealthListen { addr, source })?;
+            tracing::info!("serving health probes at http://{bound}/healthz and /readyz");
+        }
+        let config = Arc::new(config);
+        let delivery = Arc::new(delivery::Delivery::new(journal.clone()));
+        let outbox = Arc::new(outbox::Outbox::new(delivery.clone()));
+        let manager = tasks::TaskManager::new(
+            runtime.clone(),
+            config.clone(),
+            journal,
+            outbox.clone(),
+            metrics.clone(),
+        );
+        startup::take_over(inherited, runtime.as_ref(), &manager, &outbox).await;
+        Ok(Core {
+            config,
+            runtime,
+            metrics,
+            exporter: std::sync::Mutex::new(Some(exporter)),
+            health,
+            delivery,
+            outbox,
+            manager,
+        })
+    }
+
+    /// The drain ([`drain`]): no new claim, the running tasks end with no
+    /// deadline, their reports are confirmed and the socket closed. True
+    /// once done; false when `shutdown` came first (the normal shutdown
+    /// follows).
+    async fn drain(
+        &self,
+        close: &CancellationToken,
+        session_run: &mut (impl std::future::Future<Output = ()> + Unpin),
+        shutdown: &mut (impl std::future::Future<Output = ()> + Unpin),
+    ) -> bool {
+        self.health.set_draining();
+        self.manager.start_drain();
         tracing::info!(
             "draining: {} task(s) running; new tasks are rejected as at capacity; the worker exits when they have ended (SIGTERM stops them now)",
-            manager.active()
+            self.manager.active()
         );
         tokio::select! {
             _ = async {
-                tokio::join!(drain::finish(&manager, &delivery, &close), &mut session_run)
-            } => drained = true,
-            _ = &mut shutdown => {
+                tokio::join!(drain::finish(&self.manager, &self.delivery, close), session_run)
+            } => true,
+            _ = shutdown => {
                 tracing::info!("SIGTERM/SIGINT during the drain: shutting down the normal way");
+                false
             }
         }
     }
-    let deadline = tokio::time::Instant::now() + config.shutdown_timeout + STOP_TAIL;
-    let left = |reserve: Duration| {
-        deadline
-            .saturating_duration_since(tokio::time::Instant::now())
-            .saturating_sub(reserve)
-    };
-    let in_time = if drained {
-        true
-    } else {
-        health.set_shutting_down();
+
+    /// The normal shutdown, by `deadline`: tasks stopped ([`wind_down`])
+    /// while the session goes on delivering reports, then closed. True when
+    /// the tasks ended within the shutdown timeout.
+    async fn shut_down(
+        &self,
+        close: &CancellationToken,
+        session_run: &mut (impl std::future::Future<Output = ()> + Unpin),
+        deadline: tokio::time::Instant,
+    ) -> bool {
+        self.health.set_shutting_down();
         tracing::info!(
             "shutting down: {} task(s) running; stopping within {:?}",
-            manager.active(),
-            config.shutdown_timeout + STOP_TAIL
+            self.manager.active(),
+            self.config.shutdown_timeout + STOP_TAIL
         );
         // The session keeps running (delivering reports) while we wind down;
         // a socket that does not take the close frame (its write timeout is
         // 10 s) is dropped at the deadline instead.
         let session_until = deadline.checked_sub(FINAL_PUSH).unwrap_or(deadline);
+        let left = |reserve: Duration| left_of(deadline, reserve);
         let (in_time, session_ended) = tokio::join!(
-            wind_down(&manager, &config, &delivery, &close, &left),
-            tokio::time::timeout_at(session_until, &mut session_run)
+            wind_down(&self.manager, &self.config, &self.delivery, close, &left),
+            tokio::time::timeout_at(session_until, session_run)
         );
         if session_ended.is_err() {
             tracing::warn!("the connection did not close in time; dropped");
         }
         in_time
-    };
-    let release = left(FINAL_PUSH);
-    if tokio::time::timeout(release, runtime.shutdown(release))
-        .await
-        .is_err()
-    {
-        tracing::warn!("the runtime did not finish releasing what it holds within {release:?}");
     }
-    // A last push, so a collector sees the final state; bounded.
-    let push = left(Duration::ZERO).min(FINAL_PUSH);
-    if !exporter.shutdown_within(push).await {
-        tracing::warn!("the last metrics push did not finish within {push:?}; abandoned");
+
+    /// Releases the runtime and pushes the last metrics, both by
+    /// `deadline`; says whether the stop was [`Stopped::Complete`].
+    async fn release(&self, in_time: bool, deadline: tokio::time::Instant) -> Stopped {
+        let release = left_of(deadline, FINAL_PUSH);
+        if tokio::time::timeout(release, self.runtime.shutdown(release))
+            .await
+            .is_err()
+        {
+            tracing::warn!("the runtime did not finish releasing what it holds within {release:?}");
+        }
+        // A last push, so a collector sees the final state; bounded.
+        let push = left_of(deadline, Duration::ZERO).min(FINAL_PUSH);
+        let exporter = self.exporter.lock().unwrap().take();
+        if let Some(exporter) = exporter {
+            if !exporter.shutdown_within(push).await {
+                tracing::warn!("the last metrics push did not finish within {push:?}; abandoned");
+            }
+        }
+        if !self.delivery.is_empty() {
+            tracing::warn!(
+                "{} report(s) not yet confirmed by the orchestrator; they are kept under {} and delivered by the next start of this worker",
+                self.delivery.len(),
+                self.config.state_dir.display()
+            );
+        }
+        tracing::info!("worker stopped");
+        if in_time && self.delivery.is_empty() {
+            Stopped::Complete
+        } else {
+            Stopped::Incomplete
+        }
     }
-    if !delivery.is_empty() {
-        tracing::warn!(
-            "{} report(s) not yet confirmed by the orchestrator; they are kept under {} and delivered by the next start of this worker",
-            delivery.len(),
-            config.state_dir.display()
-        );
-    }
-    tracing::info!("worker stopped");
-    Ok(if in_time && delivery.is_empty() {
-        Stopped::Complete
-    } else {
-        Stopped::Incomplete
-    })
+}
+
+/// What is left of the time until `deadline`, keeping `reserve` back.
+fn left_of(deadline: tokio::time::Instant, reserve: Duration) -> Duration {
+    deadline
+        .saturating_duration_since(tokio::time::Instant::now())
+        .saturating_sub(reserve)
 }
 
 /// Stops the running tasks (bounded), gives their reports a bounded chance
@@ -282,7 +343,7 @@ async fn wind_down(
     manager: &tasks::TaskManager,
     config: &WorkerConfig,
     delivery: &delivery::Delivery,
-    close: &tokio_util::sync::CancellationToken,
+    close: &CancellationToken,
     left: &dyn Fn(Duration) -> Duration,
 ) -> bool {
     let in_time = manager.shutdown(config.shutdown_timeout).await;
