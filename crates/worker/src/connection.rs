@@ -249,72 +249,15 @@ pub async fn drive(
 
     loop {
         health.beat();
-        // Unconfirmed reports go first, before anything new; then, without
-        // report-ack, a ping whose pong proves they were read.
-        let mut wrote_report = false;
-        let mut output_flushed = !extensions.task_output;
-        while let Some((task, msg)) = delivery.next_unwritten(conn) {
-            if !output_flushed {
-                // Output already queued was written by tasks before they
-                // ended: it goes before their reports, so a reader that stops
-                // at a report has seen all of it. Bounded by the queue's size.
-                output_flushed = true;
-                while let Ok(out) = output_rx.try_recv() {
-                    if let Err(e) = write(&mut ws, Message::text(encode(&out)), timing).await {
-                        return Ended::Dropped(format!(
-                            "writing task_output for task {}: {e}",
-                            out.task_id()
-                        ));
-                    }
-                }
-            }
-            if let Err(e) = write(&mut ws, Message::text(encode(&msg)), timing).await {
-                return Ended::Dropped(format!(
-                    "writing {} for task {}: {e}",
-                    msg.kind(),
-                    msg.task_id()
-                ));
-            }
-            delivery.written(&task, conn, st.ping_seq + 1);
-            tracing::info!(
-                task_id = msg.task_id(),
-                execution_id = msg.execution_id().unwrap_or(""),
-                "sent {}",
-                msg.kind()
-            );
-            wrote_report = true;
-        }
-        if wrote_report && !extensions.report_ack {
-            st.ping_seq += 1;
-            if let Err(e) = write(&mut ws, ping_frame(st.ping_seq), timing).await {
-                return Ended::Dropped(format!("sending ping: {e}"));
-            }
+        if let Err(ended) = write_reports(&mut ws, &mut st, &mut output_rx, timing).await {
+            return ended;
         }
         tokio::select! {
             // In this order: closing, reports, claims, liveness and reads;
             // live output last (it waits, and its buffer drops, instead).
             biased;
             _ = close.cancelled() => {
-                let frame = CloseFrame { code: CloseCode::Normal, reason: "worker shutting down".into() };
-                let _ = write(&mut ws, Message::Close(Some(frame)), timing).await;
-                // Give the server a moment to answer the close handshake;
-                // acks and pongs that arrive meanwhile still count.
-                let _ = tokio::time::timeout(Duration::from_secs(2), async {
-                    while let Some(Ok(m)) = ws.next().await {
-                        match m {
-                            Message::Close(_) => break,
-                            Message::Pong(p) => st.pong(&p),
-                            Message::Text(t) => {
-                                if let Ok(ServerMessage::ReportAck(a)) = decode_server_frame(t.as_str()) {
-                                    if extensions.report_ack {
-                                        delivery.acked(&a.task_id, a.execution_id.as_deref());
-                                    }
-                                }
-                            }
-                            _ => {}
-                        }
-                    }
-                }).await;
+                close_normally(&mut ws, &st, timing).await;
                 return Ended::Closed;
             }
             _ = delivery.pushed() => {}
@@ -356,6 +299,84 @@ pub async fn drive(
             }
         }
     }
+}
+
+/// Unconfirmed reports go first, before anything new (the live output
+/// queued before them first of all); then, without report-ack, a ping whose
+/// pong proves they were read. `Err` ends the connection.
+async fn write_reports(
+    ws: &mut Socket,
+    st: &mut State<'_>,
+    output_rx: &mut mpsc::Receiver<WorkerMessage>,
+    timing: Timing,
+) -> Result<(), Ended> {
+    let mut wrote_report = false;
+    let mut output_flushed = !st.extensions.task_output;
+    while let Some((task, msg)) = st.delivery.next_unwritten(st.conn) {
+        if !output_flushed {
+            // Output already queued was written by tasks before they ended:
+            // it goes before their reports, so a reader that stops at a
+            // report has seen all of it. Bounded by the queue's size.
+            output_flushed = true;
+            while let Ok(out) = output_rx.try_recv() {
+                if let Err(e) = write(ws, Message::text(encode(&out)), timing).await {
+                    return Err(Ended::Dropped(format!(
+                        "writing task_output for task {}: {e}",
+                        out.task_id()
+                    )));
+                }
+            }
+        }
+        if let Err(e) = write(ws, Message::text(encode(&msg)), timing).await {
+            return Err(Ended::Dropped(format!(
+                "writing {} for task {}: {e}",
+                msg.kind(),
+                msg.task_id()
+            )));
+        }
+        st.delivery.written(&task, st.conn, st.ping_seq + 1);
+        tracing::info!(
+            task_id = msg.task_id(),
+            execution_id = msg.execution_id().unwrap_or(""),
+            "sent {}",
+            msg.kind()
+        );
+        wrote_report = true;
+    }
+    if wrote_report && !st.extensions.report_ack {
+        st.ping_seq += 1;
+        if let Err(e) = write(ws, ping_frame(st.ping_seq), timing).await {
+            return Err(Ended::Dropped(format!("sending ping: {e}")));
+        }
+    }
+    Ok(())
+}
+
+/// The worker's normal close: a close frame, then a moment for the
+/// server's answer; acks and pongs that arrive meanwhile still count.
+async fn close_normally(ws: &mut Socket, st: &State<'_>, timing: Timing) {
+    let frame = CloseFrame {
+        code: CloseCode::Normal,
+        reason: "worker shutting down".into(),
+    };
+    let _ = write(ws, Message::Close(Some(frame)), timing).await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Some(Ok(m)) = ws.next().await {
+            match m {
+                Message::Close(_) => break,
+                Message::Pong(p) => st.pong(&p),
+                Message::Text(t) => {
+                    if let Ok(ServerMessage::ReportAck(a)) = decode_server_frame(t.as_str()) {
+                        if st.extensions.report_ack {
+                            st.delivery.acked(&a.task_id, a.execution_id.as_deref());
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    })
+    .await;
 }
 
 fn ping_frame(seq: u64) -> Message {
