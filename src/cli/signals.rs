@@ -10,18 +10,22 @@ use tokio::signal::unix::{signal, SignalKind};
 /// for SIGTERM. The worker's journal keeps what the process held; `serve`'s
 /// store is committed transaction by transaction.
 ///
-/// The handlers are installed when the future is first polled: until the
-/// worker or the control plane is up, the signals keep their default
-/// action (the process ends). Panics only if the handlers cannot be
-/// installed (no tokio runtime).
-pub async fn shutdown_signal() {
+/// The handlers are installed when this is called (inside the tokio
+/// runtime), not when the future is first polled: a signal that arrives
+/// while the worker is still starting (or between its first connection
+/// attempt and its first wait for a signal) is not lost to the default
+/// action, and a second one still forces the exit at any time. Panics
+/// only if the handlers cannot be installed (no tokio runtime).
+pub fn shutdown_signal() -> impl Future<Output = ()> {
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => tracing::info!("received SIGTERM"),
-        _ = int.recv() => tracing::info!("received SIGINT"),
-    }
+    let (received, first) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("received SIGTERM"),
+            _ = int.recv() => tracing::info!("received SIGINT"),
+        }
+        let _ = received.send(());
         let code = tokio::select! {
             _ = term.recv() => 128 + 15,
             _ = int.recv() => 128 + 2,
@@ -31,6 +35,10 @@ pub async fn shutdown_signal() {
         );
         std::process::exit(code);
     });
+    async move {
+        // The sender only goes with a runtime that is ending.
+        let _ = first.await;
+    }
 }
 
 /// Resolves on the first SIGQUIT (the worker's drain). Later ones are logged
