@@ -447,32 +447,10 @@ pub async fn serve(a: ServeArgs) -> ExitCode {
     if let Some(addr) = plane.metrics_addr() {
         eprintln!("metrics on http://{addr}/metrics");
     }
-    shutdown_signal().await;
+    super::signals::shutdown_signal().await;
     tracing::info!("shutting down");
     plane.shutdown().await;
     ExitCode::SUCCESS
-}
-
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }
 
 pub async fn api_keys(a: ApiKeysArgs) -> ExitCode {

@@ -10,6 +10,7 @@ pub mod control_plane;
 pub mod init;
 pub mod logging;
 pub mod probe;
+pub mod signals;
 pub mod worker;
 pub mod workers;
 

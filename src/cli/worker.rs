@@ -339,7 +339,7 @@ pub async fn run(args: WorkerArgs) -> ExitCode {
     super::logging::init_with(&args.log_level, args.log_format);
     crate::hardening::log_outcome();
     // SIGQUIT drains from here on (instead of its default core dump).
-    let drain = oz_worker::drain::drain_signal();
+    let drain = super::signals::drain_signal();
     let resolved = match resolve(&args, &crate::hardening::EnvBeforeHardening) {
         Ok(r) => r,
         Err(e) => {
@@ -365,7 +365,15 @@ pub async fn run(args: WorkerArgs) -> ExitCode {
         }
     };
     oz_worker::oom_score::lower_own();
-    oz_worker::run_with_drain(resolved.core, runtime, oz_worker::shutdown_signal(), drain).await
+    let shutdown = super::signals::shutdown_signal();
+    match oz_worker::run_with_drain(resolved.core, runtime, shutdown, drain).await {
+        Ok(oz_worker::Stopped::Complete) => ExitCode::SUCCESS,
+        Ok(oz_worker::Stopped::Incomplete) => ExitCode::from(oz_worker::EXIT_DRAIN_INCOMPLETE),
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 #[cfg(test)]

@@ -185,7 +185,7 @@ impl WorkerConfig {
 
         let proxy =
             crate::proxy::OutboundProxy::from_env(env, web_socket_url.starts_with("wss://"))
-                .map_err(ConfigError)?;
+                .map_err(|e| ConfigError(e.to_string()))?;
 
         Ok(WorkerConfig {
             worker_id,

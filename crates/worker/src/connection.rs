@@ -120,14 +120,7 @@ impl Link {
     }
 }
 
-/// What the connection delivers upward.
-pub trait Inbound: Send + Sync {
-    /// A new connection is up; called before anything is read from it.
-    fn connected(&self, link: &Link);
-    fn message(&self, msg: ServerMessage, link: &Link);
-    /// An assignment whose body did not decode but whose task id is known.
-    fn undecodable_assignment(&self, task_id: String, error: String, link: &Link);
-}
+pub use crate::event::{Event, Events};
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Ended {
@@ -143,12 +136,18 @@ struct ConnectionState<'a> {
     conn: ConnectionId,
     extensions: Extensions,
     delivery: &'a Delivery,
-    inbound: &'a dyn Inbound,
+    events: &'a Events,
     link: Link,
     ping_seq: u64,
 }
 
 impl ConnectionState<'_> {
+    /// Hands an event to the core; one that has stopped (the worker is
+    /// ending) no longer takes any.
+    fn emit(&self, event: Event) {
+        let _ = self.events.send(event);
+    }
+
     fn pong(&self, payload: &[u8]) {
         // With report-ack only the ack proves a report was recorded.
         if self.extensions.report_ack {
@@ -175,14 +174,16 @@ impl ConnectionState<'_> {
                     );
                 }
             }
-            Ok(msg) => self.inbound.message(msg, &self.link),
+            Ok(msg) => self.emit(Event::Frame(msg, self.link.clone())),
             Err(DecodeError::BadBody {
                 kind,
                 task_id: Some(task_id),
                 error,
-            }) if kind == "task_assignment" => self
-                .inbound
-                .undecodable_assignment(task_id, error, &self.link),
+            }) if kind == "task_assignment" => self.emit(Event::UndecodableAssignment {
+                task_id,
+                error,
+                link: self.link.clone(),
+            }),
             Err(e @ DecodeError::UnknownType(_)) => {
                 tracing::info!(
                     "ignoring frame: {}",
@@ -202,8 +203,9 @@ impl ConnectionState<'_> {
 /// What every connection works with besides its socket.
 pub struct Context<'a> {
     pub timing: Timing,
-    pub delivery: &'a Delivery,
-    pub inbound: &'a dyn Inbound,
+    /// The core's one outbox: its reports are written first, every time.
+    pub outbox: &'a crate::outbox::Outbox,
+    pub events: &'a Events,
     /// Fires when the worker wants a normal close.
     pub close: &'a CancellationToken,
     pub health: &'a crate::health::Health,
@@ -219,18 +221,19 @@ pub async fn drive(
 ) -> Ended {
     let Context {
         timing,
-        delivery,
-        inbound,
+        outbox,
+        events,
         close,
         health,
     } = *cx;
+    let delivery: &Delivery = outbox.reports();
     let (tx, mut rx) = mpsc::channel::<(WorkerMessage, oneshot::Sender<bool>)>(32);
     let (output, mut output_rx) = mpsc::channel::<WorkerMessage>(OUTPUT_QUEUE);
     let mut st = ConnectionState {
         conn,
         extensions,
         delivery,
-        inbound,
+        events,
         link: Link {
             tx,
             output,
@@ -239,79 +242,22 @@ pub async fn drive(
         },
         ping_seq: 0,
     };
-    inbound.connected(&st.link);
+    st.emit(Event::Connected(st.link.clone()));
     let mut deadline = Instant::now() + timing.read_timeout;
     let mut ping =
         tokio::time::interval_at(Instant::now() + timing.ping_interval, timing.ping_interval);
 
     loop {
         health.beat();
-        // Unconfirmed reports go first, before anything new; then, without
-        // report-ack, a ping whose pong proves they were read.
-        let mut wrote_report = false;
-        let mut output_flushed = !extensions.task_output;
-        while let Some((task, msg)) = delivery.next_unwritten(conn) {
-            if !output_flushed {
-                // Output already queued was written by tasks before they
-                // ended: it goes before their reports, so a reader that stops
-                // at a report has seen all of it. Bounded by the queue's size.
-                output_flushed = true;
-                while let Ok(out) = output_rx.try_recv() {
-                    if let Err(e) = write(&mut ws, Message::text(encode(&out)), timing).await {
-                        return Ended::Dropped(format!(
-                            "writing task_output for task {}: {e}",
-                            out.task_id()
-                        ));
-                    }
-                }
-            }
-            if let Err(e) = write(&mut ws, Message::text(encode(&msg)), timing).await {
-                return Ended::Dropped(format!(
-                    "writing {} for task {}: {e}",
-                    msg.kind(),
-                    msg.task_id()
-                ));
-            }
-            delivery.written(&task, conn, st.ping_seq + 1);
-            tracing::info!(
-                task_id = msg.task_id(),
-                execution_id = msg.execution_id().unwrap_or(""),
-                "sent {}",
-                msg.kind()
-            );
-            wrote_report = true;
-        }
-        if wrote_report && !extensions.report_ack {
-            st.ping_seq += 1;
-            if let Err(e) = write(&mut ws, ping_frame(st.ping_seq), timing).await {
-                return Ended::Dropped(format!("sending ping: {e}"));
-            }
+        if let Err(ended) = write_reports(&mut ws, &mut st, &mut output_rx, timing).await {
+            return ended;
         }
         tokio::select! {
             // In this order: closing, reports, claims, liveness and reads;
             // live output last (it waits, and its buffer drops, instead).
             biased;
             _ = close.cancelled() => {
-                let frame = CloseFrame { code: CloseCode::Normal, reason: "worker shutting down".into() };
-                let _ = write(&mut ws, Message::Close(Some(frame)), timing).await;
-                // Give the server a moment to answer the close handshake;
-                // acks and pongs that arrive meanwhile still count.
-                let _ = tokio::time::timeout(Duration::from_secs(2), async {
-                    while let Some(Ok(m)) = ws.next().await {
-                        match m {
-                            Message::Close(_) => break,
-                            Message::Pong(p) => st.pong(&p),
-                            Message::Text(t) => {
-                                if let Ok(ServerMessage::ReportAck(a)) = decode_server_frame(t.as_str()) {
-                                    if extensions.report_ack {
-                                        delivery.acked(&a.task_id, a.execution_id.as_deref());
-                                    }
-                                }
-                            }
-                            _ => {}
-                        }
-                    }
-                }).await;
+                close_normally(&mut ws, &st, timing).await;
                 return Ended::Closed;
             }
             _ = delivery.pushed() => {}
@@ -355,17 +301,119 @@ pub async fn drive(
     }
 }
 
+/// Unconfirmed reports go first, before anything new (the live output
+/// queued before them first of all); then, without report-ack, a ping whose
+/// pong proves they were read. `Err` ends the connection.
+async fn write_reports(
+    ws: &mut Socket,
+    st: &mut ConnectionState<'_>,
+    output_rx: &mut mpsc::Receiver<WorkerMessage>,
+    timing: Timing,
+) -> Result<(), Ended> {
+    let mut wrote_report = false;
+    let mut output_flushed = !st.extensions.task_output;
+    while let Some((task, msg)) = st.delivery.next_unwritten(st.conn) {
+        if !output_flushed {
+            // Output already queued was written by tasks before they ended:
+            // it goes before their reports, so a reader that stops at a
+            // report has seen all of it. Bounded by the queue's size.
+            output_flushed = true;
+            while let Ok(out) = output_rx.try_recv() {
+                if let Err(e) = write(ws, Message::text(encode(&out)), timing).await {
+                    return Err(Ended::Dropped(format!(
+                        "writing task_output for task {}: {e}",
+                        out.task_id()
+                    )));
+                }
+            }
+        }
+        if let Err(e) = write(ws, Message::text(encode(&msg)), timing).await {
+            return Err(Ended::Dropped(format!(
+                "writing {} for task {}: {e}",
+                msg.kind(),
+                msg.task_id()
+            )));
+        }
+        st.delivery.written(&task, st.conn, st.ping_seq + 1);
+        tracing::info!(
+            task_id = msg.task_id(),
+            execution_id = msg.execution_id().unwrap_or(""),
+            "sent {}",
+            msg.kind()
+        );
+        wrote_report = true;
+    }
+    if wrote_report && !st.extensions.report_ack {
+        st.ping_seq += 1;
+        if let Err(e) = write(ws, ping_frame(st.ping_seq), timing).await {
+            return Err(Ended::Dropped(format!("sending ping: {e}")));
+        }
+    }
+    Ok(())
+}
+
+/// The worker's normal close: a close frame, then a moment for the
+/// server's answer; acks and pongs that arrive meanwhile still count.
+async fn close_normally(ws: &mut Socket, st: &ConnectionState<'_>, timing: Timing) {
+    let frame = CloseFrame {
+        code: CloseCode::Normal,
+        reason: "worker shutting down".into(),
+    };
+    let _ = write(ws, Message::Close(Some(frame)), timing).await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Some(Ok(m)) = ws.next().await {
+            match m {
+                Message::Close(_) => break,
+                Message::Pong(p) => st.pong(&p),
+                Message::Text(t) => {
+                    if let Ok(ServerMessage::ReportAck(a)) = decode_server_frame(t.as_str()) {
+                        if st.extensions.report_ack {
+                            st.delivery.acked(&a.task_id, a.execution_id.as_deref());
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    })
+    .await;
+}
+
 fn ping_frame(seq: u64) -> Message {
     Message::Ping(seq.to_be_bytes().to_vec().into())
 }
 
-async fn write(ws: &mut Socket, msg: Message, timing: Timing) -> Result<(), String> {
+/// A frame that could not be written: the connection is dropped.
+#[derive(Debug)]
+pub enum WriteError {
+    /// The socket refused it (closed, reset, TLS failure).
+    Socket(tokio_tungstenite::tungstenite::Error),
+    /// The peer did not take it within [`Timing::write_timeout`].
+    TimedOut(Duration),
+}
+
+impl std::fmt::Display for WriteError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WriteError::Socket(e) => e.fmt(f),
+            WriteError::TimedOut(limit) => write!(f, "write did not finish within {limit:?}"),
+        }
+    }
+}
+
+impl std::error::Error for WriteError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            WriteError::Socket(e) => Some(e),
+            WriteError::TimedOut(_) => None,
+        }
+    }
+}
+
+async fn write(ws: &mut Socket, msg: Message, timing: Timing) -> Result<(), WriteError> {
     match tokio::time::timeout(timing.write_timeout, ws.send(msg)).await {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!(
-            "write did not finish within {:?}",
-            timing.write_timeout
-        )),
+        Ok(Err(e)) => Err(WriteError::Socket(e)),
+        Err(_) => Err(WriteError::TimedOut(timing.write_timeout)),
     }
 }

@@ -41,8 +41,28 @@ pub struct Health {
     disconnected_at: Mutex<Option<Instant>>,
     shutting_down: AtomicBool,
     draining: AtomicBool,
-    check: Mutex<Option<(Instant, Result<(), String>)>>,
+    check: Mutex<Option<(Instant, Result<(), Unready>)>>,
 }
+
+/// Why the runtime is not usable now (`/readyz` says so).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unready {
+    /// The runtime's own check failed; its words.
+    Check(String),
+    /// The check did not answer within its limit.
+    NoAnswer(Duration),
+}
+
+impl std::fmt::Display for Unready {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unready::Check(why) => f.write_str(why),
+            Unready::NoAnswer(limit) => write!(f, "no answer within {limit:?}"),
+        }
+    }
+}
+
+impl std::error::Error for Unready {}
 
 impl Default for Health {
     fn default() -> Self {
@@ -138,15 +158,15 @@ impl Health {
         }
     }
 
-    async fn runtime_check(&self, runtime: &dyn Runtime) -> Result<(), String> {
+    async fn runtime_check(&self, runtime: &dyn Runtime) -> Result<(), Unready> {
         if let Some((at, result)) = self.check.lock().unwrap().as_ref() {
             if at.elapsed() < CHECK_EVERY {
                 return result.clone();
             }
         }
         let result = match tokio::time::timeout(CHECK_TIMEOUT, runtime.check()).await {
-            Ok(r) => r,
-            Err(_) => Err(format!("no answer within {CHECK_TIMEOUT:?}")),
+            Ok(r) => r.map_err(Unready::Check),
+            Err(_) => Err(Unready::NoAnswer(CHECK_TIMEOUT)),
         };
         *self.check.lock().unwrap() = Some((Instant::now(), result.clone()));
         result

@@ -8,26 +8,30 @@ pub mod connection;
 pub mod delivery;
 pub mod dial;
 pub mod drain;
+pub mod event;
 pub mod health;
 pub mod invocation;
 pub mod journal;
 pub mod metrics;
 pub mod oom_score;
+pub mod outbox;
 pub mod proxy;
 pub mod runtime_recovery;
 pub mod session;
+pub mod startup;
 pub mod tasks;
 pub mod tls;
 
 use config::WorkerConfig;
 use oz_runtime::Runtime;
-use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
-/// Exit status when the shutdown deadline passed before every task ended
-/// and every report was delivered: tasks were force-stopped, and reports
-/// still undelivered wait in the journal for the next start.
+/// The exit status the binary gives [`Stopped::Incomplete`] (the shutdown
+/// deadline passed before every task ended and every report was delivered:
+/// tasks were force-stopped, and reports still undelivered wait in the
+/// journal for the next start). Here so the tests can name it.
 pub const EXIT_DRAIN_INCOMPLETE: u8 = 3;
 
 /// How long, after the tasks have ended, a shutdown waits for their reports
@@ -50,149 +54,113 @@ const CLOSE_AND_PUSH: Duration = Duration::from_secs(4);
 /// would otherwise hold the stop for its whole export timeout).
 const FINAL_PUSH: Duration = Duration::from_secs(2);
 
+/// How a worker that started ended (the binary turns it into an exit status).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// Every task ended within the shutdown timeout (or the drain finished)
+    /// and every report was confirmed: exit 0.
+    Complete,
+    /// The deadline passed first: tasks were force-stopped, or reports still
+    /// wait in the journal for the next start ([`EXIT_DRAIN_INCOMPLETE`]).
+    Incomplete,
+}
+
+/// Why the worker could not start; each names what to change.
+#[derive(Debug)]
+pub enum StartError {
+    /// The state directory (`--state-dir`) cannot hold the claim journal.
+    StateDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    /// The exporter `--metrics-listen` asked for could not start.
+    Metrics(metrics::ExporterError),
+    /// The health probes' address (`--health-listen`) cannot be bound.
+    HealthListen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::StateDir { path, source } => write!(
+                f,
+                "cannot use the state directory {}: {source}; the worker records every claim there before \
+                 it runs a task. Fix its permissions or choose another with --state-dir",
+                path.display()
+            ),
+            StartError::Metrics(e) => e.fmt(f),
+            StartError::HealthListen { addr, source } => write!(
+                f,
+                "cannot serve health probes on {addr}: {source}; choose another address with \
+                 --health-listen or OZ_HEALTH_LISTEN (workers sharing a network, such as containers \
+                 run with --network host, need one port each)"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for StartError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            StartError::StateDir { source, .. } | StartError::HealthListen { source, .. } => {
+                Some(source)
+            }
+            StartError::Metrics(e) => Some(e),
+        }
+    }
+}
+
 /// The worker over any runtime; `shutdown` resolves when the worker should
 /// stop taking tasks and wind down.
 ///
-/// Exit status: 0 when the drain finished in time, [`EXIT_DRAIN_INCOMPLETE`]
-/// when it did not, 1 when the worker could not start (its state directory
-/// is unusable, the metrics address is taken).
+/// `Ok` once it has stopped ([`Stopped`] says whether in time); `Err` when
+/// it could not start. It never prints, handles signals or exits: the
+/// binary does.
 pub async fn run_with(
     config: WorkerConfig,
     runtime: Arc<dyn Runtime>,
     shutdown: impl std::future::Future<Output = ()>,
-) -> ExitCode {
+) -> Result<Stopped, StartError> {
     run_with_drain(config, runtime, shutdown, std::future::pending()).await
 }
 
-/// [`run_with`], plus `drain`: when it resolves (SIGQUIT,
-/// [`drain::drain_signal`]) the worker drains ([`drain`]) and exits 0 once
-/// its tasks have ended and their reports are confirmed; `shutdown` during
-/// the drain falls back to the normal shutdown. With
-/// `--disconnect-after-task` the end of the first task starts the drain.
+/// [`run_with`], plus `drain`: when it resolves (the binary's SIGQUIT) the
+/// worker drains ([`drain`]) and stops [`Stopped::Complete`] once its tasks
+/// have ended and their reports are confirmed; `shutdown` during the drain
+/// falls back to the normal shutdown. With `--disconnect-after-task` the
+/// end of the first task starts the drain.
 pub async fn run_with_drain(
     config: WorkerConfig,
     runtime: Arc<dyn Runtime>,
     shutdown: impl std::future::Future<Output = ()>,
     drain: impl std::future::Future<Output = ()>,
-) -> ExitCode {
-    tracing::info!(worker_id = %oz_foundation::escape::Escaped(&config.worker_id), backend = runtime.name(), "starting: {}", runtime.describe());
-    let (journal, inherited) = match journal::Journal::open(&config.state_dir, &config.worker_id) {
-        Ok(j) => j,
-        Err(e) => {
-            eprintln!(
-                    "error: cannot use the state directory {}: {e}; the worker records every claim there before \
-                     it runs a task. Fix its permissions or choose another with --state-dir",
-                    config.state_dir.display()
-                );
-            return ExitCode::FAILURE;
-        }
-    };
-    let journal = Arc::new(journal);
-    let metrics = metrics::Metrics::new(
-        &config.worker_id,
-        runtime.name(),
-        config.max_concurrent_tasks,
-    );
-    // The exporter the OpenTelemetry variables choose (the Go worker's
-    // autoexport), or Prometheus on --metrics-listen.
-    let exporter = match metrics::start_exporter(&metrics, config.metrics_listen).await {
-        Ok(running) => running,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let health = Arc::new(health::Health::default());
-    if let Some(addr) = config.health_listen {
-        match health::serve(addr, health.clone(), runtime.clone()).await {
-            Ok(bound) => {
-                tracing::info!("serving health probes at http://{bound}/healthz and /readyz")
-            }
-            Err(e) => {
-                eprintln!(
-                    "error: cannot serve health probes on {addr}: {e}; choose another address with \
-                     --health-listen or OZ_HEALTH_LISTEN (workers sharing a network, such as containers \
-                     run with --network host, need one port each)"
-                );
-                return ExitCode::FAILURE;
-            }
-        }
-    }
-    let config = Arc::new(config);
-    let delivery = Arc::new(delivery::Delivery::new(journal.clone()));
-    let manager = tasks::TaskManager::new(
-        runtime.clone(),
-        config.clone(),
-        journal.clone(),
-        delivery.clone(),
-        metrics.clone(),
-    );
+) -> Result<Stopped, StartError> {
+    let core = Core::start(config, runtime).await?;
 
-    // What dead earlier instances left: reports to deliver, executions to
-    // resolve. Reported on the first connection, like any other report.
-    for (task, report) in inherited.undelivered {
-        tracing::info!(
-            task_id = task.task_id,
-            "delivering a report left undelivered by an earlier run of this worker"
-        );
-        delivery.resume(task, report);
-    }
-    let unfinished = inherited.unfinished.clone();
-    if runtime.reattaches() {
-        for task in unfinished.iter().cloned() {
-            manager.reattach(task);
-        }
-    }
-    // Then what the runtime still runs for dead instances of this worker
-    // id that the journal does not know (it was lost with the state dir).
-    runtime_recovery::recover_runtime_executions(&*runtime, &journal, &manager).await;
-    let unfinished = if runtime.reattaches() {
-        Vec::new()
-    } else {
-        unfinished
-    };
-    let mut resolved = runtime.recover(unfinished.clone()).await;
-    for task in unfinished {
-        if !resolved.iter().any(|(t, _)| *t == task) {
-            resolved.push((
-                task,
-                oz_runtime::RunOutcome::Failed(oz_runtime::Failure::new(
-                    oz_protocol::FailureReason::Unknown,
-                    "the worker died while it held this task and the runtime found nothing of it at the restart",
-                )),
-            ));
-        }
-    }
-    for (task, outcome) in resolved {
-        manager.report_recovered(task, outcome);
-    }
-    if !inherited.dispatched.is_empty() {
-        tracing::info!(
-            "{} task(s) dispatched by an earlier run of this worker are still known; a cancellation reaches their dispatcher",
-            inherited.dispatched.len()
-        );
-    }
-
-    let dispatch = tasks::Dispatch(manager.clone());
-    let close = tokio_util::sync::CancellationToken::new();
+    // One path in: every connection's events go to the core's one loop;
+    // one path out: the outbox.
+    let events = core.manager.events();
+    let close = CancellationToken::new();
     let session = session::Session {
-        config: &config,
-        timing: config.timing,
-        delivery: &delivery,
-        inbound: &dispatch,
+        config: &core.config,
+        timing: core.config.timing,
+        outbox: &core.outbox,
+        events: &events,
         close: close.clone(),
-        metrics: &metrics,
-        health: &health,
+        metrics: &core.metrics,
+        health: &core.health,
     };
-
     let session_run = session.run();
     tokio::pin!(session_run);
     tokio::pin!(shutdown);
     tokio::pin!(drain);
-    let one_task_ended = manager.one_task_ended();
+    let one_task_ended = core.manager.one_task_ended();
     tokio::pin!(one_task_ended);
     let draining = tokio::select! {
-        _ = &mut session_run => return ExitCode::SUCCESS,
+        _ = &mut session_run => return Ok(Stopped::Complete),
         _ = &mut shutdown => false,
         _ = &mut drain => true,
         _ = &mut one_task_ended => {
@@ -200,76 +168,173 @@ pub async fn run_with_drain(
             true
         }
     };
-    let mut drained = false;
-    if draining {
-        health.set_draining();
-        manager.start_drain();
+    let drained = draining && core.drain(&close, &mut session_run, &mut shutdown).await;
+    let deadline = tokio::time::Instant::now() + core.config.shutdown_timeout + STOP_TAIL;
+    let in_time = drained || core.shut_down(&close, &mut session_run, deadline).await;
+    Ok(core.release(in_time, deadline).await)
+}
+
+/// What a started worker holds, from start-up to its release.
+struct Core {
+    config: Arc<WorkerConfig>,
+    runtime: Arc<dyn Runtime>,
+    metrics: Arc<metrics::Metrics>,
+    /// Taken by [`Core::release`] for the last push.
+    exporter: std::sync::Mutex<Option<oz_telemetry::Running>>,
+    health: Arc<health::Health>,
+    delivery: Arc<delivery::Delivery>,
+    outbox: Arc<outbox::Outbox>,
+    manager: Arc<tasks::TaskManager>,
+}
+
+impl Core {
+    /// Opens the journal, starts the metrics exporter and the health
+    /// probes, and takes over what dead earlier instances left
+    /// ([`startup::take_over`]), all before the first connection.
+    async fn start(config: WorkerConfig, runtime: Arc<dyn Runtime>) -> Result<Core, StartError> {
+        tracing::info!(worker_id = %oz_foundation::escape::Escaped(&config.worker_id), backend = runtime.name(), "starting: {}", runtime.describe());
+        let (journal, inherited) = journal::Journal::open(&config.state_dir, &config.worker_id)
+            .map_err(|source| StartError::StateDir {
+                path: config.state_dir.clone(),
+                source,
+            })?;
+        let journal = Arc::new(journal);
+        let metrics = metrics::Metrics::new(
+            &config.worker_id,
+            runtime.name(),
+            config.max_concurrent_tasks,
+        );
+        // The exporter the OpenTelemetry variables choose (the Go worker's
+        // autoexport), or Prometheus on --metrics-listen.
+        let exporter = metrics::start_exporter(&metrics, config.metrics_listen)
+            .await
+            .map_err(StartError::Metrics)?;
+        let health = Arc::new(health::Health::default());
+        if let Some(addr) = config.health_listen {
+            let bound = health::serve(addr, health.clone(), runtime.clone())
+                .await
+                .map_err(|source| StartError::HealthListen { addr, source })?;
+            tracing::info!("serving health probes at http://{bound}/healthz and /readyz");
+        }
+        let config = Arc::new(config);
+        let delivery = Arc::new(delivery::Delivery::new(journal.clone()));
+        let outbox = Arc::new(outbox::Outbox::new(delivery.clone()));
+        let manager = tasks::TaskManager::new(
+            runtime.clone(),
+            config.clone(),
+            journal.clone(),
+            outbox.clone(),
+            metrics.clone(),
+        );
+        startup::take_over(inherited, runtime.as_ref(), &journal, &manager, &outbox).await;
+        Ok(Core {
+            config,
+            runtime,
+            metrics,
+            exporter: std::sync::Mutex::new(Some(exporter)),
+            health,
+            delivery,
+            outbox,
+            manager,
+        })
+    }
+
+    /// The drain ([`drain`]): no new claim, the running tasks end with no
+    /// deadline, their reports are confirmed and the socket closed. True
+    /// once done; false when `shutdown` came first (the normal shutdown
+    /// follows).
+    async fn drain(
+        &self,
+        close: &CancellationToken,
+        session_run: &mut (impl std::future::Future<Output = ()> + Unpin),
+        shutdown: &mut (impl std::future::Future<Output = ()> + Unpin),
+    ) -> bool {
+        self.health.set_draining();
+        self.manager.start_drain();
         tracing::info!(
             "draining: {} task(s) running; new tasks are rejected as at capacity; the worker exits when they have ended (SIGTERM stops them now)",
-            manager.active()
+            self.manager.active()
         );
         tokio::select! {
             _ = async {
-                tokio::join!(drain::finish(&manager, &delivery, &close), &mut session_run)
-            } => drained = true,
-            _ = &mut shutdown => {
+                tokio::join!(drain::finish(&self.manager, &self.delivery, close), session_run)
+            } => true,
+            _ = shutdown => {
                 tracing::info!("SIGTERM/SIGINT during the drain: shutting down the normal way");
+                false
             }
         }
     }
-    let deadline = tokio::time::Instant::now() + config.shutdown_timeout + STOP_TAIL;
-    let left = |reserve: Duration| {
-        deadline
-            .saturating_duration_since(tokio::time::Instant::now())
-            .saturating_sub(reserve)
-    };
-    let in_time = if drained {
-        true
-    } else {
-        health.set_shutting_down();
+
+    /// The normal shutdown, by `deadline`: tasks stopped ([`wind_down`])
+    /// while the session goes on delivering reports, then closed. True when
+    /// the tasks ended within the shutdown timeout.
+    async fn shut_down(
+        &self,
+        close: &CancellationToken,
+        session_run: &mut (impl std::future::Future<Output = ()> + Unpin),
+        deadline: tokio::time::Instant,
+    ) -> bool {
+        self.health.set_shutting_down();
         tracing::info!(
             "shutting down: {} task(s) running; stopping within {:?}",
-            manager.active(),
-            config.shutdown_timeout + STOP_TAIL
+            self.manager.active(),
+            self.config.shutdown_timeout + STOP_TAIL
         );
         // The session keeps running (delivering reports) while we wind down;
         // a socket that does not take the close frame (its write timeout is
         // 10 s) is dropped at the deadline instead.
         let session_until = deadline.checked_sub(FINAL_PUSH).unwrap_or(deadline);
+        let left = |reserve: Duration| left_of(deadline, reserve);
         let (in_time, session_ended) = tokio::join!(
-            wind_down(&manager, &config, &delivery, &close, &left),
-            tokio::time::timeout_at(session_until, &mut session_run)
+            wind_down(&self.manager, &self.config, &self.delivery, close, &left),
+            tokio::time::timeout_at(session_until, session_run)
         );
         if session_ended.is_err() {
             tracing::warn!("the connection did not close in time; dropped");
         }
         in_time
-    };
-    let release = left(FINAL_PUSH);
-    if tokio::time::timeout(release, runtime.shutdown(release))
-        .await
-        .is_err()
-    {
-        tracing::warn!("the runtime did not finish releasing what it holds within {release:?}");
     }
-    // A last push, so a collector sees the final state; bounded.
-    let push = left(Duration::ZERO).min(FINAL_PUSH);
-    if !exporter.shutdown_within(push).await {
-        tracing::warn!("the last metrics push did not finish within {push:?}; abandoned");
+
+    /// Releases the runtime and pushes the last metrics, both by
+    /// `deadline`; says whether the stop was [`Stopped::Complete`].
+    async fn release(&self, in_time: bool, deadline: tokio::time::Instant) -> Stopped {
+        let release = left_of(deadline, FINAL_PUSH);
+        if tokio::time::timeout(release, self.runtime.shutdown(release))
+            .await
+            .is_err()
+        {
+            tracing::warn!("the runtime did not finish releasing what it holds within {release:?}");
+        }
+        // A last push, so a collector sees the final state; bounded.
+        let push = left_of(deadline, Duration::ZERO).min(FINAL_PUSH);
+        let exporter = self.exporter.lock().unwrap().take();
+        if let Some(exporter) = exporter {
+            if !exporter.shutdown_within(push).await {
+                tracing::warn!("the last metrics push did not finish within {push:?}; abandoned");
+            }
+        }
+        if !self.delivery.is_empty() {
+            tracing::warn!(
+                "{} report(s) not yet confirmed by the orchestrator; they are kept under {} and delivered by the next start of this worker",
+                self.delivery.len(),
+                self.config.state_dir.display()
+            );
+        }
+        tracing::info!("worker stopped");
+        if in_time && self.delivery.is_empty() {
+            Stopped::Complete
+        } else {
+            Stopped::Incomplete
+        }
     }
-    if !delivery.is_empty() {
-        tracing::warn!(
-            "{} report(s) not yet confirmed by the orchestrator; they are kept under {} and delivered by the next start of this worker",
-            delivery.len(),
-            config.state_dir.display()
-        );
-    }
-    tracing::info!("worker stopped");
-    if in_time && delivery.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(EXIT_DRAIN_INCOMPLETE)
-    }
+}
+
+/// What is left of the time until `deadline`, keeping `reserve` back.
+fn left_of(deadline: tokio::time::Instant, reserve: Duration) -> Duration {
+    deadline
+        .saturating_duration_since(tokio::time::Instant::now())
+        .saturating_sub(reserve)
 }
 
 /// Stops the running tasks (bounded), gives their reports a bounded chance
@@ -279,7 +344,7 @@ async fn wind_down(
     manager: &tasks::TaskManager,
     config: &WorkerConfig,
     delivery: &delivery::Delivery,
-    close: &tokio_util::sync::CancellationToken,
+    close: &CancellationToken,
     left: &dyn Fn(Duration) -> Duration,
 ) -> bool {
     let in_time = manager.shutdown(config.shutdown_timeout).await;
@@ -295,27 +360,4 @@ async fn wind_down(
     }
     close.cancel();
     in_time
-}
-
-/// Resolves on the first SIGINT or SIGTERM; a second one exits at once with
-/// 128 + the signal number (the shell's convention): 130 for SIGINT, 143
-/// for SIGTERM. The journal keeps what the process held.
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => tracing::info!("received SIGTERM"),
-        _ = int.recv() => tracing::info!("received SIGINT"),
-    }
-    tokio::spawn(async move {
-        let code = tokio::select! {
-            _ = term.recv() => 128 + 15,
-            _ = int.recv() => 128 + 2,
-        };
-        eprintln!(
-            "second signal: exiting immediately (what was running is recovered at the next start)"
-        );
-        std::process::exit(code);
-    });
 }

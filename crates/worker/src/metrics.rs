@@ -331,7 +331,7 @@ impl oz_telemetry::Source for Metrics {
 pub async fn start_exporter(
     metrics: &Arc<Metrics>,
     metrics_listen: Option<SocketAddr>,
-) -> Result<Running, String> {
+) -> Result<Running, ExporterError> {
     let flag = metrics_listen.map(|a| a.to_string());
     let choice = exporter::choose(flag.as_deref(), &|name| std::env::var(name).ok());
     start_chosen(metrics, choice).await
@@ -354,11 +354,28 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<S
     Ok(bound)
 }
 
+/// The exporter `--metrics-listen` asked for could not start (its address
+/// is taken, or cannot be bound): the worker stops rather than run without
+/// the metrics the operator asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExporterError {
+    /// What the telemetry layer said, naming the address.
+    pub reason: String,
+}
+
+impl std::fmt::Display for ExporterError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.reason)
+    }
+}
+
+impl std::error::Error for ExporterError {}
+
 /// [`start_exporter`] for an already made choice (tests give their own).
 pub async fn start_chosen(
     metrics: &Arc<Metrics>,
     choice: exporter::Choice,
-) -> Result<Running, String> {
+) -> Result<Running, ExporterError> {
     for warning in &choice.warnings {
         tracing::warn!("metrics: {warning}");
     }
@@ -376,7 +393,7 @@ pub async fn start_chosen(
             tracing::info!("metrics: {}", running.description);
             Ok(running)
         }
-        Err(e) if from_flag => Err(e),
+        Err(reason) if from_flag => Err(ExporterError { reason }),
         Err(e) => {
             tracing::error!("metrics: {e} (continuing without metrics)");
             Ok(Running::off(format!("off ({e})")))

@@ -102,7 +102,7 @@ impl OutboundProxy {
     /// naming the variable and the fix; one of the other variable (hosts
     /// often set both for other programs) is only a warning, as Go never
     /// reads it for such a URL.
-    pub fn from_env(env: &dyn EnvLookup, secure: bool) -> Result<OutboundProxy, String> {
+    pub fn from_env(env: &dyn EnvLookup, secure: bool) -> Result<OutboundProxy, ProxyError> {
         let get = |upper: &'static str, lower: &'static str| {
             [upper, lower].into_iter().find_map(|name| {
                 env.var(name)
@@ -192,8 +192,33 @@ impl OutboundProxy {
     }
 }
 
+/// A proxy variable whose value cannot be used. Its `Display` names the
+/// variable, the problem and the fix, never the value (it may hold a
+/// password).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyError {
+    /// `HTTP_PROXY`, `https_proxy`, … as the environment spelled it.
+    pub variable: &'static str,
+    /// What is wrong with the value.
+    pub problem: String,
+}
+
+impl std::fmt::Display for ProxyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: {}. Set it to the proxy's URL, e.g. http://proxy.example:3128 or \
+             http://user:password@proxy.example:3128 (socks5:// and https:// proxies work too; \
+             percent-encode @ : / # ? % in a user or password, e.g. %40 for @), or unset it",
+            self.variable, self.problem
+        )
+    }
+}
+
+impl std::error::Error for ProxyError {}
+
 /// A proxy URL as Go's `httpproxy` parses it.
-fn parse_proxy(name: &'static str, value: &str) -> Result<ProxyUrl, String> {
+fn parse_proxy(name: &'static str, value: &str) -> Result<ProxyUrl, ProxyError> {
     let value = value.trim();
     // `proxy:3128` has no scheme (a URL parser reads "proxy" as one): Go
     // retries such a value with http:// in front.
@@ -202,12 +227,9 @@ fn parse_proxy(name: &'static str, value: &str) -> Result<ProxyUrl, String> {
         Err(e) if value.contains("://") => Err(e),
         _ => url::Url::parse(&format!("http://{value}")),
     };
-    let bad = |why: String| {
-        format!(
-            "{name}: {why}. Set it to the proxy's URL, e.g. http://proxy.example:3128 or \
-             http://user:password@proxy.example:3128 (socks5:// and https:// proxies work too; \
-             percent-encode @ : / # ? % in a user or password, e.g. %40 for @), or unset it"
-        )
+    let bad = |problem: String| ProxyError {
+        variable: name,
+        problem,
     };
     let url = parsed.map_err(|e| bad(format!("not a URL ({e})")))?;
     // `http://alice:pa/ss@proxy` parses as host "alice", port "pa" and a
@@ -515,10 +537,10 @@ mod tests {
         assert_eq!(p.user.as_deref(), Some("us@er"));
         assert_eq!(p.password.as_ref().unwrap().expose_str(), "p:ss");
 
-        let err = one("ftp://proxy.corp:21").unwrap_err();
+        let err = one("ftp://proxy.corp:21").unwrap_err().to_string();
         assert!(err.starts_with("HTTPS_PROXY: the scheme ftp://"), "{err}");
         assert!(err.contains("http://proxy.example:3128"), "{err}");
-        let err = one("http://proxy corp:3128").unwrap_err();
+        let err = one("http://proxy corp:3128").unwrap_err().to_string();
         assert!(err.contains("HTTPS_PROXY: not a URL"), "{err}");
     }
 
@@ -544,7 +566,9 @@ mod tests {
             p.warnings()
         );
         // ws:// uses HTTP_PROXY: the same value is an error.
-        let err = OutboundProxy::from_env(&env(&vars), false).unwrap_err();
+        let err = OutboundProxy::from_env(&env(&vars), false)
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("HTTP_PROXY: the scheme socks4://"), "{err}");
     }
 
@@ -555,12 +579,15 @@ mod tests {
             "http://alice:a?b@proxy.corp:3128",
             "http://alice:a#b@proxy.corp:3128",
         ] {
-            let err = OutboundProxy::from_env(&env(&[("HTTPS_PROXY", v)]), true).unwrap_err();
+            let err = OutboundProxy::from_env(&env(&[("HTTPS_PROXY", v)]), true)
+                .unwrap_err()
+                .to_string();
             assert!(err.contains("percent-encode"), "{v}: {err}");
             assert!(!err.contains("SECRETPW") && !err.contains("a?b"), "{err}");
         }
         let err = OutboundProxy::from_env(&env(&[("HTTPS_PROXY", "http://u:%ff%fe@p:1")]), true)
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("not UTF-8"), "{err}");
     }
 
@@ -592,7 +619,8 @@ mod tests {
         assert!(shown.contains("(with credentials)"), "{shown}");
         // A bad value's error does not repeat it (it may hold the password).
         let err = OutboundProxy::from_env(&env(&[("HTTPS_PROXY", "gopher://a:hunter2@p:1")]), true)
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(!err.contains("hunter2"), "{err}");
     }
 }

@@ -3,10 +3,10 @@
 
 use crate::backoff::ExponentialBackoff;
 use crate::config::WorkerConfig;
-use crate::connection::{drive, Ended, Inbound, Socket, Timing};
-use crate::delivery::Delivery;
+use crate::connection::{drive, Ended, Events, Socket, Timing};
 use crate::dial::DialError;
 use crate::metrics::Metrics;
+use crate::outbox::Outbox;
 use oz_protocol::extensions::EXTENSIONS_HEADER;
 use oz_protocol::{Extensions, WORKER_VERSION, WORKER_VERSION_HEADER};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -16,8 +16,10 @@ use tokio_util::sync::CancellationToken;
 pub struct Session<'a> {
     pub config: &'a WorkerConfig,
     pub timing: Timing,
-    pub delivery: &'a Delivery,
-    pub inbound: &'a dyn Inbound,
+    /// What goes out on every connection.
+    pub outbox: &'a Outbox,
+    /// The core's event loop, which every connection feeds.
+    pub events: &'a Events,
     /// Fires when the worker has finished its work and wants a normal close.
     pub close: CancellationToken,
     pub metrics: &'a Metrics,
@@ -60,8 +62,8 @@ impl Session<'_> {
                     backoff.reset();
                     let cx = crate::connection::Context {
                         timing: self.timing,
-                        delivery: self.delivery,
-                        inbound: self.inbound,
+                        outbox: self.outbox,
+                        events: self.events,
                         close: &self.close,
                         health: self.health,
                     };

@@ -5,11 +5,12 @@
 //! recorded cause decides how the stop is reported.
 
 use crate::config::WorkerConfig;
-use crate::connection::{Inbound, Link};
-use crate::delivery::Delivery;
+use crate::connection::Link;
+use crate::event::{Event, Events};
 use crate::invocation;
 use crate::journal::{ExecutionState, Journal};
 use crate::metrics::{Metrics, TaskResult};
+use crate::outbox::Outbox;
 use oz_foundation::escape::Escaped;
 use oz_protocol::*;
 use oz_runtime::{Failure, OutputSink, RunOutcome, Runtime, TaskContext, TaskRef};
@@ -17,7 +18,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
 /// After the shutdown deadline, how long force-stopped tasks get to finish
@@ -48,10 +49,18 @@ enum StopCause {
     Timeout(Duration),
 }
 
-struct Running {
+/// One execution's place among the running tasks: held in the manager's
+/// map while it runs, and a clone of it by the task's own future. Every
+/// field is shared, so the manager stops, forces or settles the task
+/// through the same slot the run watches.
+#[derive(Clone)]
+struct Slot {
     task: TaskRef,
+    /// A cancellation, a shutdown or the task deadline: stop gracefully.
     stop: CancellationToken,
+    /// The shutdown deadline passed: stop now, skip the grace period.
     force: CancellationToken,
+    /// Why `stop` fired, first cause wins; decides the report.
     cause: Arc<Mutex<Option<StopCause>>>,
     /// Set when the core reported the task itself (the runtime did not
     /// return in time at shutdown): a later outcome is not reported again.
@@ -65,10 +74,11 @@ pub struct TaskManager {
     runtime: Arc<dyn Runtime>,
     config: Arc<WorkerConfig>,
     journal: Arc<Journal>,
-    delivery: Arc<Delivery>,
+    /// Everything sent to the orchestrator goes out here.
+    outbox: Arc<Outbox>,
     metrics: Arc<Metrics>,
     /// By task id: one execution of a task at a time.
-    running: Mutex<HashMap<String, Running>>,
+    running: Mutex<HashMap<String, Slot>>,
     accepting: AtomicBool,
     /// Set by [`TaskManager::start_drain`]: every offer is rejected as at
     /// capacity; running tasks go on.
@@ -76,9 +86,6 @@ pub struct TaskManager {
     /// `--disconnect-after-task`: set once a task was claimed; no other is.
     claimed_one: AtomicBool,
     finished: Notify,
-    /// The connection live output goes to (the newest one); forwarders wait
-    /// on it while there is none.
-    links: tokio::sync::watch::Sender<Option<Link>>,
     /// Cancelled when shutdown starts: nothing waits for a reconnection then.
     stopping: CancellationToken,
     /// Assignments received on a connection that closed before their claim
@@ -88,6 +95,17 @@ pub struct TaskManager {
     /// Dispatched executions whose cancellation is under way: a repeated
     /// `task_cancellation` runs nothing more.
     cancelling: Mutex<std::collections::HashSet<TaskRef>>,
+    /// The way into this manager's event loop ([`Self::serve_events`]).
+    events: Events,
+}
+
+/// A run's end on its way to the report step, carried by
+/// [`Event::Finished`].
+pub struct RunEnded {
+    slot: Slot,
+    outcome: RunOutcome,
+    /// When the run was claimed (or followed again): its duration's start.
+    started: std::time::Instant,
 }
 
 impl TaskManager {
@@ -95,25 +113,34 @@ impl TaskManager {
         runtime: Arc<dyn Runtime>,
         config: Arc<WorkerConfig>,
         journal: Arc<Journal>,
-        delivery: Arc<Delivery>,
+        outbox: Arc<Outbox>,
         metrics: Arc<Metrics>,
     ) -> Arc<Self> {
-        Arc::new(TaskManager {
+        let (events, inbox) = mpsc::unbounded_channel();
+        let manager = Arc::new(TaskManager {
             runtime,
             config,
             journal,
-            delivery,
+            outbox,
             metrics,
             running: Mutex::new(HashMap::new()),
             accepting: AtomicBool::new(true),
             draining: AtomicBool::new(false),
             claimed_one: AtomicBool::new(false),
             finished: Notify::new(),
-            links: tokio::sync::watch::Sender::new(None),
             stopping: CancellationToken::new(),
             unclaimed: Mutex::new(Vec::new()),
             cancelling: Mutex::new(Default::default()),
-        })
+            events,
+        });
+        tokio::spawn(Self::serve_events(Arc::downgrade(&manager), inbox));
+        manager
+    }
+
+    /// The way in for connections: events sent here reach the manager's
+    /// one loop, in order.
+    pub fn events(&self) -> Events {
+        self.events.clone()
     }
 
     /// Tasks running now.
@@ -145,7 +172,7 @@ impl TaskManager {
         let msg = report(&task, outcome, None);
         self.metrics
             .finished(result_of(&msg), Duration::ZERO, failure_of(&msg));
-        self.delivery.push(task, msg);
+        self.outbox.report(task, msg);
     }
 
     fn claim_message(&self, task: &TaskRef, link: &Link) -> WorkerMessage {
@@ -161,6 +188,10 @@ impl TaskManager {
         })
     }
 
+    /// An assignment from `link`, through its named steps: dedupe and
+    /// journal ([`Self::dedupe`]), capacity ([`Self::capacity`]), a slot
+    /// ([`Self::take_slot`]); then, in the task's own future, claim
+    /// ([`Self::claim`]), run ([`Self::run`]) and report ([`Self::report`]).
     fn assign(self: &Arc<Self>, a: TaskAssignment, link: &Link) {
         let task = TaskRef {
             task_id: a.task_id.clone(),
@@ -173,324 +204,351 @@ impl TaskManager {
             .retain(|t| t.task_id != task.task_id);
         let slot = {
             let mut running = self.running.lock().unwrap();
-            if let Some(r) = running.get(&task.task_id) {
-                if r.task == task && link.extensions().task_reannounce {
-                    // The server may have lost our claim (it restarted): repeat it.
-                    self.send_in_background(link, self.claim_message(&task, link));
-                }
-                tracing::info!(
-                    task_id = task.task_id,
-                    execution_id = task.execution_id.as_deref().unwrap_or(""),
-                    "ignoring a repeated assignment for a task this worker is running"
-                );
+            if !self.dedupe(&task, &running, link) {
                 return;
             }
-            match self.journal.get(&task).map(|e| e.state) {
-                Some(ExecutionState::Finished { report, .. }) => {
-                    tracing::info!(
-                        task_id = task.task_id,
-                        execution_id = task.execution_id.as_deref().unwrap_or(""),
-                        "this execution already ran here: answering with its stored {} instead of running it again",
-                        report.kind()
-                    );
-                    self.delivery.resume(task, report);
-                    return;
-                }
-                Some(ExecutionState::Dispatched) => {
-                    if link.extensions().task_reannounce {
-                        self.send_in_background(link, self.claim_message(&task, link));
-                    }
-                    tracing::info!(
-                        task_id = task.task_id,
-                        execution_id = task.execution_id.as_deref().unwrap_or(""),
-                        "ignoring an assignment for an execution already dispatched"
-                    );
-                    return;
-                }
-                Some(ExecutionState::Claimed) => {
-                    tracing::info!(
-                        task_id = task.task_id,
-                        execution_id = task.execution_id.as_deref().unwrap_or(""),
-                        "ignoring an assignment for an execution still being recovered"
-                    );
-                    return;
-                }
-                None => {}
-            }
-            let one_only = self.config.disconnect_after_task
-                && (self.claimed_one.load(Ordering::SeqCst) || !running.is_empty());
-            let refusal = if !self.accepting.load(Ordering::SeqCst) {
-                Some(("shutting_down", "worker is shutting down".to_string()))
-            } else if self.draining.load(Ordering::SeqCst) || one_only {
-                tracing::info!(
-                    task_id = task.task_id,
-                    "draining ({}): rejecting the task as at capacity so the orchestrator offers it elsewhere",
-                    if one_only { "--disconnect-after-task" } else { "SIGQUIT" }
-                );
-                Some((
-                    crate::metrics::REJECT_AT_CAPACITY,
-                    AT_CAPACITY_REASON.to_string(),
-                ))
-            } else {
-                match self.config.max_concurrent_tasks {
-                    Some(max) if running.len() >= max as usize => Some((
-                        "at_capacity",
-                        format!("at capacity: {} of {max} tasks running", running.len()),
-                    )),
-                    _ => None,
-                }
-            };
-            if let Some((kind, reason)) = refusal {
-                tracing::info!(
-                    task_id = task.task_id,
-                    execution_id = task.execution_id.as_deref().unwrap_or(""),
-                    "rejecting task: {}",
-                    Escaped(&reason)
-                );
-                self.metrics.rejected(kind);
-                self.send_in_background(
-                    link,
-                    WorkerMessage::TaskRejected(TaskRejected {
-                        task_id: task.task_id.clone(),
-                        reason,
-                        execution_id: None,
-                    }),
-                );
+            if let Some((kind, reason)) = self.capacity(&task, &running) {
+                self.reject(&task, kind, reason, link);
                 return;
             }
-            let r = Running {
-                task: task.clone(),
-                stop: CancellationToken::new(),
-                force: CancellationToken::new(),
-                cause: Arc::new(Mutex::new(None)),
-                reported: Arc::new(AtomicBool::new(false)),
-                detached: Arc::new(AtomicBool::new(false)),
-            };
-            let handle = (
-                r.stop.clone(),
-                r.force.clone(),
-                r.cause.clone(),
-                r.reported.clone(),
-                r.detached.clone(),
-            );
-            running.insert(task.task_id.clone(), r);
-            self.metrics.set_active(running.len());
-            handle
+            self.take_slot(task.clone(), &mut running)
         };
-        let this = self.clone();
-        let link = link.clone();
         // Every line logged about this task, here and in the runtime, carries
         // its task and execution ids.
-        let span = tracing::info_span!(
-            "task",
-            task_id = %Escaped(&task.task_id),
-            execution_id = %Escaped(task.execution_id.as_deref().unwrap_or(""))
-        );
-        let run = async move {
-            let (stop, force, cause, reported, detached) = slot;
-            // The journal first: a claim we cannot record is a claim we could
-            // not honour after a crash.
-            if let Err(e) = this.journal.claimed(&task) {
-                tracing::error!(
-                    task_id = task.task_id,
-                    "cannot record the claim in the journal under {}: {e}; rejecting the task",
-                    this.config.state_dir.display()
-                );
-                this.metrics.rejected("journal");
-                link.send(WorkerMessage::TaskRejected(TaskRejected {
-                    task_id: task.task_id.clone(),
-                    reason: "the worker cannot write its state directory".into(),
-                    execution_id: None,
-                }))
-                .await;
-                this.finish(&task.task_id);
+        let span = task_span(&task);
+        let this = self.clone();
+        let link = link.clone();
+        let steps = async move {
+            if !this.claim(&slot, &link).await {
                 return;
             }
-            if !link.send(this.claim_message(&task, &link)).await {
-                // Without a written claim the server re-queues the task;
-                // running it anyway could run it twice. A server that
-                // restarted meanwhile cannot know the claim never came (it
-                // waits for a re-announce): tell the next connection.
-                this.journal.forget(&task);
-                if link.extensions().task_reannounce && task.execution_id.is_some() {
-                    tracing::warn!(
-                        task_id = task.task_id,
-                        "the claim could not be sent (connection lost); the next connection releases the task so the server offers it again at once"
-                    );
-                    this.unclaimed.lock().unwrap().push(task.clone());
-                } else {
-                    tracing::warn!(
-                        task_id = task.task_id,
-                        "the claim could not be sent (connection lost); leaving the task to the server"
-                    );
-                }
-                this.finish(&task.task_id);
-                return;
+            let claimed_at = std::time::Instant::now();
+            let outcome = this.run(a, &slot, &link).await;
+            this.ended(slot, outcome, claimed_at);
+        };
+        tokio::spawn(tracing::Instrument::instrument(steps, span));
+    }
+
+    /// Step 1, dedupe and journal: whether `task` is new here. An execution
+    /// running now, already finished (answered with its stored report),
+    /// dispatched or still being recovered is not run again; a server that
+    /// may have lost our claim (task-reannounce) hears it again.
+    fn dedupe(&self, task: &TaskRef, running: &HashMap<String, Slot>, link: &Link) -> bool {
+        let execution_id = task.execution_id.as_deref().unwrap_or("");
+        if let Some(r) = running.get(&task.task_id) {
+            if r.task == *task && link.extensions().task_reannounce {
+                // The server may have lost our claim (it restarted): repeat it.
+                self.outbox.post(link, self.claim_message(task, link));
             }
-            this.metrics.claimed();
-            this.claimed_one.store(true, Ordering::SeqCst);
             tracing::info!(
                 task_id = task.task_id,
-                execution_id = task.execution_id.as_deref().unwrap_or(""),
-                "claimed task"
+                execution_id,
+                "ignoring a repeated assignment for a task this worker is running"
             );
-            let claimed_at = std::time::Instant::now();
-            // The task deadline counts from the claim: past it the task is
-            // stopped through the same token a cancellation uses.
-            let deadline = this.config.task_timeout.map(|limit| {
-                let (stop, cause) = (stop.clone(), cause.clone());
-                // In the task's span: the line names the task and execution.
-                tokio::spawn(tracing::Instrument::in_current_span(async move {
-                    tokio::time::sleep(limit).await;
-                    let mut cause = cause.lock().unwrap();
-                    if cause.is_none() {
-                        *cause = Some(StopCause::Timeout(limit));
-                        tracing::warn!(
-                            "the task ran past task_timeout ({}): stopping it",
-                            go_duration(limit)
-                        );
-                    }
-                    drop(cause);
-                    stop.cancel();
-                }))
-            });
-            // Live output only for a server that asked for it.
-            let (output, forwarder) = if link.extensions().task_output {
-                let (sink, reader) = OutputSink::channel();
-                let forwarder = tokio::spawn(tracing::Instrument::in_current_span(
-                    this.clone().forward_output(task.clone(), reader),
-                ));
-                (sink, Some(forwarder))
-            } else {
-                (OutputSink::none(), None)
-            };
-            let outcome = match invocation::build(&a, &this.config) {
-                Err(failure) => RunOutcome::Failed(failure),
-                Ok(inv) => {
-                    let ctx = TaskContext {
-                        stop,
-                        force,
-                        output: output.clone(),
-                    };
-                    this.runtime.run(inv, ctx).await
+            return false;
+        }
+        match self.journal.get(task).map(|e| e.state) {
+            Some(ExecutionState::Finished { report, .. }) => {
+                tracing::info!(
+                    task_id = task.task_id,
+                    execution_id,
+                    "this execution already ran here: answering with its stored {} instead of running it again",
+                    report.kind()
+                );
+                self.outbox.report_again(task.clone(), report);
+                false
+            }
+            Some(ExecutionState::Dispatched) => {
+                if link.extensions().task_reannounce {
+                    self.outbox.post(link, self.claim_message(task, link));
                 }
-            };
-            if let Some(deadline) = deadline {
-                deadline.abort();
+                tracing::info!(
+                    task_id = task.task_id,
+                    execution_id,
+                    "ignoring an assignment for an execution already dispatched"
+                );
+                false
             }
-            output.close();
-            // The task's last output goes out before its report, so a reader
-            // that stops at the report has it all; bounded, because a stalled
-            // link must not hold the report back (what is left is dropped
-            // and counted).
-            if let Some(forwarder) = forwarder {
-                this.wait_for_output(forwarder).await;
+            Some(ExecutionState::Claimed) => {
+                tracing::info!(
+                    task_id = task.task_id,
+                    execution_id,
+                    "ignoring an assignment for an execution still being recovered"
+                );
+                false
             }
-            if this.settled_elsewhere(&task, &reported, &detached) {
-                return;
-            }
-            if outcome == RunOutcome::Spawned {
-                if let Err(e) = this.journal.dispatched(&task) {
-                    tracing::error!(task_id = task.task_id, "cannot record the dispatch: {e}");
-                }
-                tracing::info!(task_id = task.task_id, "task dispatched; its slot is free");
-                this.metrics
-                    .finished(TaskResult::Dispatched, claimed_at.elapsed(), None);
-                this.finish(&task.task_id);
-                return;
-            }
-            let cause = *cause.lock().unwrap();
-            let msg = report(&task, outcome, cause);
-            this.metrics
-                .finished(result_of(&msg), claimed_at.elapsed(), failure_of(&msg));
-            log_report(&msg);
-            this.delivery.push(task.clone(), msg);
-            this.finish(&task.task_id);
-        };
-        tokio::spawn(tracing::Instrument::instrument(run, span));
+            None => true,
+        }
     }
 
-    /// Whether a run's outcome is no longer the run's to report: the core
-    /// reported it at shutdown, or detached it (the next start follows the
-    /// task again). Frees the slot when so.
-    fn settled_elsewhere(
+    /// Step 2, capacity: why this worker cannot take `task` now (the metric
+    /// label and the rejection reason), or `None` when it can. A shutdown,
+    /// a drain (SIGQUIT or `--disconnect-after-task`) and
+    /// `max_concurrent_tasks` refuse.
+    fn capacity(
         &self,
         task: &TaskRef,
-        reported: &AtomicBool,
-        detached: &AtomicBool,
-    ) -> bool {
-        let why = if detached.load(Ordering::SeqCst) {
-            "the runtime returned after the task was left to the next start"
-        } else if reported.load(Ordering::SeqCst) {
-            "the runtime returned after the task was reported at shutdown"
+        running: &HashMap<String, Slot>,
+    ) -> Option<(&'static str, String)> {
+        let one_only = self.config.disconnect_after_task
+            && (self.claimed_one.load(Ordering::SeqCst) || !running.is_empty());
+        if !self.accepting.load(Ordering::SeqCst) {
+            Some(("shutting_down", "worker is shutting down".to_string()))
+        } else if self.draining.load(Ordering::SeqCst) || one_only {
+            tracing::info!(
+                task_id = task.task_id,
+                "draining ({}): rejecting the task as at capacity so the orchestrator offers it elsewhere",
+                if one_only { "--disconnect-after-task" } else { "SIGQUIT" }
+            );
+            Some((
+                crate::metrics::REJECT_AT_CAPACITY,
+                AT_CAPACITY_REASON.to_string(),
+            ))
         } else {
-            return false;
-        };
-        tracing::info!(task_id = task.task_id, "{why}");
-        self.finish(&task.task_id);
-        true
+            match self.config.max_concurrent_tasks {
+                Some(max) if running.len() >= max as usize => Some((
+                    "at_capacity",
+                    format!("at capacity: {} of {max} tasks running", running.len()),
+                )),
+                _ => None,
+            }
+        }
     }
 
-    /// Follows again an execution that an earlier instance of this worker
-    /// claimed and did not finish, on a runtime whose tasks outlive the
-    /// worker ([`Runtime::reattaches`]): it holds a slot, can be cancelled
-    /// and is reported like any run. It was claimed already, so nothing is
-    /// claimed again (a server that offered `task-reannounce` hears of it
-    /// as a held task on connect).
-    pub fn reattach(self: &Arc<Self>, task: TaskRef) {
-        let r = Running {
-            task: task.clone(),
+    /// Refuses `task` on `link` with `reason`, counted under `kind`.
+    fn reject(&self, task: &TaskRef, kind: &'static str, reason: String, link: &Link) {
+        tracing::info!(
+            task_id = task.task_id,
+            execution_id = task.execution_id.as_deref().unwrap_or(""),
+            "rejecting task: {}",
+            Escaped(&reason)
+        );
+        self.metrics.rejected(kind);
+        self.outbox.post(
+            link,
+            WorkerMessage::TaskRejected(TaskRejected {
+                task_id: task.task_id.clone(),
+                reason,
+                execution_id: None,
+            }),
+        );
+    }
+
+    /// Holds a slot for `task` (under the `running` lock, so capacity and
+    /// the slot are decided together) and returns the run's copy of it.
+    fn take_slot(&self, task: TaskRef, running: &mut HashMap<String, Slot>) -> Slot {
+        let slot = Slot {
+            task,
             stop: CancellationToken::new(),
             force: CancellationToken::new(),
             cause: Arc::new(Mutex::new(None)),
             reported: Arc::new(AtomicBool::new(false)),
             detached: Arc::new(AtomicBool::new(false)),
         };
-        // Live output as for a fresh task: the forwarder waits for a
-        // connection, and stops at one that takes no output.
-        let (output, reader) = OutputSink::channel();
-        let ctx = TaskContext {
-            stop: r.stop.clone(),
-            force: r.force.clone(),
-            output: output.clone(),
-        };
-        let (cause, reported, detached) = (r.cause.clone(), r.reported.clone(), r.detached.clone());
-        {
-            let mut running = self.running.lock().unwrap();
-            running.insert(task.task_id.clone(), r);
-            self.metrics.set_active(running.len());
+        running.insert(slot.task.task_id.clone(), slot.clone());
+        self.metrics.set_active(running.len());
+        slot
+    }
+
+    /// Step 3, claim: records the claim in the journal (synced), then writes
+    /// `task_claimed` on `link`. False, with the slot freed, when either
+    /// fails: a claim that cannot be recorded is rejected (it could not be
+    /// honoured after a crash); one that cannot be written is forgotten (the
+    /// server re-queues the task; running it anyway could run it twice) and,
+    /// on a task-reannounce connection, released by the next connection.
+    async fn claim(&self, slot: &Slot, link: &Link) -> bool {
+        let task = &slot.task;
+        if let Err(e) = self.journal.claimed(task) {
+            tracing::error!(
+                task_id = task.task_id,
+                "cannot record the claim in the journal under {}: {e}; rejecting the task",
+                self.config.state_dir.display()
+            );
+            self.metrics.rejected("journal");
+            self.outbox
+                .send(
+                    link,
+                    WorkerMessage::TaskRejected(TaskRejected {
+                        task_id: task.task_id.clone(),
+                        reason: "the worker cannot write its state directory".into(),
+                        execution_id: None,
+                    }),
+                )
+                .await;
+            self.finish(&task.task_id);
+            return false;
         }
+        if !self.outbox.send(link, self.claim_message(task, link)).await {
+            // A server that restarted meanwhile cannot know the claim never
+            // came (it waits for a re-announce): tell the next connection.
+            self.journal.forget(task);
+            if link.extensions().task_reannounce && task.execution_id.is_some() {
+                tracing::warn!(
+                    task_id = task.task_id,
+                    "the claim could not be sent (connection lost); the next connection releases the task so the server offers it again at once"
+                );
+                self.unclaimed.lock().unwrap().push(task.clone());
+            } else {
+                tracing::warn!(
+                    task_id = task.task_id,
+                    "the claim could not be sent (connection lost); leaving the task to the server"
+                );
+            }
+            self.finish(&task.task_id);
+            return false;
+        }
+        self.metrics.claimed();
+        self.claimed_one.store(true, Ordering::SeqCst);
         tracing::info!(
             task_id = task.task_id,
             execution_id = task.execution_id.as_deref().unwrap_or(""),
+            "claimed task"
+        );
+        true
+    }
+
+    /// Step 4, run: the assignment through the runtime, under the task
+    /// deadline (counted from the claim; past it the task is stopped through
+    /// the slot's `stop`, as a cancellation is), with live output forwarded
+    /// when `link`'s server asked for it. Returns once the runtime has and
+    /// the task's last output went out (bounded).
+    async fn run(self: &Arc<Self>, a: TaskAssignment, slot: &Slot, link: &Link) -> RunOutcome {
+        let deadline = self
+            .config
+            .task_timeout
+            .map(|limit| spawn_deadline(limit, slot));
+        // Live output only for a server that asked for it.
+        let (output, forwarder) = if link.extensions().task_output {
+            let (sink, reader) = OutputSink::channel();
+            let forwarder = tokio::spawn(tracing::Instrument::in_current_span(
+                self.clone().forward_output(slot.task.clone(), reader),
+            ));
+            (sink, Some(forwarder))
+        } else {
+            (OutputSink::none(), None)
+        };
+        let outcome = match invocation::build(&a, &self.config) {
+            Err(failure) => RunOutcome::Failed(failure),
+            Ok(inv) => {
+                let ctx = TaskContext {
+                    stop: slot.stop.clone(),
+                    force: slot.force.clone(),
+                    output: output.clone(),
+                };
+                self.runtime.run(inv, ctx).await
+            }
+        };
+        if let Some(deadline) = deadline {
+            deadline.abort();
+        }
+        output.close();
+        // The task's last output goes out before its report, so a reader
+        // that stops at the report has it all; bounded, because a stalled
+        // link must not hold the report back (what is left is dropped and
+        // counted).
+        if let Some(forwarder) = forwarder {
+            self.wait_for_output(forwarder).await;
+        }
+        outcome
+    }
+
+    /// A run returned: its report step goes through the event loop, the
+    /// same way in as everything else.
+    fn ended(&self, slot: Slot, outcome: RunOutcome, started: std::time::Instant) {
+        let ended = RunEnded {
+            slot,
+            outcome,
+            started,
+        };
+        // The loop ends only with the manager; should the runtime be
+        // winding down under us, report here rather than lose it.
+        if let Err(mpsc::error::SendError(Event::Finished(ended))) =
+            self.events.send(Event::Finished(ended))
+        {
+            self.report(&ended.slot, ended.outcome, ended.started);
+        }
+    }
+
+    /// Step 5, report: turns the outcome into the execution's one terminal
+    /// report (recorded, then queued for delivery) and frees the slot. A
+    /// dispatched task is recorded as such and reports nothing; an outcome
+    /// already settled at shutdown (reported by the core, or left to the
+    /// next start) is dropped.
+    fn report(&self, slot: &Slot, outcome: RunOutcome, started: std::time::Instant) {
+        let task = &slot.task;
+        if self.settled_elsewhere(slot) {
+            return;
+        }
+        if outcome == RunOutcome::Spawned {
+            if let Err(e) = self.journal.dispatched(task) {
+                tracing::error!(task_id = task.task_id, "cannot record the dispatch: {e}");
+            }
+            tracing::info!(task_id = task.task_id, "task dispatched; its slot is free");
+            self.metrics
+                .finished(TaskResult::Dispatched, started.elapsed(), None);
+            self.finish(&task.task_id);
+            return;
+        }
+        let cause = *slot.cause.lock().unwrap();
+        let msg = report(task, outcome, cause);
+        self.metrics
+            .finished(result_of(&msg), started.elapsed(), failure_of(&msg));
+        log_report(&msg);
+        self.outbox.report(task.clone(), msg);
+        self.finish(&task.task_id);
+    }
+
+    /// Whether a run's outcome is no longer the run's to report: the core
+    /// reported it at shutdown, or detached it (the next start follows the
+    /// task again). Frees the slot when so.
+    fn settled_elsewhere(&self, slot: &Slot) -> bool {
+        let why = if slot.detached.load(Ordering::SeqCst) {
+            "the runtime returned after the task was left to the next start"
+        } else if slot.reported.load(Ordering::SeqCst) {
+            "the runtime returned after the task was reported at shutdown"
+        } else {
+            return false;
+        };
+        tracing::info!(task_id = slot.task.task_id, "{why}");
+        self.finish(&slot.task.task_id);
+        true
+    }
+
+    /// The start-up step for a runtime whose tasks outlive the worker
+    /// ([`Runtime::reattaches`]): follows again an execution that an
+    /// earlier instance of this worker claimed and did not finish. It holds
+    /// a slot, can be cancelled and is reported like any run (the report
+    /// step). It was claimed already, so nothing is claimed again (a server
+    /// that offered `task-reannounce` hears of it as a held task on
+    /// connect).
+    pub fn reattach(self: &Arc<Self>, task: TaskRef) {
+        let slot = self.take_slot(task, &mut self.running.lock().unwrap());
+        tracing::info!(
+            task_id = slot.task.task_id,
+            execution_id = slot.task.execution_id.as_deref().unwrap_or(""),
             "following again a task an earlier run of this worker started"
         );
+        let span = task_span(&slot.task);
         let this = self.clone();
-        let span = tracing::info_span!(
-            "task",
-            task_id = %task.task_id,
-            execution_id = %task.execution_id.as_deref().unwrap_or("")
-        );
-        let run = async move {
+        let steps = async move {
             let started = std::time::Instant::now();
+            // Live output as for a fresh task: the forwarder waits for a
+            // connection, and stops at one that takes no output.
+            let (output, reader) = OutputSink::channel();
             let forwarder = tokio::spawn(tracing::Instrument::in_current_span(
-                this.clone().forward_output(task.clone(), reader),
+                this.clone().forward_output(slot.task.clone(), reader),
             ));
-            let outcome = this.runtime.reattach(task.clone(), ctx).await;
+            let ctx = TaskContext {
+                stop: slot.stop.clone(),
+                force: slot.force.clone(),
+                output: output.clone(),
+            };
+            let outcome = this.runtime.reattach(slot.task.clone(), ctx).await;
             output.close();
             this.wait_for_output(forwarder).await;
-            if this.settled_elsewhere(&task, &reported, &detached) {
-                return;
-            }
-            let cause = *cause.lock().unwrap();
-            let msg = report(&task, outcome, cause);
-            this.metrics
-                .finished(result_of(&msg), started.elapsed(), failure_of(&msg));
-            log_report(&msg);
-            this.delivery.push(task.clone(), msg);
-            this.finish(&task.task_id);
+            this.ended(slot, outcome, started);
         };
-        tokio::spawn(tracing::Instrument::instrument(run, span));
+        tokio::spawn(tracing::Instrument::instrument(steps, span));
     }
 
     /// Sends a task's output to whichever connection is current, as
@@ -506,7 +564,7 @@ impl TaskManager {
         reader: oz_runtime::output::OutputReader,
     ) {
         let mut utf8 = oz_runtime::output::Utf8Carry::default();
-        let mut links = self.links.subscribe();
+        let mut links = self.outbox.watch();
         while let Some(chunk) = reader.next().await {
             let msg = WorkerMessage::TaskOutput(TaskOutput {
                 task_id: task.task_id.clone(),
@@ -541,7 +599,7 @@ impl TaskManager {
     /// Waits for a finished task's forwarder to hand over its last output
     /// (see [`OUTPUT_FLUSH_LIMIT`] and [`OUTPUT_RECONNECT_WAIT`]).
     async fn wait_for_output(&self, mut forwarder: tokio::task::JoinHandle<()>) {
-        let mut links = self.links.subscribe();
+        let mut links = self.outbox.watch();
         let give_up = tokio::time::Instant::now() + OUTPUT_RECONNECT_WAIT;
         loop {
             let connected = links
@@ -582,7 +640,7 @@ impl TaskManager {
                     reason: "the assignment arrived as the connection closed; it was never claimed or started".into(),
                     execution_id: task.execution_id.clone(),
                 });
-                if link.send(msg).await {
+                if this.outbox.send(&link, msg).await {
                     tracing::info!(
                         task_id = task.task_id,
                         execution_id = task.execution_id.as_deref().unwrap_or(""),
@@ -592,13 +650,6 @@ impl TaskManager {
                     this.unclaimed.lock().unwrap().push(task);
                 }
             }
-        });
-    }
-
-    fn send_in_background(&self, link: &Link, msg: WorkerMessage) {
-        let link = link.clone();
-        tokio::spawn(async move {
-            link.send(msg).await;
         });
     }
 
@@ -670,9 +721,12 @@ impl TaskManager {
         if self.draining.swap(true, Ordering::SeqCst) {
             return;
         }
-        let link = self.links.borrow().clone();
-        if let Some(link) = link.filter(|l| l.is_open() && l.extensions().worker_state) {
-            self.send_in_background(&link, draining_message());
+        if let Some(link) = self
+            .outbox
+            .current()
+            .filter(|l| l.extensions().worker_state)
+        {
+            self.outbox.post(&link, draining_message());
         }
     }
 
@@ -795,63 +849,76 @@ impl TaskManager {
                 )),
                 Some(StopCause::Shutdown),
             );
-            self.delivery.push(task, msg);
+            self.outbox.report(task, msg);
         }
         false
     }
 }
 
-/// Lets the connection hand frames to the manager.
-pub struct Dispatch(pub Arc<TaskManager>);
+impl TaskManager {
+    /// The core's event loop (started by [`Self::new`]): every event of
+    /// every connection and every run's end, one at a time, in the order
+    /// they were sent. Ends with the manager.
+    async fn serve_events(
+        manager: std::sync::Weak<Self>,
+        mut events: mpsc::UnboundedReceiver<Event>,
+    ) {
+        while let Some(event) = events.recv().await {
+            let Some(manager) = manager.upgrade() else {
+                return;
+            };
+            manager.handle(event);
+        }
+    }
 
-impl Inbound for Dispatch {
-    fn connected(&self, link: &Link) {
-        self.0.links.send_replace(Some(link.clone()));
+    /// One event: a new connection, a frame, an undecodable assignment, a
+    /// run's end.
+    pub fn handle(self: &Arc<Self>, event: Event) {
+        match event {
+            Event::Connected(link) => self.connected(&link),
+            Event::Frame(ServerMessage::TaskAssignment(a), link) => self.assign(*a, &link),
+            Event::Frame(ServerMessage::TaskCancellation(c), _) => self.cancel(&c.task_id),
+            // Handled by the connection, which owns delivery.
+            Event::Frame(ServerMessage::ReportAck(_), _) => {}
+            Event::UndecodableAssignment {
+                task_id,
+                error,
+                link,
+            } => self.undecodable_assignment(task_id, error, &link),
+            Event::Finished(ended) => self.report(&ended.slot, ended.outcome, ended.started),
+        }
+    }
+
+    /// A new connection: it takes live output from now on; it hears first
+    /// that this worker drains (worker-state), then the tasks it holds
+    /// (task-reannounce), then the assignments it could not claim.
+    fn connected(self: &Arc<Self>, link: &Link) {
+        self.outbox.connected(link);
         // In order: that it drains first, then the tasks it still holds.
         let mut messages = Vec::new();
-        if self.0.is_draining() && link.extensions().worker_state {
+        if self.is_draining() && link.extensions().worker_state {
             messages.push(draining_message());
         }
         if link.extensions().task_reannounce {
-            let held = self.0.journal.held();
+            let held = self.journal.held();
             if !held.is_empty() {
                 tracing::info!("re-announcing {} task(s) this worker holds", held.len());
             }
-            messages.extend(
-                held.iter()
-                    .map(|(task, _)| self.0.claim_message(task, link)),
-            );
+            messages.extend(held.iter().map(|(task, _)| self.claim_message(task, link)));
         } else {
             // Only a server that offered task-reannounce hears of releases.
-            self.0.unclaimed.lock().unwrap().clear();
+            self.unclaimed.lock().unwrap().clear();
         }
-        if !messages.is_empty() {
-            let link = link.clone();
-            tokio::spawn(async move {
-                for m in messages {
-                    if !link.send(m).await {
-                        return;
-                    }
-                }
-            });
-        }
+        self.outbox.post_all(link, messages);
         if link.extensions().task_reannounce {
-            self.0.release_unclaimed(link);
+            self.release_unclaimed(link);
         }
     }
 
-    fn message(&self, msg: ServerMessage, link: &Link) {
-        match msg {
-            ServerMessage::TaskAssignment(a) => self.0.assign(*a, link),
-            ServerMessage::TaskCancellation(c) => self.0.cancel(&c.task_id),
-            // Handled by the connection, which owns delivery.
-            ServerMessage::ReportAck(_) => {}
-        }
-    }
-
-    fn undecodable_assignment(&self, task_id: String, error: String, link: &Link) {
-        // Claim it so it ends visibly as failed instead of bouncing between workers.
-        let manager = self.0.clone();
+    /// An assignment that could not be read: claimed so it ends visibly as
+    /// failed instead of bouncing between workers.
+    fn undecodable_assignment(self: &Arc<Self>, task_id: String, error: String, link: &Link) {
+        let manager = self.clone();
         let link = link.clone();
         tokio::spawn(async move {
             let task = TaskRef {
@@ -864,7 +931,11 @@ impl Inbound for Dispatch {
             if manager.journal.claimed(&task).is_err() {
                 return;
             }
-            if link.send(manager.claim_message(&task, &link)).await {
+            if manager
+                .outbox
+                .send(&link, manager.claim_message(&task, &link))
+                .await
+            {
                 manager.metrics.claimed();
                 let msg = report(
                     &task,
@@ -877,12 +948,42 @@ impl Inbound for Dispatch {
                 manager
                     .metrics
                     .finished(TaskResult::Failed, Duration::ZERO, failure_of(&msg));
-                manager.delivery.push(task, msg);
+                manager.outbox.report(task, msg);
             } else {
                 manager.journal.forget(&task);
             }
         });
     }
+}
+
+/// The span every line about `task` is logged in (its ids, escaped).
+fn task_span(task: &TaskRef) -> tracing::Span {
+    tracing::info_span!(
+        "task",
+        task_id = %Escaped(&task.task_id),
+        execution_id = %Escaped(task.execution_id.as_deref().unwrap_or(""))
+    )
+}
+
+/// Stops the slot's task once it has run `limit` past its claim, recording
+/// [`StopCause::Timeout`] unless another cause came first. Abort the handle
+/// when the run ends.
+fn spawn_deadline(limit: Duration, slot: &Slot) -> tokio::task::JoinHandle<()> {
+    let (stop, cause) = (slot.stop.clone(), slot.cause.clone());
+    // In the task's span: the line names the task and execution.
+    tokio::spawn(tracing::Instrument::in_current_span(async move {
+        tokio::time::sleep(limit).await;
+        let mut cause = cause.lock().unwrap();
+        if cause.is_none() {
+            *cause = Some(StopCause::Timeout(limit));
+            tracing::warn!(
+                "the task ran past task_timeout ({}): stopping it",
+                go_duration(limit)
+            );
+        }
+        drop(cause);
+        stop.cancel();
+    }))
 }
 
 /// Extension `worker-state`: this worker is draining.
@@ -982,6 +1083,7 @@ mod tests {
     use super::*;
     use crate::config::CoreInputs;
     use crate::connection::TestWire;
+    use crate::delivery::Delivery;
     use futures_util::future::BoxFuture;
     use oz_foundation::secret::Secret;
     use oz_runtime::{Invocation, RunOutcome, TaskContext};
@@ -1108,7 +1210,7 @@ mod tests {
             fake.clone(),
             Arc::new(config),
             journal.clone(),
-            delivery.clone(),
+            Arc::new(Outbox::new(delivery.clone())),
             Metrics::new("w", "fake", max),
         );
         let (link, wire) = Link::for_test(ext, 1);
@@ -1146,7 +1248,7 @@ mod tests {
 
     impl Harness {
         fn send(&self, msg: ServerMessage) {
-            Dispatch(self.manager.clone()).message(msg, &self.link);
+            self.manager.handle(Event::Frame(msg, self.link.clone()));
         }
 
         /// The next frame on the wire, acknowledged as written.
@@ -1229,7 +1331,7 @@ mod tests {
         let mut h = harness(Behaviour::Chatty, None, ext);
         let (link, wire, output) = Link::for_test_with_output(ext, 2);
         (h.link, h.wire) = (link, wire);
-        Dispatch(h.manager.clone()).connected(&h.link);
+        h.manager.handle(Event::Connected(h.link.clone()));
         (h, output)
     }
 
@@ -1299,7 +1401,7 @@ mod tests {
         assert_eq!(h.manager.active(), 0);
         // The reference protocol hears nothing more of it on a new connection.
         let (link, mut wire) = Link::for_test(Extensions::default(), 2);
-        Dispatch(h.manager.clone()).connected(&link);
+        h.manager.handle(Event::Connected(link.clone()));
         assert!(
             tokio::time::timeout(Duration::from_millis(200), wire.recv())
                 .await
@@ -1322,7 +1424,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let (link, mut wire) = Link::for_test(Extensions::ALL, 2);
-        Dispatch(h.manager.clone()).connected(&link);
+        h.manager.handle(Event::Connected(link.clone()));
         let (msg, written) = wire.recv().await.unwrap();
         written.send(true).unwrap();
         match msg {
@@ -1488,7 +1590,7 @@ mod tests {
             ..Default::default()
         };
         let mut h = harness(Behaviour::Obedient, None, ext);
-        Dispatch(h.manager.clone()).connected(&h.link);
+        h.manager.handle(Event::Connected(h.link.clone()));
         h.send(assignment("t1", "e1"));
         assert_eq!(h.frame().await.kind(), "task_claimed");
         h.started().await;
@@ -1515,7 +1617,7 @@ mod tests {
             ..Default::default()
         };
         let (next, mut next_wire) = Link::for_test(both, 2);
-        Dispatch(h.manager.clone()).connected(&next);
+        h.manager.handle(Event::Connected(next.clone()));
         for want in ["worker_state", "task_claimed"] {
             let (msg, written) = tokio::time::timeout(Duration::from_secs(5), next_wire.recv())
                 .await
@@ -1675,14 +1777,14 @@ mod tests {
         h.frame().await;
         h.started().await;
         let (plain, mut plain_wire) = Link::for_test(Extensions::default(), 2);
-        Dispatch(h.manager.clone()).connected(&plain);
+        h.manager.handle(Event::Connected(plain.clone()));
         tokio::task::yield_now().await;
         assert!(
             plain_wire.try_recv().is_err(),
             "nothing unknown for a reference server"
         );
         let (ext, mut ext_wire) = Link::for_test(Extensions::ALL, 3);
-        Dispatch(h.manager.clone()).connected(&ext);
+        h.manager.handle(Event::Connected(ext.clone()));
         let (msg, _) = tokio::time::timeout(Duration::from_secs(5), ext_wire.recv())
             .await
             .unwrap()
