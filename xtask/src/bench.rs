@@ -1,9 +1,12 @@
-//! `cargo xtask bench [--quick]`: builds every benchmark once, runs them in
-//! order, and rewrites `BENCHMARKS.md` from what they report (each bench
-//! writes a JSON report to the path in `OZ_BENCH_REPORT`), with the machine
-//! they ran on: CPU, memory, kernel, daemon versions, date, and the load
-//! average before and after. `--quick` sets `OZ_BENCH_QUICK=1`: small
-//! counts, a smoke run.
+//! `cargo xtask bench [--quick] [--only NAME,NAME…]`: builds every benchmark
+//! once, runs them in order, and rewrites `BENCHMARKS.md` from what they
+//! report (each bench writes a JSON report to the path in
+//! `OZ_BENCH_REPORT`), with the machine they ran on: CPU, memory, kernel,
+//! daemon versions, date, and the load average before and after. `--quick`
+//! sets `OZ_BENCH_QUICK=1`: small counts, a smoke run. `--only` builds and
+//! runs the named benches alone (a full run takes the better part of an
+//! hour); every other bench's summary rows and section are kept from the
+//! previous `BENCHMARKS.md`, marked as such.
 //!
 //! The bench executables are run directly (not through `cargo bench`), so
 //! their own exit status tells a missing environment (2) from a failure.
@@ -33,22 +36,99 @@ const BENCHES: [(&str, &str); 9] = [
 /// A bench's exit status when its environment is missing (crates/test-support/src/bench/setup.rs).
 const EXIT_MISSING: i32 = 2;
 
+/// What `cargo xtask bench` was asked to do.
+#[derive(Debug, Default, PartialEq)]
+pub struct Options {
+    /// `--quick`: small counts, a smoke run.
+    pub quick: bool,
+    /// `--only a,b`: the benches to run (names from [`BENCHES`]); `None`: all.
+    pub only: Option<Vec<&'static str>>,
+}
+
+impl Options {
+    /// The arguments after `bench`; an unknown flag or bench name is an error
+    /// that lists the names.
+    pub fn parse(args: &[&str]) -> Result<Options, String> {
+        let mut options = Options::default();
+        let mut args = args.iter();
+        while let Some(arg) = args.next() {
+            match *arg {
+                "--quick" => options.quick = true,
+                "--only" => {
+                    let list = args
+                        .next()
+                        .ok_or("--only needs a comma-separated list of benches")?;
+                    let mut names = Vec::new();
+                    for name in list.split(',').filter(|n| !n.is_empty()) {
+                        let known = BENCHES.iter().find(|(n, _)| *n == name).ok_or_else(|| {
+                            let all: Vec<&str> = BENCHES.iter().map(|(n, _)| *n).collect();
+                            format!(
+                                "--only: no bench named {name:?} (the benches: {})",
+                                all.join(", ")
+                            )
+                        })?;
+                        names.push(known.0);
+                    }
+                    if names.is_empty() {
+                        return Err("--only needs at least one bench name".into());
+                    }
+                    options.only = Some(names);
+                }
+                other => return Err(format!("cargo xtask bench: unknown argument {other:?}")),
+            }
+        }
+        Ok(options)
+    }
+
+    fn runs(&self, name: &str) -> bool {
+        self.only.as_ref().is_none_or(|only| only.contains(&name))
+    }
+}
+
 struct Outcome {
     name: &'static str,
     title: &'static str,
     report: Option<Value>,
     status: Result<(), String>,
+    /// Not run this time (`--only`): the previous document's figures.
+    kept: Option<Kept>,
 }
 
-pub fn run(quick: bool) -> Result<(), String> {
+/// A bench's summary rows and section body from an earlier `BENCHMARKS.md`.
+#[derive(Debug, Default, PartialEq)]
+struct Kept {
+    /// The section's heading without `## ` and the bench's file name.
+    title: Option<String>,
+    summary: Vec<String>,
+    section: String,
+}
+
+/// The line that marks a section kept from an earlier run.
+const KEPT_NOTE: &str = "*Not run by the last `cargo xtask bench --only`: these figures are \
+                         from an earlier run (see its commit in the git history of this file).*";
+
+pub fn run(options: Options) -> Result<(), String> {
+    let quick = options.quick;
     let root = project_root();
-    let executables = build(&root)?;
+    let path = root.join("BENCHMARKS.md");
+    let old = std::fs::read_to_string(&path).unwrap_or_default();
+    let executables = build(&root, &options)?;
     let reports = root.join("target").join("bench-reports");
     std::fs::create_dir_all(&reports).map_err(|e| format!("{}: {e}", reports.display()))?;
     let load_before = load_average();
     let started = utc_now();
     let mut outcomes = Vec::new();
     for (name, title) in BENCHES {
+        if !options.runs(name) {
+            outcomes.push(Outcome {
+                name,
+                title,
+                report: None,
+                status: Ok(()),
+                kept: Some(kept(&old, name)),
+            });
+            continue;
+        }
         let exe = executables
             .get(name)
             .ok_or_else(|| format!("cargo built no bench named {name}"))?;
@@ -78,6 +158,7 @@ pub fn run(quick: bool) -> Result<(), String> {
             title,
             report,
             status,
+            kept: None,
         });
     }
     let load_after = load_average();
@@ -90,11 +171,7 @@ pub fn run(quick: bool) -> Result<(), String> {
         &started,
         (&load_before, &load_after),
     );
-    let path = root.join("BENCHMARKS.md");
-    let kept = std::fs::read_to_string(&path)
-        .map(|old| hand_written(&old).to_owned())
-        .unwrap_or_default();
-    let doc = doc + &kept;
+    let doc = doc + hand_written(&old);
     std::fs::write(&path, doc).map_err(|e| format!("{}: {e}", path.display()))?;
     eprintln!("\nwrote {}", path.display());
     let failed: Vec<String> = outcomes
@@ -135,16 +212,26 @@ fn cargo() -> Command {
     cmd
 }
 
-/// `cargo bench --no-run` for every bench; their executables by name.
-fn build(root: &Path) -> Result<BTreeMap<String, PathBuf>, String> {
-    let mut child = cargo()
-        .current_dir(root)
-        .args([
-            "bench",
-            "--no-run",
-            "--benches",
-            "--message-format=json-render-diagnostics",
-        ])
+/// `cargo bench --no-run` for every bench (or those `--only` names); their
+/// executables by name.
+fn build(root: &Path, options: &Options) -> Result<BTreeMap<String, PathBuf>, String> {
+    let mut cmd = cargo();
+    cmd.current_dir(root).args([
+        "bench",
+        "--no-run",
+        "--message-format=json-render-diagnostics",
+    ]);
+    match &options.only {
+        None => {
+            cmd.arg("--benches");
+        }
+        Some(names) => {
+            for name in names {
+                cmd.args(["--bench", name]);
+            }
+        }
+    }
+    let mut child = cmd
         .stdout(Stdio::piped())
         .spawn()
         .map_err(|e| format!("cannot run cargo: {e}"))?;
@@ -185,6 +272,41 @@ const HAND_WRITTEN: &str = "<!-- Written by hand below this line; cargo xtask be
 /// The hand-written tail of `old`, from [`HAND_WRITTEN`] on; empty without it.
 fn hand_written(old: &str) -> &str {
     old.find(HAND_WRITTEN).map_or("", |at| &old[at..])
+}
+
+/// Bench `name`'s summary rows and section body (without its heading and
+/// any earlier [`KEPT_NOTE`]) in the generated part of `old`; empty when
+/// `old` has none.
+fn kept(old: &str, name: &str) -> Kept {
+    let generated = old.find(HAND_WRITTEN).map_or(old, |at| &old[..at]);
+    let row = format!("| `{name}` |");
+    let heading = format!("(`benches/{name}.rs`)");
+    let summary = generated
+        .lines()
+        .filter(|l| l.starts_with(&row))
+        .map(str::to_owned)
+        .collect();
+    let mut title = None;
+    let mut section = String::new();
+    let mut inside = false;
+    for line in generated.lines() {
+        if let Some(h) = line.strip_prefix("## ") {
+            inside = h.ends_with(&heading);
+            if inside {
+                title = Some(h.trim_end_matches(&heading).trim_end().to_owned());
+            }
+            continue;
+        }
+        if inside && line != KEPT_NOTE {
+            section.push_str(line);
+            section.push('\n');
+        }
+    }
+    Kept {
+        title,
+        summary,
+        section: section.trim().to_owned(),
+    }
 }
 
 fn render(
@@ -235,10 +357,35 @@ fn render(
         "| mode | {} |",
         if quick { "quick (`--quick`)" } else { "full" }
     );
+    if outcomes.iter().any(|o| o.kept.is_some()) {
+        let run: Vec<String> = outcomes
+            .iter()
+            .filter(|o| o.kept.is_none())
+            .map(|o| format!("`{}`", o.name))
+            .collect();
+        let _ = writeln!(
+            md,
+            "| benches run | {} (`--only`; the others' figures are kept from an earlier run) |",
+            run.join(", ")
+        );
+    }
     md.push('\n');
 
     md.push_str("## Summary\n\n| benchmark | figure | value | goal | met |\n| --- | --- | --- | --- | --- |\n");
     for o in outcomes {
+        if let Some(kept) = &o.kept {
+            for row in &kept.summary {
+                let _ = writeln!(md, "{row}");
+            }
+            if kept.summary.is_empty() {
+                let _ = writeln!(
+                    md,
+                    "| `{}` | {} | — | — | not run (`--only`) |",
+                    o.name, o.title
+                );
+            }
+            continue;
+        }
         let rows = o
             .report
             .as_ref()
@@ -277,6 +424,16 @@ fn render(
             .as_ref()
             .and_then(|r| r["title"].as_str().map(str::to_string))
             .unwrap_or_else(|| o.title.to_string());
+        if let Some(kept) = &o.kept {
+            let title = kept.title.as_deref().unwrap_or(o.title);
+            let _ = writeln!(md, "## {title} (`benches/{}.rs`)\n", o.name);
+            let _ = writeln!(md, "{KEPT_NOTE}\n");
+            if !kept.section.is_empty() {
+                md.push_str(&kept.section);
+                md.push_str("\n\n");
+            }
+            continue;
+        }
         let _ = writeln!(md, "## {title} (`benches/{}.rs`)\n", o.name);
         if let Err(e) = &o.status {
             let _ = writeln!(md, "**This benchmark {e}.**\n");
@@ -456,12 +613,14 @@ mod tests {
                     "summary": [{"figure": "lost", "value": "0", "goal": "0", "met": true}],
                 })),
                 status: Ok(()),
+                kept: None,
             },
             Outcome {
                 name: "cold_start",
                 title: "Cold start",
                 report: None,
                 status: Err("was not run: its environment is missing (see the console)".into()),
+                kept: None,
             },
         ];
         let machine = [("CPU".to_string(), "x".to_string())];
@@ -483,5 +642,54 @@ mod tests {
             md.contains("## Soak: many short tasks (`benches/soak.rs`)"),
             "{md}"
         );
+    }
+
+    #[test]
+    fn only_parses_known_names_and_refuses_others() {
+        let o = Options::parse(&["--quick", "--only", "worker_rss,throughput"]).unwrap();
+        assert!(o.quick);
+        assert_eq!(o.only, Some(vec!["worker_rss", "throughput"]));
+        assert!(o.runs("throughput") && !o.runs("soak"));
+        assert!(Options::parse(&[]).unwrap().runs("soak"));
+        let e = Options::parse(&["--only", "rss"]).unwrap_err();
+        assert!(e.contains("\"rss\"") && e.contains("worker_rss"), "{e}");
+        assert!(Options::parse(&["--only"]).is_err());
+        assert!(Options::parse(&["--fast"]).is_err());
+    }
+
+    #[test]
+    fn a_bench_not_run_keeps_its_earlier_rows_and_section() {
+        let old = format!(
+            "# Benchmarks\n\n## Summary\n\n| benchmark | figure |\n| --- | --- |\n\
+             | `soak` | lost | 0 |\n| `worker_rss` | idle | 9 MiB |\n\n\
+             ## Soak: many short tasks (`benches/soak.rs`)\n\n{KEPT_NOTE}\n\n| a | b |\n\n\
+             ## Worker memory (`benches/worker_rss.rs`)\n\nrss table\n\n{}\n## by hand\n",
+            super::HAND_WRITTEN
+        );
+        let soak = kept(&old, "soak");
+        assert_eq!(soak.title.as_deref(), Some("Soak: many short tasks"));
+        assert_eq!(soak.summary, vec!["| `soak` | lost | 0 |".to_string()]);
+        assert_eq!(
+            soak.section, "| a | b |",
+            "the earlier note is not repeated"
+        );
+        assert_eq!(kept(&old, "worker_rss").section, "rss table");
+        assert_eq!(kept(&old, "lifecycle"), Kept::default());
+
+        let outcomes = [Outcome {
+            name: "soak",
+            title: "Soak",
+            report: None,
+            status: Ok(()),
+            kept: Some(soak),
+        }];
+        let md = render(&outcomes, &[], false, 2, "now", ("0 0 0", "0 0 0"));
+        assert!(md.contains("| `soak` | lost | 0 |"), "{md}");
+        assert!(
+            md.contains("## Soak: many short tasks (`benches/soak.rs`)"),
+            "{md}"
+        );
+        assert_eq!(md.matches(KEPT_NOTE).count(), 1, "{md}");
+        assert!(md.contains("| benches run |  (`--only`"), "{md}");
     }
 }

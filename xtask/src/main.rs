@@ -1,4 +1,5 @@
-//! Project automation: `cargo xtask codegen [--check]`, `cargo xtask bench [--quick]`.
+//! Project automation: `cargo xtask codegen [--check]`,
+//! `cargo xtask bench [--quick] [--only NAME,NAME…]`.
 
 mod bench;
 mod codegen;
@@ -12,9 +13,11 @@ fn main() -> ExitCode {
     let result = match args.as_slice() {
         ["codegen"] => run_codegen(false),
         ["codegen", "--check"] => run_codegen(true),
-        ["bench"] => bench::run(false),
-        ["bench", "--quick"] => bench::run(true),
-        _ => Err("usage: cargo xtask codegen [--check] | cargo xtask bench [--quick]".to_owned()),
+        ["bench", rest @ ..] => bench::Options::parse(rest).and_then(bench::run),
+        _ => Err(
+            "usage: cargo xtask codegen [--check] | cargo xtask bench [--quick] [--only NAME,NAME…]"
+                .to_owned(),
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
