@@ -41,12 +41,16 @@ pub async fn recover(
         .map_err(|e| e.to_string())?;
     let mut resolved = Vec::new();
     for c in containers {
-        let labels = c.labels.clone().unwrap_or_default();
+        // The list is filtered by our labels, so a container without any
+        // is not ours (a daemon that ignored the filter): leave it alone.
+        let Some(labels) = &c.labels else {
+            continue;
+        };
         let kept = c.names.iter().flatten().any(|n| n.ends_with(KEPT_SUFFIX));
-        if kept || !rt.identity.is_orphan(&labels, &identity::process_alive) {
+        if kept || !rt.identity.is_orphan(labels, &identity::process_alive) {
             continue;
         }
-        let id = c.id.clone().unwrap_or_default();
+        let id = c.id.clone();
         let is_task = labels.get(ROLE).map(String::as_str) == Some("task");
         let task = labels.get(TASK_ID).map(|task_id| TaskRef {
             task_id: task_id.clone(),

@@ -110,12 +110,13 @@ async fn fill(
         ..Default::default()
     })
     .await
+    .map(drop)
     .or_else(|e| {
         // Docker's create is idempotent; Podman 4 answers a concurrent create
         // of the same name with 500 "volume already exists". Either way the
         // volume is there, and the fill lock below decides who fills it.
         if e.status().map(|s| s.as_u16()) == Some(409) || e.message().contains("already exists") {
-            Ok(Default::default())
+            Ok(())
         } else {
             Err(format!("creating the volume: {e}"))
         }
@@ -149,11 +150,7 @@ async fn acquire_fill_lock(
             ..Default::default()
         };
         match rt.docker.container_create(&params, &body).await {
-            Ok(created) => {
-                return created
-                    .id
-                    .ok_or_else(|| "the daemon returned no container id".to_string())
-            }
+            Ok(created) => return Ok(created.id),
             Err(e) if is_name_conflict(&e) => {
                 if started.elapsed() > WAIT_FOR_OTHER_FILL {
                     return Err(format!(
@@ -184,11 +181,15 @@ async fn lock_is_abandoned(rt: &DockerRuntime, name: &str) -> bool {
     let Ok(c) = rt.docker.container_inspect(name, &Default::default()).await else {
         return false;
     };
-    let labels = c.config.and_then(|c| c.labels).unwrap_or_default();
-    if rt
-        .identity
-        .is_orphan(&labels, &super::identity::process_alive)
-    {
+    // Without labels no worker made it, so no owner can have died: only
+    // its age below can say it is abandoned.
+    let owner_died = match c.config.and_then(|c| c.labels) {
+        Some(labels) => rt
+            .identity
+            .is_orphan(&labels, &super::identity::process_alive),
+        None => false,
+    };
+    if owner_died {
         return true;
     }
     let created = c.created.as_deref().and_then(parse_rfc3339_secs);
@@ -224,8 +225,7 @@ async fn fill_locked(rt: &DockerRuntime, image: &ImageInfo, fill_id: &str) -> Re
         )
         .await
         .map_err(|e| format!("creating the export container: {e}"))?
-        .id
-        .unwrap_or_default();
+        .id;
     let copied = async {
         let export = d
             .container_export(&source)
