@@ -27,7 +27,7 @@ use failure::Fail;
 use futures_util::future::BoxFuture;
 use identity::ProcessIdentity;
 use oz_docker_engine::Docker;
-use oz_runtime::{Invocation, RunOutcome, Runtime, TaskContext, TaskRef};
+use oz_runtime::{CheckError, Invocation, RunOutcome, Runtime, TaskContext, TaskRef};
 use spec::ContainerSpec;
 use tokio_util::sync::CancellationToken;
 
@@ -261,13 +261,16 @@ impl Runtime for DockerRuntime {
         })
     }
 
-    fn check(&self) -> BoxFuture<'_, Result<(), String>> {
+    fn check(&self) -> BoxFuture<'_, Result<(), CheckError>> {
         Box::pin(async move {
             self.docker
                 .system_ping()
                 .await
                 .map(|_| ())
-                .map_err(|e| e.to_string())
+                .map_err(|e| CheckError::Unreachable {
+                    context: "",
+                    source: Box::new(e),
+                })
         })
     }
 }

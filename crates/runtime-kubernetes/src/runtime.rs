@@ -27,7 +27,7 @@ use kube::{Api, Client};
 use oz_foundation::secret::Secret;
 use oz_protocol::FailureReason;
 use oz_runtime::{
-    Failure, Invocation, RunOutcome, Runtime, RuntimeContext, TaskContext, TaskRef,
+    CheckError, Failure, Invocation, RunOutcome, Runtime, RuntimeContext, TaskContext, TaskRef,
     DEFAULT_TASK_IMAGE,
 };
 use std::time::Duration;
@@ -399,13 +399,16 @@ impl Runtime for KubernetesRuntime {
         Box::pin(async { Vec::new() })
     }
 
-    fn check(&self) -> BoxFuture<'_, Result<(), String>> {
+    fn check(&self) -> BoxFuture<'_, Result<(), CheckError>> {
         Box::pin(async move {
             self.client
                 .apiserver_version()
                 .await
                 .map(|_| ())
-                .map_err(|e| format!("the Kubernetes API server does not answer: {e}"))
+                .map_err(|e| CheckError::Unreachable {
+                    context: "the Kubernetes API server does not answer: ",
+                    source: Box::new(e),
+                })
         })
     }
 }

@@ -260,7 +260,33 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// Whether the runtime can take tasks now (the daemon answers, the
     /// dispatcher exists): readiness. `Err` says what is wrong.
-    fn check(&self) -> BoxFuture<'_, Result<(), String>> {
+    fn check(&self) -> BoxFuture<'_, Result<(), CheckError>> {
         Box::pin(async { Ok(()) })
     }
+}
+
+/// Why a runtime cannot take tasks now ([`Runtime::check`], served as the
+/// reason of the worker's readiness endpoint). The message names what does
+/// not answer or is missing; the cause is kept as the source.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CheckError {
+    /// The daemon or API server the runtime drives did not answer.
+    /// `context` leads the message (empty when the cause's own message
+    /// already names the endpoint, as a Docker error does).
+    #[error("{context}{source}")]
+    Unreachable {
+        context: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A file the runtime needs on this host is gone (`what`: e.g. "agent
+    /// program").
+    #[error("the {what} {} is gone: {source}", path.display())]
+    Missing {
+        what: &'static str,
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
