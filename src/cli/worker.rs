@@ -274,10 +274,10 @@ async fn build_runtime(
                 r.cleanup,
                 r.env.clone(),
             )
-            .map_err(config)?;
+            .map_err(|e| config(e.to_string()))?;
             let rt = oz_runtime_docker::DockerRuntime::from_environment(&ctx, settings)
                 .await
-                .map_err(Start)?;
+                .map_err(|e| Start(e.to_string()))?;
             use oz_runtime_docker::startup::{self, StartupError};
             startup::verify(&rt).await.map_err(|e| match e {
                 StartupError::Setting(m) => config(m),

@@ -25,7 +25,7 @@ pub const KEPT_SUFFIX: &str = "-kept";
 pub async fn recover(
     rt: &DockerRuntime,
     unfinished: &[TaskRef],
-) -> Result<Vec<(TaskRef, RunOutcome)>, String> {
+) -> Result<Vec<(TaskRef, RunOutcome)>, oz_docker_engine::DockerError> {
     let filters = serde_json::json!({
         "label": [format!("{MANAGED_BY}={MANAGED_BY_VALUE}"), format!("{WORKER_ID}={}", rt.identity.worker_id)]
     });
@@ -34,11 +34,7 @@ pub async fn recover(
         filters: Some(filters.to_string()),
         ..Default::default()
     };
-    let containers = rt
-        .docker
-        .container_list(&params)
-        .await
-        .map_err(|e| e.to_string())?;
+    let containers = rt.docker.container_list(&params).await?;
     let mut resolved = Vec::new();
     for c in containers {
         // The list is filtered by our labels, so a container without any

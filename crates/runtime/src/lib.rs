@@ -14,11 +14,14 @@
 //! runtime's) type, and the worker core only ever sees `dyn Runtime`.
 
 pub mod host;
+mod invalid_setting;
 pub mod live_groups;
 pub mod liveness;
 pub mod output;
 pub mod process;
 pub mod resource_limits;
+
+pub use invalid_setting::InvalidSetting;
 
 use futures_util::future::BoxFuture;
 use oz_foundation::secret::Secret;
@@ -116,13 +119,14 @@ pub enum PullPolicy {
 impl PullPolicy {
     /// `always`, `if-not-present` (Docker's `missing` too) or `never`;
     /// `source` names the flag or key for the error.
-    pub fn parse(s: &str, source: &str) -> Result<PullPolicy, String> {
+    pub fn parse(s: &str, source: &str) -> Result<PullPolicy, InvalidSetting> {
         match s {
             "always" => Ok(PullPolicy::Always),
             "if-not-present" | "missing" => Ok(PullPolicy::IfNotPresent),
             "never" => Ok(PullPolicy::Never),
-            other => Err(format!(
-                "{source}: unknown pull policy {other:?}; use always, if-not-present or never"
+            other => Err(InvalidSetting::new(
+                source,
+                format!("unknown pull policy {other:?}; use always, if-not-present or never"),
             )),
         }
     }
