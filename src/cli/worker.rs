@@ -297,7 +297,7 @@ async fn build_runtime(
                 r.env.clone(),
                 env.var("PATH").as_deref(),
             )
-            .map_err(config)?;
+            .map_err(|e| config(e.to_string()))?;
             use oz_runtime_direct::{DirectRuntime, StartError};
             Ok(Arc::new(DirectRuntime::new(ctx, settings).map_err(
                 |e| match e {
