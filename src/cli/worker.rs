@@ -312,9 +312,10 @@ async fn build_runtime(
                 &r.sections.command.clone().unwrap_or_default(),
                 r.env.clone(),
             )
-            .map_err(config)?;
+            .map_err(|e| config(e.to_string()))?;
             Ok(Arc::new(
-                oz_runtime_command::CommandRuntime::new(ctx, settings).map_err(Start)?,
+                oz_runtime_command::CommandRuntime::new(ctx, settings)
+                    .map_err(|e| Start(e.to_string()))?,
             ))
         }
         #[cfg(feature = "kubernetes")]
