@@ -216,7 +216,7 @@ pub fn resolve(args: &WorkerArgs, env: &dyn EnvLookup) -> Result<Resolved, Strin
         &args.env,
         env,
     )
-    .map_err(|e| loaded.locate_error(e))?;
+    .map_err(|e| loaded.locate_error(e.to_string()))?;
     warnings.extend(operator.warnings);
     if !args.volumes.is_empty() && backend != "docker" {
         return Err(format!(
