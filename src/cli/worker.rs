@@ -324,7 +324,7 @@ async fn build_runtime(
             let settings = Settings::resolve(
                 &r.sections.kubernetes.clone().unwrap_or_default(),
                 r.cleanup,
-                |d| oz_foundation::duration::parse_duration(d).map_err(|e| e.to_string()),
+                oz_foundation::duration::parse_duration,
             )
             .map_err(|e| config(e.to_string()))?;
             let rt = KubernetesRuntime::start(ctx, settings, r.env.clone())
