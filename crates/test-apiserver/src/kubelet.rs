@@ -635,7 +635,8 @@ impl PodWorker {
                 };
                 let id = match self.docker.create(&spec).await {
                     Ok(id) => id,
-                    Err(msg) => {
+                    Err(e) => {
+                        let msg = e.to_string();
                         self.set_status(init, &c.name, |s| s["state"] = json!({"waiting": {"reason": "CreateContainerError", "message": msg}}));
                         self.event(at, true, "Failed", &format!("Error: {msg}"));
                         return std::future::pending().await;
@@ -648,7 +649,8 @@ impl PodWorker {
                     "Created",
                     &format!("Created container {}", c.name),
                 );
-                if let Err(msg) = self.docker.start(&id).await {
+                if let Err(e) = self.docker.start(&id).await {
+                    let msg = e.to_string();
                     self.event(
                         at,
                         true,
