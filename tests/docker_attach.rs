@@ -80,7 +80,7 @@ async fn create(d: &TestDaemon, what: &str, cmd: &[&str], open_stdin: bool) -> S
         .container_create(&params, &body)
         .await
         .unwrap_or_else(|e| panic!("create via {:?}: {e}", d.via));
-    created.id.expect("Id")
+    created.id
 }
 
 async fn remove(d: &TestDaemon, id: &str) {
@@ -184,8 +184,7 @@ async fn exec_detached_and_attached(via: Via) {
         )
         .await
         .unwrap_or_else(|e| panic!("exec create via {via:?}: {e}"))
-        .id
-        .expect("exec Id");
+        .id;
     let outcome = d
         .docker
         .exec_start(
@@ -262,8 +261,7 @@ async fn exec_detached_and_attached(via: Via) {
         )
         .await
         .unwrap_or_else(|e| panic!("exec create via {via:?}: {e}"))
-        .id
-        .expect("exec Id");
+        .id;
     let outcome = d
         .docker
         .exec_start(&exec, Some(&ExecStartBody::default()))

@@ -400,3 +400,33 @@ async fn websocket_handshake_is_checked_and_a_missing_route_is_named() {
         "{seen:?}"
     );
 }
+
+/// A container list whose second entry lacks the required `Id` (the spec
+/// leaves it optional; every engine sends it, see `xtask/src/quirks.rs`) is
+/// a typed decode error naming the field and the type, not an empty id.
+#[tokio::test]
+async fn a_list_missing_a_required_id_is_a_decode_error_naming_it() {
+    let fake = FakeDaemon::start(|_, p| match p {
+        "/_ping" => ping_with("1.51", "Docker/28"),
+        "/v1.51/version" => answer(StatusCode::OK, VERSION_JSON),
+        "/v1.51/containers/json" => answer(
+            StatusCode::OK,
+            r#"[{"Id":"4fa6e0f0c678","Names":["/a"]},{"Names":["/b"],"State":"running"}]"#,
+        ),
+        _ => answer(StatusCode::NOT_FOUND, r#"{"message":"not scripted"}"#),
+    })
+    .await;
+    let docker = fake.connect(ConnectOptions::default()).await.unwrap();
+    let err = docker
+        .container_list(&Default::default())
+        .await
+        .expect_err("an entry without Id");
+    assert_eq!(err.kind(), &ErrorKind::Protocol, "{err}");
+    assert_eq!(err.operation(), "ContainerList");
+    let decode = err.decode_error().expect("a decode error");
+    assert_eq!(decode.missing_field(), Some("Id"), "{err}");
+    assert_eq!(decode.type_name(), "Vec<ContainerSummary>");
+    let shown = err.to_string();
+    assert!(shown.contains("missing field `Id`"), "{shown}");
+    assert!(shown.contains("Vec<ContainerSummary>"), "{shown}");
+}

@@ -102,7 +102,7 @@ impl Case {
             .await
             .unwrap()
             .into_iter()
-            .filter_map(|c| c.id)
+            .map(|c| c.id)
             .collect()
     }
 
@@ -282,7 +282,7 @@ async fn user_defined_network_and_dns_and_a_missing_network() {
     let name = unique_id("oz-policy-net");
     c.docker
         .network_create(&oz_docker_engine::models::NetworkCreateBody {
-            name: Some(name.clone()),
+            name: name.clone(),
             ..Default::default()
         })
         .await

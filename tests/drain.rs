@@ -97,7 +97,7 @@ async fn containers_of(task_id: &str) -> Vec<String> {
         .await
         .unwrap()
         .into_iter()
-        .filter_map(|c| c.id)
+        .map(|c| c.id)
         .collect()
 }
 

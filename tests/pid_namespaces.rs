@@ -47,7 +47,7 @@ async fn task_containers(worker_id: &str) -> Vec<(String, bool)> {
     .into_iter()
     .map(|c| {
         (
-            c.id.unwrap_or_default(),
+            c.id,
             c.state == Some(oz_docker_engine::models::ContainerSummaryState::Running),
         )
     })

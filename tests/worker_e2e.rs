@@ -146,7 +146,7 @@ impl Setup {
             .await
             .unwrap()
             .into_iter()
-            .filter_map(|c| c.id)
+            .map(|c| c.id)
             .collect()
     }
 }

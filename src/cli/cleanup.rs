@@ -162,19 +162,24 @@ pub async fn run(args: CleanupArgs) -> ExitCode {
     let mut failed = 0;
     let (mut removed, mut kept) = (0, 0);
     for c in listed {
-        let found = Found {
-            id: c.id.clone().unwrap_or_default(),
-            name: c
-                .names
-                .iter()
-                .flatten()
-                .next()
-                .map(|n| n.trim_start_matches('/').to_string())
-                .unwrap_or_default(),
-            labels: c.labels.clone().unwrap_or_default(),
+        // Listed by our label, so a container without labels is not ours (a
+        // daemon that ignored the filter).
+        let Some(labels) = c.labels else {
+            continue;
         };
-        let worker = found.labels.get(WORKER_ID).cloned().unwrap_or_default();
-        if !args.worker_id.is_empty() && !args.worker_id.contains(&worker) {
+        // Docker and Podman always name a container; were one unnamed, its
+        // id is what the operator could act on.
+        let name = match c.names.iter().flatten().next() {
+            Some(n) => n.trim_start_matches('/').to_string(),
+            None => c.id.clone(),
+        };
+        let found = Found {
+            id: c.id,
+            name,
+            labels,
+        };
+        let worker = found.labels.get(WORKER_ID);
+        if !args.worker_id.is_empty() && !worker.is_some_and(|w| args.worker_id.contains(w)) {
             continue;
         }
         let owner = identity::owner(&found.labels, &host, &boot, &identity::process_alive);

@@ -216,7 +216,7 @@ pub fn resolve(args: &WorkerArgs, env: &dyn EnvLookup) -> Result<Resolved, Strin
         &args.env,
         env,
     )
-    .map_err(|e| loaded.locate_error(e))?;
+    .map_err(|e| loaded.locate_error(e.to_string()))?;
     warnings.extend(operator.warnings);
     if !args.volumes.is_empty() && backend != "docker" {
         return Err(format!(
@@ -274,10 +274,10 @@ async fn build_runtime(
                 r.cleanup,
                 r.env.clone(),
             )
-            .map_err(config)?;
+            .map_err(|e| config(e.to_string()))?;
             let rt = oz_runtime_docker::DockerRuntime::from_environment(&ctx, settings)
                 .await
-                .map_err(Start)?;
+                .map_err(|e| Start(e.to_string()))?;
             use oz_runtime_docker::startup::{self, StartupError};
             startup::verify(&rt).await.map_err(|e| match e {
                 StartupError::Setting(m) => config(m),
@@ -297,7 +297,7 @@ async fn build_runtime(
                 r.env.clone(),
                 env.var("PATH").as_deref(),
             )
-            .map_err(config)?;
+            .map_err(|e| config(e.to_string()))?;
             use oz_runtime_direct::{DirectRuntime, StartError};
             Ok(Arc::new(DirectRuntime::new(ctx, settings).map_err(
                 |e| match e {
@@ -312,9 +312,10 @@ async fn build_runtime(
                 &r.sections.command.clone().unwrap_or_default(),
                 r.env.clone(),
             )
-            .map_err(config)?;
+            .map_err(|e| config(e.to_string()))?;
             Ok(Arc::new(
-                oz_runtime_command::CommandRuntime::new(ctx, settings).map_err(Start)?,
+                oz_runtime_command::CommandRuntime::new(ctx, settings)
+                    .map_err(|e| Start(e.to_string()))?,
             ))
         }
         #[cfg(feature = "kubernetes")]
@@ -323,7 +324,7 @@ async fn build_runtime(
             let settings = Settings::resolve(
                 &r.sections.kubernetes.clone().unwrap_or_default(),
                 r.cleanup,
-                |d| oz_foundation::duration::parse_duration(d).map_err(|e| e.to_string()),
+                oz_foundation::duration::parse_duration,
             )
             .map_err(|e| config(e.to_string()))?;
             let rt = KubernetesRuntime::start(ctx, settings, r.env.clone())

@@ -17,7 +17,7 @@
 //! # Ok(()) }
 //! ```
 
-use crate::error::{DockerError, ErrorKind};
+use crate::error::{DecodeError, DockerError, ErrorKind};
 use crate::request::{ApiRequest, CallKind, RequestBody};
 use crate::stream::{self, ByteStream, JsonStream, LogStream};
 use crate::transport::endpoint::{resolve_endpoint, Endpoint, EnvSnapshot};
@@ -746,11 +746,9 @@ async fn send_json<T: DeserializeOwned>(
         let resp = send(t, req, prefix).await?;
         let body = t.collect(op, resp).await?;
         serde_json::from_slice(&body).map_err(|e| {
-            t.err(
-                ErrorKind::Protocol,
-                op,
-                format!("the daemon's answer is not the expected JSON: {e}"),
-            )
+            let cause = DecodeError::new::<T>(&e);
+            DockerError::decode(op, "the daemon's answer is not the expected JSON", cause)
+                .with_endpoint(t.error_endpoint())
         })
     })
     .await

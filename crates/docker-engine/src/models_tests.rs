@@ -13,6 +13,7 @@ fn decode<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> T {
 fn container_inspect_with_podman_state_and_nulls_decodes() {
     let inspect: ContainerInspectResponse = decode(json!({
         "Id": "4fa6e0f0c678",
+        "Name": "/task",
         "Created": "2025-01-01T10:00:00.000000000Z",
         "Path": "/bin/sh",
         "Args": null,
@@ -51,7 +52,7 @@ fn container_inspect_with_podman_state_and_nulls_decodes() {
 #[test]
 fn container_inspect_with_an_unheard_of_state_decodes() {
     let inspect: ContainerInspectResponse =
-        decode(json!({ "Id": "x", "State": { "Status": "configured-ish" } }));
+        decode(json!({ "Id": "x", "Name": "x", "State": { "Status": "configured-ish" } }));
     assert_eq!(
         inspect.state.unwrap().status,
         Some(ContainerStateStatus::Other("configured-ish".into()))
@@ -100,7 +101,7 @@ fn image_inspect_decodes() {
     assert_eq!(image.size, Some(1_239_828));
     assert_eq!(image.repo_digests, None);
     assert_eq!(image.config.unwrap().cmd, Some(vec!["/bin/sh".to_owned()]));
-    assert_eq!(image.root_fs.unwrap().r#type.as_deref(), Some("layers"));
+    assert_eq!(image.root_fs.unwrap().r#type, "layers");
 }
 
 #[test]
@@ -130,4 +131,62 @@ fn params_debug_never_prints_registry_credentials() {
     let printed = format!("{params:?}");
     assert!(printed.contains("alpine"), "{printed}");
     assert!(!printed.contains("c2VjcmV0"), "{printed}");
+}
+
+#[test]
+fn a_container_list_missing_a_required_id_is_an_error_naming_it() {
+    let text =
+        r#"[{"Id": "4fa6e0f0c678", "Names": ["/a"]}, {"Names": ["/b"], "State": "running"}]"#;
+    let err = serde_json::from_str::<Vec<ContainerSummary>>(text).unwrap_err();
+    let decode = crate::error::DecodeError::new::<Vec<ContainerSummary>>(&err);
+    assert_eq!(decode.missing_field(), Some("Id"));
+    assert_eq!(decode.type_name(), "Vec<ContainerSummary>");
+    let err = crate::DockerError::decode("ContainerList", "the answer did not decode", decode);
+    assert_eq!(err.kind(), &crate::error::ErrorKind::Protocol);
+    let shown = err.to_string();
+    assert!(shown.contains("missing field `Id`"), "{shown}");
+    assert!(shown.contains("Vec<ContainerSummary>"), "{shown}");
+    let source = std::error::Error::source(&err).expect("the decode error as source");
+    assert!(source.to_string().contains("`Id`"), "{source}");
+}
+
+#[test]
+fn required_fields_are_plain_and_always_sent() {
+    let created: ContainerCreateResponse = decode(json!({ "Id": "abc", "Warnings": [] }));
+    assert_eq!((created.id.as_str(), created.warnings.len()), ("abc", 0));
+    let err =
+        serde_json::from_value::<ContainerWaitResponse>(json!({ "Error": null })).unwrap_err();
+    assert!(
+        err.to_string().contains("missing field `StatusCode`"),
+        "{err}"
+    );
+    // A required request field is sent even when empty.
+    let body = NetworkCreateBody {
+        name: String::new(),
+        ..Default::default()
+    };
+    assert_eq!(serde_json::to_value(&body).unwrap(), json!({ "Name": "" }));
+}
+
+#[test]
+fn required_fields_engines_send_as_null_stay_optional() {
+    // dockerd 20.10/26/28 for a volume created without labels or options
+    // (`quirks::NOT_REQUIRED`).
+    let volume: Volume = decode(json!({
+        "CreatedAt": "2026-12-05T14:10:09Z", "Driver": "local", "Labels": null,
+        "Mountpoint": "/var/lib/docker/volumes/v/_data", "Name": "v", "Options": null, "Scope": "local"
+    }));
+    assert_eq!((volume.labels, volume.options), (None, None));
+    // Podman 5 on the vfs storage driver.
+    let driver: DriverData = decode(json!({ "Data": null, "Name": "vfs" }));
+    assert_eq!(driver.name, "vfs");
+    // The rest of a volume's required fields are still required.
+    let err = serde_json::from_value::<Volume>(
+        json!({ "Name": "v", "Driver": "local", "Scope": "local" }),
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("missing field `Mountpoint`"),
+        "{err}"
+    );
 }

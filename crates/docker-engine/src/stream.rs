@@ -1,6 +1,6 @@
 //! Response streams: raw chunks, JSON lines, and demultiplexed logs.
 
-use crate::error::{DockerError, ErrorKind};
+use crate::error::{DecodeError, DockerError, ErrorKind};
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::stream::{BoxStream, StreamExt};
 use serde::de::DeserializeOwned;
@@ -86,10 +86,10 @@ fn decode_line<T: DeserializeOwned>(
         return Some(Err(DockerError::new(ErrorKind::InBand, operation, message)));
     }
     Some(serde_json::from_value(value).map_err(|e| {
-        DockerError::new(
-            ErrorKind::Protocol,
+        DockerError::decode(
             operation,
-            format!("unexpected progress object: {e}"),
+            "unexpected progress object",
+            DecodeError::new::<T>(&e),
         )
     }))
 }

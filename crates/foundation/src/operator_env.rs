@@ -52,6 +52,26 @@ pub struct Resolved {
     pub warnings: Vec<String>,
 }
 
+/// A refused environment entry. Display is `ENTRY: PROBLEM` (the form the
+/// config file's error locator reads to add the file and line).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{entry}: {problem}")]
+pub struct InvalidEntry {
+    /// `backend.docker.environment[1]` (counted from 0) or `-e/--env`.
+    pub entry: String,
+    /// What is wrong and what is expected.
+    pub problem: String,
+}
+
+impl InvalidEntry {
+    fn new(entry: impl Into<String>, problem: impl Into<String>) -> InvalidEntry {
+        InvalidEntry {
+            entry: entry.into(),
+            problem: problem.into(),
+        }
+    }
+}
+
 /// Resolves the file's entries overlaid by the `-e` flags. `key` is the
 /// file's list (`backend.docker.environment`).
 ///
@@ -62,20 +82,22 @@ pub fn resolve(
     key: &str,
     flags: &[String],
     lookup: &dyn EnvLookup,
-) -> Result<Resolved, String> {
+) -> Result<Resolved, InvalidEntry> {
     let mut out = Resolved::default();
-    let mut put = |name: &str, value: Option<&str>, source: &str| -> Result<(), String> {
+    let mut put = |name: &str, value: Option<&str>, source: &str| -> Result<(), InvalidEntry> {
         if name.is_empty() {
-            return Err(format!(
-                "{source}: empty environment variable name; expected KEY=VALUE or KEY"
+            return Err(InvalidEntry::new(
+                source,
+                "empty environment variable name; expected KEY=VALUE or KEY",
             ));
         }
         // Stricter than the Go worker (which checks space and tab only): a
         // name with any whitespace or control character would fail later,
         // inside a task.
         if name.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(format!(
-                "{source}: environment variable name {name:?} contains whitespace or a control character; expected KEY=VALUE or KEY"
+            return Err(InvalidEntry::new(
+                source,
+                format!("environment variable name {name:?} contains whitespace or a control character; expected KEY=VALUE or KEY"),
             ));
         }
         let value = match value {
@@ -96,16 +118,19 @@ pub fn resolve(
     for (i, e) in file.iter().enumerate() {
         let source = format!("{key}[{i}]");
         if e.name.contains('=') {
-            return Err(format!(
-                "{source}: name {:?} contains '='; put the value in `value`",
-                e.name
+            return Err(InvalidEntry::new(
+                source,
+                format!("name {:?} contains '='; put the value in `value`", e.name),
             ));
         }
         put(&e.name, e.value.as_deref(), &source)?;
     }
     for f in flags {
         if f.is_empty() {
-            return Err("-e/--env: empty entry; expected KEY=VALUE or KEY".into());
+            return Err(InvalidEntry::new(
+                "-e/--env",
+                "empty entry; expected KEY=VALUE or KEY",
+            ));
         }
         match f.split_once('=') {
             Some((k, v)) => put(k, Some(v), "-e/--env")?,
@@ -200,7 +225,10 @@ mod tests {
                     assert_eq!(pairs(&r), *want, "{file:?} {flags:?}");
                     assert_eq!(r.warnings.len(), *warnings, "{:?}", r.warnings);
                 }
-                (Err(e), Err(want)) => assert!(e.contains(want), "{e} should say {want}"),
+                (Err(e), Err(want)) => {
+                    let e = e.to_string();
+                    assert!(e.contains(want), "{e} should say {want}")
+                }
                 (got, want) => panic!("{file:?} {flags:?}: got {got:?}, want {want:?}"),
             }
         }

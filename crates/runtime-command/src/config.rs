@@ -38,21 +38,20 @@ impl Settings {
     pub fn resolve(
         section: &CommandSection,
         env: Vec<(String, Secret)>,
-    ) -> Result<Settings, String> {
+    ) -> Result<Settings, SettingsError> {
         let dispatch_command = section
             .dispatch_command
             .clone()
             .filter(|s| !s.trim().is_empty())
-            .ok_or_else(|| {
-                "backend.command.dispatch_command is required: the command that hands a task to your system (it reads the task as JSON on stdin)".to_string()
-            })?;
+            .ok_or(SettingsError::NoDispatchCommand)?;
         let dispatch_timeout = match &section.dispatch_timeout {
-            Some(d) => oz_foundation::duration::parse_duration(d)
-                .map_err(|e| format!("backend.command.dispatch_timeout: {e}"))?,
+            Some(d) => oz_foundation::duration::parse_duration(d).map_err(|e| {
+                oz_runtime::InvalidSetting::new("backend.command.dispatch_timeout", e.to_string())
+            })?,
             None => DEFAULT_DISPATCH_TIMEOUT,
         };
         if dispatch_timeout.is_zero() {
-            return Err("backend.command.dispatch_timeout must be more than 0".into());
+            return Err(SettingsError::ZeroDispatchTimeout);
         }
         Ok(Settings {
             dispatch_command,
@@ -66,13 +65,28 @@ impl Settings {
     }
 }
 
+/// Why the command runtime's settings were refused; each message names the
+/// key to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("backend.command.dispatch_command is required: the command that hands a task to your system (it reads the task as JSON on stdin)")]
+    NoDispatchCommand,
+    /// A value that does not parse.
+    #[error(transparent)]
+    Invalid(#[from] oz_runtime::InvalidSetting),
+    #[error("backend.command.dispatch_timeout must be more than 0")]
+    ZeroDispatchTimeout,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn dispatch_command_is_required_and_timeout_defaults_to_a_minute() {
-        let e = Settings::resolve(&Default::default(), vec![]).unwrap_err();
+        let e = Settings::resolve(&Default::default(), vec![])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("dispatch_command is required"), "{e}");
         let s = Settings::resolve(
             &CommandSection {

@@ -37,6 +37,18 @@ const WITHHELD_VARS: [&str; 3] = ["WARP_API_KEY", "WARP_API_KEY_FILE", "CREDENTI
 /// Record kind of a running dispatch command (see [`process::GroupRecord`]).
 const DISPATCH: &str = "dispatch";
 
+/// Why the command runtime could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Its state folder (under the worker's state dir) cannot be made 0700.
+    #[error("cannot create {}: {source}", path.display())]
+    StateDir {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 pub struct CommandRuntime {
     settings: Settings,
     ctx: RuntimeContext,
@@ -45,7 +57,7 @@ pub struct CommandRuntime {
 impl CommandRuntime {
     /// Creates the runtime's state folder (0700), where running dispatch
     /// commands are recorded.
-    pub fn new(ctx: RuntimeContext, settings: Settings) -> Result<CommandRuntime, String> {
+    pub fn new(ctx: RuntimeContext, settings: Settings) -> Result<CommandRuntime, StartError> {
         use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -54,7 +66,10 @@ impl CommandRuntime {
             .and_then(|_| {
                 std::fs::set_permissions(&ctx.state_dir, std::fs::Permissions::from_mode(0o700))
             })
-            .map_err(|e| format!("cannot create {}: {e}", ctx.state_dir.display()))?;
+            .map_err(|source| StartError::StateDir {
+                path: ctx.state_dir.clone(),
+                source,
+            })?;
         Ok(CommandRuntime { settings, ctx })
     }
 

@@ -3,7 +3,7 @@
 
 use oz_foundation::operator_env::EnvEntry;
 use oz_foundation::secret::Secret;
-use oz_runtime::DEFAULT_STOP_GRACE;
+use oz_runtime::{InvalidSetting, DEFAULT_STOP_GRACE};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use std::path::PathBuf;
@@ -83,10 +83,13 @@ impl Limits {
         k
     }
 
-    fn resolve(section: &DirectSection) -> Result<Limits, String> {
+    fn resolve(section: &DirectSection) -> Result<Limits, InvalidSetting> {
         use oz_runtime::resource_limits as rl;
-        let key =
-            |name: &'static str| move |e: rl::LimitError| format!("backend.direct.{name}: {e}");
+        let key = |name: &'static str| {
+            move |e: rl::LimitError| {
+                InvalidSetting::new(format!("backend.direct.{name}"), e.to_string())
+            }
+        };
         let cpu_micros = section
             .cpus
             .as_deref()
@@ -95,7 +98,10 @@ impl Limits {
             .map_err(key("cpus"))?;
         // cgroup v2's cpu.max takes at least 1 ms of CPU time per 100 ms period.
         if cpu_micros.is_some_and(|m| m < 10_000) {
-            return Err("backend.direct.cpus: at least 0.01 CPUs (as Docker's --cpus)".into());
+            return Err(InvalidSetting::new(
+                "backend.direct.cpus",
+                "at least 0.01 CPUs (as Docker's --cpus)",
+            ));
         }
         let memory_bytes = section
             .memory
@@ -105,19 +111,28 @@ impl Limits {
             .map_err(key("memory"))?;
         // Docker's minimum: smaller limits kill the agent before it starts.
         if memory_bytes.is_some_and(|m| m < 6 << 20) {
-            return Err("backend.direct.memory: at least 6m (Docker's minimum)".into());
+            return Err(InvalidSetting::new(
+                "backend.direct.memory",
+                "at least 6m (Docker's minimum)",
+            ));
         }
         let swap_bytes = match section.memory_swap.as_deref() {
             None => None,
             Some(s) => {
                 let total = rl::parse_memory_swap(s).map_err(key("memory_swap"))?;
                 let Some(memory) = memory_bytes else {
-                    return Err("backend.direct.memory_swap: set backend.direct.memory too (memory_swap is memory plus swap, as Docker's --memory-swap)".into());
+                    return Err(InvalidSetting::new(
+                        "backend.direct.memory_swap",
+                        "set backend.direct.memory too (memory_swap is memory plus swap, as Docker's --memory-swap)",
+                    ));
                 };
                 match total {
                     None => Some(None),
                     Some(t) if t < memory => {
-                        return Err(format!("backend.direct.memory_swap: {s:?} is less than backend.direct.memory; it is memory plus swap, so at least the memory limit"))
+                        return Err(InvalidSetting::new(
+                            "backend.direct.memory_swap",
+                            format!("{s:?} is less than backend.direct.memory; it is memory plus swap, so at least the memory limit"),
+                        ))
                     }
                     Some(t) => Some(Some(t - memory)),
                 }
@@ -173,13 +188,15 @@ impl Settings {
         cleanup: bool,
         env: Vec<(String, Secret)>,
         path_var: Option<&str>,
-    ) -> Result<Settings, String> {
+    ) -> Result<Settings, SettingsError> {
         let duration =
             |flag: &Option<String>, key: &Option<String>, name: &str, default| match (flag, key) {
-                (Some(d), _) => oz_foundation::duration::parse_duration(d)
-                    .map_err(|e| format!("--{}: {e}", name.replace('_', "-"))),
-                (None, Some(d)) => oz_foundation::duration::parse_duration(d)
-                    .map_err(|e| format!("backend.direct.{name}: {e}")),
+                (Some(d), _) => oz_foundation::duration::parse_duration(d).map_err(|e| {
+                    InvalidSetting::new(format!("--{}", name.replace('_', "-")), e.to_string())
+                }),
+                (None, Some(d)) => oz_foundation::duration::parse_duration(d).map_err(|e| {
+                    InvalidSetting::new(format!("backend.direct.{name}"), e.to_string())
+                }),
                 (None, None) => Ok(default),
             };
         let stop_grace_period = duration(
@@ -197,10 +214,7 @@ impl Settings {
         let target_dir = flags.target_dir.clone().or(section.target_dir.clone());
         if let Some(dir) = &target_dir {
             if !dir.is_dir() {
-                return Err(format!(
-                    "target directory {} does not exist or is not a folder; create it or fix --target-dir / backend.direct.target_dir",
-                    dir.display()
-                ));
+                return Err(SettingsError::NoTargetDir(dir.clone()));
             }
         }
         let oz = section
@@ -208,11 +222,9 @@ impl Settings {
             .clone()
             .filter(|s| !s.trim().is_empty())
             .unwrap_or_else(|| DEFAULT_OZ_PATH.to_string());
-        let oz_path = find_program(&oz, path_var).ok_or_else(|| {
-            format!(
-                "the agent program {oz:?} was not found{}; install the oz CLI or set backend.direct.oz_path to its full path",
-                if oz.contains('/') { "" } else { " on PATH" }
-            )
+        let oz_path = find_program(&oz, path_var).ok_or_else(|| SettingsError::NoAgentProgram {
+            on_path: !oz.contains('/'),
+            program: oz.clone(),
         })?;
         let blank = |s: &Option<String>| s.clone().filter(|s| !s.trim().is_empty());
         Ok(Settings {
@@ -232,6 +244,25 @@ impl Settings {
             limits: Limits::resolve(section)?,
         })
     }
+}
+
+/// Why the direct runtime's settings were refused; each message names the
+/// flag or key to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// A value that does not parse or is out of range.
+    #[error(transparent)]
+    Invalid(#[from] InvalidSetting),
+    /// `--target-dir` / `backend.direct.target_dir` is not a folder.
+    #[error("target directory {} does not exist or is not a folder; create it or fix --target-dir / backend.direct.target_dir", .0.display())]
+    NoTargetDir(PathBuf),
+    /// `backend.direct.oz_path` (default `oz`) is not an executable file
+    /// (`on_path`: it was looked up on PATH).
+    #[error(
+        "the agent program {program:?} was not found{}; install the oz CLI or set backend.direct.oz_path to its full path",
+        if *on_path { " on PATH" } else { "" }
+    )]
+    NoAgentProgram { program: String, on_path: bool },
 }
 
 /// `program` as a path (when it has a `/`) or looked up on `path_var`, as
@@ -274,7 +305,8 @@ mod tests {
             vec![],
             Some("/nonexistent"),
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("\"oz\"") && e.contains("on PATH"), "{e}");
         // Not executable yet.
         assert!(Settings::resolve(
@@ -303,7 +335,8 @@ mod tests {
         };
         let e =
             Settings::resolve(&Default::default(), &flags, true, vec![], Some(&path)).unwrap_err();
-        assert!(e.contains("--target-dir"), "{e}");
+        assert!(matches!(e, SettingsError::NoTargetDir(_)), "{e}");
+        assert!(e.to_string().contains("--target-dir"), "{e}");
     }
 
     #[test]
@@ -342,7 +375,7 @@ mod tests {
             ("pids_limit: -5\n", "backend.direct.pids_limit"),
         ] {
             let e = Limits::resolve(&section(yaml)).unwrap_err();
-            assert!(e.starts_with(key), "{yaml}: {e}");
+            assert_eq!(e.key, key, "{yaml}: {e}");
         }
     }
 }

@@ -64,7 +64,7 @@ pub fn parse(
             Err(why) => {
                 refused.push(Refused {
                     line: line_of(start),
-                    why,
+                    why: why.to_string(),
                 });
                 // Resume at the next line.
                 i = start;
@@ -75,6 +75,21 @@ pub fn parse(
         }
     }
     (out, refused)
+}
+
+/// Why godotenv would reject a statement (the text of [`Refused::why`]).
+#[derive(Debug, thiserror::Error)]
+enum Refusal {
+    #[error("a name without '=' or ':' and a value")]
+    NoValue,
+    #[error("unexpected character {found:?} in the variable name of {line:?}")]
+    BadNameCharacter { found: char, line: String },
+    #[error("an empty variable name")]
+    EmptyName,
+    #[error("the variable name {0:?} contains a blank")]
+    BlankInName(String),
+    #[error("an unterminated {quote} quoted value for {key}")]
+    Unterminated { quote: char, key: String },
 }
 
 fn is_blank(c: char) -> bool {
@@ -89,7 +104,7 @@ fn statement(
     i: &mut usize,
     vars: &[(String, String)],
     lookup: &dyn Fn(&str) -> Option<String>,
-) -> Result<(String, String), String> {
+) -> Result<(String, String), Refusal> {
     // `export NAME=…`
     let rest: String = src[*i..].iter().take(7).collect();
     if rest.starts_with("export") && rest.chars().nth(6).is_some_and(is_blank) {
@@ -102,7 +117,7 @@ fn statement(
     let key_end;
     loop {
         let Some(&c) = src.get(*i) else {
-            return Err("a name without '=' or ':' and a value".into());
+            return Err(Refusal::NoValue);
         };
         if c == '=' || c == ':' {
             key_end = *i;
@@ -110,17 +125,17 @@ fn statement(
             break;
         }
         if c == '\n' {
-            return Err("a name without '=' or ':' and a value".into());
+            return Err(Refusal::NoValue);
         }
         if !(is_blank(c) || c == '_' || c == '.' || c.is_alphanumeric()) {
             let line: String = src[key_start..]
                 .iter()
                 .take_while(|c| **c != '\n')
                 .collect();
-            return Err(format!(
-                "unexpected character {c:?} in the variable name of {:?}",
-                oz_foundation::escape::escape_control(&line)
-            ));
+            return Err(Refusal::BadNameCharacter {
+                found: c,
+                line: oz_foundation::escape::escape_control(&line),
+            });
         }
         *i += 1;
     }
@@ -130,10 +145,10 @@ fn statement(
         .trim_end()
         .to_string();
     if key.is_empty() {
-        return Err("an empty variable name".into());
+        return Err(Refusal::EmptyName);
     }
     if key.chars().any(is_blank) {
-        return Err(format!("the variable name {key:?} contains a blank"));
+        return Err(Refusal::BlankInName(key));
     }
     while *i < src.len() && is_blank(src[*i]) {
         *i += 1;
@@ -162,7 +177,7 @@ fn statement(
                 }
                 j += 1;
             }
-            Err(format!("an unterminated {q} quoted value for {key}"))
+            Err(Refusal::Unterminated { quote: q, key })
         }
         _ => {
             let end = src[*i..]

@@ -24,7 +24,9 @@ use launcher::RunAs;
 use oz_foundation::secret::Secret;
 use oz_protocol::FailureReason;
 use oz_runtime::process::{self, exit_code};
-use oz_runtime::{Failure, Invocation, RunOutcome, Runtime, RuntimeContext, TaskContext, TaskRef};
+use oz_runtime::{
+    CheckError, Failure, Invocation, RunOutcome, Runtime, RuntimeContext, TaskContext, TaskRef,
+};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -892,14 +894,15 @@ impl Runtime for DirectRuntime {
         Box::pin(self.recover_tasks(unfinished))
     }
 
-    fn check(&self) -> BoxFuture<'_, Result<(), String>> {
+    fn check(&self) -> BoxFuture<'_, Result<(), CheckError>> {
         Box::pin(async move {
             match std::fs::metadata(&self.settings.oz_path) {
                 Ok(_) => Ok(()),
-                Err(e) => Err(format!(
-                    "the agent program {} is gone: {e}",
-                    self.settings.oz_path.display()
-                )),
+                Err(source) => Err(CheckError::Missing {
+                    what: "agent program",
+                    path: self.settings.oz_path.clone(),
+                    source,
+                }),
             }
         })
     }

@@ -7,7 +7,7 @@ use super::resources::{LimitInputs, Limits};
 use super::volume_spec::VolumeSpec;
 use oz_foundation::operator_env::EnvEntry;
 use oz_foundation::secret::Secret;
-use oz_runtime::{PullPolicy, DEFAULT_STOP_GRACE};
+use oz_runtime::{InvalidSetting, PullPolicy, DEFAULT_STOP_GRACE};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use std::time::Duration;
@@ -148,7 +148,7 @@ impl Settings {
         flags: &DockerFlags,
         cleanup: bool,
         env: Vec<(String, Secret)>,
-    ) -> Result<Settings, String> {
+    ) -> Result<Settings, InvalidSetting> {
         let (pull_policy, policy_source) = match (&flags.pull_policy, &section.pull_policy) {
             (Some(p), _) => (PullPolicy::parse(p, "--pull-policy")?, "--pull-policy"),
             (None, Some(p)) => (
@@ -161,17 +161,14 @@ impl Settings {
             section.allowed_pull_policies.as_deref(),
             pull_policy,
             policy_source,
-        )
-        .map_err(|e| e.to_string())?;
+        )?;
         let allowed_images =
-            AllowedImages::resolve(section.allowed_images.as_deref().unwrap_or_default())
-                .map_err(|e| e.to_string())?;
+            AllowedImages::resolve(section.allowed_images.as_deref().unwrap_or_default())?;
         let network = Network::resolve(
             section.network_mode.as_deref(),
             section.dns.as_deref().unwrap_or_default(),
             section.dns_search.as_deref().unwrap_or_default(),
-        )
-        .map_err(|e| e.to_string())?;
+        )?;
         let text = |v: &Option<ScalarText>| v.as_ref().map(|t| t.0.clone());
         let (cpus, memory, memory_swap) = (
             text(&section.cpus),
@@ -184,32 +181,36 @@ impl Settings {
             memory_swap: memory_swap.as_deref(),
             pids_limit: section.pids_limit,
         }
-        .resolve()
-        .map_err(|e| e.to_string())?;
+        .resolve()?;
         let oom_score_adj = match section.oom_score_adj {
             None => DEFAULT_OOM_SCORE_ADJ,
             Some(n) if (1..=1000).contains(&n) => n,
             Some(n) => {
-                return Err(format!(
-                    "backend.docker.oom_score_adj: {n} is out of range; use 1 to 1000 (default {DEFAULT_OOM_SCORE_ADJ}): \
-                     a positive value makes the kernel's OOM killer pick a task before the worker"
+                return Err(InvalidSetting::new(
+                    "backend.docker.oom_score_adj",
+                    format!(
+                        "{n} is out of range; use 1 to 1000 (default {DEFAULT_OOM_SCORE_ADJ}): \
+                         a positive value makes the kernel's OOM killer pick a task before the worker"
+                    ),
                 ))
             }
         };
         let stop_grace_period = match (&flags.stop_grace_period, &section.stop_grace_period) {
             (Some(d), _) => oz_foundation::duration::parse_duration(d)
-                .map_err(|e| format!("--stop-grace-period: {e}"))?,
-            (None, Some(d)) => oz_foundation::duration::parse_duration(d)
-                .map_err(|e| format!("backend.docker.stop_grace_period: {e}"))?,
+                .map_err(|e| InvalidSetting::new("--stop-grace-period", e.to_string()))?,
+            (None, Some(d)) => oz_foundation::duration::parse_duration(d).map_err(|e| {
+                InvalidSetting::new("backend.docker.stop_grace_period", e.to_string())
+            })?,
             (None, None) => DEFAULT_STOP_GRACE,
         };
         let file_volumes = section.volumes.iter().flatten().enumerate().map(|(i, v)| {
-            VolumeSpec::parse(v).map_err(|e| format!("backend.docker.volumes[{i}]: {e}"))
+            VolumeSpec::parse(v).map_err(|e| {
+                InvalidSetting::new(format!("backend.docker.volumes[{i}]"), e.to_string())
+            })
         });
-        let flag_volumes = flags
-            .volumes
-            .iter()
-            .map(|v| VolumeSpec::parse(v).map_err(|e| format!("-v/--volumes: {e}")));
+        let flag_volumes = flags.volumes.iter().map(|v| {
+            VolumeSpec::parse(v).map_err(|e| InvalidSetting::new("-v/--volumes", e.to_string()))
+        });
         let volumes = file_volumes
             .chain(flag_volumes)
             .collect::<Result<Vec<_>, _>>()?;
@@ -260,6 +261,6 @@ mod tests {
             vec![],
         )
         .unwrap_err();
-        assert!(e.contains("backend.docker.pull_policy"), "{e}");
+        assert_eq!(e.key, "backend.docker.pull_policy", "{e}");
     }
 }

@@ -167,10 +167,7 @@ pub fn check_pull_policy(
         .enumerate()
         .map(|(i, s)| {
             let item = format!("{key}[{i}]");
-            PullPolicy::parse(s.trim(), &item).map_err(|m| {
-                let problem = m.strip_prefix(&format!("{item}: ")).unwrap_or(&m);
-                InvalidSetting::new(&item, problem)
-            })
+            PullPolicy::parse(s.trim(), &item)
         })
         .collect::<Result<Vec<_>, _>>()?;
     if !parsed.contains(&configured) {

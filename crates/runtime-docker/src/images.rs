@@ -48,9 +48,8 @@ pub async fn ensure(rt: &DockerRuntime, image: &str) -> Result<ImageInfo, Fail> 
             })?
         }
     };
-    let os = inspected.os.clone().unwrap_or_default();
-    let arch = inspected.architecture.clone().unwrap_or_default();
-    if os != rt.os || arch != rt.arch {
+    let (os, arch) = (&inspected.os, &inspected.architecture);
+    if *os != rt.os || *arch != rt.arch {
         return Err(Fail::new(
             FailureReason::ImagePull,
             format!("image {image} is for {os}/{arch} but the daemon runs {}: use an image built for {}", rt.platform(), rt.platform()),
@@ -59,7 +58,7 @@ pub async fn ensure(rt: &DockerRuntime, image: &str) -> Result<ImageInfo, Fail> 
     Ok(ImageInfo {
         reference: image.to_string(),
         parsed,
-        id: inspected.id.unwrap_or_default(),
+        id: inspected.id,
     })
 }
 

@@ -9,7 +9,6 @@ pub mod glob;
 pub mod identity;
 pub mod image_policy;
 mod images;
-mod invalid_setting;
 pub mod libc_check;
 pub mod network;
 pub mod orphans;
@@ -27,12 +26,12 @@ use failure::Fail;
 use futures_util::future::BoxFuture;
 use identity::ProcessIdentity;
 use oz_docker_engine::Docker;
-use oz_runtime::{Invocation, RunOutcome, Runtime, TaskContext, TaskRef};
+use oz_runtime::{CheckError, Invocation, RunOutcome, Runtime, TaskContext, TaskRef};
 use spec::ContainerSpec;
 use tokio_util::sync::CancellationToken;
 
 pub use config::Settings;
-pub use invalid_setting::InvalidSetting;
+pub use oz_runtime::InvalidSetting;
 pub use sidecar_name::sidecar_volume_name;
 
 /// The first Engine API version with image mounts (`HostConfig.Mounts`
@@ -102,28 +101,51 @@ pub struct DockerRuntime {
     libc_passed: libc_check::PassedChecks,
 }
 
+/// Why the Docker runtime could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The daemon could not be resolved, reached or negotiated with; the
+    /// Docker error names the endpoint and what to check.
+    #[error("{0}")]
+    Connect(#[source] oz_docker_engine::DockerError),
+    /// The daemon runs a platform tasks cannot use.
+    #[error("the Docker daemon at {host} runs {os}/{arch}; tasks need a linux/amd64 or linux/arm64 daemon")]
+    Platform {
+        host: String,
+        os: String,
+        arch: String,
+    },
+}
+
 impl DockerRuntime {
     /// Resolves the daemon as the Docker CLI would (DOCKER_HOST, contexts,
     /// default socket), negotiates the API version and checks the platform.
     pub async fn from_environment(
         ctx: &oz_runtime::RuntimeContext,
         settings: Settings,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, StartError> {
         let docker =
             Docker::connect(&oz_docker_engine::transport::endpoint::EnvSnapshot::from_process())
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(StartError::Connect)?;
         Self::new(docker, &ctx.worker_id, settings).await
     }
 
-    pub async fn new(docker: Docker, worker_id: &str, settings: Settings) -> Result<Self, String> {
+    /// A runtime on a connected daemon; refuses a daemon that cannot run
+    /// linux/amd64 or linux/arm64 tasks.
+    pub async fn new(
+        docker: Docker,
+        worker_id: &str,
+        settings: Settings,
+    ) -> Result<Self, StartError> {
         let platform = docker.platform().clone();
         let (os, arch) = (platform.os.clone(), platform.arch.clone());
         if os != "linux" || !(arch == "amd64" || arch == "arm64") {
-            return Err(format!(
-                "the Docker daemon at {} runs {os}/{arch}; tasks need a linux/amd64 or linux/arm64 daemon",
-                docker.endpoint().host
-            ));
+            return Err(StartError::Platform {
+                host: docker.endpoint().host.to_string(),
+                os,
+                arch,
+            });
         }
         let engine = format!(
             "{} {} (API {}, {}) at {} ({})",
@@ -261,13 +283,16 @@ impl Runtime for DockerRuntime {
         })
     }
 
-    fn check(&self) -> BoxFuture<'_, Result<(), String>> {
+    fn check(&self) -> BoxFuture<'_, Result<(), CheckError>> {
         Box::pin(async move {
             self.docker
                 .system_ping()
                 .await
                 .map(|_| ())
-                .map_err(|e| e.to_string())
+                .map_err(|e| CheckError::Unreachable {
+                    context: "",
+                    source: Box::new(e),
+                })
         })
     }
 }

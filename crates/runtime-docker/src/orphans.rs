@@ -25,7 +25,7 @@ pub const KEPT_SUFFIX: &str = "-kept";
 pub async fn recover(
     rt: &DockerRuntime,
     unfinished: &[TaskRef],
-) -> Result<Vec<(TaskRef, RunOutcome)>, String> {
+) -> Result<Vec<(TaskRef, RunOutcome)>, oz_docker_engine::DockerError> {
     let filters = serde_json::json!({
         "label": [format!("{MANAGED_BY}={MANAGED_BY_VALUE}"), format!("{WORKER_ID}={}", rt.identity.worker_id)]
     });
@@ -34,19 +34,19 @@ pub async fn recover(
         filters: Some(filters.to_string()),
         ..Default::default()
     };
-    let containers = rt
-        .docker
-        .container_list(&params)
-        .await
-        .map_err(|e| e.to_string())?;
+    let containers = rt.docker.container_list(&params).await?;
     let mut resolved = Vec::new();
     for c in containers {
-        let labels = c.labels.clone().unwrap_or_default();
+        // The list is filtered by our labels, so a container without any
+        // is not ours (a daemon that ignored the filter): leave it alone.
+        let Some(labels) = &c.labels else {
+            continue;
+        };
         let kept = c.names.iter().flatten().any(|n| n.ends_with(KEPT_SUFFIX));
-        if kept || !rt.identity.is_orphan(&labels, &identity::process_alive) {
+        if kept || !rt.identity.is_orphan(labels, &identity::process_alive) {
             continue;
         }
-        let id = c.id.clone().unwrap_or_default();
+        let id = c.id.clone();
         let is_task = labels.get(ROLE).map(String::as_str) == Some("task");
         let task = labels.get(TASK_ID).map(|task_id| TaskRef {
             task_id: task_id.clone(),

@@ -57,7 +57,7 @@ pub async fn wait_exit(rt: &DockerRuntime, id: &str, task_id: &str) -> Result<Ex
         match d.container_wait(id, &params).await {
             Ok(w) => {
                 return Ok(Exit {
-                    code: w.status_code.unwrap_or(-1),
+                    code: w.status_code,
                     outage: outage.is_some(),
                 })
             }
@@ -103,12 +103,17 @@ pub async fn wait_exit(rt: &DockerRuntime, id: &str, task_id: &str) -> Result<Ex
                         container = id,
                         "the Docker daemon is reachable again"
                     );
-                    let state = c.state.unwrap_or_default();
-                    if state.running == Some(true) {
+                    // Without a state (no engine here omits it) the exit is
+                    // unknown: -1, as for a state without an exit code.
+                    let (running, exit_code) = match c.state {
+                        Some(state) => (state.running == Some(true), state.exit_code),
+                        None => (false, None),
+                    };
+                    if running {
                         break; // wait on it again
                     }
                     return Ok(Exit {
-                        code: state.exit_code.unwrap_or(-1),
+                        code: exit_code.unwrap_or(-1),
                         outage: true,
                     });
                 }

@@ -101,7 +101,7 @@ async fn fill(
     image: &ImageInfo,
     volume: &str,
     fill_with: &ImageInfo,
-) -> Result<(), String> {
+) -> Result<(), FillError> {
     let d = &rt.docker;
     let labels = rt.identity.labels("sidecar-volume", None);
     d.volume_create(&VolumeCreateOptions {
@@ -110,14 +110,15 @@ async fn fill(
         ..Default::default()
     })
     .await
+    .map(drop)
     .or_else(|e| {
         // Docker's create is idempotent; Podman 4 answers a concurrent create
         // of the same name with 500 "volume already exists". Either way the
         // volume is there, and the fill lock below decides who fills it.
         if e.status().map(|s| s.as_u16()) == Some(409) || e.message().contains("already exists") {
-            Ok(Default::default())
+            Ok(())
         } else {
-            Err(format!("creating the volume: {e}"))
+            Err(FillError::at("creating the volume")(e))
         }
     })?;
 
@@ -135,7 +136,7 @@ async fn acquire_fill_lock(
     fill_with: &ImageInfo,
     volume: &str,
     name: &str,
-) -> Result<String, String> {
+) -> Result<String, FillError> {
     let started = Instant::now();
     loop {
         let body = helper_body(
@@ -149,16 +150,10 @@ async fn acquire_fill_lock(
             ..Default::default()
         };
         match rt.docker.container_create(&params, &body).await {
-            Ok(created) => {
-                return created
-                    .id
-                    .ok_or_else(|| "the daemon returned no container id".to_string())
-            }
+            Ok(created) => return Ok(created.id),
             Err(e) if is_name_conflict(&e) => {
                 if started.elapsed() > WAIT_FOR_OTHER_FILL {
-                    return Err(format!(
-                        "another worker has been filling it for over {WAIT_FOR_OTHER_FILL:?}"
-                    ));
+                    return Err(FillError::Busy(WAIT_FOR_OTHER_FILL));
                 }
                 if lock_is_abandoned(rt, name).await {
                     tracing::warn!(
@@ -170,7 +165,7 @@ async fn acquire_fill_lock(
                     tokio::time::sleep(Duration::from_millis(250)).await;
                 }
             }
-            Err(e) => return Err(format!("creating the fill container: {e}")),
+            Err(e) => return Err(FillError::at("creating the fill container")(e)),
         }
     }
 }
@@ -184,11 +179,15 @@ async fn lock_is_abandoned(rt: &DockerRuntime, name: &str) -> bool {
     let Ok(c) = rt.docker.container_inspect(name, &Default::default()).await else {
         return false;
     };
-    let labels = c.config.and_then(|c| c.labels).unwrap_or_default();
-    if rt
-        .identity
-        .is_orphan(&labels, &super::identity::process_alive)
-    {
+    // Without labels no worker made it, so no owner can have died: only
+    // its age below can say it is abandoned.
+    let owner_died = match c.config.and_then(|c| c.labels) {
+        Some(labels) => rt
+            .identity
+            .is_orphan(&labels, &super::identity::process_alive),
+        None => false,
+    };
+    if owner_died {
         return true;
     }
     let created = c.created.as_deref().and_then(parse_rfc3339_secs);
@@ -199,7 +198,11 @@ async fn lock_is_abandoned(rt: &DockerRuntime, name: &str) -> bool {
     created.is_some_and(|t| now.saturating_sub(t) > STALE_FILL.as_secs())
 }
 
-async fn fill_locked(rt: &DockerRuntime, image: &ImageInfo, fill_id: &str) -> Result<(), String> {
+async fn fill_locked(
+    rt: &DockerRuntime,
+    image: &ImageInfo,
+    fill_id: &str,
+) -> Result<(), FillError> {
     let d = &rt.docker;
     let marker = format!("{FILL_MOUNT}/{READY_MARKER}");
     if d.container_archive_info(
@@ -223,14 +226,13 @@ async fn fill_locked(rt: &DockerRuntime, image: &ImageInfo, fill_id: &str) -> Re
             &helper_body(rt, image, "sidecar-export", None),
         )
         .await
-        .map_err(|e| format!("creating the export container: {e}"))?
-        .id
-        .unwrap_or_default();
+        .map_err(FillError::at("creating the export container"))?
+        .id;
     let copied = async {
         let export = d
             .container_export(&source)
             .await
-            .map_err(|e| format!("exporting the image filesystem: {e}"))?;
+            .map_err(FillError::at("exporting the image filesystem"))?;
         let body = export
             .map(|chunk| chunk.map_err(std::io::Error::other))
             .boxed();
@@ -240,7 +242,7 @@ async fn fill_locked(rt: &DockerRuntime, image: &ImageInfo, fill_id: &str) -> Re
         };
         d.put_container_archive(fill_id, &params, body)
             .await
-            .map_err(|e| format!("writing into the volume: {e}"))
+            .map_err(FillError::at("writing into the volume"))
     }
     .await;
     if let Err(e) = copied {
@@ -258,7 +260,29 @@ async fn fill_locked(rt: &DockerRuntime, image: &ImageInfo, fill_id: &str) -> Re
         d.put_container_archive(fill_id, &params, body),
         remove_quietly(rt, &source)
     );
-    marked.map_err(|e| format!("marking the volume complete: {e}"))
+    marked.map_err(FillError::at("marking the volume complete"))
+}
+
+/// Why a sidecar volume could not be filled; the task fails with
+/// `SidecarPrep` and this as the end of its message.
+#[derive(Debug, thiserror::Error)]
+enum FillError {
+    /// A call to the daemon failed while `step` (e.g. "creating the volume").
+    #[error("{step}: {source}")]
+    Daemon {
+        step: &'static str,
+        #[source]
+        source: oz_docker_engine::DockerError,
+    },
+    /// Another worker has held the volume's fill lock for longer than we wait.
+    #[error("another worker has been filling it for over {0:?}")]
+    Busy(Duration),
+}
+
+impl FillError {
+    fn at(step: &'static str) -> impl FnOnce(oz_docker_engine::DockerError) -> FillError {
+        move |source| FillError::Daemon { step, source }
+    }
 }
 
 /// A container that is created but never started: only its filesystem or

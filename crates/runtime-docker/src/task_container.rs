@@ -42,9 +42,9 @@ pub async fn run(
             format!("creating the task container from {}: {e}", image.reference),
         )
     })?;
-    let id = response.id.unwrap_or_default();
+    let id = response.id;
     *created = Some(id.clone());
-    for w in response.warnings.unwrap_or_default() {
+    for w in response.warnings {
         tracing::warn!(task_id = spec.task.task_id, "daemon warning on create: {w}");
     }
 
@@ -371,11 +371,7 @@ async fn log_output(rt: &DockerRuntime, id: &str, task_id: &str, failed: bool) -
 /// so the start-up sweep of a later run does not take it for an orphan.
 pub async fn keep(rt: &DockerRuntime, id: &str, task_id: &str) {
     let name = match rt.docker.container_inspect(id, &Default::default()).await {
-        Ok(c) => c
-            .name
-            .unwrap_or_default()
-            .trim_start_matches('/')
-            .to_string(),
+        Ok(c) => c.name.trim_start_matches('/').to_string(),
         Err(e) => {
             tracing::warn!(
                 task_id,

@@ -63,7 +63,7 @@ pub async fn run(
         tracing::warn!(job = name, "could not delete the preflight Job: {e}");
     }
     match outcome {
-        Ok(result) => result.map_err(fail),
+        Ok(result) => result.map_err(|e| fail(e.to_string())),
         Err(_) => Err(fail(format!(
             "the preflight Job {name} {} within {}s",
             if settings.use_image_volumes {
@@ -76,7 +76,31 @@ pub async fn run(
     }
 }
 
-async fn wait(client: &Client, settings: &Settings, job: &Job) -> Result<(), String> {
+/// Why the preflight Job did not show that tasks can run; the text becomes
+/// the `problem` of the [`PreflightError`].
+#[derive(Debug, thiserror::Error)]
+enum WaitError {
+    /// An API call failed (`step`: "cannot list the preflight Job's Pods").
+    #[error("{step}: {source}")]
+    Api {
+        step: &'static str,
+        #[source]
+        source: kube::Error,
+    },
+    /// The Job or its Pod failed; the diagnosis says why and what to check.
+    #[error("{0}")]
+    Failed(String),
+    #[error("the preflight Job {job} could not create a Pod: {message}")]
+    FailedCreate { job: String, message: String },
+}
+
+impl WaitError {
+    fn at(step: &'static str) -> impl FnOnce(kube::Error) -> WaitError {
+        move |source| WaitError::Api { step, source }
+    }
+}
+
+async fn wait(client: &Client, settings: &Settings, job: &Job) -> Result<(), WaitError> {
     let ns = &settings.namespace;
     let name = job.metadata.name.clone().unwrap_or_default();
     let uid = job.metadata.uid.clone().unwrap_or_default();
@@ -89,15 +113,15 @@ async fn wait(client: &Client, settings: &Settings, job: &Job) -> Result<(), Str
         let found = pods
             .list(&pod_selector)
             .await
-            .map_err(|e| format!("cannot list the preflight Job's Pods: {e}"))?;
+            .map_err(WaitError::at("cannot list the preflight Job's Pods"))?;
         if settings.use_image_volumes {
             let current = jobs
                 .get(&name)
                 .await
-                .map_err(|e| format!("cannot read the preflight Job: {e}"))?;
+                .map_err(WaitError::at("cannot read the preflight Job"))?;
             match diagnosis::job_state(&current, ns) {
                 JobState::Complete => return Ok(()),
-                JobState::Failed { message, .. } => return Err(message),
+                JobState::Failed { message, .. } => return Err(WaitError::Failed(message)),
                 JobState::Running => {}
             }
             for pod in &found.items {
@@ -108,7 +132,7 @@ async fn wait(client: &Client, settings: &Settings, job: &Job) -> Result<(), Str
                 if let Some(d) =
                     diagnosis::diagnose_pod(pod, &[], ns, now, settings.unschedulable_timeout)
                 {
-                    return Err(d.message);
+                    return Err(WaitError::Failed(d.message));
                 }
             }
         } else if !found.items.is_empty() {
@@ -117,14 +141,14 @@ async fn wait(client: &Client, settings: &Settings, job: &Job) -> Result<(), Str
         let listed = events
             .list(&event_selector)
             .await
-            .map_err(|e| format!("cannot list the preflight Job's events: {e}"))?;
+            .map_err(WaitError::at("cannot list the preflight Job's events"))?;
         if let Some(e) = listed.items.iter().find(|e| {
             e.type_.as_deref() == Some("Warning") && e.reason.as_deref() == Some("FailedCreate")
         }) {
-            return Err(format!(
-                "the preflight Job {name} could not create a Pod: {}",
-                e.message.as_deref().unwrap_or("FailedCreate")
-            ));
+            return Err(WaitError::FailedCreate {
+                job: name,
+                message: e.message.as_deref().unwrap_or("FailedCreate").to_owned(),
+            });
         }
         tokio::time::sleep(POLL).await;
     }

@@ -32,8 +32,8 @@ use kube::{Api, Client};
 use oz_foundation::secret::Secret;
 use oz_protocol::FailureReason;
 use oz_runtime::{
-    Adoptable, Failure, Invocation, RunOutcome, Runtime, RuntimeContext, TaskContext, TaskRef,
-    DEFAULT_TASK_IMAGE,
+    Adoptable, CheckError, Failure, Invocation, RunOutcome, Runtime, RuntimeContext, TaskContext,
+    TaskRef, DEFAULT_TASK_IMAGE,
 };
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -423,13 +423,16 @@ impl Runtime for KubernetesRuntime {
         Box::pin(async { Vec::new() })
     }
 
-    fn check(&self) -> BoxFuture<'_, Result<(), String>> {
+    fn check(&self) -> BoxFuture<'_, Result<(), CheckError>> {
         Box::pin(async move {
             self.client
                 .apiserver_version()
                 .await
                 .map(|_| ())
-                .map_err(|e| format!("the Kubernetes API server does not answer: {e}"))
+                .map_err(|e| CheckError::Unreachable {
+                    context: "the Kubernetes API server does not answer: ",
+                    source: Box::new(e),
+                })
         })
     }
 }

@@ -160,7 +160,7 @@ fn error(key: &str, problem: impl Into<String>) -> SettingsError {
 
 /// Parses a Go duration (`30s`, `1m30s`); the caller's parser is passed in
 /// so this crate shares the worker's one duration grammar.
-pub type DurationParser = fn(&str) -> Result<Duration, String>;
+pub type DurationParser = fn(&str) -> Result<Duration, oz_foundation::duration::DurationError>;
 
 impl Settings {
     /// Resolves the section; `cleanup` is the worker's `cleanup` setting.
@@ -212,12 +212,15 @@ impl Settings {
             }
         }
         let workspace_size_limit = match nonempty(&section.workspace_size_limit) {
-            Some(q) => Some(parse_quantity(&q).map_err(|p| error("workspace_size_limit", p))?),
+            Some(q) => {
+                Some(parse_quantity(&q).map_err(|p| error("workspace_size_limit", p.to_string()))?)
+            }
             None => None,
         };
         let unschedulable_timeout = match nonempty(&section.unschedulable_timeout) {
             Some(d) => {
-                let d = parse_duration(&d).map_err(|e| error("unschedulable_timeout", e))?;
+                let d = parse_duration(&d)
+                    .map_err(|e| error("unschedulable_timeout", e.to_string()))?;
                 (!d.is_zero()).then_some(d)
             }
             None => Some(DEFAULT_UNSCHEDULABLE_TIMEOUT),
@@ -360,7 +363,7 @@ fn refuse_legacy_keys(section: &KubernetesSection) -> Result<(), SettingsError> 
 /// Checks a Kubernetes quantity (`10Gi`, `500M`, `1.5`, `100m`): a decimal
 /// number with an optional binary (Ki…Ei), decimal (n, u, m, k, M…E) or
 /// exponent suffix, as `k8s.io/apimachinery/pkg/api/resource` accepts.
-pub fn parse_quantity(text: &str) -> Result<Quantity, String> {
+pub fn parse_quantity(text: &str) -> Result<Quantity, NotAQuantity> {
     let t = text.trim();
     let digits_end = t
         .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-'))
@@ -400,23 +403,24 @@ pub fn parse_quantity(text: &str) -> Result<Quantity, String> {
     if number_ok && suffix_ok && !number.starts_with('-') {
         Ok(Quantity(t.to_string()))
     } else {
-        Err(format!(
-            "{text:?} is not a Kubernetes quantity; write a number with an optional suffix, e.g. 10Gi or 500M"
-        ))
+        Err(NotAQuantity(text.to_owned()))
     }
 }
+
+/// Text that is not a Kubernetes quantity ([`parse_quantity`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{0:?} is not a Kubernetes quantity; write a number with an optional suffix, e.g. 10Gi or 500M"
+)]
+pub struct NotAQuantity(pub String);
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn dur(s: &str) -> Result<Duration, String> {
-        match s {
-            "30s" => Ok(Duration::from_secs(30)),
-            "0s" => Ok(Duration::ZERO),
-            "2m" => Ok(Duration::from_secs(120)),
-            other => Err(format!("invalid duration {other:?}")),
-        }
+    /// The worker's own parser, as the binary passes it.
+    fn dur(s: &str) -> Result<Duration, oz_foundation::duration::DurationError> {
+        oz_foundation::duration::parse_duration(s)
     }
 
     fn section(yaml: serde_json::Value) -> KubernetesSection {

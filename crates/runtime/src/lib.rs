@@ -14,11 +14,14 @@
 //! runtime's) type, and the worker core only ever sees `dyn Runtime`.
 
 pub mod host;
+mod invalid_setting;
 pub mod live_groups;
 pub mod liveness;
 pub mod output;
 pub mod process;
 pub mod resource_limits;
+
+pub use invalid_setting::InvalidSetting;
 
 use futures_util::future::BoxFuture;
 use oz_foundation::secret::Secret;
@@ -128,13 +131,14 @@ pub enum PullPolicy {
 impl PullPolicy {
     /// `always`, `if-not-present` (Docker's `missing` too) or `never`;
     /// `source` names the flag or key for the error.
-    pub fn parse(s: &str, source: &str) -> Result<PullPolicy, String> {
+    pub fn parse(s: &str, source: &str) -> Result<PullPolicy, InvalidSetting> {
         match s {
             "always" => Ok(PullPolicy::Always),
             "if-not-present" | "missing" => Ok(PullPolicy::IfNotPresent),
             "never" => Ok(PullPolicy::Never),
-            other => Err(format!(
-                "{source}: unknown pull policy {other:?}; use always, if-not-present or never"
+            other => Err(InvalidSetting::new(
+                source,
+                format!("unknown pull policy {other:?}; use always, if-not-present or never"),
             )),
         }
     }
@@ -285,7 +289,33 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// Whether the runtime can take tasks now (the daemon answers, the
     /// dispatcher exists): readiness. `Err` says what is wrong.
-    fn check(&self) -> BoxFuture<'_, Result<(), String>> {
+    fn check(&self) -> BoxFuture<'_, Result<(), CheckError>> {
         Box::pin(async { Ok(()) })
     }
+}
+
+/// Why a runtime cannot take tasks now ([`Runtime::check`], served as the
+/// reason of the worker's readiness endpoint). The message names what does
+/// not answer or is missing; the cause is kept as the source.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CheckError {
+    /// The daemon or API server the runtime drives did not answer.
+    /// `context` leads the message (empty when the cause's own message
+    /// already names the endpoint, as a Docker error does).
+    #[error("{context}{source}")]
+    Unreachable {
+        context: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A file the runtime needs on this host is gone (`what`: e.g. "agent
+    /// program").
+    #[error("the {what} {} is gone: {source}", path.display())]
+    Missing {
+        what: &'static str,
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }

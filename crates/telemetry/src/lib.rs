@@ -112,7 +112,9 @@ pub async fn start(choice: &ExporterChoice, source: Arc<dyn Source>) -> Result<R
             })
         }
         ExporterChoice::Otlp(settings) => {
-            let pusher = otlp::Pusher::new(settings.clone())?;
+            // `start`'s String error is shared with the worker's and the
+            // control plane's callers (typed there separately).
+            let pusher = otlp::Pusher::new(settings.clone()).map_err(|e| e.to_string())?;
             let description = format!(
                 "OTLP to {} every {}s",
                 pusher.endpoint(),

@@ -142,11 +142,12 @@ impl Pusher {
     /// Builds the HTTP client (TLS for `https`, from the configured CA and
     /// client certificate or the built-in web roots). Fails on unreadable
     /// certificate files, naming them.
-    pub fn new(settings: OtlpSettings) -> Result<Pusher, String> {
-        let uri: http::Uri = settings
-            .endpoint
-            .parse()
-            .map_err(|e| format!("OTLP endpoint {:?}: {e}", settings.endpoint))?;
+    pub fn new(settings: OtlpSettings) -> Result<Pusher, OtlpError> {
+        let bad_endpoint = |source| OtlpError::Endpoint {
+            endpoint: settings.endpoint.clone(),
+            source,
+        };
+        let uri: http::Uri = settings.endpoint.parse().map_err(bad_endpoint)?;
         let https = uri.scheme_str() == Some("https");
         // The connector needs the port spelled out (its default is Docker's).
         let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
@@ -162,7 +163,7 @@ impl Pusher {
             uri.scheme_str().unwrap_or("http")
         )
         .parse()
-        .map_err(|e| format!("OTLP endpoint {:?}: {e}", settings.endpoint))?;
+        .map_err(bad_endpoint)?;
         let tls = if https {
             Some(tls_config(&settings)?)
         } else {
@@ -185,7 +186,7 @@ impl Pusher {
 
     /// One POST of `snapshot`; `Err` says why (status and the collector's
     /// words, or the connection error), never a header value.
-    pub async fn push(&self, snapshot: &Snapshot) -> Result<(), String> {
+    pub async fn push(&self, snapshot: &Snapshot) -> Result<(), OtlpError> {
         let body = request(snapshot).encode_to_vec();
         let mut builder = http::Request::post(self.uri.clone())
             .header(http::header::CONTENT_TYPE, "application/x-protobuf")
@@ -198,13 +199,13 @@ impl Pusher {
         }
         let request = builder
             .body(Full::new(Bytes::from(body)))
-            .map_err(|e| format!("cannot build the request: {e}"))?;
+            .map_err(OtlpError::Request)?;
         let exchange = async {
             let response = self
                 .client
                 .request(request)
                 .await
-                .map_err(|e| describe(&e))?;
+                .map_err(OtlpError::Connect)?;
             let status = response.status();
             if status.is_success() {
                 return Ok(());
@@ -216,14 +217,11 @@ impl Pusher {
                 .map(|b| b.to_bytes())
                 .unwrap_or_default();
             let text = oz_foundation::escape::escape_control_bytes(&body[..body.len().min(300)]);
-            Err(format!("the collector answered {status}: {text}"))
+            Err(OtlpError::Refused { status, text })
         };
         match tokio::time::timeout(self.settings.timeout, exchange).await {
             Ok(result) => result,
-            Err(_) => Err(format!(
-                "no answer within {}s",
-                self.settings.timeout.as_secs_f32()
-            )),
+            Err(_) => Err(OtlpError::Timeout(self.settings.timeout)),
         }
     }
 }
@@ -239,29 +237,78 @@ fn describe(e: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
-fn tls_config(settings: &OtlpSettings) -> Result<Arc<rustls::ClientConfig>, String> {
-    use oz_foundation::tls::PemFileError;
-    // The file's own error, without its path (the message names the file).
-    let why = |e: PemFileError| match e {
-        PemFileError::Read { source, .. } => source.to_string(),
+/// Why OTLP export cannot start ([`Pusher::new`]) or one push failed
+/// ([`Pusher::push`]). Messages name the setting or file and never hold a
+/// header value.
+#[derive(Debug, thiserror::Error)]
+pub enum OtlpError {
+    /// `OTEL_EXPORTER_OTLP_*ENDPOINT` is not a URI.
+    #[error("OTLP endpoint {endpoint:?}: {source}")]
+    Endpoint {
+        endpoint: String,
+        #[source]
+        source: http::uri::InvalidUri,
+    },
+    /// A certificate or key file (`what`: "CA certificate", "client
+    /// certificate", "client key") cannot be read or parsed.
+    #[error("cannot read the OTLP {what} {}: {}", path.display(), pem_reason(source))]
+    ReadFile {
+        what: &'static str,
+        path: std::path::PathBuf,
+        #[source]
+        source: oz_foundation::tls::PemFileError,
+    },
+    /// The CA file holds a certificate rustls refuses as a root.
+    #[error("the OTLP CA certificate {} is not usable: {source}", path.display())]
+    UnusableCa {
+        path: std::path::PathBuf,
+        #[source]
+        source: rustls::Error,
+    },
+    /// The client certificate and key are not a pair.
+    #[error("the OTLP client certificate and key do not fit: {0}")]
+    ClientAuth(#[source] rustls::Error),
+    /// Only one of the client certificate and key is set.
+    #[error("OTLP client TLS needs both _CLIENT_CERTIFICATE and _CLIENT_KEY")]
+    HalfClientAuth,
+    #[error("cannot build the request: {0}")]
+    Request(#[source] http::Error),
+    /// The connection failed; the message has the whole chain of causes.
+    #[error("{}", describe(.0))]
+    Connect(#[source] hyper_util::client::legacy::Error),
+    /// The collector answered a non-success status (`text`: the start of
+    /// its body, control characters escaped).
+    #[error("the collector answered {status}: {text}")]
+    Refused {
+        status: http::StatusCode,
+        text: String,
+    },
+    #[error("no answer within {}s", .0.as_secs_f32())]
+    Timeout(std::time::Duration),
+}
+
+/// The file's own error, without its path (the message names the file).
+fn pem_reason(e: &oz_foundation::tls::PemFileError) -> String {
+    match e {
+        oz_foundation::tls::PemFileError::Read { source, .. } => source.to_string(),
         other => other.to_string(),
+    }
+}
+
+fn tls_config(settings: &OtlpSettings) -> Result<Arc<rustls::ClientConfig>, OtlpError> {
+    let read = |what: &'static str, path: &std::path::Path| {
+        let path = path.to_owned();
+        move |source| OtlpError::ReadFile { what, path, source }
     };
     let mut roots = rustls::RootCertStore::empty();
     match &settings.ca_certificate {
         Some(ca) => {
-            let certs = oz_foundation::tls::read_certificates(ca).map_err(|e| {
-                format!(
-                    "cannot read the OTLP CA certificate {}: {}",
-                    ca.display(),
-                    why(e)
-                )
-            })?;
+            let certs =
+                oz_foundation::tls::read_certificates(ca).map_err(read("CA certificate", ca))?;
             for cert in certs {
-                roots.add(cert).map_err(|e| {
-                    format!(
-                        "the OTLP CA certificate {} is not usable: {e}",
-                        ca.display()
-                    )
+                roots.add(cert).map_err(|source| OtlpError::UnusableCa {
+                    path: ca.clone(),
+                    source,
                 })?;
             }
         }
@@ -270,30 +317,15 @@ fn tls_config(settings: &OtlpSettings) -> Result<Arc<rustls::ClientConfig>, Stri
     let builder = oz_foundation::tls::builder(roots);
     let mut config = match (&settings.client_certificate, &settings.client_key) {
         (Some(cert), Some(key)) => {
-            let chain = oz_foundation::tls::read_certificates(cert).map_err(|e| {
-                format!(
-                    "cannot read the OTLP client certificate {}: {}",
-                    cert.display(),
-                    why(e)
-                )
-            })?;
-            let key = oz_foundation::tls::read_private_key(key).map_err(|e| {
-                format!(
-                    "cannot read the OTLP client key {}: {}",
-                    key.display(),
-                    why(e)
-                )
-            })?;
+            let chain = oz_foundation::tls::read_certificates(cert)
+                .map_err(read("client certificate", cert))?;
+            let key = oz_foundation::tls::read_private_key(key).map_err(read("client key", key))?;
             builder
                 .with_client_auth_cert(chain, key)
-                .map_err(|e| format!("the OTLP client certificate and key do not fit: {e}"))?
+                .map_err(OtlpError::ClientAuth)?
         }
         (None, None) => builder.with_no_client_auth(),
-        _ => {
-            return Err(
-                "OTLP client TLS needs both _CLIENT_CERTIFICATE and _CLIENT_KEY".to_string(),
-            )
-        }
+        _ => return Err(OtlpError::HalfClientAuth),
     };
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))

@@ -550,12 +550,12 @@ fn selectors(
     q: &HashMap<String, String>,
 ) -> Result<(LabelSelector, FieldSelector), ApiError> {
     let l = LabelSelector::parse(q.get("labelSelector").map(String::as_str).unwrap_or(""))
-        .map_err(ApiError::bad_request)?;
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let f = FieldSelector::parse(
         resource,
         q.get("fieldSelector").map(String::as_str).unwrap_or(""),
     )
-    .map_err(ApiError::bad_request)?;
+    .map_err(|e| ApiError::bad_request(e.to_string()))?;
     Ok((l, f))
 }
 

@@ -82,17 +82,22 @@ impl Docker {
         c
     }
 
-    async fn run(&self, args: &[&str]) -> Result<String, String> {
+    async fn run(&self, args: &[&str]) -> Result<String, CliError> {
         let out = self
             .cmd()
             .args(args)
             .output()
             .await
-            .map_err(|e| format!("docker {}: {e}", args[0]))?;
+            .map_err(|source| CliError::Spawn {
+                command: args[0].to_owned(),
+                source,
+            })?;
         if out.status.success() {
             Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
         } else {
-            Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+            Err(CliError::Failed(
+                String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            ))
         }
     }
 
@@ -120,7 +125,7 @@ impl Docker {
     /// Pulls an image, only from a registry on this machine's loopback: a
     /// name without such a registry host fails as an unreachable registry
     /// would (tests never reach beyond loopback).
-    pub async fn pull(&self, image: &str) -> Result<(), String> {
+    pub async fn pull(&self, image: &str) -> Result<(), CliError> {
         let first = image.split('/').next().unwrap_or("");
         let has_registry = image.contains('/')
             && (first.contains(':') || first.contains('.') || first == "localhost");
@@ -129,15 +134,13 @@ impl Docker {
                 || first.starts_with("localhost")
                 || first.starts_with("[::1]"));
         if !loopback {
-            return Err(format!(
-                "rpc error: code = Unknown desc = failed to pull and unpack image {image:?}: the test API server pulls only from registries on loopback, and the image is not on the test dockerd"
-            ));
+            return Err(CliError::PullRefused(image.to_owned()));
         }
         self.run(&["pull", "--quiet", image]).await.map(|_| ())
     }
 
     /// Creates the container; returns its ID.
-    pub async fn create(&self, spec: &ContainerSpec) -> Result<String, String> {
+    pub async fn create(&self, spec: &ContainerSpec) -> Result<String, CliError> {
         let mut args: Vec<String> = vec!["create".into(), "--name".into(), spec.name.clone()];
         for (k, v) in [
             (LABEL_INSTANCE, &self.instance),
@@ -194,18 +197,18 @@ impl Docker {
         self.run(&refs).await
     }
 
-    pub async fn start(&self, id: &str) -> Result<(), String> {
+    pub async fn start(&self, id: &str) -> Result<(), CliError> {
         self.run(&["start", id]).await.map(|_| ())
     }
 
     /// Waits for the container to exit.
-    pub async fn wait(&self, id: &str) -> Result<(), String> {
+    pub async fn wait(&self, id: &str) -> Result<(), CliError> {
         self.run(&["wait", id]).await.map(|_| ())
     }
 
-    pub async fn inspect(&self, id: &str) -> Result<InspectedContainer, String> {
+    pub async fn inspect(&self, id: &str) -> Result<InspectedContainer, CliError> {
         let text = self.run(&["inspect", "--type", "container", id]).await?;
-        let v: Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+        let v: Value = serde_json::from_str(&text).map_err(CliError::Inspect)?;
         let c = &v[0];
         let time = |f: &str| {
             c["State"][f]
@@ -246,21 +249,21 @@ impl Docker {
     }
 
     /// `docker stop -t GRACE`: SIGTERM, then SIGKILL after the grace period.
-    pub async fn stop(&self, id: &str, grace_seconds: i64) -> Result<(), String> {
+    pub async fn stop(&self, id: &str, grace_seconds: i64) -> Result<(), CliError> {
         self.run(&["stop", "-t", &grace_seconds.max(0).to_string(), id])
             .await
             .map(|_| ())
     }
 
     /// Runs a command in the container (exec hooks); its exit status.
-    pub async fn exec(&self, id: &str, command: &[String]) -> Result<i32, String> {
+    pub async fn exec(&self, id: &str, command: &[String]) -> Result<i32, CliError> {
         let mut c = self.cmd();
         c.arg("exec")
             .arg(id)
             .args(command)
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        let status = c.status().await.map_err(|e| e.to_string())?;
+        let status = c.status().await.map_err(CliError::Exec)?;
         Ok(status.code().unwrap_or(-1))
     }
 
@@ -268,7 +271,7 @@ impl Docker {
         let _ = self.run(&["rm", "-f", "-v", id]).await;
     }
 
-    pub async fn volume_create(&self, name: &str, pod_uid: &str) -> Result<(), String> {
+    pub async fn volume_create(&self, name: &str, pod_uid: &str) -> Result<(), CliError> {
         self.run(&[
             "volume",
             "create",
@@ -314,4 +317,30 @@ impl Docker {
             .stderr(Stdio::piped())
             .spawn()
     }
+}
+
+/// Why a `docker` CLI call of the fake kubelet failed; the text becomes the
+/// container's waiting or terminated message, as a kubelet's would.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The CLI could not be run at all.
+    #[error("docker {command}: {source}")]
+    Spawn {
+        command: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The CLI exited non-zero: its stderr, trimmed.
+    #[error("{0}")]
+    Failed(String),
+    /// An image from a non-loopback registry that the test dockerd lacks
+    /// (worded as containerd's pull failure).
+    #[error("rpc error: code = Unknown desc = failed to pull and unpack image {0:?}: the test API server pulls only from registries on loopback, and the image is not on the test dockerd")]
+    PullRefused(String),
+    /// `docker inspect` printed something that is not JSON.
+    #[error("{0}")]
+    Inspect(#[source] serde_json::Error),
+    /// `docker exec` could not be run.
+    #[error("{0}")]
+    Exec(#[source] std::io::Error),
 }

@@ -713,7 +713,8 @@ impl PodWorker {
                 let image_id = self.ensure_image(c, init).await?;
                 let spec = match self.container_spec(pod, c, volumes) {
                     Ok(s) => s,
-                    Err(msg) => {
+                    Err(e) => {
+                        let msg = e.to_string();
                         self.set_status(init, &c.name, |s| s["state"] = json!({"waiting": {"reason": "CreateContainerConfigError", "message": msg}}));
                         self.event(at, true, "Failed", &format!("Error: {msg}"));
                         return std::future::pending().await;
@@ -721,7 +722,8 @@ impl PodWorker {
                 };
                 let id = match self.docker.create(&spec).await {
                     Ok(id) => id,
-                    Err(msg) => {
+                    Err(e) => {
+                        let msg = e.to_string();
                         self.set_status(init, &c.name, |s| s["state"] = json!({"waiting": {"reason": "CreateContainerError", "message": msg}}));
                         self.event(at, true, "Failed", &format!("Error: {msg}"));
                         return std::future::pending().await;
@@ -734,7 +736,8 @@ impl PodWorker {
                     "Created",
                     &format!("Created container {}", c.name),
                 );
-                if let Err(msg) = self.docker.start(&id).await {
+                if let Err(e) = self.docker.start(&id).await {
+                    let msg = e.to_string();
                     self.event(
                         at,
                         true,
@@ -821,39 +824,35 @@ impl PodWorker {
         pod: &Value,
         c: &Container,
         volumes: &HashMap<String, MountSource>,
-    ) -> Result<ContainerSpec, String> {
+    ) -> Result<ContainerSpec, ConfigError> {
         let mut env: Vec<(String, String)> = Vec::new();
         if c.env_from.as_ref().is_some_and(|e| !e.is_empty()) {
             let e = &c.env_from.as_ref().unwrap()[0];
-            let what = if let Some(s) = &e.secret_ref {
-                format!("secret {:?} not found", s.name)
+            return Err(if let Some(s) = &e.secret_ref {
+                ConfigError::NoSecret(s.name.clone())
             } else if let Some(m) = &e.config_map_ref {
-                format!("configmap {:?} not found", m.name)
+                ConfigError::NoConfigMap(m.name.clone())
             } else {
-                "envFrom source not found".into()
-            };
-            return Err(what);
+                ConfigError::NoEnvFromSource
+            });
         }
         for e in c.env.iter().flatten() {
             let value = if let Some(from) = &e.value_from {
                 if let Some(f) = &from.field_ref {
                     field_ref(pod, &f.field_path)
-                        .ok_or_else(|| format!("unsupported fieldRef {:?}", f.field_path))?
+                        .ok_or_else(|| ConfigError::FieldRef(f.field_path.clone()))?
                 } else if let Some(s) = &from.secret_key_ref {
                     if s.optional == Some(true) {
                         continue;
                     }
-                    return Err(format!("secret {:?} not found", s.name));
+                    return Err(ConfigError::NoSecret(s.name.clone()));
                 } else if let Some(m) = &from.config_map_key_ref {
                     if m.optional == Some(true) {
                         continue;
                     }
-                    return Err(format!("configmap {:?} not found", m.name));
+                    return Err(ConfigError::NoConfigMap(m.name.clone()));
                 } else {
-                    return Err(format!(
-                        "env {:?}: resourceFieldRef is not supported by the test API server",
-                        e.name
-                    ));
+                    return Err(ConfigError::ResourceFieldRef(e.name.clone()));
                 }
             } else {
                 expand(e.value.as_deref().unwrap_or(""), &env)
@@ -879,7 +878,7 @@ impl PodWorker {
         for m in c.volume_mounts.iter().flatten() {
             let vol = volumes
                 .get(&m.name)
-                .ok_or_else(|| format!("volume {:?} not found", m.name))?;
+                .ok_or_else(|| ConfigError::NoVolume(m.name.clone()))?;
             // Image volumes are always read-only (ImageVolumeSource: "The
             // volume will be mounted read-only (ro)").
             let read_only = m.read_only == Some(true) || matches!(vol, MountSource::Image(_));
@@ -1359,4 +1358,23 @@ mod tests {
             "Burstable"
         );
     }
+}
+
+/// Why a container's configuration cannot be built (the kubelet's
+/// `CreateContainerConfigError`): the test API server stores no Secrets or
+/// ConfigMaps, so every reference to one is "not found", as a kubelet says.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("secret {0:?} not found")]
+    NoSecret(String),
+    #[error("configmap {0:?} not found")]
+    NoConfigMap(String),
+    #[error("envFrom source not found")]
+    NoEnvFromSource,
+    #[error("unsupported fieldRef {0:?}")]
+    FieldRef(String),
+    #[error("env {0:?}: resourceFieldRef is not supported by the test API server")]
+    ResourceFieldRef(String),
+    #[error("volume {0:?} not found")]
+    NoVolume(String),
 }

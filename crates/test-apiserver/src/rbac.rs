@@ -37,22 +37,44 @@ fn strings(v: &Value) -> Vec<String> {
         .collect()
 }
 
+/// Why the `--rbac` Role file was refused: `PATH: PROBLEM`.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {problem}", path.display())]
+pub struct LoadError {
+    pub path: std::path::PathBuf,
+    #[source]
+    pub problem: RoleProblem,
+}
+
+/// What is wrong with a Role file.
+#[derive(Debug, thiserror::Error)]
+pub enum RoleProblem {
+    #[error("{0}")]
+    Read(#[source] std::io::Error),
+    #[error("{0}")]
+    Parse(#[source] serde_norway::Error),
+    /// Its `kind` (as JSON) is not `Role`.
+    #[error("not a Role (kind {0})")]
+    NotARole(String),
+    #[error("{0}")]
+    Invalid(#[source] crate::schema::SchemaError),
+}
+
 impl Policy {
     /// Reads a Role (YAML or JSON); `namespace` is where it is bound.
-    pub fn load(path: &std::path::Path, namespace: &str) -> Result<Policy, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let role: Value =
-            serde_norway::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    pub fn load(path: &std::path::Path, namespace: &str) -> Result<Policy, LoadError> {
+        let at = |problem| LoadError {
+            path: path.to_owned(),
+            problem,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| at(RoleProblem::Read(e)))?;
+        let role: Value = serde_norway::from_str(&text).map_err(|e| at(RoleProblem::Parse(e)))?;
         if role["kind"] != "Role" {
-            return Err(format!(
-                "{}: not a Role (kind {})",
-                path.display(),
-                role["kind"]
-            ));
+            return Err(at(RoleProblem::NotARole(role["kind"].to_string())));
         }
         crate::schema::Schemas::global()
             .validate(&role)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+            .map_err(|e| at(RoleProblem::Invalid(e)))?;
         let rules = role["rules"]
             .as_array()
             .into_iter()

@@ -55,7 +55,7 @@ fn valid_value(value: &str) -> bool {
 impl LabelSelector {
     /// Parses `labelSelector`; the error is the message the API server
     /// puts in its 400 answer.
-    pub fn parse(text: &str) -> Result<LabelSelector, String> {
+    pub fn parse(text: &str) -> Result<LabelSelector, SelectorError> {
         let mut reqs = Vec::new();
         if text.trim().is_empty() {
             return Ok(LabelSelector(reqs));
@@ -63,9 +63,7 @@ impl LabelSelector {
         for part in split_top(text) {
             let part = part.trim();
             if part.is_empty() {
-                return Err(format!(
-                    "unable to parse requirement: found '', expected: identifier in {text:?}"
-                ));
+                return Err(SelectorError::EmptyRequirement(text.to_owned()));
             }
             let req = if let Some(key) = part.strip_prefix('!') {
                 Requirement::DoesNotExist(key.trim().to_string())
@@ -90,11 +88,14 @@ impl LabelSelector {
                 Requirement::Exists(k) | Requirement::DoesNotExist(k) => (k, vec![]),
             };
             if !valid_key(key) {
-                return Err(format!("unable to parse requirement: invalid label key {key:?}: name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character"));
+                return Err(SelectorError::InvalidKey(key.to_owned()));
             }
             for v in values {
                 if !valid_value(v) {
-                    return Err(format!("unable to parse requirement: invalid label value: {v:?}: at key: {key:?}: a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character"));
+                    return Err(SelectorError::InvalidValue {
+                        value: v.to_owned(),
+                        key: key.to_owned(),
+                    });
                 }
             }
             reqs.push(req);
@@ -127,18 +128,39 @@ fn split_word(part: &str, word: &str) -> Option<(String, String)> {
     Some((key, rest))
 }
 
-fn set(rest: String, whole: &str) -> Result<Vec<String>, String> {
+fn set(rest: String, whole: &str) -> Result<Vec<String>, SelectorError> {
     let inner = rest
         .strip_prefix('(')
         .and_then(|r| r.strip_suffix(')'))
-        .ok_or_else(|| {
-            format!("unable to parse requirement: found {rest:?}, expected: '(' in {whole:?}")
+        .ok_or_else(|| SelectorError::NoSet {
+            found: rest.clone(),
+            whole: whole.to_owned(),
         })?;
     let values: Vec<String> = inner.split(',').map(|v| v.trim().to_string()).collect();
     if values.iter().all(String::is_empty) {
-        return Err(format!("unable to parse requirement: for 'in', 'notin' operators, values set can't be empty in {whole:?}"));
+        return Err(SelectorError::EmptySet(whole.to_owned()));
     }
     Ok(values)
+}
+
+/// A refused label or field selector, worded as the real API server's
+/// answer (a 400 `BadRequest`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SelectorError {
+    #[error("unable to parse requirement: found '', expected: identifier in {0:?}")]
+    EmptyRequirement(String),
+    #[error("unable to parse requirement: invalid label key {0:?}: name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character")]
+    InvalidKey(String),
+    #[error("unable to parse requirement: invalid label value: {value:?}: at key: {key:?}: a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character")]
+    InvalidValue { value: String, key: String },
+    #[error("unable to parse requirement: found {found:?}, expected: '(' in {whole:?}")]
+    NoSet { found: String, whole: String },
+    #[error("unable to parse requirement: for 'in', 'notin' operators, values set can't be empty in {0:?}")]
+    EmptySet(String),
+    #[error("invalid selector: '{0}'; can't understand '{0}'")]
+    Unparsable(String),
+    #[error("field label not supported: {0}")]
+    UnsupportedField(String),
 }
 
 /// A parsed field selector over the fields the resource supports.
@@ -178,7 +200,7 @@ fn supported(resource: Resource, field: &str) -> bool {
 }
 
 impl FieldSelector {
-    pub fn parse(resource: Resource, text: &str) -> Result<FieldSelector, String> {
+    pub fn parse(resource: Resource, text: &str) -> Result<FieldSelector, SelectorError> {
         let mut out = Vec::new();
         if text.trim().is_empty() {
             return Ok(FieldSelector(out));
@@ -191,13 +213,11 @@ impl FieldSelector {
             } else if let Some((f, v)) = part.split_once('=') {
                 (f, true, v)
             } else {
-                return Err(format!(
-                    "invalid selector: '{part}'; can't understand '{part}'"
-                ));
+                return Err(SelectorError::Unparsable(part.to_owned()));
             };
             let field = field.trim();
             if !supported(resource, field) {
-                return Err(format!("field label not supported: {field}"));
+                return Err(SelectorError::UnsupportedField(field.to_owned()));
             }
             out.push((field.to_string(), equal, value.trim().to_string()));
         }
@@ -283,6 +303,6 @@ mod tests {
                 .matches(&e)
         );
         let err = FieldSelector::parse(Resource::Jobs, "spec.foo=1").unwrap_err();
-        assert_eq!(err, "field label not supported: spec.foo");
+        assert_eq!(err.to_string(), "field label not supported: spec.foo");
     }
 }

@@ -54,8 +54,7 @@ pub async fn fresh_sidecar_with(d: &Docker, entrypoint: &str, padding: usize) ->
         .image_inspect(&reference, &Default::default())
         .await
         .unwrap()
-        .id
-        .unwrap();
+        .id;
     (reference.clone(), sidecar_volume_name(&repo, &id))
 }
 

@@ -165,7 +165,7 @@ impl Health {
             }
         }
         let result = match tokio::time::timeout(CHECK_TIMEOUT, runtime.check()).await {
-            Ok(r) => r.map_err(Unready::Check),
+            Ok(r) => r.map_err(|e| Unready::Check(e.to_string())),
             Err(_) => Err(Unready::NoAnswer(CHECK_TIMEOUT)),
         };
         *self.check.lock().unwrap() = Some((Instant::now(), result.clone()));
@@ -254,8 +254,14 @@ mod tests {
         fn recover(&self, _: Vec<TaskRef>) -> BoxFuture<'_, Vec<(TaskRef, RunOutcome)>> {
             Box::pin(async { Vec::new() })
         }
-        fn check(&self) -> BoxFuture<'_, Result<(), String>> {
-            let r = self.0.clone();
+        fn check(&self) -> BoxFuture<'_, Result<(), oz_runtime::CheckError>> {
+            let r = self
+                .0
+                .clone()
+                .map_err(|m| oz_runtime::CheckError::Unreachable {
+                    context: "",
+                    source: m.into(),
+                });
             Box::pin(async move { r })
         }
     }

@@ -13,6 +13,9 @@ pub struct Models<'a> {
     /// Every type name handed out, with the schema it stands for, so one
     /// inline schema reached twice (through `allOf`) yields one type.
     names: HashMap<String, Value>,
+    /// The `quirks` entries about required fields that matched a field, so
+    /// a stale one (its type or field renamed away) fails generation.
+    used_quirks: Vec<(&'static str, &'static str)>,
 }
 
 enum Item {
@@ -38,6 +41,10 @@ struct Field {
     json_name: String,
     ty: String,
     doc: String,
+    /// Listed in the schema's `required` (as adjusted by
+    /// [`quirks::NOT_REQUIRED`] and [`quirks::EXTRA_REQUIRED`]): a plain
+    /// field that must be present, not an `Option`.
+    required: bool,
 }
 
 /// One property of an object, with the type that declares it (for names of
@@ -46,6 +53,8 @@ struct Property<'s> {
     owner: String,
     name: String,
     schema: &'s Value,
+    /// In the `required` list of the schema (or an `allOf` part) declaring it.
+    required: bool,
 }
 
 impl<'a> Models<'a> {
@@ -58,11 +67,34 @@ impl<'a> Models<'a> {
             spec,
             items: Vec::new(),
             names,
+            used_quirks: Vec::new(),
         }
     }
 
     pub fn type_count(&self) -> usize {
         self.items.len()
+    }
+
+    /// Every `quirks::NOT_REQUIRED`/`EXTRA_REQUIRED` entry must have
+    /// changed a field; one that did not names a type or field the spec no
+    /// longer has (or one already required/optional), and is an error.
+    pub fn check_required_quirks(&self) -> Result<(), String> {
+        let unused: Vec<String> = quirks::NOT_REQUIRED
+            .iter()
+            .chain(quirks::EXTRA_REQUIRED)
+            .filter(|(ty, field, _)| !self.used_quirks.contains(&(*ty, *field)))
+            .map(|(ty, field, _)| format!("{ty}.{field}"))
+            .collect();
+        if unused.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "xtask/src/quirks.rs: these required-field entries changed no field \
+                 (the type or field does not exist, or is already as the entry wants): {}; \
+                 fix or remove them",
+                unused.join(", ")
+            ))
+        }
     }
 
     /// Emits a type for every entry of `definitions`, in spec order.
@@ -226,6 +258,7 @@ impl<'a> Models<'a> {
             if ty == name {
                 ty = format!("Box<{ty}>");
             }
+            let required = self.is_required(&prop);
             let mut rust_name = snake_case(&prop.name);
             while fields.iter().any(|f| f.rust_name == rust_name) {
                 rust_name.push('_');
@@ -235,16 +268,79 @@ impl<'a> Models<'a> {
                 json_name: prop.name,
                 ty,
                 doc: doc_comment(description(prop.schema)),
+                required,
             });
         }
         fields
+    }
+
+    /// Required per the spec, unless an engine omits it; or required by a
+    /// quirk although the spec says optional. A nullable field stays
+    /// optional whatever the list says: `null` must decode.
+    fn is_required(&mut self, prop: &Property) -> bool {
+        let matches = |list: &[(&'static str, &'static str, &str)]| {
+            list.iter()
+                .find(|(ty, field, _)| *ty == prop.owner && *field == prop.name)
+                .map(|(ty, field, _)| (*ty, *field))
+        };
+        if is_nullable(prop.schema) {
+            return false;
+        }
+        if prop.required {
+            if let Some(hit) = matches(quirks::NOT_REQUIRED) {
+                self.used_quirks.push(hit);
+                return false;
+            }
+            return true;
+        }
+        if let Some(hit) = matches(quirks::EXTRA_REQUIRED) {
+            self.used_quirks.push(hit);
+            return true;
+        }
+        false
+    }
+
+    /// Whether `ty` has a `Default` impl, so a struct holding it as a
+    /// required field can still derive one. Enums have none (no value is
+    /// the obvious default); aliases and boxes are what they stand for.
+    fn has_default(&self, ty: &str, seen: &mut Vec<String>) -> bool {
+        if let Some(inner) = ty.strip_prefix("Box<").and_then(|t| t.strip_suffix('>')) {
+            return self.has_default(inner, seen);
+        }
+        let open = ["Option<", "Vec<", "std::collections::HashMap<"];
+        let plain = ["String", "i64", "u64", "f64", "bool", "serde_json::Value"];
+        if open.iter().any(|p| ty.starts_with(p)) || plain.contains(&ty) {
+            return true;
+        }
+        if seen.iter().any(|s| s == ty) {
+            return true; // a cycle: decided by the other fields
+        }
+        seen.push(ty.to_owned());
+        let found = self.items.iter().find_map(|item| match item {
+            Item::Struct { name, fields, .. } if name == ty => Some(
+                fields
+                    .iter()
+                    .filter(|f| f.required)
+                    .all(|f| self.has_default(&f.ty, seen)),
+            ),
+            Item::Enum { name, .. } if name == ty => Some(false),
+            Item::Alias {
+                name, ty: target, ..
+            } if name == ty => Some(self.has_default(target, seen)),
+            _ => None,
+        });
+        seen.pop();
+        found.unwrap_or(true)
     }
 
     pub fn render(&self) -> String {
         let mut out = String::new();
         for item in &self.items {
             match item {
-                Item::Struct { name, doc, fields } => render_struct(&mut out, name, doc, fields),
+                Item::Struct { name, doc, fields } => {
+                    let default = self.has_default(name, &mut Vec::new());
+                    render_struct(&mut out, name, doc, fields, default)
+                }
                 Item::Enum { name, doc, values } => render_enum(&mut out, name, doc, values),
                 Item::Alias { name, doc, ty } => {
                     let _ = writeln!(out, "{doc}pub type {name} = {ty};\n");
@@ -255,10 +351,14 @@ impl<'a> Models<'a> {
     }
 }
 
-fn render_struct(out: &mut String, name: &str, doc: &str, fields: &[Field]) {
+/// Required fields are plain and always sent; the rest are `Option`, unset
+/// ones not sent. Without `default`, serde rejects an answer missing a
+/// required field with "missing field `Name`".
+fn render_struct(out: &mut String, name: &str, doc: &str, fields: &[Field], default: bool) {
+    let default = if default { "Default, " } else { "" };
     let _ = writeln!(
         out,
-        "{doc}#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]\npub struct {name} {{"
+        "{doc}#[derive(Debug, Clone, {default}PartialEq, Serialize, Deserialize)]\npub struct {name} {{"
     );
     for f in fields {
         let bare = f.rust_name.trim_start_matches("r#");
@@ -267,6 +367,15 @@ fn render_struct(out: &mut String, name: &str, doc: &str, fields: &[Field]) {
         } else {
             format!("rename = \"{}\", ", f.json_name)
         };
+        if f.required {
+            let attr = if rename.is_empty() {
+                String::new()
+            } else {
+                format!("#[serde(rename = \"{}\")]\n", f.json_name)
+            };
+            let _ = writeln!(out, "{}{attr}pub {}: {},", f.doc, f.rust_name, f.ty);
+            continue;
+        }
         let _ = writeln!(
             out,
             "{}#[serde({rename}default, skip_serializing_if = \"Option::is_none\")]\npub {}: Option<{}>,",
@@ -330,6 +439,13 @@ fn collect_properties<'s>(
     owner: &str,
     out: &mut Vec<Property<'s>>,
 ) {
+    let required: Vec<&str> = schema
+        .get("required")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
     if let Some(name) = ref_name(schema) {
         let target = &spec["definitions"][name];
         return collect_properties(spec, target, name, out);
@@ -352,6 +468,7 @@ fn collect_properties<'s>(
             owner: owner.to_owned(),
             name: name.clone(),
             schema: prop,
+            required: required.contains(&name.as_str()),
         };
         match out.iter_mut().find(|p| p.name == *name) {
             Some(existing) => *existing = prop,

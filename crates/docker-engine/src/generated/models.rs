@@ -879,11 +879,11 @@ pub struct ContainerConfig {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ContainerCreateResponse {
     /// The ID of the created container
-    #[serde(rename = "Id", default, skip_serializing_if = "Option::is_none")]
-    pub id: Option<String>,
+    #[serde(rename = "Id")]
+    pub id: String,
     /// Warnings encountered when creating the container
-    #[serde(rename = "Warnings", default, skip_serializing_if = "Option::is_none")]
-    pub warnings: Option<Vec<String>>,
+    #[serde(rename = "Warnings")]
+    pub warnings: Vec<String>,
 }
 
 /// ContainerInspectResponse
@@ -933,8 +933,8 @@ pub struct ContainerInspectResponse {
     #[serde(rename = "HostsPath", default, skip_serializing_if = "Option::is_none")]
     pub hosts_path: Option<String>,
     /// The ID of this container as a 128-bit (64-character) hexadecimal string (32 bytes).
-    #[serde(rename = "Id", default, skip_serializing_if = "Option::is_none")]
-    pub id: Option<String>,
+    #[serde(rename = "Id")]
+    pub id: String,
     /// The ID (digest) of the image that this container was created from.
     #[serde(rename = "Image", default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
@@ -959,8 +959,8 @@ pub struct ContainerInspectResponse {
     #[serde(rename = "Mounts", default, skip_serializing_if = "Option::is_none")]
     pub mounts: Option<Vec<MountPoint>>,
     /// The name associated with this container.
-    #[serde(rename = "Name", default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
+    #[serde(rename = "Name")]
+    pub name: String,
     #[serde(
         rename = "NetworkSettings",
         default,
@@ -1295,8 +1295,8 @@ pub struct ContainerSummary {
     )]
     pub host_config: Option<ContainerSummaryHostConfig>,
     /// The ID of this container as a 128-bit (64-character) hexadecimal string (32 bytes).
-    #[serde(rename = "Id", default, skip_serializing_if = "Option::is_none")]
-    pub id: Option<String>,
+    #[serde(rename = "Id")]
+    pub id: String,
     /// The name or ID of the image used to create the container.
     #[serde(rename = "Image", default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
@@ -1508,12 +1508,8 @@ pub struct ContainerWaitResponse {
     #[serde(rename = "Error", default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ContainerWaitExitError>,
     /// Exit code of the container
-    #[serde(
-        rename = "StatusCode",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub status_code: Option<i64>,
+    #[serde(rename = "StatusCode")]
+    pub status_code: i64,
 }
 
 /// Information for connecting to the containerd instance that is used by the daemon. This is included for debugging purposes only.
@@ -1630,23 +1626,19 @@ pub struct DeviceRequest {
 /// Describes the result obtained from contacting the registry to retrieve image metadata.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct DistributionInspect {
-    #[serde(
-        rename = "Descriptor",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub descriptor: Option<OCIDescriptor>,
+    #[serde(rename = "Descriptor")]
+    pub descriptor: OCIDescriptor,
     /// An array containing all platforms supported by the image.
-    #[serde(rename = "Platforms", default, skip_serializing_if = "Option::is_none")]
-    pub platforms: Option<Vec<Option<OCIPlatform>>>,
+    #[serde(rename = "Platforms")]
+    pub platforms: Vec<Option<OCIPlatform>>,
 }
 
 /// Driver represents a driver (network, logging, secrets).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Driver {
     /// Name of the driver.
-    #[serde(rename = "Name", default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
+    #[serde(rename = "Name")]
+    pub name: String,
     /// Key/value map of driver-specific options.
     #[serde(rename = "Options", default, skip_serializing_if = "Option::is_none")]
     pub options: Option<std::collections::HashMap<String, String>>,
@@ -1659,8 +1651,8 @@ pub struct DriverData {
     #[serde(rename = "Data", default, skip_serializing_if = "Option::is_none")]
     pub data: Option<std::collections::HashMap<String, String>>,
     /// Name of the storage driver.
-    #[serde(rename = "Name", default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
+    #[serde(rename = "Name")]
+    pub name: String,
 }
 
 /// EndpointIPAMConfig represents an endpoint's IPAM configuration.
@@ -2000,8 +1992,7 @@ pub struct ErrorDetail {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ErrorResponse {
     /// The error message.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub message: Option<String>,
+    pub message: String,
 }
 
 /// Actor describes something that generates events, like a container, network, or a volume.
@@ -2190,11 +2181,11 @@ impl<'de> Deserialize<'de> for EventMessageScope {
 /// Change in the container's filesystem.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct FilesystemChange {
-    #[serde(rename = "Kind", default, skip_serializing_if = "Option::is_none")]
-    pub kind: Option<ChangeType>,
+    #[serde(rename = "Kind")]
+    pub kind: ChangeType,
     /// Path to file or directory that has changed.
-    #[serde(rename = "Path", default, skip_serializing_if = "Option::is_none")]
-    pub path: Option<String>,
+    #[serde(rename = "Path")]
+    pub path: String,
 }
 
 /// Information about the daemon's firewalling configuration.
@@ -2982,8 +2973,8 @@ impl<'de> Deserialize<'de> for HostConfigLogConfigType {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct IDResponse {
     /// The id of the newly created object.
-    #[serde(rename = "Id", default, skip_serializing_if = "Option::is_none")]
-    pub id: Option<String>,
+    #[serde(rename = "Id")]
+    pub id: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -3103,12 +3094,8 @@ pub struct ImageID {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ImageInspect {
     /// Hardware CPU architecture that the image runs on.
-    #[serde(
-        rename = "Architecture",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub architecture: Option<String>,
+    #[serde(rename = "Architecture")]
+    pub architecture: String,
     /// Name of the author that was specified when committing the image, or as specified through MAINTAINER (deprecated) in the Dockerfile.
     #[serde(rename = "Author", default, skip_serializing_if = "Option::is_none")]
     pub author: Option<String>,
@@ -3141,8 +3128,8 @@ pub struct ImageInspect {
     )]
     pub graph_driver: Option<DriverData>,
     /// ID is the content-addressable ID of an image.
-    #[serde(rename = "Id", default, skip_serializing_if = "Option::is_none")]
-    pub id: Option<String>,
+    #[serde(rename = "Id")]
+    pub id: String,
     /// Manifests is a list of image manifests available in this image. It provides a more detailed view of the platform-specific image manifests or other image-attached data like build attestations.
     #[serde(rename = "Manifests", default, skip_serializing_if = "Option::is_none")]
     pub manifests: Option<Vec<ImageManifestSummary>>,
@@ -3150,8 +3137,8 @@ pub struct ImageInspect {
     #[serde(rename = "Metadata", default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<ImageInspectMetadata>,
     /// Operating System the image is built to run on.
-    #[serde(rename = "Os", default, skip_serializing_if = "Option::is_none")]
-    pub os: Option<String>,
+    #[serde(rename = "Os")]
+    pub os: String,
     /// Operating System version the image is built to run on (especially for Windows).
     #[serde(rename = "OsVersion", default, skip_serializing_if = "Option::is_none")]
     pub os_version: Option<String>,
@@ -3196,12 +3183,12 @@ pub struct ImageInspectMetadata {
 pub struct ImageInspectRootFS {
     #[serde(rename = "Layers", default, skip_serializing_if = "Option::is_none")]
     pub layers: Option<Vec<String>>,
-    #[serde(rename = "Type", default, skip_serializing_if = "Option::is_none")]
-    pub r#type: Option<String>,
+    #[serde(rename = "Type")]
+    pub r#type: String,
 }
 
 /// ImageManifestSummary represents a summary of an image manifest.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ImageManifestSummary {
     /// The image data for the attestation manifest. This field is only populated when Kind is "attestation".
     #[serde(
@@ -3211,57 +3198,49 @@ pub struct ImageManifestSummary {
     )]
     pub attestation_data: Option<ImageManifestSummaryAttestationData>,
     /// Indicates whether all the child content (image config, layers) is fully available locally.
-    #[serde(rename = "Available", default, skip_serializing_if = "Option::is_none")]
-    pub available: Option<bool>,
-    #[serde(
-        rename = "Descriptor",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub descriptor: Option<OCIDescriptor>,
+    #[serde(rename = "Available")]
+    pub available: bool,
+    #[serde(rename = "Descriptor")]
+    pub descriptor: OCIDescriptor,
     /// ID is the content-addressable ID of an image and is the same as the digest of the image manifest.
-    #[serde(rename = "ID", default, skip_serializing_if = "Option::is_none")]
-    pub id: Option<String>,
+    #[serde(rename = "ID")]
+    pub id: String,
     /// The image data for the image manifest. This field is only populated when Kind is "image".
     #[serde(rename = "ImageData", default, skip_serializing_if = "Option::is_none")]
     pub image_data: Option<ImageManifestSummaryImageData>,
     /// The kind of the manifest.
-    #[serde(rename = "Kind", default, skip_serializing_if = "Option::is_none")]
-    pub kind: Option<ImageManifestSummaryKind>,
-    #[serde(rename = "Size", default, skip_serializing_if = "Option::is_none")]
-    pub size: Option<ImageManifestSummarySize>,
+    #[serde(rename = "Kind")]
+    pub kind: ImageManifestSummaryKind,
+    #[serde(rename = "Size")]
+    pub size: ImageManifestSummarySize,
 }
 
 /// The image data for the attestation manifest. This field is only populated when Kind is "attestation".
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ImageManifestSummaryAttestationData {
     /// The digest of the image manifest that this attestation is for.
-    #[serde(rename = "For", default, skip_serializing_if = "Option::is_none")]
-    pub r#for: Option<String>,
+    #[serde(rename = "For")]
+    pub r#for: String,
 }
 
 /// The image data for the image manifest. This field is only populated when Kind is "image".
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ImageManifestSummaryImageData {
     /// The IDs of the containers that are using this image.
-    #[serde(
-        rename = "Containers",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub containers: Option<Vec<String>>,
+    #[serde(rename = "Containers")]
+    pub containers: Vec<String>,
     /// OCI platform of the image. This will be the platform specified in the manifest descriptor from the index/manifest list. If it's not available, it will be obtained from the image config.
-    #[serde(rename = "Platform", default, skip_serializing_if = "Option::is_none")]
-    pub platform: Option<OCIPlatform>,
-    #[serde(rename = "Size", default, skip_serializing_if = "Option::is_none")]
-    pub size: Option<ImageManifestSummaryImageDataSize>,
+    #[serde(rename = "Platform")]
+    pub platform: OCIPlatform,
+    #[serde(rename = "Size")]
+    pub size: ImageManifestSummaryImageDataSize,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ImageManifestSummaryImageDataSize {
     /// Unpacked is the size (in bytes) of the locally unpacked (uncompressed) image content that's directly usable by the containers running this image. It's independent of the distributable content - e.g. the image might still have an unpacked data that's still used by some container even when the distributable/compressed content is already gone.
-    #[serde(rename = "Unpacked", default, skip_serializing_if = "Option::is_none")]
-    pub unpacked: Option<i64>,
+    #[serde(rename = "Unpacked")]
+    pub unpacked: i64,
 }
 
 /// The kind of the manifest.
@@ -3322,25 +3301,21 @@ impl<'de> Deserialize<'de> for ImageManifestSummaryKind {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ImageManifestSummarySize {
     /// Content is the size (in bytes) of all the locally present content in the content store (e.g. image config, layers) referenced by this manifest and its children. This only includes blobs in the content store.
-    #[serde(rename = "Content", default, skip_serializing_if = "Option::is_none")]
-    pub content: Option<i64>,
+    #[serde(rename = "Content")]
+    pub content: i64,
     /// Total is the total size (in bytes) of all the locally present data (both distributable and non-distributable) that's related to this manifest and its children. This equal to the sum of \[Content\] size AND all the sizes in the \[Size\] struct present in the Kind-specific data struct. For example, for an image kind (Kind == "image") this would include the size of the image content and unpacked image snapshots (\[Size.Content\] + \[ImageData.Size.Unpacked\]).
-    #[serde(rename = "Total", default, skip_serializing_if = "Option::is_none")]
-    pub total: Option<i64>,
+    #[serde(rename = "Total")]
+    pub total: i64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ImageSummary {
     /// Number of containers using this image. Includes both stopped and running containers.
-    #[serde(
-        rename = "Containers",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub containers: Option<i64>,
+    #[serde(rename = "Containers")]
+    pub containers: i64,
     /// Date and time at which the image was created as a Unix timestamp (number of seconds since EPOCH).
-    #[serde(rename = "Created", default, skip_serializing_if = "Option::is_none")]
-    pub created: Option<i64>,
+    #[serde(rename = "Created")]
+    pub created: i64,
     /// Descriptor is an OCI descriptor of the image target. In case of a multi-platform image, this descriptor points to the OCI index or a manifest list.
     #[serde(
         rename = "Descriptor",
@@ -3349,8 +3324,8 @@ pub struct ImageSummary {
     )]
     pub descriptor: Option<OCIDescriptor>,
     /// ID is the content-addressable ID of an image.
-    #[serde(rename = "Id", default, skip_serializing_if = "Option::is_none")]
-    pub id: Option<String>,
+    #[serde(rename = "Id")]
+    pub id: String,
     /// User-defined key/value metadata.
     #[serde(rename = "Labels", default, skip_serializing_if = "Option::is_none")]
     pub labels: Option<std::collections::HashMap<String, String>>,
@@ -3358,8 +3333,8 @@ pub struct ImageSummary {
     #[serde(rename = "Manifests", default, skip_serializing_if = "Option::is_none")]
     pub manifests: Option<Vec<ImageManifestSummary>>,
     /// ID of the parent image.
-    #[serde(rename = "ParentId", default, skip_serializing_if = "Option::is_none")]
-    pub parent_id: Option<String>,
+    #[serde(rename = "ParentId")]
+    pub parent_id: String,
     /// List of content-addressable digests of locally available image manifests that the image is referenced from. Multiple manifests can refer to the same image.
     #[serde(
         rename = "RepoDigests",
@@ -3368,18 +3343,14 @@ pub struct ImageSummary {
     )]
     pub repo_digests: Option<Vec<String>>,
     /// List of image names/tags in the local image cache that reference this image.
-    #[serde(rename = "RepoTags", default, skip_serializing_if = "Option::is_none")]
-    pub repo_tags: Option<Vec<String>>,
+    #[serde(rename = "RepoTags")]
+    pub repo_tags: Vec<String>,
     /// Total size of image layers that are shared between this image and other images.
-    #[serde(
-        rename = "SharedSize",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub shared_size: Option<i64>,
+    #[serde(rename = "SharedSize")]
+    pub shared_size: i64,
     /// Total size of the image including all layers it is composed of.
-    #[serde(rename = "Size", default, skip_serializing_if = "Option::is_none")]
-    pub size: Option<i64>,
+    #[serde(rename = "Size")]
+    pub size: i64,
 }
 
 /// IndexInfo contains information about a registry.
@@ -4021,11 +3992,11 @@ pub struct NetworkContainer {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct NetworkCreateResponse {
     /// The ID of the created network.
-    #[serde(rename = "Id", default, skip_serializing_if = "Option::is_none")]
-    pub id: Option<String>,
+    #[serde(rename = "Id")]
+    pub id: String,
     /// Warnings encountered when creating the container
-    #[serde(rename = "Warning", default, skip_serializing_if = "Option::is_none")]
-    pub warning: Option<String>,
+    #[serde(rename = "Warning")]
+    pub warning: String,
 }
 
 /// NetworkSettings exposes the network settings in the API
@@ -4496,15 +4467,15 @@ pub struct Platform {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Plugin {
     /// The config of a plugin.
-    #[serde(rename = "Config", default, skip_serializing_if = "Option::is_none")]
-    pub config: Option<PluginConfig>,
+    #[serde(rename = "Config")]
+    pub config: PluginConfig,
     /// True if the plugin is running. False if the plugin is not running, only installed.
-    #[serde(rename = "Enabled", default, skip_serializing_if = "Option::is_none")]
-    pub enabled: Option<bool>,
+    #[serde(rename = "Enabled")]
+    pub enabled: bool,
     #[serde(rename = "Id", default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
-    #[serde(rename = "Name", default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
+    #[serde(rename = "Name")]
+    pub name: String,
     /// plugin remote reference used to push/pull the plugin
     #[serde(
         rename = "PluginReference",
@@ -4513,21 +4484,17 @@ pub struct Plugin {
     )]
     pub plugin_reference: Option<String>,
     /// Settings that can be modified by users.
-    #[serde(rename = "Settings", default, skip_serializing_if = "Option::is_none")]
-    pub settings: Option<PluginSettings>,
+    #[serde(rename = "Settings")]
+    pub settings: PluginSettings,
 }
 
 /// The config of a plugin.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PluginConfig {
-    #[serde(rename = "Args", default, skip_serializing_if = "Option::is_none")]
-    pub args: Option<PluginConfigArgs>,
-    #[serde(
-        rename = "Description",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub description: Option<String>,
+    #[serde(rename = "Args")]
+    pub args: PluginConfigArgs,
+    #[serde(rename = "Description")]
+    pub description: String,
     /// Docker Version used to create the plugin.
     #[serde(
         rename = "DockerVersion",
@@ -4535,61 +4502,45 @@ pub struct PluginConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub docker_version: Option<String>,
-    #[serde(
-        rename = "Documentation",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub documentation: Option<String>,
-    #[serde(
-        rename = "Entrypoint",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub entrypoint: Option<Vec<String>>,
-    #[serde(rename = "Env", default, skip_serializing_if = "Option::is_none")]
-    pub env: Option<Vec<PluginEnv>>,
+    #[serde(rename = "Documentation")]
+    pub documentation: String,
+    #[serde(rename = "Entrypoint")]
+    pub entrypoint: Vec<String>,
+    #[serde(rename = "Env")]
+    pub env: Vec<PluginEnv>,
     /// The interface between Docker and the plugin
-    #[serde(rename = "Interface", default, skip_serializing_if = "Option::is_none")]
-    pub interface: Option<PluginConfigInterface>,
-    #[serde(rename = "IpcHost", default, skip_serializing_if = "Option::is_none")]
-    pub ipc_host: Option<bool>,
-    #[serde(rename = "Linux", default, skip_serializing_if = "Option::is_none")]
-    pub linux: Option<PluginConfigLinux>,
-    #[serde(rename = "Mounts", default, skip_serializing_if = "Option::is_none")]
-    pub mounts: Option<Vec<PluginMount>>,
-    #[serde(rename = "Network", default, skip_serializing_if = "Option::is_none")]
-    pub network: Option<PluginConfigNetwork>,
-    #[serde(rename = "PidHost", default, skip_serializing_if = "Option::is_none")]
-    pub pid_host: Option<bool>,
-    #[serde(
-        rename = "PropagatedMount",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub propagated_mount: Option<String>,
+    #[serde(rename = "Interface")]
+    pub interface: PluginConfigInterface,
+    #[serde(rename = "IpcHost")]
+    pub ipc_host: bool,
+    #[serde(rename = "Linux")]
+    pub linux: PluginConfigLinux,
+    #[serde(rename = "Mounts")]
+    pub mounts: Vec<PluginMount>,
+    #[serde(rename = "Network")]
+    pub network: PluginConfigNetwork,
+    #[serde(rename = "PidHost")]
+    pub pid_host: bool,
+    #[serde(rename = "PropagatedMount")]
+    pub propagated_mount: String,
     #[serde(rename = "User", default, skip_serializing_if = "Option::is_none")]
     pub user: Option<PluginConfigUser>,
-    #[serde(rename = "WorkDir", default, skip_serializing_if = "Option::is_none")]
-    pub work_dir: Option<String>,
+    #[serde(rename = "WorkDir")]
+    pub work_dir: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rootfs: Option<PluginConfigRootfs>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PluginConfigArgs {
-    #[serde(
-        rename = "Description",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub description: Option<String>,
-    #[serde(rename = "Name", default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    #[serde(rename = "Settable", default, skip_serializing_if = "Option::is_none")]
-    pub settable: Option<Vec<String>>,
-    #[serde(rename = "Value", default, skip_serializing_if = "Option::is_none")]
-    pub value: Option<Vec<String>>,
+    #[serde(rename = "Description")]
+    pub description: String,
+    #[serde(rename = "Name")]
+    pub name: String,
+    #[serde(rename = "Settable")]
+    pub settable: Vec<String>,
+    #[serde(rename = "Value")]
+    pub value: Vec<String>,
 }
 
 /// The interface between Docker and the plugin
@@ -4602,10 +4553,10 @@ pub struct PluginConfigInterface {
         skip_serializing_if = "Option::is_none"
     )]
     pub protocol_scheme: Option<PluginConfigInterfaceProtocolScheme>,
-    #[serde(rename = "Socket", default, skip_serializing_if = "Option::is_none")]
-    pub socket: Option<String>,
-    #[serde(rename = "Types", default, skip_serializing_if = "Option::is_none")]
-    pub types: Option<Vec<PluginInterfaceType>>,
+    #[serde(rename = "Socket")]
+    pub socket: String,
+    #[serde(rename = "Types")]
+    pub types: Vec<PluginInterfaceType>,
 }
 
 /// Protocol to use for clients connecting to the plugin.
@@ -4661,26 +4612,18 @@ impl<'de> Deserialize<'de> for PluginConfigInterfaceProtocolScheme {
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PluginConfigLinux {
-    #[serde(
-        rename = "AllowAllDevices",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub allow_all_devices: Option<bool>,
-    #[serde(
-        rename = "Capabilities",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub capabilities: Option<Vec<String>>,
-    #[serde(rename = "Devices", default, skip_serializing_if = "Option::is_none")]
-    pub devices: Option<Vec<PluginDevice>>,
+    #[serde(rename = "AllowAllDevices")]
+    pub allow_all_devices: bool,
+    #[serde(rename = "Capabilities")]
+    pub capabilities: Vec<String>,
+    #[serde(rename = "Devices")]
+    pub devices: Vec<PluginDevice>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PluginConfigNetwork {
-    #[serde(rename = "Type", default, skip_serializing_if = "Option::is_none")]
-    pub r#type: Option<String>,
+    #[serde(rename = "Type")]
+    pub r#type: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -4702,86 +4645,66 @@ pub struct PluginConfigRootfs {
 /// Settings that can be modified by users.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PluginSettings {
-    #[serde(rename = "Args", default, skip_serializing_if = "Option::is_none")]
-    pub args: Option<Vec<String>>,
-    #[serde(rename = "Devices", default, skip_serializing_if = "Option::is_none")]
-    pub devices: Option<Vec<PluginDevice>>,
-    #[serde(rename = "Env", default, skip_serializing_if = "Option::is_none")]
-    pub env: Option<Vec<String>>,
-    #[serde(rename = "Mounts", default, skip_serializing_if = "Option::is_none")]
-    pub mounts: Option<Vec<PluginMount>>,
+    #[serde(rename = "Args")]
+    pub args: Vec<String>,
+    #[serde(rename = "Devices")]
+    pub devices: Vec<PluginDevice>,
+    #[serde(rename = "Env")]
+    pub env: Vec<String>,
+    #[serde(rename = "Mounts")]
+    pub mounts: Vec<PluginMount>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PluginDevice {
-    #[serde(
-        rename = "Description",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub description: Option<String>,
-    #[serde(rename = "Name", default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    #[serde(rename = "Path", default, skip_serializing_if = "Option::is_none")]
-    pub path: Option<String>,
-    #[serde(rename = "Settable", default, skip_serializing_if = "Option::is_none")]
-    pub settable: Option<Vec<String>>,
+    #[serde(rename = "Description")]
+    pub description: String,
+    #[serde(rename = "Name")]
+    pub name: String,
+    #[serde(rename = "Path")]
+    pub path: String,
+    #[serde(rename = "Settable")]
+    pub settable: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PluginEnv {
-    #[serde(
-        rename = "Description",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub description: Option<String>,
-    #[serde(rename = "Name", default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    #[serde(rename = "Settable", default, skip_serializing_if = "Option::is_none")]
-    pub settable: Option<Vec<String>>,
-    #[serde(rename = "Value", default, skip_serializing_if = "Option::is_none")]
-    pub value: Option<String>,
+    #[serde(rename = "Description")]
+    pub description: String,
+    #[serde(rename = "Name")]
+    pub name: String,
+    #[serde(rename = "Settable")]
+    pub settable: Vec<String>,
+    #[serde(rename = "Value")]
+    pub value: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PluginInterfaceType {
-    #[serde(
-        rename = "Capability",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub capability: Option<String>,
-    #[serde(rename = "Prefix", default, skip_serializing_if = "Option::is_none")]
-    pub prefix: Option<String>,
-    #[serde(rename = "Version", default, skip_serializing_if = "Option::is_none")]
-    pub version: Option<String>,
+    #[serde(rename = "Capability")]
+    pub capability: String,
+    #[serde(rename = "Prefix")]
+    pub prefix: String,
+    #[serde(rename = "Version")]
+    pub version: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PluginMount {
-    #[serde(
-        rename = "Description",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub description: Option<String>,
-    #[serde(
-        rename = "Destination",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub destination: Option<String>,
-    #[serde(rename = "Name", default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    #[serde(rename = "Options", default, skip_serializing_if = "Option::is_none")]
-    pub options: Option<Vec<String>>,
-    #[serde(rename = "Settable", default, skip_serializing_if = "Option::is_none")]
-    pub settable: Option<Vec<String>>,
-    #[serde(rename = "Source", default, skip_serializing_if = "Option::is_none")]
-    pub source: Option<String>,
-    #[serde(rename = "Type", default, skip_serializing_if = "Option::is_none")]
-    pub r#type: Option<String>,
+    #[serde(rename = "Description")]
+    pub description: String,
+    #[serde(rename = "Destination")]
+    pub destination: String,
+    #[serde(rename = "Name")]
+    pub name: String,
+    #[serde(rename = "Options")]
+    pub options: Vec<String>,
+    #[serde(rename = "Settable")]
+    pub settable: Vec<String>,
+    #[serde(rename = "Source")]
+    pub source: String,
+    #[serde(rename = "Type")]
+    pub r#type: String,
 }
 
 /// Describes a permission the user has to accept upon installing the plugin.
@@ -4821,18 +4744,14 @@ pub struct PluginsInfo {
 }
 
 /// An open port on a container
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Port {
     /// Host IP address that the container's port is mapped to
     #[serde(rename = "IP", default, skip_serializing_if = "Option::is_none")]
     pub ip: Option<String>,
     /// Port on the container
-    #[serde(
-        rename = "PrivatePort",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub private_port: Option<i64>,
+    #[serde(rename = "PrivatePort")]
+    pub private_port: i64,
     /// Port exposed on the host
     #[serde(
         rename = "PublicPort",
@@ -4840,8 +4759,8 @@ pub struct Port {
         skip_serializing_if = "Option::is_none"
     )]
     pub public_port: Option<i64>,
-    #[serde(rename = "Type", default, skip_serializing_if = "Option::is_none")]
-    pub r#type: Option<PortType>,
+    #[serde(rename = "Type")]
+    pub r#type: PortType,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -6851,17 +6770,17 @@ pub struct SystemVersionComponentsItem {
     #[serde(rename = "Details", default, skip_serializing_if = "Option::is_none")]
     pub details: Option<serde_json::Value>,
     /// Name of the component
-    #[serde(rename = "Name", default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
+    #[serde(rename = "Name")]
+    pub name: String,
     /// Version of the component
-    #[serde(rename = "Version", default, skip_serializing_if = "Option::is_none")]
-    pub version: Option<String>,
+    #[serde(rename = "Version")]
+    pub version: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SystemVersionPlatform {
-    #[serde(rename = "Name", default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
+    #[serde(rename = "Name")]
+    pub name: String,
 }
 
 /// Information about the issuer of leaf TLS certificates and the trusted root CA certificate.
@@ -7771,7 +7690,7 @@ pub struct ThrottleDevice {
 /// A map of topological domains to topological segments. For in depth details, see documentation for the Topology object in the CSI specification.
 pub type Topology = std::collections::HashMap<String, String>;
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Volume {
     #[serde(
         rename = "ClusterVolume",
@@ -7783,27 +7702,23 @@ pub struct Volume {
     #[serde(rename = "CreatedAt", default, skip_serializing_if = "Option::is_none")]
     pub created_at: Option<String>,
     /// Name of the volume driver used by the volume.
-    #[serde(rename = "Driver", default, skip_serializing_if = "Option::is_none")]
-    pub driver: Option<String>,
+    #[serde(rename = "Driver")]
+    pub driver: String,
     /// User-defined key/value metadata.
     #[serde(rename = "Labels", default, skip_serializing_if = "Option::is_none")]
     pub labels: Option<std::collections::HashMap<String, String>>,
     /// Mount path of the volume on the host.
-    #[serde(
-        rename = "Mountpoint",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub mountpoint: Option<String>,
+    #[serde(rename = "Mountpoint")]
+    pub mountpoint: String,
     /// Name of the volume.
-    #[serde(rename = "Name", default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
+    #[serde(rename = "Name")]
+    pub name: String,
     /// The driver specific options used when creating the volume.
     #[serde(rename = "Options", default, skip_serializing_if = "Option::is_none")]
     pub options: Option<std::collections::HashMap<String, String>>,
     /// The level at which the volume exists. Either `global` for cluster-wide, or `local` for machine level.
-    #[serde(rename = "Scope", default, skip_serializing_if = "Option::is_none")]
-    pub scope: Option<VolumeScope>,
+    #[serde(rename = "Scope")]
+    pub scope: VolumeScope,
     /// Low-level details about the volume, provided by the volume driver. Details are returned as a map with key/value pairs: `{"key":"value","key2":"value2"}`.
     #[serde(rename = "Status", default, skip_serializing_if = "Option::is_none")]
     pub status: Option<std::collections::HashMap<String, serde_json::Value>>,
@@ -7867,11 +7782,11 @@ impl<'de> Deserialize<'de> for VolumeScope {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct VolumeUsageData {
     /// The number of containers referencing this volume. This field is set to `-1` if the reference-count is not available.
-    #[serde(rename = "RefCount", default, skip_serializing_if = "Option::is_none")]
-    pub ref_count: Option<i64>,
+    #[serde(rename = "RefCount")]
+    pub ref_count: i64,
     /// Amount of disk space used by the volume (in bytes). This information is only available for volumes created with the `"local"` volume driver. For volumes created with other volume drivers, this field is set to `-1` ("not available")
-    #[serde(rename = "Size", default, skip_serializing_if = "Option::is_none")]
-    pub size: Option<i64>,
+    #[serde(rename = "Size")]
+    pub size: i64,
 }
 
 /// Volume configuration
@@ -7923,8 +7838,8 @@ pub struct SystemAuthResponse {
     )]
     pub identity_token: Option<String>,
     /// The status of the authentication
-    #[serde(rename = "Status", default, skip_serializing_if = "Option::is_none")]
-    pub status: Option<String>,
+    #[serde(rename = "Status")]
+    pub status: String,
 }
 
 /// Version of the builder backend to use.
@@ -8569,16 +8484,16 @@ pub struct ImageSearchResponseItem {
 /// individual image layer information in response to ImageHistory operation
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ImageHistoryResponseItem {
-    #[serde(rename = "Comment", default, skip_serializing_if = "Option::is_none")]
-    pub comment: Option<String>,
-    #[serde(rename = "Created", default, skip_serializing_if = "Option::is_none")]
-    pub created: Option<i64>,
-    #[serde(rename = "CreatedBy", default, skip_serializing_if = "Option::is_none")]
-    pub created_by: Option<String>,
-    #[serde(rename = "Id", default, skip_serializing_if = "Option::is_none")]
-    pub id: Option<String>,
-    #[serde(rename = "Size", default, skip_serializing_if = "Option::is_none")]
-    pub size: Option<i64>,
+    #[serde(rename = "Comment")]
+    pub comment: String,
+    #[serde(rename = "Created")]
+    pub created: i64,
+    #[serde(rename = "CreatedBy")]
+    pub created_by: String,
+    #[serde(rename = "Id")]
+    pub id: String,
+    #[serde(rename = "Size")]
+    pub size: i64,
     #[serde(rename = "Tags", default, skip_serializing_if = "Option::is_none")]
     pub tags: Option<Vec<String>>,
 }
@@ -8637,8 +8552,8 @@ pub struct NetworkCreateBody {
     #[serde(rename = "Labels", default, skip_serializing_if = "Option::is_none")]
     pub labels: Option<std::collections::HashMap<String, String>>,
     /// The network's name.
-    #[serde(rename = "Name", default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
+    #[serde(rename = "Name")]
+    pub name: String,
     /// Network specific options to be used by the drivers.
     #[serde(rename = "Options", default, skip_serializing_if = "Option::is_none")]
     pub options: Option<std::collections::HashMap<String, String>>,

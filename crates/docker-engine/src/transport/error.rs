@@ -48,6 +48,73 @@ pub struct ErrorEndpoint {
     pub source: String,
 }
 
+/// Why a daemon's answer did not decode as the type the API promises: a
+/// required field missing (named), a value of the wrong JSON type, or text
+/// that is not JSON. Kept as the [`source`](std::error::Error::source) of
+/// the [`DockerError`] (kind [`ErrorKind::Protocol`]) the call returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodeError {
+    type_name: String,
+    missing_field: Option<String>,
+    detail: String,
+}
+
+impl DecodeError {
+    /// From serde's error while reading the answer as `T`.
+    pub fn new<T: ?Sized>(err: &serde_json::Error) -> Self {
+        let detail = err.to_string();
+        // serde words every missing field as "missing field `Name`"
+        // (`serde::de::Error::missing_field`); it offers no structured form.
+        let missing_field = detail
+            .strip_prefix("missing field `")
+            .and_then(|rest| rest.split_once('`'))
+            .map(|(field, _)| field.to_owned());
+        DecodeError {
+            type_name: short_type_name(std::any::type_name::<T>()),
+            missing_field,
+            detail,
+        }
+    }
+
+    /// The type the answer was read as, without module paths, e.g.
+    /// `Vec<ContainerSummary>`.
+    pub fn type_name(&self) -> &str {
+        &self.type_name
+    }
+
+    /// The JSON name of the required field the answer lacked (e.g. `Id`),
+    /// when that is why it did not decode.
+    pub fn missing_field(&self) -> Option<&str> {
+        self.missing_field.as_deref()
+    }
+}
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "as {}: {}", self.type_name, self.detail)
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+/// `alloc::vec::Vec<oz_docker_engine::generated::models::ContainerSummary>`
+/// becomes `Vec<ContainerSummary>`.
+fn short_type_name(full: &str) -> String {
+    let mut out = String::with_capacity(full.len());
+    let mut segment = String::new();
+    for c in full.chars() {
+        if c.is_alphanumeric() || c == '_' || c == ':' {
+            segment.push(c);
+        } else {
+            out.push_str(segment.rsplit("::").next().unwrap_or(""));
+            segment.clear();
+            out.push(c);
+        }
+    }
+    out.push_str(segment.rsplit("::").next().unwrap_or(""));
+    out
+}
+
 /// Carries the operation, the endpoint, the HTTP status and the daemon's
 /// message. Never holds a credential. One pointer wide, so `Result`s stay small.
 #[derive(Debug, Clone)]
@@ -60,6 +127,7 @@ struct Inner {
     kind: ErrorKind,
     message: String,
     hint: Option<String>,
+    decode: Option<DecodeError>,
 }
 
 impl DockerError {
@@ -75,7 +143,22 @@ impl DockerError {
             kind,
             message: message.into(),
             hint: None,
+            decode: None,
         }))
+    }
+
+    /// A [`ErrorKind::Protocol`] error for an answer that did not decode;
+    /// the message says what was being read (`what`), as which type, and
+    /// serde's reason, which names a missing required field.
+    pub fn decode(operation: impl Into<Cow<'static, str>>, what: &str, cause: DecodeError) -> Self {
+        let mut err = DockerError::new(ErrorKind::Protocol, operation, format!("{what} {cause}"));
+        err.0.decode = Some(cause);
+        err
+    }
+
+    /// Why the answer did not decode, when that is the error.
+    pub fn decode_error(&self) -> Option<&DecodeError> {
+        self.0.decode.as_ref()
     }
 
     /// Attaches the endpoint the call went to.
@@ -179,4 +262,11 @@ impl std::fmt::Display for DockerError {
     }
 }
 
-impl std::error::Error for DockerError {}
+impl std::error::Error for DockerError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0
+            .decode
+            .as_ref()
+            .map(|d| d as &(dyn std::error::Error + 'static))
+    }
+}

@@ -111,6 +111,11 @@ impl HttpTransport {
         })
     }
 
+    /// Where this transport's calls go, as errors name it.
+    pub fn error_endpoint(&self) -> crate::error::ErrorEndpoint {
+        self.endpoint.error_label()
+    }
+
     /// An error of operation `op` at this endpoint.
     pub fn err(&self, kind: ErrorKind, op: &'static str, msg: impl Into<String>) -> DockerError {
         DockerError::new(kind, op, msg).with_endpoint(self.endpoint.error_label())

@@ -28,17 +28,22 @@ impl std::fmt::Display for ApiVersion {
     }
 }
 
-impl std::str::FromStr for ApiVersion {
-    type Err = String;
+/// Text that is not an API version (`MAJOR.MINOR`, an optional `v` first).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not an API version like 1.41")]
+pub struct NotAnApiVersion(pub String);
 
-    fn from_str(s: &str) -> Result<Self, String> {
+impl std::str::FromStr for ApiVersion {
+    type Err = NotAnApiVersion;
+
+    fn from_str(s: &str) -> Result<Self, NotAnApiVersion> {
         let t = s.trim().trim_start_matches('v');
         let (a, b) = t
             .split_once('.')
-            .ok_or_else(|| format!("{s:?} is not an API version like 1.41"))?;
+            .ok_or_else(|| NotAnApiVersion(s.to_owned()))?;
         match (a.parse(), b.parse()) {
             (Ok(major), Ok(minor)) => Ok(ApiVersion { major, minor }),
-            _ => Err(format!("{s:?} is not an API version like 1.41")),
+            _ => Err(NotAnApiVersion(s.to_owned())),
         }
     }
 }

@@ -1,4 +1,5 @@
-//! The error of a Docker runtime setting the worker refuses at start-up.
+//! The error of a runtime setting the worker refuses at start-up (a flag or
+//! a `backend.*` key), shared by every runtime's settings resolution.
 
 /// A refused configuration value. Display is `KEY: PROBLEM`, the form the
 /// config file's error locator reads to add the file and line
