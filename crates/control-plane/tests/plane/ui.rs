@@ -3,7 +3,7 @@
 //! origins), CSRF protection of changes made with the session, team
 //! isolation through the session, sign-out, `Secure` over TLS, and a
 //! session cookie that opens nothing but the API (not the worker endpoint).
-//! The browser itself is driven in `control_plane_ui_browser.rs`.
+//! The browser itself is driven in `tests/control_plane/ui_browser.rs`.
 
 use oz_test_support as support;
 
