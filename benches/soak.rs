@@ -28,7 +28,7 @@ use support::plane::POLL;
 use support::report::{verdict, Report};
 use support::setup;
 use support::stats::{mib, ms, secs};
-use support::worker::{Launch, WorkerProc};
+use oz_test_support::worker::{Launch, WorkerProcess};
 
 const NAME: &str = "soak";
 const CONCURRENCY: usize = 4;
@@ -45,7 +45,7 @@ struct Sample {
     threads: u64,
 }
 
-fn sample(worker: &WorkerProc, at: &'static str, done: usize) -> Sample {
+fn sample(worker: &WorkerProcess, at: &'static str, done: usize) -> Sample {
     Sample {
         at,
         done,
@@ -76,7 +76,7 @@ async fn main() {
         .unwrap();
     let plane = TestPlane::ephemeral().await;
     let worker_id = unique("bench-soak");
-    let worker = WorkerProc::start(Launch {
+    let worker = WorkerProcess::try_start(Launch {
         worker_id: worker_id.clone(),
         ws_url: plane.ws_url(),
         root_url: plane.url(),
