@@ -9,11 +9,11 @@ use oz_runs_api::client::Client;
 use oz_runs_api::model::{
     CreateRunRequest, CreateScheduleRequest, MissedSlots, ResultOutcome, RunResultRequest, RunState,
 };
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 use support::control_plane::{
     create_key_with_cli, test_config, wait_for_state, ServeProcess, TestPlane, QUIET_PERIOD,
 };
+use support::fixtures;
 use support::worker::*;
 
 fn run_for(host: &str) -> CreateRunRequest {
@@ -143,12 +143,6 @@ async fn results_for_runs_not_claimed_for_another_execution_or_team_are_refused(
     );
 }
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/command")
-        .join(name)
-}
-
 /// The real worker's command runtime dispatches a run to a fake outside
 /// system and frees its slot; the run stays claimed until the outside
 /// system reports through the API. A restarted worker re-announces the
@@ -164,8 +158,8 @@ async fn a_dispatched_run_ends_when_its_outside_system_reports_it() {
         &config,
         format!(
             "backend:\n  command:\n    dispatch_command: '{} {r}'\n    cancel_command: '{} {r}'\n",
-            fixture("dispatch.sh").display(),
-            fixture("cancel.sh").display(),
+            fixtures::path("command/dispatch.sh").display(),
+            fixtures::path("command/cancel.sh").display(),
             r = report.display()
         ),
     )

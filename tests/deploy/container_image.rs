@@ -15,6 +15,7 @@ use base64::Engine as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
+use support::net::free_port;
 use support::worker::{unique_id, Engine, BUSYBOX, SIDECAR};
 
 const IMAGE: &str = "oz-agent-worker:test";
@@ -131,11 +132,7 @@ impl Plane {
             .unwrap();
         assert!(out.status.success(), "api-keys create: {}", text(&out));
         let key = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let log = std::fs::File::create(dir.path().join("plane.log")).unwrap();
         let child = Command::new(bin)
             .args([
@@ -447,14 +444,6 @@ fn check_command(socket: &str, gid: &str) {
             && err.contains("ermission denied"),
         "{err}"
     );
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Issue 22 item 9, in the dockerd matrix row like the test above.

@@ -22,6 +22,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
+use support::fixtures::FakeAgentRoot;
+use support::net::{free_port, metrics_page};
 use support::plane_process::PlaneProcess;
 use support::worker::{host_run, Engine, WorkerOptions, WorkerProcess};
 
@@ -362,30 +364,6 @@ fn the_dashboard_is_plain_json_with_its_data_source_as_a_variable() {
 
 // ---- against the real binaries ----
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// `GET /metrics` (plain HTTP/1.0); the body of a 200.
-async fn scrape(port: u16) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let mut response = String::new();
-    conn.read_to_string(&mut response).await.unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
-    assert!(head.contains(" 200 "), "{head}");
-    body.to_string()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_metric_the_dashboard_and_rules_name_is_exported() {
     // The control plane with its metrics page.
@@ -393,23 +371,8 @@ async fn every_metric_the_dashboard_and_rules_name_is_exported() {
     let plane =
         PlaneProcess::start(&["--metrics-listen", &format!("127.0.0.1:{plane_metrics}")]).await;
     // The worker: direct runtime, the fake agent, its own metrics page.
-    let root = tempfile::tempdir().unwrap();
-    let (ws, report) = (root.path().join("ws"), root.path().join("report"));
-    std::fs::create_dir_all(&ws).unwrap();
-    std::fs::create_dir_all(&report).unwrap();
-    let config = root.path().join("config.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "backend:\n  direct:\n    workspace_root: {}\n    oz_path: {}\n    environment:\n      - name: FAKE_OZ_REPORT\n        value: {}\n",
-            ws.display(),
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("tests/fixtures/fake-oz/oz")
-                .display(),
-            report.display()
-        ),
-    )
-    .unwrap();
+    let root = FakeAgentRoot::new();
+    let config = root.config("");
     let worker_metrics = free_port();
     let worker = WorkerProcess::spawn_at(
         &plane.ws_url(),
@@ -467,14 +430,14 @@ async fn every_metric_the_dashboard_and_rules_name_is_exported() {
     // shows the histogram from then on.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let worker_page = loop {
-        let page = scrape(worker_metrics).await;
+        let page = metrics_page(worker_metrics).await;
         if page.contains("oz_worker_task_duration_seconds_bucket") {
             break page;
         }
         assert!(tokio::time::Instant::now() < deadline, "{page}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let plane_page = scrape(plane_metrics).await;
+    let plane_page = metrics_page(plane_metrics).await;
 
     // The plane's page counts what it holds.
     let queued_line = plane_page

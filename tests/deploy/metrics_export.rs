@@ -18,11 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/telemetry")
-        .join(name)
-}
+use oz_test_support::fixtures;
 
 /// The virtualenv's python, if it has both packages (else skip, or fail
 /// under CI).
@@ -73,7 +69,7 @@ async fn scrape(addr: std::net::SocketAddr, accept: Option<&str>) -> (String, St
 /// The page as the Prometheus client parses it: family name → (type, samples).
 fn parse(python: &Path, format: &str, page: &str) -> HashMap<String, (String, Vec<Value>)> {
     let mut child = Command::new(python)
-        .arg(fixture("prom_parse.py"))
+        .arg(fixtures::path("telemetry/prom_parse.py"))
         .arg(format)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -230,7 +226,7 @@ impl Receiver {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("requests.jsonl");
         let mut child = Command::new(python)
-            .arg(fixture("otlp_receiver.py"))
+            .arg(fixtures::path("telemetry/otlp_receiver.py"))
             .arg(&out)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

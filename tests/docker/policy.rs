@@ -533,39 +533,14 @@ fn registry_login() -> Option<(String, tempfile::TempDir, String)> {
 /// Pushes the local busybox under a fresh tag and drops the local copy:
 /// the image then exists only in the registry.
 async fn push_unique(d: &Docker, registry: &str, config: &std::path::Path) -> String {
-    use oz_docker_engine::params::{ImageDeleteParams, ImagePushParams, ImageTagParams};
-    let tag = unique_id("t");
-    let repo = format!("{registry}/oz/policy-busybox");
-    d.image_tag(
-        BUSYBOX,
-        &ImageTagParams {
-            repo: Some(repo.clone()),
-            tag: Some(tag.clone()),
-        },
-    )
-    .await
-    .unwrap();
     // Credentials as the worker finds them: the logged-in config's auths.
     let lookup = |name: &str| (name == "DOCKER_CONFIG").then(|| config.display().to_string());
     let auth = oz_docker_engine::credentials::resolve(registry, &lookup)
         .await
         .auth
         .expect("docker login stored credentials");
-    let params = ImagePushParams {
-        tag: Some(tag.clone()),
-        x_registry_auth: auth.header_value(),
-        ..Default::default()
-    };
-    use futures_util::StreamExt;
-    let mut progress = d.image_push(&repo, &params).await.unwrap();
-    while let Some(item) = progress.next().await {
-        item.expect("push succeeds");
-    }
-    let reference = format!("{repo}:{tag}");
-    d.image_delete(&reference, &ImageDeleteParams::default())
-        .await
-        .unwrap();
-    reference
+    let repo = format!("{registry}/oz/policy-busybox");
+    support::images::push_only(d, BUSYBOX, &repo, auth.header_value()).await
 }
 
 /// A task whose image, or any sidecar image, matches no `allowed_images`

@@ -9,8 +9,7 @@
 
 use oz_test_support as support;
 
-use futures_util::StreamExt;
-use oz_docker_engine::params::{ImageDeleteParams, ImagePushParams, ImageTagParams};
+use oz_docker_engine::params::ImageDeleteParams;
 use oz_runs_api::model::RunState;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -41,11 +40,7 @@ impl OpenRegistry {
             eprintln!("skipping: docker-registry is not installed");
             return None;
         };
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = support::net::free_port();
         let dir = tempfile::tempdir().unwrap();
         let address = format!("127.0.0.1:{port}");
         let config = dir.path().join("config.yml");
@@ -84,32 +79,9 @@ impl OpenRegistry {
     /// Pushes a local image under a fresh tag, then drops the local copy.
     async fn push(&self, source: &str, repo: &str) -> String {
         let d = Engine::Docker.docker().await;
-        let tag = unique_id("t");
         let target = format!("{}/{repo}", self.address);
-        d.image_tag(
-            source,
-            &ImageTagParams {
-                repo: Some(target.clone()),
-                tag: Some(tag.clone()),
-            },
-        )
-        .await
-        .unwrap();
-        let params = ImagePushParams {
-            tag: Some(tag.clone()),
-            // An empty auth config: this registry wants none.
-            x_registry_auth: "e30=".into(),
-            ..Default::default()
-        };
-        let mut progress = d.image_push(&target, &params).await.unwrap();
-        while let Some(item) = progress.next().await {
-            item.expect("push succeeds");
-        }
-        let reference = format!("{target}:{tag}");
-        d.image_delete(&reference, &ImageDeleteParams::default())
-            .await
-            .unwrap();
-        reference
+        // An empty auth config: this registry wants none.
+        support::images::push_only(&d, source, &target, "e30=".into()).await
     }
 }
 

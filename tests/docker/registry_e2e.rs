@@ -4,9 +4,8 @@
 
 use oz_test_support as support;
 
-use futures_util::StreamExt;
 use oz_docker_engine::credentials::RegistryAuth;
-use oz_docker_engine::params::{ImageDeleteParams, ImagePushParams, ImageTagParams};
+use oz_docker_engine::params::ImageTagParams;
 use oz_runs_api::model::RunState;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -49,32 +48,9 @@ impl Registry {
     /// the image exists only in the registry. Returns the reference.
     async fn push_unique(&self, source: &str, repo: &str) -> String {
         let d = Engine::Docker.docker().await;
-        let tag = unique_id("t");
-        let target = format!("{}/{repo}", self.address);
-        d.image_tag(
-            source,
-            &ImageTagParams {
-                repo: Some(target.clone()),
-                tag: Some(tag.clone()),
-            },
-        )
-        .await
-        .unwrap();
         let auth = RegistryAuth::with_password(&self.address, &self.user, &self.password);
-        let params = ImagePushParams {
-            tag: Some(tag.clone()),
-            x_registry_auth: auth.header_value(),
-            ..Default::default()
-        };
-        let mut progress = d.image_push(&target, &params).await.unwrap();
-        while let Some(item) = progress.next().await {
-            item.expect("push succeeds");
-        }
-        let reference = format!("{target}:{tag}");
-        d.image_delete(&reference, &ImageDeleteParams::default())
-            .await
-            .unwrap();
-        reference
+        let target = format!("{}/{repo}", self.address);
+        support::images::push_only(&d, source, &target, auth.header_value()).await
     }
 
     /// A local-only tag under the registry's name (never pushed).

@@ -16,19 +16,6 @@ use support::worker::*;
 
 const RUN_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// The matrix's Docker 28 (scripts/test-env.sh), or `None` outside CI.
-fn docker28_host() -> Option<String> {
-    let host = std::env::var("OZ_TEST_DOCKER28_HOST")
-        .unwrap_or_else(|_| "unix:///var/lib/oz-worker-test/daemons/docker28/docker.sock".into());
-    let path = host.trim_start_matches("unix://");
-    if std::os::unix::net::UnixStream::connect(path).is_ok() {
-        return Some(host);
-    }
-    support::docker::unavailable(&format!(
-        "the Docker 28 daemon is not reachable at {host} (run scripts/test-env.sh up)"
-    ))
-}
-
 async fn run_once(host: &str, pinned: Option<&str>) {
     let d = Docker::connect(&EnvSnapshot::empty().with_var("DOCKER_HOST", host))
         .await
@@ -112,7 +99,7 @@ async fn run_once(host: &str, pinned: Option<&str>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_only_sidecars_are_image_mounts_on_docker_28() {
-    let Some(host) = docker28_host() else { return };
+    let Some(host) = Engine::Docker28.reachable_host() else { return };
     run_once(&host, None).await;
 }
 
@@ -120,6 +107,6 @@ async fn read_only_sidecars_are_image_mounts_on_docker_28() {
 /// image mounts) never gets a mount type it would not know.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn below_api_1_48_sidecars_are_copied_into_volumes() {
-    let Some(host) = docker28_host() else { return };
+    let Some(host) = Engine::Docker28.reachable_host() else { return };
     run_once(&host, Some("1.47")).await;
 }

@@ -11,18 +11,13 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use support::control_plane::{test_config, TestPlane};
+use support::fixtures;
 use support::host::{env_file, running, wait_file, wait_gone};
 use support::worker::*;
 
 const RUN_TIMEOUT: Duration = Duration::from_secs(30);
 /// The worker's own environment reaches the dispatcher (not the agent).
 const WORKER_SETTING: (&str, &str) = ("WORKER_SETTING", "from-the-worker");
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/command")
-        .join(name)
-}
 
 struct CommandSetup {
     plane: TestPlane,
@@ -57,8 +52,8 @@ impl CommandSetup {
       - name: CONFIGURED
         value: from-config
 "#,
-            dispatch = fixture("dispatch.sh").display(),
-            cancel = fixture("cancel.sh").display(),
+            dispatch = fixtures::path("command/dispatch.sh").display(),
+            cancel = fixtures::path("command/cancel.sh").display(),
             timeout = self.dispatch_timeout,
         );
         let path = self.root.path().join("config.yaml");

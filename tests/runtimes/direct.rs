@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use support::control_plane::{test_config, TestPlane};
+use support::fixtures::fake_oz;
 use support::host::{running, wait_file, wait_gone};
 use support::scripted_server::ScriptedServer;
 use support::worker::*;
@@ -19,10 +20,6 @@ use support::worker::*;
 const RUN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Not in the agent's environment, though the worker has it.
 const WORKER_ONLY: (&str, &str) = ("WORKER_ONLY_SETTING", "worker-private-value");
-
-fn fake_oz() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fake-oz/oz")
-}
 
 struct Direct {
     plane: TestPlane,
@@ -729,6 +726,39 @@ async fn wait_no_process_with(needle: &str) {
     }
 }
 
+/// Run `run` of fake-oz started a child in its own session (`FAKE_OZ_SETSID`)
+/// that traps SIGTERM: once the agent is ready, the child is outside the
+/// agent's process group; the run is cancelled, both end, and the child
+/// lived at least half of `grace` after its SIGTERM.
+async fn cancel_and_check_the_escaped_child_got_the_grace(s: &Direct, run: &str, grace: Duration) {
+    wait_file(&s.report_dir(run).join("ready")).await;
+    let (agent, child) = (s.pid(run, "pid"), s.pid(run, "gc_pid"));
+    assert_ne!(
+        pgid_of(child),
+        pgid_of(agent),
+        "the child left the agent's group"
+    );
+    s.plane.client().cancel_run(run).await.unwrap();
+    let done = wait_terminal(&s.plane, run, RUN_TIMEOUT).await;
+    assert_eq!(done.state, RunState::Cancelled, "{done:#?}");
+    wait_gone(agent, "the agent").await;
+    wait_gone(child, "the escaped child").await;
+    let nanos = |name: &str| -> u64 {
+        s.report(run, name)
+            .lines()
+            .next()
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let lived = Duration::from_nanos(nanos("gc_alive").saturating_sub(nanos("gc_term")));
+    assert!(
+        lived >= grace / 2,
+        "the escaped child got SIGTERM and was killed only {lived:?} later (grace {grace:?})"
+    );
+}
+
 fn pgid_of(pid: u32) -> u32 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
     let rest = &stat[stat.rfind(')').unwrap() + 2..];
@@ -789,34 +819,7 @@ async fn a_stop_gives_the_grace_to_a_child_that_left_the_process_group() {
             &[("FAKE_OZ_BEHAVIOUR", "hold"), ("FAKE_OZ_SETSID", "1")],
         )
         .await;
-    wait_file(&s.report_dir(&run).join("ready")).await;
-    let (agent, child) = (s.pid(&run, "pid"), s.pid(&run, "gc_pid"));
-    assert_ne!(
-        pgid_of(child),
-        pgid_of(agent),
-        "the child left the agent's group"
-    );
-
-    s.plane.client().cancel_run(&run).await.unwrap();
-    let done = wait_terminal(&s.plane, &run, RUN_TIMEOUT).await;
-    assert_eq!(done.state, RunState::Cancelled, "{done:#?}");
-    wait_gone(agent, "the agent").await;
-    wait_gone(child, "the escaped child").await;
-    let nanos = |name: &str| -> u64 {
-        s.report(&run, name)
-            .lines()
-            .next()
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap()
-    };
-    let (term, alive) = (nanos("gc_term"), nanos("gc_alive"));
-    let lived = Duration::from_nanos(alive.saturating_sub(term));
-    assert!(
-        lived >= grace / 2,
-        "the escaped child got SIGTERM and was killed only {lived:?} later (grace {grace:?})"
-    );
+    cancel_and_check_the_escaped_child_got_the_grace(&s, &run, grace).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1237,32 +1240,7 @@ async fn without_a_cgroup_a_stop_gives_the_grace_to_an_escaped_child() {
             ],
         )
         .await;
-    wait_file(&s.report_dir(&run).join("ready")).await;
-    let (agent, child) = (s.pid(&run, "pid"), s.pid(&run, "gc_pid"));
-    assert_ne!(
-        pgid_of(child),
-        pgid_of(agent),
-        "the child left the agent's group"
-    );
-    s.plane.client().cancel_run(&run).await.unwrap();
-    let done = wait_terminal(&s.plane, &run, RUN_TIMEOUT).await;
-    assert_eq!(done.state, RunState::Cancelled, "{done:#?}");
-    wait_gone(agent, "the agent").await;
-    wait_gone(child, "the escaped child").await;
-    let nanos = |name: &str| -> u64 {
-        s.report(&run, name)
-            .lines()
-            .next()
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap()
-    };
-    let lived = Duration::from_nanos(nanos("gc_alive").saturating_sub(nanos("gc_term")));
-    assert!(
-        lived >= grace / 2,
-        "the escaped child got SIGTERM and was killed only {lived:?} later (grace {grace:?})"
-    );
+    cancel_and_check_the_escaped_child_got_the_grace(&s, &run, grace).await;
     s.wait_removed(&s.workspace_root().join(&run)).await;
 }
 

@@ -9,14 +9,11 @@
 use oz_test_support as support;
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 use support::control_plane::{test_config, TestPlane};
+use support::fixtures::fake_oz;
 use support::worker::*;
-
-fn fake_oz() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fake-oz/oz")
-}
 
 fn write_mode(path: &Path, text: &str, mode: u32) {
     std::fs::write(path, text).unwrap();

@@ -11,10 +11,12 @@ use oz_test_support as support;
 use oz_docker_engine::params::ContainerListParams;
 use oz_protocol::*;
 use oz_runs_api::model::RunState;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 use support::control_plane::{test_config, TestPlane};
+use support::fixtures::FakeAgentRoot;
 use support::host::{running, wait_file, wait_gone};
+use support::net::{free_port, probe_until};
 use support::scripted_server::ScriptedServer;
 use support::worker::*;
 
@@ -23,44 +25,6 @@ const ROOT: &str = "http://oz.invalid";
 const RUN_TIMEOUT: Duration = Duration::from_secs(120);
 /// The Go worker's `task_rejected` reason when it is full.
 const AT_CAPACITY: &str = "worker at maximum concurrency";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn http_get(port: u16, path: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
-        return (0, "not listening".into());
-    };
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    let status = out[9..12].parse().unwrap();
-    let body = out.split("\r\n\r\n").nth(1).unwrap_or_default().to_string();
-    (status, body)
-}
-
-async fn probe_until(port: u16, path: &str, status: u16) -> String {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let (got, body) = http_get(port, path).await;
-        if got == status {
-            return body;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{path} stayed {got}: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 fn assignment(task_id: &str, env: &[(&str, &str)]) -> String {
     let a = TaskAssignment {
@@ -261,45 +225,27 @@ async fn sigquit_with_the_control_plane_shows_draining_and_leaves_new_runs_queue
     assert_eq!(done.state, RunState::Succeeded, "{done:#?}");
 }
 
-fn fake_oz() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fake-oz/oz")
-}
-
 /// A worker on the direct runtime running `tests/fixtures/fake-oz/oz`,
 /// which records each start under `report/<task id>/`.
 struct Direct {
     plane: TestPlane,
-    root: tempfile::TempDir,
+    root: FakeAgentRoot,
 }
 
 impl Direct {
     async fn new() -> Direct {
-        let root = tempfile::tempdir().unwrap();
-        for d in ["ws", "report"] {
-            std::fs::create_dir(root.path().join(d)).unwrap();
-        }
         Direct {
             plane: TestPlane::start(test_config()).await,
-            root,
+            root: FakeAgentRoot::new(),
         }
     }
 
     fn report(&self, run: &str) -> PathBuf {
-        self.root.path().join("report").join(run)
+        self.root.report().join(run)
     }
 
     async fn worker(&self, id: &str, extra: &[&str]) -> WorkerProcess {
-        let config = self.root.path().join("config.yaml");
-        std::fs::write(
-            &config,
-            format!(
-                "backend:\n  direct:\n    workspace_root: {}\n    oz_path: {}\n    environment:\n      - name: FAKE_OZ_REPORT\n        value: {}\n",
-                self.root.path().join("ws").display(),
-                fake_oz().display(),
-                self.root.path().join("report").display()
-            ),
-        )
-        .unwrap();
+        let config = self.root.config("");
         let mut args = vec![
             "--backend".to_string(),
             "direct".into(),

@@ -819,15 +819,10 @@ async fn rejected_api_key_is_explained_and_retried_slowly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_use_the_reference_names() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let Some(s) = Setup::new(Engine::Docker).await else {
         return;
     };
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = support::net::free_port();
     let id = unique_id("e2e-metrics");
     let w = s
         .worker(
@@ -851,14 +846,7 @@ async fn metrics_use_the_reference_names() {
             .unwrap();
         wait_terminal(&s.plane, &run.id, RUN_TIMEOUT).await;
     }
-    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let mut text = String::new();
-    conn.read_to_string(&mut text).await.unwrap();
+    let text = support::net::metrics_page(port).await;
     // Samples by name, the labels given (the page adds the Go exporter's
     // otel_scope_* labels) and value.
     let has = |name: &str, labels: &[(&str, &str)], value: &str| {

@@ -16,6 +16,7 @@ use oz_docker_engine::Docker;
 use oz_runs_api::client::Client;
 use oz_runs_api::model::{Run, RunState};
 use std::time::Duration;
+use support::net::{free_port, http_get, probe_until};
 use support::plane_process::PlaneProcess;
 use support::private_dockerd::PrivateDockerd;
 use support::worker::*;
@@ -555,37 +556,6 @@ async fn shutdown_deadline_shorter_than_the_grace_period() {
     }
 }
 
-/// `GET path` on 127.0.0.1:port: (status, body).
-async fn http_get(port: u16, path: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    let status = out[9..12].parse().unwrap();
-    let body = out.split("\r\n\r\n").nth(1).unwrap_or_default().to_string();
-    (status, body)
-}
-
-async fn probe_until(port: u16, path: &str, status: u16) -> String {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let (got, body) = http_get(port, path).await;
-        if got == status {
-            return body;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{path} stayed {got}: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 /// The health probes follow what they claim to: readiness drops when the
 /// runtime's daemon stops (with a JSON reason) and returns with it, and
 /// survives a short orchestrator outage; liveness stays up throughout.
@@ -600,11 +570,7 @@ async fn health_probes_follow_the_daemon_and_the_orchestrator() {
     let mut plane = PlaneProcess::start(&[]).await;
     let report = Report::new();
     let id = unique_id("f-health");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let _w = worker_for(
         &plane,

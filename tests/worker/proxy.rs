@@ -14,11 +14,12 @@ use oz_test_support as support;
 
 use oz_control_plane::http::tls::TlsFiles;
 use oz_runs_api::model::RunState;
-use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 use support::control_plane::{test_config, TestCa, TestPlane};
+use support::net::free_port;
 use support::worker::*;
 
 const WITHIN: Duration = Duration::from_secs(30);
@@ -37,14 +38,6 @@ fn host_address() -> IpAddr {
         }
     }
     panic!("this host has no non-loopback IPv4 address with a route; the proxy tests need one");
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn program(name: &str) -> PathBuf {

@@ -11,17 +11,6 @@ use support::worker::*;
 
 const RUN_TIMEOUT: Duration = Duration::from_secs(180);
 
-fn docker28_host() -> Option<String> {
-    let host = std::env::var("OZ_TEST_DOCKER28_HOST")
-        .unwrap_or_else(|_| "unix:///var/lib/oz-worker-test/daemons/docker28/docker.sock".into());
-    if std::os::unix::net::UnixStream::connect(host.trim_start_matches("unix://")).is_ok() {
-        return Some(host);
-    }
-    support::docker::unavailable(&format!(
-        "the Docker 28 daemon is not reachable at {host} (run scripts/test-env.sh up)"
-    ))
-}
-
 fn claimed_by(w: &WorkerProcess, run: &str) -> bool {
     w.log_text()
         .lines()
@@ -33,7 +22,7 @@ async fn two_daemons_one_worker_id() {
     if !Engine::Docker.available() {
         return;
     }
-    let Some(host28) = docker28_host() else {
+    let Some(host28) = Engine::Docker28.reachable_host() else {
         return;
     };
     let plane = TestPlane::start(test_config()).await;

@@ -10,10 +10,11 @@ use oz_test_support as support;
 
 use oz_docker_engine::params::ContainerListParams;
 use oz_runs_api::model::RunState;
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use support::control_plane::{test_config, TestPlane};
+use support::fixtures::FakeAgentRoot;
 use support::host::{running, wait_file, wait_gone};
+use support::net::{free_port, metrics_page};
 use support::worker::*;
 
 const RUN_TIMEOUT: Duration = Duration::from_secs(120);
@@ -22,26 +23,11 @@ fn message(limit: &str) -> String {
     format!("task exceeded task_timeout {limit}; set task_timeout/--task-timeout to allow longer")
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// The value of the one `name` series whose labels include all of `labels`.
 async fn metric(port: u16, name: &str, labels: &[&str]) -> Option<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+    metrics_page(port)
         .await
-        .unwrap();
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let mut page = String::new();
-    s.read_to_string(&mut page).await.unwrap();
-    page.lines()
+        .lines()
         .filter(|l| l.starts_with(&format!("{name}{{")))
         .find(|l| labels.iter().all(|want| l.contains(want)))
         .and_then(|l| l.rsplit(' ').next())
@@ -111,32 +97,16 @@ async fn on_docker_the_container_is_stopped_and_the_run_fails_with_task_timeout(
     );
 }
 
-fn fake_oz() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fake-oz/oz")
-}
-
 /// An agent on the host that ignores SIGTERM, a 2 s limit and a 1 s grace:
 /// SIGTERM to its group at the limit, SIGKILL after the grace, both the
 /// agent and its grandchild gone, the run `task_timeout`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_the_direct_runtime_the_agent_group_is_stopped_and_the_run_fails_with_task_timeout() {
     let plane = TestPlane::start(test_config()).await;
-    let root = tempfile::tempdir().unwrap();
-    let (ws, report) = (root.path().join("ws"), root.path().join("report"));
-    std::fs::create_dir(&ws).unwrap();
-    std::fs::create_dir(&report).unwrap();
-    let config = root.path().join("config.yaml");
+    let root = FakeAgentRoot::new();
+    let (ws, report) = (root.ws(), root.report());
     // The limit from the file this time; the flag is tested on docker.
-    std::fs::write(
-        &config,
-        format!(
-            "task_timeout: 2s\nbackend:\n  direct:\n    workspace_root: {}\n    oz_path: {}\n    environment:\n      - name: FAKE_OZ_REPORT\n        value: {}\n",
-            ws.display(),
-            fake_oz().display(),
-            report.display()
-        ),
-    )
-    .unwrap();
+    let config = root.config("task_timeout: 2s\n");
     let id = unique_id("timeout-direct");
     let w = WorkerProcess::start(
         &plane,

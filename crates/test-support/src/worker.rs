@@ -105,6 +105,12 @@ impl Engine {
         env
     }
 
+    /// [`Engine::host`] when the engine answers ([`Engine::available`]:
+    /// under CI a missing engine fails the test), else None.
+    pub fn reachable_host(self) -> Option<String> {
+        self.available().then(|| self.host())
+    }
+
     /// Whether the engine answers. Under CI a missing engine fails the test
     /// instead of skipping it.
     pub fn available(self) -> bool {
