@@ -7,7 +7,6 @@
 use oz_test_support as support;
 
 use oz_docker_engine::models::ContainerInspectResponse;
-use oz_docker_engine::params::ContainerListParams;
 use oz_docker_engine::Docker;
 use oz_protocol::InstanceShape;
 use oz_runs_api::model::{CreateRunRequest, Run, RunState};
@@ -90,20 +89,7 @@ impl Case {
     }
 
     async fn containers_of(&self, task_id: &str) -> Vec<String> {
-        let filters =
-            serde_json::json!({ "label": [format!("dev.oz.task-id={task_id}")] }).to_string();
-        let params = ContainerListParams {
-            all: Some(true),
-            filters: Some(filters),
-            ..Default::default()
-        };
-        self.docker
-            .container_list(&params)
-            .await
-            .unwrap()
-            .into_iter()
-            .filter_map(|c| c.id)
-            .collect()
+        task_containers(&self.docker, task_id).await
     }
 
     /// The run's kept task container, inspected, then removed.

@@ -8,7 +8,6 @@
 
 use oz_test_support as support;
 
-use oz_docker_engine::params::ContainerListParams;
 use oz_protocol::*;
 use oz_runs_api::model::RunState;
 use std::path::PathBuf;
@@ -48,21 +47,7 @@ fn assignment(task_id: &str, env: &[(&str, &str)]) -> String {
 
 /// Containers of dockerd labelled with the task id.
 async fn containers_of(task_id: &str) -> Vec<String> {
-    let filters = serde_json::json!({ "label": [format!("dev.oz.task-id={task_id}")] }).to_string();
-    let params = ContainerListParams {
-        all: Some(true),
-        filters: Some(filters),
-        ..Default::default()
-    };
-    Engine::Docker
-        .docker()
-        .await
-        .container_list(&params)
-        .await
-        .unwrap()
-        .into_iter()
-        .filter_map(|c| c.id)
-        .collect()
+    task_containers(&Engine::Docker.docker().await, task_id).await
 }
 
 /// Against a reference orchestrator (no extension offered): after SIGQUIT

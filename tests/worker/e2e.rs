@@ -3,7 +3,6 @@
 
 use oz_test_support as support;
 
-use oz_docker_engine::params::ContainerListParams;
 use oz_protocol::{InstanceShape, SidecarSpec};
 use oz_runs_api::model::RunState;
 use std::collections::BTreeMap;
@@ -132,22 +131,7 @@ impl Setup {
 
     /// Containers of this engine labelled with the task id.
     async fn containers_of(&self, task_id: &str) -> Vec<String> {
-        let filters =
-            serde_json::json!({ "label": [format!("dev.oz.task-id={task_id}")] }).to_string();
-        let params = ContainerListParams {
-            all: Some(true),
-            filters: Some(filters),
-            ..Default::default()
-        };
-        self.engine
-            .docker()
-            .await
-            .container_list(&params)
-            .await
-            .unwrap()
-            .into_iter()
-            .filter_map(|c| c.id)
-            .collect()
+        task_containers(&self.engine.docker().await, task_id).await
     }
 }
 

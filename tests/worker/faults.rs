@@ -82,18 +82,11 @@ async fn wait_state(client: &Client, id: &str, state: RunState) {
 
 /// Containers (task and helpers) carrying this worker id's label.
 async fn containers_of_worker(d: &Docker, worker_id: &str) -> Vec<String> {
-    let filters =
-        serde_json::json!({ "label": [format!("dev.oz.worker-id={worker_id}")] }).to_string();
-    d.container_list(&ContainerListParams {
-        all: Some(true),
-        filters: Some(filters),
-        ..Default::default()
-    })
-    .await
-    .unwrap()
-    .into_iter()
-    .filter_map(|c| c.names.and_then(|n| n.first().cloned()))
-    .collect()
+    labelled_containers(d, &[format!("dev.oz.worker-id={worker_id}")])
+        .await
+        .into_iter()
+        .filter_map(|c| c.names.and_then(|n| n.first().cloned()))
+        .collect()
 }
 
 /// The three promises, for every run: one terminal state, one agent

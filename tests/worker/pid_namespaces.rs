@@ -8,7 +8,6 @@
 
 use oz_test_support as support;
 
-use oz_docker_engine::params::ContainerListParams;
 use oz_runs_api::model::RunState;
 use std::time::Duration;
 use support::control_plane::{test_config, TestPlane};
@@ -33,18 +32,13 @@ fn unshare_available() -> bool {
 /// Ids of the task containers labelled with `worker_id`, running or not.
 async fn task_containers(worker_id: &str) -> Vec<(String, bool)> {
     let d = Engine::Docker.docker().await;
-    let filters = serde_json::json!({
-        "label": [format!("dev.oz.worker-id={worker_id}"), "dev.oz.role=task".to_string()]
-    })
-    .to_string();
-    d.container_list(&ContainerListParams {
-        all: Some(true),
-        filters: Some(filters),
-        ..Default::default()
-    })
-    .await
-    .unwrap()
-    .into_iter()
+    let labels = [
+        format!("dev.oz.worker-id={worker_id}"),
+        "dev.oz.role=task".to_string(),
+    ];
+    labelled_containers(&d, &labels)
+        .await
+        .into_iter()
     .map(|c| {
         (
             c.id.unwrap_or_default(),

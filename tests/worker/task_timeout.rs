@@ -8,7 +8,6 @@
 
 use oz_test_support as support;
 
-use oz_docker_engine::params::ContainerListParams;
 use oz_runs_api::model::RunState;
 use std::time::{Duration, Instant};
 use support::control_plane::{test_config, TestPlane};
@@ -72,18 +71,7 @@ async fn on_docker_the_container_is_stopped_and_the_run_fails_with_task_timeout(
     assert_eq!(done.state, RunState::Failed, "{done:#?}");
     assert_eq!(done.failure_reason.as_deref(), Some("task_timeout"));
     assert_eq!(done.message.as_deref(), Some(message("3s").as_str()));
-    let filters =
-        serde_json::json!({ "label": [format!("dev.oz.task-id={}", run.id)] }).to_string();
-    let left = Engine::Docker
-        .docker()
-        .await
-        .container_list(&ContainerListParams {
-            all: Some(true),
-            filters: Some(filters),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let left = task_containers(&Engine::Docker.docker().await, &run.id).await;
     assert!(left.is_empty(), "the task container is gone: {left:?}");
     assert_eq!(
         metric(

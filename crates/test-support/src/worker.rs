@@ -568,3 +568,30 @@ pub fn unique_id(prefix: &str) -> String {
         &oz_runtime_docker::identity::random_id()[..8]
     )
 }
+
+/// The containers, stopped ones too, that carry every one of `labels`
+/// (`KEY=VALUE`; the Docker runtime's are `dev.oz.task-id`,
+/// `dev.oz.worker-id`, `dev.oz.role`, ...).
+pub async fn labelled_containers(
+    d: &oz_docker_engine::Docker,
+    labels: &[String],
+) -> Vec<oz_docker_engine::models::ContainerSummary> {
+    let filters = serde_json::json!({ "label": labels }).to_string();
+    d.container_list(&oz_docker_engine::params::ContainerListParams {
+        all: Some(true),
+        filters: Some(filters),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+}
+
+/// Ids of the containers (task and helpers, stopped ones too) labelled with
+/// `task_id`: none may be left once a run has ended.
+pub async fn task_containers(d: &oz_docker_engine::Docker, task_id: &str) -> Vec<String> {
+    labelled_containers(d, &[format!("dev.oz.task-id={task_id}")])
+        .await
+        .into_iter()
+        .filter_map(|c| c.id)
+        .collect()
+}
