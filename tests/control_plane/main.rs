@@ -6,8 +6,10 @@
 
 mod abuse;
 mod cli;
+mod output;
 mod output_e2e;
 mod paging;
+mod restarts;
 mod results;
 mod schedules;
 mod tls;
