@@ -18,14 +18,14 @@
 use oz_test_support::bench as support;
 
 use oz_protocol::{FailureReason, WorkerMessage};
+use oz_test_support::scripted_server::{assignment, Frame, ScriptedServer, ServerConn};
+use oz_test_support::worker::{Launch, WorkerProcess};
 use std::io::Write;
 use std::time::{Duration, Instant};
 use support::engine::unique;
-use oz_test_support::scripted_server::{assignment, Frame, ScriptedServer, ServerConn};
 use support::report::{verdict, Report};
 use support::setup;
 use support::stats::{median, percentile, us};
-use oz_test_support::worker::{Launch, WorkerProcess};
 
 const NAME: &str = "claim_latency";
 const GOAL: Duration = Duration::from_millis(1);

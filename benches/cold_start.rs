@@ -23,6 +23,7 @@ use oz_test_support::bench as support;
 
 use oz_runs_api::model::{CreateRunRequest, RunState};
 use oz_test_support::control_plane::TestPlane;
+use oz_test_support::worker::{Launch, WorkerProcess};
 use serde_json::json;
 use std::time::{Duration, Instant};
 use support::engine::{task_container, unique, Agent, RawEngine, BENCH_LABEL};
@@ -30,7 +31,6 @@ use support::images::{self, Sidecar};
 use support::report::{verdict, Report};
 use support::setup;
 use support::stats::{median, ms, paired_ratio, ratio, secs, worker_first};
-use oz_test_support::worker::{Launch, WorkerProcess};
 
 const NAME: &str = "cold_start";
 const COPY_GOAL: f64 = 1.1;

@@ -17,6 +17,8 @@ use oz_test_support::bench as support;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use oz_runs_api::client::Client;
+use oz_test_support::worker::{Launch, WorkerProcess};
+use oz_test_support::worker_binary as binary;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -24,8 +26,6 @@ use support::engine::unique;
 use support::report::Report;
 use support::setup;
 use support::stats::{median, ms, percentile};
-use oz_test_support::worker::{Launch, WorkerProcess};
-use oz_test_support::worker_binary as binary;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const NAME: &str = "reconnect";

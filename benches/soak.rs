@@ -21,6 +21,7 @@ use oz_test_support::bench as support;
 
 use oz_runs_api::model::{CreateRunRequest, Run, RunState};
 use oz_test_support::control_plane::TestPlane;
+use oz_test_support::worker::{Launch, WorkerProcess};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use support::engine::unique;
@@ -28,7 +29,6 @@ use support::plane::POLL;
 use support::report::{verdict, Report};
 use support::setup;
 use support::stats::{mib, ms, secs};
-use oz_test_support::worker::{Launch, WorkerProcess};
 
 const NAME: &str = "soak";
 const CONCURRENCY: usize = 4;

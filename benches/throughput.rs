@@ -12,15 +12,15 @@
 use oz_test_support::bench as support;
 
 use oz_protocol::WorkerMessage;
+use oz_test_support::scripted_server::{assignment, ScriptedServer, ServerConn};
+use oz_test_support::worker::{Launch, WorkerProcess};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::engine::{task_container, unique, Agent, RawEngine};
-use oz_test_support::scripted_server::{assignment, ScriptedServer, ServerConn};
 use support::report::{verdict, Report};
 use support::setup;
 use support::stats::{median, median_f64, secs, worker_first};
-use oz_test_support::worker::{Launch, WorkerProcess};
 
 const NAME: &str = "throughput";
 const CONCURRENCY: usize = 8;

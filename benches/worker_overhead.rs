@@ -16,12 +16,12 @@ use oz_test_support::bench as support;
 
 use oz_runs_api::model::{CreateRunRequest, RunState};
 use oz_test_support::control_plane::TestPlane;
+use oz_test_support::worker::{Launch, WorkerProcess};
 use std::time::{Duration, Instant};
 use support::engine::{task_container, unique, Agent};
 use support::plane::Timed;
 use support::report::{verdict, Report};
 use support::stats::{median, ms, paired_ratio, ratio, ratio_spread, worker_first};
-use oz_test_support::worker::{Launch, WorkerProcess};
 use support::{setup, stats};
 
 const NAME: &str = "worker_overhead";

@@ -10,12 +10,12 @@ use oz_test_support::bench as support;
 
 use oz_runs_api::model::{CreateRunRequest, RunState};
 use oz_test_support::control_plane::TestPlane;
+use oz_test_support::worker::{Launch, WorkerProcess};
 use std::time::Duration;
 use support::engine::unique;
 use support::report::{verdict, Report};
 use support::setup;
 use support::stats::mib;
-use oz_test_support::worker::{Launch, WorkerProcess};
 
 const NAME: &str = "worker_rss";
 const IDLE_GOAL_KIB: u64 = 15 * 1024;

@@ -99,7 +99,9 @@ async fn run_once(host: &str, pinned: Option<&str>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_only_sidecars_are_image_mounts_on_docker_28() {
-    let Some(host) = Engine::Docker28.reachable_host() else { return };
+    let Some(host) = Engine::Docker28.reachable_host() else {
+        return;
+    };
     run_once(&host, None).await;
 }
 
@@ -107,6 +109,8 @@ async fn read_only_sidecars_are_image_mounts_on_docker_28() {
 /// image mounts) never gets a mount type it would not know.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn below_api_1_48_sidecars_are_copied_into_volumes() {
-    let Some(host) = Engine::Docker28.reachable_host() else { return };
+    let Some(host) = Engine::Docker28.reachable_host() else {
+        return;
+    };
     run_once(&host, Some("1.47")).await;
 }

@@ -39,13 +39,13 @@ async fn task_containers(worker_id: &str) -> Vec<(String, bool)> {
     labelled_containers(&d, &labels)
         .await
         .into_iter()
-    .map(|c| {
-        (
-            c.id.unwrap_or_default(),
-            c.state == Some(oz_docker_engine::models::ContainerSummaryState::Running),
-        )
-    })
-    .collect()
+        .map(|c| {
+            (
+                c.id.unwrap_or_default(),
+                c.state == Some(oz_docker_engine::models::ContainerSummaryState::Running),
+            )
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -368,9 +368,7 @@ impl WorkerProcess {
             .stdout(Stdio::null())
             .stderr(log_file)
             .kill_on_drop(true);
-        let child = cmd
-            .spawn()
-            .map_err(|e| format!("starting {binary}: {e}"))?;
+        let child = cmd.spawn().map_err(|e| format!("starting {binary}: {e}"))?;
         let started_pid = child.id().expect("a started child has a pid");
         Ok(WorkerProcess {
             child,
