@@ -4,16 +4,9 @@ use oz_test_support as support;
 
 use oz_protocol::FailureReason;
 use std::process::Output;
+use support::cli::client as cli;
 use support::control_plane::{test_config, TestPlane};
 use tokio::process::Command;
-
-fn cli(server: &str, key: &str) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_oz-agent-worker"));
-    c.env("OZ_SERVER_URL", server)
-        .env("WARP_API_KEY", key)
-        .kill_on_drop(true);
-    c
-}
 
 fn text(o: &Output) -> String {
     format!(

@@ -291,10 +291,8 @@ async fn image_references_are_checked_with_the_workers_parser() {
         .unwrap();
     assert_eq!(ok.state, RunState::Queued);
     // The CLI shows the same message.
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_oz-agent-worker"))
+    let out = support::cli::client(&serve.url, &key)
         .args(["run", "--host", "w1", "--image", "Ubuntu:22.04"])
-        .env("OZ_SERVER_URL", &serve.url)
-        .env("WARP_API_KEY", &key)
         .output()
         .await
         .unwrap();

@@ -347,11 +347,8 @@ async fn a_slot_runs_once_across_a_sigkill_and_missed_slots_are_skipped() {
 async fn the_cli_manages_schedules() {
     let t = TestPlane::start(test_config()).await;
     let cli = |args: &[&str]| {
-        let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_oz-agent-worker"));
-        c.args(args)
-            .env("OZ_SERVER_URL", t.plane.url())
-            .env("WARP_API_KEY", &t.key)
-            .kill_on_drop(true);
+        let mut c = support::cli::client(&t.plane.url(), &t.key);
+        c.args(args);
         c
     };
     let out = cli(&[

@@ -17,12 +17,9 @@ use tokio::process::Command;
 
 /// The CLI against `url`, trusting exactly the CAs in `ca_file`.
 fn cli(url: &str, key: &str, ca_file: &Path, empty_dir: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_oz-agent-worker"));
-    c.env("OZ_SERVER_URL", url)
-        .env("WARP_API_KEY", key)
-        .env("SSL_CERT_FILE", ca_file)
-        .env("SSL_CERT_DIR", empty_dir)
-        .kill_on_drop(true);
+    let mut c = support::cli::client(url, key);
+    c.env("SSL_CERT_FILE", ca_file)
+        .env("SSL_CERT_DIR", empty_dir);
     c
 }
 

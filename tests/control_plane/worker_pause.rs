@@ -13,9 +13,7 @@ use support::control_plane::{wait_for_state, ScriptedWorker, QUIET_PERIOD};
 use support::plane_process::PlaneProcess;
 
 async fn cli(plane: &PlaneProcess, args: &[&str]) -> Output {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_oz-agent-worker"))
-        .env("OZ_SERVER_URL", plane.url())
-        .env("WARP_API_KEY", &plane.key)
+    support::cli::client(&plane.url(), &plane.key)
         .args(args)
         .output()
         .await

@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod browser;
+pub mod cli;
 pub mod control_plane;
 pub mod docker;
 pub mod fixtures;
