@@ -18,14 +18,14 @@
 use oz_test_support::bench as support;
 
 use oz_protocol::{FailureReason, WorkerMessage};
+use oz_test_support::scripted_server::{assignment, Frame, ScriptedServer, ServerConn};
+use oz_test_support::worker::{Launch, WorkerProcess};
 use std::io::Write;
 use std::time::{Duration, Instant};
 use support::engine::unique;
-use support::orchestrator::{assignment, Conn, Frame, Orchestrator};
 use support::report::{verdict, Report};
 use support::setup;
 use support::stats::{median, percentile, us};
-use support::worker::{Launch, WorkerProc};
 
 const NAME: &str = "claim_latency";
 const GOAL: Duration = Duration::from_millis(1);
@@ -33,7 +33,7 @@ const FRAME_TIMEOUT: Duration = Duration::from_secs(30);
 const WARM_UP: usize = 20;
 
 /// Assignment → claim, then waits for the task's end.
-async fn claim(conn: &mut Conn) -> Duration {
+async fn claim(conn: &mut ServerConn) -> Duration {
     let task_id = unique("run");
     let msg = assignment(&task_id, "unused", "unused", &[]);
     let t0 = Instant::now();
@@ -61,7 +61,7 @@ async fn claim(conn: &mut Conn) -> Duration {
 }
 
 /// A WebSocket ping → pong round trip to the worker.
-async fn round_trip(conn: &mut Conn, seq: u64) -> Duration {
+async fn round_trip(conn: &mut ServerConn, seq: u64) -> Duration {
     let t0 = Instant::now();
     conn.ping(seq).await.unwrap();
     loop {
@@ -108,8 +108,8 @@ async fn main() {
         "backend:\n  command:\n    dispatch_command: \"cat >/dev/null; exit 3\"\n",
     )
     .unwrap();
-    let orchestrator = Orchestrator::bind().await;
-    let worker = WorkerProc::spawn(Launch {
+    let orchestrator = ScriptedServer::start().await;
+    let worker = WorkerProcess::try_spawn(Launch {
         worker_id: unique("bench-claim"),
         ws_url: orchestrator.ws_url.clone(),
         root_url: orchestrator.root_url.clone(),
@@ -124,7 +124,7 @@ async fn main() {
     })
     .unwrap_or_else(|e| setup::missing(NAME, &format!("the worker did not start: {e}")));
     let mut conn = orchestrator
-        .accept(Duration::from_secs(60))
+        .try_accept(Duration::from_secs(60))
         .await
         .unwrap_or_else(|e| panic!("{e}\nworker log:\n{}", worker.log_text()));
 

@@ -23,6 +23,7 @@ use oz_test_support::bench as support;
 
 use oz_runs_api::model::{CreateRunRequest, RunState};
 use oz_test_support::control_plane::TestPlane;
+use oz_test_support::worker::{Launch, WorkerProcess};
 use serde_json::json;
 use std::time::{Duration, Instant};
 use support::engine::{task_container, unique, Agent, RawEngine, BENCH_LABEL};
@@ -30,7 +31,6 @@ use support::images::{self, Sidecar};
 use support::report::{verdict, Report};
 use support::setup;
 use support::stats::{median, ms, paired_ratio, ratio, secs, worker_first};
-use support::worker::{Launch, WorkerProc};
 
 const NAME: &str = "cold_start";
 const COPY_GOAL: f64 = 1.1;
@@ -91,12 +91,12 @@ async fn raw_task(engine: &RawEngine, task_image: &str, agent: Agent<'_>) -> Dur
 
 struct Workers {
     plane: TestPlane,
-    copy: WorkerProc,
-    mount: WorkerProc,
+    copy: WorkerProcess,
+    mount: WorkerProcess,
 }
 
 impl Workers {
-    async fn run(&self, worker: &WorkerProc, task_image: &str, sidecar: &str) -> Duration {
+    async fn run(&self, worker: &WorkerProcess, task_image: &str, sidecar: &str) -> Duration {
         let req = CreateRunRequest {
             worker_host: worker.worker_id.clone(),
             title: Some("bench".into()),
@@ -154,14 +154,15 @@ async fn main() {
         docker_host: Some(host.clone()),
         args: vec!["--pull-policy".into(), "if-not-present".into()],
         env,
+        ..Default::default()
     };
-    let copy = WorkerProc::start(launch(
+    let copy = WorkerProcess::try_start(launch(
         "bench-cold-copy",
         vec![("DOCKER_API_VERSION".into(), "1.47".into())],
     ))
     .await
     .unwrap_or_else(|e| panic!("{e}"));
-    let mount = WorkerProc::start(launch("bench-cold-mount", vec![]))
+    let mount = WorkerProcess::try_start(launch("bench-cold-mount", vec![]))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     for (w, says) in [

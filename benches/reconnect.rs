@@ -17,6 +17,8 @@ use oz_test_support::bench as support;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use oz_runs_api::client::Client;
+use oz_test_support::worker::{Launch, WorkerProcess};
+use oz_test_support::worker_binary as binary;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -24,7 +26,6 @@ use support::engine::unique;
 use support::report::Report;
 use support::setup;
 use support::stats::{median, ms, percentile};
-use support::worker::{binary, Launch, WorkerProc};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const NAME: &str = "reconnect";
@@ -168,7 +169,7 @@ fn launch(serve: &Serve, config: &Path) -> Launch {
 
 /// The metrics address the worker logged (`metrics: Prometheus at
 /// http://ADDR/metrics`).
-fn metrics_addr(worker: &WorkerProc) -> String {
+fn metrics_addr(worker: &WorkerProcess) -> String {
     const SAID: &str = "Prometheus at http://";
     let log = worker.log_text();
     let at = log
@@ -189,7 +190,7 @@ async fn main() {
     )
     .unwrap();
     let mut serve = Serve::start().await;
-    let worker = WorkerProc::start(launch(&serve, &config))
+    let worker = WorkerProcess::try_start(launch(&serve, &config))
         .await
         .unwrap_or_else(|e| setup::missing(NAME, &format!("the worker did not start: {e}")));
     let addr = metrics_addr(&worker);
@@ -209,9 +210,9 @@ async fn main() {
 
         // Baseline: a new worker process against the ready plane.
         let t0 = Instant::now();
-        let other = WorkerProc::spawn(launch(&serve, &config)).unwrap();
+        let other = WorkerProcess::try_spawn(launch(&serve, &config)).unwrap();
         other
-            .wait_for_log("Prometheus at http://", WITHIN)
+            .try_wait_for_log("Prometheus at http://", WITHIN)
             .await
             .unwrap();
         until_connected(&metrics_addr(&other), true).await;

@@ -21,6 +21,7 @@ use oz_test_support::bench as support;
 
 use oz_runs_api::model::{CreateRunRequest, Run, RunState};
 use oz_test_support::control_plane::TestPlane;
+use oz_test_support::worker::{Launch, WorkerProcess};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use support::engine::unique;
@@ -28,7 +29,6 @@ use support::plane::POLL;
 use support::report::{verdict, Report};
 use support::setup;
 use support::stats::{mib, ms, secs};
-use support::worker::{Launch, WorkerProc};
 
 const NAME: &str = "soak";
 const CONCURRENCY: usize = 4;
@@ -45,7 +45,7 @@ struct Sample {
     threads: u64,
 }
 
-fn sample(worker: &WorkerProc, at: &'static str, done: usize) -> Sample {
+fn sample(worker: &WorkerProcess, at: &'static str, done: usize) -> Sample {
     Sample {
         at,
         done,
@@ -76,7 +76,7 @@ async fn main() {
         .unwrap();
     let plane = TestPlane::ephemeral().await;
     let worker_id = unique("bench-soak");
-    let worker = WorkerProc::start(Launch {
+    let worker = WorkerProcess::try_start(Launch {
         worker_id: worker_id.clone(),
         ws_url: plane.ws_url(),
         root_url: plane.url(),

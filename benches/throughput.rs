@@ -12,15 +12,15 @@
 use oz_test_support::bench as support;
 
 use oz_protocol::WorkerMessage;
+use oz_test_support::scripted_server::{assignment, ScriptedServer, ServerConn};
+use oz_test_support::worker::{Launch, WorkerProcess};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::engine::{task_container, unique, Agent, RawEngine};
-use support::orchestrator::{assignment, Conn, Orchestrator};
 use support::report::{verdict, Report};
 use support::setup;
 use support::stats::{median, median_f64, secs, worker_first};
-use support::worker::{Launch, WorkerProc};
 
 const NAME: &str = "throughput";
 const CONCURRENCY: usize = 8;
@@ -34,7 +34,7 @@ struct Batch {
 }
 
 /// N tasks through the worker, at most CONCURRENCY assigned at a time.
-async fn through_worker(conn: &mut Conn, image: &str, sidecar: &str, n: usize) -> Batch {
+async fn through_worker(conn: &mut ServerConn, image: &str, sidecar: &str, n: usize) -> Batch {
     let t0 = Instant::now();
     let mut sent = 0;
     let mut done = 0;
@@ -114,8 +114,8 @@ async fn main() {
         .await
         .unwrap_or_else(|e| panic!("building the demo sidecar: {e}"));
     let sidecar = demo.reference.clone();
-    let orchestrator = Orchestrator::bind().await;
-    let worker = WorkerProc::spawn(Launch {
+    let orchestrator = ScriptedServer::start().await;
+    let worker = WorkerProcess::try_spawn(Launch {
         worker_id: unique("bench-throughput"),
         ws_url: orchestrator.ws_url.clone(),
         root_url: orchestrator.root_url.clone(),
@@ -131,7 +131,7 @@ async fn main() {
     })
     .unwrap_or_else(|e| panic!("{e}"));
     let mut conn = orchestrator
-        .accept(Duration::from_secs(60))
+        .try_accept(Duration::from_secs(60))
         .await
         .unwrap_or_else(|e| panic!("{e}\nworker log:\n{}", worker.log_text()));
 

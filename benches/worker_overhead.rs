@@ -16,12 +16,12 @@ use oz_test_support::bench as support;
 
 use oz_runs_api::model::{CreateRunRequest, RunState};
 use oz_test_support::control_plane::TestPlane;
+use oz_test_support::worker::{Launch, WorkerProcess};
 use std::time::{Duration, Instant};
 use support::engine::{task_container, unique, Agent};
 use support::plane::Timed;
 use support::report::{verdict, Report};
 use support::stats::{median, ms, paired_ratio, ratio, ratio_spread, worker_first};
-use support::worker::{Launch, WorkerProc};
 use support::{setup, stats};
 
 const NAME: &str = "worker_overhead";
@@ -40,7 +40,7 @@ async fn main() {
     let sidecar = demo.reference.clone();
     let plane = TestPlane::ephemeral().await;
     let worker_id = unique("bench-overhead");
-    let worker = WorkerProc::start(Launch {
+    let worker = WorkerProcess::try_start(Launch {
         worker_id: worker_id.clone(),
         ws_url: plane.ws_url(),
         root_url: plane.url(),

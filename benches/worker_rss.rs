@@ -10,12 +10,12 @@ use oz_test_support::bench as support;
 
 use oz_runs_api::model::{CreateRunRequest, RunState};
 use oz_test_support::control_plane::TestPlane;
+use oz_test_support::worker::{Launch, WorkerProcess};
 use std::time::Duration;
 use support::engine::unique;
 use support::report::{verdict, Report};
 use support::setup;
 use support::stats::mib;
-use support::worker::{Launch, WorkerProc};
 
 const NAME: &str = "worker_rss";
 const IDLE_GOAL_KIB: u64 = 15 * 1024;
@@ -23,7 +23,7 @@ const BUSY_GOAL_KIB: u64 = 30 * 1024;
 const RUN_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// VmRSS every 100 ms for `window`: (max, last).
-async fn sample(worker: &WorkerProc, window: Duration) -> (u64, u64) {
+async fn sample(worker: &WorkerProcess, window: Duration) -> (u64, u64) {
     let mut max = 0;
     let mut last = 0;
     let deadline = tokio::time::Instant::now() + window;
@@ -48,7 +48,7 @@ async fn main() {
     let sidecar = demo.reference.clone();
     let plane = TestPlane::ephemeral().await;
     let worker_id = unique("bench-rss");
-    let worker = WorkerProc::start(Launch {
+    let worker = WorkerProcess::try_start(Launch {
         worker_id: worker_id.clone(),
         ws_url: plane.ws_url(),
         root_url: plane.url(),

@@ -1,19 +1,33 @@
 #!/usr/bin/env python3
-"""Writes the README's daemon matrix table from a `cargo test` log.
+"""The README's daemon matrix table, from a `cargo test` log.
 
-    scripts/matrix-table.py CARGO_TEST_LOG [README]
+    scripts/matrix-table.py [--write | --check] [CARGO_TEST_LOG [README]]
+
+CARGO_TEST_LOG defaults to target/test-run.log (scripts/test.sh's last run),
+README to the repository's README.md.
 
 Which daemon a test ran against is read from its name: the first path
-segment is the engine's key (`docker::scenario`, `docker28::json_report`)
-or starts with the key and an underscore (`docker_tls::wrong_ca` ran
-against dockerd 20.10 over TLS). Tests named otherwise are not daemon
-tests and are left out. The suite is the test binary (`Running
-tests/NAME.rs`). Column headings are the versions the daemons report now
-(GET /version on the sockets of $OZ_TEST_*_HOST), so the table says which
-daemon versions passed which suite.
+segment below the test's file is the engine's key (`docker::scenario`,
+`docker28::json_report`) or starts with the key and an underscore
+(`docker_tls::wrong_ca` ran against dockerd 20.10 over TLS). Tests named
+otherwise are not daemon tests and are left out. The suite is the test's
+file: `Running tests/NAME.rs` for a one-file binary, and for a folder
+binary (`Running tests/DIR/main.rs`) the module below it, shown as
+`DIR/MODULE` (tests/worker/e2e.rs is `worker/e2e`, test
+`e2e::docker::scenario`). Column headings are the versions the daemons
+report now (GET /version on the sockets of $OZ_TEST_*_HOST), so the table
+says which daemon versions passed which suite.
 
-The table goes between the two marker lines in README; nothing else in the
-file changes. Exits non-zero only if the README has no markers.
+Running tests changes no tracked file, so by default the table is only
+written to target/daemon-matrix.md and the script says whether the README's
+table differs. `--write` puts it between the two marker lines in README
+(nothing else in the file changes): the explicit way to update the README
+after a run. `--check` exits 1 when the README's table has other columns
+(daemons and their versions) than the run found; its counts, its suites and
+its "Last run" line may differ, since they change with every run and every
+added test, while a daemon version the README names and the run did not
+test is a false claim. Exits 2 when README has no markers or the log
+cannot be read.
 """
 
 import datetime
@@ -40,6 +54,7 @@ ENGINES = [
 ]
 
 RUNNING = re.compile(r"^\s*Running (?:tests/)?(\S+?)(?:\.rs)? \(")
+FOLDER_BINARY = "/main"
 RESULT = re.compile(r"^test (\S+) \.\.\. (ok|FAILED|ignored)\b")
 
 
@@ -95,15 +110,24 @@ def parse(log):
     for line in log:
         m = RUNNING.match(line)
         if m:
-            suite = os.path.basename(m.group(1))
+            suite = m.group(1)
             continue
         m = RESULT.match(line)
         if not m or suite is None:
             continue
-        engine = engine_of(m.group(1))
+        test = m.group(1)
+        if suite.endswith(FOLDER_BINARY):
+            # tests/DIR/main.rs: the file is the first module of the name.
+            if "::" not in test:
+                continue
+            module, test = test.split("::", 1)
+            name = "%s/%s" % (os.path.basename(suite[: -len(FOLDER_BINARY)]), module)
+        else:
+            name = os.path.basename(suite)
+        engine = engine_of(test)
         if engine is None:
             continue
-        counts = suites.setdefault(suite, {}).setdefault(engine, [0, 0, 0])
+        counts = suites.setdefault(name, {}).setdefault(engine, [0, 0, 0])
         counts[("ok", "FAILED", "ignored").index(m.group(2))] += 1
     return suites
 
@@ -146,26 +170,72 @@ def table(suites):
     return "\n".join(lines)
 
 
-def main():
-    if len(sys.argv) not in (2, 3):
-        sys.exit(__doc__)
-    readme = sys.argv[2] if len(sys.argv) == 3 else os.path.join(
-        os.path.dirname(os.path.abspath(__file__)), "..", "README.md")
-    with open(sys.argv[1], encoding="utf-8", errors="replace") as f:
-        suites = parse(f)
-    with open(readme, encoding="utf-8") as f:
-        text = f.read()
+def table_in(text):
+    """The table between the README's markers, or None without markers."""
     start = text.find(START)
     end = text.find(END)
     if start < 0 or end < start:
-        sys.exit("%s has no daemon matrix markers (%s ... %s)" % (readme, START, END))
-    start_line_end = text.index("\n", start) + 1
-    new = text[:start_line_end] + table(suites) + "\n\n" + text[end:]
-    if new != text:
+        return None
+    return text[text.index("\n", start) + 1:end].strip("\n")
+
+
+def columns(table_text):
+    """The column headings (daemons and versions) of a table."""
+    for line in table_text.splitlines():
+        if line.startswith("| suite |"):
+            return [c.strip() for c in line.strip().strip("|").split("|")[1:]]
+    return []
+
+
+def main():
+    args = sys.argv[1:]
+    mode = None
+    if args and args[0] in ("--write", "--check"):
+        mode = args.pop(0)
+    if len(args) > 2 or any(a.startswith("-") for a in args):
+        sys.exit(__doc__)
+    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+    log = args[0] if args else os.path.join(root, "target", "test-run.log")
+    readme = args[1] if len(args) == 2 else os.path.join(root, "README.md")
+    try:
+        with open(log, encoding="utf-8", errors="replace") as f:
+            suites = parse(f)
+    except OSError as e:
+        print("[matrix-table] cannot read the test log %s: %s (run scripts/test.sh first)"
+              % (log, e), file=sys.stderr)
+        sys.exit(2)
+    new_table = table(suites)
+    out = os.path.join(os.path.dirname(os.path.abspath(log)), "daemon-matrix.md")
+    with open(out, "w", encoding="utf-8") as f:
+        f.write(new_table + "\n")
+    with open(readme, encoding="utf-8") as f:
+        text = f.read()
+    old_table = table_in(text)
+    if old_table is None:
+        print("[matrix-table] %s has no daemon matrix markers (%s ... %s)"
+              % (readme, START, END), file=sys.stderr)
+        sys.exit(2)
+    # The "Last run" line carries the time: compare the rest.
+    same = old_table.split("\n", 1)[-1:] == new_table.split("\n", 1)[-1:]
+    print("[matrix-table] %s: %d suites; the README's table %s" % (
+        out, len(suites),
+        "is the same" if same else
+        "differs (update it with scripts/matrix-table.py --write)"), file=sys.stderr)
+    if mode == "--write" and old_table != new_table:
+        start_line_end = text.index("\n", text.find(START)) + 1
+        new = text[:start_line_end] + new_table + "\n\n" + text[text.find(END):]
         with open(readme + ".tmp", "w", encoding="utf-8") as f:
             f.write(new)
         os.replace(readme + ".tmp", readme)
-    print("[matrix-table] %s: %d suites" % (readme, len(suites)), file=sys.stderr)
+        print("[matrix-table] wrote the table into %s" % readme, file=sys.stderr)
+    if mode == "--check":
+        found, listed = columns(new_table), columns(old_table)
+        if found != listed:
+            print("[matrix-table] the README's daemon matrix names other daemons than this "
+                  "run tested:\n  README: %s\n  run:    %s\nRun scripts/matrix-table.py "
+                  "--write after a passing run and commit README.md."
+                  % (" | ".join(listed), " | ".join(found)), file=sys.stderr)
+            sys.exit(1)
 
 
 if __name__ == "__main__":

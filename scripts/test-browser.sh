@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Idempotent: installs Debian's Chromium and ChromeDriver for the management
-# UI's browser test (tests/control_plane_ui_browser.rs), when missing.
+# UI's browser test (tests/control_plane/ui_browser.rs), when missing.
 # Called by scripts/test.sh; safe to run again (a second run only checks).
 #
 #   scripts/test-browser.sh          install what is missing

@@ -81,8 +81,8 @@ IMAGE_RECIPE_VERSION=1
 
 # python3: the command runtime's example dispatcher (examples/command-backend)
 # is tested; debootstrap: scripts/debian-image.sh (the daemon matrix, the
-# container image test); systemd: systemd-analyze for tests/systemd_unit.rs;
-# tinyproxy, stunnel4, microsocks: the outbound proxies tests/worker_proxy.rs
+# container image test); systemd: systemd-analyze for tests/deploy/systemd_unit.rs;
+# tinyproxy, stunnel4, microsocks: the outbound proxies tests/worker/proxy.rs
 # starts.
 PACKAGES=(curl ca-certificates openssl iptables docker.io podman busybox-static musl
   docker-registry apache2-utils openssh-server openssh-client python3 debootstrap systemd

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Idempotent: installs Debian's `prometheus` package for its `promtool`, which
-# tests/dashboards.rs runs (`promtool check rules`, `promtool test rules`)
+# tests/deploy/dashboards.rs runs (`promtool check rules`, `promtool test rules`)
 # over contrib/prometheus/. Called by scripts/test.sh; a second run only
 # checks. The package's own Prometheus server is kept from starting.
 #

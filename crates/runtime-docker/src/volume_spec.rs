@@ -396,7 +396,7 @@ mod tests {
     /// Specs the daemon (and so `docker run -v`) accepts, and the bind
     /// string we hand it. Source: moby `linux_parser.go` (`ParseMountRaw`,
     /// `linuxValidMountMode`); the daemon's acceptance is also checked
-    /// against real engines in tests/volume_specs.rs.
+    /// against real engines in crates/runtime-docker/tests/engines/volume_specs.rs.
     #[test]
     fn accepted_like_the_daemon() {
         #[rustfmt::skip]

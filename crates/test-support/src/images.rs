@@ -78,3 +78,35 @@ pub async fn remove_sidecar(d: &Docker, image: &str, volume: &str) {
         )
         .await;
 }
+
+/// Tags `source` as `<repo>:<fresh tag>`, pushes it with `x_registry_auth`
+/// (the `X-Registry-Auth` header's value: base64 of the auth config JSON,
+/// `e30=` for none) and removes the local tag, so the image then exists
+/// only in the registry. Returns the pushed reference; panics when a step
+/// fails.
+pub async fn push_only(d: &Docker, source: &str, repo: &str, x_registry_auth: String) -> String {
+    let tag = unique_id("t");
+    d.image_tag(
+        source,
+        &ImageTagParams {
+            repo: Some(repo.to_string()),
+            tag: Some(tag.clone()),
+        },
+    )
+    .await
+    .unwrap();
+    let params = ImagePushParams {
+        tag: Some(tag.clone()),
+        x_registry_auth,
+        ..Default::default()
+    };
+    let mut progress = d.image_push(repo, &params).await.unwrap();
+    while let Some(item) = progress.next().await {
+        item.expect("push succeeds");
+    }
+    let reference = format!("{repo}:{tag}");
+    d.image_delete(&reference, &ImageDeleteParams::default())
+        .await
+        .unwrap();
+    reference
+}

@@ -4,10 +4,13 @@
 
 pub mod bench;
 pub mod browser;
+pub mod cli;
 pub mod control_plane;
 pub mod docker;
+pub mod fixtures;
 pub mod host;
 pub mod images;
+pub mod net;
 pub mod plane_process;
 pub mod private_dockerd;
 pub mod scripted_server;

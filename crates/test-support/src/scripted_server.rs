@@ -1,9 +1,15 @@
-//! `ScriptedServer`: the orchestrator side of the worker protocol driven by
-//! the test over a real WebSocket, for what the local control plane would
-//! never do on purpose (malformed frames, silence, dropped connections).
+//! `ScriptedServer`: the orchestrator side of the worker protocol over a
+//! real WebSocket (tokio-tungstenite), driven step by step: by tests, for
+//! what the local control plane would never do on purpose (malformed
+//! frames, silence, dropped connections), and by benches, to time single
+//! frames. It offers no extension unless asked (the reference protocol the
+//! hosted service speaks).
 
 use futures_util::{SinkExt, StreamExt};
-use oz_protocol::{decode_worker_frame, WorkerMessage};
+use oz_protocol::{
+    decode_worker_frame, encode, ServerMessage, Task, TaskAssignment, TaskDefinition, WorkerMessage,
+};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
@@ -13,7 +19,10 @@ use tokio_tungstenite::WebSocketStream;
 
 pub struct ScriptedServer {
     listener: TcpListener,
+    /// `ws://127.0.0.1:PORT/api/v1/selfhosted/worker/ws`, for `--web-socket-url`.
     pub ws_url: String,
+    /// `http://127.0.0.1:PORT`, for `--server-root-url`.
+    pub root_url: String,
 }
 
 pub struct ServerConn {
@@ -26,13 +35,17 @@ pub struct ServerConn {
 }
 
 impl ScriptedServer {
+    /// Listens on a free loopback port.
     pub async fn start() -> ScriptedServer {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let ws_url = format!(
-            "ws://{}/api/v1/selfhosted/worker/ws",
-            listener.local_addr().unwrap()
-        );
-        ScriptedServer { listener, ws_url }
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a local port");
+        let addr = listener.local_addr().unwrap();
+        ScriptedServer {
+            ws_url: format!("ws://{addr}/api/v1/selfhosted/worker/ws"),
+            root_url: format!("http://{addr}"),
+            listener,
+        }
     }
 
     /// Accepts a connection offering no extension (the reference server).
@@ -40,15 +53,38 @@ impl ScriptedServer {
         self.accept_offering(within, None).await
     }
 
+    /// [`ScriptedServer::accept`] as a `Result`, for the benches. Errors:
+    /// no connection within `within`, or a failed handshake.
+    pub async fn try_accept(&self, within: Duration) -> Result<ServerConn, String> {
+        let accepted = tokio::time::timeout(within, self.listener.accept()).await;
+        let (stream, _) = accepted
+            .map_err(|_| format!("the worker did not connect within {within:?}"))?
+            .map_err(|e| e.to_string())?;
+        self.handshake(stream, None)
+            .await
+            .map_err(|e| format!("WebSocket handshake: {e}"))
+    }
+
     /// Accepts a connection, offering `extensions` (the
     /// `Oz-Worker-Extensions` header value) when given.
-    // The handshake callback's error type is tungstenite's, not ours.
-    #[allow(clippy::result_large_err)]
     pub async fn accept_offering(&self, within: Duration, extensions: Option<&str>) -> ServerConn {
         let (stream, _) = tokio::time::timeout(within, self.listener.accept())
             .await
             .expect("the worker connects in time")
             .unwrap();
+        self.handshake(stream, extensions).await.unwrap()
+    }
+
+    /// The server's side of the WebSocket handshake on an accepted stream,
+    /// recording the upgrade request. No Nagle delay: benches time frames.
+    // The handshake callback's error type is tungstenite's, not ours.
+    #[allow(clippy::result_large_err)]
+    async fn handshake(
+        &self,
+        stream: TcpStream,
+        extensions: Option<&str>,
+    ) -> Result<ServerConn, tokio_tungstenite::tungstenite::Error> {
+        stream.set_nodelay(true)?;
         let seen = Arc::new(Mutex::new((
             String::new(),
             None::<String>,
@@ -71,16 +107,14 @@ impl ScriptedServer {
             *record.lock().unwrap() = (req.uri().to_string(), auth, req.headers().clone());
             Ok(resp)
         };
-        let ws = tokio_tungstenite::accept_hdr_async(stream, callback)
-            .await
-            .unwrap();
+        let ws = tokio_tungstenite::accept_hdr_async(stream, callback).await?;
         let (target, authorization, headers) = seen.lock().unwrap().clone();
-        ServerConn {
+        Ok(ServerConn {
             ws,
             target,
             authorization,
             headers,
-        }
+        })
     }
 }
 
@@ -123,4 +157,95 @@ impl ServerConn {
         }
         pings
     }
+
+    /// Writes one protocol message (and flushes it).
+    pub async fn send(&mut self, msg: &ServerMessage) -> Result<(), String> {
+        self.ws
+            .send(Message::text(encode(msg)))
+            .await
+            .map_err(|e| format!("sending: {e}"))
+    }
+
+    /// Sends a WebSocket ping carrying `payload`.
+    pub async fn ping(&mut self, payload: u64) -> Result<(), String> {
+        self.ws
+            .send(Message::Ping(payload.to_be_bytes().to_vec().into()))
+            .await
+            .map_err(|e| format!("sending a ping: {e}"))
+    }
+
+    /// The next frame: a protocol message, or the pong with an 8-byte
+    /// payload. Pings from the worker are answered by tungstenite while
+    /// reading. Errors: nothing within `within`, the connection closed or
+    /// broken, an undecodable frame.
+    pub async fn next(&mut self, within: Duration) -> Result<Frame, String> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let frame = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .map_err(|_| format!("nothing from the worker within {within:?}"))?
+                .ok_or("the worker closed the connection")?
+                .map_err(|e| format!("reading: {e}"))?;
+            match frame {
+                Message::Text(t) => {
+                    return decode_worker_frame(t.as_str())
+                        .map(|m| Frame::Message(Box::new(m)))
+                        .map_err(|e| format!("an unreadable frame from the worker: {e}"))
+                }
+                Message::Pong(p) => {
+                    if let Ok(b) = <[u8; 8]>::try_from(p.as_ref()) {
+                        return Ok(Frame::Pong(u64::from_be_bytes(b)));
+                    }
+                }
+                Message::Close(_) => return Err("the worker closed the connection".into()),
+                _ => {}
+            }
+        }
+    }
+
+    /// The next protocol message, skipping pongs ([`ServerConn::next`]'s errors).
+    pub async fn message(&mut self, within: Duration) -> Result<WorkerMessage, String> {
+        loop {
+            if let Frame::Message(m) = self.next(within).await? {
+                return Ok(*m);
+            }
+        }
+    }
+}
+
+/// What [`ServerConn::next`] read.
+pub enum Frame {
+    Message(Box<WorkerMessage>),
+    /// The pong to a [`ServerConn::ping`], with its payload.
+    Pong(u64),
+}
+
+/// An assignment of the demo agent, as the control plane would send it:
+/// execution id `exec_<task_id>`, title "bench", prompt "say hello".
+pub fn assignment(
+    task_id: &str,
+    image: &str,
+    sidecar: &str,
+    env: &[(&str, &str)],
+) -> ServerMessage {
+    let env_vars: BTreeMap<_, _> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), (*v).into()))
+        .collect();
+    ServerMessage::TaskAssignment(Box::new(TaskAssignment {
+        task_id: task_id.to_string(),
+        execution_id: Some(format!("exec_{task_id}")),
+        task: Task {
+            id: task_id.to_string(),
+            title: "bench".into(),
+            task_definition: TaskDefinition {
+                prompt: "say hello".into(),
+            },
+            ..Default::default()
+        },
+        docker_image: Some(image.to_string()),
+        sidecar_image: Some(sidecar.to_string()),
+        env_vars,
+        ..Default::default()
+    }))
 }

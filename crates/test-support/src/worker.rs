@@ -1,7 +1,11 @@
 //! `WorkerProcess`: the real worker binary, started against an embedded
-//! control plane and a real engine, so tests can signal and kill it.
+//! control plane, a `serve` process or a scripted orchestrator, on a real
+//! engine or a host runtime, so tests can signal and kill it and benches
+//! can measure it.
 
 use super::control_plane::TestPlane;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 use oz_runs_api::model::{CreateRunRequest, Run, RunState};
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -101,6 +105,12 @@ impl Engine {
         env
     }
 
+    /// [`Engine::host`] when the engine answers ([`Engine::available`]:
+    /// under CI a missing engine fails the test), else None.
+    pub fn reachable_host(self) -> Option<String> {
+        self.available().then(|| self.host())
+    }
+
     /// Whether the engine answers. Under CI a missing engine fails the test
     /// instead of skipping it.
     pub fn available(self) -> bool {
@@ -132,10 +142,103 @@ impl Engine {
     }
 }
 
+/// One worker to start: what the tests ([`WorkerOptions`] through
+/// [`WorkerProcess::start`]) and the benches ([`WorkerProcess::try_start`])
+/// vary. The worker gets `--worker-id`, `--web-socket-url`,
+/// `--server-root-url`, `--state-dir` and `--log-level`, then `args`; every
+/// Docker variable, `OZ_LOG` and `OZ_HEALTH_LISTEN` of this process are
+/// cleared, then `DOCKER_HOST` (`docker_host`) and `env` are set. `OZ_LOG`
+/// is `OZ_BENCH_WORKER_LOG` when that is set (e.g.
+/// `info,oz_worker=debug,oz_docker_engine=debug` logs every Docker request
+/// with its time), unless `env` sets it.
+#[derive(Debug, Clone, Default)]
+pub struct Launch {
+    pub worker_id: String,
+    pub ws_url: String,
+    pub root_url: String,
+    pub api_key: String,
+    /// `DOCKER_HOST` for the worker; other Docker variables are cleared.
+    pub docker_host: Option<String>,
+    /// Flags after the common ones (`--backend`, `--max-concurrent-tasks`, …).
+    pub args: Vec<String>,
+    /// Environment set last (over `docker_host`).
+    pub env: Vec<(String, String)>,
+    /// `--log-level`; `info` when None.
+    pub log_level: Option<String>,
+    /// `--state-dir`; when None a private one, `state` beside the log.
+    pub state_dir: Option<PathBuf>,
+    /// A program (and its arguments) that runs the worker, e.g. `setpriv`
+    /// with another user's ids; it must `exec` the worker (same pid).
+    pub wrapper: Vec<String>,
+    /// Start the worker with this `oom_score_adj` (raised by a shell that
+    /// then execs it, as a launcher might), instead of this process's own.
+    /// Ignored with a `wrapper`.
+    pub oom_score_adj: Option<i64>,
+}
+
+impl Launch {
+    /// The tests' worker: `--log-level debug` with every crate of ours at
+    /// debug in `OZ_LOG`, `--pull-policy` (`if-not-present` unless given;
+    /// none on the host runtimes), `--stop-grace-period 2s` unless the extra
+    /// flags set one, the shared test state directory unless given, and the
+    /// engine selected by its own variables ([`Engine::env`]).
+    pub fn for_test(
+        ws_url: &str,
+        root_url: &str,
+        key: &str,
+        engine: Engine,
+        opts: WorkerOptions<'_>,
+    ) -> Launch {
+        let mut args = Vec::new();
+        if engine != Engine::None {
+            args.push("--pull-policy".to_string());
+            args.push(opts.pull_policy.unwrap_or("if-not-present").to_string());
+        }
+        if !opts.extra_args.iter().any(|a| a == "--stop-grace-period") {
+            args.push("--stop-grace-period".to_string());
+            args.push("2s".to_string());
+        }
+        args.extend(opts.extra_args);
+        let mut env = engine.env();
+        env.push((
+            "OZ_LOG".to_string(),
+            "info,oz_agent_worker=debug,oz_worker=debug,oz_runtime=debug,oz_docker_engine=debug"
+                .to_string(),
+        ));
+        env.extend(opts.env);
+        Launch {
+            worker_id: opts.worker_id.to_string(),
+            ws_url: ws_url.to_string(),
+            root_url: root_url.to_string(),
+            api_key: key.to_string(),
+            docker_host: None,
+            args,
+            env,
+            log_level: Some("debug".to_string()),
+            state_dir: Some(
+                opts.state_dir
+                    .unwrap_or_else(|| std::env::temp_dir().join("oz-worker-test-state")),
+            ),
+            wrapper: opts.wrapper,
+            oom_score_adj: opts.oom_score_adj,
+        }
+    }
+}
+
+/// The real worker binary ([`crate::worker_binary`]) as a child process
+/// logging to a file, so tests and benches can wait for log lines, signal
+/// and kill it, and read its resident memory and descriptors from `/proc`.
+/// Killed when dropped. With `OZ_BENCH_LOG_DIR` set, [`WorkerProcess::stop`]
+/// keeps the log there as `<worker id>.log`.
 pub struct WorkerProcess {
     pub child: tokio::process::Child,
+    /// The worker's stderr.
     pub log: PathBuf,
     pub worker_id: String,
+    /// The worker's `--state-dir` (its claim journal lives below it).
+    pub state_dir: PathBuf,
+    /// The pid at start, for `/proc` after the child was waited for.
+    started_pid: u32,
     _dir: tempfile::TempDir,
 }
 
@@ -192,11 +295,35 @@ impl WorkerProcess {
         engine: Engine,
         opts: WorkerOptions<'_>,
     ) -> WorkerProcess {
-        let dir = tempfile::tempdir().unwrap();
+        Self::try_spawn(Launch::for_test(ws_url, root_url, key, engine, opts))
+            .unwrap_or_else(|e| panic!("worker binary starts: {e}"))
+    }
+
+    /// Starts the worker and waits (60 s at most) until it is connected.
+    /// Errors: the binary cannot be started, or it exits or stays silent
+    /// first (the message holds its log).
+    pub async fn try_start(launch: Launch) -> Result<WorkerProcess, String> {
+        let w = Self::try_spawn(launch)?;
+        w.try_wait_for_log("connected to the orchestrator", Duration::from_secs(60))
+            .await?;
+        Ok(w)
+    }
+
+    /// Starts the worker without waiting for anything. Errors: no temporary
+    /// directory or log file, or the binary (or wrapper) cannot be started.
+    pub fn try_spawn(launch: Launch) -> Result<WorkerProcess, String> {
+        let dir = tempfile::Builder::new()
+            .prefix("oz-worker-process-")
+            .tempdir()
+            .map_err(|e| format!("temp dir: {e}"))?;
         let log = dir.path().join("worker.log");
-        let log_file = std::fs::File::create(&log).unwrap();
+        let state_dir = launch
+            .state_dir
+            .clone()
+            .unwrap_or_else(|| dir.path().join("state"));
+        let log_file = std::fs::File::create(&log).map_err(|e| e.to_string())?;
         let binary = crate::worker_binary();
-        let mut cmd = match (opts.wrapper.split_first(), opts.oom_score_adj) {
+        let mut cmd = match (launch.wrapper.split_first(), launch.oom_score_adj) {
             (Some((program, args)), _) => {
                 let mut c = tokio::process::Command::new(program);
                 c.args(args).arg(binary);
@@ -213,57 +340,48 @@ impl WorkerProcess {
                 sh
             }
         };
-        cmd.args(["--worker-id", opts.worker_id])
-            .args(["--web-socket-url", ws_url])
-            .args(["--server-root-url", root_url])
-            .args(if engine == Engine::None {
-                vec![]
-            } else {
-                vec![
-                    "--pull-policy",
-                    opts.pull_policy.unwrap_or("if-not-present"),
-                ]
-            })
-            .args(
-                if opts.extra_args.iter().any(|a| a == "--stop-grace-period") {
-                    vec![]
-                } else {
-                    vec!["--stop-grace-period", "2s"]
-                },
-            )
+        cmd.args(["--worker-id", &launch.worker_id])
+            .args(["--web-socket-url", &launch.ws_url])
+            .args(["--server-root-url", &launch.root_url])
             .arg("--state-dir")
-            .arg(
-                opts.state_dir
-                    .clone()
-                    .unwrap_or_else(|| std::env::temp_dir().join("oz-worker-test-state")),
-            )
-            .args(["--log-level", "debug"])
-            .args(&opts.extra_args)
-            .env("WARP_API_KEY", key)
-            // Only the engine's own variables select the daemon.
+            .arg(&state_dir)
+            .args(["--log-level", launch.log_level.as_deref().unwrap_or("info")])
+            .args(&launch.args)
+            .env("WARP_API_KEY", &launch.api_key)
+            // Only the launch's own variables select the daemon and logging.
+            .env_remove("OZ_LOG")
             .env_remove("DOCKER_HOST")
             .env_remove("DOCKER_CONTEXT")
             .env_remove("DOCKER_API_VERSION")
             .env_remove("DOCKER_TLS")
             .env_remove("DOCKER_TLS_VERIFY")
             .env_remove("DOCKER_CERT_PATH")
-            .envs(engine.env())
-            .env("OZ_LOG", "info,oz_agent_worker=debug,oz_worker=debug,oz_runtime=debug,oz_docker_engine=debug")
-            .envs(opts.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env_remove("OZ_HEALTH_LISTEN");
+        if let Some(filter) = std::env::var_os("OZ_BENCH_WORKER_LOG") {
+            cmd.env("OZ_LOG", filter);
+        }
+        if let Some(h) = &launch.docker_host {
+            cmd.env("DOCKER_HOST", h);
+        }
+        cmd.envs(launch.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file)
             .kill_on_drop(true);
-        let child = cmd.spawn().expect("worker binary starts");
-        WorkerProcess {
+        let child = cmd.spawn().map_err(|e| format!("starting {binary}: {e}"))?;
+        let started_pid = child.id().expect("a started child has a pid");
+        Ok(WorkerProcess {
             child,
             log,
-            worker_id: opts.worker_id.to_string(),
+            worker_id: launch.worker_id,
+            state_dir,
+            started_pid,
             _dir: dir,
-        }
+        })
     }
 
-    /// The worker's pid (also through a wrapper that execs it).
+    /// The worker's pid (also through a wrapper that execs it). Panics once
+    /// the worker was waited for.
     pub fn pid(&self) -> u32 {
         self.child.id().expect("worker still running")
     }
@@ -272,25 +390,80 @@ impl WorkerProcess {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Polls the log for `needle`; panics (with the log) when the worker
+    /// exits first or `within` passes.
     pub async fn wait_for_log(&self, needle: &str, within: Duration) {
-        let deadline = tokio::time::Instant::now() + within;
-        while !self.log_text().contains(needle) {
-            if tokio::time::Instant::now() > deadline {
-                panic!("worker never logged {needle:?}; log:\n{}", self.log_text());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        if let Err(e) = self.try_wait_for_log(needle, within).await {
+            panic!("{e}");
         }
     }
 
+    /// Polls the log for `needle`. Errors (holding the log) when the worker
+    /// exits without having logged it, or `within` passes.
+    pub async fn try_wait_for_log(&self, needle: &str, within: Duration) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if self.log_text().contains(needle) {
+                return Ok(());
+            }
+            if !self.alive() {
+                // It may have logged the line just before it exited.
+                if self.log_text().contains(needle) {
+                    return Ok(());
+                }
+                return Err(format!(
+                    "the worker exited before logging {needle:?}; its log:\n{}",
+                    self.log_text()
+                ));
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(format!(
+                    "the worker did not log {needle:?} within {within:?}; its log:\n{}",
+                    self.log_text()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Whether the process runs (neither gone nor a zombie).
+    fn alive(&self) -> bool {
+        crate::host::running(self.started_pid)
+    }
+
+    fn status_field(&self, field: &str) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.started_pid)).ok()?;
+        let line = status.lines().find(|l| l.starts_with(field))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    }
+
+    /// Resident memory now (VmRSS), KiB; 0 once the worker is gone.
+    pub fn rss_kib(&self) -> u64 {
+        self.status_field("VmRSS:").unwrap_or(0)
+    }
+
+    /// Peak resident memory (VmHWM), KiB; 0 once the worker is gone.
+    pub fn peak_rss_kib(&self) -> u64 {
+        self.status_field("VmHWM:").unwrap_or(0)
+    }
+
+    /// Open file descriptors; 0 once the worker is gone.
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.started_pid))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
+    /// Threads; 0 once the worker is gone.
+    pub fn threads(&self) -> u64 {
+        self.status_field("Threads:").unwrap_or(0)
+    }
+
+    /// Sends signal number `sig` (e.g. 15 for SIGTERM); panics when the
+    /// worker is gone or `sig` is no signal.
     pub fn signal(&self, sig: i32) {
-        let pid = self.child.id().expect("worker still running") as i32;
-        // SAFETY-free: `kill` from the shell keeps unsafe code out of tests.
-        let status = std::process::Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(pid.to_string())
-            .status()
-            .unwrap();
-        assert!(status.success());
+        let sig = Signal::try_from(sig).expect("a signal number");
+        kill(Pid::from_raw(self.pid() as i32), sig).expect("the worker gets the signal");
     }
 
     pub async fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
@@ -301,6 +474,26 @@ impl WorkerProcess {
                 self.log_text()
             ),
         }
+    }
+
+    /// SIGTERM, then waits for the exit (SIGKILL after `within`, and then
+    /// None); keeps the log in `OZ_BENCH_LOG_DIR` when that is set.
+    pub async fn stop(mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let _ = kill(Pid::from_raw(self.started_pid as i32), Signal::SIGTERM);
+        let status = match tokio::time::timeout(within, self.child.wait()).await {
+            Ok(s) => s.ok(),
+            Err(_) => {
+                let _ = self.child.kill().await;
+                None
+            }
+        };
+        if let Some(dir) = std::env::var_os("OZ_BENCH_LOG_DIR") {
+            let dest = PathBuf::from(dir).join(format!("{}.log", self.worker_id));
+            if let Err(e) = std::fs::copy(&self.log, &dest) {
+                eprintln!("cannot keep the worker log as {}: {e}", dest.display());
+            }
+        }
+        status
     }
 }
 
@@ -372,4 +565,31 @@ pub fn unique_id(prefix: &str) -> String {
         "{prefix}-{}",
         &oz_runtime_docker::identity::random_id()[..8]
     )
+}
+
+/// The containers, stopped ones too, that carry every one of `labels`
+/// (`KEY=VALUE`; the Docker runtime's are `dev.oz.task-id`,
+/// `dev.oz.worker-id`, `dev.oz.role`, ...).
+pub async fn labelled_containers(
+    d: &oz_docker_engine::Docker,
+    labels: &[String],
+) -> Vec<oz_docker_engine::models::ContainerSummary> {
+    let filters = serde_json::json!({ "label": labels }).to_string();
+    d.container_list(&oz_docker_engine::params::ContainerListParams {
+        all: Some(true),
+        filters: Some(filters),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+}
+
+/// Ids of the containers (task and helpers, stopped ones too) labelled with
+/// `task_id`: none may be left once a run has ended.
+pub async fn task_containers(d: &oz_docker_engine::Docker, task_id: &str) -> Vec<String> {
+    labelled_containers(d, &[format!("dev.oz.task-id={task_id}")])
+        .await
+        .into_iter()
+        .map(|c| c.id)
+        .collect()
 }

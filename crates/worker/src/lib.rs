@@ -44,7 +44,7 @@ pub const DELIVERY_GRACE: Duration = Duration::from_secs(10);
 /// are killed) and the last metrics push. Each phase takes what is left of
 /// one deadline (SIGTERM + shutdown timeout + this), so a stop always ends
 /// by then, whatever the collector or a teardown command does; the systemd
-/// unit's `TimeoutStopSec` must exceed the sum (tests/systemd_unit.rs).
+/// unit's `TimeoutStopSec` must exceed the sum (tests/deploy/systemd_unit.rs).
 pub const STOP_TAIL: Duration = Duration::from_secs(10);
 
 /// The part of [`STOP_TAIL`] kept for the socket's close handshake (at most

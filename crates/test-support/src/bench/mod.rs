@@ -1,15 +1,13 @@
-//! Helpers shared by the benches; each bench does `mod support;` and uses
-//! what it needs. They live beside the tests' helpers in this crate; the boundaries
-//! they cross have their own small helpers here: the Engine API spoken raw
-//! (the baselines), the worker binary, the embedded control plane, a
-//! scripted orchestrator, statistics and the report each bench writes.
+//! Helpers only the benches use (`use oz_test_support::bench as support;`):
+//! the Engine API spoken raw (the baselines), the embedded control plane,
+//! statistics and the report each bench writes. The worker binary
+//! ([`crate::worker::WorkerProcess`]) and the scripted orchestrator
+//! ([`crate::scripted_server::ScriptedServer`]) are the tests' harnesses.
 #![allow(dead_code)]
 
 pub mod engine;
 pub mod images;
-pub mod orchestrator;
 pub mod plane;
 pub mod report;
 pub mod setup;
 pub mod stats;
-pub mod worker;

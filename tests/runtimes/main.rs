@@ -1,0 +1,6 @@
+//! The host runtimes end to end with the worker binary: direct and command
+//! (the kubernetes runtime's test is tests/runtime_kubernetes.rs). One test
+//! binary.
+
+mod command;
+mod direct;
