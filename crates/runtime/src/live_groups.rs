@@ -31,7 +31,21 @@ pub fn forget(pgid: u32) {
 /// SIGKILLs every recorded group whose leader still runs (a recycled pid
 /// is never signalled: the start time must match). Returns how many.
 pub fn kill_all() -> usize {
-    let groups: Vec<(u32, String)> = std::mem::take(&mut *live()).into_iter().collect();
+    kill_where(|_| true)
+}
+
+/// [`kill_all`] for the recorded groups whose process group id `pick`
+/// accepts; the others stay recorded. The tests of this crate run in
+/// parallel in one process, so a test of the kill must name its own groups.
+fn kill_where(pick: impl Fn(u32) -> bool) -> usize {
+    let groups: Vec<(u32, String)> = {
+        let mut live = live();
+        let picked: Vec<u32> = live.keys().copied().filter(|g| pick(*g)).collect();
+        picked
+            .into_iter()
+            .filter_map(|g| live.remove(&g).map(|start| (g, start)))
+            .collect()
+    };
     groups
         .into_iter()
         .filter(|(pgid, start)| crate::process::kill_group_if_alive(*pgid, start))
@@ -60,7 +74,12 @@ mod tests {
         drop(dropped);
         assert!(super::live().contains_key(&kept.pgid()));
         assert!(!super::live().contains_key(&dropped_pgid));
-        assert!(super::kill_all() >= 1);
+        // Only this test's groups: others' run in parallel in this process.
+        let kept_pgid = kept.pgid();
+        assert_eq!(
+            super::kill_where(|g| g == kept_pgid || g == dropped_pgid),
+            1
+        );
         let status = tokio::time::timeout(std::time::Duration::from_secs(10), kept.wait())
             .await
             .expect("killed")
