@@ -258,3 +258,59 @@ async fn serve_prometheus(
     });
     Ok((bound, stop, task))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use model::{Identity, Registry};
+
+    /// A source with no instruments (nothing here scrapes it).
+    struct NoInstruments(Registry);
+
+    impl Source for NoInstruments {
+        fn snapshot(&self) -> Snapshot {
+            self.0.snapshot()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_taken_address_or_refused_settings_are_typed_errors_naming_the_setting() {
+        let source: Arc<dyn Source> = Arc::new(NoInstruments(Registry::new(Identity {
+            resource: Vec::new(),
+            scope_name: "test",
+        })));
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = taken.local_addr().unwrap().to_string();
+        for (from_flag, setting) in [
+            (true, "--metrics-listen"),
+            (
+                false,
+                "OTEL_EXPORTER_PROMETHEUS_HOST/OTEL_EXPORTER_PROMETHEUS_PORT",
+            ),
+        ] {
+            let choice = ExporterChoice::Prometheus {
+                address: address.clone(),
+                from_flag,
+            };
+            let e = start(&choice, source.clone()).await.unwrap_err();
+            assert!(
+                matches!(&e, StartError::Serve { source, .. }
+                    if source.kind() == std::io::ErrorKind::AddrInUse),
+                "{e:?}"
+            );
+            let text = e.to_string();
+            assert!(
+                text.starts_with(&format!("cannot serve metrics on {address}: "))
+                    && text.ends_with(&format!("; choose another address with {setting}")),
+                "{text}"
+            );
+        }
+        let reason = "OTEL_METRICS_EXPORTER=\"x\" is not an exporter; use prometheus, otlp or none";
+        let refused = ExporterChoice::Refused {
+            reason: reason.into(),
+        };
+        let e = start(&refused, source).await.unwrap_err();
+        assert!(matches!(e, StartError::Refused { .. }), "{e:?}");
+        assert_eq!(e.to_string(), reason);
+    }
+}
