@@ -1150,7 +1150,7 @@ async fn a_replaced_worker_without_its_journal_takes_over_its_running_job() {
             c.job(&name).is_none().then_some(())
         })
         .await;
-    assert_eq!(task_jobs_of(&cluster, &id), Vec::<String>::new());
+    assert_eq!(task_jobs_of(cluster, &id), Vec::<String>::new());
     w.process.signal(15);
     w.process.wait_exit(WITHIN).await;
     cluster.self_check();
@@ -1233,7 +1233,7 @@ async fn jobs_that_end_while_no_worker_runs_are_reported_by_a_worker_without_the
         })
         .await;
     assert_eq!(
-        task_jobs_of(&cluster, &id),
+        task_jobs_of(cluster, &id),
         vec![fail_job.clone()],
         "the failed Job is kept"
     );
@@ -1638,7 +1638,7 @@ async fn throttled_and_failing_api_requests_are_retried_and_the_task_succeeds() 
     .enumerate()
     {
         let task = format!("k8sretry{i}");
-        fail_next(&cluster, count, code, verb, resource);
+        fail_next(cluster, count, code, verb, resource);
         w.assign(&assignment(&task, &[])).await;
         match w.report(&task).await.0 {
             WorkerMessage::TaskCompleted(_) => {}
@@ -1648,7 +1648,7 @@ async fn throttled_and_failing_api_requests_are_retried_and_the_task_succeeds() 
             ),
         }
         assert_eq!(
-            failures_served(&cluster),
+            failures_served(cluster),
             count as u64,
             "every injected {code} on {verb} {resource} was answered"
         );

@@ -146,7 +146,7 @@ async fn wait(
             .map_err(WaitError::at("cannot list the preflight Job's Pods"))?;
         if settings.use_image_volumes {
             let current = jobs
-                .get(&name)
+                .get(name)
                 .await
                 .map_err(WaitError::at("cannot read the preflight Job"))?;
             match diagnosis::job_state(&current, ns) {

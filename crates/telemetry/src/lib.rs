@@ -111,7 +111,10 @@ pub enum StartError {
 
 /// Starts what `choice` says. `Err` when it cannot start (the address is
 /// taken, a certificate is unreadable): the message says what to change.
-pub async fn start(choice: &ExporterChoice, source: Arc<dyn Source>) -> Result<Running, StartError> {
+pub async fn start(
+    choice: &ExporterChoice,
+    source: Arc<dyn Source>,
+) -> Result<Running, StartError> {
     match choice {
         ExporterChoice::None => Ok(Running::idle(
             "off (OTEL_METRICS_EXPORTER=none)".to_string(),

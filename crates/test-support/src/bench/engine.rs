@@ -101,11 +101,11 @@ pub struct RawEngine {
 impl RawEngine {
     /// Connects to `unix://PATH` and reads the daemon's version.
     pub async fn connect(host: &str) -> Result<RawEngine, RawEngineError> {
-        let socket =
-            host.strip_prefix("unix://")
-                .ok_or_else(|| RawEngineError::NotUnix {
-                    host: host.to_string(),
-                })?;
+        let socket = host
+            .strip_prefix("unix://")
+            .ok_or_else(|| RawEngineError::NotUnix {
+                host: host.to_string(),
+            })?;
         let mut engine = RawEngine {
             host: host.to_string(),
             socket: PathBuf::from(socket),
@@ -305,7 +305,12 @@ impl RawEngine {
 
     /// Imports a root filesystem tar as `repo:tag` (with PATH set, as a
     /// busybox image needs); returns the image id.
-    pub async fn import_image(&self, repo: &str, tag: &str, tar: Bytes) -> Result<String, RawEngineError> {
+    pub async fn import_image(
+        &self,
+        repo: &str,
+        tag: &str,
+        tar: Bytes,
+    ) -> Result<String, RawEngineError> {
         let path = format!(
             "/images/create?fromSrc=-&repo={}&tag={}&changes={}",
             encode(repo),
@@ -342,8 +347,8 @@ impl RawEngine {
             return Ok(None);
         }
         let bytes = read_ok(&Method::GET, &path, resp).await?;
-        let v: Value =
-            serde_json::from_slice(&bytes).map_err(|source| RawEngineError::Decode { path, source })?;
+        let v: Value = serde_json::from_slice(&bytes)
+            .map_err(|source| RawEngineError::Decode { path, source })?;
         Ok(v["Id"].as_str().map(str::to_string))
     }
 
@@ -358,7 +363,11 @@ impl RawEngine {
     }
 
     /// Ids of all containers (running or not) with the label `key=value`.
-    pub async fn containers_labelled(&self, key: &str, value: &str) -> Result<Vec<String>, RawEngineError> {
+    pub async fn containers_labelled(
+        &self,
+        key: &str,
+        value: &str,
+    ) -> Result<Vec<String>, RawEngineError> {
         let filters = json!({ "label": [format!("{key}={value}")] }).to_string();
         let v = self
             .json(

@@ -18,12 +18,12 @@ pub const POLL: Duration = Duration::from_millis(20);
 #[derive(Debug, thiserror::Error)]
 pub enum TimedRunError {
     #[error("creating a run: {0}")]
-    Create(#[source] ClientError),
+    Create(#[source] Box<ClientError>),
     #[error("reading run {id}: {source}")]
     Read {
         id: String,
         #[source]
-        source: ClientError,
+        source: Box<ClientError>,
     },
     #[error("run {} did not end within {within:?}: {run:#?}", run.id)]
     NotEnded { within: Duration, run: Box<Run> },
@@ -65,7 +65,7 @@ impl TestPlane {
             .runs
             .create_run(req)
             .await
-            .map_err(TimedRunError::Create)?;
+            .map_err(|e| TimedRunError::Create(Box::new(e)))?;
         let run = self.wait_terminal(&run.id, within).await?;
         timing(t0, run)
     }
@@ -80,7 +80,7 @@ impl TestPlane {
                 .await
                 .map_err(|source| TimedRunError::Read {
                     id: id.to_string(),
-                    source,
+                    source: Box::new(source),
                 })?;
             if run.state.is_terminal() {
                 return Ok(run);
@@ -97,7 +97,11 @@ impl TestPlane {
 
     /// Polls until every run is claimed (its task is running); a run that
     /// ends first is an error.
-    pub async fn wait_all_claimed(&self, ids: &[String], within: Duration) -> Result<(), TimedRunError> {
+    pub async fn wait_all_claimed(
+        &self,
+        ids: &[String],
+        within: Duration,
+    ) -> Result<(), TimedRunError> {
         let deadline = tokio::time::Instant::now() + within;
         for id in ids {
             loop {
@@ -106,9 +110,9 @@ impl TestPlane {
                     .get_run(id)
                     .await
                     .map_err(|source| TimedRunError::Read {
-                    id: id.to_string(),
-                    source,
-                })?;
+                        id: id.to_string(),
+                        source: Box::new(source),
+                    })?;
                 match run.state {
                     RunState::Claimed => break,
                     s if s.is_terminal() => {
