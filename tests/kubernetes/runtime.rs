@@ -179,26 +179,11 @@ impl Cluster {
 
     /// A raw request with curl: (HTTP status, body as JSON or a string).
     fn request(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
-        let mut c = Command::new("curl");
-        c.args(["-sS", "--noproxy", "*", "--max-time", "20", "--cacert"])
-            .arg(self.server.ca())
-            .args(["-X", method, "-w", "\n%{http_code}"])
-            .arg("-H")
-            .arg(format!("Authorization: Bearer {}", self.server.token()));
-        if let Some(b) = body {
-            c.args([
-                "-H",
-                "Content-Type: application/json",
-                "--data-binary",
-                &b.to_string(),
-            ]);
-        }
-        c.arg(format!("{}{path}", self.server.url));
-        let out = c.output().expect("run curl");
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
-        let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
-        let value = serde_json::from_str(body).unwrap_or_else(|_| Value::String(body.into()));
-        (code.trim().parse().unwrap_or(0), value)
+        let (code, body) = self
+            .server
+            .curl(method, path, body, "application/json", true);
+        let value = serde_json::from_str(&body).unwrap_or(Value::String(body));
+        (code, value)
     }
 
     fn admin(&self, what: &str) {
