@@ -1,5 +1,5 @@
 //! The host runtimes end to end with the worker binary: direct and command
-//! (the kubernetes runtime's test is tests/runtime_kubernetes.rs). One test
+//! (the kubernetes runtime's test is tests/kubernetes/). One test
 //! binary.
 
 mod command;

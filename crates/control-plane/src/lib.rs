@@ -234,7 +234,7 @@ pub enum StartError {
     /// The metrics address cannot be served: a sentence naming
     /// `--metrics-listen`.
     #[error("{0}")]
-    Metrics(String),
+    Metrics(#[source] oz_telemetry::StartError),
     #[error("--max-connections must be at least 1")]
     NoConnections,
     #[error("--max-connections {asked} does not fit the open-files limit ({nofile}, of which {reserve} are kept for the database and the log); raise the limit (ulimit -n, or LimitNOFILE= in the service unit) or ask for at most {room}", reserve = connections::FD_RESERVE)]

@@ -57,8 +57,23 @@ pub async fn run(
         .create(&PostParams::default(), &job)
         .await
         .map_err(|e| fail(format!("cannot create the preflight Job: {e}")))?;
-    let name = created.metadata.name.clone().unwrap_or_default();
-    let outcome = tokio::time::timeout(TIMEOUT, wait(client, settings, &created)).await;
+    let Some(name) = created.metadata.name.clone() else {
+        // The Job was sent with a name: delete it by that one so that
+        // nothing is left behind.
+        if let Some(sent) = &job.metadata.name {
+            if let Err(e) = jobs.delete(sent, &DeleteParams::background()).await {
+                tracing::warn!(job = sent, "could not delete the preflight Job: {e}");
+            }
+        }
+        return Err(fail(
+            "the API server's answer to creating the preflight Job has no metadata.name".into(),
+        ));
+    };
+    let outcome = tokio::time::timeout(
+        TIMEOUT,
+        wait(client, settings, &name, created.metadata.uid.as_deref()),
+    )
+    .await;
     if let Err(e) = jobs.delete(&name, &DeleteParams::background()).await {
         tracing::warn!(job = name, "could not delete the preflight Job: {e}");
     }
@@ -92,6 +107,10 @@ enum WaitError {
     Failed(String),
     #[error("the preflight Job {job} could not create a Pod: {message}")]
     FailedCreate { job: String, message: String },
+    /// The API server's answer for the Job lacks a field the wait needs
+    /// (`field`: "metadata.uid").
+    #[error("the API server's answer for the preflight Job {job} has no {field}")]
+    Missing { job: String, field: &'static str },
 }
 
 impl WaitError {
@@ -100,10 +119,21 @@ impl WaitError {
     }
 }
 
-async fn wait(client: &Client, settings: &Settings, job: &Job) -> Result<(), WaitError> {
+/// Waits for the Job `name` (whose `uid`, from the API server's answer,
+/// selects its events) to show that tasks can run.
+async fn wait(
+    client: &Client,
+    settings: &Settings,
+    name: &str,
+    uid: Option<&str>,
+) -> Result<(), WaitError> {
     let ns = &settings.namespace;
-    let name = job.metadata.name.clone().unwrap_or_default();
-    let uid = job.metadata.uid.clone().unwrap_or_default();
+    let Some(uid) = uid else {
+        return Err(WaitError::Missing {
+            job: name.to_string(),
+            field: "metadata.uid",
+        });
+    };
     let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let events: Api<Event> = Api::namespaced(client.clone(), ns);
@@ -116,7 +146,7 @@ async fn wait(client: &Client, settings: &Settings, job: &Job) -> Result<(), Wai
             .map_err(WaitError::at("cannot list the preflight Job's Pods"))?;
         if settings.use_image_volumes {
             let current = jobs
-                .get(&name)
+                .get(name)
                 .await
                 .map_err(WaitError::at("cannot read the preflight Job"))?;
             match diagnosis::job_state(&current, ns) {
@@ -146,7 +176,7 @@ async fn wait(client: &Client, settings: &Settings, job: &Job) -> Result<(), Wai
             e.type_.as_deref() == Some("Warning") && e.reason.as_deref() == Some("FailedCreate")
         }) {
             return Err(WaitError::FailedCreate {
-                job: name,
+                job: name.to_string(),
                 message: e.message.as_deref().unwrap_or("FailedCreate").to_owned(),
             });
         }

@@ -85,25 +85,57 @@ impl Drop for Running {
     }
 }
 
+/// Why [`start`] could not start the exporter; each message says what to
+/// change.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The settings cannot work ([`ExporterChoice::Refused`]); `reason`
+    /// names the variable and the values it takes.
+    #[error("{reason}")]
+    Refused { reason: String },
+    /// The Prometheus page's address cannot be bound (taken, or not an
+    /// address of this machine); `setting` is the flag or the variables it
+    /// came from.
+    #[error("cannot serve metrics on {address}: {source}; choose another address with {setting}")]
+    Serve {
+        address: String,
+        setting: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The OTLP exporter cannot be built (a bad endpoint, an unreadable
+    /// certificate or key).
+    #[error(transparent)]
+    Otlp(#[from] otlp::OtlpError),
+}
+
 /// Starts what `choice` says. `Err` when it cannot start (the address is
 /// taken, a certificate is unreadable): the message says what to change.
-pub async fn start(choice: &ExporterChoice, source: Arc<dyn Source>) -> Result<Running, String> {
+pub async fn start(
+    choice: &ExporterChoice,
+    source: Arc<dyn Source>,
+) -> Result<Running, StartError> {
     match choice {
         ExporterChoice::None => Ok(Running::idle(
             "off (OTEL_METRICS_EXPORTER=none)".to_string(),
         )),
-        ExporterChoice::Refused { reason } => Err(reason.clone()),
+        ExporterChoice::Refused { reason } => Err(StartError::Refused {
+            reason: reason.clone(),
+        }),
         ExporterChoice::Prometheus { address, from_flag } => {
             let setting = if *from_flag {
-                "--metrics-listen".to_string()
+                "--metrics-listen"
             } else {
-                "OTEL_EXPORTER_PROMETHEUS_HOST/OTEL_EXPORTER_PROMETHEUS_PORT".to_string()
+                "OTEL_EXPORTER_PROMETHEUS_HOST/OTEL_EXPORTER_PROMETHEUS_PORT"
             };
-            let (bound, stop, task) = serve_prometheus(address, source).await.map_err(|e| {
-                format!(
-                    "cannot serve metrics on {address}: {e}; choose another address with {setting}"
-                )
-            })?;
+            let (bound, stop, task) =
+                serve_prometheus(address, source)
+                    .await
+                    .map_err(|source| StartError::Serve {
+                        address: address.clone(),
+                        setting,
+                        source,
+                    })?;
             Ok(Running {
                 description: format!("Prometheus at http://{bound}/metrics"),
                 prometheus: Some(bound),
@@ -112,9 +144,7 @@ pub async fn start(choice: &ExporterChoice, source: Arc<dyn Source>) -> Result<R
             })
         }
         ExporterChoice::Otlp(settings) => {
-            // `start`'s String error is shared with the worker's and the
-            // control plane's callers (typed there separately).
-            let pusher = otlp::Pusher::new(settings.clone()).map_err(|e| e.to_string())?;
+            let pusher = otlp::Pusher::new(settings.clone())?;
             let description = format!(
                 "OTLP to {} every {}s",
                 pusher.endpoint(),
@@ -230,4 +260,60 @@ async fn serve_prometheus(
         }
     });
     Ok((bound, stop, task))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use model::{Identity, Registry};
+
+    /// A source with no instruments (nothing here scrapes it).
+    struct NoInstruments(Registry);
+
+    impl Source for NoInstruments {
+        fn snapshot(&self) -> Snapshot {
+            self.0.snapshot()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_taken_address_or_refused_settings_are_typed_errors_naming_the_setting() {
+        let source: Arc<dyn Source> = Arc::new(NoInstruments(Registry::new(Identity {
+            resource: Vec::new(),
+            scope_name: "test",
+        })));
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = taken.local_addr().unwrap().to_string();
+        for (from_flag, setting) in [
+            (true, "--metrics-listen"),
+            (
+                false,
+                "OTEL_EXPORTER_PROMETHEUS_HOST/OTEL_EXPORTER_PROMETHEUS_PORT",
+            ),
+        ] {
+            let choice = ExporterChoice::Prometheus {
+                address: address.clone(),
+                from_flag,
+            };
+            let e = start(&choice, source.clone()).await.unwrap_err();
+            assert!(
+                matches!(&e, StartError::Serve { source, .. }
+                    if source.kind() == std::io::ErrorKind::AddrInUse),
+                "{e:?}"
+            );
+            let text = e.to_string();
+            assert!(
+                text.starts_with(&format!("cannot serve metrics on {address}: "))
+                    && text.ends_with(&format!("; choose another address with {setting}")),
+                "{text}"
+            );
+        }
+        let reason = "OTEL_METRICS_EXPORTER=\"x\" is not an exporter; use prometheus, otlp or none";
+        let refused = ExporterChoice::Refused {
+            reason: reason.into(),
+        };
+        let e = start(&refused, source).await.unwrap_err();
+        assert!(matches!(e, StartError::Refused { .. }), "{e:?}");
+        assert_eq!(e.to_string(), reason);
+    }
 }

@@ -206,39 +206,43 @@ impl PodWorker {
         &self,
         volume: &str,
         host: &k8s_openapi::api::core::v1::HostPathVolumeSource,
-    ) -> Result<String, String> {
+    ) -> Result<String, HostPathError> {
         let path = std::path::Path::new(&host.path);
-        let failed = |why: String| {
-            format!("MountVolume.SetUp failed for volume {volume:?} : hostPath type check failed: {why}")
+        let volume = volume.to_string();
+        let made = |source| HostPathError::Make {
+            volume: volume.clone(),
+            path: host.path.clone(),
+            source,
+        };
+        let not_a = |kind| HostPathError::NotA {
+            volume: volume.clone(),
+            path: host.path.clone(),
+            kind,
         };
         match host.type_.as_deref().unwrap_or("") {
             "" => {}
             "DirectoryOrCreate" => {
                 if !path.is_dir() {
-                    std::fs::create_dir_all(path)
-                        .map_err(|e| failed(format!("{} cannot be made: {e}", host.path)))?;
+                    std::fs::create_dir_all(path).map_err(made)?;
                 }
             }
-            "Directory" if !path.is_dir() => {
-                return Err(failed(format!("{} is not a directory", host.path)))
-            }
+            "Directory" if !path.is_dir() => return Err(not_a("directory")),
             "FileOrCreate" => {
                 if !path.is_file() {
                     std::fs::OpenOptions::new()
                         .create(true)
                         .append(true)
                         .open(path)
-                        .map_err(|e| failed(format!("{} cannot be made: {e}", host.path)))?;
+                        .map_err(made)?;
                 }
             }
-            "File" if !path.is_file() => {
-                return Err(failed(format!("{} is not a file", host.path)))
-            }
+            "File" if !path.is_file() => return Err(not_a("file")),
             "Directory" | "File" => {}
             other => {
-                return Err(format!(
-                    "MountVolume.SetUp failed for volume {volume:?} : hostPath type {other} is not supported by the test API server"
-                ))
+                return Err(HostPathError::Unsupported {
+                    volume,
+                    kind: other.to_string(),
+                })
             }
         }
         Ok(host.path.clone())
@@ -389,8 +393,8 @@ impl PodWorker {
             } else if let Some(host) = &v.host_path {
                 match self.host_path(&v.name, host) {
                     Ok(path) => volumes.insert(v.name.clone(), MountSource::Bind(path)),
-                    Err(message) => {
-                        self.event(None, true, "FailedMount", &message);
+                    Err(e) => {
+                        self.event(None, true, "FailedMount", &e.to_string());
                         return std::future::pending().await;
                     }
                 };
@@ -1363,6 +1367,28 @@ mod tests {
 /// Why a container's configuration cannot be built (the kubelet's
 /// `CreateContainerConfigError`): the test API server stores no Secrets or
 /// ConfigMaps, so every reference to one is "not found", as a kubelet says.
+/// Why a hostPath volume cannot be mounted: the kubelet's `FailedMount`
+/// event messages (pkg/volume/hostpath).
+#[derive(Debug, thiserror::Error)]
+enum HostPathError {
+    #[error("MountVolume.SetUp failed for volume {volume:?} : hostPath type check failed: {path} cannot be made: {source}")]
+    Make {
+        volume: String,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// `kind`: "directory" or "file", what the volume's `type` asks for.
+    #[error("MountVolume.SetUp failed for volume {volume:?} : hostPath type check failed: {path} is not a {kind}")]
+    NotA {
+        volume: String,
+        path: String,
+        kind: &'static str,
+    },
+    #[error("MountVolume.SetUp failed for volume {volume:?} : hostPath type {kind} is not supported by the test API server")]
+    Unsupported { volume: String, kind: String },
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
     #[error("secret {0:?} not found")]

@@ -108,6 +108,40 @@ impl ApiServerProcess {
         self.state_dir.join("ca.pem")
     }
 
+    /// A raw request with curl, trusting the server's CA, at most 20 s:
+    /// (HTTP status, 0 when there was no answer; body). `body` is sent with
+    /// `content_type`; `token` adds the bearer token.
+    pub fn curl(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&serde_json::Value>,
+        content_type: &str,
+        token: bool,
+    ) -> (u16, String) {
+        let mut c = Command::new("curl");
+        c.args(["-sS", "--noproxy", "*", "--max-time", "20", "--cacert"])
+            .arg(self.ca())
+            .args(["-X", method, "-w", "\n%{http_code}"]);
+        if token {
+            c.arg("-H")
+                .arg(format!("Authorization: Bearer {}", self.token()));
+        }
+        if let Some(b) = body {
+            c.args([
+                "-H",
+                &format!("Content-Type: {content_type}"),
+                "--data-binary",
+                &b.to_string(),
+            ]);
+        }
+        c.arg(format!("{}{path}", self.url));
+        let out = c.output().expect("run curl");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+        (code.trim().parse().unwrap_or(0), body.to_string())
+    }
+
     /// SIGKILL, as a crash.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {

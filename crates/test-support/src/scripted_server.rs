@@ -55,14 +55,14 @@ impl ScriptedServer {
 
     /// [`ScriptedServer::accept`] as a `Result`, for the benches. Errors:
     /// no connection within `within`, or a failed handshake.
-    pub async fn try_accept(&self, within: Duration) -> Result<ServerConn, String> {
+    pub async fn try_accept(&self, within: Duration) -> Result<ServerConn, ConnError> {
         let accepted = tokio::time::timeout(within, self.listener.accept()).await;
         let (stream, _) = accepted
-            .map_err(|_| format!("the worker did not connect within {within:?}"))?
-            .map_err(|e| e.to_string())?;
+            .map_err(|_| ConnError::NoConnection { within })?
+            .map_err(ConnError::Accept)?;
         self.handshake(stream, None)
             .await
-            .map_err(|e| format!("WebSocket handshake: {e}"))
+            .map_err(ConnError::Handshake)
     }
 
     /// Accepts a connection, offering `extensions` (the
@@ -159,58 +159,83 @@ impl ServerConn {
     }
 
     /// Writes one protocol message (and flushes it).
-    pub async fn send(&mut self, msg: &ServerMessage) -> Result<(), String> {
+    pub async fn send(&mut self, msg: &ServerMessage) -> Result<(), ConnError> {
         self.ws
             .send(Message::text(encode(msg)))
             .await
-            .map_err(|e| format!("sending: {e}"))
+            .map_err(ConnError::Send)
     }
 
     /// Sends a WebSocket ping carrying `payload`.
-    pub async fn ping(&mut self, payload: u64) -> Result<(), String> {
+    pub async fn ping(&mut self, payload: u64) -> Result<(), ConnError> {
         self.ws
             .send(Message::Ping(payload.to_be_bytes().to_vec().into()))
             .await
-            .map_err(|e| format!("sending a ping: {e}"))
+            .map_err(ConnError::Ping)
     }
 
     /// The next frame: a protocol message, or the pong with an 8-byte
     /// payload. Pings from the worker are answered by tungstenite while
     /// reading. Errors: nothing within `within`, the connection closed or
     /// broken, an undecodable frame.
-    pub async fn next(&mut self, within: Duration) -> Result<Frame, String> {
+    pub async fn next(&mut self, within: Duration) -> Result<Frame, ConnError> {
         let deadline = tokio::time::Instant::now() + within;
         loop {
             let frame = tokio::time::timeout_at(deadline, self.ws.next())
                 .await
-                .map_err(|_| format!("nothing from the worker within {within:?}"))?
-                .ok_or("the worker closed the connection")?
-                .map_err(|e| format!("reading: {e}"))?;
+                .map_err(|_| ConnError::Silent { within })?
+                .ok_or(ConnError::Closed)?
+                .map_err(ConnError::Read)?;
             match frame {
                 Message::Text(t) => {
                     return decode_worker_frame(t.as_str())
                         .map(|m| Frame::Message(Box::new(m)))
-                        .map_err(|e| format!("an unreadable frame from the worker: {e}"))
+                        .map_err(ConnError::Unreadable)
                 }
                 Message::Pong(p) => {
                     if let Ok(b) = <[u8; 8]>::try_from(p.as_ref()) {
                         return Ok(Frame::Pong(u64::from_be_bytes(b)));
                     }
                 }
-                Message::Close(_) => return Err("the worker closed the connection".into()),
+                Message::Close(_) => return Err(ConnError::Closed),
                 _ => {}
             }
         }
     }
 
     /// The next protocol message, skipping pongs ([`ServerConn::next`]'s errors).
-    pub async fn message(&mut self, within: Duration) -> Result<WorkerMessage, String> {
+    pub async fn message(&mut self, within: Duration) -> Result<WorkerMessage, ConnError> {
         loop {
             if let Frame::Message(m) = self.next(within).await? {
                 return Ok(*m);
             }
         }
     }
+}
+
+/// Why the benches' fallible calls on the scripted orchestrator's side
+/// failed ([`ScriptedServer::try_accept`], [`ServerConn::send`],
+/// [`ServerConn::ping`], [`ServerConn::next`]).
+#[derive(Debug, thiserror::Error)]
+pub enum ConnError {
+    #[error("the worker did not connect within {within:?}")]
+    NoConnection { within: Duration },
+    #[error(transparent)]
+    Accept(std::io::Error),
+    #[error("WebSocket handshake: {0}")]
+    Handshake(#[source] tokio_tungstenite::tungstenite::Error),
+    #[error("sending: {0}")]
+    Send(#[source] tokio_tungstenite::tungstenite::Error),
+    #[error("sending a ping: {0}")]
+    Ping(#[source] tokio_tungstenite::tungstenite::Error),
+    #[error("nothing from the worker within {within:?}")]
+    Silent { within: Duration },
+    #[error("the worker closed the connection")]
+    Closed,
+    #[error("reading: {0}")]
+    Read(#[source] tokio_tungstenite::tungstenite::Error),
+    #[error("an unreadable frame from the worker: {0}")]
+    Unreadable(#[source] oz_protocol::DecodeError),
 }
 
 /// What [`ServerConn::next`] read.

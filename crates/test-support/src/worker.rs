@@ -225,6 +225,32 @@ impl Launch {
     }
 }
 
+/// Why [`WorkerProcess::try_spawn`], [`WorkerProcess::try_start`] or
+/// [`WorkerProcess::try_wait_for_log`] failed; the last two hold the
+/// worker's log.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerProcessError {
+    #[error("temp dir: {0}")]
+    TempDir(#[source] std::io::Error),
+    #[error(transparent)]
+    Log(std::io::Error),
+    /// The binary (or its wrapper) could not be started.
+    #[error("starting {binary}: {source}")]
+    Spawn {
+        binary: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the worker exited before logging {needle:?}; its log:\n{log}")]
+    Exited { needle: String, log: String },
+    #[error("the worker did not log {needle:?} within {within:?}; its log:\n{log}")]
+    Silent {
+        needle: String,
+        within: Duration,
+        log: String,
+    },
+}
+
 /// The real worker binary ([`crate::worker_binary`]) as a child process
 /// logging to a file, so tests and benches can wait for log lines, signal
 /// and kill it, and read its resident memory and descriptors from `/proc`.
@@ -302,7 +328,7 @@ impl WorkerProcess {
     /// Starts the worker and waits (60 s at most) until it is connected.
     /// Errors: the binary cannot be started, or it exits or stays silent
     /// first (the message holds its log).
-    pub async fn try_start(launch: Launch) -> Result<WorkerProcess, String> {
+    pub async fn try_start(launch: Launch) -> Result<WorkerProcess, WorkerProcessError> {
         let w = Self::try_spawn(launch)?;
         w.try_wait_for_log("connected to the orchestrator", Duration::from_secs(60))
             .await?;
@@ -311,17 +337,17 @@ impl WorkerProcess {
 
     /// Starts the worker without waiting for anything. Errors: no temporary
     /// directory or log file, or the binary (or wrapper) cannot be started.
-    pub fn try_spawn(launch: Launch) -> Result<WorkerProcess, String> {
+    pub fn try_spawn(launch: Launch) -> Result<WorkerProcess, WorkerProcessError> {
         let dir = tempfile::Builder::new()
             .prefix("oz-worker-process-")
             .tempdir()
-            .map_err(|e| format!("temp dir: {e}"))?;
+            .map_err(WorkerProcessError::TempDir)?;
         let log = dir.path().join("worker.log");
         let state_dir = launch
             .state_dir
             .clone()
             .unwrap_or_else(|| dir.path().join("state"));
-        let log_file = std::fs::File::create(&log).map_err(|e| e.to_string())?;
+        let log_file = std::fs::File::create(&log).map_err(WorkerProcessError::Log)?;
         let binary = crate::worker_binary();
         let mut cmd = match (launch.wrapper.split_first(), launch.oom_score_adj) {
             (Some((program, args)), _) => {
@@ -368,7 +394,9 @@ impl WorkerProcess {
             .stdout(Stdio::null())
             .stderr(log_file)
             .kill_on_drop(true);
-        let child = cmd.spawn().map_err(|e| format!("starting {binary}: {e}"))?;
+        let child = cmd
+            .spawn()
+            .map_err(|source| WorkerProcessError::Spawn { binary, source })?;
         let started_pid = child.id().expect("a started child has a pid");
         Ok(WorkerProcess {
             child,
@@ -400,7 +428,11 @@ impl WorkerProcess {
 
     /// Polls the log for `needle`. Errors (holding the log) when the worker
     /// exits without having logged it, or `within` passes.
-    pub async fn try_wait_for_log(&self, needle: &str, within: Duration) -> Result<(), String> {
+    pub async fn try_wait_for_log(
+        &self,
+        needle: &str,
+        within: Duration,
+    ) -> Result<(), WorkerProcessError> {
         let deadline = tokio::time::Instant::now() + within;
         loop {
             if self.log_text().contains(needle) {
@@ -411,16 +443,17 @@ impl WorkerProcess {
                 if self.log_text().contains(needle) {
                     return Ok(());
                 }
-                return Err(format!(
-                    "the worker exited before logging {needle:?}; its log:\n{}",
-                    self.log_text()
-                ));
+                return Err(WorkerProcessError::Exited {
+                    needle: needle.to_string(),
+                    log: self.log_text(),
+                });
             }
             if tokio::time::Instant::now() > deadline {
-                return Err(format!(
-                    "the worker did not log {needle:?} within {within:?}; its log:\n{}",
-                    self.log_text()
-                ));
+                return Err(WorkerProcessError::Silent {
+                    needle: needle.to_string(),
+                    within,
+                    log: self.log_text(),
+                });
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

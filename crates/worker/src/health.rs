@@ -239,7 +239,9 @@ mod tests {
     use futures_util::future::BoxFuture;
     use oz_runtime::{Invocation, RunOutcome, TaskContext, TaskRef};
 
-    struct Checked(Result<(), String>);
+    /// A runtime whose `check` answers what the function makes (the
+    /// seam's [`oz_runtime::CheckError`] is not `Clone`).
+    struct Checked(fn() -> Result<(), oz_runtime::CheckError>);
 
     impl Runtime for Checked {
         fn name(&self) -> &'static str {
@@ -255,13 +257,7 @@ mod tests {
             Box::pin(async { Vec::new() })
         }
         fn check(&self) -> BoxFuture<'_, Result<(), oz_runtime::CheckError>> {
-            let r = self
-                .0
-                .clone()
-                .map_err(|m| oz_runtime::CheckError::Unreachable {
-                    context: "",
-                    source: m.into(),
-                });
+            let r = (self.0)();
             Box::pin(async move { r })
         }
     }
@@ -276,7 +272,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn readiness_follows_the_connection_with_a_grace_and_the_runtime() {
         let h = Health::default();
-        let ok = Checked(Ok(()));
+        let ok = Checked(|| Ok(()));
         assert!(reason(h.readiness(&ok).await).contains("not connected"));
         h.set_connected(true);
         assert_eq!(h.readiness(&ok).await, Verdict::Ok);
@@ -285,8 +281,13 @@ mod tests {
         tokio::time::advance(RECONNECT_GRACE + Duration::from_secs(1)).await;
         assert!(reason(h.readiness(&ok).await).contains("disconnected"));
         h.set_connected(true);
-        let broken = Checked(Err("daemon gone".into()));
-        assert!(reason(h.readiness(&broken).await).contains("daemon gone"));
+        let broken = Checked(|| {
+            Err(oz_runtime::CheckError::Unreachable {
+                context: "the daemon: ",
+                source: "gone".into(),
+            })
+        });
+        assert!(reason(h.readiness(&broken).await).contains("the daemon: gone"));
         h.set_draining();
         assert!(reason(h.readiness(&ok).await).starts_with("draining"));
         h.set_shutting_down();

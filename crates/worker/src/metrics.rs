@@ -357,19 +357,13 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<S
 /// The exporter `--metrics-listen` asked for could not start (its address
 /// is taken, or cannot be bound): the worker stops rather than run without
 /// the metrics the operator asked for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExporterError {
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ExporterError(
     /// What the telemetry layer said, naming the address.
-    pub reason: String,
-}
-
-impl std::fmt::Display for ExporterError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.reason)
-    }
-}
-
-impl std::error::Error for ExporterError {}
+    #[source]
+    pub oz_telemetry::StartError,
+);
 
 /// [`start_exporter`] for an already made choice (tests give their own).
 pub async fn start_chosen(
@@ -393,7 +387,7 @@ pub async fn start_chosen(
             tracing::info!("metrics: {}", running.description);
             Ok(running)
         }
-        Err(reason) if from_flag => Err(ExporterError { reason }),
+        Err(e) if from_flag => Err(ExporterError(e)),
         Err(e) => {
             tracing::error!("metrics: {e} (continuing without metrics)");
             Ok(Running::off(format!("off ({e})")))

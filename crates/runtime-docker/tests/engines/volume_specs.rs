@@ -9,7 +9,10 @@ use oz_runtime_docker::volume_spec::{VolumeSource, VolumeSpec};
 use support::docker::{TestDaemon, Via};
 
 /// Creates a busybox container with `binds`; the daemon's answer.
-async fn create_with(d: &TestDaemon, binds: &[String]) -> Result<String, String> {
+async fn create_with(
+    d: &TestDaemon,
+    binds: &[String],
+) -> Result<String, oz_docker_engine::DockerError> {
     let created = d
         .json(
             "ContainerCreate",
@@ -21,8 +24,7 @@ async fn create_with(d: &TestDaemon, binds: &[String]) -> Result<String, String>
                 "HostConfig": {"Binds": binds},
             })),
         )
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     Ok(created["Id"].as_str().expect("Id").to_string())
 }
 

@@ -115,27 +115,7 @@ impl Env {
         content_type: &str,
         token: bool,
     ) -> (u16, String) {
-        let mut c = Command::new("curl");
-        c.args(["-sS", "--noproxy", "*", "--cacert"])
-            .arg(self.server.ca())
-            .args(["-X", method, "-w", "\n%{http_code}"]);
-        if token {
-            c.arg("-H")
-                .arg(format!("Authorization: Bearer {}", self.server.token()));
-        }
-        if let Some(b) = body {
-            c.args([
-                "-H",
-                &format!("Content-Type: {content_type}"),
-                "--data-binary",
-                &b.to_string(),
-            ]);
-        }
-        c.arg(format!("{}{path}", self.server.url));
-        let out = c.output().expect("run curl");
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
-        let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
-        (code.trim().parse().unwrap_or(0), body.to_string())
+        self.server.curl(method, path, body, content_type, token)
     }
 
     /// A JSON request; the answer parsed.

@@ -25,6 +25,60 @@ pub fn empty() -> Body {
     Empty::new().map_err(|never| match never {}).boxed()
 }
 
+/// Why a raw Engine API call failed; each message names the call (method
+/// and path) or the object, and quotes the daemon where it answered.
+#[derive(Debug, thiserror::Error)]
+pub enum RawEngineError {
+    #[error("{host} is not a unix:// socket (the baselines use the daemon's socket)")]
+    NotUnix { host: String },
+    /// The request could not be built (a path that is not a URI).
+    #[error(transparent)]
+    Build(#[from] http::Error),
+    #[error("{method} {path}: {source}")]
+    Send {
+        method: Method,
+        path: String,
+        #[source]
+        source: hyper_util::client::legacy::Error,
+    },
+    #[error("{method} {path}: reading the answer: {source}")]
+    Read {
+        method: Method,
+        path: String,
+        #[source]
+        source: hyper::Error,
+    },
+    /// A non-2xx answer; `body` is the daemon's, trimmed.
+    #[error("{method} {path}: HTTP {status}: {body}")]
+    Status {
+        method: Method,
+        path: String,
+        status: http::StatusCode,
+        body: String,
+    },
+    #[error("{path}: {source}")]
+    Decode {
+        path: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// An answer without the field the call returns (`call`: "create",
+    /// `field`: "an Id").
+    #[error("{call} answered without {field}: {answer}")]
+    Missing {
+        call: &'static str,
+        field: &'static str,
+        answer: Value,
+    },
+    #[error("inspecting volume {name}: HTTP {status}")]
+    VolumeStatus { name: String, status: u16 },
+    /// The import's progress stream carried an error line.
+    #[error("importing {reference}: {error}")]
+    Import { reference: String, error: Value },
+    #[error("{reference} was imported but cannot be found")]
+    NotImported { reference: String },
+}
+
 /// Label every baseline container carries, so a bench can find (and
 /// remove) what an interrupted run left.
 pub const BENCH_LABEL: &str = "dev.oz.bench";
@@ -46,10 +100,12 @@ pub struct RawEngine {
 
 impl RawEngine {
     /// Connects to `unix://PATH` and reads the daemon's version.
-    pub async fn connect(host: &str) -> Result<RawEngine, String> {
-        let socket = host.strip_prefix("unix://").ok_or_else(|| {
-            format!("{host} is not a unix:// socket (the baselines use the daemon's socket)")
-        })?;
+    pub async fn connect(host: &str) -> Result<RawEngine, RawEngineError> {
+        let socket = host
+            .strip_prefix("unix://")
+            .ok_or_else(|| RawEngineError::NotUnix {
+                host: host.to_string(),
+            })?;
         let mut engine = RawEngine {
             host: host.to_string(),
             socket: PathBuf::from(socket),
@@ -72,18 +128,22 @@ impl RawEngine {
         path: &str,
         content_type: Option<&str>,
         body: Body,
-    ) -> Result<hyper::Response<Incoming>, String> {
+    ) -> Result<hyper::Response<Incoming>, RawEngineError> {
         let uri: hyper::Uri =
             hyperlocal::Uri::new(&self.socket, &format!("{}{path}", self.prefix)).into();
         let mut req = Request::builder().method(method.clone()).uri(uri);
         if let Some(ct) = content_type {
             req = req.header(http::header::CONTENT_TYPE, ct);
         }
-        let req = req.body(body).map_err(|e| e.to_string())?;
+        let req = req.body(body)?;
         self.http
             .request(req)
             .await
-            .map_err(|e| format!("{method} {path}: {e}"))
+            .map_err(|source| RawEngineError::Send {
+                method,
+                path: path.to_string(),
+                source,
+            })
     }
 
     /// A request with an optional JSON body; a non-2xx answer is an error
@@ -93,7 +153,7 @@ impl RawEngine {
         method: Method,
         path: &str,
         body: Option<&Value>,
-    ) -> Result<Bytes, String> {
+    ) -> Result<Bytes, RawEngineError> {
         let (ct, b) = match body {
             Some(v) => (
                 Some("application/json"),
@@ -110,13 +170,16 @@ impl RawEngine {
         method: Method,
         path: &str,
         body: Option<&Value>,
-    ) -> Result<Value, String> {
+    ) -> Result<Value, RawEngineError> {
         let bytes = self.call(method, path, body).await?;
-        serde_json::from_slice(&bytes).map_err(|e| format!("{path}: {e}"))
+        serde_json::from_slice(&bytes).map_err(|source| RawEngineError::Decode {
+            path: path.to_string(),
+            source,
+        })
     }
 
     /// `POST /containers/create`; returns the id.
-    pub async fn create(&self, name: Option<&str>, body: &Value) -> Result<String, String> {
+    pub async fn create(&self, name: Option<&str>, body: &Value) -> Result<String, RawEngineError> {
         let path = match name {
             Some(n) => format!("/containers/create?name={}", encode(n)),
             None => "/containers/create".to_string(),
@@ -125,10 +188,14 @@ impl RawEngine {
         v["Id"]
             .as_str()
             .map(str::to_string)
-            .ok_or_else(|| format!("create answered without an Id: {v}"))
+            .ok_or(RawEngineError::Missing {
+                call: "create",
+                field: "an Id",
+                answer: v,
+            })
     }
 
-    pub async fn start(&self, id: &str) -> Result<(), String> {
+    pub async fn start(&self, id: &str) -> Result<(), RawEngineError> {
         self.call(Method::POST, &format!("/containers/{id}/start"), None)
             .await
             .map(drop)
@@ -136,7 +203,7 @@ impl RawEngine {
 
     /// Waits until the container is not running (as the worker waits);
     /// returns its exit status.
-    pub async fn wait(&self, id: &str) -> Result<i64, String> {
+    pub async fn wait(&self, id: &str) -> Result<i64, RawEngineError> {
         let v = self
             .json(
                 Method::POST,
@@ -144,14 +211,16 @@ impl RawEngine {
                 None,
             )
             .await?;
-        v["StatusCode"]
-            .as_i64()
-            .ok_or_else(|| format!("wait answered without a StatusCode: {v}"))
+        v["StatusCode"].as_i64().ok_or(RawEngineError::Missing {
+            call: "wait",
+            field: "a StatusCode",
+            answer: v,
+        })
     }
 
     /// Force-removes a container (its anonymous volumes stay, as the
     /// worker's removal leaves them).
-    pub async fn remove(&self, id: &str) -> Result<(), String> {
+    pub async fn remove(&self, id: &str) -> Result<(), RawEngineError> {
         self.call(
             Method::DELETE,
             &format!("/containers/{id}?force=true"),
@@ -162,7 +231,7 @@ impl RawEngine {
     }
 
     /// Create, start, wait, remove; returns the exit status.
-    pub async fn run(&self, name: Option<&str>, body: &Value) -> Result<i64, String> {
+    pub async fn run(&self, name: Option<&str>, body: &Value) -> Result<i64, RawEngineError> {
         let id = self.create(name, body).await?;
         let code = async {
             self.start(&id).await?;
@@ -175,7 +244,7 @@ impl RawEngine {
         Ok(code)
     }
 
-    pub async fn volume_create(&self, name: &str) -> Result<(), String> {
+    pub async fn volume_create(&self, name: &str) -> Result<(), RawEngineError> {
         self.call(
             Method::POST,
             "/volumes/create",
@@ -185,7 +254,7 @@ impl RawEngine {
         .map(drop)
     }
 
-    pub async fn volume_remove(&self, name: &str) -> Result<(), String> {
+    pub async fn volume_remove(&self, name: &str) -> Result<(), RawEngineError> {
         self.call(
             Method::DELETE,
             &format!("/volumes/{}?force=true", encode(name)),
@@ -195,7 +264,7 @@ impl RawEngine {
         .map(drop)
     }
 
-    pub async fn volume_exists(&self, name: &str) -> Result<bool, String> {
+    pub async fn volume_exists(&self, name: &str) -> Result<bool, RawEngineError> {
         let resp = self
             .request(
                 Method::GET,
@@ -207,12 +276,15 @@ impl RawEngine {
         match resp.status().as_u16() {
             200 => Ok(true),
             404 => Ok(false),
-            s => Err(format!("inspecting volume {name}: HTTP {s}")),
+            status => Err(RawEngineError::VolumeStatus {
+                name: name.to_string(),
+                status,
+            }),
         }
     }
 
     /// The container's filesystem as a tar stream.
-    pub async fn export(&self, id: &str) -> Result<Incoming, String> {
+    pub async fn export(&self, id: &str) -> Result<Incoming, RawEngineError> {
         let path = format!("/containers/{id}/export");
         let resp = self.request(Method::GET, &path, None, empty()).await?;
         if !resp.status().is_success() {
@@ -223,7 +295,7 @@ impl RawEngine {
 
     /// Extracts a tar stream at `dir` in the container's filesystem (its
     /// mounts included).
-    pub async fn put_archive(&self, id: &str, dir: &str, tar: Body) -> Result<(), String> {
+    pub async fn put_archive(&self, id: &str, dir: &str, tar: Body) -> Result<(), RawEngineError> {
         let path = format!("/containers/{id}/archive?path={}", encode(dir));
         let resp = self
             .request(Method::PUT, &path, Some("application/x-tar"), tar)
@@ -233,7 +305,12 @@ impl RawEngine {
 
     /// Imports a root filesystem tar as `repo:tag` (with PATH set, as a
     /// busybox image needs); returns the image id.
-    pub async fn import_image(&self, repo: &str, tag: &str, tar: Bytes) -> Result<String, String> {
+    pub async fn import_image(
+        &self,
+        repo: &str,
+        tag: &str,
+        tar: Bytes,
+    ) -> Result<String, RawEngineError> {
         let path = format!(
             "/images/create?fromSrc=-&repo={}&tag={}&changes={}",
             encode(repo),
@@ -248,28 +325,34 @@ impl RawEngine {
         for line in progress.split(|b| *b == b'\n') {
             if let Ok(v) = serde_json::from_slice::<Value>(line) {
                 if let Some(e) = v.get("error") {
-                    return Err(format!("importing {repo}:{tag}: {e}"));
+                    return Err(RawEngineError::Import {
+                        reference: format!("{repo}:{tag}"),
+                        error: e.clone(),
+                    });
                 }
             }
         }
         self.image_id(&format!("{repo}:{tag}"))
             .await?
-            .ok_or_else(|| format!("{repo}:{tag} was imported but cannot be found"))
+            .ok_or_else(|| RawEngineError::NotImported {
+                reference: format!("{repo}:{tag}"),
+            })
     }
 
     /// The image id (`sha256:…`), or None when absent.
-    pub async fn image_id(&self, reference: &str) -> Result<Option<String>, String> {
+    pub async fn image_id(&self, reference: &str) -> Result<Option<String>, RawEngineError> {
         let path = format!("/images/{reference}/json");
         let resp = self.request(Method::GET, &path, None, empty()).await?;
         if resp.status().as_u16() == 404 {
             return Ok(None);
         }
         let bytes = read_ok(&Method::GET, &path, resp).await?;
-        let v: Value = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
+        let v: Value = serde_json::from_slice(&bytes)
+            .map_err(|source| RawEngineError::Decode { path, source })?;
         Ok(v["Id"].as_str().map(str::to_string))
     }
 
-    pub async fn remove_image(&self, reference: &str) -> Result<(), String> {
+    pub async fn remove_image(&self, reference: &str) -> Result<(), RawEngineError> {
         self.call(
             Method::DELETE,
             &format!("/images/{reference}?force=true"),
@@ -280,7 +363,11 @@ impl RawEngine {
     }
 
     /// Ids of all containers (running or not) with the label `key=value`.
-    pub async fn containers_labelled(&self, key: &str, value: &str) -> Result<Vec<String>, String> {
+    pub async fn containers_labelled(
+        &self,
+        key: &str,
+        value: &str,
+    ) -> Result<Vec<String>, RawEngineError> {
         let filters = json!({ "label": [format!("{key}={value}")] }).to_string();
         let v = self
             .json(
@@ -299,7 +386,7 @@ impl RawEngine {
     }
 
     /// Running containers with the label `key=value`.
-    pub async fn running_labelled(&self, key: &str, value: &str) -> Result<usize, String> {
+    pub async fn running_labelled(&self, key: &str, value: &str) -> Result<usize, RawEngineError> {
         let filters =
             json!({ "label": [format!("{key}={value}")], "status": ["running"] }).to_string();
         let v = self
@@ -317,19 +404,25 @@ async fn read_ok(
     method: &Method,
     path: &str,
     resp: hyper::Response<Incoming>,
-) -> Result<Bytes, String> {
+) -> Result<Bytes, RawEngineError> {
     let status = resp.status();
     let bytes = resp
         .into_body()
         .collect()
         .await
-        .map_err(|e| format!("{method} {path}: reading the answer: {e}"))?
+        .map_err(|source| RawEngineError::Read {
+            method: method.clone(),
+            path: path.to_string(),
+            source,
+        })?
         .to_bytes();
     if !status.is_success() {
-        return Err(format!(
-            "{method} {path}: HTTP {status}: {}",
-            String::from_utf8_lossy(&bytes).trim()
-        ));
+        return Err(RawEngineError::Status {
+            method: method.clone(),
+            path: path.to_string(),
+            status,
+            body: String::from_utf8_lossy(&bytes).trim().to_string(),
+        });
     }
     Ok(bytes)
 }

@@ -3,7 +3,7 @@
 //! depends on whichever version of the shared test image another checkout
 //! imported last.
 
-use super::engine::{unique, RawEngine};
+use super::engine::{unique, RawEngine, RawEngineError};
 use bytes::Bytes;
 use oz_runtime_docker::{sidecar_volume_name, tar};
 use sha2::{Digest, Sha256};
@@ -21,7 +21,7 @@ pub struct Sidecar {
 
 /// The demo agent sidecar, tagged by the script's digest; imported when
 /// absent. Its volume is filled by a worker's first task.
-pub async fn demo_sidecar(engine: &RawEngine) -> Result<Sidecar, String> {
+pub async fn demo_sidecar(engine: &RawEngine) -> Result<Sidecar, RawEngineError> {
     let tag = &hex::encode(Sha256::digest(ENTRYPOINT.as_bytes()))[..12];
     let repo = "oz-bench/agent-sidecar";
     let reference = format!("{repo}:{tag}");
@@ -41,7 +41,7 @@ pub async fn demo_sidecar(engine: &RawEngine) -> Result<Sidecar, String> {
 
 /// A new sidecar image (new id, so a new volume): the demo agent plus
 /// `filler` bytes.
-pub async fn fresh_sidecar(engine: &RawEngine, filler: &[u8]) -> Result<Sidecar, String> {
+pub async fn fresh_sidecar(engine: &RawEngine, filler: &[u8]) -> Result<Sidecar, RawEngineError> {
     let repo = format!("oz-bench/sidecar-{}", unique("s"));
     let archive = tar::archive(&[
         ("entrypoint.sh", ENTRYPOINT.as_bytes(), 0o755),

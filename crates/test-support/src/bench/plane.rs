@@ -6,11 +6,38 @@
 //! can be slow and cheap without blurring the figure.
 
 use crate::control_plane::TestPlane;
+use oz_runs_api::client::ClientError;
 use oz_runs_api::model::{CreateRunRequest, Run, RunState};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// How often a waiting bench looks at a run.
 pub const POLL: Duration = Duration::from_millis(20);
+
+/// Why a timed run has no figure; each message names the run and, where
+/// it was read, shows it.
+#[derive(Debug, thiserror::Error)]
+pub enum TimedRunError {
+    #[error("creating a run: {0}")]
+    Create(#[source] Box<ClientError>),
+    #[error("reading run {id}: {source}")]
+    Read {
+        id: String,
+        #[source]
+        source: Box<ClientError>,
+    },
+    #[error("run {} did not end within {within:?}: {run:#?}", run.id)]
+    NotEnded { within: Duration, run: Box<Run> },
+    #[error("run {} ended before it was observed running: {run:#?}", run.id)]
+    EndedUnclaimed { run: Box<Run> },
+    #[error("run {} was not claimed within {within:?}: {run:#?}", run.id)]
+    NotClaimed { within: Duration, run: Box<Run> },
+    #[error("run {id} has no readable created_at")]
+    NoCreatedAt { id: String },
+    #[error("run {} was never claimed: {run:#?}", run.id)]
+    NeverClaimed { run: Box<Run> },
+    #[error("run {} has no terminal entry: {run:#?}", run.id)]
+    NoTerminalEntry { run: Box<Run> },
+}
 
 /// One run, end to end.
 #[derive(Debug, Clone)]
@@ -32,31 +59,37 @@ impl TestPlane {
         &self,
         req: &CreateRunRequest,
         within: Duration,
-    ) -> Result<Timed, String> {
+    ) -> Result<Timed, TimedRunError> {
         let t0 = SystemTime::now();
         let run = self
             .runs
             .create_run(req)
             .await
-            .map_err(|e| format!("creating a run: {e}"))?;
+            .map_err(|e| TimedRunError::Create(Box::new(e)))?;
         let run = self.wait_terminal(&run.id, within).await?;
         timing(t0, run)
     }
 
     /// Polls until the run is terminal; the answer has its history.
-    pub async fn wait_terminal(&self, id: &str, within: Duration) -> Result<Run, String> {
+    pub async fn wait_terminal(&self, id: &str, within: Duration) -> Result<Run, TimedRunError> {
         let deadline = tokio::time::Instant::now() + within;
         loop {
             let run = self
                 .runs
                 .get_run(id)
                 .await
-                .map_err(|e| format!("reading run {id}: {e}"))?;
+                .map_err(|source| TimedRunError::Read {
+                    id: id.to_string(),
+                    source: Box::new(source),
+                })?;
             if run.state.is_terminal() {
                 return Ok(run);
             }
             if tokio::time::Instant::now() > deadline {
-                return Err(format!("run {id} did not end within {within:?}: {run:#?}"));
+                return Err(TimedRunError::NotEnded {
+                    within,
+                    run: Box::new(run),
+                });
             }
             tokio::time::sleep(POLL).await;
         }
@@ -64,7 +97,11 @@ impl TestPlane {
 
     /// Polls until every run is claimed (its task is running); a run that
     /// ends first is an error.
-    pub async fn wait_all_claimed(&self, ids: &[String], within: Duration) -> Result<(), String> {
+    pub async fn wait_all_claimed(
+        &self,
+        ids: &[String],
+        within: Duration,
+    ) -> Result<(), TimedRunError> {
         let deadline = tokio::time::Instant::now() + within;
         for id in ids {
             loop {
@@ -72,20 +109,22 @@ impl TestPlane {
                     .runs
                     .get_run(id)
                     .await
-                    .map_err(|e| format!("reading run {id}: {e}"))?;
+                    .map_err(|source| TimedRunError::Read {
+                        id: id.to_string(),
+                        source: Box::new(source),
+                    })?;
                 match run.state {
                     RunState::Claimed => break,
                     s if s.is_terminal() => {
-                        return Err(format!(
-                            "run {id} ended before it was observed running: {run:#?}"
-                        ))
+                        return Err(TimedRunError::EndedUnclaimed { run: Box::new(run) })
                     }
                     _ => {}
                 }
                 if tokio::time::Instant::now() > deadline {
-                    return Err(format!(
-                        "run {id} was not claimed within {within:?}: {run:#?}"
-                    ));
+                    return Err(TimedRunError::NotClaimed {
+                        within,
+                        run: Box::new(run),
+                    });
                 }
                 tokio::time::sleep(POLL).await;
             }
@@ -97,19 +136,22 @@ impl TestPlane {
 /// The run's times from its history. The plane writes milliseconds,
 /// truncated; half a millisecond is added to the end so the figure is not
 /// biased low.
-pub fn timing(t0: SystemTime, run: Run) -> Result<Timed, String> {
+pub fn timing(t0: SystemTime, run: Run) -> Result<Timed, TimedRunError> {
     let at = |state: RunState| {
         run.history
             .iter()
             .find(|h| h.state == state)
             .and_then(|h| parse_rfc3339_ms(&h.at))
     };
-    let created = parse_rfc3339_ms(&run.created_at)
-        .ok_or_else(|| format!("run {} has no readable created_at", run.id))?;
-    let claimed = at(RunState::Claimed)
-        .ok_or_else(|| format!("run {} was never claimed: {run:#?}", run.id))?;
-    let end =
-        at(run.state).ok_or_else(|| format!("run {} has no terminal entry: {run:#?}", run.id))?;
+    let Some(created) = parse_rfc3339_ms(&run.created_at) else {
+        return Err(TimedRunError::NoCreatedAt { id: run.id });
+    };
+    let Some(claimed) = at(RunState::Claimed) else {
+        return Err(TimedRunError::NeverClaimed { run: Box::new(run) });
+    };
+    let Some(end) = at(run.state) else {
+        return Err(TimedRunError::NoTerminalEntry { run: Box::new(run) });
+    };
     let half = Duration::from_micros(500);
     let since = |a: SystemTime, b: SystemTime| b.duration_since(a).unwrap_or_default();
     Ok(Timed {

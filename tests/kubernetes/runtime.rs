@@ -14,6 +14,7 @@ use oz_test_apiserver::process::{self as apiserver, ApiServerProcess};
 use oz_test_support as support;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -112,6 +113,35 @@ fn available() -> bool {
     false
 }
 
+/// What most tests start with: a test cluster, the scripted orchestrator
+/// and a state dir for the workers.
+struct Rig {
+    cluster: Cluster,
+    server: ScriptedServer,
+    state: tempfile::TempDir,
+}
+
+impl Rig {
+    /// A cluster started with `cluster_args`; None where the test
+    /// environment is missing (outside CI: [`available`]).
+    async fn start(cluster_args: &[&str]) -> Option<Rig> {
+        if !available() {
+            return None;
+        }
+        Some(Rig {
+            cluster: Cluster::start(cluster_args),
+            server: ScriptedServer::start().await,
+            state: tempfile::tempdir().unwrap(),
+        })
+    }
+
+    /// A kubernetes worker `id` on `config` and the rig's state dir,
+    /// connected.
+    async fn worker(&self, id: &str, config: &Path) -> Worker {
+        worker(&self.server, id, config, self.state.path(), &[]).await
+    }
+}
+
 /// One test API server process on its own state dir.
 struct Cluster {
     server: ApiServerProcess,
@@ -149,26 +179,11 @@ impl Cluster {
 
     /// A raw request with curl: (HTTP status, body as JSON or a string).
     fn request(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
-        let mut c = Command::new("curl");
-        c.args(["-sS", "--noproxy", "*", "--max-time", "20", "--cacert"])
-            .arg(self.server.ca())
-            .args(["-X", method, "-w", "\n%{http_code}"])
-            .arg("-H")
-            .arg(format!("Authorization: Bearer {}", self.server.token()));
-        if let Some(b) = body {
-            c.args([
-                "-H",
-                "Content-Type: application/json",
-                "--data-binary",
-                &b.to_string(),
-            ]);
-        }
-        c.arg(format!("{}{path}", self.server.url));
-        let out = c.output().expect("run curl");
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
-        let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
-        let value = serde_json::from_str(body).unwrap_or_else(|_| Value::String(body.into()));
-        (code.trim().parse().unwrap_or(0), value)
+        let (code, body) = self
+            .server
+            .curl(method, path, body, "application/json", true);
+        let value = serde_json::from_str(&body).unwrap_or(Value::String(body));
+        (code, value)
     }
 
     fn admin(&self, what: &str) {
@@ -367,6 +382,42 @@ impl Worker {
         }
     }
 
+    /// The terminal reports (`task_completed`, `task_failed`) of `count`
+    /// tasks, by task id, in whichever order they come; a second report of
+    /// a task or a rejection fails the test.
+    async fn reports(&mut self, count: usize) -> BTreeMap<String, WorkerMessage> {
+        let mut reports = BTreeMap::new();
+        while reports.len() < count {
+            let Some(m) = self.conn.next_message(WITHIN).await else {
+                panic!(
+                    "reports so far {reports:?}; log:\n{}",
+                    self.process.log_text()
+                );
+            };
+            match m {
+                WorkerMessage::TaskCompleted(_) | WorkerMessage::TaskFailed(_) => {
+                    let previous = reports.insert(m.task_id().to_string(), m);
+                    assert!(previous.is_none(), "a second report: {previous:?}");
+                }
+                WorkerMessage::TaskRejected(r) => panic!("rejected: {r:?}"),
+                _ => {}
+            }
+        }
+        reports
+    }
+
+    /// [`Worker::reports`] where every report is a `task_failed`.
+    async fn failures(&mut self, count: usize) -> BTreeMap<String, TaskFailed> {
+        self.reports(count)
+            .await
+            .into_iter()
+            .map(|(task, m)| match m {
+                WorkerMessage::TaskFailed(f) => (task, f),
+                other => panic!("expected task_failed of {task}, got {other:?}"),
+            })
+            .collect()
+    }
+
     async fn failed(&mut self, task: &str) -> TaskFailed {
         match self.report(task).await.0 {
             WorkerMessage::TaskFailed(f) => f,
@@ -402,14 +453,12 @@ fn k8s_details(f: &TaskFailed) -> KubernetesFailureDetails {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn success_runs_the_agent_in_the_go_workers_job_and_cleanup_deletes_it() {
-    if !available() {
+    let Some(rig) = Rig::start(&[]).await else {
         return;
-    }
-    let cluster = Cluster::start(&[]);
-    let server = ScriptedServer::start().await;
-    let state = tempfile::tempdir().unwrap();
+    };
+    let cluster = &rig.cluster;
     let id = unique_id("k8s-ok");
-    let mut w = worker(&server, &id, &cluster.config("c", ""), state.path(), &[]).await;
+    let mut w = rig.worker(&id, &cluster.config("c", "")).await;
     assert!(
         w.process.log_text().contains("kubernetes v1.33"),
         "the worker names the server it runs on:\n{}",
@@ -486,10 +535,10 @@ async fn success_runs_the_agent_in_the_go_workers_job_and_cleanup_deletes_it() {
     w.process.wait_exit(WITHIN).await;
     let kept_id = unique_id("k8s-keep");
     let mut w = worker(
-        &server,
+        &rig.server,
         &kept_id,
         &cluster.config("c", ""),
-        state.path(),
+        rig.state.path(),
         &["--no-cleanup"],
     )
     .await;
@@ -510,12 +559,10 @@ async fn success_runs_the_agent_in_the_go_workers_job_and_cleanup_deletes_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failures_are_diagnosed_with_reasons_exit_codes_and_details() {
-    if !available() {
+    let Some(rig) = Rig::start(&[]).await else {
         return;
-    }
-    let cluster = Cluster::start(&[]);
-    let server = ScriptedServer::start().await;
-    let state = tempfile::tempdir().unwrap();
+    };
+    let cluster = &rig.cluster;
     let id = unique_id("k8s-fail");
     // A memory limit from the pod template for the OOM case; the others
     // stay well under it.
@@ -523,7 +570,7 @@ async fn failures_are_diagnosed_with_reasons_exit_codes_and_details() {
         "c",
         "pod_template:\n  containers:\n  - name: task\n    resources:\n      limits: {memory: 64Mi}\n      requests: {memory: 64Mi}",
     );
-    let mut w = worker(&server, &id, &config, state.path(), &[]).await;
+    let mut w = rig.worker(&id, &config).await;
 
     let exit = assignment("k8sexit", &[("OZ_DEMO_EXIT", "3")]);
     let oom = assignment("k8soom", &[("OZ_DEMO_BEHAVIOUR", "oom")]);
@@ -532,18 +579,7 @@ async fn failures_are_diagnosed_with_reasons_exit_codes_and_details() {
     for a in [&exit, &oom, &pull] {
         w.assign(a).await;
     }
-    let mut reports = std::collections::BTreeMap::new();
-    while reports.len() < 3 {
-        let m = w.conn.next_message(WITHIN).await.expect("a report");
-        if let WorkerMessage::TaskFailed(f) = m {
-            reports.insert(f.task_id.clone(), f);
-        } else if !matches!(
-            m,
-            WorkerMessage::TaskClaimed(_) | WorkerMessage::TaskOutput(_)
-        ) {
-            panic!("unexpected {m:?}");
-        }
-    }
+    let reports = w.failures(3).await;
 
     let f = &reports["k8sexit"];
     assert_eq!(f.failure_reason, FailureReason::ContainerExit, "{f:?}");
@@ -581,7 +617,7 @@ async fn failures_are_diagnosed_with_reasons_exit_codes_and_details() {
     w.process.signal(15);
     w.process.wait_exit(WITHIN).await;
     let config = cluster.config("setup", "setup_command: 'echo preparing; exit 7'");
-    let mut w = worker(&server, &unique_id("k8s-setup"), &config, state.path(), &[]).await;
+    let mut w = rig.worker(&unique_id("k8s-setup"), &config).await;
     w.assign(&assignment("k8ssetup", &[])).await;
     let f = w.failed("k8ssetup").await;
     assert_eq!(f.failure_reason, FailureReason::InitContainer, "{f:?}");
@@ -597,22 +633,18 @@ async fn failures_are_diagnosed_with_reasons_exit_codes_and_details() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancellation_deletes_the_job_and_reports_cancelled_once_the_pod_is_gone() {
-    if !available() {
+    let Some(rig) = Rig::start(&[]).await else {
         return;
-    }
-    let cluster = Cluster::start(&[]);
-    let server = ScriptedServer::start().await;
-    let state = tempfile::tempdir().unwrap();
-    let mut w = worker(
-        &server,
-        &unique_id("k8s-cancel"),
-        // A short grace period from the pod template: the agent's shell
-        // ignores SIGTERM, so the Pod lasts until the SIGKILL after it.
-        &cluster.config("c", "pod_template:\n  terminationGracePeriodSeconds: 3"),
-        state.path(),
-        &[],
-    )
-    .await;
+    };
+    let cluster = &rig.cluster;
+    let mut w = rig
+        .worker(
+            &unique_id("k8s-cancel"),
+            // A short grace period from the pod template: the agent's shell
+            // ignores SIGTERM, so the Pod lasts until the SIGKILL after it.
+            &cluster.config("c", "pod_template:\n  terminationGracePeriodSeconds: 3"),
+        )
+        .await;
     let a = assignment("k8scancel", &[("OZ_DEMO_BEHAVIOUR", "sleep")]);
     let name = go_job_name("k8scancel", &exec_of(&a));
     w.assign(&a).await;
@@ -669,17 +701,15 @@ async fn a_crash_leaves_the_job_and_a_restart_reattaches_and_reports() {
 }
 
 async fn leave_and_reattach(signal: i32, task: &str) {
-    if !available() {
+    let Some(rig) = Rig::start(&[]).await else {
         return;
-    }
-    let cluster = Cluster::start(&[]);
-    let server = ScriptedServer::start().await;
-    let state = tempfile::tempdir().unwrap();
+    };
+    let cluster = &rig.cluster;
     let config = cluster.config("c", "");
     let id = unique_id("k8s-reattach");
 
     {
-        let mut w = worker(&server, &id, &config, state.path(), &[]).await;
+        let mut w = rig.worker(&id, &config).await;
         let a = assignment(
             task,
             &[
@@ -716,7 +746,7 @@ async fn leave_and_reattach(signal: i32, task: &str) {
             "the same Pod runs on"
         );
 
-        let mut w = worker(&server, &id, &config, state.path(), &[]).await;
+        let mut w = rig.worker(&id, &config).await;
         let (report, _) = w.report(task).await;
         match report {
             WorkerMessage::TaskCompleted(c) => {
@@ -803,20 +833,13 @@ async fn an_existing_job_of_the_same_execution_is_adopted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_server_restart_and_watch_expiry_mid_task_are_survived() {
-    if !available() {
+    let Some(mut rig) = Rig::start(&[]).await else {
         return;
-    }
-    let mut cluster = Cluster::start(&[]);
-    let server = ScriptedServer::start().await;
-    let state = tempfile::tempdir().unwrap();
-    let mut w = worker(
-        &server,
-        &unique_id("k8s-apiserver"),
-        &cluster.config("c", ""),
-        state.path(),
-        &[],
-    )
-    .await;
+    };
+    let mut w = rig
+        .worker(&unique_id("k8s-apiserver"), &rig.cluster.config("c", ""))
+        .await;
+    let cluster = &mut rig.cluster;
     let restarted = assignment(
         "k8srestart",
         &[
@@ -849,19 +872,7 @@ async fn api_server_restart_and_watch_expiry_mid_task_are_survived() {
     cluster.admin("compact");
     cluster.admin("close-watches");
 
-    let mut reports = std::collections::BTreeMap::new();
-    while reports.len() < 2 {
-        let m = w
-            .conn
-            .next_message(WITHIN)
-            .await
-            .unwrap_or_else(|| panic!("reports missing; log:\n{}", w.process.log_text()));
-        if let WorkerMessage::TaskFailed(f) = m {
-            reports.insert(f.task_id.clone(), f);
-        } else if let WorkerMessage::TaskCompleted(c) = m {
-            panic!("unexpected success {c:?}");
-        }
-    }
+    let reports = w.failures(2).await;
     assert_eq!(reports["k8srestart"].exit_code, Some(4), "{reports:?}");
     assert_eq!(reports["k8sexpire"].exit_code, Some(5), "{reports:?}");
     for f in reports.values() {
@@ -872,20 +883,13 @@ async fn api_server_restart_and_watch_expiry_mid_task_are_survived() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_deleted_or_a_pod_evicted_behind_the_workers_back_is_reported() {
-    if !available() {
+    let Some(rig) = Rig::start(&[]).await else {
         return;
-    }
-    let cluster = Cluster::start(&[]);
-    let server = ScriptedServer::start().await;
-    let state = tempfile::tempdir().unwrap();
-    let mut w = worker(
-        &server,
-        &unique_id("k8s-behind"),
-        &cluster.config("c", ""),
-        state.path(),
-        &[],
-    )
-    .await;
+    };
+    let cluster = &rig.cluster;
+    let mut w = rig
+        .worker(&unique_id("k8s-behind"), &cluster.config("c", ""))
+        .await;
     let deleted = assignment("k8sdeleted", &[("OZ_DEMO_BEHAVIOUR", "sleep")]);
     let evicted = assignment("k8sevicted", &[("OZ_DEMO_BEHAVIOUR", "sleep")]);
     w.assign(&deleted).await;
@@ -901,21 +905,7 @@ async fn a_job_deleted_or_a_pod_evicted_behind_the_workers_back_is_reported() {
         pod["metadata"]["name"].as_str().unwrap()
     ));
 
-    let mut reports = std::collections::BTreeMap::new();
-    while reports.len() < 2 {
-        let m = w
-            .conn
-            .next_message(WITHIN)
-            .await
-            .unwrap_or_else(|| panic!("reports missing; log:\n{}", w.process.log_text()));
-        match m {
-            WorkerMessage::TaskFailed(f) => {
-                reports.insert(f.task_id.clone(), f);
-            }
-            WorkerMessage::TaskCompleted(c) => panic!("unexpected success {c:?}"),
-            _ => {}
-        }
-    }
+    let reports = w.failures(2).await;
     let f = &reports["k8sdeleted"];
     assert_eq!(f.failure_reason, FailureReason::JobWatch, "{f:?}");
     assert!(
@@ -1070,12 +1060,10 @@ async fn no_second_report(w: &mut Worker, task: &str) {
 /// where the log stood, no second Job or Pod, the Job cleaned up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replaced_worker_without_its_journal_takes_over_its_running_job() {
-    if !available() {
+    let Some(rig) = Rig::start(&[]).await else {
         return;
-    }
-    let cluster = Cluster::start(&[]);
-    let server = ScriptedServer::start().await;
-    let state = tempfile::tempdir().unwrap();
+    };
+    let cluster = &rig.cluster;
     let config = cluster.config("c", "");
     let id = unique_id("k8s-takeover");
     let task = "k8stakeover";
@@ -1086,7 +1074,7 @@ async fn a_replaced_worker_without_its_journal_takes_over_its_running_job() {
     );
     let name = go_job_name(task, &exec_of(&a));
 
-    let mut w = worker(&server, &id, &config, state.path(), &[]).await;
+    let mut w = rig.worker(&id, &config).await;
     w.assign(&a).await;
     w.claimed(task).await;
     let pod = cluster.task_running(&name).await;
@@ -1099,9 +1087,9 @@ async fn a_replaced_worker_without_its_journal_takes_over_its_running_job() {
     w.process.signal(9);
     w.process.wait_exit(WITHIN).await;
     // The replaced Pod's emptyDir: the journal is gone.
-    std::fs::remove_dir_all(state.path()).unwrap();
+    std::fs::remove_dir_all(rig.state.path()).unwrap();
 
-    let mut w = worker(&server, &id, &config, state.path(), &[]).await;
+    let mut w = rig.worker(&id, &config).await;
     w.process
         .wait_for_log("following the task's log from its current end", WITHIN)
         .await;
@@ -1147,7 +1135,7 @@ async fn a_replaced_worker_without_its_journal_takes_over_its_running_job() {
             c.job(&name).is_none().then_some(())
         })
         .await;
-    assert_eq!(task_jobs_of(&cluster, &id), Vec::<String>::new());
+    assert_eq!(task_jobs_of(cluster, &id), Vec::<String>::new());
     w.process.signal(15);
     w.process.wait_exit(WITHIN).await;
     cluster.self_check();
@@ -1158,12 +1146,10 @@ async fn a_replaced_worker_without_its_journal_takes_over_its_running_job() {
 /// Job is deleted, the failed one kept for its TTL (the Go worker's rule).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_that_end_while_no_worker_runs_are_reported_by_a_worker_without_the_journal() {
-    if !available() {
+    let Some(rig) = Rig::start(&[]).await else {
         return;
-    }
-    let cluster = Cluster::start(&[]);
-    let server = ScriptedServer::start().await;
-    let state = tempfile::tempdir().unwrap();
+    };
+    let cluster = &rig.cluster;
     let config = cluster.config("c", "");
     let id = unique_id("k8s-ended");
     let sleep = [("OZ_DEMO_BEHAVIOUR", "sleep"), ("OZ_DEMO_SLEEP", "600")];
@@ -1175,7 +1161,7 @@ async fn jobs_that_end_while_no_worker_runs_are_reported_by_a_worker_without_the
         go_job_name("k8sendedfail", &exec_of(&fail)),
     );
 
-    let mut w = worker(&server, &id, &config, state.path(), &[]).await;
+    let mut w = rig.worker(&id, &config).await;
     for a in [&ok, &fail] {
         w.assign(a).await;
         w.claimed(&a.task_id).await;
@@ -1184,7 +1170,7 @@ async fn jobs_that_end_while_no_worker_runs_are_reported_by_a_worker_without_the
     let fail_pod = cluster.task_running(&fail_job).await;
     w.process.signal(9);
     w.process.wait_exit(WITHIN).await;
-    std::fs::remove_dir_all(state.path()).unwrap();
+    std::fs::remove_dir_all(rig.state.path()).unwrap();
 
     // Both end while no worker runs.
     for pod in [&ok_pod, &fail_pod] {
@@ -1202,21 +1188,8 @@ async fn jobs_that_end_while_no_worker_runs_are_reported_by_a_worker_without_the
             .await;
     }
 
-    let mut w = worker(&server, &id, &config, state.path(), &[]).await;
-    // Both reports, in whichever order they come.
-    let mut reports = std::collections::BTreeMap::new();
-    while reports.len() < 2 {
-        let Some(m) = w.conn.next_message(WITHIN).await else {
-            panic!("reports so far {reports:?}; log:\n{}", w.process.log_text());
-        };
-        if matches!(
-            m,
-            WorkerMessage::TaskCompleted(_) | WorkerMessage::TaskFailed(_)
-        ) {
-            let previous = reports.insert(m.task_id().to_string(), m);
-            assert!(previous.is_none(), "a second report: {previous:?}");
-        }
-    }
+    let mut w = rig.worker(&id, &config).await;
+    let reports = w.reports(2).await;
     let report = &reports["k8sendedok"];
     assert!(
         matches!(report, WorkerMessage::TaskCompleted(c) if c.execution_id.as_deref() == Some(exec_of(&ok).as_str())),
@@ -1245,7 +1218,7 @@ async fn jobs_that_end_while_no_worker_runs_are_reported_by_a_worker_without_the
         })
         .await;
     assert_eq!(
-        task_jobs_of(&cluster, &id),
+        task_jobs_of(cluster, &id),
         vec![fail_job.clone()],
         "the failed Job is kept"
     );
@@ -1448,26 +1421,17 @@ async fn image_volumes_without_server_support_stop_the_worker_at_start() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pod_no_node_fits_fails_the_task_after_unschedulable_timeout() {
-    if !available() {
+    let Some(rig) = Rig::start(&[]).await else {
         return;
-    }
-    let cluster = Cluster::start(&[]);
-    let server = ScriptedServer::start().await;
-    let state = tempfile::tempdir().unwrap();
+    };
+    let cluster = &rig.cluster;
     // A nodeSelector no node matches: the scheduler leaves the Pod Pending
     // with PodScheduled=False/Unschedulable and a FailedScheduling event.
     let config = cluster.config(
         "c",
         "unschedulable_timeout: 3s\npod_template:\n  nodeSelector: {disktype: ssd}",
     );
-    let mut w = worker(
-        &server,
-        &unique_id("k8s-unsched"),
-        &config,
-        state.path(),
-        &[],
-    )
-    .await;
+    let mut w = rig.worker(&unique_id("k8s-unsched"), &config).await;
     let a = assignment("k8sunsched", &[]);
     let name = go_job_name("k8sunsched", &exec_of(&a));
     let started = std::time::Instant::now();
@@ -1516,24 +1480,15 @@ async fn a_pod_no_node_fits_fails_the_task_after_unschedulable_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn active_deadline_seconds_fails_the_task_with_deadline_exceeded() {
-    if !available() {
+    let Some(rig) = Rig::start(&[]).await else {
         return;
-    }
-    let cluster = Cluster::start(&[]);
-    let server = ScriptedServer::start().await;
-    let state = tempfile::tempdir().unwrap();
+    };
+    let cluster = &rig.cluster;
     let config = cluster.config(
         "c",
         "active_deadline_seconds: 3\npod_template:\n  terminationGracePeriodSeconds: 1",
     );
-    let mut w = worker(
-        &server,
-        &unique_id("k8s-deadline"),
-        &config,
-        state.path(),
-        &[],
-    )
-    .await;
+    let mut w = rig.worker(&unique_id("k8s-deadline"), &config).await;
     let a = assignment("k8sdeadline", &[("OZ_DEMO_BEHAVIOUR", "sleep")]);
     let name = go_job_name("k8sdeadline", &exec_of(&a));
     w.assign(&a).await;
@@ -1574,12 +1529,10 @@ async fn active_deadline_seconds_fails_the_task_with_deadline_exceeded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn teardown_command_runs_as_the_pre_stop_hook_when_a_task_is_cancelled() {
-    if !available() {
+    let Some(rig) = Rig::start(&[]).await else {
         return;
-    }
-    let cluster = Cluster::start(&[]);
-    let server = ScriptedServer::start().await;
-    let state = tempfile::tempdir().unwrap();
+    };
+    let cluster = &rig.cluster;
     let report = tempfile::tempdir().unwrap();
     let config = cluster.config(
         "c",
@@ -1588,14 +1541,7 @@ async fn teardown_command_runs_as_the_pre_stop_hook_when_a_task_is_cancelled() {
             report_template(report.path())
         ),
     );
-    let mut w = worker(
-        &server,
-        &unique_id("k8s-teardown"),
-        &config,
-        state.path(),
-        &[],
-    )
-    .await;
+    let mut w = rig.worker(&unique_id("k8s-teardown"), &config).await;
     let a = assignment("k8steardown", &[("OZ_DEMO_BEHAVIOUR", "sleep")]);
     let name = go_job_name("k8steardown", &exec_of(&a));
     w.assign(&a).await;
@@ -1657,20 +1603,13 @@ fn failures_served(cluster: &Cluster) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn throttled_and_failing_api_requests_are_retried_and_the_task_succeeds() {
-    if !available() {
+    let Some(rig) = Rig::start(&[]).await else {
         return;
-    }
-    let cluster = Cluster::start(&[]);
-    let server = ScriptedServer::start().await;
-    let state = tempfile::tempdir().unwrap();
-    let mut w = worker(
-        &server,
-        &unique_id("k8s-retry"),
-        &cluster.config("c", ""),
-        state.path(),
-        &[],
-    )
-    .await;
+    };
+    let cluster = &rig.cluster;
+    let mut w = rig
+        .worker(&unique_id("k8s-retry"), &cluster.config("c", ""))
+        .await;
     // 503 on the Job's create, 429 with Retry-After (API priority and
     // fairness) on the Job's watch, 503 on the Pods' list and 500 on the
     // Pods' watch: each is retried with backoff.
@@ -1684,7 +1623,7 @@ async fn throttled_and_failing_api_requests_are_retried_and_the_task_succeeds() 
     .enumerate()
     {
         let task = format!("k8sretry{i}");
-        fail_next(&cluster, count, code, verb, resource);
+        fail_next(cluster, count, code, verb, resource);
         w.assign(&assignment(&task, &[])).await;
         match w.report(&task).await.0 {
             WorkerMessage::TaskCompleted(_) => {}
@@ -1694,7 +1633,7 @@ async fn throttled_and_failing_api_requests_are_retried_and_the_task_succeeds() 
             ),
         }
         assert_eq!(
-            failures_served(&cluster),
+            failures_served(cluster),
             count as u64,
             "every injected {code} on {verb} {resource} was answered"
         );
@@ -1704,12 +1643,10 @@ async fn throttled_and_failing_api_requests_are_retried_and_the_task_succeeds() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_the_api_server_refuses_as_invalid_fails_the_task_naming_the_field() {
-    if !available() {
+    let Some(rig) = Rig::start(&[]).await else {
         return;
-    }
-    let cluster = Cluster::start(&[]);
-    let server = ScriptedServer::start().await;
-    let state = tempfile::tempdir().unwrap();
+    };
+    let cluster = &rig.cluster;
     // The operator's template already mounts something at /agent, where
     // the task's agent sidecar goes: the Job has two mounts at one path,
     // which Kubernetes refuses (422 Invalid, "must be unique"); no retry
@@ -1718,14 +1655,7 @@ async fn a_job_the_api_server_refuses_as_invalid_fails_the_task_naming_the_field
         "c",
         "pod_template:\n  volumes:\n  - {name: tools, emptyDir: {}}\n  containers:\n  - name: task\n    volumeMounts:\n    - {name: tools, mountPath: /agent}",
     );
-    let mut w = worker(
-        &server,
-        &unique_id("k8s-invalid"),
-        &config,
-        state.path(),
-        &[],
-    )
-    .await;
+    let mut w = rig.worker(&unique_id("k8s-invalid"), &config).await;
     let a = assignment("k8sinvalid", &[]);
     let name = go_job_name("k8sinvalid", &exec_of(&a));
     w.assign(&a).await;
