@@ -11,6 +11,7 @@ pub mod image_policy;
 mod images;
 pub mod libc_check;
 pub mod network;
+pub mod oom;
 pub mod orphans;
 mod outage;
 pub mod resources;

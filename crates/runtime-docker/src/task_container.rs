@@ -115,7 +115,13 @@ pub async fn run(
     // event): a SIGKILL exit under a memory limit we set, that we did not
     // send, is the kernel's OOM killer there. Docker always reports it.
     let inferred_oom = rt.is_podman && code == 137 && spec.resources.memory.is_some();
-    let oom = reported_oom || inferred_oom;
+    // A Docker OOM kill whose event crossed the exit (see `oom`).
+    let logged_oom = !reported_oom
+        && !rt.is_podman
+        && code == 137
+        && spec.resources.memory.is_some()
+        && super::oom::oom_event_logged(d, &id).await;
+    let oom = reported_oom || inferred_oom || logged_oom;
     // A signal exit we did not cause, with the daemon gone right after it:
     // the daemon stopped and took the container down (dockerd stops every
     // container on its way out). Without live-restore, a daemon restarted

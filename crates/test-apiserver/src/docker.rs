@@ -68,6 +68,8 @@ pub struct InspectedContainer {
     pub running: bool,
     pub exit_code: i64,
     pub oom_killed: bool,
+    /// `HostConfig.Memory`: the memory limit in bytes, 0 for none.
+    pub memory_limit: i64,
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
     pub image_id: String,
@@ -222,6 +224,7 @@ impl Docker {
             running: c["State"]["Running"].as_bool().unwrap_or(false),
             exit_code: c["State"]["ExitCode"].as_i64().unwrap_or(0),
             oom_killed: c["State"]["OOMKilled"].as_bool().unwrap_or(false),
+            memory_limit: c["HostConfig"]["Memory"].as_i64().unwrap_or(0),
             started_at: time("StartedAt"),
             finished_at: time("FinishedAt"),
             image_id: c["Image"].as_str().unwrap_or("").to_string(),
@@ -229,6 +232,34 @@ impl Docker {
     }
 
     /// This instance's container for (pod uid, container name), if any.
+    /// Whether the daemon has logged an `oom` event for the container up
+    /// to now. dockerd 20.10 sets `State.OOMKilled` only when containerd's
+    /// OOM event reaches it before the exit event; when the two cross (a
+    /// loaded machine), the flag stays false for good but the `oom` event
+    /// is still logged.
+    pub async fn oom_event_logged(&self, id: &str) -> bool {
+        let until = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| format!("{}.{:09}", d.as_secs(), d.subsec_nanos()))
+            .unwrap_or_default();
+        let container = format!("container={id}");
+        self.run(&[
+            "events",
+            "--since",
+            "0",
+            "--until",
+            &until,
+            "--filter",
+            &container,
+            "--filter",
+            "event=oom",
+            "--format",
+            "{{.Status}}",
+        ])
+        .await
+        .is_ok_and(|out| out.lines().any(|l| l.trim() == "oom"))
+    }
+
     pub async fn find(&self, pod_uid: &str, container: &str) -> Option<String> {
         let out = self
             .run(&[

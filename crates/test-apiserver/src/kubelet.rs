@@ -779,15 +779,23 @@ impl PodWorker {
         }
         let mut state = self.docker.inspect(&id).await.ok()?;
         // dockerd records an OOM kill from the cgroup's OOM event, which can
-        // land just after the exit it caused (seen on a loaded machine): a
-        // SIGKILLed container is looked at again for up to a second before
-        // it is reported as a plain Error.
-        for _ in 0..10 {
-            if state.oom_killed || state.exit_code != 137 {
-                break;
+        // land after the exit it caused (seen on a loaded machine), and then
+        // only as an `oom` event, not in `State.OOMKilled`: a container
+        // under a memory limit that was SIGKILLed is looked at again, both
+        // ways, for up to five seconds before it is reported as a plain
+        // Error.
+        if !state.oom_killed && state.exit_code == 137 && state.memory_limit > 0 {
+            for _ in 0..50 {
+                if self.docker.oom_event_logged(&id).await {
+                    state.oom_killed = true;
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                state = self.docker.inspect(&id).await.ok()?;
+                if state.oom_killed {
+                    break;
+                }
             }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            state = self.docker.inspect(&id).await.ok()?;
         }
         let reason = if state.oom_killed {
             "OOMKilled"
