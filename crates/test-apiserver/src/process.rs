@@ -19,24 +19,69 @@ pub struct ApiServerProcess {
 /// The `oz-test-apiserver` binary for tests outside this crate (whose
 /// `CARGO_BIN_EXE_…` only this crate's tests get): `OZ_TEST_APISERVER_BIN`,
 /// else the binary beside the running test's target directory
-/// (`target/debug/oz-test-apiserver`, built by `cargo build -p
-/// oz-test-apiserver` or by `cargo test --workspace`).
+/// (`target/debug/oz-test-apiserver`). When it is not there (a plain
+/// `cargo test --test kubernetes` does not build other packages'
+/// binaries), it is built once with the cargo running the tests, into the
+/// same target directory: cargo holds no lock while tests run.
+///
+/// Errors: the binary cannot be found and the build fails (its output is
+/// in the message).
 pub fn binary() -> std::io::Result<PathBuf> {
     if let Some(path) = std::env::var_os("OZ_TEST_APISERVER_BIN") {
         return Ok(PathBuf::from(path));
     }
     let exe = std::env::current_exe()?;
     // target/debug/deps/TEST-HASH → target/debug/oz-test-apiserver
-    let candidate = exe
+    let profile_dir = exe
         .parent()
         .and_then(Path::parent)
-        .map(|d| d.join("oz-test-apiserver"))
-        .filter(|p| p.is_file());
-    candidate.ok_or_else(|| {
-        std::io::Error::other(
-            "oz-test-apiserver binary not found beside the test executable: run `cargo build -p oz-test-apiserver` or set OZ_TEST_APISERVER_BIN",
-        )
-    })
+        .ok_or_else(|| std::io::Error::other("the test executable is not in a cargo target dir"))?;
+    let candidate = profile_dir.join("oz-test-apiserver");
+    static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_build = BUILD.lock().unwrap_or_else(|e| e.into_inner());
+    if candidate.is_file() {
+        return Ok(candidate);
+    }
+    build_into(profile_dir)?;
+    if candidate.is_file() {
+        Ok(candidate)
+    } else {
+        Err(std::io::Error::other(format!(
+            "cargo built oz-test-apiserver but {} is not there: run `cargo build -p oz-test-apiserver` or set OZ_TEST_APISERVER_BIN",
+            candidate.display()
+        )))
+    }
+}
+
+/// `cargo build -p oz-test-apiserver` into the target dir holding
+/// `profile_dir` (its `debug` profile: the tests' own).
+fn build_into(profile_dir: &Path) -> std::io::Result<()> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let target_dir = profile_dir
+        .parent()
+        .ok_or_else(|| std::io::Error::other("the test executable is not in a cargo target dir"))?;
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
+    let out = Command::new(cargo)
+        .args([
+            "build",
+            "--quiet",
+            "-p",
+            "oz-test-apiserver",
+            "--manifest-path",
+        ])
+        .arg(&manifest)
+        .arg("--target-dir")
+        .arg(target_dir)
+        .stdin(Stdio::null())
+        .output()?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(format!(
+            "oz-test-apiserver is not built and `cargo build -p oz-test-apiserver` failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
 }
 
 impl ApiServerProcess {
