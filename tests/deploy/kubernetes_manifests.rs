@@ -355,6 +355,7 @@ fn assert_config(objects: &[Value], expected_namespace: &str) {
                 "cleanup",
                 "max_concurrent_tasks",
                 "idle_on_complete",
+                "task_timeout",
                 "backend",
                 "health_listen",
                 "metrics_listen"
