@@ -19,6 +19,16 @@ pub const TASK_ID_LABEL: &str = "oz-task-id";
 pub const TASK_HASH_LABEL: &str = "oz-task-hash";
 pub const EXECUTION_ID_LABEL: &str = "oz-execution-id";
 pub const EXECUTION_HASH_LABEL: &str = "oz-execution-hash";
+/// Every label the worker sets on a task's Job and Pod (over the operator's
+/// `extra_labels`, as the Go worker does).
+pub const WORKER_LABELS: [&str; 6] = [
+    WORKER_ID_LABEL,
+    WORKER_HASH_LABEL,
+    TASK_ID_LABEL,
+    TASK_HASH_LABEL,
+    EXECUTION_ID_LABEL,
+    EXECUTION_HASH_LABEL,
+];
 
 /// Kubernetes' limit on a DNS label and on a label value.
 pub const MAX_NAME: usize = 63;

@@ -242,17 +242,13 @@ impl Settings {
                 })?,
             None => default_preflight_resources(),
         };
-        for (key, map) in [
-            ("extra_labels", &section.extra_labels),
-            ("extra_annotations", &section.extra_annotations),
-        ] {
-            for name in map.iter().flat_map(|m| m.keys()) {
-                if name.starts_with("oz-") && key == "extra_labels" {
-                    return Err(error(
-                        &format!("{key}.{name}"),
-                        "labels starting with oz- are the worker's own (oz-worker-id, oz-task-id, …); choose another name",
-                    ));
-                }
+        // The Go worker sets its own labels over `extra_labels`, silently; a
+        // Go config that names one still starts, and is told.
+        for name in section.extra_labels.iter().flat_map(|m| m.keys()) {
+            if crate::names::WORKER_LABELS.contains(&name.as_str()) {
+                tracing::warn!(
+                    "backend.kubernetes.extra_labels.{name} is ignored: the worker sets the {name} label itself; remove it from extra_labels"
+                );
             }
         }
         if let Some(map) = &section.coding_cli_sidecars {
@@ -463,7 +459,6 @@ mod tests {
             (serde_json::json!({"active_deadline_seconds": 0}), "backend.kubernetes.active_deadline_seconds: 0 is not a positive"),
             (serde_json::json!({"pod_template": {"containers": "task"}}), "backend.kubernetes.pod_template: not a Kubernetes PodSpec"),
             (serde_json::json!({"node_selector": {"a": "b"}}), "backend.kubernetes.node_selector: the Go worker moved this key into pod_template; write it as pod_template.nodeSelector"),
-            (serde_json::json!({"extra_labels": {"oz-task-id": "x"}}), "backend.kubernetes.extra_labels.oz-task-id: labels starting with oz-"),
         ];
         for (yaml, expected) in cases {
             let e = Settings::resolve(&section(yaml.clone()), true, dur)
@@ -505,5 +500,17 @@ mod tests {
         for bad in ["", "Gi", "10 Gi", "10GB", "-1Gi", "1..5"] {
             assert!(parse_quantity(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_go_config_naming_the_workers_own_labels_still_starts() {
+        // The Go worker lets extra_labels name its labels and overrides
+        // them; labels that merely start with oz- are the operator's.
+        let yaml = serde_json::json!({"extra_labels": {"oz-task-id": "x", "oz-team": "infra"}});
+        let s = Settings::resolve(&section(yaml), true, dur).expect("accepted");
+        assert_eq!(s.extra_labels["oz-team"], "infra");
+        let labels = crate::names::task_labels(&s.extra_labels, "w1", "t1", None);
+        assert_eq!(labels["oz-task-id"], "t1");
+        assert_eq!(labels["oz-team"], "infra");
     }
 }
