@@ -3,18 +3,10 @@
 use oz_test_support as support;
 
 use oz_protocol::FailureReason;
-use std::process::Output;
+use oz_test_support::cli::output_text as text;
 use support::cli::client as cli;
 use support::control_plane::{test_config, TestPlane};
 use tokio::process::Command;
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 #[tokio::test]
 async fn run_wait_follows_a_failed_run_and_exits_non_zero() {

@@ -7,8 +7,8 @@
 use oz_test_support as support;
 
 use oz_control_plane::{Config, ControlPlane, TlsFiles, DEFAULT_HEADER_READ_TIMEOUT};
+use oz_test_support::cli::output_text as text;
 use std::path::Path;
-use std::process::Output;
 use std::time::Duration;
 use support::control_plane::{create_key_with_cli, ServeProcess, TestCa};
 use support::worker::{unique_id, Engine, WorkerOptions, WorkerProcess, BUSYBOX, SIDECAR};
@@ -21,14 +21,6 @@ fn cli(url: &str, key: &str, ca_file: &Path, empty_dir: &Path) -> Command {
     c.env("SSL_CERT_FILE", ca_file)
         .env("SSL_CERT_DIR", empty_dir);
     c
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 async fn serve_tls(data: &Path, ca: &TestCa) -> ServeProcess {

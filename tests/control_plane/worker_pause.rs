@@ -7,6 +7,7 @@
 use oz_test_support as support;
 
 use oz_runs_api::model::{CreateRunRequest, RunState};
+use oz_test_support::cli::output_text as text;
 use std::process::Output;
 use std::time::Duration;
 use support::control_plane::{wait_for_state, ScriptedWorker, QUIET_PERIOD};
@@ -18,14 +19,6 @@ async fn cli(plane: &PlaneProcess, args: &[&str]) -> Output {
         .output()
         .await
         .unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 fn run_for(host: &str) -> CreateRunRequest {

@@ -12,22 +12,16 @@
 use oz_test_support as support;
 
 use base64::Engine as _;
+use oz_test_support::cli::output_text as text;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use support::net::free_port;
+use support::plane_process::PlaneProcess;
 use support::worker::{unique_id, Engine, BUSYBOX, SIDECAR};
 
 const IMAGE: &str = "oz-agent-worker:test";
 const PATIENCE: Duration = Duration::from_secs(120);
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 /// The Docker CLI against the test dockerd, whatever the caller's DOCKER_*.
 fn docker(args: &[&str]) -> Command {
@@ -113,58 +107,6 @@ fn push_unique(reg: &Registry, config: &Path, source: &str, repo: &str) -> Strin
     reference
 }
 
-/// `oz-agent-worker serve` on a free loopback port, with a team API key.
-struct Plane {
-    child: std::process::Child,
-    url: String,
-    key: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Plane {
-    fn start() -> Plane {
-        let dir = tempfile::tempdir().unwrap();
-        let bin = env!("CARGO_BIN_EXE_oz-agent-worker");
-        let out = Command::new(bin)
-            .args(["api-keys", "create", "--team", "image-e2e", "--data-dir"])
-            .arg(dir.path())
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "api-keys create: {}", text(&out));
-        let key = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        let port = free_port();
-        let log = std::fs::File::create(dir.path().join("plane.log")).unwrap();
-        let child = Command::new(bin)
-            .args([
-                "serve",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--data-dir",
-            ])
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        poll("the control plane listens", PATIENCE, || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
-        });
-        Plane {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-            key,
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for Plane {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Removes the named containers and images when the test ends, passed or not.
 struct Cleanup {
     containers: Vec<String>,
@@ -247,7 +189,9 @@ mod docker {
             containers: vec![container.clone()],
             images: vec![task_image.clone(), sidecar.clone()],
         };
-        let plane = Plane::start();
+        // Kept for the test's length: the plane's process belongs to it.
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let plane = rt.block_on(PlaneProcess::start(&[]));
         let report = tempfile::tempdir().unwrap();
         let host = Engine::Docker.host();
         let socket = host.strip_prefix("unix://").unwrap();
@@ -275,10 +219,10 @@ mod docker {
             "--web-socket-url",
             &format!(
                 "{}/api/v1/selfhosted/worker/ws",
-                plane.url.replace("http://", "ws://")
+                plane.url().replace("http://", "ws://")
             ),
             "--server-root-url",
-            &plane.url,
+            &plane.url(),
             "--pull-policy",
             "always",
             "-e",
@@ -302,7 +246,7 @@ mod docker {
         // A task through the control plane's CLI, pulled from the registry
         // by the daemon with the mounted credentials.
         let out = Command::new(env!("CARGO_BIN_EXE_oz-agent-worker"))
-            .args(["run", "--server", &plane.url, "--host", &worker_id])
+            .args(["run", "--server", &plane.url(), "--host", &worker_id])
             .args(["--image", &task_image, "--sidecar", &sidecar])
             .args(["--prompt", "hello from the image", "--wait", "--json"])
             .env("WARP_API_KEY", &plane.key)
@@ -463,7 +407,9 @@ mod docker_host_network {
             return;
         }
         build_image();
-        let plane = Plane::start();
+        // Kept for the test's length: the plane's process belongs to it.
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let plane = rt.block_on(PlaneProcess::start(&[]));
         let share = tempfile::tempdir().unwrap();
         chmod(share.path(), "0777");
         // The agent: an orphan (its parent subshell exits at once) that
@@ -492,7 +438,7 @@ mod docker_host_network {
         };
         let ws = format!(
             "{}/api/v1/selfhosted/worker/ws",
-            plane.url.replace("http://", "ws://")
+            plane.url().replace("http://", "ws://")
         );
         let run_worker = |name: &str, id: &str, port: u16| {
             docker(&[
@@ -522,7 +468,7 @@ mod docker_host_network {
                 "--web-socket-url",
                 &ws,
                 "--server-root-url",
-                &plane.url,
+                &plane.url(),
             ])
             .env("WARP_API_KEY", &plane.key)
             .output()
@@ -572,7 +518,7 @@ mod docker_host_network {
         let mut orphans = Vec::new();
         for n in 0..5 {
             let out = Command::new(env!("CARGO_BIN_EXE_oz-agent-worker"))
-                .args(["run", "--server", &plane.url, "--host", &ids[0]])
+                .args(["run", "--server", &plane.url(), "--host", &ids[0]])
                 .args(["--prompt", &format!("orphan {n}"), "--wait", "--json"])
                 .env("WARP_API_KEY", &plane.key)
                 .output()

@@ -4,6 +4,7 @@
 //! flag it passes is one the worker has. No systemd runs here, so the unit
 //! is not started.
 
+use oz_test_support::cli::output_text as text;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -75,14 +76,6 @@ fn systemd_analyze(args: &[&str], dir: &Path) -> Option<Output> {
             None
         }
     }
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 #[test]

@@ -11,6 +11,7 @@
 //! the worker and the browser all run inside; dockerd is reached through
 //! its unix socket.
 
+use crate::net::free_port;
 use fantoccini::{Client, ClientBuilder};
 use std::process::Stdio;
 use std::time::Duration;
@@ -29,14 +30,6 @@ fn on_path(name: &str) -> Option<std::path::PathBuf> {
             .map(|d| d.join(name))
             .find(|f| f.is_file())
     })
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Set inside the namespaces.

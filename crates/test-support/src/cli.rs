@@ -11,3 +11,13 @@ pub fn client(server: &str, key: &str) -> tokio::process::Command {
         .kill_on_drop(true);
     c
 }
+
+/// A finished process's stdout then stderr, as text (lossy UTF-8): what a
+/// test shows when a command's result is not the expected one.
+pub fn output_text(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}

@@ -2,6 +2,7 @@
 //! process on a state directory of its own, so fault tests can SIGKILL it,
 //! SIGSTOP it and start it again on the same port and data.
 
+use crate::net::free_port;
 use oz_runs_api::client::Client;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -18,14 +19,6 @@ pub struct PlaneProcess {
 
 fn bin() -> &'static str {
     crate::worker_binary()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 impl PlaneProcess {
