@@ -436,6 +436,13 @@ fn overlay_template(
     spec
 }
 
+/// The preflight Job's own deadline, seconds: longer than the worker waits
+/// for it (the Go worker's 15 s), so it never cuts a preflight short, but
+/// it ends a preflight Job whose worker died before deleting it.
+pub const PREFLIGHT_DEADLINE_SECONDS: i64 = 120;
+/// How long a finished preflight Job left by a dead worker is kept, seconds.
+pub const PREFLIGHT_TTL_SECONDS: i32 = 300;
+
 /// The start-up preflight Job: proves the service account may create task
 /// Jobs with what they need (a root init container to copy sidecars, or an
 /// image volume), from the same template, with `preflight_resources`.
@@ -496,6 +503,10 @@ pub fn preflight_job(settings: &Settings, worker_id: &str, nanos: u128) -> Job {
         },
         spec: Some(JobSpec {
             backoff_limit: Some(0),
+            // The worker deletes its preflight Job; these clean up after a
+            // worker that died first (the Go worker's would stay for good).
+            active_deadline_seconds: Some(PREFLIGHT_DEADLINE_SECONDS),
+            ttl_seconds_after_finished: Some(PREFLIGHT_TTL_SECONDS),
             template: PodTemplateSpec {
                 metadata: None,
                 spec: Some(spec),
@@ -802,6 +813,12 @@ mod tests {
             job.metadata.name.as_deref(),
             Some(format!("oz-preflight-{}-42", names::label_hash("w1")).as_str())
         );
+        let spec = job.spec.as_ref().unwrap();
+        assert_eq!(
+            spec.active_deadline_seconds,
+            Some(PREFLIGHT_DEADLINE_SECONDS)
+        );
+        assert_eq!(spec.ttl_seconds_after_finished, Some(PREFLIGHT_TTL_SECONDS));
         let pod = pod(&job);
         assert_eq!(pod.service_account_name.as_deref(), Some("sa"));
         let init = &pod.init_containers.as_ref().unwrap()[0];

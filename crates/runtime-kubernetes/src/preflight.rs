@@ -17,6 +17,8 @@ use std::time::Duration;
 
 /// How long the preflight may take (the Go worker's).
 pub const TIMEOUT: Duration = Duration::from_secs(15);
+// The preflight Job's own deadline must not cut the wait short.
+const _: () = assert!(crate::job_spec::PREFLIGHT_DEADLINE_SECONDS as u64 > TIMEOUT.as_secs());
 const POLL: Duration = Duration::from_millis(500);
 
 /// Why the preflight failed; says what to check.
