@@ -54,12 +54,7 @@ impl WorkerIdentity {
         role: &str,
         task: Option<(&str, Option<&str>)>,
     ) -> HashMap<String, String> {
-        let mut l: HashMap<String, String> = self
-            .process
-            .marks()
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect();
+        let mut l: HashMap<String, String> = self.process.marks().collect();
         l.extend([
             (MANAGED_BY.to_string(), MANAGED_BY_VALUE.to_string()),
             (WORKER_ID.to_string(), self.worker_id.clone()),

@@ -76,12 +76,7 @@ impl Holder {
 
     /// The holder annotations of a Job this process creates.
     pub fn annotations(&self) -> BTreeMap<String, String> {
-        let mut a: BTreeMap<String, String> = self
-            .process
-            .marks()
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect();
+        let mut a: BTreeMap<String, String> = self.process.marks().collect();
         if let Some(pod) = &self.pod {
             a.insert(POD_ANNOTATION.to_string(), pod.clone());
         }

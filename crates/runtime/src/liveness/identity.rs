@@ -89,18 +89,20 @@ impl ProcessIdentity {
         }
     }
 
-    /// The marks as `(key, value)` pairs, keys as in [`KEYS`].
-    pub fn marks(&self) -> [(&'static str, String); 8] {
-        [
-            (INSTANCE_KEY, self.instance.clone()),
-            (HOST_KEY, self.host.clone()),
-            (BOOT_KEY, self.boot.clone()),
-            (PID_KEY, self.pid.to_string()),
-            (PID_START_KEY, self.pid_start.clone()),
-            (BEACON_KEY, self.beacon.clone()),
-            (NET_NAMESPACE_KEY, self.net_namespace.clone()),
-            (PID_NAMESPACE_KEY, self.pid_namespace.clone()),
-        ]
+    /// The marks as `(key, value)` pairs, keys as in [`KEYS`], to collect
+    /// into labels or annotations.
+    pub fn marks(&self) -> impl Iterator<Item = (String, String)> {
+        let values = [
+            self.instance.clone(),
+            self.host.clone(),
+            self.boot.clone(),
+            self.pid.to_string(),
+            self.pid_start.clone(),
+            self.beacon.clone(),
+            self.net_namespace.clone(),
+            self.pid_namespace.clone(),
+        ];
+        KEYS.into_iter().map(str::to_string).zip(values)
     }
 
     /// The process that marks read through `get` (by key) name; `None`
@@ -202,25 +204,29 @@ mod tests {
     #[test]
     fn marks_round_trip_and_need_a_host_and_a_pid() {
         let p = me();
-        let marks: HashMap<&str, String> = p.marks().into_iter().collect();
+        let marks: HashMap<String, String> = p.marks().collect();
         assert_eq!(marks.len(), KEYS.len());
-        assert!(KEYS.iter().all(|k| marks.contains_key(k)));
-        let read = |m: &HashMap<&str, String>| {
+        assert!(KEYS.iter().all(|k| marks.contains_key(*k)));
+        assert_eq!(marks[PID_KEY], "100");
+        assert_eq!(marks[NET_NAMESPACE_KEY], "net:[1]");
+        let read = |m: &HashMap<String, String>| {
             ProcessIdentity::from_marks(|k| m.get(k).map(String::as_str))
         };
         assert_eq!(read(&marks), Some(p));
         for (key, value) in [(HOST_KEY, None), (PID_KEY, None), (PID_KEY, Some("x"))] {
             let mut m = marks.clone();
             match value {
-                Some(v) => m.insert(key, v.to_string()),
+                Some(v) => m.insert(key.to_string(), v.to_string()),
                 None => m.remove(key),
             };
             assert_eq!(read(&m), None, "{key} = {value:?}");
         }
         // Marks written before beacons and namespaces: read as empty.
-        let old: HashMap<&str, String> = marks
+        let old: HashMap<String, String> = marks
             .into_iter()
-            .filter(|(k, _)| ![BEACON_KEY, NET_NAMESPACE_KEY, PID_NAMESPACE_KEY].contains(k))
+            .filter(|(k, _)| {
+                ![BEACON_KEY, NET_NAMESPACE_KEY, PID_NAMESPACE_KEY].contains(&k.as_str())
+            })
             .collect();
         let p = read(&old).unwrap();
         assert!(p.beacon.is_empty() && p.net_namespace.is_empty() && p.pid_namespace.is_empty());
