@@ -105,7 +105,9 @@ pub async fn orphans(
         // Read before judging (the judgement is synchronous); only a
         // holder that ran in a Pod has one to read.
         let pod = match &holder.pod {
-            Some(p) if holder.instance != me.instance => Some(pod_state(client, p).await),
+            Some(p) if holder.process.instance != me.process.instance => {
+                Some(pod_state(client, p).await)
+            }
             _ => None,
         };
         let liveness = holder::liveness(&holder, me, liveness::judge_here, |_| {
@@ -115,7 +117,7 @@ pub async fn orphans(
             Liveness::Us => {}
             Liveness::Alive => tracing::debug!(
                 job = name,
-                holder = holder.host,
+                holder = holder.process.host,
                 "not taking over: its worker instance still runs"
             ),
             Liveness::Unknown(why) => tracing::warn!(

@@ -532,7 +532,7 @@ pub fn job_annotations(settings: &Settings, request: &TaskJobRequest) -> BTreeMa
         Some(e) => a.insert(holder::EXECUTION_ID_ANNOTATION.into(), e.clone()),
         None => a.remove(holder::EXECUTION_ID_ANNOTATION),
     };
-    for key in holder::HOLDER_ANNOTATIONS {
+    for key in holder::holder_annotations() {
         a.remove(key);
     }
     if let Some(h) = &request.holder {
@@ -564,6 +564,7 @@ pub fn is_same_execution(existing: &Job, wanted: &Job) -> bool {
 mod tests {
     use super::*;
     use crate::settings::{KubernetesSection, Settings};
+    use oz_runtime::liveness::ProcessIdentity;
 
     fn settings(section: serde_json::Value) -> Settings {
         let section: KubernetesSection = serde_json::from_value(section).unwrap();
@@ -841,14 +842,16 @@ mod tests {
         r.task_id = "Run/1 ÄB".into();
         r.execution_id = Some("Exec:0001/x".into());
         r.holder = Some(Holder {
-            instance: "i1".into(),
-            host: "machine/worker-7f9c".into(),
-            boot: "boot".into(),
-            pid: 1,
-            pid_start: "4242".into(),
-            beacon: "oz-agent-worker/abc".into(),
-            net_namespace: "net:[1]".into(),
-            pid_namespace: "pid:[2]".into(),
+            process: ProcessIdentity {
+                instance: "i1".into(),
+                host: "machine/worker-7f9c".into(),
+                boot: "boot".into(),
+                pid: 1,
+                pid_start: "4242".into(),
+                beacon: "oz-agent-worker/abc".into(),
+                net_namespace: "net:[1]".into(),
+                pid_namespace: "pid:[2]".into(),
+            },
             pod: Some("oz/worker-7f9c".into()),
         });
         let job = task_job(&s, &r);
@@ -882,7 +885,7 @@ mod tests {
         r.holder = None;
         r.execution_id = None;
         let a = job_annotations(&s, &r);
-        assert!(!a.contains_key(holder::PID_ANNOTATION), "{a:?}");
+        assert!(!a.contains_key(oz_runtime::liveness::PID_KEY), "{a:?}");
         assert!(!a.contains_key(holder::EXECUTION_ID_ANNOTATION), "{a:?}");
     }
 }
