@@ -1641,6 +1641,69 @@ async fn throttled_and_failing_api_requests_are_retried_and_the_task_succeeds() 
     cluster.self_check();
 }
 
+/// A Job create answered 500 may have been carried out; kube-rs does not
+/// repeat it (it repeats 429, 503 and 504 only). The runtime does, with
+/// backoff: twice answered 500 without being stored, then once stored but
+/// answered 500 (the repeat gets 409 AlreadyExists and adopts the
+/// execution's own Job). Each task completes from exactly one Job and one
+/// Pod.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_create_answered_500_is_retried_and_one_stored_anyway_is_adopted() {
+    let Some(rig) = Rig::start(&[]).await else {
+        return;
+    };
+    let cluster = &rig.cluster;
+    let id = unique_id("k8s-create500");
+    let state = tempfile::tempdir().unwrap();
+    // --no-cleanup keeps each succeeded Job to count after the report.
+    let mut w = worker(
+        &rig.server,
+        &id,
+        &cluster.config("c", ""),
+        state.path(),
+        &["--no-cleanup"],
+    )
+    .await;
+    let mut jobs = Vec::new();
+    for (task, count, applied) in [("k8screate500", 2, false), ("k8screatestored", 1, true)] {
+        let a = assignment(task, &[]);
+        let name = go_job_name(task, &exec_of(&a));
+        cluster.admin(&format!(
+            "fail-next?count={count}&code=500&verb=create&resource=jobs&applied={applied}"
+        ));
+        w.assign(&a).await;
+        match w.report(task).await.0 {
+            WorkerMessage::TaskCompleted(_) => {}
+            other => panic!(
+                "500 on create (stored: {applied}): expected task_completed, got {other:?}\n{}",
+                w.process.log_text()
+            ),
+        }
+        assert_eq!(failures_served(cluster), count as u64);
+        let pods = cluster.pods(&name);
+        assert_eq!(pods.len(), 1, "one Pod of {name}: {pods:?}");
+        jobs.push(name);
+    }
+    let log = w.process.log_text();
+    assert!(
+        log.contains("creating the task's Job") && log.contains("trying again"),
+        "{log}"
+    );
+    assert_eq!(
+        log.matches("adopting this execution's existing Job")
+            .count(),
+        1,
+        "the create stored but answered 500 is adopted on the repeat, the others created: {log}"
+    );
+    jobs.sort();
+    let mut made = task_jobs_of(cluster, &id);
+    made.sort();
+    assert_eq!(made, jobs, "one Job per task");
+    w.process.signal(15);
+    w.process.wait_exit(WITHIN).await;
+    cluster.self_check();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_the_api_server_refuses_as_invalid_fails_the_task_naming_the_field() {
     let Some(rig) = Rig::start(&[]).await else {

@@ -16,6 +16,7 @@ pub mod job_spec;
 mod logs;
 pub mod names;
 mod preflight;
+mod retry;
 mod runtime;
 pub mod settings;
 mod watch;
