@@ -1227,6 +1227,210 @@ async fn jobs_that_end_while_no_worker_runs_are_reported_by_a_worker_without_the
     cluster.self_check();
 }
 
+/// Waits until some process's log holds each needle; for each needle the
+/// index of the first process whose log holds it.
+async fn logged_by(procs: &[&WorkerProcess], needles: &[&str]) -> Vec<usize> {
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    loop {
+        let logs: Vec<String> = procs.iter().map(|p| p.log_text()).collect();
+        let found: Vec<Option<usize>> = needles
+            .iter()
+            .map(|n| logs.iter().position(|l| l.contains(n)))
+            .collect();
+        if found.iter().all(Option::is_some) {
+            return found.into_iter().flatten().collect();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never logged {needles:?}:\n{}",
+            logs.join("\n------\n")
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Two workers of one id start at once without a journal (two replicas
+/// replacing a dead one, each with its own emptyDir) and both find the Job
+/// the dead worker left. Each claims it by patching the holder
+/// annotations on the resourceVersion it listed; the API server holds the
+/// two patches until both have arrived, so they really race on the same
+/// version. Exactly one wins (its process is the Job's holder now) and
+/// reports the task once; the other's patch is refused (409), it logs that
+/// another instance claimed the Job first and reports nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_starting_at_once_take_over_a_dead_workers_job_exactly_once() {
+    let Some(rig) = Rig::start(&[]).await else {
+        return;
+    };
+    let cluster = &rig.cluster;
+    let config = cluster.config("c", "");
+    let id = unique_id("k8s-claim");
+    let task = "k8sclaimrace";
+    let a = assignment(
+        task,
+        &[("OZ_DEMO_BEHAVIOUR", "sleep"), ("OZ_DEMO_SLEEP", "600")],
+    );
+    let name = go_job_name(task, &exec_of(&a));
+
+    let mut w = rig.worker(&id, &config).await;
+    w.assign(&a).await;
+    w.claimed(task).await;
+    let pod = cluster.task_running(&name).await;
+    let dead = cluster.job(&name).unwrap()["metadata"]["annotations"]["dev.oz.instance"].clone();
+    w.process.signal(9);
+    w.process.wait_exit(WITHIN).await;
+
+    cluster.admin("hold?verb=patch&resource=jobs&count=2&timeout_ms=60000");
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let mut procs: Vec<WorkerProcess> = dirs
+        .iter()
+        .map(|d| spawn_worker(&rig.server, &id, &config, d.path(), &[]))
+        .collect();
+    let mut conns = Vec::new();
+    for _ in 0..2 {
+        conns.push(
+            rig.server
+                .accept_offering(WITHIN, Some(extensions::TASK_OUTPUT))
+                .await,
+        );
+    }
+    let who = logged_by(
+        &[&procs[0], &procs[1]],
+        &[
+            "taking over an execution a dead instance of this worker left",
+            "another instance claimed it first",
+        ],
+    )
+    .await;
+    let (winner, loser) = (who[0], who[1]);
+    assert_ne!(winner, loser, "one takes it over, the other leaves it");
+    assert!(
+        !procs[loser]
+            .log_text()
+            .contains("taking over an execution a dead instance of this worker left"),
+        "{}",
+        procs[loser].log_text()
+    );
+    let holder = cluster.job(&name).unwrap()["metadata"]["annotations"].clone();
+    assert_ne!(holder["dev.oz.instance"], dead, "claimed: {holder}");
+    assert_eq!(
+        holder["dev.oz.pid"],
+        procs[winner].pid().to_string().as_str(),
+        "the winner is the Job's holder now: {holder}"
+    );
+
+    end_the_sleep(&pod);
+    // Every message of both connections, until the report and 3 s after:
+    // exactly one terminal report of the task.
+    let mut reports = Vec::new();
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    loop {
+        let quiet = if reports.is_empty() {
+            deadline.saturating_duration_since(tokio::time::Instant::now())
+        } else {
+            Duration::from_secs(3)
+        };
+        let (c0, c1) = conns.split_at_mut(1);
+        let m = tokio::select! {
+            m = c0[0].next_message(quiet) => m,
+            m = c1[0].next_message(quiet) => m,
+        };
+        let Some(m) = m else { break };
+        if m.task_id() == task
+            && matches!(
+                m,
+                WorkerMessage::TaskCompleted(_) | WorkerMessage::TaskFailed(_)
+            )
+        {
+            reports.push(m);
+        }
+    }
+    assert_eq!(
+        reports.len(),
+        1,
+        "one report: {reports:?}\nwinner:\n{}",
+        procs[winner].log_text()
+    );
+    assert!(
+        matches!(&reports[0], WorkerMessage::TaskCompleted(c) if c.execution_id.as_deref() == Some(exec_of(&a).as_str())),
+        "{reports:?}"
+    );
+    assert!(
+        cluster
+            .pods(&name)
+            .iter()
+            .all(|p| p["metadata"]["uid"] == pod["metadata"]["uid"]),
+        "no second Pod"
+    );
+    for p in &mut procs {
+        p.signal(15);
+        p.wait_exit(WITHIN).await;
+    }
+    cluster.self_check();
+}
+
+/// Under the Go chart's Role (no `patch` on jobs) the claim is refused
+/// (403): a replaced worker still takes its dead instance's Job over, as
+/// the Go chart's users need, warning that the takeover is unclaimed and
+/// naming the verb to grant; one report.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_the_go_charts_role_a_dead_workers_job_is_taken_over_unclaimed_with_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let role = dir.path().join("go-chart-role.yaml");
+    std::fs::write(
+        &role,
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata:\n  name: oz-agent-worker\nrules:\n\
+         - apiGroups: [\"batch\"]\n  resources: [\"jobs\"]\n  verbs: [\"create\", \"get\", \"list\", \"watch\", \"delete\"]\n\
+         - apiGroups: [\"\"]\n  resources: [\"pods\"]\n  verbs: [\"get\", \"list\", \"watch\"]\n\
+         - apiGroups: [\"\"]\n  resources: [\"pods/log\"]\n  verbs: [\"get\"]\n\
+         - apiGroups: [\"\"]\n  resources: [\"events\"]\n  verbs: [\"list\"]\n",
+    )
+    .unwrap();
+    let Some(rig) = Rig::start(&["--rbac-role", role.to_str().unwrap()]).await else {
+        return;
+    };
+    let cluster = &rig.cluster;
+    let config = cluster.config("c", "");
+    let id = unique_id("k8s-goroles");
+    let task = "k8sgorole";
+    let a = assignment(
+        task,
+        &[("OZ_DEMO_BEHAVIOUR", "sleep"), ("OZ_DEMO_SLEEP", "600")],
+    );
+    let name = go_job_name(task, &exec_of(&a));
+    let mut w = rig.worker(&id, &config).await;
+    w.assign(&a).await;
+    w.claimed(task).await;
+    let pod = cluster.task_running(&name).await;
+    w.process.signal(9);
+    w.process.wait_exit(WITHIN).await;
+    std::fs::remove_dir_all(rig.state.path()).unwrap();
+
+    let mut w = rig.worker(&id, &config).await;
+    w.process
+        .wait_for_log(
+            "taking over an execution a dead instance of this worker left",
+            WITHIN,
+        )
+        .await;
+    let log = w.process.log_text();
+    assert!(
+        log.contains("without claiming it")
+            && log.contains("forbidden")
+            && log.contains("grant `patch` on `jobs`"),
+        "{log}"
+    );
+    end_the_sleep(&pod);
+    match w.report(task).await.0 {
+        WorkerMessage::TaskCompleted(_) => {}
+        other => panic!("expected task_completed, got {other:?}"),
+    }
+    no_second_report(&mut w, task).await;
+    w.process.signal(15);
+    w.process.wait_exit(WITHIN).await;
+    cluster.self_check();
+}
+
 // ---------------------------------------------------------------------------
 // Features proven end to end (issue 19 items 2, 3 and 6): image volumes,
 // unschedulable_timeout, active_deadline_seconds, teardown_command, API

@@ -7,6 +7,7 @@
 //! (client, preflight, watch, logs, runtime), so the former are tested
 //! without a cluster.
 
+mod claim;
 mod client;
 pub mod diagnosis;
 mod discover;
