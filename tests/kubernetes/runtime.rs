@@ -1431,6 +1431,125 @@ async fn under_the_go_charts_role_a_dead_workers_job_is_taken_over_unclaimed_wit
     cluster.self_check();
 }
 
+/// A Job whose worker ran in a Pod on another node is judged by that Pod:
+/// while the Pod runs, a new worker of the id leaves the Job alone; once
+/// the Pod is deleted, the next one takes the Job over and reports it.
+/// This machine is one host, so the other node's worker is represented as
+/// the API server sees it: its Pod (a real Pod the test creates and
+/// deletes) and the holder annotations it writes on its Jobs (the test
+/// rewrites the dead worker's to name that Pod and another host).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_worker_pod_is_gone_is_taken_over_and_one_whose_pod_runs_is_left() {
+    let Some(rig) = Rig::start(&[]).await else {
+        return;
+    };
+    let cluster = &rig.cluster;
+    let config = cluster.config("c", "");
+    let id = unique_id("k8s-podjudged");
+    let task = "k8spodjudged";
+    let a = assignment(
+        task,
+        &[("OZ_DEMO_BEHAVIOUR", "sleep"), ("OZ_DEMO_SLEEP", "600")],
+    );
+    let name = go_job_name(task, &exec_of(&a));
+    let job_path = format!("/apis/batch/v1/namespaces/default/jobs/{name}");
+    let worker_pod = "oz-agent-worker-old";
+    let pod_path = format!("/api/v1/namespaces/default/pods/{worker_pod}");
+
+    let mut w = rig.worker(&id, &config).await;
+    w.assign(&a).await;
+    w.claimed(task).await;
+    let pod = cluster.task_running(&name).await;
+    w.process.signal(9);
+    w.process.wait_exit(WITHIN).await;
+    std::fs::remove_dir_all(rig.state.path()).unwrap();
+
+    // The worker's Pod on the other node, running.
+    let (code, v) = cluster.request(
+        "POST",
+        "/api/v1/namespaces/default/pods",
+        Some(&json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": worker_pod, "labels": {"app.kubernetes.io/name": "oz-agent-worker"}},
+            "spec": {"terminationGracePeriodSeconds": 1,
+                "containers": [{"name": "worker", "image": BUSYBOX, "imagePullPolicy": "IfNotPresent",
+                    "command": ["sleep", "600"]}]}})),
+    );
+    assert_eq!(code, 201, "{v}");
+    cluster
+        .until("the worker's Pod runs", |c| {
+            let (_, p) = c.request("GET", &pod_path, None);
+            (p["status"]["phase"] == "Running").then_some(())
+        })
+        .await;
+    let holder = json!({"metadata": {"annotations": {
+        "dev.oz.instance": "instance-on-node-b",
+        "dev.oz.host": "machine-b/oz-agent-worker-old",
+        "dev.oz.pod": format!("default/{worker_pod}"),
+    }}});
+    let (code, v) = cluster.server.curl(
+        "PATCH",
+        &job_path,
+        Some(&holder),
+        "application/merge-patch+json",
+        true,
+    );
+    assert_eq!(code, 200, "{v}");
+
+    // Its Pod runs: left alone, not claimed, not reported.
+    let state = tempfile::tempdir().unwrap();
+    let mut w = worker(&rig.server, &id, &config, state.path(), &[]).await;
+    w.process
+        .wait_for_log("not taking over: its worker instance still runs", WITHIN)
+        .await;
+    no_second_report(&mut w, task).await;
+    let annotations = cluster.job(&name).unwrap()["metadata"]["annotations"].clone();
+    assert_eq!(
+        annotations["dev.oz.instance"], "instance-on-node-b",
+        "not claimed: {annotations}"
+    );
+    w.process.signal(15);
+    w.process.wait_exit(WITHIN).await;
+
+    // Its Pod is deleted (the node reclaimed, the Deployment rolled).
+    let (code, v) = cluster.request("DELETE", &pod_path, None);
+    assert_eq!(code, 200, "{v}");
+    cluster
+        .until("the worker's Pod is gone", |c| {
+            (c.request("GET", &pod_path, None).0 == 404).then_some(())
+        })
+        .await;
+    let state = tempfile::tempdir().unwrap();
+    let mut w = worker(&rig.server, &id, &config, state.path(), &[]).await;
+    w.process
+        .wait_for_log("following the task's log from its current end", WITHIN)
+        .await;
+    let log = w.process.log_text();
+    assert!(
+        log.contains("taking over an execution a dead instance of this worker left")
+            && log.contains(&format!("its Pod default/{worker_pod} no longer exists")),
+        "{log}"
+    );
+    // Claimed: this process is the holder, the gone Pod no longer named.
+    let annotations = cluster.job(&name).unwrap()["metadata"]["annotations"].clone();
+    assert_eq!(
+        annotations["dev.oz.pid"],
+        w.process.pid().to_string().as_str(),
+        "{annotations}"
+    );
+    assert!(annotations.get("dev.oz.pod").is_none(), "{annotations}");
+    end_the_sleep(&pod);
+    match w.report(task).await.0 {
+        WorkerMessage::TaskCompleted(c) => {
+            assert_eq!(c.execution_id.as_deref(), Some(exec_of(&a).as_str()))
+        }
+        other => panic!("expected task_completed, got {other:?}"),
+    }
+    no_second_report(&mut w, task).await;
+    w.process.signal(15);
+    w.process.wait_exit(WITHIN).await;
+    cluster.self_check();
+}
+
 // ---------------------------------------------------------------------------
 // Features proven end to end (issue 19 items 2, 3 and 6): image volumes,
 // unschedulable_timeout, active_deadline_seconds, teardown_command, API
