@@ -2027,6 +2027,38 @@ async fn a_job_create_answered_500_is_retried_and_one_stored_anyway_is_adopted()
     cluster.self_check();
 }
 
+/// A Job create that gets no answer (the API server is down: connection
+/// refused) is repeated with backoff, and the task runs once the server is
+/// back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_create_while_the_api_server_is_down_is_retried_until_it_is_back() {
+    let Some(mut rig) = Rig::start(&[]).await else {
+        return;
+    };
+    let mut w = rig
+        .worker(&unique_id("k8s-createdown"), &rig.cluster.config("c", ""))
+        .await;
+    let cluster = &mut rig.cluster;
+    let task = "k8screatedown";
+    let a = assignment(task, &[]);
+    cluster.server.kill();
+    w.assign(&a).await;
+    w.process
+        .wait_for_log("trying again (it may have been created", WITHIN)
+        .await;
+    cluster.server.restart().unwrap();
+    match w.report(task).await.0 {
+        WorkerMessage::TaskCompleted(_) => {}
+        other => panic!(
+            "expected task_completed, got {other:?}\n{}",
+            w.process.log_text()
+        ),
+    }
+    let name = go_job_name(task, &exec_of(&a));
+    assert_eq!(cluster.pods(&name).len(), 1, "one Pod");
+    cluster.self_check();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_the_api_server_refuses_as_invalid_fails_the_task_naming_the_field() {
     let Some(rig) = Rig::start(&[]).await else {
