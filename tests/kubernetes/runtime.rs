@@ -1227,6 +1227,329 @@ async fn jobs_that_end_while_no_worker_runs_are_reported_by_a_worker_without_the
     cluster.self_check();
 }
 
+/// Waits until some process's log holds each needle; for each needle the
+/// index of the first process whose log holds it.
+async fn logged_by(procs: &[&WorkerProcess], needles: &[&str]) -> Vec<usize> {
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    loop {
+        let logs: Vec<String> = procs.iter().map(|p| p.log_text()).collect();
+        let found: Vec<Option<usize>> = needles
+            .iter()
+            .map(|n| logs.iter().position(|l| l.contains(n)))
+            .collect();
+        if found.iter().all(Option::is_some) {
+            return found.into_iter().flatten().collect();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never logged {needles:?}:\n{}",
+            logs.join("\n------\n")
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Two workers of one id start at once without a journal (two replicas
+/// replacing a dead one, each with its own emptyDir) and both find the Job
+/// the dead worker left. Each claims it by patching the holder
+/// annotations on the resourceVersion it listed; the API server holds the
+/// two patches until both have arrived, so they really race on the same
+/// version. Exactly one wins (its process is the Job's holder now) and
+/// reports the task once; the other's patch is refused (409), it logs that
+/// another instance claimed the Job first and reports nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_starting_at_once_take_over_a_dead_workers_job_exactly_once() {
+    let Some(rig) = Rig::start(&[]).await else {
+        return;
+    };
+    let cluster = &rig.cluster;
+    let config = cluster.config("c", "");
+    let id = unique_id("k8s-claim");
+    let task = "k8sclaimrace";
+    let a = assignment(
+        task,
+        &[("OZ_DEMO_BEHAVIOUR", "sleep"), ("OZ_DEMO_SLEEP", "600")],
+    );
+    let name = go_job_name(task, &exec_of(&a));
+
+    let mut w = rig.worker(&id, &config).await;
+    w.assign(&a).await;
+    w.claimed(task).await;
+    let pod = cluster.task_running(&name).await;
+    let dead = cluster.job(&name).unwrap()["metadata"]["annotations"]["dev.oz.instance"].clone();
+    w.process.signal(9);
+    w.process.wait_exit(WITHIN).await;
+
+    cluster.admin("hold?verb=patch&resource=jobs&count=2&timeout_ms=60000");
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let mut procs: Vec<WorkerProcess> = dirs
+        .iter()
+        .map(|d| spawn_worker(&rig.server, &id, &config, d.path(), &[]))
+        .collect();
+    let mut conns = Vec::new();
+    for _ in 0..2 {
+        conns.push(
+            rig.server
+                .accept_offering(WITHIN, Some(extensions::TASK_OUTPUT))
+                .await,
+        );
+    }
+    let who = logged_by(
+        &[&procs[0], &procs[1]],
+        &[
+            "taking over an execution a dead instance of this worker left",
+            "another instance claimed it first",
+        ],
+    )
+    .await;
+    let (winner, loser) = (who[0], who[1]);
+    assert_ne!(winner, loser, "one takes it over, the other leaves it");
+    assert!(
+        !procs[loser]
+            .log_text()
+            .contains("taking over an execution a dead instance of this worker left"),
+        "{}",
+        procs[loser].log_text()
+    );
+    let holder = cluster.job(&name).unwrap()["metadata"]["annotations"].clone();
+    assert_ne!(holder["dev.oz.instance"], dead, "claimed: {holder}");
+    assert_eq!(
+        holder["dev.oz.pid"],
+        procs[winner].pid().to_string().as_str(),
+        "the winner is the Job's holder now: {holder}"
+    );
+
+    end_the_sleep(&pod);
+    // Every message of both connections, until the report and 3 s after:
+    // exactly one terminal report of the task.
+    let mut reports = Vec::new();
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    loop {
+        let quiet = if reports.is_empty() {
+            deadline.saturating_duration_since(tokio::time::Instant::now())
+        } else {
+            Duration::from_secs(3)
+        };
+        let (c0, c1) = conns.split_at_mut(1);
+        let m = tokio::select! {
+            m = c0[0].next_message(quiet) => m,
+            m = c1[0].next_message(quiet) => m,
+        };
+        let Some(m) = m else { break };
+        if m.task_id() == task
+            && matches!(
+                m,
+                WorkerMessage::TaskCompleted(_) | WorkerMessage::TaskFailed(_)
+            )
+        {
+            reports.push(m);
+        }
+    }
+    assert_eq!(
+        reports.len(),
+        1,
+        "one report: {reports:?}\nwinner:\n{}",
+        procs[winner].log_text()
+    );
+    assert!(
+        matches!(&reports[0], WorkerMessage::TaskCompleted(c) if c.execution_id.as_deref() == Some(exec_of(&a).as_str())),
+        "{reports:?}"
+    );
+    assert!(
+        cluster
+            .pods(&name)
+            .iter()
+            .all(|p| p["metadata"]["uid"] == pod["metadata"]["uid"]),
+        "no second Pod"
+    );
+    for p in &mut procs {
+        p.signal(15);
+        p.wait_exit(WITHIN).await;
+    }
+    cluster.self_check();
+}
+
+/// Under the Go chart's Role (no `patch` on jobs) the claim is refused
+/// (403): a replaced worker still takes its dead instance's Job over, as
+/// the Go chart's users need, warning that the takeover is unclaimed and
+/// naming the verb to grant; one report.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_the_go_charts_role_a_dead_workers_job_is_taken_over_unclaimed_with_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let role = dir.path().join("go-chart-role.yaml");
+    std::fs::write(
+        &role,
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata:\n  name: oz-agent-worker\nrules:\n\
+         - apiGroups: [\"batch\"]\n  resources: [\"jobs\"]\n  verbs: [\"create\", \"get\", \"list\", \"watch\", \"delete\"]\n\
+         - apiGroups: [\"\"]\n  resources: [\"pods\"]\n  verbs: [\"get\", \"list\", \"watch\"]\n\
+         - apiGroups: [\"\"]\n  resources: [\"pods/log\"]\n  verbs: [\"get\"]\n\
+         - apiGroups: [\"\"]\n  resources: [\"events\"]\n  verbs: [\"list\"]\n",
+    )
+    .unwrap();
+    let Some(rig) = Rig::start(&["--rbac-role", role.to_str().unwrap()]).await else {
+        return;
+    };
+    let cluster = &rig.cluster;
+    let config = cluster.config("c", "");
+    let id = unique_id("k8s-goroles");
+    let task = "k8sgorole";
+    let a = assignment(
+        task,
+        &[("OZ_DEMO_BEHAVIOUR", "sleep"), ("OZ_DEMO_SLEEP", "600")],
+    );
+    let name = go_job_name(task, &exec_of(&a));
+    let mut w = rig.worker(&id, &config).await;
+    w.assign(&a).await;
+    w.claimed(task).await;
+    let pod = cluster.task_running(&name).await;
+    w.process.signal(9);
+    w.process.wait_exit(WITHIN).await;
+    std::fs::remove_dir_all(rig.state.path()).unwrap();
+
+    let mut w = rig.worker(&id, &config).await;
+    w.process
+        .wait_for_log(
+            "taking over an execution a dead instance of this worker left",
+            WITHIN,
+        )
+        .await;
+    let log = w.process.log_text();
+    assert!(
+        log.contains("without claiming it")
+            && log.contains("forbidden")
+            && log.contains("grant `patch` on `jobs`"),
+        "{log}"
+    );
+    end_the_sleep(&pod);
+    match w.report(task).await.0 {
+        WorkerMessage::TaskCompleted(_) => {}
+        other => panic!("expected task_completed, got {other:?}"),
+    }
+    no_second_report(&mut w, task).await;
+    w.process.signal(15);
+    w.process.wait_exit(WITHIN).await;
+    cluster.self_check();
+}
+
+/// A Job whose worker ran in a Pod on another node is judged by that Pod:
+/// while the Pod runs, a new worker of the id leaves the Job alone; once
+/// the Pod is deleted, the next one takes the Job over and reports it.
+/// This machine is one host, so the other node's worker is represented as
+/// the API server sees it: its Pod (a real Pod the test creates and
+/// deletes) and the holder annotations it writes on its Jobs (the test
+/// rewrites the dead worker's to name that Pod and another host).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_worker_pod_is_gone_is_taken_over_and_one_whose_pod_runs_is_left() {
+    let Some(rig) = Rig::start(&[]).await else {
+        return;
+    };
+    let cluster = &rig.cluster;
+    let config = cluster.config("c", "");
+    let id = unique_id("k8s-podjudged");
+    let task = "k8spodjudged";
+    let a = assignment(
+        task,
+        &[("OZ_DEMO_BEHAVIOUR", "sleep"), ("OZ_DEMO_SLEEP", "600")],
+    );
+    let name = go_job_name(task, &exec_of(&a));
+    let job_path = format!("/apis/batch/v1/namespaces/default/jobs/{name}");
+    let worker_pod = "oz-agent-worker-old";
+    let pod_path = format!("/api/v1/namespaces/default/pods/{worker_pod}");
+
+    let mut w = rig.worker(&id, &config).await;
+    w.assign(&a).await;
+    w.claimed(task).await;
+    let pod = cluster.task_running(&name).await;
+    w.process.signal(9);
+    w.process.wait_exit(WITHIN).await;
+    std::fs::remove_dir_all(rig.state.path()).unwrap();
+
+    // The worker's Pod on the other node, running.
+    let (code, v) = cluster.request(
+        "POST",
+        "/api/v1/namespaces/default/pods",
+        Some(&json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": worker_pod, "labels": {"app.kubernetes.io/name": "oz-agent-worker"}},
+            "spec": {"terminationGracePeriodSeconds": 1,
+                "containers": [{"name": "worker", "image": BUSYBOX, "imagePullPolicy": "IfNotPresent",
+                    "command": ["sleep", "600"]}]}})),
+    );
+    assert_eq!(code, 201, "{v}");
+    cluster
+        .until("the worker's Pod runs", |c| {
+            let (_, p) = c.request("GET", &pod_path, None);
+            (p["status"]["phase"] == "Running").then_some(())
+        })
+        .await;
+    let holder = json!({"metadata": {"annotations": {
+        "dev.oz.instance": "instance-on-node-b",
+        "dev.oz.host": "machine-b/oz-agent-worker-old",
+        "dev.oz.pod": format!("default/{worker_pod}"),
+    }}});
+    let (code, v) = cluster.server.curl(
+        "PATCH",
+        &job_path,
+        Some(&holder),
+        "application/merge-patch+json",
+        true,
+    );
+    assert_eq!(code, 200, "{v}");
+
+    // Its Pod runs: left alone, not claimed, not reported.
+    let state = tempfile::tempdir().unwrap();
+    let mut w = worker(&rig.server, &id, &config, state.path(), &[]).await;
+    w.process
+        .wait_for_log("not taking over: its worker instance still runs", WITHIN)
+        .await;
+    no_second_report(&mut w, task).await;
+    let annotations = cluster.job(&name).unwrap()["metadata"]["annotations"].clone();
+    assert_eq!(
+        annotations["dev.oz.instance"], "instance-on-node-b",
+        "not claimed: {annotations}"
+    );
+    w.process.signal(15);
+    w.process.wait_exit(WITHIN).await;
+
+    // Its Pod is deleted (the node reclaimed, the Deployment rolled).
+    let (code, v) = cluster.request("DELETE", &pod_path, None);
+    assert_eq!(code, 200, "{v}");
+    cluster
+        .until("the worker's Pod is gone", |c| {
+            (c.request("GET", &pod_path, None).0 == 404).then_some(())
+        })
+        .await;
+    let state = tempfile::tempdir().unwrap();
+    let mut w = worker(&rig.server, &id, &config, state.path(), &[]).await;
+    w.process
+        .wait_for_log("following the task's log from its current end", WITHIN)
+        .await;
+    let log = w.process.log_text();
+    assert!(
+        log.contains("taking over an execution a dead instance of this worker left")
+            && log.contains(&format!("its Pod default/{worker_pod} no longer exists")),
+        "{log}"
+    );
+    // Claimed: this process is the holder, the gone Pod no longer named.
+    let annotations = cluster.job(&name).unwrap()["metadata"]["annotations"].clone();
+    assert_eq!(
+        annotations["dev.oz.pid"],
+        w.process.pid().to_string().as_str(),
+        "{annotations}"
+    );
+    assert!(annotations.get("dev.oz.pod").is_none(), "{annotations}");
+    end_the_sleep(&pod);
+    match w.report(task).await.0 {
+        WorkerMessage::TaskCompleted(c) => {
+            assert_eq!(c.execution_id.as_deref(), Some(exec_of(&a).as_str()))
+        }
+        other => panic!("expected task_completed, got {other:?}"),
+    }
+    no_second_report(&mut w, task).await;
+    w.process.signal(15);
+    w.process.wait_exit(WITHIN).await;
+    cluster.self_check();
+}
+
 // ---------------------------------------------------------------------------
 // Features proven end to end (issue 19 items 2, 3 and 6): image volumes,
 // unschedulable_timeout, active_deadline_seconds, teardown_command, API
@@ -1638,6 +1961,101 @@ async fn throttled_and_failing_api_requests_are_retried_and_the_task_succeeds() 
             "every injected {code} on {verb} {resource} was answered"
         );
     }
+    cluster.self_check();
+}
+
+/// A Job create answered 500 may have been carried out; kube-rs does not
+/// repeat it (it repeats 429, 503 and 504 only). The runtime does, with
+/// backoff: twice answered 500 without being stored, then once stored but
+/// answered 500 (the repeat gets 409 AlreadyExists and adopts the
+/// execution's own Job). Each task completes from exactly one Job and one
+/// Pod.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_create_answered_500_is_retried_and_one_stored_anyway_is_adopted() {
+    let Some(rig) = Rig::start(&[]).await else {
+        return;
+    };
+    let cluster = &rig.cluster;
+    let id = unique_id("k8s-create500");
+    let state = tempfile::tempdir().unwrap();
+    // --no-cleanup keeps each succeeded Job to count after the report.
+    let mut w = worker(
+        &rig.server,
+        &id,
+        &cluster.config("c", ""),
+        state.path(),
+        &["--no-cleanup"],
+    )
+    .await;
+    let mut jobs = Vec::new();
+    for (task, count, applied) in [("k8screate500", 2, false), ("k8screatestored", 1, true)] {
+        let a = assignment(task, &[]);
+        let name = go_job_name(task, &exec_of(&a));
+        cluster.admin(&format!(
+            "fail-next?count={count}&code=500&verb=create&resource=jobs&applied={applied}"
+        ));
+        w.assign(&a).await;
+        match w.report(task).await.0 {
+            WorkerMessage::TaskCompleted(_) => {}
+            other => panic!(
+                "500 on create (stored: {applied}): expected task_completed, got {other:?}\n{}",
+                w.process.log_text()
+            ),
+        }
+        assert_eq!(failures_served(cluster), count as u64);
+        let pods = cluster.pods(&name);
+        assert_eq!(pods.len(), 1, "one Pod of {name}: {pods:?}");
+        jobs.push(name);
+    }
+    let log = w.process.log_text();
+    assert!(
+        log.contains("creating the task's Job") && log.contains("trying again"),
+        "{log}"
+    );
+    assert_eq!(
+        log.matches("adopting this execution's existing Job")
+            .count(),
+        1,
+        "the create stored but answered 500 is adopted on the repeat, the others created: {log}"
+    );
+    jobs.sort();
+    let mut made = task_jobs_of(cluster, &id);
+    made.sort();
+    assert_eq!(made, jobs, "one Job per task");
+    w.process.signal(15);
+    w.process.wait_exit(WITHIN).await;
+    cluster.self_check();
+}
+
+/// A Job create that gets no answer (the API server is down: connection
+/// refused) is repeated with backoff, and the task runs once the server is
+/// back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_create_while_the_api_server_is_down_is_retried_until_it_is_back() {
+    let Some(mut rig) = Rig::start(&[]).await else {
+        return;
+    };
+    let mut w = rig
+        .worker(&unique_id("k8s-createdown"), &rig.cluster.config("c", ""))
+        .await;
+    let cluster = &mut rig.cluster;
+    let task = "k8screatedown";
+    let a = assignment(task, &[]);
+    cluster.server.kill();
+    w.assign(&a).await;
+    w.process
+        .wait_for_log("trying again (it may have been created", WITHIN)
+        .await;
+    cluster.server.restart().unwrap();
+    match w.report(task).await.0 {
+        WorkerMessage::TaskCompleted(_) => {}
+        other => panic!(
+            "expected task_completed, got {other:?}\n{}",
+            w.process.log_text()
+        ),
+    }
+    let name = go_job_name(task, &exec_of(&a));
+    assert_eq!(cluster.pods(&name).len(), 1, "one Pod");
     cluster.self_check();
 }
 

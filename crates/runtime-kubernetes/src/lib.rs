@@ -7,6 +7,7 @@
 //! (client, preflight, watch, logs, runtime), so the former are tested
 //! without a cluster.
 
+mod claim;
 mod client;
 pub mod diagnosis;
 mod discover;
@@ -16,6 +17,7 @@ pub mod job_spec;
 mod logs;
 pub mod names;
 mod preflight;
+mod retry;
 mod runtime;
 pub mod settings;
 mod watch;

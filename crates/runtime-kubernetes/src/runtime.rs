@@ -19,6 +19,7 @@ use crate::job_spec::{self, Sidecar, TaskJobRequest};
 use crate::logs::LogFollower;
 use crate::names;
 use crate::preflight::{self, PreflightError};
+use crate::retry::{self, Backoff};
 use crate::settings::Settings;
 use crate::watch::{self, Ended};
 use futures_util::future::BoxFuture;
@@ -40,6 +41,8 @@ use tokio_util::sync::CancellationToken;
 
 /// How long the last output may take to arrive after the task ended.
 const OUTPUT_FLUSH: Duration = Duration::from_secs(2);
+/// How long a Job's create answered 5xx or not at all is repeated.
+const CREATE_RETRY_FOR: Duration = Duration::from_secs(60);
 /// How long after its success a task's Job is deleted.
 const DELETE_SUCCEEDED_AFTER: Duration = Duration::from_secs(5);
 
@@ -138,60 +141,103 @@ impl KubernetesRuntime {
     }
 
     /// Creates the Job, or adopts the one this execution already has.
-    async fn create_or_adopt(&self, job: &Job) -> Result<(), Failure> {
+    ///
+    /// A create answered 5xx, or not answered at all, may have been
+    /// carried out: it is repeated with backoff for up to
+    /// [`CREATE_RETRY_FOR`], and a repeat answered 409 AlreadyExists finds
+    /// the Job of this very execution, adopted like any other. Returns
+    /// early (Ok) when `stop` fires while waiting to repeat: the caller's
+    /// cancellation then deletes whatever was created.
+    async fn create_or_adopt(&self, job: &Job, stop: &CancellationToken) -> Result<(), Failure> {
         let name = job.metadata.name.clone().unwrap_or_default();
-        let job_create = |what: String| Failure::new(FailureReason::JobCreate, what);
-        // A Job of the same execution still being deleted (an earlier
-        // cancellation) is waited for; then the name is free.
-        for _ in 0..2 {
-            match self.jobs().create(&PostParams::default(), job).await {
-                Ok(_) => {
-                    tracing::info!(
+        let mut backoff = Backoff::new(CREATE_RETRY_FOR);
+        let mut freed = 0;
+        loop {
+            match self.create_attempt(&name, job).await? {
+                Attempt::Done => return Ok(()),
+                // Deleted between our create and our read, or an earlier
+                // Job of the execution finished its deletion: try again,
+                // not forever.
+                Attempt::Freed => {
+                    freed += 1;
+                    if freed >= 2 {
+                        return Err(Failure::new(
+                            FailureReason::JobCreate,
+                            format!("Job {name} kept reappearing while it was being created"),
+                        ));
+                    }
+                }
+                Attempt::Transient(e) => {
+                    tracing::warn!(
                         job = name,
-                        namespace = self.settings.namespace,
-                        "created the task's Job"
+                        "creating the task's Job: {e}; trying again (it may have been created: a Job of this \
+                         execution is then adopted)"
                     );
-                    return Ok(());
-                }
-                Err(kube::Error::Api(status)) if status.is_already_exists() => {
-                    let existing = match self.jobs().get_opt(&name).await {
-                        Ok(Some(existing)) => existing,
-                        Ok(None) => continue,
-                        Err(e) => {
-                            return Err(job_create(format!(
-                                "Job {name} exists but cannot be read: {e}"
-                            )))
-                        }
-                    };
-                    if !job_spec::is_same_execution(&existing, job) {
-                        return Err(job_create(format!(
-                            "a Job named {name} already exists in namespace {} and belongs to another execution or worker \
-                             (its oz-execution-hash/oz-worker-hash labels differ); delete it, or use another namespace",
-                            self.settings.namespace
-                        )));
+                    tokio::select! {
+                        more = backoff.wait() => if !more {
+                            return Err(Failure::new(FailureReason::JobCreate, format!(
+                                "cannot create Job {name} in namespace {}: {e} (tried for {}s)",
+                                self.settings.namespace,
+                                CREATE_RETRY_FOR.as_secs()
+                            )));
+                        },
+                        _ = stop.cancelled() => return Ok(()),
                     }
-                    if existing.metadata.deletion_timestamp.is_some() {
-                        tracing::info!(
-                            job = name,
-                            "waiting for this execution's earlier Job to be deleted"
-                        );
-                        self.wait_gone(&name).await;
-                        continue;
-                    }
-                    tracing::info!(job = name, "adopting this execution's existing Job");
-                    return Ok(());
-                }
-                Err(e) => {
-                    return Err(job_create(format!(
-                        "cannot create Job {name} in namespace {}: {e}",
-                        self.settings.namespace
-                    )))
                 }
             }
         }
-        Err(job_create(format!(
-            "Job {name} kept reappearing while it was being created"
-        )))
+    }
+
+    /// One create of the Job `name`; on 409 AlreadyExists the existing Job
+    /// is adopted when it is this execution's.
+    async fn create_attempt(&self, name: &str, job: &Job) -> Result<Attempt, Failure> {
+        let job_create = |what: String| Failure::new(FailureReason::JobCreate, what);
+        match self.jobs().create(&PostParams::default(), job).await {
+            Ok(_) => {
+                tracing::info!(
+                    job = name,
+                    namespace = self.settings.namespace,
+                    "created the task's Job"
+                );
+                Ok(Attempt::Done)
+            }
+            Err(kube::Error::Api(status)) if status.is_already_exists() => {
+                let existing = match self.jobs().get_opt(name).await {
+                    Ok(Some(existing)) => existing,
+                    Ok(None) => return Ok(Attempt::Freed),
+                    Err(e) if retry::is_transient(&e) => return Ok(Attempt::Transient(e)),
+                    Err(e) => {
+                        return Err(job_create(format!(
+                            "Job {name} exists but cannot be read: {e}"
+                        )))
+                    }
+                };
+                if !job_spec::is_same_execution(&existing, job) {
+                    return Err(job_create(format!(
+                        "a Job named {name} already exists in namespace {} and belongs to another execution or worker \
+                         (its oz-execution-hash/oz-worker-hash labels differ); delete it, or use another namespace",
+                        self.settings.namespace
+                    )));
+                }
+                // A Job of the same execution still being deleted (an
+                // earlier cancellation) is waited for; then the name is free.
+                if existing.metadata.deletion_timestamp.is_some() {
+                    tracing::info!(
+                        job = name,
+                        "waiting for this execution's earlier Job to be deleted"
+                    );
+                    self.wait_gone(name).await;
+                    return Ok(Attempt::Freed);
+                }
+                tracing::info!(job = name, "adopting this execution's existing Job");
+                Ok(Attempt::Done)
+            }
+            Err(e) if retry::is_transient(&e) => Ok(Attempt::Transient(e)),
+            Err(e) => Err(job_create(format!(
+                "cannot create Job {name} in namespace {}: {e}",
+                self.settings.namespace
+            ))),
+        }
     }
 
     /// Waits until the Job `name` no longer exists.
@@ -332,6 +378,16 @@ impl KubernetesRuntime {
     }
 }
 
+/// What one create of a task's Job came to.
+enum Attempt {
+    /// Created, or this execution's existing Job adopted.
+    Done,
+    /// The name was free again by the time it was looked at.
+    Freed,
+    /// No answer, or a 5xx: it may have been created.
+    Transient(kube::Error),
+}
+
 /// The wire reason of a diagnosis.
 fn wire_reason(reason: crate::diagnosis::Reason) -> FailureReason {
     use crate::diagnosis::Reason;
@@ -393,7 +449,7 @@ impl Runtime for KubernetesRuntime {
                 Err(f) => return RunOutcome::Failed(f),
             };
             let job = job_spec::task_job(&self.settings, &request);
-            if let Err(f) = self.create_or_adopt(&job).await {
+            if let Err(f) = self.create_or_adopt(&job, &ctx.stop).await {
                 return RunOutcome::Failed(f);
             }
             self.follow(&invocation.task, ctx, false).await

@@ -977,7 +977,7 @@ fn an_unschedulable_pod_and_a_missing_configmap_volume_stay_pending_with_the_sch
 }
 
 #[test]
-fn the_go_charts_role_allows_exactly_what_it_grants() {
+fn the_deploy_role_allows_exactly_what_it_grants() {
     let role = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../deploy/kubernetes/base/role.yaml"
@@ -985,8 +985,9 @@ fn the_go_charts_role_allows_exactly_what_it_grants() {
     let Some(env) = support::start(&["--rbac-role", role, "--rbac-namespace", "default"]) else {
         return;
     };
-    // Everything the runtime does: create, get, list, watch and delete Jobs;
-    // get, list and watch Pods; read their logs; list Events.
+    // Everything the runtime does: create, get, list, watch, patch (a
+    // takeover's claim) and delete Jobs; get, list and watch Pods; read
+    // their logs; list Events.
     env.ok(
         &["create", "-f", "-"],
         Some(&job_yaml("rbac", "echo allowed", "", "")),
@@ -1009,11 +1010,14 @@ fn the_go_charts_role_allows_exactly_what_it_grants() {
     );
     assert_eq!(code, 200);
 
+    env.ok(&["label", "job", "rbac", "x=y"], None);
     // And nothing else.
-    let out = env.kubectl(&["label", "job", "rbac", "x=y"], None);
+    let pods = env.get_json(&["pods"]);
+    let pod_name = pods["items"][0]["metadata"]["name"].as_str().unwrap();
+    let out = env.kubectl(&["label", "pod", pod_name, "x=y"], None);
     assert_eq!(
         String::from_utf8_lossy(&out.stderr).trim(),
-        "Error from server (Forbidden): jobs.batch \"rbac\" is forbidden: User \"system:serviceaccount:default:oz-agent-worker\" cannot patch resource \"jobs\" in API group \"batch\" in the namespace \"default\""
+        format!("Error from server (Forbidden): pods \"{pod_name}\" is forbidden: User \"system:serviceaccount:default:oz-agent-worker\" cannot patch resource \"pods\" in API group \"\" in the namespace \"default\"")
     );
     let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": support::busybox()}]}});
     for (method, path, body) in [
