@@ -12,7 +12,8 @@
 //! Needs `patch` on `jobs` (deploy/kubernetes/base/role.yaml grants it;
 //! the Go chart's Role does not: [`Claim::Forbidden`]).
 
-use crate::holder::{Holder, HOLDER_ANNOTATIONS, INSTANCE_ANNOTATION};
+use crate::holder::{holder_annotations, Holder};
+use oz_runtime::liveness::INSTANCE_KEY;
 use crate::retry::{self, Backoff};
 use k8s_openapi::api::batch::v1::Job;
 use kube::api::{Patch, PatchParams};
@@ -47,10 +48,9 @@ pub enum Claim {
 /// is removed, so none of the dead holder's marks is left behind.
 pub fn patch_body(me: &Holder, resource_version: &str) -> Value {
     let mine = me.annotations();
-    let annotations: Map<String, Value> = HOLDER_ANNOTATIONS
-        .iter()
+    let annotations: Map<String, Value> = holder_annotations()
         .map(|k| {
-            let v = mine.get(*k).map_or(Value::Null, |v| json!(v));
+            let v = mine.get(k).map_or(Value::Null, |v| json!(v));
             (k.to_string(), v)
         })
         .collect();
@@ -68,9 +68,9 @@ enum Holds {
 }
 
 fn holds(annotations: &BTreeMap<String, String>, dead: &Holder, me: &Holder) -> Holds {
-    match annotations.get(INSTANCE_ANNOTATION) {
-        Some(i) if *i == me.instance => Holds::Me,
-        Some(i) if *i == dead.instance => Holds::StillDead,
+    match annotations.get(INSTANCE_KEY) {
+        Some(i) if *i == me.process.instance => Holds::Me,
+        Some(i) if *i == dead.process.instance => Holds::StillDead,
         _ => Holds::Other(match Holder::of(annotations) {
             Some(h) => describe(&h),
             None => "its holder annotations were removed".into(),
@@ -81,10 +81,10 @@ fn holds(annotations: &BTreeMap<String, String>, dead: &Holder, me: &Holder) -> 
 /// A holder in words, for logs: its Pod, else its host and pid.
 pub fn describe(h: &Holder) -> String {
     match &h.pod {
-        Some(pod) => format!("worker instance {} in Pod {pod}", h.instance),
+        Some(pod) => format!("worker instance {} in Pod {pod}", h.process.instance),
         None => format!(
             "worker instance {} on {} (pid {})",
-            h.instance, h.host, h.pid
+            h.process.instance, h.process.host, h.process.pid
         ),
     }
 }
@@ -147,14 +147,16 @@ mod tests {
 
     fn holder(instance: &str, pod: Option<&str>) -> Holder {
         Holder {
-            instance: instance.into(),
-            host: "m/node-a".into(),
-            boot: "b".into(),
-            pid: 7,
-            pid_start: "9".into(),
-            beacon: "oz-agent-worker/x".into(),
-            net_namespace: "net:[1]".into(),
-            pid_namespace: "pid:[1]".into(),
+            process: oz_runtime::liveness::ProcessIdentity {
+                instance: instance.into(),
+                host: "m/node-a".into(),
+                boot: "b".into(),
+                pid: 7,
+                pid_start: "9".into(),
+                beacon: "oz-agent-worker/x".into(),
+                net_namespace: "net:[1]".into(),
+                pid_namespace: "pid:[1]".into(),
+            },
             pod: pod.map(Into::into),
         }
     }
@@ -165,8 +167,8 @@ mod tests {
         let p = patch_body(&me, "42");
         assert_eq!(p["metadata"]["resourceVersion"], "42");
         let a = p["metadata"]["annotations"].as_object().unwrap();
-        assert_eq!(a.len(), HOLDER_ANNOTATIONS.len());
-        assert_eq!(a[INSTANCE_ANNOTATION], "i-me");
+        assert_eq!(a.len(), holder_annotations().count());
+        assert_eq!(a[INSTANCE_KEY], "i-me");
         // No Pod here: the dead holder's Pod annotation is removed.
         assert_eq!(a[POD_ANNOTATION], Value::Null);
         let in_pod = patch_body(&holder("i-me", Some("oz/w-1")), "42");
