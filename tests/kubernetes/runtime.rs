@@ -613,6 +613,32 @@ async fn failures_are_diagnosed_with_reasons_exit_codes_and_details() {
     assert!(f.message.contains("absent"), "names the image: {f:?}");
     k8s_details(f);
 
+    // The Jobs whose Pod ended finished Failed and are kept for their TTL
+    // (the Go worker's rule); the one whose Pod would retry the pull
+    // forever never finished, so it was deleted, its Pod gone before the
+    // report.
+    for a in [&exit, &oom] {
+        let name = go_job_name(&a.task_id, &exec_of(a));
+        let job = cluster
+            .until(&format!("{name} is Failed"), |c| {
+                let job = c.job(&name).expect("the failed Job is kept");
+                job["status"]["conditions"]
+                    .as_array()?
+                    .iter()
+                    .any(|c| c["type"] == "Failed" && c["status"] == "True")
+                    .then_some(job)
+            })
+            .await;
+        assert!(job["metadata"]["deletionTimestamp"].is_null(), "{job}");
+    }
+    let pull_job = go_job_name("k8spull", &exec_of(&pull));
+    assert_eq!(cluster.pods(&pull_job), Vec::<Value>::new());
+    cluster
+        .until("the unfinished Job is deleted", |c| {
+            c.job(&pull_job).is_none().then_some(())
+        })
+        .await;
+
     // A setup_command that fails: the init container is the cause.
     w.process.signal(15);
     w.process.wait_exit(WITHIN).await;
@@ -1473,8 +1499,20 @@ async fn a_pod_no_node_fits_fails_the_task_after_unschedulable_timeout() {
         "{d:?}"
     );
     assert!(d.container.is_none(), "no container ran: {d:?}");
-    // The Pod never reached a node.
-    assert!(cluster.pods(&name)[0]["spec"]["nodeName"].is_null());
+    // The Job never finished (its Pod would wait for a node forever, and a
+    // node that fits later would start the agent of a failed task): it was
+    // deleted and its Pod was gone before the failure was reported.
+    assert_eq!(cluster.pods(&name), Vec::<Value>::new());
+    cluster
+        .until("the unfinished Job is deleted", |c| {
+            c.job(&name).is_none().then_some(())
+        })
+        .await;
+    let log = w.process.log_text();
+    assert!(
+        log.contains("deleting the Job so nothing of it runs later"),
+        "{log}"
+    );
     cluster.self_check();
 }
 

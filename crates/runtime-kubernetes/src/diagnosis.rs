@@ -437,6 +437,41 @@ pub fn job_state(job: &Job, namespace: &str) -> JobState {
     }
 }
 
+/// Whether the Job controller has given its verdict: a `Complete`,
+/// `Failed` or `FailureTarget` condition (the last is written first, in the
+/// sync that deletes the Pods of a Job past its deadline or backoff limit,
+/// pkg/controller/job). A finished Job's TTL (`ttlSecondsAfterFinished`)
+/// runs from that verdict; an unfinished one is kept forever.
+pub fn job_finished(job: &Job) -> bool {
+    ["Complete", "Failed", "FailureTarget"]
+        .iter()
+        .any(|kind| has_condition(job, kind).is_some())
+}
+
+/// Whether a failed task's Job ends without the worker: the Job controller
+/// has given its verdict ([`job_finished`]), or the diagnosed Pod has ended
+/// or will (its phase is terminal, or a container of it exited: with
+/// `restartPolicy: Never` nothing restarts it, so the kubelet ends the Pod
+/// and, with `backoffLimit: 0`, the Job controller fails the Job). False
+/// when the failure was read from a Pod that waits (an image that cannot be
+/// pulled, a container that cannot be created, no node that fits, a volume
+/// that does not mount): Kubernetes retries those forever, so the Job never
+/// finishes, its TTL never starts, and the Pod holds its quota and may
+/// still start later.
+pub fn ends_by_itself(job: Option<&Job>, pod: &Pod, diagnosis: &Diagnosis) -> bool {
+    let phase = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .unwrap_or_default();
+    job.is_some_and(job_finished)
+        || matches!(phase, "Succeeded" | "Failed")
+        || diagnosis
+            .container
+            .as_ref()
+            .is_some_and(|c| c.terminated.is_some())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -625,5 +660,70 @@ mod tests {
             serde_json::json!([{"type": "FailureTarget", "status": "True", "reason": "BackoffLimitExceeded"}]),
         );
         assert_eq!(deadline_exceeded(&backoff), None);
+    }
+
+    #[test]
+    fn a_failure_ends_the_job_by_itself_only_once_a_container_exited_or_the_job_finished() {
+        let job = |conditions: serde_json::Value| -> Job {
+            serde_json::from_value(serde_json::json!({"metadata": {"name": "j"}, "status": {"conditions": conditions}})).unwrap()
+        };
+        let running = job(serde_json::json!([]));
+        let failed = job(
+            serde_json::json!([{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]),
+        );
+        let target = job(
+            serde_json::json!([{"type": "FailureTarget", "status": "True", "reason": "DeadlineExceeded"}]),
+        );
+        let not_yet = job(serde_json::json!([{"type": "Failed", "status": "False"}]));
+        assert!(!job_finished(&running));
+        assert!(!job_finished(&not_yet));
+        assert!(job_finished(&failed));
+        assert!(job_finished(&target));
+        assert!(job_finished(&job(
+            serde_json::json!([{"type": "Complete", "status": "True"}])
+        )));
+
+        let cases = [
+            // Waits Kubernetes retries forever: the Job never finishes.
+            (
+                serde_json::json!({"phase": "Pending", "containerStatuses": [
+                    {"name": "task", "ready": false, "restartCount": 0, "image": "i", "imageID": "",
+                     "state": {"waiting": {"reason": "ImagePullBackOff"}}}]}),
+                false,
+            ),
+            (
+                serde_json::json!({"phase": "Pending", "initContainerStatuses": [
+                    {"name": "setup", "ready": false, "restartCount": 0, "image": "i", "imageID": "",
+                     "state": {"waiting": {"reason": "CreateContainerConfigError"}}}]}),
+                false,
+            ),
+            (
+                serde_json::json!({"phase": "Pending", "conditions": [
+                    {"type": "PodScheduled", "status": "False", "reason": "Unschedulable"}]}),
+                false,
+            ),
+            // A container exited: the Pod ends, even before its phase says so
+            // (native sidecars still being stopped).
+            (
+                serde_json::json!({"phase": "Running", "containerStatuses": [
+                    {"name": "task", "ready": false, "restartCount": 0, "image": "i", "imageID": "",
+                     "state": {"terminated": {"exitCode": 3}}}]}),
+                true,
+            ),
+            (
+                serde_json::json!({"phase": "Failed", "reason": "Evicted"}),
+                true,
+            ),
+        ];
+        for (status, expected) in cases {
+            let p = pod(status.clone());
+            let d = diagnose_pod(&p, &[], "ns", now(), Some(Duration::from_secs(30)))
+                .unwrap_or_else(|| panic!("no diagnosis of {status}"));
+            assert_eq!(ends_by_itself(None, &p, &d), expected, "{status}");
+            assert_eq!(ends_by_itself(Some(&running), &p, &d), expected, "{status}");
+            // Whatever the Pod, a Job with the controller's verdict ends.
+            assert!(ends_by_itself(Some(&failed), &p, &d), "{status}");
+            assert!(ends_by_itself(Some(&target), &p, &d), "{status}");
+        }
     }
 }

@@ -5,6 +5,9 @@
 //!   failure (#86), and one still being deleted is waited for;
 //! - a cancellation deletes the Job with foreground propagation and the
 //!   run ends once its Pods are gone;
+//! - a failure read from a Pod that waits forever (image, node, volume)
+//!   deletes the Job too, so nothing of the failed task runs later; a Job
+//!   that finished failed is kept for its TTL, as the Go worker keeps it;
 //! - at a worker restart every journalled execution's Job is found again by
 //!   its deterministic name and labels and followed to its end (#74/#84);
 //! - a worker whose journal was lost (its Pod replaced, the state dir an
@@ -13,6 +16,7 @@
 //! - at shutdown running Jobs are left in place for the next start.
 
 use crate::client::{self, ConnectError};
+use crate::diagnosis;
 use crate::discover;
 use crate::holder::Holder;
 use crate::job_spec::{self, Sidecar, TaskJobRequest};
@@ -244,11 +248,53 @@ impl KubernetesRuntime {
     /// go first, each with its grace period and preStop teardown) and
     /// returns once they are gone.
     async fn cancel(&self, name: &str, selector: &str, force: &CancellationToken) {
+        self.delete_foreground(name).await;
+        self.wait_pods_gone(selector, force).await;
+    }
+
+    /// Deletes the Job `name` with foreground propagation: the Job
+    /// controller stops creating Pods at once, and the Job object stays
+    /// (finalizer `foregroundDeletion`) until its Pods are gone.
+    async fn delete_foreground(&self, name: &str) {
         match self.jobs().delete(name, &DeleteParams::foreground()).await {
             Ok(_) => tracing::info!(job = name, "deleting the task's Job (foreground)"),
             Err(kube::Error::Api(s)) if s.is_not_found() => {}
             Err(e) => tracing::warn!(job = name, "could not delete the task's Job: {e}"),
         }
+    }
+
+    /// After a failure the runtime reports: a Job that finished (or is
+    /// bound to: [`crate::diagnosis::ends_by_itself`]) is kept for
+    /// `ttl_seconds_after_finished`, the Go worker's rule; one that has not
+    /// (its Pod waits on an image, a node or a volume, which Kubernetes
+    /// retries forever) is deleted with foreground propagation and its Pods
+    /// waited for, so it holds no quota and nothing of the failed task
+    /// starts after the failure was reported. The Go worker leaves such a
+    /// Job, whose TTL never starts.
+    async fn settle_failed(
+        &self,
+        name: &str,
+        selector: &str,
+        ends_by_itself: bool,
+        force: &CancellationToken,
+    ) {
+        let finished = ends_by_itself
+            || matches!(self.jobs().get_opt(name).await, Ok(Some(job)) if diagnosis::job_finished(&job));
+        if finished {
+            tracing::info!(
+                job = name,
+                namespace = self.settings.namespace,
+                "the task failed; its finished Job is kept for ttl_seconds_after_finished"
+            );
+            return;
+        }
+        tracing::info!(
+            job = name,
+            namespace = self.settings.namespace,
+            "the task failed while its Job had not finished (its Pod waits and Kubernetes would retry it forever); \
+             deleting the Job so nothing of it runs later"
+        );
+        self.delete_foreground(name).await;
         self.wait_pods_gone(selector, force).await;
     }
 
@@ -294,11 +340,10 @@ impl KubernetesRuntime {
                 message,
                 exit_code,
                 details,
+                ends_by_itself,
             } => {
-                tracing::info!(
-                    job = name,
-                    "the task failed; its Job is kept for ttl_seconds_after_finished"
-                );
+                self.settle_failed(&name, &selector, ends_by_itself, &ctx.force)
+                    .await;
                 RunOutcome::Failed(Failure {
                     reason: wire_reason(reason),
                     message,
