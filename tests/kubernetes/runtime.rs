@@ -1713,3 +1713,50 @@ async fn a_job_the_api_server_refuses_as_invalid_fails_the_task_naming_the_field
     assert!(cluster.job(&name).is_none(), "nothing was created");
     cluster.self_check();
 }
+
+/// BACKENDS.md §5: the Pod diagnosis ignores native sidecars (init
+/// containers with `restartPolicy: Always`). The operator's `pod_template`
+/// adds one that exits 143 on SIGTERM; the kubelet stops it once the task
+/// container has exited 0, so its non-zero exit is how every such sidecar
+/// ends, not a failure of the task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_native_sidecar_that_exits_non_zero_when_stopped_does_not_fail_the_task() {
+    let Some(rig) = Rig::start(&[]).await else {
+        return;
+    };
+    let cluster = &rig.cluster;
+    let config = cluster.config(
+        "c",
+        &format!(
+            "pod_template:\n  terminationGracePeriodSeconds: 5\n  initContainers:\n  - name: proxy\n    image: {BUSYBOX}\n    imagePullPolicy: IfNotPresent\n    restartPolicy: Always\n    command: [\"sh\", \"-c\", \"trap 'exit 143' TERM; while :; do sleep 1; done\"]"
+        ),
+    );
+    let mut w = rig.worker(&unique_id("k8s-sidecar"), &config).await;
+    let a = assignment("k8snative", &[]);
+    let name = go_job_name("k8snative", &exec_of(&a));
+    w.assign(&a).await;
+    let (report, output) = w.report("k8snative").await;
+    assert!(
+        matches!(report, WorkerMessage::TaskCompleted(ref c) if c.task_state.is_none()),
+        "expected task_completed, got {report:?}\n{}",
+        w.process.log_text()
+    );
+    assert!(output.contains("oz demo agent: done"), "{output:?}");
+    // The sidecar ran beside the task and was stopped with SIGTERM after it
+    // (the succeeded Job is deleted only a few seconds after the report).
+    let pod = cluster
+        .pods(&name)
+        .into_iter()
+        .next()
+        .expect("the Pod is still there right after the report");
+    let sidecar = pod["status"]["initContainerStatuses"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|s| s["name"] == "proxy")
+        .unwrap_or_else(|| panic!("no status of the sidecar: {pod}"))
+        .clone();
+    assert_eq!(sidecar["state"]["terminated"]["exitCode"], 143, "{pod}");
+    assert_eq!(pod["status"]["phase"], "Succeeded", "{pod}");
+    cluster.self_check();
+}
