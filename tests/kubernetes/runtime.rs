@@ -1760,3 +1760,99 @@ async fn a_native_sidecar_that_exits_non_zero_when_stopped_does_not_fail_the_tas
     assert_eq!(pod["status"]["phase"], "Succeeded", "{pod}");
     cluster.self_check();
 }
+
+/// Sets a Pod's finalizers (a JSON merge patch of `metadata.finalizers`,
+/// retried on 409 while the controllers update the Pod).
+fn set_pod_finalizers(cluster: &Cluster, pod: &str, finalizers: &[&str]) {
+    let path = format!("/api/v1/namespaces/default/pods/{pod}");
+    for _ in 0..20 {
+        let (code, body) = cluster.server.curl(
+            "PATCH",
+            &path,
+            Some(&json!({"metadata": {"finalizers": finalizers}})),
+            "application/merge-patch+json",
+            true,
+        );
+        match code {
+            200 => return,
+            409 => continue,
+            _ => panic!("PATCH {path}: {code} {body}"),
+        }
+    }
+    panic!("PATCH {path}: conflicts did not stop");
+}
+
+/// A Pod stuck terminating (held here by a finalizer nobody removes, as a
+/// Pod on a lost node is held by a kubelet that never confirms the stop)
+/// does not hold a cancellation forever: once the Pod's grace period and
+/// the 30 s margin have passed, `CANCELLED` is reported with a warning
+/// naming the Pod and its namespace; the worker deletes no Pod.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_stuck_terminating_does_not_hold_a_cancellation_forever() {
+    let Some(rig) = Rig::start(&[]).await else {
+        return;
+    };
+    let cluster = &rig.cluster;
+    let config = cluster.config("c", "pod_template:\n  terminationGracePeriodSeconds: 1");
+    let mut w = rig.worker(&unique_id("k8s-stuck"), &config).await;
+    let a = assignment("k8sstuck", &[("OZ_DEMO_BEHAVIOUR", "sleep")]);
+    let name = go_job_name("k8sstuck", &exec_of(&a));
+    w.assign(&a).await;
+    w.claimed("k8sstuck").await;
+    let pod = cluster.task_running(&name).await;
+    let pod_name = pod["metadata"]["name"].as_str().unwrap().to_string();
+    let mut finalizers: Vec<String> = pod["metadata"]["finalizers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|f| f.as_str().map(str::to_string))
+        .collect();
+    finalizers.push("oz.test/hold".into());
+    set_pod_finalizers(
+        cluster,
+        &pod_name,
+        &finalizers.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+
+    let cancelled_at = std::time::Instant::now();
+    w.conn
+        .send_text(&encode(&ServerMessage::TaskCancellation(
+            TaskCancellation {
+                task_id: "k8sstuck".into(),
+            },
+        )))
+        .await;
+    match w.report("k8sstuck").await.0 {
+        WorkerMessage::TaskCompleted(c) => assert_eq!(c.task_state.as_deref(), Some("CANCELLED")),
+        other => panic!("expected a CANCELLED task_completed, got {other:?}"),
+    }
+    // Reported while the Pod was still terminating, its containers stopped,
+    // and only after its grace period (1 s) and the margin (30 s).
+    assert!(
+        cancelled_at.elapsed() >= Duration::from_secs(30),
+        "reported before the Pod had its grace period and the margin: {:?}",
+        cancelled_at.elapsed()
+    );
+    let stuck = cluster.pods(&name);
+    assert_eq!(stuck.len(), 1, "{stuck:?}");
+    assert!(
+        stuck[0]["metadata"]["deletionTimestamp"].is_string(),
+        "{stuck:?}"
+    );
+    assert_eq!(stuck[0]["status"]["phase"], "Failed", "stopped: {stuck:?}");
+    let log = w.process.log_text();
+    assert!(
+        log.contains(&format!(
+            "the task's Pod {pod_name} (finalizers: oz.test/hold) in namespace default is still terminating"
+        )),
+        "{log}"
+    );
+    // Kubernetes finishes once the finalizer goes: the Pod, then the Job.
+    set_pod_finalizers(cluster, &pod_name, &[]);
+    cluster
+        .until("the Pod and the Job are gone", |c| {
+            (c.pods(&name).is_empty() && c.job(&name).is_none()).then_some(())
+        })
+        .await;
+    cluster.self_check();
+}

@@ -18,6 +18,7 @@ pub mod names;
 mod preflight;
 mod runtime;
 pub mod settings;
+pub mod stopping;
 mod watch;
 
 pub use client::ConnectError;

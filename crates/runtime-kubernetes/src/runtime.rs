@@ -4,7 +4,9 @@
 //! - a Job that already exists for the same execution is adopted, not a
 //!   failure (#86), and one still being deleted is waited for;
 //! - a cancellation deletes the Job with foreground propagation and the
-//!   run ends once its Pods are gone;
+//!   run ends once its Pods are gone, or once their grace period and a
+//!   margin have passed (a Pod stuck terminating is left to Kubernetes,
+//!   with a warning naming it: `stopping.rs`);
 //! - a failure read from a Pod that waits forever (image, node, volume)
 //!   deletes the Job too, so nothing of the failed task runs later; a Job
 //!   that finished failed is kept for its TTL, as the Go worker keeps it;
@@ -24,6 +26,7 @@ use crate::logs::LogFollower;
 use crate::names;
 use crate::preflight::{self, PreflightError};
 use crate::settings::Settings;
+use crate::stopping;
 use crate::watch::{self, Ended};
 use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
@@ -217,13 +220,22 @@ impl KubernetesRuntime {
         }
     }
 
-    /// Waits until no Pod of the execution is left, or until `force`
-    /// fires: then the deletion goes on in the cluster without us (the Go
-    /// chart's Role has no `pods delete`, so Pods are not force-deleted).
+    /// Waits until no Pod of the execution is left, for at most
+    /// [`stopping::bound`] from the call (made once the Job's deletion was
+    /// accepted): past it the Pods are left to Kubernetes with a warning
+    /// naming them, so a Pod stuck terminating (a lost node, a finalizer)
+    /// cannot hold the run's end forever. Also ends when `force` fires
+    /// (the worker's shutdown deadline). The Go chart's Role has no `pods
+    /// delete`, so Pods are never force-deleted here.
     async fn wait_pods_gone(&self, selector: &str, force: &CancellationToken) {
+        let started = tokio::time::Instant::now();
         let mut stream = watcher(self.pods(), watcher::Config::default().labels(selector))
             .default_backoff()
             .boxed();
+        // The longest bound of any Pod seen: a Pod's deletion can only
+        // shorten its grace period, and the first list may predate it.
+        let mut bound: Option<Duration> = None;
+        let mut left: Vec<Pod> = Vec::new();
         loop {
             match self
                 .pods()
@@ -231,11 +243,23 @@ impl KubernetesRuntime {
                 .await
             {
                 Ok(list) if list.items.is_empty() => return,
-                Ok(_) => {}
+                Ok(list) => {
+                    let b = stopping::bound(&list.items);
+                    bound = Some(bound.map_or(b, |old| old.max(b)));
+                    left = list.items;
+                }
                 Err(e) => tracing::warn!("could not list the task's Pods: {e}"),
             }
+            let deadline = started + bound.unwrap_or(stopping::DEFAULT_GRACE + stopping::MARGIN);
             tokio::select! {
                 _ = stream.next() => {}
+                _ = tokio::time::sleep_until(deadline) => {
+                    tracing::warn!(
+                        "{}",
+                        stopping::stuck_message(&left, &self.settings.namespace, started.elapsed())
+                    );
+                    return;
+                }
                 _ = force.cancelled() => {
                     tracing::warn!("no time left to wait for the task's Pods to go; Kubernetes finishes deleting them");
                     return;
