@@ -613,6 +613,32 @@ async fn failures_are_diagnosed_with_reasons_exit_codes_and_details() {
     assert!(f.message.contains("absent"), "names the image: {f:?}");
     k8s_details(f);
 
+    // The Jobs whose Pod ended finished Failed and are kept for their TTL
+    // (the Go worker's rule); the one whose Pod would retry the pull
+    // forever never finished, so it was deleted, its Pod gone before the
+    // report.
+    for a in [&exit, &oom] {
+        let name = go_job_name(&a.task_id, &exec_of(a));
+        let job = cluster
+            .until(&format!("{name} is Failed"), |c| {
+                let job = c.job(&name).expect("the failed Job is kept");
+                job["status"]["conditions"]
+                    .as_array()?
+                    .iter()
+                    .any(|c| c["type"] == "Failed" && c["status"] == "True")
+                    .then_some(job)
+            })
+            .await;
+        assert!(job["metadata"]["deletionTimestamp"].is_null(), "{job}");
+    }
+    let pull_job = go_job_name("k8spull", &exec_of(&pull));
+    assert_eq!(cluster.pods(&pull_job), Vec::<Value>::new());
+    cluster
+        .until("the unfinished Job is deleted", |c| {
+            c.job(&pull_job).is_none().then_some(())
+        })
+        .await;
+
     // A setup_command that fails: the init container is the cause.
     w.process.signal(15);
     w.process.wait_exit(WITHIN).await;
@@ -1796,8 +1822,20 @@ async fn a_pod_no_node_fits_fails_the_task_after_unschedulable_timeout() {
         "{d:?}"
     );
     assert!(d.container.is_none(), "no container ran: {d:?}");
-    // The Pod never reached a node.
-    assert!(cluster.pods(&name)[0]["spec"]["nodeName"].is_null());
+    // The Job never finished (its Pod would wait for a node forever, and a
+    // node that fits later would start the agent of a failed task): it was
+    // deleted and its Pod was gone before the failure was reported.
+    assert_eq!(cluster.pods(&name), Vec::<Value>::new());
+    cluster
+        .until("the unfinished Job is deleted", |c| {
+            c.job(&name).is_none().then_some(())
+        })
+        .await;
+    let log = w.process.log_text();
+    assert!(
+        log.contains("deleting the Job so nothing of it runs later"),
+        "{log}"
+    );
     cluster.self_check();
 }
 
@@ -2091,5 +2129,148 @@ async fn a_job_the_api_server_refuses_as_invalid_fails_the_task_naming_the_field
         f.message
     );
     assert!(cluster.job(&name).is_none(), "nothing was created");
+    cluster.self_check();
+}
+
+/// BACKENDS.md §5: the Pod diagnosis ignores native sidecars (init
+/// containers with `restartPolicy: Always`). The operator's `pod_template`
+/// adds one that exits 143 on SIGTERM; the kubelet stops it once the task
+/// container has exited 0, so its non-zero exit is how every such sidecar
+/// ends, not a failure of the task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_native_sidecar_that_exits_non_zero_when_stopped_does_not_fail_the_task() {
+    let Some(rig) = Rig::start(&[]).await else {
+        return;
+    };
+    let cluster = &rig.cluster;
+    let config = cluster.config(
+        "c",
+        &format!(
+            "pod_template:\n  terminationGracePeriodSeconds: 5\n  initContainers:\n  - name: proxy\n    image: {BUSYBOX}\n    imagePullPolicy: IfNotPresent\n    restartPolicy: Always\n    command: [\"sh\", \"-c\", \"trap 'exit 143' TERM; while :; do sleep 1; done\"]"
+        ),
+    );
+    let mut w = rig.worker(&unique_id("k8s-sidecar"), &config).await;
+    let a = assignment("k8snative", &[]);
+    let name = go_job_name("k8snative", &exec_of(&a));
+    w.assign(&a).await;
+    let (report, output) = w.report("k8snative").await;
+    assert!(
+        matches!(report, WorkerMessage::TaskCompleted(ref c) if c.task_state.is_none()),
+        "expected task_completed, got {report:?}\n{}",
+        w.process.log_text()
+    );
+    assert!(output.contains("oz demo agent: done"), "{output:?}");
+    // The sidecar ran beside the task and was stopped with SIGTERM after it
+    // (the succeeded Job is deleted only a few seconds after the report).
+    let pod = cluster
+        .pods(&name)
+        .into_iter()
+        .next()
+        .expect("the Pod is still there right after the report");
+    let sidecar = pod["status"]["initContainerStatuses"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|s| s["name"] == "proxy")
+        .unwrap_or_else(|| panic!("no status of the sidecar: {pod}"))
+        .clone();
+    assert_eq!(sidecar["state"]["terminated"]["exitCode"], 143, "{pod}");
+    assert_eq!(pod["status"]["phase"], "Succeeded", "{pod}");
+    cluster.self_check();
+}
+
+/// Sets a Pod's finalizers (a JSON merge patch of `metadata.finalizers`,
+/// retried on 409 while the controllers update the Pod).
+fn set_pod_finalizers(cluster: &Cluster, pod: &str, finalizers: &[&str]) {
+    let path = format!("/api/v1/namespaces/default/pods/{pod}");
+    for _ in 0..20 {
+        let (code, body) = cluster.server.curl(
+            "PATCH",
+            &path,
+            Some(&json!({"metadata": {"finalizers": finalizers}})),
+            "application/merge-patch+json",
+            true,
+        );
+        match code {
+            200 => return,
+            409 => continue,
+            _ => panic!("PATCH {path}: {code} {body}"),
+        }
+    }
+    panic!("PATCH {path}: conflicts did not stop");
+}
+
+/// A Pod stuck terminating (held here by a finalizer nobody removes, as a
+/// Pod on a lost node is held by a kubelet that never confirms the stop)
+/// does not hold a cancellation forever: once the Pod's grace period and
+/// the 30 s margin have passed, `CANCELLED` is reported with a warning
+/// naming the Pod and its namespace; the worker deletes no Pod.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_stuck_terminating_does_not_hold_a_cancellation_forever() {
+    let Some(rig) = Rig::start(&[]).await else {
+        return;
+    };
+    let cluster = &rig.cluster;
+    let config = cluster.config("c", "pod_template:\n  terminationGracePeriodSeconds: 1");
+    let mut w = rig.worker(&unique_id("k8s-stuck"), &config).await;
+    let a = assignment("k8sstuck", &[("OZ_DEMO_BEHAVIOUR", "sleep")]);
+    let name = go_job_name("k8sstuck", &exec_of(&a));
+    w.assign(&a).await;
+    w.claimed("k8sstuck").await;
+    let pod = cluster.task_running(&name).await;
+    let pod_name = pod["metadata"]["name"].as_str().unwrap().to_string();
+    let mut finalizers: Vec<String> = pod["metadata"]["finalizers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|f| f.as_str().map(str::to_string))
+        .collect();
+    finalizers.push("oz.test/hold".into());
+    set_pod_finalizers(
+        cluster,
+        &pod_name,
+        &finalizers.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+
+    let cancelled_at = std::time::Instant::now();
+    w.conn
+        .send_text(&encode(&ServerMessage::TaskCancellation(
+            TaskCancellation {
+                task_id: "k8sstuck".into(),
+            },
+        )))
+        .await;
+    match w.report("k8sstuck").await.0 {
+        WorkerMessage::TaskCompleted(c) => assert_eq!(c.task_state.as_deref(), Some("CANCELLED")),
+        other => panic!("expected a CANCELLED task_completed, got {other:?}"),
+    }
+    // Reported while the Pod was still terminating, its containers stopped,
+    // and only after its grace period (1 s) and the margin (30 s).
+    assert!(
+        cancelled_at.elapsed() >= Duration::from_secs(30),
+        "reported before the Pod had its grace period and the margin: {:?}",
+        cancelled_at.elapsed()
+    );
+    let stuck = cluster.pods(&name);
+    assert_eq!(stuck.len(), 1, "{stuck:?}");
+    assert!(
+        stuck[0]["metadata"]["deletionTimestamp"].is_string(),
+        "{stuck:?}"
+    );
+    assert_eq!(stuck[0]["status"]["phase"], "Failed", "stopped: {stuck:?}");
+    let log = w.process.log_text();
+    assert!(
+        log.contains(&format!(
+            "the task's Pod {pod_name} (finalizers: oz.test/hold) in namespace default is still terminating"
+        )),
+        "{log}"
+    );
+    // Kubernetes finishes once the finalizer goes: the Pod, then the Job.
+    set_pod_finalizers(cluster, &pod_name, &[]);
+    cluster
+        .until("the Pod and the Job are gone", |c| {
+            (c.pods(&name).is_empty() && c.job(&name).is_none()).then_some(())
+        })
+        .await;
     cluster.self_check();
 }

@@ -20,6 +20,7 @@ mod preflight;
 mod retry;
 mod runtime;
 pub mod settings;
+pub mod stopping;
 mod watch;
 
 pub use client::ConnectError;

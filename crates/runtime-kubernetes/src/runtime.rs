@@ -4,7 +4,12 @@
 //! - a Job that already exists for the same execution is adopted, not a
 //!   failure (#86), and one still being deleted is waited for;
 //! - a cancellation deletes the Job with foreground propagation and the
-//!   run ends once its Pods are gone;
+//!   run ends once its Pods are gone, or once their grace period and a
+//!   margin have passed (a Pod stuck terminating is left to Kubernetes,
+//!   with a warning naming it: `stopping.rs`);
+//! - a failure read from a Pod that waits forever (image, node, volume)
+//!   deletes the Job too, so nothing of the failed task runs later; a Job
+//!   that finished failed is kept for its TTL, as the Go worker keeps it;
 //! - at a worker restart every journalled execution's Job is found again by
 //!   its deterministic name and labels and followed to its end (#74/#84);
 //! - a worker whose journal was lost (its Pod replaced, the state dir an
@@ -13,6 +18,7 @@
 //! - at shutdown running Jobs are left in place for the next start.
 
 use crate::client::{self, ConnectError};
+use crate::diagnosis;
 use crate::discover;
 use crate::holder::Holder;
 use crate::job_spec::{self, Sidecar, TaskJobRequest};
@@ -21,6 +27,7 @@ use crate::names;
 use crate::preflight::{self, PreflightError};
 use crate::retry::{self, Backoff};
 use crate::settings::Settings;
+use crate::stopping;
 use crate::watch::{self, Ended};
 use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
@@ -259,13 +266,22 @@ impl KubernetesRuntime {
         }
     }
 
-    /// Waits until no Pod of the execution is left, or until `force`
-    /// fires: then the deletion goes on in the cluster without us (the Go
-    /// chart's Role has no `pods delete`, so Pods are not force-deleted).
+    /// Waits until no Pod of the execution is left, for at most
+    /// [`stopping::bound`] from the call (made once the Job's deletion was
+    /// accepted): past it the Pods are left to Kubernetes with a warning
+    /// naming them, so a Pod stuck terminating (a lost node, a finalizer)
+    /// cannot hold the run's end forever. Also ends when `force` fires
+    /// (the worker's shutdown deadline). The Go chart's Role has no `pods
+    /// delete`, so Pods are never force-deleted here.
     async fn wait_pods_gone(&self, selector: &str, force: &CancellationToken) {
+        let started = tokio::time::Instant::now();
         let mut stream = watcher(self.pods(), watcher::Config::default().labels(selector))
             .default_backoff()
             .boxed();
+        // The longest bound of any Pod seen: a Pod's deletion can only
+        // shorten its grace period, and the first list may predate it.
+        let mut bound: Option<Duration> = None;
+        let mut left: Vec<Pod> = Vec::new();
         loop {
             match self
                 .pods()
@@ -273,11 +289,23 @@ impl KubernetesRuntime {
                 .await
             {
                 Ok(list) if list.items.is_empty() => return,
-                Ok(_) => {}
+                Ok(list) => {
+                    let b = stopping::bound(&list.items);
+                    bound = Some(bound.map_or(b, |old| old.max(b)));
+                    left = list.items;
+                }
                 Err(e) => tracing::warn!("could not list the task's Pods: {e}"),
             }
+            let deadline = started + bound.unwrap_or(stopping::DEFAULT_GRACE + stopping::MARGIN);
             tokio::select! {
                 _ = stream.next() => {}
+                _ = tokio::time::sleep_until(deadline) => {
+                    tracing::warn!(
+                        "{}",
+                        stopping::stuck_message(&left, &self.settings.namespace, started.elapsed())
+                    );
+                    return;
+                }
                 _ = force.cancelled() => {
                     tracing::warn!("no time left to wait for the task's Pods to go; Kubernetes finishes deleting them");
                     return;
@@ -290,11 +318,53 @@ impl KubernetesRuntime {
     /// go first, each with its grace period and preStop teardown) and
     /// returns once they are gone.
     async fn cancel(&self, name: &str, selector: &str, force: &CancellationToken) {
+        self.delete_foreground(name).await;
+        self.wait_pods_gone(selector, force).await;
+    }
+
+    /// Deletes the Job `name` with foreground propagation: the Job
+    /// controller stops creating Pods at once, and the Job object stays
+    /// (finalizer `foregroundDeletion`) until its Pods are gone.
+    async fn delete_foreground(&self, name: &str) {
         match self.jobs().delete(name, &DeleteParams::foreground()).await {
             Ok(_) => tracing::info!(job = name, "deleting the task's Job (foreground)"),
             Err(kube::Error::Api(s)) if s.is_not_found() => {}
             Err(e) => tracing::warn!(job = name, "could not delete the task's Job: {e}"),
         }
+    }
+
+    /// After a failure the runtime reports: a Job that finished (or is
+    /// bound to: [`crate::diagnosis::ends_by_itself`]) is kept for
+    /// `ttl_seconds_after_finished`, the Go worker's rule; one that has not
+    /// (its Pod waits on an image, a node or a volume, which Kubernetes
+    /// retries forever) is deleted with foreground propagation and its Pods
+    /// waited for, so it holds no quota and nothing of the failed task
+    /// starts after the failure was reported. The Go worker leaves such a
+    /// Job, whose TTL never starts.
+    async fn settle_failed(
+        &self,
+        name: &str,
+        selector: &str,
+        ends_by_itself: bool,
+        force: &CancellationToken,
+    ) {
+        let finished = ends_by_itself
+            || matches!(self.jobs().get_opt(name).await, Ok(Some(job)) if diagnosis::job_finished(&job));
+        if finished {
+            tracing::info!(
+                job = name,
+                namespace = self.settings.namespace,
+                "the task failed; its finished Job is kept for ttl_seconds_after_finished"
+            );
+            return;
+        }
+        tracing::info!(
+            job = name,
+            namespace = self.settings.namespace,
+            "the task failed while its Job had not finished (its Pod waits and Kubernetes would retry it forever); \
+             deleting the Job so nothing of it runs later"
+        );
+        self.delete_foreground(name).await;
         self.wait_pods_gone(selector, force).await;
     }
 
@@ -340,11 +410,10 @@ impl KubernetesRuntime {
                 message,
                 exit_code,
                 details,
+                ends_by_itself,
             } => {
-                tracing::info!(
-                    job = name,
-                    "the task failed; its Job is kept for ttl_seconds_after_finished"
-                );
+                self.settle_failed(&name, &selector, ends_by_itself, &ctx.force)
+                    .await;
                 RunOutcome::Failed(Failure {
                     reason: wire_reason(reason),
                     message,

@@ -38,6 +38,11 @@ pub enum Ended {
         message: String,
         exit_code: Option<i64>,
         details: Box<FailureDetails>,
+        /// The Job ends without the worker (the Job controller's verdict
+        /// is written, or the Pod ended or will):
+        /// [`diagnosis::ends_by_itself`]. False when the failure was read
+        /// from a Pod that waits, which Kubernetes retries forever.
+        ends_by_itself: bool,
     },
     /// The Job is gone and the worker did not delete it (kubectl, the TTL
     /// controller, a namespace deletion): how the task ended is unknown.
@@ -275,6 +280,7 @@ async fn on_job_state(
                 message,
                 exit_code: None,
                 details: Box::new(details),
+                ends_by_itself: true,
             })
         }
     }
@@ -311,12 +317,7 @@ async fn diagnose(
     } else {
         Vec::new()
     };
-    let Diagnosis {
-        mut reason,
-        mut message,
-        exit_code,
-        container,
-    } = diagnosis::diagnose_pod(
+    let found = diagnosis::diagnose_pod(
         pod,
         &events,
         &exec.settings.namespace,
@@ -343,6 +344,13 @@ async fn diagnose(
     } else {
         job
     };
+    let ends_by_itself = diagnosis::ends_by_itself(job, pod, &found);
+    let Diagnosis {
+        mut reason,
+        mut message,
+        exit_code,
+        container,
+    } = found;
     if let Some(verdict) = job.and_then(diagnosis::deadline_exceeded) {
         reason = Reason::ActiveDeadline;
         message = format!(
@@ -367,5 +375,6 @@ async fn diagnose(
         message,
         exit_code,
         details: Box::new(details),
+        ends_by_itself,
     })
 }
