@@ -1675,3 +1675,123 @@ async fn a_job_the_api_server_refuses_as_invalid_fails_the_task_naming_the_field
     assert!(cluster.job(&name).is_none(), "nothing was created");
     cluster.self_check();
 }
+
+// ---------------------------------------------------------------------------
+// Live output across a break of the `pods/log` follow.
+// ---------------------------------------------------------------------------
+
+/// Writes `lines` to the agent's standard output (PID 1's, which the
+/// container runtime logs) from inside a running Pod's task container.
+fn print_in_task(pod: &Value, lines: &[&str]) {
+    let script = lines
+        .iter()
+        .map(|l| format!("echo {l} > /proc/1/fd/1"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let out = Command::new("docker")
+        .args(["exec", &task_container_id(pod), "sh", "-c", &script])
+        .output()
+        .expect("docker exec runs");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Worker {
+    /// Reads the connection until the live output of `task` (added to
+    /// `output`) contains `needle`; other messages of the task are not
+    /// expected before it.
+    async fn output_until(&mut self, task: &str, output: &mut String, needle: &str) {
+        let deadline = tokio::time::Instant::now() + WITHIN;
+        while !output.contains(needle) {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.conn.next_message(left).await {
+                Some(WorkerMessage::TaskOutput(o)) if o.task_id == task => output.push_str(&o.data),
+                Some(m) if m.task_id() != task => {}
+                Some(WorkerMessage::TaskClaimed(_)) => {}
+                Some(m) => panic!("expected output of {task}, got {m:?}; output {output:?}"),
+                None => panic!(
+                    "no {needle:?} in the live output of {task}: {output:?}; log:\n{}",
+                    self.process.log_text()
+                ),
+            }
+        }
+    }
+}
+
+/// The API server is killed while the agent prints (lines printed while
+/// it is down, then after its restart): the worker follows the log again
+/// from where it broke, so the orchestrator's live output has every line,
+/// each once, and the report follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_output_goes_on_after_the_api_server_restarts_without_repeats() {
+    let Some(mut rig) = Rig::start(&[]).await else {
+        return;
+    };
+    let mut w = rig
+        .worker(&unique_id("k8s-logbreak"), &rig.cluster.config("c", ""))
+        .await;
+    let cluster = &mut rig.cluster;
+    let task = "k8slogbreak";
+    let a = assignment(
+        task,
+        &[("OZ_DEMO_BEHAVIOUR", "sleep"), ("OZ_DEMO_SLEEP", "600")],
+    );
+    let name = go_job_name(task, &exec_of(&a));
+    w.assign(&a).await;
+    w.claimed(task).await;
+    let pod = cluster.task_running(&name).await;
+    let mut output = String::new();
+    w.output_until(task, &mut output, "started in").await;
+    print_in_task(&pod, &["oz-live-before-1", "oz-live-before-2"]);
+    w.output_until(task, &mut output, "oz-live-before-2").await;
+
+    // Down: the follow breaks; the agent goes on printing.
+    cluster.server.kill();
+    print_in_task(&pod, &["oz-live-down-1", "oz-live-down-2"]);
+    cluster.server.restart().unwrap();
+    print_in_task(&pod, &["oz-live-after-1", "oz-live-after-2"]);
+    // Live output resumes while the task still runs.
+    w.output_until(task, &mut output, "oz-live-after-2").await;
+    end_the_sleep(&pod);
+    let (report, rest) = w.report(task).await;
+    output.push_str(&rest);
+    assert!(
+        matches!(report, WorkerMessage::TaskCompleted(_)),
+        "{report:?}\n{}",
+        w.process.log_text()
+    );
+    for line in [
+        "oz demo agent: task k8slogbreak started in /workspace",
+        "oz-live-before-1",
+        "oz-live-before-2",
+        "oz-live-down-1",
+        "oz-live-down-2",
+        "oz-live-after-1",
+        "oz-live-after-2",
+        "oz demo agent: done",
+    ] {
+        assert_eq!(
+            output.matches(&format!("{line}\n")).count(),
+            1,
+            "{line:?} once in the live output: {output:?}"
+        );
+    }
+    // In the order printed.
+    let at = |l: &str| output.find(l).unwrap();
+    assert!(at("oz-live-before-2") < at("oz-live-down-1"), "{output:?}");
+    assert!(at("oz-live-down-2") < at("oz-live-after-1"), "{output:?}");
+    assert!(
+        at("oz-live-after-2") < at("oz demo agent: done"),
+        "{output:?}"
+    );
+    let log = w.process.log_text();
+    assert!(
+        log.contains("following it again"),
+        "the worker says it followed the log again:\n{log}"
+    );
+    cluster.self_check();
+}
