@@ -105,6 +105,10 @@ pub struct Ctx {
     /// The failures `/admin/fail-next` asked for.
     pub fail_next: Arc<std::sync::Mutex<FailNext>>,
     pub policy: Option<Arc<crate::rbac::Policy>>,
+    /// The requests the Role refused (`GET /admin/forbidden`), each as
+    /// `VERB GROUP/RESOURCE NAME`, so a test can prove a client never
+    /// needed more than the Role grants (a client may retry or hide a 403).
+    pub forbidden: Arc<std::sync::Mutex<Vec<String>>>,
     pub shared: Arc<Shared>,
     pub docker: Docker,
     pub token: String,
@@ -294,6 +298,10 @@ fn admin(ctx: &Ctx, method: &Method, rest: &[&str], q: &HashMap<String, String>)
             &json!({"failing": f.count, "code": f.code, "served": f.served}),
         );
     }
+    if method == Method::GET && rest == ["forbidden"] {
+        let v = ctx.forbidden.lock().unwrap().clone();
+        return json_response(200, &json!({"forbidden": v}));
+    }
     if method == Method::GET && rest == ["self-check"] {
         let v = ctx.shared.read(|s| s.self_check().to_vec());
         return json_response(200, &json!({"violations": v}));
@@ -375,6 +383,10 @@ async fn resource_route(
     };
     if let Some(policy) = &ctx.policy {
         if let Err(e) = policy.authorize(verb, group, &full, ns, name.unwrap_or("")) {
+            ctx.forbidden
+                .lock()
+                .unwrap()
+                .push(format!("{verb} {group}/{full} {}", name.unwrap_or("")));
             return error(e);
         }
     }

@@ -140,6 +140,7 @@ pub async fn bind(mut config: Config) -> std::io::Result<Server> {
     let ctx = api::Ctx {
         fail_next: Arc::default(),
         policy,
+        forbidden: Arc::default(),
         shared,
         docker,
         token: identity.token.clone(),
