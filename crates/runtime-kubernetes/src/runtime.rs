@@ -139,8 +139,14 @@ impl KubernetesRuntime {
 
     /// Creates the Job, or adopts the one this execution already has.
     async fn create_or_adopt(&self, job: &Job) -> Result<(), Failure> {
-        let name = job.metadata.name.clone().unwrap_or_default();
         let job_create = |what: String| Failure::new(FailureReason::JobCreate, what);
+        // job_spec::task_job always names the Job; without a name there is
+        // nothing to create or adopt.
+        let Some(name) = job.metadata.name.clone() else {
+            return Err(job_create(
+                "the task's Job was built without metadata.name".into(),
+            ));
+        };
         // A Job of the same execution still being deleted (an earlier
         // cancellation) is waited for; then the name is free.
         for _ in 0..2 {
