@@ -303,6 +303,25 @@ fn spawn_worker(
     state: &Path,
     extra: &[&str],
 ) -> WorkerProcess {
+    spawn_worker_logging(
+        server,
+        id,
+        config,
+        state,
+        extra,
+        "info,oz_worker=debug,oz_runtime_kubernetes=debug",
+    )
+}
+
+/// [`spawn_worker`] with the log filter `oz_log` (`OZ_LOG`).
+fn spawn_worker_logging(
+    server: &ScriptedServer,
+    id: &str,
+    config: &Path,
+    state: &Path,
+    extra: &[&str],
+    oz_log: &str,
+) -> WorkerProcess {
     let mut args: Vec<String> = vec![
         "--backend".into(),
         "kubernetes".into(),
@@ -316,10 +335,7 @@ fn spawn_worker(
         worker_id: id,
         extra_args: args,
         state_dir: Some(state.to_path_buf()),
-        env: vec![(
-            "OZ_LOG".into(),
-            "info,oz_worker=debug,oz_runtime_kubernetes=debug".into(),
-        )],
+        env: vec![("OZ_LOG".into(), oz_log.into())],
         ..Default::default()
     };
     WorkerProcess::spawn_at(&server.ws_url, ROOT, KEY, Engine::None, opts)
@@ -982,6 +998,13 @@ async fn preflight_refuses_a_role_without_job_create_and_passes_with_the_charts_
         );
         assert!(log.contains("jobs"), "names the resource:\n{log}");
         assert!(log.contains("create"), "names the verb:\n{log}");
+        let (_, v) = cluster.request("GET", "/admin/forbidden", None);
+        assert!(
+            v["forbidden"]
+                .as_array()
+                .is_some_and(|f| f.iter().any(|r| r == "create batch/jobs ")),
+            "the server's record of refusals: {v}"
+        );
         cluster.self_check();
     }
     let role = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes/base/role.yaml");
@@ -2273,4 +2296,448 @@ async fn a_pod_stuck_terminating_does_not_hold_a_cancellation_forever() {
         })
         .await;
     cluster.self_check();
+}
+
+// ---------------------------------------------------------------------------
+// Live output across a break of the `pods/log` follow.
+// ---------------------------------------------------------------------------
+
+/// Writes `lines` to the agent's standard output (PID 1's, which the
+/// container runtime logs) from inside a running Pod's task container.
+fn print_in_task(pod: &Value, lines: &[&str]) {
+    let script = lines
+        .iter()
+        .map(|l| format!("echo {l} > /proc/1/fd/1"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let out = Command::new("docker")
+        .args(["exec", &task_container_id(pod), "sh", "-c", &script])
+        .output()
+        .expect("docker exec runs");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Worker {
+    /// Reads the connection until the live output of `task` (added to
+    /// `output`) contains `needle`; other messages of the task are not
+    /// expected before it.
+    async fn output_until(&mut self, task: &str, output: &mut String, needle: &str) {
+        let deadline = tokio::time::Instant::now() + WITHIN;
+        while !output.contains(needle) {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.conn.next_message(left).await {
+                Some(WorkerMessage::TaskOutput(o)) if o.task_id == task => output.push_str(&o.data),
+                Some(m) if m.task_id() != task => {}
+                Some(WorkerMessage::TaskClaimed(_)) => {}
+                Some(m) => panic!("expected output of {task}, got {m:?}; output {output:?}"),
+                None => panic!(
+                    "no {needle:?} in the live output of {task}: {output:?}; log:\n{}",
+                    self.process.log_text()
+                ),
+            }
+        }
+    }
+}
+
+/// The API server is killed while the agent prints (lines printed while
+/// it is down, then after its restart): the worker follows the log again
+/// from where it broke, so the orchestrator's live output has every line,
+/// each once, and the report follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_output_goes_on_after_the_api_server_restarts_without_repeats() {
+    let Some(mut rig) = Rig::start(&[]).await else {
+        return;
+    };
+    let mut w = rig
+        .worker(&unique_id("k8s-logbreak"), &rig.cluster.config("c", ""))
+        .await;
+    let cluster = &mut rig.cluster;
+    let task = "k8slogbreak";
+    let a = assignment(
+        task,
+        &[("OZ_DEMO_BEHAVIOUR", "sleep"), ("OZ_DEMO_SLEEP", "600")],
+    );
+    let name = go_job_name(task, &exec_of(&a));
+    w.assign(&a).await;
+    w.claimed(task).await;
+    let pod = cluster.task_running(&name).await;
+    let mut output = String::new();
+    w.output_until(task, &mut output, "started in").await;
+    print_in_task(&pod, &["oz-live-before-1", "oz-live-before-2"]);
+    w.output_until(task, &mut output, "oz-live-before-2").await;
+
+    // Down: the follow breaks; the agent goes on printing.
+    cluster.server.kill();
+    print_in_task(&pod, &["oz-live-down-1", "oz-live-down-2"]);
+    cluster.server.restart().unwrap();
+    print_in_task(&pod, &["oz-live-after-1", "oz-live-after-2"]);
+    // Live output resumes while the task still runs.
+    w.output_until(task, &mut output, "oz-live-after-2").await;
+    end_the_sleep(&pod);
+    let (report, rest) = w.report(task).await;
+    output.push_str(&rest);
+    assert!(
+        matches!(report, WorkerMessage::TaskCompleted(_)),
+        "{report:?}\n{}",
+        w.process.log_text()
+    );
+    for line in [
+        "oz demo agent: task k8slogbreak started in /workspace",
+        "oz-live-before-1",
+        "oz-live-before-2",
+        "oz-live-down-1",
+        "oz-live-down-2",
+        "oz-live-after-1",
+        "oz-live-after-2",
+        "oz demo agent: done",
+    ] {
+        assert_eq!(
+            output.matches(&format!("{line}\n")).count(),
+            1,
+            "{line:?} once in the live output: {output:?}"
+        );
+    }
+    // In the order printed.
+    let at = |l: &str| output.find(l).unwrap();
+    assert!(at("oz-live-before-2") < at("oz-live-down-1"), "{output:?}");
+    assert!(at("oz-live-down-2") < at("oz-live-after-1"), "{output:?}");
+    assert!(
+        at("oz-live-after-2") < at("oz demo agent: done"),
+        "{output:?}"
+    );
+    let log = w.process.log_text();
+    assert!(
+        log.contains("following it again"),
+        "the worker says it followed the log again:\n{log}"
+    );
+    cluster.self_check();
+}
+
+// ---------------------------------------------------------------------------
+// The contract of ARCHITECTURE.md "How to add a runtime", step 5, beyond
+// the cases above: secrets stay out of logs, the metrics carry the
+// runtime's `backend` label, task_timeout ends a task and its Job; and
+// every call path of the runtime under the Go chart's Role.
+// ---------------------------------------------------------------------------
+
+/// A task environment value no log may show.
+const TASK_SECRET: &str = "k8s-task-s3cr3t-7f3a91";
+
+/// A worker logging everything at debug (the kube client's requests
+/// included) runs a task that succeeds and one that fails,
+/// both with a secret in their environment: neither that value nor the API
+/// key appears in the worker's log or in a report, while the value does
+/// reach the task (it is in the Job, as the Go worker puts it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_stay_out_of_the_workers_log_and_reports() {
+    let Some(rig) = Rig::start(&[]).await else {
+        return;
+    };
+    let cluster = &rig.cluster;
+    let process = spawn_worker_logging(
+        &rig.server,
+        &unique_id("k8s-secrets"),
+        &cluster.config("c", ""),
+        rig.state.path(),
+        &[],
+        "debug,task_output=debug",
+    );
+    let conn = rig
+        .server
+        .accept_offering(WITHIN, Some(extensions::TASK_OUTPUT))
+        .await;
+    let mut w = Worker { process, conn };
+    let ok = assignment("k8ssecretok", &[("OZ_TEST_SECRET", TASK_SECRET)]);
+    let failing = assignment(
+        "k8ssecretfail",
+        &[("OZ_TEST_SECRET", TASK_SECRET), ("OZ_DEMO_EXIT", "3")],
+    );
+    w.assign(&ok).await;
+    let job = cluster
+        .until("the Job exists", |c| {
+            c.job(&go_job_name("k8ssecretok", &exec_of(&ok)))
+        })
+        .await;
+    assert!(
+        job.to_string().contains(TASK_SECRET),
+        "the value reaches the task: {job}"
+    );
+    let (report, output) = w.report("k8ssecretok").await;
+    assert!(
+        matches!(report, WorkerMessage::TaskCompleted(_)),
+        "{report:?}"
+    );
+    assert!(output.contains("oz demo agent: done"), "{output:?}");
+    w.assign(&failing).await;
+    let f = w.failed("k8ssecretfail").await;
+    assert_eq!(f.failure_reason, FailureReason::ContainerExit, "{f:?}");
+    k8s_details(&f);
+    let report = serde_json::to_string(&f).unwrap();
+    assert!(!report.contains(TASK_SECRET), "{report}");
+    w.process.signal(15);
+    w.process.wait_exit(WITHIN).await;
+    let log = w.process.log_text();
+    assert!(
+        log.contains("created the task's Job") && log.contains("kube_client"),
+        "the log is the verbose one: {log}"
+    );
+    assert!(
+        !log.contains(TASK_SECRET),
+        "a task env value in the log:\n{log}"
+    );
+    assert!(!log.contains(KEY), "the API key in the log:\n{log}");
+    cluster.self_check();
+}
+
+/// The value of the one series `name` whose labels include all of
+/// `labels`, from a Prometheus text page.
+fn sample(page: &str, name: &str, labels: &[&str]) -> Option<String> {
+    page.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .find(|l| labels.iter().all(|want| l.contains(want)))
+        .and_then(|l| l.rsplit(' ').next())
+        .map(str::to_string)
+}
+
+/// The worker's Prometheus page names the runtime: `backend="kubernetes"`
+/// on `oz_worker_info` (and `worker_backend` on `target_info`), beside the
+/// task metrics of a success and a failure it ran.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_carry_the_kubernetes_backend_label_beside_the_task_metrics() {
+    let Some(rig) = Rig::start(&[]).await else {
+        return;
+    };
+    let port = support::net::free_port();
+    let id = unique_id("k8s-metrics");
+    let mut w = worker(
+        &rig.server,
+        &id,
+        &rig.cluster.config("c", ""),
+        rig.state.path(),
+        &["--metrics-listen", &format!("127.0.0.1:{port}")],
+    )
+    .await;
+    w.assign(&assignment("k8smetricsok", &[])).await;
+    w.assign(&assignment("k8smetricsfail", &[("OZ_DEMO_EXIT", "4")]))
+        .await;
+    let reports = w.reports(2).await;
+    assert!(
+        matches!(reports["k8smetricsok"], WorkerMessage::TaskCompleted(_)),
+        "{reports:?}"
+    );
+    let page = support::net::metrics_page(port).await;
+    let backend = "backend=\"kubernetes\"";
+    assert_eq!(
+        sample(
+            &page,
+            "oz_worker_info",
+            &[backend, &format!("worker_id=\"{id}\"")]
+        )
+        .as_deref(),
+        Some("1"),
+        "{page}"
+    );
+    assert!(
+        page.lines()
+            .any(|l| l.starts_with("target_info{") && l.contains("worker_backend=\"kubernetes\"")),
+        "{page}"
+    );
+    for (name, labels, value) in [
+        ("oz_worker_tasks_claimed_total", vec![], "2"),
+        (
+            "oz_worker_tasks_completed_total",
+            vec!["result=\"succeeded\""],
+            "1",
+        ),
+        (
+            "oz_worker_tasks_completed_total",
+            vec!["result=\"failed\""],
+            "1",
+        ),
+        (
+            "oz_worker_task_failures_total",
+            vec!["phase=\"backend\"", "reason=\"container_exit\""],
+            "1",
+        ),
+        (
+            "oz_worker_task_duration_seconds_count",
+            vec!["result=\"succeeded\""],
+            "1",
+        ),
+    ] {
+        let found = if labels.is_empty() {
+            page.lines()
+                .find(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+                .and_then(|l| l.rsplit(' ').next())
+                .map(str::to_string)
+        } else {
+            sample(&page, name, &labels)
+        };
+        assert_eq!(
+            found.as_deref(),
+            Some(value),
+            "{name}{labels:?} in:\n{page}"
+        );
+    }
+    rig.cluster.self_check();
+}
+
+/// `--task-timeout`: a task still running at the limit is stopped as a
+/// cancellation stops it (its Job deleted in the foreground) and reported
+/// `task_timeout`, naming the limit; its Job and Pod are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_past_task_timeout_fails_task_timeout_and_its_job_is_deleted() {
+    let Some(rig) = Rig::start(&[]).await else {
+        return;
+    };
+    let cluster = &rig.cluster;
+    let config = cluster.config("c", "pod_template:\n  terminationGracePeriodSeconds: 1");
+    let mut w = worker(
+        &rig.server,
+        &unique_id("k8s-timeout"),
+        &config,
+        rig.state.path(),
+        &["--task-timeout", "3s"],
+    )
+    .await;
+    let a = assignment("k8stimeout", &[("OZ_DEMO_BEHAVIOUR", "sleep")]);
+    let name = go_job_name("k8stimeout", &exec_of(&a));
+    let started = std::time::Instant::now();
+    w.assign(&a).await;
+    w.claimed("k8stimeout").await;
+    cluster.task_running(&name).await;
+    let f = w.failed("k8stimeout").await;
+    assert!(started.elapsed() >= Duration::from_secs(3), "{f:?}");
+    assert_eq!(f.failure_reason, FailureReason::TaskTimeout, "{f:?}");
+    assert_eq!(
+        f.message,
+        "task exceeded task_timeout 3s; set task_timeout/--task-timeout to allow longer"
+    );
+    assert_eq!(f.execution_id.as_deref(), Some(exec_of(&a).as_str()));
+    // Stopped as a cancellation: the Pod was gone before the report.
+    assert_eq!(cluster.pods(&name), Vec::<Value>::new());
+    cluster
+        .until("the Job is deleted", |c| {
+            c.job(&name).is_none().then_some(())
+        })
+        .await;
+    let log = w.process.log_text();
+    assert!(
+        log.contains("deleting the task's Job (foreground)"),
+        "{log}"
+    );
+    cluster.self_check();
+}
+
+/// Every call path under exactly the Go chart's Role (the worker's token
+/// bound to deploy/kubernetes/base/role.yaml): the preflight, a success
+/// with live output, a failure and its diagnosis (Pod, Job, events), a
+/// cancellation (foreground delete, Pods watched away), a worker killed and
+/// restarted (discovery by labels, reattach, the log followed from its
+/// end) and a follow of the log broken and resumed (`sinceTime`). The
+/// server refused nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_call_path_runs_under_the_charts_role() {
+    let role = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes/base/role.yaml");
+    let Some(mut rig) = Rig::start(&["--rbac-role", role.to_str().unwrap()]).await else {
+        return;
+    };
+    let config = rig
+        .cluster
+        .config("c", "pod_template:\n  terminationGracePeriodSeconds: 2");
+    let id = unique_id("k8s-rbac-all");
+    let mut w = rig.worker(&id, &config).await;
+
+    // Success with live output, and a failure diagnosed.
+    w.assign(&assignment("k8srbacok", &[])).await;
+    let (report, output) = w.report("k8srbacok").await;
+    assert!(
+        matches!(report, WorkerMessage::TaskCompleted(_)),
+        "{report:?}"
+    );
+    assert!(output.contains("oz demo agent: done"), "{output:?}");
+    w.assign(&assignment("k8srbacfail", &[("OZ_DEMO_EXIT", "2")]))
+        .await;
+    let f = w.failed("k8srbacfail").await;
+    assert_eq!(f.failure_reason, FailureReason::ContainerExit, "{f:?}");
+    assert_eq!(f.exit_code, Some(2), "{f:?}");
+    let d = k8s_details(&f);
+    assert!(d.job.is_some() && d.pod.is_some(), "{d:?}");
+
+    // A cancellation.
+    let cancelled = assignment("k8srbaccancel", &[("OZ_DEMO_BEHAVIOUR", "sleep")]);
+    let cancelled_job = go_job_name("k8srbaccancel", &exec_of(&cancelled));
+    w.assign(&cancelled).await;
+    w.claimed("k8srbaccancel").await;
+    rig.cluster.task_running(&cancelled_job).await;
+    w.conn
+        .send_text(&encode(&ServerMessage::TaskCancellation(
+            TaskCancellation {
+                task_id: "k8srbaccancel".into(),
+            },
+        )))
+        .await;
+    match w.report("k8srbaccancel").await.0 {
+        WorkerMessage::TaskCompleted(c) => assert_eq!(c.task_state.as_deref(), Some("CANCELLED")),
+        other => panic!("expected a CANCELLED task_completed, got {other:?}"),
+    }
+
+    // The worker killed while a task runs; the next one reattaches, follows
+    // the log from its end and, across an API server restart, on.
+    let a = assignment(
+        "k8srbacreattach",
+        &[("OZ_DEMO_BEHAVIOUR", "sleep"), ("OZ_DEMO_SLEEP", "600")],
+    );
+    let name = go_job_name("k8srbacreattach", &exec_of(&a));
+    w.assign(&a).await;
+    w.claimed("k8srbacreattach").await;
+    let pod = rig.cluster.task_running(&name).await;
+    w.process.signal(9);
+    w.process.wait_exit(WITHIN).await;
+    let mut w = rig.worker(&id, &config).await;
+    w.process
+        .wait_for_log("following the task's log from its current end", WITHIN)
+        .await;
+    let mut output = String::new();
+    print_in_task(&pod, &["oz-rbac-before"]);
+    w.output_until("k8srbacreattach", &mut output, "oz-rbac-before")
+        .await;
+    rig.cluster.server.restart().unwrap();
+    print_in_task(&pod, &["oz-rbac-after"]);
+    w.output_until("k8srbacreattach", &mut output, "oz-rbac-after")
+        .await;
+    end_the_sleep(&pod);
+    let (report, rest) = w.report("k8srbacreattach").await;
+    output.push_str(&rest);
+    assert!(
+        matches!(report, WorkerMessage::TaskCompleted(_)),
+        "{report:?}\n{}",
+        w.process.log_text()
+    );
+    assert!(!output.contains("started in"), "{output:?}");
+    for line in [
+        "oz-rbac-before\n",
+        "oz-rbac-after\n",
+        "oz demo agent: done\n",
+    ] {
+        assert_eq!(output.matches(line).count(), 1, "{line:?} once: {output:?}");
+    }
+    w.process.signal(15);
+    w.process.wait_exit(WITHIN).await;
+
+    let (code, v) = rig.cluster.request("GET", "/admin/forbidden", None);
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(
+        v["forbidden"],
+        json!([]),
+        "requests the chart's Role does not grant"
+    );
+    let log = w.process.log_text();
+    assert!(!log.to_lowercase().contains("forbidden"), "{log}");
+    rig.cluster.self_check();
 }

@@ -13,11 +13,11 @@
 //! the Go chart's Role does not: [`Claim::Forbidden`]).
 
 use crate::holder::{holder_annotations, Holder};
-use oz_runtime::liveness::INSTANCE_KEY;
 use crate::retry::{self, Backoff};
 use k8s_openapi::api::batch::v1::Job;
 use kube::api::{Patch, PatchParams};
 use kube::Api;
+use oz_runtime::liveness::INSTANCE_KEY;
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 use std::time::Duration;

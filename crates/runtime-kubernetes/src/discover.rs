@@ -92,7 +92,10 @@ pub async fn orphans(
     };
     let mut found = Vec::new();
     for job in list.items {
-        let name = job.metadata.name.clone().unwrap_or_default();
+        let Some(name) = job.metadata.name.clone() else {
+            tracing::warn!("not taking over a Job the API server listed without metadata.name");
+            continue;
+        };
         let annotations = job.metadata.annotations.clone().unwrap_or_default();
         let Some(task) = execution_of(&annotations, worker_id) else {
             tracing::debug!(

@@ -56,8 +56,10 @@ pub struct Sidecar {
     pub read_write: bool,
 }
 
-/// What one task's Job is made from.
-#[derive(Debug, Clone)]
+/// What one task's Job is made from. Its `Debug` names the environment
+/// variables but never shows their values (task env values and the
+/// operator's `-e` entries are secrets).
+#[derive(Clone)]
 pub struct TaskJobRequest {
     pub worker_id: String,
     pub task_id: String,
@@ -77,6 +79,24 @@ pub struct TaskJobRequest {
     pub memory_bytes: Option<i64>,
     /// The worker process creating the Job (see [`crate::holder`]).
     pub holder: Option<Holder>,
+}
+
+impl std::fmt::Debug for TaskJobRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let env_names: Vec<&str> = self.env.iter().map(|(name, _)| name.as_str()).collect();
+        f.debug_struct("TaskJobRequest")
+            .field("worker_id", &self.worker_id)
+            .field("task_id", &self.task_id)
+            .field("execution_id", &self.execution_id)
+            .field("image", &self.image)
+            .field("base_args", &self.base_args)
+            .field("env (names; values redacted)", &env_names)
+            .field("sidecars", &self.sidecars)
+            .field("cpus", &self.cpus)
+            .field("memory_bytes", &self.memory_bytes)
+            .field("holder", &self.holder)
+            .finish()
+    }
 }
 
 /// Why a task's sidecars cannot be mounted: the task fails `sidecar_prep`.
@@ -887,5 +907,27 @@ mod tests {
         let a = job_annotations(&s, &r);
         assert!(!a.contains_key(oz_runtime::liveness::PID_KEY), "{a:?}");
         assert!(!a.contains_key(holder::EXECUTION_ID_ANNOTATION), "{a:?}");
+    }
+
+    #[test]
+    fn debug_of_a_request_names_the_env_but_never_shows_a_value() {
+        let mut r = request();
+        r.env
+            .push(("OZ_TEST_SECRET".into(), "hunter2-k8s-value".into()));
+        let shown = format!("{r:?}");
+        assert!(!shown.contains("hunter2-k8s-value"), "{shown}");
+        for value in ["forged", "operator"] {
+            assert!(!shown.contains(value), "{value} shown: {shown}");
+        }
+        assert!(
+            shown.contains("OZ_TEST_SECRET") && shown.contains("TASK_ID"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("run-1") && shown.contains("exec-0001"),
+            "{shown}"
+        );
+        let pretty = format!("{r:#?}");
+        assert!(!pretty.contains("hunter2-k8s-value"), "{pretty}");
     }
 }

@@ -14,6 +14,7 @@ mod discover;
 pub mod failure_details;
 pub mod holder;
 pub mod job_spec;
+mod log_cursor;
 mod logs;
 pub mod names;
 mod preflight;

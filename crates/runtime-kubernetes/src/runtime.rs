@@ -156,7 +156,14 @@ impl KubernetesRuntime {
     /// early (Ok) when `stop` fires while waiting to repeat: the caller's
     /// cancellation then deletes whatever was created.
     async fn create_or_adopt(&self, job: &Job, stop: &CancellationToken) -> Result<(), Failure> {
-        let name = job.metadata.name.clone().unwrap_or_default();
+        // job_spec::task_job always names the Job; without a name there is
+        // nothing to create or adopt.
+        let Some(name) = job.metadata.name.clone() else {
+            return Err(Failure::new(
+                FailureReason::JobCreate,
+                "the task's Job was built without metadata.name",
+            ));
+        };
         let mut backoff = Backoff::new(CREATE_RETRY_FOR);
         let mut freed = 0;
         loop {

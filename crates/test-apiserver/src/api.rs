@@ -127,6 +127,10 @@ pub struct Ctx {
     /// The meeting point `/admin/hold` set up, until it is complete.
     pub hold: Arc<std::sync::Mutex<Option<Hold>>>,
     pub policy: Option<Arc<crate::rbac::Policy>>,
+    /// The requests the Role refused (`GET /admin/forbidden`), each as
+    /// `VERB GROUP/RESOURCE NAME`, so a test can prove a client never
+    /// needed more than the Role grants (a client may retry or hide a 403).
+    pub forbidden: Arc<std::sync::Mutex<Vec<String>>>,
     pub shared: Arc<Shared>,
     pub docker: Docker,
     pub token: String,
@@ -338,6 +342,10 @@ fn admin(ctx: &Ctx, method: &Method, rest: &[&str], q: &HashMap<String, String>)
             &json!({"failing": f.count, "code": f.code, "served": f.served}),
         );
     }
+    if method == Method::GET && rest == ["forbidden"] {
+        let v = ctx.forbidden.lock().unwrap().clone();
+        return json_response(200, &json!({"forbidden": v}));
+    }
     if method == Method::GET && rest == ["self-check"] {
         let v = ctx.shared.read(|s| s.self_check().to_vec());
         return json_response(200, &json!({"violations": v}));
@@ -451,6 +459,10 @@ async fn resource_route(
     };
     if let Some(policy) = &ctx.policy {
         if let Err(e) = policy.authorize(verb, group, &full, ns, name.unwrap_or("")) {
+            ctx.forbidden
+                .lock()
+                .unwrap()
+                .push(format!("{verb} {group}/{full} {}", name.unwrap_or("")));
             return error(e);
         }
     }

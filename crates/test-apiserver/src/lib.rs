@@ -141,6 +141,7 @@ pub async fn bind(mut config: Config) -> std::io::Result<Server> {
         fail_next: Arc::default(),
         hold: Arc::default(),
         policy,
+        forbidden: Arc::default(),
         shared,
         docker,
         token: identity.token.clone(),
