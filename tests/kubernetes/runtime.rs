@@ -2016,10 +2016,14 @@ async fn throttled_and_failing_api_requests_are_retried_and_the_task_succeeds() 
                 w.process.log_text()
             ),
         }
-        assert_eq!(
-            failures_served(cluster),
-            count as u64,
-            "every injected {code} on {verb} {resource} was answered"
+        // At least one injected failure was answered and retried. Not
+        // necessarily all: on a loaded machine the task can end (seen by
+        // the other watch or the safety poll) before a failed watch or
+        // list is repeated `count` times.
+        let served = failures_served(cluster);
+        assert!(
+            (1..=count as u64).contains(&served),
+            "{served} of {count} injected {code} on {verb} {resource} answered"
         );
     }
     cluster.self_check();
