@@ -2,7 +2,10 @@
 //! no task yet) and with 16 tasks running at once (`--max-concurrent-tasks
 //! 16`, demo agents that sleep), sampled every 100 ms for a few seconds in
 //! each state; also open descriptors and threads, and idle again after the
-//! tasks were cancelled. Goals: idle < 15 MiB, 16 tasks < 30 MiB.
+//! tasks were cancelled. Goals: idle < 15 MiB, 16 tasks < 30 MiB. Also
+//! how many names of the link order file (`link/idle-symbols.txt`, see
+//! build.rs) the measured binary defines: far fewer than all means the
+//! file is stale and the idle figure is not the ordered link's.
 //!
 //! `cargo bench --bench worker_rss`; `OZ_BENCH_TASKS` (default 16).
 
@@ -33,6 +36,50 @@ async fn sample(worker: &WorkerProcess, window: Duration) -> (u64, u64) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     (max, last)
+}
+
+/// "N of M names of link/idle-symbols.txt are defined in the measured
+/// binary", counted with `nm --defined-only`, or why they were not counted.
+fn order_file_names_present(binary: &str) -> String {
+    let file = concat!(env!("CARGO_MANIFEST_DIR"), "/link/idle-symbols.txt");
+    let names = match std::fs::read_to_string(file) {
+        Ok(text) => text,
+        Err(e) => return format!("link/idle-symbols.txt not counted: cannot read {file}: {e}"),
+    };
+    let nm = match std::process::Command::new("nm")
+        .args(["--defined-only", binary])
+        .output()
+    {
+        Ok(out) if out.status.success() => out,
+        Ok(out) => {
+            return format!(
+                "link/idle-symbols.txt not counted: nm {binary} failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )
+        }
+        Err(e) => return format!("link/idle-symbols.txt not counted: cannot run nm: {e}"),
+    };
+    let nm = String::from_utf8_lossy(&nm.stdout);
+    // `ADDRESS TYPE NAME`; LLD ignores `#` lines (the stamp) in the file.
+    let defined: std::collections::HashSet<&str> = nm
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(2))
+        .collect();
+    let listed: Vec<&str> = names
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    let present = listed.iter().filter(|n| defined.contains(*n)).count();
+    format!(
+        "{present} of {} names of link/idle-symbols.txt are defined in the measured binary{}",
+        listed.len(),
+        if present < listed.len() {
+            " (fewer than all: the file is stale for it; scripts/idle-symbol-order.sh)"
+        } else {
+            ""
+        }
+    )
 }
 
 #[tokio::main]
@@ -145,6 +192,10 @@ async fn main() {
          {tasks} containers observed running (after one earlier task filled the sidecar \
          volume). After: the {tasks} runs cancelled and reported.",
         engine.version, engine.api, window
+    ));
+    r.text(&format!(
+        "Link order: {}.",
+        order_file_names_present(oz_test_support::worker_binary())
     ));
     r.table(
         &["state", "VmRSS (max / last)", "open fds", "threads", "goal"],

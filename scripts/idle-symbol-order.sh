@@ -3,7 +3,9 @@
 # build.rs hands to LLD as --symbol-ordering-file so that they share a few
 # 64 KiB code blocks (BENCHMARKS.md, "Idle RSS"). Run it after dependency
 # updates (the file names symbols with their hashes; names that no longer
-# exist are ignored, so a stale file only loses the saving).
+# exist are ignored, so a stale file only loses the saving). Its first line
+# is a stamp of what the names depend on (scripts/idle-symbol-stamp.sh):
+# build.rs warns when Cargo.lock or rustc no longer match it.
 #
 #   cargo build --release && scripts/idle-symbol-order.sh [BINARY]
 #
@@ -63,5 +65,6 @@ nm --defined-only "$bin" | awk '$2 ~ /^[tTwW]$/ { print $3 }' | sort -u >"$work/
 cat "$work"/cg.out* | grep -oP '^c?fn=\(\d+\) \K.+' | awk '!seen[$0]++' \
     | grep -Fxf "$work/defined" >"$work/order"
 [ -s "$work/order" ] || { echo "no function of $bin in the profile" >&2; exit 1; }
-mv "$work/order" "$out"
-echo "$(wc -l <"$out") functions written to $out"
+{ "$root/scripts/idle-symbol-stamp.sh"; cat "$work/order"; } >"$work/stamped"
+mv "$work/stamped" "$out"
+echo "$(wc -l <"$work/order") functions written to $out"

@@ -2,7 +2,7 @@
 //! `api-specs/`. `cargo xtask codegen` writes them; the test below fails when
 //! a committed copy is stale.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// (file name under `api-specs/`, contents).
 pub fn all() -> Vec<(&'static str, String)> {
@@ -32,7 +32,23 @@ pub fn all() -> Vec<(&'static str, String)> {
     ]
 }
 
-pub fn write_all(dir: &Path, check: bool) -> Result<(), String> {
+/// Why [`write_all`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaError {
+    #[error("cannot write {}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// With `check`: the committed files that differ from the types.
+    #[error("stale generated schemas: {}; run `cargo xtask codegen` and commit", stale.join(", "))]
+    Stale { stale: Vec<String> },
+}
+
+/// Writes every schema of [`all`] under `dir`; with `check`, writes nothing
+/// and fails with the stale ones instead.
+pub fn write_all(dir: &Path, check: bool) -> Result<(), SchemaError> {
     let mut stale = Vec::new();
     for (name, contents) in all() {
         let path = dir.join(name);
@@ -44,16 +60,13 @@ pub fn write_all(dir: &Path, check: bool) -> Result<(), String> {
             stale.push(path.display().to_string());
         } else {
             std::fs::write(&path, contents)
-                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+                .map_err(|source| SchemaError::Write { path, source })?;
         }
     }
     if stale.is_empty() {
         Ok(())
     } else {
-        Err(format!(
-            "stale generated schemas: {}; run `cargo xtask codegen` and commit",
-            stale.join(", ")
-        ))
+        Err(SchemaError::Stale { stale })
     }
 }
 

@@ -5,7 +5,7 @@
 //!
 //! A container is removed when its owner provably no longer runs: it ran on
 //! this host (same machine id and hostname) and the host rebooted since or
-//! its pid is gone (`runtime::docker::identity::owner`). A container made on
+//! its pid is gone (`oz_runtime_docker::identity::owner`). A container made on
 //! another host is only removed when that host is named with `--gone-host`:
 //! from here nothing says whether its worker still runs. Also left alone:
 //! containers kept on purpose (`--no-cleanup`; `--kept` removes them), and
@@ -158,7 +158,7 @@ pub async fn run(args: CleanupArgs) -> ExitCode {
         .unwrap_or_else(oz_worker::config::default_state_dir);
     // Per worker id, read once: what its dead instances left unreported.
     let mut journals: BTreeMap<String, Vec<TaskRef>> = BTreeMap::new();
-    let (host, boot) = identity::this_host();
+    let (host, boot) = oz_runtime::liveness::this_host();
     let mut failed = 0;
     let (mut removed, mut kept) = (0, 0);
     for c in listed {

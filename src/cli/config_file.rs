@@ -12,7 +12,7 @@ use oz_runtime_direct::config::DirectSection;
 use oz_runtime_docker::config::DockerSection;
 use schemars::JsonSchema;
 use serde::Deserialize;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -98,21 +98,51 @@ impl Loaded {
     /// `backend.docker.volumes[1]: …`); any other error is returned as is
     /// (it is about a flag, or already names the file).
     pub fn locate_error(&self, error: String) -> String {
-        let Some(path) = &self.path else {
-            return error;
-        };
-        let key = error.split(": ").next().unwrap_or_default();
-        match line_of(&self.text, key) {
-            Some(line) => format!("config file {} line {line}: {error}", path.display()),
+        match self.location_of(&error) {
+            Some(at) => format!("{at}: {error}"),
             None => error,
         }
     }
+
+    /// `config file PATH line N` for an error message that starts with a
+    /// key path this file has (see [`Loaded::locate_error`]); `None` for
+    /// any other, or without a file.
+    pub fn location_of(&self, error: &str) -> Option<String> {
+        let path = self.path.as_ref()?;
+        let key = error.split(": ").next().unwrap_or_default();
+        let line = line_of(&self.text, key)?;
+        Some(format!("config file {} line {line}", path.display()))
+    }
 }
 
-pub fn load(path: &Path) -> Result<Loaded, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
-    let file = parse(&text).map_err(|e| format!("config file {}: {e}", path.display()))?;
+/// Why the config file could not be loaded (a bad setting: exit status 2).
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read config file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Not YAML, an unknown key or a wrong type; the parser's message names
+    /// the key and its line.
+    #[error("config file {}: {source}", path.display())]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: serde_norway::Error,
+    },
+}
+
+pub fn load(path: &Path) -> Result<Loaded, LoadError> {
+    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let file = parse(&text).map_err(|source| LoadError::Parse {
+        path: path.to_path_buf(),
+        source,
+    })?;
     Ok(Loaded {
         file,
         path: Some(path.to_path_buf()),
@@ -185,11 +215,13 @@ pub fn line_of(text: &str, key: &str) -> Option<usize> {
     None
 }
 
-pub fn parse(text: &str) -> Result<ConfigFile, String> {
+/// The file's text as a [`ConfigFile`]; empty text is the default. The
+/// error names an unknown key or a wrong type with its line.
+pub fn parse(text: &str) -> Result<ConfigFile, serde_norway::Error> {
     if text.trim().is_empty() {
         return Ok(ConfigFile::default());
     }
-    serde_norway::from_str(text).map_err(|e| e.to_string())
+    serde_norway::from_str(text)
 }
 
 #[cfg(test)]
@@ -265,21 +297,27 @@ mod tests {
             }
             match parse(&text) {
                 Ok(_) => {}
-                Err(e) => prop_assert!(!e.is_empty()),
+                Err(e) => prop_assert!(!e.to_string().is_empty()),
             }
         }
     }
 
     #[test]
     fn unknown_keys_and_wrong_types_name_the_key_and_line() {
-        let e = parse("worker_id: w\nbackend:\n  docker:\n    volumez: []\n").unwrap_err();
+        let e = parse("worker_id: w\nbackend:\n  docker:\n    volumez: []\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("volumez") && e.contains("line 4"), "{e}");
-        let e = parse("worker_id: w\nmax_concurrent_tasks: lots\n").unwrap_err();
+        let e = parse("worker_id: w\nmax_concurrent_tasks: lots\n")
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("max_concurrent_tasks") && e.contains("line 2"),
             "{e}"
         );
-        let e = parse("backend:\n  direct:\n    oz_pth: /x\n").unwrap_err();
+        let e = parse("backend:\n  direct:\n    oz_pth: /x\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("oz_pth"), "{e}");
     }
 

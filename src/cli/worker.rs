@@ -104,6 +104,69 @@ pub const BACKENDS: &[&str] = &["docker", "direct", "command", "kubernetes"];
 #[cfg(not(feature = "kubernetes"))]
 pub const BACKENDS: &[&str] = &["docker", "direct", "command"];
 
+/// Why no runtime could be chosen ([`select_backend`]).
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The sections the file has.
+    #[error(
+        "the config file has backend sections for {}; keep exactly one (or none, for docker)",
+        .0.join(" and ")
+    )]
+    SeveralSections(Vec<&'static str>),
+    #[error(
+        "this build of oz-agent-worker has no kubernetes runtime (it was built without the `kubernetes` \
+         feature); use the release binary or the container image, or build with `--features kubernetes`"
+    )]
+    NoKubernetes,
+    /// `--backend`'s value.
+    #[error("--backend {0:?} is not a backend; use {backends}", backends = BACKENDS.join(", "))]
+    Unknown(String),
+}
+
+/// Why the worker's settings could not be resolved ([`resolve`]): every
+/// variant is a bad setting (exit status 2).
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    #[error(transparent)]
+    ConfigFile(#[from] config_file::LoadError),
+    #[error(transparent)]
+    ApiKey(#[from] api_key::ApiKeyError),
+    /// A value the core's settings or the operator's environment refused;
+    /// `at` is `config file PATH line N` when it came from the file.
+    #[error("{}{source}", at.as_ref().map(|a| format!("{a}: ")).unwrap_or_default())]
+    Setting {
+        at: Option<String>,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    /// The backend the worker runs.
+    #[error(
+        "-v/--volumes only applies to the docker backend, and this worker runs the {0} backend"
+    )]
+    VolumesNeedDocker(&'static str),
+    /// The backend the worker runs.
+    #[error(
+        "--target-dir only applies to the direct backend, and this worker runs the {0} backend"
+    )]
+    TargetDirNeedsDirect(&'static str),
+}
+
+impl ResolveError {
+    /// `error` about a setting, located in `file` when its message starts
+    /// with a key path the file has.
+    fn setting<E: std::error::Error + Send + Sync + 'static>(
+        file: &config_file::Loaded,
+        error: E,
+    ) -> ResolveError {
+        ResolveError::Setting {
+            at: file.location_of(&error.to_string()),
+            source: Box::new(error),
+        }
+    }
+}
+
 /// `--backend`, else the file's one section (the Go worker checks them as
 /// direct, kubernetes, command, docker), else docker. Two sections are an
 /// error naming both; in a build without the `kubernetes` feature,
@@ -111,33 +174,20 @@ pub const BACKENDS: &[&str] = &["docker", "direct", "command"];
 pub fn select_backend(
     flag: Option<&str>,
     sections: &BackendSections,
-) -> Result<(&'static str, Option<String>), String> {
+) -> Result<(&'static str, Option<String>), BackendError> {
     let present = sections.present();
     if present.len() > 1 {
-        return Err(format!(
-            "the config file has backend sections for {}; keep exactly one (or none, for docker)",
-            present.join(" and ")
-        ));
+        return Err(BackendError::SeveralSections(present));
     }
-    let refuse_kubernetes = || {
-        "this build of oz-agent-worker has no kubernetes runtime (it was built without the `kubernetes` \
-         feature); use the release binary or the container image, or build with `--features kubernetes`"
-            .to_string()
-    };
     let chosen = match flag.map(str::trim).filter(|f| !f.is_empty()) {
         Some(f) => match BACKENDS.iter().find(|b| **b == f) {
             Some(b) => *b,
-            None if f == "kubernetes" => return Err(refuse_kubernetes()),
-            None => {
-                return Err(format!(
-                    "--backend {f:?} is not a backend; use {}",
-                    BACKENDS.join(", ")
-                ))
-            }
+            None if f == "kubernetes" => return Err(BackendError::NoKubernetes),
+            None => return Err(BackendError::Unknown(f.to_string())),
         },
         None => match present.first() {
             Some(s) if BACKENDS.contains(s) => s,
-            Some(_) => return Err(refuse_kubernetes()),
+            Some(_) => return Err(BackendError::NoKubernetes),
             None => "docker",
         },
     };
@@ -190,7 +240,7 @@ pub struct Resolved {
     pub file: config_file::Loaded,
 }
 
-pub fn resolve(args: &WorkerArgs, env: &dyn EnvLookup) -> Result<Resolved, String> {
+pub fn resolve(args: &WorkerArgs, env: &dyn EnvLookup) -> Result<Resolved, ResolveError> {
     let loaded = match &args.config_file {
         Some(path) => config_file::load(path)?,
         None => config_file::Loaded::default(),
@@ -202,10 +252,9 @@ pub fn resolve(args: &WorkerArgs, env: &dyn EnvLookup) -> Result<Resolved, Strin
             flag_file: args.api_key_file.clone(),
         },
         env,
-    )
-    .map_err(|e| e.to_string())?;
+    )?;
     let core = WorkerConfig::resolve(&core_inputs(args, file, api_key), env)
-        .map_err(|e| loaded.locate_error(e.0))?;
+        .map_err(|e| ResolveError::setting(&loaded, e))?;
     let sections = file.backend.clone().unwrap_or_default();
     let (backend, ignored) = select_backend(args.backend.as_deref(), &sections)?;
     let mut warnings: Vec<String> = key_warnings;
@@ -216,17 +265,13 @@ pub fn resolve(args: &WorkerArgs, env: &dyn EnvLookup) -> Result<Resolved, Strin
         &args.env,
         env,
     )
-    .map_err(|e| loaded.locate_error(e.to_string()))?;
+    .map_err(|e| ResolveError::setting(&loaded, e))?;
     warnings.extend(operator.warnings);
     if !args.volumes.is_empty() && backend != "docker" {
-        return Err(format!(
-            "-v/--volumes only applies to the docker backend, and this worker runs the {backend} backend"
-        ));
+        return Err(ResolveError::VolumesNeedDocker(backend));
     }
     if args.target_dir.is_some() && backend != "direct" {
-        return Err(format!(
-            "--target-dir only applies to the direct backend, and this worker runs the {backend} backend"
-        ));
+        return Err(ResolveError::TargetDirNeedsDirect(backend));
     }
     // `--no-cleanup` can only turn cleanup off (the Go worker's rule).
     let cleanup = !args.no_cleanup && file.cleanup.unwrap_or(true);
@@ -420,7 +465,7 @@ mod tests {
         for (flag, s, want) in cases {
             match (select_backend(*flag, s), want) {
                 (Ok((got, _)), Ok(want)) => assert_eq!(got, *want, "{flag:?}"),
-                (Err(e), Err(want)) => assert!(e.contains(want), "{flag:?}: {e}"),
+                (Err(e), Err(want)) => assert!(e.to_string().contains(want), "{flag:?}: {e}"),
                 (got, want) => panic!("{flag:?}: got {got:?}, want {want:?}"),
             }
         }
@@ -468,11 +513,13 @@ mod tests {
         a.volumes = vec!["/a:/a".into()];
         assert!(resolve(&a, &HashMap::new())
             .unwrap_err()
+            .to_string()
             .contains("docker backend"));
         a.volumes.clear();
         a.target_dir = Some("/tmp".into());
         assert!(resolve(&a, &HashMap::new())
             .unwrap_err()
+            .to_string()
             .contains("direct backend"));
     }
 

@@ -113,7 +113,9 @@ fn worker_container(objects: &[Value]) -> &Value {
     &containers[0]
 }
 
-/// The Role of the Go worker's chart (templates/role.yaml), rule for rule.
+/// The Role of the Go worker's chart (templates/role.yaml), rule for rule,
+/// plus `patch` on jobs (claiming a dead instance's Jobs before taking them
+/// over: crates/runtime-kubernetes/src/claim.rs).
 fn expected_rules() -> BTreeMap<(String, String), BTreeSet<String>> {
     let mut rules = BTreeMap::new();
     let mut add = |group: &str, resource: &str, verbs: &[&str]| {
@@ -125,7 +127,7 @@ fn expected_rules() -> BTreeMap<(String, String), BTreeSet<String>> {
     add(
         "batch",
         "jobs",
-        &["create", "get", "list", "watch", "delete"],
+        &["create", "get", "list", "watch", "delete", "patch"],
     );
     add("", "pods", &["get", "list", "watch"]);
     add("", "pods/log", &["get"]);
@@ -302,7 +304,7 @@ fn assert_rbac(objects: &[Value]) {
     assert_eq!(
         granted(role),
         expected_rules(),
-        "the Go chart's verbs, exactly"
+        "the Go chart's verbs and patch on jobs, exactly"
     );
     let binding = one(objects, "RoleBinding");
     assert_eq!(binding["roleRef"]["kind"], "Role");

@@ -8,7 +8,8 @@
 use oz_test_support as support;
 
 use oz_runtime::host::process_start_time;
-use oz_runtime_docker::identity::{this_host, ProcessIdentity};
+use oz_runtime::liveness::{this_host, ProcessIdentity};
+use oz_runtime_docker::identity::WorkerIdentity;
 use std::collections::HashMap;
 use std::path::Path;
 use support::docker::{TestDaemon, Via};
@@ -88,17 +89,19 @@ async fn cleanup_removes_only_what_provably_dead_workers_left() {
     let dead_pid = child.id();
     child.wait().unwrap();
     let me = std::process::id();
-    let owner = |worker: &str, host: &str, pid: u32, start: &str| ProcessIdentity {
+    let owner = |worker: &str, host: &str, pid: u32, start: &str| WorkerIdentity {
         worker_id: worker.to_string(),
-        instance: format!("i-{worker}"),
-        host: host.to_string(),
-        boot: boot.clone(),
-        pid,
-        pid_start: start.to_string(),
-        // Labels as written before liveness sockets: judged by pid alone.
-        beacon: String::new(),
-        net_namespace: String::new(),
-        pid_namespace: String::new(),
+        process: ProcessIdentity {
+            instance: format!("i-{worker}"),
+            host: host.to_string(),
+            boot: boot.clone(),
+            pid,
+            pid_start: start.to_string(),
+            // Labels as written before liveness sockets: judged by pid alone.
+            beacon: String::new(),
+            net_namespace: String::new(),
+            pid_namespace: String::new(),
+        },
     };
     let dead = |w: &str| owner(w, &host, dead_pid, "1");
     let far_host = format!("0000/gone-builder-{tag}");

@@ -36,6 +36,63 @@ const BENCHES: [(&str, &str); 9] = [
 /// A bench's exit status when its environment is missing (crates/test-support/src/bench/setup.rs).
 const EXIT_MISSING: i32 = 2;
 
+/// Why the arguments of `cargo xtask bench` were refused.
+#[derive(Debug, thiserror::Error)]
+pub enum OptionsError {
+    #[error("--only needs a comma-separated list of benches")]
+    OnlyWithoutList,
+    /// `all`: the bench names, comma-separated.
+    #[error("--only: no bench named {name:?} (the benches: {all})")]
+    NoSuchBench { name: String, all: String },
+    #[error("--only needs at least one bench name")]
+    OnlyWithoutName,
+    #[error("cargo xtask bench: unknown argument {0:?}")]
+    UnknownArgument(String),
+}
+
+/// Why `cargo xtask bench` failed as a whole (one bench's failure is a
+/// [`BenchFailure`], gathered into [`BenchError::Failed`]).
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("cannot run cargo: {0}")]
+    RunCargo(#[source] std::io::Error),
+    /// Reading cargo's output or waiting for it.
+    #[error("{0}")]
+    Cargo(#[source] std::io::Error),
+    #[error("building the benchmarks failed (see above)")]
+    BuildFailed,
+    #[error("cargo built no bench named {0}")]
+    NotBuilt(&'static str),
+    #[error("cannot run {}: {source}", exe.display())]
+    RunBench {
+        exe: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Creating the reports folder or writing BENCHMARKS.md.
+    #[error("{}: {source}", path.display())]
+    File {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// `name: why` of each bench that did not pass.
+    #[error("some benchmarks did not pass:\n  {}", .0.join("\n  "))]
+    Failed(Vec<String>),
+}
+
+/// Why one bench did not pass; said after "This benchmark".
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum BenchFailure {
+    #[error("was not run: its environment is missing (see the console)")]
+    EnvironmentMissing,
+    #[error("failed with exit status {0} (see the console)")]
+    Failed(i32),
+    /// The exit status as the platform says it (a signal).
+    #[error("killed ({0})")]
+    Killed(String),
+}
+
 /// What `cargo xtask bench` was asked to do.
 #[derive(Debug, Default, PartialEq)]
 pub struct Options {
@@ -48,33 +105,31 @@ pub struct Options {
 impl Options {
     /// The arguments after `bench`; an unknown flag or bench name is an error
     /// that lists the names.
-    pub fn parse(args: &[&str]) -> Result<Options, String> {
+    pub fn parse(args: &[&str]) -> Result<Options, OptionsError> {
         let mut options = Options::default();
         let mut args = args.iter();
         while let Some(arg) = args.next() {
             match *arg {
                 "--quick" => options.quick = true,
                 "--only" => {
-                    let list = args
-                        .next()
-                        .ok_or("--only needs a comma-separated list of benches")?;
+                    let list = args.next().ok_or(OptionsError::OnlyWithoutList)?;
                     let mut names = Vec::new();
                     for name in list.split(',').filter(|n| !n.is_empty()) {
                         let known = BENCHES.iter().find(|(n, _)| *n == name).ok_or_else(|| {
                             let all: Vec<&str> = BENCHES.iter().map(|(n, _)| *n).collect();
-                            format!(
-                                "--only: no bench named {name:?} (the benches: {})",
-                                all.join(", ")
-                            )
+                            OptionsError::NoSuchBench {
+                                name: name.to_string(),
+                                all: all.join(", "),
+                            }
                         })?;
                         names.push(known.0);
                     }
                     if names.is_empty() {
-                        return Err("--only needs at least one bench name".into());
+                        return Err(OptionsError::OnlyWithoutName);
                     }
                     options.only = Some(names);
                 }
-                other => return Err(format!("cargo xtask bench: unknown argument {other:?}")),
+                other => return Err(OptionsError::UnknownArgument(other.to_string())),
             }
         }
         Ok(options)
@@ -89,7 +144,7 @@ struct Outcome {
     name: &'static str,
     title: &'static str,
     report: Option<Value>,
-    status: Result<(), String>,
+    status: Result<(), BenchFailure>,
     /// Not run this time (`--only`): the previous document's figures.
     kept: Option<Kept>,
 }
@@ -107,14 +162,17 @@ struct Kept {
 const KEPT_NOTE: &str = "*Not run by the last `cargo xtask bench --only`: these figures are \
                          from an earlier run (see its commit in the git history of this file).*";
 
-pub fn run(options: Options) -> Result<(), String> {
+pub fn run(options: Options) -> Result<(), BenchError> {
     let quick = options.quick;
     let root = project_root();
     let path = root.join("BENCHMARKS.md");
     let old = std::fs::read_to_string(&path).unwrap_or_default();
     let executables = build(&root, &options)?;
     let reports = root.join("target").join("bench-reports");
-    std::fs::create_dir_all(&reports).map_err(|e| format!("{}: {e}", reports.display()))?;
+    std::fs::create_dir_all(&reports).map_err(|source| BenchError::File {
+        path: reports.clone(),
+        source,
+    })?;
     let load_before = load_average();
     let started = utc_now();
     let mut outcomes = Vec::new();
@@ -129,9 +187,7 @@ pub fn run(options: Options) -> Result<(), String> {
             });
             continue;
         }
-        let exe = executables
-            .get(name)
-            .ok_or_else(|| format!("cargo built no bench named {name}"))?;
+        let exe = executables.get(name).ok_or(BenchError::NotBuilt(name))?;
         let report_path = reports.join(format!("{name}.json"));
         let _ = std::fs::remove_file(&report_path);
         eprintln!("\n=== cargo xtask bench: {name} ===");
@@ -141,14 +197,15 @@ pub fn run(options: Options) -> Result<(), String> {
             .env("OZ_BENCH_REPORT", &report_path)
             .env("OZ_BENCH_QUICK", if quick { "1" } else { "0" })
             .status()
-            .map_err(|e| format!("cannot run {}: {e}", exe.display()))?;
+            .map_err(|source| BenchError::RunBench {
+                exe: exe.clone(),
+                source,
+            })?;
         let status = match status.code() {
             Some(0) => Ok(()),
-            Some(EXIT_MISSING) => {
-                Err("was not run: its environment is missing (see the console)".into())
-            }
-            Some(c) => Err(format!("failed with exit status {c} (see the console)")),
-            None => Err(format!("killed ({status})")),
+            Some(EXIT_MISSING) => Err(BenchFailure::EnvironmentMissing),
+            Some(c) => Err(BenchFailure::Failed(c)),
+            None => Err(BenchFailure::Killed(status.to_string())),
         };
         let report = std::fs::read(&report_path)
             .ok()
@@ -172,7 +229,10 @@ pub fn run(options: Options) -> Result<(), String> {
         (&load_before, &load_after),
     );
     let doc = doc + hand_written(&old);
-    std::fs::write(&path, doc).map_err(|e| format!("{}: {e}", path.display()))?;
+    std::fs::write(&path, doc).map_err(|source| BenchError::File {
+        path: path.clone(),
+        source,
+    })?;
     eprintln!("\nwrote {}", path.display());
     let failed: Vec<String> = outcomes
         .iter()
@@ -181,10 +241,7 @@ pub fn run(options: Options) -> Result<(), String> {
     if failed.is_empty() {
         Ok(())
     } else {
-        Err(format!(
-            "some benchmarks did not pass:\n  {}",
-            failed.join("\n  ")
-        ))
+        Err(BenchError::Failed(failed))
     }
 }
 
@@ -214,7 +271,7 @@ fn cargo() -> Command {
 
 /// `cargo bench --no-run` for every bench (or those `--only` names); their
 /// executables by name.
-fn build(root: &Path, options: &Options) -> Result<BTreeMap<String, PathBuf>, String> {
+fn build(root: &Path, options: &Options) -> Result<BTreeMap<String, PathBuf>, BenchError> {
     let mut cmd = cargo();
     cmd.current_dir(root).args([
         "bench",
@@ -234,16 +291,16 @@ fn build(root: &Path, options: &Options) -> Result<BTreeMap<String, PathBuf>, St
     let mut child = cmd
         .stdout(Stdio::piped())
         .spawn()
-        .map_err(|e| format!("cannot run cargo: {e}"))?;
+        .map_err(BenchError::RunCargo)?;
     let mut out = String::new();
     child
         .stdout
         .take()
         .expect("piped")
         .read_to_string(&mut out)
-        .map_err(|e| e.to_string())?;
-    if !child.wait().map_err(|e| e.to_string())?.success() {
-        return Err("building the benchmarks failed (see above)".into());
+        .map_err(BenchError::Cargo)?;
+    if !child.wait().map_err(BenchError::Cargo)?.success() {
+        return Err(BenchError::BuildFailed);
     }
     let mut found = BTreeMap::new();
     for line in out.lines() {
@@ -396,7 +453,7 @@ fn render(
                 .status
                 .as_ref()
                 .err()
-                .cloned()
+                .map(ToString::to_string)
                 .unwrap_or_else(|| "no figures".into());
             let _ = writeln!(md, "| `{}` | {} | — | — | {why} |", o.name, o.title);
         }
@@ -619,7 +676,7 @@ mod tests {
                 name: "cold_start",
                 title: "Cold start",
                 report: None,
-                status: Err("was not run: its environment is missing (see the console)".into()),
+                status: Err(BenchFailure::EnvironmentMissing),
                 kept: None,
             },
         ];
@@ -651,7 +708,7 @@ mod tests {
         assert_eq!(o.only, Some(vec!["worker_rss", "throughput"]));
         assert!(o.runs("throughput") && !o.runs("soak"));
         assert!(Options::parse(&[]).unwrap().runs("soak"));
-        let e = Options::parse(&["--only", "rss"]).unwrap_err();
+        let e = Options::parse(&["--only", "rss"]).unwrap_err().to_string();
         assert!(e.contains("\"rss\"") && e.contains("worker_rss"), "{e}");
         assert!(Options::parse(&["--only"]).is_err());
         assert!(Options::parse(&["--fast"]).is_err());

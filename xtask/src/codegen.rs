@@ -19,12 +19,48 @@ pub fn project_root() -> PathBuf {
         .to_owned()
 }
 
+/// Why generating (or checking) the Docker bindings failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CodegenError {
+    #[error("cannot read {SPEC}: {0}")]
+    ReadSpec(#[source] std::io::Error),
+    #[error("cannot parse {SPEC}: {0}")]
+    ParseSpec(#[source] serde_norway::Error),
+    /// `quirks.rs` entries (`Type.field`) that changed no field.
+    #[error(
+        "xtask/src/quirks.rs: these required-field entries changed no field \
+         (the type or field does not exist, or is already as the entry wants): {}; \
+         fix or remove them",
+        .0.join(", ")
+    )]
+    UnusedQuirks(Vec<String>),
+    #[error("cannot run rustfmt: {0}")]
+    RunRustfmt(#[source] std::io::Error),
+    #[error("rustfmt failed: {0}")]
+    RustfmtFailed(#[source] std::io::Error),
+    #[error("cannot feed rustfmt: {0}")]
+    FeedRustfmt(#[source] std::io::Error),
+    /// rustfmt's stderr.
+    #[error("rustfmt rejected the generated code (a generator bug):\n{0}")]
+    RustfmtRejected(String),
+    #[error("rustfmt output: {0}")]
+    RustfmtOutput(#[source] std::string::FromUtf8Error),
+    #[error("cannot write {}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// With `check`: the generated files that differ from the committed ones.
+    #[error("stale: run `cargo xtask codegen` and commit ({})", .0.join(", "))]
+    Stale(Vec<String>),
+}
+
 /// Generates the Docker bindings; with `check`, only verifies that the
 /// committed files are what the generator would write.
-pub fn generate_docker_bindings(check: bool) -> Result<(), String> {
+pub fn generate_docker_bindings(check: bool) -> Result<(), CodegenError> {
     let root = project_root();
-    let text =
-        std::fs::read_to_string(root.join(SPEC)).map_err(|e| format!("cannot read {SPEC}: {e}"))?;
+    let text = std::fs::read_to_string(root.join(SPEC)).map_err(CodegenError::ReadSpec)?;
     let hash = hex::encode(Sha256::digest(text.as_bytes()));
     let spec = parse_yaml(&text)?;
 
@@ -70,29 +106,29 @@ pub fn generate_docker_bindings(check: bool) -> Result<(), String> {
         }
     }
     if !stale.is_empty() {
-        return Err(format!(
-            "stale: run `cargo xtask codegen` and commit ({})",
-            stale.join(", ")
-        ));
+        return Err(CodegenError::Stale(stale));
     }
     Ok(())
 }
 
 /// Writes `contents` unless the file already has them. Returns whether the
 /// file was fresh; in check mode a stale file is left alone.
-fn ensure_file_contents(path: &Path, contents: &str, check: bool) -> Result<bool, String> {
+fn ensure_file_contents(path: &Path, contents: &str, check: bool) -> Result<bool, CodegenError> {
     if std::fs::read_to_string(path).is_ok_and(|old| old == contents) {
         return Ok(true);
     }
     if check {
         return Ok(false);
     }
-    std::fs::write(path, contents).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    std::fs::write(path, contents).map_err(|source| CodegenError::Write {
+        path: path.to_path_buf(),
+        source,
+    })?;
     eprintln!("updated {}", path.display());
     Ok(true)
 }
 
-fn rustfmt(source: &str) -> Result<String, String> {
+fn rustfmt(source: &str) -> Result<String, CodegenError> {
     use std::io::Write;
     let mut child = Command::new("rustfmt")
         .args(["--edition", "2021"])
@@ -100,24 +136,23 @@ fn rustfmt(source: &str) -> Result<String, String> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| format!("cannot run rustfmt: {e}"))?;
+        .map_err(CodegenError::RunRustfmt)?;
     let mut stdin = child.stdin.take().expect("piped stdin");
     let input = source.to_owned();
     let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
     let output = child
         .wait_with_output()
-        .map_err(|e| format!("rustfmt failed: {e}"))?;
+        .map_err(CodegenError::RustfmtFailed)?;
     writer
         .join()
         .expect("rustfmt writer thread")
-        .map_err(|e| format!("cannot feed rustfmt: {e}"))?;
+        .map_err(CodegenError::FeedRustfmt)?;
     if !output.status.success() {
-        return Err(format!(
-            "rustfmt rejected the generated code (a generator bug):\n{}",
-            String::from_utf8_lossy(&output.stderr)
+        return Err(CodegenError::RustfmtRejected(
+            String::from_utf8_lossy(&output.stderr).into_owned(),
         ));
     }
-    String::from_utf8(output.stdout).map_err(|e| format!("rustfmt output: {e}"))
+    String::from_utf8(output.stdout).map_err(CodegenError::RustfmtOutput)
 }
 
 /// YAML into JSON values; YAML's integer keys (response codes) become strings.
@@ -127,9 +162,9 @@ fn rustfmt(source: &str) -> Result<String, String> {
 /// `preserve_order` would keep spec order, but cargo unifies features across
 /// the workspace, so enabling it here changes the main crate's JSON (and its
 /// committed schemas) under `cargo test --workspace` only.
-fn parse_yaml(text: &str) -> Result<serde_json::Value, String> {
+fn parse_yaml(text: &str) -> Result<serde_json::Value, CodegenError> {
     let yaml: serde_norway::Value =
-        serde_norway::from_str(text).map_err(|e| format!("cannot parse {SPEC}: {e}"))?;
+        serde_norway::from_str(text).map_err(CodegenError::ParseSpec)?;
     Ok(to_json(yaml))
 }
 

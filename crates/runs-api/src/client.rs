@@ -20,6 +20,7 @@ use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::{connect::HttpConnector, Client as HttpClient};
 use hyper_util::rt::TokioExecutor;
 use oz_foundation::percent::encode;
+use oz_foundation::secret::Secret;
 use serde::de::DeserializeOwned;
 
 /// Why a call to the runs API failed. Each message is one sentence for
@@ -107,8 +108,18 @@ pub struct RunQuery<'a> {
 
 pub struct Client {
     base: String,
-    api_key: String,
+    /// Never formatted: `Debug` of the client shows `[redacted]`.
+    api_key: Secret,
     http: HttpClient<HttpsConnector<HttpConnector>, Full<Bytes>>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("base", &self.base)
+            .field("api_key", &self.api_key)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Client {
@@ -129,7 +140,7 @@ impl Client {
         }
         Ok(Client {
             base,
-            api_key: api_key.trim().to_string(),
+            api_key: Secret::new(api_key.trim()),
             http: HttpClient::builder(TokioExecutor::new()).build(
                 HttpsConnectorBuilder::new()
                     .with_tls_config((*oz_foundation::tls_roots::client_config()).clone())
@@ -389,6 +400,16 @@ impl Client {
         })
     }
 
+    /// `Authorization: Bearer KEY`, marked sensitive so that HTTP
+    /// libraries leave it out of their `Debug` output.
+    fn authorization(&self) -> Result<header::HeaderValue, ClientError> {
+        let mut value =
+            header::HeaderValue::from_str(&format!("Bearer {}", self.api_key.expose_str()))
+                .map_err(|e| ClientError::BuildRequest(e.into()))?;
+        value.set_sensitive(true);
+        Ok(value)
+    }
+
     async fn send(
         &self,
         method: Method,
@@ -399,7 +420,7 @@ impl Client {
         let mut req = Request::builder()
             .method(method)
             .uri(format!("{}{path}", self.base))
-            .header(header::AUTHORIZATION, format!("Bearer {}", self.api_key))
+            .header(header::AUTHORIZATION, self.authorization()?)
             .header(header::ACCEPT, accept);
         if body.is_some() {
             req = req.header(header::CONTENT_TYPE, "application/json");
@@ -435,4 +456,27 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
         cur = next;
     }
     cur.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_of_the_client_does_not_show_the_api_key() {
+        let client = Client::new("http://127.0.0.1:1/", "  ozk_client-debug-key-4711 ").unwrap();
+        let shown = format!("{client:?}");
+        assert!(!shown.contains("ozk_client-debug-key-4711"), "{shown}");
+        assert!(
+            shown.contains("http://127.0.0.1:1") && shown.contains("[redacted]"),
+            "{shown}"
+        );
+        let header = client.authorization().unwrap();
+        assert!(header.is_sensitive());
+        assert_eq!(
+            header, "Bearer ozk_client-debug-key-4711",
+            "the key, trimmed, is sent"
+        );
+        assert!(!format!("{header:?}").contains("ozk_"), "{header:?}");
+    }
 }

@@ -14,50 +14,36 @@
 //! and of workers whose liveness cannot be checked from here, are never
 //! touched.
 
+use oz_runtime::liveness::{self, ProcessIdentity, Standing, Verdict};
 use std::collections::HashMap;
+
+pub use oz_runtime::host::{process_alive, random_id};
 
 pub const MANAGED_BY: &str = "dev.oz.managed-by";
 pub const MANAGED_BY_VALUE: &str = "oz-agent-worker";
 pub const WORKER_ID: &str = "dev.oz.worker-id";
-pub const INSTANCE: &str = "dev.oz.instance";
 pub const TASK_ID: &str = "dev.oz.task-id";
 pub const EXECUTION_ID: &str = "dev.oz.execution-id";
 pub const ROLE: &str = "dev.oz.role";
-pub const HOST: &str = "dev.oz.host";
-pub const BOOT: &str = "dev.oz.boot-id";
-pub const PID: &str = "dev.oz.pid";
-pub const PID_START: &str = "dev.oz.pid-start";
-/// The owner's liveness socket (`runtime::liveness`).
-pub const BEACON: &str = "dev.oz.liveness-socket";
-pub const NET_NAMESPACE: &str = "dev.oz.net-namespace";
-pub const PID_NAMESPACE: &str = "dev.oz.pid-namespace";
+// The owner process's labels are `oz_runtime::liveness`'s keys
+// (`dev.oz.instance`, `dev.oz.host`, `dev.oz.boot-id`, `dev.oz.pid`,
+// `dev.oz.pid-start`, `dev.oz.liveness-socket`, `dev.oz.net-namespace`,
+// `dev.oz.pid-namespace`), the same as on Kubernetes Jobs.
 
+/// This worker process as the containers and volumes it creates name it:
+/// its worker id and its [`ProcessIdentity`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProcessIdentity {
+pub struct WorkerIdentity {
     pub worker_id: String,
-    pub instance: String,
-    pub host: String,
-    pub boot: String,
-    pub pid: u32,
-    pub pid_start: String,
-    pub beacon: String,
-    pub net_namespace: String,
-    pub pid_namespace: String,
+    pub process: ProcessIdentity,
 }
 
-impl ProcessIdentity {
+impl WorkerIdentity {
+    /// This process, working as `worker_id`.
     pub fn current(worker_id: &str) -> Self {
-        let pid = std::process::id();
-        ProcessIdentity {
+        WorkerIdentity {
             worker_id: worker_id.to_string(),
-            instance: random_id(),
-            host: host_identity(),
-            boot: read_trimmed("/proc/sys/kernel/random/boot_id").unwrap_or_default(),
-            pid,
-            pid_start: process_start_time(pid).unwrap_or_default(),
-            beacon: liveness::beacon().to_string(),
-            net_namespace: liveness::net_namespace(),
-            pid_namespace: liveness::pid_namespace(),
+            process: ProcessIdentity::current(),
         }
     }
 
@@ -68,18 +54,11 @@ impl ProcessIdentity {
         role: &str,
         task: Option<(&str, Option<&str>)>,
     ) -> HashMap<String, String> {
-        let mut l = HashMap::from([
+        let mut l: HashMap<String, String> = self.process.marks().collect();
+        l.extend([
             (MANAGED_BY.to_string(), MANAGED_BY_VALUE.to_string()),
             (WORKER_ID.to_string(), self.worker_id.clone()),
-            (INSTANCE.to_string(), self.instance.clone()),
             (ROLE.to_string(), role.to_string()),
-            (HOST.to_string(), self.host.clone()),
-            (BOOT.to_string(), self.boot.clone()),
-            (PID.to_string(), self.pid.to_string()),
-            (PID_START.to_string(), self.pid_start.clone()),
-            (BEACON.to_string(), self.beacon.clone()),
-            (NET_NAMESPACE.to_string(), self.net_namespace.clone()),
-            (PID_NAMESPACE.to_string(), self.pid_namespace.clone()),
         ]);
         if let Some((task_id, execution_id)) = task {
             l.insert(TASK_ID.to_string(), task_id.to_string());
@@ -101,10 +80,13 @@ impl ProcessIdentity {
         if get(MANAGED_BY) != MANAGED_BY_VALUE || get(WORKER_ID) != self.worker_id {
             return false;
         }
-        if get(INSTANCE) == self.instance {
+        let Some(owner) = owner_of(labels) else {
             return false;
-        }
-        matches!(owner(labels, &self.host, &self.boot, alive), Owner::Dead(_))
+        };
+        matches!(
+            owner.seen_from(&self.process, |m| judge(m, alive)),
+            Standing::ThisHost(Verdict::Dead(_))
+        )
     }
 }
 
@@ -126,31 +108,36 @@ pub enum Owner {
     Unknowable(&'static str),
 }
 
+/// The owner of a container with these labels, judged from the host
+/// `host` booted as `boot` (`oz_runtime::liveness::this_host`), its pid
+/// checked with `alive` (`process_alive`, or a stand-in in tests).
 pub fn owner(
     labels: &HashMap<String, String>,
     host: &str,
     boot: &str,
     alive: &dyn Fn(u32, &str) -> bool,
 ) -> Owner {
-    let get = |k: &str| labels.get(k).map(String::as_str).unwrap_or("");
-    match get(HOST) {
-        "" => return Owner::Unknown,
-        h if h != host => return Owner::OtherHost(h.to_string()),
-        _ => {}
-    }
-    if get(BOOT) != boot {
-        return Owner::Dead("the host has rebooted since it started");
-    }
-    let Ok(pid) = get(PID).parse::<u32>() else {
+    let Some(owner) = owner_of(labels) else {
         return Owner::Unknown;
     };
-    let marks = liveness::OwnerMarks {
-        pid: Some(pid),
-        pid_start: get(PID_START),
-        beacon: get(BEACON),
-        net_namespace: get(NET_NAMESPACE),
-        pid_namespace: get(PID_NAMESPACE),
-    };
+    match owner.seen_from_host(host, boot, |m| judge(m, alive)) {
+        Standing::Us | Standing::ThisHost(Verdict::Alive) => Owner::Alive { pid: owner.pid },
+        Standing::ThisHost(Verdict::Dead(why)) => Owner::Dead(why),
+        Standing::ThisHost(Verdict::Unknowable(why)) => Owner::Unknowable(why),
+        Standing::OtherHost => Owner::OtherHost(owner.host),
+    }
+}
+
+/// The process the labels name; `None` without a (non-empty) host label or
+/// a pid label that parses.
+fn owner_of(labels: &HashMap<String, String>) -> Option<ProcessIdentity> {
+    ProcessIdentity::from_marks(|k| labels.get(k).map(String::as_str))
+        .filter(|p| !p.host.is_empty())
+}
+
+/// `liveness::judge` as this process sees the host, the pid asked through
+/// `alive`.
+fn judge(marks: &liveness::OwnerMarks<'_>, alive: &dyn Fn(u32, &str) -> bool) -> Verdict {
     let (net, pidns) = (liveness::net_namespace(), liveness::pid_namespace());
     let here = liveness::Here {
         net_namespace: &net,
@@ -158,44 +145,30 @@ pub fn owner(
         beacon_held: &liveness::beacon_held,
         pid_alive: alive,
     };
-    match liveness::judge(&marks, &here) {
-        liveness::Verdict::Alive => Owner::Alive { pid },
-        liveness::Verdict::Dead(why) => Owner::Dead(why),
-        liveness::Verdict::Unknowable(why) => Owner::Unknowable(why),
-    }
+    liveness::judge(marks, &here)
 }
-
-/// This host's identity and boot id, as [`owner`] compares them.
-pub fn this_host() -> (String, String) {
-    (
-        host_identity(),
-        read_trimmed("/proc/sys/kernel/random/boot_id").unwrap_or_default(),
-    )
-}
-
-use oz_runtime::host::{host_identity, process_start_time, read_trimmed};
-pub use oz_runtime::host::{process_alive, random_id};
-use oz_runtime::liveness;
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn me() -> ProcessIdentity {
-        ProcessIdentity {
+    fn me() -> WorkerIdentity {
+        WorkerIdentity {
             worker_id: "w".into(),
-            instance: "i-me".into(),
-            host: "m/h".into(),
-            boot: "b1".into(),
-            pid: 10,
-            pid_start: "100".into(),
-            beacon: String::new(),
-            net_namespace: String::new(),
-            pid_namespace: String::new(),
+            process: ProcessIdentity {
+                instance: "i-me".into(),
+                host: "m/h".into(),
+                boot: "b1".into(),
+                pid: 10,
+                pid_start: "100".into(),
+                beacon: String::new(),
+                net_namespace: String::new(),
+                pid_namespace: String::new(),
+            },
         }
     }
 
-    fn labels_of(p: &ProcessIdentity) -> HashMap<String, String> {
+    fn labels_of(p: &WorkerIdentity) -> HashMap<String, String> {
         p.labels("task", Some(("t1", Some("e1"))))
     }
 
@@ -203,12 +176,13 @@ mod tests {
     fn orphan_rules() {
         let me = me();
         let alive_pid_20 = |pid: u32, start: &str| pid == 20 && start == "200";
-        let other = |f: &dyn Fn(&mut ProcessIdentity)| {
-            let mut p = ProcessIdentity {
+        let other = |f: &dyn Fn(&mut WorkerIdentity)| {
+            let mut p = me.clone();
+            p.process = ProcessIdentity {
                 instance: "i-old".into(),
                 pid: 20,
                 pid_start: "200".into(),
-                ..me.clone()
+                ..me.process.clone()
             };
             f(&mut p);
             labels_of(&p)
@@ -222,22 +196,25 @@ mod tests {
             "a live sibling on this host keeps its containers"
         );
         assert!(
-            me.is_orphan(&other(&|p| p.pid = 21), &alive_pid_20),
+            me.is_orphan(&other(&|p| p.process.pid = 21), &alive_pid_20),
             "dead pid"
         );
         assert!(
-            me.is_orphan(&other(&|p| p.pid_start = "199".into()), &alive_pid_20),
+            me.is_orphan(
+                &other(&|p| p.process.pid_start = "199".into()),
+                &alive_pid_20
+            ),
             "recycled pid"
         );
         assert!(
-            me.is_orphan(&other(&|p| p.boot = "b0".into()), &alive_pid_20),
+            me.is_orphan(&other(&|p| p.process.boot = "b0".into()), &alive_pid_20),
             "rebooted host"
         );
         assert!(
             !me.is_orphan(
                 &other(&|p| {
-                    p.host = "m2/h2".into();
-                    p.pid = 21
+                    p.process.host = "m2/h2".into();
+                    p.process.pid = 21
                 }),
                 &alive_pid_20
             ),
@@ -247,7 +224,7 @@ mod tests {
             !me.is_orphan(
                 &other(&|p| {
                     p.worker_id = "w2".into();
-                    p.pid = 21
+                    p.process.pid = 21
                 }),
                 &alive_pid_20
             ),
@@ -260,8 +237,46 @@ mod tests {
     }
 
     #[test]
+    fn owner_says_why_from_the_labels_alone() {
+        let me = me();
+        let labels = labels_of(&me);
+        let alive_pid_10 = |pid: u32, _: &str| pid == 10;
+        let dead = |_: u32, _: &str| false;
+        assert_eq!(
+            owner(&labels, "m/h", "b1", &alive_pid_10),
+            Owner::Alive { pid: 10 }
+        );
+        assert!(matches!(
+            owner(&labels, "m/h", "b1", &dead),
+            Owner::Dead(why) if why.contains("exited")
+        ));
+        assert!(matches!(
+            owner(&labels, "m/h", "b2", &alive_pid_10),
+            Owner::Dead(why) if why.contains("rebooted")
+        ));
+        assert_eq!(
+            owner(&labels, "m2/h2", "b1", &alive_pid_10),
+            Owner::OtherHost("m/h".into())
+        );
+        for gone in [liveness::HOST_KEY, liveness::PID_KEY] {
+            let mut l = labels.clone();
+            l.remove(gone);
+            assert_eq!(
+                owner(&l, "m/h", "b1", &alive_pid_10),
+                Owner::Unknown,
+                "{gone}"
+            );
+        }
+        let mut empty_host = labels;
+        empty_host.insert(liveness::HOST_KEY.into(), String::new());
+        assert_eq!(owner(&empty_host, "", "b1", &alive_pid_10), Owner::Unknown);
+    }
+
+    #[test]
     fn this_process_is_alive_and_identity_is_filled() {
-        let p = ProcessIdentity::current("w");
+        let w = WorkerIdentity::current("w");
+        assert_eq!(w.worker_id, "w");
+        let p = w.process;
         assert!(!p.pid_start.is_empty() && !p.boot.is_empty());
         assert!(process_alive(p.pid, &p.pid_start));
         assert!(!process_alive(p.pid, "1"));

@@ -25,7 +25,7 @@ pub mod volume_spec;
 
 use failure::Fail;
 use futures_util::future::BoxFuture;
-use identity::ProcessIdentity;
+use identity::WorkerIdentity;
 use oz_docker_engine::Docker;
 use oz_runtime::{CheckError, Invocation, RunOutcome, Runtime, TaskContext, TaskRef};
 use spec::ContainerSpec;
@@ -90,7 +90,7 @@ pub enum SidecarSource {
 
 pub struct DockerRuntime {
     docker: Docker,
-    identity: ProcessIdentity,
+    identity: WorkerIdentity,
     settings: Settings,
     /// The daemon's platform as Go names it (`linux`, `amd64`).
     os: String,
@@ -163,7 +163,7 @@ impl DockerRuntime {
         tracing::info!("{}", sidecar_mode.describe(docker.api_version()));
         Ok(DockerRuntime {
             docker,
-            identity: ProcessIdentity::current(worker_id),
+            identity: WorkerIdentity::current(worker_id),
             settings,
             os,
             arch,
@@ -179,7 +179,7 @@ impl DockerRuntime {
         self.sidecar_mode
     }
 
-    pub fn identity(&self) -> &ProcessIdentity {
+    pub fn identity(&self) -> &WorkerIdentity {
         &self.identity
     }
 

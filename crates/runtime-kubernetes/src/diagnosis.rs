@@ -5,7 +5,10 @@
 //! 1. the Pod was evicted (`job_failed`);
 //! 2. an init container exited non-zero (`init_container`), or waits on
 //!    something that will not resolve by itself (image pull, bad image,
-//!    create error);
+//!    create error); the exit of a native sidecar (an init container with
+//!    `restartPolicy: Always`) is no failure: the kubelet stops sidecars
+//!    with SIGTERM once the task's containers have exited, and many exit
+//!    non-zero then (143);
 //! 3. a container waits the same way (`image_pull`, `invalid_image`,
 //!    `container_create`, `container_wait`), or exited non-zero
 //!    (`container_oom` when OOMKilled, else `container_exit`);
@@ -258,6 +261,13 @@ pub fn diagnose_pod(
             container: None,
         });
     }
+    let sidecars: Vec<&str> = pod
+        .spec
+        .iter()
+        .flat_map(|spec| spec.init_containers.iter().flatten())
+        .filter(|c| c.restart_policy.as_deref() == Some("Always"))
+        .map(|c| c.name.as_str())
+        .collect();
     for (kind, statuses, init) in [
         (
             "init container",
@@ -268,9 +278,10 @@ pub fn diagnose_pod(
     ] {
         for s in statuses.unwrap_or_default() {
             let state = s.state.as_ref();
+            let sidecar = init && sidecars.contains(&s.name.as_str());
             if let Some(t) = state
                 .and_then(|st| st.terminated.as_ref())
-                .filter(|t| t.exit_code != 0)
+                .filter(|t| t.exit_code != 0 && !sidecar)
             {
                 let reason = if init {
                     Reason::InitContainer
@@ -435,6 +446,41 @@ pub fn job_state(job: &Job, namespace: &str) -> JobState {
         }
         None => JobState::Running,
     }
+}
+
+/// Whether the Job controller has given its verdict: a `Complete`,
+/// `Failed` or `FailureTarget` condition (the last is written first, in the
+/// sync that deletes the Pods of a Job past its deadline or backoff limit,
+/// pkg/controller/job). A finished Job's TTL (`ttlSecondsAfterFinished`)
+/// runs from that verdict; an unfinished one is kept forever.
+pub fn job_finished(job: &Job) -> bool {
+    ["Complete", "Failed", "FailureTarget"]
+        .iter()
+        .any(|kind| has_condition(job, kind).is_some())
+}
+
+/// Whether a failed task's Job ends without the worker: the Job controller
+/// has given its verdict ([`job_finished`]), or the diagnosed Pod has ended
+/// or will (its phase is terminal, or a container of it exited: with
+/// `restartPolicy: Never` nothing restarts it, so the kubelet ends the Pod
+/// and, with `backoffLimit: 0`, the Job controller fails the Job). False
+/// when the failure was read from a Pod that waits (an image that cannot be
+/// pulled, a container that cannot be created, no node that fits, a volume
+/// that does not mount): Kubernetes retries those forever, so the Job never
+/// finishes, its TTL never starts, and the Pod holds its quota and may
+/// still start later.
+pub fn ends_by_itself(job: Option<&Job>, pod: &Pod, diagnosis: &Diagnosis) -> bool {
+    let phase = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .unwrap_or_default();
+    job.is_some_and(job_finished)
+        || matches!(phase, "Succeeded" | "Failed")
+        || diagnosis
+            .container
+            .as_ref()
+            .is_some_and(|c| c.terminated.is_some())
 }
 
 #[cfg(test)]
@@ -625,5 +671,136 @@ mod tests {
             serde_json::json!([{"type": "FailureTarget", "status": "True", "reason": "BackoffLimitExceeded"}]),
         );
         assert_eq!(deadline_exceeded(&backoff), None);
+    }
+
+    #[test]
+    fn a_failure_ends_the_job_by_itself_only_once_a_container_exited_or_the_job_finished() {
+        let job = |conditions: serde_json::Value| -> Job {
+            serde_json::from_value(serde_json::json!({"metadata": {"name": "j"}, "status": {"conditions": conditions}})).unwrap()
+        };
+        let running = job(serde_json::json!([]));
+        let failed = job(
+            serde_json::json!([{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]),
+        );
+        let target = job(
+            serde_json::json!([{"type": "FailureTarget", "status": "True", "reason": "DeadlineExceeded"}]),
+        );
+        let not_yet = job(serde_json::json!([{"type": "Failed", "status": "False"}]));
+        assert!(!job_finished(&running));
+        assert!(!job_finished(&not_yet));
+        assert!(job_finished(&failed));
+        assert!(job_finished(&target));
+        assert!(job_finished(&job(
+            serde_json::json!([{"type": "Complete", "status": "True"}])
+        )));
+
+        let cases = [
+            // Waits Kubernetes retries forever: the Job never finishes.
+            (
+                serde_json::json!({"phase": "Pending", "containerStatuses": [
+                    {"name": "task", "ready": false, "restartCount": 0, "image": "i", "imageID": "",
+                     "state": {"waiting": {"reason": "ImagePullBackOff"}}}]}),
+                false,
+            ),
+            (
+                serde_json::json!({"phase": "Pending", "initContainerStatuses": [
+                    {"name": "setup", "ready": false, "restartCount": 0, "image": "i", "imageID": "",
+                     "state": {"waiting": {"reason": "CreateContainerConfigError"}}}]}),
+                false,
+            ),
+            (
+                serde_json::json!({"phase": "Pending", "conditions": [
+                    {"type": "PodScheduled", "status": "False", "reason": "Unschedulable"}]}),
+                false,
+            ),
+            // A container exited: the Pod ends, even before its phase says so
+            // (native sidecars still being stopped).
+            (
+                serde_json::json!({"phase": "Running", "containerStatuses": [
+                    {"name": "task", "ready": false, "restartCount": 0, "image": "i", "imageID": "",
+                     "state": {"terminated": {"exitCode": 3}}}]}),
+                true,
+            ),
+            (
+                serde_json::json!({"phase": "Failed", "reason": "Evicted"}),
+                true,
+            ),
+        ];
+        for (status, expected) in cases {
+            let p = pod(status.clone());
+            let d = diagnose_pod(&p, &[], "ns", now(), Some(Duration::from_secs(30)))
+                .unwrap_or_else(|| panic!("no diagnosis of {status}"));
+            assert_eq!(ends_by_itself(None, &p, &d), expected, "{status}");
+            assert_eq!(ends_by_itself(Some(&running), &p, &d), expected, "{status}");
+            // Whatever the Pod, a Job with the controller's verdict ends.
+            assert!(ends_by_itself(Some(&failed), &p, &d), "{status}");
+            assert!(ends_by_itself(Some(&target), &p, &d), "{status}");
+        }
+    }
+
+    #[test]
+    fn a_native_sidecars_exit_is_no_failure_but_its_image_pull_is() {
+        let with_sidecar = |init_status: serde_json::Value, phase: &str| -> Pod {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "p", "namespace": "ns", "creationTimestamp": "2026-12-05T10:00:00Z"},
+                "spec": {"containers": [{"name": "task"}], "initContainers": [
+                    {"name": "setup"},
+                    {"name": "proxy", "restartPolicy": "Always"}]},
+                "status": {"phase": phase,
+                    "initContainerStatuses": [
+                        {"name": "setup", "ready": false, "restartCount": 0, "image": "i", "imageID": "",
+                         "state": {"terminated": {"exitCode": 0}}},
+                        {"name": "proxy", "ready": false, "restartCount": 0, "image": "i", "imageID": "",
+                         "state": init_status}],
+                    "containerStatuses": [{"name": "task", "ready": false, "restartCount": 0, "image": "i", "imageID": "",
+                         "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}}]}
+            }))
+            .unwrap()
+        };
+        let diagnose = |p: &Pod| diagnose_pod(p, &[], "ns", now(), None);
+        // Stopped with SIGTERM after the task: 143 (or 137 after the grace
+        // period), the Pod still Running or already Succeeded.
+        for (code, phase) in [(143, "Running"), (137, "Running"), (143, "Succeeded")] {
+            let p = with_sidecar(
+                serde_json::json!({"terminated": {"exitCode": code, "reason": "Error"}}),
+                phase,
+            );
+            assert_eq!(diagnose(&p), None, "{code} {phase}");
+        }
+        // A sidecar that cannot be pulled keeps the Pod from starting.
+        let p = with_sidecar(
+            serde_json::json!({"waiting": {"reason": "ImagePullBackOff"}}),
+            "Pending",
+        );
+        assert_eq!(diagnose(&p).map(|d| d.reason), Some(Reason::ImagePull));
+        // The same exit of an ordinary init container is a failure.
+        let mut p = with_sidecar(
+            serde_json::json!({"terminated": {"exitCode": 143, "reason": "Error"}}),
+            "Failed",
+        );
+        p.spec.as_mut().unwrap().init_containers.as_mut().unwrap()[1].restart_policy = None;
+        let d = diagnose(&p).unwrap();
+        assert_eq!((d.reason, d.exit_code), (Reason::InitContainer, Some(143)));
+        // And the task's own exit still is, beside a stopped sidecar.
+        let mut p = with_sidecar(
+            serde_json::json!({"terminated": {"exitCode": 143, "reason": "Error"}}),
+            "Failed",
+        );
+        p.status
+            .as_mut()
+            .unwrap()
+            .container_statuses
+            .as_mut()
+            .unwrap()[0]
+            .state
+            .as_mut()
+            .unwrap()
+            .terminated
+            .as_mut()
+            .unwrap()
+            .exit_code = 3;
+        let d = diagnose(&p).unwrap();
+        assert_eq!((d.reason, d.exit_code), (Reason::ContainerExit, Some(3)));
+        assert!(d.message.contains("container task"), "{}", d.message);
     }
 }

@@ -4,12 +4,15 @@
 //!
 //! Every Job of this worker id (by the Go worker's `oz-worker-hash` label)
 //! is considered, running or ended: an ended one's report may have been
-//! lost with its worker. One is taken over when it carries the exact ids
-//! and its holder is dead ([`crate::holder`]). Taking over an ended Job
+//! lost with its worker. One is taken over when it carries the exact ids,
+//! its holder is dead ([`crate::holder`]) and this process claims it
+//! ([`crate::claim`]): of workers starting at once, one wins, the others
+//! leave it. Taking over an ended Job
 //! whose report did go out sends that report again, the same outcome from
 //! the same Job; PROTOCOL.md's rules make that harmless (the server ignores
 //! a terminal report for a run that has already ended).
 
+use crate::claim::{self, Claim};
 use crate::holder::{self, Holder, Liveness, PodState};
 use crate::names;
 use crate::settings::Settings;
@@ -89,7 +92,10 @@ pub async fn orphans(
     };
     let mut found = Vec::new();
     for job in list.items {
-        let name = job.metadata.name.clone().unwrap_or_default();
+        let Some(name) = job.metadata.name.clone() else {
+            tracing::warn!("not taking over a Job the API server listed without metadata.name");
+            continue;
+        };
         let annotations = job.metadata.annotations.clone().unwrap_or_default();
         let Some(task) = execution_of(&annotations, worker_id) else {
             tracing::debug!(
@@ -105,7 +111,9 @@ pub async fn orphans(
         // Read before judging (the judgement is synchronous); only a
         // holder that ran in a Pod has one to read.
         let pod = match &holder.pod {
-            Some(p) if holder.instance != me.instance => Some(pod_state(client, p).await),
+            Some(p) if holder.process.instance != me.process.instance => {
+                Some(pod_state(client, p).await)
+            }
             _ => None,
         };
         let liveness = holder::liveness(&holder, me, liveness::judge_here, |_| {
@@ -115,7 +123,7 @@ pub async fn orphans(
             Liveness::Us => {}
             Liveness::Alive => tracing::debug!(
                 job = name,
-                holder = holder.host,
+                holder = holder.process.host,
                 "not taking over: its worker instance still runs"
             ),
             Liveness::Unknown(why) => tracing::warn!(
@@ -123,13 +131,42 @@ pub async fn orphans(
                 task_id = task.task_id,
                 "not taking over this worker id's Job: {why}"
             ),
-            Liveness::Dead(why) => found.push(Adoptable {
-                found: format!(
-                    "Job {name} ({}; the worker that created it is gone: {why})",
-                    job_state(&job)
-                ),
-                task,
-            }),
+            Liveness::Dead(why) => {
+                let found_as = |claimed: &str| Adoptable {
+                    found: format!(
+                        "Job {name} ({}; its holder is gone: {why}; {claimed})",
+                        job_state(&job)
+                    ),
+                    task: task.clone(),
+                };
+                match claim::claim(&jobs, &job, &holder, me).await {
+                    Claim::Ours => found.push(found_as("claimed for this instance")),
+                    Claim::Lost(who) => tracing::info!(
+                        job = name,
+                        task_id = task.task_id,
+                        "not taking over this worker id's Job: another instance claimed it first ({who}); \
+                         that one follows and reports it"
+                    ),
+                    Claim::Gone => {
+                        tracing::debug!(job = name, "not taking over: the Job is gone")
+                    }
+                    Claim::Forbidden(message) => {
+                        tracing::warn!(
+                            job = name,
+                            "taking over this worker id's Job without claiming it: {message}; a second worker of \
+                             this id starting now could take it over too and report it twice; grant `patch` on \
+                             `jobs` to the worker's Role (as deploy/kubernetes/base/role.yaml does)"
+                        );
+                        found.push(found_as("not claimed: no `patch` on jobs"));
+                    }
+                    Claim::Failed(e) => tracing::warn!(
+                        job = name,
+                        task_id = task.task_id,
+                        "not taking over this worker id's Job now: it cannot be claimed: {e}; the next start \
+                         tries again"
+                    ),
+                }
+            }
         }
     }
     found

@@ -13,7 +13,8 @@
 //! - the holder process: `dev.oz.instance` (random per process),
 //!   `dev.oz.host` (machine id / host name), `dev.oz.boot-id`, `dev.oz.pid`,
 //!   `dev.oz.pid-start`, `dev.oz.liveness-socket`, `dev.oz.net-namespace`,
-//!   `dev.oz.pid-namespace` (see `oz_runtime::liveness`);
+//!   `dev.oz.pid-namespace` (`oz_runtime::liveness::ProcessIdentity`, the
+//!   same marks as the Docker runtime's labels);
 //! - `dev.oz.pod`: `<namespace>/<name>` of the worker's Pod, when it runs in
 //!   one.
 //!
@@ -24,36 +25,21 @@
 //! outside a cluster, or one whose liveness cannot be checked from here,
 //! keeps its Jobs.
 
-use oz_runtime::host::{host_identity, process_start_time, random_id, read_trimmed};
-use oz_runtime::liveness::{self, OwnerMarks, Verdict};
+use oz_runtime::host::read_trimmed;
+use oz_runtime::liveness::{self, OwnerMarks, ProcessIdentity, Standing, Verdict};
 use std::collections::BTreeMap;
 
 pub const WORKER_ID_ANNOTATION: &str = "dev.oz.worker-id";
 pub const TASK_ID_ANNOTATION: &str = "dev.oz.task-id";
 pub const EXECUTION_ID_ANNOTATION: &str = "dev.oz.execution-id";
-pub const INSTANCE_ANNOTATION: &str = "dev.oz.instance";
-pub const HOST_ANNOTATION: &str = "dev.oz.host";
-pub const BOOT_ANNOTATION: &str = "dev.oz.boot-id";
-pub const PID_ANNOTATION: &str = "dev.oz.pid";
-pub const PID_START_ANNOTATION: &str = "dev.oz.pid-start";
-pub const BEACON_ANNOTATION: &str = "dev.oz.liveness-socket";
-pub const NET_NAMESPACE_ANNOTATION: &str = "dev.oz.net-namespace";
-pub const PID_NAMESPACE_ANNOTATION: &str = "dev.oz.pid-namespace";
 pub const POD_ANNOTATION: &str = "dev.oz.pod";
 
-/// Every holder annotation: a Job's values for these are the worker's own,
+/// Every holder annotation (`oz_runtime::liveness::KEYS`, then
+/// [`POD_ANNOTATION`]): a Job's values for these are the worker's own,
 /// never the operator's `extra_annotations`.
-pub const HOLDER_ANNOTATIONS: [&str; 9] = [
-    INSTANCE_ANNOTATION,
-    HOST_ANNOTATION,
-    BOOT_ANNOTATION,
-    PID_ANNOTATION,
-    PID_START_ANNOTATION,
-    BEACON_ANNOTATION,
-    NET_NAMESPACE_ANNOTATION,
-    PID_NAMESPACE_ANNOTATION,
-    POD_ANNOTATION,
-];
+pub fn holder_annotations() -> impl Iterator<Item = &'static str> {
+    liveness::KEYS.into_iter().chain([POD_ANNOTATION])
+}
 
 /// Where the service account's namespace is mounted in every Pod.
 const POD_NAMESPACE_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
@@ -61,17 +47,7 @@ const POD_NAMESPACE_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/
 /// One worker process, as written on the Jobs it creates.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Holder {
-    /// Random per process.
-    pub instance: String,
-    /// `<machine id>/<host name>`.
-    pub host: String,
-    pub boot: String,
-    pub pid: u32,
-    /// Clock ticks after boot (`/proc/<pid>/stat` field 22).
-    pub pid_start: String,
-    pub beacon: String,
-    pub net_namespace: String,
-    pub pid_namespace: String,
+    pub process: ProcessIdentity,
     /// `<namespace>/<name>` of the worker's Pod.
     pub pod: Option<String>,
 }
@@ -82,7 +58,6 @@ impl Holder {
     /// deploy/kubernetes sets it), else the host name, which Kubernetes
     /// sets to the Pod's name.
     pub fn current() -> Holder {
-        let pid = std::process::id();
         let pod = read_trimmed(POD_NAMESPACE_FILE)
             .filter(|ns| !ns.is_empty())
             .map(|ns| {
@@ -94,36 +69,14 @@ impl Holder {
                 format!("{ns}/{name}")
             });
         Holder {
-            instance: random_id(),
-            host: host_identity(),
-            boot: read_trimmed("/proc/sys/kernel/random/boot_id").unwrap_or_default(),
-            pid,
-            pid_start: process_start_time(pid).unwrap_or_default(),
-            beacon: liveness::beacon().to_string(),
-            net_namespace: liveness::net_namespace(),
-            pid_namespace: liveness::pid_namespace(),
+            process: ProcessIdentity::current(),
             pod,
         }
     }
 
     /// The holder annotations of a Job this process creates.
     pub fn annotations(&self) -> BTreeMap<String, String> {
-        let mut a = BTreeMap::from([
-            (INSTANCE_ANNOTATION.to_string(), self.instance.clone()),
-            (HOST_ANNOTATION.to_string(), self.host.clone()),
-            (BOOT_ANNOTATION.to_string(), self.boot.clone()),
-            (PID_ANNOTATION.to_string(), self.pid.to_string()),
-            (PID_START_ANNOTATION.to_string(), self.pid_start.clone()),
-            (BEACON_ANNOTATION.to_string(), self.beacon.clone()),
-            (
-                NET_NAMESPACE_ANNOTATION.to_string(),
-                self.net_namespace.clone(),
-            ),
-            (
-                PID_NAMESPACE_ANNOTATION.to_string(),
-                self.pid_namespace.clone(),
-            ),
-        ]);
+        let mut a: BTreeMap<String, String> = self.process.marks().collect();
         if let Some(pod) = &self.pod {
             a.insert(POD_ANNOTATION.to_string(), pod.clone());
         }
@@ -131,18 +84,12 @@ impl Holder {
     }
 
     /// The holder a Job names; `None` when it names none (made by the Go
-    /// worker, or by a version before these annotations).
+    /// worker, or by a version before these annotations): no instance,
+    /// host or pid.
     pub fn of(annotations: &BTreeMap<String, String>) -> Option<Holder> {
-        let get = |k: &str| annotations.get(k).cloned().unwrap_or_default();
+        annotations.get(liveness::INSTANCE_KEY)?;
         Some(Holder {
-            instance: annotations.get(INSTANCE_ANNOTATION)?.clone(),
-            host: annotations.get(HOST_ANNOTATION)?.clone(),
-            boot: get(BOOT_ANNOTATION),
-            pid: annotations.get(PID_ANNOTATION)?.parse().ok()?,
-            pid_start: get(PID_START_ANNOTATION),
-            beacon: get(BEACON_ANNOTATION),
-            net_namespace: get(NET_NAMESPACE_ANNOTATION),
-            pid_namespace: get(PID_NAMESPACE_ANNOTATION),
+            process: ProcessIdentity::from_marks(|k| annotations.get(k).map(String::as_str))?,
             pod: annotations.get(POD_ANNOTATION).cloned(),
         })
     }
@@ -172,47 +119,32 @@ pub enum PodState {
 
 /// Decides a holder's fate as seen from `me`. `judge` decides for a
 /// process on this host (`oz_runtime::liveness::judge_here`); `pod`
-/// answers for a Pod `<namespace>/<name>`, asked only for a holder on
-/// another host that ran in a Pod.
+/// answers for a Pod `<namespace>/<name>`, asked only for a holder that
+/// ran in a Pod and that its process cannot judge (on another host, or in
+/// namespaces this one cannot see into).
 pub fn liveness(
     holder: &Holder,
     me: &Holder,
     judge: impl Fn(&OwnerMarks<'_>) -> Verdict,
     pod: impl FnOnce(&str) -> PodState,
 ) -> Liveness {
-    if holder.instance == me.instance {
-        return Liveness::Us;
-    }
-    if holder.host == me.host {
-        // The same host name after a reboot is a dead process; so is a
-        // StatefulSet Pod recreated under its name on another node.
-        if holder.boot != me.boot {
-            return Liveness::Dead("the host has rebooted since it started".into());
-        }
-        let marks = OwnerMarks {
-            pid: Some(holder.pid),
-            pid_start: &holder.pid_start,
-            beacon: &holder.beacon,
-            net_namespace: &holder.net_namespace,
-            pid_namespace: &holder.pid_namespace,
-        };
-        return match judge(&marks) {
-            Verdict::Alive => Liveness::Alive,
-            Verdict::Dead(why) => Liveness::Dead(why.into()),
-            // Another container of this host name: its Pod may say more.
-            Verdict::Unknowable(why) => match &holder.pod {
-                Some(name) => from_pod(name, pod),
-                None => Liveness::Unknown(why.into()),
-            },
-        };
-    }
-    match &holder.pod {
-        Some(name) => from_pod(name, pod),
-        None => Liveness::Unknown(format!(
-            "its worker ran on another host ({}) outside the cluster, whose liveness cannot be \
-             checked from here; start the worker there again, or delete the Job",
-            holder.host
-        )),
+    match holder.process.seen_from(&me.process, judge) {
+        Standing::Us => Liveness::Us,
+        Standing::ThisHost(Verdict::Alive) => Liveness::Alive,
+        Standing::ThisHost(Verdict::Dead(why)) => Liveness::Dead(why.into()),
+        // Another container of this host name: its Pod may say more.
+        Standing::ThisHost(Verdict::Unknowable(why)) => match &holder.pod {
+            Some(name) => from_pod(name, pod),
+            None => Liveness::Unknown(why.into()),
+        },
+        Standing::OtherHost => match &holder.pod {
+            Some(name) => from_pod(name, pod),
+            None => Liveness::Unknown(format!(
+                "its worker ran on another host ({}) outside the cluster, whose liveness cannot \
+                 be checked from here; start the worker there again, or delete the Job",
+                holder.process.host
+            )),
+        },
     }
 }
 
@@ -235,27 +167,31 @@ mod tests {
 
     fn me() -> Holder {
         Holder {
-            instance: "i-me".into(),
-            host: "m/node-a".into(),
-            boot: "boot-1".into(),
-            pid: 100,
-            pid_start: "5000".into(),
-            beacon: "oz-agent-worker/me".into(),
-            net_namespace: "net:[1]".into(),
-            pid_namespace: "pid:[1]".into(),
+            process: ProcessIdentity {
+                instance: "i-me".into(),
+                host: "m/node-a".into(),
+                boot: "boot-1".into(),
+                pid: 100,
+                pid_start: "5000".into(),
+                beacon: "oz-agent-worker/me".into(),
+                net_namespace: "net:[1]".into(),
+                pid_namespace: "pid:[1]".into(),
+            },
             pod: None,
         }
     }
 
     fn other(host: &str, pod: Option<&str>) -> Holder {
         Holder {
-            instance: "i-other".into(),
-            host: host.into(),
-            pid: 200,
-            pid_start: "7000".into(),
-            beacon: "oz-agent-worker/other".into(),
+            process: ProcessIdentity {
+                instance: "i-other".into(),
+                host: host.into(),
+                pid: 200,
+                pid_start: "7000".into(),
+                beacon: "oz-agent-worker/other".into(),
+                ..me().process
+            },
             pod: pod.map(Into::into),
-            ..me()
         }
     }
 
@@ -288,10 +224,8 @@ mod tests {
             Liveness::Unknown(_)
         ));
         // The same host name after a reboot.
-        let before_reboot = Holder {
-            boot: "boot-0".into(),
-            ..h
-        };
+        let mut before_reboot = h;
+        before_reboot.process.boot = "boot-0".into();
         assert!(matches!(
             liveness(&before_reboot, &me(), never, no_pod),
             Liveness::Dead(m) if m.contains("rebooted")
@@ -333,11 +267,21 @@ mod tests {
     #[test]
     fn annotations_round_trip() {
         let h = other("m/worker-a", Some("oz/worker-a"));
-        assert_eq!(Holder::of(&h.annotations()), Some(h));
+        assert_eq!(Holder::of(&h.annotations()), Some(h.clone()));
         assert_eq!(Holder::of(&BTreeMap::new()), None);
+        // Every holder annotation, and nothing else, is written.
+        let mut written: Vec<String> = h.annotations().into_keys().collect();
+        let mut all: Vec<&str> = holder_annotations().collect();
+        written.sort();
+        all.sort();
+        assert_eq!(written, all);
+        // No instance: names no holder, even with a host and a pid.
+        let mut no_instance = h.annotations();
+        no_instance.remove(liveness::INSTANCE_KEY);
+        assert_eq!(Holder::of(&no_instance), None);
         let current = Holder::current();
-        assert_eq!(current.pid, std::process::id());
-        assert!(!current.pid_start.is_empty(), "{current:?}");
+        assert_eq!(current.process.pid, std::process::id());
+        assert!(!current.process.pid_start.is_empty(), "{current:?}");
         assert_eq!(liveness(&current, &current, never, no_pod), Liveness::Us);
     }
 }

@@ -56,8 +56,10 @@ pub struct Sidecar {
     pub read_write: bool,
 }
 
-/// What one task's Job is made from.
-#[derive(Debug, Clone)]
+/// What one task's Job is made from. Its `Debug` names the environment
+/// variables but never shows their values (task env values and the
+/// operator's `-e` entries are secrets).
+#[derive(Clone)]
 pub struct TaskJobRequest {
     pub worker_id: String,
     pub task_id: String,
@@ -77,6 +79,24 @@ pub struct TaskJobRequest {
     pub memory_bytes: Option<i64>,
     /// The worker process creating the Job (see [`crate::holder`]).
     pub holder: Option<Holder>,
+}
+
+impl std::fmt::Debug for TaskJobRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let env_names: Vec<&str> = self.env.iter().map(|(name, _)| name.as_str()).collect();
+        f.debug_struct("TaskJobRequest")
+            .field("worker_id", &self.worker_id)
+            .field("task_id", &self.task_id)
+            .field("execution_id", &self.execution_id)
+            .field("image", &self.image)
+            .field("base_args", &self.base_args)
+            .field("env (names; values redacted)", &env_names)
+            .field("sidecars", &self.sidecars)
+            .field("cpus", &self.cpus)
+            .field("memory_bytes", &self.memory_bytes)
+            .field("holder", &self.holder)
+            .finish()
+    }
 }
 
 /// Why a task's sidecars cannot be mounted: the task fails `sidecar_prep`.
@@ -532,7 +552,7 @@ pub fn job_annotations(settings: &Settings, request: &TaskJobRequest) -> BTreeMa
         Some(e) => a.insert(holder::EXECUTION_ID_ANNOTATION.into(), e.clone()),
         None => a.remove(holder::EXECUTION_ID_ANNOTATION),
     };
-    for key in holder::HOLDER_ANNOTATIONS {
+    for key in holder::holder_annotations() {
         a.remove(key);
     }
     if let Some(h) = &request.holder {
@@ -564,6 +584,7 @@ pub fn is_same_execution(existing: &Job, wanted: &Job) -> bool {
 mod tests {
     use super::*;
     use crate::settings::{KubernetesSection, Settings};
+    use oz_runtime::liveness::ProcessIdentity;
 
     fn settings(section: serde_json::Value) -> Settings {
         let section: KubernetesSection = serde_json::from_value(section).unwrap();
@@ -841,14 +862,16 @@ mod tests {
         r.task_id = "Run/1 ÄB".into();
         r.execution_id = Some("Exec:0001/x".into());
         r.holder = Some(Holder {
-            instance: "i1".into(),
-            host: "machine/worker-7f9c".into(),
-            boot: "boot".into(),
-            pid: 1,
-            pid_start: "4242".into(),
-            beacon: "oz-agent-worker/abc".into(),
-            net_namespace: "net:[1]".into(),
-            pid_namespace: "pid:[2]".into(),
+            process: ProcessIdentity {
+                instance: "i1".into(),
+                host: "machine/worker-7f9c".into(),
+                boot: "boot".into(),
+                pid: 1,
+                pid_start: "4242".into(),
+                beacon: "oz-agent-worker/abc".into(),
+                net_namespace: "net:[1]".into(),
+                pid_namespace: "pid:[2]".into(),
+            },
             pod: Some("oz/worker-7f9c".into()),
         });
         let job = task_job(&s, &r);
@@ -882,7 +905,29 @@ mod tests {
         r.holder = None;
         r.execution_id = None;
         let a = job_annotations(&s, &r);
-        assert!(!a.contains_key(holder::PID_ANNOTATION), "{a:?}");
+        assert!(!a.contains_key(oz_runtime::liveness::PID_KEY), "{a:?}");
         assert!(!a.contains_key(holder::EXECUTION_ID_ANNOTATION), "{a:?}");
+    }
+
+    #[test]
+    fn debug_of_a_request_names_the_env_but_never_shows_a_value() {
+        let mut r = request();
+        r.env
+            .push(("OZ_TEST_SECRET".into(), "hunter2-k8s-value".into()));
+        let shown = format!("{r:?}");
+        assert!(!shown.contains("hunter2-k8s-value"), "{shown}");
+        for value in ["forged", "operator"] {
+            assert!(!shown.contains(value), "{value} shown: {shown}");
+        }
+        assert!(
+            shown.contains("OZ_TEST_SECRET") && shown.contains("TASK_ID"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("run-1") && shown.contains("exec-0001"),
+            "{shown}"
+        );
+        let pretty = format!("{r:#?}");
+        assert!(!pretty.contains("hunter2-k8s-value"), "{pretty}");
     }
 }

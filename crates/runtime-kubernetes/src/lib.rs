@@ -7,17 +7,21 @@
 //! (client, preflight, watch, logs, runtime), so the former are tested
 //! without a cluster.
 
+mod claim;
 mod client;
 pub mod diagnosis;
 mod discover;
 pub mod failure_details;
 pub mod holder;
 pub mod job_spec;
+mod log_cursor;
 mod logs;
 pub mod names;
 mod preflight;
+mod retry;
 mod runtime;
 pub mod settings;
+pub mod stopping;
 mod watch;
 
 pub use client::ConnectError;

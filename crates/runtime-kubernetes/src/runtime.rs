@@ -4,7 +4,12 @@
 //! - a Job that already exists for the same execution is adopted, not a
 //!   failure (#86), and one still being deleted is waited for;
 //! - a cancellation deletes the Job with foreground propagation and the
-//!   run ends once its Pods are gone;
+//!   run ends once its Pods are gone, or once their grace period and a
+//!   margin have passed (a Pod stuck terminating is left to Kubernetes,
+//!   with a warning naming it: `stopping.rs`);
+//! - a failure read from a Pod that waits forever (image, node, volume)
+//!   deletes the Job too, so nothing of the failed task runs later; a Job
+//!   that finished failed is kept for its TTL, as the Go worker keeps it;
 //! - at a worker restart every journalled execution's Job is found again by
 //!   its deterministic name and labels and followed to its end (#74/#84);
 //! - a worker whose journal was lost (its Pod replaced, the state dir an
@@ -13,13 +18,16 @@
 //! - at shutdown running Jobs are left in place for the next start.
 
 use crate::client::{self, ConnectError};
+use crate::diagnosis;
 use crate::discover;
 use crate::holder::Holder;
 use crate::job_spec::{self, Sidecar, TaskJobRequest};
 use crate::logs::LogFollower;
 use crate::names;
 use crate::preflight::{self, PreflightError};
+use crate::retry::{self, Backoff};
 use crate::settings::Settings;
+use crate::stopping;
 use crate::watch::{self, Ended};
 use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
@@ -40,6 +48,8 @@ use tokio_util::sync::CancellationToken;
 
 /// How long the last output may take to arrive after the task ended.
 const OUTPUT_FLUSH: Duration = Duration::from_secs(2);
+/// How long a Job's create answered 5xx or not at all is repeated.
+const CREATE_RETRY_FOR: Duration = Duration::from_secs(60);
 /// How long after its success a task's Job is deleted.
 const DELETE_SUCCEEDED_AFTER: Duration = Duration::from_secs(5);
 
@@ -138,60 +148,110 @@ impl KubernetesRuntime {
     }
 
     /// Creates the Job, or adopts the one this execution already has.
-    async fn create_or_adopt(&self, job: &Job) -> Result<(), Failure> {
-        let name = job.metadata.name.clone().unwrap_or_default();
-        let job_create = |what: String| Failure::new(FailureReason::JobCreate, what);
-        // A Job of the same execution still being deleted (an earlier
-        // cancellation) is waited for; then the name is free.
-        for _ in 0..2 {
-            match self.jobs().create(&PostParams::default(), job).await {
-                Ok(_) => {
-                    tracing::info!(
+    ///
+    /// A create answered 5xx, or not answered at all, may have been
+    /// carried out: it is repeated with backoff for up to
+    /// [`CREATE_RETRY_FOR`], and a repeat answered 409 AlreadyExists finds
+    /// the Job of this very execution, adopted like any other. Returns
+    /// early (Ok) when `stop` fires while waiting to repeat: the caller's
+    /// cancellation then deletes whatever was created.
+    async fn create_or_adopt(&self, job: &Job, stop: &CancellationToken) -> Result<(), Failure> {
+        // job_spec::task_job always names the Job; without a name there is
+        // nothing to create or adopt.
+        let Some(name) = job.metadata.name.clone() else {
+            return Err(Failure::new(
+                FailureReason::JobCreate,
+                "the task's Job was built without metadata.name",
+            ));
+        };
+        let mut backoff = Backoff::new(CREATE_RETRY_FOR);
+        let mut freed = 0;
+        loop {
+            match self.create_attempt(&name, job).await? {
+                Attempt::Done => return Ok(()),
+                // Deleted between our create and our read, or an earlier
+                // Job of the execution finished its deletion: try again,
+                // not forever.
+                Attempt::Freed => {
+                    freed += 1;
+                    if freed >= 2 {
+                        return Err(Failure::new(
+                            FailureReason::JobCreate,
+                            format!("Job {name} kept reappearing while it was being created"),
+                        ));
+                    }
+                }
+                Attempt::Transient(e) => {
+                    tracing::warn!(
                         job = name,
-                        namespace = self.settings.namespace,
-                        "created the task's Job"
+                        "creating the task's Job: {e}; trying again (it may have been created: a Job of this \
+                         execution is then adopted)"
                     );
-                    return Ok(());
-                }
-                Err(kube::Error::Api(status)) if status.is_already_exists() => {
-                    let existing = match self.jobs().get_opt(&name).await {
-                        Ok(Some(existing)) => existing,
-                        Ok(None) => continue,
-                        Err(e) => {
-                            return Err(job_create(format!(
-                                "Job {name} exists but cannot be read: {e}"
-                            )))
-                        }
-                    };
-                    if !job_spec::is_same_execution(&existing, job) {
-                        return Err(job_create(format!(
-                            "a Job named {name} already exists in namespace {} and belongs to another execution or worker \
-                             (its oz-execution-hash/oz-worker-hash labels differ); delete it, or use another namespace",
-                            self.settings.namespace
-                        )));
+                    tokio::select! {
+                        more = backoff.wait() => if !more {
+                            return Err(Failure::new(FailureReason::JobCreate, format!(
+                                "cannot create Job {name} in namespace {}: {e} (tried for {}s)",
+                                self.settings.namespace,
+                                CREATE_RETRY_FOR.as_secs()
+                            )));
+                        },
+                        _ = stop.cancelled() => return Ok(()),
                     }
-                    if existing.metadata.deletion_timestamp.is_some() {
-                        tracing::info!(
-                            job = name,
-                            "waiting for this execution's earlier Job to be deleted"
-                        );
-                        self.wait_gone(&name).await;
-                        continue;
-                    }
-                    tracing::info!(job = name, "adopting this execution's existing Job");
-                    return Ok(());
-                }
-                Err(e) => {
-                    return Err(job_create(format!(
-                        "cannot create Job {name} in namespace {}: {e}",
-                        self.settings.namespace
-                    )))
                 }
             }
         }
-        Err(job_create(format!(
-            "Job {name} kept reappearing while it was being created"
-        )))
+    }
+
+    /// One create of the Job `name`; on 409 AlreadyExists the existing Job
+    /// is adopted when it is this execution's.
+    async fn create_attempt(&self, name: &str, job: &Job) -> Result<Attempt, Failure> {
+        let job_create = |what: String| Failure::new(FailureReason::JobCreate, what);
+        match self.jobs().create(&PostParams::default(), job).await {
+            Ok(_) => {
+                tracing::info!(
+                    job = name,
+                    namespace = self.settings.namespace,
+                    "created the task's Job"
+                );
+                Ok(Attempt::Done)
+            }
+            Err(kube::Error::Api(status)) if status.is_already_exists() => {
+                let existing = match self.jobs().get_opt(name).await {
+                    Ok(Some(existing)) => existing,
+                    Ok(None) => return Ok(Attempt::Freed),
+                    Err(e) if retry::is_transient(&e) => return Ok(Attempt::Transient(e)),
+                    Err(e) => {
+                        return Err(job_create(format!(
+                            "Job {name} exists but cannot be read: {e}"
+                        )))
+                    }
+                };
+                if !job_spec::is_same_execution(&existing, job) {
+                    return Err(job_create(format!(
+                        "a Job named {name} already exists in namespace {} and belongs to another execution or worker \
+                         (its oz-execution-hash/oz-worker-hash labels differ); delete it, or use another namespace",
+                        self.settings.namespace
+                    )));
+                }
+                // A Job of the same execution still being deleted (an
+                // earlier cancellation) is waited for; then the name is free.
+                if existing.metadata.deletion_timestamp.is_some() {
+                    tracing::info!(
+                        job = name,
+                        "waiting for this execution's earlier Job to be deleted"
+                    );
+                    self.wait_gone(name).await;
+                    return Ok(Attempt::Freed);
+                }
+                tracing::info!(job = name, "adopting this execution's existing Job");
+                Ok(Attempt::Done)
+            }
+            Err(e) if retry::is_transient(&e) => Ok(Attempt::Transient(e)),
+            Err(e) => Err(job_create(format!(
+                "cannot create Job {name} in namespace {}: {e}",
+                self.settings.namespace
+            ))),
+        }
     }
 
     /// Waits until the Job `name` no longer exists.
@@ -213,13 +273,22 @@ impl KubernetesRuntime {
         }
     }
 
-    /// Waits until no Pod of the execution is left, or until `force`
-    /// fires: then the deletion goes on in the cluster without us (the Go
-    /// chart's Role has no `pods delete`, so Pods are not force-deleted).
+    /// Waits until no Pod of the execution is left, for at most
+    /// [`stopping::bound`] from the call (made once the Job's deletion was
+    /// accepted): past it the Pods are left to Kubernetes with a warning
+    /// naming them, so a Pod stuck terminating (a lost node, a finalizer)
+    /// cannot hold the run's end forever. Also ends when `force` fires
+    /// (the worker's shutdown deadline). The Go chart's Role has no `pods
+    /// delete`, so Pods are never force-deleted here.
     async fn wait_pods_gone(&self, selector: &str, force: &CancellationToken) {
+        let started = tokio::time::Instant::now();
         let mut stream = watcher(self.pods(), watcher::Config::default().labels(selector))
             .default_backoff()
             .boxed();
+        // The longest bound of any Pod seen: a Pod's deletion can only
+        // shorten its grace period, and the first list may predate it.
+        let mut bound: Option<Duration> = None;
+        let mut left: Vec<Pod> = Vec::new();
         loop {
             match self
                 .pods()
@@ -227,11 +296,23 @@ impl KubernetesRuntime {
                 .await
             {
                 Ok(list) if list.items.is_empty() => return,
-                Ok(_) => {}
+                Ok(list) => {
+                    let b = stopping::bound(&list.items);
+                    bound = Some(bound.map_or(b, |old| old.max(b)));
+                    left = list.items;
+                }
                 Err(e) => tracing::warn!("could not list the task's Pods: {e}"),
             }
+            let deadline = started + bound.unwrap_or(stopping::DEFAULT_GRACE + stopping::MARGIN);
             tokio::select! {
                 _ = stream.next() => {}
+                _ = tokio::time::sleep_until(deadline) => {
+                    tracing::warn!(
+                        "{}",
+                        stopping::stuck_message(&left, &self.settings.namespace, started.elapsed())
+                    );
+                    return;
+                }
                 _ = force.cancelled() => {
                     tracing::warn!("no time left to wait for the task's Pods to go; Kubernetes finishes deleting them");
                     return;
@@ -244,11 +325,53 @@ impl KubernetesRuntime {
     /// go first, each with its grace period and preStop teardown) and
     /// returns once they are gone.
     async fn cancel(&self, name: &str, selector: &str, force: &CancellationToken) {
+        self.delete_foreground(name).await;
+        self.wait_pods_gone(selector, force).await;
+    }
+
+    /// Deletes the Job `name` with foreground propagation: the Job
+    /// controller stops creating Pods at once, and the Job object stays
+    /// (finalizer `foregroundDeletion`) until its Pods are gone.
+    async fn delete_foreground(&self, name: &str) {
         match self.jobs().delete(name, &DeleteParams::foreground()).await {
             Ok(_) => tracing::info!(job = name, "deleting the task's Job (foreground)"),
             Err(kube::Error::Api(s)) if s.is_not_found() => {}
             Err(e) => tracing::warn!(job = name, "could not delete the task's Job: {e}"),
         }
+    }
+
+    /// After a failure the runtime reports: a Job that finished (or is
+    /// bound to: [`crate::diagnosis::ends_by_itself`]) is kept for
+    /// `ttl_seconds_after_finished`, the Go worker's rule; one that has not
+    /// (its Pod waits on an image, a node or a volume, which Kubernetes
+    /// retries forever) is deleted with foreground propagation and its Pods
+    /// waited for, so it holds no quota and nothing of the failed task
+    /// starts after the failure was reported. The Go worker leaves such a
+    /// Job, whose TTL never starts.
+    async fn settle_failed(
+        &self,
+        name: &str,
+        selector: &str,
+        ends_by_itself: bool,
+        force: &CancellationToken,
+    ) {
+        let finished = ends_by_itself
+            || matches!(self.jobs().get_opt(name).await, Ok(Some(job)) if diagnosis::job_finished(&job));
+        if finished {
+            tracing::info!(
+                job = name,
+                namespace = self.settings.namespace,
+                "the task failed; its finished Job is kept for ttl_seconds_after_finished"
+            );
+            return;
+        }
+        tracing::info!(
+            job = name,
+            namespace = self.settings.namespace,
+            "the task failed while its Job had not finished (its Pod waits and Kubernetes would retry it forever); \
+             deleting the Job so nothing of it runs later"
+        );
+        self.delete_foreground(name).await;
         self.wait_pods_gone(selector, force).await;
     }
 
@@ -294,11 +417,10 @@ impl KubernetesRuntime {
                 message,
                 exit_code,
                 details,
+                ends_by_itself,
             } => {
-                tracing::info!(
-                    job = name,
-                    "the task failed; its Job is kept for ttl_seconds_after_finished"
-                );
+                self.settle_failed(&name, &selector, ends_by_itself, &ctx.force)
+                    .await;
                 RunOutcome::Failed(Failure {
                     reason: wire_reason(reason),
                     message,
@@ -330,6 +452,16 @@ impl KubernetesRuntime {
             }
         });
     }
+}
+
+/// What one create of a task's Job came to.
+enum Attempt {
+    /// Created, or this execution's existing Job adopted.
+    Done,
+    /// The name was free again by the time it was looked at.
+    Freed,
+    /// No answer, or a 5xx: it may have been created.
+    Transient(kube::Error),
 }
 
 /// The wire reason of a diagnosis.
@@ -393,7 +525,7 @@ impl Runtime for KubernetesRuntime {
                 Err(f) => return RunOutcome::Failed(f),
             };
             let job = job_spec::task_job(&self.settings, &request);
-            if let Err(f) = self.create_or_adopt(&job).await {
+            if let Err(f) = self.create_or_adopt(&job, &ctx.stop).await {
                 return RunOutcome::Failed(f);
             }
             self.follow(&invocation.task, ctx, false).await

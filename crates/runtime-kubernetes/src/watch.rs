@@ -38,6 +38,11 @@ pub enum Ended {
         message: String,
         exit_code: Option<i64>,
         details: Box<FailureDetails>,
+        /// The Job ends without the worker (the Job controller's verdict
+        /// is written, or the Pod ended or will):
+        /// [`diagnosis::ends_by_itself`]. False when the failure was read
+        /// from a Pod that waits, which Kubernetes retries forever.
+        ends_by_itself: bool,
     },
     /// The Job is gone and the worker did not delete it (kubectl, the TTL
     /// controller, a namespace deletion): how the task ended is unknown.
@@ -107,11 +112,19 @@ pub async fn until_ended(exec: Execution<'_>, observer: &mut dyn PodObserver) ->
     .filter_map(|e| async move {
         match e {
             Ok(watcher::Event::Apply(p)) | Ok(watcher::Event::InitApply(p)) => {
+                if p.metadata.name.is_none() {
+                    tracing::warn!("ignoring a Pod without metadata.name");
+                    return None;
+                }
                 Some(Seen::Pod(Box::new(p)))
             }
-            Ok(watcher::Event::Delete(p)) => {
-                Some(Seen::PodGone(p.metadata.name.unwrap_or_default()))
-            }
+            Ok(watcher::Event::Delete(p)) => match p.metadata.name {
+                Some(name) => Some(Seen::PodGone(name)),
+                None => {
+                    tracing::warn!("ignoring a Pod deletion without metadata.name");
+                    None
+                }
+            },
             Ok(_) => None,
             Err(e) => {
                 tracing::warn!("the Pod watch failed (retrying): {e}");
@@ -158,8 +171,10 @@ pub async fn until_ended(exec: Execution<'_>, observer: &mut dyn PodObserver) ->
             }
             Seen::Pod(pod) => {
                 observer.observe(&pod);
-                let name = pod.metadata.name.clone().unwrap_or_default();
-                live_pods.insert(name, (*pod).clone());
+                // Named: the watch passes on only Pods with a name.
+                if let Some(name) = pod.metadata.name.clone() {
+                    live_pods.insert(name, (*pod).clone());
+                }
                 check_pods.push(*pod);
             }
             Seen::PodGone(name) => {
@@ -175,11 +190,7 @@ pub async fn until_ended(exec: Execution<'_>, observer: &mut dyn PodObserver) ->
                         .await
                     {
                         Ok(list) => {
-                            live_pods = list
-                                .items
-                                .into_iter()
-                                .map(|p| (p.metadata.name.clone().unwrap_or_default(), p))
-                                .collect();
+                            live_pods = named_pods(list.items);
                         }
                         Err(e) => {
                             tracing::warn!("the safety poll could not list the task's Pods: {e}")
@@ -275,6 +286,7 @@ async fn on_job_state(
                 message,
                 exit_code: None,
                 details: Box::new(details),
+                ends_by_itself: true,
             })
         }
     }
@@ -311,12 +323,7 @@ async fn diagnose(
     } else {
         Vec::new()
     };
-    let Diagnosis {
-        mut reason,
-        mut message,
-        exit_code,
-        container,
-    } = diagnosis::diagnose_pod(
+    let found = diagnosis::diagnose_pod(
         pod,
         &events,
         &exec.settings.namespace,
@@ -343,6 +350,13 @@ async fn diagnose(
     } else {
         job
     };
+    let ends_by_itself = diagnosis::ends_by_itself(job, pod, &found);
+    let Diagnosis {
+        mut reason,
+        mut message,
+        exit_code,
+        container,
+    } = found;
     if let Some(verdict) = job.and_then(diagnosis::deadline_exceeded) {
         reason = Reason::ActiveDeadline;
         message = format!(
@@ -367,5 +381,42 @@ async fn diagnose(
         message,
         exit_code,
         details: Box::new(details),
+        ends_by_itself,
     })
+}
+
+/// Pods by name; a Pod without `metadata.name` (which no API server
+/// sends) is left out with a warning rather than filed under "".
+fn named_pods(pods: Vec<Pod>) -> BTreeMap<String, Pod> {
+    pods.into_iter()
+        .filter_map(|p| match p.metadata.name.clone() {
+            Some(name) => Some((name, p)),
+            None => {
+                tracing::warn!("ignoring a listed Pod without metadata.name");
+                None
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    fn pod(name: Option<&str>) -> Pod {
+        Pod {
+            metadata: ObjectMeta {
+                name: name.map(str::to_string),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_pod_without_a_name_is_not_filed_under_an_empty_name() {
+        let pods = named_pods(vec![pod(Some("p-1")), pod(None), pod(Some("p-2"))]);
+        assert_eq!(pods.keys().collect::<Vec<_>>(), ["p-1", "p-2"]);
+    }
 }

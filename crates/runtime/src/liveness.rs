@@ -20,6 +20,18 @@
 //! in the beacon's network namespace asks the beacon; otherwise a reader in
 //! the owner's PID namespace may still trust pid + start time; otherwise it
 //! cannot tell and must leave the owner's things alone.
+//!
+//! [`ProcessIdentity`] is what a worker process writes on what it creates
+//! (the Docker runtime's labels, the Kubernetes runtime's Job annotations):
+//! its host, boot, pid and start time, beacon and namespaces, under the
+//! same `dev.oz.*` names everywhere, and how another process judges it.
+
+mod identity;
+
+pub use identity::{
+    this_host, ProcessIdentity, Standing, BEACON_KEY, BOOT_KEY, HOST_KEY, INSTANCE_KEY, KEYS,
+    NET_NAMESPACE_KEY, PID_KEY, PID_NAMESPACE_KEY, PID_START_KEY,
+};
 
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};

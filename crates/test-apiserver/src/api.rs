@@ -1,7 +1,7 @@
 //! The REST surface: discovery, namespaced Jobs, Pods and Events (create,
 //! get, list, watch, update, patch, delete), `pods/{name}/log`, and the
 //! admin hooks tests use (`/admin/compact`, `/admin/close-watches`,
-//! `/admin/evict`). Every answer is JSON as kube-apiserver writes it;
+//! `/admin/evict`, `/admin/fail-next`, `/admin/hold`). Every answer is JSON as kube-apiserver writes it;
 //! errors are `Status` objects.
 
 use std::collections::HashMap;
@@ -86,17 +86,37 @@ fn truthy(q: &HashMap<String, String>, k: &str) -> bool {
 }
 
 /// Failures to inject (`POST /admin/fail-next?count=N&code=C[&verb=V]
-/// [&resource=R]`): the next N requests (only those with the Kubernetes verb
-/// V, e.g. `create`, `get`, `list`, `watch`, and on resource R, e.g. `jobs`,
-/// when given) are answered with C; `GET /admin/fail-next` says how many
-/// are left and how many were served.
+/// [&resource=R][&applied=true]`): the next N requests (only those with the
+/// Kubernetes verb V, e.g. `create`, `get`, `list`, `watch`, and on
+/// resource R, e.g. `jobs`, when given) are answered with C; with
+/// `applied` (V or R given) each is carried out first and only its answer
+/// replaced, as when kube-apiserver stored an object and then failed, or
+/// the answer was lost on the way. `GET /admin/fail-next` says how many are
+/// left and how many were served.
 #[derive(Debug, Default)]
 pub struct FailNext {
     pub count: u32,
     pub code: u16,
     pub verb: Option<String>,
     pub resource: Option<String>,
+    pub applied: bool,
     pub served: u32,
+}
+
+/// A meeting point (`POST /admin/hold?verb=V&resource=R&count=N
+/// [&timeout_ms=T]`): the next N requests with verb V on resource R each
+/// wait until all N have arrived (or T ms, 30,000 by default, have
+/// passed since the first), then go on together. It makes two clients'
+/// requests race for real (both read the same resourceVersion, then both
+/// write) where their timing alone would let one finish first.
+#[derive(Debug)]
+pub struct Hold {
+    verb: String,
+    resource: String,
+    count: u32,
+    timeout: Duration,
+    /// How many have arrived so far.
+    arrived: tokio::sync::watch::Sender<u32>,
 }
 
 /// What a handler needs besides the request.
@@ -104,7 +124,13 @@ pub struct FailNext {
 pub struct Ctx {
     /// The failures `/admin/fail-next` asked for.
     pub fail_next: Arc<std::sync::Mutex<FailNext>>,
+    /// The meeting point `/admin/hold` set up, until it is complete.
+    pub hold: Arc<std::sync::Mutex<Option<Hold>>>,
     pub policy: Option<Arc<crate::rbac::Policy>>,
+    /// The requests the Role refused (`GET /admin/forbidden`), each as
+    /// `VERB GROUP/RESOURCE NAME`, so a test can prove a client never
+    /// needed more than the Role grants (a client may retry or hide a 403).
+    pub forbidden: Arc<std::sync::Mutex<Vec<String>>>,
     pub shared: Arc<Shared>,
     pub docker: Docker,
     pub token: String,
@@ -127,7 +153,7 @@ pub async fn handle(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, 
         return Ok(error(ApiError::unauthorized()));
     }
     if !path.starts_with("/admin/") {
-        if let Some(code) = take_injected_failure(&ctx, None) {
+        if let Some((code, _)) = take_injected_failure(&ctx, None) {
             return Ok(injected(code));
         }
     }
@@ -189,7 +215,7 @@ pub async fn handle(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, 
 /// The injected failure for this request, if one is due: any request when
 /// the failure names no verb or resource (`request` None), else only a
 /// resource request (`request` = (verb, resource)) that matches.
-fn take_injected_failure(ctx: &Ctx, request: Option<(&str, &str)>) -> Option<u16> {
+fn take_injected_failure(ctx: &Ctx, request: Option<(&str, &str)>) -> Option<(u16, bool)> {
     let mut f = ctx.fail_next.lock().unwrap();
     if f.count == 0 {
         return None;
@@ -208,7 +234,29 @@ fn take_injected_failure(ctx: &Ctx, request: Option<(&str, &str)>) -> Option<u16
     }
     f.count -= 1;
     f.served += 1;
-    Some(f.code)
+    Some((f.code, f.applied && filtered))
+}
+
+/// Waits at the meeting point when this request is one of those it holds.
+async fn meet(ctx: &Ctx, verb: &str, resource: &str) {
+    let (mut arrived, count, timeout) = {
+        let mut hold = ctx.hold.lock().unwrap();
+        let Some(h) = hold.as_mut() else {
+            return;
+        };
+        if h.verb != verb || h.resource != resource {
+            return;
+        }
+        let n = *h.arrived.borrow() + 1;
+        h.arrived.send_replace(n);
+        let waiting = (h.arrived.subscribe(), h.count, h.timeout);
+        if n >= h.count {
+            *hold = None;
+        }
+        waiting
+    };
+    let all_here = arrived.wait_for(|n| *n >= count);
+    let _ = tokio::time::timeout(timeout, all_here).await;
 }
 
 /// The answers an overloaded or failing API server gives: 429 from API
@@ -294,6 +342,10 @@ fn admin(ctx: &Ctx, method: &Method, rest: &[&str], q: &HashMap<String, String>)
             &json!({"failing": f.count, "code": f.code, "served": f.served}),
         );
     }
+    if method == Method::GET && rest == ["forbidden"] {
+        let v = ctx.forbidden.lock().unwrap().clone();
+        return json_response(200, &json!({"forbidden": v}));
+    }
     if method == Method::GET && rest == ["self-check"] {
         let v = ctx.shared.read(|s| s.self_check().to_vec());
         return json_response(200, &json!({"violations": v}));
@@ -312,14 +364,46 @@ fn admin(ctx: &Ctx, method: &Method, rest: &[&str], q: &HashMap<String, String>)
             if !matches!(code, 429 | 500 | 503) {
                 return error(ApiError::bad_request("code must be 429, 500 or 503"));
             }
+            let (verb, resource) = (q.get("verb").cloned(), q.get("resource").cloned());
+            let applied = truthy(q, "applied");
+            if applied && verb.is_none() && resource.is_none() {
+                return error(ApiError::bad_request(
+                    "applied needs verb or resource: only resource requests are carried out",
+                ));
+            }
             *ctx.fail_next.lock().unwrap() = FailNext {
                 count,
                 code,
-                verb: q.get("verb").cloned(),
-                resource: q.get("resource").cloned(),
+                verb,
+                resource,
+                applied,
                 served: 0,
             };
-            json_response(200, &json!({"failing": count, "code": code}))
+            json_response(
+                200,
+                &json!({"failing": count, "code": code, "applied": applied}),
+            )
+        }
+        ["hold"] => {
+            let (Some(verb), Some(resource)) = (q.get("verb"), q.get("resource")) else {
+                return error(ApiError::bad_request("verb and resource are required"));
+            };
+            let count: u32 = q.get("count").and_then(|c| c.parse().ok()).unwrap_or(2);
+            let timeout_ms: u64 = q
+                .get("timeout_ms")
+                .and_then(|t| t.parse().ok())
+                .unwrap_or(30_000);
+            *ctx.hold.lock().unwrap() = Some(Hold {
+                verb: verb.clone(),
+                resource: resource.clone(),
+                count,
+                timeout: Duration::from_millis(timeout_ms),
+                arrived: tokio::sync::watch::Sender::new(0),
+            });
+            json_response(
+                200,
+                &json!({"holding": count, "verb": verb, "resource": resource}),
+            )
         }
         ["close-watches"] => {
             ctx.shared.close_watches.send_modify(|g| *g += 1);
@@ -375,13 +459,19 @@ async fn resource_route(
     };
     if let Some(policy) = &ctx.policy {
         if let Err(e) = policy.authorize(verb, group, &full, ns, name.unwrap_or("")) {
+            ctx.forbidden
+                .lock()
+                .unwrap()
+                .push(format!("{verb} {group}/{full} {}", name.unwrap_or("")));
             return error(e);
         }
     }
-    if let Some(code) = take_injected_failure(ctx, Some((verb, &full))) {
+    meet(ctx, verb, &full).await;
+    let fault = take_injected_failure(ctx, Some((verb, &full)));
+    if let Some((code, false)) = fault {
         return injected(code);
     }
-    match (name, sub, ns) {
+    let response = match (name, sub, ns) {
         (None, None, _) => match method {
             Method::GET if truthy(&q, "watch") => watch(ctx, resource, ns, &q),
             Method::GET => list(ctx, resource, ns, &q),
@@ -431,6 +521,11 @@ async fn resource_route(
             crate::logs::serve(ctx, ns, name, &q).await
         }
         _ => error(ApiError::path_not_found()),
+    };
+    match fault {
+        // Carried out; the client never learns it.
+        Some((code, true)) => injected(code),
+        _ => response,
     }
 }
 

@@ -484,20 +484,39 @@ impl PodWorker {
         let init_containers = spec.init_containers.clone().unwrap_or_default();
         let mut remaining: Vec<String> = init_containers.iter().map(|c| c.name.clone()).collect();
         // Native sidecars (init containers with restartPolicy Always, on by
-        // default since 1.29): started in their turn, not waited for, and
-        // stopped once the regular containers have exited.
+        // default since 1.29): started in their turn, not waited for to
+        // exit, and stopped once the regular containers have exited. As in
+        // the kubelet, the next container starts only once the sidecar has
+        // started (without a startupProbe: once it runs).
         let mut sidecars = Vec::new();
         for c in &init_containers {
             if c.restart_policy.as_deref() == Some("Always") {
                 let me = self.clone_worker();
                 remaining.retain(|n| *n != c.name);
+                let name = c.name.clone();
                 let (pod_value, volumes, c) = (pod_value.clone(), volumes.clone(), c.clone());
-                sidecars.push((
-                    c.name.clone(),
+                let handle =
                     tokio::spawn(
                         async move { me.run_container(&pod_value, &c, true, &volumes).await },
-                    ),
-                ));
+                    );
+                loop {
+                    let notified = self.shared.changed.notified();
+                    let started = self
+                        .pod()
+                        .and_then(|p| status_of(&p, true, &name))
+                        .is_some_and(|s| {
+                            s["state"]["running"].is_object()
+                                || s["state"]["terminated"].is_object()
+                        });
+                    if started || handle.is_finished() {
+                        break;
+                    }
+                    tokio::select! {
+                        _ = notified => {}
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    }
+                }
+                sidecars.push((name, handle));
                 continue;
             }
             let Some(code) = self.run_container(&pod_value, c, true, &volumes).await else {

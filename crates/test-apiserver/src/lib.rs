@@ -139,7 +139,9 @@ pub async fn bind(mut config: Config) -> std::io::Result<Server> {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls::server_config(&identity)?);
     let ctx = api::Ctx {
         fail_next: Arc::default(),
+        hold: Arc::default(),
         policy,
+        forbidden: Arc::default(),
         shared,
         docker,
         token: identity.token.clone(),

@@ -233,6 +233,28 @@ impl ApiError {
     }
 
     pub fn invalid(resource: Resource, name: &str, causes: Vec<Cause>) -> ApiError {
+        Self::invalid_kind(
+            &resource.qualified_kind(),
+            resource.group(),
+            resource.kind(),
+            name,
+            causes,
+        )
+    }
+
+    /// 422 Invalid for the options of a request (a kind of the core group
+    /// that is not stored, such as `PodLogOptions`).
+    pub fn invalid_options(kind: &str, name: &str, causes: Vec<Cause>) -> ApiError {
+        Self::invalid_kind(kind, "", kind, name, causes)
+    }
+
+    fn invalid_kind(
+        qualified_kind: &str,
+        group: &str,
+        kind: &str,
+        name: &str,
+        causes: Vec<Cause>,
+    ) -> ApiError {
         let list: Vec<String> = causes
             .iter()
             .map(|c| {
@@ -244,15 +266,10 @@ impl ApiError {
             })
             .collect();
         let message = if list.len() == 1 {
-            format!(
-                "{} {name:?} is invalid: {}",
-                resource.qualified_kind(),
-                list[0]
-            )
+            format!("{qualified_kind} {name:?} is invalid: {}", list[0])
         } else {
             format!(
-                "{} {name:?} is invalid: [{}]",
-                resource.qualified_kind(),
+                "{qualified_kind} {name:?} is invalid: [{}]",
                 list.join(", ")
             )
         };
@@ -264,9 +281,7 @@ impl ApiError {
             422,
             "Invalid",
             message,
-            Some(
-                json!({"name": name, "group": resource.group(), "kind": resource.kind(), "causes": causes}),
-            ),
+            Some(json!({"name": name, "group": group, "kind": kind, "causes": causes})),
         )
     }
 

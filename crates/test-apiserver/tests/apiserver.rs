@@ -977,7 +977,7 @@ fn an_unschedulable_pod_and_a_missing_configmap_volume_stay_pending_with_the_sch
 }
 
 #[test]
-fn the_go_charts_role_allows_exactly_what_it_grants() {
+fn the_deploy_role_allows_exactly_what_it_grants() {
     let role = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../deploy/kubernetes/base/role.yaml"
@@ -985,8 +985,9 @@ fn the_go_charts_role_allows_exactly_what_it_grants() {
     let Some(env) = support::start(&["--rbac-role", role, "--rbac-namespace", "default"]) else {
         return;
     };
-    // Everything the runtime does: create, get, list, watch and delete Jobs;
-    // get, list and watch Pods; read their logs; list Events.
+    // Everything the runtime does: create, get, list, watch, patch (a
+    // takeover's claim) and delete Jobs; get, list and watch Pods; read
+    // their logs; list Events.
     env.ok(
         &["create", "-f", "-"],
         Some(&job_yaml("rbac", "echo allowed", "", "")),
@@ -1009,11 +1010,14 @@ fn the_go_charts_role_allows_exactly_what_it_grants() {
     );
     assert_eq!(code, 200);
 
+    env.ok(&["label", "job", "rbac", "x=y"], None);
     // And nothing else.
-    let out = env.kubectl(&["label", "job", "rbac", "x=y"], None);
+    let pods = env.get_json(&["pods"]);
+    let pod_name = pods["items"][0]["metadata"]["name"].as_str().unwrap();
+    let out = env.kubectl(&["label", "pod", pod_name, "x=y"], None);
     assert_eq!(
         String::from_utf8_lossy(&out.stderr).trim(),
-        "Error from server (Forbidden): jobs.batch \"rbac\" is forbidden: User \"system:serviceaccount:default:oz-agent-worker\" cannot patch resource \"jobs\" in API group \"batch\" in the namespace \"default\""
+        format!("Error from server (Forbidden): pods \"{pod_name}\" is forbidden: User \"system:serviceaccount:default:oz-agent-worker\" cannot patch resource \"pods\" in API group \"\" in the namespace \"default\"")
     );
     let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": support::busybox()}]}});
     for (method, path, body) in [
@@ -1092,5 +1096,115 @@ fn a_native_sidecar_runs_beside_the_task_and_is_stopped_after_it() {
     assert!(
         reasons(&events_for(&env, pod["metadata"]["name"].as_str().unwrap()))
             .contains(&"Killing".to_string())
+    );
+}
+
+/// `timestamps` and `sinceTime` as the kubelet serves them: RFC 3339 times
+/// with nanoseconds before each line, and `sinceTime` keeps the lines
+/// logged at or after it (what a follower resuming after a break asks
+/// for); `kubectl logs --since-time` (second precision) agrees; bad options
+/// are refused as the API server refuses them.
+#[test]
+fn logs_with_timestamps_and_since_time_return_the_lines_from_that_instant() {
+    let Some(env) = support::start(&[]) else {
+        return;
+    };
+    env.ok(
+        &["create", "-f", "-"],
+        Some(&job_yaml(
+            "stamped",
+            "echo one; sleep 2; echo two; echo three >&2; sleep 2; echo four",
+            "",
+            "",
+        )),
+    );
+    let pod = pod_of(&env, "stamped");
+    let name = pod["metadata"]["name"].as_str().unwrap().to_string();
+    env.ok(
+        &[
+            "wait",
+            "--for=condition=complete",
+            "job/stamped",
+            "--timeout=120s",
+        ],
+        None,
+    );
+    let path = format!("/api/v1/namespaces/default/pods/{name}/log");
+    let (code, all) = env.curl("GET", &format!("{path}?timestamps=true"), None, "", true);
+    assert_eq!(code, 200, "{all}");
+    let stamped: Vec<(String, String)> = all
+        .lines()
+        .map(|l| {
+            let (t, text) = l.split_once(' ').unwrap_or_else(|| panic!("{l:?}"));
+            assert!(
+                chrono::DateTime::parse_from_rfc3339(t).is_ok() && t.contains('.'),
+                "an RFC 3339 time with fractional seconds: {t:?}"
+            );
+            (t.to_string(), text.to_string())
+        })
+        .collect();
+    let texts: Vec<&str> = stamped.iter().map(|(_, t)| t.as_str()).collect();
+    assert_eq!(texts.len(), 4, "{all}");
+    assert_eq!(texts[0], "one");
+    assert_eq!(texts[3], "four");
+
+    // From the instant of the earlier of "two" and "three" (stdout and
+    // stderr are stamped by two copiers, so either may come first), with
+    // nanoseconds: those lines and the later ones.
+    let t_two = stamped
+        .iter()
+        .filter(|(_, t)| t == "two" || t == "three")
+        .map(|(at, _)| at)
+        .min()
+        .unwrap();
+    let (code, since) = env.curl(
+        "GET",
+        &format!("{path}?sinceTime={}", t_two.replace(':', "%3A")),
+        None,
+        "",
+        true,
+    );
+    assert_eq!(code, 200, "{since}");
+    let mut lines: Vec<&str> = since.lines().collect();
+    lines.sort();
+    assert_eq!(lines, ["four", "three", "two"], "{since}");
+
+    // kubectl sends the second of "four": the lines before it were logged
+    // two seconds earlier, so they are left out.
+    let (t_four, _) = stamped.iter().find(|(_, t)| t == "four").unwrap();
+    let second = format!("{}Z", &t_four[..19]);
+    let out = env.ok(&["logs", &name, "--since-time", &second], None);
+    assert_eq!(out, "four\n");
+
+    let (code, body) = env.request("GET", &format!("{path}?sinceTime=yesterday"), None);
+    assert_eq!(code, 400, "{body}");
+    status(&body, 400, "BadRequest");
+    assert!(
+        body["message"].as_str().unwrap().contains("yesterday"),
+        "{body}"
+    );
+    let (code, body) = env.request(
+        "GET",
+        &format!(
+            "{path}?sinceSeconds=5&sinceTime={}",
+            second.replace(':', "%3A")
+        ),
+        None,
+    );
+    assert_eq!(code, 422, "{body}");
+    status(&body, 422, "Invalid");
+    assert_eq!(body["details"]["kind"], "PodLogOptions", "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("at most one of `sinceTime` or `sinceSeconds` may be specified"),
+        "{body}"
+    );
+    let (code, body) = env.request("GET", &format!("{path}?sinceSeconds=0"), None);
+    assert_eq!(code, 422, "{body}");
+    assert_eq!(
+        body["details"]["causes"][0]["field"], "sinceSeconds",
+        "{body}"
     );
 }

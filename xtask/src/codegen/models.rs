@@ -78,7 +78,7 @@ impl<'a> Models<'a> {
     /// Every `quirks::NOT_REQUIRED`/`EXTRA_REQUIRED` entry must have
     /// changed a field; one that did not names a type or field the spec no
     /// longer has (or one already required/optional), and is an error.
-    pub fn check_required_quirks(&self) -> Result<(), String> {
+    pub fn check_required_quirks(&self) -> Result<(), super::CodegenError> {
         let unused: Vec<String> = quirks::NOT_REQUIRED
             .iter()
             .chain(quirks::EXTRA_REQUIRED)
@@ -88,12 +88,7 @@ impl<'a> Models<'a> {
         if unused.is_empty() {
             Ok(())
         } else {
-            Err(format!(
-                "xtask/src/quirks.rs: these required-field entries changed no field \
-                 (the type or field does not exist, or is already as the entry wants): {}; \
-                 fix or remove them",
-                unused.join(", ")
-            ))
+            Err(super::CodegenError::UnusedQuirks(unused))
         }
     }
 
