@@ -80,6 +80,11 @@ pub struct WorkerArgs {
     /// Where the claim journal lives (default ~/.local/state/oz-agent-worker). Keep it across restarts.
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
+    /// How often a worker whose tasks outlive it (the kubernetes backend)
+    /// looks again for tasks that dead instances of its worker id left
+    /// (default 60s; 0 looks only at start-up).
+    #[arg(long, value_name = "DURATION")]
+    pub takeover_interval: Option<String>,
     /// WebSocket ping interval (protocol: 30s; for tests).
     #[arg(long, hide = true, value_name = "DURATION")]
     pub ping_interval: Option<String>,
@@ -221,6 +226,7 @@ fn core_inputs(args: &WorkerArgs, file: &ConfigFile, api_key: Option<Secret>) ->
         flag_server_root_url: args.server_root_url.clone(),
         flag_session_sharing_server_url: args.session_sharing_server_url.clone(),
         flag_ping_interval: args.ping_interval.clone(),
+        flag_takeover_interval: args.takeover_interval.clone(),
         flag_read_timeout: args.read_timeout.clone(),
     }
 }

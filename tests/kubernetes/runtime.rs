@@ -2745,3 +2745,76 @@ async fn every_call_path_runs_under_the_charts_role() {
     assert!(!log.to_lowercase().contains("forbidden"), "{log}");
     rig.cluster.self_check();
 }
+
+/// #84 after start-up: a Job whose holder still ran when a new worker of
+/// the id started (frozen here with SIGSTOP; on a cluster, a worker Pod
+/// still terminating) is left alone then, and taken over by the new
+/// worker's periodic look (`--takeover-interval`) once the holder is dead:
+/// followed to its end and reported once, by the new worker, with no
+/// second Pod.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_holder_dies_after_the_start_is_taken_over_by_the_periodic_look() {
+    let Some(rig) = Rig::start(&[]).await else {
+        return;
+    };
+    let cluster = &rig.cluster;
+    let config = cluster.config("c", "");
+    let id = unique_id("k8s-later");
+    let a = assignment(
+        "k8slater",
+        &[("OZ_DEMO_BEHAVIOUR", "sleep"), ("OZ_DEMO_SLEEP", "8")],
+    );
+    let name = go_job_name("k8slater", &exec_of(&a));
+
+    let first_state = tempfile::tempdir().unwrap();
+    let mut first = worker(&rig.server, &id, &config, first_state.path(), &[]).await;
+    first.assign(&a).await;
+    first.claimed("k8slater").await;
+    let pod = cluster.task_running(&name).await;
+    first.process.signal(19);
+
+    let second_state = tempfile::tempdir().unwrap();
+    let mut second = worker(
+        &rig.server,
+        &id,
+        &config,
+        second_state.path(),
+        &["--takeover-interval", "1s"],
+    )
+    .await;
+    // The start-up look judged the holder alive and left its Job.
+    second
+        .process
+        .wait_for_log("not taking over: its worker instance still runs", WITHIN)
+        .await;
+    assert!(
+        !second
+            .process
+            .log_text()
+            .contains("taking over an execution"),
+        "{}",
+        second.process.log_text()
+    );
+
+    first.process.signal(9);
+    first.process.wait_exit(WITHIN).await;
+    let (report, _) = second.report("k8slater").await;
+    assert!(
+        matches!(report, WorkerMessage::TaskCompleted(_)),
+        "{report:?}\n{}",
+        second.process.log_text()
+    );
+    let log = second.process.log_text();
+    assert!(
+        log.contains("took over 1 task(s) that dead instances of this worker id left"),
+        "{log}"
+    );
+    assert_eq!(log.matches("taking over an execution").count(), 1, "{log}");
+    let pods = cluster.pods(&name);
+    assert!(
+        pods.iter()
+            .all(|p| p["metadata"]["uid"] == pod["metadata"]["uid"]),
+        "only the first Pod ever ran: {pods:?}"
+    );
+    cluster.self_check();
+}

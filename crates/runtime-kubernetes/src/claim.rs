@@ -39,7 +39,7 @@ pub enum Claim {
     /// The Role does not grant `patch` on `jobs` (the API server's
     /// message): the Job can only be taken over unclaimed.
     Forbidden(String),
-    /// It cannot be claimed now (why); a later start tries again.
+    /// It cannot be claimed now (why); a later look or start tries again.
     Failed(String),
 }
 

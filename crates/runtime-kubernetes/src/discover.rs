@@ -162,8 +162,8 @@ pub async fn orphans(
                     Claim::Failed(e) => tracing::warn!(
                         job = name,
                         task_id = task.task_id,
-                        "not taking over this worker id's Job now: it cannot be claimed: {e}; the next start \
-                         tries again"
+                        "not taking over this worker id's Job now: it cannot be claimed: {e}; the next look \
+                         (--takeover-interval) or start tries again"
                     ),
                 }
             }

@@ -56,8 +56,15 @@ pub struct CoreInputs {
     pub flag_server_root_url: Option<String>,
     pub flag_session_sharing_server_url: Option<String>,
     pub flag_ping_interval: Option<String>,
+    pub flag_takeover_interval: Option<String>,
     pub flag_read_timeout: Option<String>,
 }
+
+/// How often a worker looks again for tasks that dead instances of its
+/// worker id left, where they outlive it (a Kubernetes Job whose worker Pod
+/// was replaced while the new one judged it alive, or could not read it).
+/// One Job list per interval.
+pub const DEFAULT_TAKEOVER_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Everything the core needs, resolved and validated.
 #[derive(Debug, Clone)]
@@ -89,6 +96,11 @@ pub struct WorkerConfig {
     pub state_dir: PathBuf,
     /// The protocol's liveness timing; only tests change it.
     pub timing: crate::connection::Timing,
+    /// How often, on a runtime whose tasks outlive the worker, the runtime
+    /// is asked again for tasks of dead instances of this worker id
+    /// (`--takeover-interval`, default [`DEFAULT_TAKEOVER_INTERVAL`]);
+    /// `None` looks only at start-up.
+    pub takeover_interval: Option<Duration>,
     /// The outbound proxy from `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY`.
     pub proxy: crate::proxy::OutboundProxy,
 }
@@ -173,6 +185,14 @@ impl WorkerConfig {
                 parse_duration(d).map_err(|e| ConfigError(format!("--read-timeout: {e}")))?;
         }
 
+        let takeover_interval = match &i.flag_takeover_interval {
+            Some(d) => {
+                parse_duration(d).map_err(|e| ConfigError(format!("--takeover-interval: {e}")))?
+            }
+            None => DEFAULT_TAKEOVER_INTERVAL,
+        };
+        let takeover_interval = (!takeover_interval.is_zero()).then_some(takeover_interval);
+
         let web_socket_url = i
             .flag_web_socket_url
             .clone()
@@ -209,6 +229,7 @@ impl WorkerConfig {
             health_listen,
             state_dir: i.flag_state_dir.clone().unwrap_or_else(default_state_dir),
             timing,
+            takeover_interval,
             proxy,
         })
     }
@@ -414,5 +435,25 @@ mod tests {
             .unwrap_err()
             .0
             .contains("ws://"));
+    }
+
+    #[test]
+    fn takeover_interval_defaults_to_a_minute_and_zero_turns_it_off() {
+        let mut i = inputs();
+        let resolve = |i: &CoreInputs| WorkerConfig::resolve(i, &env(&[]));
+        assert_eq!(
+            resolve(&i).unwrap().takeover_interval,
+            Some(DEFAULT_TAKEOVER_INTERVAL)
+        );
+        i.flag_takeover_interval = Some("5s".into());
+        assert_eq!(
+            resolve(&i).unwrap().takeover_interval,
+            Some(Duration::from_secs(5))
+        );
+        i.flag_takeover_interval = Some("0".into());
+        assert_eq!(resolve(&i).unwrap().takeover_interval, None);
+        i.flag_takeover_interval = Some("often".into());
+        let e = resolve(&i).unwrap_err().to_string();
+        assert!(e.starts_with("--takeover-interval: "), "{e}");
     }
 }

@@ -159,8 +159,12 @@ pub async fn run_with_drain(
     tokio::pin!(drain);
     let one_task_ended = core.manager.one_task_ended();
     tokio::pin!(one_task_ended);
+    // Only while the worker takes work: not during a drain or a shutdown.
+    let take_over_later = core.take_over_periodically();
+    tokio::pin!(take_over_later);
     let draining = tokio::select! {
         _ = &mut session_run => return Ok(Stopped::Complete),
+        _ = &mut take_over_later => unreachable!("the periodic takeover never ends"),
         _ = &mut shutdown => false,
         _ = &mut drain => true,
         _ = &mut one_task_ended => {
@@ -185,6 +189,7 @@ struct Core {
     delivery: Arc<delivery::Delivery>,
     outbox: Arc<outbox::Outbox>,
     manager: Arc<tasks::TaskManager>,
+    journal: Arc<journal::Journal>,
 }
 
 impl Core {
@@ -236,7 +241,36 @@ impl Core {
             delivery,
             outbox,
             manager,
+            journal,
         })
+    }
+
+    /// Every `takeover_interval`, on a runtime whose tasks outlive the
+    /// worker, takes over what dead instances of this worker id left since
+    /// start-up ([`runtime_recovery::recover_runtime_executions`]): a Job
+    /// whose holder still looked alive at start-up (a worker Pod still
+    /// terminating) or could not be judged then is not left until the next
+    /// restart. Never returns.
+    async fn take_over_periodically(&self) {
+        let every = match self.config.takeover_interval {
+            Some(every) if self.runtime.reattaches() => every,
+            _ => return std::future::pending().await,
+        };
+        loop {
+            tokio::time::sleep(every).await;
+            let taken = runtime_recovery::recover_runtime_executions(
+                self.runtime.as_ref(),
+                &self.journal,
+                &self.manager,
+            )
+            .await;
+            if !taken.is_empty() {
+                tracing::info!(
+                    "took over {} task(s) that dead instances of this worker id left",
+                    taken.len()
+                );
+            }
+        }
     }
 
     /// The drain ([`drain`]): no new claim, the running tasks end with no
