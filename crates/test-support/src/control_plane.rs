@@ -17,8 +17,11 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-/// How long an `expect_*` waits before failing the test.
-pub const EXPECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long an `expect_*` (or `wait_for_*`) waits before failing the test:
+/// a bound on waiting for an event, never a delay (each returns as soon as
+/// the event comes), so generous: CI runs the whole suite on two loaded
+/// cores, where a plane or a serve process can be starved for seconds.
+pub const EXPECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a test watches for something that must not happen (a message,
 /// a command) after the event that would have caused it.
 pub const QUIET_PERIOD: Duration = Duration::from_millis(300);
