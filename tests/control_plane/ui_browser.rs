@@ -44,6 +44,7 @@ async fn screenshot(c: &Client, name: &str) {
 #[tokio::test]
 async fn the_ui_signs_in_shows_the_worker_creates_a_run_and_shows_its_output() {
     if let Some(status) = support::browser::in_own_namespaces(
+        module_path!(),
         "the_ui_signs_in_shows_the_worker_creates_a_run_and_shows_its_output",
     )
     .await
@@ -297,8 +298,11 @@ async fn rows(c: &Client) -> Vec<String> {
 /// runs it shows, never the whole list.
 #[tokio::test]
 async fn the_runs_view_fetches_a_page_at_a_time() {
-    if let Some(status) =
-        support::browser::in_own_namespaces("the_runs_view_fetches_a_page_at_a_time").await
+    if let Some(status) = support::browser::in_own_namespaces(
+        module_path!(),
+        "the_runs_view_fetches_a_page_at_a_time",
+    )
+    .await
     {
         assert!(status.success(), "the browser test failed: {status}");
         return;
