@@ -295,25 +295,38 @@ async fn a_re_announced_run_that_already_ended_is_cancelled_on_the_worker() {
 /// the report only some of the time.
 #[tokio::test(flavor = "current_thread")]
 async fn frames_received_before_the_read_deadline_are_handled() {
+    let read_timeout = Duration::from_millis(500);
     let mut config = test_config();
-    config.worker_read_timeout = Duration::from_millis(200);
+    config.worker_read_timeout = read_timeout;
     let t = TestPlane::start(config).await;
     let client = t.client();
     for _ in 0..6 {
-        let mut w = t.worker("w1").await;
+        // Queued first, so the connection is offered the run as it
+        // registers: until the fault, the worker is silent only while its
+        // assignment is stored and sent, well within the read timeout even
+        // on a loaded machine (a request of the test's own in that gap, or
+        // polling for the claim, once let the deadline pass before the
+        // fault).
         let run = client.create_run(&run_for("w1")).await.unwrap();
+        let mut w = t.worker("w1").await;
         let exec = w.expect_assignment().await.execution_id.unwrap();
+        // Back to back: the plane reads a connection's frames in order.
         w.claim_execution(&run.id, Some(&exec)).await;
-        wait_for_state(&client, &run.id, RunState::Claimed).await;
         w.complete_execution(&run.id, Some(&exec), None).await;
         // The fault: block the only runtime thread (the control plane's
         // too) until the deadline has long passed. Not a synchronisation
         // sleep.
-        std::thread::sleep(Duration::from_millis(450));
+        std::thread::sleep(read_timeout * 5 / 2);
         w.expect_ack(&run.id).await;
+        let done = client.get_run(&run.id).await.unwrap();
         assert_eq!(
-            client.get_run(&run.id).await.unwrap().state,
-            RunState::Succeeded
+            states(&done),
+            [
+                RunState::Queued,
+                RunState::Assigned,
+                RunState::Claimed,
+                RunState::Succeeded
+            ]
         );
         // Truly silent from now on: dropped at the next deadline.
         w.expect_closed(EXPECT_TIMEOUT).await;
