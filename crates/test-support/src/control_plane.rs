@@ -347,11 +347,19 @@ impl ScriptedWorker {
 
     /// Waits for the server to end the connection.
     pub async fn expect_closed(&mut self, within: Duration) {
+        if !self.closed_within(within).await {
+            panic!("{}: connection still open after {within:?}", self.worker_id);
+        }
+    }
+
+    /// Whether the server ends the connection within `within` (messages
+    /// meanwhile are read and dropped).
+    pub async fn closed_within(&mut self, within: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + within;
         loop {
             match tokio::time::timeout_at(deadline, self.ws.next()).await {
-                Err(_) => panic!("{}: connection still open after {within:?}", self.worker_id),
-                Ok(None | Some(Err(_)) | Some(Ok(Message::Close(_)))) => return,
+                Err(_) => return false,
+                Ok(None | Some(Err(_)) | Some(Ok(Message::Close(_)))) => return true,
                 Ok(Some(Ok(_))) => continue,
             }
         }
