@@ -367,8 +367,9 @@ impl ScriptedWorker {
 
     pub async fn close(mut self) {
         let _ = self.ws.close(None).await;
-        // Drain until the server acknowledges, so the close is processed.
-        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        // Drain until the server acknowledges, so the close is processed
+        // (it answers once it has let go of the connection).
+        let _ = tokio::time::timeout(EXPECT_TIMEOUT, async {
             while let Some(Ok(_)) = self.ws.next().await {}
         })
         .await;
