@@ -343,7 +343,7 @@ async fn a_connection_that_sends_half_its_headers_is_closed() {
         .await
         .unwrap();
     let started = tokio::time::Instant::now();
-    let bound = DEFAULT_HEADER_READ_TIMEOUT + Duration::from_secs(3);
+    let bound = DEFAULT_HEADER_READ_TIMEOUT + Duration::from_secs(20);
     let mut buf = Vec::new();
     // Whatever the server says before closing (hyper may answer 408), the
     // connection must end within the bound.
