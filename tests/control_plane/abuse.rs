@@ -147,6 +147,11 @@ async fn session_status(addr: SocketAddr, cookie: &str) -> Reply {
     .await
 }
 
+/// How long a request under attack may take before the plane counts as
+/// not answering: starved, not slow (CI's two cores are shared with the
+/// attack and the rest of the suite; latency is a figure, not a test).
+const ANSWERED_WITHIN: Duration = Duration::from_secs(30);
+
 async fn healthz(addr: SocketAddr) -> u16 {
     http(
         addr,
@@ -223,12 +228,15 @@ async fn slow_clients_cannot_exhaust_connections_or_starve_the_api() {
     // While they trickle, the plane answers.
     let mut peak_fds = 0;
     let mut checks = 0;
-    while started.elapsed() < Duration::from_secs(10) {
+    // Ten checks at least, over 10 s at least: a loaded machine may make
+    // each slower, not fewer. Each must be answered, within a bound that is
+    // about being served at all, not about speed (measured as a figure).
+    while started.elapsed() < Duration::from_secs(10) || checks < 10 {
         peak_fds = peak_fds.max(open_fds(pid));
         let t = Instant::now();
-        let health = tokio::time::timeout(Duration::from_secs(5), healthz(addr)).await;
+        let health = tokio::time::timeout(ANSWERED_WITHIN, healthz(addr)).await;
         assert_eq!(health.ok(), Some(200), "/healthz during the attack");
-        let api = tokio::time::timeout(Duration::from_secs(5), client.list_runs(None, None)).await;
+        let api = tokio::time::timeout(ANSWERED_WITHIN, client.list_runs(None, None)).await;
         assert!(
             matches!(api, Ok(Ok(_))),
             "authenticated API during the attack: {api:?}"
@@ -249,9 +257,11 @@ async fn slow_clients_cannot_exhaust_connections_or_starve_the_api() {
     let never = closed_after.iter().filter(|c| c.is_none()).count();
     assert_eq!(never, 0, "slow connections still open after 30 s");
     let longest = closed_after.iter().flatten().max().copied().unwrap();
-    // Deadline 3 s; a trickling client notices within its 2 s pause.
+    // Deadline 3 s; a trickling client notices within its 2 s pause; 10 s
+    // more for a loaded machine to run the close and the client's task
+    // (without the deadline they would stay open past 30 s).
     assert!(
-        longest < Duration::from_secs(3 + 2 + 2),
+        longest < Duration::from_secs(3 + 2 + 10),
         "a slow connection lasted {longest:?}, past its 3 s deadline"
     );
     let log = plane.log_text();
@@ -415,7 +425,7 @@ async fn five_hundred_followers_cost_bounded_memory() {
     let mut all_reached: Option<Instant> = None;
     loop {
         peak = peak.max(rss_kib(pid));
-        let health = tokio::time::timeout(Duration::from_secs(5), healthz(addr)).await;
+        let health = tokio::time::timeout(ANSWERED_WITHIN, healthz(addr)).await;
         assert_eq!(health.ok(), Some(200), "/healthz while {FOLLOWERS} follow");
         let n = reached.load(std::sync::atomic::Ordering::SeqCst);
         if n == FOLLOWERS && all_reached.is_none() {
@@ -640,20 +650,22 @@ async fn sessions_expire_when_idle_and_at_their_lifetime_and_end_at_sign_out() {
     let key = create_key_with_cli(dir.path(), "alpha").await;
     let plane = ServeProcess::start(
         dir.path(),
-        &["--session-idle-timeout", "1s", "--session-lifetime", "3s"],
+        &["--session-idle-timeout", "2s", "--session-lifetime", "5s"],
     )
     .await;
     let addr = addr(&plane);
 
-    // Idle: unused for longer than 1 s, it has ended. Nothing to await but
-    // the time itself.
+    // Idle: unused for longer than 2 s, it has ended. Nothing to await but
+    // the time itself. (2 s, not less: a loaded machine must not leave a
+    // gap that long between the sign-in and the first use, or between the
+    // uses below.)
     let idle = sign_in(addr, &key).await;
     assert_eq!(session_status(addr, &idle).await.status, 200);
-    tokio::time::sleep(Duration::from_millis(1_300)).await;
+    tokio::time::sleep(Duration::from_millis(2_300)).await;
     let r = session_status(addr, &idle).await;
     assert_eq!(r.status, 401, "an idle session ended: {}", r.body);
 
-    // Lifetime: used every 250 ms (never idle), it still ends at 3 s.
+    // Lifetime: used every 250 ms (never idle), it still ends at 5 s.
     let busy = sign_in(addr, &key).await;
     let started = Instant::now();
     loop {
@@ -663,13 +675,13 @@ async fn sessions_expire_when_idle_and_at_their_lifetime_and_end_at_sign_out() {
         }
         assert_eq!(r.status, 200);
         assert!(
-            started.elapsed() < Duration::from_secs(6),
-            "the session outlived its 3 s lifetime"
+            started.elapsed() < Duration::from_secs(5) + ANSWERED_WITHIN,
+            "the session outlived its 5 s lifetime"
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     assert!(
-        started.elapsed() >= Duration::from_millis(2_500),
+        started.elapsed() >= Duration::from_millis(4_500),
         "ended before its lifetime: {:?}",
         started.elapsed()
     );
@@ -779,19 +791,23 @@ async fn revoked_and_expired_keys_are_refused_by_a_running_serve() {
     );
     let revoked_at = Instant::now();
     loop {
+        // Measured when the request is made, not answered: a loaded
+        // machine may answer late a request made while the key's team was
+        // still cached (for KEY_RECHECK, 500 ms).
+        let asked = revoked_at.elapsed();
         match client.list_runs(None, None).await {
             Err(e) => {
                 assert!(e.to_string().contains("revoked"), "{e}");
                 break;
             }
             Ok(_) => assert!(
-                revoked_at.elapsed() < Duration::from_secs(1),
-                "the revoked key still works after 1 s"
+                asked < Duration::from_secs(1),
+                "the revoked key still works 1 s after (asked {asked:?} after)"
             ),
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    worker.expect_closed(Duration::from_secs(2)).await;
+    worker.expect_closed(EXPECT_TIMEOUT).await;
     assert_eq!(session_status(addr, &session).await.status, 401);
     let r = http(addr, &login_request(addr, &key)).await;
     assert_eq!(r.header("location"), Some("/ui/login?error=invalid"));
@@ -813,7 +829,7 @@ async fn revoked_and_expired_keys_are_refused_by_a_running_serve() {
             "--team",
             "alpha",
             "--expires-in",
-            "2s",
+            "5s",
         ],
     )
     .await;
@@ -826,10 +842,15 @@ async fn revoked_and_expired_keys_are_refused_by_a_running_serve() {
     let client = Client::new(&plane.url, &short).unwrap();
     client.list_runs(None, None).await.unwrap();
     let made = Instant::now();
-    while client.list_runs(None, None).await.is_ok() {
+    loop {
+        // As above: when the request is made.
+        let asked = made.elapsed();
+        if client.list_runs(None, None).await.is_err() {
+            break;
+        }
         assert!(
-            made.elapsed() < Duration::from_secs(4),
-            "an expired key still works"
+            asked < Duration::from_secs(7),
+            "an expired key still works (asked {asked:?} after)"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -10,7 +10,6 @@ use futures_util::StreamExt;
 use oz_protocol::OutputStream::{Stderr, Stdout};
 use oz_runs_api::client::{Client, OutputEvent};
 use oz_runs_api::model::{CreateRunRequest, RunState};
-use std::time::Duration;
 use support::control_plane::{
     create_key_with_cli, test_config, wait_for_output, wait_for_state, ScriptedWorker,
     ServeProcess, TestPlane, EXPECT_TIMEOUT,
@@ -231,7 +230,7 @@ async fn a_finished_runs_output_survives_a_sigkill_of_serve() {
     w.expect_ack(&run.id).await;
     let before = wait_for_output(&client, &run.id, 15).await;
     serve.kill().await;
-    w.expect_closed(Duration::from_secs(2)).await;
+    w.expect_closed(EXPECT_TIMEOUT).await;
 
     let serve = ServeProcess::start(dir.path(), &[]).await;
     let client = Client::new(&serve.url, &key).unwrap();

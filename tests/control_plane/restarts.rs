@@ -14,6 +14,7 @@ use std::path::Path;
 use std::time::Duration;
 use support::control_plane::{
     create_key_with_cli, test_config, wait_for_state, ScriptedWorker, ServeProcess, TestPlane,
+    EXPECT_TIMEOUT,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -111,18 +112,27 @@ async fn a_claim_naming_another_execution_is_ignored() {
     wait_for_state(&client, &run.id, RunState::Claimed).await;
 }
 
+/// Long enough that a loaded machine cannot delay the restarted plane's
+/// first answers and the worker's re-announce past it (the grace runs from
+/// the restart, not from anything the test can wait for), so the claim is
+/// certainly read inside it; the test then waits it out.
+const LONG_GRACE: Duration = Duration::from_secs(10);
+
 #[tokio::test]
 async fn after_a_restart_the_old_execution_is_re_announced_and_never_offered_again() {
     let dir = tempfile::tempdir().unwrap();
-    let grace = Duration::from_millis(400);
+    let grace = LONG_GRACE;
     let t = TestPlane::start(on_file(dir.path(), grace)).await;
     let mut w = t.worker("w1").await;
     let run = t.client().create_run(&run_for("w1")).await.unwrap();
     let exec = w.expect_assignment().await.execution_id.unwrap();
     // The control plane goes away before it reads the claim.
     t.plane.shutdown().await;
-    w.expect_closed(Duration::from_secs(2)).await;
+    w.expect_closed(EXPECT_TIMEOUT).await;
 
+    // The grace ends after this (it starts when the restarted plane loads
+    // its runs).
+    let restarted = tokio::time::Instant::now();
     let t = TestPlane::start(on_file(dir.path(), grace)).await;
     let client = t.client();
     let waiting = client.get_run(&run.id).await.unwrap();
@@ -138,8 +148,13 @@ async fn after_a_restart_the_old_execution_is_re_announced_and_never_offered_aga
     let mut w = t.worker("w1").await;
     w.claim_execution(&run.id, Some(&exec)).await;
     wait_for_state(&client, &run.id, RunState::Claimed).await;
-    // Well past the grace period: no re-offer.
-    w.expect_nothing(grace * 2).await;
+    assert!(
+        restarted.elapsed() < grace,
+        "the test took the whole grace period to re-announce; the check below proves nothing"
+    );
+    // Until well past the end of the grace period: no re-offer.
+    w.expect_nothing((restarted + grace + Duration::from_secs(1)) - tokio::time::Instant::now())
+        .await;
     w.complete_execution(&run.id, Some(&exec), None).await;
     w.expect_ack(&run.id).await;
     let done = client.get_run(&run.id).await.unwrap();
@@ -164,7 +179,7 @@ async fn after_a_restart_a_report_for_the_old_execution_is_accepted() {
     let run = t.client().create_run(&run_for("w1")).await.unwrap();
     let exec = w.expect_assignment().await.execution_id.unwrap();
     t.plane.shutdown().await;
-    w.expect_closed(Duration::from_secs(2)).await;
+    w.expect_closed(EXPECT_TIMEOUT).await;
 
     // The worker claimed and ran it meanwhile; it delivers its report.
     let t = TestPlane::start(on_file(dir.path(), Duration::from_secs(30))).await;
@@ -192,19 +207,27 @@ async fn after_a_restart_a_report_for_the_old_execution_is_accepted() {
 #[tokio::test]
 async fn after_a_restart_without_a_re_announce_the_run_is_offered_again_with_the_same_execution() {
     let dir = tempfile::tempdir().unwrap();
-    let grace = Duration::from_millis(400);
+    let grace = Duration::from_secs(1);
     let t = TestPlane::start(on_file(dir.path(), grace)).await;
     let mut w = t.worker("w1").await;
     let run = t.client().create_run(&run_for("w1")).await.unwrap();
     let exec = w.expect_assignment().await.execution_id.unwrap();
     t.plane.shutdown().await;
-    w.expect_closed(Duration::from_secs(2)).await;
+    w.expect_closed(EXPECT_TIMEOUT).await;
 
+    // The grace cannot have started before this.
+    let restarted = tokio::time::Instant::now();
     let t = TestPlane::start(on_file(dir.path(), grace)).await;
     let mut w = t.worker("w1").await;
-    // Not at once: the worker may still re-announce it.
-    w.expect_nothing(grace / 2).await;
     let again = w.expect_assignment().await;
+    // Not at once: the worker may still re-announce it. (Measured from the
+    // restart, which the grace counts from: a loaded machine may connect
+    // the worker late, and then the offer comes at once, rightly.)
+    assert!(
+        restarted.elapsed() >= grace,
+        "offered again {:?} after the restart, before the {grace:?} grace ended",
+        restarted.elapsed()
+    );
     assert_eq!(again.task_id, run.id);
     assert_eq!(again.execution_id.as_deref(), Some(exec.as_str()));
     let shown = t.client().get_run(&run.id).await.unwrap();
@@ -272,28 +295,41 @@ async fn a_re_announced_run_that_already_ended_is_cancelled_on_the_worker() {
 /// the report only some of the time.
 #[tokio::test(flavor = "current_thread")]
 async fn frames_received_before_the_read_deadline_are_handled() {
+    let read_timeout = Duration::from_millis(500);
     let mut config = test_config();
-    config.worker_read_timeout = Duration::from_millis(200);
+    config.worker_read_timeout = read_timeout;
     let t = TestPlane::start(config).await;
     let client = t.client();
     for _ in 0..6 {
-        let mut w = t.worker("w1").await;
+        // Queued first, so the connection is offered the run as it
+        // registers: until the fault, the worker is silent only while its
+        // assignment is stored and sent, well within the read timeout even
+        // on a loaded machine (a request of the test's own in that gap, or
+        // polling for the claim, once let the deadline pass before the
+        // fault).
         let run = client.create_run(&run_for("w1")).await.unwrap();
+        let mut w = t.worker("w1").await;
         let exec = w.expect_assignment().await.execution_id.unwrap();
+        // Back to back: the plane reads a connection's frames in order.
         w.claim_execution(&run.id, Some(&exec)).await;
-        wait_for_state(&client, &run.id, RunState::Claimed).await;
         w.complete_execution(&run.id, Some(&exec), None).await;
         // The fault: block the only runtime thread (the control plane's
         // too) until the deadline has long passed. Not a synchronisation
         // sleep.
-        std::thread::sleep(Duration::from_millis(450));
+        std::thread::sleep(read_timeout * 5 / 2);
         w.expect_ack(&run.id).await;
+        let done = client.get_run(&run.id).await.unwrap();
         assert_eq!(
-            client.get_run(&run.id).await.unwrap().state,
-            RunState::Succeeded
+            states(&done),
+            [
+                RunState::Queued,
+                RunState::Assigned,
+                RunState::Claimed,
+                RunState::Succeeded
+            ]
         );
         // Truly silent from now on: dropped at the next deadline.
-        w.expect_closed(Duration::from_secs(3)).await;
+        w.expect_closed(EXPECT_TIMEOUT).await;
     }
 }
 
@@ -307,7 +343,7 @@ async fn a_connection_that_sends_half_its_headers_is_closed() {
         .await
         .unwrap();
     let started = tokio::time::Instant::now();
-    let bound = DEFAULT_HEADER_READ_TIMEOUT + Duration::from_secs(3);
+    let bound = DEFAULT_HEADER_READ_TIMEOUT + Duration::from_secs(20);
     let mut buf = Vec::new();
     // Whatever the server says before closing (hyper may answer 408), the
     // connection must end within the bound.
@@ -329,6 +365,22 @@ async fn a_connection_that_sends_half_its_headers_is_closed() {
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }
 
+/// The next assignment sent to `a` or `b`, whichever gets it, and which.
+async fn assignment_to_either(
+    a: &mut ScriptedWorker,
+    b: &mut ScriptedWorker,
+) -> (oz_protocol::TaskAssignment, char) {
+    use oz_protocol::ServerMessage::TaskAssignment;
+    let (got, to) = tokio::select! {
+        m = a.next_message(EXPECT_TIMEOUT) => (m, 'a'),
+        m = b.next_message(EXPECT_TIMEOUT) => (m, 'b'),
+    };
+    match got {
+        Some(TaskAssignment(t)) => (*t, to),
+        other => panic!("expected an assignment to either connection, got {other:?} on {to}"),
+    }
+}
+
 /// The real `serve` binary, SIGKILLed right after `POST /runs` was answered
 /// and the assignment sent, restarted on the same data directory: the
 /// re-announced run is claimed, never re-offered; the other one is offered
@@ -337,25 +389,55 @@ async fn a_connection_that_sends_half_its_headers_is_closed() {
 async fn a_sigkilled_serve_keeps_its_executions_across_the_restart() {
     let dir = tempfile::tempdir().unwrap();
     let key = create_key_with_cli(dir.path(), "alpha").await;
-    let serve = ServeProcess::start(dir.path(), &["--reannounce-grace", "1s"]).await;
+    let grace = ["--reannounce-grace", "10s"];
+    let serve = ServeProcess::start(dir.path(), &grace).await;
     let client = Client::new(&serve.url, &key).unwrap();
+    // Two connections of one worker id: which gets which run is the run
+    // scheduler's choice (and the order they register in), so the test
+    // takes each assignment from whichever got it.
     let mut a = ScriptedWorker::connect(&serve.ws_url(), &key, "w1").await;
     let mut b = ScriptedWorker::connect(&serve.ws_url(), &key, "w1").await;
     let kept = client.create_run(&run_for("w1")).await.unwrap();
-    let kept_exec = a.expect_assignment().await.execution_id.unwrap();
+    let (first, _) = assignment_to_either(&mut a, &mut b).await;
     let lost = client.create_run(&run_for("w1")).await.unwrap();
-    let lost_exec = b.expect_assignment().await.execution_id.unwrap();
+    let (second, _) = assignment_to_either(&mut a, &mut b).await;
+    assert_eq!(
+        (first.task_id.as_str(), second.task_id.as_str()),
+        (kept.id.as_str(), lost.id.as_str())
+    );
+    let kept_exec = first.execution_id.unwrap();
+    let lost_exec = second.execution_id.unwrap();
     serve.kill().await;
-    a.expect_closed(Duration::from_secs(2)).await;
-    b.expect_closed(Duration::from_secs(2)).await;
+    a.expect_closed(EXPECT_TIMEOUT).await;
+    b.expect_closed(EXPECT_TIMEOUT).await;
 
-    let serve = ServeProcess::start(dir.path(), &["--reannounce-grace", "1s"]).await;
+    // The grace (10 s, so a loaded machine cannot delay the re-announce
+    // past it) starts after this, when the new process loads its runs.
+    let restarted = tokio::time::Instant::now();
+    let serve = ServeProcess::start(dir.path(), &grace).await;
     let client = Client::new(&serve.url, &key).unwrap();
     let mut w = ScriptedWorker::connect(&serve.ws_url(), &key, "w1").await;
     // The worker re-announces the one it claimed; the other it never took.
     w.claim_execution(&kept.id, Some(&kept_exec)).await;
     wait_for_state(&client, &kept.id, RunState::Claimed).await;
-    let again = w.expect_assignment().await;
+    assert!(
+        restarted.elapsed() < Duration::from_secs(10),
+        "the re-announce took the whole grace period; log:\n{}",
+        serve.log_text()
+    );
+    // The other is offered once the grace has passed (the sweep runs every
+    // second).
+    let again = match w
+        .next_message(Duration::from_secs(10) + EXPECT_TIMEOUT)
+        .await
+    {
+        Some(oz_protocol::ServerMessage::TaskAssignment(t)) => *t,
+        other => panic!(
+            "expected the lost run's offer, got {other:?}; log:\n{}",
+            serve.log_text()
+        ),
+    };
+    assert!(restarted.elapsed() >= Duration::from_secs(10));
     assert_eq!(again.task_id, lost.id, "{}", serve.log_text());
     assert_eq!(again.execution_id.as_deref(), Some(lost_exec.as_str()));
     w.expect_nothing(Duration::from_millis(300)).await;

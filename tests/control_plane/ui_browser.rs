@@ -6,6 +6,8 @@
 
 use oz_test_support as support;
 
+use fantoccini::elements::Element;
+use fantoccini::error::CmdError;
 use fantoccini::{Client, Locator};
 use std::time::Duration;
 use support::browser::Browser;
@@ -15,16 +17,15 @@ use support::worker::*;
 const WAIT: Duration = Duration::from_secs(30);
 const RUN_TIMEOUT: Duration = Duration::from_secs(120);
 
-async fn find(c: &Client, css: &str, within: Duration) -> fantoccini::elements::Element {
-    match c
-        .wait()
-        .at_most(within)
-        .for_element(Locator::Css(css))
-        .await
-    {
+async fn find(c: &Client, css: &str, within: Duration) -> Element {
+    find_at(c, Locator::Css(css), within).await
+}
+
+async fn find_at(c: &Client, loc: Locator<'_>, within: Duration) -> Element {
+    match c.wait().at_most(within).for_element(loc).await {
         Ok(e) => e,
         Err(e) => panic!(
-            "no {css:?} on {} within {within:?}: {e}\npage:\n{}",
+            "no {loc:?} on {} within {within:?}: {e}\npage:\n{}",
             c.current_url()
                 .await
                 .map(|u| u.to_string())
@@ -32,6 +33,33 @@ async fn find(c: &Client, css: &str, within: Duration) -> fantoccini::elements::
             c.source().await.unwrap_or_default()
         ),
     }
+}
+
+/// Finds `loc` and does `act` with the element; when the page replaced the
+/// element in between (a stale element reference: the workers and runs
+/// views redraw every 2 s), finds it again and retries, until `WAIT`.
+async fn on_element<T, F, Fut>(c: &Client, loc: Locator<'_>, act: F) -> T
+where
+    F: Fn(Element) -> Fut,
+    Fut: std::future::Future<Output = Result<T, CmdError>>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match act(find_at(c, loc, left).await).await {
+            Ok(v) => return v,
+            Err(e) if e.is_stale_element_reference() && tokio::time::Instant::now() < deadline => {}
+            Err(e) => panic!("{loc:?}: {e}"),
+        }
+    }
+}
+
+async fn click(c: &Client, loc: Locator<'_>) {
+    on_element(c, loc, |e| async move { e.click().await }).await
+}
+
+async fn text(c: &Client, loc: Locator<'_>) -> String {
+    on_element(c, loc, |e| async move { e.text().await }).await
 }
 
 async fn screenshot(c: &Client, name: &str) {
@@ -44,6 +72,7 @@ async fn screenshot(c: &Client, name: &str) {
 #[tokio::test]
 async fn the_ui_signs_in_shows_the_worker_creates_a_run_and_shows_its_output() {
     if let Some(status) = support::browser::in_own_namespaces(
+        module_path!(),
         "the_ui_signs_in_shows_the_worker_creates_a_run_and_shows_its_output",
     )
     .await
@@ -79,22 +108,13 @@ async fn the_ui_signs_in_shows_the_worker_creates_a_run_and_shows_its_output() {
     find(c, "#sign-in", WAIT).await.click().await.unwrap();
 
     // The workers page shows the worker: one process, connected.
-    let processes = find(
-        c,
-        &format!("tr[data-worker-id='{id}'].connected td.processes"),
-        WAIT,
-    )
-    .await;
-    assert_eq!(processes.text().await.unwrap(), "1");
+    let processes = format!("tr[data-worker-id='{id}'].connected td.processes");
+    assert_eq!(text(c, Locator::Css(&processes)).await, "1");
     screenshot(c, "workers").await;
     // Pause and resume it with the row's button; the state column follows
     // and the API agrees.
     let row = format!("tr[data-worker-id='{id}']");
-    find(c, &format!("{row} button.pause-toggle"), WAIT)
-        .await
-        .click()
-        .await
-        .unwrap();
+    click(c, Locator::Css(&format!("{row} button.pause-toggle"))).await;
     let paused = |want: bool| {
         let client = plane.client();
         let id = id.clone();
@@ -126,16 +146,11 @@ async fn the_ui_signs_in_shows_the_worker_creates_a_run_and_shows_its_output() {
         .await
         .expect("the state column says paused");
     screenshot(c, "workers-paused").await;
-    c.wait()
-        .at_most(WAIT)
-        .for_element(Locator::XPath(&format!(
-            "//tr[@data-worker-id='{id}']//button[.='Resume']"
-        )))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(
+        c,
+        Locator::XPath(&format!("//tr[@data-worker-id='{id}']//button[.='Resume']")),
+    )
+    .await;
     paused(false).await;
     // The session cookie: HttpOnly, SameSite=Strict; the key itself is
     // nowhere in the page.
@@ -191,9 +206,9 @@ async fn the_ui_signs_in_shows_the_worker_creates_a_run_and_shows_its_output() {
 
     // The run's page: its output, live, to the end, and its state.
     let output = find(c, "pre#output[data-complete=true]", RUN_TIMEOUT).await;
-    let text = output.text().await.unwrap();
-    assert!(text.contains("started in /workspace"), "{text}");
-    assert!(text.contains("oz demo agent: done"), "{text}");
+    let shown = output.text().await.unwrap();
+    assert!(shown.contains("started in /workspace"), "{shown}");
+    assert!(shown.contains("oz demo agent: done"), "{shown}");
     find(c, "#run-meta [data-state=succeeded]", WAIT).await;
     let url = c.current_url().await.unwrap();
     let run_id = url
@@ -238,18 +253,17 @@ async fn the_ui_signs_in_shows_the_worker_creates_a_run_and_shows_its_output() {
         .click()
         .await
         .unwrap();
-    let row = find(c, "tr[data-schedule-id]", WAIT).await;
-    let text = row.text().await.unwrap();
+    // The list is redrawn after each change (found afresh each time).
+    let row = text(c, Locator::Css("tr[data-schedule-id]")).await;
     assert!(
-        text.contains("nightly from the browser") && text.contains(&id),
-        "{text}"
+        row.contains("nightly from the browser") && row.contains(&id),
+        "{row}"
     );
-    row.find(Locator::XPath(".//button[text()='Pause']"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(
+        c,
+        Locator::XPath("//tr[@data-schedule-id]//button[text()='Pause']"),
+    )
+    .await;
     let paused = c
         .wait()
         .at_most(WAIT)
@@ -284,12 +298,22 @@ async fn runs_fetches(c: &Client) -> Vec<String> {
         .collect()
 }
 
+/// The run ids of the runs view's rows, in order, read in one script: the
+/// view redraws its table every 2 s, so reading row by row over WebDriver
+/// could mix two drawings or meet a row already replaced (stale).
 async fn rows(c: &Client) -> Vec<String> {
-    let mut ids = Vec::new();
-    for row in c.find_all(Locator::Css("tr[data-run-id]")).await.unwrap() {
-        ids.push(row.attr("data-run-id").await.unwrap().unwrap());
-    }
-    ids
+    let ids: serde_json::Value = c
+        .execute(
+            "return Array.from(document.querySelectorAll('tr[data-run-id]'), (r) => r.getAttribute('data-run-id'))",
+            vec![],
+        )
+        .await
+        .unwrap();
+    ids.as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect()
 }
 
 /// With more runs than a page, the runs view fetches one page (50, newest
@@ -297,8 +321,11 @@ async fn rows(c: &Client) -> Vec<String> {
 /// runs it shows, never the whole list.
 #[tokio::test]
 async fn the_runs_view_fetches_a_page_at_a_time() {
-    if let Some(status) =
-        support::browser::in_own_namespaces("the_runs_view_fetches_a_page_at_a_time").await
+    if let Some(status) = support::browser::in_own_namespaces(
+        module_path!(),
+        "the_runs_view_fetches_a_page_at_a_time",
+    )
+    .await
     {
         assert!(status.success(), "the browser test failed: {status}");
         return;
@@ -335,12 +362,12 @@ async fn the_runs_view_fetches_a_page_at_a_time() {
     // One page: the newest 50, and a "More" control.
     find(c, "#runs-more:not([hidden])", WAIT).await;
     assert_eq!(rows(c).await, newest_first[..50]);
-    let count = find(c, "#runs-count", WAIT).await.text().await.unwrap();
+    let count = text(c, Locator::Css("#runs-count")).await;
     assert_eq!(count, "Showing the newest 50 runs");
     screenshot(c, "runs-page").await;
 
     // The next page from the cursor.
-    find(c, "#runs-more", WAIT).await.click().await.unwrap();
+    click(c, Locator::Css("#runs-more")).await;
     c.wait()
         .at_most(WAIT)
         .for_element(Locator::XPath(
@@ -364,7 +391,7 @@ async fn the_runs_view_fetches_a_page_at_a_time() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // The last page: 20 more, then no "More".
-    find(c, "#runs-more", WAIT).await.click().await.unwrap();
+    click(c, Locator::Css("#runs-more")).await;
     find(c, "#runs-more[hidden]", WAIT).await;
     assert_eq!(rows(c).await, newest_first);
 

@@ -31,7 +31,8 @@ fn run_for(host: &str) -> CreateRunRequest {
 /// Until the plane lists `id` with a live connection (its record is
 /// written after the handshake).
 async fn wait_listed(plane: &PlaneProcess, id: &str) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    // A worker process's start and connect: seconds on a loaded machine.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let list = plane.client().list_workers().await.unwrap();
         if list

@@ -89,6 +89,24 @@ async fn containers_of_worker(d: &Docker, worker_id: &str) -> Vec<String> {
         .collect()
 }
 
+/// The host pids of the running containers of run `run_id` (its task's
+/// label).
+async fn running_pids(d: &Docker, run_id: &str) -> Vec<i64> {
+    let mut pids = Vec::new();
+    for c in labelled_containers(d, &[format!("dev.oz.task-id={run_id}")]).await {
+        let inspect = d
+            .container_inspect(&c.id, &Default::default())
+            .await
+            .unwrap();
+        if let Some(state) = inspect.state {
+            if state.running == Some(true) {
+                pids.extend(state.pid.filter(|&p| p > 0));
+            }
+        }
+    }
+    pids
+}
+
 /// The three promises, for every run: one terminal state, one agent
 /// execution (at most one when the run failed), no container left.
 async fn assert_promises_kept(
@@ -430,8 +448,23 @@ async fn docker_daemon_killed_stopped_and_restarted_mid_task() {
         .await
         .unwrap();
     started(1).await;
+    let pids = running_pids(&d, &finishes.id).await;
+    assert!(!pids.is_empty(), "no running container of {}", finishes.id);
     daemon.kill();
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Until its processes have exited under their shims (a fixed 5 s once
+    // raced the task's 3 s on a loaded machine; a task still running when
+    // the daemon comes back is killed by it).
+    let deadline = tokio::time::Instant::now() + RUN_TIMEOUT;
+    while pids
+        .iter()
+        .any(|p| std::path::Path::new(&format!("/proc/{p}")).exists())
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the task's processes {pids:?} still run"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     daemon.restart().await;
     let done = wait_terminal(&plane.client(), &finishes.id, RUN_TIMEOUT).await;
     assert_eq!(

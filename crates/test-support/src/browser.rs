@@ -34,25 +34,47 @@ fn on_path(name: &str) -> Option<std::path::PathBuf> {
 
 /// Set inside the namespaces.
 const INSIDE: &str = "OZ_BROWSER_TEST_NAMESPACED";
+/// A file the run inside creates once its body starts: the proof that the
+/// filter named a test (libtest passes a filter that matches nothing).
+const STARTED: &str = "OZ_BROWSER_TEST_STARTED";
 
-/// Runs test `name` of this test binary again inside fresh network and PID
-/// namespaces (`unshare`, loopback up) and returns how it ended; `None`
-/// when already inside (then the caller runs the test's body).
-pub async fn in_own_namespaces(name: &str) -> Option<std::process::ExitStatus> {
+/// Runs test `name` of module `module` (its `module_path!()`) of this test
+/// binary again inside fresh network and PID namespaces (`unshare`,
+/// loopback up) and returns how it ended; `None` when already inside (then
+/// the caller runs the test's body). A run inside that did not start the
+/// test's body is a failure: an exact filter naming no test passes with
+/// "running 0 tests", which once made the browser tests pass without
+/// running.
+pub async fn in_own_namespaces(module: &str, name: &str) -> Option<std::process::ExitStatus> {
     if std::env::var_os(INSIDE).is_some() {
+        if let Some(marker) = std::env::var_os(STARTED) {
+            std::fs::write(marker, name).expect("the started marker is writable");
+        }
         return None;
     }
+    // libtest names tests by their path inside the binary's crate.
+    let path = match module.split_once("::") {
+        Some((_crate, inner)) => format!("{inner}::{name}"),
+        None => name.to_string(),
+    };
     let exe = std::env::current_exe().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("started");
     let status = tokio::process::Command::new("unshare")
         .args(["--net", "--pid", "--fork", "--mount-proc", "--kill-child"])
         .args(["sh", "-c", "ip link set lo up && exec \"$0\" \"$@\""])
         .arg(exe)
-        .args([name, "--exact", "--nocapture", "--test-threads=1"])
+        .args([path.as_str(), "--exact", "--nocapture", "--test-threads=1"])
         .env(INSIDE, "1")
+        .env(STARTED, &marker)
         .kill_on_drop(true)
         .status()
         .await
         .expect("unshare (util-linux) and ip (iproute2) run the test in its own namespaces");
+    assert!(
+        !status.success() || marker.exists(),
+        "no test {path:?} ran inside the namespaces (the filter named no test)"
+    );
     Some(status)
 }
 

@@ -17,8 +17,11 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-/// How long an `expect_*` waits before failing the test.
-pub const EXPECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long an `expect_*` (or `wait_for_*`) waits before failing the test:
+/// a bound on waiting for an event, never a delay (each returns as soon as
+/// the event comes), so generous: CI runs the whole suite on two loaded
+/// cores, where a plane or a serve process can be starved for seconds.
+pub const EXPECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a test watches for something that must not happen (a message,
 /// a command) after the event that would have caused it.
 pub const QUIET_PERIOD: Duration = Duration::from_millis(300);
@@ -344,11 +347,19 @@ impl ScriptedWorker {
 
     /// Waits for the server to end the connection.
     pub async fn expect_closed(&mut self, within: Duration) {
+        if !self.closed_within(within).await {
+            panic!("{}: connection still open after {within:?}", self.worker_id);
+        }
+    }
+
+    /// Whether the server ends the connection within `within` (messages
+    /// meanwhile are read and dropped).
+    pub async fn closed_within(&mut self, within: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + within;
         loop {
             match tokio::time::timeout_at(deadline, self.ws.next()).await {
-                Err(_) => panic!("{}: connection still open after {within:?}", self.worker_id),
-                Ok(None | Some(Err(_)) | Some(Ok(Message::Close(_)))) => return,
+                Err(_) => return false,
+                Ok(None | Some(Err(_)) | Some(Ok(Message::Close(_)))) => return true,
                 Ok(Some(Ok(_))) => continue,
             }
         }
@@ -356,8 +367,9 @@ impl ScriptedWorker {
 
     pub async fn close(mut self) {
         let _ = self.ws.close(None).await;
-        // Drain until the server acknowledges, so the close is processed.
-        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        // Drain until the server acknowledges, so the close is processed
+        // (it answers once it has let go of the connection).
+        let _ = tokio::time::timeout(EXPECT_TIMEOUT, async {
             while let Some(Ok(_)) = self.ws.next().await {}
         })
         .await;

@@ -158,6 +158,27 @@ impl ServerConn {
         pings
     }
 
+    /// Reads until `n` pings came (each answered: its pong is flushed at
+    /// once) or `within` passed; how many came. Returns as soon as the
+    /// `n`th is answered, so a loaded machine that delays the peer's pings
+    /// only makes it wait longer.
+    pub async fn wait_for_pings(&mut self, n: usize, within: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + within;
+        let mut pings = 0;
+        while pings < n {
+            match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Ok(Some(Ok(Message::Ping(_)))) => {
+                    pings += 1;
+                    // tungstenite queues the pong; send it now.
+                    let _ = self.ws.flush().await;
+                }
+                Ok(Some(Ok(_))) => {}
+                _ => break,
+            }
+        }
+        pings
+    }
+
     /// Writes one protocol message (and flushes it).
     pub async fn send(&mut self, msg: &ServerMessage) -> Result<(), ConnError> {
         self.ws

@@ -1090,6 +1090,12 @@ mod tests {
     use std::sync::atomic::AtomicUsize;
     use tokio::sync::{mpsc, oneshot};
 
+    /// How long a test waits for an event (a frame, a start, a report, the
+    /// end of a shutdown) before failing: a bound, not a delay, and
+    /// generous, as CI runs the suite on two loaded cores (the journal's
+    /// writes wait for the disk).
+    const WITHIN: Duration = Duration::from_secs(30);
+
     /// How the fake ends a run.
     #[derive(Clone, Copy, PartialEq)]
     enum Behaviour {
@@ -1253,18 +1259,18 @@ mod tests {
 
         /// The next frame on the wire, acknowledged as written.
         async fn frame(&mut self) -> WorkerMessage {
-            let (msg, written) = tokio::time::timeout(Duration::from_secs(5), self.wire.recv())
+            let (msg, written) = tokio::time::timeout(WITHIN, self.wire.recv())
                 .await
-                .expect("a frame within 5 s")
+                .expect("a frame in time")
                 .expect("link open");
             let _ = written.send(true);
             msg
         }
 
         async fn started(&mut self) -> String {
-            tokio::time::timeout(Duration::from_secs(5), self.started.recv())
+            tokio::time::timeout(WITHIN, self.started.recv())
                 .await
-                .expect("a run starts within 5 s")
+                .expect("a run starts in time")
                 .unwrap()
         }
 
@@ -1274,7 +1280,7 @@ mod tests {
         }
 
         async fn report(&self, t: &TaskRef) -> WorkerMessage {
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            let deadline = tokio::time::Instant::now() + WITHIN;
             loop {
                 if let Some(ExecutionState::Finished { report, .. }) =
                     self.journal.get(t).map(|e| e.state)
@@ -1342,9 +1348,9 @@ mod tests {
         let (mut h, mut output) = chatty_harness();
         h.send(assignment("t1", "e1"));
         assert_eq!(h.frame().await.kind(), "task_claimed");
-        tokio::time::timeout(Duration::from_secs(5), h.delivery.pushed())
+        tokio::time::timeout(WITHIN, h.delivery.pushed())
             .await
-            .expect("a report within 5 s");
+            .expect("a report in time");
         match output.try_recv() {
             Ok(WorkerMessage::TaskOutput(o)) => assert_eq!(o.data, "last words\n"),
             other => panic!("the output was not queued before the report: {other:?}"),
@@ -1392,7 +1398,7 @@ mod tests {
         h.send(assignment("t1", "e1"));
         let (_, written) = h.wire.recv().await.unwrap();
         written.send(false).unwrap();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let deadline = tokio::time::Instant::now() + WITHIN;
         while h.journal.get(&task("t1", "e1")).is_some() {
             assert!(tokio::time::Instant::now() < deadline);
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -1418,7 +1424,7 @@ mod tests {
         h.send(assignment("t1", "e1"));
         let (_, written) = h.wire.recv().await.unwrap();
         written.send(false).unwrap();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let deadline = tokio::time::Instant::now() + WITHIN;
         while h.manager.unclaimed.lock().unwrap().is_empty() {
             assert!(tokio::time::Instant::now() < deadline);
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -1527,10 +1533,7 @@ mod tests {
         h.send(assignment("t2", "e2"));
         h.frame().await;
         h.started().await;
-        assert!(
-            h.manager.shutdown(Duration::from_secs(5)).await,
-            "ended in time"
-        );
+        assert!(h.manager.shutdown(WITHIN).await, "ended in time");
         match h.report(&task("t2", "e2")).await {
             WorkerMessage::TaskFailed(f) => {
                 assert_eq!(f.failure_reason, FailureReason::GracefulShutdown)
@@ -1619,7 +1622,7 @@ mod tests {
         let (next, mut next_wire) = Link::for_test(both, 2);
         h.manager.handle(Event::Connected(next.clone()));
         for want in ["worker_state", "task_claimed"] {
-            let (msg, written) = tokio::time::timeout(Duration::from_secs(5), next_wire.recv())
+            let (msg, written) = tokio::time::timeout(WITHIN, next_wire.recv())
                 .await
                 .unwrap()
                 .unwrap();
@@ -1634,9 +1637,7 @@ mod tests {
             "a drain waits for the running task"
         );
         h.release("t1", RunOutcome::Completed);
-        tokio::time::timeout(Duration::from_secs(5), idle)
-            .await
-            .unwrap();
+        tokio::time::timeout(WITHIN, idle).await.unwrap();
         assert_eq!(h.report(&task("t1", "e1")).await.kind(), "task_completed");
         assert_eq!(h.fake.runs.load(Ordering::SeqCst), 1);
     }
@@ -1667,9 +1668,7 @@ mod tests {
         tokio::pin!(ended);
         assert!(futures_util::poll!(ended.as_mut()).is_pending());
         h.release("t1", RunOutcome::Completed);
-        tokio::time::timeout(Duration::from_secs(5), ended)
-            .await
-            .unwrap();
+        tokio::time::timeout(WITHIN, ended).await.unwrap();
         h.report(&task("t1", "e1")).await;
         h.send(assignment("t3", "e3"));
         assert_eq!(
@@ -1711,7 +1710,7 @@ mod tests {
         h.send(assignment("t1", "e1"));
         h.frame().await;
         h.started().await;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let deadline = tokio::time::Instant::now() + WITHIN;
         while h.journal.get(&task("t1", "e1")).map(|e| e.state) != Some(ExecutionState::Dispatched)
         {
             assert!(tokio::time::Instant::now() < deadline);
@@ -1720,7 +1719,7 @@ mod tests {
         assert_eq!(h.manager.active(), 0, "the slot is free");
         h.send(assignment("t2", "e2"));
         assert_eq!(h.frame().await.kind(), "task_claimed");
-        assert!(h.manager.shutdown(Duration::from_secs(5)).await);
+        assert!(h.manager.shutdown(WITHIN).await);
         assert!(
             h.delivery.is_empty(),
             "nothing is ever reported for a dispatched task"
@@ -1731,7 +1730,7 @@ mod tests {
                 task_id: "t1".into(),
             }));
         }
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let deadline = tokio::time::Instant::now() + WITHIN;
         while h.journal.get(&task("t1", "e1")).is_some() {
             assert!(tokio::time::Instant::now() < deadline);
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -1785,7 +1784,7 @@ mod tests {
         );
         let (ext, mut ext_wire) = Link::for_test(Extensions::ALL, 3);
         h.manager.handle(Event::Connected(ext.clone()));
-        let (msg, _) = tokio::time::timeout(Duration::from_secs(5), ext_wire.recv())
+        let (msg, _) = tokio::time::timeout(WITHIN, ext_wire.recv())
             .await
             .unwrap()
             .unwrap();

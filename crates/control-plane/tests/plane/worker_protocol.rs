@@ -8,7 +8,9 @@ use oz_protocol::{FailureReason, OwnerType, TaskFailed, WorkerMessage};
 use oz_runs_api::model::{CreateRunRequest, Run, RunState};
 use std::collections::BTreeMap;
 use std::time::Duration;
-use support::control_plane::{test_config, wait_for_state, ScriptedWorker, TestPlane};
+use support::control_plane::{
+    test_config, wait_for_state, ScriptedWorker, TestPlane, EXPECT_TIMEOUT,
+};
 use tokio_tungstenite::tungstenite::Message;
 
 fn run_for(host: &str) -> CreateRunRequest {
@@ -216,11 +218,25 @@ async fn a_terminal_message_after_reconnecting_is_accepted() {
     let mut a = t.worker("w1").await;
     let run = claimed_run(&t, &mut a).await;
     a.close().await;
-    // Still claimed, and the API says why it is not moving.
-    tokio::time::sleep(QUIET).await;
-    let waiting = client.get_run(&run.id).await.unwrap();
-    assert_eq!(waiting.state, RunState::Claimed);
-    assert!(waiting.waiting_reason.unwrap().contains("worker_lost"));
+    // Still claimed, and the API says why it is not moving (once the plane
+    // has seen the connection go).
+    let deadline = tokio::time::Instant::now() + EXPECT_TIMEOUT;
+    loop {
+        let waiting = client.get_run(&run.id).await.unwrap();
+        assert_eq!(waiting.state, RunState::Claimed);
+        if waiting
+            .waiting_reason
+            .as_deref()
+            .is_some_and(|r| r.contains("worker_lost"))
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never said why: {waiting:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     // A report naming no execution is taken only from the connection the
     // run was assigned to (issue 21); a worker re-sending a held report on
@@ -379,21 +395,35 @@ async fn malformed_and_unknown_frames_are_ignored() {
 #[tokio::test]
 async fn a_silent_worker_is_dropped_and_its_claimed_run_fails_as_worker_lost() {
     let mut config: Config = test_config();
-    config.worker_read_timeout = Duration::from_millis(400);
+    // Long enough that a loaded machine does not stall a ping, or the
+    // silent worker's claim, past it.
+    config.worker_read_timeout = Duration::from_secs(2);
     config.worker_lost_timeout = Duration::from_millis(300);
     let t = TestPlane::start(config).await;
     let client = t.client();
     let mut chatty = t.worker("chatty").await;
-    let mut silent = t.worker("silent").await;
+    // Queued before it connects: offered as it registers, claimed at once.
     let run = client.create_run(&run_for("silent")).await.unwrap();
+    let mut silent = t.worker("silent").await;
     silent.expect_assignment().await;
     silent.claim(&run.id).await;
-    // Pings keep a connection alive past the deadline.
-    for _ in 0..6 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    let claimed = tokio::time::Instant::now();
+    // Pings (every 100 ms) keep a connection alive past the deadline, until
+    // the silent one is dropped for it.
+    loop {
         chatty.ping().await;
+        if silent.closed_within(Duration::from_millis(100)).await {
+            break;
+        }
+        assert!(
+            claimed.elapsed() < EXPECT_TIMEOUT,
+            "the silent worker is still connected"
+        );
     }
-    silent.expect_closed(Duration::from_secs(2)).await;
+    assert!(
+        claimed.elapsed() >= Duration::from_secs(2) / 2,
+        "dropped too early"
+    );
     let lost = wait_for_state(&client, &run.id, RunState::Failed).await;
     assert_eq!(lost.failure_reason.as_deref(), Some("worker_lost"));
     let r = client.create_run(&run_for("chatty")).await.unwrap();

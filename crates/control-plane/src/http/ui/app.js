@@ -151,7 +151,12 @@ async function runsView() {
   render(el('h1', {}, 'Runs ', el('a', { href: '#/new', class: 'button' }, 'New run')), holder, count, more);
   let shown = [];   // newest first
   let next = null;  // the cursor after the last shown run
-  let busy = false; // one request at a time, so pages never interleave
+  // One request at a time, so pages never interleave: each waits for the
+  // one before. A "More" click that comes while a refresh is in flight
+  // waits for it (it used to be dropped, losing the click); a refresh tick
+  // that finds one refresh pending or running is skipped.
+  let queue = Promise.resolve();
+  let refreshing = false;
   const draw = () => {
     holder.replaceChildren(shown.length === 0
       ? el('p', { class: 'muted' }, 'No runs yet.')
@@ -167,31 +172,39 @@ async function runsView() {
     count.textContent = shown.length ? `Showing the newest ${shown.length} runs` + (next ? '' : ' (all)') : '';
     more.hidden = !next;
   };
-  const once = async (fn) => {
-    if (busy) return;
-    busy = true;
-    try { await fn(); showError(null); } catch (e) { showError(e); } finally { busy = false; }
+  const inTurn = (fn) => {
+    queue = queue.then(async () => {
+      try { await fn(); showError(null); } catch (e) { showError(e); }
+    });
+    return queue;
   };
-  more.addEventListener('click', () => once(async () => {
+  more.addEventListener('click', () => inTurn(async () => {
+    if (!next) return; // an earlier click fetched the last page
     const page = await api('GET', `/api/v1/runs?limit=${RUNS_PAGE}&cursor=${encodeURIComponent(next)}`);
     const known = new Set(shown.map((r) => r.id));
     shown = shown.concat(page.runs.filter((r) => !known.has(r.id)));
     next = page.next_cursor;
     draw();
   }));
-  every(2000, () => once(async () => {
-    const limit = Math.min(Math.max(shown.length, RUNS_PAGE), RUNS_MAX);
-    const page = await api('GET', `/api/v1/runs?limit=${limit}`);
-    if (shown.length <= limit) {
-      shown = page.runs;
-      next = page.next_cursor;
-    } else {
-      // More than one request can hold: refresh the newest, keep the rest.
-      const fresh = new Set(page.runs.map((r) => r.id));
-      shown = page.runs.concat(shown.slice(limit).filter((r) => !fresh.has(r.id)));
-    }
-    draw();
-  }));
+  every(2000, () => {
+    if (refreshing) return;
+    refreshing = true;
+    inTurn(async () => {
+      try {
+        const limit = Math.min(Math.max(shown.length, RUNS_PAGE), RUNS_MAX);
+        const page = await api('GET', `/api/v1/runs?limit=${limit}`);
+        if (shown.length <= limit) {
+          shown = page.runs;
+          next = page.next_cursor;
+        } else {
+          // More than one request can hold: refresh the newest, keep the rest.
+          const fresh = new Set(page.runs.map((r) => r.id));
+          shown = page.runs.concat(shown.slice(limit).filter((r) => !fresh.has(r.id)));
+        }
+        draw();
+      } finally { refreshing = false; }
+    });
+  });
 }
 
 function field(label, value) {
