@@ -21,7 +21,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::ListParams;
 use kube::{Api, Client};
 use oz_runtime::liveness;
-use oz_runtime::{Adoptable, TaskRef};
+use oz_runtime::{Adoptable, Known, TaskRef};
 use std::collections::BTreeMap;
 
 /// The execution a Job's annotations name, when it names this worker id.
@@ -75,6 +75,7 @@ pub async fn orphans(
     settings: &Settings,
     worker_id: &str,
     me: &Holder,
+    known: Known<'_>,
 ) -> Vec<Adoptable> {
     let jobs: Api<Job> = Api::namespaced(client.clone(), &settings.namespace);
     let list = match jobs
@@ -104,6 +105,15 @@ pub async fn orphans(
             );
             continue;
         };
+        // Before judging or claiming: the periodic look meets the Jobs the
+        // worker follows or has reported every time.
+        if known(&task) {
+            tracing::debug!(
+                job = name,
+                "not taking over: the journal knows the execution"
+            );
+            continue;
+        }
         let Some(holder) = Holder::of(&annotations) else {
             tracing::debug!(job = name, "not taking over: the Job names no holder");
             continue;

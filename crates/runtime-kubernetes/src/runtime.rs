@@ -40,8 +40,8 @@ use kube::{Api, Client};
 use oz_foundation::secret::Secret;
 use oz_protocol::FailureReason;
 use oz_runtime::{
-    Adoptable, CheckError, Failure, Invocation, RunOutcome, Runtime, RuntimeContext, TaskContext,
-    TaskRef, DEFAULT_TASK_IMAGE,
+    Adoptable, CheckError, Failure, Invocation, Known, RunOutcome, Runtime, RuntimeContext,
+    TaskContext, TaskRef, DEFAULT_TASK_IMAGE,
 };
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -52,6 +52,16 @@ const OUTPUT_FLUSH: Duration = Duration::from_secs(2);
 const CREATE_RETRY_FOR: Duration = Duration::from_secs(60);
 /// How long after its success a task's Job is deleted.
 const DELETE_SUCCEEDED_AFTER: Duration = Duration::from_secs(5);
+/// How long after a failure is returned its unfinished Job is deleted
+/// ([`KubernetesRuntime::settle_failed`]): time for the core to record the
+/// report (one fsync), short enough that a Pod which finds a node
+/// meanwhile is unlikely to start the agent.
+const DELETE_UNFINISHED_AFTER: Duration = Duration::from_secs(1);
+/// How long a new run of an execution waits for the execution's earlier
+/// Job, still being deleted (an earlier cancellation), to go before it
+/// fails `job_create`: longer than a Pod's default grace period and the
+/// cancellation's margin together ([`stopping`]).
+const EARLIER_JOB_GONE_WITHIN: Duration = Duration::from_secs(120);
 
 /// Why the runtime could not start.
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +81,9 @@ pub struct KubernetesRuntime {
     server_version: String,
     /// This process, as written on the Jobs it creates.
     holder: Holder,
+    /// Deletions of failed tasks' unfinished Jobs under way
+    /// ([`KubernetesRuntime::settle_failed`]); awaited at shutdown.
+    deletions: std::sync::Mutex<tokio::task::JoinSet<()>>,
 }
 
 impl KubernetesRuntime {
@@ -89,6 +102,7 @@ impl KubernetesRuntime {
             operator_env,
             server_version,
             holder: Holder::current(),
+            deletions: Default::default(),
         })
     }
 
@@ -167,7 +181,13 @@ impl KubernetesRuntime {
         let mut backoff = Backoff::new(CREATE_RETRY_FOR);
         let mut freed = 0;
         loop {
-            match self.create_attempt(&name, job).await? {
+            // A stop while a create is under way: the caller's cancellation
+            // deletes whatever the create made.
+            let attempt = tokio::select! {
+                a = self.create_attempt(&name, job) => a?,
+                _ = stop.cancelled() => return Ok(()),
+            };
+            match attempt {
                 Attempt::Done => return Ok(()),
                 // Deleted between our create and our read, or an earlier
                 // Job of the execution finished its deletion: try again,
@@ -240,7 +260,18 @@ impl KubernetesRuntime {
                         job = name,
                         "waiting for this execution's earlier Job to be deleted"
                     );
-                    self.wait_gone(name).await;
+                    if tokio::time::timeout(EARLIER_JOB_GONE_WITHIN, self.wait_gone(name))
+                        .await
+                        .is_err()
+                    {
+                        return Err(job_create(format!(
+                            "this execution's earlier Job {name} in namespace {} is still being deleted after {}s \
+                             (a Pod stuck terminating holds it: `kubectl describe job {name}`); the task cannot \
+                             start until it is gone",
+                            self.settings.namespace,
+                            EARLIER_JOB_GONE_WITHIN.as_secs()
+                        )));
+                    }
                     return Ok(Attempt::Freed);
                 }
                 tracing::info!(job = name, "adopting this execution's existing Job");
@@ -281,44 +312,7 @@ impl KubernetesRuntime {
     /// (the worker's shutdown deadline). The Go chart's Role has no `pods
     /// delete`, so Pods are never force-deleted here.
     async fn wait_pods_gone(&self, selector: &str, force: &CancellationToken) {
-        let started = tokio::time::Instant::now();
-        let mut stream = watcher(self.pods(), watcher::Config::default().labels(selector))
-            .default_backoff()
-            .boxed();
-        // The longest bound of any Pod seen: a Pod's deletion can only
-        // shorten its grace period, and the first list may predate it.
-        let mut bound: Option<Duration> = None;
-        let mut left: Vec<Pod> = Vec::new();
-        loop {
-            match self
-                .pods()
-                .list(&ListParams::default().labels(selector))
-                .await
-            {
-                Ok(list) if list.items.is_empty() => return,
-                Ok(list) => {
-                    let b = stopping::bound(&list.items);
-                    bound = Some(bound.map_or(b, |old| old.max(b)));
-                    left = list.items;
-                }
-                Err(e) => tracing::warn!("could not list the task's Pods: {e}"),
-            }
-            let deadline = started + bound.unwrap_or(stopping::DEFAULT_GRACE + stopping::MARGIN);
-            tokio::select! {
-                _ = stream.next() => {}
-                _ = tokio::time::sleep_until(deadline) => {
-                    tracing::warn!(
-                        "{}",
-                        stopping::stuck_message(&left, &self.settings.namespace, started.elapsed())
-                    );
-                    return;
-                }
-                _ = force.cancelled() => {
-                    tracing::warn!("no time left to wait for the task's Pods to go; Kubernetes finishes deleting them");
-                    return;
-                }
-            }
-        }
+        wait_pods_gone(&self.pods(), &self.settings.namespace, selector, force).await
     }
 
     /// Stops a run: deletes its Job with foreground propagation (the Pods
@@ -333,28 +327,24 @@ impl KubernetesRuntime {
     /// controller stops creating Pods at once, and the Job object stays
     /// (finalizer `foregroundDeletion`) until its Pods are gone.
     async fn delete_foreground(&self, name: &str) {
-        match self.jobs().delete(name, &DeleteParams::foreground()).await {
-            Ok(_) => tracing::info!(job = name, "deleting the task's Job (foreground)"),
-            Err(kube::Error::Api(s)) if s.is_not_found() => {}
-            Err(e) => tracing::warn!(job = name, "could not delete the task's Job: {e}"),
-        }
+        delete_foreground(&self.jobs(), name).await
     }
 
     /// After a failure the runtime reports: a Job that finished (or is
     /// bound to: [`crate::diagnosis::ends_by_itself`]) is kept for
     /// `ttl_seconds_after_finished`, the Go worker's rule; one that has not
     /// (its Pod waits on an image, a node or a volume, which Kubernetes
-    /// retries forever) is deleted with foreground propagation and its Pods
-    /// waited for, so it holds no quota and nothing of the failed task
-    /// starts after the failure was reported. The Go worker leaves such a
-    /// Job, whose TTL never starts.
-    async fn settle_failed(
-        &self,
-        name: &str,
-        selector: &str,
-        ends_by_itself: bool,
-        force: &CancellationToken,
-    ) {
+    /// retries forever) is deleted with foreground propagation, so it holds
+    /// no quota and nothing of the failed task starts later. The Go worker
+    /// leaves such a Job, whose TTL never starts.
+    ///
+    /// The deletion starts [`DELETE_UNFINISHED_AFTER`] after the failure
+    /// is returned, once the core has recorded the report in its journal:
+    /// a worker that stops or dies before then finds the Job at its next
+    /// start and diagnoses it again, instead of finding nothing and
+    /// reporting an unknown end. [`Runtime::shutdown`] waits for the
+    /// deletions under way.
+    async fn settle_failed(&self, name: &str, selector: &str, ends_by_itself: bool) {
         let finished = ends_by_itself
             || matches!(self.jobs().get_opt(name).await, Ok(Some(job)) if diagnosis::job_finished(&job));
         if finished {
@@ -369,10 +359,19 @@ impl KubernetesRuntime {
             job = name,
             namespace = self.settings.namespace,
             "the task failed while its Job had not finished (its Pod waits and Kubernetes would retry it forever); \
-             deleting the Job so nothing of it runs later"
+             deleting the Job so nothing of it runs later, once the failure is recorded"
         );
-        self.delete_foreground(name).await;
-        self.wait_pods_gone(selector, force).await;
+        let (jobs, pods) = (self.jobs(), self.pods());
+        let (name, selector, namespace) = (
+            name.to_string(),
+            selector.to_string(),
+            self.settings.namespace.clone(),
+        );
+        self.deletions.lock().unwrap().spawn(async move {
+            tokio::time::sleep(DELETE_UNFINISHED_AFTER).await;
+            delete_foreground(&jobs, &name).await;
+            wait_pods_gone(&pods, &namespace, &selector, &CancellationToken::new()).await;
+        });
     }
 
     /// Follows an execution's Job to its end; `again` when an earlier
@@ -419,8 +418,7 @@ impl KubernetesRuntime {
                 details,
                 ends_by_itself,
             } => {
-                self.settle_failed(&name, &selector, ends_by_itself, &ctx.force)
-                    .await;
+                self.settle_failed(&name, &selector, ends_by_itself).await;
                 RunOutcome::Failed(Failure {
                     reason: wire_reason(reason),
                     message,
@@ -502,6 +500,59 @@ impl KubernetesRuntime {
     }
 }
 
+/// [`KubernetesRuntime::wait_pods_gone`] on `pods` of `namespace`, for a
+/// caller that outlives the runtime's borrow (a spawned deletion).
+async fn wait_pods_gone(
+    pods: &Api<Pod>,
+    namespace: &str,
+    selector: &str,
+    force: &CancellationToken,
+) {
+    let started = tokio::time::Instant::now();
+    let mut stream = watcher(pods.clone(), watcher::Config::default().labels(selector))
+        .default_backoff()
+        .boxed();
+    // The longest bound of any Pod seen: a Pod's deletion can only
+    // shorten its grace period, and the first list may predate it.
+    let mut bound: Option<Duration> = None;
+    let mut left: Vec<Pod> = Vec::new();
+    loop {
+        match pods.list(&ListParams::default().labels(selector)).await {
+            Ok(list) if list.items.is_empty() => return,
+            Ok(list) => {
+                let b = stopping::bound(&list.items);
+                bound = Some(bound.map_or(b, |old| old.max(b)));
+                left = list.items;
+            }
+            Err(e) => tracing::warn!("could not list the task's Pods: {e}"),
+        }
+        let deadline = started + bound.unwrap_or(stopping::DEFAULT_GRACE + stopping::MARGIN);
+        tokio::select! {
+            _ = stream.next() => {}
+            _ = tokio::time::sleep_until(deadline) => {
+                tracing::warn!(
+                    "{}",
+                    stopping::stuck_message(&left, namespace, started.elapsed())
+                );
+                return;
+            }
+            _ = force.cancelled() => {
+                tracing::warn!("no time left to wait for the task's Pods to go; Kubernetes finishes deleting them");
+                return;
+            }
+        }
+    }
+}
+
+/// [`KubernetesRuntime::delete_foreground`] on `jobs`.
+async fn delete_foreground(jobs: &Api<Job>, name: &str) {
+    match jobs.delete(name, &DeleteParams::foreground()).await {
+        Ok(_) => tracing::info!(job = name, "deleting the task's Job (foreground)"),
+        Err(kube::Error::Api(s)) if s.is_not_found() => {}
+        Err(e) => tracing::warn!(job = name, "could not delete the task's Job: {e}"),
+    }
+}
+
 impl Runtime for KubernetesRuntime {
     fn name(&self) -> &'static str {
         "kubernetes"
@@ -516,6 +567,27 @@ impl Runtime for KubernetesRuntime {
 
     fn preserves_tasks_on_shutdown(&self) -> bool {
         true
+    }
+
+    /// Waits, within `deadline`, for the deletions of failed tasks'
+    /// unfinished Jobs under way; running Jobs are left for the next start.
+    fn shutdown(&self, deadline: Duration) -> BoxFuture<'_, ()> {
+        let mut deletions = std::mem::take(&mut *self.deletions.lock().unwrap());
+        Box::pin(async move {
+            if deletions.is_empty() {
+                return;
+            }
+            let all = async { while deletions.join_next().await.is_some() {} };
+            if tokio::time::timeout(deadline, all).await.is_err() {
+                tracing::warn!(
+                    "the deletions of failed tasks' unfinished Jobs did not finish within {deadline:?}; \
+                     such a Job may be left with its Pod still waiting: find it with `kubectl get jobs -l \
+                     {}={}` and delete it",
+                    names::WORKER_HASH_LABEL,
+                    names::label_hash(&self.worker_id)
+                );
+            }
+        })
     }
 
     fn run(&self, invocation: Invocation, ctx: TaskContext) -> BoxFuture<'_, RunOutcome> {
@@ -540,12 +612,13 @@ impl Runtime for KubernetesRuntime {
         Box::pin(self.follow_again(task, ctx))
     }
 
-    fn discover(&self) -> BoxFuture<'_, Vec<Adoptable>> {
+    fn discover<'a>(&'a self, known: Known<'a>) -> BoxFuture<'a, Vec<Adoptable>> {
         Box::pin(discover::orphans(
             &self.client,
             &self.settings,
             &self.worker_id,
             &self.holder,
+            known,
         ))
     }
 

@@ -57,6 +57,10 @@ impl std::fmt::Display for TaskRef {
     }
 }
 
+/// Whether the core knows an execution already (its journal holds it, in
+/// any state): [`Runtime::discover`] leaves those alone.
+pub type Known<'a> = &'a (dyn Fn(&TaskRef) -> bool + Send + Sync);
+
 /// An execution a runtime still holds for this worker id (running, or
 /// ended without the core having seen it end) that the core may not know
 /// of: its journal went with a lost state directory. Found at start-up by
@@ -257,9 +261,11 @@ pub trait Runtime: Send + Sync + 'static {
     /// was lost with the state directory): the core records each it does
     /// not know in its journal and hands it to [`Runtime::reattach`].
     /// Executions of live instances of the same worker id are not
-    /// included. Only for runtimes that [`Runtime::reattaches`]; others
-    /// find nothing. Failures are the runtime's to log.
-    fn discover(&self) -> BoxFuture<'_, Vec<Adoptable>> {
+    /// included, nor those `known` says the core knows already (the
+    /// runtime skips them before doing anything to take them over, such as
+    /// claiming them). Only for runtimes that [`Runtime::reattaches`];
+    /// others find nothing. Failures are the runtime's to log.
+    fn discover<'a>(&'a self, _known: Known<'a>) -> BoxFuture<'a, Vec<Adoptable>> {
         Box::pin(async { Vec::new() })
     }
 

@@ -258,6 +258,7 @@ impl Core {
         };
         loop {
             tokio::time::sleep(every).await;
+            tracing::debug!("looking again for tasks that dead instances of this worker id left");
             let taken = runtime_recovery::recover_runtime_executions(
                 self.runtime.as_ref(),
                 &self.journal,

@@ -60,7 +60,8 @@ pub async fn recover_runtime_executions(
     if !runtime.reattaches() {
         return Vec::new();
     }
-    let found = runtime.discover().await;
+    let known = |t: &TaskRef| journal.get(t).is_some();
+    let found = runtime.discover(&known).await;
     let mut taken = Vec::new();
     for a in unknown_to(journal, found) {
         if let Err(e) = journal.claimed(&a.task) {
