@@ -46,8 +46,12 @@ use oz_runtime::{
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-/// How long the last output may take to arrive after the task ended.
-const OUTPUT_FLUSH: Duration = Duration::from_secs(2);
+/// How long the last output may take to arrive after the task ended. The
+/// follow normally ends with the container, at once; this bounds a follow
+/// still opening its stream (a loaded API server or kubelet: 2 s lost the
+/// agent's last line on a loaded CI machine), at the cost of delaying the
+/// report that long when the log cannot be read at all.
+const OUTPUT_FLUSH: Duration = Duration::from_secs(10);
 /// How long a Job's create answered 5xx or not at all is repeated.
 const CREATE_RETRY_FOR: Duration = Duration::from_secs(60);
 /// How long after its success a task's Job is deleted.
