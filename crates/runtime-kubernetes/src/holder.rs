@@ -56,17 +56,22 @@ impl Holder {
     /// This process. In a Pod (the service account's namespace file is
     /// mounted) the Pod's name is `OZ_POD_NAME` (the downward API, as
     /// deploy/kubernetes sets it), else the host name, which Kubernetes
-    /// sets to the Pod's name.
+    /// sets to the Pod's name cut to 63 characters: a host name of 63
+    /// characters may be a cut one, and a Pod looked up by it would be
+    /// missing, its live worker judged dead, so then no Pod is recorded
+    /// (its Jobs are judged by the process alone, and kept).
     pub fn current() -> Holder {
         let pod = read_trimmed(POD_NAMESPACE_FILE)
             .filter(|ns| !ns.is_empty())
-            .map(|ns| {
+            .and_then(|ns| {
                 let name = std::env::var("OZ_POD_NAME")
                     .ok()
                     .filter(|n| !n.is_empty())
-                    .or_else(|| read_trimmed("/proc/sys/kernel/hostname"))
-                    .unwrap_or_default();
-                format!("{ns}/{name}")
+                    .or_else(|| {
+                        read_trimmed("/proc/sys/kernel/hostname")
+                            .filter(|h| pod_name_from_host_name(h))
+                    })?;
+                Some(format!("{ns}/{name}"))
             });
         Holder {
             process: ProcessIdentity::current(),
@@ -93,6 +98,13 @@ impl Holder {
             pod: annotations.get(POD_ANNOTATION).cloned(),
         })
     }
+}
+
+/// Whether a Pod's host name is its whole name: Kubernetes cuts the host
+/// name at 63 characters (a DNS label), and `spec.hostname` may replace
+/// it, which only `OZ_POD_NAME` can tell; a cut name is not used.
+fn pod_name_from_host_name(host: &str) -> bool {
+    !host.is_empty() && host.len() < 63
 }
 
 /// What became of a Job's holder.
@@ -283,5 +295,12 @@ mod tests {
         assert_eq!(current.process.pid, std::process::id());
         assert!(!current.process.pid_start.is_empty(), "{current:?}");
         assert_eq!(liveness(&current, &current, never, no_pod), Liveness::Us);
+    }
+
+    #[test]
+    fn a_host_name_that_may_be_cut_is_not_taken_for_the_pods_name() {
+        assert!(pod_name_from_host_name("oz-agent-worker-5d9f8c7b6-x2x9z"));
+        assert!(!pod_name_from_host_name(&"w".repeat(63)));
+        assert!(!pod_name_from_host_name(""));
     }
 }
