@@ -126,9 +126,18 @@ fn kubectl_runs_a_job_whose_init_and_task_containers_really_run_and_complete() {
     );
     assert!(logs.contains("to-stderr"), "{logs}");
     let stamped = env.ok(&["logs", name, "-c", "task", "--timestamps"], None);
-    let first = stamped.lines().next().unwrap();
+    // Every line stamped; in log order, which is the runtime's stamps'
+    // order: Docker stamps stdout and stderr lines in separate goroutines,
+    // so the stderr line written second may come first.
     assert!(
-        first.split(' ').next().unwrap().ends_with('Z') && first.contains("task sees"),
+        stamped
+            .lines()
+            .all(|l| l.split(' ').next().unwrap().ends_with('Z')),
+        "{stamped}"
+    );
+    assert!(
+        stamped.lines().any(|l| l.contains("task sees"))
+            && stamped.lines().any(|l| l.contains("to-stderr")),
         "{stamped}"
     );
     let setup = env.kubectl(&["logs", name, "-c", "nope"], None);
