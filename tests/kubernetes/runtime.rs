@@ -1538,6 +1538,7 @@ async fn a_job_whose_worker_pod_is_gone_is_taken_over_and_one_whose_pod_runs_is_
                     "command": ["sleep", "600"]}]}})),
     );
     assert_eq!(code, 201, "{v}");
+    let worker_pod_uid = v["metadata"]["uid"].as_str().unwrap().to_string();
     cluster
         .until("the worker's Pod runs", |c| {
             let (_, p) = c.request("GET", &pod_path, None);
@@ -1548,6 +1549,8 @@ async fn a_job_whose_worker_pod_is_gone_is_taken_over_and_one_whose_pod_runs_is_
         "dev.oz.instance": "instance-on-node-b",
         "dev.oz.host": "machine-b/oz-agent-worker-old",
         "dev.oz.pod": format!("default/{worker_pod}"),
+        // The Pod's own uid: the same Pod, so alive while it runs.
+        "dev.oz.pod-uid": worker_pod_uid,
     }}});
     let (code, v) = cluster.server.curl(
         "PATCH",
@@ -1600,6 +1603,7 @@ async fn a_job_whose_worker_pod_is_gone_is_taken_over_and_one_whose_pod_runs_is_
         "{annotations}"
     );
     assert!(annotations.get("dev.oz.pod").is_none(), "{annotations}");
+    assert!(annotations.get("dev.oz.pod-uid").is_none(), "{annotations}");
     end_the_sleep(&pod);
     match w.report(task).await.0 {
         WorkerMessage::TaskCompleted(c) => {

@@ -158,6 +158,7 @@ mod tests {
                 pid_namespace: "pid:[1]".into(),
             },
             pod: pod.map(Into::into),
+            pod_uid: None,
         }
     }
 

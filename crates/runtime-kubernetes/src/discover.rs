@@ -58,11 +58,13 @@ async fn pod_state(client: &Client, pod: &str) -> PodState {
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
     match pods.get_opt(name).await {
         Ok(None) => PodState::Missing,
-        Ok(Some(p)) => PodState::Phase(
-            p.status
+        Ok(Some(p)) => PodState::Found {
+            uid: p.metadata.uid,
+            phase: p
+                .status
                 .and_then(|s| s.phase)
                 .unwrap_or_else(|| "Pending".into()),
-        ),
+        },
         Err(e) => PodState::Unreadable(e.to_string()),
     }
 }

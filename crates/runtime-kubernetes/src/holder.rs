@@ -16,7 +16,10 @@
 //!   `dev.oz.pid-namespace` (`oz_runtime::liveness::ProcessIdentity`, the
 //!   same marks as the Docker runtime's labels);
 //! - `dev.oz.pod`: `<namespace>/<name>` of the worker's Pod, when it runs in
-//!   one.
+//!   one, and `dev.oz.pod-uid`: its UID, when `OZ_POD_UID` gives it (the
+//!   downward API's `metadata.uid`, as deploy/kubernetes sets it), so that
+//!   a Pod recreated under the same name (a StatefulSet's) is not taken
+//!   for the holder's.
 //!
 //! A holder is dead when it ran on this host and provably no longer runs
 //! (the host rebooted, its liveness socket is gone, or in its own PID
@@ -33,12 +36,15 @@ pub const WORKER_ID_ANNOTATION: &str = "dev.oz.worker-id";
 pub const TASK_ID_ANNOTATION: &str = "dev.oz.task-id";
 pub const EXECUTION_ID_ANNOTATION: &str = "dev.oz.execution-id";
 pub const POD_ANNOTATION: &str = "dev.oz.pod";
+pub const POD_UID_ANNOTATION: &str = "dev.oz.pod-uid";
 
 /// Every holder annotation (`oz_runtime::liveness::KEYS`, then
-/// [`POD_ANNOTATION`]): a Job's values for these are the worker's own,
-/// never the operator's `extra_annotations`.
+/// [`POD_ANNOTATION`], [`POD_UID_ANNOTATION`]): a Job's values for these
+/// are the worker's own, never the operator's `extra_annotations`.
 pub fn holder_annotations() -> impl Iterator<Item = &'static str> {
-    liveness::KEYS.into_iter().chain([POD_ANNOTATION])
+    liveness::KEYS
+        .into_iter()
+        .chain([POD_ANNOTATION, POD_UID_ANNOTATION])
 }
 
 /// Where the service account's namespace is mounted in every Pod.
@@ -50,6 +56,8 @@ pub struct Holder {
     pub process: ProcessIdentity,
     /// `<namespace>/<name>` of the worker's Pod.
     pub pod: Option<String>,
+    /// That Pod's `metadata.uid`, when known (`OZ_POD_UID`).
+    pub pod_uid: Option<String>,
 }
 
 impl Holder {
@@ -73,9 +81,14 @@ impl Holder {
                     })?;
                 Some(format!("{ns}/{name}"))
             });
+        let pod_uid = pod
+            .as_ref()
+            .and_then(|_| std::env::var("OZ_POD_UID").ok())
+            .filter(|u| !u.is_empty());
         Holder {
             process: ProcessIdentity::current(),
             pod,
+            pod_uid,
         }
     }
 
@@ -84,6 +97,9 @@ impl Holder {
         let mut a: BTreeMap<String, String> = self.process.marks().collect();
         if let Some(pod) = &self.pod {
             a.insert(POD_ANNOTATION.to_string(), pod.clone());
+        }
+        if let Some(uid) = &self.pod_uid {
+            a.insert(POD_UID_ANNOTATION.to_string(), uid.clone());
         }
         a
     }
@@ -96,6 +112,7 @@ impl Holder {
         Some(Holder {
             process: ProcessIdentity::from_marks(|k| annotations.get(k).map(String::as_str))?,
             pod: annotations.get(POD_ANNOTATION).cloned(),
+            pod_uid: annotations.get(POD_UID_ANNOTATION).cloned(),
         })
     }
 }
@@ -124,8 +141,11 @@ pub enum Liveness {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PodState {
     Missing,
-    /// Its `status.phase`.
-    Phase(String),
+    /// Its `status.phase` and `metadata.uid`.
+    Found {
+        phase: String,
+        uid: Option<String>,
+    },
     Unreadable(String),
 }
 
@@ -146,11 +166,11 @@ pub fn liveness(
         Standing::ThisHost(Verdict::Dead(why)) => Liveness::Dead(why.into()),
         // Another container of this host name: its Pod may say more.
         Standing::ThisHost(Verdict::Unknowable(why)) => match &holder.pod {
-            Some(name) => from_pod(name, pod),
+            Some(name) => from_pod(name, holder.pod_uid.as_deref(), pod),
             None => Liveness::Unknown(why.into()),
         },
         Standing::OtherHost => match &holder.pod {
-            Some(name) => from_pod(name, pod),
+            Some(name) => from_pod(name, holder.pod_uid.as_deref(), pod),
             None => Liveness::Unknown(format!(
                 "its worker ran on another host ({}) outside the cluster, whose liveness cannot \
                  be checked from here; start the worker there again, or delete the Job",
@@ -160,15 +180,22 @@ pub fn liveness(
     }
 }
 
-fn from_pod(name: &str, pod: impl FnOnce(&str) -> PodState) -> Liveness {
+fn from_pod(name: &str, uid: Option<&str>, pod: impl FnOnce(&str) -> PodState) -> Liveness {
     match pod(name) {
         PodState::Missing => Liveness::Dead(format!("its Pod {name} no longer exists")),
-        PodState::Phase(p) if p == "Succeeded" || p == "Failed" => {
-            Liveness::Dead(format!("its Pod {name} has ended ({p})"))
+        // The same name, another Pod (a StatefulSet's, recreated).
+        PodState::Found {
+            uid: Some(found), ..
+        } if uid.is_some_and(|u| u != found) => Liveness::Dead(format!(
+            "its Pod {name} was replaced by another of the same name (uid {found}, the worker's was {})",
+            uid.unwrap_or_default()
+        )),
+        PodState::Found { phase, .. } if phase == "Succeeded" || phase == "Failed" => {
+            Liveness::Dead(format!("its Pod {name} has ended ({phase})"))
         }
-        // A terminating Pod leaves its Jobs in place as it stops; the next
-        // start of a worker of this id takes them over.
-        PodState::Phase(_) => Liveness::Alive,
+        // A terminating Pod leaves its Jobs in place as it stops; a later
+        // look of a worker of this id takes them over.
+        PodState::Found { .. } => Liveness::Alive,
         PodState::Unreadable(e) => Liveness::Unknown(format!("its Pod {name} cannot be read: {e}")),
     }
 }
@@ -190,6 +217,7 @@ mod tests {
                 pid_namespace: "pid:[1]".into(),
             },
             pod: None,
+            pod_uid: None,
         }
     }
 
@@ -204,6 +232,7 @@ mod tests {
                 ..me().process
             },
             pod: pod.map(Into::into),
+            pod_uid: None,
         }
     }
 
@@ -258,11 +287,27 @@ mod tests {
             Liveness::Dead(_)
         ));
         assert!(matches!(
-            liveness(&h, &me(), never, ask(PodState::Phase("Failed".into()))),
+            liveness(
+                &h,
+                &me(),
+                never,
+                ask(PodState::Found {
+                    phase: "Failed".into(),
+                    uid: Some("u-1".into())
+                })
+            ),
             Liveness::Dead(_)
         ));
         assert_eq!(
-            liveness(&h, &me(), never, ask(PodState::Phase("Running".into()))),
+            liveness(
+                &h,
+                &me(),
+                never,
+                ask(PodState::Found {
+                    phase: "Running".into(),
+                    uid: Some("u-1".into())
+                })
+            ),
             Liveness::Alive
         );
         assert!(matches!(
@@ -278,7 +323,8 @@ mod tests {
 
     #[test]
     fn annotations_round_trip() {
-        let h = other("m/worker-a", Some("oz/worker-a"));
+        let mut h = other("m/worker-a", Some("oz/worker-a"));
+        h.pod_uid = Some("u-a".into());
         assert_eq!(Holder::of(&h.annotations()), Some(h.clone()));
         assert_eq!(Holder::of(&BTreeMap::new()), None);
         // Every holder annotation, and nothing else, is written.
@@ -302,5 +348,29 @@ mod tests {
         assert!(pod_name_from_host_name("oz-agent-worker-5d9f8c7b6-x2x9z"));
         assert!(!pod_name_from_host_name(&"w".repeat(63)));
         assert!(!pod_name_from_host_name(""));
+    }
+
+    #[test]
+    fn a_holder_pod_recreated_under_its_name_is_told_by_its_uid() {
+        let mut h = other("/worker-0", Some("oz/worker-0"));
+        h.pod_uid = Some("u-old".into());
+        let found = |uid: &str| {
+            let uid = uid.to_string();
+            move |_: &str| PodState::Found {
+                phase: "Running".into(),
+                uid: Some(uid),
+            }
+        };
+        assert!(matches!(
+            liveness(&h, &me(), never, found("u-new")),
+            Liveness::Dead(m) if m.contains("replaced") && m.contains("u-old")
+        ));
+        assert_eq!(liveness(&h, &me(), never, found("u-old")), Liveness::Alive);
+        // Without a recorded uid, the name decides (alive).
+        h.pod_uid = None;
+        assert_eq!(liveness(&h, &me(), never, found("u-new")), Liveness::Alive);
+        // The annotations carry it, and read back.
+        h.pod_uid = Some("u-old".into());
+        assert_eq!(Holder::of(&h.annotations()), Some(h));
     }
 }

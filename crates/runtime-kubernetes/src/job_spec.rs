@@ -873,6 +873,7 @@ mod tests {
                 pid_namespace: "pid:[2]".into(),
             },
             pod: Some("oz/worker-7f9c".into()),
+            pod_uid: None,
         });
         let job = task_job(&s, &r);
         let a = job.metadata.annotations.as_ref().unwrap();
