@@ -5,6 +5,7 @@
 //! the trusted CA roots, the generic TLS client pieces ([`tls`]) and the
 //! one outbound connection stack ([`net`]).
 
+pub mod backoff;
 pub mod dirs;
 pub mod duration;
 pub mod error_chain;

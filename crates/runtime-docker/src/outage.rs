@@ -15,6 +15,7 @@ use super::DockerRuntime;
 use oz_docker_engine::error::ErrorKind;
 use oz_docker_engine::params::{ContainerDeleteParams, ContainerWaitParams};
 use oz_docker_engine::{models::ContainerWaitCondition, Docker, DockerError};
+use oz_foundation::backoff::ExponentialBackoff;
 use oz_protocol::FailureReason;
 use std::time::{Duration, Instant};
 
@@ -52,7 +53,7 @@ pub async fn wait_exit(rt: &DockerRuntime, id: &str, task_id: &str) -> Result<Ex
         condition: Some(ContainerWaitCondition::NotRunning),
     };
     let mut outage: Option<Instant> = None;
-    let mut delay = FIRST_RETRY;
+    let mut delays = ExponentialBackoff::new(FIRST_RETRY, LAST_RETRY, 0.0);
     loop {
         match d.container_wait(id, &params).await {
             Ok(w) => {
@@ -94,8 +95,7 @@ pub async fn wait_exit(rt: &DockerRuntime, id: &str, task_id: &str) -> Result<Ex
                     ),
                 ));
             }
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(LAST_RETRY);
+            tokio::time::sleep(delays.next_delay()).await;
             match d.container_inspect(id, &Default::default()).await {
                 Ok(c) => {
                     tracing::info!(
@@ -165,10 +165,9 @@ pub async fn remove(d: &Docker, id: &str, task_id: &str) {
             );
             let (d, id, task_id) = (d.clone(), id.to_string(), task_id.to_string());
             let retry = async move {
-                let mut delay = FIRST_RETRY;
+                let mut delays = ExponentialBackoff::new(FIRST_RETRY, Duration::from_secs(30), 0.0);
                 loop {
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(30));
+                    tokio::time::sleep(delays.next_delay()).await;
                     match d.container_delete(&id, &params).await {
                         Ok(()) => {
                             tracing::info!(

@@ -30,6 +30,7 @@ use tokio::task::JoinHandle;
 
 use crate::job_spec::TASK_CONTAINER;
 use crate::log_cursor::{self, LogCursor};
+use oz_foundation::backoff::ExponentialBackoff;
 
 /// The first wait before a broken follow is opened again; it doubles up to
 /// [`MAX_BACKOFF`] while attempts fail, and starts over once a stream
@@ -136,7 +137,7 @@ struct Follow {
 impl Follow {
     async fn run(self, from_the_end: bool) {
         let mut cursor = LogCursor::default();
-        let mut backoff = FIRST_BACKOFF;
+        let mut backoff = ExponentialBackoff::new(FIRST_BACKOFF, MAX_BACKOFF, 0.0);
         let mut find_the_end = from_the_end;
         let mut opened_once = false;
         loop {
@@ -155,7 +156,7 @@ impl Follow {
                     Err(kube::Error::Api(s)) if s.is_not_found() => return,
                     Err(e) => {
                         tracing::debug!(pod = self.pod, "cannot read the task's log yet: {e}");
-                        backoff = self.wait(backoff).await;
+                        self.wait(&mut backoff).await;
                         continue;
                     }
                 }
@@ -176,7 +177,7 @@ impl Follow {
                     } else {
                         tracing::debug!(pod = self.pod, "cannot follow the task's log yet: {e}");
                     }
-                    backoff = self.wait(backoff).await;
+                    self.wait(&mut backoff).await;
                     continue;
                 }
             };
@@ -186,7 +187,7 @@ impl Follow {
             opened_once = true;
             let (end, delivered) = self.pump(stream, &mut cursor).await;
             if delivered {
-                backoff = FIRST_BACKOFF;
+                backoff.reset();
             }
             match end {
                 StreamEnd::Closed => match self.container_ended().await {
@@ -210,7 +211,7 @@ impl Follow {
                     "the task's log stream broke ({e}); following it again from where it stopped"
                 ),
             }
-            backoff = self.wait(backoff).await;
+            self.wait(&mut backoff).await;
         }
     }
 
@@ -265,9 +266,8 @@ impl Follow {
         }
     }
 
-    /// Sleeps `backoff`; the next one.
-    async fn wait(&self, backoff: Duration) -> Duration {
-        tokio::time::sleep(backoff).await;
-        (backoff * 2).min(MAX_BACKOFF)
+    /// Sleeps `backoff`'s next delay.
+    async fn wait(&self, backoff: &mut ExponentialBackoff) {
+        tokio::time::sleep(backoff.next_delay()).await;
     }
 }

@@ -7,6 +7,7 @@
 //! tells what happened (a Job's create: 409 AlreadyExists is then its own
 //! Job, adopted; a claim: the holder read back says who won).
 
+use oz_foundation::backoff::ExponentialBackoff;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -30,7 +31,7 @@ pub fn is_transient(e: &kube::Error) -> bool {
 /// time from its creation.
 #[derive(Debug)]
 pub struct Backoff {
-    next: Duration,
+    delays: ExponentialBackoff,
     deadline: Instant,
 }
 
@@ -38,18 +39,19 @@ impl Backoff {
     /// Retries for at most `within` from now.
     pub fn new(within: Duration) -> Backoff {
         Backoff {
-            next: FIRST_DELAY,
+            delays: ExponentialBackoff::new(FIRST_DELAY, MAX_DELAY, 0.0),
             deadline: Instant::now() + within,
         }
     }
 
     /// The next wait, or `None` when it would end past the deadline.
     pub fn next_delay(&mut self) -> Option<Duration> {
-        let delay = self.next;
+        let mut ahead = self.delays.clone();
+        let delay = ahead.next_delay();
         if Instant::now() + delay > self.deadline {
             return None;
         }
-        self.next = (self.next * 2).min(MAX_DELAY);
+        self.delays = ahead;
         Some(delay)
     }
 

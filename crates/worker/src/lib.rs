@@ -2,7 +2,6 @@
 //! and delivery of reports, and the task lifecycle. It drives any
 //! [`oz_runtime::Runtime`] and knows no runtime's types.
 
-pub mod backoff;
 pub mod config;
 pub mod connection;
 pub mod delivery;

@@ -1,12 +1,12 @@
 //! The outbound session: connect, drive the connection, and when it ends
 //! reconnect with jittered exponential backoff, forever, until asked to close.
 
-use crate::backoff::ExponentialBackoff;
 use crate::config::WorkerConfig;
 use crate::connection::{drive, Ended, Events, Socket, Timing};
 use crate::dial::DialError;
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
+use oz_foundation::backoff::ExponentialBackoff;
 use oz_protocol::extensions::EXTENSIONS_HEADER;
 use oz_protocol::{Extensions, WORKER_VERSION, WORKER_VERSION_HEADER};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;

@@ -1,6 +1,7 @@
-//! Reconnect delays: exponential from `min` to `max`, each spread by a random
-//! jitter so a fleet of workers that lost the same server does not return in
-//! lockstep. Reset after a successful connection.
+//! Delays between attempts: exponential from `min` to `max`, each spread by
+//! a random jitter (the worker's reconnects: so a fleet of workers that lost
+//! the same server does not return in lockstep) or none (retries of one
+//! request). Reset after a success.
 
 use std::time::Duration;
 
