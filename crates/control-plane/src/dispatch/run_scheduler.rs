@@ -590,34 +590,33 @@ impl RunScheduler {
             WorkerMessage::TaskCompleted(m)
                 if m.task_state.as_deref() == Some(TASK_STATE_CANCELLED) =>
             {
-                let mut c = Change::end(
-                    RunState::Cancelled,
-                    EndedBy::Worker,
-                    "worker reported it cancelled",
-                );
-                c.message = Some(m.message.clone());
-                c
+                Change {
+                    message: Some(m.message.clone()),
+                    ..Change::end(
+                        RunState::Cancelled,
+                        EndedBy::Worker,
+                        "worker reported it cancelled",
+                    )
+                }
             }
-            WorkerMessage::TaskCompleted(m) => {
-                let mut c = Change::end(
+            WorkerMessage::TaskCompleted(m) => Change {
+                message: Some(m.message.clone()),
+                ..Change::end(
                     RunState::Succeeded,
                     EndedBy::Worker,
                     "worker reported it completed",
-                );
-                c.message = Some(m.message.clone());
-                c
-            }
-            WorkerMessage::TaskFailed(m) => {
-                let mut c = Change::end(
+                )
+            },
+            WorkerMessage::TaskFailed(m) => Change {
+                failure_reason: Some(m.failure_reason.to_string()),
+                exit_code: m.exit_code,
+                message: Some(m.message.clone()),
+                ..Change::end(
                     RunState::Failed,
                     EndedBy::Worker,
                     format!("worker reported it failed: {}", m.failure_reason),
-                );
-                c.failure_reason = Some(m.failure_reason.to_string());
-                c.exit_code = m.exit_code;
-                c.message = Some(m.message.clone());
-                c
-            }
+                )
+            },
             _ => unreachable!("only terminal reports come here"),
         };
         let held_here = ix.run(run_id).and_then(|r| r.holder()) == Some(conn);
