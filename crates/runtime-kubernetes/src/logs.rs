@@ -95,6 +95,24 @@ impl LogFollower {
         self.tasks.push(tokio::spawn(follow.run(from_the_end)));
     }
 
+    /// Observes every Pod of `selector` as it is now: at the task's end,
+    /// the Job's watch can report it before the Pod watch has shown the
+    /// task container running or ended (a short task on a loaded server),
+    /// and an ended container's log is still there to read.
+    pub async fn observe_now(&mut self, selector: &str) {
+        if !self.sink.is_wanted() {
+            return;
+        }
+        match self
+            .pods
+            .list(&kube::api::ListParams::default().labels(selector))
+            .await
+        {
+            Ok(list) => list.items.iter().for_each(|p| self.observe(p)),
+            Err(e) => tracing::debug!("cannot list the task's Pods for their log: {e}"),
+        }
+    }
+
     /// Waits up to `within` for the followers to reach the end of the log
     /// (the container has ended, so the server closes the stream), so the
     /// last lines go out before the report; then stops them.

@@ -407,6 +407,7 @@ impl KubernetesRuntime {
             logs.finish(Duration::ZERO).await;
             return RunOutcome::Stopped;
         };
+        logs.observe_now(&selector).await;
         logs.finish(OUTPUT_FLUSH).await;
         match ended {
             Ended::Completed => {
